@@ -1,0 +1,401 @@
+"""Lowering the parse tree to the graph IR: one method per grammar alias.
+
+Expressions evaluate to either an IR `Value` or a compile-time constant (int, float, bool or a
+tuple of them). Constants fold in Python and only become IR `constant` nodes when they meet a
+tensor, taking that tensor's dtype (so `2 * x` stays f32).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+from lark import Token, Tree
+
+from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType, Value
+from ..ir.init import check_init
+from ..ir.types import is_float
+from .builtins import BUILTINS, CASTS, NO_DEFAULT
+from .parser import parse
+
+FOLD = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
+    "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
+    "not_equal": operator.ne,
+}
+BINARY_OPS = tuple(FOLD) + ("matmul",)
+
+
+@dataclass
+class Function:
+    name: str
+    params: list  # [(name, default expression tree or None)]
+    body: Tree
+    loc: SourceLoc
+
+
+class Scope:
+    """Names visible in a model or function body; a name is bound once."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.bindings: dict[str, object] = {}
+        self.locs: dict[str, SourceLoc] = {}
+
+    def bind(self, name: str, value, loc: SourceLoc) -> None:
+        if name in self.bindings:
+            raise ChainruleError(f"'{name}' is already defined (at line {self.locs[name].line}); "
+                                 f"a name is assigned once", loc)
+        self.bindings[name] = value
+        self.locs[name] = loc
+
+    def lookup(self, name: str, loc: SourceLoc):
+        if name in self.bindings:
+            return self.bindings[name]
+        raise ChainruleError(f"unknown name '{name}'{_suggest(name, self.bindings)}", loc)
+
+
+def _suggest(name: str, known) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def lower_source(source: str, filename: str = "<string>") -> Graph:
+    """Parse and lower the one model in `source` to a graph."""
+    return Lowerer(filename).lower_program(parse(source, filename))
+
+
+class Lowerer:
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.functions: dict[str, Function] = {}
+        self.call_stack: list[str] = []
+
+    def loc(self, item) -> SourceLoc:
+        if isinstance(item, Token):
+            return SourceLoc(self.filename, item.line, item.column)
+        return SourceLoc(self.filename, item.meta.line, item.meta.column)
+
+    # ---- program structure --------------------------------------------------------------------
+
+    def lower_program(self, tree: Tree) -> Graph:
+        models = [item for item in tree.children if item.data == "model"]
+        for item in tree.children:
+            if item.data == "function":
+                self.declare_function(item)
+        if len(models) != 1:
+            where = self.loc(models[1].children[0]) if models else SourceLoc(self.filename, 1, 1)
+            raise ChainruleError(f"a file defines exactly one model, found {len(models)}", where)
+        return self.lower_model(models[0])
+
+    def declare_function(self, tree: Tree) -> None:
+        name_token, fparams, body = tree.children
+        name = str(name_token)
+        if name in self.functions or name in BUILTINS or name in CASTS:
+            raise ChainruleError(f"function '{name}' is already defined", self.loc(name_token))
+        params = []
+        for fparam in (fparams.children if fparams else []):
+            param_name, default = fparam.children
+            if any(p[0] == str(param_name) for p in params):
+                raise ChainruleError(f"parameter '{param_name}' is repeated",
+                                     self.loc(param_name))
+            params.append((str(param_name), default))
+        self.functions[name] = Function(name, params, body, self.loc(name_token))
+
+    def lower_model(self, tree: Tree) -> Graph:
+        name_token, decls, body = tree.children
+        self.graph = Graph(str(name_token), loc=self.loc(name_token))
+        self.builder = GraphBuilder(self.graph)
+        self.user_values: set[Value] = set()
+        scope = Scope("model")
+        for decl in (decls.children if decls else []):
+            input_name, type_tree = decl.children
+            value = Value(str(input_name), self.lower_type(type_tree))
+            self.builder.namer.taken.add(value.name)
+            scope.bind(value.name, value, self.loc(input_name))
+            self.graph.inputs.append(value)
+            self.user_values.add(value)
+        outputs = self.lower_block(body, scope)
+        if outputs is None:
+            raise ChainruleError(f"model '{self.graph.name}' has no return statement",
+                                 self.loc(name_token))
+        self.graph.outputs = outputs
+        return self.graph
+
+    def lower_type(self, tree: Tree) -> TensorType:
+        dtype, *dims = tree.children
+        shape = []
+        for dim in dims:
+            if dim is None:
+                continue
+            shape.append(int(dim.children[0]) if dim.data == "int_dim" else str(dim.children[0]))
+        return TensorType(str(dtype), tuple(shape))
+
+    def lower_block(self, block: Tree, scope: Scope):
+        """Lower statements; returns the return statement's values (None if there is none)."""
+        for stmt in block.children:
+            if stmt.data == "return_stmt":
+                return self.lower_return(stmt, scope)
+            getattr(self, stmt.data)(stmt, scope)
+        return None
+
+    # ---- statements ---------------------------------------------------------------------------
+
+    def param_stmt(self, tree: Tree, scope: Scope) -> None:
+        name_token, type_tree, init_name, args = tree.children
+        loc = self.loc(name_token)
+        if scope.kind != "model":
+            raise ChainruleError("params are declared in a model, not in a function", loc)
+        value_type = self.lower_type(type_tree)
+        if not is_float(value_type.dtype):
+            raise ChainruleError(f"param '{name_token}' must be f32 or f64, not "
+                                 f"{value_type.dtype}", loc)
+        init_args = []
+        for arg in (args.children if args else []):
+            constant = self.expr(arg, scope)
+            if isinstance(arg, Tree) and arg.data == "kwarg" or not _is_number(constant):
+                raise ChainruleError("initialiser arguments are plain numbers", self.loc(arg))
+            init_args.append(float(constant))
+        spec = InitSpec(str(init_name), tuple(init_args))
+        problem = check_init(spec, value_type.shape)
+        if problem:
+            raise ChainruleError(problem, self.loc(init_name))
+        value = Value(str(name_token), value_type)
+        scope.bind(value.name, value, loc)
+        self.builder.namer.taken.add(value.name)
+        self.graph.params.append(Param(value, spec, loc))
+        self.user_values.add(value)
+
+    def let_stmt(self, tree: Tree, scope: Scope) -> None:
+        name_token, expression = tree.children
+        constant = self.expr(expression, scope)
+        if isinstance(constant, Value):
+            raise ChainruleError(f"let binds a compile-time constant; use '{name_token} = ...' "
+                                 f"for a tensor", self.loc(name_token))
+        scope.bind(str(name_token), constant, self.loc(name_token))
+
+    def assign_stmt(self, tree: Tree, scope: Scope) -> None:
+        name_token, expression = tree.children
+        name = str(name_token)
+        loc = self.loc(name_token)
+        if name in scope.bindings:
+            scope.lookup(name, loc)
+            scope.bind(name, None, loc)  # raises the "already defined" error
+        value = self.expr(expression, scope)
+        if isinstance(value, Value) and value not in self.user_values and not self.call_stack:
+            self.builder.rename(value, name)
+            self.user_values.add(value)
+        scope.bind(name, value, loc)
+
+    def lower_return(self, tree: Tree, scope: Scope):
+        values = [self.expr(e, scope) for e in tree.children]
+        if scope.kind == "function":
+            if len(values) != 1:
+                raise ChainruleError("a function returns one value", self.loc(tree))
+            return values[0]
+        outputs = []
+        for expression, value in zip(tree.children, values, strict=True):
+            if not isinstance(value, Value):
+                value = self.builder.constant(value, "f32", loc=self.loc(expression))
+            if value in outputs:
+                raise ChainruleError(f"'{value.name}' is returned twice", self.loc(expression))
+            outputs.append(value)
+        return outputs
+
+    # ---- expressions --------------------------------------------------------------------------
+
+    def expr(self, tree, scope: Scope):
+        try:
+            method = getattr(self, "x_" + tree.data)
+        except AttributeError:
+            raise ChainruleError(f"'{tree.data}' is not supported here", self.loc(tree)) from None
+        return method(tree, scope)
+
+    def x_int_literal(self, tree, scope):
+        return int(tree.children[0])
+
+    def x_float_literal(self, tree, scope):
+        return float(tree.children[0])
+
+    def x_true_literal(self, tree, scope):
+        return True
+
+    def x_false_literal(self, tree, scope):
+        return False
+
+    def x_tuple_literal(self, tree, scope):
+        items = tuple(self.expr(c, scope) for c in tree.children if c is not None)
+        if any(isinstance(item, Value) for item in items):
+            raise ChainruleError("tuples hold constants (axes, shapes, permutations)",
+                                 self.loc(tree))
+        return items
+
+    def x_name(self, tree, scope):
+        return scope.lookup(str(tree.children[0]), self.loc(tree))
+
+    def x_neg(self, tree, scope):
+        operand = self.expr(tree.children[0], scope)
+        if isinstance(operand, Value):
+            return self.builder.emit("neg", (operand,), loc=self.loc(tree))
+        if not _is_number(operand):
+            raise ChainruleError("cannot negate a tuple", self.loc(tree))
+        return -operand
+
+    def x_attribute(self, tree, scope):
+        base_tree, attribute = tree.children
+        base = self.expr(base_tree, scope)
+        if str(attribute) != "T":
+            raise ChainruleError(f"unknown attribute '.{attribute}'; only '.T' (transpose) "
+                                 f"exists", self.loc(attribute))
+        if not isinstance(base, Value):
+            raise ChainruleError("'.T' applies to a tensor", self.loc(attribute))
+        perm = tuple(reversed(range(base.type.rank)))
+        hint = f"{base.name}.T" if base in self.user_values else None
+        return self.builder.emit("transpose", (base,), {"perm": perm}, loc=self.loc(tree),
+                                 name=hint)
+
+    def binary(self, op, tree, scope):
+        left, right = (self.expr(c, scope) for c in tree.children)
+        loc = self.loc(tree)
+        if not isinstance(left, Value) and not isinstance(right, Value):
+            return self.fold(op, left, right, loc)
+        left, right = self.as_tensor(left, right, loc), self.as_tensor(right, left, loc)
+        return self.builder.emit(op, (left, right), loc=loc)
+
+    def fold(self, op, left, right, loc):
+        if op not in FOLD:
+            raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
+        if not (_is_number(left) and _is_number(right)):
+            raise ChainruleError(f"'{op}' needs numbers or tensors, not tuples", loc)
+        try:
+            return FOLD[op](left, right)
+        except (ZeroDivisionError, OverflowError, ValueError) as error:
+            raise ChainruleError(f"constant expression fails: {error}", loc) from None
+
+    def as_tensor(self, value, like, loc) -> Value:
+        """`value` as an IR value; a constant takes the dtype of the tensor it meets."""
+        if isinstance(value, Value):
+            return value
+        if not _is_number(value):
+            raise ChainruleError("a tuple cannot be used as a tensor", loc)
+        if isinstance(value, bool):
+            dtype = "bool"
+        elif isinstance(like, Value):
+            dtype = like.type.dtype
+            if dtype == "i64" and float(value) != int(value):
+                raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
+                                     f"tensor with f32(...) first", loc)
+            if dtype == "bool":
+                raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
+        else:
+            dtype = "f32"
+        return self.builder.constant(value, dtype, loc=loc)
+
+    def x_call(self, tree, scope):
+        name_token, args = tree.children
+        name = str(name_token)
+        loc = self.loc(tree)
+        positional, keywords = [], {}
+        for arg in (args.children if args else []):
+            if isinstance(arg, Tree) and arg.data == "kwarg":
+                key, expression = arg.children
+                if str(key) in keywords:
+                    raise ChainruleError(f"argument '{key}' is given twice", self.loc(key))
+                keywords[str(key)] = (self.expr(expression, scope), self.loc(key))
+            else:
+                if keywords:
+                    raise ChainruleError("positional argument after a keyword argument",
+                                         self.loc(arg))
+                positional.append((self.expr(arg, scope), self.loc(arg)))
+        if name in self.functions:
+            return self.call_function(self.functions[name], positional, keywords, loc)
+        if name in CASTS:
+            return self.call_cast(name, positional, keywords, loc)
+        if name in BUILTINS:
+            return self.call_builtin(name, positional, keywords, loc)
+        known = list(BUILTINS) + list(CASTS) + list(self.functions)
+        raise ChainruleError(f"unknown function '{name}'{_suggest(name, known)}",
+                             self.loc(name_token))
+
+    def bind_arguments(self, name, params, defaults, positional, keywords, loc) -> dict:
+        if len(positional) > len(params):
+            raise ChainruleError(f"{name}() takes at most {len(params)} arguments "
+                                 f"({', '.join(params)}), got {len(positional)}",
+                                 positional[len(params)][1])
+        bound = {p: value for p, (value, _) in zip(params, positional)}
+        for key, (value, key_loc) in keywords.items():
+            if key not in params:
+                raise ChainruleError(f"{name}() has no argument '{key}'{_suggest(key, params)}; "
+                                     f"it takes ({', '.join(params)})", key_loc)
+            if key in bound:
+                raise ChainruleError(f"{name}() got '{key}' twice", key_loc)
+            bound[key] = value
+        for param in params:
+            if param not in bound:
+                if defaults.get(param, NO_DEFAULT) is NO_DEFAULT:
+                    raise ChainruleError(f"{name}() is missing argument '{param}'", loc)
+                bound[param] = defaults[param]
+        return bound
+
+    def call_builtin(self, name, positional, keywords, loc):
+        spec = BUILTINS[name]
+        defaults = {key: option[0] for key, option in spec.options.items()}
+        bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
+        if not any(isinstance(bound[t], Value) for t in spec.tensors) and spec.op in FOLD:
+            return self.fold(spec.op, *(bound[t] for t in spec.tensors), loc)
+        like = next((bound[t] for t in spec.tensors if isinstance(bound[t], Value)), None)
+        inputs = [self.as_tensor(bound[t], like, loc) for t in spec.tensors]
+        attrs = {}
+        for key, (_, convert, attr) in spec.options.items():
+            if isinstance(bound[key], Value):
+                raise ChainruleError(f"{name}(): '{key}' must be a constant", loc)
+            try:
+                attrs[attr] = convert(bound[key])
+            except TypeError as error:
+                raise ChainruleError(f"{name}(): {error}", loc) from None
+        return self.builder.emit(spec.op, inputs, attrs, loc=loc)
+
+    def call_cast(self, dtype, positional, keywords, loc):
+        bound = self.bind_arguments(dtype, ("x",), {}, positional, keywords, loc)
+        value = bound["x"]
+        if not isinstance(value, Value):
+            return self.builder.constant(value, dtype, loc=loc)
+        if value.type.dtype == dtype:
+            return value
+        return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
+
+    def call_function(self, function: Function, positional, keywords, loc):
+        if function.name in self.call_stack:
+            chain = " -> ".join(self.call_stack + [function.name])
+            raise ChainruleError(f"function '{function.name}' calls itself ({chain}); "
+                                 f"recursion is not supported", loc)
+        params = [p for p, _ in function.params]
+        scope = Scope("function")
+        defaults = {}
+        for param, default in function.params:
+            defaults[param] = NO_DEFAULT if default is None else self.expr(default, scope)
+        bound = self.bind_arguments(function.name, params, defaults, positional, keywords, loc)
+        for param in params:
+            scope.bind(param, bound[param], function.loc)
+        self.call_stack.append(function.name)
+        try:
+            result = self.lower_block(function.body, scope)
+        except ChainruleError as error:
+            note = (loc, f"in the call to '{function.name}' here")
+            raise ChainruleError(error.message, error.loc, error.notes + (note,)) from None
+        finally:
+            self.call_stack.pop()
+        if result is None:
+            raise ChainruleError(f"function '{function.name}' has no return statement",
+                                 function.loc)
+        return result
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, bool))
+
+
+for _op in BINARY_OPS:
+    setattr(Lowerer, "x_" + _op,
+            lambda self, tree, scope, _op=_op: self.binary(_op, tree, scope))

@@ -1,0 +1,16 @@
+"""The graph IR: types, values, nodes, graphs, the op registry and the textual printer.
+
+`ir` imports nothing from `dsl`, `passes` or `backends`: everything else builds on it.
+"""
+from .builder import GraphBuilder
+from .errors import ChainruleError, SourceLoc
+from .graph import Graph, InitSpec, Namer, Node, Param, Value
+from .ops import OPS, OpDef, get_op, infer_type
+from .printer import print_graph
+from .shapes import OpTypeError
+from .types import DTYPES, FLOAT_DTYPES, NUMPY_DTYPES, UNKNOWN, TensorType, scalar
+
+__all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "Graph", "InitSpec", "Namer", "Node",
+           "Param", "Value", "OPS", "OpDef", "get_op", "infer_type", "print_graph",
+           "OpTypeError", "DTYPES", "FLOAT_DTYPES", "NUMPY_DTYPES", "UNKNOWN", "TensorType",
+           "scalar"]

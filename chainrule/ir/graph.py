@@ -1,0 +1,114 @@
+"""The graph IR: SSA values, nodes in topological order, inputs, params and outputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import SourceLoc
+from .types import TensorType
+
+
+class Value:
+    """An SSA value. Identity matters: nodes refer to Value objects, names are for printing."""
+
+    __slots__ = ("name", "type")
+
+    def __init__(self, name: str, type: TensorType):
+        self.name = name
+        self.type = type
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    inputs: tuple[Value, ...]
+    attrs: dict
+    outputs: tuple[Value, ...]
+    loc: SourceLoc | None = None
+
+    @property
+    def output(self) -> Value:
+        (only,) = self.outputs
+        return only
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How a param's initial value is drawn: `normal(0.0, 0.01)`, `zeros()`, ..."""
+
+    kind: str
+    args: tuple[float, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.kind}({', '.join(repr(float(a)) for a in self.args)})"
+
+
+@dataclass(eq=False)
+class Param:
+    value: Value
+    init: InitSpec
+    loc: SourceLoc | None = None
+
+
+@dataclass(eq=False)
+class Graph:
+    name: str
+    inputs: list[Value] = field(default_factory=list)
+    params: list[Param] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    loc: SourceLoc | None = None
+
+    def param_values(self) -> list[Value]:
+        return [p.value for p in self.params]
+
+    def values(self):
+        """Every value the graph defines, in definition order."""
+        yield from self.inputs
+        yield from self.param_values()
+        for node in self.nodes:
+            yield from node.outputs
+
+    def producers(self) -> dict[Value, Node]:
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def find(self, name: str) -> Value:
+        for value in self.values():
+            if value.name == name:
+                return value
+        raise KeyError(name)
+
+    def copy(self) -> Graph:
+        """A shallow copy whose lists may be edited; values and nodes are shared."""
+        return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
+                     list(self.outputs), self.loc)
+
+
+class Namer:
+    """Hands out value names unique within one graph."""
+
+    def __init__(self, taken=()):
+        self.taken = set(taken)
+        self.counters: dict[str, int] = {}
+
+    @classmethod
+    def for_graph(cls, graph: Graph) -> Namer:
+        return cls(v.name for v in graph.values())
+
+    def fresh(self, hint: str) -> str:
+        if hint not in self.taken:
+            self.taken.add(hint)
+            return hint
+        n = self.counters.get(hint, 0)
+        while True:
+            n += 1
+            name = f"{hint}.{n}"
+            if name not in self.taken:
+                self.counters[hint] = n
+                self.taken.add(name)
+                return name
+
+    def release(self, name: str) -> None:
+        self.taken.discard(name)

@@ -1,0 +1,54 @@
+"""Tensor types: a dtype and a shape whose dims are integers or symbolic names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = ("f32", "f64")
+INT_DTYPES = ("i64",)
+DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",)
+
+NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "bool": np.bool_}
+
+# A dim is an int, a symbolic name such as "B", or UNKNOWN when the program leaves it open.
+Dim = int | str
+UNKNOWN = "?"
+
+
+def dtype_of_numpy(dtype: np.dtype) -> str:
+    for name, numpy_type in NUMPY_DTYPES.items():
+        if np.dtype(numpy_type) == np.dtype(dtype):
+            return name
+    raise ValueError(f"numpy dtype {np.dtype(dtype)} has no chainrule equivalent")
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def with_dtype(self, dtype: str) -> TensorType:
+        return TensorType(dtype, self.shape)
+
+    def with_shape(self, shape) -> TensorType:
+        return TensorType(self.dtype, tuple(shape))
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+def scalar(dtype: str) -> TensorType:
+    return TensorType(dtype, ())

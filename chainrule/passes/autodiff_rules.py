@@ -1,0 +1,251 @@
+"""Derivative rules: for each differentiable op, its vector-Jacobian product written as IR.
+
+A rule receives a `Backward` context for one forward node and the cotangent of its output, and
+returns one cotangent per input (None where an input gets no gradient). Rules build ordinary
+IR nodes through the context, so the backward graph is plain IR that every backend runs.
+"""
+from __future__ import annotations
+
+from ..ir import GraphBuilder, Node, Value
+from ..ir.shapes import normalize_axes
+
+VJP_RULES = {}
+
+
+def vjp(*ops):
+    def register(rule):
+        for op in ops:
+            VJP_RULES[op] = rule
+        return rule
+    return register
+
+
+class Backward:
+    """Emits the backward nodes for one forward node, tagged with that node's location."""
+
+    def __init__(self, builder: GraphBuilder, node: Node, name_hint: str, active: set):
+        self.builder = builder
+        self.node = node
+        self.name_hint = name_hint
+        self.active = active
+
+    def wants(self, value: Value) -> bool:
+        """Whether `value` needs a cotangent; rules skip the work for inputs that do not."""
+        return value in self.active
+
+    def emit(self, op, *inputs, **attrs) -> Value:
+        return self.builder.emit(op, inputs, attrs, loc=self.node.loc,
+                                 name=f"{self.name_hint}.{op}")
+
+    def constant(self, value, like: Value) -> Value:
+        return self.builder.constant(value, like.type.dtype, loc=self.node.loc,
+                                     name=f"{self.name_hint}.const")
+
+    def transpose(self, value: Value, perm) -> Value:
+        """transpose(value, perm), reusing the original when value is itself its inverse."""
+        producer = self.builder.graph_producer(value)
+        if producer is not None and producer.op == "transpose":
+            composed = tuple(producer.attrs["perm"][p] for p in perm)
+            if composed == tuple(range(len(perm))):
+                return producer.inputs[0]
+        return self.emit("transpose", value, perm=perm)
+
+    def swap_last_two(self, value: Value) -> Value:
+        rank = value.type.rank
+        return self.transpose(value, tuple(range(rank - 2)) + (rank - 1, rank - 2))
+
+    def unbroadcast(self, cotangent: Value, target: Value) -> Value:
+        """Sum a broadcast result's cotangent back to the shape of the operand `target`."""
+        shape, target_shape = cotangent.type.shape, target.type.shape
+        leading = len(shape) - len(target_shape)
+        if leading > 0:
+            cotangent = self.emit("sum", cotangent, axes=tuple(range(leading)), keepdims=False)
+        stretched = tuple(i for i, (d, t) in enumerate(zip(cotangent.type.shape, target_shape))
+                          if t == 1 and d != 1)
+        if stretched:
+            cotangent = self.emit("sum", cotangent, axes=stretched, keepdims=True)
+        return cotangent
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+
+@vjp("add")
+def _add(bw, g, a, b, out):
+    return bw.unbroadcast(g, a), bw.unbroadcast(g, b)
+
+
+@vjp("sub")
+def _sub(bw, g, a, b, out):
+    grad_b = bw.unbroadcast(bw.emit("neg", g), b) if bw.wants(b) else None
+    return bw.unbroadcast(g, a), grad_b
+
+
+@vjp("mul")
+def _mul(bw, g, a, b, out):
+    grad_a = bw.unbroadcast(bw.emit("mul", g, b), a) if bw.wants(a) else None
+    grad_b = bw.unbroadcast(bw.emit("mul", g, a), b) if bw.wants(b) else None
+    return grad_a, grad_b
+
+
+@vjp("div")
+def _div(bw, g, a, b, out):
+    grad_a = bw.emit("div", g, b)
+    grad_b = bw.emit("neg", bw.emit("mul", grad_a, out)) if bw.wants(b) else None
+    return bw.unbroadcast(grad_a, a), grad_b and bw.unbroadcast(grad_b, b)
+
+
+@vjp("pow")
+def _pow(bw, g, a, b, out):
+    grad_a = _pow_base(bw, g, a, b) if bw.wants(a) else None
+    grad_b = None
+    if bw.wants(b):
+        grad_b = bw.unbroadcast(bw.emit("mul", g, bw.emit("mul", out, bw.emit("log", a))), b)
+    return grad_a, grad_b
+
+
+def _pow_base(bw, g, a, b):
+    exponent_node = bw.builder.graph_producer(b)
+    if exponent_node is not None and exponent_node.op == "constant":
+        power = exponent_node.attrs["value"] - 1.0
+        lowered = a if power == 1.0 else bw.emit("pow", a, bw.constant(power, a))
+    else:
+        lowered = bw.emit("pow", a, bw.emit("sub", b, bw.constant(1.0, b)))
+    return bw.unbroadcast(bw.emit("mul", g, bw.emit("mul", b, lowered)), a)
+
+
+@vjp("neg")
+def _neg(bw, g, x, out):
+    return (bw.emit("neg", g),)
+
+
+@vjp("exp")
+def _exp(bw, g, x, out):
+    return (bw.emit("mul", g, out),)
+
+
+@vjp("log")
+def _log(bw, g, x, out):
+    return (bw.emit("div", g, x),)
+
+
+@vjp("relu")
+def _relu(bw, g, x, out):
+    mask = bw.emit("cast", bw.emit("greater", x, bw.constant(0.0, x)), dtype=x.type.dtype)
+    return (bw.emit("mul", g, mask),)
+
+
+@vjp("sigmoid")
+def _sigmoid(bw, g, x, out):
+    slope = bw.emit("mul", out, bw.emit("sub", bw.constant(1.0, out), out))
+    return (bw.emit("mul", g, slope),)
+
+
+@vjp("tanh")
+def _tanh(bw, g, x, out):
+    slope = bw.emit("sub", bw.constant(1.0, out), bw.emit("mul", out, out))
+    return (bw.emit("mul", g, slope),)
+
+
+@vjp("where")
+def _where(bw, g, cond, a, b, out):
+    zero = bw.constant(0.0, g)
+    grad_a = bw.unbroadcast(bw.emit("where", cond, g, zero), a) if bw.wants(a) else None
+    grad_b = bw.unbroadcast(bw.emit("where", cond, zero, g), b) if bw.wants(b) else None
+    return None, grad_a, grad_b
+
+
+@vjp("cast")
+def _cast(bw, g, x, out):
+    return (bw.emit("cast", g, dtype=x.type.dtype),)
+
+
+# ---- linear algebra and shape -----------------------------------------------------------------
+
+@vjp("matmul")
+def _matmul(bw, g, a, b, out):
+    if a.type.rank < 2 or b.type.rank < 2:
+        # Promote 1-D operands to matrices as numpy does, then drop the added axes again.
+        a2 = bw.emit("unsqueeze", a, axes=(0,)) if a.type.rank == 1 else a
+        b2 = bw.emit("unsqueeze", b, axes=(1,)) if b.type.rank == 1 else b
+        g2 = g
+        if a.type.rank == 1:
+            g2 = bw.emit("unsqueeze", g2, axes=(g2.type.rank - (0 if b.type.rank == 1 else 1),))
+        if b.type.rank == 1:
+            g2 = bw.emit("unsqueeze", g2, axes=(g2.type.rank,))
+        grad_a2 = bw.emit("matmul", g2, bw.swap_last_two(b2))
+        grad_b2 = bw.emit("matmul", bw.swap_last_two(a2), g2)
+        grad_a = bw.unbroadcast(grad_a2, a2)
+        grad_b = bw.unbroadcast(grad_b2, b2)
+        if a.type.rank == 1:
+            grad_a = bw.emit("sum", grad_a, axes=(0,), keepdims=False)
+        if b.type.rank == 1:
+            grad_b = bw.emit("sum", grad_b, axes=(1,), keepdims=False)
+        return grad_a, grad_b
+    grad_a = grad_b = None
+    if bw.wants(a):
+        grad_a = bw.unbroadcast(bw.emit("matmul", g, bw.swap_last_two(b)), a)
+    if bw.wants(b):
+        grad_b = bw.unbroadcast(bw.emit("matmul", bw.swap_last_two(a), g), b)
+    return grad_a, grad_b
+
+
+@vjp("transpose")
+def _transpose(bw, g, x, out, perm):
+    inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+    return (bw.transpose(g, inverse),)
+
+
+def _spread(bw, g, x, axes, keepdims):
+    """The cotangent of a reduction, broadcast back over the reduced axes."""
+    if not keepdims and x.type.rank:
+        g = bw.emit("unsqueeze", g, axes=normalize_axes(axes, x.type.rank))
+    return bw.emit("broadcast_like", g, x)
+
+
+@vjp("sum")
+def _sum(bw, g, x, out, axes, keepdims):
+    return (_spread(bw, g, x, axes, keepdims),)
+
+
+@vjp("mean")
+def _mean(bw, g, x, out, axes, keepdims):
+    count = bw.emit("numel", x, axes=axes, dtype=x.type.dtype)
+    return (bw.emit("div", _spread(bw, g, x, axes, keepdims), count),)
+
+
+@vjp("broadcast_like")
+def _broadcast_like(bw, g, x, like, out):
+    return bw.unbroadcast(g, x), None
+
+
+@vjp("unsqueeze")
+def _unsqueeze(bw, g, x, out, axes):
+    return (bw.emit("sum", g, axes=normalize_axes(axes, out.type.rank), keepdims=False),)
+
+
+# ---- nn ---------------------------------------------------------------------------------------
+
+@vjp("softmax")
+def _softmax(bw, g, x, out, axis):
+    dot = bw.emit("sum", bw.emit("mul", g, out), axes=(axis,), keepdims=True)
+    return (bw.emit("mul", out, bw.emit("sub", g, dot)),)
+
+
+@vjp("cross_entropy")
+def _cross_entropy(bw, g, logits, labels, out):
+    # d mean(-log softmax(o)[y]) / d o = (softmax(o) - onehot(y)) / batch
+    probabilities = bw.emit("softmax", logits, axis=-1)
+    onehot = bw.emit("one_hot", labels, depth=logits.type.shape[-1], dtype=logits.type.dtype)
+    batch = bw.emit("numel", labels, axes=None, dtype=logits.type.dtype)
+    scale = bw.emit("div", g, batch)
+    return bw.emit("mul", bw.emit("sub", probabilities, onehot), scale), None
+
+
+@vjp("mse")
+def _mse(bw, g, pred, target, out):
+    diff = bw.emit("sub", pred, target)
+    count = bw.emit("numel", diff, axes=None, dtype=diff.type.dtype)
+    scale = bw.emit("div", bw.emit("mul", g, bw.constant(2.0, g)), count)
+    grad = bw.emit("mul", diff, scale)
+    grad_target = bw.unbroadcast(bw.emit("neg", grad), target) if bw.wants(target) else None
+    return bw.unbroadcast(grad, pred), grad_target
