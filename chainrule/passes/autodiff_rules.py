@@ -155,7 +155,7 @@ def _where(bw, g, cond, a, b, out):
 
 
 @vjp("cast")
-def _cast(bw, g, x, out):
+def _cast(bw, g, x, out, dtype):
     return (bw.emit("cast", g, dtype=x.type.dtype),)
 
 

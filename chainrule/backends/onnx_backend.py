@@ -1,0 +1,143 @@
+"""Export to standard ONNX, and a backend that runs the export in onnxruntime."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..ir import ChainruleError, Graph, Value
+from ..ir.types import UNKNOWN
+from .feeds import check_feeds
+from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 13
+# Reductions other than ReduceSum take their axes as an input from opset 18 on.
+AXES_INPUT_SINCE = {"ReduceSum": 13}
+
+
+class OnnxEmitter:
+    """Collects ONNX nodes; fresh names never clash with the IR's, which contain no '#'."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.doc = ""
+        self.counter = 0
+
+    def fresh(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}#{self.counter}"
+
+    def add(self, op_type: str, inputs, out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(op_type)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], doc_string=self.doc,
+                                           **attrs))
+        return out
+
+    def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    def const(self, array: np.ndarray, hint: str = "const") -> str:
+        name = self.fresh(hint)
+        return self.add("Constant", [], name, value=self.tensor(array, name))
+
+    def reduce(self, op_type, x, axes, keepdims: bool, out=None) -> str:
+        keep = int(bool(keepdims))
+        if axes is None:
+            return self.add(op_type, [x], out, keepdims=keep)
+        if self.opset >= AXES_INPUT_SINCE.get(op_type, 18):
+            axes_name = self.const(np.asarray(axes, dtype=np.int64), "axes")
+            return self.add(op_type, [x, axes_name], out, keepdims=keep)
+        return self.add(op_type, [x], out, axes=list(axes), keepdims=keep)
+
+    def unsqueeze(self, x, axes, out=None) -> str:
+        return self.add("Unsqueeze", [x, self.const(np.asarray(axes, dtype=np.int64), "axes")],
+                        out)
+
+
+def _value_info(value: Value) -> onnx.ValueInfoProto:
+    shape = [None if d == UNKNOWN else d for d in value.type.shape]
+    return helper.make_tensor_value_info(value.name, ONNX_DTYPES[value.type.dtype], shape)
+
+
+def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAULT_OPSET,
+                params_as_inputs: bool = False) -> onnx.ModelProto:
+    """The graph as an ONNX model: params as initializers (or as inputs), locations as docs."""
+    if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
+        raise ChainruleError(f"opset {opset} is not supported; use {MIN_OPSET} to "
+                             f"{onnx.defs.onnx_opset_version()}")
+    missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
+    if missing:
+        raise ChainruleError(f"no ONNX lowering for op(s): {', '.join(missing)}")
+    emitter = OnnxEmitter(opset)
+    for node in graph.nodes:
+        emitter.doc = str(node.loc) if node.loc else ""
+        LOWERINGS[node.op](emitter, node, node.outputs[0].name, *(v.name for v in node.inputs))
+    emitter.doc = ""
+
+    inputs = [_value_info(v) for v in graph.inputs]
+    initializers = []
+    if params_as_inputs:
+        inputs += [_value_info(v) for v in graph.param_values()]
+    else:
+        params = params or {}
+        initializers = [numpy_helper.from_array(np.asarray(params[v.name]), v.name)
+                        for v in graph.param_values()]
+    outputs = []
+    defined_outside = {v.name for v in graph.inputs} | {v.name for v in graph.param_values()}
+    for value in graph.outputs:
+        if value.name in defined_outside:
+            # An ONNX graph output must be produced by a node.
+            emitter.nodes.append(helper.make_node("Identity", [value.name], [f"{value.name}#out"]))
+            outputs.append(helper.make_tensor_value_info(f"{value.name}#out",
+                                                         ONNX_DTYPES[value.type.dtype], None))
+        else:
+            outputs.append(_value_info(value))
+    output_names = {v.name for v in graph.outputs}
+    value_infos = [_value_info(out) for node in graph.nodes for out in node.outputs
+                   if out.name not in output_names]
+    onnx_graph = helper.make_graph(emitter.nodes, graph.name, inputs, outputs, initializers,
+                                   value_info=value_infos)
+    opset_ids = [helper.make_opsetid("", opset)]
+    model = helper.make_model(onnx_graph, opset_imports=opset_ids, producer_name="chainrule",
+                              ir_version=helper.find_min_ir_version_for(opset_ids))
+    return model
+
+
+def output_name(value: Value, graph: Graph) -> str:
+    outside = {v.name for v in graph.inputs} | {v.name for v in graph.param_values()}
+    return f"{value.name}#out" if value.name in outside else value.name
+
+
+class OnnxRuntimeBackend:
+    """Runs a graph by exporting it (params as inputs) and calling onnxruntime."""
+
+    name = "onnxruntime"
+
+    def __init__(self, opset: int = DEFAULT_OPSET):
+        self.opset = opset
+        self._sessions = weakref.WeakKeyDictionary()
+
+    def session(self, graph: Graph):
+        import onnxruntime
+
+        if graph not in self._sessions:
+            model = export_onnx(graph, opset=self.opset, params_as_inputs=True)
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            self._sessions[graph] = onnxruntime.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return self._sessions[graph]
+
+    def run(self, graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
+        check_feeds(graph, inputs, params)
+        feeds = {v.name: np.asarray(inputs[v.name]) for v in graph.inputs}
+        feeds.update((v.name, np.asarray(params[v.name])) for v in graph.param_values())
+        session = self.session(graph)
+        used = {i.name for i in session.get_inputs()}
+        names = [output_name(v, graph) for v in graph.outputs]
+        results = session.run(names, {k: v for k, v in feeds.items() if k in used})
+        return {v.name: r for v, r in zip(graph.outputs, results, strict=True)}

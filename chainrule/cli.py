@@ -1,0 +1,273 @@
+"""The `chainrule` command line: check, ir, run, grad, export."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import api
+from .backends import BACKENDS
+from .backends.onnx_backend import DEFAULT_OPSET
+from .fileio import load_npy, load_npz, save_npz
+from .ir import OPS, ChainruleError, Graph
+from .ir.types import NUMPY_DTYPES, UNKNOWN
+
+DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
+
+
+class UsageError(Exception):
+    """A bad command-line value: exit code 2."""
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+def parse_assignments(items, what: str, convert=str) -> dict:
+    result = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{what} expects NAME=VALUE, got '{item}'")
+        try:
+            result[name] = convert(value)
+        except ValueError:
+            raise UsageError(f"{what} {name}: '{value}' is not valid") from None
+    return result
+
+
+def label_bounds(graph: Graph) -> dict[str, int]:
+    """Exclusive upper bounds for integer inputs used as class labels or indices."""
+    bounds = {}
+    inputs = set(graph.inputs)
+    for node in graph.nodes:
+        spec = OPS[node.op].index_input
+        if spec is None:
+            continue
+        index, bound = spec
+        value = node.inputs[index]
+        limit = bound([v.type for v in node.inputs], node.attrs)
+        if value in inputs and isinstance(limit, int):
+            bounds[value.name] = min(limit, bounds.get(value.name, limit))
+    return bounds
+
+
+def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
+    rng = np.random.default_rng(seed)
+    bounds = label_bounds(graph)
+    arrays = {}
+    for value in graph.inputs:
+        if value.name in given:
+            continue
+        shape = tuple(d if isinstance(d, int) else dims.get(d, DEFAULT_DIM)
+                      for d in value.type.shape)
+        dtype = NUMPY_DTYPES[value.type.dtype]
+        if value.type.dtype in ("f32", "f64"):
+            arrays[value.name] = rng.normal(size=shape).astype(dtype)
+        elif value.type.dtype == "i64":
+            arrays[value.name] = rng.integers(0, bounds.get(value.name, 10), shape)
+        else:
+            arrays[value.name] = rng.random(shape) < 0.5
+    return arrays
+
+
+def gather_inputs(args, model: api.Model) -> dict:
+    arrays = load_npz(args.inputs) if args.inputs else {}
+    for name, path in parse_assignments(args.input, "--input").items():
+        arrays[name] = load_npy(path)
+    dims = parse_assignments(args.dim, "--dim", int)
+    needed = [v for v in model.graph.inputs if v.name not in arrays]
+    if needed and args.random_inputs:
+        arrays.update(random_inputs(model.graph, _bind_dims(model.graph, arrays, dims),
+                                    args.seed, arrays))
+    elif needed:
+        listed = ", ".join(f"{v.name}: {v.type}" for v in needed)
+        raise ChainruleError(f"the model needs input(s) {listed}; give --inputs FILE.npz, "
+                             f"--input NAME=FILE.npy or --random-inputs")
+    return arrays
+
+
+def _bind_dims(graph: Graph, arrays: dict, dims: dict) -> dict:
+    """Symbolic dims already fixed by given arrays, then by --dim."""
+    bound = dict(dims)
+    for value in graph.inputs:
+        if value.name in arrays:
+            for dim, size in zip(value.type.shape, np.shape(arrays[value.name])):
+                if isinstance(dim, str) and dim != UNKNOWN:
+                    bound.setdefault(dim, size)
+    return bound
+
+
+def load_model(args) -> api.Model:
+    model = api.compile(args.file, seed=args.seed)
+    if getattr(args, "params", None):
+        model.set_params(load_npz(args.params))
+    return model
+
+
+# ---- printing ---------------------------------------------------------------------------------
+
+def describe(array: np.ndarray) -> str:
+    array = np.asarray(array)
+    if array.ndim == 0:
+        return f"{array.dtype}[] = {array.item():.6g}"
+    shape = f"{array.dtype}[{', '.join(map(str, array.shape))}]"
+    if array.size == 0 or array.dtype == np.bool_:
+        return shape
+    values = array.astype(np.float64)
+    return (f"{shape}  mean {values.mean():.4g}  std {values.std():.4g}  "
+            f"min {values.min():.4g}  max {values.max():.4g}")
+
+
+def print_arrays(arrays: dict) -> None:
+    width = max((len(name) for name in arrays), default=0)
+    for name, array in arrays.items():
+        print(f"  {name.ljust(width)}  {describe(array)}")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    model = load_model(args)
+    graph = model.graph
+    print(f"{args.file}: model {graph.name} ok")
+    print("inputs:")
+    for value in graph.inputs:
+        print(f"  {value.name}: {value.type}")
+    print("params:")
+    total = 0
+    for param in graph.params:
+        count = int(np.prod(param.value.type.shape))
+        total += count
+        print(f"  {param.value.name}: {param.value.type} = {param.init}  ({count:,} values)")
+    print(f"  total: {total:,} values")
+    print("outputs:")
+    for index, value in enumerate(graph.outputs):
+        role = "  (objective)" if index == 0 else ""
+        print(f"  {value.name}: {value.type}{role}")
+    print(f"nodes: {len(graph.nodes)}")
+    return 0
+
+
+def cmd_ir(args) -> int:
+    model = load_model(args)
+    print(model.ir(grad=args.grad), end="")
+    return 0
+
+
+def cmd_run(args) -> int:
+    model = load_model(args)
+    inputs = gather_inputs(args, model)
+    outputs = model.run(backend=args.backend, **inputs)
+    print(f"outputs ({args.backend}):")
+    print_arrays(outputs)
+    if args.output:
+        save_npz(args.output, outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_grad(args) -> int:
+    model = load_model(args)
+    wrt = args.wrt.split(",") if args.wrt else None
+    inputs = gather_inputs(args, model)
+    results = model.grad(wrt=wrt, backend=args.backend, **inputs)
+    print(f"objective and gradients ({args.backend}):")
+    print_arrays(results)
+    if args.output:
+        save_npz(args.output, results)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    model = load_model(args)
+    outputs = args.outputs.split(",") if args.outputs else None
+    wrt = args.wrt.split(",") if args.wrt else None
+    proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
+                          opset=args.opset)
+    graph = proto.graph
+    print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes")
+    print("  inputs:  " + ", ".join(i.name for i in graph.input))
+    print("  outputs: " + ", ".join(o.name for o in graph.output))
+    print("  initializers: " + (", ".join(i.name for i in graph.initializer) or "(none)"))
+    return 0
+
+
+# ---- argument parsing -------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chainrule", description="Compile, run, differentiate and export .nn models.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("file", help="a .nn model file")
+        sub.add_argument("--seed", type=int, default=0,
+                         help="seed for param initialisation and random inputs (default 0)")
+        sub.add_argument("--debug", action="store_true", help="show Python tracebacks")
+        sub.set_defaults(func=func)
+        return sub
+
+    def with_inputs(sub):
+        sub.add_argument("--inputs", metavar="DATA.npz", help="arrays named like the inputs")
+        sub.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                         help="one input from a .npy file (repeatable)")
+        sub.add_argument("--dim", action="append", metavar="NAME=N",
+                         help=f"size of a symbolic dim for random inputs (default {DEFAULT_DIM})")
+        sub.add_argument("--random-inputs", action="store_true",
+                         help="draw missing inputs at random (labels within their class count)")
+        sub.add_argument("--params", metavar="P.npz", help="param values replacing the initial ones")
+        sub.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+        sub.add_argument("-o", "--output", metavar="OUT.npz", help="save the results")
+
+    command("check", cmd_check, "parse, lower and type-check a model; print a summary") \
+        .add_argument("--params", metavar="P.npz", help="param values to check against the model")
+    ir = command("ir", cmd_ir, "print the graph IR")
+    ir.add_argument("--grad", action="store_true", help="include the backward graph")
+    ir.add_argument("--params", help=argparse.SUPPRESS)
+    with_inputs(command("run", cmd_run, "run the forward pass"))
+    grad = command("grad", cmd_grad, "compute the objective and its gradients")
+    with_inputs(grad)
+    grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
+                      "(default: every param)")
+    export = command("export", cmd_export, "export to ONNX")
+    export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
+    export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
+    export.add_argument("--wrt", metavar="NAMES", help="with --grad: what to differentiate")
+    export.add_argument("--outputs", metavar="NAMES", help="keep only these outputs")
+    export.add_argument("--params", metavar="P.npz", help="param values for the initializers")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+    return parser
+
+
+def _source_lines(file: str):
+    try:
+        return Path(file).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not Path(args.file).is_file():
+            raise UsageError(f"{args.file}: no such file")
+        return args.func(args)
+    except UsageError as error:
+        if args.debug:
+            raise
+        print(f"chainrule: error: {error}", file=sys.stderr)
+        return 2
+    except ChainruleError as error:
+        if args.debug:
+            raise
+        print(error.render(_source_lines), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chainrule: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,35 @@
+"""Dead-code elimination: drop nodes, inputs and params that no output needs."""
+from __future__ import annotations
+
+from ..ir import ChainruleError, Graph
+
+
+def eliminate_dead_code(graph: Graph, *, prune_interface: bool = False) -> tuple[Graph, bool]:
+    """Keep the nodes the outputs depend on; with prune_interface, unused inputs/params go too."""
+    live = set(graph.outputs)
+    kept = []
+    for node in reversed(graph.nodes):
+        if any(v in live for v in node.outputs):
+            kept.append(node)
+            live.update(node.inputs)
+    kept.reverse()
+    result = graph.copy()
+    result.nodes = kept
+    if prune_interface:
+        result.inputs = [v for v in graph.inputs if v in live]
+        result.params = [p for p in graph.params if p.value in live]
+    changed = (len(kept) != len(graph.nodes) or len(result.inputs) != len(graph.inputs)
+               or len(result.params) != len(graph.params))
+    return result, changed
+
+
+def select_outputs(graph: Graph, names: list[str]) -> Graph:
+    """The graph reduced to the named outputs and what they need, inputs and params included."""
+    by_name = {v.name: v for v in graph.outputs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ChainruleError(f"unknown output(s) {', '.join(unknown)}; the outputs are "
+                             f"{', '.join(by_name)}")
+    result = graph.copy()
+    result.outputs = [by_name[n] for n in names]
+    return eliminate_dead_code(result, prune_interface=True)[0]

@@ -1,0 +1,75 @@
+"""The ONNX export: standard ONNX that passes the full checker and matches numpy in onnxruntime."""
+import numpy as np
+import onnx
+import pytest
+
+import chainrule
+from chainrule.backends import get_backend
+from chainrule.backends.onnx_backend import export_onnx
+from chainrule.cli import random_inputs
+from chainrule.passes import autodiff
+from conftest import EXAMPLES
+from helpers import assert_close
+from op_cases import CASES, draw, scalar_objective_graph
+
+
+def check_standard(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.domain for o in model.opset_import] == [""]
+    assert all(node.domain == "" for node in model.graph.node)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_op_and_its_gradient_match_numpy_in_onnxruntime(case):
+    rng = np.random.default_rng(1)
+    graph, inputs, objective = scalar_objective_graph(case)
+    feeds = {v.name: draw(arg, rng) for v, arg in zip(inputs, case.args)}
+    feeds["weight"] = rng.normal(size=graph.find("weight").type.shape)
+    wrt = [v for v in inputs if v.type.dtype == "f64"]
+    grad_graph, _ = autodiff(graph, objective, wrt)
+    check_standard(export_onnx(grad_graph, {}))
+    expected = get_backend("numpy").run(grad_graph, feeds, {})
+    actual = get_backend("onnxruntime").run(grad_graph, feeds, {})
+    for name in expected:
+        assert actual[name].dtype == expected[name].dtype, name
+        assert_close(actual[name], expected[name], 1e-12, atol=1e-12, what=name)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_example_exports_and_matches_numpy(path, grad, tmp_path):
+    model = chainrule.compile(str(path))
+    proto = model.to_onnx(tmp_path / "model.onnx", grad=grad)
+    check_standard(onnx.load(str(tmp_path / "model.onnx")))
+    assert proto.graph.node, "export produced no nodes"
+    graph = model.export_graph(grad=grad)
+    feeds = random_inputs(graph, {"B": 5}, seed=0, given={})
+    expected = get_backend("numpy").run(graph, feeds, model.params)
+    actual = get_backend("onnxruntime").run(graph, feeds, model.params)
+    for name in expected:
+        assert_close(actual[name], expected[name], 1e-5, atol=1e-7, what=name)
+
+
+def test_export_keeps_source_locations_and_symbolic_dims(tmp_path):
+    model = chainrule.compile(str(EXAMPLES[0].parent / "mlp.nn"))
+    proto = model.to_onnx(grad=True)
+    docs = [node.doc_string for node in proto.graph.node]
+    assert all(doc.startswith(str(EXAMPLES[0].parent / "mlp.nn")) for doc in docs if doc)
+    assert any(doc.endswith("mlp.nn:8:9") for doc in docs)  # relu and its derivative
+    x = next(i for i in proto.graph.input if i.name == "x")
+    assert [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim] == ["B", 784]
+    assert [i.name for i in proto.graph.initializer] == ["W1", "W2"]
+    assert [o.name for o in proto.graph.output] == ["J", "o", "dJ/dW1", "dJ/dW2"]
+
+
+def test_inference_export_prunes_unused_inputs():
+    model = chainrule.compile(str(EXAMPLES[0].parent / "mlp.nn"))
+    proto = model.to_onnx(outputs=["o"])
+    assert [i.name for i in proto.graph.input] == ["x"]
+    assert [o.name for o in proto.graph.output] == ["o"]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 21])
+def test_older_and_newer_opsets(opset):
+    model = chainrule.compile(str(EXAMPLES[0].parent / "mlp.nn"))
+    check_standard(model.to_onnx(grad=True, opset=opset))
