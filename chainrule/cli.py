@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("file", help="a .nn model file")
         sub.add_argument("--seed", type=int, default=0,
                          help="seed for param initialisation and random inputs (default 0)")
-        sub.add_argument("--debug", action="store_true", help="show Python tracebacks")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show Python tracebacks")
         sub.set_defaults(func=func)
         return sub
 

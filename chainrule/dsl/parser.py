@@ -45,7 +45,9 @@ class BracketAwareNewlines:
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(GRAMMAR.read_text(), start="program", parser="lalr",
+    # The basic lexer, not the contextual one: the post-lexer must see a '}' that ends a
+    # statement before the parser state can accept it.
+    return Lark(GRAMMAR.read_text(), start="program", parser="lalr", lexer="basic",
                 postlex=BracketAwareNewlines(), propagate_positions=True,
                 maybe_placeholders=True)
 
