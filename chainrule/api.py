@@ -7,12 +7,22 @@ import numpy as np
 
 from .backends import get_backend
 from .backends.feeds import check_arrays
+from .backends.numpy_kernels import KERNELS
 from .backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from .dsl import lower_source
 from .fileio import atomic_write_bytes
 from .ir import ChainruleError, Graph, print_graph
+from .ir.types import NUMPY_DTYPES
 from .ir.init import initial_params
-from .passes import autodiff, eliminate_dead_code, infer_shapes, select_outputs
+from .passes import infer_shapes, select_outputs
+from .passes.manager import PassContext, pipeline, run_passes
+
+
+def evaluate_scalars(node, scalars):
+    """Constant folding's evaluator: the numpy kernel of `node` applied to scalar constants."""
+    arrays = [np.asarray(value, NUMPY_DTYPES[v.type.dtype])
+              for value, v in zip(scalars, node.inputs, strict=True)]
+    return KERNELS[node.op](*arrays, **node.attrs)
 
 
 def compile(path_or_source, *, seed: int = 0) -> Model:
@@ -61,49 +71,51 @@ class Model:
 
     # ---- graphs -------------------------------------------------------------------------------
 
-    def wrt_values(self, wrt=None):
-        if wrt is None:
-            return self.graph.param_values()
-        by_name = {v.name: v for v in list(self.graph.inputs) + self.graph.param_values()}
-        unknown = [name for name in wrt if name not in by_name]
-        if unknown:
-            raise ChainruleError(f"cannot differentiate with respect to {', '.join(unknown)}: "
-                                 f"not an input or param (those are {', '.join(by_name)})")
-        return [by_name[name] for name in wrt]
+    def compile_graph(self, *, grad: bool = False, wrt=None, opt_level: str = "O0",
+                      passes: str | None = None, ctx: PassContext | None = None):
+        """The graph after a pipeline: autodiff (with grad) then an optimisation preset, or an
+        explicit comma-separated pass list. Returns the graph and the gradient names."""
+        ctx = ctx or PassContext()
+        ctx.wrt = list(wrt) if wrt is not None else None
+        ctx.evaluate = ctx.evaluate or evaluate_scalars
+        graph = run_passes(self.graph, pipeline(passes, opt_level, grad), ctx)
+        return graph, dict(ctx.grads)
 
-    def grad_graph(self, wrt=None) -> tuple[Graph, dict]:
+    def grad_graph(self, wrt=None, opt_level: str = "O0") -> tuple[Graph, dict]:
         """The forward graph extended with the backward graph of the objective."""
-        graph, grads = autodiff(self.graph, self.objective, self.wrt_values(wrt))
-        graph, _ = eliminate_dead_code(graph)
-        return graph, grads
+        return self.compile_graph(grad=True, wrt=wrt, opt_level=opt_level)
 
-    def ir(self, grad: bool = False) -> str:
-        return print_graph(self.grad_graph()[0] if grad else self.graph)
+    def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
+        return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
 
     # ---- execution ----------------------------------------------------------------------------
 
-    def run(self, backend: str = "numpy", **inputs) -> dict[str, np.ndarray]:
+    def run(self, backend: str = "numpy", opt_level: str = "O0",
+            **inputs) -> dict[str, np.ndarray]:
         """Every output of the model, by name."""
-        return get_backend(backend).run(self.graph, inputs, self.params)
+        graph, _ = self.compile_graph(opt_level=opt_level)
+        return get_backend(backend).run(graph, inputs, self.params)
 
-    def grad(self, wrt=None, backend: str = "numpy", **inputs) -> dict[str, np.ndarray]:
+    def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O0",
+             **inputs) -> dict[str, np.ndarray]:
         """The objective under its name and each gradient under the name it differentiates."""
-        graph, grads = self.grad_graph(wrt)
+        graph, grads = self.grad_graph(wrt, opt_level)
         results = get_backend(backend).run(graph, inputs, self.params)
         out = {self.objective.name: results[self.objective.name]}
-        out.update((name, results[value.name]) for name, value in grads.items())
+        out.update((name, results[gradient]) for name, gradient in grads.items())
         return out
 
-    def export_graph(self, grad: bool = False, outputs=None, wrt=None) -> Graph:
-        graph = self.grad_graph(wrt)[0] if grad else self.graph
+    def export_graph(self, grad: bool = False, outputs=None, wrt=None,
+                     opt_level: str = "O0") -> Graph:
+        graph = self.compile_graph(grad=grad, wrt=wrt, opt_level=opt_level)[0]
         if outputs:
             graph = select_outputs(graph, list(outputs))
         return graph
 
     def to_onnx(self, path=None, *, grad: bool = False, outputs=None, wrt=None,
-                opset: int = DEFAULT_OPSET):
+                opset: int = DEFAULT_OPSET, opt_level: str = "O0"):
         """An ONNX ModelProto (written atomically to `path` when given)."""
-        graph = self.export_graph(grad, outputs, wrt)
+        graph = self.export_graph(grad, outputs, wrt, opt_level)
         model = export_onnx(graph, self.params, opset=opset)
         if path is not None:
             atomic_write_bytes(path, model.SerializeToString())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from . import api
 from .backends import BACKENDS
 from .backends.onnx_backend import DEFAULT_OPSET
 from .fileio import load_npy, load_npz, save_npz
-from .ir import OPS, ChainruleError, Graph
+from .passes.manager import PASSES, PRESETS, PassContext
+from .ir import OPS, ChainruleError, Graph, print_graph
 from .ir.types import NUMPY_DTYPES, UNKNOWN
 
 DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
@@ -149,16 +151,25 @@ def cmd_check(args) -> int:
     return 0
 
 
+def pass_context(args) -> PassContext:
+    print_after = True if args.print_after_all else set(args.print_after or ())
+    return PassContext(verify_each=args.verify_each, print_after=print_after,
+                       time_passes=args.time_passes)
+
+
 def cmd_ir(args) -> int:
     model = load_model(args)
-    print(model.ir(grad=args.grad), end="")
+    graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level,
+                                   passes=args.passes, ctx=pass_context(args))
+    if not (args.print_after_all or args.print_after):
+        print(print_graph(graph), end="")
     return 0
 
 
 def cmd_run(args) -> int:
     model = load_model(args)
     inputs = gather_inputs(args, model)
-    outputs = model.run(backend=args.backend, **inputs)
+    outputs = model.run(backend=args.backend, opt_level=args.opt_level, **inputs)
     print(f"outputs ({args.backend}):")
     print_arrays(outputs)
     if args.output:
@@ -171,7 +182,7 @@ def cmd_grad(args) -> int:
     model = load_model(args)
     wrt = args.wrt.split(",") if args.wrt else None
     inputs = gather_inputs(args, model)
-    results = model.grad(wrt=wrt, backend=args.backend, **inputs)
+    results = model.grad(wrt=wrt, backend=args.backend, opt_level=args.opt_level, **inputs)
     print(f"objective and gradients ({args.backend}):")
     print_arrays(results)
     if args.output:
@@ -185,7 +196,7 @@ def cmd_export(args) -> int:
     outputs = args.outputs.split(",") if args.outputs else None
     wrt = args.wrt.split(",") if args.wrt else None
     proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
-                          opset=args.opset)
+                          opset=args.opset, opt_level=args.opt_level)
     graph = proto.graph
     print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes")
     print("  inputs:  " + ", ".join(i.name for i in graph.input))
@@ -212,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
+    def with_optimization(sub):
+        levels = sub.add_mutually_exclusive_group()
+        for level in PRESETS:
+            levels.add_argument(f"-{level}", dest="opt_level", action="store_const", const=level,
+                                help=f"optimisation preset: {', '.join(PRESETS[level])}")
+        sub.set_defaults(opt_level="O0")
+        return sub
+
     def with_inputs(sub):
         sub.add_argument("--inputs", metavar="DATA.npz", help="arrays named like the inputs")
         sub.add_argument("--input", action="append", metavar="NAME=FILE.npy",
@@ -226,15 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("check", cmd_check, "parse, lower and type-check a model; print a summary") \
         .add_argument("--params", metavar="P.npz", help="param values to check against the model")
-    ir = command("ir", cmd_ir, "print the graph IR")
+    ir = with_optimization(command("ir", cmd_ir, "print the graph IR (of a .nn or .cir file)"))
     ir.add_argument("--grad", action="store_true", help="include the backward graph")
+    ir.add_argument("--passes", metavar="P1,P2", help="run exactly these passes "
+                    f"({', '.join(PASSES)}) instead of a preset")
+    ir.add_argument("--print-after-all", action="store_true", help="print the IR after each pass")
+    ir.add_argument("--print-after", action="append", metavar="PASS",
+                    help="print the IR after this pass (repeatable)")
+    ir.add_argument("--time-passes", action="store_true", help="print a table of pass times")
+    ir.add_argument("--verify-each", action="store_true",
+                    help="run the IR verifier before and after every pass")
     ir.add_argument("--params", help=argparse.SUPPRESS)
-    with_inputs(command("run", cmd_run, "run the forward pass"))
+    with_inputs(with_optimization(command("run", cmd_run, "run the forward pass")))
     grad = command("grad", cmd_grad, "compute the objective and its gradients")
-    with_inputs(grad)
+    with_inputs(with_optimization(grad))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
                       "(default: every param)")
-    export = command("export", cmd_export, "export to ONNX")
+    export = with_optimization(command("export", cmd_export, "export to ONNX"))
     export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
     export.add_argument("--wrt", metavar="NAMES", help="with --grad: what to differentiate")
@@ -269,6 +296,10 @@ def main(argv=None) -> int:
             raise
         print(error.render(_source_lines), file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("chainrule: interrupted", file=sys.stderr)
         return 130

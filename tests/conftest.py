@@ -13,5 +13,15 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite the expected IR of the golden tests in tests/ir/")
+
+
+@pytest.fixture
+def update_golden(request):
+    return request.config.getoption("--update-golden")
+
+
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")

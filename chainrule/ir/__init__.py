@@ -9,8 +9,9 @@ from .ops import OPS, OpDef, get_op, infer_type
 from .printer import print_graph
 from .shapes import OpTypeError
 from .types import DTYPES, FLOAT_DTYPES, NUMPY_DTYPES, UNKNOWN, TensorType, scalar
+from .verify import VerifyError, verify
 
 __all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "Graph", "InitSpec", "Namer", "Node",
            "Param", "Value", "OPS", "OpDef", "get_op", "infer_type", "print_graph",
            "OpTypeError", "DTYPES", "FLOAT_DTYPES", "NUMPY_DTYPES", "UNKNOWN", "TensorType",
-           "scalar"]
+           "scalar", "VerifyError", "verify"]

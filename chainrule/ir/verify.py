@@ -1,0 +1,148 @@
+"""The IR verifier: the invariants every pass relies on, checked in one walk over the graph.
+
+Passes assume single assignment, definition before use (which is also topological order),
+registered ops with complete attrs, and declared types equal to what inference says. Tests run
+`verify` between passes so that a pass breaking one of these fails where it breaks it, with the
+offending node and its DSL location, instead of somewhere downstream.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from .errors import ChainruleError, SourceLoc
+from .graph import Graph, Node, Param, Value
+from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
+from .printer import format_node, format_value
+from .shapes import OpTypeError
+from .types import is_float
+
+
+class VerifyError(ChainruleError):
+    """A graph breaks an IR invariant; `loc` is the offending node's (or param's) location."""
+
+
+def verify(graph: Graph) -> None:
+    """Raise VerifyError for the first broken invariant; return None for a well-formed graph."""
+    first = next(_problems(graph), None)
+    if first is not None:
+        raise first
+
+
+def verify_all(graph: Graph) -> list[str]:
+    """Every broken invariant, one line each: `FILE:LINE:COL: <node>: <rule>`."""
+    return [str(problem) for problem in _problems(graph)]
+
+
+class _Scope:
+    """The values defined so far while walking the graph in definition order."""
+
+    def __init__(self, graph: Graph):
+        # Everything the graph defines anywhere: tells "used too early" from "not in the graph".
+        self.in_graph = set(graph.values())
+        self.defined: set[Value] = set()
+        self.by_name: dict[str, Value] = {}
+
+    def use(self, value: Value) -> str | None:
+        """The broken rule when `value` is read here, or None."""
+        if value in self.defined:
+            return None
+        if value in self.in_graph:
+            return f"uses {format_value(value)} before it is defined"
+        return f"uses {format_value(value)}, which the graph does not define"
+
+    def define(self, value: Value) -> str | None:
+        """Record `value` as defined here; the broken rule when that breaks SSA, or None."""
+        rule = None
+        if value in self.defined:
+            rule = f"defines {format_value(value)} a second time"
+        elif self.by_name.get(value.name, value) is not value:
+            rule = f"defines {format_value(value)}, a name another value already has"
+        self.defined.add(value)
+        self.by_name.setdefault(value.name, value)
+        return rule
+
+
+def _problems(graph: Graph) -> Iterator[VerifyError]:
+    """The broken invariants in graph order, lazily so that `verify` stops at the first."""
+    scope = _Scope(graph)
+    for value in graph.inputs:
+        yield from _located(f"input {_declaration(value)}", graph.loc, [scope.define(value)])
+    for param in graph.params:
+        yield from _located(f"param {_declaration(param.value)}", param.loc,
+                            [scope.define(param.value), *_param_rules(param)])
+    for node in graph.nodes:
+        yield from _located(format_node(node), node.loc, _node_rules(scope, node))
+    returned = "return " + ", ".join(format_value(v) for v in graph.outputs)
+    yield from _located(returned, graph.loc, [scope.use(value) for value in graph.outputs])
+
+
+def _located(subject: str, loc: SourceLoc | None, rules) -> Iterator[VerifyError]:
+    """One VerifyError per broken rule (None means the rule holds)."""
+    for rule in rules:
+        if rule is not None:
+            yield VerifyError(f"{subject}: {rule}", loc)
+
+
+def _declaration(value: Value) -> str:
+    return f"{format_value(value)}: {value.type}"
+
+
+def _param_rules(param: Param) -> list[str]:
+    # Params are trained and initialised from their shape, so they need floats and known sizes.
+    value_type = param.value.type
+    rules = []
+    if not is_float(value_type.dtype):
+        rules.append(f"a param needs a float dtype, not {value_type.dtype}")
+    symbolic = [str(dim) for dim in value_type.shape if not ATTR_KINDS["int"](dim)]
+    if symbolic:
+        rules.append(f"a param's dims must be integers, not {', '.join(symbolic)}")
+    return rules
+
+
+def _node_rules(scope: _Scope, node: Node) -> list[str | None]:
+    # Inputs are checked before the outputs are defined, so a node reading its own output is
+    # reported as a use before definition.
+    uses = [scope.use(value) for value in node.inputs]
+    op_rules = _op_rules(node)
+    definitions = [scope.define(value) for value in node.outputs]
+    return uses + op_rules + definitions
+
+
+def _op_rules(node: Node) -> list[str]:
+    """What the op registry demands of the node: arity, one output, attrs, the inferred type."""
+    rules = []
+    if len(node.outputs) != 1:
+        rules.append(f"has {len(node.outputs)} outputs; a node has exactly one")
+    op = OPS.get(node.op)
+    if op is None:
+        return rules + [f"unknown op '{node.op}'"]
+    if len(node.inputs) != op.num_inputs:
+        rules.append(f"op '{op.name}' takes {op.num_inputs} inputs, got {len(node.inputs)}")
+    rules += _attr_rules(op, node.attrs)
+    # Type inference needs the right arity and valid attrs: only once those hold does a type
+    # mismatch say something new about the node.
+    return rules or _type_rules(node)
+
+
+def _attr_rules(op: OpDef, attrs: dict) -> list[str]:
+    try:
+        complete = complete_attrs(op, attrs)
+    except OpTypeError as error:  # an unknown name, a missing required attr or a wrong kind
+        return [str(error)]
+    # complete_attrs keeps the given values, so the attrs can only differ by missing defaults.
+    # Passes and backends read attrs without defaults, so nodes must carry every one.
+    missing = [name for name in complete if name not in attrs]
+    if missing:
+        return [f"attrs lack their defaults for {', '.join(missing)}"]
+    return []
+
+
+def _type_rules(node: Node) -> list[str]:
+    try:
+        inferred = infer_type(node.op, [value.type for value in node.inputs], node.attrs)
+    except OpTypeError as error:
+        return [f"the op's type rule rejects the inputs: {error}"]
+    declared = node.output.type
+    if declared != inferred:
+        return [f"declared type {declared} differs from the inferred type {inferred}"]
+    return []

@@ -1,0 +1,25 @@
+"""Common-subexpression elimination: one node per distinct (op, inputs, attrs)."""
+from __future__ import annotations
+
+from ..ir import Graph
+from .rewrite import Rewriter
+
+
+def _key(node):
+    attrs = tuple(sorted(node.attrs.items()))
+    return node.op, tuple(id(v) for v in node.inputs), attrs
+
+
+def eliminate_common_subexpressions(graph: Graph) -> tuple[Graph, bool]:
+    rewriter = Rewriter(graph)
+    seen = {}
+    for node in graph.nodes:
+        node = rewriter.remap(node)
+        key = _key(node)
+        earlier = seen.get(key)
+        if earlier is not None and rewriter.can_replace(node.outputs[0], earlier.outputs[0]):
+            rewriter.replace(node.outputs[0], earlier.outputs[0])
+            continue
+        seen.setdefault(key, node)
+        rewriter.keep(node)
+    return rewriter.finish()

@@ -1,0 +1,115 @@
+"""The pass manager: named passes, pipelines, presets, printing, timing and verification.
+
+Every pass has one contract: it takes a graph and a PassContext and returns the new graph and
+whether it changed anything.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import ChainruleError, Graph, print_graph
+from ..ir.verify import verify
+from .autodiff import autodiff
+from .cse import eliminate_common_subexpressions
+from .dce import eliminate_dead_code
+from .infer import infer_shapes
+from .simplify import simplify
+
+
+@dataclass
+class PassContext:
+    """What passes may need beyond the graph; autodiff records its gradients here."""
+
+    wrt: list[str] | None = None          # names to differentiate with respect to; None: params
+    evaluate: Callable | None = None      # evaluate(node, scalars) for constant folding
+    grads: dict[str, str] = field(default_factory=dict)  # differentiated name -> gradient name
+    verify_each: bool = False
+    print_after: set[str] | bool = False  # True: after every pass
+    time_passes: bool = False
+    out = sys.stdout
+    timings: list[tuple[str, float, bool]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: Callable[[Graph, PassContext], tuple[Graph, bool]]
+    summary: str
+
+
+def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
+    objective = graph.outputs[0]
+    if ctx.wrt is None:
+        wrt = graph.param_values()
+    else:
+        by_name = {v.name: v for v in list(graph.inputs) + graph.param_values()}
+        unknown = [name for name in ctx.wrt if name not in by_name]
+        if unknown:
+            raise ChainruleError(f"cannot differentiate with respect to {', '.join(unknown)}: "
+                                 f"not an input or param (those are {', '.join(by_name)})")
+        wrt = [by_name[name] for name in ctx.wrt]
+    result, grads = autodiff(graph, objective, wrt)
+    ctx.grads = {name: value.name for name, value in grads.items()}
+    return result, True
+
+
+PASSES = {p.name: p for p in [
+    Pass("infer", lambda g, ctx: infer_shapes(g), "shape and dtype inference"),
+    Pass("autodiff", _autodiff, "append the backward graph of the first output"),
+    Pass("dce", lambda g, ctx: eliminate_dead_code(g), "dead-code elimination"),
+    Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),
+         "common-subexpression elimination"),
+    Pass("simplify", lambda g, ctx: simplify(g, ctx.evaluate),
+         "algebraic simplification and constant folding"),
+]}
+
+PRESETS = {
+    "O0": ["dce"],
+    "O1": ["simplify", "cse", "dce"],
+    "O2": ["simplify", "cse", "simplify", "cse", "dce"],
+}
+
+
+def pipeline(passes: str | None = None, opt_level: str = "O0", grad: bool = False) -> list[str]:
+    """The pass names to run: an explicit comma-separated list, or autodiff plus a preset."""
+    if passes:
+        names = [n.strip() for n in passes.split(",") if n.strip()]
+    else:
+        names = (["autodiff"] if grad else []) + PRESETS[opt_level]
+    unknown = [n for n in names if n not in PASSES]
+    if unknown:
+        raise ChainruleError(f"unknown pass(es) {', '.join(unknown)}; the passes are "
+                             f"{', '.join(PASSES)}")
+    return names
+
+
+def run_passes(graph: Graph, names: list[str], ctx: PassContext | None = None) -> Graph:
+    ctx = ctx or PassContext()
+    if ctx.verify_each:
+        verify(graph)
+    for name in names:
+        started = time.perf_counter()
+        graph, changed = PASSES[name].run(graph, ctx)
+        ctx.timings.append((name, time.perf_counter() - started, changed))
+        if ctx.verify_each:
+            verify(graph)
+        if ctx.print_after is True or (ctx.print_after and name in ctx.print_after):
+            print(f"# ----- IR after {name}{'' if changed else ' (unchanged)'} -----",
+                  file=ctx.out)
+            print(print_graph(graph), file=ctx.out)
+    if ctx.time_passes:
+        print(format_timings(ctx.timings, graph), file=ctx.out)
+    return graph
+
+
+def format_timings(timings, graph: Graph) -> str:
+    total = sum(seconds for _, seconds, _ in timings) or 1e-12
+    lines = ["# ----- pass timings -----", f"# {'pass':<12} {'ms':>9} {'%':>6}  changed"]
+    for name, seconds, changed in timings:
+        lines.append(f"# {name:<12} {seconds * 1e3:9.3f} {100 * seconds / total:6.1f}  "
+                     f"{'yes' if changed else 'no'}")
+    lines.append(f"# {'total':<12} {total * 1e3:9.3f}  ({len(graph.nodes)} nodes after)")
+    return "\n".join(lines)

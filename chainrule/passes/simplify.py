@@ -1,0 +1,184 @@
+"""Algebraic simplification and constant folding as small pattern -> replacement rules.
+
+A rule looks at one node (inputs already rewritten) and returns the value that can stand for
+its output, or None. Rules may emit new nodes through the context.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ir import Graph, Node, Value, infer_type
+from .rewrite import Rewriter
+
+RULES = []
+
+
+def rule(fn):
+    RULES.append(fn)
+    return fn
+
+
+class RuleContext:
+    def __init__(self, rewriter: Rewriter, evaluate=None):
+        self.rewriter = rewriter
+        self.evaluate = evaluate
+        self.producers: dict[Value, Node] = {}
+
+    def producer(self, value: Value) -> Node | None:
+        return self.producers.get(value)
+
+    def constant(self, value: Value) -> float | None:
+        node = self.producer(value)
+        return node.attrs["value"] if node is not None and node.op == "constant" else None
+
+    def emit(self, op: str, inputs, attrs: dict, like: Node, name: str) -> Value:
+        out_type = infer_type(op, [v.type for v in inputs], attrs)
+        out = Value(name, out_type)
+        self.keep(Node(op, tuple(inputs), attrs, (out,), like.loc))
+        return out
+
+    def keep(self, node: Node) -> None:
+        self.rewriter.keep(node)
+        self.producers[node.outputs[0]] = node
+
+
+def _same_type(a: Value, b: Value) -> bool:
+    return a.type == b.type
+
+
+@rule
+def multiply_by_one(ctx, node):
+    if node.op == "mul":
+        a, b = node.inputs
+        if ctx.constant(b) == 1.0 and _same_type(a, node.outputs[0]):
+            return a
+        if ctx.constant(a) == 1.0 and _same_type(b, node.outputs[0]):
+            return b
+    if node.op == "div" and ctx.constant(node.inputs[1]) == 1.0:
+        if _same_type(node.inputs[0], node.outputs[0]):
+            return node.inputs[0]
+    return None
+
+
+@rule
+def add_zero(ctx, node):
+    if node.op in ("add", "sub"):
+        a, b = node.inputs
+        if ctx.constant(b) == 0.0 and _same_type(a, node.outputs[0]):
+            return a
+        if node.op == "add" and ctx.constant(a) == 0.0 and _same_type(b, node.outputs[0]):
+            return b
+    return None
+
+
+@rule
+def double_negation(ctx, node):
+    if node.op == "neg":
+        inner = ctx.producer(node.inputs[0])
+        if inner is not None and inner.op == "neg":
+            return inner.inputs[0]
+    return None
+
+
+@rule
+def transpose_of_transpose(ctx, node):
+    if node.op != "transpose":
+        return None
+    perm = node.attrs["perm"]
+    if perm == tuple(range(len(perm))):
+        return node.inputs[0]
+    inner = ctx.producer(node.inputs[0])
+    if inner is None or inner.op != "transpose":
+        return None
+    composed = tuple(inner.attrs["perm"][p] for p in perm)
+    if composed == tuple(range(len(perm))):
+        return inner.inputs[0]
+    return ctx.emit("transpose", inner.inputs, {"perm": composed}, node,
+                    node.outputs[0].name)
+
+
+@rule
+def cast_to_same_dtype(ctx, node):
+    if node.op == "cast" and node.inputs[0].type.dtype == node.attrs["dtype"]:
+        return node.inputs[0]
+    return None
+
+
+@rule
+def broadcast_to_own_shape(ctx, node):
+    if node.op == "broadcast_like" and _same_type(node.inputs[0], node.outputs[0]):
+        return node.inputs[0]
+    return None
+
+
+@rule
+def reduce_nothing(ctx, node):
+    """sum/mean over axes that are all size 1, keeping them, is the identity."""
+    if node.op in ("sum", "mean") and node.attrs["keepdims"] and node.attrs["axes"] is not None:
+        x = node.inputs[0]
+        if all(x.type.shape[a] == 1 for a in node.attrs["axes"]):
+            return x
+    return None
+
+
+@rule
+def sum_of_unsqueeze(ctx, node):
+    """Summing away exactly the axes an unsqueeze added gives back its input."""
+    if node.op != "sum" or node.attrs["keepdims"]:
+        return None
+    inner = ctx.producer(node.inputs[0])
+    if inner is None or inner.op != "unsqueeze" or node.attrs["axes"] is None:
+        return None
+    rank = node.inputs[0].type.rank
+    if sorted(a % rank for a in node.attrs["axes"]) == sorted(a % rank for a in inner.attrs["axes"]):
+        return inner.inputs[0]
+    return None
+
+
+@rule
+def static_numel(ctx, node):
+    """numel of dims known at compile time is a constant."""
+    if node.op != "numel":
+        return None
+    shape = node.inputs[0].type.shape
+    axes = range(len(shape)) if node.attrs["axes"] is None else node.attrs["axes"]
+    dims = [shape[a] for a in axes]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return ctx.emit("constant", (), {"value": float(math.prod(dims)),
+                                     "dtype": node.attrs["dtype"]}, node, node.outputs[0].name)
+
+
+@rule
+def fold_scalar_constants(ctx, node):
+    """An elementwise op of scalar constants is a constant (evaluated by the given kernels)."""
+    if ctx.evaluate is None or node.op == "constant" or not node.inputs:
+        return None
+    out = node.outputs[0]
+    if out.type.rank != 0 or out.type.dtype not in ("f32", "f64"):
+        return None
+    values = [ctx.constant(v) for v in node.inputs]
+    if any(v is None for v in values) or any(v.type.dtype != out.type.dtype for v in node.inputs):
+        return None
+    result = float(ctx.evaluate(node, values))
+    if not math.isfinite(result):
+        return None
+    return ctx.emit("constant", (), {"value": result, "dtype": out.type.dtype}, node, out.name)
+
+
+def simplify(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
+    """Apply RULES to every node once, in order; `evaluate(node, scalars)` enables folding."""
+    rewriter = Rewriter(graph)
+    ctx = RuleContext(rewriter, evaluate)
+    for node in graph.nodes:
+        node = rewriter.remap(node)
+        replacement = None
+        for candidate in RULES:
+            replacement = candidate(ctx, node)
+            if replacement is not None:
+                break
+        if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
+            ctx.keep(node)
+            continue
+        rewriter.replace(node.outputs[0], replacement)
+    return rewriter.finish()
