@@ -1,6 +1,7 @@
 """The Python API: `chainrule.compile(path_or_source)` and the Model it returns."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from .backends.numpy_kernels import KERNELS
 from .backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from .dsl import lower_source
 from .fileio import atomic_write_bytes
-from .ir import ChainruleError, Graph, print_graph
+from .ir import ChainruleError, Graph, print_graph, verify
 from .ir.types import NUMPY_DTYPES
 from .ir.init import initial_params
 from .passes import infer_shapes, select_outputs
@@ -38,6 +39,8 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
         filename, source = "<string>", text
     graph = lower_source(source, filename)
     graph, _ = infer_shapes(graph)
+    if os.environ.get("CHAINRULE_VERIFY") == "1":
+        verify(graph)
     return Model(graph, source, filename, seed=seed)
 
 

@@ -282,6 +282,8 @@ def _source_lines(file: str):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
     try:
         if not Path(args.file).is_file():
             raise UsageError(f"{args.file}: no such file")

@@ -24,4 +24,5 @@ def update_golden(request):
 
 
 def pytest_configure(config):
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    # Verify the IR after lowering and after every pass in every test.
+    os.environ["CHAINRULE_VERIFY"] = "1"

@@ -1,6 +1,12 @@
-"""Passes over the IR: shape inference, autodiff, dead-code elimination."""
+"""Passes over the IR: shape inference, autodiff, simplification, CSE, dead-code elimination.
+
+`manager` names them, groups them into presets and runs pipelines.
+"""
 from .autodiff import autodiff, gradient_name
+from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code, select_outputs
 from .infer import infer_shapes
+from .simplify import simplify
 
-__all__ = ["autodiff", "gradient_name", "eliminate_dead_code", "select_outputs", "infer_shapes"]
+__all__ = ["autodiff", "gradient_name", "eliminate_common_subexpressions",
+           "eliminate_dead_code", "select_outputs", "infer_shapes", "simplify"]
