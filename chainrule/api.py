@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from onnx import numpy_helper
 
 from .backends import get_backend
 from .backends.feeds import check_arrays
@@ -17,6 +18,7 @@ from .ir.types import NUMPY_DTYPES
 from .ir.init import initial_params
 from .passes import infer_shapes, select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
+from .passes.optimizers import OptimizerSpec, build_train_step
 
 
 def evaluate_scalars(node, scalars):
@@ -84,12 +86,36 @@ class Model:
         graph = run_passes(self.graph, pipeline(passes, opt_level, grad), ctx)
         return graph, dict(ctx.grads)
 
+    def optimize(self, graph: Graph, opt_level: str = "O1") -> Graph:
+        """Run an optimisation preset over a graph built from this model's."""
+        return run_passes(graph, pipeline(None, opt_level),
+                          PassContext(evaluate=evaluate_scalars))
+
+    def train_step_graph(self, optimizer: OptimizerSpec | None = None, opt_level: str = "O1"):
+        """The whole training step as one graph: forward, backward and optimizer update.
+
+        Returns the graph and its TrainStepInterface (which outputs update which inputs)."""
+        graph, grads = self.compile_graph(grad=True, opt_level=opt_level)
+        step, interface = build_train_step(graph, grads, optimizer or OptimizerSpec())
+        return self.optimize(step, opt_level), interface
+
     def grad_graph(self, wrt=None, opt_level: str = "O0") -> tuple[Graph, dict]:
         """The forward graph extended with the backward graph of the objective."""
         return self.compile_graph(grad=True, wrt=wrt, opt_level=opt_level)
 
     def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
+
+    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str):
+        graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level)
+        model = export_onnx(graph, opset=opset, params_as_inputs=True)
+        defaults = dict(self.params)
+        types = {v.name: v.type for v in graph.inputs}
+        defaults.update((name, np.zeros(types[name].shape, NUMPY_DTYPES[types[name].dtype]))
+                        for name in interface.state)
+        model.graph.initializer.extend(numpy_helper.from_array(np.asarray(array), name)
+                                       for name, array in defaults.items())
+        return model
 
     # ---- execution ----------------------------------------------------------------------------
 
@@ -116,10 +142,17 @@ class Model:
         return graph
 
     def to_onnx(self, path=None, *, grad: bool = False, outputs=None, wrt=None,
-                opset: int = DEFAULT_OPSET, opt_level: str = "O0"):
-        """An ONNX ModelProto (written atomically to `path` when given)."""
-        graph = self.export_graph(grad, outputs, wrt, opt_level)
-        model = export_onnx(graph, self.params, opset=opset)
+                opset: int = DEFAULT_OPSET, opt_level: str = "O0",
+                train_step: OptimizerSpec | None = None):
+        """An ONNX ModelProto (written atomically to `path` when given).
+
+        With `train_step`, the whole training step: params and optimizer state are inputs with
+        their initial values as defaults, each updated one as an output named `<input>.next`."""
+        if train_step is not None:
+            model = self._train_step_onnx(train_step, opset, opt_level)
+        else:
+            graph = self.export_graph(grad, outputs, wrt, opt_level)
+            model = export_onnx(graph, self.params, opset=opset)
         if path is not None:
             atomic_write_bytes(path, model.SerializeToString())
         return model

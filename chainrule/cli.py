@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,13 @@ from .backends import BACKENDS
 from .backends.onnx_backend import DEFAULT_OPSET
 from .fileio import load_npy, load_npz, save_npz
 from .passes.manager import PASSES, PRESETS, PassContext
+from .passes.optimizers import OPTIMIZERS, OptimizerSpec
+from .train import (SCHEDULES, TrainConfig, Trainer, format_epoch, print_progress,
+                    split_validation)
 from .ir import OPS, ChainruleError, Graph, print_graph
 from .ir.types import NUMPY_DTYPES, UNKNOWN
 
+DEFAULTS = TrainConfig()
 DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
 
 
@@ -205,6 +211,74 @@ def cmd_export(args) -> int:
     return 0
 
 
+def load_data(args_inputs, args_input, what: str) -> dict:
+    arrays = load_npz(args_inputs) if args_inputs else {}
+    for name, path in parse_assignments(args_input, "--input").items():
+        arrays[name] = load_npy(path)
+    if not arrays:
+        raise UsageError(f"no {what}: give --data FILE.npz or --input NAME=FILE.npy")
+    return arrays
+
+
+def cmd_train(args) -> int:
+    model = load_model(args)
+    spec = OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=args.weight_decay)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         optimizer=spec, schedule=args.lr_schedule, seed=args.seed,
+                         backend=args.backend, opt_level=args.opt_level or "O1")
+    train_data = load_data(args.data, args.input, "training data")
+    val_data = load_npz(args.val) if args.val else None
+    if args.val_split:
+        if val_data is not None:
+            raise UsageError("give --val or --val-split, not both")
+        if not 0 < args.val_split < 1:
+            raise UsageError("--val-split must lie between 0 and 1")
+        train_data, val_data = split_validation(train_data, args.val_split, args.seed)
+    log_file = open(args.log_jsonl, "a") if args.log_jsonl else None
+
+    def log(record):
+        if not args.quiet:
+            print(format_epoch(record, trainer.interface.objective), flush=True)
+        if log_file:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    trainer = Trainer(model, config, log)
+    checkpoint = args.checkpoint or args.resume
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        if not args.quiet:
+            print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
+    if not args.quiet:
+        print(f"training {model.graph.name} on {config.backend}: {config.epochs} epochs, "
+              f"batch {config.batch_size}, {spec.kind} lr {config.lr} ({config.schedule})")
+    started = time.perf_counter()
+    try:
+        trainer.fit(train_data, val_data, checkpoint,
+                    progress=None if args.quiet else print_progress)
+    except KeyboardInterrupt:
+        where = f"epoch {trainer.epoch + 1}, batch {trainer.batch}"
+        if checkpoint:
+            print(f"interrupted at {where}; checkpoint written to {checkpoint}. Resume with:\n"
+                  f"  chainrule train {args.file} --resume {checkpoint} [the same options]",
+                  file=sys.stderr)
+        else:
+            print(f"interrupted at {where}; no --checkpoint DIR was given, so nothing was "
+                  f"saved", file=sys.stderr)
+        return 130
+    finally:
+        if log_file:
+            log_file.close()
+    if not args.quiet:
+        print(f"trained in {time.perf_counter() - started:.2f}s")
+    if args.output:
+        save_npz(args.output, trainer.params)
+        if not args.quiet:
+            print(f"wrote {args.output}")
+    return 0
+
+
 # ---- argument parsing -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +335,31 @@ def build_parser() -> argparse.ArgumentParser:
     with_inputs(with_optimization(grad))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
                       "(default: every param)")
+    train = with_optimization(command("train", cmd_train, "train the model's params"))
+    train.add_argument("--data", metavar="TRAIN.npz", help="arrays named like the inputs")
+    train.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                       help="one input's training data (repeatable)")
+    train.add_argument("--val", metavar="VAL.npz", help="validation data")
+    train.add_argument("--val-split", type=float, metavar="F",
+                       help="hold out this fraction of the training data for validation")
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind)
+    train.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    train.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
+    train.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    train.add_argument("--weight-decay", type=float, default=0.0,
+                       help="decoupled for sgd and adamw, added to the gradient for adam")
+    train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
+    train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    train.add_argument("--params", metavar="INIT.npz", help="initial param values")
+    train.add_argument("-o", "--output", metavar="TRAINED.npz", help="save the trained params")
+    train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after each epoch")
+    train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
+    train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
+    train.set_defaults(opt_level=None)
+
     export = with_optimization(command("export", cmd_export, "export to ONNX"))
     export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
