@@ -1,0 +1,202 @@
+"""The compiled numpy backend: a graph becomes one generated Python function.
+
+The function calls numpy directly, keeps values in locals, deletes each intermediate after its
+last use, and writes an elementwise result into a dying operand's buffer (`out=`) when shape,
+dtype and aliasing allow. `generate_source` returns the code, which `chainrule ir --emit python`
+prints; `memory_plan` says which buffers were reused.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir import Graph, Node, Value
+from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from .feeds import check_feeds
+from .numpy_backend import ExecutionError
+from .numpy_kernels import KERNELS
+
+# Ops that are numpy ufuncs, called as np.<ufunc>(inputs..., out=buffer) when in place.
+UFUNCS = {
+    "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "power",
+    "neg": "negative", "exp": "exp", "log": "log", "tanh": "tanh",
+    "less": "less", "less_equal": "less_equal", "greater": "greater",
+    "greater_equal": "greater_equal", "equal": "equal", "not_equal": "not_equal",
+    "matmul": "matmul",
+}
+# Ufuncs whose output may overwrite an input (elementwise: each element read before written).
+ELEMENTWISE_UFUNCS = set(UFUNCS) - {"matmul"}
+# Ops whose result is a view of their first input, sharing its memory.
+VIEW_OPS = {"transpose", "broadcast_like", "unsqueeze", "reshape", "squeeze", "slice"}
+
+
+@dataclass
+class Plan:
+    """What the compiler decided: variable names, deletions and in-place reuses."""
+
+    names: dict = field(default_factory=dict)        # Value -> local variable
+    frees: dict = field(default_factory=dict)        # node index -> values deleted after it
+    in_place: dict = field(default_factory=dict)     # node index -> input Value reused as output
+    buffers: dict = field(default_factory=dict)      # Value -> the Value owning its memory
+
+
+def _fixed_shape(value: Value) -> bool:
+    return UNKNOWN not in value.type.shape
+
+
+def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
+    """Choose local names, where each value dies, and which results overwrite a dying operand.
+
+    A value may be overwritten when its memory is its own (not a view, not a caller's array
+    unless params are donated), nothing reads it or a view of it later, and it is no output.
+    """
+    plan = Plan()
+    plan.names = {value: f"v{index}" for index, value in enumerate(graph.values())}
+    root = {v: v for v in graph.values()}
+    for node in graph.nodes:
+        if node.op in VIEW_OPS:
+            root[node.outputs[0]] = root[node.inputs[0]]
+    plan.buffers = root
+    last_read, last_read_through_views = {}, {}
+    for index, node in enumerate(graph.nodes):
+        for value in node.inputs:
+            last_read[value] = index
+            last_read_through_views[root[value]] = index
+    caller_owned = set(graph.inputs) | (set() if donate_params else set(graph.param_values()))
+    kept = {root[v] for v in graph.outputs}
+    for index, node in enumerate(graph.nodes):
+        out = node.outputs[0]
+        if node.op not in ELEMENTWISE_UFUNCS or out.type.rank == 0 or not _fixed_shape(out):
+            continue
+        for value in node.inputs:
+            if (root[value] is value and value not in caller_owned and value not in kept
+                    and last_read_through_views.get(value) == index and value.type == out.type
+                    and node.inputs.count(value) == 1):
+                plan.in_place[index] = value
+                break
+    interface = set(graph.inputs) | set(graph.param_values())
+    for value, index in last_read.items():
+        if value not in interface and value not in graph.outputs:
+            plan.frees.setdefault(index, []).append(value)
+    return plan
+
+
+def _literal(value) -> str:
+    if isinstance(value, float):
+        return repr(value) if np.isfinite(value) else f"float('{value}')"
+    return repr(value)
+
+
+def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tuple[str, list]:
+    """Python source of the compiled graph and the node of each generated line."""
+    names = plan.names
+    params = [names[v] for v in list(graph.inputs) + graph.param_values()]
+    lines = [f"def {function_name}({', '.join(params)}):"]
+    line_nodes = [None]
+    for index, node in enumerate(graph.nodes):
+        out = names[node.outputs[0]]
+        args = [names[v] for v in node.inputs]
+        reused = plan.in_place.get(index)
+        if node.op == "constant":
+            call = f"CONSTANTS[{index}]"
+        elif node.op in UFUNCS:
+            out_arg = f", out={names[reused]}" if reused is not None else ""
+            call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
+        else:
+            attrs = "".join(f", {k}={_literal(v)}" for k, v in node.attrs.items())
+            call = f"K_{node.op}({', '.join(args)}{attrs})"
+        comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
+        lines.append(f"    {out} = {call}{comment}")
+        line_nodes.append(node)
+        dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)]
+        if dead:
+            lines.append(f"    del {', '.join(dead)}")
+            line_nodes.append(node)
+    outputs = ", ".join(names[v] for v in graph.outputs)
+    lines.append(f"    return ({outputs}{',' if len(graph.outputs) == 1 else ''})")
+    line_nodes.append(None)
+    return "\n".join(lines) + "\n", line_nodes
+
+
+@dataclass
+class CompiledGraph:
+    graph: Graph
+    source: str
+    function: object
+    line_nodes: list
+    plan: Plan
+
+    def __call__(self, inputs: dict, params: dict) -> dict:
+        args = [inputs[v.name] for v in self.graph.inputs]
+        args += [params[v.name] for v in self.graph.param_values()]
+        try:
+            with np.errstate(all="ignore"):
+                results = self.function(*args)
+        except Exception as error:
+            node = self._failing_node(error)
+            if node is None:
+                raise
+            raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
+                                 f"{error}", node.loc) from error
+        return {v.name: np.asarray(r) for v, r in zip(self.graph.outputs, results, strict=True)}
+
+    def _failing_node(self, error) -> Node | None:
+        traceback = error.__traceback__
+        while traceback is not None:
+            if traceback.tb_frame.f_code is self.function.__code__:
+                return self.line_nodes[traceback.tb_lineno - 1]
+            traceback = traceback.tb_next
+        return None
+
+
+def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
+    plan = plan_memory(graph, donate_params)
+    source, line_nodes = generate_source(graph, plan)
+    namespace = {"np": np, "CONSTANTS": {}}
+    namespace.update((f"K_{op}", kernel) for op, kernel in KERNELS.items())
+    for index, node in enumerate(graph.nodes):
+        if node.op == "constant":
+            namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)
+    code = compile(source, f"<chainrule:{graph.name}>", "exec")
+    exec(code, namespace)
+    return CompiledGraph(graph, source, namespace["run"], line_nodes, plan)
+
+
+class CompiledNumpyBackend:
+    """The numpy backend: each graph compiled once to a Python function, then called."""
+
+    name = "numpy"
+
+    def __init__(self, donate_params: bool = False):
+        self.donate_params = donate_params
+        self._compiled = weakref.WeakKeyDictionary()
+
+    def compiled(self, graph: Graph) -> CompiledGraph:
+        if graph not in self._compiled:
+            self._compiled[graph] = compile_graph(graph, self.donate_params)
+        return self._compiled[graph]
+
+    def run(self, graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
+        check_feeds(graph, inputs, params)
+        inputs = {k: np.asarray(v) for k, v in inputs.items()}
+        return self.compiled(graph)(inputs, params)
+
+
+def describe_plan(graph: Graph, plan: Plan) -> str:
+    """`--print-memory-plan`: which results overwrite which buffers, and when values die."""
+    lines = [f"# memory plan for {graph.name}: {len(plan.in_place)} results computed in place, "
+             f"{sum(len(v) for v in plan.frees.values())} intermediates freed after last use"]
+    for index, node in enumerate(graph.nodes):
+        notes = []
+        if index in plan.in_place:
+            notes.append(f"writes into %{plan.in_place[index].name}")
+        freed = [f"%{v.name}" for v in plan.frees.get(index, [])]
+        if freed:
+            notes.append("frees " + ", ".join(freed))
+        if notes:
+            lines.append(f"#   %{node.outputs[0].name} = {node.op}: {'; '.join(notes)}")
+    return "\n".join(lines)
+
+
