@@ -16,6 +16,7 @@ from .backends.onnx_backend import DEFAULT_OPSET
 from .fileio import load_npy, load_npz, save_npz
 from .passes.manager import PASSES, PRESETS, PassContext
 from .passes.optimizers import OPTIMIZERS, OptimizerSpec
+from .viz import render, to_dot
 from .train import (SCHEDULES, TrainConfig, Trainer, format_epoch, print_progress,
                     split_validation)
 from .ir import OPS, ChainruleError, Graph, print_graph
@@ -279,6 +280,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_viz(args) -> int:
+    model = load_model(args)
+    graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level)
+    dot_text = to_dot(graph, forward_nodes=model.graph.nodes)
+    if not args.output:
+        print(dot_text, end="")
+        return 0
+    note = render(dot_text, args.output)
+    if note:
+        print(f"chainrule: {note}", file=sys.stderr)
+    else:
+        print(f"wrote {args.output}")
+    return 0
+
+
 # ---- argument parsing -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
     train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
     train.set_defaults(opt_level=None)
+
+    viz = with_optimization(command("viz", cmd_viz, "draw the computational graph"))
+    viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
+    viz.add_argument("-o", "--output", metavar="GRAPH.svg",
+                     help=".svg, .png (rendered with Graphviz) or .dot; default: DOT on stdout")
 
     export = with_optimization(command("export", cmd_export, "export to ONNX"))
     export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")

@@ -1,0 +1,108 @@
+"""Pictures of the computational graph, drawn the way the lecture draws them.
+
+Values are boxes labelled with their name and shape, operators are circles; data flows from the
+inputs and params at the lower left to the objective at the upper right. With the backward graph,
+its nodes take a second colour and dashed edges show the forward values it reuses. The DOT text
+is written here; Graphviz's `dot` program renders it when installed.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .fileio import atomic_write_bytes
+from .ir import ChainruleError, Graph
+
+FORWARD = {"box": "#dbe9f6", "op": "#ffffff", "edge": "#34495e"}
+BACKWARD = {"box": "#fbe3cf", "op": "#fff5ec", "edge": "#d35400"}
+INSTALL_HINT = "Graphviz's dot program is not installed (apt-get install graphviz)"
+
+
+SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "matmul": "@", "pow": "**",
+           "neg": "−x", "transpose": "ᵀ", "greater": ">", "less": "<"}
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped + '"'
+
+
+def _shape(value) -> str:
+    return "[" + ", ".join(str(d) for d in value.type.shape) + "]" if value.type.rank else "scalar"
+
+
+def to_dot(graph: Graph, forward_nodes=None) -> str:
+    """DOT text for `graph`; nodes not in `forward_nodes` are drawn as the backward graph."""
+    forward_nodes = set(graph.nodes if forward_nodes is None else forward_nodes)
+    forward_values = set(graph.inputs) | set(graph.param_values())
+    forward_values.update(v for n in graph.nodes if n in forward_nodes for v in n.outputs)
+    ids = {value: f"v{i}" for i, value in enumerate(graph.values())}
+    # rankdir=BT with sources declared first: inputs low and left, data flowing up and right.
+    lines = [f"digraph {_quote(graph.name)} {{",
+             "  rankdir=BT; nodesep=0.3; ranksep=0.3;",
+             '  node [fontname="Helvetica", fontsize=11]; edge [arrowsize=0.6];']
+
+    def box(value, backward: bool, label=None):
+        colours = BACKWARD if backward else FORWARD
+        label = label or f"{value.name}\n{_shape(value)}"
+        lines.append(f"  {ids[value]} [shape=box, style=filled, fillcolor={_quote(colours['box'])},"
+                     f" label={_quote(label)}];")
+
+    for value in list(graph.inputs) + graph.param_values():
+        box(value, backward=False)
+    for index, node in enumerate(graph.nodes):
+        backward = node not in forward_nodes
+        colours = BACKWARD if backward else FORWARD
+        if node.op == "constant":  # a constant is a value, not a computation
+            number = f"{node.attrs['value']:g}"
+            lines.append(f"  {ids[node.outputs[0]]} [shape=box, style=\"filled,rounded\", "
+                         f"fontsize=9, fillcolor={_quote(colours['op'])}, "
+                         f"label={_quote(number)}];")
+            continue
+        op_id = f"op{index}"
+        symbol = SYMBOLS.get(node.op, node.op)
+        size = "fixedsize=true, width=0.55, fontsize=10" if len(symbol) <= 5 else \
+            "margin=0.02, fontsize=9"
+        lines.append(f"  {op_id} [shape=circle, {size}, "
+                     f"style=filled, fillcolor={_quote(colours['op'])}, "
+                     f"color={_quote(colours['edge'])}, label={_quote(symbol)}, "
+                     f"tooltip={_quote(f'{node.op} at {node.loc}' if node.loc else node.op)}];")
+        for value in node.inputs:
+            reused = backward and value in forward_values
+            style = ", style=dashed" if reused else ""
+            lines.append(f"  {ids[value]} -> {op_id} [color={_quote(colours['edge'])}{style}];")
+        for value in node.outputs:
+            box(value, backward)
+            lines.append(f"  {op_id} -> {ids[value]} [color={_quote(colours['edge'])}];")
+    sources = " ".join(ids[v] for v in list(graph.inputs) + graph.param_values())
+    if sources:
+        lines.append(f"  {{ rank=min; {sources} }}")
+    if graph.outputs:
+        lines.append(f"  {{ rank=max; {ids[graph.outputs[0]]} }}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render(dot_text: str, path) -> str:
+    """Write `path` (.dot, .svg or .png); returns a note for the user, empty when all went well.
+
+    Without Graphviz an .svg/.png request still writes the .dot next to it and says so."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".dot", ".gv", ".svg", ".png"):
+        raise ChainruleError(f"{path}: unknown picture format '{suffix}'; use .svg, .png or .dot")
+    if suffix in (".dot", ".gv"):
+        atomic_write_bytes(path, dot_text.encode())
+        return ""
+    dot = shutil.which("dot")
+    if dot is None:
+        fallback = path.with_suffix(".dot")
+        atomic_write_bytes(fallback, dot_text.encode())
+        return f"{INSTALL_HINT}; wrote {fallback} instead"
+    result = subprocess.run([dot, f"-T{suffix[1:]}"], input=dot_text.encode(),
+                            capture_output=True, timeout=120)
+    if result.returncode != 0:
+        raise ChainruleError(f"dot failed: {result.stderr.decode(errors='replace').strip()}")
+    atomic_write_bytes(path, result.stdout)
+    return ""
