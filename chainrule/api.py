@@ -13,7 +13,7 @@ from .backends.numpy_kernels import KERNELS
 from .backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from .dsl import lower_source
 from .fileio import atomic_write_bytes
-from .ir import ChainruleError, Graph, print_graph, verify
+from .ir import ChainruleError, Graph, parse_graph, print_graph, verify
 from .ir.types import NUMPY_DTYPES
 from .ir.init import initial_params
 from .passes import infer_shapes, select_outputs
@@ -28,8 +28,13 @@ def evaluate_scalars(node, scalars):
     return KERNELS[node.op](*arrays, **node.attrs)
 
 
+IR_SUFFIX = ".cir"
+
+
 def compile(path_or_source, *, seed: int = 0) -> Model:
     """Compile a `.nn` file (a path) or DSL source text into a Model.
+
+    IR text (a `.cir` file, or text starting with `graph`) is parsed instead of lowered.
 
     Params start from their init specs, drawn with numpy's Generator(seed).
     """
@@ -39,7 +44,10 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
         source = Path(text).read_text()
     else:
         filename, source = "<string>", text
-    graph = lower_source(source, filename)
+    if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
+        graph = parse_graph(source, filename)
+    else:
+        graph = lower_source(source, filename)
     graph, _ = infer_shapes(graph)
     if os.environ.get("CHAINRULE_VERIFY") == "1":
         verify(graph)

@@ -1,0 +1,288 @@
+"""Reading the printer's text back into a Graph, and comparing graphs structurally.
+
+`parse_graph(print_graph(g))` rebuilds `g`: the same names, types, attrs (as the Python types
+the op registry expects), params and outputs, and each node's DSL location from its trailing
+`# FILE:LINE:COL` comment. Every node is checked against the registry as it is read, and a
+failure is a ChainruleError located in the IR text itself.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from itertools import zip_longest
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from .errors import ChainruleError, SourceLoc
+from .graph import Graph, InitSpec, Node, Param, Value
+from .init import check_init
+from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
+from .shapes import OpTypeError
+from .types import UNKNOWN, TensorType
+
+GRAMMAR = Path(__file__).with_name("ir.lark")
+
+# How the named terminals read in "expected ..." messages; the others are their literal text.
+READABLE = {"VALUE": "a %value", "NAME": "a name", "NUMBER": "a number", "INT": "an integer",
+            "DTYPE": "a dtype (f32, f64, i64, bool)", "$END": "end of input"}
+
+
+def parse_graph(text: str, filename: str = "<ir>") -> Graph:
+    """The graph `text` describes; syntax and typing errors are located in `text`."""
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as error:
+        raise _syntax_error(error, text, filename) from None
+    return _GraphReader(text, filename).read(tree)
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    # The contextual lexer lets names such as `none`, `inf` or `f32` be graph names and dims.
+    return Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual",
+                propagate_positions=True, maybe_placeholders=True)
+
+
+def _syntax_error(error: UnexpectedInput, text: str, filename: str) -> ChainruleError:
+    if isinstance(error, UnexpectedCharacters):
+        return ChainruleError(f"unexpected character {error.char!r}",
+                              SourceLoc(filename, error.line, error.column))
+    if isinstance(error, UnexpectedToken) and error.token.type != "$END":
+        return ChainruleError(f"unexpected {str(error.token)!r}{_expected(error)}",
+                              SourceLoc(filename, error.line, error.column))
+    # lark places the end of input at the last token; the reader's cursor is past all text.
+    lines = text.splitlines() or [""]
+    return ChainruleError(f"unexpected end of input{_expected(error)}",
+                          SourceLoc(filename, len(lines), len(lines[-1]) + 1))
+
+
+def _expected(error: UnexpectedInput) -> str:
+    # `accepts` asks the parser which tokens would really continue; `expected` is LALR's
+    # merged (and so looser) lookahead set.
+    terminals = getattr(error, "accepts", None) or getattr(error, "expected", None) or ()
+    names = sorted(READABLE.get(t) or repr(_parser().get_terminal(t).pattern.value)
+                   for t in terminals)
+    return "; expected " + ", ".join(names) if names else ""
+
+
+class _Literals(Transformer):
+    """Tensor types and attribute values as the Python objects the IR holds.
+
+    An attribute's value is then fitted to its op's schema by `_as_kind`.
+    """
+
+    def tensor_type(self, children):
+        dtype, *dims = children
+        return TensorType(str(dtype), tuple(dim for dim in dims if dim is not None))
+
+    def int_dim(self, children):
+        return int(children[0])
+
+    def symbolic_dim(self, children):
+        return str(children[0])
+
+    def unknown_dim(self, _):
+        return UNKNOWN
+
+    def none_value(self, _):
+        return None
+
+    def true_value(self, _):
+        return True
+
+    def false_value(self, _):
+        return False
+
+    def number(self, children):
+        return _number(children[0])
+
+    def dtype_name(self, children):
+        return str(children[0])
+
+    def empty_tuple(self, _):
+        return ()
+
+    def tuple_value(self, items):
+        return tuple(items)
+
+
+def _literal(tree: Tree):
+    return _Literals().transform(tree)
+
+
+def _number(token: Token) -> int | float:
+    text = str(token)
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _as_kind(kind: str, value):
+    # A float attr written as `2` means 2.0: the registry's kinds accept ints there, but
+    # passes and backends expect the float the builder would have stored.
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _values(tree: Tree | None) -> list[Token]:
+    """The tokens of an optional comma list (a placeholder None when the list is empty)."""
+    return [t for t in (tree.children if tree is not None else ()) if t is not None]
+
+
+class _GraphReader:
+    """Rebuilds a Graph from the parse tree, defining each value once, in text order."""
+
+    def __init__(self, text: str, filename: str):
+        self.lines = text.splitlines()
+        self.filename = filename
+        self.defined: dict[str, tuple[Value, SourceLoc]] = {}
+
+    def loc(self, item) -> SourceLoc:
+        if isinstance(item, Token):
+            return SourceLoc(self.filename, item.line, item.column)
+        return SourceLoc(self.filename, item.meta.line, item.meta.column)
+
+    def read(self, tree: Tree) -> Graph:
+        name, inputs, *statements = tree.children
+        graph = Graph(str(name), loc=self.loc(name))
+        graph.inputs = [self.read_input(item) for item in _values(inputs)]
+        for statement in statements:
+            getattr(self, "read_" + statement.data)(statement, graph)
+        return graph
+
+    # ---- values -------------------------------------------------------------------------------
+
+    def define(self, token: Token, value_type: TensorType) -> Value:
+        name = str(token)[1:]
+        if name in self.defined:
+            first = self.defined[name][1]
+            raise ChainruleError(f"%{name} is already defined (at line {first.line}); a value "
+                                 f"is defined once", self.loc(token),
+                                 ((first, "first defined here"),))
+        value = Value(name, value_type)
+        self.defined[name] = (value, self.loc(token))
+        return value
+
+    def use(self, token: Token) -> Value:
+        name = str(token)[1:]
+        if name not in self.defined:
+            raise ChainruleError(f"%{name} is not defined before this use", self.loc(token))
+        return self.defined[name][0]
+
+    def trailing_loc(self, tree: Tree) -> SourceLoc | None:
+        """The DSL location in the `# FILE:LINE:COL` comment after `tree` on its last line."""
+        rest = self.lines[tree.meta.end_line - 1][tree.meta.end_column - 1:].strip()
+        if not rest.startswith("#"):
+            return None
+        # The printer writes "# " before the location; split from the right since FILE may
+        # hold ':' itself (C:/models/m.nn).
+        file, *position = rest[1:].removeprefix(" ").rsplit(":", 2)
+        if len(position) != 2 or not all(number.isdecimal() for number in position):
+            return None  # a plain comment, not a location
+        return SourceLoc(file, *map(int, position))
+
+    # ---- statements ---------------------------------------------------------------------------
+
+    def read_input(self, tree: Tree) -> Value:
+        name, type_tree = tree.children
+        return self.define(name, _literal(type_tree))
+
+    def read_param(self, tree: Tree, graph: Graph) -> None:
+        name, type_tree, kind, *args = tree.children
+        value_type = _literal(type_tree)
+        spec = InitSpec(str(kind), tuple(float(_number(a)) for a in args if a is not None))
+        problem = check_init(spec, value_type.shape)
+        if problem:
+            raise ChainruleError(problem, self.loc(kind))
+        graph.params.append(Param(self.define(name, value_type), spec, self.trailing_loc(tree)))
+
+    def read_node(self, tree: Tree, graph: Graph) -> None:
+        name, op_name, operands, attrs, type_tree = tree.children
+        op = OPS.get(str(op_name))
+        if op is None:
+            raise ChainruleError(f"unknown op '{op_name}'", self.loc(op_name))
+        inputs = tuple(self.use(token) for token in _values(operands))
+        node_attrs = self.read_attrs(op, attrs, op_name)
+        declared = _literal(type_tree)
+        try:
+            inferred = infer_type(op.name, [value.type for value in inputs], node_attrs)
+        except OpTypeError as error:
+            raise ChainruleError(str(error), self.loc(op_name)) from None
+        if declared != inferred:
+            raise ChainruleError(f"{name} is declared {declared}, but {op.name} gives {inferred}",
+                                 self.loc(type_tree))
+        output = self.define(name, declared)
+        graph.nodes.append(Node(op.name, inputs, node_attrs, (output,), self.trailing_loc(tree)))
+
+    def read_attrs(self, op: OpDef, tree: Tree | None, op_name: Token) -> dict:
+        written = {}
+        for attr in _values(tree):
+            key, value = self.read_attr(op, attr)
+            if str(key) in written:
+                raise ChainruleError(f"attribute '{key}' is given twice", self.loc(key))
+            written[str(key)] = value
+        try:
+            complete = complete_attrs(op, written)
+        except OpTypeError as error:  # a required attribute is missing
+            raise ChainruleError(str(error), self.loc(op_name)) from None
+        # Written attributes keep their order, so the node prints back as it was written.
+        return {**written, **complete}
+
+    def read_attr(self, op: OpDef, tree: Tree) -> tuple[Token, object]:
+        key, value_tree = tree.children
+        spec = op.attrs.get(str(key))
+        if spec is None:
+            raise ChainruleError(f"op '{op.name}' has no attribute '{key}'", self.loc(key))
+        value = _as_kind(spec.kind, _literal(value_tree))
+        if not ATTR_KINDS[spec.kind](value):
+            raise ChainruleError(f"op '{op.name}': attribute '{key}' must be {spec.kind}, "
+                                 f"not {value!r}", self.loc(value_tree))
+        return key, value
+
+    def read_outputs(self, tree: Tree, graph: Graph) -> None:
+        graph.outputs = [self.use(token) for token in _values(tree)]
+
+
+# ---- structural equality ----------------------------------------------------------------------
+
+def graph_differences(a: Graph, b: Graph) -> list[str]:
+    """What tells `a` from `b`, one line per differing part; empty when they are the same.
+
+    Values compare by name and type, nodes by op, input names, attrs and DSL location, params
+    by init spec and location. Attrs and init arguments compare by `repr`, which tells 1 from
+    1.0 and True, and -0.0 from 0.0, yet finds nan equal to nan.
+    """
+    differences = [f"graph name: {a.name!r} != {b.name!r}"] if a.name != b.name else []
+    for part, describe in _PARTS:
+        pairs = zip_longest(describe(a), describe(b), fillvalue="(missing)")
+        differences += [f"{part} {index}: {left} != {right}"
+                        for index, (left, right) in enumerate(pairs) if left != right]
+    return differences
+
+
+def graphs_equal(a: Graph, b: Graph) -> bool:
+    return not graph_differences(a, b)
+
+
+def _describe_value(value: Value) -> str:
+    return f"%{value.name}: {value.type!r}"
+
+
+def _describe_param(param: Param) -> str:
+    args = ", ".join(repr(arg) for arg in param.init.args)
+    return f"{_describe_value(param.value)} = {param.init.kind}({args}) at {param.loc!r}"
+
+
+def _describe_node(node: Node) -> str:
+    outputs = ", ".join(_describe_value(value) for value in node.outputs)
+    inputs = ", ".join(f"%{value.name}" for value in node.inputs)
+    attrs = ", ".join(f"{key}={value!r}" for key, value in sorted(node.attrs.items()))
+    return f"{outputs} = {node.op}({inputs}) {{{attrs}}} at {node.loc!r}"
+
+
+_PARTS = (
+    ("input", lambda graph: [_describe_value(value) for value in graph.inputs]),
+    ("param", lambda graph: [_describe_param(param) for param in graph.params]),
+    ("node", lambda graph: [_describe_node(node) for node in graph.nodes]),
+    ("output", lambda graph: [f"%{value.name}" for value in graph.outputs]),
+)
