@@ -8,10 +8,11 @@ from .graph import Graph, InitSpec, Namer, Node, Param, Value
 from .ops import OPS, OpDef, get_op, infer_type
 from .printer import print_graph
 from .shapes import OpTypeError
+from .text import parse_graph
 from .types import DTYPES, FLOAT_DTYPES, NUMPY_DTYPES, UNKNOWN, TensorType, scalar
 from .verify import VerifyError, verify
 
 __all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "Graph", "InitSpec", "Namer", "Node",
            "Param", "Value", "OPS", "OpDef", "get_op", "infer_type", "print_graph",
            "OpTypeError", "DTYPES", "FLOAT_DTYPES", "NUMPY_DTYPES", "UNKNOWN", "TensorType",
-           "scalar", "VerifyError", "verify"]
+           "scalar", "VerifyError", "verify", "parse_graph"]
