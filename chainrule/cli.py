@@ -202,8 +202,12 @@ def cmd_export(args) -> int:
     model = load_model(args)
     outputs = args.outputs.split(",") if args.outputs else None
     wrt = args.wrt.split(",") if args.wrt else None
+    if args.train_step and (args.grad or outputs or wrt):
+        raise UsageError("--train-step exports the whole step; it takes no --grad, --outputs "
+                         "or --wrt")
     proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
-                          opset=args.opset, opt_level=args.opt_level)
+                          opset=args.opset, opt_level=args.opt_level,
+                          train_step=optimizer_spec(args) if args.train_step else None)
     graph = proto.graph
     print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes")
     print("  inputs:  " + ", ".join(i.name for i in graph.input))
@@ -221,10 +225,14 @@ def load_data(args_inputs, args_input, what: str) -> dict:
     return arrays
 
 
+def optimizer_spec(args) -> OptimizerSpec:
+    return OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=args.weight_decay)
+
+
 def cmd_train(args) -> int:
     model = load_model(args)
-    spec = OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
-                         weight_decay=args.weight_decay)
+    spec = optimizer_spec(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          optimizer=spec, schedule=args.lr_schedule, seed=args.seed,
                          backend=args.backend, opt_level=args.opt_level or "O1")
@@ -321,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(opt_level="O0")
         return sub
 
+    def with_optimizer(sub):
+        sub.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind)
+        sub.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
+        sub.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+        sub.add_argument("--weight-decay", type=float, default=0.0,
+                         help="decoupled for sgd and adamw, added to the gradient for adam")
+        return sub
+
     def with_inputs(sub):
         sub.add_argument("--inputs", metavar="DATA.npz", help="arrays named like the inputs")
         sub.add_argument("--input", action="append", metavar="NAME=FILE.npy",
@@ -360,12 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hold out this fraction of the training data for validation")
     train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind)
+    with_optimizer(train)
     train.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    train.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
-    train.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
-    train.add_argument("--weight-decay", type=float, default=0.0,
-                       help="decoupled for sgd and adamw, added to the gradient for adam")
     train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
     train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
     train.add_argument("--params", metavar="INIT.npz", help="initial param values")
@@ -384,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = with_optimization(command("export", cmd_export, "export to ONNX"))
     export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
+    export.add_argument("--train-step", action="store_true",
+                        help="export forward, backward and optimizer update as one step")
+    with_optimizer(export)
     export.add_argument("--wrt", metavar="NAMES", help="with --grad: what to differentiate")
     export.add_argument("--outputs", metavar="NAMES", help="keep only these outputs")
     export.add_argument("--params", metavar="P.npz", help="param values for the initializers")

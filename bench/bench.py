@@ -1,0 +1,372 @@
+"""chainrule's benchmark: every system measured side by side in one process, as medians.
+
+    python bench/bench.py            # all workloads (a few minutes)
+    python bench/bench.py --quick    # fewer repeats
+
+Rows: chainrule on numpy and on onnxruntime, the same equations written by hand in numpy, and
+PyTorch eager and JAX jit when they are installed (CPU builds; skipped with a note otherwise).
+Each table gives the median time per call and its ratio to hand-written numpy.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+import chainrule
+from chainrule.backends import get_backend
+from chainrule.backends.numpy_compiled import CompiledNumpyBackend
+from chainrule.passes.optimizers import LR, OptimizerSpec
+from chainrule.train import TrainConfig, Trainer
+
+LR_VALUE = 0.01
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def median_seconds(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def optional(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+def lecture_mlp_source() -> str:
+    with open(os.path.join(ROOT, "examples", "mlp.nn")) as file:
+        return file.read()
+
+
+def deep_tanh_source(layers: int, width: int) -> str:
+    lines = [f"model deep(x: f32[B, {width}], t: f32[B, {width}]) {{"]
+    lines += [f"    param W{i}: f32[{width}, {width}] = glorot()" for i in range(1, layers + 1)]
+    lines.append("    h0 = x")
+    lines += [f"    h{i} = tanh(h{i - 1} @ W{i}.T)" for i in range(1, layers + 1)]
+    lines += [f"    J = mse(h{layers}, t)", "    return J", "}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- hand-written numpy -----------------------------------------------------------------------
+
+def hand_mlp_step(params, x, y, lam=1e-4, lr=LR_VALUE):
+    W1, W2 = params["W1"], params["W2"]
+    batch = x.shape[0]
+    z = x @ W1.T
+    h = np.maximum(z, 0)
+    o = h @ W2.T
+    shifted = o - o.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    p = exp / exp.sum(axis=1, keepdims=True)
+    rows = np.arange(batch)
+    J = -np.mean(np.log(p[rows, y])) + lam / 2 * (np.sum(W1 * W1) + np.sum(W2 * W2))
+    p[rows, y] -= 1
+    do = p / batch
+    dW2 = do.T @ h + lam * W2
+    dz = (do @ W2) * (z > 0)
+    dW1 = dz.T @ x + lam * W1
+    W1 -= lr * dW1
+    W2 -= lr * dW2
+    return J
+
+
+def hand_deep_step(params, x, t, lr=LR_VALUE):
+    weights = [params[f"W{i}"] for i in range(1, len(params) + 1)]
+    hs = [x]
+    for W in weights:
+        hs.append(np.tanh(hs[-1] @ W.T))
+    diff = hs[-1] - t
+    J = np.mean(diff * diff)
+    g = diff * (2.0 / diff.size)
+    for i in range(len(weights) - 1, -1, -1):
+        dz = g * (1 - hs[i + 1] * hs[i + 1])
+        g = dz @ weights[i]
+        weights[i] -= lr * (dz.T @ hs[i])
+    return J
+
+
+def hand_mlp_forward(params, x):
+    return np.maximum(x @ params["W1"].T, 0) @ params["W2"].T
+
+
+# ---- PyTorch and JAX --------------------------------------------------------------------------
+
+def torch_systems(torch, params, kind):
+    tensors = {k: torch.tensor(v, requires_grad=kind != "forward") for k, v in params.items()}
+
+    def mlp_loss(x, y):
+        h = torch.relu(x @ tensors["W1"].T)
+        o = h @ tensors["W2"].T
+        return (torch.nn.functional.cross_entropy(o, y)
+                + 1e-4 / 2 * ((tensors["W1"] ** 2).sum() + (tensors["W2"] ** 2).sum()))
+
+    def deep_loss(x, t):
+        h = x
+        for i in range(1, len(tensors) + 1):
+            h = torch.tanh(h @ tensors[f"W{i}"].T)
+        return torch.mean((h - t) ** 2)
+
+    loss = mlp_loss if kind == "mlp" else deep_loss
+
+    def step(a, b):
+        J = loss(a, b)
+        J.backward()
+        with torch.no_grad():
+            for tensor in tensors.values():
+                tensor -= LR_VALUE * tensor.grad
+                tensor.grad = None
+        return J
+
+    def forward(a):
+        with torch.no_grad():
+            return torch.relu(a @ tensors["W1"].T) @ tensors["W2"].T
+
+    return forward if kind == "forward" else step
+
+
+def jax_systems(jax, params, kind):
+    jnp = jax.numpy
+
+    def mlp_loss(p, x, y):
+        h = jax.nn.relu(x @ p["W1"].T)
+        o = h @ p["W2"].T
+        log_p = jax.nn.log_softmax(o, axis=1)
+        L = -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=1))
+        return L + 1e-4 / 2 * (jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2))
+
+    def deep_loss(p, x, t):
+        h = x
+        for i in range(1, len(p) + 1):
+            h = jnp.tanh(h @ p[f"W{i}"].T)
+        return jnp.mean((h - t) ** 2)
+
+    state = {"p": {k: jnp.asarray(v) for k, v in params.items()}}
+    if kind == "forward":
+        forward = jax.jit(lambda p, x: jax.nn.relu(x @ p["W1"].T) @ p["W2"].T)
+        return lambda x: forward(state["p"], x).block_until_ready()
+    loss = mlp_loss if kind == "mlp" else deep_loss
+
+    @jax.jit
+    def update(p, a, b):
+        J, grads = jax.value_and_grad(loss)(p, a, b)
+        return J, jax.tree_util.tree_map(lambda w, g: w - LR_VALUE * g, p, grads)
+
+    def step(a, b):
+        J, state["p"] = update(state["p"], a, b)
+        J.block_until_ready()
+        return J
+
+    return step
+
+
+# ---- workloads --------------------------------------------------------------------------------
+
+def chainrule_trainer(source, backend):
+    model = chainrule.compile(source)
+    config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE, backend=backend,
+                         opt_level="O2")
+    return model, Trainer(model, config)
+
+
+def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
+    rows = []
+    for backend in ("numpy", "onnxruntime"):
+        model, trainer = chainrule_trainer(source, backend)
+        rows.append((f"chainrule-{backend}",
+                     median_seconds(lambda: trainer.train_step(batch_inputs, LR_VALUE), repeats)))
+    params = {k: v.copy() for k, v in model.params.items()}
+    a, b = batch_inputs.values()
+    rows.append(("hand-written numpy", median_seconds(lambda: hand_step(params, a, b), repeats)))
+    torch, jax = optional("torch"), optional("jax")
+    if torch is not None:
+        step = torch_systems(torch, model.params, kind)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        rows.append(("pytorch eager", median_seconds(lambda: step(ta, tb), repeats)))
+    else:
+        rows.append(("pytorch eager", None))
+    if jax is not None:
+        step = jax_systems(jax, model.params, kind)
+        rows.append(("jax jit", median_seconds(lambda: step(a, b), repeats)))
+    else:
+        rows.append(("jax jit", None))
+    return rows
+
+
+def inference_rows(batch, repeats):
+    model = chainrule.compile(lecture_mlp_source())
+    graph = model.export_graph(outputs=["o"], opt_level="O2")
+    x = np.random.default_rng(0).normal(size=(batch, 784)).astype(np.float32)
+    rows = []
+    for backend in ("numpy", "onnxruntime"):
+        runner = get_backend(backend)
+        rows.append((f"chainrule-{backend}",
+                     median_seconds(lambda: runner.run(graph, {"x": x}, model.params), repeats)))
+    rows.append(("hand-written numpy",
+                 median_seconds(lambda: hand_mlp_forward(model.params, x), repeats)))
+    torch, jax = optional("torch"), optional("jax")
+    if torch is not None:
+        forward = torch_systems(torch, model.params, "forward")
+        tx = torch.from_numpy(x)
+        rows.append(("pytorch eager", median_seconds(lambda: forward(tx), repeats)))
+    else:
+        rows.append(("pytorch eager", None))
+    if jax is not None:
+        forward = jax_systems(jax, model.params, "forward")
+        rows.append(("jax jit", median_seconds(lambda: forward(x), repeats)))
+    else:
+        rows.append(("jax jit", None))
+    return rows
+
+
+def print_table(title, rows, unit="µs"):
+    hand = dict(rows).get("hand-written numpy")
+    print(f"\n### {title}\n")
+    print(f"| system | median ({unit}) | vs hand-written numpy |")
+    print("|---|---:|---:|")
+    for name, seconds in rows:
+        if seconds is None:
+            print(f"| {name} | not installed | |")
+            continue
+        ratio = f"{seconds / hand:.2f}×" if hand else ""
+        print(f"| {name} | {seconds * 1e6:,.0f} | {ratio} |")
+
+
+def compile_time_rows(layer_counts, repeats):
+    print("\n### 4. Compile time: DSL text → ready-to-run train step at -O2\n")
+    print("| layers | IR nodes | median (ms) | µs per node |")
+    print("|---:|---:|---:|---:|")
+    results = []
+    for layers in layer_counts:
+        source = deep_tanh_source(layers, 16)
+
+        def build():
+            model = chainrule.compile(source)
+            graph, _ = model.train_step_graph(OptimizerSpec("sgd"), "O2")
+            CompiledNumpyBackend().compiled(graph)
+            return graph
+
+        nodes = len(build().nodes)
+        seconds = median_seconds(build, repeats, warmup=1)
+        results.append((layers, seconds))
+        print(f"| {layers} | {nodes:,} | {seconds * 1e3:,.1f} | {seconds / nodes * 1e6:.1f} |")
+    return results
+
+
+# ---- memory -----------------------------------------------------------------------------------
+
+MEMORY_SYSTEMS = ("chainrule-numpy", "chainrule-onnxruntime", "hand-written numpy",
+                  "pytorch eager", "jax jit")
+
+
+def memory_child(system: str) -> None:
+    """One train step of workload 1 in a fresh process: peak RSS growth and traced peak."""
+    x, y = mlp_batch()
+    source = lecture_mlp_source()
+    model = chainrule.compile(source)
+    if system.startswith("chainrule"):
+        _, trainer = chainrule_trainer(source, system.split("-")[1])
+        step = lambda: trainer.train_step({"x": x, "y": y}, LR_VALUE)  # noqa: E731
+    elif system == "hand-written numpy":
+        params = {k: v.copy() for k, v in model.params.items()}
+        step = lambda: hand_mlp_step(params, x, y)  # noqa: E731
+    elif system == "pytorch eager":
+        torch = optional("torch")
+        if torch is None:
+            print("none none")
+            return
+        torch_step = torch_systems(torch, model.params, "mlp")
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        step = lambda: torch_step(tx, ty)  # noqa: E731
+    else:
+        jax = optional("jax")
+        if jax is None:
+            print("none none")
+            return
+        step = jax_systems(jax, model.params, "mlp")
+        step = (lambda s: lambda: s(x, y))(step)
+    step()  # warm up: compile, allocate caches
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    for _ in range(3):
+        step()
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{traced} {(after - before) * 1024}")
+
+
+def memory_rows():
+    print("\n### 5. Peak memory of one train step of workload 1\n")
+    print("| system | tracemalloc peak (MB) | peak RSS growth (MB) |")
+    print("|---|---:|---:|")
+    for system in MEMORY_SYSTEMS:
+        result = subprocess.run([sys.executable, __file__, "--memory-child", system],
+                                capture_output=True, text=True, timeout=600)
+        fields = result.stdout.split()
+        if result.returncode != 0 or len(fields) != 2:
+            print(f"| {system} | failed | {result.stderr.strip()[-80:]} |")
+            continue
+        if fields[0] == "none":
+            print(f"| {system} | not installed | |")
+            continue
+        traced = int(fields[0]) / 1e6
+        traced_text = f"{traced:.2f}" if not system.startswith(("pytorch", "jax", "chainrule-onnx")) \
+            else f"({traced:.2f}, misses native allocations)"
+        print(f"| {system} | {traced_text} | {int(fields[1]) / 1e6:.2f} |")
+
+
+def mlp_batch(batch=128):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(batch, 784)).astype(np.float32), rng.integers(0, 10, batch)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+    repeats = 30 if args.quick else 200
+    print(f"chainrule benchmark: {os.cpu_count()} cores, numpy {np.__version__}, "
+          f"median of {repeats} runs")
+    x, y = mlp_batch()
+    print_table("1. Lecture MLP train step (batch 128, 784-256-10, SGD)",
+                train_step_rows(lecture_mlp_source(), {"x": x, "y": y}, hand_mlp_step, "mlp",
+                                repeats))
+    rng = np.random.default_rng(1)
+    deep_inputs = {"x": rng.normal(size=(32, 64)).astype(np.float32),
+                   "t": rng.normal(size=(32, 64)).astype(np.float32)}
+    print_table("2. 16-layer, 64-wide tanh MLP train step (batch 32, MSE, SGD)",
+                train_step_rows(deep_tanh_source(16, 64), deep_inputs, hand_deep_step, "deep",
+                                repeats))
+    print_table("3a. Lecture MLP inference, batch 1", inference_rows(1, repeats * 5))
+    print_table("3b. Lecture MLP inference, batch 1024", inference_rows(1024, repeats // 4))
+    results = compile_time_rows((25, 100, 400, 1600), 3 if args.quick else 5)
+    times = dict(results)
+    print(f"\n1600 layers / 400 layers: {times[1600] / times[400]:.2f}× "
+          f"(linear growth would be 4×)")
+    memory_rows()
+
+
+if __name__ == "__main__":
+    main()
