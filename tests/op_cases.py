@@ -1,15 +1,18 @@
 """Per-op test cases: input shapes, dtypes, value domains and attrs, used by several tests.
 
-Each differentiable op has at least one case; broadcasting and size-1 dims are covered where
-the op broadcasts.
+Each differentiable op has at least one case; broadcasting, size-1 dims and negative axes are
+covered where the op has them. Values stay away from kinks and ties (relu at 0, max ties), where
+finite differences do not estimate the subgradient the rules choose.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from chainrule.ir import Graph, GraphBuilder, Value
+from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.ir.types import TensorType
 
 
@@ -34,6 +37,16 @@ class Case:
 
 
 F = Arg
+
+
+def labels(shape, classes):
+    return Arg(shape, "i64", f"labels:{classes}")
+
+
+def window(starts, ends, axes, steps):
+    return {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
+
+
 CASES = [
     Case("add", (F((3, 4)), F((4,)))),
     Case("add", (F((2, 1, 3)), F((4, 1)))),
@@ -71,7 +84,66 @@ CASES = [
     Case("mse", (F((4, 3)), F((3,)))),
     Case("broadcast_like", (F((1, 3)), F((4, 3)))),
     Case("unsqueeze", (F((3, 4)),), {"axes": (0, 2)}),
+    # elementwise
+    Case("sqrt", (F((3, 4), domain="positive"),)),
+    Case("abs", (F((3, 4), domain="away_from_zero"),)),
+    Case("leaky_relu", (F((4, 5), domain="away_from_zero"),)),
+    Case("leaky_relu", (F((2, 1, 3), domain="away_from_zero"),), {"alpha": 0.2}),
+    Case("gelu", (F((4, 5)),)),
+    Case("gelu", (F(()),)),
+    Case("softplus", (F((4, 5)),)),
+    Case("clip", (F((4, 5)),), {"lo": -0.5, "hi": 0.7}),
+    Case("maximum", (F((3, 4)), F((4,)))),
+    Case("maximum", (F((2, 1, 3)), F((4, 1)))),
+    Case("minimum", (F((3, 1)), F((1, 4)))),
+    Case("minimum", (F(()), F((2, 3)))),
+    Case("pow", (F((2, 3), domain="positive"), F(()))),
+    # reductions
+    Case("max", (F((3, 4)),)),
+    Case("max", (F((2, 3, 4)),), {"axes": (0, 2), "keepdims": True}),
+    Case("max", (F((1, 5)),), {"axes": (-1,), "keepdims": False}),
+    Case("min", (F((3, 4)),), {"axes": (1,), "keepdims": False}),
+    Case("min", (F((2, 3, 4)),), {"axes": (-2,), "keepdims": True}),
+    Case("logsumexp", (F((3, 4)),)),
+    Case("logsumexp", (F((2, 3, 4)),), {"axes": (1,), "keepdims": True}),
+    Case("logsumexp", (F((2, 1, 4)),), {"axes": (-1, 0), "keepdims": False}),
+    # shape
+    Case("reshape", (F((2, 3, 4)),), {"shape": (4, -1)}),
+    Case("reshape", (F((2, 3, 4)),), {"shape": (0, -1)}),
+    Case("reshape", (F((6,)),), {"shape": (1, 2, 3)}),
+    Case("reshape_like", (F((2, 3, 4)), F((6, 4)))),
+    Case("broadcast_to", (F((3, 1)),), {"shape": (2, 3, 4)}),
+    Case("broadcast_to", (F((2, 1)),), {"shape": (-1, 5)}),
+    Case("squeeze", (F((3, 1, 4)),), {"axes": (1,)}),
+    Case("squeeze", (F((1, 3, 1)),), {"axes": (0, -1)}),
+    Case("concat", (F((2, 3)), F((2, 4))), {"axis": 1}),
+    Case("concat", (F((2, 3)), F((1, 3)), F((4, 3))), {"axis": 0}),
+    Case("concat", (F((2, 3, 1)), F((2, 3, 2))), {"axis": -1}),
+    Case("concat", (F((3,)),), {"axis": 0}),
+    Case("unconcat", (F((5, 3)), F((2, 3)), F((3, 3))), {"axis": 0, "index": 1}),
+    Case("unconcat", (F((2, 7)), F((2, 3)), F((2, 4))), {"axis": -1, "index": 0}),
+    Case("slice", (F((5, 6)),), window((1,), (4,), (0,), (1,))),
+    Case("slice", (F((4, 6)),), window((0, TO_END), (TO_END, TO_START), (0, 1), (2, -2))),
+    Case("slice", (F((3, 5)),), window((-3,), (TO_END,), (-1,), (1,))),
+    Case("unslice", (F((3, 6)), F((5, 6))), window((1,), (4,), (0,), (1,))),
+    Case("unslice", (F((2, 3)), F((4, 6))),
+         window((0, TO_END), (TO_END, TO_START), (0, 1), (2, -2))),
+    Case("take", (F((5, 3)), labels((4,), 5)), {"axis": 0}),
+    Case("take", (F((2, 5, 3)), labels((2, 2), 5)), {"axis": 1}),
+    Case("take", (F((4, 3)), labels((), 3)), {"axis": -1}),
+    Case("scatter_add", (F((6, 3)), labels((6,), 4), F((4, 3))), {"axis": 0}),
+    Case("scatter_add", (F((2, 2, 2, 3)), labels((2, 2), 5), F((2, 5, 3))), {"axis": 1}),
+    # nn
+    Case("log_softmax", (F((3, 5)),), {"axis": -1}),
+    Case("log_softmax", (F((2, 3, 4)),), {"axis": 1}),
 ]
+
+
+def in_dtype(case: Case, dtype: str) -> Case:
+    """The case with its float operands in `dtype`."""
+    args = tuple(dataclasses.replace(a, dtype=dtype) if a.dtype in ("f32", "f64") else a
+                 for a in case.args)
+    return dataclasses.replace(case, args=args)
 
 
 def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:

@@ -7,10 +7,11 @@ import chainrule
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
 from chainrule.cli import random_inputs
+from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes import autodiff
 from conftest import EXAMPLES
 from helpers import assert_close
-from op_cases import CASES, draw, scalar_objective_graph
+from op_cases import CASES, draw, in_dtype, scalar_objective_graph
 
 
 def check_standard(model: onnx.ModelProto) -> None:
@@ -19,20 +20,28 @@ def check_standard(model: onnx.ModelProto) -> None:
     assert all(node.domain == "" for node in model.graph.node)
 
 
+# dtype -> (rtol, atol) between the two backends
+TOLERANCES = {"f64": (1e-12, 1e-12), "f32": (1e-5, 1e-6)}
+
+
+@pytest.mark.parametrize("dtype", TOLERANCES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_op_and_its_gradient_match_numpy_in_onnxruntime(case):
+def test_op_and_its_gradient_match_numpy_in_onnxruntime(case, dtype):
+    case = in_dtype(case, dtype)
     rng = np.random.default_rng(1)
     graph, inputs, objective = scalar_objective_graph(case)
     feeds = {v.name: draw(arg, rng) for v, arg in zip(inputs, case.args)}
-    feeds["weight"] = rng.normal(size=graph.find("weight").type.shape)
-    wrt = [v for v in inputs if v.type.dtype == "f64"]
+    weight = graph.find("weight").type
+    feeds["weight"] = rng.normal(size=weight.shape).astype(NUMPY_DTYPES[weight.dtype])
+    wrt = [v for v in inputs if v.type.dtype == dtype]
     grad_graph, _ = autodiff(graph, objective, wrt)
     check_standard(export_onnx(grad_graph, {}))
     expected = get_backend("numpy").run(grad_graph, feeds, {})
     actual = get_backend("onnxruntime").run(grad_graph, feeds, {})
+    rtol, atol = TOLERANCES[dtype]
     for name in expected:
         assert actual[name].dtype == expected[name].dtype, name
-        assert_close(actual[name], expected[name], 1e-12, atol=1e-12, what=name)
+        assert_close(actual[name], expected[name], rtol, atol=atol, what=name)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -5,8 +5,8 @@ from ..ir import ChainruleError
 
 
 def _numpy():
-    from .numpy_backend import NumpyBackend
-    return NumpyBackend()
+    from .numpy_compiled import CompiledNumpyBackend
+    return CompiledNumpyBackend()
 
 
 def _onnxruntime():

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Value, get_op
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .feeds import check_feeds
 from .numpy_backend import ExecutionError
@@ -93,6 +93,7 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
     """Python source of the compiled graph and the node of each generated line."""
     names = plan.names
     params = [names[v] for v in list(graph.inputs) + graph.param_values()]
+    params += ["training", "rng"]
     lines = [f"def {function_name}({', '.join(params)}):"]
     line_nodes = [None]
     for index, node in enumerate(graph.nodes):
@@ -106,6 +107,8 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
             call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
         else:
             attrs = "".join(f", {k}={_literal(v)}" for k, v in node.attrs.items())
+            if "stochastic" in get_op(node.op).traits:
+                attrs += ", training=training, rng=rng"
             call = f"K_{node.op}({', '.join(args)}{attrs})"
         comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
         lines.append(f"    {out} = {call}{comment}")
@@ -128,9 +131,10 @@ class CompiledGraph:
     line_nodes: list
     plan: Plan
 
-    def __call__(self, inputs: dict, params: dict) -> dict:
+    def __call__(self, inputs: dict, params: dict, training: bool = False, rng=None) -> dict:
         args = [inputs[v.name] for v in self.graph.inputs]
         args += [params[v.name] for v in self.graph.param_values()]
+        args += [training, rng]
         try:
             with np.errstate(all="ignore"):
                 results = self.function(*args)
@@ -178,10 +182,11 @@ class CompiledNumpyBackend:
             self._compiled[graph] = compile_graph(graph, self.donate_params)
         return self._compiled[graph]
 
-    def run(self, graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
+    def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
+            rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         check_feeds(graph, inputs, params)
         inputs = {k: np.asarray(v) for k, v in inputs.items()}
-        return self.compiled(graph)(inputs, params)
+        return self.compiled(graph)(inputs, params, training, rng)
 
 
 def describe_plan(graph: Graph, plan: Plan) -> str:

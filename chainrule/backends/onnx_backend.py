@@ -8,7 +8,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value
-from ..ir.types import UNKNOWN
+from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .feeds import check_feeds
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 
@@ -19,10 +19,14 @@ AXES_INPUT_SINCE = {"ReduceSum": 13}
 
 
 class OnnxEmitter:
-    """Collects ONNX nodes; fresh names never clash with the IR's, which contain no '#'."""
+    """Collects ONNX nodes; fresh names never clash with the IR's, which contain no '#'.
 
-    def __init__(self, opset: int):
+    `training` tells stochastic ops' lowerings which mode the model is exported for.
+    """
+
+    def __init__(self, opset: int, training: bool = False):
         self.opset = opset
+        self.training = training
         self.nodes: list[onnx.NodeProto] = []
         self.doc = ""
         self.counter = 0
@@ -44,18 +48,27 @@ class OnnxEmitter:
         name = self.fresh(hint)
         return self.add("Constant", [], name, value=self.tensor(array, name))
 
+    def ints(self, values, hint: str = "ints") -> str:
+        """A constant int64 tensor: 1-D from a list or tuple, a scalar from an int."""
+        return self.const(np.asarray(values, dtype=np.int64), hint)
+
+    def scalar(self, value: float, dtype: str) -> str:
+        return self.const(np.asarray(value, dtype=NUMPY_DTYPES[dtype]), "scalar")
+
+    def dim(self, x: str, axis: int) -> str:
+        """x's size along `axis` at run time, as a 1-D tensor of one int64."""
+        return self.add("Gather", [self.add("Shape", [x]), self.ints([axis], "axis")])
+
     def reduce(self, op_type, x, axes, keepdims: bool, out=None) -> str:
         keep = int(bool(keepdims))
         if axes is None:
             return self.add(op_type, [x], out, keepdims=keep)
         if self.opset >= AXES_INPUT_SINCE.get(op_type, 18):
-            axes_name = self.const(np.asarray(axes, dtype=np.int64), "axes")
-            return self.add(op_type, [x, axes_name], out, keepdims=keep)
+            return self.add(op_type, [x, self.ints(axes, "axes")], out, keepdims=keep)
         return self.add(op_type, [x], out, axes=list(axes), keepdims=keep)
 
     def unsqueeze(self, x, axes, out=None) -> str:
-        return self.add("Unsqueeze", [x, self.const(np.asarray(axes, dtype=np.int64), "axes")],
-                        out)
+        return self.add("Unsqueeze", [x, self.ints(axes, "axes")], out)
 
 
 def _value_info(value: Value) -> onnx.ValueInfoProto:
@@ -64,15 +77,18 @@ def _value_info(value: Value) -> onnx.ValueInfoProto:
 
 
 def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAULT_OPSET,
-                params_as_inputs: bool = False) -> onnx.ModelProto:
-    """The graph as an ONNX model: params as initializers (or as inputs), locations as docs."""
+                params_as_inputs: bool = False, training: bool = False) -> onnx.ModelProto:
+    """The graph as an ONNX model: params as initializers (or as inputs), locations as docs.
+
+    `training` exports stochastic ops in training mode (dropout draws masks); by default they
+    are exported for inference (dropout is the identity)."""
     if opset < MIN_OPSET or opset > onnx.defs.onnx_opset_version():
         raise ChainruleError(f"opset {opset} is not supported; use {MIN_OPSET} to "
                              f"{onnx.defs.onnx_opset_version()}")
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         raise ChainruleError(f"no ONNX lowering for op(s): {', '.join(missing)}")
-    emitter = OnnxEmitter(opset)
+    emitter = OnnxEmitter(opset, training)
     for node in graph.nodes:
         emitter.doc = str(node.loc) if node.loc else ""
         LOWERINGS[node.op](emitter, node, node.outputs[0].name, *(v.name for v in node.inputs))
@@ -113,30 +129,39 @@ def output_name(value: Value, graph: Graph) -> str:
 
 
 class OnnxRuntimeBackend:
-    """Runs a graph by exporting it (params as inputs) and calling onnxruntime."""
+    """Runs a graph by exporting it (params as inputs) and calling onnxruntime.
+
+    In training mode dropout masks come from onnxruntime's own generator (seeded by the op's
+    seed), so they differ from the numpy backend's; within one run the forward and backward
+    passes share each mask because the mask is one value of the graph.
+    """
 
     name = "onnxruntime"
 
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
+        # graph -> {training: session}
         self._sessions = weakref.WeakKeyDictionary()
 
-    def session(self, graph: Graph):
+    def session(self, graph: Graph, training: bool = False):
         import onnxruntime
 
-        if graph not in self._sessions:
-            model = export_onnx(graph, opset=self.opset, params_as_inputs=True)
+        sessions = self._sessions.setdefault(graph, {})
+        if training not in sessions:
+            model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
+                                training=training)
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 3
-            self._sessions[graph] = onnxruntime.InferenceSession(
+            sessions[training] = onnxruntime.InferenceSession(
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return self._sessions[graph]
+        return sessions[training]
 
-    def run(self, graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
+    def run(self, graph: Graph, inputs: dict, params: dict, *,
+            training: bool = False, rng=None) -> dict[str, np.ndarray]:
         check_feeds(graph, inputs, params)
         feeds = {v.name: np.asarray(inputs[v.name]) for v in graph.inputs}
         feeds.update((v.name, np.asarray(params[v.name])) for v in graph.param_values())
-        session = self.session(graph)
+        session = self.session(graph, training)
         used = {i.name for i in session.get_inputs()}
         names = [output_name(v, graph) for v in graph.outputs]
         results = session.run(names, {k: v for k, v in feeds.items() if k in used})

@@ -1,11 +1,16 @@
 """The DSL's built-in functions: how a call's arguments map onto an IR op's inputs and attrs.
 
-One entry per built-in. Adding an op to the DSL means one entry here (and its IR rules).
+One entry per built-in. Adding an op to the DSL means one entry here (and its IR rules). A few
+built-ins are compositions of ops instead of ops of their own (their derivatives then follow
+from the parts): `stack`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits` and
+`cross_entropy` with probability targets.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
+from ..ir.shapes import shapes_may_equal
 
 NO_DEFAULT = object()
 
@@ -38,6 +43,14 @@ def _int(name):
     return convert
 
 
+def _float(name):
+    def convert(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number")
+        return float(value)
+    return convert
+
+
 def _bool(name):
     def convert(value):
         if not isinstance(value, bool):
@@ -48,10 +61,15 @@ def _bool(name):
 
 @dataclass(frozen=True)
 class Builtin:
-    op: str
+    op: str | None
     tensors: tuple[str, ...]
     # DSL option name -> (default, converter to the IR attribute value, IR attribute name)
     options: dict = field(default_factory=dict)
+    # Every positional argument is a tensor input (`concat(a, b, c, axis=1)`).
+    variadic: bool = False
+    # For a composition: compose(ops, *inputs, **attrs) -> Value, where ops.emit(op, *inputs,
+    # **attrs) and ops.constant(value, like) add nodes and ops.error(message) reports one.
+    compose: Callable | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -65,23 +83,99 @@ def _option(default, convert: Callable, attr: str):
 REDUCTION_OPTIONS = {"axis": _option(None, _axes, "axes"),
                      "keepdims": _option(False, _bool("keepdims"), "keepdims")}
 
+AXIS_OPTIONS = {"axis": _option(NO_DEFAULT, _ints("axis"), "axes")}
+
 BUILTINS: dict[str, Builtin] = {}
 
 
-def builtin(name, op, tensors, options=None):
-    BUILTINS[name] = Builtin(op, tuple(tensors), dict(options or {}))
+def builtin(name, op, tensors, options=None, **kind):
+    BUILTINS[name] = Builtin(op, tuple(tensors), dict(options or {}), **kind)
 
 
-for _unary in ("relu", "sigmoid", "tanh", "exp", "log"):
+def composite(name, tensors, options=None, **kind):
+    """Register the decorated function as a built-in made of several ops."""
+    def register(compose):
+        builtin(name, None, tensors, options, compose=compose, **kind)
+        return compose
+    return register
+
+
+# ---- compositions -----------------------------------------------------------------------------
+
+@composite("stack", ("xs",), {"axis": _option(0, _int("axis"), "axis")}, variadic=True)
+def _stack(ops, *xs, axis):
+    return ops.emit("concat", *(ops.emit("unsqueeze", x, axes=(axis,)) for x in xs), axis=axis)
+
+
+@composite("cross_entropy", ("logits", "labels"))
+def _cross_entropy(ops, logits, labels):
+    """Integer labels: the cross_entropy op. Probability targets shaped like the logits: the
+    mean over the batch of -sum(targets * log_softmax(logits))."""
+    if labels.type.dtype == "i64":
+        return ops.emit("cross_entropy", logits, labels)
+    if labels.type.dtype != logits.type.dtype or not shapes_may_equal(labels.type.shape,
+                                                                      logits.type.shape):
+        ops.error(f"labels must be i64, or probability targets of the logits' dtype and "
+                  f"shape; got logits {logits.type} and targets {labels.type}")
+    log_probabilities = ops.emit("log_softmax", logits, axis=-1)
+    per_example = ops.emit("sum", ops.emit("mul", labels, log_probabilities), axes=(-1,))
+    return ops.emit("neg", ops.emit("mean", per_example))
+
+
+@composite("binary_cross_entropy_with_logits", ("logits", "targets"))
+def _binary_cross_entropy_with_logits(ops, logits, targets):
+    # -t log sigmoid(x) - (1 - t) log(1 - sigmoid(x)) = softplus(x) - t x, stable for any x.
+    if targets.type.dtype != logits.type.dtype:
+        ops.error(f"targets must have the logits' dtype; got logits {logits.type} and "
+                  f"targets {targets.type}")
+    losses = ops.emit("sub", ops.emit("softplus", logits), ops.emit("mul", targets, logits))
+    return ops.emit("mean", losses)
+
+
+@composite("layer_norm", ("x", "gamma", "beta"),
+           {"axis": _option(-1, _axes, "axes"), "eps": _option(1e-5, _float("eps"), "eps")})
+def _layer_norm(ops, x, gamma, beta, axes, eps):
+    mean = ops.emit("mean", x, axes=axes, keepdims=True)
+    centered = ops.emit("sub", x, mean)
+    variance = ops.emit("mean", ops.emit("mul", centered, centered), axes=axes, keepdims=True)
+    deviation = ops.emit("sqrt", ops.emit("add", variance, ops.constant(eps, x)))
+    return ops.emit("add", ops.emit("mul", ops.emit("div", centered, deviation), gamma), beta)
+
+
+@composite("dropout", ("x",), {"p": _option(NO_DEFAULT, _float("p"), "p")})
+def _dropout(ops, x, p):
+    # The mask is a value, so the backward pass multiplies by the very mask the forward used.
+    return ops.emit("mul", x, ops.emit("dropout_mask", x, p=p))
+
+
+# ---- ops --------------------------------------------------------------------------------------
+
+for _unary in ("relu", "sigmoid", "tanh", "exp", "log", "sqrt", "abs", "sign", "gelu",
+               "softplus", "logical_not"):
     builtin(_unary, _unary, ("x",))
-for _binary in ("add", "sub", "mul", "div", "pow", "matmul"):
+for _binary in ("add", "sub", "mul", "div", "pow", "matmul", "maximum", "minimum",
+                "logical_and", "logical_or"):
     builtin(_binary, _binary, ("a", "b"))
+builtin("leaky_relu", "leaky_relu", ("x",), {"alpha": _option(0.01, _float("alpha"), "alpha")})
+builtin("clip", "clip", ("x",), {"lo": _option(NO_DEFAULT, _float("lo"), "lo"),
+                                 "hi": _option(NO_DEFAULT, _float("hi"), "hi")})
 builtin("where", "where", ("cond", "a", "b"))
-builtin("sum", "sum", ("x",), REDUCTION_OPTIONS)
-builtin("mean", "mean", ("x",), REDUCTION_OPTIONS)
-builtin("softmax", "softmax", ("x",), {"axis": _option(-1, _int("axis"), "axis")})
+for _reduction in ("sum", "mean", "max", "min", "logsumexp"):
+    builtin(_reduction, _reduction, ("x",), REDUCTION_OPTIONS)
+for _index_reduction in ("argmax", "argmin"):
+    builtin(_index_reduction, _index_reduction, ("x",),
+            {"axis": _option(NO_DEFAULT, _int("axis"), "axis"),
+             "keepdims": _option(False, _bool("keepdims"), "keepdims")})
+for _normalizer in ("softmax", "log_softmax"):
+    builtin(_normalizer, _normalizer, ("x",), {"axis": _option(-1, _int("axis"), "axis")})
 builtin("transpose", "transpose", ("x",), {"perm": _option(NO_DEFAULT, _ints("perm"), "perm")})
-builtin("cross_entropy", "cross_entropy", ("logits", "labels"))
+builtin("reshape", "reshape", ("x",), {"shape": _option(NO_DEFAULT, _ints("shape"), "shape")})
+builtin("broadcast_to", "broadcast_to", ("x",),
+        {"shape": _option(NO_DEFAULT, _ints("shape"), "shape")})
+builtin("squeeze", "squeeze", ("x",), AXIS_OPTIONS)
+builtin("unsqueeze", "unsqueeze", ("x",), AXIS_OPTIONS)
+builtin("concat", "concat", ("xs",), {"axis": _option(0, _int("axis"), "axis")}, variadic=True)
+builtin("take", "take", ("x", "indices"), {"axis": _option(0, _int("axis"), "axis")})
 builtin("mse", "mse", ("pred", "target"))
 builtin("one_hot", "one_hot", ("labels",),
         {"n": _option(NO_DEFAULT, _int("n"), "depth")})

@@ -11,19 +11,33 @@ from dataclasses import dataclass
 
 from lark import Token, Tree
 
-from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType, Value
+from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
+                  Value, get_op)
 from ..ir.init import check_init
+from ..ir.shapes import TO_END, TO_START
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
 from .parser import parse
+
+
+def _on_bools(fn):
+    def fold(a, b):
+        if not (isinstance(a, bool) and isinstance(b, bool)):
+            raise ValueError("'and' and 'or' take true or false")
+        return fn(a, b)
+    return fold
+
 
 FOLD = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
     "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
     "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
-    "not_equal": operator.ne,
+    "not_equal": operator.ne, "logical_and": _on_bools(operator.and_),
+    "logical_or": _on_bools(operator.or_),
 }
 BINARY_OPS = tuple(FOLD) + ("matmul",)
+# Unary operators on constants: the fold and the kind of constant it takes.
+UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
 
 
 @dataclass
@@ -234,13 +248,85 @@ class Lowerer:
     def x_name(self, tree, scope):
         return scope.lookup(str(tree.children[0]), self.loc(tree))
 
-    def x_neg(self, tree, scope):
+    def unary(self, op, tree, scope):
         operand = self.expr(tree.children[0], scope)
         if isinstance(operand, Value):
-            return self.builder.emit("neg", (operand,), loc=self.loc(tree))
-        if not _is_number(operand):
-            raise ChainruleError("cannot negate a tuple", self.loc(tree))
-        return -operand
+            return self.builder.emit(op, (operand,), loc=self.loc(tree))
+        fold, takes = UNARY_FOLD[op]
+        if not _is_number(operand) or (op == "logical_not") != isinstance(operand, bool):
+            raise ChainruleError(f"'{op}' takes a tensor or {takes}, not {operand!r}",
+                                 self.loc(tree))
+        return fold(operand)
+
+    def x_indexing(self, tree, scope):
+        """x[...] is a slice of the ranges and integers, then a squeeze of the integers' axes."""
+        base_tree, *items = tree.children
+        loc = self.loc(tree)
+        base = self.expr(base_tree, scope)
+        if not isinstance(base, Value):
+            raise ChainruleError("only tensors can be indexed", loc)
+        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
+        squeezed = ()
+        for axis, item in enumerate(self.items_per_axis(items, base.type, loc)):
+            if item is None:
+                continue
+            if isinstance(item, Tree) and item.data == "slice_range":
+                bounds = self.slice_bounds(item, scope)
+            else:
+                bounds = self.index_bounds(item, base.type.shape[axis], axis, scope)
+                squeezed += (axis,)
+            if bounds != (0, TO_END, 1):
+                for key, bound in zip(("starts", "ends", "steps"), bounds, strict=True):
+                    window[key] += (bound,)
+                window["axes"] += (axis,)
+        result = base
+        if window["axes"]:
+            result = self.builder.emit("slice", (result,), window, loc=loc)
+        if squeezed:
+            result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
+        return result
+
+    def items_per_axis(self, items, value_type: TensorType, loc) -> list:
+        """One subscript item per axis: '...' and the axes after the last item take None (all)."""
+        ellipses = [i for i, item in enumerate(items)
+                    if isinstance(item, Tree) and item.data == "ellipsis"]
+        named = len(items) - len(ellipses)
+        if len(ellipses) > 1 or named > value_type.rank:
+            raise ChainruleError(f"{named} indices (and {len(ellipses)} '...') for a tensor of "
+                                 f"type {value_type}; give at most one per axis and one '...'",
+                                 loc)
+        if ellipses:
+            at = ellipses[0]
+            items = items[:at] + [None] * (value_type.rank - named) + items[at + 1:]
+        return list(items) + [None] * (value_type.rank - len(items))
+
+    def slice_bounds(self, tree, scope) -> tuple[int, int, int]:
+        start, end, step = (None if c is None else self.constant_int(c, scope, "slice bound")
+                            for c in tree.children)
+        step = 1 if step is None else step
+        if step == 0:
+            raise ChainruleError("a slice step cannot be 0", self.loc(tree))
+        if start is None:
+            start = 0 if step > 0 else TO_END
+        if end is None:
+            end = TO_END if step > 0 else TO_START
+        return start, end, step
+
+    def index_bounds(self, tree, dim, axis, scope) -> tuple[int, int, int]:
+        index = self.constant_int(tree, scope, "an index")
+        if isinstance(dim, int) and not -dim <= index < dim:
+            raise ChainruleError(f"index {index} is out of range for axis {axis} of size {dim}",
+                                 self.loc(tree))
+        return index, TO_END if index == -1 else index + 1, 1
+
+    def constant_int(self, tree, scope, what: str) -> int:
+        value = self.expr(tree, scope)
+        if isinstance(value, Value):
+            raise ChainruleError(f"{what} must be an integer constant; take(x, indices, axis) "
+                                 f"indexes with a tensor", self.loc(tree))
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ChainruleError(f"{what} must be an integer, not {value!r}", self.loc(tree))
+        return value
 
     def x_attribute(self, tree, scope):
         base_tree, attribute = tree.children
@@ -341,11 +427,15 @@ class Lowerer:
     def call_builtin(self, name, positional, keywords, loc):
         spec = BUILTINS[name]
         defaults = {key: option[0] for key, option in spec.options.items()}
-        bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
-        if not any(isinstance(bound[t], Value) for t in spec.tensors) and spec.op in FOLD:
-            return self.fold(spec.op, *(bound[t] for t in spec.tensors), loc)
-        like = next((bound[t] for t in spec.tensors if isinstance(bound[t], Value)), None)
-        inputs = [self.as_tensor(bound[t], like, loc) for t in spec.tensors]
+        if spec.variadic:
+            bound = self.bind_arguments(name, tuple(spec.options), defaults, [], keywords, loc)
+            tensors = self.variadic_tensors(name, positional, loc)
+        else:
+            bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
+            tensors = [bound[t] for t in spec.tensors]
+        if not any(isinstance(t, Value) for t in tensors) and spec.op in FOLD:
+            return self.fold(spec.op, *tensors, loc)
+        inputs = [self.as_tensor(t, _dtype_source(tensors), loc) for t in tensors]
         attrs = {}
         for key, (_, convert, attr) in spec.options.items():
             if isinstance(bound[key], Value):
@@ -354,7 +444,28 @@ class Lowerer:
                 attrs[attr] = convert(bound[key])
             except TypeError as error:
                 raise ChainruleError(f"{name}(): {error}", loc) from None
-        return self.builder.emit(spec.op, inputs, attrs, loc=loc)
+        if spec.compose is None:
+            return self.emit_op(spec.op, inputs, attrs, loc)
+        try:
+            return spec.compose(Composer(self, loc), *inputs, **attrs)
+        except ChainruleError as error:
+            raise ChainruleError(f"{name}(): {error.message}", error.loc, error.notes) from None
+
+    def variadic_tensors(self, name, positional, loc) -> list[Value]:
+        if not positional:
+            raise ChainruleError(f"{name}() needs at least one tensor", loc)
+        for value, arg_loc in positional:
+            if not isinstance(value, Value):
+                raise ChainruleError(f"{name}() takes tensors as positional arguments, not "
+                                     f"{value!r}; give options by keyword", arg_loc)
+        return [value for value, _ in positional]
+
+    def emit_op(self, op, inputs, attrs, loc) -> Value:
+        """Emit a built-in's op; a stochastic op gets its seed from its position in the graph,
+        so each dropout draws its own mask and every run draws the same ones."""
+        if "stochastic" in get_op(op).traits:
+            attrs = {**attrs, "seed": len(self.graph.nodes)}
+        return self.builder.emit(op, inputs, attrs, loc=loc)
 
     def call_cast(self, dtype, positional, keywords, loc):
         bound = self.bind_arguments(dtype, ("x",), {}, positional, keywords, loc)
@@ -392,6 +503,30 @@ class Lowerer:
         return result
 
 
+class Composer:
+    """What a composite built-in sees: ops and constants added at the call's location."""
+
+    def __init__(self, lowerer: Lowerer, loc: SourceLoc):
+        self.lowerer = lowerer
+        self.loc = loc
+
+    def emit(self, op, *inputs, **attrs) -> Value:
+        return self.lowerer.emit_op(op, inputs, attrs, self.loc)
+
+    def constant(self, value, like: Value) -> Value:
+        return self.lowerer.builder.constant(value, like.type.dtype, loc=self.loc)
+
+    def error(self, message: str):
+        raise ChainruleError(message, self.loc)
+
+
+def _dtype_source(arguments) -> Value | None:
+    """The tensor whose dtype constant arguments take: a numeric one if there is one, since
+    where(cond, a, 0.5) means 0.5 in a's dtype, not cond's."""
+    tensors = [a for a in arguments if isinstance(a, Value)]
+    return next((t for t in tensors if t.type.dtype != "bool"), tensors[0] if tensors else None)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, bool))
 
@@ -399,3 +534,6 @@ def _is_number(value) -> bool:
 for _op in BINARY_OPS:
     setattr(Lowerer, "x_" + _op,
             lambda self, tree, scope, _op=_op: self.binary(_op, tree, scope))
+for _op in UNARY_FOLD:
+    setattr(Lowerer, "x_" + _op,
+            lambda self, tree, scope, _op=_op: self.unary(_op, tree, scope))

@@ -14,13 +14,11 @@ GRAMMAR = Path(__file__).with_name("grammar.lark")
 OPEN_BRACKETS = {"LPAR", "LSQB"}
 CLOSE_BRACKETS = {"RPAR", "RSQB"}
 
-# How terminals are named in "expected ..." messages.
+# How terminals are named in "expected ..." messages; other punctuation and keywords show as
+# written in the grammar.
 READABLE = {
-    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "DTYPE": "a dtype (f32, f64, i64, bool)",
-    "_NL": "end of line", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
-    "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='",
-    "DOT": "'.'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'",
-    "__ANON_0": "'**'", "$END": "end of file",
+    "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
+    "DTYPE": "a dtype (f32, f64, i64, bool)", "_NL": "end of line", "$END": "end of file",
 }
 
 
@@ -76,8 +74,18 @@ def _syntax_error(error: UnexpectedInput, source: str, filename: str) -> Chainru
 
 
 def _expected(error) -> str:
-    names = sorted({READABLE.get(t, f"'{t.lower()}'" if t.isupper() else repr(t))
-                    for t in (getattr(error, "expected", None) or ())})
+    names = sorted({_readable(t) for t in (getattr(error, "expected", None) or ())})
     if not names or len(names) > 8:
         return ""
-    return "; expected " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return "; expected " + listed
+
+
+def _readable(terminal: str) -> str:
+    if terminal in READABLE:
+        return READABLE[terminal]
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+    except KeyError:
+        return repr(terminal)
+    return repr(pattern.value) if pattern.type == "str" else terminal.lower()

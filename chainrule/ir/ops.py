@@ -2,18 +2,44 @@
 
 Each op's other rules live in the layer that owns them, keyed by the op's name: derivative rules
 in `passes.autodiff_rules`, numpy kernels in `backends.numpy_kernels`, ONNX lowerings in
-`backends.onnx_lowering`. `missing_rules()` style checks walk this registry to list the gaps.
+`backends.onnx_lowering`. tests/test_ops_registry.py walks this registry to list the gaps.
+
+Traits that passes and backends query: "elementwise", "linear", "reduction", "comparison",
+"loss", "constant", "nondifferentiable" (no derivative rule; its output carries no gradient) and
+"stochastic" (its value depends on whether the backend runs in training mode).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .shapes import (OpTypeError, broadcast_shapes, format_shape, matmul_shape, normalize_axes,
-                     normalize_axis, reduced_shape)
+from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, concat_shape,
+                     dims_may_equal, format_shape, matmul_shape, normalize_axes, normalize_axis,
+                     reduced_shape, require_same_size, reshaped_shape, shapes_may_equal,
+                     sliced_shape, taken_shape)
 from .types import DTYPES, UNKNOWN, TensorType, is_float, scalar
 
 REQUIRED = object()
+
+
+class OneOrMore:
+    """The number of inputs of a variadic op (concat): equal to every count of one or more, so
+    an arity check written `len(inputs) != op.num_inputs` holds for every op alike."""
+
+    def __eq__(self, count) -> bool:
+        return isinstance(count, int) and not isinstance(count, bool) and count >= 1
+
+    def __hash__(self) -> int:
+        return hash(OneOrMore)
+
+    def __str__(self) -> str:
+        return "one or more"
+
+    __repr__ = __str__
+
+
+ONE_OR_MORE = OneOrMore()
 
 # Attribute kinds and the Python values they hold.
 ATTR_KINDS = {
@@ -35,7 +61,7 @@ class AttrSpec:
 @dataclass(frozen=True)
 class OpDef:
     name: str
-    num_inputs: int
+    num_inputs: int | OneOrMore
     infer: Callable[..., TensorType]  # (input types..., **attrs) -> output type
     attrs: dict = field(default_factory=dict)
     traits: frozenset = frozenset()
@@ -107,27 +133,50 @@ def _require_numeric(op, t):
         raise OpTypeError(f"{op} needs a numeric operand, got {t}")
 
 
-def _unary(op, float_only=True):
-    def infer(x):
-        (_require_float if float_only else _require_numeric)(op, x)
+def _require_bool(op, t):
+    if t.dtype != "bool":
+        raise OpTypeError(f"{op} needs a bool operand, got {t}")
+
+
+# What each elementwise op accepts: the check run on its (first) operand.
+OPERAND_CHECKS = {"float": _require_float, "numeric": _require_numeric, "bool": _require_bool,
+                  "any": lambda op, t: None}
+
+
+def _unary(op, operands="float"):
+    def infer(x, **attrs):  # attrs such as leaky_relu's alpha do not change the type
+        OPERAND_CHECKS[operands](op, x)
         return x
     return infer
 
 
-def _binary(op, result_dtype=None, numeric=True):
+def _binary(op, result_dtype=None, operands="numeric"):
     def infer(a, b):
         dtype = _same_dtype(op, a, b)
-        if numeric:
-            _require_numeric(op, a)
+        OPERAND_CHECKS[operands](op, a)
         return TensorType(result_dtype or dtype, broadcast_shapes(a.shape, b.shape))
     return infer
 
 
-def _reduction(op):
+def _reduction(op, operands="numeric"):
     def infer(x, axes, keepdims):
-        _require_numeric(op, x)
+        OPERAND_CHECKS[operands](op, x)
         return x.with_shape(reduced_shape(x.shape, axes, keepdims))
     return infer
+
+
+def _index_reduction(op):
+    def infer(x, axis, keepdims):
+        _require_numeric(op, x)
+        return TensorType("i64", reduced_shape(x.shape, (axis,), keepdims))
+    return infer
+
+
+def _infer_clip(x, lo, hi):
+    _require_float("clip", x)
+    if lo > hi:
+        raise OpTypeError(f"clip needs lo <= hi, got lo={lo} and hi={hi}")
+    return x
 
 
 def _infer_where(cond, a, b):
@@ -150,10 +199,12 @@ def _infer_transpose(x, perm):
     return x.with_shape(x.shape[p] for p in perm)
 
 
-def _infer_softmax(x, axis):
-    _require_float("softmax", x)
-    normalize_axis(axis, x.rank)
-    return x
+def _along_axis(op):
+    def infer(x, axis):
+        _require_float(op, x)
+        normalize_axis(axis, x.rank)
+        return x
+    return infer
 
 
 def _infer_cross_entropy(logits, labels):
@@ -164,7 +215,7 @@ def _infer_cross_entropy(logits, labels):
         raise OpTypeError(f"cross_entropy needs logits [..., classes] and labels [...], got "
                           f"logits {format_shape(logits.shape)} and labels "
                           f"{format_shape(labels.shape)}")
-    if not all(a == b or UNKNOWN in (a, b) for a, b in zip(logits.shape, labels.shape)):
+    if not all(dims_may_equal(a, b) for a, b in zip(logits.shape, labels.shape)):
         raise OpTypeError(f"cross_entropy logits {format_shape(logits.shape)} and labels "
                           f"{format_shape(labels.shape)} disagree on the batch dims")
     return scalar(logits.dtype)
@@ -184,10 +235,26 @@ def _infer_one_hot(labels, depth, dtype):
 
 
 def _infer_broadcast_like(x, like):
-    shape = broadcast_shapes(x.shape, like.shape)
-    if shape != like.shape:
-        raise OpTypeError(f"cannot broadcast {format_shape(x.shape)} to "
-                          f"{format_shape(like.shape)}")
+    return x.with_shape(broadcast_to_shape(x.shape, like.shape))
+
+
+def _infer_broadcast_to(x, shape):
+    """numpy.broadcast_to, where -1 keeps the operand's dim (so symbolic dims can stay)."""
+    leading = len(shape) - x.rank
+    if leading < 0 or any(d == -1 for d in shape[:leading]) or any(d < -1 for d in shape):
+        raise OpTypeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(shape)}: "
+                          f"the target needs rank >= {x.rank}, sizes, and -1 only where it "
+                          f"keeps an operand dim")
+    target = [x.shape[i - leading] if d == -1 else d for i, d in enumerate(shape)]
+    return x.with_shape(broadcast_to_shape(x.shape, target))
+
+
+def _infer_reshape(x, shape):
+    return x.with_shape(reshaped_shape(x.shape, shape))
+
+
+def _infer_reshape_like(x, like):
+    require_same_size(x.shape, like.shape, f"reshape of {x} to the shape of {like}")
     return x.with_shape(like.shape)
 
 
@@ -196,6 +263,74 @@ def _infer_unsqueeze(x, axes):
     inserted = normalize_axes(axes, rank)
     dims = iter(x.shape)
     return x.with_shape(1 if i in inserted else next(dims) for i in range(rank))
+
+
+def _infer_squeeze(x, axes):
+    removed = normalize_axes(axes, x.rank)
+    for axis in removed:
+        if x.shape[axis] not in (1, UNKNOWN):
+            raise OpTypeError(f"squeeze removes axes of size 1, but axis {axis} of "
+                              f"{format_shape(x.shape)} has size {x.shape[axis]}")
+    return x.with_shape(d for i, d in enumerate(x.shape) if i not in removed)
+
+
+def _infer_concat(*parts, axis):
+    dtype = _same_dtype("concat", *parts)
+    return TensorType(dtype, concat_shape([p.shape for p in parts], axis))
+
+
+def _infer_unconcat(whole, *parts, axis, index):
+    """The part of `whole` that concat took from parts[index]; parts only give the sizes."""
+    if not 0 <= index < len(parts):
+        raise OpTypeError(f"unconcat index {index} is out of range for {len(parts)} parts")
+    if not shapes_may_equal(concat_shape([p.shape for p in parts], axis), whole.shape):
+        listed = " and ".join(format_shape(p.shape) for p in parts)
+        raise OpTypeError(f"unconcat of {format_shape(whole.shape)} into parts {listed} along "
+                          f"axis {axis}: the shapes do not concatenate to it")
+    return whole.with_shape(parts[index].shape)
+
+
+def _infer_slice(x, starts, ends, axes, steps):
+    return x.with_shape(sliced_shape(x.shape, starts, ends, axes, steps))
+
+
+def _infer_unslice(sliced, like, starts, ends, axes, steps):
+    """Zeros shaped like `like` with `sliced` written where the slice read from."""
+    expected = sliced_shape(like.shape, starts, ends, axes, steps)
+    if not shapes_may_equal(expected, sliced.shape):
+        raise OpTypeError(f"unslice of {format_shape(sliced.shape)} into "
+                          f"{format_shape(like.shape)}: that slice has shape "
+                          f"{format_shape(expected)}")
+    return sliced.with_shape(like.shape)
+
+
+def _require_indices(op, indices):
+    if indices.dtype != "i64":
+        raise OpTypeError(f"{op} needs i64 indices, got {indices}")
+
+
+def _infer_take(x, indices, axis):
+    _require_indices("take", indices)
+    return x.with_shape(taken_shape(x.shape, indices.shape, axis))
+
+
+def _infer_scatter_add(updates, indices, like, axis):
+    """Zeros shaped like `like`, plus `updates` added at `indices` along `axis` (take's
+    transpose: repeated indices accumulate)."""
+    _require_indices("scatter_add", indices)
+    expected = taken_shape(like.shape, indices.shape, axis)
+    if not shapes_may_equal(expected, updates.shape):
+        raise OpTypeError(f"scatter_add of updates {format_shape(updates.shape)} at indices "
+                          f"{format_shape(indices.shape)} into {format_shape(like.shape)}: "
+                          f"updates must have shape {format_shape(expected)}")
+    return updates.with_shape(like.shape)
+
+
+def _infer_dropout_mask(x, p, seed):
+    _require_float("dropout", x)
+    if not 0.0 <= p < 1.0:
+        raise OpTypeError(f"dropout probability must lie in [0, 1), got {p}")
+    return x
 
 
 def _infer_numel(x, axes, dtype):
@@ -212,26 +347,79 @@ def _infer_cast(x, dtype):
 
 
 AXES = {"axes": AttrSpec("axes", None), "keepdims": AttrSpec("bool", False)}
+AXIS = {"axis": AttrSpec("int", -1)}
+SLICE = {name: AttrSpec("ints") for name in ("starts", "ends", "axes", "steps")}
 
-for _name in ("exp", "log", "relu", "sigmoid", "tanh"):
+# gelu is the tanh approximation x/2 (1 + tanh(GELU_SCALE (x + GELU_CUBIC x^3))).
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+# ---- elementwise
+for _name in ("exp", "log", "relu", "sigmoid", "tanh", "sqrt", "gelu", "softplus"):
     register(_name, 1, _unary(_name), traits=("elementwise",))
-register("neg", 1, _unary("neg", float_only=False), traits=("elementwise", "linear"))
+register("leaky_relu", 1, _unary("leaky_relu"), {"alpha": AttrSpec("float", 0.01)},
+         traits=("elementwise",))
+register("clip", 1, _infer_clip, {"lo": AttrSpec("float"), "hi": AttrSpec("float")},
+         traits=("elementwise",))
+register("abs", 1, _unary("abs", "numeric"), traits=("elementwise",))
+register("sign", 1, _unary("sign", "numeric"), traits=("elementwise", "nondifferentiable"))
+register("neg", 1, _unary("neg", "numeric"), traits=("elementwise", "linear"))
 for _name in ("add", "sub"):
     register(_name, 2, _binary(_name), traits=("elementwise", "linear"))
-for _name in ("mul", "div", "pow"):
+for _name in ("mul", "div", "pow", "maximum", "minimum"):
     register(_name, 2, _binary(_name), traits=("elementwise",))
 for _name in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal"):
-    register(_name, 2, _binary(_name, result_dtype="bool", numeric=False),
+    register(_name, 2, _binary(_name, result_dtype="bool", operands="any"),
              traits=("elementwise", "comparison", "nondifferentiable"))
+for _name in ("logical_and", "logical_or"):
+    register(_name, 2, _binary(_name, operands="bool"),
+             traits=("elementwise", "nondifferentiable"))
+register("logical_not", 1, _unary("logical_not", "bool"),
+         traits=("elementwise", "nondifferentiable"))
 register("where", 3, _infer_where, traits=("elementwise",))
 register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype")}, traits=("elementwise",))
 register("constant", 0, _infer_constant,
-         {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")}, traits=("constant",))
-register("matmul", 2, _infer_matmul, traits=("linear",))
-register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
+         {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")},
+         traits=("constant", "nondifferentiable"))  # no inputs, so nothing to differentiate
+
+# ---- reductions
 register("sum", 1, _reduction("sum"), AXES, traits=("reduction", "linear"))
 register("mean", 1, _reduction("mean"), AXES, traits=("reduction", "linear"))
-register("softmax", 1, _infer_softmax, {"axis": AttrSpec("int", -1)})
+register("max", 1, _reduction("max"), AXES, traits=("reduction",))
+register("min", 1, _reduction("min"), AXES, traits=("reduction",))
+register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
+for _name in ("argmax", "argmin"):
+    register(_name, 1, _index_reduction(_name),
+             {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},
+             traits=("reduction", "nondifferentiable"))
+register("numel", 1, _infer_numel,
+         {"axes": AttrSpec("axes", None), "dtype": AttrSpec("dtype", "f32")},
+         traits=("nondifferentiable",))
+
+# ---- linear algebra and shape; the *_like ops and unconcat, unslice and scatter_add are the
+# transposes of broadcasting, reshape, concat, slice and take, which derivative rules need.
+register("matmul", 2, _infer_matmul, traits=("linear",))
+register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
+register("reshape", 1, _infer_reshape, {"shape": AttrSpec("ints")}, traits=("linear",))
+register("reshape_like", 2, _infer_reshape_like, traits=("linear",))
+register("broadcast_to", 1, _infer_broadcast_to, {"shape": AttrSpec("ints")},
+         traits=("linear",))
+register("broadcast_like", 2, _infer_broadcast_like, traits=("linear",))
+register("unsqueeze", 1, _infer_unsqueeze, {"axes": AttrSpec("ints")}, traits=("linear",))
+register("squeeze", 1, _infer_squeeze, {"axes": AttrSpec("ints")}, traits=("linear",))
+register("concat", ONE_OR_MORE, _infer_concat, {"axis": AttrSpec("int", 0)}, traits=("linear",))
+register("unconcat", ONE_OR_MORE, _infer_unconcat,
+         {"axis": AttrSpec("int"), "index": AttrSpec("int")}, traits=("linear",))
+register("slice", 1, _infer_slice, SLICE, traits=("linear",))
+register("unslice", 2, _infer_unslice, SLICE, traits=("linear",))
+register("take", 2, _infer_take, {"axis": AttrSpec("int", 0)}, traits=("linear",),
+         index_input=(1, lambda types, attrs: types[0].shape[attrs["axis"]]))
+register("scatter_add", 3, _infer_scatter_add, {"axis": AttrSpec("int", 0)},
+         traits=("linear",))
+
+# ---- nn
+register("softmax", 1, _along_axis("softmax"), AXIS)
+register("log_softmax", 1, _along_axis("log_softmax"), AXIS)
 register("cross_entropy", 2, _infer_cross_entropy, traits=("loss",),
          index_input=(1, lambda types, attrs: types[0].shape[-1]))
 register("mse", 2, _infer_mse, traits=("loss",))
@@ -239,8 +427,7 @@ register("one_hot", 1, _infer_one_hot,
          {"depth": AttrSpec("int"), "dtype": AttrSpec("dtype", "f32")},
          traits=("nondifferentiable",),
          index_input=(0, lambda types, attrs: attrs["depth"]))
-register("broadcast_like", 2, _infer_broadcast_like, traits=("linear",))
-register("unsqueeze", 1, _infer_unsqueeze, {"axes": AttrSpec("ints")}, traits=("linear",))
-register("numel", 1, _infer_numel,
-         {"axes": AttrSpec("axes", None), "dtype": AttrSpec("dtype", "f32")},
-         traits=("nondifferentiable",))
+# dropout(x) is x * dropout_mask(x): the mask is a value, so the gradient reuses it exactly.
+register("dropout_mask", 1, _infer_dropout_mask,
+         {"p": AttrSpec("float"), "seed": AttrSpec("int")},
+         traits=("elementwise", "nondifferentiable", "stochastic"))

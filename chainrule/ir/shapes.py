@@ -1,7 +1,18 @@
-"""Shape arithmetic shared by the ops' type rules: broadcasting, reductions, matmul."""
+"""Shape arithmetic shared by the ops' type rules: broadcasting, reductions, matmul, reshapes,
+slices and concatenation. Symbolic dims flow through; a dim is UNKNOWN only when no name or
+number can describe it (`B - 1`, `3 * B`).
+"""
 from __future__ import annotations
 
+from collections import Counter
+from math import prod
+
 from .types import UNKNOWN, Dim
+
+# Slice bounds meaning "to the end" (forward) and "back past the first element" (backward); ONNX
+# recommends exactly these for dims whose size is not known when the graph is built.
+TO_END = 2**63 - 1
+TO_START = -(2**63)
 
 
 class OpTypeError(Exception):
@@ -40,6 +51,13 @@ def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
     return tuple(result)
 
 
+def broadcast_to_shape(shape, target) -> tuple[Dim, ...]:
+    """`target`, after checking that `shape` broadcasts to it without changing it."""
+    if broadcast_shapes(shape, target) != tuple(target):
+        raise OpTypeError(f"cannot broadcast {format_shape(shape)} to {format_shape(target)}")
+    return tuple(target)
+
+
 def format_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -73,7 +91,7 @@ def matmul_shape(a, b) -> tuple[Dim, ...]:
         raise OpTypeError("matmul needs operands of rank 1 or more, not scalars")
     a2 = (1,) + tuple(a) if len(a) == 1 else tuple(a)
     b2 = tuple(b) + (1,) if len(b) == 1 else tuple(b)
-    if not _dims_may_equal(a2[-1], b2[-2]):
+    if not dims_may_equal(a2[-1], b2[-2]):
         raise OpTypeError(f"matmul of {format_shape(a)} and {format_shape(b)}: "
                           f"inner dims {a2[-1]} and {b2[-2]} differ")
     batch = broadcast_shapes(a2[:-2], b2[:-2])
@@ -85,5 +103,111 @@ def matmul_shape(a, b) -> tuple[Dim, ...]:
     return out
 
 
-def _dims_may_equal(a: Dim, b: Dim) -> bool:
+def dims_may_equal(a: Dim, b: Dim) -> bool:
     return a == b or UNKNOWN in (a, b)
+
+
+def shapes_may_equal(a, b) -> bool:
+    return len(a) == len(b) and all(dims_may_equal(x, y) for x, y in zip(a, b))
+
+
+# ---- reshape ----------------------------------------------------------------------------------
+
+def reshaped_shape(shape, target) -> tuple[Dim, ...]:
+    """The result of reshaping `shape` to `target`, where 0 copies the input dim at the same
+    position and one -1 takes whatever is left (ONNX Reshape's rules)."""
+    described = f"reshape of {format_shape(shape)} to {format_shape(target)}"
+    if any(d < -1 for d in target) or list(target).count(-1) > 1:
+        raise OpTypeError(f"{described}: dims are sizes, 0 (copy the input dim) or one -1")
+    if any(d == 0 and i >= len(shape) for i, d in enumerate(target)):
+        raise OpTypeError(f"{described}: a 0 copies the input dim at its position, and the "
+                          f"input has only {len(shape)}")
+    dims = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if -1 in dims:
+        known = [d for d in dims if d != -1]
+        dims[dims.index(-1)] = _quotient(shape, known, described)
+    else:
+        require_same_size(shape, dims, described)
+    return tuple(dims)
+
+
+def require_same_size(shape, target, described: str) -> None:
+    """Raise when both shapes are numbers and their element counts differ; with symbols the
+    counts may still agree at run time (`[B, 6]` and `[6]` when B is 1), so they pass."""
+    if all(isinstance(d, int) for d in (*shape, *target)) and prod(shape) != prod(target):
+        raise OpTypeError(f"{described}: {prod(shape)} elements cannot become {prod(target)}")
+
+
+def _quotient(numerator, denominator, described) -> Dim:
+    """prod(numerator) / prod(denominator) as a dim: a number, a symbol, or UNKNOWN."""
+    if UNKNOWN in numerator or UNKNOWN in denominator:
+        return UNKNOWN
+    top = Counter(d for d in numerator if isinstance(d, str))
+    bottom = Counter(d for d in denominator if isinstance(d, str))
+    top_count = prod(d for d in numerator if isinstance(d, int))
+    bottom_count = prod(d for d in denominator if isinstance(d, int))
+    symbolic = bool(top or bottom)
+    if bottom - top or bottom_count == 0 or top_count % bottom_count:
+        if symbolic:
+            return UNKNOWN
+        raise OpTypeError(f"{described}: {top_count} elements do not divide into "
+                          f"{format_shape(denominator)}")
+    left_over = top - bottom
+    count = top_count // bottom_count
+    if not left_over:
+        return count
+    (symbol, power), *others = left_over.items()
+    return symbol if count == 1 and power == 1 and not others else UNKNOWN
+
+
+# ---- concat, slice, take ----------------------------------------------------------------------
+
+def concat_shape(shapes, axis: int) -> tuple[Dim, ...]:
+    """numpy.concatenate's shape rule; the joined dim is UNKNOWN unless every part is a number."""
+    listed = " and ".join(format_shape(s) for s in shapes)
+    ranks = {len(s) for s in shapes}
+    if len(ranks) != 1 or 0 in ranks:
+        raise OpTypeError(f"concat needs operands of one rank of at least 1, got {listed}")
+    axis = normalize_axis(axis, len(shapes[0]))
+    result = []
+    for i, dims in enumerate(zip(*shapes)):
+        if i == axis:
+            result.append(sum(dims) if all(isinstance(d, int) for d in dims) else UNKNOWN)
+            continue
+        known = {d for d in dims if d != UNKNOWN}
+        if len(known) > 1:
+            raise OpTypeError(f"concat along axis {axis} needs equal dims elsewhere, got "
+                              f"{listed} (axis {i} differs)")
+        result.append(known.pop() if known else UNKNOWN)
+    return tuple(result)
+
+
+def sliced_shape(shape, starts, ends, axes, steps) -> tuple[Dim, ...]:
+    """The shape of x[start:end:step] on each of `axes` (Python's slicing rules)."""
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise OpTypeError(f"slice needs as many starts, ends and steps as axes, got "
+                          f"{starts}, {ends}, {steps} for axes {axes}")
+    if 0 in steps:
+        raise OpTypeError("slice steps cannot be 0")
+    normalize_axes(axes, len(shape))  # rejects repeated or out-of-range axes
+    result = list(shape)
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        axis = normalize_axis(axis, len(shape))
+        result[axis] = _sliced_dim(shape[axis], start, end, step)
+    return tuple(result)
+
+
+def _sliced_dim(dim: Dim, start: int, end: int, step: int) -> Dim:
+    if isinstance(dim, int):
+        return len(range(*slice(start, end, step).indices(dim)))
+    whole_forward = (start, end, step) == (0, TO_END, 1)
+    whole_backward = (start, end, step) == (TO_END, TO_START, -1)
+    return dim if whole_forward or whole_backward else UNKNOWN
+
+
+def taken_shape(shape, indices_shape, axis: int) -> tuple[Dim, ...]:
+    """numpy.take's shape rule: the indices' dims replace the axis."""
+    if not shape:
+        raise OpTypeError("take needs an operand of rank 1 or more, not a scalar")
+    axis = normalize_axis(axis, len(shape))
+    return tuple(shape[:axis]) + tuple(indices_shape) + tuple(shape[axis + 1:])

@@ -3,10 +3,17 @@
 A rule receives a `Backward` context for one forward node and the cotangent of its output, and
 returns one cotangent per input (None where an input gets no gradient). Rules build ordinary
 IR nodes through the context, so the backward graph is plain IR that every backend runs.
+Rules emit only ops that have rules themselves (or carry no gradient), so a backward graph can
+be differentiated again.
+
+Where a function has no derivative (ties of max/min, the kinks of abs, relu and clip) the rules
+pick a subgradient: max/min reductions and maximum/minimum split the cotangent evenly between
+tied operands; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
 """
 from __future__ import annotations
 
 from ..ir import GraphBuilder, Node, Value
+from ..ir.ops import GELU_CUBIC, GELU_SCALE
 from ..ir.shapes import normalize_axes
 
 VJP_RULES = {}
@@ -53,6 +60,15 @@ class Backward:
     def swap_last_two(self, value: Value) -> Value:
         rank = value.type.rank
         return self.transpose(value, tuple(range(rank - 2)) + (rank - 1, rank - 2))
+
+    def keep_reduced_axes(self, value: Value, x: Value, axes, keepdims: bool) -> Value:
+        """A reduction's output (or cotangent) with the reduced axes of `x` back as size 1."""
+        if keepdims or not x.type.rank:
+            return value
+        return self.emit("unsqueeze", value, axes=normalize_axes(axes, x.type.rank))
+
+    def zeros_like(self, value: Value) -> Value:
+        return self.emit("broadcast_like", self.constant(0.0, value), value)
 
     def unbroadcast(self, cotangent: Value, target: Value) -> Value:
         """Sum a broadcast result's cotangent back to the shape of the operand `target`."""
@@ -146,6 +162,72 @@ def _tanh(bw, g, x, out):
     return (bw.emit("mul", g, slope),)
 
 
+@vjp("sqrt")
+def _sqrt(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("mul", out, bw.constant(2.0, out))),)
+
+
+@vjp("abs")
+def _abs(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("sign", x)),)
+
+
+@vjp("leaky_relu")
+def _leaky_relu(bw, g, x, out, alpha):
+    slope = bw.emit("where", bw.emit("greater", x, bw.constant(0.0, x)), bw.constant(1.0, x),
+                    bw.constant(alpha, x))
+    return (bw.emit("mul", g, slope),)
+
+
+@vjp("gelu")
+def _gelu(bw, g, x, out):
+    # gelu(x) = x/2 (1 + tanh(u)), u = c (x + k x^3):
+    # gelu'(x) = (1 + tanh(u))/2 + x/2 (1 - tanh(u)^2) c (1 + 3k x^2)
+    def const(value):
+        return bw.constant(value, x)
+    square = bw.emit("mul", x, x)
+    inner = bw.emit("mul", const(GELU_SCALE),
+                    bw.emit("mul", x, bw.emit("add", const(1.0),
+                                              bw.emit("mul", const(GELU_CUBIC), square))))
+    t = bw.emit("tanh", inner)
+    inner_slope = bw.emit("mul", const(GELU_SCALE),
+                          bw.emit("add", const(1.0), bw.emit("mul", const(3 * GELU_CUBIC), square)))
+    tanh_slope = bw.emit("sub", const(1.0), bw.emit("mul", t, t))
+    half_x = bw.emit("mul", const(0.5), x)
+    slope = bw.emit("add", bw.emit("mul", const(0.5), bw.emit("add", const(1.0), t)),
+                    bw.emit("mul", half_x, bw.emit("mul", tanh_slope, inner_slope)))
+    return (bw.emit("mul", g, slope),)
+
+
+@vjp("softplus")
+def _softplus(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("sigmoid", x)),)
+
+
+@vjp("clip")
+def _clip(bw, g, x, out, lo, hi):
+    inside = bw.emit("logical_and", bw.emit("greater_equal", x, bw.constant(lo, x)),
+                     bw.emit("less_equal", x, bw.constant(hi, x)))
+    return (bw.emit("mul", g, bw.emit("cast", inside, dtype=x.type.dtype)),)
+
+
+@vjp("maximum", "minimum")
+def _extremum(bw, g, a, b, out):
+    # The share of `a` is 1 where it wins, 0 where it loses, 1/2 on a tie: (1 +- sign(a - b))/2.
+    direction = bw.emit("sign", bw.emit("sub", a, b))
+    if bw.node.op == "minimum":
+        direction = bw.emit("neg", direction)
+    half = bw.constant(0.5, g)
+    grad_a = grad_b = None
+    if bw.wants(a):
+        share_a = bw.emit("mul", half, bw.emit("add", bw.constant(1.0, g), direction))
+        grad_a = bw.unbroadcast(bw.emit("mul", g, share_a), a)
+    if bw.wants(b):
+        share_b = bw.emit("mul", half, bw.emit("sub", bw.constant(1.0, g), direction))
+        grad_b = bw.unbroadcast(bw.emit("mul", g, share_b), b)
+    return grad_a, grad_b
+
+
 @vjp("where")
 def _where(bw, g, cond, a, b, out):
     zero = bw.constant(0.0, g)
@@ -197,9 +279,7 @@ def _transpose(bw, g, x, out, perm):
 
 def _spread(bw, g, x, axes, keepdims):
     """The cotangent of a reduction, broadcast back over the reduced axes."""
-    if not keepdims and x.type.rank:
-        g = bw.emit("unsqueeze", g, axes=normalize_axes(axes, x.type.rank))
-    return bw.emit("broadcast_like", g, x)
+    return bw.emit("broadcast_like", bw.keep_reduced_axes(g, x, axes, keepdims), x)
 
 
 @vjp("sum")
@@ -213,14 +293,83 @@ def _mean(bw, g, x, out, axes, keepdims):
     return (bw.emit("div", _spread(bw, g, x, axes, keepdims), count),)
 
 
+@vjp("max", "min")
+def _extreme(bw, g, x, out, axes, keepdims):
+    # Every position holding the extreme value gets an equal share of the cotangent.
+    hits = bw.emit("cast", bw.emit("equal", x, bw.keep_reduced_axes(out, x, axes, keepdims)),
+                   dtype=x.type.dtype)
+    share = bw.emit("div", hits, bw.emit("sum", hits, axes=axes, keepdims=True))
+    return (bw.emit("mul", bw.keep_reduced_axes(g, x, axes, keepdims), share),)
+
+
+@vjp("logsumexp")
+def _logsumexp(bw, g, x, out, axes, keepdims):
+    weights = bw.emit("exp", bw.emit("sub", x, bw.keep_reduced_axes(out, x, axes, keepdims)))
+    return (bw.emit("mul", bw.keep_reduced_axes(g, x, axes, keepdims), weights),)
+
+
 @vjp("broadcast_like")
 def _broadcast_like(bw, g, x, like, out):
     return bw.unbroadcast(g, x), None
 
 
+@vjp("broadcast_to")
+def _broadcast_to(bw, g, x, out, shape):
+    return (bw.unbroadcast(g, x),)
+
+
+@vjp("reshape")
+def _reshape(bw, g, x, out, shape):
+    return (bw.emit("reshape_like", g, x),)
+
+
+@vjp("reshape_like")
+def _reshape_like(bw, g, x, like, out):
+    return bw.emit("reshape_like", g, x), None
+
+
 @vjp("unsqueeze")
 def _unsqueeze(bw, g, x, out, axes):
     return (bw.emit("sum", g, axes=normalize_axes(axes, out.type.rank), keepdims=False),)
+
+
+@vjp("squeeze")
+def _squeeze(bw, g, x, out, axes):
+    return (bw.emit("unsqueeze", g, axes=normalize_axes(axes, x.type.rank)),)
+
+
+@vjp("concat")
+def _concat(bw, g, *parts_and_out, axis):
+    parts = parts_and_out[:-1]
+    return tuple(bw.emit("unconcat", g, *parts, axis=axis, index=i) if bw.wants(part) else None
+                 for i, part in enumerate(parts))
+
+
+@vjp("unconcat")
+def _unconcat(bw, g, whole, *parts_and_out, axis, index):
+    parts = parts_and_out[:-1]
+    pieces = [g if i == index else bw.zeros_like(part) for i, part in enumerate(parts)]
+    return (bw.emit("concat", *pieces, axis=axis),) + (None,) * len(parts)
+
+
+@vjp("slice")
+def _slice(bw, g, x, out, **window):
+    return (bw.emit("unslice", g, x, **window),)
+
+
+@vjp("unslice")
+def _unslice(bw, g, sliced, like, out, **window):
+    return bw.emit("slice", g, **window), None
+
+
+@vjp("take")
+def _take(bw, g, x, indices, out, axis):
+    return bw.emit("scatter_add", g, indices, x, axis=axis), None
+
+
+@vjp("scatter_add")
+def _scatter_add(bw, g, updates, indices, like, out, axis):
+    return bw.emit("take", g, indices, axis=axis), None, None
 
 
 # ---- nn ---------------------------------------------------------------------------------------
@@ -229,6 +378,12 @@ def _unsqueeze(bw, g, x, out, axes):
 def _softmax(bw, g, x, out, axis):
     dot = bw.emit("sum", bw.emit("mul", g, out), axes=(axis,), keepdims=True)
     return (bw.emit("mul", out, bw.emit("sub", g, dot)),)
+
+
+@vjp("log_softmax")
+def _log_softmax(bw, g, x, out, axis):
+    total = bw.emit("sum", g, axes=(axis,), keepdims=True)
+    return (bw.emit("sub", g, bw.emit("mul", bw.emit("exp", out), total)),)
 
 
 @vjp("cross_entropy")

@@ -1,0 +1,583 @@
+"""What each op computes: forward values against plain numpy expressions (also over random
+shapes with hypothesis), forward-only ops through onnxruntime, and the DSL's indexing, shape
+built-ins, logic, dropout and compositions."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import chainrule
+from chainrule import ChainruleError
+from chainrule.backends import get_backend
+from chainrule.backends.onnx_backend import export_onnx
+from chainrule.ir import OPS, Graph, GraphBuilder, Value
+from chainrule.ir.types import NUMPY_DTYPES, TensorType
+from helpers import assert_close, central_difference
+from op_cases import CASES, Arg, Case, draw, in_dtype, labels
+from test_onnx import TOLERANCES, check_standard
+
+# ---- plain numpy references, one per op ------------------------------------------------------
+
+
+def _softmax(x, axis):
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _slice(x, starts, ends, axes, steps):
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        x = np.take(x, list(range(*slice(start, end, step).indices(x.shape[axis]))), axis=axis)
+    return x
+
+
+def _unslice(sliced, like, **window):
+    positions = _slice(np.arange(like.size).reshape(like.shape), **window)
+    result = np.zeros(like.size, sliced.dtype)
+    result[positions.ravel()] = sliced.ravel()
+    return result.reshape(like.shape)
+
+
+def _scatter_add(updates, indices, like, axis):
+    axis %= like.ndim
+    result = np.zeros(like.shape, updates.dtype)
+    before = (slice(None),) * axis
+    for position in np.ndindex(indices.shape):
+        result[before + (indices[position],)] += updates[before + position]
+    return result
+
+
+def _unconcat(whole, *parts, axis, index):
+    offsets = np.cumsum([p.shape[axis] for p in parts])[:-1]
+    return np.split(whole, offsets, axis=axis)[index]
+
+
+def _reshape(x, shape):
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+
+
+def _broadcast_to(x, shape):
+    lead = len(shape) - x.ndim
+    return np.broadcast_to(x, [x.shape[i - lead] if d == -1 else d for i, d in enumerate(shape)])
+
+
+def _cross_entropy(logits, labels):
+    log_p = np.log(_softmax(logits, -1))
+    return -np.mean(np.take_along_axis(log_p, labels[..., None], -1))
+
+
+def _axes(axes):
+    return None if axes is None else tuple(axes)
+
+
+REFERENCES = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
+    "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "abs": np.abs,
+    "sign": np.sign, "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
+    "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "softplus": lambda x: np.log1p(np.exp(x)),
+    "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
+    "less": lambda a, b: a < b, "less_equal": lambda a, b: a <= b,
+    "greater": lambda a, b: a > b, "greater_equal": lambda a, b: a >= b,
+    "equal": lambda a, b: a == b, "not_equal": lambda a, b: a != b,
+    "logical_and": lambda a, b: a & b, "logical_or": lambda a, b: a | b,
+    "logical_not": lambda x: ~x, "where": np.where,
+    "cast": lambda x, dtype: x.astype(NUMPY_DTYPES[dtype]),
+    "sum": lambda x, axes, keepdims: x.sum(axis=_axes(axes), keepdims=keepdims),
+    "mean": lambda x, axes, keepdims: x.mean(axis=_axes(axes), keepdims=keepdims),
+    "max": lambda x, axes, keepdims: x.max(axis=_axes(axes), keepdims=keepdims),
+    "min": lambda x, axes, keepdims: x.min(axis=_axes(axes), keepdims=keepdims),
+    "logsumexp": lambda x, axes, keepdims: np.log(np.exp(x).sum(axis=_axes(axes),
+                                                                keepdims=keepdims)),
+    "argmax": lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
+    "argmin": lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
+    "numel": lambda x, axes, dtype: np.asarray(
+        np.prod([x.shape[a] for a in axes] if axes is not None else x.shape),
+        NUMPY_DTYPES[dtype]),
+    "matmul": lambda a, b: a @ b, "transpose": lambda x, perm: x.transpose(perm),
+    "reshape": _reshape, "reshape_like": lambda x, like: x.reshape(like.shape),
+    "broadcast_to": _broadcast_to, "broadcast_like": lambda x, like: np.broadcast_to(x, like.shape),
+    "unsqueeze": lambda x, axes: np.expand_dims(x, axes),
+    "squeeze": lambda x, axes: np.squeeze(x, axes),
+    "concat": lambda *parts, axis: np.concatenate(parts, axis),
+    "unconcat": _unconcat, "slice": _slice, "unslice": _unslice,
+    "take": lambda x, indices, axis: np.take(x, indices, axis), "scatter_add": _scatter_add,
+    "softmax": _softmax, "log_softmax": lambda x, axis: np.log(_softmax(x, axis)),
+    "cross_entropy": _cross_entropy, "mse": lambda a, b: np.mean((a - b) ** 2),
+    "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
+    "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
+}
+
+# Ops without derivative rules have no gradient cases; these cover them (and casts away from
+# floats) for the reference and onnxruntime checks.
+FORWARD_CASES = [
+    Case("sign", (Arg((3, 4)),)),
+    Case("logical_and", (Arg((3, 4), "bool", "bool"), Arg((4,), "bool", "bool"))),
+    Case("logical_or", (Arg((2, 1), "bool", "bool"), Arg((1, 3), "bool", "bool"))),
+    Case("logical_not", (Arg((5,), "bool", "bool"),)),
+    Case("less", (Arg((3, 4)), Arg((4,)))),
+    Case("less_equal", (Arg((3, 1)), Arg((1, 4)))),
+    Case("greater", (Arg(()), Arg((2, 3)))),
+    Case("greater_equal", (Arg((3, 4)), Arg((3, 4)))),
+    Case("equal", (labels((3, 4), 3), labels((4,), 3))),
+    Case("not_equal", (labels((3, 4), 3), labels((3, 1), 3))),
+    Case("argmax", (Arg((3, 4)),), {"axis": 1}),
+    Case("argmax", (Arg((2, 3, 4)),), {"axis": -1, "keepdims": True}),
+    Case("argmin", (Arg((3, 4)),), {"axis": 0}),
+    Case("argmin", (labels((2, 5), 3),), {"axis": -1}),  # ties: the first position
+    Case("one_hot", (labels((4,), 5),), {"depth": 5, "dtype": "f64"}),
+    Case("numel", (Arg((2, 3)),), {"axes": (1,), "dtype": "f64"}),
+    Case("cast", (Arg((3, 4)),), {"dtype": "i64"}),
+    Case("cast", (Arg((3, 4)),), {"dtype": "bool"}),
+    Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
+    Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
+]
+
+
+def forward_graph(case: Case) -> Graph:
+    graph = Graph(f"forward_{case.op}")
+    graph.inputs = [Value(f"a{i}", TensorType(arg.dtype, arg.shape))
+                    for i, arg in enumerate(case.args)]
+    graph.outputs = [GraphBuilder(graph).emit(case.op, graph.inputs, case.attrs, name="out")]
+    return graph
+
+
+def check_against_reference(case: Case, rng) -> None:
+    graph = forward_graph(case)
+    arrays = [draw(arg, rng) for arg in case.args]
+    feeds = {v.name: a for v, a in zip(graph.inputs, arrays, strict=True)}
+    result = get_backend("numpy").run(graph, feeds, {})["out"]
+    (node,) = graph.nodes
+    expected = np.asarray(REFERENCES[case.op](*arrays, **node.attrs))
+    out = node.outputs[0]
+    assert result.dtype == np.dtype(NUMPY_DTYPES[out.type.dtype]) == expected.dtype, case.id
+    assert result.shape == expected.shape, f"{case.id}: {result.shape} != {expected.shape}"
+    assert list(out.type.shape) == list(expected.shape), f"{case.id}: inferred {out.type}"
+    assert_close(result, expected, 1e-12, atol=1e-12, what=case.id)
+
+
+@pytest.mark.parametrize("case", CASES + FORWARD_CASES, ids=lambda c: c.id)
+def test_op_matches_its_numpy_reference(case):
+    check_against_reference(case, np.random.default_rng(2))
+
+
+def test_every_op_has_a_reference_and_a_case():
+    runnable = set(OPS) - {"constant"}  # constant has no operands; every lowering builds it
+    assert not runnable - set(REFERENCES), "ops without a numpy reference"
+    covered = {case.op for case in CASES + FORWARD_CASES}
+    assert not runnable - covered, "ops that no case runs"
+
+
+@pytest.mark.parametrize("dtype", TOLERANCES)
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=lambda c: c.id)
+def test_forward_only_op_matches_numpy_in_onnxruntime(case, dtype):
+    case = in_dtype(case, dtype)
+    graph = forward_graph(case)
+    check_standard(export_onnx(graph, {}))
+    rng = np.random.default_rng(3)
+    feeds = {v.name: draw(arg, rng) for v, arg in zip(graph.inputs, case.args, strict=True)}
+    expected = get_backend("numpy").run(graph, feeds, {})["out"]
+    actual = get_backend("onnxruntime").run(graph, feeds, {})["out"]
+    assert actual.dtype == expected.dtype
+    assert_close(actual, expected, *TOLERANCES[dtype], what=case.id)
+
+
+# ---- random shapes ----------------------------------------------------------------------------
+
+# op -> the domain its operands are drawn from
+UNARY = {"neg": "any", "exp": "any", "log": "positive", "relu": "any", "sigmoid": "any",
+         "tanh": "any", "sqrt": "positive", "abs": "any", "sign": "any", "gelu": "any",
+         "softplus": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool"}
+BINARY = {"add": "any", "sub": "any", "mul": "any", "div": "away_from_zero", "pow": "positive",
+          "maximum": "any", "minimum": "any", "less": "any", "greater_equal": "any",
+          "logical_and": "bool", "logical_or": "bool"}
+ATTRS = {"leaky_relu": {"alpha": 0.1}, "clip": {"lo": -0.5, "hi": 0.5}}
+RANDOM_SHAPES = settings(max_examples=25, derandomize=True, deadline=None)
+
+
+def _operand(shape, domain):
+    return Arg(tuple(shape), "bool" if domain == "bool" else "f64", domain)
+
+
+@RANDOM_SHAPES
+@given(op=st.sampled_from(sorted(UNARY)), shape=hnp.array_shapes(min_dims=0, max_side=4))
+def test_unary_ops_on_random_shapes(op, shape):
+    case = Case(op, (_operand(shape, UNARY[op]),), ATTRS.get(op, {}))
+    check_against_reference(case, np.random.default_rng(4))
+
+
+@RANDOM_SHAPES
+@given(op=st.sampled_from(sorted(BINARY)),
+       shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_side=4))
+def test_broadcasting_ops_on_random_shapes(op, shapes):
+    domains = (BINARY[op], "any" if op == "pow" else BINARY[op])
+    case = Case(op, tuple(_operand(s, d) for s, d in zip(shapes.input_shapes, domains)))
+    check_against_reference(case, np.random.default_rng(5))
+
+
+@st.composite
+def reductions(draw_from):
+    shape = draw_from(hnp.array_shapes(min_dims=1, max_dims=4, max_side=4))
+    rank = len(shape)
+    op = draw_from(st.sampled_from(["sum", "mean", "max", "min", "logsumexp", "argmax",
+                                    "argmin"]))
+    # Each axis may be written negative.
+    axes = [a - rank * draw_from(st.booleans())
+            for a in draw_from(st.lists(st.integers(0, rank - 1), min_size=1, unique=True))]
+    keepdims = draw_from(st.booleans())
+    if op in ("argmax", "argmin"):
+        return Case(op, (Arg(shape),), {"axis": axes[0], "keepdims": keepdims})
+    every = draw_from(st.booleans())
+    return Case(op, (Arg(shape),), {"axes": None if every else tuple(axes), "keepdims": keepdims})
+
+
+@RANDOM_SHAPES
+@given(case=reductions())
+def test_reductions_on_random_shapes_and_axes(case):
+    check_against_reference(case, np.random.default_rng(6))
+
+
+# ---- the DSL ----------------------------------------------------------------------------------
+
+def run_both(source: str, **inputs) -> dict:
+    """The model's outputs from numpy, after checking onnxruntime agrees."""
+    model = chainrule.compile(source)
+    expected = model.run(**inputs)
+    actual = model.run(backend="onnxruntime", **inputs)
+    for name in expected:
+        assert_close(actual[name], expected[name], 1e-12, atol=1e-12, what=name)
+    return expected
+
+
+def one_output(signature: str, expression: str) -> str:
+    return f"model m({signature}) {{\n  y = {expression}\n  return y\n}}\n"
+
+
+def run_one(signature: str, expression: str, **inputs):
+    """The value of `expression` (possibly an input itself, as x[:] is x)."""
+    (result,) = run_both(one_output(signature, expression), **inputs).values()
+    return result
+
+
+def output_type(signature: str, expression: str) -> str:
+    return str(chainrule.compile(one_output(signature, expression)).graph.outputs[0].type)
+
+
+INDEXING = ["x[:, 0:3]", "x[..., -1]", "x[1]", "x[:, ::2]", "x[::-1, 1:-1:2, 2]",
+            "x[-2:, ..., 1:]", "x[:]", "x[1, 2, 3]", "x[..., ::-2]", "x[0:100]", "x[-1, -1]"]
+
+
+@pytest.mark.parametrize("expression", INDEXING)
+def test_indexing_matches_numpy(expression):
+    x = np.random.default_rng(7).normal(size=(4, 6, 5))
+    result = run_one("x: f64[4, 6, 5]", expression, x=x)
+    expected = eval(expression, {"x": x})  # the DSL's indexing is numpy's
+    assert result.shape == expected.shape and np.array_equal(result, expected)
+
+
+@pytest.mark.parametrize("expression, expected", [
+    ("x[:, 1:3]", "f64[B, 2]"),   # a fixed axis keeps its number
+    ("x[1:]", "f64[?, 6]"),       # B - 1 has no name
+    ("x[::-1]", "f64[B, 6]"),     # the whole axis, reversed
+    ("x[0]", "f64[6]"),
+    ("x[..., -1]", "f64[B]"),
+])
+def test_indexing_keeps_symbolic_dims_where_it_can(expression, expected):
+    assert output_type("x: f64[B, 6]", expression) == expected
+    x = np.random.default_rng(8).normal(size=(3, 6))
+    assert np.array_equal(run_one("x: f64[B, 6]", expression, x=x), eval(expression, {"x": x}))
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("x[4]", "index 4 is out of range for axis 0 of size 4"),
+    ("x[0, 0, 0, 0]", "4 indices (and 0 '...') for a tensor of type f64[4, 6, 5]"),
+    ("x[..., 0, ...]", "at most one per axis and one '...'"),
+    ("x[0:2:0]", "a slice step cannot be 0"),
+    ("x[x]", "an index must be an integer constant; take(x, indices, axis)"),
+    ("x[0.5]", "an index must be an integer, not 0.5"),
+])
+def test_indexing_errors(expression, message):
+    assert message in error_message("x: f64[4, 6, 5]", expression)
+
+
+def error_message(signature: str, expression: str) -> str:
+    with pytest.raises(ChainruleError) as info:
+        chainrule.compile(one_output(signature, expression))
+    assert info.value.line == 2, info.value
+    return info.value.message
+
+
+# B is 4 when the models run; `reference` computes the output from the inputs with numpy.
+@pytest.mark.parametrize("signature, expression, expected, reference", [
+    ("x: f64[B, 3, 4]", "reshape(x, (0, -1))", "f64[B, 12]", lambda x: x.reshape(4, 12)),
+    ("x: f64[B, 3, 4]", "reshape(x, (0, 2, -1))", "f64[B, 2, 6]", lambda x: x.reshape(4, 2, 6)),
+    ("x: f64[B, 3, 4]", "reshape(x, (-1, 4))", "f64[?, 4]", lambda x: x.reshape(-1, 4)),
+    ("x: f64[B, 12]", "reshape(x, (-1, 3, 4))", "f64[B, 3, 4]", lambda x: x.reshape(4, 3, 4)),
+    ("x: f64[2, 6]", "reshape(x, (3, -1))", "f64[3, 4]", lambda x: x.reshape(3, 4)),
+    ("x: f64[2, 6]", "reshape(x, 12)", "f64[12]", lambda x: x.reshape(12)),
+    ("x: f64[B, 1]", "broadcast_to(x, (-1, 5))", "f64[B, 5]",
+     lambda x: np.broadcast_to(x, (4, 5))),
+    ("x: f64[3]", "broadcast_to(x, (2, 3))", "f64[2, 3]", lambda x: np.broadcast_to(x, (2, 3))),
+    ("x: f64[B, 1, 3]", "squeeze(x, 1)", "f64[B, 3]", lambda x: x[:, 0]),
+    ("x: f64[B, 3]", "unsqueeze(x, (0, -1))", "f64[1, B, 3, 1]", lambda x: x[None, ..., None]),
+    ("x: f64[B, 3], z: f64[B, 2]", "concat(x, z, x, axis=-1)", "f64[B, 8]",
+     lambda x, z: np.concatenate([x, z, x], axis=-1)),
+    ("x: f64[B, 3]", "concat(x, x)", "f64[?, 3]", lambda x: np.concatenate([x, x])),
+    ("x: f64[B, 3]", "stack(x, 2 * x, x, axis=1)", "f64[B, 3, 3]",
+     lambda x: np.stack([x, 2 * x, x], axis=1)),
+    ("x: f64[B, 3]", "stack(x, x, axis=-1)", "f64[B, 3, 2]", lambda x: np.stack([x, x], -1)),
+    ("x: f64[5, 3], i: i64[B, 2]", "take(x, i)", "f64[B, 2, 3]", lambda x, i: x[i]),
+    ("x: f64[B, 3]", "max(x, axis=-1, keepdims=true)", "f64[B, 1]",
+     lambda x: x.max(-1, keepdims=True)),
+    ("x: f64[B, 3]", "argmax(x, axis=1)", "i64[B]", lambda x: x.argmax(1)),
+    ("x: f64[B, 3]", "logsumexp(x, axis=0)", "f64[3]", lambda x: np.log(np.exp(x).sum(0))),
+    ("x: f64[B, 3]", "log_softmax(x)", "f64[B, 3]",
+     lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))),
+])
+def test_shape_builtins(signature, expression, expected, reference):
+    assert output_type(signature, expression) == expected
+    model = chainrule.compile(one_output(signature, expression))
+    rng = np.random.default_rng(9)
+    feeds = {v.name: rng.integers(0, 5, (4, 2)) if v.type.dtype == "i64" else
+             rng.normal(size=[d if isinstance(d, int) else 4 for d in v.type.shape])
+             for v in model.graph.inputs}
+    assert_close(run_one(signature, expression, **feeds), reference(**feeds), 1e-12,
+                 what=expression)
+
+
+def test_concat_and_stack_values_and_gradients():
+    source = """
+    model m(a: f64[B, 3], b: f64[B, 2]) {
+        param W: f64[5, 5] = normal(0.0, 1.0)
+        c = concat(a, b, axis=1)
+        s = stack(c @ W, c, axis=0)
+        d = concat(c, 2 * c, axis=0)
+        J = sum(s[0] * s[1]) + sum(d[1:] ** 2)
+        return J, c, s, d
+    }
+    """
+    rng = np.random.default_rng(10)
+    a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 2))
+    outputs = run_both(source, a=a, b=b)
+    c = np.concatenate([a, b], axis=1)
+    model = chainrule.compile(source)
+    W = model.params["W"]
+    assert np.array_equal(outputs["c"], c)
+    assert np.allclose(outputs["s"], np.stack([c @ W, c]))
+    assert np.array_equal(outputs["d"], np.concatenate([c, 2 * c]))
+    check_gradients(model, a=a, b=b)
+
+
+def check_gradients(model, **inputs):
+    """Every param's gradient from both backends against central differences."""
+    numeric = {name: central_difference(lambda: float(model.run(**inputs)["J"]), array)
+               for name, array in model.params.items()}
+    for backend in ("numpy", "onnxruntime"):
+        grads = model.grad(backend=backend, **inputs)
+        for name, expected in numeric.items():
+            assert_close(grads[name], expected, 1e-6, atol=1e-9, what=f"{backend} d/d{name}")
+
+
+def test_comparisons_logic_and_where():
+    source = """
+    model m(a: f64[3, 4], b: f64[4]) {
+        both = a > 0 and not (b < 0) or a == b
+        either = logical_or(logical_and(a >= b, b != 0), logical_not(a <= 0))
+        y = where(both, a, 0.5)
+        z = where(either, -1, b)
+        return y, z, both, either
+    }
+    """
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=4)
+    outputs = run_both(source, a=a, b=b)
+    both = ((a > 0) & ~(b < 0)) | (a == b)
+    either = ((a >= b) & (b != 0)) | ~(a <= 0)
+    assert np.array_equal(outputs["both"], both) and np.array_equal(outputs["either"], either)
+    assert np.array_equal(outputs["y"], np.where(both, a, 0.5))
+    assert np.array_equal(outputs["z"], np.where(either, -1.0, b))
+
+
+def test_logic_folds_constants_and_rejects_numbers():
+    assert output_type("x: f64[2]", "where(true and not false, x, 0)") == "f64[2]"
+    with pytest.raises(ChainruleError, match="'and' and 'or' take true or false"):
+        chainrule.compile(one_output("x: f64[2]", "x + (1 and 2)"))
+    message = error_message("x: f64[2]", "where(not 1, x, x)")
+    assert "'logical_not' takes a tensor or true or false, not 1" in message
+
+
+def test_max_reduces_and_maximum_compares():
+    source = """
+    model m(a: f64[3, 4], b: f64[4]) {
+        r = max(a, axis=0)
+        e = maximum(a, b)
+        n = min(a, axis=(0, 1), keepdims=true)
+        f = minimum(a, 0)
+        i = argmax(a, axis=-1)
+        return r, e, n, f, i
+    }
+    """
+    rng = np.random.default_rng(12)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=4)
+    outputs = run_both(source, a=a, b=b)
+    assert np.array_equal(outputs["r"], a.max(axis=0))
+    assert np.array_equal(outputs["e"], np.maximum(a, b))
+    assert np.array_equal(outputs["n"], a.min(keepdims=True))
+    assert np.array_equal(outputs["f"], np.minimum(a, 0))
+    assert np.array_equal(outputs["i"], a.argmax(axis=-1))
+
+
+def test_ties_split_the_gradient_evenly():
+    source = """
+    model m(x: f64[2, 3], y: f64[2, 3]) {
+        param W: f64[2, 3] = ones()
+        J = sum(max(x * W, axis=1)) + sum(maximum(W, y))
+        return J
+    }
+    """
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]])
+    y = np.array([[1.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
+    grads = chainrule.compile(source).grad(x=x, y=y)
+    from_max = np.array([[0.0, 1.5, 1.5], [1.0, 0.0, 1.0]])  # x * half a share each
+    from_maximum = np.array([[0.5, 1.0, 0.0], [0.5, 0.5, 1.0]])
+    assert np.array_equal(grads["W"], from_max + from_maximum)
+
+
+@pytest.mark.parametrize("signature, expression", [
+    ("a: f64[4], b: f64[4, 5]", "a @ b"),
+    ("a: f64[2, 3, 4], b: f64[4]", "a @ b"),
+    ("a: f64[4], b: f64[4]", "a @ b"),
+    ("a: f64[2, 1, 3, 4], b: f64[5, 4, 2]", "matmul(a, b)"),
+    ("a: f64[3, 4], b: f64[3, 4]", "a ** b"),
+])
+def test_matmul_and_tensor_powers_in_the_dsl(signature, expression):
+    model = chainrule.compile(one_output(signature, expression))
+    rng = np.random.default_rng(13)
+    feeds = {v.name: np.abs(rng.normal(size=v.type.shape)) + 0.5 for v in model.graph.inputs}
+    expected = eval(expression.replace("matmul(a, b)", "a @ b"), dict(feeds))
+    assert model.graph.outputs[0].type.shape == np.shape(expected)
+    assert_close(run_one(signature, expression, **feeds), expected, 1e-12)
+
+
+DROPOUT = """
+model m(x: f64[B, 200]) {
+    param W: f64[200] = ones()
+    h = dropout(x * W, 0.25)
+    k = dropout(x, 0.25)
+    J = sum(h)
+    return J, h, k
+}
+"""
+
+
+def test_dropout_is_the_identity_unless_training():
+    model = chainrule.compile(DROPOUT)
+    x = np.random.default_rng(14).normal(size=(8, 200))
+    for backend in ("numpy", "onnxruntime"):
+        outputs = get_backend(backend).run(model.graph, {"x": x}, model.params)
+        assert np.array_equal(outputs["h"], x) and np.array_equal(outputs["k"], x), backend
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_dropout_in_training_drops_scales_and_reuses_its_mask(backend):
+    model = chainrule.compile(DROPOUT)
+    x = np.random.default_rng(15).normal(size=(8, 200))
+    graph, grads = model.grad_graph()
+    outputs = get_backend(backend).run(graph, {"x": x}, model.params, training=True)
+    h, k = outputs["h"], outputs["k"]
+    dropped = h == 0
+    assert 0.2 < dropped.mean() < 0.3
+    assert np.allclose(h[~dropped], x[~dropped] / 0.75)
+    assert not np.array_equal(dropped, k == 0), "two dropouts share a mask"
+    mask = h / x  # 0 or 1 / 0.75: the gradient of sum(h) w.r.t. W must use this very mask
+    assert_close(outputs[grads["W"]], (mask * x).sum(axis=0), 1e-12)  # grads hold names
+
+
+def test_numpy_dropout_masks_are_reproducible():
+    model = chainrule.compile(DROPOUT)
+    x = np.random.default_rng(16).normal(size=(8, 200))
+    numpy = get_backend("numpy")
+    first = numpy.run(model.graph, {"x": x}, model.params, training=True)
+    again = chainrule.compile(DROPOUT)
+    second = numpy.run(again.graph, {"x": x}, again.params, training=True)
+    assert np.array_equal(first["h"], second["h"]) and np.array_equal(first["k"], second["k"])
+
+
+# ---- compositions -----------------------------------------------------------------------------
+
+def _layer_norm(x, gamma, beta):
+    mean = x.mean(-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + 1e-5) * gamma + beta
+
+
+def _log_sigmoid(x):
+    return -np.log1p(np.exp(-x))
+
+
+COMPOSITIONS = [
+    ("layer_norm(h, G, b)", lambda h, G, b, t, p: _layer_norm(h, G, b)),
+    ("cross_entropy(h, p)", lambda h, G, b, t, p: -np.mean(np.sum(p * np.log(_softmax(h, -1)),
+                                                                  -1))),
+    ("binary_cross_entropy_with_logits(h, t)",
+     lambda h, G, b, t, p: -np.mean(t * _log_sigmoid(h) + (1 - t) * _log_sigmoid(-h))),
+]
+
+
+@pytest.mark.parametrize("expression, reference", COMPOSITIONS, ids=lambda c: str(c)[:12])
+def test_compositions_match_numpy_and_finite_differences(expression, reference):
+    source = f"""
+    model m(x: f64[B, 4], t: f64[B, 5], p: f64[B, 5]) {{
+        param W: f64[5, 4] = normal(0.0, 1.0)
+        param G: f64[5] = normal(1.0, 0.1)
+        param b: f64[5] = normal(0.0, 0.1)
+        h = x @ W.T
+        y = {expression}
+        J = sum(y * y)
+        return J, y
+    }}
+    """
+    rng = np.random.default_rng(17)
+    x, t = rng.normal(size=(3, 4)), (rng.random((3, 5)) < 0.5).astype(np.float64)
+    p = _softmax(rng.normal(size=(3, 5)), -1)
+    model = chainrule.compile(source)
+    y = run_both(source, x=x, t=t, p=p)["y"]
+    params = model.params
+    assert_close(y, reference(x @ params["W"].T, params["G"], params["b"], t, p), 1e-12)
+    check_gradients(model, x=x, t=t, p=p)
+
+
+def test_cross_entropy_targets_must_match_the_logits():
+    message = error_message("o: f64[B, 5], p: f64[B, 4]", "cross_entropy(o, p)")
+    assert message == ("cross_entropy(): labels must be i64, or probability targets of the "
+                       "logits' dtype and shape; got logits f64[B, 5] and targets f64[B, 4]")
+
+
+# ---- type errors name the operands ------------------------------------------------------------
+
+@pytest.mark.parametrize("signature, expression, message", [
+    ("a: f64[B, 3], b: f64[4]", "maximum(a, b)", "shapes [B, 3] and [4] do not broadcast"),
+    ("a: f64[2, 3], b: f64[3, 3]", "concat(a, b, axis=1)",
+     "concat along axis 1 needs equal dims elsewhere, got [2, 3] and [3, 3] (axis 0 differs)"),
+    ("a: f64[2, 3], b: f64[2]", "stack(a, b)", "stack(): concat needs operands of one rank"),
+    ("a: f64[2, 3]", "reshape(a, (4, 2))", "reshape of [2, 3] to [4, 2]: 6 elements cannot"),
+    ("a: f64[2, 3]", "reshape(a, (-1, -1))", "dims are sizes, 0 (copy the input dim) or one -1"),
+    ("a: f64[2, 3]", "reshape(a, (4, -1))", "6 elements do not divide into [4]"),
+    ("a: f64[2, 3]", "squeeze(a, 0)", "axis 0 of [2, 3] has size 2"),
+    ("a: f64[2, 3]", "broadcast_to(a, (3, 3))", "shapes [2, 3] and [3, 3] do not broadcast"),
+    ("a: f64[3]", "broadcast_to(a, (1, 1))", "cannot broadcast [3] to [1, 1]"),
+    ("a: f64[2, 3], i: f64[4]", "take(a, i)", "take needs i64 indices, got f64[4]"),
+    ("a: f64[2, 3]", "clip(a, 1, 0)", "clip needs lo <= hi"),
+    ("a: f64[2, 3]", "sqrt(a > 0)", "sqrt needs a float operand, got bool[2, 3]"),
+    ("a: f64[2, 3]", "logical_not(a)", "logical_not needs a bool operand, got f64[2, 3]"),
+    ("a: f64[2, 3]", "argmax(a, axis=2)", "axis 2 is out of range for rank 2"),
+    ("a: f64[2, 3]", "dropout(a, 1.0)", "dropout probability must lie in [0, 1), got 1.0"),
+    ("a: f64[2, 3]", "concat(a, 1)", "concat() takes tensors as positional arguments"),
+])
+def test_type_errors_name_the_operands(signature, expression, message):
+    assert message in error_message(signature, expression)
