@@ -1,7 +1,6 @@
 """The Python API: `chainrule.compile(path_or_source)` and the Model it returns."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,10 @@ from .backends.numpy_kernels import KERNELS
 from .backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from .dsl import lower_source
 from .fileio import atomic_write_bytes
-from .ir import ChainruleError, Graph, parse_graph, print_graph, verify
+from .ir import ChainruleError, Graph, parse_graph, print_graph
 from .ir.types import NUMPY_DTYPES
 from .ir.init import initial_params
-from .passes import infer_shapes, select_outputs
+from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step
 
@@ -29,6 +28,8 @@ def evaluate_scalars(node, scalars):
 
 
 IR_SUFFIX = ".cir"
+# Run on every graph as it comes in: types, then grad(...) expressions expanded.
+FRONT_END_PASSES = ["infer", "expand_grad"]
 
 
 def compile(path_or_source, *, seed: int = 0) -> Model:
@@ -48,9 +49,7 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
         graph = parse_graph(source, filename)
     else:
         graph = lower_source(source, filename)
-    graph, _ = infer_shapes(graph)
-    if os.environ.get("CHAINRULE_VERIFY") == "1":
-        verify(graph)
+    graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)
 
 

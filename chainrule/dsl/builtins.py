@@ -177,6 +177,7 @@ builtin("unsqueeze", "unsqueeze", ("x",), AXIS_OPTIONS)
 builtin("concat", "concat", ("xs",), {"axis": _option(0, _int("axis"), "axis")}, variadic=True)
 builtin("take", "take", ("x", "indices"), {"axis": _option(0, _int("axis"), "axis")})
 builtin("mse", "mse", ("pred", "target"))
+builtin("grad", "grad", ("objective", "wrt"))
 builtin("one_hot", "one_hot", ("labels",),
         {"n": _option(NO_DEFAULT, _int("n"), "depth")})
 

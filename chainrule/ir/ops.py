@@ -6,7 +6,8 @@ in `passes.autodiff_rules`, numpy kernels in `backends.numpy_kernels`, ONNX lowe
 
 Traits that passes and backends query: "elementwise", "linear", "reduction", "comparison",
 "loss", "constant", "nondifferentiable" (no derivative rule; its output carries no gradient) and
-"stochastic" (its value depends on whether the backend runs in training mode).
+"stochastic" (its value depends on whether the backend runs in training mode) and "expanded"
+(replaced by a pass before any backend runs: it has no kernel, lowering or derivative rule).
 """
 from __future__ import annotations
 
@@ -428,6 +429,19 @@ register("one_hot", 1, _infer_one_hot,
          traits=("nondifferentiable",),
          index_input=(0, lambda types, attrs: attrs["depth"]))
 # dropout(x) is x * dropout_mask(x): the mask is a value, so the gradient reuses it exactly.
+def _infer_grad(objective, wrt):
+    if objective.rank != 0 or not is_float(objective.dtype):
+        raise OpTypeError(f"grad needs a float scalar to differentiate, got {objective}")
+    if not is_float(wrt.dtype):
+        raise OpTypeError(f"grad with respect to {wrt}: only float values have gradients")
+    if wrt.dtype != objective.dtype:
+        raise OpTypeError(f"grad of {objective} with respect to {wrt}: dtypes differ")
+    return wrt
+
+
+# grad(objective, wrt) in a model: a higher-order op that the expand_grad pass replaces by the
+# backward graph it stands for, so no backend ever sees it ("expanded" trait).
+register("grad", 2, _infer_grad, traits=("expanded",))
 register("dropout_mask", 1, _infer_dropout_mask,
          {"p": AttrSpec("float"), "seed": AttrSpec("int")},
          traits=("elementwise", "nondifferentiable", "stochastic"))

@@ -16,6 +16,7 @@ from ..ir.verify import verify
 from .autodiff import autodiff
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
+from .expand_grad import expand_grads
 from .infer import infer_shapes
 from .simplify import simplify
 
@@ -60,6 +61,8 @@ def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
 
 PASSES = {p.name: p for p in [
     Pass("infer", lambda g, ctx: infer_shapes(g), "shape and dtype inference"),
+    Pass("expand_grad", lambda g, ctx: expand_grads(g),
+         "replace grad(objective, wrt) expressions by their backward graphs"),
     Pass("autodiff", _autodiff, "append the backward graph of the first output"),
     Pass("dce", lambda g, ctx: eliminate_dead_code(g), "dead-code elimination"),
     Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),

@@ -1,0 +1,60 @@
+"""Expanding `grad(objective, wrt)` nodes into the backward graph they stand for.
+
+Each grad node is replaced by the gradient that reverse-mode autodiff builds for the graph up to
+that node; the rest of the graph then reads the gradient. Nodes are expanded in order, so a
+later grad (or the training objective's autodiff) differentiates graphs that already contain
+backward nodes: that is what makes second derivatives work.
+"""
+from __future__ import annotations
+
+from ..ir import Graph, Node
+from .autodiff import autodiff
+from .dce import eliminate_dead_code
+from .rewrite import Rewriter
+
+
+def expand_grads(graph: Graph) -> tuple[Graph, bool]:
+    changed = False
+    while True:
+        index = next((i for i, n in enumerate(graph.nodes) if n.op == "grad"), None)
+        if index is None:
+            return graph, changed
+        graph = _expand_one(graph, index)
+        changed = True
+
+
+def _expand_one(graph: Graph, index: int) -> Graph:
+    node = graph.nodes[index]
+    objective, wrt = node.inputs
+    prefix = graph.copy()
+    prefix.nodes = graph.nodes[:index]
+    prefix.outputs = [objective]
+    differentiated, grads = autodiff(prefix, objective, [wrt])
+    gradient = grads[wrt.name]
+    backward = differentiated.nodes[index:]
+    gradient = _named_like(backward, gradient, node)
+
+    rewriter = Rewriter(graph)
+    for kept in graph.nodes[:index] + backward:
+        rewriter.keep(kept)
+    rewriter.replace(node.outputs[0], gradient)
+    for rest in graph.nodes[index + 1:]:
+        rewriter.keep(rewriter.remap(rest))
+    result, _ = rewriter.finish()
+    return eliminate_dead_code(result)[0]
+
+
+def _named_like(backward: list[Node], gradient, grad_node: Node):
+    """Give the gradient the name the user gave the grad call, when autodiff created it."""
+    for position, candidate in enumerate(backward):
+        if candidate.outputs[0] is gradient:
+            renamed = type(gradient)(grad_node.outputs[0].name, gradient.type)
+            backward[position] = Node(candidate.op, candidate.inputs, candidate.attrs,
+                                      (renamed,), candidate.loc)
+            for later in range(position + 1, len(backward)):
+                node = backward[later]
+                if gradient in node.inputs:
+                    inputs = tuple(renamed if v is gradient else v for v in node.inputs)
+                    backward[later] = Node(node.op, inputs, node.attrs, node.outputs, node.loc)
+            return renamed
+    return gradient

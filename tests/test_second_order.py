@@ -1,0 +1,40 @@
+"""grad(...) inside a model: gradients of gradients, checked against finite differences."""
+import numpy as np
+
+import chainrule
+from conftest import ROOT
+from helpers import assert_close, central_difference
+
+
+def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
+    model = chainrule.compile(str(ROOT / "tests" / "models" / "hvp_f64.nn"))
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.normal(size=(5, 3)), "y": rng.integers(0, 4, 5),
+              "v": rng.normal(size=(4, 3))}
+    hv = model.run(**inputs)["Hv"]
+    W = model.params["W"]
+    eps = 1e-5
+    model.params["W"] = W + eps * inputs["v"]
+    plus = model.run(**inputs)["g"]
+    model.params["W"] = W - eps * inputs["v"]
+    minus = model.run(**inputs)["g"]
+    model.params["W"] = W
+    assert_close(hv, (plus - minus) / (2 * eps), 1e-6)
+
+
+def test_gradient_penalty_trains_through_second_derivatives():
+    source = (ROOT / "examples" / "gradient_penalty.nn").read_text().replace("f32", "f64")
+    model = chainrule.compile(source)
+    rng = np.random.default_rng(1)
+    inputs = {"x": rng.normal(size=(6, 8)), "y": rng.integers(0, 3, 6)}
+    grads = model.grad(**inputs)
+    for name in ("W1", "W2"):
+        numeric = central_difference(lambda: float(model.run(**inputs)["J"]), model.params[name])
+        assert_close(grads[name], numeric, 1e-6, what=name)
+
+
+def test_grad_expression_is_expanded_before_any_backend():
+    model = chainrule.compile(str(ROOT / "examples" / "gradient_penalty.nn"))
+    assert all(node.op != "grad" for node in model.graph.nodes)
+    assert "%saliency = " in model.ir()
+    assert model.to_onnx(grad=True).graph.node
