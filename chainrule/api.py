@@ -115,7 +115,7 @@ class Model:
 
     def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str):
         graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level)
-        model = export_onnx(graph, opset=opset, params_as_inputs=True)
+        model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
         defaults = dict(self.params)
         types = {v.name: v.type for v in graph.inputs}
         defaults.update((name, np.zeros(types[name].shape, NUMPY_DTYPES[types[name].dtype]))

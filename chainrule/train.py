@@ -103,6 +103,8 @@ class Trainer:
         self.batch = 0          # batches completed within the current epoch
         self.steps = 0          # steps completed in all
         self.rng = np.random.default_rng(config.seed)
+        # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
+        self.dropout_rng = np.random.default_rng([config.seed, 1])
         self.epoch_rng_state = self.rng.bit_generator.state
         self.stop_requested = False
 
@@ -129,7 +131,8 @@ class Trainer:
         feeds = dict(batch)
         feeds.update(self.state)
         feeds[LR] = np.asarray(lr, self.dtype)
-        outputs = self.backend.run(self.step_graph, feeds, self.params)
+        outputs = self.backend.run(self.step_graph, feeds, self.params, training=True,
+                                   rng=self.dropout_rng)
         for param, next_name in self.interface.params.items():
             self.params[param] = outputs[next_name]
         for state, next_name in self.interface.state.items():
@@ -201,7 +204,8 @@ class Trainer:
         meta = {"format": CHECKPOINT_FORMAT, "model": self.fingerprint(),
                 "optimizer": asdict(self.config.optimizer), "epoch": self.epoch,
                 "batch": self.batch, "steps": self.steps,
-                "rng": self.rng.bit_generator.state, "epoch_rng": self.epoch_rng_state}
+                "rng": self.rng.bit_generator.state, "epoch_rng": self.epoch_rng_state,
+                "dropout_rng": self.dropout_rng.bit_generator.state}
         arrays = {f"param/{k}": v for k, v in self.params.items()}
         arrays.update({f"state/{k}": v for k, v in self.state.items()})
         arrays["meta"] = np.array(json.dumps(meta))
@@ -235,6 +239,7 @@ class Trainer:
         self.epoch, self.batch, self.steps = meta["epoch"], meta["batch"], meta["steps"]
         self.rng.bit_generator.state = meta["rng"]
         self.epoch_rng_state = meta["epoch_rng"]
+        self.dropout_rng.bit_generator.state = meta["dropout_rng"]
 
 
 def _check_same(path, what, loaded: dict, expected: dict) -> None:

@@ -207,3 +207,29 @@ def test_train_command_logs_epochs_and_saves(tmp_path):
     assert len(log.read_text().splitlines()) == 2
     assert sorted(np.load(tmp_path / "trained.npz").files) == ["W1", "W2"]
     assert (tmp_path / "ckpt" / CHECKPOINT_FILE).is_file()
+
+
+DROPOUT = SMALL.replace("o = tanh(x @ W.T) @ V.T", "o = dropout(tanh(x @ W.T), p=0.5) @ V.T")
+
+
+def test_dropout_masks_change_per_step_and_resume_exactly(tmp_path):
+    data = small_data(rows=12)
+    straight = fitted(DROPOUT, 2, optimizer=OptimizerSpec("sgd"))
+    before = straight.params["W"].copy()
+    straight.train_step(data, 0.1)
+    first_step = straight.params["W"] - before
+    straight.train_step(data, 0.1)
+    second_step = straight.params["W"] - before - first_step
+    assert not np.allclose(first_step, second_step)  # same batch, different masks
+
+    straight = fitted(DROPOUT, 3, optimizer=OptimizerSpec("sgd"))
+    straight.fit(data)
+    first = fitted(DROPOUT, 3, optimizer=OptimizerSpec("sgd"))
+    first.config.epochs = 1
+    first.fit(data, checkpoint_dir=tmp_path)
+    resumed = fitted(DROPOUT, 3, optimizer=OptimizerSpec("sgd"))
+    resumed.load_checkpoint(tmp_path)
+    resumed.fit(data)
+    assert np.array_equal(straight.params["W"], resumed.params["W"])
+    evaluation = straight.evaluate(data)  # inference mode: dropout is the identity
+    assert evaluation == straight.evaluate(data)
