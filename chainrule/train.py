@@ -95,8 +95,10 @@ class Trainer:
         self.step_graph, self.interface = model.train_step_graph(config.optimizer,
                                                                  config.opt_level)
         metrics = [self.interface.objective] + self.interface.metrics
-        self.eval_graph = select_outputs(model.graph, metrics)
+        self.eval_graph = model.optimize(select_outputs(model.graph, metrics), config.opt_level)
         self.backend = get_backend(config.backend)
+        # The step replaces every param array it is given: it may update them in place.
+        self.step_backend = get_backend(config.backend, donate_params=True)
         self.params = {k: np.array(v) for k, v in model.params.items()}
         self.state = self.initial_state()
         self.epoch = 0          # epochs completed
@@ -131,8 +133,8 @@ class Trainer:
         feeds = dict(batch)
         feeds.update(self.state)
         feeds[LR] = np.asarray(lr, self.dtype)
-        outputs = self.backend.run(self.step_graph, feeds, self.params, training=True,
-                                   rng=self.dropout_rng)
+        outputs = self.step_backend.run(self.step_graph, feeds, self.params, training=True,
+                                        rng=self.dropout_rng)
         for param, next_name in self.interface.params.items():
             self.params[param] = outputs[next_name]
         for state, next_name in self.interface.state.items():

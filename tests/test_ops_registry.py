@@ -25,7 +25,7 @@ def registry_gaps(ops: dict[str, OpDef]) -> list[str]:
             if name not in EXPANDED_BY:
                 gaps.append(f"{name}: the pass that expands it")
             continue
-        if op.differentiable and name not in VJP_RULES:
+        if op.differentiable and name not in VJP_RULES and "fused" not in op.traits:
             gaps.append(f"{name}: derivative rule (or the 'nondifferentiable' trait)")
         if name not in KERNELS:
             gaps.append(f"{name}: numpy kernel")

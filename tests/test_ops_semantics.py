@@ -72,6 +72,15 @@ def _axes(axes):
     return None if axes is None else tuple(axes)
 
 
+def _cross_entropy_grad(logits, labels, scale):
+    onehot = np.eye(logits.shape[-1])[labels]
+    return (_softmax(logits, -1) - onehot) * scale
+
+
+def _gemm(a, b, trans_a, trans_b):
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
 REFERENCES = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
@@ -109,6 +118,8 @@ REFERENCES = {
     "take": lambda x, indices, axis: np.take(x, indices, axis), "scatter_add": _scatter_add,
     "softmax": _softmax, "log_softmax": lambda x, axis: np.log(_softmax(x, axis)),
     "cross_entropy": _cross_entropy, "mse": lambda a, b: np.mean((a - b) ** 2),
+    "relu_grad": lambda x, g: g * (x > 0), "cross_entropy_grad": _cross_entropy_grad,
+    "sum_squares": lambda x: np.sum(x * x), "gemm": _gemm,
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
 }
@@ -136,6 +147,13 @@ FORWARD_CASES = [
     Case("cast", (Arg((3, 4)),), {"dtype": "bool"}),
     Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
     Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
+    # fused ops, which the fuse pass writes into gradient graphs
+    Case("relu_grad", (Arg((3, 4), domain="away_from_zero"), Arg((3, 4)))),
+    Case("cross_entropy_grad", (Arg((6, 5)), labels((6,), 5), Arg(()))),
+    Case("cross_entropy_grad", (Arg((2, 3, 4)), labels((2, 3), 4), Arg(()))),
+    Case("sum_squares", (Arg((3, 4)),)),
+    Case("gemm", (Arg((4, 3)), Arg((4, 5))), {"trans_a": True, "trans_b": False}),
+    Case("gemm", (Arg((3, 4)), Arg((5, 4))), {"trans_a": False, "trans_b": True}),
 ]
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from ..ir import ChainruleError
 
 
-def _numpy():
+def _numpy(donate_params: bool = False):
     from .numpy_compiled import CompiledNumpyBackend
-    return CompiledNumpyBackend()
+    return CompiledNumpyBackend(donate_params)
 
 
-def _onnxruntime():
+def _onnxruntime(donate_params: bool = False):
     from .onnx_backend import OnnxRuntimeBackend
     return OnnxRuntimeBackend()
 
@@ -18,9 +18,11 @@ def _onnxruntime():
 BACKENDS = {"numpy": _numpy, "onnxruntime": _onnxruntime}
 
 
-def get_backend(name: str):
+def get_backend(name: str, *, donate_params: bool = False):
+    """The backend called `name`. With donate_params the caller gives up the param arrays it
+    passes, so a backend may write updated params into them (a train step's in-place update)."""
     try:
-        return BACKENDS[name]()
+        return BACKENDS[name](donate_params=donate_params)
     except KeyError:
         raise ChainruleError(f"unknown backend '{name}'; choose from "
                              f"{', '.join(BACKENDS)}") from None

@@ -131,13 +131,18 @@ class CompiledGraph:
     line_nodes: list
     plan: Plan
 
+    checked_signatures: set = field(default_factory=set)
+
     def __call__(self, inputs: dict, params: dict, training: bool = False, rng=None) -> dict:
         args = [inputs[v.name] for v in self.graph.inputs]
         args += [params[v.name] for v in self.graph.param_values()]
-        args += [training, rng]
+        return self.call(args, training, rng)
+
+    def call(self, arrays: list, training: bool = False, rng=None) -> dict:
+        """Run on the inputs' then the params' arrays, in the graph's order."""
         try:
             with np.errstate(all="ignore"):
-                results = self.function(*args)
+                results = self.function(*arrays, training, rng)
         except Exception as error:
             node = self._failing_node(error)
             if node is None:
@@ -184,9 +189,23 @@ class CompiledNumpyBackend:
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-        check_feeds(graph, inputs, params)
-        inputs = {k: np.asarray(v) for k, v in inputs.items()}
-        return self.compiled(graph)(inputs, params, training, rng)
+        compiled = self.compiled(graph)
+        try:
+            arrays = [_as_array(inputs[v.name]) for v in graph.inputs]
+            arrays += [_as_array(params[v.name]) for v in graph.param_values()]
+        except KeyError:
+            arrays = None
+        # Checking feeds costs as much as a small graph's run: check each signature once.
+        signature = arrays and (len(inputs), len(params),
+                                tuple((a.dtype, a.shape) for a in arrays))
+        if signature not in compiled.checked_signatures:
+            check_feeds(graph, inputs, params)
+            compiled.checked_signatures.add(signature)
+        return compiled.call(arrays, training, rng)
+
+
+def _as_array(value) -> np.ndarray:
+    return value if type(value) is np.ndarray else np.asarray(value)
 
 
 def describe_plan(graph: Graph, plan: Plan) -> str:

@@ -232,3 +232,31 @@ def _dropout_mask(x, p, seed, training=False, rng=None):
         return np.ones_like(x)
     kept = (rng or np.random.default_rng(seed)).random(x.shape) >= p
     return kept.astype(x.dtype) / np.asarray(1.0 - p, x.dtype)
+
+
+# ---- fused ops (written by the fuse pass at -O2) ---------------------------------------------
+
+@kernel("relu_grad")
+def _relu_grad(x, g):
+    return np.multiply(g, x > 0)
+
+
+@kernel("cross_entropy_grad")
+def _cross_entropy_grad(logits, labels, scale):
+    """(softmax(logits) - onehot(labels)) * scale, without materialising the one-hot."""
+    grad = _softmax(logits, -1)
+    flat = grad.reshape(-1, grad.shape[-1])
+    flat[np.arange(flat.shape[0]), labels.reshape(-1)] -= 1
+    grad *= scale
+    return grad
+
+
+@kernel("sum_squares")
+def _sum_squares(x):
+    flat = x.reshape(-1)
+    return np.asarray(np.dot(flat, flat), dtype=x.dtype)
+
+
+@kernel("gemm")
+def _gemm(a, b, trans_a, trans_b):
+    return np.matmul(a.T if trans_a else a, b.T if trans_b else b)

@@ -291,3 +291,33 @@ def _dropout_mask(em, node, out, x):
     kept = em.add("GreaterOrEqual", [uniform, em.scalar(p, dtype)])
     scale = em.scalar(1.0 / (1.0 - p), dtype)
     em.add("Mul", [em.add("Cast", [kept], to=ONNX_DTYPES[dtype]), scale], out)
+
+
+# ---- fused ops (written by the fuse pass at -O2) ---------------------------------------------
+
+@lowering("relu_grad")
+def _relu_grad(em, node, out, x, g):
+    zero = em.scalar(0.0, node.inputs[0].type.dtype)
+    em.add("Where", [em.add("Greater", [x, zero]), g, em.scalar(0.0, node.inputs[1].type.dtype)],
+           out)
+
+
+@lowering("cross_entropy_grad")
+def _cross_entropy_grad(em, node, out, logits, labels, scale):
+    dtype = node.inputs[0].type.dtype
+    classes = em.ints(list(range(node.inputs[0].type.shape[-1])), "classes")
+    onehot = em.add("Cast", [em.add("Equal", [em.unsqueeze(labels, [-1]), classes])],
+                    to=ONNX_DTYPES[dtype])
+    difference = em.add("Sub", [em.add("Softmax", [logits], axis=-1), onehot])
+    em.add("Mul", [difference, scale], out)
+
+
+@lowering("sum_squares")
+def _sum_squares(em, node, out, x):
+    em.add("ReduceSumSquare", [x], out, keepdims=0)
+
+
+@lowering("gemm")
+def _gemm(em, node, out, a, b):
+    em.add("Gemm", [a, b], out, transA=int(node.attrs["trans_a"]),
+           transB=int(node.attrs["trans_b"]))

@@ -7,7 +7,8 @@ in `passes.autodiff_rules`, numpy kernels in `backends.numpy_kernels`, ONNX lowe
 Traits that passes and backends query: "elementwise", "linear", "reduction", "comparison",
 "loss", "constant", "nondifferentiable" (no derivative rule; its output carries no gradient) and
 "stochastic" (its value depends on whether the backend runs in training mode) and "expanded"
-(replaced by a pass before any backend runs: it has no kernel, lowering or derivative rule).
+(replaced by a pass before any backend runs: it has no kernel, lowering or derivative rule),
+"fused" (written by the fuse pass after autodiff: no derivative rule).
 """
 from __future__ import annotations
 
@@ -437,6 +438,44 @@ def _infer_grad(objective, wrt):
     if wrt.dtype != objective.dtype:
         raise OpTypeError(f"grad of {objective} with respect to {wrt}: dtypes differ")
     return wrt
+
+
+# Fused ops: the fuse pass (-O2) writes them into finished gradient graphs, so they take no
+# derivative rule ("fused" trait); autodiff names them if it ever meets one.
+def _infer_relu_grad(x, g):
+    _same_dtype("relu_grad", x, g)
+    if not shapes_may_equal(x.shape, g.shape):
+        raise OpTypeError(f"relu_grad needs equal shapes, got {x} and {g}")
+    return g
+
+
+def _infer_cross_entropy_grad(logits, labels, scale):
+    _infer_cross_entropy(logits, labels)
+    if scale.rank != 0 or scale.dtype != logits.dtype:
+        raise OpTypeError(f"cross_entropy_grad needs a {logits.dtype} scalar scale, got {scale}")
+    return logits
+
+
+def _infer_sum_squares(x):
+    _require_float("sum_squares", x)
+    return scalar(x.dtype)
+
+
+def _infer_gemm(a, b, trans_a, trans_b):
+    if a.rank != 2 or b.rank != 2:
+        raise OpTypeError(f"gemm takes matrices, got {a} and {b}")
+    a_shape = a.shape[::-1] if trans_a else a.shape
+    b_shape = b.shape[::-1] if trans_b else b.shape
+    return _infer_matmul(a.with_shape(a_shape), b.with_shape(b_shape))
+
+
+register("relu_grad", 2, _infer_relu_grad, traits=("elementwise", "fused"))
+register("cross_entropy_grad", 3, _infer_cross_entropy_grad, traits=("fused",),
+         index_input=(1, lambda types, attrs: types[0].shape[-1]))
+register("sum_squares", 1, _infer_sum_squares, traits=("reduction", "fused"))
+register("gemm", 2, _infer_gemm,
+         {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
+         traits=("linear", "fused"))
 
 
 # grad(objective, wrt) in a model: a higher-order op that the expand_grad pass replaces by the

@@ -17,6 +17,7 @@ from .autodiff import autodiff
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .expand_grad import expand_grads
+from .fuse import fuse
 from .infer import infer_shapes
 from .simplify import simplify
 
@@ -69,12 +70,13 @@ PASSES = {p.name: p for p in [
          "common-subexpression elimination"),
     Pass("simplify", lambda g, ctx: simplify(g, ctx.evaluate),
          "algebraic simplification and constant folding"),
+    Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops"),
 ]}
 
 PRESETS = {
     "O0": ["dce"],
     "O1": ["simplify", "cse", "dce"],
-    "O2": ["simplify", "cse", "simplify", "cse", "dce"],
+    "O2": ["simplify", "cse", "fuse", "dce"],
 }
 
 

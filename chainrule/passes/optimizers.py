@@ -89,10 +89,11 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
         step_scale = _adam_step_scale(builder, const, lr, next_step, spec)
 
     emit = builder.emit
+    by_name = {v.name: v for v in graph.values()}
     for param in graph.params:
         weight = param.value
         name = weight.name
-        grad = result.find(grads[name])
+        grad = by_name[grads[name]]
         if spec.kind == "adam" and spec.weight_decay:
             grad = emit("add", (grad, emit("mul", (const(spec.weight_decay), weight))))
         slots = {slot: new_input(state_name(slot, name), weight.type)

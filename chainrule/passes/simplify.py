@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-from ..ir import Graph, Node, Value, infer_type
+from ..ir import Graph, Node, OpTypeError, Value, infer_type
+from ..ir.shapes import broadcast_shapes
 from .rewrite import Rewriter
 
 RULES = []
@@ -150,6 +151,83 @@ def static_numel(ctx, node):
 
 
 @rule
+def square_by_multiplying(ctx, node):
+    """x ** 2 is x * x: one multiply per element instead of a call to pow."""
+    if node.op == "pow" and ctx.constant(node.inputs[1]) == 2.0:
+        x = node.inputs[0]
+        if x.type == node.outputs[0].type:
+            return ctx.emit("mul", (x, x), {}, node, node.outputs[0].name)
+    return None
+
+
+BROADCASTING = ("add", "sub", "mul", "div")
+
+
+@rule
+def broadcast_implicitly(ctx, node):
+    """An operand made bigger by broadcast_like or unsqueeze only for an elementwise op that
+    broadcasts anyway: use the smaller value and let the op broadcast (no strided view)."""
+    if node.op not in BROADCASTING:
+        return None
+    out = node.outputs[0]
+    for position, operand in enumerate(node.inputs):
+        producer = ctx.producer(operand)
+        if producer is None or producer.op not in ("broadcast_like", "unsqueeze"):
+            continue
+        smaller = producer.inputs[0]
+        inputs = list(node.inputs)
+        inputs[position] = smaller
+        try:
+            shape = broadcast_shapes(*(v.type.shape for v in inputs))
+        except OpTypeError:
+            continue
+        if shape == out.type.shape and smaller.type.dtype == out.type.dtype:
+            return ctx.emit(node.op, inputs, node.attrs, node, out.name)
+    return None
+
+
+@rule
+def merge_scalar_factors(ctx, node):
+    """c1 * (c2 * x) = (c1 * c2) * x for scalar constants c1, c2."""
+    if node.op != "mul":
+        return None
+    for outer, inner in (node.inputs, reversed(node.inputs)):
+        c1 = ctx.constant(outer)
+        inner_node = ctx.producer(inner)
+        if c1 is None or inner_node is None or inner_node.op != "mul":
+            continue
+        for factor, rest in (inner_node.inputs, reversed(inner_node.inputs)):
+            c2 = ctx.constant(factor)
+            if c2 is not None and rest.type == node.outputs[0].type:
+                product = ctx.emit("constant", (), {"value": c1 * c2,
+                                                    "dtype": outer.type.dtype}, node,
+                                   f"{node.outputs[0].name}.scale")
+                return ctx.emit("mul", (product, rest), {}, node, node.outputs[0].name)
+    return None
+
+
+@rule
+def transpose_of_matmul(ctx, node):
+    """(A B)^T = B^T A^T: a product of views, and a contiguous result instead of a view."""
+    if node.op != "transpose":
+        return None
+    rank = node.inputs[0].type.rank
+    if rank < 2 or node.attrs["perm"] != tuple(range(rank - 2)) + (rank - 1, rank - 2):
+        return None
+    product = ctx.producer(node.inputs[0])
+    if product is None or product.op != "matmul":
+        return None
+    a, b = product.inputs
+    if a.type.rank != rank or b.type.rank != rank:
+        return None
+    swap = {"perm": node.attrs["perm"]}
+    name = node.outputs[0].name
+    b_t = ctx.emit("transpose", (b,), swap, node, f"{name}.lhs")
+    a_t = ctx.emit("transpose", (a,), swap, node, f"{name}.rhs")
+    return ctx.emit("matmul", (b_t, a_t), {}, node, name)
+
+
+@rule
 def fold_scalar_constants(ctx, node):
     """An elementwise op of scalar constants is a constant (evaluated by the given kernels)."""
     if ctx.evaluate is None or node.op == "constant" or not node.inputs:
@@ -166,17 +244,36 @@ def fold_scalar_constants(ctx, node):
     return ctx.emit("constant", (), {"value": result, "dtype": out.type.dtype}, node, out.name)
 
 
+def apply_rules(ctx: RuleContext, node: Node) -> Value | None:
+    """The first rule's replacement for `node`, or None."""
+    for candidate in RULES:
+        replacement = candidate(ctx, node)
+        if replacement is not None:
+            return replacement
+    return None
+
+
+MAX_ROUNDS = 8  # a rule's output may enable another rule: repeat until nothing changes
+
+
 def simplify(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
-    """Apply RULES to every node once, in order; `evaluate(node, scalars)` enables folding."""
+    """Apply RULES until none applies; `evaluate(node, scalars)` enables constant folding."""
+    changed = False
+    for _ in range(MAX_ROUNDS):
+        graph, changed_now = simplify_once(graph, evaluate)
+        changed |= changed_now
+        if not changed_now:
+            break
+    return graph, changed
+
+
+def simplify_once(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
+    """Apply RULES to every node once, in order."""
     rewriter = Rewriter(graph)
     ctx = RuleContext(rewriter, evaluate)
     for node in graph.nodes:
         node = rewriter.remap(node)
-        replacement = None
-        for candidate in RULES:
-            replacement = candidate(ctx, node)
-            if replacement is not None:
-                break
+        replacement = apply_rules(ctx, node)
         if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
             ctx.keep(node)
             continue

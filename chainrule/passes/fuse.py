@@ -1,0 +1,105 @@
+"""Fusions for finished gradient graphs (-O2): several ops become one that numpy or ONNX runs
+in fewer passes over memory. Each is a pattern -> replacement rule; fused ops have no
+derivative rule, so this pass runs after autodiff.
+"""
+from __future__ import annotations
+
+from ..ir import Graph
+from .rewrite import Rewriter
+from .simplify import RuleContext
+
+FUSIONS = []
+
+
+def fusion(fn):
+    FUSIONS.append(fn)
+    return fn
+
+
+def _operand_pairs(node):
+    a, b = node.inputs
+    return ((a, b), (b, a))
+
+
+@fusion
+def relu_backward(ctx, node):
+    """g * cast(x > 0) -> relu_grad(x, g): one masked multiply."""
+    if node.op != "mul":
+        return None
+    out = node.outputs[0]
+    for g, mask in _operand_pairs(node):
+        cast = ctx.producer(mask)
+        if cast is None or cast.op != "cast" or cast.attrs["dtype"] != g.type.dtype:
+            continue
+        compare = ctx.producer(cast.inputs[0])
+        if compare is None or compare.op != "greater" or ctx.constant(compare.inputs[1]) != 0.0:
+            continue
+        x = compare.inputs[0]
+        if x.type == g.type == out.type:
+            return ctx.emit("relu_grad", (x, g), {}, node, out.name)
+    return None
+
+
+@fusion
+def softmax_cross_entropy_backward(ctx, node):
+    """(softmax(o) - one_hot(y)) * s -> cross_entropy_grad(o, y, s): (p - onehot) / B."""
+    if node.op != "mul":
+        return None
+    out = node.outputs[0]
+    for difference, scale in _operand_pairs(node):
+        sub = ctx.producer(difference)
+        if sub is None or sub.op != "sub" or scale.type.rank != 0:
+            continue
+        softmax, onehot = (ctx.producer(v) for v in sub.inputs)
+        if softmax is None or onehot is None or softmax.op != "softmax" or onehot.op != "one_hot":
+            continue
+        logits, labels = softmax.inputs[0], onehot.inputs[0]
+        last = logits.type.rank - 1
+        if (softmax.attrs["axis"] in (-1, last) and onehot.attrs["depth"] == logits.type.shape[-1]
+                and logits.type == out.type and labels.type.shape == logits.type.shape[:-1]):
+            return ctx.emit("cross_entropy_grad", (logits, labels, scale), {}, node, out.name)
+    return None
+
+
+@fusion
+def sum_of_squares(ctx, node):
+    """sum(x * x) over every axis -> sum_squares(x): a dot product, no temporary."""
+    if node.op != "sum" or node.attrs["keepdims"]:
+        return None
+    x_squared = ctx.producer(node.inputs[0])
+    rank = node.inputs[0].type.rank
+    axes = node.attrs["axes"]
+    if x_squared is None or x_squared.op != "mul" or x_squared.inputs[0] is not x_squared.inputs[1]:
+        return None
+    if axes is not None and sorted(a % rank for a in axes) != list(range(rank)):
+        return None
+    return ctx.emit("sum_squares", (x_squared.inputs[0],), {}, node, node.outputs[0].name)
+
+
+@fusion
+def matmul_of_transposes(ctx, node):
+    """A 2-D matmul of transposed operands -> gemm with transA/transB: no transposed copy."""
+    if node.op != "matmul" or any(v.type.rank != 2 for v in node.inputs):
+        return None
+    operands, flags = [], {}
+    for value, flag in zip(node.inputs, ("trans_a", "trans_b"), strict=True):
+        producer = ctx.producer(value)
+        transposed = producer is not None and producer.op == "transpose"
+        operands.append(producer.inputs[0] if transposed else value)
+        flags[flag] = transposed
+    if not any(flags.values()):
+        return None
+    return ctx.emit("gemm", operands, flags, node, node.outputs[0].name)
+
+
+def fuse(graph: Graph) -> tuple[Graph, bool]:
+    rewriter = Rewriter(graph)
+    ctx = RuleContext(rewriter)
+    for node in graph.nodes:
+        node = rewriter.remap(node)
+        replacement = next((r for r in (f(ctx, node) for f in FUSIONS) if r is not None), None)
+        if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
+            ctx.keep(node)
+            continue
+        rewriter.replace(node.outputs[0], replacement)
+    return rewriter.finish()
