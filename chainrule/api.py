@@ -18,6 +18,7 @@ from .ir.init import initial_params
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step
+from .passes.promote import promote_to_f64
 
 
 def evaluate_scalars(node, scalars):
@@ -80,6 +81,13 @@ class Model:
         named = [by_name[name] for name in arrays]
         check_arrays(named, {k: np.asarray(v) for k, v in arrays.items()}, "param")
         self.params.update({k: np.asarray(v) for k, v in arrays.items()})
+
+    def to_f64(self) -> Model:
+        """This model in float64: every f32 value, constant and param promoted."""
+        graph, _ = promote_to_f64(self.graph)
+        model = Model(graph, self.source, self.filename)
+        model.params = {k: np.asarray(v, np.float64) for k, v in self.params.items()}
+        return model
 
     # ---- graphs -------------------------------------------------------------------------------
 

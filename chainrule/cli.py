@@ -12,10 +12,14 @@ import numpy as np
 
 from . import api
 from .backends import BACKENDS
+from .backends.numpy_backend import NumpyBackend
 from .backends.onnx_backend import DEFAULT_OPSET
 from .fileio import load_npy, load_npz, save_npz
 from .passes.manager import PASSES, PRESETS, PassContext
 from .passes.optimizers import OPTIMIZERS, OptimizerSpec
+from .gradcheck import EPS as GRADCHECK_EPS
+from .gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
+from .gradcheck import format_rows, gradcheck
 from .viz import render, to_dot
 from .train import (SCHEDULES, TrainConfig, Trainer, format_epoch, print_progress,
                     split_validation)
@@ -173,10 +177,15 @@ def cmd_ir(args) -> int:
     return 0
 
 
+def chosen_backend(args):
+    """--backend by name, or the checking numpy interpreter with --check-numerics."""
+    return NumpyBackend(check_numerics=True) if args.check_numerics else args.backend
+
+
 def cmd_run(args) -> int:
     model = load_model(args)
     inputs = gather_inputs(args, model)
-    outputs = model.run(backend=args.backend, opt_level=args.opt_level, **inputs)
+    outputs = model.run(backend=chosen_backend(args), opt_level=args.opt_level, **inputs)
     print(f"outputs ({args.backend}):")
     print_arrays(outputs)
     if args.output:
@@ -189,7 +198,8 @@ def cmd_grad(args) -> int:
     model = load_model(args)
     wrt = args.wrt.split(",") if args.wrt else None
     inputs = gather_inputs(args, model)
-    results = model.grad(wrt=wrt, backend=args.backend, opt_level=args.opt_level, **inputs)
+    results = model.grad(wrt=wrt, backend=chosen_backend(args), opt_level=args.opt_level,
+                         **inputs)
     print(f"objective and gradients ({args.backend}):")
     print_arrays(results)
     if args.output:
@@ -235,7 +245,8 @@ def cmd_train(args) -> int:
     spec = optimizer_spec(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          optimizer=spec, schedule=args.lr_schedule, seed=args.seed,
-                         backend=args.backend, opt_level=args.opt_level or "O1")
+                         backend=args.backend, opt_level=args.opt_level or "O1",
+                         check_numerics=args.check_numerics)
     train_data = load_data(args.data, args.input, "training data")
     val_data = load_npz(args.val) if args.val else None
     if args.val_split:
@@ -303,6 +314,20 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_gradcheck(args) -> int:
+    model = load_model(args)
+    inputs = gather_inputs(args, model)
+    backends = sorted(BACKENDS) if args.backend == "all" else [args.backend]
+    rows = gradcheck(model, inputs, backends, samples=args.samples, seed=args.seed)
+    print(f"gradients of {model.objective.name} against central differences in float64 "
+          f"(eps {GRADCHECK_EPS:g}, tolerance {GRADCHECK_TOLERANCE:g} relative to the largest "
+          f"entry):")
+    print(format_rows(rows))
+    failed = [row for row in rows if not row.passed]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 # ---- argument parsing -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="decoupled for sgd and adamw, added to the gradient for adam")
         return sub
 
-    def with_inputs(sub):
+    def with_inputs(sub, backends=sorted(BACKENDS), default_backend="numpy", output=True,
+                    numerics=True):
         sub.add_argument("--inputs", metavar="DATA.npz", help="arrays named like the inputs")
         sub.add_argument("--input", action="append", metavar="NAME=FILE.npy",
                          help="one input from a .npy file (repeatable)")
@@ -346,8 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--random-inputs", action="store_true",
                          help="draw missing inputs at random (labels within their class count)")
         sub.add_argument("--params", metavar="P.npz", help="param values replacing the initial ones")
-        sub.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
-        sub.add_argument("-o", "--output", metavar="OUT.npz", help="save the results")
+        sub.add_argument("--backend", choices=backends, default=default_backend)
+        if numerics:
+            sub.add_argument("--check-numerics", action="store_true",
+                             help="run the numpy interpreter and stop at the first node that "
+                                  "produces NaN or Inf")
+        if output:
+            sub.add_argument("-o", "--output", metavar="OUT.npz", help="save the results")
 
     command("check", cmd_check, "parse, lower and type-check a model; print a summary") \
         .add_argument("--params", metavar="P.npz", help="param values to check against the model")
@@ -380,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=DEFAULTS.lr)
     train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
     train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    train.add_argument("--check-numerics", action="store_true",
+                       help="run the numpy interpreter and stop at the first NaN or Inf")
     train.add_argument("--params", metavar="INIT.npz", help="initial param values")
     train.add_argument("-o", "--output", metavar="TRAINED.npz", help="save the trained params")
     train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after each epoch")
@@ -388,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
     train.set_defaults(opt_level=None)
 
+    check = command("gradcheck", cmd_gradcheck,
+                    "check gradients against finite differences in float64")
+    with_inputs(check, backends=sorted(BACKENDS) + ["all"], default_backend="all", output=False,
+                numerics=False)
+    check.add_argument("--samples", type=int, default=20,
+                       help="entries checked per param (all of a smaller param)")
     viz = with_optimization(command("viz", cmd_viz, "draw the computational graph"))
     viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
     viz.add_argument("-o", "--output", metavar="GRAPH.svg",

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import get_backend
+from .backends.numpy_backend import NumpyBackend
 from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
 from .ir.types import NUMPY_DTYPES
@@ -42,6 +43,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     seed: int = 0
     backend: str = "numpy"
+    check_numerics: bool = False  # run the numpy interpreter, stopping at the first NaN/Inf
     opt_level: str = "O1"
 
     def __post_init__(self):
@@ -96,9 +98,12 @@ class Trainer:
                                                                  config.opt_level)
         metrics = [self.interface.objective] + self.interface.metrics
         self.eval_graph = model.optimize(select_outputs(model.graph, metrics), config.opt_level)
-        self.backend = get_backend(config.backend)
-        # The step replaces every param array it is given: it may update them in place.
-        self.step_backend = get_backend(config.backend, donate_params=True)
+        if config.check_numerics:
+            self.backend = self.step_backend = NumpyBackend(check_numerics=True)
+        else:
+            self.backend = get_backend(config.backend)
+            # The step replaces every param array it is given: it may update them in place.
+            self.step_backend = get_backend(config.backend, donate_params=True)
         self.params = {k: np.array(v) for k, v in model.params.items()}
         self.state = self.initial_state()
         self.epoch = 0          # epochs completed

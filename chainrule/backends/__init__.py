@@ -18,9 +18,12 @@ def _onnxruntime(donate_params: bool = False):
 BACKENDS = {"numpy": _numpy, "onnxruntime": _onnxruntime}
 
 
-def get_backend(name: str, *, donate_params: bool = False):
-    """The backend called `name`. With donate_params the caller gives up the param arrays it
-    passes, so a backend may write updated params into them (a train step's in-place update)."""
+def get_backend(name, *, donate_params: bool = False):
+    """The backend called `name` (a backend object is returned as it is). With donate_params
+    the caller gives up the param arrays it passes, so a backend may write updated params into
+    them (a train step's in-place update)."""
+    if not isinstance(name, str):
+        return name
     try:
         return BACKENDS[name](donate_params=donate_params)
     except KeyError:

@@ -19,6 +19,11 @@ class ExecutionError(ChainruleError):
 class NumpyBackend:
     name = "numpy"
 
+    def __init__(self, check_numerics: bool = False):
+        # With check_numerics, the first node whose float result holds a NaN or an Inf stops
+        # the run, named with its DSL line.
+        self.check_numerics = check_numerics
+
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Every output by name; `training` switches stochastic ops such as dropout on, drawing
@@ -41,6 +46,10 @@ class NumpyBackend:
                                      f"{error}", node.loc) from error
             out = node.outputs[0]
             result = np.asarray(result)
+            if self.check_numerics and result.dtype.kind == "f" and not np.isfinite(result).all():
+                bad = "NaN" if np.isnan(result).any() else "Inf"
+                raise ExecutionError(f"%{out.name} = {node.op}(...) produced {bad} "
+                                     f"(--check-numerics)", node.loc)
             expected = NUMPY_DTYPES[out.type.dtype]
             env[out] = result if result.dtype == expected else result.astype(expected)
         return {v.name: env[v] for v in graph.outputs}

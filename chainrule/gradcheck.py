@@ -1,0 +1,78 @@
+"""Checking compiled gradients against central finite differences, for users.
+
+The model is promoted to float64 first; each backend's gradient of the objective with respect to
+each param is compared with (f(p + eps) - f(p - eps)) / 2 eps on a sample of entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends import get_backend
+
+EPS = 1e-6
+TOLERANCE = 1e-6  # relative to the largest gradient entry of the param
+
+
+@dataclass
+class GradCheckRow:
+    backend: str
+    param: str
+    entries: int
+    max_abs_error: float
+    max_rel_error: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_rel_error <= TOLERANCE
+
+
+def gradcheck(model, inputs: dict, backends=("numpy",), samples: int = 20,
+              seed: int = 0) -> list[GradCheckRow]:
+    model = model.to_f64()
+    inputs = {k: (np.asarray(v, np.float64) if np.asarray(v).dtype == np.float32 else v)
+              for k, v in inputs.items()}
+    objective = model.objective.name
+    forward = get_backend("numpy")
+    rng = np.random.default_rng(seed)
+    rows = []
+    grads_by_backend = {name: model.grad(backend=name, **inputs) for name in backends}
+    for param, value in model.params.items():
+        entries = _sample(value.size, samples, rng)
+        numeric = np.empty(len(entries))
+        flat = value.reshape(-1)
+        for i, entry in enumerate(entries):
+            saved = flat[entry]
+            flat[entry] = saved + EPS
+            plus = float(forward.run(model.graph, inputs, model.params)[objective])
+            flat[entry] = saved - EPS
+            minus = float(forward.run(model.graph, inputs, model.params)[objective])
+            flat[entry] = saved
+            numeric[i] = (plus - minus) / (2 * EPS)
+        for backend, grads in grads_by_backend.items():
+            analytic = grads[param].reshape(-1)
+            errors = np.abs(analytic[entries] - numeric)
+            scale = max(np.max(np.abs(analytic)), 1e-12)
+            rows.append(GradCheckRow(backend, param, len(entries), float(errors.max(initial=0)),
+                                     float(errors.max(initial=0) / scale)))
+    return rows
+
+
+def _sample(size: int, samples: int, rng) -> np.ndarray:
+    if size <= samples:
+        return np.arange(size)
+    return np.sort(rng.choice(size, samples, replace=False))
+
+
+def format_rows(rows: list[GradCheckRow]) -> str:
+    lines = [f"{'backend':<12} {'param':<16} {'entries':>7} {'max abs err':>12} "
+             f"{'max rel err':>12}  result",
+             "-" * 72]
+    for row in rows:
+        lines.append(f"{row.backend:<12} {row.param:<16} {row.entries:>7} "
+                     f"{row.max_abs_error:>12.3e} {row.max_rel_error:>12.3e}  "
+                     f"{'pass' if row.passed else 'FAIL'}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,33 @@
+"""Promoting a graph to float64: every f32 value, constant and cast becomes f64.
+
+Used by gradient checking, where finite differences need float64 to mean anything.
+"""
+from __future__ import annotations
+
+from ..ir import Graph, GraphBuilder, Namer, Param, Value
+
+
+def _promoted(dtype: str) -> str:
+    return "f64" if dtype == "f32" else dtype
+
+
+def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
+    result = Graph(graph.name, loc=graph.loc)
+    values: dict[Value, Value] = {}
+
+    def promote_value(value: Value) -> Value:
+        values[value] = Value(value.name, value.type.with_dtype(_promoted(value.type.dtype)))
+        return values[value]
+
+    result.inputs = [promote_value(v) for v in graph.inputs]
+    result.params = [Param(promote_value(p.value), p.init, p.loc) for p in graph.params]
+    builder = GraphBuilder(result, Namer(v.name for v in graph.values()))
+    for node in graph.nodes:
+        attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
+        out = builder.emit(node.op, [values[v] for v in node.inputs], attrs, loc=node.loc,
+                           name="promoted")
+        out.name = node.outputs[0].name
+        values[node.outputs[0]] = out
+    result.outputs = [values[v] for v in graph.outputs]
+    changed = any(v.type != values[v].type for v in values)
+    return result, changed
