@@ -60,6 +60,7 @@ class Model:
         self.source = source
         self.filename = filename
         self.params = initial_params(graph, seed)
+        self._trainers = {}  # (optimizer, backend) -> Trainer, for train_step
 
     # ---- interface ----------------------------------------------------------------------------
 
@@ -148,6 +149,23 @@ class Model:
         out = {self.objective.name: results[self.objective.name]}
         out.update((name, results[gradient]) for name, gradient in grads.items())
         return out
+
+    def train_step(self, lr: float = 0.01, optimizer: OptimizerSpec | str = "sgd",
+                   backend: str = "numpy", **inputs) -> dict[str, float]:
+        """One optimizer step on a batch: updates `params` in place of the old ones and keeps
+        the optimizer's state on the model between calls. Returns the objective and metrics."""
+        from .train import TrainConfig, Trainer
+
+        spec = OptimizerSpec(optimizer) if isinstance(optimizer, str) else optimizer
+        trainer = self._trainers.get((spec, backend))
+        if trainer is None:
+            trainer = Trainer(self, TrainConfig(optimizer=spec, backend=backend, lr=lr))
+            self._trainers[(spec, backend)] = trainer
+        trainer.params = {k: np.array(v) for k, v in self.params.items()}
+        outputs = trainer.train_step(inputs, lr)
+        self.params = dict(trainer.params)
+        names = [trainer.interface.objective] + trainer.interface.metrics
+        return {name: float(outputs[name]) for name in names}
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,
                      opt_level: str = "O0") -> Graph:
