@@ -10,9 +10,9 @@ Each table gives the median time per call and its ratio to hand-written numpy.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -301,16 +301,26 @@ def memory_child(system: str) -> None:
             return
         step = jax_systems(jax, model.params, "mlp")
         step = (lambda s: lambda: s(x, y))(step)
-    step()  # warm up: compile, allocate caches
+    step()  # warm up: compile, create sessions, allocate caches
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so the step re-grows RSS
+    with open("/proc/self/clear_refs", "w") as file:
+        file.write("5")  # reset the peak-RSS high-water mark (VmHWM) to the current RSS
+    before = proc_status_kb("VmRSS")
     tracemalloc.start()
     for _ in range(3):
         step()
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{traced} {(after - before) * 1024}")
+    print(f"{traced} {(proc_status_kb('VmHWM') - before) * 1024}")
+
+
+def proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
 
 def memory_rows():

@@ -57,6 +57,11 @@ class Rewriter:
         self.graph.nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,),
                                        producer.loc)
         self.position[renamed] = index
+        for later, node in enumerate(self.graph.nodes[index + 1:], start=index + 1):
+            if value in node.inputs:  # nodes already emitted read the value under its new name
+                inputs = tuple(renamed if v is value else v for v in node.inputs)
+                self.graph.nodes[later] = Node(node.op, inputs, node.attrs, node.outputs,
+                                               node.loc)
         self.replaced[value] = renamed
         self.outputs.add(renamed)
         return renamed
