@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Value, get_op
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from .feeds import check_feeds
+from .feeds import CheckedFeeds
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
 
@@ -26,10 +26,22 @@ UFUNCS = {
     "greater_equal": "greater_equal", "equal": "equal", "not_equal": "not_equal",
     "matmul": "matmul",
 }
+# Ops written as numpy expressions in the generated code rather than as kernel calls.
+INLINE = {
+    "gemm": lambda args, attrs: (f"np.matmul({args[0]}{'.T' if attrs['trans_a'] else ''}, "
+                                 f"{args[1]}{'.T' if attrs['trans_b'] else ''})"),
+    "transpose": lambda args, attrs: f"{args[0]}.transpose({attrs['perm']!r})",
+    "relu": lambda args, attrs: f"np.maximum({args[0]}, 0)",
+}
 # Ufuncs whose output may overwrite an input (elementwise: each element read before written).
 ELEMENTWISE_UFUNCS = set(UFUNCS) - {"matmul"}
-# Ops whose result is a view of their first input, sharing its memory.
-VIEW_OPS = {"transpose", "broadcast_like", "unsqueeze", "reshape", "squeeze", "slice"}
+# Ops whose kernels always return a new array. Any other op's result may be a view of its
+# inputs (transpose, reshape, broadcasts, slices...), so the memory plan treats it as one.
+FRESH_RESULT_OPS = set(UFUNCS) | {
+    "relu", "sigmoid", "cast", "sum", "mean", "max", "min", "softmax", "log_softmax",
+    "cross_entropy", "mse", "one_hot", "numel", "where", "relu_grad", "cross_entropy_grad",
+    "sum_squares", "gemm",
+}
 
 
 @dataclass
@@ -39,7 +51,7 @@ class Plan:
     names: dict = field(default_factory=dict)        # Value -> local variable
     frees: dict = field(default_factory=dict)        # node index -> values deleted after it
     in_place: dict = field(default_factory=dict)     # node index -> input Value reused as output
-    buffers: dict = field(default_factory=dict)      # Value -> the Value owning its memory
+    buffers: dict = field(default_factory=dict)      # Value -> the values it may share memory with
 
 
 def _fixed_shape(value: Value) -> bool:
@@ -54,24 +66,30 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
     """
     plan = Plan()
     plan.names = {value: f"v{index}" for index, value in enumerate(graph.values())}
-    root = {v: v for v in graph.values()}
+    # The buffers each value may share memory with: itself, or for a possible view, whatever
+    # its inputs share.
+    shares = {v: {v} for v in graph.values()}
     for node in graph.nodes:
-        if node.op in VIEW_OPS:
-            root[node.outputs[0]] = root[node.inputs[0]]
-    plan.buffers = root
+        if node.op not in FRESH_RESULT_OPS:
+            shares[node.outputs[0]] = {node.outputs[0]}.union(*(shares[v] for v in node.inputs))
+    plan.buffers = shares
     last_read, last_read_through_views = {}, {}
     for index, node in enumerate(graph.nodes):
         for value in node.inputs:
             last_read[value] = index
-            last_read_through_views[root[value]] = index
+            for buffer in shares[value]:
+                last_read_through_views[buffer] = index
     caller_owned = set(graph.inputs) | (set() if donate_params else set(graph.param_values()))
-    kept = {root[v] for v in graph.outputs}
+    kept = set().union(*(shares[v] for v in graph.outputs)) if graph.outputs else set()
+    fresh = {n.outputs[0] for n in graph.nodes if n.op in FRESH_RESULT_OPS}
+    if donate_params:
+        fresh.update(graph.param_values())
     for index, node in enumerate(graph.nodes):
         out = node.outputs[0]
         if node.op not in ELEMENTWISE_UFUNCS or out.type.rank == 0 or not _fixed_shape(out):
             continue
         for value in node.inputs:
-            if (root[value] is value and value not in caller_owned and value not in kept
+            if (value in fresh and value not in caller_owned and value not in kept
                     and last_read_through_views.get(value) == index and value.type == out.type
                     and node.inputs.count(value) == 1):
                 plan.in_place[index] = value
@@ -102,6 +120,8 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
         reused = plan.in_place.get(index)
         if node.op == "constant":
             call = f"CONSTANTS[{index}]"
+        elif node.op in INLINE:
+            call = INLINE[node.op](args, node.attrs)
         elif node.op in UFUNCS:
             out_arg = f", out={names[reused]}" if reused is not None else ""
             call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
@@ -131,7 +151,10 @@ class CompiledGraph:
     line_nodes: list
     plan: Plan
 
-    checked_signatures: set = field(default_factory=set)
+    feeds: CheckedFeeds = None
+
+    def __post_init__(self):
+        self.feeds = CheckedFeeds(self.graph)
 
     def __call__(self, inputs: dict, params: dict, training: bool = False, rng=None) -> dict:
         args = [inputs[v.name] for v in self.graph.inputs]
@@ -190,22 +213,7 @@ class CompiledNumpyBackend:
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         compiled = self.compiled(graph)
-        try:
-            arrays = [_as_array(inputs[v.name]) for v in graph.inputs]
-            arrays += [_as_array(params[v.name]) for v in graph.param_values()]
-        except KeyError:
-            arrays = None
-        # Checking feeds costs as much as a small graph's run: check each signature once.
-        signature = arrays and (len(inputs), len(params),
-                                tuple((a.dtype, a.shape) for a in arrays))
-        if signature not in compiled.checked_signatures:
-            check_feeds(graph, inputs, params)
-            compiled.checked_signatures.add(signature)
-        return compiled.call(arrays, training, rng)
-
-
-def _as_array(value) -> np.ndarray:
-    return value if type(value) is np.ndarray else np.asarray(value)
+        return compiled.call(compiled.feeds.arrays(inputs, params), training, rng)
 
 
 def describe_plan(graph: Graph, plan: Plan) -> str:

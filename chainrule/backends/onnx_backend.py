@@ -9,7 +9,7 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from .feeds import check_feeds
+from .feeds import CheckedFeeds
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 
 DEFAULT_OPSET = 18
@@ -140,29 +140,45 @@ class OnnxRuntimeBackend:
 
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
-        # graph -> {training: session}
+        # graph -> {training: _SessionRunner}
         self._sessions = weakref.WeakKeyDictionary()
 
     def session(self, graph: Graph, training: bool = False):
-        import onnxruntime
+        return self._runner(graph, training).session
 
-        sessions = self._sessions.setdefault(graph, {})
-        if training not in sessions:
+    def _runner(self, graph: Graph, training: bool) -> _SessionRunner:
+        runners = self._sessions.setdefault(graph, {})
+        if training not in runners:
             model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
                                 training=training)
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            sessions[training] = onnxruntime.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return sessions[training]
+            runners[training] = _SessionRunner(graph, model)
+        return runners[training]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *,
             training: bool = False, rng=None) -> dict[str, np.ndarray]:
-        check_feeds(graph, inputs, params)
-        feeds = {v.name: np.asarray(inputs[v.name]) for v in graph.inputs}
-        feeds.update((v.name, np.asarray(params[v.name])) for v in graph.param_values())
-        session = self.session(graph, training)
-        used = {i.name for i in session.get_inputs()}
-        names = [output_name(v, graph) for v in graph.outputs]
-        results = session.run(names, {k: v for k, v in feeds.items() if k in used})
-        return {v.name: r for v, r in zip(graph.outputs, results, strict=True)}
+        return self._runner(graph, training).run(inputs, params)
+
+
+class _SessionRunner:
+    """One onnxruntime session and what each call needs: input and output names."""
+
+    def __init__(self, graph: Graph, model: onnx.ModelProto):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.graph = graph
+        self.feeds = CheckedFeeds(graph)
+        used = {i.name for i in self.session.get_inputs()}
+        names = [v.name for v in list(graph.inputs) + graph.param_values()]
+        # Positions of the arrays onnxruntime takes (an unused input is pruned from the model).
+        self.fed = [(index, name) for index, name in enumerate(names) if name in used]
+        self.output_names = [output_name(v, graph) for v in graph.outputs]
+
+    def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
+        arrays = self.feeds.arrays(inputs, params)
+        results = self.session.run(self.output_names,
+                                   {name: arrays[index] for index, name in self.fed})
+        return {v.name: r for v, r in zip(self.graph.outputs, results, strict=True)}

@@ -1,0 +1,136 @@
+"""The compiled numpy backend (the default) against the numpy interpreter it replaces.
+
+Both call the same kernels, so every op case's gradient graph and every example's must give
+identical arrays, at -O0 and -O2. Calling one compiled function twice must give the same
+results again: reusing dying buffers in place must never write into an input, a param or an
+output handed out by an earlier call.
+"""
+import numpy as np
+import pytest
+
+import chainrule
+from chainrule.api import evaluate_scalars
+from chainrule.backends import get_backend
+from chainrule.backends.numpy_backend import NumpyBackend
+from chainrule.backends.numpy_compiled import (FRESH_RESULT_OPS, CompiledNumpyBackend,
+                                               compile_graph, generate_source, plan_memory)
+from chainrule.backends.numpy_kernels import KERNELS
+from chainrule.cli import random_inputs
+from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.passes import autodiff
+from chainrule.passes.manager import PassContext, pipeline, run_passes
+from conftest import EXAMPLES, ROOT
+from op_cases import CASES, draw, in_dtype, scalar_objective_graph
+
+LEVELS = ("O0", "O2")
+
+
+def assert_identical(actual: dict, expected: dict, what: str = "") -> None:
+    assert list(actual) == list(expected), what
+    for name, value in expected.items():
+        got = np.asarray(actual[name])
+        assert got.dtype == value.dtype, f"{what} {name}: dtype {got.dtype} != {value.dtype}"
+        assert got.shape == value.shape, f"{what} {name}: shape {got.shape} != {value.shape}"
+        assert np.array_equal(got, value, equal_nan=True), f"{what} {name} differs"
+
+
+def copies(arrays: dict) -> dict:
+    return {name: np.array(value, copy=True) for name, value in arrays.items()}
+
+
+def check_against_interpreter_twice(graph, feeds: dict, params: dict) -> None:
+    """One compiled function, called twice, against the interpreter; nothing it was given or
+    gave back may change."""
+    expected = NumpyBackend().run(graph, feeds, params)
+    compiled = compile_graph(graph)
+    feeds_before, params_before = copies(feeds), copies(params)
+    first = compiled(feeds, params)
+    assert_identical(first, expected, "first call")
+    first_before = copies(first)
+    second = compiled(feeds, params)
+    assert_identical(second, expected, "second call")
+    assert_identical(first, first_before, "first call's outputs after the second call")
+    assert_identical(feeds, feeds_before, "inputs after two calls")
+    assert_identical(params, params_before, "params after two calls")
+
+
+def case_grad_graph(case, level: str):
+    graph, inputs, objective = scalar_objective_graph(case)
+    wrt = [v for v in inputs if v.type.dtype in ("f32", "f64")]
+    grad_graph, _ = autodiff(graph, objective, wrt)
+    if level != "O0":
+        grad_graph = run_passes(grad_graph, pipeline(None, level),
+                                PassContext(evaluate=evaluate_scalars))
+    return grad_graph, inputs
+
+
+def case_levels():
+    for case in CASES:
+        for level in LEVELS:
+            yield pytest.param(case, level, id=f"{case.id}-{level}")
+
+
+@pytest.mark.parametrize("dtype", ["f64", "f32"])
+@pytest.mark.parametrize("case, level", case_levels())
+def test_op_case_gradient_graph(case, dtype, level):
+    case = in_dtype(case, dtype)
+    rng = np.random.default_rng(2)
+    graph, inputs = case_grad_graph(case, level)
+    feeds = {v.name: draw(arg, rng) for v, arg in zip(inputs, case.args, strict=True)}
+    weight = graph.find("weight").type
+    feeds["weight"] = rng.normal(size=weight.shape).astype(NUMPY_DTYPES[weight.dtype])
+    check_against_interpreter_twice(graph, feeds, {})
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_gradient_graph(path, level):
+    model = chainrule.compile(str(path))
+    graph, _ = model.compile_graph(grad=True, opt_level=level)
+    feeds = random_inputs(graph, {"B": 5, "T": 3}, seed=0, given={})
+    params = copies(model.params)
+    check_against_interpreter_twice(graph, feeds, params)
+
+
+def test_the_numpy_backend_is_the_compiled_one():
+    assert isinstance(get_backend("numpy"), CompiledNumpyBackend)
+
+
+def test_generated_code_frees_and_reuses_buffers():
+    model = chainrule.compile(str(ROOT / "examples" / "mlp.nn"))
+    graph, _ = model.compile_graph(grad=True)
+    plan = plan_memory(graph)
+    source, line_nodes = generate_source(graph, plan)
+    assert "    del " in source
+    assert ", out=" in source
+    assert len(line_nodes) == len(source.splitlines())
+    # Only the graph's own intermediates are overwritten, never what the caller passed in.
+    caller_owned = set(graph.inputs) | set(graph.param_values())
+    assert plan.in_place and not caller_owned & set(plan.in_place.values())
+    assert not set(graph.outputs) & set(plan.in_place.values())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_only_kernels_returning_new_arrays_are_trusted_as_fresh(case):
+    """The memory plan may overwrite a dying value only if its op is in FRESH_RESULT_OPS; any
+    other op's result is treated as a view of its inputs. A kernel listed there must return a
+    new, writable array."""
+    graph, _, _ = scalar_objective_graph(case)
+    node = next(n for n in graph.nodes if n.outputs[0].name == "out")  # attrs with defaults
+    rng = np.random.default_rng(0)
+    arrays = [np.asarray(draw(arg, rng)) for arg in case.args]
+    result = np.asarray(KERNELS[node.op](*arrays, **node.attrs))
+    if case.op in FRESH_RESULT_OPS:
+        assert not any(np.shares_memory(result, array) for array in arrays), case.op
+        assert result.flags.writeable, case.op
+
+
+def test_a_view_of_an_input_is_never_overwritten():
+    # At -O1 the cotangent of reshape(x) is w itself, so dJ/dx's first term is a view of w.
+    model = chainrule.compile("""model m(x: f64[2, 3], w: f64[6]) {
+        J = sum(tanh(x)) + sum(reshape(x, (6,)) * w)
+        return J
+    }""")
+    graph, _ = model.compile_graph(grad=True, wrt=["x"], opt_level="O1")
+    feeds = {"x": np.ones((2, 3)), "w": np.arange(6.0)}
+    check_against_interpreter_twice(graph, feeds, {})
