@@ -182,16 +182,21 @@ def chosen_backend(args):
     return NumpyBackend(check_numerics=True) if args.check_numerics else args.backend
 
 
+def report(args, title: str, arrays: dict) -> int:
+    """Print each array's summary; save them all with -o."""
+    print(f"{title} ({'numpy, checking numerics' if args.check_numerics else args.backend}):")
+    print_arrays(arrays)
+    if args.output:
+        save_npz(args.output, arrays)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_run(args) -> int:
     model = load_model(args)
     inputs = gather_inputs(args, model)
     outputs = model.run(backend=chosen_backend(args), opt_level=args.opt_level, **inputs)
-    print(f"outputs ({args.backend}):")
-    print_arrays(outputs)
-    if args.output:
-        save_npz(args.output, outputs)
-        print(f"wrote {args.output}")
-    return 0
+    return report(args, "outputs", outputs)
 
 
 def cmd_grad(args) -> int:
@@ -200,12 +205,7 @@ def cmd_grad(args) -> int:
     inputs = gather_inputs(args, model)
     results = model.grad(wrt=wrt, backend=chosen_backend(args), opt_level=args.opt_level,
                          **inputs)
-    print(f"objective and gradients ({args.backend}):")
-    print_arrays(results)
-    if args.output:
-        save_npz(args.output, results)
-        print(f"wrote {args.output}")
-    return 0
+    return report(args, "objective and gradients", results)
 
 
 def cmd_export(args) -> int:

@@ -5,8 +5,7 @@ derivative rule, so this pass runs after autodiff.
 from __future__ import annotations
 
 from ..ir import Graph
-from .rewrite import Rewriter
-from .simplify import RuleContext
+from .simplify import apply_rules
 
 FUSIONS = []
 
@@ -93,13 +92,4 @@ def matmul_of_transposes(ctx, node):
 
 
 def fuse(graph: Graph) -> tuple[Graph, bool]:
-    rewriter = Rewriter(graph)
-    ctx = RuleContext(rewriter)
-    for node in graph.nodes:
-        node = rewriter.remap(node)
-        replacement = next((r for r in (f(ctx, node) for f in FUSIONS) if r is not None), None)
-        if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
-            ctx.keep(node)
-            continue
-        rewriter.replace(node.outputs[0], replacement)
-    return rewriter.finish()
+    return apply_rules(graph, FUSIONS)

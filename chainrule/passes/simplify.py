@@ -244,15 +244,6 @@ def fold_scalar_constants(ctx, node):
     return ctx.emit("constant", (), {"value": result, "dtype": out.type.dtype}, node, out.name)
 
 
-def apply_rules(ctx: RuleContext, node: Node) -> Value | None:
-    """The first rule's replacement for `node`, or None."""
-    for candidate in RULES:
-        replacement = candidate(ctx, node)
-        if replacement is not None:
-            return replacement
-    return None
-
-
 MAX_ROUNDS = 8  # a rule's output may enable another rule: repeat until nothing changes
 
 
@@ -269,11 +260,17 @@ def simplify(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
 
 def simplify_once(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
     """Apply RULES to every node once, in order."""
+    return apply_rules(graph, RULES, evaluate)
+
+
+def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
+    """Rebuild `graph`, replacing each node's output by the first rule's replacement, if any."""
     rewriter = Rewriter(graph)
     ctx = RuleContext(rewriter, evaluate)
     for node in graph.nodes:
         node = rewriter.remap(node)
-        replacement = apply_rules(ctx, node)
+        replacement = next((r for r in (rule(ctx, node) for rule in rules) if r is not None),
+                           None)
         if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
             ctx.keep(node)
             continue
