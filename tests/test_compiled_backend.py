@@ -125,12 +125,17 @@ def test_only_kernels_returning_new_arrays_are_trusted_as_fresh(case):
         assert result.flags.writeable, case.op
 
 
-def test_a_view_of_an_input_is_never_overwritten():
-    # At -O1 the cotangent of reshape(x) is w itself, so dJ/dx's first term is a view of w.
-    model = chainrule.compile("""model m(x: f64[2, 3], w: f64[6]) {
-        J = sum(tanh(x)) + sum(reshape(x, (6,)) * w)
+@pytest.mark.parametrize("level", ["O0", "O1", "O2"])
+def test_views_of_inputs_are_never_overwritten(level):
+    # broadcast_to returns a read-only view of x; from -O1 on, the cotangent of reshape(x) is
+    # w itself, so dJ/dx's first term is a view of the caller's w.
+    model = chainrule.compile("""model m(x: f64[2, 3], w: f64[6], y: f64[4, 2, 3]) {
+        b = broadcast_to(x, (4, 2, 3))
+        J = sum(tanh(x)) + sum(reshape(x, (6,)) * w) + sum(b * y)
         return J
     }""")
-    graph, _ = model.compile_graph(grad=True, wrt=["x"], opt_level="O1")
-    feeds = {"x": np.ones((2, 3)), "w": np.arange(6.0)}
+    graph, _ = model.compile_graph(grad=True, wrt=["x"], opt_level=level)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(2, 3)), "w": rng.normal(size=6),
+             "y": rng.normal(size=(4, 2, 3))}
     check_against_interpreter_twice(graph, feeds, {})

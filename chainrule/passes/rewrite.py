@@ -38,11 +38,13 @@ class Rewriter:
 
     def can_replace(self, old: Value, new: Value) -> bool:
         """Replacing a graph output is possible only when `new` can take over its name."""
+        new = self.current(new)
         if old not in self.outputs:
             return True
         return new not in self.interface and new not in self.outputs and new.type == old.type
 
     def replace(self, old: Value, new: Value) -> None:
+        new = self.current(new)
         if old in self.outputs:
             new = self._rename_producer(new, old.name)
         self.replaced[old] = new

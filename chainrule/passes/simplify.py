@@ -165,8 +165,8 @@ BROADCASTING = ("add", "sub", "mul", "div")
 
 @rule
 def broadcast_implicitly(ctx, node):
-    """An operand made bigger by broadcast_like or unsqueeze only for an elementwise op that
-    broadcasts anyway: use the smaller value and let the op broadcast (no strided view)."""
+    """An operand made bigger by broadcast_like, or by an unsqueeze of leading axes, only for an
+    elementwise op that broadcasts anyway: use the smaller value and let the op broadcast."""
     if node.op not in BROADCASTING:
         return None
     out = node.outputs[0]
@@ -174,6 +174,8 @@ def broadcast_implicitly(ctx, node):
         producer = ctx.producer(operand)
         if producer is None or producer.op not in ("broadcast_like", "unsqueeze"):
             continue
+        if producer.op == "unsqueeze" and not _leading(producer.attrs["axes"], operand.type.rank):
+            continue  # implicit broadcasting adds leading axes only
         smaller = producer.inputs[0]
         inputs = list(node.inputs)
         inputs[position] = smaller
@@ -184,6 +186,10 @@ def broadcast_implicitly(ctx, node):
         if shape == out.type.shape and smaller.type.dtype == out.type.dtype:
             return ctx.emit(node.op, inputs, node.attrs, node, out.name)
     return None
+
+
+def _leading(axes, rank: int) -> bool:
+    return sorted(a % rank for a in axes) == list(range(len(axes)))
 
 
 @rule
