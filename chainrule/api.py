@@ -41,7 +41,7 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
     Params start from their init specs, drawn with numpy's Generator(seed).
     """
     text = str(path_or_source)
-    if "\n" not in text and "{" not in text and Path(text).is_file():
+    if "\n" not in text and "{" not in text and _is_file(text):
         filename = text
         source = Path(text).read_text()
     else:
@@ -52,6 +52,13 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
         graph = lower_source(source, filename)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a name too long to be a path: then it is source text
+        return False
 
 
 class Model:
@@ -69,7 +76,8 @@ class Model:
         return self.graph.outputs[0]
 
     def source_lines(self, file: str):
-        return self.source.splitlines() if file == self.filename else None
+        # Split on newlines only, as the parser counts lines (not on form feeds and the like).
+        return self.source.split("\n") if file == self.filename else None
 
     def set_params(self, arrays: dict) -> None:
         """Replace the named params' values; a name that is no param, or a wrong shape or

@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _source_lines(file: str):
     try:
-        return Path(file).read_text().splitlines()
+        return Path(file).read_text().split("\n")  # newlines only, as the parser counts
     except (OSError, UnicodeDecodeError):
         return None
 

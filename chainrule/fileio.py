@@ -5,6 +5,7 @@ import io
 import os
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +37,45 @@ def save_npz(path, arrays: dict) -> None:
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise ChainruleError(f"{path}: no such file") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ChainruleError(f"{path}: not a readable .npz file ({error})") from None
+    # The file is opened here, not by np.load, so it is closed even when numpy gives up on it.
+    with _reading(path, ".npz"), open(path, "rb") as file:
+        data = np.load(file, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ChainruleError(f"{path}: one .npy array, not a .npz archive of named arrays")
+        with data:
+            arrays = {}
+            for name in data.files:
+                with _reading(path, ".npz", f"array '{name}' in "):
+                    arrays[name] = data[name]
+            return arrays
 
 
 def load_npy(path) -> np.ndarray:
+    with _reading(path, ".npy"), open(path, "rb") as file:
+        data = np.load(file, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            data.close()
+            raise ChainruleError(f"{path}: a .npz archive of named arrays, not one .npy array")
+        return data
+
+
+@contextmanager
+def _reading(path, kind: str, what: str = ""):
+    """Turns a failure to read (`what` in) `path` into a ChainruleError saying why."""
     try:
-        return np.load(path, allow_pickle=False)
+        yield
     except FileNotFoundError:
         raise ChainruleError(f"{path}: no such file") from None
-    except (ValueError, OSError, EOFError) as error:
-        raise ChainruleError(f"{path}: not a readable .npy file ({error})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        # With pickle disabled numpy refuses object arrays, and files it does not recognise
+        # (which it would take for pickles), with messages that suggest allow_pickle; chainrule
+        # has no such option.
+        if "Object arrays" in str(error):
+            raise ChainruleError(f"{what}{path} holds Python objects (dtype object), which "
+                                 f"load only by unpickling; chainrule reads data with pickle "
+                                 f"disabled, so save numeric arrays") from None
+        if "pickle" in str(error):
+            raise ChainruleError(f"{what}{path}: not a readable {kind} file (it could be read "
+                                 f"only by unpickling, and chainrule reads data with pickle "
+                                 f"disabled)") from None
+        raise ChainruleError(f"{what}{path}: not a readable {kind} file ({error})") from None

@@ -60,7 +60,7 @@ def test_params_initialise_reproducibly():
     ("model m(x: f32[3]) {\n  y = x +\n  return y\n}\n", 2, 10, "unexpected end of line"),
     ("model m(x: f32[3]) {\n  y = relu(xx)\n  return y\n}\n", 2, 12, "unknown name 'xx'; did you mean 'x'?"),
     ("model m(x: f32[3]) {\n  y = x\n  y = x\n  return y\n}\n", 3, 3, "'y' is already defined (at line 2)"),
-    ("model m(x: f32[3]) {\n  y = relu(x, x)\n  return y\n}\n", 2, 15, "relu() takes at most 1 arguments"),
+    ("model m(x: f32[3]) {\n  y = relu(x, x)\n  return y\n}\n", 2, 15, "relu() takes at most 1 argument"),
     ("model m(x: f32[3]) {\n  y = sum(x, axes=0)\n  return y\n}\n", 2, 14, "sum() has no argument 'axes'; did you mean 'axis'?"),
     ("model m(x: f32[3]) {\n  y = rleu(x)\n  return y\n}\n", 2, 7, "unknown function 'rleu'; did you mean 'relu'?"),
     ("model m(x: f32[B, 3], w: f32[4]) {\n  y = x * w\n  return y\n}\n", 2, 7, "shapes [B, 3] and [4] do not broadcast"),
@@ -108,3 +108,26 @@ def test_missing_derivative_rules_are_listed_together(monkeypatch):
     message = info.value.message
     assert message.count("'relu'") == 2 and message.count("'tanh'") == 1
     assert "<string>:3:7" in message and "<string>:4:7" in message and "<string>:5:7" in message
+
+
+@pytest.mark.parametrize("source, message", [
+    ("model m(x: f32[3]) {\n  param W: f32[100000, 100000] = zeros()\n  return x\n}\n",
+     "a param of 10,000,000,000 values is more than chainrule holds"),
+    ("model m(y: i64[3]) {\n  z = one_hot(y, n=-3)\n  return z\n}\n",
+     "one_hot needs a positive number of classes, got -3"),
+])
+def test_impossible_sizes_are_located_errors(source, message):
+    error = error_of(source)
+    assert message in error.message and error.line == 2
+
+
+def test_a_long_one_line_source_is_source_not_a_path():
+    source = "model m(x: f32[3]) { return x }" + " " * 5000
+    assert chainrule.compile(source).graph.outputs[0].name == "x"
+
+
+def test_an_integer_constant_must_be_an_integer():
+    ir_text = ("graph g(%x: i64[3]) {\n  %c = constant() {value=nan, dtype=i64} : i64[]\n"
+               "  return %c\n}\n")
+    with pytest.raises(ChainruleError, match="i64 constant cannot be nan"):
+        chainrule.compile(ir_text)

@@ -88,8 +88,8 @@ class CheckedFeeds:
         try:
             arrays = [_as_array(inputs[v.name]) for v in self.graph.inputs]
             arrays += [_as_array(params[v.name]) for v in self.graph.param_values()]
-        except KeyError:
-            arrays = None
+        except (KeyError, ValueError, TypeError):
+            arrays = None  # missing, or not an array: check_feeds says which
         signature = arrays and (len(inputs), len(params),
                                 tuple((a.dtype, a.shape) for a in arrays))
         if signature not in self.seen:

@@ -2,18 +2,24 @@
 
 Expressions evaluate to either an IR `Value` or a compile-time constant (int, float, bool or a
 tuple of them). Constants fold in Python and only become IR `constant` nodes when they meet a
-tensor, taking that tensor's dtype (so `2 * x` stays f32).
+tensor, taking that tensor's dtype (so `2 * x` stays f32). Integer constants stay within 64 bits.
+
+Expressions nest as deep as the text does (`-(-(-x))`, a sum of 20,000 terms), so they are not
+evaluated by recursion: see `Lowerer.expr`.
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
+from types import GeneratorType
 
 from lark import Token, Tree
 
 from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
                   Value, get_op)
-from ..ir.init import check_init
+from ..ir.errors import INT64_MAX, integer_literal
+from ..ir.init import INITIALIZERS, check_init
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
@@ -39,6 +45,13 @@ BINARY_OPS = tuple(FOLD) + ("matmul",)
 # Unary operators on constants: the fold and the kind of constant it takes.
 UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
 
+# Functions are inlined at each call, by a recursive call of the lowering: a chain of calls
+# deeper than this is an error well before Python's recursion limit...
+MAX_CALL_DEPTH = 64
+# ...and since a function that calls another twice doubles the nodes, a few lines can ask for
+# more nodes than memory holds: one call may inline this many.
+MAX_INLINED_NODES = 100_000
+
 
 @dataclass
 class Function:
@@ -58,8 +71,7 @@ class Scope:
 
     def bind(self, name: str, value, loc: SourceLoc) -> None:
         if name in self.bindings:
-            raise ChainruleError(f"'{name}' is already defined (at line {self.locs[name].line}); "
-                                 f"a name is assigned once", loc)
+            raise _redefinition(f"'{name}'", "a name is assigned once", loc, self.locs[name])
         self.bindings[name] = value
         self.locs[name] = loc
 
@@ -67,6 +79,11 @@ class Scope:
         if name in self.bindings:
             return self.bindings[name]
         raise ChainruleError(f"unknown name '{name}'{_suggest(name, self.bindings)}", loc)
+
+
+def _redefinition(what: str, rule: str, loc: SourceLoc, first: SourceLoc) -> ChainruleError:
+    return ChainruleError(f"{what} is already defined (at line {first.line}); {rule}", loc,
+                          ((first, "first defined here"),))
 
 
 def _suggest(name: str, known) -> str:
@@ -106,8 +123,12 @@ class Lowerer:
     def declare_function(self, tree: Tree) -> None:
         name_token, fparams, body = tree.children
         name = str(name_token)
-        if name in self.functions or name in BUILTINS or name in CASTS:
-            raise ChainruleError(f"function '{name}' is already defined", self.loc(name_token))
+        if name in BUILTINS or name in CASTS:
+            raise ChainruleError(f"'{name}' is a built-in function; give yours another name",
+                                 self.loc(name_token))
+        if name in self.functions:
+            raise _redefinition(f"function '{name}'", "a function is defined once",
+                                self.loc(name_token), self.functions[name].loc)
         params = []
         for fparam in (fparams.children if fparams else []):
             param_name, default = fparam.children
@@ -143,7 +164,8 @@ class Lowerer:
         for dim in dims:
             if dim is None:
                 continue
-            shape.append(int(dim.children[0]) if dim.data == "int_dim" else str(dim.children[0]))
+            token = dim.children[0]
+            shape.append(self.integer(token) if dim.data == "int_dim" else str(token))
         return TensorType(str(dtype), tuple(shape))
 
     def lower_block(self, block: Tree, scope: Scope):
@@ -167,9 +189,14 @@ class Lowerer:
                                  f"{value_type.dtype}", loc)
         init_args = []
         for arg in (args.children if args else []):
+            if isinstance(arg, Tree) and arg.data == "kwarg":
+                names = INITIALIZERS.get(str(init_name))
+                hint = "" if names is None else f": write {init_name}({', '.join(names)})"
+                raise ChainruleError(f"initialiser arguments are positional{hint}", self.loc(arg))
             constant = self.expr(arg, scope)
-            if isinstance(arg, Tree) and arg.data == "kwarg" or not _is_number(constant):
-                raise ChainruleError("initialiser arguments are plain numbers", self.loc(arg))
+            if not _is_number(constant) or not math.isfinite(constant):
+                raise ChainruleError(f"initialiser arguments are finite numbers, not "
+                                     f"{_describe_constant(constant)}", self.loc(arg))
             init_args.append(float(constant))
         spec = InitSpec(str(init_name), tuple(init_args))
         problem = check_init(spec, value_type.shape)
@@ -211,6 +238,9 @@ class Lowerer:
         outputs = []
         for expression, value in zip(tree.children, values, strict=True):
             if not isinstance(value, Value):
+                if not _is_number(value):
+                    raise ChainruleError("a model returns tensors or numbers, not tuples",
+                                         self.loc(expression))
                 value = self.builder.constant(value, "f32", loc=self.loc(expression))
             if value in outputs:
                 raise ChainruleError(f"'{value.name}' is returned twice", self.loc(expression))
@@ -220,14 +250,38 @@ class Lowerer:
     # ---- expressions --------------------------------------------------------------------------
 
     def expr(self, tree, scope: Scope):
-        try:
-            method = getattr(self, "x_" + tree.data)
-        except AttributeError:
-            raise ChainruleError(f"'{tree.data}' is not supported here", self.loc(tree)) from None
-        return method(tree, scope)
+        """The value of an expression tree: an IR Value or a compile-time constant.
+
+        One `x_<alias>` method per expression alias. A leaf's method returns its value; a
+        method that needs the values of subtrees is a generator that yields each subtree and is
+        sent back its value. This loop keeps those waiting generators on a list rather than on
+        Python's stack, so an expression may nest as deep as memory allows.
+        """
+        waiting = []
+        value = self.start(tree, scope, waiting)
+        while waiting:
+            try:
+                subtree = waiting[-1].send(value)
+            except StopIteration as finished:
+                waiting.pop()
+                value = finished.value
+            else:
+                value = self.start(subtree, scope, waiting)
+        return value
+
+    def start(self, tree, scope: Scope, waiting: list):
+        """A leaf's value; or None, having put the generator of an inner node on `waiting`."""
+        result = getattr(self, "x_" + tree.data)(tree, scope)
+        if isinstance(result, GeneratorType):
+            waiting.append(result)
+            return None
+        return result
+
+    def integer(self, token: Token) -> int:
+        return integer_literal(str(token), self.loc(token))
 
     def x_int_literal(self, tree, scope):
-        return int(tree.children[0])
+        return self.integer(tree.children[0])
 
     def x_float_literal(self, tree, scope):
         return float(tree.children[0])
@@ -239,17 +293,20 @@ class Lowerer:
         return False
 
     def x_tuple_literal(self, tree, scope):
-        items = tuple(self.expr(c, scope) for c in tree.children if c is not None)
-        if any(isinstance(item, Value) for item in items):
-            raise ChainruleError("tuples hold constants (axes, shapes, permutations)",
-                                 self.loc(tree))
-        return items
+        items = []
+        for child in tree.children:
+            if child is not None:
+                items.append((yield child))
+        if not all(_is_number(item) for item in items):
+            raise ChainruleError("tuples hold numbers (axes, shapes, permutations), not "
+                                 "tensors or tuples", self.loc(tree))
+        return tuple(items)
 
     def x_name(self, tree, scope):
         return scope.lookup(str(tree.children[0]), self.loc(tree))
 
     def unary(self, op, tree, scope):
-        operand = self.expr(tree.children[0], scope)
+        operand = yield tree.children[0]
         if isinstance(operand, Value):
             return self.builder.emit(op, (operand,), loc=self.loc(tree))
         fold, takes = UNARY_FOLD[op]
@@ -262,7 +319,7 @@ class Lowerer:
         """x[...] is a slice of the ranges and integers, then a squeeze of the integers' axes."""
         base_tree, *items = tree.children
         loc = self.loc(tree)
-        base = self.expr(base_tree, scope)
+        base = yield base_tree
         if not isinstance(base, Value):
             raise ChainruleError("only tensors can be indexed", loc)
         window = {"starts": (), "ends": (), "axes": (), "steps": ()}
@@ -271,9 +328,9 @@ class Lowerer:
             if item is None:
                 continue
             if isinstance(item, Tree) and item.data == "slice_range":
-                bounds = self.slice_bounds(item, scope)
+                bounds = yield from self.slice_bounds(item)
             else:
-                bounds = self.index_bounds(item, base.type.shape[axis], axis, scope)
+                bounds = yield from self.index_bounds(item, base.type.shape[axis], axis)
                 squeezed += (axis,)
             if bounds != (0, TO_END, 1):
                 for key, bound in zip(("starts", "ends", "steps"), bounds, strict=True):
@@ -300,9 +357,13 @@ class Lowerer:
             items = items[:at] + [None] * (value_type.rank - named) + items[at + 1:]
         return list(items) + [None] * (value_type.rank - len(items))
 
-    def slice_bounds(self, tree, scope) -> tuple[int, int, int]:
-        start, end, step = (None if c is None else self.constant_int(c, scope, "slice bound")
-                            for c in tree.children)
+    def slice_bounds(self, tree):
+        """Yields the bounds' subtrees; returns (start, end, step)."""
+        bounds = []
+        for child in tree.children:
+            bounds.append(None if child is None
+                          else (yield from self.constant_int(child, "slice bound")))
+        start, end, step = bounds
         step = 1 if step is None else step
         if step == 0:
             raise ChainruleError("a slice step cannot be 0", self.loc(tree))
@@ -312,15 +373,17 @@ class Lowerer:
             end = TO_END if step > 0 else TO_START
         return start, end, step
 
-    def index_bounds(self, tree, dim, axis, scope) -> tuple[int, int, int]:
-        index = self.constant_int(tree, scope, "an index")
+    def index_bounds(self, tree, dim, axis):
+        """Yields the index's subtree; returns the (start, end, step) that picks it."""
+        index = yield from self.constant_int(tree, "an index")
         if isinstance(dim, int) and not -dim <= index < dim:
             raise ChainruleError(f"index {index} is out of range for axis {axis} of size {dim}",
                                  self.loc(tree))
         return index, TO_END if index == -1 else index + 1, 1
 
-    def constant_int(self, tree, scope, what: str) -> int:
-        value = self.expr(tree, scope)
+    def constant_int(self, tree, what: str):
+        """Yields `tree`; returns its value, which must be an integer constant."""
+        value = yield tree
         if isinstance(value, Value):
             raise ChainruleError(f"{what} must be an integer constant; take(x, indices, axis) "
                                  f"indexes with a tensor", self.loc(tree))
@@ -330,7 +393,7 @@ class Lowerer:
 
     def x_attribute(self, tree, scope):
         base_tree, attribute = tree.children
-        base = self.expr(base_tree, scope)
+        base = yield base_tree
         if str(attribute) != "T":
             raise ChainruleError(f"unknown attribute '.{attribute}'; only '.T' (transpose) "
                                  f"exists", self.loc(attribute))
@@ -342,7 +405,8 @@ class Lowerer:
                                  name=hint)
 
     def binary(self, op, tree, scope):
-        left, right = (self.expr(c, scope) for c in tree.children)
+        left = yield tree.children[0]
+        right = yield tree.children[1]
         loc = self.loc(tree)
         if not isinstance(left, Value) and not isinstance(right, Value):
             return self.fold(op, left, right, loc)
@@ -354,10 +418,19 @@ class Lowerer:
             raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
         if not (_is_number(left) and _is_number(right)):
             raise ChainruleError(f"'{op}' needs numbers or tensors, not tuples", loc)
+        # An integer power can take longer to compute than anyone would wait.
+        if op == "pow" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 64:
+            raise ChainruleError(f"{_power(left, right)} gives an integer past 64 bits", loc)
         try:
-            return FOLD[op](left, right)
+            result = FOLD[op](left, right)
         except (ZeroDivisionError, OverflowError, ValueError) as error:
             raise ChainruleError(f"constant expression fails: {error}", loc) from None
+        if isinstance(result, complex):
+            raise ChainruleError(f"{_power(left, right)} is not a real number", loc)
+        if _is_int(result) and abs(result) > INT64_MAX:
+            raise ChainruleError(f"'{op}' of {left} and {right} gives an integer past 64 bits",
+                                 loc)
+        return result
 
     def as_tensor(self, value, like, loc) -> Value:
         """`value` as an IR value; a constant takes the dtype of the tensor it meets."""
@@ -369,7 +442,7 @@ class Lowerer:
             dtype = "bool"
         elif isinstance(like, Value):
             dtype = like.type.dtype
-            if dtype == "i64" and float(value) != int(value):
+            if dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
                 raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
                                      f"tensor with f32(...) first", loc)
             if dtype == "bool":
@@ -388,12 +461,12 @@ class Lowerer:
                 key, expression = arg.children
                 if str(key) in keywords:
                     raise ChainruleError(f"argument '{key}' is given twice", self.loc(key))
-                keywords[str(key)] = (self.expr(expression, scope), self.loc(key))
+                keywords[str(key)] = ((yield expression), self.loc(key))
             else:
                 if keywords:
                     raise ChainruleError("positional argument after a keyword argument",
                                          self.loc(arg))
-                positional.append((self.expr(arg, scope), self.loc(arg)))
+                positional.append(((yield arg), self.loc(arg)))
         if name in self.functions:
             return self.call_function(self.functions[name], positional, keywords, loc)
         if name in CASTS:
@@ -406,14 +479,15 @@ class Lowerer:
 
     def bind_arguments(self, name, params, defaults, positional, keywords, loc) -> dict:
         if len(positional) > len(params):
-            raise ChainruleError(f"{name}() takes at most {len(params)} arguments "
+            noun = "argument" if len(params) == 1 else "arguments"
+            raise ChainruleError(f"{name}() takes at most {len(params)} {noun} "
                                  f"({', '.join(params)}), got {len(positional)}",
                                  positional[len(params)][1])
         bound = {p: value for p, (value, _) in zip(params, positional)}
         for key, (value, key_loc) in keywords.items():
             if key not in params:
-                raise ChainruleError(f"{name}() has no argument '{key}'{_suggest(key, params)}; "
-                                     f"it takes ({', '.join(params)})", key_loc)
+                hint = _suggest(key, params) or f"; it takes ({', '.join(params)})"
+                raise ChainruleError(f"{name}() has no argument '{key}'{hint}", key_loc)
             if key in bound:
                 raise ChainruleError(f"{name}() got '{key}' twice", key_loc)
             bound[key] = value
@@ -471,16 +545,42 @@ class Lowerer:
         bound = self.bind_arguments(dtype, ("x",), {}, positional, keywords, loc)
         value = bound["x"]
         if not isinstance(value, Value):
+            if not _is_number(value):
+                raise ChainruleError(f"{dtype}() takes a tensor or a number, not a tuple", loc)
             return self.builder.constant(value, dtype, loc=loc)
         if value.type.dtype == dtype:
             return value
         return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
 
     def call_function(self, function: Function, positional, keywords, loc):
+        chain = self.call_stack + [function.name]
         if function.name in self.call_stack:
-            chain = " -> ".join(self.call_stack + [function.name])
-            raise ChainruleError(f"function '{function.name}' calls itself ({chain}); "
-                                 f"recursion is not supported", loc)
+            raise ChainruleError(f"function '{function.name}' calls itself "
+                                 f"({' -> '.join(chain)}); recursion is not supported", loc)
+        if len(self.call_stack) >= MAX_CALL_DEPTH:
+            shown = chain[:2] + ["..."] + chain[-2:]
+            raise ChainruleError(f"function calls nest more than {MAX_CALL_DEPTH} deep "
+                                 f"({' -> '.join(shown)})", loc)
+        nodes_before = len(self.graph.nodes)
+        # On the call stack from here: a default argument may call functions too.
+        self.call_stack.append(function.name)
+        try:
+            result = self.inline(function, positional, keywords, loc)
+        except ChainruleError as error:
+            if error.loc == loc:  # a mistake in the call itself
+                raise
+            note = (loc, f"in the call to '{function.name}' here")
+            raise ChainruleError(error.message, error.loc, error.notes + (note,)) from None
+        finally:
+            self.call_stack.pop()
+        if len(self.graph.nodes) - nodes_before > MAX_INLINED_NODES:
+            raise ChainruleError(f"this call of '{function.name}' inlines more than "
+                                 f"{MAX_INLINED_NODES:,} nodes (each call of a function adds "
+                                 f"all of its nodes)", loc)
+        return result
+
+    def inline(self, function: Function, positional, keywords, loc):
+        """The value `function` returns, its body lowered into the graph."""
         params = [p for p, _ in function.params]
         scope = Scope("function")
         defaults = {}
@@ -489,14 +589,7 @@ class Lowerer:
         bound = self.bind_arguments(function.name, params, defaults, positional, keywords, loc)
         for param in params:
             scope.bind(param, bound[param], function.loc)
-        self.call_stack.append(function.name)
-        try:
-            result = self.lower_block(function.body, scope)
-        except ChainruleError as error:
-            note = (loc, f"in the call to '{function.name}' here")
-            raise ChainruleError(error.message, error.loc, error.notes + (note,)) from None
-        finally:
-            self.call_stack.pop()
+        result = self.lower_block(function.body, scope)
         if result is None:
             raise ChainruleError(f"function '{function.name}' has no return statement",
                                  function.loc)
@@ -529,6 +622,20 @@ def _dtype_source(arguments) -> Value | None:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, bool))
+
+
+def _power(base, exponent) -> str:
+    return f"{f'({base})' if base < 0 else base} ** {exponent}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe_constant(value) -> str:
+    if isinstance(value, Value):
+        return f"a tensor ({value.type})"
+    return "a tuple" if isinstance(value, tuple) else repr(value)
 
 
 for _op in BINARY_OPS:

@@ -5,20 +5,25 @@ from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput
 
-from ..ir.errors import ChainruleError, SourceLoc
+from ..ir.errors import ChainruleError, SourceLoc, syntax_error
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 
 OPEN_BRACKETS = {"LPAR", "LSQB"}
 CLOSE_BRACKETS = {"RPAR", "RSQB"}
 
-# How terminals are named in "expected ..." messages; other punctuation and keywords show as
-# written in the grammar.
+# The terminals an operand can start with (`-x`, `(a + b)`, `f32(x)`, `2`); a place that takes
+# any of them reads "expected an expression".
+OPERAND_START = frozenset({"LPAR", "MINUS", "TRUE", "FALSE", "DTYPE", "NAME", "INT", "FLOAT"})
+
+# How terminals read in "expected ..." messages; other punctuation and keywords show as written
+# in the grammar.
 READABLE = {
+    OPERAND_START | {"NOT"}: "an expression", OPERAND_START: "an expression",
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
-    "DTYPE": "a dtype (f32, f64, i64, bool)", "_NL": "end of line", "$END": "end of file",
+    "DTYPE": "a dtype (f32, f64, i64, bool)", "_NL": "end of line", "$END": "end of input",
 }
 
 
@@ -58,34 +63,30 @@ def parse(source: str, filename: str = "<string>"):
 
 
 def _syntax_error(error: UnexpectedInput, source: str, filename: str) -> ChainruleError:
-    if isinstance(error, UnexpectedCharacters):
-        char = source[error.pos_in_stream] if error.pos_in_stream < len(source) else "?"
-        return ChainruleError(f"unexpected character {char!r}",
-                              SourceLoc(filename, error.line, error.column))
-    if isinstance(error, UnexpectedEOF) or (isinstance(error, UnexpectedToken)
-                                            and error.token.type == "$END"):
-        lines = source.splitlines() or [""]
-        loc = SourceLoc(filename, len(lines), len(lines[-1]) + 1)
-        return ChainruleError(f"unexpected end of file{_expected(error)}", loc)
-    token = error.token
-    shown = "end of line" if token.type == "_NL" else repr(str(token))
-    return ChainruleError(f"unexpected {shown}{_expected(error)}",
-                          SourceLoc(filename, token.line, token.column))
+    located = syntax_error(error, source, filename, _parser(), READABLE)
+    bracket = _unclosed_bracket(source, error)
+    if bracket is None or bracket.line >= located.line:
+        return located
+    # Newlines inside brackets do not end statements, so a bracket left open shows up lines
+    # later as an odd token; say where it opened.
+    note = (SourceLoc(filename, bracket.line, bracket.column), f"this '{bracket}' is not closed")
+    return ChainruleError(located.message, located.loc, (note,))
 
 
-def _expected(error) -> str:
-    names = sorted({_readable(t) for t in (getattr(error, "expected", None) or ())})
-    if not names or len(names) > 8:
-        return ""
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-    return "; expected " + listed
-
-
-def _readable(terminal: str) -> str:
-    if terminal in READABLE:
-        return READABLE[terminal]
+def _unclosed_bracket(source: str, error: UnexpectedInput) -> Token | None:
+    """The innermost bracket still open where parsing failed."""
+    stop = error.pos_in_stream
+    if stop is None or stop < 0:  # at the end of the input
+        stop = len(source)
+    open_brackets = []
     try:
-        pattern = _parser().get_terminal(terminal).pattern
-    except KeyError:
-        return repr(terminal)
-    return repr(pattern.value) if pattern.type == "str" else terminal.lower()
+        for token in _parser().lex(source):
+            if token.start_pos >= stop:
+                break
+            if token.type in OPEN_BRACKETS:
+                open_brackets.append(token)
+            elif token.type in CLOSE_BRACKETS and open_brackets:
+                open_brackets.pop()
+    except UnexpectedInput:
+        pass  # a character the lexer cannot read ends the search there
+    return open_brackets[-1] if open_brackets else None

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lark import Lark
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
+
 
 @dataclass(frozen=True)
 class SourceLoc:
@@ -58,3 +61,76 @@ def _render_one(loc, kind, message, source_lines) -> str:
         source = lines[loc.line - 1].rstrip("\n").expandtabs(1)
         text += f"\n    {source}\n    {' ' * max(loc.col - 1, 0)}^"
     return text
+
+
+# ---- literals ---------------------------------------------------------------------------------
+
+INT64_MAX = 2**63 - 1
+
+
+def integer_literal(text: str, loc: SourceLoc) -> int:
+    """The integer `text` spells (digits, perhaps after a '-'); past 64 bits, a located error.
+
+    The length is checked first: Python refuses to convert more than 4300 digits.
+    """
+    digits = text.lstrip("-")
+    if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
+        shown = text if len(text) <= 24 else f"{text[:12]}... ({len(digits)} digits)"
+        raise ChainruleError(f"the integer {shown} does not fit in 64 bits", loc)
+    return int(text)
+
+
+# ---- syntax errors from lark ------------------------------------------------------------------
+
+# More names than this in "expected ..." say little: the message then stops at what was found.
+MAX_EXPECTED = 8
+
+
+def syntax_error(error: UnexpectedInput, text: str, filename: str, parser: Lark,
+                 readable: dict) -> ChainruleError:
+    """A lark parse failure as a located `unexpected X; expected A, B` ChainruleError.
+
+    `readable` says how terminals read in the expected list: a terminal name maps to words
+    (`"NAME": "a name"`), and a frozenset of names maps to words for all of them together
+    (`"an expression"`). Other terminals show as the grammar writes them.
+    """
+    if isinstance(error, UnexpectedCharacters):
+        return ChainruleError(f"unexpected character {error.char!r}",
+                              SourceLoc(filename, error.line, error.column))
+    expected = _expected(error, parser, readable)
+    if isinstance(error, UnexpectedEOF) or error.token.type == "$END":
+        # lark places the end of input at the last token; the reader's cursor is past all text.
+        # Lines are counted as lark counts them, by '\n' only.
+        lines = text.split("\n")
+        if len(lines) > 1 and not lines[-1]:
+            lines.pop()  # the newline that ends the last line
+        return ChainruleError(f"unexpected end of input{expected}",
+                              SourceLoc(filename, len(lines), len(lines[-1].rstrip("\r")) + 1))
+    token = error.token
+    shown = "end of line" if "\n" in token else repr(str(token))
+    return ChainruleError(f"unexpected {shown}{expected}",
+                          SourceLoc(filename, token.line, token.column))
+
+
+def _expected(error: UnexpectedInput, parser: Lark, readable: dict) -> str:
+    # `accepts` asks the parser which tokens would really continue; `expected` is LALR's
+    # merged (and so looser) lookahead set.
+    terminals = set(getattr(error, "accepts", None) or getattr(error, "expected", None) or ())
+    names = set()
+    for group, words in readable.items():
+        if isinstance(group, frozenset) and group <= terminals:
+            terminals -= group
+            names.add(words)
+    names.update(readable.get(terminal) or _as_written(parser, terminal)
+                 for terminal in terminals)
+    if not names or len(names) > MAX_EXPECTED:
+        return ""
+    return "; expected " + ", ".join(sorted(names))
+
+
+def _as_written(parser: Lark, terminal: str) -> str:
+    try:
+        pattern = parser.get_terminal(terminal).pattern
+    except KeyError:
+        return repr(terminal)
+    return repr(pattern.value) if pattern.type == "str" else terminal.lower()

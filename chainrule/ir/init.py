@@ -8,6 +8,8 @@ import numpy as np
 from .graph import Graph, InitSpec
 from .types import NUMPY_DTYPES
 
+MAX_PARAM_ELEMENTS = 2 ** 31  # 8 GiB of f32: a larger param is a typo, not a model
+
 # kind -> names of its arguments
 INITIALIZERS = {
     "normal": ("mean", "std"),
@@ -21,6 +23,11 @@ INITIALIZERS = {
 
 def check_init(spec: InitSpec, shape) -> str | None:
     """Why `spec` cannot initialise a tensor of `shape`, or None when it can."""
+    if not all(math.isfinite(a) for a in spec.args):
+        return f"{spec.kind}'s arguments must be finite numbers"
+    if all(isinstance(d, int) for d in shape) and math.prod(shape) > MAX_PARAM_ELEMENTS:
+        return (f"a param of {math.prod(shape):,} values is more than chainrule holds "
+                f"({MAX_PARAM_ELEMENTS:,})")
     if spec.kind not in INITIALIZERS:
         return f"unknown initialiser '{spec.kind}'; known: {', '.join(INITIALIZERS)}"
     arity = len(INITIALIZERS[spec.kind])

@@ -233,6 +233,8 @@ def _infer_mse(pred, target):
 def _infer_one_hot(labels, depth, dtype):
     if labels.dtype != "i64":
         raise OpTypeError(f"one_hot needs i64 labels, got {labels}")
+    if depth < 1:
+        raise OpTypeError(f"one_hot needs a positive number of classes, got {depth}")
     return TensorType(dtype, labels.shape + (depth,))
 
 
@@ -341,6 +343,8 @@ def _infer_numel(x, axes, dtype):
 
 
 def _infer_constant(value, dtype):
+    if dtype in ("i64", "bool") and not (math.isfinite(value) and float(value).is_integer()):
+        raise OpTypeError(f"a {dtype} constant cannot be {value}")
     return scalar(dtype)
 
 

@@ -7,14 +7,16 @@ failure is a ChainruleError located in the IR text itself.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from itertools import zip_longest
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedInput, VisitError
+from lark.visitors import Transformer_NonRecursive
 
-from .errors import ChainruleError, SourceLoc
+from .errors import ChainruleError, SourceLoc, integer_literal, syntax_error
 from .graph import Graph, InitSpec, Node, Param, Value
 from .init import check_init
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
@@ -33,7 +35,7 @@ def parse_graph(text: str, filename: str = "<ir>") -> Graph:
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as error:
-        raise _syntax_error(error, text, filename) from None
+        raise syntax_error(error, text, filename, _parser(), READABLE) from None
     return _GraphReader(text, filename).read(tree)
 
 
@@ -44,40 +46,23 @@ def _parser() -> Lark:
                 propagate_positions=True, maybe_placeholders=True)
 
 
-def _syntax_error(error: UnexpectedInput, text: str, filename: str) -> ChainruleError:
-    if isinstance(error, UnexpectedCharacters):
-        return ChainruleError(f"unexpected character {error.char!r}",
-                              SourceLoc(filename, error.line, error.column))
-    if isinstance(error, UnexpectedToken) and error.token.type != "$END":
-        return ChainruleError(f"unexpected {str(error.token)!r}{_expected(error)}",
-                              SourceLoc(filename, error.line, error.column))
-    # lark places the end of input at the last token; the reader's cursor is past all text.
-    lines = text.splitlines() or [""]
-    return ChainruleError(f"unexpected end of input{_expected(error)}",
-                          SourceLoc(filename, len(lines), len(lines[-1]) + 1))
-
-
-def _expected(error: UnexpectedInput) -> str:
-    # `accepts` asks the parser which tokens would really continue; `expected` is LALR's
-    # merged (and so looser) lookahead set.
-    terminals = getattr(error, "accepts", None) or getattr(error, "expected", None) or ()
-    names = sorted(READABLE.get(t) or repr(_parser().get_terminal(t).pattern.value)
-                   for t in terminals)
-    return "; expected " + ", ".join(names) if names else ""
-
-
-class _Literals(Transformer):
+class _Literals(Transformer_NonRecursive):
     """Tensor types and attribute values as the Python objects the IR holds.
 
-    An attribute's value is then fitted to its op's schema by `_as_kind`.
+    An attribute's value is then fitted to its op's schema by `_as_kind`. Not recursive: a list
+    may nest as deep as the text does (and is refused afterwards).
     """
+
+    def __init__(self, filename: str):
+        super().__init__()
+        self.filename = filename
 
     def tensor_type(self, children):
         dtype, *dims = children
         return TensorType(str(dtype), tuple(dim for dim in dims if dim is not None))
 
     def int_dim(self, children):
-        return int(children[0])
+        return _number(children[0], self.filename)
 
     def symbolic_dim(self, children):
         return str(children[0])
@@ -95,7 +80,7 @@ class _Literals(Transformer):
         return False
 
     def number(self, children):
-        return _number(children[0])
+        return _number(children[0], self.filename)
 
     def dtype_name(self, children):
         return str(children[0])
@@ -107,13 +92,18 @@ class _Literals(Transformer):
         return tuple(items)
 
 
-def _literal(tree: Tree):
-    return _Literals().transform(tree)
+def _literal(tree: Tree, filename: str):
+    try:
+        return _Literals(filename).transform(tree)
+    except VisitError as error:  # lark wraps what its callbacks raise: an integer too large
+        raise error.orig_exc from None
 
 
-def _number(token: Token) -> int | float:
+def _number(token: Token, filename: str) -> int | float:
     text = str(token)
-    return int(text) if text.lstrip("-").isdigit() else float(text)
+    if text.lstrip("-").isdigit():
+        return integer_literal(text, SourceLoc(filename, token.line, token.column))
+    return float(text)
 
 
 def _as_kind(kind: str, value):
@@ -185,12 +175,15 @@ class _GraphReader:
 
     def read_input(self, tree: Tree) -> Value:
         name, type_tree = tree.children
-        return self.define(name, _literal(type_tree))
+        return self.define(name, _literal(type_tree, self.filename))
 
     def read_param(self, tree: Tree, graph: Graph) -> None:
         name, type_tree, kind, *args = tree.children
-        value_type = _literal(type_tree)
-        spec = InitSpec(str(kind), tuple(float(_number(a)) for a in args if a is not None))
+        value_type = _literal(type_tree, self.filename)
+        numbers = tuple(float(_number(a, self.filename)) for a in args if a is not None)
+        if not all(map(math.isfinite, numbers)):
+            raise ChainruleError("initialiser arguments are finite numbers", self.loc(kind))
+        spec = InitSpec(str(kind), numbers)
         problem = check_init(spec, value_type.shape)
         if problem:
             raise ChainruleError(problem, self.loc(kind))
@@ -203,7 +196,7 @@ class _GraphReader:
             raise ChainruleError(f"unknown op '{op_name}'", self.loc(op_name))
         inputs = tuple(self.use(token) for token in _values(operands))
         node_attrs = self.read_attrs(op, attrs, op_name)
-        declared = _literal(type_tree)
+        declared = _literal(type_tree, self.filename)
         try:
             inferred = infer_type(op.name, [value.type for value in inputs], node_attrs)
         except OpTypeError as error:
@@ -233,7 +226,11 @@ class _GraphReader:
         spec = op.attrs.get(str(key))
         if spec is None:
             raise ChainruleError(f"op '{op.name}' has no attribute '{key}'", self.loc(key))
-        value = _as_kind(spec.kind, _literal(value_tree))
+        value = _literal(value_tree, self.filename)
+        if isinstance(value, tuple) and any(isinstance(item, tuple) for item in value):
+            raise ChainruleError(f"op '{op.name}': attribute '{key}' is a list of lists; a list "
+                                 f"attribute holds numbers", self.loc(value_tree))
+        value = _as_kind(spec.kind, value)
         if not ATTR_KINDS[spec.kind](value):
             raise ChainruleError(f"op '{op.name}': attribute '{key}' must be {spec.kind}, "
                                  f"not {value!r}", self.loc(value_tree))
