@@ -14,6 +14,7 @@ from .dsl import lower_source
 from .fileio import atomic_write_bytes
 from .ir import ChainruleError, Graph, parse_graph, print_graph
 from .ir.types import NUMPY_DTYPES
+from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
@@ -33,6 +34,7 @@ IR_SUFFIX = ".cir"
 FRONT_END_PASSES = ["infer", "expand_grad"]
 
 
+@gc_paused
 def compile(path_or_source, *, seed: int = 0) -> Model:
     """Compile a `.nn` file (a path) or DSL source text into a Model.
 
@@ -100,6 +102,7 @@ class Model:
 
     # ---- graphs -------------------------------------------------------------------------------
 
+    @gc_paused
     def compile_graph(self, *, grad: bool = False, wrt=None, opt_level: str = "O0",
                       passes: str | None = None, ctx: PassContext | None = None):
         """The graph after a pipeline: autodiff (with grad) then an optimisation preset, or an
@@ -115,6 +118,7 @@ class Model:
         return run_passes(graph, pipeline(None, opt_level),
                           PassContext(evaluate=evaluate_scalars))
 
+    @gc_paused
     def train_step_graph(self, optimizer: OptimizerSpec | None = None, opt_level: str = "O1"):
         """The whole training step as one graph: forward, backward and optimizer update.
 

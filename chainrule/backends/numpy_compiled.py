@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir import Graph, Node, Value, get_op
+from ..ir.gcpause import gc_paused
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .feeds import CheckedFeeds
 from .numpy_backend import ExecutionError
@@ -94,9 +95,9 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                     and node.inputs.count(value) == 1):
                 plan.in_place[index] = value
                 break
-    interface = set(graph.inputs) | set(graph.param_values())
+    kept_alive = set(graph.inputs) | set(graph.param_values()) | set(graph.outputs)
     for value, index in last_read.items():
-        if value not in interface and value not in graph.outputs:
+        if value not in kept_alive:
             plan.frees.setdefault(index, []).append(value)
     return plan
 
@@ -183,6 +184,7 @@ class CompiledGraph:
         return None
 
 
+@gc_paused
 def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
     plan = plan_memory(graph, donate_params)
     source, line_nodes = generate_source(graph, plan)

@@ -8,18 +8,10 @@ import math
 
 import numpy as np
 
-from ..ir.ops import GELU_CUBIC, GELU_SCALE
+from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.types import NUMPY_DTYPES
 
-KERNELS = {}
-
-
-def kernel(*ops):
-    def register(fn):
-        for op in ops:
-            KERNELS[op] = fn
-        return fn
-    return register
+KERNELS, kernel = rule_table()
 
 
 def _axes(axes):

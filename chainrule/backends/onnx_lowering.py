@@ -11,22 +11,14 @@ import numpy as np
 from onnx import TensorProto
 
 from ..ir import ChainruleError
-from ..ir.ops import GELU_CUBIC, GELU_SCALE
+from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END
 from ..ir.types import NUMPY_DTYPES
 
 ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
                "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
 
-LOWERINGS = {}
-
-
-def lowering(*ops):
-    def register(fn):
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return register
+LOWERINGS, lowering = rule_table()
 
 
 def _direct(onnx_op):

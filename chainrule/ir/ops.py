@@ -91,6 +91,20 @@ def get_op(name: str) -> OpDef:
         raise OpTypeError(f"unknown op '{name}'") from None
 
 
+def rule_table() -> tuple[dict, Callable]:
+    """A layer's table of per-op rules and the decorator that fills it:
+    `KERNELS, kernel = rule_table()`, then `@kernel("add", "sub")` over a function."""
+    table = {}
+
+    def register_for(*ops):
+        def register(fn):
+            for op in ops:
+                table[op] = fn
+            return fn
+        return register
+    return table, register_for
+
+
 def complete_attrs(op: OpDef, attrs: dict) -> dict:
     """Attrs with defaults filled in; unknown names, missing required ones and wrong kinds raise."""
     for name in attrs:

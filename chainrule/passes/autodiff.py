@@ -71,8 +71,9 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
 
     param_locs = {p.value: p.loc for p in graph.params}
     grads = {w.name: total(w, param_locs.get(w, graph.loc)) for w in wrt}
+    forward_outputs = set(graph.outputs)
     result.outputs = list(graph.outputs) + [g for g in grads.values()
-                                            if g not in graph.outputs]
+                                            if g not in forward_outputs]
     return result, grads
 
 

@@ -13,18 +13,10 @@ tied operands; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
 from __future__ import annotations
 
 from ..ir import GraphBuilder, Node, Value
-from ..ir.ops import GELU_CUBIC, GELU_SCALE
+from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import normalize_axes
 
-VJP_RULES = {}
-
-
-def vjp(*ops):
-    def register(rule):
-        for op in ops:
-            VJP_RULES[op] = rule
-        return rule
-    return register
+VJP_RULES, vjp = rule_table()
 
 
 class Backward:

@@ -27,11 +27,11 @@ def relu_backward(ctx, node):
         return None
     out = node.outputs[0]
     for g, mask in _operand_pairs(node):
-        cast = ctx.producer(mask)
-        if cast is None or cast.op != "cast" or cast.attrs["dtype"] != g.type.dtype:
+        cast = ctx.defined_by(mask, "cast")
+        if cast is None or cast.attrs["dtype"] != g.type.dtype:
             continue
-        compare = ctx.producer(cast.inputs[0])
-        if compare is None or compare.op != "greater" or ctx.constant(compare.inputs[1]) != 0.0:
+        compare = ctx.defined_by(cast.inputs[0], "greater")
+        if compare is None or ctx.constant(compare.inputs[1]) != 0.0:
             continue
         x = compare.inputs[0]
         if x.type == g.type == out.type:
@@ -46,11 +46,12 @@ def softmax_cross_entropy_backward(ctx, node):
         return None
     out = node.outputs[0]
     for difference, scale in _operand_pairs(node):
-        sub = ctx.producer(difference)
-        if sub is None or sub.op != "sub" or scale.type.rank != 0:
+        sub = ctx.defined_by(difference, "sub")
+        if sub is None or scale.type.rank != 0:
             continue
-        softmax, onehot = (ctx.producer(v) for v in sub.inputs)
-        if softmax is None or onehot is None or softmax.op != "softmax" or onehot.op != "one_hot":
+        softmax = ctx.defined_by(sub.inputs[0], "softmax")
+        onehot = ctx.defined_by(sub.inputs[1], "one_hot")
+        if softmax is None or onehot is None:
             continue
         logits, labels = softmax.inputs[0], onehot.inputs[0]
         last = logits.type.rank - 1
@@ -65,10 +66,10 @@ def sum_of_squares(ctx, node):
     """sum(x * x) over every axis -> sum_squares(x): a dot product, no temporary."""
     if node.op != "sum" or node.attrs["keepdims"]:
         return None
-    x_squared = ctx.producer(node.inputs[0])
+    x_squared = ctx.defined_by(node.inputs[0], "mul")
     rank = node.inputs[0].type.rank
     axes = node.attrs["axes"]
-    if x_squared is None or x_squared.op != "mul" or x_squared.inputs[0] is not x_squared.inputs[1]:
+    if x_squared is None or x_squared.inputs[0] is not x_squared.inputs[1]:
         return None
     if axes is not None and sorted(a % rank for a in axes) != list(range(rank)):
         return None
@@ -82,10 +83,9 @@ def matmul_of_transposes(ctx, node):
         return None
     operands, flags = [], {}
     for value, flag in zip(node.inputs, ("trans_a", "trans_b"), strict=True):
-        producer = ctx.producer(value)
-        transposed = producer is not None and producer.op == "transpose"
-        operands.append(producer.inputs[0] if transposed else value)
-        flags[flag] = transposed
+        transpose = ctx.defined_by(value, "transpose")
+        operands.append(transpose.inputs[0] if transpose else value)
+        flags[flag] = transpose is not None
     if not any(flags.values()):
         return None
     return ctx.emit("gemm", operands, flags, node, node.outputs[0].name)

@@ -28,6 +28,11 @@ class RuleContext:
     def producer(self, value: Value) -> Node | None:
         return self.producers.get(value)
 
+    def defined_by(self, value: Value, *ops: str) -> Node | None:
+        """The node defining `value` if its op is one of `ops`."""
+        node = self.producers.get(value)
+        return node if node is not None and node.op in ops else None
+
     def constant(self, value: Value) -> float | None:
         node = self.producer(value)
         return node.attrs["value"] if node is not None and node.op == "constant" else None
