@@ -13,6 +13,8 @@ import numpy as np
 from . import api
 from .backends import BACKENDS
 from .backends.numpy_backend import NumpyBackend
+from .backends.numpy_compiled import compile_graph as compile_numpy
+from .backends.numpy_compiled import describe_plan
 from .backends.onnx_backend import DEFAULT_OPSET
 from .fileio import load_npy, load_npz, save_npz
 from .passes.manager import PASSES, PRESETS, PassContext
@@ -172,7 +174,13 @@ def cmd_ir(args) -> int:
     model = load_model(args)
     graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level,
                                    passes=args.passes, ctx=pass_context(args))
-    if not (args.print_after_all or args.print_after):
+    if args.emit == "python" or args.print_memory_plan:
+        compiled = compile_numpy(graph)
+        if args.emit == "python":
+            print(compiled.source, end="")
+        if args.print_memory_plan:
+            print(describe_plan(graph, compiled.plan))
+    elif not (args.print_after_all or args.print_after):
         print(print_graph(graph), end="")
     return 0
 
@@ -392,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     ir.add_argument("--time-passes", action="store_true", help="print a table of pass times")
     ir.add_argument("--verify-each", action="store_true",
                     help="run the IR verifier before and after every pass")
+    ir.add_argument("--emit", choices=("ir", "python"), default="ir",
+                    help="print the IR, or the Python the numpy backend generates for it")
+    ir.add_argument("--print-memory-plan", action="store_true",
+                    help="print which results the numpy backend computes in place and when "
+                         "each intermediate is freed")
     ir.add_argument("--params", help=argparse.SUPPRESS)
     with_inputs(with_optimization(command("run", cmd_run, "run the forward pass")))
     grad = command("grad", cmd_grad, "compute the objective and its gradients")

@@ -140,3 +140,26 @@ def test_usage_errors_exit_2(argv):
     result = chainrule(*argv)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_ir_emits_the_generated_python_and_its_memory_plan():
+    result = chainrule("ir", MLP, "--grad", "-O2", "--emit", "python", "--print-memory-plan")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("def run(")
+    assert "np.matmul(v0, v2.T)  # %z" in result.stdout
+    assert "    del " in result.stdout and ", out=" in result.stdout
+    assert "# memory plan for mlp:" in result.stdout
+    assert "%dJ/dW1 = add: writes into %dJ/dW1.via_pow" in result.stdout
+
+
+def test_ir_passes_flags():
+    result = chainrule("ir", MLP, "--grad", "-O1", "--print-after-all", "--time-passes",
+                       "--verify-each")
+    assert result.returncode == 0, result.stderr
+    for name in ("autodiff", "simplify", "cse", "dce"):
+        assert f"# ----- IR after {name}" in result.stdout
+    assert "# ----- pass timings -----" in result.stdout
+    explicit = chainrule("ir", MLP, "--passes", "autodiff,dce")
+    assert "%dJ/dW1 = add" in explicit.stdout
+    unknown = chainrule("ir", MLP, "--passes", "autodif")
+    assert unknown.returncode == 1 and "unknown pass(es) autodif" in unknown.stderr
