@@ -204,7 +204,9 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(print_graph(self.model.graph).encode()).hexdigest()[:16]
+        # Without locations: the same model read from another path or directory is the same.
+        text = print_graph(self.model.graph, locations=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def save_checkpoint(self, directory) -> Path:
         directory = Path(directory)

@@ -234,3 +234,24 @@ def test_dropout_masks_change_per_step_and_resume_exactly(tmp_path):
     assert np.array_equal(straight.params["W"], resumed.params["W"])
     evaluation = straight.evaluate(data)  # inference mode: dropout is the identity
     assert evaluation == straight.evaluate(data)
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+    checkpoint = tmp_path / "ckpt"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chainrule", "train", "examples/mlp_digits.nn",
+         "--data", "examples/data/digits_train.npz", "--epochs", "100000",
+         "--checkpoint", checkpoint],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("training mlp_digits")
+    process.stdout.readline()  # the first epoch's line: training is under way
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "checkpoint written to" in stderr and "--resume" in stderr
+    trainer = Trainer(chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn")), TrainConfig())
+    trainer.load_checkpoint(checkpoint)
+    assert trainer.steps > 0

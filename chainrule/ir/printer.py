@@ -38,14 +38,15 @@ def _with_loc(text: str, loc) -> str:
     return f"{text.ljust(COMMENT_COLUMN)}  # {loc}"
 
 
-def print_graph(graph: Graph) -> str:
+def print_graph(graph: Graph, locations: bool = True) -> str:
+    """The graph as text; without `locations`, the trailing DSL locations are left out."""
     header = ", ".join(f"{format_value(v)}: {v.type}" for v in graph.inputs)
     lines = [f"graph {graph.name}({header}) {{"]
     for param in graph.params:
         text = f"param {format_value(param.value)}: {param.value.type} = {param.init}"
-        lines.append("  " + _with_loc(text, param.loc))
+        lines.append("  " + _with_loc(text, param.loc if locations else None))
     for node in graph.nodes:
-        lines.append("  " + _with_loc(format_node(node), node.loc))
+        lines.append("  " + _with_loc(format_node(node), node.loc if locations else None))
     lines.append("  return " + ", ".join(format_value(v) for v in graph.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"
