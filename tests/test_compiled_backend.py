@@ -64,14 +64,12 @@ def case_grad_graph(case, level: str):
     return grad_graph, inputs
 
 
-def case_levels():
-    for case in CASES:
-        for level in LEVELS:
-            yield pytest.param(case, level, id=f"{case.id}-{level}")
+CASE_LEVELS = [pytest.param(case, level, id=f"{case.id}-{level}")
+               for case in CASES for level in LEVELS]
 
 
 @pytest.mark.parametrize("dtype", ["f64", "f32"])
-@pytest.mark.parametrize("case, level", case_levels())
+@pytest.mark.parametrize("case, level", CASE_LEVELS)
 def test_op_case_gradient_graph(case, dtype, level):
     case = in_dtype(case, dtype)
     rng = np.random.default_rng(2)
