@@ -17,6 +17,7 @@ from .backends.numpy_compiled import compile_graph as compile_numpy
 from .backends.numpy_compiled import describe_plan
 from .backends.onnx_backend import DEFAULT_OPSET
 from .fileio import load_npy, load_npz, save_npz
+from .passes import gradient_prefix
 from .passes.manager import PASSES, PRESETS, PassContext
 from .passes.optimizers import OPTIMIZERS, OptimizerSpec
 from .gradcheck import EPS as GRADCHECK_EPS
@@ -165,6 +166,10 @@ def cmd_check(args) -> int:
 
 
 def pass_context(args) -> PassContext:
+    unknown = sorted(set(args.print_after or ()) - set(PASSES))
+    if unknown:
+        raise UsageError(f"--print-after: unknown pass(es) {', '.join(unknown)}; the passes are "
+                         f"{', '.join(PASSES)}")
     print_after = True if args.print_after_all else set(args.print_after or ())
     return PassContext(verify_each=args.verify_each, print_after=print_after,
                        time_passes=args.time_passes)
@@ -257,13 +262,13 @@ def cmd_train(args) -> int:
                          check_numerics=args.check_numerics)
     train_data = load_data(args.data, args.input, "training data")
     val_data = load_npz(args.val) if args.val else None
-    if args.val_split:
+    if args.val_split is not None:
         if val_data is not None:
             raise UsageError("give --val or --val-split, not both")
         if not 0 < args.val_split < 1:
             raise UsageError("--val-split must lie between 0 and 1")
         train_data, val_data = split_validation(train_data, args.val_split, args.seed)
-    log_file = open(args.log_jsonl, "a") if args.log_jsonl else None
+    log_file = None
 
     def log(record):
         if not args.quiet:
@@ -276,6 +281,8 @@ def cmd_train(args) -> int:
     checkpoint = args.checkpoint or args.resume
     if args.resume:
         trainer.load_checkpoint(args.resume)
+    if args.log_jsonl:  # opened once nothing else can fail before training
+        log_file = open(args.log_jsonl, "a")
         if not args.quiet:
             print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
     if not args.quiet:
@@ -310,7 +317,7 @@ def cmd_train(args) -> int:
 def cmd_viz(args) -> int:
     model = load_model(args)
     graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level)
-    dot_text = to_dot(graph, forward_nodes=model.graph.nodes)
+    dot_text = to_dot(graph, gradient_prefix(model.objective) if args.grad else None)
     if not args.output:
         print(dot_text, end="")
         return 0
@@ -326,6 +333,8 @@ def cmd_gradcheck(args) -> int:
     model = load_model(args)
     inputs = gather_inputs(args, model)
     backends = sorted(BACKENDS) if args.backend == "all" else [args.backend]
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
     rows = gradcheck(model, inputs, backends, samples=args.samples, seed=args.seed)
     print(f"gradients of {model.objective.name} against central differences in float64 "
           f"(eps {GRADCHECK_EPS:g}, tolerance {GRADCHECK_TOLERANCE:g} relative to the largest "

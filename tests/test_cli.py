@@ -163,3 +163,16 @@ def test_ir_passes_flags():
     assert "%dJ/dW1 = add" in explicit.stdout
     unknown = chainrule("ir", MLP, "--passes", "autodif")
     assert unknown.returncode == 1 and "unknown pass(es) autodif" in unknown.stderr
+
+
+def test_print_after_an_unknown_pass_is_a_usage_error():
+    result = chainrule("ir", MLP, "--print-after", "nosuchpass")
+    assert result.returncode == 2 and "unknown pass(es) nosuchpass" in result.stderr
+
+
+def test_viz_colours_only_the_backward_graph_even_after_rewrites():
+    forward = chainrule("viz", MLP, "-O2")
+    assert forward.returncode == 0 and "#fbe3cf" not in forward.stdout  # no backward colour
+    backward = chainrule("viz", MLP, "-O2", "--grad")
+    assert "#fbe3cf" in backward.stdout and 'label="z\\n[B, 256]"' in backward.stdout
+    assert 'fillcolor="#dbe9f6", label="z\\n[B, 256]"' in backward.stdout  # z stays forward

@@ -131,3 +131,8 @@ def test_an_integer_constant_must_be_an_integer():
                "  return %c\n}\n")
     with pytest.raises(ChainruleError, match="i64 constant cannot be nan"):
         chainrule.compile(ir_text)
+
+
+def test_integer_division_is_refused():
+    error = error_of("model m(x: i64[3], y: i64[3]) {\n  b = x / y\n  return b\n}\n")
+    assert "div needs a float operand, got i64[3]" in error.message and error.line == 2

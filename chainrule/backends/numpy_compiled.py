@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Value, get_op
 from ..ir.gcpause import gc_paused
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import UNKNOWN
 from .feeds import CheckedFeeds
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS

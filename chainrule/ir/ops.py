@@ -4,11 +4,12 @@ Each op's other rules live in the layer that owns them, keyed by the op's name: 
 in `passes.autodiff_rules`, numpy kernels in `backends.numpy_kernels`, ONNX lowerings in
 `backends.onnx_lowering`. tests/test_ops_registry.py walks this registry to list the gaps.
 
-Traits that passes and backends query: "elementwise", "linear", "reduction", "comparison",
-"loss", "constant", "nondifferentiable" (no derivative rule; its output carries no gradient) and
-"stochastic" (its value depends on whether the backend runs in training mode) and "expanded"
-(replaced by a pass before any backend runs: it has no kernel, lowering or derivative rule),
-"fused" (written by the fuse pass after autodiff: no derivative rule).
+Traits that autodiff, backends and the registry tests query: "nondifferentiable" (no derivative
+rule; its output carries no gradient), "stochastic" (its value depends on whether the backend
+runs in training mode), "expanded" (replaced by a pass before any backend runs: no kernel,
+lowering or derivative rule) and "fused" (written by the fuse pass after autodiff: no
+derivative rule). "elementwise", "linear", "reduction", "comparison", "loss" and "constant"
+describe the op for readers of the registry.
 """
 from __future__ import annotations
 
@@ -386,8 +387,10 @@ register("sign", 1, _unary("sign", "numeric"), traits=("elementwise", "nondiffer
 register("neg", 1, _unary("neg", "numeric"), traits=("elementwise", "linear"))
 for _name in ("add", "sub"):
     register(_name, 2, _binary(_name), traits=("elementwise", "linear"))
-for _name in ("mul", "div", "pow", "maximum", "minimum"):
+for _name in ("mul", "pow", "maximum", "minimum"):
     register(_name, 2, _binary(_name), traits=("elementwise",))
+# Division is of floats: numpy's and ONNX's integer divisions disagree (true vs truncating).
+register("div", 2, _binary("div", operands="float"), traits=("elementwise",))
 for _name in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal"):
     register(_name, 2, _binary(_name, result_dtype="bool", operands="any"),
              traits=("elementwise", "comparison", "nondifferentiable"))

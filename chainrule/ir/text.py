@@ -257,10 +257,6 @@ def graph_differences(a: Graph, b: Graph) -> list[str]:
     return differences
 
 
-def graphs_equal(a: Graph, b: Graph) -> bool:
-    return not graph_differences(a, b)
-
-
 def _describe_value(value: Value) -> str:
     return f"%{value.name}: {value.type!r}"
 

@@ -12,8 +12,13 @@ from ..ir.types import is_float
 from .autodiff_rules import VJP_RULES, Backward
 
 
+def gradient_prefix(objective: Value) -> str:
+    """What the name of every value the backward graph of `objective` computes starts with."""
+    return f"d{objective.name}/d"
+
+
 def gradient_name(objective: Value, value: Value) -> str:
-    return f"d{objective.name}/d{value.name}"
+    return gradient_prefix(objective) + value.name
 
 
 def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, dict[str, Value]]:

@@ -33,7 +33,7 @@ class PassContext:
     verify_each: bool = field(default_factory=lambda: os.environ.get("CHAINRULE_VERIFY") == "1")
     print_after: set[str] | bool = False  # True: after every pass
     time_passes: bool = False
-    out = sys.stdout
+    out: object = None                    # where printing goes; None: sys.stdout
     timings: list[tuple[str, float, bool]] = field(default_factory=list)
 
 
@@ -105,10 +105,10 @@ def run_passes(graph: Graph, names: list[str], ctx: PassContext | None = None) -
             verify(graph)
         if ctx.print_after is True or (ctx.print_after and name in ctx.print_after):
             print(f"# ----- IR after {name}{'' if changed else ' (unchanged)'} -----",
-                  file=ctx.out)
-            print(print_graph(graph), file=ctx.out)
+                  file=ctx.out or sys.stdout)
+            print(print_graph(graph), file=ctx.out or sys.stdout)
     if ctx.time_passes:
-        print(format_timings(ctx.timings, graph), file=ctx.out)
+        print(format_timings(ctx.timings, graph), file=ctx.out or sys.stdout)
     return graph
 
 
