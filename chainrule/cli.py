@@ -87,10 +87,16 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     return arrays
 
 
-def gather_inputs(args, model: api.Model) -> dict:
-    arrays = load_npz(args.inputs) if args.inputs else {}
-    for name, path in parse_assignments(args.input, "--input").items():
+def read_arrays(npz_path, npy_assignments) -> dict:
+    """Arrays from one .npz and from NAME=FILE.npy assignments (which win)."""
+    arrays = load_npz(npz_path) if npz_path else {}
+    for name, path in parse_assignments(npy_assignments, "--input").items():
         arrays[name] = load_npy(path)
+    return arrays
+
+
+def gather_inputs(args, model: api.Model) -> dict:
+    arrays = read_arrays(args.inputs, args.input)
     dims = parse_assignments(args.dim, "--dim", int)
     needed = [v for v in model.graph.inputs if v.name not in arrays]
     if needed and args.random_inputs:
@@ -240,9 +246,7 @@ def cmd_export(args) -> int:
 
 
 def load_data(args_inputs, args_input, what: str) -> dict:
-    arrays = load_npz(args_inputs) if args_inputs else {}
-    for name, path in parse_assignments(args_input, "--input").items():
-        arrays[name] = load_npy(path)
+    arrays = read_arrays(args_inputs, args_input)
     if not arrays:
         raise UsageError(f"no {what}: give --data FILE.npz or --input NAME=FILE.npy")
     return arrays

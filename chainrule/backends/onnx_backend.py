@@ -103,13 +103,12 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
         initializers = [numpy_helper.from_array(np.asarray(params[v.name]), v.name)
                         for v in graph.param_values()]
     outputs = []
-    defined_outside = {v.name for v in graph.inputs} | {v.name for v in graph.param_values()}
     for value in graph.outputs:
-        if value.name in defined_outside:
-            # An ONNX graph output must be produced by a node.
-            emitter.nodes.append(helper.make_node("Identity", [value.name], [f"{value.name}#out"]))
-            outputs.append(helper.make_tensor_value_info(f"{value.name}#out",
-                                                         ONNX_DTYPES[value.type.dtype], None))
+        name = output_name(value, graph)
+        if name != value.name:  # an ONNX graph output must be produced by a node
+            emitter.nodes.append(helper.make_node("Identity", [value.name], [name]))
+            outputs.append(helper.make_tensor_value_info(name, ONNX_DTYPES[value.type.dtype],
+                                                         None))
         else:
             outputs.append(_value_info(value))
     output_names = {v.name for v in graph.outputs}
@@ -124,8 +123,9 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
 
 
 def output_name(value: Value, graph: Graph) -> str:
-    outside = {v.name for v in graph.inputs} | {v.name for v in graph.param_values()}
-    return f"{value.name}#out" if value.name in outside else value.name
+    """The ONNX name of a graph output: an input or param returned as it is gets a copy."""
+    outside = set(graph.inputs) | set(graph.param_values())
+    return f"{value.name}#out" if value in outside else value.name
 
 
 class OnnxRuntimeBackend:

@@ -211,3 +211,12 @@ def taken_shape(shape, indices_shape, axis: int) -> tuple[Dim, ...]:
         raise OpTypeError("take needs an operand of rank 1 or more, not a scalar")
     axis = normalize_axis(axis, len(shape))
     return tuple(shape[:axis]) + tuple(indices_shape) + tuple(shape[axis + 1:])
+
+
+def compose_perms(first, then) -> tuple[int, ...]:
+    """The permutation of transposing by `first`, then by `then`."""
+    return tuple(first[p] for p in then)
+
+
+def is_identity_perm(perm) -> bool:
+    return tuple(perm) == tuple(range(len(perm)))

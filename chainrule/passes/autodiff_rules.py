@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..ir import GraphBuilder, Node, Value
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
-from ..ir.shapes import normalize_axes
+from ..ir.shapes import compose_perms, is_identity_perm, normalize_axes
 
 VJP_RULES, vjp = rule_table()
 
@@ -44,8 +44,7 @@ class Backward:
         """transpose(value, perm), reusing the original when value is itself its inverse."""
         producer = self.builder.graph_producer(value)
         if producer is not None and producer.op == "transpose":
-            composed = tuple(producer.attrs["perm"][p] for p in perm)
-            if composed == tuple(range(len(perm))):
+            if is_identity_perm(compose_perms(producer.attrs["perm"], perm)):
                 return producer.inputs[0]
         return self.emit("transpose", value, perm=perm)
 

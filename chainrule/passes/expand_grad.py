@@ -7,7 +7,7 @@ backward nodes: that is what makes second derivatives work.
 """
 from __future__ import annotations
 
-from ..ir import Graph, Node
+from ..ir import Graph
 from .autodiff import autodiff
 from .dce import eliminate_dead_code
 from .rewrite import Rewriter
@@ -31,30 +31,16 @@ def _expand_one(graph: Graph, index: int) -> Graph:
     prefix.outputs = [objective]
     differentiated, grads = autodiff(prefix, objective, [wrt])
     gradient = grads[wrt.name]
-    backward = differentiated.nodes[index:]
-    gradient = _named_like(backward, gradient, node)
 
     rewriter = Rewriter(graph)
-    for kept in graph.nodes[:index] + backward:
+    for kept in differentiated.nodes:
         rewriter.keep(kept)
+    backward_values = {n.outputs[0] for n in differentiated.nodes[index:]}
+    if gradient in backward_values:
+        # The gradient autodiff created takes the name the user gave the grad call.
+        gradient = rewriter.rename(gradient, node.outputs[0].name)
     rewriter.replace(node.outputs[0], gradient)
     for rest in graph.nodes[index + 1:]:
         rewriter.keep(rewriter.remap(rest))
     result, _ = rewriter.finish()
     return eliminate_dead_code(result)[0]
-
-
-def _named_like(backward: list[Node], gradient, grad_node: Node):
-    """Give the gradient the name the user gave the grad call, when autodiff created it."""
-    for position, candidate in enumerate(backward):
-        if candidate.outputs[0] is gradient:
-            renamed = type(gradient)(grad_node.outputs[0].name, gradient.type)
-            backward[position] = Node(candidate.op, candidate.inputs, candidate.attrs,
-                                      (renamed,), candidate.loc)
-            for later in range(position + 1, len(backward)):
-                node = backward[later]
-                if gradient in node.inputs:
-                    inputs = tuple(renamed if v is gradient else v for v in node.inputs)
-                    backward[later] = Node(node.op, inputs, node.attrs, node.outputs, node.loc)
-            return renamed
-    return gradient

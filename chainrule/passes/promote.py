@@ -21,13 +21,12 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
 
     result.inputs = [promote_value(v) for v in graph.inputs]
     result.params = [Param(promote_value(p.value), p.init, p.loc) for p in graph.params]
-    builder = GraphBuilder(result, Namer(v.name for v in graph.values()))
+    # The graph's names are unique already, so each node keeps its output's name.
+    builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
     for node in graph.nodes:
         attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
-        out = builder.emit(node.op, [values[v] for v in node.inputs], attrs, loc=node.loc,
-                           name="promoted")
-        out.name = node.outputs[0].name
-        values[node.outputs[0]] = out
+        values[node.outputs[0]] = builder.emit(node.op, [values[v] for v in node.inputs], attrs,
+                                               loc=node.loc, name=node.outputs[0].name)
     result.outputs = [values[v] for v in graph.outputs]
     changed = any(v.type != values[v].type for v in values)
     return result, changed

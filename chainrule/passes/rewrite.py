@@ -46,13 +46,14 @@ class Rewriter:
     def replace(self, old: Value, new: Value) -> None:
         new = self.current(new)
         if old in self.outputs:
-            new = self._rename_producer(new, old.name)
+            new = self.rename(new, old.name)
+            self.outputs.add(new)
         self.replaced[old] = new
         self.changed = True
 
-    def _rename_producer(self, value: Value, name: str) -> Value:
-        """Re-emit value's producer with a fresh output named `name`: values are shared with
-        earlier graphs, so they are never renamed in place."""
+    def rename(self, value: Value, name: str) -> Value:
+        """Re-emit value's producer with a fresh output named `name`, and point the nodes kept
+        since at it: values are shared with earlier graphs, so none is renamed in place."""
         index = self.position.pop(value)
         producer = self.graph.nodes[index]
         renamed = Value(name, value.type)
@@ -65,7 +66,6 @@ class Rewriter:
                 self.graph.nodes[later] = Node(node.op, inputs, node.attrs, node.outputs,
                                                node.loc)
         self.replaced[value] = renamed
-        self.outputs.add(renamed)
         return renamed
 
     def finish(self) -> tuple[Graph, bool]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..ir import Graph, Node, OpTypeError, Value, infer_type
-from ..ir.shapes import broadcast_shapes
+from ..ir.shapes import broadcast_shapes, compose_perms, is_identity_perm
 from .rewrite import Rewriter
 
 RULES = []
@@ -91,13 +91,13 @@ def transpose_of_transpose(ctx, node):
     if node.op != "transpose":
         return None
     perm = node.attrs["perm"]
-    if perm == tuple(range(len(perm))):
+    if is_identity_perm(perm):
         return node.inputs[0]
     inner = ctx.producer(node.inputs[0])
     if inner is None or inner.op != "transpose":
         return None
-    composed = tuple(inner.attrs["perm"][p] for p in perm)
-    if composed == tuple(range(len(perm))):
+    composed = compose_perms(inner.attrs["perm"], perm)
+    if is_identity_perm(composed):
         return inner.inputs[0]
     return ctx.emit("transpose", inner.inputs, {"perm": composed}, node,
                     node.outputs[0].name)
