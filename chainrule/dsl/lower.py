@@ -150,6 +150,7 @@ class Lowerer:
             self.builder.namer.taken.add(value.name)
             scope.bind(value.name, value, self.loc(input_name))
             self.graph.inputs.append(value)
+            self.graph.input_locs[value.name] = self.loc(input_name)
             self.user_values.add(value)
         outputs = self.lower_block(body, scope)
         if outputs is None:

@@ -60,6 +60,8 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
     loc: SourceLoc | None = None
+    # Where each input is declared, by name (params carry their own location).
+    input_locs: dict[str, SourceLoc] = field(default_factory=dict)
 
     def param_values(self) -> list[Value]:
         return [p.value for p in self.params]
@@ -83,7 +85,7 @@ class Graph:
     def copy(self) -> Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
-                     list(self.outputs), self.loc)
+                     list(self.outputs), self.loc, dict(self.input_locs))
 
 
 class Namer:

@@ -91,7 +91,8 @@ def _check_request(graph: Graph, objective: Value, wrt: list[Value]) -> None:
     for value in wrt:
         if not is_float(value.type.dtype):
             raise ChainruleError(f"cannot differentiate with respect to '{value.name}': it is "
-                                 f"{value.type}, and only float values have gradients", loc)
+                                 f"{value.type}, and only float values have gradients",
+                                 graph.input_locs.get(value.name, loc))
 
 
 def _active_values(graph: Graph, objective: Value, wrt: list[Value]) -> set[Value]:

@@ -12,7 +12,7 @@ def _promoted(dtype: str) -> str:
 
 
 def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
-    result = Graph(graph.name, loc=graph.loc)
+    result = Graph(graph.name, loc=graph.loc, input_locs=dict(graph.input_locs))
     values: dict[Value, Value] = {}
 
     def promote_value(value: Value) -> Value:
