@@ -38,3 +38,21 @@ def test_grad_expression_is_expanded_before_any_backend():
     assert all(node.op != "grad" for node in model.graph.nodes)
     assert "%saliency = " in model.ir()
     assert model.to_onnx(grad=True).graph.node
+
+
+def test_jvp_is_the_directional_derivative():
+    model = chainrule.compile("model m(x: f64[3], W: f64[4, 3], v: f64[3]) {\n"
+                              "  y = tanh(W @ x) * 2\n  d = jvp(y, x, v)\n  return d, y\n}\n")
+    rng = np.random.default_rng(3)
+    inputs = {"x": rng.normal(size=3), "W": rng.normal(size=(4, 3)), "v": rng.normal(size=3)}
+    eps = 1e-6
+    plus = model.run(**{**inputs, "x": inputs["x"] + eps * inputs["v"]})["y"]
+    minus = model.run(**{**inputs, "x": inputs["x"] - eps * inputs["v"]})["y"]
+    assert_close(model.run(**inputs)["d"], (plus - minus) / (2 * eps), 1e-7)
+
+
+def test_grad_with_respect_to_an_intermediate_value():
+    model = chainrule.compile("model m(x: f64[3], w: f64[3]) {\n  h = tanh(x * w)\n"
+                              "  L = sum(h * h)\n  g = grad(L, h)\n  return L, g, h\n}\n")
+    outputs = model.run(x=np.array([0.5, -1.0, 2.0]), w=np.array([1.0, 2.0, 0.5]))
+    assert_close(outputs["g"], 2 * outputs["h"], 1e-15)

@@ -142,6 +142,19 @@ def _layer_norm(ops, x, gamma, beta, axes, eps):
     return ops.emit("add", ops.emit("mul", ops.emit("div", centered, deviation), gamma), beta)
 
 
+@composite("jvp", ("y", "x", "tangent"))
+def _jvp(ops, y, x, tangent):
+    """J·tangent, the derivative of y along `tangent` at x, from two reverse passes: u -> uᵀJ
+    is linear, so the gradient of <uᵀJ, tangent> with respect to u is J·tangent at any u."""
+    if tangent.type.dtype != x.type.dtype or not shapes_may_equal(tangent.type.shape,
+                                                                  x.type.shape):
+        ops.error(f"the tangent must be shaped like what it perturbs: {x.type}, not "
+                  f"{tangent.type}")
+    u = ops.emit("broadcast_like", ops.constant(0.0, y), y)
+    pullback = ops.emit("grad", ops.emit("sum", ops.emit("mul", y, u)), x)
+    return ops.emit("grad", ops.emit("sum", ops.emit("mul", pullback, tangent)), u)
+
+
 @composite("dropout", ("x",), {"p": _option(NO_DEFAULT, _float("p"), "p")})
 def _dropout(ops, x, p):
     # The mask is a value, so the backward pass multiplies by the very mask the forward used.

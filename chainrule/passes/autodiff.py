@@ -38,9 +38,12 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
                             name=gradient_name(objective, objective))
     contributions: dict[Value, list[tuple[Value, str]]] = {objective: [(seed, "")]}
     totals: set[Value] = {seed}
+    summed_for: dict[Value, Value] = {}  # a value asked for as `wrt` may also be a node's output
 
     def total(value: Value, loc) -> Value:
         """The summed cotangent of `value`, named d<objective>/d<value>."""
+        if value in summed_for:
+            return summed_for[value]
         parts = contributions.pop(value, [])
         name = gradient_name(objective, value)
         renamable = [p for p, _ in parts if p not in forward_values and p not in totals]
@@ -60,6 +63,7 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
                 summed = builder.emit("add", (summed, part), loc=loc, name=f"{name}.sum")
             builder.rename(summed, name)
         totals.add(summed)
+        summed_for[value] = summed
         return summed
 
     for node in reversed(graph.nodes):
