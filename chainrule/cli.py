@@ -161,7 +161,8 @@ def cmd_check(args) -> int:
     for param in graph.params:
         count = int(np.prod(param.value.type.shape))
         total += count
-        print(f"  {param.value.name}: {param.value.type} = {param.init}  ({count:,} values)")
+        noun = "value" if count == 1 else "values"
+        print(f"  {param.value.name}: {param.value.type} = {param.init}  ({count:,} {noun})")
     print(f"  total: {total:,} values")
     print("outputs:")
     for index, value in enumerate(graph.outputs):
