@@ -31,3 +31,17 @@ def test_equal_gradients_of_several_outputs_keep_their_names():
     for level in ("O1", "O2"):
         grads = model.grad(wrt=["a", "b", "c", "x"], opt_level=level, **feeds)
         assert float(grads["x"]) == 4.0 and grads["a"].shape == (1,) and float(grads["b"]) == 0
+
+
+def test_a_rewrite_reading_a_renamed_value_reads_it_under_its_new_name():
+    """dJ/dx1 simplifies to the seed dJ/dJ, which then takes the output's name; rules that
+    later read the seed off earlier nodes must see the renamed value (found by hypothesis)."""
+    model = chainrule.compile("model m(x0: f64[1], x1: f64[], x2: f64[]) {\n"
+                              "  v0 = x0 + x1\n  v1 = tanh(x2)\n  v2 = tanh(x0)\n"
+                              "  J = mean(v0) + mean(v1 ** 2) + mean(v2 ** 2)\n  return J\n}\n")
+    feeds = {"x0": np.array([0.3]), "x1": np.array(0.2), "x2": np.array(-0.4)}
+    expected = model.grad(wrt=["x0", "x1", "x2"], opt_level="O0", **feeds)
+    for level in ("O1", "O2"):
+        got = model.grad(wrt=["x0", "x1", "x2"], opt_level=level, **feeds)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-12)

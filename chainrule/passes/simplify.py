@@ -38,6 +38,8 @@ class RuleContext:
         return node.attrs["value"] if node is not None and node.op == "constant" else None
 
     def emit(self, op: str, inputs, attrs: dict, like: Node, name: str) -> Value:
+        # Rules read inputs off earlier nodes, which may have been renamed since: use current.
+        inputs = tuple(self.rewriter.current(v) for v in inputs)
         out_type = infer_type(op, [v.type for v in inputs], attrs)
         out = Value(name, out_type)
         self.keep(Node(op, tuple(inputs), attrs, (out,), like.loc))
