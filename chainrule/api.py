@@ -70,6 +70,8 @@ class Model:
         self.filename = filename
         self.params = initial_params(graph, seed)
         self._trainers = {}  # (optimizer, backend) -> Trainer, for train_step
+        self._compiled = {}  # pipeline -> (graph, gradient names)
+        self._backends = {}  # backend name -> backend, which caches what it compiles per graph
 
     # ---- interface ----------------------------------------------------------------------------
 
@@ -107,10 +109,18 @@ class Model:
                       passes: str | None = None, ctx: PassContext | None = None):
         """The graph after a pipeline: autodiff (with grad) then an optimisation preset, or an
         explicit comma-separated pass list. Returns the graph and the gradient names."""
+        # A pipeline's result is kept, so run/grad in a loop compile once (the graph never
+        # changes; params are fed separately). A caller's own context may print: run it afresh.
+        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes)
+        if ctx is None and key in self._compiled:
+            return self._compiled[key]
+        fresh = ctx is None
         ctx = ctx or PassContext()
         ctx.wrt = list(wrt) if wrt is not None else None
         ctx.evaluate = ctx.evaluate or evaluate_scalars
         graph = run_passes(self.graph, pipeline(passes, opt_level, grad), ctx)
+        if fresh:
+            self._compiled[key] = (graph, dict(ctx.grads))
         return graph, dict(ctx.grads)
 
     def optimize(self, graph: Graph, opt_level: str = "O1") -> Graph:
@@ -147,17 +157,25 @@ class Model:
 
     # ---- execution ----------------------------------------------------------------------------
 
+    def backend(self, name):
+        """The model's instance of a backend (an object passed in is used as it is)."""
+        if not isinstance(name, str):
+            return name
+        if name not in self._backends:
+            self._backends[name] = get_backend(name)
+        return self._backends[name]
+
     def run(self, backend: str = "numpy", opt_level: str = "O0",
             **inputs) -> dict[str, np.ndarray]:
         """Every output of the model, by name."""
         graph, _ = self.compile_graph(opt_level=opt_level)
-        return get_backend(backend).run(graph, inputs, self.params)
+        return self.backend(backend).run(graph, inputs, self.params)
 
     def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O0",
              **inputs) -> dict[str, np.ndarray]:
         """The objective under its name and each gradient under the name it differentiates."""
         graph, grads = self.grad_graph(wrt, opt_level)
-        results = get_backend(backend).run(graph, inputs, self.params)
+        results = self.backend(backend).run(graph, inputs, self.params)
         out = {self.objective.name: results[self.objective.name]}
         out.update((name, results[gradient]) for name, gradient in grads.items())
         return out
