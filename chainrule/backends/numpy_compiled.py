@@ -52,7 +52,6 @@ class Plan:
     names: dict = field(default_factory=dict)        # Value -> local variable
     frees: dict = field(default_factory=dict)        # node index -> values deleted after it
     in_place: dict = field(default_factory=dict)     # node index -> input Value reused as output
-    buffers: dict = field(default_factory=dict)      # Value -> the values it may share memory with
 
 
 def _fixed_shape(value: Value) -> bool:
@@ -73,7 +72,6 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
     for node in graph.nodes:
         if node.op not in FRESH_RESULT_OPS:
             shares[node.outputs[0]] = {node.outputs[0]}.union(*(shares[v] for v in node.inputs))
-    plan.buffers = shares
     last_read, last_read_through_views = {}, {}
     for index, node in enumerate(graph.nodes):
         for value in node.inputs:

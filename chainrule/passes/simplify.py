@@ -25,17 +25,14 @@ class RuleContext:
         self.evaluate = evaluate
         self.producers: dict[Value, Node] = {}
 
-    def producer(self, value: Value) -> Node | None:
-        return self.producers.get(value)
-
     def defined_by(self, value: Value, *ops: str) -> Node | None:
         """The node defining `value` if its op is one of `ops`."""
         node = self.producers.get(value)
         return node if node is not None and node.op in ops else None
 
     def constant(self, value: Value) -> float | None:
-        node = self.producer(value)
-        return node.attrs["value"] if node is not None and node.op == "constant" else None
+        node = self.defined_by(value, "constant")
+        return node.attrs["value"] if node is not None else None
 
     def emit(self, op: str, inputs, attrs: dict, like: Node, name: str) -> Value:
         # Rules read inputs off earlier nodes, which may have been renamed since: use current.
@@ -82,8 +79,8 @@ def add_zero(ctx, node):
 @rule
 def double_negation(ctx, node):
     if node.op == "neg":
-        inner = ctx.producer(node.inputs[0])
-        if inner is not None and inner.op == "neg":
+        inner = ctx.defined_by(node.inputs[0], "neg")
+        if inner is not None:
             return inner.inputs[0]
     return None
 
@@ -95,8 +92,8 @@ def transpose_of_transpose(ctx, node):
     perm = node.attrs["perm"]
     if is_identity_perm(perm):
         return node.inputs[0]
-    inner = ctx.producer(node.inputs[0])
-    if inner is None or inner.op != "transpose":
+    inner = ctx.defined_by(node.inputs[0], "transpose")
+    if inner is None:
         return None
     composed = compose_perms(inner.attrs["perm"], perm)
     if is_identity_perm(composed):
@@ -134,8 +131,8 @@ def sum_of_unsqueeze(ctx, node):
     """Summing away exactly the axes an unsqueeze added gives back its input."""
     if node.op != "sum" or node.attrs["keepdims"]:
         return None
-    inner = ctx.producer(node.inputs[0])
-    if inner is None or inner.op != "unsqueeze" or node.attrs["axes"] is None:
+    inner = ctx.defined_by(node.inputs[0], "unsqueeze")
+    if inner is None or node.attrs["axes"] is None:
         return None
     rank = node.inputs[0].type.rank
     if sorted(a % rank for a in node.attrs["axes"]) == sorted(a % rank for a in inner.attrs["axes"]):
@@ -178,8 +175,8 @@ def broadcast_implicitly(ctx, node):
         return None
     out = node.outputs[0]
     for position, operand in enumerate(node.inputs):
-        producer = ctx.producer(operand)
-        if producer is None or producer.op not in ("broadcast_like", "unsqueeze"):
+        producer = ctx.defined_by(operand, "broadcast_like", "unsqueeze")
+        if producer is None:
             continue
         if producer.op == "unsqueeze" and not _leading(producer.attrs["axes"], operand.type.rank):
             continue  # implicit broadcasting adds leading axes only
@@ -206,8 +203,8 @@ def merge_scalar_factors(ctx, node):
         return None
     for outer, inner in (node.inputs, reversed(node.inputs)):
         c1 = ctx.constant(outer)
-        inner_node = ctx.producer(inner)
-        if c1 is None or inner_node is None or inner_node.op != "mul":
+        inner_node = ctx.defined_by(inner, "mul")
+        if c1 is None or inner_node is None:
             continue
         for factor, rest in (inner_node.inputs, reversed(inner_node.inputs)):
             c2 = ctx.constant(factor)
@@ -227,8 +224,8 @@ def transpose_of_matmul(ctx, node):
     rank = node.inputs[0].type.rank
     if rank < 2 or node.attrs["perm"] != tuple(range(rank - 2)) + (rank - 1, rank - 2):
         return None
-    product = ctx.producer(node.inputs[0])
-    if product is None or product.op != "matmul":
+    product = ctx.defined_by(node.inputs[0], "matmul")
+    if product is None:
         return None
     a, b = product.inputs
     if a.type.rank != rank or b.type.rank != rank:
