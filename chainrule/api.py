@@ -11,11 +11,12 @@ from .backends.feeds import check_arrays
 from .backends.numpy_kernels import KERNELS
 from .backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from .dsl import lower_source
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
 from .ir.types import NUMPY_DTYPES
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
+from .data import check_rows
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step
@@ -43,9 +44,9 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
     Params start from their init specs, drawn with numpy's Generator(seed).
     """
     text = str(path_or_source)
-    if "\n" not in text and "{" not in text and _is_file(text):
+    if "\n" not in text and "{" not in text:  # every model and IR text has a '{'
         filename = text
-        source = Path(text).read_text()
+        source = read_text(text)
     else:
         filename, source = "<string>", text
     if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
@@ -54,13 +55,6 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
         graph = lower_source(source, filename)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)
-
-
-def _is_file(text: str) -> bool:
-    try:
-        return Path(text).is_file()
-    except OSError:  # e.g. a name too long to be a path: then it is source text
-        return False
 
 
 class Model:
@@ -165,11 +159,66 @@ class Model:
             self._backends[name] = get_backend(name)
         return self._backends[name]
 
-    def run(self, backend: str = "numpy", opt_level: str = "O0",
+    def run(self, backend: str = "numpy", opt_level: str = "O0", outputs=None,
             **inputs) -> dict[str, np.ndarray]:
-        """Every output of the model, by name."""
-        graph, _ = self.compile_graph(opt_level=opt_level)
+        """The model's outputs by name: every one, or only `outputs`, computing only what
+        they need (so an input only the loss reads, such as labels, is not needed)."""
+        graph = self.forward_graph(outputs, opt_level)
         return self.backend(backend).run(graph, inputs, self.params)
+
+    def forward_graph(self, outputs=None, opt_level: str = "O0") -> Graph:
+        """The forward graph, reduced to `outputs` and what they need when they are given."""
+        graph, _ = self.compile_graph(opt_level=opt_level)
+        if outputs is None:
+            return graph
+        key = ("outputs", tuple(outputs), opt_level)
+        if key not in self._compiled:
+            self._compiled[key] = select_outputs(graph, list(outputs))
+        return self._compiled[key]
+
+    def predict(self, data: dict, outputs=None, *, batch_size: int = 256,
+                backend: str = "numpy", opt_level: str = "O1",
+                progress=None) -> dict[str, np.ndarray]:
+        """`outputs` (default: every output with one row per example) over a whole data set,
+        run in batches of `batch_size` rows and joined. `data` holds an array per input the
+        outputs need; `progress(done_rows, total_rows)` is called after each batch."""
+        outputs = list(outputs) if outputs else self.per_example_outputs(data)
+        graph = self.forward_graph(outputs, opt_level)
+        rows = check_rows(graph.inputs, data, {name: "the data" for name in data})
+        per_example = self.per_example_outputs(data, graph)
+        scalar = [name for name in outputs if name not in per_example]
+        if scalar:
+            raise ChainruleError(f"output(s) {', '.join(scalar)} have no row per example "
+                                 f"(their first axis is not the inputs' batch axis), so they "
+                                 f"cannot be predicted row by row; choose from "
+                                 f"{', '.join(per_example) or '(none)'}")
+        if batch_size < 1:
+            raise ChainruleError("the batch size must be at least 1")
+        runner = self.backend(backend)
+        parts = {name: [] for name in outputs}
+        for begin in range(0, rows, batch_size):
+            batch = {v.name: data[v.name][begin:begin + batch_size] for v in graph.inputs}
+            for name, array in runner.run(graph, batch, self.params).items():
+                parts[name].append(array)
+            if progress:
+                progress(min(begin + batch_size, rows), rows)
+        return {name: np.concatenate(arrays) if arrays else np.zeros((0,), np.float32)
+                for name, arrays in parts.items()}
+
+    def per_example_outputs(self, data: dict, graph: Graph | None = None) -> list[str]:
+        """Outputs whose first axis is the batch axis of the inputs, when `data` can feed
+        everything they need."""
+        graph = graph or self.graph
+        batch_dims = {v.type.shape[0] for v in graph.inputs
+                      if v.type.rank and isinstance(v.type.shape[0], str)}
+        names = []
+        for value in graph.outputs:
+            if not value.type.rank or value.type.shape[0] not in batch_dims:
+                continue
+            needed = select_outputs(graph, [value.name]).inputs
+            if all(v.name in data for v in needed):
+                names.append(value.name)
+        return names
 
     def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O0",
              **inputs) -> dict[str, np.ndarray]:

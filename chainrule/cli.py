@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -10,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import api
+from . import __version__, api
 from .backends import BACKENDS
+from .backends.feeds import index_inputs, label_bounds
 from .backends.numpy_backend import NumpyBackend
 from .backends.numpy_compiled import compile_graph as compile_numpy
 from .backends.numpy_compiled import describe_plan
 from .backends.onnx_backend import DEFAULT_OPSET
-from .fileio import load_npy, load_npz, save_npz
+from .data import Dataset, bind_inputs, check_mapping, check_rows, read_array, read_dataset
+from .fileio import atomic_write_bytes, load_npz, save_npz
 from .passes import gradient_prefix
 from .passes.manager import PASSES, PRESETS, PassContext
 from .passes.optimizers import OPTIMIZERS, OptimizerSpec
@@ -26,7 +29,7 @@ from .gradcheck import format_rows, gradcheck
 from .viz import render, to_dot
 from .train import (SCHEDULES, TrainConfig, Trainer, format_epoch, print_progress,
                     split_validation)
-from .ir import OPS, ChainruleError, Graph, print_graph
+from .ir import ChainruleError, Graph, print_graph
 from .ir.types import NUMPY_DTYPES, UNKNOWN
 
 DEFAULTS = TrainConfig()
@@ -52,22 +55,6 @@ def parse_assignments(items, what: str, convert=str) -> dict:
     return result
 
 
-def label_bounds(graph: Graph) -> dict[str, int]:
-    """Exclusive upper bounds for integer inputs used as class labels or indices."""
-    bounds = {}
-    inputs = set(graph.inputs)
-    for node in graph.nodes:
-        spec = OPS[node.op].index_input
-        if spec is None:
-            continue
-        index, bound = spec
-        value = node.inputs[index]
-        limit = bound([v.type for v in node.inputs], node.attrs)
-        if value in inputs and isinstance(limit, int):
-            bounds[value.name] = min(limit, bounds.get(value.name, limit))
-    return bounds
-
-
 def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     rng = np.random.default_rng(seed)
     bounds = label_bounds(graph)
@@ -87,25 +74,41 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     return arrays
 
 
-def read_arrays(npz_path, npy_assignments) -> dict:
-    """Arrays from one .npz and from NAME=FILE.npy assignments (which win)."""
-    arrays = load_npz(npz_path) if npz_path else {}
-    for name, path in parse_assignments(npy_assignments, "--input").items():
-        arrays[name] = load_npy(path)
-    return arrays
+def read_data(path, singles, args) -> Dataset:
+    """Arrays from one data file of any format and from NAME=FILE assignments (which win)."""
+    data = read_dataset(path, getattr(args, "label_column", None)) if path else Dataset()
+    for name, file in parse_assignments(singles, "--input").items():
+        data.add(name, read_array(file), file)
+    return data
 
 
-def gather_inputs(args, model: api.Model) -> dict:
-    arrays = read_arrays(args.inputs, args.input)
-    dims = parse_assignments(args.dim, "--dim", int)
-    needed = [v for v in model.graph.inputs if v.name not in arrays]
-    if needed and args.random_inputs:
-        arrays.update(random_inputs(model.graph, _bind_dims(model.graph, arrays, dims),
-                                    args.seed, arrays))
-    elif needed:
-        listed = ", ".join(f"{v.name}: {v.type}" for v in needed)
-        raise ChainruleError(f"the model needs input(s) {listed}; give --inputs FILE.npz, "
-                             f"--input NAME=FILE.npy or --random-inputs")
+def mapping(args) -> dict[str, str]:
+    items = [item for group in (args.map or ()) for item in group.split(",") if item]
+    return parse_assignments(items, "--map")
+
+
+def bind(args, graph: Graph, data: Dataset, reader: str = "the model"):
+    """The data's arrays bound to `graph`'s inputs; the notes on how are printed."""
+    bound = bind_inputs(graph.inputs, data, mapping(args), strict=args.strict_inputs,
+                        label_inputs={i.name for i in index_inputs(graph)}, reader=reader)
+    for note in bound.notes:
+        print(f"chainrule: note: {note}", file=sys.stderr)
+    return bound
+
+
+def gather_inputs(args, model: api.Model, graph: Graph | None = None) -> dict:
+    """Arrays for the inputs of `graph` (default: the model's): from files, then at random."""
+    graph = graph or model.graph
+    check_mapping(model.graph.inputs, mapping(args))
+    bound = bind(args, graph, read_data(args.inputs, args.input, args))
+    arrays = bound.arrays
+    if bound.missing and args.random_inputs:
+        dims = parse_assignments(args.dim, "--dim", int)
+        arrays.update(random_inputs(graph, _bind_dims(graph, arrays, dims), args.seed, arrays))
+    elif bound.missing:
+        listed = ", ".join(f"{v.name}: {v.type}" for v in bound.missing)
+        raise ChainruleError(f"the model needs input(s) {listed}; give --inputs FILE, "
+                             f"--input NAME=FILE, --map INPUT=ARRAY or --random-inputs")
     return arrays
 
 
@@ -214,9 +217,16 @@ def report(args, title: str, arrays: dict) -> int:
 
 def cmd_run(args) -> int:
     model = load_model(args)
-    inputs = gather_inputs(args, model)
-    outputs = model.run(backend=chosen_backend(args), opt_level=args.opt_level, **inputs)
+    names = split_names(args.outputs)
+    graph = model.forward_graph(names, args.opt_level)
+    inputs = gather_inputs(args, model, graph)
+    outputs = model.run(backend=chosen_backend(args), opt_level=args.opt_level,
+                        outputs=names, **inputs)
     return report(args, "outputs", outputs)
+
+
+def split_names(text: str | None) -> list[str] | None:
+    return [name for name in text.split(",") if name] if text else None
 
 
 def cmd_grad(args) -> int:
@@ -246,11 +256,17 @@ def cmd_export(args) -> int:
     return 0
 
 
-def load_data(args_inputs, args_input, what: str) -> dict:
-    arrays = read_arrays(args_inputs, args_input)
-    if not arrays:
-        raise UsageError(f"no {what}: give --data FILE.npz or --input NAME=FILE.npy")
-    return arrays
+def training_data(args, model: api.Model, path, singles, what: str) -> dict | None:
+    """A data set bound to the model's inputs and checked whole, before any training."""
+    if not path and not singles:
+        return None
+    bound = bind(args, model.graph, read_data(path, singles, args))
+    if bound.missing:
+        listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
+        raise ChainruleError(f"the {what} has no array for input(s) {listed}; --map INPUT=ARRAY "
+                             f"binds an input to an array of another name")
+    check_rows(model.graph.inputs, bound.arrays, bound.origin)
+    return bound.arrays
 
 
 def optimizer_spec(args) -> OptimizerSpec:
@@ -263,10 +279,14 @@ def cmd_train(args) -> int:
     spec = optimizer_spec(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          optimizer=spec, schedule=args.lr_schedule, seed=args.seed,
+                         step_every=args.step_every, step_gamma=args.step_gamma,
                          backend=args.backend, opt_level=args.opt_level or "O1",
                          check_numerics=args.check_numerics)
-    train_data = load_data(args.data, args.input, "training data")
-    val_data = load_npz(args.val) if args.val else None
+    check_mapping(model.graph.inputs, mapping(args))
+    train_data = training_data(args, model, args.data, args.input, "training data")
+    if train_data is None:
+        raise UsageError("no training data: give --data FILE or --input NAME=FILE")
+    val_data = training_data(args, model, args.val, None, "validation data")
     if args.val_split is not None:
         if val_data is not None:
             raise UsageError("give --val or --val-split, not both")
@@ -286,6 +306,13 @@ def cmd_train(args) -> int:
     checkpoint = args.checkpoint or args.resume
     if args.resume:
         trainer.load_checkpoint(args.resume)
+        if trainer.epoch >= config.epochs:
+            print(f"{args.resume}: the checkpoint has already trained {trainer.epoch} of "
+                  f"{config.epochs} epochs; nothing to do (raise --epochs to train further)")
+            return 0
+    if not args.output and not checkpoint:
+        print("chainrule: warning: no -o FILE and no --checkpoint DIR: the trained params will "
+              "not be saved", file=sys.stderr)
     if args.log_jsonl:  # opened once nothing else can fail before training
         log_file = open(args.log_jsonl, "a")
         if not args.quiet:
@@ -317,6 +344,86 @@ def cmd_train(args) -> int:
         if not args.quiet:
             print(f"wrote {args.output}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args)
+    check_mapping(model.graph.inputs, mapping(args))
+    data = read_data(args.data, args.input, args)
+    names = split_names(args.outputs)
+    if names is None:  # every output with a row per example that the data can feed
+        available = bind_inputs(model.graph.inputs, data, mapping(args)).arrays
+        names = model.per_example_outputs(available)
+        if not names:
+            raise ChainruleError(f"no output of {model.graph.name} can be predicted row by row "
+                                 f"from {data.files}; name one with --outputs")
+    graph = model.forward_graph(names, args.opt_level)
+    bound = bind(args, graph, data, reader=f"computing {', '.join(names)}")
+    if bound.missing:
+        listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
+        raise ChainruleError(f"computing {', '.join(names)} needs input(s) {listed}, which "
+                             f"{data.files} does not hold; --map INPUT=ARRAY binds an input to "
+                             f"an array of another name")
+    rows = check_rows(graph.inputs, bound.arrays, bound.origin)
+    started = time.perf_counter()
+    results = model.predict(bound.arrays, names, batch_size=args.batch_size,
+                            backend=args.backend, opt_level=args.opt_level,
+                            progress=lambda done, total: predict_progress(done, total, started))
+    if args.argmax:
+        results.update(class_indices(results))
+    print(f"predicted {', '.join(names)} for {rows:,} rows in "
+          f"{time.perf_counter() - started:.2f}s ({args.backend}):")
+    print_arrays(results)
+    if args.output:
+        write_predictions(args.output, results)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def class_indices(results: dict) -> dict:
+    """`name.argmax` for each output that is a matrix of floats (logits or probabilities)."""
+    chosen = {f"{name}.argmax": np.argmax(array, axis=1)
+              for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
+    if not chosen:
+        raise UsageError("--argmax needs an output that is a 2-D float array (one row of class "
+                         "scores per example)")
+    return chosen
+
+
+def write_predictions(path: str, results: dict) -> None:
+    """.npz, or .csv with a header: one column per 1-D output and per column of a 2-D one."""
+    if not path.lower().endswith(".csv"):
+        save_npz(path, results)
+        return
+    columns, header = [], []
+    for name, array in results.items():
+        if array.ndim not in (1, 2):
+            raise UsageError(f"output {name} has {array.ndim} axes; a CSV file holds 1-D and "
+                             f"2-D outputs: write a .npz")
+        block = array.reshape(len(array), -1)
+        if block.dtype == np.bool_:
+            block = block.astype(np.int64)
+        columns += list(block.T)
+        header += [name] if array.ndim == 1 else [f"{name}.{i}" for i in range(block.shape[1])]
+    text = io.StringIO()
+    text.write(",".join(header) + "\n")
+    # str() of a numpy scalar is its shortest round-tripping form in its own precision.
+    for row in zip(*columns):
+        text.write(",".join(map(str, row)) + "\n")
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def predict_progress(done: int, total: int, started: float, stream=sys.stderr) -> None:
+    if not stream.isatty():
+        return
+    width = 24
+    filled = int(width * done / max(total, 1))
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    stream.write(f"\rpredicting [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} "
+                 f"rows  {rate:,.0f} rows/s")
+    if done >= total:
+        stream.write("\r" + " " * 72 + "\r")
+    stream.flush()
 
 
 def cmd_viz(args) -> int:
@@ -352,17 +459,31 @@ def cmd_gradcheck(args) -> int:
 
 # ---- argument parsing -------------------------------------------------------------------------
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "default" in text
+                or not action.option_strings or isinstance(action, argparse._StoreConstAction)):
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chainrule", description="Compile, run, differentiate and export .nn models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    parser.add_argument("--version", action="version", version=f"chainrule {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, func, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=DefaultsShown)
         sub.add_argument("file", help="a .nn model file")
         sub.add_argument("--seed", type=int, default=0,
-                         help="seed for param initialisation and random inputs (default 0)")
+                         help="seed for param initialisation and random inputs")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show Python tracebacks")
         sub.set_defaults(func=func)
@@ -377,18 +498,28 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     def with_optimizer(sub):
-        sub.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind)
+        sub.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind,
+                         help="the update rule")
         sub.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
         sub.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
         sub.add_argument("--weight-decay", type=float, default=0.0,
                          help="decoupled for sgd and adamw, added to the gradient for adam")
         return sub
 
+    def with_data(sub, flag="--inputs", help_text="the inputs' arrays: .npz, .npy, .csv or IDX"):
+        sub.add_argument(flag, metavar="FILE", help=help_text)
+        sub.add_argument("--input", action="append", metavar="NAME=FILE",
+                         help="one input's array from a .npy or IDX file (repeatable)")
+        sub.add_argument("--map", action="append", metavar="INPUT=ARRAY,...",
+                         help="bind model inputs to arrays of other names (repeatable)")
+        sub.add_argument("--strict-inputs", action="store_true",
+                         help="refuse data files holding arrays the model does not read")
+        sub.add_argument("--label-column", metavar="NAME",
+                         help="CSV: the label column (the other columns are the features)")
+
     def with_inputs(sub, backends=sorted(BACKENDS), default_backend="numpy", output=True,
                     numerics=True):
-        sub.add_argument("--inputs", metavar="DATA.npz", help="arrays named like the inputs")
-        sub.add_argument("--input", action="append", metavar="NAME=FILE.npy",
-                         help="one input from a .npy file (repeatable)")
+        with_data(sub)
         sub.add_argument("--dim", action="append", metavar="NAME=N",
                          help=f"size of a symbolic dim for random inputs (default {DEFAULT_DIM})")
         sub.add_argument("--random-inputs", action="store_true",
@@ -420,24 +551,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print which results the numpy backend computes in place and when "
                          "each intermediate is freed")
     ir.add_argument("--params", help=argparse.SUPPRESS)
-    with_inputs(with_optimization(command("run", cmd_run, "run the forward pass")))
+    run = with_optimization(command("run", cmd_run, "run the forward pass"))
+    with_inputs(run)
+    run.add_argument("--outputs", metavar="NAMES", help="compute only these outputs (and only "
+                     "the inputs they need)")
+    predict = with_optimization(command(
+        "predict", cmd_predict, "run the model over a whole data file in batches, without "
+        "labels"))
+    with_data(predict, "--data", "the data: .npz, .npy, .csv or IDX")
+    predict.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
+    predict.add_argument("--outputs", metavar="NAMES", help="outputs to predict (default: "
+                         "every output with a row per example that the data can feed)")
+    predict.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    predict.add_argument("--argmax", action="store_true",
+                         help="also write NAME.argmax, the class index per row, for each 2-D "
+                              "float output")
+    predict.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
+                         help="where to run")
+    predict.add_argument("-o", "--output", metavar="OUT.npz|OUT.csv",
+                         help="save the predictions")
+    predict.set_defaults(opt_level="O1")
     grad = command("grad", cmd_grad, "compute the objective and its gradients")
     with_inputs(with_optimization(grad))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
                       "(default: every param)")
     train = with_optimization(command("train", cmd_train, "train the model's params"))
-    train.add_argument("--data", metavar="TRAIN.npz", help="arrays named like the inputs")
-    train.add_argument("--input", action="append", metavar="NAME=FILE.npy",
-                       help="one input's training data (repeatable)")
-    train.add_argument("--val", metavar="VAL.npz", help="validation data")
+    with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
+    train.add_argument("--val", metavar="FILE", help="validation data, read as --data is")
     train.add_argument("--val-split", type=float, metavar="F",
                        help="hold out this fraction of the training data for validation")
-    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the data")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                       help="rows per step")
     with_optimizer(train)
-    train.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule)
-    train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
+    train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule,
+                       help="constant; cosine decay to 0 over all steps; or step: times "
+                            "--step-gamma every --step-every epochs")
+    train.add_argument("--step-every", type=int, default=DEFAULTS.step_every, metavar="N",
+                       help="step schedule: epochs between decays (0: a third of --epochs)")
+    train.add_argument("--step-gamma", type=float, default=DEFAULTS.step_gamma, metavar="F",
+                       help="step schedule: factor applied at each decay")
+    train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
+                       help="where to run the train step")
     train.add_argument("--check-numerics", action="store_true",
                        help="run the numpy interpreter and stop at the first NaN or Inf")
     train.add_argument("--params", metavar="INIT.npz", help="initial param values")
@@ -486,8 +642,6 @@ def main(argv=None) -> int:
     if args.debug:
         os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
     try:
-        if not Path(args.file).is_file():
-            raise UsageError(f"{args.file}: no such file")
         return args.func(args)
     except UsageError as error:
         if args.debug:

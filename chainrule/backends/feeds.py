@@ -1,9 +1,11 @@
 """Checking the arrays given for a graph's inputs and params against their declared types."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..ir import ChainruleError, Graph, Value
+from ..ir import OPS, ChainruleError, Graph, Node, Value
 from ..ir.types import NUMPY_DTYPES, UNKNOWN, dtype_of_numpy
 
 
@@ -71,7 +73,67 @@ def _dtype_name(dtype: np.dtype) -> str:
 def check_feeds(graph: Graph, inputs: dict, params: dict) -> dict:
     dims = check_arrays(graph.inputs, inputs, "input")
     check_arrays(graph.param_values(), params, "param", dims)
+    check_index_ranges(index_inputs(graph), inputs, dims)
     return dims
+
+
+# ---- labels and indices -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IndexInput:
+    """A graph input that an op reads as class labels or indices, and the op's bound on it."""
+
+    name: str
+    node: Node
+    bound: int | str           # exclusive upper bound: a size, or a symbolic dim
+    negatives: bool            # take() counts negative indices from the end, as numpy does
+
+    def describe(self, size: int) -> str:
+        noun = "indices" if self.negatives else "labels"
+        low = -size if self.negatives else 0
+        what = {"cross_entropy": f"cross_entropy over {size} classes",
+                "cross_entropy_grad": f"cross_entropy over {size} classes",
+                "one_hot": f"one_hot with {size} classes"}.get(self.node.op,
+                                                              f"{self.node.op} over {size} items")
+        return f"{noun} for {what} lie in [{low}, {size})"
+
+
+def index_inputs(graph: Graph) -> list[IndexInput]:
+    """Every (input, op) pair where an op reads a graph input as labels or indices."""
+    inputs = set(graph.inputs)
+    found = []
+    for node in graph.nodes:
+        spec = OPS[node.op].index_input
+        if spec is None or node.inputs[spec[0]] not in inputs:
+            continue
+        bound = spec[1]([v.type for v in node.inputs], node.attrs)
+        found.append(IndexInput(node.inputs[spec[0]].name, node, bound, node.op == "take"))
+    return found
+
+
+def label_bounds(graph: Graph) -> dict[str, int]:
+    """The tightest static exclusive upper bound of each labels input."""
+    bounds = {}
+    for index in index_inputs(graph):
+        if isinstance(index.bound, int):
+            bounds[index.name] = min(index.bound, bounds.get(index.name, index.bound))
+    return bounds
+
+
+def check_index_ranges(indexed: list[IndexInput], inputs: dict, dims: dict) -> None:
+    """Refuse labels or indices outside what their op accepts, the same way before every
+    backend: numpy would index from the end or fail, onnxruntime return garbage or fail."""
+    for index in indexed:
+        size = dims.get(index.bound) if isinstance(index.bound, str) else index.bound
+        array = np.asarray(inputs[index.name])
+        if size is None or array.size == 0:
+            continue
+        low = -size if index.negatives else 0
+        smallest, largest = array.min(), array.max()
+        if smallest < low or largest >= size:
+            bad = smallest if smallest < low else largest
+            raise ChainruleError(f"input '{index.name}' holds {bad}, out of range: "
+                                 f"{index.describe(size)}", index.node.loc)
 
 
 class CheckedFeeds:
@@ -82,7 +144,8 @@ class CheckedFeeds:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.seen: set = set()
+        self.seen: dict = {}  # signature -> the symbolic dims it binds
+        self.indexed = index_inputs(graph)
 
     def arrays(self, inputs: dict, params: dict) -> list[np.ndarray]:
         try:
@@ -90,11 +153,13 @@ class CheckedFeeds:
             arrays += [_as_array(params[v.name]) for v in self.graph.param_values()]
         except (KeyError, ValueError, TypeError):
             arrays = None  # missing, or not an array: check_feeds says which
-        signature = arrays and (len(inputs), len(params),
-                                tuple((a.dtype, a.shape) for a in arrays))
-        if signature not in self.seen:
-            check_feeds(self.graph, inputs, params)
-            self.seen.add(signature)
+        signature = None if arrays is None else (
+            len(inputs), len(params), tuple((a.dtype, a.shape) for a in arrays))
+        dims = self.seen.get(signature)
+        if dims is None:
+            dims = self.seen[signature] = check_feeds(self.graph, inputs, params)
+        elif self.indexed:  # values change from call to call: check them every time
+            check_index_ranges(self.indexed, inputs, dims)
         return arrays
 
 

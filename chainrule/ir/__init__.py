@@ -3,7 +3,7 @@
 `ir` imports nothing from `dsl`, `passes` or `backends`: everything else builds on it.
 """
 from .builder import GraphBuilder
-from .errors import ChainruleError, SourceLoc
+from .errors import ChainruleError, SourceLoc, file_error
 from .graph import Graph, InitSpec, Namer, Node, Param, Value
 from .ops import OPS, OpDef, get_op, infer_type
 from .printer import print_graph
@@ -12,7 +12,7 @@ from .text import parse_graph
 from .types import DTYPES, FLOAT_DTYPES, NUMPY_DTYPES, UNKNOWN, TensorType, scalar
 from .verify import VerifyError, verify
 
-__all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "Graph", "InitSpec", "Namer", "Node",
+__all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "file_error", "Graph", "InitSpec", "Namer", "Node",
            "Param", "Value", "OPS", "OpDef", "get_op", "infer_type", "print_graph",
            "OpTypeError", "DTYPES", "FLOAT_DTYPES", "NUMPY_DTYPES", "UNKNOWN", "TensorType",
            "scalar", "VerifyError", "verify", "parse_graph"]

@@ -9,12 +9,19 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 @dataclass(frozen=True)
 class SourceLoc:
+    """A place in a file; line 0 stands for the whole file (a file that cannot be read)."""
+
     file: str
     line: int
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+
+
+def file_error(path, message: str) -> ChainruleError:
+    """An error about a whole file, rendered `FILE: error: message`."""
+    return ChainruleError(message, SourceLoc(str(path), 0, 0))
 
 
 class ChainruleError(Exception):
@@ -56,7 +63,7 @@ def _render_one(loc, kind, message, source_lines) -> str:
     if loc is None:
         return f"{kind}: {message}"
     text = f"{loc}: {kind}: {message}"
-    lines = source_lines(loc.file) if source_lines else None
+    lines = source_lines(loc.file) if source_lines and loc.line else None
     if lines and 1 <= loc.line <= len(lines):
         source = lines[loc.line - 1].rstrip("\n").expandtabs(1)
         text += f"\n    {source}\n    {' ' * max(loc.col - 1, 0)}^"

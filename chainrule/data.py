@@ -1,0 +1,408 @@
+"""Data as users have it: reading .npz, .npy, CSV and IDX files, and binding their arrays to a
+model's inputs (by name, by `--map`, or by role), with casts that lose nothing.
+
+Every reader refuses pickles. Binding never guesses silently: each cast, flatten, role match and
+ignored array is reported as a note, and a cast that would change a value's meaning is refused.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import load_npy, load_npz, open_for_reading, reading
+from .ir import ChainruleError, Value, file_error
+from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType, dtype_of_numpy
+
+FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
+
+
+@dataclass
+class Dataset:
+    """Named arrays read from one or more files.
+
+    `origin` says which file each array came from (for messages); `roles` marks arrays whose
+    names come from the format, not from the user (a CSV's feature columns, an IDX file's
+    images), so they can bind to an input of another name when nothing else does.
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, array: np.ndarray, path, role: str | None = None) -> None:
+        self.arrays[name] = array
+        self.origin[name] = str(path)
+        if role:
+            self.roles[name] = role
+        else:
+            self.roles.pop(name, None)
+
+    def update(self, other: Dataset) -> None:
+        for name, array in other.arrays.items():
+            self.add(name, array, other.origin[name], other.roles.get(name))
+
+    @property
+    def files(self) -> str:
+        return ", ".join(dict.fromkeys(self.origin.values())) or "(no file)"
+
+
+# ---- formats ----------------------------------------------------------------------------------
+
+IDX_NAME = re.compile(r"idx\d-ubyte(\.gz)?$")
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+FORMATS = ".npz, .npy, .csv and IDX (MNIST's *-idx3-ubyte, optionally .gz)"
+
+
+def data_format(path) -> str:
+    """'npz', 'npy', 'csv' or 'idx', from the name, else from the first bytes."""
+    name = Path(path).name.lower()
+    for suffix in ("npz", "npy", "csv"):
+        if name.endswith("." + suffix):
+            return suffix
+    if IDX_NAME.search(name):
+        return "idx"
+    with open_for_reading(path) as file:
+        head = file.read(4)
+    if head.startswith(b"PK"):
+        return "npz"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"\x1f\x8b") or (head[:2] == b"\0\0" and head[2:3] and
+                                        head[2] in IDX_DTYPES):
+        return "idx"
+    raise file_error(path, f"unknown data format; chainrule reads {FORMATS}")
+
+
+def read_dataset(path, label_column: str | None = None) -> Dataset:
+    """Every array in a data file. A CSV file gives `features` (and, with `label_column`, that
+    column under its own name); an IDX images file gives `images`, and `labels` when the
+    matching labels file lies beside it."""
+    kind = data_format(path)
+    if label_column is not None and kind != "csv":
+        raise file_error(path, f"--label-column applies to CSV files, not {kind}")
+    data = Dataset()
+    if kind == "npz":
+        for name, array in load_npz(path).items():
+            data.add(name, array, path)
+    elif kind == "npy":
+        data.add(Path(path).name.split(".")[0], load_npy(path), path, FEATURES)
+    elif kind == "csv":
+        data = read_csv(path, label_column)
+    else:
+        images = read_idx(path)
+        role = LABELS if images.ndim == 1 else FEATURES
+        data.add("labels" if role == LABELS else "images", images, path, role)
+        labels_path = matching_labels_file(path)
+        if role == FEATURES and labels_path is not None:
+            data.add("labels", read_idx(labels_path), labels_path, LABELS)
+    return data
+
+
+def read_array(path) -> np.ndarray:
+    """The one array in a .npy or IDX file (for `--input NAME=FILE`)."""
+    kind = data_format(path)
+    if kind == "npy":
+        return load_npy(path)
+    if kind == "idx":
+        return read_idx(path)
+    raise file_error(path, f"--input NAME=FILE takes one array, from a .npy or IDX "
+                         f"file; give a {kind} file with --inputs/--data")
+
+
+def read_csv(path, label_column: str | None = None) -> Dataset:
+    """A CSV file with a header row: the label column (if named) and the other columns as one
+    float64 matrix. Labels that are all whole numbers become int64."""
+    with reading(path, "CSV"), open_for_reading(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        header = next(csv.reader(text), None)
+        if not header:
+            raise file_error(path, "empty; a CSV file starts with a header row")
+        header = [name.strip() for name in header]
+        try:
+            values = np.loadtxt(text, delimiter=",", dtype=np.float64, ndmin=2, quotechar='"')
+        except ValueError as error:
+            raise file_error(path, f"not numeric CSV after the header row ({error}; "
+                                 f"rows count from the first after the header)") from None
+    if values.size and values.shape[1] != len(header):
+        raise file_error(path, f"rows have {values.shape[1]} fields, the header names "
+                             f"{len(header)}")
+    values = values.reshape(-1, len(header))
+    data = Dataset()
+    feature_columns = list(range(len(header)))
+    if label_column is not None:
+        if label_column not in header:
+            raise file_error(path, f"no column named '{label_column}'; the columns are "
+                                 f"{_listed(header)}")
+        index = header.index(label_column)
+        feature_columns.remove(index)
+        labels = values[:, index]
+        if np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        data.add(label_column, labels, path, LABELS)
+    data.add(FEATURES, values[:, feature_columns], path, FEATURES)
+    return data
+
+
+def read_idx(path) -> np.ndarray:
+    """An array in the IDX format (big-endian; gzipped or not), read with numpy alone."""
+    with reading(path, "IDX"), open_for_reading(path) as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        file = gzip.GzipFile(fileobj=raw) if gzipped else raw
+        magic = file.read(4)
+        if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in IDX_DTYPES:
+            raise file_error(path, f"not an IDX file (it does not start with the IDX "
+                                 f"magic number)")
+        dtype, rank = np.dtype(IDX_DTYPES[magic[2]]), magic[3]
+        header = file.read(4 * rank)
+        if len(header) < 4 * rank:
+            raise file_error(path, "truncated IDX header")
+        shape = tuple(int(d) for d in np.frombuffer(header, ">u4"))
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        body = file.read(size)
+        if len(body) < size:
+            raise file_error(path, f"truncated: the header promises {list(shape)} "
+                                 f"({size:,} bytes of data), the file holds {len(body):,}")
+        if file.read(1):
+            raise file_error(path, f"more data than the header's shape {list(shape)}")
+    return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def matching_labels_file(images_path) -> Path | None:
+    """MNIST's naming: train-images-idx3-ubyte(.gz) lies beside train-labels-idx1-ubyte(.gz)."""
+    path = Path(images_path)
+    name = path.name.replace("images", "labels").replace("idx3", "idx1")
+    candidate = path.with_name(name)
+    return candidate if name != path.name and candidate.is_file() else None
+
+
+# ---- binding ----------------------------------------------------------------------------------
+
+@dataclass
+class Bound:
+    """Arrays by model input name, what was said about them, and the inputs nothing fed."""
+
+    arrays: dict[str, np.ndarray]
+    notes: list[str]
+    missing: list[Value]
+    origin: dict[str, str]  # input name -> the file its array came from
+
+
+def bind_inputs(inputs: list[Value], data: Dataset, mapping: dict[str, str] | None = None,
+                *, strict: bool = False, label_inputs=(), reader: str = "the model") -> Bound:
+    """Which array feeds each of `inputs`: the one `mapping` names, else the one of the input's
+    name, else the only one whose role fits (`label_inputs` name inputs that take class
+    labels). Arrays left over are ignored with a note, or refused when `strict`. `mapping`
+    may name inputs that are not among `inputs` (a model's inputs that the outputs being
+    computed do not need): see check_mapping."""
+    mapping = dict(mapping or {})
+    by_name = {v.name: v for v in inputs}
+    chosen, notes = {}, []
+    for value in inputs:
+        source = mapping.get(value.name, value.name)
+        if source in data.arrays:
+            chosen[value.name] = source
+        elif value.name in mapping:
+            raise ChainruleError(f"--map {value.name}={source}: {data.files} holds no array "
+                                 f"'{source}'; it holds {_listed(data.arrays)}")
+    notes += _bind_by_role(inputs, data, chosen, set(label_inputs))
+    unused = [name for name in data.arrays if name not in chosen.values()]
+    if unused:
+        what = (f"array{'s' if len(unused) > 1 else ''} {_listed(unused)} in {data.files}, "
+                f"which {reader} does not read")
+        if strict:
+            raise ChainruleError(f"--strict-inputs: {what} (the model's inputs are "
+                                 f"{_listed(by_name)}; --map binds an input to an array of "
+                                 f"another name)")
+        notes.append(f"ignoring {what} (--strict-inputs makes this an error)")
+    arrays, origin = {}, {}
+    for value in inputs:
+        if value.name in chosen:
+            source = chosen[value.name]
+            origin[value.name] = data.origin[source]
+            arrays[value.name], said = conform(value, data.arrays[source], origin[value.name],
+                                               data.roles.get(source))
+            notes += said
+    missing = [v for v in inputs if v.name not in arrays]
+    return Bound(arrays, notes, missing, origin)
+
+
+def check_mapping(inputs: list[Value], mapping: dict[str, str]) -> None:
+    unknown = [name for name in mapping if name not in {v.name for v in inputs}]
+    if unknown:
+        raise ChainruleError(f"--map: the model has no input {_listed(unknown)}; its inputs "
+                             f"are {_listed(v.name for v in inputs)}")
+
+
+def _bind_by_role(inputs, data: Dataset, chosen: dict, label_inputs: set) -> list[str]:
+    """Bind arrays that carry a role, not a model name, to the inputs still unfed: labels to
+    the one input that takes labels, features to the one input left after that."""
+    open_inputs = [v for v in inputs if v.name not in chosen]
+    free = {role: [n for n, r in data.roles.items() if r == role and n not in chosen.values()]
+            for role in (LABELS, FEATURES)}
+    notes = []
+    for role in (LABELS, FEATURES):
+        if len(free[role]) != 1 or not open_inputs:
+            continue
+        candidates = open_inputs if role == FEATURES else _label_candidates(open_inputs,
+                                                                            label_inputs)
+        if role == FEATURES and len(candidates) > 1:
+            candidates = [v for v in candidates if v.name not in label_inputs and
+                          v.type.dtype != "i64"]
+        if not candidates:
+            continue  # left over: ignored, or refused with --strict-inputs
+        if len(candidates) > 1:
+            names = _listed(v.name for v in open_inputs)
+            raise ChainruleError(f"cannot tell which of the inputs {names} the {role} of "
+                                 f"{data.origin[free[role][0]]} feed; say it with --map "
+                                 f"INPUT={free[role][0]}")
+        value, array_name = candidates[0], free[role][0]
+        chosen[value.name] = array_name
+        open_inputs.remove(value)
+        notes.append(f"input '{value.name}' reads the {role} of {data.origin[array_name]} "
+                     f"('{array_name}')")
+    return notes
+
+
+def _label_candidates(open_inputs, label_inputs: set) -> list[Value]:
+    for keep in (lambda v: v.name in label_inputs, lambda v: v.type.dtype == "i64",
+                 lambda v: v.type.rank <= 1):
+        picked = [v for v in open_inputs if keep(v)]
+        if picked:
+            return picked
+    return []
+
+
+def conform(value: Value, array: np.ndarray, origin: str,
+            role: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """`array` in `value`'s dtype (a cast that loses nothing) and, for an input declared as a
+    matrix, with its trailing axes flattened (images [N, 28, 28] for x: f32[B, 784])."""
+    notes = []
+    array = np.asarray(array)
+    width = value.type.shape[-1] if value.type.rank else None
+    if (role == FEATURES and origin.lower().endswith(".csv") and isinstance(width, int)
+            and array.ndim == 2 and array.shape[1] == width + 1):
+        raise file_error(origin, f"input '{value.name}' is {value.type}, one column fewer than "
+                                 f"the file's {array.shape[1]}; if one column holds labels, "
+                                 f"name it with --label-column")
+    array, note = safe_cast(value.name, array, value.type.dtype, origin)
+    if note:
+        notes.append(note)
+    if value.type.rank == 2 and array.ndim > 2:
+        flat = array.reshape(array.shape[0], -1) if array.shape[0] else array.reshape(0, -1)
+        width = value.type.shape[1]
+        if not isinstance(width, int) or width == flat.shape[1]:
+            notes.append(f"input '{value.name}': {_shape(array)} from {origin} flattened to "
+                         f"{_shape(flat)}")
+            array = flat
+    return array, notes
+
+
+def safe_cast(name: str, array: np.ndarray, dtype: str, origin: str):
+    """`array` as `dtype` and a note saying so, when the cast changes no value's meaning;
+    otherwise a ChainruleError naming the input and both dtypes."""
+    target = np.dtype(NUMPY_DTYPES[dtype])
+    if array.dtype == target:
+        return array, None
+    given = _dtype_name(array.dtype)
+    what = f"input '{name}' is {dtype} but {origin} holds {given}"
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        raise ChainruleError(f"{what}, which is not numeric")
+    problem = _cast_problem(array, dtype)
+    if problem:
+        raise ChainruleError(f"{what}: {problem}; convert the data, or declare the input "
+                             f"{given}")
+    if dtype == "f32" and kind == "f" and array.dtype.itemsize > 4:
+        how = "rounded to f32 (precision only, as every framework does)"
+    elif dtype in ("f32", "f64") and kind in "iu" and not _exact_in_float(array, dtype):
+        how = f"cast to {dtype} (integers past {2 ** _MANTISSA[dtype]:,} are rounded)"
+    else:
+        how = f"cast to {dtype} (exact)"
+    return array.astype(target), f"input '{name}': {given} from {origin} {how}"
+
+
+_MANTISSA = {"f32": 24, "f64": 53}
+
+
+def _cast_problem(array: np.ndarray, dtype: str) -> str | None:
+    """Why casting `array` to `dtype` would change what a value means, if it would."""
+    kind = array.dtype.kind
+    if array.size == 0:
+        return None
+    if dtype == "bool":
+        if kind == "f" or not np.isin(array, (0, 1)).all():
+            return "only 0 and 1 (or booleans) convert to bool"
+        return None
+    if dtype == "i64":
+        if kind == "f":
+            finite = np.isfinite(array)
+            if not finite.all():
+                return f"it holds {array[~finite].flat[0]}, which is no integer"
+            fractional = array != np.round(array)
+            if fractional.any():
+                return f"it holds numbers with a fractional part, such as {array[fractional].flat[0]}"
+            if np.abs(array).max() >= 2.0 ** 63:
+                return "it holds numbers past the range of i64"
+        if kind == "u" and array.dtype.itemsize == 8 and array.max() > np.iinfo(np.int64).max:
+            return "it holds numbers past the range of i64"
+        return None
+    if kind == "f" and dtype == "f32":
+        finite = array[np.isfinite(array)]
+        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+            return "it holds numbers too large for f32 (they would become inf)"
+    return None
+
+
+def _exact_in_float(array: np.ndarray, dtype: str) -> bool:
+    return array.size == 0 or int(np.abs(array).max()) <= 2 ** _MANTISSA[dtype]
+
+
+def check_rows(values: list[Value], arrays: dict, origin: dict) -> int:
+    """Rows of a data set fed batch by batch: each array has the declared dtype and axes after
+    the first, and all have the same number of rows. Checked once, on the whole file, so a
+    mistake is reported with the file's shapes before training starts."""
+    from .backends.feeds import check_arrays
+    rows = {}
+    missing = [v for v in values if v.name not in arrays]
+    if missing:
+        raise ChainruleError(f"the data has no array for input(s) "
+                             f"{', '.join(f'{v.name}: {v.type}' for v in missing)}")
+    for value in values:
+        array = arrays[value.name]
+        if value.type.rank == 0 or np.ndim(array) == 0:
+            raise ChainruleError(f"input '{value.name}' is declared {value.type}; data fed in "
+                                 f"batches needs a leading batch axis")
+        rows[value.name] = np.shape(array)[0]
+        # The first axis is the batch's, whatever the declaration fixes it to.
+        per_row = TensorType(value.type.dtype, (UNKNOWN,) + tuple(value.type.shape[1:]))
+        try:
+            check_arrays([Value(value.name, per_row)], {value.name: array}, "input")
+        except ChainruleError as error:
+            message = error.message.replace(str(per_row), str(value.type))
+            raise file_error(origin[value.name], message) from None
+    if len(set(rows.values())) > 1:
+        listed = ", ".join(f"{name}: {count}" for name, count in rows.items())
+        raise ChainruleError(f"the inputs must have the same number of rows ({listed})")
+    return next(iter(rows.values()), 0)
+
+
+def _shape(array) -> str:
+    return f"[{', '.join(map(str, np.shape(array)))}]"
+
+
+def _dtype_name(dtype) -> str:
+    try:
+        return dtype_of_numpy(dtype)
+    except ValueError:
+        return str(dtype)
+
+
+def _listed(names) -> str:
+    return ", ".join(f"'{name}'" for name in names) or "(none)"
