@@ -1,8 +1,6 @@
 """The Python API: `chainrule.compile(path_or_source)` and the Model it returns."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from onnx import numpy_helper
 

@@ -157,8 +157,8 @@ def read_idx(path) -> np.ndarray:
         file = gzip.GzipFile(fileobj=raw) if gzipped else raw
         magic = file.read(4)
         if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in IDX_DTYPES:
-            raise file_error(path, f"not an IDX file (it does not start with the IDX "
-                                 f"magic number)")
+            raise file_error(path, "not an IDX file (it does not start with the IDX magic "
+                                   "number)")
         dtype, rank = np.dtype(IDX_DTYPES[magic[2]]), magic[3]
         header = file.read(4 * rank)
         if len(header) < 4 * rank:
