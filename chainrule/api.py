@@ -14,6 +14,7 @@ from .ir import ChainruleError, Graph, parse_graph, print_graph
 from .ir.types import NUMPY_DTYPES
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
+from .ir.limits import check_graph_sizes
 from .data import check_rows
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
@@ -51,6 +52,7 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
         graph = parse_graph(source, filename)
     else:
         graph = lower_source(source, filename)
+    check_graph_sizes(graph)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)
 
@@ -220,11 +222,16 @@ class Model:
 
     def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O0",
              **inputs) -> dict[str, np.ndarray]:
-        """The objective under its name and each gradient under the name it differentiates."""
+        """The objective under its name and each gradient under the name it differentiates
+        (`dJ/dJ` for the gradient of an objective that is itself a param or input)."""
         graph, grads = self.grad_graph(wrt, opt_level)
         results = self.backend(backend).run(graph, inputs, self.params)
-        out = {self.objective.name: results[self.objective.name]}
-        out.update((name, results[gradient]) for name, gradient in grads.items())
+        objective = self.objective.name
+        out = {objective: results[objective]}
+        # An objective that is itself a param or input (`return W`) shares its name with W's
+        # gradient: the gradient is then called dW/dW, so neither hides the other.
+        out.update((f"d{objective}/d{name}" if name == objective else name, results[gradient])
+                   for name, gradient in grads.items())
         return out
 
     def train_step(self, lr: float = 0.01, optimizer: OptimizerSpec | str = "sgd",

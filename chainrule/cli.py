@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -19,7 +21,7 @@ from .backends.numpy_compiled import compile_graph as compile_numpy
 from .backends.numpy_compiled import describe_plan
 from .backends.onnx_backend import DEFAULT_OPSET
 from .data import Dataset, bind_inputs, check_mapping, check_rows, read_array, read_dataset
-from .fileio import atomic_write_bytes, load_npz, save_npz
+from .fileio import atomic_write_bytes, check_writable, load_npz, save_npz
 from .passes import gradient_prefix
 from .passes.manager import PASSES, PRESETS, PassContext
 from .passes.optimizers import OPTIMIZERS, OptimizerSpec
@@ -27,9 +29,10 @@ from .gradcheck import EPS as GRADCHECK_EPS
 from .gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
 from .gradcheck import format_rows, gradcheck
 from .viz import render, to_dot
-from .train import (SCHEDULES, TrainConfig, Trainer, format_epoch, print_progress,
-                    split_validation)
+from .train import (SCHEDULES, CheckpointLock, NonFiniteError, TrainConfig, Trainer,
+                    format_epoch, print_progress, split_validation)
 from .ir import ChainruleError, Graph, print_graph
+from .ir.limits import check_allocation, itemsize
 from .ir.types import NUMPY_DTYPES, UNKNOWN
 
 DEFAULTS = TrainConfig()
@@ -58,12 +61,14 @@ def parse_assignments(items, what: str, convert=str) -> dict:
 def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     rng = np.random.default_rng(seed)
     bounds = label_bounds(graph)
+    wanted = [v for v in graph.inputs if v.name not in given]
+    shapes = {v.name: tuple(d if isinstance(d, int) else dims.get(d, DEFAULT_DIM)
+                            for d in v.type.shape) for v in wanted}
+    total = sum(math.prod(shapes[v.name]) * itemsize(v.type.dtype) for v in wanted)
+    check_allocation("the random inputs", total)
     arrays = {}
-    for value in graph.inputs:
-        if value.name in given:
-            continue
-        shape = tuple(d if isinstance(d, int) else dims.get(d, DEFAULT_DIM)
-                      for d in value.type.shape)
+    for value in wanted:
+        shape = shapes[value.name]
         dtype = NUMPY_DTYPES[value.type.dtype]
         if value.type.dtype in ("f32", "f64"):
             arrays[value.name] = rng.normal(size=shape).astype(dtype)
@@ -96,6 +101,14 @@ def bind(args, graph: Graph, data: Dataset, reader: str = "the model"):
     return bound
 
 
+def parse_dims(args) -> dict[str, int]:
+    dims = parse_assignments(args.dim, "--dim", int)
+    for name, size in dims.items():
+        if size < 1:
+            raise UsageError(f"--dim {name}={size}: a dim is a positive size")
+    return dims
+
+
 def gather_inputs(args, model: api.Model, graph: Graph | None = None) -> dict:
     """Arrays for the inputs of `graph` (default: the model's): from files, then at random."""
     graph = graph or model.graph
@@ -103,7 +116,7 @@ def gather_inputs(args, model: api.Model, graph: Graph | None = None) -> dict:
     bound = bind(args, graph, read_data(args.inputs, args.input, args))
     arrays = bound.arrays
     if bound.missing and args.random_inputs:
-        dims = parse_assignments(args.dim, "--dim", int)
+        dims = parse_dims(args)
         arrays.update(random_inputs(graph, _bind_dims(graph, arrays, dims), args.seed, arrays))
     elif bound.missing:
         listed = ", ".join(f"{v.name}: {v.type}" for v in bound.missing)
@@ -205,10 +218,21 @@ def chosen_backend(args):
     return NumpyBackend(check_numerics=True) if args.check_numerics else args.backend
 
 
+def warn_nonfinite(arrays: dict) -> None:
+    """A NaN or an Inf in a result is said, never left to be found later."""
+    bad = [name for name, array in arrays.items()
+           if np.asarray(array).dtype.kind == "f" and not np.isfinite(array).all()]
+    if bad:
+        print(f"chainrule: warning: {', '.join(bad)} hold NaN or Inf (an overflow, or a "
+              f"division by zero); rerun with --check-numerics to find the first node that "
+              f"produces one", file=sys.stderr)
+
+
 def report(args, title: str, arrays: dict) -> int:
     """Print each array's summary; save them all with -o."""
     print(f"{title} ({'numpy, checking numerics' if args.check_numerics else args.backend}):")
     print_arrays(arrays)
+    warn_nonfinite(arrays)
     if args.output:
         save_npz(args.output, arrays)
         print(f"wrote {args.output}")
@@ -274,14 +298,16 @@ def optimizer_spec(args) -> OptimizerSpec:
                          weight_decay=args.weight_decay)
 
 
-def cmd_train(args) -> int:
-    model = load_model(args)
-    spec = optimizer_spec(args)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         optimizer=spec, schedule=args.lr_schedule, seed=args.seed,
-                         step_every=args.step_every, step_gamma=args.step_gamma,
-                         backend=args.backend, opt_level=args.opt_level or "O1",
-                         check_numerics=args.check_numerics)
+def train_config(args) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       optimizer=optimizer_spec(args), schedule=args.lr_schedule,
+                       seed=args.seed, step_every=args.step_every, step_gamma=args.step_gamma,
+                       backend=args.backend, opt_level=args.opt_level or "O1",
+                       check_numerics=args.check_numerics,
+                       allow_nonfinite=args.allow_nonfinite)
+
+
+def training_sets(args, model: api.Model) -> tuple[dict, dict | None]:
     check_mapping(model.graph.inputs, mapping(args))
     train_data = training_data(args, model, args.data, args.input, "training data")
     if train_data is None:
@@ -293,33 +319,68 @@ def cmd_train(args) -> int:
         if not 0 < args.val_split < 1:
             raise UsageError("--val-split must lie between 0 and 1")
         train_data, val_data = split_validation(train_data, args.val_split, args.seed)
-    log_file = None
+    return train_data, val_data
 
-    def log(record):
-        if not args.quiet:
-            print(format_epoch(record, trainer.interface.objective), flush=True)
-        if log_file:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
 
-    trainer = Trainer(model, config, log)
+def cmd_train(args) -> int:
+    model = load_model(args)
+    config = train_config(args)
+    train_data, val_data = training_sets(args, model)
     checkpoint = args.checkpoint or args.resume
-    if args.resume:
-        trainer.load_checkpoint(args.resume)
-        if trainer.epoch >= config.epochs:
-            print(f"{args.resume}: the checkpoint has already trained {trainer.epoch} of "
-                  f"{config.epochs} epochs; nothing to do (raise --epochs to train further)")
-            return 0
-    if not args.output and not checkpoint:
-        print("chainrule: warning: no -o FILE and no --checkpoint DIR: the trained params will "
-              "not be saved", file=sys.stderr)
-    if args.log_jsonl:  # opened once nothing else can fail before training
-        log_file = open(args.log_jsonl, "a")
-        if not args.quiet:
-            print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
+    # Held from before the resume reads the checkpoint until the last one is written.
+    with CheckpointLock(checkpoint) if checkpoint else contextlib.nullcontext():
+        log = EpochLog(args)
+        trainer = Trainer(model, config, log)
+        if args.resume:
+            for note in trainer.load_checkpoint(args.resume, override=args.override):
+                print(f"chainrule: note: {note}", file=sys.stderr)
+            if trainer.epoch >= config.epochs:
+                print(f"{args.resume}: the checkpoint has already trained {trainer.epoch} of "
+                      f"{config.epochs} epochs; nothing to do (to train further, raise "
+                      f"--epochs and add --override)")
+                return 0
+        if not args.output and not checkpoint:
+            print("chainrule: warning: no -o FILE and no --checkpoint DIR: the trained params "
+                  "will not be saved", file=sys.stderr)
+        with log:
+            return fit(args, trainer, train_data, val_data, checkpoint)
+
+
+class EpochLog:
+    """Prints each epoch's line and appends it to --log-jsonl (open while training)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.file = None
+        self.objective = None
+
+    def __enter__(self):
+        if self.args.log_jsonl:
+            self.file = open(self.args.log_jsonl, "a")
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.file:
+            self.file.close()
+
+    def __call__(self, record):
+        if not self.args.quiet:
+            print(format_epoch(record, self.objective), flush=True)
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+
+def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
+    """Train, then write -o; Ctrl-C and a non-finite step say what was kept."""
+    config = trainer.config
+    trainer.log.objective = trainer.interface.objective
     if not args.quiet:
-        print(f"training {model.graph.name} on {config.backend}: {config.epochs} epochs, "
-              f"batch {config.batch_size}, {spec.kind} lr {config.lr} ({config.schedule})")
+        if args.resume:
+            print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
+        print(f"training {trainer.model.graph.name} on {config.backend}: {config.epochs} "
+              f"epochs, batch {config.batch_size}, {config.optimizer.kind} lr {config.lr} "
+              f"({config.schedule})")
     started = time.perf_counter()
     try:
         trainer.fit(train_data, val_data, checkpoint,
@@ -334,9 +395,11 @@ def cmd_train(args) -> int:
             print(f"interrupted at {where}; no --checkpoint DIR was given, so nothing was "
                   f"saved", file=sys.stderr)
         return 130
-    finally:
-        if log_file:
-            log_file.close()
+    except NonFiniteError as error:
+        kept = (f"the checkpoint in {checkpoint} (epoch {trainer.epoch}) is kept"
+                if checkpoint and trainer.epoch else "no checkpoint was written")
+        unwritten = f"; nothing was written to {args.output}" if args.output else ""
+        raise NonFiniteError(f"{error.message} ({kept}{unwritten})") from None
     if not args.quiet:
         print(f"trained in {time.perf_counter() - started:.2f}s")
     if args.output:
@@ -374,6 +437,7 @@ def cmd_predict(args) -> int:
     print(f"predicted {', '.join(names)} for {rows:,} rows in "
           f"{time.perf_counter() - started:.2f}s ({args.backend}):")
     print_arrays(results)
+    warn_nonfinite(results)
     if args.output:
         write_predictions(args.output, results)
         print(f"wrote {args.output}")
@@ -600,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", metavar="TRAINED.npz", help="save the trained params")
     train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after each epoch")
     train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    train.add_argument("--override", action="store_true",
+                       help="resume even though options differ from the checkpoint's (batch "
+                            "size, learning rate, schedule, optimizer, epochs)")
+    train.add_argument("--allow-nonfinite", action="store_true",
+                       help="train on through steps whose objective or params are NaN or Inf "
+                            "(by default training stops at the first)")
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
     train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
     train.set_defaults(opt_level=None)
@@ -636,12 +706,23 @@ def _source_lines(file: str):
         return None
 
 
+def check_output_paths(args) -> None:
+    """Every path the command will write can be written: checked before any work, so a long
+    training never ends in a failure to save its result."""
+    for option, is_directory in (("output", False), ("checkpoint", True),
+                                 ("log_jsonl", False)):
+        path = getattr(args, option, None)
+        if path:
+            check_writable(path, directory=is_directory)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
     try:
+        check_output_paths(args)
         return args.func(args)
     except UsageError as error:
         if args.debug:

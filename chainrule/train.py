@@ -6,8 +6,11 @@ checkpoints atomically.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import math
 import signal
 import sys
@@ -26,8 +29,15 @@ from .passes import select_outputs
 from .passes.optimizers import LR, OptimizerSpec
 
 CHECKPOINT_FILE = "checkpoint.npz"
-CHECKPOINT_FORMAT = 1
+LOCK_FILE = ".lock"
+CHECKPOINT_FORMAT = 2  # 2 records the settings a resume must keep; 1 did not
 SCHEDULES = ("constant", "cosine", "step")
+# What a resume must keep (TrainConfig fields): changing them mid-run changes the result.
+RESUME_SETTINGS = ("epochs", "batch_size", "lr", "schedule", "step_every", "step_gamma")
+
+
+class NonFiniteError(ChainruleError):
+    """A training step produced a NaN or an Inf: the run stops before the params are saved."""
 
 
 @dataclass
@@ -45,6 +55,7 @@ class TrainConfig:
     backend: str = "numpy"
     check_numerics: bool = False  # run the numpy interpreter, stopping at the first NaN/Inf
     opt_level: str = "O1"
+    allow_nonfinite: bool = False  # train on through steps whose results are NaN or Inf
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -158,43 +169,68 @@ class Trainer:
         return {name: total / rows for name, total in totals.items()}
 
     def fit(self, train: dict, val: dict | None = None, checkpoint_dir=None, progress=None):
+        """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
+        after each epoch; Ctrl-C stops after the current step with a checkpoint."""
         rows = check_dataset(self.model.graph, train, "training data")
+        lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
+        with lock:
+            previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+            try:
+                while self.epoch < self.config.epochs:
+                    record = self.run_epoch(train, rows, checkpoint_dir, progress)
+                    if val is not None:
+                        record["val"] = self.evaluate(val)
+                    self.epoch, self.batch = self.epoch + 1, 0
+                    if checkpoint_dir:
+                        self.save_checkpoint(checkpoint_dir)
+                    self.log(record)
+            finally:
+                signal.signal(signal.SIGINT, previous_handler)
+        return self.params
+
+    def run_epoch(self, train: dict, rows: int, checkpoint_dir, progress) -> dict:
+        """The rest of the current epoch (all of it unless resuming mid-epoch); returns its
+        record: the objective and metrics averaged over the rows seen."""
         per_epoch = math.ceil(rows / self.config.batch_size)
         total_steps = per_epoch * self.config.epochs
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
-        try:
-            while self.epoch < self.config.epochs:
-                if self.batch == 0:
-                    self.epoch_rng_state = self.rng.bit_generator.state
-                else:  # resuming mid-epoch: redraw this epoch's order from its saved state
-                    self.rng.bit_generator.state = self.epoch_rng_state
-                order = self.rng.permutation(rows)
-                sums, seen, started = {}, 0, time.perf_counter()
-                for index, batch in batches(train, order, self.config.batch_size, self.batch):
-                    outputs = self.train_step(batch, self.learning_rate(total_steps))
-                    size = len(next(iter(batch.values())))
-                    for name in [self.interface.objective] + self.interface.metrics:
-                        sums[name] = sums.get(name, 0.0) + float(outputs[name]) * size
-                    seen += size
-                    self.batch, self.steps = index + 1, self.steps + 1
-                    if progress:
-                        progress(self, index + 1, per_epoch, seen, sums, started)
-                    if self.stop_requested:
-                        if checkpoint_dir:
-                            self.save_checkpoint(checkpoint_dir)
-                        raise KeyboardInterrupt
-                record = {"epoch": self.epoch + 1, "steps": self.steps,
-                          "seconds": time.perf_counter() - started,
-                          "train": {k: v / max(seen, 1) for k, v in sums.items()}}
-                if val is not None:
-                    record["val"] = self.evaluate(val)
-                self.epoch, self.batch = self.epoch + 1, 0
+        if self.batch == 0:
+            self.epoch_rng_state = self.rng.bit_generator.state
+        else:  # resuming mid-epoch: redraw this epoch's order from its saved state
+            self.rng.bit_generator.state = self.epoch_rng_state
+        order = self.rng.permutation(rows)
+        sums, seen, started = {}, 0, time.perf_counter()
+        for index, batch in batches(train, order, self.config.batch_size, self.batch):
+            outputs = self.train_step(batch, self.learning_rate(total_steps))
+            if not self.config.allow_nonfinite:
+                self.check_finite(outputs, index)
+            size = len(next(iter(batch.values())))
+            for name in [self.interface.objective] + self.interface.metrics:
+                sums[name] = sums.get(name, 0.0) + float(outputs[name]) * size
+            seen += size
+            self.batch, self.steps = index + 1, self.steps + 1
+            if progress:
+                progress(self, index + 1, per_epoch, seen, sums, started)
+            if self.stop_requested:
                 if checkpoint_dir:
                     self.save_checkpoint(checkpoint_dir)
-                self.log(record)
-        finally:
-            signal.signal(signal.SIGINT, previous_handler)
-        return self.params
+                raise KeyboardInterrupt
+        return {"epoch": self.epoch + 1, "steps": self.steps,
+                "seconds": time.perf_counter() - started,
+                "train": {k: v / max(seen, 1) for k, v in sums.items()}}
+
+    def check_finite(self, outputs: dict, index: int) -> None:
+        """Stop at the first step whose objective or updated params hold a NaN or an Inf (an
+        infinite gradient shows up in the params it updates)."""
+        objective = self.interface.objective
+        bad = [] if np.isfinite(outputs[objective]) else [f"the objective {objective}"]
+        bad += [f"param {name}" for name in self.interface.params
+                if not np.isfinite(self.params[name]).all()]
+        if bad:
+            raise NonFiniteError(
+                f"step {self.steps + 1} (epoch {self.epoch + 1}, batch {index + 1}) made "
+                f"{', '.join(bad)} NaN or Inf; training stopped. Rerun with --check-numerics to "
+                f"find the first node that produces it (a learning rate too high is the usual "
+                f"cause), or give --allow-nonfinite to train on")
 
     def _request_stop(self, signum, frame):
         if self.stop_requested:  # a second Ctrl-C stops at once
@@ -211,7 +247,8 @@ class Trainer:
     def save_checkpoint(self, directory) -> Path:
         directory = Path(directory)
         meta = {"format": CHECKPOINT_FORMAT, "model": self.fingerprint(),
-                "optimizer": asdict(self.config.optimizer), "epoch": self.epoch,
+                "optimizer": asdict(self.config.optimizer), "settings": self.settings(),
+                "epoch": self.epoch,
                 "batch": self.batch, "steps": self.steps,
                 "rng": self.rng.bit_generator.state, "epoch_rng": self.epoch_rng_state,
                 "dropout_rng": self.dropout_rng.bit_generator.state}
@@ -222,33 +259,139 @@ class Trainer:
         save_npz(path, arrays)
         return path
 
-    def load_checkpoint(self, directory) -> None:
-        """Restore params, state, position and RNG; refuse a checkpoint of another model."""
+    def settings(self) -> dict:
+        return {name: getattr(self.config, name) for name in RESUME_SETTINGS}
+
+    def load_checkpoint(self, directory, override: bool = False) -> list[str]:
+        """Restore params, state, position and RNG; refuse a checkpoint of another model, or
+        one trained with other settings unless `override`. Returns notes on what was
+        overridden."""
         path = Path(directory) / CHECKPOINT_FILE
         if not path.is_file():
             raise ChainruleError(f"{path}: no checkpoint there")
         arrays = load_npz(path)
-        try:
-            meta = json.loads(str(arrays.pop("meta")))
-        except (KeyError, ValueError):
-            raise ChainruleError(f"{path}: not a chainrule checkpoint (no readable meta)") from None
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ChainruleError(f"{path}: unknown checkpoint format {meta.get('format')}")
+        meta = read_meta(path, arrays.pop("meta", None))
         if meta["model"] != self.fingerprint():
             raise ChainruleError(f"{path}: the checkpoint is of a different model "
                                  f"(fingerprint {meta['model']}, this model {self.fingerprint()})")
-        if meta["optimizer"] != asdict(self.config.optimizer):
-            raise ChainruleError(f"{path}: the checkpoint used optimizer {meta['optimizer']}, "
-                                 f"not {asdict(self.config.optimizer)}")
+        changes = self.changed_settings(meta)
+        if changes and not override:
+            raise ChainruleError(f"{path}: the checkpoint was trained with other settings: "
+                                 f"{'; '.join(changes)}. Resume with the same options, or give "
+                                 f"--override to go on with the new ones")
         params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
         state = {k.removeprefix("state/"): v for k, v in arrays.items() if k.startswith("state/")}
         _check_same(path, "params", params, self.params)
-        _check_same(path, "optimizer state", state, self.state)
-        self.params, self.state = params, state
+        notes = [f"overriding the checkpoint's settings: {'; '.join(changes)}"] if changes else []
+        if meta["optimizer"] == asdict(self.config.optimizer):
+            _check_same(path, "optimizer state", state, self.state)
+            self.state = state
+        else:
+            notes.append("the optimizer changed, so its state starts afresh")
+        self.params = params
         self.epoch, self.batch, self.steps = meta["epoch"], meta["batch"], meta["steps"]
-        self.rng.bit_generator.state = meta["rng"]
+        try:
+            self.rng.bit_generator.state = meta["rng"]
+            self.dropout_rng.bit_generator.state = meta["dropout_rng"]
+        except (TypeError, ValueError, KeyError) as error:
+            raise ChainruleError(f"{path}: the checkpoint's random state is damaged "
+                                 f"({error})") from None
         self.epoch_rng_state = meta["epoch_rng"]
-        self.dropout_rng.bit_generator.state = meta["dropout_rng"]
+        return notes
+
+    def changed_settings(self, meta: dict) -> list[str]:
+        """'NAME: OLD -> NEW' for each setting this run changes from the checkpoint's."""
+        old = dict(meta.get("settings", {}), optimizer=meta["optimizer"])
+        new = dict(self.settings(), optimizer=asdict(self.config.optimizer))
+        return [f"{name.replace('_', ' ')} {_shown(old[name])} -> {_shown(new[name])}"
+                for name in new if name in old and old[name] != new[name]]
+
+
+# Each field of a checkpoint's meta: its type and what else it must satisfy.
+META_FIELDS = {
+    "format": (int, lambda v: v in (1, CHECKPOINT_FORMAT)),
+    "model": (str, None),
+    "optimizer": (dict, None),
+    "epoch": (int, lambda v: v >= 0),
+    "batch": (int, lambda v: v >= 0),
+    "steps": (int, lambda v: v >= 0),
+    "rng": (dict, None),
+    "epoch_rng": (dict, None),
+    "dropout_rng": (dict, None),
+}
+
+
+def read_meta(path, meta) -> dict:
+    """The checkpoint's metadata, checked field by field, so a hand-edited or damaged file
+    gets a message naming the field rather than a KeyError."""
+    try:
+        meta = json.loads(str(meta)) if meta is not None else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ChainruleError(f"{path}: not a chainrule checkpoint (no readable meta)")
+    for name, (kind, valid) in META_FIELDS.items():
+        value = meta.get(name)
+        if type(value) is not kind or (valid and not valid(value)):
+            shown = "missing" if name not in meta else f"{value!r}"
+            raise ChainruleError(f"{path}: the checkpoint's meta field '{name}' is {shown}; "
+                                 f"the file is damaged or from another version")
+    if "settings" in meta and not isinstance(meta["settings"], dict):
+        raise ChainruleError(f"{path}: the checkpoint's meta field 'settings' is not a "
+                             f"mapping; the file is damaged")
+    return meta
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):  # an optimizer spec: its kind and the fields not at default
+        defaults = asdict(OptimizerSpec())
+        return str(value.get("kind")) + "".join(
+            f" {k}={v}" for k, v in value.items() if k != "kind" and v != defaults.get(k))
+    return str(value)
+
+
+class CheckpointLock:
+    """Exclusive use of a checkpoint directory while training writes to it.
+
+    An flock on DIR/.lock: a second training refuses to start, and the kernel releases the lock
+    when its holder dies, however it dies. Holding it, temporary files that a killed writer
+    left in DIR are removed."""
+
+    held: set = set()  # directories this process holds: taking one again is a no-op
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.file = None
+
+    def __enter__(self):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        key = self.directory.resolve()
+        if key in CheckpointLock.held:
+            return self
+        self.file = open(self.directory / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ChainruleError(f"{self.directory}: another training is writing checkpoints "
+                                 f"here ({holder}); wait for it, or choose another "
+                                 f"--checkpoint DIR") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()}")
+        self.file.flush()
+        for leftover in self.directory.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        CheckpointLock.held.add(key)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.file is not None:  # this one took the lock
+            CheckpointLock.held.discard(self.directory.resolve())
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
 
 
 def _check_same(path, what, loaded: dict, expected: dict) -> None:

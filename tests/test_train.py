@@ -95,7 +95,8 @@ def test_resume_between_epochs_is_bit_exact(tmp_path):
     first.config.epochs = 2  # as if stopped after two epochs; the step schedule counts epochs
     first.fit(data, checkpoint_dir=tmp_path)
     resumed = fitted(SMALL, 4, optimizer=spec, schedule="step")
-    resumed.load_checkpoint(tmp_path)
+    assert resumed.load_checkpoint(tmp_path, override=True) == [
+        "overriding the checkpoint's settings: epochs 2 -> 4"]
     assert resumed.epoch == 2
     resumed.fit(data)
     for name in straight.params:
@@ -229,7 +230,7 @@ def test_dropout_masks_change_per_step_and_resume_exactly(tmp_path):
     first.config.epochs = 1
     first.fit(data, checkpoint_dir=tmp_path)
     resumed = fitted(DROPOUT, 3, optimizer=OptimizerSpec("sgd"))
-    resumed.load_checkpoint(tmp_path)
+    resumed.load_checkpoint(tmp_path, override=True)  # stopped as if after one epoch
     resumed.fit(data)
     assert np.array_equal(straight.params["W"], resumed.params["W"])
     evaluation = straight.evaluate(data)  # inference mode: dropout is the identity
@@ -252,6 +253,7 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "checkpoint written to" in stderr and "--resume" in stderr
-    trainer = Trainer(chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn")), TrainConfig())
+    trainer = Trainer(chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn")),
+                      TrainConfig(epochs=100000))
     trainer.load_checkpoint(checkpoint)
     assert trainer.steps > 0

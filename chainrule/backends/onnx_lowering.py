@@ -97,6 +97,9 @@ def _constant(em, node, out):
 
 @lowering("transpose")
 def _transpose(em, node, out, x):
+    if not node.attrs["perm"]:  # a scalar: ONNX cannot type an empty perm attribute
+        em.add("Identity", [x], out)
+        return
     em.add("Transpose", [x], out, perm=list(node.attrs["perm"]))
 
 

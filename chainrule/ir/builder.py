@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .errors import ChainruleError, SourceLoc
 from .graph import Graph, Namer, Node, Value
+from .limits import check_node_count, type_size_problem
 from .ops import complete_attrs, get_op, infer_type
 from .shapes import OpTypeError
 
@@ -27,6 +28,10 @@ class GraphBuilder:
             attrs = complete_attrs(get_op(op), attrs)
         except OpTypeError as error:
             raise ChainruleError(str(error), loc) from None
+        problem = type_size_problem(out_type)
+        if problem:
+            raise ChainruleError(f"{op} gives {problem}", loc)
+        check_node_count(len(self.graph.nodes) + 1, loc)
         out = Value(self.namer.fresh(name or op), out_type)
         node = Node(op, inputs, attrs, (out,), loc)
         self.graph.nodes.append(node)

@@ -6,9 +6,8 @@ import math
 import numpy as np
 
 from .graph import Graph, InitSpec
+from .limits import MAX_ELEMENTS, check_allocation, itemsize
 from .types import NUMPY_DTYPES
-
-MAX_PARAM_ELEMENTS = 2 ** 31  # 8 GiB of f32: a larger param is a typo, not a model
 
 # kind -> names of its arguments
 INITIALIZERS = {
@@ -25,9 +24,11 @@ def check_init(spec: InitSpec, shape) -> str | None:
     """Why `spec` cannot initialise a tensor of `shape`, or None when it can."""
     if not all(math.isfinite(a) for a in spec.args):
         return f"{spec.kind}'s arguments must be finite numbers"
-    if all(isinstance(d, int) for d in shape) and math.prod(shape) > MAX_PARAM_ELEMENTS:
+    if all(isinstance(d, int) for d in shape) and 0 in shape:
+        return "a param with a dim of size 0 holds nothing; chainrule refuses empty tensors"
+    if all(isinstance(d, int) for d in shape) and math.prod(shape) > MAX_ELEMENTS:
         return (f"a param of {math.prod(shape):,} values is more than chainrule holds "
-                f"({MAX_PARAM_ELEMENTS:,})")
+                f"({MAX_ELEMENTS:,})")
     if spec.kind not in INITIALIZERS:
         return f"unknown initialiser '{spec.kind}'; known: {', '.join(INITIALIZERS)}"
     arity = len(INITIALIZERS[spec.kind])
@@ -54,29 +55,45 @@ def fans(shape) -> tuple[int, int]:
 
 
 def draw(spec: InitSpec, shape, dtype: str, rng: np.random.Generator) -> np.ndarray:
-    shape = tuple(shape)
+    """Values drawn directly in `dtype`: an f32 param never passes through an f64 array."""
+    shape, numpy_dtype = tuple(shape), NUMPY_DTYPES[dtype]
+    if spec.kind == "zeros":
+        return np.zeros(shape, numpy_dtype)
+    if spec.kind == "ones":
+        return np.ones(shape, numpy_dtype)
     if spec.kind == "normal":
-        values = rng.normal(spec.args[0], spec.args[1], shape)
-    elif spec.kind == "uniform":
-        values = rng.uniform(spec.args[0], spec.args[1], shape)
-    elif spec.kind == "zeros":
-        values = np.zeros(shape)
-    elif spec.kind == "ones":
-        values = np.ones(shape)
-    elif spec.kind == "glorot":
-        fan_in, fan_out = fans(shape)
+        return _normal(rng, shape, numpy_dtype, spec.args[0], spec.args[1])
+    if spec.kind == "uniform":
+        return _uniform(rng, shape, numpy_dtype, spec.args[0], spec.args[1])
+    fan_in, fan_out = fans(shape)
+    if spec.kind == "glorot":
         limit = math.sqrt(6.0 / (fan_in + fan_out))
-        values = rng.uniform(-limit, limit, shape)
-    elif spec.kind == "he":
-        fan_in, _ = fans(shape)
-        values = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
-    else:
-        raise ValueError(f"unknown initialiser {spec.kind}")
-    return np.asarray(values, dtype=NUMPY_DTYPES[dtype])
+        return _uniform(rng, shape, numpy_dtype, -limit, limit)
+    if spec.kind == "he":
+        return _normal(rng, shape, numpy_dtype, 0.0, math.sqrt(2.0 / fan_in))
+    raise ValueError(f"unknown initialiser {spec.kind}")
+
+
+def _normal(rng, shape, dtype, mean: float, std: float) -> np.ndarray:
+    values = rng.standard_normal(shape, dtype)
+    values *= dtype(std)
+    values += dtype(mean)
+    return values
+
+
+def _uniform(rng, shape, dtype, low: float, high: float) -> np.ndarray:
+    values = rng.random(shape, dtype)
+    values *= dtype(high - low)
+    values += dtype(low)
+    return values
 
 
 def initial_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every param's initial value, drawn in declaration order from one Generator(seed)."""
+    """Every param's initial value, drawn in declaration order from one Generator(seed), once
+    it is clear that memory holds them all."""
+    total = sum(math.prod(p.value.type.shape) * itemsize(p.value.type.dtype)
+                for p in graph.params)
+    check_allocation(f"the model's {len(graph.params)} params", total, graph.loc)
     rng = np.random.default_rng(seed)
     return {p.value.name: draw(p.init, p.value.type.shape, p.value.type.dtype, rng)
             for p in graph.params}

@@ -1,0 +1,90 @@
+"""Size limits: what a model may ask for, checked before anything is built or allocated.
+
+A few characters of DSL can ask for more than any machine holds (`f32[100000, 100000]`, a
+function inlined a million times, `--dim B=10**12`); each limit turns that into a located error
+that gives the size, instead of a MemoryError, a swap storm or a hang.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .errors import ChainruleError, SourceLoc
+from .types import NUMPY_DTYPES, TensorType
+
+# One tensor of a model: 2**31 values (8 GiB of f32). Larger is a typo, not a model.
+MAX_ELEMENTS = 2 ** 31
+# One model's graph, counting its backward graph and everything inlined: past this, compiling
+# takes minutes and the generated code does not fit in memory. The largest example, a 1,600-layer
+# MLP with its train step, has about 15,000 nodes.
+MAX_NODES = 250_000
+
+
+def itemsize(dtype: str) -> int:
+    return np.dtype(NUMPY_DTYPES[dtype]).itemsize
+
+
+def type_size_problem(value_type: TensorType) -> str | None:
+    """Why a tensor of this type cannot exist: a zero-size dim, or too many values."""
+    static = [d for d in value_type.shape if isinstance(d, int)]
+    if 0 in static:
+        return (f"{value_type} has a dim of size 0; chainrule refuses empty tensors (their "
+                f"reductions have no agreed value across backends)")
+    count = math.prod(static)
+    if count > MAX_ELEMENTS:
+        return (f"{value_type} holds {count:,} values ({count * itemsize(value_type.dtype):,} "
+                f"bytes), more than the {MAX_ELEMENTS:,} a tensor may hold")
+    return None
+
+
+def check_node_count(count: int, loc: SourceLoc | None) -> None:
+    if count > MAX_NODES:
+        raise ChainruleError(f"the model grows past {MAX_NODES:,} graph nodes here (each call "
+                             f"of a function, each loop and each grad(...) adds all of its "
+                             f"nodes); make it smaller", loc)
+
+
+def check_graph_sizes(graph) -> None:
+    """Every declared input, param and value of `graph` can exist, and the graph is not too
+    large; the first that cannot is a located error."""
+    check_node_count(len(graph.nodes), graph.nodes[-1].loc if graph.nodes else graph.loc)
+    for value in graph.inputs:
+        problem = type_size_problem(value.type)
+        if problem:
+            raise ChainruleError(f"input '{value.name}': {problem}",
+                                 graph.input_locs.get(value.name))
+    for param in graph.params:
+        problem = type_size_problem(param.value.type)
+        if problem:
+            raise ChainruleError(f"param '{param.value.name}': {problem}", param.loc)
+    for node in graph.nodes:
+        for out in node.outputs:
+            problem = type_size_problem(out.type)
+            if problem:
+                raise ChainruleError(f"{node.op} gives {problem}", node.loc)
+
+
+def available_memory() -> int:
+    """Bytes this process could still allocate: MemAvailable where Linux says it, else all of
+    physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 63
+
+
+def check_allocation(what: str, nbytes: int, loc: SourceLoc | None = None) -> None:
+    """Refuse to allocate `nbytes` for `what` when memory cannot hold it."""
+    available = available_memory()
+    if nbytes > available:
+        raise ChainruleError(f"{what} would take {nbytes:,} bytes, more than the "
+                             f"{available:,} bytes of memory available", loc)
