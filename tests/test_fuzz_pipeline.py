@@ -1,0 +1,244 @@
+"""Fuzzing past the front end: whole models through compile, run, grad and export; data files
+with damaged bytes; and the CLI with hostile arguments, paths and files.
+
+Every input must finish, within the time allowed, either with a result or with a
+ChainruleError (the CLI: with exit code 0, 1 or 2 and no traceback). Any other exception is a
+bug, and hypothesis shows the input.
+
+The suite runs a few derandomized examples per test; a long run takes its counts from the
+environment (see the README's Tests section):
+
+    CHAINRULE_FUZZ_EXAMPLES=25000 CHAINRULE_FUZZ_CLI_EXAMPLES=5000 \\
+        python -m pytest tests/test_fuzz_pipeline.py -q
+"""
+import contextlib
+import io
+import os
+import time
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import chainrule
+from chainrule import ChainruleError
+from chainrule.cli import main, random_inputs
+from chainrule.data import read_dataset
+from chainrule.fileio import load_npz
+from conftest import EXAMPLES, ROOT
+from test_fuzz import EXPRESSIONS
+
+EXAMPLES_PER_TEST = int(os.environ.get("CHAINRULE_FUZZ_EXAMPLES", "30"))
+CLI_EXAMPLES = int(os.environ.get("CHAINRULE_FUZZ_CLI_EXAMPLES", "25"))
+SECONDS_PER_INPUT = 10.0  # a hang, not a slow input: the work per input is milliseconds
+
+fuzz = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck))
+fuzz_cli = settings(fuzz, max_examples=CLI_EXAMPLES)
+
+
+@contextlib.contextmanager
+def within_time():
+    started = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - started
+    assert elapsed < SECONDS_PER_INPUT, f"took {elapsed:.1f}s"
+
+
+# ---- whole models -----------------------------------------------------------------------------
+
+# Scalars, empty dims and every dtype among the inputs and params, so that outputs can be
+# scalars, empty, or an input or param returned as it is.
+INPUT_TYPES = st.sampled_from(["f32[B, 3]", "f32[3]", "f32[]", "f32[B]", "i64[B]", "f32[0]",
+                               "f32[B, 0]", "f64[B, 3]", "bool[B]", "f32[3, 3]"])
+PARAM_TYPES = st.sampled_from(["f32[3, 3]", "f32[3]", "f32[]", "f32[0]", "f64[3]", "f32[1]"])
+INITS = st.sampled_from(["glorot()", "he()", "zeros()", "ones()", "normal(0.0, 1.0)",
+                         "uniform(-1.0, 1.0)"])
+
+
+@st.composite
+def whole_models(draw) -> str:
+    inputs = [f"{name}: {draw(INPUT_TYPES)}" for name in ("x", "y")]
+    params = [f"    param {name}: {draw(PARAM_TYPES)} = {draw(INITS)}\n" for name in ("W", "v")]
+    statements = [f"    s{i} = {draw(EXPRESSIONS)}\n" for i in range(draw(st.integers(1, 3)))]
+    names = [f"s{i}" for i in range(len(statements))] + ["x", "y", "W", "v"]
+    returned = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
+    return (f"def f(a, b=1) {{\n    return {draw(EXPRESSIONS)}\n}}\n"
+            f"model m({', '.join(inputs)}) {{\n" + "".join(params) + "    let k = 2\n"
+            + "".join(statements) + f"    return {', '.join(returned)}\n}}\n")
+
+
+def through_the_pipeline(text: str) -> None:
+    """Compile, run and differentiate on random inputs, and export with the full checker."""
+    model = chainrule.compile(text)
+    inputs = random_inputs(model.graph, {"B": 2}, seed=0, given={})
+    model.run(**inputs)
+    objective = model.objective.type
+    if objective.rank == 0 and objective.dtype in ("f32", "f64"):
+        model.grad(**inputs)
+        onnx.checker.check_model(model.to_onnx(grad=True), full_check=True)
+    onnx.checker.check_model(model.to_onnx(), full_check=True)
+
+
+@fuzz
+@given(whole_models())
+def test_whole_models_compile_run_grad_and_export(text):
+    with within_time():
+        try:
+            through_the_pipeline(text)
+        except ChainruleError as error:
+            error.render(lambda file: text.splitlines())
+
+
+@fuzz
+@given(st.binary(max_size=200), st.sampled_from([b"", b"model m() {\n    J = f32(1.0)\n"]))
+def test_bytes_that_are_not_utf8_are_a_file_error(tmp_path_factory, data, prefix):
+    path = tmp_path_factory.mktemp("bytes") / "m.nn"
+    path.write_bytes(prefix + data)
+    with within_time():
+        try:
+            chainrule.compile(str(path))
+        except ChainruleError as error:
+            assert error.file == str(path)
+
+
+# ---- damaged data files -----------------------------------------------------------------------
+
+def npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=np.arange(12, dtype=np.float32).reshape(4, 3),
+                        y=np.arange(4), s=np.array("text"))
+    return buffer.getvalue()
+
+
+CSV = b"a,b,label\n1,2,0\n3.5,4,1\n5,6e3,2\n"
+IDX = bytes([0, 0, 8, 2]) + np.array([2, 3], ">u4").tobytes() + bytes(range(6))
+GOOD_FILES = {"d.npz": npz_bytes(), "d.csv": CSV, "t-images-idx3-ubyte": IDX}
+
+
+@st.composite
+def damaged(draw) -> tuple[str, bytes]:
+    """One of the good files with bytes flipped, cut off, or inserted."""
+    name = draw(st.sampled_from(sorted(GOOD_FILES)))
+    data = bytearray(GOOD_FILES[name])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if kind == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "cut":
+            del data[at:]
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+    return name, bytes(data)
+
+
+@fuzz
+@given(damaged())
+def test_damaged_data_files_are_read_or_refused_cleanly(tmp_path_factory, file):
+    name, data = file
+    path = tmp_path_factory.mktemp("data") / name
+    path.write_bytes(data)
+    with within_time():
+        for read in (read_dataset, lambda p: read_dataset(p, label_column="label"), load_npz):
+            try:
+                read(path)
+            except ChainruleError as error:
+                assert str(path) in str(error) or error.file == str(path)
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+HOSTILE_MODELS = {
+    "scalar.nn": "model m() {\n    J = f32(1.0)\n    return J\n}\n",
+    "alias.nn": "model m(x: f32[3]) {\n    param W: f32[] = ones()\n    return W, x\n}\n",
+    "empty.nn": "model m(x: f32[B, 0]) {\n    J = mean(x)\n    return J\n}\n",
+    "transpose.nn": "model m(x: f32[]) {\n    y = x.T\n    return y\n}\n",
+    "overflow.nn": "model m(x: f32[B, 3]) {\n    J = sum(exp(x * 1000.0))\n    return J\n}\n",
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Models (examples and hostile ones), data files good and bad, and output targets."""
+    folder = tmp_path_factory.mktemp("cli")
+    for name, text in HOSTILE_MODELS.items():
+        (folder / name).write_text(text)
+    (folder / "latin1.nn").write_bytes("model m() { J = caf\xe9 }".encode("latin-1"))
+    (folder / "a-file").write_text("")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "digits.npz", x=rng.normal(size=(10, 64)).astype(np.float32),
+             y=rng.integers(0, 10, 10).astype(np.int32), extra=np.arange(10))
+    np.savez(folder / "bad_labels.npz", x=rng.normal(size=(4, 64)), y=np.array([0, 12, -1, 3]))
+    (folder / "corrupt.npz").write_bytes(npz_bytes()[:100])
+    (folder / "digits.csv").write_text("a,b\n1,2\n")
+    (folder / "new").mkdir()
+    return folder
+
+
+MODELS = st.sampled_from([str(p) for p in EXAMPLES if "digits" in p.name]
+                         + list(HOSTILE_MODELS) + ["latin1.nn", "missing.nn", "new"])
+COMMANDS = st.sampled_from(["check", "run", "grad", "export", "predict", "train", "gradcheck",
+                            "ir"])
+OUTPUTS = st.sampled_from(["out.npz", "new", "a-file/out.npz", "/sys/out.npz", "new/deep/o.npz",
+                           "out.csv", "out.onnx"])
+DATA = st.sampled_from(["digits.npz", "bad_labels.npz", "corrupt.npz", "digits.csv",
+                        "missing.npz", "a-file", str(ROOT / "examples" / "data" /
+                                                      "digits_test.npz")])
+OPTIONS = st.sampled_from([
+    ["--random-inputs"], ["--dim", "B=2"], ["--dim", "B=0"], ["--dim", "B=-4"],
+    ["--dim", f"B={10 ** 12}"], ["--map", "x=extra"], ["--map", "q=x"], ["--strict-inputs"],
+    ["--outputs", "logits"], ["--outputs", "J"], ["--argmax"], ["--epochs", "1"],
+    ["--epochs", "0"], ["--batch-size", "3"], ["--lr", "1e30"], ["--optimizer", "sgd"],
+    ["--backend", "onnxruntime"], ["--label-column", "b"], ["--grad"], ["--train-step"],
+    ["--check-numerics"], ["--allow-nonfinite"], ["--override"], ["--samples", "2"],
+    ["-O2"], ["--wrt", "W1"],
+])
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    argv = [draw(COMMANDS), draw(MODELS)]
+    if draw(st.booleans()):
+        argv += ["--data" if argv[0] in ("train", "predict") else "--inputs", draw(DATA)]
+    if draw(st.booleans()):
+        flag = {"train": draw(st.sampled_from(["-o", "--checkpoint", "--log-jsonl"]))}
+        argv += [flag.get(argv[0], "-o"), draw(OUTPUTS)]
+    for option in draw(st.lists(OPTIONS, max_size=3)):
+        argv += option
+    if argv[0] == "train" and "--epochs" not in argv:
+        argv += ["--epochs", "1"]
+    return argv
+
+
+def run_cli(argv: list[str], cwd) -> tuple[int, str]:
+    """main(argv) in this process, from `cwd`; returns the exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exit_:  # argparse: --help, or a usage error
+                code = exit_.code
+    finally:
+        os.chdir(previous)
+    return code, err.getvalue()
+
+
+@fuzz_cli
+@given(command_lines())
+def test_the_cli_never_shows_a_traceback(workspace, argv):
+    with within_time():
+        code, stderr = run_cli(argv, workspace)
+    assert code in (0, 1, 2), (code, stderr)
+    assert "Traceback" not in stderr
+    if code == 1:
+        assert "error:" in stderr
+    for leftover in workspace.rglob("*.tmp"):
+        raise AssertionError(f"a temporary file was left behind: {leftover}")
+    assert not zipfile.is_zipfile(workspace / "a-file")
