@@ -111,12 +111,17 @@ def _softmax(x, axis):
 
 @kernel("cross_entropy")
 def _cross_entropy(logits, labels):
-    classes = logits.shape[-1]
+    _check_labels(labels, logits.shape[-1])
+    picked = np.take_along_axis(_log_softmax(logits, -1), labels[..., None], axis=-1)
+    return -np.mean(picked)
+
+
+def _check_labels(labels, classes: int) -> None:
+    """Labels computed inside a model (inputs are checked before any backend runs): numpy
+    would index from the end for -1, or write a zero one-hot row, without a word."""
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"labels must lie in [0, {classes}), got values from {labels.min()} "
                          f"to {labels.max()}")
-    picked = np.take_along_axis(_log_softmax(logits, -1), labels[..., None], axis=-1)
-    return -np.mean(picked)
 
 
 @kernel("mse")
@@ -126,6 +131,7 @@ def _mse(pred, target):
 
 @kernel("one_hot")
 def _one_hot(labels, depth, dtype):
+    _check_labels(labels, depth)
     return (labels[..., None] == np.arange(depth)).astype(NUMPY_DTYPES[dtype])
 
 
@@ -236,6 +242,7 @@ def _relu_grad(x, g):
 @kernel("cross_entropy_grad")
 def _cross_entropy_grad(logits, labels, scale):
     """(softmax(logits) - onehot(labels)) * scale, without materialising the one-hot."""
+    _check_labels(labels, logits.shape[-1])
     grad = _softmax(logits, -1)
     flat = grad.reshape(-1, grad.shape[-1])
     flat[np.arange(flat.shape[0]), labels.reshape(-1)] -= 1

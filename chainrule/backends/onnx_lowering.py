@@ -142,7 +142,21 @@ def _cross_entropy(em, node, out, logits, labels):
     # A non-negative axis: onnx.reference's GatherElements mishandles axis=-1.
     last = node.inputs[0].type.rank - 1
     picked = em.add("GatherElements", [log_probabilities, em.unsqueeze(labels, [-1])], axis=last)
+    picked = _nan_unless_labels_valid(em, node, picked, labels, node.inputs[0].type.shape[-1])
     em.add("Neg", [em.reduce("ReduceMean", picked, None, False)], out)
+
+
+def _nan_unless_labels_valid(em, node, x, labels, classes):
+    """x, with NaN where a label lies outside [0, classes). Inputs are checked before any
+    backend runs, but a label computed inside the model can only be caught here, and ONNX has
+    no op to refuse it: onnxruntime would take -1 as the last class, or write a zero one-hot
+    row. NaN makes the result non-finite, which run warns of and training stops at."""
+    if not isinstance(classes, int):
+        return x
+    valid = em.add("And", [em.add("GreaterOrEqual", [labels, em.ints(0)]),
+                           em.add("Less", [labels, em.ints(classes)])])
+    nan = em.scalar(float("nan"), node.outputs[0].type.dtype)
+    return em.add("Where", [em.unsqueeze(valid, [-1]), x, nan])
 
 
 @lowering("mse")
@@ -156,7 +170,9 @@ def _one_hot(em, node, out, labels):
     # Equal against a constant range, then Cast: onnxruntime's OneHot lacks double outputs.
     classes = em.ints(range(node.attrs["depth"]), "classes")
     matches = em.add("Equal", [em.unsqueeze(labels, [-1]), classes])
-    em.add("Cast", [matches], out, to=ONNX_DTYPES[node.attrs["dtype"]])
+    hot = em.add("Cast", [matches], to=ONNX_DTYPES[node.attrs["dtype"]])
+    em.add("Identity", [_nan_unless_labels_valid(em, node, hot, labels, node.attrs["depth"])],
+           out)
 
 
 @lowering("broadcast_like")
