@@ -346,3 +346,38 @@ def test_fileio_probe_leaves_nothing_behind(tmp_path):
     fileio.check_writable(tmp_path / "out.npz")
     fileio.check_writable(tmp_path / "new" / "dir", directory=True)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- labels computed inside the model ---------------------------------------------------------
+
+COMPUTED_LABELS = """model m(x: f32[B, 3], z: f32[B]) {
+    y = i64(z)
+    L = cross_entropy(x, y)
+    hot = one_hot(y, n=3)
+    return L, hot
+}"""
+
+
+@pytest.mark.parametrize("z", [[5.0, 1.0], [-1.0, 0.0]])
+def test_computed_labels_out_of_range_are_never_silent(z):
+    model = chainrule.compile(COMPUTED_LABELS)
+    feeds = {"x": np.zeros((2, 3), np.float32), "z": np.array(z, np.float32)}
+    with pytest.raises(ChainruleError, match=r"labels must lie in \[0, 3\)") as caught:
+        model.run(**feeds)
+    assert caught.value.line == 3
+    try:  # onnxruntime has no op to refuse them: it fails, located, or the results are NaN
+        outputs = model.run(backend="onnxruntime", **feeds)
+    except ChainruleError as error:
+        assert error.line == 3 and "onnxruntime failed while computing %L" in error.message
+    else:
+        assert np.isnan(outputs["L"]) and np.isnan(outputs["hot"][0]).all()
+
+
+def test_onnxruntime_failures_point_at_the_dsl_line():
+    model = chainrule.compile("model m(x: f32[B, 3], z: f32[B]) {\n    k = i64(z)\n"
+                              "    t = take(x, k, axis=1)\n    return t\n}")
+    with pytest.raises(ChainruleError, match="onnxruntime failed while computing %t = take") \
+            as caught:
+        model.run(backend="onnxruntime", x=np.zeros((2, 3), np.float32),
+                  z=np.array([7.0, 0.0], np.float32))
+    assert caught.value.line == 3
