@@ -1,4 +1,4 @@
-"""The `chainrule` command line: check, ir, run, grad, export."""
+"""The `chainrule` command line: check, ir, run, grad, predict, train, export, viz, gradcheck."""
 from __future__ import annotations
 
 import argparse
@@ -71,7 +71,7 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
         shape = shapes[value.name]
         dtype = NUMPY_DTYPES[value.type.dtype]
         if value.type.dtype in ("f32", "f64"):
-            arrays[value.name] = rng.normal(size=shape).astype(dtype)
+            arrays[value.name] = rng.standard_normal(shape, dtype)  # no f64 copy of an f32
         elif value.type.dtype == "i64":
             arrays[value.name] = rng.integers(0, bounds.get(value.name, 10), shape)
         else:
