@@ -1,6 +1,7 @@
 """Export to standard ONNX, and a backend that runs the export in onnxruntime."""
 from __future__ import annotations
 
+import re
 import weakref
 
 import numpy as np
@@ -29,16 +30,22 @@ class OnnxEmitter:
         self.training = training
         self.nodes: list[onnx.NodeProto] = []
         self.doc = ""
+        self.lowering = ""  # the name of the IR value whose node is being lowered
         self.counter = 0
 
     def fresh(self, hint: str) -> str:
+        """A new name, prefixed by the IR value being lowered (so `value#Hint7`): an
+        onnxruntime error names the node, and the prefix leads back to the IR node."""
         self.counter += 1
-        return f"{hint}#{self.counter}"
+        prefix = self.lowering or hint
+        return f"{prefix}#{hint if self.lowering else ''}{self.counter}"
 
     def add(self, op_type: str, inputs, out: str | None = None, **attrs) -> str:
         out = out or self.fresh(op_type)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], doc_string=self.doc,
-                                           **attrs))
+        # Named after its output: onnxruntime's errors name the node, which then leads back
+        # to the IR value and its DSL line.
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out,
+                                           doc_string=self.doc, **attrs))
         return out
 
     def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
@@ -71,9 +78,11 @@ class OnnxEmitter:
         return self.add("Unsqueeze", [x, self.ints(axes, "axes")], out)
 
 
-def _value_info(value: Value) -> onnx.ValueInfoProto:
+def _value_info(value: Value, name: str | None = None) -> onnx.ValueInfoProto:
+    """The value's ONNX type (under `name`, by default its own): the full checker requires a
+    shape on every graph output, even an input's copy."""
     shape = [None if d == UNKNOWN else d for d in value.type.shape]
-    return helper.make_tensor_value_info(value.name, ONNX_DTYPES[value.type.dtype], shape)
+    return helper.make_tensor_value_info(name or value.name, ONNX_DTYPES[value.type.dtype], shape)
 
 
 def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAULT_OPSET,
@@ -91,8 +100,9 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     emitter = OnnxEmitter(opset, training)
     for node in graph.nodes:
         emitter.doc = str(node.loc) if node.loc else ""
+        emitter.lowering = node.outputs[0].name
         LOWERINGS[node.op](emitter, node, node.outputs[0].name, *(v.name for v in node.inputs))
-    emitter.doc = ""
+    emitter.doc = emitter.lowering = ""
 
     inputs = [_value_info(v) for v in graph.inputs]
     initializers = []
@@ -107,10 +117,7 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
         name = output_name(value, graph)
         if name != value.name:  # an ONNX graph output must be produced by a node
             emitter.nodes.append(helper.make_node("Identity", [value.name], [name]))
-            outputs.append(helper.make_tensor_value_info(name, ONNX_DTYPES[value.type.dtype],
-                                                         None))
-        else:
-            outputs.append(_value_info(value))
+        outputs.append(_value_info(value, name))
     output_names = {v.name for v in graph.outputs}
     value_infos = [_value_info(out) for node in graph.nodes for out in node.outputs
                    if out.name not in output_names]
@@ -166,7 +173,13 @@ class _SessionRunner:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: run() reports failures itself
+        if any(value.type.dtype == "f64" for value in graph.values()):
+            # onnxruntime's extended optimisations fuse standard ops into com.microsoft ones
+            # (MatMul + Transpose into FusedMatMul) that some versions, 1.23 among them, only
+            # implement for float32, so the session would fail to load. Basic optimisations
+            # keep standard ops; float32 graphs keep every optimisation.
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                     providers=["CPUExecutionProvider"])
         self.graph = graph
@@ -176,9 +189,24 @@ class _SessionRunner:
         # Positions of the arrays onnxruntime takes (an unused input is pruned from the model).
         self.fed = [(index, name) for index, name in enumerate(names) if name in used]
         self.output_names = [output_name(v, graph) for v in graph.outputs]
+        self.nodes_by_output = {node.outputs[0].name: node for node in graph.nodes}
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
-        results = self.session.run(self.output_names,
-                                   {name: arrays[index] for index, name in self.fed})
+        try:
+            results = self.session.run(self.output_names,
+                                       {name: arrays[index] for index, name in self.fed})
+        except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
+            raise self.located(error) from None
         return {v.name: r for v, r in zip(self.graph.outputs, results, strict=True)}
+
+    def located(self, error: Exception) -> ChainruleError:
+        """onnxruntime's failure as a ChainruleError at the DSL line of the node it names."""
+        message = str(error).split("Status Message:")[-1].strip()
+        if message.startswith("/onnxruntime_src"):  # a source path and C++ signature first
+            message = message.rsplit("] ", 1)[-1]
+        named = re.search(r"node\. Name:'([^']*)'", str(error))
+        node = self.nodes_by_output.get(named.group(1).split("#")[0]) if named else None
+        where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
+            "while running the graph"
+        return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
