@@ -219,15 +219,14 @@ class Writer:
             self.program.kinks.append((distance_between, a.name, b.name))
 
     def literal(self):
-        # Inside tanh: a bare `x * c` chain makes simplify's merge_scalar_factors reuse a
-        # value name at -O2 (a bug of its own, found this way and not yet fixed).
         x = self.operand()
         scale, shift = (self.draw(st.sampled_from(list(LITERALS))) for _ in range(2))
+        bound = x.bound * LITERALS[scale] + LITERALS[shift]
         if self.draw(st.booleans()):
             name = f"c{len(self.program.lines)}"
             self.program.lines.append(f"let {name} = {scale}")
             scale = name
-        self.emit(f"tanh({x.name} * {scale}) + {shift}", x.shape, 1.0 + LITERALS[shift], [x])
+        self.emit(f"{x.name} * {scale} + {shift}", x.shape, bound, [x])
 
     def matmul(self):
         a = self.operand(lambda s: len(s) >= 1, SHAPES.filter(len))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..ir import Graph, Node, OpTypeError, Value, infer_type
+from ..ir import Graph, Namer, Node, OpTypeError, Value, infer_type
 from ..ir.shapes import broadcast_shapes, compose_perms, is_identity_perm
 from .rewrite import Rewriter
 
@@ -24,6 +24,9 @@ class RuleContext:
         self.rewriter = rewriter
         self.evaluate = evaluate
         self.producers: dict[Value, Node] = {}
+        # A rule names a new helper value after the node it rewrites (`J.scale`); the namer
+        # keeps that unique when the rule fires on a node of that name again.
+        self.namer = Namer.for_graph(rewriter.source)
 
     def defined_by(self, value: Value, *ops: str) -> Node | None:
         """The node defining `value` if its op is one of `ops`."""
@@ -38,6 +41,8 @@ class RuleContext:
         # Rules read inputs off earlier nodes, which may have been renamed since: use current.
         inputs = tuple(self.rewriter.current(v) for v in inputs)
         out_type = infer_type(op, [v.type for v in inputs], attrs)
+        if name != like.outputs[0].name:  # the replacement itself takes over its node's name
+            name = self.namer.fresh(name)
         out = Value(name, out_type)
         self.keep(Node(op, tuple(inputs), attrs, (out,), like.loc))
         return out
