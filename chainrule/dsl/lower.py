@@ -1,65 +1,25 @@
-"""Lowering the parse tree to the graph IR: one method per grammar alias.
+"""Lowering the parse tree to the graph IR: programs, statements and functions here,
+expressions in expressions.py (one method per grammar alias in each).
 
-Expressions evaluate to an IR `Value`, a compile-time constant (int, float, bool or a tuple of
-them) or a `Weak` value. Constants fold in Python (`2 * 3`); integer constants stay within 64 bits.
-
-Literals are weakly typed, as in JAX. A number has no dtype of its own, and neither has a
-built-in call or arithmetic on literals alone (`sqrt(2.0)`, `-exp(-1.0) * 2`): that is kept as a
-`Weak` value and lowered only when it meets a typed value, in that value's dtype. So
-`x / sqrt(2.0)` is f64 for an f64 `x`, as `2 * x` stays f32 for an f32 one; what meets no typed
-value (a model output, `.T`, an index base) is f32. In an elementwise op a float literal meeting
-an i64 tensor makes it f64, as numpy 2 does with Python scalars (NEP 50): `y * 0.5` is f64,
-`y + 1` stays i64.
-
-Expressions nest as deep as the text does (`-(-(-x))`, a sum of 20,000 terms), so they are not
-evaluated by recursion: see `Lowerer.expr` and `Lowerer.lower_weak`.
+Literals are weakly typed, as in JAX (see weak.py): `x / sqrt(2.0)` is f64 for an f64 `x`, as
+`2 * x` stays f32 for an f32 one; what meets no typed value (a model output, `.T`, an index
+base) is f32.
 """
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass, field
-from types import GeneratorType
+from dataclasses import dataclass
 
-from lark import Token, Tree
+from lark import Tree
 
 from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
-                  Value, get_op)
-from ..ir.errors import INT64_MAX, integer_literal
+                  Value)
 from ..ir.init import INITIALIZERS, check_init
-from ..ir.shapes import TO_END, TO_START
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
+from .expressions import ExpressionLowerer, describe_constant, is_number, suggest
 from .parser import parse
-
-
-def _on_bools(fn):
-    def fold(a, b):
-        if not (isinstance(a, bool) and isinstance(b, bool)):
-            raise ValueError("'and' and 'or' take true or false")
-        return fn(a, b)
-    return fold
-
-
-FOLD = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-    "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
-    "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
-    "not_equal": operator.ne, "logical_and": _on_bools(operator.and_),
-    "logical_or": _on_bools(operator.or_),
-}
-BINARY_OPS = tuple(FOLD) + ("matmul",)
-# Unary operators on constants: the fold and the kind of constant it takes.
-UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
-# Operators whose result has their operands' dtype, so on weak operands the result is weak too,
-# and how they read. Comparisons and logic give bools: weak operands are lowered as f32 there.
-WEAK_OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@",
-                  "neg": "-"}
-# Built-ins lowered at the call even on literals alone: grad and jvp differentiate the values
-# they are given, and each dropout draws its mask by its place in the graph.
-STRONG_BUILTINS = frozenset({"grad", "jvp", "dropout"})
-# How deep an error message shows a weak value's arguments.
-SHOWN_DEPTH = 6
+from .weak import Weak
 
 # Functions are inlined at each call, by a recursive call of the lowering: a chain of calls
 # deeper than this is an error well before Python's recursion limit...
@@ -75,51 +35,6 @@ class Function:
     params: list  # [(name, default expression tree or None)]
     body: Tree
     loc: SourceLoc
-
-
-@dataclass(eq=False)
-class Weak:
-    """A literal-only call or operator, e.g. `sqrt(2.0)`: weakly typed until it meets a typed
-    value, then lowered in that value's dtype by `Lowerer.lower_weak` (once per dtype).
-
-    `function` is a built-in, or an operator's op when `symbol` is set; the arguments are
-    numbers, tuples or Weak values, as `Lowerer.x_call` collects them: ((value, loc), ...) and
-    {key: (value, loc)}. Compared by identity: the lowerer keys its lowered forms on it.
-    """
-    function: str
-    symbol: str | None
-    positional: tuple
-    keywords: dict
-    loc: SourceLoc
-    name: str | None = None  # what the model's text calls it, for the lowered value
-    # Whether a float literal is in it (see `_is_float_literal`). Set here rather than found by
-    # a walk when needed: a weak value nests as deep as the text does.
-    is_float: bool = field(init=False)
-
-    def __post_init__(self):
-        self.is_float = any(map(_is_float_literal, self.arguments))
-
-    @property
-    def arguments(self) -> list:
-        return [v for v, _ in self.positional] + [v for v, _ in self.keywords.values()]
-
-    def __repr__(self) -> str:
-        return self.text(SHOWN_DEPTH)
-
-    def text(self, depth: int) -> str:
-        """As DSL text, arguments nested deeper than `depth` shown as '...'."""
-        def show(value):
-            if not isinstance(value, Weak):
-                return _literal(value)
-            shown = value.text(depth - 1) if depth > 1 else "..."
-            return f"({shown})" if self.symbol and value.symbol else shown
-        arguments = [show(v) for v, _ in self.positional]
-        arguments += [f"{key}={show(v)}" for key, (v, _) in self.keywords.items()]
-        if self.symbol is None:
-            return f"{self.function}({', '.join(arguments)})"
-        if len(arguments) == 1:
-            return self.symbol + arguments[0]
-        return f" {self.symbol} ".join(arguments)
 
 
 class Scope:
@@ -139,7 +54,7 @@ class Scope:
     def lookup(self, name: str, loc: SourceLoc):
         if name in self.bindings:
             return self.bindings[name]
-        raise ChainruleError(f"unknown name '{name}'{_suggest(name, self.bindings)}", loc)
+        raise ChainruleError(f"unknown name '{name}'{suggest(name, self.bindings)}", loc)
 
 
 def _redefinition(what: str, rule: str, loc: SourceLoc, first: SourceLoc) -> ChainruleError:
@@ -147,27 +62,16 @@ def _redefinition(what: str, rule: str, loc: SourceLoc, first: SourceLoc) -> Cha
                           ((first, "first defined here"),))
 
 
-def _suggest(name: str, known) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def lower_source(source: str, filename: str = "<string>") -> Graph:
     """Parse and lower the one model in `source` to a graph."""
     return Lowerer(filename).lower_program(parse(source, filename))
 
 
-class Lowerer:
+class Lowerer(ExpressionLowerer):
     def __init__(self, filename: str):
-        self.filename = filename
+        super().__init__(filename)
         self.functions: dict[str, Function] = {}
         self.call_stack: list[str] = []
-
-    def loc(self, item) -> SourceLoc:
-        if isinstance(item, Token):
-            return SourceLoc(self.filename, item.line, item.column)
-        return SourceLoc(self.filename, item.meta.line, item.meta.column)
 
     # ---- program structure --------------------------------------------------------------------
 
@@ -263,9 +167,9 @@ class Lowerer:
                 hint = "" if names is None else f": write {init_name}({', '.join(names)})"
                 raise ChainruleError(f"initialiser arguments are positional{hint}", self.loc(arg))
             constant = self.expr(arg, scope)
-            if not _is_number(constant) or not math.isfinite(constant):
+            if not is_number(constant) or not math.isfinite(constant):
                 raise ChainruleError(f"initialiser arguments are finite numbers, not "
-                                     f"{_describe_constant(constant)}", self.loc(arg))
+                                     f"{describe_constant(constant)}", self.loc(arg))
             init_args.append(float(constant))
         spec = InitSpec(str(init_name), tuple(init_args))
         problem = check_init(spec, value_type.shape)
@@ -317,7 +221,7 @@ class Lowerer:
         for expression, value in zip(tree.children, values, strict=True):
             value = self.alone(value)
             if not isinstance(value, Value):
-                if not _is_number(value):
+                if not is_number(value):
                     raise ChainruleError("a model returns tensors or numbers, not tuples",
                                          self.loc(expression))
                 value = self.builder.constant(value, "f32", loc=self.loc(expression))
@@ -325,392 +229,6 @@ class Lowerer:
                 raise ChainruleError(f"'{value.name}' is returned twice", self.loc(expression))
             outputs.append(value)
         return outputs
-
-    # ---- expressions --------------------------------------------------------------------------
-
-    def expr(self, tree, scope: Scope):
-        """The value of an expression tree: an IR Value or a compile-time constant.
-
-        One `x_<alias>` method per expression alias. A leaf's method returns its value; a
-        method that needs the values of subtrees is a generator that yields each subtree and is
-        sent back its value. This loop keeps those waiting generators on a list rather than on
-        Python's stack, so an expression may nest as deep as memory allows.
-        """
-        waiting = []
-        value = self.start(tree, scope, waiting)
-        while waiting:
-            try:
-                subtree = waiting[-1].send(value)
-            except StopIteration as finished:
-                waiting.pop()
-                value = finished.value
-            else:
-                value = self.start(subtree, scope, waiting)
-        return value
-
-    def start(self, tree, scope: Scope, waiting: list):
-        """A leaf's value; or None, having put the generator of an inner node on `waiting`."""
-        result = getattr(self, "x_" + tree.data)(tree, scope)
-        if isinstance(result, GeneratorType):
-            waiting.append(result)
-            return None
-        return result
-
-    def integer(self, token: Token) -> int:
-        return integer_literal(str(token), self.loc(token))
-
-    def x_int_literal(self, tree, scope):
-        return self.integer(tree.children[0])
-
-    def x_float_literal(self, tree, scope):
-        return float(tree.children[0])
-
-    def x_true_literal(self, tree, scope):
-        return True
-
-    def x_false_literal(self, tree, scope):
-        return False
-
-    def x_tuple_literal(self, tree, scope):
-        items = []
-        for child in tree.children:
-            if child is not None:
-                items.append((yield child))
-        if not all(_is_number(item) for item in items):
-            raise ChainruleError("tuples hold numbers (axes, shapes, permutations), not "
-                                 "tensors or tuples", self.loc(tree))
-        return tuple(items)
-
-    def x_name(self, tree, scope):
-        return scope.lookup(str(tree.children[0]), self.loc(tree))
-
-    def unary(self, op, tree, scope):
-        operand = yield tree.children[0]
-        loc = self.loc(tree)
-        if isinstance(operand, Weak) and op in WEAK_OPERATORS:
-            return self.defer(op, WEAK_OPERATORS[op], [(operand, loc)], {}, loc)
-        if isinstance(operand, (Value, Weak)):
-            return self.builder.emit(op, (self.alone(operand),), loc=loc)
-        fold, takes = UNARY_FOLD[op]
-        if not _is_number(operand) or (op == "logical_not") != isinstance(operand, bool):
-            raise ChainruleError(f"'{op}' takes a tensor or {takes}, not {operand!r}",
-                                 self.loc(tree))
-        return fold(operand)
-
-    def x_indexing(self, tree, scope):
-        """x[...] is a slice of the ranges and integers, then a squeeze of the integers' axes."""
-        base_tree, *items = tree.children
-        loc = self.loc(tree)
-        base = self.alone((yield base_tree))
-        if not isinstance(base, Value):
-            raise ChainruleError("only tensors can be indexed", loc)
-        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
-        squeezed = ()
-        for axis, item in enumerate(self.items_per_axis(items, base.type, loc)):
-            if item is None:
-                continue
-            if isinstance(item, Tree) and item.data == "slice_range":
-                bounds = yield from self.slice_bounds(item)
-            else:
-                bounds = yield from self.index_bounds(item, base.type.shape[axis], axis)
-                squeezed += (axis,)
-            if bounds != (0, TO_END, 1):
-                for key, bound in zip(("starts", "ends", "steps"), bounds, strict=True):
-                    window[key] += (bound,)
-                window["axes"] += (axis,)
-        result = base
-        if window["axes"]:
-            result = self.builder.emit("slice", (result,), window, loc=loc)
-        if squeezed:
-            result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
-        return result
-
-    def items_per_axis(self, items, value_type: TensorType, loc) -> list:
-        """One subscript item per axis: '...' and the axes after the last item take None (all)."""
-        ellipses = [i for i, item in enumerate(items)
-                    if isinstance(item, Tree) and item.data == "ellipsis"]
-        named = len(items) - len(ellipses)
-        if len(ellipses) > 1 or named > value_type.rank:
-            raise ChainruleError(f"{named} indices (and {len(ellipses)} '...') for a tensor of "
-                                 f"type {value_type}; give at most one per axis and one '...'",
-                                 loc)
-        if ellipses:
-            at = ellipses[0]
-            items = items[:at] + [None] * (value_type.rank - named) + items[at + 1:]
-        return list(items) + [None] * (value_type.rank - len(items))
-
-    def slice_bounds(self, tree):
-        """Yields the bounds' subtrees; returns (start, end, step)."""
-        bounds = []
-        for child in tree.children:
-            bounds.append(None if child is None
-                          else (yield from self.constant_int(child, "slice bound")))
-        start, end, step = bounds
-        step = 1 if step is None else step
-        if step == 0:
-            raise ChainruleError("a slice step cannot be 0", self.loc(tree))
-        if start is None:
-            start = 0 if step > 0 else TO_END
-        if end is None:
-            end = TO_END if step > 0 else TO_START
-        return start, end, step
-
-    def index_bounds(self, tree, dim, axis):
-        """Yields the index's subtree; returns the (start, end, step) that picks it."""
-        index = yield from self.constant_int(tree, "an index")
-        if isinstance(dim, int) and not -dim <= index < dim:
-            raise ChainruleError(f"index {index} is out of range for axis {axis} of size {dim}",
-                                 self.loc(tree))
-        return index, TO_END if index == -1 else index + 1, 1
-
-    def constant_int(self, tree, what: str):
-        """Yields `tree`; returns its value, which must be an integer constant."""
-        value = yield tree
-        if isinstance(value, Value):
-            raise ChainruleError(f"{what} must be an integer constant; take(x, indices, axis) "
-                                 f"indexes with a tensor", self.loc(tree))
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ChainruleError(f"{what} must be an integer, not {value!r}", self.loc(tree))
-        return value
-
-    def x_attribute(self, tree, scope):
-        base_tree, attribute = tree.children
-        base = self.alone((yield base_tree))
-        if str(attribute) != "T":
-            raise ChainruleError(f"unknown attribute '.{attribute}'; only '.T' (transpose) "
-                                 f"exists", self.loc(attribute))
-        if not isinstance(base, Value):
-            raise ChainruleError("'.T' applies to a tensor", self.loc(attribute))
-        perm = tuple(reversed(range(base.type.rank)))
-        hint = f"{base.name}.T" if base in self.user_values else None
-        return self.builder.emit("transpose", (base,), {"perm": perm}, loc=self.loc(tree),
-                                 name=hint)
-
-    def binary(self, op, tree, scope):
-        left = yield tree.children[0]
-        right = yield tree.children[1]
-        loc = self.loc(tree)
-        if not isinstance(left, Value) and not isinstance(right, Value):
-            if not isinstance(left, Weak) and not isinstance(right, Weak):
-                return self.fold(op, left, right, loc)
-            if op in WEAK_OPERATORS:
-                return self.defer(op, WEAK_OPERATORS[op], [(left, loc), (right, loc)], {}, loc)
-        return self.builder.emit(op, self.tensor_inputs(op, (left, right), loc), loc=loc)
-
-    def fold(self, op, left, right, loc):
-        if op not in FOLD:
-            raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
-        if not (_is_number(left) and _is_number(right)):
-            raise ChainruleError(f"'{op}' needs numbers or tensors, not tuples", loc)
-        # An integer power can take longer to compute than anyone would wait.
-        if op == "pow" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 64:
-            raise ChainruleError(f"{_power(left, right)} gives an integer past 64 bits", loc)
-        try:
-            result = FOLD[op](left, right)
-        except (ZeroDivisionError, OverflowError, ValueError) as error:
-            raise ChainruleError(f"constant expression fails: {error}", loc) from None
-        if isinstance(result, complex):
-            raise ChainruleError(f"{_power(left, right)} is not a real number", loc)
-        if _is_int(result) and abs(result) > INT64_MAX:
-            raise ChainruleError(f"'{op}' of {left} and {right} gives an integer past 64 bits",
-                                 loc)
-        return result
-
-    def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
-        """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
-        tensors they meet, or `default`. In an elementwise op, a float one meeting an i64 tensor
-        makes it f64, as numpy 2 does with a Python float (NEP 50): `y * 0.5` is f64."""
-        dtype = _meeting_dtype(arguments)
-        if (dtype == "i64" and op is not None and "elementwise" in get_op(op).traits
-                and any(map(_is_float_literal, arguments))):
-            dtype = "f64"
-            arguments = [self.cast(a, dtype, loc) if _is_tensor_of(a, "i64") else a
-                         for a in arguments]
-        return [self.as_tensor(a, dtype or default, loc) for a in arguments]
-
-    def as_tensor(self, value, dtype: str, loc) -> Value:
-        """`value` as an IR value; a number or weak value becomes one of `dtype`, the dtype of
-        the tensor it meets."""
-        if isinstance(value, Value):
-            return value
-        if isinstance(value, Weak):
-            # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
-            return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
-        if not _is_number(value):
-            raise ChainruleError("a tuple cannot be used as a tensor", loc)
-        if isinstance(value, bool):
-            dtype = "bool"
-        elif dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
-            raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
-                                 f"tensor with f32(...) first", loc)
-        elif dtype == "bool":
-            raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
-        return self.builder.constant(value, dtype, loc=loc)
-
-    def alone(self, value):
-        """`value`, where no typed value meets it: a weak value is f32, as a number is."""
-        return self.lower_weak(value, "f32") if isinstance(value, Weak) else value
-
-    def defer(self, function, symbol, positional, keywords, loc) -> Weak:
-        weak = Weak(function, symbol, tuple(positional), dict(keywords), loc)
-        self.weak_forms[weak] = {}
-        return weak
-
-    def lower_weak(self, weak: Weak, dtype: str) -> Value:
-        """`weak` lowered with its numbers as constants of `dtype`, once per dtype.
-
-        Its weak arguments take the same dtype, so they are lowered first, innermost and
-        leftmost first, from a list rather than by recursion: a weak value nests as deep as the
-        text does."""
-        pending = [weak]
-        while pending:
-            top = pending[-1]
-            inner = [a for a in top.arguments
-                     if isinstance(a, Weak) and dtype not in self.weak_forms[a]]
-            if inner:
-                pending.extend(reversed(inner))
-                continue
-            pending.pop()
-            forms = self.weak_forms[top]
-            if dtype not in forms:
-                forms[dtype] = self.lower_weak_call(top, dtype)
-        return self.weak_forms[weak][dtype]
-
-    def lower_weak_call(self, weak: Weak, dtype: str) -> Value:
-        """The call or operator `weak` records, lowered by the usual path (so with its checks
-        and messages) with its numbers as `dtype` constants, at the place of the call."""
-        if weak.symbol is None:
-            value = self.call_builtin(weak.function, weak.positional, weak.keywords, weak.loc,
-                                      dtype)
-        else:
-            operands = [self.as_tensor(a, dtype, weak.loc) for a in weak.arguments]
-            value = self.builder.emit(weak.function, operands, loc=weak.loc)
-        if weak.name is not None and value not in self.user_values:
-            self.builder.rename(value, weak.name)
-            self.user_values.add(value)
-        return value
-
-    def x_call(self, tree, scope):
-        name_token, args = tree.children
-        name = str(name_token)
-        loc = self.loc(tree)
-        positional, keywords = [], {}
-        for arg in (args.children if args else []):
-            if isinstance(arg, Tree) and arg.data == "kwarg":
-                key, expression = arg.children
-                if str(key) in keywords:
-                    raise ChainruleError(f"argument '{key}' is given twice", self.loc(key))
-                keywords[str(key)] = ((yield expression), self.loc(key))
-            else:
-                if keywords:
-                    raise ChainruleError("positional argument after a keyword argument",
-                                         self.loc(arg))
-                positional.append(((yield arg), self.loc(arg)))
-        if name in self.functions:
-            return self.call_function(self.functions[name], positional, keywords, loc)
-        if name in CASTS:
-            return self.call_cast(name, positional, keywords, loc)
-        if name in BUILTINS:
-            return self.call_builtin(name, positional, keywords, loc)
-        known = list(BUILTINS) + list(CASTS) + list(self.functions)
-        raise ChainruleError(f"unknown function '{name}'{_suggest(name, known)}",
-                             self.loc(name_token))
-
-    def bind_arguments(self, name, params, defaults, positional, keywords, loc) -> dict:
-        if len(positional) > len(params):
-            noun = "argument" if len(params) == 1 else "arguments"
-            raise ChainruleError(f"{name}() takes at most {len(params)} {noun} "
-                                 f"({', '.join(params)}), got {len(positional)}",
-                                 positional[len(params)][1])
-        bound = {p: value for p, (value, _) in zip(params, positional)}
-        for key, (value, key_loc) in keywords.items():
-            if key not in params:
-                hint = _suggest(key, params) or f"; it takes ({', '.join(params)})"
-                raise ChainruleError(f"{name}() has no argument '{key}'{hint}", key_loc)
-            if key in bound:
-                raise ChainruleError(f"{name}() got '{key}' twice", key_loc)
-            bound[key] = value
-        for param in params:
-            if param not in bound:
-                if defaults.get(param, NO_DEFAULT) is NO_DEFAULT:
-                    raise ChainruleError(f"{name}() is missing argument '{param}'", loc)
-                bound[param] = defaults[param]
-        return bound
-
-    def call_builtin(self, name, positional, keywords, loc, dtype=None):
-        """A built-in's value. On literals alone it is a weak value, unless `dtype` (lowering
-        one) gives its literals a dtype."""
-        spec = BUILTINS[name]
-        defaults = {key: option[0] for key, option in spec.options.items()}
-        if spec.variadic:
-            bound = self.bind_arguments(name, tuple(spec.options), defaults, [], keywords, loc)
-            tensors = self.variadic_tensors(name, positional, loc)
-        else:
-            bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
-            tensors = [bound[t] for t in spec.tensors]
-        # Options first: a bad one is reported at the call, even on a call that waits.
-        attrs = self.builtin_attrs(name, spec, bound, loc)
-        if not any(isinstance(t, Value) for t in tensors):
-            if spec.op in FOLD and not any(isinstance(t, Weak) for t in tensors):
-                return self.fold(spec.op, *tensors, loc)
-            if dtype is None and name not in STRONG_BUILTINS:
-                return self.defer(name, None, positional, keywords, loc)
-        inputs = self.tensor_inputs(spec.op, tensors, loc, dtype or "f32")
-        if spec.compose is None:
-            return self.emit_op(spec.op, inputs, attrs, loc)
-        try:
-            return spec.compose(Composer(self, loc), *inputs, **attrs)
-        except ChainruleError as error:
-            raise ChainruleError(f"{name}(): {error.message}", error.loc, error.notes) from None
-
-    def builtin_attrs(self, name, spec, bound: dict, loc) -> dict:
-        attrs = {}
-        for key, (_, convert, attr) in spec.options.items():
-            value = bound[key]
-            if isinstance(value, Value):
-                raise ChainruleError(f"{name}(): '{key}' must be a constant", loc)
-            if isinstance(value, Weak):
-                raise ChainruleError(f"{name}(): '{key}' must be a number, not {value!r} (a "
-                                     f"built-in's value is a tensor)", loc)
-            try:
-                attrs[attr] = convert(value)
-            except TypeError as error:
-                raise ChainruleError(f"{name}(): {error}", loc) from None
-        return attrs
-
-    def variadic_tensors(self, name, positional, loc) -> list:
-        if not positional:
-            raise ChainruleError(f"{name}() needs at least one tensor", loc)
-        for value, arg_loc in positional:
-            if not isinstance(value, (Value, Weak)):
-                raise ChainruleError(f"{name}() takes tensors as positional arguments, not "
-                                     f"{value!r}; give options by keyword", arg_loc)
-        return [value for value, _ in positional]
-
-    def emit_op(self, op, inputs, attrs, loc) -> Value:
-        """Emit a built-in's op; a stochastic op gets its seed from its position in the graph,
-        so each dropout draws its own mask and every run draws the same ones."""
-        if "stochastic" in get_op(op).traits:
-            attrs = {**attrs, "seed": len(self.graph.nodes)}
-        return self.builder.emit(op, inputs, attrs, loc=loc)
-
-    def call_cast(self, dtype, positional, keywords, loc):
-        bound = self.bind_arguments(dtype, ("x",), {}, positional, keywords, loc)
-        value = bound["x"]
-        if isinstance(value, Weak):
-            # A float cast gives a weak value its dtype; another converts its f32 form, as it
-            # converts any float.
-            value = self.lower_weak(value, dtype if is_float(dtype) else "f32")
-        if not isinstance(value, Value):
-            if not _is_number(value):
-                raise ChainruleError(f"{dtype}() takes a tensor or a number, not a tuple", loc)
-            return self.builder.constant(value, dtype, loc=loc)
-        return self.cast(value, dtype, loc)
-
-    def cast(self, value: Value, dtype: str, loc) -> Value:
-        if value.type.dtype == dtype:
-            return value
-        return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
 
     def call_function(self, function: Function, positional, keywords, loc):
         chain = self.call_stack + [function.name]
@@ -754,73 +272,3 @@ class Lowerer:
             raise ChainruleError(f"function '{function.name}' has no return statement",
                                  function.loc)
         return result
-
-
-class Composer:
-    """What a composite built-in sees: ops and constants added at the call's location."""
-
-    def __init__(self, lowerer: Lowerer, loc: SourceLoc):
-        self.lowerer = lowerer
-        self.loc = loc
-
-    def emit(self, op, *inputs, **attrs) -> Value:
-        return self.lowerer.emit_op(op, inputs, attrs, self.loc)
-
-    def constant(self, value, like: Value) -> Value:
-        return self.lowerer.builder.constant(value, like.type.dtype, loc=self.loc)
-
-    def error(self, message: str):
-        raise ChainruleError(message, self.loc)
-
-
-def _meeting_dtype(arguments) -> str | None:
-    """The dtype constant arguments take from the tensors among them: a numeric one's if there
-    is one, since where(cond, a, 0.5) means 0.5 in a's dtype, not cond's."""
-    dtypes = [a.type.dtype for a in arguments if isinstance(a, Value)]
-    return next((d for d in dtypes if d != "bool"), dtypes[0] if dtypes else None)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, bool))
-
-
-def _power(base, exponent) -> str:
-    return f"{f'({base})' if base < 0 else base} ** {exponent}"
-
-
-def _literal(value) -> str:
-    """A constant as DSL text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        items = ", ".join(map(_literal, value))
-        return f"({items},)" if len(value) == 1 else f"({items})"
-    return repr(value)
-
-
-def _is_float_literal(value) -> bool:
-    """A float as numpy 2 reads a Python scalar (NEP 50): `0.5` and `sqrt(2.0)` are, `1` and
-    `maximum(1, 2)` are not."""
-    return isinstance(value, float) or isinstance(value, Weak) and value.is_float
-
-
-def _is_tensor_of(value, dtype: str) -> bool:
-    return isinstance(value, Value) and value.type.dtype == dtype
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _describe_constant(value) -> str:
-    if isinstance(value, Value):
-        return f"a tensor ({value.type})"
-    return "a tuple" if isinstance(value, tuple) else repr(value)
-
-
-for _op in BINARY_OPS:
-    setattr(Lowerer, "x_" + _op,
-            lambda self, tree, scope, _op=_op: self.binary(_op, tree, scope))
-for _op in UNARY_FOLD:
-    setattr(Lowerer, "x_" + _op,
-            lambda self, tree, scope, _op=_op: self.unary(_op, tree, scope))

@@ -1,0 +1,501 @@
+"""Lowering expressions: one `x_<alias>` method per expression alias of the grammar.
+
+Expressions evaluate to an IR `Value`, a compile-time constant (int, float, bool or a tuple of
+them) or a `Weak` value (see weak.py). Constants fold in Python (`2 * 3`); integer constants
+stay within 64 bits. In an elementwise op a float literal meeting an i64 tensor makes it f64, as
+numpy 2 does with Python scalars (NEP 50): `y * 0.5` is f64, `y + 1` stays i64.
+
+Expressions nest as deep as the text does (`-(-(-x))`, a sum of 20,000 terms), so they are not
+evaluated by recursion: see `ExpressionLowerer.expr` and `ExpressionLowerer.lower_weak`.
+"""
+from __future__ import annotations
+
+import difflib
+import operator
+from types import GeneratorType
+
+from lark import Token, Tree
+
+from ..ir import ChainruleError, SourceLoc, TensorType, Value, get_op
+from ..ir.errors import INT64_MAX, integer_literal
+from ..ir.shapes import TO_END, TO_START
+from ..ir.types import is_float
+from .builtins import BUILTINS, CASTS, NO_DEFAULT
+from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
+
+
+def _on_bools(fn):
+    def fold(a, b):
+        if not (isinstance(a, bool) and isinstance(b, bool)):
+            raise ValueError("'and' and 'or' take true or false")
+        return fn(a, b)
+    return fold
+
+
+FOLD = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
+    "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
+    "not_equal": operator.ne, "logical_and": _on_bools(operator.and_),
+    "logical_or": _on_bools(operator.or_),
+}
+BINARY_OPS = tuple(FOLD) + ("matmul",)
+# Unary operators on constants: the fold and the kind of constant it takes.
+UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
+
+
+class ExpressionLowerer:
+    """The expression half of the lowering; `Lowerer` (lower.py) adds programs, statements and
+    functions, and sets up `graph`, `builder`, `user_values`, `weak_forms`, `functions` and
+    `call_stack`."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+
+    def loc(self, item) -> SourceLoc:
+        if isinstance(item, Token):
+            return SourceLoc(self.filename, item.line, item.column)
+        return SourceLoc(self.filename, item.meta.line, item.meta.column)
+
+    def integer(self, token: Token) -> int:
+        return integer_literal(str(token), self.loc(token))
+
+    def expr(self, tree, scope):
+        """The value of an expression tree: an IR Value or a compile-time constant.
+
+        One `x_<alias>` method per expression alias. A leaf's method returns its value; a
+        method that needs the values of subtrees is a generator that yields each subtree and is
+        sent back its value. This loop keeps those waiting generators on a list rather than on
+        Python's stack, so an expression may nest as deep as memory allows.
+        """
+        waiting = []
+        value = self.start(tree, scope, waiting)
+        while waiting:
+            try:
+                subtree = waiting[-1].send(value)
+            except StopIteration as finished:
+                waiting.pop()
+                value = finished.value
+            else:
+                value = self.start(subtree, scope, waiting)
+        return value
+
+    def start(self, tree, scope, waiting: list):
+        """A leaf's value; or None, having put the generator of an inner node on `waiting`."""
+        result = getattr(self, "x_" + tree.data)(tree, scope)
+        if isinstance(result, GeneratorType):
+            waiting.append(result)
+            return None
+        return result
+
+    def x_int_literal(self, tree, scope):
+        return self.integer(tree.children[0])
+
+    def x_float_literal(self, tree, scope):
+        return float(tree.children[0])
+
+    def x_true_literal(self, tree, scope):
+        return True
+
+    def x_false_literal(self, tree, scope):
+        return False
+
+    def x_tuple_literal(self, tree, scope):
+        items = []
+        for child in tree.children:
+            if child is not None:
+                items.append((yield child))
+        if not all(is_number(item) for item in items):
+            raise ChainruleError("tuples hold numbers (axes, shapes, permutations), not "
+                                 "tensors or tuples", self.loc(tree))
+        return tuple(items)
+
+    def x_name(self, tree, scope):
+        return scope.lookup(str(tree.children[0]), self.loc(tree))
+
+    def unary(self, op, tree, scope):
+        operand = yield tree.children[0]
+        loc = self.loc(tree)
+        if isinstance(operand, Weak) and op in WEAK_OPERATORS:
+            return self.defer(op, WEAK_OPERATORS[op], [(operand, loc)], {}, loc)
+        if isinstance(operand, (Value, Weak)):
+            return self.builder.emit(op, (self.alone(operand),), loc=loc)
+        fold, takes = UNARY_FOLD[op]
+        if not is_number(operand) or (op == "logical_not") != isinstance(operand, bool):
+            raise ChainruleError(f"'{op}' takes a tensor or {takes}, not {operand!r}",
+                                 self.loc(tree))
+        return fold(operand)
+
+    def x_indexing(self, tree, scope):
+        """x[...] is a slice of the ranges and integers, then a squeeze of the integers' axes."""
+        base_tree, *items = tree.children
+        loc = self.loc(tree)
+        base = self.alone((yield base_tree))
+        if not isinstance(base, Value):
+            raise ChainruleError("only tensors can be indexed", loc)
+        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
+        squeezed = ()
+        for axis, item in enumerate(self.items_per_axis(items, base.type, loc)):
+            if item is None:
+                continue
+            if isinstance(item, Tree) and item.data == "slice_range":
+                bounds = yield from self.slice_bounds(item)
+            else:
+                bounds = yield from self.index_bounds(item, base.type.shape[axis], axis)
+                squeezed += (axis,)
+            if bounds != (0, TO_END, 1):
+                for key, bound in zip(("starts", "ends", "steps"), bounds, strict=True):
+                    window[key] += (bound,)
+                window["axes"] += (axis,)
+        result = base
+        if window["axes"]:
+            result = self.builder.emit("slice", (result,), window, loc=loc)
+        if squeezed:
+            result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
+        return result
+
+    def items_per_axis(self, items, value_type: TensorType, loc) -> list:
+        """One subscript item per axis: '...' and the axes after the last item take None (all)."""
+        ellipses = [i for i, item in enumerate(items)
+                    if isinstance(item, Tree) and item.data == "ellipsis"]
+        named = len(items) - len(ellipses)
+        if len(ellipses) > 1 or named > value_type.rank:
+            raise ChainruleError(f"{named} indices (and {len(ellipses)} '...') for a tensor of "
+                                 f"type {value_type}; give at most one per axis and one '...'",
+                                 loc)
+        if ellipses:
+            at = ellipses[0]
+            items = items[:at] + [None] * (value_type.rank - named) + items[at + 1:]
+        return list(items) + [None] * (value_type.rank - len(items))
+
+    def slice_bounds(self, tree):
+        """Yields the bounds' subtrees; returns (start, end, step)."""
+        bounds = []
+        for child in tree.children:
+            bounds.append(None if child is None
+                          else (yield from self.constant_int(child, "slice bound")))
+        start, end, step = bounds
+        step = 1 if step is None else step
+        if step == 0:
+            raise ChainruleError("a slice step cannot be 0", self.loc(tree))
+        if start is None:
+            start = 0 if step > 0 else TO_END
+        if end is None:
+            end = TO_END if step > 0 else TO_START
+        return start, end, step
+
+    def index_bounds(self, tree, dim, axis):
+        """Yields the index's subtree; returns the (start, end, step) that picks it."""
+        index = yield from self.constant_int(tree, "an index")
+        if isinstance(dim, int) and not -dim <= index < dim:
+            raise ChainruleError(f"index {index} is out of range for axis {axis} of size {dim}",
+                                 self.loc(tree))
+        return index, TO_END if index == -1 else index + 1, 1
+
+    def constant_int(self, tree, what: str):
+        """Yields `tree`; returns its value, which must be an integer constant."""
+        value = yield tree
+        if isinstance(value, Value):
+            raise ChainruleError(f"{what} must be an integer constant; take(x, indices, axis) "
+                                 f"indexes with a tensor", self.loc(tree))
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ChainruleError(f"{what} must be an integer, not {value!r}", self.loc(tree))
+        return value
+
+    def x_attribute(self, tree, scope):
+        base_tree, attribute = tree.children
+        base = self.alone((yield base_tree))
+        if str(attribute) != "T":
+            raise ChainruleError(f"unknown attribute '.{attribute}'; only '.T' (transpose) "
+                                 f"exists", self.loc(attribute))
+        if not isinstance(base, Value):
+            raise ChainruleError("'.T' applies to a tensor", self.loc(attribute))
+        perm = tuple(reversed(range(base.type.rank)))
+        hint = f"{base.name}.T" if base in self.user_values else None
+        return self.builder.emit("transpose", (base,), {"perm": perm}, loc=self.loc(tree),
+                                 name=hint)
+
+    def binary(self, op, tree, scope):
+        left = yield tree.children[0]
+        right = yield tree.children[1]
+        loc = self.loc(tree)
+        if not isinstance(left, Value) and not isinstance(right, Value):
+            if not isinstance(left, Weak) and not isinstance(right, Weak):
+                return self.fold(op, left, right, loc)
+            if op in WEAK_OPERATORS:
+                return self.defer(op, WEAK_OPERATORS[op], [(left, loc), (right, loc)], {}, loc)
+        return self.builder.emit(op, self.tensor_inputs(op, (left, right), loc), loc=loc)
+
+    def fold(self, op, left, right, loc):
+        if op not in FOLD:
+            raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
+        if not (is_number(left) and is_number(right)):
+            raise ChainruleError(f"'{op}' needs numbers or tensors, not tuples", loc)
+        # An integer power can take longer to compute than anyone would wait.
+        if op == "pow" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 64:
+            raise ChainruleError(f"{_power(left, right)} gives an integer past 64 bits", loc)
+        try:
+            result = FOLD[op](left, right)
+        except (ZeroDivisionError, OverflowError, ValueError) as error:
+            raise ChainruleError(f"constant expression fails: {error}", loc) from None
+        if isinstance(result, complex):
+            raise ChainruleError(f"{_power(left, right)} is not a real number", loc)
+        if _is_int(result) and abs(result) > INT64_MAX:
+            raise ChainruleError(f"'{op}' of {left} and {right} gives an integer past 64 bits",
+                                 loc)
+        return result
+
+    def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
+        """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
+        tensors they meet, or `default`. In an elementwise op, a float one meeting an i64 tensor
+        makes it f64, as numpy 2 does with a Python float (NEP 50): `y * 0.5` is f64."""
+        dtype = _meeting_dtype(arguments)
+        if (dtype == "i64" and op is not None and "elementwise" in get_op(op).traits
+                and any(map(is_float_literal, arguments))):
+            dtype = "f64"
+            arguments = [self.cast(a, dtype, loc) if _is_tensor_of(a, "i64") else a
+                         for a in arguments]
+        return [self.as_tensor(a, dtype or default, loc) for a in arguments]
+
+    def as_tensor(self, value, dtype: str, loc) -> Value:
+        """`value` as an IR value; a number or weak value becomes one of `dtype`, the dtype of
+        the tensor it meets."""
+        if isinstance(value, Value):
+            return value
+        if isinstance(value, Weak):
+            # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
+            return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
+        if not is_number(value):
+            raise ChainruleError("a tuple cannot be used as a tensor", loc)
+        if isinstance(value, bool):
+            dtype = "bool"
+        elif dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
+            raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
+                                 f"tensor with f32(...) first", loc)
+        elif dtype == "bool":
+            raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
+        return self.builder.constant(value, dtype, loc=loc)
+
+    def alone(self, value):
+        """`value`, where no typed value meets it: a weak value is f32, as a number is."""
+        return self.lower_weak(value, "f32") if isinstance(value, Weak) else value
+
+    def defer(self, function, symbol, positional, keywords, loc) -> Weak:
+        weak = Weak(function, symbol, tuple(positional), dict(keywords), loc)
+        self.weak_forms[weak] = {}
+        return weak
+
+    def lower_weak(self, weak: Weak, dtype: str) -> Value:
+        """`weak` lowered with its numbers as constants of `dtype`, once per dtype.
+
+        Its weak arguments take the same dtype, so they are lowered first, innermost and
+        leftmost first, from a list rather than by recursion: a weak value nests as deep as the
+        text does."""
+        pending = [weak]
+        while pending:
+            top = pending[-1]
+            inner = [a for a in top.arguments
+                     if isinstance(a, Weak) and dtype not in self.weak_forms[a]]
+            if inner:
+                pending.extend(reversed(inner))
+                continue
+            pending.pop()
+            forms = self.weak_forms[top]
+            if dtype not in forms:
+                forms[dtype] = self.lower_weak_call(top, dtype)
+        return self.weak_forms[weak][dtype]
+
+    def lower_weak_call(self, weak: Weak, dtype: str) -> Value:
+        """The call or operator `weak` records, lowered by the usual path (so with its checks
+        and messages) with its numbers as `dtype` constants, at the place of the call."""
+        if weak.symbol is None:
+            value = self.call_builtin(weak.function, weak.positional, weak.keywords, weak.loc,
+                                      dtype)
+        else:
+            operands = [self.as_tensor(a, dtype, weak.loc) for a in weak.arguments]
+            value = self.builder.emit(weak.function, operands, loc=weak.loc)
+        if weak.name is not None and value not in self.user_values:
+            self.builder.rename(value, weak.name)
+            self.user_values.add(value)
+        return value
+
+    def x_call(self, tree, scope):
+        name_token, args = tree.children
+        name = str(name_token)
+        loc = self.loc(tree)
+        positional, keywords = [], {}
+        for arg in (args.children if args else []):
+            if isinstance(arg, Tree) and arg.data == "kwarg":
+                key, expression = arg.children
+                if str(key) in keywords:
+                    raise ChainruleError(f"argument '{key}' is given twice", self.loc(key))
+                keywords[str(key)] = ((yield expression), self.loc(key))
+            else:
+                if keywords:
+                    raise ChainruleError("positional argument after a keyword argument",
+                                         self.loc(arg))
+                positional.append(((yield arg), self.loc(arg)))
+        if name in self.functions:
+            return self.call_function(self.functions[name], positional, keywords, loc)
+        if name in CASTS:
+            return self.call_cast(name, positional, keywords, loc)
+        if name in BUILTINS:
+            return self.call_builtin(name, positional, keywords, loc)
+        known = list(BUILTINS) + list(CASTS) + list(self.functions)
+        raise ChainruleError(f"unknown function '{name}'{suggest(name, known)}",
+                             self.loc(name_token))
+
+    def bind_arguments(self, name, params, defaults, positional, keywords, loc) -> dict:
+        if len(positional) > len(params):
+            noun = "argument" if len(params) == 1 else "arguments"
+            raise ChainruleError(f"{name}() takes at most {len(params)} {noun} "
+                                 f"({', '.join(params)}), got {len(positional)}",
+                                 positional[len(params)][1])
+        bound = {p: value for p, (value, _) in zip(params, positional)}
+        for key, (value, key_loc) in keywords.items():
+            if key not in params:
+                hint = suggest(key, params) or f"; it takes ({', '.join(params)})"
+                raise ChainruleError(f"{name}() has no argument '{key}'{hint}", key_loc)
+            if key in bound:
+                raise ChainruleError(f"{name}() got '{key}' twice", key_loc)
+            bound[key] = value
+        for param in params:
+            if param not in bound:
+                if defaults.get(param, NO_DEFAULT) is NO_DEFAULT:
+                    raise ChainruleError(f"{name}() is missing argument '{param}'", loc)
+                bound[param] = defaults[param]
+        return bound
+
+    def call_builtin(self, name, positional, keywords, loc, dtype=None):
+        """A built-in's value. On literals alone it is a weak value, unless `dtype` (lowering
+        one) gives its literals a dtype."""
+        spec = BUILTINS[name]
+        defaults = {key: option[0] for key, option in spec.options.items()}
+        if spec.variadic:
+            bound = self.bind_arguments(name, tuple(spec.options), defaults, [], keywords, loc)
+            tensors = self.variadic_tensors(name, positional, loc)
+        else:
+            bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
+            tensors = [bound[t] for t in spec.tensors]
+        # Options first: a bad one is reported at the call, even on a call that waits.
+        attrs = self.builtin_attrs(name, spec, bound, loc)
+        if not any(isinstance(t, Value) for t in tensors):
+            if spec.op in FOLD and not any(isinstance(t, Weak) for t in tensors):
+                return self.fold(spec.op, *tensors, loc)
+            if dtype is None and name not in STRONG_BUILTINS:
+                return self.defer(name, None, positional, keywords, loc)
+        inputs = self.tensor_inputs(spec.op, tensors, loc, dtype or "f32")
+        if spec.compose is None:
+            return self.emit_op(spec.op, inputs, attrs, loc)
+        try:
+            return spec.compose(Composer(self, loc), *inputs, **attrs)
+        except ChainruleError as error:
+            raise ChainruleError(f"{name}(): {error.message}", error.loc, error.notes) from None
+
+    def builtin_attrs(self, name, spec, bound: dict, loc) -> dict:
+        attrs = {}
+        for key, (_, convert, attr) in spec.options.items():
+            value = bound[key]
+            if isinstance(value, Value):
+                raise ChainruleError(f"{name}(): '{key}' must be a constant", loc)
+            if isinstance(value, Weak):
+                raise ChainruleError(f"{name}(): '{key}' must be a number, not {value!r} (a "
+                                     f"built-in's value is a tensor)", loc)
+            try:
+                attrs[attr] = convert(value)
+            except TypeError as error:
+                raise ChainruleError(f"{name}(): {error}", loc) from None
+        return attrs
+
+    def variadic_tensors(self, name, positional, loc) -> list:
+        if not positional:
+            raise ChainruleError(f"{name}() needs at least one tensor", loc)
+        for value, arg_loc in positional:
+            if not isinstance(value, (Value, Weak)):
+                raise ChainruleError(f"{name}() takes tensors as positional arguments, not "
+                                     f"{value!r}; give options by keyword", arg_loc)
+        return [value for value, _ in positional]
+
+    def emit_op(self, op, inputs, attrs, loc) -> Value:
+        """Emit a built-in's op; a stochastic op gets its seed from its position in the graph,
+        so each dropout draws its own mask and every run draws the same ones."""
+        if "stochastic" in get_op(op).traits:
+            attrs = {**attrs, "seed": len(self.graph.nodes)}
+        return self.builder.emit(op, inputs, attrs, loc=loc)
+
+    def call_cast(self, dtype, positional, keywords, loc):
+        bound = self.bind_arguments(dtype, ("x",), {}, positional, keywords, loc)
+        value = bound["x"]
+        if isinstance(value, Weak):
+            # A float cast gives a weak value its dtype; another converts its f32 form, as it
+            # converts any float.
+            value = self.lower_weak(value, dtype if is_float(dtype) else "f32")
+        if not isinstance(value, Value):
+            if not is_number(value):
+                raise ChainruleError(f"{dtype}() takes a tensor or a number, not a tuple", loc)
+            return self.builder.constant(value, dtype, loc=loc)
+        return self.cast(value, dtype, loc)
+
+    def cast(self, value: Value, dtype: str, loc) -> Value:
+        if value.type.dtype == dtype:
+            return value
+        return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
+
+
+class Composer:
+    """What a composite built-in sees: ops and constants added at the call's location."""
+
+    def __init__(self, lowerer: ExpressionLowerer, loc: SourceLoc):
+        self.lowerer = lowerer
+        self.loc = loc
+
+    def emit(self, op, *inputs, **attrs) -> Value:
+        return self.lowerer.emit_op(op, inputs, attrs, self.loc)
+
+    def constant(self, value, like: Value) -> Value:
+        return self.lowerer.builder.constant(value, like.type.dtype, loc=self.loc)
+
+    def error(self, message: str):
+        raise ChainruleError(message, self.loc)
+
+
+def _meeting_dtype(arguments) -> str | None:
+    """The dtype constant arguments take from the tensors among them: a numeric one's if there
+    is one, since where(cond, a, 0.5) means 0.5 in a's dtype, not cond's."""
+    dtypes = [a.type.dtype for a in arguments if isinstance(a, Value)]
+    return next((d for d in dtypes if d != "bool"), dtypes[0] if dtypes else None)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float, bool))
+
+
+def _power(base, exponent) -> str:
+    return f"{f'({base})' if base < 0 else base} ** {exponent}"
+
+
+def _is_tensor_of(value, dtype: str) -> bool:
+    return isinstance(value, Value) and value.type.dtype == dtype
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def describe_constant(value) -> str:
+    if isinstance(value, Value):
+        return f"a tensor ({value.type})"
+    return "a tuple" if isinstance(value, tuple) else repr(value)
+
+
+def suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+for _op in BINARY_OPS:
+    setattr(ExpressionLowerer, "x_" + _op,
+            lambda self, tree, scope, _op=_op: self.binary(_op, tree, scope))
+for _op in UNARY_FOLD:
+    setattr(ExpressionLowerer, "x_" + _op,
+            lambda self, tree, scope, _op=_op: self.unary(_op, tree, scope))
