@@ -1,0 +1,63 @@
+"""The `chainrule` command line: check, ir, run, grad, predict, train, export, viz, gradcheck.
+
+`parser` declares the commands and their options; `inputs` reads models and data and binds
+arrays to inputs; `inspecting` (check, ir, viz, export), `running` (run, grad, gradcheck,
+predict) and `training` (train) hold the commands. Here: `main`, its error handling and exit
+codes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..fileio import check_writable
+from ..ir import ChainruleError
+from .inputs import UsageError, random_inputs
+from .parser import build_parser
+
+__all__ = ["main", "random_inputs"]  # random_inputs: the tests draw inputs as the CLI does
+
+
+def _source_lines(file: str):
+    try:
+        return Path(file).read_text().split("\n")  # newlines only, as the parser counts
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def check_output_paths(args) -> None:
+    """Every path the command will write can be written: checked before any work, so a long
+    training never ends in a failure to save its result."""
+    for option, is_directory in (("output", False), ("checkpoint", True),
+                                 ("log_jsonl", False)):
+        path = getattr(args, option, None)
+        if path:
+            check_writable(path, directory=is_directory)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
+    try:
+        check_output_paths(args)
+        return args.func(args)
+    except UsageError as error:
+        if args.debug:
+            raise
+        print(f"chainrule: error: {error}", file=sys.stderr)
+        return 2
+    except ChainruleError as error:
+        if args.debug:
+            raise
+        print(error.render(_source_lines), file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except KeyboardInterrupt:
+        print("chainrule: interrupted", file=sys.stderr)
+        return 130

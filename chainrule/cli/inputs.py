@@ -1,0 +1,132 @@
+"""Reading a model, its params and its data from the command line, and binding arrays to inputs."""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from .. import api
+from ..backends.feeds import index_inputs, label_bounds
+from ..data import Dataset, bind_inputs, check_mapping, check_rows, read_array, read_dataset
+from ..fileio import load_npz
+from ..ir import ChainruleError, Graph
+from ..ir.limits import check_allocation, itemsize
+from ..ir.types import NUMPY_DTYPES, UNKNOWN
+
+DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
+
+
+class UsageError(Exception):
+    """A bad command-line value: exit code 2."""
+
+
+def load_model(args) -> api.Model:
+    model = api.compile(args.file, seed=args.seed)
+    if getattr(args, "params", None):
+        model.set_params(load_npz(args.params))
+    return model
+
+
+def parse_assignments(items, what: str, convert=str) -> dict:
+    result = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{what} expects NAME=VALUE, got '{item}'")
+        try:
+            result[name] = convert(value)
+        except ValueError:
+            raise UsageError(f"{what} {name}: '{value}' is not valid") from None
+    return result
+
+
+def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
+    rng = np.random.default_rng(seed)
+    bounds = label_bounds(graph)
+    wanted = [v for v in graph.inputs if v.name not in given]
+    shapes = {v.name: tuple(d if isinstance(d, int) else dims.get(d, DEFAULT_DIM)
+                            for d in v.type.shape) for v in wanted}
+    total = sum(math.prod(shapes[v.name]) * itemsize(v.type.dtype) for v in wanted)
+    check_allocation("the random inputs", total)
+    arrays = {}
+    for value in wanted:
+        shape = shapes[value.name]
+        dtype = NUMPY_DTYPES[value.type.dtype]
+        if value.type.dtype in ("f32", "f64"):
+            arrays[value.name] = rng.standard_normal(shape, dtype)  # no f64 copy of an f32
+        elif value.type.dtype == "i64":
+            arrays[value.name] = rng.integers(0, bounds.get(value.name, 10), shape)
+        else:
+            arrays[value.name] = rng.random(shape) < 0.5
+    return arrays
+
+
+def read_data(path, singles, args) -> Dataset:
+    """Arrays from one data file of any format and from NAME=FILE assignments (which win)."""
+    data = read_dataset(path, getattr(args, "label_column", None)) if path else Dataset()
+    for name, file in parse_assignments(singles, "--input").items():
+        data.add(name, read_array(file), file)
+    return data
+
+
+def mapping(args) -> dict[str, str]:
+    items = [item for group in (args.map or ()) for item in group.split(",") if item]
+    return parse_assignments(items, "--map")
+
+
+def bind(args, graph: Graph, data: Dataset, reader: str = "the model"):
+    """The data's arrays bound to `graph`'s inputs; the notes on how are printed."""
+    bound = bind_inputs(graph.inputs, data, mapping(args), strict=args.strict_inputs,
+                        label_inputs={i.name for i in index_inputs(graph)}, reader=reader)
+    for note in bound.notes:
+        print(f"chainrule: note: {note}", file=sys.stderr)
+    return bound
+
+
+def parse_dims(args) -> dict[str, int]:
+    dims = parse_assignments(args.dim, "--dim", int)
+    for name, size in dims.items():
+        if size < 1:
+            raise UsageError(f"--dim {name}={size}: a dim is a positive size")
+    return dims
+
+
+def gather_inputs(args, model: api.Model, graph: Graph | None = None) -> dict:
+    """Arrays for the inputs of `graph` (default: the model's): from files, then at random."""
+    graph = graph or model.graph
+    check_mapping(model.graph.inputs, mapping(args))
+    bound = bind(args, graph, read_data(args.inputs, args.input, args))
+    arrays = bound.arrays
+    if bound.missing and args.random_inputs:
+        dims = parse_dims(args)
+        arrays.update(random_inputs(graph, _bind_dims(graph, arrays, dims), args.seed, arrays))
+    elif bound.missing:
+        listed = ", ".join(f"{v.name}: {v.type}" for v in bound.missing)
+        raise ChainruleError(f"the model needs input(s) {listed}; give --inputs FILE, "
+                             f"--input NAME=FILE, --map INPUT=ARRAY or --random-inputs")
+    return arrays
+
+
+def _bind_dims(graph: Graph, arrays: dict, dims: dict) -> dict:
+    """Symbolic dims already fixed by given arrays, then by --dim."""
+    bound = dict(dims)
+    for value in graph.inputs:
+        if value.name in arrays:
+            for dim, size in zip(value.type.shape, np.shape(arrays[value.name])):
+                if isinstance(dim, str) and dim != UNKNOWN:
+                    bound.setdefault(dim, size)
+    return bound
+
+
+def training_data(args, model: api.Model, path, singles, what: str) -> dict | None:
+    """A data set bound to the model's inputs and checked whole, before any training."""
+    if not path and not singles:
+        return None
+    bound = bind(args, model.graph, read_data(path, singles, args))
+    if bound.missing:
+        listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
+        raise ChainruleError(f"the {what} has no array for input(s) {listed}; --map INPUT=ARRAY "
+                             f"binds an input to an array of another name")
+    check_rows(model.graph.inputs, bound.arrays, bound.origin)
+    return bound.arrays

@@ -1,0 +1,96 @@
+"""The commands that compile a model without running it: check, ir, viz and export."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..backends.numpy_compiled import compile_graph as compile_numpy
+from ..backends.numpy_compiled import describe_plan
+from ..ir import print_graph
+from ..passes import gradient_prefix
+from ..passes.manager import PASSES, PassContext
+from ..viz import render, to_dot
+from .inputs import UsageError, load_model
+from .training import optimizer_spec
+
+
+def cmd_check(args) -> int:
+    model = load_model(args)
+    graph = model.graph
+    print(f"{args.file}: model {graph.name} ok")
+    print("inputs:")
+    for value in graph.inputs:
+        print(f"  {value.name}: {value.type}")
+    print("params:")
+    total = 0
+    for param in graph.params:
+        count = int(np.prod(param.value.type.shape))
+        total += count
+        noun = "value" if count == 1 else "values"
+        print(f"  {param.value.name}: {param.value.type} = {param.init}  ({count:,} {noun})")
+    print(f"  total: {total:,} values")
+    print("outputs:")
+    for index, value in enumerate(graph.outputs):
+        role = "  (objective)" if index == 0 else ""
+        print(f"  {value.name}: {value.type}{role}")
+    print(f"nodes: {len(graph.nodes)}")
+    return 0
+
+
+def pass_context(args) -> PassContext:
+    unknown = sorted(set(args.print_after or ()) - set(PASSES))
+    if unknown:
+        raise UsageError(f"--print-after: unknown pass(es) {', '.join(unknown)}; the passes are "
+                         f"{', '.join(PASSES)}")
+    print_after = True if args.print_after_all else set(args.print_after or ())
+    return PassContext(verify_each=args.verify_each, print_after=print_after,
+                       time_passes=args.time_passes)
+
+
+def cmd_ir(args) -> int:
+    model = load_model(args)
+    graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level,
+                                   passes=args.passes, ctx=pass_context(args))
+    if args.emit == "python" or args.print_memory_plan:
+        compiled = compile_numpy(graph)
+        if args.emit == "python":
+            print(compiled.source, end="")
+        if args.print_memory_plan:
+            print(describe_plan(graph, compiled.plan))
+    elif not (args.print_after_all or args.print_after):
+        print(print_graph(graph), end="")
+    return 0
+
+
+def cmd_viz(args) -> int:
+    model = load_model(args)
+    graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level)
+    dot_text = to_dot(graph, gradient_prefix(model.objective) if args.grad else None)
+    if not args.output:
+        print(dot_text, end="")
+        return 0
+    note = render(dot_text, args.output)
+    if note:
+        print(f"chainrule: {note}", file=sys.stderr)
+    else:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    model = load_model(args)
+    outputs = args.outputs.split(",") if args.outputs else None
+    wrt = args.wrt.split(",") if args.wrt else None
+    if args.train_step and (args.grad or outputs or wrt):
+        raise UsageError("--train-step exports the whole step; it takes no --grad, --outputs "
+                         "or --wrt")
+    proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
+                          opset=args.opset, opt_level=args.opt_level,
+                          train_step=optimizer_spec(args) if args.train_step else None)
+    graph = proto.graph
+    print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes")
+    print("  inputs:  " + ", ".join(i.name for i in graph.input))
+    print("  outputs: " + ", ".join(o.name for o in graph.output))
+    print("  initializers: " + (", ".join(i.name for i in graph.initializer) or "(none)"))
+    return 0

@@ -1,0 +1,193 @@
+"""The command line's argument parser: each command, its options and their defaults."""
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from ..backends import BACKENDS
+from ..backends.onnx_backend import DEFAULT_OPSET
+from ..passes.manager import PASSES, PRESETS
+from ..passes.optimizers import OPTIMIZERS
+from ..train import SCHEDULES, TrainConfig
+from .inputs import DEFAULT_DIM
+from .inspecting import cmd_check, cmd_export, cmd_ir, cmd_viz
+from .running import cmd_grad, cmd_gradcheck, cmd_predict, cmd_run
+from .training import cmd_train
+
+DEFAULTS = TrainConfig()
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "default" in text
+                or not action.option_strings or isinstance(action, argparse._StoreConstAction)):
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chainrule", description="Compile, run, differentiate and export .nn models.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    parser.add_argument("--version", action="version", version=f"chainrule {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=DefaultsShown)
+        sub.add_argument("file", help="a .nn model file")
+        sub.add_argument("--seed", type=int, default=0,
+                         help="seed for param initialisation and random inputs")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show Python tracebacks")
+        sub.set_defaults(func=func)
+        return sub
+
+    def with_optimization(sub):
+        levels = sub.add_mutually_exclusive_group()
+        for level in PRESETS:
+            levels.add_argument(f"-{level}", dest="opt_level", action="store_const", const=level,
+                                help=f"optimisation preset: {', '.join(PRESETS[level])}")
+        sub.set_defaults(opt_level="O0")
+        return sub
+
+    def with_optimizer(sub):
+        sub.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind,
+                         help="the update rule")
+        sub.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
+        sub.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+        sub.add_argument("--weight-decay", type=float, default=0.0,
+                         help="decoupled for sgd and adamw, added to the gradient for adam")
+        return sub
+
+    def with_data(sub, flag="--inputs", help_text="the inputs' arrays: .npz, .npy, .csv or IDX"):
+        sub.add_argument(flag, metavar="FILE", help=help_text)
+        sub.add_argument("--input", action="append", metavar="NAME=FILE",
+                         help="one input's array from a .npy or IDX file (repeatable)")
+        sub.add_argument("--map", action="append", metavar="INPUT=ARRAY,...",
+                         help="bind model inputs to arrays of other names (repeatable)")
+        sub.add_argument("--strict-inputs", action="store_true",
+                         help="refuse data files holding arrays the model does not read")
+        sub.add_argument("--label-column", metavar="NAME",
+                         help="CSV: the label column (the other columns are the features)")
+
+    def with_inputs(sub, backends=sorted(BACKENDS), default_backend="numpy", output=True,
+                    numerics=True):
+        with_data(sub)
+        sub.add_argument("--dim", action="append", metavar="NAME=N",
+                         help=f"size of a symbolic dim for random inputs (default {DEFAULT_DIM})")
+        sub.add_argument("--random-inputs", action="store_true",
+                         help="draw missing inputs at random (labels within their class count)")
+        sub.add_argument("--params", metavar="P.npz", help="param values replacing the initial ones")
+        sub.add_argument("--backend", choices=backends, default=default_backend)
+        if numerics:
+            sub.add_argument("--check-numerics", action="store_true",
+                             help="run the numpy interpreter and stop at the first node that "
+                                  "produces NaN or Inf")
+        if output:
+            sub.add_argument("-o", "--output", metavar="OUT.npz", help="save the results")
+
+    command("check", cmd_check, "parse, lower and type-check a model; print a summary") \
+        .add_argument("--params", metavar="P.npz", help="param values to check against the model")
+    ir = with_optimization(command("ir", cmd_ir, "print the graph IR (of a .nn or .cir file)"))
+    ir.add_argument("--grad", action="store_true", help="include the backward graph")
+    ir.add_argument("--passes", metavar="P1,P2", help="run exactly these passes "
+                    f"({', '.join(PASSES)}) instead of a preset")
+    ir.add_argument("--print-after-all", action="store_true", help="print the IR after each pass")
+    ir.add_argument("--print-after", action="append", metavar="PASS",
+                    help="print the IR after this pass (repeatable)")
+    ir.add_argument("--time-passes", action="store_true", help="print a table of pass times")
+    ir.add_argument("--verify-each", action="store_true",
+                    help="run the IR verifier before and after every pass")
+    ir.add_argument("--emit", choices=("ir", "python"), default="ir",
+                    help="print the IR, or the Python the numpy backend generates for it")
+    ir.add_argument("--print-memory-plan", action="store_true",
+                    help="print which results the numpy backend computes in place and when "
+                         "each intermediate is freed")
+    ir.add_argument("--params", help=argparse.SUPPRESS)
+    run = with_optimization(command("run", cmd_run, "run the forward pass"))
+    with_inputs(run)
+    run.add_argument("--outputs", metavar="NAMES", help="compute only these outputs (and only "
+                     "the inputs they need)")
+    predict = with_optimization(command(
+        "predict", cmd_predict, "run the model over a whole data file in batches, without "
+        "labels"))
+    with_data(predict, "--data", "the data: .npz, .npy, .csv or IDX")
+    predict.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
+    predict.add_argument("--outputs", metavar="NAMES", help="outputs to predict (default: "
+                         "every output with a row per example that the data can feed)")
+    predict.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    predict.add_argument("--argmax", action="store_true",
+                         help="also write NAME.argmax, the class index per row, for each 2-D "
+                              "float output")
+    predict.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
+                         help="where to run")
+    predict.add_argument("-o", "--output", metavar="OUT.npz|OUT.csv",
+                         help="save the predictions")
+    predict.set_defaults(opt_level="O1")
+    grad = command("grad", cmd_grad, "compute the objective and its gradients")
+    with_inputs(with_optimization(grad))
+    grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
+                      "(default: every param)")
+    train = with_optimization(command("train", cmd_train, "train the model's params"))
+    with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
+    train.add_argument("--val", metavar="FILE", help="validation data, read as --data is")
+    train.add_argument("--val-split", type=float, metavar="F",
+                       help="hold out this fraction of the training data for validation")
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the data")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                       help="rows per step")
+    with_optimizer(train)
+    train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
+    train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule,
+                       help="constant; cosine decay to 0 over all steps; or step: times "
+                            "--step-gamma every --step-every epochs")
+    train.add_argument("--step-every", type=int, default=DEFAULTS.step_every, metavar="N",
+                       help="step schedule: epochs between decays (0: a third of --epochs)")
+    train.add_argument("--step-gamma", type=float, default=DEFAULTS.step_gamma, metavar="F",
+                       help="step schedule: factor applied at each decay")
+    train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
+                       help="where to run the train step")
+    train.add_argument("--check-numerics", action="store_true",
+                       help="run the numpy interpreter and stop at the first NaN or Inf")
+    train.add_argument("--params", metavar="INIT.npz", help="initial param values")
+    train.add_argument("-o", "--output", metavar="TRAINED.npz", help="save the trained params")
+    train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after each epoch")
+    train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    train.add_argument("--override", action="store_true",
+                       help="resume even though options differ from the checkpoint's (batch "
+                            "size, learning rate, schedule, optimizer, epochs)")
+    train.add_argument("--allow-nonfinite", action="store_true",
+                       help="train on through steps whose objective or params are NaN or Inf "
+                            "(by default training stops at the first)")
+    train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
+    train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
+    train.set_defaults(opt_level=None)
+
+    check = command("gradcheck", cmd_gradcheck,
+                    "check gradients against finite differences in float64")
+    with_inputs(check, backends=sorted(BACKENDS) + ["all"], default_backend="all", output=False,
+                numerics=False)
+    check.add_argument("--samples", type=int, default=20,
+                       help="entries checked per param (all of a smaller param)")
+    viz = with_optimization(command("viz", cmd_viz, "draw the computational graph"))
+    viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
+    viz.add_argument("-o", "--output", metavar="GRAPH.svg",
+                     help=".svg, .png (rendered with Graphviz) or .dot; default: DOT on stdout")
+
+    export = with_optimization(command("export", cmd_export, "export to ONNX"))
+    export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
+    export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
+    export.add_argument("--train-step", action="store_true",
+                        help="export forward, backward and optimizer update as one step")
+    with_optimizer(export)
+    export.add_argument("--wrt", metavar="NAMES", help="with --grad: what to differentiate")
+    export.add_argument("--outputs", metavar="NAMES", help="keep only these outputs")
+    export.add_argument("--params", metavar="P.npz", help="param values for the initializers")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+    return parser

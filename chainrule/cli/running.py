@@ -1,0 +1,182 @@
+"""The commands that run a model on arrays: run, grad, gradcheck and predict."""
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+import numpy as np
+
+from ..backends import BACKENDS
+from ..backends.numpy_backend import NumpyBackend
+from ..data import bind_inputs, check_mapping, check_rows
+from ..fileio import atomic_write_bytes, save_npz
+from ..gradcheck import EPS as GRADCHECK_EPS
+from ..gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
+from ..gradcheck import format_rows, gradcheck
+from ..ir import ChainruleError
+from .inputs import UsageError, bind, gather_inputs, load_model, mapping, read_data
+
+
+def describe(array: np.ndarray) -> str:
+    array = np.asarray(array)
+    if array.ndim == 0:
+        return f"{array.dtype}[] = {array.item():.6g}"
+    shape = f"{array.dtype}[{', '.join(map(str, array.shape))}]"
+    if array.size == 0 or array.dtype == np.bool_:
+        return shape
+    values = array.astype(np.float64)
+    return (f"{shape}  mean {values.mean():.4g}  std {values.std():.4g}  "
+            f"min {values.min():.4g}  max {values.max():.4g}")
+
+
+def print_arrays(arrays: dict) -> None:
+    width = max((len(name) for name in arrays), default=0)
+    for name, array in arrays.items():
+        print(f"  {name.ljust(width)}  {describe(array)}")
+
+
+def chosen_backend(args):
+    """--backend by name, or the checking numpy interpreter with --check-numerics."""
+    return NumpyBackend(check_numerics=True) if args.check_numerics else args.backend
+
+
+def warn_nonfinite(arrays: dict) -> None:
+    """A NaN or an Inf in a result is said, never left to be found later."""
+    bad = [name for name, array in arrays.items()
+           if np.asarray(array).dtype.kind == "f" and not np.isfinite(array).all()]
+    if bad:
+        print(f"chainrule: warning: {', '.join(bad)} hold NaN or Inf (an overflow, or a "
+              f"division by zero); rerun with --check-numerics to find the first node that "
+              f"produces one", file=sys.stderr)
+
+
+def report(args, title: str, arrays: dict) -> int:
+    """Print each array's summary; save them all with -o."""
+    print(f"{title} ({'numpy, checking numerics' if args.check_numerics else args.backend}):")
+    print_arrays(arrays)
+    warn_nonfinite(arrays)
+    if args.output:
+        save_npz(args.output, arrays)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def split_names(text: str | None) -> list[str] | None:
+    return [name for name in text.split(",") if name] if text else None
+
+
+def cmd_run(args) -> int:
+    model = load_model(args)
+    names = split_names(args.outputs)
+    graph = model.forward_graph(names, args.opt_level)
+    inputs = gather_inputs(args, model, graph)
+    outputs = model.run(backend=chosen_backend(args), opt_level=args.opt_level,
+                        outputs=names, **inputs)
+    return report(args, "outputs", outputs)
+
+
+def cmd_grad(args) -> int:
+    model = load_model(args)
+    wrt = args.wrt.split(",") if args.wrt else None
+    inputs = gather_inputs(args, model)
+    results = model.grad(wrt=wrt, backend=chosen_backend(args), opt_level=args.opt_level,
+                         **inputs)
+    return report(args, "objective and gradients", results)
+
+
+def cmd_gradcheck(args) -> int:
+    model = load_model(args)
+    inputs = gather_inputs(args, model)
+    backends = sorted(BACKENDS) if args.backend == "all" else [args.backend]
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    rows = gradcheck(model, inputs, backends, samples=args.samples, seed=args.seed)
+    print(f"gradients of {model.objective.name} against central differences in float64 "
+          f"(eps {GRADCHECK_EPS:g}, tolerance {GRADCHECK_TOLERANCE:g} relative to the largest "
+          f"entry):")
+    print(format_rows(rows))
+    failed = [row for row in rows if not row.passed]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_predict(args) -> int:
+    model = load_model(args)
+    check_mapping(model.graph.inputs, mapping(args))
+    data = read_data(args.data, args.input, args)
+    names = split_names(args.outputs)
+    if names is None:  # every output with a row per example that the data can feed
+        available = bind_inputs(model.graph.inputs, data, mapping(args)).arrays
+        names = model.per_example_outputs(available)
+        if not names:
+            raise ChainruleError(f"no output of {model.graph.name} can be predicted row by row "
+                                 f"from {data.files}; name one with --outputs")
+    graph = model.forward_graph(names, args.opt_level)
+    bound = bind(args, graph, data, reader=f"computing {', '.join(names)}")
+    if bound.missing:
+        listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
+        raise ChainruleError(f"computing {', '.join(names)} needs input(s) {listed}, which "
+                             f"{data.files} does not hold; --map INPUT=ARRAY binds an input to "
+                             f"an array of another name")
+    rows = check_rows(graph.inputs, bound.arrays, bound.origin)
+    started = time.perf_counter()
+    results = model.predict(bound.arrays, names, batch_size=args.batch_size,
+                            backend=args.backend, opt_level=args.opt_level,
+                            progress=lambda done, total: predict_progress(done, total, started))
+    if args.argmax:
+        results.update(class_indices(results))
+    print(f"predicted {', '.join(names)} for {rows:,} rows in "
+          f"{time.perf_counter() - started:.2f}s ({args.backend}):")
+    print_arrays(results)
+    warn_nonfinite(results)
+    if args.output:
+        write_predictions(args.output, results)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def class_indices(results: dict) -> dict:
+    """`name.argmax` for each output that is a matrix of floats (logits or probabilities)."""
+    chosen = {f"{name}.argmax": np.argmax(array, axis=1)
+              for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
+    if not chosen:
+        raise UsageError("--argmax needs an output that is a 2-D float array (one row of class "
+                         "scores per example)")
+    return chosen
+
+
+def write_predictions(path: str, results: dict) -> None:
+    """.npz, or .csv with a header: one column per 1-D output and per column of a 2-D one."""
+    if not path.lower().endswith(".csv"):
+        save_npz(path, results)
+        return
+    columns, header = [], []
+    for name, array in results.items():
+        if array.ndim not in (1, 2):
+            raise UsageError(f"output {name} has {array.ndim} axes; a CSV file holds 1-D and "
+                             f"2-D outputs: write a .npz")
+        block = array.reshape(len(array), -1)
+        if block.dtype == np.bool_:
+            block = block.astype(np.int64)
+        columns += list(block.T)
+        header += [name] if array.ndim == 1 else [f"{name}.{i}" for i in range(block.shape[1])]
+    text = io.StringIO()
+    text.write(",".join(header) + "\n")
+    # str() of a numpy scalar is its shortest round-tripping form in its own precision.
+    for row in zip(*columns):
+        text.write(",".join(map(str, row)) + "\n")
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def predict_progress(done: int, total: int, started: float, stream=sys.stderr) -> None:
+    if not stream.isatty():
+        return
+    width = 24
+    filled = int(width * done / max(total, 1))
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    stream.write(f"\rpredicting [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} "
+                 f"rows  {rate:,.0f} rows/s")
+    if done >= total:
+        stream.write("\r" + " " * 72 + "\r")
+    stream.flush()
