@@ -35,12 +35,13 @@ FRONT_END_PASSES = ["infer", "expand_grad"]
 
 
 @gc_paused
-def compile(path_or_source, *, seed: int = 0) -> Model:
+def compile(path_or_source, *, seed: int = 0, dims: dict | None = None) -> Model:
     """Compile a `.nn` file (a path) or DSL source text into a Model.
 
     IR text (a `.cir` file, or text starting with `graph`) is parsed instead of lowered.
 
-    Params start from their init specs, drawn with numpy's Generator(seed).
+    Params start from their init specs, drawn with numpy's Generator(seed). `dims` binds
+    symbolic dims to sizes at compile time, e.g. {"T": 28} for a loop over range(T).
     """
     text = str(path_or_source)
     if "\n" not in text and "{" not in text:  # every model and IR text has a '{'
@@ -51,7 +52,7 @@ def compile(path_or_source, *, seed: int = 0) -> Model:
     if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
         graph = parse_graph(source, filename)
     else:
-        graph = lower_source(source, filename)
+        graph = lower_source(source, filename, dims)
     check_graph_sizes(graph)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)

@@ -99,7 +99,7 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
         raise ChainruleError(f"no ONNX lowering for op(s): {', '.join(missing)}")
     emitter = OnnxEmitter(opset, training)
     for node in graph.nodes:
-        emitter.doc = str(node.loc) if node.loc else ""
+        emitter.doc = node.loc.described() if node.loc else ""
         emitter.lowering = node.outputs[0].name
         LOWERINGS[node.op](emitter, node, node.outputs[0].name, *(v.name for v in node.inputs))
     emitter.doc = emitter.lowering = ""

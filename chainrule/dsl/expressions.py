@@ -44,18 +44,34 @@ BINARY_OPS = tuple(FOLD) + ("matmul",)
 UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
 
 
+class SymbolicDim(str):
+    """A symbolic dim named in an expression (`zeros((B, 32))`): its size is known only when
+    the model runs. It is the string a shape holds for that dim."""
+
+
+def symbolic_dim_error(dim: SymbolicDim, use: str, loc) -> ChainruleError:
+    return ChainruleError(f"{dim} is a symbolic dim, known only when the model runs, so it "
+                          f"cannot be used {use} at compile time; bind it (--dim {dim}=N on "
+                          f"the command line, or chainrule.compile(..., dims={{'{dim}': N}})) "
+                          f"or give a number", loc)
+
+
 class ExpressionLowerer:
     """The expression half of the lowering; `Lowerer` (lower.py) adds programs, statements and
     functions, and sets up `graph`, `builder`, `user_values`, `weak_forms`, `functions` and
     `call_stack`."""
 
-    def __init__(self, filename: str):
+    def __init__(self, filename: str, dims: dict | None = None):
         self.filename = filename
+        self.dims = dict(dims or {})        # symbolic dims bound to sizes at compile time
+        self.symbolic_dims: set[str] = set()  # the others that the model's types declare
+        self.iterations: list[str] = []     # the enclosing loops' current steps, `t=3`
 
     def loc(self, item) -> SourceLoc:
-        if isinstance(item, Token):
-            return SourceLoc(self.filename, item.line, item.column)
-        return SourceLoc(self.filename, item.meta.line, item.meta.column)
+        """Where `item` is, and in which iteration of the loops around it."""
+        line, column = ((item.line, item.column) if isinstance(item, Token)
+                        else (item.meta.line, item.meta.column))
+        return SourceLoc(self.filename, line, column, ", ".join(self.iterations))
 
     def integer(self, token: Token) -> int:
         return integer_literal(str(token), self.loc(token))
@@ -105,13 +121,21 @@ class ExpressionLowerer:
         for child in tree.children:
             if child is not None:
                 items.append((yield child))
-        if not all(is_number(item) for item in items):
+        if not all(is_number(item) or isinstance(item, SymbolicDim) for item in items):
             raise ChainruleError("tuples hold numbers (axes, shapes, permutations), not "
                                  "tensors or tuples", self.loc(tree))
         return tuple(items)
 
     def x_name(self, tree, scope):
-        return scope.lookup(str(tree.children[0]), self.loc(tree))
+        """A name's value; a dim's name, where no value has it, is its size when bound at
+        compile time, else the symbolic dim itself (as a shape holds it)."""
+        name = str(tree.children[0])
+        if scope.owner(name) is None:
+            if name in self.dims:
+                return self.dims[name]
+            if name in self.symbolic_dims:
+                return SymbolicDim(name)
+        return scope.lookup(name, self.loc(tree))
 
     def unary(self, op, tree, scope):
         operand = yield tree.children[0]
@@ -227,6 +251,9 @@ class ExpressionLowerer:
         return self.builder.emit(op, self.tensor_inputs(op, (left, right), loc), loc=loc)
 
     def fold(self, op, left, right, loc):
+        for value in (left, right):
+            if isinstance(value, SymbolicDim):
+                raise symbolic_dim_error(value, "as a number", loc)
         if op not in FOLD:
             raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
         if not (is_number(left) and is_number(right)):
@@ -265,6 +292,8 @@ class ExpressionLowerer:
         if isinstance(value, Weak):
             # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
             return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
+        if isinstance(value, SymbolicDim):
+            raise symbolic_dim_error(value, "as a number", loc)
         if not is_number(value):
             raise ChainruleError("a tuple cannot be used as a tensor", loc)
         if isinstance(value, bool):

@@ -9,14 +9,23 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 @dataclass(frozen=True)
 class SourceLoc:
-    """A place in a file; line 0 stands for the whole file (a file that cannot be read)."""
+    """A place in a file; line 0 stands for the whole file (a file that cannot be read).
+
+    `iteration` says which pass of the enclosing loops a node was lowered in (`t=3`, or
+    `i=1, t=3` nested): an unrolled loop body is one place in the text but many in the graph.
+    """
 
     file: str
     line: int
     col: int
+    iteration: str = ""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+
+    def described(self) -> str:
+        """FILE:LINE:COL with the iteration, as the IR text and ONNX docs show it."""
+        return f"{self} [{self.iteration}]" if self.iteration else str(self)
 
 
 def file_error(path, message: str) -> ChainruleError:
@@ -63,6 +72,8 @@ def _render_one(loc, kind, message, source_lines) -> str:
     if loc is None:
         return f"{kind}: {message}"
     text = f"{loc}: {kind}: {message}"
+    if loc.iteration:
+        text += f" (in the loop iteration {loc.iteration})"
     lines = source_lines(loc.file) if source_lines and loc.line else None
     if lines and 1 <= loc.line <= len(lines):
         source = lines[loc.line - 1].rstrip("\n").expandtabs(1)

@@ -35,7 +35,7 @@ def format_node(node: Node) -> str:
 def _with_loc(text: str, loc) -> str:
     if loc is None:
         return text
-    return f"{text.ljust(COMMENT_COLUMN)}  # {loc}"
+    return f"{text.ljust(COMMENT_COLUMN)}  # {loc.described()}"
 
 
 def print_graph(graph: Graph, locations: bool = True) -> str:

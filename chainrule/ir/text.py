@@ -160,16 +160,19 @@ class _GraphReader:
         return self.defined[name][0]
 
     def trailing_loc(self, tree: Tree) -> SourceLoc | None:
-        """The DSL location in the `# FILE:LINE:COL` comment after `tree` on its last line."""
+        """The DSL location in the `# FILE:LINE:COL [ITERATION]` comment after `tree` on its
+        last line (the iteration is there for nodes of an unrolled loop)."""
         rest = self.lines[tree.meta.end_line - 1][tree.meta.end_column - 1:].strip()
         if not rest.startswith("#"):
             return None
-        # The printer writes "# " before the location; split from the right since FILE may
-        # hold ':' itself (C:/models/m.nn).
-        file, *position = rest[1:].removeprefix(" ").rsplit(":", 2)
+        rest, iteration = rest[1:].removeprefix(" "), ""
+        if rest.endswith("]") and " [" in rest:
+            rest, iteration = rest[:-1].rsplit(" [", 1)
+        # Split from the right since FILE may hold ':' itself (C:/models/m.nn).
+        file, *position = rest.rsplit(":", 2)
         if len(position) != 2 or not all(number.isdecimal() for number in position):
             return None  # a plain comment, not a location
-        return SourceLoc(file, *map(int, position))
+        return SourceLoc(file, *map(int, position), iteration)
 
     # ---- statements ---------------------------------------------------------------------------
 
