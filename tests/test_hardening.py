@@ -74,7 +74,7 @@ def test_a_model_without_inputs_through_the_cli(tmp_path, command):
     ("model m(x: f32[B, 3]) {\n    param W: f32[0] = glorot()\n    J = sum(x)\n    return J\n}",
      "a param with a dim of size 0 holds nothing", 2),
     ("model m(x: f32[B, 0], y: i64[B]) {\n    J = cross_entropy(x, y)\n    return J\n}",
-     "f32[B, 0] has a dim of size 0", 1),
+     "input 'x' is f32[B, 0], which has a dim of size 0", 1),
     ("model m(x: f32[B, 4]) {\n    e = x[:, 2:2]\n    J = sum(e)\n    return J\n}",
      "has a dim of size 0", 2),
 ])
@@ -127,7 +127,17 @@ def test_outputs_that_are_inputs_export_with_shapes(grad):
 def test_a_huge_dim_is_refused_before_allocation_with_its_size_in_bytes():
     result = fails(chainrule_cli("run", ROOT / "examples" / "mlp.nn", "--random-inputs", "--dim",
                                  f"B={10 ** 12}"))
-    assert "the random inputs would take 3,144,000,000,000,000 bytes" in result.stderr
+    # --dim fixes B when compiling, so the first product is refused, with its size.
+    assert "matmul gives f32[1000000000000, 256], which holds 256,000,000,000,000 values " \
+           "(1,024,000,000,000,000 bytes)" in result.stderr
+
+
+def test_random_inputs_larger_than_memory_are_refused_before_allocation(tmp_path):
+    inputs = ", ".join(f"{name}: f32[B, 1000]" for name in "abcd")
+    total = " + ".join(f"sum({name})" for name in "abcd")
+    model = write_model(tmp_path, f"model m({inputs}) {{\n    J = {total}\n    return J\n}}\n")
+    result = fails(chainrule_cli("run", model, "--random-inputs", "--dim", "B=2000000"))
+    assert "the random inputs would take 32,000,000,000 bytes, more than the" in result.stderr
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
@@ -146,7 +156,8 @@ def test_params_larger_than_memory_are_refused_before_drawing():
 def test_broadcasting_to_ten_billion_values_is_refused():
     error = error_of("model m(x: f32[]) {\n"
                      "    y = broadcast_to(x, (100000, 100000))\n    return y\n}")
-    assert "f32[100000, 100000] holds 10,000,000,000 values" in error.message
+    assert "broadcast_to gives f32[100000, 100000], which holds 10,000,000,000 values" \
+        in error.message
     assert error.line == 2
 
 

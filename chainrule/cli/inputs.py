@@ -22,7 +22,7 @@ class UsageError(Exception):
 
 
 def load_model(args) -> api.Model:
-    model = api.compile(args.file, seed=args.seed)
+    model = api.compile(args.file, seed=args.seed, dims=parse_dims(args))
     if getattr(args, "params", None):
         model.set_params(load_npz(args.params))
     return model

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("file", help="a .nn model file")
         sub.add_argument("--seed", type=int, default=0,
                          help="seed for param initialisation and random inputs")
+        sub.add_argument("--dim", action="append", metavar="NAME=N",
+                         help="fix a symbolic dim's size when compiling (a loop over range(T) "
+                              f"needs T); random inputs take it too, else {DEFAULT_DIM}")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show Python tracebacks")
         sub.set_defaults(func=func)
@@ -78,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     def with_inputs(sub, backends=sorted(BACKENDS), default_backend="numpy", output=True,
                     numerics=True):
         with_data(sub)
-        sub.add_argument("--dim", action="append", metavar="NAME=N",
-                         help=f"size of a symbolic dim for random inputs (default {DEFAULT_DIM})")
         sub.add_argument("--random-inputs", action="store_true",
                          help="draw missing inputs at random (labels within their class count)")
         sub.add_argument("--params", metavar="P.npz", help="param values replacing the initial ones")

@@ -30,12 +30,13 @@ def type_size_problem(value_type: TensorType) -> str | None:
     """Why a tensor of this type cannot exist: a zero-size dim, or too many values."""
     static = [d for d in value_type.shape if isinstance(d, int)]
     if 0 in static:
-        return (f"{value_type} has a dim of size 0; chainrule refuses empty tensors (their "
-                f"reductions have no agreed value across backends)")
+        return (f"{value_type}, which has a dim of size 0; chainrule refuses empty tensors "
+                f"(their reductions have no agreed value across backends)")
     count = math.prod(static)
     if count > MAX_ELEMENTS:
-        return (f"{value_type} holds {count:,} values ({count * itemsize(value_type.dtype):,} "
-                f"bytes), more than the {MAX_ELEMENTS:,} a tensor may hold")
+        return (f"{value_type}, which holds {count:,} values "
+                f"({count * itemsize(value_type.dtype):,} bytes), more than the "
+                f"{MAX_ELEMENTS:,} a tensor may hold")
     return None
 
 
@@ -53,12 +54,12 @@ def check_graph_sizes(graph) -> None:
     for value in graph.inputs:
         problem = type_size_problem(value.type)
         if problem:
-            raise ChainruleError(f"input '{value.name}': {problem}",
+            raise ChainruleError(f"input '{value.name}' is {problem}",
                                  graph.input_locs.get(value.name))
     for param in graph.params:
         problem = type_size_problem(param.value.type)
         if problem:
-            raise ChainruleError(f"param '{param.value.name}': {problem}", param.loc)
+            raise ChainruleError(f"param '{param.value.name}' is {problem}", param.loc)
     for node in graph.nodes:
         for out in node.outputs:
             problem = type_size_problem(out.type)
