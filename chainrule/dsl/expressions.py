@@ -50,8 +50,8 @@ class SymbolicDim(str):
 
 
 def symbolic_dim_error(dim: SymbolicDim, use: str, loc) -> ChainruleError:
-    return ChainruleError(f"{dim} is a symbolic dim, known only when the model runs, so it "
-                          f"cannot be used {use} at compile time; bind it (--dim {dim}=N on "
+    return ChainruleError(f"{dim} is a symbolic dim, known only when the model runs, but "
+                          f"{use} must be known when it compiles; bind it (--dim {dim}=N on "
                           f"the command line, or chainrule.compile(..., dims={{'{dim}': N}})) "
                           f"or give a number", loc)
 
@@ -253,7 +253,7 @@ class ExpressionLowerer:
     def fold(self, op, left, right, loc):
         for value in (left, right):
             if isinstance(value, SymbolicDim):
-                raise symbolic_dim_error(value, "as a number", loc)
+                raise symbolic_dim_error(value, "a number used in arithmetic", loc)
         if op not in FOLD:
             raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
         if not (is_number(left) and is_number(right)):
@@ -293,7 +293,7 @@ class ExpressionLowerer:
             # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
             return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
         if isinstance(value, SymbolicDim):
-            raise symbolic_dim_error(value, "as a number", loc)
+            raise symbolic_dim_error(value, "a number used in arithmetic", loc)
         if not is_number(value):
             raise ChainruleError("a tuple cannot be used as a tensor", loc)
         if isinstance(value, bool):
@@ -486,6 +486,14 @@ class Composer:
 
     def error(self, message: str):
         raise ChainruleError(message, self.loc)
+
+    def dim_source(self, dim: str) -> tuple[Value, int] | None:
+        """The first model input whose type has the symbolic dim `dim`, and that dim's axis:
+        where a constructor (`zeros((B, 4))`) reads the dim's size when the model runs."""
+        for value in self.lowerer.graph.inputs:
+            if dim in value.type.shape:
+                return value, value.type.shape.index(dim)
+        return None
 
 
 def _meeting_dtype(arguments) -> str | None:

@@ -248,8 +248,7 @@ class Lowerer(ExpressionLowerer):
     def loop_bound(self, tree, scope: Scope) -> int:
         value = self.expr(tree, scope)
         if isinstance(value, SymbolicDim):
-            raise symbolic_dim_error(value, "as a loop bound (a loop unrolls when the model "
-                                     "compiles)", self.loc(tree))
+            raise symbolic_dim_error(value, "a loop bound (a loop unrolls)", self.loc(tree))
         if isinstance(value, bool) or not isinstance(value, int):
             shown = f"a tensor of type {value.type}" if isinstance(value, Value) else repr(value)
             raise ChainruleError(f"a loop bound must be a compile-time integer (a number, a "
@@ -346,8 +345,26 @@ class Lowerer(ExpressionLowerer):
                 value = self.builder.constant(value, "f32", loc=self.loc(expression))
             if value in outputs:
                 raise ChainruleError(f"'{value.name}' is returned twice", self.loc(expression))
+            if isinstance(expression, Tree) and expression.data == "name":
+                self.claim_name(value, str(expression.children[0]))
             outputs.append(value)
         return outputs
+
+    def claim_name(self, value: Value, name: str) -> None:
+        """An output is known by the name the return statement gives it: a value carried
+        through a loop ends as `h.7`, and `return h` should give an output `h`. The earlier
+        value called `h` takes a fresh name."""
+        interface = set(self.graph.inputs) | set(self.graph.param_values())
+        if value.name == name or value in interface:
+            return
+        holder = next((out for node in self.graph.nodes for out in node.outputs
+                       if out.name == name), None)
+        namer = self.builder.namer
+        if holder is not None:
+            holder.name = namer.fresh(name)  # `name` stays taken: this gives `name.N`
+            namer.release(name)
+        namer.release(value.name)
+        value.name = namer.fresh(name)
 
     def call_function(self, function: Function, positional, keywords, loc):
         chain = self.call_stack + [function.name]
