@@ -2,6 +2,7 @@
 
     python bench/bench.py            # all workloads (a few minutes)
     python bench/bench.py --quick    # fewer repeats
+    python bench/bench.py --only 4b  # one workload (numbered as in the README)
 
 Rows: chainrule on numpy and on onnxruntime, the same equations written by hand in numpy, and
 PyTorch eager and JAX jit when they are installed (CPU builds; skipped with a note otherwise).
@@ -23,7 +24,7 @@ import numpy as np
 import chainrule
 from chainrule.backends import get_backend
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend
-from chainrule.passes.optimizers import LR, OptimizerSpec
+from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
 LR_VALUE = 0.01
@@ -269,6 +270,52 @@ def compile_time_rows(layer_counts, repeats):
     return results
 
 
+def gru_source(steps: int, hidden: int = 32) -> str:
+    """A GRU cell over a `steps`-long sequence, as a loop: the unrolled graph grows with steps."""
+    return f"""
+model gru(x: f32[B, {steps}, 8], h0: f32[B, {hidden}], y: i64[B]) {{
+    param Wz: f32[{hidden}, 8] = glorot()
+    param Uz: f32[{hidden}, {hidden}] = glorot()
+    param Wr: f32[{hidden}, 8] = glorot()
+    param Ur: f32[{hidden}, {hidden}] = glorot()
+    param Wh: f32[{hidden}, 8] = glorot()
+    param Uh: f32[{hidden}, {hidden}] = glorot()
+    param V: f32[10, {hidden}] = glorot()
+    h = h0
+    for t in range({steps}) {{
+        z = sigmoid(x[:, t] @ Wz.T + h @ Uz.T)
+        r = sigmoid(x[:, t] @ Wr.T + h @ Ur.T)
+        candidate = tanh(x[:, t] @ Wh.T + (r * h) @ Uh.T)
+        h = (1.0 - z) * h + z * candidate
+    }}
+    J = cross_entropy(h @ V.T, y)
+    return J
+}}
+"""
+
+
+def loop_compile_rows(step_counts, repeats):
+    print("\n### 4b. Compile time of a loop: a GRU unrolled over T steps, with its gradient, "
+          "at -O2\n")
+    print("| steps | IR nodes | median (ms) | µs per node |")
+    print("|---:|---:|---:|---:|")
+    results = []
+    for steps in step_counts:
+        source = gru_source(steps)
+
+        def build():
+            model = chainrule.compile(source)
+            graph, _ = model.compile_graph(grad=True, opt_level="O2")
+            CompiledNumpyBackend().compiled(graph)
+            return graph
+
+        nodes = len(build().nodes)
+        seconds = median_seconds(build, repeats, warmup=1)
+        results.append((steps, seconds))
+        print(f"| {steps} | {nodes:,} | {seconds * 1e3:,.1f} | {seconds / nodes * 1e6:.1f} |")
+    return dict(results)
+
+
 # ---- memory -----------------------------------------------------------------------------------
 
 MEMORY_SYSTEMS = ("chainrule-numpy", "chainrule-onnxruntime", "hand-written numpy",
@@ -348,34 +395,62 @@ def mlp_batch(batch=128):
     return rng.normal(size=(batch, 784)).astype(np.float32), rng.integers(0, 10, batch)
 
 
+def workloads(quick: bool) -> dict:
+    """Each workload by its number in the README, as a function that prints its table."""
+    repeats = 30 if quick else 200
+    compile_repeats = 3 if quick else 5
+
+    def mlp_step():
+        x, y = mlp_batch()
+        print_table("1. Lecture MLP train step (batch 128, 784-256-10, SGD)",
+                    train_step_rows(lecture_mlp_source(), {"x": x, "y": y}, hand_mlp_step,
+                                    "mlp", repeats))
+
+    def deep_step():
+        rng = np.random.default_rng(1)
+        inputs = {"x": rng.normal(size=(32, 64)).astype(np.float32),
+                  "t": rng.normal(size=(32, 64)).astype(np.float32)}
+        print_table("2. 16-layer, 64-wide tanh MLP train step (batch 32, MSE, SGD)",
+                    train_step_rows(deep_tanh_source(16, 64), inputs, hand_deep_step, "deep",
+                                    repeats))
+
+    def inference():
+        print_table("3a. Lecture MLP inference, batch 1", inference_rows(1, repeats * 5))
+        print_table("3b. Lecture MLP inference, batch 1024", inference_rows(1024, repeats // 4))
+
+    def compile_time():
+        times = dict(compile_time_rows((25, 100, 400, 1600), compile_repeats))
+        print(f"\n1600 layers / 400 layers: {times[1600] / times[400]:.2f}× "
+              f"(linear growth would be 4×)")
+
+    def loop_compile_time():
+        times = loop_compile_rows((64, 256), compile_repeats)
+        print(f"\n256 steps / 64 steps: {times[256] / times[64]:.2f}× "
+              f"(linear growth would be 4×)")
+
+    return {"1": mlp_step, "2": deep_step, "3": inference, "4": compile_time,
+            "4b": loop_compile_time, "5": memory_rows}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--only", metavar="N,...",
+                        help="run only these workloads, e.g. --only 4,4b (default: all)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
         return
-    repeats = 30 if args.quick else 200
+    table = workloads(args.quick)
+    chosen = args.only.split(",") if args.only else list(table)
+    unknown = [name for name in chosen if name not in table]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(table)}")
     print(f"chainrule benchmark: {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"median of {repeats} runs")
-    x, y = mlp_batch()
-    print_table("1. Lecture MLP train step (batch 128, 784-256-10, SGD)",
-                train_step_rows(lecture_mlp_source(), {"x": x, "y": y}, hand_mlp_step, "mlp",
-                                repeats))
-    rng = np.random.default_rng(1)
-    deep_inputs = {"x": rng.normal(size=(32, 64)).astype(np.float32),
-                   "t": rng.normal(size=(32, 64)).astype(np.float32)}
-    print_table("2. 16-layer, 64-wide tanh MLP train step (batch 32, MSE, SGD)",
-                train_step_rows(deep_tanh_source(16, 64), deep_inputs, hand_deep_step, "deep",
-                                repeats))
-    print_table("3a. Lecture MLP inference, batch 1", inference_rows(1, repeats * 5))
-    print_table("3b. Lecture MLP inference, batch 1024", inference_rows(1024, repeats // 4))
-    results = compile_time_rows((25, 100, 400, 1600), 3 if args.quick else 5)
-    times = dict(results)
-    print(f"\n1600 layers / 400 layers: {times[1600] / times[400]:.2f}× "
-          f"(linear growth would be 4×)")
-    memory_rows()
+          f"{'quick' if args.quick else 'full'} repeats")
+    for name in chosen:
+        table[name]()
 
 
 if __name__ == "__main__":
