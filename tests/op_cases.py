@@ -136,6 +136,8 @@ CASES = [
     # nn
     Case("log_softmax", (F((3, 5)),), {"axis": -1}),
     Case("log_softmax", (F((2, 3, 4)),), {"axis": 1}),
+    Case("fill", (F(()), F((3, 4))), {"shape": (2, -1), "axes": (-1,)}),  # a1: shape only
+    Case("fill", (F(()),), {"shape": (2, 3)}),
 ]
 
 

@@ -392,3 +392,18 @@ def test_onnxruntime_failures_point_at_the_dsl_line():
         model.run(backend="onnxruntime", x=np.zeros((2, 3), np.float32),
                   z=np.array([7.0, 0.0], np.float32))
     assert caught.value.line == 3
+
+
+# ---- booleans where ONNX has no kernel ---------------------------------------------------------
+
+@pytest.mark.parametrize("expression", ["y < z", "y >= z", "where(y, z, not z)",
+                                        "where(y, 1.0, 2.0)"])
+def test_boolean_comparisons_and_where_export_and_agree(expression):
+    """Found by the long fuzz run: ONNX orders numbers only, and onnxruntime has no boolean
+    Where; both are lowered through ops that take bools."""
+    model = chainrule.compile(f"model m(y: bool[4], z: bool[4]) {{\n    s = {expression}\n"
+                              f"    return s\n}}\n")
+    onnx.checker.check_model(model.to_onnx(), full_check=True)
+    feeds = {"y": np.array([True, True, False, False]), "z": np.array([True, False, True, False])}
+    expected = model.run(**feeds)["s"]
+    np.testing.assert_array_equal(model.run(backend="onnxruntime", **feeds)["s"], expected)

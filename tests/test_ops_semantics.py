@@ -81,6 +81,11 @@ def _gemm(a, b, trans_a, trans_b):
     return (a.T if trans_a else a) @ (b.T if trans_b else b)
 
 
+def _fill(value, *sources, shape, axes):
+    from_sources = [source.shape[axis] for source, axis in zip(sources, axes, strict=True)]
+    return np.broadcast_to(value, [from_sources.pop(0) if d == -1 else d for d in shape])
+
+
 REFERENCES = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
@@ -122,6 +127,7 @@ REFERENCES = {
     "sum_squares": lambda x: np.sum(x * x), "gemm": _gemm,
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
+    "fill": _fill, "arange": lambda n: np.arange(n),
 }
 
 # Ops without derivative rules have no gradient cases; these cover them (and casts away from
@@ -147,6 +153,12 @@ FORWARD_CASES = [
     Case("cast", (Arg((3, 4)),), {"dtype": "bool"}),
     Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
     Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
+    # constructors: fill's -1 sizes are read off its other operands' axes
+    Case("fill", (labels((), 9), Arg((3, 4)), labels((2,), 3)),
+         {"shape": (-1, 5, -1), "axes": (1, 0)}),
+    Case("fill", (Arg((), "bool", "bool"),), {"shape": (2, 3)}),
+    Case("fill", (Arg(()),), {"shape": ()}),
+    Case("arange", (), {"n": 5}),
     # fused ops, which the fuse pass writes into gradient graphs
     Case("relu_grad", (Arg((3, 4), domain="away_from_zero"), Arg((3, 4)))),
     Case("cross_entropy_grad", (Arg((6, 5)), labels((6,), 5), Arg(()))),

@@ -41,7 +41,7 @@ ELEMENTWISE_UFUNCS = set(UFUNCS) - {"matmul"}
 FRESH_RESULT_OPS = set(UFUNCS) | {
     "relu", "sigmoid", "cast", "sum", "mean", "max", "min", "softmax", "log_softmax",
     "cross_entropy", "mse", "one_hot", "numel", "where", "relu_grad", "cross_entropy_grad",
-    "sum_squares", "gemm",
+    "sum_squares", "gemm", "fill", "arange",
 }
 
 
@@ -125,10 +125,10 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
             out_arg = f", out={names[reused]}" if reused is not None else ""
             call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
         else:
-            attrs = "".join(f", {k}={_literal(v)}" for k, v in node.attrs.items())
+            keywords = [f"{k}={_literal(v)}" for k, v in node.attrs.items()]
             if "stochastic" in get_op(node.op).traits:
-                attrs += ", training=training, rng=rng"
-            call = f"K_{node.op}({', '.join(args)}{attrs})"
+                keywords += ["training=training", "rng=rng"]
+            call = f"K_{node.op}({', '.join(args + keywords)})"
         comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
         lines.append(f"    {out} = {call}{comment}")
         line_nodes.append(node)

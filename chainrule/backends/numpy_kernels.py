@@ -83,6 +83,11 @@ def _constant(value, dtype):
     return np.asarray(value, dtype=NUMPY_DTYPES[dtype])
 
 
+@kernel("arange")
+def _arange(n):
+    return np.arange(n, dtype=np.int64)
+
+
 @kernel("transpose")
 def _transpose(x, perm):
     return np.transpose(x, perm)
@@ -138,6 +143,12 @@ def _one_hot(labels, depth, dtype):
 @kernel("broadcast_like")
 def _broadcast_like(x, like):
     return np.broadcast_to(x, like.shape)
+
+
+@kernel("fill")
+def _fill(value, *sources, shape, axes):
+    dims = iter([source.shape[axis] for source, axis in zip(sources, axes, strict=True)])
+    return np.full([next(dims) if d == -1 else d for d in shape], value, value.dtype)
 
 
 @kernel("broadcast_to")

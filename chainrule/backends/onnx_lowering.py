@@ -30,12 +30,32 @@ def _direct(onnx_op):
 for _op, _onnx_op in {
     "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow", "neg": "Neg",
     "exp": "Exp", "log": "Log", "tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
-    "less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
-    "greater_equal": "GreaterOrEqual", "equal": "Equal", "where": "Where", "matmul": "MatMul",
+    "equal": "Equal", "matmul": "MatMul",
     "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "maximum": "Max", "minimum": "Min",
     "logical_and": "And", "logical_or": "Or", "logical_not": "Not",
 }.items():
     LOWERINGS[_op] = _direct(_onnx_op)
+
+
+@lowering("where")
+def _where(em, node, out, cond, a, b):
+    if _dtype(node) == "bool":  # onnxruntime has no boolean Where: (c and a) or (not c and b)
+        em.add("Or", [em.add("And", [cond, a]), em.add("And", [em.add("Not", [cond]), b])], out)
+        return
+    em.add("Where", [cond, a, b], out)
+
+
+def _ordering(onnx_op: str):
+    def lower(em, node, out, a, b):
+        if node.inputs[0].type.dtype == "bool":  # ONNX orders numbers only: False < True
+            a, b = (em.add("Cast", [v], to=ONNX_DTYPES["i64"]) for v in (a, b))
+        em.add(onnx_op, [a, b], out)
+    return lower
+
+
+for _op, _onnx_op in {"less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
+                      "greater_equal": "GreaterOrEqual"}.items():
+    LOWERINGS[_op] = _ordering(_onnx_op)
 
 
 def _dtype(node) -> str:
@@ -93,6 +113,12 @@ def _cast(em, node, out, x):
 def _constant(em, node, out):
     array = np.asarray(node.attrs["value"], dtype=NUMPY_DTYPES[node.attrs["dtype"]])
     em.add("Constant", [], out, value=em.tensor(array, out))
+
+
+@lowering("arange")
+def _arange(em, node, out):
+    em.add("Range", [em.ints(0, "start"), em.ints(node.attrs["n"], "limit"),
+                     em.ints(1, "delta")], out)
 
 
 @lowering("transpose")
@@ -185,6 +211,16 @@ def _broadcast_to(em, node, out, x):
     # Expand broadcasts both ways, so a 1 keeps the operand's dim where the target says -1.
     shape = [1 if d == -1 else d for d in node.attrs["shape"]]
     em.add("Expand", [x, em.ints(shape, "shape")], out)
+
+
+@lowering("fill")
+def _fill(em, node, out, value, *sources):
+    # The shape's -1s are the sources' dims, read off their shapes at run time.
+    dims = iter([em.dim(source, axis)
+                 for source, axis in zip(sources, node.attrs["axes"], strict=True)])
+    sizes = [next(dims) if d == -1 else em.ints([d], "size") for d in node.attrs["shape"]]
+    shape = em.add("Concat", sizes, axis=0) if sources else em.ints(node.attrs["shape"], "shape")
+    em.add("Expand", [value, shape], out)
 
 
 @lowering("reshape")

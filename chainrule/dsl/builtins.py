@@ -2,8 +2,9 @@
 
 One entry per built-in. Adding an op to the DSL means one entry here (and its IR rules). A few
 built-ins are compositions of ops instead of ops of their own (their derivatives then follow
-from the parts): `stack`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits` and
-`cross_entropy` with probability targets.
+from the parts): `stack`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits`,
+`cross_entropy` with probability targets, and the constructors `zeros`, `ones` and `full` (a
+fill op), `eye` (from arange), `zeros_like` and `ones_like` (a broadcast constant).
 """
 from __future__ import annotations
 
@@ -51,6 +52,31 @@ def _float(name):
     return convert
 
 
+def _size(name):
+    def convert(value):
+        if isinstance(value, str):  # a symbolic dim
+            raise TypeError(f"{value} is a symbolic dim, known only when the model runs, but "
+                            f"{name} must be known when it compiles; bind it (--dim {value}=N) "
+                            f"or give a number")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TypeError(f"{name} must be a positive integer, not {value!r}")
+        return value
+    return convert
+
+
+def _shape(value):
+    """`3`, `(B, 4)`: sizes and symbolic dims (SymbolicDim, a str, for B), as a tuple."""
+    dims = value if isinstance(value, tuple) else (value,)
+    shown = f"({', '.join(map(str, dims))}{',' if len(dims) == 1 else ''})"
+    for dim in dims:
+        if isinstance(dim, bool) or not isinstance(dim, (int, str)):
+            raise TypeError(f"a shape holds sizes and dim names, not {dim} as in {shown}")
+        if isinstance(dim, int) and dim < 1:
+            raise TypeError(f"shape {shown} has a size of {dim}; sizes are positive (chainrule "
+                            f"refuses empty tensors)")
+    return dims
+
+
 def _bool(name):
     def convert(value):
         if not isinstance(value, bool):
@@ -67,12 +93,17 @@ class Builtin:
     options: dict = field(default_factory=dict)
     # Every positional argument is a tensor input (`concat(a, b, c, axis=1)`).
     variadic: bool = False
+    # The options come before the tensors among the positional arguments (`full(shape, value)`).
+    options_first: bool = False
     # For a composition: compose(ops, *inputs, **attrs) -> Value, where ops.emit(op, *inputs,
-    # **attrs) and ops.constant(value, like) add nodes and ops.error(message) reports one.
+    # **attrs) and ops.constant(value, like) add nodes, ops.error(message) reports one and
+    # ops.dim_source(dim) is the model input (and axis) that declares a symbolic dim.
     compose: Callable | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
+        if self.options_first:
+            return tuple(self.options) + self.tensors
         return self.tensors + tuple(self.options)
 
 
@@ -142,6 +173,48 @@ def _layer_norm(ops, x, gamma, beta, axes, eps):
     return ops.emit("add", ops.emit("mul", ops.emit("div", centered, deviation), gamma), beta)
 
 
+SHAPE_OPTION = {"shape": _option(NO_DEFAULT, _shape, "shape")}
+
+
+@composite("full", ("value",), SHAPE_OPTION, options_first=True)
+def _full(ops, value, shape):
+    """The scalar `value` in a tensor of `shape` and of value's dtype (a number's is f32). A
+    symbolic dim's size is read at run time off the first model input whose type declares it."""
+    if value.type.rank:
+        ops.error(f"the value must be a scalar, not {value.type}")
+    sources = [ops.dim_source(dim) for dim in shape if isinstance(dim, str)]
+    return ops.emit("fill", value, *(source for source, _ in sources),
+                    shape=tuple(-1 if isinstance(dim, str) else dim for dim in shape),
+                    axes=tuple(axis for _, axis in sources))
+
+
+@composite("zeros", (), SHAPE_OPTION)
+def _zeros(ops, shape):
+    return _full(ops, ops.emit("constant", value=0.0, dtype="f32"), shape)
+
+
+@composite("ones", (), SHAPE_OPTION)
+def _ones(ops, shape):
+    return _full(ops, ops.emit("constant", value=1.0, dtype="f32"), shape)
+
+
+@composite("eye", (), {"n": _option(NO_DEFAULT, _size("n"), "n")})
+def _eye(ops, n):
+    indices = ops.emit("arange", n=n)
+    diagonal = ops.emit("equal", ops.emit("unsqueeze", indices, axes=(1,)), indices)
+    return ops.emit("cast", diagonal, dtype="f32")
+
+
+@composite("zeros_like", ("x",))
+def _zeros_like(ops, x):
+    return ops.emit("broadcast_like", ops.constant(0.0, x), x)
+
+
+@composite("ones_like", ("x",))
+def _ones_like(ops, x):
+    return ops.emit("broadcast_like", ops.constant(1.0, x), x)
+
+
 @composite("jvp", ("y", "x", "tangent"))
 def _jvp(ops, y, x, tangent):
     """J·tangent, the derivative of y along `tangent` at x, from two reverse passes: u -> uᵀJ
@@ -150,7 +223,7 @@ def _jvp(ops, y, x, tangent):
                                                                   x.type.shape):
         ops.error(f"the tangent must be shaped like what it perturbs: {x.type}, not "
                   f"{tangent.type}")
-    u = ops.emit("broadcast_like", ops.constant(0.0, y), y)
+    u = _zeros_like(ops, y)
     pullback = ops.emit("grad", ops.emit("sum", ops.emit("mul", y, u)), x)
     return ops.emit("grad", ops.emit("sum", ops.emit("mul", pullback, tangent)), u)
 
@@ -193,6 +266,7 @@ builtin("mse", "mse", ("pred", "target"))
 builtin("grad", "grad", ("objective", "wrt"))
 builtin("one_hot", "one_hot", ("labels",),
         {"n": _option(NO_DEFAULT, _int("n"), "depth")})
+builtin("arange", "arange", (), {"n": _option(NO_DEFAULT, _size("n"), "n")})
 
 # Casts: `f32(x)` converts x to f32.
 CASTS = ("f32", "f64", "i64", "bool")

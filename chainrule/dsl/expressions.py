@@ -276,7 +276,8 @@ class ExpressionLowerer:
         """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
         tensors they meet, or `default`. In an elementwise op, a float one meeting an i64 tensor
         makes it f64, as numpy 2 does with a Python float (NEP 50): `y * 0.5` is f64."""
-        dtype = _meeting_dtype(arguments)
+        # where's condition gives its values no dtype: where(c, 1.0, 2.0) is f32.
+        dtype = _meeting_dtype(arguments[1:] if op == "where" else arguments)
         if (dtype == "i64" and op is not None and "elementwise" in get_op(op).traits
                 and any(map(is_float_literal, arguments))):
             dtype = "f64"
@@ -487,13 +488,12 @@ class Composer:
     def error(self, message: str):
         raise ChainruleError(message, self.loc)
 
-    def dim_source(self, dim: str) -> tuple[Value, int] | None:
-        """The first model input whose type has the symbolic dim `dim`, and that dim's axis:
-        where a constructor (`zeros((B, 4))`) reads the dim's size when the model runs."""
-        for value in self.lowerer.graph.inputs:
-            if dim in value.type.shape:
-                return value, value.type.shape.index(dim)
-        return None
+    def dim_source(self, dim: str) -> tuple[Value, int]:
+        """The first model input whose type has the symbolic dim `dim` (each is an input's:
+        params' dims are numbers), and that dim's axis: where a constructor (`zeros((B, 4))`)
+        reads the dim's size when the model runs."""
+        value = next(v for v in self.lowerer.graph.inputs if dim in v.type.shape)
+        return value, value.type.shape.index(dim)
 
 
 def _meeting_dtype(arguments) -> str | None:

@@ -15,8 +15,10 @@ from ..ir import SourceLoc
 WEAK_OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@",
                   "neg": "-"}
 # Built-ins lowered at the call even on literals alone: grad and jvp differentiate the values
-# they are given, and each dropout draws its mask by its place in the graph.
-STRONG_BUILTINS = frozenset({"grad", "jvp", "dropout"})
+# they are given, each dropout draws its mask by its place in the graph, and a constructor's
+# tensor has a dtype of its own (f32; i64 for arange; full's value's), so that `h = zeros((B, 4))`
+# can start a value a loop carries.
+STRONG_BUILTINS = frozenset({"grad", "jvp", "dropout", "zeros", "ones", "full", "eye", "arange"})
 # How deep an error message shows a weak value's arguments.
 SHOWN_DEPTH = 6
 

@@ -268,6 +268,22 @@ def _infer_broadcast_to(x, shape):
     return x.with_shape(broadcast_to_shape(x.shape, target))
 
 
+def _infer_fill(value, *sources, shape, axes):
+    """The scalar `value` broadcast to `shape`, where each -1 is a dim read off a source at run
+    time: the size of axis axes[k] of sources[k] for the k-th -1 (`zeros((B, 4))` reads B off
+    an input that declares it). Only the sources' shapes matter, never their values."""
+    if value.rank != 0:
+        raise OpTypeError(f"fill needs a scalar value, got {value}")
+    if any(d < -1 for d in shape):
+        raise OpTypeError(f"fill's shape {shape} holds sizes and -1 (a source's dim) only")
+    if list(shape).count(-1) != len(sources) or len(axes) != len(sources):
+        raise OpTypeError(f"fill needs one source and one axis per -1 in its shape {shape}, "
+                          f"got {len(sources)} sources and axes {axes}")
+    dims = iter([source.shape[normalize_axis(axis, source.rank)]
+                 for source, axis in zip(sources, axes, strict=True)])
+    return value.with_shape(next(dims) if d == -1 else d for d in shape)
+
+
 def _infer_reshape(x, shape):
     return x.with_shape(reshaped_shape(x.shape, shape))
 
@@ -363,6 +379,12 @@ def _infer_constant(value, dtype):
     return scalar(dtype)
 
 
+def _infer_arange(n):
+    if n < 1:
+        raise OpTypeError(f"arange needs a positive count, got {n}")
+    return TensorType("i64", (n,))
+
+
 def _infer_cast(x, dtype):
     return x.with_dtype(dtype)
 
@@ -404,6 +426,8 @@ register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype")}, traits=("elementw
 register("constant", 0, _infer_constant,
          {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")},
          traits=("constant", "nondifferentiable"))  # no inputs, so nothing to differentiate
+register("arange", 0, _infer_arange, {"n": AttrSpec("int")},
+         traits=("constant", "nondifferentiable"))
 
 # ---- reductions
 register("sum", 1, _reduction("sum"), AXES, traits=("reduction", "linear"))
@@ -428,6 +452,10 @@ register("reshape_like", 2, _infer_reshape_like, traits=("linear",))
 register("broadcast_to", 1, _infer_broadcast_to, {"shape": AttrSpec("ints")},
          traits=("linear",))
 register("broadcast_like", 2, _infer_broadcast_like, traits=("linear",))
+# fill broadcasts a scalar to a shape whose symbolic dims it reads off its other inputs (the
+# DSL's constructors): only the value gets a gradient.
+register("fill", ONE_OR_MORE, _infer_fill,
+         {"shape": AttrSpec("ints"), "axes": AttrSpec("ints", ())}, traits=("linear",))
 register("unsqueeze", 1, _infer_unsqueeze, {"axes": AttrSpec("ints")}, traits=("linear",))
 register("squeeze", 1, _infer_squeeze, {"axes": AttrSpec("ints")}, traits=("linear",))
 register("concat", ONE_OR_MORE, _infer_concat, {"axis": AttrSpec("int", 0)}, traits=("linear",))

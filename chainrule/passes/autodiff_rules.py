@@ -304,6 +304,12 @@ def _broadcast_like(bw, g, x, like, out):
     return bw.unbroadcast(g, x), None
 
 
+@vjp("fill")
+def _fill(bw, g, value, *sources_and_out, shape, axes):
+    sources = sources_and_out[:-1]  # only their shapes are read
+    return (bw.emit("sum", g) if bw.wants(value) else None,) + (None,) * len(sources)
+
+
 @vjp("broadcast_to")
 def _broadcast_to(bw, g, x, out, shape):
     return (bw.unbroadcast(g, x),)
