@@ -180,7 +180,7 @@ LOOP_ERRORS = [
      "f64[3] before and f64[] after (in the loop iteration t=0)"),
     ("model m(x: f64[3]) {\n    s = 0.0\n    for t in range(2) {\n        s = s + x\n    }\n"
      "    return s\n}\n", 4, 9, "a number before and f64[3] after; start it as a tensor, e.g. "
-     "zeros((3,))"),
+     "zeros((3,), dtype=f64)"),
     ("model m(x: f64[B, T]) {\n    for t in range(T) {\n        y = x\n    }\n"
      "    return x\n}\n", 2, 20, "T is a symbolic dim, known only when the model runs, but a "
      "loop bound (a loop unrolls) must be known when it compiles; bind it (--dim T=N"),

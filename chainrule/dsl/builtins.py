@@ -77,6 +77,22 @@ def _shape(value):
     return dims
 
 
+@dataclass(frozen=True)
+class DTypeName:
+    """A dtype named as a value, as in `zeros((B, 4), dtype=f64)`."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _dtype(value):
+    if value is None or isinstance(value, DTypeName):
+        return None if value is None else value.name
+    raise TypeError(f"dtype must be one of f32, f64, i64, bool, not {value!r}")
+
+
 def _bool(name):
     def convert(value):
         if not isinstance(value, bool):
@@ -93,8 +109,8 @@ class Builtin:
     options: dict = field(default_factory=dict)
     # Every positional argument is a tensor input (`concat(a, b, c, axis=1)`).
     variadic: bool = False
-    # The options come before the tensors among the positional arguments (`full(shape, value)`).
-    options_first: bool = False
+    # Options that come before the tensors among the positional arguments (`full(shape, value)`).
+    leading_options: tuple[str, ...] = ()
     # For a composition: compose(ops, *inputs, **attrs) -> Value, where ops.emit(op, *inputs,
     # **attrs) and ops.constant(value, like) add nodes, ops.error(message) reports one and
     # ops.dim_source(dim) is the model input (and axis) that declares a symbolic dim.
@@ -102,9 +118,8 @@ class Builtin:
 
     @property
     def params(self) -> tuple[str, ...]:
-        if self.options_first:
-            return tuple(self.options) + self.tensors
-        return self.tensors + tuple(self.options)
+        rest = tuple(name for name in self.options if name not in self.leading_options)
+        return self.leading_options + self.tensors + rest
 
 
 def _option(default, convert: Callable, attr: str):
@@ -176,33 +191,46 @@ def _layer_norm(ops, x, gamma, beta, axes, eps):
 SHAPE_OPTION = {"shape": _option(NO_DEFAULT, _shape, "shape")}
 
 
-@composite("full", ("value",), SHAPE_OPTION, options_first=True)
-def _full(ops, value, shape):
-    """The scalar `value` in a tensor of `shape` and of value's dtype (a number's is f32). A
-    symbolic dim's size is read at run time off the first model input whose type declares it."""
+def _dtype_option(default):
+    return {"dtype": _option(default, _dtype, "dtype")}
+
+
+def _cast_to(ops, value, dtype):
+    return value if dtype is None or value.type.dtype == dtype else \
+        ops.emit("cast", value, dtype=dtype)
+
+
+@composite("full", ("value",), {**SHAPE_OPTION, **_dtype_option(None)},
+           leading_options=("shape",))
+def _full(ops, value, shape, dtype=None):
+    """The scalar `value` in a tensor of `shape` and of `dtype` (default: the value's; a
+    number's is f32). A symbolic dim's size is read at run time off the first model input
+    whose type declares it."""
     if value.type.rank:
         ops.error(f"the value must be a scalar, not {value.type}")
+    value = _cast_to(ops, value, dtype)
     sources = [ops.dim_source(dim) for dim in shape if isinstance(dim, str)]
     return ops.emit("fill", value, *(source for source, _ in sources),
                     shape=tuple(-1 if isinstance(dim, str) else dim for dim in shape),
                     axes=tuple(axis for _, axis in sources))
 
 
-@composite("zeros", (), SHAPE_OPTION)
-def _zeros(ops, shape):
-    return _full(ops, ops.emit("constant", value=0.0, dtype="f32"), shape)
+@composite("zeros", (), {**SHAPE_OPTION, **_dtype_option(DTypeName("f32"))})
+def _zeros(ops, shape, dtype):
+    return _full(ops, ops.emit("constant", value=0.0, dtype=dtype), shape)
 
 
-@composite("ones", (), SHAPE_OPTION)
-def _ones(ops, shape):
-    return _full(ops, ops.emit("constant", value=1.0, dtype="f32"), shape)
+@composite("ones", (), {**SHAPE_OPTION, **_dtype_option(DTypeName("f32"))})
+def _ones(ops, shape, dtype):
+    return _full(ops, ops.emit("constant", value=1.0, dtype=dtype), shape)
 
 
-@composite("eye", (), {"n": _option(NO_DEFAULT, _size("n"), "n")})
-def _eye(ops, n):
+@composite("eye", (), {"n": _option(NO_DEFAULT, _size("n"), "n"),
+                       **_dtype_option(DTypeName("f32"))})
+def _eye(ops, n, dtype):
     indices = ops.emit("arange", n=n)
     diagonal = ops.emit("equal", ops.emit("unsqueeze", indices, axes=(1,)), indices)
-    return ops.emit("cast", diagonal, dtype="f32")
+    return ops.emit("cast", diagonal, dtype=dtype)
 
 
 @composite("zeros_like", ("x",))
@@ -266,7 +294,13 @@ builtin("mse", "mse", ("pred", "target"))
 builtin("grad", "grad", ("objective", "wrt"))
 builtin("one_hot", "one_hot", ("labels",),
         {"n": _option(NO_DEFAULT, _int("n"), "depth")})
-builtin("arange", "arange", (), {"n": _option(NO_DEFAULT, _size("n"), "n")})
+
+
+@composite("arange", (), {"n": _option(NO_DEFAULT, _size("n"), "n"),
+                          **_dtype_option(DTypeName("i64"))})
+def _arange(ops, n, dtype):
+    return _cast_to(ops, ops.emit("arange", n=n), dtype)
+
 
 # Casts: `f32(x)` converts x to f32.
 CASTS = ("f32", "f64", "i64", "bool")

@@ -20,7 +20,7 @@ from ..ir import ChainruleError, SourceLoc, TensorType, Value, get_op
 from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import is_float
-from .builtins import BUILTINS, CASTS, NO_DEFAULT
+from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
 
 
@@ -115,6 +115,9 @@ class ExpressionLowerer:
 
     def x_false_literal(self, tree, scope):
         return False
+
+    def x_dtype_literal(self, tree, scope):
+        return DTypeName(str(tree.children[0]))
 
     def x_tuple_literal(self, tree, scope):
         items = []
@@ -295,6 +298,9 @@ class ExpressionLowerer:
             return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
         if isinstance(value, SymbolicDim):
             raise symbolic_dim_error(value, "a number used in arithmetic", loc)
+        if isinstance(value, DTypeName):
+            raise ChainruleError(f"{value} is a dtype, not a value; it is given as dtype=... "
+                                 f"or called as a cast, {value}(x)", loc)
         if not is_number(value):
             raise ChainruleError("a tuple cannot be used as a tensor", loc)
         if isinstance(value, bool):
@@ -414,7 +420,8 @@ class ExpressionLowerer:
                 return self.fold(spec.op, *tensors, loc)
             if dtype is None and name not in STRONG_BUILTINS:
                 return self.defer(name, None, positional, keywords, loc)
-        inputs = self.tensor_inputs(spec.op, tensors, loc, dtype or "f32")
+        # A dtype= option gives the literals it applies to that dtype: full(2, 0.1, dtype=f64).
+        inputs = self.tensor_inputs(spec.op, tensors, loc, dtype or attrs.get("dtype") or "f32")
         if spec.compose is None:
             return self.emit_op(spec.op, inputs, attrs, loc)
         try:

@@ -100,14 +100,17 @@ def _type_change(before, after) -> str | None:
         return None if before.type == after.type else f"{kind(before)} before and {kind(after)} after"
     if isinstance(before, Value) == isinstance(after, Value):
         return None  # numbers or literal expressions on both sides: typed when they meet one
-    hint = (f"; start it as a tensor, e.g. zeros({_shape_text(after)})"
+    hint = (f"; start it as a tensor, e.g. {_zeros_text(after)}"
             if isinstance(after, Value) else "")
     return f"{kind(before)} before and {kind(after)} after{hint}"
 
 
-def _shape_text(value: Value) -> str:
+def _zeros_text(value: Value) -> str:
+    """The zeros(...) call that makes a tensor of value's type."""
     dims = ", ".join(map(str, value.type.shape))
-    return f"({dims},)" if value.type.rank == 1 else f"({dims})"
+    shape = f"({dims},)" if value.type.rank == 1 else f"({dims})"
+    dtype = "" if value.type.dtype == "f32" else f", dtype={value.type.dtype}"
+    return f"zeros({shape}{dtype})"
 
 
 def lower_source(source: str, filename: str = "<string>", dims: dict | None = None) -> Graph:
