@@ -6,6 +6,7 @@ import pytest
 import chainrule
 from chainrule import ChainruleError
 from chainrule.ir import parse_graph, print_graph
+from conftest import ROOT
 from helpers import assert_close, central_difference
 
 GRU_CELL = """
@@ -222,3 +223,58 @@ def test_loop_errors_are_located(source, line, col, message):
     error = caught.value
     assert message in error.render(), error.render()
     assert (error.line, error.col) == (line, col), error.render()
+
+
+def test_the_deep_mlp_as_a_loop_computes_what_it_did_written_out():
+    looped = chainrule.compile(str(ROOT / "examples" / "deep_mlp.nn"))
+    unrolled = chainrule.compile(str(ROOT / "tests" / "models" / "deep_mlp_unrolled.nn"))
+    params = unrolled.params
+    looped.set_params({"W1": params["W1"], "b1": params["b1"], "W4": params["W4"],
+                       "b4": params["b4"], "Wo": params["Wo"], "bo": params["bo"],
+                       "Wh": np.stack([params["W2"], params["W3"]]),
+                       "bh": np.stack([params["b2"], params["b3"]])})
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.normal(size=(6, 12)).astype(np.float32), "y": rng.integers(0, 5, 6)}
+    expected, got = unrolled.grad(**feeds), looped.grad(**feeds)
+    np.testing.assert_allclose(got["J"], expected["J"], rtol=1e-6)
+    np.testing.assert_allclose(got["Wh"], np.stack([expected["W2"], expected["W3"]]), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(got["W1"], expected["W1"], rtol=1e-5, atol=1e-7)
+
+
+GRU_DIGITS = ROOT / "examples" / "gru_digits.nn"
+
+
+def digits(part: str) -> dict:
+    with np.load(ROOT / "examples" / "data" / f"digits_{part}.npz") as data:
+        return {"x": data["x"], "y": data["y"]}
+
+
+def test_the_gru_example_forward_gradient_and_train_step_agree_on_both_backends():
+    batch = {name: array[:16] for name, array in digits("test").items()}
+    model = chainrule.compile(str(GRU_DIGITS))
+    for opt_level in ("O0", "O2"):
+        numpy_run = model.run(opt_level=opt_level, **batch)
+        onnx_run = model.run(backend="onnxruntime", opt_level=opt_level, **batch)
+        for name in numpy_run:
+            assert_close(onnx_run[name], numpy_run[name], 1e-5, what=name)
+        numpy_grad = model.grad(opt_level=opt_level, **batch)
+        onnx_grad = model.grad(backend="onnxruntime", opt_level=opt_level, **batch)
+        for name in numpy_grad:
+            assert_close(onnx_grad[name], numpy_grad[name], 1e-4, what=name)
+    steps = {}
+    for backend in ("numpy", "onnxruntime"):
+        trained = chainrule.compile(str(GRU_DIGITS))
+        for _ in range(3):
+            trained.train_step(lr=0.01, optimizer="adam", backend=backend, **batch)
+        steps[backend] = trained.params
+    for name in steps["numpy"]:
+        assert_close(steps["onnxruntime"][name], steps["numpy"][name], 1e-4, what=name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_the_gru_example_learns_the_digits(backend):
+    from chainrule.train import TrainConfig, Trainer
+    trainer = Trainer(chainrule.compile(str(GRU_DIGITS)), TrainConfig(backend=backend))
+    trainer.fit(digits("train"))  # the CLI's defaults: 20 epochs, batch 32, Adam, lr 0.001
+    assert trainer.evaluate(digits("test"))["acc"] >= 0.97
