@@ -64,12 +64,16 @@ def to_dot(graph: Graph, backward_prefix: str | None = None) -> str:
             continue
         op_id = f"op{index}"
         symbol = SYMBOLS.get(node.op, node.op)
-        size = "fixedsize=true, width=0.55, fontsize=10" if len(symbol) <= 5 else \
-            "margin=0.02, fontsize=9"
+        # In an unrolled loop each copy of the body is labelled with its step, as the IR is.
+        iteration = node.loc.iteration if node.loc else ""
+        label = f"{symbol}\n{iteration}" if iteration else symbol
+        size = "fixedsize=true, width=0.55, fontsize=10" if len(symbol) <= 5 and not iteration \
+            else "margin=0.02, fontsize=9"
+        where = f"{node.op} at {node.loc.described()}" if node.loc else node.op
         lines.append(f"  {op_id} [shape=circle, {size}, "
                      f"style=filled, fillcolor={_quote(colours['op'])}, "
-                     f"color={_quote(colours['edge'])}, label={_quote(symbol)}, "
-                     f"tooltip={_quote(f'{node.op} at {node.loc}' if node.loc else node.op)}];")
+                     f"color={_quote(colours['edge'])}, label={_quote(label)}, "
+                     f"tooltip={_quote(where)}];")
         for value in node.inputs:
             reused = backward and value in forward_values
             style = ", style=dashed" if reused else ""

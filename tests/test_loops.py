@@ -278,3 +278,12 @@ def test_the_gru_example_learns_the_digits(backend):
     trainer = Trainer(chainrule.compile(str(GRU_DIGITS)), TrainConfig(backend=backend))
     trainer.fit(digits("train"))  # the CLI's defaults: 20 epochs, batch 32, Adam, lr 0.001
     assert trainer.evaluate(digits("test"))["acc"] >= 0.97
+
+
+def test_viz_labels_each_step_of_an_unrolled_loop():
+    from chainrule.viz import to_dot
+    model = chainrule.compile(str(GRU_DIGITS))
+    graph, _ = model.compile_graph(grad=True)
+    dot = to_dot(graph, "dJ/d")
+    assert dot.count("\\nt=7") > 10  # the op circles of the last step
+    assert "gru_digits.nn:17:28 [t=7]" in dot
