@@ -101,17 +101,19 @@ class Model:
 
     @gc_paused
     def compile_graph(self, *, grad: bool = False, wrt=None, opt_level: str = "O0",
-                      passes: str | None = None, ctx: PassContext | None = None):
+                      passes: str | None = None, ctx: PassContext | None = None,
+                      training: bool = False):
         """The graph after a pipeline: autodiff (with grad) then an optimisation preset, or an
         explicit comma-separated pass list. Returns the graph and the gradient names."""
         # A pipeline's result is kept, so run/grad in a loop compile once (the graph never
         # changes; params are fed separately). A caller's own context may print: run it afresh.
-        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes)
+        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes, training)
         if ctx is None and key in self._compiled:
             return self._compiled[key]
         fresh = ctx is None
         ctx = ctx or PassContext()
         ctx.wrt = list(wrt) if wrt is not None else None
+        ctx.training = training
         ctx.evaluate = ctx.evaluate or evaluate_scalars
         graph = run_passes(self.graph, pipeline(passes, opt_level, grad), ctx)
         if fresh:
@@ -128,13 +130,14 @@ class Model:
         """The whole training step as one graph: forward, backward and optimizer update.
 
         Returns the graph and its TrainStepInterface (which outputs update which inputs)."""
-        graph, grads = self.compile_graph(grad=True, opt_level=opt_level)
+        graph, grads = self.compile_graph(grad=True, opt_level=opt_level, training=True)
         step, interface = build_train_step(graph, grads, optimizer or OptimizerSpec())
         return self.optimize(step, opt_level), interface
 
-    def grad_graph(self, wrt=None, opt_level: str = "O0") -> tuple[Graph, dict]:
+    def grad_graph(self, wrt=None, opt_level: str = "O0",
+                   training: bool = False) -> tuple[Graph, dict]:
         """The forward graph extended with the backward graph of the objective."""
-        return self.compile_graph(grad=True, wrt=wrt, opt_level=opt_level)
+        return self.compile_graph(grad=True, wrt=wrt, opt_level=opt_level, training=training)
 
     def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
@@ -222,10 +225,12 @@ class Model:
         return names
 
     def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O0",
-             **inputs) -> dict[str, np.ndarray]:
+             training: bool = False, **inputs) -> dict[str, np.ndarray]:
         """The objective under its name and each gradient under the name it differentiates
-        (`dJ/dJ` for the gradient of an objective that is itself a param or input)."""
-        graph, grads = self.grad_graph(wrt, opt_level)
+        (`dJ/dJ` for the gradient of an objective that is itself a param or input). With
+        `training`, batch_norm uses the batch's statistics, as a training step does; state is
+        read, not updated."""
+        graph, grads = self.grad_graph(wrt, opt_level, training)
         results = self.backend(backend).run(graph, inputs, self.params)
         objective = self.objective.name
         out = {objective: results[objective]}

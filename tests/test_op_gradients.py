@@ -27,8 +27,12 @@ def test_derivative_rule_matches_finite_differences(case):
                      what=f"d/d{value.name}")
 
 
+# Ops no backend runs (a pass replaces them first), whose rules are checked by model tests.
+CHECKED_ELSEWHERE = {"train_or_eval": "tests/test_state.py"}
+
+
 def test_every_differentiable_op_has_a_case():
-    covered = {case.op for case in CASES}
+    covered = {case.op for case in CASES} | set(CHECKED_ELSEWHERE)
     untested = sorted(op for op in VJP_RULES if op not in covered)
     assert not untested, f"ops whose derivative rule no case checks: {untested}"
 

@@ -12,7 +12,7 @@ from op_cases import CASES, scalar_objective_graph
 
 
 # Ops with the "expanded" trait, and the pass that replaces them.
-EXPANDED_BY = {"grad": "expand_grad"}
+EXPANDED_BY = {"grad": "expand_grad", "train_or_eval": "select_mode"}
 
 
 def registry_gaps(ops: dict[str, OpDef]) -> list[str]:

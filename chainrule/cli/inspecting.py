@@ -22,18 +22,26 @@ def cmd_check(args) -> int:
     print("inputs:")
     for value in graph.inputs:
         print(f"  {value.name}: {value.type}")
-    print("params:")
-    total = 0
-    for param in graph.params:
-        count = int(np.prod(param.value.type.shape))
-        total += count
-        noun = "value" if count == 1 else "values"
-        print(f"  {param.value.name}: {param.value.type} = {param.init}  ({count:,} {noun})")
-    print(f"  total: {total:,} values")
+    for trainable, title in ((True, "params"), (False, "state (updated by training)")):
+        kept = [p for p in graph.params if p.trainable == trainable]
+        if not trainable and not kept:
+            continue
+        print(f"{title}:")
+        for param in kept:
+            count = int(np.prod(param.value.type.shape))
+            noun = "value" if count == 1 else "values"
+            update = (f", next: {graph.updates[param.value.name]}"
+                      if param.value.name in graph.updates else "")
+            print(f"  {param.value.name}: {param.value.type} = {param.init}  "
+                  f"({count:,} {noun}{update})")
+        total = sum(int(np.prod(p.value.type.shape)) for p in kept)
+        print(f"  total: {total:,} values")
+    updates = set(graph.updates.values())
     print("outputs:")
     for index, value in enumerate(graph.outputs):
         role = "  (objective)" if index == 0 else ""
-        print(f"  {value.name}: {value.type}{role}")
+        if value.name not in updates:
+            print(f"  {value.name}: {value.type}{role}")
     print(f"nodes: {len(graph.nodes)}")
     return 0
 

@@ -256,6 +256,49 @@ def _jvp(ops, y, x, tangent):
     return ops.emit("grad", ops.emit("sum", ops.emit("mul", pullback, tangent)), u)
 
 
+@composite("batch_norm", ("x", "gamma", "beta", "running_mean", "running_var"),
+           {"momentum": _option(0.1, _float("momentum"), "momentum"),
+            "eps": _option(1e-5, _float("eps"), "eps")})
+def _batch_norm(ops, x, gamma, beta, running_mean, running_var, momentum, eps):
+    """PyTorch's batch norm over the channel axis 1: in training, the batch's statistics
+    normalise, and the running ones move towards them (the variance unbiased); otherwise the
+    running ones normalise. Both results are in the graph, joined by train_or_eval."""
+    if x.type.rank < 2:
+        ops.error(f"batch_norm needs [N, C, ...] input, not {x.type}")
+    channels = x.type.shape[1]
+    for name, value in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                        ("running_var", running_var)):
+        if value.type.rank != 1 or not shapes_may_equal(value.type.shape, (channels,)):
+            ops.error(f"{name} must be [{channels}] (one per channel), not {value.type}")
+    axes = (0,) + tuple(range(2, x.type.rank))
+    spread = tuple(a for a in range(x.type.rank) if a != 1)  # [C] -> [1, C, 1, 1]
+
+    def per_channel(value):
+        return ops.emit("unsqueeze", value, axes=spread)
+
+    def normalised(mean, variance):
+        deviation = ops.emit("sqrt", ops.emit("add", variance, ops.constant(eps, x)))
+        return ops.emit("div", ops.emit("sub", x, mean), deviation)
+
+    mean = ops.emit("mean", x, axes=axes, keepdims=True)
+    centered = ops.emit("sub", x, mean)
+    variance = ops.emit("mean", ops.emit("mul", centered, centered), axes=axes, keepdims=True)
+    chosen = ops.emit("train_or_eval", normalised(mean, variance),
+                      normalised(per_channel(running_mean), per_channel(running_var)))
+    result = ops.emit("add", ops.emit("mul", chosen, per_channel(gamma)), per_channel(beta))
+    count = ops.emit("numel", x, axes=axes, dtype=x.type.dtype)
+    unbiased = ops.emit("mul", ops.emit("squeeze", variance, axes=spread),
+                        ops.emit("div", count, ops.emit("sub", count, ops.constant(1.0, x))))
+
+    def moved(running, batch):
+        kept = ops.emit("mul", ops.constant(1.0 - momentum, x), running)
+        return ops.emit("add", kept, ops.emit("mul", ops.constant(momentum, x), batch))
+
+    ops.update_state(running_mean, moved(running_mean, ops.emit("squeeze", mean, axes=spread)))
+    ops.update_state(running_var, moved(running_var, unbiased))
+    return result
+
+
 @composite("dropout", ("x",), {"p": _option(NO_DEFAULT, _float("p"), "p")})
 def _dropout(ops, x, p):
     # The mask is a value, so the backward pass multiplies by the very mask the forward used.

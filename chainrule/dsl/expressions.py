@@ -495,6 +495,9 @@ class Composer:
     def error(self, message: str):
         raise ChainruleError(message, self.loc)
 
+    def update_state(self, state: Value, new: Value) -> None:
+        self.lowerer.update_state(state, new, self.loc)
+
     def dim_source(self, dim: str) -> tuple[Value, int]:
         """The first model input whose type has the symbolic dim `dim` (each is an input's:
         params' dims are numbers), and that dim's axis: where a constructor (`zeros((B, 4))`)

@@ -160,6 +160,7 @@ class Lowerer(ExpressionLowerer):
         self.graph = Graph(str(name_token), loc=self.loc(name_token))
         self.builder = GraphBuilder(self.graph)
         self.user_values: set[Value] = set()
+        self.state_updates: dict[str, Value] = {}
         # Every weak value made, in order, with its lowered forms by dtype.
         self.weak_forms: dict[Weak, dict[str, Value]] = {}
         scope = Scope("model")
@@ -180,8 +181,30 @@ class Lowerer(ExpressionLowerer):
         for weak, forms in list(self.weak_forms.items()):
             if not forms:
                 self.lower_weak(weak, "f32")
-        self.graph.outputs = outputs
+        self.graph.outputs = outputs + self.update_outputs()
         return self.graph
+
+    def update_state(self, state: Value, new: Value, loc: SourceLoc) -> None:
+        """Record `new` as the value training gives `state` next (batch_norm's running
+        statistics); the model gets it as an extra output, `<state>.next`."""
+        states = {p.value: p for p in self.graph.params if not p.trainable}
+        if state not in states:
+            kind = "a param" if any(p.value is state for p in self.graph.params) else \
+                f"a value of type {state.type}"
+            raise ChainruleError(f"'{state.name}' must be declared with state (a value training "
+                                 f"updates), not {kind}", loc)
+        if state.name in self.state_updates:
+            raise ChainruleError(f"state '{state.name}' is updated twice; each state has one "
+                                 f"update per training step", loc)
+        self.state_updates[state.name] = new
+
+    def update_outputs(self) -> list[Value]:
+        outputs = []
+        for state, value in self.state_updates.items():
+            self.claim_name(value, f"{state}.next")
+            self.graph.updates[state] = value.name
+            outputs.append(value)
+        return outputs
 
     def lower_type(self, tree: Tree) -> TensorType:
         dtype, *dims = tree.children
@@ -274,13 +297,21 @@ class Lowerer(ExpressionLowerer):
     # ---- statements ---------------------------------------------------------------------------
 
     def param_stmt(self, tree: Tree, scope: Scope) -> None:
+        self.declare_kept(tree, scope, trainable=True)
+
+    def state_stmt(self, tree: Tree, scope: Scope) -> None:
+        self.declare_kept(tree, scope, trainable=False)
+
+    def declare_kept(self, tree: Tree, scope: Scope, trainable: bool) -> None:
+        """A param (trainable) or state declaration: a value the model keeps between runs."""
         name_token, type_tree, init_name, args = tree.children
         loc = self.loc(name_token)
+        kind = "param" if trainable else "state"
         if scope.kind != "model":
-            raise ChainruleError(f"params are declared in a model, not in a {scope.kind}", loc)
+            raise ChainruleError(f"{kind}s are declared in a model, not in a {scope.kind}", loc)
         value_type = self.lower_type(type_tree)
         if not is_float(value_type.dtype):
-            raise ChainruleError(f"param '{name_token}' must be f32 or f64, not "
+            raise ChainruleError(f"{kind} '{name_token}' must be f32 or f64, not "
                                  f"{value_type.dtype}", loc)
         init_args = []
         for arg in (args.children if args else []):
@@ -300,7 +331,7 @@ class Lowerer(ExpressionLowerer):
         value = Value(str(name_token), value_type)
         scope.bind(value.name, value, loc)
         self.builder.namer.taken.add(value.name)
-        self.graph.params.append(Param(value, spec, loc))
+        self.graph.params.append(Param(value, spec, loc, trainable))
         self.user_values.add(value)
 
     def let_stmt(self, tree: Tree, scope: Scope) -> None:

@@ -47,9 +47,18 @@ class InitSpec:
 
 @dataclass(eq=False)
 class Param:
+    """A value the model keeps between runs, with how its first value is drawn. A trainable
+    one is a param, which training moves along its gradient; the others are state (running
+    statistics), never differentiated, which the training step replaces by its update."""
+
     value: Value
     init: InitSpec
     loc: SourceLoc | None = None
+    trainable: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "param" if self.trainable else "state"
 
 
 @dataclass(eq=False)
@@ -62,9 +71,15 @@ class Graph:
     loc: SourceLoc | None = None
     # Where each input is declared, by name (params carry their own location).
     input_locs: dict[str, SourceLoc] = field(default_factory=dict)
+    # State name -> the output holding its next value in training mode (`rm` -> `rm.next`).
+    updates: dict[str, str] = field(default_factory=dict)
 
     def param_values(self) -> list[Value]:
+        """Params and state alike: the values a model keeps and feeds to every run."""
         return [p.value for p in self.params]
+
+    def trainable_values(self) -> list[Value]:
+        return [p.value for p in self.params if p.trainable]
 
     def values(self):
         """Every value the graph defines, in definition order."""
@@ -85,7 +100,7 @@ class Graph:
     def copy(self) -> Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
-                     list(self.outputs), self.loc, dict(self.input_locs))
+                     list(self.outputs), self.loc, dict(self.input_locs), dict(self.updates))
 
 
 class Namer:

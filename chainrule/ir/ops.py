@@ -533,3 +533,16 @@ register("grad", 2, _infer_grad, traits=("expanded",))
 register("dropout_mask", 1, _infer_dropout_mask,
          {"p": AttrSpec("float"), "seed": AttrSpec("int")},
          traits=("elementwise", "nondifferentiable", "stochastic"))
+
+
+# train_or_eval(t, e) is t in training and e otherwise (batch_norm's batch statistics against
+# its running ones). Every pipeline chooses the mode before the backends run (select_mode), so
+# only autodiff meets it, and its rule keeps the choice open for the gradient too.
+def _infer_train_or_eval(train, evaluate):
+    if train != evaluate:
+        raise OpTypeError(f"train_or_eval needs one type for both modes, got {train} and "
+                          f"{evaluate}")
+    return train
+
+
+register("train_or_eval", 2, _infer_train_or_eval, traits=("expanded",))

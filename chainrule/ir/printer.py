@@ -43,10 +43,11 @@ def print_graph(graph: Graph, locations: bool = True) -> str:
     header = ", ".join(f"{format_value(v)}: {v.type}" for v in graph.inputs)
     lines = [f"graph {graph.name}({header}) {{"]
     for param in graph.params:
-        text = f"param {format_value(param.value)}: {param.value.type} = {param.init}"
+        text = f"{param.kind} {format_value(param.value)}: {param.value.type} = {param.init}"
         lines.append("  " + _with_loc(text, param.loc if locations else None))
     for node in graph.nodes:
         lines.append("  " + _with_loc(format_node(node), node.loc if locations else None))
     lines.append("  return " + ", ".join(format_value(v) for v in graph.outputs))
+    lines += [f"  update %{state} = %{output}" for state, output in graph.updates.items()]
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -181,7 +181,7 @@ class _GraphReader:
         return self.define(name, _literal(type_tree, self.filename))
 
     def read_param(self, tree: Tree, graph: Graph) -> None:
-        name, type_tree, kind, *args = tree.children
+        declared, name, type_tree, kind, *args = tree.children
         value_type = _literal(type_tree, self.filename)
         numbers = tuple(float(_number(a, self.filename)) for a in args if a is not None)
         if not all(map(math.isfinite, numbers)):
@@ -190,7 +190,8 @@ class _GraphReader:
         problem = check_init(spec, value_type.shape)
         if problem:
             raise ChainruleError(problem, self.loc(kind))
-        graph.params.append(Param(self.define(name, value_type), spec, self.trailing_loc(tree)))
+        graph.params.append(Param(self.define(name, value_type), spec, self.trailing_loc(tree),
+                                  trainable=str(declared) == "param"))
 
     def read_node(self, tree: Tree, graph: Graph) -> None:
         name, op_name, operands, attrs, type_tree = tree.children
@@ -242,6 +243,10 @@ class _GraphReader:
     def read_outputs(self, tree: Tree, graph: Graph) -> None:
         graph.outputs = [self.use(token) for token in _values(tree)]
 
+    def read_update(self, tree: Tree, graph: Graph) -> None:
+        state, output = (self.use(token) for token in tree.children)
+        graph.updates[state.name] = output.name
+
 
 # ---- structural equality ----------------------------------------------------------------------
 
@@ -266,7 +271,8 @@ def _describe_value(value: Value) -> str:
 
 def _describe_param(param: Param) -> str:
     args = ", ".join(repr(arg) for arg in param.init.args)
-    return f"{_describe_value(param.value)} = {param.init.kind}({args}) at {param.loc!r}"
+    return (f"{param.kind} {_describe_value(param.value)} = {param.init.kind}({args}) at "
+            f"{param.loc!r}")
 
 
 def _describe_node(node: Node) -> str:
@@ -281,4 +287,5 @@ _PARTS = (
     ("param", lambda graph: [_describe_param(param) for param in graph.params]),
     ("node", lambda graph: [_describe_node(node) for node in graph.nodes]),
     ("output", lambda graph: [f"%{value.name}" for value in graph.outputs]),
+    ("update", lambda graph: [f"%{state} = %{output}" for state, output in graph.updates.items()]),
 )

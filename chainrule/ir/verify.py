@@ -68,12 +68,15 @@ def _problems(graph: Graph) -> Iterator[VerifyError]:
     for value in graph.inputs:
         yield from _located(f"input {_declaration(value)}", graph.loc, [scope.define(value)])
     for param in graph.params:
-        yield from _located(f"param {_declaration(param.value)}", param.loc,
+        yield from _located(f"{param.kind} {_declaration(param.value)}", param.loc,
                             [scope.define(param.value), *_param_rules(param)])
     for node in graph.nodes:
         yield from _located(format_node(node), node.loc, _node_rules(scope, node))
     returned = "return " + ", ".join(format_value(v) for v in graph.outputs)
     yield from _located(returned, graph.loc, [scope.use(value) for value in graph.outputs])
+    for state, output in graph.updates.items():
+        yield from _located(f"update %{state} = %{output}", graph.loc,
+                            [_update_rule(graph, state, output)])
 
 
 def _located(subject: str, loc: SourceLoc | None, rules) -> Iterator[VerifyError]:
@@ -85,6 +88,19 @@ def _located(subject: str, loc: SourceLoc | None, rules) -> Iterator[VerifyError
 
 def _declaration(value: Value) -> str:
     return f"{format_value(value)}: {value.type}"
+
+
+def _update_rule(graph: Graph, state: str, output: str) -> str | None:
+    """A state's update is an output of the state's type."""
+    states = {p.value.name: p.value for p in graph.params if not p.trainable}
+    outputs = {v.name: v for v in graph.outputs}
+    if state not in states:
+        return f"%{state} is not a state"
+    if output not in outputs:
+        return f"%{output} is not an output"
+    if outputs[output].type != states[state].type:
+        return f"the update is {outputs[output].type}, the state {states[state].type}"
+    return None
 
 
 def _param_rules(param: Param) -> list[str]:

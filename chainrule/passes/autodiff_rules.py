@@ -401,3 +401,10 @@ def _mse(bw, g, pred, target, out):
     grad = bw.emit("mul", diff, scale)
     grad_target = bw.unbroadcast(bw.emit("neg", grad), target) if bw.wants(target) else None
     return bw.unbroadcast(grad, pred), grad_target
+
+
+@vjp("train_or_eval")
+def _train_or_eval(bw, g, train, evaluate, out):
+    zero = bw.emit("broadcast_like", bw.constant(0.0, g), g)
+    return (bw.emit("train_or_eval", g, zero) if bw.wants(train) else None,
+            bw.emit("train_or_eval", zero, g) if bw.wants(evaluate) else None)

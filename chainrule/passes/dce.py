@@ -18,6 +18,10 @@ def eliminate_dead_code(graph: Graph, *, prune_interface: bool = False) -> tuple
     if prune_interface:
         result.inputs = [v for v in graph.inputs if v in live]
         result.params = [p for p in graph.params if p.value in live]
+    # A state's update goes with the output that holds it, and with the state itself.
+    outputs, states = {v.name for v in graph.outputs}, {p.value.name for p in result.params}
+    result.updates = {state: output for state, output in graph.updates.items()
+                      if output in outputs and state in states}
     changed = (len(kept) != len(graph.nodes) or len(result.inputs) != len(graph.inputs)
                or len(result.params) != len(graph.params))
     return result, changed

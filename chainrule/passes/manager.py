@@ -19,6 +19,7 @@ from .dce import eliminate_dead_code
 from .expand_grad import expand_grads
 from .fuse import fuse
 from .infer import infer_shapes
+from .select_mode import select_mode
 from .simplify import simplify
 
 
@@ -27,6 +28,7 @@ class PassContext:
     """What passes may need beyond the graph; autodiff records its gradients here."""
 
     wrt: list[str] | None = None          # names to differentiate with respect to; None: params
+    training: bool = False                # select_mode: the training results, else inference
     evaluate: Callable | None = None      # evaluate(node, scalars) for constant folding
     grads: dict[str, str] = field(default_factory=dict)  # differentiated name -> gradient name
     # The test suite sets CHAINRULE_VERIFY=1 so every pipeline it runs is verified.
@@ -47,7 +49,7 @@ class Pass:
 def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
     objective = graph.outputs[0]
     if ctx.wrt is None:
-        wrt = graph.param_values()
+        wrt = graph.trainable_values()
     else:
         by_name = {v.name: v for v in list(graph.inputs) + graph.param_values()}
         unknown = [name for name in ctx.wrt if name not in by_name]
@@ -64,6 +66,9 @@ PASSES = {p.name: p for p in [
     Pass("infer", lambda g, ctx: infer_shapes(g), "shape and dtype inference"),
     Pass("expand_grad", lambda g, ctx: expand_grads(g),
          "replace grad(objective, wrt) expressions by their backward graphs"),
+    Pass("select_mode", lambda g, ctx: select_mode(g, ctx.training),
+         "choose training or inference results (batch_norm), dropping state updates for "
+         "inference"),
     Pass("autodiff", _autodiff, "append the backward graph of the first output"),
     Pass("dce", lambda g, ctx: eliminate_dead_code(g), "dead-code elimination"),
     Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),
@@ -85,7 +90,7 @@ def pipeline(passes: str | None = None, opt_level: str = "O0", grad: bool = Fals
     if passes:
         names = [n.strip() for n in passes.split(",") if n.strip()]
     else:
-        names = (["autodiff"] if grad else []) + PRESETS[opt_level]
+        names = ["select_mode"] + (["autodiff"] if grad else []) + PRESETS[opt_level]
     unknown = [n for n in names if n not in PASSES]
     if unknown:
         raise ChainruleError(f"unknown pass(es) {', '.join(unknown)}; the passes are "

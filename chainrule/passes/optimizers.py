@@ -51,7 +51,7 @@ class TrainStepInterface:
 
     objective: str
     metrics: list[str]
-    params: dict[str, str] = field(default_factory=dict)   # param -> its next value
+    params: dict[str, str] = field(default_factory=dict)   # param or model state -> next value
     state: dict[str, str] = field(default_factory=dict)    # state input -> its next value
 
 
@@ -65,8 +65,9 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     builder = GraphBuilder(result)
     objective = graph.outputs[0]
     dtype = objective.type.dtype
-    metrics = [v for v in graph.outputs[1:]
-               if v.type.rank == 0 and v.type.dtype == dtype and v.name not in grads.values()]
+    updates = set(graph.updates.values())
+    metrics = [v for v in graph.outputs[1:] if v.type.rank == 0 and v.type.dtype == dtype
+               and v.name not in grads.values() and v.name not in updates]
     interface = TrainStepInterface(objective.name, [m.name for m in metrics])
 
     def new_input(name: str, value_type) -> Value:
@@ -93,6 +94,11 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     for param in graph.params:
         weight = param.value
         name = weight.name
+        if not param.trainable:  # state: its next value is the model's own update
+            if name in graph.updates:
+                outputs.append(by_name[graph.updates[name]])
+                interface.params[name] = graph.updates[name]
+            continue
         grad = by_name[grads[name]]
         if spec.kind == "adam" and spec.weight_decay:
             grad = emit("add", (grad, emit("mul", (const(spec.weight_decay), weight))))
@@ -129,6 +135,7 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
             state_outputs.append(value)
             interface.state[slots[slot].name] = value.name
     result.outputs = outputs + state_outputs
+    result.updates = {}  # the interface says which output updates which input now
     return result, interface
 
 

@@ -12,7 +12,8 @@ def _promoted(dtype: str) -> str:
 
 
 def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
-    result = Graph(graph.name, loc=graph.loc, input_locs=dict(graph.input_locs))
+    result = Graph(graph.name, loc=graph.loc, input_locs=dict(graph.input_locs),
+                   updates=dict(graph.updates))
     values: dict[Value, Value] = {}
 
     def promote_value(value: Value) -> Value:
@@ -20,7 +21,8 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
         return values[value]
 
     result.inputs = [promote_value(v) for v in graph.inputs]
-    result.params = [Param(promote_value(p.value), p.init, p.loc) for p in graph.params]
+    result.params = [Param(promote_value(p.value), p.init, p.loc, p.trainable)
+                     for p in graph.params]
     # The graph's names are unique already, so each node keeps its output's name.
     builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
     for node in graph.nodes:
