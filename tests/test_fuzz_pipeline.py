@@ -188,26 +188,46 @@ OUTPUTS = st.sampled_from(["out.npz", "new", "a-file/out.npz", "/sys/out.npz", "
 DATA = st.sampled_from(["digits.npz", "bad_labels.npz", "corrupt.npz", "digits.csv",
                         "missing.npz", "a-file", str(ROOT / "examples" / "data" /
                                                       "digits_test.npz")])
-OPTIONS = st.sampled_from([
-    ["--random-inputs"], ["--dim", "B=2"], ["--dim", "B=0"], ["--dim", "B=-4"],
-    ["--dim", f"B={10 ** 12}"], ["--map", "x=extra"], ["--map", "q=x"], ["--strict-inputs"],
-    ["--outputs", "logits"], ["--outputs", "J"], ["--argmax"], ["--epochs", "1"],
-    ["--epochs", "0"], ["--batch-size", "3"], ["--lr", "1e30"], ["--optimizer", "sgd"],
-    ["--backend", "onnxruntime"], ["--label-column", "b"], ["--grad"], ["--train-step"],
-    ["--check-numerics"], ["--allow-nonfinite"], ["--override"], ["--samples", "2"],
-    ["-O2"], ["--wrt", "W1"],
-])
+INPUT_OPTIONS = [["--random-inputs"], ["--dim", "B=2"], ["--dim", "B=0"], ["--dim", "B=-4"],
+                 ["--dim", f"B={10 ** 12}"], ["--map", "x=extra"], ["--map", "q=x"],
+                 ["--strict-inputs"], ["--backend", "onnxruntime"], ["--label-column", "b"],
+                 ["-O2"], ["--params", "digits.npz"]]
+# Options each command takes, so that most command lines get past argument parsing.
+COMMAND_OPTIONS = {
+    "check": [["--dim", "B=3"], ["--params", "digits.npz"]],
+    "ir": [["--grad"], ["-O2"], ["--emit", "python"], ["--print-memory-plan"],
+           ["--passes", "select_mode,autodiff,dce"], ["--time-passes"]],
+    "run": INPUT_OPTIONS + [["--outputs", "logits"], ["--outputs", "J"], ["--check-numerics"]],
+    "grad": INPUT_OPTIONS + [["--wrt", "W1"], ["--check-numerics"]],
+    "gradcheck": INPUT_OPTIONS + [["--samples", "2"], ["--backend", "all"]],
+    "predict": [["--outputs", "logits"], ["--outputs", "J"], ["--argmax"], ["--batch-size", "3"],
+                ["--map", "x=extra"], ["--strict-inputs"], ["--backend", "onnxruntime"],
+                ["--params", "digits.npz"], ["--label-column", "b"]],
+    "train": [["--epochs", "1"], ["--epochs", "0"], ["--batch-size", "3"], ["--lr", "1e30"],
+              ["--optimizer", "sgd"], ["--backend", "onnxruntime"], ["--check-numerics"],
+              ["--allow-nonfinite"], ["--override"], ["--val-split", "0.3"], ["--map", "y=extra"],
+              ["--lr-schedule", "step"], ["--step-every", "1"], ["--resume", "new"]],
+    "export": [["--grad"], ["--train-step"], ["--optimizer", "adam"], ["--outputs", "logits"],
+               ["--opset", "13"], ["--opset", "99"], ["--wrt", "W1"], ["-O2"]],
+}
+ANY_OPTION = st.sampled_from([option for options in COMMAND_OPTIONS.values()
+                              for option in options])
 
 
 @st.composite
 def command_lines(draw) -> list[str]:
+    """Mostly options the command takes (so the command does its work), sometimes any."""
     argv = [draw(COMMANDS), draw(MODELS)]
-    if draw(st.booleans()):
+    reads_data = argv[0] in ("run", "grad", "gradcheck", "train", "predict")
+    if draw(st.booleans()) and (reads_data or draw(st.integers(0, 9)) == 0):
         argv += ["--data" if argv[0] in ("train", "predict") else "--inputs", draw(DATA)]
-    if draw(st.booleans()):
+    writes = argv[0] not in ("check", "ir", "gradcheck")
+    if draw(st.booleans()) and (writes or draw(st.integers(0, 9)) == 0):
         flag = {"train": draw(st.sampled_from(["-o", "--checkpoint", "--log-jsonl"]))}
         argv += [flag.get(argv[0], "-o"), draw(OUTPUTS)]
-    for option in draw(st.lists(OPTIONS, max_size=3)):
+    fitting = st.sampled_from(COMMAND_OPTIONS[argv[0]])
+    for option in draw(st.lists(fitting | ANY_OPTION if draw(st.integers(0, 9)) == 0
+                                else fitting, max_size=3)):
         argv += option
     if argv[0] == "train" and "--epochs" not in argv:
         argv += ["--epochs", "1"]
