@@ -47,6 +47,16 @@ def window(starts, ends, axes, steps):
     return {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
 
 
+def conv_window(strides, pads, dilations=None, groups=1, **extra):
+    return {"strides": strides, "pads": pads, "dilations": dilations or (1,) * len(strides),
+            "groups": groups, **extra}
+
+
+def pool_window(kernel, strides, pads=None, ceil_mode=False, **extra):
+    return {"kernel": kernel, "strides": strides, "pads": pads or (0,) * 2 * len(kernel),
+            "ceil_mode": ceil_mode, **extra}
+
+
 CASES = [
     Case("add", (F((3, 4)), F((4,)))),
     Case("add", (F((2, 1, 3)), F((4, 1)))),
@@ -138,6 +148,36 @@ CASES = [
     Case("log_softmax", (F((2, 3, 4)),), {"axis": 1}),
     Case("fill", (F(()), F((3, 4))), {"shape": (2, -1), "axes": (-1,)}),  # a1: shape only
     Case("fill", (F(()),), {"shape": (2, 3)}),
+    # convolution and pooling (tests/test_conv.py covers their options more widely)
+    Case("conv", (F((2, 3, 5, 6)), F((4, 3, 3, 2))), conv_window((1, 1), (1, 0, 1, 1))),
+    Case("conv", (F((2, 4, 7, 6)), F((6, 2, 3, 2))),
+         conv_window((2, 1), (1, 1, 0, 1), dilations=(1, 2), groups=2)),
+    Case("conv", (F((1, 3, 5, 5)), F((3, 1, 3, 3))), conv_window((1, 1), (1, 1, 1, 1), groups=3)),
+    Case("conv", (F((2, 2, 7)), F((3, 2, 3))), conv_window((2,), (1, 1), dilations=(2,))),
+    Case("conv_transpose", (F((2, 3, 3, 4)), F((3, 2, 3, 3))),
+         conv_window((2, 1), (1, 0, 1, 1), output_padding=(1, 0))),
+    Case("conv_transpose", (F((1, 4, 3, 3)), F((4, 1, 2, 3))),
+         conv_window((2, 2), (0, 1, 1, 0), dilations=(2, 1), groups=2, output_padding=(1, 0))),
+    Case("conv_weight_grad", (F((2, 3, 5, 6)), F((2, 4, 5, 6))),
+         {"kernel": (3, 2), **conv_window((1, 1), (1, 0, 1, 1))}),
+    Case("conv_weight_grad", (F((2, 4, 7, 6)), F((2, 6, 3, 6))),
+         {"kernel": (3, 2), **conv_window((2, 1), (1, 1, 0, 1), dilations=(1, 2), groups=2)}),
+    Case("max_pool", (F((2, 3, 5, 6)),), pool_window((2, 2), (2, 2), ceil_mode=True)),
+    Case("max_pool", (F((1, 2, 6, 5)),), pool_window((3, 3), (2, 1), (1, 1, 1, 1))),
+    Case("max_pool", (F((2, 2, 7)),), pool_window((3,), (2,), (1, 1), ceil_mode=True)),
+    Case("max_unpool", (F((2, 3, 3, 3)), F((2, 3, 5, 6))),
+         pool_window((2, 2), (2, 2), ceil_mode=True)),
+    Case("max_pool_take", (F((1, 2, 6, 5)), F((1, 2, 6, 5))),
+         pool_window((3, 3), (2, 1), (1, 1, 1, 1))),
+    Case("avg_pool", (F((2, 3, 5, 6)),), pool_window((2, 2), (2, 2), ceil_mode=True)),
+    Case("avg_pool", (F((1, 2, 6, 5)),),
+         pool_window((3, 3), (2, 1), (1, 1, 1, 1), count_include_pad=False)),
+    Case("avg_pool", (F((2, 2, 7)),), pool_window((2,), (3,), (1, 1), ceil_mode=True)),
+    Case("avg_unpool", (F((1, 2, 3, 5)), F((1, 2, 6, 5))),
+         pool_window((3, 3), (2, 1), (1, 1, 1, 1), count_include_pad=False)),
+    Case("avg_unpool", (F((2, 3, 3, 3)), F((2, 3, 5, 6))),
+         pool_window((2, 2), (2, 2), ceil_mode=True)),
+    Case("pad", (F((2, 3, 4)),), {"pads": (0, 1, 2, 1, 0, 3), "value": 0.5}),
 ]
 
 

@@ -15,6 +15,7 @@ from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
 from chainrule.ir import OPS, Graph, GraphBuilder, Value
 from chainrule.ir.types import NUMPY_DTYPES, TensorType
+from conv_reference import REFERENCES as CONV_REFERENCES
 from helpers import assert_close, central_difference
 from op_cases import CASES, Arg, Case, draw, in_dtype, labels
 from test_onnx import TOLERANCES, check_standard
@@ -128,6 +129,7 @@ REFERENCES = {
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
     "fill": _fill, "arange": lambda n: np.arange(n),
+    **CONV_REFERENCES,
 }
 
 # Ops without derivative rules have no gradient cases; these cover them (and casts away from

@@ -3,16 +3,20 @@
 A lowering is called as lower(emitter, node, out, *input_names) and must define `out`. Only
 ops that onnxruntime's CPU provider runs in both float32 and float64 are used; where it lacks
 one (float64 Gelu or Erf, a stable float64 Softplus, a float64 alpha for LeakyRelu) the lowering
-composes it.
+composes it. Convolutions and average pooling are the exception: float32 graphs get Conv,
+ConvTranspose and AveragePool, and float64 graphs, which onnxruntime has no kernels of those
+for, get their compositions.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from ..ir import ChainruleError
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
-from ..ir.shapes import TO_END
+from ..ir.shapes import TO_END, conv_output_dim, pool_end_pad, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES
 
 ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
@@ -368,3 +372,256 @@ def _sum_squares(em, node, out, x):
 def _gemm(em, node, out, a, b):
     em.add("Gemm", [a, b], out, transA=int(node.attrs["trans_a"]),
            transB=int(node.attrs["trans_b"]))
+
+
+# ---- convolution and pooling ------------------------------------------------------------------
+# onnxruntime runs Conv, ConvTranspose and AveragePool in float32 only, so in float64 (and for the
+# ops ONNX has no counterpart of) the lowerings compose them: Gather reads each window's taps off
+# the padded planes (im2col), one MatMul does the arithmetic, and ScatterElements sums windows
+# back onto the positions they cover. Ceil mode becomes floor mode over a longer end pad, since
+# ONNX infers ceil mode's shapes as PyTorch does only from opset 22.
+FOLD_SINCE = 16  # ScatterElements' reduction="add"
+
+
+def _spatial(value) -> tuple:
+    return tuple(value.type.shape[2:])
+
+
+def _conv_attrs(node) -> dict:
+    """ONNX Conv's and ConvTranspose's attributes for a conv node."""
+    attrs = node.attrs
+    return {"strides": list(attrs["strides"]), "pads": list(attrs["pads"]),
+            "dilations": list(attrs["dilations"]), "group": attrs["groups"]}
+
+
+def _padded(spatial, pads) -> list[int]:
+    rank = len(spatial)
+    return [n + b + e for n, b, e in zip(spatial, pads[:rank], pads[rank:], strict=True)]
+
+
+def _window_positions(padded, kernel, strides, dilations) -> np.ndarray:
+    """The flat position in a padded plane of each window's every tap: [kernel, windows]."""
+    rank = len(kernel)
+    windows = [conv_output_dim(n, k, s, 0, 0, d)
+               for n, k, s, d in zip(padded, kernel, strides, dilations, strict=True)]
+    positions = np.zeros((1,) * (2 * rank), np.int64)
+    for axis in range(rank):
+        taps = (np.arange(kernel[axis]) * dilations[axis]).reshape(_along(axis, 2 * rank))
+        starts = (np.arange(windows[axis]) * strides[axis]).reshape(_along(rank + axis, 2 * rank))
+        positions = positions * padded[axis] + taps + starts
+    return positions.reshape(math.prod(kernel), math.prod(windows))
+
+
+def _along(axis: int, rank: int) -> tuple:
+    return tuple(-1 if i == axis else 1 for i in range(rank))
+
+
+def _unfold(em, node, x, spatial, kernel, strides, pads, dilations) -> str:
+    """x's windows as [N, C, kernel, windows], gathered from its zero-padded planes."""
+    rank = len(kernel)
+    if any(pads):
+        x = em.add("Pad", [x, em.ints([0, 0, *pads[:rank], 0, 0, *pads[rank:]], "pads"),
+                           em.scalar(0.0, _dtype(node))])
+    planes = em.add("Reshape", [x, em.ints([0, 0, -1], "planes")])
+    positions = _window_positions(_padded(spatial, pads), kernel, strides, dilations)
+    return em.add("Gather", [planes, em.ints(positions, "windows")], axis=2)
+
+
+def _fold(em, node, taps, spatial, kernel, strides, pads, dilations, out) -> None:
+    """The transpose of _unfold: taps [N, C, kernel * windows] summed onto the positions their
+    windows cover in zero planes, which are then cropped to `spatial`."""
+    if em.opset < FOLD_SINCE:
+        raise ChainruleError(f"the ONNX form of {node.op} needs opset {FOLD_SINCE} or newer, "
+                             f"not {em.opset}", node.loc)
+    padded = _padded(spatial, pads)
+    positions = _window_positions(padded, kernel, strides, dilations).reshape(1, 1, -1)
+    shape = em.add("Shape", [taps])
+    planes = em.add("Concat", [em.add("Slice", [shape, em.ints([0]), em.ints([2])]),
+                               em.ints([math.prod(padded)])], axis=0)
+    zeros = em.add("Expand", [em.scalar(0.0, _dtype(node)), planes])
+    indices = em.add("Expand", [em.ints(positions, "windows"), shape])
+    summed = em.add("ScatterElements", [zeros, indices, taps], axis=2, reduction="add")
+    image = em.add("Reshape", [summed, em.ints([0, 0, *padded], "image")])
+    rank = len(spatial)
+    em.add("Slice", [image, em.ints(pads[:rank], "starts"),
+                     em.ints([b + n for b, n in zip(pads[:rank], spatial, strict=True)], "ends"),
+                     em.ints(list(range(2, 2 + rank)), "axes")], out)
+
+
+@lowering("conv")
+def _conv(em, node, out, x, w):
+    kernel = node.inputs[1].type.shape[2:]
+    if _dtype(node) == "f32":
+        em.add("Conv", [x, w], out, kernel_shape=list(kernel), **_conv_attrs(node))
+        return
+    attrs, groups = node.attrs, node.attrs["groups"]
+    channels, windows = node.outputs[0].type.shape[1], _spatial(node.outputs[0])
+    taps = _unfold(em, node, x, _spatial(node.inputs[0]), kernel, attrs["strides"],
+                   attrs["pads"], attrs["dilations"])
+    # w [groups, out / groups, in / groups * kernel] @ [N, groups, in / groups * kernel, windows]
+    columns = em.add("Reshape", [taps, em.ints([0, groups, -1, math.prod(windows)], "columns")])
+    weights = em.add("Reshape", [w, em.ints([groups, channels // groups, -1], "weights")])
+    em.add("Reshape", [em.add("MatMul", [weights, columns]),
+                       em.ints([0, channels, *windows], "shape")], out)
+
+
+@lowering("conv_transpose")
+def _conv_transpose(em, node, out, x, w):
+    attrs, weight = node.attrs, node.inputs[1].type.shape
+    if _dtype(node) == "f32":
+        em.add("ConvTranspose", [x, w], out, kernel_shape=list(weight[2:]),
+               output_padding=list(attrs["output_padding"]), **_conv_attrs(node))
+        return
+    groups, channels = attrs["groups"], node.outputs[0].type.shape[1]
+    # w [groups, in / groups, out / groups * kernel]ᵀ @ x [N, groups, in / groups, pixels], then
+    # each pixel's taps summed onto the output positions its window covers.
+    weights = em.add("Reshape", [w, em.ints([groups, weight[0] // groups, -1], "weights")])
+    inputs = em.add("Reshape", [x, em.ints([0, groups, weight[0] // groups, -1], "inputs")])
+    product = em.add("MatMul", [em.add("Transpose", [weights], perm=[0, 2, 1]), inputs])
+    taps = em.add("Reshape", [product, em.ints([0, channels, -1], "taps")])
+    _fold(em, node, taps, _spatial(node.outputs[0]), weight[2:], attrs["strides"],
+          attrs["pads"], attrs["dilations"], out)
+
+
+@lowering("conv_weight_grad")
+def _conv_weight_grad(em, node, out, x, g):
+    if _dtype(node) == "f32":
+        _conv_weight_grad_as_conv(em, node, out, x, g)
+        return
+    attrs, groups = node.attrs, node.attrs["groups"]
+    channels, grad_channels = node.inputs[0].type.shape[1], node.inputs[1].type.shape[1]
+    windows = math.prod(_spatial(node.inputs[1]))
+    taps = _unfold(em, node, x, _spatial(node.inputs[0]), attrs["kernel"], attrs["strides"],
+                   attrs["pads"], attrs["dilations"])
+    # g [groups, out / groups, N * windows] @ [groups, N * windows, in / groups * kernel]
+    columns = em.add("Transpose", [em.add("Reshape", [taps, em.ints([0, groups, -1, windows],
+                                                                    "columns")])],
+                     perm=[1, 0, 3, 2])
+    columns = em.add("Reshape", [columns, em.ints(
+        [groups, -1, channels // groups * math.prod(attrs["kernel"])], "rows")])
+    grads = em.add("Transpose", [em.add("Reshape", [g, em.ints(
+        [0, groups, grad_channels // groups, windows], "grads")])], perm=[1, 2, 0, 3])
+    grads = em.add("Reshape", [grads, em.ints([groups, grad_channels // groups, -1], "rows")])
+    em.add("Reshape", [em.add("MatMul", [grads, columns]),
+                       em.ints(node.outputs[0].type.shape, "shape")], out)
+
+
+def _conv_weight_grad_as_conv(em, node, out, x, g):
+    """dW[o, c, k] = sum over n, p of g[n, o, p] x[n, c, p * stride + k * dilation]: a Conv of x
+    with g as its kernel, the batch as the channels summed over, each input channel as a batch
+    entry, and stride and dilation swapped. Its windows may run past the kernel's size (input
+    past the last window of the forward conv), so they are cropped."""
+    attrs, groups, channels = node.attrs, node.attrs["groups"], node.inputs[0].type.shape[1]
+    rank, kernel = len(attrs["kernel"]), attrs["kernel"]
+    # x [N, C, *S] -> [C / groups, groups * N, *S]; g [N, O, *P] -> [O, N, *P], group-major.
+    inputs = em.add("Reshape", [x, em.ints([0, groups, channels // groups, *_spatial(
+        node.inputs[0])], "grouped")])
+    inputs = em.add("Transpose", [inputs], perm=[2, 1, 0, *range(3, 3 + rank)])
+    inputs = em.add("Reshape", [inputs, em.ints([channels // groups, -1, *_spatial(
+        node.inputs[0])], "inputs")])
+    weights = em.add("Transpose", [g], perm=[1, 0, *range(2, 2 + rank)])
+    correlated = em.add("Conv", [inputs, weights], strides=list(attrs["dilations"]),
+                        dilations=list(attrs["strides"]), pads=list(attrs["pads"]),
+                        group=groups, kernel_shape=list(_spatial(node.inputs[1])))
+    cropped = em.add("Slice", [correlated, em.ints([0] * rank, "starts"),
+                               em.ints(list(kernel), "ends"),
+                               em.ints(list(range(2, 2 + rank)), "axes")])
+    em.add("Transpose", [cropped], out, perm=[1, 0, *range(2, 2 + rank)])
+
+
+def _pool_attrs(node, x) -> dict:
+    """MaxPool's and AveragePool's attributes, ceil mode's overhang added to the end pads."""
+    attrs, rank = node.attrs, len(node.attrs["kernel"])
+    ends = [pool_end_pad(n, k, s, b, e, attrs["ceil_mode"]) for n, k, s, b, e in zip(
+        _spatial(x), attrs["kernel"], attrs["strides"], attrs["pads"][:rank],
+        attrs["pads"][rank:], strict=True)]
+    return {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
+            "pads": list(attrs["pads"][:rank]) + ends}
+
+
+@lowering("max_pool")
+def _max_pool(em, node, out, x):
+    em.add("MaxPool", [x], out, **_pool_attrs(node, node.inputs[0]))
+
+
+def _max_positions(em, node, x) -> str:
+    """Where max_pool(x) finds each maximum, as flat indices into x: MaxPool's Indices, the
+    first of tied maxima in the window's row-major order, as the numpy kernel picks."""
+    pooled, positions = em.fresh("MaxPool"), em.fresh("Indices")
+    em.nodes.append(helper.make_node("MaxPool", [x], [pooled, positions], name=positions,
+                                     doc_string=em.doc, **_pool_attrs(node, node.inputs[-1])))
+    return positions
+
+
+@lowering("max_unpool")
+def _max_unpool(em, node, out, g, x):
+    if em.opset < FOLD_SINCE:
+        raise ChainruleError(f"the ONNX form of max_unpool needs opset {FOLD_SINCE} or newer, "
+                             f"not {em.opset}", node.loc)
+    flat, shape = em.ints([-1], "flat"), em.add("Shape", [x])
+    positions = em.add("Reshape", [_max_positions(em, node, x), flat])
+    zeros = em.add("Reshape", [em.add("Expand", [em.scalar(0.0, _dtype(node)), shape]), flat])
+    summed = em.add("ScatterElements", [zeros, positions, em.add("Reshape", [g, flat])],
+                    axis=0, reduction="add")
+    em.add("Reshape", [summed, shape], out)
+
+
+@lowering("max_pool_take")
+def _max_pool_take(em, node, out, values, x):
+    flat = em.add("Reshape", [values, em.ints([-1], "flat")])
+    em.add("Gather", [flat, _max_positions(em, node, x)], out, axis=0)
+
+
+def _divisor(node, x) -> np.ndarray:
+    """What each window of the average divides by, over the output's spatial axes."""
+    attrs, rank = node.attrs, len(node.attrs["kernel"])
+    divisor = np.ones(())
+    for n, k, s, b, e in zip(_spatial(x), attrs["kernel"], attrs["strides"],
+                             attrs["pads"][:rank], attrs["pads"][rank:], strict=True):
+        sizes = pool_window_sizes(n, k, s, b, e, attrs["ceil_mode"], attrs["count_include_pad"])
+        divisor = np.multiply.outer(divisor, np.asarray(sizes, float))
+    return divisor.astype(NUMPY_DTYPES[_dtype(node)])
+
+
+@lowering("avg_pool")
+def _avg_pool(em, node, out, x):
+    attrs, pool = node.attrs, _pool_attrs(node, node.inputs[0])
+    divisor = _divisor(node, node.inputs[0])
+    if _dtype(node) == "f32":
+        averaged = em.add("AveragePool", [x], count_include_pad=int(attrs["count_include_pad"]),
+                          **pool)
+        # Counting padding, AveragePool divides by the kernel's size, also in windows that
+        # overhang the end pad in ceil mode: those divide by less.
+        kernel_size = math.prod(attrs["kernel"])
+        if attrs["count_include_pad"] and np.any(divisor != kernel_size):
+            rescale = (kernel_size / divisor).astype(divisor.dtype)
+            em.add("Mul", [averaged, em.const(rescale, "rescale")], out)
+        else:
+            em.add("Identity", [averaged], out)
+        return
+    taps = _unfold(em, node, x, _spatial(node.inputs[0]), attrs["kernel"], attrs["strides"],
+                   pool["pads"], (1,) * len(attrs["kernel"]))
+    total = em.add("Reshape", [em.reduce("ReduceSum", taps, (2,), False),
+                               em.ints([0, 0, *divisor.shape], "shape")])
+    em.add("Div", [total, em.const(divisor, "divisor")], out)
+
+
+@lowering("avg_unpool")
+def _avg_unpool(em, node, out, g, like):
+    attrs, kernel = node.attrs, node.attrs["kernel"]
+    share = em.add("Div", [g, em.const(_divisor(node, node.inputs[1]), "divisor")])
+    # Every tap of a window gets the window's share.
+    windows = math.prod(_spatial(node.inputs[0]))
+    spread = em.add("Concat", [em.dim(g, 0), em.ints([node.inputs[0].type.shape[1],
+                                                      math.prod(kernel), windows])], axis=0)
+    taps = em.add("Expand", [em.add("Reshape", [share, em.ints([0, 0, 1, windows], "share")]),
+                             spread])
+    taps = em.add("Reshape", [taps, em.ints([0, 0, -1], "taps")])
+    _fold(em, node, taps, _spatial(node.inputs[1]), kernel, attrs["strides"],
+          _pool_attrs(node, node.inputs[1])["pads"], (1,) * len(kernel), out)
+
+
+@lowering("pad")
+def _pad(em, node, out, x):
+    em.add("Pad", [x, em.ints(node.attrs["pads"], "pads"),
+                   em.scalar(node.attrs["value"], _dtype(node))], out)

@@ -4,14 +4,17 @@ One entry per built-in. Adding an op to the DSL means one entry here (and its IR
 built-ins are compositions of ops instead of ops of their own (their derivatives then follow
 from the parts): `stack`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits`,
 `cross_entropy` with probability targets, and the constructors `zeros`, `ones` and `full` (a
-fill op), `eye` (from arange), `zeros_like` and `ones_like` (a broadcast constant).
+fill op), `eye` (from arange), `zeros_like` and `ones_like` (a broadcast constant). The
+convolution and pooling built-ins compose too: the PyTorch-style options become one op's attrs
+(and a bias an add), `global_avg_pool` is a mean, `flatten` a reshape, and `pad`'s reflect and
+edge modes are slices concatenated.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir.shapes import shapes_may_equal
+from ..ir.shapes import TO_END, TO_START, shapes_may_equal
 
 NO_DEFAULT = object()
 
@@ -67,10 +70,11 @@ def _size(name):
 def _shape(value):
     """`3`, `(B, 4)`: sizes and symbolic dims (SymbolicDim, a str, for B), as a tuple."""
     dims = value if isinstance(value, tuple) else (value,)
-    shown = f"({', '.join(map(str, dims))}{',' if len(dims) == 1 else ''})"
+    shown = f"({', '.join(map(_shown, dims))}{',' if len(dims) == 1 else ''})"
     for dim in dims:
         if isinstance(dim, bool) or not isinstance(dim, (int, str)):
-            raise TypeError(f"a shape holds sizes and dim names, not {dim} as in {shown}")
+            raise TypeError(f"a shape holds sizes and dim names, not {_shown(dim)} as in "
+                            f"{shown}")
         if isinstance(dim, int) and dim < 1:
             raise TypeError(f"shape {shown} has a size of {dim}; sizes are positive (chainrule "
                             f"refuses empty tensors)")
@@ -85,6 +89,32 @@ class DTypeName:
 
     def __str__(self) -> str:
         return self.name
+
+
+@dataclass(frozen=True)
+class StringLiteral:
+    """A string given as an option of a call, as in `conv2d(x, w, padding="same")`."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return f'"{self.text}"'
+
+    __repr__ = __str__
+
+
+def _choice(name, *choices):
+    def convert(value):
+        if not isinstance(value, StringLiteral) or value.text not in choices:
+            listed = ", ".join(f'"{choice}"' for choice in choices)
+            raise TypeError(f"{name} must be one of {listed}, not {_shown(value)}")
+        return value.text
+    return convert
+
+
+def _shown(value) -> str:
+    """An option's value as the DSL writes it."""
+    return "none" if value is None else str(value)
 
 
 def _dtype(value):
@@ -111,6 +141,9 @@ class Builtin:
     variadic: bool = False
     # Options that come before the tensors among the positional arguments (`full(shape, value)`).
     leading_options: tuple[str, ...] = ()
+    # Trailing tensors that may be left out or given as `none` (conv2d's bias); a composition
+    # then gets its own default for them.
+    optional: tuple[str, ...] = ()
     # For a composition: compose(ops, *inputs, **attrs) -> Value, where ops.emit(op, *inputs,
     # **attrs) and ops.constant(value, like) add nodes, ops.error(message) reports one and
     # ops.dim_source(dim) is the model input (and axis) that declares a symbolic dim.
@@ -303,6 +336,197 @@ def _batch_norm(ops, x, gamma, beta, running_mean, running_var, momentum, eps):
 def _dropout(ops, x, p):
     # The mask is a value, so the backward pass multiplies by the very mask the forward used.
     return ops.emit("mul", x, ops.emit("dropout_mask", x, p=p))
+
+
+# ---- convolution and pooling (NCHW); the option names and positions are PyTorch's -------------
+
+def _optional_ints(name):
+    convert = _ints(name)
+    return lambda value: None if value is None else convert(value)
+
+
+def _padding(value):
+    if isinstance(value, StringLiteral) and value.text in ("same", "valid"):
+        return value.text
+    try:
+        return _ints("padding")(value)
+    except TypeError:
+        raise TypeError(f'padding must be an integer, a tuple of integers, "same" or "valid", '
+                        f"not {_shown(value)}") from None
+
+
+def _per_axis(ops, name, values, rank):
+    """An option given once for every spatial axis or once per axis, as one value per axis."""
+    if len(values) not in (1, rank):
+        ops.error(f"{name} takes one integer or {rank} (one per spatial axis), got {values}")
+    return values * rank if len(values) == 1 else values
+
+
+def _conv_pads(ops, padding, kernel, strides, dilations):
+    """The conv op's pads (each axis' begin, then each one's end) for a padding option."""
+    rank = len(kernel)
+    if padding == "valid":
+        return (0,) * 2 * rank
+    if padding == "same":
+        if any(s != 1 for s in strides):
+            ops.error(f'padding="same" needs stride 1, got stride {strides}')
+        if not all(isinstance(k, int) for k in kernel):
+            ops.error(f"the kernel's size must be known for padding=\"same\", got {kernel}")
+        # As PyTorch does, an odd total leaves the extra pad at the end.
+        totals = [d * (k - 1) for k, d in zip(kernel, dilations, strict=True)]
+        return tuple(t // 2 for t in totals) + tuple(t - t // 2 for t in totals)
+    return _per_axis(ops, "padding", padding, rank) * 2
+
+
+def _with_bias(ops, y, bias, rank):
+    if bias is None:
+        return y
+    channels = y.type.shape[1]
+    if bias.type.shape != (channels,):
+        ops.error(f"bias must be [{channels}], one value per output channel, got {bias.type}")
+    return ops.emit("add", y, ops.emit("unsqueeze", bias, axes=tuple(range(1, rank + 1))))
+
+
+def _conv_weight(ops, w, rank, layout):
+    if w.type.rank != rank + 2:
+        kernel = ", ".join(("kH", "kW")[-rank:]) if rank <= 2 else f"{rank} kernel sizes"
+        ops.error(f"w must be [{layout}, {kernel}], got {w.type}")
+    return w.type.shape[2:]
+
+
+CONV_OPTIONS = {"stride": _option(1, _ints("stride"), "stride"),
+                "padding": _option(0, _padding, "padding"),
+                "dilation": _option(1, _ints("dilation"), "dilation"),
+                "groups": _option(1, _int("groups"), "groups")}
+
+
+def _conv(rank):
+    def compose(ops, x, w, bias=None, *, stride, padding, dilation, groups):
+        kernel = _conv_weight(ops, w, rank, "out_channels, in_channels / groups")
+        strides = _per_axis(ops, "stride", stride, rank)
+        dilations = _per_axis(ops, "dilation", dilation, rank)
+        y = ops.emit("conv", x, w, strides=strides, dilations=dilations, groups=groups,
+                     pads=_conv_pads(ops, padding, kernel, strides, dilations))
+        return _with_bias(ops, y, bias, rank)
+    return compose
+
+
+def _conv_transpose(rank):
+    def compose(ops, x, w, bias=None, *, stride, padding, output_padding, groups, dilation):
+        _conv_weight(ops, w, rank, "in_channels, out_channels / groups")
+        y = ops.emit("conv_transpose", x, w, strides=_per_axis(ops, "stride", stride, rank),
+                     pads=_per_axis(ops, "padding", padding, rank) * 2,
+                     output_padding=_per_axis(ops, "output_padding", output_padding, rank),
+                     dilations=_per_axis(ops, "dilation", dilation, rank), groups=groups)
+        return _with_bias(ops, y, bias, rank)
+    return compose
+
+
+POOL_OPTIONS = {"kernel": _option(NO_DEFAULT, _ints("kernel"), "kernel"),
+                "stride": _option(None, _optional_ints("stride"), "stride"),
+                "padding": _option(0, _ints("padding"), "padding"),
+                "ceil_mode": _option(False, _bool("ceil_mode"), "ceil_mode")}
+AVG_POOL_OPTIONS = {**POOL_OPTIONS, "count_include_pad": _option(
+    True, _bool("count_include_pad"), "count_include_pad")}
+
+
+def _pool(op, rank):
+    """max_pool2d(x, kernel, stride=kernel, padding=0, ceil_mode=false) and the like."""
+    def compose(ops, x, kernel, stride, padding, ceil_mode, **divisor):
+        kernel = _per_axis(ops, "kernel", kernel, rank)
+        strides = kernel if stride is None else _per_axis(ops, "stride", stride, rank)
+        return ops.emit(op, x, kernel=kernel, strides=strides, ceil_mode=ceil_mode,
+                        pads=_per_axis(ops, "padding", padding, rank) * 2, **divisor)
+    return compose
+
+
+for _rank in (1, 2):
+    composite(f"conv{_rank}d", ("x", "w", "bias"), CONV_OPTIONS, optional=("bias",))(
+        _conv(_rank))
+    composite(f"conv_transpose{_rank}d", ("x", "w", "bias"), {
+        "stride": CONV_OPTIONS["stride"],
+        "padding": _option(0, _ints("padding"), "padding"),
+        "output_padding": _option(0, _ints("output_padding"), "output_padding"),
+        "groups": CONV_OPTIONS["groups"], "dilation": CONV_OPTIONS["dilation"],
+    }, optional=("bias",))(_conv_transpose(_rank))
+    composite(f"max_pool{_rank}d", ("x",), POOL_OPTIONS)(_pool("max_pool", _rank))
+    composite(f"avg_pool{_rank}d", ("x",), AVG_POOL_OPTIONS)(_pool("avg_pool", _rank))
+
+
+@composite("global_avg_pool", ("x",))
+def _global_avg_pool(ops, x):
+    """The mean over the spatial axes, kept as size 1: [N, C, 1, 1], as PyTorch's
+    adaptive_avg_pool2d(x, 1) and ONNX's GlobalAveragePool give."""
+    if x.type.rank < 3:
+        ops.error(f"x must be [batch, channels, *spatial], got {x.type}")
+    return ops.emit("mean", x, axes=tuple(range(2, x.type.rank)), keepdims=True)
+
+
+@composite("flatten", ("x",), {"start_axis": _option(1, _int("start_axis"), "start_axis")})
+def _flatten(ops, x, start_axis):
+    """The axes from start_axis on as one (a reshape that copies the axes before it, so a
+    symbolic batch stays)."""
+    if not -x.type.rank <= start_axis < x.type.rank:
+        ops.error(f"start_axis {start_axis} is out of range for {x.type}")
+    return ops.emit("reshape", x, shape=(0,) * (start_axis % x.type.rank) + (-1,))
+
+
+PAD_MODES = ("constant", "reflect", "edge", "replicate")
+
+
+@composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
+                           "mode": _option(StringLiteral("constant"), _choice("mode", *PAD_MODES),
+                                           "mode"),
+                           "value": _option(0.0, _float("value"), "value")})
+def _pad(ops, x, pads, mode, value):
+    """PyTorch's F.pad: pads in pairs from the last axis backwards, (left, right, top,
+    bottom, ...). A constant pad is the pad op; reflect and edge (PyTorch's replicate) are
+    slices of x concatenated to it, one axis at a time."""
+    if len(pads) % 2 or len(pads) > 2 * x.type.rank or any(p < 0 for p in pads):
+        ops.error(f"pads are pairs (begin, end) >= 0 from the last axis backwards, at most "
+                  f"{x.type.rank} of them for {x.type}; got {pads}")
+    if mode != "constant" and value != 0.0:
+        ops.error(f'value is the padding of mode="constant", not of mode="{mode}"')
+    rank = x.type.rank
+    pairs = {rank - 1 - i: pads[2 * i:2 * i + 2] for i in range(len(pads) // 2)}
+    if not any(pads):
+        return x
+    for axis, (begin, end) in pairs.items():
+        size = x.type.shape[axis]
+        if mode == "reflect" and (begin or end) and (not isinstance(size, int)
+                                                     or max(begin, end) >= size):
+            ops.error(f'mode="reflect" pads less than the size of the axis it pads; got pads '
+                      f"({begin}, {end}) for axis {axis} of {x.type}")
+    if mode == "constant":
+        begins = tuple(pairs.get(axis, (0, 0))[0] for axis in range(rank))
+        ends = tuple(pairs.get(axis, (0, 0))[1] for axis in range(rank))
+        return ops.emit("pad", x, pads=begins + ends, value=value)
+    for axis, (begin, end) in sorted(pairs.items()):
+        if begin or end:
+            x = _pad_axis(ops, x, axis, begin, end, mode)
+    return x
+
+
+def _pad_axis(ops, x, axis, begin, end, mode):
+    size = x.type.shape[axis]
+
+    def part(start, stop, step):
+        return ops.emit("slice", x, starts=(start,), ends=(stop,), axes=(axis,), steps=(step,))
+
+    def repeated(edge, count):
+        shape = tuple(count if i == axis else -1 for i in range(x.type.rank))
+        return ops.emit("broadcast_to", edge, shape=shape)
+
+    if mode == "reflect":
+        # x[begin], ..., x[1] before and x[size - 2], ..., x[size - 1 - end] after.
+        before = part(begin, 0, -1) if begin else None
+        after = part(size - 2, size - 2 - end if end < size - 1 else TO_START, -1) \
+            if end else None
+    else:
+        before = repeated(part(0, 1, 1), begin) if begin else None
+        after = repeated(part(-1, TO_END, 1), end) if end else None
+    pieces = [piece for piece in (before, x, after) if piece is not None]
+    return ops.emit("concat", *pieces, axis=axis)
 
 
 # ---- ops --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..ir import ChainruleError, SourceLoc, TensorType, Value, get_op
 from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import is_float
-from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName
+from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
 
 
@@ -118,6 +118,12 @@ class ExpressionLowerer:
 
     def x_dtype_literal(self, tree, scope):
         return DTypeName(str(tree.children[0]))
+
+    def x_string_literal(self, tree, scope):
+        return StringLiteral(str(tree.children[0])[1:-1])
+
+    def x_none_literal(self, tree, scope):
+        return None
 
     def x_tuple_literal(self, tree, scope):
         items = []
@@ -302,7 +308,7 @@ class ExpressionLowerer:
             raise ChainruleError(f"{value} is a dtype, not a value; it is given as dtype=... "
                                  f"or called as a cast, {value}(x)", loc)
         if not is_number(value):
-            raise ChainruleError("a tuple cannot be used as a tensor", loc)
+            raise ChainruleError(f"{describe_constant(value)} cannot be used as a tensor", loc)
         if isinstance(value, bool):
             dtype = "bool"
         elif dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
@@ -407,12 +413,14 @@ class ExpressionLowerer:
         one) gives its literals a dtype."""
         spec = BUILTINS[name]
         defaults = {key: option[0] for key, option in spec.options.items()}
+        defaults.update(dict.fromkeys(spec.optional))  # left out, or given as none
         if spec.variadic:
             bound = self.bind_arguments(name, tuple(spec.options), defaults, [], keywords, loc)
             tensors = self.variadic_tensors(name, positional, loc)
         else:
             bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
-            tensors = [bound[t] for t in spec.tensors]
+            tensors = [bound[t] for t in spec.tensors
+                       if not (t in spec.optional and bound[t] is None)]
         # Options first: a bad one is reported at the call, even on a call that waits.
         attrs = self.builtin_attrs(name, spec, bound, loc)
         if not any(isinstance(t, Value) for t in tensors):
@@ -469,7 +477,8 @@ class ExpressionLowerer:
             value = self.lower_weak(value, dtype if is_float(dtype) else "f32")
         if not isinstance(value, Value):
             if not is_number(value):
-                raise ChainruleError(f"{dtype}() takes a tensor or a number, not a tuple", loc)
+                raise ChainruleError(f"{dtype}() takes a tensor or a number, not "
+                                     f"{describe_constant(value)}", loc)
             return self.builder.constant(value, dtype, loc=loc)
         return self.cast(value, dtype, loc)
 
@@ -532,6 +541,8 @@ def _is_int(value) -> bool:
 def describe_constant(value) -> str:
     if isinstance(value, Value):
         return f"a tensor ({value.type})"
+    if value is None:
+        return "none"
     return "a tuple" if isinstance(value, tuple) else repr(value)
 
 

@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, concat_shape,
-                     dims_may_equal, format_shape, matmul_shape, normalize_axes, normalize_axis,
-                     reduced_shape, require_same_size, reshaped_shape, shapes_may_equal,
-                     sliced_shape, taken_shape)
+from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_window_attrs,
+                     concat_shape, conv_output_dim, dims_may_equal, format_shape, matmul_shape,
+                     normalize_axes, normalize_axis, pool_output_dim, reduced_shape,
+                     require_same_size, reshaped_shape, shapes_may_equal, sliced_shape,
+                     taken_shape)
 from .types import DTYPES, UNKNOWN, TensorType, is_float, scalar
 
 REQUIRED = object()
@@ -478,6 +479,199 @@ register("one_hot", 1, _infer_one_hot,
          {"depth": AttrSpec("int"), "dtype": AttrSpec("dtype", "f32")},
          traits=("nondifferentiable",),
          index_input=(0, lambda types, attrs: attrs["depth"]))
+
+
+# ---- convolution and pooling: NCHW, as ONNX and PyTorch lay them out. Every dim but the batch is
+# a number; pads list each spatial axis' begin, then each one's end (ONNX's order). conv,
+# conv_transpose and conv_weight_grad are the three faces of one bilinear form, <conv(x, w), g>,
+# so each one's derivatives are the other two; max_unpool and avg_unpool are the transposes of
+# the pools, and max_pool_take picks values where max_pool picks the maximum.
+SPATIAL_NAMES = {1: "length", 2: "height, width", 3: "depth, height, width"}
+
+
+def _spatial_operand(op, x, rank):
+    """x as a convolution or pooling takes it: float [batch, channels, *spatial], with numbers
+    for every dim but the batch."""
+    _require_float(op, x)
+    if x.rank != rank + 2:
+        layout = SPATIAL_NAMES.get(rank, f"{rank} spatial dims")
+        raise OpTypeError(f"{op} over {rank} spatial axes takes [batch, channels, {layout}], "
+                          f"got {x}")
+    if not all(isinstance(d, int) for d in x.shape[1:]):
+        raise OpTypeError(f"{op} needs fixed channel and spatial sizes (only the batch may be "
+                          f"symbolic), got {x}")
+
+
+def _conv_weight(op, w):
+    """The kernel's spatial rank; w is [out, in / groups, *kernel] (for conv_transpose
+    [in, out / groups, *kernel]), all numbers."""
+    _require_float(op, w)
+    if w.rank < 3 or not all(isinstance(d, int) for d in w.shape):
+        raise OpTypeError(f"{op} needs a weight of fixed sizes [channels, channels / groups, "
+                          f"*kernel], got {w}")
+    return w.rank - 2
+
+
+def _check_groups(op, groups, **channels):
+    if groups < 1:
+        raise OpTypeError(f"{op} needs groups >= 1, got {groups}")
+    for what, count in channels.items():
+        if count % groups:
+            raise OpTypeError(f"{op}: groups={groups} does not divide the {count} "
+                              f"{what.replace('_', ' ')}")
+
+
+def _conv_spatial(op, sizes, kernel, strides, pads, dilations):
+    rank = len(kernel)
+    result = []
+    for axis, (size, k, stride, dilation) in enumerate(zip(sizes, kernel, strides, dilations,
+                                                          strict=True)):
+        padded = size + pads[axis] + pads[rank + axis]
+        span = dilation * (k - 1) + 1
+        if span > padded:
+            raise OpTypeError(f"{op}'s kernel spans {span} along spatial axis {axis} (size {k}"
+                              f", dilation {dilation}), more than the padded input's {padded}")
+        result.append(conv_output_dim(size, k, stride, pads[axis], pads[rank + axis],
+                                      dilation))
+    return tuple(result)
+
+
+def _infer_conv(x, w, strides, pads, dilations, groups):
+    rank = _conv_weight("conv", w)
+    _spatial_operand("conv", x, rank)
+    _same_dtype("conv", x, w)
+    check_window_attrs("conv", rank, strides, pads, dilations)
+    channels, out_channels = x.shape[1], w.shape[0]
+    _check_groups("conv", groups, input_channels=channels, output_channels=out_channels)
+    if w.shape[1] * groups != channels:
+        raise OpTypeError(f"conv of x {format_shape(x.shape)} with w {format_shape(w.shape)}: "
+                          f"w's second dim is the input channels per group, {channels} / "
+                          f"groups={groups} = {channels // groups}, not {w.shape[1]}")
+    spatial = _conv_spatial("conv", x.shape[2:], w.shape[2:], strides, pads, dilations)
+    return x.with_shape((x.shape[0], out_channels) + spatial)
+
+
+def _infer_conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
+    rank = _conv_weight("conv_transpose", w)
+    _spatial_operand("conv_transpose", x, rank)
+    _same_dtype("conv_transpose", x, w)
+    check_window_attrs("conv_transpose", rank, strides, pads, dilations)
+    if x.shape[1] != w.shape[0]:
+        raise OpTypeError(f"conv_transpose of x {format_shape(x.shape)} with w "
+                          f"{format_shape(w.shape)}: w's first dim is the input channels, "
+                          f"{x.shape[1]}, not {w.shape[0]}")
+    _check_groups("conv_transpose", groups, input_channels=x.shape[1])
+    if len(output_padding) != rank or not all(
+            0 <= p < s for p, s in zip(output_padding, strides, strict=True)):
+        raise OpTypeError(f"conv_transpose needs an output padding >= 0 and below the stride "
+                          f"per spatial axis, got {list(output_padding)} for strides "
+                          f"{list(strides)}")
+    spatial = []
+    for axis, (size, k, stride, dilation, extra) in enumerate(zip(
+            x.shape[2:], w.shape[2:], strides, dilations, output_padding, strict=True)):
+        full = (size - 1) * stride + dilation * (k - 1) + 1 + extra
+        if full - pads[axis] - pads[rank + axis] < 1:
+            raise OpTypeError(f"conv_transpose's pads {list(pads)} remove all of the {full} "
+                              f"outputs along spatial axis {axis}")
+        spatial.append(full - pads[axis] - pads[rank + axis])
+    return x.with_shape((x.shape[0], w.shape[1] * groups) + tuple(spatial))
+
+
+def _infer_conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
+    """The weight gradient of conv(x, w) for the output cotangent g: shaped like w."""
+    rank = len(kernel)
+    for operand in (x, g):
+        _spatial_operand("conv_weight_grad", operand, rank)
+    _same_dtype("conv_weight_grad", x, g)
+    check_window_attrs("conv_weight_grad", rank, strides, pads, dilations, kernel)
+    _check_groups("conv_weight_grad", groups, input_channels=x.shape[1],
+                  output_channels=g.shape[1])
+    spatial = _conv_spatial("conv_weight_grad", x.shape[2:], kernel, strides, pads, dilations)
+    if not dims_may_equal(x.shape[0], g.shape[0]) or g.shape[2:] != spatial:
+        raise OpTypeError(f"conv_weight_grad of x {format_shape(x.shape)}: the output "
+                          f"cotangent must be [{x.shape[0]}, channels, "
+                          f"{', '.join(map(str, spatial))}], got {format_shape(g.shape)}")
+    return x.with_shape((g.shape[1], x.shape[1] // groups) + tuple(kernel))
+
+
+def _pool_shape(op, x, kernel, strides, pads, ceil_mode):
+    rank = len(kernel)
+    if rank < 1:
+        raise OpTypeError(f"{op} needs a kernel size per spatial axis, got none")
+    _spatial_operand(op, x, rank)
+    check_window_attrs(op, rank, strides, pads, kernel=kernel)
+    if any(2 * p > k for p, k in zip(pads, kernel + kernel, strict=True)):
+        raise OpTypeError(f"{op}'s pads must be at most half the kernel size, so that every "
+                          f"window holds some of the input; got pads {list(pads)} for kernel "
+                          f"{list(kernel)}")
+    spatial = []
+    for axis, (size, k, stride) in enumerate(zip(x.shape[2:], kernel, strides, strict=True)):
+        if k > size + pads[axis] + pads[rank + axis]:
+            raise OpTypeError(f"{op}'s kernel ({k}) is larger than the padded input "
+                              f"({size + pads[axis] + pads[rank + axis]}) along spatial axis "
+                              f"{axis}")
+        spatial.append(pool_output_dim(size, k, stride, pads[axis], pads[rank + axis],
+                                       ceil_mode))
+    return x.shape[:2] + tuple(spatial)
+
+
+def _pool(op):
+    def infer(x, kernel, strides, pads, ceil_mode, **divisor):  # avg_pool's count_include_pad
+        return x.with_shape(_pool_shape(op, x, kernel, strides, pads, ceil_mode))
+    return infer
+
+
+def _unpool(op):
+    """g, one value per window of x's pooling, spread back to x's shape."""
+    def infer(g, x, kernel, strides, pads, ceil_mode, **divisor):
+        expected = _pool_shape(op, x, kernel, strides, pads, ceil_mode)
+        _same_dtype(op, g, x)
+        if not shapes_may_equal(g.shape, expected):
+            raise OpTypeError(f"{op} into {format_shape(x.shape)} needs one value per window, "
+                              f"{format_shape(expected)}, got {format_shape(g.shape)}")
+        return x
+    return infer
+
+
+def _infer_max_pool_take(values, x, kernel, strides, pads, ceil_mode):
+    """The values at the positions max_pool(x) takes its maxima from."""
+    _same_dtype("max_pool_take", values, x)
+    if not shapes_may_equal(values.shape, x.shape):
+        raise OpTypeError(f"max_pool_take needs values shaped like x, got "
+                          f"{format_shape(values.shape)} and {format_shape(x.shape)}")
+    return values.with_shape(_pool_shape("max_pool_take", x, kernel, strides, pads, ceil_mode))
+
+
+def _infer_pad(x, pads, value):
+    _require_float("pad", x)
+    if len(pads) != 2 * x.rank or any(p < 0 for p in pads):
+        raise OpTypeError(f"pad of {x} needs {2 * x.rank} pads >= 0 (each axis' begin, then "
+                          f"each one's end), got {list(pads)}")
+    begins, ends = pads[:x.rank], pads[x.rank:]
+    return x.with_shape(d + b + e if isinstance(d, int) else d if b == e == 0 else UNKNOWN
+                        for d, b, e in zip(x.shape, begins, ends, strict=True))
+
+
+CONV = {"strides": AttrSpec("ints"), "pads": AttrSpec("ints"), "dilations": AttrSpec("ints"),
+        "groups": AttrSpec("int", 1)}
+POOL = {"kernel": AttrSpec("ints"), "strides": AttrSpec("ints"), "pads": AttrSpec("ints"),
+        "ceil_mode": AttrSpec("bool", False)}
+AVG_POOL = {**POOL, "count_include_pad": AttrSpec("bool", True)}
+
+register("conv", 2, _infer_conv, CONV, traits=("linear",))
+register("conv_transpose", 2, _infer_conv_transpose,
+         {**CONV, "output_padding": AttrSpec("ints")}, traits=("linear",))
+register("conv_weight_grad", 2, _infer_conv_weight_grad, {"kernel": AttrSpec("ints"), **CONV},
+         traits=("linear",))
+register("max_pool", 1, _pool("max_pool"), POOL)
+register("max_unpool", 2, _unpool("max_unpool"), POOL, traits=("linear",))
+register("max_pool_take", 2, _infer_max_pool_take, POOL, traits=("linear",))
+register("avg_pool", 1, _pool("avg_pool"), AVG_POOL, traits=("linear",))
+register("avg_unpool", 2, _unpool("avg_unpool"), AVG_POOL, traits=("linear",))
+register("pad", 1, _infer_pad, {"pads": AttrSpec("ints"), "value": AttrSpec("float", 0.0)},
+         traits=("linear",))
+
+
 # dropout(x) is x * dropout_mask(x): the mask is a value, so the gradient reuses it exactly.
 def _infer_grad(objective, wrt):
     if objective.rank != 0 or not is_float(objective.dtype):

@@ -220,3 +220,70 @@ def compose_perms(first, then) -> tuple[int, ...]:
 
 def is_identity_perm(perm) -> bool:
     return tuple(perm) == tuple(range(len(perm)))
+
+
+# ---- sliding windows: convolution and pooling -------------------------------------------------
+
+def check_window_attrs(op: str, rank: int, strides, pads, dilations=None, kernel=None) -> None:
+    """The window attrs of a convolution or pooling over `rank` spatial axes: a positive stride
+    (and dilation, kernel size) per axis, and pads >= 0, each axis' begin, then each one's end."""
+    for name, values in (("kernel sizes", kernel), ("strides", strides),
+                         ("dilations", dilations)):
+        if values is None:
+            continue
+        if len(values) != rank:
+            raise OpTypeError(f"{op} over {rank} spatial axes needs {rank} {name}, got "
+                              f"{list(values)}")
+        if any(v < 1 for v in values):
+            raise OpTypeError(f"{op}'s {name} must be positive, got {list(values)}")
+    if len(pads) != 2 * rank or any(p < 0 for p in pads):
+        raise OpTypeError(f"{op} over {rank} spatial axes needs {2 * rank} pads >= 0 (each "
+                          f"axis' begin, then each one's end), got {list(pads)}")
+
+
+def conv_output_dim(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                    dilation: int = 1) -> int:
+    """How many windows of a convolution fit along one axis of the padded input."""
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_dim(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                    ceil_mode: bool) -> int:
+    """How many windows of a pooling fit along one axis. In ceil mode a last, partial window
+    counts too, unless it would start past the input and its begin padding (PyTorch's rule,
+    and ONNX's from opset 22)."""
+    span = size + pad_begin + pad_end - kernel
+    count = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (count - 1) * stride >= size + pad_begin:
+        count -= 1
+    return count
+
+
+def pool_end_pad(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                 ceil_mode: bool) -> int:
+    """The end padding with which floor-mode windows are the pooling's windows: in ceil mode,
+    the end pad plus what the last window overhangs the padded input by."""
+    count = pool_output_dim(size, kernel, stride, pad_begin, pad_end, ceil_mode)
+    return pad_end + max(0, (count - 1) * stride + kernel - (size + pad_begin + pad_end))
+
+
+def pool_window_sizes(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                      ceil_mode: bool, count_include_pad: bool) -> tuple[int, ...]:
+    """What each average along one axis divides by (PyTorch's divisor): the window's size
+    within the padded input, or within the input alone unless count_include_pad. A window's
+    divisor over several axes is the product of these."""
+    sizes = []
+    for index in range(pool_output_dim(size, kernel, stride, pad_begin, pad_end, ceil_mode)):
+        start = index * stride - pad_begin
+        end = min(start + kernel, size + pad_end)
+        if not count_include_pad:
+            start, end = max(start, 0), min(end, size)
+        sizes.append(end - start)
+    return tuple(sizes)
+
+
+def conv_output_shape(x_shape, w_shape, strides, pads, dilations) -> tuple[int, ...]:
+    """The spatial shape of conv(x, w) for numeric shapes."""
+    rank = len(w_shape) - 2
+    return tuple(conv_output_dim(n, k, s, b, e, d) for n, k, s, b, e, d in zip(
+        x_shape[2:], w_shape[2:], strides, pads[:rank], pads[rank:], dilations, strict=True))

@@ -8,13 +8,14 @@ be differentiated again.
 
 Where a function has no derivative (ties of max/min, the kinks of abs, relu and clip) the rules
 pick a subgradient: max/min reductions and maximum/minimum split the cotangent evenly between
-tied operands; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
+tied operands; max pooling gives each window's cotangent to the first of its tied maxima in
+row-major order; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
 """
 from __future__ import annotations
 
 from ..ir import GraphBuilder, Node, Value
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
-from ..ir.shapes import compose_perms, is_identity_perm, normalize_axes
+from ..ir.shapes import TO_END, compose_perms, is_identity_perm, normalize_axes
 
 VJP_RULES, vjp = rule_table()
 
@@ -408,3 +409,87 @@ def _train_or_eval(bw, g, train, evaluate, out):
     zero = bw.emit("broadcast_like", bw.constant(0.0, g), g)
     return (bw.emit("train_or_eval", g, zero) if bw.wants(train) else None,
             bw.emit("train_or_eval", zero, g) if bw.wants(evaluate) else None)
+
+
+# ---- convolution and pooling ------------------------------------------------------------------
+# conv, conv_transpose and conv_weight_grad are the three faces of <conv(x, w), g>: its
+# derivative in x is conv_transpose(g, w) and in w conv_weight_grad(x, g), so the derivatives of
+# each are the other two, and derivatives of any order need no other op.
+
+def _restoring_padding(x, kernel, window) -> tuple:
+    """conv_transpose's output padding that gives back x's spatial sizes: the rows past the
+    last window of a convolution over x, which no window reads."""
+    rank, pads = len(kernel), window["pads"]
+    return tuple((n + b + e - d * (k - 1) - 1) % s for n, k, s, b, e, d in zip(
+        x.type.shape[2:], kernel, window["strides"], pads[:rank], pads[rank:],
+        window["dilations"], strict=True))
+
+
+@vjp("conv")
+def _conv(bw, g, x, w, out, **window):
+    kernel = w.type.shape[2:]
+    grad_x = grad_w = None
+    if bw.wants(x):
+        grad_x = bw.emit("conv_transpose", g, w,
+                         output_padding=_restoring_padding(x, kernel, window), **window)
+    if bw.wants(w):
+        grad_w = bw.emit("conv_weight_grad", x, g, kernel=kernel, **window)
+    return grad_x, grad_w
+
+
+@vjp("conv_transpose")
+def _conv_transpose(bw, g, x, w, out, output_padding, **window):
+    grad_x = bw.emit("conv", g, w, **window) if bw.wants(x) else None
+    grad_w = bw.emit("conv_weight_grad", g, x, kernel=w.type.shape[2:], **window) \
+        if bw.wants(w) else None
+    return grad_x, grad_w
+
+
+@vjp("conv_weight_grad")
+def _conv_weight_grad(bw, g, x, output_grad, out, kernel, **window):
+    grad_x = grad_output = None
+    if bw.wants(x):
+        grad_x = bw.emit("conv_transpose", output_grad, g,
+                         output_padding=_restoring_padding(x, kernel, window), **window)
+    if bw.wants(output_grad):
+        grad_output = bw.emit("conv", x, g, **window)
+    return grad_x, grad_output
+
+
+# The gradient of max pooling goes to the first maximum of each window in row-major order;
+# max_unpool and max_pool_take read the positions off x itself, so they carry no gradient to x
+# (the positions are piecewise constant in x).
+@vjp("max_pool")
+def _max_pool(bw, g, x, out, **window):
+    return (bw.emit("max_unpool", g, x, **window),)
+
+
+@vjp("max_unpool")
+def _max_unpool(bw, g, output_grad, x, out, **window):
+    return bw.emit("max_pool_take", g, x, **window), None
+
+
+@vjp("max_pool_take")
+def _max_pool_take(bw, g, values, x, out, **window):
+    return bw.emit("max_unpool", g, x, **window), None
+
+
+@vjp("avg_pool")
+def _avg_pool(bw, g, x, out, **window):
+    return (bw.emit("avg_unpool", g, x, **window),)
+
+
+@vjp("avg_unpool")
+def _avg_unpool(bw, g, output_grad, like, out, **window):
+    return bw.emit("avg_pool", g, **window), None
+
+
+@vjp("pad")
+def _pad(bw, g, x, out, pads, value):
+    rank = x.type.rank
+    axes = tuple(axis for axis in range(rank) if pads[axis] or pads[rank + axis])
+    if not axes:
+        return (g,)
+    return (bw.emit("slice", g, starts=tuple(pads[axis] for axis in axes),
+                    ends=tuple(-pads[rank + axis] or TO_END for axis in axes), axes=axes,
+                    steps=(1,) * len(axes)),)
