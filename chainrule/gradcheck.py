@@ -33,28 +33,41 @@ def gradcheck(model, inputs: dict, backends=("numpy",), samples: int = 20,
     model = model.to_f64()
     inputs = {k: (np.asarray(v, np.float64) if np.asarray(v).dtype == np.float32 else v)
               for k, v in inputs.items()}
+    rows = []
+    # A model with batch_norm computes differently in training: both modes are checked.
+    for training in (False, True) if model.graph.updates else (False,):
+        rows += _check_mode(model, inputs, backends, samples, np.random.default_rng(seed),
+                            training)
+    return rows
+
+
+def _check_mode(model, inputs, backends, samples, rng, training: bool) -> list[GradCheckRow]:
     objective = model.objective.name
     forward = get_backend("numpy")
-    rng = np.random.default_rng(seed)
+    graph, _ = model.compile_graph(training=training)
+    grads_by_backend = {name: model.grad(backend=name, training=training, **inputs)
+                        for name in backends}
     rows = []
-    grads_by_backend = {name: model.grad(backend=name, **inputs) for name in backends}
-    for param, value in model.params.items():
+    for param in model.graph.trainable_values():
+        value = model.params[param.name]
         entries = _sample(value.size, samples, rng)
         numeric = np.empty(len(entries))
         flat = value.reshape(-1)
         for i, entry in enumerate(entries):
             saved = flat[entry]
             flat[entry] = saved + EPS
-            plus = float(forward.run(model.graph, inputs, model.params)[objective])
+            plus = float(forward.run(graph, inputs, model.params)[objective])
             flat[entry] = saved - EPS
-            minus = float(forward.run(model.graph, inputs, model.params)[objective])
+            minus = float(forward.run(graph, inputs, model.params)[objective])
             flat[entry] = saved
             numeric[i] = (plus - minus) / (2 * EPS)
         for backend, grads in grads_by_backend.items():
-            analytic = grads[param].reshape(-1)
+            analytic = grads[param.name].reshape(-1)
             errors = np.abs(analytic[entries] - numeric)
             scale = max(np.max(np.abs(analytic)), 1e-12)
-            rows.append(GradCheckRow(backend, param, len(entries), float(errors.max(initial=0)),
+            label = f"{backend} (training)" if training else backend
+            rows.append(GradCheckRow(label, param.name, len(entries),
+                                     float(errors.max(initial=0)),
                                      float(errors.max(initial=0) / scale)))
     return rows
 
@@ -66,11 +79,11 @@ def _sample(size: int, samples: int, rng) -> np.ndarray:
 
 
 def format_rows(rows: list[GradCheckRow]) -> str:
-    lines = [f"{'backend':<12} {'param':<16} {'entries':>7} {'max abs err':>12} "
+    lines = [f"{'backend':<24} {'param':<16} {'entries':>7} {'max abs err':>12} "
              f"{'max rel err':>12}  result",
-             "-" * 72]
+             "-" * 84]
     for row in rows:
-        lines.append(f"{row.backend:<12} {row.param:<16} {row.entries:>7} "
+        lines.append(f"{row.backend:<24} {row.param:<16} {row.entries:>7} "
                      f"{row.max_abs_error:>12.3e} {row.max_rel_error:>12.3e}  "
                      f"{'pass' if row.passed else 'FAIL'}")
     return "\n".join(lines)

@@ -51,6 +51,7 @@ def test_gradients_match_finite_differences_in_float64(path):
     rng = np.random.default_rng(0)
     params = perturbed_params(model, rng)
     model.set_params(params)
+    params = {v.name: model.params[v.name] for v in model.graph.trainable_values()}  # not state
     inputs = random_inputs(model.graph, DIMS, seed=0, given={})
     grads = model.grad(**inputs)
     assert set(grads) == {model.objective.name, *params}
@@ -61,7 +62,7 @@ def test_gradients_match_finite_differences_in_float64(path):
     name = model.objective.name
 
     def objective():
-        return float(backend.run(forward, inputs, params)[name])
+        return float(backend.run(forward, inputs, model.params)[name])
 
     for param, array in params.items():
         count = min(SAMPLES_PER_PARAM, array.size)
@@ -108,13 +109,16 @@ def test_cli_runs_differentiates_and_exports(path, tmp_path):
         assert process.returncode == 0, f"{command}: {err}"
         assert "Traceback" not in err
         stdout[command] = out
+    # State updates (batch_norm's running statistics) are outputs of training only.
+    outputs = [v.name for v in model.graph.outputs if v.name not in model.graph.updates.values()]
+    trainable = [v.name for v in model.graph.trainable_values()]
     assert "outputs (numpy):" in stdout["run"]
-    for output in model.graph.outputs:
-        assert f"\n  {output.name} " in stdout["run"], output.name
+    for output in outputs:
+        assert f"\n  {output} " in stdout["run"], output
     assert "objective and gradients (numpy):" in stdout["grad"]
-    for name in [objective, *model.params]:
+    for name in [objective, *trainable]:
         assert f"\n  {name} " in stdout["grad"], name
     assert f"wrote {onnx_path}" in stdout["export"]
     exported = onnx.load(str(onnx_path))
     assert [o.name for o in exported.graph.output] == (
-        [v.name for v in model.graph.outputs] + [f"d{objective}/d{name}" for name in model.params])
+        outputs + [f"d{objective}/d{name}" for name in trainable])
