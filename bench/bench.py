@@ -210,6 +210,36 @@ def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
     return rows
 
 
+def lenet_rows(repeats):
+    """Workload 6: examples/lenet_digits.nn's train step on 64 digits, SGD."""
+    from lenet import hand_lenet_step, jax_lenet_step, torch_lenet_step
+    with open(os.path.join(ROOT, "examples", "lenet_digits.nn")) as file:
+        source = file.read()
+    with np.load(os.path.join(ROOT, "examples", "data", "digits_train.npz")) as data:
+        x, y = data["x"][:64], data["y"][:64]
+    rows = []
+    for backend in ("numpy", "onnxruntime"):
+        model, trainer = chainrule_trainer(source, backend)
+        rows.append((f"chainrule-{backend}", median_seconds(
+            lambda: trainer.train_step({"x": x, "y": y}, LR_VALUE), repeats)))
+    params = {k: v.copy() for k, v in model.params.items()}
+    rows.append(("hand-written numpy",
+                 median_seconds(lambda: hand_lenet_step(params, x, y, LR_VALUE), repeats)))
+    torch, jax = optional("torch"), optional("jax")
+    if torch is not None:
+        step = torch_lenet_step(torch, model.params, LR_VALUE)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        rows.append(("pytorch eager", median_seconds(lambda: step(tx, ty), repeats)))
+    else:
+        rows.append(("pytorch eager", None))
+    if jax is not None:
+        step = jax_lenet_step(jax, model.params, LR_VALUE)
+        rows.append(("jax jit", median_seconds(lambda: step(x, y), repeats)))
+    else:
+        rows.append(("jax jit", None))
+    return rows
+
+
 def inference_rows(batch, repeats):
     model = chainrule.compile(lecture_mlp_source())
     graph = model.export_graph(outputs=["o"], opt_level="O2")
@@ -428,8 +458,12 @@ def workloads(quick: bool) -> dict:
         print(f"\n256 steps / 64 steps: {times[256] / times[64]:.2f}× "
               f"(linear growth would be 4×)")
 
+    def lenet_step():
+        print_table("6. LeNet-style train step (examples/lenet_digits.nn, batch 64, SGD)",
+                    lenet_rows(repeats))
+
     return {"1": mlp_step, "2": deep_step, "3": inference, "4": compile_time,
-            "4b": loop_compile_time, "5": memory_rows}
+            "4b": loop_compile_time, "5": memory_rows, "6": lenet_step}
 
 
 def main():
