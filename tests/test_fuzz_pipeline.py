@@ -179,7 +179,9 @@ def workspace(tmp_path_factory):
     return folder
 
 
-MODELS = st.sampled_from([str(p) for p in EXAMPLES if "digits" in p.name]
+# The small digits models: gradcheck of the GRU or the CNN over a whole data file is seconds
+# of honest work, which the time limit per input would take for a hang.
+MODELS = st.sampled_from([str(p) for p in EXAMPLES if p.stem in ("mlp_digits", "digits_classifier")]
                          + list(HOSTILE_MODELS) + ["latin1.nn", "missing.nn", "new"])
 COMMANDS = st.sampled_from(["check", "run", "grad", "export", "predict", "train", "gradcheck",
                             "ir"])
