@@ -407,3 +407,11 @@ def test_boolean_comparisons_and_where_export_and_agree(expression):
     feeds = {"y": np.array([True, True, False, False]), "z": np.array([True, False, True, False])}
     expected = model.run(**feeds)["s"]
     np.testing.assert_array_equal(model.run(backend="onnxruntime", **feeds)["s"], expected)
+
+
+def test_training_a_model_without_inputs_on_data_is_a_clear_error(tmp_path):
+    """Found by the CLI fuzzer: --val-split over no arrays at all."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32))
+    result = fails(chainrule_cli("train", write_model(tmp_path, SCALAR), "--data",
+                                 tmp_path / "d.npz", "--val-split", "0.3"))
+    assert "model m has no inputs, so no training data can feed it" in result.stderr

@@ -123,6 +123,9 @@ def training_data(args, model: api.Model, path, singles, what: str) -> dict | No
     """A data set bound to the model's inputs and checked whole, before any training."""
     if not path and not singles:
         return None
+    if not model.graph.inputs:
+        raise ChainruleError(f"model {model.graph.name} has no inputs, so no {what} can feed "
+                             f"it; training reads batches of a model's inputs")
     bound = bind(args, model.graph, read_data(path, singles, args))
     if bound.missing:
         listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
