@@ -195,19 +195,8 @@ def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
     params = {k: v.copy() for k, v in model.params.items()}
     a, b = batch_inputs.values()
     rows.append(("hand-written numpy", median_seconds(lambda: hand_step(params, a, b), repeats)))
-    torch, jax = optional("torch"), optional("jax")
-    if torch is not None:
-        step = torch_systems(torch, model.params, kind)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        rows.append(("pytorch eager", median_seconds(lambda: step(ta, tb), repeats)))
-    else:
-        rows.append(("pytorch eager", None))
-    if jax is not None:
-        step = jax_systems(jax, model.params, kind)
-        rows.append(("jax jit", median_seconds(lambda: step(a, b), repeats)))
-    else:
-        rows.append(("jax jit", None))
-    return rows
+    return rows + framework_rows(lambda torch: torch_systems(torch, model.params, kind),
+                                 lambda jax: jax_systems(jax, model.params, kind), a, b, repeats)
 
 
 def lenet_rows(repeats):
@@ -225,16 +214,25 @@ def lenet_rows(repeats):
     params = {k: v.copy() for k, v in model.params.items()}
     rows.append(("hand-written numpy",
                  median_seconds(lambda: hand_lenet_step(params, x, y, LR_VALUE), repeats)))
+    return rows + framework_rows(lambda torch: torch_lenet_step(torch, model.params, LR_VALUE),
+                                 lambda jax: jax_lenet_step(jax, model.params, LR_VALUE),
+                                 x, y, repeats)
+
+
+def framework_rows(torch_step, jax_step, a, b, repeats):
+    """PyTorch eager and JAX jit rows (None when not installed): `torch_step(torch)` and
+    `jax_step(jax)` build a step taking the batch."""
     torch, jax = optional("torch"), optional("jax")
+    rows = []
     if torch is not None:
-        step = torch_lenet_step(torch, model.params, LR_VALUE)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        rows.append(("pytorch eager", median_seconds(lambda: step(tx, ty), repeats)))
+        step = torch_step(torch)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        rows.append(("pytorch eager", median_seconds(lambda: step(ta, tb), repeats)))
     else:
         rows.append(("pytorch eager", None))
     if jax is not None:
-        step = jax_lenet_step(jax, model.params, LR_VALUE)
-        rows.append(("jax jit", median_seconds(lambda: step(x, y), repeats)))
+        step = jax_step(jax)
+        rows.append(("jax jit", median_seconds(lambda: step(a, b), repeats)))
     else:
         rows.append(("jax jit", None))
     return rows
@@ -280,23 +278,33 @@ def print_table(title, rows, unit="µs"):
 
 
 def compile_time_rows(layer_counts, repeats):
-    print("\n### 4. Compile time: DSL text → ready-to-run train step at -O2\n")
-    print("| layers | IR nodes | median (ms) | µs per node |")
+    def train_step(source):
+        graph, _ = chainrule.compile(source).train_step_graph(OptimizerSpec("sgd"), "O2")
+        return graph
+    return compile_rows("4. Compile time: DSL text → ready-to-run train step at -O2", "layers",
+                        layer_counts, lambda layers: deep_tanh_source(layers, 16), train_step,
+                        repeats)
+
+
+def compile_rows(title, unit, sizes, source_of, graph_of, repeats) -> dict:
+    """A table of compile times: for each size, DSL text to a graph the numpy backend has
+    compiled, and the time per IR node."""
+    print(f"\n### {title}\n")
+    print(f"| {unit} | IR nodes | median (ms) | µs per node |")
     print("|---:|---:|---:|---:|")
-    results = []
-    for layers in layer_counts:
-        source = deep_tanh_source(layers, 16)
+    results = {}
+    for size in sizes:
+        source = source_of(size)
 
         def build():
-            model = chainrule.compile(source)
-            graph, _ = model.train_step_graph(OptimizerSpec("sgd"), "O2")
+            graph = graph_of(source)
             CompiledNumpyBackend().compiled(graph)
             return graph
 
         nodes = len(build().nodes)
         seconds = median_seconds(build, repeats, warmup=1)
-        results.append((layers, seconds))
-        print(f"| {layers} | {nodes:,} | {seconds * 1e3:,.1f} | {seconds / nodes * 1e6:.1f} |")
+        results[size] = seconds
+        print(f"| {size} | {nodes:,} | {seconds * 1e3:,.1f} | {seconds / nodes * 1e6:.1f} |")
     return results
 
 
@@ -325,25 +333,10 @@ model gru(x: f32[B, {steps}, 8], h0: f32[B, {hidden}], y: i64[B]) {{
 
 
 def loop_compile_rows(step_counts, repeats):
-    print("\n### 4b. Compile time of a loop: a GRU unrolled over T steps, with its gradient, "
-          "at -O2\n")
-    print("| steps | IR nodes | median (ms) | µs per node |")
-    print("|---:|---:|---:|---:|")
-    results = []
-    for steps in step_counts:
-        source = gru_source(steps)
-
-        def build():
-            model = chainrule.compile(source)
-            graph, _ = model.compile_graph(grad=True, opt_level="O2")
-            CompiledNumpyBackend().compiled(graph)
-            return graph
-
-        nodes = len(build().nodes)
-        seconds = median_seconds(build, repeats, warmup=1)
-        results.append((steps, seconds))
-        print(f"| {steps} | {nodes:,} | {seconds * 1e3:,.1f} | {seconds / nodes * 1e6:.1f} |")
-    return dict(results)
+    def gradient(source):
+        return chainrule.compile(source).compile_graph(grad=True, opt_level="O2")[0]
+    return compile_rows("4b. Compile time of a loop: a GRU unrolled over T steps, with its "
+                        "gradient, at -O2", "steps", step_counts, gru_source, gradient, repeats)
 
 
 # ---- memory -----------------------------------------------------------------------------------
@@ -449,7 +442,7 @@ def workloads(quick: bool) -> dict:
         print_table("3b. Lecture MLP inference, batch 1024", inference_rows(1024, repeats // 4))
 
     def compile_time():
-        times = dict(compile_time_rows((25, 100, 400, 1600), compile_repeats))
+        times = compile_time_rows((25, 100, 400, 1600), compile_repeats)
         print(f"\n1600 layers / 400 layers: {times[1600] / times[400]:.2f}× "
               f"(linear growth would be 4×)")
 

@@ -28,3 +28,36 @@ def assert_close(actual, expected, rtol, atol=0.0, what="", scale=None):
         scale = max(np.max(np.abs(expected), initial=0.0), 1e-12)
     error = np.max(np.abs(actual - expected), initial=0.0)
     assert error <= rtol * scale + atol, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
+
+
+def digits(part: str) -> dict:
+    """The digits data shipped in examples/data: `train` or `test`."""
+    from conftest import ROOT
+    with np.load(ROOT / "examples" / "data" / f"digits_{part}.npz") as data:
+        return {"x": data["x"], "y": data["y"]}
+
+
+def assert_backends_agree(path, batch: dict, training_modes=(False,)) -> None:
+    """An example on numpy and onnxruntime: forward and gradient at -O0 and -O2 (in each of
+    `training_modes`), and three Adam training steps."""
+    import chainrule
+    model = chainrule.compile(str(path))
+    for opt_level in ("O0", "O2"):
+        numpy_run = model.run(opt_level=opt_level, **batch)
+        onnx_run = model.run(backend="onnxruntime", opt_level=opt_level, **batch)
+        for name in numpy_run:
+            assert_close(onnx_run[name], numpy_run[name], 1e-4, what=name)
+        for training in training_modes:
+            numpy_grad = model.grad(opt_level=opt_level, training=training, **batch)
+            onnx_grad = model.grad(backend="onnxruntime", opt_level=opt_level,
+                                   training=training, **batch)
+            for name in numpy_grad:
+                assert_close(onnx_grad[name], numpy_grad[name], 1e-4, what=name)
+    steps = {}
+    for backend in ("numpy", "onnxruntime"):
+        trained = chainrule.compile(str(path))
+        for _ in range(3):
+            trained.train_step(lr=0.01, optimizer="adam", backend=backend, **batch)
+        steps[backend] = trained.params
+    for name in steps["numpy"]:
+        assert_close(steps["onnxruntime"][name], steps["numpy"][name], 1e-4, what=name)

@@ -3,45 +3,20 @@ gradcheck, and LeNet's accuracy on the digits with the CLI's defaults."""
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import chainrule
 from chainrule.train import TrainConfig, Trainer
 from conftest import ROOT
-from helpers import assert_close
+from helpers import assert_backends_agree, digits
 
 CNN_EXAMPLES = [ROOT / "examples" / "lenet_digits.nn", ROOT / "examples" / "resnet_block.nn"]
-
-
-def digits(part: str) -> dict:
-    with np.load(ROOT / "examples" / "data" / f"digits_{part}.npz") as data:
-        return {"x": data["x"], "y": data["y"]}
 
 
 @pytest.mark.parametrize("path", CNN_EXAMPLES, ids=lambda p: p.stem)
 def test_both_backends_agree_forward_gradient_and_train_step(path):
     batch = {name: array[:16] for name, array in digits("test").items()}
-    model = chainrule.compile(str(path))
-    for opt_level in ("O0", "O2"):
-        numpy_run = model.run(opt_level=opt_level, **batch)
-        onnx_run = model.run(backend="onnxruntime", opt_level=opt_level, **batch)
-        for name in numpy_run:
-            assert_close(onnx_run[name], numpy_run[name], 1e-4, what=name)
-        for training in (False, True):
-            numpy_grad = model.grad(opt_level=opt_level, training=training, **batch)
-            onnx_grad = model.grad(backend="onnxruntime", opt_level=opt_level,
-                                   training=training, **batch)
-            for name in numpy_grad:
-                assert_close(onnx_grad[name], numpy_grad[name], 1e-4, what=name)
-    steps = {}
-    for backend in ("numpy", "onnxruntime"):
-        trained = chainrule.compile(str(path))
-        for _ in range(3):
-            trained.train_step(lr=0.01, optimizer="adam", backend=backend, **batch)
-        steps[backend] = trained.params
-    for name in steps["numpy"]:
-        assert_close(steps["onnxruntime"][name], steps["numpy"][name], 1e-4, what=name)
+    assert_backends_agree(path, batch, training_modes=(False, True))
 
 
 @pytest.mark.parametrize("path", CNN_EXAMPLES, ids=lambda p: p.stem)

@@ -7,7 +7,7 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.ir import parse_graph, print_graph
 from conftest import ROOT
-from helpers import assert_close, central_difference
+from helpers import assert_backends_agree, assert_close, central_difference, digits
 
 GRU_CELL = """
 def gru(x, h, Wz, Uz, Wr, Ur, Wh, Uh) {
@@ -245,31 +245,8 @@ def test_the_deep_mlp_as_a_loop_computes_what_it_did_written_out():
 GRU_DIGITS = ROOT / "examples" / "gru_digits.nn"
 
 
-def digits(part: str) -> dict:
-    with np.load(ROOT / "examples" / "data" / f"digits_{part}.npz") as data:
-        return {"x": data["x"], "y": data["y"]}
-
-
 def test_the_gru_example_forward_gradient_and_train_step_agree_on_both_backends():
-    batch = {name: array[:16] for name, array in digits("test").items()}
-    model = chainrule.compile(str(GRU_DIGITS))
-    for opt_level in ("O0", "O2"):
-        numpy_run = model.run(opt_level=opt_level, **batch)
-        onnx_run = model.run(backend="onnxruntime", opt_level=opt_level, **batch)
-        for name in numpy_run:
-            assert_close(onnx_run[name], numpy_run[name], 1e-5, what=name)
-        numpy_grad = model.grad(opt_level=opt_level, **batch)
-        onnx_grad = model.grad(backend="onnxruntime", opt_level=opt_level, **batch)
-        for name in numpy_grad:
-            assert_close(onnx_grad[name], numpy_grad[name], 1e-4, what=name)
-    steps = {}
-    for backend in ("numpy", "onnxruntime"):
-        trained = chainrule.compile(str(GRU_DIGITS))
-        for _ in range(3):
-            trained.train_step(lr=0.01, optimizer="adam", backend=backend, **batch)
-        steps[backend] = trained.params
-    for name in steps["numpy"]:
-        assert_close(steps["onnxruntime"][name], steps["numpy"][name], 1e-4, what=name)
+    assert_backends_agree(GRU_DIGITS, {name: array[:16] for name, array in digits("test").items()})
 
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])

@@ -51,15 +51,19 @@ def warn_nonfinite(arrays: dict) -> None:
               f"produces one", file=sys.stderr)
 
 
-def report(args, title: str, arrays: dict) -> int:
-    """Print each array's summary; save them all with -o."""
-    print(f"{title} ({'numpy, checking numerics' if args.check_numerics else args.backend}):")
+def report(args, title: str, arrays: dict, write=save_npz) -> int:
+    """Print a title and each array's summary, warn of NaN or Inf; `write` them all to -o."""
+    print(f"{title}:")
     print_arrays(arrays)
     warn_nonfinite(arrays)
     if args.output:
-        save_npz(args.output, arrays)
+        write(args.output, arrays)
         print(f"wrote {args.output}")
     return 0
+
+
+def backend_title(args) -> str:
+    return "numpy, checking numerics" if args.check_numerics else args.backend
 
 
 def split_names(text: str | None) -> list[str] | None:
@@ -73,7 +77,7 @@ def cmd_run(args) -> int:
     inputs = gather_inputs(args, model, graph)
     outputs = model.run(backend=chosen_backend(args), opt_level=args.opt_level,
                         outputs=names, **inputs)
-    return report(args, "outputs", outputs)
+    return report(args, f"outputs ({backend_title(args)})", outputs)
 
 
 def cmd_grad(args) -> int:
@@ -82,7 +86,7 @@ def cmd_grad(args) -> int:
     inputs = gather_inputs(args, model)
     results = model.grad(wrt=wrt, backend=chosen_backend(args), opt_level=args.opt_level,
                          **inputs)
-    return report(args, "objective and gradients", results)
+    return report(args, f"objective and gradients ({backend_title(args)})", results)
 
 
 def cmd_gradcheck(args) -> int:
@@ -126,14 +130,9 @@ def cmd_predict(args) -> int:
                             progress=lambda done, total: predict_progress(done, total, started))
     if args.argmax:
         results.update(class_indices(results))
-    print(f"predicted {', '.join(names)} for {rows:,} rows in "
-          f"{time.perf_counter() - started:.2f}s ({args.backend}):")
-    print_arrays(results)
-    warn_nonfinite(results)
-    if args.output:
-        write_predictions(args.output, results)
-        print(f"wrote {args.output}")
-    return 0
+    title = (f"predicted {', '.join(names)} for {rows:,} rows in "
+             f"{time.perf_counter() - started:.2f}s ({args.backend})")
+    return report(args, title, results, write_predictions)
 
 
 def class_indices(results: dict) -> dict:
