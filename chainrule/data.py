@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends.feeds import check_arrays
 from .fileio import load_npy, load_npz, open_for_reading, reading
 from .ir import ChainruleError, Value, file_error
 from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType, dtype_of_numpy
@@ -368,7 +369,6 @@ def check_rows(values: list[Value], arrays: dict, origin: dict) -> int:
     """Rows of a data set fed batch by batch: each array has the declared dtype and axes after
     the first, and all have the same number of rows. Checked once, on the whole file, so a
     mistake is reported with the file's shapes before training starts."""
-    from .backends.feeds import check_arrays
     rows = {}
     missing = [v for v in values if v.name not in arrays]
     if missing:

@@ -94,11 +94,10 @@ class IndexInput:
     def describe(self, size: int) -> str:
         noun = "indices" if self.negatives else "labels"
         low = -size if self.negatives else 0
-        what = {"cross_entropy": f"cross_entropy over {size} classes",
-                "cross_entropy_grad": f"cross_entropy over {size} classes",
-                "one_hot": f"one_hot with {size} classes"}.get(self.node.op,
-                                                              f"{self.node.op} over {size} items")
-        return f"{noun} for {what} lie in [{low}, {size})"
+        op = self.node.op.removesuffix("_grad")  # cross_entropy_grad reads cross_entropy's
+        reader = {"cross_entropy": f"cross_entropy over {size} classes",
+                  "one_hot": f"one_hot with {size} classes"}.get(op, f"{op} over {size} items")
+        return f"{noun} for {reader} lie in [{low}, {size})"
 
 
 def index_inputs(graph: Graph) -> list[IndexInput]:
