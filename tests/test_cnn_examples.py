@@ -33,3 +33,12 @@ def test_lenet_learns_the_digits_better_than_the_mlp(backend):
     trainer = Trainer(chainrule.compile(str(CNN_EXAMPLES[0])), TrainConfig(backend=backend))
     trainer.fit(digits("train"))  # the CLI's defaults: 20 epochs, batch 32, Adam, lr 0.001
     assert trainer.evaluate(digits("test"))["acc"] >= 0.986
+
+
+def test_viz_draws_the_convolutional_ops():
+    from chainrule.viz import to_dot
+    model = chainrule.compile(str(CNN_EXAMPLES[0]))
+    graph, _ = model.compile_graph(grad=True)
+    dot = to_dot(graph, "dJ/d")
+    for op in ("conv", "max_pool", "conv_transpose", "conv_weight_grad", "max_unpool"):
+        assert f'label="{op}"' in dot, op
