@@ -196,3 +196,9 @@ def test_state_cannot_be_declared_in_a_function():
     with pytest.raises(ChainruleError, match="states are declared in a model, not in a function"):
         chainrule.compile("def f(a) {\n    state s: f32[1] = zeros()\n    return a\n}\n"
                           "model m(x: f32[1]) {\n    y = f(x)\n    return y\n}\n")
+
+
+def test_predict_reads_state_as_inference_does(model):
+    data = feeds(np.random.default_rng(8), rows=7)
+    predicted = model.predict({"x": data["x"]}, ["h"], batch_size=3)
+    assert_close(predicted["h"], model.run(outputs=["h"], x=data["x"])["h"], 1e-12)
