@@ -168,7 +168,11 @@ class Model:
         """The model's outputs by name: every one, or only `outputs`, computing only what
         they need (so an input only the loss reads, such as labels, is not needed)."""
         graph = self.forward_graph(outputs, opt_level)
-        return self.backend(backend).run(graph, inputs, self.params)
+        return self.backend(backend).run(graph, inputs, self.params_of(graph))
+
+    def params_of(self, graph: Graph) -> dict[str, np.ndarray]:
+        """The params `graph` reads: one reduced to some outputs may not need them all."""
+        return {v.name: self.params[v.name] for v in graph.param_values()}
 
     def forward_graph(self, outputs=None, opt_level: str = "O0") -> Graph:
         """The forward graph, reduced to `outputs` and what they need when they are given."""
@@ -202,7 +206,7 @@ class Model:
         parts = {name: [] for name in outputs}
         for begin in range(0, rows, batch_size):
             batch = {v.name: data[v.name][begin:begin + batch_size] for v in graph.inputs}
-            for name, array in runner.run(graph, batch, self.params).items():
+            for name, array in runner.run(graph, batch, self.params_of(graph)).items():
                 parts[name].append(array)
             if progress:
                 progress(min(begin + batch_size, rows), rows)
@@ -231,7 +235,7 @@ class Model:
         `training`, batch_norm uses the batch's statistics, as a training step does; state is
         read, not updated."""
         graph, grads = self.grad_graph(wrt, opt_level, training)
-        results = self.backend(backend).run(graph, inputs, self.params)
+        results = self.backend(backend).run(graph, inputs, self.params_of(graph))
         objective = self.objective.name
         out = {objective: results[objective]}
         # An objective that is itself a param or input (`return W`) shares its name with W's

@@ -283,3 +283,13 @@ def test_predict_runs_in_batches_and_joins_them():
                                rtol=1e-5, atol=1e-6)
     with pytest.raises(ChainruleError, match="J .*no row per example"):
         model.predict({"x": x, "y": np.zeros(70, np.int64)}, ["J"])
+
+
+def test_run_with_outputs_that_need_only_some_params():
+    model = chainrule.compile("model m(x: f32[B, 3]) {\n    param W: f32[3, 3] = glorot()\n"
+                              "    param V: f32[3] = zeros()\n    b = sum(V)\n    a = x @ W.T\n"
+                              "    return b, a\n}\n")
+    x = np.ones((2, 3), np.float32)
+    for backend in ("numpy", "onnxruntime"):
+        assert model.run(backend=backend, outputs=["a"], x=x)["a"].shape == (2, 3)
+        assert model.predict({"x": x}, ["a"], backend=backend)["a"].shape == (2, 3)
