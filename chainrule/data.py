@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.feeds import check_arrays
+from .backends.feeds import check_arrays, dtype_name, quoted
 from .fileio import load_npy, load_npz, open_for_reading, reading
 from .ir import ChainruleError, Value, file_error
-from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType, dtype_of_numpy
+from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
 
@@ -311,7 +311,7 @@ def safe_cast(name: str, array: np.ndarray, dtype: str, origin: str):
     target = np.dtype(NUMPY_DTYPES[dtype])
     if array.dtype == target:
         return array, None
-    given = _dtype_name(array.dtype)
+    given = dtype_name(array.dtype)
     what = f"input '{name}' is {dtype} but {origin} holds {given}"
     kind = array.dtype.kind
     if kind not in "biuf":
@@ -397,12 +397,5 @@ def _shape(array) -> str:
     return f"[{', '.join(map(str, np.shape(array)))}]"
 
 
-def _dtype_name(dtype) -> str:
-    try:
-        return dtype_of_numpy(dtype)
-    except ValueError:
-        return str(dtype)
-
-
 def _listed(names) -> str:
-    return ", ".join(f"'{name}'" for name in names) or "(none)"
+    return quoted(names) or "(none)"

@@ -406,20 +406,25 @@ def _check_same(path, what, loaded: dict, expected: dict) -> None:
 
 
 def print_progress(trainer, done, total, seen, sums, started, stream=sys.stderr):
-    """A one-line progress bar, redrawn in place on a terminal."""
-    if not stream.isatty():
-        return
+    """The epoch's progress bar, with throughput, running objective and time left."""
     elapsed = max(time.perf_counter() - started, 1e-9)
-    width = 24
-    filled = int(width * done / total)
     objective = sums[trainer.interface.objective] / max(seen, 1)
     eta = elapsed / done * (total - done)
-    stream.write(f"\repoch {trainer.epoch + 1}/{trainer.config.epochs} "
-                 f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                 f"{seen / elapsed:,.0f} samples/s  {trainer.interface.objective} "
-                 f"{objective:.4f}  eta {eta:4.1f}s")
-    if done == total:
-        stream.write("\r" + " " * 100 + "\r")
+    draw_progress(f"epoch {trainer.epoch + 1}/{trainer.config.epochs}", done, total,
+                  f"{seen / elapsed:,.0f} samples/s  {trainer.interface.objective} "
+                  f"{objective:.4f}  eta {eta:4.1f}s", stream)
+
+
+def draw_progress(title: str, done: int, total: int, details: str, stream=sys.stderr,
+                  width: int = 24) -> None:
+    """A one-line progress bar, redrawn in place on a terminal and erased when done."""
+    if not stream.isatty():
+        return
+    filled = int(width * done / max(total, 1))
+    line = f"{title} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} {details}"
+    stream.write("\r" + line)
+    if done >= total:
+        stream.write("\r" + " " * len(line) + "\r")
     stream.flush()
 
 

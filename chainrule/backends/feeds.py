@@ -21,13 +21,13 @@ def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None
     expected = {v.name: v for v in values}
     extra = [name for name in arrays if name not in expected]
     if extra:
-        raise ChainruleError(f"unknown {_plural(kind, extra)} {_quoted(extra)}; the model's "
+        raise ChainruleError(f"unknown {_plural(kind, extra)} {quoted(extra)}; the model's "
                              f"{kind}s are {', '.join(expected) or '(none)'}")
     missing = [v for v in values if v.name not in arrays]
     if missing:
         declared = ", ".join(f"'{v.name}' (declared {v.type})" for v in missing)
         raise ChainruleError(f"missing {_plural(kind, missing)} {declared}; given "
-                             f"{_quoted(arrays) or 'none'}")
+                             f"{quoted(arrays) or 'none'}")
     for value in values:
         declared = value.type
         try:
@@ -35,7 +35,7 @@ def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None
         except (ValueError, TypeError) as error:
             raise ChainruleError(f"{kind} '{value.name}' is declared {declared} but given "
                                  f"something that is not an array ({error})") from None
-        given_dtype = _dtype_name(array.dtype)
+        given_dtype = dtype_name(array.dtype)
         described = (f"{kind} '{value.name}' is declared {declared} but given {given_dtype}"
                      f"[{', '.join(map(str, array.shape))}]")
         if array.dtype != np.dtype(NUMPY_DTYPES[declared.dtype]):
@@ -61,11 +61,11 @@ def _plural(kind: str, items) -> str:
     return kind if len(items) == 1 else kind + "s"
 
 
-def _quoted(names) -> str:
+def quoted(names) -> str:
     return ", ".join(f"'{name}'" for name in names)
 
 
-def _dtype_name(dtype: np.dtype) -> str:
+def dtype_name(dtype: np.dtype) -> str:
     """A dtype as the DSL writes it (`f64`), or as numpy does when the DSL has no name for it."""
     try:
         return dtype_of_numpy(dtype)

@@ -15,6 +15,7 @@ from ..gradcheck import EPS as GRADCHECK_EPS
 from ..gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
 from ..gradcheck import format_rows, gradcheck
 from ..ir import ChainruleError
+from ..train import draw_progress
 from .inputs import UsageError, bind, gather_inputs, load_model, mapping, read_data
 
 
@@ -168,14 +169,6 @@ def write_predictions(path: str, results: dict) -> None:
     atomic_write_bytes(path, text.getvalue().encode())
 
 
-def predict_progress(done: int, total: int, started: float, stream=sys.stderr) -> None:
-    if not stream.isatty():
-        return
-    width = 24
-    filled = int(width * done / max(total, 1))
+def predict_progress(done: int, total: int, started: float) -> None:
     rate = done / max(time.perf_counter() - started, 1e-9)
-    stream.write(f"\rpredicting [{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} "
-                 f"rows  {rate:,.0f} rows/s")
-    if done >= total:
-        stream.write("\r" + " " * 72 + "\r")
-    stream.flush()
+    draw_progress("predicting", done, total, f"rows  {rate:,.0f} rows/s")
