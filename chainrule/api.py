@@ -15,6 +15,7 @@ from .ir.types import NUMPY_DTYPES
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
+from .onnx_import import import_graph
 from .data import check_rows
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
@@ -58,6 +59,28 @@ def compile(path_or_source, *, seed: int = 0, dims: dict | None = None) -> Model
     return Model(graph, source, filename, seed=seed)
 
 
+@gc_paused
+def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
+                loss_output: str | None = None, trainable=None, freeze=(),
+                dims: dict | None = None) -> Model:
+    """Import an ONNX model (a path or a ModelProto) as a Model, like `compile`.
+
+    Float initializers become params holding the file's values; `trainable` (names) or
+    `freeze` (names) choose which ones training moves. With `loss` ("cross_entropy", "mse",
+    "bce"), the objective is that loss of `loss_output` (default: the first output) against
+    a new input named `targets`, and the model's outputs stay outputs.
+    """
+    imported = import_graph(path_or_proto, loss=loss, target_input=targets,
+                            loss_output=loss_output, trainable=trainable, freeze=freeze,
+                            dims=dims)
+    graph = run_passes(imported.graph, FRONT_END_PASSES)
+    filename = imported.graph.loc.file if imported.graph.loc else "<onnx>"
+    model = Model(graph, "", filename)
+    model.params.update(imported.params)
+    model.onnx_names = dict(imported.names)
+    return model
+
+
 class Model:
     def __init__(self, graph: Graph, source: str, filename: str, *, seed: int = 0):
         self.graph = graph
@@ -67,6 +90,7 @@ class Model:
         self._trainers = {}  # (optimizer, backend) -> Trainer, for train_step
         self._compiled = {}  # pipeline -> (graph, gradient names)
         self._backends = {}  # backend name -> backend, which caches what it compiles per graph
+        self.onnx_names = {}  # an imported model's ONNX value names -> IR names
 
     # ---- interface ----------------------------------------------------------------------------
 

@@ -21,11 +21,28 @@ class UsageError(Exception):
     """A bad command-line value: exit code 2."""
 
 
+ONNX_OPTIONS = ("loss", "loss_output", "freeze", "trainable")
+
+
 def load_model(args) -> api.Model:
-    model = api.compile(args.file, seed=args.seed, dims=parse_dims(args))
+    """The model FILE names: a .nn (or .cir) file compiled, or an .onnx file imported."""
+    if str(args.file).endswith(".onnx"):
+        model = api.import_onnx(args.file, loss=args.loss, targets=args.target_input,
+                                loss_output=args.loss_output, trainable=_names(args.trainable),
+                                freeze=_names(args.freeze) or (), dims=parse_dims(args))
+    else:
+        given = [f"--{o.replace('_', '-')}" for o in ONNX_OPTIONS if getattr(args, o, None)]
+        if given:
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                             f".onnx models; {args.file} is a chainrule model")
+        model = api.compile(args.file, seed=args.seed, dims=parse_dims(args))
     if getattr(args, "params", None):
         model.set_params(load_npz(args.params))
     return model
+
+
+def _names(text):
+    return [name for name in text.split(",") if name] if text else None
 
 
 def parse_assignments(items, what: str, convert=str) -> dict:

@@ -6,6 +6,7 @@ import argparse
 from .. import __version__
 from ..backends import BACKENDS
 from ..backends.onnx_backend import DEFAULT_OPSET
+from ..onnx_import import LOSSES
 from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
 from ..train import SCHEDULES, TrainConfig
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name, func, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=DefaultsShown)
-        sub.add_argument("file", help="a .nn model file")
+        sub.add_argument("file", help="a .nn model file, or an .onnx model to import")
         sub.add_argument("--seed", type=int, default=0,
                          help="seed for param initialisation and random inputs")
         sub.add_argument("--dim", action="append", metavar="NAME=N",
@@ -47,8 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
                               f"needs T); random inputs take it too, else {DEFAULT_DIM}")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show Python tracebacks")
+        with_onnx_options(sub)
         sub.set_defaults(func=func)
         return sub
+
+    def with_onnx_options(sub):
+        onnx = sub.add_argument_group("ONNX models (FILE.onnx)")
+        onnx.add_argument("--loss", choices=LOSSES,
+                          help="attach this loss to an inference model; it becomes the "
+                               "objective")
+        onnx.add_argument("--target-input", default="y", metavar="NAME",
+                          help="with --loss: the new input holding the targets")
+        onnx.add_argument("--loss-output", metavar="NAME",
+                          help="with --loss: the output the loss reads (default: the first)")
+        onnx.add_argument("--freeze", metavar="NAMES",
+                          help="float initializers that stay fixed (comma-separated)")
+        onnx.add_argument("--trainable", metavar="NAMES",
+                          help="the only float initializers that train (comma-separated)")
 
     def with_optimization(sub):
         levels = sub.add_mutually_exclusive_group()

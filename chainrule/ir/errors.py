@@ -13,19 +13,28 @@ class SourceLoc:
 
     `iteration` says which pass of the enclosing loops a node was lowered in (`t=3`, or
     `i=1, t=3` nested): an unrolled loop body is one place in the text but many in the graph.
+    `node` names the node of an imported ONNX file a value comes from; ONNX has no lines.
     """
 
     file: str
     line: int
     col: int
     iteration: str = ""
+    node: str = ""
 
     def __str__(self) -> str:
+        if self.node:
+            return f"{self.file}:{self.node}"
         return f"{self.file}:{self.line}:{self.col}" if self.line else self.file
 
     def described(self) -> str:
         """FILE:LINE:COL with the iteration, as the IR text and ONNX docs show it."""
         return f"{self} [{self.iteration}]" if self.iteration else str(self)
+
+
+def onnx_node_loc(file: str, node_name: str) -> SourceLoc:
+    """Where a value of an imported ONNX model comes from: its file and node name."""
+    return SourceLoc(file, 0, 0, node=node_name)
 
 
 def file_error(path, message: str) -> ChainruleError:

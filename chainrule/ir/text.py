@@ -23,6 +23,9 @@ from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
 from .shapes import OpTypeError
 from .types import UNKNOWN, TensorType
 
+# An imported model's locations read `FILE.onnx:NODE`: ONNX nodes have names, not lines.
+ONNX_SUFFIX = ".onnx"
+
 GRAMMAR = Path(__file__).with_name("ir.lark")
 
 # How the named terminals read in "expected ..." messages; the others are their literal text.
@@ -168,6 +171,9 @@ class _GraphReader:
         rest, iteration = rest[1:].removeprefix(" "), ""
         if rest.endswith("]") and " [" in rest:
             rest, iteration = rest[:-1].rsplit(" [", 1)
+        if ONNX_SUFFIX + ":" in rest:  # an imported model's `FILE.onnx:NODE`
+            file, node = rest.split(ONNX_SUFFIX + ":", 1)
+            return SourceLoc(file + ONNX_SUFFIX, 0, 0, iteration, node=node)
         # Split from the right since FILE may hold ':' itself (C:/models/m.nn).
         file, *position = rest.rsplit(":", 2)
         if len(position) != 2 or not all(number.isdecimal() for number in position):

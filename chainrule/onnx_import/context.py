@@ -1,0 +1,175 @@
+"""What a converter sees of one ONNX node: its inputs as IR values or as constants known at
+import time, its attributes (each one it reads is marked, so that one it ignores is reported
+rather than silently dropped), and a builder that locates every node it emits."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from ..ir import ChainruleError, GraphBuilder, Value
+from ..ir.types import NUMPY_DTYPES, dtype_of_numpy
+
+
+# ONNX op type -> the function converting such a node (converters.py, layout.py).
+CONVERTERS = {}
+
+
+def converter(*op_types):
+    def register(function):
+        for op_type in op_types:
+            CONVERTERS[op_type] = function
+        return function
+    return register
+
+
+class Unsupported(Exception):
+    """A node chainrule cannot import: the message says what (an op, attribute or shape)."""
+
+
+class Known:
+    """A value known when the model is imported: a numpy array, or for shapes with symbolic
+    dims an object array holding ints and dim names (`[B, 6, 16]`)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        array = np.asarray(array)
+        # numpy turns a lone dim name into a string array; keep names in object arrays.
+        self.array = array.astype(object) if array.dtype.kind == "U" else array
+
+    @property
+    def symbolic(self) -> bool:
+        return self.array.dtype == object
+
+    def __repr__(self) -> str:
+        return f"Known({self.array!r})"
+
+
+class NodeContext:
+    """One ONNX node under conversion. `importer` owns the value table and the builder."""
+
+    def __init__(self, importer, node, loc):
+        self.importer = importer
+        self.node = node
+        self.loc = loc
+        self.attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        self.read: set[str] = set()
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def has_input(self, index: int) -> bool:
+        return index < len(self.node.input) and self.node.input[index] != ""
+
+    @property
+    def input_count(self) -> int:
+        return sum(1 for name in self.node.input if name)
+
+    def input(self, index: int) -> Value:
+        """Input `index` as an IR value (a constant becomes a constant node or frozen param)."""
+        if not self.has_input(index):
+            raise Unsupported(f"input {index} is required")
+        return self.importer.tensor(self.node.input[index], self)
+
+    def inputs(self) -> list[Value]:
+        return [self.input(i) for i in range(len(self.node.input)) if self.has_input(i)]
+
+    def static(self, index: int, what: str, default=None) -> np.ndarray | None:
+        """Input `index` as an array known at import time (a shape, axes, bounds); `default`
+        when the input is absent. A value computed at run time cannot be used here."""
+        if not self.has_input(index):
+            return default
+        known = self.importer.static_value(self.node.input[index])
+        if known is None:
+            raise Unsupported(f"{what} (input '{self.node.input[index]}') must be a constant, "
+                              f"not a value computed at run time")
+        if known.symbolic:
+            raise Unsupported(f"{what} (input '{self.node.input[index]}') depends on the "
+                              f"symbolic dims {_symbols(known.array)}; give them sizes with "
+                              f"--dim")
+        return known.array
+
+    def static_ints(self, index: int, what: str, default=None) -> tuple[int, ...] | None:
+        array = self.static(index, what)
+        return default if array is None else tuple(int(v) for v in np.ravel(array))
+
+    def known(self, index: int) -> Known | None:
+        """Input `index` when it is known at import time (symbolic shapes included)."""
+        if not self.has_input(index):
+            return None
+        return self.importer.known_value(self.node.input[index])
+
+    def type_of(self, index: int):
+        """The IR type of input `index`, without materialising a constant."""
+        return self.importer.type_of(self.node.input[index])
+
+    def rank(self, index: int = 0) -> int:
+        return len(self.type_of(index).shape)
+
+    # ---- attributes ---------------------------------------------------------------------------
+
+    def attr(self, name: str, default=None):
+        self.read.add(name)
+        value = self.attributes.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def float_attr(self, name: str, default: float) -> float:
+        """A float attribute: ONNX stores float32, so 1e-5 arrives as 9.99999974e-06; the
+        shortest decimal that rounds to the same float32 is what the exporter meant."""
+        return float(str(np.float32(self.attr(name, default))))
+
+    def require_attr(self, name: str, allowed, default):
+        """An attribute that chainrule supports only at the given value(s)."""
+        value = self.attr(name, default)
+        allowed = allowed if isinstance(allowed, (tuple, list, set)) else (allowed,)
+        if value not in allowed:
+            raise Unsupported(f"attribute {name}={value!r} (supported: "
+                              f"{', '.join(repr(a) for a in allowed)})")
+        return value
+
+    def unread_attrs(self) -> list[str]:
+        return sorted(set(self.attributes) - self.read)
+
+    # ---- building -----------------------------------------------------------------------------
+
+    @property
+    def builder(self) -> GraphBuilder:
+        return self.importer.builder
+
+    def emit(self, op: str, *inputs: Value, **attrs) -> Value:
+        try:
+            return self.builder.emit(op, inputs, attrs, loc=self.loc)
+        except ChainruleError as error:
+            raise Unsupported(f"{op}: {error.message}") from None
+
+    def constant(self, value: float, like: Value | str) -> Value:
+        """A scalar constant of `like`'s dtype (or the dtype named)."""
+        dtype = like if isinstance(like, str) else like.type.dtype
+        return self.builder.constant(value, dtype, loc=self.loc)
+
+    def known_tensor(self, array: np.ndarray, hint: str) -> Value:
+        return self.importer.materialise(Known(array), hint, self)
+
+    # The DSL's compositions (layer_norm, batch_norm, pad) build through these too.
+    def error(self, message: str):
+        raise Unsupported(message)
+
+    def update_state(self, state: Value, new: Value) -> None:
+        self.importer.update_state(state, new)
+
+    def output_used(self, index: int) -> bool:
+        return index < len(self.node.output) and self.importer.is_used(self.node.output[index])
+
+
+def _symbols(array: np.ndarray) -> str:
+    return ", ".join(sorted({str(v) for v in array.ravel() if isinstance(v, str)}))
+
+
+def numpy_dtype(dtype: str):
+    return NUMPY_DTYPES[dtype]
+
+
+def dtype_of_array(array: np.ndarray) -> str:
+    try:
+        return dtype_of_numpy(array.dtype)
+    except ValueError:
+        raise Unsupported(f"tensors of dtype {array.dtype}") from None

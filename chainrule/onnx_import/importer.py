@@ -1,0 +1,405 @@
+"""Importing an ONNX model: its graph becomes chainrule IR through the same builder the DSL
+uses. Float initializers become params, other constants are folded where they fix a shape,
+and every node that cannot be imported is reported at once, by op type and node name."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, file_error
+from ..ir.errors import SourceLoc, onnx_node_loc
+from ..ir.limits import check_graph_sizes
+from ..ir.types import UNKNOWN, TensorType, is_float
+from .context import CONVERTERS, Known, NodeContext, Unsupported, dtype_of_array
+from .folding import FOLDERS, shape_of
+
+ONNX_DTYPES = {TensorProto.FLOAT: "f32", TensorProto.DOUBLE: "f64", TensorProto.INT64: "i64",
+               TensorProto.BOOL: "bool"}
+# The default domain's opsets chainrule reads: 13 (axes as inputs) to what onnx knows.
+MIN_OPSET = 13
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# A constant with more values than this stays a tensor rather than folding into attributes.
+FOLD_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One node that cannot be imported, and why."""
+
+    op_type: str
+    node: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.op_type} node '{self.node}': {self.reason}"
+
+
+class UnsupportedModel(ChainruleError):
+    """Every node of a model that chainrule cannot import, in one error."""
+
+    def __init__(self, file: str, problems: list[Problem]):
+        count = f"{len(problems)} node{'s' if len(problems) != 1 else ''}"
+        notes = tuple((onnx_node_loc(file, p.node), f"{p.op_type}: {p.reason}")
+                      for p in problems)
+        super().__init__(f"cannot import {count} of this ONNX model", SourceLoc(file, 0, 0),
+                         notes)
+        self.problems = problems
+
+
+@dataclass
+class Imported:
+    """An imported graph and the values of its params and frozen constants, by IR name."""
+
+    graph: Graph
+    params: dict[str, np.ndarray]
+    # ONNX value name -> IR value name, for inputs, outputs and initializers.
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def load_model(path_or_proto) -> tuple[onnx.ModelProto, str]:
+    """The model and the file name its errors cite."""
+    if isinstance(path_or_proto, onnx.ModelProto):
+        return path_or_proto, f"<{path_or_proto.graph.name or 'model'}>.onnx"
+    path = str(path_or_proto)
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise file_error(path, "no such file") from None
+    except OSError as error:
+        raise file_error(path, f"cannot read: {error.strerror}") from None
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise file_error(path, f"not an ONNX model ({type(error).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise file_error(path, "not an ONNX model (it has no graph)")
+    return model, path
+
+
+def identifier(name: str, fallback: str = "v") -> str:
+    """An ONNX name as an IR value name: `/fc1/Gemm_output_0` -> `fc1/Gemm_output_0`,
+    `onnx::MatMul_12` -> `onnx_MatMul_12`."""
+    cleaned = re.sub(r"[^A-Za-z0-9_./]", "_", name).lstrip("./")
+    if not cleaned or not (cleaned[0].isalpha() or cleaned[0] == "_"):
+        cleaned = f"{fallback}_{cleaned}" if cleaned else fallback
+    return cleaned
+
+
+def dim_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"d_{cleaned}"
+
+
+class Importer:
+    def __init__(self, model: onnx.ModelProto, file: str, *, trainable=None, freeze=(),
+                 dims=None):
+        self.model = model
+        self.file = file
+        self.graph = Graph(identifier(model.graph.name or "imported", "model"),
+                           loc=SourceLoc(file, 0, 0))
+        self.builder = GraphBuilder(self.graph)
+        self.dims = dict(dims or {})
+        self.values: dict[str, Value | Known] = {}
+        self.initializers: dict[str, np.ndarray] = {}
+        self.params: dict[str, np.ndarray] = {}
+        self.names: dict[str, str] = {}
+        self.trainable = None if trainable is None else set(trainable)
+        self.freeze = set(freeze)
+        self.problems: list[Problem] = []
+        self.poisoned: set[str] = set()
+        self.uses = self._count_uses()
+        self.bound: set[Value] = set()  # values that already carry an ONNX name
+
+    # ---- the walk -----------------------------------------------------------------------------
+
+    def run(self) -> Imported:
+        self.check_opsets()
+        self.read_initializers()
+        self.read_inputs()
+        for index, node in enumerate(self.model.graph.node):
+            self.convert(node, index)
+        self.check_choice("--trainable", self.trainable)
+        self.check_choice("--freeze", self.freeze)
+        outputs = self.read_outputs()
+        if self.problems:
+            raise UnsupportedModel(self.file, self.problems)
+        self.graph.outputs = outputs + self.update_outputs()
+        check_graph_sizes(self.graph)
+        return Imported(self.graph, self.params, self.names)
+
+    def check_opsets(self) -> None:
+        for entry in self.model.opset_import:
+            if entry.domain in DEFAULT_DOMAINS and entry.version < MIN_OPSET:
+                raise file_error(self.file, f"opset {entry.version} is older than chainrule "
+                                 f"reads ({MIN_OPSET} and newer); convert the model with "
+                                 f"onnx.version_converter first")
+        self.opset = next((e.version for e in self.model.opset_import
+                           if e.domain in DEFAULT_DOMAINS), MIN_OPSET)
+
+    def read_initializers(self) -> None:
+        for tensor in self.model.graph.initializer:
+            try:
+                array = numpy_helper.to_array(tensor)
+            except Exception as error:
+                raise file_error(self.file, f"initializer '{tensor.name}' cannot be read: "
+                                 f"{error}") from None
+            self.initializers[tensor.name] = array
+            if not is_float_array(array):
+                self.values[tensor.name] = Known(array)
+        if self.model.graph.sparse_initializer:
+            self.problems.append(Problem("graph", self.model.graph.name,
+                                         "sparse initializers are not supported"))
+
+    def read_inputs(self) -> None:
+        for info in self.model.graph.input:
+            if info.name in self.initializers:  # older exporters list initializers as inputs
+                continue
+            try:
+                value_type = self.tensor_type(info)
+            except Unsupported as error:
+                self.problems.append(Problem("input", info.name, str(error)))
+                self.poisoned.add(info.name)
+                continue
+            value = Value(self.builder.namer.fresh(identifier(info.name, "input")), value_type)
+            self.graph.inputs.append(value)
+            self.graph.input_locs[value.name] = SourceLoc(self.file, 0, 0, node=info.name)
+            self.values[info.name] = value
+            self.names[info.name] = value.name
+            self.bound.add(value)
+
+    def tensor_type(self, info) -> TensorType:
+        kind = info.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise Unsupported(f"values of ONNX type '{kind}' (chainrule reads tensors)")
+        tensor = info.type.tensor_type
+        if tensor.elem_type not in ONNX_DTYPES:
+            raise Unsupported(f"tensors of dtype {TensorProto.DataType.Name(tensor.elem_type)} "
+                              f"(chainrule reads float, double, int64 and bool)")
+        if not tensor.HasField("shape"):
+            raise Unsupported("a tensor of unknown rank")
+        shape = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            else:
+                symbol = dim_name(dim.dim_param) if dim.dim_param else \
+                    dim_name(f"{identifier(info.name)}_{axis}")
+                shape.append(self.dims.get(symbol, symbol))
+        return TensorType(ONNX_DTYPES[tensor.elem_type], tuple(shape))
+
+    def convert(self, node, index: int) -> None:
+        name = node.name or f"{node.op_type}_{index}"
+        if any(i in self.poisoned for i in node.input):
+            self.poisoned.update(node.output)  # already reported where it started
+            return
+        try:
+            if node.domain not in DEFAULT_DOMAINS:
+                raise Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
+                                  f"only)")
+            results = self.results_of(node, name)
+        except Unsupported as error:
+            self.problems.append(Problem(node.op_type, name, str(error)))
+            self.poisoned.update(node.output)
+            return
+        for output, result in zip(node.output, results):
+            if output:
+                self.bind(output, result)
+
+    def results_of(self, node, name: str) -> list:
+        ctx = NodeContext(self, node, onnx_node_loc(self.file, name))
+        folder = FOLDERS.get(node.op_type)
+        results = folder(ctx) if folder else None
+        if results is None:
+            converter = CONVERTERS.get(node.op_type)
+            if converter is None:
+                raise Unsupported("op not supported")
+            results = converter(ctx)
+        unread = ctx.unread_attrs()
+        if unread:
+            raise Unsupported(f"attribute{'s' if len(unread) > 1 else ''} "
+                              f"{', '.join(unread)} not supported")
+        results = list(results)
+        for index, output in enumerate(node.output):
+            if output and index >= len(results) and self.is_used(output):
+                raise Unsupported(f"output {index} ('{output}') is not supported")
+        return results
+
+    def bind(self, onnx_name: str, result) -> None:
+        if isinstance(result, Value) and result not in self.bound:
+            self.builder.rename(result, identifier(onnx_name))
+            self.bound.add(result)
+        self.values[onnx_name] = result
+
+    def read_outputs(self) -> list[Value]:
+        outputs = []
+        for info in self.model.graph.output:
+            if info.name in self.poisoned:
+                continue
+            if info.name not in self.values and info.name not in self.initializers:
+                self.problems.append(Problem("output", info.name, "no node computes it"))
+                continue
+            try:
+                value = self.tensor(info.name, None)
+            except Unsupported as error:
+                self.problems.append(Problem("output", info.name, str(error)))
+                continue
+            if value in outputs or value in self.graph.inputs or \
+                    value in self.graph.param_values():
+                value = self.builder.emit("add", (value, self.builder.constant(
+                    0, value.type.dtype)), name=identifier(info.name))
+            self.names[info.name] = value.name
+            outputs.append(value)
+        return outputs
+
+    # ---- values -------------------------------------------------------------------------------
+
+    def known_value(self, name: str) -> Known | None:
+        """A constant that folding may use; float initializers are params, so not these."""
+        value = self.values.get(name)
+        return value if isinstance(value, Known) else None
+
+    def static_value(self, name: str) -> Known | None:
+        """A value fixed when the model is imported: a constant, or any initializer read as an
+        attribute (a Clip bound, a Pad value) rather than as a tensor."""
+        known = self.known_value(name)
+        if known is None and name in self.initializers:
+            return Known(self.initializers[name])
+        return known
+
+    def type_of(self, name: str) -> TensorType:
+        value = self.values.get(name)
+        if isinstance(value, Value):
+            return value.type
+        known = self.static_value(name)
+        if known is None:
+            raise Unsupported(f"value '{name}' is not defined before its use")
+        if known.symbolic:
+            return TensorType("i64", known.array.shape)
+        return TensorType(dtype_of_array(known.array), known.array.shape)
+
+    def tensor(self, name: str, ctx: NodeContext | None) -> Value:
+        value = self.values.get(name)
+        if isinstance(value, Value):
+            return value
+        if value is None and name in self.initializers:
+            return self.initializer_param(name)
+        if value is None:
+            raise Unsupported(f"value '{name}' is not defined before its use")
+        return self.materialise(value, name, ctx)
+
+    def initializer_param(self, name: str) -> Value:
+        """A float initializer read as a tensor: a param, trainable unless frozen."""
+        array = self.initializers[name]
+        trainable = name not in self.freeze and (self.trainable is None or
+                                                 name in self.trainable)
+        return self.add_param(name, array, trainable)
+
+    def state_param(self, name: str) -> Value:
+        """A float initializer that training updates itself (running statistics)."""
+        value = self.values.get(name)
+        if isinstance(value, Value):
+            if any(p.value is value and p.trainable for p in self.graph.params):
+                raise Unsupported(f"'{name}' is both a trained param and running statistics")
+            return value
+        if name not in self.initializers or not is_float_array(self.initializers[name]):
+            raise Unsupported(f"running statistics '{name}' must be float initializers")
+        return self.add_param(name, self.initializers[name], trainable=False)
+
+    def add_param(self, onnx_name: str, array: np.ndarray, trainable: bool) -> Value:
+        value_type = TensorType(dtype_of_array(array), array.shape)
+        value = Value(self.builder.namer.fresh(identifier(onnx_name, "const")), value_type)
+        self.graph.params.append(Param(value, InitSpec("zeros"), SourceLoc(
+            self.file, 0, 0, node=onnx_name), trainable=trainable))
+        self.params[value.name] = np.ascontiguousarray(array)
+        self.values[onnx_name] = value
+        self.names[onnx_name] = value.name
+        self.bound.add(value)
+        return value
+
+    def materialise(self, known: Known, name: str, ctx: NodeContext | None) -> Value:
+        """A constant as an IR value: a scalar constant, a constant broadcast to its shape, or
+        (for a tensor of differing values) a frozen param holding it."""
+        if known.symbolic:
+            raise Unsupported(f"the shape value '{name}' holds the symbolic dims "
+                              f"{', '.join(sorted({str(v) for v in known.array.ravel() if isinstance(v, str)}))}"
+                              f" and is used as a tensor; give them sizes with --dim")
+        array = known.array
+        dtype = dtype_of_array(array)
+        loc = ctx.loc if ctx else None
+        if array.size == 0:
+            raise Unsupported(f"the empty constant '{name}' (chainrule refuses empty tensors)")
+        first = array.flat[0]
+        if np.all(array == first) or (is_float(dtype) and np.all(np.isnan(array))):
+            scalar = self.builder.constant(float(first), dtype, loc=loc)
+            if array.ndim == 0:
+                return scalar
+            return self.builder.emit("broadcast_to", (scalar,), {"shape": array.shape},
+                                     loc=loc)
+        value = self.add_param(name, array, trainable=False)
+        return value
+
+    def update_state(self, state: Value, new: Value) -> None:
+        if state.name in self.graph.updates:
+            raise Unsupported(f"running statistics '{state.name}' are updated twice")
+        self.graph.updates[state.name] = new.name
+
+    def update_outputs(self) -> list[Value]:
+        outputs = []
+        producers = self.graph.producers()
+        by_name = {v.name: v for v in producers}
+        for state, next_name in list(self.graph.updates.items()):
+            value = by_name[next_name]
+            self.builder.rename(value, f"{state}.next")
+            self.graph.updates[state] = value.name
+            outputs.append(value)
+        return outputs
+
+    def dim_source(self, dim: str) -> tuple[Value, int]:
+        """An input whose type declares the symbolic `dim`, and the axis where."""
+        for value in self.graph.inputs:
+            if dim in value.type.shape:
+                return value, value.type.shape.index(dim)
+        raise Unsupported(f"no input declares the dim {dim}")
+
+    def is_initializer(self, name: str) -> bool:
+        return name in self.initializers
+
+    def is_used(self, name: str) -> bool:
+        return self.uses.get(name, 0) > 0
+
+    def _count_uses(self) -> dict[str, int]:
+        uses: dict[str, int] = {}
+        for node in self.model.graph.node:
+            for name in node.input:
+                uses[name] = uses.get(name, 0) + 1
+        for info in self.model.graph.output:
+            uses[info.name] = uses.get(info.name, 0) + 1
+        return uses
+
+    def check_choice(self, flag: str, names) -> None:
+        if not names:
+            return
+        floats = {n for n, a in self.initializers.items() if is_float_array(a)}
+        unknown = sorted(set(names) - floats)
+        if unknown:
+            raise ChainruleError(f"{flag}: {', '.join(unknown)} "
+                                 f"{'is' if len(unknown) == 1 else 'are'} not float "
+                                 f"initializers of this model; they are: "
+                                 f"{', '.join(sorted(floats)) or '(none)'}",
+                                 SourceLoc(self.file, 0, 0))
+
+
+def is_float_array(array: np.ndarray) -> bool:
+    return array.dtype in (np.float32, np.float64)
+
+
+def symbolic_shape(value_type: TensorType) -> np.ndarray:
+    """A value's shape as a Known array: ints where sizes are known, names where symbolic."""
+    if UNKNOWN in value_type.shape:
+        raise Unsupported(f"the shape {value_type.shape} has a dim no name describes")
+    return shape_of(value_type.shape)

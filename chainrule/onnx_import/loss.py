@@ -1,0 +1,78 @@
+"""Attaching a loss to an imported inference model: a new input holds the targets, and the
+loss becomes the objective, the first output. The model's own outputs stay outputs."""
+from __future__ import annotations
+
+from ..dsl.builtins import BUILTINS
+from ..ir import ChainruleError, GraphBuilder, SourceLoc, Value
+from ..ir.types import TensorType, is_float
+
+LOSSES = ("cross_entropy", "mse", "bce")
+
+
+def _target_type(loss: str, output: Value) -> TensorType:
+    if loss == "cross_entropy":
+        return TensorType("i64", output.type.shape[:-1])  # a class label per row
+    return output.type
+
+
+def attach_loss(imported, loss: str, target_input: str, loss_output: str | None,
+                file: str) -> None:
+    graph = imported.graph
+    loc = SourceLoc(file, 0, 0)
+    if loss not in LOSSES:
+        raise ChainruleError(f"unknown loss '{loss}'; the losses are {', '.join(LOSSES)}", loc)
+    outputs = [v for v in graph.outputs if v.name not in graph.updates.values()]
+    output = _loss_output(imported, outputs, loss_output, loc)
+    if not is_float(output.type.dtype) or output.type.rank == 0:
+        raise ChainruleError(f"a {loss} loss reads float scores, not output '{output.name}' "
+                             f"of type {output.type}", loc)
+    taken = {v.name for v in graph.values()}
+    if target_input in taken:
+        raise ChainruleError(f"the target input '{target_input}' would clash with a value of "
+                             f"the model; choose another name with --target-input", loc)
+    target = Value(target_input, _target_type(loss, output))
+    graph.inputs.append(target)
+    graph.input_locs[target.name] = loc
+    builder = GraphBuilder(graph)
+    objective = _loss(builder, loss, output, target, loc)
+    builder.rename(objective, "loss")
+    graph.outputs.insert(0, objective)
+    imported.names[target_input] = target.name
+
+
+def _loss_output(imported, outputs, name, loc) -> Value:
+    if not outputs:
+        raise ChainruleError("the model has no output to attach a loss to", loc)
+    if name is None:
+        return outputs[0]
+    by_name = {v.name: v for v in outputs}
+    ir_name = imported.names.get(name, name)
+    if ir_name not in by_name:
+        raise ChainruleError(f"--loss-output: the model has no output '{name}'; its outputs "
+                             f"are {', '.join(v.name for v in outputs)}", loc)
+    return by_name[ir_name]
+
+
+class _Ops:
+    """The DSL's compositions take this face: emit, constant and error."""
+
+    def __init__(self, builder: GraphBuilder, loc: SourceLoc):
+        self.builder, self.loc = builder, loc
+
+    def emit(self, op, *inputs, **attrs):
+        return self.builder.emit(op, inputs, attrs, loc=self.loc)
+
+    def constant(self, value, like):
+        return self.builder.constant(value, like.type.dtype, loc=self.loc)
+
+    def error(self, message):
+        raise ChainruleError(message, self.loc)
+
+
+def _loss(builder, loss, output, target, loc) -> Value:
+    ops = _Ops(builder, loc)
+    if loss == "cross_entropy":
+        return BUILTINS["cross_entropy"].compose(ops, output, target)
+    if loss == "mse":
+        return ops.emit("mse", output, target)
+    return BUILTINS["binary_cross_entropy_with_logits"].compose(ops, output, target)
