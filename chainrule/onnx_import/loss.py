@@ -1,5 +1,6 @@
 """Attaching a loss to an imported inference model: a new input holds the targets, and the
-loss becomes the objective, the first output. The model's own outputs stay outputs."""
+loss becomes the objective, the first output. The model's own outputs stay outputs; with
+cross-entropy, `acc` (the fraction of rows classified right) follows the loss."""
 from __future__ import annotations
 
 from ..dsl.builtins import BUILTINS
@@ -37,7 +38,19 @@ def attach_loss(imported, loss: str, target_input: str, loss_output: str | None,
     objective = _loss(builder, loss, output, target, loc)
     builder.rename(objective, "loss")
     graph.outputs.insert(0, objective)
+    if loss == "cross_entropy" and "acc" not in taken:
+        graph.outputs.insert(1, _accuracy(builder, output, target, loc))
     imported.names[target_input] = target.name
+
+
+def _accuracy(builder, scores, labels, loc) -> Value:
+    """The fraction of rows whose highest score is the label: what training reports as acc."""
+    ops = _Ops(builder, loc)
+    predicted = ops.emit("argmax", scores, axis=-1, keepdims=False)
+    hits = ops.emit("cast", ops.emit("equal", predicted, labels), dtype=scores.type.dtype)
+    accuracy = ops.emit("mean", hits, axes=None, keepdims=False)
+    builder.rename(accuracy, "acc")
+    return accuracy
 
 
 def _loss_output(imported, outputs, name, loc) -> Value:

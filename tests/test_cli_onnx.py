@@ -1,0 +1,106 @@
+"""ONNX models on the command line: every command takes an .onnx file, a loss can be attached,
+and a model that cannot be imported is one error naming every node at fault."""
+import numpy as np
+import onnx
+from conftest import ROOT
+from onnx import TensorProto, helper
+from test_cli import chainrule
+
+FIXTURES = ROOT / "tests" / "fixtures" / "onnx"
+MLP = FIXTURES / "mlp.onnx"
+DIGITS = ROOT / "examples" / "data"
+
+
+def test_train_fine_tunes_an_imported_mlp_on_the_digits(tmp_path):
+    result = chainrule("train", MLP, "--loss", "cross_entropy", "--data",
+                       DIGITS / "digits_train.npz", "--val", DIGITS / "digits_test.npz",
+                       "--epochs", "20", "-o", tmp_path / "trained.npz")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-3]
+    validation = float(last.split("val:")[1].split("acc")[1].split("%")[0])
+    assert validation > 93.0, result.stdout
+    with np.load(tmp_path / "trained.npz") as trained:
+        assert {"const_0.weight", "const_2.bias"} <= set(trained)
+
+
+def test_check_grad_and_run_read_an_onnx_file(tmp_path):
+    check = chainrule("check", MLP, "--loss", "cross_entropy")
+    assert check.returncode == 0, check.stderr
+    assert "y: i64[B]" in check.stdout and "loss: f32[]  (objective)" in check.stdout
+    grad = chainrule("grad", MLP, "--loss", "mse", "--random-inputs", "-o", tmp_path / "g.npz")
+    assert grad.returncode == 0, grad.stderr
+    run = chainrule("run", MLP, "--random-inputs", "--outputs", "logits")
+    assert run.returncode == 0, run.stderr
+    assert "logits" in run.stdout
+
+
+def test_export_train_step_of_an_imported_model_passes_the_full_checker(tmp_path):
+    path = tmp_path / "step.onnx"
+    result = chainrule("export", FIXTURES / "lenet_bn.onnx", "--loss", "cross_entropy",
+                       "--train-step", "--optimizer", "adam", "-o", path)
+    assert result.returncode == 0, result.stderr
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    outputs = {o.name for o in proto.graph.output}
+    assert {"features.1.running_mean.next", "fc.weight.next"} <= outputs
+    assert all(node.domain in ("", "ai.onnx") for node in proto.graph.node)
+
+
+def test_freeze_leaves_the_named_initializers_alone(tmp_path):
+    result = chainrule("train", MLP, "--loss", "cross_entropy", "--freeze", "0.weight,0.bias",
+                       "--data", DIGITS / "digits_test.npz", "--epochs", "1", "-q",
+                       "-o", tmp_path / "t.npz")
+    assert result.returncode == 0, result.stderr
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(MLP).graph.initializer}
+    with np.load(tmp_path / "t.npz") as trained:
+        assert np.array_equal(trained["const_0.weight"], original["0.weight"])
+        assert not np.array_equal(trained["const_2.weight"], original["2.weight"])
+
+
+def unsupported_model(path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="fine"),
+             helper.make_node("Mod", ["a", "a"], ["b"], name="first_bad", fmod=1),
+             helper.make_node("Tanh", ["b"], ["c"], name="downstream"),
+             helper.make_node("LeakyRelu", ["x"], ["d"], name="second_bad", alpha=0.1,
+                              beta=2.0),
+             helper.make_node("Custom", ["x"], ["e"], name="third_bad", domain="com.example"),
+             helper.make_node("Add", ["c", "e"], ["f"], name="end"),
+             helper.make_node("Add", ["f", "d"], ["y"], name="last")]
+    model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("com.example", 1)])
+    onnx.save(model, path)
+
+
+def test_a_model_that_cannot_be_imported_lists_every_node_at_fault(tmp_path):
+    path = tmp_path / "bad.onnx"
+    unsupported_model(path)
+    result = chainrule("check", path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"{path}: error: cannot import 3 nodes of this ONNX model"
+    assert f"{path}:first_bad: note: Mod: op not supported" in lines
+    assert f"{path}:second_bad: note: LeakyRelu: attribute beta not supported" in lines
+    assert any(line.startswith(f"{path}:third_bad: note: Custom: domain 'com.example'")
+               for line in lines)
+    assert not any("downstream" in line for line in lines)  # it only inherits the failure
+
+
+def test_onnx_options_on_a_dsl_model_and_bad_files_are_clear_errors(tmp_path):
+    misuse = chainrule("check", ROOT / "examples" / "mlp.nn", "--loss", "mse")
+    assert misuse.returncode == 2
+    assert "--loss applies to .onnx models" in misuse.stderr
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x08\x07garbage that is not protobuf \xff\xfe")
+    result = chainrule("check", damaged)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{damaged}: error: not an ONNX model")
+    missing = chainrule("check", tmp_path / "missing.onnx")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"{tmp_path / 'missing.onnx'}: error: no such file"
+    unknown = chainrule("train", MLP, "--loss", "cross_entropy", "--freeze", "nope",
+                        "--data", DIGITS / "digits_test.npz")
+    assert unknown.returncode == 1 and "--freeze: nope is not" in unknown.stderr
