@@ -20,7 +20,7 @@ from chainrule.ir.types import TensorType
 class Arg:
     shape: tuple
     dtype: str = "f64"
-    domain: str = "any"  # any | positive | away_from_zero | labels:N | bool
+    domain: str = "any"  # any | positive | away_from_zero | labels:N | indices:N | bool
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ F = Arg
 
 def labels(shape, classes):
     return Arg(shape, "i64", f"labels:{classes}")
+
+
+def indices(shape, size):
+    """i64 indices into an axis of `size`, negative ones (counting from the end) included."""
+    return Arg(shape, "i64", f"indices:{size}")
 
 
 def window(starts, ends, axes, steps):
@@ -101,6 +106,8 @@ CASES = [
     Case("leaky_relu", (F((2, 1, 3), domain="away_from_zero"),), {"alpha": 0.2}),
     Case("gelu", (F((4, 5)),)),
     Case("gelu", (F(()),)),
+    Case("erf", (F((4, 5)),)),
+    Case("erf", (F(()),)),
     Case("softplus", (F((4, 5)),)),
     Case("clip", (F((4, 5)),), {"lo": -0.5, "hi": 0.7}),
     Case("maximum", (F((3, 4)), F((4,)))),
@@ -143,6 +150,14 @@ CASES = [
     Case("take", (F((4, 3)), labels((), 3)), {"axis": -1}),
     Case("scatter_add", (F((6, 3)), labels((6,), 4), F((4, 3))), {"axis": 0}),
     Case("scatter_add", (F((2, 2, 2, 3)), labels((2, 2), 5), F((2, 5, 3))), {"axis": 1}),
+    Case("gather_elements", (F((4, 3)), indices((6, 3), 4))),
+    Case("gather_elements", (F((2, 5, 3)), indices((2, 2, 3), 5)), {"axis": 1}),
+    # fewer rows than x: ONNX reads the first ones
+    Case("gather_elements", (F((3, 4)), indices((2, 1), 4)), {"axis": -1}),
+    Case("gather_elements", (F((5,)), indices((7,), 5)), {"axis": -1}),
+    Case("scatter_elements_add", (F((6, 3)), indices((6, 3), 4), F((4, 3)))),
+    Case("scatter_elements_add", (F((2, 4, 1)), indices((2, 4, 1), 3), F((3, 4, 2))),
+         {"axis": -3}),
     # nn
     Case("log_softmax", (F((3, 5)),), {"axis": -1}),
     Case("log_softmax", (F((2, 3, 4)),), {"axis": 1}),
@@ -193,6 +208,9 @@ def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:
         return rng.random(arg.shape) < 0.5
     if arg.domain.startswith("labels:"):
         return rng.integers(0, int(arg.domain.split(":")[1]), arg.shape)
+    if arg.domain.startswith("indices:"):
+        size = int(arg.domain.split(":")[1])
+        return rng.integers(-size, size, arg.shape)
     values = rng.normal(size=arg.shape)
     if arg.domain == "positive":
         values = np.abs(values) + 0.5

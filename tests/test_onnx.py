@@ -4,6 +4,7 @@ import onnx
 import pytest
 
 import chainrule
+from chainrule import ChainruleError
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
 from chainrule.cli import random_inputs
@@ -11,7 +12,7 @@ from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes import autodiff
 from conftest import EXAMPLES
 from helpers import assert_close
-from op_cases import CASES, draw, in_dtype, scalar_objective_graph
+from op_cases import CASES, Case, F, draw, in_dtype, indices, scalar_objective_graph
 
 
 def check_standard(model: onnx.ModelProto) -> None:
@@ -82,3 +83,16 @@ def test_inference_export_prunes_unused_inputs():
 def test_older_and_newer_opsets(opset):
     model = chainrule.compile(str(EXAMPLES[0].parent / "mlp.nn"))
     check_standard(model.to_onnx(grad=True, opset=opset))
+
+
+@pytest.mark.parametrize("case, adjoint", [
+    (Case("take", (F((4, 3)), indices((2,), 4))), "scatter_add"),
+    (Case("gather_elements", (F((4, 3)), indices((2, 3), 4))), "scatter_elements_add"),
+], ids=lambda c: getattr(c, "op", c))
+def test_the_gradients_of_gathers_need_opset_16(case, adjoint):
+    graph, inputs, objective = scalar_objective_graph(case)
+    grad_graph, _ = autodiff(graph, objective, inputs[:1])
+    check_standard(export_onnx(graph, {}, opset=13))
+    with pytest.raises(ChainruleError, match=rf"the gradient of {case.op} \({adjoint}\) needs "
+                                             rf"ONNX opset 16 or newer, not 13"):
+        export_onnx(grad_graph, {}, opset=13)

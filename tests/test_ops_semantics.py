@@ -2,6 +2,7 @@
 shapes with hypothesis), forward-only ops through onnxruntime, and the DSL's indexing, shape
 built-ins, logic, dropout and compositions."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -13,11 +14,11 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
-from chainrule.ir import OPS, Graph, GraphBuilder, Value
+from chainrule.ir import OPS, Graph, GraphBuilder, OpTypeError, Value, infer_type
 from chainrule.ir.types import NUMPY_DTYPES, TensorType
 from conv_reference import REFERENCES as CONV_REFERENCES
 from helpers import assert_close, central_difference
-from op_cases import CASES, Arg, Case, draw, in_dtype, labels
+from op_cases import CASES, Arg, Case, draw, in_dtype, indices, labels
 from test_onnx import TOLERANCES, check_standard
 
 # ---- plain numpy references, one per op ------------------------------------------------------
@@ -48,6 +49,29 @@ def _scatter_add(updates, indices, like, axis):
     for position in np.ndindex(indices.shape):
         result[before + (indices[position],)] += updates[before + position]
     return result
+
+
+def _gather_elements(x, indices, axis):
+    """ONNX's definition: out[p] = x[p with its `axis` coordinate replaced by indices[p]]."""
+    result = np.empty(indices.shape, x.dtype)
+    for position in np.ndindex(indices.shape):
+        source = list(position)
+        source[axis] = indices[position]
+        result[position] = x[tuple(source)]
+    return result
+
+
+def _scatter_elements_add(updates, indices, like, axis):
+    result = np.zeros(like.shape, updates.dtype)
+    for position in np.ndindex(indices.shape):
+        target = list(position)
+        target[axis] = indices[position]
+        result[tuple(target)] += updates[position]
+    return result
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[x.dtype])(x)
 
 
 def _unconcat(whole, *parts, axis, index):
@@ -94,7 +118,7 @@ REFERENCES = {
     "sign": np.sign, "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
-    "softplus": lambda x: np.log1p(np.exp(x)),
+    "softplus": lambda x: np.log1p(np.exp(x)), "erf": _erf,
     "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
     "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
     "less": lambda a, b: a < b, "less_equal": lambda a, b: a <= b,
@@ -122,6 +146,7 @@ REFERENCES = {
     "concat": lambda *parts, axis: np.concatenate(parts, axis),
     "unconcat": _unconcat, "slice": _slice, "unslice": _unslice,
     "take": lambda x, indices, axis: np.take(x, indices, axis), "scatter_add": _scatter_add,
+    "gather_elements": _gather_elements, "scatter_elements_add": _scatter_elements_add,
     "softmax": _softmax, "log_softmax": lambda x, axis: np.log(_softmax(x, axis)),
     "cross_entropy": _cross_entropy, "mse": lambda a, b: np.mean((a - b) ** 2),
     "relu_grad": lambda x, g: g * (x > 0), "cross_entropy_grad": _cross_entropy_grad,
@@ -155,6 +180,7 @@ FORWARD_CASES = [
     Case("cast", (Arg((3, 4)),), {"dtype": "bool"}),
     Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
     Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
+    Case("gather_elements", (labels((3, 4), 9), indices((3, 2), 4)), {"axis": 1}),
     # constructors: fill's -1 sizes are read off its other operands' axes
     Case("fill", (labels((), 9), Arg((3, 4)), labels((2,), 3)),
          {"shape": (-1, 5, -1), "axes": (1, 0)}),
@@ -221,12 +247,88 @@ def test_forward_only_op_matches_numpy_in_onnxruntime(case, dtype):
     assert_close(actual, expected, *TOLERANCES[dtype], what=case.id)
 
 
+# ---- erf, gather_elements and scatter_elements_add ---------------------------------------------
+
+# A dense grid, the ends of the approximation's intervals, and the extremes.
+ERF_POINTS = np.concatenate([
+    np.linspace(-8.0, 8.0, 200_001),
+    [0.0, -0.0, 5e-324, -1e-310, 1e-300, 1e-20, -1e-8, 0.46875, np.nextafter(0.46875, 1.0), 4.0,
+     np.nextafter(4.0, 5.0), -26.0, 27.5, 1e10, 3e38, np.inf, -np.inf, np.nan],
+])
+# (backend, dtype) -> the largest error allowed, relative to |erf(x)| (float64: a few ulps;
+# float32: an ulp, onnxruntime's own Erf a few).
+ERF_TOLERANCES = {("numpy", "f64"): 1e-15, ("onnxruntime", "f64"): 1e-15,
+                  ("numpy", "f32"): 6e-8, ("onnxruntime", "f32"): 3e-7}
+
+
+@pytest.mark.parametrize("backend, dtype", ERF_TOLERANCES)
+def test_erf_matches_math_erf(backend, dtype):
+    x = ERF_POINTS.astype(NUMPY_DTYPES[dtype])
+    graph = forward_graph(Case("erf", (Arg(x.shape, dtype),)))
+    result = get_backend(backend).run(graph, {"a0": x}, {})["out"]
+    assert result.dtype == x.dtype
+    expected = np.array([math.erf(v) for v in x.astype(np.float64)])
+    finite = ~np.isnan(expected)
+    error = np.abs(result[finite] - expected[finite])
+    worst = np.max(error / np.maximum(np.abs(expected[finite]), np.finfo(x.dtype).tiny))
+    assert worst <= ERF_TOLERANCES[backend, dtype], f"relative error {worst:.3g}"
+    assert np.isnan(result[~finite]).all()
+    # erf is odd (onnxruntime's float64 Where drops the sign of -0, so zeros are left out).
+    nonzero = finite & (x != 0)
+    assert np.array_equal(np.signbit(result[nonzero]), np.signbit(x[nonzero]))
+
+
+@pytest.mark.parametrize("shape, axis", [((4, 3), 0), ((2, 5, 3), 1), ((2, 5, 3), -1), ((6,), 0)])
+def test_gather_elements_is_take_along_axis_and_scatter_elements_add_its_transpose(shape, axis):
+    rng = np.random.default_rng(18)
+    x = rng.normal(size=shape)
+    index_shape = list(shape)
+    index_shape[axis] = 7
+    positions = rng.integers(-shape[axis], shape[axis], index_shape)
+    numpy = get_backend("numpy")
+    gathered = numpy.run(forward_graph(Case("gather_elements", (
+        Arg(shape), Arg(positions.shape, "i64")), {"axis": axis})), {"a0": x, "a1": positions},
+        {})["out"]
+    assert np.array_equal(gathered, np.take_along_axis(x, positions, axis))
+    # <gather(x), u> = <x, scatter(u)>: repeated indices must accumulate.
+    u = rng.normal(size=positions.shape)
+    scattered = numpy.run(forward_graph(Case("scatter_elements_add", (
+        Arg(u.shape), Arg(positions.shape, "i64"), Arg(shape)), {"axis": axis})),
+        {"a0": u, "a1": positions, "a2": x}, {})["out"]
+    assert scattered.shape == x.shape
+    assert math.isclose(np.sum(gathered * u), np.sum(x * scattered), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_gather_elements_refuses_indices_out_of_range(backend):
+    graph = forward_graph(Case("gather_elements", (Arg((3, 4)), Arg((3, 2), "i64")), {"axis": 1}))
+    x = np.zeros((3, 4))
+    with pytest.raises(ChainruleError, match=r"input 'a1' holds 4, out of range: indices for "
+                                             r"gather_elements over 4 items lie in \[-4, 4\)"):
+        get_backend(backend).run(graph, {"a0": x, "a1": np.full((3, 2), 4)}, {})
+    result = get_backend(backend).run(graph, {"a0": x, "a1": np.full((3, 2), -4)}, {})["out"]
+    assert result.shape == (3, 2)
+
+
+@pytest.mark.parametrize("positions, axis, message", [
+    (TensorType("i64", (3,)), 0, "gather_elements needs indices of the operand's rank, got "
+                                 "i64[3] for [3, 4]"),
+    (TensorType("f64", (3, 4)), 0, "gather_elements needs i64 indices, got f64[3, 4]"),
+    (TensorType("i64", (2, 5)), 0, "axis 1 of the indices is longer than the operand's"),
+    (TensorType("i64", (3, 4)), 2, "axis 2 is out of range for rank 2"),
+])
+def test_gather_elements_type_errors(positions, axis, message):
+    with pytest.raises(OpTypeError, match=re.escape(message)):
+        infer_type("gather_elements", [TensorType("f64", (3, 4)), positions], {"axis": axis})
+
+
 # ---- random shapes ----------------------------------------------------------------------------
 
 # op -> the domain its operands are drawn from
 UNARY = {"neg": "any", "exp": "any", "log": "positive", "relu": "any", "sigmoid": "any",
          "tanh": "any", "sqrt": "positive", "abs": "any", "sign": "any", "gelu": "any",
-         "softplus": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool"}
+         "softplus": "any", "erf": "any", "leaky_relu": "any", "clip": "any",
+         "logical_not": "bool"}
 BINARY = {"add": "any", "sub": "any", "mul": "any", "div": "away_from_zero", "pow": "positive",
           "maximum": "any", "minimum": "any", "less": "any", "greater_equal": "any",
           "logical_and": "bool", "logical_or": "bool"}

@@ -89,7 +89,7 @@ class IndexInput:
     name: str
     node: Node
     bound: int | str           # exclusive upper bound: a size, or a symbolic dim
-    negatives: bool            # take() counts negative indices from the end, as numpy does
+    negatives: bool            # the op counts negative indices from the end, as numpy does
 
     def describe(self, size: int) -> str:
         noun = "indices" if self.negatives else "labels"
@@ -109,7 +109,8 @@ def index_inputs(graph: Graph) -> list[IndexInput]:
         if spec is None or node.inputs[spec[0]] not in inputs:
             continue
         bound = spec[1]([v.type for v in node.inputs], node.attrs)
-        found.append(IndexInput(node.inputs[spec[0]].name, node, bound, node.op == "take"))
+        found.append(IndexInput(node.inputs[spec[0]].name, node, bound,
+                                "negative_indices" in OPS[node.op].traits))
     return found
 
 

@@ -42,7 +42,8 @@ FRESH_RESULT_OPS = set(UFUNCS) | {
     "relu", "sigmoid", "cast", "sum", "mean", "max", "min", "softmax", "log_softmax",
     "cross_entropy", "mse", "one_hot", "numel", "where", "relu_grad", "cross_entropy_grad",
     "sum_squares", "gemm", "fill", "arange", "conv", "conv_transpose", "conv_weight_grad",
-    "max_pool", "max_unpool", "max_pool_take", "avg_pool", "avg_unpool",
+    "max_pool", "max_unpool", "max_pool_take", "avg_pool", "avg_unpool", "erf",
+    "gather_elements", "scatter_elements_add",
 }
 
 

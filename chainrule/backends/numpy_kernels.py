@@ -14,6 +14,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES
+from . import erf_approximation as cody
 
 KERNELS, kernel = rule_table()
 
@@ -70,6 +71,55 @@ def _gelu(x):
 @kernel("softplus")
 def _softplus(x):
     return np.logaddexp(0, x)  # log(1 + exp(x)) without overflow
+
+
+# erf works through blocks of this many elements, so that its temporaries stay in the cache
+# (1.7 times faster on a million elements than one pass over them all).
+ERF_BLOCK = 1 << 16
+
+
+@kernel("erf")
+def _erf(x):
+    flat = x.reshape(-1)
+    result = np.empty(flat.shape, x.dtype)
+    for start in range(0, flat.size, ERF_BLOCK):
+        result[start:start + ERF_BLOCK] = _erf_block(flat[start:start + ERF_BLOCK])
+    return result.reshape(x.shape)
+
+
+def _erf_block(x):
+    """Cody's approximations (erf_approximation.py), each on the elements of its interval, in
+    float64 whatever x's dtype."""
+    y = np.abs(x, dtype=np.float64)
+    small = y <= cody.SMALL_UP_TO
+    middle = ~small & (y <= cody.MIDDLE_UP_TO)
+    large = ~(small | middle)  # and NaN, which every step keeps
+    result = np.empty_like(y)
+    near = y[small]
+    result[small] = near * _rational(cody.SMALL, near * near)
+    mid = y[middle]
+    result[middle] = 1.0 - np.exp(-mid * mid) * _rational(cody.MIDDLE, mid)
+    # erfc(27) underflows to 0: clamping keeps y^2 finite without changing the result.
+    far = np.minimum(y[large], 27.0)
+    z = 1.0 / (far * far)
+    result[large] = 1.0 - (np.exp(-far * far) * (cody.INV_SQRT_PI - z * _rational(cody.LARGE, z))
+                           / far)
+    return np.copysign(result, x)
+
+
+def _rational(fraction, z):
+    numerator, denominator = (_polynomial(coefficients, z) for coefficients in fraction)
+    numerator /= denominator
+    return numerator
+
+
+def _polynomial(coefficients, z):
+    """Horner's rule in place (numpy.polyval allocates an array per coefficient: 3x slower)."""
+    result = np.full_like(z, coefficients[0])
+    for coefficient in coefficients[1:]:
+        result *= z
+        result += coefficient
+    return result
 
 
 @kernel("clip")
@@ -226,6 +276,26 @@ def _scatter_add(updates, indices, like, axis):
     index_dims = range(axis, axis + indices.ndim)
     np.add.at(np.moveaxis(result, axis, 0), indices,
               np.moveaxis(updates, index_dims, range(indices.ndim)))
+    return result
+
+
+def _element_index(indices, axis):
+    """The index that reads, for each position of `indices`, the element at that position but
+    with indices' value on `axis` (ONNX's GatherElements and ScatterElements)."""
+    index = list(np.indices(indices.shape, sparse=True))
+    index[axis] = indices
+    return tuple(index)
+
+
+@kernel("gather_elements")
+def _gather_elements(x, indices, axis):
+    return x[_element_index(indices, axis)]
+
+
+@kernel("scatter_elements_add")
+def _scatter_elements_add(updates, indices, like, axis):
+    result = np.zeros(like.shape, updates.dtype)
+    np.add.at(result, _element_index(indices, axis), updates)
     return result
 
 

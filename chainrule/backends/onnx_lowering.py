@@ -18,6 +18,7 @@ from ..ir import ChainruleError
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END, conv_output_dim, pool_end_pad, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES
+from . import erf_approximation as cody
 
 ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
                "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
@@ -95,6 +96,40 @@ def _softplus(em, node, out, x):
     decay = em.add("Exp", [em.add("Neg", [em.add("Abs", [x])])])
     tail = em.add("Log", [em.add("Add", [em.scalar(1.0, _dtype(node)), decay])])
     em.add("Add", [em.add("Relu", [x]), tail], out)
+
+
+@lowering("erf")
+def _erf(em, node, out, x):
+    dtype = _dtype(node)
+    if dtype == "f32":
+        em.add("Erf", [x], out)
+        return
+    # onnxruntime has no float64 Erf: Cody's approximations, as the numpy kernel evaluates them.
+    def rational(fraction, z):
+        numerator, denominator = (_polynomial(em, coefficients, z, dtype)
+                                  for coefficients in fraction)
+        return em.add("Div", [numerator, denominator])
+    y = em.add("Abs", [x])
+    square = em.add("Mul", [y, y])
+    near = em.add("Mul", [x, rational(cody.SMALL, square)])
+    decay = em.add("Exp", [em.add("Neg", [square])])
+    z = em.add("Reciprocal", [square])
+    tail = em.add("Sub", [em.scalar(cody.INV_SQRT_PI, dtype),
+                          em.add("Mul", [z, rational(cody.LARGE, z)])])
+    erfc = em.add("Where", [em.add("LessOrEqual", [y, em.scalar(cody.MIDDLE_UP_TO, dtype)]),
+                            em.add("Mul", [decay, rational(cody.MIDDLE, y)]),
+                            em.add("Div", [em.add("Mul", [decay, tail]), y])])
+    beyond = em.add("Mul", [em.add("Sign", [x]), em.add("Sub", [em.scalar(1.0, dtype), erfc])])
+    em.add("Where", [em.add("LessOrEqual", [y, em.scalar(cody.SMALL_UP_TO, dtype)]), near,
+                     beyond], out)
+
+
+def _polynomial(em, coefficients, z, dtype) -> str:
+    """The polynomial in z with `coefficients` from the highest power down, by Horner's rule."""
+    result = em.scalar(coefficients[0], dtype)
+    for coefficient in coefficients[1:]:
+        result = em.add("Add", [em.add("Mul", [result, z]), em.scalar(coefficient, dtype)])
+    return result
 
 
 @lowering("clip")
@@ -297,11 +332,15 @@ def _take(em, node, out, x, indices):
 SCATTER_ADD_SINCE = 16  # ScatterElements' reduction="add"
 
 
+def _require_scatter_add(em, node, gradient_of: str) -> None:
+    if em.opset < SCATTER_ADD_SINCE:
+        raise ChainruleError(f"the gradient of {gradient_of} ({node.op}) needs ONNX opset "
+                             f"{SCATTER_ADD_SINCE} or newer, not {em.opset}", node.loc)
+
+
 @lowering("scatter_add")
 def _scatter_add(em, node, out, updates, indices, like):
-    if em.opset < SCATTER_ADD_SINCE:
-        raise ChainruleError(f"the gradient of take (scatter_add) needs ONNX opset "
-                             f"{SCATTER_ADD_SINCE} or newer, not {em.opset}", node.loc)
+    _require_scatter_add(em, node, "take")
     rank, axis = _rank(node), node.attrs["axis"] % _rank(node)
     # Flatten the index dims into one, so indices and updates line up element by element.
     like_shape = em.add("Shape", [like])
@@ -315,6 +354,20 @@ def _scatter_add(em, node, out, updates, indices, like):
                                em.add("Shape", [flat_updates])])
     zeros = em.add("Expand", [em.scalar(0.0, _dtype(node)), like_shape])
     em.add("ScatterElements", [zeros, spread, flat_updates], out, axis=axis, reduction="add")
+
+
+@lowering("gather_elements")
+def _gather_elements(em, node, out, x, indices):
+    # A non-negative axis: onnx.reference's GatherElements mishandles axis=-1.
+    em.add("GatherElements", [x, indices], out, axis=node.attrs["axis"] % _rank(node))
+
+
+@lowering("scatter_elements_add")
+def _scatter_elements_add(em, node, out, updates, indices, like):
+    _require_scatter_add(em, node, "gather_elements")
+    zeros = em.add("Expand", [em.scalar(0.0, _dtype(node)), em.add("Shape", [like])])
+    em.add("ScatterElements", [zeros, indices, updates], out, axis=node.attrs["axis"] % _rank(node),
+           reduction="add")
 
 
 @lowering("numel")

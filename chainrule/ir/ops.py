@@ -8,8 +8,10 @@ Traits that autodiff, backends and the registry tests query: "nondifferentiable"
 rule; its output carries no gradient), "stochastic" (its value depends on whether the backend
 runs in training mode), "expanded" (replaced by a pass before any backend runs: no kernel,
 lowering or derivative rule) and "fused" (written by the fuse pass after autodiff: no
-derivative rule). "elementwise", "linear", "reduction", "comparison", "loss" and "constant"
-describe the op for readers of the registry.
+derivative rule). "negative_indices" marks an op whose `index_input` may count from the end
+(numpy's and ONNX's take and gather_elements), so the feeds check accepts [-size, size) there.
+"elementwise", "linear", "reduction", "comparison", "loss" and "constant" describe the op for
+readers of the registry.
 """
 from __future__ import annotations
 
@@ -362,6 +364,38 @@ def _infer_scatter_add(updates, indices, like, axis):
     return updates.with_shape(like.shape)
 
 
+def _check_element_indices(op, data, indices, axis):
+    """indices for ONNX's GatherElements and ScatterElements on `data`: i64 of data's rank, and
+    no longer than data on the axes other than `axis`, where each index reads its own position."""
+    _require_indices(op, indices)
+    if indices.rank != data.rank:
+        raise OpTypeError(f"{op} needs indices of the operand's rank, got {indices} for "
+                          f"{format_shape(data.shape)}")
+    axis = normalize_axis(axis, data.rank)
+    for other, (size, length) in enumerate(zip(data.shape, indices.shape, strict=True)):
+        if other != axis and isinstance(size, int) and isinstance(length, int) and length > size:
+            raise OpTypeError(f"{op} of indices {format_shape(indices.shape)} into "
+                              f"{format_shape(data.shape)} along axis {axis}: axis {other} of "
+                              f"the indices is longer than the operand's")
+
+
+def _infer_gather_elements(x, indices, axis):
+    """x's elements at `indices` along `axis` (numpy.take_along_axis without broadcasting):
+    shaped like the indices."""
+    _check_element_indices("gather_elements", x, indices, axis)
+    return x.with_shape(indices.shape)
+
+
+def _infer_scatter_elements_add(updates, indices, like, axis):
+    """Zeros shaped like `like`, plus `updates` added at `indices` along `axis` (gather_elements'
+    transpose: repeated indices accumulate)."""
+    _check_element_indices("scatter_elements_add", like, indices, axis)
+    if not shapes_may_equal(updates.shape, indices.shape):
+        raise OpTypeError(f"scatter_elements_add needs updates shaped like its indices, got "
+                          f"{format_shape(updates.shape)} and {format_shape(indices.shape)}")
+    return updates.with_shape(like.shape)
+
+
 def _infer_dropout_mask(x, p, seed):
     _require_float("dropout", x)
     if not 0.0 <= p < 1.0:
@@ -399,7 +433,7 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
 # ---- elementwise
-for _name in ("exp", "log", "relu", "sigmoid", "tanh", "sqrt", "gelu", "softplus"):
+for _name in ("exp", "log", "relu", "sigmoid", "tanh", "sqrt", "gelu", "softplus", "erf"):
     register(_name, 1, _unary(_name), traits=("elementwise",))
 register("leaky_relu", 1, _unary("leaky_relu"), {"alpha": AttrSpec("float", 0.01)},
          traits=("elementwise",))
@@ -444,8 +478,9 @@ register("numel", 1, _infer_numel,
          {"axes": AttrSpec("axes", None), "dtype": AttrSpec("dtype", "f32")},
          traits=("nondifferentiable",))
 
-# ---- linear algebra and shape; the *_like ops and unconcat, unslice and scatter_add are the
-# transposes of broadcasting, reshape, concat, slice and take, which derivative rules need.
+# ---- linear algebra and shape; the *_like ops and unconcat, unslice, scatter_add and
+# scatter_elements_add are the transposes of broadcasting, reshape, concat, slice, take and
+# gather_elements, which derivative rules need.
 register("matmul", 2, _infer_matmul, traits=("linear",))
 register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
 register("reshape", 1, _infer_reshape, {"shape": AttrSpec("ints")}, traits=("linear",))
@@ -464,9 +499,15 @@ register("unconcat", ONE_OR_MORE, _infer_unconcat,
          {"axis": AttrSpec("int"), "index": AttrSpec("int")}, traits=("linear",))
 register("slice", 1, _infer_slice, SLICE, traits=("linear",))
 register("unslice", 2, _infer_unslice, SLICE, traits=("linear",))
-register("take", 2, _infer_take, {"axis": AttrSpec("int", 0)}, traits=("linear",),
+register("take", 2, _infer_take, {"axis": AttrSpec("int", 0)},
+         traits=("linear", "negative_indices"),
          index_input=(1, lambda types, attrs: types[0].shape[attrs["axis"]]))
 register("scatter_add", 3, _infer_scatter_add, {"axis": AttrSpec("int", 0)},
+         traits=("linear",))
+register("gather_elements", 2, _infer_gather_elements, {"axis": AttrSpec("int", 0)},
+         traits=("linear", "negative_indices"),
+         index_input=(1, lambda types, attrs: types[0].shape[attrs["axis"]]))
+register("scatter_elements_add", 3, _infer_scatter_elements_add, {"axis": AttrSpec("int", 0)},
          traits=("linear",))
 
 # ---- nn

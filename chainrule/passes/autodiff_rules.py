@@ -13,6 +13,8 @@ row-major order; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
 """
 from __future__ import annotations
 
+import math
+
 from ..ir import GraphBuilder, Node, Value
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END, compose_perms, is_identity_perm, normalize_axes
@@ -196,6 +198,13 @@ def _softplus(bw, g, x, out):
     return (bw.emit("mul", g, bw.emit("sigmoid", x)),)
 
 
+@vjp("erf")
+def _erf(bw, g, x, out):
+    # erf'(x) = 2/sqrt(pi) exp(-x^2)
+    decay = bw.emit("exp", bw.emit("neg", bw.emit("mul", x, x)))
+    return (bw.emit("mul", g, bw.emit("mul", bw.constant(2.0 / math.sqrt(math.pi), x), decay)),)
+
+
 @vjp("clip")
 def _clip(bw, g, x, out, lo, hi):
     inside = bw.emit("logical_and", bw.emit("greater_equal", x, bw.constant(lo, x)),
@@ -360,14 +369,19 @@ def _unslice(bw, g, sliced, like, out, **window):
     return bw.emit("slice", g, **window), None
 
 
-@vjp("take")
-def _take(bw, g, x, indices, out, axis):
-    return bw.emit("scatter_add", g, indices, x, axis=axis), None
+# Each gather reads at indices and its scatter adds at them: the two are each other's transpose.
+SCATTER_OF_GATHER = {"take": "scatter_add", "gather_elements": "scatter_elements_add"}
+GATHER_OF_SCATTER = {scatter: gather for gather, scatter in SCATTER_OF_GATHER.items()}
 
 
-@vjp("scatter_add")
-def _scatter_add(bw, g, updates, indices, like, out, axis):
-    return bw.emit("take", g, indices, axis=axis), None, None
+@vjp(*SCATTER_OF_GATHER)
+def _gather(bw, g, x, indices, out, axis):
+    return bw.emit(SCATTER_OF_GATHER[bw.node.op], g, indices, x, axis=axis), None
+
+
+@vjp(*GATHER_OF_SCATTER)
+def _scatter(bw, g, updates, indices, like, out, axis):
+    return bw.emit(GATHER_OF_SCATTER[bw.node.op], g, indices, axis=axis), None, None
 
 
 # ---- nn ---------------------------------------------------------------------------------------
