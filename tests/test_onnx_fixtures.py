@@ -13,6 +13,7 @@ from helpers import assert_close
 
 import chainrule
 from chainrule import OptimizerSpec
+from chainrule.ir import dsl_names
 
 FIXTURES = ROOT / "tests" / "fixtures" / "onnx"
 # fixture -> (loss attached, target input, tolerance of the gradients)
@@ -137,3 +138,29 @@ def test_freeze_and_trainable_choose_what_trains():
     assert names["0.weight"] not in grads and names["2.weight"] in grads
     with pytest.raises(chainrule.ChainruleError, match="not float initializers.*0.weight"):
         chainrule.import_onnx(path, freeze=["nope"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_import_to_dsl_compiles_back_to_the_same_results(name, tmp_path):
+    import subprocess
+    import sys
+    loss, target, tolerance = CASES[name]
+    path = tmp_path / f"{name}.nn"
+    result = subprocess.run([sys.executable, "-m", "chainrule", "import",
+                             str(FIXTURES / f"{name}.onnx"), "--loss", loss, "--target-input",
+                             target, "-o", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    assert "# /" in text  # each statement names its ONNX node
+    recompiled = chainrule.compile(str(path))
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as values:
+        recompiled.set_params(dict(values))
+    original = imported(name)
+    assert len(recompiled.graph.nodes) == len(original.graph.nodes)
+    names = dsl_names(original.graph)
+    for training in (False, True):
+        ours = recompiled.grad(training=training, **feeds(name))
+        theirs = original.grad(training=training, **feeds(name))
+        assert set(ours) == {names.get(k, k) for k in theirs}
+        for key, value in theirs.items():
+            assert np.array_equal(ours[names.get(key, key)], value), key

@@ -1,13 +1,17 @@
-"""The commands that compile a model without running it: check, ir, viz and export."""
+"""The commands that compile a model without running it: check, ir, viz, export and import."""
 from __future__ import annotations
 
 import sys
 
 import numpy as np
 
+from pathlib import Path
+
+from .. import __version__
 from ..backends.numpy_compiled import compile_graph as compile_numpy
 from ..backends.numpy_compiled import describe_plan
-from ..ir import print_graph
+from ..fileio import atomic_write_bytes, save_npz
+from ..ir import dsl_names, print_dsl, print_graph
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext
 from ..viz import render, to_dot
@@ -101,4 +105,25 @@ def cmd_export(args) -> int:
     print("  inputs:  " + ", ".join(i.name for i in graph.input))
     print("  outputs: " + ", ".join(o.name for o in graph.output))
     print("  initializers: " + (", ".join(i.name for i in graph.initializer) or "(none)"))
+    return 0
+
+
+def cmd_import(args) -> int:
+    """An ONNX model as readable DSL: FILE.nn, with its param values in FILE.npz beside it."""
+    if not str(args.file).endswith(".onnx"):
+        raise UsageError(f"import reads an .onnx model, not {args.file}")
+    output = Path(args.output)
+    if output.suffix != ".nn":
+        raise UsageError(f"-o names the .nn file to write, not {output}")
+    values = output.with_suffix(".npz")
+    model = load_model(args)
+    header = (f"Imported from {Path(args.file).name} by chainrule {__version__}; each "
+              f"comment names the ONNX node.\nThe params' values are in {values.name}: "
+              f"chainrule train {output.name} --params {values.name} ...")
+    text = print_dsl(model.graph, header=header)
+    names = dsl_names(model.graph)
+    atomic_write_bytes(output, text.encode())
+    save_npz(values, {names[name]: array for name, array in model.params.items()})
+    print(f"wrote {output}: {len(model.graph.nodes)} statements, {len(model.params)} params")
+    print(f"wrote {values}")
     return 0

@@ -11,7 +11,7 @@ from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
 from ..train import SCHEDULES, TrainConfig
 from .inputs import DEFAULT_DIM
-from .inspecting import cmd_check, cmd_export, cmd_ir, cmd_viz
+from .inspecting import cmd_check, cmd_export, cmd_import, cmd_ir, cmd_viz
 from .running import cmd_grad, cmd_gradcheck, cmd_predict, cmd_run
 from .training import cmd_train
 
@@ -207,4 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--params", metavar="P.npz", help="param values for the initializers")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
+    imported = command("import", cmd_import, "write an .onnx model as a readable .nn model "
+                       "(and its param values beside it)")
+    imported.add_argument("-o", "--output", required=True, metavar="MODEL.nn",
+                          help="the .nn file; the params go to MODEL.npz")
     return parser

@@ -532,7 +532,7 @@ def _pad_axis(ops, x, axis, begin, end, mode):
 # ---- ops --------------------------------------------------------------------------------------
 
 for _unary in ("relu", "sigmoid", "tanh", "exp", "log", "sqrt", "abs", "sign", "gelu",
-               "softplus", "logical_not"):
+               "softplus", "erf", "logical_not"):
     builtin(_unary, _unary, ("x",))
 for _binary in ("add", "sub", "mul", "div", "pow", "matmul", "maximum", "minimum",
                 "logical_and", "logical_or"):
@@ -557,16 +557,94 @@ builtin("squeeze", "squeeze", ("x",), AXIS_OPTIONS)
 builtin("unsqueeze", "unsqueeze", ("x",), AXIS_OPTIONS)
 builtin("concat", "concat", ("xs",), {"axis": _option(0, _int("axis"), "axis")}, variadic=True)
 builtin("take", "take", ("x", "indices"), {"axis": _option(0, _int("axis"), "axis")})
+# numpy's take_along_axis (without broadcasting), ONNX's GatherElements.
+builtin("take_along_axis", "gather_elements", ("x", "indices"),
+        {"axis": _option(0, _int("axis"), "axis")})
 builtin("mse", "mse", ("pred", "target"))
 builtin("grad", "grad", ("objective", "wrt"))
 builtin("one_hot", "one_hot", ("labels",),
-        {"n": _option(NO_DEFAULT, _int("n"), "depth")})
+        {"n": _option(NO_DEFAULT, _int("n"), "depth"), **_dtype_option(DTypeName("f32"))})
 
 
 @composite("arange", (), {"n": _option(NO_DEFAULT, _size("n"), "n"),
                           **_dtype_option(DTypeName("i64"))})
 def _arange(ops, n, dtype):
     return _cast_to(ops, ops.emit("arange", n=n), dtype)
+
+
+# ---- ops by their IR names ----------------------------------------------------------------------
+# What the decompiler (ir/dsl_printer.py) writes where no built-in above lowers to exactly one op
+# with exactly its attrs: each takes the op's attrs under their IR names. They are ordinary
+# built-ins, so a model may use them too.
+
+def _optional_int(name):
+    convert = _int(name)
+    return lambda value: None if value is None else convert(value)
+
+
+SLICE_OPTIONS = {key: _option(NO_DEFAULT, _ints(key), key)
+                 for key in ("starts", "ends", "axes", "steps")}
+WINDOW_OPTIONS = {key: _option(NO_DEFAULT, _ints(key), key)
+                  for key in ("strides", "pads", "dilations")}
+POOL_WINDOW_OPTIONS = {key: _option(NO_DEFAULT, _ints(key), key)
+                       for key in ("kernel", "strides", "pads")}
+POOL_WINDOW_OPTIONS["ceil_mode"] = POOL_OPTIONS["ceil_mode"]
+AVG_POOL_WINDOW_OPTIONS = {**POOL_WINDOW_OPTIONS,
+                           "count_include_pad": AVG_POOL_OPTIONS["count_include_pad"]}
+GROUPS_OPTION = {"groups": CONV_OPTIONS["groups"]}
+
+# The cast op even to the dtype x has (where f32(x) is x itself).
+builtin("cast", "cast", ("x",), {"dtype": _option(NO_DEFAULT, _dtype, "dtype")})
+builtin("slice", "slice", ("x",), SLICE_OPTIONS)  # x[a:b:c] with each axis' bounds listed
+# fill(value, sources..., shape, axes): value broadcast to shape, whose k-th -1 is the size of
+# axis axes[k] of the k-th source (full(...) finds its sources by dim name).
+builtin("fill", "fill", ("value", "sources"),
+        {"shape": _option(NO_DEFAULT, _ints("shape"), "shape"),
+         "axes": _option((), _ints("axes"), "axes")}, variadic=True)
+builtin("numel", "numel", ("x",), {"axis": _option(None, _axes, "axes"),
+                                   **_dtype_option(DTypeName("f32"))})
+builtin("broadcast_like", "broadcast_like", ("x", "like"))
+builtin("reshape_like", "reshape_like", ("x", "like"))
+# train in training mode, evaluate otherwise (batch_norm's two normalisations).
+builtin("train_or_eval", "train_or_eval", ("train", "evaluate"))
+# dropout's mask; without a seed, one from its place in the graph, as dropout draws.
+builtin("dropout_mask", "dropout_mask", ("x",),
+        {"p": _option(NO_DEFAULT, _float("p"), "p"),
+         "seed": _option(None, _optional_int("seed"), "seed")})
+builtin("conv", "conv", ("x", "w"), {**WINDOW_OPTIONS, **GROUPS_OPTION})
+builtin("conv_transpose", "conv_transpose", ("x", "w"),
+        {**WINDOW_OPTIONS, **GROUPS_OPTION,
+         "output_padding": _option(NO_DEFAULT, _ints("output_padding"), "output_padding")})
+# The pad op, with its pads as the op lists them: pad(x, pads) pads nothing without an op.
+builtin("constant_pad", "pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
+                                        "value": _option(0.0, _float("value"), "value")})
+builtin("max_pool", "max_pool", ("x",), POOL_WINDOW_OPTIONS)
+builtin("avg_pool", "avg_pool", ("x",), AVG_POOL_WINDOW_OPTIONS)
+# The transposes that autodiff writes into gradients (grad(...) in a model expands to them).
+builtin("unslice", "unslice", ("sliced", "like"), SLICE_OPTIONS)
+builtin("unconcat", "unconcat", ("whole", "parts"),
+        {"axis": _option(NO_DEFAULT, _int("axis"), "axis"),
+         "index": _option(NO_DEFAULT, _int("index"), "index")}, variadic=True)
+builtin("scatter_add", "scatter_add", ("updates", "indices", "like"),
+        {"axis": _option(0, _int("axis"), "axis")})
+builtin("scatter_elements_add", "scatter_elements_add", ("updates", "indices", "like"),
+        {"axis": _option(0, _int("axis"), "axis")})
+builtin("conv_weight_grad", "conv_weight_grad", ("x", "g"),
+        {"kernel": _option(NO_DEFAULT, _ints("kernel"), "kernel"), **WINDOW_OPTIONS,
+         **GROUPS_OPTION})
+builtin("max_unpool", "max_unpool", ("g", "x"), POOL_WINDOW_OPTIONS)
+builtin("max_pool_take", "max_pool_take", ("values", "x"), POOL_WINDOW_OPTIONS)
+builtin("avg_unpool", "avg_unpool", ("g", "x"), AVG_POOL_WINDOW_OPTIONS)
+
+
+@composite("update", ("state", "value"))
+def _update(ops, state, value):
+    """`value` as what training sets `state` to after each step (as batch_norm moves its
+    running statistics); the model outputs it as `<state>.next`. Returns `value`."""
+    if value.type != state.type:
+        ops.error(f"a state's next value has its type, {state.type}, not {value.type}")
+    ops.update_state(state, value)
+    return value
 
 
 # Casts: `f32(x)` converts x to f32.

@@ -276,7 +276,7 @@ class ExpressionLowerer:
             raise ChainruleError(f"constant expression fails: {error}", loc) from None
         if isinstance(result, complex):
             raise ChainruleError(f"{_power(left, right)} is not a real number", loc)
-        if _is_int(result) and abs(result) > INT64_MAX:
+        if _is_int(result) and not -INT64_MAX - 1 <= result <= INT64_MAX:
             raise ChainruleError(f"'{op}' of {left} and {right} gives an integer past 64 bits",
                                  loc)
         return result
@@ -462,9 +462,9 @@ class ExpressionLowerer:
         return [value for value, _ in positional]
 
     def emit_op(self, op, inputs, attrs, loc) -> Value:
-        """Emit a built-in's op; a stochastic op gets its seed from its position in the graph,
-        so each dropout draws its own mask and every run draws the same ones."""
-        if "stochastic" in get_op(op).traits:
+        """Emit a built-in's op; a stochastic op not given a seed gets its position in the
+        graph, so each dropout draws its own mask and every run draws the same ones."""
+        if "stochastic" in get_op(op).traits and attrs.get("seed") is None:
             attrs = {**attrs, "seed": len(self.graph.nodes)}
         return self.builder.emit(op, inputs, attrs, loc=loc)
 

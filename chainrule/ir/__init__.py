@@ -3,6 +3,7 @@
 `ir` imports nothing from `dsl`, `passes` or `backends`: everything else builds on it.
 """
 from .builder import GraphBuilder
+from .dsl_printer import dsl_names, print_dsl
 from .errors import ChainruleError, SourceLoc, file_error
 from .graph import Graph, InitSpec, Namer, Node, Param, Value
 from .ops import OPS, OpDef, get_op, infer_type
@@ -15,4 +16,4 @@ from .verify import VerifyError, verify
 __all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "file_error", "Graph", "InitSpec", "Namer", "Node",
            "Param", "Value", "OPS", "OpDef", "get_op", "infer_type", "print_graph",
            "OpTypeError", "DTYPES", "FLOAT_DTYPES", "NUMPY_DTYPES", "UNKNOWN", "TensorType",
-           "scalar", "VerifyError", "verify", "parse_graph"]
+           "scalar", "VerifyError", "verify", "parse_graph", "print_dsl", "dsl_names"]

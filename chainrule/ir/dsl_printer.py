@@ -1,0 +1,440 @@
+"""The decompiler: a graph as `.nn` DSL text that compiles back to the same graph.
+
+Each node becomes one statement, `name = spelling`, in the graph's order, with where it came
+from as a trailing comment: an imported node's ONNX name, a lowered node's FILE:LINE:COL.
+SPELLINGS has one entry per op: the DSL operator or built-in call whose lowering emits exactly
+that op with exactly its attrs. Only the fused ops have none: the -O2 fuse pass writes them,
+never a front end.
+
+A value keeps its IR name where that is a DSL name (an identifier that is no keyword, dtype or
+function the text may call); others get a sanitised unique one (`fc1.weight` -> `fc1_weight`).
+Params are saved by name, so `dsl_names(graph)` gives the mapping from IR names to DSL names.
+
+The text is DSL, but `ir` imports nothing of `dsl`: tests/test_dsl_printer.py compiles what
+this prints and compares the graphs.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from .errors import INT64_MAX, ChainruleError
+from .graph import Graph, Node, Value
+from .ops import OPS, REQUIRED
+from .shapes import TO_END, TO_START
+from .types import DTYPES, UNKNOWN, is_float
+
+KEYWORDS = frozenset({"model", "def", "param", "state", "let", "return", "for", "in", "and",
+                      "or", "not", "true", "false", "none"})
+# Built-ins the text may call that are not named after an op.
+FUNCTIONS = frozenset({"full", "take_along_axis", "update", "constant_pad", "conv1d",
+                       "conv2d", "conv_transpose1d", "conv_transpose2d", "max_pool1d",
+                       "max_pool2d", "avg_pool1d", "avg_pool2d"})
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+INDENT = "    "
+COMMENT_COLUMN = 60
+
+
+# ---- literals -----------------------------------------------------------------------------------
+
+def int_text(value: int) -> str:
+    # -2**63 has no literal of its own: 2**63 is past 64 bits.
+    return f"-{INT64_MAX} - 1" if value == TO_START else str(value)
+
+
+def float_text(value: float) -> str:
+    """A float as DSL text that reads back as exactly this double; the DSL has no inf or nan,
+    but 1e999 overflows to inf and inf - inf is nan."""
+    value = float(value)
+    if math.isnan(value):
+        return "1e999 - 1e999"
+    if math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"
+    return repr(value)
+
+
+def f32_text(value: float) -> str:
+    """The shortest text that lowers to the same float32: `1e-05`, not the double
+    9.999999747378752e-06 an imported float32 holds."""
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    text = str(single)
+    if not math.isfinite(single) or np.float32(float(text)) != single:
+        return float_text(value)
+    return text
+
+
+def literal(value) -> str:
+    """An attr's value as DSL text."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int_text(value)
+    if isinstance(value, float):
+        return float_text(value)
+    if isinstance(value, tuple):
+        items = ", ".join(map(literal, value))
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    if value in DTYPES:
+        return value
+    raise TypeError(f"no DSL literal for {value!r}")
+
+
+def call(function: str, args, options=()) -> str:
+    """`function(a, b, key=value)`; `options` are (name, value) pairs, an `axis` holding one
+    axis written as that integer."""
+    parts = list(args)
+    for name, value in options:
+        if name == "axis" and isinstance(value, tuple) and len(value) == 1:
+            value = value[0]
+        parts.append(f"{name}={literal(value)}")
+    return f"{function}({', '.join(parts)})"
+
+
+def op_options(node: Node, renamed: dict | None = None) -> list[tuple[str, object]]:
+    """The node's attrs as a built-in's options (IR names unless `renamed`), leaving out each
+    attr at the op's default, which is the built-in's default too."""
+    renamed = renamed or {}
+    options = []
+    for attr, value in node.attrs.items():
+        default = OPS[node.op].attrs[attr].default
+        if default is not REQUIRED and type(default) is type(value) and default == value:
+            continue
+        options.append((renamed.get(attr, attr), value))
+    return options
+
+
+# ---- spellings: (node, argument names, graph) -> the expression ---------------------------------
+
+def _builtin(function: str, **renamed):
+    """The built-in `function`: inputs positional, attrs as options (renamed: IR -> DSL)."""
+    return lambda node, args, graph: call(function, args, op_options(node, renamed))
+
+
+def _infix(symbol: str):
+    return lambda node, args, graph: f" {symbol} ".join(args)
+
+
+def _prefix(symbol: str):
+    return lambda node, args, graph: f"{symbol}{args[0]}"
+
+
+def _cast(node, args, graph):
+    dtype = node.attrs["dtype"]
+    if node.inputs[0].type.dtype == dtype:  # f32(x) of an f32 x is x itself
+        return call("cast", args, op_options(node))
+    return f"{dtype}({args[0]})"
+
+
+def _constant(node, args, graph):
+    value, dtype = float(node.attrs["value"]), node.attrs["dtype"]
+    if dtype == "bool" and value in (0.0, 1.0):
+        text = "true" if value else "false"
+    elif dtype in ("i64", "bool"):
+        whole = abs(value) <= INT64_MAX or value == TO_START
+        text = int_text(int(value)) if whole else float_text(value)
+    else:
+        text = f32_text(value) if dtype == "f32" else float_text(value)
+    return f"{dtype}({text})"
+
+
+def _transpose(node, args, graph):
+    if node.attrs["perm"] == tuple(reversed(range(node.inputs[0].type.rank))):
+        return f"{args[0]}.T"
+    return call("transpose", args, op_options(node))
+
+
+def _subscript(rank: int, starts, ends, axes, steps) -> str | None:
+    """The `x[...]` subscript that lowers to exactly this slice, or None: indexing lists
+    increasing axes and leaves out the ones it takes whole."""
+    if not axes or list(axes) != sorted(set(axes)) or axes[0] < 0 or axes[-1] >= rank:
+        return None
+    items = [":"] * (axes[-1] + 1)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        if step == 0 or (start, end, step) == (0, TO_END, 1):
+            return None
+        forward = step > 0
+        first = "" if start == (0 if forward else TO_END) else int_text(start)
+        last = "" if end == (TO_END if forward else TO_START) else int_text(end)
+        items[axis] = f"{first}:{last}" + ("" if step == 1 else f":{int_text(step)}")
+    return ", ".join(items)
+
+
+def _slice(node, args, graph):
+    attrs = node.attrs
+    subscript = _subscript(node.inputs[0].type.rank, attrs["starts"], attrs["ends"],
+                           attrs["axes"], attrs["steps"])
+    if subscript is None:
+        return call("slice", args, op_options(node))
+    return f"{args[0]}[{subscript}]"
+
+
+def _full_shape(node: Node, graph: Graph) -> str | None:
+    """`(B, 64)` when `full(shape, value)` lowers to exactly this fill: its sources are where
+    full reads each symbolic dim, the first input that declares it."""
+    sources = iter(zip(node.inputs[1:], node.attrs["axes"], strict=True))
+    dims = []
+    for size, dim in zip(node.attrs["shape"], node.outputs[0].type.shape, strict=True):
+        if size != -1:
+            if size < 1:
+                return None
+            dims.append(str(size))
+            continue
+        source, axis = next(sources)
+        if not isinstance(dim, str) or dim == UNKNOWN:
+            return None
+        declaring = next(v for v in graph.inputs + [source] if dim in v.type.shape)
+        if declaring is not source or axis != source.type.shape.index(dim):
+            return None
+        dims.append(dim)
+    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+
+def _fill(node, args, graph):
+    shape = _full_shape(node, graph)
+    if shape is None:
+        return call("fill", args, op_options(node))
+    return f"full({shape}, {args[0]})"
+
+
+def _per_axis(values: tuple, default=None):
+    """A per-axis option as PyTorch writes it: left out at its default, once if all agree."""
+    if default is not None and all(v == default for v in values):
+        return None
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _symmetric(pads: tuple, rank: int) -> bool:
+    return rank in (1, 2) and pads[:rank] == pads[rank:]
+
+
+def _window(function: str, args, options) -> str:
+    return call(function, args, [(k, v) for k, v in options if v is not None])
+
+
+def _conv(node, args, graph):
+    """conv1d/conv2d and conv_transpose1d/2d (PyTorch's options) where they give these pads,
+    else the op's own attrs."""
+    attrs = node.attrs
+    rank = len(attrs["strides"])
+    if not _symmetric(attrs["pads"], rank):
+        return call(node.op, args, op_options(node))
+    return _window(f"{node.op}{rank}d", args, [
+        ("stride", _per_axis(attrs["strides"], 1)),
+        ("padding", _per_axis(attrs["pads"][:rank], 0)),
+        ("output_padding", _per_axis(attrs.get("output_padding", (0,)), 0)),
+        ("dilation", _per_axis(attrs["dilations"], 1)),
+        ("groups", _per_axis((attrs["groups"],), 1))])
+
+
+def _pool(node, args, graph):
+    """max_pool2d(x, kernel=2) and the like where they give these pads, else the op's attrs."""
+    attrs = node.attrs
+    rank = len(attrs["kernel"])
+    if not _symmetric(attrs["pads"], rank):
+        return call(node.op, args, op_options(node))
+    options = [("kernel", _per_axis(attrs["kernel"])),
+               ("stride", None if attrs["strides"] == attrs["kernel"]
+                else _per_axis(attrs["strides"])),
+               ("padding", _per_axis(attrs["pads"][:rank], 0)),
+               ("ceil_mode", attrs["ceil_mode"] or None)]
+    if "count_include_pad" in attrs and not attrs["count_include_pad"]:
+        options.append(("count_include_pad", False))
+    return _window(f"{node.op}{rank}d", args, options)
+
+
+def _pad(node, args, graph):
+    """pad(x, pads) takes F.pad's pairs from the last axis back; the op lists each axis'
+    begin, then each one's end. A pad of nothing is constant_pad: pad's is x itself."""
+    pads, rank = node.attrs["pads"], node.inputs[0].type.rank
+    if not any(pads):
+        return call("constant_pad", args, op_options(node))
+    pairs = []
+    for axis in reversed(range(rank)):
+        pairs += [pads[axis], pads[rank + axis]]
+    while pairs[-2:] == [0, 0]:
+        del pairs[-2:]
+    value = float(node.attrs["value"])
+    options = [("pads", tuple(pairs))] + ([("value", value)] if float_text(value) != "0.0"
+                                          else [])
+    return call("pad", args, options)
+
+
+OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@",
+             "less": "<", "less_equal": "<=", "greater": ">", "greater_equal": ">=",
+             "equal": "==", "not_equal": "!=", "logical_and": "and", "logical_or": "or"}
+# Built-ins named after their op, with the op's attrs as options under the same names.
+SAME_NAMED = ("relu", "sigmoid", "tanh", "exp", "log", "sqrt", "abs", "sign", "gelu", "softplus",
+              "erf", "leaky_relu", "clip", "maximum", "minimum", "where", "arange", "argmax",
+              "argmin", "reshape", "reshape_like", "broadcast_to", "broadcast_like", "concat",
+              "take", "softmax", "log_softmax", "cross_entropy", "mse", "grad", "dropout_mask",
+              "train_or_eval", "unconcat", "unslice", "scatter_add", "scatter_elements_add",
+              "conv_weight_grad", "max_unpool", "max_pool_take", "avg_unpool")
+
+SPELLINGS = {
+    **{op: _builtin(op) for op in SAME_NAMED},
+    **{op: _infix(symbol) for op, symbol in OPERATORS.items()},
+    **{op: _builtin(op, axes="axis") for op in ("sum", "mean", "max", "min", "logsumexp",
+                                                  "numel", "squeeze", "unsqueeze")},
+    "neg": _prefix("-"),
+    "logical_not": _prefix("not "),
+    "cast": _cast,
+    "constant": _constant,
+    "transpose": _transpose,
+    "slice": _slice,
+    "fill": _fill,
+    "one_hot": _builtin("one_hot", depth="n"),
+    "gather_elements": _builtin("take_along_axis"),
+    "conv": _conv,
+    "conv_transpose": _conv,
+    "max_pool": _pool,
+    "avg_pool": _pool,
+    "pad": _pad,
+}
+
+
+# ---- names --------------------------------------------------------------------------------------
+
+def _symbolic_dims(graph: Graph) -> set[str]:
+    return {d for v in graph.values() for d in v.type.shape if isinstance(d, str)}
+
+
+def _reserved(graph: Graph) -> set[str]:
+    """Names a value must not take: keywords, dtypes, the functions the text may call, and
+    symbolic dims (`full((B, 4), v)` reads B as the dim only where no value has that name)."""
+    return set(KEYWORDS) | set(DTYPES) | set(OPS) | FUNCTIONS | _symbolic_dims(graph)
+
+
+def sanitised(name: str, reserved) -> str:
+    """`fc1.weight` -> `fc1_weight`, `/layer/Gemm_output_0` -> `layer_Gemm_output_0`,
+    `0.weight` -> `v0_weight`, `sum` -> `sum_`."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "v"
+    if cleaned[0].isdigit():
+        cleaned = "v" + cleaned
+    return cleaned + "_" if cleaned in reserved else cleaned
+
+
+def _value_names(graph: Graph) -> dict[Value, str]:
+    reserved = _reserved(graph)
+    values = list(graph.values())
+    taken = set(reserved)
+    names = {}
+    # Names that stay first, so that no sanitised name takes one of them.
+    for value in values:
+        if IDENTIFIER.match(value.name) and value.name not in taken:
+            names[value] = value.name
+            taken.add(value.name)
+    for value in values:
+        if value not in names:
+            base = name = sanitised(value.name, reserved)
+            count = 1
+            while name in taken:
+                count += 1
+                name = f"{base}_{count}"
+            names[value] = name
+            taken.add(name)
+    return names
+
+
+def dsl_names(graph: Graph) -> dict[str, str]:
+    """IR value name -> the name `print_dsl` gives it, for inputs, params and node outputs:
+    re-key a model's param values with it to load them into the printed model
+    (`{names[k]: v for k, v in params.items()}`). A compiled model's state updates are named
+    `<state>.next` again, whatever their DSL name."""
+    return {value.name: name for value, name in _value_names(graph).items()}
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+def _error(message: str, loc=None) -> ChainruleError:
+    return ChainruleError(f"cannot print as DSL: {message}", loc)
+
+
+def _location(loc) -> str:
+    if loc is None:
+        return ""
+    return loc.node or loc.described()
+
+
+def _line(text: str, loc) -> str:
+    where = _location(loc)
+    text = INDENT + text
+    return f"{text.ljust(COMMENT_COLUMN)}  # {where}" if where else text
+
+
+def _type_text(value: Value) -> str:
+    if UNKNOWN in value.type.shape:
+        raise _error(f"'{value.name}' has the type {value.type}, with a dim no name describes")
+    return str(value.type)
+
+
+def _split_outputs(graph: Graph) -> tuple[list[Value], dict[Value, Value]]:
+    """The returned outputs, and each update's value -> its state. A model returns what its
+    return statement lists, then each state's next value in the order of its update."""
+    by_name = {v.name: v for v in graph.values()}
+    updates = {by_name[output]: by_name[state] for state, output in graph.updates.items()}
+    returned = graph.outputs[:len(graph.outputs) - len(updates)]
+    order = {out: index for index, node in enumerate(graph.nodes) for out in node.outputs}
+    if graph.outputs[len(returned):] != list(updates):
+        raise _error("the state updates must be the last outputs, in the order of "
+                     "graph.updates", graph.loc)
+    if any(v not in order for v in updates) or \
+            [order[v] for v in updates] != sorted(order[v] for v in updates):
+        raise _error("each state update must be a node's output, in the order of "
+                     "graph.updates", graph.loc)
+    if not returned:
+        raise _error("a model returns at least one value", graph.loc)
+    if len(set(returned)) != len(returned) or set(returned) & set(updates):
+        raise _error("a model returns each value once", graph.loc)
+    return returned, updates
+
+
+def _statement(node: Node, names: dict[Value, str], graph: Graph) -> str:
+    if len(node.outputs) != 1:
+        raise _error(f"op '{node.op}' has {len(node.outputs)} outputs; a statement names one",
+                     node.loc)
+    spell = SPELLINGS.get(node.op)
+    if spell is None:
+        fused = node.op in OPS and "fused" in OPS[node.op].traits
+        reason = (": it is a fused op, which the -O2 fuse pass writes after autodiff and no "
+                  "front end emits; print the graph from before that pass" if fused else "")
+        raise _error(f"op '{node.op}' has no DSL spelling{reason}", node.loc)
+    return spell(node, [names[v] for v in node.inputs], graph)
+
+
+def print_dsl(graph: Graph, *, header: str = "") -> str:
+    """The graph as one `.nn` model that compiles back to it: inputs, params and state with
+    their init specs, one statement per node, the outputs returned by name, each state update
+    as `next = update(state, ...)`. `header` becomes comment lines at the top. Values are named
+    as `dsl_names(graph)` says; an op with no spelling is a ChainruleError naming it."""
+    names = _value_names(graph)
+    returned, updates = _split_outputs(graph)
+    for dim in _symbolic_dims(graph) - {UNKNOWN}:
+        if not IDENTIFIER.match(dim) or dim in KEYWORDS or dim in DTYPES:
+            raise _error(f"the symbolic dim '{dim}' is not a DSL name", graph.loc)
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    model = sanitised(graph.name, KEYWORDS | set(DTYPES))
+    inputs = ", ".join(f"{names[v]}: {_type_text(v)}" for v in graph.inputs)
+    lines.append(f"model {model}({inputs}) {{")
+    for param in graph.params:
+        value = param.value
+        if not is_float(value.type.dtype):
+            raise _error(f"{param.kind} '{value.name}' is {value.type.dtype}; the DSL keeps "
+                         f"f32 and f64 values only", param.loc)
+        lines.append(_line(f"{param.kind} {names[value]}: {_type_text(value)} = {param.init}",
+                           param.loc))
+    if graph.params:
+        lines.append("")
+    for node in graph.nodes:
+        expression = _statement(node, names, graph)
+        out = node.outputs[0]
+        if out in updates:
+            expression = f"update({names[updates[out]]}, {expression})"
+        lines.append(_line(f"{names[out]} = {expression}", node.loc))
+    lines.append(INDENT + "return " + ", ".join(names[v] for v in returned))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
