@@ -144,3 +144,21 @@ def test_views_of_inputs_are_never_overwritten(level):
     feeds = {"x": rng.normal(size=(2, 3)), "w": rng.normal(size=6),
              "y": rng.normal(size=(4, 2, 3))}
     check_against_interpreter_twice(graph, feeds, {})
+
+
+def test_what_a_backend_compiles_is_freed_with_its_graph():
+    import gc
+    import weakref
+
+    backends = [get_backend("numpy"), get_backend("onnxruntime")]
+    batch = {"x": np.zeros((2, 784), np.float32), "y": np.zeros(2, np.int64)}
+    graphs = []
+    for _ in range(3):
+        model = chainrule.compile(str(ROOT / "examples" / "mlp.nn"))
+        graph, _ = model.compile_graph()
+        for backend in backends:
+            backend.run(graph, batch, model.params)
+        graphs.append(weakref.ref(graph))
+        del model, graph
+    gc.collect()
+    assert all(ref() is None for ref in graphs)

@@ -7,7 +7,6 @@ prints; `memory_plan` says which buffers were reused.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,12 +204,11 @@ class CompiledNumpyBackend:
 
     def __init__(self, donate_params: bool = False):
         self.donate_params = donate_params
-        self._compiled = weakref.WeakKeyDictionary()
 
     def compiled(self, graph: Graph) -> CompiledGraph:
-        if graph not in self._compiled:
-            self._compiled[graph] = compile_graph(graph, self.donate_params)
-        return self._compiled[graph]
+        if self not in graph.compiled:
+            graph.compiled[self] = compile_graph(graph, self.donate_params)
+        return graph.compiled[self]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:

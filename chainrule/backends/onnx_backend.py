@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import weakref
 
 import numpy as np
 import onnx
@@ -147,14 +146,12 @@ class OnnxRuntimeBackend:
 
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
-        # graph -> {training: _SessionRunner}
-        self._sessions = weakref.WeakKeyDictionary()
 
     def session(self, graph: Graph, training: bool = False):
         return self._runner(graph, training).session
 
     def _runner(self, graph: Graph, training: bool) -> _SessionRunner:
-        runners = self._sessions.setdefault(graph, {})
+        runners = graph.compiled.setdefault(self, {})  # training -> _SessionRunner
         if training not in runners:
             model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
                                 training=training)

@@ -73,6 +73,9 @@ class Graph:
     input_locs: dict[str, SourceLoc] = field(default_factory=dict)
     # State name -> the output holding its next value in training mode (`rm` -> `rm.next`).
     updates: dict[str, str] = field(default_factory=dict)
+    # What backends compiled for this graph, by backend: it lives exactly as long as the graph
+    # (a cache keyed by the graph elsewhere would hold it alive through what it compiled).
+    compiled: dict = field(default_factory=dict, repr=False)
 
     def param_values(self) -> list[Value]:
         """Params and state alike: the values a model keeps and feeds to every run."""
