@@ -6,7 +6,9 @@ loss so that an inference model can be differentiated and trained.
 """
 from __future__ import annotations
 
-from . import convolution, converters, layout  # noqa: F401  (each registers its converters)
+# Each of these modules registers its converters in the op table.
+from . import (attention, convolution, converters, layout, loss_ops,  # noqa: F401
+               normalization, resize)
 from .context import CONVERTERS, Unsupported
 from .folding import FOLDERS
 from .importer import Imported, Importer, UnsupportedModel, load_model

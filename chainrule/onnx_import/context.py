@@ -23,7 +23,13 @@ def converter(*op_types):
 
 
 class Unsupported(Exception):
-    """A node chainrule cannot import: the message says what (an op, attribute or shape)."""
+    """A node chainrule cannot import: the message says what (an op, attribute or shape).
+    `needs_constant` names the ONNX value that would have to be known at import time when
+    that is the reason (a Reshape's shape computed at run time)."""
+
+    def __init__(self, message: str, needs_constant: str | None = None):
+        super().__init__(message)
+        self.needs_constant = needs_constant
 
 
 class Known:
@@ -80,13 +86,17 @@ class NodeContext:
             return default
         known = self.importer.static_value(self.node.input[index])
         if known is None:
-            raise Unsupported(f"{what} (input '{self.node.input[index]}') must be a constant, "
-                              f"not a value computed at run time")
+            raise self.not_constant(index, what)
         if known.symbolic:
             raise Unsupported(f"{what} (input '{self.node.input[index]}') depends on the "
                               f"symbolic dims {_symbols(known.array)}; give them sizes with "
                               f"--dim")
         return known.array
+
+    def not_constant(self, index: int, what: str) -> Unsupported:
+        name = self.node.input[index]
+        return Unsupported(f"{what} (input '{name}') must be a constant, not a value computed "
+                           f"at run time", needs_constant=name)
 
     def static_ints(self, index: int, what: str, default=None) -> tuple[int, ...] | None:
         array = self.static(index, what)
@@ -147,7 +157,8 @@ class NodeContext:
         return self.builder.constant(value, dtype, loc=self.loc)
 
     def known_tensor(self, array: np.ndarray, hint: str) -> Value:
-        return self.importer.materialise(Known(array), hint, self)
+        """A constant this converter computed, as a tensor (a param named after `hint`)."""
+        return self.importer.materialise(Known(array), None, self, hint)
 
     # The DSL's compositions (layer_norm, batch_norm, pad) build through these too.
     def error(self, message: str):

@@ -2,9 +2,10 @@
 
 A converter reads its node through a NodeContext (`ctx.input(i)` for tensors, `ctx.static(i)`
 for inputs that must be known at import time, `ctx.attr(name)` for attributes) and returns the
-node's outputs. Anything it cannot express raises Unsupported with the reason. Compositions the
-DSL already has (layer_norm, batch_norm, pad) are reused from its builtins, so each is written
-once.
+node's outputs. Anything it cannot express raises Unsupported with the reason. An op chainrule
+lacks is composed of those it has (Floor of a round trip through int64, ReduceProd of halving
+multiplications); the DSL's compositions (layer_norm, batch_norm, pad) are reused where ONNX
+means the same, so each is written once.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import math
 import numpy as np
 from onnx import helper
 
-from ..dsl.builtins import BUILTINS
+from ..ir.shapes import TO_START
 from ..ir.types import is_float
 from .context import CONVERTERS, Unsupported, converter
 from .importer import ONNX_DTYPES
@@ -150,6 +151,142 @@ def _gelu(ctx):
     return [ctx.emit("mul", ctx.emit("mul", ctx.constant(0.5, x), x), one_plus)]
 
 
+@converter("ThresholdedRelu")
+def _thresholded_relu(ctx):
+    x = ctx.input(0)
+    alpha = ctx.constant(ctx.float_attr("alpha", 1.0), x)
+    return [ctx.emit("where", ctx.emit("greater", x, alpha), x, ctx.constant(0.0, x))]
+
+
+@converter("Celu")
+def _celu(ctx):
+    """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
+    x = ctx.input(0)
+    alpha = ctx.constant(ctx.float_attr("alpha", 1.0), x)
+    zero = ctx.constant(0.0, x)
+    below = ctx.emit("mul", alpha, ctx.emit("sub", ctx.emit("exp", ctx.emit("div", x, alpha)),
+                                            ctx.constant(1.0, x)))
+    return [ctx.emit("add", ctx.emit("maximum", zero, x), ctx.emit("minimum", zero, below))]
+
+
+@converter("Swish")
+def _swish(ctx):
+    x = ctx.input(0)
+    scaled = ctx.emit("mul", ctx.constant(ctx.float_attr("alpha", 1.0), x), x)
+    return [ctx.emit("mul", x, ctx.emit("sigmoid", scaled))]
+
+
+@converter("Mish")
+def _mish(ctx):
+    x = ctx.input(0)
+    return [ctx.emit("mul", x, ctx.emit("tanh", ctx.emit("softplus", x)))]
+
+
+@converter("Shrink")
+def _shrink(ctx):
+    """x + bias below -lambd, x - bias above lambd, 0 between."""
+    x = ctx.input(0)
+    _require_float(ctx, x, "Shrink")
+    lambd, bias = ctx.float_attr("lambd", 0.5), ctx.constant(ctx.float_attr("bias", 0.0), x)
+    inner = ctx.emit("where", ctx.emit("greater", x, ctx.constant(lambd, x)),
+                     ctx.emit("sub", x, bias), ctx.constant(0.0, x))
+    return [ctx.emit("where", ctx.emit("less", x, ctx.constant(-lambd, x)),
+                     ctx.emit("add", x, bias), inner)]
+
+
+@converter("IsNaN")
+def _is_nan(ctx):
+    x = ctx.input(0)
+    return [ctx.emit("not_equal", x, x)]
+
+
+@converter("IsInf")
+def _is_inf(ctx):
+    x = ctx.input(0)
+    signs = [sign for sign, attribute in ((1.0, "detect_positive"), (-1.0, "detect_negative"))
+             if ctx.attr(attribute, 1)]
+    found = [ctx.emit("equal", x, ctx.constant(sign * math.inf, x)) for sign in signs]
+    if not found:
+        return [ctx.emit("broadcast_like", ctx.constant(0, "bool"), x)]
+    return [_chain(ctx, "logical_or", found)]
+
+
+# ---- rounding ---------------------------------------------------------------------------------
+
+# From 2**23 (float32) or 2**52 (float64) on, every float is an integer: rounding leaves it,
+# and nan and infinities, alone. Below, a round trip through int64 truncates exactly.
+INTEGRAL_FROM = {"f32": 2.0 ** 23, "f64": 2.0 ** 52}
+
+
+def _truncated(ctx, x):
+    _require_float(ctx, x, ctx.node.op_type)
+    whole = ctx.emit("cast", ctx.emit("cast", x, dtype="i64"), dtype=x.type.dtype)
+    small = ctx.emit("less", ctx.emit("abs", x), ctx.constant(INTEGRAL_FROM[x.type.dtype], x))
+    return ctx.emit("where", small, whole, x)
+
+
+def _floor(ctx, x):
+    truncated = _truncated(ctx, x)
+    above = ctx.emit("greater", truncated, x)  # a negative non-integer truncated upwards
+    return ctx.emit("where", above, ctx.emit("sub", truncated, ctx.constant(1.0, x)), truncated)
+
+
+@converter("Floor")
+def _floor_node(ctx):
+    return [_floor(ctx, ctx.input(0))]
+
+
+@converter("Ceil")
+def _ceil(ctx):
+    x = ctx.input(0)
+    truncated = _truncated(ctx, x)
+    below = ctx.emit("less", truncated, x)
+    return [ctx.emit("where", below, ctx.emit("add", truncated, ctx.constant(1.0, x)),
+                     truncated)]
+
+
+@converter("Round")
+def _round(ctx):
+    """To the nearest integer, halves to the even one (as numpy and ONNX do)."""
+    x = ctx.input(0)
+    floor = _floor(ctx, x)
+    fraction = ctx.emit("sub", x, floor)  # exact
+    half = ctx.constant(0.5, x)
+    up = ctx.emit("add", floor, ctx.constant(1.0, x))
+    odd = ctx.emit("not_equal", _floor(ctx, ctx.emit("mul", floor, half)),
+                   ctx.emit("mul", floor, half))
+    at_half = ctx.emit("where", odd, up, floor)
+    nearest = ctx.emit("where", ctx.emit("less", fraction, half), floor, up)
+    return [ctx.emit("where", ctx.emit("equal", fraction, half), at_half, nearest)]
+
+
+@converter("Mod")
+def _mod(ctx):
+    """Of floats: x - trunc(x / y) y with fmod (C's fmod), else x - floor(x / y) y (Python's
+    %, the sign of y). Integer Mod folds when its operands are known; at run time chainrule
+    has no integer division."""
+    x, y = ctx.input(0), ctx.input(1)
+    rounding = _truncated if ctx.attr("fmod", 0) else _floor
+    if not is_float(x.type.dtype):
+        raise Unsupported(f"Mod of {x.type.dtype} tensors computed at run time (chainrule "
+                          f"has no integer division)")
+    quotient = rounding(ctx, ctx.emit("div", x, y))
+    remainder = ctx.emit("sub", x, ctx.emit("mul", quotient, y))
+    # x mod ±inf is x for finite x (and for Python's % with signs that differ, y), where
+    # the formula gives 0 * inf = nan.
+    infinity = ctx.constant(math.inf, x)
+    if ctx.attr("fmod", 0):
+        kept = x
+    else:
+        zero = ctx.constant(0.0, x)
+        same_sign = ctx.emit("equal", ctx.emit("greater", x, zero), ctx.emit("greater", y, zero))
+        kept = ctx.emit("where", ctx.emit("logical_or", same_sign, ctx.emit("equal", x, zero)),
+                        x, y)
+    by_infinity = ctx.emit("logical_and", ctx.emit("equal", ctx.emit("abs", y), infinity),
+                           ctx.emit("less", ctx.emit("abs", x), infinity))
+    return [ctx.emit("where", by_infinity, kept, remainder)]
+
+
 @converter("Clip")
 def _clip(ctx):
     x = ctx.input(0)
@@ -217,13 +354,18 @@ def _cast_like(ctx):
 
 @converter("Dropout")
 def _dropout(ctx):
+    """The identity, and a mask that keeps everything: in inference, or with ratio 0."""
     ctx.attr("seed")
     training = ctx.static(2, "Dropout's training_mode")
     if training is not None and bool(training):
-        raise Unsupported("Dropout with training_mode true (imported models run inference)")
-    if ctx.output_used(1):
-        raise Unsupported("Dropout's mask output")
-    return [ctx.input(0)]
+        ratio = ctx.static(1, "Dropout's ratio in training mode", np.array(0.5))
+        if float(ratio) != 0.0:
+            raise Unsupported("Dropout with training_mode true (imported models run "
+                              "inference)")
+    x = ctx.input(0)
+    if not ctx.output_used(1):
+        return [x]
+    return [x, ctx.emit("broadcast_like", ctx.constant(1, "bool"), x)]
 
 
 # ---- matrix products --------------------------------------------------------------------------
@@ -264,159 +406,115 @@ def _einsum(ctx):
 
 # ---- reductions -------------------------------------------------------------------------------
 
-REDUCTIONS = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max",
-              "ReduceMin": "min", "ReduceLogSumExp": "logsumexp",
-              "ReduceSumSquare": "sum", "ReduceL2": "sum", "ReduceL1": "sum"}
+# op type -> (elementwise before, reduction, elementwise after); None for none.
+REDUCTIONS = {"ReduceSum": (None, "sum", None), "ReduceMean": (None, "mean", None),
+              "ReduceMax": (None, "max", None), "ReduceMin": (None, "min", None),
+              "ReduceLogSumExp": (None, "logsumexp", None),
+              "ReduceSumSquare": ("square", "sum", None), "ReduceL1": ("abs", "sum", None),
+              "ReduceL2": ("square", "sum", "sqrt"), "ReduceLogSum": (None, "sum", "log"),
+              "ReduceProd": (None, "product", None)}
 # Since opset 18 every reduction takes its axes as an input; ReduceSum did from 13.
 AXES_INPUT_SINCE = {"ReduceSum": 13}
 
 
 def _reduction_axes(ctx):
+    """The axes, or None for every axis; () when noop_with_empty_axes leaves x unreduced."""
     if ctx.importer.opset >= AXES_INPUT_SINCE.get(ctx.node.op_type, 18):
         axes = ctx.static_ints(1, "the reduction axes")
     else:
         axes = ctx.attr("axes")
         axes = None if axes is None else tuple(axes)
-    return None if axes is not None and len(axes) == 0 else axes, axes is not None
+    noop = ctx.attr("noop_with_empty_axes", 0)
+    if not axes:
+        return () if noop else None
+    return axes
+
+
+def _elementwise(ctx, op, x):
+    if op is None:
+        return x
+    return ctx.emit("mul", x, x) if op == "square" else ctx.emit(op, x)
 
 
 @converter(*REDUCTIONS)
 def _reduction(ctx):
-    op_type = ctx.node.op_type
+    before, reduction, after = REDUCTIONS[ctx.node.op_type]
     x = ctx.input(0)
-    axes, given = _reduction_axes(ctx)
+    axes = _reduction_axes(ctx)
     keepdims = bool(ctx.attr("keepdims", 1))
-    if ctx.attr("noop_with_empty_axes", 0) and axes is None:
-        return [x]
-    if op_type in ("ReduceSumSquare", "ReduceL2"):
-        x = ctx.emit("mul", x, x)
-    elif op_type == "ReduceL1":
-        x = ctx.emit("abs", x)
-    result = ctx.emit(REDUCTIONS[op_type], x, axes=axes, keepdims=keepdims)
-    return [ctx.emit("sqrt", result) if op_type == "ReduceL2" else result]
+    if x.type.dtype == "bool" and reduction in ("max", "min"):  # any and all
+        numbers = ctx.emit("cast", x, dtype="i64")
+        result = ctx.emit(reduction, numbers, axes=axes, keepdims=keepdims) if axes != () \
+            else numbers
+        return [ctx.emit("cast", result, dtype="bool")]
+    x = _elementwise(ctx, before, x)
+    if axes == ():  # noop_with_empty_axes: the elementwise parts only
+        result = x
+    elif reduction == "product":
+        result = _product(ctx, x, axes, keepdims)
+    else:
+        result = ctx.emit(reduction, x, axes=axes, keepdims=keepdims)
+    return [_elementwise(ctx, after, result)]
+
+
+def _product(ctx, x, axes, keepdims):
+    """The product over `axes`, by multiplying halves of each axis until one element is left:
+    chainrule has no product reduction, and this takes log2(size) multiplications."""
+    rank = x.type.rank
+    axes = tuple(range(rank)) if axes is None else tuple(sorted(a % rank for a in axes))
+    for axis in axes:
+        size = x.type.shape[axis]
+        if not isinstance(size, int):
+            raise Unsupported(f"ReduceProd over the symbolic axis {axis} of {x.type}")
+        while size > 1:
+            half = size // 2
+            product = ctx.emit("mul", _part(ctx, x, axis, 0, half),
+                               _part(ctx, x, axis, half, 2 * half))
+            x = product if size % 2 == 0 else \
+                ctx.emit("concat", product, _part(ctx, x, axis, 2 * half, size), axis=axis)
+            size = half + size % 2
+    return x if keepdims else ctx.emit("squeeze", x, axes=axes)
+
+
+def _part(ctx, x, axis, start, end):
+    return ctx.emit("slice", x, starts=(start,), ends=(end,), axes=(axis,), steps=(1,))
 
 
 @converter("ArgMax", "ArgMin")
 def _arg_reduction(ctx):
-    ctx.require_attr("select_last_index", 0, 0)
-    return [ctx.emit(ctx.node.op_type.lower(), ctx.input(0),
-                     axis=ctx.attr("axis", 0), keepdims=bool(ctx.attr("keepdims", 1)))]
+    """With select_last_index, the first extreme of x reversed along the axis, counted back."""
+    x = ctx.input(0)
+    axis = ctx.attr("axis", 0) % x.type.rank
+    keepdims = bool(ctx.attr("keepdims", 1))
+    op = ctx.node.op_type.lower()
+    if not ctx.attr("select_last_index", 0):
+        return [ctx.emit(op, x, axis=axis, keepdims=keepdims)]
+    size = x.type.shape[axis]
+    if not isinstance(size, int):
+        raise Unsupported(f"{ctx.node.op_type} with select_last_index over the symbolic axis "
+                          f"{axis} of {x.type}")
+    reversed_x = ctx.emit("slice", x, starts=(-1,), ends=(TO_START,), axes=(axis,), steps=(-1,))
+    index = ctx.emit(op, reversed_x, axis=axis, keepdims=keepdims)
+    return [ctx.emit("sub", ctx.constant(size - 1, index), index)]
+
+
+@converter("Hardmax")
+def _hardmax(ctx):
+    """1 where argmax (the first maximum) along the axis picks, else 0."""
+    x = ctx.input(0)
+    axis = ctx.attr("axis", -1) % x.type.rank
+    size = x.type.shape[axis]
+    if not isinstance(size, int):
+        raise Unsupported(f"Hardmax over the symbolic axis {axis} of {x.type}")
+    picked = ctx.emit("one_hot", ctx.emit("argmax", x, axis=axis, keepdims=False), depth=size,
+                      dtype=x.type.dtype)  # the class axis last
+    if axis == x.type.rank - 1:
+        return [picked]
+    perm = tuple(range(axis)) + (x.type.rank - 1,) + tuple(range(axis, x.type.rank - 1))
+    return [ctx.emit("transpose", picked, perm=perm)]
 
 
 @converter("Softmax", "LogSoftmax")
 def _softmax(ctx):
     op = "softmax" if ctx.node.op_type == "Softmax" else "log_softmax"
     return [ctx.emit(op, ctx.input(0), axis=ctx.attr("axis", -1))]
-
-
-# ---- normalisation ----------------------------------------------------------------------------
-
-@converter("LayerNormalization")
-def _layer_norm(ctx):
-    x, scale = ctx.input(0), ctx.input(1)
-    bias = ctx.input(2) if ctx.has_input(2) else ctx.constant(0.0, x)
-    ctx.attr("stash_type")
-    if ctx.output_used(1) or ctx.output_used(2):
-        raise Unsupported("LayerNormalization's Mean and InvStdDev outputs")
-    axis = ctx.attr("axis", -1) % x.type.rank
-    axes = tuple(range(axis, x.type.rank))
-    compose = BUILTINS["layer_norm"].compose
-    return [compose(ctx, x, scale, bias, axes, ctx.float_attr("epsilon", 1e-5))]
-
-
-@converter("BatchNormalization")
-def _batch_norm(ctx):
-    """With its running statistics as initializers, the DSL's batch_norm: they are state that
-    training updates (ONNX's momentum m is PyTorch's 1 - m). Given as inputs, inference only."""
-    ctx.require_attr("training_mode", 0, 0)
-    if any(ctx.output_used(i) for i in (1, 2)):
-        raise Unsupported("BatchNormalization's training outputs")
-    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
-    epsilon, momentum = ctx.float_attr("epsilon", 1e-5), ctx.float_attr("momentum", 0.9)
-    names = ctx.node.input[3], ctx.node.input[4]
-    if all(ctx.importer.is_initializer(name) for name in names):
-        mean, variance = (ctx.importer.state_param(name) for name in names)
-        compose = BUILTINS["batch_norm"].compose
-        return [compose(ctx, x, scale, bias, mean, variance, 1.0 - momentum, epsilon)]
-    mean, variance = ctx.input(3), ctx.input(4)
-    spread = tuple(a for a in range(x.type.rank) if a != 1)
-
-    def per_channel(value):
-        return ctx.emit("unsqueeze", value, axes=spread)
-
-    deviation = ctx.emit("sqrt", ctx.emit("add", per_channel(variance),
-                                          ctx.constant(epsilon, x)))
-    normalised = ctx.emit("div", ctx.emit("sub", x, per_channel(mean)), deviation)
-    return [ctx.emit("add", ctx.emit("mul", normalised, per_channel(scale)),
-                     per_channel(bias))]
-
-
-# ---- losses -----------------------------------------------------------------------------------
-
-def _class_axis_last(ctx, x):
-    """[N, C, d1, ...] -> [N, d1, ..., C]: chainrule's losses take classes on the last axis."""
-    if x.type.rank <= 2:
-        return x
-    perm = (0,) + tuple(range(2, x.type.rank)) + (1,)
-    return ctx.emit("transpose", x, perm=perm)
-
-
-def _negative_log_likelihood(ctx, log_probabilities, labels, weights):
-    """Per-example -log p[label] (times the label's weight), and the weights it used."""
-    classes = log_probabilities.type.shape[-1]
-    if not isinstance(classes, int):
-        raise Unsupported(f"a loss over {classes} classes (the class count must be known)")
-    one_hot = ctx.emit("one_hot", labels, depth=classes, dtype=log_probabilities.type.dtype)
-    picked = ctx.emit("sum", ctx.emit("mul", one_hot, log_probabilities), axes=(-1,))
-    losses = ctx.emit("neg", picked)
-    if weights is None:
-        return losses, None
-    example_weights = ctx.emit("take", weights, labels, axis=0)
-    return ctx.emit("mul", losses, example_weights), example_weights
-
-
-def _reduced_loss(ctx, losses, example_weights):
-    reduction = ctx.require_attr("reduction", ("mean", "sum", "none"), "mean")
-    if reduction == "none":
-        return losses
-    total = ctx.emit("sum", losses)
-    if reduction == "sum":
-        return total
-    if example_weights is None:
-        return ctx.emit("mean", losses)
-    return ctx.emit("div", total, ctx.emit("sum", example_weights))
-
-
-def _labels(ctx, index):
-    if ctx.attr("ignore_index") is not None:
-        raise Unsupported("attribute ignore_index not supported")
-    labels = ctx.input(index)
-    if labels.type.dtype != "i64":
-        raise Unsupported(f"labels of dtype {labels.type.dtype} (chainrule reads int64)")
-    return labels
-
-
-@converter("SoftmaxCrossEntropyLoss")
-def _softmax_cross_entropy(ctx):
-    scores, labels = _class_axis_last(ctx, ctx.input(0)), _labels(ctx, 1)
-    weights = ctx.input(2) if ctx.has_input(2) else None
-    reduction = ctx.attr("reduction", "mean")
-    if weights is None and reduction == "mean" and not ctx.output_used(1) \
-            and scores.type.rank == 2:
-        return [ctx.emit("cross_entropy", scores, labels)]
-    log_probabilities = ctx.emit("log_softmax", scores, axis=-1)
-    losses, example_weights = _negative_log_likelihood(ctx, log_probabilities, labels, weights)
-    log_prob_output = log_probabilities
-    if scores.type.rank > 2:  # back to [N, C, d1, ...]
-        rank = scores.type.rank
-        log_prob_output = ctx.emit("transpose", log_probabilities,
-                                   perm=(0, rank - 1) + tuple(range(1, rank - 1)))
-    return [_reduced_loss(ctx, losses, example_weights), log_prob_output]
-
-
-@converter("NegativeLogLikelihoodLoss")
-def _negative_log_likelihood_loss(ctx):
-    log_probabilities, labels = _class_axis_last(ctx, ctx.input(0)), _labels(ctx, 1)
-    weights = ctx.input(2) if ctx.has_input(2) else None
-    losses, example_weights = _negative_log_likelihood(ctx, log_probabilities, labels, weights)
-    return [_reduced_loss(ctx, losses, example_weights)]

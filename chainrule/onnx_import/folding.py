@@ -14,6 +14,7 @@ import math
 import numpy as np
 from onnx import helper, numpy_helper
 
+from ..ir.types import NUMPY_DTYPES
 from .context import Known, Unsupported
 
 FOLDERS = {}
@@ -134,6 +135,21 @@ def _cast(ctx, x):
     return [Known(x.astype(target))]
 
 
+@folder("CastLike")
+def _cast_like(ctx):
+    """Only the value needs to be known: the other input gives just its dtype."""
+    known = ctx.known(0)
+    if known is None:
+        return None
+    ctx.attr("saturate")
+    target = NUMPY_DTYPES[ctx.type_of(1).dtype]
+    if known.symbolic:
+        if target != np.int64:
+            _numbers_only("CastLike", known.array)
+        return [known]
+    return [Known(known.array.astype(target))]
+
+
 @folder("Gather")
 @_foldable
 def _gather(ctx, data, indices):
@@ -251,12 +267,23 @@ def _divide(a, b):
 
 
 ELEMENTWISE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _divide,
-               "Equal": np.equal, "Less": np.less, "Greater": np.greater, "Not": np.logical_not,
+               "Equal": np.equal, "Less": np.less, "Greater": np.greater,
+               "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal,
+               "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+               "Not": np.logical_not,
                "Neg": np.negative, "Abs": np.abs, "Where": np.where,
                "Max": lambda *xs: functools.reduce(np.maximum, xs),
                "Min": lambda *xs: functools.reduce(np.minimum, xs)}
 for _op_type, _function in ELEMENTWISE.items():
     FOLDERS[_op_type] = _elementwise(_function)
+
+
+@folder("Mod")
+@_foldable
+def _mod(ctx, a, b):
+    _numbers_only("Mod", a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):  # x mod 0: ONNX leaves it undefined
+        return [Known(np.asarray(np.fmod(a, b) if ctx.attr("fmod", 0) else np.mod(a, b)))]
 
 
 @folder("Expand")

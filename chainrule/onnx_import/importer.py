@@ -12,13 +12,17 @@ from onnx import TensorProto, numpy_helper
 
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
-from ..ir.limits import check_graph_sizes
+from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.types import UNKNOWN, TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dtype_of_array
 from .folding import FOLDERS, shape_of
 
 ONNX_DTYPES = {TensorProto.FLOAT: "f32", TensorProto.DOUBLE: "f64", TensorProto.INT64: "i64",
                TensorProto.BOOL: "bool"}
+# numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
+CONSTANT_ONLY_DTYPES = {TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
+                        TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16,
+                        TensorProto.UINT8, TensorProto.FLOAT16}
 # The default domain's opsets chainrule reads: 13 (axes as inputs) to what onnx knows.
 MIN_OPSET = 13
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -33,20 +37,23 @@ class Problem:
     op_type: str
     node: str
     reason: str
+    # The ONNX value that would have to be known at import time, when that is the reason.
+    needs_constant: str | None = None
 
     def __str__(self) -> str:
         return f"{self.op_type} node '{self.node}': {self.reason}"
 
 
 class UnsupportedModel(ChainruleError):
-    """Every node of a model that chainrule cannot import, in one error."""
+    """Every node of a model that chainrule cannot import, in one error; or, with `message`,
+    the one reason the whole model cannot be (its opset)."""
 
-    def __init__(self, file: str, problems: list[Problem]):
+    def __init__(self, file: str, problems: list[Problem], message: str | None = None):
         count = f"{len(problems)} node{'s' if len(problems) != 1 else ''}"
-        notes = tuple((onnx_node_loc(file, p.node), f"{p.op_type}: {p.reason}")
-                      for p in problems)
-        super().__init__(f"cannot import {count} of this ONNX model", SourceLoc(file, 0, 0),
-                         notes)
+        notes = () if message else tuple(
+            (onnx_node_loc(file, p.node), f"{p.op_type}: {p.reason}") for p in problems)
+        super().__init__(message or f"cannot import {count} of this ONNX model",
+                         SourceLoc(file, 0, 0), notes)
         self.problems = problems
 
 
@@ -107,11 +114,14 @@ class Importer:
         self.values: dict[str, Value | Known] = {}
         self.initializers: dict[str, np.ndarray] = {}
         self.params: dict[str, np.ndarray] = {}
+        self.constants: dict[str, Value] = {}  # known ONNX values used as tensors
         self.names: dict[str, str] = {}
         self.trainable = None if trainable is None else set(trainable)
         self.freeze = set(freeze)
         self.problems: list[Problem] = []
         self.poisoned: set[str] = set()
+        # Inputs chainrule cannot take at run time (empty, or int32) that could be constants.
+        self.constant_only: set[str] = set()
         self.uses = self._count_uses()
         self.bound: set[Value] = set()  # values that already carry an ONNX name
 
@@ -135,11 +145,18 @@ class Importer:
     def check_opsets(self) -> None:
         for entry in self.model.opset_import:
             if entry.domain in DEFAULT_DOMAINS and entry.version < MIN_OPSET:
-                raise file_error(self.file, f"opset {entry.version} is older than chainrule "
-                                 f"reads ({MIN_OPSET} and newer); convert the model with "
-                                 f"onnx.version_converter first")
+                reason = (f"opset {entry.version} is older than chainrule reads ({MIN_OPSET} "
+                          f"and newer)")
+                raise UnsupportedModel(self.file, [Problem("opset", entry.domain, reason)],
+                                       f"{reason}; convert the model with "
+                                       f"onnx.version_converter first")
         self.opset = next((e.version for e in self.model.opset_import
                            if e.domain in DEFAULT_DOMAINS), MIN_OPSET)
+        newest = onnx.defs.onnx_opset_version()
+        if self.opset > newest:
+            reason = f"opset {self.opset} is newer than the installed onnx knows ({newest})"
+            raise UnsupportedModel(self.file, [Problem("opset", "", reason)],
+                                   f"{reason}; upgrade onnx to import it")
 
     def read_initializers(self) -> None:
         for tensor in self.model.graph.initializer:
@@ -164,6 +181,8 @@ class Importer:
             except Unsupported as error:
                 self.problems.append(Problem("input", info.name, str(error)))
                 self.poisoned.add(info.name)
+                if error.needs_constant:  # a node reading it as a constant says so
+                    self.constant_only.add(info.name)
                 continue
             value = Value(self.builder.namer.fresh(identifier(info.name, "input")), value_type)
             self.graph.inputs.append(value)
@@ -178,8 +197,10 @@ class Importer:
             raise Unsupported(f"values of ONNX type '{kind}' (chainrule reads tensors)")
         tensor = info.type.tensor_type
         if tensor.elem_type not in ONNX_DTYPES:
+            constant = tensor.elem_type in CONSTANT_ONLY_DTYPES
             raise Unsupported(f"tensors of dtype {TensorProto.DataType.Name(tensor.elem_type)} "
-                              f"(chainrule reads float, double, int64 and bool)")
+                              f"(chainrule reads float, double, int64 and bool)",
+                              needs_constant=info.name if constant else None)
         if not tensor.HasField("shape"):
             raise Unsupported("a tensor of unknown rank")
         shape = []
@@ -190,11 +211,19 @@ class Importer:
                 symbol = dim_name(dim.dim_param) if dim.dim_param else \
                     dim_name(f"{identifier(info.name)}_{axis}")
                 shape.append(self.dims.get(symbol, symbol))
-        return TensorType(ONNX_DTYPES[tensor.elem_type], tuple(shape))
+        value_type = TensorType(ONNX_DTYPES[tensor.elem_type], tuple(shape))
+        if 0 in shape:  # only a constant may be empty (axes, pads: none of them)
+            raise Unsupported(f"the empty input {value_type} (chainrule refuses empty tensors "
+                              f"at run time)", needs_constant=info.name)
+        problem = type_size_problem(value_type)
+        if problem:
+            raise Unsupported(problem)
+        return value_type
 
     def convert(self, node, index: int) -> None:
         name = node.name or f"{node.op_type}_{index}"
-        if any(i in self.poisoned for i in node.input):
+        blocked = {i for i in node.input if i in self.poisoned}
+        if blocked - self.constant_only:
             self.poisoned.update(node.output)  # already reported where it started
             return
         try:
@@ -203,7 +232,11 @@ class Importer:
                                   f"only)")
             results = self.results_of(node, name)
         except Unsupported as error:
-            self.problems.append(Problem(node.op_type, name, str(error)))
+            # With an input only a constant could be, the node is at fault only when it needs
+            # a constant; otherwise that input's own problem says it all.
+            if not blocked or error.needs_constant:
+                self.problems.append(Problem(node.op_type, name, str(error),
+                                             error.needs_constant))
             self.poisoned.update(node.output)
             return
         for output, result in zip(node.output, results):
@@ -248,9 +281,14 @@ class Importer:
             except Unsupported as error:
                 self.problems.append(Problem("output", info.name, str(error)))
                 continue
+            disagreement = declared_disagreement(info, value.type)
+            if disagreement:
+                self.problems.append(Problem("output", info.name, disagreement))
+                continue
             if value in outputs or value in self.graph.inputs or \
-                    value in self.graph.param_values():
-                value = self.builder.emit("add", (value, self.builder.constant(
+                    value in self.graph.param_values():  # an output of its own: a copy
+                op = "logical_or" if value.type.dtype == "bool" else "add"
+                value = self.builder.emit(op, (value, self.builder.constant(
                     0, value.type.dtype)), name=identifier(info.name))
             self.names[info.name] = value.name
             outputs.append(value)
@@ -297,7 +335,7 @@ class Importer:
         array = self.initializers[name]
         trainable = name not in self.freeze and (self.trainable is None or
                                                  name in self.trainable)
-        return self.add_param(name, array, trainable)
+        return self.bind_param(name, self.add_param(name, array, trainable))
 
     def state_param(self, name: str) -> Value:
         """A float initializer that training updates itself (running statistics)."""
@@ -308,40 +346,70 @@ class Importer:
             return value
         if name not in self.initializers or not is_float_array(self.initializers[name]):
             raise Unsupported(f"running statistics '{name}' must be float initializers")
-        return self.add_param(name, self.initializers[name], trainable=False)
+        return self.bind_param(name, self.add_param(name, self.initializers[name],
+                                                    trainable=False))
 
-    def add_param(self, onnx_name: str, array: np.ndarray, trainable: bool) -> Value:
+    def add_param(self, hint: str, array: np.ndarray, trainable: bool) -> Value:
+        if array.size == 0:
+            raise Unsupported(f"the empty tensor '{hint}' (chainrule refuses empty tensors)")
         value_type = TensorType(dtype_of_array(array), array.shape)
-        value = Value(self.builder.namer.fresh(identifier(onnx_name, "const")), value_type)
-        self.graph.params.append(Param(value, InitSpec("zeros"), SourceLoc(
-            self.file, 0, 0, node=onnx_name), trainable=trainable))
+        value = Value(self.builder.namer.fresh(identifier(hint, "const")), value_type)
+        # The file holds the values; the init spec says what re-initialising would draw.
+        init = InitSpec("glorot" if trainable and array.ndim >= 2 else "zeros")
+        self.graph.params.append(Param(value, init, SourceLoc(self.file, 0, 0, node=hint),
+                                       trainable=trainable))
         self.params[value.name] = np.ascontiguousarray(array)
-        self.values[onnx_name] = value
-        self.names[onnx_name] = value.name
         self.bound.add(value)
         return value
 
-    def materialise(self, known: Known, name: str, ctx: NodeContext | None) -> Value:
+    def bind_param(self, onnx_name: str, value: Value) -> Value:
+        self.values[onnx_name] = value
+        self.names[onnx_name] = value.name
+        return value
+
+    def materialise(self, known: Known, name: str, ctx: NodeContext | None,
+                    hint: str | None = None) -> Value:
         """A constant as an IR value: a scalar constant, a constant broadcast to its shape, or
-        (for a tensor of differing values) a frozen param holding it."""
+        (for a tensor of differing values) a frozen param holding it. `name` is the ONNX value
+        it is (a tensor is made once per name, and the value stays known for folding), or
+        None for a constant a converter made, which `hint` names."""
+        what = name or hint
         if known.symbolic:
-            raise Unsupported(f"the shape value '{name}' holds the symbolic dims "
-                              f"{', '.join(sorted({str(v) for v in known.array.ravel() if isinstance(v, str)}))}"
-                              f" and is used as a tensor; give them sizes with --dim")
+            symbols = sorted({str(v) for v in known.array.ravel() if isinstance(v, str)})
+            raise Unsupported(f"the shape value '{what}' holds the symbolic dims "
+                              f"{', '.join(symbols)} and is used as a tensor; give them sizes "
+                              f"with --dim")
         array = known.array
         dtype = dtype_of_array(array)
         loc = ctx.loc if ctx else None
         if array.size == 0:
-            raise Unsupported(f"the empty constant '{name}' (chainrule refuses empty tensors)")
+            raise Unsupported(f"the empty constant '{what}' (chainrule refuses empty tensors)")
         first = array.flat[0]
-        if np.all(array == first) or (is_float(dtype) and np.all(np.isnan(array))):
+        exact = is_float(dtype) or abs(int(first)) <= 2 ** 53  # a constant holds a float
+        if exact and (np.all(array == first) or (is_float(dtype) and np.all(np.isnan(array)))):
             scalar = self.builder.constant(float(first), dtype, loc=loc)
             if array.ndim == 0:
                 return scalar
             return self.builder.emit("broadcast_to", (scalar,), {"shape": array.shape},
                                      loc=loc)
-        value = self.add_param(name, array, trainable=False)
-        return value
+        if name is None:
+            return self.constant_tensor(hint, array, loc)
+        if name not in self.constants:
+            self.constants[name] = self.constant_tensor(name, array, loc)
+            self.names[name] = self.constants[name].name
+        return self.constants[name]
+
+    def constant_tensor(self, hint: str, array: np.ndarray, loc) -> Value:
+        """A frozen param holding `array`; params are floats, so integers and bools are held
+        as float64 (exact up to 2**53) and cast back."""
+        dtype = dtype_of_array(array)
+        if is_float(dtype):
+            return self.add_param(hint, array, trainable=False)
+        if dtype == "i64" and np.abs(array).max() > 2 ** 53:
+            raise Unsupported(f"the int64 constant '{hint}' holds values beyond 2**53 (chainrule "
+                              f"keeps constant tensors as float64)")
+        stored = self.add_param(hint, array.astype(np.float64), trainable=False)
+        return self.builder.emit("cast", (stored,), {"dtype": dtype}, loc=loc)
 
     def update_state(self, state: Value, new: Value) -> None:
         if state.name in self.graph.updates:
@@ -392,6 +460,25 @@ class Importer:
                                  f"initializers of this model; they are: "
                                  f"{', '.join(sorted(floats)) or '(none)'}",
                                  SourceLoc(self.file, 0, 0))
+
+
+def declared_disagreement(info, computed: TensorType) -> str | None:
+    """How an output's declared type (when it declares one) differs from what the graph
+    computes: another dtype, rank or fixed dim means a model chainrule would read wrongly."""
+    if info.type.WhichOneof("value") != "tensor_type" or not info.type.tensor_type.elem_type:
+        return None
+    tensor = info.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+            for d in tensor.shape.dim]
+    dtype = TensorProto.DataType.Name(tensor.elem_type).lower()
+    problem = f"declared {dtype}[{', '.join(map(str, dims))}], but the graph computes {computed}"
+    if ONNX_DTYPES.get(tensor.elem_type) != computed.dtype:
+        return problem
+    if tensor.HasField("shape") and (len(dims) != computed.rank or any(
+            isinstance(have, int) and isinstance(want, int) and have != want
+            for have, want in zip(computed.shape, dims, strict=True))):
+        return problem
+    return None
 
 
 def is_float_array(array: np.ndarray) -> bool:

@@ -12,15 +12,15 @@ import numpy as np
 
 from ..dsl.builtins import BUILTINS
 from ..ir.shapes import TO_END, TO_START
-from .context import Unsupported, converter
+from ..ir.types import NUMPY_DTYPES
+from .context import Known, Unsupported, converter
 
 
 def _static_shape(ctx, index, what):
     """A shape input that may hold symbolic dims, as a list of ints and dim names."""
     known = ctx.importer.static_value(ctx.node.input[index])
     if known is None:
-        raise Unsupported(f"{what} (input '{ctx.node.input[index]}') must be a constant, not "
-                          f"a value computed at run time")
+        raise ctx.not_constant(index, what)
     return [d if isinstance(d, str) else int(d) for d in known.array.ravel().tolist()]
 
 
@@ -52,7 +52,8 @@ def _reshape(ctx):
 @converter("Flatten")
 def _flatten(ctx):
     x = ctx.input(0)
-    axis = ctx.attr("axis", 1) % (x.type.rank + 1)
+    axis = ctx.attr("axis", 1)
+    axis = axis + x.type.rank if axis < 0 else axis  # ONNX counts -1 as the last axis
     before, after = x.type.shape[:axis], x.type.shape[axis:]
     sizes = [math.prod(dims) if all(isinstance(d, int) for d in dims) else -1
              for dims in (before, after)]
@@ -226,3 +227,222 @@ def _constant_of_shape(ctx):
     return [ctx.emit("fill", scalar, *(source for source, _ in sources),
                      shape=tuple(-1 if isinstance(d, str) else d for d in shape),
                      axes=tuple(axis for _, axis in sources))]
+
+
+@converter("Range")
+def _range(ctx):
+    """A Range whose bounds are known folds (folding.py); any other cannot be shaped."""
+    bounds = [ctx.static(index, what) for index, what in
+              enumerate(("Range's start", "Range's limit", "Range's delta"))]
+    return [Known(np.arange(*bounds).astype(np.asarray(bounds[0]).dtype))]
+
+
+@converter("Trilu")
+def _trilu(ctx):
+    """x where a constant triangular mask of its last two dims holds, else 0."""
+    x = ctx.input(0)
+    k = ctx.static_ints(1, "Trilu's k", (0,))[0]
+    rows, columns = x.type.shape[-2:]
+    if not isinstance(rows, int) or not isinstance(columns, int):
+        raise Unsupported(f"Trilu of {x.type} (the last two dims must be known)")
+    triangle = np.triu if ctx.attr("upper", 1) else np.tril
+    mask = triangle(np.ones((rows, columns), dtype=bool), k)
+    zero = ctx.constant(0, x)
+    if mask.all():
+        return [x]
+    if not mask.any():
+        return [ctx.emit("broadcast_like", zero, x)]
+    return [ctx.emit("where", ctx.known_tensor(mask, ctx.node.output[0]), x, zero)]
+
+
+def _blocks(ctx, x):
+    blocksize = ctx.attr("blocksize")
+    if x.type.rank != 4 or not all(isinstance(d, int) for d in x.type.shape[1:]):
+        raise Unsupported(f"{ctx.node.op_type} of {x.type} (it takes [N, C, H, W] with known "
+                          f"C, H and W)")
+    return blocksize, x.type.shape[1:]
+
+
+@converter("SpaceToDepth")
+def _space_to_depth(ctx):
+    x = ctx.input(0)
+    size, (channels, height, width) = _blocks(ctx, x)
+    mode = ctx.require_attr("mode", ("DCR", "CRD"), "DCR")
+    blocks = ctx.emit("reshape", x, shape=(0, channels, height // size, size, width // size,
+                                           size))
+    perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    return [ctx.emit("reshape", ctx.emit("transpose", blocks, perm=perm),
+                     shape=(0, channels * size * size, height // size, width // size))]
+
+
+@converter("DepthToSpace")
+def _depth_to_space(ctx):
+    x = ctx.input(0)
+    size, (channels, height, width) = _blocks(ctx, x)
+    depth = channels // (size * size)
+    if ctx.require_attr("mode", ("DCR", "CRD"), "DCR") == "DCR":
+        blocks, perm = (0, size, size, depth, height, width), (0, 3, 4, 1, 5, 2)
+    else:
+        blocks, perm = (0, depth, size, size, height, width), (0, 1, 4, 2, 5, 3)
+    spread = ctx.emit("transpose", ctx.emit("reshape", x, shape=blocks), perm=perm)
+    return [ctx.emit("reshape", spread, shape=(0, depth, height * size, width * size))]
+
+
+@converter("Compress")
+def _compress(ctx):
+    """The slices along the axis (of x flattened, without one) where the known condition
+    holds."""
+    x = ctx.input(0)
+    condition = ctx.static(1, "Compress's condition").astype(bool).ravel()
+    axis = ctx.attr("axis")
+    if axis is None:
+        x, axis = ctx.emit("reshape", x, shape=(-1,)), 0
+    picked = np.flatnonzero(condition)
+    if picked.size == 0:
+        raise Unsupported("Compress that keeps nothing (chainrule refuses empty tensors)")
+    return [ctx.emit("take", x, ctx.known_tensor(picked, ctx.node.input[1]), axis=axis)]
+
+
+@converter("OneHot")
+def _one_hot(ctx):
+    """values[1] where an index (negative ones counted from the end) equals its position
+    along the new axis, values[0] elsewhere."""
+    indices, values = ctx.input(0), ctx.input(2)
+    depth = int(ctx.static(1, "OneHot's depth").reshape(()))
+    rank = indices.type.rank + 1
+    axis = ctx.attr("axis", -1)
+    axis = axis + rank if axis < 0 else axis
+    wrapped = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
+                       ctx.emit("add", indices, ctx.constant(depth, indices)), indices)
+    positions = np.arange(depth).reshape((depth,) + (1,) * (rank - 1 - axis))
+    positions = ctx.known_tensor(positions.astype(NUMPY_DTYPES[indices.type.dtype]),
+                                 ctx.node.output[0])
+    hot = ctx.emit("equal", ctx.emit("unsqueeze", wrapped, axes=(axis,)), positions)
+
+    def value(index):
+        part = ctx.emit("slice", values, starts=(index,), ends=(index + 1,), axes=(0,),
+                        steps=(1,))
+        return ctx.emit("reshape", part, shape=())
+    return [ctx.emit("where", hot, value(1), value(0))]
+
+
+@converter("ScatterElements")
+def _scatter_elements(ctx):
+    """data with updates written (or, with reduction add, added) at indices along the axis:
+    scatter_elements_add of the updates, and of ones to find where they land."""
+    data = ctx.input(0)
+    axis = ctx.attr("axis", 0) % data.type.rank
+    indices = _indices(ctx, 1, data.type.shape[axis])
+    updates = ctx.input(2)
+    reduction = ctx.require_attr("reduction", ("none", "add"), "none")
+    added = ctx.emit("scatter_elements_add", updates, indices, data, axis=axis)
+    if reduction == "add":
+        return [ctx.emit("add", data, added)]
+    ones = ctx.emit("broadcast_like", ctx.constant(1, updates), updates)
+    hit = ctx.emit("scatter_elements_add", ones, indices, data, axis=axis)
+    return [ctx.emit("where", ctx.emit("greater", hit, ctx.constant(0, hit)), added, data)]
+
+
+def _flat_positions(ctx, data, indices):
+    """GatherND's and ScatterND's indices [..., k] as positions into data's first k axes
+    flattened (negative indices counted from the end), and data so flattened."""
+    depth = indices.type.shape[-1]
+    leading = data.type.shape[:depth] if isinstance(depth, int) else ()
+    if not leading or not all(isinstance(d, int) for d in leading):
+        raise Unsupported(f"{ctx.node.op_type} of {data.type} at indices {indices.type} (the "
+                          f"indexed dims must be known)")
+    sizes = ctx.known_tensor(np.array(leading, dtype=np.int64), "sizes")
+    wrapped = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
+                       ctx.emit("add", indices, sizes), indices)
+    strides = np.cumprod((leading[1:] + (1,))[::-1])[::-1].astype(np.int64)
+    positions = ctx.emit("sum", ctx.emit("mul", wrapped, ctx.known_tensor(strides, "strides")),
+                         axes=(-1,), keepdims=False)
+    flat = ctx.emit("reshape", data, shape=(-1,) + tuple(data.type.shape[depth:]))
+    return positions, flat
+
+
+@converter("GatherND")
+def _gather_nd(ctx):
+    data, indices = ctx.input(0), ctx.input(1)
+    ctx.require_attr("batch_dims", 0, 0)
+    positions, flat = _flat_positions(ctx, data, indices)
+    return [ctx.emit("take", flat, positions, axis=0)]
+
+
+@converter("ScatterND")
+def _scatter_nd(ctx):
+    """data with updates written (or added) at indices, through scatter_add on data with its
+    indexed axes flattened, as ScatterElements is."""
+    data, indices, updates = ctx.input(0), ctx.input(1), ctx.input(2)
+    reduction = ctx.require_attr("reduction", ("none", "add"), "none")
+    positions, flat = _flat_positions(ctx, data, indices)
+
+    def scattered(values):
+        added = ctx.emit("scatter_add", values, positions, flat, axis=0)
+        return ctx.emit("reshape", added, shape=data.type.shape)
+    added = scattered(updates)
+    if reduction == "add":
+        return [ctx.emit("add", data, added)]
+    hit = scattered(ctx.emit("broadcast_like", ctx.constant(1, updates), updates))
+    return [ctx.emit("where", ctx.emit("greater", hit, ctx.constant(0, hit)), added, data)]
+
+
+@converter("CenterCropPad")
+def _center_crop_pad(ctx):
+    """Each axis cropped or zero-padded to its size around the centre (the odd element at
+    the end)."""
+    x = ctx.input(0)
+    sizes = ctx.static_ints(1, "CenterCropPad's shape")
+    axes = ctx.attr("axes")
+    axes = range(x.type.rank) if axes is None else [a % x.type.rank for a in axes]
+    pads = [0] * 2 * x.type.rank
+    for axis, size in zip(axes, sizes, strict=True):
+        have = x.type.shape[axis]
+        if not isinstance(have, int):
+            raise Unsupported(f"CenterCropPad of the symbolic axis {axis} of {x.type}")
+        if size < have:
+            start = (have - size) // 2
+            x = ctx.emit("slice", x, starts=(start,), ends=(start + size,), axes=(axis,),
+                         steps=(1,))
+        elif size > have:
+            extra = size - have
+            pads[axis], pads[x.type.rank + axis] = extra // 2, extra - extra // 2
+    if any(pads):
+        x = ctx.emit("pad", x, pads=tuple(pads), value=0.0)
+    return [x]
+
+
+
+@converter("CumSum")
+def _cumulative_sum(ctx):
+    """Running sums along the axis, by doubling: add x shifted by 1, 2, 4... positions (log2
+    of the length steps; each sum holds only the elements it should, so inf and nan stay
+    where they belong)."""
+    x = ctx.input(0)
+    axis = int(ctx.static(1, "CumSum's axis").reshape(())) % x.type.rank
+    size = x.type.shape[axis]
+    if not isinstance(size, int):
+        raise Unsupported(f"CumSum along the symbolic axis {axis} of {x.type}")
+    reverse = bool(ctx.attr("reverse", 0))
+
+    def flipped(value):
+        return ctx.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,),
+                        steps=(-1,))
+
+    def shifted(value, count):
+        """value moved `count` along the axis, zeros coming in."""
+        if count >= size:
+            return ctx.emit("broadcast_like", ctx.constant(0, value), value)
+        kept = ctx.emit("slice", value, starts=(0,), ends=(size - count,), axes=(axis,),
+                        steps=(1,))
+        zeros = ctx.emit("broadcast_like", ctx.constant(0, value), ctx.emit(
+            "slice", value, starts=(0,), ends=(count,), axes=(axis,), steps=(1,)))
+        return ctx.emit("concat", zeros, kept, axis=axis)
+    total = flipped(x) if reverse else x
+    if ctx.attr("exclusive", 0):
+        total = shifted(total, 1)
+    step = 1
+    while step < size:
+        total = ctx.emit("add", total, shifted(total, step))
+        step *= 2
+    return [flipped(total) if reverse else total]

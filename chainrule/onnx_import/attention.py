@@ -1,0 +1,228 @@
+"""The ONNX op table, attention: ONNX's Attention op as matmuls, a softmax and an additive
+bias of 0 and -inf that masks keys (a causal frontier, a sliding window, padding, the model's
+own mask). Shapes are static, so the causal and window parts are constants built here with
+numpy; only a mask or per-batch lengths given as inputs make the bias a run-time value."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .context import Unsupported, converter, numpy_dtype
+from .importer import ONNX_DTYPES
+
+# qk_matmul_output_mode: which scores the fourth output shows. Modes 0 and 1 both show them
+# after the softcap, as ONNX's reference implementation does.
+AFTER_SOFTCAP, WITH_BIAS, AFTER_SOFTMAX = 1, 2, 3
+
+
+def _known_dims(x, what):
+    if not all(isinstance(d, int) for d in x.type.shape[1:]):
+        raise Unsupported(f"Attention's {what} of shape {x.type} (only the batch may be "
+                          f"symbolic)")
+    return x.type.shape
+
+
+def _split_heads(ctx, x, heads, what):
+    """[batch, length, heads * size] -> [batch, heads, length, size]."""
+    if heads is None:
+        raise Unsupported("Attention on 3-D inputs needs q_num_heads and kv_num_heads")
+    _, length, hidden = _known_dims(x, what)
+    if hidden % heads:
+        raise Unsupported(f"Attention's {what} of width {hidden} into {heads} heads")
+    split = ctx.emit("reshape", x, shape=(0, length, heads, hidden // heads))
+    return ctx.emit("transpose", split, perm=(0, 2, 1, 3))
+
+
+def _repeat_heads(ctx, x, repeats):
+    """Each head `repeats` times in a row ([h0, h0, h1, h1] for 2), for grouped queries."""
+    _, heads, length, size = x.type.shape
+    spread = ctx.emit("broadcast_to", ctx.emit("unsqueeze", x, axes=(2,)),
+                      shape=(-1, -1, repeats, -1, -1))
+    return ctx.emit("reshape", spread, shape=(0, heads * repeats, length, size))
+
+
+def _as_bias(ctx, allowed, dtype):
+    """A bool mask as 0 where allowed and -inf elsewhere."""
+    return ctx.emit("where", allowed, ctx.constant(0.0, dtype), ctx.constant(-math.inf, dtype))
+
+
+class _Bias:
+    """The additive bias, summed from its parts: None while nothing masks."""
+
+    def __init__(self, ctx, dtype):
+        self.ctx, self.dtype, self.value = ctx, dtype, None
+
+    def add(self, part):
+        self.value = part if self.value is None else self.ctx.emit("add", self.value, part)
+
+    def add_constant(self, allowed: np.ndarray):
+        if not allowed.all():
+            bias = np.where(allowed, 0.0, -np.inf).astype(numpy_dtype(self.dtype))
+            self.add(self.ctx.known_tensor(bias, "bias"))
+
+
+def _mask_bias(ctx, mask, kv_length, dtype):
+    """The attn_mask input as a bias, padded with -inf up to the keys' length."""
+    if mask.type.dtype == "bool":
+        mask = _as_bias(ctx, mask, dtype)
+    elif mask.type.dtype != dtype:
+        raise Unsupported(f"Attention's attn_mask of dtype {mask.type.dtype} for {dtype} "
+                          f"scores")
+    width = mask.type.shape[-1]
+    if not isinstance(width, int):
+        raise Unsupported(f"Attention's attn_mask of shape {mask.type}")
+    if width < kv_length:
+        pads = [0] * 2 * mask.type.rank
+        pads[-1] = kv_length - width
+        mask = ctx.emit("pad", mask, pads=tuple(pads), value=-math.inf)
+    return mask
+
+
+@converter("Attention")
+def _attention(ctx):
+    q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
+    optional = [ctx.input(i) if ctx.has_input(i) else None for i in range(3, 7)]
+    mask, past_key, past_value, lengths = optional
+    if (past_key is None) != (past_value is None):
+        raise Unsupported("Attention with only one of past_key and past_value")
+    dtype = q.type.dtype
+    three_d = q.type.rank == 3
+    q_heads, kv_heads = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+    if three_d:
+        q, k, v = (_split_heads(ctx, x, heads, what) for x, heads, what in
+                   ((q, q_heads, "Q"), (k, kv_heads, "K"), (v, kv_heads, "V")))
+    elif q.type.rank != 4:
+        raise Unsupported(f"Attention on inputs of rank {q.type.rank} (it takes 3 or 4)")
+    _, q_heads, q_length, head_size = _known_dims(q, "Q")
+    if past_key is not None:
+        k = ctx.emit("concat", past_key, k, axis=2)
+        v = ctx.emit("concat", past_value, v, axis=2)
+    present_key, present_value = k, v
+    kv_heads, kv_length = _known_dims(k, "K")[1:3]
+    if q_heads != kv_heads:
+        if q_heads % kv_heads:
+            raise Unsupported(f"Attention of {q_heads} query heads over {kv_heads} key heads")
+        k, v = (_repeat_heads(ctx, x, q_heads // kv_heads) for x in (k, v))
+
+    scale = ctx.attr("scale")
+    scale = 1.0 / math.sqrt(head_size) if scale is None else scale
+    # Q and K are each scaled by sqrt(scale), rounded to their dtype, as ONNX does.
+    root = ctx.constant(float(numpy_dtype(dtype)(math.sqrt(scale))), dtype)
+    keys = ctx.emit("transpose", ctx.emit("mul", k, root), perm=(0, 1, 3, 2))
+    scores = ctx.emit("matmul", ctx.emit("mul", q, root), keys)
+    softcap = ctx.attr("softcap")
+    if softcap is not None and softcap > 0:
+        cap = ctx.constant(softcap, dtype)
+        scores = ctx.emit("mul", ctx.emit("tanh", ctx.emit("div", scores, cap)), cap)
+
+    bias = _Bias(ctx, dtype)
+    if mask is not None:
+        bias.add(_mask_bias(ctx, mask, kv_length, dtype))
+    # Query i of this block attends key j when j - i <= offset: the keys before the block.
+    distance = np.arange(kv_length)[None, :] - np.arange(q_length)[:, None]
+    if lengths is not None:
+        if past_key is not None:
+            raise Unsupported("Attention with both past_key and nonpad_kv_seqlen")
+        offset = ctx.emit("reshape", ctx.emit("sub", lengths, ctx.constant(q_length, lengths)),
+                          shape=(-1, 1, 1, 1))
+        key_positions = ctx.known_tensor(np.arange(kv_length), "key_positions")
+        padded = ctx.emit("less", key_positions,
+                          ctx.emit("reshape", lengths, shape=(-1, 1, 1, 1)))
+        bias.add(_as_bias(ctx, padded, dtype))
+    else:
+        offset = 0 if past_key is None else past_key.type.shape[2]
+    # Key j is allowed for query i within `size` after (right) or before (left) i + offset;
+    # causal is a right window of size 0.
+    windows = [("right", 0)] if ctx.attr("is_causal", 0) else []
+    for side in ("left", "right"):
+        size = ctx.attr(f"{side}_window_size", -1)
+        if size >= 0:
+            windows.append((side, size))
+    for side, size in windows:
+        if isinstance(offset, int):
+            after = distance - offset
+            bias.add_constant(after <= size if side == "right" else -after <= size)
+            continue
+        if side == "right":
+            allowed = ctx.emit("less_equal", ctx.known_tensor(distance - size, "distance"),
+                               offset)
+        else:
+            allowed = ctx.emit("less_equal", offset,
+                               ctx.known_tensor(distance + size, "distance"))
+        bias.add(_as_bias(ctx, allowed, dtype))
+
+    mode = ctx.require_attr("qk_matmul_output_mode", (0, AFTER_SOFTCAP, WITH_BIAS,
+                                                       AFTER_SOFTMAX), 0)
+    shown = scores
+    if bias.value is not None:
+        scores = ctx.emit("add", scores, bias.value)
+    if mode == WITH_BIAS:
+        shown = scores
+    precision = ctx.attr("softmax_precision")
+    if precision is not None and ONNX_DTYPES.get(precision) not in ("f32", "f64"):
+        raise Unsupported(f"Attention with softmax_precision {precision}")
+    if precision is not None and ONNX_DTYPES[precision] != dtype:
+        scores = ctx.emit("cast", scores, dtype=ONNX_DTYPES[precision])
+    weights = ctx.emit("softmax", scores, axis=-1)
+    if bias.value is not None:  # a query no key may reach attends to nothing
+        blocked = ctx.emit("equal", ctx.emit("max", bias.value, axes=(-1,), keepdims=True),
+                           ctx.constant(-math.inf, bias.value))
+        weights = ctx.emit("where", blocked, ctx.constant(0.0, weights), weights)
+    if weights.type.dtype != dtype:
+        weights = ctx.emit("cast", weights, dtype=dtype)
+    if mode == AFTER_SOFTMAX:
+        shown = weights
+    y = ctx.emit("matmul", weights, v)
+    if three_d:
+        y = ctx.emit("reshape", ctx.emit("transpose", y, perm=(0, 2, 1, 3)),
+                     shape=(0, q_length, -1))
+    return [y, present_key, present_value, shown]
+
+
+def _last_axis(ctx, x, start, end, step=1):
+    return ctx.emit("slice", x, starts=(start,), ends=(end,), axes=(-1,), steps=(step,))
+
+
+@converter("RotaryEmbedding")
+def _rotary_embedding(ctx):
+    """The first rotary_embedding_dim features of each head turned, pair by pair, by the
+    angle whose cosine and sine the caches hold (at position_ids, when given). Pairs are
+    the two halves of those features, or neighbours with `interleaved`."""
+    x, cos, sin = ctx.input(0), ctx.input(1), ctx.input(2)
+    if ctx.has_input(3):
+        positions = ctx.input(3)
+        cos, sin = (ctx.emit("take", cache, positions, axis=0) for cache in (cos, sin))
+    heads = ctx.attr("num_heads")
+    if x.type.rank == 4:  # [batch, heads, length, size] -> [batch, length, heads, size]
+        heads_last = ctx.emit("transpose", x, perm=(0, 2, 1, 3))
+    elif x.type.rank == 3:
+        _, length, hidden = x.type.shape
+        if not heads or not isinstance(hidden, int) or hidden % heads:
+            raise Unsupported(f"RotaryEmbedding of {x.type} into num_heads={heads} heads")
+        heads_last = ctx.emit("reshape", x, shape=(0, length, heads, hidden // heads))
+    else:
+        raise Unsupported(f"RotaryEmbedding of {x.type} (it takes rank 3 or 4)")
+    size = heads_last.type.shape[-1]
+    turned = ctx.attr("rotary_embedding_dim", 0) or size
+    cos, sin = (ctx.emit("unsqueeze", cache, axes=(2,)) for cache in (cos, sin))
+    rotated = _last_axis(ctx, heads_last, 0, turned)
+    if ctx.attr("interleaved", 0):
+        first, second = (_last_axis(ctx, rotated, start, turned, 2) for start in (0, 1))
+    else:
+        first, second = (_last_axis(ctx, rotated, start, start + turned // 2)
+                         for start in (0, turned // 2))
+    real = ctx.emit("sub", ctx.emit("mul", cos, first), ctx.emit("mul", sin, second))
+    imaginary = ctx.emit("add", ctx.emit("mul", sin, first), ctx.emit("mul", cos, second))
+    if ctx.attr("interleaved", 0):
+        pairs = ctx.emit("concat", ctx.emit("unsqueeze", real, axes=(-1,)),
+                         ctx.emit("unsqueeze", imaginary, axes=(-1,)), axis=-1)
+        rotated = ctx.emit("reshape", pairs, shape=(0, 0, 0, turned))
+    else:
+        rotated = ctx.emit("concat", real, imaginary, axis=-1)
+    if turned < size:
+        rotated = ctx.emit("concat", rotated, _last_axis(ctx, heads_last, turned, size),
+                           axis=-1)
+    if x.type.rank == 4:
+        return [ctx.emit("transpose", rotated, perm=(0, 2, 1, 3))]
+    return [ctx.emit("reshape", rotated, shape=(0, 0, -1))]

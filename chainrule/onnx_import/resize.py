@@ -1,0 +1,203 @@
+"""The ONNX op table, Resize: separable along its axes, so each resized axis is a gather of
+each output's nearest input positions (clamped at the edges) and a weighted sum, with
+positions and weights computed here with numpy from the known shapes, scales and sizes. They
+follow ONNX's own definition (onnx/reference/ops/op_resize.py): source coordinates per
+coordinate_transformation_mode, weighted by the nearest, linear or cubic kernel."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .context import Unsupported, converter, numpy_dtype
+
+TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+              "asymmetric", "tf_crop_and_resize")
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _nearest(mode):
+    def coefficients(ratio, scale):
+        if ratio == 1.0:  # on an input position: that one
+            return np.array([0.0, 1.0])
+        below = {"round_prefer_floor": ratio <= 0.5, "round_prefer_ceil": ratio < 0.5,
+                 "floor": True, "ceil": False}[mode]
+        return np.array([float(below), float(not below)])
+    return coefficients
+
+
+def _linear(antialias):
+    def coefficients(ratio, scale):
+        if not antialias:
+            return np.array([1.0 - ratio, ratio])
+        scale = min(scale, 1.0)  # downsampling widens the kernel
+        start = int(np.floor(-1 / scale) + 1)
+        taps = (np.arange(start, start + 2 - 2 * start) - ratio) * scale
+        weights = np.clip(1 - np.abs(taps), 0, 1)
+        return weights / weights.sum()
+    return coefficients
+
+
+def _cubic(a, antialias):
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    def coefficients(ratio, scale):
+        if not antialias:
+            return np.array([kernel(ratio + 1), kernel(ratio), kernel(1 - ratio),
+                             kernel(2 - ratio)])
+        scale = min(scale, 1.0)
+        start = int(np.floor(-2 / scale) + 1)
+        weights = np.array([kernel(scale * (i - ratio)) for i in range(start, 2 - start)])
+        return weights / weights.sum()
+    return coefficients
+
+
+def _source_positions(transform, size_in, size_out, scale, roi):
+    """Each output position's coordinate in the input, and which fall outside the crop."""
+    y = np.arange(size_out, dtype=np.float64)
+    width = scale * size_in  # the output width before rounding
+    outside = np.zeros(size_out, dtype=bool)
+    if transform == "align_corners":
+        x = np.zeros(size_out) if width == 1 else y * (size_in - 1) / (width - 1)
+    elif transform == "asymmetric":
+        x = y / scale
+    elif transform == "tf_crop_and_resize":
+        start, end = roi
+        x = np.full(size_out, (end - start) * (size_in - 1) / 2) if width == 1 else \
+            y * (end - start) * (size_in - 1) / (width - 1)
+        x = x + start * (size_in - 1)
+        outside = (x < 0) | (x > size_in - 1)
+    elif transform == "pytorch_half_pixel":
+        x = np.full(size_out, -0.5) if width == 1 else (y + 0.5) / scale - 0.5
+    elif transform == "half_pixel":
+        x = (y + 0.5) / scale - 0.5
+    else:  # half_pixel_symmetric: the centre of the input on the centre of the output
+        offset = size_in / 2 * (1 - size_out / width)
+        x = offset + (y + 0.5) / scale - 0.5
+    return x, outside
+
+
+def _axis_weights(size_in, size_out, scale, roi, coefficients, transform, exclude_outside):
+    """For one axis: each output's input positions and their weights [out, taps], and the
+    outputs to extrapolate."""
+    x, outside = _source_positions(transform, size_in, size_out, scale, roi)
+    floor = np.floor(x)
+    ratios = np.where(x == floor, 1.0, x - floor)  # in (0, 1]: the left neighbour preferred
+    weights = np.array([coefficients(float(r), scale) for r in ratios])
+    taps = weights.shape[1]
+    # The `taps` input positions nearest x (ties to the smaller), as ONNX picks them.
+    pad = math.ceil(taps / 2)
+    padded = x + pad
+    base = np.floor(padded)
+    fraction = padded - base
+    if taps % 2 == 0:
+        shift = np.where(fraction == 0, -(taps // 2), -(taps // 2) + 1)
+    else:
+        shift = np.where(fraction <= 0.5, -((taps - 1) // 2), -((taps - 1) // 2) + 1)
+    positions = (base + shift).astype(np.int64)[:, None] + np.arange(taps)[None, :] - pad
+    if exclude_outside:
+        weights = np.where((positions < 0) | (positions >= size_in), 0.0, weights)
+        totals = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(totals == 0, 1.0, totals)
+    return np.clip(positions, 0, size_in - 1), weights, outside
+
+
+def _by_axis(values, axes, rank, fill):
+    full = list(fill)
+    for axis, value in zip(axes, values, strict=True):
+        full[axis] = value
+    return full
+
+
+def _target(ctx, shape, axes, rank):
+    """The output size and scale of every axis."""
+    scales = ctx.static(2, "Resize's scales")
+    sizes = ctx.static(3, "Resize's sizes")
+    policy = ctx.require_attr("keep_aspect_ratio_policy", ("stretch", "not_larger",
+                                                           "not_smaller"), "stretch")
+    if sizes is not None and sizes.size:
+        wanted = _by_axis([int(s) for s in sizes.ravel()], axes, rank, shape)
+        factors = [out / size for out, size in zip(wanted, shape, strict=True)]
+        if policy == "stretch":
+            return wanted, factors
+        pick = min if policy == "not_larger" else max
+        scale = pick(factors[a] for a in axes)
+        return ([int(scale * shape[a] + 0.5) if a in axes else shape[a] for a in range(rank)],
+                [scale if a in axes else 1.0 for a in range(rank)])
+    if scales is None or scales.size == 0:
+        raise Unsupported("Resize needs scales or sizes")
+    factors = _by_axis([float(s) for s in scales.astype(np.float32).ravel()], axes, rank,
+                       [1.0] * rank)
+    wanted = (np.asarray(factors, dtype=np.float64) * np.array(shape)).astype(int).tolist()
+    return wanted, factors
+
+
+@converter("Resize")
+def _resize(ctx):
+    x = ctx.input(0)
+    shape, rank = x.type.shape, x.type.rank
+    if not all(isinstance(d, int) for d in shape):
+        raise Unsupported(f"Resize of {x.type} (the sizes must be known)")
+    if x.type.dtype not in ("f32", "f64"):
+        raise Unsupported(f"Resize of {x.type.dtype} tensors (chainrule interpolates floats)")
+    axes = ctx.attr("axes")
+    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    mode = ctx.require_attr("mode", ("nearest", "linear", "cubic"), "nearest")
+    transform = ctx.require_attr("coordinate_transformation_mode", TRANSFORMS, "half_pixel")
+    antialias = bool(ctx.attr("antialias", 0))
+    nearest_mode = ctx.require_attr("nearest_mode", NEAREST_MODES, "round_prefer_floor")
+    if mode == "nearest":
+        if antialias:
+            raise Unsupported("Resize with antialias in nearest mode")
+        coefficients = _nearest(nearest_mode)
+    elif mode == "linear":
+        coefficients = _linear(antialias)
+    else:
+        coefficients = _cubic(ctx.float_attr("cubic_coeff_a", -0.75), antialias)
+    exclude_outside = bool(ctx.attr("exclude_outside", 0))
+    extrapolation = ctx.float_attr("extrapolation_value", 0.0)
+    roi = ctx.static(1, "Resize's roi")
+    if roi is not None and roi.size:
+        roi = roi.astype(np.float64).ravel()
+        roi = list(zip(_by_axis(roi[:len(axes)], axes, rank, [0.0] * rank),
+                       _by_axis(roi[len(axes):], axes, rank, [1.0] * rank), strict=True))
+    elif transform == "tf_crop_and_resize":
+        raise Unsupported("Resize in tf_crop_and_resize mode without a roi")
+    else:
+        roi = [(0.0, 1.0)] * rank
+    sizes, scales = _target(ctx, list(shape), axes, rank)
+
+    outside = None
+    for axis in axes:
+        size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
+        if size_out < 1:
+            raise Unsupported(f"Resize to size {size_out} (chainrule refuses empty tensors)")
+        crop = roi[axis] if transform == "tf_crop_and_resize" else (0.0, 1.0)
+        if math.isclose(scale, 1.0) and size_out == size_in and \
+                np.allclose(crop, (0.0, 1.0)):
+            continue  # ONNX leaves such an axis alone
+        positions, weights, extrapolated = _axis_weights(size_in, size_out, scale, crop,
+                                                         coefficients, transform,
+                                                         exclude_outside)
+        x = _interpolated(ctx, x, axis, positions, weights)
+        if extrapolated.any():
+            mask = ctx.known_tensor(extrapolated.reshape((-1,) + (1,) * (rank - 1 - axis)),
+                                    "extrapolated")
+            outside = mask if outside is None else ctx.emit("logical_or", outside, mask)
+    if outside is not None:
+        x = ctx.emit("where", outside, ctx.constant(extrapolation, x), x)
+    return [x]
+
+
+
+def _interpolated(ctx, x, axis, positions, weights):
+    """Along `axis`, each output the weighted sum of x at its input positions [out, taps]."""
+    taken = ctx.emit("take", x, ctx.known_tensor(positions, "positions"), axis=axis)
+    spread = weights.reshape(weights.shape + (1,) * (x.type.rank - 1 - axis))
+    weighted = ctx.emit("mul", taken, ctx.known_tensor(
+        spread.astype(numpy_dtype(x.type.dtype)), "weights"))
+    return ctx.emit("sum", weighted, axes=(axis + 1,), keepdims=False)

@@ -1,0 +1,253 @@
+"""The ONNX importer beyond ONNX's own node tests: how it reports what it cannot import, how it
+folds shape computations, and the compositions whose edge cases those tests leave out."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import chainrule
+from chainrule.onnx_import import UnsupportedModel
+from test_onnx_conformance import Outcome, mismatch, read_known_failures, verdict
+
+
+def model_of(nodes, inputs, outputs, initializers=(), opset=18, domains=()):
+    """A model from (name, dtype, shape) inputs and outputs; a shape of None leaves it out."""
+    def info(name, dtype, shape):
+        return helper.make_tensor_value_info(name, dtype, shape)
+    graph = helper.make_graph(nodes, "test", [info(*i) for i in inputs],
+                              [info(*o) for o in outputs], list(initializers))
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    return helper.make_model(graph, opset_imports=imports)
+
+
+def run_both(model, **inputs):
+    """Each output (by ONNX name) on numpy, after checking onnxruntime agrees."""
+    feeds = {model.onnx_names[name]: array for name, array in inputs.items()}
+    numpy_results = model.run(**feeds)
+    onnx_results = model.run(backend="onnxruntime", **feeds)
+    by_onnx = {ir: name for name, ir in model.onnx_names.items()}
+    for name, array in numpy_results.items():
+        np.testing.assert_allclose(onnx_results[name], array, rtol=1e-6, atol=1e-6)
+    return {by_onnx[name]: array for name, array in numpy_results.items()}
+
+
+# ---- what cannot be imported ------------------------------------------------------------------
+
+def test_every_node_that_cannot_be_imported_is_reported_at_once():
+    nodes = [helper.make_node("Sin", ["x"], ["a"], name="no_such_op"),
+             helper.make_node("Relu", ["a"], ["b"], name="inherits"),
+             helper.make_node("Elu", ["x"], ["c"], name="bad_attribute", alpha=1.0, gamma=2.0),
+             helper.make_node("Mine", ["x"], ["d"], name="other_domain", domain="my.ops"),
+             helper.make_node("Reshape", ["x", "shape"], ["e"], name="run_time_shape"),
+             helper.make_node("Sum", ["b", "c", "d"], ["y"], name="end")]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [2, 3]),
+                             ("shape", TensorProto.INT64, [2])],
+                     [("y", TensorProto.FLOAT, [2, 3]), ("e", TensorProto.FLOAT, [3, 2])],
+                     domains=["my.ops"])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    problems = {p.node: p for p in caught.value.problems}
+    assert set(problems) == {"no_such_op", "bad_attribute", "other_domain", "run_time_shape"}
+    assert problems["no_such_op"].reason == "op not supported"
+    assert problems["bad_attribute"].reason == "attribute gamma not supported"
+    assert "domain 'my.ops'" in problems["other_domain"].reason
+    # The one that a constant would fix says which value must be known at import time.
+    assert problems["run_time_shape"].needs_constant == "shape"
+    assert {p.needs_constant for n, p in problems.items() if n != "run_time_shape"} == {None}
+    assert caught.value.message == "cannot import 4 nodes of this ONNX model"
+
+
+def test_an_old_opset_is_one_unsupported_model_error():
+    proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT, [2])],
+                     [("y", TensorProto.FLOAT, [2])], opset=9)
+    with pytest.raises(UnsupportedModel, match="opset 9 is older than chainrule reads"):
+        chainrule.import_onnx(proto)
+
+
+def test_an_opset_newer_than_the_installed_onnx_is_one_clear_error():
+    newest = onnx.defs.onnx_opset_version()
+    proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT, [2])],
+                     [("y", TensorProto.FLOAT, [2])], opset=newest + 1)
+    with pytest.raises(UnsupportedModel, match=f"opset {newest + 1} is newer than the "
+                                               f"installed onnx knows \\({newest}\\)"):
+        chainrule.import_onnx(proto)
+
+
+def test_an_output_declared_other_than_the_graph_computes_is_reported():
+    proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT, [2])],
+                     [("y", TensorProto.DOUBLE, [2])])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert caught.value.problems[0].reason == \
+        "declared double[2], but the graph computes f32[2]"
+
+
+def test_a_damaged_file_is_a_file_error_not_a_traceback(tmp_path):
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x0a\xff\xffnot protobuf at all")
+    with pytest.raises(chainrule.ChainruleError) as caught:
+        chainrule.import_onnx(str(damaged))
+    assert not isinstance(caught.value, UnsupportedModel)
+    assert caught.value.render().startswith(f"{damaged}: error: not an ONNX model")
+
+
+def needed_constants(proto) -> set:
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    return {p.needs_constant for p in caught.value.problems} - {None}
+
+
+def test_inputs_chainrule_cannot_take_at_run_time_may_still_be_constants():
+    # An empty axes input and an int32 one: asked for as constants, which work.
+    nodes = [helper.make_node("ReduceSum", ["x", "no_axes"], ["total"], keepdims=0),
+             helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1)]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [2, 3]),
+                             ("no_axes", TensorProto.INT64, [0]),
+                             ("axis", TensorProto.INT32, [])],
+                     [("total", TensorProto.FLOAT, []), ("y", TensorProto.FLOAT, [2, 3])])
+    assert needed_constants(proto) == {"no_axes", "axis"}
+    del proto.graph.input[1:]
+    proto.graph.initializer.extend([numpy_helper.from_array(np.zeros(0, np.int64), "no_axes"),
+                                    numpy_helper.from_array(np.array(1, np.int32), "axis")])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    results = run_both(chainrule.import_onnx(proto), x=x)
+    assert results["total"] == 15.0
+    np.testing.assert_array_equal(results["y"], np.cumsum(x, axis=1) - x)
+
+
+def test_an_int32_tensor_read_as_a_tensor_is_not_asked_for_as_a_constant():
+    proto = model_of([helper.make_node("Equal", ["a", "b"], ["y"])],
+                     [("a", TensorProto.INT32, [3]), ("b", TensorProto.INT32, [3])],
+                     [("y", TensorProto.BOOL, [3])])
+    assert needed_constants(proto) == set()
+
+
+# ---- folding ----------------------------------------------------------------------------------
+
+def test_a_shape_chain_folds_into_a_reshape_that_keeps_the_symbolic_batch():
+    # [B, 2, 3] -> [B, 6], the target computed as Exporters do: Concat(Gather(Shape(x), 0), 6).
+    six = numpy_helper.from_array(np.array([6], np.int64), "six")
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+             helper.make_node("Unsqueeze", ["batch", "axis"], ["batch_1d"]),
+             helper.make_node("Concat", ["batch_1d", "six"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    axis = numpy_helper.from_array(np.array([0], np.int64), "axis")
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, ["B", 2, 3])],
+                     [("y", TensorProto.FLOAT, ["B", 6])], [six, zero, axis])
+    model = chainrule.import_onnx(proto)
+    assert [n.op for n in model.graph.nodes] == ["reshape"]
+    assert model.graph.outputs[0].type.shape == ("B", 6)
+    x = np.random.default_rng(0).normal(size=(5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run_both(model, x=x)["y"], x.reshape(5, 6))
+
+
+def test_a_constant_used_as_a_tensor_stays_known_for_folding():
+    # [2, 0] indexes x and, after the Gather, is also the target of a Reshape.
+    nodes = [helper.make_node("Constant", [], ["pair"], value=numpy_helper.from_array(
+                 np.array([2, 0], np.int64))),
+             helper.make_node("Gather", ["x", "pair"], ["picked"], axis=0),
+             helper.make_node("Reshape", ["picked", "pair"], ["y"], allowzero=0)]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [3, 4])],
+                     [("y", TensorProto.FLOAT, [2, 4])])
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"], x[[2, 0]])
+
+
+def test_int64_constants_past_float64_precision_are_refused():
+    big = numpy_helper.from_array(np.array([1, 2 ** 60], np.int64), "big")
+    proto = model_of([helper.make_node("Add", ["x", "big"], ["y"])],
+                     [("x", TensorProto.INT64, [2])], [("y", TensorProto.INT64, [2])], [big])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert "holds values beyond 2**53" in caught.value.problems[0].reason
+
+
+# ---- compositions at their edges --------------------------------------------------------------
+
+EDGES = np.array([-2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, -7.0, 3e9, -3e9,
+                  2.0 ** 40 + 0.5, 1e30, -1e30, np.inf, -np.inf, np.nan])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op_type, reference", [("Floor", np.floor), ("Ceil", np.ceil),
+                                                ("Round", np.round)])
+def test_rounding_matches_numpy_past_int64_and_at_halves(op_type, reference, dtype):
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    proto = model_of([helper.make_node(op_type, ["x"], ["y"])], [("x", onnx_type, [len(EDGES)])],
+                     [("y", onnx_type, [len(EDGES)])])
+    x = EDGES.astype(dtype)
+    np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"], reference(x))
+
+
+@pytest.mark.parametrize("fmod, reference", [(0, np.mod), (1, np.fmod)])
+def test_float_mod_by_infinities_and_zero_matches_numpy(fmod, reference):
+    x = np.array([5.5, -5.5, 0.0, 3.0, -3.0, 7.0, np.inf, 2.0], np.float64)
+    y = np.array([2.0, 2.0, np.inf, -np.inf, np.inf, 0.0, 3.0, -0.75], np.float64)
+    proto = model_of([helper.make_node("Mod", ["x", "y"], ["z"], fmod=fmod)],
+                     [("x", TensorProto.DOUBLE, [8]), ("y", TensorProto.DOUBLE, [8])],
+                     [("z", TensorProto.DOUBLE, [8])])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = reference(x, y)
+    np.testing.assert_allclose(run_both(chainrule.import_onnx(proto), x=x, y=y)["z"], expected,
+                               rtol=1e-12)
+
+
+def test_reduce_prod_of_odd_lengths_multiplies_every_element():
+    proto = model_of([helper.make_node("ReduceProd", ["x", "axes"], ["y"], keepdims=0)],
+                     [("x", TensorProto.INT64, [7, 3, 5])], [("y", TensorProto.INT64, [3])],
+                     [numpy_helper.from_array(np.array([0, -1], np.int64), "axes")])
+    x = np.random.default_rng(1).integers(-3, 4, size=(7, 3, 5))
+    np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"],
+                                  x.prod(axis=(0, 2)))
+
+
+# ---- the conformance harness's own verdict ----------------------------------------------------
+
+def test_the_known_failures_list_must_match_what_fails_exactly():
+    failing = Outcome(failures={"numpy": "output 0: wrong"})
+    assert verdict("case", failing, {"numpy": "a cause"}) == []
+    assert verdict("case", failing, {}) == ["case numpy: output 0: wrong (not listed as a "
+                                            "known failure)"]
+    assert verdict("case", Outcome(), {"onnxruntime": "a cause"}) == [
+        "case onnxruntime is listed as a known failure but passes: remove it"]
+    assert verdict("case", Outcome(skipped="Sin: op not supported"), {"numpy": "a cause"}) == [
+        "case numpy is listed as a known failure but is out of scope (Sin: op not supported)"]
+
+
+def test_known_failures_may_hold_for_one_onnx_release_only(tmp_path):
+    listed = tmp_path / "known.txt"
+    listed.write_text("# a comment\n"
+                      "test_a numpy: wrong at the edges\n"
+                      "test_b onnxruntime onnx==1.16: that release's data differ\n")
+    assert read_known_failures(listed, (1, 16)) == {
+        ("test_a", "numpy"): "wrong at the edges",
+        ("test_b", "onnxruntime"): "that release's data differ"}
+    assert read_known_failures(listed, (1, 23)) == {("test_a", "numpy"): "wrong at the edges"}
+    listed.write_text("test_a jax: no such backend\n")
+    with pytest.raises(ValueError, match="known.txt:1"):
+        read_known_failures(listed)
+
+
+def test_outputs_must_match_in_shape_and_dtype_not_only_in_value():
+    expected = np.array([1.0, 2.0], np.float32)
+    assert mismatch(expected.astype(np.float64), expected, 1e-3, 1e-7).startswith("dtype")
+    assert mismatch(expected[None], expected, 1e-3, 1e-7).startswith("shape")
+    assert mismatch(expected + 0.01, expected, 1e-3, 1e-7)
+    assert mismatch(np.array([1.0, np.nan], np.float32), np.array([1.0, np.nan], np.float32),
+                    1e-3, 1e-7) is None
+
+
+def test_cumsum_and_einsum_diagonals_keep_infinities_where_they_belong():
+    # Sums of masked or shifted copies, not products with 0/1 matrices: inf * 0 would be nan.
+    nodes = [helper.make_node("CumSum", ["x", "axis"], ["running"], reverse=1),
+             helper.make_node("Einsum", ["m"], ["diagonal"], equation="ii->i")]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [4]), ("m", TensorProto.FLOAT, [2, 2])],
+                     [("running", TensorProto.FLOAT, [4]), ("diagonal", TensorProto.FLOAT, [2])],
+                     [numpy_helper.from_array(np.array(0, np.int64), "axis")])
+    x = np.array([1.0, np.inf, 2.0, 3.0], np.float32)
+    m = np.array([[1.0, np.nan], [np.inf, 4.0]], np.float32)
+    results = run_both(chainrule.import_onnx(proto), x=x, m=m)
+    np.testing.assert_array_equal(results["running"], [np.inf, np.inf, 5.0, 3.0])
+    np.testing.assert_array_equal(results["diagonal"], [1.0, 4.0])
