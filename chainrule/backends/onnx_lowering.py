@@ -102,7 +102,8 @@ def _softplus(em, node, out, x):
 def _erf(em, node, out, x):
     dtype = _dtype(node)
     if dtype == "f32":
-        em.add("Erf", [x], out)
+        # onnxruntime 1.20 gives erf(NaN) = 1 (1.32 gives NaN): a NaN passes through as itself.
+        em.add("Where", [em.add("IsNaN", [x]), x, em.add("Erf", [x])], out)
         return
     # onnxruntime has no float64 Erf: Cody's approximations, as the numpy kernel evaluates them.
     def rational(fraction, z):
