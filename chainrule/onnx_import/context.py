@@ -115,6 +115,17 @@ class NodeContext:
     def rank(self, index: int = 0) -> int:
         return len(self.type_of(index).shape)
 
+    @staticmethod
+    def axis(value, rank: int, what: str = "axis") -> int:
+        """An axis counted ONNX's way (negative from the end), checked against `rank`."""
+        value = int(value)
+        if not -rank <= value < rank:
+            raise Unsupported(f"{what} {value} is out of range for rank {rank}")
+        return value % rank
+
+    def axes(self, values, rank: int, what: str = "axes") -> list[int]:
+        return [self.axis(value, rank, what) for value in values]
+
     # ---- attributes ---------------------------------------------------------------------------
 
     def attr(self, name: str, default=None):

@@ -309,7 +309,7 @@ def _static_or_tensor(ctx, index):
     if not ctx.has_input(index):
         return None
     known = ctx.importer.static_value(ctx.node.input[index])
-    if known is not None and not known.symbolic:
+    if known is not None and not known.symbolic and known.array.size == 1:
         return float(known.array.reshape(()))
     return ctx.input(index)
 
@@ -461,7 +461,7 @@ def _product(ctx, x, axes, keepdims):
     """The product over `axes`, by multiplying halves of each axis until one element is left:
     chainrule has no product reduction, and this takes log2(size) multiplications."""
     rank = x.type.rank
-    axes = tuple(range(rank)) if axes is None else tuple(sorted(a % rank for a in axes))
+    axes = tuple(range(rank)) if axes is None else tuple(sorted(ctx.axes(axes, rank)))
     for axis in axes:
         size = x.type.shape[axis]
         if not isinstance(size, int):
@@ -484,7 +484,7 @@ def _part(ctx, x, axis, start, end):
 def _arg_reduction(ctx):
     """With select_last_index, the first extreme of x reversed along the axis, counted back."""
     x = ctx.input(0)
-    axis = ctx.attr("axis", 0) % x.type.rank
+    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
     keepdims = bool(ctx.attr("keepdims", 1))
     op = ctx.node.op_type.lower()
     if not ctx.attr("select_last_index", 0):
@@ -502,7 +502,7 @@ def _arg_reduction(ctx):
 def _hardmax(ctx):
     """1 where argmax (the first maximum) along the axis picks, else 0."""
     x = ctx.input(0)
-    axis = ctx.attr("axis", -1) % x.type.rank
+    axis = ctx.axis(ctx.attr("axis", -1), x.type.rank)
     size = x.type.shape[axis]
     if not isinstance(size, int):
         raise Unsupported(f"Hardmax over the symbolic axis {axis} of {x.type}")

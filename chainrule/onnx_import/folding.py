@@ -153,8 +153,10 @@ def _cast_like(ctx):
 @folder("Gather")
 @_foldable
 def _gather(ctx, data, indices):
-    axis = ctx.attr("axis", 0)
+    axis = ctx.axis(ctx.attr("axis", 0), data.ndim)
     indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise Unsupported(f"Gather indices of dtype {indices.dtype}")
     if indices.size and (indices.min() < -data.shape[axis] or indices.max() >= data.shape[axis]):
         raise Unsupported(f"Gather indices {indices.tolist()} are out of range for an axis of "
                           f"size {data.shape[axis]}")

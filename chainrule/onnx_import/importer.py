@@ -23,6 +23,9 @@ ONNX_DTYPES = {TensorProto.FLOAT: "f32", TensorProto.DOUBLE: "f64", TensorProto.
 CONSTANT_ONLY_DTYPES = {TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
                         TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16,
                         TensorProto.UINT8, TensorProto.FLOAT16}
+# What a converter's own bug raises (numpy on a malformed constant, an index past the end).
+INTERNAL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, TypeError,
+                   ValueError)
 # The default domain's opsets chainrule reads: 13 (axes as inputs) to what onnx knows.
 MIN_OPSET = 13
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -39,6 +42,8 @@ class Problem:
     reason: str
     # The ONNX value that would have to be known at import time, when that is the reason.
     needs_constant: str | None = None
+    # chainrule itself failed on the node: a bug to report, not a limit of the op table.
+    internal: bool = False
 
     def __str__(self) -> str:
         return f"{self.op_type} node '{self.node}': {self.reason}"
@@ -231,6 +236,14 @@ class Importer:
                 raise Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
                                   f"only)")
             results = self.results_of(node, name)
+        except INTERNAL_ERRORS as error:
+            # A node no schema check caught (a constant of the wrong shape, an axis out of
+            # range) must not end the import with a traceback: it is reported as the others.
+            self.problems.append(Problem(node.op_type, name, f"chainrule failed on this node "
+                                         f"({type(error).__name__}: {error}); please report it",
+                                         internal=True))
+            self.poisoned.update(node.output)
+            return
         except Unsupported as error:
             # With an input only a constant could be, the node is at fault only when it needs
             # a constant; otherwise that input's own problem says it all.
@@ -244,9 +257,13 @@ class Importer:
                 self.bind(output, result)
 
     def results_of(self, node, name: str) -> list:
+        if node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
+            raise Unsupported("op not supported")
+        malformed = schema_violation(node, self.opset)
+        if malformed:
+            raise Unsupported(malformed)
         ctx = NodeContext(self, node, onnx_node_loc(self.file, name))
-        folder = FOLDERS.get(node.op_type)
-        results = folder(ctx) if folder else None
+        results = self.folded(ctx)
         if results is None:
             converter = CONVERTERS.get(node.op_type)
             if converter is None:
@@ -261,6 +278,18 @@ class Importer:
             if output and index >= len(results) and self.is_used(output):
                 raise Unsupported(f"output {index} ('{output}') is not supported")
         return results
+
+    def folded(self, ctx: NodeContext) -> list | None:
+        """The node evaluated on its constant inputs, or None when it runs in the graph. numpy
+        refusing the constants (shapes that do not broadcast, an index past the end) means the
+        model is malformed: that is reported, as an unsupported node is."""
+        folder = FOLDERS.get(ctx.node.op_type)
+        if folder is None:
+            return None
+        try:
+            return folder(ctx)
+        except (ArithmeticError, IndexError, TypeError, ValueError) as error:
+            raise Unsupported(f"its constant inputs cannot be evaluated ({error})") from None
 
     def bind(self, onnx_name: str, result) -> None:
         if isinstance(result, Value) and result not in self.bound:
@@ -460,6 +489,33 @@ class Importer:
                                  f"initializers of this model; they are: "
                                  f"{', '.join(sorted(floats)) or '(none)'}",
                                  SourceLoc(self.file, 0, 0))
+
+
+def schema_violation(node, opset: int) -> str | None:
+    """How `node` breaks its op's ONNX schema at `opset` (input and output counts, required
+    inputs and attributes, attribute kinds), so that converters meet well-formed nodes only."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return f"no {node.op_type} in opset {opset}"
+    if not schema.min_input <= len(node.input) <= schema.max_input:
+        return (f"{len(node.input)} inputs, where opset {opset}'s {node.op_type} takes "
+                f"{schema.min_input} to {schema.max_input}")
+    if not schema.min_output <= len(node.output) <= schema.max_output:
+        return (f"{len(node.output)} outputs, where opset {opset}'s {node.op_type} gives "
+                f"{schema.min_output} to {schema.max_output}")
+    optional = onnx.defs.OpSchema.FormalParameterOption.Optional
+    for index, (name, formal) in enumerate(zip(node.input, schema.inputs)):
+        if not name and formal.option != optional:
+            return f"input {index} ({formal.name}) is required"
+    given = {a.name: a for a in node.attribute}
+    for attr_name, spec in schema.attributes.items():
+        if spec.required and attr_name not in given:
+            return f"attribute {attr_name} is required"
+        if attr_name in given and given[attr_name].type != spec.type.value:
+            kind = onnx.AttributeProto.AttributeType.Name(given[attr_name].type)
+            return f"attribute {attr_name} is {kind}, not {spec.type.name}"
+    return None
 
 
 def declared_disagreement(info, computed: TensorType) -> str | None:

@@ -97,7 +97,7 @@ def _concat(ctx):
 @converter("Split")
 def _split(ctx):
     x = ctx.input(0)
-    axis = ctx.attr("axis", 0) % x.type.rank
+    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
     size = x.type.shape[axis]
     sizes = ctx.static_ints(1, "Split's sizes")
     count = ctx.attr("num_outputs", len(ctx.node.output))
@@ -143,14 +143,14 @@ def _indices(ctx, index, size):
 @converter("Gather")
 def _gather(ctx):
     x = ctx.input(0)
-    axis = ctx.attr("axis", 0) % x.type.rank
+    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
     return [ctx.emit("take", x, _indices(ctx, 1, x.type.shape[axis]), axis=axis)]
 
 
 @converter("GatherElements")
 def _gather_elements(ctx):
     x = ctx.input(0)
-    axis = ctx.attr("axis", 0) % x.type.rank
+    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
     return [ctx.emit("gather_elements", x, _indices(ctx, 1, x.type.shape[axis]), axis=axis)]
 
 
@@ -200,7 +200,7 @@ def _pad(ctx):
     pads = ctx.static_ints(1, "Pad's pads")
     value = ctx.static(2, "Pad's constant value")
     axes = ctx.static_ints(3, "Pad's axes", tuple(range(x.type.rank)))
-    axes = [a % x.type.rank for a in axes]
+    axes = ctx.axes(axes, x.type.rank)
     if any(p < 0 for p in pads):
         raise Unsupported("negative pads (cropping)")
     begins, ends = pads[:len(axes)], pads[len(axes):]
@@ -331,7 +331,7 @@ def _scatter_elements(ctx):
     """data with updates written (or, with reduction add, added) at indices along the axis:
     scatter_elements_add of the updates, and of ones to find where they land."""
     data = ctx.input(0)
-    axis = ctx.attr("axis", 0) % data.type.rank
+    axis = ctx.axis(ctx.attr("axis", 0), data.type.rank)
     indices = _indices(ctx, 1, data.type.shape[axis])
     updates = ctx.input(2)
     reduction = ctx.require_attr("reduction", ("none", "add"), "none")
@@ -394,7 +394,7 @@ def _center_crop_pad(ctx):
     x = ctx.input(0)
     sizes = ctx.static_ints(1, "CenterCropPad's shape")
     axes = ctx.attr("axes")
-    axes = range(x.type.rank) if axes is None else [a % x.type.rank for a in axes]
+    axes = range(x.type.rank) if axes is None else ctx.axes(axes, x.type.rank)
     pads = [0] * 2 * x.type.rank
     for axis, size in zip(axes, sizes, strict=True):
         have = x.type.shape[axis]
@@ -419,7 +419,7 @@ def _cumulative_sum(ctx):
     of the length steps; each sum holds only the elements it should, so inf and nan stay
     where they belong)."""
     x = ctx.input(0)
-    axis = int(ctx.static(1, "CumSum's axis").reshape(())) % x.type.rank
+    axis = ctx.axis(ctx.static(1, "CumSum's axis").reshape(()), x.type.rank)
     size = x.type.shape[axis]
     if not isinstance(size, int):
         raise Unsupported(f"CumSum along the symbolic axis {axis} of {x.type}")

@@ -145,7 +145,7 @@ def _resize(ctx):
     if x.type.dtype not in ("f32", "f64"):
         raise Unsupported(f"Resize of {x.type.dtype} tensors (chainrule interpolates floats)")
     axes = ctx.attr("axes")
-    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    axes = list(range(rank)) if axes is None else ctx.axes(axes, rank)
     mode = ctx.require_attr("mode", ("nearest", "linear", "cubic"), "nearest")
     transform = ctx.require_attr("coordinate_transformation_mode", TRANSFORMS, "half_pixel")
     antialias = bool(ctx.attr("antialias", 0))
