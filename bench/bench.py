@@ -3,6 +3,7 @@
     python bench/bench.py            # all workloads (a few minutes)
     python bench/bench.py --quick    # fewer repeats
     python bench/bench.py --only 4b  # one workload (numbered as in the README)
+    python bench/bench.py --busy     # the same with one core kept busy by another process
 
 Rows: chainrule on numpy and on onnxruntime, the same equations written by hand in numpy, and
 PyTorch eager and JAX jit when they are installed (CPU builds; skipped with a note otherwise).
@@ -11,6 +12,7 @@ Each table gives the median time per call and its ratio to hand-written numpy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import os
@@ -24,7 +26,9 @@ import numpy as np
 import chainrule
 from chainrule.backends import get_backend
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend
-from chainrule.passes.optimizers import OptimizerSpec
+from chainrule.backends.onnx_backend import OnnxRuntimeBackend
+from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
 LR_VALUE = 0.01
@@ -42,6 +46,25 @@ def median_seconds(fn, repeats: int, warmup: int = 5) -> float:
     return float(np.median(times))
 
 
+def interleaved_medians(functions: dict, repeats: int, warmup: int = 5) -> dict:
+    """The median seconds per call of each function, timed in turn call by call, so that a
+    burst of load from other processes falls on every system alike and their ratios hold.
+    The order rotates each round: the call after an onnxruntime call finds the caches cold
+    (about 30 µs on the tiny MLP), and each system takes that place as often as the others."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in functions}
+    order = list(functions.items())
+    for round_ in range(repeats):
+        shift = round_ % len(order)
+        for name, fn in order[shift:] + order[:shift]:
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
 def optional(module: str):
     try:
         return __import__(module)
@@ -54,6 +77,18 @@ def optional(module: str):
 def lecture_mlp_source() -> str:
     with open(os.path.join(ROOT, "examples", "mlp.nn")) as file:
         return file.read()
+
+
+TINY_MLP_SOURCE = """
+model tiny(x: f32[B, 8], y: i64[B]) {
+    param W1: f32[16, 8] = normal(0.0, 0.1)
+    param W2: f32[4, 16] = normal(0.0, 0.1)
+    let lam = 0.0001
+    o = relu(x @ W1.T) @ W2.T
+    J = cross_entropy(o, y) + lam / 2 * (sum(W1 ** 2) + sum(W2 ** 2))
+    return J, o
+}
+"""
 
 
 def deep_tanh_source(layers: int, width: int) -> str:
@@ -197,6 +232,139 @@ def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
     rows.append(("hand-written numpy", median_seconds(lambda: hand_step(params, a, b), repeats)))
     return rows + framework_rows(lambda torch: torch_systems(torch, model.params, kind),
                                  lambda jax: jax_systems(jax, model.params, kind), a, b, repeats)
+
+
+def generated_step(model, batch: dict, spec: OptimizerSpec):
+    """The numpy backend's generated train-step function called directly, its params and
+    optimizer state carried from call to call by hand: the floor under the public API."""
+    graph, interface = model.train_step_graph(spec, "O2")
+    compiled = CompiledNumpyBackend(donate_params=True).compiled(graph)
+    feeds = carried_feeds(model, graph, interface, batch)
+    order = list(graph.inputs) + graph.param_values()
+    arrays = [np.array(feeds[v.name]) for v in order]
+    position = {v.name: index for index, v in enumerate(order)}
+    output = {v.name: index for index, v in enumerate(graph.outputs)}
+    carried = [(position[name], output[next_name])
+               for name, next_name in {**interface.params, **interface.state}.items()]
+    function, rng = compiled.function, np.random.default_rng(0)
+
+    def step():
+        results = function(*arrays, True, rng)
+        for index, result in carried:
+            arrays[index] = results[result]
+    return step
+
+
+def raw_session_step(model, batch: dict, spec: OptimizerSpec):
+    """`session.run` of the onnxruntime backend's own session for the train step, numpy in
+    and out, the updated params fed back: what a user of onnxruntime alone would write."""
+    graph, interface = model.train_step_graph(spec, "O2")
+    session = OnnxRuntimeBackend().session(graph, training=True)
+    every = carried_feeds(model, graph, interface, batch)
+    feeds = {i.name: np.array(every[i.name]) for i in session.get_inputs()}
+    output = {o.name: index for index, o in enumerate(session.get_outputs())}
+    carried = [(name, output[next_name])
+               for name, next_name in {**interface.params, **interface.state}.items()
+               if name in feeds]
+
+    def step():
+        results = session.run(None, feeds)
+        for name, index in carried:
+            feeds[name] = results[index]
+    return step
+
+
+def carried_feeds(model, graph, interface, batch: dict) -> dict:
+    """Every input and param of a train-step graph: the batch, the learning rate, zeroed
+    optimizer state and the model's params."""
+    by_name = {v.name: v.type for v in graph.inputs}
+    feeds = dict(batch)
+    feeds[LR] = np.asarray(LR_VALUE, NUMPY_DTYPES[by_name[LR].dtype])
+    feeds.update((name, np.zeros(by_name[name].shape, NUMPY_DTYPES[by_name[name].dtype]))
+                 for name in interface.state)
+    feeds.update(model.params)
+    return feeds
+
+
+def api_overhead_rows(repeats: int) -> list:
+    """Workload 7: each public API call beside the generated function or the raw onnxruntime
+    session it wraps (same graph, same batch), and JAX jit's step for scale."""
+    spec = OptimizerSpec("sgd")
+    jax = optional("jax")
+    rows = []
+    x1 = np.random.default_rng(0).normal(size=(1, 784)).astype(np.float32)
+    model = chainrule.compile(lecture_mlp_source())
+    graph = model.forward_graph(["o"], "O2")
+    function = CompiledNumpyBackend().compiled(graph).function
+    session = OnnxRuntimeBackend().session(graph)
+    feeds = {"x": x1, **model.params}
+    feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+    args = [x1] + [model.params[v.name] for v in graph.param_values()]
+    systems = {
+        "numpy API": lambda: model.run(outputs=["o"], x=x1),
+        "numpy floor": lambda: function(*args, False, None),
+        "onnxruntime API": lambda: model.run(backend="onnxruntime", outputs=["o"], x=x1),
+        "onnxruntime floor": lambda: session.run(None, feeds)}
+    times = interleaved_medians(systems, repeats * 5)
+    if jax is not None:
+        times.update(separately(jax_systems(jax, model.params, "forward"), (x1,), repeats * 5))
+    rows.append(("lecture MLP inference, B=1 (`Model.run`)", times))
+    for title, source, kind, batch, factor in (
+            ("lecture MLP train step, B=8", lecture_mlp_source(), "mlp", mlp_batch(8), 1),
+            ("lecture MLP train step, B=128", lecture_mlp_source(), "mlp", mlp_batch(128), 1),
+            ("lecture MLP train step, B=1024", lecture_mlp_source(), "mlp", mlp_batch(1024), 8),
+            ("16×64 tanh MLP train step, B=32", deep_tanh_source(16, 64), "deep", deep_batch(),
+             1),
+            ("tiny MLP train step, B=8", TINY_MLP_SOURCE, "mlp", mlp_batch(8, 8, 4), 1)):
+        inputs = dict(zip(("x", "y") if kind == "mlp" else ("x", "t"), batch, strict=True))
+        model = chainrule.compile(source)
+        systems = {}
+        for backend in ("numpy", "onnxruntime"):
+            trainer = chainrule_trainer(source, backend)[1]
+            systems[f"{backend} API"] = (lambda m, b: lambda: m.train_step(
+                LR_VALUE, spec, b, **inputs))(chainrule.compile(source), backend)
+            systems[f"{backend} Trainer"] = (lambda t: lambda: t.train_step(
+                inputs, LR_VALUE))(trainer)
+            systems[f"{backend} floor"] = (generated_step if backend == "numpy"
+                                           else raw_session_step)(model, inputs, spec)
+        times = interleaved_medians(systems, max(repeats // factor, 10))
+        if jax is not None:
+            times.update(separately(jax_systems(jax, model.params, kind), batch,
+                                    max(repeats // factor, 10)))
+        rows.append((title, times))
+    return rows
+
+
+def separately(step, args, repeats) -> dict:
+    """JAX's median, timed on its own: its thread pool stays busy for a while after each call
+    and would slow whichever call came next."""
+    return {"jax jit": median_seconds(lambda: step(*args), repeats)}
+
+
+def print_api_overhead(rows) -> None:
+    print("\n### 7. API overhead: the public API beside what it wraps, and JAX jit\n")
+    print("`Model.run` / `Model.train_step` (API) and `Trainer.train_step` against the numpy "
+          "backend's generated function called directly and the onnxruntime backend's own "
+          "session called with `session.run`; medians in µs, chainrule's calls interleaved, JAX's "
+          "timed on its own.\n")
+    print("| workload | numpy API | Trainer | generated fn | API / fn | onnxruntime API | "
+          "Trainer | raw session | API / raw | jax jit | best API / jax |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def us(seconds):
+        return "" if seconds is None else f"{seconds * 1e6:,.0f}"
+
+    for title, times in rows:
+        get = times.get
+        best = min(get("numpy API"), get("onnxruntime API"))
+        jax = get("jax jit")
+        print(f"| {title} | {us(get('numpy API'))} | {us(get('numpy Trainer'))} | "
+              f"{us(get('numpy floor'))} | "
+              f"{get('numpy API') / get('numpy floor'):.2f}× | "
+              f"{us(get('onnxruntime API'))} | {us(get('onnxruntime Trainer'))} | "
+              f"{us(get('onnxruntime floor'))} | "
+              f"{get('onnxruntime API') / get('onnxruntime floor'):.2f}× | {us(jax)} | "
+              f"{'' if jax is None else f'{best / jax:.2f}×'} |")
 
 
 def lenet_rows(repeats):
@@ -413,9 +581,15 @@ def memory_rows():
         print(f"| {system} | {traced_text} | {int(fields[1]) / 1e6:.2f} |")
 
 
-def mlp_batch(batch=128):
+def mlp_batch(batch=128, features=784, classes=10):
     rng = np.random.default_rng(0)
-    return rng.normal(size=(batch, 784)).astype(np.float32), rng.integers(0, 10, batch)
+    return rng.normal(size=(batch, features)).astype(np.float32), rng.integers(0, classes, batch)
+
+
+def deep_batch(batch=32, width=64):
+    rng = np.random.default_rng(1)
+    return (rng.normal(size=(batch, width)).astype(np.float32),
+            rng.normal(size=(batch, width)).astype(np.float32))
 
 
 def workloads(quick: bool) -> dict:
@@ -429,12 +603,28 @@ def workloads(quick: bool) -> dict:
                     train_step_rows(lecture_mlp_source(), {"x": x, "y": y}, hand_mlp_step,
                                     "mlp", repeats))
 
+    def mlp_step_small():
+        x, y = mlp_batch(8)
+        print_table("1b. Lecture MLP train step, batch 8",
+                    train_step_rows(lecture_mlp_source(), {"x": x, "y": y}, hand_mlp_step,
+                                    "mlp", repeats))
+
+    def mlp_step_large():
+        x, y = mlp_batch(1024)
+        print_table("1c. Lecture MLP train step, batch 1024",
+                    train_step_rows(lecture_mlp_source(), {"x": x, "y": y}, hand_mlp_step,
+                                    "mlp", max(repeats // 8, 10)))
+
     def deep_step():
-        rng = np.random.default_rng(1)
-        inputs = {"x": rng.normal(size=(32, 64)).astype(np.float32),
-                  "t": rng.normal(size=(32, 64)).astype(np.float32)}
+        x, t = deep_batch()
         print_table("2. 16-layer, 64-wide tanh MLP train step (batch 32, MSE, SGD)",
-                    train_step_rows(deep_tanh_source(16, 64), inputs, hand_deep_step, "deep",
+                    train_step_rows(deep_tanh_source(16, 64), {"x": x, "t": t}, hand_deep_step,
+                                    "deep", repeats))
+
+    def tiny_step():
+        x, y = mlp_batch(8, 8, 4)
+        print_table("2b. Tiny MLP train step (batch 8, 8-16-4, SGD)",
+                    train_step_rows(TINY_MLP_SOURCE, {"x": x, "y": y}, hand_mlp_step, "mlp",
                                     repeats))
 
     def inference():
@@ -455,8 +645,36 @@ def workloads(quick: bool) -> dict:
         print_table("6. LeNet-style train step (examples/lenet_digits.nn, batch 64, SGD)",
                     lenet_rows(repeats))
 
-    return {"1": mlp_step, "2": deep_step, "3": inference, "4": compile_time,
-            "4b": loop_compile_time, "5": memory_rows, "6": lenet_step}
+    def api_overhead():
+        print_api_overhead(api_overhead_rows(repeats))
+
+    return {"1": mlp_step, "1b": mlp_step_small, "1c": mlp_step_large, "2": deep_step,
+            "2b": tiny_step, "3": inference, "4": compile_time, "4b": loop_compile_time,
+            "5": memory_rows, "6": lenet_step, "7": api_overhead}
+
+
+@contextlib.contextmanager
+def busy_core(enabled: bool):
+    """With `enabled`, one other process spinning on a core for the duration."""
+    if not enabled:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it be scheduled before the first measurement
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def thread_settings() -> str:
+    """What decides the threads: chainrule's setting and the environment variables that
+    numpy's BLAS reads (OPENBLAS_CORETYPE pins its kernels, which moves every figure)."""
+    from chainrule.backends.threads import describe_threads
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
+    environment = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    return ", ".join([describe_threads()] + environment)
 
 
 def main():
@@ -464,6 +682,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--only", metavar="N,...",
                         help="run only these workloads, e.g. --only 4,4b (default: all)")
+    parser.add_argument("--busy", action="store_true",
+                        help="measure with one core kept busy by another process")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -475,9 +695,12 @@ def main():
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(table)}")
     print(f"chainrule benchmark: {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"{'quick' if args.quick else 'full'} repeats")
-    for name in chosen:
-        table[name]()
+          f"{'quick' if args.quick else 'full'} repeats"
+          f"{', one core kept busy by another process' if args.busy else ''}; "
+          f"{thread_settings()}; load average before: {os.getloadavg()[0]:.2f}")
+    with busy_core(args.busy):
+        for name in chosen:
+            table[name]()
 
 
 if __name__ == "__main__":

@@ -86,10 +86,14 @@ class Model:
         self.graph = graph
         self.source = source
         self.filename = filename
-        self.params = initial_params(graph, seed)
-        self._trainers = {}  # (optimizer, backend) -> Trainer, for train_step
+        self._params = initial_params(graph, seed)
+        # The trainer whose steps hold the current params (train_step), or None: then
+        # _params does. Reading `params` takes them back; the next step hands them over again.
+        self._holder = None
+        self._trainers = {}  # (optimizer, backend, opt_level) -> Trainer, for train_step
         self._compiled = {}  # pipeline -> (graph, gradient names)
         self._backends = {}  # backend name -> backend, which caches what it compiles per graph
+        self._runs = {}  # (backend, opt_level, outputs) -> (graph, backend, param names)
         self.onnx_names = {}  # an imported model's ONNX value names -> IR names
 
     # ---- interface ----------------------------------------------------------------------------
@@ -97,6 +101,28 @@ class Model:
     @property
     def objective(self):
         return self.graph.outputs[0]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current param values by name, the caller's to read, keep and change: a train
+        step that held them (see train_step) gives them back, copied out of a backend that
+        keeps them, and the next step takes a copy again."""
+        holder, self._holder = self._holder, None
+        if holder is not None and holder.resident is not None:
+            self._params = {name: np.array(array) for name, array in holder.params.items()}
+        return self._params
+
+    @params.setter
+    def params(self, values: dict) -> None:
+        self._holder = None
+        self._params = dict(values)
+
+    def _current_params(self) -> dict[str, np.ndarray]:
+        """The current params for this model's own calls, taken from a train step that holds
+        them without copying or handing them back: read them before its next step."""
+        if self._holder is not None and self._holder.resident is not None:
+            return self._holder.params
+        return self._params
 
     def source_lines(self, file: str):
         # Split on newlines only, as the parser counts lines (not on form feeds and the like).
@@ -187,18 +213,26 @@ class Model:
             self._backends[name] = get_backend(name)
         return self._backends[name]
 
-    def run(self, backend: str = "numpy", opt_level: str = "O0", outputs=None,
+    def run(self, backend: str = "numpy", opt_level: str = "O2", outputs=None,
             **inputs) -> dict[str, np.ndarray]:
         """The model's outputs by name: every one, or only `outputs`, computing only what
         they need (so an input only the loss reads, such as labels, is not needed)."""
-        graph = self.forward_graph(outputs, opt_level)
-        return self.backend(backend).run(graph, inputs, self.params_of(graph))
+        key = (backend, opt_level, outputs if outputs is None else tuple(outputs))
+        prepared = self._runs.get(key)
+        if prepared is None:
+            graph = self.forward_graph(outputs, opt_level)
+            names = [v.name for v in graph.param_values()]
+            prepared = self._runs[key] = (graph, self.backend(backend), names)
+        graph, runner, names = prepared
+        current = self._current_params()
+        return runner.run(graph, inputs, {name: current[name] for name in names})
 
     def params_of(self, graph: Graph) -> dict[str, np.ndarray]:
         """The params `graph` reads: one reduced to some outputs may not need them all."""
-        return {v.name: self.params[v.name] for v in graph.param_values()}
+        current = self._current_params()
+        return {v.name: current[v.name] for v in graph.param_values()}
 
-    def forward_graph(self, outputs=None, opt_level: str = "O0") -> Graph:
+    def forward_graph(self, outputs=None, opt_level: str = "O2") -> Graph:
         """The forward graph, reduced to `outputs` and what they need when they are given."""
         graph, _ = self.compile_graph(opt_level=opt_level)
         if outputs is None:
@@ -209,7 +243,7 @@ class Model:
         return self._compiled[key]
 
     def predict(self, data: dict, outputs=None, *, batch_size: int = 256,
-                backend: str = "numpy", opt_level: str = "O1",
+                backend: str = "numpy", opt_level: str = "O2",
                 progress=None) -> dict[str, np.ndarray]:
         """`outputs` (default: every output with one row per example) over a whole data set,
         run in batches of `batch_size` rows and joined. `data` holds an array per input the
@@ -252,7 +286,7 @@ class Model:
                 names.append(value.name)
         return names
 
-    def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O0",
+    def grad(self, wrt=None, backend: str = "numpy", opt_level: str = "O2",
              training: bool = False, **inputs) -> dict[str, np.ndarray]:
         """The objective under its name and each gradient under the name it differentiates
         (`dJ/dJ` for the gradient of an objective that is itself a param or input). With
@@ -269,21 +303,32 @@ class Model:
         return out
 
     def train_step(self, lr: float = 0.01, optimizer: OptimizerSpec | str = "sgd",
-                   backend: str = "numpy", **inputs) -> dict[str, float]:
-        """One optimizer step on a batch: updates `params` in place of the old ones and keeps
-        the optimizer's state on the model between calls. Returns the objective and metrics."""
-        from .train import TrainConfig, Trainer
+                   backend: str = "numpy", opt_level: str = "O2",
+                   **inputs) -> dict[str, float]:
+        """One optimizer step on a batch, keeping the optimizer's state on the model between
+        calls. Returns the objective and metrics.
 
-        spec = OptimizerSpec(optimizer) if isinstance(optimizer, str) else optimizer
-        trainer = self._trainers.get((spec, backend))
+        The params stay where the step's backend keeps them from one step to the next, with
+        no copy per step: the numpy backend updates them in place, onnxruntime in buffers of
+        its own. Reading `params` gives their current values back (copying them out of
+        onnxruntime), and the step after that takes a copy of them again."""
+        key = (optimizer, backend, opt_level)
+        trainer = self._trainers.get(key)
         if trainer is None:
-            trainer = Trainer(self, TrainConfig(optimizer=spec, backend=backend, lr=lr))
-            self._trainers[(spec, backend)] = trainer
-        trainer.params = {k: np.array(v) for k, v in self.params.items()}
+            from .train import TrainConfig, Trainer
+
+            spec = OptimizerSpec(optimizer) if isinstance(optimizer, str) else optimizer
+            config = TrainConfig(optimizer=spec, backend=backend, lr=lr, opt_level=opt_level)
+            trainer = self._trainers[key] = Trainer(self, config)
+        if self._holder is not trainer:
+            params = self.params  # back from the previous holder, if any
+            # The step may write into the arrays it holds: the caller's stay untouched.
+            trainer.params = {name: np.array(array) for name, array in params.items()}
+            if trainer.resident is None:
+                self._params = trainer.params  # the dict the step updates
+            self._holder = trainer
         outputs = trainer.train_step(inputs, lr)
-        self.params = dict(trainer.params)
-        names = [trainer.interface.objective] + trainer.interface.metrics
-        return {name: float(outputs[name]) for name in names}
+        return {name: float(outputs[name]) for name in trainer.reported}
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,
                      opt_level: str = "O0") -> Graph:

@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     backend: str = "numpy"
     check_numerics: bool = False  # run the numpy interpreter, stopping at the first NaN/Inf
-    opt_level: str = "O1"
+    opt_level: str = "O2"
     allow_nonfinite: bool = False  # train on through steps whose results are NaN or Inf
 
     def __post_init__(self):
@@ -115,6 +115,17 @@ class Trainer:
             self.backend = get_backend(config.backend)
             # The step replaces every param array it is given: it may update them in place.
             self.step_backend = get_backend(config.backend, donate_params=True)
+        self.dtype = NUMPY_DTYPES[model.objective.type.dtype]
+        self.reported = [self.interface.objective] + self.interface.metrics
+        self._param_names = [v.name for v in self.step_graph.param_values()]
+        self._param_updates = list(self.interface.params.items())
+        self._state_updates = list(self.interface.state.items())
+        # A backend that can keep params and optimizer state to itself between steps
+        # (onnxruntime) holds them; otherwise they are numpy arrays in _params and _state.
+        self.resident = None
+        if hasattr(self.step_backend, "resident_step"):
+            self.resident = self.step_backend.resident_step(
+                self.step_graph, {**self.interface.params, **self.interface.state})
         self.params = {k: np.array(v) for k, v in model.params.items()}
         self.state = self.initial_state()
         self.epoch = 0          # epochs completed
@@ -132,9 +143,39 @@ class Trainer:
                                NUMPY_DTYPES[by_name[name].type.dtype])
                 for name in self.interface.state}
 
+    # ---- params and optimizer state --------------------------------------------------------
+
     @property
-    def dtype(self):
-        return NUMPY_DTYPES[self.model.objective.type.dtype]
+    def params(self) -> dict[str, np.ndarray]:
+        """The current params by name. A backend that keeps them (onnxruntime) gives its live
+        buffers, which a later step overwrites: copy an array to keep it, and assign a whole
+        dict to change them. Otherwise this is the dict the steps update, as it was assigned."""
+        if self.resident is None:
+            return self._params
+        current = self.resident.values()
+        return {name: current[name] for name in self._param_names}
+
+    @params.setter
+    def params(self, values: dict) -> None:
+        if self.resident is None:
+            self._params = values  # the caller's dict: steps write the new arrays into it
+        else:
+            self.resident.load({**self.resident.values(), **values})
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by name, held as `params` are."""
+        if self.resident is None:
+            return self._state
+        current = self.resident.values()
+        return {name: current[name] for name in self.interface.state}
+
+    @state.setter
+    def state(self, values: dict) -> None:
+        if self.resident is None:
+            self._state = values
+        else:
+            self.resident.load({**self.resident.values(), **values})
 
     def learning_rate(self, total_steps: int) -> float:
         config = self.config
@@ -146,15 +187,19 @@ class Trainer:
         return config.lr
 
     def train_step(self, batch: dict, lr: float) -> dict:
+        """One step on `batch`: the step's outputs by name (objective and metrics; on a
+        backend that keeps the params, not the updated params, which `params` gives)."""
         feeds = dict(batch)
-        feeds.update(self.state)
         feeds[LR] = np.asarray(lr, self.dtype)
-        outputs = self.step_backend.run(self.step_graph, feeds, self.params, training=True,
+        if self.resident is not None:
+            return self.resident.step(feeds)
+        feeds.update(self._state)
+        outputs = self.step_backend.run(self.step_graph, feeds, self._params, training=True,
                                         rng=self.dropout_rng)
-        for param, next_name in self.interface.params.items():
-            self.params[param] = outputs[next_name]
-        for state, next_name in self.interface.state.items():
-            self.state[state] = outputs[next_name]
+        for name, next_name in self._param_updates:
+            self._params[name] = outputs[next_name]
+        for name, next_name in self._state_updates:
+            self._state[name] = outputs[next_name]
         return outputs
 
     def evaluate(self, arrays: dict) -> dict[str, float]:

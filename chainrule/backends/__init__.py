@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..ir import ChainruleError
+from .threads import apply_blas_threads
 
 
 def _numpy(donate_params: bool = False):
@@ -24,6 +25,7 @@ def get_backend(name, *, donate_params: bool = False):
     them (a train step's in-place update)."""
     if not isinstance(name, str):
         return name
+    apply_blas_threads()  # numpy's BLAS takes chainrule's threads setting before it runs
     try:
         return BACKENDS[name](donate_params=donate_params)
     except KeyError:

@@ -143,12 +143,39 @@ class CheckedFeeds:
     """A graph's input and param arrays in graph order, fully checked once per signature.
 
     Checking names, dtypes and dims costs as much as running a small graph, so a backend checks
-    each distinct (dtype, shape) signature once and then only compares signatures."""
+    each distinct (dtype, shape) signature once and then only compares signatures. `held`
+    names the inputs and params a backend keeps itself between calls (see `fed_arrays`)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, held=frozenset()):
         self.graph = graph
         self.seen: dict = {}  # signature -> the symbolic dims it binds
         self.indexed = index_inputs(graph)
+        self.held = frozenset(held)
+        self.fed = [v for v in graph.inputs if v.name not in self.held]
+
+    def fed_arrays(self, inputs: dict, held: dict) -> list[np.ndarray]:
+        """The arrays of the inputs not held, in graph order. The first call with each
+        signature of theirs checks everything, `held` (every held input and param by name)
+        included; a held value keeps its shape and dtype, so later calls compare signatures."""
+        try:
+            arrays = [_as_array(inputs[v.name]) for v in self.fed]
+        except (KeyError, ValueError, TypeError):
+            arrays = None
+        signature = None if arrays is None else (
+            len(inputs), tuple((a.dtype, a.shape) for a in arrays))
+        dims = self.seen.get(signature)
+        if dims is None:
+            params = {v.name: held[v.name] for v in self.graph.param_values()}
+            every = dict(inputs)
+            every.update((name, held[name]) for name in self.held if name not in params)
+            unknown = sorted(self.held & set(inputs))
+            if unknown:
+                raise ChainruleError(f"input(s) {quoted(unknown)} are held by the backend "
+                                     f"between calls, not fed")
+            dims = self.seen[signature] = check_feeds(self.graph, every, params)
+        elif self.indexed:
+            check_index_ranges(self.indexed, inputs, dims)
+        return arrays
 
     def arrays(self, inputs: dict, params: dict) -> list[np.ndarray]:
         try:

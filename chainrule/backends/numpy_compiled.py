@@ -2,8 +2,10 @@
 
 The function calls numpy directly, keeps values in locals, deletes each intermediate after its
 last use, and writes an elementwise result into a dying operand's buffer (`out=`) when shape,
-dtype and aliasing allow. `generate_source` returns the code, which `chainrule ir --emit python`
-prints; `memory_plan` says which buffers were reused.
+dtype and aliasing allow. A group of elementwise nodes (`graph.groups`, -O2) runs as one fused
+kernel when numba is installed and the group is large enough (fused_kernels.py), else node by
+node. `generate_source` returns the code, which `chainrule ir --emit python` prints;
+`memory_plan` says which buffers were reused.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import numpy as np
 
 from ..ir import Graph, Node, Value, get_op
 from ..ir.gcpause import gc_paused
-from ..ir.types import UNKNOWN
+from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from . import fused_kernels
 from .feeds import CheckedFeeds
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
@@ -53,6 +56,19 @@ class Plan:
     names: dict = field(default_factory=dict)        # Value -> local variable
     frees: dict = field(default_factory=dict)        # node index -> values deleted after it
     in_place: dict = field(default_factory=dict)     # node index -> input Value reused as output
+    fused: dict = field(default_factory=dict)        # first node index -> FusedGroup
+
+
+@dataclass
+class FusedGroup:
+    """A group of consecutive nodes that runs as one kernel, or node by node when small."""
+
+    nodes: tuple
+    kernel: object                  # a fused_kernels.Kernel
+    operands: list                  # the Values it reads, in the kernel's argument order
+    sized_by: Value                 # an operand of the result's shape: the size test reads it
+    always: bool                    # the size is known and large enough: no test, no fallback
+    out: Value | None = None        # a dying operand whose buffer takes the result
 
 
 def _fixed_shape(value: Value) -> bool:
@@ -94,11 +110,45 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                     and node.inputs.count(value) == 1):
                 plan.in_place[index] = value
                 break
+    for start, group in _fused_groups(graph).items():
+        plan.fused[start] = group
+        end, out = start + len(group.nodes) - 1, group.nodes[-1].output
+        for value in group.operands:
+            if (value in fresh and value not in caller_owned and value not in kept
+                    and start <= last_read_through_views.get(value, -1) <= end
+                    and value.type == out.type
+                    and not any(value in shares[other]
+                                for other in group.operands if other is not value)):
+                group.out = value
+                break
     kept_alive = set(graph.inputs) | set(graph.param_values()) | set(graph.outputs)
     for value, index in last_read.items():
         if value not in kept_alive:
             plan.frees.setdefault(index, []).append(value)
     return plan
+
+
+def _fused_groups(graph: Graph) -> dict:
+    """The groups that run as kernels, by the index of their first node."""
+    if not graph.groups or not fused_kernels.available():
+        return {}
+    position = {node: index for index, node in enumerate(graph.nodes)}
+    fused = {}
+    for nodes in graph.groups:
+        start = position[nodes[0]]
+        written = fused_kernels.kernel_source(nodes)
+        if written is None or graph.nodes[start:start + len(nodes)] != list(nodes):
+            continue
+        source, operands = written
+        shape = nodes[-1].output.type.shape
+        static = all(isinstance(dim, int) for dim in shape)
+        if static and int(np.prod(shape)) < fused_kernels.KERNEL_MIN_ELEMENTS:
+            continue
+        sized_by = next(v for v in operands if v.type.shape == shape)
+        always = static  # and large enough, from the test above
+        fused[start] = FusedGroup(nodes, fused_kernels.kernel_for(source), operands, sized_by,
+                                  always)
+    return fused
 
 
 def _literal(value) -> str:
@@ -114,33 +164,73 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
     params += ["training", "rng"]
     lines = [f"def {function_name}({', '.join(params)}):"]
     line_nodes = [None]
-    for index, node in enumerate(graph.nodes):
-        out = names[node.outputs[0]]
-        args = [names[v] for v in node.inputs]
-        reused = plan.in_place.get(index)
-        if node.op == "constant":
-            call = f"CONSTANTS[{index}]"
-        elif node.op in INLINE:
-            call = INLINE[node.op](args, node.attrs)
-        elif node.op in UFUNCS:
-            out_arg = f", out={names[reused]}" if reused is not None else ""
-            call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
-        else:
-            keywords = [f"{k}={_literal(v)}" for k, v in node.attrs.items()]
-            if "stochastic" in get_op(node.op).traits:
-                keywords += ["training=training", "rng=rng"]
-            call = f"K_{node.op}({', '.join(args + keywords)})"
-        comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
-        lines.append(f"    {out} = {call}{comment}")
+
+    def emit(line: str, node: Node | None) -> None:
+        lines.append(line)
         line_nodes.append(node)
-        dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)]
-        if dead:
-            lines.append(f"    del {', '.join(dead)}")
-            line_nodes.append(node)
+
+    index = 0
+    while index < len(graph.nodes):
+        group = plan.fused.get(index)
+        if group is None:
+            _emit_node(plan, index, graph.nodes[index], "    ", emit)
+            index += 1
+            continue
+        _emit_kernel_call(plan, group, index, emit)
+        if not group.always:
+            emit("    else:", group.nodes[-1])
+            for offset, node in enumerate(group.nodes):
+                _emit_node(plan, index + offset, node, "        ", emit)
+        index += len(group.nodes)
     outputs = ", ".join(names[v] for v in graph.outputs)
-    lines.append(f"    return ({outputs}{',' if len(graph.outputs) == 1 else ''})")
-    line_nodes.append(None)
+    emit(f"    return ({outputs}{',' if len(graph.outputs) == 1 else ''})", None)
     return "\n".join(lines) + "\n", line_nodes
+
+
+def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
+    """The group's kernel call, under a size test unless its size is known to be large."""
+    names, result = plan.names, group.nodes[-1]
+    indent = "    "
+    if not group.always:
+        emit(f"    if {names[group.sized_by]}.size >= {fused_kernels.KERNEL_MIN_ELEMENTS}:",
+             result)
+        indent = "        "
+    dtype = NUMPY_DTYPES[result.output.type.dtype].__name__
+    buffer = (names[group.out] if group.out is not None
+              else f"np.empty({names[group.sized_by]}.shape, np.{dtype})")
+    args = ", ".join([names[v] for v in group.operands] + [buffer])
+    members = ", ".join(f"%{node.output.name}" for node in group.nodes[:-1])
+    comment = f"  # %{result.output.name}" + (f" (fused: {members})" if members else " (fused)")
+    emit(f"{indent}{names[result.output]} = {group.kernel.name}({args}){comment}", result)
+    inside = {node.output for node in group.nodes}
+    dead = [names[v] for offset in range(len(group.nodes))
+            for v in plan.frees.get(start + offset, []) if v not in inside]
+    if dead:
+        emit(f"{indent}del {', '.join(dead)}", result)
+
+
+def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit) -> None:
+    names = plan.names
+    out = names[node.outputs[0]]
+    args = [names[v] for v in node.inputs]
+    reused = plan.in_place.get(index)
+    if node.op == "constant":
+        call = f"CONSTANTS[{index}]"
+    elif node.op in INLINE:
+        call = INLINE[node.op](args, node.attrs)
+    elif node.op in UFUNCS:
+        out_arg = f", out={names[reused]}" if reused is not None else ""
+        call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
+    else:
+        keywords = [f"{k}={_literal(v)}" for k, v in node.attrs.items()]
+        if "stochastic" in get_op(node.op).traits:
+            keywords += ["training=training", "rng=rng"]
+        call = f"K_{node.op}({', '.join(args + keywords)})"
+    comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
+    emit(f"{indent}{out} = {call}{comment}", node)
+    dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)]
+    if dead:
+        emit(f"{indent}del {', '.join(dead)}", node)
 
 
 @dataclass
@@ -189,6 +279,7 @@ def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
     source, line_nodes = generate_source(graph, plan)
     namespace = {"np": np, "CONSTANTS": {}}
     namespace.update((f"K_{op}", kernel) for op, kernel in KERNELS.items())
+    namespace.update((group.kernel.name, group.kernel) for group in plan.fused.values())
     for index, node in enumerate(graph.nodes):
         if node.op == "constant":
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)
@@ -222,6 +313,11 @@ def describe_plan(graph: Graph, plan: Plan) -> str:
              f"{sum(len(v) for v in plan.frees.values())} intermediates freed after last use"]
     for index, node in enumerate(graph.nodes):
         notes = []
+        group = plan.fused.get(index)
+        if group is not None:
+            into = f", writing into %{group.out.name}" if group.out is not None else ""
+            lines.append(f"#   %{group.nodes[-1].output.name}: one kernel for "
+                         f"{len(group.nodes)} nodes{into}")
         if index in plan.in_place:
             notes.append(f"writes into %{plan.in_place[index].name}")
         freed = [f"%{v.name}" for v in plan.frees.get(index, [])]

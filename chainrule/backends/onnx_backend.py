@@ -9,8 +9,9 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from .feeds import CheckedFeeds
+from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+from .threads import configured_threads
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 13
@@ -162,6 +163,43 @@ class OnnxRuntimeBackend:
             training: bool = False, rng=None) -> dict[str, np.ndarray]:
         return self._runner(graph, training).run(inputs, params)
 
+    def resident_step(self, graph: Graph, carried: dict[str, str]) -> ResidentStep:
+        """A train step (`graph` in training mode) that keeps its params and the inputs named
+        in `carried` (optimizer state) in onnxruntime from call to call; `carried` maps each
+        held value to the output that replaces it after a step."""
+        return ResidentStep(self._runner(graph, True), carried)
+
+
+def session_options(graph: Graph):
+    """The options every session is created with, chosen by measurement (README, Performance:
+    the 2-core machine, alone and beside numpy's BLAS in one process, quiet and with one core
+    kept busy by another process)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # fatal only: run() reports failures itself
+    # chainrule's threads setting (1 unless asked: see threads.py). One intra-op thread means
+    # no pool at all: the calling thread computes, and nothing waits for a descheduled worker.
+    options.intra_op_num_threads = configured_threads()
+    # The graphs are chains: nodes run one after another, so no inter-op pool either.
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    # Pool threads that spin between ops keep a core at 100% (CPU/wall 2.0 on a tiny model)
+    # and take it from numpy's BLAS threads in the same process and from other processes;
+    # without spinning a second thread pays a wake-up per op instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if any(value.type.dtype == "f64" for value in graph.values()):
+        # onnxruntime's extended optimisations fuse standard ops into com.microsoft ones
+        # (MatMul + Transpose into FusedMatMul) that some versions, 1.23 among them, only
+        # implement for float32, so the session would fail to load. Basic optimisations
+        # keep standard ops.
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    else:
+        # Every optimisation for float32 graphs: measured no slower than basic or extended
+        # on the train steps, and sessions are created once per graph.
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
 
 class _SessionRunner:
     """One onnxruntime session and what each call needs: input and output names."""
@@ -169,15 +207,8 @@ class _SessionRunner:
     def __init__(self, graph: Graph, model: onnx.ModelProto):
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 4  # fatal only: run() reports failures itself
-        if any(value.type.dtype == "f64" for value in graph.values()):
-            # onnxruntime's extended optimisations fuse standard ops into com.microsoft ones
-            # (MatMul + Transpose into FusedMatMul) that some versions, 1.23 among them, only
-            # implement for float32, so the session would fail to load. Basic optimisations
-            # keep standard ops; float32 graphs keep every optimisation.
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+        self.session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                                    session_options(graph),
                                                     providers=["CPUExecutionProvider"])
         self.graph = graph
         self.feeds = CheckedFeeds(graph)
@@ -207,3 +238,78 @@ class _SessionRunner:
         where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
             "while running the graph"
         return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
+
+
+class ResidentStep:
+    """A train step whose params and optimizer state stay in onnxruntime between calls.
+
+    Each carried value (one that an output of the step replaces) has two buffers, numpy arrays
+    that OrtValues wrap without a copy. A step reads one and writes the other through IO
+    binding, and then they swap: no step allocates, copies or converts them. Held values
+    that no output replaces (frozen params) are bound once. Two bindings, one per direction
+    of the swap, are made up front, so a step binds only the batch and the learning rate.
+    """
+
+    def __init__(self, runner: _SessionRunner, carried: dict[str, str]):
+        import onnxruntime
+
+        self.runner = runner
+        graph = runner.graph
+        self.held_values = [v for v in graph.inputs if v.name in carried] + graph.param_values()
+        self.feeds = CheckedFeeds(graph, held={v.name for v in self.held_values})
+        used = {i.name for i in runner.session.get_inputs()}
+        self.fed = [(index, v.name) for index, v in enumerate(self.feeds.fed) if v.name in used]
+        onnx_names = {v.name: output_name(v, graph) for v in graph.outputs}
+        buffers = [{}, {}]  # the two sets of held arrays, by name
+        for value in self.held_values:
+            array = np.zeros(value.type.shape, NUMPY_DTYPES[value.type.dtype])
+            buffers[0][value.name] = array
+            buffers[1][value.name] = np.zeros_like(array) if value.name in carried else array
+        self.buffers = buffers
+        self.parity = 0  # buffers[parity] holds the current values
+        # Outputs other than the carried ones (objective, metrics) come back as numpy.
+        replaced = {onnx_names[name] for name in carried.values()}
+        self.returned = [(index, v.name) for index, v in enumerate(
+            v for v in graph.outputs if onnx_names[v.name] not in replaced)]
+        self.bindings = []
+        self.ort_values = []  # kept alive as long as the bindings that use them
+        for parity in (0, 1):
+            binding = runner.session.io_binding()
+            for name, array in buffers[parity].items():
+                if name in used:
+                    value = onnxruntime.OrtValue.ortvalue_from_numpy(array)
+                    self.ort_values.append(value)
+                    binding.bind_ortvalue_input(name, value)
+            for value in graph.outputs:  # returned outputs first, so get_outputs() lists them
+                if onnx_names[value.name] not in replaced:
+                    binding.bind_output(onnx_names[value.name], "cpu")
+            for name, next_name in carried.items():
+                out = onnxruntime.OrtValue.ortvalue_from_numpy(buffers[1 - parity][name])
+                self.ort_values.append(out)
+                binding.bind_ortvalue_output(onnx_names[next_name], out)
+            self.bindings.append(binding)
+
+    def load(self, values: dict) -> None:
+        """Copy `values` (every held value by name) into the current buffers."""
+        check_arrays(self.held_values, values, "param or state")
+        for name, array in self.buffers[self.parity].items():
+            np.copyto(array, values[name])
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The current held values: the live buffers, which the step after next overwrites."""
+        return dict(self.buffers[self.parity])
+
+    def step(self, inputs: dict) -> dict[str, np.ndarray]:
+        """One step on `inputs` (the batch and the learning rate): the outputs that replace
+        no held value, by name."""
+        arrays = self.feeds.fed_arrays(inputs, self.buffers[self.parity])
+        binding = self.bindings[self.parity]
+        for index, name in self.fed:
+            binding.bind_cpu_input(name, arrays[index])
+        try:
+            self.runner.session.run_with_iobinding(binding)
+        except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
+            raise self.runner.located(error) from None
+        self.parity = 1 - self.parity
+        outputs = binding.get_outputs()
+        return {name: outputs[index].numpy() for index, name in self.returned}

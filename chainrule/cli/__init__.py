@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..backends.threads import set_threads
 from ..fileio import check_writable
 from ..ir import ChainruleError
 from .inputs import UsageError, random_inputs
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
         os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
     try:
         check_output_paths(args)
+        if getattr(args, "threads", None) is not None:
+            set_threads(args.threads)
         return args.func(args)
     except UsageError as error:
         if args.debug:

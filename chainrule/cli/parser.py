@@ -6,6 +6,7 @@ import argparse
 from .. import __version__
 from ..backends import BACKENDS
 from ..backends.onnx_backend import DEFAULT_OPSET
+from ..backends.threads import DEFAULT_THREADS, ENV_VAR
 from ..onnx_import import LOSSES
 from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
@@ -66,12 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         onnx.add_argument("--trainable", metavar="NAMES",
                           help="the only float initializers that train (comma-separated)")
 
-    def with_optimization(sub):
+    def with_optimization(sub, default="O0"):
         levels = sub.add_mutually_exclusive_group()
         for level in PRESETS:
             levels.add_argument(f"-{level}", dest="opt_level", action="store_const", const=level,
-                                help=f"optimisation preset: {', '.join(PRESETS[level])}")
-        sub.set_defaults(opt_level="O0")
+                                help=f"optimisation preset: {', '.join(PRESETS[level])}"
+                                     + (" (the default)" if level == default else ""))
+        sub.set_defaults(opt_level=default)
+        return sub
+
+    def with_threads(sub):
+        sub.add_argument("--threads", type=int, metavar="N",
+                         help=f"threads for onnxruntime and numpy's BLAS (default: "
+                              f"${ENV_VAR}, else {DEFAULT_THREADS})")
         return sub
 
     def with_optimizer(sub):
@@ -126,13 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print which results the numpy backend computes in place and when "
                          "each intermediate is freed")
     ir.add_argument("--params", help=argparse.SUPPRESS)
-    run = with_optimization(command("run", cmd_run, "run the forward pass"))
+    run = with_threads(with_optimization(command("run", cmd_run, "run the forward pass"),
+                                         "O2"))
     with_inputs(run)
     run.add_argument("--outputs", metavar="NAMES", help="compute only these outputs (and only "
                      "the inputs they need)")
-    predict = with_optimization(command(
+    predict = with_threads(with_optimization(command(
         "predict", cmd_predict, "run the model over a whole data file in batches, without "
-        "labels"))
+        "labels"), "O2"))
     with_data(predict, "--data", "the data: .npz, .npy, .csv or IDX")
     predict.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
     predict.add_argument("--outputs", metavar="NAMES", help="outputs to predict (default: "
@@ -145,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where to run")
     predict.add_argument("-o", "--output", metavar="OUT.npz|OUT.csv",
                          help="save the predictions")
-    predict.set_defaults(opt_level="O1")
     grad = command("grad", cmd_grad, "compute the objective and its gradients")
-    with_inputs(with_optimization(grad))
+    with_inputs(with_threads(with_optimization(grad, "O2")))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
                       "(default: every param)")
-    train = with_optimization(command("train", cmd_train, "train the model's params"))
+    train = with_threads(with_optimization(command("train", cmd_train,
+                                                   "train the model's params"),
+                                           DEFAULTS.opt_level))
     with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
     train.add_argument("--val", metavar="FILE", help="validation data, read as --data is")
     train.add_argument("--val-split", type=float, metavar="F",
@@ -183,10 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(by default training stops at the first)")
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
     train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
-    train.set_defaults(opt_level=None)
 
-    check = command("gradcheck", cmd_gradcheck,
-                    "check gradients against finite differences in float64")
+    check = with_threads(command("gradcheck", cmd_gradcheck,
+                                 "check gradients against finite differences in float64"))
     with_inputs(check, backends=sorted(BACKENDS) + ["all"], default_backend="all", output=False,
                 numerics=False)
     check.add_argument("--samples", type=int, default=20,

@@ -24,7 +24,7 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        optimizer=optimizer_spec(args), schedule=args.lr_schedule,
                        seed=args.seed, step_every=args.step_every, step_gamma=args.step_gamma,
-                       backend=args.backend, opt_level=args.opt_level or "O1",
+                       backend=args.backend, opt_level=args.opt_level,
                        check_numerics=args.check_numerics,
                        allow_nonfinite=args.allow_nonfinite)
 

@@ -76,6 +76,11 @@ class Graph:
     # What backends compiled for this graph, by backend: it lives exactly as long as the graph
     # (a cache keyed by the graph elsewhere would hold it alive through what it compiled).
     compiled: dict = field(default_factory=dict, repr=False)
+    # Groups of elementwise nodes a backend may run as one kernel (the group_elementwise pass,
+    # last at -O2): each a run of consecutive nodes whose last one computes the group's only
+    # result. An annotation, not IR: printing and export ignore it, and a copy drops it, since
+    # a pass that edits the copy may break a group.
+    groups: list[tuple[Node, ...]] = field(default_factory=list, repr=False)
 
     def param_values(self) -> list[Value]:
         """Params and state alike: the values a model keeps and feeds to every run."""

@@ -77,6 +77,33 @@ def _problems(graph: Graph) -> Iterator[VerifyError]:
     for state, output in graph.updates.items():
         yield from _located(f"update %{state} = %{output}", graph.loc,
                             [_update_rule(graph, state, output)])
+    yield from _group_problems(graph)
+
+
+def _group_problems(graph: Graph) -> Iterator[VerifyError]:
+    """A group is consecutive elementwise nodes whose values other than the last one's are read
+    once, inside the group: a backend may then compute it all where its last node stands."""
+    if not graph.groups:
+        return
+    position = {node: index for index, node in enumerate(graph.nodes)}
+    readers = {}
+    for node in graph.nodes:
+        for value in node.inputs:
+            readers.setdefault(value, []).append(node)
+    for value in graph.outputs:
+        readers.setdefault(value, []).append(None)
+    for group in graph.groups:
+        result = group[-1]
+        indices = [position.get(node) for node in group]
+        rule = None
+        if None in indices or indices != list(range(indices[0], indices[0] + len(group))):
+            rule = "its nodes are not consecutive nodes of the graph"
+        elif any("elementwise" not in getattr(OPS.get(n.op), "traits", ()) for n in group):
+            rule = "holds a node that is not elementwise"
+        elif any(len(readers.get(n.output, [])) != 1 or readers[n.output][0] not in group
+                 for n in group[:-1]):
+            rule = "a value inside it is read more than once or outside it"
+        yield from _located(f"group ending at {format_node(result)}", result.loc, [rule])
 
 
 def _located(subject: str, loc: SourceLoc | None, rules) -> Iterator[VerifyError]:

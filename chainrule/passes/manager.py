@@ -18,6 +18,7 @@ from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .expand_grad import expand_grads
 from .fuse import fuse
+from .group_elementwise import group_elementwise
 from .infer import infer_shapes
 from .select_mode import select_mode
 from .simplify import simplify
@@ -76,12 +77,14 @@ PASSES = {p.name: p for p in [
     Pass("simplify", lambda g, ctx: simplify(g, ctx.evaluate),
          "algebraic simplification and constant folding"),
     Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops"),
+    Pass("group", lambda g, ctx: group_elementwise(g),
+         "mark groups of elementwise ops that a backend may run as one kernel"),
 ]}
 
 PRESETS = {
     "O0": ["dce"],
     "O1": ["simplify", "cse", "dce"],
-    "O2": ["simplify", "cse", "fuse", "dce"],
+    "O2": ["simplify", "cse", "fuse", "dce", "group"],
 }
 
 

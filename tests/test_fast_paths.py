@@ -1,0 +1,225 @@
+"""The public API's fast paths: -O2 by default, params kept by the backend between train steps
+(onnxruntime holding them in IO-bound buffers), and the threads setting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import chainrule
+from chainrule.backends import threads
+from chainrule.backends.onnx_backend import OnnxRuntimeBackend
+from chainrule.cli import main
+from chainrule.cli.parser import build_parser
+from chainrule.ir import ChainruleError
+from chainrule.passes.optimizers import OptimizerSpec
+from chainrule.train import TrainConfig, Trainer
+
+from helpers import assert_close
+
+MLP = str(Path(__file__).parent.parent / "examples" / "mlp.nn")
+
+
+def batch(seed: int, rows: int = 8):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(rows, 784)).astype(np.float32),
+            "y": rng.integers(0, 10, rows)}
+
+
+@pytest.fixture(autouse=True)
+def default_threads(monkeypatch):
+    monkeypatch.delenv(threads.ENV_VAR, raising=False)
+    yield
+    monkeypatch.delenv(threads.ENV_VAR, raising=False)
+    threads.set_threads(None)
+
+
+# ---- -O2 by default ---------------------------------------------------------------------------
+
+def test_the_default_pipeline_gives_the_numbers_of_O0():
+    model = chainrule.compile(MLP, seed=1)
+    data = batch(0)
+    assert_close(model.run(**data)["J"], model.run(opt_level="O0", **data)["J"], 1e-5)
+    fast, plain = model.grad(**data), model.grad(opt_level="O0", **data)
+    for name in plain:
+        assert_close(fast[name], plain[name], 1e-4, atol=1e-7, what=name)
+    stepped, reference = chainrule.compile(MLP, seed=1), chainrule.compile(MLP, seed=1)
+    for seed in range(3):
+        stepped.train_step(lr=0.1, **batch(seed))
+        reference.train_step(lr=0.1, opt_level="O0", **batch(seed))
+    for name in reference.params:
+        assert_close(stepped.params[name], reference.params[name], 1e-4, atol=1e-7, what=name)
+
+
+def test_the_cli_runs_and_trains_at_O2_unless_told():
+    parser = build_parser()
+    for command in ("run", "grad", "predict", "train"):
+        assert parser.parse_args([command, MLP]).opt_level == "O2", command
+    assert parser.parse_args(["run", MLP, "-O0"]).opt_level == "O0"
+    assert parser.parse_args(["ir", MLP]).opt_level == "O0"  # inspection shows the plain IR
+    assert TrainConfig().opt_level == "O2"
+
+
+# ---- params stay with the backend -------------------------------------------------------------
+
+def test_a_numpy_train_step_keeps_the_arrays_it_returns(monkeypatch):
+    """No copy per step: the params the model reads back are the step's own output arrays."""
+    returned = []
+    original = Trainer.train_step
+
+    def recording(self, batch_, lr):
+        outputs = original(self, batch_, lr)
+        returned.append((self, outputs))
+        return outputs
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    model = chainrule.compile(MLP)
+    for seed in range(3):
+        model.train_step(lr=0.1, **batch(seed))
+    trainer, outputs = returned[-1]
+    for name, next_name in trainer.interface.params.items():
+        assert model.params[name] is outputs[next_name], name
+
+
+def test_arrays_read_from_params_are_the_callers():
+    """Reading params hands them over: later steps neither change nor share those arrays."""
+    model = chainrule.compile(MLP)
+    model.train_step(lr=0.1, **batch(0))
+    kept = model.params["W1"]
+    snapshot = kept.copy()
+    for seed in range(1, 3):
+        model.train_step(lr=0.1, **batch(seed))
+    assert np.array_equal(kept, snapshot)
+    assert not np.array_equal(model.params["W1"], snapshot)
+
+
+def test_onnxruntime_loads_the_params_once_and_not_per_step(monkeypatch):
+    model = chainrule.compile(MLP)
+    model.train_step(lr=0.1, backend="onnxruntime", **batch(0))
+    resident = next(iter(model._trainers.values())).resident
+    loads = []
+    original = resident.load
+    monkeypatch.setattr(resident, "load", lambda values: (loads.append(1), original(values)))
+    for seed in range(1, 4):
+        model.train_step(lr=0.1, backend="onnxruntime", **batch(seed))
+    assert loads == []
+    model.params  # read: handed back; the next step loads them again, once
+    for seed in range(4, 6):
+        model.train_step(lr=0.1, backend="onnxruntime", **batch(seed))
+    assert loads == [1]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", OptimizerSpec("sgd", momentum=0.9)])
+def test_params_held_by_onnxruntime_come_back_current(optimizer):
+    """The IO-bound params match numpy's after each step, whether or not they are read
+    between steps, and a param set between steps is the one the next step starts from."""
+    on_numpy, held, read_often = (chainrule.compile(MLP, seed=2) for _ in range(3))
+    for seed in range(4):
+        on_numpy.train_step(lr=0.05, optimizer=optimizer, **batch(seed))
+        held.train_step(lr=0.05, optimizer=optimizer, backend="onnxruntime", **batch(seed))
+        read_often.train_step(lr=0.05, optimizer=optimizer, backend="onnxruntime",
+                              **batch(seed))
+        for name in on_numpy.params:
+            assert_close(read_often.params[name], on_numpy.params[name], 1e-4, atol=1e-6,
+                         what=f"step {seed} {name}")
+    for name in on_numpy.params:
+        assert np.array_equal(held.params[name], read_often.params[name]), name
+    zeros = {name: np.zeros_like(array) for name, array in held.params.items()}
+    held.set_params(zeros)
+    objective = held.train_step(lr=0.05, optimizer=optimizer, backend="onnxruntime",
+                                **batch(9))
+    assert objective["J"] == pytest.approx(np.log(10), rel=1e-5)  # all-zero logits
+
+
+def test_a_trainer_on_onnxruntime_checkpoints_and_resumes_its_current_params(tmp_path):
+    model = chainrule.compile(MLP)
+    config = TrainConfig(optimizer=OptimizerSpec("adam"), backend="onnxruntime")
+    trainer = Trainer(model, config)
+    for seed in range(3):
+        trainer.train_step(batch(seed), 0.01)
+    current = {name: array.copy() for name, array in trainer.params.items()}
+    state = {name: array.copy() for name, array in trainer.state.items()}
+    trainer.save_checkpoint(tmp_path)
+    resumed = Trainer(model, config)
+    resumed.load_checkpoint(tmp_path)
+    for name in current:
+        assert np.array_equal(resumed.params[name], current[name]), name
+    for name in state:
+        assert np.array_equal(resumed.state[name], state[name]), name
+    trainer.train_step(batch(5), 0.01)
+    resumed.train_step(batch(5), 0.01)
+    for name in current:
+        assert np.array_equal(resumed.params[name], trainer.params[name]), name
+
+
+def test_a_held_input_is_not_fed():
+    model = chainrule.compile(MLP)
+    trainer = Trainer(model, TrainConfig(backend="onnxruntime"))
+    with pytest.raises(ChainruleError, match="held by the backend"):
+        trainer.train_step({**batch(0), "opt.step": np.zeros((), np.float32)}, 0.01)
+
+
+# ---- threads ----------------------------------------------------------------------------------
+
+def intra_op_threads() -> int:
+    graph = chainrule.compile(MLP).forward_graph(["o"])
+    options = OnnxRuntimeBackend().session(graph).get_session_options()
+    return options.intra_op_num_threads
+
+
+def test_the_environment_variable_sets_the_threads(monkeypatch):
+    assert threads.configured_threads() == threads.DEFAULT_THREADS
+    monkeypatch.setenv(threads.ENV_VAR, "2")
+    assert threads.configured_threads() == 2
+    assert intra_op_threads() == 2
+    for bad in ("two", "0"):
+        monkeypatch.setenv(threads.ENV_VAR, bad)
+        with pytest.raises(ChainruleError, match=threads.ENV_VAR):
+            threads.configured_threads()
+
+
+def test_set_threads_overrides_the_environment(monkeypatch):
+    monkeypatch.setenv(threads.ENV_VAR, "2")
+    threads.set_threads(1)
+    assert intra_op_threads() == 1
+    threads.set_threads(None)
+    assert threads.configured_threads() == 2
+
+
+def test_the_blas_limit_follows_the_setting_when_threadpoolctl_is_there():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    for count in (1, 2):
+        threads.set_threads(count)
+        blas = threadpoolctl.threadpool_info()
+        assert blas and all(info["num_threads"] == count for info in blas
+                            if info["user_api"] == "blas")
+
+
+def test_without_threadpoolctl_blas_is_left_alone(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "threadpoolctl", None)  # import fails
+    monkeypatch.setattr(threads, "_blas_applied", None)
+    threads.set_threads(2)  # no error: onnxruntime still takes the setting
+    assert threads.apply_blas_threads() is False
+    assert intra_op_threads() == 2
+
+
+def test_the_cli_takes_threads(capsys):
+    parser = build_parser()
+    for command in ("run", "grad", "predict", "train", "gradcheck"):
+        assert parser.parse_args([command, MLP, "--threads", "2"]).threads == 2, command
+    assert main(["run", MLP, "--random-inputs", "--threads", "2"]) == 0
+    assert threads.configured_threads() == 2
+    assert main(["run", MLP, "--random-inputs", "--threads", "0"]) == 1
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_sessions_do_not_spin():
+    graph = chainrule.compile(MLP).forward_graph(["o"])
+    session = OnnxRuntimeBackend().session(graph)
+    entries = session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+    assert entries == "0"
+    assert session.get_session_options().execution_mode == \
+        onnxruntime.ExecutionMode.ORT_SEQUENTIAL
