@@ -102,13 +102,21 @@ OPTIMIZERS = [OptimizerSpec("sgd"), OptimizerSpec("sgd", momentum=0.9, weight_de
               OptimizerSpec("adam", weight_decay=0.01), OptimizerSpec("adamw", weight_decay=0.1)]
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["one thread", "threads"])
 @pytest.mark.parametrize("spec", OPTIMIZERS, ids=lambda s: s.kind)
-def test_train_steps_match_the_interpreter(spec, parallel, path, monkeypatch):
-    if parallel:
-        if path == "numpy" or spec.kind == "adamw":  # the threaded kernels once is enough
-            pytest.skip("threads only matter to kernels")
-        monkeypatch.setattr(fused_kernels, "PARALLEL_MIN_ELEMENTS", 1)
+def test_train_steps_match_the_interpreter(spec, path):
+    check_train_step(spec)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("spec", OPTIMIZERS[:4], ids=lambda s: s.kind)
+def test_multithreaded_kernels_match_the_interpreter(spec, monkeypatch):
+    monkeypatch.setenv("CHAINRULE_FUSED_KERNELS", "1")
+    monkeypatch.setattr(fused_kernels, "KERNEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(fused_kernels, "PARALLEL_MIN_ELEMENTS", 1)
+    check_train_step(spec)
+
+
+def check_train_step(spec):
     model = lecture_mlp()
     graph, interface = model.train_step_graph(spec, "O2")
     feeds = random_inputs(graph, {"B": 7}, seed=1, given={})
