@@ -122,6 +122,159 @@ def test_an_int32_tensor_read_as_a_tensor_is_not_asked_for_as_a_constant():
     assert needed_constants(proto) == set()
 
 
+# ---- malformed nodes: reported by what is wrong, never a converter's crash --------------------
+
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def constant(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def node(op_type, inputs, **attributes):
+    return helper.make_node(op_type, inputs, ["y"], **attributes)
+
+
+# (node, inputs, initializers, opset, what the reason says); each one crashed a converter.
+MALFORMED = {
+    "an input of the wrong rank": (
+        node("Trilu", ["x"]), [("x", F, [3])], [], 18,
+        "Trilu of the input f32[3] (it takes rank 2 or more)"),
+    "inputs of differing ranks": (
+        node("Attention", ["q", "k", "k"]), [("q", F, [1, 2, 3, 4]), ("k", F, [1, 3, 8])], [],
+        23, "Attention of the K f32[1, 3, 8] (it takes rank 4)"),
+    "a convolution's input rank against its kernel": (
+        node("Conv", ["x", "w"]), [("x", F, [1, 1, 4]), ("w", F, [1, 1, 2, 2])], [], 18,
+        "Conv of the input f32[1, 1, 4] (it takes rank 4)"),
+    "a float constant where integers belong": (
+        node("ReduceSum", ["x", "axes"]), [("x", F, [2, 3])],
+        [constant("axes", np.array([np.nan], np.float32))], 18,
+        "the reduction axes (input 'axes') must be integers, not float32"),
+    "a float shape": (
+        node("Reshape", ["x", "shape"]), [("x", F, [2, 3])],
+        [constant("shape", np.array([np.inf, 1.0], np.float32))], 18,
+        "Reshape's shape (input 'shape') must be integers, not [inf, 1.0]"),
+    "several values where one belongs": (
+        node("Dropout", ["x", "", "training"]), [("x", F, [2, 3])],
+        [constant("training", [True, False])], 18,
+        "Dropout's training_mode (input 'training') must be one value, not a tensor of "
+        "shape [2]"),
+    "an axis of two values": (
+        node("CumSum", ["x", "axis"]), [("x", F, [2, 3])], [constant("axis", [0, 1])], 18,
+        "CumSum's axis [0, 1] hold 2 values, where 1 are needed"),
+    "window attributes of another length than the kernel": (
+        node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[1], auto_pad="SAME_UPPER"),
+        [("x", F, [1, 1, 4, 4])], [], 18, "MaxPool over 2 spatial axes needs 2 strides"),
+    "symbolic spatial sizes, which were read though unused": (
+        node("ConvTranspose", ["x", "w"]), [("x", F, [1, 1, "W"]), ("w", F, [1, 1, 2])], [],
+        18, "conv_transpose needs fixed channel and spatial sizes"),
+    "a symbolic head size": (
+        node("RotaryEmbedding", ["x", "cache", "cache"], rotary_embedding_dim=2),
+        [("x", F, [1, 2, 3, "H"]), ("cache", F, [3, 1])], [], 23,
+        "RotaryEmbedding of f32[1, 2, 3, H] (the head size must be known)"),
+    "a list attribute of the wrong length": (
+        node("ConvTranspose", ["x", "w"], output_padding=[0, 0]),
+        [("x", F, [1, 1, 4]), ("w", F, [1, 1, 2])], [], 18,
+        "output_padding [0, 0] hold 2 values, where 1 are needed"),
+    "a constant list of the wrong length": (
+        node("Pad", ["x", "pads"]), [("x", F, [2, 3])], [constant("pads", [1, 1, 1])], 18,
+        "Pad's pads [1, 1, 1] hold 3 values, where 4 are needed"),
+    "scales of the wrong length": (
+        node("Resize", ["x", "", "scales"]), [("x", F, [1, 1, 2, 2])],
+        [constant("scales", np.ones(3, np.float32))], 18,
+        "Resize's scales [1.0, 1.0, 1.0] hold 3 values, where 4 are needed"),
+    "a block size of 0": (
+        node("DepthToSpace", ["x"], blocksize=0), [("x", F, [1, 4, 2, 2])], [], 18,
+        "attribute blocksize=0 (it must be 1 or more)"),
+    "a kernel size of 0": (
+        node("Col2Im", ["x", "image", "block"]), [("x", F, [1, 4, 4])],
+        [constant("image", [3, 3]), constant("block", [0, 2])], 18,
+        "Col2Im's kernel sizes must be positive, got [0, 2]"),
+    "an attribute the op's schema lacks at this opset": (
+        node("Attention", ["q", "q", "q"], left_window_size=[1]), [("q", F, [1, 1, 2, 4])],
+        [], 23, "attribute left_window_size not supported"),
+    "a Cast to no ONNX dtype": (
+        node("Cast", ["x"], to=100), [("x", F, [2])], [], 18,
+        "Cast to 100, which is no ONNX dtype"),
+    "a scale that is not positive": (
+        node("Attention", ["q", "q", "q"], scale=-1.0), [("q", F, [1, 1, 2, 4])], [], 23,
+        "Attention's scale -1.0 (it must be positive and finite)"),
+    "a fill value of two numbers": (
+        node("ConstantOfShape", ["shape"],
+             value=numpy_helper.from_array(np.ones(2, np.float32))),
+        [("x", F, [2])], [constant("shape", [2, 3])], 18,
+        "ConstantOfShape's value of shape [2] and dtype float32 (it takes one number)"),
+    "a Constant of an unknown data type": (
+        helper.make_node("Constant", [], ["y"], value=onnx.TensorProto(data_type=29)),
+        [("x", F, [2])], [], 18, "Constant's value has the unknown ONNX data type 29"),
+    "an absent input of a variadic op": (
+        node("Concat", ["x", ""], axis=0), [("x", F, [2])], [], 18,
+        "input 1 (inputs) is required"),
+    "a text attribute that is not UTF-8": (
+        node("Pad", ["x", "pads"], mode=b"\x80"), [("x", F, [2])],
+        [constant("pads", [1, 1])], 18, "attribute mode=b'\\x80' is not UTF-8 text"),
+    "repeats past the size limit": (
+        node("Tile", ["x", "repeats"]), [("x", F, ["B", 4])],
+        [constant("repeats", [2 ** 40, 1])], 18,
+        "it would make f32[1099511627776, 4], which holds"),
+    "a depth past the size limit": (
+        node("OneHot", ["indices", "depth", "values"]), [("indices", I64, [3])],
+        [constant("depth", 2 ** 40), constant("values", np.array([0, 1], np.float32))], 18,
+        "it would make f32[3, 1099511627776], which holds"),
+    "scales past the size limit": (
+        node("Resize", ["x", "", "scales"]), [("x", F, [1, 4])],
+        [constant("scales", np.array([1, 4.6e18], np.float32))], 18,
+        "it would make f32[1, 18400000535877910528], which holds"),
+    "a resized axis too long to compute its weights": (
+        node("Resize", ["x", "", "", "sizes"]), [("x", F, [1, 4])],
+        [constant("sizes", [1, 10 ** 8])], 18, "Resize to size 100,000,000 along axis 1"),
+    "a pooling window of too many positions to slice": (
+        node("MaxPool", ["x"], kernel_shape=[300, 300], dilations=[1, 2],
+             pads=[299, 299, 299, 299]), [("x", F, [1, 1, 4, 4])], [], 19,
+        "pooling with kernel [300, 300] and dilations [1, 2]"),
+    "a Range that would not end": (
+        node("Range", ["start", "limit", "delta"]), [("x", F, [2])],
+        [constant("start", 0.0), constant("limit", 5.0), constant("delta", 0.0)], 18,
+        "Range from 0.0 to 5.0 by 0.0"),
+    "a broadcast too large to fold, run in the graph": (
+        node("Expand", ["one", "shape"]), [("x", F, [2])],
+        [constant("one", np.ones(1, np.int64)), constant("shape", [60000, 60000])], 18,
+        "broadcast_to gives i64[60000, 60000], which holds 3,600,000,000 values"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_node_is_reported_by_what_is_wrong(case):
+    bad_node, inputs, initializers, opset, reason = MALFORMED[case]
+    proto = model_of([bad_node], inputs, [("y", F, None)], initializers, opset=opset)
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    [problem] = caught.value.problems
+    assert not problem.internal
+    assert reason in problem.reason
+
+
+def test_a_name_protobuf_cannot_decode_is_a_file_error(tmp_path):
+    proto = model_of([helper.make_node("Relu", ["x"], ["y"], name="Xrelu")],
+                     [("x", F, [2])], [("y", F, [2])])
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(proto.SerializeToString().replace(b"Xrelu", b"\x80relu"))
+    with pytest.raises(chainrule.ChainruleError) as caught:
+        chainrule.import_onnx(str(damaged))
+    assert not isinstance(caught.value, UnsupportedModel)
+    assert "not an ONNX model (the name b'\\x80relu' is not UTF-8)" in caught.value.render()
+
+
+def test_tile_repeats_by_doubling():
+    # 5 times is 3 concats, not one concat of 5 inputs (2**40 of them would not fit).
+    proto = model_of([helper.make_node("Tile", ["x", "repeats"], ["y"])], [("x", F, [2, 3])],
+                     [("y", F, [2, 15])], [constant("repeats", [1, 5])])
+    model = chainrule.import_onnx(proto)
+    assert [n.op for n in model.graph.nodes].count("concat") == 3
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run_both(model, x=x)["y"], np.tile(x, (1, 5)))
+
+
 # ---- folding ----------------------------------------------------------------------------------
 
 def test_a_shape_chain_folds_into_a_reshape_that_keeps_the_symbolic_batch():

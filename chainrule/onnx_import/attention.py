@@ -87,13 +87,17 @@ def _attention(ctx):
     if (past_key is None) != (past_value is None):
         raise Unsupported("Attention with only one of past_key and past_value")
     dtype = q.type.dtype
-    three_d = q.type.rank == 3
-    q_heads, kv_heads = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+    rank = ctx.require_rank(q, 3, 4, "Q").type.rank
+    for x, what in ((k, "K"), (v, "V")):
+        ctx.require_rank(x, rank, rank, what)
+    for x, what in ((past_key, "past_key"), (past_value, "past_value")):
+        if x is not None:
+            ctx.require_rank(x, 4, 4, what)
+    three_d = rank == 3
+    q_heads, kv_heads = ctx.positive_attr("q_num_heads"), ctx.positive_attr("kv_num_heads")
     if three_d:
         q, k, v = (_split_heads(ctx, x, heads, what) for x, heads, what in
                    ((q, q_heads, "Q"), (k, kv_heads, "K"), (v, kv_heads, "V")))
-    elif q.type.rank != 4:
-        raise Unsupported(f"Attention on inputs of rank {q.type.rank} (it takes 3 or 4)")
     _, q_heads, q_length, head_size = _known_dims(q, "Q")
     if past_key is not None:
         k = ctx.emit("concat", past_key, k, axis=2)
@@ -107,6 +111,8 @@ def _attention(ctx):
 
     scale = ctx.attr("scale")
     scale = 1.0 / math.sqrt(head_size) if scale is None else scale
+    if not 0 < scale < math.inf:
+        raise Unsupported(f"Attention's scale {scale} (it must be positive and finite)")
     # Q and K are each scaled by sqrt(scale), rounded to their dtype, as ONNX does.
     root = ctx.constant(float(numpy_dtype(dtype)(math.sqrt(scale))), dtype)
     keys = ctx.emit("transpose", ctx.emit("mul", k, root), perm=(0, 1, 3, 2))
@@ -118,7 +124,8 @@ def _attention(ctx):
 
     bias = _Bias(ctx, dtype)
     if mask is not None:
-        bias.add(_mask_bias(ctx, mask, kv_length, dtype))
+        bias.add(_mask_bias(ctx, ctx.require_rank(mask, 1, what="attn_mask"), kv_length,
+                            dtype))
     # Query i of this block attends key j when j - i <= offset: the keys before the block.
     distance = np.arange(kv_length)[None, :] - np.arange(q_length)[:, None]
     if lengths is not None:
@@ -204,6 +211,8 @@ def _rotary_embedding(ctx):
     else:
         raise Unsupported(f"RotaryEmbedding of {x.type} (it takes rank 3 or 4)")
     size = heads_last.type.shape[-1]
+    if not isinstance(size, int):
+        raise Unsupported(f"RotaryEmbedding of {x.type} (the head size must be known)")
     turned = ctx.attr("rotary_embedding_dim", 0) or size
     cos, sin = (ctx.emit("unsqueeze", cache, axes=(2,)) for cache in (cos, sin))
     rotated = _last_axis(ctx, heads_last, 0, turned)

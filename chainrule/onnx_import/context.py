@@ -4,10 +4,12 @@ rather than silently dropped), and a builder that locates every node it emits.""
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
+from onnx import helper, numpy_helper
+from onnx.checker import ValidationError
 
 from ..ir import ChainruleError, GraphBuilder, Value
-from ..ir.types import NUMPY_DTYPES, dtype_of_numpy
+from ..ir.limits import type_size_problem
+from ..ir.types import NUMPY_DTYPES, TensorType, dtype_of_numpy
 
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
@@ -100,7 +102,29 @@ class NodeContext:
 
     def static_ints(self, index: int, what: str, default=None) -> tuple[int, ...] | None:
         array = self.static(index, what)
-        return default if array is None else tuple(int(v) for v in np.ravel(array))
+        if array is None:
+            return default
+        if array.dtype.kind not in "iu":
+            raise Unsupported(f"{what} (input '{self.node.input[index]}') must be integers, "
+                              f"not {array.dtype}")
+        return tuple(int(v) for v in np.ravel(array))
+
+    def static_int(self, index: int, what: str, default=None) -> int | None:
+        """Input `index` as one integer known at import time (an axis, a diagonal)."""
+        values = self.static_ints(index, what)
+        if values is None:
+            return default
+        return self.require_length(values, 1, what)[0]
+
+    def static_scalar(self, index: int, what: str, default=None) -> np.ndarray | None:
+        """Input `index` as one value known at import time (a 0-d array)."""
+        array = self.static(index, what)
+        if array is None:
+            return default
+        if array.size != 1:
+            raise Unsupported(f"{what} (input '{self.node.input[index]}') must be one value, "
+                              f"not a tensor of shape {list(array.shape)}")
+        return array.reshape(())
 
     def known(self, index: int) -> Known | None:
         """Input `index` when it is known at import time (symbolic shapes included)."""
@@ -118,6 +142,8 @@ class NodeContext:
     @staticmethod
     def axis(value, rank: int, what: str = "axis") -> int:
         """An axis counted ONNX's way (negative from the end), checked against `rank`."""
+        if np.ndim(value) or np.asarray(value).dtype.kind not in "iu":
+            raise Unsupported(f"{what} {value!r} is not an integer")
         value = int(value)
         if not -rank <= value < rank:
             raise Unsupported(f"{what} {value} is out of range for rank {rank}")
@@ -126,12 +152,46 @@ class NodeContext:
     def axes(self, values, rank: int, what: str = "axes") -> list[int]:
         return [self.axis(value, rank, what) for value in values]
 
+    def require_rank(self, value: Value, lowest: int, highest: int | None = None,
+                     what: str = "input") -> Value:
+        """`value` when its rank is from `lowest` to `highest` (no bound when None)."""
+        rank = value.type.rank
+        if rank < lowest or highest is not None and rank > highest:
+            takes = f"rank {lowest}" if highest == lowest else \
+                f"rank {lowest} or more" if highest is None else f"rank {lowest} to {highest}"
+            raise Unsupported(f"{self.node.op_type} of the {what} {value.type} (it takes "
+                              f"{takes})")
+        return value
+
+    @staticmethod
+    def require_length(values, length: int, what: str) -> tuple:
+        """`values` (an attribute's list, a constant's ints) when they are `length` many."""
+        values = tuple(values)
+        if len(values) != length:
+            raise Unsupported(f"{what} {list(values)} hold {len(values)} values, where "
+                              f"{length} are needed")
+        return values
+
+    def require_size(self, dtype: str, shape) -> None:
+        """A tensor this node would make, checked against chainrule's size limits before the
+        converter computes anything of that size."""
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise Unsupported(f"it would make a tensor of shape {list(shape)}")
+        problem = type_size_problem(TensorType(dtype, tuple(shape)))
+        if problem:
+            raise Unsupported(f"it would make {problem}")
+
     # ---- attributes ---------------------------------------------------------------------------
 
     def attr(self, name: str, default=None):
         self.read.add(name)
         value = self.attributes.get(name, default)
-        return value.decode() if isinstance(value, bytes) else value
+        if not isinstance(value, bytes):
+            return value
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise Unsupported(f"attribute {name}={value!r} is not UTF-8 text") from None
 
     def float_attr(self, name: str, default: float) -> float:
         """A float attribute: ONNX stores float32, so 1e-5 arrives as 9.99999974e-06; the
@@ -145,6 +205,13 @@ class NodeContext:
         if value not in allowed:
             raise Unsupported(f"attribute {name}={value!r} (supported: "
                               f"{', '.join(repr(a) for a in allowed)})")
+        return value
+
+    def positive_attr(self, name: str, default=None):
+        """An int attribute that must be 1 or more (a block size, a count of groups)."""
+        value = self.attr(name, default)
+        if value is not None and value < 1:
+            raise Unsupported(f"attribute {name}={value!r} (it must be 1 or more)")
         return value
 
     def unread_attrs(self) -> list[str]:
@@ -184,6 +251,17 @@ class NodeContext:
 
 def _symbols(array: np.ndarray) -> str:
     return ", ".join(sorted({str(v) for v in array.ravel() if isinstance(v, str)}))
+
+
+def tensor_array(tensor, what: str) -> np.ndarray:
+    """A tensor attribute (a Constant's value) as numpy; onnx refusing a malformed one (an
+    unknown data type, data of another size than its dims) is the node's problem."""
+    if tensor.data_type not in helper.get_all_tensor_dtypes():
+        raise Unsupported(f"{what} has the unknown ONNX data type {tensor.data_type}")
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, ValidationError) as error:
+        raise Unsupported(f"{what} cannot be read ({error})") from None
 
 
 def numpy_dtype(dtype: str):

@@ -338,6 +338,8 @@ def _cast(ctx):
     x = ctx.input(0)
     ctx.attr("saturate")
     to = ctx.attr("to")
+    if to not in helper.get_all_tensor_dtypes():
+        raise Unsupported(f"Cast to {to}, which is no ONNX dtype")
     if to not in ONNX_DTYPES:
         raise Unsupported(f"Cast to {helper.tensor_dtype_to_np_dtype(to)} (chainrule has "
                           f"float32, float64, int64 and bool)")
@@ -356,9 +358,9 @@ def _cast_like(ctx):
 def _dropout(ctx):
     """The identity, and a mask that keeps everything: in inference, or with ratio 0."""
     ctx.attr("seed")
-    training = ctx.static(2, "Dropout's training_mode")
+    training = ctx.static_scalar(2, "Dropout's training_mode")
     if training is not None and bool(training):
-        ratio = ctx.static(1, "Dropout's ratio in training mode", np.array(0.5))
+        ratio = ctx.static_scalar(1, "Dropout's ratio in training mode", np.array(0.5))
         if float(ratio) != 0.0:
             raise Unsupported("Dropout with training_mode true (imported models run "
                               "inference)")

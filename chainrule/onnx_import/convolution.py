@@ -6,8 +6,13 @@ import math
 
 import numpy as np
 
+from ..ir.shapes import OpTypeError, check_window_attrs
 from ..ir.types import NUMPY_DTYPES
 from .context import Unsupported, converter
+
+# Pooling by slices emits a slice per position in the window: a window larger than this is
+# not a model's pooling, and its graph would take minutes to run.
+MAX_SLICED_WINDOW = 4096
 
 
 def _spatial_sizes(ctx, x):
@@ -37,19 +42,42 @@ def _pads(ctx, x, kernel, strides, dilations):
     return tuple(begins) + tuple(ends)
 
 
-def _window(ctx, x, kernel):
+def _check_window(ctx, rank, strides, pads, dilations=None, kernel=None):
+    """The window attributes checked as chainrule's ops check them, before they are used here."""
+    try:
+        check_window_attrs(ctx.node.op_type, rank, strides, pads, dilations, kernel)
+    except OpTypeError as error:
+        raise Unsupported(str(error)) from None
+
+
+def _strides_and_dilations(ctx, x, kernel):
+    """The strides and dilations of a window `kernel` over x's spatial axes."""
     rank = len(kernel)
+    ctx.require_rank(x, rank + 2, rank + 2)
     strides = tuple(ctx.attr("strides") or (1,) * rank)
     dilations = tuple(ctx.attr("dilations") or (1,) * rank)
-    return strides, dilations, _pads(ctx, x, kernel, strides, dilations)
+    _check_window(ctx, rank, strides, (0,) * 2 * rank, dilations, kernel)
+    return strides, dilations
 
 
-def _kernel(ctx, w_shape):
+def _window(ctx, x, kernel):
+    strides, dilations = _strides_and_dilations(ctx, x, kernel)
+    pads = _pads(ctx, x, kernel, strides, dilations)
+    _check_window(ctx, len(kernel), strides, pads)
+    return strides, dilations, pads
+
+
+def _kernel(ctx, w):
+    ctx.require_rank(w, 3, what="weight")
+    shape = w.type.shape[2:]
+    if not all(isinstance(d, int) for d in shape):
+        raise Unsupported(f"{ctx.node.op_type} with the weight {w.type} (its kernel sizes must "
+                          f"be known)")
     kernel = ctx.attr("kernel_shape")
-    if kernel is not None and tuple(kernel) != tuple(w_shape[2:]):
+    if kernel is not None and tuple(kernel) != tuple(shape):
         raise Unsupported(f"kernel_shape {list(kernel)} disagrees with the weight's "
-                          f"{list(w_shape[2:])}")
-    return tuple(w_shape[2:])
+                          f"{list(shape)}")
+    return tuple(shape)
 
 
 def _with_bias(ctx, y, index):
@@ -62,7 +90,7 @@ def _with_bias(ctx, y, index):
 @converter("Conv")
 def _conv(ctx):
     x, w = ctx.input(0), ctx.input(1)
-    strides, dilations, pads = _window(ctx, x, _kernel(ctx, w.type.shape))
+    strides, dilations, pads = _window(ctx, x, _kernel(ctx, w))
     y = ctx.emit("conv", x, w, strides=strides, pads=pads, dilations=dilations,
                  groups=ctx.attr("group", 1))
     return [_with_bias(ctx, y, 2)]
@@ -73,22 +101,24 @@ def _conv_transpose(ctx):
     """With output_shape or auto_pad SAME, the pads and output padding that give the shape
     asked for (ONNX's rules: SAME_UPPER puts the odd pad at the end)."""
     x, w = ctx.input(0), ctx.input(1)
-    kernel = _kernel(ctx, w.type.shape)
+    kernel = _kernel(ctx, w)
     rank = len(kernel)
     auto_pad = ctx.require_attr("auto_pad", ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"),
                                 "NOTSET")
-    strides = tuple(ctx.attr("strides") or (1,) * rank)
-    dilations = tuple(ctx.attr("dilations") or (1,) * rank)
-    output_padding = list(ctx.attr("output_padding") or (0,) * rank)
+    strides, dilations = _strides_and_dilations(ctx, x, kernel)
+    output_padding = list(ctx.require_length(ctx.attr("output_padding") or (0,) * rank, rank,
+                                             "output_padding"))
     pads = list(ctx.attr("pads") or (0,) * 2 * rank)
+    _check_window(ctx, rank, strides, pads)
     output_shape = ctx.attr("output_shape")
-    sizes = x.type.shape[2:]
+    if output_shape is not None:
+        output_shape = ctx.require_length(output_shape, rank, "output_shape")
     if auto_pad == "VALID":
         pads = [0] * 2 * rank
-    if auto_pad.startswith("SAME") or output_shape is not None:
+    if auto_pad.startswith("SAME") or output_shape is not None:  # from the known sizes
         sizes = _spatial_sizes(ctx, x)
-    full = [s * (size - 1) + (k - 1) * d + 1 for size, k, s, d in
-            zip(sizes, kernel, strides, dilations, strict=True)]
+        full = [s * (size - 1) + (k - 1) * d + 1 for size, k, s, d in
+                zip(sizes, kernel, strides, dilations, strict=True)]
     if auto_pad.startswith("SAME"):
         wanted = output_shape or [size * s for size, s in zip(sizes, strides, strict=True)]
         for axis in range(rank):
@@ -135,6 +165,10 @@ def _pool_by_slices(ctx, x, reduction, kernel, strides, dilations, pads, ceil_mo
     window, combined by max or sum (the mean divides by a constant count of the positions
     each window counts: the input's, and the pads' with count_include_pad)."""
     rank = len(kernel)
+    if math.prod(kernel) > MAX_SLICED_WINDOW:
+        raise Unsupported(f"pooling with kernel {list(kernel)} and dilations {list(dilations)} "
+                          f"(chainrule pools such windows by a slice per position, at most "
+                          f"{MAX_SLICED_WINDOW:,})")
     sizes = _spatial_sizes(ctx, x)
     outputs, ends = [], []
     for axis, (size, k, stride, dilation) in enumerate(zip(sizes, kernel, strides, dilations,
@@ -208,7 +242,7 @@ def _lp_pool(ctx):
     """(sum of |x|^p over each window)^(1/p): an average over the window, padding included,
     times the window's size (or the sum by slices)."""
     x = ctx.input(0)
-    p = ctx.attr("p", 2)
+    p = ctx.positive_attr("p", 2)
     if ctx.attr("ceil_mode", 0):
         raise Unsupported("LpPool with ceil_mode (its last windows are partial)")
     powers = ctx.emit("pow", ctx.emit("abs", x), ctx.constant(p, x))
@@ -233,6 +267,8 @@ def _max_unpool(ctx):
     rank = len(kernel)
     strides = tuple(ctx.attr("strides") or (1,) * rank)
     pads = tuple(ctx.attr("pads") or (0,) * 2 * rank)
+    ctx.require_rank(x, rank + 2, rank + 2)
+    _check_window(ctx, rank, strides, pads, kernel=kernel)
     if not all(isinstance(d, int) for d in x.type.shape):
         raise Unsupported(f"MaxUnpool of {x.type} (the sizes must be known)")
     spatial = [(size - 1) * s + k - pads[axis] - pads[rank + axis] for axis, (size, k, s) in
@@ -256,13 +292,17 @@ def _col2im(ctx):
     """Blocks [N, C * prod(block), L] summed into an image [N, C, *image]: scatter_add of
     every block element to its image position, computed here (the pads' positions go to one
     extra slot, dropped after)."""
-    x = ctx.input(0)
-    image = ctx.static_ints(1, "Col2Im's image_shape")
+    x = ctx.require_rank(ctx.input(0), 3, 3)
     block = ctx.static_ints(2, "Col2Im's block_shape")
     rank = len(block)
+    image = ctx.require_length(ctx.static_ints(1, "Col2Im's image_shape"), rank,
+                               "Col2Im's image_shape")
     strides = tuple(ctx.attr("strides") or (1,) * rank)
     dilations = tuple(ctx.attr("dilations") or (1,) * rank)
     pads = tuple(ctx.attr("pads") or (0,) * 2 * rank)
+    _check_window(ctx, rank, strides, pads, dilations, kernel=block)
+    if any(size < 1 for size in image):
+        raise Unsupported(f"Col2Im to the image shape {list(image)}")
     columns, length = x.type.shape[1:]
     size, pixels = math.prod(block), math.prod(image)
     if not isinstance(columns, int) or columns % size:

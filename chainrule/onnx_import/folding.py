@@ -12,10 +12,10 @@ import functools
 import math
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..ir.types import NUMPY_DTYPES
-from .context import Known, Unsupported
+from .context import Known, Unsupported, tensor_array
 
 FOLDERS = {}
 # Arrays larger than this are not folded: the node runs in the graph instead.
@@ -50,6 +50,12 @@ def known_inputs(ctx) -> list[np.ndarray | None] | None:
             return None
         arrays.append(known.array)
     return arrays
+
+
+def _too_large(shape) -> bool:
+    """Whether a folded result of `shape` would be too large to fold: the node then runs in
+    the graph, where chainrule's size limits apply."""
+    return math.prod(shape) > FOLD_LIMIT
 
 
 def _is_symbolic(array) -> bool:
@@ -92,7 +98,7 @@ def _constant(ctx):
         if name in ctx.attributes:
             value = ctx.attr(name)
             if name == "value":
-                return [Known(numpy_helper.to_array(value))]
+                return [Known(tensor_array(value, "Constant's value"))]
             dtype = np.float32 if "float" in name else np.int64
             return [Known(np.array(value, dtype=dtype))]
     for name in ctx.attributes:
@@ -126,7 +132,12 @@ def _identity(ctx, x):
 @folder("Cast")
 @_foldable
 def _cast(ctx, x):
-    target = helper.tensor_dtype_to_np_dtype(ctx.attr("to"))
+    to = ctx.attr("to")
+    if to not in helper.get_all_tensor_dtypes():
+        raise Unsupported(f"Cast to {to}, which is no ONNX dtype")
+    target = helper.tensor_dtype_to_np_dtype(to)
+    if np.dtype(target).kind not in "biuf":  # a string or complex constant: nothing reads it
+        raise Unsupported(f"Cast to {TensorProto.DataType.Name(to)}")
     ctx.attr("saturate")
     if _is_symbolic(x):
         if target != np.int64:
@@ -160,6 +171,8 @@ def _gather(ctx, data, indices):
     if indices.size and (indices.min() < -data.shape[axis] or indices.max() >= data.shape[axis]):
         raise Unsupported(f"Gather indices {indices.tolist()} are out of range for an axis of "
                           f"size {data.shape[axis]}")
+    if _too_large(data.shape[:axis] + indices.shape + data.shape[axis + 1:]):
+        return None
     return [_tidy(np.asarray(np.take(data, indices, axis=axis), dtype=data.dtype))]
 
 
@@ -212,21 +225,46 @@ def _reshape(ctx, x, shape):
 @folder("ConstantOfShape")
 @_foldable
 def _constant_of_shape(ctx, shape):
-    if _is_symbolic(shape) or math.prod(int(d) for d in shape) > FOLD_LIMIT:
+    if _is_symbolic(shape) or _too_large(int(d) for d in shape):
         return None  # converted to a fill instead
-    value = ctx.attr("value")
-    fill = numpy_helper.to_array(value).reshape(()) if value is not None else np.float32(0)
+    fill = fill_value(ctx)
     return [Known(np.full(tuple(int(d) for d in shape), fill, dtype=fill.dtype))]
+
+
+def fill_value(ctx) -> np.ndarray:
+    """ConstantOfShape's value: one number (0.0 as float32 when not given)."""
+    value = ctx.attr("value")
+    if value is None:
+        return np.array(0, dtype=np.float32)
+    array = tensor_array(value, "ConstantOfShape's value")
+    if array.size != 1 or array.dtype.kind not in "biuf":
+        raise Unsupported(f"ConstantOfShape's value of shape {list(array.shape)} and dtype "
+                          f"{array.dtype} (it takes one number)")
+    return array.reshape(())
 
 
 @folder("Range")
 @_foldable
 def _range(ctx, start, limit, delta):
     _numbers_only("Range", start, limit, delta)
-    result = np.arange(start, limit, delta).astype(np.asarray(start).dtype)
-    if result.size > FOLD_LIMIT:
-        raise Unsupported(f"Range of {result.size:,} values (at most {FOLD_LIMIT:,} are folded)")
-    return [Known(result)]
+    return [range_values(start, limit, delta)]
+
+
+def range_values(start, limit, delta) -> Known:
+    """ONNX's Range of known bounds, counted before numpy makes it."""
+    if any(np.size(bound) != 1 for bound in (start, limit, delta)):
+        raise Unsupported("Range's start, limit and delta must be one value each")
+    start, limit, delta = (np.asarray(bound).reshape(()) for bound in (start, limit, delta))
+    if delta == 0 or not all(np.isfinite(bound) for bound in (start, limit, delta)):
+        raise Unsupported(f"Range from {start} to {limit} by {delta}")
+    if start.dtype.kind in "iu" and abs(int(limit) - int(start)) >= 2 ** 63:
+        raise Unsupported(f"Range from {start} to {limit} (numpy's int64 overflows)")
+    count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
+    if count > FOLD_LIMIT:
+        raise Unsupported(f"Range of {count:,} values (at most {FOLD_LIMIT:,} are folded)")
+    if count == 0:  # numpy's arange refuses some bounds that give nothing
+        return Known(np.zeros(0, dtype=start.dtype))
+    return Known(np.arange(start, limit, delta).astype(start.dtype))
 
 
 def _elementwise(function):
@@ -234,9 +272,11 @@ def _elementwise(function):
     identities a symbol obeys (B * 1, B + 0, B // 1, B == B)."""
     @_foldable
     def fold(ctx, *arrays):
+        shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        if _too_large(shape):
+            return None
         if not any(_is_symbolic(a) for a in arrays):
             return [Known(np.asarray(function(*arrays)))]
-        shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
         columns = [np.broadcast_to(np.asarray(a, dtype=object), shape).ravel() for a in arrays]
         results = [_symbolic_op(ctx.node.op_type, *items) for items in zip(*columns)]
         return [_tidy(np.array(results, dtype=object).reshape(shape))]
@@ -284,6 +324,8 @@ for _op_type, _function in ELEMENTWISE.items():
 @_foldable
 def _mod(ctx, a, b):
     _numbers_only("Mod", a, b)
+    if _too_large(np.broadcast_shapes(a.shape, b.shape)):
+        return None
     with np.errstate(divide="ignore", invalid="ignore"):  # x mod 0: ONNX leaves it undefined
         return [Known(np.asarray(np.fmod(a, b) if ctx.attr("fmod", 0) else np.mod(a, b)))]
 
@@ -293,6 +335,8 @@ def _mod(ctx, a, b):
 def _expand(ctx, x, shape):
     _numbers_only("Expand", x, shape)
     target = np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))
+    if _too_large(target):
+        return None
     return [Known(np.broadcast_to(x, target).copy())]
 
 

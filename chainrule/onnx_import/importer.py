@@ -75,7 +75,8 @@ class Imported:
 def load_model(path_or_proto) -> tuple[onnx.ModelProto, str]:
     """The model and the file name its errors cite."""
     if isinstance(path_or_proto, onnx.ModelProto):
-        return path_or_proto, f"<{path_or_proto.graph.name or 'model'}>.onnx"
+        path = f"<{path_or_proto.graph.name or 'model'}>.onnx"
+        return checked_names(path_or_proto, path), path
     path = str(path_or_proto)
     try:
         with open(path, "rb") as file:
@@ -90,7 +91,24 @@ def load_model(path_or_proto) -> tuple[onnx.ModelProto, str]:
         raise file_error(path, f"not an ONNX model ({type(error).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise file_error(path, "not an ONNX model (it has no graph)")
-    return model, path
+    return checked_names(model, path), path
+
+
+def checked_names(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    """The model, unless protobuf could not decode one of its names (it gives such a string
+    as bytes, which every later step would stumble on)."""
+    graph = model.graph
+    names = [graph.name]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output,
+                  *(a.name for a in node.attribute)]
+    for info in (*graph.input, *graph.output):
+        names += [info.name, *(d.dim_param for d in info.type.tensor_type.shape.dim)]
+    names += [tensor.name for tensor in graph.initializer]
+    undecodable = next((name for name in names if isinstance(name, bytes)), None)
+    if undecodable is not None:
+        raise file_error(path, f"not an ONNX model (the name {undecodable!r} is not UTF-8)")
+    return model
 
 
 def identifier(name: str, fallback: str = "v") -> str:
@@ -271,8 +289,7 @@ class Importer:
             results = converter(ctx)
         unread = ctx.unread_attrs()
         if unread:
-            raise Unsupported(f"attribute{'s' if len(unread) > 1 else ''} "
-                              f"{', '.join(unread)} not supported")
+            raise Unsupported(attributes_not_supported(unread))
         results = list(results)
         for index, output in enumerate(node.output):
             if output and index >= len(results) and self.is_used(output):
@@ -505,10 +522,14 @@ def schema_violation(node, opset: int) -> str | None:
         return (f"{len(node.output)} outputs, where opset {opset}'s {node.op_type} gives "
                 f"{schema.min_output} to {schema.max_output}")
     optional = onnx.defs.OpSchema.FormalParameterOption.Optional
-    for index, (name, formal) in enumerate(zip(node.input, schema.inputs)):
+    for index, name in enumerate(node.input):
+        formal = schema.inputs[min(index, len(schema.inputs) - 1)]  # the last one variadic
         if not name and formal.option != optional:
             return f"input {index} ({formal.name}) is required"
     given = {a.name: a for a in node.attribute}
+    unknown = sorted(set(given) - set(schema.attributes))
+    if unknown:  # onnx.checker refuses them too; nothing would check their kind
+        return attributes_not_supported(unknown)
     for attr_name, spec in schema.attributes.items():
         if spec.required and attr_name not in given:
             return f"attribute {attr_name} is required"
@@ -516,6 +537,10 @@ def schema_violation(node, opset: int) -> str | None:
             kind = onnx.AttributeProto.AttributeType.Name(given[attr_name].type)
             return f"attribute {attr_name} is {kind}, not {spec.type.name}"
     return None
+
+
+def attributes_not_supported(names: list[str]) -> str:
+    return f"attribute{'s' if len(names) > 1 else ''} {', '.join(names)} not supported"
 
 
 def declared_disagreement(info, computed: TensorType) -> str | None:

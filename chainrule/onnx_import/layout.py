@@ -13,7 +13,8 @@ import numpy as np
 from ..dsl.builtins import BUILTINS
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import NUMPY_DTYPES
-from .context import Known, Unsupported, converter
+from .context import Unsupported, converter
+from .folding import fill_value, range_values
 
 
 def _static_shape(ctx, index, what):
@@ -21,7 +22,12 @@ def _static_shape(ctx, index, what):
     known = ctx.importer.static_value(ctx.node.input[index])
     if known is None:
         raise ctx.not_constant(index, what)
-    return [d if isinstance(d, str) else int(d) for d in known.array.ravel().tolist()]
+    dims = known.array.ravel().tolist()
+    if known.array.dtype.kind not in "iuO" or \
+            not all(isinstance(d, (str, int, np.integer)) for d in dims):
+        raise Unsupported(f"{what} (input '{ctx.node.input[index]}') must be integers, not "
+                          f"{dims[:8]}")
+    return [d if isinstance(d, str) else int(d) for d in dims]
 
 
 def _reshape_target(x, target, allowzero):
@@ -100,7 +106,7 @@ def _split(ctx):
     axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
     size = x.type.shape[axis]
     sizes = ctx.static_ints(1, "Split's sizes")
-    count = ctx.attr("num_outputs", len(ctx.node.output))
+    count = ctx.positive_attr("num_outputs", len(ctx.node.output))
     if sizes is None:
         if not isinstance(size, int):
             raise Unsupported(f"Split of the symbolic axis {size} into equal parts")
@@ -183,11 +189,28 @@ def _expand(ctx):
 @converter("Tile")
 def _tile(ctx):
     x = ctx.input(0)
-    repeats = ctx.static_ints(1, "Tile's repeats")
+    repeats = ctx.require_length(ctx.static_ints(1, "Tile's repeats"), x.type.rank,
+                                 "Tile's repeats")
+    if any(count < 1 for count in repeats):
+        raise Unsupported(f"Tile's repeats {list(repeats)} (chainrule refuses empty tensors)")
+    # A symbolic dim is 1 or more: the repeats alone must fit.
+    ctx.require_size(x.type.dtype, [d * r if isinstance(d, int) else r
+                                    for d, r in zip(x.type.shape, repeats, strict=True)])
     for axis, count in enumerate(repeats):
-        if count != 1:
-            x = ctx.emit("concat", *([x] * count), axis=axis)
+        x = _repeated(ctx, x, count, axis)
     return [x]
+
+
+def _repeated(ctx, x, count, axis):
+    """x `count` times along the axis, by doubling: log2(count) concats, not `count` inputs."""
+    result, power = None, x
+    while count:
+        if count & 1:
+            result = power if result is None else ctx.emit("concat", result, power, axis=axis)
+        count >>= 1
+        if count:
+            power = ctx.emit("concat", power, power, axis=axis)
+    return result
 
 
 PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
@@ -197,10 +220,10 @@ PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
 def _pad(ctx):
     x = ctx.input(0)
     mode = ctx.require_attr("mode", tuple(PAD_MODES), "constant")
-    pads = ctx.static_ints(1, "Pad's pads")
     value = ctx.static(2, "Pad's constant value")
     axes = ctx.static_ints(3, "Pad's axes", tuple(range(x.type.rank)))
     axes = ctx.axes(axes, x.type.rank)
+    pads = ctx.require_length(ctx.static_ints(1, "Pad's pads"), 2 * len(axes), "Pad's pads")
     if any(p < 0 for p in pads):
         raise Unsupported("negative pads (cropping)")
     begins, ends = pads[:len(axes)], pads[len(axes):]
@@ -209,7 +232,8 @@ def _pad(ctx):
     pairs = []
     for axis in reversed(range(x.type.rank)):
         pairs += by_axis.get(axis, (0, 0))
-    fill = 0.0 if value is None or value.size == 0 else float(value.reshape(()))
+    fill = 0.0 if value is None or value.size == 0 else \
+        float(ctx.static_scalar(2, "Pad's constant value"))
     return [BUILTINS["pad"].compose(ctx, x, tuple(pairs), PAD_MODES[mode], fill)]
 
 
@@ -217,12 +241,8 @@ def _pad(ctx):
 def _constant_of_shape(ctx):
     """A shape with symbolic dims (or too large to fold): a fill that reads each dim off an
     input that declares it, as the DSL's zeros((B, 4)) does."""
-    from onnx import numpy_helper
     shape = _static_shape(ctx, 0, "ConstantOfShape's shape")
-    value = ctx.attr("value")
-    array = numpy_helper.to_array(value).reshape(()) if value is not None else \
-        np.float32(0)
-    scalar = ctx.known_tensor(np.asarray(array), ctx.node.output[0])
+    scalar = ctx.known_tensor(fill_value(ctx), ctx.node.output[0])
     sources = [ctx.importer.dim_source(dim) for dim in shape if isinstance(dim, str)]
     return [ctx.emit("fill", scalar, *(source for source, _ in sources),
                      shape=tuple(-1 if isinstance(d, str) else d for d in shape),
@@ -232,19 +252,20 @@ def _constant_of_shape(ctx):
 @converter("Range")
 def _range(ctx):
     """A Range whose bounds are known folds (folding.py); any other cannot be shaped."""
-    bounds = [ctx.static(index, what) for index, what in
+    bounds = [ctx.static_scalar(index, what) for index, what in
               enumerate(("Range's start", "Range's limit", "Range's delta"))]
-    return [Known(np.arange(*bounds).astype(np.asarray(bounds[0]).dtype))]
+    return [range_values(*bounds)]
 
 
 @converter("Trilu")
 def _trilu(ctx):
     """x where a constant triangular mask of its last two dims holds, else 0."""
-    x = ctx.input(0)
-    k = ctx.static_ints(1, "Trilu's k", (0,))[0]
+    x = ctx.require_rank(ctx.input(0), 2)
     rows, columns = x.type.shape[-2:]
     if not isinstance(rows, int) or not isinstance(columns, int):
         raise Unsupported(f"Trilu of {x.type} (the last two dims must be known)")
+    # Past the matrix's corners, every diagonal keeps all or none of it.
+    k = min(max(ctx.static_int(1, "Trilu's k", 0), -rows), columns)
     triangle = np.triu if ctx.attr("upper", 1) else np.tril
     mask = triangle(np.ones((rows, columns), dtype=bool), k)
     zero = ctx.constant(0, x)
@@ -256,7 +277,7 @@ def _trilu(ctx):
 
 
 def _blocks(ctx, x):
-    blocksize = ctx.attr("blocksize")
+    blocksize = ctx.positive_attr("blocksize")
     if x.type.rank != 4 or not all(isinstance(d, int) for d in x.type.shape[1:]):
         raise Unsupported(f"{ctx.node.op_type} of {x.type} (it takes [N, C, H, W] with known "
                           f"C, H and W)")
@@ -297,9 +318,14 @@ def _compress(ctx):
     axis = ctx.attr("axis")
     if axis is None:
         x, axis = ctx.emit("reshape", x, shape=(-1,)), 0
+    axis = ctx.axis(axis, x.type.rank)
     picked = np.flatnonzero(condition)
     if picked.size == 0:
         raise Unsupported("Compress that keeps nothing (chainrule refuses empty tensors)")
+    size = x.type.shape[axis]
+    if isinstance(size, int) and picked[-1] >= size:
+        raise Unsupported(f"Compress of {x.type} along axis {axis} by a condition of "
+                          f"{condition.size} values")
     return [ctx.emit("take", x, ctx.known_tensor(picked, ctx.node.input[1]), axis=axis)]
 
 
@@ -308,10 +334,13 @@ def _one_hot(ctx):
     """values[1] where an index (negative ones counted from the end) equals its position
     along the new axis, values[0] elsewhere."""
     indices, values = ctx.input(0), ctx.input(2)
-    depth = int(ctx.static(1, "OneHot's depth").reshape(()))
+    depth = ctx.static_scalar(1, "OneHot's depth")
+    if not np.isfinite(depth) or depth < 1:
+        raise Unsupported(f"OneHot's depth {depth} (it must be 1 or more)")
+    depth = int(depth)
     rank = indices.type.rank + 1
-    axis = ctx.attr("axis", -1)
-    axis = axis + rank if axis < 0 else axis
+    axis = ctx.axis(ctx.attr("axis", -1), rank)
+    ctx.require_size(values.type.dtype, indices.type.shape + (depth,))
     wrapped = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
                        ctx.emit("add", indices, ctx.constant(depth, indices)), indices)
     positions = np.arange(depth).reshape((depth,) + (1,) * (rank - 1 - axis))
@@ -346,7 +375,7 @@ def _scatter_elements(ctx):
 def _flat_positions(ctx, data, indices):
     """GatherND's and ScatterND's indices [..., k] as positions into data's first k axes
     flattened (negative indices counted from the end), and data so flattened."""
-    depth = indices.type.shape[-1]
+    depth = ctx.require_rank(indices, 1, what="indices").type.shape[-1]
     leading = data.type.shape[:depth] if isinstance(depth, int) else ()
     if not leading or not all(isinstance(d, int) for d in leading):
         raise Unsupported(f"{ctx.node.op_type} of {data.type} at indices {indices.type} (the "
@@ -392,9 +421,10 @@ def _center_crop_pad(ctx):
     """Each axis cropped or zero-padded to its size around the centre (the odd element at
     the end)."""
     x = ctx.input(0)
-    sizes = ctx.static_ints(1, "CenterCropPad's shape")
     axes = ctx.attr("axes")
     axes = range(x.type.rank) if axes is None else ctx.axes(axes, x.type.rank)
+    sizes = ctx.require_length(ctx.static_ints(1, "CenterCropPad's shape"), len(axes),
+                               "CenterCropPad's shape")
     pads = [0] * 2 * x.type.rank
     for axis, size in zip(axes, sizes, strict=True):
         have = x.type.shape[axis]
@@ -419,7 +449,7 @@ def _cumulative_sum(ctx):
     of the length steps; each sum holds only the elements it should, so inf and nan stay
     where they belong)."""
     x = ctx.input(0)
-    axis = ctx.axis(ctx.static(1, "CumSum's axis").reshape(()), x.type.rank)
+    axis = ctx.axis(ctx.static_int(1, "CumSum's axis"), x.type.rank)
     size = x.type.shape[axis]
     if not isinstance(size, int):
         raise Unsupported(f"CumSum along the symbolic axis {axis} of {x.type}")

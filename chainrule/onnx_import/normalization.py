@@ -9,8 +9,7 @@ from .context import Unsupported, converter
 
 
 def _axis(ctx, x, default):
-    axis = ctx.attr("axis", default)
-    return axis + x.type.rank if axis < 0 else axis
+    return ctx.axis(ctx.attr("axis", default), x.type.rank)
 
 
 def _moments(ctx, x, axes):
@@ -121,8 +120,8 @@ def _group_norm(ctx):
     are per channel from opset 21 on, per group before."""
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     ctx.attr("stash_type")
-    groups = ctx.attr("num_groups")
-    batch, channels, *spatial = x.type.shape
+    groups = ctx.positive_attr("num_groups")
+    batch, channels, *spatial = ctx.require_rank(x, 2).type.shape
     if not isinstance(channels, int) or channels % groups:
         raise Unsupported(f"GroupNormalization of {x.type} into {groups} groups")
     grouped = ctx.emit("reshape", x, shape=(0, groups, channels // groups, *spatial))
@@ -170,8 +169,8 @@ def _lp_norm(ctx):
 @converter("LRN")
 def _local_response_norm(ctx):
     """x / (bias + alpha / size * (sum of x^2 over the `size` channels around each))^beta."""
-    x = ctx.input(0)
-    size = ctx.attr("size")
+    x = ctx.require_rank(ctx.input(0), 2)
+    size = ctx.positive_attr("size")
     alpha, beta = ctx.float_attr("alpha", 1e-4), ctx.float_attr("beta", 0.75)
     bias = ctx.float_attr("bias", 1.0)
     channels = x.type.shape[1]

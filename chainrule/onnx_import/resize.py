@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .context import Unsupported, converter, numpy_dtype
+from .folding import FOLD_LIMIT
 
 TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
               "asymmetric", "tf_crop_and_resize")
@@ -120,7 +121,9 @@ def _target(ctx, shape, axes, rank):
     policy = ctx.require_attr("keep_aspect_ratio_policy", ("stretch", "not_larger",
                                                            "not_smaller"), "stretch")
     if sizes is not None and sizes.size:
-        wanted = _by_axis([int(s) for s in sizes.ravel()], axes, rank, shape)
+        sizes = ctx.require_length(ctx.static_ints(3, "Resize's sizes"), len(axes),
+                                   "Resize's sizes")
+        wanted = _by_axis(sizes, axes, rank, shape)
         factors = [out / size for out, size in zip(wanted, shape, strict=True)]
         if policy == "stretch":
             return wanted, factors
@@ -130,9 +133,12 @@ def _target(ctx, shape, axes, rank):
                 [scale if a in axes else 1.0 for a in range(rank)])
     if scales is None or scales.size == 0:
         raise Unsupported("Resize needs scales or sizes")
-    factors = _by_axis([float(s) for s in scales.astype(np.float32).ravel()], axes, rank,
-                       [1.0] * rank)
-    wanted = (np.asarray(factors, dtype=np.float64) * np.array(shape)).astype(int).tolist()
+    scales = ctx.require_length(scales.astype(np.float32).ravel().tolist(), len(axes),
+                                "Resize's scales")
+    if not all(0 < scale < math.inf for scale in scales):
+        raise Unsupported(f"Resize's scales {list(scales)} (each must be positive and finite)")
+    factors = _by_axis(scales, axes, rank, [1.0] * rank)
+    wanted = [int(factor * size) for factor, size in zip(factors, shape, strict=True)]
     return wanted, factors
 
 
@@ -162,7 +168,8 @@ def _resize(ctx):
     extrapolation = ctx.float_attr("extrapolation_value", 0.0)
     roi = ctx.static(1, "Resize's roi")
     if roi is not None and roi.size:
-        roi = roi.astype(np.float64).ravel()
+        roi = np.array(ctx.require_length(roi.astype(np.float64).ravel(), 2 * len(axes),
+                                          "Resize's roi"))
         roi = list(zip(_by_axis(roi[:len(axes)], axes, rank, [0.0] * rank),
                        _by_axis(roi[len(axes):], axes, rank, [1.0] * rank), strict=True))
     elif transform == "tf_crop_and_resize":
@@ -170,12 +177,16 @@ def _resize(ctx):
     else:
         roi = [(0.0, 1.0)] * rank
     sizes, scales = _target(ctx, list(shape), axes, rank)
+    ctx.require_size(x.type.dtype, sizes)
 
     outside = None
     for axis in axes:
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
         if size_out < 1:
             raise Unsupported(f"Resize to size {size_out} (chainrule refuses empty tensors)")
+        if size_out > FOLD_LIMIT:  # each output position's weights are computed here
+            raise Unsupported(f"Resize to size {size_out:,} along axis {axis} (at most "
+                              f"{FOLD_LIMIT:,})")
         crop = roi[axis] if transform == "tf_crop_and_resize" else (0.0, 1.0)
         if math.isclose(scale, 1.0) and size_out == size_in and \
                 np.allclose(crop, (0.0, 1.0)):
