@@ -20,7 +20,7 @@ def test_train_fine_tunes_an_imported_mlp_on_the_digits(tmp_path):
     validation = float(last.split("val:")[1].split("acc")[1].split("%")[0])
     assert validation > 93.0, result.stdout
     with np.load(tmp_path / "trained.npz") as trained:
-        assert {"const_0.weight", "const_2.bias"} <= set(trained)
+        assert {"param_0.weight", "param_2.bias"} <= set(trained)
 
 
 def test_check_grad_and_run_read_an_onnx_file(tmp_path):
@@ -53,8 +53,8 @@ def test_freeze_leaves_the_named_initializers_alone(tmp_path):
     assert result.returncode == 0, result.stderr
     original = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(MLP).graph.initializer}
     with np.load(tmp_path / "t.npz") as trained:
-        assert np.array_equal(trained["const_0.weight"], original["0.weight"])
-        assert not np.array_equal(trained["const_2.weight"], original["2.weight"])
+        assert np.array_equal(trained["param_0.weight"], original["0.weight"])
+        assert not np.array_equal(trained["param_2.weight"], original["2.weight"])
 
 
 def unsupported_model(path):

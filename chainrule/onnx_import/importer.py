@@ -395,11 +395,13 @@ class Importer:
         return self.bind_param(name, self.add_param(name, self.initializers[name],
                                                     trainable=False))
 
-    def add_param(self, hint: str, array: np.ndarray, trainable: bool) -> Value:
+    def add_param(self, hint: str, array: np.ndarray, trainable: bool,
+                  prefix: str = "param") -> Value:
         if array.size == 0:
             raise Unsupported(f"the empty tensor '{hint}' (chainrule refuses empty tensors)")
         value_type = TensorType(dtype_of_array(array), array.shape)
-        value = Value(self.builder.namer.fresh(identifier(hint, "const")), value_type)
+        # A name that cannot start a value (PyTorch's `0.weight`) gets `prefix` in front.
+        value = Value(self.builder.namer.fresh(identifier(hint, prefix)), value_type)
         # The file holds the values; the init spec says what re-initialising would draw.
         init = InitSpec("glorot" if trainable and array.ndim >= 2 else "zeros")
         self.graph.params.append(Param(value, init, SourceLoc(self.file, 0, 0, node=hint),
@@ -450,11 +452,12 @@ class Importer:
         as float64 (exact up to 2**53) and cast back."""
         dtype = dtype_of_array(array)
         if is_float(dtype):
-            return self.add_param(hint, array, trainable=False)
+            return self.add_param(hint, array, trainable=False, prefix="const")
         if dtype == "i64" and np.abs(array).max() > 2 ** 53:
             raise Unsupported(f"the int64 constant '{hint}' holds values beyond 2**53 (chainrule "
                               f"keeps constant tensors as float64)")
-        stored = self.add_param(hint, array.astype(np.float64), trainable=False)
+        stored = self.add_param(hint, array.astype(np.float64), trainable=False,
+                                prefix="const")
         return self.builder.emit("cast", (stored,), {"dtype": dtype}, loc=loc)
 
     def update_state(self, state: Value, new: Value) -> None:
