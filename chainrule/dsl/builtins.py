@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir.shapes import TO_END, TO_START, shapes_may_equal
+from ..ir import compositions
+from ..ir.shapes import shapes_may_equal
 
 NO_DEFAULT = object()
 
@@ -186,39 +187,17 @@ def _stack(ops, *xs, axis):
     return ops.emit("concat", *(ops.emit("unsqueeze", x, axes=(axis,)) for x in xs), axis=axis)
 
 
-@composite("cross_entropy", ("logits", "labels"))
-def _cross_entropy(ops, logits, labels):
-    """Integer labels: the cross_entropy op. Probability targets shaped like the logits: the
-    mean over the batch of -sum(targets * log_softmax(logits))."""
-    if labels.type.dtype == "i64":
-        return ops.emit("cross_entropy", logits, labels)
-    if labels.type.dtype != logits.type.dtype or not shapes_may_equal(labels.type.shape,
-                                                                      logits.type.shape):
-        ops.error(f"labels must be i64, or probability targets of the logits' dtype and "
-                  f"shape; got logits {logits.type} and targets {labels.type}")
-    log_probabilities = ops.emit("log_softmax", logits, axis=-1)
-    per_example = ops.emit("sum", ops.emit("mul", labels, log_probabilities), axes=(-1,))
-    return ops.emit("neg", ops.emit("mean", per_example))
+composite("cross_entropy", ("logits", "labels"))(
+    compositions.cross_entropy)
 
 
-@composite("binary_cross_entropy_with_logits", ("logits", "targets"))
-def _binary_cross_entropy_with_logits(ops, logits, targets):
-    # -t log sigmoid(x) - (1 - t) log(1 - sigmoid(x)) = softplus(x) - t x, stable for any x.
-    if targets.type.dtype != logits.type.dtype:
-        ops.error(f"targets must have the logits' dtype; got logits {logits.type} and "
-                  f"targets {targets.type}")
-    losses = ops.emit("sub", ops.emit("softplus", logits), ops.emit("mul", targets, logits))
-    return ops.emit("mean", losses)
+composite("binary_cross_entropy_with_logits", ("logits", "targets"))(
+    compositions.binary_cross_entropy_with_logits)
 
 
-@composite("layer_norm", ("x", "gamma", "beta"),
-           {"axis": _option(-1, _axes, "axes"), "eps": _option(1e-5, _float("eps"), "eps")})
-def _layer_norm(ops, x, gamma, beta, axes, eps):
-    mean = ops.emit("mean", x, axes=axes, keepdims=True)
-    centered = ops.emit("sub", x, mean)
-    variance = ops.emit("mean", ops.emit("mul", centered, centered), axes=axes, keepdims=True)
-    deviation = ops.emit("sqrt", ops.emit("add", variance, ops.constant(eps, x)))
-    return ops.emit("add", ops.emit("mul", ops.emit("div", centered, deviation), gamma), beta)
+composite("layer_norm", ("x", "gamma", "beta"),
+          {"axis": _option(-1, _axes, "axes"), "eps": _option(1e-5, _float("eps"), "eps")})(
+    compositions.layer_norm)
 
 
 SHAPE_OPTION = {"shape": _option(NO_DEFAULT, _shape, "shape")}
@@ -287,49 +266,10 @@ def _jvp(ops, y, x, tangent):
     u = _zeros_like(ops, y)
     pullback = ops.emit("grad", ops.emit("sum", ops.emit("mul", y, u)), x)
     return ops.emit("grad", ops.emit("sum", ops.emit("mul", pullback, tangent)), u)
-
-
-@composite("batch_norm", ("x", "gamma", "beta", "running_mean", "running_var"),
-           {"momentum": _option(0.1, _float("momentum"), "momentum"),
-            "eps": _option(1e-5, _float("eps"), "eps")})
-def _batch_norm(ops, x, gamma, beta, running_mean, running_var, momentum, eps):
-    """PyTorch's batch norm over the channel axis 1: in training, the batch's statistics
-    normalise, and the running ones move towards them (the variance unbiased); otherwise the
-    running ones normalise. Both results are in the graph, joined by train_or_eval."""
-    if x.type.rank < 2:
-        ops.error(f"batch_norm needs [N, C, ...] input, not {x.type}")
-    channels = x.type.shape[1]
-    for name, value in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
-                        ("running_var", running_var)):
-        if value.type.rank != 1 or not shapes_may_equal(value.type.shape, (channels,)):
-            ops.error(f"{name} must be [{channels}] (one per channel), not {value.type}")
-    axes = (0,) + tuple(range(2, x.type.rank))
-    spread = tuple(a for a in range(x.type.rank) if a != 1)  # [C] -> [1, C, 1, 1]
-
-    def per_channel(value):
-        return ops.emit("unsqueeze", value, axes=spread)
-
-    def normalised(mean, variance):
-        deviation = ops.emit("sqrt", ops.emit("add", variance, ops.constant(eps, x)))
-        return ops.emit("div", ops.emit("sub", x, mean), deviation)
-
-    mean = ops.emit("mean", x, axes=axes, keepdims=True)
-    centered = ops.emit("sub", x, mean)
-    variance = ops.emit("mean", ops.emit("mul", centered, centered), axes=axes, keepdims=True)
-    chosen = ops.emit("train_or_eval", normalised(mean, variance),
-                      normalised(per_channel(running_mean), per_channel(running_var)))
-    result = ops.emit("add", ops.emit("mul", chosen, per_channel(gamma)), per_channel(beta))
-    count = ops.emit("numel", x, axes=axes, dtype=x.type.dtype)
-    unbiased = ops.emit("mul", ops.emit("squeeze", variance, axes=spread),
-                        ops.emit("div", count, ops.emit("sub", count, ops.constant(1.0, x))))
-
-    def moved(running, batch):
-        kept = ops.emit("mul", ops.constant(1.0 - momentum, x), running)
-        return ops.emit("add", kept, ops.emit("mul", ops.constant(momentum, x), batch))
-
-    ops.update_state(running_mean, moved(running_mean, ops.emit("squeeze", mean, axes=spread)))
-    ops.update_state(running_var, moved(running_var, unbiased))
-    return result
+composite("batch_norm", ("x", "gamma", "beta", "running_mean", "running_var"),
+          {"momentum": _option(0.1, _float("momentum"), "momentum"),
+           "eps": _option(1e-5, _float("eps"), "eps")})(
+    compositions.batch_norm)
 
 
 @composite("dropout", ("x",), {"p": _option(NO_DEFAULT, _float("p"), "p")})
@@ -474,59 +414,11 @@ def _flatten(ops, x, start_axis):
 PAD_MODES = ("constant", "reflect", "edge", "replicate")
 
 
-@composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
-                           "mode": _option(StringLiteral("constant"), _choice("mode", *PAD_MODES),
-                                           "mode"),
-                           "value": _option(0.0, _float("value"), "value")})
-def _pad(ops, x, pads, mode, value):
-    """PyTorch's F.pad: pads in pairs from the last axis backwards, (left, right, top,
-    bottom, ...). A constant pad is the pad op; reflect and edge (PyTorch's replicate) are
-    slices of x concatenated to it, one axis at a time."""
-    if len(pads) % 2 or len(pads) > 2 * x.type.rank or any(p < 0 for p in pads):
-        ops.error(f"pads are pairs (begin, end) >= 0 from the last axis backwards, at most "
-                  f"{x.type.rank} of them for {x.type}; got {pads}")
-    if mode != "constant" and value != 0.0:
-        ops.error(f'value is the padding of mode="constant", not of mode="{mode}"')
-    rank = x.type.rank
-    pairs = {rank - 1 - i: pads[2 * i:2 * i + 2] for i in range(len(pads) // 2)}
-    if not any(pads):
-        return x
-    for axis, (begin, end) in pairs.items():
-        size = x.type.shape[axis]
-        if mode == "reflect" and (begin or end) and (not isinstance(size, int)
-                                                     or max(begin, end) >= size):
-            ops.error(f'mode="reflect" pads less than the size of the axis it pads; got pads '
-                      f"({begin}, {end}) for axis {axis} of {x.type}")
-    if mode == "constant":
-        begins = tuple(pairs.get(axis, (0, 0))[0] for axis in range(rank))
-        ends = tuple(pairs.get(axis, (0, 0))[1] for axis in range(rank))
-        return ops.emit("pad", x, pads=begins + ends, value=value)
-    for axis, (begin, end) in sorted(pairs.items()):
-        if begin or end:
-            x = _pad_axis(ops, x, axis, begin, end, mode)
-    return x
-
-
-def _pad_axis(ops, x, axis, begin, end, mode):
-    size = x.type.shape[axis]
-
-    def part(start, stop, step):
-        return ops.emit("slice", x, starts=(start,), ends=(stop,), axes=(axis,), steps=(step,))
-
-    def repeated(edge, count):
-        shape = tuple(count if i == axis else -1 for i in range(x.type.rank))
-        return ops.emit("broadcast_to", edge, shape=shape)
-
-    if mode == "reflect":
-        # x[begin], ..., x[1] before and x[size - 2], ..., x[size - 1 - end] after.
-        before = part(begin, 0, -1) if begin else None
-        after = part(size - 2, size - 2 - end if end < size - 1 else TO_START, -1) \
-            if end else None
-    else:
-        before = repeated(part(0, 1, 1), begin) if begin else None
-        after = repeated(part(-1, TO_END, 1), end) if end else None
-    pieces = [piece for piece in (before, x, after) if piece is not None]
-    return ops.emit("concat", *pieces, axis=axis)
+composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
+                          "mode": _option(StringLiteral("constant"), _choice("mode", *PAD_MODES),
+                                          "mode"),
+                          "value": _option(0.0, _float("value"), "value")})(
+    compositions.pad)
 
 
 # ---- ops --------------------------------------------------------------------------------------

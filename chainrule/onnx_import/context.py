@@ -238,7 +238,7 @@ class NodeContext:
         """A constant this converter computed, as a tensor (a param named after `hint`)."""
         return self.importer.materialise(Known(array), None, self, hint)
 
-    # The DSL's compositions (layer_norm, batch_norm, pad) build through these too.
+    # ir/compositions.py (layer_norm, batch_norm, pad) builds through these too.
     def error(self, message: str):
         raise Unsupported(message)
 

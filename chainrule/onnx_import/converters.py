@@ -4,7 +4,7 @@ A converter reads its node through a NodeContext (`ctx.input(i)` for tensors, `c
 for inputs that must be known at import time, `ctx.attr(name)` for attributes) and returns the
 node's outputs. Anything it cannot express raises Unsupported with the reason. An op chainrule
 lacks is composed of those it has (Floor of a round trip through int64, ReduceProd of halving
-multiplications); the DSL's compositions (layer_norm, batch_norm, pad) are reused where ONNX
+multiplications); the shared compositions of ir/compositions.py (layer_norm, batch_norm, pad) are reused where ONNX
 means the same, so each is written once.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..dsl.builtins import BUILTINS
+from ..ir import compositions
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import NUMPY_DTYPES
 from .context import Unsupported, converter
@@ -234,7 +234,7 @@ def _pad(ctx):
         pairs += by_axis.get(axis, (0, 0))
     fill = 0.0 if value is None or value.size == 0 else \
         float(ctx.static_scalar(2, "Pad's constant value"))
-    return [BUILTINS["pad"].compose(ctx, x, tuple(pairs), PAD_MODES[mode], fill)]
+    return [compositions.pad(ctx, x, tuple(pairs), PAD_MODES[mode], fill)]
 
 
 @converter("ConstantOfShape")

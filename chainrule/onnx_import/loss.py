@@ -3,8 +3,7 @@ loss becomes the objective, the first output. The model's own outputs stay outpu
 cross-entropy, `acc` (the fraction of rows classified right) follows the loss."""
 from __future__ import annotations
 
-from ..dsl.builtins import BUILTINS
-from ..ir import ChainruleError, GraphBuilder, SourceLoc, Value
+from ..ir import ChainruleError, GraphBuilder, SourceLoc, Value, compositions
 from ..ir.types import TensorType, is_float
 
 LOSSES = ("cross_entropy", "mse", "bce")
@@ -67,7 +66,7 @@ def _loss_output(imported, outputs, name, loc) -> Value:
 
 
 class _Ops:
-    """The DSL's compositions take this face: emit, constant and error."""
+    """The face ir.compositions build through: emit, constant and error."""
 
     def __init__(self, builder: GraphBuilder, loc: SourceLoc):
         self.builder, self.loc = builder, loc
@@ -85,7 +84,7 @@ class _Ops:
 def _loss(builder, loss, output, target, loc) -> Value:
     ops = _Ops(builder, loc)
     if loss == "cross_entropy":
-        return BUILTINS["cross_entropy"].compose(ops, output, target)
+        return compositions.cross_entropy(ops, output, target)
     if loss == "mse":
         return ops.emit("mse", output, target)
-    return BUILTINS["binary_cross_entropy_with_logits"].compose(ops, output, target)
+    return compositions.binary_cross_entropy_with_logits(ops, output, target)

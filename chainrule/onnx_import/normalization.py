@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..dsl.builtins import BUILTINS
+from ..ir import compositions
 from .context import Unsupported, converter
 
 
@@ -37,7 +37,7 @@ def _layer_norm(ctx):
     axes = tuple(range(_axis(ctx, x, -1), x.type.rank))
     epsilon = ctx.float_attr("epsilon", 1e-5)
     if not (ctx.output_used(1) or ctx.output_used(2)):
-        return [BUILTINS["layer_norm"].compose(ctx, x, scale, bias, axes, epsilon)]
+        return [compositions.layer_norm(ctx, x, scale, bias, axes, epsilon)]
     centered, variance = _moments(ctx, x, axes)
     inverse = _inverse_deviation(ctx, variance, epsilon)
     normalised = ctx.emit("mul", centered, inverse)
@@ -57,7 +57,7 @@ def _rms_norm(ctx):
 
 @converter("BatchNormalization")
 def _batch_norm(ctx):
-    """With its running statistics as initializers, the DSL's batch_norm: they are state that
+    """With its running statistics as initializers, the batch_norm composition: they are state that
     training updates (ONNX's momentum m is PyTorch's 1 - m). Given as inputs, inference only."""
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     epsilon, momentum = ctx.float_attr("epsilon", 1e-5), ctx.float_attr("momentum", 0.9)
@@ -69,8 +69,8 @@ def _batch_norm(ctx):
     names = ctx.node.input[3], ctx.node.input[4]
     if all(ctx.importer.is_initializer(name) for name in names):
         mean, variance = (ctx.importer.state_param(name) for name in names)
-        compose = BUILTINS["batch_norm"].compose
-        return [compose(ctx, x, scale, bias, mean, variance, 1.0 - momentum, epsilon)]
+        return [compositions.batch_norm(ctx, x, scale, bias, mean, variance, 1.0 - momentum,
+                                        epsilon)]
     mean, variance = ctx.input(3), ctx.input(4)
     rank = x.type.rank
     inverse = _inverse_deviation(ctx, _per_channel(ctx, variance, rank), epsilon)
