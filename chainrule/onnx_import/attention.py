@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from .context import Unsupported, converter, numpy_dtype
+from ..ir.types import NUMPY_DTYPES
+from .context import Unsupported, converter
 from .importer import ONNX_DTYPES
 
 # qk_matmul_output_mode: which scores the fourth output shows. Modes 0 and 1 both show them
@@ -58,7 +59,7 @@ class _Bias:
 
     def add_constant(self, allowed: np.ndarray):
         if not allowed.all():
-            bias = np.where(allowed, 0.0, -np.inf).astype(numpy_dtype(self.dtype))
+            bias = np.where(allowed, 0.0, -np.inf).astype(NUMPY_DTYPES[self.dtype])
             self.add(self.ctx.known_tensor(bias, "bias"))
 
 
@@ -114,7 +115,7 @@ def _attention(ctx):
     if not 0 < scale < math.inf:
         raise Unsupported(f"Attention's scale {scale} (it must be positive and finite)")
     # Q and K are each scaled by sqrt(scale), rounded to their dtype, as ONNX does.
-    root = ctx.constant(float(numpy_dtype(dtype)(math.sqrt(scale))), dtype)
+    root = ctx.constant(float(NUMPY_DTYPES[dtype](math.sqrt(scale))), dtype)
     keys = ctx.emit("transpose", ctx.emit("mul", k, root), perm=(0, 1, 3, 2))
     scores = ctx.emit("matmul", ctx.emit("mul", q, root), keys)
     softcap = ctx.attr("softcap")

@@ -9,7 +9,7 @@ from onnx.checker import ValidationError
 
 from ..ir import ChainruleError, GraphBuilder, Value
 from ..ir.limits import type_size_problem
-from ..ir.types import NUMPY_DTYPES, TensorType, dtype_of_numpy
+from ..ir.types import TensorType, dtype_of_numpy
 
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
@@ -262,10 +262,6 @@ def tensor_array(tensor, what: str) -> np.ndarray:
         return numpy_helper.to_array(tensor)
     except (ValueError, ValidationError) as error:
         raise Unsupported(f"{what} cannot be read ({error})") from None
-
-
-def numpy_dtype(dtype: str):
-    return NUMPY_DTYPES[dtype]
 
 
 def dtype_of_array(array: np.ndarray) -> str:

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from .context import Unsupported, converter, numpy_dtype
+from ..ir.types import NUMPY_DTYPES
+from .context import Unsupported, converter
 from .folding import FOLD_LIMIT
 
 TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -210,5 +211,5 @@ def _interpolated(ctx, x, axis, positions, weights):
     taken = ctx.emit("take", x, ctx.known_tensor(positions, "positions"), axis=axis)
     spread = weights.reshape(weights.shape + (1,) * (x.type.rank - 1 - axis))
     weighted = ctx.emit("mul", taken, ctx.known_tensor(
-        spread.astype(numpy_dtype(x.type.dtype)), "weights"))
+        spread.astype(NUMPY_DTYPES[x.type.dtype]), "weights"))
     return ctx.emit("sum", weighted, axes=(axis + 1,), keepdims=False)
