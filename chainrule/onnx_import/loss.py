@@ -33,22 +33,21 @@ def attach_loss(imported, loss: str, target_input: str, loss_output: str | None,
     target = Value(target_input, _target_type(loss, output))
     graph.inputs.append(target)
     graph.input_locs[target.name] = loc
-    builder = GraphBuilder(graph)
-    objective = _loss(builder, loss, output, target, loc)
-    builder.rename(objective, "loss")
+    ops = _Ops(GraphBuilder(graph), loc)
+    objective = _loss(ops, loss, output, target)
+    ops.builder.rename(objective, "loss")
     graph.outputs.insert(0, objective)
     if loss == "cross_entropy" and "acc" not in taken:
-        graph.outputs.insert(1, _accuracy(builder, output, target, loc))
+        graph.outputs.insert(1, _accuracy(ops, output, target))
     imported.names[target_input] = target.name
 
 
-def _accuracy(builder, scores, labels, loc) -> Value:
+def _accuracy(ops, scores, labels) -> Value:
     """The fraction of rows whose highest score is the label: what training reports as acc."""
-    ops = _Ops(builder, loc)
     predicted = ops.emit("argmax", scores, axis=-1, keepdims=False)
     hits = ops.emit("cast", ops.emit("equal", predicted, labels), dtype=scores.type.dtype)
     accuracy = ops.emit("mean", hits, axes=None, keepdims=False)
-    builder.rename(accuracy, "acc")
+    ops.builder.rename(accuracy, "acc")
     return accuracy
 
 
@@ -81,8 +80,7 @@ class _Ops:
         raise ChainruleError(message, self.loc)
 
 
-def _loss(builder, loss, output, target, loc) -> Value:
-    ops = _Ops(builder, loc)
+def _loss(ops, loss, output, target) -> Value:
     if loss == "cross_entropy":
         return compositions.cross_entropy(ops, output, target)
     if loss == "mse":
