@@ -148,8 +148,12 @@ def test_ir_emits_the_generated_python_and_its_memory_plan(monkeypatch):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("def run(")
     assert "np.matmul(v0, v2.T)  # %z" in result.stdout
-    assert "    del " in result.stdout and ", out=" in result.stdout
+    assert "    del " in result.stdout and "= K_gemm_acc(" in result.stdout
     assert "# memory plan for mlp:" in result.stdout
+    assert "%dJ/dW1 = gemm_acc: frees %dJ/dz" in result.stdout
+    # -O1 neither fuses nor folds the weight decay into the products: its adds reuse buffers
+    result = chainrule("ir", MLP, "--grad", "-O1", "--emit", "python", "--print-memory-plan")
+    assert ", out=" in result.stdout
     assert "%dJ/dW1 = add: writes into %dJ/dW1.via_pow" in result.stdout
 
 

@@ -43,27 +43,40 @@ def group_names(graph):
     return [[node.output.name for node in group] for group in graph.groups]
 
 
-def test_the_sgd_step_groups_weight_decay_gradient_and_update():
-    graph, _ = lecture_mlp().train_step_graph(OptimizerSpec("sgd"), "O2")
+MOMENTUM = OptimizerSpec("sgd", momentum=0.9, weight_decay=0.01)
+
+
+def test_the_momentum_step_groups_the_velocity_and_the_decayed_update():
+    graph, _ = lecture_mlp().train_step_graph(MOMENTUM, "O2")
     assert group_names(graph) == [
         ["h"], ["dJ/dz"],
-        ["dJ/dW1.via_pow", "dJ/dW1", "mul", "W1.next"],
-        ["dJ/dW2.via_pow.1", "dJ/dW2", "mul.1", "W2.next"]]
+        ["mul", "opt.velocity.W1.next"], ["mul.1", "mul.3", "add.1", "W1.next"],
+        ["mul.4", "opt.velocity.W2.next"], ["mul.5", "mul.7", "add.2", "W2.next"]]
     verify(graph)
 
 
+def test_plain_sgd_leaves_no_update_to_group():
+    """Its whole update folds into the weight gradient's product (gemm_epilogue.py)."""
+    graph, _ = lecture_mlp().train_step_graph(OptimizerSpec("sgd"), "O2")
+    assert group_names(graph) == [["h"], ["dJ/dz"]]
+
+
 def test_a_value_read_twice_ends_a_group():
-    """Adam's decayed gradient feeds both moments: it is a group's result, not inside one."""
+    """Adam's decayed gradient feeds both moments: each moment's group starts after it."""
     graph, _ = lecture_mlp().train_step_graph(OptimizerSpec("adam", weight_decay=0.01), "O2")
-    results = [group[-1] for group in group_names(graph)]
-    assert results[2:6] == ["add.1", "opt.m.W1.next", "opt.v.W1.next", "W1.next"]
+    groups = group_names(graph)
+    results = [group[-1] for group in groups]
+    assert results[2:5] == ["opt.m.W1.next", "opt.v.W1.next", "W1.next"]
+    read_twice = [node.inputs[1].name for node in graph.nodes
+                  if node.outputs[0].name == "mul.2"]
+    assert read_twice and not any(read_twice[0] in group for group in groups)
     verify(graph)
 
 
 def test_a_broken_group_fails_verification():
-    graph, _ = lecture_mlp().train_step_graph(OptimizerSpec("sgd"), "O2")
-    group = graph.groups[2]
-    graph.groups[2] = group[1:] + group[:1]  # no longer consecutive, result not last
+    graph, _ = lecture_mlp().train_step_graph(MOMENTUM, "O2")
+    group = graph.groups[3]
+    graph.groups[3] = group[1:] + group[:1]  # no longer consecutive, result not last
     with pytest.raises(Exception, match="group ending at"):
         verify(graph)
 

@@ -106,6 +106,10 @@ def _gemm(a, b, trans_a, trans_b):
     return (a.T if trans_a else a) @ (b.T if trans_b else b)
 
 
+def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b):
+    return alpha * _gemm(a, b, trans_a, trans_b) + beta * c
+
+
 def _fill(value, *sources, shape, axes):
     from_sources = [source.shape[axis] for source, axis in zip(sources, axes, strict=True)]
     return np.broadcast_to(value, [from_sources.pop(0) if d == -1 else d for d in shape])
@@ -151,6 +155,7 @@ REFERENCES = {
     "cross_entropy": _cross_entropy, "mse": lambda a, b: np.mean((a - b) ** 2),
     "relu_grad": lambda x, g: g * (x > 0), "cross_entropy_grad": _cross_entropy_grad,
     "sum_squares": lambda x: np.sum(x * x), "gemm": _gemm,
+    "gemm_acc": _gemm_acc,
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
     "fill": _fill, "arange": lambda n: np.arange(n),
@@ -194,6 +199,11 @@ FORWARD_CASES = [
     Case("sum_squares", (Arg((3, 4)),)),
     Case("gemm", (Arg((4, 3)), Arg((4, 5))), {"trans_a": True, "trans_b": False}),
     Case("gemm", (Arg((3, 4)), Arg((5, 4))), {"trans_a": False, "trans_b": True}),
+    Case("gemm_acc", (Arg((4, 3)), Arg((4, 5)), Arg((3, 5)), Arg(()), Arg(())),
+         {"trans_a": True, "trans_b": False}),
+    Case("gemm_acc", (Arg((3, 4)), Arg((5, 4)), Arg((3, 5)), Arg(()), Arg(())),
+         {"trans_a": False, "trans_b": True}),
+    Case("gemm_acc", (Arg((3, 4)), Arg((4, 5)), Arg((3, 5)), Arg(()), Arg(()))),
 ]
 
 

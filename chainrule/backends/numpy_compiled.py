@@ -45,7 +45,7 @@ FRESH_RESULT_OPS = set(UFUNCS) | {
     "cross_entropy", "mse", "one_hot", "numel", "where", "relu_grad", "cross_entropy_grad",
     "sum_squares", "gemm", "fill", "arange", "conv", "conv_transpose", "conv_weight_grad",
     "max_pool", "max_unpool", "max_pool_take", "avg_pool", "avg_unpool", "erf",
-    "gather_elements", "scatter_elements_add",
+    "gather_elements", "scatter_elements_add", "gemm_acc",
 }
 
 
@@ -102,11 +102,17 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
         fresh.update(graph.param_values())
     for index, node in enumerate(graph.nodes):
         out = node.outputs[0]
-        if node.op not in ELEMENTWISE_UFUNCS or out.type.rank == 0 or not _fixed_shape(out):
+        if node.op == "gemm_acc":
+            candidates = node.inputs[2:3]  # BLAS accumulates into c; it reads a and b whole
+        elif node.op in ELEMENTWISE_UFUNCS and out.type.rank > 0 and _fixed_shape(out):
+            candidates = node.inputs
+        else:
             continue
-        for value in node.inputs:
+        for value in candidates:
             if (value in fresh and value not in caller_owned and value not in kept
                     and last_read_through_views.get(value) == index and value.type == out.type
+                    and not any(value in shares[other] for other in node.inputs
+                                if other is not value)
                     and node.inputs.count(value) == 1):
                 plan.in_place[index] = value
                 break
@@ -225,6 +231,8 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit) -> None:
         keywords = [f"{k}={_literal(v)}" for k, v in node.attrs.items()]
         if "stochastic" in get_op(node.op).traits:
             keywords += ["training=training", "rng=rng"]
+        if reused is not None:  # gemm_acc, accumulating into its dying c
+            keywords.append("overwrite=True")
         call = f"K_{node.op}({', '.join(args + keywords)})"
     comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)

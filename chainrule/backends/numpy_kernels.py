@@ -15,6 +15,7 @@ from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES
 from . import erf_approximation as cody
+from .blas import gemm_into
 
 KERNELS, kernel = rule_table()
 
@@ -567,3 +568,10 @@ def _sum_squares(x):
 @kernel("gemm")
 def _gemm(a, b, trans_a, trans_b):
     return np.matmul(a.T if trans_a else a, b.T if trans_b else b)
+
+
+@kernel("gemm_acc")
+def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
+    """alpha * op(a) @ op(b) + beta * c; into c's own buffer when the caller gives it up."""
+    into = c if overwrite else np.array(c, order="C")
+    return gemm_into(into, a, b, float(alpha), float(beta), trans_a, trans_b)

@@ -428,6 +428,14 @@ def _gemm(em, node, out, a, b):
            transB=int(node.attrs["trans_b"]))
 
 
+@lowering("gemm_acc")
+def _gemm_acc(em, node, out, a, b, c, alpha, beta):
+    # Gemm's alpha and beta are attributes, fixed at export; these are values of the step (the
+    # learning rate): they scale A and C, which Gemm then sums.
+    em.add("Gemm", [em.add("Mul", [a, alpha]), b, em.add("Mul", [c, beta])], out,
+           transA=int(node.attrs["trans_a"]), transB=int(node.attrs["trans_b"]))
+
+
 # ---- convolution and pooling ------------------------------------------------------------------
 # onnxruntime runs Conv, ConvTranspose and AveragePool in float32 only, so in float64 (and for the
 # ops ONNX has no counterpart of) the lowerings compose them: Gather reads each window's taps off

@@ -753,6 +753,16 @@ def _infer_gemm(a, b, trans_a, trans_b):
     return _infer_matmul(a.with_shape(a_shape), b.with_shape(b_shape))
 
 
+def _infer_gemm_acc(a, b, c, alpha, beta, trans_a, trans_b):
+    product = _infer_gemm(a, b, trans_a, trans_b)
+    if c.dtype != product.dtype or not shapes_may_equal(c.shape, product.shape):
+        raise OpTypeError(f"gemm_acc accumulates into a {product}, got {c}")
+    for scale in (alpha, beta):
+        if scale.rank != 0 or scale.dtype != c.dtype:
+            raise OpTypeError(f"gemm_acc needs {c.dtype} scalar alpha and beta, got {scale}")
+    return c
+
+
 register("relu_grad", 2, _infer_relu_grad, traits=("elementwise", "fused"))
 register("cross_entropy_grad", 3, _infer_cross_entropy_grad, traits=("fused",),
          index_input=(1, lambda types, attrs: types[0].shape[-1]))
@@ -760,6 +770,11 @@ register("sum_squares", 1, _infer_sum_squares, traits=("reduction", "fused"))
 register("gemm", 2, _infer_gemm,
          {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
          traits=("linear", "fused"))
+# alpha * op(a) @ op(b) + beta * c: a param's update folded into its gradient's matrix product
+# (passes/gemm_epilogue.py), which BLAS computes in one call, writing into c's buffer.
+register("gemm_acc", 5, _infer_gemm_acc,
+         {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
+         traits=("fused",))
 
 
 # grad(objective, wrt) in a model: a higher-order op that the expand_grad pass replaces by the

@@ -18,6 +18,7 @@ from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .expand_grad import expand_grads
 from .fuse import fuse
+from .gemm_epilogue import gemm_epilogue
 from .group_elementwise import group_elementwise
 from .infer import infer_shapes
 from .select_mode import select_mode
@@ -77,6 +78,8 @@ PASSES = {p.name: p for p in [
     Pass("simplify", lambda g, ctx: simplify(g, ctx.evaluate),
          "algebraic simplification and constant folding"),
     Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops"),
+    Pass("gemm_epilogue", lambda g, ctx: gemm_epilogue(g),
+         "fold a matrix product's scaling and accumulation (weight decay, the update) into it"),
     Pass("group", lambda g, ctx: group_elementwise(g),
          "mark groups of elementwise ops that a backend may run as one kernel"),
 ]}
@@ -84,7 +87,7 @@ PASSES = {p.name: p for p in [
 PRESETS = {
     "O0": ["dce"],
     "O1": ["simplify", "cse", "dce"],
-    "O2": ["simplify", "cse", "fuse", "dce", "group"],
+    "O2": ["simplify", "cse", "fuse", "gemm_epilogue", "dce", "group"],
 }
 
 
