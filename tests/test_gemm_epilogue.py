@@ -144,4 +144,4 @@ def test_folded_steps_train_as_the_unfolded_ones(gemm_path, spec, backend):
     assert ("W1.next" in folded) == (spec.kind == "sgd" and not spec.momentum)
     assert folded
     for name, value in params["O1"].items():
-        assert_close(params["O2"][name], value, 1e-12, what=name)
+        assert_close(params["O2"][name], value, 1e-10, what=name)  # Adam amplifies rounding

@@ -102,6 +102,10 @@ def _cross_entropy_grad(logits, labels, scale):
     return (_softmax(logits, -1) - onehot) * scale
 
 
+def _nll(log_probs, labels):
+    return -np.mean(np.take_along_axis(log_probs, labels[..., None], axis=-1))
+
+
 def _gemm(a, b, trans_a, trans_b):
     return (a.T if trans_a else a) @ (b.T if trans_b else b)
 
@@ -154,6 +158,9 @@ REFERENCES = {
     "softmax": _softmax, "log_softmax": lambda x, axis: np.log(_softmax(x, axis)),
     "cross_entropy": _cross_entropy, "mse": lambda a, b: np.mean((a - b) ** 2),
     "relu_grad": lambda x, g: g * (x > 0), "cross_entropy_grad": _cross_entropy_grad,
+    "nll": _nll,
+    "cross_entropy_grad_from_log_probs": lambda log_probs, labels, scale: (
+        (np.exp(log_probs) - np.eye(log_probs.shape[-1])[labels]) * scale),
     "sum_squares": lambda x: np.sum(x * x), "gemm": _gemm,
     "gemm_acc": _gemm_acc,
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
@@ -196,6 +203,10 @@ FORWARD_CASES = [
     Case("relu_grad", (Arg((3, 4), domain="away_from_zero"), Arg((3, 4)))),
     Case("cross_entropy_grad", (Arg((6, 5)), labels((6,), 5), Arg(()))),
     Case("cross_entropy_grad", (Arg((2, 3, 4)), labels((2, 3), 4), Arg(()))),
+    Case("nll", (Arg((6, 5)), labels((6,), 5))),
+    Case("nll", (Arg((2, 3, 4)), labels((2, 3), 4))),
+    Case("cross_entropy_grad_from_log_probs",
+         (Arg((6, 5)), labels((6,), 5), Arg(()))),
     Case("sum_squares", (Arg((3, 4)),)),
     Case("gemm", (Arg((4, 3)), Arg((4, 5))), {"trans_a": True, "trans_b": False}),
     Case("gemm", (Arg((3, 4)), Arg((5, 4))), {"trans_a": False, "trans_b": True}),

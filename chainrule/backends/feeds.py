@@ -82,6 +82,11 @@ def check_feeds(graph: Graph, inputs: dict, params: dict) -> dict:
 
 # ---- labels and indices -----------------------------------------------------------------------
 
+# The op a model wrote, for the fused ops that stand for it after -O2 (fuse.py).
+WRITTEN_AS = {"cross_entropy_grad": "cross_entropy", "nll": "cross_entropy",
+              "cross_entropy_grad_from_log_probs": "cross_entropy"}
+
+
 @dataclass(frozen=True)
 class IndexInput:
     """A graph input that an op reads as class labels or indices, and the op's bound on it."""
@@ -94,24 +99,26 @@ class IndexInput:
     def describe(self, size: int) -> str:
         noun = "indices" if self.negatives else "labels"
         low = -size if self.negatives else 0
-        op = self.node.op.removesuffix("_grad")  # cross_entropy_grad reads cross_entropy's
+        op = WRITTEN_AS.get(self.node.op, self.node.op)
         reader = {"cross_entropy": f"cross_entropy over {size} classes",
                   "one_hot": f"one_hot with {size} classes"}.get(op, f"{op} over {size} items")
         return f"{noun} for {reader} lie in [{low}, {size})"
 
 
 def index_inputs(graph: Graph) -> list[IndexInput]:
-    """Every (input, op) pair where an op reads a graph input as labels or indices."""
+    """Every (input, op) pair where an op reads a graph input as labels or indices; of ops that
+    bound an input alike (a loss and its gradient), the first."""
     inputs = set(graph.inputs)
-    found = []
+    found = {}
     for node in graph.nodes:
         spec = OPS[node.op].index_input
         if spec is None or node.inputs[spec[0]] not in inputs:
             continue
         bound = spec[1]([v.type for v in node.inputs], node.attrs)
-        found.append(IndexInput(node.inputs[spec[0]].name, node, bound,
-                                "negative_indices" in OPS[node.op].traits))
-    return found
+        index = IndexInput(node.inputs[spec[0]].name, node, bound,
+                           "negative_indices" in OPS[node.op].traits)
+        found.setdefault((index.name, index.bound, index.negatives), index)
+    return list(found.values())
 
 
 def label_bounds(graph: Graph) -> dict[str, int]:

@@ -9,6 +9,7 @@ node. `generate_source` returns the code, which `chainrule ir --emit python` pri
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,7 @@ class Plan:
     frees: dict = field(default_factory=dict)        # node index -> values deleted after it
     in_place: dict = field(default_factory=dict)     # node index -> input Value reused as output
     fused: dict = field(default_factory=dict)        # first node index -> FusedGroup
+    checked: set = field(default_factory=set)        # nodes whose labels the feeds check reads
 
 
 @dataclass
@@ -127,11 +129,25 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                                 for other in group.operands if other is not value)):
                 group.out = value
                 break
+    plan.checked = _labels_checked_by_feeds(graph)
     kept_alive = set(graph.inputs) | set(graph.param_values()) | set(graph.outputs)
     for value, index in last_read.items():
         if value not in kept_alive:
             plan.frees.setdefault(index, []).append(value)
     return plan
+
+
+def _labels_checked_by_feeds(graph: Graph) -> set:
+    """The nodes that read a graph input as labels, with a kernel that can skip checking them:
+    the feeds check has range-checked every such input before each call."""
+    inputs = set(graph.inputs)
+    checked = set()
+    for index, node in enumerate(graph.nodes):
+        spec = get_op(node.op).index_input
+        if (spec is not None and node.inputs[spec[0]] in inputs
+                and "checked" in inspect.signature(KERNELS[node.op]).parameters):
+            checked.add(index)
+    return checked
 
 
 def _fused_groups(graph: Graph) -> dict:
@@ -233,6 +249,8 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit) -> None:
             keywords += ["training=training", "rng=rng"]
         if reused is not None:  # gemm_acc, accumulating into its dying c
             keywords.append("overwrite=True")
+        if index in plan.checked:
+            keywords.append("checked=True")
         call = f"K_{node.op}({', '.join(args + keywords)})"
     comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)
@@ -253,24 +271,27 @@ class CompiledGraph:
 
     def __post_init__(self):
         self.feeds = CheckedFeeds(self.graph)
+        self.output_names = [v.name for v in self.graph.outputs]
+        # Overflow and invalid values are the model's own (run and train report NaN and Inf
+        # themselves). As a decorator errstate costs a quarter of a `with` block per call.
+        self.quiet_function = np.errstate(all="ignore")(self.function)
 
     def __call__(self, inputs: dict, params: dict, training: bool = False, rng=None) -> dict:
-        args = [inputs[v.name] for v in self.graph.inputs]
-        args += [params[v.name] for v in self.graph.param_values()]
-        return self.call(args, training, rng)
+        return self.call(self.feeds.arrays(inputs, params), training, rng)
 
     def call(self, arrays: list, training: bool = False, rng=None) -> dict:
-        """Run on the inputs' then the params' arrays, in the graph's order."""
+        """Run on the inputs' then the params' arrays, in the graph's order, as the feeds check
+        returns them: kernels leave out the label checks it has made."""
         try:
-            with np.errstate(all="ignore"):
-                results = self.function(*arrays, training, rng)
+            results = self.quiet_function(*arrays, training, rng)
         except Exception as error:
             node = self._failing_node(error)
             if node is None:
                 raise
             raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
                                  f"{error}", node.loc) from error
-        return {v.name: np.asarray(r) for v, r in zip(self.graph.outputs, results, strict=True)}
+        return {name: np.asarray(result)
+                for name, result in zip(self.output_names, results, strict=True)}
 
     def _failing_node(self, error) -> Node | None:
         traceback = error.__traceback__

@@ -170,15 +170,23 @@ def _softmax(x, axis):
 
 
 @kernel("cross_entropy")
-def _cross_entropy(logits, labels):
-    _check_labels(labels, logits.shape[-1])
-    picked = np.take_along_axis(_log_softmax(logits, -1), labels[..., None], axis=-1)
-    return -np.mean(picked)
+def _cross_entropy(logits, labels, checked=False):
+    return _nll(_log_softmax(logits, -1), labels, checked)
 
 
-def _check_labels(labels, classes: int) -> None:
-    """Labels computed inside a model (inputs are checked before any backend runs): numpy
-    would index from the end for -1, or write a zero one-hot row, without a word."""
+@kernel("nll")
+def _nll(log_probs, labels, checked=False):
+    """The mean negative log-probability of each row's label."""
+    _check_labels(labels, log_probs.shape[-1], checked)
+    return -np.mean(np.take_along_axis(log_probs, labels[..., None], axis=-1))
+
+
+def _check_labels(labels, classes: int, checked: bool = False) -> None:
+    """Labels computed inside a model: numpy would index from the end for -1, or write a zero
+    one-hot row, without a word. `checked`: they are a graph input, which the feeds check
+    looked at before the call (the compiled backend passes it)."""
+    if checked:
+        return
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"labels must lie in [0, {classes}), got values from {labels.min()} "
                          f"to {labels.max()}")
@@ -190,8 +198,8 @@ def _mse(pred, target):
 
 
 @kernel("one_hot")
-def _one_hot(labels, depth, dtype):
-    _check_labels(labels, depth)
+def _one_hot(labels, depth, dtype, checked=False):
+    _check_labels(labels, depth, checked)
     return (labels[..., None] == np.arange(depth)).astype(NUMPY_DTYPES[dtype])
 
 
@@ -549,14 +557,24 @@ def _relu_grad(x, g):
 
 
 @kernel("cross_entropy_grad")
-def _cross_entropy_grad(logits, labels, scale):
+def _cross_entropy_grad(logits, labels, scale, checked=False):
     """(softmax(logits) - onehot(labels)) * scale, without materialising the one-hot."""
-    _check_labels(labels, logits.shape[-1])
-    grad = _softmax(logits, -1)
-    flat = grad.reshape(-1, grad.shape[-1])
+    _check_labels(labels, logits.shape[-1], checked)
+    return _minus_one_hot_scaled(_softmax(logits, -1), labels, scale)
+
+
+@kernel("cross_entropy_grad_from_log_probs")
+def _cross_entropy_grad_from_log_probs(log_probs, labels, scale, checked=False):
+    _check_labels(labels, log_probs.shape[-1], checked)
+    return _minus_one_hot_scaled(np.exp(log_probs), labels, scale)
+
+
+def _minus_one_hot_scaled(probabilities, labels, scale):
+    """(probabilities - onehot(labels)) * scale, in probabilities' buffer."""
+    flat = probabilities.reshape(-1, probabilities.shape[-1])
     flat[np.arange(flat.shape[0]), labels.reshape(-1)] -= 1
-    grad *= scale
-    return grad
+    probabilities *= scale
+    return probabilities
 
 
 @kernel("sum_squares")

@@ -204,7 +204,11 @@ def _log_softmax(em, node, out, x):
 
 @lowering("cross_entropy")
 def _cross_entropy(em, node, out, logits, labels):
-    log_probabilities = em.add("LogSoftmax", [logits], axis=-1)
+    _nll(em, node, out, em.add("LogSoftmax", [logits], axis=-1), labels)
+
+
+@lowering("nll")
+def _nll(em, node, out, log_probabilities, labels):
     # A non-negative axis: onnx.reference's GatherElements mishandles axis=-1.
     last = node.inputs[0].type.rank - 1
     picked = em.add("GatherElements", [log_probabilities, em.unsqueeze(labels, [-1])], axis=last)
@@ -409,12 +413,20 @@ def _relu_grad(em, node, out, x, g):
 
 @lowering("cross_entropy_grad")
 def _cross_entropy_grad(em, node, out, logits, labels, scale):
+    _minus_one_hot_scaled(em, node, out, em.add("Softmax", [logits], axis=-1), labels, scale)
+
+
+@lowering("cross_entropy_grad_from_log_probs")
+def _cross_entropy_grad_from_log_probs(em, node, out, log_probabilities, labels, scale):
+    _minus_one_hot_scaled(em, node, out, em.add("Exp", [log_probabilities]), labels, scale)
+
+
+def _minus_one_hot_scaled(em, node, out, probabilities, labels, scale):
     dtype = node.inputs[0].type.dtype
     classes = em.ints(list(range(node.inputs[0].type.shape[-1])), "classes")
     onehot = em.add("Cast", [em.add("Equal", [em.unsqueeze(labels, [-1]), classes])],
                     to=ONNX_DTYPES[dtype])
-    difference = em.add("Sub", [em.add("Softmax", [logits], axis=-1), onehot])
-    em.add("Mul", [difference, scale], out)
+    em.add("Mul", [em.add("Sub", [probabilities, onehot]), scale], out)
 
 
 @lowering("sum_squares")

@@ -91,5 +91,35 @@ def matmul_of_transposes(ctx, node):
     return ctx.emit("gemm", operands, flags, node, node.outputs[0].name)
 
 
+def _shared_log_softmax(graph: Graph):
+    """A cross_entropy and a cross_entropy_grad of the same logits and labels compute the same
+    softmax: cross_entropy -> nll(log_softmax(o), y), and its gradient reads exp of those
+    log-probs. Rewrites the pairs that both rules find; pairs are found by name, since the
+    first round of fusions wrote the gradients anew."""
+    def key(node):
+        return tuple(v.name for v in node.inputs[:2])
+
+    losses = {key(node) for node in graph.nodes if node.op == "cross_entropy"}
+    both = {key(node) for node in graph.nodes if node.op == "cross_entropy_grad"} & losses
+    log_probs = {}
+
+    def share(ctx, node):
+        if node.op not in ("cross_entropy", "cross_entropy_grad") or key(node) not in both:
+            return None
+        logits, labels = node.inputs[:2]
+        name = node.outputs[0].name
+        if node.op == "cross_entropy":
+            log_probs[key(node)] = ctx.emit("log_softmax", (logits,), {"axis": -1}, node,
+                                            f"{name}.log_probs")
+            return ctx.emit("nll", (log_probs[key(node)], labels), {}, node, name)
+        if key(node) not in log_probs:  # the gradient comes first: leave this pair alone
+            return None
+        return ctx.emit("cross_entropy_grad_from_log_probs",
+                        (log_probs[key(node)], labels, node.inputs[2]), {}, node, name)
+    return share
+
+
 def fuse(graph: Graph) -> tuple[Graph, bool]:
-    return apply_rules(graph, FUSIONS)
+    graph, changed = apply_rules(graph, FUSIONS)
+    graph, shared = apply_rules(graph, [_shared_log_softmax(graph)])
+    return graph, changed or shared
