@@ -449,9 +449,51 @@ def compile_time_rows(layer_counts, repeats):
     def train_step(source):
         graph, _ = chainrule.compile(source).train_step_graph(OptimizerSpec("sgd"), "O2")
         return graph
-    return compile_rows("4. Compile time: DSL text → ready-to-run train step at -O2", "layers",
-                        layer_counts, lambda layers: deep_tanh_source(layers, 16), train_step,
-                        repeats)
+    times = compile_rows("4. Compile time: DSL text → ready-to-run train step at -O2", "layers",
+                         layer_counts, lambda layers: deep_tanh_source(layers, 16), train_step,
+                         repeats)
+    jax = optional("jax")
+    if jax is None:
+        print("\n(jax is not installed: no comparison with its compile time)")
+        return times
+    print("\nThe same model's SGD step in JAX, grad + jit, timed to the end of its first call "
+          "(which compiles it);\nfewer repeats at 1600 layers, where one compile takes tens of "
+          "seconds:\n")
+    print("| layers | chainrule (ms) | jax first call (ms) | jax / chainrule |")
+    print("|---:|---:|---:|---:|")
+    for layers in layer_counts:
+        seconds = float(np.median([jax_compile_seconds(jax, layers, 16)
+                                   for _ in range(1 if layers >= 1600 else repeats)]))
+        print(f"| {layers} | {times[layers] * 1e3:,.1f} | {seconds * 1e3:,.1f} | "
+              f"{seconds / times[layers]:.1f}× |")
+    return times
+
+
+def jax_compile_seconds(jax, layers: int, width: int, batch: int = 32) -> float:
+    """Seconds from a fresh jitted SGD step of the deep tanh MLP to its first result."""
+    jnp = jax.numpy
+    jax.clear_caches()
+    rng = np.random.default_rng(0)
+    params = {f"W{i}": jnp.asarray(rng.normal(0, width ** -0.5, (width, width)), jnp.float32)
+              for i in range(1, layers + 1)}
+    x = jnp.asarray(rng.normal(size=(batch, width)), jnp.float32)
+    t = jnp.asarray(rng.normal(size=(batch, width)), jnp.float32)
+
+    def loss(p, x, t):
+        h = x
+        for i in range(1, layers + 1):
+            h = jnp.tanh(h @ p[f"W{i}"].T)
+        return jnp.mean((h - t) ** 2)
+
+    @jax.jit
+    def update(p, x, t):
+        J, grads = jax.value_and_grad(loss)(p, x, t)
+        return J, jax.tree_util.tree_map(lambda w, g: w - LR_VALUE * g, p, grads)
+
+    started = time.perf_counter()
+    J, _ = update(params, x, t)
+    J.block_until_ready()
+    return time.perf_counter() - started
 
 
 def compile_rows(title, unit, sizes, source_of, graph_of, repeats) -> dict:
