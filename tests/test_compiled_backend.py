@@ -162,3 +162,43 @@ def test_what_a_backend_compiles_is_freed_with_its_graph():
         del model, graph
     gc.collect()
     assert all(ref() is None for ref in graphs)
+
+
+# ---- values that follow from shapes alone ------------------------------------------------------
+
+SHAPED = """model m(x: f32[B, 3], y: i64[B]) {
+    param W: f32[4, 3] = normal(0.0, 0.5)
+    L = cross_entropy(x @ W.T, y)
+    return L
+}"""
+SHAPE_AS_OUTPUT = """model m(x: f32[B, 3], y: i64[B]) {
+    n = numel(y)
+    return sum(x) / n, n
+}"""
+
+
+def test_shape_values_are_computed_once_per_shape_signature():
+    model = chainrule.compile(SHAPED)
+    graph, _ = model.grad_graph(opt_level="O2")
+    compiled = compile_graph(graph)
+    assert "SHAPE_VALUES.get(shapes)" in compiled.source
+    cache = compiled.quiet_function.__wrapped__.__globals__["SHAPE_VALUES"]
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.normal(size=(rows, 3)).astype(np.float32),
+                "y": rng.integers(0, 4, rows)} for rows in (4, 6, 4)]
+    for feeds in batches:
+        expected = NumpyBackend().run(graph, feeds, model.params)
+        assert_identical(compiled(feeds, model.params), expected, f"B={len(feeds['y'])}")
+    assert len(cache) == 2  # B=4 and B=6
+
+
+def test_a_shape_value_that_is_an_output_is_computed_each_call():
+    """The caller may write into an output: a cached array would carry that to the next call."""
+    model = chainrule.compile(SHAPE_AS_OUTPUT)
+    graph, _ = model.compile_graph(opt_level="O2")
+    compiled = compile_graph(graph)
+    assert "SHAPE_VALUES" not in compiled.source
+    feeds = {"x": np.zeros((2, 3), np.float32), "y": np.array([0, 1])}
+    first = compiled(feeds, model.params)
+    first["n"][...] = 99
+    assert compiled(feeds, model.params)["n"] == 2

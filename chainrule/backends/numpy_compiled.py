@@ -105,7 +105,7 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
     for index, node in enumerate(graph.nodes):
         out = node.outputs[0]
         if node.op == "gemm_acc":
-            candidates = node.inputs[2:3]  # BLAS accumulates into c; it reads a and b whole
+            candidates = node.inputs[2:3]  # the sum goes into c; a and b are read whole first
         elif node.op in ELEMENTWISE_UFUNCS and out.type.rank > 0 and _fixed_shape(out):
             candidates = node.inputs
         else:
@@ -191,9 +191,15 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
         lines.append(line)
         line_nodes.append(node)
 
+    hoisted = _shape_dependent(graph)
+    if hoisted:
+        _emit_shape_values(graph, plan, hoisted, emit)
     index = 0
     while index < len(graph.nodes):
         group = plan.fused.get(index)
+        if index in hoisted:
+            index += 1
+            continue
         if group is None:
             _emit_node(plan, index, graph.nodes[index], "    ", emit)
             index += 1
@@ -207,6 +213,51 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
     outputs = ", ".join(names[v] for v in graph.outputs)
     emit(f"    return ({outputs}{',' if len(graph.outputs) == 1 else ''})", None)
     return "\n".join(lines) + "\n", line_nodes
+
+
+def _shape_dependent(graph: Graph) -> list[int]:
+    """The scalar nodes whose values follow from the inputs' shapes alone (a batch's numel, the
+    1/B of a mean's gradient, and the constants they read), by index, or none if no node
+    depends on a shape: computed once per shape signature rather than once per call."""
+    inputs, returned = set(graph.inputs), set(graph.outputs)
+    dependent, constants = set(), {}
+    for index, node in enumerate(graph.nodes):
+        out = node.outputs[0]
+        if node.op == "constant":
+            constants[out] = index
+        elif (out.type.rank != 0 or out in returned  # a caller may write into what it gets
+              or "stochastic" in get_op(node.op).traits):
+            continue
+        elif node.op == "numel" and node.inputs[0] in inputs:
+            dependent.add(out)
+        elif any(v in dependent for v in node.inputs) and all(
+                v in dependent or v in constants for v in node.inputs):
+            dependent.add(out)
+    read = {constants[v] for node in graph.nodes if node.outputs[0] in dependent
+            for v in node.inputs if v in constants}
+    return sorted(read | {i for i, node in enumerate(graph.nodes)
+                          if node.outputs[0] in dependent})
+
+
+def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> None:
+    """The shape-dependent nodes, at the top, run only for a shape signature not seen before;
+    their values the rest of the function reads are kept per signature in SHAPE_VALUES."""
+    names = plan.names
+    inside = set(hoisted)
+    read_outside = set(graph.outputs).union(*(node.inputs for index, node in
+                                              enumerate(graph.nodes) if index not in inside))
+    kept = [graph.nodes[i].outputs[0] for i in hoisted if graph.nodes[i].outputs[0] in read_outside]
+    shaped = list(dict.fromkeys(graph.nodes[i].inputs[0] for i in hoisted
+                                if graph.nodes[i].op == "numel"))
+    kept_names = ", ".join(names[v] for v in kept) + ","
+    emit(f"    shapes = ({', '.join(f'{names[v]}.shape' for v in shaped)},)", None)
+    emit("    known = SHAPE_VALUES.get(shapes)", None)
+    emit("    if known is None:", None)
+    for index in hoisted:
+        _emit_node(plan, index, graph.nodes[index], "        ", emit, keep=set(kept))
+    emit(f"        known = SHAPE_VALUES[shapes] = ({kept_names})", None)
+    emit("    else:", None)
+    emit(f"        {kept_names} = known", None)
 
 
 def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
@@ -231,7 +282,7 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
         emit(f"{indent}del {', '.join(dead)}", result)
 
 
-def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit) -> None:
+def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, keep=frozenset()) -> None:
     names = plan.names
     out = names[node.outputs[0]]
     args = [names[v] for v in node.inputs]
@@ -254,7 +305,8 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit) -> None:
         call = f"K_{node.op}({', '.join(args + keywords)})"
     comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)
-    dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)]
+    dead = [names[v] for v in plan.frees.get(index, [])
+            if v is not plan.in_place.get(index) and v not in keep]
     if dead:
         emit(f"{indent}del {', '.join(dead)}", node)
 
@@ -306,7 +358,7 @@ class CompiledGraph:
 def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
     plan = plan_memory(graph, donate_params)
     source, line_nodes = generate_source(graph, plan)
-    namespace = {"np": np, "CONSTANTS": {}}
+    namespace = {"np": np, "CONSTANTS": {}, "SHAPE_VALUES": {}}
     namespace.update((f"K_{op}", kernel) for op, kernel in KERNELS.items())
     namespace.update((group.kernel.name, group.kernel) for group in plan.fused.values())
     for index, node in enumerate(graph.nodes):

@@ -15,7 +15,6 @@ from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES
 from . import erf_approximation as cody
-from .blas import gemm_into
 
 KERNELS, kernel = rule_table()
 
@@ -157,16 +156,18 @@ def _logsumexp(x, axes, keepdims):
     return total if keepdims else np.squeeze(total, axis=_axes(axes))
 
 
+# The array methods (x.max) rather than the functions (np.max): a train step on a small batch
+# calls these every step, and the functions' dispatch layers cost more than the arithmetic.
 @kernel("log_softmax")
 def _log_softmax(x, axis):
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 @kernel("softmax")
 def _softmax(x, axis):
-    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return shifted / np.sum(shifted, axis=axis, keepdims=True)
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
 @kernel("cross_entropy")
@@ -178,7 +179,10 @@ def _cross_entropy(logits, labels, checked=False):
 def _nll(log_probs, labels, checked=False):
     """The mean negative log-probability of each row's label."""
     _check_labels(labels, log_probs.shape[-1], checked)
-    return -np.mean(np.take_along_axis(log_probs, labels[..., None], axis=-1))
+    rows = log_probs.reshape(-1, log_probs.shape[-1])
+    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)]
+    total = picked.sum()
+    return -(total / total.dtype.type(picked.size))  # np.mean's arithmetic, without its layers
 
 
 def _check_labels(labels, classes: int, checked: bool = False) -> None:
@@ -590,6 +594,22 @@ def _gemm(a, b, trans_a, trans_b):
 
 @kernel("gemm_acc")
 def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
-    """alpha * op(a) @ op(b) + beta * c; into c's own buffer when the caller gives it up."""
-    into = c if overwrite else np.array(c, order="C")
-    return gemm_into(into, a, b, float(alpha), float(beta), trans_a, trans_b)
+    """alpha * op(a) @ op(b) + beta * c, into c's own buffer when the caller gives it up.
+
+    alpha scales the smallest of a, b and the product, and beta is applied in place: two passes
+    over c's size besides the product. (BLAS's gemm with beta, through scipy, measured no
+    faster on this project's machine: it reads c inside the product's kernel instead.)"""
+    a, b = (a.T if trans_a else a), (b.T if trans_b else b)
+    product_size = a.shape[0] * b.shape[1]
+    if a.size <= min(b.size, product_size):
+        product = np.matmul(np.multiply(a, alpha), b)
+    elif b.size <= product_size:
+        product = np.matmul(a, np.multiply(b, alpha))
+    else:
+        product = np.matmul(a, b)
+        product *= alpha
+    into = c if overwrite else c.copy()
+    if beta != 1:
+        into *= beta
+    into += product
+    return into

@@ -52,14 +52,13 @@ def _check(count: int, where: str) -> int:
     return count
 
 
-def apply_blas_threads(again: bool = False) -> bool:
+def apply_blas_threads() -> bool:
     """Limit numpy's BLAS to the configured threads; False when threadpoolctl is absent.
 
-    Cheap after the first call: the limit is set again only when the setting changed, or when
-    `again` says a BLAS library has been loaded since (scipy's: blas.py)."""
+    Cheap after the first call: the limit is set again only when the setting changed."""
     global _blas_applied
     count = configured_threads()
-    if count == _blas_applied and not again:
+    if count == _blas_applied:
         return True
     try:
         from threadpoolctl import threadpool_limits

@@ -785,7 +785,7 @@ register("gemm", 2, _infer_gemm,
          {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
          traits=("linear", "fused"))
 # alpha * op(a) @ op(b) + beta * c: a param's update folded into its gradient's matrix product
-# (passes/gemm_epilogue.py), which BLAS computes in one call, writing into c's buffer.
+# (passes/gemm_epilogue.py), written into c's buffer.
 register("gemm_acc", 5, _infer_gemm_acc,
          {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
          traits=("fused",))

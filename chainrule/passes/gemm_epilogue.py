@@ -3,8 +3,9 @@
 A weight's gradient is a matrix product, and everything the optimizer then does with it until the
 next weight (weight decay, the learning rate, the subtraction) is linear in the weight and the
 product:  W - lr * (lam * W + A @ B)  =  (1 - lr*lam) * W  +  (-lr) * (A @ B).
-BLAS computes the right-hand side in one call, written into W's buffer, where the op-by-op form
-makes four passes over W and a temporary. The same holds for a momentum buffer
+The numpy backend computes the right-hand side into W's buffer with two passes over W besides
+the product (alpha scales the product's smallest operand), where the op-by-op form makes four
+passes over W and a temporary; onnxruntime sums C into its Gemm. The same holds for a momentum buffer
 (mu * v + A @ B) and for a gradient with weight decay (A @ B + lam * W).
 
 The pass writes each chain as a linear form, {term: coefficient}, whose terms are arrays and
