@@ -202,3 +202,18 @@ def test_a_shape_value_that_is_an_output_is_computed_each_call():
     first = compiled(feeds, model.params)
     first["n"][...] = 99
     assert compiled(feeds, model.params)["n"] == 2
+
+
+def test_a_numel_of_an_intermediate_reads_an_input_of_its_shape():
+    """Its operand is computed after the block runs, and may die at the numel."""
+    model = chainrule.compile("""model m(x: f32[B, 3], t: f32[B, 3]) {
+    d = x * t
+    n = numel(d)
+    return sum(x) / n
+}""")
+    graph, _ = model.compile_graph(opt_level="O2")
+    compiled = compile_graph(graph)
+    assert "K_numel(v0" in compiled.source and "SHAPE_VALUES" in compiled.source
+    for rows in (2, 5):
+        feeds = {"x": np.ones((rows, 3), np.float32), "t": np.ones((rows, 3), np.float32)}
+        assert_identical(compiled(feeds, {}), NumpyBackend().run(graph, feeds, {}))

@@ -228,7 +228,7 @@ def _shape_dependent(graph: Graph) -> list[int]:
         elif (out.type.rank != 0 or out in returned  # a caller may write into what it gets
               or "stochastic" in get_op(node.op).traits):
             continue
-        elif node.op == "numel" and node.inputs[0] in inputs:
+        elif node.op == "numel" and _input_shaped_like(node.inputs[0], graph) is not None:
             dependent.add(out)
         elif any(v in dependent for v in node.inputs) and all(
                 v in dependent or v in constants for v in node.inputs):
@@ -239,6 +239,16 @@ def _shape_dependent(graph: Graph) -> list[int]:
                           if node.outputs[0] in dependent})
 
 
+def _input_shaped_like(value: Value, graph: Graph) -> Value | None:
+    """A graph input of value's shape (value itself if an input): the feeds check binds each
+    symbolic dim to one size, so the two shapes are equal on every call."""
+    if value in graph.inputs:
+        return value
+    if UNKNOWN in value.type.shape:
+        return None
+    return next((v for v in graph.inputs if v.type.shape == value.type.shape), None)
+
+
 def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> None:
     """The shape-dependent nodes, at the top, run only for a shape signature not seen before;
     their values the rest of the function reads are kept per signature in SHAPE_VALUES."""
@@ -247,14 +257,22 @@ def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> No
     read_outside = set(graph.outputs).union(*(node.inputs for index, node in
                                               enumerate(graph.nodes) if index not in inside))
     kept = [graph.nodes[i].outputs[0] for i in hoisted if graph.nodes[i].outputs[0] in read_outside]
-    shaped = list(dict.fromkeys(graph.nodes[i].inputs[0] for i in hoisted
-                                if graph.nodes[i].op == "numel"))
+    # Each numel reads an input of its operand's shape: the block runs before the operand is.
+    nodes = {index: graph.nodes[index] for index in hoisted}
+    for index, node in nodes.items():
+        if node.op == "numel":
+            shaped_like = (_input_shaped_like(node.inputs[0], graph),)
+            nodes[index] = Node(node.op, shaped_like, node.attrs, node.outputs, node.loc)
+    shaped = list(dict.fromkeys(node.inputs[0] for node in nodes.values()
+                                if node.op == "numel"))
     kept_names = ", ".join(names[v] for v in kept) + ","
     emit(f"    shapes = ({', '.join(f'{names[v]}.shape' for v in shaped)},)", None)
     emit("    known = SHAPE_VALUES.get(shapes)", None)
     emit("    if known is None:", None)
-    for index in hoisted:
-        _emit_node(plan, index, graph.nodes[index], "        ", emit, keep=set(kept))
+    # Only the block's own values that nothing after it reads are deleted in it.
+    internal = {node.outputs[0] for node in nodes.values()} - set(kept)
+    for index, node in nodes.items():
+        _emit_node(plan, index, node, "        ", emit, deletable=internal)
     emit(f"        known = SHAPE_VALUES[shapes] = ({kept_names})", None)
     emit("    else:", None)
     emit(f"        {kept_names} = known", None)
@@ -282,7 +300,7 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
         emit(f"{indent}del {', '.join(dead)}", result)
 
 
-def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, keep=frozenset()) -> None:
+def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=None) -> None:
     names = plan.names
     out = names[node.outputs[0]]
     args = [names[v] for v in node.inputs]
@@ -305,8 +323,8 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, keep=froze
         call = f"K_{node.op}({', '.join(args + keywords)})"
     comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)
-    dead = [names[v] for v in plan.frees.get(index, [])
-            if v is not plan.in_place.get(index) and v not in keep]
+    dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)
+            and (deletable is None or v in deletable)]
     if dead:
         emit(f"{indent}del {', '.join(dead)}", node)
 

@@ -600,16 +600,16 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
     over c's size besides the product. (BLAS's gemm with beta, through scipy, measured no
     faster on this project's machine: it reads c inside the product's kernel instead.)"""
     a, b = (a.T if trans_a else a), (b.T if trans_b else b)
-    product_size = a.shape[0] * b.shape[1]
-    if a.size <= min(b.size, product_size):
-        product = np.matmul(np.multiply(a, alpha), b)
-    elif b.size <= product_size:
-        product = np.matmul(a, np.multiply(b, alpha))
+    if a.size < c.size and a.size <= b.size:  # c has the product's shape
+        product = np.matmul(a * alpha, b)
+    elif b.size < c.size:
+        product = np.matmul(a, b * alpha)
     else:
         product = np.matmul(a, b)
         product *= alpha
-    into = c if overwrite else c.copy()
+    if not overwrite:
+        return np.add(c * beta, product, out=product)
     if beta != 1:
-        into *= beta
-    into += product
-    return into
+        c *= beta
+    c += product
+    return c
