@@ -162,6 +162,8 @@ class CheckedFeeds:
         self.indexed = index_inputs(graph)
         self.held = frozenset(held)
         self.fed = [v for v in graph.inputs if v.name not in self.held]
+        self.input_names = [v.name for v in graph.inputs]
+        self.param_names = [v.name for v in graph.param_values()]
 
     def fed_arrays(self, inputs: dict, held: dict) -> list[np.ndarray]:
         """The arrays of the inputs not held, in graph order. The first call with each
@@ -188,13 +190,15 @@ class CheckedFeeds:
         return arrays
 
     def arrays(self, inputs: dict, params: dict) -> list[np.ndarray]:
+        # Written for the steady state, where this is most of a small graph's call overhead.
         try:
-            arrays = [_as_array(inputs[v.name]) for v in self.graph.inputs]
-            arrays += [_as_array(params[v.name]) for v in self.graph.param_values()]
+            arrays = [inputs[name] for name in self.input_names]
+            arrays += [params[name] for name in self.param_names]
+            arrays = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
         except (KeyError, ValueError, TypeError):
             arrays = None  # missing, or not an array: check_feeds says which
         signature = None if arrays is None else (
-            len(inputs), len(params), tuple((a.dtype, a.shape) for a in arrays))
+            len(inputs), len(params), *[(a.dtype, a.shape) for a in arrays])
         dims = self.seen.get(signature)
         if dims is None:
             dims = self.seen[signature] = check_feeds(self.graph, inputs, params)

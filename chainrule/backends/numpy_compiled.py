@@ -360,7 +360,7 @@ class CompiledGraph:
                 raise
             raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
                                  f"{error}", node.loc) from error
-        return {name: np.asarray(result)
+        return {name: result if type(result) is np.ndarray else np.asarray(result)
                 for name, result in zip(self.output_names, results, strict=True)}
 
     def _failing_node(self, error) -> Node | None:
