@@ -135,3 +135,36 @@ def test_folded_steps_train_as_the_unfolded_ones(spec, backend):
     assert folded
     for name, value in params["O1"].items():
         assert_close(params["O2"][name], value, 1e-10, what=name)  # Adam amplifies rounding
+
+
+def test_a_chain_folds_when_the_longer_chain_around_it_cannot():
+    model = chainrule.compile("""
+model m(a: f32[4, 3], b: f32[4, 5]) {
+    param W: f32[3, 5] = normal(0.0, 0.1)
+    param V: f32[3, 5] = normal(0.0, 0.1)
+    g = a.T @ b + 0.1 * W
+    r = g + V
+    return sum(r * r)
+}""")
+    graph, _ = model.compile_graph(opt_level="O2")
+    assert ops_of(graph).count("gemm_acc") == 1
+    rng = np.random.default_rng(5)
+    feeds = {"a": rng.normal(size=(4, 3)).astype(np.float32),
+             "b": rng.normal(size=(4, 5)).astype(np.float32)}
+    assert_close(model.run(**feeds)["sum"], model.run(opt_level="O0", **feeds)["sum"], 1e-5)
+
+
+def test_a_plain_matmul_folds_too():
+    model = chainrule.compile("""
+model m(h: f32[B, 4], x: f32[B, 3]) {
+    param W: f32[4, 3] = normal(0.0, 0.5)
+    return sum(tanh(h @ W + x))
+}""")
+    graph, _ = model.compile_graph(opt_level="O2")
+    assert "gemm_acc" in ops_of(graph) and "matmul" not in ops_of(graph)
+    rng = np.random.default_rng(6)
+    feeds = {"h": rng.normal(size=(5, 4)), "x": rng.normal(size=(5, 3))}
+    model = model.to_f64()
+    for backend in ("numpy", "onnxruntime"):
+        assert_close(model.run(backend=backend, **feeds)["sum"],
+                     model.run(backend=backend, opt_level="O0", **feeds)["sum"], 1e-12)

@@ -5,13 +5,15 @@ next weight (weight decay, the learning rate, the subtraction) is linear in the 
 product:  W - lr * (lam * W + A @ B)  =  (1 - lr*lam) * W  +  (-lr) * (A @ B).
 The numpy backend computes the right-hand side into W's buffer with two passes over W besides
 the product (alpha scales the product's smallest operand), where the op-by-op form makes four
-passes over W and a temporary; onnxruntime sums C into its Gemm. The same holds for a momentum buffer
-(mu * v + A @ B) and for a gradient with weight decay (A @ B + lam * W).
+passes over W and a temporary; onnxruntime sums C into its Gemm. The same holds for a momentum
+buffer (mu * v + A @ B) and for a gradient with weight decay (A @ B + lam * W).
 
 The pass writes each chain as a linear form, {term: coefficient}, whose terms are arrays and
 matrix products and whose coefficients are sums of products of scalars, and rewrites a chain
 whose form has exactly one product and one array into gemm_acc. Only values read once, inside
-the chain, are looked through, so nothing is computed twice.
+the chain, are looked through, so nothing is computed twice. A chain folded inside a longer one
+that folds too leaves a dead gemm_acc, which dce removes: the longer one reads the shorter one's
+form, not its alpha and beta.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .simplify import apply_rules
 # A coefficient is a sum of monomials; a monomial is (number, scalar Values multiplied).
 ONE = ((1.0, ()),)
 CHAIN_OPS = ("add", "sub", "mul", "neg")
-LINEAR_OPS = CHAIN_OPS + ("gemm", "gemm_acc")
+LINEAR_OPS = CHAIN_OPS + ("matmul", "gemm", "gemm_acc")
 
 
 class Product(NamedTuple):
@@ -51,21 +53,26 @@ def _merged(first: dict, second: dict) -> dict:
 class LinearForms:
     """Reads chains of add, sub, neg, scalar mul and matrix products as linear forms."""
 
-    def __init__(self, ctx, uses: Counter):
+    def __init__(self, ctx, uses: Counter, folded: dict):
         self.ctx = ctx
         self.uses = uses
+        self.folded = folded  # name -> the form of a chain this pass folded
 
     def of(self, value: Value) -> dict:
         """The form of a value read once, inside the chain; any other value is a term."""
         node = self.ctx.producers.get(value)
         if node is None or node.op not in LINEAR_OPS or self.uses[value.name] != 1:
             return {value: ONE}
-        return self.of_node(node)
+        return self.folded.get(value.name) or self.of_node(node)
 
     def of_node(self, node) -> dict:
         value = node.outputs[0]
         if node.op == "gemm":
             return {Product(*node.inputs, **node.attrs): ONE}
+        if node.op == "matmul":
+            a, b = node.inputs
+            return ({Product(a, b, False, False): ONE} if a.type.rank == b.type.rank == 2
+                    else {value: ONE})
         if node.op == "gemm_acc":
             a, b, c, alpha, beta = node.inputs
             return {Product(a, b, **node.attrs): self.factor(alpha), c: self.factor(beta)}
@@ -115,20 +122,21 @@ def _emit_coefficient(ctx, summed: dict, dtype: str, like, name: str) -> Value:
     return total
 
 
-def _epilogue_rule(uses: Counter, continues_chain: set):
-    emitted = {}
+def _epilogue_rule(uses: Counter):
+    emitted, folded = {}, {}
 
     def gemm_epilogue(ctx, node):
         out = node.outputs[0]
-        if node.op not in CHAIN_OPS or out.name in continues_chain:
-            return None  # not a chain's last node: the whole chain folds at its last
-        form = LinearForms(ctx, uses).of_node(node)
+        if node.op not in CHAIN_OPS:
+            return None
+        form = LinearForms(ctx, uses, folded).of_node(node)
         products = [term for term in form if isinstance(term, Product)]
         arrays = [term for term in form if not isinstance(term, Product)]
         if len(products) != 1 or len(arrays) != 1 or arrays[0].type != out.type:
             return None
         product, array = products[0], arrays[0]
         dtype, name = out.type.dtype, out.name
+        folded[name] = form
         alpha = _coefficient(ctx, form[product], dtype, node, f"{name}.alpha", emitted)
         beta = _coefficient(ctx, form[array], dtype, node, f"{name}.beta", emitted)
         return ctx.emit("gemm_acc", (product.a, product.b, array, alpha, beta),
@@ -140,7 +148,4 @@ def gemm_epilogue(graph: Graph) -> tuple[Graph, bool]:
     # By name: a chain's inner node rewritten earlier in this pass keeps its output's name.
     uses = Counter(v.name for node in graph.nodes for v in node.inputs)
     uses.update(v.name for v in graph.outputs)
-    continues_chain = {v.name for node in graph.nodes if node.op in CHAIN_OPS
-                       for v in node.inputs
-                       if uses[v.name] == 1 and v.type == node.outputs[0].type}
-    return apply_rules(graph, [_epilogue_rule(uses, continues_chain)])
+    return apply_rules(graph, [_epilogue_rule(uses)])
