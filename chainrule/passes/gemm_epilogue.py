@@ -53,17 +53,21 @@ def _merged(first: dict, second: dict) -> dict:
 class LinearForms:
     """Reads chains of add, sub, neg, scalar mul and matrix products as linear forms."""
 
-    def __init__(self, ctx, uses: Counter, folded: dict):
+    def __init__(self, ctx, uses: Counter, forms: dict):
         self.ctx = ctx
         self.uses = uses
-        self.folded = folded  # name -> the form of a chain this pass folded
+        self.forms = forms  # name -> the form of a chain node seen before, folded or not
 
     def of(self, value: Value) -> dict:
         """The form of a value read once, inside the chain; any other value is a term."""
         node = self.ctx.producers.get(value)
-        if node is None or node.op not in LINEAR_OPS or self.uses[value.name] != 1:
+        if (node is None or node.op not in LINEAR_OPS or self.uses[value.name] != 1
+                or value.type.rank != 2):
             return {value: ONE}
-        return self.folded.get(value.name) or self.of_node(node)
+        form = self.forms.get(value.name) or self.of_node(node)
+        # More than a product and an array cannot fold, however it goes on: the chain around
+        # it may still fold with it as its array, and long sums stay linear in time.
+        return form if len(form) <= 2 else {value: ONE}
 
     def of_node(self, node) -> dict:
         value = node.outputs[0]
@@ -123,20 +127,19 @@ def _emit_coefficient(ctx, summed: dict, dtype: str, like, name: str) -> Value:
 
 
 def _epilogue_rule(uses: Counter):
-    emitted, folded = {}, {}
+    emitted, forms = {}, {}  # forms: each chain's once, however long the chain around it
 
     def gemm_epilogue(ctx, node):
         out = node.outputs[0]
-        if node.op not in CHAIN_OPS:
+        if node.op not in CHAIN_OPS or out.type.rank != 2:  # a product is a matrix
             return None
-        form = LinearForms(ctx, uses, folded).of_node(node)
+        form = forms[out.name] = LinearForms(ctx, uses, forms).of_node(node)
         products = [term for term in form if isinstance(term, Product)]
         arrays = [term for term in form if not isinstance(term, Product)]
         if len(products) != 1 or len(arrays) != 1 or arrays[0].type != out.type:
             return None
         product, array = products[0], arrays[0]
         dtype, name = out.type.dtype, out.name
-        folded[name] = form
         alpha = _coefficient(ctx, form[product], dtype, node, f"{name}.alpha", emitted)
         beta = _coefficient(ctx, form[array], dtype, node, f"{name}.beta", emitted)
         return ctx.emit("gemm_acc", (product.a, product.b, array, alpha, beta),
