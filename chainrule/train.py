@@ -34,6 +34,7 @@ CHECKPOINT_FORMAT = 2  # 2 records the settings a resume must keep; 1 did not
 SCHEDULES = ("constant", "cosine", "step")
 # What a resume must keep (TrainConfig fields): changing them mid-run changes the result.
 RESUME_SETTINGS = ("epochs", "batch_size", "lr", "schedule", "step_every", "step_gamma")
+DROPOUT_STREAM = 1  # dropout draws from Generator([seed, DROPOUT_STREAM]), apart from shuffling
 
 
 class NonFiniteError(ChainruleError):
@@ -87,26 +88,50 @@ def split_validation(arrays: dict, fraction: float, seed: int) -> tuple[dict, di
     order = np.random.default_rng(seed + 1).permutation(rows)
     held = max(1, int(round(rows * fraction)))
     val, train = order[:held], order[held:]
-    return ({k: v[train] for k, v in arrays.items()}, {k: v[val] for k, v in arrays.items()})
+    return take_rows(arrays, train), take_rows(arrays, val)
 
 
-def batches(arrays: dict, order: np.ndarray, batch_size: int, start: int = 0):
-    """Minibatches in `order`; the last partial batch is used, not dropped."""
+def batch_rows(order: np.ndarray, batch_size: int, start: int = 0):
+    """The rows of each minibatch in `order`; the last partial batch is used, not dropped."""
     for index, begin in enumerate(range(0, len(order), batch_size)):
         if index >= start:
-            rows = order[begin:begin + batch_size]
-            yield index, {k: v[rows] for k, v in arrays.items()}
+            yield index, order[begin:begin + batch_size]
+
+
+def take_rows(arrays: dict, rows: np.ndarray) -> dict:
+    return {name: array[rows] for name, array in arrays.items()}
 
 
 # ---- the trainer ------------------------------------------------------------------------------
 
 class Trainer:
-    def __init__(self, model, config: TrainConfig, log=None):
+    """Trains a model's params: `fit` runs epochs of minibatches, with checkpoints.
+
+    With `workers=N` the gradients of each step come from N Ray workers, each on a contiguous
+    shard of the batch (chainrule/distributed.py), and this process runs the optimizer update
+    alone; `address` joins a running Ray cluster ("auto", "ray://HOST:PORT"; None starts one
+    here). Everything else (schedule, checkpoints, logs, non-finite checks) is the same, and so
+    are the params (see distributed.py for the assumption that makes them so). `notify` gets
+    one-line notes such as a worker's restart (default: warnings.warn). Close a distributed
+    trainer when done (`close()`, or `with Trainer(...) as trainer:`) to stop its workers."""
+
+    def __init__(self, model, config: TrainConfig, log=None, *, workers: int | None = None,
+                 address: str | None = None, notify=None):
         self.model = model
         self.config = config
         self.log = log or (lambda record: None)
-        self.step_graph, self.interface = model.train_step_graph(config.optimizer,
-                                                                 config.opt_level)
+        # Where a step's gradients come from: here, in the whole train-step graph, or from
+        # shards on Ray workers, when this process runs the optimizer's update graph alone.
+        self.shards = None
+        if workers is None:
+            self.step_graph, self.interface = model.train_step_graph(config.optimizer,
+                                                                     config.opt_level)
+        else:
+            from .distributed import ShardedGradients
+
+            self.shards = ShardedGradients(model, config, workers, address, notify,
+                                           dropout_seed=[config.seed, DROPOUT_STREAM])
+            self.step_graph, self.interface = self.shards.update_graph, self.shards.interface
         metrics = [self.interface.objective] + self.interface.metrics
         self.eval_graph = model.optimize(select_outputs(model.graph, metrics), config.opt_level)
         if config.check_numerics:
@@ -114,7 +139,10 @@ class Trainer:
         else:
             self.backend = get_backend(config.backend)
             # The step replaces every param array it is given: it may update them in place.
-            self.step_backend = get_backend(config.backend, donate_params=True)
+            # The update alone is a few elementwise ops per param: numpy runs it with no
+            # session, on arrays that go to the workers as they are.
+            self.step_backend = get_backend("numpy" if self.shards else config.backend,
+                                            donate_params=True)
         self.dtype = NUMPY_DTYPES[model.objective.type.dtype]
         self.reported = [self.interface.objective] + self.interface.metrics
         self._param_names = [v.name for v in self.step_graph.param_values()]
@@ -133,7 +161,7 @@ class Trainer:
         self.steps = 0          # steps completed in all
         self.rng = np.random.default_rng(config.seed)
         # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
-        self.dropout_rng = np.random.default_rng([config.seed, 1])
+        self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         self.epoch_rng_state = self.rng.bit_generator.state
         self.stop_requested = False
 
@@ -189,8 +217,18 @@ class Trainer:
     def train_step(self, batch: dict, lr: float) -> dict:
         """One step on `batch`: the step's outputs by name (objective and metrics; on a
         backend that keeps the params, not the updated params, which `params` gives)."""
-        feeds = dict(batch)
-        feeds[LR] = np.asarray(lr, self.dtype)
+        if self.shards is not None:
+            check_dataset(self.model.graph, batch, "the batch")
+            self.shards.load(batch)  # a data set of one batch; `fit` sends its data once
+        return self.step_on(batch, None, lr)
+
+    def step_on(self, data: dict, rows: np.ndarray | None, lr: float) -> dict:
+        """One step on the batch of `data` made of `rows` (all of it when None)."""
+        feeds = {LR: np.asarray(lr, self.dtype)}
+        if self.shards is None:
+            feeds.update(data if rows is None else take_rows(data, rows))
+        else:  # the gradient graph's outputs, averaged over the batch's shards
+            feeds.update(self.shards.averaged(self.params, rows, self.steps))
         if self.resident is not None:
             return self.resident.step(feeds)
         feeds.update(self._state)
@@ -206,9 +244,9 @@ class Trainer:
         """Objective and metrics over a whole data set, averaged over rows."""
         rows = check_dataset(self.eval_graph, arrays, "validation data")
         totals = {}
-        for _, batch in batches(arrays, np.arange(rows), max(self.config.batch_size, 256)):
-            size = len(next(iter(batch.values())))
-            outputs = self.backend.run(self.eval_graph, batch, self.params)
+        for _, indices in batch_rows(np.arange(rows), max(self.config.batch_size, 256)):
+            size = len(indices)
+            outputs = self.backend.run(self.eval_graph, take_rows(arrays, indices), self.params)
             for name, value in outputs.items():
                 totals[name] = totals.get(name, 0.0) + float(value) * size
         return {name: total / rows for name, total in totals.items()}
@@ -217,6 +255,9 @@ class Trainer:
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
         after each epoch; Ctrl-C stops after the current step with a checkpoint."""
         rows = check_dataset(self.model.graph, train, "training data")
+        if self.shards is not None:
+            self.shards.load(train)
+            self.shards.check_mean_over_rows(self, train)
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         with lock:
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
@@ -244,11 +285,11 @@ class Trainer:
             self.rng.bit_generator.state = self.epoch_rng_state
         order = self.rng.permutation(rows)
         sums, seen, started = {}, 0, time.perf_counter()
-        for index, batch in batches(train, order, self.config.batch_size, self.batch):
-            outputs = self.train_step(batch, self.learning_rate(total_steps))
+        for index, indices in batch_rows(order, self.config.batch_size, self.batch):
+            outputs = self.step_on(train, indices, self.learning_rate(total_steps))
             if not self.config.allow_nonfinite:
                 self.check_finite(outputs, index)
-            size = len(next(iter(batch.values())))
+            size = len(indices)
             for name in [self.interface.objective] + self.interface.metrics:
                 sums[name] = sums.get(name, 0.0) + float(outputs[name]) * size
             seen += size
@@ -259,9 +300,12 @@ class Trainer:
                 if checkpoint_dir:
                     self.save_checkpoint(checkpoint_dir)
                 raise KeyboardInterrupt
-        return {"epoch": self.epoch + 1, "steps": self.steps,
-                "seconds": time.perf_counter() - started,
-                "train": {k: v / max(seen, 1) for k, v in sums.items()}}
+        record = {"epoch": self.epoch + 1, "steps": self.steps,
+                  "seconds": time.perf_counter() - started,
+                  "train": {k: v / max(seen, 1) for k, v in sums.items()}}
+        if self.shards is not None:
+            record["distributed"] = self.shards.epoch_summary()
+        return record
 
     def check_finite(self, outputs: dict, index: int) -> None:
         """Stop at the first step whose objective or updated params hold a NaN or an Inf (an
@@ -273,7 +317,8 @@ class Trainer:
         if bad:
             raise NonFiniteError(
                 f"step {self.steps + 1} (epoch {self.epoch + 1}, batch {index + 1}) made "
-                f"{', '.join(bad)} NaN or Inf; training stopped. Rerun with --check-numerics to "
+                f"{', '.join(bad)} NaN or Inf; training stopped. Rerun with --check-numerics"
+                f"{' (without --workers)' if self.shards else ''} to "
                 f"find the first node that produces it (a learning rate too high is the usual "
                 f"cause), or give --allow-nonfinite to train on")
 
@@ -281,6 +326,17 @@ class Trainer:
         if self.stop_requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.stop_requested = True
+
+    def close(self) -> None:
+        """Stop the workers of a distributed trainer (and Ray, if it started it)."""
+        if self.shards is not None:
+            self.shards.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     # ---- checkpoints --------------------------------------------------------------------------
 

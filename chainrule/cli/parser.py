@@ -193,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(by default training stops at the first)")
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
     train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="data-parallel training: N Ray workers compute each batch's "
+                            "gradients on shards of it (pip install 'chainrule[distributed]')")
+    train.add_argument("--address", metavar="ADDR",
+                       help="with --workers: join the Ray cluster at ADDR (auto, or "
+                            "ray://HOST:PORT) instead of starting Ray here")
 
     check = with_threads(command("gradcheck", cmd_gradcheck,
                                  "check gradients against finite differences in float64"))

@@ -8,7 +8,9 @@ import time
 
 from .. import api
 from ..data import check_mapping
+from ..distributed import usable_ray
 from ..fileio import save_npz
+from ..ir import ChainruleError
 from ..passes.optimizers import OptimizerSpec
 from ..train import (CheckpointLock, NonFiniteError, TrainConfig, Trainer, format_epoch,
                      print_progress, split_validation)
@@ -44,7 +46,25 @@ def training_sets(args, model: api.Model) -> tuple[dict, dict | None]:
     return train_data, val_data
 
 
+def check_workers(args) -> None:
+    """--workers and --address make sense together and Ray is there: checked before any work."""
+    if args.workers is None:
+        if args.address:
+            raise UsageError("--address names the Ray cluster that --workers N runs on: give "
+                             "--workers too")
+        return
+    try:
+        usable_ray(args.workers, args.check_numerics)
+    except ChainruleError as error:
+        raise UsageError(error.message) from None
+
+
+def note(text: str) -> None:
+    print(f"chainrule: note: {text}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
+    check_workers(args)
     model = load_model(args)
     config = train_config(args)
     train_data, val_data = training_sets(args, model)
@@ -52,20 +72,26 @@ def cmd_train(args) -> int:
     # Held from before the resume reads the checkpoint until the last one is written.
     with CheckpointLock(checkpoint) if checkpoint else contextlib.nullcontext():
         log = EpochLog(args)
-        trainer = Trainer(model, config, log)
-        if args.resume:
-            for note in trainer.load_checkpoint(args.resume, override=args.override):
-                print(f"chainrule: note: {note}", file=sys.stderr)
-            if trainer.epoch >= config.epochs:
-                print(f"{args.resume}: the checkpoint has already trained {trainer.epoch} of "
-                      f"{config.epochs} epochs; nothing to do (to train further, raise "
-                      f"--epochs and add --override)")
-                return 0
-        if not args.output and not checkpoint:
-            print("chainrule: warning: no -o FILE and no --checkpoint DIR: the trained params "
-                  "will not be saved", file=sys.stderr)
-        with log:
-            return fit(args, trainer, train_data, val_data, checkpoint)
+        with Trainer(model, config, log, workers=args.workers, address=args.address,
+                     notify=note) as trainer:
+            return resume_and_fit(args, trainer, train_data, val_data, checkpoint)
+
+
+def resume_and_fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
+    config, log = trainer.config, trainer.log
+    if args.resume:
+        for text in trainer.load_checkpoint(args.resume, override=args.override):
+            note(text)
+        if trainer.epoch >= config.epochs:
+            print(f"{args.resume}: the checkpoint has already trained {trainer.epoch} of "
+                  f"{config.epochs} epochs; nothing to do (to train further, raise "
+                  f"--epochs and add --override)")
+            return 0
+    if not args.output and not checkpoint:
+        print("chainrule: warning: no -o FILE and no --checkpoint DIR: the trained params "
+              "will not be saved", file=sys.stderr)
+    with log:
+        return fit(args, trainer, train_data, val_data, checkpoint)
 
 
 class EpochLog:
@@ -100,9 +126,10 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
     if not args.quiet:
         if args.resume:
             print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
-        print(f"training {trainer.model.graph.name} on {config.backend}: {config.epochs} "
-              f"epochs, batch {config.batch_size}, {config.optimizer.kind} lr {config.lr} "
-              f"({config.schedule})")
+        workers = f" with {trainer.shards.count} workers" if trainer.shards else ""
+        print(f"training {trainer.model.graph.name} on {config.backend}{workers}: "
+              f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer.kind} "
+              f"lr {config.lr} ({config.schedule})")
     started = time.perf_counter()
     try:
         trainer.fit(train_data, val_data, checkpoint,

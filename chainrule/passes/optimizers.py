@@ -59,15 +59,22 @@ def state_name(slot: str, param: str) -> str:
     return f"opt.{slot}.{param}"
 
 
+def metric_outputs(graph: Graph, grads: dict[str, str]) -> list[Value]:
+    """The outputs a step reports beside the objective: scalars of the objective's dtype that
+    are neither gradients nor state updates."""
+    dtype = graph.outputs[0].type.dtype
+    updates = set(graph.updates.values())
+    return [v for v in graph.outputs[1:] if v.type.rank == 0 and v.type.dtype == dtype
+            and v.name not in grads.values() and v.name not in updates]
+
+
 def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     """From a gradient graph (outputs: objective, other outputs, gradients) build the step."""
     result = graph.copy()
     builder = GraphBuilder(result)
     objective = graph.outputs[0]
     dtype = objective.type.dtype
-    updates = set(graph.updates.values())
-    metrics = [v for v in graph.outputs[1:] if v.type.rank == 0 and v.type.dtype == dtype
-               and v.name not in grads.values() and v.name not in updates]
+    metrics = metric_outputs(graph, grads)
     interface = TrainStepInterface(objective.name, [m.name for m in metrics])
 
     def new_input(name: str, value_type) -> Value:
@@ -137,6 +144,27 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     result.outputs = outputs + state_outputs
     result.updates = {}  # the interface says which output updates which input now
     return result, interface
+
+
+def update_inputs(graph: Graph, grads: dict[str, str]) -> list[str]:
+    """The outputs of a gradient graph that the optimizer update reads: the objective, the
+    metrics, the gradients and the state updates, each once."""
+    names = [graph.outputs[0].name] + [v.name for v in metric_outputs(graph, grads)]
+    return list(dict.fromkeys([*names, *grads.values(), *graph.updates.values()]))
+
+
+def build_update_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
+    """The optimizer update alone, for gradients computed elsewhere (data-parallel training).
+
+    Its inputs are what the gradient graph `graph` outputs, under the same names (objective,
+    scalar metrics, gradients `dJ/dW`, state updates `rm.next`), plus the learning rate and the
+    optimizer state; its params are the graph's. It is the train step of a graph with no nodes
+    whose outputs are those inputs, so the update and the interface are build_train_step's."""
+    by_name = {v.name: v for v in graph.outputs}
+    inputs = [Value(name, by_name[name].type) for name in update_inputs(graph, grads)]
+    passthrough = Graph(graph.name, inputs=inputs, params=list(graph.params),
+                        outputs=list(inputs), loc=graph.loc, updates=dict(graph.updates))
+    return build_train_step(passthrough, grads, spec)
 
 
 def _adam_step_scale(builder, const, lr, step, spec) -> dict[str, Value]:

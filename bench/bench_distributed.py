@@ -1,0 +1,121 @@
+"""Data-parallel training on Ray beside single-process training, in one run, as medians.
+
+    python bench/bench_distributed.py            # both workloads (about a minute)
+    python bench/bench_distributed.py --quick    # fewer repeats
+
+For each workload (a global batch of 1024 rows, SGD) the train step runs single-process (no
+Ray) and on 1 and 2 local Ray workers, the three timed in turn, step by step, so that load from
+other processes falls on each alike. A row gives the median step, its throughput, and for the
+workers the split the driver records each step: the slowest worker's compute, the
+communication (the rest of the time until the last shard's sums are in: putting the params,
+sending the row indices, returning the sums), and the driver's own rest (averaging and the
+optimizer update), with the bytes moved each way.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import time
+
+import numpy as np
+
+import chainrule
+from bench import interleaved_medians
+from chainrule.passes.optimizers import OptimizerSpec
+from chainrule.train import TrainConfig, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 1024
+LR_VALUE = 0.01
+WORKER_COUNTS = (1, 2)
+
+
+def mlp_data() -> tuple[str, dict]:
+    rng = np.random.default_rng(0)
+    return "examples/mlp.nn", {"x": rng.normal(size=(BATCH, 784)).astype(np.float32),
+                               "y": rng.integers(0, 10, BATCH)}
+
+
+def lenet_data() -> tuple[str, dict]:
+    with np.load(os.path.join(ROOT, "examples", "data", "digits_train.npz")) as data:
+        return "examples/lenet_digits.nn", {"x": data["x"][:BATCH], "y": data["y"][:BATCH]}
+
+
+def trainers(path: str) -> dict:
+    config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE)
+    model = chainrule.compile(os.path.join(ROOT, path))
+    systems = {"single process": Trainer(model, config)}
+    for workers in WORKER_COUNTS:
+        systems[f"{workers} Ray worker{'s' if workers > 1 else ''}"] = Trainer(
+            model, config, workers=workers, notify=lambda text: None)
+    return systems
+
+
+def measure(path: str, data: dict, repeats: int) -> list[tuple]:
+    """Per system: the median step, and for workers the medians of the split of each step."""
+    systems = trainers(path)
+    rows = np.arange(BATCH)
+    step_seconds = {name: [] for name in systems}
+
+    def timed_step(name, trainer):
+        started = time.perf_counter()
+        trainer.step_on(data, rows, LR_VALUE)
+        step_seconds[name].append(time.perf_counter() - started)
+
+    for trainer in systems.values():
+        if trainer.shards is not None:
+            trainer.shards.load(data)  # into the object store once, as fit does
+    interleaved_medians({name: functools.partial(timed_step, name, trainer)
+                         for name, trainer in systems.items()}, repeats)
+    results = []
+    for name, trainer in systems.items():
+        seconds = np.array(step_seconds[name][-repeats:])
+        split = None
+        if trainer.shards is not None:
+            compute, communication, out, back = np.array(
+                trainer.shards.step_records[-repeats:]).T
+            split = (np.median(compute), np.median(communication),
+                     np.median(seconds - compute - communication), out[-1], back[-1])
+        results.append((name, float(np.median(seconds)), split))
+        trainer.close()
+    return results
+
+
+def print_rows(workload: str, results: list[tuple]) -> None:
+    for name, seconds, split in results:
+        cells = [f"{seconds * 1e3:.2f}", f"{BATCH / seconds:,.0f}"]
+        if split is None:
+            cells += [""] * 5
+        else:
+            compute, communication, rest, out, back = split
+            cells += [f"{compute * 1e3:.2f}", f"{communication * 1e3:.2f}",
+                      f"{rest * 1e3:.2f}", f"{out / 1024:,.0f}", f"{back / 1024:,.0f}"]
+        print(f"| {workload} | {name} | " + " | ".join(cells) + " |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    repeats = 15 if args.quick else 60
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    print(f"chainrule distributed benchmark: {os.cpu_count()} cores, ray {ray.__version__}, "
+          f"global batch {BATCH}, SGD, {repeats} steps per system; load average before: "
+          f"{os.getloadavg()[0]:.2f}")
+    print("\n| workload | system | step (ms) | examples/s | worker compute (ms) "
+          "| communication (ms) | driver's rest (ms) | params out (KB) | sums back (KB) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    try:
+        for name, workload in (("lecture MLP", mlp_data), ("LeNet", lenet_data)):
+            print_rows(name, measure(*workload(), repeats))
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
