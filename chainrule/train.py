@@ -148,20 +148,22 @@ class Trainer:
         self._param_names = [v.name for v in self.step_graph.param_values()]
         self._param_updates = list(self.interface.params.items())
         self._state_updates = list(self.interface.state.items())
-        # A backend that can keep params and optimizer state to itself between steps
-        # (onnxruntime) holds them; otherwise they are numpy arrays in _params and _state.
+        # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
+        self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
+        # A backend that can keep params and optimizer state to itself between steps (both do;
+        # the numpy interpreter of --check-numerics does not) holds them; otherwise they are
+        # numpy arrays in _params and _state.
         self.resident = None
         if hasattr(self.step_backend, "resident_step"):
             self.resident = self.step_backend.resident_step(
-                self.step_graph, {**self.interface.params, **self.interface.state})
+                self.step_graph, {**self.interface.params, **self.interface.state},
+                rng=self.dropout_rng)
         self.params = {k: np.array(v) for k, v in model.params.items()}
         self.state = self.initial_state()
         self.epoch = 0          # epochs completed
         self.batch = 0          # batches completed within the current epoch
         self.steps = 0          # steps completed in all
         self.rng = np.random.default_rng(config.seed)
-        # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
-        self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         self.epoch_rng_state = self.rng.bit_generator.state
         self.stop_requested = False
 

@@ -64,23 +64,18 @@ def test_the_cli_runs_and_trains_at_O2_unless_told():
 
 # ---- params stay with the backend -------------------------------------------------------------
 
-def test_a_numpy_train_step_keeps_the_arrays_it_returns(monkeypatch):
-    """No copy per step: the params the model reads back are the step's own output arrays."""
-    returned = []
-    original = Trainer.train_step
-
-    def recording(self, batch_, lr):
-        outputs = original(self, batch_, lr)
-        returned.append((self, outputs))
-        return outputs
-
-    monkeypatch.setattr(Trainer, "train_step", recording)
+def test_a_numpy_train_step_updates_the_params_in_their_own_buffers():
+    """No copy and no new array per step: SGD's update writes into the param it replaces."""
     model = chainrule.compile(MLP)
-    for seed in range(3):
+    model.train_step(lr=0.1, **batch(0))
+    trainer = next(iter(model._trainers.values()))
+    held = {name: trainer.params[name] for name in trainer.interface.params}
+    before = {name: array.copy() for name, array in held.items()}
+    for seed in range(1, 4):
         model.train_step(lr=0.1, **batch(seed))
-    trainer, outputs = returned[-1]
-    for name, next_name in trainer.interface.params.items():
-        assert model.params[name] is outputs[next_name], name
+    for name, array in held.items():
+        assert trainer.params[name] is array, name
+        assert not np.array_equal(array, before[name]), name
 
 
 def test_arrays_read_from_params_are_the_callers():
@@ -95,19 +90,20 @@ def test_arrays_read_from_params_are_the_callers():
     assert not np.array_equal(model.params["W1"], snapshot)
 
 
-def test_onnxruntime_loads_the_params_once_and_not_per_step(monkeypatch):
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_a_backend_loads_the_params_once_and_not_per_step(monkeypatch, backend):
     model = chainrule.compile(MLP)
-    model.train_step(lr=0.1, backend="onnxruntime", **batch(0))
+    model.train_step(lr=0.1, backend=backend, **batch(0))
     resident = next(iter(model._trainers.values())).resident
     loads = []
     original = resident.load
     monkeypatch.setattr(resident, "load", lambda values: (loads.append(1), original(values)))
     for seed in range(1, 4):
-        model.train_step(lr=0.1, backend="onnxruntime", **batch(seed))
+        model.train_step(lr=0.1, backend=backend, **batch(seed))
     assert loads == []
     model.params  # read: handed back; the next step loads them again, once
     for seed in range(4, 6):
-        model.train_step(lr=0.1, backend="onnxruntime", **batch(seed))
+        model.train_step(lr=0.1, backend=backend, **batch(seed))
     assert loads == [1]
 
 

@@ -18,7 +18,7 @@ from ..ir import Graph, Node, Value, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from . import fused_kernels
-from .feeds import CheckedFeeds
+from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
 
@@ -352,6 +352,10 @@ class CompiledGraph:
     def call(self, arrays: list, training: bool = False, rng=None) -> dict:
         """Run on the inputs' then the params' arrays, in the graph's order, as the feeds check
         returns them: kernels leave out the label checks it has made."""
+        return dict(zip(self.output_names, self.results(arrays, training, rng), strict=True))
+
+    def results(self, arrays: list, training: bool = False, rng=None) -> list[np.ndarray]:
+        """`call`'s outputs as a list, in the graph's order."""
         try:
             results = self.quiet_function(*arrays, training, rng)
         except Exception as error:
@@ -360,8 +364,8 @@ class CompiledGraph:
                 raise
             raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
                                  f"{error}", node.loc) from error
-        return {name: result if type(result) is np.ndarray else np.asarray(result)
-                for name, result in zip(self.output_names, results, strict=True)}
+        return [result if type(result) is np.ndarray else np.asarray(result)
+                for result in results]
 
     def _failing_node(self, error) -> Node | None:
         traceback = error.__traceback__
@@ -404,6 +408,58 @@ class CompiledNumpyBackend:
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         compiled = self.compiled(graph)
         return compiled.call(compiled.feeds.arrays(inputs, params), training, rng)
+
+    def resident_step(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
+        """A train step (`graph`, run in training mode with `rng` for its dropout masks) that
+        holds its params and the inputs named in `carried` from call to call; `carried` maps
+        each held value to the output that replaces it after a step."""
+        return ResidentStep(self.compiled(graph), carried, rng)
+
+
+class ResidentStep:
+    """A train step whose params and optimizer state stay with the numpy backend between calls,
+    as onnxruntime's do (onnx_backend.ResidentStep): a step checks and passes only the batch and
+    the learning rate, and the outputs that replace a held value become the held value. With
+    params donated the step writes their next values into their own buffers where it can, so
+    `load` copies the caller's arrays in rather than holding them."""
+
+    def __init__(self, compiled: CompiledGraph, carried: dict[str, str], rng):
+        graph = compiled.graph
+        self.compiled, self.rng = compiled, rng
+        self.held_values = [v for v in graph.inputs if v.name in carried] + graph.param_values()
+        self.feeds = CheckedFeeds(graph, held={v.name for v in self.held_values})
+        fed_position = {v.name: index for index, v in enumerate(self.feeds.fed)}
+        # Each argument of the function: the position of a fed array, or None for a held one.
+        self.arguments = [(fed_position.get(v.name), v.name)
+                          for v in list(graph.inputs) + graph.param_values()]
+        self.current = {v.name: np.zeros(v.type.shape, NUMPY_DTYPES[v.type.dtype])
+                        for v in self.held_values}
+        position = {v.name: index for index, v in enumerate(graph.outputs)}
+        self.replaced = [(position[next_name], name) for name, next_name in carried.items()]
+        replacing = set(carried.values())
+        self.returned = [(index, v.name) for index, v in enumerate(graph.outputs)
+                         if v.name not in replacing]
+
+    def load(self, values: dict) -> None:
+        """Copy `values` (every held value by name) in."""
+        check_arrays(self.held_values, values, "param or state")
+        self.current = {v.name: np.array(values[v.name], NUMPY_DTYPES[v.type.dtype])
+                        for v in self.held_values}
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The current held values: the live arrays, which a later step may overwrite."""
+        return dict(self.current)
+
+    def step(self, inputs: dict) -> dict[str, np.ndarray]:
+        """One step on `inputs` (the batch and the learning rate): the outputs that replace
+        no held value, by name."""
+        current = self.current
+        fed = self.feeds.fed_arrays(inputs, current)
+        results = self.compiled.results([current[name] if index is None else fed[index]
+                                         for index, name in self.arguments], True, self.rng)
+        for index, name in self.replaced:
+            current[name] = results[index]
+        return {name: results[index] for index, name in self.returned}
 
 
 def describe_plan(graph: Graph, plan: Plan) -> str:
