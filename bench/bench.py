@@ -49,16 +49,19 @@ def median_seconds(fn, repeats: int, warmup: int = 5) -> float:
 def interleaved_medians(functions: dict, repeats: int, warmup: int = 5) -> dict:
     """The median seconds per call of each function, timed in turn call by call, so that a
     burst of load from other processes falls on every system alike and their ratios hold.
-    The order rotates each round: the call after an onnxruntime call finds the caches cold
-    (about 30 µs on the tiny MLP), and each system takes that place as often as the others."""
+    The order is shuffled each round: the call after an onnxruntime call finds the caches cold
+    (about 17 µs on the tiny MLP), and each system must follow each other as often. (Rotating
+    the order is not enough: it keeps every system's predecessor, so the first system always
+    came after the last one, an onnxruntime call.)"""
     for fn in functions.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in functions}
     order = list(functions.items())
-    for round_ in range(repeats):
-        shift = round_ % len(order)
-        for name, fn in order[shift:] + order[:shift]:
+    shuffle = np.random.default_rng(0)
+    for _ in range(repeats):
+        for position in shuffle.permutation(len(order)):
+            name, fn = order[position]
             started = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - started)
