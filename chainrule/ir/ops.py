@@ -740,14 +740,6 @@ def _infer_cross_entropy_grad(logits, labels, scale):
     return logits
 
 
-def _infer_nll(log_probs, labels):
-    return _infer_cross_entropy(log_probs, labels)
-
-
-def _infer_cross_entropy_grad_from_log_probs(log_probs, labels, scale):
-    return _infer_cross_entropy_grad(log_probs, labels, scale)
-
-
 def _infer_sum_squares(x):
     _require_float("sum_squares", x)
     return scalar(x.dtype)
@@ -776,10 +768,10 @@ register("cross_entropy_grad", 3, _infer_cross_entropy_grad, traits=("fused",),
          index_input=(1, lambda types, attrs: types[0].shape[-1]))
 # A cross-entropy and its gradient from one log_softmax (fuse.py): the forward's log-probs are
 # the softmax the gradient needs, exp(log_probs).
-register("nll", 2, _infer_nll, traits=("loss", "fused"),
+register("nll", 2, _infer_cross_entropy, traits=("loss", "fused"),
          index_input=(1, lambda types, attrs: types[0].shape[-1]))
-register("cross_entropy_grad_from_log_probs", 3, _infer_cross_entropy_grad_from_log_probs,
-         traits=("fused",), index_input=(1, lambda types, attrs: types[0].shape[-1]))
+register("cross_entropy_grad_from_log_probs", 3, _infer_cross_entropy_grad, traits=("fused",),
+         index_input=(1, lambda types, attrs: types[0].shape[-1]))
 register("sum_squares", 1, _infer_sum_squares, traits=("reduction", "fused"))
 register("gemm", 2, _infer_gemm,
          {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
