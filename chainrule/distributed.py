@@ -66,6 +66,7 @@ from .backends.threads import configured_threads, set_threads
 from .ir import ChainruleError
 from .passes import select_outputs
 from .passes.optimizers import build_update_step, update_inputs
+from .train import take_rows
 
 INSTALL_HINT = ("data-parallel training (--workers) needs Ray: pip install "
                 "'chainrule[distributed]' (or pip install -e '.[distributed]' in a checkout)")
@@ -212,9 +213,8 @@ class ShardedGradients:
             return
         objective = trainer.interface.objective
 
-        def value(part):
-            batch = {v.name: data[v.name][part] for v in trainer.eval_graph.inputs}
-            return float(trainer.backend.run(trainer.eval_graph, batch, trainer.params)[objective])
+        def value(part):  # one evaluation batch: part is at most the batch size
+            return trainer.evaluate(take_rows(data, part))[objective]
 
         whole = value(rows)
         weighted = sum(len(part) * value(part) for part in shards) / len(rows)

@@ -245,10 +245,15 @@ class Trainer:
     def evaluate(self, arrays: dict) -> dict[str, float]:
         """Objective and metrics over a whole data set, averaged over rows."""
         rows = check_dataset(self.eval_graph, arrays, "validation data")
+        # Only what the objective and metrics read: an input or a param that only another
+        # output reads is not fed.
+        arrays = {v.name: arrays[v.name] for v in self.eval_graph.inputs}
+        current = self.params
+        params = {v.name: current[v.name] for v in self.eval_graph.param_values()}
         totals = {}
         for _, indices in batch_rows(np.arange(rows), max(self.config.batch_size, 256)):
             size = len(indices)
-            outputs = self.backend.run(self.eval_graph, take_rows(arrays, indices), self.params)
+            outputs = self.backend.run(self.eval_graph, take_rows(arrays, indices), params)
             for name, value in outputs.items():
                 totals[name] = totals.get(name, 0.0) + float(value) * size
         return {name: total / rows for name, total in totals.items()}

@@ -257,3 +257,20 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp
                       TrainConfig(epochs=100000))
     trainer.load_checkpoint(checkpoint)
     assert trainer.steps > 0
+
+
+def test_validation_feeds_only_what_the_objective_reads():
+    """An input and a param that only another output reads are neither needed nor refused."""
+    model = chainrule.compile("""model m(x: f32[B, 3], y: i64[B], mask: f32[B, 3]) {
+    param W: f32[4, 3] = normal(0.0, 0.5)
+    param V: f32[3, 3] = normal(0.0, 0.5)
+    return cross_entropy(x @ W.T, y), (x * mask) @ V
+}""")
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(20, 3)).astype(np.float32), "y": rng.integers(0, 4, 20),
+            "mask": np.ones((20, 3), np.float32)}
+    trainer = Trainer(model, TrainConfig(epochs=2, batch_size=8))
+    trainer.fit(data, data)  # validates each epoch
+    model.params = {name: np.array(array) for name, array in trainer.params.items()}
+    assert trainer.evaluate(data)["cross_entropy"] == pytest.approx(
+        float(model.run(**data)["cross_entropy"]), rel=1e-6)
