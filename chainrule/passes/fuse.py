@@ -10,9 +10,13 @@ from .simplify import apply_rules
 FUSIONS = []
 
 
-def fusion(fn):
-    FUSIONS.append(fn)
-    return fn
+def fusion(*ops: str):
+    """Register a fusion for nodes of these ops (apply_rules tries it on those only)."""
+    def register(fn):
+        fn.ops = frozenset(ops)
+        FUSIONS.append(fn)
+        return fn
+    return register
 
 
 def _operand_pairs(node):
@@ -20,7 +24,7 @@ def _operand_pairs(node):
     return ((a, b), (b, a))
 
 
-@fusion
+@fusion("mul")
 def relu_backward(ctx, node):
     """g * cast(x > 0) -> relu_grad(x, g): one masked multiply."""
     if node.op != "mul":
@@ -39,7 +43,7 @@ def relu_backward(ctx, node):
     return None
 
 
-@fusion
+@fusion("mul")
 def softmax_cross_entropy_backward(ctx, node):
     """(softmax(o) - one_hot(y)) * s -> cross_entropy_grad(o, y, s): (p - onehot) / B."""
     if node.op != "mul":
@@ -61,7 +65,7 @@ def softmax_cross_entropy_backward(ctx, node):
     return None
 
 
-@fusion
+@fusion("sum")
 def sum_of_squares(ctx, node):
     """sum(x * x) over every axis -> sum_squares(x): a dot product, no temporary."""
     if node.op != "sum" or node.attrs["keepdims"]:
@@ -76,7 +80,7 @@ def sum_of_squares(ctx, node):
     return ctx.emit("sum_squares", (x_squared.inputs[0],), {}, node, node.outputs[0].name)
 
 
-@fusion
+@fusion("matmul")
 def matmul_of_transposes(ctx, node):
     """A 2-D matmul of transposed operands -> gemm with transA/transB: no transposed copy."""
     if node.op != "matmul" or any(v.type.rank != 2 for v in node.inputs):
@@ -116,6 +120,7 @@ def _shared_log_softmax(graph: Graph):
             return None
         return ctx.emit("cross_entropy_grad_from_log_probs",
                         (log_probs[key(node)], labels, node.inputs[2]), {}, node, name)
+    share.ops = frozenset(("cross_entropy", "cross_entropy_grad"))
     return share
 
 

@@ -144,6 +144,7 @@ def _epilogue_rule(uses: Counter):
         beta = _coefficient(ctx, form[array], dtype, node, f"{name}.beta", emitted)
         return ctx.emit("gemm_acc", (product.a, product.b, array, alpha, beta),
                         {"trans_a": product.trans_a, "trans_b": product.trans_b}, node, name)
+    gemm_epilogue.ops = frozenset(CHAIN_OPS)
     return gemm_epilogue
 
 

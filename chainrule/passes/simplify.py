@@ -14,9 +14,14 @@ from .rewrite import Rewriter
 RULES = []
 
 
-def rule(fn):
-    RULES.append(fn)
-    return fn
+def rule(*ops: str):
+    """Register a rule for nodes of these ops (none named: every op). apply_rules calls a rule
+    only on its ops' nodes: most nodes then meet one rule or two, not all of them."""
+    def register(fn):
+        fn.ops = frozenset(ops) or None
+        RULES.append(fn)
+        return fn
+    return register
 
 
 class RuleContext:
@@ -56,7 +61,7 @@ def _same_type(a: Value, b: Value) -> bool:
     return a.type == b.type
 
 
-@rule
+@rule("mul", "div")
 def multiply_by_one(ctx, node):
     if node.op == "mul":
         a, b = node.inputs
@@ -70,7 +75,7 @@ def multiply_by_one(ctx, node):
     return None
 
 
-@rule
+@rule("add", "sub")
 def add_zero(ctx, node):
     if node.op in ("add", "sub"):
         a, b = node.inputs
@@ -81,7 +86,7 @@ def add_zero(ctx, node):
     return None
 
 
-@rule
+@rule("neg")
 def double_negation(ctx, node):
     if node.op == "neg":
         inner = ctx.defined_by(node.inputs[0], "neg")
@@ -90,7 +95,7 @@ def double_negation(ctx, node):
     return None
 
 
-@rule
+@rule("transpose")
 def transpose_of_transpose(ctx, node):
     if node.op != "transpose":
         return None
@@ -107,21 +112,21 @@ def transpose_of_transpose(ctx, node):
                     node.outputs[0].name)
 
 
-@rule
+@rule("cast")
 def cast_to_same_dtype(ctx, node):
     if node.op == "cast" and node.inputs[0].type.dtype == node.attrs["dtype"]:
         return node.inputs[0]
     return None
 
 
-@rule
+@rule("broadcast_like")
 def broadcast_to_own_shape(ctx, node):
     if node.op == "broadcast_like" and _same_type(node.inputs[0], node.outputs[0]):
         return node.inputs[0]
     return None
 
 
-@rule
+@rule("sum", "mean")
 def reduce_nothing(ctx, node):
     """sum/mean over axes that are all size 1, keeping them, is the identity."""
     if node.op in ("sum", "mean") and node.attrs["keepdims"] and node.attrs["axes"] is not None:
@@ -131,7 +136,7 @@ def reduce_nothing(ctx, node):
     return None
 
 
-@rule
+@rule("sum")
 def sum_of_unsqueeze(ctx, node):
     """Summing away exactly the axes an unsqueeze added gives back its input."""
     if node.op != "sum" or node.attrs["keepdims"]:
@@ -145,7 +150,7 @@ def sum_of_unsqueeze(ctx, node):
     return None
 
 
-@rule
+@rule("numel")
 def static_numel(ctx, node):
     """numel of dims known at compile time is a constant."""
     if node.op != "numel":
@@ -159,7 +164,7 @@ def static_numel(ctx, node):
                                      "dtype": node.attrs["dtype"]}, node, node.outputs[0].name)
 
 
-@rule
+@rule("pow")
 def square_by_multiplying(ctx, node):
     """x ** 2 is x * x: one multiply per element instead of a call to pow."""
     if node.op == "pow" and ctx.constant(node.inputs[1]) == 2.0:
@@ -172,7 +177,7 @@ def square_by_multiplying(ctx, node):
 BROADCASTING = ("add", "sub", "mul", "div")
 
 
-@rule
+@rule(*BROADCASTING)
 def broadcast_implicitly(ctx, node):
     """An operand made bigger by broadcast_like, or by an unsqueeze of leading axes, only for an
     elementwise op that broadcasts anyway: use the smaller value and let the op broadcast."""
@@ -201,7 +206,7 @@ def _leading(axes, rank: int) -> bool:
     return sorted(a % rank for a in axes) == list(range(len(axes)))
 
 
-@rule
+@rule("mul")
 def merge_scalar_factors(ctx, node):
     """c1 * (c2 * x) = (c1 * c2) * x for scalar constants c1, c2."""
     if node.op != "mul":
@@ -221,7 +226,7 @@ def merge_scalar_factors(ctx, node):
     return None
 
 
-@rule
+@rule("transpose")
 def transpose_of_matmul(ctx, node):
     """(A B)^T = B^T A^T: a product of views, and a contiguous result instead of a view."""
     if node.op != "transpose":
@@ -242,7 +247,7 @@ def transpose_of_matmul(ctx, node):
     return ctx.emit("matmul", (b_t, a_t), {}, node, name)
 
 
-@rule
+@rule()
 def fold_scalar_constants(ctx, node):
     """An elementwise op of scalar constants is a constant (evaluated by the given kernels)."""
     if ctx.evaluate is None or node.op == "constant" or not node.inputs:
@@ -279,13 +284,22 @@ def simplify_once(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
 
 
 def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
-    """Rebuild `graph`, replacing each node's output by the first rule's replacement, if any."""
+    """Rebuild `graph`, replacing each node's output by the first rule's replacement, if any.
+    A rule with `ops` (see `rule`) is tried on those ops' nodes only."""
     rewriter = Rewriter(graph)
     ctx = RuleContext(rewriter, evaluate)
+    by_op: dict[str, list] = {}
     for node in graph.nodes:
         node = rewriter.remap(node)
-        replacement = next((r for r in (rule(ctx, node) for rule in rules) if r is not None),
-                           None)
+        candidates = by_op.get(node.op)
+        if candidates is None:
+            candidates = by_op[node.op] = [
+                r for r in rules if getattr(r, "ops", None) is None or node.op in r.ops]
+        replacement = None
+        for candidate in candidates:
+            replacement = candidate(ctx, node)
+            if replacement is not None:
+                break
         if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
             ctx.keep(node)
             continue
