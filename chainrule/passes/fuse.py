@@ -98,13 +98,15 @@ def matmul_of_transposes(ctx, node):
 def _shared_log_softmax(graph: Graph):
     """A cross_entropy and a cross_entropy_grad of the same logits and labels compute the same
     softmax: cross_entropy -> nll(log_softmax(o), y), and its gradient reads exp of those
-    log-probs. Rewrites the pairs that both rules find; pairs are found by name, since the
-    first round of fusions wrote the gradients anew."""
+    log-probs. Rewrites the pairs that both rules find (None when there are none); pairs are
+    found by name, since the first round of fusions wrote the gradients anew."""
     def key(node):
         return tuple(v.name for v in node.inputs[:2])
 
     losses = {key(node) for node in graph.nodes if node.op == "cross_entropy"}
     both = {key(node) for node in graph.nodes if node.op == "cross_entropy_grad"} & losses
+    if not both:
+        return None  # no pair: the graph need not be rebuilt
     log_probs = {}
 
     def share(ctx, node):
@@ -126,5 +128,8 @@ def _shared_log_softmax(graph: Graph):
 
 def fuse(graph: Graph) -> tuple[Graph, bool]:
     graph, changed = apply_rules(graph, FUSIONS)
-    graph, shared = apply_rules(graph, [_shared_log_softmax(graph)])
+    share = _shared_log_softmax(graph)
+    if share is None:
+        return graph, changed
+    graph, shared = apply_rules(graph, [share])
     return graph, changed or shared

@@ -126,12 +126,12 @@ def _emit_coefficient(ctx, summed: dict, dtype: str, like, name: str) -> Value:
     return total
 
 
-def _epilogue_rule(uses: Counter):
+def _epilogue_rule(uses: Counter, near_products: set):
     emitted, forms = {}, {}  # forms: each chain's once, however long the chain around it
 
     def gemm_epilogue(ctx, node):
         out = node.outputs[0]
-        if node.op not in CHAIN_OPS or out.type.rank != 2:  # a product is a matrix
+        if out.name not in near_products:
             return None
         form = forms[out.name] = LinearForms(ctx, uses, forms).of_node(node)
         products = [term for term in form if isinstance(term, Product)]
@@ -148,8 +148,28 @@ def _epilogue_rule(uses: Counter):
     return gemm_epilogue
 
 
+def _near_products(graph: Graph, uses: Counter) -> set:
+    """The chain nodes (on matrices) that read a matrix product, directly or through chain
+    nodes read once: the only ones whose form can hold a product."""
+    products = {"matmul", "gemm", "gemm_acc"}
+    near, reaching = set(), set()  # reaching: products, and near nodes read once
+    for node in graph.nodes:
+        out = node.outputs[0]
+        if node.op in products and out.type.rank == 2:
+            reaching.add(out.name)
+        elif (node.op in CHAIN_OPS and out.type.rank == 2
+              and any(v.name in reaching for v in node.inputs)):
+            near.add(out.name)
+            if uses[out.name] == 1:
+                reaching.add(out.name)
+    return near
+
+
 def gemm_epilogue(graph: Graph) -> tuple[Graph, bool]:
     # By name: a chain's inner node rewritten earlier in this pass keeps its output's name.
     uses = Counter(v.name for node in graph.nodes for v in node.inputs)
     uses.update(v.name for v in graph.outputs)
-    return apply_rules(graph, [_epilogue_rule(uses)])
+    near = _near_products(graph, uses)
+    if not near:
+        return graph, False
+    return apply_rules(graph, [_epilogue_rule(uses, near)])
