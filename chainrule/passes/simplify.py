@@ -99,17 +99,23 @@ def double_negation(ctx, node):
 def transpose_of_transpose(ctx, node):
     if node.op != "transpose":
         return None
-    perm = node.attrs["perm"]
-    if is_identity_perm(perm):
-        return node.inputs[0]
-    inner = ctx.defined_by(node.inputs[0], "transpose")
-    if inner is None:
+    value, perm = node.inputs[0], node.attrs["perm"]
+    if not is_identity_perm(perm) and ctx.defined_by(value, "transpose") is None:
         return None
-    composed = compose_perms(inner.attrs["perm"], perm)
-    if is_identity_perm(composed):
-        return inner.inputs[0]
-    return ctx.emit("transpose", inner.inputs, {"perm": composed}, node,
-                    node.outputs[0].name)
+    return _transposed(ctx, value, perm, node, node.outputs[0].name)
+
+
+def _transposed(ctx, value: Value, perm: tuple, like: Node, name: str) -> Value:
+    """`value` transposed by `perm`, with no transpose of a transpose: the rules that emit a
+    transpose call this, so the next round need not cancel it."""
+    if is_identity_perm(perm):
+        return value
+    inner = ctx.defined_by(value, "transpose")
+    if inner is not None:
+        value, perm = inner.inputs[0], compose_perms(inner.attrs["perm"], perm)
+        if is_identity_perm(perm):
+            return value
+    return ctx.emit("transpose", (value,), {"perm": perm}, like, name)
 
 
 @rule("cast")
@@ -240,10 +246,9 @@ def transpose_of_matmul(ctx, node):
     a, b = product.inputs
     if a.type.rank != rank or b.type.rank != rank:
         return None
-    swap = {"perm": node.attrs["perm"]}
-    name = node.outputs[0].name
-    b_t = ctx.emit("transpose", (b,), swap, node, f"{name}.lhs")
-    a_t = ctx.emit("transpose", (a,), swap, node, f"{name}.rhs")
+    perm, name = node.attrs["perm"], node.outputs[0].name
+    b_t = _transposed(ctx, b, perm, node, f"{name}.lhs")
+    a_t = _transposed(ctx, a, perm, node, f"{name}.rhs")
     return ctx.emit("matmul", (b_t, a_t), {}, node, name)
 
 
