@@ -27,8 +27,6 @@ def _operand_pairs(node):
 @fusion("mul")
 def relu_backward(ctx, node):
     """g * cast(x > 0) -> relu_grad(x, g): one masked multiply."""
-    if node.op != "mul":
-        return None
     out = node.outputs[0]
     for g, mask in _operand_pairs(node):
         cast = ctx.defined_by(mask, "cast")
@@ -46,8 +44,6 @@ def relu_backward(ctx, node):
 @fusion("mul")
 def softmax_cross_entropy_backward(ctx, node):
     """(softmax(o) - one_hot(y)) * s -> cross_entropy_grad(o, y, s): (p - onehot) / B."""
-    if node.op != "mul":
-        return None
     out = node.outputs[0]
     for difference, scale in _operand_pairs(node):
         sub = ctx.defined_by(difference, "sub")
@@ -68,7 +64,7 @@ def softmax_cross_entropy_backward(ctx, node):
 @fusion("sum")
 def sum_of_squares(ctx, node):
     """sum(x * x) over every axis -> sum_squares(x): a dot product, no temporary."""
-    if node.op != "sum" or node.attrs["keepdims"]:
+    if node.attrs["keepdims"]:
         return None
     x_squared = ctx.defined_by(node.inputs[0], "mul")
     rank = node.inputs[0].type.rank
@@ -83,7 +79,7 @@ def sum_of_squares(ctx, node):
 @fusion("matmul")
 def matmul_of_transposes(ctx, node):
     """A 2-D matmul of transposed operands -> gemm with transA/transB: no transposed copy."""
-    if node.op != "matmul" or any(v.type.rank != 2 for v in node.inputs):
+    if any(v.type.rank != 2 for v in node.inputs):
         return None
     operands, flags = [], {}
     for value, flag in zip(node.inputs, ("trans_a", "trans_b"), strict=True):
@@ -110,7 +106,7 @@ def _shared_log_softmax(graph: Graph):
     log_probs = {}
 
     def share(ctx, node):
-        if node.op not in ("cross_entropy", "cross_entropy_grad") or key(node) not in both:
+        if key(node) not in both:
             return None
         logits, labels = node.inputs[:2]
         name = node.outputs[0].name

@@ -26,7 +26,8 @@ from .simplify import apply_rules
 # A coefficient is a sum of monomials; a monomial is (number, scalar Values multiplied).
 ONE = ((1.0, ()),)
 CHAIN_OPS = ("add", "sub", "mul", "neg")
-LINEAR_OPS = CHAIN_OPS + ("matmul", "gemm", "gemm_acc")
+PRODUCT_OPS = ("matmul", "gemm", "gemm_acc")
+LINEAR_OPS = CHAIN_OPS + PRODUCT_OPS
 
 
 class Product(NamedTuple):
@@ -151,11 +152,10 @@ def _epilogue_rule(uses: Counter, near_products: set):
 def _near_products(graph: Graph, uses: Counter) -> set:
     """The chain nodes (on matrices) that read a matrix product, directly or through chain
     nodes read once: the only ones whose form can hold a product."""
-    products = {"matmul", "gemm", "gemm_acc"}
     near, reaching = set(), set()  # reaching: products, and near nodes read once
     for node in graph.nodes:
         out = node.outputs[0]
-        if node.op in products and out.type.rank == 2:
+        if node.op in PRODUCT_OPS and out.type.rank == 2:
             reaching.add(out.name)
         elif (node.op in CHAIN_OPS and out.type.rank == 2
               and any(v.name in reaching for v in node.inputs)):

@@ -88,17 +88,12 @@ def add_zero(ctx, node):
 
 @rule("neg")
 def double_negation(ctx, node):
-    if node.op == "neg":
-        inner = ctx.defined_by(node.inputs[0], "neg")
-        if inner is not None:
-            return inner.inputs[0]
-    return None
+    inner = ctx.defined_by(node.inputs[0], "neg")
+    return inner.inputs[0] if inner is not None else None
 
 
 @rule("transpose")
 def transpose_of_transpose(ctx, node):
-    if node.op != "transpose":
-        return None
     value, perm = node.inputs[0], node.attrs["perm"]
     if not is_identity_perm(perm) and ctx.defined_by(value, "transpose") is None:
         return None
@@ -120,14 +115,14 @@ def _transposed(ctx, value: Value, perm: tuple, like: Node, name: str) -> Value:
 
 @rule("cast")
 def cast_to_same_dtype(ctx, node):
-    if node.op == "cast" and node.inputs[0].type.dtype == node.attrs["dtype"]:
+    if node.inputs[0].type.dtype == node.attrs["dtype"]:
         return node.inputs[0]
     return None
 
 
 @rule("broadcast_like")
 def broadcast_to_own_shape(ctx, node):
-    if node.op == "broadcast_like" and _same_type(node.inputs[0], node.outputs[0]):
+    if _same_type(node.inputs[0], node.outputs[0]):
         return node.inputs[0]
     return None
 
@@ -135,7 +130,7 @@ def broadcast_to_own_shape(ctx, node):
 @rule("sum", "mean")
 def reduce_nothing(ctx, node):
     """sum/mean over axes that are all size 1, keeping them, is the identity."""
-    if node.op in ("sum", "mean") and node.attrs["keepdims"] and node.attrs["axes"] is not None:
+    if node.attrs["keepdims"] and node.attrs["axes"] is not None:
         x = node.inputs[0]
         if all(x.type.shape[a] == 1 for a in node.attrs["axes"]):
             return x
@@ -145,7 +140,7 @@ def reduce_nothing(ctx, node):
 @rule("sum")
 def sum_of_unsqueeze(ctx, node):
     """Summing away exactly the axes an unsqueeze added gives back its input."""
-    if node.op != "sum" or node.attrs["keepdims"]:
+    if node.attrs["keepdims"]:
         return None
     inner = ctx.defined_by(node.inputs[0], "unsqueeze")
     if inner is None or node.attrs["axes"] is None:
@@ -159,8 +154,6 @@ def sum_of_unsqueeze(ctx, node):
 @rule("numel")
 def static_numel(ctx, node):
     """numel of dims known at compile time is a constant."""
-    if node.op != "numel":
-        return None
     shape = node.inputs[0].type.shape
     axes = range(len(shape)) if node.attrs["axes"] is None else node.attrs["axes"]
     dims = [shape[a] for a in axes]
@@ -173,7 +166,7 @@ def static_numel(ctx, node):
 @rule("pow")
 def square_by_multiplying(ctx, node):
     """x ** 2 is x * x: one multiply per element instead of a call to pow."""
-    if node.op == "pow" and ctx.constant(node.inputs[1]) == 2.0:
+    if ctx.constant(node.inputs[1]) == 2.0:
         x = node.inputs[0]
         if x.type == node.outputs[0].type:
             return ctx.emit("mul", (x, x), {}, node, node.outputs[0].name)
@@ -187,8 +180,6 @@ BROADCASTING = ("add", "sub", "mul", "div")
 def broadcast_implicitly(ctx, node):
     """An operand made bigger by broadcast_like, or by an unsqueeze of leading axes, only for an
     elementwise op that broadcasts anyway: use the smaller value and let the op broadcast."""
-    if node.op not in BROADCASTING:
-        return None
     out = node.outputs[0]
     for position, operand in enumerate(node.inputs):
         producer = ctx.defined_by(operand, "broadcast_like", "unsqueeze")
@@ -215,8 +206,6 @@ def _leading(axes, rank: int) -> bool:
 @rule("mul")
 def merge_scalar_factors(ctx, node):
     """c1 * (c2 * x) = (c1 * c2) * x for scalar constants c1, c2."""
-    if node.op != "mul":
-        return None
     for outer, inner in (node.inputs, reversed(node.inputs)):
         c1 = ctx.constant(outer)
         inner_node = ctx.defined_by(inner, "mul")
@@ -235,8 +224,6 @@ def merge_scalar_factors(ctx, node):
 @rule("transpose")
 def transpose_of_matmul(ctx, node):
     """(A B)^T = B^T A^T: a product of views, and a contiguous result instead of a view."""
-    if node.op != "transpose":
-        return None
     rank = node.inputs[0].type.rank
     if rank < 2 or node.attrs["perm"] != tuple(range(rank - 2)) + (rank - 1, rank - 2):
         return None
@@ -255,7 +242,7 @@ def transpose_of_matmul(ctx, node):
 @rule()
 def fold_scalar_constants(ctx, node):
     """An elementwise op of scalar constants is a constant (evaluated by the given kernels)."""
-    if ctx.evaluate is None or node.op == "constant" or not node.inputs:
+    if ctx.evaluate is None or not node.inputs:  # a constant has none
         return None
     out = node.outputs[0]
     if out.type.rank != 0 or out.type.dtype not in ("f32", "f64"):
