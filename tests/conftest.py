@@ -1,11 +1,9 @@
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.nn"))
+from support.paths import EXAMPLES, ROOT  # noqa: F401 - still imported from here by some tests
 
 
 @pytest.fixture

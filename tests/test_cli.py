@@ -1,20 +1,13 @@
-"""The CLI, run as a user runs it: a subprocess per command, asserting on output and files."""
-import subprocess
-import sys
-
+"""The CLI, run as a user runs it (in process: tests/support/cli.py), asserting on output and
+files."""
 import numpy as np
 import onnx
 import onnxruntime
-import pytest
 
-from conftest import ROOT
+from support.cli import chainrule
+from support.paths import ROOT
 
 MLP = str(ROOT / "examples" / "mlp.nn")
-
-
-def chainrule(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "chainrule", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
 
 
 def test_check_prints_a_summary():

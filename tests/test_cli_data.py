@@ -1,39 +1,16 @@
 """The new user's path through the CLI: their own data files, prediction, and the rough edges."""
 import gzip
-import os
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from support.cli import chainrule, fails, ok
+from support.paths import ROOT
 
 DIGITS = ROOT / "examples" / "digits_classifier.nn"
 MLP = ROOT / "examples" / "mlp.nn"
 DATA = ROOT / "examples" / "data"
-
-
-def chainrule(*args, cwd=None, umask=None):
-    def set_umask():
-        if umask is not None:
-            os.umask(umask)
-    return subprocess.run([sys.executable, "-m", "chainrule", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=300,
-                          preexec_fn=set_umask)
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def fails(result, code=1):
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def write_csv(path, x, labels=None, label_name="digit"):

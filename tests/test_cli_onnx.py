@@ -2,9 +2,10 @@
 and a model that cannot be imported is one error naming every node at fault."""
 import numpy as np
 import onnx
-from conftest import ROOT
 from onnx import TensorProto, helper
-from test_cli import chainrule
+
+from support.cli import chainrule
+from support.paths import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "onnx"
 MLP = FIXTURES / "mlp.onnx"

@@ -7,8 +7,8 @@ import pytest
 
 import chainrule
 from chainrule.train import TrainConfig, Trainer
-from conftest import ROOT
-from helpers import assert_backends_agree, digits
+from support.paths import ROOT
+from support.numeric import assert_backends_agree, digits
 
 CNN_EXAMPLES = [ROOT / "examples" / "lenet_digits.nn", ROOT / "examples" / "resnet_block.nn"]
 

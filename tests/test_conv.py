@@ -1,5 +1,5 @@
 """Convolution and pooling: the DSL built-ins against plain-numpy references (tests/
-conv_reference.py, loops over windows) in float32 and float64, numpy against onnxruntime, float64
+support/conv_reference.py, loops over windows) in float32 and float64, numpy against onnxruntime, float64
 gradients and second derivatives against finite differences, max pooling's tie rule, exact
 output types with a symbolic batch, located errors, and the ONNX export.
 
@@ -13,17 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule
-import conv_reference as reference
-import test_onnx
-import test_op_gradients
+from support import conv_reference as reference
 from chainrule import ChainruleError
 from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.optimizers import OptimizerSpec
-from helpers import assert_close
+from support.numeric import assert_close
 from op_cases import Arg, Case, conv_window, pool_window
-from test_compiled_backend import check_against_interpreter_twice
-from test_onnx import TOLERANCES, check_standard
-from test_ops_semantics import check_against_reference, check_gradients
+from support.backend_checks import TOLERANCES, check_against_interpreter_twice, check_standard
+from support.op_checks import (check_against_reference, check_derivative_rule, check_gradients,
+                               check_on_onnxruntime)
 
 BATCH = 2  # the size of B when the models run
 RANDOM_CONFIGS = settings(max_examples=25, derandomize=True, deadline=None)
@@ -360,10 +358,10 @@ def check_case(case: Case) -> None:
     """The op case through the checks every op case gets: values against the reference,
     float64 gradients against finite differences, and the gradient graph in float32 and float64
     on onnxruntime against numpy."""
-    check_against_reference(case, np.random.default_rng(4))
-    test_op_gradients.test_derivative_rule_matches_finite_differences(case)
+    check_against_reference(case, np.random.default_rng(4), reference.REFERENCES)
+    check_derivative_rule(case)
     for dtype in ("f32", "f64"):
-        test_onnx.test_op_and_its_gradient_match_numpy_in_onnxruntime(case, dtype)
+        check_on_onnxruntime(case, dtype)
 
 
 @RANDOM_CONFIGS

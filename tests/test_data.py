@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import chainrule
-from conftest import ROOT
+from support.paths import ROOT
 from chainrule.data import (Dataset, bind_inputs, check_rows, read_array, read_dataset,
                             safe_cast)
 from chainrule.fileio import atomic_write_bytes, read_text, save_npz

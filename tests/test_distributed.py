@@ -24,7 +24,7 @@ from chainrule.distributed import INSTALL_HINT, probe, split_rows
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
 from conftest import ROOT
-from helpers import assert_close, digits
+from support.numeric import assert_close, digits
 
 try:
     import ray

@@ -19,7 +19,7 @@ from chainrule.ir.dsl_printer import dsl_names, print_dsl
 from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.manager import run_passes
-from conftest import EXAMPLES, ROOT
+from support.paths import EXAMPLES, ROOT
 from op_cases import CASES, Arg, Case, F, draw, labels, pool_window
 
 MODELS = EXAMPLES + sorted((ROOT / "tests" / "models").glob("*.nn"))

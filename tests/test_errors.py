@@ -4,9 +4,6 @@ One test per class of error, asserting the exact FILE:LINE:COL and message; then
 user sees it on the command line (the location, the source line, a caret; exit code 1, or 2 for
 a bad command-line value); then the checks on data given to a model.
 """
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -15,8 +12,8 @@ from chainrule import ChainruleError
 from chainrule.fileio import load_npz
 from chainrule.ir import SourceLoc
 from chainrule.passes import autodiff_rules
-
-from conftest import ROOT
+from support.cli import chainrule as chainrule_cli
+from support.paths import ROOT
 
 
 def error_of(source: str) -> ChainruleError:
@@ -150,11 +147,6 @@ def test_constants_out_of_range(expression, col, message):
 
 
 # ---- as the command line shows them ----------------------------------------------------------
-
-def chainrule_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "chainrule", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
-
 
 @pytest.mark.parametrize("body, shown", [
     (["h = relu(xx)", "return h"],

@@ -10,8 +10,8 @@ import pytest
 import chainrule
 from chainrule.backends import get_backend
 from chainrule.cli import random_inputs
-from conftest import EXAMPLES, ROOT
-from helpers import assert_close, central_difference
+from support.paths import EXAMPLES, ROOT
+from support.numeric import assert_close, central_difference
 
 # Symbolic dims of the examples' inputs, kept small so finite differences stay fast.
 DIMS = {"B": 3, "T": 3}

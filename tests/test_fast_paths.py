@@ -17,7 +17,7 @@ from chainrule.ir import ChainruleError
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
-from helpers import assert_close
+from support.numeric import assert_close
 
 MLP = str(Path(__file__).parent.parent / "examples" / "mlp.nn")
 

@@ -11,7 +11,7 @@ import chainrule
 from chainrule.backends.numpy_compiled import compile_graph
 from chainrule.ir import ChainruleError
 
-from helpers import assert_close
+from support.numeric import assert_close
 
 MLP = str(Path(__file__).parent.parent / "examples" / "mlp.nn")
 

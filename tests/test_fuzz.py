@@ -34,7 +34,7 @@ from chainrule.dsl.builtins import BUILTINS
 from chainrule.ir import OPS, parse_graph
 from chainrule.ir.init import INITIALIZERS
 
-from conftest import EXAMPLES
+from support.paths import EXAMPLES
 
 EXAMPLES_PER_TEST = int(os.environ.get("CHAINRULE_FUZZ_EXAMPLES", "40"))
 SECONDS_PER_INPUT = 1.0

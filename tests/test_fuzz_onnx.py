@@ -16,7 +16,7 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.cli import random_inputs
 from chainrule.onnx_import import SUPPORTED_OPS, UnsupportedModel
-from conftest import ROOT
+from support.paths import ROOT
 from test_fuzz_pipeline import fuzz, within_time
 
 FIXTURES = ROOT / "tests" / "fixtures" / "onnx"

@@ -28,7 +28,7 @@ from chainrule import ChainruleError
 from chainrule.cli import main, random_inputs
 from chainrule.data import read_dataset
 from chainrule.fileio import load_npz
-from conftest import EXAMPLES, ROOT
+from support.paths import EXAMPLES, ROOT
 from test_fuzz import EXPRESSIONS
 
 EXAMPLES_PER_TEST = int(os.environ.get("CHAINRULE_FUZZ_EXAMPLES", "30"))

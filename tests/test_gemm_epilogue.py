@@ -13,7 +13,7 @@ from chainrule.backends.numpy_kernels import KERNELS
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
-from helpers import assert_close
+from support.numeric import assert_close
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 MLP = str(EXAMPLES / "mlp.nn")

@@ -22,20 +22,11 @@ from chainrule.fileio import load_npy, load_npz
 from chainrule.ir import ChainruleError, limits
 from chainrule.train import CHECKPOINT_FILE, CheckpointLock
 from conftest import ROOT
+from support.cli import chainrule as chainrule_cli
+from support.cli import chainrule_process, fails
 
 DIGITS = ROOT / "examples" / "digits_classifier.nn"
 DIGITS_DATA = ROOT / "examples" / "data" / "digits_test.npz"
-
-
-def chainrule_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "chainrule", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=300)
-
-
-def fails(result, code=1):
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def error_of(source: str) -> ChainruleError:
@@ -325,16 +316,18 @@ def test_hand_edited_checkpoint_meta_gets_a_clean_message(one_epoch, edit, field
     assert field in result.stderr
 
 
+@pytest.mark.subprocess  # the lock is the process': the second training must be another one
 def test_a_second_training_on_one_checkpoint_directory_refuses_to_start(tmp_path):
     checkpoint = tmp_path / "ckpt"
     with CheckpointLock(checkpoint):
-        result = fails(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1",
-                                     "--checkpoint", checkpoint))
+        result = fails(chainrule_process("train", DIGITS, "--data", DIGITS_DATA, "--epochs",
+                                         "1", "--checkpoint", checkpoint))
     assert f"another training is writing checkpoints here (process {os.getpid()})" \
         in result.stderr
     assert result.stdout == ""
 
 
+@pytest.mark.subprocess
 def test_a_dead_process_does_not_hold_the_lock_and_its_temporary_files_go(tmp_path):
     checkpoint = tmp_path / "ckpt"
     holder = subprocess.Popen(

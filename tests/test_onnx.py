@@ -1,5 +1,4 @@
 """The ONNX export: standard ONNX that passes the full checker and matches numpy in onnxruntime."""
-import numpy as np
 import onnx
 import pytest
 
@@ -8,41 +7,18 @@ from chainrule import ChainruleError
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
 from chainrule.cli import random_inputs
-from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes import autodiff
-from conftest import EXAMPLES
-from helpers import assert_close
-from op_cases import CASES, Case, F, draw, in_dtype, indices, scalar_objective_graph
-
-
-def check_standard(model: onnx.ModelProto) -> None:
-    onnx.checker.check_model(model, full_check=True)
-    assert [o.domain for o in model.opset_import] == [""]
-    assert all(node.domain == "" for node in model.graph.node)
-
-
-# dtype -> (rtol, atol) between the two backends
-TOLERANCES = {"f64": (1e-12, 1e-12), "f32": (1e-5, 1e-6)}
+from op_cases import CASES, Case, F, indices, scalar_objective_graph
+from support.backend_checks import TOLERANCES, check_standard
+from support.numeric import assert_close
+from support.op_checks import check_on_onnxruntime
+from support.paths import EXAMPLES
 
 
 @pytest.mark.parametrize("dtype", TOLERANCES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_op_and_its_gradient_match_numpy_in_onnxruntime(case, dtype):
-    case = in_dtype(case, dtype)
-    rng = np.random.default_rng(1)
-    graph, inputs, objective = scalar_objective_graph(case)
-    feeds = {v.name: draw(arg, rng) for v, arg in zip(inputs, case.args)}
-    weight = graph.find("weight").type
-    feeds["weight"] = rng.normal(size=weight.shape).astype(NUMPY_DTYPES[weight.dtype])
-    wrt = [v for v in inputs if v.type.dtype == dtype]
-    grad_graph, _ = autodiff(graph, objective, wrt)
-    check_standard(export_onnx(grad_graph, {}))
-    expected = get_backend("numpy").run(grad_graph, feeds, {})
-    actual = get_backend("onnxruntime").run(grad_graph, feeds, {})
-    rtol, atol = TOLERANCES[dtype]
-    for name in expected:
-        assert actual[name].dtype == expected[name].dtype, name
-        assert_close(actual[name], expected[name], rtol, atol=atol, what=name)
+    check_on_onnxruntime(case, dtype)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from conftest import ROOT
-from helpers import assert_close
+from support.paths import ROOT
+from support.numeric import assert_close
 
 import chainrule
 from chainrule import OptimizerSpec

@@ -14,12 +14,13 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
-from chainrule.ir import OPS, Graph, GraphBuilder, OpTypeError, Value, infer_type
+from chainrule.ir import OPS, OpTypeError, infer_type
 from chainrule.ir.types import NUMPY_DTYPES, TensorType
-from conv_reference import REFERENCES as CONV_REFERENCES
-from helpers import assert_close, central_difference
 from op_cases import CASES, Arg, Case, draw, in_dtype, indices, labels
-from test_onnx import TOLERANCES, check_standard
+from support.backend_checks import TOLERANCES, check_standard
+from support.conv_reference import REFERENCES as CONV_REFERENCES
+from support.numeric import assert_close
+from support.op_checks import check_against_reference, check_gradients, forward_graph
 
 # ---- plain numpy references, one per op ------------------------------------------------------
 
@@ -218,31 +219,9 @@ FORWARD_CASES = [
 ]
 
 
-def forward_graph(case: Case) -> Graph:
-    graph = Graph(f"forward_{case.op}")
-    graph.inputs = [Value(f"a{i}", TensorType(arg.dtype, arg.shape))
-                    for i, arg in enumerate(case.args)]
-    graph.outputs = [GraphBuilder(graph).emit(case.op, graph.inputs, case.attrs, name="out")]
-    return graph
-
-
-def check_against_reference(case: Case, rng) -> None:
-    graph = forward_graph(case)
-    arrays = [draw(arg, rng) for arg in case.args]
-    feeds = {v.name: a for v, a in zip(graph.inputs, arrays, strict=True)}
-    result = get_backend("numpy").run(graph, feeds, {})["out"]
-    (node,) = graph.nodes
-    expected = np.asarray(REFERENCES[case.op](*arrays, **node.attrs))
-    out = node.outputs[0]
-    assert result.dtype == np.dtype(NUMPY_DTYPES[out.type.dtype]) == expected.dtype, case.id
-    assert result.shape == expected.shape, f"{case.id}: {result.shape} != {expected.shape}"
-    assert list(out.type.shape) == list(expected.shape), f"{case.id}: inferred {out.type}"
-    assert_close(result, expected, 1e-12, atol=1e-12, what=case.id)
-
-
 @pytest.mark.parametrize("case", CASES + FORWARD_CASES, ids=lambda c: c.id)
 def test_op_matches_its_numpy_reference(case):
-    check_against_reference(case, np.random.default_rng(2))
+    check_against_reference(case, np.random.default_rng(2), REFERENCES)
 
 
 def test_every_op_has_a_reference_and_a_case():
@@ -365,7 +344,7 @@ def _operand(shape, domain):
 @given(op=st.sampled_from(sorted(UNARY)), shape=hnp.array_shapes(min_dims=0, max_side=4))
 def test_unary_ops_on_random_shapes(op, shape):
     case = Case(op, (_operand(shape, UNARY[op]),), ATTRS.get(op, {}))
-    check_against_reference(case, np.random.default_rng(4))
+    check_against_reference(case, np.random.default_rng(4), REFERENCES)
 
 
 @RANDOM_SHAPES
@@ -374,7 +353,7 @@ def test_unary_ops_on_random_shapes(op, shape):
 def test_broadcasting_ops_on_random_shapes(op, shapes):
     domains = (BINARY[op], "any" if op == "pow" else BINARY[op])
     case = Case(op, tuple(_operand(s, d) for s, d in zip(shapes.input_shapes, domains)))
-    check_against_reference(case, np.random.default_rng(5))
+    check_against_reference(case, np.random.default_rng(5), REFERENCES)
 
 
 @st.composite
@@ -396,7 +375,7 @@ def reductions(draw_from):
 @RANDOM_SHAPES
 @given(case=reductions())
 def test_reductions_on_random_shapes_and_axes(case):
-    check_against_reference(case, np.random.default_rng(6))
+    check_against_reference(case, np.random.default_rng(6), REFERENCES)
 
 
 # ---- the DSL ----------------------------------------------------------------------------------
@@ -528,16 +507,6 @@ def test_concat_and_stack_values_and_gradients():
     assert np.allclose(outputs["s"], np.stack([c @ W, c]))
     assert np.array_equal(outputs["d"], np.concatenate([c, 2 * c]))
     check_gradients(model, a=a, b=b)
-
-
-def check_gradients(model, **inputs):
-    """Every param's gradient from both backends against central differences."""
-    numeric = {name: central_difference(lambda: float(model.run(**inputs)["J"]), array)
-               for name, array in model.params.items()}
-    for backend in ("numpy", "onnxruntime"):
-        grads = model.grad(backend=backend, **inputs)
-        for name, expected in numeric.items():
-            assert_close(grads[name], expected, 1e-6, atol=1e-9, what=f"{backend} d/d{name}")
 
 
 def test_comparisons_logic_and_where():

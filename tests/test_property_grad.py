@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 import chainrule
 from chainrule.backends import get_backend
-from helpers import assert_close, central_difference
+from support.numeric import assert_close, central_difference
 
 EXAMPLES = int(os.environ.get("CHAINRULE_PROPERTY_EXAMPLES", "25"))
 MAX_BOUND = 30.0      # no value of a program may exceed this magnitude (as estimated)

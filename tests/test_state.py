@@ -10,7 +10,7 @@ from chainrule import ChainruleError
 from chainrule.ir import parse_graph, print_graph
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
-from helpers import assert_close, central_difference
+from support.numeric import assert_close, central_difference
 
 BN = """model bn(x: f64[B, 3, 4, 4], y: i64[B]) {
     param gamma: f64[3] = ones()

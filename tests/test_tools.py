@@ -11,14 +11,10 @@ import pytest
 import chainrule
 from chainrule.cli import random_inputs
 from chainrule.gradcheck import gradcheck
-from conftest import EXAMPLES, ROOT
+from support.cli import chainrule as run_cli
+from support.paths import EXAMPLES, ROOT
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "chainrule", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

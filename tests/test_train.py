@@ -13,7 +13,7 @@ from chainrule import ChainruleError
 from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer
 from conftest import ROOT
-from helpers import assert_close
+from support.numeric import assert_close
 
 SMALL = """
 model small(x: f64[B, 3], y: i64[B]) {

@@ -6,7 +6,7 @@ import pytest
 
 import chainrule
 from chainrule import ChainruleError
-from helpers import assert_close, central_difference
+from support.numeric import assert_close, central_difference
 
 FUNCTIONS = """
 def scale(a, s=sqrt(2.0)) {

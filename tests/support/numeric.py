@@ -1,7 +1,10 @@
-"""Shared test helpers: finite differences and relative comparisons."""
+"""Numbers: central finite differences, relative comparisons, the digits data, and the two
+backends' agreement on an example."""
 from __future__ import annotations
 
 import numpy as np
+
+from .paths import ROOT
 
 
 def central_difference(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -32,7 +35,6 @@ def assert_close(actual, expected, rtol, atol=0.0, what="", scale=None):
 
 def digits(part: str) -> dict:
     """The digits data shipped in examples/data: `train` or `test`."""
-    from conftest import ROOT
     with np.load(ROOT / "examples" / "data" / f"digits_{part}.npz") as data:
         return {"x": data["x"], "y": data["y"]}
 
