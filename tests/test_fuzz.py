@@ -1,12 +1,14 @@
-"""Fuzzing the front end: whatever text comes in, it compiles or gives one located error, fast.
+"""Fuzzing the front end: whatever text comes in, it compiles or gives one located error, with
+bounded work.
 
 Each test feeds one kind of text to the DSL compiler (`chainrule.compile`) or to the IR reader
 (`chainrule.ir.parse_graph`): random characters; random sequences of the grammar's tokens;
 statements built from the grammar's rules with random parts, which mostly parse and so reach
 lowering and type checking; and the examples (`examples/*.nn`, and the IR they print) with
 tokens and lines deleted, duplicated and swapped. Every input must either compile or raise a
-ChainruleError that carries a line and column, within a second; any other exception is a bug,
-and hypothesis shows the text.
+ChainruleError that carries a line and column, within a bound on its work (function calls,
+counted: tests/support/fuzzing.py); any other exception is a bug, and hypothesis shows the
+text.
 
 The suite runs a few derandomized examples per test. A long local run takes the count per
 hypothesis test from the environment, e.g. 2,500 for each of the eight, 20,000 in all:
@@ -22,7 +24,6 @@ compile, and the work grows linearly with the length of the text.
 import os
 import re
 import sys
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,28 +35,32 @@ from chainrule.dsl.builtins import BUILTINS
 from chainrule.ir import OPS, parse_graph
 from chainrule.ir.init import INITIALIZERS
 
+from support.fuzzing import EXPRESSIONS, within_calls
 from support.paths import EXAMPLES
 
 EXAMPLES_PER_TEST = int(os.environ.get("CHAINRULE_FUZZ_EXAMPLES", "40"))
-SECONDS_PER_INPUT = 1.0
+# The examples compile in 15 to 40 calls per character, and print their IR back in about 10;
+# the bound allows many times more, for the error paths (a message that suggests a name).
+CALLS_PER_INPUT = 100_000
+CALLS_PER_CHARACTER = 1_000
 
 fuzz = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 SOURCES = [path.read_text() for path in EXAMPLES]
 IR_TEXTS = [chainrule.compile(source).ir(grad=grad) for source in SOURCES for grad in (False, True)]
+parse_graph(IR_TEXTS[0])  # the IR parser is built once, before any input's work is counted
 
 
 def check_front_end(read, text: str) -> None:
-    """`read(text)` succeeds or raises a located ChainruleError, within the time allowed."""
-    started = time.perf_counter()
-    try:
-        read(text)
-    except ChainruleError as error:
-        assert error.line is not None and error.line >= 1 and error.col >= 1, repr(error.message)
-        error.render(lambda file: text.splitlines())
-    elapsed = time.perf_counter() - started
-    assert elapsed < SECONDS_PER_INPUT, f"took {elapsed:.2f}s"
+    """`read(text)` succeeds or raises a located ChainruleError, within the work allowed."""
+    with within_calls(CALLS_PER_INPUT + CALLS_PER_CHARACTER * len(text)):
+        try:
+            read(text)
+        except ChainruleError as error:
+            assert error.line is not None and error.line >= 1 and error.col >= 1, \
+                repr(error.message)
+            error.render(lambda file: text.splitlines())
 
 
 # ---- what the inputs are made of --------------------------------------------------------------
@@ -118,35 +123,6 @@ CHARACTERS = st.text(st.sampled_from("model def param let return f32[B, 3] x y W
                      | st.characters(), max_size=300)
 
 MODEL_OPEN = "model m(x: f32[B, 3], y: i64[B]) {\n"
-
-# Expressions from the grammar's rules, over the names `random_models` defines.
-OPERATORS = "+ - * / @ ** < <= > >= == != and or".split()
-LEAVES = st.sampled_from(["x", "y", "W", "v", "k", "a", "b", "0", "1", "-1", "2.5", "1e-3",
-                          "1e999", "9" * 20, "true", "false", "(0, 1)", "(1,)", "zz"])
-KEYWORDS = st.sampled_from(["axis", "keepdims", "perm", "shape", "n", "p", "alpha", "b", "q"])
-
-
-def call(parts) -> str:
-    name, arguments = parts
-    return f"{name}({', '.join(arguments)})"
-
-
-def _grow(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-    """Expressions of one more level over `inner`."""
-    argument = inner | st.tuples(KEYWORDS, inner).map("=".join)
-    subscript = inner | st.sampled_from([":", "...", "::2", "1:", "-1"])
-    return st.one_of(
-        st.tuples(inner, st.sampled_from(OPERATORS), inner).map(" ".join),
-        inner.map("-{}".format), inner.map("(not {})".format), inner.map("({})".format),
-        inner.map("{}.T".format),
-        st.tuples(st.sampled_from(sorted(BUILTINS) + ["f32", "i64", "bool", "f", "g"]),
-                  st.lists(argument, max_size=3)).map(call),
-        st.tuples(inner, st.lists(subscript, min_size=1, max_size=3))
-        .map(lambda parts: f"{parts[0]}[{', '.join(parts[1])}]"))
-
-
-EXPRESSIONS = st.recursive(LEAVES, _grow, max_leaves=10)
-
 
 @st.composite
 def random_models(draw) -> str:
