@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import chainrule
 from chainrule.onnx_import import UnsupportedModel
-from test_onnx_conformance import Outcome, mismatch, read_known_failures, verdict
+from support.conformance import Outcome, mismatch, read_known_failures, verdict
 
 
 def model_of(nodes, inputs, outputs, initializers=(), opset=18, domains=()):
