@@ -1,14 +1,12 @@
 """The convolutional examples: numpy against onnxruntime (forward, gradient, training step),
 gradcheck, and LeNet's accuracy on the digits with the CLI's defaults."""
-import subprocess
-import sys
-
 import pytest
 
 import chainrule
 from chainrule.train import TrainConfig, Trainer
-from support.paths import ROOT
+from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_backends_agree, digits
+from support.paths import ROOT
 
 CNN_EXAMPLES = [ROOT / "examples" / "lenet_digits.nn", ROOT / "examples" / "resnet_block.nn"]
 
@@ -21,9 +19,7 @@ def test_both_backends_agree_forward_gradient_and_train_step(path):
 
 @pytest.mark.parametrize("path", CNN_EXAMPLES, ids=lambda p: p.stem)
 def test_gradcheck_passes_on_both_backends(path):
-    result = subprocess.run([sys.executable, "-m", "chainrule", "gradcheck", str(path),
-                             "--random-inputs", "--dim", "B=4", "--samples", "6"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = chainrule_cli("gradcheck", path, "--random-inputs", "--dim", "B=4", "--samples", "6")
     assert result.returncode == 0, result.stdout + result.stderr
     assert " 0 failed" in result.stdout
 

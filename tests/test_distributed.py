@@ -24,6 +24,7 @@ from chainrule.distributed import INSTALL_HINT, probe, split_rows
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
 from conftest import ROOT
+from support.cli import chainrule_process
 from support.numeric import assert_close, digits
 
 try:
@@ -36,6 +37,7 @@ except ImportError:
 
 needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install -e "
                                "'.[distributed]'; CHAINRULE_REQUIRE_RAY=1 makes this a failure)")
+pytestmark = pytest.mark.ray
 
 MLP = str(ROOT / "examples" / "mlp.nn")
 LENET = str(ROOT / "examples" / "lenet_digits.nn")
@@ -312,11 +314,11 @@ def test_cli_without_ray_says_how_to_install_it(train_small, capsys, monkeypatch
     assert "pip install 'chainrule[distributed]'" in INSTALL_HINT
 
 
+@pytest.mark.subprocess
 @needs_ray
 def test_cli_reports_an_unreachable_cluster_in_one_line(train_small):
-    result = subprocess.run([sys.executable, "-m", "chainrule", *train_small, "--workers", "2",
-                             "--address", "ray://127.0.0.1:1"],
-                            capture_output=True, text=True, timeout=120)
+    result = chainrule_process(*train_small, "--workers", "2", "--address", "ray://127.0.0.1:1",
+                               timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot reach a Ray cluster at ray://127.0.0.1:1 (")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -344,6 +346,7 @@ def test_cli_trains_with_workers_validates_and_logs_the_step_split(ray_session, 
         assert_same_params(dict(sharded), dict(single))
 
 
+@pytest.mark.subprocess
 @needs_ray
 def test_cli_interrupted_by_sigint_checkpoints_and_resumes_to_the_same_params(ray_session,
                                                                             train_small,

@@ -1,8 +1,5 @@
 """Every example in examples/: its gradients in float64 against central finite differences, the
 same results at -O0 and -O2, and its `run`, `grad` and `export` commands as a user runs them."""
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
@@ -10,8 +7,10 @@ import pytest
 import chainrule
 from chainrule.backends import get_backend
 from chainrule.cli import random_inputs
-from support.paths import EXAMPLES, ROOT
+from support.cli import chainrule as chainrule_cli
+from support.cli import ok
 from support.numeric import assert_close, central_difference
+from support.paths import EXAMPLES
 
 # Symbolic dims of the examples' inputs, kept small so finite differences stay fast.
 DIMS = {"B": 3, "T": 3}
@@ -87,28 +86,15 @@ def test_optimisation_levels_agree(path):
             assert_close(optimised[key], value, 1e-5, atol=1e-6, what=f"{method.__name__} {key}")
 
 
-def run_cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "chainrule", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_cli_runs_differentiates_and_exports(path, tmp_path):
     model = chainrule.compile(str(path))
     objective = model.objective.name
     onnx_path = tmp_path / "model.onnx"
-    # The three commands are independent; running them side by side keeps the test quick.
-    processes = {
-        "run": run_cli("run", path, "--random-inputs", "--dim", "B=3"),
-        "grad": run_cli("grad", path, "--random-inputs", "--dim", "B=3"),
-        "export": run_cli("export", path, "--grad", "-o", onnx_path),
-    }
-    stdout = {}
-    for command, process in processes.items():
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, f"{command}: {err}"
-        assert "Traceback" not in err
-        stdout[command] = out
+    stdout = {command: ok(chainrule_cli(command, path, *options)).stdout
+              for command, options in (("run", ["--random-inputs", "--dim", "B=3"]),
+                                       ("grad", ["--random-inputs", "--dim", "B=3"]),
+                                       ("export", ["--grad", "-o", onnx_path]))}
     # State updates (batch_norm's running statistics) are outputs of training only.
     outputs = [v.name for v in model.graph.outputs if v.name not in model.graph.updates.values()]
     trainable = [v.name for v in model.graph.trainable_values()]

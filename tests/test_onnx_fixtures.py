@@ -8,12 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from support.paths import ROOT
-from support.numeric import assert_close
 
 import chainrule
 from chainrule import OptimizerSpec
 from chainrule.ir import dsl_names
+from support.cli import chainrule as chainrule_cli
+from support.numeric import assert_close
+from support.paths import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "onnx"
 # fixture -> (loss attached, target input, tolerance of the gradients)
@@ -142,13 +143,10 @@ def test_freeze_and_trainable_choose_what_trains():
 
 @pytest.mark.parametrize("name", CASES)
 def test_import_to_dsl_compiles_back_to_the_same_results(name, tmp_path):
-    import subprocess
-    import sys
     loss, target, tolerance = CASES[name]
     path = tmp_path / f"{name}.nn"
-    result = subprocess.run([sys.executable, "-m", "chainrule", "import",
-                             str(FIXTURES / f"{name}.onnx"), "--loss", loss, "--target-input",
-                             target, "-o", str(path)], capture_output=True, text=True)
+    result = chainrule_cli("import", FIXTURES / f"{name}.onnx", "--loss", loss, "--target-input",
+                           target, "-o", path)
     assert result.returncode == 0, result.stderr
     text = path.read_text()
     assert "# /" in text  # each statement names its ONNX node

@@ -10,6 +10,7 @@ from chainrule import ChainruleError
 from chainrule.ir import parse_graph, print_graph
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
+from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close, central_difference
 
 BN = """model bn(x: f64[B, 3, 4, 4], y: i64[B]) {
@@ -161,12 +162,9 @@ def test_an_inference_export_reads_state_as_constants():
 
 
 def test_check_lists_state_apart_from_params(tmp_path):
-    import subprocess
-    import sys
     path = tmp_path / "bn.nn"
     path.write_text(BN)
-    result = subprocess.run([sys.executable, "-m", "chainrule", "check", str(path)],
-                            capture_output=True, text=True)
+    result = chainrule_cli("check", path)
     assert result.returncode == 0, result.stderr
     assert "state (updated by training):\n  mean: f64[3] = zeros()  (3 values, next: " \
            "mean.next)" in result.stdout

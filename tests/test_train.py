@@ -13,6 +13,7 @@ from chainrule import ChainruleError
 from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer
 from conftest import ROOT
+from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
 
 SMALL = """
@@ -196,12 +197,11 @@ def test_digits_example_reaches_97_percent(tmp_path):
 
 def test_train_command_logs_epochs_and_saves(tmp_path):
     log = tmp_path / "log.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "chainrule", "train", "examples/mlp_digits.nn",
-         "--data", "examples/data/digits_train.npz", "--val", "examples/data/digits_test.npz",
-         "--epochs", "2", "--log-jsonl", log, "-o", tmp_path / "trained.npz",
-         "--checkpoint", tmp_path / "ckpt"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = chainrule_cli(
+        "train", "examples/mlp_digits.nn",
+        "--data", "examples/data/digits_train.npz", "--val", "examples/data/digits_test.npz",
+        "--epochs", "2", "--log-jsonl", log, "-o", tmp_path / "trained.npz",
+        "--checkpoint", tmp_path / "ckpt")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
     assert len(lines) == 2 and "acc" in lines[0] and "val:" in lines[0] and "%" in lines[0]
@@ -237,6 +237,7 @@ def test_dropout_masks_change_per_step_and_resume_exactly(tmp_path):
     assert evaluation == straight.evaluate(data)
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     import signal
     import time

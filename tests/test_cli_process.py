@@ -1,0 +1,41 @@
+"""The command line in a real process: the `python -m chainrule` entry point, and the in-process
+runner the other CLI tests use (tests/support/cli.py) giving what a process gives.
+
+Signals, kills and locks held by another process are tested where they belong, also in real
+processes: tests/test_train.py, test_hardening.py and test_distributed.py (marker `subprocess`).
+"""
+import pytest
+
+import chainrule
+from support.cli import chainrule as chainrule_cli
+from support.cli import chainrule_process, ok
+from support.paths import ROOT
+
+pytestmark = pytest.mark.subprocess
+
+MLP = ROOT / "examples" / "mlp.nn"
+
+
+def test_version():
+    result = ok(chainrule_process("--version"))
+    assert result.stdout == f"chainrule {chainrule.__version__}\n"
+
+
+def test_a_run_prints_its_outputs(tmp_path):
+    result = ok(chainrule_process("run", MLP, "--random-inputs", "--dim", "B=3", "-o",
+                                  tmp_path / "out.npz"))
+    assert "outputs (numpy):" in result.stdout and "o  float32[3, 10]" in result.stdout
+    assert (tmp_path / "out.npz").is_file()
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["check", MLP], 0),
+    (["frobnicate", MLP], 2),  # a usage error: argparse exits
+    (["run", MLP], 1),  # a chainrule error: the inputs are missing
+], ids=["check", "usage-error", "error"])
+def test_the_in_process_runner_gives_what_a_process_gives(argv, code):
+    process = chainrule_process(*argv)
+    assert process.returncode == code and "Traceback" not in process.stderr
+    in_process = chainrule_cli(*argv)
+    assert (in_process.returncode, in_process.stdout, in_process.stderr) == \
+        (process.returncode, process.stdout, process.stderr)
