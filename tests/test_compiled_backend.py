@@ -19,9 +19,9 @@ from chainrule.cli import random_inputs
 from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes import autodiff
 from chainrule.passes.manager import PassContext, pipeline, run_passes
-from support.paths import EXAMPLES, ROOT
 from op_cases import CASES, draw, in_dtype, scalar_objective_graph
 from support.backend_checks import assert_identical, check_against_interpreter_twice, copies
+from support.paths import EXAMPLES, ROOT
 
 LEVELS = ("O0", "O2")
 

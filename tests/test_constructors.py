@@ -14,8 +14,8 @@ from chainrule.gradcheck import gradcheck
 from chainrule.ir import parse_graph, print_graph
 from chainrule.ir.text import graph_differences
 from chainrule.passes.optimizers import OptimizerSpec
-from support.numeric import assert_close, central_difference
 from support.backend_checks import check_standard
+from support.numeric import assert_close, central_difference
 
 BACKENDS = ("numpy", "onnxruntime")
 # (B, N): the sizes of the symbolic dims, two sets per model

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule
-from support import conv_reference as reference
 from chainrule import ChainruleError
 from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.optimizers import OptimizerSpec
-from support.numeric import assert_close
 from op_cases import Arg, Case, conv_window, pool_window
+from support import conv_reference as reference
 from support.backend_checks import TOLERANCES, check_against_interpreter_twice, check_standard
+from support.numeric import assert_close
 from support.op_checks import (check_against_reference, check_derivative_rule, check_gradients,
                                check_on_onnxruntime)
 

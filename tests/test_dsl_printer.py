@@ -19,8 +19,8 @@ from chainrule.ir.dsl_printer import dsl_names, print_dsl
 from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.manager import run_passes
-from support.paths import EXAMPLES, ROOT
 from op_cases import CASES, Arg, Case, F, draw, labels, pool_window
+from support.paths import EXAMPLES, ROOT
 
 MODELS = EXAMPLES + sorted((ROOT / "tests" / "models").glob("*.nn"))
 FUSED = {op for op, spec in OPS.items() if "fused" in spec.traits}

@@ -17,8 +17,8 @@ from chainrule.ir import print_graph
 from chainrule.ir.text import parse_graph
 from chainrule.ir.verify import verify
 from chainrule.passes.optimizers import OptimizerSpec
-from support.paths import EXAMPLES, ROOT
 from support.backend_checks import check_against_interpreter_twice, copies
+from support.paths import EXAMPLES, ROOT
 
 HAS_NUMBA = fused_kernels.numba_installed()
 PATHS = [pytest.param("fused", marks=pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import chainrule
-from support.paths import ROOT
 from support.numeric import assert_close, central_difference
+from support.paths import ROOT
 
 MODEL = ROOT / "tests" / "models" / "mlp_f64.nn"
 LAM = 0.0001

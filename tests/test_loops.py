@@ -6,8 +6,8 @@ import pytest
 import chainrule
 from chainrule import ChainruleError
 from chainrule.ir import parse_graph, print_graph
-from support.paths import ROOT
 from support.numeric import assert_backends_agree, assert_close, central_difference, digits
+from support.paths import ROOT
 
 GRU_CELL = """
 def gru(x, h, Wz, Uz, Wr, Ur, Wh, Uh) {

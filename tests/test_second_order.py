@@ -2,8 +2,8 @@
 import numpy as np
 
 import chainrule
-from support.paths import ROOT
 from support.numeric import assert_close, central_difference
+from support.paths import ROOT
 
 
 def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
