@@ -24,3 +24,14 @@ def update_golden(request):
 def pytest_configure(config):
     # Verify the IR after lowering and after every pass in every test.
     os.environ["CHAINRULE_VERIFY"] = "1"
+
+
+# A new process or a Ray cluster takes seconds: such tests are slow too, so that
+# `-m "not slow"` is the quick loop.
+TAKE_SECONDS = ("ray", "subprocess")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.get_closest_marker(name) for name in TAKE_SECONDS):
+            item.add_marker(pytest.mark.slow)

@@ -24,6 +24,7 @@ def test_gradcheck_passes_on_both_backends(path):
     assert " 0 failed" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_lenet_learns_the_digits_better_than_the_mlp(backend):
     trainer = Trainer(chainrule.compile(str(CNN_EXAMPLES[0])), TrainConfig(backend=backend))

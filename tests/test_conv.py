@@ -364,6 +364,7 @@ def check_case(case: Case) -> None:
         check_on_onnxruntime(case, dtype)
 
 
+@pytest.mark.slow
 @RANDOM_CONFIGS
 @given(case=conv_cases())
 def test_random_convolutions(case):

@@ -102,6 +102,7 @@ def test_generated_code_calls_a_kernel_with_a_fallback(path):
         assert "fused_" not in source
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_examples_match_the_interpreter(example, path):
     model = chainrule.compile(str(example))
@@ -115,11 +116,13 @@ OPTIMIZERS = [OptimizerSpec("sgd"), OptimizerSpec("sgd", momentum=0.9, weight_de
               OptimizerSpec("adam", weight_decay=0.01), OptimizerSpec("adamw", weight_decay=0.1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", OPTIMIZERS, ids=lambda s: s.kind)
 def test_train_steps_match_the_interpreter(spec, path):
     check_train_step(spec)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 @pytest.mark.parametrize("spec", OPTIMIZERS[:4], ids=lambda s: s.kind)
 def test_multithreaded_kernels_match_the_interpreter(spec, monkeypatch):

@@ -247,6 +247,7 @@ def test_deep_expressions_compile(expression, nodes):
     assert len(compiled.graph.nodes) == nodes
 
 
+@pytest.mark.slow
 def test_a_long_model_compiles():
     assert len(chainrule.compile(chain(20_000)).graph.nodes) == 20_000
 

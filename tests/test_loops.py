@@ -249,6 +249,7 @@ def test_the_gru_example_forward_gradient_and_train_step_agree_on_both_backends(
     assert_backends_agree(GRU_DIGITS, {name: array[:16] for name, array in digits("test").items()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_the_gru_example_learns_the_digits(backend):
     from chainrule.train import TrainConfig, Trainer

@@ -95,6 +95,7 @@ def test_viz_svg_has_a_circle_per_op_and_a_box_per_value(tmp_path):
     assert "stroke-dasharray" in text  # dashed edges: forward values the backward graph reuses
 
 
+@pytest.mark.slow
 def test_readme_python_api_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
@@ -103,6 +104,7 @@ def test_readme_python_api_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_readme_onnx_training_loop_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### The training step as standard ONNX", 1)[1]
