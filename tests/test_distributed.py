@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -24,7 +23,7 @@ from chainrule.distributed import INSTALL_HINT, probe, split_rows
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
 from conftest import ROOT
-from support.cli import chainrule_process
+from support.cli import chainrule_process, start_chainrule_process
 from support.numeric import assert_close, digits
 
 try:
@@ -358,10 +357,8 @@ def test_cli_interrupted_by_sigint_checkpoints_and_resumes_to_the_same_params(ra
     common = train_small + ["--epochs", "6", "--batch-size", "4", "-q"]
     distributed = common + ["--workers", "2"]
     cluster = ray_session.get_runtime_context().gcs_address  # joined, rather than started
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "chainrule", *distributed, "--address", cluster,
-         "--checkpoint", str(checkpoint), "--log-jsonl", str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = start_chainrule_process(*distributed, "--address", cluster,
+                                     "--checkpoint", checkpoint, "--log-jsonl", log)
     deadline = time.monotonic() + 90
     while not (log.exists() and log.read_text()) and driver.poll() is None:
         assert time.monotonic() < deadline, "the first epoch was never logged"

@@ -1,7 +1,4 @@
 """Training: optimizer graphs against plain-numpy updates, exact resume, ONNX train steps."""
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import onnxruntime
@@ -14,6 +11,7 @@ from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer
 from conftest import ROOT
 from support.cli import chainrule as chainrule_cli
+from support.cli import start_chainrule_process
 from support.numeric import assert_close
 
 SMALL = """
@@ -242,11 +240,9 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp
     import signal
     import time
     checkpoint = tmp_path / "ckpt"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chainrule", "train", "examples/mlp_digits.nn",
-         "--data", "examples/data/digits_train.npz", "--epochs", "100000",
-         "--checkpoint", checkpoint],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_chainrule_process(
+        "train", "examples/mlp_digits.nn", "--data", "examples/data/digits_train.npz",
+        "--epochs", "100000", "--checkpoint", checkpoint)
     assert process.stdout.readline().startswith("training mlp_digits")
     process.stdout.readline()  # the first epoch's line: training is under way
     time.sleep(0.2)
