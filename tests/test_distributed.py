@@ -164,7 +164,7 @@ SUMMED_OVER_ROWS = SMALL.replace("J = cross_entropy(tanh(x @ W.T) @ V.T, y)",
 def test_an_objective_that_is_not_a_mean_over_rows_is_refused(ray_session, source, features):
     """A loss summed over rows, and a penalty on the input gradient of a mean (which shrinks
     as the batch grows): either would train differently on shards."""
-    model = chainrule.compile(source).to_f64()
+    model = chainrule.compile(source=source).to_f64()
     with Trainer(model, TrainConfig(batch_size=8), workers=2) as trainer:
         with pytest.raises(ChainruleError, match="not a mean over the batch's rows"):
             trainer.fit(data(16, features, 3))
@@ -172,7 +172,7 @@ def test_an_objective_that_is_not_a_mean_over_rows_is_refused(ray_session, sourc
 
 @needs_ray
 def test_a_non_finite_step_stops_distributed_training(ray_session):
-    model = chainrule.compile(SMALL)
+    model = chainrule.compile(source=SMALL)
     config = TrainConfig(epochs=3, batch_size=4, lr=1e300, optimizer=OptimizerSpec("sgd"))
     with Trainer(model, config, workers=2) as trainer:
         with pytest.raises(NonFiniteError, match=r"--check-numerics \(without --workers\)"):
@@ -188,7 +188,7 @@ DROPOUT_DATA = data(24, 6, 3)
 @pytest.fixture(scope="module")
 def with_dropout_on_2_workers(ray_session):
     """The params of an unfaulted, uninterrupted run of the dropout model on 2 workers."""
-    return trained(chainrule.compile(WITH_DROPOUT), DROPOUT_CONFIG, DROPOUT_DATA, 2)[0]
+    return trained(chainrule.compile(source=WITH_DROPOUT), DROPOUT_CONFIG, DROPOUT_DATA, 2)[0]
 
 
 @needs_ray
@@ -205,7 +205,7 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
                 except ray.exceptions.RayActorError:
                     break
 
-    params, records, notes = trained(chainrule.compile(WITH_DROPOUT), DROPOUT_CONFIG,
+    params, records, notes = trained(chainrule.compile(source=WITH_DROPOUT), DROPOUT_CONFIG,
                                      DROPOUT_DATA, 2, progress=kill_after_step_3)
     for name, expected in with_dropout_on_2_workers.items():
         assert np.array_equal(params[name], expected), name
@@ -216,9 +216,9 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
 @needs_ray
 def test_dropout_masks_follow_the_step_and_resume_with_it(with_dropout_on_2_workers, tmp_path):
     straight = with_dropout_on_2_workers
-    without_dropout, _, _ = trained(chainrule.compile(SMALL), DROPOUT_CONFIG, DROPOUT_DATA)
+    without_dropout, _, _ = trained(chainrule.compile(source=SMALL), DROPOUT_CONFIG, DROPOUT_DATA)
     assert not np.allclose(straight["W"], without_dropout["W"])  # the masks did something
-    model = chainrule.compile(WITH_DROPOUT)
+    model = chainrule.compile(source=WITH_DROPOUT)
 
     def stop_after_step_5(trainer, *progress):
         trainer.stop_requested = trainer.steps == 5
@@ -238,7 +238,7 @@ def test_dropout_masks_follow_the_step_and_resume_with_it(with_dropout_on_2_work
 @pytest.mark.parametrize("first,then", [(2, None), (None, 3)], ids=["ray-then-local",
                                                                     "local-then-ray"])
 def test_a_checkpoint_resumes_in_either_kind_of_run(ray_session, tmp_path, first, then):
-    model = chainrule.compile(SMALL)
+    model = chainrule.compile(source=SMALL)
     config = TrainConfig(epochs=3, batch_size=5, lr=0.1, optimizer=OptimizerSpec("adam"))
     train = data(23, 6, 3)
     straight, _, _ = trained(model, config, train)
@@ -259,17 +259,17 @@ def test_a_checkpoint_resumes_in_either_kind_of_run(ray_session, tmp_path, first
 @pytest.mark.parametrize("workers", [0, -2, 1.5, True])
 def test_a_worker_count_below_one_or_not_whole_is_refused(workers):
     with pytest.raises(ChainruleError, match="--workers must be a whole number of at least 1"):
-        Trainer(chainrule.compile(SMALL), TrainConfig(), workers=workers)
+        Trainer(chainrule.compile(source=SMALL), TrainConfig(), workers=workers)
 
 
 def test_check_numerics_is_refused_with_workers():
     with pytest.raises(ChainruleError, match="--check-numerics .* without --workers"):
-        Trainer(chainrule.compile(SMALL), TrainConfig(check_numerics=True), workers=2)
+        Trainer(chainrule.compile(source=SMALL), TrainConfig(check_numerics=True), workers=2)
 
 
 @needs_ray
 def test_inputs_without_a_batch_dim_are_refused():
-    fixed = chainrule.compile(SMALL.replace("x: f64[B, 6], y: i64[B]", "x: f64[4, 6], y: i64[4]"))
+    fixed = chainrule.compile(source=SMALL.replace("x: f64[B, 6], y: i64[B]", "x: f64[4, 6], y: i64[4]"))
     with pytest.raises(ChainruleError, match=r"x: f64\[4, 6\], y: i64\[4\] has none"):
         Trainer(fixed, TrainConfig(), workers=2)
 

@@ -43,7 +43,7 @@ fuzz = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 SOURCES = [path.read_text() for path in EXAMPLES]
-IR_TEXTS = [chainrule.compile(source).ir(grad=grad) for source in SOURCES for grad in (False, True)]
+IR_TEXTS = [chainrule.compile(source=source).ir(grad=grad) for source in SOURCES for grad in (False, True)]
 
 
 def check_front_end(read, text: str) -> None:
@@ -267,12 +267,12 @@ def chain(lines: int) -> str:
 ], ids=["parentheses", "minus signs", "negated parentheses", "calls", "powers", "sum",
         "slices"])
 def test_deep_expressions_compile(expression, nodes):
-    compiled = chainrule.compile(MODEL_OPEN + f"    h = {expression}\n    return h\n}}\n")
+    compiled = chainrule.compile(source=MODEL_OPEN + f"    h = {expression}\n    return h\n}}\n")
     assert len(compiled.graph.nodes) == nodes
 
 
 def test_a_long_model_compiles():
-    assert len(chainrule.compile(chain(20_000)).graph.nodes) == 20_000
+    assert len(chainrule.compile(source=chain(20_000)).graph.nodes) == 20_000
 
 
 def test_compiling_takes_work_linear_in_the_length():
@@ -285,7 +285,7 @@ def test_compiling_takes_work_linear_in_the_length():
             count += event in ("call", "c_call")
         sys.setprofile(profile)
         try:
-            chainrule.compile(text)
+            chainrule.compile(source=text)
         finally:
             sys.setprofile(None)
         return count
@@ -297,6 +297,6 @@ def test_deeply_nested_function_calls_are_an_error():
     functions = "def g0(a) {\n  return a\n}\n" + "".join(
         f"def g{i}(a) {{\n  return g{i - 1}(a)\n}}\n" for i in range(1, 200))
     with pytest.raises(ChainruleError) as info:
-        chainrule.compile(functions + MODEL_OPEN + "    h = g199(x)\n    return h\n}\n")
+        chainrule.compile(source=functions + MODEL_OPEN + "    h = g199(x)\n    return h\n}\n")
     assert info.value.message == ("function calls nest more than 64 deep "
                                   "(g199 -> g198 -> ... -> g136 -> g135)")

@@ -403,7 +403,7 @@ def test_reductions_on_random_shapes_and_axes(case):
 
 def run_both(source: str, **inputs) -> dict:
     """The model's outputs from numpy, after checking onnxruntime agrees."""
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     expected = model.run(**inputs)
     actual = model.run(backend="onnxruntime", **inputs)
     for name in expected:
@@ -422,7 +422,7 @@ def run_one(signature: str, expression: str, **inputs):
 
 
 def output_type(signature: str, expression: str) -> str:
-    return str(chainrule.compile(one_output(signature, expression)).graph.outputs[0].type)
+    return str(chainrule.compile(source=one_output(signature, expression)).graph.outputs[0].type)
 
 
 INDEXING = ["x[:, 0:3]", "x[..., -1]", "x[1]", "x[:, ::2]", "x[::-1, 1:-1:2, 2]",
@@ -464,7 +464,7 @@ def test_indexing_errors(expression, message):
 
 def error_message(signature: str, expression: str) -> str:
     with pytest.raises(ChainruleError) as info:
-        chainrule.compile(one_output(signature, expression))
+        chainrule.compile(source=one_output(signature, expression))
     assert info.value.line == 2, info.value
     return info.value.message
 
@@ -498,7 +498,7 @@ def error_message(signature: str, expression: str) -> str:
 ])
 def test_shape_builtins(signature, expression, expected, reference):
     assert output_type(signature, expression) == expected
-    model = chainrule.compile(one_output(signature, expression))
+    model = chainrule.compile(source=one_output(signature, expression))
     rng = np.random.default_rng(9)
     feeds = {v.name: rng.integers(0, 5, (4, 2)) if v.type.dtype == "i64" else
              rng.normal(size=[d if isinstance(d, int) else 4 for d in v.type.shape])
@@ -522,7 +522,7 @@ def test_concat_and_stack_values_and_gradients():
     a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 2))
     outputs = run_both(source, a=a, b=b)
     c = np.concatenate([a, b], axis=1)
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     W = model.params["W"]
     assert np.array_equal(outputs["c"], c)
     assert np.allclose(outputs["s"], np.stack([c @ W, c]))
@@ -563,7 +563,7 @@ def test_comparisons_logic_and_where():
 def test_logic_folds_constants_and_rejects_numbers():
     assert output_type("x: f64[2]", "where(true and not false, x, 0)") == "f64[2]"
     with pytest.raises(ChainruleError, match="'and' and 'or' take true or false"):
-        chainrule.compile(one_output("x: f64[2]", "x + (1 and 2)"))
+        chainrule.compile(source=one_output("x: f64[2]", "x + (1 and 2)"))
     message = error_message("x: f64[2]", "where(not 1, x, x)")
     assert "'logical_not' takes a tensor or true or false, not 1" in message
 
@@ -599,7 +599,7 @@ def test_ties_split_the_gradient_evenly():
     """
     x = np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]])
     y = np.array([[1.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
-    grads = chainrule.compile(source).grad(x=x, y=y)
+    grads = chainrule.compile(source=source).grad(x=x, y=y)
     from_max = np.array([[0.0, 1.5, 1.5], [1.0, 0.0, 1.0]])  # x * half a share each
     from_maximum = np.array([[0.5, 1.0, 0.0], [0.5, 0.5, 1.0]])
     assert np.array_equal(grads["W"], from_max + from_maximum)
@@ -613,7 +613,7 @@ def test_ties_split_the_gradient_evenly():
     ("a: f64[3, 4], b: f64[3, 4]", "a ** b"),
 ])
 def test_matmul_and_tensor_powers_in_the_dsl(signature, expression):
-    model = chainrule.compile(one_output(signature, expression))
+    model = chainrule.compile(source=one_output(signature, expression))
     rng = np.random.default_rng(13)
     feeds = {v.name: np.abs(rng.normal(size=v.type.shape)) + 0.5 for v in model.graph.inputs}
     expected = eval(expression.replace("matmul(a, b)", "a @ b"), dict(feeds))
@@ -633,7 +633,7 @@ model m(x: f64[B, 200]) {
 
 
 def test_dropout_is_the_identity_unless_training():
-    model = chainrule.compile(DROPOUT)
+    model = chainrule.compile(source=DROPOUT)
     x = np.random.default_rng(14).normal(size=(8, 200))
     for backend in ("numpy", "onnxruntime"):
         outputs = get_backend(backend).run(model.graph, {"x": x}, model.params)
@@ -642,7 +642,7 @@ def test_dropout_is_the_identity_unless_training():
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_dropout_in_training_drops_scales_and_reuses_its_mask(backend):
-    model = chainrule.compile(DROPOUT)
+    model = chainrule.compile(source=DROPOUT)
     x = np.random.default_rng(15).normal(size=(8, 200))
     graph, grads = model.grad_graph()
     outputs = get_backend(backend).run(graph, {"x": x}, model.params, training=True)
@@ -656,11 +656,11 @@ def test_dropout_in_training_drops_scales_and_reuses_its_mask(backend):
 
 
 def test_numpy_dropout_masks_are_reproducible():
-    model = chainrule.compile(DROPOUT)
+    model = chainrule.compile(source=DROPOUT)
     x = np.random.default_rng(16).normal(size=(8, 200))
     numpy = get_backend("numpy")
     first = numpy.run(model.graph, {"x": x}, model.params, training=True)
-    again = chainrule.compile(DROPOUT)
+    again = chainrule.compile(source=DROPOUT)
     second = numpy.run(again.graph, {"x": x}, again.params, training=True)
     assert np.array_equal(first["h"], second["h"]) and np.array_equal(first["k"], second["k"])
 
@@ -702,7 +702,7 @@ def test_compositions_match_numpy_and_finite_differences(expression, reference):
     rng = np.random.default_rng(17)
     x, t = rng.normal(size=(3, 4)), (rng.random((3, 5)) < 0.5).astype(np.float64)
     p = _softmax(rng.normal(size=(3, 5)), -1)
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     y = run_both(source, x=x, t=t, p=p)["y"]
     params = model.params
     assert_close(y, reference(x @ params["W"].T, params["G"], params["b"], t, p), 1e-12)

@@ -44,7 +44,7 @@ def test_gradcheck_command_prints_a_table_and_fails_on_a_wrong_rule(monkeypatch)
     monkeypatch.setitem(autodiff_rules.VJP_RULES, "tanh", wrong)
     source = "model m(x: f32[4, 3]) {\n  param W: f32[3] = normal(0.0, 1.0)\n" \
              "  J = sum(tanh(x * W))\n  return J\n}\n"
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     rows = gradcheck(model, random_inputs(model.graph, {}, 0, {}))
     assert not rows[0].passed
 

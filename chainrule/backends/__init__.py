@@ -4,6 +4,10 @@ from __future__ import annotations
 from ..ir import ChainruleError
 from .threads import apply_blas_threads
 
+# The ONNX opset that export writes unless told otherwise. It lives here, not beside the
+# exporter, so that the command line can show it without loading onnx.
+DEFAULT_OPSET = 18
+
 
 def _numpy(donate_params: bool = False):
     from .numpy_compiled import CompiledNumpyBackend

@@ -9,11 +9,11 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from . import DEFAULT_OPSET
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 from .threads import configured_threads
 
-DEFAULT_OPSET = 18
 MIN_OPSET = 13
 # Reductions other than ReduceSum take their axes as an input from opset 18 on.
 AXES_INPUT_SINCE = {"ReduceSum": 13}

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..backends import BACKENDS
-from ..backends.onnx_backend import DEFAULT_OPSET
+from ..backends import BACKENDS, DEFAULT_OPSET
 from ..backends.threads import DEFAULT_THREADS, ENV_VAR
 from ..onnx_import import LOSSES
 from ..passes.manager import PASSES, PRESETS
