@@ -35,10 +35,6 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def compile_source(text):
-    return chainrule.compile(text)
-
-
 def blocks(page, tag):
     """The fenced blocks of a page with this tag, each with the line it starts on."""
     text = page.read_text()
@@ -93,7 +89,7 @@ NN_BLOCKS = [(page, line, text) for page in PAGES for line, text in blocks(page,
 @pytest.mark.parametrize("page, line, text", NN_BLOCKS,
                          ids=[f"{page_id(p)}:{line}" for p, line, _ in NN_BLOCKS])
 def test_nn_snippet_compiles(page, line, text):
-    model = compile_source(text)
+    model = chainrule.compile(source=text)
     assert model.graph.outputs
 
 
