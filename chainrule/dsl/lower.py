@@ -182,6 +182,7 @@ class Lowerer(ExpressionLowerer):
             if not forms:
                 self.lower_weak(weak, "f32")
         self.graph.outputs = outputs + self.update_outputs()
+        self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         return self.graph
 
     def update_state(self, state: Value, new: Value, loc: SourceLoc) -> None:

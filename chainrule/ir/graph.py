@@ -69,6 +69,9 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
     loc: SourceLoc | None = None
+    # The scalar training minimises and autodiff differentiates: the first output, as the
+    # front ends set it, or None for a graph that only computes (outputs picked without it).
+    objective: Value | None = None
     # Where each input is declared, by name (params carry their own location).
     input_locs: dict[str, SourceLoc] = field(default_factory=dict)
     # State name -> the output holding its next value in training mode (`rm` -> `rm.next`).
@@ -108,7 +111,8 @@ class Graph:
     def copy(self) -> Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
-                     list(self.outputs), self.loc, dict(self.input_locs), dict(self.updates))
+                     list(self.outputs), self.loc, self.objective, dict(self.input_locs),
+                     dict(self.updates))
 
 
 class Namer:

@@ -162,6 +162,7 @@ class Importer:
         if self.problems:
             raise UnsupportedModel(self.file, self.problems)
         self.graph.outputs = outputs + self.update_outputs()
+        self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         check_graph_sizes(self.graph)
         return Imported(self.graph, self.params, self.names)
 

@@ -37,6 +37,7 @@ def attach_loss(imported, loss: str, target_input: str, loss_output: str | None,
     objective = _loss(ops, loss, output, target)
     ops.builder.rename(objective, "loss")
     graph.outputs.insert(0, objective)
+    graph.objective = objective
     if loss == "cross_entropy" and "acc" not in taken:
         graph.outputs.insert(1, _accuracy(ops, output, target))
     imported.names[target_input] = target.name

@@ -70,4 +70,6 @@ class Rewriter:
 
     def finish(self) -> tuple[Graph, bool]:
         self.graph.outputs = [self.current(v) for v in self.source.outputs]
+        if self.source.objective is not None:
+            self.graph.objective = self.current(self.source.objective)
         return self.graph, self.changed
