@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir import Graph, Node, Value
+from ..ir.graph import rename_output
 
 
 
@@ -69,14 +70,9 @@ class Rewriter:
         is re-emitted with it, and the nodes kept since read it."""
         index = self.position.pop(value)
         del self.producers[value]
-        producer = self.graph.nodes[index]
         renamed = Value(name, value.type)
-        self._place(index, Node(producer.op, producer.inputs, producer.attrs, (renamed,),
-                                producer.loc))
-        for later, node in enumerate(self.graph.nodes[index + 1:], start=index + 1):
-            if value in node.inputs:
-                inputs = tuple(renamed if v is value else v for v in node.inputs)
-                self._place(later, Node(node.op, inputs, node.attrs, node.outputs, node.loc))
+        for made in rename_output(self.graph.nodes, index, renamed):
+            self._place(made, self.graph.nodes[made])
         self.replaced[value] = renamed
         return renamed
 
