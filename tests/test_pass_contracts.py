@@ -114,3 +114,22 @@ def test_gradients_are_unchanged_by_the_identity_based_passes():
     fused = model.grad(opt_level="O2", **feeds)
     for name, gradient in plain.items():
         np.testing.assert_allclose(fused[name], gradient, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_select_mode_may_follow_autodiff(training):
+    """No contract puts select_mode first: autodiff differentiates train_or_eval like any op,
+    so choosing the mode after it gives the same gradients."""
+    model = chainrule.compile("examples/resnet_block.nn")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(4, 64)).astype(np.float32), "y": rng.integers(0, 10, 4)}
+    gradients = []
+    for passes in ("select_mode,autodiff,dce", "autodiff,select_mode,dce"):
+        graph, grads = model.compile_graph(passes=passes, ctx=PassContext(training=training),
+                                           training=training)
+        results = model.backend("numpy").run(graph, feeds, model.params_of(graph))
+        gradients.append({name: results[gradient] for name, gradient in grads.items()})
+    first, second = gradients
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])

@@ -88,7 +88,7 @@ class Graph:
     # Groups of elementwise nodes a backend may run as one kernel (the group_elementwise pass,
     # last at -O2): each a run of consecutive nodes whose last one computes the group's only
     # result. An annotation, not IR: printing and export ignore it, and a copy drops it, since
-    # a pass that edits the copy may break a group.
+    # a pass that edits the copy may break a group (the pass manager refuses a pass after it).
     groups: list[tuple[Node, ...]] = field(default_factory=list, repr=False)
 
     def param_values(self) -> list[Value]:

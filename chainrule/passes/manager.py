@@ -1,7 +1,11 @@
 """The pass manager: named passes, pipelines, presets, printing, timing and verification.
 
-Every pass has one contract: it takes a graph and a PassContext and returns the new graph and
-whether it changed anything.
+Every pass takes a graph and a PassContext and returns the new graph and whether it changed
+anything. Each also states its contract in terms of a few named graph properties: the ones it
+requires, the ones it ensures and the ones it invalidates (with why). `check_order` walks a
+pipeline over those declarations before any pass runs and refuses an order that breaks one,
+naming the rule. Each pass declares the lowest preset (O0, O1, O2) that runs it; a preset is
+the passes of its level and below, in the order PASSES lists them.
 """
 from __future__ import annotations
 
