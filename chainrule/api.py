@@ -103,7 +103,7 @@ class Model:
 
     @property
     def objective(self):
-        return self.graph.outputs[0]
+        return self.graph.objective
 
     @property
     def params(self) -> dict[str, np.ndarray]:

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     ir = with_optimization(command("ir", cmd_ir, "print the graph IR (of a .nn or .cir file)"))
     ir.add_argument("--grad", action="store_true", help="include the backward graph")
     ir.add_argument("--passes", metavar="P1,P2", help="run exactly these passes "
-                    f"({', '.join(PASSES)}) instead of a preset")
+                    f"({', '.join(PASSES)}) instead of a preset; an order that breaks a "
+                    "pass's contract is refused before any pass runs")
     ir.add_argument("--print-after-all", action="store_true", help="print the IR after each pass")
     ir.add_argument("--print-after", action="append", metavar="PASS",
                     help="print the IR after this pass (repeatable)")

@@ -161,7 +161,9 @@ class Importer:
         outputs = self.read_outputs()
         if self.problems:
             raise UnsupportedModel(self.file, self.problems)
-        self.graph.outputs = outputs + self.update_outputs()
+        outputs += self.update_outputs()
+        self.graph.outputs = [self.builder.current(v) for v in outputs]
+        self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         check_graph_sizes(self.graph)
         return Imported(self.graph, self.params, self.names)
 
@@ -310,7 +312,7 @@ class Importer:
 
     def bind(self, onnx_name: str, result) -> None:
         if isinstance(result, Value) and result not in self.bound:
-            self.builder.rename(result, identifier(onnx_name))
+            result = self.builder.rename(result, identifier(onnx_name))
             self.bound.add(result)
         self.values[onnx_name] = result
 
@@ -471,7 +473,7 @@ class Importer:
         by_name = {v.name: v for v in producers}
         for state, next_name in list(self.graph.updates.items()):
             value = by_name[next_name]
-            self.builder.rename(value, f"{state}.next")
+            value = self.builder.rename(value, f"{state}.next")
             self.graph.updates[state] = value.name
             outputs.append(value)
         return outputs

@@ -44,24 +44,27 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
         """The summed cotangent of `value`, named d<objective>/d<value>."""
         if value in summed_for:
             return summed_for[value]
-        parts = contributions.pop(value, [])
+        # A part renamed as another value's total since it was recorded is known by its new
+        # value (a rule may give one value as the cotangent of two inputs).
+        parts = [(builder.current(p), via) for p, via in contributions.pop(value, [])]
         name = gradient_name(objective, value)
-        renamable = [p for p, _ in parts if p not in forward_values and p not in totals]
+        renamable = {p for p, _ in parts if p not in forward_values and p not in totals}
         if not parts:
             zero = builder.constant(0.0, value.type.dtype, loc=loc, name=f"{name}.zero")
             summed = builder.emit("broadcast_like", (zero, value), loc=loc, name=name)
         elif len(parts) == 1:
             summed = parts[0][0]
             if summed in renamable:
-                builder.rename(summed, name)
+                summed = builder.rename(summed, name)
         else:
             for part, via in parts:
                 if part in renamable:
                     builder.rename(part, f"{name}.via_{via}")
-            summed = parts[0][0]
+            summed = builder.current(parts[0][0])
             for part, _ in parts[1:]:
-                summed = builder.emit("add", (summed, part), loc=loc, name=f"{name}.sum")
-            builder.rename(summed, name)
+                summed = builder.emit("add", (summed, builder.current(part)), loc=loc,
+                                      name=f"{name}.sum")
+            summed = builder.rename(summed, name)
         totals.add(summed)
         summed_for[value] = summed
         return summed

@@ -29,6 +29,7 @@ def _expand_one(graph: Graph, index: int) -> Graph:
     prefix = graph.copy()
     prefix.nodes = graph.nodes[:index]
     prefix.outputs = [objective]
+    prefix.objective = objective
     differentiated, grads = autodiff(prefix, objective, [wrt])
     gradient = grads[wrt.name]
 

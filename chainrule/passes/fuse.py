@@ -94,10 +94,9 @@ def matmul_of_transposes(ctx, node):
 def _shared_log_softmax(graph: Graph):
     """A cross_entropy and a cross_entropy_grad of the same logits and labels compute the same
     softmax: cross_entropy -> nll(log_softmax(o), y), and its gradient reads exp of those
-    log-probs. Rewrites the pairs that both rules find (None when there are none); pairs are
-    found by name, since the first round of fusions wrote the gradients anew."""
+    log-probs. Rewrites the pairs that both rules find (None when there are none)."""
     def key(node):
-        return tuple(v.name for v in node.inputs[:2])
+        return tuple(node.inputs[:2])
 
     losses = {key(node) for node in graph.nodes if node.op == "cross_entropy"}
     both = {key(node) for node in graph.nodes if node.op == "cross_entropy_grad"} & losses

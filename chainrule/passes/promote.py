@@ -30,5 +30,6 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
         values[node.outputs[0]] = builder.emit(node.op, [values[v] for v in node.inputs], attrs,
                                                loc=node.loc, name=node.outputs[0].name)
     result.outputs = [values[v] for v in graph.outputs]
+    result.objective = values.get(graph.objective)
     changed = any(v.type != values[v].type for v in values)
     return result, changed

@@ -9,7 +9,7 @@ import math
 
 from ..ir import Graph, Namer, Node, OpTypeError, Value, infer_type
 from ..ir.shapes import broadcast_shapes, compose_perms, is_identity_perm
-from .rewrite import Rewriter
+from .rewrite import Rewriter, to_fixed_point
 
 RULES = []
 
@@ -28,7 +28,7 @@ class RuleContext:
     def __init__(self, rewriter: Rewriter, evaluate=None):
         self.rewriter = rewriter
         self.evaluate = evaluate
-        self.producers: dict[Value, Node] = {}
+        self.producers = rewriter.producers
         # A rule names a new helper value after the node it rewrites (`J.scale`); the namer
         # keeps that unique when the rule fires on a node of that name again.
         self.namer = Namer.for_graph(rewriter.source)
@@ -43,18 +43,13 @@ class RuleContext:
         return node.attrs["value"] if node is not None else None
 
     def emit(self, op: str, inputs, attrs: dict, like: Node, name: str) -> Value:
-        # Rules read inputs off earlier nodes, which may have been renamed since: use current.
-        inputs = tuple(self.rewriter.current(v) for v in inputs)
+        inputs = tuple(inputs)
         out_type = infer_type(op, [v.type for v in inputs], attrs)
         if name != like.outputs[0].name:  # the replacement itself takes over its node's name
             name = self.namer.fresh(name)
         out = Value(name, out_type)
-        self.keep(Node(op, tuple(inputs), attrs, (out,), like.loc))
+        self.rewriter.keep(Node(op, inputs, attrs, (out,), like.loc))
         return out
-
-    def keep(self, node: Node) -> None:
-        self.rewriter.keep(node)
-        self.producers[node.outputs[0]] = node
 
 
 def _same_type(a: Value, b: Value) -> bool:
@@ -256,18 +251,10 @@ def fold_scalar_constants(ctx, node):
     return ctx.emit("constant", (), {"value": result, "dtype": out.type.dtype}, node, out.name)
 
 
-MAX_ROUNDS = 8  # a rule's output may enable another rule: repeat until nothing changes
-
-
 def simplify(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
-    """Apply RULES until none applies; `evaluate(node, scalars)` enables constant folding."""
-    changed = False
-    for _ in range(MAX_ROUNDS):
-        graph, changed_now = simplify_once(graph, evaluate)
-        changed |= changed_now
-        if not changed_now:
-            break
-    return graph, changed
+    """Apply RULES until none applies (a rule's output may enable another rule);
+    `evaluate(node, scalars)` enables constant folding."""
+    return to_fixed_point(lambda g: simplify_once(g, evaluate), graph)
 
 
 def simplify_once(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
@@ -293,7 +280,7 @@ def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
             if replacement is not None:
                 break
         if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
-            ctx.keep(node)
+            rewriter.keep(node)
             continue
         rewriter.replace(node.outputs[0], replacement)
     return rewriter.finish()
