@@ -13,9 +13,9 @@ from onnx import TensorProto, numpy_helper
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
-from ..ir.types import UNKNOWN, TensorType, is_float
+from ..ir.types import TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dtype_of_array
-from .folding import FOLDERS, shape_of
+from .folding import FOLDERS
 
 ONNX_DTYPES = {TensorProto.FLOAT: "f32", TensorProto.DOUBLE: "f64", TensorProto.INT64: "i64",
                TensorProto.BOOL: "bool"}
@@ -569,10 +569,3 @@ def declared_disagreement(info, computed: TensorType) -> str | None:
 
 def is_float_array(array: np.ndarray) -> bool:
     return array.dtype in (np.float32, np.float64)
-
-
-def symbolic_shape(value_type: TensorType) -> np.ndarray:
-    """A value's shape as a Known array: ints where sizes are known, names where symbolic."""
-    if UNKNOWN in value_type.shape:
-        raise Unsupported(f"the shape {value_type.shape} has a dim no name describes")
-    return shape_of(value_type.shape)
