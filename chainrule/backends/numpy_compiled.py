@@ -10,6 +10,7 @@ node. `generate_source` returns the code, which `chainrule ir --emit python` pri
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -331,7 +332,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
 
 @dataclass
 class CompiledGraph:
-    graph: Graph
+    graph: Graph  # a weak proxy: a cache keyed by the graph lets both go together
     source: str
     function: object
     line_nodes: list
@@ -388,7 +389,7 @@ def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)
     code = compile(source, f"<chainrule:{graph.name}>", "exec")
     exec(code, namespace)
-    return CompiledGraph(graph, source, namespace["run"], line_nodes, plan)
+    return CompiledGraph(weakref.proxy(graph), source, namespace["run"], line_nodes, plan)
 
 
 class CompiledNumpyBackend:
@@ -398,11 +399,15 @@ class CompiledNumpyBackend:
 
     def __init__(self, donate_params: bool = False):
         self.donate_params = donate_params
+        # What this backend compiled, by graph: an entry goes with its graph, which the
+        # compiled graph refers to weakly.
+        self.compiled_graphs: weakref.WeakKeyDictionary[Graph, CompiledGraph] = (
+            weakref.WeakKeyDictionary())
 
     def compiled(self, graph: Graph) -> CompiledGraph:
-        if self not in graph.compiled:
-            graph.compiled[self] = compile_graph(graph, self.donate_params)
-        return graph.compiled[self]
+        if graph not in self.compiled_graphs:
+            self.compiled_graphs[graph] = compile_graph(graph, self.donate_params)
+        return self.compiled_graphs[graph]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:

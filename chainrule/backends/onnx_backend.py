@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 import numpy as np
 import onnx
@@ -147,16 +148,20 @@ class OnnxRuntimeBackend:
 
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
+        # The sessions this backend made, by graph and then by mode (training or not): an
+        # entry goes with its graph, which a session runner refers to weakly.
+        self.runners: weakref.WeakKeyDictionary[Graph, dict[bool, _SessionRunner]] = (
+            weakref.WeakKeyDictionary())
 
     def session(self, graph: Graph, training: bool = False):
         return self._runner(graph, training).session
 
     def _runner(self, graph: Graph, training: bool) -> _SessionRunner:
-        runners = graph.compiled.setdefault(self, {})  # training -> _SessionRunner
+        runners = self.runners.setdefault(graph, {})
         if training not in runners:
             model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
                                 training=training)
-            runners[training] = _SessionRunner(graph, model)
+            runners[training] = _SessionRunner(weakref.proxy(graph), model)
         return runners[training]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *,

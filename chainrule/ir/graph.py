@@ -82,9 +82,6 @@ class Graph:
     input_locs: dict[str, SourceLoc] = field(default_factory=dict)
     # State name -> the output holding its next value in training mode (`rm` -> `rm.next`).
     updates: dict[str, str] = field(default_factory=dict)
-    # What backends compiled for this graph, by backend: it lives exactly as long as the graph
-    # (a cache keyed by the graph elsewhere would hold it alive through what it compiled).
-    compiled: dict = field(default_factory=dict, repr=False)
     # Groups of elementwise nodes a backend may run as one kernel (the group_elementwise pass,
     # last at -O2): each a run of consecutive nodes whose last one computes the group's only
     # result. An annotation, not IR: printing and export ignore it, and a copy drops it, since
