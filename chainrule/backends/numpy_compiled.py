@@ -414,7 +414,7 @@ class CompiledNumpyBackend:
         compiled = self.compiled(graph)
         return compiled.call(compiled.feeds.arrays(inputs, params), training, rng)
 
-    def resident_step(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
+    def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
         """A train step (`graph`, run in training mode with `rng` for its dropout masks) that
         holds its params and the inputs named in `carried` from call to call; `carried` maps
         each held value to the output that replaces it after a step."""

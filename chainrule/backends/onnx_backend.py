@@ -168,7 +168,7 @@ class OnnxRuntimeBackend:
             training: bool = False, rng=None) -> dict[str, np.ndarray]:
         return self._runner(graph, training).run(inputs, params)
 
-    def resident_step(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
+    def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
         """A train step (`graph` in training mode) that keeps its params and the inputs named
         in `carried` (optimizer state) in onnxruntime from call to call; `carried` maps each
         held value to the output that replaces it after a step. (`rng` is not used: onnxruntime
