@@ -111,7 +111,7 @@ class Model:
         step that held them (see train_step) gives them back, copied out of a backend that
         keeps them, and the next step takes a copy again."""
         holder, self._holder = self._holder, None
-        if holder is not None and holder.resident is not None:
+        if holder is not None:
             self._params = {name: np.array(array) for name, array in holder.params.items()}
         return self._params
 
@@ -123,7 +123,7 @@ class Model:
     def _current_params(self) -> dict[str, np.ndarray]:
         """The current params for this model's own calls, taken from a train step that holds
         them without copying or handing them back: read them before its next step."""
-        if self._holder is not None and self._holder.resident is not None:
+        if self._holder is not None:
             return self._holder.params
         return self._params
 
@@ -330,8 +330,6 @@ class Model:
             params = self.params  # back from the previous holder, if any
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
-            if trainer.resident is None:
-                self._params = trainer.params  # the dict the step updates
             self._holder = trainer
         outputs = trainer.train_step(inputs, lr)
         return {name: float(outputs[name]) for name in trainer.reported}

@@ -197,7 +197,7 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
     shard with the same dropout masks, and the params are exactly an unfaulted run's."""
     def kill_after_step_3(trainer, *progress):
         if trainer.steps == 3:
-            killed = trainer.shards.workers[1]
+            killed = trainer.runner.gradients.workers[1]
             ray.kill(killed)
             while True:  # until the kill has landed, so that step 4 finds the worker dead
                 try:
