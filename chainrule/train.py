@@ -207,9 +207,12 @@ class Trainer:
 
     def fit(self, train: dict, val: dict | None = None, checkpoint_dir=None, progress=None):
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
-        after each epoch; Ctrl-C stops after the current step with a checkpoint."""
+        after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
+        gets the trained params whenever steps ran, also when training stops early; they are
+        returned too."""
         rows = check_dataset(self.model.graph, train, "training data")
         self.runner.prepare(train, self.evaluate)
+        steps_before = self.steps
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         with lock:
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
@@ -224,7 +227,15 @@ class Trainer:
                     self.log(record)
             finally:
                 signal.signal(signal.SIGINT, previous_handler)
+                if self.steps != steps_before:
+                    self.update_model()
         return self.params
+
+    def update_model(self) -> None:
+        """Give the model the params (and model state) trained so far, copied: its own calls,
+        such as `predict`, then use them."""
+        trained = {name: np.array(array) for name, array in self.params.items()}
+        self.model.params = {**self.model.params, **trained}
 
     def run_epoch(self, train: dict, rows: int, checkpoint_dir, progress) -> dict:
         """The rest of the current epoch (all of it unless resuming mid-epoch); returns its

@@ -65,11 +65,17 @@ def data(rows: int, features: int, classes: int, seed: int = 0) -> dict:
 
 
 def trained(model, config, train, workers=None, **fit_options):
-    """The params after `fit`, copied, and the trainer's epoch records and notes."""
+    """The params after `fit`, copied, and the trainer's epoch records and notes. The model
+    keeps its params: `fit` leaves the trained ones in it, and each run here starts afresh."""
     records, notes = [], []
-    with Trainer(model, config, records.append, workers=workers, notify=notes.append) as trainer:
-        trainer.fit(train, **fit_options)
-        return {k: np.array(v) for k, v in trainer.params.items()}, records, notes
+    initial = dict(model.params)
+    try:
+        with Trainer(model, config, records.append, workers=workers,
+                     notify=notes.append) as trainer:
+            trainer.fit(train, **fit_options)
+            return {k: np.array(v) for k, v in trainer.params.items()}, records, notes
+    finally:
+        model.params = initial
 
 
 def assert_same_params(actual, expected, rtol=1e-9):

@@ -185,10 +185,10 @@ def test_exported_train_step_matches_numpy_in_onnxruntime_and_reference(optimize
 
 
 def test_digits_example_reaches_97_percent(tmp_path):
-    model = chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn"))
     train = dict(np.load(ROOT / "examples" / "data" / "digits_train.npz"))
     test = dict(np.load(ROOT / "examples" / "data" / "digits_test.npz"))
-    for backend in ("numpy", "onnxruntime"):
+    for backend in ("numpy", "onnxruntime"):  # each from the initial params
+        model = chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn"))
         trainer = Trainer(model, TrainConfig(backend=backend))  # the CLI's defaults
         trainer.fit(train)
         assert trainer.evaluate(test)["acc"] >= 0.97, backend
