@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from ..ir import ChainruleError
+from .opset import DEFAULT_OPSET
 from .protocol import Backend, StepRunner
 from .threads import apply_blas_threads
-
-# The ONNX opset that export writes unless told otherwise. It lives here, not beside the
-# exporter, so that the command line can show it without loading onnx.
-DEFAULT_OPSET = 18
 
 
 def _numpy(donate_params: bool = False):
@@ -34,7 +31,8 @@ BACKENDS = {"numpy": _numpy, "onnxruntime": _onnxruntime}
 CHECKING_BACKEND = "numpy-check"
 NAMED = {**BACKENDS, CHECKING_BACKEND: _numpy_checking}
 
-__all__ = ["BACKENDS", "CHECKING_BACKEND", "Backend", "StepRunner", "get_backend"]
+__all__ = ["BACKENDS", "CHECKING_BACKEND", "DEFAULT_OPSET", "Backend", "StepRunner",
+           "get_backend"]
 
 
 def get_backend(name, *, donate_params: bool = False) -> Backend:

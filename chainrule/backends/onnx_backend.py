@@ -10,9 +10,9 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from . import DEFAULT_OPSET
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+from .opset import DEFAULT_OPSET
 from .threads import configured_threads
 
 MIN_OPSET = 13
