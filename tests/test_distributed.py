@@ -161,11 +161,11 @@ def test_batch_norm_statistics_are_averaged_over_shards_by_rows(ray_session):
 
 SUMMED_OVER_ROWS = SMALL.replace("J = cross_entropy(tanh(x @ W.T) @ V.T, y)",
                                  "J = cross_entropy(tanh(x @ W.T) @ V.T, y) * numel(y, dtype=f64)")
+GRADIENT_PENALTY = (ROOT / "examples" / "gradient_penalty.nn").read_text()
 
 
 @needs_ray
-@pytest.mark.parametrize("source,features", [(SUMMED_OVER_ROWS, 6),
-                                             (str(ROOT / "examples" / "gradient_penalty.nn"), 8)],
+@pytest.mark.parametrize("source,features", [(SUMMED_OVER_ROWS, 6), (GRADIENT_PENALTY, 8)],
                          ids=["summed", "gradient-penalty"])
 def test_an_objective_that_is_not_a_mean_over_rows_is_refused(ray_session, source, features):
     """A loss summed over rows, and a penalty on the input gradient of a mean (which shrinks
