@@ -66,9 +66,10 @@ class PlainStep:
     def __init__(self, backend, graph: Graph, carried: dict[str, str], rng):
         self.backend, self.graph, self.rng = backend, graph, rng
         self.carried = carried
-        self.state_names = [v.name for v in graph.inputs if v.name in carried]
+        state = [v for v in graph.inputs if v.name in carried]
+        self.held_values = state + graph.param_values()
+        self.state_names = [v.name for v in state]
         self.param_names = [v.name for v in graph.param_values()]
-        self.held_values = [v for v in graph.inputs if v.name in carried] + graph.param_values()
         self.returned = [v.name for v in graph.outputs if v.name not in set(carried.values())]
         self.current = {v.name: np.zeros(v.type.shape, NUMPY_DTYPES[v.type.dtype])
                         for v in self.held_values}
