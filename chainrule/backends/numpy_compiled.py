@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Node, Value, get_op
+from ..ir import OPS, Graph, Node, Value, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from . import fused_kernels
@@ -23,14 +23,9 @@ from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
 
-# Ops that are numpy ufuncs, called as np.<ufunc>(inputs..., out=buffer) when in place.
-UFUNCS = {
-    "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "power",
-    "neg": "negative", "exp": "exp", "log": "log", "tanh": "tanh",
-    "less": "less", "less_equal": "less_equal", "greater": "greater",
-    "greater_equal": "greater_equal", "equal": "equal", "not_equal": "not_equal",
-    "matmul": "matmul",
-}
+# Ops numpy computes with a ufunc, called as np.<ufunc>(inputs..., out=buffer) when in place.
+UFUNCS = {op.name: op.numpy for op in OPS.values()
+          if op.numpy is not None and isinstance(getattr(np, op.numpy), np.ufunc)}
 # Ops written as numpy expressions in the generated code rather than as kernel calls.
 INLINE = {
     "gemm": lambda args, attrs: (f"np.matmul({args[0]}{'.T' if attrs['trans_a'] else ''}, "
@@ -39,17 +34,12 @@ INLINE = {
     "relu": lambda args, attrs: f"np.maximum({args[0]}, 0)",
 }
 # Ufuncs whose output may overwrite an input (elementwise: each element read before written).
-ELEMENTWISE_UFUNCS = set(UFUNCS) - {"matmul"}
-# Ops whose kernels always return a new array. Any other op's result may be a view of its
-# inputs (transpose, reshape, broadcasts, slices...), so the memory plan treats it as one.
-FRESH_RESULT_OPS = set(UFUNCS) | {
-    "relu", "sigmoid", "cast", "sum", "mean", "max", "min", "softmax", "log_softmax",
-    "cross_entropy", "mse", "one_hot", "numel", "where", "relu_grad", "cross_entropy_grad",
-    "sum_squares", "gemm", "fill", "arange", "conv", "conv_transpose", "conv_weight_grad",
-    "max_pool", "max_unpool", "max_pool_take", "avg_pool", "avg_unpool", "erf",
-    "gather_elements", "scatter_elements_add", "gemm_acc",
-}
-
+ELEMENTWISE_UFUNCS = {name for name in UFUNCS if "elementwise" in OPS[name].traits}
+# Ops whose kernels always return a new array: a ufunc's result is one. Any other op's result
+# may be a view of its inputs (transpose, reshape, broadcasts, slices...), so the memory plan
+# treats it as one.
+FRESH_RESULT_OPS = set(UFUNCS) | {name for name, op in OPS.items()
+                                  if "fresh_result" in op.traits}
 
 @dataclass
 class Plan:
@@ -144,8 +134,8 @@ def _labels_checked_by_feeds(graph: Graph) -> set:
     inputs = set(graph.inputs)
     checked = set()
     for index, node in enumerate(graph.nodes):
-        spec = get_op(node.op).index_input
-        if (spec is not None and node.inputs[spec[0]] in inputs
+        operand = get_op(node.op).index_input
+        if (operand is not None and node.inputs[operand.position] in inputs
                 and "checked" in inspect.signature(KERNELS[node.op]).parameters):
             checked.add(index)
     return checked

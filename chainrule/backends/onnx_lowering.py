@@ -12,16 +12,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..ir import ChainruleError
-from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
+from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import TO_END, conv_output_dim, pool_end_pad, pool_window_sizes
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import NUMPY_DTYPES, ONNX_DTYPES
 from . import erf_approximation as cody
-
-ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
-               "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
 
 LOWERINGS, lowering = rule_table()
 
@@ -30,16 +27,6 @@ def _direct(onnx_op):
     def lower(em, node, out, *inputs):
         em.add(onnx_op, inputs, out)
     return lower
-
-
-for _op, _onnx_op in {
-    "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow", "neg": "Neg",
-    "exp": "Exp", "log": "Log", "tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
-    "equal": "Equal", "matmul": "MatMul",
-    "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "maximum": "Max", "minimum": "Min",
-    "logical_and": "And", "logical_or": "Or", "logical_not": "Not",
-}.items():
-    LOWERINGS[_op] = _direct(_onnx_op)
 
 
 @lowering("where")
@@ -699,3 +686,10 @@ def _avg_unpool(em, node, out, g, like):
 def _pad(em, node, out, x):
     em.add("Pad", [x, em.ints(node.attrs["pads"], "pads"),
                    em.scalar(node.attrs["value"], _dtype(node))], out)
+
+
+# Every op an ONNX op computes exactly, with no lowering of its own above (those compose where
+# onnxruntime lacks a dtype or a stable kernel: softplus, erf, bool orderings and Where).
+for _op in OPS.values():
+    if _op.onnx is not None and _op.name not in LOWERINGS:
+        LOWERINGS[_op.name] = _direct(_op.onnx)
