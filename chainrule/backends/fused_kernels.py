@@ -86,6 +86,8 @@ def kernel_source(group: tuple[Node, ...]) -> tuple[str, list[Value]] | None:
     out_shape = group[-1].output.type.shape
     if any(op.op not in SCALAR_CODE for op in group) or out_shape.count(UNKNOWN):
         return None
+    if not out_shape:
+        return None  # one element: no loop to fuse
     if not any(v.type.shape == out_shape for v in operands):
         return None  # the size test before the call reads an operand of the result's shape
     names = {value: f"a{index}" for index, value in enumerate(operands)}
