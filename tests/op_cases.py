@@ -81,6 +81,10 @@ CASES = [
     Case("relu", (F((4, 5), domain="away_from_zero"),)),
     Case("sigmoid", (F((4, 5)),)),
     Case("tanh", (F((4, 5)),)),
+    Case("sin", (F((4, 5)),)),
+    Case("sin", (F(()),)),
+    Case("cos", (F((4, 5)),)),
+    Case("cos", (F(()),)),
     Case("where", (Arg((3, 4), "bool", "bool"), F((3, 4)), F((4,)))),
     Case("cast", (F((3,)),), {"dtype": "f64"}),
     Case("matmul", (F((3, 4)), F((4, 5)))),
@@ -249,8 +253,9 @@ def _scatter_elements_add(updates, indices, like, axis):
     return result
 
 
-def _erf(x):
-    return np.vectorize(math.erf, otypes=[x.dtype])(x)
+def _by_element(function):
+    """A math module function applied to each element (in float64), in x's dtype."""
+    return lambda x: np.vectorize(function, otypes=[x.dtype])(x)
 
 
 def _unconcat(whole, *parts, axis, index):
@@ -301,11 +306,12 @@ def _fill(value, *sources, shape, axes):
 REFERENCES = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
-    "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "abs": np.abs,
+    "exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": _by_element(math.sin),
+    "cos": _by_element(math.cos), "sqrt": np.sqrt, "abs": np.abs,
     "sign": np.sign, "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
-    "softplus": lambda x: np.log1p(np.exp(x)), "erf": _erf,
+    "softplus": lambda x: np.log1p(np.exp(x)), "erf": _by_element(math.erf),
     "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
     "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
     "less": lambda a, b: a < b, "less_equal": lambda a, b: a <= b,

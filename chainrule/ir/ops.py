@@ -482,6 +482,10 @@ register("sqrt", 1, _unary("sqrt"), traits=("elementwise",), numpy="sqrt", onnx=
          scalar="np.sqrt({0})")
 register("relu", 1, _unary("relu"), traits=FRESH_ELEMENTWISE, onnx="Relu")
 register("sigmoid", 1, _unary("sigmoid"), traits=FRESH_ELEMENTWISE, onnx="Sigmoid")
+register("sin", 1, _unary("sin"), traits=("elementwise",), numpy="sin", onnx="Sin",
+         scalar="math.sin({0})")
+register("cos", 1, _unary("cos"), traits=("elementwise",), numpy="cos", onnx="Cos",
+         scalar="math.cos({0})")
 register("gelu", 1, _unary("gelu"), traits=("elementwise",))
 register("softplus", 1, _unary("softplus"), traits=("elementwise",), onnx="Softplus")
 register("erf", 1, _unary("erf"), traits=FRESH_ELEMENTWISE, onnx="Erf")
