@@ -1,6 +1,8 @@
 """numpy kernels, one per op, called as kernel(*input_arrays, **attrs).
 
-Ops with the "stochastic" trait also receive `training` (the backend's mode) and `rng`.
+An op whose registry entry names the numpy function computing it (`OpDef.numpy`) gets that
+function, at the end of this file; the kernels written here are the rest. Ops with the
+"stochastic" trait also receive `training` (the backend's mode) and `rng`.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """ONNX lowerings, one per op: each writes standard (default-domain) ONNX nodes for one IR node.
 
-A lowering is called as lower(emitter, node, out, *input_names) and must define `out`. Only
-ops that onnxruntime's CPU provider runs in both float32 and float64 are used; where it lacks
-one (float64 Gelu or Erf, a stable float64 Softplus, a float64 alpha for LeakyRelu) the lowering
-composes it. Convolutions and average pooling are the exception: float32 graphs get Conv,
-ConvTranspose and AveragePool, and float64 graphs, which onnxruntime has no kernels of those
-for, get their compositions.
+A lowering is called as lower(emitter, node, out, *input_names) and must define `out`. An op
+whose registry entry names its ONNX op (`OpDef.onnx`) is lowered to that node, at the end of
+this file, unless a lowering here composes it instead. Only ops that onnxruntime's CPU provider
+runs in both float32 and float64 are used; where it lacks one (float64 Gelu or Erf, a stable
+float64 Softplus, a float64 alpha for LeakyRelu) the lowering composes it. Convolutions and
+average pooling are the exception: float32 graphs get Conv, ConvTranspose and AveragePool, and
+float64 graphs, which onnxruntime has no kernels of those for, get their compositions.
 """
 from __future__ import annotations
 
