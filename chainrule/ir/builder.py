@@ -57,7 +57,8 @@ class GraphBuilder:
         index = next(i for i in range(len(nodes) - 1, -1, -1) if nodes[i] is producer)
         for made in rename_output(nodes, index, renamed):
             self._producers[nodes[made].output] = nodes[made]
-        self.graph.outputs = [renamed if v is value else v for v in self.graph.outputs]
+        # In place: a caller may hold the list (`graph.outputs.insert(1, rename(...))`).
+        self.graph.outputs[:] = [renamed if v is value else v for v in self.graph.outputs]
         if self.graph.objective is value:
             self.graph.objective = renamed
         self._renamed[value] = renamed
