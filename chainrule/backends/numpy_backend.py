@@ -42,9 +42,9 @@ class NumpyBackend:
                 with np.errstate(all="ignore"):
                     result = KERNELS[node.op](*args, **node.attrs, **mode)
             except Exception as error:
-                raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
+                raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
                                      f"{error}", node.loc) from error
-            out = node.outputs[0]
+            out = node.output
             result = np.asarray(result)
             if self.check_numerics and result.dtype.kind == "f" and not np.isfinite(result).all():
                 bad = "NaN" if np.isnan(result).any() else "Inf"

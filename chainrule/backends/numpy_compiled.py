@@ -81,7 +81,7 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
     shares = {v: {v} for v in graph.values()}
     for node in graph.nodes:
         if node.op not in FRESH_RESULT_OPS:
-            shares[node.outputs[0]] = {node.outputs[0]}.union(*(shares[v] for v in node.inputs))
+            shares[node.output] = {node.output}.union(*(shares[v] for v in node.inputs))
     last_read, last_read_through_views = {}, {}
     for index, node in enumerate(graph.nodes):
         for value in node.inputs:
@@ -90,11 +90,11 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                 last_read_through_views[buffer] = index
     caller_owned = set(graph.inputs) | (set() if donate_params else set(graph.param_values()))
     kept = set().union(*(shares[v] for v in graph.outputs)) if graph.outputs else set()
-    fresh = {n.outputs[0] for n in graph.nodes if n.op in FRESH_RESULT_OPS}
+    fresh = {n.output for n in graph.nodes if n.op in FRESH_RESULT_OPS}
     if donate_params:
         fresh.update(graph.param_values())
     for index, node in enumerate(graph.nodes):
-        out = node.outputs[0]
+        out = node.output
         if node.op == "gemm_acc":
             candidates = node.inputs[2:3]  # the sum goes into c; a and b are read whole first
         elif node.op in ELEMENTWISE_UFUNCS and out.type.rank > 0 and _fixed_shape(out):
@@ -213,7 +213,7 @@ def _shape_dependent(graph: Graph) -> list[int]:
     inputs, returned = set(graph.inputs), set(graph.outputs)
     dependent, constants = set(), {}
     for index, node in enumerate(graph.nodes):
-        out = node.outputs[0]
+        out = node.output
         if node.op == "constant":
             constants[out] = index
         elif (out.type.rank != 0 or out in returned  # a caller may write into what it gets
@@ -224,10 +224,10 @@ def _shape_dependent(graph: Graph) -> list[int]:
         elif any(v in dependent for v in node.inputs) and all(
                 v in dependent or v in constants for v in node.inputs):
             dependent.add(out)
-    read = {constants[v] for node in graph.nodes if node.outputs[0] in dependent
+    read = {constants[v] for node in graph.nodes if node.output in dependent
             for v in node.inputs if v in constants}
     return sorted(read | {i for i, node in enumerate(graph.nodes)
-                          if node.outputs[0] in dependent})
+                          if node.output in dependent})
 
 
 def _input_shaped_like(value: Value, graph: Graph) -> Value | None:
@@ -247,7 +247,7 @@ def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> No
     inside = set(hoisted)
     read_outside = set(graph.outputs).union(*(node.inputs for index, node in
                                               enumerate(graph.nodes) if index not in inside))
-    kept = [graph.nodes[i].outputs[0] for i in hoisted if graph.nodes[i].outputs[0] in read_outside]
+    kept = [graph.nodes[i].output for i in hoisted if graph.nodes[i].output in read_outside]
     # Each numel reads an input of its operand's shape: the block runs before the operand is.
     nodes = {index: graph.nodes[index] for index in hoisted}
     for index, node in nodes.items():
@@ -261,7 +261,7 @@ def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> No
     emit("    known = SHAPE_VALUES.get(shapes)", None)
     emit("    if known is None:", None)
     # Only the block's own values that nothing after it reads are deleted in it.
-    internal = {node.outputs[0] for node in nodes.values()} - set(kept)
+    internal = {node.output for node in nodes.values()} - set(kept)
     for index, node in nodes.items():
         _emit_node(plan, index, node, "        ", emit, deletable=internal)
     emit(f"        known = SHAPE_VALUES[shapes] = ({kept_names})", None)
@@ -293,7 +293,7 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
 
 def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=None) -> None:
     names = plan.names
-    out = names[node.outputs[0]]
+    out = names[node.output]
     args = [names[v] for v in node.inputs]
     reused = plan.in_place.get(index)
     if node.op == "constant":
@@ -312,7 +312,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
         if index in plan.checked:
             keywords.append("checked=True")
         call = f"K_{node.op}({', '.join(args + keywords)})"
-    comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
+    comment = f"  # %{node.output.name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)
     dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)
             and (deletable is None or v in deletable)]
@@ -353,7 +353,7 @@ class CompiledGraph:
             node = self._failing_node(error)
             if node is None:
                 raise
-            raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
+            raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
                                  f"{error}", node.loc) from error
         return [result if type(result) is np.ndarray else np.asarray(result)
                 for result in results]
@@ -474,7 +474,7 @@ def describe_plan(graph: Graph, plan: Plan) -> str:
         if freed:
             notes.append("frees " + ", ".join(freed))
         if notes:
-            lines.append(f"#   %{node.outputs[0].name} = {node.op}: {'; '.join(notes)}")
+            lines.append(f"#   %{node.output.name} = {node.op}: {'; '.join(notes)}")
     return "\n".join(lines)
 
 

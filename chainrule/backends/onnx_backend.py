@@ -101,8 +101,8 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     emitter = OnnxEmitter(opset, training)
     for node in graph.nodes:
         emitter.doc = node.loc.described() if node.loc else ""
-        emitter.lowering = node.outputs[0].name
-        LOWERINGS[node.op](emitter, node, node.outputs[0].name, *(v.name for v in node.inputs))
+        emitter.lowering = node.output.name
+        LOWERINGS[node.op](emitter, node, node.output.name, *(v.name for v in node.inputs))
     emitter.doc = emitter.lowering = ""
 
     inputs = [_value_info(v) for v in graph.inputs]
@@ -223,7 +223,7 @@ class _SessionRunner:
         # Positions of the arrays onnxruntime takes (an unused input is pruned from the model).
         self.fed = [(index, name) for index, name in enumerate(names) if name in used]
         self.output_names = [output_name(v, graph) for v in graph.outputs]
-        self.nodes_by_output = {node.outputs[0].name: node for node in graph.nodes}
+        self.nodes_by_output = {node.output.name: node for node in graph.nodes}
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
@@ -241,7 +241,7 @@ class _SessionRunner:
             message = message.rsplit("] ", 1)[-1]
         named = re.search(r"node\. Name:'([^']*)'", str(error))
         node = self.nodes_by_output.get(named.group(1).split("#")[0]) if named else None
-        where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
+        where = f"while computing %{node.output.name} = {node.op}(...)" if node else \
             "while running the graph"
         return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
 

@@ -52,11 +52,11 @@ for _op, _onnx_op in {"less": "Less", "less_equal": "LessOrEqual", "greater": "G
 
 
 def _dtype(node) -> str:
-    return node.outputs[0].type.dtype
+    return node.output.type.dtype
 
 
 def _rank(node) -> int:
-    return node.outputs[0].type.rank
+    return node.output.type.rank
 
 
 @lowering("leaky_relu")
@@ -213,7 +213,7 @@ def _nan_unless_labels_valid(em, node, x, labels, classes):
         return x
     valid = em.add("And", [em.add("GreaterOrEqual", [labels, em.ints(0)]),
                            em.add("Less", [labels, em.ints(classes)])])
-    nan = em.scalar(float("nan"), node.outputs[0].type.dtype)
+    nan = em.scalar(float("nan"), node.output.type.dtype)
     return em.add("Where", [em.unsqueeze(valid, [-1]), x, nan])
 
 
@@ -517,7 +517,7 @@ def _conv(em, node, out, x, w):
         em.add("Conv", [x, w], out, kernel_shape=list(kernel), **_conv_attrs(node))
         return
     attrs, groups = node.attrs, node.attrs["groups"]
-    channels, windows = node.outputs[0].type.shape[1], _spatial(node.outputs[0])
+    channels, windows = node.output.type.shape[1], _spatial(node.output)
     taps = _unfold(em, node, x, _spatial(node.inputs[0]), kernel, attrs["strides"],
                    attrs["pads"], attrs["dilations"])
     # w [groups, out / groups, in / groups * kernel] @ [N, groups, in / groups * kernel, windows]
@@ -534,14 +534,14 @@ def _conv_transpose(em, node, out, x, w):
         em.add("ConvTranspose", [x, w], out, kernel_shape=list(weight[2:]),
                output_padding=list(attrs["output_padding"]), **_conv_attrs(node))
         return
-    groups, channels = attrs["groups"], node.outputs[0].type.shape[1]
+    groups, channels = attrs["groups"], node.output.type.shape[1]
     # w [groups, in / groups, out / groups * kernel]ᵀ @ x [N, groups, in / groups, pixels], then
     # each pixel's taps summed onto the output positions its window covers.
     weights = em.add("Reshape", [w, em.ints([groups, weight[0] // groups, -1], "weights")])
     inputs = em.add("Reshape", [x, em.ints([0, groups, weight[0] // groups, -1], "inputs")])
     product = em.add("MatMul", [em.add("Transpose", [weights], perm=[0, 2, 1]), inputs])
     taps = em.add("Reshape", [product, em.ints([0, channels, -1], "taps")])
-    _fold(em, node, taps, _spatial(node.outputs[0]), weight[2:], attrs["strides"],
+    _fold(em, node, taps, _spatial(node.output), weight[2:], attrs["strides"],
           attrs["pads"], attrs["dilations"], out)
 
 
@@ -565,7 +565,7 @@ def _conv_weight_grad(em, node, out, x, g):
         [0, groups, grad_channels // groups, windows], "grads")])], perm=[1, 2, 0, 3])
     grads = em.add("Reshape", [grads, em.ints([groups, grad_channels // groups, -1], "rows")])
     em.add("Reshape", [em.add("MatMul", [grads, columns]),
-                       em.ints(node.outputs[0].type.shape, "shape")], out)
+                       em.ints(node.output.type.shape, "shape")], out)
 
 
 def _conv_weight_grad_as_conv(em, node, out, x, g):

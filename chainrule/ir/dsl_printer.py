@@ -179,7 +179,7 @@ def _full_shape(node: Node, graph: Graph) -> str | None:
     full reads each symbolic dim, the first input that declares it."""
     sources = iter(zip(node.inputs[1:], node.attrs["axes"], strict=True))
     dims = []
-    for size, dim in zip(node.attrs["shape"], node.outputs[0].type.shape, strict=True):
+    for size, dim in zip(node.attrs["shape"], node.output.type.shape, strict=True):
         if size != -1:
             if size < 1:
                 return None
@@ -427,7 +427,7 @@ def print_dsl(graph: Graph, *, header: str = "") -> str:
         lines.append("")
     for node in graph.nodes:
         expression = _statement(node, names, graph)
-        out = node.outputs[0]
+        out = node.output
         if out in updates:
             expression = f"update({names[updates[out]]}, {expression})"
         lines.append(_line(f"{names[out]} = {expression}", node.loc))

@@ -28,6 +28,11 @@ class Value:
 
 @dataclass(eq=False)
 class Node:
+    """One op applied to input values. `outputs` is a tuple so that code walking every value
+    (printing, verifying, liveness) needs no change for an op with several results; every op
+    has one today (the verifier checks it), and code that reads a node's result says
+    `node.output`, which insists on exactly one."""
+
     op: str
     inputs: tuple[Value, ...]
     attrs: dict

@@ -70,7 +70,7 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
         return summed
 
     for node in reversed(graph.nodes):
-        out = node.outputs[0]
+        out = node.output
         if out not in active or out not in contributions:
             continue
         cotangent = total(out, node.loc)
@@ -118,8 +118,8 @@ def _active_values(graph: Graph, objective: Value, wrt: list[Value]) -> set[Valu
 def _check_rules(graph: Graph, active: set[Value]) -> None:
     """Every op on an active path needs a derivative rule; list all that lack one at once."""
     missing: list[Node] = [n for n in graph.nodes
-                           if n.outputs[0] in active and n.op not in VJP_RULES]
+                           if n.output in active and n.op not in VJP_RULES]
     if missing:
-        lines = [f"  {n.loc}: '{n.op}' (computing %{n.outputs[0].name})" for n in missing]
+        lines = [f"  {n.loc}: '{n.op}' (computing %{n.output.name})" for n in missing]
         raise ChainruleError("no derivative rule for ops on the path to the objective:\n"
                              + "\n".join(lines), missing[0].loc)

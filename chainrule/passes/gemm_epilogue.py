@@ -71,7 +71,7 @@ class LinearForms:
         return form if len(form) <= 2 else {value: ONE}
 
     def of_node(self, node) -> dict:
-        value = node.outputs[0]
+        value = node.output
         if node.op == "gemm":
             return {Product(*node.inputs, **node.attrs): ONE}
         if node.op == "matmul":
@@ -130,7 +130,7 @@ def _epilogue_rule(uses: Counter, near_products: set):
     emitted, forms = {}, {}  # forms: each chain's once, however long the chain around it
 
     def gemm_epilogue(ctx, node):
-        out = node.outputs[0]
+        out = node.output
         if out not in near_products:
             return None
         form = forms[out] = LinearForms(ctx, uses, forms).of_node(node)
@@ -156,7 +156,7 @@ def _near_products(graph: Graph, uses: Counter) -> set:
     nodes read once: the only ones whose form can hold a product."""
     near, reaching = set(), set()  # reaching: products, and near nodes read once
     for node in graph.nodes:
-        out = node.outputs[0]
+        out = node.output
         if node.op in PRODUCT_OPS and out.type.rank == 2:
             reaching.add(out)
         elif (node.op in CHAIN_OPS and out.type.rank == 2

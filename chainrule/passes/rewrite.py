@@ -46,8 +46,8 @@ class Rewriter:
 
     def _place(self, index: int, node: Node) -> None:
         self.graph.nodes[index] = node
-        self.position[node.outputs[0]] = index
-        self.producers[node.outputs[0]] = node
+        self.position[node.output] = index
+        self.producers[node.output] = node
 
     def can_replace(self, old: Value, new: Value) -> bool:
         """Replacing a graph output is possible only when `new` can take over its name."""

@@ -45,7 +45,7 @@ class RuleContext:
     def emit(self, op: str, inputs, attrs: dict, like: Node, name: str) -> Value:
         inputs = tuple(inputs)
         out_type = infer_type(op, [v.type for v in inputs], attrs)
-        if name != like.outputs[0].name:  # the replacement itself takes over its node's name
+        if name != like.output.name:  # the replacement itself takes over its node's name
             name = self.namer.fresh(name)
         out = Value(name, out_type)
         self.rewriter.keep(Node(op, inputs, attrs, (out,), like.loc))
@@ -60,12 +60,12 @@ def _same_type(a: Value, b: Value) -> bool:
 def multiply_by_one(ctx, node):
     if node.op == "mul":
         a, b = node.inputs
-        if ctx.constant(b) == 1.0 and _same_type(a, node.outputs[0]):
+        if ctx.constant(b) == 1.0 and _same_type(a, node.output):
             return a
-        if ctx.constant(a) == 1.0 and _same_type(b, node.outputs[0]):
+        if ctx.constant(a) == 1.0 and _same_type(b, node.output):
             return b
     if node.op == "div" and ctx.constant(node.inputs[1]) == 1.0:
-        if _same_type(node.inputs[0], node.outputs[0]):
+        if _same_type(node.inputs[0], node.output):
             return node.inputs[0]
     return None
 
@@ -74,9 +74,9 @@ def multiply_by_one(ctx, node):
 def add_zero(ctx, node):
     if node.op in ("add", "sub"):
         a, b = node.inputs
-        if ctx.constant(b) == 0.0 and _same_type(a, node.outputs[0]):
+        if ctx.constant(b) == 0.0 and _same_type(a, node.output):
             return a
-        if node.op == "add" and ctx.constant(a) == 0.0 and _same_type(b, node.outputs[0]):
+        if node.op == "add" and ctx.constant(a) == 0.0 and _same_type(b, node.output):
             return b
     return None
 
@@ -92,7 +92,7 @@ def transpose_of_transpose(ctx, node):
     value, perm = node.inputs[0], node.attrs["perm"]
     if not is_identity_perm(perm) and ctx.defined_by(value, "transpose") is None:
         return None
-    return _transposed(ctx, value, perm, node, node.outputs[0].name)
+    return _transposed(ctx, value, perm, node, node.output.name)
 
 
 def _transposed(ctx, value: Value, perm: tuple, like: Node, name: str) -> Value:
@@ -117,7 +117,7 @@ def cast_to_same_dtype(ctx, node):
 
 @rule("broadcast_like")
 def broadcast_to_own_shape(ctx, node):
-    if _same_type(node.inputs[0], node.outputs[0]):
+    if _same_type(node.inputs[0], node.output):
         return node.inputs[0]
     return None
 
@@ -155,7 +155,7 @@ def static_numel(ctx, node):
     if not all(isinstance(d, int) for d in dims):
         return None
     return ctx.emit("constant", (), {"value": float(math.prod(dims)),
-                                     "dtype": node.attrs["dtype"]}, node, node.outputs[0].name)
+                                     "dtype": node.attrs["dtype"]}, node, node.output.name)
 
 
 @rule("pow")
@@ -163,8 +163,8 @@ def square_by_multiplying(ctx, node):
     """x ** 2 is x * x: one multiply per element instead of a call to pow."""
     if ctx.constant(node.inputs[1]) == 2.0:
         x = node.inputs[0]
-        if x.type == node.outputs[0].type:
-            return ctx.emit("mul", (x, x), {}, node, node.outputs[0].name)
+        if x.type == node.output.type:
+            return ctx.emit("mul", (x, x), {}, node, node.output.name)
     return None
 
 
@@ -175,7 +175,7 @@ BROADCASTING = ("add", "sub", "mul", "div")
 def broadcast_implicitly(ctx, node):
     """An operand made bigger by broadcast_like, or by an unsqueeze of leading axes, only for an
     elementwise op that broadcasts anyway: use the smaller value and let the op broadcast."""
-    out = node.outputs[0]
+    out = node.output
     for position, operand in enumerate(node.inputs):
         producer = ctx.defined_by(operand, "broadcast_like", "unsqueeze")
         if producer is None:
@@ -208,11 +208,11 @@ def merge_scalar_factors(ctx, node):
             continue
         for factor, rest in (inner_node.inputs, reversed(inner_node.inputs)):
             c2 = ctx.constant(factor)
-            if c2 is not None and rest.type == node.outputs[0].type:
+            if c2 is not None and rest.type == node.output.type:
                 product = ctx.emit("constant", (), {"value": c1 * c2,
                                                     "dtype": outer.type.dtype}, node,
-                                   f"{node.outputs[0].name}.scale")
-                return ctx.emit("mul", (product, rest), {}, node, node.outputs[0].name)
+                                   f"{node.output.name}.scale")
+                return ctx.emit("mul", (product, rest), {}, node, node.output.name)
     return None
 
 
@@ -228,7 +228,7 @@ def transpose_of_matmul(ctx, node):
     a, b = product.inputs
     if a.type.rank != rank or b.type.rank != rank:
         return None
-    perm, name = node.attrs["perm"], node.outputs[0].name
+    perm, name = node.attrs["perm"], node.output.name
     b_t = _transposed(ctx, b, perm, node, f"{name}.lhs")
     a_t = _transposed(ctx, a, perm, node, f"{name}.rhs")
     return ctx.emit("matmul", (b_t, a_t), {}, node, name)
@@ -239,7 +239,7 @@ def fold_scalar_constants(ctx, node):
     """An elementwise op of scalar constants is a constant (evaluated by the given kernels)."""
     if ctx.evaluate is None or not node.inputs:  # a constant has none
         return None
-    out = node.outputs[0]
+    out = node.output
     if out.type.rank != 0 or out.type.dtype not in ("f32", "f64"):
         return None
     values = [ctx.constant(v) for v in node.inputs]
@@ -279,8 +279,8 @@ def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
             replacement = candidate(ctx, node)
             if replacement is not None:
                 break
-        if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
+        if replacement is None or not rewriter.can_replace(node.output, replacement):
             rewriter.keep(node)
             continue
-        rewriter.replace(node.outputs[0], replacement)
+        rewriter.replace(node.output, replacement)
     return rewriter.finish()
