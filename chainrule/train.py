@@ -109,9 +109,9 @@ class Trainer:
     """Trains a model's params: `fit` runs epochs of minibatches, with checkpoints.
 
     Its steps run on one runner (runners.py), chosen when it is made (make_runner), which holds
-    the params and optimizer state between steps. With `workers=N` the gradients of each step come from N Ray workers, each on a contiguous
-    shard of the batch (chainrule/distributed.py), and this process runs the optimizer update
-    alone; `address` joins a running Ray cluster ("auto", "ray://HOST:PORT"; None starts one
+    the params and optimizer state between steps. With `workers=N` the gradients of each step
+    come from N Ray workers, each on a contiguous shard of the batch (chainrule/distributed.py),
+    and this process runs the optimizer update alone; `address` joins a running Ray cluster ("auto", "ray://HOST:PORT"; None starts one
     here). Everything else (schedule, checkpoints, logs, non-finite checks) is the same, and so
     are the params (see distributed.py for the assumption that makes them so). `notify` gets
     one-line notes such as a worker's restart (default: warnings.warn). Close a distributed
