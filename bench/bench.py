@@ -218,7 +218,7 @@ def jax_systems(jax, params, kind):
 # ---- workloads --------------------------------------------------------------------------------
 
 def chainrule_trainer(source, backend):
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE, backend=backend,
                          opt_level="O2")
     return model, Trainer(model, config)
@@ -296,7 +296,7 @@ def api_overhead_rows(repeats: int) -> list:
     jax = optional("jax")
     rows = []
     x1 = np.random.default_rng(0).normal(size=(1, 784)).astype(np.float32)
-    model = chainrule.compile(lecture_mlp_source())
+    model = chainrule.compile(source=lecture_mlp_source())
     graph = model.forward_graph(["o"], "O2")
     function = CompiledNumpyBackend().compiled(graph).function
     session = OnnxRuntimeBackend().session(graph)
@@ -320,12 +320,12 @@ def api_overhead_rows(repeats: int) -> list:
              1),
             ("tiny MLP train step, B=8", TINY_MLP_SOURCE, "mlp", mlp_batch(8, 8, 4), 1)):
         inputs = dict(zip(("x", "y") if kind == "mlp" else ("x", "t"), batch, strict=True))
-        model = chainrule.compile(source)
+        model = chainrule.compile(source=source)
         systems = {}
         for backend in ("numpy", "onnxruntime"):
             trainer = chainrule_trainer(source, backend)[1]
             systems[f"{backend} API"] = (lambda m, b: lambda: m.train_step(
-                LR_VALUE, spec, b, **inputs))(chainrule.compile(source), backend)
+                LR_VALUE, spec, b, **inputs))(chainrule.compile(source=source), backend)
             systems[f"{backend} Trainer"] = (lambda t: lambda: t.train_step(
                 inputs, LR_VALUE))(trainer)
             systems[f"{backend} floor"] = (generated_step if backend == "numpy"
@@ -410,7 +410,7 @@ def framework_rows(torch_step, jax_step, a, b, repeats):
 
 
 def inference_rows(batch, repeats):
-    model = chainrule.compile(lecture_mlp_source())
+    model = chainrule.compile(source=lecture_mlp_source())
     graph = model.export_graph(outputs=["o"], opt_level="O2")
     x = np.random.default_rng(0).normal(size=(batch, 784)).astype(np.float32)
     rows = []
@@ -450,7 +450,7 @@ def print_table(title, rows, unit="µs"):
 
 def compile_time_rows(layer_counts, repeats):
     def train_step(source):
-        graph, _ = chainrule.compile(source).train_step_graph(OptimizerSpec("sgd"), "O2")
+        graph, _ = chainrule.compile(source=source).train_step_graph(OptimizerSpec("sgd"), "O2")
         return graph
     times = compile_rows("4. Compile time: DSL text → ready-to-run train step at -O2", "layers",
                          layer_counts, lambda layers: deep_tanh_source(layers, 16), train_step,
@@ -547,7 +547,7 @@ model gru(x: f32[B, {steps}, 8], h0: f32[B, {hidden}], y: i64[B]) {{
 
 def loop_compile_rows(step_counts, repeats):
     def gradient(source):
-        return chainrule.compile(source).compile_graph(grad=True, opt_level="O2")[0]
+        return chainrule.compile(source=source).compile_graph(grad=True, opt_level="O2")[0]
     return compile_rows("4b. Compile time of a loop: a GRU unrolled over T steps, with its "
                         "gradient, at -O2", "steps", step_counts, gru_source, gradient, repeats)
 
@@ -562,7 +562,7 @@ def memory_child(system: str) -> None:
     """One train step of workload 1 in a fresh process: peak RSS growth and traced peak."""
     x, y = mlp_batch()
     source = lecture_mlp_source()
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     if system.startswith("chainrule"):
         _, trainer = chainrule_trainer(source, system.split("-")[1])
         step = lambda: trainer.train_step({"x": x, "y": y}, LR_VALUE)  # noqa: E731

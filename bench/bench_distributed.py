@@ -23,6 +23,7 @@ import numpy as np
 
 import chainrule
 from bench import interleaved_medians
+from chainrule.distributed import ShardedRunner
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
@@ -65,22 +66,26 @@ def measure(path: str, data: dict, repeats: int) -> list[tuple]:
         step_seconds[name].append(time.perf_counter() - started)
 
     for trainer in systems.values():
-        if trainer.shards is not None:
-            trainer.shards.load(data)  # into the object store once, as fit does
+        trainer.runner.prepare(data, trainer.evaluate)  # as fit does: the data sent once
     interleaved_medians({name: functools.partial(timed_step, name, trainer)
                          for name, trainer in systems.items()}, repeats)
     results = []
     for name, trainer in systems.items():
         seconds = np.array(step_seconds[name][-repeats:])
         split = None
-        if trainer.shards is not None:
+        if workers_of(trainer) is not None:
             compute, communication, out, back = np.array(
-                trainer.shards.step_records[-repeats:]).T
+                workers_of(trainer).step_records[-repeats:]).T
             split = (np.median(compute), np.median(communication),
                      np.median(seconds - compute - communication), out[-1], back[-1])
         results.append((name, float(np.median(seconds)), split))
         trainer.close()
     return results
+
+
+def workers_of(trainer):
+    """The sharded gradients of a trainer on Ray workers; None for one process."""
+    return trainer.runner.gradients if isinstance(trainer.runner, ShardedRunner) else None
 
 
 def print_rows(workload: str, results: list[tuple]) -> None:

@@ -1,13 +1,12 @@
-"""The Python API: `chainrule.compile(path_or_source)` and the Model it returns."""
+"""The Python API: `chainrule.compile(path)` or `chainrule.compile(source=text)`, and the Model it
+returns."""
 from __future__ import annotations
 
 import numpy as np
-from onnx import numpy_helper
 
-from .backends import get_backend
+from .backends import DEFAULT_OPSET, get_backend
 from .backends.feeds import check_arrays
 from .backends.numpy_kernels import KERNELS
-from .backends.onnx_backend import DEFAULT_OPSET, export_onnx
 from .dsl import lower_source
 from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
@@ -15,7 +14,6 @@ from .ir.types import NUMPY_DTYPES
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
-from .onnx_import import import_graph
 from .data import check_rows
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
@@ -36,20 +34,23 @@ FRONT_END_PASSES = ["infer", "expand_grad"]
 
 
 @gc_paused
-def compile(path_or_source, *, seed: int = 0, dims: dict | None = None) -> Model:
-    """Compile a `.nn` file (a path) or DSL source text into a Model.
+def compile(path=None, *, source: str | None = None, filename: str = "<string>",
+            seed: int = 0, dims: dict | None = None) -> Model:
+    """Compile a model: `compile(path)` reads a `.nn` file, `compile(source=text)` compiles DSL
+    text (`filename` names it in error messages).
 
     IR text (a `.cir` file, or text starting with `graph`) is parsed instead of lowered.
 
     Params start from their init specs, drawn with numpy's Generator(seed). `dims` binds
     symbolic dims to sizes at compile time, e.g. {"T": 28} for a loop over range(T).
     """
-    text = str(path_or_source)
-    if "\n" not in text and "{" not in text:  # every model and IR text has a '{'
-        filename = text
-        source = read_text(text)
-    else:
-        filename, source = "<string>", text
+    if (path is None) == (source is None):
+        raise TypeError("compile takes a path or source=..., exactly one of them")
+    if source is None:
+        if isinstance(path, str) and ("\n" in path or "{" in path):
+            raise TypeError("compile(path) takes a file path; to compile model text, "
+                            "pass it as compile(source=...)")
+        filename, source = str(path), read_text(path)
     if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
         graph = parse_graph(source, filename)
     else:
@@ -70,6 +71,8 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
     "bce"), the objective is that loss of `loss_output` (default: the first output) against
     a new input named `targets`, and the model's outputs stay outputs.
     """
+    from .onnx_import import import_graph  # loads onnx: only when a model is imported
+
     imported = import_graph(path_or_proto, loss=loss, target_input=targets,
                             loss_output=loss_output, trainable=trainable, freeze=freeze,
                             dims=dims)
@@ -100,7 +103,7 @@ class Model:
 
     @property
     def objective(self):
-        return self.graph.outputs[0]
+        return self.graph.objective
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -108,7 +111,7 @@ class Model:
         step that held them (see train_step) gives them back, copied out of a backend that
         keeps them, and the next step takes a copy again."""
         holder, self._holder = self._holder, None
-        if holder is not None and holder.resident is not None:
+        if holder is not None:
             self._params = {name: np.array(array) for name, array in holder.params.items()}
         return self._params
 
@@ -120,7 +123,7 @@ class Model:
     def _current_params(self) -> dict[str, np.ndarray]:
         """The current params for this model's own calls, taken from a train step that holds
         them without copying or handing them back: read them before its next step."""
-        if self._holder is not None and self._holder.resident is not None:
+        if self._holder is not None:
             return self._holder.params
         return self._params
 
@@ -193,6 +196,9 @@ class Model:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
 
     def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str):
+        from onnx import numpy_helper
+
+        from .backends.onnx_backend import export_onnx
         graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level)
         model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
         defaults = dict(self.params)
@@ -324,8 +330,6 @@ class Model:
             params = self.params  # back from the previous holder, if any
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
-            if trainer.resident is None:
-                self._params = trainer.params  # the dict the step updates
             self._holder = trainer
         outputs = trainer.train_step(inputs, lr)
         return {name: float(outputs[name]) for name in trainer.reported}
@@ -347,6 +351,8 @@ class Model:
         if train_step is not None:
             model = self._train_step_onnx(train_step, opset, opt_level)
         else:
+            from .backends.onnx_backend import export_onnx  # loads onnx: only on export
+
             graph = self.export_graph(grad, outputs, wrt, opt_level)
             model = export_onnx(graph, self.params, opset=opset)
         if path is not None:

@@ -66,7 +66,7 @@ from .backends.threads import configured_threads, set_threads
 from .ir import ChainruleError
 from .passes import select_outputs
 from .passes.optimizers import build_update_step, update_inputs
-from .train import take_rows
+from .runners import LocalRunner, check_dataset, held_updates, take_rows
 
 INSTALL_HINT = ("data-parallel training (--workers) needs Ray: pip install "
                 "'chainrule[distributed]' (or pip install -e '.[distributed]' in a checkout)")
@@ -131,8 +131,8 @@ class ShardWorker:
 
 class ShardedGradients:
     """The gradient half of a train step, computed by `workers` Ray actors on shards of each
-    batch and averaged here; `update_graph` and `interface` are the optimizer update that the
-    Trainer runs on the result. `workers` holds the actors' handles, shard k on workers[k]."""
+    batch and averaged here; `update_graph` and `interface` are the optimizer update that
+    ShardedRunner runs on the result. `workers` holds the actors' handles, shard k on workers[k]."""
 
     def __init__(self, model, config, workers: int, address: str | None, notify,
                  dropout_seed: list[int]):
@@ -203,18 +203,18 @@ class ShardedGradients:
         for worker in self.workers:
             worker.load.remote(self.data_ref)
 
-    def check_mean_over_rows(self, trainer, data: dict) -> None:
+    def check_mean_over_rows(self, data: dict, evaluate, batch_size: int) -> None:
         """Refuse an objective that is not a mean over rows (see the module's docstring): on the
         first batch, in inference mode, the whole batch's objective must be the row-weighted
-        mean of its shards'."""
-        rows = np.arange(min(trainer.config.batch_size, self.rows))
+        mean of its shards'. `evaluate` gives the objective over a data set."""
+        rows = np.arange(min(batch_size, self.rows))
         shards = [part for part in split_rows(rows, self.count) if len(part)]
         if len(shards) < 2:
             return
-        objective = trainer.interface.objective
+        objective = self.interface.objective
 
         def value(part):  # one evaluation batch: part is at most the batch size
-            return trainer.evaluate(take_rows(data, part))[objective]
+            return evaluate(take_rows(data, part))[objective]
 
         whole = value(rows)
         weighted = sum(len(part) * value(part) for part in shards) / len(rows)
@@ -288,6 +288,50 @@ class ShardedGradients:
                 "communication_seconds_per_step": communication,
                 "params_bytes_per_step": int(out), "gradients_bytes_per_step": int(back),
                 "restarts": restarts}
+
+
+class ShardedRunner(LocalRunner):
+    """The Trainer's runner with `workers` Ray workers: a batch's feeds are the gradient graph's
+    outputs averaged over its shards (ShardedGradients), and a step runs the optimizer's update
+    graph on them here, with the params and optimizer state resident in the numpy backend; the
+    new params go to the workers as they are at the next step."""
+
+    rerun_note = " (without --workers)"
+
+    def __init__(self, model, config, workers: int, address: str | None, notify,
+                 dropout_seed: list[int]):
+        self.gradients = ShardedGradients(model, config, workers, address, notify,
+                                          dropout_seed)
+        graph, interface = self.gradients.update_graph, self.gradients.interface
+        # The update is a few elementwise ops per param: numpy runs it with no session, writing
+        # the new params into their own arrays (it has no dropout to draw).
+        update = get_backend("numpy", donate_params=True).step_runner(graph,
+                                                                      held_updates(interface))
+        super().__init__(update, graph, interface)
+        self.model_graph, self.batch_size = model.graph, config.batch_size
+        self.param_names = [v.name for v in graph.param_values()]
+
+    def feeds(self, data: dict, rows: np.ndarray | None, step: int) -> dict[str, np.ndarray]:
+        """The gradients of the batch `rows` of the loaded data set, averaged over its shards;
+        with rows None, `data` is a batch of its own, loaded as a data set first."""
+        if rows is None:
+            check_dataset(self.model_graph, data, "the batch")
+            self.gradients.load(data)
+        current = self.values()
+        return self.gradients.averaged({name: current[name] for name in self.param_names},
+                                       rows, step)
+
+    def prepare(self, data: dict, evaluate) -> None:
+        """The training data into the object store, once; an objective that is not a mean over
+        rows is refused."""
+        self.gradients.load(data)
+        self.gradients.check_mean_over_rows(data, evaluate, self.batch_size)
+
+    def epoch_record(self) -> dict:
+        return {"distributed": self.gradients.epoch_summary()}
+
+    def close(self) -> None:
+        self.gradients.close()
 
 
 def split_step(model, config):

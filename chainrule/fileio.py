@@ -30,6 +30,9 @@ def open_for_reading(path):
         raise file_error(path, "cannot read: permission denied") from None
     except OSError as error:
         raise file_error(path, f"cannot read: {error.strerror or error}") from None
+    except ValueError:  # the one ValueError open() raises for a path of any type
+        shown = str(path).replace("\0", "\\0")
+        raise file_error(shown, "not a usable path: it contains a NUL byte") from None
 
 
 def read_text(path) -> str:

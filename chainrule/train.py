@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import get_backend
-from .backends.numpy_backend import NumpyBackend
+from .backends import CHECKING_BACKEND, get_backend
+from .distributed import ShardedRunner
 from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
 from .ir.types import NUMPY_DTYPES
 from .passes import select_outputs
 from .passes.optimizers import LR, OptimizerSpec
+from .runners import LocalRunner, TrainRunner, check_dataset, held_updates, take_rows
 
 CHECKPOINT_FILE = "checkpoint.npz"
 LOCK_FILE = ".lock"
@@ -65,23 +66,13 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ChainruleError("epochs and batch size must be at least 1")
 
+    @property
+    def backend_name(self):
+        """The backend that runs: the checking interpreter with check_numerics."""
+        return CHECKING_BACKEND if self.check_numerics else self.backend
+
 
 # ---- data -------------------------------------------------------------------------------------
-
-def check_dataset(graph, arrays: dict, what: str) -> int:
-    """The number of rows; every model input must be there with the same number of rows."""
-    names = [v.name for v in graph.inputs]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise ChainruleError(f"{what} has no array named {', '.join(missing)}; the model's "
-                             f"inputs are {', '.join(names)} (it holds "
-                             f"{', '.join(arrays) or 'nothing'})")
-    rows = {n: (np.shape(arrays[n])[0] if np.ndim(arrays[n]) else None) for n in names}
-    if len(set(rows.values())) != 1 or None in rows.values():
-        listed = ", ".join(f"{n}: {r} rows" for n, r in rows.items())
-        raise ChainruleError(f"{what}: the inputs must have the same number of rows ({listed})")
-    return next(iter(rows.values()))
-
 
 def split_validation(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
     rows = len(next(iter(arrays.values())))
@@ -98,18 +89,29 @@ def batch_rows(order: np.ndarray, batch_size: int, start: int = 0):
             yield index, order[begin:begin + batch_size]
 
 
-def take_rows(arrays: dict, rows: np.ndarray) -> dict:
-    return {name: array[rows] for name, array in arrays.items()}
-
-
 # ---- the trainer ------------------------------------------------------------------------------
+
+def make_runner(model, config: TrainConfig, dropout_rng, workers: int | None,
+                address: str | None, notify) -> TrainRunner:
+    """The whole step in this process on the configured backend, or with `workers` its
+    gradients from Ray workers (distributed.py)."""
+    if workers is not None:
+        return ShardedRunner(model, config, workers, address, notify,
+                             dropout_seed=[config.seed, DROPOUT_STREAM])
+    graph, interface = model.train_step_graph(config.optimizer, config.opt_level)
+    # The step replaces every param array it is given: it may update them in place.
+    backend = get_backend(config.backend_name, donate_params=True)
+    return LocalRunner(backend.step_runner(graph, held_updates(interface), rng=dropout_rng),
+                       graph, interface)
+
 
 class Trainer:
     """Trains a model's params: `fit` runs epochs of minibatches, with checkpoints.
 
-    With `workers=N` the gradients of each step come from N Ray workers, each on a contiguous
-    shard of the batch (chainrule/distributed.py), and this process runs the optimizer update
-    alone; `address` joins a running Ray cluster ("auto", "ray://HOST:PORT"; None starts one
+    Its steps run on one runner (runners.py), chosen when it is made (make_runner), which holds
+    the params and optimizer state between steps. With `workers=N` the gradients of each step
+    come from N Ray workers, each on a contiguous shard of the batch (chainrule/distributed.py),
+    and this process runs the optimizer update alone; `address` joins a running Ray cluster ("auto", "ray://HOST:PORT"; None starts one
     here). Everything else (schedule, checkpoints, logs, non-finite checks) is the same, and so
     are the params (see distributed.py for the assumption that makes them so). `notify` gets
     one-line notes such as a worker's restart (default: warnings.warn). Close a distributed
@@ -120,46 +122,17 @@ class Trainer:
         self.model = model
         self.config = config
         self.log = log or (lambda record: None)
-        # Where a step's gradients come from: here, in the whole train-step graph, or from
-        # shards on Ray workers, when this process runs the optimizer's update graph alone.
-        self.shards = None
-        if workers is None:
-            self.step_graph, self.interface = model.train_step_graph(config.optimizer,
-                                                                     config.opt_level)
-        else:
-            from .distributed import ShardedGradients
-
-            self.shards = ShardedGradients(model, config, workers, address, notify,
-                                           dropout_seed=[config.seed, DROPOUT_STREAM])
-            self.step_graph, self.interface = self.shards.update_graph, self.shards.interface
+        # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
+        self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
+        self.runner = make_runner(model, config, self.dropout_rng, workers, address, notify)
+        self.step_graph, self.interface = self.runner.graph, self.runner.interface
         metrics = [self.interface.objective] + self.interface.metrics
         self.eval_graph = model.optimize(select_outputs(model.graph, metrics), config.opt_level)
-        if config.check_numerics:
-            self.backend = self.step_backend = NumpyBackend(check_numerics=True)
-        else:
-            self.backend = get_backend(config.backend)
-            # The step replaces every param array it is given: it may update them in place.
-            # The update alone is a few elementwise ops per param: numpy runs it with no
-            # session, on arrays that go to the workers as they are.
-            self.step_backend = get_backend("numpy" if self.shards else config.backend,
-                                            donate_params=True)
+        self.backend = get_backend(config.backend_name)
         self.dtype = NUMPY_DTYPES[model.objective.type.dtype]
         self.reported = [self.interface.objective] + self.interface.metrics
         self._param_names = [v.name for v in self.step_graph.param_values()]
-        self._param_updates = list(self.interface.params.items())
-        self._state_updates = list(self.interface.state.items())
-        # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
-        self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
-        # A backend that can keep params and optimizer state to itself between steps (both do;
-        # the numpy interpreter of --check-numerics does not) holds them; otherwise they are
-        # numpy arrays in _params and _state.
-        self.resident = None
-        if hasattr(self.step_backend, "resident_step"):
-            self.resident = self.step_backend.resident_step(
-                self.step_graph, {**self.interface.params, **self.interface.state},
-                rng=self.dropout_rng)
-        self.params = {k: np.array(v) for k, v in model.params.items()}
-        self.state = self.initial_state()
+        self.runner.load({**model.params, **self.initial_state()})
         self.epoch = 0          # epochs completed
         self.batch = 0          # batches completed within the current epoch
         self.steps = 0          # steps completed in all
@@ -177,35 +150,24 @@ class Trainer:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """The current params by name. A backend that keeps them (onnxruntime) gives its live
-        buffers, which a later step overwrites: copy an array to keep it, and assign a whole
-        dict to change them. Otherwise this is the dict the steps update, as it was assigned."""
-        if self.resident is None:
-            return self._params
-        current = self.resident.values()
+        """The current params by name: the runner's live arrays, which a later step may
+        overwrite (copy an array to keep it); assign a whole dict to change them."""
+        current = self.runner.values()
         return {name: current[name] for name in self._param_names}
 
     @params.setter
     def params(self, values: dict) -> None:
-        if self.resident is None:
-            self._params = values  # the caller's dict: steps write the new arrays into it
-        else:
-            self.resident.load({**self.resident.values(), **values})
+        self.runner.load({**self.runner.values(), **values})
 
     @property
     def state(self) -> dict[str, np.ndarray]:
         """The optimizer's state by name, held as `params` are."""
-        if self.resident is None:
-            return self._state
-        current = self.resident.values()
+        current = self.runner.values()
         return {name: current[name] for name in self.interface.state}
 
     @state.setter
     def state(self, values: dict) -> None:
-        if self.resident is None:
-            self._state = values
-        else:
-            self.resident.load({**self.resident.values(), **values})
+        self.runner.load({**self.runner.values(), **values})
 
     def learning_rate(self, total_steps: int) -> float:
         config = self.config
@@ -217,30 +179,15 @@ class Trainer:
         return config.lr
 
     def train_step(self, batch: dict, lr: float) -> dict:
-        """One step on `batch`: the step's outputs by name (objective and metrics; on a
-        backend that keeps the params, not the updated params, which `params` gives)."""
-        if self.shards is not None:
-            check_dataset(self.model.graph, batch, "the batch")
-            self.shards.load(batch)  # a data set of one batch; `fit` sends its data once
+        """One step on `batch`: the objective and metrics by name (`params` gives the updated
+        params)."""
         return self.step_on(batch, None, lr)
 
     def step_on(self, data: dict, rows: np.ndarray | None, lr: float) -> dict:
         """One step on the batch of `data` made of `rows` (all of it when None)."""
-        feeds = {LR: np.asarray(lr, self.dtype)}
-        if self.shards is None:
-            feeds.update(data if rows is None else take_rows(data, rows))
-        else:  # the gradient graph's outputs, averaged over the batch's shards
-            feeds.update(self.shards.averaged(self.params, rows, self.steps))
-        if self.resident is not None:
-            return self.resident.step(feeds)
-        feeds.update(self._state)
-        outputs = self.step_backend.run(self.step_graph, feeds, self._params, training=True,
-                                        rng=self.dropout_rng)
-        for name, next_name in self._param_updates:
-            self._params[name] = outputs[next_name]
-        for name, next_name in self._state_updates:
-            self._state[name] = outputs[next_name]
-        return outputs
+        feeds = self.runner.feeds(data, rows, self.steps)
+        feeds[LR] = np.asarray(lr, self.dtype)
+        return self.runner.step(feeds)
 
     def evaluate(self, arrays: dict) -> dict[str, float]:
         """Objective and metrics over a whole data set, averaged over rows."""
@@ -260,11 +207,12 @@ class Trainer:
 
     def fit(self, train: dict, val: dict | None = None, checkpoint_dir=None, progress=None):
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
-        after each epoch; Ctrl-C stops after the current step with a checkpoint."""
+        after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
+        gets the trained params whenever steps ran, also when training stops early; they are
+        returned too."""
         rows = check_dataset(self.model.graph, train, "training data")
-        if self.shards is not None:
-            self.shards.load(train)
-            self.shards.check_mean_over_rows(self, train)
+        self.runner.prepare(train, self.evaluate)
+        steps_before = self.steps
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         with lock:
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
@@ -279,7 +227,15 @@ class Trainer:
                     self.log(record)
             finally:
                 signal.signal(signal.SIGINT, previous_handler)
+                if self.steps != steps_before:
+                    self.update_model()
         return self.params
+
+    def update_model(self) -> None:
+        """Give the model the params (and model state) trained so far, copied: its own calls,
+        such as `predict`, then use them."""
+        trained = {name: np.array(array) for name, array in self.params.items()}
+        self.model.params = {**self.model.params, **trained}
 
     def run_epoch(self, train: dict, rows: int, checkpoint_dir, progress) -> dict:
         """The rest of the current epoch (all of it unless resuming mid-epoch); returns its
@@ -310,8 +266,7 @@ class Trainer:
         record = {"epoch": self.epoch + 1, "steps": self.steps,
                   "seconds": time.perf_counter() - started,
                   "train": {k: v / max(seen, 1) for k, v in sums.items()}}
-        if self.shards is not None:
-            record["distributed"] = self.shards.epoch_summary()
+        record.update(self.runner.epoch_record())
         return record
 
     def check_finite(self, outputs: dict, index: int) -> None:
@@ -319,13 +274,14 @@ class Trainer:
         infinite gradient shows up in the params it updates)."""
         objective = self.interface.objective
         bad = [] if np.isfinite(outputs[objective]) else [f"the objective {objective}"]
+        params = self.params
         bad += [f"param {name}" for name in self.interface.params
-                if not np.isfinite(self.params[name]).all()]
+                if not np.isfinite(params[name]).all()]
         if bad:
             raise NonFiniteError(
                 f"step {self.steps + 1} (epoch {self.epoch + 1}, batch {index + 1}) made "
                 f"{', '.join(bad)} NaN or Inf; training stopped. Rerun with --check-numerics"
-                f"{' (without --workers)' if self.shards else ''} to "
+                f"{self.runner.rerun_note} to "
                 f"find the first node that produces it (a learning rate too high is the usual "
                 f"cause), or give --allow-nonfinite to train on")
 
@@ -336,8 +292,7 @@ class Trainer:
 
     def close(self) -> None:
         """Stop the workers of a distributed trainer (and Ray, if it started it)."""
-        if self.shards is not None:
-            self.shards.close()
+        self.runner.close()
 
     def __enter__(self):
         return self

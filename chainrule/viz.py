@@ -36,7 +36,7 @@ def to_dot(graph: Graph, backward_prefix: str | None = None) -> str:
     """DOT text for `graph`; nodes whose value's name starts with `backward_prefix` (autodiff
     names every value it writes d<objective>/d...) are drawn as the backward graph."""
     forward_nodes = {n for n in graph.nodes
-                     if backward_prefix is None or not n.outputs[0].name.startswith(backward_prefix)}
+                     if backward_prefix is None or not n.output.name.startswith(backward_prefix)}
     forward_values = set(graph.inputs) | set(graph.param_values())
     forward_values.update(v for n in graph.nodes if n in forward_nodes for v in n.outputs)
     ids = {value: f"v{i}" for i, value in enumerate(graph.values())}
@@ -58,7 +58,7 @@ def to_dot(graph: Graph, backward_prefix: str | None = None) -> str:
         colours = BACKWARD if backward else FORWARD
         if node.op == "constant":  # a constant is a value, not a computation
             number = f"{node.attrs['value']:g}"
-            lines.append(f"  {ids[node.outputs[0]]} [shape=box, style=\"filled,rounded\", "
+            lines.append(f"  {ids[node.output]} [shape=box, style=\"filled,rounded\", "
                          f"fontsize=9, fillcolor={_quote(colours['op'])}, "
                          f"label={_quote(number)}];")
             continue

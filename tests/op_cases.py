@@ -1,19 +1,23 @@
-"""Per-op test cases: input shapes, dtypes, value domains and attrs, used by several tests.
+"""Per-op test data, used by several tests: cases (input shapes, dtypes, value domains and
+attrs) and plain numpy references of what each op computes.
 
-Each differentiable op has at least one case; broadcasting, size-1 dims and negative axes are
-covered where the op has them. Values stay away from kinks and ties (relu at 0, max ties), where
-finite differences do not estimate the subgradient the rules choose.
+Each differentiable op has at least one case in CASES, each other op one in FORWARD_CASES;
+broadcasting, size-1 dims and negative axes are covered where the op has them. Values stay away
+from kinks and ties (relu at 0, max ties), where finite differences do not estimate the
+subgradient the rules choose.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from chainrule.ir import Graph, GraphBuilder, Value
 from chainrule.ir.shapes import TO_END, TO_START
-from chainrule.ir.types import TensorType
+from chainrule.ir.types import NUMPY_DTYPES, TensorType
+from support.conv_reference import REFERENCES as CONV_REFERENCES
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,10 @@ CASES = [
     Case("relu", (F((4, 5), domain="away_from_zero"),)),
     Case("sigmoid", (F((4, 5)),)),
     Case("tanh", (F((4, 5)),)),
+    Case("sin", (F((4, 5)),)),
+    Case("sin", (F(()),)),
+    Case("cos", (F((4, 5)),)),
+    Case("cos", (F(()),)),
     Case("where", (Arg((3, 4), "bool", "bool"), F((3, 4)), F((4,)))),
     Case("cast", (F((3,)),), {"dtype": "f64"}),
     Case("matmul", (F((3, 4)), F((4, 5)))),
@@ -196,6 +204,206 @@ CASES = [
 ]
 
 
+# ---- plain numpy references, one per op, and cases for the ops without derivative rules ----
+
+
+def _softmax(x, axis):
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _slice(x, starts, ends, axes, steps):
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        x = np.take(x, list(range(*slice(start, end, step).indices(x.shape[axis]))), axis=axis)
+    return x
+
+
+def _unslice(sliced, like, **window):
+    positions = _slice(np.arange(like.size).reshape(like.shape), **window)
+    result = np.zeros(like.size, sliced.dtype)
+    result[positions.ravel()] = sliced.ravel()
+    return result.reshape(like.shape)
+
+
+def _scatter_add(updates, indices, like, axis):
+    axis %= like.ndim
+    result = np.zeros(like.shape, updates.dtype)
+    before = (slice(None),) * axis
+    for position in np.ndindex(indices.shape):
+        result[before + (indices[position],)] += updates[before + position]
+    return result
+
+
+def _gather_elements(x, indices, axis):
+    """ONNX's definition: out[p] = x[p with its `axis` coordinate replaced by indices[p]]."""
+    result = np.empty(indices.shape, x.dtype)
+    for position in np.ndindex(indices.shape):
+        source = list(position)
+        source[axis] = indices[position]
+        result[position] = x[tuple(source)]
+    return result
+
+
+def _scatter_elements_add(updates, indices, like, axis):
+    result = np.zeros(like.shape, updates.dtype)
+    for position in np.ndindex(indices.shape):
+        target = list(position)
+        target[axis] = indices[position]
+        result[tuple(target)] += updates[position]
+    return result
+
+
+def _by_element(function):
+    """A math module function applied to each element (in float64), in x's dtype."""
+    return lambda x: np.vectorize(function, otypes=[x.dtype])(x)
+
+
+def _unconcat(whole, *parts, axis, index):
+    offsets = np.cumsum([p.shape[axis] for p in parts])[:-1]
+    return np.split(whole, offsets, axis=axis)[index]
+
+
+def _reshape(x, shape):
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+
+
+def _broadcast_to(x, shape):
+    lead = len(shape) - x.ndim
+    return np.broadcast_to(x, [x.shape[i - lead] if d == -1 else d for i, d in enumerate(shape)])
+
+
+def _cross_entropy(logits, labels):
+    log_p = np.log(_softmax(logits, -1))
+    return -np.mean(np.take_along_axis(log_p, labels[..., None], -1))
+
+
+def _axes(axes):
+    return None if axes is None else tuple(axes)
+
+
+def _cross_entropy_grad(logits, labels, scale):
+    onehot = np.eye(logits.shape[-1])[labels]
+    return (_softmax(logits, -1) - onehot) * scale
+
+
+def _nll(log_probs, labels):
+    return -np.mean(np.take_along_axis(log_probs, labels[..., None], axis=-1))
+
+
+def _gemm(a, b, trans_a, trans_b):
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
+def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b):
+    return alpha * _gemm(a, b, trans_a, trans_b) + beta * c
+
+
+def _fill(value, *sources, shape, axes):
+    from_sources = [source.shape[axis] for source, axis in zip(sources, axes, strict=True)]
+    return np.broadcast_to(value, [from_sources.pop(0) if d == -1 else d for d in shape])
+
+
+REFERENCES = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
+    "exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": _by_element(math.sin),
+    "cos": _by_element(math.cos), "sqrt": np.sqrt, "abs": np.abs,
+    "sign": np.sign, "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
+    "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "softplus": lambda x: np.log1p(np.exp(x)), "erf": _by_element(math.erf),
+    "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
+    "less": lambda a, b: a < b, "less_equal": lambda a, b: a <= b,
+    "greater": lambda a, b: a > b, "greater_equal": lambda a, b: a >= b,
+    "equal": lambda a, b: a == b, "not_equal": lambda a, b: a != b,
+    "logical_and": lambda a, b: a & b, "logical_or": lambda a, b: a | b,
+    "logical_not": lambda x: ~x, "where": np.where,
+    "cast": lambda x, dtype: x.astype(NUMPY_DTYPES[dtype]),
+    "sum": lambda x, axes, keepdims: x.sum(axis=_axes(axes), keepdims=keepdims),
+    "mean": lambda x, axes, keepdims: x.mean(axis=_axes(axes), keepdims=keepdims),
+    "max": lambda x, axes, keepdims: x.max(axis=_axes(axes), keepdims=keepdims),
+    "min": lambda x, axes, keepdims: x.min(axis=_axes(axes), keepdims=keepdims),
+    "logsumexp": lambda x, axes, keepdims: np.log(np.exp(x).sum(axis=_axes(axes),
+                                                                keepdims=keepdims)),
+    "argmax": lambda x, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims),
+    "argmin": lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
+    "numel": lambda x, axes, dtype: np.asarray(
+        np.prod([x.shape[a] for a in axes] if axes is not None else x.shape),
+        NUMPY_DTYPES[dtype]),
+    "matmul": lambda a, b: a @ b, "transpose": lambda x, perm: x.transpose(perm),
+    "reshape": _reshape, "reshape_like": lambda x, like: x.reshape(like.shape),
+    "broadcast_to": _broadcast_to, "broadcast_like": lambda x, like: np.broadcast_to(x, like.shape),
+    "unsqueeze": lambda x, axes: np.expand_dims(x, axes),
+    "squeeze": lambda x, axes: np.squeeze(x, axes),
+    "concat": lambda *parts, axis: np.concatenate(parts, axis),
+    "unconcat": _unconcat, "slice": _slice, "unslice": _unslice,
+    "take": lambda x, indices, axis: np.take(x, indices, axis), "scatter_add": _scatter_add,
+    "gather_elements": _gather_elements, "scatter_elements_add": _scatter_elements_add,
+    "softmax": _softmax, "log_softmax": lambda x, axis: np.log(_softmax(x, axis)),
+    "cross_entropy": _cross_entropy, "mse": lambda a, b: np.mean((a - b) ** 2),
+    "relu_grad": lambda x, g: g * (x > 0), "cross_entropy_grad": _cross_entropy_grad,
+    "nll": _nll,
+    "cross_entropy_grad_from_log_probs": lambda log_probs, labels, scale: (
+        (np.exp(log_probs) - np.eye(log_probs.shape[-1])[labels]) * scale),
+    "sum_squares": lambda x: np.sum(x * x), "gemm": _gemm,
+    "gemm_acc": _gemm_acc,
+    "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
+    "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
+    "fill": _fill, "arange": lambda n: np.arange(n),
+    **CONV_REFERENCES,
+}
+
+# Ops without derivative rules have no gradient cases; these cover them (and casts away from
+# floats) for the reference and onnxruntime checks.
+FORWARD_CASES = [
+    Case("sign", (Arg((3, 4)),)),
+    Case("logical_and", (Arg((3, 4), "bool", "bool"), Arg((4,), "bool", "bool"))),
+    Case("logical_or", (Arg((2, 1), "bool", "bool"), Arg((1, 3), "bool", "bool"))),
+    Case("logical_not", (Arg((5,), "bool", "bool"),)),
+    Case("less", (Arg((3, 4)), Arg((4,)))),
+    Case("less_equal", (Arg((3, 1)), Arg((1, 4)))),
+    Case("greater", (Arg(()), Arg((2, 3)))),
+    Case("greater_equal", (Arg((3, 4)), Arg((3, 4)))),
+    Case("equal", (labels((3, 4), 3), labels((4,), 3))),
+    Case("not_equal", (labels((3, 4), 3), labels((3, 1), 3))),
+    Case("argmax", (Arg((3, 4)),), {"axis": 1}),
+    Case("argmax", (Arg((2, 3, 4)),), {"axis": -1, "keepdims": True}),
+    Case("argmin", (Arg((3, 4)),), {"axis": 0}),
+    Case("argmin", (labels((2, 5), 3),), {"axis": -1}),  # ties: the first position
+    Case("one_hot", (labels((4,), 5),), {"depth": 5, "dtype": "f64"}),
+    Case("numel", (Arg((2, 3)),), {"axes": (1,), "dtype": "f64"}),
+    Case("cast", (Arg((3, 4)),), {"dtype": "i64"}),
+    Case("cast", (Arg((3, 4)),), {"dtype": "bool"}),
+    Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
+    Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
+    Case("gather_elements", (labels((3, 4), 9), indices((3, 2), 4)), {"axis": 1}),
+    # constructors: fill's -1 sizes are read off its other operands' axes
+    Case("fill", (labels((), 9), Arg((3, 4)), labels((2,), 3)),
+         {"shape": (-1, 5, -1), "axes": (1, 0)}),
+    Case("fill", (Arg((), "bool", "bool"),), {"shape": (2, 3)}),
+    Case("fill", (Arg(()),), {"shape": ()}),
+    Case("arange", (), {"n": 5}),
+    # fused ops, which the fuse pass writes into gradient graphs
+    Case("relu_grad", (Arg((3, 4), domain="away_from_zero"), Arg((3, 4)))),
+    Case("cross_entropy_grad", (Arg((6, 5)), labels((6,), 5), Arg(()))),
+    Case("cross_entropy_grad", (Arg((2, 3, 4)), labels((2, 3), 4), Arg(()))),
+    Case("nll", (Arg((6, 5)), labels((6,), 5))),
+    Case("nll", (Arg((2, 3, 4)), labels((2, 3), 4))),
+    Case("cross_entropy_grad_from_log_probs",
+         (Arg((6, 5)), labels((6,), 5), Arg(()))),
+    Case("sum_squares", (Arg((3, 4)),)),
+    Case("gemm", (Arg((4, 3)), Arg((4, 5))), {"trans_a": True, "trans_b": False}),
+    Case("gemm", (Arg((3, 4)), Arg((5, 4))), {"trans_a": False, "trans_b": True}),
+    Case("gemm_acc", (Arg((4, 3)), Arg((4, 5)), Arg((3, 5)), Arg(()), Arg(())),
+         {"trans_a": True, "trans_b": False}),
+    Case("gemm_acc", (Arg((3, 4)), Arg((5, 4)), Arg((3, 5)), Arg(()), Arg(())),
+         {"trans_a": False, "trans_b": True}),
+    Case("gemm_acc", (Arg((3, 4)), Arg((4, 5)), Arg((3, 5)), Arg(()), Arg(()))),
+]
+
+
+
 def in_dtype(case: Case, dtype: str) -> Case:
     """The case with its float operands in `dtype`."""
     args = tuple(dataclasses.replace(a, dtype=dtype) if a.dtype in ("f32", "f64") else a
@@ -217,6 +425,15 @@ def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:
     elif arg.domain == "away_from_zero":
         values = np.sign(values) * (np.abs(values) + 0.2)
     return values.astype(np.float64 if arg.dtype == "f64" else np.float32)
+
+
+def forward_graph(case: Case) -> Graph:
+    """inputs a0.. -> op -> out."""
+    graph = Graph(f"forward_{case.op}")
+    graph.inputs = [Value(f"a{i}", TensorType(arg.dtype, arg.shape))
+                    for i, arg in enumerate(case.args)]
+    graph.outputs = [GraphBuilder(graph).emit(case.op, graph.inputs, case.attrs, name="out")]
+    return graph
 
 
 def scalar_objective_graph(case: Case) -> tuple[Graph, list[Value], Value]:

@@ -1,8 +1,9 @@
 """The command line in a real process: the `python -m chainrule` entry point, and the in-process
 runner the other CLI tests use (tests/support/cli.py) giving what a process gives.
 
-Signals, kills and locks held by another process are tested where they belong, also in real
-processes: tests/test_train.py, test_hardening.py and test_distributed.py (marker `subprocess`).
+Signals, kills, locks held by another process and fresh imports are tested where they belong,
+also in real processes (marker `subprocess`): tests/test_train.py, test_hardening.py,
+test_distributed.py, test_api.py and test_docs.py.
 """
 import pytest
 

@@ -100,7 +100,7 @@ def test_only_kernels_returning_new_arrays_are_trusted_as_fresh(case):
 def test_views_of_inputs_are_never_overwritten(level):
     # broadcast_to returns a read-only view of x; from -O1 on, the cotangent of reshape(x) is
     # w itself, so dJ/dx's first term is a view of the caller's w.
-    model = chainrule.compile("""model m(x: f64[2, 3], w: f64[6], y: f64[4, 2, 3]) {
+    model = chainrule.compile(source="""model m(x: f64[2, 3], w: f64[6], y: f64[4, 2, 3]) {
         b = broadcast_to(x, (4, 2, 3))
         J = sum(tanh(x)) + sum(reshape(x, (6,)) * w) + sum(b * y)
         return J
@@ -144,7 +144,7 @@ SHAPE_AS_OUTPUT = """model m(x: f32[B, 3], y: i64[B]) {
 
 
 def test_shape_values_are_computed_once_per_shape_signature():
-    model = chainrule.compile(SHAPED)
+    model = chainrule.compile(source=SHAPED)
     graph, _ = model.grad_graph(opt_level="O2")
     compiled = compile_graph(graph)
     assert "SHAPE_VALUES.get(shapes)" in compiled.source
@@ -160,7 +160,7 @@ def test_shape_values_are_computed_once_per_shape_signature():
 
 def test_a_shape_value_that_is_an_output_is_computed_each_call():
     """The caller may write into an output: a cached array would carry that to the next call."""
-    model = chainrule.compile(SHAPE_AS_OUTPUT)
+    model = chainrule.compile(source=SHAPE_AS_OUTPUT)
     graph, _ = model.compile_graph(opt_level="O2")
     compiled = compile_graph(graph)
     assert "SHAPE_VALUES" not in compiled.source
@@ -172,7 +172,7 @@ def test_a_shape_value_that_is_an_output_is_computed_each_call():
 
 def test_a_numel_of_an_intermediate_reads_an_input_of_its_shape():
     """Its operand is computed after the block runs, and may die at the numel."""
-    model = chainrule.compile("""model m(x: f32[B, 3], t: f32[B, 3]) {
+    model = chainrule.compile(source="""model m(x: f32[B, 3], t: f32[B, 3]) {
     d = x * t
     n = numel(d)
     return sum(x) / n

@@ -24,7 +24,7 @@ SIGNATURE = "x: f32[B, 3], xd: f64[B, 3], y: i64[N]"
 
 
 def constructor_model(expression: str) -> chainrule.Model:
-    return chainrule.compile(f"model m({SIGNATURE}) {{\n    c = {expression}\n    return c\n}}\n")
+    return chainrule.compile(source=f"model m({SIGNATURE}) {{\n    c = {expression}\n    return c\n}}\n")
 
 
 def feeds(batch: int, count: int) -> dict:
@@ -100,14 +100,14 @@ def test_symbolic_dims_are_read_when_the_model_runs():
 
 
 def test_dims_bound_at_compile_time_give_a_fixed_shape():
-    model = chainrule.compile(f"model m({SIGNATURE}) {{\n    c = ones((B, 2))\n    return c\n}}\n",
+    model = chainrule.compile(source=f"model m({SIGNATURE}) {{\n    c = ones((B, 2))\n    return c\n}}\n",
                               dims={"B": 4})
     (fill,) = [n for n in model.graph.nodes if n.op == "fill"]
     assert fill.attrs["shape"] == (4, 2) and len(fill.inputs) == 1  # the value alone
     for backend in BACKENDS:
         np.testing.assert_array_equal(model.run(backend=backend, **feeds(4, 2))["c"],
                                       np.ones((4, 2), np.float32))
-    sized = chainrule.compile(f"model m({SIGNATURE}) {{\n    c = eye(B) + f32(arange(B))\n"
+    sized = chainrule.compile(source=f"model m({SIGNATURE}) {{\n    c = eye(B) + f32(arange(B))\n"
                               f"    return c\n}}\n", dims={"B": 3})
     np.testing.assert_array_equal(sized.run(**feeds(3, 2))["c"],
                                   np.eye(3, dtype=np.float32) + np.arange(3))
@@ -115,7 +115,7 @@ def test_dims_bound_at_compile_time_give_a_fixed_shape():
 
 def test_predict_reads_the_batch_size_of_each_batch():
     # 7 rows in batches of 3: the last batch has one row, and the constructor follows it.
-    model = chainrule.compile("model m(x: f32[B, 3]) {\n    o = ones((B, 2)) * sum(x)\n"
+    model = chainrule.compile(source="model m(x: f32[B, 3]) {\n    o = ones((B, 2)) * sum(x)\n"
                               "    return o\n}\n")
     x = np.arange(21, dtype=np.float32).reshape(7, 3)
     for backend in BACKENDS:
@@ -140,7 +140,7 @@ GRADIENT_MODEL = """model m(x: f64[B, 3], y: f64[B, 4]) {
 @pytest.mark.parametrize("opt_level", ["O0", "O2"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_through_constructors_match_finite_differences(backend, opt_level):
-    model = chainrule.compile(GRADIENT_MODEL)
+    model = chainrule.compile(source=GRADIENT_MODEL)
     rng = np.random.default_rng(0)
     data = {"x": rng.normal(size=(5, 3)), "y": rng.normal(size=(5, 4))}
     grads = model.grad(backend=backend, opt_level=opt_level, **data)
@@ -153,13 +153,13 @@ def test_gradients_through_constructors_match_finite_differences(backend, opt_le
 
 
 def test_gradient_and_training_step_exports_pass_the_full_onnx_checker():
-    model = chainrule.compile(GRADIENT_MODEL)
+    model = chainrule.compile(source=GRADIENT_MODEL)
     check_standard(model.to_onnx(grad=True))
     check_standard(model.to_onnx(train_step=OptimizerSpec("adam")))
 
 
 def test_no_gradient_flows_into_the_inputs_a_constructor_reads_dims_from():
-    model = chainrule.compile("model m(x: f64[B, 3]) {\n"
+    model = chainrule.compile(source="model m(x: f64[B, 3]) {\n"
                               "    c = f64(zeros((B, 3))) + ones_like(x) + full((B, 1), f64(2.0))\n"
                               "    J = sum(c)\n    return J\n}\n")
     x = np.random.default_rng(1).normal(size=(4, 3))
@@ -169,7 +169,7 @@ def test_no_gradient_flows_into_the_inputs_a_constructor_reads_dims_from():
 
 
 def test_an_f32_constructor_model_gradchecks_in_float64():
-    model = chainrule.compile("model m(x: f32[B, 3]) {\n    param W: f32[4, 3] = glorot()\n"
+    model = chainrule.compile(source="model m(x: f32[B, 3]) {\n    param W: f32[4, 3] = glorot()\n"
                               "    h = zeros((B, 4)) + x @ W.T\n    J = sum(tanh(h) * eye(4)[1])\n"
                               "    return J\n}\n")
     x = np.random.default_rng(2).normal(size=(6, 3)).astype(np.float32)
@@ -178,7 +178,7 @@ def test_an_f32_constructor_model_gradchecks_in_float64():
 
 
 def test_a_zero_state_carried_through_a_loop():
-    model = chainrule.compile("""model rnn(x: f64[B, T, 3]) {
+    model = chainrule.compile(source="""model rnn(x: f64[B, T, 3]) {
     param W: f64[4, 4] = glorot()
     param U: f64[4, 3] = glorot()
     h = f64(zeros((B, 4)))
@@ -244,7 +244,7 @@ def test_errors_are_located(line, col, message, tmp_path):
 
 @pytest.mark.parametrize("opt_level", ["O0", "O2"])
 def test_constructor_graphs_round_trip_through_the_ir_text(opt_level):
-    model = chainrule.compile(GRADIENT_MODEL)
+    model = chainrule.compile(source=GRADIENT_MODEL)
     for graph in (model.graph, model.compile_graph(grad=True, opt_level=opt_level)[0],
                   constructor_model("ones((N, B, 2))").graph):
         text = print_graph(graph)
@@ -272,7 +272,7 @@ def test_fill_and_arange_in_ir_text():
 
 
 def test_passes_keep_constructor_values():
-    model = chainrule.compile(GRADIENT_MODEL)
+    model = chainrule.compile(source=GRADIENT_MODEL)
     rng = np.random.default_rng(4)
     data = {"x": rng.normal(size=(3, 3)), "y": rng.normal(size=(3, 4))}
     expected = model.grad(opt_level="O0", **data)

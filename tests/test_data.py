@@ -253,7 +253,7 @@ model m(x: f32[B, 3], y: i64[B], k: i64[2]) {
                      "in [-3, 3)"),
 ])
 def test_labels_and_indices_out_of_range_are_refused_by_every_backend(backend, y, k, message):
-    model = chainrule.compile(LABELS_MODEL)
+    model = chainrule.compile(source=LABELS_MODEL)
     x = np.zeros((2, 3), np.float32)
     for _ in range(2):  # the second call takes the backend's cached, checked path
         with pytest.raises(ChainruleError, match=message.replace("[", r"\[").replace(
@@ -286,7 +286,7 @@ def test_predict_runs_in_batches_and_joins_them():
 
 
 def test_run_with_outputs_that_need_only_some_params():
-    model = chainrule.compile("model m(x: f32[B, 3]) {\n    param W: f32[3, 3] = glorot()\n"
+    model = chainrule.compile(source="model m(x: f32[B, 3]) {\n    param W: f32[3, 3] = glorot()\n"
                               "    param V: f32[3] = zeros()\n    b = sum(V)\n    a = x @ W.T\n"
                               "    return b, a\n}\n")
     x = np.ones((2, 3), np.float32)

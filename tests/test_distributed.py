@@ -66,11 +66,17 @@ def data(rows: int, features: int, classes: int, seed: int = 0) -> dict:
 
 
 def trained(model, config, train, workers=None, **fit_options):
-    """The params after `fit`, copied, and the trainer's epoch records and notes."""
+    """The params after `fit`, copied, and the trainer's epoch records and notes. The model
+    keeps its params: `fit` leaves the trained ones in it, and each run here starts afresh."""
     records, notes = [], []
-    with Trainer(model, config, records.append, workers=workers, notify=notes.append) as trainer:
-        trainer.fit(train, **fit_options)
-        return {k: np.array(v) for k, v in trainer.params.items()}, records, notes
+    initial = dict(model.params)
+    try:
+        with Trainer(model, config, records.append, workers=workers,
+                     notify=notes.append) as trainer:
+            trainer.fit(train, **fit_options)
+            return {k: np.array(v) for k, v in trainer.params.items()}, records, notes
+    finally:
+        model.params = initial
 
 
 def assert_same_params(actual, expected, rtol=1e-9):
@@ -156,16 +162,16 @@ def test_batch_norm_statistics_are_averaged_over_shards_by_rows(ray_session):
 
 SUMMED_OVER_ROWS = SMALL.replace("J = cross_entropy(tanh(x @ W.T) @ V.T, y)",
                                  "J = cross_entropy(tanh(x @ W.T) @ V.T, y) * numel(y, dtype=f64)")
+GRADIENT_PENALTY = (ROOT / "examples" / "gradient_penalty.nn").read_text()
 
 
 @needs_ray
-@pytest.mark.parametrize("source,features", [(SUMMED_OVER_ROWS, 6),
-                                             (str(ROOT / "examples" / "gradient_penalty.nn"), 8)],
+@pytest.mark.parametrize("source,features", [(SUMMED_OVER_ROWS, 6), (GRADIENT_PENALTY, 8)],
                          ids=["summed", "gradient-penalty"])
 def test_an_objective_that_is_not_a_mean_over_rows_is_refused(ray_session, source, features):
     """A loss summed over rows, and a penalty on the input gradient of a mean (which shrinks
     as the batch grows): either would train differently on shards."""
-    model = chainrule.compile(source).to_f64()
+    model = chainrule.compile(source=source).to_f64()
     with Trainer(model, TrainConfig(batch_size=8), workers=2) as trainer:
         with pytest.raises(ChainruleError, match="not a mean over the batch's rows"):
             trainer.fit(data(16, features, 3))
@@ -173,7 +179,7 @@ def test_an_objective_that_is_not_a_mean_over_rows_is_refused(ray_session, sourc
 
 @needs_ray
 def test_a_non_finite_step_stops_distributed_training(ray_session):
-    model = chainrule.compile(SMALL)
+    model = chainrule.compile(source=SMALL)
     config = TrainConfig(epochs=3, batch_size=4, lr=1e300, optimizer=OptimizerSpec("sgd"))
     with Trainer(model, config, workers=2) as trainer:
         with pytest.raises(NonFiniteError, match=r"--check-numerics \(without --workers\)"):
@@ -189,7 +195,7 @@ DROPOUT_DATA = data(24, 6, 3)
 @pytest.fixture(scope="module")
 def with_dropout_on_2_workers(ray_session):
     """The params of an unfaulted, uninterrupted run of the dropout model on 2 workers."""
-    return trained(chainrule.compile(WITH_DROPOUT), DROPOUT_CONFIG, DROPOUT_DATA, 2)[0]
+    return trained(chainrule.compile(source=WITH_DROPOUT), DROPOUT_CONFIG, DROPOUT_DATA, 2)[0]
 
 
 @needs_ray
@@ -198,7 +204,7 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
     shard with the same dropout masks, and the params are exactly an unfaulted run's."""
     def kill_after_step_3(trainer, *progress):
         if trainer.steps == 3:
-            killed = trainer.shards.workers[1]
+            killed = trainer.runner.gradients.workers[1]
             ray.kill(killed)
             while True:  # until the kill has landed, so that step 4 finds the worker dead
                 try:
@@ -206,7 +212,7 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
                 except ray.exceptions.RayActorError:
                     break
 
-    params, records, notes = trained(chainrule.compile(WITH_DROPOUT), DROPOUT_CONFIG,
+    params, records, notes = trained(chainrule.compile(source=WITH_DROPOUT), DROPOUT_CONFIG,
                                      DROPOUT_DATA, 2, progress=kill_after_step_3)
     for name, expected in with_dropout_on_2_workers.items():
         assert np.array_equal(params[name], expected), name
@@ -217,9 +223,9 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
 @needs_ray
 def test_dropout_masks_follow_the_step_and_resume_with_it(with_dropout_on_2_workers, tmp_path):
     straight = with_dropout_on_2_workers
-    without_dropout, _, _ = trained(chainrule.compile(SMALL), DROPOUT_CONFIG, DROPOUT_DATA)
+    without_dropout, _, _ = trained(chainrule.compile(source=SMALL), DROPOUT_CONFIG, DROPOUT_DATA)
     assert not np.allclose(straight["W"], without_dropout["W"])  # the masks did something
-    model = chainrule.compile(WITH_DROPOUT)
+    model = chainrule.compile(source=WITH_DROPOUT)
 
     def stop_after_step_5(trainer, *progress):
         trainer.stop_requested = trainer.steps == 5
@@ -239,7 +245,7 @@ def test_dropout_masks_follow_the_step_and_resume_with_it(with_dropout_on_2_work
 @pytest.mark.parametrize("first,then", [(2, None), (None, 3)], ids=["ray-then-local",
                                                                     "local-then-ray"])
 def test_a_checkpoint_resumes_in_either_kind_of_run(ray_session, tmp_path, first, then):
-    model = chainrule.compile(SMALL)
+    model = chainrule.compile(source=SMALL)
     config = TrainConfig(epochs=3, batch_size=5, lr=0.1, optimizer=OptimizerSpec("adam"))
     train = data(23, 6, 3)
     straight, _, _ = trained(model, config, train)
@@ -260,17 +266,17 @@ def test_a_checkpoint_resumes_in_either_kind_of_run(ray_session, tmp_path, first
 @pytest.mark.parametrize("workers", [0, -2, 1.5, True])
 def test_a_worker_count_below_one_or_not_whole_is_refused(workers):
     with pytest.raises(ChainruleError, match="--workers must be a whole number of at least 1"):
-        Trainer(chainrule.compile(SMALL), TrainConfig(), workers=workers)
+        Trainer(chainrule.compile(source=SMALL), TrainConfig(), workers=workers)
 
 
 def test_check_numerics_is_refused_with_workers():
     with pytest.raises(ChainruleError, match="--check-numerics .* without --workers"):
-        Trainer(chainrule.compile(SMALL), TrainConfig(check_numerics=True), workers=2)
+        Trainer(chainrule.compile(source=SMALL), TrainConfig(check_numerics=True), workers=2)
 
 
 @needs_ray
 def test_inputs_without_a_batch_dim_are_refused():
-    fixed = chainrule.compile(SMALL.replace("x: f64[B, 6], y: i64[B]", "x: f64[4, 6], y: i64[4]"))
+    fixed = chainrule.compile(source=SMALL.replace("x: f64[B, 6], y: i64[B]", "x: f64[4, 6], y: i64[4]"))
     with pytest.raises(ChainruleError, match=r"x: f64\[4, 6\], y: i64\[4\] has none"):
         Trainer(fixed, TrainConfig(), workers=2)
 

@@ -18,12 +18,12 @@ model m(x: f32[B, 4], y: i64[B]) {
 
 def error_of(source: str) -> ChainruleError:
     with pytest.raises(ChainruleError) as info:
-        chainrule.compile(source)
+        chainrule.compile(source=source)
     return info.value
 
 
 def test_constants_fold_and_adopt_the_tensor_dtype():
-    model = chainrule.compile("model m(x: f64[3]) {\n  let a = 3\n  y = a / 2 * x\n"
+    model = chainrule.compile(source="model m(x: f64[3]) {\n  let a = 3\n  y = a / 2 * x\n"
                               "  return y\n}\n")
     (node,) = [n for n in model.graph.nodes if n.op == "constant"]
     assert node.attrs == {"value": 1.5, "dtype": "f64"}
@@ -31,27 +31,27 @@ def test_constants_fold_and_adopt_the_tensor_dtype():
 
 
 def test_symbolic_dims_flow_through():
-    model = chainrule.compile(MLP_LIKE)
+    model = chainrule.compile(source=MLP_LIKE)
     assert str(model.graph.find("z").type) == "f32[B, 3]"
 
 
 def test_keyword_arguments_and_tuples():
-    model = chainrule.compile("model m(x: f32[2, 3, 4]) {\n"
+    model = chainrule.compile(source="model m(x: f32[2, 3, 4]) {\n"
                               "  s = sum(x, axis=(0, 2), keepdims=true)\n  return s\n}\n")
     assert str(model.graph.outputs[0].type) == "f32[1, 3, 1]"
     assert model.graph.nodes[-1].attrs == {"axes": (0, 2), "keepdims": True}
 
 
 def test_multiline_calls_and_comments():
-    model = chainrule.compile("model m(x: f32[2, 3]) {  # inputs\n"
+    model = chainrule.compile(source="model m(x: f32[2, 3]) {  # inputs\n"
                               "  s = sum(x,\n          axis=1)   # over rows\n  return s\n}")
     assert str(model.graph.outputs[0].type) == "f32[2]"
 
 
 def test_params_initialise_reproducibly():
-    a = chainrule.compile(MLP_LIKE, seed=5).params["W"]
-    b = chainrule.compile(MLP_LIKE, seed=5).params["W"]
-    c = chainrule.compile(MLP_LIKE, seed=6).params["W"]
+    a = chainrule.compile(source=MLP_LIKE, seed=5).params["W"]
+    b = chainrule.compile(source=MLP_LIKE, seed=5).params["W"]
+    c = chainrule.compile(source=MLP_LIKE, seed=6).params["W"]
     assert (a == b).all() and not (a == c).all()
     assert abs(a).max() <= (6 / 7) ** 0.5  # glorot's limit for fan_in 4 + fan_out 3
 
@@ -84,13 +84,13 @@ def test_rendered_error_shows_line_and_caret():
 
 
 def test_gradient_with_respect_to_an_integer_input_is_an_error():
-    model = chainrule.compile(MLP_LIKE)
+    model = chainrule.compile(source=MLP_LIKE)
     with pytest.raises(ChainruleError, match="cannot differentiate with respect to 'y'"):
         model.grad_graph(wrt=["y"])
 
 
 def test_objective_must_be_a_scalar():
-    model = chainrule.compile("model m(x: f32[3]) {\n  param W: f32[3] = ones()\n"
+    model = chainrule.compile(source="model m(x: f32[3]) {\n  param W: f32[3] = ones()\n"
                               "  y = x * W\n  return y\n}\n")
     with pytest.raises(ChainruleError, match="must be a float scalar") as info:
         model.grad_graph()
@@ -100,7 +100,7 @@ def test_objective_must_be_a_scalar():
 def test_missing_derivative_rules_are_listed_together(monkeypatch):
     monkeypatch.delitem(autodiff_rules.VJP_RULES, "relu")
     monkeypatch.delitem(autodiff_rules.VJP_RULES, "tanh")
-    model = chainrule.compile("model m(x: f32[3]) {\n  param W: f32[3] = ones()\n"
+    model = chainrule.compile(source="model m(x: f32[3]) {\n  param W: f32[3] = ones()\n"
                               "  a = relu(x * W)\n  b = tanh(a)\n  c = relu(b)\n"
                               "  J = sum(c)\n  return J\n}\n")
     with pytest.raises(ChainruleError) as info:
@@ -123,14 +123,14 @@ def test_impossible_sizes_are_located_errors(source, message):
 
 def test_a_long_one_line_source_is_source_not_a_path():
     source = "model m(x: f32[3]) { return x }" + " " * 5000
-    assert chainrule.compile(source).graph.outputs[0].name == "x"
+    assert chainrule.compile(source=source).graph.outputs[0].name == "x"
 
 
 def test_an_integer_constant_must_be_an_integer():
     ir_text = ("graph g(%x: i64[3]) {\n  %c = constant() {value=nan, dtype=i64} : i64[]\n"
                "  return %c\n}\n")
     with pytest.raises(ChainruleError, match="i64 constant cannot be nan"):
-        chainrule.compile(ir_text)
+        chainrule.compile(source=ir_text)
 
 
 def test_integer_division_is_refused():

@@ -71,7 +71,7 @@ def assert_same_outputs(expected: dict, actual: dict) -> None:
 
 def reprinted(model: Model) -> Model:
     """The model printed and compiled again, holding the same param values."""
-    printed = chainrule.compile(print_dsl(model.graph))
+    printed = chainrule.compile(source=print_dsl(model.graph))
     names = dsl_names(model.graph)
     printed.set_params({names[name]: value for name, value in model.params.items()})
     return printed
@@ -98,7 +98,7 @@ def test_grad_prints_as_grad_before_it_expands(name):
     path = next(p for p in MODELS if p.name == name)
     text = print_dsl(lower_source(path.read_text(), str(path)))
     assert "= grad(" in text
-    assert structure(chainrule.compile(text).graph) == structure(chainrule.compile(str(path)).graph)
+    assert structure(chainrule.compile(source=text).graph) == structure(chainrule.compile(str(path)).graph)
 
 
 @pytest.mark.parametrize("name", ["mlp.onnx", "lenet_bn.onnx"])
@@ -207,7 +207,7 @@ def check_round_trip(graph: Graph, feeds: dict) -> str:
     lowered = lower_source(text)
     assert structure(lowered) == structure(graph), text
     check_names(graph, lowered)
-    model, printed = as_model(graph), chainrule.compile(text)
+    model, printed = as_model(graph), chainrule.compile(source=text)
     names = dsl_names(graph)
     printed.set_params({names[name]: value for name, value in model.params.items()})
     with np.errstate(all="ignore"):  # a constant of 1e39 overflows f32 in both

@@ -18,7 +18,7 @@ from support.paths import ROOT
 
 def error_of(source: str) -> ChainruleError:
     with pytest.raises(ChainruleError) as info:
-        chainrule.compile(source)
+        chainrule.compile(source=source)
     return info.value
 
 
@@ -87,7 +87,7 @@ def test_shape_and_dtype_mismatches_name_both_types(inputs, expression, message)
 
 
 def test_gradients_of_integer_values_are_refused():
-    compiled = chainrule.compile(model("param W: f32[3, 3] = glorot()", "J = cross_entropy(x @ W, y)",
+    compiled = chainrule.compile(source=model("param W: f32[3, 3] = glorot()", "J = cross_entropy(x @ W, y)",
                                        "return J"))
     with pytest.raises(ChainruleError) as info:
         compiled.grad_graph(wrt=["y"])
@@ -98,7 +98,7 @@ def test_gradients_of_integer_values_are_refused():
 
 def test_an_op_without_a_derivative_rule_is_named(monkeypatch):
     monkeypatch.delitem(autodiff_rules.VJP_RULES, "relu")
-    compiled = chainrule.compile(model("param W: f32[3, 3] = glorot()", "h = relu(x @ W)",
+    compiled = chainrule.compile(source=model("param W: f32[3, 3] = glorot()", "h = relu(x @ W)",
                                        "J = sum(h)", "return J"))
     with pytest.raises(ChainruleError) as info:
         compiled.grad_graph()
@@ -211,7 +211,7 @@ Y = np.zeros(4, np.int64)
 ], ids=["missing", "extra", "dtype", "numpy dtype", "rank", "fixed dim", "symbolic dim"])
 def test_input_arrays_are_checked_against_their_declarations(inputs, message):
     with pytest.raises(ChainruleError) as info:
-        chainrule.compile(DATA_MODEL).run(**inputs)
+        chainrule.compile(source=DATA_MODEL).run(**inputs)
     assert info.value.message == message
 
 
@@ -242,4 +242,4 @@ def test_pickled_objects_in_data_files_are_refused(tmp_path):
 def test_a_ragged_list_is_not_an_array():
     with pytest.raises(ChainruleError, match=r"^input 'x' is declared f32\[B, 3\] but given "
                                              r"something that is not an array \("):
-        chainrule.compile(DATA_MODEL).run(x=[[1.0, 2.0, 3.0], [4.0]], y=Y[:2])
+        chainrule.compile(source=DATA_MODEL).run(x=[[1.0, 2.0, 3.0], [4.0]], y=Y[:2])

@@ -19,7 +19,7 @@ SAMPLES_PER_PARAM = 6
 
 def f64_model(path):
     """The example with every f32 (types and casts) turned into f64."""
-    return chainrule.compile(path.read_text().replace("f32", "f64"))
+    return chainrule.compile(source=path.read_text().replace("f32", "f64"))
 
 
 def perturbed_params(model, rng):

@@ -94,7 +94,7 @@ def test_arrays_read_from_params_are_the_callers():
 def test_a_backend_loads_the_params_once_and_not_per_step(monkeypatch, backend):
     model = chainrule.compile(MLP)
     model.train_step(lr=0.1, backend=backend, **batch(0))
-    resident = next(iter(model._trainers.values())).resident
+    resident = next(iter(model._trainers.values())).runner
     loads = []
     original = resident.load
     monkeypatch.setattr(resident, "load", lambda values: (loads.append(1), original(values)))

@@ -54,7 +54,7 @@ def test_labels_from_an_input_are_checked_once_by_the_feeds_check():
 
 
 def test_computed_labels_are_still_checked_by_the_kernels():
-    model = chainrule.compile("""model m(x: f32[B, 3], z: f32[B]) {
+    model = chainrule.compile(source="""model m(x: f32[B, 3], z: f32[B]) {
     y = i64(z)
     return cross_entropy(x, y)
 }""")

@@ -15,8 +15,7 @@ hypothesis test from the environment, e.g. 2,500 for each of the eight, 20,000 i
 
     CHAINRULE_FUZZ_EXAMPLES=2500 python -m pytest tests/test_fuzz.py -q
 
-Inputs always end with a newline, as files do: `chainrule.compile` takes one line without a
-'{' for a file name.
+Inputs always end with a newline, as files do.
 
 Last, inputs of every size: expressions nested thousands deep and a model of 20,000 lines
 compile, and the work grows linearly with the length of the text.
@@ -48,8 +47,12 @@ fuzz = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 SOURCES = [path.read_text() for path in EXAMPLES]
-IR_TEXTS = [chainrule.compile(source).ir(grad=grad) for source in SOURCES for grad in (False, True)]
+IR_TEXTS = [chainrule.compile(source=source).ir(grad=grad) for source in SOURCES for grad in (False, True)]
 parse_graph(IR_TEXTS[0])  # the IR parser is built once, before any input's work is counted
+
+
+def compile_text(text: str):
+    return chainrule.compile(source=text)
 
 
 def check_front_end(read, text: str) -> None:
@@ -172,27 +175,27 @@ def random_graphs(draw) -> str:
 @fuzz
 @given(CHARACTERS)
 def test_random_characters(text):
-    check_front_end(chainrule.compile, text + "\n")
-    check_front_end(chainrule.compile, MODEL_OPEN + text + "\n}\n")
+    check_front_end(compile_text, text + "\n")
+    check_front_end(compile_text, MODEL_OPEN + text + "\n}\n")
 
 
 @fuzz
 @given(sentences(DSL_WORDS))
 def test_random_token_sequences(text):
-    check_front_end(chainrule.compile, text)
-    check_front_end(chainrule.compile, MODEL_OPEN + text + "}\n")
+    check_front_end(compile_text, text)
+    check_front_end(compile_text, MODEL_OPEN + text + "}\n")
 
 
 @fuzz
 @given(random_models())
 def test_random_statements(text):
-    check_front_end(chainrule.compile, text)
+    check_front_end(compile_text, text)
 
 
 @fuzz
 @given(mutations(SOURCES, tokens) | mutations(SOURCES, lines))
 def test_mutated_examples(text):
-    check_front_end(chainrule.compile, text)
+    check_front_end(compile_text, text)
 
 
 # ---- the IR -----------------------------------------------------------------------------------
@@ -214,14 +217,14 @@ def test_random_token_sequences_as_ir(text):
 @given(random_graphs())
 def test_random_nodes(text):
     check_front_end(parse_graph, text)
-    check_front_end(chainrule.compile, text)
+    check_front_end(compile_text, text)
 
 
 @fuzz
 @given(mutations(IR_TEXTS, tokens) | mutations(IR_TEXTS, lines))
 def test_mutated_ir(text):
     check_front_end(parse_graph, text)
-    check_front_end(chainrule.compile, text)
+    check_front_end(compile_text, text)
 
 
 # ---- inputs of every size ---------------------------------------------------------------------
@@ -243,13 +246,13 @@ def chain(lines: int) -> str:
 ], ids=["parentheses", "minus signs", "negated parentheses", "calls", "powers", "sum",
         "slices"])
 def test_deep_expressions_compile(expression, nodes):
-    compiled = chainrule.compile(MODEL_OPEN + f"    h = {expression}\n    return h\n}}\n")
+    compiled = chainrule.compile(source=MODEL_OPEN + f"    h = {expression}\n    return h\n}}\n")
     assert len(compiled.graph.nodes) == nodes
 
 
 @pytest.mark.slow
 def test_a_long_model_compiles():
-    assert len(chainrule.compile(chain(20_000)).graph.nodes) == 20_000
+    assert len(chainrule.compile(source=chain(20_000)).graph.nodes) == 20_000
 
 
 def test_compiling_takes_work_linear_in_the_length():
@@ -262,7 +265,7 @@ def test_compiling_takes_work_linear_in_the_length():
             count += event in ("call", "c_call")
         sys.setprofile(profile)
         try:
-            chainrule.compile(text)
+            chainrule.compile(source=text)
         finally:
             sys.setprofile(None)
         return count
@@ -274,6 +277,6 @@ def test_deeply_nested_function_calls_are_an_error():
     functions = "def g0(a) {\n  return a\n}\n" + "".join(
         f"def g{i}(a) {{\n  return g{i - 1}(a)\n}}\n" for i in range(1, 200))
     with pytest.raises(ChainruleError) as info:
-        chainrule.compile(functions + MODEL_OPEN + "    h = g199(x)\n    return h\n}\n")
+        chainrule.compile(source=functions + MODEL_OPEN + "    h = g199(x)\n    return h\n}\n")
     assert info.value.message == ("function calls nest more than 64 deep "
                                   "(g199 -> g198 -> ... -> g136 -> g135)")

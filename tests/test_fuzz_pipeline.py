@@ -62,7 +62,7 @@ def whole_models(draw) -> str:
 
 def through_the_pipeline(text: str) -> None:
     """Compile, run and differentiate on random inputs, and export with the full checker."""
-    model = chainrule.compile(text)
+    model = chainrule.compile(source=text)
     inputs = random_inputs(model.graph, {"B": 2}, seed=0, given={})
     model.run(**inputs)
     objective = model.objective.type

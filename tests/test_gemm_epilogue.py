@@ -78,7 +78,7 @@ def test_the_lecture_step_updates_each_weight_with_one_gemm_acc_in_place():
 
 
 def test_a_forward_product_plus_an_array_folds():
-    model = chainrule.compile("""
+    model = chainrule.compile(source="""
 model m(x: f32[B, 3], t: f32[B, 2]) {
     param W: f32[2, 3] = normal(0.0, 0.1)
     d = x @ W.T - t
@@ -90,7 +90,7 @@ model m(x: f32[B, 3], t: f32[B, 2]) {
 
 def test_a_product_read_twice_is_not_folded():
     """Folding it would compute the product twice."""
-    model = chainrule.compile("""
+    model = chainrule.compile(source="""
 model m(x: f32[B, 3], t: f32[B, 2]) {
     param W: f32[2, 3] = normal(0.0, 0.1)
     p = x @ W.T
@@ -101,7 +101,7 @@ model m(x: f32[B, 3], t: f32[B, 2]) {
 
 
 def test_a_broadcast_operand_is_not_folded():
-    model = chainrule.compile("""
+    model = chainrule.compile(source="""
 model m(x: f32[B, 3], t: f32[B, 2]) {
     param W: f32[2, 3] = normal(0.0, 0.1)
     param b: f32[2] = zeros()
@@ -138,7 +138,7 @@ def test_folded_steps_train_as_the_unfolded_ones(spec, backend):
 
 
 def test_a_chain_folds_when_the_longer_chain_around_it_cannot():
-    model = chainrule.compile("""
+    model = chainrule.compile(source="""
 model m(a: f32[4, 3], b: f32[4, 5]) {
     param W: f32[3, 5] = normal(0.0, 0.1)
     param V: f32[3, 5] = normal(0.0, 0.1)
@@ -155,7 +155,7 @@ model m(a: f32[4, 3], b: f32[4, 5]) {
 
 
 def test_a_plain_matmul_folds_too():
-    model = chainrule.compile("""
+    model = chainrule.compile(source="""
 model m(h: f32[B, 4], x: f32[B, 3]) {
     param W: f32[4, 3] = normal(0.0, 0.5)
     return sum(tanh(h @ W + x))

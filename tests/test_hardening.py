@@ -31,7 +31,7 @@ DIGITS_DATA = ROOT / "examples" / "data" / "digits_test.npz"
 
 def error_of(source: str) -> ChainruleError:
     with pytest.raises(ChainruleError) as caught:
-        chainrule.compile(source)
+        chainrule.compile(source=source)
     return caught.value
 
 
@@ -48,7 +48,7 @@ SCALAR = "model m() {\n    J = f32(1.0)\n    return J\n}\n"
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_a_model_without_inputs_or_params_runs_and_differentiates(backend):
-    model = chainrule.compile(SCALAR)
+    model = chainrule.compile(source=SCALAR)
     for _ in range(2):  # the second call takes the cached, checked path
         assert model.run(backend=backend) == {"J": np.float32(1.0)}
         assert model.grad(backend=backend) == {"J": np.float32(1.0)}
@@ -76,13 +76,13 @@ def test_zero_size_dims_are_refused_at_check_with_a_location(source, message, li
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_empty_arrays_are_refused_the_same_way_on_every_backend(backend):
-    model = chainrule.compile("model m(x: f32[B, 3]) {\n    J = mean(x)\n    return J\n}")
+    model = chainrule.compile(source="model m(x: f32[B, 3]) {\n    J = mean(x)\n    return J\n}")
     with pytest.raises(ChainruleError, match=r"given f32\[0, 3\]: it is empty"):
         model.run(backend=backend, x=np.zeros((0, 3), np.float32))
 
 
 def test_the_transpose_of_a_scalar_exports():
-    model = chainrule.compile("model m(x: f32[]) {\n    y = x.T * 2.0\n    return y\n}")
+    model = chainrule.compile(source="model m(x: f32[]) {\n    y = x.T * 2.0\n    return y\n}")
     proto = model.to_onnx()
     onnx.checker.check_model(proto, full_check=True)
 
@@ -106,7 +106,7 @@ def test_an_objective_that_is_a_param_keeps_its_value_and_its_gradient(tmp_path)
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_outputs_that_are_inputs_export_with_shapes(grad):
-    model = chainrule.compile(ALIAS.replace("return W, x", "J = sum(W * x)\n    return J, W, x"))
+    model = chainrule.compile(source=ALIAS.replace("return W, x", "J = sum(W * x)\n    return J, W, x"))
     proto = model.to_onnx(grad=grad)
     onnx.checker.check_model(proto, full_check=True)
     for output in proto.graph.output:
@@ -364,7 +364,7 @@ COMPUTED_LABELS = """model m(x: f32[B, 3], z: f32[B]) {
 
 @pytest.mark.parametrize("z", [[5.0, 1.0], [-1.0, 0.0]])
 def test_computed_labels_out_of_range_are_never_silent(z):
-    model = chainrule.compile(COMPUTED_LABELS)
+    model = chainrule.compile(source=COMPUTED_LABELS)
     feeds = {"x": np.zeros((2, 3), np.float32), "z": np.array(z, np.float32)}
     with pytest.raises(ChainruleError, match=r"labels must lie in \[0, 3\)") as caught:
         model.run(**feeds)
@@ -378,7 +378,7 @@ def test_computed_labels_out_of_range_are_never_silent(z):
 
 
 def test_onnxruntime_failures_point_at_the_dsl_line():
-    model = chainrule.compile("model m(x: f32[B, 3], z: f32[B]) {\n    k = i64(z)\n"
+    model = chainrule.compile(source="model m(x: f32[B, 3], z: f32[B]) {\n    k = i64(z)\n"
                               "    t = take(x, k, axis=1)\n    return t\n}")
     with pytest.raises(ChainruleError, match="onnxruntime failed while computing %t = take") \
             as caught:
@@ -394,7 +394,7 @@ def test_onnxruntime_failures_point_at_the_dsl_line():
 def test_boolean_comparisons_and_where_export_and_agree(expression):
     """Found by the long fuzz run: ONNX orders numbers only, and onnxruntime has no boolean
     Where; both are lowered through ops that take bools."""
-    model = chainrule.compile(f"model m(y: bool[4], z: bool[4]) {{\n    s = {expression}\n"
+    model = chainrule.compile(source=f"model m(y: bool[4], z: bool[4]) {{\n    s = {expression}\n"
                               f"    return s\n}}\n")
     onnx.checker.check_model(model.to_onnx(), full_check=True)
     feeds = {"y": np.array([True, True, False, False]), "z": np.array([True, False, True, False])}

@@ -66,7 +66,7 @@ def canonical(graph) -> str:
 
 
 def test_a_gru_loop_is_the_hand_unrolled_gru():
-    looped, unrolled = chainrule.compile(GRU_LOOP), chainrule.compile(GRU_UNROLLED)
+    looped, unrolled = chainrule.compile(source=GRU_LOOP), chainrule.compile(source=GRU_UNROLLED)
     for grad in (False, True):
         assert canonical(looped.compile_graph(grad=grad, opt_level="O1")[0]) == \
             canonical(unrolled.compile_graph(grad=grad, opt_level="O1")[0])
@@ -77,7 +77,7 @@ def test_a_gru_loop_is_the_hand_unrolled_gru():
 
 
 def test_gradients_through_the_loop_match_finite_differences():
-    model = chainrule.compile(GRU_LOOP)
+    model = chainrule.compile(source=GRU_LOOP)
     feeds = gru_feeds(np.random.default_rng(1))
     grads = model.grad(wrt=["Uz", "Wh", "x", "h0"], **feeds)
     for name in ("Uz", "Wh"):
@@ -91,7 +91,7 @@ def test_gradients_through_the_loop_match_finite_differences():
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 def test_the_unrolled_gru_runs_the_same_on_both_backends(backend):
-    model = chainrule.compile(GRU_LOOP)
+    model = chainrule.compile(source=GRU_LOOP)
     feeds = gru_feeds(np.random.default_rng(2))
     reference = model.grad(**feeds)
     for name, value in model.grad(backend=backend, opt_level="O2", **feeds).items():
@@ -99,7 +99,7 @@ def test_the_unrolled_gru_runs_the_same_on_both_backends(backend):
 
 
 def test_nodes_carry_their_iteration_and_the_text_round_trips():
-    model = chainrule.compile(GRU_LOOP)
+    model = chainrule.compile(source=GRU_LOOP)
     for grad in (False, True):
         graph = model.compile_graph(grad=grad)[0]
         text = print_graph(graph)
@@ -110,7 +110,7 @@ def test_nodes_carry_their_iteration_and_the_text_round_trips():
 
 
 def test_a_carried_value_is_used_after_the_loop_and_locals_stay_inside():
-    model = chainrule.compile("model m(x: f64[4]) {\n"
+    model = chainrule.compile(source="model m(x: f64[4]) {\n"
                               "    s = x\n"
                               "    for i in range(3) {\n"
                               "        step = s * 2.0\n"
@@ -120,7 +120,7 @@ def test_a_carried_value_is_used_after_the_loop_and_locals_stay_inside():
     x = np.array([0.0, 1.0, 2.0, 3.0])
     np.testing.assert_array_equal(model.run(x=x)["s"], ((x * 2 + 1) * 2 + 1) * 2 + 1)
     with pytest.raises(ChainruleError, match="unknown name 'step'") as caught:
-        chainrule.compile("model m(x: f64[4]) {\n    for i in range(3) {\n"
+        chainrule.compile(source="model m(x: f64[4]) {\n    for i in range(3) {\n"
                           "        step = x * 2.0\n    }\n    return step\n}\n")
     assert (caught.value.line, caught.value.col) == (5, 12)
 
@@ -145,7 +145,7 @@ model m(x: f64[2, 3]) {
     return total, y
 }
 """
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     x = np.arange(6.0).reshape(2, 3)
     outputs = model.run(x=x)
     np.testing.assert_array_equal(outputs["total"], x * (0 + 1 + 2 + 1 + 2))
@@ -158,7 +158,7 @@ model m(x: f64[2, 3]) {
 
 
 def test_range_takes_start_stop_and_step_and_may_be_empty():
-    model = chainrule.compile("model m(x: f64[]) {\n    s = x\n"
+    model = chainrule.compile(source="model m(x: f64[]) {\n    s = x\n"
                               "    for k in range(10, 0, -3) {\n        s = s + k\n    }\n"
                               "    for k in range(0) {\n        s = s * 100.0\n    }\n"
                               "    return s\n}\n")
@@ -168,7 +168,7 @@ def test_range_takes_start_stop_and_step_and_may_be_empty():
 def test_a_bound_dim_bounds_a_loop():
     source = ("model m(x: f64[B, T]) {\n    s = x[:, 0]\n    for t in range(1, T) {\n"
               "        s = s + x[:, t]\n    }\n    return s\n}\n")
-    model = chainrule.compile(source, dims={"T": 4})
+    model = chainrule.compile(source=source, dims={"T": 4})
     assert model.graph.inputs[0].type.shape == ("B", 4)
     x = np.arange(8.0).reshape(2, 4)
     np.testing.assert_array_equal(model.run(x=x)["s"], x.sum(axis=1))
@@ -219,7 +219,7 @@ LOOP_ERRORS = [
 @pytest.mark.parametrize("source, line, col, message", LOOP_ERRORS)
 def test_loop_errors_are_located(source, line, col, message):
     with pytest.raises(ChainruleError) as caught:
-        chainrule.compile(source)
+        chainrule.compile(source=source)
     error = caught.value
     assert message in error.render(), error.render()
     assert (error.line, error.col) == (line, col), error.render()

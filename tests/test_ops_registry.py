@@ -1,52 +1,154 @@
-"""The op registry is complete: every op has its four rules, and derivative rules only build
-graphs that can be differentiated again."""
-import pytest
+"""The op registry is complete: every op has every rule and test piece it needs, the tables the
+layers derive from its facts agree with it, and derivative rules only build graphs that can be
+differentiated again."""
+import dataclasses
 
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+from chainrule.backends import fused_kernels
+from chainrule.backends.fused_kernels import SCALAR_CODE
+from chainrule.backends.numpy_compiled import FRESH_RESULT_OPS, UFUNCS
 from chainrule.backends.numpy_kernels import KERNELS
+from chainrule.backends.onnx_backend import export_onnx
 from chainrule.backends.onnx_lowering import LOWERINGS
+from chainrule.dsl.builtins import BUILTINS
 from chainrule.ir import OPS, OpDef
-from chainrule.ir.ops import ATTR_KINDS, REQUIRED, complete_attrs
+from chainrule.ir.dsl_printer import SPELLINGS
+from chainrule.ir.ops import ATTR_KINDS, ONE_OR_MORE, REQUIRED, complete_attrs
+from chainrule.ir.types import ONNX_DTYPES
+from chainrule.onnx_import import SUPPORTED_OPS, import_graph
 from chainrule.passes import autodiff
 from chainrule.passes.autodiff_rules import VJP_RULES
-from op_cases import CASES, scalar_objective_graph
-
+from op_cases import (CASES, FORWARD_CASES, REFERENCES, Arg, Case, draw, forward_graph, in_dtype,
+                      scalar_objective_graph)
 
 # Ops with the "expanded" trait, and the pass that replaces them.
 EXPANDED_BY = {"grad": "expand_grad", "train_or_eval": "select_mode"}
+# Ops no case can run: constant has no operands (every lowering builds it).
+UNCASED = {"constant"}
 
 
-def registry_gaps(ops: dict[str, OpDef]) -> list[str]:
-    """'op: missing piece' for every rule an op lacks."""
-    gaps = []
-    for name, op in sorted(ops.items()):
-        if not callable(op.infer):
-            gaps.append(f"{name}: type rule")
-        if "expanded" in op.traits:  # replaced by a pass before autodiff and the backends
-            if name not in EXPANDED_BY:
-                gaps.append(f"{name}: the pass that expands it")
-            continue
-        if op.differentiable and name not in VJP_RULES and "fused" not in op.traits:
-            gaps.append(f"{name}: derivative rule (or the 'nondifferentiable' trait)")
-        if name not in KERNELS:
-            gaps.append(f"{name}: numpy kernel")
-        if name not in LOWERINGS:
-            gaps.append(f"{name}: ONNX lowering")
-        gaps += [f"{name}: attribute '{attr}' has unknown kind '{spec.kind}'"
-                 for attr, spec in op.attrs.items() if spec.kind not in ATTR_KINDS]
-    return gaps
+def checklist(name: str, op: OpDef) -> list[str]:
+    """Every piece `op` lacks, each with where it goes."""
+    missing = []
+    if not callable(op.infer):
+        missing.append("type rule: the infer function of its register(...) in ir/ops.py")
+    if op.num_inputs is not ONE_OR_MORE and len(op.operands) != op.num_inputs:
+        missing.append(f"operand names: {op.num_inputs} in register(..., operands=...)")
+    missing += [f"attribute '{attr}': a known kind ({', '.join(ATTR_KINDS)}), not '{spec.kind}'"
+                for attr, spec in op.attrs.items() if spec.kind not in ATTR_KINDS]
+    if "expanded" in op.traits:  # replaced by a pass before autodiff and the backends
+        if name not in EXPANDED_BY:
+            missing.append("the pass that expands it (an 'expanded' op reaches no backend)")
+        return missing
+    if op.differentiable and name not in VJP_RULES and "fused" not in op.traits:
+        missing.append("derivative rule: @vjp in passes/autodiff_rules.py, or the "
+                       "'nondifferentiable' trait")
+    if name not in KERNELS:
+        missing.append("numpy kernel: numpy= in ir/ops.py, or @kernel in "
+                       "backends/numpy_kernels.py")
+    if name not in LOWERINGS:
+        missing.append("ONNX lowering: onnx= in ir/ops.py, or @lowering in "
+                       "backends/onnx_lowering.py")
+    if name not in SPELLINGS and "fused" not in op.traits:
+        missing.append("DSL spelling: builtin= in ir/ops.py (its name by default), or an "
+                       "entry in ir/dsl_printer.py's SPELLINGS")
+    if name not in UNCASED:
+        cases = CASES if op.differentiable and "fused" not in op.traits else \
+            CASES + FORWARD_CASES
+        if not any(case.op == name for case in cases):
+            where = "CASES" if cases is CASES else "FORWARD_CASES"
+            missing.append(f"test case: a Case('{name}', ...) in tests/op_cases.py's {where}")
+        if name not in REFERENCES:
+            missing.append("semantics reference: a plain numpy function in tests/op_cases.py's "
+                           "REFERENCES")
+    return missing
+
+
+def registry_gaps(ops: dict[str, OpDef]) -> dict[str, list[str]]:
+    """op -> the checklist of what it lacks, for every op that lacks something."""
+    return {name: missing for name, op in sorted(ops.items())
+            if (missing := checklist(name, op))}
 
 
 def test_every_op_has_all_its_rules():
     gaps = registry_gaps(OPS)
-    assert not gaps, "ops with missing rules:\n  " + "\n  ".join(gaps)
+    assert not gaps, "ops with missing pieces:\n" + "\n".join(
+        f"  {name}:\n" + "".join(f"    [ ] {piece}\n" for piece in missing)
+        for name, missing in gaps.items())
 
 
-def test_the_gap_list_names_the_op_and_the_piece(monkeypatch):
+def test_the_checklist_names_every_missing_piece(monkeypatch):
     fake = OpDef("frobnicate", 1, infer=None, attrs={})
     monkeypatch.setitem(OPS, "frobnicate", fake)
-    assert registry_gaps(OPS) == ["frobnicate: type rule",
-                                  "frobnicate: derivative rule (or the 'nondifferentiable' trait)",
-                                  "frobnicate: numpy kernel", "frobnicate: ONNX lowering"]
+    assert [piece.split(":")[0] for piece in registry_gaps(OPS)["frobnicate"]] == [
+        "type rule", "operand names", "derivative rule", "numpy kernel", "ONNX lowering",
+        "DSL spelling", "test case", "semantics reference"]
+    assert list(registry_gaps(OPS)) == ["frobnicate"]
+
+
+def test_the_layers_tables_follow_the_registrys_facts():
+    for name, op in OPS.items():
+        if name in UFUNCS:
+            assert name in FRESH_RESULT_OPS, name  # a ufunc returns a new array
+        if op.onnx is not None:
+            assert op.onnx in SUPPORTED_OPS, f"{name}: the importer lacks {op.onnx}"
+        if op.builtin is not None:
+            assert BUILTINS[op.builtin].op in (name, None), name  # None: a composition
+
+
+@pytest.mark.parametrize("case", [case for case in CASES + FORWARD_CASES
+                                  if OPS[case.op].onnx is not None], ids=lambda c: c.id)
+def test_the_importer_reads_an_ops_onnx_op_back_as_the_op(case):
+    """The importer's 1:1 map is the lowering's, inverted."""
+    model = export_onnx(forward_graph(in_dtype(case, "f32")), {})
+    if OPS[case.op].onnx in {node.op_type for node in model.graph.node}:
+        imported = import_graph(model).graph
+        assert case.op in {node.op for node in imported.nodes}
+
+
+# Of the elementwise ops a fused kernel runs, the cases with a loop to fuse (not a scalar).
+SCALAR_CASES = [case for case in CASES + FORWARD_CASES
+                if case.op in SCALAR_CODE and forward_graph(case).outputs[0].type.rank]
+
+
+@pytest.mark.skipif(not fused_kernels.numba_installed(), reason="fused kernels need numba")
+@pytest.mark.parametrize("case", SCALAR_CASES, ids=lambda c: c.id)
+def test_an_ops_scalar_code_computes_its_numpy_kernel(case):
+    graph = forward_graph(case)
+    if fused_kernels.kernel_source(tuple(graph.nodes)) is None:
+        # A broadcast the loop nest cannot read (numpy runs it): operands of the result's shape.
+        shape = graph.outputs[0].type.shape
+        case = dataclasses.replace(case, args=tuple(dataclasses.replace(arg, shape=shape)
+                                                    for arg in case.args))
+        graph = forward_graph(case)
+    (node,) = graph.nodes
+    source, operands = fused_kernels.kernel_source((node,))
+    rng = np.random.default_rng(7)
+    arrays = {v: np.asarray(draw(arg, rng)) for v, arg in zip(graph.inputs, case.args,
+                                                              strict=True)}
+    expected = np.asarray(KERNELS[node.op](*arrays.values(), **node.attrs))
+    out = np.empty_like(expected)
+    fused_kernels.kernel_for(source)(*(arrays[v] for v in operands), out)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, err_msg=case.id)
+
+
+def test_a_scalar_result_is_left_to_numpy():
+    graph = forward_graph(Case("add", (Arg(()), Arg(()))))
+    assert fused_kernels.kernel_source(tuple(graph.nodes)) is None
+
+
+def test_onnx_dtypes_are_onnxs_numbers():
+    assert ONNX_DTYPES == {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
+                           "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
+
+
+def test_a_facts_numpy_function_exists():
+    for name, op in OPS.items():
+        if op.numpy is not None:
+            assert callable(getattr(np, op.numpy, None)), f"{name}: np.{op.numpy}"
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

@@ -7,7 +7,7 @@ import chainrule
 
 @pytest.mark.parametrize("level", ["O1", "O2"])
 def test_an_unsqueeze_of_a_trailing_axis_is_kept(level):
-    model = chainrule.compile("model m(x: f64[3, 3], w: f64[3]) {\n"
+    model = chainrule.compile(source="model m(x: f64[3, 3], w: f64[3]) {\n"
                               "  y = unsqueeze(w, axis=1) * x\n  return y\n}\n")
     feeds = {"x": np.ones((3, 3)), "w": np.array([1.0, 2.0, 3.0])}
     assert np.array_equal(model.run(opt_level=level, **feeds)["y"],
@@ -15,7 +15,7 @@ def test_an_unsqueeze_of_a_trailing_axis_is_kept(level):
 
 
 def test_max_reduction_gradient_on_a_square_input_keeps_its_rows():
-    model = chainrule.compile("model m(x: f64[3, 3], w: f64[3]) {\n"
+    model = chainrule.compile(source="model m(x: f64[3, 3], w: f64[3]) {\n"
                               "  J = sum(max(x, axis=1) * w)\n  return J\n}\n")
     feeds = {"x": np.array([[0.0, 5, 0], [7, 0, 0], [0, 0, 9]]), "w": np.array([10.0, 20, 30])}
     expected = np.array([[0.0, 10, 0], [20, 0, 0], [0, 0, 30]])
@@ -25,7 +25,7 @@ def test_max_reduction_gradient_on_a_square_input_keeps_its_rows():
 
 def test_equal_gradients_of_several_outputs_keep_their_names():
     """CSE merges the zero gradients of a, b and c; each output keeps its own name."""
-    model = chainrule.compile("model m(a: f64[1], b: f64[], c: f64[], x: f64[]) {\n"
+    model = chainrule.compile(source="model m(a: f64[1], b: f64[], c: f64[], x: f64[]) {\n"
                               "  J = x * x\n  return J\n}\n")
     feeds = {"a": np.ones(1), "b": np.array(1.0), "c": np.array(1.0), "x": np.array(2.0)}
     for level in ("O1", "O2"):
@@ -36,7 +36,7 @@ def test_equal_gradients_of_several_outputs_keep_their_names():
 def test_a_rewrite_reading_a_renamed_value_reads_it_under_its_new_name():
     """dJ/dx1 simplifies to the seed dJ/dJ, which then takes the output's name; rules that
     later read the seed off earlier nodes must see the renamed value (found by hypothesis)."""
-    model = chainrule.compile("model m(x0: f64[1], x1: f64[], x2: f64[]) {\n"
+    model = chainrule.compile(source="model m(x0: f64[1], x1: f64[], x2: f64[]) {\n"
                               "  v0 = x0 + x1\n  v1 = tanh(x2)\n  v2 = tanh(x0)\n"
                               "  J = mean(v0) + mean(v1 ** 2) + mean(v2 ** 2)\n  return J\n}\n")
     feeds = {"x0": np.array([0.3]), "x1": np.array(0.2), "x2": np.array(-0.4)}

@@ -400,11 +400,11 @@ def test_random_program_gradients_match_finite_differences(program, seed):
     rng = np.random.default_rng(seed)
     inputs = {v.name: rng.uniform(-INPUT_BOUND, INPUT_BOUND, v.shape) for v in program.inputs}
 
-    values = {**chainrule.compile(program.probe()).run(**inputs), **inputs}
+    values = {**chainrule.compile(source=program.probe()).run(**inputs), **inputs}
     assume(all(np.all(np.isfinite(v)) for v in values.values()))
     assume(program.kink_margin(values) > KINK_MARGIN)
 
-    model = chainrule.compile(program.text())
+    model = chainrule.compile(source=program.text())
     wrt = [v.name for v in program.inputs]
     grads = model.grad(wrt=wrt, **inputs)
     assert set(grads) == {"J", *wrt}

@@ -24,7 +24,7 @@ def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
 
 def test_gradient_penalty_trains_through_second_derivatives():
     source = (ROOT / "examples" / "gradient_penalty.nn").read_text().replace("f32", "f64")
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     rng = np.random.default_rng(1)
     inputs = {"x": rng.normal(size=(6, 8)), "y": rng.integers(0, 3, 6)}
     grads = model.grad(**inputs)
@@ -41,7 +41,7 @@ def test_grad_expression_is_expanded_before_any_backend():
 
 
 def test_jvp_is_the_directional_derivative():
-    model = chainrule.compile("model m(x: f64[3], W: f64[4, 3], v: f64[3]) {\n"
+    model = chainrule.compile(source="model m(x: f64[3], W: f64[4, 3], v: f64[3]) {\n"
                               "  y = tanh(W @ x) * 2\n  d = jvp(y, x, v)\n  return d, y\n}\n")
     rng = np.random.default_rng(3)
     inputs = {"x": rng.normal(size=3), "W": rng.normal(size=(4, 3)), "v": rng.normal(size=3)}
@@ -52,7 +52,7 @@ def test_jvp_is_the_directional_derivative():
 
 
 def test_grad_with_respect_to_an_intermediate_value():
-    model = chainrule.compile("model m(x: f64[3], w: f64[3]) {\n  h = tanh(x * w)\n"
+    model = chainrule.compile(source="model m(x: f64[3], w: f64[3]) {\n  h = tanh(x * w)\n"
                               "  L = sum(h * h)\n  g = grad(L, h)\n  return L, g, h\n}\n")
     outputs = model.run(x=np.array([0.5, -1.0, 2.0]), w=np.array([1.0, 2.0, 0.5]))
     assert_close(outputs["g"], 2 * outputs["h"], 1e-15)

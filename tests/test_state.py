@@ -38,7 +38,7 @@ def hand_batch_norm(x, gamma, beta, mean, var, eps):
 
 @pytest.fixture
 def model():
-    m = chainrule.compile(BN)
+    m = chainrule.compile(source=BN)
     rng = np.random.default_rng(0)
     m.set_params({"gamma": rng.normal(size=3) + 1, "beta": rng.normal(size=3),
                   "mean": rng.normal(size=3), "var": rng.random(3) + 0.5})
@@ -90,7 +90,7 @@ def test_gradients_in_both_modes_match_finite_differences(model, training):
 def test_a_gradient_inside_the_model_keeps_the_mode_choice():
     """grad(...) expands before the mode is chosen: train_or_eval's own derivative rule."""
     source = BN.replace("    return J, h", "    P = J + 0.1 * sum(grad(J, x) ** 2)\n    return P")
-    model = chainrule.compile(source)
+    model = chainrule.compile(source=source)
     data = feeds(np.random.default_rng(4))
     for training in (False, True):
         grads = model.grad(wrt=["gamma"], training=training, **data)
@@ -102,12 +102,12 @@ def test_a_gradient_inside_the_model_keeps_the_mode_choice():
 
 
 def test_state_in_the_ir_text_round_trips_and_checks():
-    model = chainrule.compile(BN)
+    model = chainrule.compile(source=BN)
     text = print_graph(model.graph)
     assert "  state %mean: f64[3] = zeros()" in text
     assert "  update %mean = %mean.next" in text and "train_or_eval(" in text
     assert print_graph(parse_graph(text)) == text
-    trained = chainrule.compile(text)
+    trained = chainrule.compile(source=text)
     data = feeds(np.random.default_rng(5))
     trained.train_step(lr=0.1, **data)
     assert not np.array_equal(trained.params["mean"], np.zeros(3))
@@ -117,11 +117,11 @@ def test_resume_is_bit_exact_with_state(tmp_path):
     rng = np.random.default_rng(6)
     data = feeds(rng, rows=22)
     config = dict(epochs=3, batch_size=8, lr=0.05, optimizer=OptimizerSpec("adam"))
-    straight = Trainer(chainrule.compile(BN), TrainConfig(**config))
+    straight = Trainer(chainrule.compile(source=BN), TrainConfig(**config))
     straight.fit(data)
-    first = Trainer(chainrule.compile(BN), TrainConfig(**{**config, "epochs": 1}))
+    first = Trainer(chainrule.compile(source=BN), TrainConfig(**{**config, "epochs": 1}))
     first.fit(data, checkpoint_dir=tmp_path)
-    resumed = Trainer(chainrule.compile(BN), TrainConfig(**config))
+    resumed = Trainer(chainrule.compile(source=BN), TrainConfig(**config))
     resumed.load_checkpoint(tmp_path, override=True)
     resumed.fit(data)
     for name in ("mean", "var", "gamma", "W"):
@@ -130,7 +130,7 @@ def test_resume_is_bit_exact_with_state(tmp_path):
 
 
 def test_the_exported_train_step_carries_state_through_onnxruntime(tmp_path):
-    model = chainrule.compile(BN.replace("f64", "f32"))
+    model = chainrule.compile(source=BN.replace("f64", "f32"))
     path = tmp_path / "step.onnx"
     proto = model.to_onnx(path, train_step=OptimizerSpec("sgd"))
     onnx.checker.check_model(proto, full_check=True)
@@ -140,7 +140,7 @@ def test_the_exported_train_step_carries_state_through_onnxruntime(tmp_path):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options)
-    reference = chainrule.compile(BN.replace("f64", "f32"))
+    reference = chainrule.compile(source=BN.replace("f64", "f32"))
     rng = np.random.default_rng(7)
     for _ in range(3):
         data = {k: v.astype(np.float32) if v.dtype.kind == "f" else v
@@ -154,7 +154,7 @@ def test_the_exported_train_step_carries_state_through_onnxruntime(tmp_path):
 
 
 def test_an_inference_export_reads_state_as_constants():
-    model = chainrule.compile(BN.replace("f64", "f32"))
+    model = chainrule.compile(source=BN.replace("f64", "f32"))
     proto = model.to_onnx(outputs=["h"])
     onnx.checker.check_model(proto, full_check=True)
     assert {"mean", "var"} <= {t.name for t in proto.graph.initializer}
@@ -185,14 +185,14 @@ def test_state_errors_are_located(body, line, col, message):
     source = ("model m(x: f64[B, 3, 2, 2]) {\n    param g: f64[3] = ones()\n" + body +
               "    J = sum(x)\n    return J\n}\n")
     with pytest.raises(ChainruleError) as caught:
-        chainrule.compile(source)
+        chainrule.compile(source=source)
     assert message in caught.value.message
     assert (caught.value.line, caught.value.col) == (line, col)
 
 
 def test_state_cannot_be_declared_in_a_function():
     with pytest.raises(ChainruleError, match="states are declared in a model, not in a function"):
-        chainrule.compile("def f(a) {\n    state s: f32[1] = zeros()\n    return a\n}\n"
+        chainrule.compile(source="def f(a) {\n    state s: f32[1] = zeros()\n    return a\n}\n"
                           "model m(x: f32[1]) {\n    y = f(x)\n    return y\n}\n")
 
 

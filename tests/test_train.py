@@ -64,7 +64,7 @@ SPECS = [OptimizerSpec("sgd"), OptimizerSpec("sgd", momentum=0.9),
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-m{s.momentum}-n{s.nesterov}")
 def test_train_step_graph_matches_textbook_update(spec):
-    model = chainrule.compile(SMALL)
+    model = chainrule.compile(source=SMALL)
     data = small_data()
     trainer = Trainer(model, TrainConfig(epochs=1, batch_size=10, lr=0.05, optimizer=spec))
     start = {k: v.copy() for k, v in trainer.params.items()}
@@ -80,7 +80,7 @@ def test_train_step_graph_matches_textbook_update(spec):
 
 
 def fitted(model_source, epochs, **config):
-    trainer = Trainer(chainrule.compile(model_source),
+    trainer = Trainer(chainrule.compile(source=model_source),
                       TrainConfig(epochs=epochs, batch_size=4, lr=0.1, **config))
     return trainer
 
@@ -156,7 +156,7 @@ def test_rows_must_agree_across_inputs():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_exported_train_step_matches_numpy_in_onnxruntime_and_reference(optimizer, tmp_path):
-    model = chainrule.compile(SMALL.replace("f64", "f32"))
+    model = chainrule.compile(source=SMALL.replace("f64", "f32"))
     spec = OptimizerSpec(optimizer, momentum=0.9 if optimizer == "sgd" else 0.0)
     path = tmp_path / "step.onnx"
     model.to_onnx(path, train_step=spec)
@@ -184,10 +184,10 @@ def test_exported_train_step_matches_numpy_in_onnxruntime_and_reference(optimize
 
 
 def test_digits_example_reaches_97_percent(tmp_path):
-    model = chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn"))
     train = dict(np.load(ROOT / "examples" / "data" / "digits_train.npz"))
     test = dict(np.load(ROOT / "examples" / "data" / "digits_test.npz"))
-    for backend in ("numpy", "onnxruntime"):
+    for backend in ("numpy", "onnxruntime"):  # each from the initial params
+        model = chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn"))
         trainer = Trainer(model, TrainConfig(backend=backend))  # the CLI's defaults
         trainer.fit(train)
         assert trainer.evaluate(test)["acc"] >= 0.97, backend
@@ -258,7 +258,7 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp
 
 def test_validation_feeds_only_what_the_objective_reads():
     """An input and a param that only another output reads are neither needed nor refused."""
-    model = chainrule.compile("""model m(x: f32[B, 3], y: i64[B], mask: f32[B, 3]) {
+    model = chainrule.compile(source="""model m(x: f32[B, 3], y: i64[B], mask: f32[B, 3]) {
     param W: f32[4, 3] = normal(0.0, 0.5)
     param V: f32[3, 3] = normal(0.0, 0.5)
     return cross_entropy(x @ W.T, y), (x * mask) @ V

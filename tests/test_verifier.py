@@ -113,6 +113,12 @@ def test_undefined_graph_output(graph):
                           f"uses %ghost, which the graph does not define")
 
 
+def test_the_objective_leads_the_outputs(graph):
+    graph.outputs.reverse()
+    error = rejection(graph, "J")
+    assert str(error) == f"{graph.loc}: return %o, %J: the objective %J is not the first output"
+
+
 def test_input_from_outside_the_graph(graph):
     h = node_defining(graph, "h")
     h.inputs = (Value("stranger", h.output.type),)

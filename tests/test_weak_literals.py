@@ -38,7 +38,7 @@ FLOAT_CASES = [
 
 def compile_model(lines, signature, functions=FUNCTIONS, outputs="y"):
     body = "".join(f"    {line}\n" for line in lines + [f"return {outputs}"])
-    return chainrule.compile(f"{functions}model m({signature}) {{\n{body}}}\n")
+    return chainrule.compile(source=f"{functions}model m({signature}) {{\n{body}}}\n")
 
 
 def run_both(model, **inputs) -> dict:
@@ -187,7 +187,7 @@ def test_deep_literal_expressions_compile(expression, nodes):
 # ---- gradients ----------------------------------------------------------------------------
 
 def test_gradients_through_weak_literals_match_finite_differences():
-    model = chainrule.compile(FUNCTIONS + """
+    model = chainrule.compile(source=FUNCTIONS + """
     model m(x: f64[4, 3]) {
         param W: f64[2, 3] = normal(0.0, 1.0)
         let c = exp(-0.5)

@@ -1,7 +1,10 @@
-"""Backends execute IR graphs: chosen by name, each in its own module."""
+"""Backends execute IR graphs: chosen by name, each in its own module, each a `Backend`
+(protocol.py)."""
 from __future__ import annotations
 
 from ..ir import ChainruleError
+from .opset import DEFAULT_OPSET
+from .protocol import Backend, StepRunner
 from .threads import apply_blas_threads
 
 
@@ -15,11 +18,24 @@ def _onnxruntime(donate_params: bool = False):
     return OnnxRuntimeBackend()
 
 
-# name -> factory; a new backend is one more entry.
+def _numpy_checking(donate_params: bool = False):
+    from .numpy_backend import NumpyBackend
+    return NumpyBackend(check_numerics=True)
+
+
+# name -> factory; a new backend is one more entry. These are the implementations of their
+# own that --backend offers and that gradcheck compares.
 BACKENDS = {"numpy": _numpy, "onnxruntime": _onnxruntime}
+# The numpy interpreter stopping at the first node that makes a NaN or an Inf: what
+# --check-numerics runs, by name, computing what "numpy" does.
+CHECKING_BACKEND = "numpy-check"
+NAMED = {**BACKENDS, CHECKING_BACKEND: _numpy_checking}
+
+__all__ = ["BACKENDS", "CHECKING_BACKEND", "DEFAULT_OPSET", "Backend", "StepRunner",
+           "get_backend"]
 
 
-def get_backend(name, *, donate_params: bool = False):
+def get_backend(name, *, donate_params: bool = False) -> Backend:
     """The backend called `name` (a backend object is returned as it is). With donate_params
     the caller gives up the param arrays it passes, so a backend may write updated params into
     them (a train step's in-place update)."""
@@ -27,7 +43,7 @@ def get_backend(name, *, donate_params: bool = False):
         return name
     apply_blas_threads()  # numpy's BLAS takes chainrule's threads setting before it runs
     try:
-        return BACKENDS[name](donate_params=donate_params)
+        return NAMED[name](donate_params=donate_params)
     except KeyError:
         raise ChainruleError(f"unknown backend '{name}'; choose from "
-                             f"{', '.join(BACKENDS)}") from None
+                             f"{', '.join(NAMED)}") from None

@@ -82,11 +82,6 @@ def check_feeds(graph: Graph, inputs: dict, params: dict) -> dict:
 
 # ---- labels and indices -----------------------------------------------------------------------
 
-# The op a model wrote, for the fused ops that stand for it after -O2 (fuse.py).
-WRITTEN_AS = {"cross_entropy_grad": "cross_entropy", "nll": "cross_entropy",
-              "cross_entropy_grad_from_log_probs": "cross_entropy"}
-
-
 @dataclass(frozen=True)
 class IndexInput:
     """A graph input that an op reads as class labels or indices, and the op's bound on it."""
@@ -99,9 +94,7 @@ class IndexInput:
     def describe(self, size: int) -> str:
         noun = "indices" if self.negatives else "labels"
         low = -size if self.negatives else 0
-        op = WRITTEN_AS.get(self.node.op, self.node.op)
-        reader = {"cross_entropy": f"cross_entropy over {size} classes",
-                  "one_hot": f"one_hot with {size} classes"}.get(op, f"{op} over {size} items")
+        reader = OPS[self.node.op].index_input.described.format(op=self.node.op, size=size)
         return f"{noun} for {reader} lie in [{low}, {size})"
 
 
@@ -111,12 +104,11 @@ def index_inputs(graph: Graph) -> list[IndexInput]:
     inputs = set(graph.inputs)
     found = {}
     for node in graph.nodes:
-        spec = OPS[node.op].index_input
-        if spec is None or node.inputs[spec[0]] not in inputs:
+        operand = OPS[node.op].index_input
+        if operand is None or node.inputs[operand.position] not in inputs:
             continue
-        bound = spec[1]([v.type for v in node.inputs], node.attrs)
-        index = IndexInput(node.inputs[spec[0]].name, node, bound,
-                           "negative_indices" in OPS[node.op].traits)
+        bound = operand.bound([v.type for v in node.inputs], node.attrs)
+        index = IndexInput(node.inputs[operand.position].name, node, bound, operand.negatives)
         found.setdefault((index.name, index.bound, index.negatives), index)
     return list(found.values())
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 
-from ..ir import Node, Value
+from ..ir import OPS, Node, Value
 from ..ir.types import UNKNOWN
 
 # Measured on the 2-core machine (README, Performance): a kernel beats numpy's calls from about
@@ -41,39 +42,25 @@ def _typed(number, dtype: str) -> str:
     return f"{_TYPES[dtype]}({number!r})"
 
 
+def _scalar_template(template: str):
+    return lambda a, attrs, t: template.format(*a)
+
+
 # Each op as scalar code: (argument expressions, attrs, result dtype) -> expression. The same
 # operations in the same dtype as the numpy kernels, so results agree to rounding (exactly for
-# + - * /); an op missing here keeps its group on numpy. exp, log and tanh are missing on
-# purpose: numba calls the scalar C library for them, 4x (exp) to 40x (tanh) slower than
-# numpy's vectorised loops, which outweighs any saving in memory traffic.
-SCALAR_CODE = {
-    "add": lambda a, attrs, t: f"({a[0]} + {a[1]})",
-    "sub": lambda a, attrs, t: f"({a[0]} - {a[1]})",
-    "mul": lambda a, attrs, t: f"({a[0]} * {a[1]})",
-    "div": lambda a, attrs, t: f"({a[0]} / {a[1]})",
-    "pow": lambda a, attrs, t: f"({a[0]} ** {a[1]})",
-    "neg": lambda a, attrs, t: f"(-{a[0]})",
-    "sqrt": lambda a, attrs, t: f"np.sqrt({a[0]})",
-    "abs": lambda a, attrs, t: f"np.abs({a[0]})",
-    "maximum": lambda a, attrs, t: f"np.maximum({a[0]}, {a[1]})",
-    "minimum": lambda a, attrs, t: f"np.minimum({a[0]}, {a[1]})",
+# + - * /); an op missing here keeps its group on numpy. Most come from the registry's scalar
+# code; those below need an attr or the result's dtype. exp, log and tanh have none on purpose:
+# numba calls the scalar C library for them, 4x (exp) to 40x (tanh) slower than numpy's
+# vectorised loops, which outweighs any saving in memory traffic.
+SCALAR_CODE = {name: _scalar_template(op.scalar) for name, op in OPS.items()
+               if op.scalar is not None}
+SCALAR_CODE.update({
     "relu": lambda a, attrs, t: f"np.maximum({a[0]}, {_typed(0, t)})",
     "relu_grad": lambda a, attrs, t: f"({a[1]} * {_TYPES[t]}({a[0]} > 0))",
     "leaky_relu": lambda a, attrs, t: (f"({a[0]} if {a[0]} > 0 else "
                                        f"{_typed(attrs['alpha'], t)} * {a[0]})"),
-    "less": lambda a, attrs, t: f"({a[0]} < {a[1]})",
-    "less_equal": lambda a, attrs, t: f"({a[0]} <= {a[1]})",
-    "greater": lambda a, attrs, t: f"({a[0]} > {a[1]})",
-    "greater_equal": lambda a, attrs, t: f"({a[0]} >= {a[1]})",
-    "equal": lambda a, attrs, t: f"({a[0]} == {a[1]})",
-    "not_equal": lambda a, attrs, t: f"({a[0]} != {a[1]})",
-    "logical_and": lambda a, attrs, t: f"({a[0]} and {a[1]})",
-    "logical_or": lambda a, attrs, t: f"({a[0]} or {a[1]})",
-    "logical_not": lambda a, attrs, t: f"(not {a[0]})",
-    "where": lambda a, attrs, t: f"({a[1]} if {a[0]} else {a[2]})",
     "cast": lambda a, attrs, t: f"{_TYPES[t]}({a[0]})",
-}
-
+})
 
 def _index(value: Value, out_shape: tuple) -> str | None:
     """How the loop nest over out_shape reads value: its subscript, or None if the types do
@@ -99,6 +86,8 @@ def kernel_source(group: tuple[Node, ...]) -> tuple[str, list[Value]] | None:
     out_shape = group[-1].output.type.shape
     if any(op.op not in SCALAR_CODE for op in group) or out_shape.count(UNKNOWN):
         return None
+    if not out_shape:
+        return None  # one element: no loop to fuse
     if not any(v.type.shape == out_shape for v in operands):
         return None  # the size test before the call reads an operand of the result's shape
     names = {value: f"a{index}" for index, value in enumerate(operands)}
@@ -171,7 +160,7 @@ def _compile(source: str, parallel: bool):
         # threads on two cores that made the lecture MLP step 5x slower (2.2 ms -> 12 ms).
         # The workqueue layer's threads sleep instead.
         numba.config.THREADING_LAYER = "workqueue"
-    namespace = {"np": np, "scalar": _scalar_reader(),
+    namespace = {"np": np, "math": math, "scalar": _scalar_reader(),
                  "LOOP": numba.prange if parallel else range}
     exec(compile(source, "<chainrule fused kernel>", "exec"), namespace)
     # error_model="numpy": a division by zero gives inf or nan, as in numpy, and raises nothing.

@@ -1,14 +1,15 @@
 """The numpy interpreter: runs any graph node by node with the numpy kernels.
 
 The default numpy backend compiles graphs instead (numpy_compiled.py); the interpreter is the
-reference it is tested against, and it checks every node's result for `--check-numerics`."""
+reference it is tested against, and it checks every node's result for `--check-numerics` (the
+backend named "numpy-check")."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir import ChainruleError, Graph, get_op
 from ..ir.types import NUMPY_DTYPES
-from .feeds import check_feeds
+from .feeds import check_arrays, check_feeds
 from .numpy_kernels import KERNELS
 
 
@@ -17,12 +18,11 @@ class ExecutionError(ChainruleError):
 
 
 class NumpyBackend:
-    name = "numpy"
-
     def __init__(self, check_numerics: bool = False):
         # With check_numerics, the first node whose float result holds a NaN or an Inf stops
         # the run, named with its DSL line.
         self.check_numerics = check_numerics
+        self.name = "numpy-check" if check_numerics else "numpy"
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -42,9 +42,9 @@ class NumpyBackend:
                 with np.errstate(all="ignore"):
                     result = KERNELS[node.op](*args, **node.attrs, **mode)
             except Exception as error:
-                raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
+                raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
                                      f"{error}", node.loc) from error
-            out = node.outputs[0]
+            out = node.output
             result = np.asarray(result)
             if self.check_numerics and result.dtype.kind == "f" and not np.isfinite(result).all():
                 bad = "NaN" if np.isnan(result).any() else "Inf"
@@ -53,3 +53,45 @@ class NumpyBackend:
             expected = NUMPY_DTYPES[out.type.dtype]
             env[out] = result if result.dtype == expected else result.astype(expected)
         return {v.name: env[v] for v in graph.outputs}
+
+    def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> PlainStep:
+        """The interpreter compiles nothing to keep values in: they stay in a Python dict."""
+        return PlainStep(self, graph, carried, rng)
+
+
+class PlainStep:
+    """A train step whose params and state are numpy arrays in a dict: each step passes them to
+    the backend's `run` and the outputs that update them take their places."""
+
+    def __init__(self, backend, graph: Graph, carried: dict[str, str], rng):
+        self.backend, self.graph, self.rng = backend, graph, rng
+        self.carried = carried
+        state = [v for v in graph.inputs if v.name in carried]
+        self.held_values = state + graph.param_values()
+        self.state_names = [v.name for v in state]
+        self.param_names = [v.name for v in graph.param_values()]
+        self.returned = [v.name for v in graph.outputs if v.name not in set(carried.values())]
+        self.current = {v.name: np.zeros(v.type.shape, NUMPY_DTYPES[v.type.dtype])
+                        for v in self.held_values}
+
+    def load(self, values: dict) -> None:
+        """Copy `values` (every held value by name) in."""
+        check_arrays(self.held_values, values, "param or state")
+        self.current = {v.name: np.array(values[v.name]) for v in self.held_values}
+
+    def values(self) -> dict[str, np.ndarray]:
+        """The current held values; a step replaces them with new arrays, never writes into
+        them."""
+        return dict(self.current)
+
+    def step(self, feeds: dict) -> dict[str, np.ndarray]:
+        """One step on `feeds` (the batch and the learning rate): the outputs that replace no
+        held value, by name."""
+        current = self.current
+        inputs = {**feeds, **{name: current[name] for name in self.state_names}}
+        outputs = self.backend.run(self.graph, inputs,
+                                   {name: current[name] for name in self.param_names},
+                                   training=True, rng=self.rng)
+        for name, next_name in self.carried.items():
+            current[name] = outputs[next_name]
+        return {name: outputs[name] for name in self.returned}

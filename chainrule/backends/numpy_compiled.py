@@ -10,11 +10,12 @@ node. `generate_source` returns the code, which `chainrule ir --emit python` pri
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Node, Value, get_op
+from ..ir import OPS, Graph, Node, Value, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from . import fused_kernels
@@ -22,14 +23,9 @@ from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
 
-# Ops that are numpy ufuncs, called as np.<ufunc>(inputs..., out=buffer) when in place.
-UFUNCS = {
-    "add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "power",
-    "neg": "negative", "exp": "exp", "log": "log", "tanh": "tanh",
-    "less": "less", "less_equal": "less_equal", "greater": "greater",
-    "greater_equal": "greater_equal", "equal": "equal", "not_equal": "not_equal",
-    "matmul": "matmul",
-}
+# Ops numpy computes with a ufunc, called as np.<ufunc>(inputs..., out=buffer) when in place.
+UFUNCS = {op.name: op.numpy for op in OPS.values()
+          if op.numpy is not None and isinstance(getattr(np, op.numpy), np.ufunc)}
 # Ops written as numpy expressions in the generated code rather than as kernel calls.
 INLINE = {
     "gemm": lambda args, attrs: (f"np.matmul({args[0]}{'.T' if attrs['trans_a'] else ''}, "
@@ -38,17 +34,12 @@ INLINE = {
     "relu": lambda args, attrs: f"np.maximum({args[0]}, 0)",
 }
 # Ufuncs whose output may overwrite an input (elementwise: each element read before written).
-ELEMENTWISE_UFUNCS = set(UFUNCS) - {"matmul"}
-# Ops whose kernels always return a new array. Any other op's result may be a view of its
-# inputs (transpose, reshape, broadcasts, slices...), so the memory plan treats it as one.
-FRESH_RESULT_OPS = set(UFUNCS) | {
-    "relu", "sigmoid", "cast", "sum", "mean", "max", "min", "softmax", "log_softmax",
-    "cross_entropy", "mse", "one_hot", "numel", "where", "relu_grad", "cross_entropy_grad",
-    "sum_squares", "gemm", "fill", "arange", "conv", "conv_transpose", "conv_weight_grad",
-    "max_pool", "max_unpool", "max_pool_take", "avg_pool", "avg_unpool", "erf",
-    "gather_elements", "scatter_elements_add", "gemm_acc",
-}
-
+ELEMENTWISE_UFUNCS = {name for name in UFUNCS if "elementwise" in OPS[name].traits}
+# Ops whose kernels always return a new array: a ufunc's result is one. Any other op's result
+# may be a view of its inputs (transpose, reshape, broadcasts, slices...), so the memory plan
+# treats it as one.
+FRESH_RESULT_OPS = set(UFUNCS) | {name for name, op in OPS.items()
+                                  if "fresh_result" in op.traits}
 
 @dataclass
 class Plan:
@@ -90,7 +81,7 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
     shares = {v: {v} for v in graph.values()}
     for node in graph.nodes:
         if node.op not in FRESH_RESULT_OPS:
-            shares[node.outputs[0]] = {node.outputs[0]}.union(*(shares[v] for v in node.inputs))
+            shares[node.output] = {node.output}.union(*(shares[v] for v in node.inputs))
     last_read, last_read_through_views = {}, {}
     for index, node in enumerate(graph.nodes):
         for value in node.inputs:
@@ -99,11 +90,11 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                 last_read_through_views[buffer] = index
     caller_owned = set(graph.inputs) | (set() if donate_params else set(graph.param_values()))
     kept = set().union(*(shares[v] for v in graph.outputs)) if graph.outputs else set()
-    fresh = {n.outputs[0] for n in graph.nodes if n.op in FRESH_RESULT_OPS}
+    fresh = {n.output for n in graph.nodes if n.op in FRESH_RESULT_OPS}
     if donate_params:
         fresh.update(graph.param_values())
     for index, node in enumerate(graph.nodes):
-        out = node.outputs[0]
+        out = node.output
         if node.op == "gemm_acc":
             candidates = node.inputs[2:3]  # the sum goes into c; a and b are read whole first
         elif node.op in ELEMENTWISE_UFUNCS and out.type.rank > 0 and _fixed_shape(out):
@@ -143,8 +134,8 @@ def _labels_checked_by_feeds(graph: Graph) -> set:
     inputs = set(graph.inputs)
     checked = set()
     for index, node in enumerate(graph.nodes):
-        spec = get_op(node.op).index_input
-        if (spec is not None and node.inputs[spec[0]] in inputs
+        operand = get_op(node.op).index_input
+        if (operand is not None and node.inputs[operand.position] in inputs
                 and "checked" in inspect.signature(KERNELS[node.op]).parameters):
             checked.add(index)
     return checked
@@ -222,7 +213,7 @@ def _shape_dependent(graph: Graph) -> list[int]:
     inputs, returned = set(graph.inputs), set(graph.outputs)
     dependent, constants = set(), {}
     for index, node in enumerate(graph.nodes):
-        out = node.outputs[0]
+        out = node.output
         if node.op == "constant":
             constants[out] = index
         elif (out.type.rank != 0 or out in returned  # a caller may write into what it gets
@@ -233,10 +224,10 @@ def _shape_dependent(graph: Graph) -> list[int]:
         elif any(v in dependent for v in node.inputs) and all(
                 v in dependent or v in constants for v in node.inputs):
             dependent.add(out)
-    read = {constants[v] for node in graph.nodes if node.outputs[0] in dependent
+    read = {constants[v] for node in graph.nodes if node.output in dependent
             for v in node.inputs if v in constants}
     return sorted(read | {i for i, node in enumerate(graph.nodes)
-                          if node.outputs[0] in dependent})
+                          if node.output in dependent})
 
 
 def _input_shaped_like(value: Value, graph: Graph) -> Value | None:
@@ -256,7 +247,7 @@ def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> No
     inside = set(hoisted)
     read_outside = set(graph.outputs).union(*(node.inputs for index, node in
                                               enumerate(graph.nodes) if index not in inside))
-    kept = [graph.nodes[i].outputs[0] for i in hoisted if graph.nodes[i].outputs[0] in read_outside]
+    kept = [graph.nodes[i].output for i in hoisted if graph.nodes[i].output in read_outside]
     # Each numel reads an input of its operand's shape: the block runs before the operand is.
     nodes = {index: graph.nodes[index] for index in hoisted}
     for index, node in nodes.items():
@@ -270,7 +261,7 @@ def _emit_shape_values(graph: Graph, plan: Plan, hoisted: list[int], emit) -> No
     emit("    known = SHAPE_VALUES.get(shapes)", None)
     emit("    if known is None:", None)
     # Only the block's own values that nothing after it reads are deleted in it.
-    internal = {node.outputs[0] for node in nodes.values()} - set(kept)
+    internal = {node.output for node in nodes.values()} - set(kept)
     for index, node in nodes.items():
         _emit_node(plan, index, node, "        ", emit, deletable=internal)
     emit(f"        known = SHAPE_VALUES[shapes] = ({kept_names})", None)
@@ -302,7 +293,7 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
 
 def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=None) -> None:
     names = plan.names
-    out = names[node.outputs[0]]
+    out = names[node.output]
     args = [names[v] for v in node.inputs]
     reused = plan.in_place.get(index)
     if node.op == "constant":
@@ -321,7 +312,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
         if index in plan.checked:
             keywords.append("checked=True")
         call = f"K_{node.op}({', '.join(args + keywords)})"
-    comment = f"  # %{node.outputs[0].name}" + (" (in place)" if reused is not None else "")
+    comment = f"  # %{node.output.name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)
     dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)
             and (deletable is None or v in deletable)]
@@ -331,7 +322,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
 
 @dataclass
 class CompiledGraph:
-    graph: Graph
+    graph: Graph  # a weak proxy: a cache keyed by the graph lets both go together
     source: str
     function: object
     line_nodes: list
@@ -362,7 +353,7 @@ class CompiledGraph:
             node = self._failing_node(error)
             if node is None:
                 raise
-            raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
+            raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
                                  f"{error}", node.loc) from error
         return [result if type(result) is np.ndarray else np.asarray(result)
                 for result in results]
@@ -388,7 +379,7 @@ def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)
     code = compile(source, f"<chainrule:{graph.name}>", "exec")
     exec(code, namespace)
-    return CompiledGraph(graph, source, namespace["run"], line_nodes, plan)
+    return CompiledGraph(weakref.proxy(graph), source, namespace["run"], line_nodes, plan)
 
 
 class CompiledNumpyBackend:
@@ -398,18 +389,22 @@ class CompiledNumpyBackend:
 
     def __init__(self, donate_params: bool = False):
         self.donate_params = donate_params
+        # What this backend compiled, by graph: an entry goes with its graph, which the
+        # compiled graph refers to weakly.
+        self.compiled_graphs: weakref.WeakKeyDictionary[Graph, CompiledGraph] = (
+            weakref.WeakKeyDictionary())
 
     def compiled(self, graph: Graph) -> CompiledGraph:
-        if self not in graph.compiled:
-            graph.compiled[self] = compile_graph(graph, self.donate_params)
-        return graph.compiled[self]
+        if graph not in self.compiled_graphs:
+            self.compiled_graphs[graph] = compile_graph(graph, self.donate_params)
+        return self.compiled_graphs[graph]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         compiled = self.compiled(graph)
         return compiled.call(compiled.feeds.arrays(inputs, params), training, rng)
 
-    def resident_step(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
+    def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
         """A train step (`graph`, run in training mode with `rng` for its dropout masks) that
         holds its params and the inputs named in `carried` from call to call; `carried` maps
         each held value to the output that replaces it after a step."""
@@ -479,7 +474,7 @@ def describe_plan(graph: Graph, plan: Plan) -> str:
         if freed:
             notes.append("frees " + ", ".join(freed))
         if notes:
-            lines.append(f"#   %{node.outputs[0].name} = {node.op}: {'; '.join(notes)}")
+            lines.append(f"#   %{node.output.name} = {node.op}: {'; '.join(notes)}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """numpy kernels, one per op, called as kernel(*input_arrays, **attrs).
 
-Ops with the "stochastic" trait also receive `training` (the backend's mode) and `rng`.
+An op whose registry entry names the numpy function computing it (`OpDef.numpy`) gets that
+function, at the end of this file; the kernels written here are the rest. Ops with the
+"stochastic" trait also receive `training` (the backend's mode) and `rng`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
+from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES
 from . import erf_approximation as cody
@@ -23,27 +25,18 @@ def _axes(axes):
     return None if axes is None else tuple(axes)
 
 
-for _op, _fn in {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-    "pow": np.power, "neg": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh,
-    "less": np.less, "less_equal": np.less_equal, "greater": np.greater,
-    "greater_equal": np.greater_equal, "equal": np.equal, "not_equal": np.not_equal,
-    "where": np.where, "matmul": np.matmul, "sqrt": np.sqrt, "abs": np.abs, "sign": np.sign,
-    "maximum": np.maximum, "minimum": np.minimum, "logical_and": np.logical_and,
-    "logical_or": np.logical_or, "logical_not": np.logical_not,
-    "argmax": np.argmax, "argmin": np.argmin,  # called as (x, axis=, keepdims=) already
-}.items():
-    KERNELS[_op] = _fn
-
-
 def _reduction(reduce):
     def kernel(x, axes, keepdims):
         return reduce(x, axis=_axes(axes), keepdims=keepdims)
     return kernel
 
 
-for _op, _fn in {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}.items():
-    KERNELS[_op] = _reduction(_fn)
+def _from_numpy(op: OpDef):
+    """The kernel of an op numpy computes exactly: its function, or for a reduction over the
+    op's axes, that function called with numpy's axis= (argmax takes the op's attrs as they
+    are)."""
+    function = getattr(np, op.numpy)
+    return _reduction(function) if "axes" in op.attrs else function
 
 
 @kernel("relu")
@@ -613,3 +606,9 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
         c *= beta
     c += product
     return c
+
+
+# Every op numpy computes exactly, with no kernel of its own above.
+for _op in OPS.values():
+    if _op.numpy is not None and _op.name not in KERNELS:
+        KERNELS[_op.name] = _from_numpy(_op)

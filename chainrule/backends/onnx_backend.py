@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 import numpy as np
 import onnx
@@ -11,9 +12,9 @@ from ..ir import ChainruleError, Graph, Value
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+from .opset import DEFAULT_OPSET
 from .threads import configured_threads
 
-DEFAULT_OPSET = 18
 MIN_OPSET = 13
 # Reductions other than ReduceSum take their axes as an input from opset 18 on.
 AXES_INPUT_SINCE = {"ReduceSum": 13}
@@ -100,8 +101,8 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     emitter = OnnxEmitter(opset, training)
     for node in graph.nodes:
         emitter.doc = node.loc.described() if node.loc else ""
-        emitter.lowering = node.outputs[0].name
-        LOWERINGS[node.op](emitter, node, node.outputs[0].name, *(v.name for v in node.inputs))
+        emitter.lowering = node.output.name
+        LOWERINGS[node.op](emitter, node, node.output.name, *(v.name for v in node.inputs))
     emitter.doc = emitter.lowering = ""
 
     inputs = [_value_info(v) for v in graph.inputs]
@@ -147,23 +148,27 @@ class OnnxRuntimeBackend:
 
     def __init__(self, opset: int = DEFAULT_OPSET):
         self.opset = opset
+        # The sessions this backend made, by graph and then by mode (training or not): an
+        # entry goes with its graph, which a session runner refers to weakly.
+        self.runners: weakref.WeakKeyDictionary[Graph, dict[bool, _SessionRunner]] = (
+            weakref.WeakKeyDictionary())
 
     def session(self, graph: Graph, training: bool = False):
         return self._runner(graph, training).session
 
     def _runner(self, graph: Graph, training: bool) -> _SessionRunner:
-        runners = graph.compiled.setdefault(self, {})  # training -> _SessionRunner
+        runners = self.runners.setdefault(graph, {})
         if training not in runners:
             model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
                                 training=training)
-            runners[training] = _SessionRunner(graph, model)
+            runners[training] = _SessionRunner(weakref.proxy(graph), model)
         return runners[training]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *,
             training: bool = False, rng=None) -> dict[str, np.ndarray]:
         return self._runner(graph, training).run(inputs, params)
 
-    def resident_step(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
+    def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> ResidentStep:
         """A train step (`graph` in training mode) that keeps its params and the inputs named
         in `carried` (optimizer state) in onnxruntime from call to call; `carried` maps each
         held value to the output that replaces it after a step. (`rng` is not used: onnxruntime
@@ -218,7 +223,7 @@ class _SessionRunner:
         # Positions of the arrays onnxruntime takes (an unused input is pruned from the model).
         self.fed = [(index, name) for index, name in enumerate(names) if name in used]
         self.output_names = [output_name(v, graph) for v in graph.outputs]
-        self.nodes_by_output = {node.outputs[0].name: node for node in graph.nodes}
+        self.nodes_by_output = {node.output.name: node for node in graph.nodes}
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
@@ -236,7 +241,7 @@ class _SessionRunner:
             message = message.rsplit("] ", 1)[-1]
         named = re.search(r"node\. Name:'([^']*)'", str(error))
         node = self.nodes_by_output.get(named.group(1).split("#")[0]) if named else None
-        where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
+        where = f"while computing %{node.output.name} = {node.op}(...)" if node else \
             "while running the graph"
         return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
 

@@ -1,27 +1,25 @@
 """ONNX lowerings, one per op: each writes standard (default-domain) ONNX nodes for one IR node.
 
-A lowering is called as lower(emitter, node, out, *input_names) and must define `out`. Only
-ops that onnxruntime's CPU provider runs in both float32 and float64 are used; where it lacks
-one (float64 Gelu or Erf, a stable float64 Softplus, a float64 alpha for LeakyRelu) the lowering
-composes it. Convolutions and average pooling are the exception: float32 graphs get Conv,
-ConvTranspose and AveragePool, and float64 graphs, which onnxruntime has no kernels of those
-for, get their compositions.
+A lowering is called as lower(emitter, node, out, *input_names) and must define `out`. An op
+whose registry entry names its ONNX op (`OpDef.onnx`) is lowered to that node, at the end of
+this file, unless a lowering here composes it instead. Only ops that onnxruntime's CPU provider
+runs in both float32 and float64 are used; where it lacks one (float64 Gelu or Erf, a stable
+float64 Softplus, a float64 alpha for LeakyRelu) the lowering composes it. Convolutions and
+average pooling are the exception: float32 graphs get Conv, ConvTranspose and AveragePool, and
+float64 graphs, which onnxruntime has no kernels of those for, get their compositions.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..ir import ChainruleError
-from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
+from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import TO_END, conv_output_dim, pool_end_pad, pool_window_sizes
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import NUMPY_DTYPES, ONNX_DTYPES
 from . import erf_approximation as cody
-
-ONNX_DTYPES = {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
-               "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
 
 LOWERINGS, lowering = rule_table()
 
@@ -30,16 +28,6 @@ def _direct(onnx_op):
     def lower(em, node, out, *inputs):
         em.add(onnx_op, inputs, out)
     return lower
-
-
-for _op, _onnx_op in {
-    "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow", "neg": "Neg",
-    "exp": "Exp", "log": "Log", "tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
-    "equal": "Equal", "matmul": "MatMul",
-    "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "maximum": "Max", "minimum": "Min",
-    "logical_and": "And", "logical_or": "Or", "logical_not": "Not",
-}.items():
-    LOWERINGS[_op] = _direct(_onnx_op)
 
 
 @lowering("where")
@@ -64,11 +52,11 @@ for _op, _onnx_op in {"less": "Less", "less_equal": "LessOrEqual", "greater": "G
 
 
 def _dtype(node) -> str:
-    return node.outputs[0].type.dtype
+    return node.output.type.dtype
 
 
 def _rank(node) -> int:
-    return node.outputs[0].type.rank
+    return node.output.type.rank
 
 
 @lowering("leaky_relu")
@@ -225,7 +213,7 @@ def _nan_unless_labels_valid(em, node, x, labels, classes):
         return x
     valid = em.add("And", [em.add("GreaterOrEqual", [labels, em.ints(0)]),
                            em.add("Less", [labels, em.ints(classes)])])
-    nan = em.scalar(float("nan"), node.outputs[0].type.dtype)
+    nan = em.scalar(float("nan"), node.output.type.dtype)
     return em.add("Where", [em.unsqueeze(valid, [-1]), x, nan])
 
 
@@ -529,7 +517,7 @@ def _conv(em, node, out, x, w):
         em.add("Conv", [x, w], out, kernel_shape=list(kernel), **_conv_attrs(node))
         return
     attrs, groups = node.attrs, node.attrs["groups"]
-    channels, windows = node.outputs[0].type.shape[1], _spatial(node.outputs[0])
+    channels, windows = node.output.type.shape[1], _spatial(node.output)
     taps = _unfold(em, node, x, _spatial(node.inputs[0]), kernel, attrs["strides"],
                    attrs["pads"], attrs["dilations"])
     # w [groups, out / groups, in / groups * kernel] @ [N, groups, in / groups * kernel, windows]
@@ -546,14 +534,14 @@ def _conv_transpose(em, node, out, x, w):
         em.add("ConvTranspose", [x, w], out, kernel_shape=list(weight[2:]),
                output_padding=list(attrs["output_padding"]), **_conv_attrs(node))
         return
-    groups, channels = attrs["groups"], node.outputs[0].type.shape[1]
+    groups, channels = attrs["groups"], node.output.type.shape[1]
     # w [groups, in / groups, out / groups * kernel]ᵀ @ x [N, groups, in / groups, pixels], then
     # each pixel's taps summed onto the output positions its window covers.
     weights = em.add("Reshape", [w, em.ints([groups, weight[0] // groups, -1], "weights")])
     inputs = em.add("Reshape", [x, em.ints([0, groups, weight[0] // groups, -1], "inputs")])
     product = em.add("MatMul", [em.add("Transpose", [weights], perm=[0, 2, 1]), inputs])
     taps = em.add("Reshape", [product, em.ints([0, channels, -1], "taps")])
-    _fold(em, node, taps, _spatial(node.outputs[0]), weight[2:], attrs["strides"],
+    _fold(em, node, taps, _spatial(node.output), weight[2:], attrs["strides"],
           attrs["pads"], attrs["dilations"], out)
 
 
@@ -577,7 +565,7 @@ def _conv_weight_grad(em, node, out, x, g):
         [0, groups, grad_channels // groups, windows], "grads")])], perm=[1, 2, 0, 3])
     grads = em.add("Reshape", [grads, em.ints([groups, grad_channels // groups, -1], "rows")])
     em.add("Reshape", [em.add("MatMul", [grads, columns]),
-                       em.ints(node.outputs[0].type.shape, "shape")], out)
+                       em.ints(node.output.type.shape, "shape")], out)
 
 
 def _conv_weight_grad_as_conv(em, node, out, x, g):
@@ -699,3 +687,10 @@ def _avg_unpool(em, node, out, g, like):
 def _pad(em, node, out, x):
     em.add("Pad", [x, em.ints(node.attrs["pads"], "pads"),
                    em.scalar(node.attrs["value"], _dtype(node))], out)
+
+
+# Every op an ONNX op computes exactly, with no lowering of its own above (those compose where
+# onnxruntime lacks a dtype or a stable kernel: softplus, erf, bool orderings and Where).
+for _op in OPS.values():
+    if _op.onnx is not None and _op.name not in LOWERINGS:
+        LOWERINGS[_op.name] = _direct(_op.onnx)

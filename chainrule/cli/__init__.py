@@ -8,6 +8,7 @@ codes.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def check_output_paths(args) -> None:
             check_writable(path, directory=is_directory)
 
 
+def run_command(args) -> int:
+    """The chosen command's function, imported only now (parser.COMMANDS), run on `args`."""
+    module, function = args.command_function.split(".")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)(args)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,7 +54,7 @@ def main(argv=None) -> int:
         check_output_paths(args)
         if getattr(args, "threads", None) is not None:
             set_threads(args.threads)
-        return args.func(args)
+        return run_command(args)
     except UsageError as error:
         if args.debug:
             raise

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 
-from .. import api
 from ..backends.feeds import index_inputs, label_bounds
 from ..data import Dataset, bind_inputs, check_mapping, check_rows, read_array, read_dataset
 from ..fileio import load_npz
@@ -24,8 +23,10 @@ class UsageError(Exception):
 ONNX_OPTIONS = ("loss", "loss_output", "freeze", "trainable")
 
 
-def load_model(args) -> api.Model:
+def load_model(args):
     """The model FILE names: a .nn (or .cir) file compiled, or an .onnx file imported."""
+    from .. import api  # the compiler: loaded by the commands that read a model, not by --help
+
     if str(args.file).endswith(".onnx"):
         model = api.import_onnx(args.file, loss=args.loss, targets=args.target_input,
                                 loss_output=args.loss_output, trainable=_names(args.trainable),
@@ -109,7 +110,7 @@ def parse_dims(args) -> dict[str, int]:
     return dims
 
 
-def gather_inputs(args, model: api.Model, graph: Graph | None = None) -> dict:
+def gather_inputs(args, model, graph: Graph | None = None) -> dict:
     """Arrays for the inputs of `graph` (default: the model's): from files, then at random."""
     graph = graph or model.graph
     check_mapping(model.graph.inputs, mapping(args))
@@ -136,7 +137,7 @@ def _bind_dims(graph: Graph, arrays: dict, dims: dict) -> dict:
     return bound
 
 
-def training_data(args, model: api.Model, path, singles, what: str) -> dict | None:
+def training_data(args, model, path, singles, what: str) -> dict | None:
     """A data set bound to the model's inputs and checked whole, before any training."""
     if not path and not singles:
         return None

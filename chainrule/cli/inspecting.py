@@ -42,8 +42,8 @@ def cmd_check(args) -> int:
         print(f"  total: {total:,} values")
     updates = set(graph.updates.values())
     print("outputs:")
-    for index, value in enumerate(graph.outputs):
-        role = "  (objective)" if index == 0 else ""
+    for value in graph.outputs:
+        role = "  (objective)" if value is graph.objective else ""
         if value.name not in updates:
             print(f"  {value.name}: {value.type}{role}")
     print(f"nodes: {len(graph.nodes)}")

@@ -4,18 +4,28 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..backends import BACKENDS
-from ..backends.onnx_backend import DEFAULT_OPSET
+from ..backends import BACKENDS, DEFAULT_OPSET
 from ..backends.threads import DEFAULT_THREADS, ENV_VAR
 from ..onnx_import import LOSSES
 from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
 from ..train import SCHEDULES, TrainConfig
 from .inputs import DEFAULT_DIM
-from .inspecting import cmd_check, cmd_export, cmd_import, cmd_ir, cmd_viz
-from .running import cmd_grad, cmd_gradcheck, cmd_predict, cmd_run
-from .training import cmd_train
 
+# Each command's function, as MODULE.FUNCTION in chainrule.cli: imported only when the command
+# runs (`run_command`), so parsing, --help and --version load none of the commands' libraries.
+COMMANDS = {
+    "check": "inspecting.cmd_check",
+    "ir": "inspecting.cmd_ir",
+    "run": "running.cmd_run",
+    "predict": "running.cmd_predict",
+    "grad": "running.cmd_grad",
+    "train": "training.cmd_train",
+    "gradcheck": "running.cmd_gradcheck",
+    "viz": "inspecting.cmd_viz",
+    "export": "inspecting.cmd_export",
+    "import": "inspecting.cmd_import",
+}
 DEFAULTS = TrainConfig()
 
 
@@ -38,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chainrule {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, func, help_text):
+    def command(name, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=DefaultsShown)
         sub.add_argument("file", help="a .nn model file, or an .onnx model to import")
@@ -50,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show Python tracebacks")
         with_onnx_options(sub)
-        sub.set_defaults(func=func)
+        sub.set_defaults(command_function=COMMANDS[name])
         return sub
 
     def with_onnx_options(sub):
@@ -116,12 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         if output:
             sub.add_argument("-o", "--output", metavar="OUT.npz", help="save the results")
 
-    command("check", cmd_check, "parse, lower and type-check a model; print a summary") \
+    command("check", "parse, lower and type-check a model; print a summary") \
         .add_argument("--params", metavar="P.npz", help="param values to check against the model")
-    ir = with_optimization(command("ir", cmd_ir, "print the graph IR (of a .nn or .cir file)"))
+    ir = with_optimization(command("ir", "print the graph IR (of a .nn or .cir file)"))
     ir.add_argument("--grad", action="store_true", help="include the backward graph")
     ir.add_argument("--passes", metavar="P1,P2", help="run exactly these passes "
-                    f"({', '.join(PASSES)}) instead of a preset")
+                    f"({', '.join(PASSES)}) instead of a preset; an order that breaks a "
+                    "pass's contract is refused before any pass runs")
     ir.add_argument("--print-after-all", action="store_true", help="print the IR after each pass")
     ir.add_argument("--print-after", action="append", metavar="PASS",
                     help="print the IR after this pass (repeatable)")
@@ -134,13 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print which results the numpy backend computes in place and when "
                          "each intermediate is freed")
     ir.add_argument("--params", help=argparse.SUPPRESS)
-    run = with_threads(with_optimization(command("run", cmd_run, "run the forward pass"),
+    run = with_threads(with_optimization(command("run", "run the forward pass"),
                                          "O2"))
     with_inputs(run)
     run.add_argument("--outputs", metavar="NAMES", help="compute only these outputs (and only "
                      "the inputs they need)")
     predict = with_threads(with_optimization(command(
-        "predict", cmd_predict, "run the model over a whole data file in batches, without "
+        "predict", "run the model over a whole data file in batches, without "
         "labels"), "O2"))
     with_data(predict, "--data", "the data: .npz, .npy, .csv or IDX")
     predict.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
@@ -154,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where to run")
     predict.add_argument("-o", "--output", metavar="OUT.npz|OUT.csv",
                          help="save the predictions")
-    grad = command("grad", cmd_grad, "compute the objective and its gradients")
+    grad = command("grad", "compute the objective and its gradients")
     with_inputs(with_threads(with_optimization(grad, "O2")))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
                       "(default: every param)")
-    train = with_threads(with_optimization(command("train", cmd_train,
+    train = with_threads(with_optimization(command("train",
                                                    "train the model's params"),
                                            DEFAULTS.opt_level))
     with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
@@ -200,18 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --workers: join the Ray cluster at ADDR (auto, or "
                             "ray://HOST:PORT) instead of starting Ray here")
 
-    check = with_threads(command("gradcheck", cmd_gradcheck,
+    check = with_threads(command("gradcheck",
                                  "check gradients against finite differences in float64"))
     with_inputs(check, backends=sorted(BACKENDS) + ["all"], default_backend="all", output=False,
                 numerics=False)
     check.add_argument("--samples", type=int, default=20,
                        help="entries checked per param (all of a smaller param)")
-    viz = with_optimization(command("viz", cmd_viz, "draw the computational graph"))
+    viz = with_optimization(command("viz", "draw the computational graph"))
     viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
     viz.add_argument("-o", "--output", metavar="GRAPH.svg",
                      help=".svg, .png (rendered with Graphviz) or .dot; default: DOT on stdout")
 
-    export = with_optimization(command("export", cmd_export, "export to ONNX"))
+    export = with_optimization(command("export", "export to ONNX"))
     export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
     export.add_argument("--train-step", action="store_true",
@@ -222,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--params", metavar="P.npz", help="param values for the initializers")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
-    imported = command("import", cmd_import, "write an .onnx model as a readable .nn model "
+    imported = command("import", "write an .onnx model as a readable .nn model "
                        "(and its param values beside it)")
     imported.add_argument("-o", "--output", required=True, metavar="MODEL.nn",
                           help="the .nn file; the params go to MODEL.npz")

@@ -7,8 +7,7 @@ import time
 
 import numpy as np
 
-from ..backends import BACKENDS
-from ..backends.numpy_backend import NumpyBackend
+from ..backends import BACKENDS, CHECKING_BACKEND
 from ..data import bind_inputs, check_mapping, check_rows
 from ..fileio import atomic_write_bytes, save_npz
 from ..gradcheck import EPS as GRADCHECK_EPS
@@ -39,7 +38,7 @@ def print_arrays(arrays: dict) -> None:
 
 def chosen_backend(args):
     """--backend by name, or the checking numpy interpreter with --check-numerics."""
-    return NumpyBackend(check_numerics=True) if args.check_numerics else args.backend
+    return CHECKING_BACKEND if args.check_numerics else args.backend
 
 
 def warn_nonfinite(arrays: dict) -> None:

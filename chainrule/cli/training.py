@@ -126,7 +126,7 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
     if not args.quiet:
         if args.resume:
             print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
-        workers = f" with {trainer.shards.count} workers" if trainer.shards else ""
+        workers = f" with {args.workers} workers" if args.workers else ""
         print(f"training {trainer.model.graph.name} on {config.backend}{workers}: "
               f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer.kind} "
               f"lr {config.lr} ({config.schedule})")

@@ -1,13 +1,13 @@
 """The DSL's built-in functions: how a call's arguments map onto an IR op's inputs and attrs.
 
-One entry per built-in. Adding an op to the DSL means one entry here (and its IR rules). A few
-built-ins are compositions of ops instead of ops of their own (their derivatives then follow
-from the parts): `stack`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits`,
-`cross_entropy` with probability targets, and the constructors `zeros`, `ones` and `full` (a
-fill op), `eye` (from arange), `zeros_like` and `ones_like` (a broadcast constant). The
-convolution and pooling built-ins compose too: the PyTorch-style options become one op's attrs
-(and a bias an add), `global_avg_pool` is a mean, `flatten` a reshape, and `pad`'s reflect and
-edge modes are slices concatenated.
+An op's own built-in comes from its registry entry (`OpDef.builtin`, with its operands and
+attrs): an op needs nothing written here. The entries written here are compositions of ops
+(their derivatives then follow from the parts): `stack`, `layer_norm`, `dropout`,
+`binary_cross_entropy_with_logits`, `cross_entropy` with probability targets, and the
+constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange), `zeros_like` and
+`ones_like` (a broadcast constant). The convolution and pooling built-ins compose too: the
+PyTorch-style options become one op's attrs (and a bias an add), `global_avg_pool` is a mean,
+`flatten` a reshape, and `pad`'s reflect and edge modes are slices concatenated.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import compositions
+from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
 
 NO_DEFAULT = object()
@@ -159,11 +160,6 @@ class Builtin:
 def _option(default, convert: Callable, attr: str):
     return (default, convert, attr)
 
-
-REDUCTION_OPTIONS = {"axis": _option(None, _axes, "axes"),
-                     "keepdims": _option(False, _bool("keepdims"), "keepdims")}
-
-AXIS_OPTIONS = {"axis": _option(NO_DEFAULT, _ints("axis"), "axes")}
 
 BUILTINS: dict[str, Builtin] = {}
 
@@ -421,43 +417,6 @@ composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
     compositions.pad)
 
 
-# ---- ops --------------------------------------------------------------------------------------
-
-for _unary in ("relu", "sigmoid", "tanh", "exp", "log", "sqrt", "abs", "sign", "gelu",
-               "softplus", "erf", "logical_not"):
-    builtin(_unary, _unary, ("x",))
-for _binary in ("add", "sub", "mul", "div", "pow", "matmul", "maximum", "minimum",
-                "logical_and", "logical_or"):
-    builtin(_binary, _binary, ("a", "b"))
-builtin("leaky_relu", "leaky_relu", ("x",), {"alpha": _option(0.01, _float("alpha"), "alpha")})
-builtin("clip", "clip", ("x",), {"lo": _option(NO_DEFAULT, _float("lo"), "lo"),
-                                 "hi": _option(NO_DEFAULT, _float("hi"), "hi")})
-builtin("where", "where", ("cond", "a", "b"))
-for _reduction in ("sum", "mean", "max", "min", "logsumexp"):
-    builtin(_reduction, _reduction, ("x",), REDUCTION_OPTIONS)
-for _index_reduction in ("argmax", "argmin"):
-    builtin(_index_reduction, _index_reduction, ("x",),
-            {"axis": _option(NO_DEFAULT, _int("axis"), "axis"),
-             "keepdims": _option(False, _bool("keepdims"), "keepdims")})
-for _normalizer in ("softmax", "log_softmax"):
-    builtin(_normalizer, _normalizer, ("x",), {"axis": _option(-1, _int("axis"), "axis")})
-builtin("transpose", "transpose", ("x",), {"perm": _option(NO_DEFAULT, _ints("perm"), "perm")})
-builtin("reshape", "reshape", ("x",), {"shape": _option(NO_DEFAULT, _ints("shape"), "shape")})
-builtin("broadcast_to", "broadcast_to", ("x",),
-        {"shape": _option(NO_DEFAULT, _ints("shape"), "shape")})
-builtin("squeeze", "squeeze", ("x",), AXIS_OPTIONS)
-builtin("unsqueeze", "unsqueeze", ("x",), AXIS_OPTIONS)
-builtin("concat", "concat", ("xs",), {"axis": _option(0, _int("axis"), "axis")}, variadic=True)
-builtin("take", "take", ("x", "indices"), {"axis": _option(0, _int("axis"), "axis")})
-# numpy's take_along_axis (without broadcasting), ONNX's GatherElements.
-builtin("take_along_axis", "gather_elements", ("x", "indices"),
-        {"axis": _option(0, _int("axis"), "axis")})
-builtin("mse", "mse", ("pred", "target"))
-builtin("grad", "grad", ("objective", "wrt"))
-builtin("one_hot", "one_hot", ("labels",),
-        {"n": _option(NO_DEFAULT, _int("n"), "depth"), **_dtype_option(DTypeName("f32"))})
-
-
 @composite("arange", (), {"n": _option(NO_DEFAULT, _size("n"), "n"),
                           **_dtype_option(DTypeName("i64"))})
 def _arange(ops, n, dtype):
@@ -465,68 +424,36 @@ def _arange(ops, n, dtype):
 
 
 # ---- ops by their IR names ----------------------------------------------------------------------
-# What the decompiler (ir/dsl_printer.py) writes where no built-in above lowers to exactly one op
-# with exactly its attrs: each takes the op's attrs under their IR names. They are ordinary
-# built-ins, so a model may use them too.
+# Every op whose registry entry names a DSL built-in that no composition above defines: its
+# operands are the tensors and its attrs the options, under the registry's names (or an
+# attr's dsl_name) and with its defaults. The decompiler (ir/dsl_printer.py) writes these calls.
 
 def _optional_int(name):
     convert = _int(name)
     return lambda value: None if value is None else convert(value)
 
 
-SLICE_OPTIONS = {key: _option(NO_DEFAULT, _ints(key), key)
-                 for key in ("starts", "ends", "axes", "steps")}
-WINDOW_OPTIONS = {key: _option(NO_DEFAULT, _ints(key), key)
-                  for key in ("strides", "pads", "dilations")}
-POOL_WINDOW_OPTIONS = {key: _option(NO_DEFAULT, _ints(key), key)
-                       for key in ("kernel", "strides", "pads")}
-POOL_WINDOW_OPTIONS["ceil_mode"] = POOL_OPTIONS["ceil_mode"]
-AVG_POOL_WINDOW_OPTIONS = {**POOL_WINDOW_OPTIONS,
-                           "count_include_pad": AVG_POOL_OPTIONS["count_include_pad"]}
-GROUPS_OPTION = {"groups": CONV_OPTIONS["groups"]}
+OPTION_CONVERTERS = {"int": _int, "float": _float, "bool": _bool, "ints": _ints,
+                     "axes": lambda name: _axes, "dtype": lambda name: _dtype}
 
-# The cast op even to the dtype x has (where f32(x) is x itself).
-builtin("cast", "cast", ("x",), {"dtype": _option(NO_DEFAULT, _dtype, "dtype")})
-builtin("slice", "slice", ("x",), SLICE_OPTIONS)  # x[a:b:c] with each axis' bounds listed
-# fill(value, sources..., shape, axes): value broadcast to shape, whose k-th -1 is the size of
-# axis axes[k] of the k-th source (full(...) finds its sources by dim name).
-builtin("fill", "fill", ("value", "sources"),
-        {"shape": _option(NO_DEFAULT, _ints("shape"), "shape"),
-         "axes": _option((), _ints("axes"), "axes")}, variadic=True)
-builtin("numel", "numel", ("x",), {"axis": _option(None, _axes, "axes"),
-                                   **_dtype_option(DTypeName("f32"))})
-builtin("broadcast_like", "broadcast_like", ("x", "like"))
-builtin("reshape_like", "reshape_like", ("x", "like"))
-# train in training mode, evaluate otherwise (batch_norm's two normalisations).
-builtin("train_or_eval", "train_or_eval", ("train", "evaluate"))
-# dropout's mask; without a seed, one from its place in the graph, as dropout draws.
-builtin("dropout_mask", "dropout_mask", ("x",),
-        {"p": _option(NO_DEFAULT, _float("p"), "p"),
-         "seed": _option(None, _optional_int("seed"), "seed")})
-builtin("conv", "conv", ("x", "w"), {**WINDOW_OPTIONS, **GROUPS_OPTION})
-builtin("conv_transpose", "conv_transpose", ("x", "w"),
-        {**WINDOW_OPTIONS, **GROUPS_OPTION,
-         "output_padding": _option(NO_DEFAULT, _ints("output_padding"), "output_padding")})
-# The pad op, with its pads as the op lists them: pad(x, pads) pads nothing without an op.
-builtin("constant_pad", "pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
-                                        "value": _option(0.0, _float("value"), "value")})
-builtin("max_pool", "max_pool", ("x",), POOL_WINDOW_OPTIONS)
-builtin("avg_pool", "avg_pool", ("x",), AVG_POOL_WINDOW_OPTIONS)
-# The transposes that autodiff writes into gradients (grad(...) in a model expands to them).
-builtin("unslice", "unslice", ("sliced", "like"), SLICE_OPTIONS)
-builtin("unconcat", "unconcat", ("whole", "parts"),
-        {"axis": _option(NO_DEFAULT, _int("axis"), "axis"),
-         "index": _option(NO_DEFAULT, _int("index"), "index")}, variadic=True)
-builtin("scatter_add", "scatter_add", ("updates", "indices", "like"),
-        {"axis": _option(0, _int("axis"), "axis")})
-builtin("scatter_elements_add", "scatter_elements_add", ("updates", "indices", "like"),
-        {"axis": _option(0, _int("axis"), "axis")})
-builtin("conv_weight_grad", "conv_weight_grad", ("x", "g"),
-        {"kernel": _option(NO_DEFAULT, _ints("kernel"), "kernel"), **WINDOW_OPTIONS,
-         **GROUPS_OPTION})
-builtin("max_unpool", "max_unpool", ("g", "x"), POOL_WINDOW_OPTIONS)
-builtin("max_pool_take", "max_pool_take", ("values", "x"), POOL_WINDOW_OPTIONS)
-builtin("avg_unpool", "avg_unpool", ("g", "x"), AVG_POOL_WINDOW_OPTIONS)
+
+def _op_option(op: OpDef, attr: str):
+    spec = op.attrs[attr]
+    name = spec.dsl_name or attr
+    if attr == "seed" and "stochastic" in op.traits:
+        # Left out, a seed comes from the op's place in the graph, as dropout's does.
+        return name, _option(None, _optional_int(name), attr)
+    default = NO_DEFAULT if spec.default is REQUIRED else spec.default
+    if spec.kind == "dtype" and default is not NO_DEFAULT:
+        default = DTypeName(default)
+    return name, _option(default, OPTION_CONVERTERS[spec.kind](name), attr)
+
+
+for _op in OPS.values():
+    if _op.builtin is not None and _op.builtin not in BUILTINS:
+        builtin(_op.builtin, _op.name, _op.operands,
+                dict(_op_option(_op, attr) for attr in _op.attrs),
+                variadic=_op.num_inputs is ONE_OR_MORE)
 
 
 @composite("update", ("state", "value"))

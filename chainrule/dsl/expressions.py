@@ -357,7 +357,7 @@ class ExpressionLowerer:
             operands = [self.as_tensor(a, dtype, weak.loc) for a in weak.arguments]
             value = self.builder.emit(weak.function, operands, loc=weak.loc)
         if weak.name is not None and value not in self.user_values:
-            self.builder.rename(value, weak.name)
+            value = self.builder.rename(value, weak.name)
             self.user_values.add(value)
         return value
 

@@ -181,7 +181,9 @@ class Lowerer(ExpressionLowerer):
         for weak, forms in list(self.weak_forms.items()):
             if not forms:
                 self.lower_weak(weak, "f32")
-        self.graph.outputs = outputs + self.update_outputs()
+        outputs += self.update_outputs()
+        self.graph.outputs = [self.builder.current(v) for v in outputs]
+        self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         return self.graph
 
     def update_state(self, state: Value, new: Value, loc: SourceLoc) -> None:
@@ -201,7 +203,7 @@ class Lowerer(ExpressionLowerer):
     def update_outputs(self) -> list[Value]:
         outputs = []
         for state, value in self.state_updates.items():
-            self.claim_name(value, f"{state}.next")
+            value = self.claim_name(self.builder.current(value), f"{state}.next")
             self.graph.updates[state] = value.name
             outputs.append(value)
         return outputs
@@ -349,19 +351,19 @@ class Lowerer(ExpressionLowerer):
         loc = self.loc(name_token)
         if name in scope.bindings:
             scope.bind(name, None, loc)  # raises the "already defined" error
-        value = self.expr(expression, scope)
-        self.name_value(value, name)
+        value = self.name_value(self.expr(expression, scope), name)
         scope.bind(name, value, loc)
 
-    def name_value(self, value, name: str) -> None:
-        """Give a value the name the model's text gives it (a function's names are local)."""
+    def name_value(self, value, name: str):
+        """The value under the name the model's text gives it (a function's names are local)."""
         if self.call_stack:
-            return
+            return value
         if isinstance(value, Value) and value not in self.user_values:
-            self.builder.rename(value, name)
+            value = self.builder.rename(value, name)
             self.user_values.add(value)
         elif isinstance(value, Weak) and value.name is None:
             value.name = name  # for its lowered forms, made later
+        return value
 
     def lower_return(self, tree: Tree, scope: Scope):
         values = [self.expr(e, scope) for e in tree.children]
@@ -380,25 +382,25 @@ class Lowerer(ExpressionLowerer):
             if value in outputs:
                 raise ChainruleError(f"'{value.name}' is returned twice", self.loc(expression))
             if isinstance(expression, Tree) and expression.data == "name":
-                self.claim_name(value, str(expression.children[0]))
+                value = self.claim_name(value, str(expression.children[0]))
             outputs.append(value)
         return outputs
 
-    def claim_name(self, value: Value, name: str) -> None:
+    def claim_name(self, value: Value, name: str) -> Value:
         """An output is known by the name the return statement gives it: a value carried
         through a loop ends as `h.7`, and `return h` should give an output `h`. The earlier
         value called `h` takes a fresh name."""
         interface = set(self.graph.inputs) | set(self.graph.param_values())
         if value.name == name or value in interface:
-            return
+            return value
         holder = next((out for node in self.graph.nodes for out in node.outputs
                        if out.name == name), None)
-        namer = self.builder.namer
         if holder is not None:
-            holder.name = namer.fresh(name)  # `name` stays taken: this gives `name.N`
-            namer.release(name)
-        namer.release(value.name)
-        value.name = namer.fresh(name)
+            namer = self.builder.namer
+            held = namer.fresh(name)  # `name` is taken: this gives `name.N`
+            namer.release(held)
+            self.builder.rename(holder, held)
+        return self.builder.rename(value, name)
 
     def call_function(self, function: Function, positional, keywords, loc):
         chain = self.call_stack + [function.name]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .errors import ChainruleError, SourceLoc
-from .graph import Graph, Namer, Node, Value
+from .graph import Graph, Namer, Node, Value, rename_output
 from .limits import check_node_count, type_size_problem
 from .ops import complete_attrs, get_op, infer_type
 from .shapes import OpTypeError
@@ -13,6 +13,7 @@ class GraphBuilder:
         self.graph = graph
         self.namer = namer or Namer.for_graph(graph)
         self._producers = graph.producers()
+        self._renamed: dict[Value, Value] = {}  # a value renamed -> the value in its place
 
     def graph_producer(self, value: Value) -> Node | None:
         """The node defining `value`, or None for inputs and params."""
@@ -42,7 +43,29 @@ class GraphBuilder:
         return self.emit("constant", (), {"value": float(value), "dtype": dtype}, loc=loc,
                          name=name or "const")
 
-    def rename(self, value: Value, name: str) -> None:
-        """Give a value this builder created a new unique name (e.g. its final, readable one)."""
+    def rename(self, value: Value, name: str) -> Value:
+        """A node's output under a new unique name (e.g. its final, readable one): a new Value
+        that replaces it in the graph's nodes, outputs and objective. The old one is out of
+        the graph; `current` maps it to its replacement for values the caller holds."""
+        value = self.current(value)
+        if value.name == name:
+            return value
         self.namer.release(value.name)
-        value.name = self.namer.fresh(name)
+        renamed = Value(self.namer.fresh(name), value.type)
+        nodes = self.graph.nodes
+        producer = self._producers.pop(value)
+        index = next(i for i in range(len(nodes) - 1, -1, -1) if nodes[i] is producer)
+        for made in rename_output(nodes, index, renamed):
+            self._producers[nodes[made].output] = nodes[made]
+        # In place: a caller may hold the list (`graph.outputs.insert(1, rename(...))`).
+        self.graph.outputs[:] = [renamed if v is value else v for v in self.graph.outputs]
+        if self.graph.objective is value:
+            self.graph.objective = renamed
+        self._renamed[value] = renamed
+        return renamed
+
+    def current(self, value: Value) -> Value:
+        """The value standing for `value` now: itself, or what replaced it when renamed."""
+        while value in self._renamed:
+            value = self._renamed[value]
+        return value

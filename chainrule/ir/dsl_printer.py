@@ -3,8 +3,8 @@
 Each node becomes one statement, `name = spelling`, in the graph's order, with where it came
 from as a trailing comment: an imported node's ONNX name, a lowered node's FILE:LINE:COL.
 SPELLINGS has one entry per op: the DSL operator or built-in call whose lowering emits exactly
-that op with exactly its attrs. Only the fused ops have none: the -O2 fuse pass writes them,
-never a front end.
+that op with exactly its attrs, by default the op's own built-in (`OpDef.builtin`). Only the
+fused ops have none: the -O2 fuse pass writes them, never a front end.
 
 A value keeps its IR name where that is a DSL name (an identifier that is no keyword, dtype or
 function the text may call); others get a sanitised unique one (`fc1.weight` -> `fc1_weight`).
@@ -22,16 +22,17 @@ import numpy as np
 
 from .errors import INT64_MAX, ChainruleError
 from .graph import Graph, Node, Value
-from .ops import OPS, REQUIRED
+from .ops import OPS, REQUIRED, OpDef
 from .shapes import TO_END, TO_START
 from .types import DTYPES, UNKNOWN, is_float
 
 KEYWORDS = frozenset({"model", "def", "param", "state", "let", "return", "for", "in", "and",
                       "or", "not", "true", "false", "none"})
 # Built-ins the text may call that are not named after an op.
-FUNCTIONS = frozenset({"full", "take_along_axis", "update", "constant_pad", "conv1d",
-                       "conv2d", "conv_transpose1d", "conv_transpose2d", "max_pool1d",
-                       "max_pool2d", "avg_pool1d", "avg_pool2d"})
+FUNCTIONS = frozenset({"full", "update", "conv1d", "conv2d", "conv_transpose1d",
+                       "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool1d",
+                       "avg_pool2d"} | {op.builtin for op in OPS.values()
+                                       if op.builtin not in (None, op.name)})
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 INDENT = "    "
 COMMENT_COLUMN = 60
@@ -178,7 +179,7 @@ def _full_shape(node: Node, graph: Graph) -> str | None:
     full reads each symbolic dim, the first input that declares it."""
     sources = iter(zip(node.inputs[1:], node.attrs["axes"], strict=True))
     dims = []
-    for size, dim in zip(node.attrs["shape"], node.outputs[0].type.shape, strict=True):
+    for size, dim in zip(node.attrs["shape"], node.output.type.shape, strict=True):
         if size != -1:
             if size < 1:
                 return None
@@ -267,19 +268,17 @@ def _pad(node, args, graph):
 OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "matmul": "@",
              "less": "<", "less_equal": "<=", "greater": ">", "greater_equal": ">=",
              "equal": "==", "not_equal": "!=", "logical_and": "and", "logical_or": "or"}
-# Built-ins named after their op, with the op's attrs as options under the same names.
-SAME_NAMED = ("relu", "sigmoid", "tanh", "exp", "log", "sqrt", "abs", "sign", "gelu", "softplus",
-              "erf", "leaky_relu", "clip", "maximum", "minimum", "where", "arange", "argmax",
-              "argmin", "reshape", "reshape_like", "broadcast_to", "broadcast_like", "concat",
-              "take", "softmax", "log_softmax", "cross_entropy", "mse", "grad", "dropout_mask",
-              "train_or_eval", "unconcat", "unslice", "scatter_add", "scatter_elements_add",
-              "conv_weight_grad", "max_unpool", "max_pool_take", "avg_unpool")
+
+
+def _by_builtin(op: OpDef):
+    """The op's own built-in: its attrs as options, under their DSL names."""
+    return _builtin(op.builtin, **{attr: spec.dsl_name for attr, spec in op.attrs.items()
+                                   if spec.dsl_name})
+
 
 SPELLINGS = {
-    **{op: _builtin(op) for op in SAME_NAMED},
+    **{op.name: _by_builtin(op) for op in OPS.values() if op.builtin is not None},
     **{op: _infix(symbol) for op, symbol in OPERATORS.items()},
-    **{op: _builtin(op, axes="axis") for op in ("sum", "mean", "max", "min", "logsumexp",
-                                                  "numel", "squeeze", "unsqueeze")},
     "neg": _prefix("-"),
     "logical_not": _prefix("not "),
     "cast": _cast,
@@ -287,15 +286,12 @@ SPELLINGS = {
     "transpose": _transpose,
     "slice": _slice,
     "fill": _fill,
-    "one_hot": _builtin("one_hot", depth="n"),
-    "gather_elements": _builtin("take_along_axis"),
     "conv": _conv,
     "conv_transpose": _conv,
     "max_pool": _pool,
     "avg_pool": _pool,
     "pad": _pad,
 }
-
 
 # ---- names --------------------------------------------------------------------------------------
 
@@ -431,7 +427,7 @@ def print_dsl(graph: Graph, *, header: str = "") -> str:
         lines.append("")
     for node in graph.nodes:
         expression = _statement(node, names, graph)
-        out = node.outputs[0]
+        out = node.output
         if out in updates:
             expression = f"update({names[updates[out]]}, {expression})"
         lines.append(_line(f"{names[out]} = {expression}", node.loc))

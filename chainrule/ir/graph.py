@@ -8,13 +8,19 @@ from .types import TensorType
 
 
 class Value:
-    """An SSA value. Identity matters: nodes refer to Value objects, names are for printing."""
+    """An SSA value. Identity matters: nodes refer to Value objects, names are for printing.
+    A name is fixed when the value is made; a value wanted under another name is a new Value
+    that replaces it (`rename_output`), since graphs share their values."""
 
-    __slots__ = ("name", "type")
+    __slots__ = ("_name", "type")
 
     def __init__(self, name: str, type: TensorType):
-        self.name = name
+        self._name = name
         self.type = type
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def __repr__(self) -> str:
         return f"%{self.name}: {self.type}"
@@ -22,6 +28,11 @@ class Value:
 
 @dataclass(eq=False)
 class Node:
+    """One op applied to input values. `outputs` is a tuple so that code walking every value
+    (printing, verifying, liveness) needs no change for an op with several results; every op
+    has one today (the verifier checks it), and code that reads a node's result says
+    `node.output`, which insists on exactly one."""
+
     op: str
     inputs: tuple[Value, ...]
     attrs: dict
@@ -69,17 +80,17 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
     loc: SourceLoc | None = None
+    # The scalar training minimises and autodiff differentiates: the first output, as the
+    # front ends set it, or None for a graph that only computes (outputs picked without it).
+    objective: Value | None = None
     # Where each input is declared, by name (params carry their own location).
     input_locs: dict[str, SourceLoc] = field(default_factory=dict)
     # State name -> the output holding its next value in training mode (`rm` -> `rm.next`).
     updates: dict[str, str] = field(default_factory=dict)
-    # What backends compiled for this graph, by backend: it lives exactly as long as the graph
-    # (a cache keyed by the graph elsewhere would hold it alive through what it compiled).
-    compiled: dict = field(default_factory=dict, repr=False)
     # Groups of elementwise nodes a backend may run as one kernel (the group_elementwise pass,
     # last at -O2): each a run of consecutive nodes whose last one computes the group's only
     # result. An annotation, not IR: printing and export ignore it, and a copy drops it, since
-    # a pass that edits the copy may break a group.
+    # a pass that edits the copy may break a group (the pass manager refuses a pass after it).
     groups: list[tuple[Node, ...]] = field(default_factory=list, repr=False)
 
     def param_values(self) -> list[Value]:
@@ -108,7 +119,25 @@ class Graph:
     def copy(self) -> Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
-                     list(self.outputs), self.loc, dict(self.input_locs), dict(self.updates))
+                     list(self.outputs), self.loc, self.objective, dict(self.input_locs),
+                     dict(self.updates))
+
+
+def rename_output(nodes: list[Node], index: int, renamed: Value) -> list[int]:
+    """Make `renamed` the output of nodes[index] in place of its own, and the input of the later
+    nodes that read the old one: the one edit by which a value changes its name. Nodes are
+    shared between graphs too, so those are made anew; returns the indices of the new ones."""
+    producer = nodes[index]
+    old = producer.output
+    nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,), producer.loc)
+    made = [index]
+    for later in range(index + 1, len(nodes)):
+        node = nodes[later]
+        if old in node.inputs:
+            inputs = tuple(renamed if v is old else v for v in node.inputs)
+            nodes[later] = Node(node.op, inputs, node.attrs, node.outputs, node.loc)
+            made.append(later)
+    return made
 
 
 class Namer:

@@ -1,17 +1,22 @@
-"""The op registry: one entry per op with its attribute schema, traits and type rule.
+"""The op registry: one entry per op with its attribute schema, traits, type rule and facts.
 
-Each op's other rules live in the layer that owns them, keyed by the op's name: derivative rules
-in `passes.autodiff_rules`, numpy kernels in `backends.numpy_kernels`, ONNX lowerings in
-`backends.onnx_lowering`. tests/test_ops_registry.py walks this registry to list the gaps.
+An entry holds every fact about its op that is not a rule: the names of its operands, the numpy
+function and the ONNX op that compute exactly it (where one does), its scalar code for fused
+kernels, the DSL built-in that calls it by its attrs, whether its numpy result is a new array,
+and which operand it reads as indices. Each layer derives its tables from these facts. The
+op's rules live in the layer that owns them, keyed by the op's name: derivative rules in
+`passes.autodiff_rules`, numpy kernels in `backends.numpy_kernels`, ONNX lowerings in
+`backends.onnx_lowering`, each needed only where no fact already gives it.
+tests/test_ops_registry.py walks this registry and prints the checklist of what an op lacks.
 
 Traits that autodiff, backends and the registry tests query: "nondifferentiable" (no derivative
 rule; its output carries no gradient), "stochastic" (its value depends on whether the backend
 runs in training mode), "expanded" (replaced by a pass before any backend runs: no kernel,
-lowering or derivative rule) and "fused" (written by the fuse pass after autodiff: no
-derivative rule). "negative_indices" marks an op whose `index_input` may count from the end
-(numpy's and ONNX's take and gather_elements), so the feeds check accepts [-size, size) there.
-"elementwise", "linear", "reduction", "comparison", "loss" and "constant" describe the op for
-readers of the registry.
+lowering or derivative rule), "fused" (written by the fuse pass after autodiff: no derivative
+rule, no DSL spelling) and "fresh_result" (its numpy kernel returns a new array, never a view of
+an input or a shared constant, so a backend may overwrite it; an op computed by a numpy ufunc
+always does). "elementwise", "linear", "reduction", "comparison", "loss" and "constant"
+describe the op for readers of the registry.
 """
 from __future__ import annotations
 
@@ -62,6 +67,23 @@ ATTR_KINDS = {
 class AttrSpec:
     kind: str
     default: object = REQUIRED
+    # The option's name in the DSL built-in that calls the op, where it differs (`axis` for a
+    # reduction's axes).
+    dsl_name: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexOperand:
+    """An operand an op reads as class labels or indices: when it is a graph input, the feeds
+    check refuses values out of range the same way before every backend."""
+
+    position: int
+    bound: Callable  # (input types, attrs) -> exclusive upper bound: a size or a symbolic dim
+    # Whether indices below 0 count from the end (numpy's and ONNX's take, gather_elements),
+    # so that [-bound, bound) is the range.
+    negatives: bool = False
+    # The range as an error states it, with {size}: "cross_entropy over {size} classes".
+    described: str = "{op} over {size} items"
 
 
 @dataclass(frozen=True)
@@ -71,8 +93,13 @@ class OpDef:
     infer: Callable[..., TensorType]  # (input types..., **attrs) -> output type
     attrs: dict = field(default_factory=dict)
     traits: frozenset = frozenset()
-    # For random inputs: (input index, fn(input types, attrs) -> exclusive upper bound).
-    index_input: tuple | None = None
+    operands: tuple = ()                # the inputs' names, as the DSL's keyword arguments
+    index_input: IndexOperand | None = None
+    numpy: str | None = None            # np.<numpy>(inputs..., attrs) computes exactly the op
+                                        # (numpy's axis= for a reduction's axes)
+    onnx: str | None = None             # the ONNX op type that computes exactly the op
+    scalar: str | None = None           # the op on scalar operands {0}, {1}...: "({0} + {1})"
+    builtin: str | None = None          # the DSL built-in that emits the op with its attrs
 
     @property
     def differentiable(self) -> bool:
@@ -80,10 +107,24 @@ class OpDef:
 
 
 OPS: dict[str, OpDef] = {}
+OWN_NAME = object()
 
 
-def register(name, num_inputs, infer, attrs=None, traits=(), index_input=None) -> OpDef:
-    op = OpDef(name, num_inputs, infer, dict(attrs or {}), frozenset(traits), index_input)
+def _default_operands(num_inputs) -> tuple:
+    if num_inputs is ONE_OR_MORE:
+        return ("xs",)
+    return {0: (), 1: ("x",), 2: ("a", "b")}[num_inputs]
+
+
+def register(name, num_inputs, infer, attrs=None, *, traits=(), operands=None,
+             index_input=None, numpy=None, onnx=None, scalar=None, builtin=OWN_NAME) -> OpDef:
+    """Add an op. Its operands are x, or a and b, unless named; its DSL built-in is its name,
+    unless fused (the fuse pass writes those) or given (None: an operator or a literal)."""
+    if builtin is OWN_NAME:
+        builtin = None if "fused" in traits else name
+    op = OpDef(name, num_inputs, infer, dict(attrs or {}), frozenset(traits),
+               operands or _default_operands(num_inputs), index_input, numpy, onnx, scalar,
+               builtin)
     OPS[name] = op
     return op
 
@@ -424,7 +465,7 @@ def _infer_cast(x, dtype):
     return x.with_dtype(dtype)
 
 
-AXES = {"axes": AttrSpec("axes", None), "keepdims": AttrSpec("bool", False)}
+AXES = {"axes": AttrSpec("axes", None, dsl_name="axis"), "keepdims": AttrSpec("bool", False)}
 AXIS = {"axis": AttrSpec("int", -1)}
 SLICE = {name: AttrSpec("ints") for name in ("starts", "ends", "axes", "steps")}
 
@@ -432,94 +473,141 @@ SLICE = {name: AttrSpec("ints") for name in ("starts", "ends", "axes", "steps")}
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
-# ---- elementwise
-for _name in ("exp", "log", "relu", "sigmoid", "tanh", "sqrt", "gelu", "softplus", "erf"):
-    register(_name, 1, _unary(_name), traits=("elementwise",))
+# ---- elementwise. No scalar code for exp, log and tanh: fused_kernels.py says why.
+FRESH_ELEMENTWISE = ("elementwise", "fresh_result")
+register("exp", 1, _unary("exp"), traits=("elementwise",), numpy="exp", onnx="Exp")
+register("log", 1, _unary("log"), traits=("elementwise",), numpy="log", onnx="Log")
+register("tanh", 1, _unary("tanh"), traits=("elementwise",), numpy="tanh", onnx="Tanh")
+register("sqrt", 1, _unary("sqrt"), traits=("elementwise",), numpy="sqrt", onnx="Sqrt",
+         scalar="np.sqrt({0})")
+register("relu", 1, _unary("relu"), traits=FRESH_ELEMENTWISE, onnx="Relu")
+register("sigmoid", 1, _unary("sigmoid"), traits=FRESH_ELEMENTWISE, onnx="Sigmoid")
+register("sin", 1, _unary("sin"), traits=("elementwise",), numpy="sin", onnx="Sin",
+         scalar="math.sin({0})")
+register("cos", 1, _unary("cos"), traits=("elementwise",), numpy="cos", onnx="Cos",
+         scalar="math.cos({0})")
+register("gelu", 1, _unary("gelu"), traits=("elementwise",))
+register("softplus", 1, _unary("softplus"), traits=("elementwise",), onnx="Softplus")
+register("erf", 1, _unary("erf"), traits=FRESH_ELEMENTWISE, onnx="Erf")
 register("leaky_relu", 1, _unary("leaky_relu"), {"alpha": AttrSpec("float", 0.01)},
          traits=("elementwise",))
 register("clip", 1, _infer_clip, {"lo": AttrSpec("float"), "hi": AttrSpec("float")},
          traits=("elementwise",))
-register("abs", 1, _unary("abs", "numeric"), traits=("elementwise",))
-register("sign", 1, _unary("sign", "numeric"), traits=("elementwise", "nondifferentiable"))
-register("neg", 1, _unary("neg", "numeric"), traits=("elementwise", "linear"))
-for _name in ("add", "sub"):
-    register(_name, 2, _binary(_name), traits=("elementwise", "linear"))
-for _name in ("mul", "pow", "maximum", "minimum"):
-    register(_name, 2, _binary(_name), traits=("elementwise",))
+register("abs", 1, _unary("abs", "numeric"), traits=("elementwise",), numpy="abs", onnx="Abs",
+         scalar="np.abs({0})")
+register("sign", 1, _unary("sign", "numeric"), traits=("elementwise", "nondifferentiable"),
+         numpy="sign", onnx="Sign")
+register("neg", 1, _unary("neg", "numeric"), traits=("elementwise", "linear"),
+         numpy="negative", onnx="Neg", scalar="(-{0})", builtin=None)  # the DSL's -x
+LINEAR_ELEMENTWISE = ("elementwise", "linear")
+register("add", 2, _binary("add"), traits=LINEAR_ELEMENTWISE, numpy="add", onnx="Add",
+         scalar="({0} + {1})")
+register("sub", 2, _binary("sub"), traits=LINEAR_ELEMENTWISE, numpy="subtract", onnx="Sub",
+         scalar="({0} - {1})")
+register("mul", 2, _binary("mul"), traits=("elementwise",), numpy="multiply", onnx="Mul",
+         scalar="({0} * {1})")
+register("pow", 2, _binary("pow"), traits=("elementwise",), numpy="power", onnx="Pow",
+         scalar="({0} ** {1})")
+register("maximum", 2, _binary("maximum"), traits=("elementwise",), numpy="maximum",
+         onnx="Max", scalar="np.maximum({0}, {1})")
+register("minimum", 2, _binary("minimum"), traits=("elementwise",), numpy="minimum",
+         onnx="Min", scalar="np.minimum({0}, {1})")
 # Division is of floats: numpy's and ONNX's integer divisions disagree (true vs truncating).
-register("div", 2, _binary("div", operands="float"), traits=("elementwise",))
-for _name in ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal"):
+register("div", 2, _binary("div", operands="float"), traits=("elementwise",), numpy="divide",
+         onnx="Div", scalar="({0} / {1})")
+# The comparisons are operators in the DSL (a < b); ONNX has no NotEqual.
+for _name, _onnx, _symbol in [("less", "Less", "<"), ("less_equal", "LessOrEqual", "<="),
+                              ("greater", "Greater", ">"),
+                              ("greater_equal", "GreaterOrEqual", ">="),
+                              ("equal", "Equal", "=="), ("not_equal", None, "!=")]:
     register(_name, 2, _binary(_name, result_dtype="bool", operands="any"),
-             traits=("elementwise", "comparison", "nondifferentiable"))
-for _name in ("logical_and", "logical_or"):
+             traits=("elementwise", "comparison", "nondifferentiable"), numpy=_name,
+             onnx=_onnx, scalar=f"({{0}} {_symbol} {{1}})", builtin=None)
+for _name, _onnx, _word in [("logical_and", "And", "and"), ("logical_or", "Or", "or")]:
     register(_name, 2, _binary(_name, operands="bool"),
-             traits=("elementwise", "nondifferentiable"))
+             traits=("elementwise", "nondifferentiable"), numpy=_name, onnx=_onnx,
+             scalar=f"({{0}} {_word} {{1}})")
 register("logical_not", 1, _unary("logical_not", "bool"),
-         traits=("elementwise", "nondifferentiable"))
-register("where", 3, _infer_where, traits=("elementwise",))
-register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype")}, traits=("elementwise",))
+         traits=("elementwise", "nondifferentiable"), numpy="logical_not", onnx="Not",
+         scalar="(not {0})")
+register("where", 3, _infer_where, traits=FRESH_ELEMENTWISE, operands=("cond", "a", "b"),
+         numpy="where", onnx="Where", scalar="({1} if {0} else {2})")
+register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype")}, traits=FRESH_ELEMENTWISE)
 register("constant", 0, _infer_constant,
          {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")},
-         traits=("constant", "nondifferentiable"))  # no inputs, so nothing to differentiate
+         traits=("constant", "nondifferentiable"),  # no inputs, so nothing to differentiate
+         builtin=None)  # a literal: f32(0.5)
 register("arange", 0, _infer_arange, {"n": AttrSpec("int")},
-         traits=("constant", "nondifferentiable"))
+         traits=("constant", "nondifferentiable", "fresh_result"))
 
 # ---- reductions
-register("sum", 1, _reduction("sum"), AXES, traits=("reduction", "linear"))
-register("mean", 1, _reduction("mean"), AXES, traits=("reduction", "linear"))
-register("max", 1, _reduction("max"), AXES, traits=("reduction",))
-register("min", 1, _reduction("min"), AXES, traits=("reduction",))
+REDUCE = ("reduction", "fresh_result")
+register("sum", 1, _reduction("sum"), AXES, traits=REDUCE + ("linear",), numpy="sum")
+register("mean", 1, _reduction("mean"), AXES, traits=REDUCE + ("linear",), numpy="mean")
+register("max", 1, _reduction("max"), AXES, traits=REDUCE, numpy="max")
+register("min", 1, _reduction("min"), AXES, traits=REDUCE, numpy="min")
 register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
 for _name in ("argmax", "argmin"):
     register(_name, 1, _index_reduction(_name),
              {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},
-             traits=("reduction", "nondifferentiable"))
+             traits=("reduction", "nondifferentiable"), numpy=_name)
 register("numel", 1, _infer_numel,
-         {"axes": AttrSpec("axes", None), "dtype": AttrSpec("dtype", "f32")},
-         traits=("nondifferentiable",))
+         {"axes": AttrSpec("axes", None, dsl_name="axis"), "dtype": AttrSpec("dtype", "f32")},
+         traits=("nondifferentiable", "fresh_result"))
 
 # ---- linear algebra and shape; the *_like ops and unconcat, unslice, scatter_add and
 # scatter_elements_add are the transposes of broadcasting, reshape, concat, slice, take and
 # gather_elements, which derivative rules need.
-register("matmul", 2, _infer_matmul, traits=("linear",))
+# An index operand read along `axis`, counting from the end below 0.
+AXIS_INDICES = IndexOperand(1, lambda types, attrs: types[0].shape[attrs["axis"]],
+                            negatives=True)
+# Class labels into the last axis of logits or log-probabilities.
+CLASS_LABELS = IndexOperand(1, lambda types, attrs: types[0].shape[-1],
+                            described="cross_entropy over {size} classes")
+AXES_SPELLED_AXIS = {"axes": AttrSpec("ints", dsl_name="axis")}
+
+register("matmul", 2, _infer_matmul, traits=("linear",), numpy="matmul", onnx="MatMul")
 register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
 register("reshape", 1, _infer_reshape, {"shape": AttrSpec("ints")}, traits=("linear",))
-register("reshape_like", 2, _infer_reshape_like, traits=("linear",))
+register("reshape_like", 2, _infer_reshape_like, traits=("linear",), operands=("x", "like"))
 register("broadcast_to", 1, _infer_broadcast_to, {"shape": AttrSpec("ints")},
          traits=("linear",))
-register("broadcast_like", 2, _infer_broadcast_like, traits=("linear",))
+register("broadcast_like", 2, _infer_broadcast_like, traits=("linear",), operands=("x", "like"))
 # fill broadcasts a scalar to a shape whose symbolic dims it reads off its other inputs (the
 # DSL's constructors): only the value gets a gradient.
 register("fill", ONE_OR_MORE, _infer_fill,
-         {"shape": AttrSpec("ints"), "axes": AttrSpec("ints", ())}, traits=("linear",))
-register("unsqueeze", 1, _infer_unsqueeze, {"axes": AttrSpec("ints")}, traits=("linear",))
-register("squeeze", 1, _infer_squeeze, {"axes": AttrSpec("ints")}, traits=("linear",))
+         {"shape": AttrSpec("ints"), "axes": AttrSpec("ints", ())},
+         traits=("linear", "fresh_result"), operands=("value", "sources"))
+register("unsqueeze", 1, _infer_unsqueeze, AXES_SPELLED_AXIS, traits=("linear",))
+register("squeeze", 1, _infer_squeeze, AXES_SPELLED_AXIS, traits=("linear",))
 register("concat", ONE_OR_MORE, _infer_concat, {"axis": AttrSpec("int", 0)}, traits=("linear",))
 register("unconcat", ONE_OR_MORE, _infer_unconcat,
-         {"axis": AttrSpec("int"), "index": AttrSpec("int")}, traits=("linear",))
+         {"axis": AttrSpec("int"), "index": AttrSpec("int")}, traits=("linear",),
+         operands=("whole", "parts"))
 register("slice", 1, _infer_slice, SLICE, traits=("linear",))
-register("unslice", 2, _infer_unslice, SLICE, traits=("linear",))
-register("take", 2, _infer_take, {"axis": AttrSpec("int", 0)},
-         traits=("linear", "negative_indices"),
-         index_input=(1, lambda types, attrs: types[0].shape[attrs["axis"]]))
+register("unslice", 2, _infer_unslice, SLICE, traits=("linear",), operands=("sliced", "like"))
+register("take", 2, _infer_take, {"axis": AttrSpec("int", 0)}, traits=("linear",),
+         operands=("x", "indices"), index_input=AXIS_INDICES)
 register("scatter_add", 3, _infer_scatter_add, {"axis": AttrSpec("int", 0)},
-         traits=("linear",))
+         traits=("linear",), operands=("updates", "indices", "like"))
+# numpy's take_along_axis (without broadcasting), ONNX's GatherElements.
 register("gather_elements", 2, _infer_gather_elements, {"axis": AttrSpec("int", 0)},
-         traits=("linear", "negative_indices"),
-         index_input=(1, lambda types, attrs: types[0].shape[attrs["axis"]]))
+         traits=("linear", "fresh_result"), operands=("x", "indices"),
+         index_input=AXIS_INDICES, builtin="take_along_axis")
 register("scatter_elements_add", 3, _infer_scatter_elements_add, {"axis": AttrSpec("int", 0)},
-         traits=("linear",))
+         traits=("linear", "fresh_result"), operands=("updates", "indices", "like"))
 
 # ---- nn
-register("softmax", 1, _along_axis("softmax"), AXIS)
-register("log_softmax", 1, _along_axis("log_softmax"), AXIS)
-register("cross_entropy", 2, _infer_cross_entropy, traits=("loss",),
-         index_input=(1, lambda types, attrs: types[0].shape[-1]))
-register("mse", 2, _infer_mse, traits=("loss",))
+register("softmax", 1, _along_axis("softmax"), AXIS, traits=("fresh_result",))
+register("log_softmax", 1, _along_axis("log_softmax"), AXIS, traits=("fresh_result",))
+register("cross_entropy", 2, _infer_cross_entropy, traits=("loss", "fresh_result"),
+         operands=("logits", "labels"), index_input=CLASS_LABELS)
+register("mse", 2, _infer_mse, traits=("loss", "fresh_result"), operands=("pred", "target"))
 register("one_hot", 1, _infer_one_hot,
-         {"depth": AttrSpec("int"), "dtype": AttrSpec("dtype", "f32")},
-         traits=("nondifferentiable",),
-         index_input=(0, lambda types, attrs: attrs["depth"]))
+         {"depth": AttrSpec("int", dsl_name="n"), "dtype": AttrSpec("dtype", "f32")},
+         traits=("nondifferentiable", "fresh_result"), operands=("labels",),
+         index_input=IndexOperand(0, lambda types, attrs: attrs["depth"],
+                                  described="one_hot with {size} classes"))
 
 
 # ---- convolution and pooling: NCHW, as ONNX and PyTorch lay them out. Every dim but the batch is
@@ -699,18 +787,21 @@ POOL = {"kernel": AttrSpec("ints"), "strides": AttrSpec("ints"), "pads": AttrSpe
         "ceil_mode": AttrSpec("bool", False)}
 AVG_POOL = {**POOL, "count_include_pad": AttrSpec("bool", True)}
 
-register("conv", 2, _infer_conv, CONV, traits=("linear",))
+CONVOLVE = ("linear", "fresh_result")
+register("conv", 2, _infer_conv, CONV, traits=CONVOLVE, operands=("x", "w"))
 register("conv_transpose", 2, _infer_conv_transpose,
-         {**CONV, "output_padding": AttrSpec("ints")}, traits=("linear",))
+         {**CONV, "output_padding": AttrSpec("ints")}, traits=CONVOLVE, operands=("x", "w"))
 register("conv_weight_grad", 2, _infer_conv_weight_grad, {"kernel": AttrSpec("ints"), **CONV},
-         traits=("linear",))
-register("max_pool", 1, _pool("max_pool"), POOL)
-register("max_unpool", 2, _unpool("max_unpool"), POOL, traits=("linear",))
-register("max_pool_take", 2, _infer_max_pool_take, POOL, traits=("linear",))
-register("avg_pool", 1, _pool("avg_pool"), AVG_POOL, traits=("linear",))
-register("avg_unpool", 2, _unpool("avg_unpool"), AVG_POOL, traits=("linear",))
+         traits=CONVOLVE, operands=("x", "g"))
+register("max_pool", 1, _pool("max_pool"), POOL, traits=("fresh_result",))
+register("max_unpool", 2, _unpool("max_unpool"), POOL, traits=CONVOLVE, operands=("g", "x"))
+register("max_pool_take", 2, _infer_max_pool_take, POOL, traits=CONVOLVE,
+         operands=("values", "x"))
+register("avg_pool", 1, _pool("avg_pool"), AVG_POOL, traits=CONVOLVE)
+register("avg_unpool", 2, _unpool("avg_unpool"), AVG_POOL, traits=CONVOLVE, operands=("g", "x"))
+# The DSL's pad(x, pads) takes F.pad's pairs and modes; constant_pad takes the op's attrs.
 register("pad", 1, _infer_pad, {"pads": AttrSpec("ints"), "value": AttrSpec("float", 0.0)},
-         traits=("linear",))
+         traits=("linear",), builtin="constant_pad")
 
 
 # dropout(x) is x * dropout_mask(x): the mask is a value, so the gradient reuses it exactly.
@@ -763,29 +854,30 @@ def _infer_gemm_acc(a, b, c, alpha, beta, trans_a, trans_b):
     return c
 
 
-register("relu_grad", 2, _infer_relu_grad, traits=("elementwise", "fused"))
-register("cross_entropy_grad", 3, _infer_cross_entropy_grad, traits=("fused",),
-         index_input=(1, lambda types, attrs: types[0].shape[-1]))
+FUSED = ("fused", "fresh_result")
+register("relu_grad", 2, _infer_relu_grad, traits=("elementwise",) + FUSED, operands=("x", "g"))
+register("cross_entropy_grad", 3, _infer_cross_entropy_grad, traits=FUSED,
+         operands=("logits", "labels", "scale"), index_input=CLASS_LABELS)
 # A cross-entropy and its gradient from one log_softmax (fuse.py): the forward's log-probs are
 # the softmax the gradient needs, exp(log_probs).
 register("nll", 2, _infer_cross_entropy, traits=("loss", "fused"),
-         index_input=(1, lambda types, attrs: types[0].shape[-1]))
+         operands=("log_probs", "labels"), index_input=CLASS_LABELS)
 register("cross_entropy_grad_from_log_probs", 3, _infer_cross_entropy_grad, traits=("fused",),
-         index_input=(1, lambda types, attrs: types[0].shape[-1]))
-register("sum_squares", 1, _infer_sum_squares, traits=("reduction", "fused"))
+         operands=("log_probs", "labels", "scale"), index_input=CLASS_LABELS)
+register("sum_squares", 1, _infer_sum_squares, traits=("reduction",) + FUSED)
 register("gemm", 2, _infer_gemm,
          {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
-         traits=("linear", "fused"))
+         traits=("linear",) + FUSED)
 # alpha * op(a) @ op(b) + beta * c: a param's update folded into its gradient's matrix product
 # (passes/gemm_epilogue.py), written into c's buffer.
 register("gemm_acc", 5, _infer_gemm_acc,
          {"trans_a": AttrSpec("bool", False), "trans_b": AttrSpec("bool", False)},
-         traits=("fused",))
+         traits=FUSED, operands=("a", "b", "c", "alpha", "beta"))
 
 
 # grad(objective, wrt) in a model: a higher-order op that the expand_grad pass replaces by the
 # backward graph it stands for, so no backend ever sees it ("expanded" trait).
-register("grad", 2, _infer_grad, traits=("expanded",))
+register("grad", 2, _infer_grad, traits=("expanded",), operands=("objective", "wrt"))
 register("dropout_mask", 1, _infer_dropout_mask,
          {"p": AttrSpec("float"), "seed": AttrSpec("int")},
          traits=("elementwise", "nondifferentiable", "stochastic"))
@@ -801,4 +893,5 @@ def _infer_train_or_eval(train, evaluate):
     return train
 
 
-register("train_or_eval", 2, _infer_train_or_eval, traits=("expanded",))
+register("train_or_eval", 2, _infer_train_or_eval, traits=("expanded",),
+         operands=("train", "evaluate"))

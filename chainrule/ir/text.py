@@ -248,6 +248,8 @@ class _GraphReader:
 
     def read_outputs(self, tree: Tree, graph: Graph) -> None:
         graph.outputs = [self.use(token) for token in _values(tree)]
+        # The text has no objective of its own: as in the front ends, it is the first output.
+        graph.objective = graph.outputs[0] if graph.outputs else None
 
     def read_update(self, tree: Tree, graph: Graph) -> None:
         state, output = (self.use(token) for token in tree.children)

@@ -10,6 +10,9 @@ INT_DTYPES = ("i64",)
 DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",)
 
 NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "bool": np.bool_}
+# ONNX's numbers for them (onnx.TensorProto.FLOAT and so on), written out so that the IR, and
+# what imports it, need not load onnx.
+ONNX_DTYPES = {"f32": 1, "f64": 11, "i64": 7, "bool": 9}
 
 # A dim is an int, a symbolic name such as "B", or UNKNOWN when the program leaves it open.
 Dim = int | str

@@ -74,10 +74,19 @@ def _problems(graph: Graph) -> Iterator[VerifyError]:
         yield from _located(format_node(node), node.loc, _node_rules(scope, node))
     returned = "return " + ", ".join(format_value(v) for v in graph.outputs)
     yield from _located(returned, graph.loc, [scope.use(value) for value in graph.outputs])
+    yield from _located(returned, graph.loc, [_objective_rule(graph)])
     for state, output in graph.updates.items():
         yield from _located(f"update %{state} = %{output}", graph.loc,
                             [_update_rule(graph, state, output)])
     yield from _group_problems(graph)
+
+
+def _objective_rule(graph: Graph) -> str | None:
+    """The objective, when there is one, leads the outputs: the text form and the front ends
+    know it by that place."""
+    if graph.objective is None or graph.outputs[:1] == [graph.objective]:
+        return None
+    return f"the objective {format_value(graph.objective)} is not the first output"
 
 
 def _group_problems(graph: Graph) -> Iterator[VerifyError]:

@@ -3,29 +3,54 @@
 `import_graph(path_or_proto, ...)` reads an ONNX model (opset 13 and newer, default domain),
 folds its shape computations, maps each node through the op table, and optionally attaches a
 loss so that an inference model can be differentiated and trained.
+
+The converters import onnx, which takes most of a second to load: this package loads them on
+first use (`import_graph`, or any name below but LOSSES), so a command that never reads or
+writes an ONNX file never pays for it.
 """
 from __future__ import annotations
 
-# Each of these modules registers its converters in the op table.
-from . import (attention, convolution, converters, layout, loss_ops,  # noqa: F401
-               normalization, resize)
-from .context import CONVERTERS, Unsupported
-from .folding import FOLDERS
-from .importer import Imported, Importer, UnsupportedModel, load_model
-from .loss import LOSSES, attach_loss
+import importlib
+
+from .loss import LOSSES
 
 __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSES",
            "SUPPORTED_OPS"]
 
-# Every ONNX op type the importer reads, folded or converted.
-SUPPORTED_OPS = frozenset(CONVERTERS) | frozenset(FOLDERS)
+# Each of these modules registers its converters in the op table when imported.
+CONVERTER_MODULES = ("attention", "convolution", "converters", "layout", "loss_ops",
+                     "normalization", "resize")
+# The names this package exports from its modules, loaded on first use.
+LAZY_NAMES = {"Imported": "importer", "Importer": "importer", "UnsupportedModel": "importer",
+              "load_model": "importer", "Unsupported": "context", "CONVERTERS": "context",
+              "FOLDERS": "folding", "attach_loss": "loss"}
+
+
+def _load_converters() -> None:
+    for module in CONVERTER_MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+
+
+def __getattr__(name: str):
+    if name == "SUPPORTED_OPS":  # every ONNX op type the importer reads, folded or converted
+        _load_converters()
+        return frozenset(__getattr__("CONVERTERS")) | frozenset(__getattr__("FOLDERS"))
+    if name not in LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _load_converters()
+    return getattr(importlib.import_module(f"{__name__}.{LAZY_NAMES[name]}"), name)
 
 
 def import_graph(path_or_proto, *, loss: str | None = None, target_input: str = "y",
                  loss_output: str | None = None, trainable=None, freeze=(),
-                 dims: dict | None = None) -> Imported:
-    """The model's graph and param values. With `loss`, the objective (first output) is that
-    loss of `loss_output` (default: the first output) against a new input `target_input`."""
+                 dims: dict | None = None):
+    """The model's graph and param values (an `Imported`). With `loss`, the objective (first
+    output) is that loss of `loss_output` (default: the first output) against a new input
+    `target_input`."""
+    _load_converters()
+    from .importer import Importer, load_model
+    from .loss import attach_loss
+
     model, file = load_model(path_or_proto)
     imported = Importer(model, file, trainable=trainable, freeze=freeze, dims=dims).run()
     if loss is not None:

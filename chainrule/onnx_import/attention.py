@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ir.types import NUMPY_DTYPES
 from .context import Unsupported, converter
-from .importer import ONNX_DTYPES
+from .importer import DTYPE_OF_ONNX
 
 # qk_matmul_output_mode: which scores the fourth output shows. Modes 0 and 1 both show them
 # after the softcap, as ONNX's reference implementation does.
@@ -168,10 +168,10 @@ def _attention(ctx):
     if mode == WITH_BIAS:
         shown = scores
     precision = ctx.attr("softmax_precision")
-    if precision is not None and ONNX_DTYPES.get(precision) not in ("f32", "f64"):
+    if precision is not None and DTYPE_OF_ONNX.get(precision) not in ("f32", "f64"):
         raise Unsupported(f"Attention with softmax_precision {precision}")
-    if precision is not None and ONNX_DTYPES[precision] != dtype:
-        scores = ctx.emit("cast", scores, dtype=ONNX_DTYPES[precision])
+    if precision is not None and DTYPE_OF_ONNX[precision] != dtype:
+        scores = ctx.emit("cast", scores, dtype=DTYPE_OF_ONNX[precision])
     weights = ctx.emit("softmax", scores, axis=-1)
     if bias.value is not None:  # a query no key may reach attends to nothing
         blocked = ctx.emit("equal", ctx.emit("max", bias.value, axes=(-1,), keepdims=True),

@@ -14,10 +14,11 @@ import math
 import numpy as np
 from onnx import helper
 
+from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
 from ..ir.types import is_float
 from .context import CONVERTERS, Unsupported, converter
-from .importer import ONNX_DTYPES
+from .importer import DTYPE_OF_ONNX
 
 
 def _chain(ctx, op, values):
@@ -35,32 +36,29 @@ def _require_float(ctx, value, what="this op"):
 
 # ---- elementwise ------------------------------------------------------------------------------
 
-UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log",
-         "Sqrt": "sqrt", "Abs": "abs", "Neg": "neg", "Sign": "sign", "Softplus": "softplus",
-         "Erf": "erf", "Not": "logical_not"}
-BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Equal": "equal",
-          "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
-          "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or",
-          "Xor": "not_equal"}
+def _exact(op: OpDef):
+    """The converter of an ONNX op that computes exactly `op`: its inputs are the op's."""
+    return lambda ctx: [ctx.emit(op.name, *(ctx.input(i) for i in range(op.num_inputs)))]
 
 
-def _unary(op):
-    return lambda ctx: [ctx.emit(op, ctx.input(0))]
+# The inverse of the ONNX lowering's 1:1 ops. An ONNX op that means more than chainrule's op
+# (Max of any number of inputs, Pow of mixed dtypes, integer Div) has its own converter below.
+for _op in OPS.values():
+    if _op.onnx is not None:
+        CONVERTERS[_op.onnx] = _exact(_op)
 
 
-def _binary(op):
-    def convert(ctx):
-        a, b = ctx.input(0), ctx.input(1)
-        if op == "div" and not is_float(a.type.dtype):
-            raise Unsupported("integer Div (it truncates; chainrule divides floats only)")
-        return [ctx.emit(op, a, b)]
-    return convert
+@converter("Div")
+def _div(ctx):
+    a, b = ctx.input(0), ctx.input(1)
+    if not is_float(a.type.dtype):
+        raise Unsupported("integer Div (it truncates; chainrule divides floats only)")
+    return [ctx.emit("div", a, b)]
 
 
-for _op_type, _op in UNARY.items():
-    CONVERTERS[_op_type] = _unary(_op)
-for _op_type, _op in BINARY.items():
-    CONVERTERS[_op_type] = _binary(_op)
+@converter("Xor")
+def _xor(ctx):
+    return [ctx.emit("not_equal", ctx.input(0), ctx.input(1))]
 
 
 @converter("Identity")
@@ -340,10 +338,10 @@ def _cast(ctx):
     to = ctx.attr("to")
     if to not in helper.get_all_tensor_dtypes():
         raise Unsupported(f"Cast to {to}, which is no ONNX dtype")
-    if to not in ONNX_DTYPES:
+    if to not in DTYPE_OF_ONNX:
         raise Unsupported(f"Cast to {helper.tensor_dtype_to_np_dtype(to)} (chainrule has "
                           f"float32, float64, int64 and bool)")
-    dtype = ONNX_DTYPES[to]
+    dtype = DTYPE_OF_ONNX[to]
     return [x if dtype == x.type.dtype else ctx.emit("cast", x, dtype=dtype)]
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from onnx import TensorProto, helper
 
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 from .context import Known, Unsupported, tensor_array
 
 FOLDERS = {}
@@ -72,9 +72,15 @@ def _tidy(array) -> Known:
 
 # ---- the shape of a value ---------------------------------------------------------------------
 
+def symbolic_shape(value_type: TensorType) -> np.ndarray:
+    """A value's shape as a Known array: ints where sizes are known, names where symbolic."""
+    if UNKNOWN in value_type.shape:
+        raise Unsupported(f"the shape {value_type.shape} has a dim no name describes")
+    return shape_of(value_type.shape)
+
+
 @folder("Shape")
 def _shape(ctx):
-    from .importer import symbolic_shape
     shape = symbolic_shape(ctx.type_of(0))
     rank = len(shape)
     start = ctx.attr("start", 0)

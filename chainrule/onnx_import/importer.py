@@ -13,12 +13,11 @@ from onnx import TensorProto, numpy_helper
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
-from ..ir.types import UNKNOWN, TensorType, is_float
+from ..ir.types import ONNX_DTYPES, TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dtype_of_array
-from .folding import FOLDERS, shape_of
+from .folding import FOLDERS
 
-ONNX_DTYPES = {TensorProto.FLOAT: "f32", TensorProto.DOUBLE: "f64", TensorProto.INT64: "i64",
-               TensorProto.BOOL: "bool"}
+DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
 CONSTANT_ONLY_DTYPES = {TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
                         TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16,
@@ -161,7 +160,9 @@ class Importer:
         outputs = self.read_outputs()
         if self.problems:
             raise UnsupportedModel(self.file, self.problems)
-        self.graph.outputs = outputs + self.update_outputs()
+        outputs += self.update_outputs()
+        self.graph.outputs = [self.builder.current(v) for v in outputs]
+        self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         check_graph_sizes(self.graph)
         return Imported(self.graph, self.params, self.names)
 
@@ -219,7 +220,7 @@ class Importer:
         if kind != "tensor_type":
             raise Unsupported(f"values of ONNX type '{kind}' (chainrule reads tensors)")
         tensor = info.type.tensor_type
-        if tensor.elem_type not in ONNX_DTYPES:
+        if tensor.elem_type not in DTYPE_OF_ONNX:
             constant = tensor.elem_type in CONSTANT_ONLY_DTYPES
             raise Unsupported(f"tensors of dtype {TensorProto.DataType.Name(tensor.elem_type)} "
                               f"(chainrule reads float, double, int64 and bool)",
@@ -234,7 +235,7 @@ class Importer:
                 symbol = dim_name(dim.dim_param) if dim.dim_param else \
                     dim_name(f"{identifier(info.name)}_{axis}")
                 shape.append(self.dims.get(symbol, symbol))
-        value_type = TensorType(ONNX_DTYPES[tensor.elem_type], tuple(shape))
+        value_type = TensorType(DTYPE_OF_ONNX[tensor.elem_type], tuple(shape))
         if 0 in shape:  # only a constant may be empty (axes, pads: none of them)
             raise Unsupported(f"the empty input {value_type} (chainrule refuses empty tensors "
                               f"at run time)", needs_constant=info.name)
@@ -310,7 +311,7 @@ class Importer:
 
     def bind(self, onnx_name: str, result) -> None:
         if isinstance(result, Value) and result not in self.bound:
-            self.builder.rename(result, identifier(onnx_name))
+            result = self.builder.rename(result, identifier(onnx_name))
             self.bound.add(result)
         self.values[onnx_name] = result
 
@@ -471,7 +472,7 @@ class Importer:
         by_name = {v.name: v for v in producers}
         for state, next_name in list(self.graph.updates.items()):
             value = by_name[next_name]
-            self.builder.rename(value, f"{state}.next")
+            value = self.builder.rename(value, f"{state}.next")
             self.graph.updates[state] = value.name
             outputs.append(value)
         return outputs
@@ -556,7 +557,7 @@ def declared_disagreement(info, computed: TensorType) -> str | None:
             for d in tensor.shape.dim]
     dtype = TensorProto.DataType.Name(tensor.elem_type).lower()
     problem = f"declared {dtype}[{', '.join(map(str, dims))}], but the graph computes {computed}"
-    if ONNX_DTYPES.get(tensor.elem_type) != computed.dtype:
+    if DTYPE_OF_ONNX.get(tensor.elem_type) != computed.dtype:
         return problem
     if tensor.HasField("shape") and (len(dims) != computed.rank or any(
             isinstance(have, int) and isinstance(want, int) and have != want
@@ -567,10 +568,3 @@ def declared_disagreement(info, computed: TensorType) -> str | None:
 
 def is_float_array(array: np.ndarray) -> bool:
     return array.dtype in (np.float32, np.float64)
-
-
-def symbolic_shape(value_type: TensorType) -> np.ndarray:
-    """A value's shape as a Known array: ints where sizes are known, names where symbolic."""
-    if UNKNOWN in value_type.shape:
-        raise Unsupported(f"the shape {value_type.shape} has a dim no name describes")
-    return shape_of(value_type.shape)

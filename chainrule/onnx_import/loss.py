@@ -35,8 +35,9 @@ def attach_loss(imported, loss: str, target_input: str, loss_output: str | None,
     graph.input_locs[target.name] = loc
     ops = _Ops(GraphBuilder(graph), loc)
     objective = _loss(ops, loss, output, target)
-    ops.builder.rename(objective, "loss")
+    objective = ops.builder.rename(objective, "loss")
     graph.outputs.insert(0, objective)
+    graph.objective = objective
     if loss == "cross_entropy" and "acc" not in taken:
         graph.outputs.insert(1, _accuracy(ops, output, target))
     imported.names[target_input] = target.name
@@ -47,8 +48,7 @@ def _accuracy(ops, scores, labels) -> Value:
     predicted = ops.emit("argmax", scores, axis=-1, keepdims=False)
     hits = ops.emit("cast", ops.emit("equal", predicted, labels), dtype=scores.type.dtype)
     accuracy = ops.emit("mean", hits, axes=None, keepdims=False)
-    ops.builder.rename(accuracy, "acc")
-    return accuracy
+    return ops.builder.rename(accuracy, "acc")
 
 
 def _loss_output(imported, outputs, name, loc) -> Value:

@@ -44,30 +44,33 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
         """The summed cotangent of `value`, named d<objective>/d<value>."""
         if value in summed_for:
             return summed_for[value]
-        parts = contributions.pop(value, [])
+        # A part renamed as another value's total since it was recorded is known by its new
+        # value (a rule may give one value as the cotangent of two inputs).
+        parts = [(builder.current(p), via) for p, via in contributions.pop(value, [])]
         name = gradient_name(objective, value)
-        renamable = [p for p, _ in parts if p not in forward_values and p not in totals]
+        renamable = {p for p, _ in parts if p not in forward_values and p not in totals}
         if not parts:
             zero = builder.constant(0.0, value.type.dtype, loc=loc, name=f"{name}.zero")
             summed = builder.emit("broadcast_like", (zero, value), loc=loc, name=name)
         elif len(parts) == 1:
             summed = parts[0][0]
             if summed in renamable:
-                builder.rename(summed, name)
+                summed = builder.rename(summed, name)
         else:
             for part, via in parts:
                 if part in renamable:
                     builder.rename(part, f"{name}.via_{via}")
-            summed = parts[0][0]
+            summed = builder.current(parts[0][0])
             for part, _ in parts[1:]:
-                summed = builder.emit("add", (summed, part), loc=loc, name=f"{name}.sum")
-            builder.rename(summed, name)
+                summed = builder.emit("add", (summed, builder.current(part)), loc=loc,
+                                      name=f"{name}.sum")
+            summed = builder.rename(summed, name)
         totals.add(summed)
         summed_for[value] = summed
         return summed
 
     for node in reversed(graph.nodes):
-        out = node.outputs[0]
+        out = node.output
         if out not in active or out not in contributions:
             continue
         cotangent = total(out, node.loc)
@@ -115,8 +118,8 @@ def _active_values(graph: Graph, objective: Value, wrt: list[Value]) -> set[Valu
 def _check_rules(graph: Graph, active: set[Value]) -> None:
     """Every op on an active path needs a derivative rule; list all that lack one at once."""
     missing: list[Node] = [n for n in graph.nodes
-                           if n.outputs[0] in active and n.op not in VJP_RULES]
+                           if n.output in active and n.op not in VJP_RULES]
     if missing:
-        lines = [f"  {n.loc}: '{n.op}' (computing %{n.outputs[0].name})" for n in missing]
+        lines = [f"  {n.loc}: '{n.op}' (computing %{n.output.name})" for n in missing]
         raise ChainruleError("no derivative rule for ops on the path to the objective:\n"
                              + "\n".join(lines), missing[0].loc)

@@ -156,6 +156,16 @@ def _tanh(bw, g, x, out):
     return (bw.emit("mul", g, slope),)
 
 
+@vjp("sin")
+def _sin(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("cos", x)),)
+
+
+@vjp("cos")
+def _cos(bw, g, x, out):
+    return (bw.emit("neg", bw.emit("mul", g, bw.emit("sin", x))),)
+
+
 @vjp("sqrt")
 def _sqrt(bw, g, x, out):
     return (bw.emit("div", g, bw.emit("mul", out, bw.constant(2.0, out))),)

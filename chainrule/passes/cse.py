@@ -17,8 +17,8 @@ def eliminate_common_subexpressions(graph: Graph) -> tuple[Graph, bool]:
         node = rewriter.remap(node)
         key = _key(node)
         earlier = seen.get(key)
-        if earlier is not None and rewriter.can_replace(node.outputs[0], earlier.outputs[0]):
-            rewriter.replace(node.outputs[0], earlier.outputs[0])
+        if earlier is not None and rewriter.can_replace(node.output, earlier.output):
+            rewriter.replace(node.output, earlier.output)
             continue
         seen.setdefault(key, node)
         rewriter.keep(node)

@@ -36,4 +36,7 @@ def select_outputs(graph: Graph, names: list[str]) -> Graph:
                              f"{', '.join(by_name)}")
     result = graph.copy()
     result.outputs = [by_name[n] for n in names]
+    # The objective stays only where it leads the outputs, as the front ends place it.
+    if graph.objective is None or result.outputs[:1] != [graph.objective]:
+        result.objective = None
     return eliminate_dead_code(result, prune_interface=True)[0]

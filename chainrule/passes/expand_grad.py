@@ -29,17 +29,18 @@ def _expand_one(graph: Graph, index: int) -> Graph:
     prefix = graph.copy()
     prefix.nodes = graph.nodes[:index]
     prefix.outputs = [objective]
+    prefix.objective = objective
     differentiated, grads = autodiff(prefix, objective, [wrt])
     gradient = grads[wrt.name]
 
     rewriter = Rewriter(graph)
     for kept in differentiated.nodes:
         rewriter.keep(kept)
-    backward_values = {n.outputs[0] for n in differentiated.nodes[index:]}
+    backward_values = {n.output for n in differentiated.nodes[index:]}
     if gradient in backward_values:
         # The gradient autodiff created takes the name the user gave the grad call.
-        gradient = rewriter.rename(gradient, node.outputs[0].name)
-    rewriter.replace(node.outputs[0], gradient)
+        gradient = rewriter.rename(gradient, node.output.name)
+    rewriter.replace(node.output, gradient)
     for rest in graph.nodes[index + 1:]:
         rewriter.keep(rewriter.remap(rest))
     result, _ = rewriter.finish()

@@ -27,7 +27,7 @@ def _operand_pairs(node):
 @fusion("mul")
 def relu_backward(ctx, node):
     """g * cast(x > 0) -> relu_grad(x, g): one masked multiply."""
-    out = node.outputs[0]
+    out = node.output
     for g, mask in _operand_pairs(node):
         cast = ctx.defined_by(mask, "cast")
         if cast is None or cast.attrs["dtype"] != g.type.dtype:
@@ -44,7 +44,7 @@ def relu_backward(ctx, node):
 @fusion("mul")
 def softmax_cross_entropy_backward(ctx, node):
     """(softmax(o) - one_hot(y)) * s -> cross_entropy_grad(o, y, s): (p - onehot) / B."""
-    out = node.outputs[0]
+    out = node.output
     for difference, scale in _operand_pairs(node):
         sub = ctx.defined_by(difference, "sub")
         if sub is None or scale.type.rank != 0:
@@ -73,7 +73,7 @@ def sum_of_squares(ctx, node):
         return None
     if axes is not None and sorted(a % rank for a in axes) != list(range(rank)):
         return None
-    return ctx.emit("sum_squares", (x_squared.inputs[0],), {}, node, node.outputs[0].name)
+    return ctx.emit("sum_squares", (x_squared.inputs[0],), {}, node, node.output.name)
 
 
 @fusion("matmul")
@@ -88,16 +88,15 @@ def matmul_of_transposes(ctx, node):
         flags[flag] = transpose is not None
     if not any(flags.values()):
         return None
-    return ctx.emit("gemm", operands, flags, node, node.outputs[0].name)
+    return ctx.emit("gemm", operands, flags, node, node.output.name)
 
 
 def _shared_log_softmax(graph: Graph):
     """A cross_entropy and a cross_entropy_grad of the same logits and labels compute the same
     softmax: cross_entropy -> nll(log_softmax(o), y), and its gradient reads exp of those
-    log-probs. Rewrites the pairs that both rules find (None when there are none); pairs are
-    found by name, since the first round of fusions wrote the gradients anew."""
+    log-probs. Rewrites the pairs that both rules find (None when there are none)."""
     def key(node):
-        return tuple(v.name for v in node.inputs[:2])
+        return tuple(node.inputs[:2])
 
     losses = {key(node) for node in graph.nodes if node.op == "cross_entropy"}
     both = {key(node) for node in graph.nodes if node.op == "cross_entropy_grad"} & losses
@@ -109,7 +108,7 @@ def _shared_log_softmax(graph: Graph):
         if key(node) not in both:
             return None
         logits, labels = node.inputs[:2]
-        name = node.outputs[0].name
+        name = node.output.name
         if node.op == "cross_entropy":
             log_probs[key(node)] = ctx.emit("log_softmax", (logits,), {"axis": -1}, node,
                                             f"{name}.log_probs")

@@ -57,21 +57,21 @@ class LinearForms:
     def __init__(self, ctx, uses: Counter, forms: dict):
         self.ctx = ctx
         self.uses = uses
-        self.forms = forms  # name -> the form of a chain node seen before, folded or not
+        self.forms = forms  # value -> the form of a chain node seen before, folded or not
 
     def of(self, value: Value) -> dict:
         """The form of a value read once, inside the chain; any other value is a term."""
         node = self.ctx.producers.get(value)
-        if (node is None or node.op not in LINEAR_OPS or self.uses[value.name] != 1
+        if (node is None or node.op not in LINEAR_OPS or self.uses[value] != 1
                 or value.type.rank != 2):
             return {value: ONE}
-        form = self.forms.get(value.name) or self.of_node(node)
+        form = self.forms.get(value) or self.of_node(node)
         # More than a product and an array cannot fold, however it goes on: the chain around
         # it may still fold with it as its array, and long sums stay linear in time.
         return form if len(form) <= 2 else {value: ONE}
 
     def of_node(self, node) -> dict:
-        value = node.outputs[0]
+        value = node.output
         if node.op == "gemm":
             return {Product(*node.inputs, **node.attrs): ONE}
         if node.op == "matmul":
@@ -105,10 +105,9 @@ def _coefficient(ctx, monomials, dtype: str, like, name: str, emitted: dict) -> 
     before (every param's update has alpha = -lr) is reused."""
     summed: dict = {}
     for number, factors in monomials:
-        key = tuple(sorted(factors, key=lambda v: v.name))
+        key = tuple(sorted(factors, key=lambda v: v.name))  # a product in one order
         summed[key] = summed.get(key, 0.0) + number
-    key = (dtype, tuple(sorted(((tuple(v.name for v in factors), number)
-                                for factors, number in summed.items()))))
+    key = (dtype, frozenset(summed.items()))
     if key not in emitted:
         emitted[key] = _emit_coefficient(ctx, summed, dtype, like, name)
     return emitted[key]
@@ -131,10 +130,10 @@ def _epilogue_rule(uses: Counter, near_products: set):
     emitted, forms = {}, {}  # forms: each chain's once, however long the chain around it
 
     def gemm_epilogue(ctx, node):
-        out = node.outputs[0]
-        if out.name not in near_products:
+        out = node.output
+        if out not in near_products:
             return None
-        form = forms[out.name] = LinearForms(ctx, uses, forms).of_node(node)
+        form = forms[out] = LinearForms(ctx, uses, forms).of_node(node)
         products = [term for term in form if isinstance(term, Product)]
         arrays = [term for term in form if not isinstance(term, Product)]
         if len(products) != 1 or len(arrays) != 1 or arrays[0].type != out.type:
@@ -143,8 +142,11 @@ def _epilogue_rule(uses: Counter, near_products: set):
         dtype, name = out.type.dtype, out.name
         alpha = _coefficient(ctx, form[product], dtype, node, f"{name}.alpha", emitted)
         beta = _coefficient(ctx, form[array], dtype, node, f"{name}.beta", emitted)
-        return ctx.emit("gemm_acc", (product.a, product.b, array, alpha, beta),
-                        {"trans_a": product.trans_a, "trans_b": product.trans_b}, node, name)
+        folded = ctx.emit("gemm_acc", (product.a, product.b, array, alpha, beta),
+                          {"trans_a": product.trans_a, "trans_b": product.trans_b}, node, name)
+        # The chains after this one read `folded` where they read `out`.
+        forms[folded], uses[folded] = form, uses[out]
+        return folded
     gemm_epilogue.ops = frozenset(CHAIN_OPS)
     return gemm_epilogue
 
@@ -154,21 +156,20 @@ def _near_products(graph: Graph, uses: Counter) -> set:
     nodes read once: the only ones whose form can hold a product."""
     near, reaching = set(), set()  # reaching: products, and near nodes read once
     for node in graph.nodes:
-        out = node.outputs[0]
+        out = node.output
         if node.op in PRODUCT_OPS and out.type.rank == 2:
-            reaching.add(out.name)
+            reaching.add(out)
         elif (node.op in CHAIN_OPS and out.type.rank == 2
-              and any(v.name in reaching for v in node.inputs)):
-            near.add(out.name)
-            if uses[out.name] == 1:
-                reaching.add(out.name)
+              and any(v in reaching for v in node.inputs)):
+            near.add(out)
+            if uses[out] == 1:
+                reaching.add(out)
     return near
 
 
 def gemm_epilogue(graph: Graph) -> tuple[Graph, bool]:
-    # By name: a chain's inner node rewritten earlier in this pass keeps its output's name.
-    uses = Counter(v.name for node in graph.nodes for v in node.inputs)
-    uses.update(v.name for v in graph.outputs)
+    uses = Counter(v for node in graph.nodes for v in node.inputs)
+    uses.update(graph.outputs)
     near = _near_products(graph, uses)
     if not near:
         return graph, False

@@ -14,9 +14,9 @@ def infer_shapes(graph: Graph) -> tuple[Graph, bool]:
         try:
             inferred = infer_type(node.op, [v.type for v in node.inputs], node.attrs)
         except OpTypeError as error:
-            raise ChainruleError(f"%{node.outputs[0].name} = {node.op}(...): {error}",
+            raise ChainruleError(f"%{node.output.name} = {node.op}(...): {error}",
                                  node.loc) from None
-        old = node.outputs[0]
+        old = node.output
         if old.type == inferred:
             rewriter.keep(node)
             continue

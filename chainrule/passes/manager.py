@@ -1,7 +1,11 @@
 """The pass manager: named passes, pipelines, presets, printing, timing and verification.
 
-Every pass has one contract: it takes a graph and a PassContext and returns the new graph and
-whether it changed anything.
+Every pass takes a graph and a PassContext and returns the new graph and whether it changed
+anything. Each also states its contract in terms of a few named graph properties: the ones it
+requires, the ones it ensures and the ones it invalidates (with why). `check_order` walks a
+pipeline over those declarations before any pass runs and refuses an order that breaks one,
+naming the rule. Each pass declares the lowest preset (O0, O1, O2) that runs it; a preset is
+the passes of its level and below, in the order PASSES lists them.
 """
 from __future__ import annotations
 
@@ -42,14 +46,43 @@ class PassContext:
 
 
 @dataclass(frozen=True)
+class Property:
+    """A fact about a graph that some pass needs, makes true or breaks."""
+
+    meaning: str
+    # An annotation lives only on the graph its pass returns: every later pass rebuilds the
+    # graph and drops it, so nothing may run after that pass.
+    annotation: bool = False
+
+
+PROPERTIES = {
+    "differentiable": Property("every op autodiff may meet has a derivative rule"),
+    "differentiated": Property("the graph also computes its objective's gradients"),
+    "grouped": Property("the groups of elementwise nodes (graph.groups) that a backend may "
+                        "run as one kernel", annotation=True),
+}
+# What a graph holds as a front end (lowering, ONNX import, the IR parser) gives it.
+FRONT_END_PROPERTIES = frozenset({"differentiable"})
+
+
+@dataclass(frozen=True)
 class Pass:
+    """A named pass and its contract: the properties it needs, makes true and breaks (each
+    broken one with the reason, which a refused pipeline quotes), and the lowest preset that
+    runs it (None: only when named)."""
+
     name: str
     run: Callable[[Graph, PassContext], tuple[Graph, bool]]
     summary: str
+    level: int | None = None
+    requires: frozenset[str] = frozenset()
+    ensures: frozenset[str] = frozenset()
+    invalidates: dict[str, str] = field(default_factory=dict)
 
 
 def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
-    objective = graph.outputs[0]
+    if graph.objective is None:
+        raise ChainruleError("the graph has no objective to differentiate", graph.loc)
     if ctx.wrt is None:
         wrt = graph.trainable_values()
     else:
@@ -59,44 +92,58 @@ def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
             raise ChainruleError(f"cannot differentiate with respect to {', '.join(unknown)}: "
                                  f"not an input or param (those are {', '.join(by_name)})")
         wrt = [by_name[name] for name in ctx.wrt]
-    result, grads = autodiff(graph, objective, wrt)
+    result, grads = autodiff(graph, graph.objective, wrt)
     ctx.grads = {name: value.name for name, value in grads.items()}
     return result, True
 
 
+# In pipeline order: a preset runs the passes of its level and below in this order.
 PASSES = {p.name: p for p in [
     Pass("infer", lambda g, ctx: infer_shapes(g), "shape and dtype inference"),
     Pass("expand_grad", lambda g, ctx: expand_grads(g),
          "replace grad(objective, wrt) expressions by their backward graphs"),
     Pass("select_mode", lambda g, ctx: select_mode(g, ctx.training),
          "choose training or inference results (batch_norm), dropping state updates for "
-         "inference"),
-    Pass("autodiff", _autodiff, "append the backward graph of the first output"),
-    Pass("dce", lambda g, ctx: eliminate_dead_code(g), "dead-code elimination"),
-    Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),
-         "common-subexpression elimination"),
+         "inference", level=0),
+    Pass("autodiff", _autodiff, "append the backward graph of the objective", level=0,
+         requires=frozenset({"differentiable"}), ensures=frozenset({"differentiated"})),
     Pass("simplify", lambda g, ctx: simplify(g, ctx.evaluate),
-         "algebraic simplification and constant folding"),
-    Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops"),
+         "algebraic simplification and constant folding", level=1),
+    Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),
+         "common-subexpression elimination", level=1),
+    Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops", level=2,
+         invalidates={"differentiable": "fuse writes ops that have no derivative rule "
+                                        "(gemm, relu_grad, cross_entropy_grad, sum_squares, nll)"}),
     Pass("gemm_epilogue", lambda g, ctx: gemm_epilogue(g),
-         "fold a matrix product's scaling and accumulation (weight decay, the update) into it"),
+         "fold a matrix product's scaling and accumulation (weight decay, the update) into it",
+         level=2, invalidates={"differentiable": "gemm_epilogue writes gemm_acc, which has no "
+                                                 "derivative rule"}),
+    Pass("dce", lambda g, ctx: eliminate_dead_code(g), "dead-code elimination", level=0),
     Pass("group", lambda g, ctx: group_elementwise(g),
-         "mark groups of elementwise ops that a backend may run as one kernel"),
+         "mark groups of elementwise ops that a backend may run as one kernel", level=2,
+         ensures=frozenset({"grouped"})),
 ]}
 
-PRESETS = {
-    "O0": ["dce"],
-    "O1": ["simplify", "cse", "dce"],
-    "O2": ["simplify", "cse", "fuse", "gemm_epilogue", "dce", "group"],
-}
+LEVELS = ("O0", "O1", "O2")
+
+
+def preset(opt_level: str, grad: bool = False) -> list[str]:
+    """The passes of `opt_level` and the levels below it, in pipeline order; the passes that
+    differentiate only when `grad` asks for gradients."""
+    level = LEVELS.index(opt_level)
+    return [p.name for p in PASSES.values() if p.level is not None and p.level <= level
+            and (grad or "differentiated" not in p.ensures)]
+
+
+PRESETS = {level: preset(level) for level in LEVELS}
 
 
 def pipeline(passes: str | None = None, opt_level: str = "O0", grad: bool = False) -> list[str]:
-    """The pass names to run: an explicit comma-separated list, or autodiff plus a preset."""
+    """The pass names to run: an explicit comma-separated list, or a preset."""
     if passes:
         names = [n.strip() for n in passes.split(",") if n.strip()]
     else:
-        names = ["select_mode"] + (["autodiff"] if grad else []) + PRESETS[opt_level]
+        names = preset(opt_level, grad)
     unknown = [n for n in names if n not in PASSES]
     if unknown:
         raise ChainruleError(f"unknown pass(es) {', '.join(unknown)}; the passes are "
@@ -104,8 +151,37 @@ def pipeline(passes: str | None = None, opt_level: str = "O0", grad: bool = Fals
     return names
 
 
+def check_order(names: list[str]) -> None:
+    """Refuse, before anything runs, a pipeline in which a pass would meet a graph without a
+    property it requires, or would drop an annotation an earlier pass made."""
+    holds = set(FRONT_END_PROPERTIES)
+    made_by: dict[str, str] = {}             # property -> the pass that made it hold
+    broken_by: dict[str, tuple[str, str]] = {}  # property -> (the pass that broke it, why)
+    for name in names:
+        contract = PASSES[name]
+        for prop in sorted(contract.requires - holds):
+            if prop in broken_by:
+                breaker, why = broken_by[prop]
+                raise ChainruleError(f"{name} cannot run after {breaker}: {why}; run {name} "
+                                     f"before {breaker}")
+            raise ChainruleError(f"{name} requires that {PROPERTIES[prop].meaning}, and no pass "
+                                 f"before it makes that hold")
+        for prop in sorted(holds - contract.ensures):
+            if PROPERTIES[prop].annotation:
+                maker = made_by[prop]
+                raise ChainruleError(f"{name} cannot run after {maker}: {name} would drop "
+                                     f"{PROPERTIES[prop].meaning}, an annotation only the "
+                                     f"graph {maker} returns holds; run {maker} last")
+        for prop, why in contract.invalidates.items():
+            holds.discard(prop)
+            broken_by[prop] = (name, why)
+        holds |= contract.ensures
+        made_by.update(dict.fromkeys(contract.ensures, name))
+
+
 def run_passes(graph: Graph, names: list[str], ctx: PassContext | None = None) -> Graph:
     ctx = ctx or PassContext()
+    check_order(names)
     if ctx.verify_each:
         verify(graph)
     for name in names:

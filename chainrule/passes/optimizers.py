@@ -62,9 +62,10 @@ def state_name(slot: str, param: str) -> str:
 def metric_outputs(graph: Graph, grads: dict[str, str]) -> list[Value]:
     """The outputs a step reports beside the objective: scalars of the objective's dtype that
     are neither gradients nor state updates."""
-    dtype = graph.outputs[0].type.dtype
+    dtype = graph.objective.type.dtype
     updates = set(graph.updates.values())
-    return [v for v in graph.outputs[1:] if v.type.rank == 0 and v.type.dtype == dtype
+    return [v for v in graph.outputs if v is not graph.objective
+            and v.type.rank == 0 and v.type.dtype == dtype
             and v.name not in grads.values() and v.name not in updates]
 
 
@@ -72,7 +73,7 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     """From a gradient graph (outputs: objective, other outputs, gradients) build the step."""
     result = graph.copy()
     builder = GraphBuilder(result)
-    objective = graph.outputs[0]
+    objective = graph.objective
     dtype = objective.type.dtype
     metrics = metric_outputs(graph, grads)
     interface = TrainStepInterface(objective.name, [m.name for m in metrics])
@@ -142,6 +143,7 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
             state_outputs.append(value)
             interface.state[slots[slot].name] = value.name
     result.outputs = outputs + state_outputs
+    result.objective = objective
     result.updates = {}  # the interface says which output updates which input now
     return result, interface
 
@@ -149,7 +151,7 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
 def update_inputs(graph: Graph, grads: dict[str, str]) -> list[str]:
     """The outputs of a gradient graph that the optimizer update reads: the objective, the
     metrics, the gradients and the state updates, each once."""
-    names = [graph.outputs[0].name] + [v.name for v in metric_outputs(graph, grads)]
+    names = [graph.objective.name] + [v.name for v in metric_outputs(graph, grads)]
     return list(dict.fromkeys([*names, *grads.values(), *graph.updates.values()]))
 
 
@@ -163,7 +165,8 @@ def build_update_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     by_name = {v.name: v for v in graph.outputs}
     inputs = [Value(name, by_name[name].type) for name in update_inputs(graph, grads)]
     passthrough = Graph(graph.name, inputs=inputs, params=list(graph.params),
-                        outputs=list(inputs), loc=graph.loc, updates=dict(graph.updates))
+                        outputs=list(inputs), loc=graph.loc, objective=inputs[0],
+                        updates=dict(graph.updates))
     return build_train_step(passthrough, grads, spec)
 
 

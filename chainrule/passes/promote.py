@@ -27,8 +27,9 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
     builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
     for node in graph.nodes:
         attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
-        values[node.outputs[0]] = builder.emit(node.op, [values[v] for v in node.inputs], attrs,
-                                               loc=node.loc, name=node.outputs[0].name)
+        values[node.output] = builder.emit(node.op, [values[v] for v in node.inputs], attrs,
+                                               loc=node.loc, name=node.output.name)
     result.outputs = [values[v] for v in graph.outputs]
+    result.objective = values.get(graph.objective)
     changed = any(v.type != values[v].type for v in values)
     return result, changed

@@ -1,12 +1,18 @@
 """Rebuilding a graph node by node while replacing values: the edit API every rewrite uses.
 
-Graph copies share Node objects, so a pass never mutates a node; it emits a new one with its
-inputs remapped. A replaced value that is a graph output keeps its name, so outputs stay
-addressable by name across passes.
+Graph copies share Values and Nodes, so a pass never mutates either: a value's name is fixed
+when it is made. Replacing a value is the one edit: `replace(old, new)` points every node kept
+after, the outputs and the objective at `new`. A graph output keeps its name across passes, so
+the value replacing one is made anew under that name (`rename`) and replaces the value it
+copies in the nodes kept since. Passes find values by identity, never by name.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from ..ir import Graph, Node, Value
+from ..ir.graph import rename_output
+
 
 
 class Rewriter:
@@ -19,6 +25,8 @@ class Rewriter:
         self.interface = set(graph.inputs) | set(graph.param_values())
         self.changed = False
         self.position: dict[Value, int] = {}
+        # The kept node defining each value, as it stands now: rename rebuilds nodes.
+        self.producers: dict[Value, Node] = {}
 
     def current(self, value: Value) -> Value:
         while value in self.replaced:
@@ -33,8 +41,13 @@ class Rewriter:
         return Node(node.op, inputs, node.attrs, node.outputs, node.loc)
 
     def keep(self, node: Node) -> None:
-        self.position[node.outputs[0]] = len(self.graph.nodes)
         self.graph.nodes.append(node)
+        self._place(len(self.graph.nodes) - 1, node)
+
+    def _place(self, index: int, node: Node) -> None:
+        self.graph.nodes[index] = node
+        self.position[node.output] = index
+        self.producers[node.output] = node
 
     def can_replace(self, old: Value, new: Value) -> bool:
         """Replacing a graph output is possible only when `new` can take over its name."""
@@ -46,28 +59,38 @@ class Rewriter:
     def replace(self, old: Value, new: Value) -> None:
         new = self.current(new)
         if old in self.outputs:
-            new = self.rename(new, old.name)
+            if new.name != old.name:
+                new = self.rename(new, old.name)
             self.outputs.add(new)
         self.replaced[old] = new
         self.changed = True
 
     def rename(self, value: Value, name: str) -> Value:
-        """Re-emit value's producer with a fresh output named `name`, and point the nodes kept
-        since at it: values are shared with earlier graphs, so none is renamed in place."""
+        """A new value named `name` that replaces `value` (a kept node's output): its producer
+        is re-emitted with it, and the nodes kept since read it."""
         index = self.position.pop(value)
-        producer = self.graph.nodes[index]
+        del self.producers[value]
         renamed = Value(name, value.type)
-        self.graph.nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,),
-                                       producer.loc)
-        self.position[renamed] = index
-        for later, node in enumerate(self.graph.nodes[index + 1:], start=index + 1):
-            if value in node.inputs:  # nodes already emitted read the value under its new name
-                inputs = tuple(renamed if v is value else v for v in node.inputs)
-                self.graph.nodes[later] = Node(node.op, inputs, node.attrs, node.outputs,
-                                               node.loc)
+        for made in rename_output(self.graph.nodes, index, renamed):
+            self._place(made, self.graph.nodes[made])
         self.replaced[value] = renamed
         return renamed
 
     def finish(self) -> tuple[Graph, bool]:
         self.graph.outputs = [self.current(v) for v in self.source.outputs]
+        if self.source.objective is not None:
+            self.graph.objective = self.current(self.source.objective)
         return self.graph, self.changed
+
+
+def to_fixed_point(rewrite: Callable[[Graph], tuple[Graph, bool]],
+                   graph: Graph) -> tuple[Graph, bool]:
+    """Apply `rewrite` until it reports no change; whether any application changed the graph.
+    No round limit: the rules must not undo one another, as a rule set that did would loop
+    with any limit too, only less visibly."""
+    changed = False
+    while True:
+        graph, changed_now = rewrite(graph)
+        if not changed_now:
+            return graph, changed
+        changed = True

@@ -27,8 +27,8 @@ def select_mode(graph: Graph, training: bool) -> tuple[Graph, bool]:
             rewriter.keep(node)
             continue
         chosen = node.inputs[0 if training else 1]
-        if rewriter.can_replace(node.outputs[0], chosen):
-            rewriter.replace(node.outputs[0], chosen)
+        if rewriter.can_replace(node.output, chosen):
+            rewriter.replace(node.output, chosen)
         else:  # an output that cannot take the chosen value's place keeps a copy of it
             rewriter.keep(Node("cast", (chosen,), {"dtype": chosen.type.dtype}, node.outputs,
                                node.loc))

@@ -9,7 +9,7 @@ import math
 
 from ..ir import Graph, Namer, Node, OpTypeError, Value, infer_type
 from ..ir.shapes import broadcast_shapes, compose_perms, is_identity_perm
-from .rewrite import Rewriter
+from .rewrite import Rewriter, to_fixed_point
 
 RULES = []
 
@@ -28,7 +28,7 @@ class RuleContext:
     def __init__(self, rewriter: Rewriter, evaluate=None):
         self.rewriter = rewriter
         self.evaluate = evaluate
-        self.producers: dict[Value, Node] = {}
+        self.producers = rewriter.producers
         # A rule names a new helper value after the node it rewrites (`J.scale`); the namer
         # keeps that unique when the rule fires on a node of that name again.
         self.namer = Namer.for_graph(rewriter.source)
@@ -43,18 +43,13 @@ class RuleContext:
         return node.attrs["value"] if node is not None else None
 
     def emit(self, op: str, inputs, attrs: dict, like: Node, name: str) -> Value:
-        # Rules read inputs off earlier nodes, which may have been renamed since: use current.
-        inputs = tuple(self.rewriter.current(v) for v in inputs)
+        inputs = tuple(inputs)
         out_type = infer_type(op, [v.type for v in inputs], attrs)
-        if name != like.outputs[0].name:  # the replacement itself takes over its node's name
+        if name != like.output.name:  # the replacement itself takes over its node's name
             name = self.namer.fresh(name)
         out = Value(name, out_type)
-        self.keep(Node(op, tuple(inputs), attrs, (out,), like.loc))
+        self.rewriter.keep(Node(op, inputs, attrs, (out,), like.loc))
         return out
-
-    def keep(self, node: Node) -> None:
-        self.rewriter.keep(node)
-        self.producers[node.outputs[0]] = node
 
 
 def _same_type(a: Value, b: Value) -> bool:
@@ -65,12 +60,12 @@ def _same_type(a: Value, b: Value) -> bool:
 def multiply_by_one(ctx, node):
     if node.op == "mul":
         a, b = node.inputs
-        if ctx.constant(b) == 1.0 and _same_type(a, node.outputs[0]):
+        if ctx.constant(b) == 1.0 and _same_type(a, node.output):
             return a
-        if ctx.constant(a) == 1.0 and _same_type(b, node.outputs[0]):
+        if ctx.constant(a) == 1.0 and _same_type(b, node.output):
             return b
     if node.op == "div" and ctx.constant(node.inputs[1]) == 1.0:
-        if _same_type(node.inputs[0], node.outputs[0]):
+        if _same_type(node.inputs[0], node.output):
             return node.inputs[0]
     return None
 
@@ -79,9 +74,9 @@ def multiply_by_one(ctx, node):
 def add_zero(ctx, node):
     if node.op in ("add", "sub"):
         a, b = node.inputs
-        if ctx.constant(b) == 0.0 and _same_type(a, node.outputs[0]):
+        if ctx.constant(b) == 0.0 and _same_type(a, node.output):
             return a
-        if node.op == "add" and ctx.constant(a) == 0.0 and _same_type(b, node.outputs[0]):
+        if node.op == "add" and ctx.constant(a) == 0.0 and _same_type(b, node.output):
             return b
     return None
 
@@ -97,7 +92,7 @@ def transpose_of_transpose(ctx, node):
     value, perm = node.inputs[0], node.attrs["perm"]
     if not is_identity_perm(perm) and ctx.defined_by(value, "transpose") is None:
         return None
-    return _transposed(ctx, value, perm, node, node.outputs[0].name)
+    return _transposed(ctx, value, perm, node, node.output.name)
 
 
 def _transposed(ctx, value: Value, perm: tuple, like: Node, name: str) -> Value:
@@ -122,7 +117,7 @@ def cast_to_same_dtype(ctx, node):
 
 @rule("broadcast_like")
 def broadcast_to_own_shape(ctx, node):
-    if _same_type(node.inputs[0], node.outputs[0]):
+    if _same_type(node.inputs[0], node.output):
         return node.inputs[0]
     return None
 
@@ -160,7 +155,7 @@ def static_numel(ctx, node):
     if not all(isinstance(d, int) for d in dims):
         return None
     return ctx.emit("constant", (), {"value": float(math.prod(dims)),
-                                     "dtype": node.attrs["dtype"]}, node, node.outputs[0].name)
+                                     "dtype": node.attrs["dtype"]}, node, node.output.name)
 
 
 @rule("pow")
@@ -168,8 +163,8 @@ def square_by_multiplying(ctx, node):
     """x ** 2 is x * x: one multiply per element instead of a call to pow."""
     if ctx.constant(node.inputs[1]) == 2.0:
         x = node.inputs[0]
-        if x.type == node.outputs[0].type:
-            return ctx.emit("mul", (x, x), {}, node, node.outputs[0].name)
+        if x.type == node.output.type:
+            return ctx.emit("mul", (x, x), {}, node, node.output.name)
     return None
 
 
@@ -180,7 +175,7 @@ BROADCASTING = ("add", "sub", "mul", "div")
 def broadcast_implicitly(ctx, node):
     """An operand made bigger by broadcast_like, or by an unsqueeze of leading axes, only for an
     elementwise op that broadcasts anyway: use the smaller value and let the op broadcast."""
-    out = node.outputs[0]
+    out = node.output
     for position, operand in enumerate(node.inputs):
         producer = ctx.defined_by(operand, "broadcast_like", "unsqueeze")
         if producer is None:
@@ -213,11 +208,11 @@ def merge_scalar_factors(ctx, node):
             continue
         for factor, rest in (inner_node.inputs, reversed(inner_node.inputs)):
             c2 = ctx.constant(factor)
-            if c2 is not None and rest.type == node.outputs[0].type:
+            if c2 is not None and rest.type == node.output.type:
                 product = ctx.emit("constant", (), {"value": c1 * c2,
                                                     "dtype": outer.type.dtype}, node,
-                                   f"{node.outputs[0].name}.scale")
-                return ctx.emit("mul", (product, rest), {}, node, node.outputs[0].name)
+                                   f"{node.output.name}.scale")
+                return ctx.emit("mul", (product, rest), {}, node, node.output.name)
     return None
 
 
@@ -233,7 +228,7 @@ def transpose_of_matmul(ctx, node):
     a, b = product.inputs
     if a.type.rank != rank or b.type.rank != rank:
         return None
-    perm, name = node.attrs["perm"], node.outputs[0].name
+    perm, name = node.attrs["perm"], node.output.name
     b_t = _transposed(ctx, b, perm, node, f"{name}.lhs")
     a_t = _transposed(ctx, a, perm, node, f"{name}.rhs")
     return ctx.emit("matmul", (b_t, a_t), {}, node, name)
@@ -244,7 +239,7 @@ def fold_scalar_constants(ctx, node):
     """An elementwise op of scalar constants is a constant (evaluated by the given kernels)."""
     if ctx.evaluate is None or not node.inputs:  # a constant has none
         return None
-    out = node.outputs[0]
+    out = node.output
     if out.type.rank != 0 or out.type.dtype not in ("f32", "f64"):
         return None
     values = [ctx.constant(v) for v in node.inputs]
@@ -256,18 +251,10 @@ def fold_scalar_constants(ctx, node):
     return ctx.emit("constant", (), {"value": result, "dtype": out.type.dtype}, node, out.name)
 
 
-MAX_ROUNDS = 8  # a rule's output may enable another rule: repeat until nothing changes
-
-
 def simplify(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
-    """Apply RULES until none applies; `evaluate(node, scalars)` enables constant folding."""
-    changed = False
-    for _ in range(MAX_ROUNDS):
-        graph, changed_now = simplify_once(graph, evaluate)
-        changed |= changed_now
-        if not changed_now:
-            break
-    return graph, changed
+    """Apply RULES until none applies (a rule's output may enable another rule);
+    `evaluate(node, scalars)` enables constant folding."""
+    return to_fixed_point(lambda g: simplify_once(g, evaluate), graph)
 
 
 def simplify_once(graph: Graph, evaluate=None) -> tuple[Graph, bool]:
@@ -292,8 +279,8 @@ def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
             replacement = candidate(ctx, node)
             if replacement is not None:
                 break
-        if replacement is None or not rewriter.can_replace(node.outputs[0], replacement):
-            ctx.keep(node)
+        if replacement is None or not rewriter.can_replace(node.output, replacement):
+            rewriter.keep(node)
             continue
-        rewriter.replace(node.outputs[0], replacement)
+        rewriter.replace(node.output, replacement)
     return rewriter.finish()

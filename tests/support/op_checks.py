@@ -7,32 +7,23 @@ import numpy as np
 
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
-from chainrule.ir import Graph, GraphBuilder, Value
-from chainrule.ir.types import NUMPY_DTYPES, TensorType
+from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes import autodiff
-from op_cases import Case, draw, in_dtype, scalar_objective_graph
+from op_cases import REFERENCES, Case, draw, forward_graph, in_dtype, scalar_objective_graph
 
 from .backend_checks import TOLERANCES, check_standard
 from .numeric import assert_close, central_difference
 
 
-def forward_graph(case: Case) -> Graph:
-    graph = Graph(f"forward_{case.op}")
-    graph.inputs = [Value(f"a{i}", TensorType(arg.dtype, arg.shape))
-                    for i, arg in enumerate(case.args)]
-    graph.outputs = [GraphBuilder(graph).emit(case.op, graph.inputs, case.attrs, name="out")]
-    return graph
-
-
-def check_against_reference(case: Case, rng, references: dict) -> None:
-    """The op on the numpy backend against `references[op]`, a numpy function of the case's
-    arrays and the node's attrs: same dtype, same shape (the inferred one too), same values."""
+def check_against_reference(case: Case, rng) -> None:
+    """The op on the numpy backend against its plain-numpy reference (op_cases.REFERENCES):
+    same dtype, same shape (the inferred one too), same values."""
     graph = forward_graph(case)
     arrays = [draw(arg, rng) for arg in case.args]
     feeds = {v.name: a for v, a in zip(graph.inputs, arrays, strict=True)}
     result = get_backend("numpy").run(graph, feeds, {})["out"]
     (node,) = graph.nodes
-    expected = np.asarray(references[case.op](*arrays, **node.attrs))
+    expected = np.asarray(REFERENCES[case.op](*arrays, **node.attrs))
     out = node.outputs[0]
     assert result.dtype == np.dtype(NUMPY_DTYPES[out.type.dtype]) == expected.dtype, case.id
     assert result.shape == expected.shape, f"{case.id}: {result.shape} != {expected.shape}"

@@ -1,0 +1,101 @@
+"""What the Trainer runs its steps with: a runner, chosen once when the Trainer is made.
+
+A runner is a backend's step runner (backends/protocol.py: load, step, values) plus what a
+Trainer asks of it around the steps: the feeds of a batch, a look at the training data before
+the first step, notes for the epoch's record, and closing. Two kinds:
+- LocalRunner: the whole train step in this process, run by the backend's step runner, which
+  keeps the params resident (compiled numpy, onnxruntime) or in a dict (the numpy interpreter
+  of --check-numerics). A batch's feeds are its rows.
+- ShardedRunner (distributed.py): the gradients from Ray workers, each on a shard of the batch,
+  and the optimizer's update here. A batch's feeds are the averaged gradients.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .backends import StepRunner
+from .ir import ChainruleError, Graph
+from .passes.optimizers import TrainStepInterface
+
+
+class TrainRunner(StepRunner, Protocol):
+    """A step runner as the Trainer uses it: `graph` is what each step runs, `interface`
+    names its params, state, objective and metrics."""
+
+    graph: Graph
+    interface: TrainStepInterface
+    rerun_note: str  # what to add to "rerun with --check-numerics" for these steps
+
+    def feeds(self, data: dict, rows: np.ndarray | None, step: int) -> dict[str, np.ndarray]:
+        """What `step` is fed for the batch of `data` made of `rows` (all of it when None),
+        the `step`-th of the run, beside the learning rate."""
+
+    def prepare(self, data: dict, evaluate: Callable[[dict], dict]) -> None:
+        """Before the first step on the training set `data`; `evaluate` gives the objective
+        and metrics over a data set with the current params."""
+
+    def epoch_record(self) -> dict:
+        """Entries for the record of the epoch that just ended."""
+
+    def close(self) -> None:
+        """Release what the runner holds beyond this process."""
+
+
+def held_updates(interface: TrainStepInterface) -> dict[str, str]:
+    """Each value a step runner holds (params, model and optimizer state) -> the output that
+    replaces it after a step."""
+    return {**interface.params, **interface.state}
+
+
+class LocalRunner:
+    """A train step run in this process by a backend's step runner, fed the batch's rows (the
+    whole step; ShardedRunner feeds its update the workers' gradients instead)."""
+
+    rerun_note = ""
+
+    def __init__(self, steps: StepRunner, graph: Graph, interface: TrainStepInterface):
+        self.steps, self.graph, self.interface = steps, graph, interface
+
+    def load(self, values: dict) -> None:
+        self.steps.load(values)
+
+    def values(self) -> dict[str, np.ndarray]:
+        return self.steps.values()
+
+    def step(self, feeds: dict) -> dict[str, np.ndarray]:
+        return self.steps.step(feeds)
+
+    def feeds(self, data: dict, rows: np.ndarray | None, step: int) -> dict[str, np.ndarray]:
+        return dict(data) if rows is None else take_rows(data, rows)
+
+    def prepare(self, data: dict, evaluate) -> None:
+        """Nothing to do: each step is fed its rows."""
+
+    def epoch_record(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        """Nothing outside this process."""
+
+
+# ---- a data set's rows ------------------------------------------------------------------------
+
+def check_dataset(graph, arrays: dict, what: str) -> int:
+    """The number of rows; every model input must be there with the same number of rows."""
+    names = [v.name for v in graph.inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ChainruleError(f"{what} has no array named {', '.join(missing)}; the model's "
+                             f"inputs are {', '.join(names)} (it holds "
+                             f"{', '.join(arrays) or 'nothing'})")
+    rows = {n: (np.shape(arrays[n])[0] if np.ndim(arrays[n]) else None) for n in names}
+    if len(set(rows.values())) != 1 or None in rows.values():
+        listed = ", ".join(f"{n}: {r} rows" for n, r in rows.items())
+        raise ChainruleError(f"{what}: the inputs must have the same number of rows ({listed})")
+    return next(iter(rows.values()))
+
+
+def take_rows(arrays: dict, rows: np.ndarray) -> dict:
+    return {name: array[rows] for name, array in arrays.items()}
