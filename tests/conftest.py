@@ -3,8 +3,6 @@ import os
 import numpy as np
 import pytest
 
-from support.paths import EXAMPLES, ROOT  # noqa: F401 - still imported from here by some tests
-
 
 @pytest.fixture
 def rng():

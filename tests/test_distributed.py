@@ -23,7 +23,7 @@ from chainrule.cli import main
 from chainrule.distributed import INSTALL_HINT, probe, split_rows
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
-from conftest import ROOT
+from support.paths import ROOT
 from support.cli import chainrule_process, start_chainrule_process
 from support.numeric import assert_close, digits
 

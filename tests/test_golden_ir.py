@@ -17,7 +17,7 @@ import pytest
 import chainrule
 from chainrule.ir import print_graph, verify
 from chainrule.passes.manager import PassContext
-from conftest import EXAMPLES, ROOT
+from support.paths import EXAMPLES, ROOT
 
 GOLDEN_DIR = ROOT / "tests" / "ir"
 GOLDEN_FILES = sorted(GOLDEN_DIR.glob("*.golden"))

@@ -21,7 +21,7 @@ from chainrule import fileio
 from chainrule.fileio import load_npy, load_npz
 from chainrule.ir import ChainruleError, limits
 from chainrule.train import CHECKPOINT_FILE, CheckpointLock
-from conftest import ROOT
+from support.paths import ROOT
 from support.cli import chainrule as chainrule_cli
 from support.cli import chainrule_process, fails
 

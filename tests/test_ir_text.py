@@ -10,7 +10,7 @@ from chainrule.ir import (DTYPES, FLOAT_DTYPES, OPS, UNKNOWN, ChainruleError, Gr
                           GraphBuilder, InitSpec, Namer, Param, SourceLoc, TensorType, Value,
                           parse_graph, print_graph)
 from chainrule.ir.text import graph_differences
-from conftest import EXAMPLES, ROOT
+from support.paths import EXAMPLES, ROOT
 
 MODELS = EXAMPLES + sorted((ROOT / "tests" / "models").glob("*.nn"))
 

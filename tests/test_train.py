@@ -9,7 +9,7 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer
-from conftest import ROOT
+from support.paths import ROOT
 from support.cli import chainrule as chainrule_cli
 from support.cli import start_chainrule_process
 from support.numeric import assert_close

@@ -9,7 +9,7 @@ import chainrule
 from chainrule.ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Node, Param, TensorType,
                           Value, VerifyError, verify)
 from chainrule.ir.verify import verify_all
-from conftest import EXAMPLES, ROOT
+from support.paths import EXAMPLES, ROOT
 
 MLP = ROOT / "examples" / "mlp.nn"
 
