@@ -9,19 +9,12 @@ from onnx.checker import ValidationError
 
 from ..ir import ChainruleError, GraphBuilder, Value
 from ..ir.limits import type_size_problem
+from ..ir.ops import rule_table
 from ..ir.types import TensorType, dtype_of_numpy
 
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
-CONVERTERS = {}
-
-
-def converter(*op_types):
-    def register(function):
-        for op_type in op_types:
-            CONVERTERS[op_type] = function
-        return function
-    return register
+CONVERTERS, converter = rule_table()
 
 
 class Unsupported(Exception):

@@ -14,20 +14,14 @@ import math
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..ir.ops import rule_table
 from ..ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 from .context import Known, Unsupported, tensor_array
 
-FOLDERS = {}
+# ONNX op type -> the function computing such a node's value at import time.
+FOLDERS, folder = rule_table()
 # Arrays larger than this are not folded: the node runs in the graph instead.
 FOLD_LIMIT = 1 << 16
-
-
-def folder(*op_types):
-    def register(function):
-        for op_type in op_types:
-            FOLDERS[op_type] = function
-        return function
-    return register
 
 
 def shape_of(shape) -> np.ndarray:
