@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def commands() -> dict[str, list[str]]:
-    chainrule = shutil.which("chainrule") or None
-    cli = [chainrule] if chainrule else [sys.executable, "-m", "chainrule"]
+    # The console script pip installed beside this interpreter (not a version manager's shim,
+    # which adds a shell and a lookup of its own); `python -m chainrule` where there is none.
+    script = os.path.join(sysconfig.get_path("scripts"), "chainrule")
+    cli = [script] if os.path.exists(script) else [sys.executable, "-m", "chainrule"]
     return {
         "chainrule --version": cli + ["--version"],
         "chainrule check examples/mlp.nn": cli + ["check", "examples/mlp.nn"],
@@ -32,9 +34,15 @@ def commands() -> dict[str, list[str]]:
     }
 
 
+# As a user's machine runs Python: with bytecode caching, so that the warm-up run writes each
+# module's .pyc and the timed runs read them (PYTHONDONTWRITEBYTECODE, set in some sandboxes,
+# would make every run compile every module from source).
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def wall_time(argv: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=ENV)
     return time.perf_counter() - started
 
 

@@ -12,6 +12,7 @@ from ..fileio import load_npz
 from ..ir import ChainruleError, Graph
 from ..ir.limits import check_allocation, itemsize
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..passes.optimizers import OptimizerSpec
 
 DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
 
@@ -21,6 +22,12 @@ class UsageError(Exception):
 
 
 ONNX_OPTIONS = ("loss", "loss_output", "freeze", "trainable")
+
+
+def optimizer_spec(args) -> OptimizerSpec:
+    """The optimizer the options name (train, and export --train-step)."""
+    return OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=args.weight_decay)
 
 
 def load_model(args):

@@ -8,15 +8,12 @@ import numpy as np
 from pathlib import Path
 
 from .. import __version__
-from ..backends.numpy_compiled import compile_graph as compile_numpy
-from ..backends.numpy_compiled import describe_plan
 from ..fileio import atomic_write_bytes, save_npz
 from ..ir import dsl_names, print_dsl, print_graph
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext
 from ..viz import render, to_dot
-from .inputs import UsageError, load_model
-from .training import optimizer_spec
+from .inputs import UsageError, load_model, optimizer_spec
 
 
 def cmd_check(args) -> int:
@@ -65,7 +62,9 @@ def cmd_ir(args) -> int:
     graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level,
                                    passes=args.passes, ctx=pass_context(args))
     if args.emit == "python" or args.print_memory_plan:
-        compiled = compile_numpy(graph)
+        from ..backends.numpy_compiled import compile_graph, describe_plan
+
+        compiled = compile_graph(graph)
         if args.emit == "python":
             print(compiled.source, end="")
         if args.print_memory_plan:

@@ -11,15 +11,9 @@ from ..data import check_mapping
 from ..distributed import usable_ray
 from ..fileio import save_npz
 from ..ir import ChainruleError
-from ..passes.optimizers import OptimizerSpec
 from ..train import (CheckpointLock, NonFiniteError, TrainConfig, Trainer, format_epoch,
                      print_progress, split_validation)
-from .inputs import UsageError, load_model, mapping, training_data
-
-
-def optimizer_spec(args) -> OptimizerSpec:
-    return OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
-                         weight_decay=args.weight_decay)
+from .inputs import UsageError, load_model, mapping, optimizer_spec, training_data
 
 
 def train_config(args) -> TrainConfig:

@@ -1,15 +1,20 @@
 """Parsing `.nn` text into a lark tree, with syntax errors turned into located ChainruleErrors."""
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+import lark
 from lark import Lark, Token
 from lark.exceptions import UnexpectedInput
 
 from ..ir.errors import ChainruleError, SourceLoc, syntax_error
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
+# The parser's tables, computed from the grammar by lark and saved as a Python literal
+# (write_tables() writes them): computing them takes most of a `chainrule check`.
+TABLES = Path(__file__).with_name("parse_tables.py")
 
 OPEN_BRACKETS = {"LPAR", "LSQB"}
 CLOSE_BRACKETS = {"RPAR", "RSQB"}
@@ -46,13 +51,43 @@ class BracketAwareNewlines:
             yield token
 
 
+PARSER_OPTIONS = dict(start="program", parser="lalr", lexer="basic",
+                      propagate_positions=True, maybe_placeholders=True)
+
+
+def grammar_digest() -> str:
+    return hashlib.sha256(GRAMMAR.read_bytes()).hexdigest()
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
+    """The saved tables when they are this grammar's and this lark's, else built anew."""
+    from . import parse_tables
+
+    if (parse_tables.GRAMMAR_SHA256, parse_tables.LARK_VERSION) == (grammar_digest(),
+                                                                    lark.__version__):
+        # lark's loader of a saved parser, given the saved dict rather than a pickle.
+        return Lark.__new__(Lark)._load(parse_tables.TABLES, postlex=BracketAwareNewlines())
+    return build_parser()
+
+
+def build_parser() -> Lark:
     # The basic lexer, not the contextual one: the post-lexer must see a '}' that ends a
     # statement before the parser state can accept it.
-    return Lark(GRAMMAR.read_text(), start="program", parser="lalr", lexer="basic",
-                postlex=BracketAwareNewlines(), propagate_positions=True,
-                maybe_placeholders=True)
+    return Lark(GRAMMAR.read_text(), postlex=BracketAwareNewlines(), **PARSER_OPTIONS)
+
+
+def write_tables() -> None:
+    """Save the tables of build_parser() for this grammar and lark version (parse_tables.py)."""
+    data, memo = build_parser().memo_serialize([lark.lexer.TerminalDef, lark.grammar.Rule])
+    del data["options"]["postlex"]  # an object, not a literal: the loader is given it
+    TABLES.write_text(
+        '"""The DSL parser\'s LALR tables for grammar.lark, as lark serializes them, written by\n'
+        'chainrule.dsl.parser.write_tables(); do not edit. Tables of another grammar or lark\n'
+        'version are ignored, and the parser is built from the grammar."""\n'
+        f"GRAMMAR_SHA256 = {grammar_digest()!r}\n"
+        f"LARK_VERSION = {lark.__version__!r}\n"
+        f"TABLES = {{'data': {data!r}, 'memo': {memo!r}}}\n")
 
 
 def parse(source: str, filename: str = "<string>"):
