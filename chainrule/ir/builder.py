@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .errors import ChainruleError, SourceLoc
-from .graph import Graph, Namer, Node, Value, rename_output
+from .graph import Graph, Namer, Node, NodeIndex, Value
 from .limits import check_node_count, type_size_problem
 from .ops import complete_attrs, get_op, infer_type
 from .shapes import OpTypeError
@@ -13,6 +13,7 @@ class GraphBuilder:
         self.graph = graph
         self.namer = namer or Namer.for_graph(graph)
         self._producers = graph.producers()
+        self._index = NodeIndex(graph.nodes)
         self._renamed: dict[Value, Value] = {}  # a value renamed -> the value in its place
 
     def graph_producer(self, value: Value) -> Node | None:
@@ -35,7 +36,7 @@ class GraphBuilder:
         check_node_count(len(self.graph.nodes) + 1, loc)
         out = Value(self.namer.fresh(name or op), out_type)
         node = Node(op, inputs, attrs, (out,), loc)
-        self.graph.nodes.append(node)
+        self._index.append(node)
         self._producers[out] = node
         return out
 
@@ -52,10 +53,9 @@ class GraphBuilder:
             return value
         self.namer.release(value.name)
         renamed = Value(self.namer.fresh(name), value.type)
+        del self._producers[value]
         nodes = self.graph.nodes
-        producer = self._producers.pop(value)
-        index = next(i for i in range(len(nodes) - 1, -1, -1) if nodes[i] is producer)
-        for made in rename_output(nodes, index, renamed):
+        for made in self._index.rename_output(value, renamed):
             self._producers[nodes[made].output] = nodes[made]
         # In place: a caller may hold the list (`graph.outputs.insert(1, rename(...))`).
         self.graph.outputs[:] = [renamed if v is value else v for v in self.graph.outputs]

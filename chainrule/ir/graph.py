@@ -10,7 +10,7 @@ from .types import TensorType
 class Value:
     """An SSA value. Identity matters: nodes refer to Value objects, names are for printing.
     A name is fixed when the value is made; a value wanted under another name is a new Value
-    that replaces it (`rename_output`), since graphs share their values."""
+    that replaces it (`NodeIndex.rename_output`), since graphs share their values."""
 
     __slots__ = ("_name", "type")
 
@@ -123,21 +123,50 @@ class Graph:
                      dict(self.updates))
 
 
-def rename_output(nodes: list[Node], index: int, renamed: Value) -> list[int]:
-    """Make `renamed` the output of nodes[index] in place of its own, and the input of the later
-    nodes that read the old one: the one edit by which a value changes its name. Nodes are
-    shared between graphs too, so those are made anew; returns the indices of the new ones."""
-    producer = nodes[index]
-    old = producer.output
-    nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,), producer.loc)
-    made = [index]
-    for later in range(index + 1, len(nodes)):
-        node = nodes[later]
-        if old in node.inputs:
+class NodeIndex:
+    """Where each value of a node list is made and read: the use-lists that let a value change
+    its name by editing only its producer and its readers, not by scanning every later node.
+    The list only grows, at its end (`append`); renaming replaces nodes where they stand. Most
+    rewrites rename nothing, so the lists are made at the first rename and kept from then on."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self.made_at: dict[Value, int] | None = None
+        self.read_at: dict[Value, list[int]] = {}
+
+    def append(self, node: Node) -> None:
+        self.nodes.append(node)
+        if self.made_at is not None:
+            self._index(len(self.nodes) - 1, node)
+
+    def _index(self, index: int, node: Node) -> None:
+        for value in node.outputs:
+            self.made_at[value] = index
+        for value in node.inputs:
+            readers = self.read_at.setdefault(value, [])
+            if not readers or readers[-1] != index:  # a node reading a value twice
+                readers.append(index)
+
+    def rename_output(self, old: Value, renamed: Value) -> list[int]:
+        """Make `renamed` the output of old's producer in place of `old`, and the input of the
+        nodes that read `old`: the one edit by which a value changes its name. Nodes are shared
+        between graphs too, so those are made anew; returns the indices of the new ones."""
+        if self.made_at is None:
+            self.made_at = {}
+            for index, node in enumerate(self.nodes):
+                self._index(index, node)
+        index = self.made_at.pop(old)
+        producer = self.nodes[index]
+        self.nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,),
+                                 producer.loc)
+        self.made_at[renamed] = index
+        readers = self.read_at.pop(old, [])
+        for later in readers:
+            node = self.nodes[later]
             inputs = tuple(renamed if v is old else v for v in node.inputs)
-            nodes[later] = Node(node.op, inputs, node.attrs, node.outputs, node.loc)
-            made.append(later)
-    return made
+            self.nodes[later] = Node(node.op, inputs, node.attrs, node.outputs, node.loc)
+        self.read_at[renamed] = readers
+        return [index, *readers]
 
 
 class Namer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir import Graph, Node, Value
-from ..ir.graph import rename_output
+from ..ir.graph import NodeIndex
 
 
 
@@ -20,11 +20,11 @@ class Rewriter:
         self.source = graph
         self.graph = graph.copy()
         self.graph.nodes = []
+        self.index = NodeIndex(self.graph.nodes)
         self.replaced: dict[Value, Value] = {}
         self.outputs = set(graph.outputs)
         self.interface = set(graph.inputs) | set(graph.param_values())
         self.changed = False
-        self.position: dict[Value, int] = {}
         # The kept node defining each value, as it stands now: rename rebuilds nodes.
         self.producers: dict[Value, Node] = {}
 
@@ -41,12 +41,7 @@ class Rewriter:
         return Node(node.op, inputs, node.attrs, node.outputs, node.loc)
 
     def keep(self, node: Node) -> None:
-        self.graph.nodes.append(node)
-        self._place(len(self.graph.nodes) - 1, node)
-
-    def _place(self, index: int, node: Node) -> None:
-        self.graph.nodes[index] = node
-        self.position[node.output] = index
+        self.index.append(node)
         self.producers[node.output] = node
 
     def can_replace(self, old: Value, new: Value) -> bool:
@@ -68,11 +63,11 @@ class Rewriter:
     def rename(self, value: Value, name: str) -> Value:
         """A new value named `name` that replaces `value` (a kept node's output): its producer
         is re-emitted with it, and the nodes kept since read it."""
-        index = self.position.pop(value)
         del self.producers[value]
         renamed = Value(name, value.type)
-        for made in rename_output(self.graph.nodes, index, renamed):
-            self._place(made, self.graph.nodes[made])
+        for made in self.index.rename_output(value, renamed):
+            node = self.graph.nodes[made]
+            self.producers[node.output] = node
         self.replaced[value] = renamed
         return renamed
 
