@@ -411,3 +411,33 @@ def test_cumsum_and_einsum_diagonals_keep_infinities_where_they_belong():
     results = run_both(chainrule.import_onnx(proto), x=x, m=m)
     np.testing.assert_array_equal(results["running"], [np.inf, np.inf, 5.0, 3.0])
     np.testing.assert_array_equal(results["diagonal"], [1.0, 4.0])
+
+
+# ---- what exporters write -----------------------------------------------------------------------
+
+def test_a_scalar_initializer_stays_a_scalar():
+    # The dynamo exporter writes scalar constants as 0-d initializers.
+    proto = model_of([helper.make_node("Mul", ["x", "c"], ["y"])],
+                     [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])],
+                     [numpy_helper.from_array(np.array(1.5, np.float32), "c")])
+    model = chainrule.import_onnx(proto)
+    assert [p.shape for p in model.params.values()] == [()]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run_both(model, x=x)["y"], 1.5 * x)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_reads_the_cubic_coefficient_every_exporter_writes(mode):
+    # PyTorch writes cubic_coeff_a=-0.75 on every Resize, whatever its mode.
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode,
+                            cubic_coeff_a=-0.75, coordinate_transformation_mode="asymmetric",
+                            nearest_mode="floor")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    proto = model_of([node], [("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                     [("y", TensorProto.FLOAT, [1, 1, 4, 4])], [scales])
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)
+    y = run_both(chainrule.import_onnx(proto), x=x)["y"]
+    if mode == "nearest":
+        np.testing.assert_array_equal(y, x.repeat(2, axis=2).repeat(2, axis=3))
+    else:
+        assert y.shape == (1, 1, 4, 4) and y[0, 0, 0, 1] == 1.5

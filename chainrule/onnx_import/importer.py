@@ -407,7 +407,9 @@ class Importer:
         init = InitSpec("glorot" if trainable and array.ndim >= 2 else "zeros")
         self.graph.params.append(Param(value, init, SourceLoc(self.file, 0, 0, node=hint),
                                        trainable=trainable))
-        self.params[value.name] = np.ascontiguousarray(array)
+        # C order without ascontiguousarray, which makes a 0-d array 1-d (a scalar param then
+        # was declared f32[] but held f32[1]).
+        self.params[value.name] = np.require(array, requirements="C")
         self.bound.add(value)
         return value
 

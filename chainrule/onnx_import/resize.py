@@ -157,6 +157,8 @@ def _resize(ctx):
     transform = ctx.require_attr("coordinate_transformation_mode", TRANSFORMS, "half_pixel")
     antialias = bool(ctx.attr("antialias", 0))
     nearest_mode = ctx.require_attr("nearest_mode", NEAREST_MODES, "round_prefer_floor")
+    # Read in every mode, though only cubic uses it: exporters write it whatever the mode.
+    cubic_coeff_a = ctx.float_attr("cubic_coeff_a", -0.75)
     if mode == "nearest":
         if antialias:
             raise Unsupported("Resize with antialias in nearest mode")
@@ -164,7 +166,7 @@ def _resize(ctx):
     elif mode == "linear":
         coefficients = _linear(antialias)
     else:
-        coefficients = _cubic(ctx.float_attr("cubic_coeff_a", -0.75), antialias)
+        coefficients = _cubic(cubic_coeff_a, antialias)
     exclude_outside = bool(ctx.attr("exclude_outside", 0))
     extrapolation = ctx.float_attr("extrapolation_value", 0.0)
     roi = ctx.static(1, "Resize's roi")
