@@ -133,6 +133,8 @@ class Trainer:
         self.reported = [self.interface.objective] + self.interface.metrics
         self._param_names = [v.name for v in self.step_graph.param_values()]
         self.runner.load({**model.params, **self.initial_state()})
+        # Whether the model holds the runner's params: fit hands them over when they moved.
+        self.model_has_params = True
         self.epoch = 0          # epochs completed
         self.batch = 0          # batches completed within the current epoch
         self.steps = 0          # steps completed in all
@@ -158,6 +160,7 @@ class Trainer:
     @params.setter
     def params(self, values: dict) -> None:
         self.runner.load({**self.runner.values(), **values})
+        self.model_has_params = False
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -168,6 +171,7 @@ class Trainer:
     @state.setter
     def state(self, values: dict) -> None:
         self.runner.load({**self.runner.values(), **values})
+        self.model_has_params = False
 
     def learning_rate(self, total_steps: int) -> float:
         config = self.config
@@ -187,6 +191,7 @@ class Trainer:
         """One step on the batch of `data` made of `rows` (all of it when None)."""
         feeds = self.runner.feeds(data, rows, self.steps)
         feeds[LR] = np.asarray(lr, self.dtype)
+        self.model_has_params = False
         return self.runner.step(feeds)
 
     def evaluate(self, arrays: dict) -> dict[str, float]:
@@ -208,11 +213,10 @@ class Trainer:
     def fit(self, train: dict, val: dict | None = None, checkpoint_dir=None, progress=None):
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
         after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
-        gets the trained params whenever steps ran, also when training stops early; they are
-        returned too."""
+        gets the trained params when fit returns and when Ctrl-C stops it (not after a step
+        that made them NaN or Inf); they are returned too."""
         rows = check_dataset(self.model.graph, train, "training data")
         self.runner.prepare(train, self.evaluate)
-        steps_before = self.steps
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         with lock:
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
@@ -227,15 +231,19 @@ class Trainer:
                     self.log(record)
             finally:
                 signal.signal(signal.SIGINT, previous_handler)
-                if self.steps != steps_before:
-                    self.update_model()
+        self.update_model()
         return self.params
 
     def update_model(self) -> None:
-        """Give the model the params (and model state) trained so far, copied: its own calls,
-        such as `predict`, then use them."""
+        """Give the model the params (and model state) trained so far, copied, if they moved
+        since it last had them: its own calls, such as `predict`, then use them. Called where
+        a checkpoint would be written (the end of `fit`, a Ctrl-C stop), never after a step
+        that failed, so the model never holds a non-finite step's params."""
+        if self.model_has_params:
+            return
         trained = {name: np.array(array) for name, array in self.params.items()}
         self.model.params = {**self.model.params, **trained}
+        self.model_has_params = True
 
     def run_epoch(self, train: dict, rows: int, checkpoint_dir, progress) -> dict:
         """The rest of the current epoch (all of it unless resuming mid-epoch); returns its
@@ -262,6 +270,7 @@ class Trainer:
             if self.stop_requested:
                 if checkpoint_dir:
                     self.save_checkpoint(checkpoint_dir)
+                self.update_model()
                 raise KeyboardInterrupt
         record = {"epoch": self.epoch + 1, "steps": self.steps,
                   "seconds": time.perf_counter() - started,

@@ -126,3 +126,52 @@ def test_a_non_finite_step_says_how_to_find_it():
     trainer = Trainer(model, TrainConfig(epochs=1, lr=1e30, optimizer=OptimizerSpec("sgd")))
     with pytest.raises(NonFiniteError, match=r"Rerun with --check-numerics to find"):
         trainer.fit(digits("train"))
+
+
+def test_a_non_finite_step_leaves_the_model_its_last_finite_params():
+    model = chainrule.compile(MLP_DIGITS)
+    initial = {name: array.copy() for name, array in model.params.items()}
+    trainer = Trainer(model, TrainConfig(epochs=1, lr=1e30, optimizer=OptimizerSpec("sgd")))
+    with pytest.raises(NonFiniteError):
+        trainer.fit(digits("train"))
+    for name, array in model.params.items():
+        assert np.array_equal(array, initial[name]), name
+
+
+def test_fit_after_a_checkpoint_is_loaded_gives_the_model_its_params(tmp_path):
+    data = digits("train")
+    trained = Trainer(chainrule.compile(MLP_DIGITS), TrainConfig(epochs=1))
+    trained.fit(data, checkpoint_dir=tmp_path)
+    model = chainrule.compile(MLP_DIGITS)
+    resumed = Trainer(model, TrainConfig(epochs=1))
+    resumed.load_checkpoint(tmp_path)
+    resumed.fit(data)  # finished already: no step runs
+    for name, array in trained.params.items():
+        assert np.array_equal(model.params[name], array), name
+
+
+@pytest.mark.parametrize("name", ["numpy", "onnxruntime"])
+def test_a_step_runner_works_on_after_its_caller_drops_the_graph(name):
+    import gc
+
+    model = chainrule.compile(MLP_DIGITS)
+    graph, interface = model.train_step_graph(OptimizerSpec("sgd"), "O2")
+    runner = get_backend(name).step_runner(graph, held_updates(interface))
+    del graph
+    model._compiled.clear()  # the model's own cache of compiled graphs held it too
+    gc.collect()
+    runner.load(model.params)
+    batch = {k: v[:16] for k, v in digits("train").items()}
+    assert sorted(runner.step({**batch, LR: np.asarray(0.1, np.float32)})) == ["J", "acc"]
+
+
+def test_a_graph_compiled_directly_runs_after_its_other_references_go():
+    import gc
+
+    from chainrule.backends.numpy_compiled import compile_graph
+
+    compiled = compile_graph(chainrule.compile(MLP_DIGITS).compile_graph()[0])
+    gc.collect()
+    test = digits("test")
+    assert 0.0 <= compiled({"x": test["x"], "y": test["y"]},
+                           chainrule.compile(MLP_DIGITS).params)["acc"] <= 1.0

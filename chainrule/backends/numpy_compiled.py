@@ -322,7 +322,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
 
 @dataclass
 class CompiledGraph:
-    graph: Graph  # a weak proxy: a cache keyed by the graph lets both go together
+    graph: Graph  # a weak proxy when a backend's cache keyed by the graph holds it
     source: str
     function: object
     line_nodes: list
@@ -379,7 +379,7 @@ def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)
     code = compile(source, f"<chainrule:{graph.name}>", "exec")
     exec(code, namespace)
-    return CompiledGraph(weakref.proxy(graph), source, namespace["run"], line_nodes, plan)
+    return CompiledGraph(graph, source, namespace["run"], line_nodes, plan)
 
 
 class CompiledNumpyBackend:
@@ -396,7 +396,8 @@ class CompiledNumpyBackend:
 
     def compiled(self, graph: Graph) -> CompiledGraph:
         if graph not in self.compiled_graphs:
-            self.compiled_graphs[graph] = compile_graph(graph, self.donate_params)
+            # Through a proxy: an entry holding its own key would never leave the cache.
+            self.compiled_graphs[graph] = compile_graph(weakref.proxy(graph), self.donate_params)
         return self.compiled_graphs[graph]
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
@@ -408,7 +409,7 @@ class CompiledNumpyBackend:
         """A train step (`graph`, run in training mode with `rng` for its dropout masks) that
         holds its params and the inputs named in `carried` from call to call; `carried` maps
         each held value to the output that replaces it after a step."""
-        return ResidentStep(self.compiled(graph), carried, rng)
+        return ResidentStep(self.compiled(graph), graph, carried, rng)
 
 
 class ResidentStep:
@@ -418,9 +419,10 @@ class ResidentStep:
     params donated the step writes their next values into their own buffers where it can, so
     `load` copies the caller's arrays in rather than holding them."""
 
-    def __init__(self, compiled: CompiledGraph, carried: dict[str, str], rng):
-        graph = compiled.graph
-        self.compiled, self.rng = compiled, rng
+    def __init__(self, compiled: CompiledGraph, graph: Graph, carried: dict[str, str], rng):
+        # The graph itself, not the cache's proxy: a runner works on after its caller lets
+        # the graph go.
+        self.compiled, self.graph, self.rng = compiled, graph, rng
         self.held_values = [v for v in graph.inputs if v.name in carried] + graph.param_values()
         self.feeds = CheckedFeeds(graph, held={v.name for v in self.held_values})
         fed_position = {v.name: index for index, v in enumerate(self.feeds.fed)}

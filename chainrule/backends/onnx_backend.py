@@ -161,6 +161,7 @@ class OnnxRuntimeBackend:
         if training not in runners:
             model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
                                 training=training)
+            # Through a proxy: an entry holding its own key would never leave the cache.
             runners[training] = _SessionRunner(weakref.proxy(graph), model)
         return runners[training]
 
@@ -173,7 +174,7 @@ class OnnxRuntimeBackend:
         in `carried` (optimizer state) in onnxruntime from call to call; `carried` maps each
         held value to the output that replaces it after a step. (`rng` is not used: onnxruntime
         draws dropout masks from its own generator.)"""
-        return ResidentStep(self._runner(graph, True), carried)
+        return ResidentStep(self._runner(graph, True), graph, carried)
 
 
 def session_options(graph: Graph):
@@ -256,11 +257,12 @@ class ResidentStep:
     of the swap, are made up front, so a step binds only the batch and the learning rate.
     """
 
-    def __init__(self, runner: _SessionRunner, carried: dict[str, str]):
+    def __init__(self, runner: _SessionRunner, graph: Graph, carried: dict[str, str]):
         import onnxruntime
 
-        self.runner = runner
-        graph = runner.graph
+        # The graph itself, not the cache's proxy: a runner works on after its caller lets
+        # the graph go.
+        self.runner, self.graph = runner, graph
         self.held_values = [v for v in graph.inputs if v.name in carried] + graph.param_values()
         self.feeds = CheckedFeeds(graph, held={v.name for v in self.held_values})
         used = {i.name for i in runner.session.get_inputs()}
