@@ -34,10 +34,10 @@ FRONT_END_PASSES = ["infer", "expand_grad"]
 
 
 @gc_paused
-def compile(path=None, *, source: str | None = None, filename: str = "<string>",
+def compile(path=None, *, source: str | None = None, filename: str | None = None,
             seed: int = 0, dims: dict | None = None) -> Model:
     """Compile a model: `compile(path)` reads a `.nn` file, `compile(source=text)` compiles DSL
-    text (`filename` names it in error messages).
+    text (`filename`, default "<string>", names it in error messages).
 
     IR text (a `.cir` file, or text starting with `graph`) is parsed instead of lowered.
 
@@ -47,10 +47,11 @@ def compile(path=None, *, source: str | None = None, filename: str = "<string>",
     if (path is None) == (source is None):
         raise TypeError("compile takes a path or source=..., exactly one of them")
     if source is None:
-        if isinstance(path, str) and ("\n" in path or "{" in path):
-            raise TypeError("compile(path) takes a file path; to compile model text, "
-                            "pass it as compile(source=...)")
-        filename, source = str(path), read_text(path)
+        if filename is not None:
+            raise TypeError("compile(path) names its model by the path; filename= goes with "
+                            "source=")
+        filename, source = str(path), _read_model(path)
+    filename = filename or "<string>"
     if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
         graph = parse_graph(source, filename)
     else:
@@ -58,6 +59,16 @@ def compile(path=None, *, source: str | None = None, filename: str = "<string>",
     check_graph_sizes(graph)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)
+
+
+def _read_model(path) -> str:
+    try:
+        return read_text(path)
+    except ChainruleError as error:
+        if isinstance(path, str) and ("{" in path or "\n" in path):
+            error.notes += ((None, "to compile model text rather than a file, pass it as "
+                                   "compile(source=...)"),)
+        raise
 
 
 @gc_paused

@@ -23,11 +23,17 @@ def test_a_path_and_source_text_are_spelled_apart():
 @pytest.mark.parametrize("call", [
     lambda: chainrule.compile(),
     lambda: chainrule.compile(MLP, source=TINY),
-    lambda: chainrule.compile(TINY),
+    lambda: chainrule.compile(MLP, filename="other.nn"),
 ])
 def test_ambiguous_calls_are_refused(call):
     with pytest.raises(TypeError, match="source="):
         call()
+
+
+def test_text_given_as_a_path_is_read_as_a_path_with_a_hint():
+    with pytest.raises(chainrule.ChainruleError, match="no such file") as raised:
+        chainrule.compile(TINY)
+    assert "compile(source=...)" in raised.value.render()
 
 
 def test_a_path_with_a_nul_byte_is_a_located_error_not_a_value_error():
