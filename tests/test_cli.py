@@ -174,3 +174,16 @@ def test_viz_colours_only_the_backward_graph_even_after_rewrites():
     backward = chainrule("viz", MLP, "-O2", "--grad")
     assert "#fbe3cf" in backward.stdout and 'label="z\\n[B, 256]"' in backward.stdout
     assert 'fillcolor="#dbe9f6", label="z\\n[B, 256]"' in backward.stdout  # z stays forward
+
+
+def test_every_command_names_a_function_that_exists():
+    """Command modules load when their command runs: a wrong name in the table would surface
+    only then."""
+    import importlib
+
+    from chainrule.cli.parser import COMMANDS
+
+    for command, path in COMMANDS.items():
+        module, function = path.split(".")
+        assert callable(getattr(importlib.import_module(f"chainrule.cli.{module}"), function)), \
+            command

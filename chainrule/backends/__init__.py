@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..ir import ChainruleError
 from .opset import DEFAULT_OPSET
-from .protocol import Backend, StepRunner
+from .protocol import CHECKING_BACKEND, Backend, StepRunner
 from .threads import apply_blas_threads
 
 
@@ -26,10 +26,7 @@ def _numpy_checking(donate_params: bool = False):
 # name -> factory; a new backend is one more entry. These are the implementations of their
 # own that --backend offers and that gradcheck compares.
 BACKENDS = {"numpy": _numpy, "onnxruntime": _onnxruntime}
-# The numpy interpreter stopping at the first node that makes a NaN or an Inf: what
-# --check-numerics runs, by name, computing what "numpy" does.
-CHECKING_BACKEND = "numpy-check"
-NAMED = {**BACKENDS, CHECKING_BACKEND: _numpy_checking}
+EVERY_BACKEND = {**BACKENDS, CHECKING_BACKEND: _numpy_checking}  # what get_backend accepts
 
 __all__ = ["BACKENDS", "CHECKING_BACKEND", "DEFAULT_OPSET", "Backend", "StepRunner",
            "get_backend"]
@@ -43,7 +40,7 @@ def get_backend(name, *, donate_params: bool = False) -> Backend:
         return name
     apply_blas_threads()  # numpy's BLAS takes chainrule's threads setting before it runs
     try:
-        return NAMED[name](donate_params=donate_params)
+        return EVERY_BACKEND[name](donate_params=donate_params)
     except KeyError:
         raise ChainruleError(f"unknown backend '{name}'; choose from "
-                             f"{', '.join(NAMED)}") from None
+                             f"{', '.join(EVERY_BACKEND)}") from None

@@ -49,9 +49,9 @@ def _scalar_template(template: str):
 # Each op as scalar code: (argument expressions, attrs, result dtype) -> expression. The same
 # operations in the same dtype as the numpy kernels, so results agree to rounding (exactly for
 # + - * /); an op missing here keeps its group on numpy. Most come from the registry's scalar
-# code; those below need an attr or the result's dtype. exp, log and tanh have none on purpose:
-# numba calls the scalar C library for them, 4x (exp) to 40x (tanh) slower than numpy's
-# vectorised loops, which outweighs any saving in memory traffic.
+# code; those below need an attr or the result's dtype. exp, log and tanh (and sin and cos) have
+# none on purpose: numba calls the scalar C library for them, 4x (exp) to 40x (tanh) slower
+# than numpy's vectorised loops, which outweighs any saving in memory traffic.
 SCALAR_CODE = {name: _scalar_template(op.scalar) for name, op in OPS.items()
                if op.scalar is not None}
 SCALAR_CODE.update({

@@ -11,6 +11,7 @@ from ..ir import ChainruleError, Graph, get_op
 from ..ir.types import NUMPY_DTYPES
 from .feeds import check_arrays, check_feeds
 from .numpy_kernels import KERNELS
+from .protocol import CHECKING_BACKEND
 
 
 class ExecutionError(ChainruleError):
@@ -22,7 +23,7 @@ class NumpyBackend:
         # With check_numerics, the first node whose float result holds a NaN or an Inf stops
         # the run, named with its DSL line.
         self.check_numerics = check_numerics
-        self.name = "numpy-check" if check_numerics else "numpy"
+        self.name = CHECKING_BACKEND if check_numerics else "numpy"
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:

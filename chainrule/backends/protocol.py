@@ -13,6 +13,10 @@ import numpy as np
 
 from ..ir import Graph
 
+# The numpy interpreter stopping at the first node that makes a NaN or an Inf: what
+# --check-numerics runs, by name, computing what "numpy" does.
+CHECKING_BACKEND = "numpy-check"
+
 
 @runtime_checkable
 class StepRunner(Protocol):

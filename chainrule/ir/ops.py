@@ -482,10 +482,10 @@ register("sqrt", 1, _unary("sqrt"), traits=("elementwise",), numpy="sqrt", onnx=
          scalar="np.sqrt({0})")
 register("relu", 1, _unary("relu"), traits=FRESH_ELEMENTWISE, onnx="Relu")
 register("sigmoid", 1, _unary("sigmoid"), traits=FRESH_ELEMENTWISE, onnx="Sigmoid")
-register("sin", 1, _unary("sin"), traits=("elementwise",), numpy="sin", onnx="Sin",
-         scalar="math.sin({0})")
-register("cos", 1, _unary("cos"), traits=("elementwise",), numpy="cos", onnx="Cos",
-         scalar="math.cos({0})")
+# No scalar code, as for exp (backends/fused_kernels.py): numpy's vectorised loops beat the
+# scalar C library that a fused kernel would call.
+register("sin", 1, _unary("sin"), traits=("elementwise",), numpy="sin", onnx="Sin")
+register("cos", 1, _unary("cos"), traits=("elementwise",), numpy="cos", onnx="Cos")
 register("gelu", 1, _unary("gelu"), traits=("elementwise",))
 register("softplus", 1, _unary("softplus"), traits=("elementwise",), onnx="Softplus")
 register("erf", 1, _unary("erf"), traits=FRESH_ELEMENTWISE, onnx="Erf")

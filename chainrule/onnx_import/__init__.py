@@ -33,12 +33,14 @@ def _load_converters() -> None:
 
 def __getattr__(name: str):
     if name == "SUPPORTED_OPS":  # every ONNX op type the importer reads, folded or converted
+        value = frozenset(__getattr__("CONVERTERS")) | frozenset(__getattr__("FOLDERS"))
+    elif name in LAZY_NAMES:
         _load_converters()
-        return frozenset(__getattr__("CONVERTERS")) | frozenset(__getattr__("FOLDERS"))
-    if name not in LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{LAZY_NAMES[name]}"), name)
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    _load_converters()
-    return getattr(importlib.import_module(f"{__name__}.{LAZY_NAMES[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def import_graph(path_or_proto, *, loss: str | None = None, target_input: str = "y",
