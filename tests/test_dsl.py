@@ -136,3 +136,11 @@ def test_an_integer_constant_must_be_an_integer():
 def test_integer_division_is_refused():
     error = error_of("model m(x: i64[3], y: i64[3]) {\n  b = x / y\n  return b\n}\n")
     assert "div needs a float operand, got i64[3]" in error.message and error.line == 2
+
+
+@pytest.mark.parametrize("returned", ["g, h", "h, g", "h, h"])
+def test_a_value_returned_twice_is_an_error_even_under_two_names(returned):
+    source = f"model m(x: f32[3]) {{\n    h = relu(x)\n    g = h\n    return {returned}\n}}\n"
+    with pytest.raises(chainrule.ChainruleError, match="is returned twice") as raised:
+        chainrule.compile(source=source)
+    assert raised.value.line == 4

@@ -374,7 +374,9 @@ class Lowerer(ExpressionLowerer):
         outputs = []
         for expression, value in zip(tree.children, values, strict=True):
             value = self.alone(value)
-            if not isinstance(value, Value):
+            if isinstance(value, Value):  # as it stands now: claiming an output's name renames
+                value = self.builder.current(value)
+            else:
                 if not is_number(value):
                     raise ChainruleError("a model returns tensors or numbers, not tuples",
                                          self.loc(expression))

@@ -56,7 +56,8 @@ PARSER_OPTIONS = dict(start="program", parser="lalr", lexer="basic",
 
 
 def grammar_digest() -> str:
-    return hashlib.sha256(GRAMMAR.read_bytes()).hexdigest()
+    """What the saved tables were computed from: the grammar and the parser's options."""
+    return hashlib.sha256(GRAMMAR.read_bytes() + repr(PARSER_OPTIONS).encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -36,7 +36,7 @@ class GraphBuilder:
         check_node_count(len(self.graph.nodes) + 1, loc)
         out = Value(self.namer.fresh(name or op), out_type)
         node = Node(op, inputs, attrs, (out,), loc)
-        self._index.append(node)
+        self.graph.nodes.append(node)
         self._producers[out] = node
         return out
 

@@ -126,18 +126,15 @@ class Graph:
 class NodeIndex:
     """Where each value of a node list is made and read: the use-lists that let a value change
     its name by editing only its producer and its readers, not by scanning every later node.
-    The list only grows, at its end (`append`); renaming replaces nodes where they stand. Most
-    rewrites rename nothing, so the lists are made at the first rename and kept from then on."""
+    The list only grows, at its end (its owner appends to it); renaming replaces nodes where
+    they stand. The lists catch up with the nodes appended since at each rename, so a rewrite
+    that renames nothing never makes them."""
 
     def __init__(self, nodes: list[Node]):
         self.nodes = nodes
-        self.made_at: dict[Value, int] | None = None
+        self.made_at: dict[Value, int] = {}
         self.read_at: dict[Value, list[int]] = {}
-
-    def append(self, node: Node) -> None:
-        self.nodes.append(node)
-        if self.made_at is not None:
-            self._index(len(self.nodes) - 1, node)
+        self.indexed = 0  # nodes[:indexed] are in the lists
 
     def _index(self, index: int, node: Node) -> None:
         for value in node.outputs:
@@ -151,10 +148,9 @@ class NodeIndex:
         """Make `renamed` the output of old's producer in place of `old`, and the input of the
         nodes that read `old`: the one edit by which a value changes its name. Nodes are shared
         between graphs too, so those are made anew; returns the indices of the new ones."""
-        if self.made_at is None:
-            self.made_at = {}
-            for index, node in enumerate(self.nodes):
-                self._index(index, node)
+        for index in range(self.indexed, len(self.nodes)):
+            self._index(index, self.nodes[index])
+        self.indexed = len(self.nodes)
         index = self.made_at.pop(old)
         producer = self.nodes[index]
         self.nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import ChainruleError, Graph, print_graph
+from ..ir.ops import OPS
 from ..ir.verify import verify
 from .autodiff import autodiff
 from .cse import eliminate_common_subexpressions
@@ -97,6 +98,9 @@ def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
     return result, True
 
 
+# The ops the fuse passes write, which autodiff cannot differentiate (the registry's "fused").
+FUSED_OPS = [name for name, op in OPS.items() if "fused" in op.traits]
+
 # In pipeline order: a preset runs the passes of its level and below in this order.
 PASSES = {p.name: p for p in [
     Pass("infer", lambda g, ctx: infer_shapes(g), "shape and dtype inference"),
@@ -112,8 +116,8 @@ PASSES = {p.name: p for p in [
     Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),
          "common-subexpression elimination", level=1),
     Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops", level=2,
-         invalidates={"differentiable": "fuse writes ops that have no derivative rule "
-                                        "(gemm, relu_grad, cross_entropy_grad, sum_squares, nll)"}),
+         invalidates={"differentiable": f"fuse writes fused ops, which have no derivative "
+                                        f"rule ({', '.join(FUSED_OPS)})"}),
     Pass("gemm_epilogue", lambda g, ctx: gemm_epilogue(g),
          "fold a matrix product's scaling and accumulation (weight decay, the update) into it",
          level=2, invalidates={"differentiable": "gemm_epilogue writes gemm_acc, which has no "

@@ -41,7 +41,7 @@ class Rewriter:
         return Node(node.op, inputs, node.attrs, node.outputs, node.loc)
 
     def keep(self, node: Node) -> None:
-        self.index.append(node)
+        self.graph.nodes.append(node)
         self.producers[node.output] = node
 
     def can_replace(self, old: Value, new: Value) -> bool:
