@@ -79,9 +79,10 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
 
     Float initializers become params holding the file's values. Weights train; constants
     the exporter folded in (one value, or an exponent) stay frozen; `trainable` (names: the
-    only ones that train) or `freeze` (names) choose otherwise. With `loss` ("cross_entropy", "mse",
-    "bce"), the objective is that loss of `loss_output` (default: the first output) against
-    a new input named `targets`, and the model's outputs stay outputs.
+    only ones that train) or `freeze` (names) choose otherwise. With `loss`
+    ("cross_entropy", "mse", "bce"), the objective is that loss of `loss_output` (default:
+    the first output) against a new input named `targets`, and the model's outputs stay
+    outputs.
     """
     from .onnx_import import import_graph  # loads onnx: only when a model is imported
 
