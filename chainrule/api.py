@@ -77,10 +77,12 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
                 dims: dict | None = None) -> Model:
     """Import an ONNX model (a path or a ModelProto) as a Model, like `compile`.
 
-    Float initializers become params holding the file's values; `trainable` (names) or
-    `freeze` (names) choose which ones training moves. With `loss` ("cross_entropy", "mse",
-    "bce"), the objective is that loss of `loss_output` (default: the first output) against
-    a new input named `targets`, and the model's outputs stay outputs.
+    Float initializers become params holding the file's values. Weights train; constants
+    the exporter folded in (one value, or an exponent) stay frozen; `trainable` (names: the
+    only ones that train) or `freeze` (names) choose otherwise. With `loss`
+    ("cross_entropy", "mse", "bce"), the objective is that loss of `loss_output` (default:
+    the first output) against a new input named `targets`, and the model's outputs stay
+    outputs.
     """
     from .onnx_import import import_graph  # loads onnx: only when a model is imported
 

@@ -114,3 +114,22 @@ def test_gradcheck_passes_on_an_imported_cnn_with_batch_norm_in_both_modes():
                        "--random-inputs")
     assert result.returncode == 0, result.stdout
     assert "40 passed, 0 failed" in result.stdout
+
+
+def test_check_shows_which_initializers_train_and_which_are_frozen(tmp_path):
+    path = tmp_path / "scaled.onnx"
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Mul", ["h", "scale"], ["y"])]
+    initializers = [onnx.numpy_helper.from_array(np.ones((3, 2), np.float32), "W"),
+                    onnx.numpy_helper.from_array(np.array(0.5, np.float32), "scale")]
+    graph = helper.make_graph(nodes, "scaled",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])],
+                              initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    default = chainrule("check", path).stdout
+    assert "params:\n  W: f32[3, 2]" in default
+    assert "frozen (training leaves them):\n  scale: f32[]" in default
+    chosen = chainrule("check", path, "--trainable", "scale").stdout
+    assert "params:\n  scale: f32[]" in chosen
+    assert "frozen (training leaves them):\n  W: f32[3, 2]" in chosen

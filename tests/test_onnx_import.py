@@ -441,3 +441,56 @@ def test_resize_reads_the_cubic_coefficient_every_exporter_writes(mode):
         np.testing.assert_array_equal(y, x.repeat(2, axis=2).repeat(2, axis=3))
     else:
         assert y.shape == (1, 1, 4, 4) and y[0, 0, 0, 1] == 1.5
+
+
+def weight_scale_and_exponent(exponent_shape=(2,)):
+    """y = (x @ W * scale) ** exponent: a weight, a 0-d constant and an exponent, as
+    exporters fold them in."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Mul", ["h", "scale"], ["g"]),
+             helper.make_node("Pow", ["g", "exponent"], ["y"])]
+    rng = np.random.default_rng(0)
+    initializers = [numpy_helper.from_array(rng.normal(size=(3, 2)).astype(np.float32), "W"),
+                    numpy_helper.from_array(np.array(0.5, np.float32), "scale"),
+                    numpy_helper.from_array(np.full(exponent_shape, 3.0, np.float32),
+                                            "exponent")]
+    return model_of(nodes, [("x", TensorProto.FLOAT, [4, 3])],
+                    [("y", TensorProto.FLOAT, [4, 2])], initializers)
+
+
+def trained(model) -> set[str]:
+    by_ir = {ir: name for name, ir in model.onnx_names.items()}
+    return {by_ir[p.value.name] for p in model.graph.params if p.trainable}
+
+
+def test_only_weights_train_by_default_and_the_options_override_that():
+    proto = weight_scale_and_exponent()
+    assert trained(chainrule.import_onnx(proto)) == {"W"}
+    assert trained(chainrule.import_onnx(proto, trainable=["W", "scale", "exponent"])) == \
+        {"W", "scale", "exponent"}
+    assert trained(chainrule.import_onnx(proto, freeze=["W"])) == set()
+    assert trained(chainrule.import_onnx(proto, trainable=["scale"], freeze=["W"])) == {"scale"}
+
+
+def test_one_value_where_a_weight_goes_is_a_weight():
+    # nn.PReLU() has a single slope, of shape (1,): a param like any other.
+    proto = model_of([helper.make_node("PRelu", ["x", "slope"], ["y"])],
+                     [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])],
+                     [numpy_helper.from_array(np.array([0.25], np.float32), "slope")])
+    assert trained(chainrule.import_onnx(proto)) == {"slope"}
+
+
+def test_a_constant_exponent_over_negative_inputs_trains_without_nan():
+    # Pow's gradient with respect to its exponent is NaN over negative bases: an exponent
+    # that trained turned a whole GPT-2 import into NaN after one Adam step.
+    model = chainrule.import_onnx(weight_scale_and_exponent(), loss="mse", targets="t")
+    x = -np.abs(np.random.default_rng(1).normal(size=(4, 3))).astype(np.float32)
+    before = model.params
+    for _ in range(3):
+        losses = model.train_step(lr=0.01, optimizer="adam", x=x,
+                                  t=np.zeros((4, 2), np.float32))
+    assert np.isfinite(losses["loss"])
+    after = model.params
+    assert all(np.all(np.isfinite(array)) for array in after.values())
+    weight = model.onnx_names["W"]
+    assert not np.array_equal(after[weight], before[weight])

@@ -23,20 +23,13 @@ def cmd_check(args) -> int:
     print("inputs:")
     for value in graph.inputs:
         print(f"  {value.name}: {value.type}")
-    for trainable, title in ((True, "params"), (False, "state (updated by training)")):
-        kept = [p for p in graph.params if p.trainable == trainable]
-        if not trainable and not kept:
-            continue
-        print(f"{title}:")
-        for param in kept:
-            count = int(np.prod(param.value.type.shape))
-            noun = "value" if count == 1 else "values"
-            update = (f", next: {graph.updates[param.value.name]}"
-                      if param.value.name in graph.updates else "")
-            print(f"  {param.value.name}: {param.value.type} = {param.init}  "
-                  f"({count:,} {noun}{update})")
-        total = sum(int(np.prod(p.value.type.shape)) for p in kept)
-        print(f"  total: {total:,} values")
+    state = [p for p in graph.params if not p.trainable and p.value.name in graph.updates]
+    frozen = [p for p in graph.params if not p.trainable and p.value.name not in graph.updates]
+    print_params("params", [p for p in graph.params if p.trainable], graph)
+    if state:
+        print_params("state (updated by training)", state, graph)
+    if frozen:
+        print_params("frozen (training leaves them)", frozen, graph)
     updates = set(graph.updates.values())
     print("outputs:")
     for value in graph.outputs:
@@ -45,6 +38,19 @@ def cmd_check(args) -> int:
             print(f"  {value.name}: {value.type}{role}")
     print(f"nodes: {len(graph.nodes)}")
     return 0
+
+
+def print_params(title: str, params: list, graph) -> None:
+    print(f"{title}:")
+    for param in params:
+        count = int(np.prod(param.value.type.shape))
+        noun = "value" if count == 1 else "values"
+        update = (f", next: {graph.updates[param.value.name]}"
+                  if param.value.name in graph.updates else "")
+        print(f"  {param.value.name}: {param.value.type} = {param.init}  "
+              f"({count:,} {noun}{update})")
+    total = sum(int(np.prod(p.value.type.shape)) for p in params)
+    print(f"  total: {total:,} values")
 
 
 def pass_context(args) -> PassContext:

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         onnx.add_argument("--freeze", metavar="NAMES",
                           help="float initializers that stay fixed (comma-separated)")
         onnx.add_argument("--trainable", metavar="NAMES",
-                          help="the only float initializers that train (comma-separated)")
+                          help="the only float initializers that train (comma-separated; "
+                               "by default weights do, and constants folded in do not)")
 
     def with_optimization(sub, default="O0"):
         levels = sub.add_mutually_exclusive_group()

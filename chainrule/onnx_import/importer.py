@@ -1,6 +1,7 @@
 """Importing an ONNX model: its graph becomes chainrule IR through the same builder the DSL
-uses. Float initializers become params, other constants are folded where they fix a shape,
-and every node that cannot be imported is reported at once, by op type and node name."""
+uses. Float initializers become params (weights train; constants the exporter folded in stay
+frozen), other constants are folded where they fix a shape, and every node that cannot be
+imported is reported at once, by op type and node name."""
 from __future__ import annotations
 
 import re
@@ -30,6 +31,14 @@ MIN_OPSET = 13
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # A constant with more values than this stays a tensor rather than folding into attributes.
 FOLD_LIMIT = 1 << 16
+# Inputs that hold a constant of the model, never a weight: training an exponent changes what
+# the model computes (and Pow's gradient there is NaN over negative bases).
+CONSTANT_POSITIONS = {"Pow": (1,)}
+# Inputs that hold a weight even when it is one value: PReLU's single slope, a one-channel
+# norm's scale, the bias of a Linear with one output.
+WEIGHT_POSITIONS = {"Gemm": (1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "PRelu": (1,),
+                    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2),
+                    "LayerNormalization": (1, 2), "GroupNormalization": (1, 2)}
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ class Importer:
         # Inputs chainrule cannot take at run time (empty, or int32) that could be constants.
         self.constant_only: set[str] = set()
         self.uses = self._count_uses()
+        self.positions = self._input_positions()
         self.bound: set[Value] = set()  # values that already carry an ONNX name
 
     # ---- the walk -----------------------------------------------------------------------------
@@ -378,11 +388,23 @@ class Importer:
         return self.materialise(value, name, ctx)
 
     def initializer_param(self, name: str) -> Value:
-        """A float initializer read as a tensor: a param, trainable unless frozen."""
+        """A float initializer read as a tensor: a param, trainable if `--trainable` names it
+        or, without that option, if it is a weight; `--freeze` keeps it fixed either way."""
         array = self.initializers[name]
-        trainable = name not in self.freeze and (self.trainable is None or
-                                                 name in self.trainable)
-        return self.bind_param(name, self.add_param(name, array, trainable))
+        chosen = self.is_weight(name) if self.trainable is None else name in self.trainable
+        return self.bind_param(name, self.add_param(name, array,
+                                                    chosen and name not in self.freeze))
+
+    def is_weight(self, name: str) -> bool:
+        """Whether an initializer is a weight rather than a constant the exporter folded in
+        (an attention scale, a mask fill of -3.4e38, GELU's 0.044715): one value is a constant
+        unless it sits where a weight goes, and so is any tensor read only as an exponent."""
+        positions = self.positions.get(name, ())
+        if any(index in WEIGHT_POSITIONS.get(op, ()) for op, index in positions):
+            return True
+        if positions and all(index in CONSTANT_POSITIONS.get(op, ()) for op, index in positions):
+            return False
+        return self.initializers[name].size > 1
 
     def state_param(self, name: str) -> Value:
         """A float initializer that training updates itself (running statistics)."""
@@ -500,6 +522,14 @@ class Importer:
         for info in self.model.graph.output:
             uses[info.name] = uses.get(info.name, 0) + 1
         return uses
+
+    def _input_positions(self) -> dict[str, list[tuple[str, int]]]:
+        """Each ONNX value -> the (op type, input index) pairs that read it."""
+        positions: dict[str, list[tuple[str, int]]] = {}
+        for node in self.model.graph.node:
+            for index, name in enumerate(node.input):
+                positions.setdefault(name, []).append((node.op_type, index))
+        return positions
 
     def check_choice(self, flag: str, names) -> None:
         if not names:
