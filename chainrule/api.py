@@ -78,7 +78,7 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
     """Import an ONNX model (a path or a ModelProto) as a Model, like `compile`.
 
     Float initializers become params holding the file's values. Weights train; constants
-    the exporter folded in (one value, or an exponent) stay frozen; `trainable` (names: the
+    the exporter folded in (0-d tensors, or exponents) stay frozen; `trainable` (names: the
     only ones that train) or `freeze` (names) choose otherwise. With `loss`
     ("cross_entropy", "mse", "bce"), the objective is that loss of `loss_output` (default:
     the first output) against a new input named `targets`, and the model's outputs stay

@@ -494,3 +494,15 @@ def test_a_constant_exponent_over_negative_inputs_trains_without_nan():
     assert all(np.all(np.isfinite(array)) for array in after.values())
     weight = model.onnx_names["W"]
     assert not np.array_equal(after[weight], before[weight])
+
+
+def test_a_one_output_layers_bias_of_shape_one_trains():
+    # Linear(4, 1) on a 3-d input, as exported: MatMul then Add of a bias of shape (1,).
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["y"])]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [2, 3, 4])],
+                     [("y", TensorProto.FLOAT, [2, 3, 1])],
+                     [numpy_helper.from_array(np.ones((4, 1), np.float32), "w"),
+                      numpy_helper.from_array(np.zeros(1, np.float32), "b")])
+    model = chainrule.import_onnx(proto)
+    assert {p.value.name: p.trainable for p in model.graph.params} == {"w": True, "b": True}

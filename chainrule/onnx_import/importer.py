@@ -397,14 +397,16 @@ class Importer:
 
     def is_weight(self, name: str) -> bool:
         """Whether an initializer is a weight rather than a constant the exporter folded in
-        (an attention scale, a mask fill of -3.4e38, GELU's 0.044715): one value is a constant
-        unless it sits where a weight goes, and so is any tensor read only as an exponent."""
+        (an attention scale, a mask fill of -3.4e38, GELU's 0.044715, which exporters write as
+        0-d tensors): a 0-d tensor is a constant unless it sits where a weight goes, and so is
+        any tensor read only as an exponent. A one-value tensor of rank 1 or more trains: a
+        layer with one output has a bias of shape (1,), added as any constant is."""
         positions = self.positions.get(name, ())
         if any(index in WEIGHT_POSITIONS.get(op, ()) for op, index in positions):
             return True
         if positions and all(index in CONSTANT_POSITIONS.get(op, ()) for op, index in positions):
             return False
-        return self.initializers[name].size > 1
+        return self.initializers[name].ndim > 0
 
     def state_param(self, name: str) -> Value:
         """A float initializer that training updates itself (running statistics)."""
