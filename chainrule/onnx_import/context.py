@@ -20,11 +20,21 @@ CONVERTERS, converter = rule_table()
 class Unsupported(Exception):
     """A node chainrule cannot import: the message says what (an op, attribute or shape).
     `needs_constant` names the ONNX value that would have to be known at import time when
-    that is the reason (a Reshape's shape computed at run time)."""
+    that is the reason (a Reshape's shape computed at run time); `hint` says what the user
+    can do about it, where something is known."""
 
-    def __init__(self, message: str, needs_constant: str | None = None):
+    def __init__(self, message: str, needs_constant: str | None = None,
+                 hint: str | None = None):
         super().__init__(message)
         self.needs_constant = needs_constant
+        self.hint = hint
+
+
+def dim_hint(dims) -> str:
+    """What fixes a problem with symbolic dims: giving each a size."""
+    symbols = sorted({str(d) for d in dims if isinstance(d, str)})
+    flags = " ".join(f"--dim {symbol}=2" for symbol in symbols)
+    return f"fix the dim{'s' if len(symbols) > 1 else ''} with {flags} (their sizes)"
 
 
 class Known:
@@ -55,6 +65,9 @@ class NodeContext:
         self.loc = loc
         self.attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         self.read: set[str] = set()
+        # Attribute values chainrule does not support: every one is reported, so the
+        # converter goes on with a supported value instead of stopping at the first.
+        self.attribute_problems: list[Unsupported] = []
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -85,7 +98,7 @@ class NodeContext:
         if known.symbolic:
             raise Unsupported(f"{what} (input '{self.node.input[index]}') depends on the "
                               f"symbolic dims {_symbols(known.array)}; give them sizes with "
-                              f"--dim")
+                              f"--dim", hint=dim_hint(known.array.ravel()))
         return known.array
 
     def not_constant(self, index: int, what: str) -> Unsupported:
@@ -184,7 +197,9 @@ class NodeContext:
         try:
             return value.decode()
         except UnicodeDecodeError:
-            raise Unsupported(f"attribute {name}={value!r} is not UTF-8 text") from None
+            self.attribute_problems.append(
+                Unsupported(f"attribute {name}={value!r} is not UTF-8 text"))
+            return default
 
     def float_attr(self, name: str, default: float) -> float:
         """A float attribute: ONNX stores float32, so 1e-5 arrives as 9.99999974e-06; the
@@ -196,15 +211,19 @@ class NodeContext:
         value = self.attr(name, default)
         allowed = allowed if isinstance(allowed, (tuple, list, set)) else (allowed,)
         if value not in allowed:
-            raise Unsupported(f"attribute {name}={value!r} (supported: "
-                              f"{', '.join(repr(a) for a in allowed)})")
+            self.attribute_problems.append(Unsupported(
+                f"attribute {name}={value!r} (supported: "
+                f"{', '.join(repr(a) for a in allowed)})"))
+            return default if default in allowed else next(iter(allowed))
         return value
 
     def positive_attr(self, name: str, default=None):
         """An int attribute that must be 1 or more (a block size, a count of groups)."""
         value = self.attr(name, default)
         if value is not None and value < 1:
-            raise Unsupported(f"attribute {name}={value!r} (it must be 1 or more)")
+            self.attribute_problems.append(
+                Unsupported(f"attribute {name}={value!r} (it must be 1 or more)"))
+            return 1
         return value
 
     def unread_attrs(self) -> list[str]:

@@ -39,6 +39,7 @@ CONSTANT_POSITIONS = {"Pow": (1,)}
 WEIGHT_POSITIONS = {"Gemm": (1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "PRelu": (1,),
                     "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2),
                     "LayerNormalization": (1, 2), "GroupNormalization": (1, 2)}
+OP_NOT_SUPPORTED = "op not supported"
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,35 @@ class Problem:
     needs_constant: str | None = None
     # chainrule itself failed on the node: a bug to report, not a limit of the op table.
     internal: bool = False
+    # What the user can do about it, where something is known (a --dim for a symbolic dim).
+    hint: str | None = None
 
     def __str__(self) -> str:
         return f"{self.op_type} node '{self.node}': {self.reason}"
+
+    @property
+    def note(self) -> str:
+        return f"{self.op_type}: {self.reason}" + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class NodeFailure(Exception):
+    """Every reason one node cannot be imported. `own` hold whatever its inputs are (its op,
+    its attributes); `from_inputs` is the converter's refusal of the inputs it met, which says
+    nothing when those inputs stand in for a failed node's outputs."""
+
+    def __init__(self, own: list[Unsupported], from_inputs: Unsupported | None = None):
+        super().__init__("; ".join(map(str, [*own, *filter(None, [from_inputs])])))
+        self.own = own
+        self.from_inputs = from_inputs
+
+
+def missing_ops(file: str, problems: list[Problem]) -> tuple:
+    """One closing note naming the ops chainrule would need to import the model."""
+    ops = sorted({p.op_type for p in problems if p.reason == OP_NOT_SUPPORTED})
+    if not ops:
+        return ()
+    return ((SourceLoc(file, 0, 0), f"the model needs ONNX ops chainrule does not import: "
+                                    f"{', '.join(ops)}"),)
 
 
 class UnsupportedModel(ChainruleError):
@@ -62,9 +89,10 @@ class UnsupportedModel(ChainruleError):
     the one reason the whole model cannot be (its opset)."""
 
     def __init__(self, file: str, problems: list[Problem], message: str | None = None):
-        count = f"{len(problems)} node{'s' if len(problems) != 1 else ''}"
+        nodes = len({(p.op_type, p.node) for p in problems})
+        count = f"{nodes} node{'s' if nodes != 1 else ''}"
         notes = () if message else tuple(
-            (onnx_node_loc(file, p.node), f"{p.op_type}: {p.reason}") for p in problems)
+            (onnx_node_loc(file, p.node), p.note) for p in problems) + missing_ops(file, problems)
         super().__init__(message or f"cannot import {count} of this ONNX model",
                          SourceLoc(file, 0, 0), notes)
         self.problems = problems
@@ -150,7 +178,14 @@ class Importer:
         self.trainable = None if trainable is None else set(trainable)
         self.freeze = set(freeze)
         self.problems: list[Problem] = []
+        # ONNX values nothing can stand in for (their type is unknown): a node reading one
+        # inherits a failure, and is not reported.
         self.poisoned: set[str] = set()
+        # ONNX values computed from a failed node's outputs, through stand-ins of their
+        # declared or inferred type: nodes reading them are still tried, for problems of
+        # their own.
+        self.tainted: set[str] = set()
+        self.inferred_infos: dict | None = None
         # Inputs chainrule cannot take at run time (empty, or int32) that could be constants.
         self.constant_only: set[str] = set()
         self.uses = self._count_uses()
@@ -258,53 +293,104 @@ class Importer:
         name = node.name or f"{node.op_type}_{index}"
         blocked = {i for i in node.input if i in self.poisoned}
         if blocked - self.constant_only:
-            self.poisoned.update(node.output)  # already reported where it started
+            self.stand_in(node.output)  # already reported where it started
             return
+        inherited = any(i in self.tainted for i in node.input)
         try:
-            if node.domain not in DEFAULT_DOMAINS:
-                raise Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
-                                  f"only)")
             results = self.results_of(node, name)
         except INTERNAL_ERRORS as error:
             # A node no schema check caught (a constant of the wrong shape, an axis out of
             # range) must not end the import with a traceback: it is reported as the others.
-            self.problems.append(Problem(node.op_type, name, f"chainrule failed on this node "
-                                         f"({type(error).__name__}: {error}); please report it",
-                                         internal=True))
-            self.poisoned.update(node.output)
+            if not inherited:
+                self.problems.append(Problem(node.op_type, name, f"chainrule failed on this "
+                                             f"node ({type(error).__name__}: {error}); please "
+                                             f"report it", internal=True))
+            self.stand_in(node.output)
             return
-        except Unsupported as error:
+        except NodeFailure as failure:
+            errors = failure.own + ([failure.from_inputs] if failure.from_inputs and
+                                    not inherited else [])
             # With an input only a constant could be, the node is at fault only when it needs
             # a constant; otherwise that input's own problem says it all.
-            if not blocked or error.needs_constant:
-                self.problems.append(Problem(node.op_type, name, str(error),
-                                             error.needs_constant))
-            self.poisoned.update(node.output)
+            for error in errors:
+                if not blocked or error.needs_constant:
+                    self.problems.append(Problem(node.op_type, name, str(error),
+                                                 error.needs_constant, hint=error.hint))
+            self.stand_in(node.output)
             return
+        if inherited:
+            self.tainted.update(node.output)
         for output, result in zip(node.output, results):
             if output:
                 self.bind(output, result)
 
+    def stand_in(self, outputs) -> None:
+        """A failed node's outputs, as values of their declared or inferred type, so that
+        the nodes reading them are still tried; without a type they are poisoned."""
+        for output in filter(None, outputs):
+            info = self.inferred_info(output)
+            try:
+                value_type = self.tensor_type(info) if info is not None else None
+            except Unsupported:
+                value_type = None
+            if value_type is None:
+                self.poisoned.add(output)
+                continue
+            self.values[output] = Value(self.builder.namer.fresh(identifier(output)),
+                                        value_type)
+            self.tainted.add(output)
+
+    def inferred_info(self, name: str):
+        """The type ONNX declares or infers for the value `name`, or None."""
+        if self.inferred_infos is None:
+            graph = self.model.graph
+            try:
+                graph = onnx.shape_inference.infer_shapes(self.model).graph
+            except Exception:  # onnx refusing a model it cannot infer: the declared types
+                pass
+            self.inferred_infos = {info.name: info for info in
+                                   (*graph.value_info, *graph.output)}
+        return self.inferred_infos.get(name)
+
     def results_of(self, node, name: str) -> list:
+        """The node's results; NodeFailure with every reason it has, where they are many."""
+        if node.domain not in DEFAULT_DOMAINS:
+            raise NodeFailure([Unsupported(f"domain '{node.domain}' (chainrule reads the "
+                                           f"default domain only)")])
         if node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
-            raise Unsupported("op not supported")
+            raise NodeFailure([Unsupported(OP_NOT_SUPPORTED)])
         malformed = schema_violation(node, self.opset)
         if malformed:
-            raise Unsupported(malformed)
+            raise NodeFailure([Unsupported(malformed)])
         ctx = NodeContext(self, node, onnx_node_loc(self.file, name))
-        results = self.folded(ctx)
-        if results is None:
-            converter = CONVERTERS.get(node.op_type)
-            if converter is None:
-                raise Unsupported("op not supported")
-            results = converter(ctx)
-        unread = ctx.unread_attrs()
-        if unread:
-            raise Unsupported(attributes_not_supported(unread))
+        unknown = unknown_attributes(node, self.opset)
+        if unknown:  # onnx.checker refuses them too; the converter goes on without them
+            for attr_name in unknown:
+                del ctx.attributes[attr_name]
+            ctx.attribute_problems.append(Unsupported(attributes_not_supported(unknown)))
+        try:
+            results = self.converted(ctx)
+        except Unsupported as error:
+            raise NodeFailure(ctx.attribute_problems, error) from None
+        if ctx.attribute_problems:
+            raise NodeFailure(ctx.attribute_problems)
         results = list(results)
         for index, output in enumerate(node.output):
             if output and index >= len(results) and self.is_used(output):
-                raise Unsupported(f"output {index} ('{output}') is not supported")
+                raise NodeFailure([], Unsupported(f"output {index} ('{output}') is not "
+                                                  f"supported"))
+        return results
+
+    def converted(self, ctx: NodeContext) -> list:
+        results = self.folded(ctx)
+        if results is None:
+            converter = CONVERTERS.get(ctx.node.op_type)
+            if converter is None:
+                raise Unsupported(OP_NOT_SUPPORTED)
+            results = converter(ctx)
+        unread = ctx.unread_attrs()
+        if unread:
+            ctx.attribute_problems.append(Unsupported(attributes_not_supported(unread)))
         return results
 
     def folded(self, ctx: NodeContext) -> list | None:
@@ -328,7 +414,7 @@ class Importer:
     def read_outputs(self) -> list[Value]:
         outputs = []
         for info in self.model.graph.output:
-            if info.name in self.poisoned:
+            if info.name in self.poisoned or info.name in self.tainted:
                 continue
             if info.name not in self.values and info.name not in self.initializers:
                 self.problems.append(Problem("output", info.name, "no node computes it"))
@@ -565,9 +651,6 @@ def schema_violation(node, opset: int) -> str | None:
         if not name and formal.option != optional:
             return f"input {index} ({formal.name}) is required"
     given = {a.name: a for a in node.attribute}
-    unknown = sorted(set(given) - set(schema.attributes))
-    if unknown:  # onnx.checker refuses them too; nothing would check their kind
-        return attributes_not_supported(unknown)
     for attr_name, spec in schema.attributes.items():
         if spec.required and attr_name not in given:
             return f"attribute {attr_name} is required"
@@ -575,6 +658,12 @@ def schema_violation(node, opset: int) -> str | None:
             kind = onnx.AttributeProto.AttributeType.Name(given[attr_name].type)
             return f"attribute {attr_name} is {kind}, not {spec.type.name}"
     return None
+
+
+def unknown_attributes(node, opset: int) -> list[str]:
+    """The node's attributes its op's schema does not have (schema_violation found it)."""
+    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    return sorted({a.name for a in node.attribute} - set(schema.attributes))
 
 
 def attributes_not_supported(names: list[str]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from ..ir import compositions
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import NUMPY_DTYPES
-from .context import Unsupported, converter
+from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values
 
 
@@ -173,7 +173,9 @@ def _broadcast_target(x, target):
         elif have == 1 and not isinstance(want, str):
             result.append(want)
         else:
-            raise Unsupported(f"Expand of {x.type} to {target}")
+            symbolic = [d for d in (have, want) if isinstance(d, str)]
+            raise Unsupported(f"Expand of {x.type} to {target}",
+                              hint=dim_hint(symbolic) if symbolic else None)
     return tuple(result)
 
 

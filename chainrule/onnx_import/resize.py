@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ..ir.types import NUMPY_DTYPES
-from .context import Unsupported, converter
+from .context import Unsupported, converter, dim_hint
 from .folding import FOLD_LIMIT
 
 TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -148,7 +148,8 @@ def _resize(ctx):
     x = ctx.input(0)
     shape, rank = x.type.shape, x.type.rank
     if not all(isinstance(d, int) for d in shape):
-        raise Unsupported(f"Resize of {x.type} (the sizes must be known)")
+        raise Unsupported(f"Resize of {x.type} (the sizes must be known)",
+                          hint=dim_hint(shape))
     if x.type.dtype not in ("f32", "f64"):
         raise Unsupported(f"Resize of {x.type.dtype} tensors (chainrule interpolates floats)")
     axes = ctx.attr("axes")
