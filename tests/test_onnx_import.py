@@ -57,6 +57,55 @@ def test_every_node_that_cannot_be_imported_is_reported_at_once():
     assert caught.value.message == "cannot import 4 nodes of this ONNX model"
 
 
+def test_a_node_downstream_of_a_failed_one_is_reported_for_its_own_problems():
+    nodes = [helper.make_node("Sinh", ["x"], ["a"], name="no_such_op"),
+             helper.make_node("Relu", ["a"], ["b"], name="inherits"),
+             helper.make_node("Resize", ["b", "", "scales"], ["y"], name="own_attribute",
+                              mode="area"),
+             helper.make_node("BitwiseNot", ["shape"], ["flipped"], name="int_op"),
+             # Its shape would be a constant if BitwiseNot were supported: it only inherits.
+             helper.make_node("Reshape", ["x", "flipped"], ["z"], name="inherited_shape")]
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    shape = numpy_helper.from_array(np.array([0, 0, -3, -5], np.int64), "shape")
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                     [("y", TensorProto.FLOAT, None), ("z", TensorProto.FLOAT, None)],
+                     [scales, shape])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    problems = {p.node: p.reason for p in caught.value.problems}
+    assert problems == {"no_such_op": "op not supported", "int_op": "op not supported",
+                        "own_attribute": "attribute mode='area' (supported: 'nearest', "
+                                         "'linear', 'cubic')"}
+
+
+def test_every_unsupported_attribute_of_a_node_is_named():
+    resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="two_bad",
+                              mode="area", nearest_mode="middle", gamma=1.0)
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    proto = model_of([resize], [("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                     [("y", TensorProto.FLOAT, None)], [scales])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert sorted(p.reason.split(" (")[0] for p in caught.value.problems) == [
+        "attribute gamma not supported", "attribute mode='area'",
+        "attribute nearest_mode='middle'"]
+    assert caught.value.message == "cannot import 1 node of this ONNX model"
+
+
+def test_a_symbolic_dim_problem_hints_at_the_dim_to_fix():
+    nodes = [helper.make_node("Shape", ["batch"], ["shape"]),
+             helper.make_node("Expand", ["x", "shape"], ["y"], name="to_batch")]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [1, 3]),
+                             ("batch", TensorProto.FLOAT, ["B", 3])],
+                     [("y", TensorProto.FLOAT, ["B", 3])])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    [problem] = caught.value.problems
+    assert problem.reason == "Expand of f32[1, 3] to ['B', 3]"
+    assert problem.hint == "fix the dim with --dim B=2"
+    chainrule.import_onnx(proto, dims={"B": 2})  # and the hint does fix it
+
+
 def test_an_old_opset_is_one_unsupported_model_error():
     proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT, [2])],
                      [("y", TensorProto.FLOAT, [2])], opset=9)

@@ -31,10 +31,10 @@ class Unsupported(Exception):
 
 
 def dim_hint(dims) -> str:
-    """What fixes a problem with symbolic dims: giving each a size."""
+    """What fixes a problem with symbolic dims: giving each its size (2 stands for it)."""
     symbols = sorted({str(d) for d in dims if isinstance(d, str)})
     flags = " ".join(f"--dim {symbol}=2" for symbol in symbols)
-    return f"fix the dim{'s' if len(symbols) > 1 else ''} with {flags} (their sizes)"
+    return f"fix the dim{'s' if len(symbols) > 1 else ''} with {flags}"
 
 
 class Known:
