@@ -90,6 +90,36 @@ def test_a_model_that_cannot_be_imported_lists_every_node_at_fault(tmp_path):
     assert not any("downstream" in line for line in lines)  # it only inherits the failure
 
 
+def test_check_lists_every_problem_downstream_ones_included_with_its_hint(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, 2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    nodes = [helper.make_node("Sinh", ["x"], ["a"], name="no_such_op"),
+             helper.make_node("Resize", ["a", "", "scales"], ["y"], name="downstream",
+                              mode="area", nearest_mode="middle"),
+             helper.make_node("Shape", ["x"], ["x_shape"]),
+             helper.make_node("Expand", ["ones", "x_shape"], ["z"], name="to_batch")]
+    ones = helper.make_tensor("ones", TensorProto.FLOAT, [1, 1, 2, 2], [1.0] * 4)
+    model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y, z], [scales, ones]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    result = chainrule("check", path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"{path}: error: cannot import 3 nodes of this ONNX model"
+    assert lines[1:] == [
+        f"{path}:no_such_op: note: Sinh: op not supported",
+        f"{path}:downstream: note: Resize: attribute mode='area' (supported: 'nearest', "
+        f"'linear', 'cubic')",
+        f"{path}:downstream: note: Resize: attribute nearest_mode='middle' (supported: "
+        f"'round_prefer_floor', 'round_prefer_ceil', 'floor', 'ceil')",
+        f"{path}:to_batch: note: Expand: Expand of f32[1, 1, 2, 2] to ['B', 1, 2, 2] "
+        f"(hint: fix the dim with --dim B=2)",
+        f"{path}: note: the model needs ONNX ops chainrule does not import: Sinh"]
+
+
 def test_onnx_options_on_a_dsl_model_and_bad_files_are_clear_errors(tmp_path):
     misuse = chainrule("check", ROOT / "examples" / "mlp.nn", "--loss", "mse")
     assert misuse.returncode == 2

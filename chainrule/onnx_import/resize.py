@@ -147,6 +147,11 @@ def _target(ctx, shape, axes, rank):
 def _resize(ctx):
     x = ctx.input(0)
     shape, rank = x.type.shape, x.type.rank
+    # The modes first: each unsupported one is reported, whatever the input.
+    mode = ctx.require_attr("mode", ("nearest", "linear", "cubic"), "nearest")
+    transform = ctx.require_attr("coordinate_transformation_mode", TRANSFORMS, "half_pixel")
+    antialias = bool(ctx.attr("antialias", 0))
+    nearest_mode = ctx.require_attr("nearest_mode", NEAREST_MODES, "round_prefer_floor")
     if not all(isinstance(d, int) for d in shape):
         raise Unsupported(f"Resize of {x.type} (the sizes must be known)",
                           hint=dim_hint(shape))
@@ -154,10 +159,6 @@ def _resize(ctx):
         raise Unsupported(f"Resize of {x.type.dtype} tensors (chainrule interpolates floats)")
     axes = ctx.attr("axes")
     axes = list(range(rank)) if axes is None else ctx.axes(axes, rank)
-    mode = ctx.require_attr("mode", ("nearest", "linear", "cubic"), "nearest")
-    transform = ctx.require_attr("coordinate_transformation_mode", TRANSFORMS, "half_pixel")
-    antialias = bool(ctx.attr("antialias", 0))
-    nearest_mode = ctx.require_attr("nearest_mode", NEAREST_MODES, "round_prefer_floor")
     # Read in every mode, though only cubic uses it: exporters write it whatever the mode.
     cubic_coeff_a = ctx.float_attr("cubic_coeff_a", -0.75)
     if mode == "nearest":
