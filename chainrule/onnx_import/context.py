@@ -97,8 +97,8 @@ class NodeContext:
             raise self.not_constant(index, what)
         if known.symbolic:
             raise Unsupported(f"{what} (input '{self.node.input[index]}') depends on the "
-                              f"symbolic dims {_symbols(known.array)}; give them sizes with "
-                              f"--dim", hint=dim_hint(known.array.ravel()))
+                              f"symbolic dims {_symbols(known.array)}",
+                              hint=dim_hint(known.array.ravel()))
         return known.array
 
     def not_constant(self, index: int, what: str) -> Unsupported:

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from ..ir.ops import rule_table
 from ..ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
-from .context import Known, Unsupported, tensor_array
+from .context import Known, Unsupported, dim_hint, tensor_array
 
 # ONNX op type -> the function computing such a node's value at import time.
 FOLDERS, folder = rule_table()
@@ -87,8 +87,8 @@ def _shape(ctx):
 def _size(ctx):
     shape = ctx.type_of(0).shape
     if not all(isinstance(d, int) for d in shape):
-        raise Unsupported(f"Size of a value of symbolic shape {list(shape)}; give the dims "
-                          f"sizes with --dim")
+        raise Unsupported(f"Size of a value of symbolic shape {list(shape)}",
+                          hint=dim_hint(shape))
     return [Known(np.array(math.prod(shape), dtype=np.int64))]
 
 
@@ -119,8 +119,10 @@ def _foldable(function):
 
 
 def _numbers_only(op, *arrays):
-    if any(_is_symbolic(a) for a in arrays if a is not None):
-        raise Unsupported(f"{op} of a shape holding symbolic dims; give them sizes with --dim")
+    symbolic = [a for a in arrays if a is not None and _is_symbolic(a)]
+    if symbolic:
+        raise Unsupported(f"{op} of a shape holding symbolic dims",
+                          hint=dim_hint(np.concatenate([a.ravel() for a in symbolic])))
 
 
 @folder("Identity")
@@ -299,7 +301,7 @@ def _symbolic_op(op_type, *items):
         return items[1] if items[0] else items[2]
     if op_type in ("Max", "Min") and a == b:
         return a
-    raise Unsupported(f"{op_type} of the symbolic dims {items}; give them sizes with --dim")
+    raise Unsupported(f"{op_type} of the symbolic dims {items}", hint=dim_hint(items))
 
 
 def _divide(a, b):

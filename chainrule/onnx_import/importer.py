@@ -15,7 +15,7 @@ from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, fi
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.types import ONNX_DTYPES, TensorType, is_float
-from .context import CONVERTERS, Known, NodeContext, Unsupported, dtype_of_array
+from .context import CONVERTERS, Known, NodeContext, Unsupported, dim_hint, dtype_of_array
 from .folding import FOLDERS
 
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
@@ -538,8 +538,8 @@ class Importer:
         if known.symbolic:
             symbols = sorted({str(v) for v in known.array.ravel() if isinstance(v, str)})
             raise Unsupported(f"the shape value '{what}' holds the symbolic dims "
-                              f"{', '.join(symbols)} and is used as a tensor; give them sizes "
-                              f"with --dim")
+                              f"{', '.join(symbols)} and is used as a tensor",
+                              hint=dim_hint(symbols))
         array = known.array
         dtype = dtype_of_array(array)
         loc = ctx.loc if ctx else None

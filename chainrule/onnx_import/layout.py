@@ -42,8 +42,8 @@ def _reshape_target(x, target, allowzero):
         else:
             result.append(dim)
     if result.count(-1) > 1:
-        raise Unsupported(f"Reshape to {target}: more than one dim is unknown; give the "
-                          f"symbolic dims sizes with --dim")
+        raise Unsupported(f"Reshape to {target}: more than one dim is unknown",
+                          hint=dim_hint(target))
     return tuple(result)
 
 
@@ -66,7 +66,7 @@ def _flatten(ctx):
     if sizes == [-1, -1]:
         if len(before) != 1:
             raise Unsupported(f"Flatten of {x.type} at axis {axis}: both sides have "
-                              f"symbolic dims")
+                              f"symbolic dims", hint=dim_hint(x.type.shape))
         sizes[0] = 0  # the one symbolic dim before the axis is kept
     return [ctx.emit("reshape", x, shape=tuple(sizes))]
 
@@ -85,7 +85,8 @@ def _squeeze(ctx):
     axes = ctx.static_ints(1, "Squeeze's axes")
     if axes is None:
         if not all(isinstance(d, int) for d in x.type.shape):
-            raise Unsupported(f"Squeeze without axes of {x.type} (which symbolic dims are 1?)")
+            raise Unsupported(f"Squeeze without axes of {x.type} (which symbolic dims are 1?)",
+                              hint=dim_hint(x.type.shape))
         axes = tuple(i for i, d in enumerate(x.type.shape) if d == 1)
     return [ctx.emit("squeeze", x, axes=axes) if axes else x]
 
