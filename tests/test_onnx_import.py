@@ -59,7 +59,8 @@ def test_every_node_that_cannot_be_imported_is_reported_at_once():
 
 def test_a_node_downstream_of_a_failed_one_is_reported_for_its_own_problems():
     nodes = [helper.make_node("Sinh", ["x"], ["a"], name="no_such_op"),
-             helper.make_node("Relu", ["a"], ["b"], name="inherits"),
+             helper.make_node("Identity", ["a"], ["same_a"], name="passes_a_stand_in_on"),
+             helper.make_node("Relu", ["same_a"], ["b"], name="inherits"),
              helper.make_node("Resize", ["b", "", "scales"], ["y"], name="own_attribute",
                               mode="area"),
              helper.make_node("BitwiseNot", ["shape"], ["flipped"], name="int_op"),

@@ -336,8 +336,9 @@ class Importer:
             if value_type is None:
                 self.poisoned.add(output)
                 continue
-            self.values[output] = Value(self.builder.namer.fresh(identifier(output)),
-                                        value_type)
+            value = Value(self.builder.namer.fresh(identifier(output)), value_type)
+            self.values[output] = value
+            self.bound.add(value)  # no node computes it, so nothing can rename it
             self.tainted.add(output)
 
     def inferred_info(self, name: str):
