@@ -79,6 +79,23 @@ def test_a_node_downstream_of_a_failed_one_is_reported_for_its_own_problems():
                                          "'linear', 'cubic')"}
 
 
+def test_a_node_reading_a_value_of_unknown_type_is_still_reported_for_its_op():
+    nodes = [helper.make_node("Mine", ["x"], ["a"], name="other_domain", domain="my.ops"),
+             helper.make_node("Sinh", ["a"], ["b"], name="no_such_op"),
+             helper.make_node("Relu", ["b"], ["c"], name="inherits"),
+             helper.make_node("Elu", ["a"], ["y"], name="bad_attribute", gamma=2.0)]
+    proto = model_of(nodes, [("x", TensorProto.FLOAT, [2])], [("y", TensorProto.FLOAT, None),
+                                                              ("c", TensorProto.FLOAT, None)],
+                     domains=["my.ops"])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    problems = {p.node: p.reason for p in caught.value.problems}
+    assert problems == {"other_domain": "domain 'my.ops' (chainrule reads the default domain "
+                                        "only)",
+                        "no_such_op": "op not supported",
+                        "bad_attribute": "attribute gamma not supported"}
+
+
 def test_every_unsupported_attribute_of_a_node_is_named():
     resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="two_bad",
                               mode="area", nearest_mode="middle", gamma=1.0)

@@ -293,7 +293,15 @@ class Importer:
         name = node.name or f"{node.op_type}_{index}"
         blocked = {i for i in node.input if i in self.poisoned}
         if blocked - self.constant_only:
-            self.stand_in(node.output)  # already reported where it started
+            # Its inputs' failure is reported where it started; what is wrong with the node
+            # whatever its inputs is its own.
+            problem = self.fixed_problem(node)
+            if problem is None:
+                unknown = unknown_attributes(node, self.opset)
+                problem = Unsupported(attributes_not_supported(unknown)) if unknown else None
+            if problem:
+                self.problems.append(Problem(node.op_type, name, str(problem)))
+            self.stand_in(node.output)
             return
         inherited = any(i in self.tainted for i in node.input)
         try:
@@ -355,14 +363,9 @@ class Importer:
 
     def results_of(self, node, name: str) -> list:
         """The node's results; NodeFailure with every reason it has, where they are many."""
-        if node.domain not in DEFAULT_DOMAINS:
-            raise NodeFailure([Unsupported(f"domain '{node.domain}' (chainrule reads the "
-                                           f"default domain only)")])
-        if node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
-            raise NodeFailure([Unsupported(OP_NOT_SUPPORTED)])
-        malformed = schema_violation(node, self.opset)
-        if malformed:
-            raise NodeFailure([Unsupported(malformed)])
+        fixed = self.fixed_problem(node)
+        if fixed:
+            raise NodeFailure([fixed])
         ctx = NodeContext(self, node, onnx_node_loc(self.file, name))
         unknown = unknown_attributes(node, self.opset)
         if unknown:  # onnx.checker refuses them too; the converter goes on without them
@@ -381,6 +384,16 @@ class Importer:
                 raise NodeFailure([], Unsupported(f"output {index} ('{output}') is not "
                                                   f"supported"))
         return results
+
+    def fixed_problem(self, node) -> Unsupported | None:
+        """What stops the node whatever its inputs: its domain, its op, its schema."""
+        if node.domain not in DEFAULT_DOMAINS:
+            return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
+                               f"only)")
+        if node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
+            return Unsupported(OP_NOT_SUPPORTED)
+        malformed = schema_violation(node, self.opset)
+        return Unsupported(malformed) if malformed else None
 
     def converted(self, ctx: NodeContext) -> list:
         results = self.folded(ctx)
