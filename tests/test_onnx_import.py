@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import chainrule
 from chainrule.onnx_import import UnsupportedModel
+from chainrule.onnx_import.context import dim_hint
 from support.conformance import Outcome, mismatch, read_known_failures, verdict
 
 
@@ -122,6 +123,11 @@ def test_a_symbolic_dim_problem_hints_at_the_dim_to_fix():
     assert problem.reason == "Expand of f32[1, 3] to ['B', 3]"
     assert problem.hint == "fix the dim with --dim B=2"
     chainrule.import_onnx(proto, dims={"B": 2})  # and the hint does fix it
+
+
+def test_a_dim_the_importer_left_unknown_gets_no_dim_hint():
+    assert dim_hint(["?", 3]) is None
+    assert dim_hint(["?", "S", "B", "S"]) == "fix the dims with --dim B=2 --dim S=2"
 
 
 def test_an_old_opset_is_one_unsupported_model_error():

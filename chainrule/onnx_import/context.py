@@ -10,7 +10,7 @@ from onnx.checker import ValidationError
 from ..ir import ChainruleError, GraphBuilder, Value
 from ..ir.limits import type_size_problem
 from ..ir.ops import rule_table
-from ..ir.types import TensorType, dtype_of_numpy
+from ..ir.types import UNKNOWN, TensorType, dtype_of_numpy
 
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
@@ -30,9 +30,12 @@ class Unsupported(Exception):
         self.hint = hint
 
 
-def dim_hint(dims) -> str:
-    """What fixes a problem with symbolic dims: giving each its size (2 stands for it)."""
-    symbols = sorted({str(d) for d in dims if isinstance(d, str)})
+def dim_hint(dims) -> str | None:
+    """What fixes a problem with symbolic dims: giving each its size (2 stands for it). A dim
+    left UNKNOWN has no name to give a size to."""
+    symbols = sorted({str(d) for d in dims if isinstance(d, str) and d != UNKNOWN})
+    if not symbols:
+        return None
     flags = " ".join(f"--dim {symbol}=2" for symbol in symbols)
     return f"fix the dim{'s' if len(symbols) > 1 else ''} with {flags}"
 

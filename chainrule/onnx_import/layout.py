@@ -174,9 +174,7 @@ def _broadcast_target(x, target):
         elif have == 1 and not isinstance(want, str):
             result.append(want)
         else:
-            symbolic = [d for d in (have, want) if isinstance(d, str)]
-            raise Unsupported(f"Expand of {x.type} to {target}",
-                              hint=dim_hint(symbolic) if symbolic else None)
+            raise Unsupported(f"Expand of {x.type} to {target}", hint=dim_hint((have, want)))
     return tuple(result)
 
 
