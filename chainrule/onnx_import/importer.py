@@ -1,7 +1,9 @@
 """Importing an ONNX model: its graph becomes chainrule IR through the same builder the DSL
 uses. Float initializers become params (weights train; constants the exporter folded in stay
 frozen), other constants are folded where they fix a shape, and every node that cannot be
-imported is reported at once, by op type and node name."""
+imported is reported at once, by op type and node name, with every reason it has. The walk
+goes on past a failed node: its outputs stand in with their declared or inferred types, so
+nodes downstream are still tried on their own account."""
 from __future__ import annotations
 
 import re
