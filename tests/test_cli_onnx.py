@@ -101,7 +101,10 @@ def test_check_lists_every_problem_downstream_ones_included_with_its_hint(tmp_pa
              helper.make_node("Shape", ["x"], ["x_shape"]),
              helper.make_node("Expand", ["ones", "x_shape"], ["z"], name="to_batch")]
     ones = helper.make_tensor("ones", TensorProto.FLOAT, [1, 1, 2, 2], [1.0] * 4)
-    model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y, z], [scales, ones]),
+    # The failed node's output type, declared as exporters declare intermediate values.
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["B", 1, 2, 2])
+    model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y, z], [scales, ones],
+                                                value_info=[a]),
                               opset_imports=[helper.make_opsetid("", 18)])
     path = tmp_path / "bad.onnx"
     onnx.save(model, path)

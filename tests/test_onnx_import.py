@@ -72,6 +72,10 @@ def test_a_node_downstream_of_a_failed_one_is_reported_for_its_own_problems():
     proto = model_of(nodes, [("x", TensorProto.FLOAT, [1, 1, 2, 2])],
                      [("y", TensorProto.FLOAT, None), ("z", TensorProto.FLOAT, None)],
                      [scales, shape])
+    # The failed nodes' output types, declared as exporters declare intermediate values.
+    proto.graph.value_info.extend([
+        helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 1, 2, 2]),
+        helper.make_tensor_value_info("flipped", TensorProto.INT64, [4])])
     with pytest.raises(UnsupportedModel) as caught:
         chainrule.import_onnx(proto)
     problems = {p.node: p.reason for p in caught.value.problems}

@@ -2,8 +2,8 @@
 uses. Float initializers become params (weights train; constants the exporter folded in stay
 frozen), other constants are folded where they fix a shape, and every node that cannot be
 imported is reported at once, by op type and node name, with every reason it has. The walk
-goes on past a failed node: its outputs stand in with their declared or inferred types, so
-nodes downstream are still tried on their own account."""
+goes on past a failed node: its outputs stand in with their declared types, so nodes
+downstream are still tried on their own account."""
 from __future__ import annotations
 
 import re
@@ -184,10 +184,9 @@ class Importer:
         # inherits a failure, and is not reported.
         self.poisoned: set[str] = set()
         # ONNX values computed from a failed node's outputs, through stand-ins of their
-        # declared or inferred type: nodes reading them are still tried, for problems of
-        # their own.
+        # declared type: nodes reading them are still tried, for problems of their own.
         self.tainted: set[str] = set()
-        self.inferred_infos: dict | None = None
+        self.declared_infos: dict | None = None
         # Inputs chainrule cannot take at run time (empty, or int32) that could be constants.
         self.constant_only: set[str] = set()
         self.uses = self._count_uses()
@@ -335,10 +334,10 @@ class Importer:
                 self.bind(output, result)
 
     def stand_in(self, outputs) -> None:
-        """A failed node's outputs, as values of their declared or inferred type, so that
-        the nodes reading them are still tried; without a type they are poisoned."""
+        """A failed node's outputs, as values of their declared type, so that the nodes
+        reading them are still tried; without a type they are poisoned."""
         for output in filter(None, outputs):
-            info = self.inferred_info(output)
+            info = self.declared_info(output)
             try:
                 value_type = self.tensor_type(info) if info is not None else None
             except Unsupported:
@@ -351,17 +350,15 @@ class Importer:
             self.bound.add(value)  # no node computes it, so nothing can rename it
             self.tainted.add(output)
 
-    def inferred_info(self, name: str):
-        """The type ONNX declares or infers for the value `name`, or None."""
-        if self.inferred_infos is None:
+    def declared_info(self, name: str):
+        """The type the model declares for the value `name` (its value_info or outputs, which
+        exporters write), or None. Not ONNX's shape inference: a stand-in is needed when a
+        node has failed, and on a damaged node some onnx releases crash the process inside
+        inference (1.16 did, in the tests)."""
+        if self.declared_infos is None:
             graph = self.model.graph
-            try:
-                graph = onnx.shape_inference.infer_shapes(self.model).graph
-            except Exception:  # onnx refusing a model it cannot infer: the declared types
-                pass
-            self.inferred_infos = {info.name: info for info in
-                                   (*graph.value_info, *graph.output)}
-        return self.inferred_infos.get(name)
+            self.declared_infos = {info.name: info for info in (*graph.value_info, *graph.output)}
+        return self.declared_infos.get(name)
 
     def results_of(self, node, name: str) -> list:
         """The node's results; NodeFailure with every reason it has, where they are many."""
