@@ -126,11 +126,12 @@ class Trainer:
         self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
         self.runner = make_runner(model, config, self.dropout_rng, workers, address, notify)
         self.step_graph, self.interface = self.runner.graph, self.runner.interface
-        metrics = [self.interface.objective] + self.interface.metrics
-        self.eval_graph = model.optimize(select_outputs(model.graph, metrics), config.opt_level)
+        # What each step and evaluation reports: the objective, then the metrics.
+        self.reported = [self.interface.objective] + self.interface.metrics
+        self.eval_graph = model.optimize(select_outputs(model.graph, self.reported),
+                                         config.opt_level)
         self.backend = get_backend(config.backend_name)
         self.dtype = NUMPY_DTYPES[model.objective.type.dtype]
-        self.reported = [self.interface.objective] + self.interface.metrics
         self._param_names = [v.name for v in self.step_graph.param_values()]
         self.runner.load({**model.params, **self.initial_state()})
         # Whether the model holds the runner's params: fit hands them over when they moved.
@@ -261,7 +262,7 @@ class Trainer:
             if not self.config.allow_nonfinite:
                 self.check_finite(outputs, index)
             size = len(indices)
-            for name in [self.interface.objective] + self.interface.metrics:
+            for name in self.reported:
                 sums[name] = sums.get(name, 0.0) + float(outputs[name]) * size
             seen += size
             self.batch, self.steps = index + 1, self.steps + 1

@@ -46,9 +46,8 @@ def _ordering(onnx_op: str):
     return lower
 
 
-for _op, _onnx_op in {"less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
-                      "greater_equal": "GreaterOrEqual"}.items():
-    LOWERINGS[_op] = _ordering(_onnx_op)
+for _op in ("less", "less_equal", "greater", "greater_equal"):
+    LOWERINGS[_op] = _ordering(OPS[_op].onnx)
 
 
 def _dtype(node) -> str:

@@ -10,7 +10,8 @@ from .types import TensorType
 class Value:
     """An SSA value. Identity matters: nodes refer to Value objects, names are for printing.
     A name is fixed when the value is made; a value wanted under another name is a new Value
-    that replaces it (`NodeIndex.rename_output`), since graphs share their values."""
+    that replaces it (`GraphBuilder.rename`, `Rewriter.rename`), since graphs share their
+    values."""
 
     __slots__ = ("_name", "type")
 

@@ -14,7 +14,6 @@ from ..ir import Graph, Node, Value
 from ..ir.graph import NodeIndex
 
 
-
 class Rewriter:
     def __init__(self, graph: Graph):
         self.source = graph

@@ -3,7 +3,8 @@
 A model with batch_norm computes one result from the batch's statistics (training) and another
 from the running ones (inference); both are in the graph, joined by train_or_eval, until this
 pass picks one. Inference also drops the outputs that hold state updates, which only training
-uses. Every pipeline runs it first, so the passes after it and the backends never see the op.
+uses. Every preset runs it first, so the passes after it and the backends never see the op
+(autodiff may come before it: its rule keeps the choice open for the gradient).
 """
 from __future__ import annotations
 
