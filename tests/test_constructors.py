@@ -92,11 +92,27 @@ def test_the_export_passes_the_full_onnx_checker(expression):
 def test_symbolic_dims_are_read_when_the_model_runs():
     model = constructor_model("zeros((B, N, 2))")
     (fill,) = [n for n in model.graph.nodes if n.op == "fill"]
-    assert [v.name for v in fill.inputs[1:]] == ["x", "y"]  # the first inputs declaring B, N
-    assert fill.attrs == {"shape": (-1, -1, 2), "axes": (0, 0)}
+    assert fill.attrs == {"shape": ("B", "N", 2)} and len(fill.inputs) == 1
     assert model.graph.outputs[0].type.shape == ("B", "N", 2)
     onnx_ops = {node.op_type for node in model.to_onnx().graph.node}
     assert {"Shape", "Gather", "Concat", "Expand"} <= onnx_ops
+    for backend in BACKENDS:
+        assert model.run(backend=backend, **feeds(3, 5))["c"].shape == (3, 5, 2)
+
+
+@pytest.mark.parametrize("expression, shape, expected", [
+    ("zeros((B*N, N-1))", "f32[B*N, N-1]", lambda b, n: np.zeros((b * n, n - 1), np.float32)),
+    ("f32(arange(N+B))", "f32[B+N]", lambda b, n: np.arange(n + b, dtype=np.float32)),
+    ("ones(((B+1)//2, N % 3 + 1))", "f32[(B+1)//2, N%3+1]",
+     lambda b, n: np.ones(((b + 1) // 2, n % 3 + 1), np.float32)),
+])
+def test_constructors_take_dim_expressions(expression, shape, expected):
+    model = constructor_model(expression)
+    assert str(model.graph.outputs[0].type) == shape
+    for batch, count in [(3, 5), (4, 2)]:
+        for backend in ("numpy", "numpy-check", "onnxruntime"):
+            result = model.run(backend=backend, **feeds(batch, count))["c"]
+            np.testing.assert_array_equal(result, expected(batch, count))
 
 
 def test_dims_bound_at_compile_time_give_a_fixed_shape():
@@ -219,9 +235,12 @@ ERRORS = [
      "f32[B, 3]"),
     ("eye(0)", 9, "eye(): n must be a positive integer, not 0"),
     ("eye(2.0)", 9, "eye(): n must be a positive integer, not 2.0"),
-    ("arange(-3)", 9, "arange(): n must be a positive integer, not -3"),
-    ("arange(B)", 9, "arange(): B is a symbolic dim, known only when the model runs, but n "
-                     "must be known when it compiles; bind it (--dim B=N) or give a number"),
+    ("arange(-3)", 9, "arange(): n must be a positive integer or a dim, not -3"),
+    ("eye(B)", 9, "eye(): B is a symbolic dim, known only when the model runs, but n "
+                  "must be known when it compiles; bind it (--dim B=N) or give a number"),
+    ("zeros((B / 2, 3))", 16, "B is a symbolic dim, known only when the model runs, but a dim "
+                             "computed with '/' (dims divide with '//')"),
+    ("zeros((B // 0, 3))", 16, "the dim B // 0 divides by zero"),
     ("zeros((60000, 60000))", 9, "zeros(): fill gives f32[60000, 60000], which holds "
                                  "3,600,000,000 values"),
     ("zeros((B, 3)) + xd", 9, "add needs operands of one dtype, got f32[B, 3] and f64[B, 3]"),
@@ -256,7 +275,7 @@ def test_constructor_graphs_round_trip_through_the_ir_text(opt_level):
 def test_fill_and_arange_in_ir_text():
     graph = parse_graph("""graph g(%x: f32[B, 3]) {
   %v = constant() {value=2.0, dtype=f32} : f32[]
-  %f = fill(%v, %x) {shape=[2, -1], axes=[0]} : f32[2, B]
+  %f = fill(%v) {shape=[2, B]} : f32[2, B]
   %r = arange() {n=3} : i64[3]
   return %f, %r
 }
@@ -266,7 +285,7 @@ def test_fill_and_arange_in_ir_text():
         results = get_backend(backend).run(graph, {"x": x}, {})
         np.testing.assert_array_equal(results["f"], np.full((2, 4), 2.0, np.float32))
         np.testing.assert_array_equal(results["r"], np.arange(3))
-    with pytest.raises(ChainruleError, match="fill needs one source and one axis per -1"):
+    with pytest.raises(ChainruleError, match=r"fill's shape \[2, -1\] needs positive sizes"):
         parse_graph("graph g(%x: f32[B, 3]) {\n  %v = constant() {value=2.0, dtype=f32} : f32[]\n"
                     "  %f = fill(%v) {shape=[2, -1]} : f32[2, B]\n  return %f\n}\n")
 

@@ -15,6 +15,7 @@ from chainrule.cli.inputs import random_inputs
 from chainrule.dsl import lower_source
 from chainrule.ir import (OPS, ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc,
                           TensorType, Value, print_graph)
+from chainrule.ir import dims
 from chainrule.ir.dsl_printer import dsl_names, print_dsl
 from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.ir.types import NUMPY_DTYPES
@@ -286,20 +287,19 @@ def test_grad_round_trips():
     assert "dx = grad(objective, x)" in text
 
 
-def test_full_where_it_reads_the_same_dims_and_fill_otherwise():
+def test_fill_prints_as_full_with_its_dim_expressions():
     graph = Graph("m", [Value("x", TensorType("f32", ("B", 3))),
-                        Value("y", TensorType("f32", ("B", 2)))])
+                        Value("y", TensorType("f32", ("B", "S")))])
     builder = GraphBuilder(graph)
-    x, y = graph.inputs
     zero = builder.constant(0.0, "f32", name="zero")
-    full = builder.emit("fill", [zero, x], {"shape": (-1, 4), "axes": (0,)}, name="full_")
-    other = builder.emit("fill", [zero, y], {"shape": (2, -1), "axes": (0,)}, name="fill_")
+    full = builder.emit("fill", [zero], {"shape": ("B", 4)}, name="full_")
+    other = builder.emit("fill", [zero], {"shape": (2, dims.parse("B*S-1"))}, name="other")
     graph.outputs = [full, other]
     rng = np.random.default_rng(0)
     text = check_round_trip(graph, {"x": rng.normal(size=(5, 3)).astype(np.float32),
                                     "y": rng.normal(size=(5, 2)).astype(np.float32)})
     assert "full_ = full((B, 4), zero)" in text
-    assert "fill_ = fill(zero, y, shape=(2, -1), axes=(0,))" in text
+    assert "other = full((2, B*S-1), zero)" in text
 
 
 def test_state_updates_print_as_update():

@@ -158,7 +158,7 @@ def error_of(lines, signature) -> ChainruleError:
     (["r = leaky_relu(x, alpha=sqrt(2.0))"], 2, 9,
      "leaky_relu(): 'alpha' must be a number, not sqrt(2.0) (a built-in's value is a tensor)"),
     (["r = broadcast_to(1.0, shape=(true, false))"], 2, 9,
-     "broadcast_to(): shape must be an integer or a tuple of integers"),
+     "broadcast_to(): shape must be an integer, a dim or a tuple of them"),
     (["let c = reshape(1.0, (4,))", "r = x"], 2, 13, "reshape of [] to [4]: 1 elements cannot "
                                                      "become 4"),
     (["r = broadcast_to(1.0, (2,)) + x"], 2, 9,

@@ -5,19 +5,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import OPS, ChainruleError, Graph, Node, Value
+from ..ir import OPS, ChainruleError, Graph, Node, Value, dims as dim_exprs
 from ..ir.types import NUMPY_DTYPES, UNKNOWN, dtype_of_numpy
 
 
 def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None = None) -> dict:
     """Check `arrays` (by name) against `values`; returns the symbolic dims they bind.
 
-    A missing or extra array, a wrong dtype or rank, a fixed dim that differs, or a symbolic dim
-    bound to two sizes each raise a ChainruleError naming the array, what was declared and what
-    was given. `dims` are sizes already bound (by the inputs, when checking params).
+    A missing or extra array, a wrong dtype or rank, a fixed dim that differs, a symbolic dim
+    bound to two sizes, or an expression dim (`2*B`) that is not its size each raise a
+    ChainruleError naming the array, what was declared and what was given. `dims` are sizes
+    already bound (by the inputs, when checking params).
     """
     dims = dict(dims or {})
     bound_by = {name: "the inputs" for name in dims}
+    expressions = []
     expected = {v.name: v for v in values}
     extra = [name for name in arrays if name not in expected]
     if extra:
@@ -54,7 +56,77 @@ def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None
                                          f"{bound_by[dim]} but {size} here")
                 dims.setdefault(dim, size)
                 bound_by.setdefault(dim, f"{kind} '{value.name}'")
+            elif dim_exprs.is_symbolic(dim):
+                expressions.append((described, axis, dim, size, f"{kind} '{value.name}'"))
+    for described, axis, dim, size, where in expressions:
+        _check_expression(described, axis, dim, size, where, dims, bound_by)
     return dims
+
+
+def _check_expression(described, axis, dim, size, where, dims, bound_by) -> None:
+    """An axis declared as an expression (`2*B`): it binds the one symbol it alone holds
+    (`B` is 3 when the axis is 6), and must equal its value once every symbol is bound."""
+    solved = dim_exprs.solve(dim, size, dims)
+    if solved is not None:
+        dims[solved[0]] = solved[1]
+        bound_by[solved[0]] = where
+        return
+    unbound = sorted(dim_exprs.symbols(dim) - set(dims))
+    if unbound:
+        raise ChainruleError(f"{described}: axis {axis} is declared {dim}, and no input binds "
+                             f"{', '.join(unbound)} by itself")
+    expected = dim_exprs.evaluate(dim, dims)
+    if expected != size:
+        known = ", ".join(f"{s}={dims[s]} (from {bound_by[s]})"
+                          for s in sorted(dim_exprs.symbols(dim)))
+        raise ChainruleError(f"{described}: axis {axis} has size {size}, but {dim} is "
+                             f"{expected} with {known}")
+
+
+def symbol_sources(graph: Graph) -> dict[str, tuple[Value, int]]:
+    """Where the run reads each symbol's size: the first graph input, and its axis, whose
+    declared dim is that bare symbol."""
+    sources = {}
+    for value in graph.inputs:
+        for axis, dim in enumerate(value.type.shape):
+            if isinstance(dim, str) and dim != UNKNOWN:
+                sources.setdefault(dim, (value, axis))
+    return sources
+
+
+def dim_attrs(node: Node) -> list[str]:
+    """The node's attributes that hold sizes, which may be symbolic (a reshape's shape)."""
+    return [name for name, spec in OPS[node.op].attrs.items() if spec.kind in ("dim", "dims")]
+
+
+def attr_symbols(graph: Graph) -> set[str]:
+    """The symbols the nodes' attributes are written with (a reshape to (B, S*H))."""
+    found = set()
+    for node in graph.nodes:
+        for name in dim_attrs(node):
+            value = node.attrs[name]
+            for item in value if isinstance(value, tuple) else (value,):
+                found |= dim_exprs.symbols(item)
+    return found
+
+
+def resolved_attrs(node: Node, sizes: dict) -> dict:
+    """The node's attributes with each symbolic dim replaced by its size under `sizes`; a
+    symbol nothing binds is reported with the node, the expression and the known sizes."""
+    try:
+        return {**node.attrs, **{name: _resolved(node.attrs[name], sizes)
+                                 for name in dim_attrs(node)}}
+    except KeyError as error:
+        known = ", ".join(f"{s}={n}" for s, n in sorted(sizes.items())) or "none"
+        raise ChainruleError(f"%{node.output.name} = {node.op}(...) has a dim written with "
+                             f"{error.args[0]}, which no input's shape binds (known: {known})",
+                             node.loc) from None
+
+
+def _resolved(value, sizes: dict):
+    if isinstance(value, tuple):
+        return tuple(_resolved(item, sizes) for item in value)
+    return dim_exprs.evaluate(value, sizes) if dim_exprs.is_symbolic(value) else value
 
 
 def _plural(kind: str, items) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir import ChainruleError, Graph, get_op
 from ..ir.types import NUMPY_DTYPES
-from .feeds import check_arrays, check_feeds
+from .feeds import attr_symbols, check_arrays, check_feeds, resolved_attrs
 from .numpy_kernels import KERNELS
 from .protocol import CHECKING_BACKEND
 
@@ -32,16 +32,18 @@ class NumpyBackend:
         missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS})
         if missing:
             raise ChainruleError(f"no numpy kernel for op(s): {', '.join(missing)}")
-        check_feeds(graph, inputs, params)
+        sizes = check_feeds(graph, inputs, params)
+        symbolic = bool(attr_symbols(graph))
         env = {v: np.asarray(inputs[v.name]) for v in graph.inputs}
         env.update((v, np.asarray(params[v.name])) for v in graph.param_values())
         for node in graph.nodes:
             args = [env[v] for v in node.inputs]
             mode = ({"training": training, "rng": rng}
                     if "stochastic" in get_op(node.op).traits else {})
+            attrs = resolved_attrs(node, sizes) if symbolic else node.attrs
             try:
                 with np.errstate(all="ignore"):
-                    result = KERNELS[node.op](*args, **node.attrs, **mode)
+                    result = KERNELS[node.op](*args, **attrs, **mode)
             except Exception as error:
                 raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
                                      f"{error}", node.loc) from error

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import OPS, Graph, Node, Value, get_op
+from ..ir import OPS, ChainruleError, Graph, Node, Value, dims, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from . import fused_kernels
-from .feeds import CheckedFeeds, check_arrays
+from .feeds import CheckedFeeds, attr_symbols, check_arrays, dim_attrs, symbol_sources
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
 
@@ -50,6 +50,7 @@ class Plan:
     in_place: dict = field(default_factory=dict)     # node index -> input Value reused as output
     fused: dict = field(default_factory=dict)        # first node index -> FusedGroup
     checked: set = field(default_factory=set)        # nodes whose labels the feeds check reads
+    symbols: dict = field(default_factory=dict)      # symbol the attrs use -> (local, input, axis)
 
 
 @dataclass
@@ -121,6 +122,7 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                 group.out = value
                 break
     plan.checked = _labels_checked_by_feeds(graph)
+    plan.symbols = _symbol_variables(graph)
     kept_alive = set(graph.inputs) | set(graph.param_values()) | set(graph.outputs)
     for value, index in last_read.items():
         if value not in kept_alive:
@@ -170,6 +172,28 @@ def _literal(value) -> str:
     return repr(value)
 
 
+def _dims_literal(value, symbols: dict) -> str:
+    """Code for an attribute of sizes: a symbolic dim computes from the variables that hold
+    its symbols' sizes (Plan.symbols)."""
+    if isinstance(value, tuple):
+        items = [_dims_literal(v, symbols) for v in value]
+        return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+    return dims.text(value, lambda symbol: symbols[symbol][0])
+
+
+def _symbol_variables(graph: Graph) -> dict:
+    """Each symbol the attributes use: its local variable, and the input and axis whose size
+    it takes."""
+    sources = symbol_sources(graph)
+    variables = {}
+    for index, symbol in enumerate(sorted(attr_symbols(graph))):
+        if symbol not in sources:
+            raise ChainruleError(f"the dim {symbol} is used in the graph's ops but no input's "
+                                 f"shape binds it; declare an input with it")
+        variables[symbol] = (f"dim{index}", *sources[symbol])
+    return variables
+
+
 def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tuple[str, list]:
     """Python source of the compiled graph and the node of each generated line."""
     names = plan.names
@@ -182,6 +206,8 @@ def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tup
         lines.append(line)
         line_nodes.append(node)
 
+    for symbol, (variable, value, axis) in plan.symbols.items():
+        emit(f"    {variable} = {names[value]}.shape[{axis}]  # {symbol}", None)
     hoisted = _shape_dependent(graph)
     if hoisted:
         _emit_shape_values(graph, plan, hoisted, emit)
@@ -304,7 +330,9 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
         out_arg = f", out={names[reused]}" if reused is not None else ""
         call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
     else:
-        keywords = [f"{k}={_literal(v)}" for k, v in node.attrs.items()]
+        sizes = dim_attrs(node)
+        keywords = [f"{k}={_dims_literal(v, plan.symbols) if k in sizes else _literal(v)}"
+                    for k, v in node.attrs.items()]
         if "stochastic" in get_op(node.op).traits:
             keywords += ["training=training", "rng=rng"]
         if reused is not None:  # gemm_acc, accumulating into its dying c

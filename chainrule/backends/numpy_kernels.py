@@ -206,9 +206,8 @@ def _broadcast_like(x, like):
 
 
 @kernel("fill")
-def _fill(value, *sources, shape, axes):
-    dims = iter([source.shape[axis] for source, axis in zip(sources, axes, strict=True)])
-    return np.full([next(dims) if d == -1 else d for d in shape], value, value.dtype)
+def _fill(value, shape):
+    return np.full(shape, value, value.dtype)
 
 
 @kernel("broadcast_to")

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..ir import ChainruleError, Graph, Value
+from ..ir import ChainruleError, Graph, Value, dims
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from .feeds import CheckedFeeds, check_arrays
+from .feeds import CheckedFeeds, attr_symbols, check_arrays, symbol_sources
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 from .opset import DEFAULT_OPSET
 from .threads import configured_threads
@@ -26,9 +26,12 @@ class OnnxEmitter:
     `training` tells stochastic ops' lowerings which mode the model is exported for.
     """
 
-    def __init__(self, opset: int, training: bool = False):
+    def __init__(self, opset: int, training: bool = False, symbols: dict | None = None):
         self.opset = opset
         self.training = training
+        # Each symbol's source, (input name, axis), and its size as a tensor once computed.
+        self.symbols = symbols or {}
+        self.symbol_sizes: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.doc = ""
         self.lowering = ""  # the name of the IR value whose node is being lowered
@@ -67,6 +70,25 @@ class OnnxEmitter:
         """x's size along `axis` at run time, as a 1-D tensor of one int64."""
         return self.add("Gather", [self.add("Shape", [x]), self.ints([axis], "axis")])
 
+    def dims(self, values, hint: str = "shape") -> str:
+        """A 1-D int64 tensor of `values`: numbers as a constant, symbolic dims (`B*H`)
+        computed from the inputs' shapes with standard shape ops."""
+        if all(isinstance(d, int) for d in values):
+            return self.ints(list(values), hint)
+        return self.add("Concat", [self.size(d) for d in values], axis=0)
+
+    def size(self, dim) -> str:
+        """One dim as a 1-D tensor of one int64."""
+        return dims.compute(dim, _ShapeArithmetic(self))
+
+    def symbol_size(self, symbol: str) -> str:
+        if symbol not in self.symbol_sizes:
+            if symbol not in self.symbols:
+                raise ChainruleError(f"the dim {symbol} is used in the graph's ops but no "
+                                     f"input's shape binds it; declare an input with it")
+            self.symbol_sizes[symbol] = self.dim(*self.symbols[symbol])
+        return self.symbol_sizes[symbol]
+
     def reduce(self, op_type, x, axes, keepdims: bool, out=None) -> str:
         keep = int(bool(keepdims))
         if axes is None:
@@ -79,10 +101,38 @@ class OnnxEmitter:
         return self.add("Unsqueeze", [x, self.ints(axes, "axes")], out)
 
 
+class _ShapeArithmetic:
+    """dims.compute's arithmetic as ONNX nodes on 1-D int64 tensors of one element. Dims are
+    never negative, so Div's truncation is floor division."""
+
+    def __init__(self, emitter: OnnxEmitter):
+        self.emitter = emitter
+
+    def number(self, n: int) -> str:
+        return self.emitter.ints([n], "size")
+
+    def symbol(self, name: str) -> str:
+        return self.emitter.symbol_size(name)
+
+    def add(self, a, b):
+        return self.emitter.add("Add", [a, b])
+
+    def mul(self, a, b):
+        return self.emitter.add("Mul", [a, b])
+
+    def floordiv(self, a, b):
+        return self.emitter.add("Div", [a, b])
+
+    def mod(self, a, b):
+        return self.emitter.add("Mod", [a, b])
+
+
 def _value_info(value: Value, name: str | None = None) -> onnx.ValueInfoProto:
     """The value's ONNX type (under `name`, by default its own): the full checker requires a
-    shape on every graph output, even an input's copy."""
-    shape = [None if d == UNKNOWN else d for d in value.type.shape]
+    shape on every graph output, even an input's copy. A symbolic dim is a dim_param written
+    as the IR writes it (`B*H`)."""
+    shape = [None if d == UNKNOWN else d if isinstance(d, int) else str(d)
+             for d in value.type.shape]
     return helper.make_tensor_value_info(name or value.name, ONNX_DTYPES[value.type.dtype], shape)
 
 
@@ -98,7 +148,9 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         raise ChainruleError(f"no ONNX lowering for op(s): {', '.join(missing)}")
-    emitter = OnnxEmitter(opset, training)
+    symbols = {symbol: (value.name, axis) for symbol, (value, axis)
+               in symbol_sources(graph).items() if symbol in attr_symbols(graph)}
+    emitter = OnnxEmitter(opset, training, symbols)
     for node in graph.nodes:
         emitter.doc = node.loc.described() if node.loc else ""
         emitter.lowering = node.output.name

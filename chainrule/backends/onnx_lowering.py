@@ -144,8 +144,10 @@ def _constant(em, node, out):
 
 @lowering("arange")
 def _arange(em, node, out):
-    em.add("Range", [em.ints(0, "start"), em.ints(node.attrs["n"], "limit"),
-                     em.ints(1, "delta")], out)
+    n = node.attrs["n"]
+    limit = em.ints(n, "limit") if isinstance(n, int) else \
+        em.add("Squeeze", [em.size(n), em.ints([0], "axes")])
+    em.add("Range", [em.ints(0, "start"), limit, em.ints(1, "delta")], out)
 
 
 @lowering("transpose")
@@ -241,23 +243,18 @@ def _broadcast_like(em, node, out, x, like):
 def _broadcast_to(em, node, out, x):
     # Expand broadcasts both ways, so a 1 keeps the operand's dim where the target says -1.
     shape = [1 if d == -1 else d for d in node.attrs["shape"]]
-    em.add("Expand", [x, em.ints(shape, "shape")], out)
+    em.add("Expand", [x, em.dims(shape)], out)
 
 
 @lowering("fill")
-def _fill(em, node, out, value, *sources):
-    # The shape's -1s are the sources' dims, read off their shapes at run time.
-    dims = iter([em.dim(source, axis)
-                 for source, axis in zip(sources, node.attrs["axes"], strict=True)])
-    sizes = [next(dims) if d == -1 else em.ints([d], "size") for d in node.attrs["shape"]]
-    shape = em.add("Concat", sizes, axis=0) if sources else em.ints(node.attrs["shape"], "shape")
-    em.add("Expand", [value, shape], out)
+def _fill(em, node, out, value):
+    em.add("Expand", [value, em.dims(node.attrs["shape"])], out)
 
 
 @lowering("reshape")
 def _reshape(em, node, out, x):
     # ONNX Reshape shares the IR's meaning of 0 (copy the input dim) and -1.
-    em.add("Reshape", [x, em.ints(node.attrs["shape"], "shape")], out)
+    em.add("Reshape", [x, em.dims(node.attrs["shape"])], out)
 
 
 @lowering("reshape_like")
@@ -294,7 +291,7 @@ def _unconcat(em, node, out, whole, *parts):
 
 def _window(em, node) -> list[str]:
     """Slice's starts, ends, axes and steps inputs from the node's attrs."""
-    return [em.ints(node.attrs[name], name) for name in ("starts", "ends", "axes", "steps")]
+    return [em.dims(node.attrs[name], name) for name in ("starts", "ends", "axes", "steps")]
 
 
 @lowering("slice")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import compositions
+from ..ir import compositions, dims
 from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
 
@@ -69,18 +69,43 @@ def _size(name):
     return convert
 
 
+def _dim(name):
+    """A size that may be symbolic: `S`, `S-1`, `4`."""
+    def convert(value):
+        if dims.is_symbolic(value):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TypeError(f"{name} must be a positive integer or a dim, not {value!r}")
+        return value
+    return convert
+
+
+def _dims(name):
+    """Sizes, -1 and 0 as a reshape takes them, and dims (`(B, S*H, -1)`), as a tuple."""
+    def convert(value):
+        items = value if isinstance(value, tuple) else (value,)
+        if not all(dims.is_symbolic(v) or isinstance(v, int) and not isinstance(v, bool)
+                   for v in items):
+            raise TypeError(f"{name} must be an integer, a dim or a tuple of them")
+        return items
+    return convert
+
+
 def _shape(value):
-    """`3`, `(B, 4)`: sizes and symbolic dims (SymbolicDim, a str, for B), as a tuple."""
-    dims = value if isinstance(value, tuple) else (value,)
-    shown = f"({', '.join(map(_shown, dims))}{',' if len(dims) == 1 else ''})"
-    for dim in dims:
-        if isinstance(dim, bool) or not isinstance(dim, (int, str)):
+    """`3`, `(B, 4)`, `(B, S-1)`: sizes and symbolic dims (a SymbolicDim, a str, for B; a
+    DimExpr for S-1), as a tuple."""
+    shape = value if isinstance(value, tuple) else (value,)
+    shown = f"({', '.join(map(_shown, shape))}{',' if len(shape) == 1 else ''})"
+    for dim in shape:
+        if dims.is_symbolic(dim):
+            continue
+        if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"a shape holds sizes and dim names, not {_shown(dim)} as in "
                             f"{shown}")
         if isinstance(dim, int) and dim < 1:
             raise TypeError(f"shape {shown} has a size of {dim}; sizes are positive (chainrule "
                             f"refuses empty tensors)")
-    return dims
+    return shape
 
 
 @dataclass(frozen=True)
@@ -147,8 +172,7 @@ class Builtin:
     # then gets its own default for them.
     optional: tuple[str, ...] = ()
     # For a composition: compose(ops, *inputs, **attrs) -> Value, where ops.emit(op, *inputs,
-    # **attrs) and ops.constant(value, like) add nodes, ops.error(message) reports one and
-    # ops.dim_source(dim) is the model input (and axis) that declares a symbolic dim.
+    # **attrs) and ops.constant(value, like) add nodes, and ops.error(message) reports one.
     compose: Callable | None = None
 
     @property
@@ -216,11 +240,7 @@ def _full(ops, value, shape, dtype=None):
     whose type declares it."""
     if value.type.rank:
         ops.error(f"the value must be a scalar, not {value.type}")
-    value = _cast_to(ops, value, dtype)
-    sources = [ops.dim_source(dim) for dim in shape if isinstance(dim, str)]
-    return ops.emit("fill", value, *(source for source, _ in sources),
-                    shape=tuple(-1 if isinstance(dim, str) else dim for dim in shape),
-                    axes=tuple(axis for _, axis in sources))
+    return ops.emit("fill", _cast_to(ops, value, dtype), shape=shape)
 
 
 @composite("zeros", (), {**SHAPE_OPTION, **_dtype_option(DTypeName("f32"))})
@@ -417,7 +437,7 @@ composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
     compositions.pad)
 
 
-@composite("arange", (), {"n": _option(NO_DEFAULT, _size("n"), "n"),
+@composite("arange", (), {"n": _option(NO_DEFAULT, _dim("n"), "n"),
                           **_dtype_option(DTypeName("i64"))})
 def _arange(ops, n, dtype):
     return _cast_to(ops, ops.emit("arange", n=n), dtype)
@@ -433,7 +453,8 @@ def _optional_int(name):
     return lambda value: None if value is None else convert(value)
 
 
-OPTION_CONVERTERS = {"int": _int, "float": _float, "bool": _bool, "ints": _ints,
+OPTION_CONVERTERS = {"int": _int, "float": _float, "bool": _bool, "ints": _ints, "dim": _dim,
+                     "dims": _dims,
                      "axes": lambda name: _axes, "dtype": lambda name: _dtype}
 
 

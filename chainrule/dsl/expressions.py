@@ -16,7 +16,7 @@ from types import GeneratorType
 
 from lark import Token, Tree
 
-from ..ir import ChainruleError, SourceLoc, TensorType, Value, get_op
+from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, dims, get_op
 from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import is_float
@@ -34,12 +34,15 @@ def _on_bools(fn):
 
 FOLD = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-    "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
+    "floordiv": operator.floordiv, "mod": operator.mod, "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
     "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
     "not_equal": operator.ne, "logical_and": _on_bools(operator.and_),
     "logical_or": _on_bools(operator.or_),
 }
 BINARY_OPS = tuple(FOLD) + ("matmul",)
+# Arithmetic where an operand is a symbolic dim: a dim expression (`S-1`, `B*H`, `W//2`).
+DIM_FOLD = {"add": dims.add, "sub": dims.sub, "mul": dims.mul, "floordiv": dims.floordiv,
+            "mod": dims.mod}
 # Unary operators on constants: the fold and the kind of constant it takes.
 UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
 
@@ -47,6 +50,16 @@ UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, 
 class SymbolicDim(str):
     """A symbolic dim named in an expression (`zeros((B, 32))`): its size is known only when
     the model runs. It is the string a shape holds for that dim."""
+
+
+def is_dim(value) -> bool:
+    """A symbolic dim or an expression over them (dims.DimExpr), as an expression's value."""
+    return isinstance(value, (SymbolicDim, dims.DimExpr))
+
+
+def as_dim_value(dim):
+    """A dims.py result as an expression's value: a bare symbol is a SymbolicDim."""
+    return SymbolicDim(dim) if isinstance(dim, str) else dim
 
 
 def symbolic_dim_error(dim: SymbolicDim, use: str, loc) -> ChainruleError:
@@ -130,7 +143,7 @@ class ExpressionLowerer:
         for child in tree.children:
             if child is not None:
                 items.append((yield child))
-        if not all(is_number(item) or isinstance(item, SymbolicDim) for item in items):
+        if not all(is_number(item) or is_dim(item) for item in items):
             raise ChainruleError("tuples hold numbers (axes, shapes, permutations), not "
                                  "tensors or tuples", self.loc(tree))
         return tuple(items)
@@ -153,6 +166,8 @@ class ExpressionLowerer:
             return self.defer(op, WEAK_OPERATORS[op], [(operand, loc)], {}, loc)
         if isinstance(operand, (Value, Weak)):
             return self.builder.emit(op, (self.alone(operand),), loc=loc)
+        if op == "neg" and is_dim(operand):
+            return as_dim_value(dims.neg(operand))
         fold, takes = UNARY_FOLD[op]
         if not is_number(operand) or (op == "logical_not") != isinstance(operand, bool):
             raise ChainruleError(f"'{op}' takes a tensor or {takes}, not {operand!r}",
@@ -204,9 +219,12 @@ class ExpressionLowerer:
     def slice_bounds(self, tree):
         """Yields the bounds' subtrees; returns (start, end, step)."""
         bounds = []
-        for child in tree.children:
+        for child in tree.children[:2]:
             bounds.append(None if child is None
-                          else (yield from self.constant_int(child, "slice bound")))
+                          else (yield from self.constant_int(child, "slice bound", dim=True)))
+        step_tree = tree.children[2]
+        bounds.append(None if step_tree is None
+                      else (yield from self.constant_int(step_tree, "slice step")))
         start, end, step = bounds
         step = 1 if step is None else step
         if step == 0:
@@ -219,15 +237,20 @@ class ExpressionLowerer:
 
     def index_bounds(self, tree, dim, axis):
         """Yields the index's subtree; returns the (start, end, step) that picks it."""
-        index = yield from self.constant_int(tree, "an index")
+        index = yield from self.constant_int(tree, "an index", dim=True)
+        if is_dim(index):
+            return index, dims.add(index, 1), 1
         if isinstance(dim, int) and not -dim <= index < dim:
             raise ChainruleError(f"index {index} is out of range for axis {axis} of size {dim}",
                                  self.loc(tree))
         return index, TO_END if index == -1 else index + 1, 1
 
-    def constant_int(self, tree, what: str):
-        """Yields `tree`; returns its value, which must be an integer constant."""
+    def constant_int(self, tree, what: str, dim: bool = False):
+        """Yields `tree`; returns its value, which must be an integer constant (or, with
+        `dim`, a symbolic dim such as `S-1`)."""
         value = yield tree
+        if dim and is_dim(value):
+            return value
         if isinstance(value, Value):
             raise ChainruleError(f"{what} must be an integer constant; take(x, indices, axis) "
                                  f"indexes with a tensor", self.loc(tree))
@@ -257,12 +280,14 @@ class ExpressionLowerer:
                 return self.fold(op, left, right, loc)
             if op in WEAK_OPERATORS:
                 return self.defer(op, WEAK_OPERATORS[op], [(left, loc), (right, loc)], {}, loc)
+        if op not in OPS:
+            raise ChainruleError(f"'{op}' computes sizes from numbers and dims; it takes no "
+                                 f"tensors", loc)
         return self.builder.emit(op, self.tensor_inputs(op, (left, right), loc), loc=loc)
 
     def fold(self, op, left, right, loc):
-        for value in (left, right):
-            if isinstance(value, SymbolicDim):
-                raise symbolic_dim_error(value, "a number used in arithmetic", loc)
+        if is_dim(left) or is_dim(right):
+            return self.fold_dims(op, left, right, loc)
         if op not in FOLD:
             raise ChainruleError(f"'{op}' needs tensors, not constants", loc)
         if not (is_number(left) and is_number(right)):
@@ -280,6 +305,21 @@ class ExpressionLowerer:
             raise ChainruleError(f"'{op}' of {left} and {right} gives an integer past 64 bits",
                                  loc)
         return result
+
+    def fold_dims(self, op, left, right, loc):
+        """Arithmetic on dims and integers: a dim (`S-1`), for shapes, slices and arange."""
+        dim = left if is_dim(left) else right
+        if op not in DIM_FOLD:
+            use = "a dim computed with '/' (dims divide with '//')" if op == "div" else \
+                f"a number used in '{op}'"
+            raise symbolic_dim_error(dim, use, loc)
+        for value in (left, right):
+            if not is_dim(value) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ChainruleError(f"dims compute with integers, not {value!r}", loc)
+        try:
+            return as_dim_value(DIM_FOLD[op](left, right))
+        except dims.NotADim as error:
+            raise ChainruleError(f"the dim {error}", loc) from None
 
     def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
         """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
@@ -507,12 +547,6 @@ class Composer:
     def update_state(self, state: Value, new: Value) -> None:
         self.lowerer.update_state(state, new, self.loc)
 
-    def dim_source(self, dim: str) -> tuple[Value, int]:
-        """The first model input whose type has the symbolic dim `dim` (each is an input's:
-        params' dims are numbers), and that dim's axis: where a constructor (`zeros((B, 4))`)
-        reads the dim's size when the model runs."""
-        value = next(v for v in self.lowerer.graph.inputs if dim in v.type.shape)
-        return value, value.type.shape.index(dim)
 
 
 def _meeting_dtype(arguments) -> str | None:

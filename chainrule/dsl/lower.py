@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from lark import Tree
 
 from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
-                  Value)
+                  Value, dims)
 from ..ir.init import INITIALIZERS, check_init
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
-from .expressions import (ExpressionLowerer, SymbolicDim, describe_constant, is_number,
-                          suggest, symbolic_dim_error)
+from .expressions import (DIM_FOLD, ExpressionLowerer, SymbolicDim, describe_constant,
+                          is_number, suggest, symbolic_dim_error)
 from .parser import parse
 from .weak import Weak
 
@@ -210,19 +210,27 @@ class Lowerer(ExpressionLowerer):
 
     def lower_type(self, tree: Tree) -> TensorType:
         dtype, *dims = tree.children
-        shape = []
-        for dim in dims:
-            if dim is None:
-                continue
-            token = dim.children[0]
-            if dim.data == "int_dim":
-                shape.append(self.integer(token))
-            elif str(token) in self.dims:  # bound at compile time
-                shape.append(self.dims[str(token)])
-            else:
-                self.symbolic_dims.add(str(token))
-                shape.append(str(token))
-        return TensorType(str(dtype), tuple(shape))
+        return TensorType(str(dtype), tuple(self.lower_dim(d) for d in dims if d is not None))
+
+    def lower_dim(self, tree: Tree):
+        """A dim of a declared type: a size, a symbol (its size if bound at compile time) or
+        an expression over them, in canonical form."""
+        if tree.data == "int_dim":
+            return self.integer(tree.children[0])
+        if tree.data == "sym_dim":
+            name = str(tree.children[0])
+            if name in self.dims:
+                return self.dims[name]
+            self.symbolic_dims.add(name)
+            return name
+        left, right = (self.lower_dim(child) for child in tree.children)
+        try:
+            dim = DIM_FOLD[tree.data.removeprefix("dim_")](left, right)
+        except dims.NotADim as error:
+            raise ChainruleError(f"the dim {error}", self.loc(tree)) from None
+        if isinstance(dim, int) and dim < 1:
+            raise ChainruleError(f"a dim comes to {dim}; sizes are positive", self.loc(tree))
+        return dim
 
     def lower_block(self, block: Tree, scope: Scope):
         """Lower statements; returns the return statement's values (None if there is none)."""

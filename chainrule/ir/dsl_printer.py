@@ -20,6 +20,7 @@ import re
 
 import numpy as np
 
+from . import dims
 from .errors import INT64_MAX, ChainruleError
 from .graph import Graph, Node, Value
 from .ops import OPS, REQUIRED, OpDef
@@ -82,6 +83,8 @@ def literal(value) -> str:
         return f"({items},)" if len(value) == 1 else f"({items})"
     if value in DTYPES:
         return value
+    if dims.is_symbolic(value):
+        return str(value)
     raise TypeError(f"no DSL literal for {value!r}")
 
 
@@ -159,8 +162,8 @@ def _subscript(rank: int, starts, ends, axes, steps) -> str | None:
         if step == 0 or (start, end, step) == (0, TO_END, 1):
             return None
         forward = step > 0
-        first = "" if start == (0 if forward else TO_END) else int_text(start)
-        last = "" if end == (TO_END if forward else TO_START) else int_text(end)
+        first = "" if start == (0 if forward else TO_END) else literal(start)
+        last = "" if end == (TO_END if forward else TO_START) else literal(end)
         items[axis] = f"{first}:{last}" + ("" if step == 1 else f":{int_text(step)}")
     return ", ".join(items)
 
@@ -174,32 +177,8 @@ def _slice(node, args, graph):
     return f"{args[0]}[{subscript}]"
 
 
-def _full_shape(node: Node, graph: Graph) -> str | None:
-    """`(B, 64)` when `full(shape, value)` lowers to exactly this fill: its sources are where
-    full reads each symbolic dim, the first input that declares it."""
-    sources = iter(zip(node.inputs[1:], node.attrs["axes"], strict=True))
-    dims = []
-    for size, dim in zip(node.attrs["shape"], node.output.type.shape, strict=True):
-        if size != -1:
-            if size < 1:
-                return None
-            dims.append(str(size))
-            continue
-        source, axis = next(sources)
-        if not isinstance(dim, str) or dim == UNKNOWN:
-            return None
-        declaring = next(v for v in graph.inputs + [source] if dim in v.type.shape)
-        if declaring is not source or axis != source.type.shape.index(dim):
-            return None
-        dims.append(dim)
-    return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
-
-
 def _fill(node, args, graph):
-    shape = _full_shape(node, graph)
-    if shape is None:
-        return call("fill", args, op_options(node))
-    return f"full({shape}, {args[0]})"
+    return f"full({literal(node.attrs['shape'])}, {args[0]})"
 
 
 def _per_axis(values: tuple, default=None):
@@ -296,7 +275,8 @@ SPELLINGS = {
 # ---- names --------------------------------------------------------------------------------------
 
 def _symbolic_dims(graph: Graph) -> set[str]:
-    return {d for v in graph.values() for d in v.type.shape if isinstance(d, str)}
+    """The symbols the graph's types are written with."""
+    return set().union(*(dims.symbols(d) for v in graph.values() for d in v.type.shape))
 
 
 def _reserved(graph: Graph) -> set[str]:

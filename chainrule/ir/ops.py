@@ -29,6 +29,7 @@ from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_wi
                      normalize_axes, normalize_axis, pool_output_dim, reduced_shape,
                      require_same_size, reshaped_shape, shapes_may_equal, sliced_shape,
                      taken_shape)
+from . import dims
 from .types import DTYPES, UNKNOWN, TensorType, is_float, scalar
 
 REQUIRED = object()
@@ -60,6 +61,9 @@ ATTR_KINDS = {
     "dtype": lambda v: v in DTYPES,
     "ints": lambda v: isinstance(v, tuple) and all(ATTR_KINDS["int"](x) for x in v),
     "axes": lambda v: v is None or ATTR_KINDS["ints"](v),
+    # A size that may be symbolic (`B`, `S-1`: dims.py), known when the model runs.
+    "dim": lambda v: ATTR_KINDS["int"](v) or dims.is_symbolic(v),
+    "dims": lambda v: isinstance(v, tuple) and all(ATTR_KINDS["dim"](x) for x in v),
 }
 
 
@@ -304,7 +308,8 @@ def _infer_broadcast_like(x, like):
 def _infer_broadcast_to(x, shape):
     """numpy.broadcast_to, where -1 keeps the operand's dim (so symbolic dims can stay)."""
     leading = len(shape) - x.rank
-    if leading < 0 or any(d == -1 for d in shape[:leading]) or any(d < -1 for d in shape):
+    if leading < 0 or any(d == -1 for d in shape[:leading]) or any(
+            isinstance(d, int) and d < -1 for d in shape):
         raise OpTypeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(shape)}: "
                           f"the target needs rank >= {x.rank}, sizes, and -1 only where it "
                           f"keeps an operand dim")
@@ -312,20 +317,14 @@ def _infer_broadcast_to(x, shape):
     return x.with_shape(broadcast_to_shape(x.shape, target))
 
 
-def _infer_fill(value, *sources, shape, axes):
-    """The scalar `value` broadcast to `shape`, where each -1 is a dim read off a source at run
-    time: the size of axis axes[k] of sources[k] for the k-th -1 (`zeros((B, 4))` reads B off
-    an input that declares it). Only the sources' shapes matter, never their values."""
+def _infer_fill(value, shape):
+    """The scalar `value` broadcast to `shape`, whose symbolic dims the run binds from the
+    inputs' shapes (`zeros((B, 4))`)."""
     if value.rank != 0:
         raise OpTypeError(f"fill needs a scalar value, got {value}")
-    if any(d < -1 for d in shape):
-        raise OpTypeError(f"fill's shape {shape} holds sizes and -1 (a source's dim) only")
-    if list(shape).count(-1) != len(sources) or len(axes) != len(sources):
-        raise OpTypeError(f"fill needs one source and one axis per -1 in its shape {shape}, "
-                          f"got {len(sources)} sources and axes {axes}")
-    dims = iter([source.shape[normalize_axis(axis, source.rank)]
-                 for source, axis in zip(sources, axes, strict=True)])
-    return value.with_shape(next(dims) if d == -1 else d for d in shape)
+    if any(isinstance(d, int) and d < 1 for d in shape):
+        raise OpTypeError(f"fill's shape {format_shape(shape)} needs positive sizes")
+    return value.with_shape(shape)
 
 
 def _infer_reshape(x, shape):
@@ -456,7 +455,7 @@ def _infer_constant(value, dtype):
 
 
 def _infer_arange(n):
-    if n < 1:
+    if isinstance(n, int) and n < 1:
         raise OpTypeError(f"arange needs a positive count, got {n}")
     return TensorType("i64", (n,))
 
@@ -467,7 +466,9 @@ def _infer_cast(x, dtype):
 
 AXES = {"axes": AttrSpec("axes", None, dsl_name="axis"), "keepdims": AttrSpec("bool", False)}
 AXIS = {"axis": AttrSpec("int", -1)}
-SLICE = {name: AttrSpec("ints") for name in ("starts", "ends", "axes", "steps")}
+# Bounds may be symbolic (`x[:, 0:S-1]`); axes and steps are numbers.
+SLICE = {"starts": AttrSpec("dims"), "ends": AttrSpec("dims"), "axes": AttrSpec("ints"),
+         "steps": AttrSpec("ints")}
 
 # gelu is the tanh approximation x/2 (1 + tanh(GELU_SCALE (x + GELU_CUBIC x^3))).
 GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -537,7 +538,7 @@ register("constant", 0, _infer_constant,
          {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")},
          traits=("constant", "nondifferentiable"),  # no inputs, so nothing to differentiate
          builtin=None)  # a literal: f32(0.5)
-register("arange", 0, _infer_arange, {"n": AttrSpec("int")},
+register("arange", 0, _infer_arange, {"n": AttrSpec("dim")},
          traits=("constant", "nondifferentiable", "fresh_result"))
 
 # ---- reductions
@@ -568,16 +569,14 @@ AXES_SPELLED_AXIS = {"axes": AttrSpec("ints", dsl_name="axis")}
 
 register("matmul", 2, _infer_matmul, traits=("linear",), numpy="matmul", onnx="MatMul")
 register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
-register("reshape", 1, _infer_reshape, {"shape": AttrSpec("ints")}, traits=("linear",))
+register("reshape", 1, _infer_reshape, {"shape": AttrSpec("dims")}, traits=("linear",))
 register("reshape_like", 2, _infer_reshape_like, traits=("linear",), operands=("x", "like"))
-register("broadcast_to", 1, _infer_broadcast_to, {"shape": AttrSpec("ints")},
+register("broadcast_to", 1, _infer_broadcast_to, {"shape": AttrSpec("dims")},
          traits=("linear",))
 register("broadcast_like", 2, _infer_broadcast_like, traits=("linear",), operands=("x", "like"))
-# fill broadcasts a scalar to a shape whose symbolic dims it reads off its other inputs (the
-# DSL's constructors): only the value gets a gradient.
-register("fill", ONE_OR_MORE, _infer_fill,
-         {"shape": AttrSpec("ints"), "axes": AttrSpec("ints", ())},
-         traits=("linear", "fresh_result"), operands=("value", "sources"))
+# fill broadcasts a scalar to a shape (the DSL's constructors).
+register("fill", 1, _infer_fill, {"shape": AttrSpec("dims")},
+         traits=("linear", "fresh_result"), operands=("value",))
 register("unsqueeze", 1, _infer_unsqueeze, AXES_SPELLED_AXIS, traits=("linear",))
 register("squeeze", 1, _infer_squeeze, AXES_SPELLED_AXIS, traits=("linear",))
 register("concat", ONE_OR_MORE, _infer_concat, {"axis": AttrSpec("int", 0)}, traits=("linear",))
@@ -626,9 +625,9 @@ def _spatial_operand(op, x, rank):
         layout = SPATIAL_NAMES.get(rank, f"{rank} spatial dims")
         raise OpTypeError(f"{op} over {rank} spatial axes takes [batch, channels, {layout}], "
                           f"got {x}")
-    if not all(isinstance(d, int) for d in x.shape[1:]):
-        raise OpTypeError(f"{op} needs fixed channel and spatial sizes (only the batch may be "
-                          f"symbolic), got {x}")
+    if not isinstance(x.shape[1], int) or UNKNOWN in x.shape[2:]:
+        raise OpTypeError(f"{op} needs a fixed number of channels and a size or a symbol for "
+                          f"each spatial dim, got {x}")
 
 
 def _conv_weight(op, w):
@@ -655,9 +654,9 @@ def _conv_spatial(op, sizes, kernel, strides, pads, dilations):
     result = []
     for axis, (size, k, stride, dilation) in enumerate(zip(sizes, kernel, strides, dilations,
                                                           strict=True)):
-        padded = size + pads[axis] + pads[rank + axis]
+        padded = dims.add(size, pads[axis] + pads[rank + axis])
         span = dilation * (k - 1) + 1
-        if span > padded:
+        if isinstance(padded, int) and span > padded:
             raise OpTypeError(f"{op}'s kernel spans {span} along spatial axis {axis} (size {k}"
                               f", dilation {dilation}), more than the padded input's {padded}")
         result.append(conv_output_dim(size, k, stride, pads[axis], pads[rank + axis],
@@ -698,11 +697,12 @@ def _infer_conv_transpose(x, w, strides, pads, dilations, groups, output_padding
     spatial = []
     for axis, (size, k, stride, dilation, extra) in enumerate(zip(
             x.shape[2:], w.shape[2:], strides, dilations, output_padding, strict=True)):
-        full = (size - 1) * stride + dilation * (k - 1) + 1 + extra
-        if full - pads[axis] - pads[rank + axis] < 1:
+        full = dims.add(dims.mul(dims.sub(size, 1), stride), dilation * (k - 1) + 1 + extra)
+        kept = dims.sub(full, pads[axis] + pads[rank + axis])
+        if isinstance(kept, int) and kept < 1:
             raise OpTypeError(f"conv_transpose's pads {list(pads)} remove all of the {full} "
                               f"outputs along spatial axis {axis}")
-        spatial.append(full - pads[axis] - pads[rank + axis])
+        spatial.append(kept)
     return x.with_shape((x.shape[0], w.shape[1] * groups) + tuple(spatial))
 
 
@@ -735,9 +735,10 @@ def _pool_shape(op, x, kernel, strides, pads, ceil_mode):
                           f"{list(kernel)}")
     spatial = []
     for axis, (size, k, stride) in enumerate(zip(x.shape[2:], kernel, strides, strict=True)):
-        if k > size + pads[axis] + pads[rank + axis]:
+        padded = dims.add(size, pads[axis] + pads[rank + axis])
+        if isinstance(padded, int) and k > padded:
             raise OpTypeError(f"{op}'s kernel ({k}) is larger than the padded input "
-                              f"({size + pads[axis] + pads[rank + axis]}) along spatial axis "
+                              f"({padded}) along spatial axis "
                               f"{axis}")
         spatial.append(pool_output_dim(size, k, stride, pads[axis], pads[rank + axis],
                                        ceil_mode))
@@ -777,8 +778,7 @@ def _infer_pad(x, pads, value):
         raise OpTypeError(f"pad of {x} needs {2 * x.rank} pads >= 0 (each axis' begin, then "
                           f"each one's end), got {list(pads)}")
     begins, ends = pads[:x.rank], pads[x.rank:]
-    return x.with_shape(d + b + e if isinstance(d, int) else d if b == e == 0 else UNKNOWN
-                        for d, b, e in zip(x.shape, begins, ends, strict=True))
+    return x.with_shape(dims.add(d, b + e) for d, b, e in zip(x.shape, begins, ends, strict=True))
 
 
 CONV = {"strides": AttrSpec("ints"), "pads": AttrSpec("ints"), "dilations": AttrSpec("ints"),

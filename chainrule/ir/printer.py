@@ -1,6 +1,7 @@
 """The textual form of the IR: one node per line, its DSL location as a trailing comment."""
 from __future__ import annotations
 
+from . import dims
 from .graph import Graph, Node, Value
 
 COMMENT_COLUMN = 64
@@ -15,6 +16,8 @@ def format_attr(value) -> str:
         return "[" + ", ".join(format_attr(v) for v in value) + "]"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, dims.DimExpr) and not str(value)[0].isalpha():
+        return f"({value})"  # an attribute's dim starts with a symbol or a parenthesis
     return str(value)
 
 

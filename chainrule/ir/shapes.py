@@ -1,12 +1,13 @@
 """Shape arithmetic shared by the ops' type rules: broadcasting, reductions, matmul, reshapes,
-slices and concatenation. Symbolic dims flow through; a dim is UNKNOWN only when no name or
-number can describe it (`B - 1`, `3 * B`).
+slices and concatenation. Symbolic dims flow through as dim expressions (`B*H`, `S-1`,
+dims.py); a dim is UNKNOWN only when no expression can describe it (a slice that numpy clamps
+at a size it does not know).
 """
 from __future__ import annotations
 
-from collections import Counter
 from math import prod
 
+from . import dims
 from .types import UNKNOWN, Dim
 
 # Slice bounds meaning "to the end" (forward) and "back past the first element" (backward); ONNX
@@ -104,7 +105,9 @@ def matmul_shape(a, b) -> tuple[Dim, ...]:
 
 
 def dims_may_equal(a: Dim, b: Dim) -> bool:
-    return a == b or UNKNOWN in (a, b)
+    """Whether a and b can be the same size: equal, or not provably different (`B*H` and `N`
+    may be; the run checks them)."""
+    return a == b or not dims.provably_different(a, b)
 
 
 def shapes_may_equal(a, b) -> bool:
@@ -117,64 +120,58 @@ def reshaped_shape(shape, target) -> tuple[Dim, ...]:
     """The result of reshaping `shape` to `target`, where 0 copies the input dim at the same
     position and one -1 takes whatever is left (ONNX Reshape's rules)."""
     described = f"reshape of {format_shape(shape)} to {format_shape(target)}"
-    if any(d < -1 for d in target) or list(target).count(-1) > 1:
+    if any(isinstance(d, int) and d < -1 for d in target) or list(target).count(-1) > 1:
         raise OpTypeError(f"{described}: dims are sizes, 0 (copy the input dim) or one -1")
-    if any(d == 0 and i >= len(shape) for i, d in enumerate(target)):
+    if any(isinstance(d, int) and d == 0 and i >= len(shape) for i, d in enumerate(target)):
         raise OpTypeError(f"{described}: a 0 copies the input dim at its position, and the "
                           f"input has only {len(shape)}")
-    dims = [shape[i] if d == 0 else d for i, d in enumerate(target)]
-    if -1 in dims:
-        known = [d for d in dims if d != -1]
-        dims[dims.index(-1)] = _quotient(shape, known, described)
+    result = [shape[i] if isinstance(d, int) and d == 0 else d for i, d in enumerate(target)]
+    if -1 in result:
+        known = [d for d in result if d != -1]
+        result[result.index(-1)] = _quotient(shape, known, described)
     else:
-        require_same_size(shape, dims, described)
-    return tuple(dims)
+        require_same_size(shape, result, described)
+    return tuple(result)
 
 
 def require_same_size(shape, target, described: str) -> None:
-    """Raise when both shapes are numbers and their element counts differ; with symbols the
-    counts may still agree at run time (`[B, 6]` and `[6]` when B is 1), so they pass."""
-    if all(isinstance(d, int) for d in (*shape, *target)) and prod(shape) != prod(target):
-        raise OpTypeError(f"{described}: {prod(shape)} elements cannot become {prod(target)}")
+    """Raise when the element counts provably differ; counts that may agree at run time
+    (`[B, 6]` and `[N]`) pass, and the run checks them."""
+    if UNKNOWN in shape or UNKNOWN in target:
+        return
+    have, want = dims.product(shape), dims.product(target)
+    if dims.provably_different(have, want):
+        raise OpTypeError(f"{described}: {have} elements cannot become {want}")
 
 
 def _quotient(numerator, denominator, described) -> Dim:
-    """prod(numerator) / prod(denominator) as a dim: a number, a symbol, or UNKNOWN."""
+    """prod(numerator) / prod(denominator) as a dim (reshape's -1)."""
     if UNKNOWN in numerator or UNKNOWN in denominator:
         return UNKNOWN
-    top = Counter(d for d in numerator if isinstance(d, str))
-    bottom = Counter(d for d in denominator if isinstance(d, str))
-    top_count = prod(d for d in numerator if isinstance(d, int))
-    bottom_count = prod(d for d in denominator if isinstance(d, int))
-    symbolic = bool(top or bottom)
-    if bottom - top or bottom_count == 0 or top_count % bottom_count:
-        if symbolic:
-            return UNKNOWN
-        raise OpTypeError(f"{described}: {top_count} elements do not divide into "
+    top, bottom = dims.product(numerator), dims.product(denominator)
+    if isinstance(top, int) and isinstance(bottom, int) and (bottom == 0 or top % bottom):
+        raise OpTypeError(f"{described}: {top} elements do not divide into "
                           f"{format_shape(denominator)}")
-    left_over = top - bottom
-    count = top_count // bottom_count
-    if not left_over:
-        return count
-    (symbol, power), *others = left_over.items()
-    return symbol if count == 1 and power == 1 and not others else UNKNOWN
+    if bottom == 0:
+        raise OpTypeError(f"{described}: a dim of 0 leaves nothing to divide by")
+    return dims.floordiv(top, bottom)
 
 
 # ---- concat, slice, take ----------------------------------------------------------------------
 
 def concat_shape(shapes, axis: int) -> tuple[Dim, ...]:
-    """numpy.concatenate's shape rule; the joined dim is UNKNOWN unless every part is a number."""
+    """numpy.concatenate's shape rule: the joined dim is the sum of the parts'."""
     listed = " and ".join(format_shape(s) for s in shapes)
     ranks = {len(s) for s in shapes}
     if len(ranks) != 1 or 0 in ranks:
         raise OpTypeError(f"concat needs operands of one rank of at least 1, got {listed}")
     axis = normalize_axis(axis, len(shapes[0]))
     result = []
-    for i, dims in enumerate(zip(*shapes)):
+    for i, parts in enumerate(zip(*shapes)):
         if i == axis:
-            result.append(sum(dims) if all(isinstance(d, int) for d in dims) else UNKNOWN)
+            result.append(_sum(parts))
             continue
-        known = {d for d in dims if d != UNKNOWN}
+        known = {d for d in parts if d != UNKNOWN}
         if len(known) > 1:
             raise OpTypeError(f"concat along axis {axis} needs equal dims elsewhere, got "
                               f"{listed} (axis {i} differs)")
@@ -197,12 +194,49 @@ def sliced_shape(shape, starts, ends, axes, steps) -> tuple[Dim, ...]:
     return tuple(result)
 
 
-def _sliced_dim(dim: Dim, start: int, end: int, step: int) -> Dim:
-    if isinstance(dim, int):
+def _sum(parts) -> Dim:
+    total = 0
+    for part in parts:
+        total = dims.add(total, part)
+    return total
+
+
+# Bounds at least this large, or this far below zero, mean "past the end" whatever the size
+# (exporters write INT64_MAX, INT32_MAX and the like for an open end).
+FAR = 2**31 - 1
+
+
+def _sliced_dim(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
+    """Python's slice length, `dim` or the bounds being expressions. A symbolic bound is taken
+    to lie within the axis; a number that numpy may clamp to a symbolic size gives UNKNOWN."""
+    if all(isinstance(d, int) for d in (dim, start, end)):
         return len(range(*slice(start, end, step).indices(dim)))
-    whole_forward = (start, end, step) == (0, TO_END, 1)
-    whole_backward = (start, end, step) == (TO_END, TO_START, -1)
-    return dim if whole_forward or whole_backward else UNKNOWN
+    if dim == UNKNOWN:
+        return UNKNOWN
+    forward = step > 0
+    before_start = 0 if forward else -1
+    first = _position(dim, start, None if forward else dims.sub(dim, 1), before_start)
+    stop = _position(dim, end, dim if forward else None, before_start)
+    if UNKNOWN in (first, stop):
+        return UNKNOWN
+    span = dims.sub(stop, first) if forward else dims.sub(first, stop)
+    return dims.ceildiv(span, abs(step))
+
+
+def _position(dim: Dim, bound: Dim, clamp_high: Dim | None, before_start: int) -> Dim:
+    """A slice bound on an axis of symbolic size `dim`, as a position: a symbolic bound as it
+    is, one from the end counted back from `dim`, a huge one (exporters' INT64_MAX for "to the
+    end") as the end or `before_start`. `clamp_high` is where numpy clamps a bound past the
+    end; a positive number it might clamp to a symbolic size cannot be stated (UNKNOWN)."""
+    if not isinstance(bound, int):
+        return bound
+    if bound <= -FAR:
+        return before_start
+    if bound < 0:
+        return dims.add(dim, bound)
+    if bound >= FAR:
+        return clamp_high if clamp_high is not None else dim
+    return bound if clamp_high is None or bound == 0 else UNKNOWN
 
 
 def taken_shape(shape, indices_shape, axis: int) -> tuple[Dim, ...]:
@@ -241,17 +275,26 @@ def check_window_attrs(op: str, rank: int, strides, pads, dilations=None, kernel
                           f"axis' begin, then each one's end), got {list(pads)}")
 
 
-def conv_output_dim(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
-                    dilation: int = 1) -> int:
+def conv_output_dim(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                    dilation: int = 1) -> Dim:
     """How many windows of a convolution fit along one axis of the padded input."""
-    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+    span = dims.add(size, pad_begin + pad_end - dilation * (kernel - 1) - 1)
+    return dims.add(dims.floordiv(span, stride), 1)
 
 
-def pool_output_dim(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
-                    ceil_mode: bool) -> int:
+def pool_output_dim(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                    ceil_mode: bool) -> Dim:
     """How many windows of a pooling fit along one axis. In ceil mode a last, partial window
     counts too, unless it would start past the input and its begin padding (PyTorch's rule,
-    and ONNX's from opset 22)."""
+    and ONNX's from opset 22); over a symbolic size that exception is decided only where it
+    cannot arise (no begin padding, a stride within the kernel), else the dim is UNKNOWN."""
+    if not isinstance(size, int):
+        span = dims.add(size, pad_begin + pad_end - kernel)
+        if not ceil_mode:
+            return dims.add(dims.floordiv(span, stride), 1)
+        if pad_begin == 0 and stride <= kernel:
+            return dims.add(dims.ceildiv(span, stride), 1)
+        return UNKNOWN
     span = size + pad_begin + pad_end - kernel
     count = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (count - 1) * stride >= size + pad_begin:

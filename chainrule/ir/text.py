@@ -21,6 +21,7 @@ from .graph import Graph, InitSpec, Node, Param, Value
 from .init import check_init
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
 from .shapes import OpTypeError
+from . import dims
 from .types import UNKNOWN, TensorType
 
 # An imported model's locations read `FILE.onnx:NODE`: ONNX nodes have names, not lines.
@@ -73,6 +74,24 @@ class _Literals(Transformer_NonRecursive):
     def unknown_dim(self, _):
         return UNKNOWN
 
+    def dim_add(self, children):
+        return dims.add(*children)
+
+    def dim_sub(self, children):
+        return dims.sub(*children)
+
+    def dim_mul(self, children):
+        return dims.mul(*children)
+
+    def dim_floordiv(self, children):
+        return dims.floordiv(*children)
+
+    def dim_mod(self, children):
+        return dims.mod(*children)
+
+    def dim_neg(self, children):
+        return dims.neg(children[0])
+
     def none_value(self, _):
         return None
 
@@ -99,6 +118,10 @@ def _literal(tree: Tree, filename: str):
     try:
         return _Literals(filename).transform(tree)
     except VisitError as error:  # lark wraps what its callbacks raise: an integer too large
+        if isinstance(error.orig_exc, dims.NotADim):
+            line, column = getattr(tree.meta, "line", 0), getattr(tree.meta, "column", 0)
+            raise ChainruleError(f"the dim {error.orig_exc}",
+                                 SourceLoc(filename, line, column)) from None
         raise error.orig_exc from None
 
 

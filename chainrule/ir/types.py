@@ -14,9 +14,11 @@ NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "bool": n
 # what imports it, need not load onnx.
 ONNX_DTYPES = {"f32": 1, "f64": 11, "i64": 7, "bool": 9}
 
-# A dim is an int, a symbolic name such as "B", or UNKNOWN when the program leaves it open.
-Dim = int | str
+# A dim is an int, a symbolic name such as "B", an expression over names (dims.DimExpr:
+# `B*H`, `S-1`), or UNKNOWN when no expression can say it.
+Dim = object
 UNKNOWN = "?"
+
 
 
 def dtype_of_numpy(dtype: np.dtype) -> str:

@@ -324,8 +324,7 @@ def _col2im(ctx):
     flat = np.ravel_multi_index(tuple(np.clip(position, 0, None)), image, mode="clip")
     target = np.arange(channels).reshape(channels, 1, 1) * pixels + flat  # [C, size, blocks]
     target = np.where(inside, target, channels * pixels).reshape(-1)
-    slots = ctx.emit("fill", ctx.constant(0.0, x), x, shape=(-1, channels * pixels + 1),
-                     axes=(0,))
+    slots = ctx.emit("fill", ctx.constant(0.0, x), shape=(x.type.shape[0], channels * pixels + 1))
     summed = ctx.emit("scatter_add", ctx.emit("reshape", x, shape=(0, -1)),
                       ctx.known_tensor(target, "col2im_positions"), slots, axis=1)
     kept = ctx.emit("slice", summed, starts=(0,), ends=(channels * pixels,), axes=(1,),

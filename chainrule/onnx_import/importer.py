@@ -602,13 +602,6 @@ class Importer:
             outputs.append(value)
         return outputs
 
-    def dim_source(self, dim: str) -> tuple[Value, int]:
-        """An input whose type declares the symbolic `dim`, and the axis where."""
-        for value in self.graph.inputs:
-            if dim in value.type.shape:
-                return value, value.type.shape.index(dim)
-        raise Unsupported(f"no input declares the dim {dim}")
-
     def is_initializer(self, name: str) -> bool:
         return name in self.initializers
 

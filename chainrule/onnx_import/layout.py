@@ -240,14 +240,11 @@ def _pad(ctx):
 
 @converter("ConstantOfShape")
 def _constant_of_shape(ctx):
-    """A shape with symbolic dims (or too large to fold): a fill that reads each dim off an
-    input that declares it, as the DSL's zeros((B, 4)) does."""
+    """A shape with symbolic dims (or too large to fold): a fill, as the DSL's zeros((B, 4))
+    is."""
     shape = _static_shape(ctx, 0, "ConstantOfShape's shape")
     scalar = ctx.known_tensor(fill_value(ctx), ctx.node.output[0])
-    sources = [ctx.importer.dim_source(dim) for dim in shape if isinstance(dim, str)]
-    return [ctx.emit("fill", scalar, *(source for source, _ in sources),
-                     shape=tuple(-1 if isinstance(d, str) else d for d in shape),
-                     axes=tuple(axis for _, axis in sources))]
+    return [ctx.emit("fill", scalar, shape=tuple(shape))]
 
 
 @converter("Range")

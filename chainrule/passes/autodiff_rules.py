@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ..ir import GraphBuilder, Node, Value
+from ..ir import ChainruleError, GraphBuilder, Node, Value, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END, compose_perms, is_identity_perm, normalize_axes
 
@@ -325,9 +325,8 @@ def _broadcast_like(bw, g, x, like, out):
 
 
 @vjp("fill")
-def _fill(bw, g, value, *sources_and_out, shape, axes):
-    sources = sources_and_out[:-1]  # only their shapes are read
-    return (bw.emit("sum", g) if bw.wants(value) else None,) + (None,) * len(sources)
+def _fill(bw, g, value, out, shape):
+    return (bw.emit("sum", g) if bw.wants(value) else None,)
 
 
 @vjp("broadcast_to")
@@ -440,13 +439,21 @@ def _train_or_eval(bw, g, train, evaluate, out):
 # derivative in x is conv_transpose(g, w) and in w conv_weight_grad(x, g), so the derivatives of
 # each are the other two, and derivatives of any order need no other op.
 
-def _restoring_padding(x, kernel, window) -> tuple:
+def _restoring_padding(bw, x, kernel, window) -> tuple:
     """conv_transpose's output padding that gives back x's spatial sizes: the rows past the
-    last window of a convolution over x, which no window reads."""
+    last window of a convolution over x, which no window reads. Over a symbolic size with a
+    stride it depends on the size, and an output padding is a number (in ONNX too)."""
     rank, pads = len(kernel), window["pads"]
-    return tuple((n + b + e - d * (k - 1) - 1) % s for n, k, s, b, e, d in zip(
+    padding = tuple(dims.mod(dims.add(n, b + e - d * (k - 1) - 1), s) for n, k, s, b, e, d in zip(
         x.type.shape[2:], kernel, window["strides"], pads[:rank], pads[rank:],
         window["dilations"], strict=True))
+    unknown = [str(p) for p in padding if not isinstance(p, int)]
+    if unknown:
+        symbols = sorted(set().union(*(dims.symbols(n) for n in x.type.shape[2:])))
+        raise ChainruleError(f"the gradient of a strided {bw.node.op} over {x.type} depends on "
+                             f"its spatial size ({', '.join(unknown)} rows past the last "
+                             f"window); fix it with --dim {symbols[0]}=N", bw.node.loc)
+    return padding
 
 
 @vjp("conv")
@@ -455,7 +462,7 @@ def _conv(bw, g, x, w, out, **window):
     grad_x = grad_w = None
     if bw.wants(x):
         grad_x = bw.emit("conv_transpose", g, w,
-                         output_padding=_restoring_padding(x, kernel, window), **window)
+                         output_padding=_restoring_padding(bw, x, kernel, window), **window)
     if bw.wants(w):
         grad_w = bw.emit("conv_weight_grad", x, g, kernel=kernel, **window)
     return grad_x, grad_w
@@ -474,7 +481,7 @@ def _conv_weight_grad(bw, g, x, output_grad, out, kernel, **window):
     grad_x = grad_output = None
     if bw.wants(x):
         grad_x = bw.emit("conv_transpose", output_grad, g,
-                         output_padding=_restoring_padding(x, kernel, window), **window)
+                         output_padding=_restoring_padding(bw, x, kernel, window), **window)
     if bw.wants(output_grad):
         grad_output = bw.emit("conv", x, g, **window)
     return grad_x, grad_output
