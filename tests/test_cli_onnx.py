@@ -100,7 +100,7 @@ def test_check_lists_every_problem_downstream_ones_included_with_its_hint(tmp_pa
                               mode="area", nearest_mode="middle"),
              helper.make_node("Shape", ["x"], ["x_shape"]),
              helper.make_node("Expand", ["ones", "x_shape"], ["z"], name="to_batch")]
-    ones = helper.make_tensor("ones", TensorProto.FLOAT, [1, 1, 2, 2], [1.0] * 4)
+    ones = helper.make_tensor("ones", TensorProto.FLOAT, [2, 1, 2, 2], [1.0] * 8)
     # The failed node's output type, declared as exporters declare intermediate values.
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["B", 1, 2, 2])
     model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y, z], [scales, ones],
@@ -118,8 +118,8 @@ def test_check_lists_every_problem_downstream_ones_included_with_its_hint(tmp_pa
         f"'linear', 'cubic')",
         f"{path}:downstream: note: Resize: attribute nearest_mode='middle' (supported: "
         f"'round_prefer_floor', 'round_prefer_ceil', 'floor', 'ceil')",
-        f"{path}:to_batch: note: Expand: Expand of f32[1, 1, 2, 2] to ['B', 1, 2, 2] "
-        f"(hint: fix the dim with --dim B=2)",
+        f"{path}:to_batch: note: Expand: Expand of f32[2, 1, 2, 2] to [B, 1, 2, 2]: 2 against "
+        f"B cannot be decided when the model is imported (hint: fix the dim with --dim B=2)",
         f"{path}: note: the model needs ONNX ops chainrule does not import: Sinh"]
 
 

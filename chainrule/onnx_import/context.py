@@ -7,10 +7,10 @@ import numpy as np
 from onnx import helper, numpy_helper
 from onnx.checker import ValidationError
 
-from ..ir import ChainruleError, GraphBuilder, Value
+from ..ir import ChainruleError, GraphBuilder, Value, dims
 from ..ir.limits import type_size_problem
 from ..ir.ops import rule_table
-from ..ir.types import UNKNOWN, TensorType, dtype_of_numpy
+from ..ir.types import TensorType, dtype_of_numpy
 
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
@@ -30,19 +30,28 @@ class Unsupported(Exception):
         self.hint = hint
 
 
-def dim_hint(dims) -> str | None:
-    """What fixes a problem with symbolic dims: giving each its size (2 stands for it). A dim
-    left UNKNOWN has no name to give a size to."""
-    symbols = sorted({str(d) for d in dims if isinstance(d, str) and d != UNKNOWN})
+def dim_hint(items) -> str | None:
+    """What fixes a problem with symbolic dims (`B`, `B*4`): giving each symbol its size (2
+    stands for it). A dim left UNKNOWN has no name to give a size to."""
+    symbols = sorted(symbols_in(items))
     if not symbols:
         return None
     flags = " ".join(f"--dim {symbol}=2" for symbol in symbols)
     return f"fix the dim{'s' if len(symbols) > 1 else ''} with {flags}"
 
 
+def symbols_in(items) -> set[str]:
+    """The symbols the dims among `items` are written with (other items are skipped)."""
+    found = set()
+    for item in items:
+        if dims.is_symbolic(item):
+            found |= dims.symbols(item)
+    return found
+
+
 class Known:
     """A value known when the model is imported: a numpy array, or for shapes with symbolic
-    dims an object array holding ints and dim names (`[B, 6, 16]`)."""
+    dims an object array holding ints and dim expressions (`[B, 6, 16]`, `[B*4, S, 4]`)."""
 
     __slots__ = ("array",)
 
@@ -100,9 +109,24 @@ class NodeContext:
             raise self.not_constant(index, what)
         if known.symbolic:
             raise Unsupported(f"{what} (input '{self.node.input[index]}') depends on the "
-                              f"symbolic dims {_symbols(known.array)}",
+                              f"symbolic dims {', '.join(sorted(symbols_in(known.array.ravel())))}",
                               hint=dim_hint(known.array.ravel()))
         return known.array
+
+    def static_dims(self, index: int, what: str, default=None) -> tuple | None:
+        """Input `index` as dims known at import time (a shape, a slice's bounds): ints and,
+        where the exporter computed them from a symbolic shape, dim expressions."""
+        if not self.has_input(index):
+            return default
+        known = self.importer.static_value(self.node.input[index])
+        if known is None:
+            raise self.not_constant(index, what)
+        values = known.array.ravel().tolist()
+        if known.array.dtype.kind not in "iuO" or \
+                not all(dims.is_symbolic(v) or isinstance(v, int) for v in values):
+            raise Unsupported(f"{what} (input '{self.node.input[index]}') must be integers, "
+                              f"not {values[:8]}")
+        return tuple(dims.canonical(v) for v in values)
 
     def not_constant(self, index: int, what: str) -> Unsupported:
         name = self.node.input[index]
@@ -262,10 +286,6 @@ class NodeContext:
 
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.importer.is_used(self.node.output[index])
-
-
-def _symbols(array: np.ndarray) -> str:
-    return ", ".join(sorted({str(v) for v in array.ravel() if isinstance(v, str)}))
 
 
 def tensor_array(tensor, what: str) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 Exporters compute a reshape's target from `Shape`, `Gather`, `Concat` and friends. chainrule
 graphs have static attributes, so these chains are evaluated here, with numpy, on constants.
-A symbolic dim (the batch `B`) rides along as its name in an object array, so `[B, 6, 16]`
-can become a reshape that keeps the input's dim. A folder returns None when its inputs are not
-all known; the node is then converted to IR instead, if it can be.
+A symbolic dim rides along in an object array as a dim expression (`dims.Symbol("B")`, or a
+`DimExpr` such as `B*4`), so `Mul(Shape(x)[0], 4)` folds to `B*4` and `[B*4, S, 4]` becomes a
+reshape op's shape. What only the run can decide (`B == 1`) is not folded: the node is reported
+with a `--dim` hint. A folder returns None when its inputs are not all known, or when its
+result would have a symbolic size (`Range(0, S)`); the node is then converted to IR instead.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import math
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..ir import dims
 from ..ir.ops import rule_table
 from ..ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 from .context import Known, Unsupported, dim_hint, tensor_array
@@ -25,10 +28,23 @@ FOLD_LIMIT = 1 << 16
 
 
 def shape_of(shape) -> np.ndarray:
-    """A shape as a folded value: int64 when every dim is a number, else an object array."""
+    """A shape as a folded value: int64 when every dim is a number, else an object array of
+    ints and dim expressions."""
     if all(isinstance(d, int) for d in shape):
         return np.array(shape, dtype=np.int64)
-    return np.array(list(shape), dtype=object)
+    return _dim_array([_arithmetic(d) for d in shape])
+
+
+def _dim_array(items) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items  # element by element: numpy would read a DimExpr as a sequence
+    return array
+
+
+def _arithmetic(dim):
+    """A canonical dim in the form numpy's object arithmetic computes with: a bare symbol's
+    name becomes a `dims.Symbol`."""
+    return dims.Symbol(dim) if isinstance(dim, str) else dim
 
 
 def known_inputs(ctx) -> list[np.ndarray | None] | None:
@@ -57,17 +73,30 @@ def _is_symbolic(array) -> bool:
 
 
 def _tidy(array) -> Known:
-    """Back to int64 once no symbolic dim is left."""
+    """Each dim in canonical form (`B*4//4` is `B`), and back to int64 once no symbolic dim is
+    left."""
     array = Known(array).array
-    if array.dtype == object and not any(isinstance(v, str) for v in array.ravel()):
-        return Known(array.astype(np.int64))
-    return Known(array)
+    if array.dtype != object:
+        return Known(array)
+    canonical = [_canonical_item(v) for v in array.ravel()]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in canonical):
+        return Known(np.array(canonical, dtype=np.int64).reshape(array.shape))
+    if all(isinstance(v, bool) for v in canonical):
+        return Known(np.array(canonical, dtype=bool).reshape(array.shape))
+    return Known(_dim_array([_arithmetic(v) for v in canonical]).reshape(array.shape))
+
+
+def _canonical_item(item):
+    if isinstance(item, (bool, np.bool_)):
+        return bool(item)
+    return dims.canonical(item)
 
 
 # ---- the shape of a value ---------------------------------------------------------------------
 
 def symbolic_shape(value_type: TensorType) -> np.ndarray:
-    """A value's shape as a Known array: ints where sizes are known, names where symbolic."""
+    """A value's shape as a Known array: ints where sizes are known, dim expressions where
+    symbolic."""
     if UNKNOWN in value_type.shape:
         raise Unsupported(f"the shape {value_type.shape} has a dim no name describes")
     return shape_of(value_type.shape)
@@ -85,11 +114,8 @@ def _shape(ctx):
 
 @folder("Size")
 def _size(ctx):
-    shape = ctx.type_of(0).shape
-    if not all(isinstance(d, int) for d in shape):
-        raise Unsupported(f"Size of a value of symbolic shape {list(shape)}",
-                          hint=dim_hint(shape))
-    return [Known(np.array(math.prod(shape), dtype=np.int64))]
+    size = dims.product(symbolic_shape(ctx.type_of(0)))
+    return [_tidy(np.array(_arithmetic(size), dtype=object))]
 
 
 @folder("Constant")
@@ -118,11 +144,8 @@ def _foldable(function):
     return fold
 
 
-def _numbers_only(op, *arrays):
-    symbolic = [a for a in arrays if a is not None and _is_symbolic(a)]
-    if symbolic:
-        raise Unsupported(f"{op} of a shape holding symbolic dims",
-                          hint=dim_hint(np.concatenate([a.ravel() for a in symbolic])))
+def _any_symbolic(*arrays) -> bool:
+    return any(a is not None and _is_symbolic(a) for a in arrays)
 
 
 @folder("Identity")
@@ -142,9 +165,9 @@ def _cast(ctx, x):
         raise Unsupported(f"Cast to {TensorProto.DataType.Name(to)}")
     ctx.attr("saturate")
     if _is_symbolic(x):
-        if target != np.int64:
-            _numbers_only("Cast", x)
-        return [Known(x)]
+        # Dims stay dims as integers; as floats (an attention scale) they are computed at run
+        # time, by the Cast converter.
+        return [Known(x)] if np.dtype(target).kind in "iu" else None
     return [Known(x.astype(target))]
 
 
@@ -157,9 +180,7 @@ def _cast_like(ctx):
     ctx.attr("saturate")
     target = NUMPY_DTYPES[ctx.type_of(1).dtype]
     if known.symbolic:
-        if target != np.int64:
-            _numbers_only("CastLike", known.array)
-        return [known]
+        return [known] if np.dtype(target).kind in "iu" else None
     return [Known(known.array.astype(target))]
 
 
@@ -207,6 +228,8 @@ def _squeeze(ctx, x, axes=None):
 @folder("Slice")
 @_foldable
 def _slice(ctx, x, starts, ends, axes=None, steps=None):
+    if _any_symbolic(starts, ends, axes, steps):
+        return None  # a slice of symbolic size: the slice op, with dim bounds
     axes = range(len(starts)) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
     index = [slice(None)] * x.ndim
@@ -219,7 +242,8 @@ def _slice(ctx, x, starts, ends, axes=None, steps=None):
 @_foldable
 def _reshape(ctx, x, shape):
     ctx.attr("allowzero")
-    _numbers_only("Reshape", shape)
+    if _any_symbolic(shape):
+        return None  # a result of symbolic size: the reshape op
     target = [x.shape[i] if d == 0 else int(d) for i, d in enumerate(shape)]
     return [Known(x.reshape(target))]
 
@@ -248,7 +272,8 @@ def fill_value(ctx) -> np.ndarray:
 @folder("Range")
 @_foldable
 def _range(ctx, start, limit, delta):
-    _numbers_only("Range", start, limit, delta)
+    if _any_symbolic(start, limit, delta):
+        return None  # a symbolic count: the arange op
     return [range_values(start, limit, delta)]
 
 
@@ -270,38 +295,120 @@ def range_values(start, limit, delta) -> Known:
 
 
 def _elementwise(function):
-    """A numpy function applied to known arrays; shapes with symbolic dims go through the
-    identities a symbol obeys (B * 1, B + 0, B // 1, B == B)."""
+    """A numpy function applied to known arrays; where dims are symbolic, element by element
+    with the dims' arithmetic and what can be proven about them (`B*4`, `S+1 > S`)."""
     @_foldable
     def fold(ctx, *arrays):
         shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
         if _too_large(shape):
             return None
-        if not any(_is_symbolic(a) for a in arrays):
+        if not _any_symbolic(*arrays):
             return [Known(np.asarray(function(*arrays)))]
+        if any(np.asarray(a).dtype.kind == "f" for a in arrays):
+            return None  # dims among floats: computed at run time
         columns = [np.broadcast_to(np.asarray(a, dtype=object), shape).ravel() for a in arrays]
-        results = [_symbolic_op(ctx.node.op_type, *items) for items in zip(*columns)]
-        return [_tidy(np.array(results, dtype=object).reshape(shape))]
+        results = [_symbolic_op(ctx.node.op_type, function, *map(_canonical_item, items))
+                   for items in zip(*columns, strict=True)]
+        result = np.empty(len(results), dtype=object)
+        result[:] = results
+        return [_tidy(result.reshape(shape))]
     return fold
 
 
-def _symbolic_op(op_type, *items):
-    if all(isinstance(i, (int, np.integer)) for i in items):
-        return int(ELEMENTWISE[op_type](*(np.int64(i) for i in items)))
-    a, b = items[0], items[-1]
-    if op_type == "Mul" and (a == 1 or b == 1):
-        return b if a == 1 else a
-    if op_type in ("Add", "Sub") and b == 0 or op_type == "Add" and a == 0:
-        return a if b == 0 else b
-    if op_type == "Div" and b == 1:
-        return a
-    if op_type == "Equal":
-        return a == b if isinstance(a, str) and isinstance(b, str) else False
-    if op_type == "Where":
-        return items[1] if items[0] else items[2]
-    if op_type in ("Max", "Min") and a == b:
-        return a
-    raise Unsupported(f"{op_type} of the symbolic dims {items}", hint=dim_hint(items))
+def _symbolic_op(op_type, function, *items):
+    """One element of an elementwise op where a dim is symbolic; Unsupported, with a --dim
+    hint, where the answer depends on the dims' sizes (`B == 1`)."""
+    if all(isinstance(i, int) for i in items):
+        return np.asarray(function(*(np.int64(i) for i in items))).item()
+    result = SYMBOLIC[op_type](*items) if op_type in SYMBOLIC else None
+    if result is None:
+        shown = ", ".join(map(str, items))
+        raise Unsupported(f"{op_type} of the dims {shown} cannot be decided when the model is "
+                          f"imported", hint=dim_hint(items))
+    return result
+
+
+def _nonnegative(dim) -> bool:
+    """Whether a dim is provably >= 0: a polynomial with no negative coefficient over symbols
+    (sizes) and quotients of such polynomials."""
+    if isinstance(dim, int):
+        return dim >= 0
+    if isinstance(dim, str):
+        return True
+    return all(coefficient >= 0 and all(_nonnegative_atom(atom) for atom, _ in monomial)
+               for monomial, coefficient in dim.terms)
+
+
+def _nonnegative_atom(atom) -> bool:
+    if isinstance(atom, str):
+        return True
+    return all(_nonnegative(dims.canonical(dims.DimExpr(side)))
+               for side in (atom.numerator, atom.denominator))
+
+
+def _at_least(a, b, strictly: bool = False) -> bool:
+    """Whether a >= b (a > b when `strictly`) whatever sizes the symbols have."""
+    difference = dims.sub(a, b)
+    if strictly:
+        difference = dims.sub(difference, 1)  # dims are integers
+    return _nonnegative(difference)
+
+
+def _decided(true: bool, false: bool) -> bool | None:
+    return True if true else False if false else None
+
+
+def _equal(a, b):
+    return _decided(a == b, dims.provably_different(a, b) or _at_least(a, b, True)
+                    or _at_least(b, a, True))
+
+
+def _less(a, b):
+    return _decided(_at_least(b, a, True), _at_least(a, b))
+
+
+def _less_or_equal(a, b):
+    return _decided(_at_least(b, a), _at_least(a, b, True))
+
+
+def _larger(a, b):
+    return a if _at_least(a, b) else b if _at_least(b, a) else None
+
+
+def _smaller(a, b):
+    return b if _at_least(a, b) else a if _at_least(b, a) else None
+
+
+def _floor_divide(a, b):
+    """ONNX's integer Div truncates; on dims, which are sizes (>= 0), that is floor division."""
+    return dims.floordiv(a, b) if _nonnegative(a) and _at_least(b, 1) else None
+
+
+def _remainder(a, b):
+    return dims.mod(a, b) if _nonnegative(a) and _at_least(b, 1) else None
+
+
+def _absolute(a):
+    return a if _nonnegative(a) else dims.neg(a) if _nonnegative(dims.neg(a)) else None
+
+
+def _reduce(pick):
+    def reduce(*items):
+        result = items[0]
+        for item in items[1:]:
+            result = None if result is None else pick(result, item)
+        return result
+    return reduce
+
+
+# Elementwise ops on dims: each returns None where only the run can decide.
+SYMBOLIC = {"Add": dims.add, "Sub": dims.sub, "Mul": dims.mul, "Div": _floor_divide,
+            "Mod": _remainder, "Neg": dims.neg, "Abs": _absolute,
+            "Equal": _equal, "Less": _less, "LessOrEqual": _less_or_equal,
+            "Greater": lambda a, b: _less(b, a),
+            "GreaterOrEqual": lambda a, b: _less_or_equal(b, a),
+            "Where": lambda condition, a, b: a if condition else b,
+            "Max": _reduce(_larger), "Min": _reduce(_smaller)}
 
 
 def _divide(a, b):
@@ -323,19 +430,21 @@ for _op_type, _function in ELEMENTWISE.items():
 
 
 @folder("Mod")
-@_foldable
-def _mod(ctx, a, b):
-    _numbers_only("Mod", a, b)
-    if _too_large(np.broadcast_shapes(a.shape, b.shape)):
-        return None
-    with np.errstate(divide="ignore", invalid="ignore"):  # x mod 0: ONNX leaves it undefined
-        return [Known(np.asarray(np.fmod(a, b) if ctx.attr("fmod", 0) else np.mod(a, b)))]
+def _mod(ctx):
+    """np.mod (or np.fmod) on numbers; on dims, which are >= 0, the two agree."""
+    function = np.fmod if ctx.attr("fmod", 0) else np.mod
+
+    def modulo(a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):  # x mod 0: ONNX leaves it undefined
+            return function(a, b)
+    return _elementwise(modulo)(ctx)
 
 
 @folder("Expand")
 @_foldable
 def _expand(ctx, x, shape):
-    _numbers_only("Expand", x, shape)
+    if _any_symbolic(shape):
+        return None  # a result of symbolic size: broadcast_to
     target = np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))
     if _too_large(target):
         return None
@@ -352,8 +461,7 @@ def _transpose(ctx, x):
 @folder("ReduceProd")
 @_foldable
 def _reduce_prod(ctx, x, axes=None):
-    _numbers_only("ReduceProd", x)
     keepdims = bool(ctx.attr("keepdims", 1))
     ctx.attr("noop_with_empty_axes")
     axes = None if axes is None or len(axes) == 0 else tuple(int(a) for a in axes)
-    return [Known(np.prod(x, axis=axes, keepdims=keepdims))]
+    return [_tidy(np.prod(x, axis=axes, keepdims=keepdims))]

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, file_error
+from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, dims, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.types import ONNX_DTYPES, TensorType, is_float
@@ -548,14 +548,11 @@ class Importer:
         it is (a tensor is made once per name, and the value stays known for folding), or
         None for a constant a converter made, which `hint` names."""
         what = name or hint
+        loc = ctx.loc if ctx else None
         if known.symbolic:
-            symbols = sorted({str(v) for v in known.array.ravel() if isinstance(v, str)})
-            raise Unsupported(f"the shape value '{what}' holds the symbolic dims "
-                              f"{', '.join(symbols)} and is used as a tensor",
-                              hint=dim_hint(symbols))
+            return self.dims_tensor(known.array, what, loc)
         array = known.array
         dtype = dtype_of_array(array)
-        loc = ctx.loc if ctx else None
         if array.size == 0:
             raise Unsupported(f"the empty constant '{what}' (chainrule refuses empty tensors)")
         first = array.flat[0]
@@ -572,6 +569,29 @@ class Importer:
             self.constants[name] = self.constant_tensor(name, array, loc)
             self.names[name] = self.constants[name].name
         return self.constants[name]
+
+    def dims_tensor(self, array: np.ndarray, what: str, loc) -> Value:
+        """A folded shape that holds symbolic dims (`[B, S*4]`), as the i64 tensor the run
+        computes: each dim d is the element count of arange(d)."""
+        if array.ndim > 1:
+            raise Unsupported(f"the shape value '{what}' of rank {array.ndim} holds symbolic "
+                              f"dims and is used as a tensor",
+                              hint=dim_hint(array.ravel()))
+        elements = []
+        for dim in map(dims.canonical, array.ravel()):
+            if dims.is_symbolic(dim):
+                count = self.builder.emit("arange", (), {"n": dim}, loc=loc)
+                element = self.builder.emit("numel", (count,), {"dtype": "i64"}, loc=loc)
+            else:
+                element = self.builder.constant(dim, "i64", loc=loc)
+            elements.append(element)
+        if array.ndim == 0:
+            return elements[0]
+        columns = [self.builder.emit("unsqueeze", (e,), {"axes": (0,)}, loc=loc)
+                   for e in elements]
+        if len(columns) == 1:
+            return columns[0]
+        return self.builder.emit("concat", tuple(columns), {"axis": 0}, loc=loc)
 
     def constant_tensor(self, hint: str, array: np.ndarray, loc) -> Value:
         """A frozen param holding `array`; params are floats, so integers and bools are held

@@ -1,57 +1,34 @@
 """The ONNX op table, shapes and indexing: reshapes, slices, gathers, padding and friends.
 
 Their shape-like inputs (a Reshape's shape, a Slice's bounds) must be known at import time;
-folding.py computes them when an exporter builds them from `Shape` chains. A symbolic dim in a
-target shape becomes ONNX's own 0 (copy the input dim) or -1 (whatever is left).
+folding.py computes them when an exporter builds them from `Shape` chains, as dim expressions
+where they depend on symbolic dims (`[B*4, S, 4]`), which the ops' shape attributes take.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..ir import compositions
+from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values
 
 
-def _static_shape(ctx, index, what):
-    """A shape input that may hold symbolic dims, as a list of ints and dim names."""
-    known = ctx.importer.static_value(ctx.node.input[index])
-    if known is None:
-        raise ctx.not_constant(index, what)
-    dims = known.array.ravel().tolist()
-    if known.array.dtype.kind not in "iuO" or \
-            not all(isinstance(d, (str, int, np.integer)) for d in dims):
-        raise Unsupported(f"{what} (input '{ctx.node.input[index]}') must be integers, not "
-                          f"{dims[:8]}")
-    return [d if isinstance(d, str) else int(d) for d in dims]
-
-
-def _reshape_target(x, target, allowzero):
-    """ONNX's target shape in the reshape op's terms: symbolic dims as 0 or -1."""
+def _reshape_target(target, allowzero):
+    """ONNX's target shape in the reshape op's terms, which are ONNX's own: 0 copies the input
+    dim, one -1 takes whatever is left."""
     if allowzero and 0 in target:
         raise Unsupported("Reshape with allowzero=1 and a 0 dim (empty tensors)")
-    result = []
-    for axis, dim in enumerate(target):
-        if isinstance(dim, str):
-            same = axis < x.type.rank and x.type.shape[axis] == dim
-            result.append(0 if same else -1)
-        else:
-            result.append(dim)
-    if result.count(-1) > 1:
-        raise Unsupported(f"Reshape to {target}: more than one dim is unknown",
-                          hint=dim_hint(target))
-    return tuple(result)
+    if target.count(-1) > 1:
+        raise Unsupported(f"Reshape to {list(map(str, target))}: more than one dim is -1")
+    return target
 
 
 @converter("Reshape")
 def _reshape(ctx):
     x = ctx.input(0)
-    target = _reshape_target(x, _static_shape(ctx, 1, "Reshape's shape"),
-                             ctx.attr("allowzero", 0))
+    target = _reshape_target(ctx.static_dims(1, "Reshape's shape"), ctx.attr("allowzero", 0))
     return [ctx.emit("reshape", x, shape=target)]
 
 
@@ -61,14 +38,11 @@ def _flatten(ctx):
     axis = ctx.attr("axis", 1)
     axis = axis + x.type.rank if axis < 0 else axis  # ONNX counts -1 as the last axis
     before, after = x.type.shape[:axis], x.type.shape[axis:]
-    sizes = [math.prod(dims) if all(isinstance(d, int) for d in dims) else -1
-             for dims in (before, after)]
-    if sizes == [-1, -1]:
-        if len(before) != 1:
-            raise Unsupported(f"Flatten of {x.type} at axis {axis}: both sides have "
-                              f"symbolic dims", hint=dim_hint(x.type.shape))
-        sizes[0] = 0  # the one symbolic dim before the axis is kept
-    return [ctx.emit("reshape", x, shape=tuple(sizes))]
+    sizes = [dims.product(part) for part in (before, after)]
+    if sizes.count(UNKNOWN) > 1:
+        raise Unsupported(f"Flatten of {x.type} at axis {axis}: both sides have dims no name "
+                          f"describes")
+    return [ctx.emit("reshape", x, shape=tuple(-1 if s == UNKNOWN else s for s in sizes))]
 
 
 @converter("Transpose")
@@ -124,13 +98,18 @@ def _split(ctx):
 @converter("Slice")
 def _slice(ctx):
     x = ctx.input(0)
-    starts = ctx.static_ints(1, "Slice's starts")
-    ends = ctx.static_ints(2, "Slice's ends")
+    starts = ctx.static_dims(1, "Slice's starts")
+    ends = ctx.static_dims(2, "Slice's ends")
     axes = ctx.static_ints(3, "Slice's axes", tuple(range(len(starts))))
     steps = ctx.static_ints(4, "Slice's steps", (1,) * len(starts))
-    clamp = lambda v: min(max(v, TO_START), TO_END)  # noqa: E731  int64's ends stay in range
-    return [ctx.emit("slice", x, starts=tuple(map(clamp, starts)), ends=tuple(map(clamp, ends)),
-                     axes=tuple(axes), steps=tuple(steps))]
+    return [ctx.emit("slice", x, starts=tuple(map(_clamped, starts)),
+                     ends=tuple(map(_clamped, ends)), axes=tuple(axes), steps=tuple(steps))]
+
+
+def _clamped(bound):
+    """A slice bound within what the slice op takes: int64's open ends stay in range; a
+    symbolic bound (`S`) is taken as it is."""
+    return min(max(bound, TO_START), TO_END) if isinstance(bound, int) else bound
 
 
 def _indices(ctx, index, size):
@@ -164,24 +143,27 @@ def _gather_elements(ctx):
 def _broadcast_target(x, target):
     """Expand's bidirectional broadcast as broadcast_to's target (-1 keeps x's dim)."""
     rank = max(len(target), x.type.rank)
-    dims = [1] * (rank - x.type.rank) + list(x.type.shape)
+    have_dims = [1] * (rank - x.type.rank) + list(x.type.shape)
     target = [1] * (rank - len(target)) + list(target)
     result = []
-    for axis, (have, want) in enumerate(zip(dims, target, strict=True)):
+    for axis, (have, want) in enumerate(zip(have_dims, target, strict=True)):
         keep = axis >= rank - x.type.rank
         if want == 1 or want == have:
             result.append(-1 if keep else 1)
-        elif have == 1 and not isinstance(want, str):
+        elif have == 1:
             result.append(want)
         else:
-            raise Unsupported(f"Expand of {x.type} to {target}", hint=dim_hint((have, want)))
+            shown = ", ".join(map(str, target))
+            raise Unsupported(f"Expand of {x.type} to [{shown}]: {have} against {want} cannot "
+                              f"be decided when the model is imported",
+                              hint=dim_hint((have, want)))
     return tuple(result)
 
 
 @converter("Expand")
 def _expand(ctx):
     x = ctx.input(0)
-    target = _broadcast_target(x, _static_shape(ctx, 1, "Expand's shape"))
+    target = _broadcast_target(x, ctx.static_dims(1, "Expand's shape"))
     if all(d == -1 for d in target) and len(target) == x.type.rank:
         return [x]
     return [ctx.emit("broadcast_to", x, shape=target)]
@@ -242,17 +224,33 @@ def _pad(ctx):
 def _constant_of_shape(ctx):
     """A shape with symbolic dims (or too large to fold): a fill, as the DSL's zeros((B, 4))
     is."""
-    shape = _static_shape(ctx, 0, "ConstantOfShape's shape")
+    shape = ctx.static_dims(0, "ConstantOfShape's shape")
     scalar = ctx.known_tensor(fill_value(ctx), ctx.node.output[0])
-    return [ctx.emit("fill", scalar, shape=tuple(shape))]
+    return [ctx.emit("fill", scalar, shape=shape)]
+
+
+RANGE_BOUNDS = ("Range's start", "Range's limit", "Range's delta")
 
 
 @converter("Range")
 def _range(ctx):
-    """A Range whose bounds are known folds (folding.py); any other cannot be shaped."""
-    bounds = [ctx.static_scalar(index, what) for index, what in
-              enumerate(("Range's start", "Range's limit", "Range's delta"))]
-    return [range_values(*bounds)]
+    """A Range of known bounds folds (folding.py); an integer one whose limit is a dim (`S`)
+    counts `(limit - start) / delta` values, rounded up, with the arange op."""
+    if ctx.type_of(0).dtype != "i64":
+        return [range_values(*(ctx.static_scalar(index, what)
+                               for index, what in enumerate(RANGE_BOUNDS)))]
+    start, limit, delta = (ctx.require_length(ctx.static_dims(index, what), 1, what)[0]
+                           for index, what in enumerate(RANGE_BOUNDS))
+    if not (isinstance(start, int) and isinstance(delta, int) and delta > 0):
+        raise Unsupported(f"Range from {start} to {limit} by {delta} (a symbolic Range takes "
+                          f"a number start and a positive number delta)",
+                          hint=dim_hint((start, limit, delta)))
+    values = ctx.emit("arange", n=dims.ceildiv(dims.sub(limit, start), delta))
+    if delta != 1:
+        values = ctx.emit("mul", values, ctx.constant(delta, values))
+    if start:
+        values = ctx.emit("add", values, ctx.constant(start, values))
+    return [values]
 
 
 @converter("Trilu")

@@ -2,14 +2,16 @@
 each output's nearest input positions (clamped at the edges) and a weighted sum, with
 positions and weights computed here with numpy from the known shapes, scales and sizes. They
 follow ONNX's own definition (onnx/reference/ops/op_resize.py): source coordinates per
-coordinate_transformation_mode, weighted by the nearest, linear or cubic kernel."""
+coordinate_transformation_mode, weighted by the nearest, linear or cubic kernel. Axes left as
+they are (the batch, the channels) may be symbolic; a resized axis has known sizes."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ..ir.types import NUMPY_DTYPES
+from ..ir import dims
+from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .context import Unsupported, converter, dim_hint
 from .folding import FOLD_LIMIT
 
@@ -116,22 +118,25 @@ def _by_axis(values, axes, rank, fill):
 
 
 def _target(ctx, shape, axes, rank):
-    """The output size and scale of every axis."""
+    """The output size and scale of every axis. An axis left as it is may be symbolic (the
+    batch): its size is its own and its scale 1."""
     scales = ctx.static(2, "Resize's scales")
-    sizes = ctx.static(3, "Resize's sizes")
+    sizes = ctx.static_dims(3, "Resize's sizes", ())
     policy = ctx.require_attr("keep_aspect_ratio_policy", ("stretch", "not_larger",
                                                            "not_smaller"), "stretch")
-    if sizes is not None and sizes.size:
-        sizes = ctx.require_length(ctx.static_ints(3, "Resize's sizes"), len(axes),
-                                   "Resize's sizes")
+    if sizes:
+        sizes = ctx.require_length(sizes, len(axes), "Resize's sizes")
         wanted = _by_axis(sizes, axes, rank, shape)
-        factors = [out / size for out, size in zip(wanted, shape, strict=True)]
+        factors = [_ratio(out, size) for out, size in zip(wanted, shape, strict=True)]
         if policy == "stretch":
             return wanted, factors
+        resized = [a for a in axes if wanted[a] != shape[a]]
+        _require_known(ctx, shape, wanted, resized)
         pick = min if policy == "not_larger" else max
-        scale = pick(factors[a] for a in axes)
-        return ([int(scale * shape[a] + 0.5) if a in axes else shape[a] for a in range(rank)],
-                [scale if a in axes else 1.0 for a in range(rank)])
+        scale = pick(factors[a] for a in resized) if resized else 1.0
+        return ([int(scale * shape[a] + 0.5) if a in resized else shape[a]
+                 for a in range(rank)],
+                [scale if a in resized else 1.0 for a in range(rank)])
     if scales is None or scales.size == 0:
         raise Unsupported("Resize needs scales or sizes")
     scales = ctx.require_length(scales.astype(np.float32).ravel().tolist(), len(axes),
@@ -139,8 +144,31 @@ def _target(ctx, shape, axes, rank):
     if not all(0 < scale < math.inf for scale in scales):
         raise Unsupported(f"Resize's scales {list(scales)} (each must be positive and finite)")
     factors = _by_axis(scales, axes, rank, [1.0] * rank)
-    wanted = [int(factor * size) for factor, size in zip(factors, shape, strict=True)]
+    wanted = [size if factor == 1.0 else int(factor * size) if isinstance(size, int) else
+              dims.mul(size, int(factor)) if float(factor).is_integer() else UNKNOWN
+              for factor, size in zip(factors, shape, strict=True)]
     return wanted, factors
+
+
+def _ratio(size_out, size_in) -> float | None:
+    """An axis's scale from its sizes: 1 where they are the same dim, None where they are
+    symbolic and differ."""
+    if size_out == size_in:
+        return 1.0
+    if isinstance(size_out, int) and isinstance(size_in, int):
+        return size_out / size_in
+    return None
+
+
+def _require_known(ctx, shape, wanted, axes) -> None:
+    """The resized axes' sizes, in and out: the interpolation weights are computed here."""
+    symbolic = [a for a in axes if not (isinstance(shape[a], int) and
+                                        isinstance(wanted[a], int))]
+    if symbolic:
+        described = ", ".join(f"axis {a} from {shape[a]} to {wanted[a]}" for a in symbolic)
+        raise Unsupported(f"Resize of {described} (the sizes of a resized axis must be "
+                          f"known)", hint=dim_hint([shape[a] for a in symbolic] +
+                                                   [wanted[a] for a in symbolic]))
 
 
 @converter("Resize")
@@ -152,9 +180,6 @@ def _resize(ctx):
     transform = ctx.require_attr("coordinate_transformation_mode", TRANSFORMS, "half_pixel")
     antialias = bool(ctx.attr("antialias", 0))
     nearest_mode = ctx.require_attr("nearest_mode", NEAREST_MODES, "round_prefer_floor")
-    if not all(isinstance(d, int) for d in shape):
-        raise Unsupported(f"Resize of {x.type} (the sizes must be known)",
-                          hint=dim_hint(shape))
     if x.type.dtype not in ("f32", "f64"):
         raise Unsupported(f"Resize of {x.type.dtype} tensors (chainrule interpolates floats)")
     axes = ctx.attr("axes")
@@ -182,20 +207,24 @@ def _resize(ctx):
     else:
         roi = [(0.0, 1.0)] * rank
     sizes, scales = _target(ctx, list(shape), axes, rank)
+    crops = {axis: roi[axis] if transform == "tf_crop_and_resize" else (0.0, 1.0)
+             for axis in axes}
+    # ONNX leaves an axis alone where its scale is 1, its size stays and nothing is cropped.
+    resized = [axis for axis in axes if not (
+        scales[axis] is not None and math.isclose(scales[axis], 1.0) and
+        sizes[axis] == shape[axis] and np.allclose(crops[axis], (0.0, 1.0)))]
+    _require_known(ctx, shape, sizes, resized)
     ctx.require_size(x.type.dtype, sizes)
 
     outside = None
-    for axis in axes:
+    for axis in resized:
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
         if size_out < 1:
             raise Unsupported(f"Resize to size {size_out} (chainrule refuses empty tensors)")
         if size_out > FOLD_LIMIT:  # each output position's weights are computed here
             raise Unsupported(f"Resize to size {size_out:,} along axis {axis} (at most "
                               f"{FOLD_LIMIT:,})")
-        crop = roi[axis] if transform == "tf_crop_and_resize" else (0.0, 1.0)
-        if math.isclose(scale, 1.0) and size_out == size_in and \
-                np.allclose(crop, (0.0, 1.0)):
-            continue  # ONNX leaves such an axis alone
+        crop = crops[axis]
         positions, weights, extrapolated = _axis_weights(size_in, size_out, scale, crop,
                                                          coefficients, transform,
                                                          exclude_outside)
