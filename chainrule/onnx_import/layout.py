@@ -12,7 +12,7 @@ from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .context import Unsupported, converter, dim_hint
-from .folding import fill_value, range_values
+from .folding import fill_value, range_values, shape_of
 
 
 def _reshape_target(target, allowzero):
@@ -373,13 +373,14 @@ def _flat_positions(ctx, data, indices):
     flattened (negative indices counted from the end), and data so flattened."""
     depth = ctx.require_rank(indices, 1, what="indices").type.shape[-1]
     leading = data.type.shape[:depth] if isinstance(depth, int) else ()
-    if not leading or not all(isinstance(d, int) for d in leading):
+    if not leading or UNKNOWN in leading:
         raise Unsupported(f"{ctx.node.op_type} of {data.type} at indices {indices.type} (the "
-                          f"indexed dims must be known)")
-    sizes = ctx.known_tensor(np.array(leading, dtype=np.int64), "sizes")
+                          f"indexed dims must be known or named)")
+    # Symbolic sizes and strides (`[B, S]`, `[S, 1]`) are computed at run time.
+    sizes = ctx.known_tensor(shape_of(leading), "sizes")
     wrapped = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
                        ctx.emit("add", indices, sizes), indices)
-    strides = np.cumprod((leading[1:] + (1,))[::-1])[::-1].astype(np.int64)
+    strides = shape_of([dims.product(leading[axis + 1:]) for axis in range(len(leading))])
     positions = ctx.emit("sum", ctx.emit("mul", wrapped, ctx.known_tensor(strides, "strides")),
                          axes=(-1,), keepdims=False)
     flat = ctx.emit("reshape", data, shape=(-1,) + tuple(data.type.shape[depth:]))
