@@ -163,6 +163,26 @@ def dim_name(name: str) -> str:
     return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"d_{cleaned}"
 
 
+# A dim_param that names one symbol (`batch`, `batch.size`); anything else is an expression
+# (`2*s0`, `s0 + 1`) or no name at all (`?`, `-1`).
+SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def declared_dim(dim_param: str, fresh: str):
+    """An input's dim as its dim_param declares it: a symbol, an expression the dynamo
+    exporter writes (`2*s0`) over symbols, or, where it names nothing, the fresh symbol
+    `fresh`."""
+    if SYMBOL_NAME.fullmatch(dim_param):
+        return dim_name(dim_param)
+    try:
+        expression = dims.parse(dim_param)
+    except dims.NotADim:
+        return fresh
+    if isinstance(expression, int):
+        return fresh  # `-1`, `0`: no size a dim can be
+    return dims.substitute(expression, {s: dim_name(s) for s in dims.symbols(expression)})
+
+
 class Importer:
     def __init__(self, model: onnx.ModelProto, file: str, *, trainable=None, freeze=(),
                  dims=None):
@@ -278,9 +298,9 @@ class Importer:
             if dim.HasField("dim_value"):
                 shape.append(int(dim.dim_value))
             else:
-                symbol = dim_name(dim.dim_param) if dim.dim_param else \
-                    dim_name(f"{identifier(info.name)}_{axis}")
-                shape.append(self.dims.get(symbol, symbol))
+                fresh = dim_name(f"{identifier(info.name)}_{axis}")
+                declared = declared_dim(dim.dim_param, fresh) if dim.dim_param else fresh
+                shape.append(dims.substitute(declared, self.dims))
         value_type = TensorType(DTYPE_OF_ONNX[tensor.elem_type], tuple(shape))
         if 0 in shape:  # only a constant may be empty (axes, pads: none of them)
             raise Unsupported(f"the empty input {value_type} (chainrule refuses empty tensors "

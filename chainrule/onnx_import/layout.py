@@ -255,14 +255,26 @@ def _range(ctx):
 
 @converter("Trilu")
 def _trilu(ctx):
-    """x where a constant triangular mask of its last two dims holds, else 0."""
+    """x where a triangular mask of its last two dims holds, else 0: a constant for known
+    dims, computed from the positions (arange) for symbolic ones (a causal mask over S)."""
     x = ctx.require_rank(ctx.input(0), 2)
     rows, columns = x.type.shape[-2:]
+    k = ctx.static_int(1, "Trilu's k", 0)
+    upper = ctx.attr("upper", 1)
     if not isinstance(rows, int) or not isinstance(columns, int):
-        raise Unsupported(f"Trilu of {x.type} (the last two dims must be known)")
+        if UNKNOWN in (rows, columns):
+            raise Unsupported(f"Trilu of {x.type} (its last two dims must be known or named)")
+        row = ctx.emit("unsqueeze", ctx.emit("arange", n=rows), axes=(1,))
+        column = ctx.emit("unsqueeze", ctx.emit("arange", n=columns), axes=(0,))
+        diagonal = ctx.emit("sub", column, row)  # which diagonal each element is on
+        # Past 2**31 diagonals every size chainrule takes keeps all or none.
+        k = min(max(k, -2 ** 31), 2 ** 31)
+        keep = ctx.emit("greater_equal" if upper else "less_equal", diagonal,
+                        ctx.constant(k, diagonal))
+        return [ctx.emit("where", keep, x, ctx.constant(0, x))]
     # Past the matrix's corners, every diagonal keeps all or none of it.
-    k = min(max(ctx.static_int(1, "Trilu's k", 0), -rows), columns)
-    triangle = np.triu if ctx.attr("upper", 1) else np.tril
+    k = min(max(k, -rows), columns)
+    triangle = np.triu if upper else np.tril
     mask = triangle(np.ones((rows, columns), dtype=bool), k)
     zero = ctx.constant(0, x)
     if mask.all():

@@ -1,0 +1,383 @@
+"""Shape arithmetic over symbolic dims, as exporters write it, imported without --dim: each
+pattern folds into dim expressions (`B*4`, `S+1`, `S//2`) or runs as the ops that take them
+(arange, fill, broadcast_to, reshape and slice with symbolic shapes), and the import computes
+what onnxruntime computes on the original model at two sizes. Then every dynamic-shape fixture
+(tests/fixtures/onnx/dynamic/, made by make_dynamic_fixtures.py) at both of its batches."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import chainrule
+from chainrule.ir import print_graph
+from chainrule.onnx_import import UnsupportedModel
+from support.numeric import assert_close
+from support.onnx_models import model_of
+from support.paths import ROOT
+
+DYNAMIC = ROOT / "tests" / "fixtures" / "onnx" / "dynamic"
+FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
+# Two sizes of the symbolic dims: B=3, S=5 and B=2, S=7.
+SIZES = ({"B": 3, "S": 5}, {"B": 2, "S": 7})
+
+
+def session(model) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def assert_matches_onnxruntime(proto, feeds_at, sizes=SIZES, tolerance=1e-6):
+    """The model imported once, without --dim, against onnxruntime on the original at each of
+    the sizes (`feeds_at(B=..., S=...)` makes the inputs), on both backends."""
+    model = chainrule.import_onnx(proto)
+    reference = session(proto)
+    for size in sizes:
+        feeds = feeds_at(**size)
+        expected = reference.run(None, feeds)
+        ir_feeds = {model.onnx_names[name]: array for name, array in feeds.items()}
+        for backend in ("numpy", "onnxruntime"):
+            results = model.run(backend=backend, **ir_feeds)
+            for info, value in zip(reference.get_outputs(), expected, strict=True):
+                ours = results[model.onnx_names[info.name]]
+                assert ours.shape == value.shape, (backend, size, info.name)
+                assert_close(ours, value, tolerance, what=f"{info.name} ({backend}, {size})")
+    return model
+
+
+def floats(*shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def ints(*values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), f"c{values}")
+
+
+def shape_dim(source, axis, name):
+    """Nodes computing `name` = Shape(source)[axis] as a 1-element i64 tensor, as exporters do."""
+    return [helper.make_node("Shape", [source], [f"{name}_shape"]),
+            helper.make_node("Gather", [f"{name}_shape", f"at_{axis}"], [f"{name}_0d"]),
+            helper.make_node("Unsqueeze", [f"{name}_0d", "axis_0"], [name])]
+
+
+def indices(*axes):
+    return [numpy_helper.from_array(np.array(a, dtype=np.int64), f"at_{a}") for a in axes] + \
+        [numpy_helper.from_array(np.array([0], dtype=np.int64), "axis_0")]
+
+
+X_BS16 = [("x", FLOAT, ["B", "S", 16])]
+
+
+def x_bs16(B, S):
+    return {"x": floats(B, S, 16)}
+
+
+# ---- arithmetic on dims folds into reshape targets ---------------------------------------------
+
+def test_the_batch_times_the_heads_folds_into_a_reshape():
+    # nn.MultiheadAttention: [B, S, 16] -> [B*4, S, 4], and back through Shape of the result.
+    nodes = shape_dim("x", 0, "b") + shape_dim("x", 1, "s") + [
+        helper.make_node("Mul", ["b", "four"], ["heads"]),
+        helper.make_node("Concat", ["heads", "s", "four"], ["split_shape"], axis=0),
+        helper.make_node("Reshape", ["x", "split_shape"], ["split"]),
+        helper.make_node("Relu", ["split"], ["act"]),
+        helper.make_node("Shape", ["act"], ["act_shape"]),
+        helper.make_node("Gather", ["act_shape", "at_0"], ["bh"]),
+        helper.make_node("Div", ["bh", "four_0d"], ["b_again"]),
+        helper.make_node("Unsqueeze", ["b_again", "axis_0"], ["b_again_1"]),
+        helper.make_node("Concat", ["b_again_1", "s", "sixteen"], ["merge_shape"], axis=0),
+        helper.make_node("Reshape", ["act", "merge_shape"], ["y"])]
+    constants = indices(0, 1) + [numpy_helper.from_array(np.array([4], np.int64), "four"),
+                                 numpy_helper.from_array(np.array(4, np.int64), "four_0d"),
+                                 numpy_helper.from_array(np.array([16], np.int64), "sixteen")]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", "S", 16])], constants)
+    model = assert_matches_onnxruntime(proto, x_bs16)
+    assert "f32[4*B, S, 4]" in print_graph(model.graph)
+
+
+def test_sums_differences_and_quotients_of_dims_fold_into_slice_bounds():
+    # x[:, S//2 - 1 : S - 1]: Sub, Div and Add of dims become the slice op's bounds.
+    nodes = shape_dim("x", 1, "s") + [
+        helper.make_node("Sub", ["s", "one"], ["end"]),
+        helper.make_node("Div", ["s", "two"], ["half"]),
+        helper.make_node("Add", ["half", "minus_one"], ["start"]),
+        helper.make_node("Slice", ["x", "start", "end", "one"], ["y"])]
+    constants = indices(1) + [numpy_helper.from_array(np.array([v], np.int64), name)
+                              for name, v in (("one", 1), ("two", 2), ("minus_one", -1))]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", None, 16])], constants)
+    assert_matches_onnxruntime(proto, x_bs16)
+
+
+def test_size_mod_and_reduce_prod_of_a_symbolic_shape_fold():
+    # Size(x) // 16 rows of 16, checked against ReduceProd of the shape; Mod of the product
+    # by 16 is 0 whatever B and S are, so the Where keeps the first shape.
+    nodes = [helper.make_node("Size", ["x"], ["count"]),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("ReduceProd", ["shape"], ["product"], keepdims=0),
+             helper.make_node("Div", ["count", "sixteen_0d"], ["rows_0d"]),
+             helper.make_node("Mod", ["product", "sixteen_0d"], ["rest"]),
+             helper.make_node("Equal", ["rest", "zero_0d"], ["divides"]),
+             helper.make_node("Unsqueeze", ["rows_0d", "axis_0"], ["rows"]),
+             helper.make_node("Concat", ["rows", "sixteen"], ["flat_shape"], axis=0),
+             helper.make_node("Where", ["divides", "flat_shape", "never"], ["target"]),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    constants = indices() + [
+        numpy_helper.from_array(np.array(16, np.int64), "sixteen_0d"),
+        numpy_helper.from_array(np.array([16], np.int64), "sixteen"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero_0d"),
+        numpy_helper.from_array(np.array([1, -1], np.int64), "never")]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, [None, 16])], constants)
+    assert_matches_onnxruntime(proto, x_bs16)
+
+
+def test_flatten_with_symbolic_dims_on_both_sides_keeps_them_as_products():
+    proto = model_of([helper.make_node("Flatten", ["x"], ["y"], axis=2)],
+                     [("x", FLOAT, ["B", 4, "S"])], [("y", FLOAT, [None, "S"])])
+    model = assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 4, S)})
+    assert "f32[4*B, S]" in print_graph(model.graph)
+
+
+# ---- comparisons decide what is provable --------------------------------------------------------
+
+def test_equal_and_where_replace_minus_ones_in_a_shape_as_transformers_writes_them():
+    # transformers' Expand: Where(Equal(shape, -1), ones, shape), over [B, 1, 1, S+1] for a
+    # mask with a class token in front; S+1 == -1 is false whatever S is.
+    nodes = shape_dim("mask", 0, "b") + shape_dim("mask", 1, "s") + [
+        helper.make_node("Add", ["s", "one"], ["s1"]),
+        helper.make_node("Concat", ["b", "one", "one", "s1"], ["shape"], axis=0),
+        helper.make_node("Equal", ["shape", "minus_ones"], ["unknown"]),
+        helper.make_node("Where", ["unknown", "ones", "shape"], ["target"]),
+        helper.make_node("Pad", ["mask", "pads"], ["with_token"]),
+        helper.make_node("Unsqueeze", ["with_token", "axes_1_2"], ["mask4"]),
+        helper.make_node("Expand", ["mask4", "target"], ["y"])]
+    constants = indices(0, 1) + [
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([0, 1, 0, 0], np.int64), "pads"),
+        numpy_helper.from_array(np.array([-1] * 4, np.int64), "minus_ones"),
+        numpy_helper.from_array(np.array([1] * 4, np.int64), "ones"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes_1_2")]
+    proto = model_of(nodes, [("mask", FLOAT, ["B", "S"])], [("y", FLOAT, ["B", 1, 1, None])],
+                     constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"mask": floats(B, S)})
+
+
+def test_orderings_max_and_min_of_dims_fold_where_they_are_provable():
+    # Max(S, 0) is S, Min(S+1, S) is S, S < S+1 and S+2 >= S: x[:, 0:S] whole.
+    nodes = shape_dim("x", 1, "s") + [
+        helper.make_node("Add", ["s", "one"], ["s1"]),
+        helper.make_node("Add", ["s", "two"], ["s2"]),
+        helper.make_node("Max", ["s", "zero"], ["at_least"]),
+        helper.make_node("Min", ["s1", "at_least"], ["end"]),
+        helper.make_node("Less", ["s", "s1"], ["less"]),
+        helper.make_node("GreaterOrEqual", ["s2", "s"], ["greater"]),
+        helper.make_node("And", ["less", "greater"], ["both"]),
+        helper.make_node("Where", ["both", "end", "one"], ["chosen"]),
+        helper.make_node("Slice", ["x", "zero", "chosen", "one"], ["y"])]
+    constants = indices(1) + [numpy_helper.from_array(np.array([v], np.int64), name)
+                              for name, v in (("zero", 0), ("one", 1), ("two", 2))]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", "S", 16])], constants)
+    assert_matches_onnxruntime(proto, x_bs16)
+
+
+def test_what_only_the_run_can_decide_is_reported_with_the_node_the_dims_and_a_hint():
+    # B == 1 holds for some batches only.
+    nodes = shape_dim("x", 0, "b") + [
+        helper.make_node("Equal", ["b", "one"], ["single"], name="is_single"),
+        helper.make_node("Where", ["single", "one", "b"], ["rows"]),
+        helper.make_node("Concat", ["rows", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"])]
+    constants = indices(0) + [numpy_helper.from_array(np.array([v], np.int64), name)
+                              for name, v in (("one", 1), ("minus_one", -1))]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, None)], constants)
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    [problem] = caught.value.problems
+    assert (problem.op_type, problem.node) == ("Equal", "is_single")
+    assert problem.reason == "Equal of the dims B, 1 cannot be decided when the model is imported"
+    assert problem.hint == "fix the dim with --dim B=2"
+    chainrule.import_onnx(proto, dims={"B": 2})  # and the hint does fix it
+
+
+# ---- the ops whose shapes the dims become --------------------------------------------------------
+
+def test_expand_of_a_class_token_to_the_batch_becomes_broadcast_to():
+    # ViT: the class token [1, 1, 16] expanded to [B, 1, 1] and put in front of the patches.
+    nodes = shape_dim("x", 0, "b") + [
+        helper.make_node("Concat", ["b", "ones"], ["target"], axis=0),
+        helper.make_node("Expand", ["token", "target"], ["tokens"]),
+        helper.make_node("Concat", ["tokens", "x"], ["y"], axis=1)]
+    constants = indices(0) + [numpy_helper.from_array(np.array([1, 1], np.int64), "ones"),
+                              numpy_helper.from_array(floats(1, 1, 16), "token")]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", None, 16])], constants)
+    assert_matches_onnxruntime(proto, x_bs16)
+
+
+def test_constant_of_shape_of_a_dim_expression_becomes_fill():
+    # ones((B, S+1)) added to a padded x.
+    nodes = shape_dim("x", 0, "b") + shape_dim("x", 1, "s") + [
+        helper.make_node("Add", ["s", "one"], ["s1"]),
+        helper.make_node("Concat", ["b", "s1"], ["shape"], axis=0),
+        helper.make_node("ConstantOfShape", ["shape"], ["ones"],
+                         value=numpy_helper.from_array(np.array([1.5], np.float32))),
+        helper.make_node("Pad", ["x", "pads"], ["padded"]),
+        helper.make_node("Add", ["padded", "ones"], ["y"])]
+    constants = indices(0, 1) + [numpy_helper.from_array(np.array([1], np.int64), "one"),
+                                 numpy_helper.from_array(np.array([0, 0, 0, 1], np.int64),
+                                                         "pads")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", "S"])], [("y", FLOAT, ["B", None])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, S)})
+
+
+def test_range_over_a_dim_becomes_arange_with_its_start_and_delta():
+    # Position ids 0..S-1 as transformers write them, and 1, 3, ..., 2S-1 (count (2S-1)/2
+    # rounded up), added to x as floats.
+    nodes = shape_dim("x", 1, "s") + [
+        helper.make_node("Range", ["zero", "s_0d", "one"], ["positions"]),
+        helper.make_node("Mul", ["s_0d", "two"], ["twice"]),
+        helper.make_node("Range", ["one", "twice", "two"], ["odd"]),
+        helper.make_node("Add", ["positions", "odd"], ["both"]),
+        helper.make_node("Cast", ["both"], ["both_f"], to=FLOAT),
+        helper.make_node("Add", ["x", "both_f"], ["y"])]
+    constants = indices(1) + [numpy_helper.from_array(np.array(v, np.int64), name)
+                              for name, v in (("zero", 0), ("one", 1), ("two", 2))]
+    proto = model_of(nodes, [("x", FLOAT, ["B", "S"])], [("y", FLOAT, ["B", "S"])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, S)})
+
+
+def test_position_embeddings_sliced_to_the_sequence_and_gathered():
+    # BERT: position_ids[:, 0:S] of a [1, 32] buffer, then embeddings through Gather.
+    nodes = shape_dim("ids", 1, "s") + [
+        helper.make_node("Slice", ["buffer", "zero", "s", "one"], ["positions"]),
+        helper.make_node("Gather", ["table", "ids"], ["tokens"]),
+        helper.make_node("Gather", ["table", "positions"], ["placed"]),
+        helper.make_node("Add", ["tokens", "placed"], ["y"])]
+    constants = indices(1) + [
+        numpy_helper.from_array(np.arange(32, dtype=np.int64)[None], "buffer"),
+        numpy_helper.from_array(floats(32, 8), "table"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one")]
+    proto = model_of(nodes, [("ids", INT64, ["B", "S"])], [("y", FLOAT, ["B", "S", 8])],
+                     constants)
+    rng = np.random.default_rng(1)
+    assert_matches_onnxruntime(proto, lambda B, S: {"ids": rng.integers(0, 32, (B, S))})
+
+
+def causal_attention(mask_nodes):
+    """Scaled dot-product self-attention of x [B, S, 16] with the causal mask `causal` [S, S]
+    (bool) that `mask_nodes` build, the scale computed from the last dim as exporters do."""
+    return shape_dim("x", 1, "s") + mask_nodes + [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["x", "xt"], ["scores"]),
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Slice", ["x_shape", "minus_one", "end"], ["width"]),
+        helper.make_node("Cast", ["width"], ["width_f"], to=FLOAT),
+        helper.make_node("Sqrt", ["width_f"], ["root"]),
+        helper.make_node("Div", ["scores", "root"], ["scaled"]),
+        helper.make_node("Where", ["causal", "scaled", "lowest"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["weights"], axis=-1),
+        helper.make_node("MatMul", ["weights", "x"], ["y"])]
+
+
+ATTENTION_CONSTANTS = indices(1) + [
+    numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+    numpy_helper.from_array(np.array([2 ** 62], np.int64), "end"),
+    numpy_helper.from_array(np.array(-1e9, np.float32), "lowest"),
+    numpy_helper.from_array(np.array(0, np.int64), "zero"),
+    numpy_helper.from_array(np.array(1, np.int64), "one")]
+
+
+def test_a_causal_mask_from_range_and_less_or_equal():
+    # transformers: keep column j of row i where j <= i.
+    mask = [helper.make_node("Range", ["zero", "s_0d", "one"], ["positions"]),
+            helper.make_node("Unsqueeze", ["positions", "axis_0"], ["columns"]),
+            helper.make_node("Unsqueeze", ["positions", "axis_1"], ["rows"]),
+            helper.make_node("LessOrEqual", ["columns", "rows"], ["causal"])]
+    constants = ATTENTION_CONSTANTS + [
+        numpy_helper.from_array(np.array([1], np.int64), "axis_1")]
+    proto = model_of(causal_attention(mask), X_BS16, [("y", FLOAT, ["B", "S", 16])],
+                     constants)
+    assert_matches_onnxruntime(proto, x_bs16, tolerance=1e-5)
+
+
+def test_a_causal_mask_from_trilu_of_ones_over_the_sequence():
+    mask = [helper.make_node("Concat", ["s", "s"], ["square"], axis=0),
+            helper.make_node("ConstantOfShape", ["square"], ["ones"],
+                             value=numpy_helper.from_array(np.array([1], np.int64))),
+            helper.make_node("Trilu", ["ones"], ["lower"], upper=0),
+            helper.make_node("Cast", ["lower"], ["causal"], to=TensorProto.BOOL)]
+    proto = model_of(causal_attention(mask), X_BS16, [("y", FLOAT, ["B", "S", 16])],
+                     ATTENTION_CONSTANTS)
+    assert_matches_onnxruntime(proto, x_bs16, tolerance=1e-5)
+
+
+def test_gather_nd_indexes_symbolic_leading_dims():
+    # The dynamo exporter's mask lookup: mask[b, s] at indices [..., 2].
+    nodes = [helper.make_node("GatherND", ["mask", "where"], ["picked"]),
+             helper.make_node("Cast", ["picked"], ["y"], to=FLOAT)]
+    proto = model_of(nodes, [("mask", TensorProto.BOOL, ["B", "S"]),
+                             ("where", INT64, [4, 2])], [("y", FLOAT, [4])])
+    rng = np.random.default_rng(2)
+    assert_matches_onnxruntime(proto, lambda B, S: {
+        "mask": rng.random((B, S)) > 0.5,
+        "where": np.stack([rng.integers(0, B, 4), rng.integers(-S, S, 4)], axis=1)})
+
+
+def test_resize_with_sizes_from_the_shape_resizes_only_the_spatial_axes():
+    # UNet's Upsample: sizes = Concat(Shape(x)[:2], [8, 8]) over x [B, 2, 4, 4].
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "two"], ["kept"]),
+             helper.make_node("Concat", ["kept", "spatial"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                              coordinate_transformation_mode="pytorch_half_pixel",
+                              cubic_coeff_a=-0.75, nearest_mode="floor")]
+    constants = [numpy_helper.from_array(np.array(v, np.int64), name)
+                 for name, v in (("zero", [0]), ("two", [2]), ("spatial", [8, 8]))]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, 4, 4])], [("y", FLOAT, ["B", 2, 8, 8])],
+                     constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 4, 4)}, tolerance=1e-5)
+
+
+# ---- dims the inputs declare ---------------------------------------------------------------------
+
+def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():
+    # The dynamo exporter writes `2*s0`; a dim with no name at all is still a dim of its own.
+    nodes = [helper.make_node("Concat", ["x", "x"], ["twice"], axis=0),
+             helper.make_node("Add", ["twice", "doubled"], ["y"]),
+             helper.make_node("Shape", ["loose"], ["loose_shape"]),
+             helper.make_node("Reshape", ["loose", "loose_shape"], ["z"])]
+    proto = model_of(nodes, [("x", FLOAT, ["s0", 4]), ("doubled", FLOAT, ["2*s0", 4]),
+                             ("loose", FLOAT, [None, 3])],
+                     [("y", FLOAT, ["2*s0", 4]), ("z", FLOAT, [None, 3])])
+    model = assert_matches_onnxruntime(proto, lambda B, S: {
+        "x": floats(B, 4), "doubled": floats(2 * B, 4), "loose": floats(S, 3)})
+    declared = {value.name: value.type.shape for value in model.graph.inputs}
+    assert str(declared[model.onnx_names["doubled"]][0]) == "2*s0"
+    assert declared[model.onnx_names["loose"]][0] == "loose_0"
+
+
+# ---- the fixtures ---------------------------------------------------------------------------------
+
+FIXTURES = sorted(path.stem for path in DYNAMIC.glob("*.npz"))
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_every_dynamic_fixture_imports_without_dims_and_matches_onnxruntime_at_both_batches(
+        name):
+    path = str(DYNAMIC / f"{name}.onnx")
+    with np.load(DYNAMIC / f"{name}.npz", allow_pickle=False) as data:
+        batches = [{key.removeprefix(prefix): data[key] for key in data.files
+                    if key.startswith(prefix)} for prefix in ("input/", "alt/input/")]
+    model = chainrule.import_onnx(path)
+    reference = session(path)
+    for feeds in batches:
+        expected = dict(zip((o.name for o in reference.get_outputs()),
+                            reference.run(None, feeds), strict=True))
+        ir_feeds = {model.onnx_names[key]: value for key, value in feeds.items()}
+        for backend in ("numpy", "onnxruntime"):
+            results = model.run(backend=backend, **ir_feeds)
+            for output, value in expected.items():
+                assert_close(results[model.onnx_names[output]], value, 1e-4,
+                             what=f"{name} {output} ({backend})")
