@@ -232,15 +232,17 @@ def test_constant_of_shape_of_a_dim_expression_becomes_fill():
 
 
 def test_range_over_a_dim_becomes_arange_with_its_start_and_delta():
-    # Position ids 0..S-1 as transformers write them, and 1, 3, ..., 2S-1 (count (2S-1)/2
-    # rounded up), added to x as floats.
+    # Position ids 0..S-1 as transformers write them, 1, 3, ..., 2S-1 (count (2S-1)/2
+    # rounded up) and S..2S-1 (after S cached positions), added to x as floats.
     nodes = shape_dim("x", 1, "s") + [
         helper.make_node("Range", ["zero", "s_0d", "one"], ["positions"]),
         helper.make_node("Mul", ["s_0d", "two"], ["twice"]),
         helper.make_node("Range", ["one", "twice", "two"], ["odd"]),
+        helper.make_node("Range", ["s_0d", "twice", "one"], ["after_cache"]),
         helper.make_node("Add", ["positions", "odd"], ["both"]),
-        helper.make_node("Cast", ["both"], ["both_f"], to=FLOAT),
-        helper.make_node("Add", ["x", "both_f"], ["y"])]
+        helper.make_node("Add", ["both", "after_cache"], ["all"]),
+        helper.make_node("Cast", ["all"], ["all_f"], to=FLOAT),
+        helper.make_node("Add", ["x", "all_f"], ["y"])]
     constants = indices(1) + [numpy_helper.from_array(np.array(v, np.int64), name)
                               for name, v in (("zero", 0), ("one", 1), ("two", 2))]
     proto = model_of(nodes, [("x", FLOAT, ["B", "S"])], [("y", FLOAT, ["B", "S"])], constants)

@@ -379,13 +379,23 @@ def _smaller(a, b):
     return b if _at_least(a, b) else a if _at_least(b, a) else None
 
 
+def _divisible(a, b) -> bool:
+    """Whether a // b and a % b are ONNX's (truncating) and defined: a >= 0, and b a size that
+    is not 0 (a symbolic divisor of size 0 fails at run time as it does in onnxruntime)."""
+    return _nonnegative(a) and _nonnegative(b) and b != 0
+
+
 def _floor_divide(a, b):
     """ONNX's integer Div truncates; on dims, which are sizes (>= 0), that is floor division."""
-    return dims.floordiv(a, b) if _nonnegative(a) and _at_least(b, 1) else None
+    return dims.floordiv(a, b) if _divisible(a, b) else None
 
 
 def _remainder(a, b):
-    return dims.mod(a, b) if _nonnegative(a) and _at_least(b, 1) else None
+    return dims.mod(a, b) if _divisible(a, b) else None
+
+
+def _where(condition, a, b):
+    return (a if condition else b) if isinstance(condition, bool) else None
 
 
 def _absolute(a):
@@ -407,7 +417,7 @@ SYMBOLIC = {"Add": dims.add, "Sub": dims.sub, "Mul": dims.mul, "Div": _floor_div
             "Equal": _equal, "Less": _less, "LessOrEqual": _less_or_equal,
             "Greater": lambda a, b: _less(b, a),
             "GreaterOrEqual": lambda a, b: _less_or_equal(b, a),
-            "Where": lambda condition, a, b: a if condition else b,
+            "Where": _where,
             "Max": _reduce(_larger), "Min": _reduce(_smaller)}
 
 

@@ -234,22 +234,21 @@ RANGE_BOUNDS = ("Range's start", "Range's limit", "Range's delta")
 
 @converter("Range")
 def _range(ctx):
-    """A Range of known bounds folds (folding.py); an integer one whose limit is a dim (`S`)
-    counts `(limit - start) / delta` values, rounded up, with the arange op."""
+    """A Range of known bounds folds (folding.py); an integer one over dims (`0` to `S`, `P`
+    to `P+S`) counts `(limit - start) / delta` values, rounded up, with the arange op."""
     if ctx.type_of(0).dtype != "i64":
         return [range_values(*(ctx.static_scalar(index, what)
                                for index, what in enumerate(RANGE_BOUNDS)))]
     start, limit, delta = (ctx.require_length(ctx.static_dims(index, what), 1, what)[0]
                            for index, what in enumerate(RANGE_BOUNDS))
-    if not (isinstance(start, int) and isinstance(delta, int) and delta > 0):
-        raise Unsupported(f"Range from {start} to {limit} by {delta} (a symbolic Range takes "
-                          f"a number start and a positive number delta)",
-                          hint=dim_hint((start, limit, delta)))
+    if not (isinstance(delta, int) and delta > 0):
+        raise Unsupported(f"Range from {start} to {limit} by {delta} (a Range over dims takes "
+                          f"a positive number delta)", hint=dim_hint((start, limit, delta)))
     values = ctx.emit("arange", n=dims.ceildiv(dims.sub(limit, start), delta))
     if delta != 1:
         values = ctx.emit("mul", values, ctx.constant(delta, values))
-    if start:
-        values = ctx.emit("add", values, ctx.constant(start, values))
+    if start != 0:
+        values = ctx.emit("add", values, ctx.known_tensor(shape_of([start]), "start"))
     return [values]
 
 
