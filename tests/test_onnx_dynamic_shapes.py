@@ -342,6 +342,22 @@ def test_resize_with_sizes_from_the_shape_resizes_only_the_spatial_axes():
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 4, 4)}, tolerance=1e-5)
 
 
+def test_nearest_resize_by_a_whole_scale_repeats_symbolic_spatial_axes():
+    # Upsample(scale_factor=2) of a fully convolutional net, as the TorchScript exporter writes
+    # it (scales, asymmetric, floor), and sizes computed from the shape (half-pixel, round).
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["by_scales"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Mul", ["shape", "doubled"], ["sizes"]),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["by_sizes"], mode="nearest")]
+    constants = [numpy_helper.from_array(np.array([1, 1, 2, 3], np.float32), "scales"),
+                 numpy_helper.from_array(np.array([1, 1, 2, 2], np.int64), "doubled")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("by_scales", FLOAT, ["B", 2, None, None]),
+                      ("by_sizes", FLOAT, ["B", 2, None, None])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, S + 1)})
+
+
 # ---- dims the inputs declare ---------------------------------------------------------------------
 
 def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():

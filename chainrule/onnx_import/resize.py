@@ -3,7 +3,8 @@ each output's nearest input positions (clamped at the edges) and a weighted sum,
 positions and weights computed here with numpy from the known shapes, scales and sizes. They
 follow ONNX's own definition (onnx/reference/ops/op_resize.py): source coordinates per
 coordinate_transformation_mode, weighted by the nearest, linear or cubic kernel. Axes left as
-they are (the batch, the channels) may be symbolic; a resized axis has known sizes."""
+they are (the batch, the channels) may be symbolic; a resized axis has known sizes, unless
+nearest-neighbour resizing by a whole scale repeats its elements."""
 from __future__ import annotations
 
 import math
@@ -18,6 +19,8 @@ from .folding import FOLD_LIMIT
 TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
               "asymmetric", "tf_crop_and_resize")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+# The transforms that map a whole scale's output i to input (i + 1/2)/scale - 1/2.
+HALF_PIXEL = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel")
 
 
 def _nearest(mode):
@@ -151,13 +154,41 @@ def _target(ctx, shape, axes, rank):
 
 
 def _ratio(size_out, size_in) -> float | None:
-    """An axis's scale from its sizes: 1 where they are the same dim, None where they are
-    symbolic and differ."""
+    """An axis's scale from its sizes: 1 where they are the same dim, a whole number where
+    one is a multiple of the other (`2*H` of `H`), None where symbolic sizes say no more."""
     if size_out == size_in:
         return 1.0
     if isinstance(size_out, int) and isinstance(size_in, int):
         return size_out / size_in
+    if UNKNOWN in (size_out, size_in):
+        return None
+    multiple = dims.floordiv(size_out, size_in)
+    if isinstance(multiple, int) and multiple > 0 and dims.mul(multiple, size_in) == size_out:
+        return float(multiple)
     return None
+
+
+def _repeats(transform, nearest_mode, scale) -> bool:
+    """Whether nearest-neighbour resizing by `scale` repeats each element `scale` times: a
+    whole scale s maps output i = s*j + r to input j + r/s (asymmetric), which floor takes to
+    j, or to j + (r + 1/2)/s - 1/2, strictly within half a step of j (the half-pixel modes),
+    which every rounding takes to j."""
+    if scale is None or not float(scale).is_integer() or scale < 1:
+        return False
+    if transform == "asymmetric":
+        return nearest_mode == "floor"
+    return transform in HALF_PIXEL and nearest_mode.startswith("round")
+
+
+def _repeated_along(ctx, x, axis, times):
+    """Each element of x along `axis` `times` times: [.., H, ..] to [.., H*times, ..]."""
+    spread = ctx.emit("unsqueeze", x, axes=(axis + 1,))
+    target = [-1] * spread.type.rank
+    target[axis + 1] = times
+    spread = ctx.emit("broadcast_to", spread, shape=tuple(target))
+    shape = list(x.type.shape)
+    shape[axis] = dims.mul(shape[axis], times)
+    return ctx.emit("reshape", spread, shape=tuple(shape))
 
 
 def _require_known(ctx, shape, wanted, axes) -> None:
@@ -213,11 +244,17 @@ def _resize(ctx):
     resized = [axis for axis in axes if not (
         scales[axis] is not None and math.isclose(scales[axis], 1.0) and
         sizes[axis] == shape[axis] and np.allclose(crops[axis], (0.0, 1.0)))]
-    _require_known(ctx, shape, sizes, resized)
+    # A symbolic axis resized by repeating its elements needs no weights computed here.
+    repeated = {axis for axis in resized if not isinstance(shape[axis], int) and
+                mode == "nearest" and _repeats(transform, nearest_mode, scales[axis])}
+    _require_known(ctx, shape, sizes, [axis for axis in resized if axis not in repeated])
     ctx.require_size(x.type.dtype, sizes)
 
     outside = None
     for axis in resized:
+        if axis in repeated:
+            x = _repeated_along(ctx, x, axis, int(scales[axis]))
+            continue
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
         if size_out < 1:
             raise Unsupported(f"Resize to size {size_out} (chainrule refuses empty tensors)")
