@@ -315,6 +315,23 @@ def test_a_causal_mask_from_trilu_of_ones_over_the_sequence():
     assert_matches_onnxruntime(proto, x_bs16, tolerance=1e-5)
 
 
+def test_onnx_attention_over_a_symbolic_sequence_with_a_causal_mask():
+    # Opset 23's Attention, as newer exporters write scaled dot-product attention: on 3-D
+    # inputs [B, S, 8] split into 2 heads, and on 4-D ones with a mask of the model's own.
+    nodes = [helper.make_node("Attention", ["x", "x", "x"], ["causal"], is_causal=1,
+                              q_num_heads=2, kv_num_heads=2),
+             helper.make_node("Attention", ["heads", "heads", "heads", "mask"], ["masked"],
+                              is_causal=1)]
+    proto = model_of(nodes, [("x", FLOAT, ["B", "S", 8]), ("heads", FLOAT, ["B", 2, "S", 4]),
+                             ("mask", TensorProto.BOOL, ["S", "S"])],
+                     [("causal", FLOAT, ["B", "S", 8]), ("masked", FLOAT, ["B", 2, "S", 4])],
+                     opset=23)
+    rng = np.random.default_rng(3)
+    assert_matches_onnxruntime(proto, lambda B, S: {
+        "x": floats(B, S, 8), "heads": floats(B, 2, S, 4), "mask": rng.random((S, S)) > 0.3},
+        tolerance=1e-5)
+
+
 def test_gather_nd_indexes_symbolic_leading_dims():
     # The dynamo exporter's mask lookup: mask[b, s] at indices [..., 2].
     nodes = [helper.make_node("GatherND", ["mask", "where"], ["picked"]),

@@ -1,15 +1,18 @@
 """The ONNX op table, attention: ONNX's Attention op as matmuls, a softmax and an additive
 bias of 0 and -inf that masks keys (a causal frontier, a sliding window, padding, the model's
-own mask). Shapes are static, so the causal and window parts are constants built here with
-numpy; only a mask or per-batch lengths given as inputs make the bias a run-time value."""
+own mask). Where the lengths are known, the causal and window parts are constants built here
+with numpy; symbolic lengths (`S`), a mask or per-batch lengths given as inputs make the bias
+a run-time value, computed from the positions."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from ..ir import Value
 from ..ir.types import NUMPY_DTYPES
 from .context import Unsupported, converter
+from .folding import shape_of
 from .importer import DTYPE_OF_ONNX
 
 # qk_matmul_output_mode: which scores the fourth output shows. Modes 0 and 1 both show them
@@ -18,9 +21,12 @@ AFTER_SOFTCAP, WITH_BIAS, AFTER_SOFTMAX = 1, 2, 3
 
 
 def _known_dims(x, what):
-    if not all(isinstance(d, int) for d in x.type.shape[1:]):
-        raise Unsupported(f"Attention's {what} of shape {x.type} (only the batch may be "
-                          f"symbolic)")
+    """x's dims, of which the heads and the head or hidden size must be known: the batch and
+    the length may be symbolic."""
+    sizes = (x.type.shape[1], x.type.shape[-1]) if x.type.rank == 4 else x.type.shape[-1:]
+    if not all(isinstance(d, int) for d in sizes):
+        raise Unsupported(f"Attention's {what} of shape {x.type} (only the batch and the "
+                          f"length may be symbolic)")
     return x.type.shape
 
 
@@ -71,8 +77,10 @@ def _mask_bias(ctx, mask, kv_length, dtype):
         raise Unsupported(f"Attention's attn_mask of dtype {mask.type.dtype} for {dtype} "
                           f"scores")
     width = mask.type.shape[-1]
-    if not isinstance(width, int):
-        raise Unsupported(f"Attention's attn_mask of shape {mask.type}")
+    if width == kv_length:
+        return mask
+    if not (isinstance(width, int) and isinstance(kv_length, int)):
+        raise Unsupported(f"Attention's attn_mask of shape {mask.type} for {kv_length} keys")
     if width < kv_length:
         pads = [0] * 2 * mask.type.rank
         pads[-1] = kv_length - width
@@ -128,14 +136,12 @@ def _attention(ctx):
         bias.add(_mask_bias(ctx, ctx.require_rank(mask, 1, what="attn_mask"), kv_length,
                             dtype))
     # Query i of this block attends key j when j - i <= offset: the keys before the block.
-    distance = np.arange(kv_length)[None, :] - np.arange(q_length)[:, None]
     if lengths is not None:
         if past_key is not None:
             raise Unsupported("Attention with both past_key and nonpad_kv_seqlen")
-        offset = ctx.emit("reshape", ctx.emit("sub", lengths, ctx.constant(q_length, lengths)),
+        offset = ctx.emit("reshape", ctx.emit("sub", lengths, _dim_tensor(ctx, q_length)),
                           shape=(-1, 1, 1, 1))
-        key_positions = ctx.known_tensor(np.arange(kv_length), "key_positions")
-        padded = ctx.emit("less", key_positions,
+        padded = ctx.emit("less", _positions(ctx, kv_length, "key_positions"),
                           ctx.emit("reshape", lengths, shape=(-1, 1, 1, 1)))
         bias.add(_as_bias(ctx, padded, dtype))
     else:
@@ -147,17 +153,18 @@ def _attention(ctx):
         size = ctx.attr(f"{side}_window_size", -1)
         if size >= 0:
             windows.append((side, size))
+    known = all(isinstance(d, int) for d in (offset, q_length, kv_length))
     for side, size in windows:
-        if isinstance(offset, int):
-            after = distance - offset
+        if known:
+            after = np.arange(kv_length)[None, :] - np.arange(q_length)[:, None] - offset
             bias.add_constant(after <= size if side == "right" else -after <= size)
             continue
+        if not isinstance(offset, Value):
+            offset = _dim_tensor(ctx, offset)
         if side == "right":
-            allowed = ctx.emit("less_equal", ctx.known_tensor(distance - size, "distance"),
-                               offset)
+            allowed = ctx.emit("less_equal", _distance(ctx, q_length, kv_length, -size), offset)
         else:
-            allowed = ctx.emit("less_equal", offset,
-                               ctx.known_tensor(distance + size, "distance"))
+            allowed = ctx.emit("less_equal", offset, _distance(ctx, q_length, kv_length, size))
         bias.add(_as_bias(ctx, allowed, dtype))
 
     mode = ctx.require_attr("qk_matmul_output_mode", (0, AFTER_SOFTCAP, WITH_BIAS,
@@ -186,6 +193,30 @@ def _attention(ctx):
         y = ctx.emit("reshape", ctx.emit("transpose", y, perm=(0, 2, 1, 3)),
                      shape=(0, q_length, -1))
     return [y, present_key, present_value, shown]
+
+
+def _positions(ctx, length, hint):
+    """0, 1, ..., length - 1 as an i64 tensor, length known or symbolic."""
+    if isinstance(length, int):
+        return ctx.known_tensor(np.arange(length), hint)
+    return ctx.emit("arange", n=length)
+
+
+def _distance(ctx, q_length, kv_length, shift):
+    """[queries, keys]: key j's position less query i's, plus `shift`; a constant for known
+    lengths."""
+    if isinstance(q_length, int) and isinstance(kv_length, int):
+        distance = np.arange(kv_length)[None, :] - np.arange(q_length)[:, None]
+        return ctx.known_tensor(distance + shift, "distance")
+    keys, queries = _positions(ctx, kv_length, "keys"), _positions(ctx, q_length, "queries")
+    distance = ctx.emit("sub", ctx.emit("unsqueeze", keys, axes=(0,)),
+                        ctx.emit("unsqueeze", queries, axes=(1,)))
+    return ctx.emit("add", distance, ctx.constant(shift, distance)) if shift else distance
+
+
+def _dim_tensor(ctx, dim):
+    """A dim, known or symbolic, as a one-value i64 tensor."""
+    return ctx.known_tensor(shape_of([dim]), "length")
 
 
 def _last_axis(ctx, x, start, end, step=1):
