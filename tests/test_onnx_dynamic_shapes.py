@@ -75,7 +75,7 @@ def x_bs16(B, S):
     return {"x": floats(B, S, 16)}
 
 
-# ---- arithmetic on dims folds into reshape targets ---------------------------------------------
+# ---- arithmetic on dims folds into reshape targets --------------------------------------------
 
 def test_the_batch_times_the_heads_folds_into_a_reshape():
     # nn.MultiheadAttention: [B, S, 16] -> [B*4, S, 4], and back through Shape of the result.
@@ -140,7 +140,7 @@ def test_flatten_with_symbolic_dims_on_both_sides_keeps_them_as_products():
     assert "f32[4*B, S]" in print_graph(model.graph)
 
 
-# ---- comparisons decide what is provable --------------------------------------------------------
+# ---- comparisons decide what is provable ------------------------------------------------------
 
 def test_equal_and_where_replace_minus_ones_in_a_shape_as_transformers_writes_them():
     # transformers' Expand: Where(Equal(shape, -1), ones, shape), over [B, 1, 1, S+1] for a
@@ -201,7 +201,7 @@ def test_what_only_the_run_can_decide_is_reported_with_the_node_the_dims_and_a_h
     chainrule.import_onnx(proto, dims={"B": 2})  # and the hint does fix it
 
 
-# ---- the ops whose shapes the dims become --------------------------------------------------------
+# ---- the ops whose shapes the dims become -----------------------------------------------------
 
 def test_expand_of_a_class_token_to_the_batch_becomes_broadcast_to():
     # ViT: the class token [1, 1, 16] expanded to [B, 1, 1] and put in front of the patches.
@@ -375,7 +375,7 @@ def test_nearest_resize_by_a_whole_scale_repeats_symbolic_spatial_axes():
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, S + 1)})
 
 
-# ---- dims the inputs declare ---------------------------------------------------------------------
+# ---- dims the inputs declare ------------------------------------------------------------------
 
 def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():
     # The dynamo exporter writes `2*s0`; a dim with no name at all is still a dim of its own.
@@ -393,7 +393,7 @@ def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():
     assert declared[model.onnx_names["loose"]][0] == "loose_0"
 
 
-# ---- the fixtures ---------------------------------------------------------------------------------
+# ---- the fixtures -----------------------------------------------------------------------------
 
 FIXTURES = sorted(path.stem for path in DYNAMIC.glob("*.npz"))
 

@@ -108,9 +108,9 @@ class NodeContext:
         if known is None:
             raise self.not_constant(index, what)
         if known.symbolic:
+            symbols = ", ".join(sorted(symbols_in(known.array.ravel())))
             raise Unsupported(f"{what} (input '{self.node.input[index]}') depends on the "
-                              f"symbolic dims {', '.join(sorted(symbols_in(known.array.ravel())))}",
-                              hint=dim_hint(known.array.ravel()))
+                              f"symbolic dims {symbols}", hint=dim_hint(known.array.ravel()))
         return known.array
 
     def static_dims(self, index: int, what: str, default=None) -> tuple | None:

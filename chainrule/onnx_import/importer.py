@@ -570,7 +570,11 @@ class Importer:
         what = name or hint
         loc = ctx.loc if ctx else None
         if known.symbolic:
-            return self.dims_tensor(known.array, what, loc)
+            if name is None:
+                return self.dims_tensor(known.array, what, loc)
+            if name not in self.constants:  # computed once, however many nodes read it
+                self.constants[name] = self.dims_tensor(known.array, name, loc)
+            return self.constants[name]
         array = known.array
         dtype = dtype_of_array(array)
         if array.size == 0:

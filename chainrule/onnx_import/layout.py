@@ -154,8 +154,9 @@ def _broadcast_target(x, target):
             result.append(want)
         else:
             shown = ", ".join(map(str, target))
-            raise Unsupported(f"Expand of {x.type} to [{shown}]: {have} against {want} cannot "
-                              f"be decided when the model is imported",
+            why = "do not broadcast" if isinstance(have, int) and isinstance(want, int) else \
+                "cannot be decided when the model is imported"
+            raise Unsupported(f"Expand of {x.type} to [{shown}]: {have} against {want} {why}",
                               hint=dim_hint((have, want)))
     return tuple(result)
 
