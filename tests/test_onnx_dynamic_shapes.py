@@ -215,6 +215,22 @@ def test_expand_of_a_class_token_to_the_batch_becomes_broadcast_to():
     assert_matches_onnxruntime(proto, x_bs16)
 
 
+def test_tile_by_the_batch_repeats_a_constant_for_each_row():
+    # A learned [2, 16] block tiled B times along its first axis and once along the other.
+    nodes = shape_dim("x", 0, "b") + [
+        helper.make_node("Concat", ["b", "one"], ["repeats"], axis=0),
+        helper.make_node("Tile", ["block", "repeats"], ["tiled"]),
+        helper.make_node("Reshape", ["tiled", "row_shape"], ["rows"]),
+        helper.make_node("Add", ["x", "rows"], ["y"])]
+    constants = indices(0) + [numpy_helper.from_array(np.array([1], np.int64), "one"),
+                              numpy_helper.from_array(np.array([-1, 2, 16], np.int64),
+                                                      "row_shape"),
+                              numpy_helper.from_array(floats(2, 16), "block")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, 16])], [("y", FLOAT, ["B", 2, 16])],
+                     constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 16)})
+
+
 def test_constant_of_shape_of_a_dim_expression_becomes_fill():
     # ones((B, S+1)) added to a padded x.
     nodes = shape_dim("x", 0, "b") + shape_dim("x", 1, "s") + [

@@ -173,16 +173,29 @@ def _expand(ctx):
 @converter("Tile")
 def _tile(ctx):
     x = ctx.input(0)
-    repeats = ctx.require_length(ctx.static_ints(1, "Tile's repeats"), x.type.rank,
+    repeats = ctx.require_length(ctx.static_dims(1, "Tile's repeats"), x.type.rank,
                                  "Tile's repeats")
-    if any(count < 1 for count in repeats):
+    if any(isinstance(count, int) and count < 1 for count in repeats):
         raise Unsupported(f"Tile's repeats {list(repeats)} (chainrule refuses empty tensors)")
     # A symbolic dim is 1 or more: the repeats alone must fit.
-    ctx.require_size(x.type.dtype, [d * r if isinstance(d, int) else r
+    ctx.require_size(x.type.dtype, [d * r if isinstance(d, int) and isinstance(r, int) else r
                                     for d, r in zip(x.type.shape, repeats, strict=True)])
     for axis, count in enumerate(repeats):
-        x = _repeated(ctx, x, count, axis)
+        x = _repeated(ctx, x, count, axis) if isinstance(count, int) else \
+            _tiled(ctx, x, count, axis)
     return [x]
+
+
+def _tiled(ctx, x, count, axis):
+    """x `count` times along the axis, for a symbolic count (`B`): broadcast along a new axis
+    in front of it, then merged into it."""
+    spread = ctx.emit("unsqueeze", x, axes=(axis,))
+    target = [-1] * spread.type.rank
+    target[axis] = count
+    spread = ctx.emit("broadcast_to", spread, shape=tuple(target))
+    shape = list(x.type.shape)
+    shape[axis] = dims.mul(count, shape[axis])
+    return ctx.emit("reshape", spread, shape=tuple(shape))
 
 
 def _repeated(ctx, x, count, axis):
