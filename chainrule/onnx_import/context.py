@@ -56,9 +56,7 @@ class Known:
     __slots__ = ("array",)
 
     def __init__(self, array):
-        array = np.asarray(array)
-        # numpy turns a lone dim name into a string array; keep names in object arrays.
-        self.array = array.astype(object) if array.dtype.kind == "U" else array
+        self.array = np.asarray(array)
 
     @property
     def symbolic(self) -> bool:

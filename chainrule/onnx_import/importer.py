@@ -597,6 +597,9 @@ class Importer:
     def dims_tensor(self, array: np.ndarray, what: str, loc) -> Value:
         """A folded shape that holds symbolic dims (`[B, S*4]`), as the i64 tensor the run
         computes: each dim d is the element count of arange(d)."""
+        if not all(isinstance(d, int) or dims.is_symbolic(d) for d in array.ravel()):
+            raise Unsupported(f"the constant '{what}' holds values of another kind than "
+                              f"numbers ({type(array.flat[0]).__name__})")
         if array.ndim > 1:
             raise Unsupported(f"the shape value '{what}' of rank {array.ndim} holds symbolic "
                               f"dims and is used as a tensor",
