@@ -182,16 +182,18 @@ def _tile(ctx):
                                     for d, r in zip(x.type.shape, repeats, strict=True)])
     for axis, count in enumerate(repeats):
         x = _repeated(ctx, x, count, axis) if isinstance(count, int) else \
-            _tiled(ctx, x, count, axis)
+            broadcast_repeat(ctx, x, count, axis, each=False)
     return [x]
 
 
-def _tiled(ctx, x, count, axis):
-    """x `count` times along the axis, for a symbolic count (`B`): broadcast along a new axis
-    in front of it, then merged into it."""
-    spread = ctx.emit("unsqueeze", x, axes=(axis,))
+def broadcast_repeat(ctx, x, count, axis, each):
+    """x `count` times along `axis`, through a broadcast along a new axis merged into it, so
+    the count may be symbolic (`B`): the whole axis over again ([a, b, a, b]), or with `each`
+    every element in place ([a, a, b, b])."""
+    new_axis = axis + 1 if each else axis
+    spread = ctx.emit("unsqueeze", x, axes=(new_axis,))
     target = [-1] * spread.type.rank
-    target[axis] = count
+    target[new_axis] = count
     spread = ctx.emit("broadcast_to", spread, shape=tuple(target))
     shape = list(x.type.shape)
     shape[axis] = dims.mul(count, shape[axis])

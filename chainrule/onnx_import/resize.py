@@ -15,6 +15,7 @@ from ..ir import dims
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .context import Unsupported, converter, dim_hint
 from .folding import FOLD_LIMIT
+from .layout import broadcast_repeat
 
 TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
               "asymmetric", "tf_crop_and_resize")
@@ -180,17 +181,6 @@ def _repeats(transform, nearest_mode, scale) -> bool:
     return transform in HALF_PIXEL and nearest_mode.startswith("round")
 
 
-def _repeated_along(ctx, x, axis, times):
-    """Each element of x along `axis` `times` times: [.., H, ..] to [.., H*times, ..]."""
-    spread = ctx.emit("unsqueeze", x, axes=(axis + 1,))
-    target = [-1] * spread.type.rank
-    target[axis + 1] = times
-    spread = ctx.emit("broadcast_to", spread, shape=tuple(target))
-    shape = list(x.type.shape)
-    shape[axis] = dims.mul(shape[axis], times)
-    return ctx.emit("reshape", spread, shape=tuple(shape))
-
-
 def _require_known(ctx, shape, wanted, axes) -> None:
     """The resized axes' sizes, in and out: the interpolation weights are computed here."""
     symbolic = [a for a in axes if not (isinstance(shape[a], int) and
@@ -253,7 +243,7 @@ def _resize(ctx):
     outside = None
     for axis in resized:
         if axis in repeated:
-            x = _repeated_along(ctx, x, axis, int(scales[axis]))
+            x = broadcast_repeat(ctx, x, int(scales[axis]), axis, each=True)
             continue
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
         if size_out < 1:
