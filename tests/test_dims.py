@@ -14,6 +14,7 @@ import chainrule
 from chainrule.gradcheck import format_rows, gradcheck
 from chainrule.ir import ChainruleError, dims, parse_graph, print_graph
 from chainrule.ir.verify import verify_all
+from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
 
 SYMBOLS = ("B", "S", "H")
@@ -229,3 +230,24 @@ def test_gradients_through_dim_expressions_match_finite_differences(batch, seque
     x = np.random.default_rng(0).normal(size=(batch, sequence, 16))
     rows = gradcheck(model, {"x": x}, backends=("numpy", "onnxruntime"))
     assert rows and all(row.passed for row in rows), format_rows(rows)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numpy-check", "onnxruntime"])
+def test_dims_that_may_be_equal_compile_and_the_run_checks_them_at_the_line(backend):
+    model = chainrule.compile(source="model m(x: f32[B, N], w: f32[S, 3]) {\n"
+                                     "    y = x @ w\n    return y\n}\n")
+    assert str(model.graph.outputs[0].type) == "f32[B, 3]"
+    assert model.run(backend=backend, x=np.ones((2, 4), np.float32),
+                     w=np.ones((4, 3), np.float32))["y"].shape == (2, 3)
+    with pytest.raises(ChainruleError) as info:
+        model.run(backend=backend, x=np.ones((2, 4), np.float32), w=np.ones((5, 3), np.float32))
+    assert (info.value.line, info.value.col) == (2, 9)
+    assert "matmul" in info.value.message
+
+
+def test_random_inputs_size_expression_dims_from_the_symbols(tmp_path):
+    path = tmp_path / "m.nn"
+    path.write_text("model m(x: f32[B, S], y: f32[B*S, 2]) {\n"
+                    "    return sum(x) + sum(reshape(y, (B, S, 2)))\n}\n")
+    result = chainrule_cli("run", path, "--random-inputs", "--dim", "B=2", "--dim", "S=3")
+    assert result.returncode == 0, result.stderr
