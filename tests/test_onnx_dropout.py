@@ -37,7 +37,9 @@ def dropout_model(*, ratio=RATIO, training=True, seed=SEED, ratio_input=False):
     if ratio_input:
         inputs.append(helper.make_tensor_value_info("ratio", TensorProto.FLOAT, []))
     else:
-        nodes.append(constant_node("ratio", np.array(ratio, np.float32)))
+        # A float is written as torch writes it, f32; any other value as it is.
+        array = np.array(ratio, np.float32) if isinstance(ratio, float) else np.asarray(ratio)
+        nodes.append(constant_node("ratio", array))
     dropout_inputs = ["h", "ratio"]
     if training is not None:
         nodes.append(constant_node("training", np.array(training)))
@@ -107,7 +109,7 @@ def test_only_training_mode_true_with_a_ratio_draws_a_mask():
             assert len(dropout_masks(model.graph)) == 1 and not results["mask"].all()
 
 
-def test_a_ratio_computed_at_run_time_is_refused_by_name():
+def test_a_ratio_computed_at_run_time_or_not_a_float_is_refused_by_name():
     with pytest.raises(UnsupportedModel) as caught:
         imported(ratio_input=True)
     [problem] = caught.value.problems
@@ -115,6 +117,10 @@ def test_a_ratio_computed_at_run_time_is_refused_by_name():
     assert "Dropout's ratio (input 'ratio') must be a constant" in problem.reason
     # In inference the ratio matters to nothing: it may be computed.
     assert not dropout_masks(imported(ratio_input=True, training=False).graph)
+    with pytest.raises(UnsupportedModel) as caught:
+        imported(ratio=np.int64(0))
+    assert [p.reason for p in caught.value.problems] == [
+        "Dropout's ratio (input 'ratio') must be a float, not int64"]
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -138,6 +144,9 @@ def test_the_seed_attribute_seeds_the_mask_where_no_generator_is_given():
     # Without the attribute the mask has a seed too: the node's place in the graph (after the
     # MatMul), as the DSL's dropout has.
     assert [node.attrs["seed"] for node in dropout_masks(imported(seed=None).graph)] == [1]
+    # ONNX's seed is an int64; numpy's seeds are not negative.
+    assert [node.attrs["seed"] for node in dropout_masks(imported(seed=-3).graph)] == \
+        [2 ** 63 - 3]
 
 
 def test_a_train_step_draws_the_trainers_mask_and_updates_through_kept_units_only():

@@ -367,15 +367,19 @@ def _dropout(ctx):
     training = ctx.static_scalar(2, "Dropout's training_mode")
     ratio = 0.0
     if training is not None and bool(training):
+        ratio = ctx.static_scalar(1, "Dropout's ratio", np.array(0.5))
+        if ratio.dtype.kind != "f":
+            raise Unsupported(f"Dropout's ratio (input '{ctx.node.input[1]}') must be a "
+                              f"float, not {ratio.dtype}")
         # The shortest decimal of the float32 the exporter wrote: 0.1, not 0.100000001.
-        ratio = float(str(ctx.static_scalar(1, "Dropout's ratio", np.array(0.5))))
+        ratio = float(str(ratio))
     if ratio == 0.0:
         if not ctx.output_used(1):
             return [x]
         return [x, ctx.emit("broadcast_like", ctx.constant(1, "bool"), x)]
     _require_float(ctx, x, "Dropout in training mode")
-    # ONNX stores an int64; numpy seeds with non-negative ints: the same 64 bits, unsigned.
-    seed = len(ctx.builder.graph.nodes) if seed is None else seed % 2 ** 64
+    # numpy seeds with non-negative ints, and the IR's ints are int64: a negative seed wraps.
+    seed = len(ctx.builder.graph.nodes) if seed is None else seed % 2 ** 63
     mask = ctx.emit("dropout_mask", x, p=ratio, seed=seed)
     output = ctx.emit("mul", x, mask)
     if not ctx.output_used(1):
