@@ -10,6 +10,10 @@ with `chainrule.import_onnx`:
 - Every other case is IN scope. It runs on the numpy backend and on onnxruntime (chainrule
   exports its own graph to ONNX again), and each output must match the expected one in shape,
   dtype and value, at the case's rtol/atol as ONNX's runner uses them.
+- A random case (Dropout in training mode) expects one draw of numpy's legacy generator,
+  seeded with the node's seed. It runs in training mode: on numpy with that very generator,
+  compared as above; on onnxruntime, which draws its own masks, compared where both draws
+  kept an element (support/conformance.py, "random cases").
 
 chainrule is a static-shape compiler: a Reshape's target shape, Slice's bounds, reduction axes,
 Pad's pads, Clip's bounds and the like are attributes of its ops, fixed at import time. A node

@@ -83,52 +83,6 @@ def _check_expression(described, axis, dim, size, where, dims, bound_by) -> None
                              f"{expected} with {known}")
 
 
-def symbol_sources(graph: Graph) -> dict[str, tuple[Value, int]]:
-    """Where the run reads each symbol's size: the first graph input, and its axis, whose
-    declared dim is that bare symbol."""
-    sources = {}
-    for value in graph.inputs:
-        for axis, dim in enumerate(value.type.shape):
-            if isinstance(dim, str) and dim != UNKNOWN:
-                sources.setdefault(dim, (value, axis))
-    return sources
-
-
-def dim_attrs(node: Node) -> list[str]:
-    """The node's attributes that hold sizes, which may be symbolic (a reshape's shape)."""
-    return [name for name, spec in OPS[node.op].attrs.items() if spec.kind in ("dim", "dims")]
-
-
-def attr_symbols(graph: Graph) -> set[str]:
-    """The symbols the nodes' attributes are written with (a reshape to (B, S*H))."""
-    found = set()
-    for node in graph.nodes:
-        for name in dim_attrs(node):
-            value = node.attrs[name]
-            for item in value if isinstance(value, tuple) else (value,):
-                found |= dim_exprs.symbols(item)
-    return found
-
-
-def resolved_attrs(node: Node, sizes: dict) -> dict:
-    """The node's attributes with each symbolic dim replaced by its size under `sizes`; a
-    symbol nothing binds is reported with the node, the expression and the known sizes."""
-    try:
-        return {**node.attrs, **{name: _resolved(node.attrs[name], sizes)
-                                 for name in dim_attrs(node)}}
-    except KeyError as error:
-        known = ", ".join(f"{s}={n}" for s, n in sorted(sizes.items())) or "none"
-        raise ChainruleError(f"%{node.output.name} = {node.op}(...) has a dim written with "
-                             f"{error.args[0]}, which no input's shape binds (known: {known})",
-                             node.loc) from None
-
-
-def _resolved(value, sizes: dict):
-    if isinstance(value, tuple):
-        return tuple(_resolved(item, sizes) for item in value)
-    return dim_exprs.evaluate(value, sizes) if dim_exprs.is_symbolic(value) else value
-
-
 def _plural(kind: str, items) -> str:
     return kind if len(items) == 1 else kind + "s"
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..ir import ChainruleError, Graph, get_op
 from ..ir.types import NUMPY_DTYPES
-from .feeds import attr_symbols, check_arrays, check_feeds, resolved_attrs
+from ..ir.symbols import attr_symbols, resolved_attrs
+from .feeds import check_arrays, check_feeds
 from .numpy_kernels import KERNELS
 from .protocol import CHECKING_BACKEND
 

@@ -19,7 +19,8 @@ from ..ir import OPS, ChainruleError, Graph, Node, Value, dims, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from . import fused_kernels
-from .feeds import CheckedFeeds, attr_symbols, check_arrays, dim_attrs, symbol_sources
+from ..ir.symbols import attr_symbols, dim_attrs, symbol_sources
+from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
 

@@ -10,7 +10,8 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value, dims
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from .feeds import CheckedFeeds, attr_symbols, check_arrays, symbol_sources
+from ..ir.symbols import attr_symbols, symbol_sources
+from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 from .opset import DEFAULT_OPSET
 from .threads import configured_threads

@@ -10,6 +10,7 @@ from ..backends.feeds import index_inputs, label_bounds
 from ..data import Dataset, bind_inputs, check_mapping, check_rows, read_array, read_dataset
 from ..fileio import load_npz
 from ..ir import ChainruleError, Graph
+from ..ir import dims as dim_exprs
 from ..ir.limits import check_allocation, itemsize
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from ..passes.optimizers import OptimizerSpec
@@ -70,8 +71,7 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     rng = np.random.default_rng(seed)
     bounds = label_bounds(graph)
     wanted = [v for v in graph.inputs if v.name not in given]
-    shapes = {v.name: tuple(d if isinstance(d, int) else dims.get(d, DEFAULT_DIM)
-                            for d in v.type.shape) for v in wanted}
+    shapes = {v.name: tuple(_size(d, dims) for d in v.type.shape) for v in wanted}
     total = sum(math.prod(shapes[v.name]) * itemsize(v.type.dtype) for v in wanted)
     check_allocation("the random inputs", total)
     arrays = {}
@@ -85,6 +85,17 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
         else:
             arrays[value.name] = rng.random(shape) < 0.5
     return arrays
+
+
+def _size(dim, dims: dict) -> int:
+    """A random input's size along a dim: its number, or its symbols' sizes (--dim, else
+    DEFAULT_DIM) put into it (`2*B`, `S-1`)."""
+    if isinstance(dim, int):
+        return dim
+    if not dim_exprs.is_symbolic(dim):
+        return DEFAULT_DIM
+    sizes = {symbol: dims.get(symbol, DEFAULT_DIM) for symbol in dim_exprs.symbols(dim)}
+    return max(dim_exprs.evaluate(dim, sizes), 1)
 
 
 def read_data(path, singles, args) -> Dataset:

@@ -192,12 +192,19 @@ def _divide_exactly(poly: tuple, divisor: tuple) -> tuple | None:
     return _normalized(terms)
 
 
-def _split_constant(poly: tuple, divisor: int) -> tuple[tuple, int] | None:
-    """poly as divisor*q + r with r a constant, when every other coefficient divides."""
-    rest = {m: c for m, c in poly if m != ()}
-    if any(c % divisor for c in rest.values()):
-        return None
-    return _normalized({m: c // divisor for m, c in rest.items()}), dict(poly).get((), 0)
+def _split_multiple(poly: tuple, divisor: int) -> tuple[tuple, tuple]:
+    """poly as divisor*q + r, where q takes every term whose coefficient divisor divides and
+    the constant's multiple of it, so that r's constant lies in [0, divisor)."""
+    quotient, remainder = {}, {}
+    for monomial, coefficient in poly:
+        if monomial == ():
+            whole, rest = divmod(coefficient, divisor)
+            quotient[()], remainder[()] = whole, rest
+        elif coefficient % divisor == 0:
+            quotient[monomial] = coefficient // divisor
+        else:
+            remainder[monomial] = coefficient
+    return _normalized(quotient), _normalized(remainder)
 
 
 def _canonical(poly: tuple):
@@ -263,10 +270,12 @@ def floordiv(a, b):
     if exact is not None:
         return _canonical(exact)
     if bottom is not None and bottom > 0:
-        split = _split_constant(numerator, bottom)
-        if split is not None:
-            quotient, remainder = split
-            return _canonical(_poly_add(quotient, _poly_of(remainder // bottom)))
+        # (c*q + r) // c is q + r // c for whole q: `(H-2)//2+1` is `H//2`.
+        quotient, remainder = _split_multiple(numerator, bottom)
+        rest = _constant(remainder)
+        part = rest // bottom if rest is not None else \
+            _atom(Quotient("//", remainder, denominator))
+        return _canonical(_poly_add(quotient, _poly_of(part) if isinstance(part, int) else part))
     return _canonical(_atom(Quotient("//", numerator, denominator)))
 
 
@@ -282,9 +291,11 @@ def mod(a, b):
     if _divide_exactly(numerator, denominator) is not None:
         return 0
     if bottom is not None and bottom > 0:
-        split = _split_constant(numerator, bottom)
-        if split is not None:
-            return split[1] % bottom
+        _, remainder = _split_multiple(numerator, bottom)  # (c*q + r) % c is r % c
+        rest = _constant(remainder)
+        if rest is not None:
+            return rest % bottom
+        numerator = remainder
     return _canonical(_atom(Quotient("%", numerator, denominator)))
 
 
@@ -319,12 +330,18 @@ def symbols(dim) -> set[str]:
 
 
 def provably_different(a, b) -> bool:
-    """Whether a and b differ for every value of their symbols: their difference is a nonzero
-    number (`S` and `S+1`, `3` and `4`)."""
+    """Whether a and b differ for every value of their symbols, which are sizes of at least 1:
+    their difference is a nonzero number (`S` and `S+1`) or a polynomial in symbols whose
+    coefficients share one sign (`6*B` and `4*B`)."""
     if _unknown_in(a, b):
         return False
-    difference = sub(a, b)
-    return isinstance(difference, int) and difference != 0
+    difference = _poly_of(sub(a, b))
+    if not difference:
+        return False
+    signs = {coefficient > 0 for _, coefficient in difference}
+    only_symbols = all(isinstance(atom, str) for monomial, _ in difference
+                       for atom, _ in monomial)
+    return len(signs) == 1 and only_symbols
 
 
 def evaluate(dim, env: dict) -> int:

@@ -14,6 +14,7 @@ from .graph import Graph, Node, Param, Value
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
 from .printer import format_node, format_value
 from .shapes import OpTypeError
+from .symbols import node_symbols, symbol_sources
 from .types import is_float
 
 
@@ -70,8 +71,10 @@ def _problems(graph: Graph) -> Iterator[VerifyError]:
     for param in graph.params:
         yield from _located(f"{param.kind} {_declaration(param.value)}", param.loc,
                             [scope.define(param.value), *_param_rules(param)])
+    bound = set(symbol_sources(graph))
     for node in graph.nodes:
-        yield from _located(format_node(node), node.loc, _node_rules(scope, node))
+        yield from _located(format_node(node), node.loc,
+                            _node_rules(scope, node) + [_symbols_rule(node, bound)])
     returned = "return " + ", ".join(format_value(v) for v in graph.outputs)
     yield from _located(returned, graph.loc, [scope.use(value) for value in graph.outputs])
     yield from _located(returned, graph.loc, [_objective_rule(graph)])
@@ -158,6 +161,17 @@ def _node_rules(scope: _Scope, node: Node) -> list[str | None]:
     op_rules = _op_rules(node)
     definitions = [scope.define(value) for value in node.outputs]
     return uses + op_rules + definitions
+
+
+def _symbols_rule(node: Node, bound: set[str]) -> str | None:
+    """A size attr is computed when the graph runs from the symbols the inputs bind."""
+    if node.op not in OPS:
+        return None
+    unbound = sorted(node_symbols(node) - bound)
+    if not unbound:
+        return None
+    return (f"its sizes are written with {', '.join(unbound)}, which no input declares as a "
+            f"dim of its own")
 
 
 def _op_rules(node: Node) -> list[str]:

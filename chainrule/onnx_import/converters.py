@@ -354,18 +354,37 @@ def _cast_like(ctx):
 
 @converter("Dropout")
 def _dropout(ctx):
-    """The identity, and a mask that keeps everything: in inference, or with ratio 0."""
-    ctx.attr("seed")
-    training = ctx.static_scalar(2, "Dropout's training_mode")
-    if training is not None and bool(training):
-        ratio = ctx.static_scalar(1, "Dropout's ratio in training mode", np.array(0.5))
-        if float(ratio) != 0.0:
-            raise Unsupported("Dropout with training_mode true (imported models run "
-                              "inference)")
+    """With training_mode true, the DSL's dropout: x times the IR's dropout_mask, which draws a
+    mask while the model trains and is ones when it runs, so an imported model trains with
+    dropout active and runs without it. The identity with training_mode false or absent, or a
+    ratio of 0, as ONNX defines it (the ratio then matters to nothing and may be computed).
+    The mask output is true where x is kept.
+
+    The seed attribute seeds the mask where no generator is given (a run in training mode
+    outside a trainer, the training ONNX export); a trainer draws every mask from its own."""
     x = ctx.input(0)
+    seed = ctx.attr("seed")
+    training = ctx.static_scalar(2, "Dropout's training_mode")
+    ratio = 0.0
+    if training is not None and bool(training):
+        ratio = ctx.static_scalar(1, "Dropout's ratio", np.array(0.5))
+        if ratio.dtype.kind != "f":
+            raise Unsupported(f"Dropout's ratio (input '{ctx.node.input[1]}') must be a "
+                              f"float, not {ratio.dtype}")
+        # The shortest decimal of the float32 the exporter wrote: 0.1, not 0.100000001.
+        ratio = float(str(ratio))
+    if ratio == 0.0:
+        if not ctx.output_used(1):
+            return [x]
+        return [x, ctx.emit("broadcast_like", ctx.constant(1, "bool"), x)]
+    _require_float(ctx, x, "Dropout in training mode")
+    # numpy seeds with non-negative ints, and the IR's ints are int64: a negative seed wraps.
+    seed = len(ctx.builder.graph.nodes) if seed is None else seed % 2 ** 63
+    mask = ctx.emit("dropout_mask", x, p=ratio, seed=seed)
+    output = ctx.emit("mul", x, mask)
     if not ctx.output_used(1):
-        return [x]
-    return [x, ctx.emit("broadcast_like", ctx.constant(1, "bool"), x)]
+        return [output]
+    return [output, ctx.emit("not_equal", mask, ctx.constant(0.0, mask))]
 
 
 # ---- matrix products --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..ir import ChainruleError, Graph
+from ..ir.symbols import node_symbols, symbol_sources
 
 
 def eliminate_dead_code(graph: Graph, *, prune_interface: bool = False) -> tuple[Graph, bool]:
@@ -16,7 +17,11 @@ def eliminate_dead_code(graph: Graph, *, prune_interface: bool = False) -> tuple
     result = graph.copy()
     result.nodes = kept
     if prune_interface:
-        result.inputs = [v for v in graph.inputs if v in live]
+        # An input also stays for the symbols it binds, which kept nodes' sizes are written
+        # with (`zeros((B, 4))` reads B off the input that declares it).
+        sources = symbol_sources(graph)
+        binding = {sources[s][0] for node in kept for s in node_symbols(node) if s in sources}
+        result.inputs = [v for v in graph.inputs if v in live or v in binding]
         result.params = [p for p in graph.params if p.value in live]
     # A state's update goes with the output that holds it, and with the state itself.
     outputs, states = {v.name for v in graph.outputs}, {p.value.name for p in result.params}

@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 import chainrule
+from chainrule.ir import get_op
 from chainrule.onnx_import import UnsupportedModel
 
 BACKENDS = ("numpy", "onnxruntime")
@@ -114,6 +115,42 @@ def as_array(data) -> np.ndarray:
     return numpy_helper.to_array(data) if isinstance(data, onnx.TensorProto) else data
 
 
+# ---- random cases -------------------------------------------------------------------------------
+# ONNX's expected outputs of a random node (Dropout in training mode, imported as dropout_mask)
+# are one draw of numpy's legacy generator seeded with the node's seed: np.random.seed(seed),
+# then np.random.uniform(0, 1, shape). Such a case runs in training mode. On numpy it draws from
+# RandomState(seed), whose random(shape) is that very draw, and is compared as any case is;
+# onnxruntime draws from its own generator, so its outputs are compared where both draws kept
+# an element.
+
+def stochastic_seeds(model) -> list[int]:
+    """The seeds of the model's random ops: none for a case with a deterministic result."""
+    return [node.attrs["seed"] for node in model.graph.nodes
+            if "stochastic" in get_op(node.op).traits]
+
+
+def run_case(model, backend: str, feeds: dict, seeds: list[int]) -> dict:
+    # The model keeps its own onnxruntime backend: its session serves each data set, and goes
+    # with the model (one backend for all cases would keep them all).
+    if not seeds:
+        return model.run(backend=backend, **feeds)
+    [seed] = seeds  # ONNX's reference seeds each node's draw afresh: one node per case
+    graph, _ = model.compile_graph(opt_level="O2", training=True)
+    rng = np.random.RandomState(seed) if backend == "numpy" else None
+    return model.backend(backend).run(graph, feeds, model.params_of(graph), training=True,
+                                      rng=rng)
+
+
+def mismatch_where_kept(actual, expected: np.ndarray, rtol: float, atol: float) -> str | None:
+    """`mismatch` between two draws of dropout: in shape and dtype, and in value where both
+    kept an element (a float that is not 0, a mask's true)."""
+    actual = np.asarray(actual)
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return mismatch(actual, expected, rtol, atol)
+    kept = (actual != 0) & (expected != 0)
+    return mismatch(actual[kept], expected[kept], rtol, atol)
+
+
 @dataclass
 class Outcome:
     """A case's result: out of scope (`skipped` says why), or each backend's failure."""
@@ -143,18 +180,18 @@ def check_case(case) -> Outcome:
         feeds = {model.onnx_names[name]: array for name, array in inputs.items()
                  if name not in constants and model.onnx_names.get(name) in declared}
         outputs = [model.onnx_names.get(info.name) for info in case.model.graph.output]
+        seeds = stochastic_seeds(model)
         for backend in BACKENDS:
             if backend in outcome.failures:
                 continue
             try:
-                # The model keeps its own onnxruntime backend: its session serves each data
-                # set, and goes with the model (one backend for all cases would keep them all).
-                results = model.run(backend=backend, **feeds)
+                results = run_case(model, backend, feeds, seeds)
             except chainrule.ChainruleError as error:
                 outcome.failures[backend] = f"run: {error}"
                 continue
+            compare = mismatch_where_kept if seeds and backend != "numpy" else mismatch
             for index, (name, array) in enumerate(zip(outputs, expected, strict=True)):
-                problem = mismatch(results[name], array, case.rtol, case.atol)
+                problem = compare(results[name], array, case.rtol, case.atol)
                 if problem:
                     outcome.failures[backend] = f"output {index}: {problem}"
                     break
