@@ -412,6 +412,37 @@ def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():
     assert declared[model.onnx_names["loose"]][0] == "loose_0"
 
 
+def test_an_unnamed_dim_is_tied_to_the_dim_an_op_says_it_equals():
+    # Broadcasting ties the unnamed batch of `loose` to B, and that of `bias` to 4: each then
+    # takes the dim it is tied to everywhere, the input's own type and a shape folded before.
+    nodes = [helper.make_node("Shape", ["loose"], ["loose_shape"]),
+             helper.make_node("Add", ["x", "loose"], ["summed"]),
+             helper.make_node("Reshape", ["summed", "loose_shape"], ["same"]),
+             helper.make_node("Add", ["same", "bias"], ["y"])]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 4]), ("loose", FLOAT, [None, 4]),
+                             ("bias", FLOAT, [None])], [("y", FLOAT, ["B", 4])])
+    model = assert_matches_onnxruntime(proto, lambda B, S: {
+        "x": floats(B, 4), "loose": floats(B, 4), "bias": floats(4)})
+    declared = {value.name: value.type.shape for value in model.graph.inputs}
+    assert declared[model.onnx_names["loose"]] == ("B", 4)
+    assert declared[model.onnx_names["bias"]] == (4,)
+    assert "shape=[B, 4]" in print_graph(model.graph)
+    with pytest.raises(chainrule.ChainruleError, match=r"axis 0 has size 3, not 4"):
+        model.run(**{model.onnx_names["x"]: floats(2, 4), model.onnx_names["loose"]: floats(2, 4),
+                     model.onnx_names["bias"]: floats(3)})
+
+
+def test_named_dims_are_not_tied_by_an_op():
+    # Names are the exporter's word that dims may differ: [B, 4] + [N, 4] stays an error.
+    proto = model_of([helper.make_node("Add", ["x", "other"], ["y"])],
+                     [("x", FLOAT, ["B", 4]), ("other", FLOAT, ["N", 4])],
+                     [("y", FLOAT, ["B", 4])])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    [problem] = caught.value.problems
+    assert "do not broadcast" in problem.reason
+
+
 # ---- the fixtures -----------------------------------------------------------------------------
 
 FIXTURES = sorted(path.stem for path in DYNAMIC.glob("*.npz"))

@@ -261,10 +261,15 @@ class NodeContext:
         return self.importer.builder
 
     def emit(self, op: str, *inputs: Value, **attrs) -> Value:
-        try:
-            return self.builder.emit(op, inputs, attrs, loc=self.loc)
-        except ChainruleError as error:
-            raise Unsupported(f"{op}: {error.message}") from None
+        """The op's result; where its rule refuses dims that a fresh symbol could take (an
+        input dim no name described), the symbol becomes that dim and the op is tried
+        again."""
+        while True:
+            try:
+                return self.builder.emit(op, inputs, attrs, loc=self.loc)
+            except ChainruleError as error:
+                if not self.importer.unify(op, inputs):
+                    raise Unsupported(f"{op}: {error.message}") from None
 
     def constant(self, value: float, like: Value | str) -> Value:
         """A scalar constant of `like`'s dtype (or the dtype named)."""

@@ -35,6 +35,13 @@ def shape_of(shape) -> np.ndarray:
     return _dim_array([_arithmetic(d) for d in shape])
 
 
+def substituted_shape(array: np.ndarray, replace: dict) -> np.ndarray:
+    """A folded array of dims with symbols replaced (a fresh symbol an op tied to a dim)."""
+    items = [_arithmetic(dims.substitute(dims.canonical(item), replace))
+             for item in array.ravel()]
+    return _dim_array(items).reshape(array.shape)
+
+
 def _dim_array(items) -> np.ndarray:
     array = np.empty(len(items), dtype=object)
     array[:] = items  # element by element: numpy would read a DimExpr as a sequence

@@ -16,9 +16,11 @@ from onnx import TensorProto, numpy_helper
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, dims, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
+from ..ir.ops import OPS
+from ..ir.symbols import dim_attrs
 from ..ir.types import ONNX_DTYPES, TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dim_hint, dtype_of_array
-from .folding import FOLDERS
+from .folding import FOLDERS, substituted_shape
 
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
@@ -183,6 +185,41 @@ def declared_dim(dim_param: str, fresh: str):
     return dims.substitute(expression, {s: dim_name(s) for s in dims.symbols(expression)})
 
 
+def tied_dims(op: str, shapes, fresh: set[str]) -> tuple[str, object] | None:
+    """A fresh symbol and the dim an op's rule ties it to, where they differ: broadcasting
+    lines the operands' dims up from the right, matmul its inner dims and batch dims."""
+    if op == "matmul" and all(len(s) >= 2 for s in shapes):
+        a, b = shapes
+        pairs = [(a[-1], b[-2]), *_right_aligned([a[:-2], b[:-2]])]
+    elif "elementwise" in OPS[op].traits:
+        pairs = _right_aligned(shapes)
+    else:
+        return None
+    for first, second in pairs:
+        if first == second or 1 in (first, second):
+            continue
+        if first in fresh:
+            return first, second
+        if second in fresh:
+            return second, first
+    return None
+
+
+def _right_aligned(shapes) -> list[tuple]:
+    """Every pair of dims that broadcasting lines up, of every two shapes."""
+    pairs = []
+    for index, first in enumerate(shapes):
+        for second in shapes[index + 1:]:
+            pairs += zip(reversed(first), reversed(second))
+    return pairs
+
+
+def _substituted(attr, replace: dict):
+    if isinstance(attr, tuple):
+        return tuple(_substituted(item, replace) for item in attr)
+    return dims.substitute(attr, replace) if dims.is_symbolic(attr) else attr
+
+
 class Importer:
     def __init__(self, model: onnx.ModelProto, file: str, *, trainable=None, freeze=(),
                  dims=None):
@@ -212,6 +249,9 @@ class Importer:
         self.uses = self._count_uses()
         self.positions = self._input_positions()
         self.bound: set[Value] = set()  # values that already carry an ONNX name
+        # The symbols made for input dims no name described: an op's rule may tie one to
+        # another dim, which then replaces it everywhere (`unify`).
+        self.fresh_symbols: set[str] = set()
 
     # ---- the walk -----------------------------------------------------------------------------
 
@@ -300,6 +340,8 @@ class Importer:
             else:
                 fresh = dim_name(f"{identifier(info.name)}_{axis}")
                 declared = declared_dim(dim.dim_param, fresh) if dim.dim_param else fresh
+                if declared == fresh:
+                    self.fresh_symbols.add(fresh)
                 shape.append(dims.substitute(declared, self.dims))
         value_type = TensorType(DTYPE_OF_ONNX[tensor.elem_type], tuple(shape))
         if 0 in shape:  # only a constant may be empty (axes, pads: none of them)
@@ -648,6 +690,27 @@ class Importer:
             self.graph.updates[state] = value.name
             outputs.append(value)
         return outputs
+
+    def unify(self, op: str, inputs) -> bool:
+        """Tie a fresh symbol to the dim `op`'s rule says it equals (`[x_0, 16] + [B, 16]`
+        makes x_0 B), in every type, size attr and folded shape made so far; whether one
+        was tied."""
+        tied = tied_dims(op, [v.type.shape for v in inputs], self.fresh_symbols)
+        if tied is None:
+            return False
+        symbol, dim = tied
+        self.fresh_symbols.discard(symbol)
+        replace = {symbol: dim}
+        for value in self.graph.values():
+            value.type = value.type.with_shape(dims.substitute(d, replace)
+                                               for d in value.type.shape)
+        for node in self.graph.nodes:
+            for name in dim_attrs(node):
+                node.attrs[name] = _substituted(node.attrs[name], replace)
+        for name, known in self.values.items():
+            if isinstance(known, Known) and known.symbolic:
+                self.values[name] = Known(substituted_shape(known.array, replace))
+        return True
 
     def is_initializer(self, name: str) -> bool:
         return name in self.initializers
