@@ -32,6 +32,11 @@ SYMBOLS = ("B", "S", "H")
     ("(6*B)%3", "0"),
     ("(4*S+3)%2", "1"),
     ("S-S+4", "4"),
+    ("(S//2)//2", "S//4"),
+    ("(3*B+1)//2", "B+(B+1)//2"),
+    ("(2*B+2)//4", "(B+1)//2"),
+    ("(H-2)//2+1", "H//2"),
+    ("(2*S-T)//2", "S-T+T//2"),
 ])
 def test_equal_dims_have_one_canonical_form(a, b):
     assert dims.parse(a) == dims.parse(b)
@@ -99,6 +104,11 @@ def test_canonical_forms_compute_what_python_does(tree, env):
     assert dims.evaluate(dim, env) == _python(tree, env)
     assert dims.evaluate(dims.parse(str(dim)), env) == _python(tree, env)
     assert dims.parse(str(dim)) == dim
+    if dims.is_nonnegative(dim):  # a claim for every size, so for this one
+        assert _python(tree, env) >= 0
+    other = _build(("-", tree, "S"))
+    if dims.provably_different(dim, other):
+        assert _python(tree, env) != _python(tree, env) - env["S"]
 
 
 def test_solving_and_substituting():
@@ -108,7 +118,13 @@ def test_solving_and_substituting():
     assert dims.solve(dims.parse("2*B"), 7, {}) is None  # no integer B
     assert dims.substitute(dims.parse("B*H+1"), {"H": 4}) == dims.parse("4*B+1")
     assert dims.provably_different("S", dims.parse("S+1"))
+    assert dims.provably_different(dims.parse("6*B"), dims.parse("4*B"))
     assert not dims.provably_different("S", "B")
+    assert dims.is_nonnegative(dims.parse("S-1")) and not dims.is_nonnegative(dims.parse("S-2"))
+    assert not dims.is_nonnegative(dims.parse("(S-2)//2"))  # -1 when S is 1
+    assert dims.is_nonnegative(dims.parse("(S-2)%3"))
+    assert dims.solve(dims.parse("B+5"), 3, {}) is None     # B would be -2
+    assert dims.solve(dims.parse("N//S"), 3, {"N": 6}) is None
 
 
 # ---- the type rules ---------------------------------------------------------------------------
@@ -129,6 +145,12 @@ def type_of(signature: str, expression: str) -> str:
     ("x: f32[B, S, 4]", "x[:, 1:]", "f32[B, S-1, 4]"),
     ("x: f32[B, S, 4]", "x[:, ::2]", "f32[B, (S+1)//2, 4]"),
     ("x: f32[B, S, 4]", "x[:, S-1]", "f32[B, 4]"),
+    ("x: f32[B, S+T, 4], t: f32[S]", "x[:, -S:]", "f32[B, S, 4]"),
+    ("x: f32[B, S, 4]", "x[:, -1:]", "f32[B, 1, 4]"),
+    ("x: f32[B, S, 4]", "x[:, -3:]", "f32[B, ?, 4]"),     # numpy takes min(3, S)
+    ("x: f32[B, S, 4]", "x[:, 0:S+1]", "f32[B, S, 4]"),   # numpy clamps at the end
+    ("x: f32[B, S, 4]", "x[:, 0:5]", "f32[B, ?, 4]"),
+    ("x: f32[16, 4], t: f32[T]", "x[0:T]", "f32[T, 4]"),  # taken to lie within the 16
     ("x: f32[B, 4], t: f32[1, 4]", "x + t", "f32[B, 4]"),
     ("x: f32[B*H, S, 8], w: f32[8, 3]", "x @ w", "f32[B*H, S, 3]"),
     ("x: f32[B, 1, H, W], w: f32[2, 1, 3, 3]", "conv2d(x, w, padding=1)", "f32[B, 2, H, W]"),
@@ -149,6 +171,7 @@ def test_type_rules_compute_dim_expressions(signature, expression, expected):
     ("x: f32[B, S], t: f32[B, S+1]", "x + t", "do not broadcast"),
     ("x: f32[B, 6]", "reshape(x, (B, 4))", "6*B elements cannot become 4*B"),
     ("x: f32[S, 4], w: f32[S+1, 2]", "x.T @ w", "inner dims S and S+1 differ"),
+    ("x: f32[B, S]", "x[:, S]", "index S is out of range for axis 1 of size S"),
 ])
 def test_provably_different_dims_are_type_errors(signature, expression, message):
     with pytest.raises(ChainruleError, match=re.escape(message)):
@@ -168,6 +191,24 @@ def test_declared_expression_dims_bind_and_are_checked_when_the_model_runs():
     with pytest.raises(ChainruleError, match=r"axis 0 has size 10, but B\*S is 12 with "
                                              r"B=3 \(from input 't'\), S=4 \(from input 't'\)"):
         model.run(**{**ok, "y": np.ones(10, np.float32)})
+
+
+@pytest.mark.parametrize("signature", ["x: f32[B+S], y: f32[2*B]", "y: f32[2*B], x: f32[B+S]"])
+def test_expression_dims_bind_whatever_order_the_inputs_come_in(signature):
+    model = chainrule.compile(source=f"model m({signature}) {{\n    return sum(x) + sum(y)\n}}\n")
+    assert model.run(x=np.ones(5, np.float32), y=np.ones(4, np.float32))["add"] == 9.0
+    with pytest.raises(ChainruleError, match=r"axis 0 has size 1, which B\+S is for no size of "
+                                             r"S with B=2 \(from input 'y'\)"):
+        model.run(x=np.ones(1, np.float32), y=np.ones(4, np.float32))
+
+
+def test_a_size_written_with_a_symbol_only_an_expression_holds_is_refused_at_its_line():
+    with pytest.raises(ChainruleError) as info:
+        chainrule.compile(source="model m(x: f32[2*B]) {\n"
+                                 "    return sum(x) + sum(zeros((B, 4)))\n}\n")
+    assert (info.value.line, info.value.col) == (2, 25)
+    assert "its sizes are written with B, which no input declares as a dim of its own" in \
+        info.value.message
 
 
 def test_a_size_written_with_a_symbol_no_input_binds_is_refused():
@@ -251,3 +292,62 @@ def test_random_inputs_size_expression_dims_from_the_symbols(tmp_path):
                     "    return sum(x) + sum(reshape(y, (B, S, 2)))\n}\n")
     result = chainrule_cli("run", path, "--random-inputs", "--dim", "B=2", "--dim", "S=3")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("s, t", [(3, 3), (4, 3), (2, 7), (1, 1)])
+def test_exported_floor_division_floors_a_negative_numerator(s, t):
+    # (2*S-T)//2 is S-T+T//2 in canonical form: T//2 and the sum are computed at run time,
+    # and ONNX's Div truncates where the IR's // floors.
+    model = chainrule.compile(source="model m(x: f32[S], y: f32[T]) {\n"
+                                     "    return f32(arange((2*S-T)//2 + T))\n}\n")
+    session = onnxruntime.InferenceSession(model.to_onnx().SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    feeds = {"x": np.ones(s, np.float32), "y": np.ones(t, np.float32)}
+    (exported,) = session.run(None, feeds)
+    assert exported.shape == ((2 * s - t) // 2 + t,)
+    assert model.run(**feeds)[model.graph.outputs[0].name].shape == exported.shape
+
+
+SPATIAL = """model m(x: f32[B, 2, H, W], t: f32[B, 3, H, W]) {
+    param w: f32[3, 2, 3, 3] = glorot()
+    y = conv2d(x, w, padding=1)
+    p = max_pool2d(y, 2)
+    return mse(y, t) + mean(p * p)
+}
+"""
+
+
+@pytest.mark.parametrize("height, width", [(4, 6), (7, 5)])
+def test_convolution_and_pooling_over_symbolic_spatial_sizes_train_on_both_backends(height,
+                                                                                    width):
+    model = chainrule.compile(source=SPATIAL)
+    rng = np.random.default_rng(height)
+    feeds = {"x": rng.normal(size=(2, 2, height, width)).astype(np.float32),
+             "t": rng.normal(size=(2, 3, height, width)).astype(np.float32)}
+    ours, theirs = model.grad(**feeds), model.grad(backend="onnxruntime", **feeds)
+    for name, value in ours.items():
+        assert_close(theirs[name], value, 1e-5, what=name)
+
+
+@pytest.mark.parametrize("pooling, op", [("max_pool2d(y, 2, ceil_mode=true)", "max_pool"),
+                                         ("avg_pool2d(y, 2)", "avg_unpool")])
+def test_what_the_onnx_export_must_size_when_exported_is_refused_at_its_line(pooling, op):
+    model = chainrule.compile(source=SPATIAL.replace("max_pool2d(y, 2)", pooling))
+    with pytest.raises(ChainruleError) as info:
+        model.to_onnx(grad=True)
+    assert info.value.line == 4
+    assert f"the ONNX form of {op} over the symbolic spatial size H, W" in info.value.message
+    assert "--dim H=N" in info.value.message
+
+
+def test_a_strided_convolutions_gradient_over_a_symbolic_size_needs_the_size():
+    model = chainrule.compile(source=SPATIAL.replace("padding=1", "stride=2").replace(
+        "mse(y, t)", "mean(y * y)"))
+    assert str(model.graph.nodes[0].output.type) == "f32[B, 3, (H+1)//2-1, (W+1)//2-1]"
+    with pytest.raises(ChainruleError, match=r"the gradient of a strided conv over "
+                                             r"f32\[B, 2, H, W\] depends on its spatial size"):
+        model.grad(wrt=["x"], x=np.ones((1, 2, 5, 5), np.float32),
+                   t=np.ones((1, 3, 5, 5), np.float32))
+    # The weights' gradient needs no such size, nor does a stride of 1.
+    assert model.grad(x=np.ones((1, 2, 5, 5), np.float32),
+                      t=np.ones((1, 3, 5, 5), np.float32))["w"].shape == (3, 2, 3, 3)

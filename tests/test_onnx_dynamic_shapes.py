@@ -412,6 +412,19 @@ def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():
     assert declared[model.onnx_names["loose"]][0] == "loose_0"
 
 
+@pytest.mark.parametrize("dim_param, symbol", [("batch-size", "batch_size"),
+                                               ("batch size", "batch_size"),
+                                               ("sequence.length", "sequence_length")])
+def test_a_dim_param_that_is_a_name_stays_one_symbol(dim_param, symbol):
+    # Only the dynamo exporter's expressions over s0, s1... read as arithmetic.
+    proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", FLOAT, [dim_param, 4])],
+                     [("y", FLOAT, [dim_param, 4])])
+    model = chainrule.import_onnx(proto)
+    assert model.graph.inputs[0].type.shape == (symbol, 4)
+    fixed = chainrule.import_onnx(proto, dims={symbol: 3})
+    assert fixed.graph.inputs[0].type.shape == (3, 4)
+
+
 def test_an_unnamed_dim_is_tied_to_the_dim_an_op_says_it_equals():
     # Broadcasting ties the unnamed batch of `loose` to B, and that of `bias` to 4: each then
     # takes the dim it is tied to everywhere, the input's own type and a shape folded before.

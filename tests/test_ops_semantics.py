@@ -213,7 +213,7 @@ def test_indexing_matches_numpy(expression):
 @pytest.mark.parametrize("expression, expected", [
     ("x[:, 1:3]", "f64[B, 2]"),   # a fixed axis keeps its number
     ("x[1:]", "f64[B-1, 6]"),     # a dim expression
-    ("x[1:-2:2]", "f64[B//2-1, 6]"),
+    ("x[1:-2:2]", "f64[?, 6]"),    # B-3 may be negative: numpy clamps it
     ("x[:, 2:]", "f64[B, 4]"),
     ("x[::-1]", "f64[B, 6]"),     # the whole axis, reversed
     ("x[0]", "f64[6]"),

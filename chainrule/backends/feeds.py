@@ -58,27 +58,41 @@ def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None
                 bound_by.setdefault(dim, f"{kind} '{value.name}'")
             elif dim_exprs.is_symbolic(dim):
                 expressions.append((described, axis, dim, size, f"{kind} '{value.name}'"))
+    _solve_expressions(expressions, dims, bound_by)
     for described, axis, dim, size, where in expressions:
-        _check_expression(described, axis, dim, size, where, dims, bound_by)
+        _check_expression(described, axis, dim, size, dims, bound_by)
     return dims
 
 
-def _check_expression(described, axis, dim, size, where, dims, bound_by) -> None:
-    """An axis declared as an expression (`2*B`): it binds the one symbol it alone holds
-    (`B` is 3 when the axis is 6), and must equal its value once every symbol is bound."""
-    solved = dim_exprs.solve(dim, size, dims)
-    if solved is not None:
-        dims[solved[0]] = solved[1]
-        bound_by[solved[0]] = where
-        return
-    unbound = sorted(dim_exprs.symbols(dim) - set(dims))
+def _solve_expressions(expressions, dims: dict, bound_by: dict) -> None:
+    """Axes declared as expressions bind the one symbol each leaves unbound (`2*B` of 6 rows
+    makes B 3), over and over while one does, whatever order the inputs come in."""
+    pending = list(expressions)
+    while pending:
+        for item in pending:
+            _, _, dim, size, where = item
+            solved = dim_exprs.solve(dim, size, dims)
+            if solved is not None:
+                dims[solved[0]], bound_by[solved[0]] = solved[1], where
+                pending.remove(item)
+                break
+        else:
+            return
+
+
+def _check_expression(described, axis, dim, size, dims, bound_by) -> None:
+    """An axis declared as an expression must equal its value under the bound sizes."""
+    symbols = sorted(dim_exprs.symbols(dim))
+    known = ", ".join(f"{s}={dims[s]} (from {bound_by[s]})" for s in symbols if s in dims)
+    unbound = [s for s in symbols if s not in dims]
+    if len(unbound) == 1:  # solving found no size of at least 1
+        raise ChainruleError(f"{described}: axis {axis} has size {size}, which {dim} is for no "
+                             f"size of {unbound[0]}" + (f" with {known}" if known else ""))
     if unbound:
         raise ChainruleError(f"{described}: axis {axis} is declared {dim}, and no input binds "
                              f"{', '.join(unbound)} by itself")
     expected = dim_exprs.evaluate(dim, dims)
     if expected != size:
-        known = ", ".join(f"{s}={dims[s]} (from {bound_by[s]})"
-                          for s in sorted(dim_exprs.symbols(dim)))
         raise ChainruleError(f"{described}: axis {axis} has size {size}, but {dim} is "
                              f"{expected} with {known}")
 

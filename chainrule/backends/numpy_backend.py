@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import ChainruleError, Graph, get_op
-from ..ir.types import NUMPY_DTYPES
 from ..ir.symbols import attr_symbols, resolved_attrs
+from ..ir.types import NUMPY_DTYPES
 from .feeds import check_arrays, check_feeds
 from .numpy_kernels import KERNELS
 from .protocol import CHECKING_BACKEND

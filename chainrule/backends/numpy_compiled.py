@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import OPS, ChainruleError, Graph, Node, Value, dims, get_op
+from ..ir import OPS, Graph, Node, Value, dims, get_op
 from ..ir.gcpause import gc_paused
+from ..ir.symbols import attr_symbols, check_bound, dim_attrs, symbol_sources
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from . import fused_kernels
-from ..ir.symbols import attr_symbols, dim_attrs, symbol_sources
 from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
@@ -185,14 +185,10 @@ def _dims_literal(value, symbols: dict) -> str:
 def _symbol_variables(graph: Graph) -> dict:
     """Each symbol the attributes use: its local variable, and the input and axis whose size
     it takes."""
+    check_bound(graph)
     sources = symbol_sources(graph)
-    variables = {}
-    for index, symbol in enumerate(sorted(attr_symbols(graph))):
-        if symbol not in sources:
-            raise ChainruleError(f"the dim {symbol} is used in the graph's ops but no input's "
-                                 f"shape binds it; declare an input with it")
-        variables[symbol] = (f"dim{index}", *sources[symbol])
-    return variables
+    return {symbol: (f"dim{index}", *sources[symbol])
+            for index, symbol in enumerate(sorted(attr_symbols(graph)))}
 
 
 def generate_source(graph: Graph, plan: Plan, function_name: str = "run") -> tuple[str, list]:

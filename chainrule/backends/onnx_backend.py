@@ -9,8 +9,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value, dims
+from ..ir.symbols import check_bound, symbol_sources
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from ..ir.symbols import attr_symbols, symbol_sources
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 from .opset import DEFAULT_OPSET
@@ -83,10 +83,12 @@ class OnnxEmitter:
         return dims.compute(dim, _ShapeArithmetic(self))
 
     def symbol_size(self, symbol: str) -> str:
+        """The symbol's size, read off the input that binds it (export_onnx has checked that
+        one does for every size attr) once per graph."""
         if symbol not in self.symbol_sizes:
-            if symbol not in self.symbols:
-                raise ChainruleError(f"the dim {symbol} is used in the graph's ops but no "
-                                     f"input's shape binds it; declare an input with it")
+            if symbol not in self.symbols:  # a type's symbol that only expressions hold
+                raise ChainruleError(f"exporting %{self.lowering} needs the size {symbol}, "
+                                     f"which no input declares as a dim of its own")
             self.symbol_sizes[symbol] = self.dim(*self.symbols[symbol])
         return self.symbol_sizes[symbol]
 
@@ -103,8 +105,7 @@ class OnnxEmitter:
 
 
 class _ShapeArithmetic:
-    """dims.compute's arithmetic as ONNX nodes on 1-D int64 tensors of one element. Dims are
-    never negative, so Div's truncation is floor division."""
+    """dims.compute's arithmetic as ONNX nodes on 1-D int64 tensors of one element."""
 
     def __init__(self, emitter: OnnxEmitter):
         self.emitter = emitter
@@ -122,7 +123,10 @@ class _ShapeArithmetic:
         return self.emitter.add("Mul", [a, b])
 
     def floordiv(self, a, b):
-        return self.emitter.add("Div", [a, b])
+        # Div truncates, and a quotient's numerator may be negative: (a - a mod b) / b is
+        # exact, and Mod takes the divisor's sign as Python's % does.
+        exact = self.emitter.add("Sub", [a, self.mod(a, b)])
+        return self.emitter.add("Div", [exact, b])
 
     def mod(self, a, b):
         return self.emitter.add("Mod", [a, b])
@@ -149,8 +153,11 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         raise ChainruleError(f"no ONNX lowering for op(s): {', '.join(missing)}")
-    symbols = {symbol: (value.name, axis) for symbol, (value, axis)
-               in symbol_sources(graph).items() if symbol in attr_symbols(graph)}
+    check_bound(graph)
+    # Where each symbol's size is read, should a lowering need it (a size attr, a reshape to
+    # a type's symbolic dims): only what is asked for is computed.
+    symbols = {symbol: (value.name, axis)
+               for symbol, (value, axis) in symbol_sources(graph).items()}
     emitter = OnnxEmitter(opset, training, symbols)
     for node in graph.nodes:
         emitter.doc = node.loc.described() if node.loc else ""

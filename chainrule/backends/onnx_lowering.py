@@ -15,7 +15,7 @@ import math
 import numpy as np
 from onnx import helper
 
-from ..ir import ChainruleError
+from ..ir import ChainruleError, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import TO_END, conv_output_dim, pool_end_pad, pool_window_sizes
 from ..ir.types import NUMPY_DTYPES, ONNX_DTYPES
@@ -445,6 +445,18 @@ def _spatial(value) -> tuple:
     return tuple(value.type.shape[2:])
 
 
+def _fixed(node, spatial, why: str) -> tuple:
+    """Spatial sizes that must be numbers when the graph is exported, for `why`; a symbolic one
+    is an error at the node's line."""
+    symbolic = [str(d) for d in spatial if not isinstance(d, int)]
+    if symbolic:
+        raise ChainruleError(f"the ONNX form of {node.op} over the symbolic spatial size "
+                             f"{', '.join(symbolic)} is not supported ({why} are computed when "
+                             f"the graph is exported); fix it with --dim "
+                             f"{sorted(dims.symbols(symbolic[0]))[0]}=N", node.loc)
+    return tuple(spatial)
+
+
 def _conv_attrs(node) -> dict:
     """ONNX Conv's and ConvTranspose's attributes for a conv node."""
     attrs = node.attrs
@@ -476,6 +488,7 @@ def _along(axis: int, rank: int) -> tuple:
 
 def _unfold(em, node, x, spatial, kernel, strides, pads, dilations) -> str:
     """x's windows as [N, C, kernel, windows], gathered from its zero-padded planes."""
+    spatial = _fixed(node, spatial, "the windows' positions")
     rank = len(kernel)
     if any(pads):
         x = em.add("Pad", [x, em.ints([0, 0, *pads[:rank], 0, 0, *pads[rank:]], "pads"),
@@ -488,6 +501,7 @@ def _unfold(em, node, x, spatial, kernel, strides, pads, dilations) -> str:
 def _fold(em, node, taps, spatial, kernel, strides, pads, dilations, out) -> None:
     """The transpose of _unfold: taps [N, C, kernel * windows] summed onto the positions their
     windows cover in zero planes, which are then cropped to `spatial`."""
+    spatial = _fixed(node, spatial, "the windows' positions")
     if em.opset < FOLD_SINCE:
         raise ChainruleError(f"the ONNX form of {node.op} needs opset {FOLD_SINCE} or newer, "
                              f"not {em.opset}", node.loc)
@@ -572,15 +586,18 @@ def _conv_weight_grad_as_conv(em, node, out, x, g):
     attrs, groups, channels = node.attrs, node.attrs["groups"], node.inputs[0].type.shape[1]
     rank, kernel = len(attrs["kernel"]), attrs["kernel"]
     # x [N, C, *S] -> [C / groups, groups * N, *S]; g [N, O, *P] -> [O, N, *P], group-major.
-    inputs = em.add("Reshape", [x, em.ints([0, groups, channels // groups, *_spatial(
+    inputs = em.add("Reshape", [x, em.dims([0, groups, channels // groups, *_spatial(
         node.inputs[0])], "grouped")])
     inputs = em.add("Transpose", [inputs], perm=[2, 1, 0, *range(3, 3 + rank)])
-    inputs = em.add("Reshape", [inputs, em.ints([channels // groups, -1, *_spatial(
+    inputs = em.add("Reshape", [inputs, em.dims([channels // groups, -1, *_spatial(
         node.inputs[0])], "inputs")])
     weights = em.add("Transpose", [g], perm=[1, 0, *range(2, 2 + rank)])
+    # g is the kernel: its shape, which Conv can read off it, may be symbolic.
+    window = _spatial(node.inputs[1])
+    shape = {"kernel_shape": list(window)} if all(isinstance(d, int) for d in window) else {}
     correlated = em.add("Conv", [inputs, weights], strides=list(attrs["dilations"]),
                         dilations=list(attrs["strides"]), pads=list(attrs["pads"]),
-                        group=groups, kernel_shape=list(_spatial(node.inputs[1])))
+                        group=groups, **shape)
     cropped = em.add("Slice", [correlated, em.ints([0] * rank, "starts"),
                                em.ints(list(kernel), "ends"),
                                em.ints(list(range(2, 2 + rank)), "axes")])
@@ -590,9 +607,12 @@ def _conv_weight_grad_as_conv(em, node, out, x, g):
 def _pool_attrs(node, x) -> dict:
     """MaxPool's and AveragePool's attributes, ceil mode's overhang added to the end pads."""
     attrs, rank = node.attrs, len(node.attrs["kernel"])
-    ends = [pool_end_pad(n, k, s, b, e, attrs["ceil_mode"]) for n, k, s, b, e in zip(
-        _spatial(x), attrs["kernel"], attrs["strides"], attrs["pads"][:rank],
-        attrs["pads"][rank:], strict=True)]
+    if not attrs["ceil_mode"]:  # floor mode's windows never overhang the end pad
+        ends = list(attrs["pads"][rank:])
+    else:
+        ends = [pool_end_pad(n, k, s, b, e, True) for n, k, s, b, e in zip(
+            _fixed(node, _spatial(x), "ceil mode's end pads"), attrs["kernel"],
+            attrs["strides"], attrs["pads"][:rank], attrs["pads"][rank:], strict=True)]
     return {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
             "pads": list(attrs["pads"][:rank]) + ends}
 
@@ -631,8 +651,12 @@ def _max_pool_take(em, node, out, values, x):
 
 
 def _divisor(node, x) -> np.ndarray:
-    """What each window of the average divides by, over the output's spatial axes."""
+    """What each window of the average divides by, over the output's spatial axes: the
+    kernel's size alone where every window lies within the padded input and counts it."""
     attrs, rank = node.attrs, len(node.attrs["kernel"])
+    if not attrs["ceil_mode"] and (attrs["count_include_pad"] or not any(attrs["pads"])):
+        return np.asarray(math.prod(attrs["kernel"]), NUMPY_DTYPES[_dtype(node)])
+    _fixed(node, _spatial(x), "the windows' divisors")
     divisor = np.ones(())
     for n, k, s, b, e in zip(_spatial(x), attrs["kernel"], attrs["strides"],
                              attrs["pads"][:rank], attrs["pads"][rank:], strict=True):
@@ -660,13 +684,14 @@ def _avg_pool(em, node, out, x):
     taps = _unfold(em, node, x, _spatial(node.inputs[0]), attrs["kernel"], attrs["strides"],
                    pool["pads"], (1,) * len(attrs["kernel"]))
     total = em.add("Reshape", [em.reduce("ReduceSum", taps, (2,), False),
-                               em.ints([0, 0, *divisor.shape], "shape")])
+                               em.ints([0, 0, *_spatial(node.output)], "shape")])
     em.add("Div", [total, em.const(divisor, "divisor")], out)
 
 
 @lowering("avg_unpool")
 def _avg_unpool(em, node, out, g, like):
     attrs, kernel = node.attrs, node.attrs["kernel"]
+    _fixed(node, _spatial(node.inputs[1]), "the windows' positions")
     share = em.add("Div", [g, em.const(_divisor(node, node.inputs[1]), "divisor")])
     # Every tap of a window gets the window's share.
     windows = math.prod(_spatial(node.inputs[0]))

@@ -19,7 +19,7 @@ from lark import Token, Tree
 from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, dims, get_op
 from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import is_float
+from ..ir.types import UNKNOWN, is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
 
@@ -34,8 +34,8 @@ def _on_bools(fn):
 
 FOLD = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-    "floordiv": operator.floordiv, "mod": operator.mod, "pow": operator.pow, "less": operator.lt, "less_equal": operator.le,
-    "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
+    "floordiv": operator.floordiv, "mod": operator.mod, "pow": operator.pow,
+    "less": operator.lt, "less_equal": operator.le, "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
     "not_equal": operator.ne, "logical_and": _on_bools(operator.and_),
     "logical_or": _on_bools(operator.or_),
 }
@@ -239,6 +239,9 @@ class ExpressionLowerer:
         """Yields the index's subtree; returns the (start, end, step) that picks it."""
         index = yield from self.constant_int(tree, "an index", dim=True)
         if is_dim(index):
+            if dim != UNKNOWN and dims.at_least(index, dim):
+                raise ChainruleError(f"index {index} is out of range for axis {axis} of size "
+                                     f"{dim}", self.loc(tree))
             return index, dims.add(index, 1), 1
         if isinstance(dim, int) and not -dim <= index < dim:
             raise ChainruleError(f"index {index} is out of range for axis {axis} of size {dim}",
@@ -546,7 +549,6 @@ class Composer:
 
     def update_state(self, state: Value, new: Value) -> None:
         self.lowerer.update_state(state, new, self.loc)
-
 
 
 def _meeting_dtype(arguments) -> str | None:

@@ -15,6 +15,7 @@ from lark import Tree
 from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
                   Value, dims)
 from ..ir.init import INITIALIZERS, check_init
+from ..ir.symbols import check_bound
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
 from .expressions import (DIM_FOLD, ExpressionLowerer, SymbolicDim, describe_constant,
@@ -184,6 +185,7 @@ class Lowerer(ExpressionLowerer):
         outputs += self.update_outputs()
         self.graph.outputs = [self.builder.current(v) for v in outputs]
         self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
+        check_bound(self.graph)
         return self.graph
 
     def update_state(self, state: Value, new: Value, loc: SourceLoc) -> None:

@@ -6,9 +6,10 @@ to a bare symbol is that str, and any other is a DimExpr holding a polynomial in
 so `B*2*H` and `2*H*B` are the same value (equal, same hash, same text). Floor division and
 modulo that do not divide exactly stay as atoms of the polynomial, `(S-1)//2`.
 
-Equality of canonical forms is decidable, and it is what reshape and broadcasting need: two
-dims are equal when their canonical forms are. Where neither equality nor a difference can be
-shown (`B*H` against `N`), the type rules accept the program and the run checks it.
+Equality of canonical forms is decidable and cheap: two dims whose forms are equal are equal
+for every size of their symbols (the converse does not always hold: the forms reduce the
+common cases, such as `(H-2)//2+1` to `H//2`). `provably_different` and `at_least` reason
+about signs with every symbol at least 1, the size of a dim of a tensor chainrule accepts.
 """
 from __future__ import annotations
 
@@ -193,17 +194,11 @@ def _divide_exactly(poly: tuple, divisor: tuple) -> tuple | None:
 
 
 def _split_multiple(poly: tuple, divisor: int) -> tuple[tuple, tuple]:
-    """poly as divisor*q + r, where q takes every term whose coefficient divisor divides and
-    the constant's multiple of it, so that r's constant lies in [0, divisor)."""
+    """poly as divisor*q + r, each coefficient of r in [0, divisor): q takes the whole
+    multiples of divisor out of every term, so that r is never negative."""
     quotient, remainder = {}, {}
     for monomial, coefficient in poly:
-        if monomial == ():
-            whole, rest = divmod(coefficient, divisor)
-            quotient[()], remainder[()] = whole, rest
-        elif coefficient % divisor == 0:
-            quotient[monomial] = coefficient // divisor
-        else:
-            remainder[monomial] = coefficient
+        quotient[monomial], remainder[monomial] = divmod(coefficient, divisor)
     return _normalized(quotient), _normalized(remainder)
 
 
@@ -272,11 +267,29 @@ def floordiv(a, b):
     if bottom is not None and bottom > 0:
         # (c*q + r) // c is q + r // c for whole q: `(H-2)//2+1` is `H//2`.
         quotient, remainder = _split_multiple(numerator, bottom)
-        rest = _constant(remainder)
-        part = rest // bottom if rest is not None else \
-            _atom(Quotient("//", remainder, denominator))
-        return _canonical(_poly_add(quotient, _poly_of(part) if isinstance(part, int) else part))
+        return _canonical(_poly_add(quotient, _quotient_atom(remainder, bottom)))
     return _canonical(_atom(Quotient("//", numerator, denominator)))
+
+
+def _quotient_atom(numerator: tuple, divisor: int) -> tuple:
+    """numerator // divisor for a numerator of coefficients in [0, divisor), as a polynomial:
+    0 for a number, and (a//c1)//c2 as a//(c1*c2), so that repeated halvings equal one
+    division (a pyramid's `(S//2)//2` is `S//4`), and a factor common to every coefficient
+    and the divisor cancels."""
+    if not numerator or _constant(numerator) is not None:
+        return ()  # a number below the divisor
+    common = gcd(divisor, *(coefficient for _, coefficient in numerator))
+    if common > 1:  # (2*B+2)//4 is (B+1)//2
+        numerator = _normalized({m: c // common for m, c in numerator})
+        divisor //= common
+    if len(numerator) == 1:
+        (monomial, coefficient), = numerator
+        if coefficient == 1 and len(monomial) == 1:
+            (atom, power), = monomial
+            inner = _constant(atom.denominator) if isinstance(atom, Quotient) else None
+            if power == 1 and inner is not None and inner > 0 and atom.kind == "//":
+                return _poly_of(floordiv(DimExpr(atom.numerator), inner * divisor))
+    return _atom(Quotient("//", numerator, ((((), divisor),))))
 
 
 def mod(a, b):
@@ -329,46 +342,60 @@ def symbols(dim) -> set[str]:
     return found
 
 
+def is_nonnegative(dim) -> bool:
+    """Whether the dim is >= 0 for every size of its symbols (each at least 1): with each
+    symbol written 1 + t, a polynomial in t >= 0 with no negative coefficient whose quotients
+    are of such polynomials too (`S-1` is, `S-3` and `2*S-T` are not)."""
+    if isinstance(dim, int):
+        return dim >= 0
+    if dim == UNKNOWN:
+        return False
+    shifted = substitute(dim, {s: add(s, 1) for s in symbols(dim)})
+    return _nonnegative_at_zero(_poly_of(shifted))
+
+
+def _nonnegative_at_zero(poly: tuple) -> bool:
+    """Whether poly >= 0 for every value >= 0 of its symbols."""
+    return all(coefficient >= 0 and all(_nonnegative_atom(atom) for atom, _ in monomial)
+               for monomial, coefficient in poly)
+
+
+def _nonnegative_atom(atom) -> bool:
+    if isinstance(atom, str):
+        return True
+    if atom.kind == "%":  # Python's modulo takes the divisor's sign
+        return _nonnegative_at_zero(atom.denominator)
+    return _nonnegative_at_zero(atom.numerator) and _nonnegative_at_zero(atom.denominator)
+
+
+def at_least(a, b) -> bool:
+    """Whether a >= b whatever sizes the symbols have."""
+    return not _unknown_in(a, b) and is_nonnegative(sub(a, b))
+
+
 def provably_different(a, b) -> bool:
-    """Whether a and b differ for every value of their symbols, which are sizes of at least 1:
-    their difference is a nonzero number (`S` and `S+1`) or a polynomial in symbols whose
-    coefficients share one sign (`6*B` and `4*B`)."""
-    if _unknown_in(a, b):
-        return False
-    difference = _poly_of(sub(a, b))
-    if not difference:
-        return False
-    signs = {coefficient > 0 for _, coefficient in difference}
-    only_symbols = all(isinstance(atom, str) for monomial, _ in difference
-                       for atom, _ in monomial)
-    return len(signs) == 1 and only_symbols
+    """Whether a and b differ for every size of their symbols: one exceeds the other
+    (`S+1` and `S`, `6*B` and `4*B`)."""
+    return at_least(a, add(b, 1)) or at_least(b, add(a, 1))
 
 
 def evaluate(dim, env: dict) -> int:
     """The dim's size when each symbol has the size `env` gives it; KeyError names a symbol
     the env lacks."""
-    if isinstance(dim, int):
-        return dim
-    if isinstance(dim, str):
-        return env[dim]
-    return _evaluate_poly(dim.terms, env)
+    return compute(dim, _Sizes(env))
 
 
-def _evaluate_poly(poly: tuple, env: dict) -> int:
-    total = 0
-    for monomial, coefficient in poly:
-        term = coefficient
-        for atom, power in monomial:
-            value = env[atom] if isinstance(atom, str) else _evaluate_atom(atom, env)
-            term *= value ** power
-        total += term
-    return total
+class _Sizes:
+    """compute's arithmetic on numbers: a dim's size."""
 
+    def __init__(self, env: dict):
+        self.symbol = env.__getitem__
 
-def _evaluate_atom(atom: Quotient, env: dict) -> int:
-    numerator = _evaluate_poly(atom.numerator, env)
-    denominator = _evaluate_poly(atom.denominator, env)
-    return numerator // denominator if atom.kind == "//" else numerator % denominator
+    number = staticmethod(int)
+    add = staticmethod(int.__add__)
+    mul = staticmethod(int.__mul__)
+    floordiv = staticmethod(int.__floordiv__)
+    mod = staticmethod(int.__mod__)
 
 
 def compute(dim, arithmetic):
@@ -402,54 +429,48 @@ def _compute_poly(poly: tuple, arithmetic):
 
 def substitute(dim, env: dict):
     """The dim with the symbols `env` gives replaced by their values (dims or ints)."""
-    if isinstance(dim, int) or dim == UNKNOWN:
+    if dim == UNKNOWN:
         return dim
-    if isinstance(dim, str):
-        return env.get(dim, dim)
-    total = 0
-    for monomial, coefficient in dim.terms:
-        term = coefficient
-        for atom, power in monomial:
-            value = substitute(atom, env) if isinstance(atom, str) else _substitute_atom(atom, env)
-            for _ in range(power):
-                term = mul(term, value)
-        total = add(total, term)
-    return total
+    return compute(dim, _Substitution(env))
 
 
-def _substitute_atom(atom: Quotient, env: dict):
-    numerator = substitute(DimExpr(atom.numerator), env)
-    denominator = substitute(DimExpr(atom.denominator), env)
-    return floordiv(numerator, denominator) if atom.kind == "//" else mod(numerator, denominator)
+class _Substitution:
+    """compute's arithmetic on dims, each symbol replaced where `env` says."""
+
+    def __init__(self, env: dict):
+        self.env = env
+
+    def symbol(self, name):
+        return self.env.get(name, name)
+
+    number = staticmethod(int)
+    add = staticmethod(add)
+    mul = staticmethod(mul)
+    floordiv = staticmethod(floordiv)
+    mod = staticmethod(mod)
 
 
 def solve(dim, size: int, env: dict) -> tuple[str, int] | None:
-    """The one symbol of `dim` that `env` leaves unbound and its value, when `dim` is
-    linear in it (`2*B+1` of size 7 gives ("B", 3)); None when nothing can be solved."""
+    """The one symbol of `dim` that `env` leaves unbound and its size, when `dim` is linear
+    in it (`2*B+1` of size 7 gives ("B", 3)); None when no size of at least 1 solves it."""
     unbound = symbols(dim) - set(env)
     if len(unbound) != 1 or isinstance(dim, int):
         return None
     symbol, = unbound
-    at_zero = substitute(dim, {**env, symbol: 0})
-    at_one = substitute(dim, {**env, symbol: 1})
-    if not isinstance(at_zero, int) or not isinstance(at_one, int):
+    try:
+        at_zero = substitute(dim, {**env, symbol: 0})
+        at_one = substitute(dim, {**env, symbol: 1})
+        if not isinstance(at_zero, int) or not isinstance(at_one, int):
+            return None
+        slope = at_one - at_zero
+        if slope == 0 or (size - at_zero) % slope:
+            return None
+        value = (size - at_zero) // slope
+        if value < 1 or substitute(dim, {**env, symbol: value}) != size:
+            return None  # no size, or not linear in the symbol after all
+    except NotADim:  # a division by a bound symbol's zero on the way
         return None
-    slope = at_one - at_zero
-    if slope == 0 or (size - at_zero) % slope:
-        return None
-    value = (size - at_zero) // slope
-    if substitute(dim, {**env, symbol: value}) != size:
-        return None  # not linear in the symbol after all
     return symbol, value
-
-
-def common_factor(dims) -> int:
-    """The gcd of the dims' number coefficients (1 with no numbers)."""
-    result = 0
-    for dim in dims:
-        for _, coefficient in _poly_of(dim):
-            result = gcd(result, coefficient)
-    return result or 1
 
 
 # ---- text -------------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import dims
 from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_window_attrs,
                      concat_shape, conv_output_dim, dims_may_equal, format_shape, matmul_shape,
                      normalize_axes, normalize_axis, pool_output_dim, reduced_shape,
                      require_same_size, reshaped_shape, shapes_may_equal, sliced_shape,
                      taken_shape)
-from . import dims
 from .types import DTYPES, UNKNOWN, TensorType, is_float, scalar
 
 REQUIRED = object()

@@ -207,8 +207,8 @@ FAR = 2**31 - 1
 
 
 def _sliced_dim(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
-    """Python's slice length, `dim` or the bounds being expressions. A symbolic bound is taken
-    to lie within the axis; a number that numpy may clamp to a symbolic size gives UNKNOWN."""
+    """Python's slice length, `dim` or the bounds being expressions: UNKNOWN where numpy may
+    clamp a bound at a size the types cannot compare it with (`x[:, 0:5]` of an axis of S)."""
     if all(isinstance(d, int) for d in (dim, start, end)):
         return len(range(*slice(start, end, step).indices(dim)))
     if dim == UNKNOWN:
@@ -224,19 +224,27 @@ def _sliced_dim(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
 
 
 def _position(dim: Dim, bound: Dim, clamp_high: Dim | None, before_start: int) -> Dim:
-    """A slice bound on an axis of symbolic size `dim`, as a position: a symbolic bound as it
-    is, one from the end counted back from `dim`, a huge one (exporters' INT64_MAX for "to the
-    end") as the end or `before_start`. `clamp_high` is where numpy clamps a bound past the
-    end; a positive number it might clamp to a symbolic size cannot be stated (UNKNOWN)."""
-    if not isinstance(bound, int):
+    """A slice bound as a position on an axis of size `dim`, where one of them is symbolic.
+
+    A negative bound counts back from the end (`-1` is `S-1`, `-S` of `S+T` is `T`), and must
+    stay at 0 or past it for every size. A huge one (exporters' INT64_MAX for "to the end")
+    is the end or `before_start`. `clamp_high` is where numpy clamps a bound past the end: a
+    bound provably past it is it; a number that may or may not be is UNKNOWN; a symbolic
+    bound on an axis of fixed size is taken to lie within it (`pos[0:T]` of 16 positions is T
+    long, and a T past 16 fails where the rows are used)."""
+    if isinstance(bound, int) and abs(bound) >= FAR:
+        past_end = clamp_high if clamp_high is not None else dim
+        return past_end if bound > 0 else before_start
+    if dims.at_least(-1, bound):
+        from_end = dims.add(dim, bound)
+        return from_end if dims.at_least(from_end, 0) else UNKNOWN
+    if not dims.at_least(bound, 0):
+        return UNKNOWN
+    if clamp_high is None or dims.at_least(clamp_high, bound):
         return bound
-    if bound <= -FAR:
-        return before_start
-    if bound < 0:
-        return dims.add(dim, bound)
-    if bound >= FAR:
-        return clamp_high if clamp_high is not None else dim
-    return bound if clamp_high is None or bound == 0 else UNKNOWN
+    if dims.at_least(bound, clamp_high):
+        return clamp_high
+    return UNKNOWN if isinstance(bound, int) else bound
 
 
 def taken_shape(shape, indices_shape, axis: int) -> tuple[Dim, ...]:
@@ -287,12 +295,13 @@ def pool_output_dim(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end
     """How many windows of a pooling fit along one axis. In ceil mode a last, partial window
     counts too, unless it would start past the input and its begin padding (PyTorch's rule,
     and ONNX's from opset 22); over a symbolic size that exception is decided only where it
-    cannot arise (no begin padding, a stride within the kernel), else the dim is UNKNOWN."""
+    cannot arise (no begin padding, and a stride and end padding within the kernel, so that
+    the last window starts inside the input), else the dim is UNKNOWN."""
     if not isinstance(size, int):
         span = dims.add(size, pad_begin + pad_end - kernel)
         if not ceil_mode:
             return dims.add(dims.floordiv(span, stride), 1)
-        if pad_begin == 0 and stride <= kernel:
+        if pad_begin == 0 and stride + pad_end <= kernel:
             return dims.add(dims.ceildiv(span, stride), 1)
         return UNKNOWN
     span = size + pad_begin + pad_end - kernel

@@ -36,6 +36,25 @@ def node_symbols(node: Node) -> set[str]:
     return found
 
 
+def unbound_rule(node: Node, bound: set[str]) -> str | None:
+    """What is wrong with a node whose sizes are written with a symbol no input binds."""
+    unbound = sorted(node_symbols(node) - bound)
+    if not unbound:
+        return None
+    return (f"its sizes are written with {', '.join(unbound)}, which no input declares as a "
+            f"dim of its own (as x: f32[{unbound[0]}, ...] would)")
+
+
+def check_bound(graph: Graph) -> None:
+    """Refuse, at the node's line, a size that no input's shape can give when the graph
+    runs: each symbol's size is read off an input that declares it as a dim of its own."""
+    bound = set(symbol_sources(graph))
+    for node in graph.nodes:
+        rule = unbound_rule(node, bound)
+        if rule is not None:
+            raise ChainruleError(f"%{node.output.name} = {node.op}(...): {rule}", node.loc)
+
+
 def attr_symbols(graph: Graph) -> set[str]:
     """The symbols the nodes' attributes are written with (a reshape to (B, S*H))."""
     return set().union(*(node_symbols(node) for node in graph.nodes))
@@ -44,8 +63,11 @@ def attr_symbols(graph: Graph) -> set[str]:
 def resolved_attrs(node: Node, sizes: dict) -> dict:
     """The node's attributes with each symbolic dim replaced by its size under `sizes`; a
     symbol nothing binds is reported with the node, the expression and the known sizes."""
+    def size(dim):
+        return dims.evaluate(dim, sizes)
+
     try:
-        return {**node.attrs, **{name: _resolved(node.attrs[name], sizes)
+        return {**node.attrs, **{name: map_dims(node.attrs[name], size)
                                  for name in dim_attrs(node)}}
     except KeyError as error:
         known = ", ".join(f"{s}={n}" for s, n in sorted(sizes.items())) or "none"
@@ -54,7 +76,8 @@ def resolved_attrs(node: Node, sizes: dict) -> dict:
                              node.loc) from None
 
 
-def _resolved(value, sizes: dict):
-    if isinstance(value, tuple):
-        return tuple(_resolved(item, sizes) for item in value)
-    return dims.evaluate(value, sizes) if dims.is_symbolic(value) else value
+def map_dims(attr, function):
+    """A size attr (a dim, or a tuple of them) with `function` applied to each symbolic dim."""
+    if isinstance(attr, tuple):
+        return tuple(map_dims(item, function) for item in attr)
+    return function(attr) if dims.is_symbolic(attr) else attr

@@ -16,12 +16,12 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput, VisitError
 from lark.visitors import Transformer_NonRecursive
 
+from . import dims
 from .errors import ChainruleError, SourceLoc, integer_literal, syntax_error
 from .graph import Graph, InitSpec, Node, Param, Value
 from .init import check_init
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
 from .shapes import OpTypeError
-from . import dims
 from .types import UNKNOWN, TensorType
 
 # An imported model's locations read `FILE.onnx:NODE`: ONNX nodes have names, not lines.

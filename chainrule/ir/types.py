@@ -15,10 +15,10 @@ NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i64": np.int64, "bool": n
 ONNX_DTYPES = {"f32": 1, "f64": 11, "i64": 7, "bool": 9}
 
 # A dim is an int, a symbolic name such as "B", an expression over names (dims.DimExpr:
-# `B*H`, `S-1`), or UNKNOWN when no expression can say it.
+# `B*H`, `S-1`), or UNKNOWN when no expression can say it. dims.py, which computes with them,
+# reads UNKNOWN from here, so the alias cannot name DimExpr itself.
 Dim = object
 UNKNOWN = "?"
-
 
 
 def dtype_of_numpy(dtype: np.dtype) -> str:

@@ -14,7 +14,7 @@ from .graph import Graph, Node, Param, Value
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
 from .printer import format_node, format_value
 from .shapes import OpTypeError
-from .symbols import node_symbols, symbol_sources
+from .symbols import symbol_sources, unbound_rule
 from .types import is_float
 
 
@@ -165,13 +165,7 @@ def _node_rules(scope: _Scope, node: Node) -> list[str | None]:
 
 def _symbols_rule(node: Node, bound: set[str]) -> str | None:
     """A size attr is computed when the graph runs from the symbols the inputs bind."""
-    if node.op not in OPS:
-        return None
-    unbound = sorted(node_symbols(node) - bound)
-    if not unbound:
-        return None
-    return (f"its sizes are written with {', '.join(unbound)}, which no input declares as a "
-            f"dim of its own")
+    return unbound_rule(node, bound) if node.op in OPS else None
 
 
 def _op_rules(node: Node) -> list[str]:

@@ -44,7 +44,7 @@ def substituted_shape(array: np.ndarray, replace: dict) -> np.ndarray:
 
 def _dim_array(items) -> np.ndarray:
     array = np.empty(len(items), dtype=object)
-    array[:] = items  # element by element: numpy would read a DimExpr as a sequence
+    array[:] = items  # a 1-D array of objects, whatever the items are
     return array
 
 
@@ -335,30 +335,9 @@ def _symbolic_op(op_type, function, *items):
     return result
 
 
-def _nonnegative(dim) -> bool:
-    """Whether a dim is provably >= 0: a polynomial with no negative coefficient over symbols
-    (sizes) and quotients of such polynomials."""
-    if isinstance(dim, int):
-        return dim >= 0
-    if isinstance(dim, str):
-        return True
-    return all(coefficient >= 0 and all(_nonnegative_atom(atom) for atom, _ in monomial)
-               for monomial, coefficient in dim.terms)
-
-
-def _nonnegative_atom(atom) -> bool:
-    if isinstance(atom, str):
-        return True
-    return all(_nonnegative(dims.canonical(dims.DimExpr(side)))
-               for side in (atom.numerator, atom.denominator))
-
-
-def _at_least(a, b, strictly: bool = False) -> bool:
-    """Whether a >= b (a > b when `strictly`) whatever sizes the symbols have."""
-    difference = dims.sub(a, b)
-    if strictly:
-        difference = dims.sub(difference, 1)  # dims are integers
-    return _nonnegative(difference)
+def _above(a, b) -> bool:
+    """Whether a > b for every size of the symbols: dims are integers, so a >= b + 1."""
+    return dims.at_least(a, dims.add(b, 1))
 
 
 def _decided(true: bool, false: bool) -> bool | None:
@@ -366,30 +345,28 @@ def _decided(true: bool, false: bool) -> bool | None:
 
 
 def _equal(a, b):
-    return _decided(a == b, dims.provably_different(a, b) or _at_least(a, b, True)
-                    or _at_least(b, a, True))
+    return _decided(a == b, dims.provably_different(a, b))
 
 
 def _less(a, b):
-    return _decided(_at_least(b, a, True), _at_least(a, b))
+    return _decided(_above(b, a), dims.at_least(a, b))
 
 
 def _less_or_equal(a, b):
-    return _decided(_at_least(b, a), _at_least(a, b, True))
+    return _decided(dims.at_least(b, a), _above(a, b))
 
 
 def _larger(a, b):
-    return a if _at_least(a, b) else b if _at_least(b, a) else None
+    return a if dims.at_least(a, b) else b if dims.at_least(b, a) else None
 
 
 def _smaller(a, b):
-    return b if _at_least(a, b) else a if _at_least(b, a) else None
+    return b if dims.at_least(a, b) else a if dims.at_least(b, a) else None
 
 
 def _divisible(a, b) -> bool:
-    """Whether a // b and a % b are ONNX's (truncating) and defined: a >= 0, and b a size that
-    is not 0 (a symbolic divisor of size 0 fails at run time as it does in onnxruntime)."""
-    return _nonnegative(a) and _nonnegative(b) and b != 0
+    """Whether a // b and a % b are ONNX's (truncating) and defined: a >= 0 and b >= 1."""
+    return dims.is_nonnegative(a) and dims.at_least(b, 1)
 
 
 def _floor_divide(a, b):
@@ -406,7 +383,8 @@ def _where(condition, a, b):
 
 
 def _absolute(a):
-    return a if _nonnegative(a) else dims.neg(a) if _nonnegative(dims.neg(a)) else None
+    return a if dims.is_nonnegative(a) else \
+        dims.neg(a) if dims.is_nonnegative(dims.neg(a)) else None
 
 
 def _reduce(pick):

@@ -17,8 +17,8 @@ from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, di
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
-from ..ir.symbols import dim_attrs
-from ..ir.types import ONNX_DTYPES, TensorType, is_float
+from ..ir.symbols import dim_attrs, map_dims
+from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dim_hint, dtype_of_array
 from .folding import FOLDERS, substituted_shape
 
@@ -165,17 +165,17 @@ def dim_name(name: str) -> str:
     return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"d_{cleaned}"
 
 
-# A dim_param that names one symbol (`batch`, `batch.size`); anything else is an expression
-# (`2*s0`, `s0 + 1`) or no name at all (`?`, `-1`).
-SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+# The expressions torch's dynamo exporter writes as dim_params, over its symbols s0, s1...
+# (`2*s0`, `s0 + 1`); any other text with a letter in it is a name (`batch-size` is one).
+DYNAMO_EXPRESSION = re.compile(r"(?:\s|\d|[-+*/%()]|s\d+)*[-+*/%](?:\s|\d|[-+*/%()]|s\d+)*")
 
 
 def declared_dim(dim_param: str, fresh: str):
-    """An input's dim as its dim_param declares it: a symbol, an expression the dynamo
-    exporter writes (`2*s0`) over symbols, or, where it names nothing, the fresh symbol
-    `fresh`."""
-    if SYMBOL_NAME.fullmatch(dim_param):
-        return dim_name(dim_param)
+    """An input's dim as its dim_param declares it: a symbol (`batch-size` as batch_size), an
+    expression the dynamo exporter writes (`2*s0`), or, where it names nothing (`?`, `-1`),
+    the fresh symbol `fresh`."""
+    if not DYNAMO_EXPRESSION.fullmatch(dim_param):
+        return dim_name(dim_param) if re.search(r"[A-Za-z]", dim_param) else fresh
     try:
         expression = dims.parse(dim_param)
     except dims.NotADim:
@@ -196,12 +196,11 @@ def tied_dims(op: str, shapes, fresh: set[str]) -> tuple[str, object] | None:
     else:
         return None
     for first, second in pairs:
-        if first == second or 1 in (first, second):
+        if first == second or 1 in (first, second) or UNKNOWN in (first, second):
             continue
-        if first in fresh:
-            return first, second
-        if second in fresh:
-            return second, first
+        for symbol, dim in ((first, second), (second, first)):
+            if symbol in fresh and symbol not in dims.symbols(dim):
+                return symbol, dim
     return None
 
 
@@ -212,12 +211,6 @@ def _right_aligned(shapes) -> list[tuple]:
         for second in shapes[index + 1:]:
             pairs += zip(reversed(first), reversed(second))
     return pairs
-
-
-def _substituted(attr, replace: dict):
-    if isinstance(attr, tuple):
-        return tuple(_substituted(item, replace) for item in attr)
-    return dims.substitute(attr, replace) if dims.is_symbolic(attr) else attr
 
 
 class Importer:
@@ -706,7 +699,8 @@ class Importer:
                                                for d in value.type.shape)
         for node in self.graph.nodes:
             for name in dim_attrs(node):
-                node.attrs[name] = _substituted(node.attrs[name], replace)
+                node.attrs[name] = map_dims(node.attrs[name],
+                                            lambda d: dims.substitute(d, replace))
         for name, known in self.values.items():
             if isinstance(known, Known) and known.symbolic:
                 self.values[name] = Known(substituted_shape(known.array, replace))
