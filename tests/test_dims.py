@@ -351,3 +351,18 @@ def test_a_strided_convolutions_gradient_over_a_symbolic_size_needs_the_size():
     # The weights' gradient needs no such size, nor does a stride of 1.
     assert model.grad(x=np.ones((1, 2, 5, 5), np.float32),
                       t=np.ones((1, 3, 5, 5), np.float32))["w"].shape == (3, 2, 3, 3)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ("2*((S+1)//2)", "S", True),   # torch.chunk's last end: at least the axis
+    ("S", "2*((S+1)//2)", False),
+    ("S", "2*(S//2)", True),
+    ("3*((S+2)//3)", "S", True),
+    ("2*(S//2)", "S", False),
+    ("(S-1)//2", "0", True),
+    ("(S-2)//2", "0", False),
+    ("3", "S%4", True),
+    ("2", "S%4", False),
+])
+def test_at_least_bounds_quotients_by_numbers(a, b, expected):
+    assert dims.at_least(dims.parse(a), dims.parse(b)) is expected

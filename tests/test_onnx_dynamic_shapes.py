@@ -394,6 +394,24 @@ def test_nearest_resize_by_a_whole_scale_repeats_symbolic_spatial_axes():
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, S + 1)})
 
 
+def test_the_last_chunk_of_an_odd_symbolic_axis_ends_at_the_axis():
+    # torch.chunk(x, 2, dim=1), as the TorchScript exporter writes it: slices of c = (S+1)//2
+    # ending at c and 2*c, which runs one past the axis for odd S, where Slice clamps it.
+    nodes = shape_dim("x", 1, "s") + [
+        helper.make_node("Add", ["s", "one"], ["s_plus_one"]),
+        helper.make_node("Div", ["s_plus_one", "two"], ["c"]),
+        helper.make_node("Mul", ["c", "two"], ["two_c"]),
+        helper.make_node("Slice", ["x", "zero", "c", "one"], ["first"]),
+        helper.make_node("Slice", ["x", "c", "two_c", "one"], ["second"]),
+        helper.make_node("Concat", ["second", "first"], ["swapped"], axis=1),
+        helper.make_node("Add", ["swapped", "x"], ["y"])]
+    constants = indices(1) + [numpy_helper.from_array(np.array([v], np.int64), name)
+                              for name, v in (("zero", 0), ("one", 1), ("two", 2))]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", "S", 16])], constants)
+    model = assert_matches_onnxruntime(proto, x_bs16)
+    assert "f32[B, S, 16]" in print_graph(model.graph)
+
+
 # ---- dims the inputs declare ------------------------------------------------------------------
 
 def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from math import gcd
 
 from .types import UNKNOWN
@@ -350,8 +351,33 @@ def is_nonnegative(dim) -> bool:
         return dim >= 0
     if dim == UNKNOWN:
         return False
-    shifted = substitute(dim, {s: add(s, 1) for s in symbols(dim)})
-    return _nonnegative_at_zero(_poly_of(shifted))
+    shifted = _poly_of(substitute(dim, {s: add(s, 1) for s in symbols(dim)}))
+    return _nonnegative_at_zero(shifted) or _nonnegative_at_zero(_least_value(shifted))
+
+
+def _least_value(poly: tuple) -> tuple:
+    """A polynomial at most poly for every value >= 0 of its symbols, with each quotient by a
+    number k replaced by its least value: N//k by (N-k+1)/k, N%k by 0 (by N/k and k-1 where
+    the coefficient is negative). So `2*(S//2) - S + 1` is at least 0: the end of torch.chunk's
+    last slice, 2*((S+1)//2), is at least S."""
+    terms: dict = {}
+    for monomial, coefficient in poly:
+        for term, value in _least_term(monomial, coefficient):
+            terms[term] = terms.get(term, 0) + value
+    return _normalized(terms)
+
+
+def _least_term(monomial: tuple, coefficient: int) -> list:
+    (atom, power), = monomial if len(monomial) == 1 else ((None, 0),)
+    divisor = _constant(atom.denominator) if isinstance(atom, Quotient) and power == 1 \
+        else None
+    if divisor is None or divisor <= 0 or not _nonnegative_at_zero(atom.numerator):
+        return [(monomial, coefficient)]
+    if atom.kind == "%":
+        return [((), coefficient * (divisor - 1))] if coefficient < 0 else []
+    shift = divisor - 1 if coefficient > 0 else 0
+    return [(m, Fraction(coefficient * c, divisor))
+            for m, c in _poly_add(atom.numerator, (((), shift),) if shift else (), -1)]
 
 
 def _nonnegative_at_zero(poly: tuple) -> bool:
