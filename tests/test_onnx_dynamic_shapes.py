@@ -412,6 +412,15 @@ def test_the_last_chunk_of_an_odd_symbolic_axis_ends_at_the_axis():
     assert "f32[B, S, 16]" in print_graph(model.graph)
 
 
+def test_max_pooling_in_ceil_mode_over_symbolic_spatial_dims():
+    # SqueezeNet's and GoogLeNet's MaxPool2d(3, 2, ceil_mode=True), over odd and even sizes.
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2],
+                              ceil_mode=1)]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 2, None, None])])
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S + 4, S + 3)})
+
+
 # ---- dims the inputs declare ------------------------------------------------------------------
 
 def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():

@@ -605,8 +605,13 @@ def _conv_weight_grad_as_conv(em, node, out, x, g):
 
 
 def _pool_attrs(node, x) -> dict:
-    """MaxPool's and AveragePool's attributes, ceil mode's overhang added to the end pads."""
+    """MaxPool's and AveragePool's attributes, ceil mode's overhang added to the end pads.
+    Over symbolic sizes, ONNX's own ceil mode: where the type rule states such a size, the
+    last window starts inside the input, and ONNX counts the windows as PyTorch does."""
     attrs, rank = node.attrs, len(node.attrs["kernel"])
+    if attrs["ceil_mode"] and not all(isinstance(n, int) for n in _spatial(x)):
+        return {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["strides"]),
+                "pads": list(attrs["pads"]), "ceil_mode": 1}
     if not attrs["ceil_mode"]:  # floor mode's windows never overhang the end pad
         ends = list(attrs["pads"][rank:])
     else:
