@@ -412,6 +412,33 @@ def test_the_last_chunk_of_an_odd_symbolic_axis_ends_at_the_axis():
     assert "f32[B, S, 16]" in print_graph(model.graph)
 
 
+def test_position_ids_counted_in_int32_along_the_sequence():
+    # RoBERTa's position ids: cumsum(ids != pad) in int32 (torch's `.int()`), then `.long()`.
+    nodes = [helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+             helper.make_node("Not", ["is_pad"], ["is_token"]),
+             helper.make_node("Cast", ["is_token"], ["counted"], to=TensorProto.INT32),
+             helper.make_node("CumSum", ["counted", "one"], ["running"]),
+             helper.make_node("Mul", ["running", "counted"], ["masked"]),
+             helper.make_node("Cast", ["masked"], ["wide"], to=INT64),
+             helper.make_node("Add", ["wide", "pad"], ["positions"])]
+    constants = [numpy_helper.from_array(np.array(1, np.int64), "pad"),
+                 numpy_helper.from_array(np.array(1, np.int64), "one")]
+    proto = model_of(nodes, [("ids", INT64, ["B", "S"])], [("positions", INT64, ["B", "S"])],
+                     constants)
+    rng = np.random.default_rng(3)
+    assert_matches_onnxruntime(proto, lambda B, S: {"ids": rng.integers(0, 4, (B, S))})
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cumulative_sums_along_a_symbolic_axis(reverse, exclusive):
+    nodes = [helper.make_node("CumSum", ["x", "one"], ["y"], reverse=reverse,
+                              exclusive=exclusive)]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", "S", 16])],
+                     [numpy_helper.from_array(np.array(1, np.int64), "one")])
+    assert_matches_onnxruntime(proto, x_bs16, tolerance=1e-5)
+
+
 def test_max_pooling_in_ceil_mode_over_symbolic_spatial_dims():
     # SqueezeNet's and GoogLeNet's MaxPool2d(3, 2, ceil_mode=True), over odd and even sizes.
     nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2],

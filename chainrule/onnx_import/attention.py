@@ -162,9 +162,11 @@ def _attention(ctx):
         if not isinstance(offset, Value):
             offset = _dim_tensor(ctx, offset)
         if side == "right":
-            allowed = ctx.emit("less_equal", _distance(ctx, q_length, kv_length, -size), offset)
+            allowed = ctx.emit("less_equal",
+                               position_distance(ctx, q_length, kv_length, -size), offset)
         else:
-            allowed = ctx.emit("less_equal", offset, _distance(ctx, q_length, kv_length, size))
+            allowed = ctx.emit("less_equal", offset,
+                               position_distance(ctx, q_length, kv_length, size))
         bias.add(_as_bias(ctx, allowed, dtype))
 
     mode = ctx.require_attr("qk_matmul_output_mode", (0, AFTER_SOFTCAP, WITH_BIAS,
@@ -202,7 +204,7 @@ def _positions(ctx, length, hint):
     return ctx.emit("arange", n=length)
 
 
-def _distance(ctx, q_length, kv_length, shift):
+def position_distance(ctx, q_length, kv_length, shift):
     """[queries, keys]: key j's position less query i's, plus `shift`; a constant for known
     lengths."""
     if isinstance(q_length, int) and isinstance(kv_length, int):

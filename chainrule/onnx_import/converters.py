@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
@@ -338,6 +338,10 @@ def _cast(ctx):
     to = ctx.attr("to")
     if to not in helper.get_all_tensor_dtypes():
         raise Unsupported(f"Cast to {to}, which is no ONNX dtype")
+    if to == TensorProto.INT32:
+        # torch's `.int()` (RoBERTa's position ids count the tokens in int32, then `.long()`):
+        # computed in int64, the same numbers wherever int32 holds them.
+        to = TensorProto.INT64
     if to not in DTYPE_OF_ONNX:
         raise Unsupported(f"Cast to {helper.tensor_dtype_to_np_dtype(to)} (chainrule has "
                           f"float32, float64, int64 and bool)")

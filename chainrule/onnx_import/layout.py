@@ -11,6 +11,7 @@ import numpy as np
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from .attention import position_distance
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -471,13 +472,14 @@ def _center_crop_pad(ctx):
 def _cumulative_sum(ctx):
     """Running sums along the axis, by doubling: add x shifted by 1, 2, 4... positions (log2
     of the length steps; each sum holds only the elements it should, so inf and nan stay
-    where they belong)."""
+    where they belong). Along a symbolic axis, whose steps are not known, each sum is of
+    the elements a mask of positions keeps."""
     x = ctx.input(0)
     axis = ctx.axis(ctx.static_int(1, "CumSum's axis"), x.type.rank)
     size = x.type.shape[axis]
-    if not isinstance(size, int):
-        raise Unsupported(f"CumSum along the symbolic axis {axis} of {x.type}")
     reverse = bool(ctx.attr("reverse", 0))
+    if not isinstance(size, int):
+        return [_masked_cumulative_sum(ctx, x, axis, reverse, bool(ctx.attr("exclusive", 0)))]
 
     def flipped(value):
         return ctx.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,),
@@ -500,3 +502,19 @@ def _cumulative_sum(ctx):
         total = ctx.emit("add", total, shifted(total, step))
         step *= 2
     return [flipped(total) if reverse else total]
+
+
+def _masked_cumulative_sum(ctx, x, axis, reverse, exclusive):
+    """x's running sums along `axis`, of symbolic size S: sum i of x[j] over the positions j
+    that reach i (j <= i; j >= i reversed; strictly when exclusive), an [S, S] mask over a
+    new axis for i before the summed one."""
+    distance = position_distance(ctx, x.type.shape[axis], x.type.shape[axis], 0)  # j - i
+    zero = ctx.constant(0, distance)
+    before, after = (zero, distance) if reverse else (distance, zero)
+    reaches = ctx.emit("less" if exclusive else "less_equal", before, after)
+    trailing = x.type.rank - axis - 1
+    if trailing:
+        reaches = ctx.emit("unsqueeze", reaches, axes=tuple(range(2, 2 + trailing)))
+    spread = ctx.emit("unsqueeze", x, axes=(axis,))
+    kept = ctx.emit("where", reaches, spread, ctx.constant(0, x))
+    return ctx.emit("sum", kept, axes=(axis + 1,))
