@@ -448,6 +448,55 @@ def test_max_pooling_in_ceil_mode_over_symbolic_spatial_dims():
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S + 4, S + 3)})
 
 
+@pytest.mark.parametrize("transform", ["pytorch_half_pixel", "half_pixel", "align_corners",
+                                       "asymmetric"])
+def test_linear_resize_of_symbolic_spatial_axes_computes_its_weights_at_run_time(transform):
+    # Upsample(scale_factor=2, mode="bilinear") of a fully convolutional net over H and W.
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                              coordinate_transformation_mode=transform, cubic_coeff_a=-0.75)]
+    constants = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 2, None, None])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, S + 1)},
+                               tolerance=1e-5)
+
+
+@pytest.mark.parametrize("mode, nearest_mode", [
+    ("linear", "round_prefer_floor"), ("nearest", "round_prefer_floor"),
+    ("nearest", "round_prefer_ceil"), ("nearest", "floor"), ("nearest", "ceil")])
+def test_resize_to_another_tensors_symbolic_size(mode, nearest_mode):
+    # interpolate(x, size=skip.shape[-2:]): sizes from Shape(skip), no whole ratio to x's.
+    nodes = [helper.make_node("Shape", ["x"], ["x_shape"]),
+             helper.make_node("Slice", ["x_shape", "zero", "two"], ["kept"]),
+             helper.make_node("Shape", ["skip"], ["skip_shape"]),
+             helper.make_node("Slice", ["skip_shape", "two", "four"], ["spatial"]),
+             helper.make_node("Concat", ["kept", "spatial"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["resized"], mode=mode,
+                              nearest_mode=nearest_mode),
+             helper.make_node("Add", ["resized", "skip"], ["y"])]
+    constants = [numpy_helper.from_array(np.array([v], np.int64), name)
+                 for name, v in (("zero", 0), ("two", 2), ("four", 4))]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"]),
+                             ("skip", FLOAT, ["B", 2, "H2", "W2"])],
+                     [("y", FLOAT, ["B", 2, "H2", "W2"])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, S - 1),
+                                                    "skip": floats(B, 2, 2 * S + 1, S + 3)},
+                               tolerance=1e-5)
+
+
+def test_a_cubic_resize_of_a_symbolic_axis_says_what_would_import():
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic")]
+    constants = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 2, None, None])], constants)
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    (problem,) = caught.value.problems
+    assert "Resize of axis 2 from H to 2*H, axis 3 from W to 2*W" in problem.note
+    assert "but in nearest or linear mode" in problem.note
+    assert "--dim H=2 --dim W=2" in problem.note
+
+
 # ---- dims the inputs declare ------------------------------------------------------------------
 
 def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():

@@ -3,8 +3,10 @@ each output's nearest input positions (clamped at the edges) and a weighted sum,
 positions and weights computed here with numpy from the known shapes, scales and sizes. They
 follow ONNX's own definition (onnx/reference/ops/op_resize.py): source coordinates per
 coordinate_transformation_mode, weighted by the nearest, linear or cubic kernel. Axes left as
-they are (the batch, the channels) may be symbolic; a resized axis has known sizes, unless
-nearest-neighbour resizing by a whole scale repeats its elements."""
+they are (the batch, the channels) may be symbolic. A resized axis of symbolic size
+(a fully convolutional net's H and W, an `interpolate(size=other.shape[-2:])`) is resized
+by nearest-neighbour repeats where its scale is whole, else with positions and weights
+computed when the model runs, in nearest and linear modes."""
 from __future__ import annotations
 
 import math
@@ -14,7 +16,7 @@ import numpy as np
 from ..ir import dims
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .context import Unsupported, converter, dim_hint
-from .folding import FOLD_LIMIT
+from .folding import FOLD_LIMIT, shape_of
 from .layout import broadcast_repeat
 
 TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -114,6 +116,76 @@ def _axis_weights(size_in, size_out, scale, roi, coefficients, transform, exclud
     return np.clip(positions, 0, size_in - 1), weights, outside
 
 
+# What a resized axis of symbolic size can be resized by, its positions computed at run time.
+RUN_TIME_MODES = ("nearest", "linear")
+RUN_TIME_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+RUN_TIME_CASES = (f", but in {' or '.join(RUN_TIME_MODES)} mode with no antialias or "
+                  f"exclude_outside, a {' or '.join(RUN_TIME_TRANSFORMS)} transform, and an "
+                  f"output size that is a dim, not {UNKNOWN}")
+
+
+def _resized_at_run_time(ctx, x, axis, size_out, scale, mode, transform, nearest_mode):
+    """x resized along `axis` (symbolic sizes in or out) as onnxruntime does it: each output
+    y's source coordinate, clamped to the input, and its nearest input position or its two
+    neighbours weighted linearly. Clamped coordinates are at least 0, where a cast to
+    integers rounds down."""
+    dtype, size_in = x.type.dtype, x.type.shape[axis]
+
+    def length(dim):
+        return ctx.emit("cast", ctx.known_tensor(shape_of([dim]), "length"), dtype=dtype)
+
+    def number(value):
+        return ctx.constant(value, dtype)
+
+    length_in, length_out = length(size_in), length(size_out)
+    last = ctx.emit("sub", length_in, number(1.0))
+    y = ctx.emit("cast", ctx.emit("arange", n=size_out), dtype=dtype)
+    if transform == "align_corners":
+        spacing = ctx.emit("maximum", ctx.emit("sub", length_out, number(1.0)), number(1.0))
+        source = ctx.emit("div", ctx.emit("mul", y, last), spacing)
+    else:
+        # ONNX's scale: the one given, else the sizes' ratio, computed in floats.
+        scale = number(scale) if scale is not None else ctx.emit("div", length_out, length_in)
+        if transform == "asymmetric":
+            source = ctx.emit("div", y, scale)
+        else:
+            source = ctx.emit("sub", ctx.emit("div", ctx.emit("add", y, number(0.5)), scale),
+                              number(0.5))
+        if transform == "pytorch_half_pixel":  # one output takes the input's first
+            source = ctx.emit("where", ctx.emit("greater", length_out, number(1.0)), source,
+                              number(-0.5))
+    clamped = ctx.emit("minimum", ctx.emit("maximum", source, number(0.0)), last)
+    trailing = tuple(range(1, x.type.rank - axis))
+
+    def at(positions):
+        return ctx.emit("take", x, positions, axis=axis)
+
+    def down(value):  # value >= 0
+        return ctx.emit("cast", value, dtype="i64")
+
+    if mode == "nearest":
+        if nearest_mode in ("round_prefer_floor", "round_prefer_ceil"):
+            halfway = ctx.emit("add", clamped, number(0.5))
+            nearest = down(halfway)
+            if nearest_mode == "round_prefer_floor":  # a tie goes down
+                tie = ctx.emit("equal", ctx.emit("cast", nearest, dtype=dtype), halfway)
+                nearest = ctx.emit("sub", nearest, ctx.emit("cast", tie, dtype="i64"))
+        else:
+            nearest = down(clamped)
+            if nearest_mode == "ceil":
+                above = ctx.emit("greater", clamped, ctx.emit("cast", nearest, dtype=dtype))
+                nearest = ctx.emit("add", nearest, ctx.emit("cast", above, dtype="i64"))
+        return at(nearest)
+    below = down(clamped)
+    above = ctx.emit("minimum", ctx.emit("add", below, ctx.constant(1, "i64")),
+                     ctx.emit("cast", last, dtype="i64"))
+    weight = ctx.emit("sub", clamped, ctx.emit("cast", below, dtype=dtype))
+    if trailing:
+        weight = ctx.emit("unsqueeze", weight, axes=trailing)
+    return ctx.emit("add", ctx.emit("mul", at(below), ctx.emit("sub", number(1.0), weight)),
+                    ctx.emit("mul", at(above), weight))
+
+
 def _by_axis(values, axes, rank, fill):
     full = list(fill)
     for axis, value in zip(axes, values, strict=True):
@@ -181,14 +253,14 @@ def _repeats(transform, nearest_mode, scale) -> bool:
     return transform in HALF_PIXEL and nearest_mode.startswith("round")
 
 
-def _require_known(ctx, shape, wanted, axes) -> None:
+def _require_known(ctx, shape, wanted, axes, unless="") -> None:
     """The resized axes' sizes, in and out: the interpolation weights are computed here."""
     symbolic = [a for a in axes if not (isinstance(shape[a], int) and
                                         isinstance(wanted[a], int))]
     if symbolic:
         described = ", ".join(f"axis {a} from {shape[a]} to {wanted[a]}" for a in symbolic)
         raise Unsupported(f"Resize of {described} (the sizes of a resized axis must be "
-                          f"known)", hint=dim_hint([shape[a] for a in symbolic] +
+                          f"known{unless})", hint=dim_hint([shape[a] for a in symbolic] +
                                                    [wanted[a] for a in symbolic]))
 
 
@@ -234,16 +306,27 @@ def _resize(ctx):
     resized = [axis for axis in axes if not (
         scales[axis] is not None and math.isclose(scales[axis], 1.0) and
         sizes[axis] == shape[axis] and np.allclose(crops[axis], (0.0, 1.0)))]
-    # A symbolic axis resized by repeating its elements needs no weights computed here.
-    repeated = {axis for axis in resized if not isinstance(shape[axis], int) and
+    # A symbolic axis resized by repeating its elements needs no weights computed here;
+    # other symbolic axes have theirs computed at run time.
+    symbolic = {axis for axis in resized
+                if not (isinstance(shape[axis], int) and isinstance(sizes[axis], int))}
+    repeated = {axis for axis in symbolic if not isinstance(shape[axis], int) and
                 mode == "nearest" and _repeats(transform, nearest_mode, scales[axis])}
-    _require_known(ctx, shape, sizes, [axis for axis in resized if axis not in repeated])
+    at_run_time = {axis for axis in symbolic - repeated if UNKNOWN not in (
+        shape[axis], sizes[axis]) and mode in RUN_TIME_MODES and not antialias and
+        transform in RUN_TIME_TRANSFORMS and not exclude_outside}
+    _require_known(ctx, shape, sizes, [axis for axis in resized
+                                       if axis not in repeated | at_run_time], RUN_TIME_CASES)
     ctx.require_size(x.type.dtype, sizes)
 
     outside = None
     for axis in resized:
         if axis in repeated:
             x = broadcast_repeat(ctx, x, int(scales[axis]), axis, each=True)
+            continue
+        if axis in at_run_time:
+            x = _resized_at_run_time(ctx, x, axis, sizes[axis], scales[axis], mode, transform,
+                                     nearest_mode)
             continue
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
         if size_out < 1:
