@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ..ir import ChainruleError, GraphBuilder, Node, Value, dims
+from ..ir import GraphBuilder, Node, Value, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END, compose_perms, is_identity_perm, normalize_axes
 
@@ -439,21 +439,25 @@ def _train_or_eval(bw, g, train, evaluate, out):
 # derivative in x is conv_transpose(g, w) and in w conv_weight_grad(x, g), so the derivatives of
 # each are the other two, and derivatives of any order need no other op.
 
-def _restoring_padding(bw, x, kernel, window) -> tuple:
-    """conv_transpose's output padding that gives back x's spatial sizes: the rows past the
+def _transposed_like(bw, g, w, x, kernel, window):
+    """conv_transpose(g, w) with x's spatial sizes: its output padding is the rows past the
     last window of a convolution over x, which no window reads. Over a symbolic size with a
-    stride it depends on the size, and an output padding is a number (in ONNX too)."""
+    stride that count depends on the size, and an output padding is a number (in ONNX too):
+    the output is padded by as many rows as there can be (stride - 1), all zeros, and sliced
+    to x's size."""
     rank, pads = len(kernel), window["pads"]
     padding = tuple(dims.mod(dims.add(n, b + e - d * (k - 1) - 1), s) for n, k, s, b, e, d in zip(
         x.type.shape[2:], kernel, window["strides"], pads[:rank], pads[rank:],
         window["dilations"], strict=True))
-    unknown = [str(p) for p in padding if not isinstance(p, int)]
-    if unknown:
-        symbols = sorted(set().union(*(dims.symbols(n) for n in x.type.shape[2:])))
-        raise ChainruleError(f"the gradient of a strided {bw.node.op} over {x.type} depends on "
-                             f"its spatial size ({', '.join(unknown)} rows past the last "
-                             f"window); fix it with --dim {symbols[0]}=N", bw.node.loc)
-    return padding
+    symbolic = [axis for axis, p in enumerate(padding) if not isinstance(p, int)]
+    most = tuple(s - 1 if axis in symbolic else p
+                 for axis, (p, s) in enumerate(zip(padding, window["strides"], strict=True)))
+    grad = bw.emit("conv_transpose", g, w, output_padding=most, **window)
+    if not symbolic:
+        return grad
+    return bw.emit("slice", grad, starts=(0,) * len(symbolic),
+                   ends=tuple(x.type.shape[2 + axis] for axis in symbolic),
+                   axes=tuple(2 + axis for axis in symbolic), steps=(1,) * len(symbolic))
 
 
 @vjp("conv")
@@ -461,8 +465,7 @@ def _conv(bw, g, x, w, out, **window):
     kernel = w.type.shape[2:]
     grad_x = grad_w = None
     if bw.wants(x):
-        grad_x = bw.emit("conv_transpose", g, w,
-                         output_padding=_restoring_padding(bw, x, kernel, window), **window)
+        grad_x = _transposed_like(bw, g, w, x, kernel, window)
     if bw.wants(w):
         grad_w = bw.emit("conv_weight_grad", x, g, kernel=kernel, **window)
     return grad_x, grad_w
@@ -480,8 +483,7 @@ def _conv_transpose(bw, g, x, w, out, output_padding, **window):
 def _conv_weight_grad(bw, g, x, output_grad, out, kernel, **window):
     grad_x = grad_output = None
     if bw.wants(x):
-        grad_x = bw.emit("conv_transpose", output_grad, g,
-                         output_padding=_restoring_padding(bw, x, kernel, window), **window)
+        grad_x = _transposed_like(bw, output_grad, g, x, kernel, window)
     if bw.wants(output_grad):
         grad_output = bw.emit("conv", x, g, **window)
     return grad_x, grad_output
