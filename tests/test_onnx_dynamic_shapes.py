@@ -582,3 +582,86 @@ def test_every_dynamic_fixture_imports_without_dims_and_matches_onnxruntime_at_b
             for output, value in expected.items():
                 assert_close(results[model.onnx_names[output]], value, 1e-4,
                              what=f"{name} {output} ({backend})")
+
+
+# ---- vision: UNets over symbolic H and W --------------------------------------------------------
+
+def halved_twice_and_upsampled():
+    """x [B, 2, H, W] pooled to the skip [B, 2, H//2, W//2], pooled again and up-sampled by 2
+    to [B, 2, 2*(H//4), 2*(W//4)]: equal to the skip's size only where H and W allow it."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["skip"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("MaxPool", ["skip"], ["low"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["low", "", "scales"], ["up"], mode="nearest")]
+    constants = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    return nodes, constants
+
+
+def test_a_skip_concat_of_dims_that_may_agree_names_the_result_by_the_simpler():
+    # A UNet's torch.cat([up(h), skip], 1): 2*(H//4) and H//2 agree when 4 divides H, and the
+    # run checks that they do.
+    nodes, constants = halved_twice_and_upsampled()
+    nodes.append(helper.make_node("Concat", ["up", "skip"], ["y"], axis=1))
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 4, None, None])], constants)
+    model = assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 4 * S, 4 * S + 4)})
+    assert str(model.graph.outputs[0].type) == "f32[B, 4, H//2, W//2]"
+
+
+def test_pads_computed_from_symbolic_dims_pad_an_up_sampled_map_to_its_skip():
+    # The UNet of the PyTorch tutorials: diff = skip.size(2) - up.size(2) (H//2 - 2*(H//4), a
+    # whole number at least -1/2, so at least 0), then F.pad(up, [diff // 2, diff - diff // 2])
+    # on both spatial axes, then the skip concat.
+    nodes, constants = halved_twice_and_upsampled()
+    for axis, name in ((2, "h"), (3, "w")):
+        nodes += [helper.make_node("Shape", ["skip"], [f"skip_{name}"], start=axis, end=axis + 1),
+                  helper.make_node("Shape", ["up"], [f"up_{name}"], start=axis, end=axis + 1),
+                  helper.make_node("Sub", [f"skip_{name}", f"up_{name}"], [f"diff_{name}"]),
+                  helper.make_node("Div", [f"diff_{name}", "two"], [f"begin_{name}"]),
+                  helper.make_node("Sub", [f"diff_{name}", f"begin_{name}"], [f"end_{name}"])]
+    nodes += [helper.make_node("Concat", ["zeros", "begin_h", "begin_w", "zeros", "end_h",
+                                          "end_w"], ["pads"], axis=0),
+              helper.make_node("Pad", ["up", "pads", "one"], ["padded"]),
+              helper.make_node("Concat", ["padded", "skip"], ["y"], axis=1)]
+    constants += [numpy_helper.from_array(np.array([0, 0], np.int64), "zeros"),
+                  numpy_helper.from_array(np.array([2], np.int64), "two"),
+                  numpy_helper.from_array(np.array(1.5, np.float32), "one")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 4, None, None])], constants)
+    # H//2 odd (a row of padding at the end), W//2 even (none), then the other way round.
+    model = assert_matches_onnxruntime(
+        proto, lambda B, S: {"x": floats(B, 2, 4 * S + 2, 4 * S)} if S == 5 else
+        {"x": floats(B, 2, 4 * S, 4 * S + 3)})
+    assert str(model.graph.outputs[0].type) == "f32[B, 4, H//2, W//2]"
+
+
+def test_pads_from_symbolic_dims_that_may_be_negative_say_so():
+    # Padding H up to 2, which only an H of at most 2 allows.
+    nodes = [helper.make_node("Shape", ["x"], ["h"], start=1, end=2),
+             helper.make_node("Sub", ["two", "h"], ["short"]),
+             helper.make_node("Concat", ["zeros", "zeros", "zeros", "zeros", "short", "zeros"],
+                              ["pads"], axis=0),
+             helper.make_node("Pad", ["x", "pads"], ["y"], name="pad_to_two")]
+    constants = [numpy_helper.from_array(np.array([2], np.int64), "two"),
+                 numpy_helper.from_array(np.array([0], np.int64), "zeros")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", "H", "W"])], [("y", FLOAT, None)], constants)
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    (problem,) = caught.value.problems
+    assert problem.node == "pad_to_two"
+    assert "may be negative" in problem.note and "--dim H=" in problem.note
+
+
+@pytest.mark.parametrize("split, keepdims", [(2, 1), (None, 0), ((1, 3), 1)])
+def test_a_split_to_a_sequence_and_its_items_become_slices(split, keepdims):
+    # ShuffleNet's x.chunk(2, dim=1) as the dynamo exporter writes it unoptimised.
+    inputs = ["x"] if split is None else ["x", "split"]
+    nodes = [helper.make_node("SplitToSequence", inputs, ["parts"], axis=1, keepdims=keepdims),
+             helper.make_node("SequenceAt", ["parts", "first"], ["a"]),
+             helper.make_node("SequenceAt", ["parts", "last"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["y"])]
+    constants = [numpy_helper.from_array(np.array(0, np.int64), "first"),
+                 numpy_helper.from_array(np.array(-1, np.int64), "last")]
+    if split is not None:
+        constants.append(numpy_helper.from_array(np.array(split, np.int64), "split"))
+    proto = model_of(nodes, [("x", FLOAT, ["B", 4, "S"])], [("y", FLOAT, None)], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 4, S)})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from math import gcd
+from math import ceil, gcd
 
 from .types import UNKNOWN
 
@@ -359,11 +359,14 @@ def _least_value(poly: tuple) -> tuple:
     """A polynomial at most poly for every value >= 0 of its symbols, with each quotient by a
     number k replaced by its least value: N//k by (N-k+1)/k, N%k by 0 (by N/k and k-1 where
     the coefficient is negative). So `2*(S//2) - S + 1` is at least 0: the end of torch.chunk's
-    last slice, 2*((S+1)//2), is at least S."""
+    last slice, 2*((S+1)//2), is at least S. A dim is a whole number, so a constant bound rounds
+    up: `H//2 - 2*(H//4)` is at least -1/2, so at least 0 (a UNet's padding to its skip)."""
     terms: dict = {}
     for monomial, coefficient in poly:
         for term, value in _least_term(monomial, coefficient):
             terms[term] = terms.get(term, 0) + value
+    if () in terms:
+        terms[()] = ceil(terms[()])
     return _normalized(terms)
 
 

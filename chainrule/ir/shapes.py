@@ -171,11 +171,15 @@ def concat_shape(shapes, axis: int) -> tuple[Dim, ...]:
         if i == axis:
             result.append(_sum(parts))
             continue
-        known = {d for d in parts if d != UNKNOWN}
-        if len(known) > 1:
+        known = [d for d in parts if d != UNKNOWN]
+        if any(not dims_may_equal(known[0], d) for d in known[1:]):
             raise OpTypeError(f"concat along axis {axis} needs equal dims elsewhere, got "
                               f"{listed} (axis {i} differs)")
-        result.append(known.pop() if known else UNKNOWN)
+        # Dims that may agree (a UNet's `2*(H//4)` up-sampled and `H//2` skip) are equal
+        # whenever the run gets past the concatenation, which checks them: the simplest names
+        # the result.
+        result.append(min(known, key=lambda d: (dims.is_symbolic(d), len(str(d))))
+                      if known else UNKNOWN)
     return tuple(result)
 
 

@@ -524,6 +524,8 @@ class Importer:
         value = self.values.get(name)
         if isinstance(value, Value):
             return value.type
+        if isinstance(value, tuple):
+            raise sequence_read_as_tensor(name)
         known = self.static_value(name)
         if known is None:
             raise Unsupported(f"value '{name}' is not defined before its use")
@@ -539,6 +541,8 @@ class Importer:
             return self.initializer_param(name)
         if value is None:
             raise Unsupported(f"value '{name}' is not defined before its use")
+        if isinstance(value, tuple):
+            raise sequence_read_as_tensor(name)
         return self.materialise(value, name, ctx)
 
     def initializer_param(self, name: str) -> Value:
@@ -740,6 +744,12 @@ class Importer:
                                  f"initializers of this model; they are: "
                                  f"{', '.join(sorted(floats)) or '(none)'}",
                                  SourceLoc(self.file, 0, 0))
+
+
+def sequence_read_as_tensor(name: str) -> Unsupported:
+    """A sequence (a SplitToSequence's, layout.py) reaches what only a tensor can be."""
+    return Unsupported(f"value '{name}' is a sequence of tensors, which chainrule reads only "
+                       f"with SequenceAt", hint="return or use its tensors one by one")
 
 
 def schema_violation(node, opset: int) -> str | None:

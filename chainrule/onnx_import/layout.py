@@ -96,6 +96,55 @@ def _split(ctx):
     return outputs
 
 
+class TensorSequence(tuple):
+    """An ONNX sequence whose tensors the import knows one by one (a SplitToSequence's parts):
+    it lives only while importing, as SequenceAt picks its tensors out."""
+
+
+@converter("SplitToSequence")
+def _split_to_sequence(ctx):
+    """torch.chunk and torch.split as the dynamo exporter writes them unoptimised (ShuffleNet's
+    channel split): the parts, as Split makes them, for SequenceAt to pick."""
+    x = ctx.input(0)
+    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
+    keepdims = ctx.attr("keepdims", 1)
+    size = x.type.shape[axis]
+    split = ctx.static(1, "SplitToSequence's split")
+    if not isinstance(size, int):
+        raise Unsupported(f"SplitToSequence of the symbolic axis {axis} ({size}) of {x.type}",
+                          hint=dim_hint([size]))
+    if split is None or split.ndim == 0:
+        part = 1 if split is None else int(split)
+        if part < 1:
+            raise Unsupported(f"SplitToSequence into parts of {part}")
+        lengths = [min(part, size - start) for start in range(0, size, part)]
+    else:
+        lengths = [int(v) for v in split.ravel()]
+    if sum(lengths) != size or min(lengths, default=0) < 0:
+        raise Unsupported(f"SplitToSequence of {size} into {lengths}")
+    parts, start = [], 0
+    for length in lengths:
+        parts.append(ctx.emit("slice", x, starts=(start,), ends=(start + length,),
+                              axes=(axis,), steps=(1,)))
+        start += length
+    if split is None and not keepdims:
+        parts = [ctx.emit("squeeze", part, axes=(axis,)) for part in parts]
+    return [TensorSequence(parts)]
+
+
+@converter("SequenceAt")
+def _sequence_at(ctx):
+    sequence = ctx.importer.values.get(ctx.node.input[0])
+    if not isinstance(sequence, TensorSequence):
+        raise Unsupported("SequenceAt of a sequence that no SplitToSequence made",
+                          hint="export with the dynamo exporter's optimizer on, which writes "
+                               "Split instead")
+    position = ctx.static_int(1, "SequenceAt's position")
+    if not -len(sequence) <= position < len(sequence):
+        raise Unsupported(f"SequenceAt({position}) of a sequence of {len(sequence)} tensors")
+    return [sequence[position]]
+
+
 @converter("Slice")
 def _slice(ctx):
     x = ctx.input(0)
@@ -223,18 +272,45 @@ def _pad(ctx):
     value = ctx.static(2, "Pad's constant value")
     axes = ctx.static_ints(3, "Pad's axes", tuple(range(x.type.rank)))
     axes = ctx.axes(axes, x.type.rank)
-    pads = ctx.require_length(ctx.static_ints(1, "Pad's pads"), 2 * len(axes), "Pad's pads")
-    if any(p < 0 for p in pads):
+    pads = ctx.require_length(ctx.static_dims(1, "Pad's pads"), 2 * len(axes), "Pad's pads")
+    if any(isinstance(p, int) and p < 0 for p in pads):
         raise Unsupported("negative pads (cropping)")
     begins, ends = pads[:len(axes)], pads[len(axes):]
+    fill = 0.0 if value is None or value.size == 0 else \
+        float(ctx.static_scalar(2, "Pad's constant value"))
+    if any(dims.is_symbolic(p) for p in pads):
+        return [_pad_by_dims(ctx, x, mode, dict(zip(axes, zip(begins, ends, strict=True),
+                                                    strict=True)), fill)]
     # The DSL's pad takes PyTorch's pairs, from the last axis backwards.
     by_axis = {axis: (b, e) for axis, b, e in zip(axes, begins, ends, strict=True)}
     pairs = []
     for axis in reversed(range(x.type.rank)):
         pairs += by_axis.get(axis, (0, 0))
-    fill = 0.0 if value is None or value.size == 0 else \
-        float(ctx.static_scalar(2, "Pad's constant value"))
     return [compositions.pad(ctx, x, tuple(pairs), PAD_MODES[mode], fill)]
+
+
+def _pad_by_dims(ctx, x, mode, by_axis, fill):
+    """Constant pads computed from symbolic dims (a UNet's `F.pad` of an up-sampled map to
+    its skip's size, `(H//2 - 2*(H//4)) // 2`): each axis' pads are fills of that size
+    concatenated before and after x, so every backend and the gradient see plain ops."""
+    if mode != "constant":
+        raise Unsupported(f"mode={mode!r} with pads computed from symbolic dims "
+                          f"({', '.join(map(str, by_axis.values()))})",
+                          hint="only constant padding takes computed pads; fix the dims "
+                               "with --dim")
+    for axis, pair in sorted(by_axis.items()):
+        if not all(dims.is_nonnegative(p) for p in pair):
+            raise Unsupported(f"pads {pair[0]}, {pair[1]} of axis {axis} may be negative "
+                              f"(cropping) for some sizes", hint=dim_hint(pair))
+        parts = []
+        for pad in pair:
+            if pad != 0:
+                shape = x.type.shape[:axis] + (pad,) + x.type.shape[axis + 1:]
+                parts.append(ctx.emit("fill", ctx.constant(fill, x), shape=shape))
+        if parts:
+            pieces = [parts[0], x, *parts[1:]] if pair[0] != 0 else [x, *parts]
+            x = ctx.emit("concat", *pieces, axis=axis)
+    return x
 
 
 @converter("ConstantOfShape")
