@@ -665,3 +665,13 @@ def test_a_split_to_a_sequence_and_its_items_become_slices(split, keepdims):
         constants.append(numpy_helper.from_array(np.array(split, np.int64), "split"))
     proto = model_of(nodes, [("x", FLOAT, ["B", 4, "S"])], [("y", FLOAT, None)], constants)
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 4, S)})
+
+
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_an_average_pool_not_counting_padding_over_a_symbolic_length_exports(ceil_mode):
+    # AvgPool1d(3, 2, padding=1, count_include_pad=False) of an audio net over a dynamic
+    # length: onnxruntime's AveragePool divides by what each window covers.
+    nodes = [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3], strides=[2],
+                              pads=[1, 1], count_include_pad=0, ceil_mode=ceil_mode)]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "S"])], [("y", FLOAT, None)])
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 2 * S)})

@@ -673,19 +673,21 @@ def _divisor(node, x) -> np.ndarray:
 @lowering("avg_pool")
 def _avg_pool(em, node, out, x):
     attrs, pool = node.attrs, _pool_attrs(node, node.inputs[0])
-    divisor = _divisor(node, node.inputs[0])
     if _dtype(node) == "f32":
         averaged = em.add("AveragePool", [x], count_include_pad=int(attrs["count_include_pad"]),
                           **pool)
         # Counting padding, AveragePool divides by the kernel's size, also in windows that
-        # overhang the end pad in ceil mode: those divide by less.
+        # overhang the end pad in ceil mode: those divide by less. Not counting it, it divides
+        # by what each window covers, so the divisors (and the spatial sizes) need not be known.
         kernel_size = math.prod(attrs["kernel"])
-        if attrs["count_include_pad"] and np.any(divisor != kernel_size):
+        divisor = _divisor(node, node.inputs[0]) if attrs["count_include_pad"] else kernel_size
+        if np.any(divisor != kernel_size):
             rescale = (kernel_size / divisor).astype(divisor.dtype)
             em.add("Mul", [averaged, em.const(rescale, "rescale")], out)
         else:
             em.add("Identity", [averaged], out)
         return
+    divisor = _divisor(node, node.inputs[0])
     taps = _unfold(em, node, x, _spatial(node.inputs[0]), attrs["kernel"], attrs["strides"],
                    pool["pads"], (1,) * len(attrs["kernel"]))
     total = em.add("Reshape", [em.reduce("ReduceSum", taps, (2,), False),
