@@ -675,3 +675,15 @@ def test_an_average_pool_not_counting_padding_over_a_symbolic_length_exports(cei
                               pads=[1, 1], count_include_pad=0, ceil_mode=ceil_mode)]
     proto = model_of(nodes, [("x", FLOAT, ["B", 2, "S"])], [("y", FLOAT, None)])
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 2 * S)})
+
+
+def test_an_add_of_dims_that_may_agree_reshapes_to_the_simpler_and_the_run_checks_it():
+    # A feature pyramid's lateral(skip) + interpolate(low, scale_factor=2).
+    nodes, constants = halved_twice_and_upsampled()
+    nodes.append(helper.make_node("Add", ["up", "skip"], ["y"]))
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 2, None, None])], constants)
+    model = assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, 4 * S, 4 * S + 4)})
+    assert str(model.graph.outputs[0].type) == "f32[B, 2, H//2, W//2]"
+    with pytest.raises(chainrule.ChainruleError, match="reshape"):
+        model.run(x=floats(1, 2, 6, 8))  # H//2 is 3, 2*(H//4) is 2

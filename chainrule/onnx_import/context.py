@@ -9,8 +9,8 @@ from onnx.checker import ValidationError
 
 from ..ir import ChainruleError, GraphBuilder, Value, dims
 from ..ir.limits import type_size_problem
-from ..ir.ops import rule_table
-from ..ir.types import TensorType, dtype_of_numpy
+from ..ir.ops import OPS, rule_table
+from ..ir.types import UNKNOWN, TensorType, dtype_of_numpy
 
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
@@ -268,8 +268,40 @@ class NodeContext:
             try:
                 return self.builder.emit(op, inputs, attrs, loc=self.loc)
             except ChainruleError as error:
-                if not self.importer.unify(op, inputs):
+                if self.importer.unify(op, inputs):
+                    continue
+                agreed = self.agreed_operands(op, inputs)
+                if agreed is None:
                     raise Unsupported(f"{op}: {error.message}") from None
+                inputs = agreed
+
+    def agreed_operands(self, op: str, inputs) -> tuple | None:
+        """An elementwise op's operands reshaped to one dim where theirs may agree but are
+        written differently (an FPN's up-sampled `2*((H+1)//4)` added to `(H+1)//2`): the
+        reshape checks at run time that they do. None where no dims are such."""
+        if op not in OPS or "elementwise" not in OPS[op].traits or len(inputs) < 2:
+            return None
+        rank = max(v.type.rank for v in inputs)
+        shapes = [(None,) * (rank - v.type.rank) + tuple(v.type.shape) for v in inputs]
+        target = list(shapes[0])
+        for axis, column in enumerate(zip(*shapes, strict=True)):
+            written = [d for d in column if d not in (None, 1, UNKNOWN)]
+            # Named dims that differ are the exporter's word that they may: [B, 4] + [N, 4].
+            named = all(isinstance(d, (str, dims.Symbol)) for d in written)
+            if len(set(written)) < 2 or named or any(dims.provably_different(written[0], d)
+                                                     for d in written[1:]):
+                target[axis] = None
+                continue
+            target[axis] = min(written, key=lambda d: (dims.is_symbolic(d), len(str(d))))
+        if all(t is None for t in target):
+            return None
+        agreed = []
+        for value, shape in zip(inputs, shapes, strict=True):
+            wanted = tuple(t if t is not None and d not in (1, t) else d
+                           for d, t in zip(shape, target, strict=True))[rank - value.type.rank:]
+            agreed.append(value if wanted == tuple(value.type.shape) else
+                          self.builder.emit("reshape", (value,), {"shape": wanted}, loc=self.loc))
+        return tuple(agreed)
 
     def constant(self, value: float, like: Value | str) -> Value:
         """A scalar constant of `like`'s dtype (or the dtype named)."""
