@@ -485,7 +485,8 @@ def test_resize_to_another_tensors_symbolic_size(mode, nearest_mode):
 
 
 def test_a_cubic_resize_of_a_symbolic_axis_says_what_would_import():
-    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic")]
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic",
+                              exclude_outside=1)]
     constants = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
     proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
                      [("y", FLOAT, ["B", 2, None, None])], constants)
@@ -493,7 +494,8 @@ def test_a_cubic_resize_of_a_symbolic_axis_says_what_would_import():
         chainrule.import_onnx(proto)
     (problem,) = caught.value.problems
     assert "Resize of axis 2 from H to 2*H, axis 3 from W to 2*W" in problem.note
-    assert "but in nearest or linear mode" in problem.note
+    assert "but in nearest or linear or cubic mode with no antialias or exclude_outside" in \
+        problem.note
     assert "--dim H=2 --dim W=2" in problem.note
 
 
@@ -687,3 +689,58 @@ def test_an_add_of_dims_that_may_agree_reshapes_to_the_simpler_and_the_run_check
     assert str(model.graph.outputs[0].type) == "f32[B, 2, H//2, W//2]"
     with pytest.raises(chainrule.ChainruleError, match="reshape"):
         model.run(x=floats(1, 2, 6, 8))  # H//2 is 3, 2*(H//4) is 2
+
+
+@pytest.mark.parametrize("transform", ["pytorch_half_pixel", "half_pixel", "align_corners",
+                                       "asymmetric"])
+def test_a_cubic_resize_to_a_symbolic_size_computes_its_taps_at_run_time(transform):
+    # ViT's interpolate_pos_encoding: the 3x3 grid of position embeddings, bicubic to the
+    # image's patch grid (H//8, W//8), sizes computed from the image's shape.
+    nodes = [helper.make_node("Shape", ["image"], ["hw"], start=2, end=4),
+             helper.make_node("Div", ["hw", "eight"], ["grid"]),
+             helper.make_node("Concat", ["kept", "grid"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["table", "", "", "sizes"], ["y"], mode="cubic",
+                              coordinate_transformation_mode=transform, cubic_coeff_a=-0.75)]
+    constants = [numpy_helper.from_array(np.array([1, 4], np.int64), "kept"),
+                 numpy_helper.from_array(np.array([8], np.int64), "eight")]
+    proto = model_of(nodes, [("table", FLOAT, [1, 4, 3, 3]), ("image", FLOAT, ["B", 3, "H", "W"])],
+                     [("y", FLOAT, [1, 4, None, None])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"table": floats(1, 4, 3, 3),
+                                                    "image": floats(B, 3, 8 * S - 16, 8 * S + 1)},
+                               tolerance=1e-5)
+
+
+def test_a_reshape_back_over_a_computed_length_solves_its_minus_one_exactly():
+    # A ViT over a dynamic image: tokens [B, S+1, 4] (S patches and the class token)
+    # flattened to [B*(S+1), 4] and back with -1: the -1 is B, not a quotient of sums.
+    nodes = [helper.make_node("Concat", ["cls", "x"], ["tokens"], axis=1),
+             helper.make_node("Shape", ["tokens"], ["length"], start=1, end=2),
+             helper.make_node("Reshape", ["tokens", "flat"], ["rows"]),
+             helper.make_node("Concat", ["minus_one", "length", "four"], ["back"], axis=0),
+             helper.make_node("Reshape", ["rows", "back"], ["y"])]
+    constants = [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
+                 (("flat", [-1, 4]), ("minus_one", [-1]), ("four", [4]))]
+    proto = model_of(nodes, [("cls", FLOAT, ["B", 1, 4]), ("x", FLOAT, ["B", "S", 4])],
+                     [("y", FLOAT, None)], constants)
+    model = assert_matches_onnxruntime(proto, lambda B, S: {"cls": floats(B, 1, 4),
+                                                            "x": floats(B, S, 4)})
+    assert str(model.graph.outputs[0].type) == "f32[B, S+1, 4]"
+
+
+def test_a_float_power_of_constants_folds_into_a_shape():
+    # transformers' ViT interpolate_pos_encoding: the grid side is int(num_positions ** 0.5).
+    # Constant nodes, as the TorchScript exporter writes them (float initializers are params).
+    nodes = [helper.make_node("Constant", [], ["positions"],
+                              value=numpy_helper.from_array(np.array(9.0, np.float32))),
+             helper.make_node("Constant", [], ["half"],
+                              value=numpy_helper.from_array(np.array(0.5, np.float32))),
+             helper.make_node("Pow", ["positions", "half"], ["root"]),
+             helper.make_node("Cast", ["root"], ["side_0d"], to=INT64),
+             helper.make_node("Unsqueeze", ["side_0d", "axis_0"], ["side"]),
+             helper.make_node("Concat", ["minus_one", "side", "side"], ["grid"], axis=0),
+             helper.make_node("Reshape", ["x", "grid"], ["y"])]
+    constants = [numpy_helper.from_array(np.array([0], np.int64), "axis_0"),
+                 numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 9])], [("y", FLOAT, None)], constants)
+    model = assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 9)})
+    assert str(model.graph.outputs[0].type) == "f32[B, 3, 3]"

@@ -181,8 +181,20 @@ def _monomial_quotient(monomial: tuple, divisor: tuple) -> tuple | None:
 
 
 def _divide_exactly(poly: tuple, divisor: tuple) -> tuple | None:
-    """poly / divisor when the divisor is a single term dividing every term of poly."""
+    """poly / divisor when the divisor is a single term dividing every term of poly, or
+    when poly is a single term times a divisor of several (`(16*B*N + 16*B) // (4*N + 4)` is
+    `4*B`, as a reshape's -1 over a ViT's patch grid makes it)."""
     if len(divisor) != 1:
+        if not poly:
+            return ()
+        leading_monomial, leading_coefficient = poly[0]
+        for d_monomial, d_coefficient in divisor:
+            quotient = _monomial_quotient(leading_monomial, d_monomial)
+            if quotient is None or leading_coefficient % d_coefficient:
+                continue
+            candidate = ((quotient, leading_coefficient // d_coefficient),)
+            if _poly_mul(candidate, divisor) == poly:
+                return candidate
         return None
     (d_monomial, d_coefficient), = divisor
     terms = {}

@@ -424,6 +424,16 @@ for _op_type, _function in ELEMENTWISE.items():
     FOLDERS[_op_type] = _elementwise(_function)
 
 
+@folder("Pow")
+@_foldable
+def _power(ctx, base, exponent):
+    """A float power of numbers (the square root of a ViT's position count, which
+    interpolate_pos_encoding computes); integer powers and dims run in the graph."""
+    if _any_symbolic(base, exponent) or np.asarray(base).dtype.kind != "f":
+        return None
+    return [Known(np.power(base, exponent).astype(np.asarray(base).dtype))]
+
+
 @folder("Mod")
 def _mod(ctx):
     """np.mod (or np.fmod) on numbers; on dims, which are >= 0, the two agree."""

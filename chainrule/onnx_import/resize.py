@@ -117,17 +117,19 @@ def _axis_weights(size_in, size_out, scale, roi, coefficients, transform, exclud
 
 
 # What a resized axis of symbolic size can be resized by, its positions computed at run time.
-RUN_TIME_MODES = ("nearest", "linear")
+RUN_TIME_MODES = ("nearest", "linear", "cubic")
 RUN_TIME_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 RUN_TIME_CASES = (f", but in {' or '.join(RUN_TIME_MODES)} mode with no antialias or "
                   f"exclude_outside, a {' or '.join(RUN_TIME_TRANSFORMS)} transform, and an "
                   f"output size that is a dim, not {UNKNOWN}")
 
 
-def _resized_at_run_time(ctx, x, axis, size_out, scale, mode, transform, nearest_mode):
+def _resized_at_run_time(ctx, x, axis, size_out, scale, mode, transform, nearest_mode,
+                         cubic_coeff_a):
     """x resized along `axis` (symbolic sizes in or out) as onnxruntime does it: each output
     y's source coordinate, clamped to the input, and its nearest input position or its two
-    neighbours weighted linearly. Clamped coordinates are at least 0, where a cast to
+    neighbours weighted linearly; or, unclamped, its four neighbours (each clamped to the
+    input) weighted by the cubic kernel. Clamped coordinates are at least 0, where a cast to
     integers rounds down."""
     dtype, size_in = x.type.dtype, x.type.shape[axis]
 
@@ -156,6 +158,8 @@ def _resized_at_run_time(ctx, x, axis, size_out, scale, mode, transform, nearest
                               number(-0.5))
     clamped = ctx.emit("minimum", ctx.emit("maximum", source, number(0.0)), last)
     trailing = tuple(range(1, x.type.rank - axis))
+    if mode == "cubic":
+        return _cubic_at_run_time(ctx, x, axis, source, last, trailing, cubic_coeff_a)
 
     def at(positions):
         return ctx.emit("take", x, positions, axis=axis)
@@ -184,6 +188,44 @@ def _resized_at_run_time(ctx, x, axis, size_out, scale, mode, transform, nearest
         weight = ctx.emit("unsqueeze", weight, axes=trailing)
     return ctx.emit("add", ctx.emit("mul", at(below), ctx.emit("sub", number(1.0), weight)),
                     ctx.emit("mul", at(above), weight))
+
+
+def _cubic_at_run_time(ctx, x, axis, source, last, trailing, a):
+    """The cubic kernel's four taps around each source coordinate (a bicubic interpolation
+    of a ViT's position embeddings to a symbolic grid). Coordinates exceed -1, so
+    `cast(source + 1) - 1` is their floor; a tap past either end reads the end."""
+    dtype = x.type.dtype
+
+    def number(value):
+        return ctx.constant(value, dtype)
+
+    def polynomial(t, coefficients):  # Horner's rule, highest power first
+        result = number(coefficients[0])
+        for coefficient in coefficients[1:]:
+            result = ctx.emit("add", ctx.emit("mul", result, t), number(coefficient))
+        return result
+
+    one = ctx.constant(1, "i64")
+    below = ctx.emit("sub", ctx.emit("cast", ctx.emit("add", source, number(1.0)),
+                                     dtype="i64"), one)
+    ratio = ctx.emit("sub", source, ctx.emit("cast", below, dtype=dtype))
+    near = (a + 2, -(a + 3), 0.0, 1.0)              # |t| <= 1
+    far = (a, -5 * a, 8 * a, -4 * a)                # 1 <= |t| <= 2
+    distances = (ctx.emit("add", ratio, number(1.0)), ratio,
+                 ctx.emit("sub", number(1.0), ratio), ctx.emit("sub", number(2.0), ratio))
+    end = ctx.emit("cast", last, dtype="i64")
+    result = None
+    for offset, distance, kernel in zip((-1, 0, 1, 2), distances, (far, near, near, far),
+                                        strict=True):
+        position = ctx.emit("add", below, ctx.constant(offset, "i64"))
+        position = ctx.emit("minimum", ctx.emit("maximum", position, ctx.constant(0, "i64")),
+                            end)
+        weight = polynomial(distance, kernel)
+        if trailing:
+            weight = ctx.emit("unsqueeze", weight, axes=trailing)
+        term = ctx.emit("mul", ctx.emit("take", x, position, axis=axis), weight)
+        result = term if result is None else ctx.emit("add", result, term)
+    return result
 
 
 def _by_axis(values, axes, rank, fill):
@@ -326,7 +368,7 @@ def _resize(ctx):
             continue
         if axis in at_run_time:
             x = _resized_at_run_time(ctx, x, axis, sizes[axis], scales[axis], mode, transform,
-                                     nearest_mode)
+                                     nearest_mode, cubic_coeff_a)
             continue
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
         if size_out < 1:
