@@ -744,3 +744,14 @@ def test_a_float_power_of_constants_folds_into_a_shape():
     proto = model_of(nodes, [("x", FLOAT, ["B", 9])], [("y", FLOAT, None)], constants)
     model = assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 9)})
     assert str(model.graph.outputs[0].type) == "f32[B, 3, 3]"
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5, 0.25])
+def test_a_resize_by_a_fractional_scale_of_a_symbolic_axis_has_a_dim_for_its_size(scale):
+    # interpolate(x, scale_factor=0.5, mode="bilinear") over H and W, as dynamo writes it.
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")]
+    constants = [numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")]
+    proto = model_of(nodes, [("x", FLOAT, ["B", 2, "H", "W"])],
+                     [("y", FLOAT, ["B", 2, None, None])], constants)
+    assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, 2 * S + 1)},
+                               tolerance=1e-5)

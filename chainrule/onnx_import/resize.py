@@ -10,6 +10,7 @@ computed when the model runs, in nearest and linear modes."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -263,9 +264,17 @@ def _target(ctx, shape, axes, rank):
         raise Unsupported(f"Resize's scales {list(scales)} (each must be positive and finite)")
     factors = _by_axis(scales, axes, rank, [1.0] * rank)
     wanted = [size if factor == 1.0 else int(factor * size) if isinstance(size, int) else
-              dims.mul(size, int(factor)) if float(factor).is_integer() else UNKNOWN
-              for factor, size in zip(factors, shape, strict=True)]
+              _scaled(size, factor) for factor, size in zip(factors, shape, strict=True)]
     return wanted, factors
+
+
+def _scaled(size, factor: float):
+    """floor(size * factor) for a symbolic size, as a dim where the float factor is exactly a
+    fraction of a small power of two (`interpolate(scale_factor=0.5)` makes `H//2`)."""
+    exact = Fraction(factor)
+    if exact.denominator > 1024:
+        return UNKNOWN
+    return dims.floordiv(dims.mul(size, exact.numerator), exact.denominator)
 
 
 def _ratio(size_out, size_in) -> float | None:
