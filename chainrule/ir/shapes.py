@@ -176,11 +176,14 @@ def concat_shape(shapes, axis: int) -> tuple[Dim, ...]:
             raise OpTypeError(f"concat along axis {axis} needs equal dims elsewhere, got "
                               f"{listed} (axis {i} differs)")
         # Dims that may agree (a UNet's `2*(H//4)` up-sampled and `H//2` skip) are equal
-        # whenever the run gets past the concatenation, which checks them: the simplest names
-        # the result.
-        result.append(min(known, key=lambda d: (dims.is_symbolic(d), len(str(d))))
-                      if known else UNKNOWN)
+        # whenever the run gets past the concatenation, which checks them.
+        result.append(simplest_dim(known) if known else UNKNOWN)
     return tuple(result)
+
+
+def simplest_dim(candidates) -> Dim:
+    """The one of dims that may agree to name them by: a number, else the shortest."""
+    return min(candidates, key=lambda d: (dims.is_symbolic(d), len(str(d))))
 
 
 def sliced_shape(shape, starts, ends, axes, steps) -> tuple[Dim, ...]:

@@ -10,6 +10,7 @@ from onnx.checker import ValidationError
 from ..ir import ChainruleError, GraphBuilder, Value, dims
 from ..ir.limits import type_size_problem
 from ..ir.ops import OPS, rule_table
+from ..ir.shapes import simplest_dim
 from ..ir.types import UNKNOWN, TensorType, dtype_of_numpy
 
 
@@ -292,8 +293,9 @@ class NodeContext:
                                                      for d in written[1:]):
                 target[axis] = None
                 continue
-            target[axis] = min(written, key=lambda d: (dims.is_symbolic(d), len(str(d))))
-        if all(t is None for t in target):
+            target[axis] = simplest_dim(written)
+        # An unknown dim leaves a reshape nothing to say it keeps.
+        if all(t is None for t in target) or any(UNKNOWN in v.type.shape for v in inputs):
             return None
         agreed = []
         for value, shape in zip(inputs, shapes, strict=True):
