@@ -755,3 +755,30 @@ def test_a_resize_by_a_fractional_scale_of_a_symbolic_axis_has_a_dim_for_its_siz
                      [("y", FLOAT, ["B", 2, None, None])], constants)
     assert_matches_onnxruntime(proto, lambda B, S: {"x": floats(B, 2, S, 2 * S + 1)},
                                tolerance=1e-5)
+
+
+# ---- attention and language models ------------------------------------------------------------
+
+def test_an_int32_range_over_the_sequence_finds_the_last_token_as_transformers_does():
+    # GPT2ForSequenceClassification's last non-pad token: argmax of
+    # arange(S, dtype=int32) * (input_ids != pad).int(); int32 computes in int64.
+    int32 = [numpy_helper.from_array(np.array(v, np.int32), name)
+             for name, v in (("zero", 0), ("step", 1))]
+    nodes = [helper.make_node("Shape", ["ids"], ["shape"]),
+             helper.make_node("Gather", ["shape", "at_1"], ["length"]),
+             helper.make_node("Cast", ["length"], ["length_i32"], to=TensorProto.INT32),
+             helper.make_node("Range", ["zero", "length_i32", "step"], ["positions"],
+                              name="positions"),
+             helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+             helper.make_node("Not", ["is_pad"], ["kept"]),
+             helper.make_node("Cast", ["kept"], ["kept_i32"], to=TensorProto.INT32),
+             helper.make_node("Mul", ["positions", "kept_i32"], ["scored"]),
+             helper.make_node("ArgMax", ["scored"], ["last"], axis=-1, keepdims=0)]
+    constants = indices(1) + int32 + [numpy_helper.from_array(np.array(0, np.int64), "pad")]
+    proto = model_of(nodes, [("ids", INT64, ["B", "S"])], [("last", INT64, ["B"])], constants)
+
+    def ids_at(B, S):
+        ids = np.random.default_rng(S).integers(1, 50, (B, S))
+        ids[np.arange(S)[None, :] >= S - np.arange(B)[:, None]] = 0  # row i has i pads
+        return {"ids": ids}
+    assert_matches_onnxruntime(proto, ids_at)

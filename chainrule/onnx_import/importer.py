@@ -68,6 +68,15 @@ class Problem:
         return f"{self.op_type}: {self.reason}" + (f" (hint: {self.hint})" if self.hint else "")
 
 
+def run_time_array(array: np.ndarray) -> np.ndarray:
+    """A constant as the run holds it: integers of a dtype chainrule has none of (int32, as
+    torch's `arange(n, dtype=torch.int32)` writes, int16, uint8) in int64, the same numbers,
+    as a Cast to int32 computes in int64."""
+    if array.dtype.kind in "iu" and array.dtype.itemsize < 8:
+        return array.astype(np.int64)
+    return array
+
+
 class NodeFailure(Exception):
     """Every reason one node cannot be imported. `own` hold whatever its inputs are (its op,
     its attributes); `from_inputs` is the converter's refusal of the inputs it met, which says
@@ -531,7 +540,8 @@ class Importer:
             raise Unsupported(f"value '{name}' is not defined before its use")
         if known.symbolic:
             return TensorType("i64", known.array.shape)
-        return TensorType(dtype_of_array(known.array), known.array.shape)
+        array = run_time_array(known.array)
+        return TensorType(dtype_of_array(array), array.shape)
 
     def tensor(self, name: str, ctx: NodeContext | None) -> Value:
         value = self.values.get(name)
@@ -614,7 +624,7 @@ class Importer:
             if name not in self.constants:  # computed once, however many nodes read it
                 self.constants[name] = self.dims_tensor(known.array, name, loc)
             return self.constants[name]
-        array = known.array
+        array = run_time_array(known.array)
         dtype = dtype_of_array(array)
         if array.size == 0:
             raise Unsupported(f"the empty constant '{what}' (chainrule refuses empty tensors)")
