@@ -782,3 +782,27 @@ def test_an_int32_range_over_the_sequence_finds_the_last_token_as_transformers_d
         ids[np.arange(S)[None, :] >= S - np.arange(B)[:, None]] = 0  # row i has i pads
         return {"ids": ids}
     assert_matches_onnxruntime(proto, ids_at)
+
+
+def test_cross_entropy_over_the_sequence_axis_trains_as_a_question_answering_head():
+    # BertForQuestionAnswering scores each of the S tokens as the answer's start: the classes
+    # of the loss are a symbolic axis.
+    weight = numpy_helper.from_array(floats(4), "w")
+    proto = model_of([helper.make_node("MatMul", ["x", "w"], ["start"])],
+                     [("x", FLOAT, ["B", "S", 4])], [("start", FLOAT, ["B", "S"])], [weight])
+    model = chainrule.import_onnx(proto, loss="cross_entropy", targets="label")
+    rng = np.random.default_rng(1)
+    for size in SIZES:
+        x = rng.standard_normal((size["B"], size["S"], 4)).astype(np.float32)
+        label = rng.integers(0, size["S"], size["B"])
+        logits = x @ numpy_helper.to_array(weight)
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        probabilities = shifted / shifted.sum(-1, keepdims=True)
+        picked = probabilities[np.arange(size["B"]), label]
+        hot = np.eye(size["S"])[label]
+        expected_grad = np.einsum("bs,bsk->k", (probabilities - hot) / size["B"], x)
+        feeds = {model.onnx_names["x"]: x, "label": label}
+        for backend in ("numpy", "onnxruntime"):
+            grads = model.grad(backend=backend, **feeds)
+            assert_close(grads["loss"], -np.log(picked).mean(), 1e-5, what="loss")
+            assert_close(grads[model.onnx_names["w"]], expected_grad, 1e-5, what="dw")

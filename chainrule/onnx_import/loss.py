@@ -82,7 +82,19 @@ class _Ops:
 
 def _loss(ops, loss, output, target) -> Value:
     if loss == "cross_entropy":
+        classes = output.type.shape[-1]
+        if not isinstance(classes, int):
+            target = _one_hot_over(ops, target, classes, output.type.dtype)
         return compositions.cross_entropy(ops, output, target)
     if loss == "mse":
         return ops.emit("mse", output, target)
     return compositions.binary_cross_entropy_with_logits(ops, output, target)
+
+
+def _one_hot_over(ops, labels, classes, dtype) -> Value:
+    """Labels as probabilities over a symbolic class axis (a question-answering head scores
+    each of the S tokens as the answer's start): `labels == arange(S)`, as one_hot cannot,
+    whose number of classes is a number."""
+    positions = ops.emit("arange", n=classes)
+    expanded = ops.emit("unsqueeze", labels, axes=(labels.type.rank,))
+    return ops.emit("cast", ops.emit("equal", expanded, positions), dtype=dtype)
