@@ -806,3 +806,49 @@ def test_cross_entropy_over_the_sequence_axis_trains_as_a_question_answering_hea
             grads = model.grad(backend=backend, **feeds)
             assert_close(grads["loss"], -np.log(picked).mean(), 1e-5, what="loss")
             assert_close(grads[model.onnx_names["w"]], expected_grad, 1e-5, what="dw")
+
+
+def test_a_query_that_may_attend_to_nothing_has_a_finite_gradient():
+    # torch's exported scaled dot-product attention replaces the NaN of a row whose scores are
+    # all -inf (a left-padded row under a causal mask) with Where(IsNaN(p), 0, p); the
+    # gradient of that softmax must be 0 there, not NaN * 0.
+    DOUBLE = TensorProto.DOUBLE
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((4, 4))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"]),
+             helper.make_node("Transpose", ["x"], ["k"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "k"], ["scores"]),
+             helper.make_node("Where", ["allowed", "zero", "minus_inf"], ["bias"]),
+             helper.make_node("Add", ["scores", "bias"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("IsNaN", ["p"], ["nan"]),
+             helper.make_node("Where", ["nan", "zero", "p"], ["weights"]),
+             helper.make_node("MatMul", ["weights", "x"], ["y"])]
+    constants = [numpy_helper.from_array(weight, "w"),
+                 numpy_helper.from_array(np.array(0.0), "zero"),
+                 numpy_helper.from_array(np.array(-np.inf), "minus_inf")]
+    proto = model_of(nodes, [("x", DOUBLE, ["B", "S", 4]), ("allowed", TensorProto.BOOL,
+                                                             ["B", "S", "S"])],
+                     [("y", DOUBLE, ["B", "S", 4])], constants)
+    x = rng.standard_normal((2, 3, 4))
+    causal = np.tril(np.ones((3, 3), bool))
+    allowed = np.stack([causal, causal & (np.arange(3) >= 1)])  # row 0 of batch 1: nothing
+    target = rng.standard_normal((2, 3, 4))
+    model = chainrule.import_onnx(proto, loss="mse", targets="target")
+    feeds = {model.onnx_names["x"]: x, model.onnx_names["allowed"]: allowed, "target": target}
+    expected, = session(proto).run(None, {"x": x, "allowed": allowed})
+    for backend in ("numpy", "onnxruntime"):
+        ours = model.run(backend=backend, **feeds)[model.onnx_names["y"]]
+        assert_close(ours, expected, 1e-12, what=f"y ({backend})")
+    w = model.onnx_names["w"]
+    gradient = model.grad(**feeds)[w]
+
+    def loss_at(value):
+        model.set_params({w: value})
+        return float(model.run(**feeds)["loss"])
+    differences = np.zeros_like(weight)
+    for index in np.ndindex(weight.shape):
+        step = np.zeros_like(weight)
+        step[index] = 1e-6
+        differences[index] = (loss_at(weight + step) - loss_at(weight - step)) / 2e-6
+    assert_close(gradient, differences, 1e-6, what="dw")

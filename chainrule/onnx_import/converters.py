@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
-from ..ir.types import is_float
+from ..ir.types import NUMPY_DTYPES, is_float
 from .context import CONVERTERS, Unsupported, converter
 from .importer import DTYPE_OF_ONNX
 
@@ -540,4 +540,26 @@ def _hardmax(ctx):
 @converter("Softmax", "LogSoftmax")
 def _softmax(ctx):
     op = "softmax" if ctx.node.op_type == "Softmax" else "log_softmax"
-    return [ctx.emit(op, ctx.input(0), axis=ctx.attr("axis", -1))]
+    x, axis = ctx.input(0), ctx.attr("axis", -1)
+    if op == "softmax" and _nan_rows_replaced(ctx):
+        return [_softmax_of_masked_rows(ctx, x, axis)]
+    return [ctx.emit(op, x, axis=axis)]
+
+
+def _nan_rows_replaced(ctx) -> bool:
+    """Whether the model reads the softmax only to replace its NaN, as torch's exported
+    scaled dot-product attention does: Where(IsNaN(p), 0, p)."""
+    readers = {op for op, _ in ctx.importer.positions.get(ctx.node.output[0], ())}
+    return "IsNaN" in readers and readers <= {"IsNaN", "Where"}
+
+
+def _softmax_of_masked_rows(ctx, x, axis):
+    """softmax(x) with 0, not NaN, in each row whose every score is -inf: a query that may
+    attend to nothing (a left-padded row under a causal mask). The model replaces that NaN
+    with 0 itself, but the gradient of the softmax it replaced would be NaN * 0."""
+    lowest = -float(np.finfo(NUMPY_DTYPES[x.type.dtype]).max)
+    top = ctx.emit("max", x, axes=(axis,), keepdims=True)
+    masked = ctx.emit("less", top, ctx.constant(lowest, x))
+    zero = ctx.constant(0.0, x)
+    probabilities = ctx.emit("softmax", ctx.emit("where", masked, zero, x), axis=axis)
+    return ctx.emit("where", masked, zero, probabilities)
