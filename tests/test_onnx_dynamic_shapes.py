@@ -521,7 +521,7 @@ def test_a_dim_param_expression_is_parsed_and_an_unnamed_dim_gets_a_symbol():
                                                ("batch size", "batch_size"),
                                                ("sequence.length", "sequence_length")])
 def test_a_dim_param_that_is_a_name_stays_one_symbol(dim_param, symbol):
-    # Only the dynamo exporter's expressions over s0, s1... read as arithmetic.
+    # A name with no arithmetic in it (a "-" between letters, not " - ") is one symbol.
     proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", FLOAT, [dim_param, 4])],
                      [("y", FLOAT, [dim_param, 4])])
     model = chainrule.import_onnx(proto)
@@ -852,3 +852,22 @@ def test_a_query_that_may_attend_to_nothing_has_a_finite_gradient():
         step[index] = 1e-6
         differences[index] = (loss_at(weight + step) - loss_at(weight - step)) / 2e-6
     assert_close(gradient, differences, 1e-6, what="dw")
+
+
+
+def test_a_dim_param_over_the_names_of_torch_export_dims_is_an_expression():
+    # dynamic_shapes={"attn_mask": {0: 4 * B}} with Dim("B"): the dynamo exporter writes the
+    # dim_param `4*B` (and `S + 1`, `2*S - 1` as sympy prints them), over the user's names.
+    nodes = [helper.make_node("Concat", ["x", "x", "x", "x"], ["heads"], axis=0),
+             helper.make_node("Add", ["heads", "mask"], ["masked"]),
+             helper.make_node("Slice", ["longer", "start", "end", "axis"], ["trimmed"]),
+             helper.make_node("Add", ["masked", "trimmed"], ["y"])]
+    constants = [numpy_helper.from_array(np.array([v], np.int64), name)
+                 for name, v in (("start", 1), ("end", 2 ** 62), ("axis", 1))]
+    proto = model_of(nodes, [("x", FLOAT, ["B", "S"]), ("mask", FLOAT, ["4*B", "S"]),
+                             ("longer", FLOAT, [1, "S + 1"])],
+                     [("y", FLOAT, ["4*B", "S"])], constants)
+    model = assert_matches_onnxruntime(proto, lambda B, S: {
+        "x": floats(B, S), "mask": floats(4 * B, S), "longer": floats(1, S + 1)})
+    declared = [tuple(map(str, v.type.shape)) for v in model.graph.inputs]
+    assert declared == [("B", "S"), ("4*B", "S"), ("1", "S+1")]

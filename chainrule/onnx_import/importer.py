@@ -175,23 +175,28 @@ def dim_name(name: str) -> str:
 
 
 # The expressions torch's dynamo exporter writes as dim_params, over its symbols s0, s1...
-# (`2*s0`, `s0 + 1`); any other text with a letter in it is a name (`batch-size` is one).
+# (`2*s0`, `s0 + 1`), or over the names of the torch.export.Dim a user gave (`4*B`, `S - 1`,
+# as sympy prints them: a minus between spaces); any other text with a letter in it is a name
+# (`batch-size` is one).
 DYNAMO_EXPRESSION = re.compile(r"(?:\s|\d|[-+*/%()]|s\d+)*[-+*/%](?:\s|\d|[-+*/%()]|s\d+)*")
+ARITHMETIC = re.compile(r"[*+/%()]| - ")
 
 
 def declared_dim(dim_param: str, fresh: str):
     """An input's dim as its dim_param declares it: a symbol (`batch-size` as batch_size), an
-    expression the dynamo exporter writes (`2*s0`), or, where it names nothing (`?`, `-1`),
+    expression the dynamo exporter writes (`2*s0`, `4*B`), or, where it names nothing (`?`, `-1`),
     the fresh symbol `fresh`."""
-    if not DYNAMO_EXPRESSION.fullmatch(dim_param):
-        return dim_name(dim_param) if re.search(r"[A-Za-z]", dim_param) else fresh
-    try:
-        expression = dims.parse(dim_param)
-    except dims.NotADim:
-        return fresh
-    if isinstance(expression, int):
-        return fresh  # `-1`, `0`: no size a dim can be
-    return dims.substitute(expression, {s: dim_name(s) for s in dims.symbols(expression)})
+    if DYNAMO_EXPRESSION.fullmatch(dim_param) or ARITHMETIC.search(dim_param):
+        try:
+            expression = dims.parse(dim_param)
+        except dims.NotADim:
+            expression = None
+        if isinstance(expression, int):
+            return fresh  # `-1`, `0`: no size a dim can be
+        if expression is not None:
+            return dims.substitute(expression,
+                                   {s: dim_name(s) for s in dims.symbols(expression)})
+    return dim_name(dim_param) if re.search(r"[A-Za-z]", dim_param) else fresh
 
 
 def tied_dims(op: str, shapes, fresh: set[str]) -> tuple[str, object] | None:
