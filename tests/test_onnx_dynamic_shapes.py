@@ -871,3 +871,15 @@ def test_a_dim_param_over_the_names_of_torch_export_dims_is_an_expression():
         "x": floats(B, S), "mask": floats(4 * B, S), "longer": floats(1, S + 1)})
     declared = [tuple(map(str, v.type.shape)) for v in model.graph.inputs]
     assert declared == [("B", "S"), ("4*B", "S"), ("1", "S+1")]
+
+
+def test_an_output_read_through_an_identity_keeps_the_outputs_name():
+    # The unoptimised dynamo exporter ends BertForQuestionAnswering with
+    # Identity(squeeze) -> start: the results are keyed by the graph's output names.
+    nodes = [helper.make_node("Relu", ["x"], ["hidden"]),
+             helper.make_node("Identity", ["hidden"], ["y"]),
+             helper.make_node("Neg", ["hidden"], ["z"])]
+    proto = model_of(nodes, X_BS16, [("y", FLOAT, ["B", "S", 16]), ("z", FLOAT, ["B", "S", 16])])
+    model = assert_matches_onnxruntime(proto, x_bs16)
+    assert [v.name for v in model.graph.outputs] == ["y", "z"]
+    assert sorted(model.run(x=floats(2, 3, 16))) == ["y", "z"]
