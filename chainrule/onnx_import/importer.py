@@ -516,7 +516,7 @@ class Importer:
                 value = self.builder.emit(op, (value, self.builder.constant(
                     0, value.type.dtype)), name=identifier(info.name))
             elif value.name != identifier(info.name) and value.name not in self.names.values() \
-                    and value not in self.graph.updates.values():
+                    and value.name not in self.graph.updates.values():
                 # Read through an Identity (the dynamo exporter's, unoptimised): the value
                 # takes the output's name, which the run's results are keyed by.
                 value = self.builder.rename(value, identifier(info.name))
