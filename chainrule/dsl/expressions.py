@@ -35,9 +35,9 @@ def _on_bools(fn):
 FOLD = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
     "floordiv": operator.floordiv, "mod": operator.mod, "pow": operator.pow,
-    "less": operator.lt, "less_equal": operator.le, "greater": operator.gt, "greater_equal": operator.ge, "equal": operator.eq,
-    "not_equal": operator.ne, "logical_and": _on_bools(operator.and_),
-    "logical_or": _on_bools(operator.or_),
+    "less": operator.lt, "less_equal": operator.le, "greater": operator.gt,
+    "greater_equal": operator.ge, "equal": operator.eq, "not_equal": operator.ne,
+    "logical_and": _on_bools(operator.and_), "logical_or": _on_bools(operator.or_),
 }
 BINARY_OPS = tuple(FOLD) + ("matmul",)
 # Arithmetic where an operand is a symbolic dim: a dim expression (`S-1`, `B*H`, `W//2`).
