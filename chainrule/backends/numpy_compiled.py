@@ -233,7 +233,7 @@ def _shape_dependent(graph: Graph) -> list[int]:
     """The scalar nodes whose values follow from the inputs' shapes alone (a batch's numel, the
     1/B of a mean's gradient, and the constants they read), by index, or none if no node
     depends on a shape: computed once per shape signature rather than once per call."""
-    inputs, returned = set(graph.inputs), set(graph.outputs)
+    returned = set(graph.outputs)
     dependent, constants = set(), {}
     for index, node in enumerate(graph.nodes):
         out = node.output

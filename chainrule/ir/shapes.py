@@ -5,8 +5,6 @@ at a size it does not know).
 """
 from __future__ import annotations
 
-from math import prod
-
 from . import dims
 from .types import UNKNOWN, Dim
 
@@ -39,9 +37,9 @@ def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
     rank = max((len(s) for s in shapes), default=0)
     padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
     result = []
-    for axis, dims in enumerate(zip(*padded)):
-        out = dims[0]
-        for dim in dims[1:]:
+    for axis, column in enumerate(zip(*padded)):
+        out = column[0]
+        for dim in column[1:]:
             try:
                 out = unify_dims(out, dim)
             except OpTypeError:

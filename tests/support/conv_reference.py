@@ -15,6 +15,14 @@ def _padded(x, pads, value=0.0):
     return np.pad(x, widths, constant_values=value)
 
 
+def _taps(positions, kernel, strides, dilations):
+    """Each window position, each tap of the kernel, and the input position that tap reads."""
+    for position in np.ndindex(*positions):
+        for tap in np.ndindex(*kernel):
+            yield position, tap, tuple(p * s + t * d for p, s, t, d in zip(
+                position, strides, tap, dilations, strict=True))
+
+
 def conv(x, w, strides, pads, dilations, groups):
     rank = w.ndim - 2
     padded = _padded(x, pads)
@@ -25,12 +33,9 @@ def conv(x, w, strides, pads, dilations, groups):
     y = np.zeros((x.shape[0], w.shape[0], *out), x.dtype)
     for o in range(w.shape[0]):
         channels = slice(o // out_group * in_group, (o // out_group + 1) * in_group)
-        for position in np.ndindex(*out):
-            for tap in np.ndindex(*kernel):
-                at = tuple(p * s + t * d for p, s, t, d in zip(position, strides, tap,
-                                                               dilations))
-                y[(slice(None), o, *position)] += padded[(slice(None), channels, *at)] @ \
-                    w[(o, slice(None), *tap)]
+        for position, tap, at in _taps(out, kernel, strides, dilations):
+            y[(slice(None), o, *position)] += padded[(slice(None), channels, *at)] @ \
+                w[(o, slice(None), *tap)]
     return y
 
 
@@ -43,12 +48,9 @@ def conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
     y = np.zeros((x.shape[0], out_group * groups, *full), x.dtype)
     for c in range(x.shape[1]):
         outputs = slice(c // in_group * out_group, (c // in_group + 1) * out_group)
-        for position in np.ndindex(*x.shape[2:]):
-            for tap in np.ndindex(*kernel):
-                at = tuple(p * s + t * d for p, s, t, d in zip(position, strides, tap,
-                                                               dilations))
-                y[(slice(None), outputs, *at)] += np.multiply.outer(
-                    x[(slice(None), c, *position)], w[(c, slice(None), *tap)])
+        for position, tap, at in _taps(x.shape[2:], kernel, strides, dilations):
+            y[(slice(None), outputs, *at)] += np.multiply.outer(
+                x[(slice(None), c, *position)], w[(c, slice(None), *tap)])
     crop = tuple(slice(pads[i], full[i] - pads[rank + i]) for i in range(rank))
     return y[(Ellipsis, *crop)]
 
@@ -59,12 +61,9 @@ def conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
     grad = np.zeros((g.shape[1], in_group, *kernel), x.dtype)
     for o in range(g.shape[1]):
         channels = slice(o // out_group * in_group, (o // out_group + 1) * in_group)
-        for position in np.ndindex(*g.shape[2:]):
-            for tap in np.ndindex(*kernel):
-                at = tuple(p * s + t * d for p, s, t, d in zip(position, strides, tap,
-                                                               dilations))
-                grad[(o, slice(None), *tap)] += g[(slice(None), o, *position)] @ \
-                    padded[(slice(None), channels, *at)]
+        for position, tap, at in _taps(g.shape[2:], kernel, strides, dilations):
+            grad[(o, slice(None), *tap)] += g[(slice(None), o, *position)] @ \
+                padded[(slice(None), channels, *at)]
     return grad
 
 
