@@ -12,6 +12,7 @@ from ..ir.symbols import attr_symbols, resolved_attrs
 from ..ir.types import NUMPY_DTYPES
 from .feeds import check_arrays, check_feeds
 from .numpy_kernels import KERNELS
+from .numpy_scan import StepError, scan_loop
 from .protocol import CHECKING_BACKEND
 
 
@@ -30,7 +31,7 @@ class NumpyBackend:
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Every output by name; `training` switches stochastic ops such as dropout on, drawing
         from `rng`."""
-        missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS})
+        missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS and n.op != "scan"})
         if missing:
             raise ChainruleError(f"no numpy kernel for op(s): {', '.join(missing)}")
         sizes = check_feeds(graph, inputs, params)
@@ -42,21 +43,46 @@ class NumpyBackend:
             mode = ({"training": training, "rng": rng}
                     if "stochastic" in get_op(node.op).traits else {})
             attrs = resolved_attrs(node, sizes) if symbolic else node.attrs
-            try:
-                with np.errstate(all="ignore"):
-                    result = KERNELS[node.op](*args, **attrs, **mode)
-            except Exception as error:
-                raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
-                                     f"{error}", node.loc) from error
-            out = node.output
-            result = np.asarray(result)
-            if self.check_numerics and result.dtype.kind == "f" and not np.isfinite(result).all():
-                bad = "NaN" if np.isnan(result).any() else "Inf"
-                raise ExecutionError(f"%{out.name} = {node.op}(...) produced {bad} "
-                                     f"(--check-numerics)", node.loc)
-            expected = NUMPY_DTYPES[out.type.dtype]
-            env[out] = result if result.dtype == expected else result.astype(expected)
+            if node.op == "scan":
+                results = self.run_scan(node, args, attrs["length"], training, rng)
+            else:
+                try:
+                    with np.errstate(all="ignore"):
+                        results = (KERNELS[node.op](*args, **attrs, **mode),)
+                except Exception as error:
+                    raise ExecutionError(f"while computing %{node.output.name} = "
+                                         f"{node.op}(...): {error}", node.loc) from error
+            for out, result in zip(node.outputs, results, strict=True):
+                env[out] = self.checked(node, out, np.asarray(result))
         return {v.name: env[v] for v in graph.outputs}
+
+    def checked(self, node, out, result: np.ndarray) -> np.ndarray:
+        """The result in its value's dtype, after the --check-numerics test."""
+        if self.check_numerics and result.dtype.kind == "f" and not np.isfinite(result).all():
+            bad = "NaN" if np.isnan(result).any() else "Inf"
+            raise ExecutionError(f"%{out.name} = {node.op}(...) produced {bad} "
+                                 f"(--check-numerics)", node.loc)
+        expected = NUMPY_DTYPES[out.type.dtype]
+        return result if result.dtype == expected else result.astype(expected)
+
+    def run_scan(self, node, operands, length: int, training: bool, rng) -> tuple:
+        """A scan, its body run by this interpreter at every step (checked each time: the
+        interpreter is the reference, not the fast path)."""
+        body = node.attrs["body"]
+        names = [v.name for v in body.inputs]
+
+        def step(*inputs):
+            results = self.run(body, dict(zip(names, inputs)), {}, training=training, rng=rng)
+            return tuple(results[v.name] for v in body.outputs)
+        try:
+            return scan_loop(step, operands, node.attrs["carried"], node.attrs["scanned"],
+                             length, node.attrs["reverse"])
+        except StepError as failed:
+            error = failed.error
+            if isinstance(error, ChainruleError):
+                raise type(error)(f"at step {failed.step} of the scan: {error.message}",
+                                  error.loc) from error
+            raise error
 
     def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> PlainStep:
         """The interpreter compiles nothing to keep values in: they stay in a Python dict."""

@@ -23,6 +23,7 @@ from . import fused_kernels
 from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import KERNELS
+from .numpy_scan import StepError, scan_loop
 
 # Ops numpy computes with a ufunc, called as np.<ufunc>(inputs..., out=buffer) when in place.
 UFUNCS = {op.name: op.numpy for op in OPS.values()
@@ -83,7 +84,8 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
     shares = {v: {v} for v in graph.values()}
     for node in graph.nodes:
         if node.op not in FRESH_RESULT_OPS:
-            shares[node.output] = {node.output}.union(*(shares[v] for v in node.inputs))
+            for out in node.outputs:  # a scan's carried value may be its first value
+                shares[out] = {out}.union(*(shares[v] for v in node.inputs))
     last_read, last_read_through_views = {}, {}
     for index, node in enumerate(graph.nodes):
         for value in node.inputs:
@@ -92,10 +94,12 @@ def plan_memory(graph: Graph, donate_params: bool = False) -> Plan:
                 last_read_through_views[buffer] = index
     caller_owned = set(graph.inputs) | (set() if donate_params else set(graph.param_values()))
     kept = set().union(*(shares[v] for v in graph.outputs)) if graph.outputs else set()
-    fresh = {n.output for n in graph.nodes if n.op in FRESH_RESULT_OPS}
+    fresh = {out for n in graph.nodes if n.op in FRESH_RESULT_OPS for out in n.outputs}
     if donate_params:
         fresh.update(graph.param_values())
     for index, node in enumerate(graph.nodes):
+        if len(node.outputs) != 1:
+            continue
         out = node.output
         if node.op == "gemm_acc":
             candidates = node.inputs[2:3]  # the sum goes into c; a and b are read whole first
@@ -236,6 +240,8 @@ def _shape_dependent(graph: Graph) -> list[int]:
     returned = set(graph.outputs)
     dependent, constants = set(), {}
     for index, node in enumerate(graph.nodes):
+        if len(node.outputs) != 1:
+            continue
         out = node.output
         if node.op == "constant":
             constants[out] = index
@@ -247,10 +253,10 @@ def _shape_dependent(graph: Graph) -> list[int]:
         elif any(v in dependent for v in node.inputs) and all(
                 v in dependent or v in constants for v in node.inputs):
             dependent.add(out)
-    read = {constants[v] for node in graph.nodes if node.output in dependent
+    read = {constants[v] for node in graph.nodes if node.outputs[0] in dependent
             for v in node.inputs if v in constants}
     return sorted(read | {i for i, node in enumerate(graph.nodes)
-                          if node.output in dependent})
+                          if node.outputs[0] in dependent})
 
 
 def _input_shaped_like(value: Value, graph: Graph) -> Value | None:
@@ -315,6 +321,9 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
 
 
 def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=None) -> None:
+    if node.op == "scan":
+        _emit_scan(plan, index, node, indent, emit)
+        return
     names = plan.names
     out = names[node.output]
     args = [names[v] for v in node.inputs]
@@ -343,6 +352,50 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
             and (deletable is None or v in deletable)]
     if dead:
         emit(f"{indent}del {', '.join(dead)}", node)
+
+
+def _emit_scan(plan: Plan, index: int, node: Node, indent: str, emit) -> None:
+    """A scan calls its loop (SCANS, made by compile_graph), which calls the compiled body."""
+    names = plan.names
+    outs = ", ".join(names[v] for v in node.outputs)
+    args = ", ".join(names[v] for v in node.inputs)
+    length = _dims_literal(node.attrs["length"], plan.symbols)
+    comment = "  # " + ", ".join(f"%{v.name}" for v in node.outputs)
+    emit(f"{indent}{outs}, = SCANS[{index}](({args},), {length}, training, rng){comment}", node)
+    dead = [names[v] for v in plan.frees.get(index, [])]
+    if dead:
+        emit(f"{indent}del {', '.join(dead)}", node)
+
+
+class ScanRunner:
+    """A scan node's loop around its compiled body: the body is compiled once, with the graph,
+    and each step is one call of its function."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.body = compile_graph(node.attrs["body"])
+        self.carried, self.scanned = node.attrs["carried"], node.attrs["scanned"]
+        self.reverse = node.attrs["reverse"]
+
+    def __call__(self, operands: tuple, length: int, training: bool, rng) -> tuple:
+        function = self.body.function
+        try:
+            return scan_loop(lambda *inputs: function(*inputs, training, rng), operands,
+                             self.carried, self.scanned, length, self.reverse)
+        except StepError as failed:
+            raise self._located(failed) from failed.error
+
+    def _located(self, failed: StepError) -> Exception:
+        """The body's failure, named with the body's node and the step it failed at."""
+        error = failed.error
+        if isinstance(error, ExecutionError):
+            return ExecutionError(f"at step {failed.step} of the scan: {error.message}",
+                                  error.loc)
+        node = self.body._failing_node(error)
+        if node is None:
+            return error
+        return ExecutionError(f"at step {failed.step} of the scan, while computing "
+                              f"%{node.outputs[0].name} = {node.op}(...): {error}", node.loc)
 
 
 @dataclass
@@ -378,7 +431,7 @@ class CompiledGraph:
             node = self._failing_node(error)
             if node is None:
                 raise
-            raise ExecutionError(f"while computing %{node.output.name} = {node.op}(...): "
+            raise ExecutionError(f"while computing %{node.outputs[0].name} = {node.op}(...): "
                                  f"{error}", node.loc) from error
         return [result if type(result) is np.ndarray else np.asarray(result)
                 for result in results]
@@ -396,7 +449,9 @@ class CompiledGraph:
 def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
     plan = plan_memory(graph, donate_params)
     source, line_nodes = generate_source(graph, plan)
-    namespace = {"np": np, "CONSTANTS": {}, "SHAPE_VALUES": {}}
+    namespace = {"np": np, "CONSTANTS": {}, "SHAPE_VALUES": {},
+                 "SCANS": {index: ScanRunner(node) for index, node in enumerate(graph.nodes)
+                           if node.op == "scan"}}
     namespace.update((f"K_{op}", kernel) for op, kernel in KERNELS.items())
     namespace.update((group.kernel.name, group.kernel) for group in plan.fused.values())
     for index, node in enumerate(graph.nodes):
@@ -501,7 +556,7 @@ def describe_plan(graph: Graph, plan: Plan) -> str:
         if freed:
             notes.append("frees " + ", ".join(freed))
         if notes:
-            lines.append(f"#   %{node.output.name} = {node.op}: {'; '.join(notes)}")
+            lines.append(f"#   %{node.outputs[0].name} = {node.op}: {'; '.join(notes)}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .errors import ChainruleError, SourceLoc
 from .graph import Graph, Namer, Node, NodeIndex, Value
 from .limits import check_node_count, type_size_problem
-from .ops import complete_attrs, get_op, infer_type
+from .ops import complete_attrs, get_op, infer_types
 from .shapes import OpTypeError
 
 
@@ -23,22 +23,32 @@ class GraphBuilder:
     def emit(self, op: str, inputs, attrs=None, *, loc: SourceLoc | None = None,
              name: str | None = None) -> Value:
         """Append `op(inputs){attrs}`, infer its type, and return its output value."""
+        (out,) = self.emit_results(op, inputs, attrs, loc=loc, names=(name or op,))
+        return out
+
+    def emit_results(self, op: str, inputs, attrs=None, *, loc: SourceLoc | None = None,
+                     names=()) -> tuple[Value, ...]:
+        """Append a node of any op, multi-result ones too (`scan`); its results are named
+        after `names`, in order, and the op for those left out."""
         attrs = dict(attrs or {})
         inputs = tuple(inputs)
         try:
-            out_type = infer_type(op, [v.type for v in inputs], attrs)
+            out_types = infer_types(op, [v.type for v in inputs], attrs)
             attrs = complete_attrs(get_op(op), attrs)
         except OpTypeError as error:
             raise ChainruleError(str(error), loc) from None
-        problem = type_size_problem(out_type)
-        if problem:
-            raise ChainruleError(f"{op} gives {problem}", loc)
+        for out_type in out_types:
+            problem = type_size_problem(out_type)
+            if problem:
+                raise ChainruleError(f"{op} gives {problem}", loc)
         check_node_count(len(self.graph.nodes) + 1, loc)
-        out = Value(self.namer.fresh(name or op), out_type)
-        node = Node(op, inputs, attrs, (out,), loc)
+        hints = list(names) + [op] * (len(out_types) - len(names))
+        outs = tuple(Value(self.namer.fresh(hint), out_type)
+                     for hint, out_type in zip(hints, out_types))
+        node = Node(op, inputs, attrs, outs, loc)
         self.graph.nodes.append(node)
-        self._producers[out] = node
-        return out
+        self._producers.update(dict.fromkeys(outs, node))
+        return outs
 
     def constant(self, value: float, dtype: str, *, loc=None, name=None) -> Value:
         return self.emit("constant", (), {"value": float(value), "dtype": dtype}, loc=loc,
@@ -56,7 +66,7 @@ class GraphBuilder:
         del self._producers[value]
         nodes = self.graph.nodes
         for made in self._index.rename_output(value, renamed):
-            self._producers[nodes[made].output] = nodes[made]
+            self._producers.update(dict.fromkeys(nodes[made].outputs, nodes[made]))
         # In place: a caller may hold the list (`graph.outputs.insert(1, rename(...))`).
         self.graph.outputs[:] = [renamed if v is value else v for v in self.graph.outputs]
         if self.graph.objective is value:

@@ -29,10 +29,9 @@ class Value:
 
 @dataclass(eq=False)
 class Node:
-    """One op applied to input values. `outputs` is a tuple so that code walking every value
-    (printing, verifying, liveness) needs no change for an op with several results; every op
-    has one today (the verifier checks it), and code that reads a node's result says
-    `node.output`, which insists on exactly one."""
+    """One op applied to input values. Most ops have one result, which code reads as
+    `node.output` (insisting on exactly one); a multi-result op (`scan`) has several, and code
+    walking every node reads `node.outputs`."""
 
     op: str
     inputs: tuple[Value, ...]
@@ -117,6 +116,10 @@ class Graph:
                 return value
         raise KeyError(name)
 
+    def bodies(self) -> list[Graph]:
+        """The graphs this graph's nodes hold (a scan's body), outermost first."""
+        return [node.attrs["body"] for node in self.nodes if "body" in node.attrs]
+
     def copy(self) -> Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
@@ -154,7 +157,8 @@ class NodeIndex:
         self.indexed = len(self.nodes)
         index = self.made_at.pop(old)
         producer = self.nodes[index]
-        self.nodes[index] = Node(producer.op, producer.inputs, producer.attrs, (renamed,),
+        outputs = tuple(renamed if v is old else v for v in producer.outputs)
+        self.nodes[index] = Node(producer.op, producer.inputs, producer.attrs, outputs,
                                  producer.loc)
         self.made_at[renamed] = index
         readers = self.read_at.pop(old, [])

@@ -15,7 +15,9 @@ runs in training mode), "expanded" (replaced by a pass before any backend runs: 
 lowering or derivative rule), "fused" (written by the fuse pass after autodiff: no derivative
 rule, no DSL spelling) and "fresh_result" (its numpy kernel returns a new array, never a view of
 an input or a shared constant, so a backend may overwrite it; an op computed by a numpy ufunc
-always does). "elementwise", "linear", "reduction", "comparison", "loss" and "constant"
+always does), "multi_result" (a node of it has several outputs, whose types its rule returns
+as a tuple) and "structured" (it holds a body graph, `scan`: each layer handles it by hand
+rather than through a table of rules). "elementwise", "linear", "reduction", "comparison", "loss" and "constant"
 describe the op for readers of the registry.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import dims
+from .graph import Graph
+from .scan import infer_scan
 from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_window_attrs,
                      concat_shape, conv_output_dim, dims_may_equal, format_shape, matmul_shape,
                      normalize_axes, normalize_axis, pool_output_dim, reduced_shape,
@@ -64,6 +68,7 @@ ATTR_KINDS = {
     # A size that may be symbolic (`B`, `S-1`: dims.py), known when the model runs.
     "dim": lambda v: ATTR_KINDS["int"](v) or dims.is_symbolic(v),
     "dims": lambda v: isinstance(v, tuple) and all(ATTR_KINDS["dim"](x) for x in v),
+    "graph": lambda v: isinstance(v, Graph),  # a body (scan.py)
 }
 
 
@@ -172,10 +177,21 @@ def complete_attrs(op: OpDef, attrs: dict) -> dict:
 
 
 def infer_type(op_name: str, input_types, attrs: dict) -> TensorType:
+    """The result's type; for a multi-result op, the tuple of its results' types."""
     op = get_op(op_name)
     if len(input_types) != op.num_inputs:
         raise OpTypeError(f"op '{op_name}' takes {op.num_inputs} inputs, got {len(input_types)}")
     return op.infer(*input_types, **complete_attrs(op, attrs))
+
+
+def infer_types(op_name: str, input_types, attrs: dict) -> tuple[TensorType, ...]:
+    """Every result's type, for any op."""
+    inferred = infer_type(op_name, input_types, attrs)
+    return inferred if isinstance(inferred, tuple) else (inferred,)
+
+
+def has_several_results(op_name: str) -> bool:
+    return "multi_result" in get_op(op_name).traits
 
 
 # ---- type rules -------------------------------------------------------------------------------
@@ -540,6 +556,13 @@ register("constant", 0, _infer_constant,
          builtin=None)  # a literal: f32(0.5)
 register("arange", 0, _infer_arange, {"n": AttrSpec("dim")},
          traits=("constant", "nondifferentiable", "fresh_result"))
+
+# ---- loops (scan.py)
+register("scan", ONE_OR_MORE, infer_scan,
+         {"body": AttrSpec("graph"), "length": AttrSpec("dim"), "carried": AttrSpec("int"),
+          "scanned": AttrSpec("int"), "reverse": AttrSpec("bool", False)},
+         traits=("multi_result", "structured", "fresh_result"), operands=("operands",),
+         builtin=None)  # the DSL writes a `for` over a symbolic range
 
 # ---- reductions
 REDUCE = ("reduction", "fresh_result")

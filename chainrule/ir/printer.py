@@ -26,13 +26,19 @@ def format_value(value: Value) -> str:
 
 
 def format_node(node: Node) -> str:
+    """The node on one line; a body it holds shows as `body(...) {...}`, not its lines."""
+    return _node_text(node, "body(...) {...} " if "body" in node.attrs else "")
+
+
+def _node_text(node: Node, body: str) -> str:
     outs = ", ".join(format_value(v) for v in node.outputs)
     args = ", ".join(format_value(v) for v in node.inputs)
     text = f"{outs} = {node.op}({args})"
-    if node.attrs:
-        text += " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in node.attrs.items()) + "}"
+    attrs = {k: v for k, v in node.attrs.items() if k != "body"}
+    if attrs:
+        text += " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in attrs.items()) + "}"
     types = ", ".join(str(v.type) for v in node.outputs)
-    return f"{text} : {types}"
+    return f"{text} {body}: {types}"
 
 
 def _with_loc(text: str, loc) -> str:
@@ -41,15 +47,34 @@ def _with_loc(text: str, loc) -> str:
     return f"{text.ljust(COMMENT_COLUMN)}  # {loc.described()}"
 
 
+def _inputs_text(graph: Graph) -> str:
+    return ", ".join(f"{format_value(v)}: {v.type}" for v in graph.inputs)
+
+
+def _node_lines(node: Node, indent: str, locations: bool) -> list[str]:
+    """The node's lines: one, or for a node holding a body, its head, the body's nodes
+    indented, and the closing line with the types and the location."""
+    loc = node.loc if locations else None
+    body = node.attrs.get("body")
+    if body is None:
+        return [indent + _with_loc(format_node(node), loc)]
+    head, tail = _node_text(node, "\0").split("\0")
+    lines = [f"{indent}{head}body({_inputs_text(body)}) {{"]
+    for inner in body.nodes:
+        lines += _node_lines(inner, indent + "  ", locations)
+    lines.append(f"{indent}  return " + ", ".join(format_value(v) for v in body.outputs))
+    lines.append(indent + _with_loc("} " + tail, loc))
+    return lines
+
+
 def print_graph(graph: Graph, locations: bool = True) -> str:
     """The graph as text; without `locations`, the trailing DSL locations are left out."""
-    header = ", ".join(f"{format_value(v)}: {v.type}" for v in graph.inputs)
-    lines = [f"graph {graph.name}({header}) {{"]
+    lines = [f"graph {graph.name}({_inputs_text(graph)}) {{"]
     for param in graph.params:
         text = f"{param.kind} {format_value(param.value)}: {param.value.type} = {param.init}"
         lines.append("  " + _with_loc(text, param.loc if locations else None))
     for node in graph.nodes:
-        lines.append("  " + _with_loc(format_node(node), node.loc if locations else None))
+        lines += _node_lines(node, "  ", locations)
     lines.append("  return " + ", ".join(format_value(v) for v in graph.outputs))
     lines += [f"  update %{state} = %{output}" for state, output in graph.updates.items()]
     lines.append("}")

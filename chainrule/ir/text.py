@@ -20,7 +20,7 @@ from . import dims
 from .errors import ChainruleError, SourceLoc, integer_literal, syntax_error
 from .graph import Graph, InitSpec, Node, Param, Value
 from .init import check_init
-from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
+from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_types
 from .shapes import OpTypeError
 from .types import UNKNOWN, TensorType
 
@@ -223,25 +223,48 @@ class _GraphReader:
                                   trainable=str(declared) == "param"))
 
     def read_node(self, tree: Tree, graph: Graph) -> None:
-        name, op_name, operands, attrs, type_tree = tree.children
+        names, op_name, operands, attrs, body_tree, *type_trees = tree.children
         op = OPS.get(str(op_name))
         if op is None:
             raise ChainruleError(f"unknown op '{op_name}'", self.loc(op_name))
         inputs = tuple(self.use(token) for token in _values(operands))
-        node_attrs = self.read_attrs(op, attrs, op_name)
-        declared = _literal(type_tree, self.filename)
+        node_attrs = self.read_attrs(op, attrs, op_name, body_tree)
+        declared = [_literal(type_tree, self.filename) for type_tree in type_trees]
         try:
-            inferred = infer_type(op.name, [value.type for value in inputs], node_attrs)
+            inferred = infer_types(op.name, [value.type for value in inputs], node_attrs)
         except OpTypeError as error:
             raise ChainruleError(str(error), self.loc(op_name)) from None
-        if declared != inferred:
-            raise ChainruleError(f"{name} is declared {declared}, but {op.name} gives {inferred}",
-                                 self.loc(type_tree))
-        output = self.define(name, declared)
-        graph.nodes.append(Node(op.name, inputs, node_attrs, (output,), self.trailing_loc(tree)))
+        tokens = _values(names)
+        if len(tokens) != len(inferred) or len(declared) != len(inferred):
+            raise ChainruleError(f"{op.name} gives {len(inferred)} results; the line names "
+                                 f"{len(tokens)} and declares {len(declared)} types",
+                                 self.loc(op_name))
+        for token, written, wanted, type_tree in zip(tokens, declared, inferred, type_trees):
+            if written != wanted:
+                raise ChainruleError(f"{token} is declared {written}, but {op.name} gives "
+                                     f"{wanted}", self.loc(type_tree))
+        outputs = tuple(self.define(token, written) for token, written in zip(tokens, declared))
+        graph.nodes.append(Node(op.name, inputs, node_attrs, outputs, self.trailing_loc(tree)))
 
-    def read_attrs(self, op: OpDef, tree: Tree | None, op_name: Token) -> dict:
+    def read_body(self, tree: Tree) -> Graph:
+        """A scan's body, in a scope of its own: it reads only its inputs."""
+        reader = _GraphReader.__new__(_GraphReader)
+        reader.lines, reader.filename, reader.defined = self.lines, self.filename, {}
+        inputs, *statements = tree.children
+        body = Graph("body", loc=self.loc(tree))
+        body.inputs = [reader.read_input(item) for item in _values(inputs)]
+        for statement in statements:
+            getattr(reader, "read_" + statement.data)(statement, body)
+        body.objective = None  # read_outputs took the first output, as a graph's objective
+        return body
+
+    def read_attrs(self, op: OpDef, tree: Tree | None, op_name: Token,
+                   body_tree: Tree | None) -> dict:
         written = {}
+        if body_tree is not None:
+            if "body" not in op.attrs:
+                raise ChainruleError(f"op '{op.name}' has no body", self.loc(body_tree))
+            written["body"] = self.read_body(body_tree)
         for attr in _values(tree):
             key, value = self.read_attr(op, attr)
             if str(key) in written:
@@ -309,8 +332,16 @@ def _describe_param(param: Param) -> str:
 def _describe_node(node: Node) -> str:
     outputs = ", ".join(_describe_value(value) for value in node.outputs)
     inputs = ", ".join(f"%{value.name}" for value in node.inputs)
-    attrs = ", ".join(f"{key}={value!r}" for key, value in sorted(node.attrs.items()))
+    attrs = ", ".join(f"{key}={_describe_attr(value)}"
+                      for key, value in sorted(node.attrs.items()))
     return f"{outputs} = {node.op}({inputs}) {{{attrs}}} at {node.loc!r}"
+
+
+def _describe_attr(value) -> str:
+    if isinstance(value, Graph):  # a body: its parts, as a graph's
+        return "{" + "; ".join(f"{part} {text}" for part, describe in _PARTS
+                               for text in describe(value)) + "}"
+    return repr(value)
 
 
 _PARTS = (

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from .errors import ChainruleError, SourceLoc
 from .graph import Graph, Node, Param, Value
-from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_type
+from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_types
 from .printer import format_node, format_value
 from .shapes import OpTypeError
 from .symbols import symbol_sources, unbound_rule
@@ -75,6 +75,8 @@ def _problems(graph: Graph) -> Iterator[VerifyError]:
     for node in graph.nodes:
         yield from _located(format_node(node), node.loc,
                             _node_rules(scope, node) + [_symbols_rule(node, bound)])
+        if isinstance(node.attrs.get("body"), Graph):
+            yield from _body_problems(node.attrs["body"])
     returned = "return " + ", ".join(format_value(v) for v in graph.outputs)
     yield from _located(returned, graph.loc, [scope.use(value) for value in graph.outputs])
     yield from _located(returned, graph.loc, [_objective_rule(graph)])
@@ -82,6 +84,16 @@ def _problems(graph: Graph) -> Iterator[VerifyError]:
         yield from _located(f"update %{state} = %{output}", graph.loc,
                             [_update_rule(graph, state, output)])
     yield from _group_problems(graph)
+
+
+def _body_problems(body: Graph) -> Iterator[VerifyError]:
+    """A body is a graph of its own (checked in its own scope: it reads only its inputs) that
+    keeps nothing: no params, no state updates, no objective."""
+    kept = ["it declares params" if body.params else None,
+            "it updates state" if body.updates else None,
+            "it has an objective" if body.objective is not None else None]
+    yield from _located(f"body({', '.join(map(_declaration, body.inputs))})", body.loc, kept)
+    yield from _problems(body)
 
 
 def _objective_rule(graph: Graph) -> str | None:
@@ -169,13 +181,14 @@ def _symbols_rule(node: Node, bound: set[str]) -> str | None:
 
 
 def _op_rules(node: Node) -> list[str]:
-    """What the op registry demands of the node: arity, one output, attrs, the inferred type."""
+    """What the op registry demands of the node: arity, one output (several for a
+    multi-result op, as its rule says), attrs, the inferred type."""
     rules = []
-    if len(node.outputs) != 1:
-        rules.append(f"has {len(node.outputs)} outputs; a node has exactly one")
     op = OPS.get(node.op)
     if op is None:
-        return rules + [f"unknown op '{node.op}'"]
+        return [f"unknown op '{node.op}'"]
+    if len(node.outputs) != 1 and "multi_result" not in op.traits:
+        rules.append(f"has {len(node.outputs)} outputs; a node of '{op.name}' has one")
     if len(node.inputs) != op.num_inputs:
         rules.append(f"op '{op.name}' takes {op.num_inputs} inputs, got {len(node.inputs)}")
     rules += _attr_rules(op, node.attrs)
@@ -199,10 +212,13 @@ def _attr_rules(op: OpDef, attrs: dict) -> list[str]:
 
 def _type_rules(node: Node) -> list[str]:
     try:
-        inferred = infer_type(node.op, [value.type for value in node.inputs], node.attrs)
+        inferred = infer_types(node.op, [value.type for value in node.inputs], node.attrs)
     except OpTypeError as error:
         return [f"the op's type rule rejects the inputs: {error}"]
-    declared = node.output.type
+    declared = tuple(value.type for value in node.outputs)
+    if len(declared) != len(inferred):
+        return [f"has {len(declared)} outputs; its op gives {len(inferred)}"]
     if declared != inferred:
-        return [f"declared type {declared} differs from the inferred type {inferred}"]
+        shown = ", ".join(map(str, declared)), ", ".join(map(str, inferred))
+        return [f"declared type {shown[0]} differs from the inferred type {shown[1]}"]
     return []

@@ -15,6 +15,9 @@ def eliminate_common_subexpressions(graph: Graph) -> tuple[Graph, bool]:
     seen = {}
     for node in graph.nodes:
         node = rewriter.remap(node)
+        if len(node.outputs) != 1:  # a scan is kept: two with one body are not worth finding
+            rewriter.keep(node)
+            continue
         key = _key(node)
         earlier = seen.get(key)
         if earlier is not None and rewriter.can_replace(node.output, earlier.output):

@@ -156,6 +156,8 @@ def _near_products(graph: Graph, uses: Counter) -> set:
     nodes read once: the only ones whose form can hold a product."""
     near, reaching = set(), set()  # reaching: products, and near nodes read once
     for node in graph.nodes:
+        if len(node.outputs) != 1:
+            continue
         out = node.output
         if node.op in PRODUCT_OPS and out.type.rank == 2:
             reaching.add(out)

@@ -4,7 +4,8 @@ Every pass takes a graph and a PassContext and returns the new graph and whether
 anything. Each also states its contract in terms of a few named graph properties: the ones it
 requires, the ones it ensures and the ones it invalidates (with why). `check_order` walks a
 pipeline over those declarations before any pass runs and refuses an order that breaks one,
-naming the rule. Each pass declares the lowest preset (O0, O1, O2) that runs it; a preset is
+naming the rule. The passes that clean up (select_mode, simplify, cse, dce) run inside scan
+bodies too. Each pass declares the lowest preset (O0, O1, O2) that runs it; a preset is
 the passes of its level and below, in the order PASSES lists them.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .fuse import fuse
 from .gemm_epilogue import gemm_epilogue
 from .group_elementwise import group_elementwise
 from .infer import infer_shapes
+from .nested import in_bodies
 from .select_mode import select_mode
 from .simplify import simplify
 
@@ -106,14 +108,14 @@ PASSES = {p.name: p for p in [
     Pass("infer", lambda g, ctx: infer_shapes(g), "shape and dtype inference"),
     Pass("expand_grad", lambda g, ctx: expand_grads(g),
          "replace grad(objective, wrt) expressions by their backward graphs"),
-    Pass("select_mode", lambda g, ctx: select_mode(g, ctx.training),
+    Pass("select_mode", lambda g, ctx: in_bodies(lambda b: select_mode(b, ctx.training))(g),
          "choose training or inference results (batch_norm), dropping state updates for "
          "inference", level=0),
     Pass("autodiff", _autodiff, "append the backward graph of the objective", level=0,
          requires=frozenset({"differentiable"}), ensures=frozenset({"differentiated"})),
-    Pass("simplify", lambda g, ctx: simplify(g, ctx.evaluate),
+    Pass("simplify", lambda g, ctx: in_bodies(lambda b: simplify(b, ctx.evaluate))(g),
          "algebraic simplification and constant folding", level=1),
-    Pass("cse", lambda g, ctx: eliminate_common_subexpressions(g),
+    Pass("cse", lambda g, ctx: in_bodies(eliminate_common_subexpressions)(g),
          "common-subexpression elimination", level=1),
     Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops", level=2,
          invalidates={"differentiable": f"fuse writes fused ops, which have no derivative "
@@ -122,7 +124,8 @@ PASSES = {p.name: p for p in [
          "fold a matrix product's scaling and accumulation (weight decay, the update) into it",
          level=2, invalidates={"differentiable": "gemm_epilogue writes gemm_acc, which has no "
                                                  "derivative rule"}),
-    Pass("dce", lambda g, ctx: eliminate_dead_code(g), "dead-code elimination", level=0),
+    Pass("dce", lambda g, ctx: in_bodies(eliminate_dead_code)(g), "dead-code elimination",
+         level=0),
     Pass("group", lambda g, ctx: group_elementwise(g),
          "mark groups of elementwise ops that a backend may run as one kernel", level=2,
          ensures=frozenset({"grouped"})),

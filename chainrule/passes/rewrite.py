@@ -41,7 +41,7 @@ class Rewriter:
 
     def keep(self, node: Node) -> None:
         self.graph.nodes.append(node)
-        self.producers[node.output] = node
+        self.producers.update(dict.fromkeys(node.outputs, node))
 
     def can_replace(self, old: Value, new: Value) -> bool:
         """Replacing a graph output is possible only when `new` can take over its name."""
@@ -66,7 +66,7 @@ class Rewriter:
         renamed = Value(name, value.type)
         for made in self.index.rename_output(value, renamed):
             node = self.graph.nodes[made]
-            self.producers[node.output] = node
+            self.producers.update(dict.fromkeys(node.outputs, node))
         self.replaced[value] = renamed
         return renamed
 

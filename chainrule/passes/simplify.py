@@ -270,6 +270,9 @@ def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
     by_op: dict[str, list] = {}
     for node in graph.nodes:
         node = rewriter.remap(node)
+        if len(node.outputs) != 1:  # a scan: the rules rewrite one-result nodes
+            rewriter.keep(node)
+            continue
         candidates = by_op.get(node.op)
         if candidates is None:
             candidates = by_op[node.op] = [
