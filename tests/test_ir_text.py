@@ -195,9 +195,9 @@ ERROR_CASES = [
     (replaced("perm=[1, 0]", "perm=[0, 0]"), 4, 10, "not a permutation"),
     (replaced("normal(0.0, 0.01)", "normal(0.0)"), 3, 25, "takes 2 arguments"),
     (replaced("%x, %W.T)", "%x %W.T)"), 5, 18, "unexpected '%W.T'; expected ')', ','"),
-    (replaced(": f32[B, 2]", "f32[B, 2]"), 5, 25, "unexpected 'f32'; expected ':', '{'"),
+    (replaced(": f32[B, 2]", "f32[B, 2]"), 5, 25, "unexpected 'f32'; expected ':', 'body', '{'"),
     (replaced("%k = ", "%k $= "), 6, 6, "unexpected character '$'"),
-    (GRAPH[:GRAPH.index("  return")], 9, 80, "unexpected end of input; expected 'return'"),
+    (GRAPH[:GRAPH.index("  return")], 9, 80, "unexpected end of input; expected ',', 'return', a %value"),
 ]
 
 

@@ -136,7 +136,7 @@ def test_wrong_input_count(graph):
 def test_node_with_two_outputs(graph):
     h = node_defining(graph, "h")
     h.outputs += (Value("h2", h.output.type),)
-    assert str(rejection(graph, "h")).endswith("has 2 outputs; a node has exactly one")
+    assert str(rejection(graph, "h")).endswith("has 2 outputs; a node of 'relu' has one")
 
 
 @pytest.mark.parametrize("param_type, rule", [

@@ -50,6 +50,14 @@ class GraphBuilder:
         self._producers.update(dict.fromkeys(outs, node))
         return outs
 
+    def replace_node(self, old: Node, new: Node) -> None:
+        """Put `new` where `old` stands: a node rebuilt with the same outputs, and maybe more
+        (a forward scan that also saves what its derivative reads)."""
+        index = next(i for i, node in enumerate(self.graph.nodes) if node is old)
+        self.graph.nodes[index] = new
+        self._producers.update(dict.fromkeys(new.outputs, new))
+        self._index.replaced(index, new)
+
     def constant(self, value: float, dtype: str, *, loc=None, name=None) -> Value:
         return self.emit("constant", (), {"value": float(value), "dtype": dtype}, loc=loc,
                          name=name or "const")

@@ -148,6 +148,11 @@ class NodeIndex:
             if not readers or readers[-1] != index:  # a node reading a value twice
                 readers.append(index)
 
+    def replaced(self, index: int, node: Node) -> None:
+        """Node `index` is now `node`, reading what the old one read (so `read_at` holds)."""
+        if index < self.indexed:
+            self.made_at.update(dict.fromkeys(node.outputs, index))
+
     def rename_output(self, old: Value, renamed: Value) -> list[int]:
         """Make `renamed` the output of old's producer in place of `old`, and the input of the
         nodes that read `old`: the one edit by which a value changes its name. Nodes are shared

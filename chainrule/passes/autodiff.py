@@ -3,13 +3,16 @@
 Walk the forward nodes in reverse; for each node on a path from a requested input to the
 objective, ask its op's rule for input cotangents and accumulate them, summing the
 contributions of a value used more than once. No tape: the result is one graph that computes
-the objective and its gradients, reusing the forward values it needs.
+the objective and its gradients, reusing the forward values it needs. A scan is differentiated
+by a reverse scan (autodiff_scan.py), whose body this same walk writes.
 """
 from __future__ import annotations
 
-from ..ir import ChainruleError, Graph, GraphBuilder, Node, Value, get_op
+from ..ir import ChainruleError, Graph, GraphBuilder, Value
 from ..ir.types import is_float
+from .activity import active_values, check_rules
 from .autodiff_rules import VJP_RULES, Backward
+from .autodiff_scan import scan_vjp
 
 
 def gradient_prefix(objective: Value) -> str:
@@ -27,27 +30,41 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
     Returns the graph and the gradient values by the name of the value they differentiate.
     """
     _check_request(graph, objective, wrt)
-    active = _active_values(graph, objective, wrt)
-    _check_rules(graph, active)
+    active = active_values(graph, [objective], wrt)
+    check_rules(graph, active)
 
     result = graph.copy()
     builder = GraphBuilder(result)
-    forward_values = set(graph.values())
     producer = builder.graph_producer(objective)
     seed = builder.constant(1.0, objective.type.dtype, loc=producer.loc if producer else graph.loc,
                             name=gradient_name(objective, objective))
-    contributions: dict[Value, list[tuple[Value, str]]] = {objective: [(seed, "")]}
-    totals: set[Value] = {seed}
+    grads = reverse(builder, graph, [(objective, seed)], wrt, active, gradient_prefix(objective))
+    forward_outputs = set(graph.outputs)
+    result.outputs = list(graph.outputs) + [g for g in grads.values()
+                                            if g not in forward_outputs]
+    return result, grads
+
+
+def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]],
+            wrt: list[Value], active: set[Value], prefix: str) -> dict[str, Value]:
+    """Append to builder's graph (a copy of `graph`) the nodes that carry the cotangents
+    `seeds` gives some values back to each of `wrt`; the summed cotangent of a value is named
+    `prefix` + its name. Returns the gradients by the name of the value they differentiate."""
+    forward_values = set(graph.values())
+    contributions: dict[Value, list[tuple[Value, str]]] = {}
+    for value, seed in seeds:
+        contributions.setdefault(value, []).append((seed, ""))
+    totals: set[Value] = {seed for _, seed in seeds}
     summed_for: dict[Value, Value] = {}  # a value asked for as `wrt` may also be a node's output
 
     def total(value: Value, loc) -> Value:
-        """The summed cotangent of `value`, named d<objective>/d<value>."""
+        """The summed cotangent of `value`, named <prefix><value>."""
         if value in summed_for:
             return summed_for[value]
         # A part renamed as another value's total since it was recorded is known by its new
         # value (a rule may give one value as the cotangent of two inputs).
         parts = [(builder.current(p), via) for p, via in contributions.pop(value, [])]
-        name = gradient_name(objective, value)
+        name = prefix + value.name
         renamable = {p for p, _ in parts if p not in forward_values and p not in totals}
         if not parts:
             zero = builder.constant(0.0, value.type.dtype, loc=loc, name=f"{name}.zero")
@@ -70,23 +87,26 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
         return summed
 
     for node in reversed(graph.nodes):
-        out = node.output
-        if out not in active or out not in contributions:
+        reached = [out in active and out in contributions for out in node.outputs]
+        if not any(reached):
             continue
-        cotangent = total(out, node.loc)
-        backward = Backward(builder, node, gradient_name(objective, out), active)
-        rule = VJP_RULES[node.op]
-        input_cotangents = rule(backward, cotangent, *node.inputs, out, **node.attrs)
+        if node.op == "scan":
+            cotangents = [total(out, node.loc) if wanted else None
+                          for out, wanted in zip(node.outputs, reached)]
+            input_cotangents = scan_vjp(builder, node, cotangents, active, reverse)
+            via = node.outputs[0].name
+        else:
+            out = node.output
+            backward = Backward(builder, node, prefix + out.name, active)
+            input_cotangents = VJP_RULES[node.op](backward, total(out, node.loc), *node.inputs,
+                                                  out, **node.attrs)
+            via = out.name
         for value, input_cotangent in zip(node.inputs, input_cotangents, strict=True):
             if value in active and input_cotangent is not None:
-                contributions.setdefault(value, []).append((input_cotangent, out.name))
+                contributions.setdefault(value, []).append((input_cotangent, via))
 
     param_locs = {p.value: p.loc for p in graph.params}
-    grads = {w.name: total(w, param_locs.get(w, graph.loc)) for w in wrt}
-    forward_outputs = set(graph.outputs)
-    result.outputs = list(graph.outputs) + [g for g in grads.values()
-                                            if g not in forward_outputs]
-    return result, grads
+    return {w.name: builder.current(total(w, param_locs.get(w, graph.loc))) for w in wrt}
 
 
 def _check_request(graph: Graph, objective: Value, wrt: list[Value]) -> None:
@@ -100,26 +120,3 @@ def _check_request(graph: Graph, objective: Value, wrt: list[Value]) -> None:
             raise ChainruleError(f"cannot differentiate with respect to '{value.name}': it is "
                                  f"{value.type}, and only float values have gradients",
                                  graph.input_locs.get(value.name, loc))
-
-
-def _active_values(graph: Graph, objective: Value, wrt: list[Value]) -> set[Value]:
-    """Float values that depend on some of `wrt` and that the objective depends on."""
-    depends = set(wrt)
-    for node in graph.nodes:
-        if get_op(node.op).differentiable and any(v in depends for v in node.inputs):
-            depends.update(v for v in node.outputs if is_float(v.type.dtype))
-    reaches = {objective}
-    for node in reversed(graph.nodes):
-        if any(v in reaches for v in node.outputs):
-            reaches.update(node.inputs)
-    return depends & reaches
-
-
-def _check_rules(graph: Graph, active: set[Value]) -> None:
-    """Every op on an active path needs a derivative rule; list all that lack one at once."""
-    missing: list[Node] = [n for n in graph.nodes
-                           if n.output in active and n.op not in VJP_RULES]
-    if missing:
-        lines = [f"  {n.loc}: '{n.op}' (computing %{n.output.name})" for n in missing]
-        raise ChainruleError("no derivative rule for ops on the path to the objective:\n"
-                             + "\n".join(lines), missing[0].loc)

@@ -36,7 +36,7 @@ def _expand_one(graph: Graph, index: int) -> Graph:
     rewriter = Rewriter(graph)
     for kept in differentiated.nodes:
         rewriter.keep(kept)
-    backward_values = {n.output for n in differentiated.nodes[index:]}
+    backward_values = {v for n in differentiated.nodes[index:] for v in n.outputs}
     if gradient in backward_values:
         # The gradient autodiff created takes the name the user gave the grad call.
         gradient = rewriter.rename(gradient, node.output.name)
