@@ -72,7 +72,7 @@ def cmd_ir(args) -> int:
 
         compiled = compile_graph(graph)
         if args.emit == "python":
-            print(compiled.source, end="")
+            print(compiled.listing(), end="")
         if args.print_memory_plan:
             print(describe_plan(graph, compiled.plan))
     elif not (args.print_after_all or args.print_after):

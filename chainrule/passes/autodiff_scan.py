@@ -31,7 +31,7 @@ def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set,
     if not derivative.wrt:
         return [None] * len(node.inputs)
     derivative.differentiate(reverse)
-    saved = _save_residuals(builder, node, derivative.residuals)
+    saved = _save_residuals(builder, node, derivative.forward, derivative.residuals)
     return _emit_backward_scan(builder, node, parts, derivative, saved, cotangents)
 
 
@@ -71,13 +71,17 @@ class _Derivative:
         grads = reverse(builder, body, seeds, self.wrt, active, STEP_PREFIX)
         self.grads = [grads[v.name] for v in self.wrt]
         self.builder = builder
+        # The forward nodes as the derivative left them: a scan among them now also saves
+        # what its own derivative reads.
+        self.forward = body.copy()
+        self.forward.nodes = joint.nodes[:len(body.nodes)]
         self.backward_nodes = joint.nodes[len(body.nodes):]
         self._find_residuals()
 
     def _find_residuals(self) -> None:
         """Which forward values the backward nodes read: those that change from step to step
         are saved (residuals), the ones of outer values alone are recomputed."""
-        body = self.body
+        body = self.forward
         carried_in, scanned_in, outer_in = self.parts.operands(body.inputs)
         invariant = set(outer_in)
         for node in body.nodes:
@@ -100,12 +104,12 @@ class _Derivative:
         self.outer_read = [i for i, v in enumerate(outer_in) if v in read_outer]
 
 
-def _save_residuals(builder: GraphBuilder, node: Node, residuals: list[Value]) -> list[Value]:
-    """Rebuild the forward scan in builder's graph with each residual stacked as an extra
-    result; returns the stacks."""
-    if not residuals:
+def _save_residuals(builder: GraphBuilder, node: Node, body: Graph,
+                    residuals: list[Value]) -> list[Value]:
+    """Rebuild the forward scan in builder's graph with `body` (the forward body as its
+    derivative left it), each residual stacked as an extra result; returns the stacks."""
+    if not residuals and body.nodes == node.attrs["body"].nodes:
         return []
-    body = node.attrs["body"]
     saving = body.copy()
     saving.outputs = list(body.outputs) + residuals
     length = node.attrs["length"]

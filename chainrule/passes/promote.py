@@ -27,8 +27,11 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
     builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
     for node in graph.nodes:
         attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
-        values[node.output] = builder.emit(node.op, [values[v] for v in node.inputs], attrs,
-                                               loc=node.loc, name=node.output.name)
+        if "body" in attrs:  # a scan's body, promoted as a graph of its own
+            attrs["body"] = promote_to_f64(attrs["body"])[0]
+        results = builder.emit_results(node.op, [values[v] for v in node.inputs], attrs,
+                                       loc=node.loc, names=[v.name for v in node.outputs])
+        values.update(zip(node.outputs, results))
     result.outputs = [values[v] for v in graph.outputs]
     result.objective = values.get(graph.objective)
     changed = any(v.type != values[v].type for v in values)
