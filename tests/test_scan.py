@@ -5,7 +5,7 @@ import pytest
 
 from chainrule.backends.numpy_backend import ExecutionError, NumpyBackend
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend, compile_graph
-from chainrule.ir import ChainruleError, parse_graph, print_graph, verify
+from chainrule.ir import ChainruleError, GraphBuilder, parse_graph, print_graph, verify
 from chainrule.ir.text import graph_differences
 from chainrule.ir.verify import verify_all
 from chainrule.passes import autodiff
@@ -178,16 +178,15 @@ def test_both_backends_equal_the_unrolled_graph(graph, rng):
 
 
 def test_a_reverse_scan_stacks_each_step_at_its_index(rng):
+    """Running backwards over xs is running forwards over xs reversed, with the stack
+    reversed too."""
     forward = parse_graph(GRAPHS["rnn"])
     backward = parse_graph(GRAPHS["rnn-reverse"])
     feeds = feeds_for(forward, rng)
     flipped = dict(feeds, xs=feeds["xs"][::-1].copy())
-    ours = compile_graph(backward)
-    hs_of = {v.name: v for v in backward.nodes[0].outputs}
-    assert "hs" in hs_of
-    states = CompiledNumpyBackend().run(forward, flipped, {})
-    reversed_states = ours(feeds, {})
-    np.testing.assert_allclose(reversed_states["h"], states["h"], rtol=1e-14)
+    hs_forward, hs_backward = (run_all(g, f)[0] for g, f in ((forward, flipped),
+                                                               (backward, feeds)))
+    np.testing.assert_allclose(hs_backward["h"], hs_forward["h"], rtol=1e-14)
 
 
 def test_a_symbolic_length_takes_the_sequences_length(rng):
@@ -206,18 +205,11 @@ def test_a_symbolic_length_takes_the_sequences_length(rng):
 
 def test_a_failing_step_is_named_with_its_body_node_and_step():
     text = GRAPHS["power"].replace("%q = matmul(%m, %p.in) : f64[4]",
-                                   "%q = matmul(%m, %p.in) : f64[4]                      "
-                                   "             # power.nn:3:9")
-    graph = parse_graph(text)
-    feeds = {"v": np.ones(4), "M": np.ones((4, 5))}  # a wrong shape the feeds check lets by?
-    for backend in (CompiledNumpyBackend(), NumpyBackend()):
-        with pytest.raises(ChainruleError):
-            backend.run(graph, feeds, {})
-    compiled = compile_graph(graph)
-    runner = compiled.scans[0]
+                                   "%q = matmul(%m, %p.in) : f64[4]" + " " * 30 + "# power.nn:3:9")
+    runner = compile_graph(parse_graph(text)).scans[0]
     with pytest.raises(ExecutionError) as error:
-        runner(({"bad": 1}, np.ones((4, 4))), 6, False, None)  # not an array: step 0 fails
-    assert error.value.message.startswith("at step 0 of the scan")
+        runner((np.ones(4), np.ones((4, 5))), 6, False, None)  # M of the wrong shape
+    assert error.value.message.startswith("at step 0 of the scan, while computing %q = matmul")
     assert error.value.loc.described() == "power.nn:3:9"
 
 
@@ -323,7 +315,6 @@ def test_second_order_through_a_scan_equals_the_unrolled_graphs(rng):
     def second(g):
         W = next(v for v in g.inputs if v.name == "W")
         first, grads = autodiff(g, g.objective, [W])
-        from chainrule.ir import GraphBuilder
         builder = GraphBuilder(first)
         product = builder.emit("mul", (grads["W"], grads["W"]))
         total = builder.emit("sum", (product,), {"axes": None, "keepdims": False},
