@@ -28,6 +28,7 @@ from .gemm_epilogue import gemm_epilogue
 from .group_elementwise import group_elementwise
 from .infer import infer_shapes
 from .nested import in_bodies
+from .scan_hoist import hoist_scans
 from .select_mode import select_mode
 from .simplify import simplify
 
@@ -117,6 +118,9 @@ PASSES = {p.name: p for p in [
          "algebraic simplification and constant folding", level=1),
     Pass("cse", lambda g, ctx: in_bodies(eliminate_common_subexpressions)(g),
          "common-subexpression elimination", level=1),
+    Pass("scan_hoist", lambda g, ctx: in_bodies(hoist_scans)(g),
+         "move the work of a scan's body that needs no loop out of it, computed for every "
+         "step at once", level=1),
     Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops", level=2,
          invalidates={"differentiable": f"fuse writes fused ops, which have no derivative "
                                         f"rule ({', '.join(FUSED_OPS)})"}),
