@@ -342,3 +342,32 @@ def test_the_o2_pipeline_keeps_the_gradients(rng):
     b = CompiledNumpyBackend().run(optimised, feeds, {})
     for name in ctx.grads.values():
         np.testing.assert_allclose(b[name], a[name], rtol=1e-12)
+
+
+# ---- scan_hoist ---------------------------------------------------------------------------------
+
+def test_hoisting_keeps_every_result_and_gradient(graph, rng):
+    feeds = feeds_for(graph, rng)
+    differentiated = run_passes(graph, ["autodiff"], PassContext(wrt=[v.name for v in
+                                                                     graph.inputs]))
+    hoisted = run_passes(differentiated, ["scan_hoist", "dce"])
+    expected = NumpyBackend().run(differentiated, feeds, {})
+    for results in run_all(hoisted, feeds):
+        for name in expected:
+            np.testing.assert_allclose(results[name], expected[name], rtol=1e-12, atol=1e-12,
+                                       err_msg=name)
+
+
+def test_the_input_projection_and_the_weight_gradients_leave_the_loop():
+    graph = parse_graph(GRAPHS["rnn"])
+    hoisted = run_passes(graph, ["autodiff", "scan_hoist", "dce"], PassContext(wrt=["W", "U"]))
+    forward, backward = [n for n in hoisted.nodes if n.op == "scan"]
+    # x @ W^T for all steps before the loop; only h @ U^T stays per step
+    assert [n.op for n in forward.attrs["body"].nodes].count("matmul") == 1
+    before = hoisted.nodes[:hoisted.nodes.index(forward)]
+    assert any(n.op == "matmul" and n.output.type.shape == (5, 3, 6) for n in before)
+    # dW and dU: one product over all steps' rows each, after the backward loop
+    after = hoisted.nodes[hoisted.nodes.index(backward) + 1:]
+    products = [n for n in after if n.op == "matmul"]
+    assert sorted(n.inputs[0].type.shape for n in products) == [(4, 15), (6, 15)]
+    assert backward.attrs["carried"] == 1  # only dh: the weights' sums left the loop

@@ -230,11 +230,18 @@ class _Fission:
         (loop_carried, loop_steps) = (results[:len(loop.carried)], results[len(loop.carried):])
         stacks = dict(zip(exported, loop_steps))
         summed = {}  # a sum's term whose sum over the steps is one matrix product
-        terms = {self.sums[i] for i in self.sums}
+        products = self._summed_products()
         for inner, attrs in self.late_nodes.items():
             inputs = [stacks.get(v, outside.get(v)) for v in inner.inputs]
-            if inner.output in terms and self._contractible(inner, inputs):
-                summed[inner.output] = self._contracted(rewriter, inner, inputs)
+            if inner.output in products and all(v.type.rank == 3 for v in inputs):
+                term, transposed = products[inner.output]
+                total = self._contracted(rewriter, inner, inputs)
+                if transposed:
+                    total = self._emit_op(rewriter, "transpose", [total], {"perm": (1, 0)},
+                                          f"{term.name}.steps", inner.loc)
+                summed[term] = total
+                continue
+            if inner.output in summed:  # the transpose of a product summed above
                 continue
             stacks[inner.output] = self._emit(rewriter, inner, inputs, attrs)
         carried_iter = iter(loop_carried)
@@ -253,11 +260,23 @@ class _Fission:
             replaced.append(stacks[value] if value in stacks else outside[value])
         return replaced
 
-    def _contractible(self, inner: Node, inputs: list[Value]) -> bool:
-        """A product of two stacked matrices, each step's a matrix: the sum over the steps of
-        a_t @ b_t is one product, the steps' columns of a against the steps' rows of b."""
-        return (inner.op == "matmul" and all(v.type.rank == 2 for v in inner.inputs)
-                and all(v.type.rank == 3 for v in inputs))
+    def _summed_products(self) -> dict[Value, tuple[Value, bool]]:
+        """The products of two matrices per step, moved after the loop, whose steps are only
+        summed (a carried sum's term, or the term's transpose): the sum over the steps of
+        a_t @ b_t is one product, the steps' columns of a against the steps' rows of b. By
+        the product's value: the term, and whether the term is the product transposed."""
+        made = {n.output: n for n in self.late_nodes}
+        readers = self._readers()
+        found = {}
+        for term in self.sums.values():
+            node, transposed = made.get(term), False
+            if node is not None and node.op == "transpose" and node.attrs["perm"] == (1, 0) \
+                    and readers.get(node.inputs[0]) == 1:
+                node, transposed = made.get(node.inputs[0]), True
+            if (node is not None and node.op == "matmul"
+                    and all(v.type.rank == 2 for v in node.inputs)):
+                found[node.output] = (term, transposed)
+        return found
 
     def _contracted(self, rewriter, inner: Node, inputs: list[Value]) -> Value:
         a, b = inputs
