@@ -31,7 +31,7 @@ def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set,
     if not derivative.wrt:
         return [None] * len(node.inputs)
     derivative.differentiate(reverse)
-    saved = _save_residuals(builder, node, derivative.residuals)
+    saved = _save_residuals(builder, node, derivative.forward_nodes, derivative.residuals)
     return _emit_backward_scan(builder, node, parts, derivative, saved, cotangents)
 
 
@@ -71,27 +71,29 @@ class _Derivative:
         grads = reverse(builder, body, seeds, self.wrt, active, STEP_PREFIX)
         self.grads = [grads[v.name] for v in self.wrt]
         self.builder = builder
+        # A scan in the body was rebuilt in place to save its own residuals, which then are
+        # forward values too (a nested scan's stacks).
+        self.forward_nodes = joint.nodes[:len(body.nodes)]
         self.backward_nodes = joint.nodes[len(body.nodes):]
         self._find_residuals()
 
     def _find_residuals(self) -> None:
         """Which forward values the backward nodes read: those that change from step to step
         are saved (residuals), the ones of outer values alone are recomputed."""
-        body = self.body
-        carried_in, scanned_in, outer_in = self.parts.operands(body.inputs)
+        carried_in, scanned_in, outer_in = self.parts.operands(self.body.inputs)
         invariant = set(outer_in)
-        for node in body.nodes:
+        for node in self.forward_nodes:
             if (all(v in invariant for v in node.inputs)
                     and "stochastic" not in get_op(node.op).traits):
                 invariant.update(node.outputs)
         read = {v for node in self.backward_nodes for v in node.inputs} | set(self.grads)
-        made = {v: node for node in body.nodes for v in node.outputs}
+        made = {v: node for node in self.forward_nodes for v in node.outputs}
         self.residuals = [v for v in list(carried_in) + list(made)
                           if v in read and v not in invariant]
         self.sequences = [v for v in scanned_in if v in read]
         # The invariant nodes the backward reads, with what they read in turn.
         needed, recomputed = {v for v in read if v in invariant and v in made}, []
-        for node in reversed(body.nodes):
+        for node in reversed(self.forward_nodes):
             if any(v in needed for v in node.outputs):
                 recomputed.append(node)
                 needed.update(v for v in node.inputs if v in made)
@@ -100,13 +102,15 @@ class _Derivative:
         self.outer_read = [i for i, v in enumerate(outer_in) if v in read_outer]
 
 
-def _save_residuals(builder: GraphBuilder, node: Node, residuals: list[Value]) -> list[Value]:
-    """Rebuild the forward scan in builder's graph with each residual stacked as an extra
-    result; returns the stacks."""
+def _save_residuals(builder: GraphBuilder, node: Node, forward_nodes: list[Node],
+                    residuals: list[Value]) -> list[Value]:
+    """Rebuild the forward scan in builder's graph, its body's nodes `forward_nodes`, with each
+    residual stacked as an extra result; returns the stacks."""
     if not residuals:
         return []
     body = node.attrs["body"]
     saving = body.copy()
+    saving.nodes = list(forward_nodes)
     saving.outputs = list(body.outputs) + residuals
     length = node.attrs["length"]
     stacks = [Value(builder.namer.fresh(f"{v.name}.saved"), stacked_type(v.type, length))
