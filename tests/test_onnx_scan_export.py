@@ -9,6 +9,7 @@ import pytest
 import chainrule
 from chainrule.backends.numpy_backend import NumpyBackend
 from chainrule.backends.onnx_backend import OnnxRuntimeBackend, export_onnx
+from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.optimizers import OptimizerSpec
 from support.backend_checks import TOLERANCES, check_standard
 from support.numeric import assert_close, central_difference
@@ -120,24 +121,24 @@ BATCH, INNER_STEPS = 2, 3
 LENGTHS = (3, 5)  # two lengths through one exported model
 
 
-def compiled(case: str):
-    return chainrule.compile(source=CASES[case])
+def compiled(case: str, dtype: str = "f32"):
+    return chainrule.compile(source=CASES[case].replace("f32", dtype))
 
 
 def batch(graph, length: int, rng) -> dict:
     sizes = {"T": length, "B": BATCH, "S": INNER_STEPS}
-    return {v.name: rng.normal(size=[sizes.get(d, d) for d in v.type.shape]).astype(np.float32)
-            for v in graph.inputs}
+    return {v.name: rng.normal(size=[sizes.get(d, d) for d in v.type.shape]).astype(
+        NUMPY_DTYPES[v.type.dtype]) for v in graph.inputs}
 
 
-def assert_backends_agree(actual: dict, expected: dict, what: str) -> None:
-    rtol, atol = TOLERANCES["f32"]
+def assert_backends_agree(actual: dict, expected: dict, what: str, dtype: str = "f32") -> None:
+    rtol, atol = TOLERANCES[dtype]
     assert list(actual) == list(expected), what
     for name, value in expected.items():
         assert_close(actual[name], value, rtol, atol, what=f"{what} {name}")
 
 
-def check_against_numpy(graph, params: dict, what: str) -> None:
+def check_against_numpy(graph, params: dict, what: str, dtype: str = "f32") -> None:
     """The graph's every output in onnxruntime (through the exported model) against numpy, at
     each length, with one session."""
     check_standard(export_onnx(graph, params))
@@ -146,7 +147,7 @@ def check_against_numpy(graph, params: dict, what: str) -> None:
         feeds = batch(graph, length, rng)
         expected = NumpyBackend().run(graph, feeds, params)
         actual = onnxruntime_backend.run(graph, feeds, params)
-        assert_backends_agree(actual, expected, f"{what} at T={length}:")
+        assert_backends_agree(actual, expected, f"{what} at T={length}:", dtype)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -156,14 +157,15 @@ def test_forward_matches_numpy(case):
     check_against_numpy(graph, model.params_of(graph), case)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("case", CASES)
-def test_gradient_matches_numpy(case):
-    model = compiled(case)
+def test_gradient_matches_numpy(case, dtype):
+    model = compiled(case, dtype)
     # The inputs too: a sequence's gradient is a stack the backward scan writes.
     wrt = list(model.params) + [v.name for v in model.graph.inputs]
     graph, grads = model.grad_graph(wrt)
     assert set(grads) == set(wrt)
-    check_against_numpy(graph, model.params_of(graph), f"{case} gradient")
+    check_against_numpy(graph, model.params_of(graph), f"{case} gradient", dtype)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -195,9 +197,8 @@ def test_train_step_runs_in_onnxruntime_as_on_numpy(case):
 def test_a_nested_scans_gradient_equals_central_differences():
     """The inner scan's residuals are forward values of the outer body: the outer scan saves
     them, stacked once more."""
-    model = chainrule.compile(source=NESTED.replace("f32", "f64"))
-    feeds = {name: array.astype(np.float64)
-             for name, array in batch(model.graph, 3, np.random.default_rng(3)).items()}
+    model = compiled("nested", "f64")
+    feeds = batch(model.graph, 3, np.random.default_rng(3))
     grads = model.grad(wrt=["W", "U", "xs", "h0"], **feeds)
     for name in ("W", "U", "xs", "h0"):
         point = model.params[name] if name in model.params else feeds[name]
