@@ -67,14 +67,14 @@ class OnnxEmitter:
             LOWERINGS[node.op](self, node, self.lowering, *(self.name(v) for v in node.inputs))
         self.doc = self.lowering = ""
 
-    def nested(self, body: Graph, names: dict[Value, str]) -> OnnxEmitter:
-        """The emitter of a body whose inputs have the ONNX `names`; its other values are
-        named after the value being lowered here (`hs#body/h.next`), which is unique."""
+    def nested(self, body: Graph, prefix: str, outer: dict[Value, str]) -> OnnxEmitter:
+        """The emitter of a body whose inputs in `outer` stand for the values of those ONNX
+        names around it; its own values are named `prefix#body/value`, unique in the model
+        when `prefix` is the name of the node that holds the body."""
         emitter = OnnxEmitter(self.opset, self.training, parent=self)
-        emitter.names = dict(names)
-        for node in body.nodes:
-            for value in node.outputs:
-                emitter.names[value] = f"{self.lowering}#body/{value.name}"
+        own = [v for v in body.inputs if v not in outer]
+        own += [v for node in body.nodes for v in node.outputs]
+        emitter.names = {value: f"{prefix}#body/{value.name}" for value in own} | outer
         emitter.symbols = {symbol: (emitter.name(value), axis)
                            for symbol, (value, axis) in symbol_sources(body).items()}
         return emitter

@@ -23,82 +23,82 @@ BACKWARDS = 1  # Scan's direction of a reversed input, or of an output prepended
 
 @lowering("scan")
 def _scan(em, node, out, *operands):
-    body = node.attrs["body"]
-    parts = ScanParts.of(len(node.inputs), body, node.attrs["carried"], node.attrs["scanned"])
+    parts = ScanParts.of(len(node.inputs), node.attrs["body"], node.attrs["carried"],
+                         node.attrs["scanned"])
     first, sequences, outer = parts.operands(operands)
-    carried_in, scanned_in, outer_in = parts.operands(body.inputs)
-    names = {value: f"{out}#body/{value.name}" for value in carried_in + scanned_in}
-    names.update(zip(outer_in, outer, strict=True))
-    inner = em.nested(body, names)
-    inner.lower(body.nodes)
-    outputs = _body_outputs(inner, body, out)
-    inputs = [inner.value_info(v) for v in carried_in + scanned_in]
     results = [em.name(v) for v in node.outputs]
     if sequences:
-        _emit_scan(em, node, parts, inner, inputs, outputs, first + sequences, results)
+        _emit_scan(em, node, parts, first + sequences, outer, results)
     else:
-        _emit_loop(em, node, parts, inner, inputs, outputs, first, results)
+        _emit_loop(em, node, parts, first, outer, results)
 
 
-def _body_outputs(inner, body, out: str) -> list:
+def _emit_scan(em, node, parts: ScanParts, operands, outer, results) -> None:
+    directions = {}
+    if node.attrs["reverse"]:
+        directions["scan_input_directions"] = [BACKWARDS] * parts.scanned
+        if parts.stacked:
+            directions["scan_output_directions"] = [BACKWARDS] * parts.stacked
+    body = _body_graph(em, node, parts, outer, results[0])
+    em.nodes.append(helper.make_node("Scan", operands, results, name=results[0],
+                                     doc_string=em.doc, body=body,
+                                     num_scan_inputs=parts.scanned, **directions))
+
+
+def _emit_loop(em, node, parts: ScanParts, first, outer, results) -> None:
+    """A Loop of `length` iterations, stopped by the trip count alone (no condition)."""
+    body = _body_graph(em, node, parts, outer, results[0], loop=True)
+    length = node.attrs["length"]
+    trip_count = em.ints(length, "length") if isinstance(length, int) else \
+        em.add("Squeeze", [em.size(length), em.ints([0], "axes")])
+    carried, stacked = parts.results(results)
+    reverse = node.attrs["reverse"]
+    # Reversed, iteration i ran step length-1-i: the stacks come out the other way round.
+    in_iteration_order = [em.fresh("iterations") for _ in stacked] if reverse else stacked
+    em.nodes.append(helper.make_node("Loop", [trip_count, "", *first],
+                                     carried + in_iteration_order, name=results[0],
+                                     doc_string=em.doc, body=body))
+    if reverse:
+        for iterations, result in zip(in_iteration_order, stacked, strict=True):
+            em.add("Slice", [iterations, em.ints([-1], "start"), em.ints([-TO_END - 1], "end"),
+                             em.ints([0], "axes"), em.ints([-1], "steps")], result)
+
+
+def _body_graph(em, node, parts: ScanParts, outer, prefix: str, loop: bool = False):
+    """The scan's body as an ONNX graph, its values named `prefix#body/...`: it takes the
+    carried values and the steps' slices (after a Loop's iteration number and condition) and
+    reads the outer values by the outer names; it returns (after a Loop's condition, handed
+    back as it came) the carried values' next values and the per-step values."""
+    body = node.attrs["body"]
+    carried_in, scanned_in, outer_in = parts.operands(body.inputs)
+    inner = em.nested(body, prefix, dict(zip(outer_in, outer, strict=True)))
+    inner.lower(body.nodes)
+    inputs = [inner.value_info(v) for v in carried_in + scanned_in]
+    outputs = _body_outputs(inner, body, prefix)
+    if loop:
+        step, condition = f"{prefix}#body/step", f"{prefix}#body/condition"
+        inner.lowering = prefix
+        unchanged = inner.add("Identity", [condition], inner.fresh("condition"))
+        inputs = [helper.make_tensor_value_info(step, TensorProto.INT64, []),
+                  helper.make_tensor_value_info(condition, TensorProto.BOOL, []), *inputs]
+        outputs = [helper.make_tensor_value_info(unchanged, TensorProto.BOOL, []), *outputs]
+    produced = [value for body_node in body.nodes for value in body_node.outputs]
+    returned = {info.name for info in outputs}
+    value_infos = [inner.value_info(v) for v in produced if inner.name(v) not in returned]
+    return helper.make_graph(inner.nodes, f"{prefix}#body", inputs, outputs,
+                             value_info=value_infos)
+
+
+def _body_outputs(inner, body, prefix: str) -> list:
     """The body's outputs as ONNX value infos, each name once and made by a node of the body:
     a value returned twice, or an input returned as it is, gets a copy."""
     produced = {value for node in body.nodes for value in node.outputs}
     infos, returned = [], set()
-    inner.lowering = out
+    inner.lowering = prefix
     for value in body.outputs:
         name = inner.name(value)
         if value not in produced or name in returned:
             name = inner.add("Identity", [name], inner.fresh("returned"))
         returned.add(name)
         infos.append(inner.value_info(value, name))
-    inner.lowering = ""
     return infos
-
-
-def _subgraph(inner, body, name: str, inputs: list, outputs: list):
-    produced = [out for node in body.nodes for out in node.outputs]
-    returned = {info.name for info in outputs}
-    value_infos = [inner.value_info(v) for v in produced if inner.name(v) not in returned]
-    return helper.make_graph(inner.nodes, name, inputs, outputs, value_info=value_infos)
-
-
-def _emit_scan(em, node, parts: ScanParts, inner, inputs, outputs, operands, results) -> None:
-    body = node.attrs["body"]
-    directions = {}
-    if node.attrs["reverse"]:
-        directions["scan_input_directions"] = [BACKWARDS] * parts.scanned
-        if parts.stacked:
-            directions["scan_output_directions"] = [BACKWARDS] * parts.stacked
-    graph = _subgraph(inner, body, f"{results[0]}#body", inputs, outputs)
-    em.nodes.append(helper.make_node("Scan", operands, results, name=results[0],
-                                     doc_string=em.doc, body=graph,
-                                     num_scan_inputs=parts.scanned, **directions))
-
-
-def _emit_loop(em, node, parts: ScanParts, inner, inputs, outputs, first, results) -> None:
-    """A Loop of `length` iterations: its body takes the iteration's number and the loop's
-    condition before the carried values, and gives the condition back unchanged."""
-    body = node.attrs["body"]
-    step, condition = f"{results[0]}#body/step", f"{results[0]}#body/condition"
-    inner.lowering = results[0]
-    kept = inner.add("Identity", [condition], inner.fresh("condition"))
-    inputs = [helper.make_tensor_value_info(step, TensorProto.INT64, []),
-              helper.make_tensor_value_info(condition, TensorProto.BOOL, []), *inputs]
-    outputs = [helper.make_tensor_value_info(kept, TensorProto.BOOL, []), *outputs]
-    graph = _subgraph(inner, body, f"{results[0]}#body", inputs, outputs)
-    length = node.attrs["length"]
-    trip_count = em.ints(length, "length") if isinstance(length, int) else \
-        em.add("Squeeze", [em.size(length), em.ints([0], "axes")])
-    carried, stacked = parts.results(results)
-    if node.attrs["reverse"]:  # iteration i ran step length-1-i
-        in_iteration_order = [em.fresh("iterations") for _ in stacked]
-    else:
-        in_iteration_order = stacked
-    em.nodes.append(helper.make_node("Loop", [trip_count, "", *first],
-                                     carried + in_iteration_order, name=results[0],
-                                     doc_string=em.doc, body=graph))
-    if node.attrs["reverse"]:
-        for iterations, result in zip(in_iteration_order, stacked, strict=True):
-            em.add("Slice", [iterations, em.ints([-1], "start"), em.ints([-TO_END - 1], "end"),
-                             em.ints([0], "axes"), em.ints([-1], "steps")], result)
