@@ -12,6 +12,7 @@ from chainrule.backends.onnx_backend import OnnxRuntimeBackend, export_onnx
 from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.optimizers import OptimizerSpec
 from support.backend_checks import TOLERANCES, check_standard
+from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close, central_difference
 
 # An RNN cell (one carried value) reading a param, an input and a value computed outside.
@@ -260,3 +261,17 @@ def test_the_onnxruntime_backend_trains_a_model_with_a_scan():
         assert_close(actual["J"], expected["J"], 1e-5, what=f"objective at T={length}")
     for name, value in numpy_model.params.items():
         assert_close(onnx_model.params[name], value, 1e-5, 1e-6, what=name)
+
+
+def test_export_on_the_command_line_counts_the_bodies_nodes_apart(tmp_path):
+    source = tmp_path / "rnn.cir"
+    source.write_text(CASES["rnn"])
+    for flags in (["--grad"], ["--train-step", "--optimizer", "adam"]):
+        result = chainrule_cli("export", source, "-o", tmp_path / "out.onnx", *flags)
+        assert result.returncode == 0, result.stderr
+        proto = onnx.load(str(tmp_path / "out.onnx"))
+        check_standard(proto)
+        in_bodies = sum(len(node.attribute[0].g.node) for node in proto.graph.node
+                        if node.op_type == "Scan")
+        assert f"{len(proto.graph.node)} ONNX nodes (and {in_bodies} in loop bodies)" in \
+            result.stdout
