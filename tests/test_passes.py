@@ -45,3 +45,22 @@ def test_a_rewrite_reading_a_renamed_value_reads_it_under_its_new_name():
         got = model.grad(wrt=["x0", "x1", "x2"], opt_level=level, **feeds)
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-12)
+
+
+@pytest.mark.parametrize("gaps", [False, True])
+def test_the_gradient_of_consecutive_slices_is_their_gradients_put_together(gaps):
+    """unslice + unslice of adjacent windows becomes one concat (gaps: windows that leave a
+    column out stay an unslice)."""
+    end = 7 if gaps else 8
+    model = chainrule.compile(source="model m(g: f64[3, 8]) {\n"
+                              "  a = sigmoid(g[:, 0:2])\n  b = tanh(g[:, 2:4])\n"
+                              f"  c = g[:, 4:6] * g[:, 4:6]\n  d = exp(g[:, 6:{end}])\n"
+                              "  J = sum(a) + sum(b * 2.0) + sum(c) + sum(d)\n  return J\n}\n")
+    feeds = {"g": np.random.default_rng(0).normal(size=(3, 8))}
+    expected = model.grad(wrt=["g"], opt_level="O0", **feeds)["g"]
+    np.testing.assert_allclose(model.grad(wrt=["g"], opt_level="O1", **feeds)["g"], expected,
+                               rtol=1e-15)
+    graph, _ = model.compile_graph(grad=True, wrt=["g"], opt_level="O1")
+    ops = [node.op for node in graph.nodes]
+    assert ops.count("concat") == 1
+    assert ops.count("unslice") == (1 if gaps else 0)

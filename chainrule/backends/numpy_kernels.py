@@ -596,7 +596,9 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
     over c's size besides the product. (BLAS's gemm with beta, through scipy, measured no
     faster on this project's machine: it reads c inside the product's kernel instead.)"""
     a, b = (a.T if trans_a else a), (b.T if trans_b else b)
-    if a.size < c.size and a.size <= b.size:  # c has the product's shape
+    if alpha == 1:
+        product = np.matmul(a, b)
+    elif a.size < c.size and a.size <= b.size:  # c has the product's shape
         product = np.matmul(a * alpha, b)
     elif b.size < c.size:
         product = np.matmul(a, b * alpha)
@@ -604,7 +606,7 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
         product = np.matmul(a, b)
         product *= alpha
     if not overwrite:
-        return np.add(c * beta, product, out=product)
+        return np.add(c if beta == 1 else c * beta, product, out=product)
     if beta != 1:
         c *= beta
     c += product

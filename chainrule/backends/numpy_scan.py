@@ -26,16 +26,15 @@ def scan_loop(step, operands, carried: int, scanned: int, length: int, reverse: 
         if len(sequence) != length:
             raise ChainruleError(f"a scan over {length} steps got a sequence of length "
                                  f"{len(sequence)}")
-    stacks = None
+    steps = []
     for t in range(length - 1, -1, -1) if reverse else range(length):
         try:
             results = step(*state, *[sequence[t] for sequence in sequences], *outer)
         except Exception as error:
             raise StepError(t, error) from error
         state = results[:carried]
-        if stacks is None:
-            stacks = [np.empty((length, *np.shape(y)), np.asarray(y).dtype)
-                      for y in results[carried:]]
-        for stack, y in zip(stacks, results[carried:]):
-            stack[t] = y
-    return (*state, *stacks)
+        steps.append(results[carried:])
+    if reverse:
+        steps.reverse()
+    # Stacked once at the end: one copy per stack rather than one small copy per step.
+    return (*state, *(np.stack(values) for values in zip(*steps)))

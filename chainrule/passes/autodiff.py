@@ -73,6 +73,8 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
             summed = parts[0][0]
             if summed in renamable:
                 summed = builder.rename(summed, name)
+        elif (assembled := _assembled_slices(builder, [p for p, _ in parts], loc, name)):
+            summed = builder.rename(assembled, name)
         else:
             for part, via in parts:
                 if part in renamable:
@@ -107,6 +109,65 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
 
     param_locs = {p.value: p.loc for p in graph.params}
     return {w.name: builder.current(total(w, param_locs.get(w, graph.loc))) for w in wrt}
+
+
+def _assembled_slices(builder: GraphBuilder, parts: list[Value], loc, name: str) -> Value | None:
+    """The cotangents of consecutive slices of one value (an LSTM's four gates, read out of one
+    matrix), put together by concatenation rather than summed from zero-padded copies; equal
+    slices' cotangents are summed first. None unless every part is the cotangent of a slice
+    along one axis and some of them are consecutive or equal."""
+    windows = [_unit_window(builder.graph_producer(part)) for part in parts]
+    if None in windows or len({(axis, like) for axis, like, _, _, _ in windows}) != 1:
+        return None
+    axis, like = windows[0][:2]
+    pieces: dict[tuple, list[Value]] = {}
+    for _, _, start, end, piece in windows:
+        pieces.setdefault((start, end), []).append(piece)
+    spans = sorted(pieces)
+    if any(end > start for (_, end), (start, _) in zip(spans, spans[1:])):
+        return None  # overlapping slices
+    runs = [[spans[0]]]
+    for span in spans[1:]:
+        if span[0] == runs[-1][-1][1]:
+            runs[-1].append(span)
+        else:
+            runs.append([span])
+    if len(runs) == len(parts):
+        return None  # nothing to put together
+    summed = None
+    for run in runs:
+        parts_of_run = []
+        for span in run:
+            total = pieces[span][0]
+            for piece in pieces[span][1:]:
+                total = builder.emit("add", (total, piece), loc=loc, name=f"{name}.part")
+            parts_of_run.append(total)
+        joined = (parts_of_run[0] if len(parts_of_run) == 1 else
+                  builder.emit("concat", parts_of_run, {"axis": axis}, loc=loc,
+                               name=f"{name}.parts"))
+        start, end = run[0][0], run[-1][1]
+        if not (start == 0 and end == like.type.shape[axis] and joined.type == like.type):
+            window = {"starts": (start,), "ends": (end,), "axes": (axis,), "steps": (1,)}
+            joined = builder.emit("unslice", (joined, like), window, loc=loc, name=name)
+        summed = joined if summed is None else builder.emit("add", (summed, joined), loc=loc,
+                                                            name=f"{name}.sum")
+    return summed
+
+
+def _unit_window(node):
+    """(axis, like, start, end, sliced) of an unslice along one axis with step 1 and known
+    bounds, or None for any other node."""
+    if node is None or node.op != "unslice":
+        return None
+    attrs, (sliced, like) = node.attrs, node.inputs
+    if len(attrs["axes"]) != 1 or attrs["steps"] != (1,):
+        return None
+    (start,), (end,) = attrs["starts"], attrs["ends"]
+    axis = attrs["axes"][0] % like.type.rank
+    size = like.type.shape[axis]
+    if not all(isinstance(d, int) for d in (start, end, size)) or not 0 <= start < end <= size:
+        return None
+    return axis, like, start, end, sliced
 
 
 def _check_request(graph: Graph, objective: Value, wrt: list[Value]) -> None:
