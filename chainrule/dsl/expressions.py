@@ -21,6 +21,7 @@ from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import UNKNOWN, is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
+from .scan_loops import Collected, ScanRefused
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
 
 
@@ -79,6 +80,7 @@ class ExpressionLowerer:
         self.dims = dict(dims or {})        # symbolic dims bound to sizes at compile time
         self.symbolic_dims: set[str] = set()  # the others that the model's types declare
         self.iterations: list[str] = []     # the enclosing loops' current steps, `t=3`
+        self.frames: list = []              # the enclosing loops lowered to scans (ScanFrame)
 
     def loc(self, item) -> SourceLoc:
         """Where `item` is, and in which iteration of the loops around it."""
@@ -157,7 +159,12 @@ class ExpressionLowerer:
                 return self.dims[name]
             if name in self.symbolic_dims:
                 return SymbolicDim(name)
-        return scope.lookup(name, self.loc(tree))
+        value = scope.lookup(name, self.loc(tree))
+        if isinstance(value, Collected):
+            raise ScanRefused(f"'{name}' collects the values of the loop over "
+                              f"'{value.frame.variable}' step by step; it is read after the "
+                              f"loop, not in it", self.loc(tree))
+        return value
 
     def unary(self, op, tree, scope):
         operand = yield tree.children[0]
@@ -181,8 +188,7 @@ class ExpressionLowerer:
         base = self.alone((yield base_tree))
         if not isinstance(base, Value):
             raise ChainruleError("only tensors can be indexed", loc)
-        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
-        squeezed = ()
+        picked = []  # (axis, (start, end, step), whether an index drops the axis)
         for axis, item in enumerate(self.items_per_axis(items, base.type, loc)):
             if item is None:
                 continue
@@ -190,17 +196,78 @@ class ExpressionLowerer:
                 bounds = yield from self.slice_bounds(item)
             else:
                 bounds = yield from self.index_bounds(item, base.type.shape[axis], axis)
-                squeezed += (axis,)
+            picked.append((axis, bounds, not (isinstance(item, Tree)
+                                              and item.data == "slice_range")))
+        return self.pick(base, picked, loc)
+
+    def pick(self, base: Value, picked: list, loc) -> Value:
+        """base sliced to each picked axis' (start, end, step), then the indexed axes dropped;
+        bounds that change with a scan loop's variable read a sequence or take."""
+        if any(self.loop_symbols(bound) for _, bounds, _ in picked for bound in bounds):
+            return self.pick_in_loop(base, picked, loc)
+        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
+        for axis, bounds, _ in picked:
             if bounds != (0, TO_END, 1):
                 for key, bound in zip(("starts", "ends", "steps"), bounds, strict=True):
                     window[key] += (bound,)
                 window["axes"] += (axis,)
+        squeezed = tuple(axis for axis, _, index in picked if index)
         result = base
         if window["axes"]:
             result = self.builder.emit("slice", (result,), window, loc=loc)
         if squeezed:
             result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
         return result
+
+    def pick_in_loop(self, base: Value, picked: list, loc) -> Value:
+        """Indexing by a scan loop's variable: `x[:, t]` of a value from outside the loop is a
+        sequence the scan reads step by step; any other index or slice that moves with t
+        (`x[:, 8*t:8*t+8]`, `h[t - 1]`) takes the indices t gives, of a constant width."""
+        for axis, (start, _, _), index in picked:
+            frame = next((f for f in self.frames if index and start == f.symbol), None)
+            if frame is not None and self.outside(frame, base):
+                rest = [(a - (a > axis), bounds, i) for a, bounds, i in picked if a != axis]
+                return self.pick(frame.sequence(base, axis), rest, loc)
+        fixed = [(a, b, False) for a, b, _ in picked if not self.loop_symbols(*b)]
+        result = self.pick(base, fixed, loc)
+        for axis, (start, end, step), _ in picked:
+            if not self.loop_symbols(start, end, step):
+                continue
+            width = dims.sub(end, start)
+            if step != 1 or not isinstance(width, int) or width < 1:
+                raise ChainruleError(f"a slice from {start} to {end} changes its width with "
+                                     f"the loop's step; in a scan every step reads as many "
+                                     f"values (a constant width, step 1)", loc)
+            first = self.loop_tensor(start, loc)
+            offsets = self.builder.emit("arange", (), {"n": width}, loc=loc)
+            indices = self.builder.emit("add", (offsets, first), loc=loc)
+            result = self.builder.emit("take", (result, indices), {"axis": axis}, loc=loc)
+        squeezed = tuple(axis for axis, _, index in picked if index)
+        if squeezed:
+            result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
+        return result
+
+    def outside(self, frame, value: Value) -> bool:
+        """Whether `value` is defined outside the body of `frame`'s loop."""
+        builder = self.builder
+        while True:
+            if builder.defines(value):
+                return False
+            if builder is frame.builder:
+                return True
+            builder = builder.around
+
+    def loop_symbols(self, *bounds) -> set[str]:
+        """The scan loops' symbols the bounds are written with."""
+        found = set()
+        for bound in bounds:
+            if is_dim(bound):
+                found |= dims.symbols(bound)
+        return found & {frame.symbol for frame in self.frames}
+
+    def loop_tensor(self, dim, loc) -> Value:
+        """A dim that changes with scan loops' variables, as an i64 tensor of the body."""
+        return dims.compute(dim, _LoopArithmetic(self, loc))
 
     def items_per_axis(self, items, value_type: TensorType, loc) -> list:
         """One subscript item per axis: '...' and the axes after the last item take None (all)."""
@@ -312,6 +379,11 @@ class ExpressionLowerer:
     def fold_dims(self, op, left, right, loc):
         """Arithmetic on dims and integers: a dim (`S-1`), for shapes, slices and arange."""
         dim = left if is_dim(left) else right
+        if self.loop_symbols(dim) and op not in DIM_FOLD:
+            raise ChainruleError(f"'{op}' of the loop variable {dim} and {left if dim is right else right!r}: "
+                                 f"in a scan the loop variable is an integer that indexes and "
+                                 f"computes indices; as a tensor it is i64(...) or "
+                                 f"f32(...) of it", loc)
         if op not in DIM_FOLD:
             use = "a dim computed with '/' (dims divide with '//')" if op == "div" else \
                 f"a number used in '{op}'"
@@ -345,6 +417,9 @@ class ExpressionLowerer:
         if isinstance(value, Weak):
             # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
             return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
+        if is_dim(value) and self.loop_symbols(value):
+            return self.cast(self.loop_tensor(value, loc), "f32" if dtype == "bool" else dtype,
+                             loc)
         if isinstance(value, SymbolicDim):
             raise symbolic_dim_error(value, "a number used in arithmetic", loc)
         if isinstance(value, DTypeName):
@@ -518,6 +593,8 @@ class ExpressionLowerer:
             # A float cast gives a weak value its dtype; another converts its f32 form, as it
             # converts any float.
             value = self.lower_weak(value, dtype if is_float(dtype) else "f32")
+        if is_dim(value) and self.loop_symbols(value):
+            value = self.loop_tensor(value, loc)
         if not isinstance(value, Value):
             if not is_number(value):
                 raise ChainruleError(f"{dtype}() takes a tensor or a number, not "
@@ -529,6 +606,38 @@ class ExpressionLowerer:
         if value.type.dtype == dtype:
             return value
         return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
+
+
+class _LoopArithmetic:
+    """dims.compute's arithmetic on i64 tensors of a scan's body: a scan loop's symbol is its
+    counter; any other symbol is a size the body does not have."""
+
+    def __init__(self, lowerer: ExpressionLowerer, loc):
+        self.lowerer, self.loc = lowerer, loc
+        self.frames = {frame.symbol: frame for frame in lowerer.frames}
+
+    def number(self, n):
+        return self.lowerer.builder.constant(n, "i64", loc=self.loc)
+
+    def symbol(self, name):
+        if name not in self.frames:
+            variables = ", ".join(f"'{f.variable}'" for f in self.frames.values())
+            raise ChainruleError(f"an expression of the loop variable ({variables}) and the "
+                                 f"dim {name} cannot be computed in a scan's body; bind {name} "
+                                 f"(--dim) or unroll the loop (--loops unroll)", self.loc)
+        return self.frames[name].counter_value()
+
+    def add(self, a, b):
+        return self.lowerer.builder.emit("add", (a, b), loc=self.loc)
+
+    def mul(self, a, b):
+        return self.lowerer.builder.emit("mul", (a, b), loc=self.loc)
+
+    def floordiv(self, a, b):
+        raise ChainruleError("a floor division of the loop variable cannot be computed in a "
+                             "scan's body; unroll the loop (--loops unroll)", self.loc)
+
+    mod = floordiv
 
 
 class Composer:
