@@ -379,11 +379,12 @@ class ExpressionLowerer:
     def fold_dims(self, op, left, right, loc):
         """Arithmetic on dims and integers: a dim (`S-1`), for shapes, slices and arange."""
         dim = left if is_dim(left) else right
-        if self.loop_symbols(dim) and op not in DIM_FOLD:
-            raise ChainruleError(f"'{op}' of the loop variable {dim} and {left if dim is right else right!r}: "
-                                 f"in a scan the loop variable is an integer that indexes and "
-                                 f"computes indices; as a tensor it is i64(...) or "
-                                 f"f32(...) of it", loc)
+        other = right if dim is left else left
+        if self.loop_symbols(dim) and (op not in DIM_FOLD or not (is_dim(other)
+                                                                  or _is_int(other))):
+            raise ChainruleError(f"'{op}' of the loop variable {dim} and {other!r}: in a scan "
+                                 f"the loop variable is an integer that indexes and computes "
+                                 f"indices; as a tensor it is i64(...) or f32(...) of it", loc)
         if op not in DIM_FOLD:
             use = "a dim computed with '/' (dims divide with '//')" if op == "div" else \
                 f"a number used in '{op}'"

@@ -117,9 +117,10 @@ def _kind(value) -> str:
 
 
 def in_loop(error: ChainruleError, variable: str) -> ChainruleError:
-    """The error, saying which scan loop's body it is in (once: the innermost)."""
-    if "(in the loop over " in error.message:
-        return error
+    """The error, saying which scan loop's body it is in (once: the innermost); an error
+    located in the body says it as its location's iteration does."""
+    if "(in the loop over " in error.message or error.loc and error.loc.iteration:
+        return error  # said already, or by the location's iteration
     kind = ScanRefused if isinstance(error, ScanRefused) else ChainruleError
     return kind(f"{error.message} (in the loop over {variable})", error.loc, error.notes)
 
@@ -279,9 +280,6 @@ class Lowerer(ExpressionLowerer):
             raise ChainruleError(f"the loop variable '{variable}' is already a name here; "
                                  f"give the loop a new one", self.loc(variable))
         symbolic = [b for b in bounds if is_dim(b)]
-        if symbolic and self.loops == "unroll":
-            raise symbolic_dim_error(symbolic[0], "a loop bound (a loop unrolls with --loops "
-                                     "unroll)", self.loc(function))
         steps = None if symbolic else range(*bounds)
         if symbolic or self.loops == "scan" or (self.loops == "auto"
                                                 and len(steps) > UNROLL_LIMIT):
@@ -331,6 +329,9 @@ class Lowerer(ExpressionLowerer):
 
     def loop_bound(self, tree, scope: Scope):
         value = self.expr(tree, scope)
+        if is_dim(value) and self.loops == "unroll":
+            raise symbolic_dim_error(value, "a loop bound (a loop unrolls with --loops unroll)",
+                                     self.loc(tree))
         if is_dim(value):
             return value
         if isinstance(value, bool) or not isinstance(value, int):

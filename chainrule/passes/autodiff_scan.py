@@ -31,7 +31,7 @@ def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set,
     if not derivative.wrt:
         return [None] * len(node.inputs)
     derivative.differentiate(reverse)
-    saved = _save_residuals(builder, node, derivative.residuals)
+    saved = _save_residuals(builder, node, derivative.body, derivative.residuals)
     return _emit_backward_scan(builder, node, parts, derivative, saved, cotangents)
 
 
@@ -72,6 +72,11 @@ class _Derivative:
         self.grads = [grads[v.name] for v in self.wrt]
         self.builder = builder
         self.backward_nodes = joint.nodes[len(body.nodes):]
+        # A scan inside the body was rebuilt in `joint` to save its own residuals: from here
+        # on the forward body is the one with those rebuilt scans, whose stacks may be saved.
+        forward = body.copy()
+        forward.nodes = joint.nodes[:len(body.nodes)]
+        self.body = forward
         self._find_residuals()
 
     def _find_residuals(self) -> None:
@@ -100,12 +105,13 @@ class _Derivative:
         self.outer_read = [i for i, v in enumerate(outer_in) if v in read_outer]
 
 
-def _save_residuals(builder: GraphBuilder, node: Node, residuals: list[Value]) -> list[Value]:
-    """Rebuild the forward scan in builder's graph with each residual stacked as an extra
-    result; returns the stacks."""
+def _save_residuals(builder: GraphBuilder, node: Node, body: Graph,
+                    residuals: list[Value]) -> list[Value]:
+    """Rebuild the forward scan in builder's graph, with `body` (its own, with any scan inside
+    rebuilt to save its residuals) and each residual stacked as an extra result; returns the
+    stacks."""
     if not residuals:
         return []
-    body = node.attrs["body"]
     saving = body.copy()
     saving.outputs = list(body.outputs) + residuals
     length = node.attrs["length"]
