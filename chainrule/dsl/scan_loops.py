@@ -156,8 +156,13 @@ class ScanFrame:
                 and dims.canonical(self.start) == dims.sub(size, 1))
 
     def steps_of(self, value: Value, axis: int) -> Value:
-        """`value` (in the graph around the loop) sliced to the indices the loop visits along
-        `axis`, that axis moved to the front: what the scan reads one step of at a time."""
+        """`value` sliced to the indices the loop visits along `axis`, that axis moved to the
+        front: what the scan reads one step at a time. Computed in the graph where `value`
+        is defined (once, not at every step of a loop around this one), then captured into
+        the graph around this loop."""
+        home = self.around
+        while isinstance(home, BodyBuilder) and not home.defines(value):
+            home = home.around
         size = value.type.shape[axis]
         if not self.whole_axis(size):
             if isinstance(self.start, int) and self.start < 0 or \
@@ -166,20 +171,19 @@ class ScanFrame:
                 raise ScanRefused(f"the loop over '{self.variable}' reads an axis by index "
                                   f"with a range that counts past its ends", self.loc)
             end = TO_START if self.step < 0 else self.stop
-            value = self.around.emit("slice", (value,), {
+            value = home.emit("slice", (value,), {
                 "starts": (self.start,), "ends": (end,), "axes": (axis,),
                 "steps": (self.step,)}, loc=self.loc)
         if axis:
             perm = (axis, *(a for a in range(value.type.rank) if a != axis))
-            value = self.around.emit("transpose", (value,), {"perm": perm}, loc=self.loc)
-        return value
+            value = home.emit("transpose", (value,), {"perm": perm}, loc=self.loc)
+        return self.around.capture(value) if isinstance(self.around, BodyBuilder) else value
 
     def sequence(self, value: Value, axis: int) -> Value:
         """The body input holding step t's slice of `value` along `axis`."""
         key = (value, axis)
         if key not in self.sequences:
-            outside = self.builder.outside(value)
-            steps = self.steps_of(outside, axis)
+            steps = self.steps_of(value, axis)
             self.scanned_operands.append(steps)
             hint = f"{value.name}.{self.variable}"
             self.sequences[key] = self.builder.input(hint, steps.type.with_shape(
@@ -194,7 +198,10 @@ class ScanFrame:
                 raise ScanRefused(f"the loop over '{self.variable}' uses its variable as a "
                                   f"value, which a range with negative indices cannot give",
                                   self.loc)
-            indices = self.around.emit("arange", (), {"n": top}, loc=self.loc)
+            outermost = self.around
+            while isinstance(outermost, BodyBuilder):
+                outermost = outermost.around
+            indices = outermost.emit("arange", (), {"n": top}, loc=self.loc)
             steps = self.steps_of(indices, 0)
             self.scanned_operands.append(steps)
             self.counter = self.builder.input(self.variable, steps.type.with_shape(()))

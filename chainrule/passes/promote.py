@@ -11,6 +11,12 @@ def _promoted(dtype: str) -> str:
     return "f64" if dtype == "f32" else dtype
 
 
+def _promoted_attr(key: str, value):
+    if key == "dtype":
+        return _promoted(value)
+    return promote_to_f64(value)[0] if isinstance(value, Graph) else value  # a scan's body
+
+
 def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
     result = Graph(graph.name, loc=graph.loc, input_locs=dict(graph.input_locs),
                    updates=dict(graph.updates))
@@ -26,9 +32,10 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
     # The graph's names are unique already, so each node keeps its output's name.
     builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
     for node in graph.nodes:
-        attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
-        values[node.output] = builder.emit(node.op, [values[v] for v in node.inputs], attrs,
-                                               loc=node.loc, name=node.output.name)
+        attrs = {k: _promoted_attr(k, v) for k, v in node.attrs.items()}
+        outs = builder.emit_results(node.op, [values[v] for v in node.inputs], attrs,
+                                    loc=node.loc, names=[out.name for out in node.outputs])
+        values.update(zip(node.outputs, outs, strict=True))
     result.outputs = [values[v] for v in graph.outputs]
     result.objective = values.get(graph.objective)
     changed = any(v.type != values[v].type for v in values)
