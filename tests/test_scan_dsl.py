@@ -8,6 +8,9 @@ from chainrule import ChainruleError
 from chainrule.backends.numpy_backend import NumpyBackend
 from chainrule.backends.numpy_compiled import compile_graph
 from chainrule.ir import parse_graph, print_graph, verify
+from chainrule.ir.dsl_printer import dsl_names, print_dsl
+from chainrule.passes.manager import run_passes
+from support.graphs import structure
 from support.numeric import assert_close, central_difference
 
 T = 5
@@ -119,6 +122,13 @@ def objective_renamed(results: dict, model, other) -> dict:
     a loop get other names when it unrolls)."""
     return {other.objective.name if key == model.objective.name else key: value
             for key, value in results.items()}
+
+
+def walk_scans(graph):
+    """Every scan node, in bodies too."""
+    for node in scans(graph):
+        yield node
+        yield from walk_scans(node.attrs["body"])
 
 
 def scans(graph) -> list:
@@ -279,3 +289,28 @@ def test_errors_in_a_scan_are_located_and_name_the_loop_variable(source, loops, 
 def test_an_unknown_loop_mode_is_an_error():
     with pytest.raises(ChainruleError, match="loops is one of auto, unroll, scan"):
         chainrule.compile(source=GRU, loops="fast")
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_a_scan_prints_as_a_for_loop_that_lowers_back_to_it(name):
+    """The decompiler writes a scan as a loop; compiled with --loops scan (a constant bound
+    under the unroll limit would unroll in auto), it is the same graph once dce drops the
+    zeros the text defines each stack with."""
+    model = chainrule.compile(source=PROGRAMS[name], loops="scan")
+    text = print_dsl(model.graph)
+    assert text.count(" in range(") == sum(1 for _ in walk_scans(model.graph))
+    printed = chainrule.compile(source=text, loops="scan")
+    assert structure(run_passes(printed.graph, ["dce"])) == \
+        structure(run_passes(model.graph, ["dce"]))
+    names = dsl_names(model.graph)
+    printed.set_params({names[key]: value for key, value in model.params.items()})
+    feeds = feeds_for(model, np.random.default_rng(4))
+    expected, got = model.run(**feeds), printed.run(**feeds)
+    for before, after in zip(expected.values(), got.values(), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_a_reverse_scan_cannot_print_as_a_loop():
+    graph = chainrule.compile(source=GRU).compile_graph(grad=True)[0]
+    with pytest.raises(ChainruleError, match="a reverse scan has no for loop"):
+        print_dsl(graph)

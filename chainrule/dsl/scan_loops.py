@@ -85,13 +85,6 @@ class BodyBuilder(GraphBuilder):
             self.captured[value] = self.input(value.name, value.type)
         return self.captured[value]
 
-    def outside(self, value: Value) -> Value:
-        """The value in the graph around this body that `value` (captured) stands for."""
-        outer = value
-        if isinstance(self.around, BodyBuilder):
-            outer = self.around.capture(value)
-        return outer
-
     def emit_results(self, op, inputs, attrs=None, *, loc=None, names=()):
         spec = get_op(op)
         reason = ("it draws random numbers, and each step would draw the same ones"
@@ -106,9 +99,20 @@ class BodyBuilder(GraphBuilder):
         return outs
 
     def rename(self, value: Value, name: str) -> Value:
-        if self.current(value) not in self._producers:  # a body input keeps its name
-            return value
-        return super().rename(value, name)
+        value = self.current(value)
+        if value in self._producers:
+            return super().rename(value, name)
+        if value not in self.frame.sequences.values() or \
+                any(value in node.inputs for node in self.graph.nodes):
+            return value  # a carried or outer value, or a step already read, keeps its name
+        # A sequence's step named by the text (`xt = x[:, t]`) before anything reads it.
+        self.namer.release(value.name)
+        renamed = Value(self.namer.fresh(name), value.type)
+        self.inputs.discard(value)
+        self.inputs.add(renamed)
+        self.frame.replace_input(value, renamed)
+        self._renamed[value] = renamed
+        return renamed
 
 
 class ScanFrame:
@@ -141,8 +145,16 @@ class ScanFrame:
                                   f"'{self.variable}'; in a scan every step has the same "
                                   f"shapes", loc)
 
+    def replace_input(self, old: Value, new: Value) -> None:
+        """`new` in place of the sequence's body input `old`, which nothing reads yet."""
+        for key, value in self.sequences.items():
+            if value is old:
+                self.sequences[key] = new
+        if self.counter is old:
+            self.counter = new
+
     def carry(self, name: str, first: Value) -> Value:
-        value = self.builder.input(name, first.type)
+        value = self.builder.input(f"{name}.in", first.type)
         self.carried.append((name, value))
         self.first_values.append(first)
         return value
@@ -158,8 +170,8 @@ class ScanFrame:
     def steps_of(self, value: Value, axis: int) -> Value:
         """`value` sliced to the indices the loop visits along `axis`, that axis moved to the
         front: what the scan reads one step at a time. Computed in the graph where `value`
-        is defined (once, not at every step of a loop around this one), then captured into
-        the graph around this loop."""
+        is defined (once, not at every step of a loop around this one); the scan node
+        captures it into the graph around this loop when it is emitted."""
         home = self.around
         while isinstance(home, BodyBuilder) and not home.defines(value):
             home = home.around
@@ -177,7 +189,7 @@ class ScanFrame:
         if axis:
             perm = (axis, *(a for a in range(value.type.rank) if a != axis))
             value = home.emit("transpose", (value,), {"perm": perm}, loc=self.loc)
-        return self.around.capture(value) if isinstance(self.around, BodyBuilder) else value
+        return value
 
     def sequence(self, value: Value, axis: int) -> Value:
         """The body input holding step t's slice of `value` along `axis`."""
@@ -222,8 +234,8 @@ class ScanFrame:
                             + [builder.captured[v] for v in captured])
         stacked = [value for _, value in self.collected.values()]
         self.body.outputs = [builder.capture(builder.current(v)) for v in carried_next + stacked]
-        operands = (self.first_values + self.scanned_operands
-                    + [builder.outside(v) for v in captured])
+        # Values from further out are captured into the graph around as the scan reads them.
+        operands = self.first_values + self.scanned_operands + captured
         names = [name for name, _ in self.carried] + list(self.collected)
         results = self.around.emit_results("scan", operands, {
             "body": self.body, "length": self.length, "carried": len(self.carried),
