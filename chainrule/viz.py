@@ -36,7 +36,8 @@ def to_dot(graph: Graph, backward_prefix: str | None = None) -> str:
     """DOT text for `graph`; nodes whose value's name starts with `backward_prefix` (autodiff
     names every value it writes d<objective>/d...) are drawn as the backward graph."""
     forward_nodes = {n for n in graph.nodes
-                     if backward_prefix is None or not n.output.name.startswith(backward_prefix)}
+                     if backward_prefix is None
+                     or not n.outputs[0].name.startswith(backward_prefix)}
     forward_values = set(graph.inputs) | set(graph.param_values())
     forward_values.update(v for n in graph.nodes if n in forward_nodes for v in n.outputs)
     ids = {value: f"v{i}" for i, value in enumerate(graph.values())}

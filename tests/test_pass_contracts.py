@@ -47,11 +47,12 @@ def test_the_orders_the_presets_run_are_accepted():
 
 def test_presets_are_the_declared_levels_in_pipeline_order():
     assert PRESETS == {"O0": ["select_mode", "dce"],
-                       "O1": ["select_mode", "simplify", "cse", "dce"],
-                       "O2": ["select_mode", "simplify", "cse", "fuse", "gemm_epilogue", "dce",
-                              "group"]}
+                       "O1": ["select_mode", "simplify", "cse", "scan_hoist", "dce"],
+                       "O2": ["select_mode", "simplify", "cse", "scan_hoist", "fuse",
+                              "gemm_epilogue", "dce", "group"]}
     assert pipeline(None, "O2", grad=True) == ["select_mode", "autodiff", "simplify", "cse",
-                                               "fuse", "gemm_epilogue", "dce", "group"]
+                                               "scan_hoist", "fuse", "gemm_epilogue", "dce",
+                                               "group"]
 
 
 def test_the_ops_a_pass_says_lack_derivative_rules_lack_them():

@@ -405,6 +405,7 @@ class CompiledGraph:
     function: object
     line_nodes: list
     plan: Plan
+    scans: dict = field(default_factory=dict)  # node index -> ScanRunner
 
     feeds: CheckedFeeds = None
 
@@ -417,6 +418,15 @@ class CompiledGraph:
 
     def __call__(self, inputs: dict, params: dict, training: bool = False, rng=None) -> dict:
         return self.call(self.feeds.arrays(inputs, params), training, rng)
+
+    def listing(self) -> str:
+        """The generated source, followed by each scan body's (`ir --emit python`)."""
+        parts = [self.source]
+        for index, runner in self.scans.items():
+            results = ", ".join(f"%{v.name}" for v in runner.node.outputs)
+            parts.append(f"\n# SCANS[{index}]: the body of {results}, called once per step\n"
+                         + runner.body.listing())
+        return "".join(parts)
 
     def call(self, arrays: list, training: bool = False, rng=None) -> dict:
         """Run on the inputs' then the params' arrays, in the graph's order, as the feeds check
@@ -459,7 +469,7 @@ def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)
     code = compile(source, f"<chainrule:{graph.name}>", "exec")
     exec(code, namespace)
-    return CompiledGraph(graph, source, namespace["run"], line_nodes, plan)
+    return CompiledGraph(graph, source, namespace["run"], line_nodes, plan, namespace["SCANS"])
 
 
 class CompiledNumpyBackend:

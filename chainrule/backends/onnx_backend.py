@@ -1,6 +1,7 @@
 """Export to standard ONNX, and a backend that runs the export in onnxruntime."""
 from __future__ import annotations
 
+import itertools
 import re
 import weakref
 
@@ -13,6 +14,7 @@ from ..ir.symbols import check_bound, symbol_sources
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+from . import onnx_scan  # noqa: F401 - registers the scan's lowering
 from .opset import DEFAULT_OPSET
 from .threads import configured_threads
 
@@ -22,28 +24,63 @@ AXES_INPUT_SINCE = {"ReduceSum": 13}
 
 
 class OnnxEmitter:
-    """Collects ONNX nodes; fresh names never clash with the IR's, which contain no '#'.
+    """Collects the ONNX nodes of one graph (the model's, or a scan's body); fresh names never
+    clash with the IR's, which contain no '#'.
 
-    `training` tells stochastic ops' lowerings which mode the model is exported for.
+    `training` tells stochastic ops' lowerings which mode the model is exported for. A body's
+    emitter has the emitter of the graph around it as `parent`, and shares its counter, so
+    names stay unique across the model as ONNX requires of a graph and its subgraphs.
     """
 
-    def __init__(self, opset: int, training: bool = False, symbols: dict | None = None):
+    def __init__(self, opset: int, training: bool = False, symbols: dict | None = None,
+                 parent: OnnxEmitter | None = None):
         self.opset = opset
         self.training = training
-        # Each symbol's source, (input name, axis), and its size as a tensor once computed.
+        # Each symbol's source, (ONNX name, axis), and its size as a tensor once computed.
         self.symbols = symbols or {}
         self.symbol_sizes: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.doc = ""
         self.lowering = ""  # the name of the IR value whose node is being lowered
-        self.counter = 0
+        self.parent = parent
+        self.counter = parent.counter if parent else itertools.count(1)
+        # The ONNX name of each value of a body (its IR name may be taken outside it); the
+        # model's own values keep their IR names.
+        self.names: dict[Value, str] = {}
 
     def fresh(self, hint: str) -> str:
         """A new name, prefixed by the IR value being lowered (so `value#Hint7`): an
         onnxruntime error names the node, and the prefix leads back to the IR node."""
-        self.counter += 1
+        count = next(self.counter)
         prefix = self.lowering or hint
-        return f"{prefix}#{hint if self.lowering else ''}{self.counter}"
+        return f"{prefix}#{hint if self.lowering else ''}{count}"
+
+    def name(self, value: Value) -> str:
+        """The value's ONNX name in the graph being emitted."""
+        return self.names.get(value, value.name)
+
+    def lower(self, nodes) -> None:
+        """Append the ONNX nodes of each IR node, through its op's lowering."""
+        for node in nodes:
+            self.doc = node.loc.described() if node.loc else ""
+            self.lowering = self.name(node.outputs[0])
+            LOWERINGS[node.op](self, node, self.lowering, *(self.name(v) for v in node.inputs))
+        self.doc = self.lowering = ""
+
+    def nested(self, body: Graph, prefix: str, outer: dict[Value, str]) -> OnnxEmitter:
+        """The emitter of a body whose inputs in `outer` stand for the values of those ONNX
+        names around it; its own values are named `prefix#body/value`, unique in the model
+        when `prefix` is the name of the node that holds the body."""
+        emitter = OnnxEmitter(self.opset, self.training, parent=self)
+        own = [v for v in body.inputs if v not in outer]
+        own += [v for node in body.nodes for v in node.outputs]
+        emitter.names = {value: f"{prefix}#body/{value.name}" for value in own} | outer
+        emitter.symbols = {symbol: (emitter.name(value), axis)
+                           for symbol, (value, axis) in symbol_sources(body).items()}
+        return emitter
+
+    def value_info(self, value: Value, name: str | None = None) -> onnx.ValueInfoProto:
+        return _value_info(value, name or self.name(value))
 
     def add(self, op_type: str, inputs, out: str | None = None, **attrs) -> str:
         out = out or self.fresh(op_type)
@@ -84,13 +121,20 @@ class OnnxEmitter:
 
     def symbol_size(self, symbol: str) -> str:
         """The symbol's size, read off the input that binds it (export_onnx has checked that
-        one does for every size attr) once per graph."""
+        one does for every size attr) once per graph. In a body, the graph around it computes
+        the sizes it can, before the loop and once, and the body reads them from there."""
         if symbol not in self.symbol_sizes:
+            if self.parent is not None and self.parent.binds(symbol):
+                return self.parent.symbol_size(symbol)
             if symbol not in self.symbols:  # a type's symbol that only expressions hold
                 raise ChainruleError(f"exporting %{self.lowering} needs the size {symbol}, "
                                      f"which no input declares as a dim of its own")
             self.symbol_sizes[symbol] = self.dim(*self.symbols[symbol])
         return self.symbol_sizes[symbol]
+
+    def binds(self, symbol: str) -> bool:
+        """Whether this graph, or one around it, has an input that gives the symbol's size."""
+        return symbol in self.symbols or (self.parent is not None and self.parent.binds(symbol))
 
     def reduce(self, op_type, x, axes, keepdims: bool, out=None) -> str:
         keep = int(bool(keepdims))
@@ -159,11 +203,7 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     symbols = {symbol: (value.name, axis)
                for symbol, (value, axis) in symbol_sources(graph).items()}
     emitter = OnnxEmitter(opset, training, symbols)
-    for node in graph.nodes:
-        emitter.doc = node.loc.described() if node.loc else ""
-        emitter.lowering = node.output.name
-        LOWERINGS[node.op](emitter, node, node.output.name, *(v.name for v in node.inputs))
-    emitter.doc = emitter.lowering = ""
+    emitter.lower(graph.nodes)
 
     inputs = [_value_info(v) for v in graph.inputs]
     initializers = []
@@ -284,7 +324,7 @@ class _SessionRunner:
         # Positions of the arrays onnxruntime takes (an unused input is pruned from the model).
         self.fed = [(index, name) for index, name in enumerate(names) if name in used]
         self.output_names = [output_name(v, graph) for v in graph.outputs]
-        self.nodes_by_output = {node.output.name: node for node in graph.nodes}
+        self.nodes_by_output = {out.name: node for node in graph.nodes for out in node.outputs}
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
@@ -302,7 +342,7 @@ class _SessionRunner:
             message = message.rsplit("] ", 1)[-1]
         named = re.search(r"node\. Name:'([^']*)'", str(error))
         node = self.nodes_by_output.get(named.group(1).split("#")[0]) if named else None
-        where = f"while computing %{node.output.name} = {node.op}(...)" if node else \
+        where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
             "while running the graph"
         return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
 

@@ -72,7 +72,7 @@ def cmd_ir(args) -> int:
 
         compiled = compile_graph(graph)
         if args.emit == "python":
-            print(compiled.source, end="")
+            print(compiled.listing(), end="")
         if args.print_memory_plan:
             print(describe_plan(graph, compiled.plan))
     elif not (args.print_after_all or args.print_after):
@@ -106,11 +106,20 @@ def cmd_export(args) -> int:
                           opset=args.opset, opt_level=args.opt_level,
                           train_step=optimizer_spec(args) if args.train_step else None)
     graph = proto.graph
-    print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes")
+    in_bodies = _nodes_in_bodies(graph)
+    print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes"
+          + (f" (and {in_bodies} in loop bodies)" if in_bodies else ""))
     print("  inputs:  " + ", ".join(i.name for i in graph.input))
     print("  outputs: " + ", ".join(o.name for o in graph.output))
     print("  initializers: " + (", ".join(i.name for i in graph.initializer) or "(none)"))
     return 0
+
+
+def _nodes_in_bodies(graph) -> int:
+    """How many nodes the Scan and Loop bodies hold (each once, however many steps it runs)."""
+    return sum(len(attribute.g.node) + _nodes_in_bodies(attribute.g)
+               for node in graph.node for attribute in node.attribute
+               if attribute.HasField("g"))
 
 
 def cmd_import(args) -> int:

@@ -81,8 +81,8 @@ def infer_scan(*operands: TensorType, body: Graph, length, carried: int, scanned
                               f"axis has the scan's length {length}")
     for index, (given, wanted) in enumerate(zip(expected, inputs, strict=True)):
         if given != wanted:
-            raise OpTypeError(f"scan's operand {index} is {given}, but its body input "
-                              f"%{body.inputs[index].name} is {wanted}")
+            raise OpTypeError(f"scan's operand {index} gives its body {given}, but body "
+                              f"input %{body.inputs[index].name} is {wanted}")
     carried_out, steps = parts.results(value.type for value in body.outputs)
     for index, (before, after) in enumerate(zip(first, carried_out, strict=True)):
         if before != after:

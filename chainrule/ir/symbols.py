@@ -52,7 +52,7 @@ def check_bound(graph: Graph) -> None:
     for node in graph.nodes:
         rule = unbound_rule(node, bound)
         if rule is not None:
-            raise ChainruleError(f"%{node.output.name} = {node.op}(...): {rule}", node.loc)
+            raise ChainruleError(f"%{node.outputs[0].name} = {node.op}(...): {rule}", node.loc)
 
 
 def attr_symbols(graph: Graph) -> set[str]:
@@ -71,7 +71,7 @@ def resolved_attrs(node: Node, sizes: dict) -> dict:
                                  for name in dim_attrs(node)}}
     except KeyError as error:
         known = ", ".join(f"{s}={n}" for s, n in sorted(sizes.items())) or "none"
-        raise ChainruleError(f"%{node.output.name} = {node.op}(...) has a dim written with "
+        raise ChainruleError(f"%{node.outputs[0].name} = {node.op}(...) has a dim written with "
                              f"{error.args[0]}, which no input's shape binds (known: {known})",
                              node.loc) from None
 

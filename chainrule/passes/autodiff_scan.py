@@ -31,7 +31,7 @@ def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set,
     if not derivative.wrt:
         return [None] * len(node.inputs)
     derivative.differentiate(reverse)
-    saved = _save_residuals(builder, node, derivative.body, derivative.residuals)
+    saved = _save_residuals(builder, node, derivative.forward, derivative.residuals)
     return _emit_backward_scan(builder, node, parts, derivative, saved, cotangents)
 
 
@@ -71,18 +71,17 @@ class _Derivative:
         grads = reverse(builder, body, seeds, self.wrt, active, STEP_PREFIX)
         self.grads = [grads[v.name] for v in self.wrt]
         self.builder = builder
+        # The forward nodes as the derivative left them: a scan among them now also saves
+        # what its own derivative reads.
+        self.forward = body.copy()
+        self.forward.nodes = joint.nodes[:len(body.nodes)]
         self.backward_nodes = joint.nodes[len(body.nodes):]
-        # A scan inside the body was rebuilt in `joint` to save its own residuals: from here
-        # on the forward body is the one with those rebuilt scans, whose stacks may be saved.
-        forward = body.copy()
-        forward.nodes = joint.nodes[:len(body.nodes)]
-        self.body = forward
         self._find_residuals()
 
     def _find_residuals(self) -> None:
         """Which forward values the backward nodes read: those that change from step to step
         are saved (residuals), the ones of outer values alone are recomputed."""
-        body = self.body
+        body = self.forward
         carried_in, scanned_in, outer_in = self.parts.operands(body.inputs)
         invariant = set(outer_in)
         for node in body.nodes:
@@ -107,10 +106,9 @@ class _Derivative:
 
 def _save_residuals(builder: GraphBuilder, node: Node, body: Graph,
                     residuals: list[Value]) -> list[Value]:
-    """Rebuild the forward scan in builder's graph, with `body` (its own, with any scan inside
-    rebuilt to save its residuals) and each residual stacked as an extra result; returns the
-    stacks."""
-    if not residuals:
+    """Rebuild the forward scan in builder's graph with `body` (the forward body as its
+    derivative left it), each residual stacked as an extra result; returns the stacks."""
+    if not residuals and body.nodes == node.attrs["body"].nodes:
         return []
     saving = body.copy()
     saving.outputs = list(body.outputs) + residuals

@@ -4,8 +4,8 @@ Every pass takes a graph and a PassContext and returns the new graph and whether
 anything. Each also states its contract in terms of a few named graph properties: the ones it
 requires, the ones it ensures and the ones it invalidates (with why). `check_order` walks a
 pipeline over those declarations before any pass runs and refuses an order that breaks one,
-naming the rule. The passes that clean up (select_mode, simplify, cse, dce) run inside scan
-bodies too. Each pass declares the lowest preset (O0, O1, O2) that runs it; a preset is
+naming the rule. Every pass but infer, expand_grad, autodiff and group runs inside scan bodies
+too (autodiff differentiates a scan as a whole). Each pass declares the lowest preset (O0, O1, O2) that runs it; a preset is
 the passes of its level and below, in the order PASSES lists them.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .gemm_epilogue import gemm_epilogue
 from .group_elementwise import group_elementwise
 from .infer import infer_shapes
 from .nested import in_bodies
+from .scan_hoist import hoist_scans
 from .select_mode import select_mode
 from .simplify import simplify
 
@@ -117,10 +118,14 @@ PASSES = {p.name: p for p in [
          "algebraic simplification and constant folding", level=1),
     Pass("cse", lambda g, ctx: in_bodies(eliminate_common_subexpressions)(g),
          "common-subexpression elimination", level=1),
-    Pass("fuse", lambda g, ctx: fuse(g), "fuse backward patterns into single ops", level=2,
+    Pass("scan_hoist", lambda g, ctx: in_bodies(hoist_scans)(g),
+         "move the work of a scan's body that needs no loop out of it, computed for every "
+         "step at once", level=1),
+    Pass("fuse", lambda g, ctx: in_bodies(fuse)(g), "fuse backward patterns into single ops",
+         level=2,
          invalidates={"differentiable": f"fuse writes fused ops, which have no derivative "
                                         f"rule ({', '.join(FUSED_OPS)})"}),
-    Pass("gemm_epilogue", lambda g, ctx: gemm_epilogue(g),
+    Pass("gemm_epilogue", lambda g, ctx: in_bodies(gemm_epilogue)(g),
          "fold a matrix product's scaling and accumulation (weight decay, the update) into it",
          level=2, invalidates={"differentiable": "gemm_epilogue writes gemm_acc, which has no "
                                                  "derivative rule"}),

@@ -11,12 +11,6 @@ def _promoted(dtype: str) -> str:
     return "f64" if dtype == "f32" else dtype
 
 
-def _promoted_attr(key: str, value):
-    if key == "dtype":
-        return _promoted(value)
-    return promote_to_f64(value)[0] if isinstance(value, Graph) else value  # a scan's body
-
-
 def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
     result = Graph(graph.name, loc=graph.loc, input_locs=dict(graph.input_locs),
                    updates=dict(graph.updates))
@@ -32,10 +26,12 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
     # The graph's names are unique already, so each node keeps its output's name.
     builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
     for node in graph.nodes:
-        attrs = {k: _promoted_attr(k, v) for k, v in node.attrs.items()}
-        outs = builder.emit_results(node.op, [values[v] for v in node.inputs], attrs,
-                                    loc=node.loc, names=[out.name for out in node.outputs])
-        values.update(zip(node.outputs, outs, strict=True))
+        attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
+        if "body" in attrs:  # a scan's body, promoted as a graph of its own
+            attrs["body"] = promote_to_f64(attrs["body"])[0]
+        results = builder.emit_results(node.op, [values[v] for v in node.inputs], attrs,
+                                       loc=node.loc, names=[v.name for v in node.outputs])
+        values.update(zip(node.outputs, results))
     result.outputs = [values[v] for v in graph.outputs]
     result.objective = values.get(graph.objective)
     changed = any(v.type != values[v].type for v in values)

@@ -1,4 +1,5 @@
-"""Rebuild digits_train.npz and digits_test.npz from scikit-learn's copy of the UCI digits.
+"""Rebuild digits_train.npz and digits_test.npz (and digits_rows_*.npz, the images as 8 rows
+of 8 pixels) from scikit-learn's copy of the UCI digits.
 
 Needs scikit-learn (an optional extra, not a dependency of chainrule). The split is fixed by
 the seed: 1,438 training and 359 test images, stratified by class.
@@ -22,6 +23,10 @@ def main():
         test[rng.choice(members, count, replace=False)] = True
     np.savez_compressed("digits_train.npz", x=x[~test], y=y[~test])
     np.savez_compressed("digits_test.npz", x=x[test], y=y[test])
+    # The same images as sequences of 8 rows of 8 pixels, for recurrent models.
+    rows = x.reshape(-1, 8, 8)
+    np.savez_compressed("digits_rows_train.npz", x=rows[~test], y=y[~test])
+    np.savez_compressed("digits_rows_test.npz", x=rows[test], y=y[test])
     print(f"train {int((~test).sum())}, test {int(test.sum())}")
 
 
