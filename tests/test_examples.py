@@ -10,7 +10,6 @@ from chainrule.cli import random_inputs
 from support.cli import chainrule as chainrule_cli
 from support.cli import ok
 from support.numeric import assert_close, central_difference
-from support.onnx_gaps import exported
 from support.paths import EXAMPLES
 
 # Symbolic dims of the examples' inputs, kept small so finite differences stay fast.
@@ -87,7 +86,7 @@ def test_optimisation_levels_agree(path):
             assert_close(optimised[key], value, 1e-5, atol=1e-6, what=f"{method.__name__} {key}")
 
 
-@pytest.mark.parametrize("path", exported(EXAMPLES), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_cli_runs_differentiates_and_exports(path, tmp_path):
     model = chainrule.compile(str(path))
     objective = model.objective.name

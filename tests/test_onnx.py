@@ -12,7 +12,6 @@ from op_cases import CASES, Case, F, indices, scalar_objective_graph
 from support.backend_checks import TOLERANCES, check_standard
 from support.numeric import assert_close
 from support.op_checks import check_on_onnxruntime
-from support.onnx_gaps import exported
 from support.paths import EXAMPLES
 
 
@@ -22,7 +21,7 @@ def test_op_and_its_gradient_match_numpy_in_onnxruntime(case, dtype):
     check_on_onnxruntime(case, dtype)
 
 
-@pytest.mark.parametrize("path", exported(EXAMPLES), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
 def test_example_exports_and_matches_numpy(path, grad, tmp_path):
     model = chainrule.compile(str(path))
