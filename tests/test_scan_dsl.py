@@ -314,3 +314,33 @@ def test_a_reverse_scan_cannot_print_as_a_loop():
     graph = chainrule.compile(source=GRU).compile_graph(grad=True)[0]
     with pytest.raises(ChainruleError, match="a reverse scan has no for loop"):
         print_dsl(graph)
+
+
+SCAN_IR = """graph rnn(%xs: f64[T, B, 4], %h0: f64[B, 8], %W: f64[8, 4], %U: f64[8, 8]) {
+  %h, %hs = scan(%h0, %xs, %W, %U) {length=T, carried=1, scanned=1, reverse=false} body(%h.in: f64[B, 8], %x: f64[B, 4], %w: f64[8, 4], %u: f64[8, 8]) {
+    %wt = transpose(%w) {perm=[1, 0]} : f64[4, 8]
+    %ut = transpose(%u) {perm=[1, 0]} : f64[8, 8]
+    %a = matmul(%x, %wt) : f64[B, 8]
+    %b = matmul(%h.in, %ut) : f64[B, 8]
+    %c = add(%a, %b) : f64[B, 8]
+    %h.next = tanh(%c) : f64[B, 8]
+    return %h.next, %h.next
+  } : f64[B, 8], f64[T, B, 8]
+  %s = sum(%hs) {axes=none, keepdims=false} : f64[]
+  return %s, %h
+}
+"""
+
+
+def test_a_scan_from_ir_text_prints_as_a_loop_that_computes_it():
+    """A scan no .nn text made (as an importer builds one) decompiles to a loop too."""
+    model = chainrule.compile(source=SCAN_IR)
+    printed = chainrule.compile(source=print_dsl(model.graph))
+    assert structure(run_passes(printed.graph, ["dce"])) == \
+        structure(run_passes(model.graph, ["dce"]))
+    rng = np.random.default_rng(5)
+    feeds = {name: rng.normal(size=shape) for name, shape in
+             (("xs", (T, 2, 4)), ("h0", (2, 8)), ("W", (8, 4)), ("U", (8, 8)))}
+    for before, after in zip(model.run(**feeds).values(), printed.run(**feeds).values(),
+                             strict=True):
+        np.testing.assert_array_equal(before, after)
