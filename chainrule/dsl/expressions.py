@@ -21,7 +21,7 @@ from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import UNKNOWN, is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
-from .scan_loops import Collected, ScanRefused
+from .scan_loops import Collected, LoopIndexing, ScanRefused
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
 
 
@@ -70,7 +70,7 @@ def symbolic_dim_error(dim: SymbolicDim, use: str, loc) -> ChainruleError:
                           f"or give a number", loc)
 
 
-class ExpressionLowerer:
+class ExpressionLowerer(LoopIndexing):
     """The expression half of the lowering; `Lowerer` (lower.py) adds programs, statements and
     functions, and sets up `graph`, `builder`, `user_values`, `weak_forms`, `functions` and
     `call_stack`."""
@@ -218,56 +218,6 @@ class ExpressionLowerer:
         if squeezed:
             result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
         return result
-
-    def pick_in_loop(self, base: Value, picked: list, loc) -> Value:
-        """Indexing by a scan loop's variable: `x[:, t]` of a value from outside the loop is a
-        sequence the scan reads step by step; any other index or slice that moves with t
-        (`x[:, 8*t:8*t+8]`, `h[t - 1]`) takes the indices t gives, of a constant width."""
-        for axis, (start, _, _), index in picked:
-            frame = next((f for f in self.frames if index and start == f.symbol), None)
-            if frame is not None and self.outside(frame, base):
-                rest = [(a - (a > axis), bounds, i) for a, bounds, i in picked if a != axis]
-                return self.pick(frame.sequence(base, axis), rest, loc)
-        fixed = [(a, b, False) for a, b, _ in picked if not self.loop_symbols(*b)]
-        result = self.pick(base, fixed, loc)
-        for axis, (start, end, step), _ in picked:
-            if not self.loop_symbols(start, end, step):
-                continue
-            width = dims.sub(end, start)
-            if step != 1 or not isinstance(width, int) or width < 1:
-                raise ChainruleError(f"a slice from {start} to {end} changes its width with "
-                                     f"the loop's step; in a scan every step reads as many "
-                                     f"values (a constant width, step 1)", loc)
-            first = self.loop_tensor(start, loc)
-            offsets = self.builder.emit("arange", (), {"n": width}, loc=loc)
-            indices = self.builder.emit("add", (offsets, first), loc=loc)
-            result = self.builder.emit("take", (result, indices), {"axis": axis}, loc=loc)
-        squeezed = tuple(axis for axis, _, index in picked if index)
-        if squeezed:
-            result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
-        return result
-
-    def outside(self, frame, value: Value) -> bool:
-        """Whether `value` is defined outside the body of `frame`'s loop."""
-        builder = self.builder
-        while True:
-            if builder.defines(value):
-                return False
-            if builder is frame.builder:
-                return True
-            builder = builder.around
-
-    def loop_symbols(self, *bounds) -> set[str]:
-        """The scan loops' symbols the bounds are written with."""
-        found = set()
-        for bound in bounds:
-            if is_dim(bound):
-                found |= dims.symbols(bound)
-        return found & {frame.symbol for frame in self.frames}
-
-    def loop_tensor(self, dim, loc) -> Value:
-        """A dim that changes with scan loops' variables, as an i64 tensor of the body."""
-        return dims.compute(dim, _LoopArithmetic(self, loc))
 
     def items_per_axis(self, items, value_type: TensorType, loc) -> list:
         """One subscript item per axis: '...' and the axes after the last item take None (all)."""
@@ -607,38 +557,6 @@ class ExpressionLowerer:
         if value.type.dtype == dtype:
             return value
         return self.builder.emit("cast", (value,), {"dtype": dtype}, loc=loc)
-
-
-class _LoopArithmetic:
-    """dims.compute's arithmetic on i64 tensors of a scan's body: a scan loop's symbol is its
-    counter; any other symbol is a size the body does not have."""
-
-    def __init__(self, lowerer: ExpressionLowerer, loc):
-        self.lowerer, self.loc = lowerer, loc
-        self.frames = {frame.symbol: frame for frame in lowerer.frames}
-
-    def number(self, n):
-        return self.lowerer.builder.constant(n, "i64", loc=self.loc)
-
-    def symbol(self, name):
-        if name not in self.frames:
-            variables = ", ".join(f"'{f.variable}'" for f in self.frames.values())
-            raise ChainruleError(f"an expression of the loop variable ({variables}) and the "
-                                 f"dim {name} cannot be computed in a scan's body; bind {name} "
-                                 f"(--dim) or unroll the loop (--loops unroll)", self.loc)
-        return self.frames[name].counter_value()
-
-    def add(self, a, b):
-        return self.lowerer.builder.emit("add", (a, b), loc=self.loc)
-
-    def mul(self, a, b):
-        return self.lowerer.builder.emit("mul", (a, b), loc=self.loc)
-
-    def floordiv(self, a, b):
-        raise ChainruleError("a floor division of the loop variable cannot be computed in a "
-                             "scan's body; unroll the loop (--loops unroll)", self.loc)
-
-    mod = floordiv
 
 
 class Composer:

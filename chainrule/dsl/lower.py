@@ -1,5 +1,5 @@
-"""Lowering the parse tree to the graph IR: programs, statements and functions here,
-expressions in expressions.py (one method per grammar alias in each).
+"""Lowering the parse tree to the graph IR: programs, statements and functions here, loops in
+loops.py, expressions in expressions.py (one method per grammar alias in each).
 
 Literals are weakly typed, as in JAX (see weak.py): `x / sqrt(2.0)` is f64 for an f64 `x`, as
 `2 * x` stays f32 for an f32 one; what meets no typed value (a model output, `.T`, an index
@@ -18,11 +18,11 @@ from ..ir.init import INITIALIZERS, check_init
 from ..ir.symbols import check_bound
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
-from .expressions import (DIM_FOLD, ExpressionLowerer, SymbolicDim, describe_constant,
-                          is_dim, is_number, suggest, symbolic_dim_error)
+from .expressions import DIM_FOLD, ExpressionLowerer, describe_constant, is_number
+from .loops import LoopLowering
 from .parser import parse
-from .scan_loops import (LOOP_MODES, UNROLL_LIMIT, Collected, ScanFrame, ScanRefused,
-                         assigned_names)
+from .scan_loops import LOOP_MODES
+from .scope import Scope, redefinition
 from .weak import Weak
 
 # Functions are inlined at each call, by a recursive call of the lowering: a chain of calls
@@ -31,8 +31,6 @@ MAX_CALL_DEPTH = 64
 # ...and since a function that calls another twice doubles the nodes, a few lines can ask for
 # more nodes than memory holds: one call may inline this many.
 MAX_INLINED_NODES = 100_000
-# An unrolled loop: this many iterations of one loop is already a very large graph.
-MAX_LOOP_ITERATIONS = 100_000
 
 
 @dataclass
@@ -41,96 +39,6 @@ class Function:
     params: list  # [(name, default expression tree or None)]
     body: Tree
     loc: SourceLoc
-
-
-class Scope:
-    """Names visible in a model, function or loop body; a name is bound once per scope.
-
-    A loop body's scope sees the names around it. Assigning one of those in the body rebinds
-    it for the next iteration and for the code after the loop: it is `carried`. Every other
-    name assigned in the body is local to one iteration."""
-
-    def __init__(self, kind: str, parent: Scope | None = None):
-        self.kind = kind
-        self.parent = parent
-        self.bindings: dict[str, object] = {}
-        self.locs: dict[str, SourceLoc] = {}
-        self.carried: list[str] = []
-
-    def bind(self, name: str, value, loc: SourceLoc) -> None:
-        if name in self.bindings:
-            rule = ("a name is assigned once per iteration" if self.kind == "loop"
-                    else "a name is assigned once")
-            raise _redefinition(f"'{name}'", rule, loc, self.locs[name])
-        if self.parent is not None and self.parent.owner(name) is not None:
-            self.carried.append(name)
-        self.bindings[name] = value
-        self.locs[name] = loc
-
-    def owner(self, name: str) -> Scope | None:
-        """The nearest scope, this one or one around it, where `name` is bound."""
-        scope = self
-        while scope is not None and name not in scope.bindings:
-            scope = scope.parent
-        return scope
-
-    def lookup(self, name: str, loc: SourceLoc):
-        owner = self.owner(name)
-        if owner is not None:
-            return owner.bindings[name]
-        raise ChainruleError(f"unknown name '{name}'{suggest(name, self.visible())}", loc)
-
-    def visible(self) -> list[str]:
-        names, scope = [], self
-        while scope is not None:
-            names += scope.bindings
-            scope = scope.parent
-        return names
-
-
-def _whole_axis(item) -> bool:
-    """A `:` subscript: the axis taken whole."""
-    return isinstance(item, Tree) and item.data == "slice_range" and not any(item.children)
-
-
-def _redefinition(what: str, rule: str, loc: SourceLoc, first: SourceLoc) -> ChainruleError:
-    return ChainruleError(f"{what} is already defined (at line {first.line}); {rule}", loc,
-                          ((first, "first defined here"),))
-
-
-def _type_change(before, after) -> str | None:
-    """How a carried value's type changed, or None if it did not."""
-    kind = _kind
-    if isinstance(before, Value) and isinstance(after, Value):
-        return None if before.type == after.type else f"{kind(before)} before and {kind(after)} after"
-    if isinstance(before, Value) == isinstance(after, Value):
-        return None  # numbers or literal expressions on both sides: typed when they meet one
-    hint = (f"; start it as a tensor, e.g. {_zeros_text(after)}"
-            if isinstance(after, Value) else "")
-    return f"{kind(before)} before and {kind(after)} after{hint}"
-
-
-def _kind(value) -> str:
-    if isinstance(value, Value):
-        return str(value.type)
-    return "a tensor made of literals" if isinstance(value, Weak) else "a number"
-
-
-def in_loop(error: ChainruleError, variable: str) -> ChainruleError:
-    """The error, saying which scan loop's body it is in (once: the innermost); an error
-    located in the body says it as its location's iteration does."""
-    if "(in the loop over " in error.message or error.loc and error.loc.iteration:
-        return error  # said already, or by the location's iteration
-    kind = ScanRefused if isinstance(error, ScanRefused) else ChainruleError
-    return kind(f"{error.message} (in the loop over {variable})", error.loc, error.notes)
-
-
-def _zeros_text(value: Value) -> str:
-    """The zeros(...) call that makes a tensor of value's type."""
-    dims = ", ".join(map(str, value.type.shape))
-    shape = f"({dims},)" if value.type.rank == 1 else f"({dims})"
-    dtype = "" if value.type.dtype == "f32" else f", dtype={value.type.dtype}"
-    return f"zeros({shape}{dtype})"
 
 
 def lower_source(source: str, filename: str = "<string>", dims: dict | None = None,
@@ -143,7 +51,7 @@ def lower_source(source: str, filename: str = "<string>", dims: dict | None = No
     return Lowerer(filename, dims, loops).lower_program(parse(source, filename))
 
 
-class Lowerer(ExpressionLowerer):
+class Lowerer(LoopLowering, ExpressionLowerer):
     def __init__(self, filename: str, dims: dict | None = None, loops: str = "auto"):
         super().__init__(filename, dims)
         self.loops = loops
@@ -169,7 +77,7 @@ class Lowerer(ExpressionLowerer):
             raise ChainruleError(f"'{name}' is a built-in function; give yours another name",
                                  self.loc(name_token))
         if name in self.functions:
-            raise _redefinition(f"function '{name}'", "a function is defined once",
+            raise redefinition(f"function '{name}'", "a function is defined once",
                                 self.loc(name_token), self.functions[name].loc)
         params = []
         for fparam in (fparams.children if fparams else []):
@@ -269,168 +177,6 @@ class Lowerer(ExpressionLowerer):
             getattr(self, stmt.data)(stmt, scope)
         return None
 
-    # ---- loops --------------------------------------------------------------------------------
-
-    def for_stmt(self, tree: Tree, scope: Scope) -> None:
-        """`for t in range(...) { body }`: unrolled, or one scan node (see scan_loops.py), as
-        the loop mode and the bound say."""
-        variable, function, args, body = tree.children
-        bounds = self.loop_range(function, args, scope)
-        if scope.owner(str(variable)) is not None:
-            raise ChainruleError(f"the loop variable '{variable}' is already a name here; "
-                                 f"give the loop a new one", self.loc(variable))
-        symbolic = [b for b in bounds if is_dim(b)]
-        steps = None if symbolic else range(*bounds)
-        if symbolic or self.loops == "scan" or (self.loops == "auto"
-                                                and len(steps) > UNROLL_LIMIT):
-            try:
-                return self.scan_loop(tree, scope, bounds)
-            except ScanRefused:
-                if steps is None or self.loops == "scan":
-                    raise
-        self.unroll(tree, scope, steps)
-
-    def unroll(self, tree: Tree, scope: Scope, steps: range) -> None:
-        """The body lowered once per iteration, its nodes marked with the iteration, and
-        carried names rebound after each."""
-        variable, _, _, body = tree.children
-        if len(steps) > MAX_LOOP_ITERATIONS:
-            raise ChainruleError(f"this loop runs {len(steps):,} times; a loop unrolls into the "
-                                 f"graph, at most {MAX_LOOP_ITERATIONS:,} times", self.loc(tree))
-        for step in steps:
-            self.iterations.append(f"{variable}={step}")
-            try:
-                iteration = Scope("loop", scope)
-                iteration.bind(str(variable), step, self.loc(variable))
-                self.lower_block(body, iteration)
-                self.carry(iteration)
-            finally:
-                self.iterations.pop()
-
-    def loop_range(self, function, args, scope: Scope) -> tuple:
-        """The (start, stop, step) of the `range(...)` a loop runs over: integers, or dims for
-        the start and stop."""
-        loc = self.loc(function)
-        if str(function) != "range":
-            raise ChainruleError(f"a for loop runs over range(...), not {function}(...)", loc)
-        items = args.children if args else []
-        if not 1 <= len(items) <= 3 or any(isinstance(i, Tree) and i.data == "kwarg"
-                                          for i in items):
-            raise ChainruleError(f"range takes one to three integers (stop, or start, stop, "
-                                 f"step), got {len(items)} arguments", loc)
-        bounds = [self.loop_bound(item, scope) for item in items]
-        if len(bounds) == 3 and is_dim(bounds[2]):
-            raise symbolic_dim_error(bounds[2], "range's step", self.loc(items[2]))
-        if len(bounds) == 3 and bounds[2] == 0:
-            raise ChainruleError("range's step cannot be 0", self.loc(items[2]))
-        if len(bounds) == 1:
-            return 0, bounds[0], 1
-        return bounds[0], bounds[1], bounds[2] if len(bounds) == 3 else 1
-
-    def loop_bound(self, tree, scope: Scope):
-        value = self.expr(tree, scope)
-        if is_dim(value) and self.loops == "unroll":
-            raise symbolic_dim_error(value, "a loop bound (a loop unrolls with --loops unroll)",
-                                     self.loc(tree))
-        if is_dim(value):
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            shown = f"a tensor of type {value.type}" if isinstance(value, Value) else repr(value)
-            raise ChainruleError(f"a loop bound must be a compile-time integer (a number, a "
-                                 f"let or a dim), not {shown}", self.loc(tree))
-        return value
-
-    def scan_loop(self, tree: Tree, scope: Scope, bounds: tuple) -> None:
-        """The loop as one scan node: the body lowered once into the scan's body graph, the
-        carried names rebound to the scan's results and the collected ones to its stacks."""
-        variable, _, _, body = tree.children
-        name, loc = str(variable), self.loc(tree)
-        for frame in self.frames:
-            if any(frame.symbol in dims.symbols(b) for b in bounds if is_dim(b)):
-                raise ScanRefused(f"the bound of the inner loop over '{name}' changes with "
-                                  f"'{frame.variable}', but a scan's steps all run the same "
-                                  f"body", loc)
-        if not is_dim(bounds[0]) and not is_dim(bounds[1]) and not len(range(*bounds)):
-            raise ScanRefused(f"the loop over '{name}' runs no step; a scan runs at least one",
-                              loc)
-        taken = self.symbolic_dims | set(self.dims) | {f.symbol for f in self.frames}
-        symbol = name if name not in taken else f"{name}'"
-        frame = ScanFrame(name, symbol, bounds, self.builder, loc)
-        plain, indexed = assigned_names(body)
-        carried = [n for n in plain if scope.owner(n) is not None]
-        collected = [n for n in indexed if scope.owner(n) is not None]
-        both = [n for n in collected if n in carried]
-        if both:
-            raise ScanRefused(f"'{both[0]}' is assigned both whole and by index in the loop "
-                              f"over '{name}'", loc)
-        surroundings = Scope("loop", scope)
-        for carried_name in carried:
-            before = scope.lookup(carried_name, loc)
-            surroundings.bindings[carried_name] = (frame.carry(carried_name, before)
-                                                   if isinstance(before, Value) else before)
-        for collected_name in collected:
-            target = scope.lookup(collected_name, loc)
-            surroundings.bindings[collected_name] = Collected(collected_name, target, frame)
-        nodes_before = len(self.builder.graph.nodes)
-        around, weak_forms = self.builder, self.weak_forms
-        self.builder, self.weak_forms = frame.builder, {weak: {} for weak in weak_forms}
-        self.frames.append(frame)
-        self.iterations.append(name)
-        try:
-            iteration = Scope("loop", surroundings)
-            iteration.bind(name, SymbolicDim(symbol), self.loc(variable))
-            self.lower_block(body, iteration)
-            nexts = [self.carried_next(n, scope.lookup(n, loc), iteration) for n in carried]
-            for weak, forms in list(self.weak_forms.items()):
-                if weak not in weak_forms and not forms:
-                    self.lower_weak(weak, "f32")
-        except ChainruleError as error:
-            around.truncate(nodes_before)
-            raise in_loop(error, name) from None
-        finally:
-            self.builder, self.weak_forms = around, weak_forms
-            self.frames.pop()
-            self.iterations.pop()
-        if not carried and not collected:  # lowered for its errors: nothing leaves the loop
-            around.truncate(nodes_before)
-            return
-        results, stacks = frame.scan(nexts)
-        for carried_name, result in zip(carried, results, strict=True):
-            scope.owner(carried_name).bindings[carried_name] = result
-            self.user_values.add(result)
-        for collected_name, stack in zip(collected, stacks, strict=True):
-            target = scope.lookup(collected_name, loc)
-            placed = frame.placed(collected_name, stack, target.type)
-            scope.owner(collected_name).bindings[collected_name] = placed
-            self.user_values.add(placed)
-
-    def carried_next(self, name: str, before, iteration: Scope) -> Value:
-        """The value a scan's body gives a carried name for the next step."""
-        after = iteration.owner(name).bindings[name]
-        problem = _type_change(before, after)
-        if problem:
-            raise ChainruleError(f"'{name}' is carried from one iteration to the next, so its "
-                                 f"type must stay the same, but it is {problem}",
-                                 iteration.owner(name).locs.get(name))
-        if not isinstance(before, Value):
-            raise ScanRefused(f"'{name}' is carried through a scan as {_kind(before)}; a scan "
-                              f"carries tensors: start it as a tensor, e.g. full((), "
-                              f"{before!r}) or zeros(...)", iteration.owner(name).locs.get(name))
-        return after
-
-    def carry(self, iteration: Scope) -> None:
-        """Rebind the names the iteration carried where they are defined, checking that each
-        keeps its type, which the next iteration and the code after the loop rely on."""
-        for name in iteration.carried:
-            owner = iteration.parent.owner(name)
-            before, after = owner.bindings[name], iteration.bindings[name]
-            problem = _type_change(before, after)
-            if problem:
-                raise ChainruleError(f"'{name}' is carried from one iteration to the next, so "
-                                     f"its type must stay the same, but it is {problem}",
-                                     iteration.locs[name])
-            owner.bindings[name] = after
-
     # ---- statements ---------------------------------------------------------------------------
 
     def param_stmt(self, tree: Tree, scope: Scope) -> None:
@@ -488,70 +234,6 @@ class Lowerer(ExpressionLowerer):
             scope.bind(name, None, loc)  # raises the "already defined" error
         value = self.name_value(self.expr(expression, scope), name)
         scope.bind(name, value, loc)
-
-    def index_assign_stmt(self, tree: Tree, scope: Scope) -> None:
-        """`ys[:, t] = h`: ys with the values at that index replaced by h (a new value under
-        the same name). In a scan's body, indexed by the loop's own variable, it collects h at
-        every step instead: the scan stacks them and places the stack along that axis."""
-        name_token, *items, expression = tree.children
-        name, loc = str(name_token), self.loc(name_token)
-        target = scope.lookup(name, loc)
-        whole = target.target if isinstance(target, Collected) else target
-        if not isinstance(whole, Value):
-            raise ChainruleError(f"'{name}[...] = ...' updates a tensor, and '{name}' is "
-                                 f"{describe_constant(whole)}", loc)
-        axis, index = self.updated_axis(whole, items, scope, loc)
-        value = self.as_tensor(self.expr(expression, scope), whole.type.dtype, loc)
-        shape = whole.type.shape
-        step_type = whole.type.with_shape(shape[:axis] + shape[axis + 1:])
-        if value.type != step_type:
-            raise ChainruleError(f"'{name}' is {whole.type}, so one index of its axis {axis} "
-                                 f"takes a {step_type}, not a {value.type}", loc)
-        if isinstance(target, Collected):
-            frame = target.frame
-            if index != frame.symbol:
-                raise ScanRefused(f"'{name}[...]' collects one value per step of the loop "
-                                  f"over '{frame.variable}', so its index is "
-                                  f"'{frame.variable}' itself", loc)
-            frame.collect(name, axis, value, loc)
-            return
-        updated = self.updated(whole, axis, index, value, loc)
-        scope.bind(name, self.name_value(updated, name), loc)
-
-    def updated_axis(self, target: Value, items, scope: Scope, loc) -> tuple:
-        """The axis and the index `target[...] = ...` writes at: one index on one axis."""
-        picked = [(axis, item) for axis, item
-                  in enumerate(self.items_per_axis(items, target.type, loc))
-                  if item is not None and not _whole_axis(item)]
-        if len(picked) != 1 or isinstance(picked[0][1], Tree) and \
-                picked[0][1].data in ("slice_range", "ellipsis"):
-            raise ChainruleError("an indexed assignment replaces the values at one index of "
-                                 "one axis, e.g. ys[:, t] = h", loc)
-        axis, item = picked[0]
-        index = self.expr(item, scope)
-        size = target.type.shape[axis]
-        if is_dim(index):
-            return axis, index
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ChainruleError(f"an index is an integer or a loop variable, not "
-                                 f"{describe_constant(index)}", self.loc(item))
-        if isinstance(size, int) and not -size <= index < size:
-            raise ChainruleError(f"index {index} is out of range for axis {axis} of size "
-                                 f"{size}", self.loc(item))
-        return axis, index % size if isinstance(size, int) else index
-
-    def updated(self, target: Value, axis: int, index, value: Value, loc) -> Value:
-        """target with `value` at `index` of `axis`: where(position == index, value, target)."""
-        emit = self.builder.emit
-        positions = emit("arange", (), {"n": target.type.shape[axis]}, loc=loc)
-        at = (self.builder.constant(index, "i64", loc=loc) if isinstance(index, int)
-              else self.loop_tensor(index, loc))
-        hit = emit("equal", (positions, at), loc=loc)
-        others = tuple(a for a in range(target.type.rank) if a != axis)
-        if others:
-            hit = emit("unsqueeze", (hit,), {"axes": others}, loc=loc)
-        spread = emit("unsqueeze", (value,), {"axes": (axis,)}, loc=loc)
-        return emit("where", (hit, spread, target), loc=loc)
 
     def name_value(self, value, name: str):
         """The value under the name the model's text gives it (a function's names are local)."""
