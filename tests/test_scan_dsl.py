@@ -262,6 +262,10 @@ LOCATED = [
     ("model m(x: f64[T, 3]) {\n    s = x[0]\n    for t in range(T) {\n        s = s + "
      "zeros((t, 3))\n    }\n    return s\n}\n", "auto", 4, 17, "changes with 't'; in a scan "
      "every step has the same shapes (in the loop over t)"),
+    ("model m(x: f64[T, 3]) {\n    s = x[0]\n    for t in range(T) {\n        for i in "
+     "range(T) {\n            s = s + zeros((t, 3))[0]\n        }\n    }\n    return s\n}\n",
+     "auto", 5, 21, "changes with 't'; in a scan every step has the same shapes (in the loop "
+     "over t, the loop over i)"),
     ("model m(x: f64[T, 3]) {\n    s = x[0]\n    for t in range(T) {\n        s = s * "
      "dropout(x[t], 0.5)\n    }\n    return s\n}\n", "auto", 4, 17, "dropout_mask cannot be in "
      "the body of a scan"),

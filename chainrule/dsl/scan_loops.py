@@ -95,7 +95,10 @@ class BodyBuilder(GraphBuilder):
             raise ScanRefused(f"{op} cannot be in the body of a scan: {reason}", loc)
         outs = super().emit_results(op, [self.capture(v) for v in inputs], attrs, loc=loc,
                                     names=names)
-        self.frame.check_sizes(outs, attrs or {}, loc)
+        builder = self
+        while isinstance(builder, BodyBuilder):  # this loop's variable, and those around it
+            builder.frame.check_sizes(outs, attrs or {}, loc)
+            builder = builder.around
         return outs
 
     def rename(self, value: Value, name: str) -> Value:
