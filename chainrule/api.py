@@ -35,14 +35,16 @@ FRONT_END_PASSES = ["infer", "expand_grad"]
 
 @gc_paused
 def compile(path=None, *, source: str | None = None, filename: str | None = None,
-            seed: int = 0, dims: dict | None = None) -> Model:
+            seed: int = 0, dims: dict | None = None, loops: str = "auto") -> Model:
     """Compile a model: `compile(path)` reads a `.nn` file, `compile(source=text)` compiles DSL
     text (`filename`, default "<string>", names it in error messages).
 
     IR text (a `.cir` file, or text starting with `graph`) is parsed instead of lowered.
 
     Params start from their init specs, drawn with numpy's Generator(seed). `dims` binds
-    symbolic dims to sizes at compile time, e.g. {"T": 28} for a loop over range(T).
+    symbolic dims to sizes at compile time, e.g. {"T": 28}. `loops` says how a `for` loop
+    lowers: "auto" (unrolled up to 16 steps, a scan past that or over a symbolic bound),
+    "unroll" or "scan".
     """
     if (path is None) == (source is None):
         raise TypeError("compile takes a path or source=..., exactly one of them")
@@ -55,7 +57,7 @@ def compile(path=None, *, source: str | None = None, filename: str | None = None
     if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
         graph = parse_graph(source, filename)
     else:
-        graph = lower_source(source, filename, dims)
+        graph = lower_source(source, filename, dims, loops)
     check_graph_sizes(graph)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)

@@ -18,35 +18,13 @@ from chainrule.ir import (OPS, ChainruleError, Graph, GraphBuilder, InitSpec, Pa
 from chainrule.ir import dims
 from chainrule.ir.dsl_printer import dsl_names, print_dsl
 from chainrule.ir.shapes import TO_END, TO_START
-from chainrule.ir.types import NUMPY_DTYPES
 from chainrule.passes.manager import run_passes
 from op_cases import CASES, Arg, Case, F, draw, labels, pool_window
+from support.graphs import structure
 from support.paths import EXAMPLES, ROOT
 
 MODELS = EXAMPLES + sorted((ROOT / "tests" / "models").glob("*.nn"))
 FUSED = {op for op, spec in OPS.items() if "fused" in spec.traits}
-
-
-def structure(graph: Graph) -> dict:
-    """The graph with values as their positions: what must survive a round trip. A constant's
-    value is compared in its dtype (an f32 prints as the shortest text of that f32)."""
-    index = {value: i for i, value in enumerate(graph.values())}
-
-    def attrs(node):
-        if node.op == "constant":
-            dtype = node.attrs["dtype"]
-            with np.errstate(over="ignore"):  # 1e39 is inf as an f32
-                return dtype, repr(NUMPY_DTYPES[dtype](node.attrs["value"]))
-        return [(key, repr(value)) for key, value in node.attrs.items()]
-
-    return {
-        "inputs": [str(v.type) for v in graph.inputs],
-        "params": [(p.kind, str(p.value.type), str(p.init)) for p in graph.params],
-        "nodes": [(n.op, [index[v] for v in n.inputs], attrs(n), [str(v.type) for v in n.outputs])
-                  for n in graph.nodes],
-        "outputs": [index[v] for v in graph.outputs],
-        "updates": [(index[graph.find(s)], index[graph.find(o)]) for s, o in graph.updates.items()],
-    }
 
 
 def check_names(original: Graph, printed: Graph) -> None:

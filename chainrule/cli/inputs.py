@@ -44,7 +44,8 @@ def load_model(args):
         if given:
             raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
                              f".onnx models; {args.file} is a chainrule model")
-        model = api.compile(args.file, seed=args.seed, dims=parse_dims(args))
+        model = api.compile(args.file, seed=args.seed, dims=parse_dims(args),
+                            loops=args.loops)
     if getattr(args, "params", None):
         model.set_params(load_npz(args.params))
     return model

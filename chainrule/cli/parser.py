@@ -10,6 +10,7 @@ from ..onnx_import import LOSSES
 from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
 from ..train import SCHEDULES, TrainConfig
+from ..dsl.scan_loops import LOOP_MODES, UNROLL_LIMIT
 from .inputs import DEFAULT_DIM
 
 # Each command's function, as MODULE.FUNCTION in chainrule.cli: imported only when the command
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--dim", action="append", metavar="NAME=N",
                          help="fix a symbolic dim's size when compiling (a loop over range(T) "
                               f"needs T); random inputs take it too, else {DEFAULT_DIM}")
+        sub.add_argument("--loops", choices=LOOP_MODES, default="auto",
+                         help=f"how a .nn for loop lowers: unrolled, one scan node, or auto "
+                              f"(unrolled up to {UNROLL_LIMIT} steps, a scan past that or "
+                              f"over a symbolic bound)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show Python tracebacks")
         with_onnx_options(sub)

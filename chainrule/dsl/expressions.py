@@ -21,6 +21,7 @@ from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import UNKNOWN, is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
+from .scan_loops import Collected, LoopIndexing, ScanRefused
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
 
 
@@ -69,7 +70,7 @@ def symbolic_dim_error(dim: SymbolicDim, use: str, loc) -> ChainruleError:
                           f"or give a number", loc)
 
 
-class ExpressionLowerer:
+class ExpressionLowerer(LoopIndexing):
     """The expression half of the lowering; `Lowerer` (lower.py) adds programs, statements and
     functions, and sets up `graph`, `builder`, `user_values`, `weak_forms`, `functions` and
     `call_stack`."""
@@ -79,6 +80,7 @@ class ExpressionLowerer:
         self.dims = dict(dims or {})        # symbolic dims bound to sizes at compile time
         self.symbolic_dims: set[str] = set()  # the others that the model's types declare
         self.iterations: list[str] = []     # the enclosing loops' current steps, `t=3`
+        self.frames: list = []              # the enclosing loops lowered to scans (ScanFrame)
 
     def loc(self, item) -> SourceLoc:
         """Where `item` is, and in which iteration of the loops around it."""
@@ -157,7 +159,12 @@ class ExpressionLowerer:
                 return self.dims[name]
             if name in self.symbolic_dims:
                 return SymbolicDim(name)
-        return scope.lookup(name, self.loc(tree))
+        value = scope.lookup(name, self.loc(tree))
+        if isinstance(value, Collected):
+            raise ScanRefused(f"'{name}' collects the values of the loop over "
+                              f"'{value.frame.variable}' step by step; it is read after the "
+                              f"loop, not in it", self.loc(tree))
+        return value
 
     def unary(self, op, tree, scope):
         operand = yield tree.children[0]
@@ -181,8 +188,7 @@ class ExpressionLowerer:
         base = self.alone((yield base_tree))
         if not isinstance(base, Value):
             raise ChainruleError("only tensors can be indexed", loc)
-        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
-        squeezed = ()
+        picked = []  # (axis, (start, end, step), whether an index drops the axis)
         for axis, item in enumerate(self.items_per_axis(items, base.type, loc)):
             if item is None:
                 continue
@@ -190,11 +196,22 @@ class ExpressionLowerer:
                 bounds = yield from self.slice_bounds(item)
             else:
                 bounds = yield from self.index_bounds(item, base.type.shape[axis], axis)
-                squeezed += (axis,)
+            picked.append((axis, bounds, not (isinstance(item, Tree)
+                                              and item.data == "slice_range")))
+        return self.pick(base, picked, loc)
+
+    def pick(self, base: Value, picked: list, loc) -> Value:
+        """base sliced to each picked axis' (start, end, step), then the indexed axes dropped;
+        bounds that change with a scan loop's variable read a sequence or take."""
+        if any(self.loop_symbols(bound) for _, bounds, _ in picked for bound in bounds):
+            return self.pick_in_loop(base, picked, loc)
+        window = {"starts": (), "ends": (), "axes": (), "steps": ()}
+        for axis, bounds, _ in picked:
             if bounds != (0, TO_END, 1):
                 for key, bound in zip(("starts", "ends", "steps"), bounds, strict=True):
                     window[key] += (bound,)
                 window["axes"] += (axis,)
+        squeezed = tuple(axis for axis, _, index in picked if index)
         result = base
         if window["axes"]:
             result = self.builder.emit("slice", (result,), window, loc=loc)
@@ -312,6 +329,12 @@ class ExpressionLowerer:
     def fold_dims(self, op, left, right, loc):
         """Arithmetic on dims and integers: a dim (`S-1`), for shapes, slices and arange."""
         dim = left if is_dim(left) else right
+        other = right if dim is left else left
+        if self.loop_symbols(dim) and (op not in DIM_FOLD or not (is_dim(other)
+                                                                  or _is_int(other))):
+            raise ChainruleError(f"'{op}' of the loop variable {dim} and {other!r}: in a scan "
+                                 f"the loop variable is an integer that indexes and computes "
+                                 f"indices; as a tensor it is i64(...) or f32(...) of it", loc)
         if op not in DIM_FOLD:
             use = "a dim computed with '/' (dims divide with '//')" if op == "div" else \
                 f"a number used in '{op}'"
@@ -345,6 +368,9 @@ class ExpressionLowerer:
         if isinstance(value, Weak):
             # A bool tensor gives numbers no dtype: the weak value is f32 and the op decides.
             return self.lower_weak(value, "f32" if dtype == "bool" else dtype)
+        if is_dim(value) and self.loop_symbols(value):
+            return self.cast(self.loop_tensor(value, loc), "f32" if dtype == "bool" else dtype,
+                             loc)
         if isinstance(value, SymbolicDim):
             raise symbolic_dim_error(value, "a number used in arithmetic", loc)
         if isinstance(value, DTypeName):
@@ -518,6 +544,8 @@ class ExpressionLowerer:
             # A float cast gives a weak value its dtype; another converts its f32 form, as it
             # converts any float.
             value = self.lower_weak(value, dtype if is_float(dtype) else "f32")
+        if is_dim(value) and self.loop_symbols(value):
+            value = self.loop_tensor(value, loc)
         if not isinstance(value, Value):
             if not is_number(value):
                 raise ChainruleError(f"{dtype}() takes a tensor or a number, not "

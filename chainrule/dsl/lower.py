@@ -1,5 +1,5 @@
-"""Lowering the parse tree to the graph IR: programs, statements and functions here,
-expressions in expressions.py (one method per grammar alias in each).
+"""Lowering the parse tree to the graph IR: programs, statements and functions here, loops in
+loops.py, expressions in expressions.py (one method per grammar alias in each).
 
 Literals are weakly typed, as in JAX (see weak.py): `x / sqrt(2.0)` is f64 for an f64 `x`, as
 `2 * x` stays f32 for an f32 one; what meets no typed value (a model output, `.T`, an index
@@ -18,9 +18,11 @@ from ..ir.init import INITIALIZERS, check_init
 from ..ir.symbols import check_bound
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
-from .expressions import (DIM_FOLD, ExpressionLowerer, SymbolicDim, describe_constant,
-                          is_number, suggest, symbolic_dim_error)
+from .expressions import DIM_FOLD, ExpressionLowerer, describe_constant, is_number
+from .loops import LoopLowering
 from .parser import parse
+from .scan_loops import LOOP_MODES
+from .scope import Scope, redefinition
 from .weak import Weak
 
 # Functions are inlined at each call, by a recursive call of the lowering: a chain of calls
@@ -29,8 +31,6 @@ MAX_CALL_DEPTH = 64
 # ...and since a function that calls another twice doubles the nodes, a few lines can ask for
 # more nodes than memory holds: one call may inline this many.
 MAX_INLINED_NODES = 100_000
-# A loop unrolls: this many iterations of one loop is already a very large graph.
-MAX_LOOP_ITERATIONS = 100_000
 
 
 @dataclass
@@ -41,88 +41,20 @@ class Function:
     loc: SourceLoc
 
 
-class Scope:
-    """Names visible in a model, function or loop body; a name is bound once per scope.
-
-    A loop body's scope sees the names around it. Assigning one of those in the body rebinds
-    it for the next iteration and for the code after the loop: it is `carried`. Every other
-    name assigned in the body is local to one iteration."""
-
-    def __init__(self, kind: str, parent: Scope | None = None):
-        self.kind = kind
-        self.parent = parent
-        self.bindings: dict[str, object] = {}
-        self.locs: dict[str, SourceLoc] = {}
-        self.carried: list[str] = []
-
-    def bind(self, name: str, value, loc: SourceLoc) -> None:
-        if name in self.bindings:
-            rule = ("a name is assigned once per iteration" if self.kind == "loop"
-                    else "a name is assigned once")
-            raise _redefinition(f"'{name}'", rule, loc, self.locs[name])
-        if self.parent is not None and self.parent.owner(name) is not None:
-            self.carried.append(name)
-        self.bindings[name] = value
-        self.locs[name] = loc
-
-    def owner(self, name: str) -> Scope | None:
-        """The nearest scope, this one or one around it, where `name` is bound."""
-        scope = self
-        while scope is not None and name not in scope.bindings:
-            scope = scope.parent
-        return scope
-
-    def lookup(self, name: str, loc: SourceLoc):
-        owner = self.owner(name)
-        if owner is not None:
-            return owner.bindings[name]
-        raise ChainruleError(f"unknown name '{name}'{suggest(name, self.visible())}", loc)
-
-    def visible(self) -> list[str]:
-        names, scope = [], self
-        while scope is not None:
-            names += scope.bindings
-            scope = scope.parent
-        return names
-
-
-def _redefinition(what: str, rule: str, loc: SourceLoc, first: SourceLoc) -> ChainruleError:
-    return ChainruleError(f"{what} is already defined (at line {first.line}); {rule}", loc,
-                          ((first, "first defined here"),))
-
-
-def _type_change(before, after) -> str | None:
-    """How a carried value's type changed, or None if it did not."""
-    def kind(value):
-        if isinstance(value, Value):
-            return str(value.type)
-        return "a tensor made of literals" if isinstance(value, Weak) else "a number"
-    if isinstance(before, Value) and isinstance(after, Value):
-        return None if before.type == after.type else f"{kind(before)} before and {kind(after)} after"
-    if isinstance(before, Value) == isinstance(after, Value):
-        return None  # numbers or literal expressions on both sides: typed when they meet one
-    hint = (f"; start it as a tensor, e.g. {_zeros_text(after)}"
-            if isinstance(after, Value) else "")
-    return f"{kind(before)} before and {kind(after)} after{hint}"
-
-
-def _zeros_text(value: Value) -> str:
-    """The zeros(...) call that makes a tensor of value's type."""
-    dims = ", ".join(map(str, value.type.shape))
-    shape = f"({dims},)" if value.type.rank == 1 else f"({dims})"
-    dtype = "" if value.type.dtype == "f32" else f", dtype={value.type.dtype}"
-    return f"zeros({shape}{dtype})"
-
-
-def lower_source(source: str, filename: str = "<string>", dims: dict | None = None) -> Graph:
+def lower_source(source: str, filename: str = "<string>", dims: dict | None = None,
+                 loops: str = "auto") -> Graph:
     """Parse and lower the one model in `source` to a graph; `dims` binds symbolic dims to
-    sizes at compile time (a loop over `range(T)` needs T)."""
-    return Lowerer(filename, dims).lower_program(parse(source, filename))
+    sizes at compile time; `loops` is "auto" (a loop unrolls up to UNROLL_LIMIT steps and is
+    a scan past that or over a symbolic bound), "unroll" or "scan"."""
+    if loops not in LOOP_MODES:
+        raise ChainruleError(f"loops is one of {', '.join(LOOP_MODES)}, not {loops!r}")
+    return Lowerer(filename, dims, loops).lower_program(parse(source, filename))
 
 
-class Lowerer(ExpressionLowerer):
-    def __init__(self, filename: str, dims: dict | None = None):
+class Lowerer(LoopLowering, ExpressionLowerer):
+    def __init__(self, filename: str, dims: dict | None = None, loops: str = "auto"):
         super().__init__(filename, dims)
+        self.loops = loops
         self.functions: dict[str, Function] = {}
         self.call_stack: list[str] = []
 
@@ -145,7 +77,7 @@ class Lowerer(ExpressionLowerer):
             raise ChainruleError(f"'{name}' is a built-in function; give yours another name",
                                  self.loc(name_token))
         if name in self.functions:
-            raise _redefinition(f"function '{name}'", "a function is defined once",
+            raise redefinition(f"function '{name}'", "a function is defined once",
                                 self.loc(name_token), self.functions[name].loc)
         params = []
         for fparam in (fparams.children if fparams else []):
@@ -244,67 +176,6 @@ class Lowerer(ExpressionLowerer):
                 return self.lower_return(stmt, scope)
             getattr(self, stmt.data)(stmt, scope)
         return None
-
-    # ---- loops --------------------------------------------------------------------------------
-
-    def for_stmt(self, tree: Tree, scope: Scope) -> None:
-        """`for t in range(...) { body }`, unrolled: the body is lowered once per iteration,
-        its nodes marked with the iteration, and carried names rebound after each."""
-        variable, function, args, body = tree.children
-        steps = self.loop_range(function, args, scope)
-        if len(steps) > MAX_LOOP_ITERATIONS:
-            raise ChainruleError(f"this loop runs {len(steps):,} times; a loop unrolls into the "
-                                 f"graph, at most {MAX_LOOP_ITERATIONS:,} times", self.loc(tree))
-        if scope.owner(str(variable)) is not None:
-            raise ChainruleError(f"the loop variable '{variable}' is already a name here; "
-                                 f"give the loop a new one", self.loc(variable))
-        for step in steps:
-            self.iterations.append(f"{variable}={step}")
-            try:
-                iteration = Scope("loop", scope)
-                iteration.bind(str(variable), step, self.loc(variable))
-                self.lower_block(body, iteration)
-                self.carry(iteration)
-            finally:
-                self.iterations.pop()
-
-    def loop_range(self, function, args, scope: Scope) -> range:
-        """The `range(...)` a loop runs over; its bounds are compile-time integers."""
-        loc = self.loc(function)
-        if str(function) != "range":
-            raise ChainruleError(f"a for loop runs over range(...), not {function}(...)", loc)
-        items = args.children if args else []
-        if not 1 <= len(items) <= 3 or any(isinstance(i, Tree) and i.data == "kwarg"
-                                          for i in items):
-            raise ChainruleError(f"range takes one to three integers (stop, or start, stop, "
-                                 f"step), got {len(items)} arguments", loc)
-        bounds = [self.loop_bound(item, scope) for item in items]
-        if len(bounds) == 3 and bounds[2] == 0:
-            raise ChainruleError("range's step cannot be 0", self.loc(items[2]))
-        return range(*bounds)
-
-    def loop_bound(self, tree, scope: Scope) -> int:
-        value = self.expr(tree, scope)
-        if isinstance(value, SymbolicDim):
-            raise symbolic_dim_error(value, "a loop bound (a loop unrolls)", self.loc(tree))
-        if isinstance(value, bool) or not isinstance(value, int):
-            shown = f"a tensor of type {value.type}" if isinstance(value, Value) else repr(value)
-            raise ChainruleError(f"a loop bound must be a compile-time integer (a number, a "
-                                 f"let or a bound dim), not {shown}", self.loc(tree))
-        return value
-
-    def carry(self, iteration: Scope) -> None:
-        """Rebind the names the iteration carried where they are defined, checking that each
-        keeps its type, which the next iteration and the code after the loop rely on."""
-        for name in iteration.carried:
-            owner = iteration.parent.owner(name)
-            before, after = owner.bindings[name], iteration.bindings[name]
-            problem = _type_change(before, after)
-            if problem:
-                raise ChainruleError(f"'{name}' is carried from one iteration to the next, so "
-                                     f"its type must stay the same, but it is {problem}",
-                                     iteration.locs[name])
-            owner.bindings[name] = after
 
     # ---- statements ---------------------------------------------------------------------------
 

@@ -58,6 +58,16 @@ class GraphBuilder:
         self._producers.update(dict.fromkeys(new.outputs, new))
         self._index.replaced(index, new)
 
+    def truncate(self, count: int) -> None:
+        """Drop the nodes appended after the first `count`: a lowering that backs out of what
+        it began (a loop that unrolls after all)."""
+        for node in self.graph.nodes[count:]:
+            for out in node.outputs:
+                self._producers.pop(out, None)
+                self.namer.release(out.name)
+        del self.graph.nodes[count:]
+        self._index = NodeIndex(self.graph.nodes)
+
     def constant(self, value: float, dtype: str, *, loc=None, name=None) -> Value:
         return self.emit("constant", (), {"value": float(value), "dtype": dtype}, loc=loc,
                          name=name or "const")

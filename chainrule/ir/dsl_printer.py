@@ -24,6 +24,7 @@ from . import dims
 from .errors import INT64_MAX, ChainruleError
 from .graph import Graph, Node, Value
 from .ops import OPS, REQUIRED, OpDef
+from .scan import ScanParts
 from .shapes import TO_END, TO_START
 from .types import DTYPES, UNKNOWN, is_float
 
@@ -274,9 +275,16 @@ SPELLINGS = {
 
 # ---- names --------------------------------------------------------------------------------------
 
+def _all_values(graph: Graph):
+    """The graph's values, then those of the bodies its nodes hold, and theirs."""
+    yield from graph.values()
+    for body in graph.bodies():
+        yield from _all_values(body)
+
+
 def _symbolic_dims(graph: Graph) -> set[str]:
     """The symbols the graph's types are written with."""
-    return set().union(*(dims.symbols(d) for v in graph.values() for d in v.type.shape))
+    return set().union(*(dims.symbols(d) for v in _all_values(graph) for d in v.type.shape))
 
 
 def _reserved(graph: Graph) -> set[str]:
@@ -296,7 +304,7 @@ def sanitised(name: str, reserved) -> str:
 
 def _value_names(graph: Graph) -> dict[Value, str]:
     reserved = _reserved(graph)
-    values = list(graph.values())
+    values = list(_all_values(graph))
     taken = set(reserved)
     names = {}
     # Names that stay first, so that no sanitised name takes one of them.
@@ -336,9 +344,9 @@ def _location(loc) -> str:
     return loc.node or loc.described()
 
 
-def _line(text: str, loc) -> str:
+def _line(text: str, loc, indent: str = INDENT) -> str:
     where = _location(loc)
-    text = INDENT + text
+    text = indent + text
     return f"{text.ljust(COMMENT_COLUMN)}  # {where}" if where else text
 
 
@@ -382,6 +390,63 @@ def _statement(node: Node, names: dict[Value, str], graph: Graph) -> str:
     return spell(node, [names[v] for v in node.inputs], graph)
 
 
+def _statements(nodes, names: dict[Value, str], graph: Graph, updates: dict, indent: str,
+                loops: tuple[str, ...] = ()) -> list[str]:
+    """One statement per node (a loop for a scan); `loops` are the enclosing loops' variables."""
+    lines = []
+    for node in nodes:
+        if node.op == "scan":
+            lines += _loop(node, names, graph, indent, loops)
+            continue
+        expression = _statement(node, names, graph)
+        out = node.output
+        if out in updates:
+            expression = f"update({names[updates[out]]}, {expression})"
+        lines.append(_line(f"{names[out]} = {expression}", node.loc, indent))
+    return lines
+
+
+def _loop_variable(names: dict[Value, str], graph: Graph, loops: tuple[str, ...]) -> str:
+    taken = set(names.values()) | _reserved(graph) | set(loops)
+    return next(name for name in ("t", "step", *(f"t{i}" for i in range(1, len(taken) + 2)))
+                if name not in taken)
+
+
+def _loop(node: Node, names: dict[Value, str], graph: Graph, indent: str,
+          loops: tuple[str, ...]) -> list[str]:
+    """A scan as the `for` loop that lowers to it: each carried value named before the loop by
+    its result's name and assigned its next value at the end of the body, each sequence read
+    as `xs[t]`, each per-step value collected as `ys[t] = y` into a stack defined before."""
+    attrs, body = node.attrs, node.attrs["body"]
+    if attrs["reverse"]:
+        raise _error("a reverse scan has no for loop that lowers to it (a loop reads "
+                     "`x[t]` of a reversed sequence instead); print the graph from before "
+                     "autodiff", node.loc)
+    parts = ScanParts.of(len(node.inputs), body, attrs["carried"], attrs["scanned"])
+    first, sequences, outer = parts.operands(node.inputs)
+    carried_in, scanned_in, outer_in = parts.operands(body.inputs)
+    carried_out, stacked_out = parts.results(node.outputs)
+    next_values, step_values = parts.results(body.outputs)
+    step = _loop_variable(names, graph, loops)
+    inner = indent + INDENT
+    lines = [_line(f"{names[result]} = {names[start]}", node.loc, indent)
+             for result, start in zip(carried_out, first, strict=True)]
+    lines += [_line(f"{names[stack]} = zeros({literal(stack.type.shape)}, "
+                    f"dtype={stack.type.dtype})", node.loc, indent) for stack in stacked_out]
+    lines.append(_line(f"for {step} in range({literal(attrs['length'])}) {{", node.loc, indent))
+    names.update(zip(carried_in, (names[v] for v in carried_out), strict=True))
+    names.update(zip(outer_in, (names[v] for v in outer), strict=True))
+    lines += [_line(f"{names[value]} = {names[sequence]}[{step}]", node.loc, inner)
+              for value, sequence in zip(scanned_in, sequences, strict=True)]
+    lines += _statements(body.nodes, names, graph, {}, inner, (*loops, step))
+    lines += [_line(f"{names[result]} = {names[value]}", node.loc, inner)
+              for result, value in zip(carried_out, next_values, strict=True)]
+    lines += [_line(f"{names[stack]}[{step}] = {names[value]}", node.loc, inner)
+              for stack, value in zip(stacked_out, step_values, strict=True)]
+    lines.append(indent + "}")
+    return lines
+
+
 def print_dsl(graph: Graph, *, header: str = "") -> str:
     """The graph as one `.nn` model that compiles back to it: inputs, params and state with
     their init specs, one statement per node, the outputs returned by name, each state update
@@ -405,12 +470,7 @@ def print_dsl(graph: Graph, *, header: str = "") -> str:
                            param.loc))
     if graph.params:
         lines.append("")
-    for node in graph.nodes:
-        expression = _statement(node, names, graph)
-        out = node.output
-        if out in updates:
-            expression = f"update({names[updates[out]]}, {expression})"
-        lines.append(_line(f"{names[out]} = {expression}", node.loc))
+    lines += _statements(graph.nodes, names, graph, updates, INDENT)
     lines.append(INDENT + "return " + ", ".join(names[v] for v in returned))
     lines.append("}")
     return "\n".join(lines) + "\n"

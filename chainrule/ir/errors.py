@@ -77,12 +77,20 @@ class ChainruleError(Exception):
         return f"{self.loc}: {self.message}" if self.loc else self.message
 
 
+def _loops_text(iteration: str) -> str:
+    """`t=3` is an unrolled loop's iteration; a bare `t` is a scan's body, every step of it."""
+    if all("=" in part for part in iteration.split(", ")):
+        return f"the loop iteration {iteration}"
+    return ", ".join(f"the loop iteration {part}" if "=" in part else f"the loop over {part}"
+                     for part in iteration.split(", "))
+
+
 def _render_one(loc, kind, message, source_lines) -> str:
     if loc is None:
         return f"{kind}: {message}"
     text = f"{loc}: {kind}: {message}"
     if loc.iteration:
-        text += f" (in the loop iteration {loc.iteration})"
+        text += f" (in {_loops_text(loc.iteration)})"
     lines = source_lines(loc.file) if source_lines and loc.line else None
     if lines and 1 <= loc.line <= len(lines):
         source = lines[loc.line - 1].rstrip("\n").expandtabs(1)

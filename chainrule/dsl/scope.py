@@ -1,0 +1,55 @@
+"""Scopes of names in the model language: a model, a function, a loop body."""
+from __future__ import annotations
+
+from ..ir import ChainruleError, SourceLoc
+from .expressions import suggest
+
+
+class Scope:
+    """Names visible in a model, function or loop body; a name is bound once per scope.
+
+    A loop body's scope sees the names around it. Assigning one of those in the body rebinds
+    it for the next iteration and for the code after the loop: it is `carried`. Every other
+    name assigned in the body is local to one iteration."""
+
+    def __init__(self, kind: str, parent: Scope | None = None):
+        self.kind = kind
+        self.parent = parent
+        self.bindings: dict[str, object] = {}
+        self.locs: dict[str, SourceLoc] = {}
+        self.carried: list[str] = []
+
+    def bind(self, name: str, value, loc: SourceLoc) -> None:
+        if name in self.bindings:
+            rule = ("a name is assigned once per iteration" if self.kind == "loop"
+                    else "a name is assigned once")
+            raise redefinition(f"'{name}'", rule, loc, self.locs[name])
+        if self.parent is not None and self.parent.owner(name) is not None:
+            self.carried.append(name)
+        self.bindings[name] = value
+        self.locs[name] = loc
+
+    def owner(self, name: str) -> Scope | None:
+        """The nearest scope, this one or one around it, where `name` is bound."""
+        scope = self
+        while scope is not None and name not in scope.bindings:
+            scope = scope.parent
+        return scope
+
+    def lookup(self, name: str, loc: SourceLoc):
+        owner = self.owner(name)
+        if owner is not None:
+            return owner.bindings[name]
+        raise ChainruleError(f"unknown name '{name}'{suggest(name, self.visible())}", loc)
+
+    def visible(self) -> list[str]:
+        names, scope = [], self
+        while scope is not None:
+            names += scope.bindings
+            scope = scope.parent
+        return names
+
+
+def redefinition(what: str, rule: str, loc: SourceLoc, first: SourceLoc) -> ChainruleError:
+    return ChainruleError(f"{what} is already defined (at line {first.line}); {rule}", loc,
+                          ((first, "first defined here"),))
