@@ -1,0 +1,113 @@
+"""torch's nn.LSTM, nn.GRU and nn.RNN (1 and 2 layers, bidirectional, from initial states, under
+a classifier head), through both of torch's exporters, imported onto `scan`.
+
+Each fixture of tests/fixtures/onnx/recurrent/ imports with its batch (and, where the exporter
+kept it, its sequence) dims symbolic; the forward matches onnxruntime on the original file at
+both of the fixture's batches; every parameter's gradient matches torch's autograd; and a few
+Adam steps lower the loss. The fixtures come from tests/fixtures/onnx/make_recurrent_fixtures.py,
+which needs torch; these tests do not.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import chainrule
+from support.numeric import assert_close
+from support.paths import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "onnx" / "recurrent"
+FAMILIES = ("lstm", "lstm2bi", "gru", "gru2bi", "rnn", "rnn_relu_bi", "lstm_h0",
+            "lstm_classifier")
+EXPORTERS = ("ts", "dynamo")
+NAMES = [f"{family}-{exporter}" for family in FAMILIES for exporter in EXPORTERS]
+# The dynamo exporter unrolls nn.RNN over the example's 5 steps: no recurrent node, and S
+# fixed in the input itself.
+UNROLLED = {"rnn-dynamo", "rnn_relu_bi-dynamo"}
+# f32 forward within 1e-4 relative; gradients within 1e-4 of the largest gradient.
+TOLERANCE = 1e-4
+BATCHES = ("", "alt/")  # the npz's batch of B=3, S=5, and its second one (B=2, S=7)
+
+
+@functools.cache
+def expected(name: str) -> dict:
+    with np.load(FIXTURES / f"{name}.npz", allow_pickle=False) as data:
+        return dict(data)
+
+
+def inputs(name: str, batch: str = "") -> dict:
+    prefix = f"{batch}input/"
+    return {k.removeprefix(prefix): v for k, v in expected(name).items() if k.startswith(prefix)}
+
+
+def meta(name: str, key: str) -> str:
+    return str(expected(name)[f"meta/{key}"])
+
+
+def imported(name: str, **options) -> chainrule.Model:
+    return chainrule.import_onnx(str(FIXTURES / f"{name}.onnx"), **options)
+
+
+def with_loss(name: str) -> chainrule.Model:
+    return imported(name, loss=meta(name, "loss"), targets=meta(name, "target"))
+
+
+def loss_feeds(name: str) -> dict:
+    target = meta(name, "target")
+    return {**inputs(name), target: expected(name)[target]}
+
+
+@functools.cache
+def original_outputs(name: str, batch: str) -> dict:
+    session = onnxruntime.InferenceSession(str(FIXTURES / f"{name}.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    results = session.run(None, inputs(name, batch))
+    return {info.name: result for info, result in zip(session.get_outputs(), results,
+                                                       strict=True)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_fixture_imports_onto_scan_with_its_dims_symbolic(name):
+    model = imported(name)
+    declared = {d for v in model.graph.inputs for d in v.type.shape if not isinstance(d, int)}
+    assert declared == ({"B"} if name in UNROLLED else {"B", "S"})
+    assert any(node.op == "scan" for node in model.graph.nodes) == (name not in UNROLLED)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", NAMES)
+def test_the_forward_matches_onnxruntime_on_the_original_file(name, batch):
+    ours = imported(name).run(**inputs(name, batch))
+    output = meta(name, "output")
+    assert_close(ours[output], original_outputs(name, batch)[output], TOLERANCE, what=output)
+    assert_close(ours[output], expected(name)[f"{batch}output/{output}"], TOLERANCE,
+                 what=f"{output} (torch)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameters_gradient_matches_torch(name):
+    model, data = with_loss(name), expected(name)
+    grads = model.grad(**loss_feeds(name))
+    assert_close(grads["loss"], data["loss"], TOLERANCE, what="loss")
+    reference = {k.removeprefix("grad/"): v for k, v in data.items() if k.startswith("grad/")}
+    scale = max(np.max(np.abs(v)) for v in reference.values())
+    trainable = {p.value.name for p in model.graph.params if p.trainable}
+    for initializer, value in reference.items():
+        ir_name = model.onnx_names[initializer]
+        assert ir_name in trainable, f"{initializer} does not train"
+        assert_close(grads[ir_name], value, TOLERANCE, scale=scale, what=initializer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_five_adam_steps_lower_the_loss(name):
+    model = with_loss(name)
+    feeds = loss_feeds(name)
+    before = float(model.run(**feeds)["loss"])
+    losses = [float(model.train_step(lr=0.01, optimizer="adam", **feeds)["loss"])
+              for _ in range(5)]
+    after = float(model.run(**feeds)["loss"])
+    assert np.isfinite(losses).all() and np.isfinite(after)
+    assert after < before, (before, losses, after)
