@@ -1,0 +1,244 @@
+"""ONNX's Scan and Loop nodes onto `scan`: their body, an ONNX subgraph, is imported into the
+scan's body graph by an importer of its own, whose values fall back to the enclosing scope's.
+A body that reads an outer value (a weight, an input) gets it as an outer operand of the scan:
+the scan's body is closed, the ONNX one need not be. Nested bodies recurse, each capturing
+from the scope around it.
+
+Scan maps directly (its scan axes and directions by transposes and flips around the scan).
+Loop becomes a scan when its trip count is known and its condition can never turn false:
+the iteration number is the sequence arange(M), and the scan outputs stack as Loop's do. A
+Loop that may stop early has no fixed length, which a scan needs, and is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..ir import Value
+from ..ir.scan import step_type
+from ..ir.shapes import FAR
+from ..ir.types import TensorType
+from .body import Body, emit_scan
+from .context import Known, Unsupported, converter
+from .importer import Importer
+
+# Past the start of any axis, for a slice that runs backwards to the first element.
+BEFORE_START = -FAR
+
+
+class BodyImporter(Importer):
+    """Imports an ONNX subgraph into a scan's body: names it does not define are looked up
+    in the enclosing importer's scope; a tensor read from there becomes a body input, which
+    the scan receives as an outer operand."""
+
+    def __init__(self, outer: Importer, subgraph, body: Body):
+        model = helper.make_model(subgraph, opset_imports=outer.model.opset_import)
+        super().__init__(model, outer.file, dims=outer.dims)
+        self.outer = outer
+        self.opset = outer.opset
+        self.graph = body.graph
+        self.builder = body.builder
+        self.params = outer.params
+        self.names = {}
+        self.captured: dict[Value, Value] = {}  # outer value -> the body input holding it
+        if subgraph.initializer or subgraph.sparse_initializer:
+            raise Unsupported(f"initializers inside the body '{subgraph.name}'")
+
+    # ---- the enclosing scope ------------------------------------------------------------------
+
+    def defines(self, name: str) -> bool:
+        return name in self.values or name in self.poisoned
+
+    def capture(self, value: Value) -> Value:
+        """The body input standing for an outer value."""
+        if value not in self.captured:
+            self.captured[value] = Value(self.builder.namer.fresh(f"{value.name}.outer"),
+                                         value.type)
+        return self.captured[value]
+
+    def tensor(self, name: str, ctx) -> Value:
+        if self.defines(name):
+            return super().tensor(name, ctx)
+        known = self.outer.known_value(name)
+        if known is not None:  # a constant: made again in the body where it is small
+            self.values[name] = known
+            return super().tensor(name, ctx)
+        self.values[name] = self.capture(self.outer.tensor(name, None))
+        return self.values[name]
+
+    def known_value(self, name: str) -> Known | None:
+        if self.defines(name):
+            return super().known_value(name)
+        return self.outer.known_value(name)
+
+    def static_value(self, name: str) -> Known | None:
+        if self.defines(name):
+            return super().static_value(name)
+        return self.outer.static_value(name)
+
+    def type_of(self, name: str) -> TensorType:
+        if self.defines(name):
+            return super().type_of(name)
+        return self.outer.type_of(name)
+
+    def constant_tensor(self, hint: str, array: np.ndarray, loc) -> Value:
+        # A body holds no params: the constant is the outer graph's, read as an outer value.
+        return self.capture(self.outer.constant_tensor(hint, array, loc))
+
+    def dims_tensor(self, array: np.ndarray, what: str, loc) -> Value:
+        return self.capture(self.outer.dims_tensor(array, what, loc))
+
+    # ---- the walk -----------------------------------------------------------------------------
+
+    def import_body(self, inputs: list) -> list:
+        """Bind the subgraph's inputs (each a body input Value, or a Known constant), convert
+        its nodes and return its outputs: Values, or Known where an output is a constant."""
+        for info, value in zip(self.model.graph.input, inputs, strict=True):
+            self.values[info.name] = value
+        for index, node in enumerate(self.model.graph.node):
+            self.convert(node, index)
+        if self.problems:
+            first = self.problems[0]
+            raise Unsupported("; ".join(f"its body's {p}" for p in self.problems),
+                              needs_constant=first.needs_constant, hint=first.hint)
+        outputs = []
+        for info in self.model.graph.output:
+            value = self.values.get(info.name) if self.defines(info.name) else None
+            outputs.append(value if isinstance(value, Known) else self.tensor(info.name, None))
+        return outputs
+
+    def finish(self, outputs: list[Value]) -> tuple[list[Value], list[Value]]:
+        """The body's inputs completed with the captured outer values (the scan's last run of
+        operands), and the outer values they stand for."""
+        self.graph.inputs += list(self.captured.values())
+        # A body output that is one of its inputs or an outer value is copied: a body's
+        # outputs are values it computes.
+        return list(self.captured), [self.computed(value) for value in outputs]
+
+    def computed(self, value: Value) -> Value:
+        if value in self.graph.inputs or value in self.captured.values():
+            zero = self.builder.constant(0, value.type.dtype, loc=self.graph.loc)
+            op = "logical_or" if value.type.dtype == "bool" else "add"
+            return self.builder.emit(op, (value, zero), loc=self.graph.loc)
+        return value
+
+
+def _body_input(body: Body, info, value_type: TensorType) -> Value:
+    return body.input(info.name.replace("::", "_") or "input", value_type)
+
+
+def _moved(ctx, value: Value, source: int, destination: int) -> Value:
+    """`value` with its axis `source` moved to `destination` (a transpose; itself if equal)."""
+    if source == destination:
+        return value
+    perm = list(range(value.type.rank))
+    perm.insert(destination, perm.pop(source))
+    return ctx.emit("transpose", value, perm=tuple(perm))
+
+
+def _flipped(ctx, value: Value) -> Value:
+    """`value` in reverse order along its leading axis."""
+    return ctx.emit("slice", value, starts=(-1,), ends=(BEFORE_START,), axes=(0,), steps=(-1,))
+
+
+def _subgraph(ctx, name: str):
+    graph = ctx.attr(name)
+    if not isinstance(graph, onnx.GraphProto):
+        raise Unsupported(f"attribute {name} must be a graph")
+    return graph
+
+
+@converter("Scan")
+def _scan(ctx):
+    subgraph = _subgraph(ctx, "body")
+    scanned = ctx.attr("num_scan_inputs")
+    operands = ctx.inputs()
+    carried = len(operands) - scanned
+    outputs = len(subgraph.output) - carried
+    if scanned < 1 or carried < 0 or outputs < 0:
+        raise Unsupported(f"attribute num_scan_inputs={scanned} for {len(operands)} inputs and "
+                          f"a body of {len(subgraph.output)} outputs")
+    input_axes = ctx.attr("scan_input_axes", None) or [0] * scanned
+    input_directions = ctx.attr("scan_input_directions", None) or [0] * scanned
+    output_axes = ctx.attr("scan_output_axes", None) or [0] * outputs
+    output_directions = ctx.attr("scan_output_directions", None) or [0] * outputs
+    for name, values, count in (("scan_input_axes", input_axes, scanned),
+                                ("scan_input_directions", input_directions, scanned),
+                                ("scan_output_axes", output_axes, outputs),
+                                ("scan_output_directions", output_directions, outputs)):
+        ctx.require_length(values, count, f"attribute {name}")
+        if name.endswith("directions") and not set(values) <= {0, 1}:
+            raise Unsupported(f"attribute {name}={list(values)} (each is 0 or 1)")
+    reverse = bool(input_directions[0])
+    sequences = []
+    for value, axis, direction in zip(operands[carried:], input_axes, input_directions,
+                                      strict=True):
+        value = _moved(ctx, value, ctx.axis(axis, value.type.rank, "scan_input_axes"), 0)
+        sequences.append(_flipped(ctx, value) if bool(direction) != reverse else value)
+    length = sequences[0].type.shape[0]
+
+    body = Body(ctx, subgraph.name or "body")
+    inner = BodyImporter(ctx.importer, subgraph, body)
+    infos = list(subgraph.input)
+    inputs = [_body_input(body, info, value.type) for info, value in
+              zip(infos[:carried], operands[:carried], strict=True)]
+    inputs += [_body_input(body, info, step_type(value.type)) for info, value in
+               zip(infos[carried:], sequences, strict=True)]
+    results = _emit(ctx, inner, body, inner.import_body(inputs), operands[:carried] + sequences,
+                    carried, len(sequences), length, reverse)
+    final, stacks = results[:carried], []
+    for stack, axis, direction in zip(results[carried:], output_axes, output_directions,
+                                      strict=True):
+        stack = _flipped(ctx, stack) if bool(direction) != reverse else stack
+        stacks.append(_moved(ctx, stack, 0, ctx.axis(axis, stack.type.rank,
+                                                     "scan_output_axes")))
+    return [*final, *stacks]
+
+
+def _emit(ctx, inner: BodyImporter, body: Body, outputs: list, operands: list, carried: int,
+          scanned: int, length, reverse: bool) -> tuple:
+    """The scan of the imported body over `operands` and the outer values it captured."""
+    outer, outputs = inner.finish([inner.materialise(o, None, None, "output")
+                                   if isinstance(o, Known) else o for o in outputs])
+    return emit_scan(ctx, body, outputs, [*operands, *outer], carried=carried, scanned=scanned,
+                     length=length, reverse=reverse)
+
+
+@converter("Loop")
+def _loop(ctx):
+    subgraph = _subgraph(ctx, "body")
+    trip_count = ctx.static_int(0, "Loop's trip count M")
+    if trip_count is None:
+        raise Unsupported("a Loop without a trip count M (it runs until its condition turns "
+                          "false; a scan needs a fixed length)")
+    condition = ctx.static(1, "Loop's condition", default=np.array(True))
+    if not np.all(condition):
+        raise Unsupported("a Loop whose condition is false at the start (it runs no step)")
+    if trip_count < 1:
+        raise Unsupported(f"a Loop of trip count {trip_count} (it runs no step; a scan runs "
+                          f"at least one)")
+    initial = [ctx.input(i) for i in range(2, len(ctx.node.input))]
+    carried = len(initial)
+    infos = list(subgraph.input)
+    if len(infos) != carried + 2 or len(subgraph.output) < carried + 1:
+        raise Unsupported(f"a body of {len(infos)} inputs and {len(subgraph.output)} outputs "
+                          f"for {carried} carried values")
+    body = Body(ctx, subgraph.name or "body")
+    inner = BodyImporter(ctx.importer, subgraph, body)
+    iteration = ctx.emit("arange", n=trip_count)
+    # The body's inputs in the scan's order: the carried values, then the iteration number.
+    carried_in = [_body_input(body, info, value.type)
+                  for info, value in zip(infos[2:], initial, strict=True)]
+    # While the body runs, its condition input is true: that is all a Loop that never stops
+    # early lets it read.
+    iteration_in = _body_input(body, infos[0], step_type(iteration.type))
+    outputs = inner.import_body([iteration_in, Known(np.array(True)), *carried_in])
+    condition_out = outputs[0]
+    if not (isinstance(condition_out, Known) and np.all(condition_out.array)):
+        raise Unsupported(f"a Loop whose condition may turn false at run time (the body "
+                          f"computes its condition '{subgraph.output[0].name}'; a scan has a "
+                          f"fixed length)")
+    return list(_emit(ctx, inner, body, outputs[1:], [*initial, iteration], carried, 1,
+                      trip_count, False))
+
