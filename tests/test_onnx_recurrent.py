@@ -208,3 +208,14 @@ def test_a_clip_that_is_not_positive_is_refused():
 def test_a_hidden_size_that_disagrees_with_r_is_refused():
     assert refusal("RNN", hidden_size=4) == (
         "R is f32[1, 3, 3], where hidden_size=4 and direction=forward make it [1, 4, 4]")
+
+
+def test_sequence_lens_read_at_run_time_must_be_a_constant():
+    # ONNX types it int32, which chainrule holds only as a constant.
+    positional = node_inputs("GRU", 1, np.random.default_rng(0), np.float32, lengths=True)
+    proto = recurrent_model("GRU", positional, OUTPUTS["GRU"], constants=())
+    proto.graph.input[-1].type.tensor_type.elem_type = TensorProto.INT32
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    needs = {p.node: p.needs_constant for p in caught.value.problems}
+    assert needs == {"sequence_lens": None, "cell": "sequence_lens"}

@@ -189,3 +189,20 @@ def test_a_loop_of_a_trip_count_computed_at_run_time_needs_it_constant():
 def test_a_loop_of_no_steps_is_refused():
     assert refusal(loop_model(loop_body([], "cond_in"), trip_count=0)).reason == (
         "a Loop of trip count 0 (it runs no step; a scan runs at least one)")
+
+
+def test_a_body_that_passes_its_inputs_through_stacks_them():
+    # Outputs that are the body's own inputs, read through Identity (as ONNX's expanded
+    # functions write them): the carried state unchanged, and each step's slice.
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["s_in"], ["s_out"]),
+         helper.make_node("Identity", ["x_t"], ["y"])],
+        "body", [info("s_in", shape=[3]), info("x_t", shape=[3])],
+        [info("s_out", shape=[3]), info("y", shape=[3])])
+    node = helper.make_node("Scan", ["s0", "xs"], ["s", "ys"], name="scan", body=body,
+                            num_scan_inputs=1, scan_output_directions=[1])
+    proto = model_of([node], [("s0", FLOAT, [3]), ("xs", FLOAT, [5, 3])],
+                     [("s", FLOAT, None), ("ys", FLOAT, None)])
+    rng = np.random.default_rng(4)
+    check_against_onnxruntime(proto, s0=rng.standard_normal(3).astype(np.float32),
+                              xs=rng.standard_normal((5, 3)).astype(np.float32))

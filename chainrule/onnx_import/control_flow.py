@@ -55,6 +55,7 @@ class BodyImporter(Importer):
         if value not in self.captured:
             self.captured[value] = Value(self.builder.namer.fresh(f"{value.name}.outer"),
                                          value.type)
+            self.bound.add(self.captured[value])  # no node computes it, so none renames it
         return self.captured[value]
 
     def tensor(self, name: str, ctx) -> Value:
@@ -96,6 +97,8 @@ class BodyImporter(Importer):
         its nodes and return its outputs: Values, or Known where an output is a constant."""
         for info, value in zip(self.model.graph.input, inputs, strict=True):
             self.values[info.name] = value
+            if isinstance(value, Value):
+                self.bound.add(value)
         for index, node in enumerate(self.model.graph.node):
             self.convert(node, index)
         if self.problems:

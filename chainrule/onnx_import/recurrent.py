@@ -281,6 +281,15 @@ def _gates(ctx, value, first: int, last: int, hidden: int, axis: int):
                     axes=(axis,), steps=(1,))
 
 
+def _lengths(ctx):
+    """sequence_lens as a tensor. ONNX types it int32, which chainrule reads at run time
+    only where an exporter wrote int64: an int32 input has to be a constant."""
+    try:
+        return ctx.input(4)
+    except Unsupported:
+        raise ctx.not_constant(4, "sequence_lens") from None
+
+
 def _step_mask(ctx, lengths, length):
     """[T, B, 1] bools: whether step t is within row b's length; None when every row is as
     long as the sequence (known when the lengths are constants)."""
@@ -326,7 +335,7 @@ def _recurrent(ctx, cell: Cell) -> list:
     initial = [_initial(ctx, 5, layout, batch, hidden, dtype, count)]
     if cell.states == 2:
         initial.append(_initial(ctx, 6, layout, batch, hidden, dtype, count))
-    mask = _step_mask(ctx, ctx.input(4), length) if ctx.has_input(4) else None
+    mask = _step_mask(ctx, _lengths(ctx), length) if ctx.has_input(4) else None
     finals, stacks = [], []
     for d, reverse in enumerate(options.directions):
         states = [per_direction[d] for per_direction in initial]
