@@ -10,8 +10,6 @@ tests/fixtures/onnx/make_dynamic_fixtures.py, which needs torch; these tests do 
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnxruntime
 import pytest
@@ -20,6 +18,7 @@ import chainrule
 from chainrule.ir import dsl_names
 from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
+from support.onnx_fixtures import OnnxFixtures
 from support.paths import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "onnx" / "dynamic"
@@ -30,42 +29,10 @@ NAMES = [f"{family}-{exporter}" for family in FAMILIES for exporter in EXPORTERS
 TOLERANCE = 1e-4
 BATCHES = ("", "alt/")  # the npz's batch of B=3 (S=5), and its second one (B=2, S=7)
 
-
-@functools.cache
-def expected(name: str) -> dict:
-    with np.load(FIXTURES / f"{name}.npz", allow_pickle=False) as data:
-        return dict(data)
-
-
-def inputs(name: str, batch: str = "") -> dict:
-    prefix = f"{batch}input/"
-    return {k.removeprefix(prefix): v for k, v in expected(name).items() if k.startswith(prefix)}
-
-
-def meta(name: str, key: str) -> str:
-    return str(expected(name)[f"meta/{key}"])
-
-
-def imported(name: str, **options) -> chainrule.Model:
-    return chainrule.import_onnx(str(FIXTURES / f"{name}.onnx"), **options)
-
-
-def with_loss(name: str) -> chainrule.Model:
-    return imported(name, loss=meta(name, "loss"), targets=meta(name, "target"))
-
-
-def loss_feeds(name: str) -> dict:
-    target = meta(name, "target")
-    return {**inputs(name), target: expected(name)[target]}
-
-
-@functools.cache
-def original_outputs(name: str, batch: str) -> dict:
-    session = onnxruntime.InferenceSession(str(FIXTURES / f"{name}.onnx"),
-                                           providers=["CPUExecutionProvider"])
-    results = session.run(None, inputs(name, batch))
-    return {info.name: result for info, result in zip(session.get_outputs(), results,
-                                                       strict=True)}
+fixtures = OnnxFixtures(FIXTURES)
+expected, inputs, meta = fixtures.expected, fixtures.inputs, fixtures.meta
+imported, with_loss, loss_feeds = fixtures.imported, fixtures.with_loss, fixtures.loss_feeds
+original_outputs = fixtures.original_outputs
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,7 +2,6 @@
 original node, on both numpy backends; gradients against central differences in float64; and
 the options chainrule refuses, by name."""
 import numpy as np
-import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
