@@ -30,9 +30,7 @@ TOLERANCE = 1e-4
 BATCHES = ("", "alt/")  # the npz's batch of B=3 (S=5), and its second one (B=2, S=7)
 
 fixtures = OnnxFixtures(FIXTURES)
-expected, inputs, meta = fixtures.expected, fixtures.inputs, fixtures.meta
-imported, with_loss, loss_feeds = fixtures.imported, fixtures.with_loss, fixtures.loss_feeds
-original_outputs = fixtures.original_outputs
+imported, inputs, meta = fixtures.imported, fixtures.inputs, fixtures.meta
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -48,38 +46,18 @@ def test_every_family_imports_with_its_dims_symbolic(name):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", NAMES)
 def test_the_forward_matches_onnxruntime_on_the_original_file(name, batch, backend):
-    ours = imported(name).run(backend=backend, **inputs(name, batch))
-    output = meta(name, "output")
-    reference = original_outputs(name, batch)[output]
-    assert_close(ours[output], reference, TOLERANCE, what=output)
-    assert_close(ours[output], expected(name)[f"{batch}output/{output}"], TOLERANCE,
-                 what=f"{output} (torch)")
+    results = imported(name).run(backend=backend, **inputs(name, batch))
+    fixtures.assert_forward_matches(name, batch, results, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_parameters_gradient_matches_torch(name):
-    model, data = with_loss(name), expected(name)
-    grads = model.grad(**loss_feeds(name))
-    assert_close(grads["loss"], data["loss"], TOLERANCE, what="loss")
-    reference = {k.removeprefix("grad/"): v for k, v in data.items() if k.startswith("grad/")}
-    scale = max(np.max(np.abs(v)) for v in reference.values())
-    trainable = {p.value.name for p in model.graph.params if p.trainable}
-    for initializer, value in reference.items():
-        ir_name = model.onnx_names[initializer]
-        assert ir_name in trainable, f"{initializer} does not train"
-        assert_close(grads[ir_name], value, TOLERANCE, scale=scale, what=initializer)
+    fixtures.assert_gradients_match_torch(name, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_twenty_training_steps_lower_the_loss(name):
-    model = with_loss(name)
-    feeds = loss_feeds(name)
-    before = float(model.run(**feeds)["loss"])
-    losses = [float(model.train_step(lr=0.01, optimizer="adam", **feeds)["loss"])
-              for _ in range(20)]
-    after = float(model.run(**feeds)["loss"])
-    assert np.isfinite(losses).all() and np.isfinite(after)
-    assert after < before, (before, losses, after)
+    fixtures.assert_training_lowers_the_loss(name, 20)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -109,7 +87,8 @@ def test_one_re_export_runs_in_onnxruntime_at_both_sizes(name):
         (exported,) = [r for info, r in zip(session.get_outputs(),
                                             session.run(None, inputs(name, batch)), strict=True)
                        if info.name == output]
-        assert_close(exported, original_outputs(name, batch)[output], TOLERANCE, what=output)
+        assert_close(exported, fixtures.original_outputs(name, batch)[output], TOLERANCE,
+                     what=output)
 
 
 @pytest.mark.parametrize("name", NAMES)

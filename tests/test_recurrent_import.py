@@ -9,10 +9,8 @@ which needs torch; these tests do not.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from support.numeric import assert_close
 from support.onnx_fixtures import OnnxFixtures
 from support.paths import ROOT
 
@@ -29,9 +27,7 @@ TOLERANCE = 1e-4
 BATCHES = ("", "alt/")  # the npz's batch of B=3, S=5, and its second one (B=2, S=7)
 
 fixtures = OnnxFixtures(FIXTURES)
-expected, inputs, meta = fixtures.expected, fixtures.inputs, fixtures.meta
-imported, with_loss, loss_feeds = fixtures.imported, fixtures.with_loss, fixtures.loss_feeds
-original_outputs = fixtures.original_outputs
+imported, inputs = fixtures.imported, fixtures.inputs
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -45,34 +41,15 @@ def test_every_fixture_imports_onto_scan_with_its_dims_symbolic(name):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", NAMES)
 def test_the_forward_matches_onnxruntime_on_the_original_file(name, batch):
-    ours = imported(name).run(**inputs(name, batch))
-    output = meta(name, "output")
-    assert_close(ours[output], original_outputs(name, batch)[output], TOLERANCE, what=output)
-    assert_close(ours[output], expected(name)[f"{batch}output/{output}"], TOLERANCE,
-                 what=f"{output} (torch)")
+    fixtures.assert_forward_matches(name, batch, imported(name).run(**inputs(name, batch)),
+                                    TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_parameters_gradient_matches_torch(name):
-    model, data = with_loss(name), expected(name)
-    grads = model.grad(**loss_feeds(name))
-    assert_close(grads["loss"], data["loss"], TOLERANCE, what="loss")
-    reference = {k.removeprefix("grad/"): v for k, v in data.items() if k.startswith("grad/")}
-    scale = max(np.max(np.abs(v)) for v in reference.values())
-    trainable = {p.value.name for p in model.graph.params if p.trainable}
-    for initializer, value in reference.items():
-        ir_name = model.onnx_names[initializer]
-        assert ir_name in trainable, f"{initializer} does not train"
-        assert_close(grads[ir_name], value, TOLERANCE, scale=scale, what=initializer)
+    fixtures.assert_gradients_match_torch(name, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_five_adam_steps_lower_the_loss(name):
-    model = with_loss(name)
-    feeds = loss_feeds(name)
-    before = float(model.run(**feeds)["loss"])
-    losses = [float(model.train_step(lr=0.01, optimizer="adam", **feeds)["loss"])
-              for _ in range(5)]
-    after = float(model.run(**feeds)["loss"])
-    assert np.isfinite(losses).all() and np.isfinite(after)
-    assert after < before, (before, losses, after)
+    fixtures.assert_training_lowers_the_loss(name, 5)

@@ -11,6 +11,8 @@ import onnxruntime
 
 import chainrule
 
+from .numeric import assert_close
+
 
 class OnnxFixtures:
     """The fixtures of one directory, by name (`lstm-ts` is lstm-ts.onnx and lstm-ts.npz)."""
@@ -53,3 +55,41 @@ class OnnxFixtures:
         results = session.run(None, self.inputs(name, batch))
         return {info.name: result for info, result in zip(session.get_outputs(), results,
                                                            strict=True)}
+
+    # ---- the checks every set of fixtures makes ----------------------------------------------
+
+    def assert_forward_matches(self, name: str, batch: str, results: dict,
+                               tolerance: float) -> None:
+        """`results` (a run on the fixture's `batch`) against onnxruntime on the file, and
+        against torch's output."""
+        output = self.meta(name, "output")
+        assert_close(results[output], self.original_outputs(name, batch)[output], tolerance,
+                     what=output)
+        assert_close(results[output], self.expected(name)[f"{batch}output/{output}"],
+                     tolerance, what=f"{output} (torch)")
+
+    def assert_gradients_match_torch(self, name: str, tolerance: float) -> None:
+        """The loss and every `grad/<initializer>`, within `tolerance` of the largest
+        gradient; each of those initializers must train."""
+        model, data = self.with_loss(name), self.expected(name)
+        grads = model.grad(**self.loss_feeds(name))
+        assert_close(grads["loss"], data["loss"], tolerance, what="loss")
+        reference = {k.removeprefix("grad/"): v for k, v in data.items()
+                     if k.startswith("grad/")}
+        scale = max(np.max(np.abs(v)) for v in reference.values())
+        trainable = {p.value.name for p in model.graph.params if p.trainable}
+        for initializer, value in reference.items():
+            ir_name = model.onnx_names[initializer]
+            assert ir_name in trainable, f"{initializer} does not train"
+            assert_close(grads[ir_name], value, tolerance, scale=scale, what=initializer)
+
+    def assert_training_lowers_the_loss(self, name: str, steps: int) -> None:
+        """`steps` Adam steps on the fixture's batch leave a lower, finite loss."""
+        model = self.with_loss(name)
+        feeds = self.loss_feeds(name)
+        before = float(model.run(**feeds)["loss"])
+        losses = [float(model.train_step(lr=0.01, optimizer="adam", **feeds)["loss"])
+                  for _ in range(steps)]
+        after = float(model.run(**feeds)["loss"])
+        assert np.isfinite(losses).all() and np.isfinite(after)
+        assert after < before, (before, losses, after)
