@@ -206,3 +206,24 @@ def test_a_body_that_passes_its_inputs_through_stacks_them():
     rng = np.random.default_rng(4)
     check_against_onnxruntime(proto, s0=rng.standard_normal(3).astype(np.float32),
                               xs=rng.standard_normal((5, 3)).astype(np.float32))
+
+
+def test_an_output_read_only_inside_a_body_is_computed():
+    # LayerNormalization computes its Mean output only when something reads it: here only
+    # the Loop's body does.
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["a_in", "mean"], ["a_out"]),
+         helper.make_node("Identity", ["a_out"], ["stacked"])],
+        "loop_body", [info("i", INT64, []), info("cond_in", BOOL, []),
+                      info("a_in", shape=[2, 1])],
+        [info("cond_out", BOOL, []), info("a_out", shape=[2, 1]), info("stacked", shape=[2, 1])])
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale"], ["normalized", "mean"]),
+             helper.make_node("Loop", ["M", "", "a0"], ["a", "as"], name="loop", body=body)]
+    proto = model_of(nodes, [("x", FLOAT, [2, 3]), ("a0", FLOAT, [2, 1])],
+                     [("normalized", FLOAT, None), ("a", FLOAT, None), ("as", FLOAT, None)],
+                     [numpy_helper.from_array(np.array(3, np.int64), "M"),
+                      numpy_helper.from_array(np.ones(3, np.float32), "scale")])
+    rng = np.random.default_rng(5)
+    check_against_onnxruntime(proto, x=rng.standard_normal((2, 3)).astype(np.float32),
+                              a0=rng.standard_normal((2, 1)).astype(np.float32))

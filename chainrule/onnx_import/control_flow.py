@@ -21,7 +21,7 @@ from ..ir.shapes import FAR
 from ..ir.types import TensorType
 from .body import Body, emit_scan
 from .context import Known, Unsupported, converter
-from .importer import Importer
+from .importer import Importer, identifier
 
 # Past the start of any axis, for a slice that runs backwards to the first element.
 BEFORE_START = -FAR
@@ -128,7 +128,7 @@ class BodyImporter(Importer):
 
 
 def _body_input(body: Body, info, value_type: TensorType) -> Value:
-    return body.input(info.name.replace("::", "_") or "input", value_type)
+    return body.input(identifier(info.name, "input"), value_type)
 
 
 def _moved(ctx, value: Value, source: int, destination: int) -> Value:
@@ -159,9 +159,10 @@ def _scan(ctx):
     operands = ctx.inputs()
     carried = len(operands) - scanned
     outputs = len(subgraph.output) - carried
-    if scanned < 1 or carried < 0 or outputs < 0:
+    if scanned < 1 or carried < 0 or outputs < 0 or len(subgraph.input) != len(operands):
         raise Unsupported(f"attribute num_scan_inputs={scanned} for {len(operands)} inputs and "
-                          f"a body of {len(subgraph.output)} outputs")
+                          f"a body of {len(subgraph.input)} inputs and "
+                          f"{len(subgraph.output)} outputs")
     input_axes = ctx.attr("scan_input_axes", None) or [0] * scanned
     input_directions = ctx.attr("scan_input_directions", None) or [0] * scanned
     output_axes = ctx.attr("scan_output_axes", None) or [0] * outputs

@@ -737,8 +737,10 @@ class Importer:
         return self.uses.get(name, 0) > 0
 
     def _count_uses(self) -> dict[str, int]:
+        """How many times each ONNX value is read, by nodes, by the bodies of Scan and Loop
+        nodes (which may read the enclosing graph's values) and as a graph output."""
         uses: dict[str, int] = {}
-        for node in self.model.graph.node:
+        for node in nodes_within(self.model.graph):
             for name in node.input:
                 uses[name] = uses.get(name, 0) + 1
         for info in self.model.graph.output:
@@ -764,6 +766,16 @@ class Importer:
                                  f"initializers of this model; they are: "
                                  f"{', '.join(sorted(floats)) or '(none)'}",
                                  SourceLoc(self.file, 0, 0))
+
+
+def nodes_within(graph):
+    """The graph's nodes and, depth first, those of the subgraphs their attributes hold."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in subgraphs + list(attribute.graphs):
+                yield from nodes_within(subgraph)
 
 
 def sequence_read_as_tensor(name: str) -> Unsupported:

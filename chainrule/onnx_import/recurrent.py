@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ir import dims
+from ..ir import Value, dims
 from ..ir.types import UNKNOWN, is_float
 from .body import Body, emit_scan
 from .context import Unsupported, converter
@@ -127,11 +127,11 @@ class Step:
     bias, the peepholes, and the cell's options."""
 
     body: Body
-    states: list
-    projection: object
-    recurrent: object
-    recurrent_bias: object | None
-    peepholes: list | None
+    states: list[Value]
+    projection: Value
+    recurrent: Value
+    recurrent_bias: Value | None
+    peepholes: list[Value] | None
     functions: list[Function]
     clip: float | None
     hidden: int
@@ -221,13 +221,11 @@ class Cell:
     activations: tuple[str, ...]  # the defaults, per direction
     states: int  # hidden (and cell) states
     step: Callable
-    # The node's inputs beyond X, W, R, B, sequence_lens, initial_h: LSTM's initial_c and P.
-    extra_inputs: int = 0
 
 
 RNN = Cell("RNN", 1, ("Tanh",), 1, _rnn_step)
 GRU = Cell("GRU", 3, ("Sigmoid", "Tanh"), 1, _gru_step)
-LSTM = Cell("LSTM", 4, ("Sigmoid", "Tanh", "Tanh"), 2, _lstm_step, extra_inputs=2)
+LSTM = Cell("LSTM", 4, ("Sigmoid", "Tanh", "Tanh"), 2, _lstm_step)
 
 
 # ---- the node ---------------------------------------------------------------------------------
@@ -257,7 +255,7 @@ def _options(ctx, cell: Cell, r_type) -> Options:
                           f"{direction} make it [{', '.join(map(str, expected))}]")
     clip = ctx.attr("clip", None)
     if clip is not None:
-        if clip <= 0:
+        if not clip > 0:  # NaN included
             raise Unsupported(f"attribute clip={clip} (it must be positive)")
         clip = ctx.float_attr("clip", clip)
     options = Options(hidden, directions, ctx.require_attr("layout", (0, 1), 0), clip,
@@ -281,22 +279,19 @@ def _gates(ctx, value, first: int, last: int, hidden: int, axis: int):
                     axes=(axis,), steps=(1,))
 
 
-def _lengths(ctx):
-    """sequence_lens as a tensor. ONNX types it int32, which chainrule reads at run time
-    only where an exporter wrote int64: an int32 input has to be a constant."""
-    try:
-        return ctx.input(4)
-    except Unsupported:
-        raise ctx.not_constant(4, "sequence_lens") from None
-
-
-def _step_mask(ctx, lengths, length):
-    """[T, B, 1] bools: whether step t is within row b's length; None when every row is as
-    long as the sequence (known when the lengths are constants)."""
+def _step_mask(ctx, length):
+    """[T, B, 1] bools from sequence_lens: whether step t is within row b's length; None
+    without lengths, or when every row is known to be as long as the sequence."""
+    if not ctx.has_input(4):
+        return None
     known = ctx.known(4)
     if known is not None and not known.symbolic and isinstance(length, int) and \
             np.all(known.array == length):
         return None
+    try:
+        lengths = ctx.input(4)
+    except Unsupported:  # ONNX types it int32, which chainrule holds only as a constant
+        raise ctx.not_constant(4, "sequence_lens") from None
     steps = ctx.emit("unsqueeze", ctx.emit("arange", n=length), axes=(1,))
     within = ctx.emit("less", steps, ctx.emit("cast", lengths, dtype="i64"))
     return ctx.emit("unsqueeze", within, axes=(2,))
@@ -335,7 +330,7 @@ def _recurrent(ctx, cell: Cell) -> list:
     initial = [_initial(ctx, 5, layout, batch, hidden, dtype, count)]
     if cell.states == 2:
         initial.append(_initial(ctx, 6, layout, batch, hidden, dtype, count))
-    mask = _step_mask(ctx, _lengths(ctx), length) if ctx.has_input(4) else None
+    mask = _step_mask(ctx, length)
     finals, stacks = [], []
     for d, reverse in enumerate(options.directions):
         states = [per_direction[d] for per_direction in initial]
