@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from chainrule.ir.printer import print_graph
+from chainrule.ir.text import graph_differences, parse_graph
 from support.onnx_fixtures import OnnxFixtures
 from support.paths import ROOT
 
@@ -36,6 +38,12 @@ def test_every_fixture_imports_onto_scan_with_its_dims_symbolic(name):
     declared = {d for v in model.graph.inputs for d in v.type.shape if not isinstance(d, int)}
     assert declared == ({"B"} if name in UNROLLED else {"B", "S"})
     assert any(node.op == "scan" for node in model.graph.nodes) == (name not in UNROLLED)
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - UNROLLED))
+def test_the_imported_scans_print_as_ir_text_that_parses_back(name):
+    graph = imported(name).graph
+    assert graph_differences(graph, parse_graph(print_graph(graph))) == []
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -30,6 +30,10 @@ class Body:
         except ChainruleError as error:
             raise Unsupported(f"{op} in the loop's body: {error.message}") from None
 
+    def named(self, value: Value, name: str) -> Value:
+        """`value` (a node's output) under a name a reader of the body recognises."""
+        return self.builder.rename(value, name)
+
     def constant(self, value: float, dtype: str) -> Value:
         return self.builder.constant(value, dtype, loc=self.ctx.loc)
 

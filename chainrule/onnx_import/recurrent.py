@@ -155,11 +155,11 @@ class Step:
         product = self.body.emit("matmul", h, weights)
         return product if bias is None else self.body.emit("add", product, bias)
 
-    def activate(self, index: int, x, clipped: bool = True):
-        """Activation function `index` of the cell (f, g, h) of x, clipped first."""
+    def activate(self, index: int, x, name: str, clipped: bool = True):
+        """Activation function `index` of the cell (f, g, h) of x, clipped first, named."""
         if clipped and self.clip is not None:
             x = self.body.emit("clip", x, lo=-self.clip, hi=self.clip)
-        return self.functions[index](self.body, x)
+        return self.body.named(self.functions[index](self.body, x), name)
 
     def add(self, *values):
         total = values[0]
@@ -170,7 +170,7 @@ class Step:
 
 def _rnn_step(step: Step) -> list:
     (h,) = step.states
-    return [step.activate(0, step.add(step.projection, step.recurrence(h)))]
+    return [step.activate(0, step.add(step.projection, step.recurrence(h)), "h.next")]
 
 
 def _gru_step(step: Step) -> list:
@@ -183,15 +183,16 @@ def _gru_step(step: Step) -> list:
     else:
         zr = step.recurrence(h, 0, 2)
         h_z, h_r = step.gate(zr, 0), step.gate(zr, 1)
-    z = step.activate(0, b.emit("add", x_z, h_z))
-    r = step.activate(0, b.emit("add", x_r, h_r))
+    z = step.activate(0, b.emit("add", x_z, h_z), "z")
+    r = step.activate(0, b.emit("add", x_r, h_r), "r")
     if step.linear_before_reset:
         reset = b.emit("mul", r, h_h)
     else:
         reset = step.recurrence(b.emit("mul", r, h), 2, 3)
-    candidate = step.activate(1, b.emit("add", x_h, reset))
+    candidate = step.activate(1, b.emit("add", x_h, reset), "candidate")
     # (1 - z) candidate + z h, written with one product
-    return [b.emit("add", candidate, b.emit("mul", z, b.emit("sub", h, candidate)))]
+    return [b.named(b.emit("add", candidate, b.emit("mul", z, b.emit("sub", h, candidate))),
+                    "h.next")]
 
 
 def _lstm_step(step: Step) -> list:
@@ -204,14 +205,16 @@ def _lstm_step(step: Step) -> list:
     def peephole(pre, weight, cell):
         return pre if weight is None else b.emit("add", pre, b.emit("mul", weight, cell))
 
-    i = step.activate(0, peephole(g_i, p_i, c))
+    i = step.activate(0, peephole(g_i, p_i, c), "i")
     if step.input_forget:
-        f = b.emit("sub", b.constant(1.0, i.type.dtype), i)
+        f = b.named(b.emit("sub", b.constant(1.0, i.type.dtype), i), "f")
     else:
-        f = step.activate(0, peephole(g_f, p_f, c))
-    c_next = b.emit("add", b.emit("mul", f, c), b.emit("mul", i, step.activate(1, g_c)))
-    o = step.activate(0, peephole(g_o, p_o, c_next))
-    return [b.emit("mul", o, step.activate(2, c_next, clipped=False)), c_next]
+        f = step.activate(0, peephole(g_f, p_f, c), "f")
+    candidate = step.activate(1, g_c, "candidate")
+    c_next = b.named(b.emit("add", b.emit("mul", f, c), b.emit("mul", i, candidate)), "c.next")
+    o = step.activate(0, peephole(g_o, p_o, c_next), "o")
+    h_next = b.emit("mul", o, step.activate(2, c_next, "c.activated", clipped=False))
+    return [b.named(h_next, "h.next"), c_next]
 
 
 @dataclass(frozen=True)
