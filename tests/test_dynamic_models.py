@@ -11,7 +11,6 @@ tests/fixtures/onnx/make_dynamic_fixtures.py, which needs torch; these tests do 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime
 import pytest
 
 import chainrule
@@ -79,16 +78,7 @@ def test_the_dsl_round_trip_computes_the_same(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_re_export_runs_in_onnxruntime_at_both_sizes(name):
-    model = imported(name)
-    session = onnxruntime.InferenceSession(model.to_onnx().SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-    output = meta(name, "output")
-    for batch in BATCHES:
-        (exported,) = [r for info, r in zip(session.get_outputs(),
-                                            session.run(None, inputs(name, batch)), strict=True)
-                       if info.name == output]
-        assert_close(exported, fixtures.original_outputs(name, batch)[output], TOLERANCE,
-                     what=output)
+    fixtures.assert_re_export_matches(name, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)

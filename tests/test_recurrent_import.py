@@ -2,10 +2,11 @@
 a classifier head), through both of torch's exporters, imported onto `scan`.
 
 Each fixture of tests/fixtures/onnx/recurrent/ imports with its batch (and, where the exporter
-kept it, its sequence) dims symbolic; the forward matches onnxruntime on the original file at
-both of the fixture's batches; every parameter's gradient matches torch's autograd; and a few
-Adam steps lower the loss. The fixtures come from tests/fixtures/onnx/make_recurrent_fixtures.py,
-which needs torch; these tests do not.
+kept it, its sequence) dims symbolic and prints as IR text that parses back; the forward, on
+numpy and on onnxruntime, matches onnxruntime on the original file at both of the fixture's
+batches, and so does one re-export of the import; every parameter's gradient matches torch's
+autograd; and a few Adam steps lower the loss. The fixtures come from
+tests/fixtures/onnx/make_recurrent_fixtures.py, which needs torch; these tests do not.
 """
 from __future__ import annotations
 
@@ -46,11 +47,17 @@ def test_the_imported_scans_print_as_ir_text_that_parses_back(name):
     assert graph_differences(graph, parse_graph(print_graph(graph))) == []
 
 
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", NAMES)
-def test_the_forward_matches_onnxruntime_on_the_original_file(name, batch):
-    fixtures.assert_forward_matches(name, batch, imported(name).run(**inputs(name, batch)),
-                                    TOLERANCE)
+def test_the_forward_matches_onnxruntime_on_the_original_file(name, batch, backend):
+    results = imported(name).run(backend=backend, **inputs(name, batch))
+    fixtures.assert_forward_matches(name, batch, results, TOLERANCE)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_re_export_runs_in_onnxruntime_at_both_sizes(name):
+    fixtures.assert_re_export_matches(name, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -68,6 +68,20 @@ class OnnxFixtures:
         assert_close(results[output], self.expected(name)[f"{batch}output/{output}"],
                      tolerance, what=f"{output} (torch)")
 
+    def assert_re_export_matches(self, name: str, tolerance: float) -> None:
+        """The imported model exported again runs in onnxruntime at both batch sizes, as the
+        original file does."""
+        session = onnxruntime.InferenceSession(self.imported(name).to_onnx().SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        output = self.meta(name, "output")
+        for batch in ("", "alt/"):
+            (exported,) = [r for info, r in zip(session.get_outputs(),
+                                                session.run(None, self.inputs(name, batch)),
+                                                strict=True)
+                           if info.name == output]
+            assert_close(exported, self.original_outputs(name, batch)[output], tolerance,
+                         what=output)
+
     def assert_gradients_match_torch(self, name: str, tolerance: float) -> None:
         """The loss and every `grad/<initializer>`, within `tolerance` of the largest
         gradient; each of those initializers must train."""
