@@ -1,6 +1,6 @@
 """ONNX's RNN, GRU and LSTM imported onto `scan`: every option against onnxruntime on the
-original node, on both numpy backends; gradients against central differences in float64; and
-the options chainrule refuses, by name."""
+original node, on both numpy backends and as chainrule exports it again; gradients against
+central differences in float64; and the options chainrule refuses, by name."""
 import numpy as np
 import onnxruntime
 import pytest
@@ -105,7 +105,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_forward_matches_onnxruntime_on_both_numpy_backends(case):
+def test_the_forward_matches_onnxruntime_on_every_backend(case):
     op, attrs, present, outputs = CASES[case]
     outputs = outputs or OUTPUTS[op]
     directions = 2 if attrs.get("direction") == "bidirectional" else 1
@@ -114,7 +114,7 @@ def test_the_forward_matches_onnxruntime_on_both_numpy_backends(case):
     feeds = {name: array for name, array in positional if name and name != "sequence_lens"}
     expected = onnxruntime_outputs(proto, feeds)
     model = chainrule.import_onnx(proto)
-    for backend in ("numpy", CHECKING_BACKEND):
+    for backend in ("numpy", CHECKING_BACKEND, "onnxruntime"):
         results = model.run(backend=backend, **{model.onnx_names[n]: a for n, a in feeds.items()})
         for name in filter(None, outputs):
             assert_close(results[model.onnx_names[name]], expected[name], 1e-5, atol=1e-6,

@@ -1,7 +1,7 @@
 """ONNX's Scan and Loop nodes imported onto `scan`: bodies that read outer values, scan axes and
 directions, a Loop of fixed trip count, nesting, gradients through an imported body, and the
-Loops chainrule refuses, by name. Each model runs on both numpy backends against onnxruntime
-on the original model."""
+Loops chainrule refuses, by name. Each model runs on both numpy backends, and as chainrule
+exports it again, against onnxruntime on the original model."""
 import numpy as np
 import onnxruntime
 import pytest
@@ -30,7 +30,7 @@ def check_against_onnxruntime(proto, **feeds):
     expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds),
                         strict=True))
     model = chainrule.import_onnx(proto)
-    for backend in ("numpy", CHECKING_BACKEND):
+    for backend in ("numpy", CHECKING_BACKEND, "onnxruntime"):
         results = model.run(backend=backend,
                             **{model.onnx_names[name]: a for name, a in feeds.items()})
         for name, array in expected.items():
