@@ -227,3 +227,18 @@ def test_an_output_read_only_inside_a_body_is_computed():
     rng = np.random.default_rng(5)
     check_against_onnxruntime(proto, x=rng.standard_normal((2, 3)).astype(np.float32),
                               a0=rng.standard_normal((2, 1)).astype(np.float32))
+
+
+def test_a_body_node_that_cannot_be_imported_is_reported_on_the_scan_by_its_name():
+    body = helper.make_graph(
+        [helper.make_node("Sinh", ["x_t"], ["y"], name="inside"),
+         helper.make_node("Add", ["s_in", "y"], ["s_out"])],
+        "body", [info("s_in", shape=[3]), info("x_t", shape=[3])],
+        [info("s_out", shape=[3]), info("y", shape=[3])])
+    node = helper.make_node("Scan", ["s0", "xs"], ["s", "ys"], name="scan", body=body,
+                            num_scan_inputs=1)
+    proto = model_of([node], [("s0", FLOAT, [3]), ("xs", FLOAT, [5, 3])], [("s", FLOAT, None)])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert [(p.op_type, p.node, p.reason) for p in caught.value.problems] == [
+        ("Scan", "scan", "its body's Sinh node 'inside': op not supported")]
