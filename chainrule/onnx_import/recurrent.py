@@ -364,7 +364,8 @@ def _direction_scan(ctx, cell, options, x, w, r, d, states, mask, reverse):
 
     body = Body(ctx, f"{cell.op.lower()}_step")
     names = ("h", "c")[:cell.states]
-    carried_in = [body.input(f"{name}.in", state.type) for name, state in zip(names, states)]
+    carried_in = [body.input(f"{name}.in", state.type)
+                  for name, state in zip(names, states, strict=True)]
     projection_in, *mask_in = [body.input(name, value.type.with_shape(value.type.shape[1:]))
                                for name, value in zip(("xw", "within"), sequences)]
     outer_in = {name: body.input(name, value.type) for name, value in outer.items()}
