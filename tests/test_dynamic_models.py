@@ -10,12 +10,8 @@ tests/fixtures/onnx/make_dynamic_fixtures.py, which needs torch; these tests do 
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-import chainrule
-from chainrule.ir import dsl_names
-from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
 from support.onnx_fixtures import OnnxFixtures
 from support.paths import ROOT
@@ -61,19 +57,7 @@ def test_twenty_training_steps_lower_the_loss(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_dsl_round_trip_computes_the_same(name, tmp_path):
-    path = tmp_path / "model.nn"
-    result = chainrule_cli("import", FIXTURES / f"{name}.onnx", "-o", path)
-    assert result.returncode == 0, result.stderr
-    recompiled = chainrule.compile(str(path))
-    with np.load(path.with_suffix(".npz"), allow_pickle=False) as values:
-        recompiled.set_params(dict(values))
-    original = imported(name)
-    names = dsl_names(original.graph)
-    for batch in BATCHES:
-        ours = recompiled.run(**{names.get(k, k): v for k, v in inputs(name, batch).items()})
-        theirs = original.run(**inputs(name, batch))
-        for key, value in theirs.items():
-            assert np.array_equal(ours[names.get(key, key)], value), key
+    fixtures.assert_dsl_round_trip(name, tmp_path)
 
 
 @pytest.mark.parametrize("name", NAMES)

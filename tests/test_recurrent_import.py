@@ -4,7 +4,8 @@ a classifier head), through both of torch's exporters, imported onto `scan`.
 Each fixture of tests/fixtures/onnx/recurrent/ imports with its batch (and, where the exporter
 kept it, its sequence) dims symbolic and prints as IR text that parses back; the forward, on
 numpy and on onnxruntime, matches onnxruntime on the original file at both of the fixture's
-batches, and so does one re-export of the import; every parameter's gradient matches torch's
+batches; the `.nn` file `chainrule import` writes computes the same, bit for bit, and one
+re-export of the import runs in onnxruntime; every parameter's gradient matches torch's
 autograd; and a few Adam steps lower the loss. The fixtures come from
 tests/fixtures/onnx/make_recurrent_fixtures.py, which needs torch; these tests do not.
 """
@@ -53,6 +54,11 @@ def test_the_imported_scans_print_as_ir_text_that_parses_back(name):
 def test_the_forward_matches_onnxruntime_on_the_original_file(name, batch, backend):
     results = imported(name).run(backend=backend, **inputs(name, batch))
     fixtures.assert_forward_matches(name, batch, results, TOLERANCE)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_dsl_round_trip_computes_the_same(name, tmp_path):
+    fixtures.assert_dsl_round_trip(name, tmp_path)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from ..ir import ChainruleError, Graph, GraphBuilder, Value
 from ..ir.graph import Namer
+from ..ir.shapes import FAR
 from ..ir.types import TensorType
 from .context import Unsupported
+
+# Past the start of any axis, for a slice that runs backwards to the first element.
+BEFORE_START = -FAR
 
 
 class Body:
@@ -39,13 +43,28 @@ class Body:
 
 
 def emit_scan(ctx, body: Body, outputs, operands, *, carried: int, scanned: int, length,
-              reverse: bool = False, names=()) -> tuple[Value, ...]:
+              reverse: bool = False) -> tuple[Value, ...]:
     """The scan of `body` (returning `outputs`: the carried values' next values, then the
-    per-step ones) over `operands`, appended to the outer graph: its results."""
+    per-step ones) over `operands`, appended to the outer graph: its results. With `reverse`
+    the steps run from the last to the first, written as a forward scan over the sequences
+    reversed whose stacks are reversed back: a `.nn` loop lowers to that one, so an import
+    with a reverse direction still prints as DSL (`chainrule import -o model.nn`)."""
     body.graph.outputs = list(outputs)
+    operands = list(operands)
+    sequences = slice(carried, carried + scanned)
+    if reverse:
+        operands[sequences] = [reversed_steps(ctx, value) for value in operands[sequences]]
     attrs = {"body": body.graph, "length": length, "carried": carried, "scanned": scanned,
-             "reverse": reverse}
+             "reverse": False}
     try:
-        return ctx.builder.emit_results("scan", operands, attrs, loc=ctx.loc, names=names)
+        results = ctx.builder.emit_results("scan", operands, attrs, loc=ctx.loc)
     except ChainruleError as error:
         raise Unsupported(f"scan: {error.message}") from None
+    if not reverse:
+        return results
+    return (*results[:carried], *(reversed_steps(ctx, stack) for stack in results[carried:]))
+
+
+def reversed_steps(ctx, value: Value) -> Value:
+    """`value` in reverse order along its leading axis (the steps of a sequence or a stack)."""
+    return ctx.emit("slice", value, starts=(-1,), ends=(BEFORE_START,), axes=(0,), steps=(-1,))

@@ -4,7 +4,8 @@ A body that reads an outer value (a weight, an input) gets it as an outer operan
 the scan's body is closed, the ONNX one need not be. Nested bodies recurse, each capturing
 from the scope around it.
 
-Scan maps directly (its scan axes and directions by transposes and flips around the scan).
+Scan maps directly (its scan axes and directions by transposes and reversals around a forward
+scan).
 Loop becomes a scan when its trip count is known and its condition can never turn false:
 the iteration number is the sequence arange(M), and the scan outputs stack as Loop's do. A
 Loop that may stop early has no fixed length, which a scan needs, and is refused.
@@ -17,15 +18,10 @@ from onnx import helper
 
 from ..ir import Value
 from ..ir.scan import step_type
-from ..ir.shapes import FAR
 from ..ir.types import TensorType
-from .body import Body, emit_scan
+from .body import Body, emit_scan, reversed_steps
 from .context import Known, Unsupported, converter
 from .importer import Importer, identifier
-
-# Past the start of any axis, for a slice that runs backwards to the first element.
-BEFORE_START = -FAR
-
 
 class BodyImporter(Importer):
     """Imports an ONNX subgraph into a scan's body: names it does not define are looked up
@@ -140,11 +136,6 @@ def _moved(ctx, value: Value, source: int, destination: int) -> Value:
     return ctx.emit("transpose", value, perm=tuple(perm))
 
 
-def _flipped(ctx, value: Value) -> Value:
-    """`value` in reverse order along its leading axis."""
-    return ctx.emit("slice", value, starts=(-1,), ends=(BEFORE_START,), axes=(0,), steps=(-1,))
-
-
 def _subgraph(ctx, name: str):
     graph = ctx.attr(name)
     if not isinstance(graph, onnx.GraphProto):
@@ -174,12 +165,11 @@ def _scan(ctx):
         ctx.require_length(values, count, f"attribute {name}")
         if name.endswith("directions") and not set(values) <= {0, 1}:
             raise Unsupported(f"attribute {name}={list(values)} (each is 0 or 1)")
-    reverse = bool(input_directions[0])
     sequences = []
     for value, axis, direction in zip(operands[carried:], input_axes, input_directions,
                                       strict=True):
         value = _moved(ctx, value, ctx.axis(axis, value.type.rank, "scan_input_axes"), 0)
-        sequences.append(_flipped(ctx, value) if bool(direction) != reverse else value)
+        sequences.append(reversed_steps(ctx, value) if direction else value)
     length = sequences[0].type.shape[0]
 
     body = Body(ctx, subgraph.name or "body")
@@ -190,23 +180,23 @@ def _scan(ctx):
     inputs += [_body_input(body, info, step_type(value.type)) for info, value in
                zip(infos[carried:], sequences, strict=True)]
     results = _emit(ctx, inner, body, inner.import_body(inputs), operands[:carried] + sequences,
-                    carried, len(sequences), length, reverse)
+                    carried, len(sequences), length)
     final, stacks = results[:carried], []
     for stack, axis, direction in zip(results[carried:], output_axes, output_directions,
                                       strict=True):
-        stack = _flipped(ctx, stack) if bool(direction) != reverse else stack
+        stack = reversed_steps(ctx, stack) if direction else stack
         stacks.append(_moved(ctx, stack, 0, ctx.axis(axis, stack.type.rank,
                                                      "scan_output_axes")))
     return [*final, *stacks]
 
 
 def _emit(ctx, inner: BodyImporter, body: Body, outputs: list, operands: list, carried: int,
-          scanned: int, length, reverse: bool) -> tuple:
+          scanned: int, length) -> tuple:
     """The scan of the imported body over `operands` and the outer values it captured."""
     outer, outputs = inner.finish([inner.materialise(o, None, None, "output")
                                    if isinstance(o, Known) else o for o in outputs])
     return emit_scan(ctx, body, outputs, [*operands, *outer], carried=carried, scanned=scanned,
-                     length=length, reverse=reverse)
+                     length=length)
 
 
 @converter("Loop")
@@ -244,5 +234,5 @@ def _loop(ctx):
                           f"computes its condition '{subgraph.output[0].name}'; a scan has a "
                           f"fixed length)")
     return list(_emit(ctx, inner, body, outputs[1:], [*initial, iteration], carried, 1,
-                      trip_count, False))
+                      trip_count))
 

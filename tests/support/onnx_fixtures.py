@@ -10,7 +10,9 @@ import numpy as np
 import onnxruntime
 
 import chainrule
+from chainrule.ir import dsl_names
 
+from .cli import chainrule as chainrule_cli
 from .numeric import assert_close
 
 
@@ -81,6 +83,23 @@ class OnnxFixtures:
                            if info.name == output]
             assert_close(exported, self.original_outputs(name, batch)[output], tolerance,
                          what=output)
+
+    def assert_dsl_round_trip(self, name: str, directory: Path) -> None:
+        """`chainrule import` writes the model as a `.nn` file (in `directory`) that compiles
+        to the same values as the import, bit for bit, at both batch sizes."""
+        path = directory / "model.nn"
+        result = chainrule_cli("import", self.path(name), "-o", path)
+        assert result.returncode == 0, result.stderr
+        recompiled = chainrule.compile(str(path))
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as values:
+            recompiled.set_params(dict(values))
+        original = self.imported(name)
+        names = dsl_names(original.graph)
+        for batch in ("", "alt/"):
+            feeds = self.inputs(name, batch)
+            ours = recompiled.run(**{names.get(k, k): v for k, v in feeds.items()})
+            for key, value in original.run(**feeds).items():
+                assert np.array_equal(ours[names.get(key, key)], value), key
 
     def assert_gradients_match_torch(self, name: str, tolerance: float) -> None:
         """The loss and every `grad/<initializer>`, within `tolerance` of the largest
