@@ -24,6 +24,18 @@ def test_train_fine_tunes_an_imported_mlp_on_the_digits(tmp_path):
         assert {"param_0.weight", "param_2.bias"} <= set(trained)
 
 
+def test_train_fits_an_imported_lstm_to_the_digits_read_row_by_row(tmp_path):
+    """torch's nn.LSTM classifier, imported onto one scan, trains from the command line."""
+    result = chainrule("train", FIXTURES / "recurrent" / "lstm_classifier-ts.onnx", "--loss",
+                       "cross_entropy", "--data", DIGITS / "digits_rows_train.npz", "--val",
+                       DIGITS / "digits_rows_test.npz", "--epochs", "5", "--lr", "0.01",
+                       "-o", tmp_path / "trained.npz")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-3]
+    validation = float(last.split("val:")[1].split("acc")[1].split("%")[0])
+    assert validation > 80.0, result.stdout
+
+
 def test_check_grad_and_run_read_an_onnx_file(tmp_path):
     check = chainrule("check", MLP, "--loss", "cross_entropy")
     assert check.returncode == 0, check.stderr

@@ -109,7 +109,8 @@ def integer_literal(text: str, loc: SourceLoc) -> int:
     The length is checked first: Python refuses to convert more than 4300 digits.
     """
     digits = text.lstrip("-")
-    if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
+    largest = INT64_MAX + 1 if text.startswith("-") else INT64_MAX  # down to -2**63
+    if len(digits) > len(str(INT64_MAX)) or int(digits) > largest:
         shown = text if len(text) <= 24 else f"{text[:12]}... ({len(digits)} digits)"
         raise ChainruleError(f"the integer {shown} does not fit in 64 bits", loc)
     return int(text)
