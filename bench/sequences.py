@@ -7,7 +7,8 @@
 8a. Compile time of an LSTM's train step against the sequence length, as a scan.
 8b. A GRU's train step at T=64: one scan against the loop unrolled, on numpy.
 8c. One LSTM layer (B=32, H=128, T=200), forward and backward: chainrule's numpy and
-    onnxruntime backends against PyTorch eager's nn.LSTM (when installed).
+    onnxruntime backends (one thread, their default) against PyTorch eager's nn.LSTM
+    (when installed) with its default threads and with one.
 """
 from __future__ import annotations
 
@@ -108,12 +109,15 @@ def lstm_rows(repeats):
         layer = torch.nn.LSTM(features, hidden, batch_first=True)
         inputs = torch.tensor(x)
 
-        def torch_step():
+        def torch_step(threads):
+            torch.set_num_threads(threads)
             for p in layer.parameters():
                 p.grad = None
             out, _ = layer(inputs)
             out.sum().backward()
-        systems["pytorch eager nn.LSTM"] = torch_step
+        default = torch.get_num_threads()
+        systems["pytorch eager nn.LSTM"] = lambda: torch_step(default)
+        systems["pytorch eager nn.LSTM, 1 thread"] = lambda: torch_step(1)
     return interleaved_medians(systems, repeats, warmup=2)
 
 
