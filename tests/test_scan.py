@@ -3,7 +3,9 @@ numpy backends, and autodiff through it, each checked against the same graph unr
 import numpy as np
 import pytest
 
+from chainrule.api import evaluate_scalars
 from chainrule.backends.numpy_backend import ExecutionError, NumpyBackend
+from chainrule.backends.onnx_backend import OnnxRuntimeBackend
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend, compile_graph
 from chainrule.ir import ChainruleError, GraphBuilder, parse_graph, print_graph, verify
 from chainrule.ir.text import graph_differences
@@ -371,3 +373,197 @@ def test_the_input_projection_and_the_weight_gradients_leave_the_loop():
     products = [n for n in after if n.op == "matmul"]
     assert sorted(n.inputs[0].type.shape for n in products) == [(4, 15), (6, 15)]
     assert backward.attrs["carried"] == 1  # only dh: the weights' sums left the loop
+
+
+# ---- regressions: each broke once --------------------------------------------------------------
+
+PASSTHROUGH = """
+graph a(%x0: f64[3, 4], %xs: f64[5, 3, 4]) {
+  %c, %ys = scan(%x0, %xs) {length=5, carried=1, scanned=1, reverse=false} body(%c.in: f64[3, 4], %x: f64[3, 4]) {
+    %y = mul(%c.in, %x) : f64[3, 4]
+    return %c.in, %y
+  } : f64[3, 4], f64[5, 3, 4]
+  %d = neg(%c) : f64[3, 4]
+  %z = sin(%d) : f64[3, 4]
+  %s = sum(%ys) {axes=none, keepdims=false} : f64[]
+  %t = sum(%z) {axes=none, keepdims=false} : f64[]
+  %J = add(%s, %t) : f64[]
+  return %J
+}
+"""
+
+
+def test_a_carried_value_that_leaves_as_it_came_is_not_written_in_place(rng):
+    """The final value of a carried value passed through is the caller's array: an in-place
+    op after the scan must not write into it."""
+    graph = parse_graph(PASSTHROUGH)
+    feeds = feeds_for(graph, rng)
+    kept = {name: array.copy() for name, array in feeds.items()}
+    first = CompiledNumpyBackend().run(graph, feeds, {})["J"]
+    for name in feeds:
+        np.testing.assert_array_equal(feeds[name], kept[name])
+    assert CompiledNumpyBackend().run(graph, feeds, {})["J"] == first
+
+
+def test_the_first_values_get_gradients_from_the_stacks_alone(rng):
+    graph = parse_graph(GRAPHS["rnn"])
+    feeds = feeds_for(graph, rng)
+    h0 = [v for v in graph.inputs if v.name == "h0"]
+    ours, grads = autodiff(graph, graph.objective, h0)
+    twin = unrolled(graph)
+    reference, expected = autodiff(twin, twin.objective, h0)
+    np.testing.assert_allclose(
+        CompiledNumpyBackend().run(ours, feeds, {})[grads["h0"].name],
+        CompiledNumpyBackend().run(reference, feeds, {})[expected["h0"].name], rtol=1e-12)
+
+
+SUMMED_PRODUCT_READ_TWICE = """
+graph c(%xs: f64[5, 3, 4], %h0: f64[3, 6], %U: f64[6, 6], %acc0: f64[6, 4]) {
+  %h, %acc, %qs = scan(%h0, %acc0, %xs, %U) {length=5, carried=2, scanned=1, reverse=false} body(%h.in: f64[3, 6], %acc.in: f64[6, 4], %x: f64[3, 4], %u: f64[6, 6]) {
+    %r = matmul(%h.in, %u) : f64[3, 6]
+    %h.next = tanh(%r) : f64[3, 6]
+    %ht = transpose(%h.in) {perm=[1, 0]} : f64[6, 3]
+    %p = matmul(%ht, %x) : f64[6, 4]
+    %acc.next = add(%acc.in, %p) : f64[6, 4]
+    %ht2 = transpose(%h.in) {perm=[1, 0]} : f64[6, 3]
+    %p2 = matmul(%ht2, %x) : f64[6, 4]
+    %q = sin(%p2) : f64[6, 4]
+    return %h.next, %acc.next, %q
+  } : f64[3, 6], f64[6, 4], f64[5, 6, 4]
+  %s = sum(%qs) {axes=none, keepdims=false} : f64[]
+  %t = sum(%acc) {axes=none, keepdims=false} : f64[]
+  %J = add(%s, %t) : f64[]
+  return %J, %h
+}
+"""
+
+TWO_STACKS_OF_ONE_VALUE = """
+graph d(%xs: f64[5, 3], %h0: f64[3]) {
+  %h, %ys, %zs = scan(%h0, %xs) {length=5, carried=1, scanned=1, reverse=false} body(%h.in: f64[3], %x: f64[3]) {
+    %a = mul(%h.in, %x) : f64[3]
+    %h.next = tanh(%a) : f64[3]
+    %e = exp(%x) : f64[3]
+    return %h.next, %e, %e
+  } : f64[3], f64[5, 3], f64[5, 3]
+  %J = sum(%ys) {axes=none, keepdims=false} : f64[]
+  return %J, %ys, %zs, %h
+}
+"""
+
+A_SIZE_FROM_A_SEQUENCE = """
+graph k(%xs: f64[5, N], %h0: f64[3]) {
+  %h, %ys = scan(%h0, %xs) {length=5, carried=1, scanned=1, reverse=false} body(%h.in: f64[3], %x: f64[N]) {
+    %s = sum(%x) {axes=none, keepdims=false} : f64[]
+    %e = exp(%s) : f64[]
+    %bt = broadcast_to(%h.in) {shape=[N, 3]} : f64[N, 3]
+    %m = mean(%bt) {axes=[0], keepdims=false} : f64[3]
+    %a = mul(%m, %e) : f64[3]
+    %h.next = tanh(%a) : f64[3]
+    %y = exp(%x) : f64[N]
+    return %h.next, %y
+  } : f64[3], f64[5, N]
+  %J = sum(%h) {axes=none, keepdims=false} : f64[]
+  return %J
+}
+"""
+
+A_SCALAR_RECURRENCE = """
+graph f(%x: f64[3]) {
+  %c = constant() {value=0.5, dtype=f64} : f64[]
+  %r = scan(%c) {length=3, carried=1, scanned=0, reverse=false} body(%r.in: f64[]) {
+    %r.next = sin(%r.in) : f64[]
+    return %r.next
+  } : f64[]
+  %y = mul(%x, %r) : f64[3]
+  %J = sum(%y) {axes=none, keepdims=false} : f64[]
+  return %J
+}
+"""
+
+
+@pytest.mark.parametrize("text, sizes", [
+    (SUMMED_PRODUCT_READ_TWICE, {}), (TWO_STACKS_OF_ONE_VALUE, {}),
+    (A_SIZE_FROM_A_SEQUENCE, {"N": 4}), (A_SCALAR_RECURRENCE, {}), (PASSTHROUGH, {})],
+    ids=["summed-product-read-twice", "two-stacks-of-one-value", "size-from-a-sequence",
+         "scalar-recurrence", "passthrough"])
+def test_the_o1_pipeline_keeps_every_output(text, sizes, rng):
+    graph = parse_graph(text)
+    feeds = {v.name: rng.normal(size=[sizes.get(d, d) for d in v.type.shape])
+             for v in graph.inputs}
+    expected = NumpyBackend().run(graph, feeds, {})
+    optimised = run_passes(graph, ["simplify", "cse", "scan_hoist", "dce"],
+                           PassContext(evaluate=evaluate_scalars))
+    verify(optimised)
+    for results in run_all(optimised, feeds):
+        assert set(results) == set(expected)
+        for name in expected:
+            np.testing.assert_allclose(results[name], expected[name], rtol=1e-12)
+
+
+def test_labels_read_in_a_body_are_checked_at_every_step():
+    graph = parse_graph("""
+graph x(%xs: f64[3, 2, 4], %ys: i64[3, 2], %h0: f64[]) {
+  %h, %ls = scan(%h0, %xs, %ys) {length=3, carried=1, scanned=2, reverse=false} body(%h.in: f64[], %x: f64[2, 4], %y: i64[2]) {
+    %l = cross_entropy(%x, %y) : f64[]
+    %h.next = add(%h.in, %l) : f64[]
+    return %h.next, %l
+  } : f64[], f64[3]
+  return %h, %ls
+}""")
+    feeds = {"xs": np.zeros((3, 2, 4)), "ys": np.array([[0, 1], [2, 3], [-1, 2]]),
+             "h0": np.array(0.0)}
+    for backend in (CompiledNumpyBackend(), NumpyBackend()):
+        with pytest.raises(ChainruleError, match="at step 2 of the scan"):
+            backend.run(graph, feeds, {})
+
+
+def test_a_reversed_scan_of_no_sequence_and_no_carried_value_exports(rng):
+    graph = parse_graph("""
+graph l(%w: f64[3], %v: f64[T]) {
+  %ys = scan(%w) {length=T, carried=0, scanned=0, reverse=true} body(%ww: f64[3]) {
+    %p = exp(%ww) : f64[3]
+    return %p
+  } : f64[T, 3]
+  %J = sum(%ys) {axes=none, keepdims=false} : f64[]
+  return %J, %ys
+}""")
+    feeds = {"w": rng.normal(size=3), "v": rng.normal(size=4)}
+    expected = NumpyBackend().run(graph, feeds, {})
+    results = OnnxRuntimeBackend().run(graph, feeds, {})
+    for name in expected:
+        np.testing.assert_allclose(results[name], expected[name], rtol=1e-12)
+
+
+def test_a_nested_scan_that_draws_random_numbers_is_saved_not_recomputed():
+    """The backward must see the masks the forward drew: a random inner scan changes from
+    step to step even when it reads outer values alone."""
+    graph = parse_graph("""
+graph d(%xs: f64[3, 4], %h0: f64[4], %w: f64[4]) {
+  %h, %hs = scan(%h0, %xs, %w) {length=3, carried=1, scanned=1, reverse=false} body(%h.in: f64[4], %x: f64[4], %ww: f64[4]) {
+    %m, %ms = scan(%ww) {length=1, carried=1, scanned=0, reverse=false} body(%m.in: f64[4]) {
+      %mask = dropout_mask(%m.in) {p=0.5, seed=0} : f64[4]
+      %m.next = mul(%m.in, %mask) : f64[4]
+      return %m.next, %mask
+    } : f64[4], f64[1, 4]
+    %a = mul(%h.in, %m) : f64[4]
+    %b = add(%a, %x) : f64[4]
+    %h.next = tanh(%b) : f64[4]
+    return %h.next, %h.next
+  } : f64[4], f64[3, 4]
+  %J = sum(%hs) {axes=none, keepdims=false} : f64[]
+  return %J
+}""")
+    feeds = feeds_for(graph, np.random.default_rng(0))
+    differentiated, grads = autodiff(graph, graph.objective, [graph.find("w")])
+    backend = CompiledNumpyBackend()
+
+    def objective(changed):
+        return backend.run(graph, changed, {}, training=True, rng=np.random.default_rng(5))["J"]
+    ours = backend.run(differentiated, feeds, {}, training=True,
+                       rng=np.random.default_rng(5))[grads["w"].name]
+    for index in range(4):
+        plus, minus = dict(feeds, w=feeds["w"].copy()), dict(feeds, w=feeds["w"].copy())
+        plus["w"][index] += 1e-6
+        minus["w"][index] -= 1e-6
+        numeric = (objective(plus) - objective(minus)) / 2e-6
+        assert ours[index] == pytest.approx(numeric, rel=1e-6, abs=1e-9)

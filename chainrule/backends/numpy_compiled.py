@@ -378,7 +378,8 @@ class ScanRunner:
 
     def __init__(self, node: Node):
         self.node = node
-        self.body = compile_graph(node.attrs["body"])
+        # No feeds check runs on a body's inputs: its kernels check their labels themselves.
+        self.body = compile_graph(node.attrs["body"], check_labels=True)
         self.carried, self.scanned = node.attrs["carried"], node.attrs["scanned"]
         self.reverse = node.attrs["reverse"]
 
@@ -461,8 +462,13 @@ class CompiledGraph:
 
 
 @gc_paused
-def compile_graph(graph: Graph, donate_params: bool = False) -> CompiledGraph:
+def compile_graph(graph: Graph, donate_params: bool = False,
+                  check_labels: bool = False) -> CompiledGraph:
+    """The graph as a Python function; with `check_labels` its kernels check the labels they
+    read, else they leave that to the feeds check of the graph's inputs."""
     plan = plan_memory(graph, donate_params)
+    if check_labels:
+        plan.checked = set()
     source, line_nodes = generate_source(graph, plan)
     namespace = {"np": np, "CONSTANTS": {}, "SHAPE_VALUES": {},
                  "SCANS": {index: ScanRunner(node) for index, node in enumerate(graph.nodes)

@@ -19,6 +19,8 @@ def scan_loop(step, operands, carried: int, scanned: int, length: int, reverse: 
     """The scan's results: the carried values after the last step, then each step's values
     stacked along a new leading axis at their step's index. `step(*inputs)` runs the body on
     the carried values, one slice of each sequence, and the outer values."""
+    if length < 1:
+        raise ChainruleError(f"a scan needs at least one step; its length came to {length}")
     state = list(operands[:carried])
     sequences = operands[carried:carried + scanned]
     outer = list(operands[carried + scanned:])

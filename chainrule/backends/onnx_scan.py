@@ -55,8 +55,10 @@ def _emit_loop(em, node, parts: ScanParts, first, outer, results) -> None:
     reverse = node.attrs["reverse"]
     # Reversed, iteration i ran step length-1-i: the stacks come out the other way round.
     in_iteration_order = [em.fresh("iterations") for _ in stacked] if reverse else stacked
-    em.nodes.append(helper.make_node("Loop", [trip_count, "", *first],
-                                     carried + in_iteration_order, name=results[0],
+    # Named after its first output, as every node is (a reversed stack's Slice takes the
+    # stack's own name).
+    outputs = carried + in_iteration_order
+    em.nodes.append(helper.make_node("Loop", [trip_count, "", *first], outputs, name=outputs[0],
                                      doc_string=em.doc, body=body))
     if reverse:
         for iterations, result in zip(in_iteration_order, stacked, strict=True):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import dims
-from .graph import Graph
+from .graph import Graph, Node
 from .scan import infer_scan
 from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_window_attrs,
                      concat_shape, conv_output_dim, dims_may_equal, format_shape, matmul_shape,
@@ -143,6 +143,15 @@ def get_op(name: str) -> OpDef:
         return OPS[name]
     except KeyError:
         raise OpTypeError(f"unknown op '{name}'") from None
+
+
+def is_random(node: Node) -> bool:
+    """Whether the node draws random numbers (dropout's mask), itself or in a body it holds:
+    its value then differs from one step to the next, and from one run to the next."""
+    if "stochastic" in get_op(node.op).traits:
+        return True
+    body = node.attrs.get("body")
+    return body is not None and any(is_random(inner) for inner in body.nodes)
 
 
 def rule_table() -> tuple[dict, Callable]:
@@ -561,7 +570,9 @@ register("arange", 0, _infer_arange, {"n": AttrSpec("dim")},
 register("scan", ONE_OR_MORE, infer_scan,
          {"body": AttrSpec("graph"), "length": AttrSpec("dim"), "carried": AttrSpec("int"),
           "scanned": AttrSpec("int"), "reverse": AttrSpec("bool", False)},
-         traits=("multi_result", "structured", "fresh_result"), operands=("operands",),
+         # Not "fresh_result": a carried value may leave as it came in, or as a view of a
+         # sequence's slice or of a body constant.
+         traits=("multi_result", "structured"), operands=("operands",),
          builtin=None)  # the DSL writes a `for` over a symbolic range
 
 # ---- reductions

@@ -10,7 +10,8 @@ it rather than saving T copies.
 """
 from __future__ import annotations
 
-from ..ir import Graph, GraphBuilder, Node, Value, get_op
+from ..ir import Graph, GraphBuilder, Node, Value
+from ..ir.ops import is_random
 from ..ir.scan import ScanParts, stacked_type
 from ..ir.types import is_float
 from .activity import active_values, check_rules
@@ -48,11 +49,13 @@ class _Derivative:
         self.carried = [i for i, v in enumerate(carried_in) if is_float(v.type.dtype)]
         self.scanned = [i for i, v in enumerate(scanned_ops) if v in active]
         self.outer = [i for i, v in enumerate(outer_ops) if v in active]
-        self.wrt = ([carried_in[i] for i in self.carried] if self.scanned or self.outer
-                    or any(cotangents[i] is not None for i in self.carried) else [])
-        self.wrt += [scanned_in[i] for i in self.scanned] + [outer_in[i] for i in self.outer]
         _, stacked_results = parts.results(cotangents)
         self.stacked = [i for i, cotangent in enumerate(stacked_results) if cotangent is not None]
+        # The carried values' cotangents run through the steps whenever any cotangent reaches
+        # the scan: a stack's reaches the first values too.
+        reached = self.scanned or self.outer or any(c is not None for c in cotangents)
+        self.wrt = [carried_in[i] for i in self.carried] if reached else []
+        self.wrt += [scanned_in[i] for i in self.scanned] + [outer_in[i] for i in self.outer]
 
     def differentiate(self, reverse) -> None:
         body, parts = self.body, self.parts
@@ -85,8 +88,7 @@ class _Derivative:
         carried_in, scanned_in, outer_in = self.parts.operands(body.inputs)
         invariant = set(outer_in)
         for node in body.nodes:
-            if (all(v in invariant for v in node.inputs)
-                    and "stochastic" not in get_op(node.op).traits):
+            if all(v in invariant for v in node.inputs) and not is_random(node):
                 invariant.update(node.outputs)
         read = {v for node in self.backward_nodes for v in node.inputs} | set(self.grads)
         made = {v: node for node in body.nodes for v in node.outputs}

@@ -15,7 +15,7 @@ def eliminate_common_subexpressions(graph: Graph) -> tuple[Graph, bool]:
     seen = {}
     for node in graph.nodes:
         node = rewriter.remap(node)
-        if len(node.outputs) != 1:  # a scan is kept: two with one body are not worth finding
+        if "body" in node.attrs:  # a scan is kept: two with one body are not worth finding
             rewriter.keep(node)
             continue
         key = _key(node)

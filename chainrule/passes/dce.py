@@ -21,10 +21,7 @@ def eliminate_dead_code(graph: Graph, *, prune_interface: bool = False) -> tuple
     result = graph.copy()
     result.nodes = kept
     if prune_interface:
-        # An input also stays for the symbols it binds, which kept nodes' sizes are written
-        # with (`zeros((B, 4))` reads B off the input that declares it).
-        sources = symbol_sources(graph)
-        binding = {sources[s][0] for node in kept for s in node_symbols(node) if s in sources}
+        binding = binding_inputs(graph, kept)
         result.inputs = [v for v in graph.inputs if v in live or v in binding]
         result.params = [p for p in graph.params if p.value in live]
     # A state's update goes with the output that holds it, and with the state itself.
@@ -34,6 +31,13 @@ def eliminate_dead_code(graph: Graph, *, prune_interface: bool = False) -> tuple
     changed = (trimmed and kept != graph.nodes or len(kept) != len(graph.nodes) or len(result.inputs) != len(graph.inputs)
                or len(result.params) != len(graph.params))
     return result, changed
+
+
+def binding_inputs(graph: Graph, nodes: list[Node]) -> set:
+    """The inputs of `graph` that bind the symbols `nodes`' sizes are written with: an input
+    stays for them (`zeros((B, 4))` reads B off the input that declares it)."""
+    sources = symbol_sources(graph)
+    return {sources[s][0] for node in nodes for s in node_symbols(node) if s in sources}
 
 
 def _trimmed_scan(node: Node, live: set) -> Node:
@@ -49,6 +53,7 @@ def _trimmed_scan(node: Node, live: set) -> Node:
     trimmed.outputs = carried_returned + [steps[index] for index in wanted]
     trimmed = eliminate_dead_code(trimmed)[0]
     read = {v for inner in trimmed.nodes for v in inner.inputs} | set(trimmed.outputs)
+    read |= binding_inputs(body, trimmed.nodes)
     first = parts.carried
     keep = list(range(first)) + [i for i in range(first, len(node.inputs))
                                  if body.inputs[i] in read]

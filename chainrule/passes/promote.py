@@ -25,14 +25,16 @@ def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
                      for p in graph.params]
     # The graph's names are unique already, so each node keeps its output's name.
     builder = GraphBuilder(result, Namer(v.name for v in result.inputs + result.param_values()))
+    changed_bodies = False
     for node in graph.nodes:
         attrs = {k: _promoted(v) if k == "dtype" else v for k, v in node.attrs.items()}
         if "body" in attrs:  # a scan's body, promoted as a graph of its own
-            attrs["body"] = promote_to_f64(attrs["body"])[0]
+            attrs["body"], promoted_body = promote_to_f64(attrs["body"])
+            changed_bodies = changed_bodies or promoted_body
         results = builder.emit_results(node.op, [values[v] for v in node.inputs], attrs,
                                        loc=node.loc, names=[v.name for v in node.outputs])
         values.update(zip(node.outputs, results))
     result.outputs = [values[v] for v in graph.outputs]
     result.objective = values.get(graph.objective)
-    changed = any(v.type != values[v].type for v in values)
+    changed = changed_bodies or any(v.type != values[v].type for v in values)
     return result, changed

@@ -24,6 +24,7 @@ from ..ir import Graph, Namer, Node, OpTypeError, Value, dims, get_op
 from ..ir.ops import infer_types
 from ..ir.scan import ScanParts, stacked_type, step_type
 from ..ir.shapes import normalize_axes, normalize_axis
+from .dce import binding_inputs
 from .rewrite import Rewriter
 
 REDUCTIONS = ("sum", "mean", "max", "min", "logsumexp")
@@ -43,11 +44,13 @@ def hoist_scans(graph: Graph) -> tuple[Graph, bool]:
             rewriter.keep(node)
             continue
         results = fission.emit(rewriter)
-        if not all(rewriter.can_replace(old, new) for old, new in zip(node.outputs, results)):
-            raise AssertionError("a scan's result replaced by a value that cannot take its name")
         for old, new in zip(node.outputs, results):
-            if new is not old:
-                rewriter.replace(old, new)
+            if not rewriter.can_replace(old, new):
+                # the value already took another result's place (a body returning one value
+                # twice): this result is a copy of it
+                new = fission.emit_op(rewriter, "cast", [rewriter.current(new)],
+                                       {"dtype": new.type.dtype}, old.name)
+            rewriter.replace(old, new)
         changed = True
     result, _ = rewriter.finish()
     return result, changed
@@ -237,7 +240,7 @@ class _Fission:
                 term, transposed = products[inner.output]
                 total = self._contracted(rewriter, inner, inputs)
                 if transposed:
-                    total = self._emit_op(rewriter, "transpose", [total], {"perm": (1, 0)},
+                    total = self.emit_op(rewriter, "transpose", [total], {"perm": (1, 0)},
                                           f"{term.name}.steps", inner.loc)
                 summed[term] = total
                 continue
@@ -249,10 +252,10 @@ class _Fission:
         for index, first in enumerate(carried_ops):
             if index in self.sums:
                 term = self.sums[index]
-                total = summed.get(term) or self._emit_op(
+                total = summed.get(term) or self.emit_op(
                     rewriter, "sum", [stacks[term] if term in stacks else outside[term]],
                     {"axes": (0,), "keepdims": False}, f"{node.outputs[index].name}.steps")
-                replaced.append(self._emit_op(rewriter, "add", [first, total], {},
+                replaced.append(self.emit_op(rewriter, "add", [first, total], {},
                                               node.outputs[index].name))
             else:
                 replaced.append(next(carried_iter))
@@ -269,6 +272,8 @@ class _Fission:
         readers = self._readers()
         found = {}
         for term in self.sums.values():
+            if readers.get(term) != 1:  # read besides by its sum: its steps are needed too
+                continue
             node, transposed = made.get(term), False
             if node is not None and node.op == "transpose" and node.attrs["perm"] == (1, 0) \
                     and readers.get(node.inputs[0]) == 1:
@@ -288,15 +293,15 @@ class _Fission:
                 producer.attrs["perm"] == (0, 2, 1):
             # a_t = x_t^T: the steps' rows of x, as one matrix, transposed (a view in numpy)
             x = producer.inputs[0]
-            stacked = self._emit_op(rewriter, "reshape", [x], {"shape": (rows, m)}, f"{name}.lhs")
-            left = self._emit_op(rewriter, "transpose", [stacked], {"perm": (1, 0)},
+            stacked = self.emit_op(rewriter, "reshape", [x], {"shape": (rows, m)}, f"{name}.lhs")
+            left = self.emit_op(rewriter, "transpose", [stacked], {"perm": (1, 0)},
                                  f"{name}.lhs")
         else:
-            moved = self._emit_op(rewriter, "transpose", [a], {"perm": (1, 0, 2)}, f"{name}.lhs")
-            left = self._emit_op(rewriter, "reshape", [moved], {"shape": (m, rows)},
+            moved = self.emit_op(rewriter, "transpose", [a], {"perm": (1, 0, 2)}, f"{name}.lhs")
+            left = self.emit_op(rewriter, "reshape", [moved], {"shape": (m, rows)},
                                  f"{name}.lhs")
-        right = self._emit_op(rewriter, "reshape", [b], {"shape": (rows, n)}, f"{name}.rhs")
-        return self._emit_op(rewriter, "matmul", [left, right], {}, f"{name}.steps", inner.loc)
+        right = self.emit_op(rewriter, "reshape", [b], {"shape": (rows, n)}, f"{name}.rhs")
+        return self.emit_op(rewriter, "matmul", [left, right], {}, f"{name}.steps", inner.loc)
 
     def _loop(self, outside: dict) -> tuple[_Loop, list[Value]]:
         """The new body: the nodes that stay, reading slices of what moved before the loop;
@@ -332,9 +337,9 @@ class _Fission:
         return list(outs)
 
     def _emit(self, rewriter, inner: Node, inputs, attrs) -> Value:
-        return self._emit_op(rewriter, inner.op, inputs, attrs, inner.output.name, inner.loc)
+        return self.emit_op(rewriter, inner.op, inputs, attrs, inner.output.name, inner.loc)
 
-    def _emit_op(self, rewriter, op, inputs, attrs, name, loc=None) -> Value:
+    def emit_op(self, rewriter, op, inputs, attrs, name, loc=None) -> Value:
         (out_type,) = infer_types(op, [v.type for v in inputs], attrs)
         out = Value(self.namer.fresh(name), out_type)
         rewriter.keep(Node(op, tuple(inputs), dict(attrs), (out,), loc or self.node.loc))
@@ -351,6 +356,7 @@ class _Loop:
         self.carried = [fission.carried_in[i] for i in self.carried_positions]
         read = {v for n in staying for v in n.inputs} | set(exported)
         read |= {fission.carried_out[i] for i in self.carried_positions}
+        read |= binding_inputs(fission.body, staying)
         moved = [v for v in outside if v in read and v not in fission.carried_in]
         self.sequences = [v for v in moved if fission.early.get(v) == "sequence"]
         self.outer = [v for v in moved if fission.early.get(v) == "outer"]

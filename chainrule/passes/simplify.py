@@ -270,7 +270,7 @@ def apply_rules(graph: Graph, rules, evaluate=None) -> tuple[Graph, bool]:
     by_op: dict[str, list] = {}
     for node in graph.nodes:
         node = rewriter.remap(node)
-        if len(node.outputs) != 1:  # a scan: the rules rewrite one-result nodes
+        if "body" in node.attrs or len(node.outputs) != 1:  # a scan: rules rewrite plain ops
             rewriter.keep(node)
             continue
         candidates = by_op.get(node.op)
