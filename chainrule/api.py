@@ -96,6 +96,7 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
     model = Model(graph, "", filename)
     model.params.update(imported.params)
     model.onnx_names = dict(imported.names)
+    model.notes = list(imported.notes)
     return model
 
 
@@ -113,6 +114,7 @@ class Model:
         self._backends = {}  # backend name -> backend, which caches what it compiles per graph
         self._runs = {}  # (backend, opt_level, outputs) -> (graph, backend, param names)
         self.onnx_names = {}  # an imported model's ONNX value names -> IR names
+        self.notes = []  # what importing it did that its user should know
 
     # ---- interface ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 import chainrule
 from chainrule.onnx_import import UnsupportedModel
 from chainrule.onnx_import.context import dim_hint
+from support.cli import chainrule as chainrule_cli
 from support.conformance import Outcome, mismatch, read_known_failures, verdict
 from support.onnx_models import model_of, run_both
 
@@ -115,10 +116,31 @@ def test_a_dim_the_importer_left_unknown_gets_no_dim_hint():
     assert dim_hint(["?", "S", "B", "S"]) == "fix the dims with --dim B=2 --dim S=2"
 
 
-def test_an_old_opset_is_one_unsupported_model_error():
-    proto = model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT, [2])],
-                     [("y", TensorProto.FLOAT, [2])], opset=9)
-    with pytest.raises(UnsupportedModel, match="opset 9 is older than chainrule reads"):
+def test_an_old_opset_is_converted_with_a_note(tmp_path):
+    """Opset 11's ReduceSum takes its axes as an attribute, 13's as an input."""
+    proto = model_of([helper.make_node("ReduceSum", ["x"], ["y"], axes=[1], keepdims=0)],
+                     [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2])],
+                     opset=11)
+    model = chainrule.import_onnx(proto)
+    assert model.notes == ["<test>.onnx: converted from opset 11 to 13 with "
+                           "onnx.version_converter"]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(model.run(x=x)["y"], x.sum(axis=1))
+    onnx.save(proto, tmp_path / "old.onnx")
+    result = chainrule_cli("check", tmp_path / "old.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "note: " in result.stderr and "converted from opset 11 to 13" in result.stderr
+
+
+def test_a_scan_of_opset_8_is_refused_by_name():
+    body = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "body",
+                             [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    proto = model_of([helper.make_node("Scan", ["", "x"], ["y"], body=body, num_scan_inputs=0)],
+                     [("x", TensorProto.FLOAT, [1, 2])], [("y", TensorProto.FLOAT, [1, 2])],
+                     opset=8)
+    with pytest.raises(UnsupportedModel, match="Scan at opset 8 .a batch axis and sequence "
+                                               "lengths. is not supported"):
         chainrule.import_onnx(proto)
 
 

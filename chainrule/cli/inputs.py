@@ -39,6 +39,8 @@ def load_model(args):
         model = api.import_onnx(args.file, loss=args.loss, targets=args.target_input,
                                 loss_output=args.loss_output, trainable=_names(args.trainable),
                                 freeze=_names(args.freeze) or (), dims=parse_dims(args))
+        for note in model.notes:
+            print(f"chainrule: note: {note}", file=sys.stderr)
     else:
         given = [f"--{o.replace('_', '-')}" for o in ONNX_OPTIONS if getattr(args, o, None)]
         if given:

@@ -50,11 +50,13 @@ def import_graph(path_or_proto, *, loss: str | None = None, target_input: str = 
     output) is that loss of `loss_output` (default: the first output) against a new input
     `target_input`."""
     _load_converters()
-    from .importer import Importer, load_model
+    from .importer import Importer, load_model, upgraded
     from .loss import attach_loss
 
     model, file = load_model(path_or_proto)
+    model, notes = upgraded(model, file)
     imported = Importer(model, file, trainable=trainable, freeze=freeze, dims=dims).run()
+    imported.notes += notes
     if loss is not None:
         attach_loss(imported, loss, target_input, loss_output, file)
     return imported

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, numpy_helper, version_converter
 
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, dims, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
@@ -119,6 +119,40 @@ class Imported:
     params: dict[str, np.ndarray]
     # ONNX value name -> IR value name, for inputs, outputs and initializers.
     names: dict[str, str] = field(default_factory=dict)
+    # What the import did that its user should know (an older opset converted).
+    notes: list[str] = field(default_factory=list)
+
+
+def upgraded(model: onnx.ModelProto, file: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The model at opset MIN_OPSET if it declares an older default-domain opset, converted by
+    onnx.version_converter, with a note saying so; else the model itself."""
+    old = [e.version for e in model.opset_import
+           if e.domain in DEFAULT_DOMAINS and e.version < MIN_OPSET]
+    if not old:
+        return model, []
+    version = old[0]
+    if version < 9 and any(node.op_type == "Scan" for node in _every_node(model.graph)):
+        # Scan 8 steps through a batch axis with per-row lengths; the converter keeps its
+        # nodes as they are, which opset 9's Scan then reads otherwise.
+        reason = f"Scan at opset {version} (a batch axis and sequence lengths) is not supported"
+        raise UnsupportedModel(file, [Problem("opset", "", reason)],
+                               f"{reason}; export the model at opset 9 or newer")
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as error:  # noqa: BLE001 - the converter's own failure, reported
+        reason = (f"opset {version} is older than chainrule reads ({MIN_OPSET} and newer), "
+                  f"and onnx.version_converter could not convert it: {error}")
+        raise UnsupportedModel(file, [Problem("opset", "", reason)], reason) from None
+    return converted, [f"{file}: converted from opset {version} to {MIN_OPSET} with "
+                       f"onnx.version_converter"]
+
+
+def _every_node(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for body in [attribute.g, *attribute.graphs]:
+                yield from _every_node(body)
 
 
 def load_model(path_or_proto) -> tuple[onnx.ModelProto, str]:
