@@ -218,3 +218,34 @@ def test_sequence_lens_read_at_run_time_must_be_a_constant():
         chainrule.import_onnx(proto)
     needs = {p.node: p.needs_constant for p in caught.value.problems}
     assert needs == {"sequence_lens": None, "cell": "sequence_lens"}
+
+
+def with_lengths(positional, lengths):
+    return [(name, np.array(lengths, np.int32) if name == "sequence_lens" else array)
+            for name, array in positional]
+
+
+@pytest.mark.parametrize("op", sorted(GATES))
+def test_a_row_of_length_zero_ends_in_zero_states_as_onnxruntime_gives(op):
+    positional = with_lengths(node_inputs(op, 2, np.random.default_rng(2), np.float32,
+                                          bias=True, lengths=True, initial=True), [5, 0, 3])
+    outputs = OUTPUTS[op]
+    proto = recurrent_model(op, positional, outputs, direction="bidirectional")
+    feeds = {name: array for name, array in positional if name and name != "sequence_lens"}
+    expected = onnxruntime_outputs(proto, feeds)
+    model = chainrule.import_onnx(proto)
+    results = model.run(**{model.onnx_names[n]: a for n, a in feeds.items()})
+    for name in outputs:
+        assert_close(results[model.onnx_names[name]], expected[name], 1e-5, atol=1e-6,
+                     what=name)
+
+
+@pytest.mark.parametrize("lengths", [[7, 2, 3], [5, -1, 3]])
+def test_sequence_lens_outside_the_sequence_are_refused(lengths):
+    positional = with_lengths(node_inputs("GRU", 1, np.random.default_rng(3), np.float32,
+                                          lengths=True), lengths)
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(recurrent_model("GRU", positional, OUTPUTS["GRU"]))
+    (problem,) = caught.value.problems
+    assert problem.reason == (f"sequence_lens {lengths} for a sequence of 5 steps: each lies "
+                              f"in [0, 5]")

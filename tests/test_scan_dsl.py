@@ -348,3 +348,81 @@ def test_a_scan_from_ir_text_prints_as_a_loop_that_computes_it():
     for before, after in zip(model.run(**feeds).values(), printed.run(**feeds).values(),
                              strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+# ---- regressions: each broke once --------------------------------------------------------------
+
+def sequence_program(body: str, before: str = "", inputs: str = "") -> str:
+    return (f"model m(x: f64[B, T, 3]{inputs}) {{\n    h = zeros((B, 3), dtype=f64)\n"
+            f"{before}    for t in RANGE {{\n{body}    }}\n    return sum(h * h)\n}}\n")
+
+
+@pytest.mark.parametrize("body", [
+    "        h = h + x[:, t // 2]\n", "        h = h + x[:, t] * f64(t % 2)\n",
+    "        h = h + sum(x[:, 0:t + 1], axis=1)\n", "        h = h + x[:, t] * (0.5 * t)\n",
+    "        h = h + sum(zeros((t + 1, 3), dtype=f64))\n",
+    "        h = dropout(h + x[:, t], 0.5)\n"],
+    ids=["floordiv", "mod", "growing-slice", "float-of-t", "size-of-t", "dropout"])
+def test_any_body_that_cannot_be_a_scan_unrolls_a_constant_loop_in_auto(body):
+    source = sequence_program(body).replace("RANGE", "range(20)").replace("T, 3]", "40, 3]")
+    graph = chainrule.compile(source=source).graph
+    assert not scans(graph)
+
+
+@pytest.mark.parametrize("statement", ["update(s, s + 1.0)", "batch_norm(h, g, bb, s, v)"])
+def test_a_state_update_in_a_scan_body_is_refused_by_name(statement):
+    source = ("model m(x: f64[B, T, 3]) {\n    param g: f64[3] = ones()\n"
+              "    param bb: f64[3] = zeros()\n    state s: f64[3] = zeros()\n"
+              "    state v: f64[3] = ones()\n    h = zeros((B, 3), dtype=f64)\n"
+              "    for t in range(T) {\n        n = " + statement + "\n"
+              "        h = h + x[:, t]\n    }\n    return sum(h)\n}\n")
+    with pytest.raises(ChainruleError, match="a state update .* cannot be in the body of a "
+                                             "scan") as caught:
+        chainrule.compile(source=source)
+    assert caught.value.line == 8 and "(in the loop over t)" in caught.value.render()
+
+
+@pytest.mark.parametrize("body, loop", [
+    ("        h = h + x[:, t]\n        c = y\n", "range(T)"),        # an outer value carried
+    ("        h = h + x[:, t]\n        ys[:, t] = y\n", "range(T)"),  # an outer value stacked
+    ("        h = h * 0.5 + x[:, t]\n", "range(T - 1, 0, -1)"),     # a reverse range past 0
+    ("        g = h * 0.5 + x[:, t]\n        for s in range(1, T) {\n"
+     "            g = tanh(g + x[:, s])\n        }\n        h = g\n", "range(T)"),  # T inside
+], ids=["carried-outer", "stacked-outer", "reverse-to-1", "inner-length-from-outside"])
+def test_scans_equal_their_unrolled_loops(body, loop):
+    before = "    c = zeros((B, 3), dtype=f64)\n    ys = zeros((B, T, 3), dtype=f64)\n"
+    source = sequence_program(body, before, ", y: f64[B, 3]").replace("RANGE", loop)
+    source = source.replace("return sum(h * h)", "return sum(h * h) + sum(c) + sum(ys)")
+    scanned, unrolled = pair(source)
+    assert scans(scanned.graph)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(2, T, 3)), "y": rng.normal(size=(2, 3))}
+    (expected,) = unrolled.run(**feeds).values()
+    for backend in ("numpy", "numpy-check", "onnxruntime"):
+        (ours,) = scanned.run(backend=backend, **feeds).values()
+        assert_close(ours, expected, rtol=1e-12)
+
+
+def test_a_window_that_leaves_its_axis_at_the_first_step_is_refused():
+    source = sequence_program("        h = h + sum(x[:, t - 1:t + 1], axis=1)\n")
+    with pytest.raises(ChainruleError, match="at the loop's first step this reads indices -1 "
+                                             "to 1 of an axis of size T"):
+        chainrule.compile(source=source.replace("RANGE", "range(T)"))
+
+
+def test_carried_values_that_swap_print_as_a_loop_that_swaps_them():
+    source = """model m(x: f64[B, T, 3]) {
+    a = zeros((B, 3), dtype=f64)
+    b = ones((B, 3), dtype=f64)
+    for t in range(T) {
+        tmp = a
+        a = b + x[:, t]
+        b = tmp
+    }
+    return sum(a * a) + sum(b)
+}"""
+    model = chainrule.compile(source=source, loops="scan")
+    again = chainrule.compile(source=print_dsl(model.graph), loops="scan")
+    x = np.random.default_rng(0).normal(size=(2, 5, 3))
+    assert_close(list(again.run(x=x).values())[0], list(model.run(x=x).values())[0],
+                 rtol=1e-15)

@@ -72,7 +72,9 @@ class LoopLowering:
                                                 and len(steps) > UNROLL_LIMIT):
             try:
                 return self.scan_loop(tree, scope, bounds)
-            except ScanRefused:
+            except ChainruleError:
+                # In auto, a loop of a known length unrolls when its body cannot be a scan
+                # for any reason; an error the body has either way is then the unrolled one's.
                 if steps is None or self.loops == "scan":
                     raise
         self.unroll(tree, scope, steps)

@@ -21,7 +21,7 @@ from .builtins import BUILTINS, CASTS, NO_DEFAULT
 from .expressions import DIM_FOLD, ExpressionLowerer, describe_constant, is_number
 from .loops import LoopLowering
 from .parser import parse
-from .scan_loops import LOOP_MODES
+from .scan_loops import LOOP_MODES, ScanRefused
 from .scope import Scope, redefinition
 from .weak import Weak
 
@@ -123,6 +123,10 @@ class Lowerer(LoopLowering, ExpressionLowerer):
     def update_state(self, state: Value, new: Value, loc: SourceLoc) -> None:
         """Record `new` as the value training gives `state` next (batch_norm's running
         statistics); the model gets it as an extra output, `<state>.next`."""
+        if self.frames:
+            raise ScanRefused("a state update (update(...), batch_norm's running statistics) "
+                              "cannot be in the body of a scan: the model's outputs are "
+                              "values of the graph around the loop", loc)
         states = {p.value: p for p in self.graph.params if not p.trainable}
         if state not in states:
             kind = "a param" if any(p.value is state for p in self.graph.params) else \

@@ -14,6 +14,7 @@ from lark import Tree
 
 from ..ir import ChainruleError, Graph, GraphBuilder, SourceLoc, Value, dims, get_op
 from ..ir.shapes import TO_END, TO_START
+from ..ir.symbols import node_symbols, symbol_sources
 
 # In `--loops auto`, a loop with a constant bound unrolls up to this many steps and becomes a
 # scan past it. Unrolled, a short loop is a few copies of its body that -O2 simplifies and
@@ -181,11 +182,11 @@ class ScanFrame:
         size = value.type.shape[axis]
         if not self.whole_axis(size):
             if isinstance(self.start, int) and self.start < 0 or \
-                    self.step < 0 and self.stop != -1 or self.step > 0 and \
-                    isinstance(self.stop, int) and self.stop < 0:
+                    isinstance(self.stop, int) and self.stop < (-1 if self.step < 0 else 0):
                 raise ScanRefused(f"the loop over '{self.variable}' reads an axis by index "
                                   f"with a range that counts past its ends", self.loc)
-            end = TO_START if self.step < 0 else self.stop
+            self.check_within(value, axis)
+            end = TO_START if self.step < 0 and self.stop == -1 else self.stop
             value = home.emit("slice", (value,), {
                 "starts": (self.start,), "ends": (end,), "axes": (axis,),
                 "steps": (self.step,)}, loc=self.loc)
@@ -193,6 +194,18 @@ class ScanFrame:
             perm = (axis, *(a for a in range(value.type.rank) if a != axis))
             value = home.emit("transpose", (value,), {"perm": perm}, loc=self.loc)
         return value
+
+    def check_within(self, value: Value, axis: int) -> None:
+        """A range of known bounds reads only indices the axis has (unrolled, an index past
+        the end is an error at the step that reads it)."""
+        size = value.type.shape[axis]
+        if not all(isinstance(b, int) for b in (self.start, self.stop, size)):
+            return
+        visited = range(self.start, self.stop, self.step)
+        if visited and max(visited[0], visited[-1]) >= size:
+            raise ChainruleError(f"the loop over '{self.variable}' reads index "
+                                 f"{max(visited[0], visited[-1])} of an axis of size {size}",
+                                 self.loc)
 
     def sequence(self, value: Value, axis: int) -> Value:
         """The body input holding step t's slice of `value` along `axis`."""
@@ -209,7 +222,7 @@ class ScanFrame:
         """t as an i64 tensor in the body: a sequence of arange's values."""
         if self.counter is None:
             top = dims.add(self.start, 1) if self.step < 0 else self.stop
-            if isinstance(top, int) and top < 1 or self.step < 0 and self.stop != -1:
+            if isinstance(top, int) and top < 1:
                 raise ScanRefused(f"the loop over '{self.variable}' uses its variable as a "
                                   f"value, which a range with negative indices cannot give",
                                   self.loc)
@@ -232,11 +245,13 @@ class ScanFrame:
     def scan(self, carried_next: list[Value]) -> tuple[list[Value], list[Value]]:
         """Emit the scan around the loop: its carried results and its stacks."""
         builder = self.builder
+        stacked = [value for _, value in self.collected.values()]
+        # Captured first: a value from outside the loop may leave it as it came in.
+        self.body.outputs = [builder.capture(builder.current(v)) for v in carried_next + stacked]
+        self.capture_sizes()
         captured = list(builder.captured)
         self.body.inputs = ([value for _, value in self.carried] + list(self.sequences.values())
                             + [builder.captured[v] for v in captured])
-        stacked = [value for _, value in self.collected.values()]
-        self.body.outputs = [builder.capture(builder.current(v)) for v in carried_next + stacked]
         # Values from further out are captured into the graph around as the scan reads them.
         operands = self.first_values + self.scanned_operands + captured
         names = [name for name, _ in self.carried] + list(self.collected)
@@ -244,6 +259,22 @@ class ScanFrame:
             "body": self.body, "length": self.length, "carried": len(self.carried),
             "scanned": len(self.scanned_operands), "reverse": False}, loc=self.loc, names=names)
         return list(results[:len(self.carried)]), list(results[len(self.carried):])
+
+    def capture_sizes(self) -> None:
+        """The body reads the size of each symbol its nodes are written with (an inner loop of
+        T steps) off an input that declares it, as any graph does: the model's input declaring
+        it is captured when no input of the body does."""
+        builder = self.builder
+        bound = {dim for value in [v for _, v in self.carried] + list(self.sequences.values())
+                 + list(builder.captured.values()) for dim in value.type.shape}
+        needed = set().union(*(node_symbols(node) for node in self.body.nodes)) - bound
+        outermost = self.around
+        while isinstance(outermost, BodyBuilder):
+            outermost = outermost.around
+        sources = symbol_sources(outermost.graph)
+        for symbol in sorted(needed):
+            if symbol in sources:
+                builder.capture(sources[symbol][0])
 
     def placed(self, name: str, stack: Value, target_type) -> Value:
         """A stack of per-step values placed where `name[..., t, ...]` put them."""
@@ -289,6 +320,7 @@ class LoopIndexing:
                 raise ChainruleError(f"a slice from {start} to {end} changes its width with "
                                      f"the loop's step; in a scan every step reads as many "
                                      f"values (a constant width, step 1)", loc)
+            self.check_window(start, end, result.type.shape[axis], loc)
             first = self.loop_tensor(start, loc)
             offsets = self.builder.emit("arange", (), {"n": width}, loc=loc)
             indices = self.builder.emit("add", (offsets, first), loc=loc)
@@ -297,6 +329,24 @@ class LoopIndexing:
         if squeezed:
             result = self.builder.emit("squeeze", (result,), {"axes": squeezed}, loc=loc)
         return result
+
+    def check_window(self, start, end, size, loc) -> None:
+        """A window that moves with the loops stays inside its axis at their first and last
+        steps, where that is known: `take` would read index -1 as the last one."""
+        for when in ("first", "last"):
+            env = {}
+            for frame in self.frames:
+                steps = frame.length
+                if when == "last" and not isinstance(steps, int):
+                    break
+                env[frame.symbol] = (frame.start if when == "first"
+                                     else dims.add(frame.start, frame.step * (steps - 1)))
+            else:
+                low, high = dims.substitute(start, env), dims.substitute(end, env)
+                if isinstance(low, int) and low < 0 or \
+                        isinstance(high, int) and isinstance(size, int) and high > size:
+                    raise ChainruleError(f"at the loop's {when} step this reads indices "
+                                         f"{low} to {high} of an axis of size {size}", loc)
 
     def outside(self, frame, value: Value) -> bool:
         """Whether `value` is defined outside the body of `frame`'s loop."""

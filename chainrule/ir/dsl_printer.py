@@ -439,7 +439,18 @@ def _loop(node: Node, names: dict[Value, str], graph: Graph, indent: str,
     lines += [_line(f"{names[value]} = {names[sequence]}[{step}]", node.loc, inner)
               for value, sequence in zip(scanned_in, sequences, strict=True)]
     lines += _statements(body.nodes, names, graph, {}, inner, (*loops, step))
-    lines += [_line(f"{names[result]} = {names[value]}", node.loc, inner)
+    # A carried value's next value may be another carried value as it was at this step
+    # (`a, b = b, a`): read through a copy, made before any of them is assigned.
+    taken = set(names.values()) | _reserved(graph) | set(loops) | {step}
+    reads = {}
+    for value in next_values:
+        if value in carried_in and value not in reads:
+            copy = next(f"{names[value]}_{n}" for n in range(1, len(taken) + 2)
+                        if f"{names[value]}_{n}" not in taken)
+            taken.add(copy)
+            reads[value] = copy
+            lines.append(_line(f"{copy} = {names[value]}", node.loc, inner))
+    lines += [_line(f"{names[result]} = {reads.get(value, names[value])}", node.loc, inner)
               for result, value in zip(carried_out, next_values, strict=True)]
     lines += [_line(f"{names[stack]}[{step}] = {names[value]}", node.loc, inner)
               for stack, value in zip(stacked_out, step_values, strict=True)]

@@ -288,9 +288,12 @@ def _step_mask(ctx, length):
     if not ctx.has_input(4):
         return None
     known = ctx.known(4)
-    if known is not None and not known.symbolic and isinstance(length, int) and \
-            np.all(known.array == length):
-        return None
+    if known is not None and not known.symbolic and isinstance(length, int):
+        if np.any(known.array > length) or np.any(known.array < 0):
+            raise Unsupported(f"sequence_lens {known.array.tolist()} for a sequence of "
+                              f"{length} steps: each lies in [0, {length}]")
+        if np.all(known.array == length):
+            return None
     try:
         lengths = ctx.input(4)
     except Unsupported:  # ONNX types it int32, which chainrule holds only as a constant
@@ -339,9 +342,20 @@ def _recurrent(ctx, cell: Cell) -> list:
         states = [per_direction[d] for per_direction in initial]
         results = _direction_scan(ctx, cell, options, x, _direction(ctx, w, d),
                                   _direction(ctx, r, d), d, states, mask, reverse)
-        finals.append(results[:cell.states])
+        finals.append(_emptied(ctx, results[:cell.states], mask))
         stacks.append(results[cell.states])
     return _outputs(ctx, cell, layout, finals, stacks)
+
+
+def _emptied(ctx, states: list, mask) -> list:
+    """The final states, zero in a row of length 0 (which keeps its initial state through
+    every step), as onnxruntime gives them."""
+    if mask is None:
+        return states
+    first = ctx.emit("squeeze", ctx.emit("slice", mask, starts=(0,), ends=(1,), axes=(0,),
+                                         steps=(1,)), axes=(0,))
+    zero = ctx.constant(0.0, states[0].type.dtype)
+    return [ctx.emit("where", first, state, zero) for state in states]
 
 
 def _direction_scan(ctx, cell, options, x, w, r, d, states, mask, reverse):
