@@ -248,7 +248,7 @@ def test_body_names_are_unique_across_the_model():
                     collect(attribute.g)
     collect(proto.graph)
     assert len(names) == len(set(names))
-    assert "h#body/h.in" in names and "dh0.scan#body/h.in" in names
+    assert "h#body/h.in" in names and "dJ/dh0.scan#body/h.in" in names
 
 
 def test_the_onnxruntime_backend_trains_a_model_with_a_scan():

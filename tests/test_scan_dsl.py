@@ -426,3 +426,34 @@ def test_carried_values_that_swap_print_as_a_loop_that_swaps_them():
     x = np.random.default_rng(0).normal(size=(2, 5, 3))
     assert_close(list(again.run(x=x).values())[0], list(model.run(x=x).values())[0],
                  rtol=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numpy-check", "onnxruntime"])
+def test_a_loop_longer_than_the_sequence_it_reads_fails_on_every_backend(backend):
+    """Scan counts its steps by its sequences: the export checks them against the length."""
+    model = chainrule.compile(source="model m(x: f64[B, T, 3], m: f64[B, S]) {\n"
+                              "    h = zeros((B, 3), dtype=f64)\n    for t in range(S) {\n"
+                              "        h = tanh(h + x[:, t])\n    }\n    return sum(h)\n}\n")
+    feeds = {"x": np.ones((2, 4, 3)), "m": np.ones((2, 6))}
+    with pytest.raises(ChainruleError) as caught:
+        model.run(backend=backend, **feeds)
+    assert caught.value.line == 3
+    model.run(backend=backend, x=np.ones((2, 6, 3)), m=np.ones((2, 6)))
+
+
+def test_a_loop_of_one_step_can_be_a_scan():
+    source = sequence_program("        h = tanh(h + x[:, t])\n").replace("RANGE", "range(1)")
+    source = source.replace("f64[B, T, 3]", "f64[B, 1, 3]")
+    scanned = chainrule.compile(source=source, loops="scan")
+    assert scans(scanned.graph)
+    x = np.random.default_rng(0).normal(size=(2, 1, 3))
+    assert_close(scanned.run(x=x)["sum"], np.sum(np.tanh(x[:, 0]) ** 2), rtol=1e-15)
+
+
+def test_a_failing_step_points_at_the_expression_in_the_body(tmp_path):
+    source = sequence_program("        h = tanh(h + x[:, t + 1])\n").replace("RANGE", "range(T)")
+    model = chainrule.compile(source=source)
+    with pytest.raises(ChainruleError) as caught:
+        model.run(x=np.ones((2, 4, 3)))
+    assert (caught.value.line, caught.value.col) == (4, 22)
+    assert caught.value.message.startswith("at step 3 of the scan")

@@ -83,6 +83,9 @@ class NumpyBackend:
                 raise type(error)(f"at step {failed.step} of the scan: {error.message}",
                                   error.loc) from error
             raise error
+        except ChainruleError as error:  # the loop's own check of its operands
+            raise ExecutionError(f"while computing %{node.outputs[0].name} = scan(...): "
+                                 f"{error.message}", node.loc) from error
 
     def step_runner(self, graph: Graph, carried: dict[str, str], rng=None) -> PlainStep:
         """The interpreter compiles nothing to keep values in: they stay in a Python dict."""

@@ -443,6 +443,8 @@ class CompiledGraph:
         """`call`'s outputs as a list, in the graph's order."""
         try:
             results = self.quiet_function(*arrays, training, rng)
+        except ExecutionError:
+            raise  # a scan's body failed: located at the body's node already
         except Exception as error:
             node = self._failing_node(error)
             if node is None:

@@ -28,9 +28,25 @@ def _scan(em, node, out, *operands):
     first, sequences, outer = parts.operands(operands)
     results = [em.name(v) for v in node.outputs]
     if sequences:
+        # onnxruntime refuses sequences of different lengths: checking one checks them all
+        rows = parts.operands(node.inputs)[1][0].type.shape[0]
+        sequences[0] = _of_length(em, sequences[0], rows, node.attrs["length"])
         _emit_scan(em, node, parts, first + sequences, outer, results)
     else:
         _emit_loop(em, node, parts, first, outer, results)
+
+
+def _of_length(em, sequence: str, rows, length) -> str:
+    """The sequence, checked to have `length` steps: Scan counts its steps by its scan inputs,
+    so sequences of another length would run that many steps instead of failing, as the
+    numpy backends do. A reshape to [length, ...] fails in onnxruntime unless the sizes agree
+    (and costs nothing when they do)."""
+    if isinstance(rows, int) and rows == length:
+        return sequence
+    rest = em.add("Slice", [em.add("Shape", [sequence]), em.ints([1], "start"),
+                            em.ints([TO_END], "end")])
+    shape = em.add("Concat", [em.size(length), rest], axis=0)
+    return em.add("Reshape", [sequence, shape])
 
 
 def _emit_scan(em, node, parts: ScanParts, operands, outer, results) -> None:

@@ -256,7 +256,9 @@ class ExpressionLowerer(LoopIndexing):
         """Yields the index's subtree; returns the (start, end, step) that picks it."""
         index = yield from self.constant_int(tree, "an index", dim=True)
         if is_dim(index):
-            if dim != UNKNOWN and dims.at_least(index, dim):
+            # A scan loop's variable counts from 0, unlike a size (which is at least 1): a
+            # window of it is checked at the loop's first and last steps (check_window).
+            if dim != UNKNOWN and not self.loop_symbols(index) and dims.at_least(index, dim):
                 raise ChainruleError(f"index {index} is out of range for axis {axis} of size "
                                      f"{dim}", self.loc(tree))
             return index, dims.add(index, 1), 1

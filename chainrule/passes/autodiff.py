@@ -95,7 +95,7 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
         if node.op == "scan":
             cotangents = [total(out, node.loc) if wanted else None
                           for out, wanted in zip(node.outputs, reached)]
-            input_cotangents = scan_vjp(builder, node, cotangents, active, reverse)
+            input_cotangents = scan_vjp(builder, node, cotangents, active, reverse, prefix)
             via = node.outputs[0].name
         else:
             out = node.output

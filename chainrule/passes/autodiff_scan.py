@@ -20,12 +20,13 @@ from .activity import active_values, check_rules
 STEP_PREFIX = "dstep/d"
 
 
-def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set,
-             reverse) -> list:
+def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set, reverse,
+             prefix: str) -> list:
     """The cotangents of the scan's operands (None for one that needs none), given its
     results' (None for a result nothing reads); appends the backward scan to builder's graph
     and rebuilds the forward scan there with the residuals it saves. `reverse` is autodiff's
-    walk, which differentiates the body as it differentiates a graph."""
+    walk, which differentiates the body as it differentiates a graph; what the backward scan
+    writes is named starting with `prefix`, as every value of the backward graph is."""
     body = node.attrs["body"]
     parts = ScanParts.of(len(node.inputs), body, node.attrs["carried"], node.attrs["scanned"])
     derivative = _Derivative(body, parts, node, cotangents, active)
@@ -33,7 +34,7 @@ def scan_vjp(builder: GraphBuilder, node: Node, cotangents: list, active: set,
         return [None] * len(node.inputs)
     derivative.differentiate(reverse)
     saved = _save_residuals(builder, node, derivative.forward, derivative.residuals)
-    return _emit_backward_scan(builder, node, parts, derivative, saved, cotangents)
+    return _emit_backward_scan(builder, node, parts, derivative, saved, cotangents, prefix)
 
 
 class _Derivative:
@@ -124,7 +125,8 @@ def _save_residuals(builder: GraphBuilder, node: Node, body: Graph,
 
 
 def _emit_backward_scan(builder: GraphBuilder, node: Node, parts: ScanParts,
-                        derivative: _Derivative, saved: list[Value], cotangents: list) -> list:
+                        derivative: _Derivative, saved: list[Value], cotangents: list,
+                        prefix: str) -> list:
     """The reverse scan over the derivative's nodes, and the operands' cotangents it gives."""
     loc = node.loc
     carried_ops, scanned_ops, outer_ops = parts.operands(node.inputs)
@@ -151,9 +153,10 @@ def _emit_backward_scan(builder: GraphBuilder, node: Node, parts: ScanParts,
                     + [grads[scanned_in[i]] for i in derivative.scanned])
 
     def zeros_like(value: Value) -> Value:
-        zero = builder.constant(0.0, value.type.dtype, loc=loc, name=f"{value.name}.zero")
+        zero = builder.constant(0.0, value.type.dtype, loc=loc,
+                                name=f"{prefix}{value.name}.zero")
         return builder.emit("broadcast_like", (zero, value), loc=loc,
-                            name=f"{value.name}.zeros")
+                            name=f"{prefix}{value.name}.zeros")
 
     first = ([cotangents[i] if cotangents[i] is not None else zeros_like(carried_res[i])
               for i in derivative.carried]
@@ -163,9 +166,9 @@ def _emit_backward_scan(builder: GraphBuilder, node: Node, parts: ScanParts,
     outer = [outer_ops[i] for i in derivative.outer_read]
     attrs = {"body": back, "length": node.attrs["length"], "carried": len(first),
              "scanned": len(sequences), "reverse": not node.attrs["reverse"]}
-    names = ([f"d{carried_ops[i].name}.scan" for i in derivative.carried]
-             + [f"d{outer_ops[i].name}.scan" for i in derivative.outer]
-             + [f"d{scanned_ops[i].name}.scan" for i in derivative.scanned])
+    names = [f"{prefix}{operand.name}.scan" for operand in
+             [carried_ops[i] for i in derivative.carried] + [outer_ops[i] for i in derivative.outer]
+             + [scanned_ops[i] for i in derivative.scanned]]
     results = builder.emit_results("scan", first + sequences + outer, attrs, loc=loc,
                                    names=names)
     operand_cots: list = [None] * len(node.inputs)

@@ -74,11 +74,17 @@ def multiply_by_one(ctx, node):
 def add_zero(ctx, node):
     if node.op in ("add", "sub"):
         a, b = node.inputs
-        if ctx.constant(b) == 0.0 and _same_type(a, node.output):
+        if _is_zero(ctx, b) and _same_type(a, node.output):
             return a
-        if node.op == "add" and ctx.constant(a) == 0.0 and _same_type(b, node.output):
+        if node.op == "add" and _is_zero(ctx, a) and _same_type(b, node.output):
             return b
     return None
+
+
+def _is_zero(ctx, value: Value) -> bool:
+    """A zero constant, or one broadcast (autodiff's zero cotangents, a sum's first value)."""
+    spread = ctx.defined_by(value, "broadcast_like")
+    return ctx.constant(spread.inputs[0] if spread is not None else value) == 0.0
 
 
 @rule("neg")
