@@ -26,7 +26,7 @@ from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
 from .ir.types import NUMPY_DTYPES
 from .passes import select_outputs
-from .passes.optimizers import LR, OptimizerSpec
+from .passes.optimizers import LR, OptimizerSpec, step_optimizer
 from .runners import LocalRunner, TrainRunner, check_dataset, held_updates, take_rows
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -34,7 +34,8 @@ LOCK_FILE = ".lock"
 CHECKPOINT_FORMAT = 2  # 2 records the settings a resume must keep; 1 did not
 SCHEDULES = ("constant", "cosine", "step")
 # What a resume must keep (TrainConfig fields): changing them mid-run changes the result.
-RESUME_SETTINGS = ("epochs", "batch_size", "lr", "schedule", "step_every", "step_gamma")
+RESUME_SETTINGS = ("epochs", "batch_size", "lr", "schedule", "step_every", "step_gamma",
+                   "warmup_steps", "clip_grad_norm", "early_stop")
 DROPOUT_STREAM = 1  # dropout draws from Generator([seed, DROPOUT_STREAM]), apart from shuffling
 
 
@@ -58,6 +59,9 @@ class TrainConfig:
     check_numerics: bool = False  # run the numpy interpreter, stopping at the first NaN/Inf
     opt_level: str = "O2"
     allow_nonfinite: bool = False  # train on through steps whose results are NaN or Inf
+    clip_grad_norm: float = 0.0   # bound on the L2 norm of all gradients together (0: none)
+    warmup_steps: int = 0         # the lr rises linearly from 0 over the first N steps
+    early_stop: int = 0           # stop after N epochs without a better validation loss (0: never)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -70,6 +74,11 @@ class TrainConfig:
     def backend_name(self):
         """The backend that runs: the checking interpreter with check_numerics."""
         return CHECKING_BACKEND if self.check_numerics else self.backend
+
+
+def check_controls(config: TrainConfig) -> None:
+    if config.warmup_steps < 0 or config.early_stop < 0:
+        raise ChainruleError("warmup steps and early-stop patience must be at least 0")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -98,7 +107,7 @@ def make_runner(model, config: TrainConfig, dropout_rng, workers: int | None,
     if workers is not None:
         return ShardedRunner(model, config, workers, address, notify,
                              dropout_seed=[config.seed, DROPOUT_STREAM])
-    graph, interface = model.train_step_graph(config.optimizer, config.opt_level)
+    graph, interface = model.train_step_graph(step_optimizer(config), config.opt_level)
     # The step replaces every param array it is given: it may update them in place.
     backend = get_backend(config.backend_name, donate_params=True)
     return LocalRunner(backend.step_runner(graph, held_updates(interface), rng=dropout_rng),
@@ -121,6 +130,7 @@ class Trainer:
                  address: str | None = None, notify=None):
         self.model = model
         self.config = config
+        check_controls(config)
         self.log = log or (lambda record: None)
         # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
         self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
@@ -142,6 +152,8 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.epoch_rng_state = self.rng.bit_generator.state
         self.stop_requested = False
+        self.early_stopping = EarlyStopping(config.early_stop)
+        self.restored_best = False  # whether fit ended by going back to the best epoch's params
 
     def initial_state(self) -> dict[str, np.ndarray]:
         by_name = {v.name: v for v in self.step_graph.inputs}
@@ -175,6 +187,10 @@ class Trainer:
         self.model_has_params = False
 
     def learning_rate(self, total_steps: int) -> float:
+        """The next step's lr: the schedule's, times the warmup's ramp while it lasts."""
+        return self.scheduled_lr(total_steps) * warmup_factor(self.steps, self.config.warmup_steps)
+
+    def scheduled_lr(self, total_steps: int) -> float:
         config = self.config
         if config.schedule == "cosine":
             return config.lr * 0.5 * (1 + math.cos(math.pi * self.steps / max(total_steps, 1)))
@@ -215,25 +231,49 @@ class Trainer:
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
         after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
         gets the trained params when fit returns and when Ctrl-C stops it (not after a step
-        that made them NaN or Inf); they are returned too."""
+        that made them NaN or Inf); they are returned too.
+
+        With `config.early_stop`, training stops once the validation loss has not improved for
+        that many epochs, and fit ends with the params of the best epoch (`restored_best` says
+        whether they differ from the last epoch's), in the model and the last checkpoint."""
+        if self.config.early_stop and val is None:
+            raise ChainruleError(f"early stopping (patience {self.config.early_stop}) watches "
+                                 f"the validation loss: give validation data")
         rows = check_dataset(self.model.graph, train, "training data")
         self.runner.prepare(train, self.evaluate)
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         with lock:
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
             try:
-                while self.epoch < self.config.epochs:
+                while self.epoch < self.config.epochs and not self.early_stopping.exhausted:
                     record = self.run_epoch(train, rows, checkpoint_dir, progress)
                     if val is not None:
                         record["val"] = self.evaluate(val)
+                        self.watch_validation(record["val"])
                     self.epoch, self.batch = self.epoch + 1, 0
                     if checkpoint_dir:
                         self.save_checkpoint(checkpoint_dir)
                     self.log(record)
+                if self.restore_best() and checkpoint_dir:
+                    self.save_checkpoint(checkpoint_dir)
             finally:
                 signal.signal(signal.SIGINT, previous_handler)
         self.update_model()
         return self.params
+
+    def watch_validation(self, scores: dict) -> None:
+        if self.config.early_stop:
+            self.early_stopping.observe(self.epoch + 1, scores[self.interface.objective],
+                                        self.params)
+
+    def restore_best(self) -> bool:
+        """Go back to the best epoch's params if the last epoch's are not they."""
+        best = self.early_stopping
+        if not self.config.early_stop or best.params is None or best.epoch == self.epoch:
+            return False
+        self.params = {name: np.array(array) for name, array in best.params.items()}
+        self.restored_best = True
+        return True
 
     def update_model(self) -> None:
         """Give the model the params (and model state) trained so far, copied, if they moved
@@ -327,6 +367,9 @@ class Trainer:
                 "dropout_rng": self.dropout_rng.bit_generator.state}
         arrays = {f"param/{k}": v for k, v in self.params.items()}
         arrays.update({f"state/{k}": v for k, v in self.state.items()})
+        if self.early_stopping.params is not None:
+            meta["early_stop"] = self.early_stopping.progress()
+            arrays.update({f"best/{k}": v for k, v in self.early_stopping.params.items()})
         arrays["meta"] = np.array(json.dumps(meta))
         path = directory / CHECKPOINT_FILE
         save_npz(path, arrays)
@@ -356,7 +399,11 @@ class Trainer:
         state = {k.removeprefix("state/"): v for k, v in arrays.items() if k.startswith("state/")}
         _check_same(path, "params", params, self.params)
         notes = [f"overriding the checkpoint's settings: {'; '.join(changes)}"] if changes else []
-        if meta["optimizer"] == asdict(self.config.optimizer):
+        if self.config.early_stop and "early_stop" in meta:
+            best = {k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")}
+            _check_same(path, "best params", best, self.params)
+            self.early_stopping.resume(meta["early_stop"], best, path)
+        if recorded_optimizer(meta) == asdict(self.config.optimizer):
             _check_same(path, "optimizer state", state, self.state)
             self.state = state
         else:
@@ -374,10 +421,59 @@ class Trainer:
 
     def changed_settings(self, meta: dict) -> list[str]:
         """'NAME: OLD -> NEW' for each setting this run changes from the checkpoint's."""
-        old = dict(meta.get("settings", {}), optimizer=meta["optimizer"])
+        old = dict(meta.get("settings", {}), optimizer=recorded_optimizer(meta))
         new = dict(self.settings(), optimizer=asdict(self.config.optimizer))
         return [f"{name.replace('_', ' ')} {_shown(old[name])} -> {_shown(new[name])}"
                 for name in new if name in old and old[name] != new[name]]
+
+
+def warmup_factor(steps_done: int, warmup_steps: int) -> float:
+    """The warmup's share of the lr for the step after `steps_done`: k/N for the k-th of the
+    first N steps, then 1."""
+    if steps_done >= warmup_steps:
+        return 1.0
+    return (steps_done + 1) / warmup_steps
+
+
+class EarlyStopping:
+    """The best validation loss so far, the epoch and a copy of the params that reached it,
+    and how many epochs since have not improved on it; `patience` such epochs exhaust it."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.loss = math.inf
+        self.epoch = 0
+        self.params = None
+        self.waited = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.patience) and self.waited >= self.patience
+
+    def observe(self, epoch: int, loss: float, params: dict) -> None:
+        if loss < self.loss:  # a NaN loss is no improvement
+            self.loss, self.epoch, self.waited = loss, epoch, 0
+            self.params = {name: np.array(array) for name, array in params.items()}
+        else:
+            self.waited += 1
+
+    def progress(self) -> dict:
+        """What a checkpoint keeps beside the best params."""
+        return {"loss": self.loss, "epoch": self.epoch, "waited": self.waited}
+
+    def resume(self, progress, params: dict, path) -> None:
+        try:
+            self.loss, self.epoch = float(progress["loss"]), int(progress["epoch"])
+            self.waited = int(progress["waited"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ChainruleError(f"{path}: the checkpoint's early-stopping record is damaged "
+                                 f"({error})") from None
+        self.params = params
+
+
+def recorded_optimizer(meta: dict) -> dict:
+    """The checkpoint's optimizer, fields it predates at their defaults (the values it ran)."""
+    return {**asdict(OptimizerSpec()), **meta["optimizer"]}
 
 
 # Each field of a checkpoint's meta: its type and what else it must satisfy.

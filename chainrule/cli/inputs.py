@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -26,9 +27,15 @@ ONNX_OPTIONS = ("loss", "loss_output", "freeze", "trainable")
 
 
 def optimizer_spec(args) -> OptimizerSpec:
-    """The optimizer the options name (train, and export --train-step)."""
+    """The optimizer the options name (train, and export --train-step), without the clipping:
+    train keeps that as a setting of its own (TrainConfig.clip_grad_norm)."""
     return OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
                          weight_decay=args.weight_decay)
+
+
+def exported_step_spec(args) -> OptimizerSpec:
+    """export --train-step: the optimizer with the clipping the options ask for."""
+    return replace(optimizer_spec(args), clip_grad_norm=args.clip_grad_norm)
 
 
 def load_model(args):

@@ -13,7 +13,7 @@ from ..ir import dsl_names, print_dsl, print_graph
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext
 from ..viz import render, to_dot
-from .inputs import UsageError, load_model, optimizer_spec
+from .inputs import UsageError, exported_step_spec, load_model
 
 
 def cmd_check(args) -> int:
@@ -104,7 +104,7 @@ def cmd_export(args) -> int:
                          "or --wrt")
     proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
                           opset=args.opset, opt_level=args.opt_level,
-                          train_step=optimizer_spec(args) if args.train_step else None)
+                          train_step=exported_step_spec(args) if args.train_step else None)
     graph = proto.graph
     in_bodies = _nodes_in_bodies(graph)
     print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes"

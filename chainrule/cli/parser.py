@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
         sub.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
         sub.add_argument("--weight-decay", type=float, default=0.0,
-                         help="decoupled for sgd and adamw, added to the gradient for adam")
+                         help="decoupled for sgd and adamw, added to the gradient for adam and "
+                              "rmsprop")
+        sub.add_argument("--clip-grad-norm", type=float, default=DEFAULTS.clip_grad_norm,
+                         metavar="MAX", help="scale the gradients, before the update, so that "
+                                             "their joint L2 norm is at most MAX")
         return sub
 
     def with_data(sub, flag="--inputs", help_text="the inputs' arrays: .npz, .npy, .csv or IDX"):
@@ -194,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="step schedule: epochs between decays (0: a third of --epochs)")
     train.add_argument("--step-gamma", type=float, default=DEFAULTS.step_gamma, metavar="F",
                        help="step schedule: factor applied at each decay")
+    train.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps, metavar="N",
+                       help="raise the lr linearly from 0 over the first N steps, then follow "
+                            "the schedule")
+    train.add_argument("--early-stop", type=int, default=DEFAULTS.early_stop,
+                       metavar="PATIENCE",
+                       help="stop when the validation loss has not improved for PATIENCE "
+                            "epochs, and keep the best epoch's params (needs --val or "
+                            "--val-split)")
     train.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
                        help="where to run the train step")
     train.add_argument("--check-numerics", action="store_true",
@@ -204,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
     train.add_argument("--override", action="store_true",
                        help="resume even though options differ from the checkpoint's (batch "
-                            "size, learning rate, schedule, optimizer, epochs)")
+                            "size, learning rate, schedule, warmup, clipping, early stop, "
+                            "optimizer, epochs)")
     train.add_argument("--allow-nonfinite", action="store_true",
                        help="train on through steps whose objective or params are NaN or Inf "
                             "(by default training stops at the first)")

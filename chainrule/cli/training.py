@@ -22,7 +22,8 @@ def train_config(args) -> TrainConfig:
                        seed=args.seed, step_every=args.step_every, step_gamma=args.step_gamma,
                        backend=args.backend, opt_level=args.opt_level,
                        check_numerics=args.check_numerics,
-                       allow_nonfinite=args.allow_nonfinite)
+                       allow_nonfinite=args.allow_nonfinite, clip_grad_norm=args.clip_grad_norm,
+                       warmup_steps=args.warmup_steps, early_stop=args.early_stop)
 
 
 def training_sets(args, model: api.Model) -> tuple[dict, dict | None]:
@@ -37,6 +38,9 @@ def training_sets(args, model: api.Model) -> tuple[dict, dict | None]:
         if not 0 < args.val_split < 1:
             raise UsageError("--val-split must lie between 0 and 1")
         train_data, val_data = split_validation(train_data, args.val_split, args.seed)
+    if args.early_stop and val_data is None:
+        raise UsageError(f"--early-stop {args.early_stop} watches the validation loss: give "
+                         f"--val FILE or --val-split F")
     return train_data, val_data
 
 
@@ -86,6 +90,17 @@ def resume_and_fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> 
               "will not be saved", file=sys.stderr)
     with log:
         return fit(args, trainer, train_data, val_data, checkpoint)
+
+
+def print_early_stop(trainer: Trainer) -> None:
+    """Say why training stopped before --epochs, and which epoch's params are kept."""
+    best, objective = trainer.early_stopping, trainer.interface.objective
+    if best.exhausted:
+        print(f"early stop after epoch {trainer.epoch}: val {objective} has not improved for "
+              f"{best.patience} epochs")
+    if trainer.restored_best:
+        print(f"restored the params of epoch {best.epoch}, the best on validation (val "
+              f"{objective} {best.loss:.4f})")
 
 
 class EpochLog:
@@ -144,6 +159,7 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
         unwritten = f"; nothing was written to {args.output}" if args.output else ""
         raise NonFiniteError(f"{error.message} ({kept}{unwritten})") from None
     if not args.quiet:
+        print_early_stop(trainer)
         print(f"trained in {time.perf_counter() - started:.2f}s")
     if args.output:
         save_npz(args.output, trainer.params)

@@ -3,18 +3,21 @@
 The train-step graph's inputs are a batch, the params, the optimizer state and the learning
 rate `opt.lr`; its outputs are the objective, the model's other scalar outputs (metrics), the
 new params `W.next` and the new state `opt.*.next`. Hyperparameters other than the learning
-rate are constants in the graph. Both backends run it, and it exports as plain ONNX.
+rate are constants in the graph. Both backends run it, and it exports as plain ONNX. Gradient
+clipping by global norm, when asked for, is part of the step too, ahead of the update.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 
 from ..ir import ChainruleError, Graph, GraphBuilder, Value
 from ..ir.types import scalar
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LR = "opt.lr"
 STEP = "opt.step"
+CLIP_EPS = 1e-6  # keeps min(1, max / norm) finite when every gradient is zero (PyTorch's too)
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,12 @@ class OptimizerSpec:
     kind: str = "sgd"
     momentum: float = 0.0
     nesterov: bool = False
-    weight_decay: float = 0.0   # sgd, adamw: decoupled; adam: added to the gradient
+    weight_decay: float = 0.0   # sgd, adamw: decoupled; adam, rmsprop: added to the gradient
     beta1: float = 0.9
     beta2: float = 0.999
-    eps: float = 1e-8
+    eps: float = 1e-8           # adam, adamw, rmsprop
+    alpha: float = 0.99         # rmsprop: the decay of the running mean of squared gradients
+    clip_grad_norm: float = 0.0  # bound on the L2 norm of all gradients together (0: none)
 
     def __post_init__(self):
         if self.kind not in OPTIMIZERS:
@@ -33,16 +38,33 @@ class OptimizerSpec:
                                  f"{', '.join(OPTIMIZERS)}")
         if self.nesterov and (self.kind != "sgd" or self.momentum <= 0):
             raise ChainruleError("nesterov needs sgd with a positive momentum")
+        if self.kind == "rmsprop" and self.momentum:
+            raise ChainruleError("rmsprop has no momentum here: give --momentum with sgd only")
+        if not 0 <= self.alpha < 1:
+            raise ChainruleError(f"rmsprop's alpha must lie in [0, 1), not {self.alpha}")
+        if not self.clip_grad_norm >= 0:
+            raise ChainruleError(f"the gradient norm to clip to must be positive (0: no "
+                                 f"clipping), not {self.clip_grad_norm}")
 
     def state_slots(self) -> tuple[str, ...]:
         """Per-param state buffers, each with the param's shape."""
         if self.kind == "sgd":
             return ("velocity",) if self.momentum else ()
+        if self.kind == "rmsprop":
+            return ("square_avg",)
         return ("m", "v")
 
     @property
     def counts_steps(self) -> bool:
         return self.kind in ("adam", "adamw")
+
+
+def step_optimizer(config) -> OptimizerSpec:
+    """The update a training config's step runs: its optimizer, clipping gradients as the
+    config's clip_grad_norm says when that is set."""
+    if not config.clip_grad_norm:
+        return config.optimizer
+    return replace(config.optimizer, clip_grad_norm=config.clip_grad_norm)
 
 
 @dataclass
@@ -99,6 +121,9 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
 
     emit = builder.emit
     by_name = {v.name: v for v in graph.values()}
+    gradients = {p.value.name: by_name[grads[p.value.name]] for p in graph.params if p.trainable}
+    if spec.clip_grad_norm and gradients:
+        gradients = _clipped_by_global_norm(emit, const, gradients, spec.clip_grad_norm)
     for param in graph.params:
         weight = param.value
         name = weight.name
@@ -107,8 +132,8 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                 outputs.append(by_name[graph.updates[name]])
                 interface.params[name] = graph.updates[name]
             continue
-        grad = by_name[grads[name]]
-        if spec.kind == "adam" and spec.weight_decay:
+        grad = gradients[name]
+        if spec.kind in ("adam", "rmsprop") and spec.weight_decay:
             grad = emit("add", (grad, emit("mul", (const(spec.weight_decay), weight))))
         slots = {slot: new_input(state_name(slot, name), weight.type)
                  for slot in spec.state_slots()}
@@ -122,6 +147,14 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                 update = (emit("add", (grad, emit("mul", (const(spec.momentum), velocity))))
                           if spec.nesterov else velocity)
             delta = emit("mul", (lr, update))
+        elif spec.kind == "rmsprop":
+            square_avg = slots["square_avg"]
+            squared = emit("mul", (const(1.0 - spec.alpha), emit("mul", (grad, grad))))
+            average = emit("add", (emit("mul", (const(spec.alpha), square_avg)), squared),
+                           name=f"{square_avg.name}.next")
+            new_state["square_avg"] = average
+            denominator = emit("add", (emit("sqrt", (average,)), const(spec.eps)))
+            delta = emit("mul", (lr, emit("div", (grad, denominator))))
         else:
             m = emit("add", (emit("mul", (const(spec.beta1), slots["m"])),
                              emit("mul", (const(1.0 - spec.beta1), grad))),
@@ -168,6 +201,18 @@ def build_update_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                         outputs=list(inputs), loc=graph.loc, objective=inputs[0],
                         updates=dict(graph.updates))
     return build_train_step(passthrough, grads, spec)
+
+
+def _clipped_by_global_norm(emit, const, gradients: dict[str, Value],
+                            max_norm: float) -> dict[str, Value]:
+    """Every gradient times min(1, max_norm / (norm + eps)), norm being the L2 norm of all of
+    them as one vector: the direction of the step is kept, only its length is bounded."""
+    squares = [emit("sum", (emit("mul", (g, g)),)) for g in gradients.values()]
+    total = functools.reduce(lambda a, b: emit("add", (a, b)), squares)
+    norm = emit("sqrt", (total,), name="opt.grad_norm")
+    ratio = emit("div", (const(max_norm), emit("add", (norm, const(CLIP_EPS)))))
+    scale = emit("minimum", (const(1.0), ratio), name="opt.clip_scale")
+    return {name: emit("mul", (scale, g)) for name, g in gradients.items()}
 
 
 def _adam_step_scale(builder, const, lr, step, spec) -> dict[str, Value]:
