@@ -14,23 +14,9 @@ from chainrule.passes.optimizers import CLIP_EPS, LR, OptimizerSpec
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer, warmup_factor
 from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
+from support.training import SMALL, small_data
 
-SMALL = """
-model small(x: f64[B, 3], y: i64[B]) {
-    param W: f64[4, 3] = normal(0.0, 0.5)
-    param V: f64[2, 4] = normal(0.0, 0.5)
-    o = tanh(x @ W.T) @ V.T
-    L = cross_entropy(o, y)
-    J = L + 0.01 * sum(W ** 2)
-    return J, L
-}
-"""
 DIGITS = ("examples/mlp_digits.nn", "--data", "examples/data/digits_train.npz")
-
-
-def small_data(rows=10, seed=0, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    return {"x": rng.normal(size=(rows, 3)).astype(dtype), "y": rng.integers(0, 2, rows)}
 
 
 def gradients_along(trainer, model, data, steps, lr):
