@@ -17,7 +17,7 @@ from .ir.limits import check_graph_sizes
 from .data import check_rows
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
-from .passes.optimizers import OptimizerSpec, build_train_step
+from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
 from .passes.promote import promote_to_f64
 
 
@@ -196,11 +196,14 @@ class Model:
                           PassContext(evaluate=evaluate_scalars))
 
     @gc_paused
-    def train_step_graph(self, optimizer: OptimizerSpec | None = None, opt_level: str = "O1"):
+    def train_step_graph(self, optimizer: OptimizerSpec | None = None, opt_level: str = "O1",
+                         freeze=()):
         """The whole training step as one graph: forward, backward and optimizer update.
+        Params matching a glob pattern of `freeze` get neither a gradient nor an update.
 
         Returns the graph and its TrainStepInterface (which outputs update which inputs)."""
-        graph, grads = self.compile_graph(grad=True, opt_level=opt_level, training=True)
+        graph, grads = self.compile_graph(grad=True, wrt=trained_params(self.graph, freeze),
+                                          opt_level=opt_level, training=True)
         step, interface = build_train_step(graph, grads, optimizer or OptimizerSpec())
         return self.optimize(step, opt_level), interface
 

@@ -65,7 +65,7 @@ from .backends import get_backend
 from .backends.threads import configured_threads, set_threads
 from .ir import ChainruleError
 from .passes import select_outputs
-from .passes.optimizers import build_update_step, step_optimizer, update_inputs
+from .passes.optimizers import build_update_step, step_optimizer, trained_params, update_inputs
 from .runners import LocalRunner, check_dataset, held_updates, take_rows
 
 INSTALL_HINT = ("data-parallel training (--workers) needs Ray: pip install "
@@ -337,7 +337,8 @@ class ShardedRunner(LocalRunner):
 def split_step(model, config):
     """The train step in two: the gradient graph the workers run (every output the update
     reads, and only those) and the update graph with its interface, which the driver runs."""
-    graph, grads = model.compile_graph(grad=True, opt_level=config.opt_level, training=True)
+    graph, grads = model.compile_graph(grad=True, wrt=trained_params(model.graph, config.freeze),
+                                       opt_level=config.opt_level, training=True)
     update, interface = build_update_step(graph, grads, step_optimizer(config))
     selected = select_outputs(graph, update_inputs(graph, grads))
     selected.updates = {}  # the driver applies them: here they are outputs like the others

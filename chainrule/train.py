@@ -35,7 +35,7 @@ CHECKPOINT_FORMAT = 2  # 2 records the settings a resume must keep; 1 did not
 SCHEDULES = ("constant", "cosine", "step")
 # What a resume must keep (TrainConfig fields): changing them mid-run changes the result.
 RESUME_SETTINGS = ("epochs", "batch_size", "lr", "schedule", "step_every", "step_gamma",
-                   "warmup_steps", "clip_grad_norm", "early_stop")
+                   "warmup_steps", "clip_grad_norm", "early_stop", "freeze")
 DROPOUT_STREAM = 1  # dropout draws from Generator([seed, DROPOUT_STREAM]), apart from shuffling
 
 
@@ -62,6 +62,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0   # bound on the L2 norm of all gradients together (0: none)
     warmup_steps: int = 0         # the lr rises linearly from 0 over the first N steps
     early_stop: int = 0           # stop after N epochs without a better validation loss (0: never)
+    freeze: tuple[str, ...] = ()  # glob patterns of params that stay as they are
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -107,7 +108,8 @@ def make_runner(model, config: TrainConfig, dropout_rng, workers: int | None,
     if workers is not None:
         return ShardedRunner(model, config, workers, address, notify,
                              dropout_seed=[config.seed, DROPOUT_STREAM])
-    graph, interface = model.train_step_graph(step_optimizer(config), config.opt_level)
+    graph, interface = model.train_step_graph(step_optimizer(config), config.opt_level,
+                                              config.freeze)
     # The step replaces every param array it is given: it may update them in place.
     backend = get_backend(config.backend_name, donate_params=True)
     return LocalRunner(backend.step_runner(graph, held_updates(interface), rng=dropout_rng),
@@ -376,7 +378,10 @@ class Trainer:
         return path
 
     def settings(self) -> dict:
-        return {name: getattr(self.config, name) for name in RESUME_SETTINGS}
+        """The RESUME_SETTINGS as a checkpoint's JSON holds them (a tuple as a list)."""
+        values = {name: getattr(self.config, name) for name in RESUME_SETTINGS}
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in values.items()}
 
     def load_checkpoint(self, directory, override: bool = False) -> list[str]:
         """Restore params, state, position and RNG; refuse a checkpoint of another model, or
@@ -403,11 +408,18 @@ class Trainer:
             best = {k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")}
             _check_same(path, "best params", best, self.params)
             self.early_stopping.resume(meta["early_stop"], best, path)
-        if recorded_optimizer(meta) == asdict(self.config.optimizer):
+        if recorded_optimizer(meta) != asdict(self.config.optimizer):
+            notes.append("the optimizer changed, so its state starts afresh")
+        elif meta.get("settings", {}).get("freeze", []) != list(self.config.freeze):
+            # The buffers of params trained both times carry over; the others start at 0.
+            kept = {name: array for name, array in state.items() if name in self.state}
+            _check_same(path, "optimizer state", kept, {k: self.state[k] for k in kept})
+            self.state = kept
+            notes.append("other params are frozen, so the optimizer state of those that "
+                         "train now and did not then starts afresh")
+        else:
             _check_same(path, "optimizer state", state, self.state)
             self.state = state
-        else:
-            notes.append("the optimizer changed, so its state starts afresh")
         self.params = params
         self.epoch, self.batch, self.steps = meta["epoch"], meta["batch"], meta["steps"]
         try:

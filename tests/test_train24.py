@@ -307,3 +307,53 @@ def test_train_command_names_a_bad_control(options, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- frozen params ----------------------------------------------------------------------------
+
+def test_frozen_params_get_no_gradient_and_no_update():
+    model = chainrule.compile(source=SMALL)
+    trainer = Trainer(model, TrainConfig(batch_size=10, lr=0.1, freeze=("W*",),
+                                         optimizer=OptimizerSpec("sgd")))
+    assert set(trainer.interface.params) == {"V"}
+    assert not any("dJ/dW" in value.name for value in trainer.step_graph.values())
+    start = {k: v.copy() for k, v in trainer.params.items()}
+    model.params = dict(start)
+    gradient = model.grad(**small_data())["V"]
+    trainer.train_step(small_data(), 0.1)
+    assert np.array_equal(trainer.params["W"], start["W"])
+    assert_close(trainer.params["V"], start["V"] - 0.1 * gradient, 1e-12, atol=1e-14, what="V")
+
+
+def test_a_freeze_pattern_must_match_a_param():
+    with pytest.raises(ChainruleError, match=r"freeze pattern 'b\*' matches no param; the "
+                                             r"params are W, V"):
+        Trainer(chainrule.compile(source=SMALL), TrainConfig(freeze=("b*",)))
+
+
+def test_train_command_freezes_params_by_pattern(tmp_path):
+    first, frozen = tmp_path / "first.npz", tmp_path / "frozen.npz"
+    assert chainrule_cli("train", *DIGITS, "--epochs", "1", "-q", "-o", first).returncode == 0
+    result = chainrule_cli("train", *DIGITS, "--epochs", "1", "-q", "--params", first,
+                           "--freeze", "W1", "-o", frozen)
+    assert result.returncode == 0, result.stderr
+    before, after = load_npz(first), load_npz(frozen)
+    assert np.array_equal(before["W1"], after["W1"])
+    assert not np.array_equal(before["W2"], after["W2"])
+    assert chainrule_cli("run", "examples/mlp_digits.nn", "--freeze", "W1",
+                         "--random-inputs").returncode != 0  # only train reads it for .nn
+
+
+def test_a_frozen_run_resumes_with_the_same_patterns_and_notes_new_ones(tmp_path):
+    config = dict(epochs=1, batch_size=4, freeze=("W",))
+    Trainer(chainrule.compile(source=SMALL), TrainConfig(**config)).fit(
+        small_data(), checkpoint_dir=tmp_path)
+    same = Trainer(chainrule.compile(source=SMALL), TrainConfig(**config))
+    assert same.load_checkpoint(tmp_path) == []
+    thawed = Trainer(chainrule.compile(source=SMALL), TrainConfig(epochs=1, batch_size=4))
+    assert thawed.load_checkpoint(tmp_path, override=True) == [
+        "overriding the checkpoint's settings: freeze ['W'] -> []",
+        "other params are frozen, so the optimizer state of those that train now and did not "
+        "then starts afresh"]
+    assert np.array_equal(thawed.state["opt.m.V"], same.state["opt.m.V"])
+    assert not thawed.state["opt.m.W"].any()

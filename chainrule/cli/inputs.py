@@ -38,18 +38,30 @@ def exported_step_spec(args) -> OptimizerSpec:
     return replace(optimizer_spec(args), clip_grad_norm=args.clip_grad_norm)
 
 
-def load_model(args):
-    """The model FILE names: a .nn (or .cir) file compiled, or an .onnx file imported."""
+def is_onnx_model(args) -> bool:
+    return str(args.file).endswith(".onnx")
+
+
+def frozen_patterns(args) -> tuple[str, ...]:
+    """train --freeze on a chainrule model: glob patterns of params to keep fixed (an .onnx
+    model's --freeze names initializers, and the import fixes them)."""
+    return () if is_onnx_model(args) else tuple(_names(args.freeze) or ())
+
+
+def load_model(args, own_options=()):
+    """The model FILE names: a .nn (or .cir) file compiled, or an .onnx file imported.
+    `own_options` are ONNX options the command also reads for a chainrule model."""
     from .. import api  # the compiler: loaded by the commands that read a model, not by --help
 
-    if str(args.file).endswith(".onnx"):
+    if is_onnx_model(args):
         model = api.import_onnx(args.file, loss=args.loss, targets=args.target_input,
                                 loss_output=args.loss_output, trainable=_names(args.trainable),
                                 freeze=_names(args.freeze) or (), dims=parse_dims(args))
         for note in model.notes:
             print(f"chainrule: note: {note}", file=sys.stderr)
     else:
-        given = [f"--{o.replace('_', '-')}" for o in ONNX_OPTIONS if getattr(args, o, None)]
+        given = [f"--{o.replace('_', '-')}" for o in ONNX_OPTIONS
+                 if getattr(args, o, None) and o not in own_options]
         if given:
             raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
                              f".onnx models; {args.file} is a chainrule model")

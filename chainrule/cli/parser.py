@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         onnx.add_argument("--loss-output", metavar="NAME",
                           help="with --loss: the output the loss reads (default: the first)")
         onnx.add_argument("--freeze", metavar="NAMES",
-                          help="float initializers that stay fixed (comma-separated)")
+                          help="float initializers that stay fixed (comma-separated); for "
+                               "train, also params of a .nn model, as glob patterns ('b*')")
         onnx.add_argument("--trainable", metavar="NAMES",
                           help="the only float initializers that train (comma-separated; "
                                "by default weights do, and constants folded in do not)")
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--override", action="store_true",
                        help="resume even though options differ from the checkpoint's (batch "
                             "size, learning rate, schedule, warmup, clipping, early stop, "
-                            "optimizer, epochs)")
+                            "frozen params, optimizer, epochs)")
     train.add_argument("--allow-nonfinite", action="store_true",
                        help="train on through steps whose objective or params are NaN or Inf "
                             "(by default training stops at the first)")

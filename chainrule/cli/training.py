@@ -13,7 +13,8 @@ from ..fileio import save_npz
 from ..ir import ChainruleError
 from ..train import (CheckpointLock, NonFiniteError, TrainConfig, Trainer, format_epoch,
                      print_progress, split_validation)
-from .inputs import UsageError, load_model, mapping, optimizer_spec, training_data
+from .inputs import (UsageError, frozen_patterns, load_model, mapping, optimizer_spec,
+                     training_data)
 
 
 def train_config(args) -> TrainConfig:
@@ -23,7 +24,8 @@ def train_config(args) -> TrainConfig:
                        backend=args.backend, opt_level=args.opt_level,
                        check_numerics=args.check_numerics,
                        allow_nonfinite=args.allow_nonfinite, clip_grad_norm=args.clip_grad_norm,
-                       warmup_steps=args.warmup_steps, early_stop=args.early_stop)
+                       warmup_steps=args.warmup_steps, early_stop=args.early_stop,
+                       freeze=frozen_patterns(args))
 
 
 def training_sets(args, model: api.Model) -> tuple[dict, dict | None]:
@@ -63,7 +65,7 @@ def note(text: str) -> None:
 
 def cmd_train(args) -> int:
     check_workers(args)
-    model = load_model(args)
+    model = load_model(args, own_options=("freeze",))
     config = train_config(args)
     train_data, val_data = training_sets(args, model)
     checkpoint = args.checkpoint or args.resume

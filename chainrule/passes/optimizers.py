@@ -8,6 +8,7 @@ clipping by global norm, when asked for, is part of the step too, ahead of the u
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 from dataclasses import dataclass, field, replace
 
@@ -67,6 +68,20 @@ def step_optimizer(config) -> OptimizerSpec:
     return replace(config.optimizer, clip_grad_norm=config.clip_grad_norm)
 
 
+def trained_params(graph: Graph, freeze) -> list[str] | None:
+    """The params a step differentiates and updates when the glob patterns `freeze` name the
+    ones to keep fixed: the others, by name (None when nothing is frozen: all of them)."""
+    if not freeze:
+        return None
+    names = [value.name for value in graph.trainable_values()]
+    for pattern in freeze:
+        if not fnmatch.filter(names, pattern):
+            raise ChainruleError(f"freeze pattern '{pattern}' matches no param; the params "
+                                 f"are {', '.join(names) or '(none)'}")
+    return [name for name in names
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in freeze)]
+
+
 @dataclass
 class TrainStepInterface:
     """Names of the train-step graph's inputs and outputs beyond the batch."""
@@ -121,14 +136,15 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
 
     emit = builder.emit
     by_name = {v.name: v for v in graph.values()}
-    gradients = {p.value.name: by_name[grads[p.value.name]] for p in graph.params if p.trainable}
+    gradients = {p.value.name: by_name[grads[p.value.name]] for p in graph.params
+                 if p.trainable and p.value.name in grads}
     if spec.clip_grad_norm and gradients:
         gradients = _clipped_by_global_norm(emit, const, gradients, spec.clip_grad_norm)
     for param in graph.params:
         weight = param.value
         name = weight.name
-        if not param.trainable:  # state: its next value is the model's own update
-            if name in graph.updates:
+        if name not in gradients:  # state, or a frozen param: no gradient, no optimizer step
+            if name in graph.updates:  # state: its next value is the model's own update
                 outputs.append(by_name[graph.updates[name]])
                 interface.params[name] = graph.updates[name]
             continue
