@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 PUBLIC = {
     "compile": "api", "import_onnx": "api", "Model": "api",
     "ChainruleError": "ir",
-    "OptimizerSpec": "passes.optimizers",
+    "OptimizerSpec": "passes.optimizers", "ParamGroup": "passes.optimizers",
     "Trainer": "train", "TrainConfig": "train",
 }
 __all__ = sorted(PUBLIC)

@@ -362,7 +362,8 @@ class Trainer:
     def save_checkpoint(self, directory) -> Path:
         directory = Path(directory)
         meta = {"format": CHECKPOINT_FORMAT, "model": self.fingerprint(),
-                "optimizer": asdict(self.config.optimizer), "settings": self.settings(),
+                "optimizer": optimizer_record(self.config.optimizer),
+                "settings": self.settings(),
                 "epoch": self.epoch,
                 "batch": self.batch, "steps": self.steps,
                 "rng": self.rng.bit_generator.state, "epoch_rng": self.epoch_rng_state,
@@ -408,7 +409,7 @@ class Trainer:
             best = {k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")}
             _check_same(path, "best params", best, self.params)
             self.early_stopping.resume(meta["early_stop"], best, path)
-        if recorded_optimizer(meta) != asdict(self.config.optimizer):
+        if recorded_optimizer(meta) != optimizer_record(self.config.optimizer):
             notes.append("the optimizer changed, so its state starts afresh")
         elif meta.get("settings", {}).get("freeze", []) != list(self.config.freeze):
             # The buffers of params trained both times carry over; the others start at 0.
@@ -434,7 +435,7 @@ class Trainer:
     def changed_settings(self, meta: dict) -> list[str]:
         """'NAME: OLD -> NEW' for each setting this run changes from the checkpoint's."""
         old = dict(meta.get("settings", {}), optimizer=recorded_optimizer(meta))
-        new = dict(self.settings(), optimizer=asdict(self.config.optimizer))
+        new = dict(self.settings(), optimizer=optimizer_record(self.config.optimizer))
         return [f"{name.replace('_', ' ')} {_shown(old[name])} -> {_shown(new[name])}"
                 for name in new if name in old and old[name] != new[name]]
 
@@ -483,9 +484,14 @@ class EarlyStopping:
         self.params = params
 
 
+def optimizer_record(spec: OptimizerSpec) -> dict:
+    """The optimizer's fields as a checkpoint's JSON holds them (its param groups a list)."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
 def recorded_optimizer(meta: dict) -> dict:
     """The checkpoint's optimizer, fields it predates at their defaults (the values it ran)."""
-    return {**asdict(OptimizerSpec()), **meta["optimizer"]}
+    return {**optimizer_record(OptimizerSpec()), **meta["optimizer"]}
 
 
 # Each field of a checkpoint's meta: its type and what else it must satisfy.
@@ -525,7 +531,7 @@ def read_meta(path, meta) -> dict:
 
 def _shown(value) -> str:
     if isinstance(value, dict):  # an optimizer spec: its kind and the fields not at default
-        defaults = asdict(OptimizerSpec())
+        defaults = optimizer_record(OptimizerSpec())
         return str(value.get("kind")) + "".join(
             f" {k}={v}" for k, v in value.items() if k != "kind" and v != defaults.get(k))
     return str(value)

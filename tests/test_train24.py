@@ -10,7 +10,7 @@ import pytest
 import chainrule
 from chainrule import ChainruleError
 from chainrule.fileio import load_npz
-from chainrule.passes.optimizers import CLIP_EPS, LR, OptimizerSpec
+from chainrule.passes.optimizers import CLIP_EPS, LR, OptimizerSpec, ParamGroup
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer, warmup_factor
 from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
@@ -357,3 +357,80 @@ def test_a_frozen_run_resumes_with_the_same_patterns_and_notes_new_ones(tmp_path
         "then starts afresh"]
     assert np.array_equal(thawed.state["opt.m.V"], same.state["opt.m.V"])
     assert not thawed.state["opt.m.W"].any()
+
+
+# ---- param groups -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_param_groups_set_weight_decay_and_lr_per_param(kind):
+    groups = (ParamGroup("V", weight_decay=0.0, lr_scale=0.5), ParamGroup("*", lr_scale=3.0))
+    spec = OptimizerSpec(kind, weight_decay=0.1, groups=groups)
+    model = chainrule.compile(source=SMALL)
+    trainer = Trainer(model, TrainConfig(lr=0.05, optimizer=spec))
+    start, grads_per_step = gradients_along(trainer, model, small_data(), 3, 0.05)
+    # Each param as if it alone were trained with its group's lr and decay.
+    own = {"V": (0.05 * 0.5, 0.0), "W": (0.05 * 3.0, 0.1)}
+    for name, (lr, weight_decay) in own.items():
+        expected = sgd_or_adamw_reference(OptimizerSpec(kind, weight_decay=weight_decay), lr,
+                                          {name: start[name]},
+                                          [{name: grads[name]} for grads in grads_per_step])
+        assert_close(trainer.params[name], expected[name], 1e-12, atol=1e-14, what=name)
+
+
+def sgd_or_adamw_reference(spec, lr, params, grads_per_step):
+    """SGD (no momentum) and AdamW by their textbook formulas, in plain numpy."""
+    params = {k: v.copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(v) for k, v in params.items()}
+    for t, grads in enumerate(grads_per_step, start=1):
+        for name, g in grads.items():
+            w = params[name]
+            if spec.kind == "sgd":
+                params[name] = w - lr * g - lr * spec.weight_decay * w
+                continue
+            m[name] = spec.beta1 * m[name] + (1 - spec.beta1) * g
+            v[name] = spec.beta2 * v[name] + (1 - spec.beta2) * g * g
+            m_hat, v_hat = m[name] / (1 - spec.beta1 ** t), v[name] / (1 - spec.beta2 ** t)
+            decay = lr * spec.weight_decay * w
+            params[name] = w - lr * m_hat / (np.sqrt(v_hat) + spec.eps) - decay
+    return params
+
+
+def test_a_param_group_must_match_a_trained_param():
+    spec = OptimizerSpec("sgd", groups=(ParamGroup("b*", weight_decay=0.0),))
+    with pytest.raises(ChainruleError, match=r"param group 'b\*' matches no trained param"):
+        Trainer(chainrule.compile(source=SMALL), TrainConfig(optimizer=spec))
+
+
+def test_param_groups_survive_a_checkpoint(tmp_path):
+    spec = OptimizerSpec("adam", groups=(ParamGroup("W", lr_scale=0.1),))
+    config = dict(epochs=1, batch_size=4, optimizer=spec)
+    Trainer(chainrule.compile(source=SMALL), TrainConfig(**config)).fit(
+        small_data(), checkpoint_dir=tmp_path)
+    resumed = Trainer(chainrule.compile(source=SMALL), TrainConfig(**config))
+    assert resumed.load_checkpoint(tmp_path) == []
+    plain = Trainer(chainrule.compile(source=SMALL),
+                    TrainConfig(epochs=1, batch_size=4, optimizer=OptimizerSpec("adam")))
+    with pytest.raises(ChainruleError, match="lr_scale"):
+        plain.load_checkpoint(tmp_path)
+
+
+def test_train_command_reads_param_groups(tmp_path):
+    result = chainrule_cli("train", *DIGITS, "--epochs", "1", "-q", "--optimizer", "sgd",
+                           "--param-group", "W1:lr_scale=0", "-o", tmp_path / "out.npz")
+    assert result.returncode == 0, result.stderr
+    initial = chainrule.compile("examples/mlp_digits.nn").params
+    trained = load_npz(tmp_path / "out.npz")
+    assert np.array_equal(trained["W1"], initial["W1"])  # an lr of 0 leaves it be
+    assert not np.array_equal(trained["W2"], initial["W2"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("W1", "--param-group expects PATTERN:KEY=VALUE"),
+    ("W1:momentum=0.9", "--param-group W1: unknown setting momentum; choose from weight_decay"),
+    ("W1:lr_scale=fast", "--param-group W1 lr_scale: 'fast' is not valid"),
+])
+def test_train_command_names_a_bad_param_group(text, message):
+    result = chainrule_cli("train", *DIGITS, "--epochs", "1", "--param-group", text)
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -14,7 +14,7 @@ from ..ir import ChainruleError, Graph
 from ..ir import dims as dim_exprs
 from ..ir.limits import check_allocation, itemsize
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from ..passes.optimizers import OptimizerSpec
+from ..passes.optimizers import OptimizerSpec, ParamGroup
 
 DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
 
@@ -30,7 +30,25 @@ def optimizer_spec(args) -> OptimizerSpec:
     """The optimizer the options name (train, and export --train-step), without the clipping:
     train keeps that as a setting of its own (TrainConfig.clip_grad_norm)."""
     return OptimizerSpec(args.optimizer, momentum=args.momentum, nesterov=args.nesterov,
-                         weight_decay=args.weight_decay)
+                         weight_decay=args.weight_decay,
+                         groups=tuple(param_group(text) for text in args.param_group or ()))
+
+
+GROUP_SETTINGS = ("weight_decay", "lr_scale")
+
+
+def param_group(text: str) -> ParamGroup:
+    """--param-group PATTERN:KEY=VALUE[,KEY=VALUE...], KEY one of GROUP_SETTINGS."""
+    pattern, colon, settings = text.partition(":")
+    if not colon or not pattern:
+        raise UsageError(f"--param-group expects PATTERN:KEY=VALUE[,KEY=VALUE] (such as "
+                         f"'b*:weight_decay=0'), got '{text}'")
+    values = parse_assignments(settings.split(","), f"--param-group {pattern}", float)
+    unknown = sorted(set(values) - set(GROUP_SETTINGS))
+    if unknown:
+        raise UsageError(f"--param-group {pattern}: unknown setting {', '.join(unknown)}; "
+                         f"choose from {', '.join(GROUP_SETTINGS)}")
+    return ParamGroup(pattern, **values)
 
 
 def exported_step_spec(args) -> OptimizerSpec:

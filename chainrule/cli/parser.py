@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--clip-grad-norm", type=float, default=DEFAULTS.clip_grad_norm,
                          metavar="MAX", help="scale the gradients, before the update, so that "
                                              "their joint L2 norm is at most MAX")
+        sub.add_argument("--param-group", action="append", metavar="PATTERN:KEY=VALUE,...",
+                         help="settings of the params matching a glob pattern: weight_decay "
+                              "(theirs instead of --weight-decay) and lr_scale (a factor on "
+                              "the lr); the first matching group applies (repeatable)")
         return sub
 
     def with_data(sub, flag="--inputs", help_text="the inputs' arrays: .npz, .npy, .csv or IDX"):

@@ -22,6 +22,16 @@ CLIP_EPS = 1e-6  # keeps min(1, max / norm) finite when every gradient is zero (
 
 
 @dataclass(frozen=True)
+class ParamGroup:
+    """Settings for the params whose names match a glob pattern: their own weight decay (None:
+    the optimizer's) and a factor on the learning rate."""
+
+    pattern: str
+    weight_decay: float | None = None
+    lr_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     kind: str = "sgd"
     momentum: float = 0.0
@@ -32,6 +42,7 @@ class OptimizerSpec:
     eps: float = 1e-8           # adam, adamw, rmsprop
     alpha: float = 0.99         # rmsprop: the decay of the running mean of squared gradients
     clip_grad_norm: float = 0.0  # bound on the L2 norm of all gradients together (0: none)
+    groups: tuple[ParamGroup, ...] = ()  # per-param settings: the first matching group's
 
     def __post_init__(self):
         if self.kind not in OPTIMIZERS:
@@ -46,6 +57,21 @@ class OptimizerSpec:
         if not self.clip_grad_norm >= 0:
             raise ChainruleError(f"the gradient norm to clip to must be positive (0: no "
                                  f"clipping), not {self.clip_grad_norm}")
+
+    def settings_for(self, param: str) -> tuple[float, float]:
+        """The weight decay and lr factor of a param: its first matching group's, else the
+        optimizer's own and 1."""
+        for group in self.groups:
+            if fnmatch.fnmatchcase(param, group.pattern):
+                decay = self.weight_decay if group.weight_decay is None else group.weight_decay
+                return decay, group.lr_scale
+        return self.weight_decay, 1.0
+
+    def check_groups(self, trained: list[str]) -> None:
+        for group in self.groups:
+            if not fnmatch.filter(trained, group.pattern):
+                raise ChainruleError(f"param group '{group.pattern}' matches no trained param; "
+                                     f"they are {', '.join(trained) or '(none)'}")
 
     def state_slots(self) -> tuple[str, ...]:
         """Per-param state buffers, each with the param's shape."""
@@ -140,6 +166,7 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                  if p.trainable and p.value.name in grads}
     if spec.clip_grad_norm and gradients:
         gradients = _clipped_by_global_norm(emit, const, gradients, spec.clip_grad_norm)
+    spec.check_groups(list(gradients))
     for param in graph.params:
         weight = param.value
         name = weight.name
@@ -149,8 +176,9 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                 interface.params[name] = graph.updates[name]
             continue
         grad = gradients[name]
-        if spec.kind in ("adam", "rmsprop") and spec.weight_decay:
-            grad = emit("add", (grad, emit("mul", (const(spec.weight_decay), weight))))
+        weight_decay, lr_scale = spec.settings_for(name)
+        if spec.kind in ("adam", "rmsprop") and weight_decay:
+            grad = emit("add", (grad, emit("mul", (const(weight_decay), weight))))
         slots = {slot: new_input(state_name(slot, name), weight.type)
                  for slot in spec.state_slots()}
         new_state = {}
@@ -182,9 +210,11 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
             denominator = emit("add", (emit("div", (emit("sqrt", (v,)), step_scale["root_bc2"])),
                                        const(spec.eps)))
             delta = emit("mul", (step_scale["lr_over_bc1"], emit("div", (m, denominator))))
-        if spec.weight_decay and spec.kind in ("sgd", "adamw"):
-            delta = emit("add", (delta, emit("mul", (emit("mul", (lr, const(spec.weight_decay))),
+        if weight_decay and spec.kind in ("sgd", "adamw"):
+            delta = emit("add", (delta, emit("mul", (emit("mul", (lr, const(weight_decay))),
                                                      weight))))
+        if lr_scale != 1.0:  # the whole step scales with the lr, decoupled decay included
+            delta = emit("mul", (const(lr_scale), delta))
         updated = emit("sub", (weight, delta), name=f"{name}.next")
         outputs.append(updated)
         interface.params[name] = updated.name
