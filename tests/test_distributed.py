@@ -21,7 +21,7 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.cli import main
 from chainrule.distributed import INSTALL_HINT, probe, split_rows
-from chainrule.passes.optimizers import OptimizerSpec
+from chainrule.passes.optimizers import OptimizerSpec, ParamGroup
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
 from support.paths import ROOT
 from support.cli import chainrule_process, start_chainrule_process
@@ -122,6 +122,22 @@ def test_params_equal_single_process_training_for_any_worker_count(ray_session, 
         assert step["params_bytes_per_step"] == sum(p.nbytes for p in expected.values())
         assert step["compute_seconds_per_step"] > 0
         assert step["communication_seconds_per_step"] >= 0
+
+
+@needs_ray
+def test_clipping_warmup_groups_and_frozen_params_train_alike_on_workers(ray_session):
+    """The driver clips the whole batch's gradients, and the workers compute none for a
+    frozen param: the params equal single-process training's."""
+    model = chainrule.compile(MLP).to_f64()
+    spec = OptimizerSpec("rmsprop", groups=(ParamGroup("W2", lr_scale=0.5),))
+    config = TrainConfig(epochs=2, batch_size=10, lr=0.01, optimizer=spec,
+                         clip_grad_norm=0.05, warmup_steps=3, freeze=("W1",))
+    train = data(30, 784, 10)
+    expected, _, _ = trained(model, config, train)
+    params, _, _ = trained(model, config, train, workers=2)
+    assert_same_params(params, expected)
+    assert np.array_equal(params["W1"], model.params["W1"])
+    assert not np.array_equal(params["W2"], model.params["W2"])
 
 
 @needs_ray
