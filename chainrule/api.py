@@ -215,11 +215,12 @@ class Model:
     def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
 
-    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str):
+    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze):
         from onnx import numpy_helper
 
         from .backends.onnx_backend import export_onnx
-        graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level)
+        graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level,
+                                                 freeze)
         model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
         defaults = dict(self.params)
         types = {v.name: v.type for v in graph.inputs}
@@ -363,13 +364,14 @@ class Model:
 
     def to_onnx(self, path=None, *, grad: bool = False, outputs=None, wrt=None,
                 opset: int = DEFAULT_OPSET, opt_level: str = "O0",
-                train_step: OptimizerSpec | None = None):
+                train_step: OptimizerSpec | None = None, freeze=()):
         """An ONNX ModelProto (written atomically to `path` when given).
 
         With `train_step`, the whole training step: params and optimizer state are inputs with
-        their initial values as defaults, each updated one as an output named `<input>.next`."""
+        their initial values as defaults, each updated one as an output named `<input>.next`;
+        params matching a glob of `freeze` are inputs the step reads and never updates."""
         if train_step is not None:
-            model = self._train_step_onnx(train_step, opset, opt_level)
+            model = self._train_step_onnx(train_step, opset, opt_level, freeze)
         else:
             from .backends.onnx_backend import export_onnx  # loads onnx: only on export
 

@@ -325,6 +325,16 @@ def test_frozen_params_get_no_gradient_and_no_update():
     assert_close(trainer.params["V"], start["V"] - 0.1 * gradient, 1e-12, atol=1e-14, what="V")
 
 
+def test_export_command_writes_a_step_that_leaves_frozen_params_alone(tmp_path):
+    path = tmp_path / "step.onnx"
+    result = chainrule_cli("export", "examples/mlp_digits.nn", "--train-step", "--freeze",
+                           "W1", "-o", path)
+    assert result.returncode == 0, result.stderr
+    outputs = {o.name for o in onnx.load(str(path)).graph.output}
+    assert "W2.next" in outputs and "W1.next" not in outputs
+    assert not any(name.endswith(".W1.next") for name in outputs)  # no optimizer state either
+
+
 def test_a_freeze_pattern_must_match_a_param():
     with pytest.raises(ChainruleError, match=r"freeze pattern 'b\*' matches no param; the "
                                              r"params are W, V"):

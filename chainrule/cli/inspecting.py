@@ -13,7 +13,7 @@ from ..ir import dsl_names, print_dsl, print_graph
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext
 from ..viz import render, to_dot
-from .inputs import UsageError, exported_step_spec, load_model
+from .inputs import UsageError, exported_step_spec, frozen_patterns, load_model
 
 
 def cmd_check(args) -> int:
@@ -96,7 +96,7 @@ def cmd_viz(args) -> int:
 
 
 def cmd_export(args) -> int:
-    model = load_model(args)
+    model = load_model(args, own_options=("freeze",) if args.train_step else ())
     outputs = args.outputs.split(",") if args.outputs else None
     wrt = args.wrt.split(",") if args.wrt else None
     if args.train_step and (args.grad or outputs or wrt):
@@ -104,7 +104,8 @@ def cmd_export(args) -> int:
                          "or --wrt")
     proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
                           opset=args.opset, opt_level=args.opt_level,
-                          train_step=exported_step_spec(args) if args.train_step else None)
+                          train_step=exported_step_spec(args) if args.train_step else None,
+                          freeze=frozen_patterns(args) if args.train_step else ())
     graph = proto.graph
     in_bodies = _nodes_in_bodies(graph)
     print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes"

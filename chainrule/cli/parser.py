@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --loss: the output the loss reads (default: the first)")
         onnx.add_argument("--freeze", metavar="NAMES",
                           help="float initializers that stay fixed (comma-separated); for "
-                               "train, also params of a .nn model, as glob patterns ('b*')")
+                               "train and export --train-step, also params of a .nn model, as "
+                               "glob patterns ('b*')")
         onnx.add_argument("--trainable", metavar="NAMES",
                           help="the only float initializers that train (comma-separated; "
                                "by default weights do, and constants folded in do not)")
