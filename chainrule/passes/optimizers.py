@@ -69,7 +69,7 @@ class OptimizerSpec:
 
     def check_groups(self, trained: list[str]) -> None:
         for group in self.groups:
-            if not fnmatch.filter(trained, group.pattern):
+            if not any(fnmatch.fnmatchcase(name, group.pattern) for name in trained):
                 raise ChainruleError(f"param group '{group.pattern}' matches no trained param; "
                                      f"they are {', '.join(trained) or '(none)'}")
 
@@ -101,7 +101,7 @@ def trained_params(graph: Graph, freeze) -> list[str] | None:
         return None
     names = [value.name for value in graph.trainable_values()]
     for pattern in freeze:
-        if not fnmatch.filter(names, pattern):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             raise ChainruleError(f"freeze pattern '{pattern}' matches no param; the params "
                                  f"are {', '.join(names) or '(none)'}")
     return [name for name in names
