@@ -215,7 +215,7 @@ class Model:
     def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
 
-    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze):
+    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze=()):
         from onnx import numpy_helper
 
         from .backends.onnx_backend import export_onnx
