@@ -38,12 +38,14 @@ class Collected:
 
 
 def assigned_names(block: Tree) -> tuple[list[str], list[str]]:
-    """The names a loop body assigns (`h = ...`, in inner loops too) and those it assigns by
+    """The names a loop body assigns (`h = ...`, `h, c = ...`, in inner loops too) and those it assigns by
     index (`ys[:, t] = ...`, in the body itself), in order of first appearance."""
     plain, indexed = [], []
     for stmt in block.children:
         if stmt.data == "assign_stmt":
             plain.append(str(stmt.children[0]))
+        elif stmt.data == "unpack_stmt":
+            plain += [str(token) for token in stmt.children[:-1]]
         elif stmt.data == "index_assign_stmt":
             indexed.append(str(stmt.children[0]))
         elif stmt.data == "for_stmt":
