@@ -55,10 +55,10 @@ def test_unknown_names_suggest_the_closest_known_one():
 
 
 def test_redefinitions_point_at_the_first_definition():
-    error = error_of(model("h = relu(x)", "h = x", "return h"))
-    assert located(error) == ("<string>", 3, 5,
-                              "'h' is already defined (at line 2); a name is assigned once")
-    assert error.notes == ((SourceLoc("<string>", 2, 5), "first defined here"),)
+    error = error_of(model("let k = 1", "let k = 2", "return x"))
+    assert located(error) == ("<string>", 3, 9,
+                              "'k' is already defined (at line 2); a name is assigned once")
+    assert error.notes == ((SourceLoc("<string>", 2, 9), "first defined here"),)
     error = error_of("def f(a) {\n  return a\n}\ndef f(b) {\n  return b\n}\n" + model("return x"))
     assert located(error) == ("<string>", 4, 5, "function 'f' is already defined (at line 1); "
                                                 "a function is defined once")

@@ -183,8 +183,33 @@ class Lowerer(LoopLowering, ExpressionLowerer):
                     raise ChainruleError("return cannot be inside a loop; assign the values "
                                          "and return them after it", self.loc(stmt))
                 return self.lower_return(stmt, scope)
+            if stmt.data == "if_stmt":
+                returned = self.if_stmt(stmt, scope)
+                if returned is not None:
+                    return returned
+                continue
             getattr(self, stmt.data)(stmt, scope)
         return None
+
+    def if_stmt(self, tree: Tree, scope: Scope):
+        """`if COND { ... } else { ... }`, decided when the model compiles: the branch COND
+        picks is lowered in the scope around it (an `if` has no scope of its own: what a
+        branch assigns, the lines after it read); returns a return statement's values."""
+        condition, chosen, otherwise = tree.children
+        value = self.expr(condition, scope)
+        if not isinstance(value, bool):
+            shown = (f"a tensor of type {value.type}; for values chosen per element, use "
+                     f"where(cond, a, b)" if isinstance(value, Value) else
+                     f"{describe_constant(value)}")
+            raise ChainruleError(f"an if's condition is true or false when the model "
+                                 f"compiles (lets, numbers, bound dims, the loop variable "
+                                 f"of an unrolled loop), not {shown}", self.loc(condition))
+        branch = chosen if value else otherwise
+        if branch is None:
+            return None
+        if branch.data == "if_stmt":
+            return self.if_stmt(branch, scope)
+        return self.lower_block(branch, scope)
 
     # ---- statements ---------------------------------------------------------------------------
 
@@ -266,9 +291,9 @@ class Lowerer(LoopLowering, ExpressionLowerer):
     def assign(self, name_token, value, scope: Scope) -> None:
         name = str(name_token)
         loc = self.loc(name_token)
-        if name in scope.bindings:
+        if name in scope.bindings and scope.kind == "loop":
             scope.bind(name, None, loc)  # raises the "already defined" error
-        scope.bind(name, self.name_value(value, name), loc)
+        scope.bind(name, self.name_value(value, name), loc, again=True)
 
     def name_value(self, value, name: str):
         """The value under the name the model's text gives it (a function's names are local)."""

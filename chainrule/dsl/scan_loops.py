@@ -51,6 +51,13 @@ def assigned_names(block: Tree) -> tuple[list[str], list[str]]:
         elif stmt.data == "for_stmt":
             inner_plain, inner_indexed = assigned_names(stmt.children[3])
             plain += inner_plain + inner_indexed
+        elif stmt.data == "if_stmt":  # both branches: either may run
+            for branch in stmt.children[1:]:
+                if branch is not None:
+                    inner_plain, inner_indexed = assigned_names(
+                        branch if branch.data == "block" else Tree("block", [branch]))
+                    plain += inner_plain
+                    indexed += inner_indexed
     return list(dict.fromkeys(plain)), list(dict.fromkeys(indexed))
 
 
