@@ -46,7 +46,8 @@ def warn_nonfinite(arrays: dict) -> None:
     bad = [name for name, array in arrays.items()
            if np.asarray(array).dtype.kind == "f" and not np.isfinite(array).all()]
     if bad:
-        print(f"chainrule: warning: {', '.join(bad)} hold NaN or Inf (an overflow, or a "
+        verb = "holds" if len(bad) == 1 else "hold"
+        print(f"chainrule: warning: {', '.join(bad)} {verb} NaN or Inf (an overflow, or a "
               f"division by zero); rerun with --check-numerics to find the first node that "
               f"produces one", file=sys.stderr)
 
