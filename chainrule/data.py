@@ -234,6 +234,26 @@ def bind_inputs(inputs: list[Value], data: Dataset, mapping: dict[str, str] | No
     return Bound(arrays, notes, missing, origin)
 
 
+class InputNote(UserWarning):
+    """What the Python API did to make an argument fit its input (a cast, a flatten): the
+    warning that carries the note the CLI prints as `chainrule: note: ...`."""
+
+
+def conform_arguments(inputs: list[Value], arguments: dict) -> tuple[dict, list[str]]:
+    """Arrays, lists or numbers passed to the Python API by input name, conformed to those
+    `inputs` as the CLI conforms a file's arrays, with the same notes; a name that is no
+    input is passed on as it is, for the backend to refuse."""
+    by_name = {v.name: v for v in inputs}
+    arrays, notes = {}, []
+    for name, argument in arguments.items():
+        if name not in by_name:
+            arrays[name] = argument
+            continue
+        arrays[name], said = conform(by_name[name], argument, "the argument")
+        notes += said
+    return arrays, notes
+
+
 def check_mapping(inputs: list[Value], mapping: dict[str, str]) -> None:
     unknown = [name for name in mapping if name not in {v.name for v in inputs}]
     if unknown:
