@@ -2,8 +2,6 @@
 returns."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .backends import DEFAULT_OPSET, get_backend
@@ -16,7 +14,7 @@ from .ir.types import NUMPY_DTYPES
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
-from .data import InputNote, check_rows, conform_arguments
+from .data import check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step
@@ -100,16 +98,6 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
     model.onnx_names = dict(imported.names)
     model.notes = list(imported.notes)
     return model
-
-
-def conformed(inputs: list, arguments: dict) -> dict:
-    """The arguments cast to `inputs`' dtypes as the CLI casts a file's arrays (refusing a
-    cast that changes a value), each note the CLI would print given as an InputNote warning
-    at the caller's line."""
-    arrays, notes = conform_arguments(inputs, arguments)
-    for note in notes:
-        warnings.warn(note, InputNote, stacklevel=3)
-    return arrays
 
 
 class Model:
@@ -262,7 +250,7 @@ class Model:
             prepared = self._runs[key] = (graph, self.backend(backend), names)
         graph, runner, names = prepared
         current = self._current_params()
-        return runner.run(graph, conformed(graph.inputs, inputs),
+        return runner.run(graph, conform_arguments(graph.inputs, inputs),
                           {name: current[name] for name in names})
 
     def params_of(self, graph: Graph) -> dict[str, np.ndarray]:
@@ -288,7 +276,7 @@ class Model:
         outputs need; `progress(done_rows, total_rows)` is called after each batch."""
         outputs = list(outputs) if outputs else self.per_example_outputs(data)
         graph = self.forward_graph(outputs, opt_level)
-        data = conformed(graph.inputs, data)
+        data = conform_arguments(graph.inputs, data)
         rows = check_rows(graph.inputs, data, {name: "the data" for name in data})
         per_example = self.per_example_outputs(data, graph)
         scalar = [name for name in outputs if name not in per_example]
@@ -320,7 +308,7 @@ class Model:
         graph = self.evaluation_graph(outputs, opt_level)
         if batch_size < 1:
             raise ChainruleError("the batch size must be at least 1")
-        data = conformed(graph.inputs, data)
+        data = conform_arguments(graph.inputs, data)
         return average_outputs(self.backend(backend), graph, data, self.params_of(graph),
                                batch_size, "the data")
 
@@ -362,7 +350,7 @@ class Model:
         `training`, batch_norm uses the batch's statistics, as a training step does; state is
         read, not updated."""
         graph, grads = self.grad_graph(wrt, opt_level, training)
-        results = self.backend(backend).run(graph, conformed(graph.inputs, inputs),
+        results = self.backend(backend).run(graph, conform_arguments(graph.inputs, inputs),
                                             self.params_of(graph))
         objective = self.objective.name
         out = {objective: results[objective]}
@@ -394,7 +382,7 @@ class Model:
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
             self._holder = trainer
-        outputs = trainer.train_step(conformed(self.graph.inputs, inputs), lr)
+        outputs = trainer.train_step(conform_arguments(self.graph.inputs, inputs), lr)
         return {name: float(outputs[name]) for name in trainer.reported}
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,
@@ -410,7 +398,8 @@ class Model:
         """An ONNX ModelProto (written atomically to `path` when given).
 
         With `train_step` (an optimizer's spec or name), the whole training step: params and
-        optimizer state are inputs with their initial values as defaults, each updated one as an output named `<input>.next`."""
+        optimizer state are inputs with their initial values as defaults, each updated one as
+        an output named `<input>.next`."""
         if train_step is not None:
             model = self._train_step_onnx(OptimizerSpec.of(train_step), opset, opt_level)
         else:

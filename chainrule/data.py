@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,19 +240,21 @@ class InputNote(UserWarning):
     warning that carries the note the CLI prints as `chainrule: note: ...`."""
 
 
-def conform_arguments(inputs: list[Value], arguments: dict) -> tuple[dict, list[str]]:
+def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3) -> dict:
     """Arrays, lists or numbers passed to the Python API by input name, conformed to those
-    `inputs` as the CLI conforms a file's arrays, with the same notes; a name that is no
-    input is passed on as it is, for the backend to refuse."""
+    `inputs` as the CLI conforms a file's arrays; each note the CLI would print is an
+    InputNote warning at the API's caller (`stacklevel` frames up: the API method's caller
+    by default). A name that is no input is passed on as it is, for the backend to refuse."""
     by_name = {v.name: v for v in inputs}
-    arrays, notes = {}, []
+    arrays = {}
     for name, argument in arguments.items():
         if name not in by_name:
             arrays[name] = argument
             continue
-        arrays[name], said = conform(by_name[name], argument, "the argument")
-        notes += said
-    return arrays, notes
+        arrays[name], notes = conform(by_name[name], argument, "the argument")
+        for note in notes:
+            warnings.warn(note, InputNote, stacklevel=stacklevel)
+    return arrays
 
 
 def check_mapping(inputs: list[Value], mapping: dict[str, str]) -> None:

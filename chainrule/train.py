@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import CHECKING_BACKEND, get_backend
+from .data import conform_arguments
 from .distributed import ShardedRunner
 from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
@@ -242,6 +243,7 @@ class Trainer:
 
     def evaluate(self, arrays: dict) -> dict[str, float]:
         """Objective and metrics over a whole data set, averaged over rows."""
+        arrays = conform_arguments(self.eval_graph.inputs, arrays)
         current = self.params
         params = {v.name: current[v.name] for v in self.eval_graph.param_values()}
         return average_outputs(self.backend, self.eval_graph, arrays, params,
@@ -252,6 +254,9 @@ class Trainer:
         after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
         gets the trained params when fit returns and when Ctrl-C stops it (not after a step
         that made them NaN or Inf). Returns the History of the epochs this call ran."""
+        inputs = self.model.graph.inputs
+        train = conform_arguments(inputs, train)
+        val = None if val is None else conform_arguments(inputs, val)
         rows = check_dataset(self.model.graph, train, "training data")
         self.runner.prepare(train, self.evaluate)
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()

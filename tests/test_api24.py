@@ -127,6 +127,20 @@ def test_predict_grad_and_train_step_cast_as_run_does():
         model.train_step(**loose)
 
 
+def test_fit_and_evaluate_cast_data_sets_as_predict_does():
+    model = chainrule.compile(CLASSIFIER)
+    data = {k: v[:64] for k, v in digits("train").items()}
+    loose = {"x": data["x"].astype(np.float64), "y": data["y"].astype(np.float64)}
+    trainer = Trainer(model, TrainConfig(epochs=1))
+    with pytest.warns(InputNote) as caught:
+        trainer.fit(loose, val=loose)
+    notes = {str(warning.message) for warning in caught}
+    assert notes == {"input 'x': f64 from the argument rounded to f32 (precision only, as every "
+                     "framework does)", "input 'y': f64 from the argument cast to i64 (exact)"}
+    with pytest.warns(InputNote):
+        assert trainer.evaluate(loose) == trainer.evaluate(data)
+
+
 # ---- fit's history and evaluate ----------------------------------------------------------------
 
 def test_fit_returns_each_epochs_train_and_validation_metrics():
