@@ -227,6 +227,18 @@ def test_evaluate_reports_only_the_outputs_asked_for(trained):
     assert list(reported(result.stdout)) == ["acc"]
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict", "run"])
+def test_the_cli_says_each_cast_once(command, tmp_path):
+    data = tmp_path / "loose.npz"
+    np.savez(data, **{k: v.astype(np.float64) for k, v in digits("test").items()})
+    option = "--inputs" if command == "run" else "--data"
+    result = run_cli(command, CLASSIFIER, option, data)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "f64 from" in line]
+    assert notes and len(notes) == len(set(notes)), result.stderr
+    assert "InputNote" not in result.stderr
+
+
 @pytest.mark.parametrize("args, code, message", [
     ([], 2, "no data: give --data FILE or --input NAME=FILE"),
     (["--data", DIGITS_TEST, "--outputs", "logits"], 1, "are not scalars"),
