@@ -244,17 +244,32 @@ def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3)
     """Arrays, lists or numbers passed to the Python API by input name, conformed to those
     `inputs` as the CLI conforms a file's arrays; each note the CLI would print is an
     InputNote warning at the API's caller (`stacklevel` frames up: the API method's caller
-    by default). A name that is no input is passed on as it is, for the backend to refuse."""
+    by default). A name that is no input, or what is no array, is passed on as it is, for
+    the backend to refuse."""
     by_name = {v.name: v for v in inputs}
     arrays = {}
     for name, argument in arguments.items():
-        if name not in by_name:
+        if name in by_name and _fits_as_given(by_name[name], argument):
+            arrays[name] = argument  # the usual call: nothing to do, at no cost per call
+            continue
+        try:
+            array = np.asarray(argument)
+        except (ValueError, TypeError):  # a ragged list: the feeds' check names it
+            array = None
+        if name not in by_name or array is None:
             arrays[name] = argument
             continue
-        arrays[name], notes = conform(by_name[name], argument, "the argument")
+        arrays[name], notes = conform(by_name[name], array, "the argument")
         for note in notes:
             warnings.warn(note, InputNote, stacklevel=stacklevel)
     return arrays
+
+
+def _fits_as_given(value: Value, argument) -> bool:
+    """Whether `conform` would leave `argument` as it is: an array of the input's dtype that
+    needs no flattening."""
+    return (type(argument) is np.ndarray and argument.dtype == NUMPY_DTYPES[value.type.dtype]
+            and (value.type.rank != 2 or argument.ndim <= 2))
 
 
 def check_mapping(inputs: list[Value], mapping: dict[str, str]) -> None:
