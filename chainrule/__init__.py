@@ -18,7 +18,7 @@ PUBLIC = {
     "compile": "api", "import_onnx": "api", "Model": "api",
     "ChainruleError": "ir", "InputNote": "data",
     "OptimizerSpec": "passes.optimizers",
-    "Trainer": "train", "TrainConfig": "train",
+    "Trainer": "train", "TrainConfig": "train", "History": "train",
 }
 __all__ = sorted(PUBLIC)
 
