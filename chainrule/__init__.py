@@ -16,9 +16,9 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 PUBLIC = {
     "compile": "api", "import_onnx": "api", "Model": "api",
-    "ChainruleError": "ir",
+    "ChainruleError": "ir", "InputNote": "data",
     "OptimizerSpec": "passes.optimizers", "ParamGroup": "passes.optimizers",
-    "Trainer": "train", "TrainConfig": "train",
+    "Trainer": "train", "TrainConfig": "train", "History": "train",
 }
 __all__ = sorted(PUBLIC)
 

@@ -14,7 +14,7 @@ from .ir.types import NUMPY_DTYPES
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
-from .data import check_rows
+from .data import check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
@@ -196,15 +196,16 @@ class Model:
                           PassContext(evaluate=evaluate_scalars))
 
     @gc_paused
-    def train_step_graph(self, optimizer: OptimizerSpec | None = None, opt_level: str = "O1",
-                         freeze=()):
-        """The whole training step as one graph: forward, backward and optimizer update.
-        Params matching a glob pattern of `freeze` get neither a gradient nor an update.
+    def train_step_graph(self, optimizer: OptimizerSpec | str | None = None,
+                         opt_level: str = "O1", freeze=()):
+        """The whole training step as one graph: forward, backward and optimizer update
+        (`optimizer` a spec or a name; default plain sgd). Params matching a glob pattern of
+        `freeze` get neither a gradient nor an update.
 
         Returns the graph and its TrainStepInterface (which outputs update which inputs)."""
         graph, grads = self.compile_graph(grad=True, wrt=trained_params(self.graph, freeze),
                                           opt_level=opt_level, training=True)
-        step, interface = build_train_step(graph, grads, optimizer or OptimizerSpec())
+        step, interface = build_train_step(graph, grads, OptimizerSpec.of(optimizer))
         return self.optimize(step, opt_level), interface
 
     def grad_graph(self, wrt=None, opt_level: str = "O0",
@@ -252,7 +253,8 @@ class Model:
             prepared = self._runs[key] = (graph, self.backend(backend), names)
         graph, runner, names = prepared
         current = self._current_params()
-        return runner.run(graph, inputs, {name: current[name] for name in names})
+        return runner.run(graph, conform_arguments(graph.inputs, inputs),
+                          {name: current[name] for name in names})
 
     def params_of(self, graph: Graph) -> dict[str, np.ndarray]:
         """The params `graph` reads: one reduced to some outputs may not need them all."""
@@ -277,6 +279,7 @@ class Model:
         outputs need; `progress(done_rows, total_rows)` is called after each batch."""
         outputs = list(outputs) if outputs else self.per_example_outputs(data)
         graph = self.forward_graph(outputs, opt_level)
+        data = conform_arguments(graph.inputs, data)
         rows = check_rows(graph.inputs, data, {name: "the data" for name in data})
         per_example = self.per_example_outputs(data, graph)
         scalar = [name for name in outputs if name not in per_example]
@@ -297,6 +300,36 @@ class Model:
                 progress(min(begin + batch_size, rows), rows)
         return {name: np.concatenate(arrays) if arrays else np.zeros((0,), np.float32)
                 for name, arrays in parts.items()}
+
+    def evaluate(self, data: dict, outputs=None, *, batch_size: int = 256,
+                 backend: str = "numpy", opt_level: str = "O2") -> dict[str, float]:
+        """Scalar outputs averaged over a whole data set, run in batches of `batch_size` rows:
+        by default what training reports (the objective, then the metrics such as `acc`).
+        `data` holds an array per input they need, cast as `run` casts."""
+        from .train import average_outputs
+
+        graph = self.evaluation_graph(outputs, opt_level)
+        if batch_size < 1:
+            raise ChainruleError("the batch size must be at least 1")
+        data = conform_arguments(graph.inputs, data)
+        return average_outputs(self.backend(backend), graph, data, self.params_of(graph),
+                               batch_size, "the data")
+
+    def evaluation_graph(self, outputs=None, opt_level: str = "O2") -> Graph:
+        """The forward graph reduced to the scalar outputs `evaluate` averages (default: the
+        objective and metrics); an output with a row per example is refused."""
+        from .train import reported_outputs
+
+        graph = self.forward_graph(list(outputs) if outputs else reported_outputs(self.graph),
+                                   opt_level)
+        per_row = [f"{v.name} ({v.type})" for v in graph.outputs if v.type.rank]
+        if per_row:
+            hint = (" (an .onnx model's loss comes from --loss, or loss= in import_onnx)"
+                    if not outputs else "")
+            raise ChainruleError(f"output(s) {', '.join(per_row)} are not scalars; evaluation "
+                                 f"averages scalar outputs (a loss, a metric) over the "
+                                 f"data{hint}, and predict gives outputs row by row")
+        return graph
 
     def per_example_outputs(self, data: dict, graph: Graph | None = None) -> list[str]:
         """Outputs whose first axis is the batch axis of the inputs, when `data` can feed
@@ -320,7 +353,8 @@ class Model:
         `training`, batch_norm uses the batch's statistics, as a training step does; state is
         read, not updated."""
         graph, grads = self.grad_graph(wrt, opt_level, training)
-        results = self.backend(backend).run(graph, inputs, self.params_of(graph))
+        results = self.backend(backend).run(graph, conform_arguments(graph.inputs, inputs),
+                                            self.params_of(graph))
         objective = self.objective.name
         out = {objective: results[objective]}
         # An objective that is itself a param or input (`return W`) shares its name with W's
@@ -339,20 +373,19 @@ class Model:
         no copy per step: the numpy backend updates them in place, onnxruntime in buffers of
         its own. Reading `params` gives their current values back (copying them out of
         onnxruntime), and the step after that takes a copy of them again."""
-        key = (optimizer, backend, opt_level)
+        key = (OptimizerSpec.of(optimizer), backend, opt_level)
         trainer = self._trainers.get(key)
         if trainer is None:
             from .train import TrainConfig, Trainer
 
-            spec = OptimizerSpec(optimizer) if isinstance(optimizer, str) else optimizer
-            config = TrainConfig(optimizer=spec, backend=backend, lr=lr, opt_level=opt_level)
+            config = TrainConfig(optimizer=optimizer, backend=backend, lr=lr, opt_level=opt_level)
             trainer = self._trainers[key] = Trainer(self, config)
         if self._holder is not trainer:
             params = self.params  # back from the previous holder, if any
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
             self._holder = trainer
-        outputs = trainer.train_step(inputs, lr)
+        outputs = trainer.train_step(conform_arguments(self.graph.inputs, inputs), lr)
         return {name: float(outputs[name]) for name in trainer.reported}
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,
@@ -364,14 +397,15 @@ class Model:
 
     def to_onnx(self, path=None, *, grad: bool = False, outputs=None, wrt=None,
                 opset: int = DEFAULT_OPSET, opt_level: str = "O0",
-                train_step: OptimizerSpec | None = None, freeze=()):
+                train_step: OptimizerSpec | str | None = None, freeze=()):
         """An ONNX ModelProto (written atomically to `path` when given).
 
-        With `train_step`, the whole training step: params and optimizer state are inputs with
-        their initial values as defaults, each updated one as an output named `<input>.next`;
-        params matching a glob of `freeze` are inputs the step reads and never updates."""
+        With `train_step` (an optimizer's spec or name), the whole training step: params and
+        optimizer state are inputs with their initial values as defaults, each updated one as
+        an output named `<input>.next`; params matching a glob of `freeze` are inputs the step
+        reads and never updates."""
         if train_step is not None:
-            model = self._train_step_onnx(train_step, opset, opt_level, freeze)
+            model = self._train_step_onnx(OptimizerSpec.of(train_step), opset, opt_level, freeze)
         else:
             from .backends.onnx_backend import export_onnx  # loads onnx: only on export
 

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,6 +233,43 @@ def bind_inputs(inputs: list[Value], data: Dataset, mapping: dict[str, str] | No
             notes += said
     missing = [v for v in inputs if v.name not in arrays]
     return Bound(arrays, notes, missing, origin)
+
+
+class InputNote(UserWarning):
+    """What the Python API did to make an argument fit its input (a cast, a flatten): the
+    warning that carries the note the CLI prints as `chainrule: note: ...`."""
+
+
+def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3) -> dict:
+    """Arrays, lists or numbers passed to the Python API by input name, conformed to those
+    `inputs` as the CLI conforms a file's arrays; each note the CLI would print is an
+    InputNote warning at the API's caller (`stacklevel` frames up: the API method's caller
+    by default). A name that is no input, or what is no array, is passed on as it is, for
+    the backend to refuse."""
+    by_name = {v.name: v for v in inputs}
+    arrays = {}
+    for name, argument in arguments.items():
+        if name in by_name and _fits_as_given(by_name[name], argument):
+            arrays[name] = argument  # the usual call: nothing to do, at no cost per call
+            continue
+        try:
+            array = np.asarray(argument)
+        except (ValueError, TypeError):  # a ragged list: the feeds' check names it
+            array = None
+        if name not in by_name or array is None:
+            arrays[name] = argument
+            continue
+        arrays[name], notes = conform(by_name[name], array, "the argument")
+        for note in notes:
+            warnings.warn(note, InputNote, stacklevel=stacklevel)
+    return arrays
+
+
+def _fits_as_given(value: Value, argument) -> bool:
+    """Whether `conform` would leave `argument` as it is: an array of the input's dtype that
+    needs no flattening."""
+    return (type(argument) is np.ndarray and argument.dtype == NUMPY_DTYPES[value.type.dtype]
+            and (value.type.rank != 2 or argument.ndim <= 2))
 
 
 def check_mapping(inputs: list[Value], mapping: dict[str, str]) -> None:

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from .backends import CHECKING_BACKEND, get_backend
+from .data import conform_arguments
 from .distributed import ShardedRunner
 from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
 from .ir.types import NUMPY_DTYPES
 from .passes import select_outputs
-from .passes.optimizers import LR, OptimizerSpec, step_optimizer
+from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
 from .runners import LocalRunner, TrainRunner, check_dataset, held_updates, take_rows
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -50,7 +51,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     lr: float = 0.001
-    optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec("adam"))
+    optimizer: OptimizerSpec | str = "adam"  # a name is made a spec with its defaults
     schedule: str = "constant"
     step_every: int = 0          # epochs between decays for the step schedule (0: epochs // 3)
     step_gamma: float = 0.1
@@ -65,6 +66,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # glob patterns of params that stay as they are
 
     def __post_init__(self):
+        self.optimizer = OptimizerSpec.of(self.optimizer)
         if self.schedule not in SCHEDULES:
             raise ChainruleError(f"unknown lr schedule '{self.schedule}'; choose from "
                                  f"{', '.join(SCHEDULES)}")
@@ -82,6 +84,24 @@ def check_controls(config: TrainConfig) -> None:
         raise ChainruleError("warmup steps and early-stop patience must be at least 0")
 
 
+@dataclass
+class History:
+    """What one `fit` call trained, an epoch's record each (the records the log gets, and
+    `--log-jsonl` writes): `epoch`, `steps` (in all so far), `seconds`, `train` (the objective
+    and metrics averaged over the epoch's steps) and, with validation data, `val` (the same
+    over the validation data after the epoch)."""
+
+    epochs: list[dict] = field(default_factory=list)
+
+    def train(self, name: str) -> list[float]:
+        """One metric (or the objective) on the training data, per epoch."""
+        return [record["train"][name] for record in self.epochs]
+
+    def val(self, name: str) -> list[float]:
+        """One metric (or the objective) on the validation data, per epoch."""
+        return [record["val"][name] for record in self.epochs if "val" in record]
+
+
 # ---- data -------------------------------------------------------------------------------------
 
 def split_validation(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
@@ -97,6 +117,32 @@ def batch_rows(order: np.ndarray, batch_size: int, start: int = 0):
     for index, begin in enumerate(range(0, len(order), batch_size)):
         if index >= start:
             yield index, order[begin:begin + batch_size]
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+EVALUATION_BATCH = 256  # rows per batch when evaluating, unless training's batches are larger
+
+
+def reported_outputs(graph) -> list[str]:
+    """What training reports and evaluation averages: the objective, then the metrics (the
+    other scalar outputs of its dtype)."""
+    return [graph.objective.name] + [v.name for v in metric_outputs(graph, {})]
+
+
+def average_outputs(backend, graph, arrays: dict, params: dict, batch_size: int,
+                    what: str) -> dict[str, float]:
+    """`graph`'s scalar outputs over a whole data set, run `batch_size` rows at a time and
+    averaged over rows (each batch's value is its rows' mean)."""
+    rows = check_dataset(graph, arrays, what)
+    # Only what the outputs read: an input that only another output reads is not fed.
+    arrays = {v.name: arrays[v.name] for v in graph.inputs}
+    totals = {}
+    for _, indices in batch_rows(np.arange(rows), batch_size):
+        size = len(indices)
+        for name, value in backend.run(graph, take_rows(arrays, indices), params).items():
+            totals[name] = totals.get(name, 0.0) + float(value) * size
+    return {name: total / rows for name, total in totals.items()}
 
 
 # ---- the trainer ------------------------------------------------------------------------------
@@ -215,25 +261,17 @@ class Trainer:
 
     def evaluate(self, arrays: dict) -> dict[str, float]:
         """Objective and metrics over a whole data set, averaged over rows."""
-        rows = check_dataset(self.eval_graph, arrays, "validation data")
-        # Only what the objective and metrics read: an input or a param that only another
-        # output reads is not fed.
-        arrays = {v.name: arrays[v.name] for v in self.eval_graph.inputs}
+        arrays = conform_arguments(self.eval_graph.inputs, arrays)
         current = self.params
         params = {v.name: current[v.name] for v in self.eval_graph.param_values()}
-        totals = {}
-        for _, indices in batch_rows(np.arange(rows), max(self.config.batch_size, 256)):
-            size = len(indices)
-            outputs = self.backend.run(self.eval_graph, take_rows(arrays, indices), params)
-            for name, value in outputs.items():
-                totals[name] = totals.get(name, 0.0) + float(value) * size
-        return {name: total / rows for name, total in totals.items()}
+        return average_outputs(self.backend, self.eval_graph, arrays, params,
+                               max(self.config.batch_size, EVALUATION_BATCH), "validation data")
 
     def fit(self, train: dict, val: dict | None = None, checkpoint_dir=None, progress=None):
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
         after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
         gets the trained params when fit returns and when Ctrl-C stops it (not after a step
-        that made them NaN or Inf); they are returned too.
+        that made them NaN or Inf). Returns the History of the epochs this call ran.
 
         With `config.early_stop`, training stops once the validation loss has not improved for
         that many epochs, and fit ends with the params of the best epoch (`restored_best` says
@@ -241,9 +279,13 @@ class Trainer:
         if self.config.early_stop and val is None:
             raise ChainruleError(f"early stopping (patience {self.config.early_stop}) watches "
                                  f"the validation loss: give validation data")
+        inputs = self.model.graph.inputs
+        train = conform_arguments(inputs, train)
+        val = None if val is None else conform_arguments(inputs, val)
         rows = check_dataset(self.model.graph, train, "training data")
         self.runner.prepare(train, self.evaluate)
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
+        history = History()
         with lock:
             previous_handler = signal.signal(signal.SIGINT, self._request_stop)
             try:
@@ -255,13 +297,14 @@ class Trainer:
                     self.epoch, self.batch = self.epoch + 1, 0
                     if checkpoint_dir:
                         self.save_checkpoint(checkpoint_dir)
+                    history.epochs.append(record)
                     self.log(record)
                 if self.restore_best() and checkpoint_dir:
                     self.save_checkpoint(checkpoint_dir)
             finally:
                 signal.signal(signal.SIGINT, previous_handler)
         self.update_model()
-        return self.params
+        return history
 
     def watch_validation(self, scores: dict) -> None:
         if self.config.early_stop:
@@ -615,13 +658,15 @@ def draw_progress(title: str, done: int, total: int, details: str, stream=sys.st
     stream.flush()
 
 
+def format_metrics(values: dict[str, float]) -> str:
+    """`J 0.1234  acc 96.50%`: the objective and metrics as the epoch log and evaluate show
+    them."""
+    return "  ".join(f"{name} {value * 100:.2f}%" if name == "acc" else f"{name} {value:.4f}"
+                     for name, value in values.items())
+
+
 def format_epoch(record: dict, objective: str) -> str:
-    def metrics(values):
-        parts = []
-        for name, value in values.items():
-            parts.append(f"{name} {value * 100:.2f}%" if name == "acc" else f"{name} {value:.4f}")
-        return "  ".join(parts)
-    line = f"epoch {record['epoch']:>3}  train: {metrics(record['train'])}"
+    line = f"epoch {record['epoch']:>3}  train: {format_metrics(record['train'])}"
     if "val" in record:
-        line += f"  |  val: {metrics(record['val'])}"
+        line += f"  |  val: {format_metrics(record['val'])}"
     return line + f"  ({record['seconds']:.2f}s)"

@@ -5,6 +5,10 @@ Signals, kills, locks held by another process and fresh imports are tested where
 also in real processes (marker `subprocess`): tests/test_train.py, test_hardening.py,
 test_distributed.py, test_api.py and test_docs.py.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 
 import chainrule
@@ -33,3 +37,18 @@ def test_the_in_process_runner_gives_what_a_process_gives(argv, code):
     in_process = chainrule_cli(*argv)
     assert (in_process.returncode, in_process.stdout, in_process.stderr) == \
         (process.returncode, process.stdout, process.stderr)
+
+
+def test_a_reader_that_goes_away_loses_no_output_file(tmp_path):
+    """`chainrule run ... -o out.npz | head -1`: the pipe closes before the command prints its
+    summary; the command still writes its file and exits 0."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    with os.fdopen(write, "w") as closed:
+        result = subprocess.run([sys.executable, "-m", "chainrule", "run", "examples/mlp.nn",
+                                 "--random-inputs", "--dim", "B=4", "-o", tmp_path / "out.npz"],
+                                cwd=ROOT, stdout=closed, stderr=subprocess.PIPE, text=True,
+                                timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out.npz").exists()

@@ -59,7 +59,7 @@ def test_params_initialise_reproducibly():
 @pytest.mark.parametrize("source, line, col, message", [
     ("model m(x: f32[3]) {\n  y = x +\n  return y\n}\n", 2, 10, "unexpected end of line"),
     ("model m(x: f32[3]) {\n  y = relu(xx)\n  return y\n}\n", 2, 12, "unknown name 'xx'; did you mean 'x'?"),
-    ("model m(x: f32[3]) {\n  y = x\n  y = x\n  return y\n}\n", 3, 3, "'y' is already defined (at line 2)"),
+    ("model m(x: f32[3]) {\n  let k = 1\n  let k = 2\n  return x\n}\n", 3, 7, "'k' is already defined (at line 2)"),
     ("model m(x: f32[3]) {\n  y = relu(x, x)\n  return y\n}\n", 2, 15, "relu() takes at most 1 argument"),
     ("model m(x: f32[3]) {\n  y = sum(x, axes=0)\n  return y\n}\n", 2, 14, "sum() has no argument 'axes'; did you mean 'axis'?"),
     ("model m(x: f32[3]) {\n  y = rleu(x)\n  return y\n}\n", 2, 7, "unknown function 'rleu'; did you mean 'relu'?"),

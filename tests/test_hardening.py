@@ -269,7 +269,7 @@ def test_a_non_finite_result_names_check_numerics(tmp_path):
                                   "    return J\n}\n")
     result = chainrule_cli("run", model, "--random-inputs")
     assert result.returncode == 0
-    assert "warning: J hold NaN or Inf" in result.stderr and "--check-numerics" in result.stderr
+    assert "warning: J holds NaN or Inf" in result.stderr and "--check-numerics" in result.stderr
     located = fails(chainrule_cli("run", model, "--random-inputs", "--check-numerics"))
     assert "m.nn:2:" in located.stderr
 

@@ -54,11 +54,12 @@ def test_fit_leaves_the_trained_params_in_the_model(backend):
     test = digits("test")
     untrained = accuracy(model, test)
     trainer = Trainer(model, TrainConfig(epochs=2, backend=backend))
-    returned = trainer.fit(digits("train"))
+    history = trainer.fit(digits("train"))
     trained = accuracy(model, test)
     assert untrained < 0.3 < 0.85 < trained  # chance is 0.1
     assert trained == pytest.approx(trainer.evaluate(test)["acc"], abs=1e-6)
-    for name, array in returned.items():
+    assert len(history.epochs) == 2
+    for name, array in trainer.params.items():
         assert np.array_equal(model.params[name], array), name
     assert model.run(**test)["acc"] == pytest.approx(trained, abs=1e-6)
 
@@ -107,7 +108,8 @@ def test_check_numerics_trains_on_plain_arrays_to_the_compiled_backends_params()
     for check in (False, True):
         trainer = Trainer(chainrule.compile(MLP_DIGITS), TrainConfig(epochs=2, check_numerics=check))
         assert isinstance(trainer.runner, LocalRunner)
-        params[check] = {k: np.array(v) for k, v in trainer.fit(data).items()}
+        trainer.fit(data)
+        params[check] = {k: np.array(v) for k, v in trainer.params.items()}
     for name in params[False]:
         np.testing.assert_allclose(params[True][name], params[False][name], rtol=1e-4,
                                    atol=1e-6, err_msg=name)

@@ -1,10 +1,10 @@
-"""The `chainrule` command line: check, ir, run, grad, predict, train, export, import, viz,
-gradcheck.
+"""The `chainrule` command line: check, ir, run, grad, predict, evaluate, train, export,
+import, viz, gradcheck.
 
 `parser` declares the commands and their options; `inputs` reads models and data and binds
-arrays to inputs; `inspecting` (check, ir, viz, export, import), `running` (run, grad, gradcheck,
-predict) and `training` (train) hold the commands. Here: `main`, its error handling and exit
-codes.
+arrays to inputs; `inspecting` (check, ir, viz, export, import), `running` (run, grad,
+gradcheck, predict, evaluate) and `training` (train) hold the commands. Here: `main`, its error
+handling and exit codes.
 """
 from __future__ import annotations
 
@@ -39,6 +39,30 @@ def check_output_paths(args) -> None:
             check_writable(path, directory=is_directory)
 
 
+class _QuietWhenClosed:
+    """stdout that goes quiet when its reader goes away (`chainrule run ... -o out.npz |
+    head -1`): the command still finishes its work and writes its files."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.stream = open(os.devnull, "w")
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def run_command(args) -> int:
     """The chosen command's function, imported only now (parser.COMMANDS), run on `args`."""
     module, function = args.command_function.split(".")
@@ -50,6 +74,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
+    if not isinstance(sys.stdout, _QuietWhenClosed):
+        sys.stdout = _QuietWhenClosed(sys.stdout)
     try:
         check_output_paths(args)
         if getattr(args, "threads", None) is not None:

@@ -36,8 +36,15 @@ def cmd_check(args) -> int:
         role = "  (objective)" if value is graph.objective else ""
         if value.name not in updates:
             print(f"  {value.name}: {value.type}{role}")
-    print(f"nodes: {len(graph.nodes)}")
+    inner = _body_nodes(graph)
+    print(f"nodes: {len(graph.nodes)}" + (f" (and {inner} in loop bodies)" if inner else ""))
     return 0
+
+
+def _body_nodes(graph) -> int:
+    """How many nodes the scans' bodies hold (each once, however many steps it runs)."""
+    return sum(len(node.attrs["body"].nodes) + _body_nodes(node.attrs["body"])
+               for node in graph.nodes if "body" in node.attrs)
 
 
 def print_params(title: str, params: list, graph) -> None:

@@ -20,6 +20,7 @@ COMMANDS = {
     "ir": "inspecting.cmd_ir",
     "run": "running.cmd_run",
     "predict": "running.cmd_predict",
+    "evaluate": "running.cmd_evaluate",
     "grad": "running.cmd_grad",
     "train": "training.cmd_train",
     "gradcheck": "running.cmd_gradcheck",
@@ -181,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where to run")
     predict.add_argument("-o", "--output", metavar="OUT.npz|OUT.csv",
                          help="save the predictions")
+    evaluate = with_threads(with_optimization(command(
+        "evaluate", "report the objective and metrics over a whole data file, in batches"),
+        "O2"))
+    with_data(evaluate, "--data", "the data, labels included: .npz, .npy, .csv or IDX")
+    evaluate.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
+    evaluate.add_argument("--outputs", metavar="NAMES", help="scalar outputs to report "
+                          "(default: the objective and the metrics training reports)")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    evaluate.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
+                          help="where to run")
     grad = command("grad", "compute the objective and its gradients")
     with_inputs(with_threads(with_optimization(grad, "O2")))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "

@@ -1,4 +1,4 @@
-"""The commands that run a model on arrays: run, grad, gradcheck and predict."""
+"""The commands that run a model on arrays: run, grad, gradcheck, predict and evaluate."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ from ..gradcheck import EPS as GRADCHECK_EPS
 from ..gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
 from ..gradcheck import format_rows, gradcheck
 from ..ir import ChainruleError
-from ..train import draw_progress
+from ..train import draw_progress, format_metrics
 from .inputs import UsageError, bind, gather_inputs, load_model, mapping, read_data
 
 
@@ -46,7 +46,8 @@ def warn_nonfinite(arrays: dict) -> None:
     bad = [name for name, array in arrays.items()
            if np.asarray(array).dtype.kind == "f" and not np.isfinite(array).all()]
     if bad:
-        print(f"chainrule: warning: {', '.join(bad)} hold NaN or Inf (an overflow, or a "
+        verb = "holds" if len(bad) == 1 else "hold"
+        print(f"chainrule: warning: {', '.join(bad)} {verb} NaN or Inf (an overflow, or a "
               f"division by zero); rerun with --check-numerics to find the first node that "
               f"produces one", file=sys.stderr)
 
@@ -116,14 +117,7 @@ def cmd_predict(args) -> int:
         if not names:
             raise ChainruleError(f"no output of {model.graph.name} can be predicted row by row "
                                  f"from {data.files}; name one with --outputs")
-    graph = model.forward_graph(names, args.opt_level)
-    bound = bind(args, graph, data, reader=f"computing {', '.join(names)}")
-    if bound.missing:
-        listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
-        raise ChainruleError(f"computing {', '.join(names)} needs input(s) {listed}, which "
-                             f"{data.files} does not hold; --map INPUT=ARRAY binds an input to "
-                             f"an array of another name")
-    rows = check_rows(graph.inputs, bound.arrays, bound.origin)
+    bound, rows = bind_data_set(args, model, names, data)
     started = time.perf_counter()
     results = model.predict(bound.arrays, names, batch_size=args.batch_size,
                             backend=args.backend, opt_level=args.opt_level,
@@ -133,6 +127,39 @@ def cmd_predict(args) -> int:
     title = (f"predicted {', '.join(names)} for {rows:,} rows in "
              f"{time.perf_counter() - started:.2f}s ({args.backend})")
     return report(args, title, results, write_predictions)
+
+
+def bind_data_set(args, model, names: list[str], data):
+    """The data bound to the inputs that computing the outputs `names` reads, checked whole
+    (every one there, with the same number of rows), and the number of rows."""
+    graph = model.forward_graph(names, args.opt_level)
+    bound = bind(args, graph, data, reader=f"computing {', '.join(names)}")
+    if bound.missing:
+        listed = ", ".join(f"'{v.name}' ({v.type})" for v in bound.missing)
+        raise ChainruleError(f"computing {', '.join(names)} needs input(s) {listed}, which "
+                             f"{data.files} does not hold; --map INPUT=ARRAY binds an input to "
+                             f"an array of another name")
+    return bound, check_rows(graph.inputs, bound.arrays, bound.origin)
+
+
+def cmd_evaluate(args) -> int:
+    """The objective and metrics (or --outputs) over a data file, averaged over its rows."""
+    if not args.data and not args.input:
+        raise UsageError("no data: give --data FILE or --input NAME=FILE")
+    model = load_model(args)
+    check_mapping(model.graph.inputs, mapping(args))
+    names = [v.name for v in model.evaluation_graph(split_names(args.outputs),
+                                                    args.opt_level).outputs]
+    data = read_data(args.data, args.input, args)
+    bound, rows = bind_data_set(args, model, names, data)
+    started = time.perf_counter()
+    metrics = model.evaluate(bound.arrays, names, batch_size=args.batch_size,
+                             backend=args.backend, opt_level=args.opt_level)
+    print(f"evaluated {model.graph.name} on {rows:,} rows of {data.files} in "
+          f"{time.perf_counter() - started:.2f}s ({args.backend}):")
+    print(f"  {format_metrics(metrics)}")
+    warn_nonfinite(metrics)
+    return 0
 
 
 def class_indices(results: dict) -> dict:

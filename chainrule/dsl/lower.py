@@ -33,6 +33,11 @@ MAX_CALL_DEPTH = 64
 MAX_INLINED_NODES = 100_000
 
 
+class Results(tuple):
+    """The values a function returns with `return a, b`: unpacked by `a, b = f(...)`, never a
+    value of their own (unlike a tuple of numbers, a shape)."""
+
+
 @dataclass
 class Function:
     name: str
@@ -178,8 +183,33 @@ class Lowerer(LoopLowering, ExpressionLowerer):
                     raise ChainruleError("return cannot be inside a loop; assign the values "
                                          "and return them after it", self.loc(stmt))
                 return self.lower_return(stmt, scope)
+            if stmt.data == "if_stmt":
+                returned = self.if_stmt(stmt, scope)
+                if returned is not None:
+                    return returned
+                continue
             getattr(self, stmt.data)(stmt, scope)
         return None
+
+    def if_stmt(self, tree: Tree, scope: Scope):
+        """`if COND { ... } else { ... }`, decided when the model compiles: the branch COND
+        picks is lowered in the scope around it (an `if` has no scope of its own: what a
+        branch assigns, the lines after it read); returns a return statement's values."""
+        condition, chosen, otherwise = tree.children
+        value = self.expr(condition, scope)
+        if not isinstance(value, bool):
+            shown = (f"a tensor of type {value.type}; for values chosen per element, use "
+                     f"where(cond, a, b)" if isinstance(value, Value) else
+                     f"{describe_constant(value)}")
+            raise ChainruleError(f"an if's condition is true or false when the model "
+                                 f"compiles (lets, numbers, bound dims, the loop variable "
+                                 f"of an unrolled loop), not {shown}", self.loc(condition))
+        branch = chosen if value else otherwise
+        if branch is None:
+            return None
+        if branch.data == "if_stmt":
+            return self.if_stmt(branch, scope)
+        return self.lower_block(branch, scope)
 
     # ---- statements ---------------------------------------------------------------------------
 
@@ -232,12 +262,38 @@ class Lowerer(LoopLowering, ExpressionLowerer):
 
     def assign_stmt(self, tree: Tree, scope: Scope) -> None:
         name_token, expression = tree.children
+        value = self.expr(expression, scope)
+        if isinstance(value, Results):
+            raise ChainruleError(f"this call returns {len(value)} values; unpack them, one "
+                                 f"name each: {', '.join(['a', 'b', 'c', 'd'][:len(value)])}"
+                                 f"{', ...' if len(value) > 4 else ''} = ...",
+                                 self.loc(expression))
+        self.assign(name_token, value, scope)
+
+    def unpack_stmt(self, tree: Tree, scope: Scope) -> None:
+        """`h, c = cell(x, h, c)`: each name takes one of the values the call returns."""
+        *name_tokens, expression = tree.children
+        value = self.expr(expression, scope)
+        if not isinstance(value, Results):
+            raise ChainruleError(f"{len(name_tokens)} names take the values of a function "
+                                 f"that returns as many (return a, b), not one value",
+                                 self.loc(expression))
+        if len(value) != len(name_tokens):
+            raise ChainruleError(f"{len(name_tokens)} names for {len(value)} values",
+                                 self.loc(name_tokens[0]))
+        names = [str(token) for token in name_tokens]
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated:
+            raise ChainruleError(f"'{repeated}' is named twice", self.loc(name_tokens[0]))
+        for token, item in zip(name_tokens, value):
+            self.assign(token, item, scope)
+
+    def assign(self, name_token, value, scope: Scope) -> None:
         name = str(name_token)
         loc = self.loc(name_token)
-        if name in scope.bindings:
+        if name in scope.bindings and scope.kind == "loop":
             scope.bind(name, None, loc)  # raises the "already defined" error
-        value = self.name_value(self.expr(expression, scope), name)
-        scope.bind(name, value, loc)
+        scope.bind(name, self.name_value(value, name), loc, again=True)
 
     def name_value(self, value, name: str):
         """The value under the name the model's text gives it (a function's names are local)."""
@@ -252,10 +308,13 @@ class Lowerer(LoopLowering, ExpressionLowerer):
 
     def lower_return(self, tree: Tree, scope: Scope):
         values = [self.expr(e, scope) for e in tree.children]
+        nested = next((e for e, v in zip(tree.children, values) if isinstance(v, Results)),
+                      None)
+        if nested is not None:
+            raise ChainruleError("a call that returns several values is unpacked first "
+                                 "(a, b = f(...)), not returned as one", self.loc(nested))
         if scope.kind == "function":
-            if len(values) != 1:
-                raise ChainruleError("a function returns one value", self.loc(tree))
-            return values[0]
+            return values[0] if len(values) == 1 else Results(values)
         outputs = []
         for expression, value in zip(tree.children, values, strict=True):
             value = self.alone(value)

@@ -38,17 +38,26 @@ class Collected:
 
 
 def assigned_names(block: Tree) -> tuple[list[str], list[str]]:
-    """The names a loop body assigns (`h = ...`, in inner loops too) and those it assigns by
+    """The names a loop body assigns (`h = ...`, `h, c = ...`, in inner loops too) and those it assigns by
     index (`ys[:, t] = ...`, in the body itself), in order of first appearance."""
     plain, indexed = [], []
     for stmt in block.children:
         if stmt.data == "assign_stmt":
             plain.append(str(stmt.children[0]))
+        elif stmt.data == "unpack_stmt":
+            plain += [str(token) for token in stmt.children[:-1]]
         elif stmt.data == "index_assign_stmt":
             indexed.append(str(stmt.children[0]))
         elif stmt.data == "for_stmt":
             inner_plain, inner_indexed = assigned_names(stmt.children[3])
             plain += inner_plain + inner_indexed
+        elif stmt.data == "if_stmt":  # both branches: either may run
+            for branch in stmt.children[1:]:
+                if branch is not None:
+                    inner_plain, inner_indexed = assigned_names(
+                        branch if branch.data == "block" else Tree("block", [branch]))
+                    plain += inner_plain
+                    indexed += inner_indexed
     return list(dict.fromkeys(plain)), list(dict.fromkeys(indexed))
 
 

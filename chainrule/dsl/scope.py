@@ -6,11 +6,14 @@ from .expressions import suggest
 
 
 class Scope:
-    """Names visible in a model, function or loop body; a name is bound once per scope.
+    """Names visible in a model, function or loop body.
 
-    A loop body's scope sees the names around it. Assigning one of those in the body rebinds
-    it for the next iteration and for the code after the loop: it is `carried`. Every other
-    name assigned in the body is local to one iteration."""
+    In a model or a function, `=` may assign a name again: a new value under the same name,
+    which the lines after it read (`x = relu(x)`); a let, a param, a loop variable or a
+    function is bound once. A loop body's scope sees the names around it. Assigning one of
+    those in the body rebinds it for the next iteration and for the code after the loop: it is
+    `carried`, and assigned once per iteration. Every other name assigned in the body is local
+    to one iteration."""
 
     def __init__(self, kind: str, parent: Scope | None = None):
         self.kind = kind
@@ -19,8 +22,9 @@ class Scope:
         self.locs: dict[str, SourceLoc] = {}
         self.carried: list[str] = []
 
-    def bind(self, name: str, value, loc: SourceLoc) -> None:
-        if name in self.bindings:
+    def bind(self, name: str, value, loc: SourceLoc, *, again: bool = False) -> None:
+        """Bind `name` here; `again`: an assignment, which may rebind outside a loop body."""
+        if name in self.bindings and (not again or self.kind == "loop"):
             rule = ("a name is assigned once per iteration" if self.kind == "loop"
                     else "a name is assigned once")
             raise redefinition(f"'{name}'", rule, loc, self.locs[name])

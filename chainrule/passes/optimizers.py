@@ -85,6 +85,19 @@ class OptimizerSpec:
     def counts_steps(self) -> bool:
         return self.kind in ("adam", "adamw")
 
+    @classmethod
+    def of(cls, optimizer: OptimizerSpec | str | None) -> OptimizerSpec:
+        """A spec from a spec, or an optimizer's name with its defaults ("adam"); None is
+        the default spec. Every API that takes a spec takes a name through this."""
+        if optimizer is None:
+            return cls()
+        if isinstance(optimizer, str):
+            return cls(optimizer)
+        if not isinstance(optimizer, cls):
+            raise ChainruleError(f"an optimizer is a name ({', '.join(OPTIMIZERS)}) or an "
+                                 f"OptimizerSpec, not {type(optimizer).__name__}")
+        return optimizer
+
 
 def step_optimizer(config) -> OptimizerSpec:
     """The update a training config's step runs: its optimizer, clipping gradients as the
