@@ -2,9 +2,9 @@
 
 An op's own built-in comes from its registry entry (`OpDef.builtin`, with its operands and
 attrs): an op needs nothing written here. The entries written here are compositions of ops
-(their derivatives then follow from the parts): `stack`, `layer_norm`, `dropout`,
-`binary_cross_entropy_with_logits`, `cross_entropy` with probability targets, and the
-constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange), `zeros_like` and
+(their derivatives then follow from the parts): `stack`, `silu` (or `swish`), `elu`, `var`,
+`std`, `tril`, `triu`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits`,
+`cross_entropy` with probability targets, and the constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange), `zeros_like` and
 `ones_like` (a broadcast constant). The convolution and pooling built-ins compose too: the
 PyTorch-style options become one op's attrs (and a bias an add), `global_avg_pool` is a mean,
 `flatten` a reshape, and `pad`'s reflect and edge modes are slices concatenated.
@@ -218,6 +218,30 @@ composite("binary_cross_entropy_with_logits", ("logits", "targets"))(
 composite("layer_norm", ("x", "gamma", "beta"),
           {"axis": _option(-1, _axes, "axes"), "eps": _option(1e-5, _float("eps"), "eps")})(
     compositions.layer_norm)
+
+
+for _name in ("silu", "swish"):
+    composite(_name, ("x",))(compositions.silu)
+
+
+composite("elu", ("x",), {"alpha": _option(1.0, _float("alpha"), "alpha")})(compositions.elu)
+
+
+STATISTIC_OPTIONS = {"axis": _option(None, _axes, "axes"),
+                     "keepdims": _option(False, _bool("keepdims"), "keepdims"),
+                     "correction": _option(0.0, _float("correction"), "correction")}
+composite("var", ("x",), STATISTIC_OPTIONS)(compositions.variance)
+composite("std", ("x",), STATISTIC_OPTIONS)(compositions.standard_deviation)
+
+
+@composite("tril", ("x",), {"k": _option(0, _int("k"), "k")})
+def _tril(ops, x, k):
+    return compositions.triangle(ops, x, k, upper=False)
+
+
+@composite("triu", ("x",), {"k": _option(0, _int("k"), "k")})
+def _triu(ops, x, k):
+    return compositions.triangle(ops, x, k, upper=True)
 
 
 SHAPE_OPTION = {"shape": _option(NO_DEFAULT, _shape, "shape")}

@@ -33,6 +33,52 @@ def binary_cross_entropy_with_logits(ops, logits, targets):
     return ops.emit("mean", losses)
 
 
+def silu(ops, x):
+    """x·sigmoid(x), also called swish."""
+    return ops.emit("mul", x, ops.emit("sigmoid", x))
+
+
+def elu(ops, x, alpha):
+    """x where x > 0, else alpha·(eˣ − 1). The exponential reads x only where x ≤ 0, so a large
+    x, whose eˣ would overflow, gives no 0·inf = NaN in the gradient of the branch not taken."""
+    positive = ops.emit("greater", x, ops.constant(0.0, x))
+    not_above_zero = ops.emit("where", positive, ops.constant(0.0, x), x)
+    below = ops.emit("mul", ops.constant(alpha, x),
+                     ops.emit("sub", ops.emit("exp", not_above_zero), ops.constant(1.0, x)))
+    return ops.emit("where", positive, x, below)
+
+
+def variance(ops, x, axes, keepdims, correction):
+    """Σ(x − mean)² / (n − correction) over `axes` (PyTorch's torch.var: correction=1 is the
+    unbiased estimate)."""
+    centered = ops.emit("sub", x, ops.emit("mean", x, axes=axes, keepdims=True))
+    squares = ops.emit("sum", ops.emit("mul", centered, centered), axes=axes, keepdims=keepdims)
+    count = ops.emit("numel", x, axes=axes, dtype=x.type.dtype)
+    if correction:
+        count = ops.emit("sub", count, ops.constant(correction, x))
+    return ops.emit("div", squares, count)
+
+
+def standard_deviation(ops, x, axes, keepdims, correction):
+    return ops.emit("sqrt", variance(ops, x, axes, keepdims, correction))
+
+
+def triangle(ops, x, k, upper):
+    """x where its last two dims' position (row, column) has column − row ≥ k (upper) or
+    ≤ k (lower), else 0: numpy's triu and tril, for known and symbolic dims alike."""
+    if x.type.rank < 2:
+        ops.error(f"the triangle is of the last two dims, so x needs rank 2 or more, not "
+                  f"{x.type}")
+    rows, columns = x.type.shape[-2:]
+    row = ops.emit("unsqueeze", ops.emit("arange", n=rows), axes=(1,))
+    column = ops.emit("unsqueeze", ops.emit("arange", n=columns), axes=(0,))
+    diagonal = ops.emit("sub", column, row)  # which diagonal each element is on
+    k = min(max(k, -2 ** 31), 2 ** 31)  # past that, every size chainrule takes keeps all or none
+    keep = ops.emit("greater_equal" if upper else "less_equal", diagonal,
+                    ops.constant(k, diagonal))
+    return ops.emit("where", keep, x, ops.constant(0, x))
+
+
 def layer_norm(ops, x, gamma, beta, axes, eps):
     mean = ops.emit("mean", x, axes=axes, keepdims=True)
     centered = ops.emit("sub", x, mean)

@@ -523,6 +523,13 @@ register("abs", 1, _unary("abs", "numeric"), traits=("elementwise",), numpy="abs
          scalar="np.abs({0})")
 register("sign", 1, _unary("sign", "numeric"), traits=("elementwise", "nondifferentiable"),
          numpy="sign", onnx="Sign")
+# floor's derivative is 0 wherever it has one, so, as for sign, no gradient flows through it.
+register("floor", 1, _unary("floor"), traits=("elementwise", "nondifferentiable"),
+         numpy="floor", onnx="Floor", scalar="np.floor({0})")
+# ONNX has no log1p: the lowering writes Log(1 + x), exact to rounding where 1 + x is.
+register("log1p", 1, _unary("log1p"), traits=("elementwise",), numpy="log1p")
+# The identity with no gradient: what it passes on is a constant to autodiff.
+register("stop_gradient", 1, lambda x: x, traits=("nondifferentiable",))
 register("neg", 1, _unary("neg", "numeric"), traits=("elementwise", "linear"),
          numpy="negative", onnx="Neg", scalar="(-{0})", builtin=None)  # the DSL's -x
 LINEAR_ELEMENTWISE = ("elementwise", "linear")

@@ -3,9 +3,9 @@
 A converter reads its node through a NodeContext (`ctx.input(i)` for tensors, `ctx.static(i)`
 for inputs that must be known at import time, `ctx.attr(name)` for attributes) and returns the
 node's outputs. Anything it cannot express raises Unsupported with the reason. An op chainrule
-lacks is composed of those it has (Floor of a round trip through int64, ReduceProd of halving
-multiplications); the shared compositions of ir/compositions.py (layer_norm, batch_norm, pad) are reused where ONNX
-means the same, so each is written once.
+lacks is composed of those it has (Ceil of a round trip through int64, ReduceProd of halving
+multiplications); the shared compositions of ir/compositions.py (elu, layer_norm, batch_norm,
+pad, the triangles of Trilu) are reused where ONNX means the same, so each is written once.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..ir import compositions
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
 from ..ir.types import NUMPY_DTYPES, is_float
@@ -87,16 +88,13 @@ def _leaky_relu(ctx):
 
 
 def _where_positive(ctx, x, negative):
-    """x where x > 0, else `negative` (Elu, Selu, PRelu)."""
+    """x where x > 0, else `negative` (Selu, PRelu)."""
     return ctx.emit("where", ctx.emit("greater", x, ctx.constant(0.0, x)), x, negative)
 
 
 @converter("Elu")
 def _elu(ctx):
-    x = ctx.input(0)
-    alpha = ctx.constant(ctx.float_attr("alpha", 1.0), x)
-    below = ctx.emit("mul", alpha, ctx.emit("sub", ctx.emit("exp", x), ctx.constant(1.0, x)))
-    return [_where_positive(ctx, x, below)]
+    return [compositions.elu(ctx, ctx.input(0), ctx.float_attr("alpha", 1.0))]
 
 
 @converter("Selu")
@@ -224,14 +222,8 @@ def _truncated(ctx, x):
 
 
 def _floor(ctx, x):
-    truncated = _truncated(ctx, x)
-    above = ctx.emit("greater", truncated, x)  # a negative non-integer truncated upwards
-    return ctx.emit("where", above, ctx.emit("sub", truncated, ctx.constant(1.0, x)), truncated)
-
-
-@converter("Floor")
-def _floor_node(ctx):
-    return [_floor(ctx, ctx.input(0))]
+    _require_float(ctx, x, ctx.node.op_type)
+    return ctx.emit("floor", x)
 
 
 @converter("Ceil")

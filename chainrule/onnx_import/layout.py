@@ -356,14 +356,7 @@ def _trilu(ctx):
     if not isinstance(rows, int) or not isinstance(columns, int):
         if UNKNOWN in (rows, columns):
             raise Unsupported(f"Trilu of {x.type} (its last two dims must be known or named)")
-        row = ctx.emit("unsqueeze", ctx.emit("arange", n=rows), axes=(1,))
-        column = ctx.emit("unsqueeze", ctx.emit("arange", n=columns), axes=(0,))
-        diagonal = ctx.emit("sub", column, row)  # which diagonal each element is on
-        # Past 2**31 diagonals every size chainrule takes keeps all or none.
-        k = min(max(k, -2 ** 31), 2 ** 31)
-        keep = ctx.emit("greater_equal" if upper else "less_equal", diagonal,
-                        ctx.constant(k, diagonal))
-        return [ctx.emit("where", keep, x, ctx.constant(0, x))]
+        return [compositions.triangle(ctx, x, k, bool(upper))]
     # Past the matrix's corners, every diagonal keeps all or none of it.
     k = min(max(k, -rows), columns)
     triangle = np.triu if upper else np.tril

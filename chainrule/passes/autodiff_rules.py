@@ -166,6 +166,11 @@ def _cos(bw, g, x, out):
     return (bw.emit("neg", bw.emit("mul", g, bw.emit("sin", x))),)
 
 
+@vjp("log1p")
+def _log1p(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("add", bw.constant(1.0, x), x)),)
+
+
 @vjp("sqrt")
 def _sqrt(bw, g, x, out):
     return (bw.emit("div", g, bw.emit("mul", out, bw.constant(2.0, out))),)
