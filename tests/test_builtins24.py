@@ -1,6 +1,7 @@
 """The built-ins made of other ops (silu and swish, elu, var and std, tril and triu) and the
-new ops' behaviour in models (floor's and stop_gradient's missing gradients): values against
-numpy on both backends, gradients against central differences in float64."""
+new ops' behaviour in models (floor's and stop_gradient's missing gradients, prod's gradient at
+zeros): values against numpy on both backends, gradients against central differences in
+float64."""
 import numpy as np
 import pytest
 
@@ -51,6 +52,9 @@ CASES = [
     ("x: F[B, 5]", "floor(3.0 * x)", "[B, 5]", lambda x: np.floor(3.0 * x)),
     ("x: F[B, 5]", "log1p(abs(x))", "[B, 5]", lambda x: np.log1p(np.abs(x))),
     ("x: F[B, 5]", "stop_gradient(x)", "[B, 5]", lambda x: x),
+    ("x: F[B, 4, 5]", "prod(x, axis=(0, 2))", "[4]", lambda x: np.prod(x, axis=(0, 2))),
+    ("x: F[B, 4, 5]", "cumsum(x, axis=-1)", "[B, 4, 5]", lambda x: np.cumsum(x, axis=-1)),
+    ("x: F[S, 4]", "cumsum(x, 0)", "[S, 4]", lambda x: np.cumsum(x, axis=0)),
 ]
 
 
@@ -60,7 +64,7 @@ def model_source(signature: str, expression: str, dtype: str) -> str:
 
 
 def random_feeds(graph, rng, dtype) -> dict:
-    return {v.name: rng.normal(size=[BATCH if d == "B" else d for d in v.type.shape])
+    return {v.name: rng.normal(size=[d if isinstance(d, int) else BATCH for d in v.type.shape])
             .astype(NUMPY_DTYPES[dtype]) for v in graph.inputs}
 
 
@@ -89,6 +93,8 @@ GRADIENT_MODELS = {
     "std": "J = sum(std(x * P, axis=(0, 1), keepdims=true, correction=1) * P)",
     "tril and triu": "J = sum(tril(x * P, k=1) * x) + sum(triu(x * P, -1) ** 2)",
     "log1p": "J = sum(log1p(P * P) * x)",
+    "prod": "J = sum(prod(x * P, axis=1) * x[:, 0]) + prod(P, axis=(0, 1))",
+    "cumsum": "J = sum(cumsum(x * P, axis=1) * x) + sum(cumsum(P, 0) ** 2)",
 }
 
 
@@ -101,6 +107,23 @@ def test_gradients_match_finite_differences_on_both_backends(objective):
         return J
     }}""")
     check_gradients(model, x=np.random.default_rng(1).normal(size=(3, 4)))
+
+
+@pytest.mark.parametrize("row, expected", [
+    ([2.0, 0.0, 3.0, 5.0], [0.0, 30.0, 0.0, 0.0]),  # one zero: only its own slope is not 0
+    ([2.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]),  # two zeros: every other product holds one
+    ([2.0, -1.0, 3.0, 4.0], [-12.0, 24.0, -8.0, -6.0]),
+])
+def test_the_gradient_of_a_product_is_exact_at_zeros(row, expected):
+    model = chainrule.compile(source="""
+    model m(x: f64[4]) {
+        param P: f64[4] = ones()
+        J = prod(x + P - 1.0)  # x itself, at P = 1
+        return J
+    }""")
+    for backend in ("numpy", "onnxruntime"):
+        assert_close(model.grad(backend=backend, x=np.array(row))["P"], np.array(expected),
+                     1e-15, what=backend)
 
 
 @pytest.mark.parametrize("blocked", ["floor(x * P) * P", "stop_gradient(x * P) * P"])

@@ -178,6 +178,16 @@ def _mean(em, node, out, x):
     em.reduce("ReduceMean", x, node.attrs["axes"], node.attrs["keepdims"], out)
 
 
+@lowering("prod")
+def _prod(em, node, out, x):
+    em.reduce("ReduceProd", x, node.attrs["axes"], node.attrs["keepdims"], out)
+
+
+@lowering("cumsum")
+def _cumsum(em, node, out, x):
+    em.add("CumSum", [x, em.ints(node.attrs["axis"], "axis")], out)
+
+
 @lowering("max", "min", "logsumexp")
 def _extreme(em, node, out, x):
     onnx_op = {"max": "ReduceMax", "min": "ReduceMin", "logsumexp": "ReduceLogSumExp"}[node.op]

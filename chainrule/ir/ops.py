@@ -262,6 +262,12 @@ def _index_reduction(op):
     return infer
 
 
+def _infer_cumsum(x, axis):
+    _require_numeric("cumsum", x)
+    normalize_axis(axis, x.rank)
+    return x
+
+
 def _infer_clip(x, lo, hi):
     _require_float("clip", x)
     if lo > hi:
@@ -589,6 +595,9 @@ register("mean", 1, _reduction("mean"), AXES, traits=REDUCE + ("linear",), numpy
 register("max", 1, _reduction("max"), AXES, traits=REDUCE, numpy="max")
 register("min", 1, _reduction("min"), AXES, traits=REDUCE, numpy="min")
 register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
+register("prod", 1, _reduction("prod"), AXES, traits=REDUCE, numpy="prod")
+register("cumsum", 1, _infer_cumsum, {"axis": AttrSpec("int")}, traits=("fresh_result",),
+         numpy="cumsum")
 for _name in ("argmax", "argmin"):
     register(_name, 1, _index_reduction(_name),
              {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},

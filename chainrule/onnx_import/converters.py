@@ -3,8 +3,8 @@
 A converter reads its node through a NodeContext (`ctx.input(i)` for tensors, `ctx.static(i)`
 for inputs that must be known at import time, `ctx.attr(name)` for attributes) and returns the
 node's outputs. Anything it cannot express raises Unsupported with the reason. An op chainrule
-lacks is composed of those it has (Ceil of a round trip through int64, ReduceProd of halving
-multiplications); the shared compositions of ir/compositions.py (elu, layer_norm, batch_norm,
+lacks is composed of those it has (Ceil of a round trip through int64, Selu of where and
+exp); the shared compositions of ir/compositions.py (elu, layer_norm, batch_norm,
 pad, the triangles of Trilu) are reused where ONNX means the same, so each is written once.
 """
 from __future__ import annotations
@@ -427,7 +427,7 @@ REDUCTIONS = {"ReduceSum": (None, "sum", None), "ReduceMean": (None, "mean", Non
               "ReduceLogSumExp": (None, "logsumexp", None),
               "ReduceSumSquare": ("square", "sum", None), "ReduceL1": ("abs", "sum", None),
               "ReduceL2": ("square", "sum", "sqrt"), "ReduceLogSum": (None, "sum", "log"),
-              "ReduceProd": (None, "product", None)}
+              "ReduceProd": (None, "prod", None)}
 # Since opset 18 every reduction takes its axes as an input; ReduceSum did from 13.
 AXES_INPUT_SINCE = {"ReduceSum": 13}
 
@@ -465,34 +465,9 @@ def _reduction(ctx):
     x = _elementwise(ctx, before, x)
     if axes == ():  # noop_with_empty_axes: the elementwise parts only
         result = x
-    elif reduction == "product":
-        result = _product(ctx, x, axes, keepdims)
     else:
         result = ctx.emit(reduction, x, axes=axes, keepdims=keepdims)
     return [_elementwise(ctx, after, result)]
-
-
-def _product(ctx, x, axes, keepdims):
-    """The product over `axes`, by multiplying halves of each axis until one element is left:
-    chainrule has no product reduction, and this takes log2(size) multiplications."""
-    rank = x.type.rank
-    axes = tuple(range(rank)) if axes is None else tuple(sorted(ctx.axes(axes, rank)))
-    for axis in axes:
-        size = x.type.shape[axis]
-        if not isinstance(size, int):
-            raise Unsupported(f"ReduceProd over the symbolic axis {axis} of {x.type}")
-        while size > 1:
-            half = size // 2
-            product = ctx.emit("mul", _part(ctx, x, axis, 0, half),
-                               _part(ctx, x, axis, half, 2 * half))
-            x = product if size % 2 == 0 else \
-                ctx.emit("concat", product, _part(ctx, x, axis, 2 * half, size), axis=axis)
-            size = half + size % 2
-    return x if keepdims else ctx.emit("squeeze", x, axes=axes)
-
-
-def _part(ctx, x, axis, start, end):
-    return ctx.emit("slice", x, starts=(start,), ends=(end,), axes=(axis,), steps=(1,))
 
 
 @converter("ArgMax", "ArgMin")
