@@ -31,6 +31,35 @@ def _std(axis=None, keepdims=False, correction=0):
     return lambda x: np.std(x, axis=axis, keepdims=keepdims, ddof=correction)
 
 
+def _standardised(x, axes, eps):
+    mean = x.mean(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+
+
+def _per_channel(value, rank):
+    return value.reshape((-1,) + (1,) * (rank - 2))
+
+
+def _group_norm(groups, eps=1e-5):
+    """PyTorch's group_norm, from its definition."""
+    def compute(x, weight, bias):
+        grouped = x.reshape(x.shape[0], groups, -1)
+        normalised = _standardised(grouped, -1, eps).reshape(x.shape)
+        return normalised * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
+    return compute
+
+
+def _instance_norm(eps=1e-5):
+    def compute(x, weight, bias):
+        normalised = _standardised(x, tuple(range(2, x.ndim)), eps)
+        return normalised * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
+    return compute
+
+
+def _rms_norm(axes=-1, eps=1e-5):
+    return lambda x, weight: x / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps) * weight
+
+
 # (signature, expression, result shape, numpy reference)
 CASES = [
     ("x: F[B, 5]", "silu(x)", "[B, 5]", lambda x: x * _sigmoid(x)),
@@ -55,6 +84,24 @@ CASES = [
     ("x: F[B, 4, 5]", "prod(x, axis=(0, 2))", "[4]", lambda x: np.prod(x, axis=(0, 2))),
     ("x: F[B, 4, 5]", "cumsum(x, axis=-1)", "[B, 4, 5]", lambda x: np.cumsum(x, axis=-1)),
     ("x: F[S, 4]", "cumsum(x, 0)", "[S, 4]", lambda x: np.cumsum(x, axis=0)),
+    ("x: F[B, 4], d: F[4]", "x % (d + 3.0)", "[B, 4]", lambda x, d: np.mod(x, d + 3.0)),
+    ("x: F[B, 4], d: F[4]", "(5.0 * x) % -(abs(d) + 0.5)", "[B, 4]",
+     lambda x, d: np.mod(5.0 * x, -(np.abs(d) + 0.5))),
+    ("x: F[B, 4], d: F[4]", "(5.0 * x) // (d + 3.0)", "[B, 4]",
+     lambda x, d: np.floor_divide(5.0 * x, d + 3.0)),
+    ("x: F[B, 4]", "x % 0.75 + x // 0.75", "[B, 4]", lambda x: np.mod(x, 0.75) + x // 0.75),
+    ("x: F[B, 6, 3, 4], w: F[6], c: F[6]", "group_norm(x, 3, w, c)", "[B, 6, 3, 4]",
+     _group_norm(3)),
+    ("x: F[B, 6, 5], w: F[6], c: F[6]", "group_norm(x, groups=6, weight=w, bias=c, eps=0.1)",
+     "[B, 6, 5]", _group_norm(6, 0.1)),
+    ("x: F[B, 6], w: F[6], c: F[6]", "group_norm(x, 2, w, c)", "[B, 6]", _group_norm(2)),
+    ("x: F[B, 4, 3, 5], w: F[4], c: F[4]", "instance_norm(x, w, c)", "[B, 4, 3, 5]",
+     _instance_norm()),
+    ("x: F[B, 4, S], w: F[4], c: F[4]", "instance_norm(x, w, c, eps=0.01)", "[B, 4, S]",
+     _instance_norm(0.01)),
+    ("x: F[B, S, 8], w: F[8]", "rms_norm(x, w)", "[B, S, 8]", _rms_norm()),
+    ("x: F[B, 3, 4], w: F[3, 4]", "rms_norm(x, w, eps=1e-3, axis=(1, 2))", "[B, 3, 4]",
+     _rms_norm((1, 2), 1e-3)),
 ]
 
 
@@ -95,7 +142,31 @@ GRADIENT_MODELS = {
     "log1p": "J = sum(log1p(P * P) * x)",
     "prod": "J = sum(prod(x * P, axis=1) * x[:, 0]) + prod(P, axis=(0, 1))",
     "cumsum": "J = sum(cumsum(x * P, axis=1) * x) + sum(cumsum(P, 0) ** 2)",
+    "% and //": "J = sum((x * 3.0 % (P + 5.0)) ** 2) + sum((x // P) * P) + sum(2.5 % P)",
 }
+
+
+NORM_GRADIENT_MODELS = {
+    "group_norm": "h = group_norm(x * P, 2, w, c, eps=0.01)",
+    "instance_norm": "h = instance_norm(x * P, w, c)",
+    "rms_norm": "h = rms_norm(x * P, w[0:3], axis=-1)",
+}
+
+
+@pytest.mark.parametrize("normalised", NORM_GRADIENT_MODELS.values(), ids=NORM_GRADIENT_MODELS)
+def test_norm_gradients_match_finite_differences_on_both_backends(normalised):
+    """Every operand's gradient, the mean and variance reaching back through x among them."""
+    model = chainrule.compile(source=f"""
+    model m(x: f64[2, 4, 3], y: f64[2, 4, 3]) {{
+        param P: f64[2, 4, 3] = normal(1.0, 0.5)
+        param w: f64[4] = normal(1.0, 0.5)
+        param c: f64[4] = normal(0.0, 0.5)
+        {normalised}
+        J = sum(h * y) + sum(h * h * x)
+        return J
+    }}""")
+    rng = np.random.default_rng(4)
+    check_gradients(model, x=rng.normal(size=(2, 4, 3)), y=rng.normal(size=(2, 4, 3)))
 
 
 @pytest.mark.parametrize("objective", GRADIENT_MODELS.values(), ids=GRADIENT_MODELS)
@@ -165,11 +236,25 @@ def test_a_causal_mask_over_a_symbolic_length(dtype):
             assert_close(model.run(backend=backend, x=x)["y"], np.triu(x, 1), 0.0, what=backend)
 
 
+def test_remainders_by_infinity_follow_python():
+    model = chainrule.compile(source=model_source("x: F[4], d: F[4]", "x % d", "f64"))
+    x, d = np.array([2.5, -2.5, 0.0, -2.5]), np.array([np.inf, np.inf, -np.inf, -np.inf])
+    expected = [a % b for a, b in zip(x, d, strict=True)]
+    for backend in ("numpy", "onnxruntime"):
+        np.testing.assert_array_equal(model.run(backend=backend, x=x, d=d)["y"], expected)
+
+
 @pytest.mark.parametrize("expression, message", [
+    ("i % 2", "% of i64 tensors"),
+    ("i // i", "// of i64 tensors"),
+    ("group_norm(x, 3, x, x)", "x must be \\[N, C, \\*spatial\\]"),
+    ("group_norm(unsqueeze(x, 0), 3, x, x)", "split into 3 groups"),
+    ("instance_norm(unsqueeze(x, (0, 2)), x[0:2], x)", "weight must be \\[4\\]"),
+    ("group_norm(unsqueeze(x, 0), 0, x, x)", "groups must be a positive integer"),
     ("tril(x)", "rank 2 or more"),
     ("var(x, axis=1.5)", "axis must be an integer"),
     ("elu(x, alpha=true)", "alpha must be a number"),
 ])
 def test_misuse_is_a_located_error(expression, message):
     with pytest.raises(ChainruleError, match=message):
-        chainrule.compile(source=model_source("x: F[4]", expression, "f32"))
+        chainrule.compile(source=model_source("x: F[4], i: i64[4]", expression, "f32"))

@@ -3,7 +3,7 @@
 An op's own built-in comes from its registry entry (`OpDef.builtin`, with its operands and
 attrs): an op needs nothing written here. The entries written here are compositions of ops
 (their derivatives then follow from the parts): `stack`, `silu` (or `swish`), `elu`, `var`,
-`std`, `tril`, `triu`, `layer_norm`, `dropout`, `binary_cross_entropy_with_logits`,
+`std`, `tril`, `triu`, `layer_norm`, `rms_norm`, `instance_norm`, `group_norm`, `dropout`, `binary_cross_entropy_with_logits`,
 `cross_entropy` with probability targets, and the constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange), `zeros_like` and
 `ones_like` (a broadcast constant). The convolution and pooling built-ins compose too: the
 PyTorch-style options become one op's attrs (and a bias an add), `global_avg_pool` is a mean,
@@ -166,8 +166,10 @@ class Builtin:
     options: dict = field(default_factory=dict)
     # Every positional argument is a tensor input (`concat(a, b, c, axis=1)`).
     variadic: bool = False
-    # Options that come before the tensors among the positional arguments (`full(shape, value)`).
+    # Options that come before the tensors among the positional arguments (`full(shape, value)`),
+    # or after the first `tensors_before_options` of them (`group_norm(x, groups, weight, bias)`).
     leading_options: tuple[str, ...] = ()
+    tensors_before_options: int = 0
     # Trailing tensors that may be left out or given as `none` (conv2d's bias); a composition
     # then gets its own default for them.
     optional: tuple[str, ...] = ()
@@ -178,7 +180,8 @@ class Builtin:
     @property
     def params(self) -> tuple[str, ...]:
         rest = tuple(name for name in self.options if name not in self.leading_options)
-        return self.leading_options + self.tensors + rest
+        split = self.tensors_before_options
+        return self.tensors[:split] + self.leading_options + self.tensors[split:] + rest
 
 
 def _option(default, convert: Callable, attr: str):
@@ -218,6 +221,15 @@ composite("binary_cross_entropy_with_logits", ("logits", "targets"))(
 composite("layer_norm", ("x", "gamma", "beta"),
           {"axis": _option(-1, _axes, "axes"), "eps": _option(1e-5, _float("eps"), "eps")})(
     compositions.layer_norm)
+
+
+EPS_OPTION = {"eps": _option(1e-5, _float("eps"), "eps")}
+composite("rms_norm", ("x", "weight"), {**EPS_OPTION, "axis": _option(-1, _axes, "axes")})(
+    compositions.rms_norm)
+composite("instance_norm", ("x", "weight", "bias"), EPS_OPTION)(compositions.instance_norm)
+composite("group_norm", ("x", "weight", "bias"),
+          {"groups": _option(NO_DEFAULT, _size("groups"), "groups"), **EPS_OPTION},
+          leading_options=("groups",), tensors_before_options=1)(compositions.group_norm)
 
 
 for _name in ("silu", "swish"):

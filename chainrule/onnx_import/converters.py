@@ -3,9 +3,10 @@
 A converter reads its node through a NodeContext (`ctx.input(i)` for tensors, `ctx.static(i)`
 for inputs that must be known at import time, `ctx.attr(name)` for attributes) and returns the
 node's outputs. Anything it cannot express raises Unsupported with the reason. An op chainrule
-lacks is composed of those it has (Ceil of a round trip through int64, Selu of where and
-exp); the shared compositions of ir/compositions.py (elu, layer_norm, batch_norm,
-pad, the triangles of Trilu) are reused where ONNX means the same, so each is written once.
+lacks is composed of those it has (Round of floor and where, Selu of where and exp); the
+shared compositions of ir/compositions.py (elu, ceil, Mod's remainders, layer_norm,
+batch_norm, pad, the triangles of Trilu) are reused where ONNX means the same, so each is
+written once.
 """
 from __future__ import annotations
 
@@ -209,18 +210,6 @@ def _is_inf(ctx):
 
 # ---- rounding ---------------------------------------------------------------------------------
 
-# From 2**23 (float32) or 2**52 (float64) on, every float is an integer: rounding leaves it,
-# and nan and infinities, alone. Below, a round trip through int64 truncates exactly.
-INTEGRAL_FROM = {"f32": 2.0 ** 23, "f64": 2.0 ** 52}
-
-
-def _truncated(ctx, x):
-    _require_float(ctx, x, ctx.node.op_type)
-    whole = ctx.emit("cast", ctx.emit("cast", x, dtype="i64"), dtype=x.type.dtype)
-    small = ctx.emit("less", ctx.emit("abs", x), ctx.constant(INTEGRAL_FROM[x.type.dtype], x))
-    return ctx.emit("where", small, whole, x)
-
-
 def _floor(ctx, x):
     _require_float(ctx, x, ctx.node.op_type)
     return ctx.emit("floor", x)
@@ -229,10 +218,8 @@ def _floor(ctx, x):
 @converter("Ceil")
 def _ceil(ctx):
     x = ctx.input(0)
-    truncated = _truncated(ctx, x)
-    below = ctx.emit("less", truncated, x)
-    return [ctx.emit("where", below, ctx.emit("add", truncated, ctx.constant(1.0, x)),
-                     truncated)]
+    _require_float(ctx, x, "Ceil")
+    return [compositions.ceil(ctx, x)]
 
 
 @converter("Round")
@@ -252,29 +239,13 @@ def _round(ctx):
 
 @converter("Mod")
 def _mod(ctx):
-    """Of floats: x - trunc(x / y) y with fmod (C's fmod), else x - floor(x / y) y (Python's
-    %, the sign of y). Integer Mod folds when its operands are known; at run time chainrule
-    has no integer division."""
+    """Of floats: C's fmod with fmod=1, else Python's % (the sign of y). Integer Mod folds
+    when its operands are known; at run time chainrule has no integer division."""
     x, y = ctx.input(0), ctx.input(1)
-    rounding = _truncated if ctx.attr("fmod", 0) else _floor
     if not is_float(x.type.dtype):
         raise Unsupported(f"Mod of {x.type.dtype} tensors computed at run time (chainrule "
                           f"has no integer division)")
-    quotient = rounding(ctx, ctx.emit("div", x, y))
-    remainder = ctx.emit("sub", x, ctx.emit("mul", quotient, y))
-    # x mod ±inf is x for finite x (and for Python's % with signs that differ, y), where
-    # the formula gives 0 * inf = nan.
-    infinity = ctx.constant(math.inf, x)
-    if ctx.attr("fmod", 0):
-        kept = x
-    else:
-        zero = ctx.constant(0.0, x)
-        same_sign = ctx.emit("equal", ctx.emit("greater", x, zero), ctx.emit("greater", y, zero))
-        kept = ctx.emit("where", ctx.emit("logical_or", same_sign, ctx.emit("equal", x, zero)),
-                        x, y)
-    by_infinity = ctx.emit("logical_and", ctx.emit("equal", ctx.emit("abs", y), infinity),
-                           ctx.emit("less", ctx.emit("abs", x), infinity))
-    return [ctx.emit("where", by_infinity, kept, remainder)]
+    return [compositions.remainder(ctx, x, y, truncated=bool(ctx.attr("fmod", 0)))]
 
 
 @converter("Clip")
