@@ -1,4 +1,5 @@
-"""The built-ins made of other ops (silu and swish, elu, var and std, tril and triu) and the
+"""The built-ins made of other ops (silu and swish, elu, var and std, tril and triu, % and //
+on tensors, the norms, einsum) and the
 new ops' behaviour in models (floor's and stop_gradient's missing gradients, prod's gradient at
 zeros): values against numpy on both backends, gradients against central differences in
 float64."""
@@ -7,12 +8,9 @@ import pytest
 
 import chainrule
 from chainrule import ChainruleError
-from chainrule.ir.types import NUMPY_DTYPES
-from support.backend_checks import TOLERANCES
+from support.builtin_checks import check_builtin, model_source
 from support.numeric import assert_close
 from support.op_checks import check_gradients
-
-BATCH = 3
 
 
 def _sigmoid(x):
@@ -60,6 +58,10 @@ def _rms_norm(axes=-1, eps=1e-5):
     return lambda x, weight: x / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps) * weight
 
 
+def _einsum(spec):
+    return lambda *operands: np.einsum(spec, *operands)
+
+
 # (signature, expression, result shape, numpy reference)
 CASES = [
     ("x: F[B, 5]", "silu(x)", "[B, 5]", lambda x: x * _sigmoid(x)),
@@ -102,33 +104,31 @@ CASES = [
     ("x: F[B, S, 8], w: F[8]", "rms_norm(x, w)", "[B, S, 8]", _rms_norm()),
     ("x: F[B, 3, 4], w: F[3, 4]", "rms_norm(x, w, eps=1e-3, axis=(1, 2))", "[B, 3, 4]",
      _rms_norm((1, 2), 1e-3)),
+    ("a: F[B, 3, 4], b: F[B, 4, 5]", 'einsum("bij,bjk->bik", a, b)', "[B, 3, 5]",
+     _einsum("bij,bjk->bik")),
+    ("a: F[B, 2, S, 4], b: F[B, 2, 5, 4]", 'einsum("bhqd,bhkd->bhqk", a, b)', "[B, 2, S, 5]",
+     _einsum("bhqd,bhkd->bhqk")),
+    ("a: F[B, 3], w: F[3, 4], b: F[B, 4]", 'einsum("bi,ij,bj->b", a, w, b)', "[B]",
+     _einsum("bi,ij,bj->b")),
+    ("a: F[B, 3], w: F[2, 3, 4], b: F[B, 4]", 'einsum("bi, oij, bj -> bo", a, w, b)', "[B, 2]",
+     _einsum("bi,oij,bj->bo")),
+    ("a: F[3, 4], b: F[4]", 'einsum("ij,j", a, b)', "[3]", _einsum("ij,j")),
+    ("a: F[3, 4], b: F[5]", 'einsum("ij,k->kji", a, b)', "[5, 4, 3]", _einsum("ij,k->kji")),
+    ("a: F[3, 4, 2], b: F[2, 4, 6]", 'einsum("ijk,kjl->il", a, b)', "[3, 6]",
+     _einsum("ijk,kjl->il")),
+    ("a: F[3, 4, 2], b: F[1, 2]", 'einsum("ijk,lk->jl", a, b)', "[4, 1]", _einsum("ijk,lk->jl")),
+    ("a: F[B, 4], b: F[1, 4]", 'einsum("bi,bi->b", a, b)', "[B]", _einsum("bi,bi->b")),
+    ("a: F[3, 4], b: F[3, 4]", 'einsum("ij,ij->", a, b)', "[]", _einsum("ij,ij->")),
+    ("a: F[3, 4]", 'einsum("ij->j", a)', "[4]", _einsum("ij->j")),
+    ("a: F[3, 4]", 'einsum("ij->ji", a)', "[4, 3]", _einsum("ij->ji")),
 ]
-
-
-def model_source(signature: str, expression: str, dtype: str) -> str:
-    return (f"model m({signature.replace('F[', f'{dtype}[')}) {{\n  y = {expression}\n"
-            f"  return y\n}}\n")
-
-
-def random_feeds(graph, rng, dtype) -> dict:
-    return {v.name: rng.normal(size=[d if isinstance(d, int) else BATCH for d in v.type.shape])
-            .astype(NUMPY_DTYPES[dtype]) for v in graph.inputs}
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("signature, expression, shape, compute", CASES,
                          ids=[case[1] for case in CASES])
 def test_builtin_matches_numpy_on_both_backends(signature, expression, shape, compute, dtype):
-    model = chainrule.compile(source=model_source(signature, expression, dtype))
-    assert str(model.graph.outputs[0].type) == f"{dtype}{shape}"
-    feeds = random_feeds(model.graph, np.random.default_rng(0), dtype)
-    expected = compute(*(feeds[v.name].astype(np.float64) for v in model.graph.inputs))
-    rtol, atol = TOLERANCES[dtype]
-    result = model.run(**feeds)["y"]
-    assert result.dtype == NUMPY_DTYPES[dtype]
-    assert_close(result, expected, max(rtol, 1e-12), atol=atol, what="numpy")
-    assert_close(model.run(backend="onnxruntime", **feeds)["y"], result, rtol, atol=atol,
-                 what="onnxruntime")
+    check_builtin(signature, expression, shape, compute, dtype)
 
 
 # Each gradient reaches P through the built-in; P's values stay away from elu's kink at 0.
@@ -143,6 +143,8 @@ GRADIENT_MODELS = {
     "prod": "J = sum(prod(x * P, axis=1) * x[:, 0]) + prod(P, axis=(0, 1))",
     "cumsum": "J = sum(cumsum(x * P, axis=1) * x) + sum(cumsum(P, 0) ** 2)",
     "% and //": "J = sum((x * 3.0 % (P + 5.0)) ** 2) + sum((x // P) * P) + sum(2.5 % P)",
+    "einsum": 'J = sum(einsum("ij,kj->ik", x * P, P) ** 2) + einsum("ij,ij,ij->", x, P, P)',
+    "einsum, one operand": 'J = sum(einsum("ij->ji", P) * x.T) + sum(einsum("ij->i", P * P))',
 }
 
 
@@ -236,6 +238,13 @@ def test_a_causal_mask_over_a_symbolic_length(dtype):
             assert_close(model.run(backend=backend, x=x)["y"], np.triu(x, 1), 0.0, what=backend)
 
 
+def test_attention_scores_are_one_matrix_product():
+    """Not the [b, h, q, k, d] product a broadcast multiply and a sum would build."""
+    model = chainrule.compile(source=model_source("q: F[B, 2, S, 4], k: F[B, 2, S, 4]",
+                                                  'einsum("bhqd,bhkd->bhqk", q, k)', "f32"))
+    assert [node.op for node in model.graph.nodes] == ["transpose", "matmul"]
+
+
 def test_remainders_by_infinity_follow_python():
     model = chainrule.compile(source=model_source("x: F[4], d: F[4]", "x % d", "f64"))
     x, d = np.array([2.5, -2.5, 0.0, -2.5]), np.array([np.inf, np.inf, -np.inf, -np.inf])
@@ -247,6 +256,13 @@ def test_remainders_by_infinity_follow_python():
 @pytest.mark.parametrize("expression, message", [
     ("i % 2", "% of i64 tensors"),
     ("i // i", "// of i64 tensors"),
+    ('einsum("ii->i", outer)', "repeats a letter"),
+    ('einsum("...i->i", outer)', 'no "..."'),
+    ('einsum("ij,jk->ik", outer)', "names 2 operands, but 1 are given"),
+    ('einsum("i->i", outer)', 'the term "i" has 1 letters for an operand of rank 2'),
+    ('einsum("ij,jk->ik", outer, outer[0:3])', 'the axes of "j" differ, 4 and 3'),
+    ('einsum("ij->iz", outer)', "each name an operand's axis"),
+    ("einsum(1, x)", "spec must be a string"),
     ("group_norm(x, 3, x, x)", "x must be \\[N, C, \\*spatial\\]"),
     ("group_norm(unsqueeze(x, 0), 3, x, x)", "split into 3 groups"),
     ("instance_norm(unsqueeze(x, (0, 2)), x[0:2], x)", "weight must be \\[4\\]"),
@@ -257,4 +273,5 @@ def test_remainders_by_infinity_follow_python():
 ])
 def test_misuse_is_a_located_error(expression, message):
     with pytest.raises(ChainruleError, match=message):
-        chainrule.compile(source=model_source("x: F[4], i: i64[4]", expression, "f32"))
+        chainrule.compile(source=model_source("x: F[4], i: i64[4], outer: F[4, 4]", expression,
+                                              "f32"))

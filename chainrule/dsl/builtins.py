@@ -3,11 +3,13 @@
 An op's own built-in comes from its registry entry (`OpDef.builtin`, with its operands and
 attrs): an op needs nothing written here. The entries written here are compositions of ops
 (their derivatives then follow from the parts): `stack`, `silu` (or `swish`), `elu`, `var`,
-`std`, `tril`, `triu`, `layer_norm`, `rms_norm`, `instance_norm`, `group_norm`, `dropout`, `binary_cross_entropy_with_logits`,
-`cross_entropy` with probability targets, and the constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange), `zeros_like` and
-`ones_like` (a broadcast constant). The convolution and pooling built-ins compose too: the
-PyTorch-style options become one op's attrs (and a bias an add), `global_avg_pool` is a mean,
-`flatten` a reshape, and `pad`'s reflect and edge modes are slices concatenated.
+`std`, `tril`, `triu`, `einsum` (matrix products), `layer_norm`, `rms_norm`, `instance_norm`,
+`group_norm`, `dropout`, `binary_cross_entropy_with_logits`, `cross_entropy` with probability
+targets, and the constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange),
+`zeros_like` and `ones_like` (a broadcast constant). The convolution and pooling built-ins
+compose too: the PyTorch-style options become one op's attrs (and a bias an add),
+`global_avg_pool` is a mean, `flatten` a reshape, and `pad`'s reflect and edge modes are
+slices concatenated.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import compositions, dims
+from ..ir.einsum import einsum
 from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
 
@@ -471,6 +474,19 @@ composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
                                           "mode"),
                           "value": _option(0.0, _float("value"), "value")})(
     compositions.pad)
+
+
+def _text(name):
+    def convert(value):
+        if not isinstance(value, StringLiteral):
+            raise TypeError(f'{name} must be a string, as in "bij,bjk->bik", not '
+                            f"{_shown(value)}")
+        return value.text
+    return convert
+
+
+composite("einsum", ("operands",), {"spec": _option(NO_DEFAULT, _text("spec"), "spec")},
+          variadic=True, leading_options=("spec",))(einsum)
 
 
 @composite("arange", (), {"n": _option(NO_DEFAULT, _dim("n"), "n"),

@@ -491,8 +491,10 @@ class ExpressionLowerer(LoopIndexing):
         defaults = {key: option[0] for key, option in spec.options.items()}
         defaults.update(dict.fromkeys(spec.optional))  # left out, or given as none
         if spec.variadic:
-            bound = self.bind_arguments(name, tuple(spec.options), defaults, [], keywords, loc)
-            tensors = self.variadic_tensors(name, positional, loc)
+            leading = len(spec.leading_options)
+            bound = self.bind_arguments(name, tuple(spec.options), defaults,
+                                        positional[:leading], keywords, loc)
+            tensors = self.variadic_tensors(name, positional[leading:], loc)
         else:
             bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
             tensors = [bound[t] for t in spec.tensors
