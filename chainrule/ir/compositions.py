@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .shapes import TO_END, TO_START, shapes_may_equal
+from .types import is_float
 
 
 def cross_entropy(ops, logits, labels):
@@ -82,7 +83,7 @@ def triangle(ops, x, k, upper):
 
 
 def _require_float(ops, x, what):
-    if x.type.dtype not in ("f32", "f64"):
+    if not is_float(x.type.dtype):
         ops.error(f"{what} of {x.type.dtype} tensors: chainrule divides floats only (cast them "
                   f"with f32(...) or f64(...))")
 
