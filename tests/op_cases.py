@@ -85,6 +85,8 @@ CASES = [
     Case("sin", (F(()),)),
     Case("cos", (F((4, 5)),)),
     Case("cos", (F(()),)),
+    Case("log1p", (F((4, 5), domain="positive"),)),
+    Case("log1p", (F((), domain="positive"),)),
     Case("where", (Arg((3, 4), "bool", "bool"), F((3, 4)), F((4,)))),
     Case("cast", (F((3,)),), {"dtype": "f64"}),
     Case("matmul", (F((3, 4)), F((4, 5)))),
@@ -132,6 +134,12 @@ CASES = [
     Case("logsumexp", (F((3, 4)),)),
     Case("logsumexp", (F((2, 3, 4)),), {"axes": (1,), "keepdims": True}),
     Case("logsumexp", (F((2, 1, 4)),), {"axes": (-1, 0), "keepdims": False}),
+    Case("prod", (F((3, 4)),)),
+    Case("prod", (F((2, 3, 4)),), {"axes": (0, 2), "keepdims": True}),
+    Case("prod", (F((2, 3, 4)),), {"axes": (-1,), "keepdims": False}),
+    Case("cumsum", (F((3, 4)),), {"axis": 1}),
+    Case("cumsum", (F((2, 3, 4)),), {"axis": -3}),
+    Case("cumsum", (F((5,)),), {"axis": 0}),
     # shape
     Case("reshape", (F((2, 3, 4)),), {"shape": (4, -1)}),
     Case("reshape", (F((2, 3, 4)),), {"shape": (0, -1)}),
@@ -306,7 +314,8 @@ REFERENCES = {
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
     "exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": _by_element(math.sin),
     "cos": _by_element(math.cos), "sqrt": np.sqrt, "abs": np.abs,
-    "sign": np.sign, "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "sign": np.sign, "floor": np.floor, "log1p": np.log1p, "stop_gradient": lambda x: x,
+    "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
     "softplus": lambda x: np.log1p(np.exp(x)), "erf": _by_element(math.erf),
@@ -320,6 +329,8 @@ REFERENCES = {
     "cast": lambda x, dtype: x.astype(NUMPY_DTYPES[dtype]),
     "sum": lambda x, axes, keepdims: x.sum(axis=_axes(axes), keepdims=keepdims),
     "mean": lambda x, axes, keepdims: x.mean(axis=_axes(axes), keepdims=keepdims),
+    "prod": lambda x, axes, keepdims: np.multiply.reduce(x, axis=_axes(axes), keepdims=keepdims),
+    "cumsum": lambda x, axis: np.add.accumulate(x, axis=axis),
     "max": lambda x, axes, keepdims: x.max(axis=_axes(axes), keepdims=keepdims),
     "min": lambda x, axes, keepdims: x.min(axis=_axes(axes), keepdims=keepdims),
     "logsumexp": lambda x, axes, keepdims: np.log(np.exp(x).sum(axis=_axes(axes),
@@ -356,6 +367,12 @@ REFERENCES = {
 # floats) for the reference and onnxruntime checks.
 FORWARD_CASES = [
     Case("sign", (Arg((3, 4)),)),
+    Case("floor", (Arg((3, 4)),)),
+    Case("floor", (Arg(()),)),
+    Case("prod", (labels((3, 4), 5),), {"axes": (1,), "keepdims": False}),
+    Case("cumsum", (labels((3, 4), 5),), {"axis": 0}),
+    Case("stop_gradient", (Arg((3, 4)),)),
+    Case("stop_gradient", (labels((2, 3), 5),)),
     Case("logical_and", (Arg((3, 4), "bool", "bool"), Arg((4,), "bool", "bool"))),
     Case("logical_or", (Arg((2, 1), "bool", "bool"), Arg((1, 3), "bool", "bool"))),
     Case("logical_not", (Arg((5,), "bool", "bool"),)),
@@ -421,7 +438,9 @@ def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:
         values = np.abs(values) + 0.5
     elif arg.domain == "away_from_zero":
         values = np.sign(values) * (np.abs(values) + 0.2)
-    return values.astype(np.float64 if arg.dtype == "f64" else np.float32)
+    # An array even for shape (): numpy's arithmetic on a 0-d array gives a scalar, which a
+    # finite difference could not perturb in place.
+    return np.array(values, dtype=np.float64 if arg.dtype == "f64" else np.float32)
 
 
 def forward_graph(case: Case) -> Graph:

@@ -19,22 +19,12 @@ from chainrule.passes.optimizers import OptimizerSpec
 from op_cases import Arg, Case, conv_window, pool_window
 from support import conv_reference as reference
 from support.backend_checks import TOLERANCES, check_against_interpreter_twice, check_standard
+from support.builtin_checks import BATCH, check_builtin, model_source, random_feeds
 from support.numeric import assert_close
 from support.op_checks import (check_against_reference, check_derivative_rule, check_gradients,
                                check_on_onnxruntime)
 
-BATCH = 2  # the size of B when the models run
 RANDOM_CONFIGS = settings(max_examples=25, derandomize=True, deadline=None)
-
-
-def model_source(signature: str, expression: str, dtype: str) -> str:
-    return (f"model m({signature.replace('F[', f'{dtype}[')}) {{\n  y = {expression}\n"
-            f"  return y\n}}\n")
-
-
-def random_feeds(graph, rng, dtype="f64") -> dict:
-    return {v.name: rng.normal(size=[BATCH if d == "B" else d for d in v.type.shape])
-            .astype(NUMPY_DTYPES[dtype]) for v in graph.inputs}
 
 
 def conv(strides, pads, dilations=(1, 1), groups=1):
@@ -150,16 +140,7 @@ CASES = [
                          ids=[case[1] for case in CASES])
 def test_builtin_matches_its_reference_on_both_backends(signature, expression, shape, compute,
                                                         dtype):
-    model = chainrule.compile(source=model_source(signature, expression, dtype))
-    assert str(model.graph.outputs[0].type) == f"{dtype}{shape}"
-    feeds = random_feeds(model.graph, np.random.default_rng(0), dtype)
-    expected = compute(*(feeds[v.name].astype(np.float64) for v in model.graph.inputs))
-    rtol, atol = TOLERANCES[dtype]
-    result = model.run(**feeds)["y"]
-    assert result.dtype == NUMPY_DTYPES[dtype]
-    assert_close(result, expected, max(rtol, 1e-12), atol=atol, what="numpy")
-    assert_close(model.run(backend="onnxruntime", **feeds)["y"], result, rtol, atol=atol,
-                 what="onnxruntime")
+    check_builtin(signature, expression, shape, compute, dtype)
 
 
 def test_a_symbolic_batch_runs_at_any_size():

@@ -117,6 +117,8 @@ EXTRA_CASES = [
     Case("cast", (B(2, dtype="bool"),), {"dtype": "f32"}),
     Case("cast", (labels((4,), 3),), {"dtype": "bool"}),
     Case("sign", (F((2, 3)),)),
+    Case("floor", (F((2, 3)),)),
+    Case("stop_gradient", (F((2, 3)),)),
     *(Case(op, (F((3, 4)), F((4,)))) for op in ("less", "less_equal", "greater",
                                                  "greater_equal", "equal", "not_equal")),
     Case("logical_and", (B(3, dtype="bool"), B(3, dtype="bool"))),

@@ -119,10 +119,10 @@ def test_gather_elements_type_errors(positions, axis, message):
 # ---- random shapes ----------------------------------------------------------------------------
 
 # op -> the domain its operands are drawn from
-UNARY = {"neg": "any", "exp": "any", "log": "positive", "relu": "any", "sigmoid": "any",
-         "tanh": "any", "sin": "any", "cos": "any", "sqrt": "positive", "abs": "any",
-         "sign": "any", "gelu": "any", "softplus": "any", "erf": "any", "leaky_relu": "any",
-         "clip": "any", "logical_not": "bool"}
+UNARY = {"neg": "any", "exp": "any", "log": "positive", "log1p": "positive", "relu": "any",
+         "sigmoid": "any", "tanh": "any", "sin": "any", "cos": "any", "sqrt": "positive",
+         "abs": "any", "sign": "any", "floor": "any", "gelu": "any", "softplus": "any",
+         "erf": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool"}
 BINARY = {"add": "any", "sub": "any", "mul": "any", "div": "away_from_zero", "pow": "positive",
           "maximum": "any", "minimum": "any", "less": "any", "greater_equal": "any",
           "logical_and": "bool", "logical_or": "bool"}

@@ -54,6 +54,11 @@ def _sigmoid(x):
     return np.where(x >= 0, r, e * r)
 
 
+@kernel("stop_gradient")
+def _stop_gradient(x):
+    return x
+
+
 @kernel("leaky_relu")
 def _leaky_relu(x, alpha):
     return np.where(x > 0, x, alpha * x)

@@ -85,6 +85,16 @@ def _softplus(em, node, out, x):
     em.add("Add", [em.add("Relu", [x]), tail], out)
 
 
+@lowering("log1p")
+def _log1p(em, node, out, x):
+    em.add("Log", [em.add("Add", [em.scalar(1.0, _dtype(node)), x])], out)
+
+
+@lowering("stop_gradient")
+def _stop_gradient(em, node, out, x):
+    em.add("Identity", [x], out)
+
+
 @lowering("erf")
 def _erf(em, node, out, x):
     dtype = _dtype(node)
@@ -166,6 +176,16 @@ def _sum(em, node, out, x):
 @lowering("mean")
 def _mean(em, node, out, x):
     em.reduce("ReduceMean", x, node.attrs["axes"], node.attrs["keepdims"], out)
+
+
+@lowering("prod")
+def _prod(em, node, out, x):
+    em.reduce("ReduceProd", x, node.attrs["axes"], node.attrs["keepdims"], out)
+
+
+@lowering("cumsum")
+def _cumsum(em, node, out, x):
+    em.add("CumSum", [x, em.ints(node.attrs["axis"], "axis")], out)
 
 
 @lowering("max", "min", "logsumexp")

@@ -2,12 +2,14 @@
 
 An op's own built-in comes from its registry entry (`OpDef.builtin`, with its operands and
 attrs): an op needs nothing written here. The entries written here are compositions of ops
-(their derivatives then follow from the parts): `stack`, `layer_norm`, `dropout`,
-`binary_cross_entropy_with_logits`, `cross_entropy` with probability targets, and the
-constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange), `zeros_like` and
-`ones_like` (a broadcast constant). The convolution and pooling built-ins compose too: the
-PyTorch-style options become one op's attrs (and a bias an add), `global_avg_pool` is a mean,
-`flatten` a reshape, and `pad`'s reflect and edge modes are slices concatenated.
+(their derivatives then follow from the parts): `stack`, `silu` (or `swish`), `elu`, `var`,
+`std`, `tril`, `triu`, `einsum` (matrix products), `layer_norm`, `rms_norm`, `instance_norm`,
+`group_norm`, `dropout`, `binary_cross_entropy_with_logits`, `cross_entropy` with probability
+targets, and the constructors `zeros`, `ones` and `full` (a fill op), `eye` (from arange),
+`zeros_like` and `ones_like` (a broadcast constant). The convolution and pooling built-ins
+compose too: the PyTorch-style options become one op's attrs (and a bias an add),
+`global_avg_pool` is a mean, `flatten` a reshape, and `pad`'s reflect and edge modes are
+slices concatenated.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import compositions, dims
+from ..ir.einsum import einsum
 from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
 
@@ -166,8 +169,10 @@ class Builtin:
     options: dict = field(default_factory=dict)
     # Every positional argument is a tensor input (`concat(a, b, c, axis=1)`).
     variadic: bool = False
-    # Options that come before the tensors among the positional arguments (`full(shape, value)`).
+    # Options that come before the tensors among the positional arguments (`full(shape, value)`),
+    # or after the first `tensors_before_options` of them (`group_norm(x, groups, weight, bias)`).
     leading_options: tuple[str, ...] = ()
+    tensors_before_options: int = 0
     # Trailing tensors that may be left out or given as `none` (conv2d's bias); a composition
     # then gets its own default for them.
     optional: tuple[str, ...] = ()
@@ -178,7 +183,8 @@ class Builtin:
     @property
     def params(self) -> tuple[str, ...]:
         rest = tuple(name for name in self.options if name not in self.leading_options)
-        return self.leading_options + self.tensors + rest
+        split = self.tensors_before_options
+        return self.tensors[:split] + self.leading_options + self.tensors[split:] + rest
 
 
 def _option(default, convert: Callable, attr: str):
@@ -218,6 +224,39 @@ composite("binary_cross_entropy_with_logits", ("logits", "targets"))(
 composite("layer_norm", ("x", "gamma", "beta"),
           {"axis": _option(-1, _axes, "axes"), "eps": _option(1e-5, _float("eps"), "eps")})(
     compositions.layer_norm)
+
+
+EPS_OPTION = {"eps": _option(1e-5, _float("eps"), "eps")}
+composite("rms_norm", ("x", "weight"), {**EPS_OPTION, "axis": _option(-1, _axes, "axes")})(
+    compositions.rms_norm)
+composite("instance_norm", ("x", "weight", "bias"), EPS_OPTION)(compositions.instance_norm)
+composite("group_norm", ("x", "weight", "bias"),
+          {"groups": _option(NO_DEFAULT, _size("groups"), "groups"), **EPS_OPTION},
+          leading_options=("groups",), tensors_before_options=1)(compositions.group_norm)
+
+
+for _name in ("silu", "swish"):
+    composite(_name, ("x",))(compositions.silu)
+
+
+composite("elu", ("x",), {"alpha": _option(1.0, _float("alpha"), "alpha")})(compositions.elu)
+
+
+STATISTIC_OPTIONS = {"axis": _option(None, _axes, "axes"),
+                     "keepdims": _option(False, _bool("keepdims"), "keepdims"),
+                     "correction": _option(0.0, _float("correction"), "correction")}
+composite("var", ("x",), STATISTIC_OPTIONS)(compositions.variance)
+composite("std", ("x",), STATISTIC_OPTIONS)(compositions.standard_deviation)
+
+
+@composite("tril", ("x",), {"k": _option(0, _int("k"), "k")})
+def _tril(ops, x, k):
+    return compositions.triangle(ops, x, k, upper=False)
+
+
+@composite("triu", ("x",), {"k": _option(0, _int("k"), "k")})
+def _triu(ops, x, k):
+    return compositions.triangle(ops, x, k, upper=True)
 
 
 SHAPE_OPTION = {"shape": _option(NO_DEFAULT, _shape, "shape")}
@@ -435,6 +474,19 @@ composite("pad", ("x",), {"pads": _option(NO_DEFAULT, _ints("pads"), "pads"),
                                           "mode"),
                           "value": _option(0.0, _float("value"), "value")})(
     compositions.pad)
+
+
+def _text(name):
+    def convert(value):
+        if not isinstance(value, StringLiteral):
+            raise TypeError(f'{name} must be a string, as in "bij,bjk->bik", not '
+                            f"{_shown(value)}")
+        return value.text
+    return convert
+
+
+composite("einsum", ("operands",), {"spec": _option(NO_DEFAULT, _text("spec"), "spec")},
+          variadic=True, leading_options=("spec",))(einsum)
 
 
 @composite("arange", (), {"n": _option(NO_DEFAULT, _dim("n"), "n"),

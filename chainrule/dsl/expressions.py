@@ -16,7 +16,7 @@ from types import GeneratorType
 
 from lark import Token, Tree
 
-from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, dims, get_op
+from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, compositions, dims, get_op
 from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import UNKNOWN, is_float
@@ -44,6 +44,8 @@ BINARY_OPS = tuple(FOLD) + ("matmul",)
 # Arithmetic where an operand is a symbolic dim: a dim expression (`S-1`, `B*H`, `W//2`).
 DIM_FOLD = {"add": dims.add, "sub": dims.sub, "mul": dims.mul, "floordiv": dims.floordiv,
             "mod": dims.mod}
+# `//` and `%` on tensors: no op of their own, but floor of a quotient (Python's semantics).
+TENSOR_COMPOSITIONS = {"floordiv": compositions.floor_divide, "mod": compositions.remainder}
 # Unary operators on constants: the fold and the kind of constant it takes.
 UNARY_FOLD = {"neg": (operator.neg, "a number"), "logical_not": (operator.not_, "true or false")}
 
@@ -302,6 +304,9 @@ class ExpressionLowerer(LoopIndexing):
                 return self.fold(op, left, right, loc)
             if op in WEAK_OPERATORS:
                 return self.defer(op, WEAK_OPERATORS[op], [(left, loc), (right, loc)], {}, loc)
+        if op in TENSOR_COMPOSITIONS:
+            inputs = self.tensor_inputs("div", (left, right), loc)
+            return TENSOR_COMPOSITIONS[op](Composer(self, loc), *inputs)
         if op not in OPS:
             raise ChainruleError(f"'{op}' computes sizes from numbers and dims; it takes no "
                                  f"tensors", loc)
@@ -486,8 +491,10 @@ class ExpressionLowerer(LoopIndexing):
         defaults = {key: option[0] for key, option in spec.options.items()}
         defaults.update(dict.fromkeys(spec.optional))  # left out, or given as none
         if spec.variadic:
-            bound = self.bind_arguments(name, tuple(spec.options), defaults, [], keywords, loc)
-            tensors = self.variadic_tensors(name, positional, loc)
+            leading = len(spec.leading_options)
+            bound = self.bind_arguments(name, tuple(spec.options), defaults,
+                                        positional[:leading], keywords, loc)
+            tensors = self.variadic_tensors(name, positional[leading:], loc)
         else:
             bound = self.bind_arguments(name, spec.params, defaults, positional, keywords, loc)
             tensors = [bound[t] for t in spec.tensors

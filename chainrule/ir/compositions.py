@@ -7,7 +7,10 @@ importer calls them for the ops they implement.
 """
 from __future__ import annotations
 
+import math
+
 from .shapes import TO_END, TO_START, shapes_may_equal
+from .types import is_float
 
 
 def cross_entropy(ops, logits, labels):
@@ -33,12 +36,148 @@ def binary_cross_entropy_with_logits(ops, logits, targets):
     return ops.emit("mean", losses)
 
 
-def layer_norm(ops, x, gamma, beta, axes, eps):
+def silu(ops, x):
+    """x·sigmoid(x), also called swish."""
+    return ops.emit("mul", x, ops.emit("sigmoid", x))
+
+
+def elu(ops, x, alpha):
+    """x where x > 0, else alpha·(eˣ − 1). The exponential reads x only where x ≤ 0, so a large
+    x, whose eˣ would overflow, gives no 0·inf = NaN in the gradient of the branch not taken."""
+    positive = ops.emit("greater", x, ops.constant(0.0, x))
+    not_above_zero = ops.emit("where", positive, ops.constant(0.0, x), x)
+    below = ops.emit("mul", ops.constant(alpha, x),
+                     ops.emit("sub", ops.emit("exp", not_above_zero), ops.constant(1.0, x)))
+    return ops.emit("where", positive, x, below)
+
+
+def variance(ops, x, axes, keepdims, correction):
+    """Σ(x − mean)² / (n − correction) over `axes` (PyTorch's torch.var: correction=1 is the
+    unbiased estimate)."""
+    centered = ops.emit("sub", x, ops.emit("mean", x, axes=axes, keepdims=True))
+    squares = ops.emit("sum", ops.emit("mul", centered, centered), axes=axes, keepdims=keepdims)
+    count = ops.emit("numel", x, axes=axes, dtype=x.type.dtype)
+    if correction:
+        count = ops.emit("sub", count, ops.constant(correction, x))
+    return ops.emit("div", squares, count)
+
+
+def standard_deviation(ops, x, axes, keepdims, correction):
+    return ops.emit("sqrt", variance(ops, x, axes, keepdims, correction))
+
+
+def triangle(ops, x, k, upper):
+    """x where its last two dims' position (row, column) has column − row ≥ k (upper) or
+    ≤ k (lower), else 0: numpy's triu and tril, for known and symbolic dims alike."""
+    if x.type.rank < 2:
+        ops.error(f"the triangle is of the last two dims, so x needs rank 2 or more, not "
+                  f"{x.type}")
+    rows, columns = x.type.shape[-2:]
+    row = ops.emit("unsqueeze", ops.emit("arange", n=rows), axes=(1,))
+    column = ops.emit("unsqueeze", ops.emit("arange", n=columns), axes=(0,))
+    diagonal = ops.emit("sub", column, row)  # which diagonal each element is on
+    k = min(max(k, -2 ** 31), 2 ** 31)  # past that, every size chainrule takes keeps all or none
+    keep = ops.emit("greater_equal" if upper else "less_equal", diagonal,
+                    ops.constant(k, diagonal))
+    return ops.emit("where", keep, x, ops.constant(0, x))
+
+
+def _require_float(ops, x, what):
+    if not is_float(x.type.dtype):
+        ops.error(f"{what} of {x.type.dtype} tensors: chainrule divides floats only (cast them "
+                  f"with f32(...) or f64(...))")
+
+
+def ceil(ops, x):
+    return ops.emit("neg", ops.emit("floor", ops.emit("neg", x)))
+
+
+def floor_divide(ops, x, y):
+    """Python's x // y on floats: floor(x / y)."""
+    _require_float(ops, x, "//")
+    return ops.emit("floor", ops.emit("div", x, y))
+
+
+def remainder(ops, x, y, truncated=False):
+    """Python's x % y on floats, x − floor(x / y)·y, which has y's sign; truncated, C's fmod,
+    x − trunc(x / y)·y, which has x's. Exact but for the rounding of the product."""
+    _require_float(ops, x, "fmod" if truncated else "%")
+    quotient = ops.emit("div", x, y)
+    if truncated:
+        below_zero = ops.emit("less", quotient, ops.constant(0.0, x))
+        whole = ops.emit("where", below_zero, ceil(ops, quotient), ops.emit("floor", quotient))
+    else:
+        whole = ops.emit("floor", quotient)
+    result = ops.emit("sub", x, ops.emit("mul", whole, y))
+    # A finite x by ±inf keeps x (for % with signs that differ, y), where the formula gives
+    # 0·inf = nan.
+    infinity = ops.constant(math.inf, x)
+    if truncated:
+        kept = x
+    else:
+        zero = ops.constant(0.0, x)
+        same_sign = ops.emit("equal", ops.emit("greater", x, zero), ops.emit("greater", y, zero))
+        kept = ops.emit("where", ops.emit("logical_or", same_sign, ops.emit("equal", x, zero)),
+                        x, y)
+    by_infinity = ops.emit("logical_and", ops.emit("equal", ops.emit("abs", y), infinity),
+                           ops.emit("less", ops.emit("abs", x), infinity))
+    return ops.emit("where", by_infinity, kept, result)
+
+
+def _standardised(ops, x, axes, eps):
+    """(x − mean)/√(variance + eps) over `axes`, the variance biased (as PyTorch's norms)."""
     mean = ops.emit("mean", x, axes=axes, keepdims=True)
     centered = ops.emit("sub", x, mean)
     variance = ops.emit("mean", ops.emit("mul", centered, centered), axes=axes, keepdims=True)
     deviation = ops.emit("sqrt", ops.emit("add", variance, ops.constant(eps, x)))
-    return ops.emit("add", ops.emit("mul", ops.emit("div", centered, deviation), gamma), beta)
+    return ops.emit("div", centered, deviation)
+
+
+def layer_norm(ops, x, gamma, beta, axes, eps):
+    return ops.emit("add", ops.emit("mul", _standardised(ops, x, axes, eps), gamma), beta)
+
+
+def rms_norm(ops, x, weight, eps, axes):
+    """x/√(mean(x²) + eps)·weight over `axes` (PyTorch's RMSNorm, ONNX's RMSNormalization)."""
+    square_mean = ops.emit("mean", ops.emit("mul", x, x), axes=axes, keepdims=True)
+    deviation = ops.emit("sqrt", ops.emit("add", square_mean, ops.constant(eps, x)))
+    return ops.emit("mul", ops.emit("div", x, deviation), weight)
+
+
+def _channel_affine(ops, normalised, weight, bias):
+    """normalised·weight + bias, weight and bias [C] against [N, C, ...]."""
+    channels, rank = normalised.type.shape[1], normalised.type.rank
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value.type.rank != 1 or not shapes_may_equal(value.type.shape, (channels,)):
+            ops.error(f"{name} must be [{channels}] (one per channel), not {value.type}")
+    spread = tuple(range(1, rank - 1))
+    return ops.emit("add", ops.emit("mul", normalised, ops.emit("unsqueeze", weight, axes=spread)),
+                    ops.emit("unsqueeze", bias, axes=spread))
+
+
+def instance_norm(ops, x, weight, bias, eps):
+    """Each channel of each example normalised over its spatial axes, [N, C, *spatial]
+    (PyTorch's instance_norm without running statistics, ONNX's InstanceNormalization)."""
+    if x.type.rank < 3:
+        ops.error(f"x must be [N, C, *spatial], not {x.type}")
+    normalised = _standardised(ops, x, tuple(range(2, x.type.rank)), eps)
+    return _channel_affine(ops, normalised, weight, bias)
+
+
+def group_norm(ops, x, weight, bias, groups, eps):
+    """Each example's channels in `groups` groups, each normalised over its channels and
+    spatial axes as one, then weight and bias per channel (PyTorch's group_norm, ONNX's
+    GroupNormalization from opset 21)."""
+    if x.type.rank < 2:
+        ops.error(f"x must be [N, C, *spatial], not {x.type}")
+    _, channels, *spatial = x.type.shape
+    if not isinstance(channels, int) or channels % groups:
+        ops.error(f"the channels of {x.type} must be known and split into {groups} groups of "
+                  f"equal size")
+    grouped = ops.emit("reshape", x, shape=(0, groups, channels // groups, *spatial))
+    normalised = _standardised(ops, grouped, tuple(range(2, grouped.type.rank)), eps)
+    return _channel_affine(ops, ops.emit("reshape", normalised, shape=(0, channels, *spatial)),
+                           weight, bias)
 
 
 def batch_norm(ops, x, gamma, beta, running_mean, running_var, momentum, eps):

@@ -262,6 +262,12 @@ def _index_reduction(op):
     return infer
 
 
+def _infer_cumsum(x, axis):
+    _require_numeric("cumsum", x)
+    normalize_axis(axis, x.rank)
+    return x
+
+
 def _infer_clip(x, lo, hi):
     _require_float("clip", x)
     if lo > hi:
@@ -523,6 +529,13 @@ register("abs", 1, _unary("abs", "numeric"), traits=("elementwise",), numpy="abs
          scalar="np.abs({0})")
 register("sign", 1, _unary("sign", "numeric"), traits=("elementwise", "nondifferentiable"),
          numpy="sign", onnx="Sign")
+# floor's derivative is 0 wherever it has one, so, as for sign, no gradient flows through it.
+register("floor", 1, _unary("floor"), traits=("elementwise", "nondifferentiable"),
+         numpy="floor", onnx="Floor", scalar="np.floor({0})")
+# ONNX has no log1p: the lowering writes Log(1 + x), exact to rounding where 1 + x is.
+register("log1p", 1, _unary("log1p"), traits=("elementwise",), numpy="log1p")
+# The identity with no gradient: what it passes on is a constant to autodiff.
+register("stop_gradient", 1, lambda x: x, traits=("nondifferentiable",))
 register("neg", 1, _unary("neg", "numeric"), traits=("elementwise", "linear"),
          numpy="negative", onnx="Neg", scalar="(-{0})", builtin=None)  # the DSL's -x
 LINEAR_ELEMENTWISE = ("elementwise", "linear")
@@ -582,6 +595,9 @@ register("mean", 1, _reduction("mean"), AXES, traits=REDUCE + ("linear",), numpy
 register("max", 1, _reduction("max"), AXES, traits=REDUCE, numpy="max")
 register("min", 1, _reduction("min"), AXES, traits=REDUCE, numpy="min")
 register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
+register("prod", 1, _reduction("prod"), AXES, traits=REDUCE, numpy="prod")
+register("cumsum", 1, _infer_cumsum, {"axis": AttrSpec("int")}, traits=("fresh_result",),
+         numpy="cumsum")
 for _name in ("argmax", "argmin"):
     register(_name, 1, _index_reduction(_name),
              {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},

@@ -3,9 +3,10 @@
 A converter reads its node through a NodeContext (`ctx.input(i)` for tensors, `ctx.static(i)`
 for inputs that must be known at import time, `ctx.attr(name)` for attributes) and returns the
 node's outputs. Anything it cannot express raises Unsupported with the reason. An op chainrule
-lacks is composed of those it has (Floor of a round trip through int64, ReduceProd of halving
-multiplications); the shared compositions of ir/compositions.py (layer_norm, batch_norm, pad) are reused where ONNX
-means the same, so each is written once.
+lacks is composed of those it has (Round of floor and where, Selu of where and exp); the
+shared compositions of ir/compositions.py (elu, ceil, Mod's remainders, layer_norm,
+batch_norm, pad, the triangles of Trilu) are reused where ONNX means the same, so each is
+written once.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import math
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..ir import compositions
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
 from ..ir.types import NUMPY_DTYPES, is_float
@@ -87,16 +89,13 @@ def _leaky_relu(ctx):
 
 
 def _where_positive(ctx, x, negative):
-    """x where x > 0, else `negative` (Elu, Selu, PRelu)."""
+    """x where x > 0, else `negative` (Selu, PRelu)."""
     return ctx.emit("where", ctx.emit("greater", x, ctx.constant(0.0, x)), x, negative)
 
 
 @converter("Elu")
 def _elu(ctx):
-    x = ctx.input(0)
-    alpha = ctx.constant(ctx.float_attr("alpha", 1.0), x)
-    below = ctx.emit("mul", alpha, ctx.emit("sub", ctx.emit("exp", x), ctx.constant(1.0, x)))
-    return [_where_positive(ctx, x, below)]
+    return [compositions.elu(ctx, ctx.input(0), ctx.float_attr("alpha", 1.0))]
 
 
 @converter("Selu")
@@ -211,36 +210,16 @@ def _is_inf(ctx):
 
 # ---- rounding ---------------------------------------------------------------------------------
 
-# From 2**23 (float32) or 2**52 (float64) on, every float is an integer: rounding leaves it,
-# and nan and infinities, alone. Below, a round trip through int64 truncates exactly.
-INTEGRAL_FROM = {"f32": 2.0 ** 23, "f64": 2.0 ** 52}
-
-
-def _truncated(ctx, x):
-    _require_float(ctx, x, ctx.node.op_type)
-    whole = ctx.emit("cast", ctx.emit("cast", x, dtype="i64"), dtype=x.type.dtype)
-    small = ctx.emit("less", ctx.emit("abs", x), ctx.constant(INTEGRAL_FROM[x.type.dtype], x))
-    return ctx.emit("where", small, whole, x)
-
-
 def _floor(ctx, x):
-    truncated = _truncated(ctx, x)
-    above = ctx.emit("greater", truncated, x)  # a negative non-integer truncated upwards
-    return ctx.emit("where", above, ctx.emit("sub", truncated, ctx.constant(1.0, x)), truncated)
-
-
-@converter("Floor")
-def _floor_node(ctx):
-    return [_floor(ctx, ctx.input(0))]
+    _require_float(ctx, x, ctx.node.op_type)
+    return ctx.emit("floor", x)
 
 
 @converter("Ceil")
 def _ceil(ctx):
     x = ctx.input(0)
-    truncated = _truncated(ctx, x)
-    below = ctx.emit("less", truncated, x)
-    return [ctx.emit("where", below, ctx.emit("add", truncated, ctx.constant(1.0, x)),
-                     truncated)]
+    _require_float(ctx, x, "Ceil")
+    return [compositions.ceil(ctx, x)]
 
 
 @converter("Round")
@@ -260,29 +239,13 @@ def _round(ctx):
 
 @converter("Mod")
 def _mod(ctx):
-    """Of floats: x - trunc(x / y) y with fmod (C's fmod), else x - floor(x / y) y (Python's
-    %, the sign of y). Integer Mod folds when its operands are known; at run time chainrule
-    has no integer division."""
+    """Of floats: C's fmod with fmod=1, else Python's % (the sign of y). Integer Mod folds
+    when its operands are known; at run time chainrule has no integer division."""
     x, y = ctx.input(0), ctx.input(1)
-    rounding = _truncated if ctx.attr("fmod", 0) else _floor
     if not is_float(x.type.dtype):
         raise Unsupported(f"Mod of {x.type.dtype} tensors computed at run time (chainrule "
                           f"has no integer division)")
-    quotient = rounding(ctx, ctx.emit("div", x, y))
-    remainder = ctx.emit("sub", x, ctx.emit("mul", quotient, y))
-    # x mod ±inf is x for finite x (and for Python's % with signs that differ, y), where
-    # the formula gives 0 * inf = nan.
-    infinity = ctx.constant(math.inf, x)
-    if ctx.attr("fmod", 0):
-        kept = x
-    else:
-        zero = ctx.constant(0.0, x)
-        same_sign = ctx.emit("equal", ctx.emit("greater", x, zero), ctx.emit("greater", y, zero))
-        kept = ctx.emit("where", ctx.emit("logical_or", same_sign, ctx.emit("equal", x, zero)),
-                        x, y)
-    by_infinity = ctx.emit("logical_and", ctx.emit("equal", ctx.emit("abs", y), infinity),
-                           ctx.emit("less", ctx.emit("abs", x), infinity))
-    return [ctx.emit("where", by_infinity, kept, remainder)]
+    return [compositions.remainder(ctx, x, y, truncated=bool(ctx.attr("fmod", 0)))]
 
 
 @converter("Clip")
@@ -435,7 +398,7 @@ REDUCTIONS = {"ReduceSum": (None, "sum", None), "ReduceMean": (None, "mean", Non
               "ReduceLogSumExp": (None, "logsumexp", None),
               "ReduceSumSquare": ("square", "sum", None), "ReduceL1": ("abs", "sum", None),
               "ReduceL2": ("square", "sum", "sqrt"), "ReduceLogSum": (None, "sum", "log"),
-              "ReduceProd": (None, "product", None)}
+              "ReduceProd": (None, "prod", None)}
 # Since opset 18 every reduction takes its axes as an input; ReduceSum did from 13.
 AXES_INPUT_SINCE = {"ReduceSum": 13}
 
@@ -473,34 +436,9 @@ def _reduction(ctx):
     x = _elementwise(ctx, before, x)
     if axes == ():  # noop_with_empty_axes: the elementwise parts only
         result = x
-    elif reduction == "product":
-        result = _product(ctx, x, axes, keepdims)
     else:
         result = ctx.emit(reduction, x, axes=axes, keepdims=keepdims)
     return [_elementwise(ctx, after, result)]
-
-
-def _product(ctx, x, axes, keepdims):
-    """The product over `axes`, by multiplying halves of each axis until one element is left:
-    chainrule has no product reduction, and this takes log2(size) multiplications."""
-    rank = x.type.rank
-    axes = tuple(range(rank)) if axes is None else tuple(sorted(ctx.axes(axes, rank)))
-    for axis in axes:
-        size = x.type.shape[axis]
-        if not isinstance(size, int):
-            raise Unsupported(f"ReduceProd over the symbolic axis {axis} of {x.type}")
-        while size > 1:
-            half = size // 2
-            product = ctx.emit("mul", _part(ctx, x, axis, 0, half),
-                               _part(ctx, x, axis, half, 2 * half))
-            x = product if size % 2 == 0 else \
-                ctx.emit("concat", product, _part(ctx, x, axis, 2 * half, size), axis=axis)
-            size = half + size % 2
-    return x if keepdims else ctx.emit("squeeze", x, axes=axes)
-
-
-def _part(ctx, x, axis, start, end):
-    return ctx.emit("slice", x, starts=(start,), ends=(end,), axes=(axis,), steps=(1,))
 
 
 @converter("ArgMax", "ArgMin")

@@ -1,13 +1,13 @@
-"""Einsum as chainrule ops: each operand transposed and unsqueezed onto one common axis order,
-multiplied with broadcasting, and summed over the contracted letters. That covers products,
-contractions, batch matmuls, outer products, transposes and sums. A letter repeated within one
-operand takes that operand's diagonal first."""
+"""Einsum as chainrule ops: the equation with its ellipsis spelled out as letters, and a letter
+repeated within one operand replaced by that operand's diagonal, is the DSL's einsum
+(ir/einsum.py), pairs of operands contracted by matrix products."""
 from __future__ import annotations
 
 import string
 
 import numpy as np
 
+from ..ir.einsum import einsum as matrix_einsum
 from .context import Unsupported
 
 ELLIPSIS_LETTERS = string.ascii_uppercase  # `...` dims get letters no equation uses
@@ -49,25 +49,7 @@ def einsum(ctx, equation: str, operands):
     terms, output = parse(equation, [x.type.rank for x in operands])
     operands, terms = zip(*(_diagonal(ctx, x, term) for x, term in
                             zip(operands, terms, strict=True)), strict=True)
-    contracted = [c for term in terms for c in term if c not in output]
-    order = list(output) + list(dict.fromkeys(contracted))
-    aligned = [_aligned(ctx, x, term, order) for x, term in zip(operands, terms, strict=True)]
-    product = aligned[0]
-    for x in aligned[1:]:
-        product = ctx.emit("mul", product, x)
-    if len(order) > len(output):
-        product = ctx.emit("sum", product, axes=tuple(range(len(output), len(order))))
-    return product
-
-
-def _aligned(ctx, x, term: str, order: list[str]):
-    """x with its axes in `order`'s order and size-1 axes for the letters it lacks."""
-    present = [c for c in order if c in term]
-    perm = tuple(term.index(c) for c in present)
-    if perm != tuple(range(len(perm))):
-        x = ctx.emit("transpose", x, perm=perm)
-    missing = tuple(i for i, c in enumerate(order) if c not in term)
-    return ctx.emit("unsqueeze", x, axes=missing) if missing else x
+    return matrix_einsum(ctx, *operands, spec=f"{','.join(terms)}->{output}")
 
 
 def _diagonal(ctx, x, term: str):

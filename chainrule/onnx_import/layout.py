@@ -11,7 +11,6 @@ import numpy as np
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import NUMPY_DTYPES, UNKNOWN
-from .attention import position_distance
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -356,14 +355,7 @@ def _trilu(ctx):
     if not isinstance(rows, int) or not isinstance(columns, int):
         if UNKNOWN in (rows, columns):
             raise Unsupported(f"Trilu of {x.type} (its last two dims must be known or named)")
-        row = ctx.emit("unsqueeze", ctx.emit("arange", n=rows), axes=(1,))
-        column = ctx.emit("unsqueeze", ctx.emit("arange", n=columns), axes=(0,))
-        diagonal = ctx.emit("sub", column, row)  # which diagonal each element is on
-        # Past 2**31 diagonals every size chainrule takes keeps all or none.
-        k = min(max(k, -2 ** 31), 2 ** 31)
-        keep = ctx.emit("greater_equal" if upper else "less_equal", diagonal,
-                        ctx.constant(k, diagonal))
-        return [ctx.emit("where", keep, x, ctx.constant(0, x))]
+        return [compositions.triangle(ctx, x, k, bool(upper))]
     # Past the matrix's corners, every diagonal keeps all or none of it.
     k = min(max(k, -rows), columns)
     triangle = np.triu if upper else np.tril
@@ -546,51 +538,20 @@ def _center_crop_pad(ctx):
 
 @converter("CumSum")
 def _cumulative_sum(ctx):
-    """Running sums along the axis, by doubling: add x shifted by 1, 2, 4... positions (log2
-    of the length steps; each sum holds only the elements it should, so inf and nan stay
-    where they belong). Along a symbolic axis, whose steps are not known, each sum is of
-    the elements a mask of positions keeps."""
+    """The cumsum op; reverse runs it over the axis flipped, and exclusive over x shifted one
+    place along it, a zero coming in (so each sum holds only the elements it should, and an
+    inf or a nan stays where it belongs)."""
     x = ctx.input(0)
     axis = ctx.axis(ctx.static_int(1, "CumSum's axis"), x.type.rank)
-    size = x.type.shape[axis]
-    reverse = bool(ctx.attr("reverse", 0))
-    if not isinstance(size, int):
-        return [_masked_cumulative_sum(ctx, x, axis, reverse, bool(ctx.attr("exclusive", 0)))]
 
     def flipped(value):
         return ctx.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,),
                         steps=(-1,))
-
-    def shifted(value, count):
-        """value moved `count` along the axis, zeros coming in."""
-        if count >= size:
-            return ctx.emit("broadcast_like", ctx.constant(0, value), value)
-        kept = ctx.emit("slice", value, starts=(0,), ends=(size - count,), axes=(axis,),
-                        steps=(1,))
-        zeros = ctx.emit("broadcast_like", ctx.constant(0, value), ctx.emit(
-            "slice", value, starts=(0,), ends=(count,), axes=(axis,), steps=(1,)))
-        return ctx.emit("concat", zeros, kept, axis=axis)
-    total = flipped(x) if reverse else x
-    if ctx.attr("exclusive", 0):
-        total = shifted(total, 1)
-    step = 1
-    while step < size:
-        total = ctx.emit("add", total, shifted(total, step))
-        step *= 2
-    return [flipped(total) if reverse else total]
-
-
-def _masked_cumulative_sum(ctx, x, axis, reverse, exclusive):
-    """x's running sums along `axis`, of symbolic size S: sum i of x[j] over the positions j
-    that reach i (j <= i; j >= i reversed; strictly when exclusive), an [S, S] mask over a
-    new axis for i before the summed one."""
-    distance = position_distance(ctx, x.type.shape[axis], x.type.shape[axis], 0)  # j - i
-    zero = ctx.constant(0, distance)
-    before, after = (zero, distance) if reverse else (distance, zero)
-    reaches = ctx.emit("less" if exclusive else "less_equal", before, after)
-    trailing = x.type.rank - axis - 1
-    if trailing:
-        reaches = ctx.emit("unsqueeze", reaches, axes=tuple(range(2, 2 + trailing)))
-    spread = ctx.emit("unsqueeze", x, axes=(axis,))
-    kept = ctx.emit("where", reaches, spread, ctx.constant(0, x))
-    return ctx.emit("sum", kept, axes=(axis + 1,))
+    total = flipped(x) if ctx.attr("reverse", 0) else x
+    if ctx.attr("exclusive", 0):  # the zero joins before the last is cut: never empty
+        first = ctx.emit("slice", total, starts=(0,), ends=(1,), axes=(axis,), steps=(1,))
+        joined = ctx.emit("concat", ctx.emit("broadcast_like", ctx.constant(0, first), first),
+                          total, axis=axis)
+        total = ctx.emit("slice", joined, starts=(0,), ends=(-1,), axes=(axis,), steps=(1,))
+    total = ctx.emit("cumsum", total, axis=axis)
+    return [flipped(total) if ctx.attr("reverse", 0) else total]

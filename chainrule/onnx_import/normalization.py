@@ -50,9 +50,7 @@ def _rms_norm(ctx):
     x, scale = ctx.input(0), ctx.input(1)
     ctx.attr("stash_type")
     axes = tuple(range(_axis(ctx, x, -1), x.type.rank))
-    square_mean = ctx.emit("mean", ctx.emit("mul", x, x), axes=axes, keepdims=True)
-    inverse = _inverse_deviation(ctx, square_mean, ctx.float_attr("epsilon", 1e-5))
-    return [ctx.emit("mul", ctx.emit("mul", x, inverse), scale)]
+    return [compositions.rms_norm(ctx, x, scale, ctx.float_attr("epsilon", 1e-5), axes)]
 
 
 @converter("BatchNormalization")
@@ -106,37 +104,29 @@ def _batch_norm_training(ctx, x, scale, bias, epsilon, momentum):
 @converter("InstanceNormalization")
 def _instance_norm(ctx):
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
-    rank = x.type.rank
-    centered, variance = _moments(ctx, x, tuple(range(2, rank)))
-    normalised = ctx.emit("mul", centered,
-                          _inverse_deviation(ctx, variance, ctx.float_attr("epsilon", 1e-5)))
-    return [ctx.emit("add", ctx.emit("mul", normalised, _per_channel(ctx, scale, rank)),
-                     _per_channel(ctx, bias, rank))]
+    return [compositions.instance_norm(ctx, x, scale, bias, ctx.float_attr("epsilon", 1e-5))]
 
 
 @converter("GroupNormalization")
 def _group_norm(ctx):
     """Statistics per group of channels: x as [N, groups, C / groups, ...]. The scale and bias
-    are per channel from opset 21 on, per group before."""
+    are per channel from opset 21 on (the group_norm composition), per group before."""
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     ctx.attr("stash_type")
     groups = ctx.positive_attr("num_groups")
     batch, channels, *spatial = ctx.require_rank(x, 2).type.shape
     if not isinstance(channels, int) or channels % groups:
         raise Unsupported(f"GroupNormalization of {x.type} into {groups} groups")
+    epsilon = ctx.float_attr("epsilon", 1e-5)
+    if ctx.importer.opset >= 21:
+        return [compositions.group_norm(ctx, x, scale, bias, groups, epsilon)]
     grouped = ctx.emit("reshape", x, shape=(0, groups, channels // groups, *spatial))
     centered, variance = _moments(ctx, grouped, tuple(range(2, grouped.type.rank)))
-    normalised = ctx.emit("mul", centered,
-                          _inverse_deviation(ctx, variance, ctx.float_attr("epsilon", 1e-5)))
-    if ctx.importer.opset < 21:
-        rank = grouped.type.rank
-        normalised = ctx.emit("add", ctx.emit("mul", normalised, _per_channel(ctx, scale, rank)),
-                              _per_channel(ctx, bias, rank))
-        return [ctx.emit("reshape", normalised, shape=(0, channels, *spatial))]
-    normalised = ctx.emit("reshape", normalised, shape=(0, channels, *spatial))
-    rank = x.type.rank
-    return [ctx.emit("add", ctx.emit("mul", normalised, _per_channel(ctx, scale, rank)),
-                     _per_channel(ctx, bias, rank))]
+    normalised = ctx.emit("mul", centered, _inverse_deviation(ctx, variance, epsilon))
+    rank = grouped.type.rank
+    normalised = ctx.emit("add", ctx.emit("mul", normalised, _per_channel(ctx, scale, rank)),
+                          _per_channel(ctx, bias, rank))
+    return [ctx.emit("reshape", normalised, shape=(0, channels, *spatial))]
 
 
 @converter("MeanVarianceNormalization")

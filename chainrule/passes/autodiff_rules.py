@@ -17,7 +17,7 @@ import math
 
 from ..ir import GraphBuilder, Node, Value, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
-from ..ir.shapes import TO_END, compose_perms, is_identity_perm, normalize_axes
+from ..ir.shapes import TO_END, TO_START, compose_perms, is_identity_perm, normalize_axes
 
 VJP_RULES, vjp = rule_table()
 
@@ -166,6 +166,11 @@ def _cos(bw, g, x, out):
     return (bw.emit("neg", bw.emit("mul", g, bw.emit("sin", x))),)
 
 
+@vjp("log1p")
+def _log1p(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("add", bw.constant(1.0, x), x)),)
+
+
 @vjp("sqrt")
 def _sqrt(bw, g, x, out):
     return (bw.emit("div", g, bw.emit("mul", out, bw.constant(2.0, out))),)
@@ -311,6 +316,32 @@ def _extreme(bw, g, x, out, axes, keepdims):
                    dtype=x.type.dtype)
     share = bw.emit("div", hits, bw.emit("sum", hits, axes=axes, keepdims=True))
     return (bw.emit("mul", bw.keep_reduced_axes(g, x, axes, keepdims), share),)
+
+
+@vjp("prod")
+def _prod(bw, g, x, out, axes, keepdims):
+    """g times the product of the other elements: the product of the nonzero ones divided by
+    x's own (1 for a zero), or 0 where another element is zero. Exact at zeros, where out/x
+    is not."""
+    zero = bw.constant(0.0, x)
+    is_zero = bw.emit("equal", x, zero)
+    nonzero = bw.emit("where", is_zero, bw.constant(1.0, x), x)
+    nonzero_product = bw.emit("prod", nonzero, axes=axes, keepdims=True)
+    zero_count = bw.emit("cast", is_zero, dtype=x.type.dtype)
+    zeros_elsewhere = bw.emit("sub", bw.emit("sum", zero_count, axes=axes, keepdims=True),
+                              zero_count)
+    others = bw.emit("where", bw.emit("equal", zeros_elsewhere, zero),
+                     bw.emit("div", nonzero_product, nonzero), zero)
+    return (bw.emit("mul", bw.keep_reduced_axes(g, x, axes, keepdims), others),)
+
+
+@vjp("cumsum")
+def _cumsum(bw, g, x, out, axis):
+    # Element i reaches every running sum from i on: the running sums of g taken backwards.
+    def reversed_along_axis(value):
+        return bw.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,),
+                       steps=(-1,))
+    return (reversed_along_axis(bw.emit("cumsum", reversed_along_axis(g), axis=axis)),)
 
 
 @vjp("logsumexp")
