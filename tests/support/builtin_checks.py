@@ -1,5 +1,5 @@
 """A built-in called in a one-line model, `y = <expression>`, against a plain-numpy reference
-on both backends: the tables of tests/test_conv.py and tests/test_builtins24.py."""
+on both backends: the tables of tests/test_conv.py and tests/test_builtins_composed.py."""
 from __future__ import annotations
 
 import numpy as np
