@@ -90,7 +90,7 @@ def test_a_name_assigned_again_is_a_new_value_the_lines_after_read():
     np.testing.assert_array_equal(list(results.values())[1], [-2.0, -0.5, 1.0])
 
 
-IF_MODEL = """def layer(x, W, b, use_bias=true) {
+IF_MODEL = """def dense(x, W, b, use_bias=true) {
     y = x @ W.T
     if use_bias {
         y = y + b
@@ -102,7 +102,7 @@ model m(x: f64[B, 4]) {
     param W: f64[3, 4] = glorot()
     param b: f64[3] = normal(0.0, 1.0)
     let deep = DEEP
-    y = layer(x, W, b, use_bias=BIAS)
+    y = dense(x, W, b, use_bias=BIAS)
     if deep {
         y = relu(y)
     } else if 2 > 1 {

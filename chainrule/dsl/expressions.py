@@ -162,6 +162,8 @@ class ExpressionLowerer(LoopIndexing):
             if name in self.symbolic_dims:
                 return SymbolicDim(name)
         value = scope.lookup(name, self.loc(tree))
+        if self.is_layer(value):
+            raise self.layer_used_as_value(name, value, self.loc(tree))
         if isinstance(value, Collected):
             raise ScanRefused(f"'{name}' collects the values of the loop over "
                               f"'{value.frame.variable}' step by step; it is read after the "
@@ -441,6 +443,26 @@ class ExpressionLowerer(LoopIndexing):
         name_token, args = tree.children
         name = str(name_token)
         loc = self.loc(tree)
+        positional, keywords = yield from self.gather_arguments(args)
+        local = scope.lookup(name, loc) if scope.owner(name) is not None else None
+        if self.is_layer(local):
+            return self.call_layer_named(name, local, positional, keywords, loc)
+        if name in self.functions:
+            return self.call_function(self.functions[name], positional, keywords, loc)
+        if name in CASTS:
+            return self.call_cast(name, positional, keywords, loc)
+        if name in BUILTINS:
+            return self.call_builtin(name, positional, keywords, loc)
+        if scope.owner(name) is not None:
+            raise ChainruleError(f"'{name}' is {describe_constant(local)}, not a layer or a "
+                                 f"function; only those are called", self.loc(name_token))
+        known = list(BUILTINS) + list(CASTS) + list(self.functions)
+        raise ChainruleError(f"unknown function '{name}'{suggest(name, known)}",
+                             self.loc(name_token))
+
+    def gather_arguments(self, args):
+        """Yields each argument's tree; returns (positional, keywords), each value with its
+        location."""
         positional, keywords = [], {}
         for arg in (args.children if args else []):
             if isinstance(arg, Tree) and arg.data == "kwarg":
@@ -453,15 +475,7 @@ class ExpressionLowerer(LoopIndexing):
                     raise ChainruleError("positional argument after a keyword argument",
                                          self.loc(arg))
                 positional.append(((yield arg), self.loc(arg)))
-        if name in self.functions:
-            return self.call_function(self.functions[name], positional, keywords, loc)
-        if name in CASTS:
-            return self.call_cast(name, positional, keywords, loc)
-        if name in BUILTINS:
-            return self.call_builtin(name, positional, keywords, loc)
-        known = list(BUILTINS) + list(CASTS) + list(self.functions)
-        raise ChainruleError(f"unknown function '{name}'{suggest(name, known)}",
-                             self.loc(name_token))
+        return positional, keywords
 
     def bind_arguments(self, name, params, defaults, positional, keywords, loc) -> dict:
         if len(positional) > len(params):

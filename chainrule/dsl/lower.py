@@ -18,7 +18,8 @@ from ..ir.init import INITIALIZERS, check_init
 from ..ir.symbols import check_bound
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
-from .expressions import DIM_FOLD, ExpressionLowerer, describe_constant, is_number
+from .expressions import DIM_FOLD, ExpressionLowerer, describe_constant, is_dim, is_number
+from .layers import LAYER_BODY_STATEMENTS, LayerLowering
 from .loops import LoopLowering
 from .parser import parse
 from .scan_loops import LOOP_MODES, ScanRefused
@@ -44,6 +45,8 @@ class Function:
     params: list  # [(name, default expression tree or None)]
     body: Tree
     loc: SourceLoc
+    # A layer's forward reads the names of its instance (arguments, params, layers) here.
+    enclosing: Scope | None = None
 
 
 def lower_source(source: str, filename: str = "<string>", dims: dict | None = None,
@@ -56,11 +59,13 @@ def lower_source(source: str, filename: str = "<string>", dims: dict | None = No
     return Lowerer(filename, dims, loops).lower_program(parse(source, filename))
 
 
-class Lowerer(LoopLowering, ExpressionLowerer):
+class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
     def __init__(self, filename: str, dims: dict | None = None, loops: str = "auto"):
         super().__init__(filename, dims)
         self.loops = loops
         self.functions: dict[str, Function] = {}
+        self.layers: dict = {}  # name -> LayerDef
+        self.layer_stack: list[str] = []  # the layers being instantiated, outermost first
         self.call_stack: list[str] = []
 
     # ---- program structure --------------------------------------------------------------------
@@ -70,6 +75,8 @@ class Lowerer(LoopLowering, ExpressionLowerer):
         for item in tree.children:
             if item.data == "function":
                 self.declare_function(item)
+            elif item.data == "layer_def":
+                self.declare_layer(item)
         if len(models) != 1:
             where = self.loc(models[1].children[0]) if models else SourceLoc(self.filename, 1, 1)
             raise ChainruleError(f"a file defines exactly one model, found {len(models)}", where)
@@ -78,12 +85,22 @@ class Lowerer(LoopLowering, ExpressionLowerer):
     def declare_function(self, tree: Tree) -> None:
         name_token, fparams, body = tree.children
         name = str(name_token)
+        self.check_new_callable(name, "function", self.loc(name_token))
+        self.functions[name] = Function(name, self.formal_params(fparams), body,
+                                        self.loc(name_token))
+
+    def check_new_callable(self, name: str, kind: str, loc: SourceLoc) -> None:
+        """A function or layer definition's name is new: not a built-in, nor defined before."""
         if name in BUILTINS or name in CASTS:
-            raise ChainruleError(f"'{name}' is a built-in function; give yours another name",
-                                 self.loc(name_token))
-        if name in self.functions:
-            raise redefinition(f"function '{name}'", "a function is defined once",
-                                self.loc(name_token), self.functions[name].loc)
+            raise ChainruleError(f"'{name}' is a built-in function; give your {kind} another "
+                                 f"name", loc)
+        earlier = self.functions.get(name) or self.layers.get(name)
+        if earlier is not None:
+            raise redefinition(f"{kind} '{name}'", f"a {kind} is defined once", loc,
+                               earlier.loc)
+
+    def formal_params(self, fparams) -> list:
+        """[(name, default expression tree or None)] of a definition's parameter list."""
         params = []
         for fparam in (fparams.children if fparams else []):
             param_name, default = fparam.children
@@ -91,7 +108,10 @@ class Lowerer(LoopLowering, ExpressionLowerer):
                 raise ChainruleError(f"parameter '{param_name}' is repeated",
                                      self.loc(param_name))
             params.append((str(param_name), default))
-        self.functions[name] = Function(name, params, body, self.loc(name_token))
+        return params
+
+    def make_function(self, name, params, body, loc, enclosing=None) -> Function:
+        return Function(name, params, body, loc, enclosing)
 
     def lower_model(self, tree: Tree) -> Graph:
         name_token, decls, body = tree.children
@@ -151,22 +171,27 @@ class Lowerer(LoopLowering, ExpressionLowerer):
             outputs.append(value)
         return outputs
 
-    def lower_type(self, tree: Tree) -> TensorType:
+    def lower_type(self, tree: Tree, scope: Scope | None = None) -> TensorType:
+        """A declared type; in a layer's body (`scope`) a name in it may be the layer's
+        argument or let."""
         dtype, *dims = tree.children
-        return TensorType(str(dtype), tuple(self.lower_dim(d) for d in dims if d is not None))
+        return TensorType(str(dtype), tuple(self.lower_dim(d, scope) for d in dims
+                                            if d is not None))
 
-    def lower_dim(self, tree: Tree):
+    def lower_dim(self, tree: Tree, scope: Scope | None = None):
         """A dim of a declared type: a size, a symbol (its size if bound at compile time) or
         an expression over them, in canonical form."""
         if tree.data == "int_dim":
             return self.integer(tree.children[0])
         if tree.data == "sym_dim":
             name = str(tree.children[0])
+            if scope is not None and scope.owner(name) is not None:
+                return self.dim_of_name(name, scope.lookup(name, self.loc(tree)), tree)
             if name in self.dims:
                 return self.dims[name]
             self.symbolic_dims.add(name)
             return name
-        left, right = (self.lower_dim(child) for child in tree.children)
+        left, right = (self.lower_dim(child, scope) for child in tree.children)
         try:
             dim = DIM_FOLD[tree.data.removeprefix("dim_")](left, right)
         except dims.NotADim as error:
@@ -175,9 +200,21 @@ class Lowerer(LoopLowering, ExpressionLowerer):
             raise ChainruleError(f"a dim comes to {dim}; sizes are positive", self.loc(tree))
         return dim
 
+    def dim_of_name(self, name: str, value, tree: Tree):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if is_dim(value):
+            return str(value) if isinstance(value, str) else value
+        raise ChainruleError(f"'{name}' in a type is a size, a positive integer or a dim, not "
+                             f"{describe_constant(value)}", self.loc(tree))
+
     def lower_block(self, block: Tree, scope: Scope):
         """Lower statements; returns the return statement's values (None if there is none)."""
         for stmt in block.children:
+            if scope.kind == "layer" and stmt.data not in LAYER_BODY_STATEMENTS:
+                raise ChainruleError("a layer's body declares params, state, lets and layers "
+                                     "and defines forward(...); computing goes in forward",
+                                     self.loc(stmt))
             if stmt.data == "return_stmt":
                 if scope.kind == "loop":
                     raise ChainruleError("return cannot be inside a loop; assign the values "
@@ -224,9 +261,10 @@ class Lowerer(LoopLowering, ExpressionLowerer):
         name_token, type_tree, init_name, args = tree.children
         loc = self.loc(name_token)
         kind = "param" if trainable else "state"
-        if scope.kind != "model":
-            raise ChainruleError(f"{kind}s are declared in a model, not in a {scope.kind}", loc)
-        value_type = self.lower_type(type_tree)
+        if scope.kind not in ("model", "layer"):
+            raise ChainruleError(f"{kind}s are declared in a model or a layer, not in a "
+                                 f"{scope.kind}", loc)
+        value_type = self.lower_type(type_tree, scope if scope.kind == "layer" else None)
         if not is_float(value_type.dtype):
             raise ChainruleError(f"{kind} '{name_token}' must be f32 or f64, not "
                                  f"{value_type.dtype}", loc)
@@ -245,8 +283,10 @@ class Lowerer(LoopLowering, ExpressionLowerer):
         problem = check_init(spec, value_type.shape)
         if problem:
             raise ChainruleError(problem, self.loc(init_name))
-        value = Value(str(name_token), value_type)
-        scope.bind(value.name, value, loc)
+        name = (self.layer_param_name(scope, str(name_token), loc) if scope.kind == "layer"
+                else str(name_token))
+        value = Value(name, value_type)
+        scope.bind(str(name_token), value, loc)
         self.builder.namer.taken.add(value.name)
         self.graph.params.append(Param(value, spec, loc, trainable))
         self.user_values.add(value)
@@ -378,7 +418,7 @@ class Lowerer(LoopLowering, ExpressionLowerer):
     def inline(self, function: Function, positional, keywords, loc):
         """The value `function` returns, its body lowered into the graph."""
         params = [p for p, _ in function.params]
-        scope = Scope("function")
+        scope = Scope("function", function.enclosing)
         defaults = {}
         for param, default in function.params:
             defaults[param] = NO_DEFAULT if default is None else self.expr(default, scope)

@@ -1,4 +1,4 @@
-"""Scopes of names in the model language: a model, a function, a loop body."""
+"""Scopes of names in the model language: a model, a function, a layer's body, a loop body."""
 from __future__ import annotations
 
 from ..ir import ChainruleError, SourceLoc
@@ -6,7 +6,7 @@ from .expressions import suggest
 
 
 class Scope:
-    """Names visible in a model, function or loop body.
+    """Names visible in a model, function, layer's body or loop body.
 
     In a model or a function, `=` may assign a name again: a new value under the same name,
     which the lines after it read (`x = relu(x)`); a let, a param, a loop variable or a
@@ -21,6 +21,7 @@ class Scope:
         self.bindings: dict[str, object] = {}
         self.locs: dict[str, SourceLoc] = {}
         self.carried: list[str] = []
+        self.layer = None  # in a layer's body: the LayerInstance it makes (layers.py)
 
     def bind(self, name: str, value, loc: SourceLoc, *, again: bool = False) -> None:
         """Bind `name` here; `again`: an assignment, which may rebind outside a loop body."""

@@ -29,7 +29,7 @@ from .shapes import TO_END, TO_START
 from .types import DTYPES, UNKNOWN, is_float
 
 KEYWORDS = frozenset({"model", "def", "param", "state", "let", "return", "for", "in", "and",
-                      "or", "not", "true", "false", "none", "if", "else"})
+                      "or", "not", "true", "false", "none", "if", "else", "layer", "forward"})
 # Built-ins the text may call that are not named after an op.
 FUNCTIONS = frozenset({"full", "update", "conv1d", "conv2d", "conv_transpose1d",
                        "conv_transpose2d", "max_pool1d", "max_pool2d", "avg_pool1d",
