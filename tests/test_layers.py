@@ -6,6 +6,7 @@ import pytest
 import chainrule
 from chainrule import ChainruleError
 from chainrule.ir.dsl_printer import dsl_names, print_dsl
+from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_close
 
 LAYERS = """layer Linear(in_features, out_features, bias=true) {
@@ -222,3 +223,63 @@ def test_a_layer_list_indexed_by_a_scan_loops_variable_is_an_error_the_loop_unro
         "range(2)", "range(T)")
     with pytest.raises(ChainruleError, match="known when compiling"):
         chainrule.compile(source=source, loops="scan")
+
+
+def test_the_command_line_loads_and_saves_params_by_their_layered_names(tmp_path):
+    (tmp_path / "mlp.nn").write_text(
+        TORCH_MLP.replace("x: f32[B, 4]", "x: f32[B, 4], y: i64[B]").replace(
+            "return head(h)", "return cross_entropy(head(h), y)"))
+    state = torch_like_state_dict()
+    np.savez(tmp_path / "state.npz", **state)
+    x = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(6) % 3)
+    result = chainrule_cli("train", tmp_path / "mlp.nn", "--params", tmp_path / "state.npz",
+                           "--data", tmp_path / "data.npz", "--epochs", "1", "--lr", "0.0",
+                           "-o", tmp_path / "trained.npz")
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "trained.npz") as trained:
+        assert sorted(trained.files) == sorted(state)
+        assert np.array_equal(trained["blocks.1.fc2.weight"], state["blocks.1.fc2.weight"])
+
+
+CELL = """layer Cell(n) {
+    param W: f32[n, n] = glorot()
+    param U: f32[n, 2] = glorot()
+    forward(x, h) { return tanh(x @ U.T + h @ W.T) }
+}
+model rnn(x: f32[B, T, 2]) {
+    layer cell = Cell(4)
+    h = zeros((B, 4))
+    for t in range(T) {
+        h = cell(x[:, t], h)
+    }
+    return sum(h * h)
+}
+"""
+
+
+def test_an_instance_called_in_a_scans_body_reads_its_params_from_outside():
+    model = chainrule.compile(source=CELL, loops="scan")
+    unrolled = chainrule.compile(source=CELL, dims={"T": 5}, loops="unroll")
+    assert "scan" in [node.op for node in model.graph.nodes] and list(model.params) == [
+        "cell.W", "cell.U"]
+    unrolled.set_params(model.params)
+    x = np.random.default_rng(3).normal(size=(3, 5, 2)).astype(np.float32)
+    grads, expected = model.grad(x=x), unrolled.grad(x=x)
+    for name in ("sum", "cell.W", "cell.U"):
+        assert_close(grads[name], expected[name], rtol=1e-5, atol=1e-7, what=name)
+
+
+def test_a_long_loop_over_a_layer_list_unrolls_in_auto_since_a_scan_cannot_index_it():
+    source = LAYERS + ("model m(x: f32[B, 4]) {\n    layer fcs = ["
+                       + ", ".join(["Linear(4, 4)"] * 20) + "]\n    h = x\n"
+                       "    for i in range(20) {\n        h = tanh(fcs[i](h))\n    }\n"
+                       "    return sum(h)\n}\n")
+    model = chainrule.compile(source=source, loops="auto")
+    assert "scan" not in [node.op for node in model.graph.nodes]
+    x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
+    h = x
+    for i in range(20):
+        h = np.tanh(h @ model.params[f"fcs.{i}.weight"].T + model.params[f"fcs.{i}.bias"])
+    (output,) = model.run(x=x).values()
+    assert_close(output, np.sum(h), rtol=1e-5)
