@@ -204,6 +204,19 @@ ERRORS = [
     ("layer L() {\n    layer inner = L()\n    forward(x) { return x }\n}\n"
      + MODEL_WITH.format(body="    layer a = L()\n    return a(x)"),
      2, 19, "layer 'L' contains itself (L -> L)"),
+    (LAYERS + MODEL_WITH.format(body="    layer a = Linear(4, 4)\n    layer a = Linear(4, 4)\n"
+                                     "    return a(x)"),
+     22, 11, "'a' is already defined (at line 21); a layer is named once"),
+    (LAYERS + MODEL_WITH.format(body="    for i in range(2) {\n        layer a = Linear(4, 4)\n"
+                                     "    }\n    return x"),
+     22, 15, "layers are instantiated in a model or a layer's body, not in a loop"),
+    ("layer L(n) {\n    param b: f32[n] = zeros()\n    param b_: f32[n] = zeros()\n"
+     "    forward(x) { return x * b * b_ }\n}\n"
+     + MODEL_WITH.format(body="    layer a = L(4)\n    return a(x)"),
+     3, 11, "a param saved as 'a.b' is already defined (at line 2)"),
+    ("layer L(b) {\n    param b: f32[4] = zeros()\n    forward(x) { return x * b }\n}\n"
+     + MODEL_WITH.format(body="    layer a = L(4)\n    return a(x)"),
+     2, 11, "'b' is already defined (at line 1)"),
     (MODEL_WITH.format(body="    forward(y) { return y }\n    return x"),
      2, 5, "forward(...) is defined in a layer's body, not in a model"),
 ]

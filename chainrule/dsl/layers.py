@@ -69,22 +69,26 @@ class LayerLowering:
 
     def layer_stmt(self, tree: Tree, scope: Scope) -> None:
         name_token, new = tree.children
-        self.check_layer_place(scope, self.loc(name_token))
+        self.check_layer_place(scope, str(name_token), self.loc(name_token))
         path = self.path_in(scope, str(name_token))
         instance = self.instantiate(new, path, scope)
         scope.bind(str(name_token), instance, self.loc(name_token))
 
     def layer_list_stmt(self, tree: Tree, scope: Scope) -> None:
         name_token, *news = tree.children
-        self.check_layer_place(scope, self.loc(name_token))
+        self.check_layer_place(scope, str(name_token), self.loc(name_token))
         path = self.path_in(scope, str(name_token))
         items = [self.instantiate(new, f"{path}.{i}", scope) for i, new in enumerate(news)]
         scope.bind(str(name_token), LayerList(path, items), self.loc(name_token))
 
-    def check_layer_place(self, scope: Scope, loc: SourceLoc) -> None:
+    def check_layer_place(self, scope: Scope, name: str, loc: SourceLoc) -> None:
+        """An instance is made in a model or a layer's body, under a name not yet bound there
+        (checked first: its params would take the earlier instance's names)."""
         if scope.kind not in ("model", "layer"):
             raise ChainruleError(f"layers are instantiated in a model or a layer's body, not "
                                  f"in a {scope.kind}", loc)
+        if name in scope.bindings:
+            raise redefinition(f"'{name}'", "a layer is named once", loc, scope.locs[name])
 
     def path_in(self, scope: Scope, name: str) -> str:
         return f"{scope.layer.path}.{name}" if scope.kind == "layer" else name
@@ -103,7 +107,7 @@ class LayerLowering:
             raise ChainruleError(f"layer '{name}' contains itself ({chain})", loc)
         positional, keywords = self.call_arguments(args, scope)
         for value, arg_loc in positional + list(keywords.values()):
-            if isinstance(value, (Value, Weak, LayerInstance, LayerList)):
+            if isinstance(value, (Value, Weak)):
                 raise ChainruleError("a layer's arguments are known when compiling (numbers, "
                                      "bools, lets, dims), not tensors", arg_loc)
         inner = Scope("layer")
@@ -134,6 +138,9 @@ class LayerLowering:
             raise ChainruleError(f"forward(...) is defined in a layer's body, not in a "
                                  f"{scope.kind}", loc)
         instance = scope.layer
+        if instance.forward is not None:  # a second one, in an if's branch
+            raise ChainruleError(f"layer '{instance.definition.name}' defines one forward",
+                                 loc)
         instance.forward = self.make_function(instance.path, self.formal_params(fparams), body,
                                               loc, enclosing=scope)
 
@@ -177,12 +184,13 @@ class LayerLowering:
         base_tree, *items, args = tree.children
         loc = self.loc(tree)
         if base_tree.data != "name":
-            raise ChainruleError("only a list of layers' items are called: blocks[i](x)", loc)
+            raise ChainruleError("only an item of a list of layers is called this way "
+                                 "(blocks[i](x))", loc)
         name = str(base_tree.children[0])
         layers = scope.lookup(name, self.loc(base_tree))
         if not isinstance(layers, LayerList):
-            raise ChainruleError(f"'{name}' is not a list of layers; only its items are called "
-                                 f"as blocks[i](x)", self.loc(base_tree))
+            raise ChainruleError(f"'{name}' is not a list of layers; only an item of one is "
+                                 f"called this way (blocks[i](x))", self.loc(base_tree))
         if len(items) != 1 or (isinstance(items[0], Tree)
                                and items[0].data in ("slice_range", "ellipsis")):
             raise ChainruleError(f"'{name}' takes one integer index", loc)
