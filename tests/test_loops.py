@@ -198,7 +198,8 @@ LOOP_ERRORS = [
     ("model m(x: f64[3]) {\n    for t in range(3) {\n        return x\n    }\n}\n",
      3, 9, "return cannot be inside a loop"),
     ("model m(x: f64[3]) {\n    for t in range(3) {\n        param W: f64[3] = zeros()\n"
-     "    }\n    return x\n}\n", 3, 15, "params are declared in a model, not in a loop"),
+     "    }\n    return x\n}\n", 3, 15,
+     "params are declared in a model or a layer, not in a loop"),
     ("model m(x: f64[3]) {\n    s = x\n    for t in range(3) {\n        s = s + 1.0\n"
      "        s = s * 2.0\n    }\n    return s\n}\n", 5, 9,
      "'s' is already defined (at line 4); a name is assigned once per iteration"),

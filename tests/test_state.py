@@ -191,7 +191,8 @@ def test_state_errors_are_located(body, line, col, message):
 
 
 def test_state_cannot_be_declared_in_a_function():
-    with pytest.raises(ChainruleError, match="states are declared in a model, not in a function"):
+    with pytest.raises(ChainruleError,
+                       match="states are declared in a model or a layer, not in a function"):
         chainrule.compile(source="def f(a) {\n    state s: f32[1] = zeros()\n    return a\n}\n"
                           "model m(x: f32[1]) {\n    y = f(x)\n    return y\n}\n")
 
