@@ -33,15 +33,19 @@ def assert_close(actual, expected, rtol, atol=0.0, what="", scale=None):
     assert error <= rtol * scale + atol, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
 
 
-def digits(part: str) -> dict:
-    """The digits data shipped in examples/data: `train` or `test`."""
-    with np.load(ROOT / "examples" / "data" / f"digits_{part}.npz") as data:
+def digits(part: str, name: str = "digits") -> dict:
+    """The digits data shipped in examples/data: `train` or `test`, as `name` holds them
+    ("digits": x f32[N, 64]; "digits_rows": x f32[N, 8, 8])."""
+    with np.load(ROOT / "examples" / "data" / f"{name}_{part}.npz") as data:
         return {"x": data["x"], "y": data["y"]}
 
 
-def assert_backends_agree(path, batch: dict, training_modes=(False,)) -> None:
+def assert_backends_agree(path, batch: dict, training_modes=(False,), optimizer="adam") -> None:
     """An example on numpy and onnxruntime: forward and gradient at -O0 and -O2 (in each of
-    `training_modes`), and three Adam training steps."""
+    `training_modes`), and three training steps of `optimizer`. Adam's first steps move each
+    param by about lr times its gradient's sign, so a gradient that is zero but for rounding
+    (attention's key bias: softmax ignores a shift every key shares) makes the backends differ
+    by a whole lr; sgd's steps keep the gradients' agreement."""
     import chainrule
     model = chainrule.compile(str(path))
     for opt_level in ("O0", "O2"):
@@ -59,7 +63,7 @@ def assert_backends_agree(path, batch: dict, training_modes=(False,)) -> None:
     for backend in ("numpy", "onnxruntime"):
         trained = chainrule.compile(str(path))
         for _ in range(3):
-            trained.train_step(lr=0.01, optimizer="adam", backend=backend, **batch)
+            trained.train_step(lr=0.01, optimizer=optimizer, backend=backend, **batch)
         steps[backend] = trained.params
     for name in steps["numpy"]:
         assert_close(steps["onnxruntime"][name], steps["numpy"][name], 1e-4, what=name)

@@ -1,0 +1,54 @@
+"""The examples written with layers, resnet_digits and transformer_digits: numpy against
+onnxruntime (forward, gradient, training step), gradcheck, and their accuracy on the digits
+with the commands their headers give."""
+from dataclasses import replace
+
+import pytest
+
+import chainrule
+from chainrule.train import TrainConfig, Trainer
+from support.cli import chainrule as chainrule_cli
+from support.numeric import assert_backends_agree, digits
+from support.paths import ROOT
+
+RESNET = ROOT / "examples" / "resnet_digits.nn"
+TRANSFORMER = ROOT / "examples" / "transformer_digits.nn"
+# Each example, the digits as it reads them ("digits" flat, "digits_rows" as 8 rows of 8) and
+# the training options of its header's command.
+EXAMPLES = {
+    RESNET: ("digits", TrainConfig(epochs=12, lr=0.002, batch_size=32)),
+    TRANSFORMER: ("digits_rows", TrainConfig(epochs=30, lr=0.001, batch_size=32)),
+}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_both_backends_agree_forward_gradient_and_train_step(path):
+    data, _ = EXAMPLES[path]
+    batch = {name: array[:16] for name, array in digits("test", data).items()}
+    assert_backends_agree(path, batch, training_modes=(False, True), optimizer="sgd")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_gradcheck_passes_on_both_backends(path):
+    result = chainrule_cli("gradcheck", path, "--random-inputs", "--dim", "B=4", "--samples", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failed" in result.stdout
+
+
+def test_the_resnet_names_its_params_as_torchvision_does():
+    names = set(chainrule.compile(str(RESNET)).params)
+    for name in ("conv1.weight", "bn1.running_var", "layer1.1.conv2.weight",
+                 "layer2.0.downsample.0.weight", "layer4.0.downsample.1.bias", "fc.bias"):
+        assert name in names, name
+    assert not any(name.startswith("layer1.0.downsample") for name in names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+@pytest.mark.parametrize("path, target", [(RESNET, 0.985), (TRANSFORMER, 0.97)],
+                         ids=["resnet_digits", "transformer_digits"])
+def test_the_example_learns_the_digits(path, target, backend):
+    data, config = EXAMPLES[path]
+    trainer = Trainer(chainrule.compile(str(path)), replace(config, backend=backend))
+    trainer.fit(digits("train", data))
+    assert trainer.evaluate(digits("test", data))["acc"] >= target
