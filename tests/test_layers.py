@@ -161,6 +161,30 @@ def test_a_state_dict_saved_as_npz_loads_by_name_and_gives_numpys_outputs(tmp_pa
     assert_close(output, linear(h, "head"), rtol=1e-5, atol=1e-6)
 
 
+def test_an_instance_beside_an_argument_of_its_name_is_saved_less_its_trailing_underscore():
+    """As torch's ResNet block takes `downsample` and keeps it as `self.downsample`."""
+    source = LAYERS + """
+layer Residual(width, downsample=false) {
+    if downsample {
+        layer downsample_ = Linear(width, width, bias=false)
+    }
+    layer fc = Linear(width, width)
+    forward(x) {
+        skip = x
+        if downsample { skip = downsample_(x) }
+        return skip + fc(x)
+    }
+}
+model m(x: f32[B, 4]) {
+    layer blocks = [Residual(4, downsample=true), Residual(4)]
+    return blocks[1](blocks[0](x))
+}
+"""
+    model = chainrule.compile(source=source)
+    assert list(model.params) == ["blocks.0.downsample.weight", "blocks.0.fc.weight",
+                                  "blocks.0.fc.bias", "blocks.1.fc.weight", "blocks.1.fc.bias"]
+
+
 def test_the_decompiled_layered_model_computes_the_same():
     model = chainrule.compile(source=LAYERED)
     printed = chainrule.compile(source=print_dsl(model.graph))
@@ -214,6 +238,9 @@ ERRORS = [
      "    forward(x) { return x * b * b_ }\n}\n"
      + MODEL_WITH.format(body="    layer a = L(4)\n    return a(x)"),
      3, 11, "a param saved as 'a.b' is already defined (at line 2)"),
+    (LAYERS + MODEL_WITH.format(body="    layer a = Linear(4, 4)\n    layer a_ = Linear(4, 4)\n"
+                                     "    return a(a_(x))"),
+     22, 11, "a layer saved as 'a' is already defined (at line 21)"),
     ("layer L(b) {\n    param b: f32[4] = zeros()\n    forward(x) { return x * b }\n}\n"
      + MODEL_WITH.format(body="    layer a = L(4)\n    return a(x)"),
      2, 11, "'b' is already defined (at line 1)"),

@@ -46,9 +46,10 @@ class LayerList:
     items: list = field(default_factory=list)
 
 
-def param_key(name: str) -> str:
-    """A layer's param is saved under its name less one trailing underscore: `param bias_`
-    beside an argument `bias` is saved as `bias`, as PyTorch's Linear names it."""
+def saved_name(name: str) -> str:
+    """A layer's param or instance is saved under its name less one trailing underscore:
+    `param bias_` beside an argument `bias` is saved as `bias`, as PyTorch's Linear names it,
+    and `layer downsample_` beside an argument `downsample` as `downsample`."""
     return name[:-1] if name.endswith("_") and len(name) > 1 else name
 
 
@@ -69,26 +70,32 @@ class LayerLowering:
 
     def layer_stmt(self, tree: Tree, scope: Scope) -> None:
         name_token, new = tree.children
-        self.check_layer_place(scope, str(name_token), self.loc(name_token))
-        path = self.path_in(scope, str(name_token))
+        path = self.check_layer_place(scope, str(name_token), self.loc(name_token))
         instance = self.instantiate(new, path, scope)
         scope.bind(str(name_token), instance, self.loc(name_token))
 
     def layer_list_stmt(self, tree: Tree, scope: Scope) -> None:
         name_token, *news = tree.children
-        self.check_layer_place(scope, str(name_token), self.loc(name_token))
-        path = self.path_in(scope, str(name_token))
+        path = self.check_layer_place(scope, str(name_token), self.loc(name_token))
         items = [self.instantiate(new, f"{path}.{i}", scope) for i, new in enumerate(news)]
         scope.bind(str(name_token), LayerList(path, items), self.loc(name_token))
 
-    def check_layer_place(self, scope: Scope, name: str, loc: SourceLoc) -> None:
-        """An instance is made in a model or a layer's body, under a name not yet bound there
-        (checked first: its params would take the earlier instance's names)."""
+    def check_layer_place(self, scope: Scope, name: str, loc: SourceLoc) -> str:
+        """The path of an instance made in a model or a layer's body under a name, and a path,
+        not yet taken there (checked first: its params would take the earlier instance's
+        names)."""
         if scope.kind not in ("model", "layer"):
             raise ChainruleError(f"layers are instantiated in a model or a layer's body, not "
                                  f"in a {scope.kind}", loc)
         if name in scope.bindings:
             raise redefinition(f"'{name}'", "a layer is named once", loc, scope.locs[name])
+        path = self.path_in(scope, saved_name(name))
+        taken = next((other for other, bound in scope.bindings.items()
+                      if self.is_layer(bound) and bound.path == path), None)
+        if taken is not None:
+            raise redefinition(f"a layer saved as '{path}'", "a layer's name (less a trailing "
+                               "'_') is unique where it is made", loc, scope.locs[taken])
+        return path
 
     def path_in(self, scope: Scope, name: str) -> str:
         return f"{scope.layer.path}.{name}" if scope.kind == "layer" else name
@@ -146,7 +153,7 @@ class LayerLowering:
 
     def layer_param_name(self, scope: Scope, name: str, loc: SourceLoc) -> str:
         """The model-wide name of a param declared in a layer's body."""
-        key = f"{scope.layer.path}.{param_key(name)}"
+        key = f"{scope.layer.path}.{saved_name(name)}"
         taken = next((p for p in self.graph.params if p.value.name == key), None)
         if taken is not None:
             raise redefinition(f"a param saved as '{key}'", "a param's name (less a trailing "
