@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 import chainrule
+from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 from support.cli import chainrule as chainrule_cli
 from support.numeric import assert_backends_agree, digits
@@ -16,7 +17,10 @@ TRANSFORMER = ROOT / "examples" / "transformer_digits.nn"
 # Each example, the digits as it reads them ("digits" flat, "digits_rows" as 8 rows of 8) and
 # the training options of its header's command.
 EXAMPLES = {
-    RESNET: ("digits", TrainConfig(epochs=12, lr=0.002, batch_size=32)),
+    # SGD with momentum and a cosine schedule: Adam's run ends between 96% and 99.4% as the
+    # numpy and BLAS versions round differently; this one above 99% on each (as measured)
+    RESNET: ("digits", TrainConfig(epochs=15, lr=0.05, batch_size=32, schedule="cosine",
+                                   optimizer=OptimizerSpec("sgd", momentum=0.9))),
     TRANSFORMER: ("digits_rows", TrainConfig(epochs=30, lr=0.001, batch_size=32)),
 }
 
