@@ -199,10 +199,6 @@ def infer_types(op_name: str, input_types, attrs: dict) -> tuple[TensorType, ...
     return inferred if isinstance(inferred, tuple) else (inferred,)
 
 
-def has_several_results(op_name: str) -> bool:
-    return "multi_result" in get_op(op_name).traits
-
-
 # ---- type rules -------------------------------------------------------------------------------
 
 def _same_dtype(op, *types):

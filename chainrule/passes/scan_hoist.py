@@ -57,11 +57,7 @@ def hoist_scans(graph: Graph) -> tuple[Graph, bool]:
 
 
 def _all_names(graph: Graph) -> set[str]:
-    names = {v.name for v in graph.values()}
-    for node in graph.nodes:
-        if "body" in node.attrs:
-            names |= _all_names(node.attrs["body"])
-    return names
+    return {v.name for v in graph.values()}.union(*map(_all_names, graph.bodies()))
 
 
 def _batched(node: Node, batched: list[bool], input_types: list, length) -> dict | None:
