@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
+import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from .backends.feeds import check_arrays, dtype_name, quoted
-from .fileio import load_npy, load_npz, open_for_reading, reading
+from .fileio import MAX_TEXT_BYTES, load_npy, load_npz, open_for_reading, read_bytes, reading
 from .ir import ChainruleError, Value, file_error
+from .ir.limits import MAX_ELEMENTS, check_allocation
 from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
@@ -119,22 +121,28 @@ def read_array(path) -> np.ndarray:
 
 def read_csv(path, label_column: str | None = None) -> Dataset:
     """A CSV file with a header row: the label column (if named) and the other columns as one
-    float64 matrix. Labels that are all whole numbers become int64."""
-    with reading(path, "CSV"), open_for_reading(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        header = next(csv.reader(text), None)
-        if not header:
-            raise file_error(path, "empty; a CSV file starts with a header row")
-        header = [name.strip() for name in header]
-        try:
-            values = np.loadtxt(text, delimiter=",", dtype=np.float64, ndmin=2, quotechar='"')
-        except ValueError as error:
-            raise file_error(path, f"not numeric CSV after the header row ({error}; "
-                                 f"rows count from the first after the header)") from None
+    float64 matrix. Labels that are all whole numbers become int64. Errors name the file line
+    (counting from 1, the header being line 1), as an editor shows it."""
+    with reading(path, "CSV"):
+        lines = read_bytes(path, MAX_TEXT_BYTES, "CSV").decode("utf-8-sig").split("\n")
+    header = next(csv.reader(lines[:1]), None)
+    if not header:
+        raise file_error(path, "empty; a CSV file starts with a header row")
+    header = [name.strip() for name in header]
+    # Blank and comment lines hold no row; each row remembers its line.
+    numbered = [(number, line) for number, line in enumerate(lines[1:], start=2)
+                if line.split("#")[0].strip()]
+    try:
+        values = np.loadtxt([line for _, line in numbered], delimiter=",", dtype=np.float64,
+                            ndmin=2, quotechar='"')
+    except ValueError as error:
+        raise file_error(path, _first_bad_line(numbered, header) or
+                         f"not numeric CSV after the header row ({error})") from None
     if values.size and values.shape[1] != len(header):
         raise file_error(path, f"rows have {values.shape[1]} fields, the header names "
                              f"{len(header)}")
     values = values.reshape(-1, len(header))
+    _refuse_non_finite_rows(path, values, header, [number for number, _ in numbered])
     data = Dataset()
     feature_columns = list(range(len(header)))
     if label_column is not None:
@@ -144,15 +152,45 @@ def read_csv(path, label_column: str | None = None) -> Dataset:
         index = header.index(label_column)
         feature_columns.remove(index)
         labels = values[:, index]
-        if np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        if np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
         data.add(label_column, labels, path, LABELS)
     data.add(FEATURES, values[:, feature_columns], path, FEATURES)
     return data
 
 
+def _first_bad_line(numbered, header: list[str]) -> str | None:
+    """What is wrong with the first row numpy could not read, and on which line."""
+    for number, line in numbered:
+        fields = next(csv.reader([line.split("#")[0].rstrip("\r")]))
+        if len(fields) != len(header):
+            return f"line {number} has {len(fields)} fields, the header names {len(header)}"
+        for name, text in zip(header, fields, strict=True):
+            try:
+                float(text)
+            except ValueError:
+                return (f"not numeric CSV after the header row: line {number}, column "
+                        f"'{name}' holds '{text.strip()}'")
+    return None
+
+
+def _refuse_non_finite_rows(path, values: np.ndarray, header: list[str], lines: list[int]):
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        row, column = bad[0]
+        raise file_error(path, f"line {lines[row]}, column '{header[column]}': "
+                               f"{values[row, column]}; {NON_FINITE_HINT}")
+
+
+NON_FINITE_HINT = ("data must be finite (a NaN or inf would make every loss and gradient NaN); "
+                   "drop or fill the missing values first")
+
+
 def read_idx(path) -> np.ndarray:
-    """An array in the IDX format (big-endian; gzipped or not), read with numpy alone."""
+    """An array in the IDX format (big-endian; gzipped or not), read with numpy alone. The
+    size the header promises is checked (against the file's size, or for a gzipped file
+    against the bytes it inflates to, read a piece at a time) before it is allocated, so a
+    small file promising gigabytes is refused."""
     with reading(path, "IDX"), open_for_reading(path) as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
@@ -166,14 +204,52 @@ def read_idx(path) -> np.ndarray:
         if len(header) < 4 * rank:
             raise file_error(path, "truncated IDX header")
         shape = tuple(int(d) for d in np.frombuffer(header, ">u4"))
-        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        body = file.read(size)
+        size = _idx_size(path, shape, dtype)
+        if not gzipped:
+            _check_idx_file_size(path, shape, size, os.fstat(raw.fileno()).st_size - raw.tell())
+        body = _read_at_most(file, size)
         if len(body) < size:
             raise file_error(path, f"truncated: the header promises {list(shape)} "
                                  f"({size:,} bytes of data), the file holds {len(body):,}")
         if file.read(1):
             raise file_error(path, f"more data than the header's shape {list(shape)}")
     return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_size(path, shape: tuple, dtype: np.dtype) -> int:
+    """The bytes of data the header promises, once it is known they could be held."""
+    if 0 in shape:
+        raise file_error(path, f"the header's shape {list(shape)} has a dim of size 0; "
+                               f"chainrule refuses empty tensors")
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise file_error(path, f"the header promises {list(shape)}, {count:,} values, more "
+                               f"than the {MAX_ELEMENTS:,} a tensor may hold")
+    check_allocation(f"{path} (the header promises {list(shape)})", count * dtype.itemsize)
+    return count * dtype.itemsize
+
+
+def _check_idx_file_size(path, shape: tuple, size: int, held: int) -> None:
+    if held < size:
+        raise file_error(path, f"truncated: the header promises {list(shape)} ({size:,} bytes "
+                               f"of data), the file holds {held:,}")
+    if held > size:
+        raise file_error(path, f"more data than the header's shape {list(shape)}")
+
+
+IDX_PIECE = 1 << 24
+
+
+def _read_at_most(file, size: int) -> bytearray:
+    """Up to `size` bytes, fewer at the end of `file`; memory grows with what is read, not with
+    what was promised."""
+    body = bytearray()
+    while len(body) < size:
+        piece = file.read(min(IDX_PIECE, size - len(body)))
+        if not piece:
+            break
+        body += piece
+    return body
 
 
 def matching_labels_file(images_path) -> Path | None:
@@ -228,11 +304,25 @@ def bind_inputs(inputs: list[Value], data: Dataset, mapping: dict[str, str] | No
         if value.name in chosen:
             source = chosen[value.name]
             origin[value.name] = data.origin[source]
+            _refuse_non_finite(source, data.arrays[source], origin[value.name])
             arrays[value.name], said = conform(value, data.arrays[source], origin[value.name],
                                                data.roles.get(source))
             notes += said
     missing = [v for v in inputs if v.name not in arrays]
     return Bound(arrays, notes, missing, origin)
+
+
+def _refuse_non_finite(name: str, array: np.ndarray, origin: str) -> None:
+    """Data is checked as it is bound, so a NaN is named where it is, not found later as a
+    diverging training step."""
+    if np.asarray(array).dtype.kind not in "fc":
+        return
+    bad = np.argwhere(~np.isfinite(array))
+    if bad.size:
+        index = tuple(int(i) for i in bad[0])
+        raise file_error(origin, f"array '{name}' holds {array[index]} at index "
+                                 f"{list(index)} (row {index[0]}, counting from 0); "
+                                 f"{NON_FINITE_HINT}")
 
 
 class InputNote(UserWarning):
@@ -330,17 +420,42 @@ def conform(value: Value, array: np.ndarray, origin: str,
         raise file_error(origin, f"input '{value.name}' is {value.type}, one column fewer than "
                                  f"the file's {array.shape[1]}; if one column holds labels, "
                                  f"name it with --label-column")
+    _refuse_one_hot(value, array, origin)
     array, note = safe_cast(value.name, array, value.type.dtype, origin)
     if note:
         notes.append(note)
+    if _lacks_only_a_channel_axis(value.type, array):
+        notes.append(f"input '{value.name}': {_shape(array)} from {origin} given a channel "
+                     f"axis, {_shape(array[:, np.newaxis])}")
+        array = array[:, np.newaxis]
     if value.type.rank == 2 and array.ndim > 2:
-        flat = array.reshape(array.shape[0], -1) if array.shape[0] else array.reshape(0, -1)
+        flat = array.reshape(array.shape[0], math.prod(array.shape[1:]))
         width = value.type.shape[1]
         if not isinstance(width, int) or width == flat.shape[1]:
             notes.append(f"input '{value.name}': {_shape(array)} from {origin} flattened to "
                          f"{_shape(flat)}")
             array = flat
     return array, notes
+
+
+def _lacks_only_a_channel_axis(declared: TensorType, array: np.ndarray) -> bool:
+    """Images [N, H, W] for an input [B, 1, H, W]: one channel, the axis left out."""
+    if declared.rank != 4 or array.ndim != 3 or declared.shape[1] != 1:
+        return False
+    return all(not isinstance(dim, int) or dim == size
+               for dim, size in zip(declared.shape[2:], array.shape[1:], strict=True))
+
+
+def _refuse_one_hot(value: Value, array: np.ndarray, origin: str) -> None:
+    """One-hot rows given where class indices are declared: converting would guess whether
+    the rows are one-hot or soft labels, so the error says how to convert."""
+    if (value.type.dtype != "i64" or value.type.rank != 1 or array.ndim != 2
+            or array.shape[1] < 2 or array.dtype.kind not in "biuf" or not array.size):
+        return
+    if np.isin(array, (0, 1)).all() and (array.sum(axis=1) == 1).all():
+        raise ChainruleError(f"input '{value.name}' takes class indices ({value.type}), but "
+                             f"{origin} holds {_shape(array)} rows that look one-hot (a single "
+                             f"1 in each); give class indices, e.g. labels.argmax(axis=1)")
 
 
 def safe_cast(name: str, array: np.ndarray, dtype: str, origin: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -17,28 +18,75 @@ from .ir.limits import check_allocation
 
 # ---- reading ----------------------------------------------------------------------------------
 
+# What a model or CSV file may hold: far past any real one (the largest example model is 30 KB,
+# MNIST as CSV 110 MB), far below what would exhaust memory as text and parsed values.
+MAX_TEXT_BYTES = 1 << 30
+# An ONNX model is one protobuf message, which protobuf caps at 2 GiB.
+MAX_ONNX_BYTES = (1 << 31) - 1
+
+FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def open_for_reading(path):
     """`path` opened in binary; a missing, unreadable or non-regular file is a located error
-    (the same message, and exit code 1, for a model, a data file or a checkpoint)."""
+    (the same message, and exit code 1, for a model, a data file or a checkpoint).
+
+    The path is checked before it is opened (opening a device can act on it), opened without
+    blocking (a FIFO with no writer would wait forever), and checked again through the open
+    descriptor, so what is checked is what is read."""
     try:
-        if Path(path).is_dir():
-            raise file_error(path, "a directory, not a file")
-        return open(path, "rb")
+        refuse_special(path, os.stat(path).st_mode)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise file_error(path, "no such file") from None
     except PermissionError:
         raise file_error(path, "cannot read: permission denied") from None
     except OSError as error:
         raise file_error(path, f"cannot read: {error.strerror or error}") from None
-    except ValueError:  # the one ValueError open() raises for a path of any type
+    except ValueError:  # the one ValueError os.stat raises: a NUL byte in the path
         shown = str(path).replace("\0", "\\0")
         raise file_error(shown, "not a usable path: it contains a NUL byte") from None
+    try:
+        refuse_special(path, os.fstat(descriptor).st_mode)  # replaced since the stat
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "rb")
+
+
+def refuse_special(path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise file_error(path, "a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise file_error(path, f"not a regular file but {special_kind(mode)}; chainrule reads "
+                               f"regular files only")
+
+
+def special_kind(mode: int) -> str:
+    return next((kind for test, kind in FILE_KINDS if test(mode)), "a special file")
+
+
+def read_bytes(path, limit: int, kind: str) -> bytes:
+    """The whole of a regular file of at most `limit` bytes, which must fit in memory. A file
+    that grows while it is read is refused: its size is taken once, before reading."""
+    with open_for_reading(path) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > limit:
+            raise file_error(path, f"{size:,} bytes, more than the {limit:,} a {kind} file "
+                                   f"may hold")
+        check_allocation(f"reading {path}", size)
+        data = file.read(size + 1)
+    if len(data) > size:
+        raise file_error(path, f"more than the {size:,} bytes its size said (it grew while "
+                               f"being read)")
+    return data
 
 
 def read_text(path) -> str:
     """A UTF-8 text file (a model); other bytes are an error naming the first bad offset."""
-    with open_for_reading(path) as file:
-        data = file.read()
+    data = read_bytes(path, MAX_TEXT_BYTES, "model")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -121,51 +169,94 @@ def reading(path, kind: str, what: str = ""):
 # ---- writing ----------------------------------------------------------------------------------
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename it over `path`.
+    """Write to a temporary file beside the target, then rename it over the target.
 
-    The temporary file is created private (mode 0600); it is given the mode a plain `open`
-    would have given it, under the user's umask, before it takes the final name."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    A symlink is written through: the file it points to is replaced and the link kept. A file
+    that exists keeps its mode; a new one gets the mode a plain `open` would give it under the
+    user's umask (the temporary file is private until then). A failure to write, such as a full
+    disk, is a ChainruleError naming the file and the reason; it leaves the earlier file as it
+    was and no temporary file behind."""
+    target = write_target(path)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-            os.fchmod(file.fileno(), 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~current_umask()
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                             dir=target.parent)
+    except OSError as error:
+        raise write_error(path, error) from None
+    try:
+        try:
+            write_all(handle, data)
+            os.fsync(handle)
+            os.fchmod(handle, mode)
+        finally:
+            os.close(handle)
+        os.replace(temporary, target)
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_error(path, error, earlier=target.exists()) from None
         raise
+
+
+def write_all(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(handle, view):]
+
+
+def write_error(path, error: OSError, earlier: bool = False) -> ChainruleError:
+    kept = "; the earlier file is unchanged" if earlier else ""
+    return file_error(path, f"cannot be written: {error.strerror or error}{kept}")
+
+
+def write_target(path) -> Path:
+    """The file that writing `path` replaces: the file a symlink points to (so the link
+    stays), or `path` itself. A device, FIFO or socket is refused, as renaming a regular file
+    over it would destroy it (`-o /dev/null`)."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except OSError:  # nothing there yet (or nothing reachable): writing will tell
+        return target
+    if stat.S_ISDIR(mode):
+        raise file_error(path, "cannot be written: it is a directory; give a file name")
+    if not stat.S_ISREG(mode):
+        raise file_error(path, f"cannot be written: it is {special_kind(mode)}, not a regular file, and "
+                               f"chainrule writes only regular files (to replace it, remove it "
+                               f"first)")
+    return target
 
 
 def check_writable(path, *, directory: bool = False) -> None:
     """Fail now, before any work, if `path` (a file, or a directory with `directory`) cannot
-    be written: it is a directory (or a file), it lies under a regular file, or its directory
-    refuses new files."""
+    be written: it is a directory (or a file), a device, FIFO or socket, it lies under a
+    regular file, or its directory refuses new files."""
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         raise file_error(path, "cannot be used as a directory: it is a file")
-    if not directory and path.is_dir():
-        raise file_error(path, "cannot be written: it is a directory; give a file name")
+    if not directory:
+        write_target(path)
     folder = path if directory else (path.parent if str(path.parent) else Path("."))
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise file_error(path, f"cannot be written: {existing} is a file, not a directory")
-    if existing != folder:  # the missing folders will be made: the nearest must allow it
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise file_error(path, f"cannot be written: {existing} does not allow new folders")
-        return
-    try:  # the one sure test, which also sees read-only file systems
-        handle, probe = tempfile.mkstemp(prefix=".chainrule-probe.", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
+    try:  # the one sure test, which also sees read-only and virtual file systems (/proc)
+        if existing != folder:  # the missing folders will be made: the nearest must allow it
+            os.rmdir(tempfile.mkdtemp(prefix=".chainrule-probe.", dir=existing))
+        else:
+            handle, probe = tempfile.mkstemp(prefix=".chainrule-probe.", dir=folder)
+            os.close(handle)
+            os.unlink(probe)
     except OSError as error:
-        raise file_error(path, f"cannot be written: {error.strerror or error}") from None
+        reason = error.strerror or error
+        if existing != folder:
+            raise file_error(path, f"cannot be written: {existing} does not allow new folders "
+                                   f"({reason})") from None
+        raise file_error(path, f"cannot be written: {reason}") from None
 
 
 def current_umask() -> int:

@@ -91,25 +91,35 @@ def to_dot(graph: Graph, backward_prefix: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(dot_text: str, path) -> str:
-    """Write `path` (.dot, .svg or .png); returns a note for the user, empty when all went well.
-
-    Without Graphviz an .svg/.png request still writes the .dot next to it and says so."""
+def picture_target(path) -> tuple[Path, str]:
+    """The file `render` will write for `path`, and a note to give before writing it: without
+    Graphviz an .svg/.png request becomes the .dot beside it, which must not exist yet (it
+    would be replaced without the user having asked for it)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".dot", ".gv", ".svg", ".png"):
         raise ChainruleError(f"{path}: unknown picture format '{suffix}'; use .svg, .png or .dot")
-    if suffix in (".dot", ".gv"):
-        atomic_write_bytes(path, dot_text.encode())
-        return ""
-    dot = shutil.which("dot")
-    if dot is None:
-        fallback = path.with_suffix(".dot")
-        atomic_write_bytes(fallback, dot_text.encode())
-        return f"{INSTALL_HINT}; wrote {fallback} instead"
-    result = subprocess.run([dot, f"-T{suffix[1:]}"], input=dot_text.encode(),
-                            capture_output=True, timeout=120)
+    if suffix in (".dot", ".gv") or shutil.which("dot") is not None:
+        return path, ""
+    fallback = path.with_suffix(".dot")
+    if fallback.exists():
+        raise ChainruleError(f"{path}: {INSTALL_HINT}, so the graph would be written as "
+                             f"{fallback}, which exists; remove it, or give -o {fallback} "
+                             f"to replace it")
+    return fallback, f"{INSTALL_HINT}; writing {fallback} instead"
+
+
+def render(dot_text: str, path) -> str:
+    """Write `path` (.dot, .svg or .png); returns a note for the user, empty when all went well.
+
+    Without Graphviz an .svg/.png request writes the .dot next to it instead (picture_target)."""
+    target, note = picture_target(path)
+    if target.suffix.lower() in (".dot", ".gv"):
+        atomic_write_bytes(target, dot_text.encode())
+        return note
+    result = subprocess.run([shutil.which("dot"), f"-T{target.suffix[1:].lower()}"],
+                            input=dot_text.encode(), capture_output=True, timeout=120)
     if result.returncode != 0:
         raise ChainruleError(f"dot failed: {result.stderr.decode(errors='replace').strip()}")
-    atomic_write_bytes(path, result.stdout)
+    atomic_write_bytes(target, result.stdout)
     return ""

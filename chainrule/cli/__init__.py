@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 
 from ..backends.threads import set_threads
-from ..fileio import check_writable
+from ..fileio import check_writable, read_text
 from ..ir import ChainruleError
 from .inputs import UsageError, random_inputs
 from .parser import build_parser
@@ -23,9 +22,9 @@ __all__ = ["main", "random_inputs"]  # random_inputs: the tests draw inputs as t
 
 
 def _source_lines(file: str):
-    try:
-        return Path(file).read_text().split("\n")  # newlines only, as the parser counts
-    except (OSError, UnicodeDecodeError):
+    try:  # read as the compiler read it: bounded, regular files only
+        return read_text(file).split("\n")  # newlines only, as the parser counts
+    except ChainruleError:
         return None
 
 

@@ -12,7 +12,7 @@ from ..fileio import atomic_write_bytes, save_npz
 from ..ir import dsl_names, print_dsl, print_graph
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext
-from ..viz import render, to_dot
+from ..viz import picture_target, render, to_dot
 from .inputs import UsageError, exported_step_spec, frozen_patterns, load_model
 
 
@@ -94,11 +94,11 @@ def cmd_viz(args) -> int:
     if not args.output:
         print(dot_text, end="")
         return 0
-    note = render(dot_text, args.output)
-    if note:
-        print(f"chainrule: {note}", file=sys.stderr)
-    else:
-        print(f"wrote {args.output}")
+    target, note = picture_target(args.output)
+    if note:  # said before writing: the file written is not the one asked for
+        print(f"chainrule: note: {note}", file=sys.stderr)
+    render(dot_text, args.output)
+    print(f"wrote {target}")
     return 0
 
 

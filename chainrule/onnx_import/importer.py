@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper, version_converter
 
+from ..fileio import MAX_ONNX_BYTES, read_bytes
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, dims, file_error
 from ..ir.errors import SourceLoc, onnx_node_loc
 from ..ir.limits import check_graph_sizes, type_size_problem
@@ -161,13 +162,7 @@ def load_model(path_or_proto) -> tuple[onnx.ModelProto, str]:
         path = f"<{path_or_proto.graph.name or 'model'}>.onnx"
         return checked_names(path_or_proto, path), path
     path = str(path_or_proto)
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        raise file_error(path, "no such file") from None
-    except OSError as error:
-        raise file_error(path, f"cannot read: {error.strerror}") from None
+    data = read_bytes(path, MAX_ONNX_BYTES, "ONNX")
     try:
         model = onnx.load_from_string(data)
     except Exception as error:  # protobuf's DecodeError and friends
