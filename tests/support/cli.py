@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -92,10 +93,15 @@ def warnings_to(stream):
         yield
 
 
-def chainrule_process(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    """`python -m chainrule ARGS...` in a new process."""
+def chainrule_process(*args, cwd=None, timeout=300,
+                      max_memory=None) -> subprocess.CompletedProcess:
+    """`python -m chainrule ARGS...` in a new process; `max_memory` caps its address space
+    (bytes), so a read without bound fails in it instead of exhausting the machine."""
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
     return subprocess.run([sys.executable, "-m", "chainrule", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=timeout)
+                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=timeout,
+                          preexec_fn=limit_memory if max_memory else None)
 
 
 def start_chainrule_process(*args, cwd=None) -> subprocess.Popen:
