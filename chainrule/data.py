@@ -132,9 +132,9 @@ def read_csv(path, label_column: str | None = None) -> Dataset:
     # Blank and comment lines hold no row; each row remembers its line.
     numbered = [(number, line) for number, line in enumerate(lines[1:], start=2)
                 if line.split("#")[0].strip()]
-    try:
+    try:  # numpy warns of a file with no rows; that is a data set of none, said later
         values = np.loadtxt([line for _, line in numbered], delimiter=",", dtype=np.float64,
-                            ndmin=2, quotechar='"')
+                            ndmin=2, quotechar='"') if numbered else np.empty((0, len(header)))
     except ValueError as error:
         raise file_error(path, _first_bad_line(numbered, header) or
                          f"not numeric CSV after the header row ({error})") from None
