@@ -124,25 +124,8 @@ def read_csv(path, label_column: str | None = None) -> Dataset:
     float64 matrix. Labels that are all whole numbers become int64. Errors name the file line
     (counting from 1, the header being line 1), as an editor shows it."""
     with reading(path, "CSV"):
-        lines = read_bytes(path, MAX_TEXT_BYTES, "CSV").decode("utf-8-sig").split("\n")
-    header = next(csv.reader(lines[:1]), None)
-    if not header:
-        raise file_error(path, "empty; a CSV file starts with a header row")
-    header = [name.strip() for name in header]
-    # Blank and comment lines hold no row; each row remembers its line.
-    numbered = [(number, line) for number, line in enumerate(lines[1:], start=2)
-                if line.split("#")[0].strip()]
-    try:  # numpy warns of a file with no rows; that is a data set of none, said later
-        values = np.loadtxt([line for _, line in numbered], delimiter=",", dtype=np.float64,
-                            ndmin=2, quotechar='"') if numbered else np.empty((0, len(header)))
-    except ValueError as error:
-        raise file_error(path, _first_bad_line(numbered, header) or
-                         f"not numeric CSV after the header row ({error})") from None
-    if values.size and values.shape[1] != len(header):
-        raise file_error(path, f"rows have {values.shape[1]} fields, the header names "
-                             f"{len(header)}")
-    values = values.reshape(-1, len(header))
-    _refuse_non_finite_rows(path, values, header, [number for number, _ in numbered])
+        header, values, lines = _csv_rows(path)
+    _refuse_non_finite_rows(path, values, header, lines)
     data = Dataset()
     feature_columns = list(range(len(header)))
     if label_column is not None:
@@ -157,6 +140,28 @@ def read_csv(path, label_column: str | None = None) -> Dataset:
         data.add(label_column, labels, path, LABELS)
     data.add(FEATURES, values[:, feature_columns], path, FEATURES)
     return data
+
+
+def _csv_rows(path) -> tuple[list[str], np.ndarray, list[int]]:
+    """The header, the rows as a float64 matrix, and the file line of each row (blank and
+    comment lines hold none)."""
+    lines = read_bytes(path, MAX_TEXT_BYTES, "CSV").decode("utf-8-sig").split("\n")
+    header = next(csv.reader(lines[:1]), None)
+    if not header:
+        raise file_error(path, "empty; a CSV file starts with a header row")
+    header = [name.strip() for name in header]
+    numbered = [(number, line) for number, line in enumerate(lines[1:], start=2)
+                if line.lstrip() and not line.lstrip().startswith("#")]
+    try:  # numpy warns of a file with no rows; that is a data set of none, said later
+        values = np.loadtxt([line for _, line in numbered], delimiter=",", dtype=np.float64,
+                            ndmin=2, quotechar='"') if numbered else np.empty((0, len(header)))
+    except ValueError as error:
+        raise file_error(path, _first_bad_line(numbered, header) or
+                         f"not numeric CSV after the header row ({error})") from None
+    if values.size and values.shape[1] != len(header):
+        raise file_error(path, _first_bad_line(numbered, header) or
+                         f"rows have {values.shape[1]} fields, the header names {len(header)}")
+    return header, values.reshape(-1, len(header)), [number for number, _ in numbered]
 
 
 def _first_bad_line(numbered, header: list[str]) -> str | None:

@@ -18,8 +18,8 @@ from .ir.limits import check_allocation
 
 # ---- reading ----------------------------------------------------------------------------------
 
-# What a model or CSV file may hold: far past any real one (the largest example model is 30 KB,
-# MNIST as CSV 110 MB), far below what would exhaust memory as text and parsed values.
+# What a model or CSV file may hold: far past any real one (the largest example model is 3 KB,
+# MNIST as CSV 110 MB), small enough that its text and parsed values fit in a few GiB.
 MAX_TEXT_BYTES = 1 << 30
 # An ONNX model is one protobuf message, which protobuf caps at 2 GiB.
 MAX_ONNX_BYTES = (1 << 31) - 1
@@ -179,7 +179,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     target = write_target(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~current_umask()
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~current_umask()
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                              dir=target.parent)
     except OSError as error:
