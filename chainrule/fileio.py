@@ -45,8 +45,7 @@ def open_for_reading(path):
     except OSError as error:
         raise file_error(path, f"cannot read: {error.strerror or error}") from None
     except ValueError:  # the one ValueError os.stat raises: a NUL byte in the path
-        shown = str(path).replace("\0", "\\0")
-        raise file_error(shown, "not a usable path: it contains a NUL byte") from None
+        raise nul_in_path(path) from None
     try:
         refuse_special(path, os.fstat(descriptor).st_mode)  # replaced since the stat
         os.set_blocking(descriptor, True)
@@ -54,6 +53,11 @@ def open_for_reading(path):
         os.close(descriptor)
         raise
     return os.fdopen(descriptor, "rb")
+
+
+def nul_in_path(path) -> ChainruleError:
+    shown = str(path).replace("\0", "\\0")
+    return file_error(shown, "not a usable path: it contains a NUL byte")
 
 
 def refuse_special(path, mode: int) -> None:
@@ -220,12 +224,13 @@ def write_target(path) -> Path:
         mode = target.stat().st_mode
     except OSError:  # nothing there yet (or nothing reachable): writing will tell
         return target
+    except ValueError:  # the one ValueError stat raises: a NUL byte in the path
+        raise nul_in_path(path) from None
     if stat.S_ISDIR(mode):
         raise file_error(path, "cannot be written: it is a directory; give a file name")
     if not stat.S_ISREG(mode):
-        raise file_error(path, f"cannot be written: it is {special_kind(mode)}, not a regular file, and "
-                               f"chainrule writes only regular files (to replace it, remove it "
-                               f"first)")
+        raise file_error(path, f"cannot be written: it is {special_kind(mode)}, not a regular "
+                               f"file; chainrule writes only regular files")
     return target
 
 

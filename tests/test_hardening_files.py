@@ -330,6 +330,11 @@ def test_output_over_an_existing_file_keeps_its_mode(tmp_path):
     assert set(np.load(out)) == {"J", "acc", "logits"}
 
 
+def test_a_nul_byte_in_an_output_path_is_a_file_error(tmp_path):
+    with pytest.raises(ChainruleError, match="not a usable path: it contains a NUL byte"):
+        fileio.atomic_write_bytes(tmp_path / "a\0b.npz", b"data")
+
+
 def test_viz_without_graphviz_says_it_writes_the_dot_and_never_replaces_one(tmp_path,
                                                                             monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
