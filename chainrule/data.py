@@ -362,9 +362,10 @@ def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3)
 
 def _fits_as_given(value: Value, argument) -> bool:
     """Whether `conform` would leave `argument` as it is: an array of the input's dtype that
-    needs no flattening."""
+    needs no flattening and no channel axis."""
     return (type(argument) is np.ndarray and argument.dtype == NUMPY_DTYPES[value.type.dtype]
-            and (value.type.rank != 2 or argument.ndim <= 2))
+            and (value.type.rank != 2 or argument.ndim <= 2)
+            and not _lacks_only_a_channel_axis(value.type, argument))
 
 
 def check_mapping(inputs: list[Value], mapping: dict[str, str]) -> None:

@@ -416,3 +416,12 @@ def test_the_channel_axis_is_not_added_when_other_dims_differ(tmp_path):
     array, notes = data_module.conform(model.graph.inputs[0], np.zeros((2, 3, 4), np.float32),
                                        "a.npy")
     assert array.shape == (2, 3, 4) and not notes
+
+
+def test_the_python_api_adds_the_channel_axis_with_an_input_note():
+    model = chainrule.compile(source="model m(x: f32[B, 1, 3, 4]) {\n    J = sum(x)\n"
+                                     "    return J\n}\n")
+    with pytest.warns(chainrule.InputNote, match=r"\[2, 3, 4\] from the argument given a "
+                                                 r"channel axis, \[2, 1, 3, 4\]"):
+        result = model.run(x=np.ones((2, 3, 4), np.float32))
+    assert result["J"] == 24
