@@ -149,10 +149,30 @@ def _transpose(x, perm):
     return np.transpose(x, perm)
 
 
+def _lowest(dtype):
+    """What max gives over nothing, as ONNX's ReduceMax: -inf, or an int dtype's least value."""
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _highest(dtype):
+    return np.inf if dtype.kind == "f" else np.iinfo(dtype).max
+
+
+@kernel("max")
+def _max(x, axes, keepdims):
+    return np.max(x, axis=_axes(axes), keepdims=keepdims, initial=_lowest(x.dtype))
+
+
+@kernel("min")
+def _min(x, axes, keepdims):
+    return np.min(x, axis=_axes(axes), keepdims=keepdims, initial=_highest(x.dtype))
+
+
 @kernel("logsumexp")
 def _logsumexp(x, axes, keepdims):
-    # Shift by the max so exp cannot overflow; an all -inf slice keeps -inf instead of nan.
-    peak = np.max(x, axis=_axes(axes), keepdims=True)
+    # Shift by the max so exp cannot overflow; an all -inf slice keeps -inf instead of nan,
+    # and so does an empty one (its max is -inf, its sum of exps 0).
+    peak = np.max(x, axis=_axes(axes), keepdims=True, initial=-np.inf)
     peak = np.where(np.isfinite(peak), peak, 0)
     total = np.log(np.sum(np.exp(x - peak), axis=_axes(axes), keepdims=True)) + peak
     return total if keepdims else np.squeeze(total, axis=_axes(axes))
@@ -162,12 +182,16 @@ def _logsumexp(x, axes, keepdims):
 # calls these every step, and the functions' dispatch layers cost more than the arithmetic.
 @kernel("log_softmax")
 def _log_softmax(x, axis):
+    if x.size == 0:  # x.max has no identity to give over an empty axis; nothing to compute
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 @kernel("softmax")
 def _softmax(x, axis):
+    if x.size == 0:
+        return x.copy()
     shifted = np.exp(x - x.max(axis=axis, keepdims=True))
     return shifted / shifted.sum(axis=axis, keepdims=True)
 

@@ -105,9 +105,8 @@ def _shape(value):
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"a shape holds sizes and dim names, not {_shown(dim)} as in "
                             f"{shown}")
-        if isinstance(dim, int) and dim < 1:
-            raise TypeError(f"shape {shown} has a size of {dim}; sizes are positive (chainrule "
-                            f"refuses empty tensors)")
+        if isinstance(dim, int) and dim < 0:
+            raise TypeError(f"shape {shown} has a size of {dim}; sizes are 0 or more")
     return shape
 
 

@@ -251,9 +251,18 @@ def _reduction(op, operands="numeric"):
     return infer
 
 
+def _require_elements_along(op, x, axis, what="an empty axis"):
+    """An op whose result picks one of x's elements along `axis` has none to pick from when
+    that axis is empty: refused here when its size says so (a symbol of size 0 is refused by
+    the backend at run time)."""
+    if x.shape[normalize_axis(axis, x.rank)] == 0:
+        raise OpTypeError(f"{op} over {what} is undefined (axis {axis} of {x} has size 0)")
+
+
 def _index_reduction(op):
     def infer(x, axis, keepdims):
         _require_numeric(op, x)
+        _require_elements_along(op, x, axis)
         return TensorType("i64", reduced_shape(x.shape, (axis,), keepdims))
     return infer
 
@@ -310,6 +319,7 @@ def _infer_cross_entropy(logits, labels):
     if not all(dims_may_equal(a, b) for a, b in zip(logits.shape, labels.shape)):
         raise OpTypeError(f"cross_entropy logits {format_shape(logits.shape)} and labels "
                           f"{format_shape(labels.shape)} disagree on the batch dims")
+    _require_elements_along("cross_entropy", logits, -1, "0 classes")
     return scalar(logits.dtype)
 
 
