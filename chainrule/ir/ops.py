@@ -359,8 +359,8 @@ def _infer_fill(value, shape):
     inputs' shapes (`zeros((B, 4))`)."""
     if value.rank != 0:
         raise OpTypeError(f"fill needs a scalar value, got {value}")
-    if any(isinstance(d, int) and d < 1 for d in shape):
-        raise OpTypeError(f"fill's shape {format_shape(shape)} needs positive sizes")
+    if any(isinstance(d, int) and d < 0 for d in shape):
+        raise OpTypeError(f"fill's shape {format_shape(shape)} needs sizes of 0 or more")
     return value.with_shape(shape)
 
 

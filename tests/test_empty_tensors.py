@@ -1,0 +1,178 @@
+"""Tensors with a dim of size 0: ONNX's meaning on every backend, forward and backward.
+
+Each program runs on the compiled numpy backend, the numpy interpreter it replaces, and
+onnxruntime; all three must agree on every value, NaN included. What has no value (argmax over
+nothing, cross_entropy over no classes) is a located error.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import chainrule
+from chainrule.gradcheck import gradcheck
+from chainrule.ir import ChainruleError
+from support.backend_checks import check_against_interpreter_twice
+from support.cli import chainrule as chainrule_cli
+from support.paths import ROOT
+
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+INTS = np.arange(12, dtype=np.int64).reshape(3, 4)
+I64 = np.iinfo(np.int64)
+
+
+def model_of(body: str, signature: str = "x: f32[3, 4]"):
+    return chainrule.compile(source=f"model m({signature}) {{\n    J = {body}\n    return J\n}}\n")
+
+
+def run_everywhere(model, **feeds) -> dict:
+    """J on the compiled numpy backend and on onnxruntime, after the interpreter has given the
+    compiled backend's values; numpy's RuntimeWarnings are left to the caller."""
+    graph, _ = model.compile_graph(opt_level="O2")
+    check_against_interpreter_twice(graph, feeds, model.params)
+    numpy_value = model.run(**feeds)["J"]
+    onnx_value = model.run(backend="onnxruntime", **feeds)["J"]
+    assert onnx_value.dtype == numpy_value.dtype and onnx_value.shape == numpy_value.shape
+    np.testing.assert_array_equal(onnx_value, numpy_value)
+    return numpy_value
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("sum(x[:, 2:2])", np.float32(0)),
+    ("sum(x[:, 2:2], axis=1)", np.zeros(3, np.float32)),
+    ("prod(x[:, 2:2], axis=1)", np.ones(3, np.float32)),
+    ("prod(x[1:1, :])", np.float32(1)),
+    ("max(x[:, 2:2], axis=1)", np.full(3, -np.inf, np.float32)),
+    ("min(x[:, 2:2])", np.float32(np.inf)),
+    ("logsumexp(x[:, 2:2], axis=1)", np.full(3, -np.inf, np.float32)),
+    ("max(x[1:1, :], axis=0, keepdims=true)", np.full((1, 4), -np.inf, np.float32)),
+])
+def test_reductions_over_nothing_give_their_identity(body, expected):
+    value = run_everywhere(model_of(body), x=X)
+    assert value.shape == expected.shape
+    np.testing.assert_array_equal(value, expected)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("max(x[:, 2:2], axis=1)", np.full(3, I64.min)),
+    ("min(x[:, 2:2], axis=1)", np.full(3, I64.max)),
+    ("sum(x[0:0, :])", np.int64(0)),
+    ("prod(x[0:0, :], axis=0)", np.ones(4, np.int64)),
+])
+def test_integer_extremes_over_nothing_are_the_dtypes_bounds(body, expected):
+    value = run_everywhere(model_of(body, "x: i64[3, 4]"), x=INTS)
+    np.testing.assert_array_equal(value, expected)
+    assert value.dtype == np.int64
+
+
+@pytest.mark.parametrize("body, shape", [("mean(x[:, 2:2])", ()), ("mean(x[:, 2:2], axis=1)", (3,))])
+def test_the_mean_of_nothing_is_nan_and_numpy_warns(body, shape):
+    model = model_of(body)
+    with pytest.warns(RuntimeWarning, match="Mean of empty slice"):
+        model.run(x=X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = run_everywhere(model, x=X)
+    assert value.shape == shape and np.all(np.isnan(value))
+
+
+@pytest.mark.parametrize("body, shape", [
+    ("softmax(x[:, 2:2], axis=1)", (3, 0)),
+    ("log_softmax(x[:, 2:2], axis=-1)", (3, 0)),
+    ("softmax(x[:, 2:2], axis=0)", (3, 0)),
+    ("exp(x[:, 2:2]) * 2.0 + x[:, 3:3]", (3, 0)),
+    ("x[:, 2:2] + x[:, 0:1]", (3, 0)),  # 0 broadcasts with 1 to 0
+    ("x[0:0, :] * x[0:1, :]", (0, 4)),
+    ("reshape(x[:, 2:2], (-1,))", (0,)),
+    ("reshape(x[:, 2:2], (5, -1))", (5, 0)),
+    ("cumsum(x[:, 2:2], axis=1)", (3, 0)),
+    ("x[:, 2:2].T", (0, 3)),
+    ("argmax(x[:, 2:2], axis=0)", (0,)),  # one index per empty column: none
+    ("zeros((3, 0)) + x[:, 1:1]", (3, 0)),
+])
+def test_ops_on_empty_tensors_give_empty_results(body, shape):
+    assert run_everywhere(model_of(body), x=X).shape == shape
+
+
+def test_an_empty_slice_inside_a_concat_adds_nothing():
+    value = run_everywhere(model_of("concat(x[:, 0:2], x[:, 2:2], x[:, 2:4], axis=1)"), x=X)
+    np.testing.assert_array_equal(value, X)
+
+
+def test_a_matmul_over_an_inner_dim_of_0_gives_zeros():
+    value = run_everywhere(model_of("x[:, 1:1] @ x[:, 1:1].T"), x=X)
+    np.testing.assert_array_equal(value, np.zeros((3, 3), np.float32))
+
+
+def test_an_empty_input_runs():
+    value = run_everywhere(model_of("sum(x, axis=1) + 1.0", "x: f32[B, 0]"),
+                           x=np.zeros((5, 0), np.float32))
+    np.testing.assert_array_equal(value, np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize("body, signature, message, column", [
+    ("argmax(x[:, 2:2], axis=1)", "x: f32[3, 4]",
+     "argmax over an empty axis is undefined (axis 1 of f32[3, 0] has size 0)", 9),
+    ("argmin(x, axis=0)", "x: f32[0, 4]", "argmin over an empty axis is undefined", 9),
+    ("cross_entropy(x[:, 0:0], y)", "x: f32[3, 4], y: i64[3]",
+     "cross_entropy over 0 classes is undefined", 9),
+])
+def test_what_has_no_value_over_nothing_is_a_located_error(body, signature, message, column):
+    with pytest.raises(ChainruleError) as caught:
+        model_of(body, signature)
+    assert message in caught.value.message
+    assert (caught.value.line, caught.value.col) == (2, column)
+
+
+def test_a_param_with_a_dim_of_size_0_is_refused():
+    with pytest.raises(ChainruleError) as caught:
+        chainrule.compile(source="model m(x: f32[3]) {\n    param W: f32[3, 0] = zeros()\n"
+                                 "    J = sum(x)\n    return J\n}\n")
+    assert "a param with a dim of size 0 holds nothing to learn" in caught.value.message
+    assert caught.value.line == 2
+
+
+GRADIENT_THROUGH_EMPTIES = """model m(x: f32[3, 4]) {
+    param W: f32[4, 5] = glorot()
+    param V: f32[5, 2] = glorot()
+    h = tanh(x @ W)
+    e = h[:, 2:2]
+    whole = concat(h[:, 0:2], e, h[:, 2:5], axis=1)
+    z = e @ V[0:0, :] + h @ V
+    J = sum(whole * whole) + sum(e) + mean(h) + sum(prod(e, axis=1) * h[:, 0]) + sum(z * z) \\
+        + sum(exp(logsumexp(e, axis=1)) * h[:, 1]) + sum(softmax(e, axis=1)) \\
+        + sum(reshape(e, (-1,)))
+    return J
+}"""
+
+
+def test_gradients_through_empty_slices_match_finite_differences():
+    model = chainrule.compile(source=GRADIENT_THROUGH_EMPTIES)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    rows = gradcheck(model, {"x": x}, backends=("numpy", "onnxruntime"))
+    assert {row.param for row in rows} == {"W", "V"}
+    assert all(row.passed for row in rows), rows
+    for level in ("O0", "O2"):
+        graph, _ = model.compile_graph(grad=True, opt_level=level)
+        check_against_interpreter_twice(graph, {"x": x}, model.params)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_a_batch_of_0_rows_runs_forward_and_its_mean_loss_is_nan(backend):
+    model = chainrule.compile(ROOT / "examples" / "digits_classifier.nn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        outputs = model.run(backend=backend, x=np.zeros((0, 64), np.float32),
+                            y=np.zeros(0, np.int64))
+        grads = model.grad(backend=backend, x=np.zeros((0, 64), np.float32),
+                           y=np.zeros(0, np.int64))
+    assert np.isnan(outputs["J"]) and outputs["logits"].shape == (0, 10)
+    assert all(not np.any(grads[name]) for name in model.params)  # no rows, no gradient
+
+
+def test_dim_0_on_the_command_line_runs_and_warns_of_the_nan_loss():
+    result = chainrule_cli("run", ROOT / "examples" / "mlp.nn", "--random-inputs", "--dim", "B=0")
+    assert result.returncode == 0, result.stderr
+    assert "J  float32[] = nan" in result.stdout and "o  float32[0, 10]" in result.stdout
+    assert "J holds NaN or Inf" in result.stderr
+
