@@ -7,13 +7,19 @@ nothing, cross_entropy over no classes) is a located error.
 import warnings
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import chainrule
 from chainrule.gradcheck import gradcheck
 from chainrule.ir import ChainruleError
+from chainrule.onnx_import import UnsupportedModel
 from support.backend_checks import check_against_interpreter_twice
 from support.cli import chainrule as chainrule_cli
+from support.onnx_models import model_of as onnx_model_of
+from support.onnx_models import run_both
 from support.paths import ROOT
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -176,3 +182,71 @@ def test_dim_0_on_the_command_line_runs_and_warns_of_the_nan_loss():
     assert "J  float32[] = nan" in result.stdout and "o  float32[0, 10]" in result.stdout
     assert "J holds NaN or Inf" in result.stderr
 
+
+
+# ---- the ONNX importer ------------------------------------------------------------------------
+
+def ints(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def empty_slice(into: str) -> list:
+    """`into` = x[:, 2:2]: an empty value computed in the model."""
+    return [helper.make_node("Slice", ["x", "two", "two", "one"], [into])]
+
+
+SLICE_BOUNDS = [ints("two", [2]), ints("one", [1])]
+
+IMPORTED = {
+    "Tile with a repeat of 0": ([helper.make_node("Tile", ["x", "repeats"], ["y"])],
+                                [ints("repeats", [1, 0])]),
+    "Compress that keeps nothing": (
+        [helper.make_node("Compress", ["x", "keep"], ["y"], axis=1)],
+        [numpy_helper.from_array(np.zeros(4, bool), "keep")]),
+    "Reshape with allowzero to a 0": (
+        empty_slice("e") + [helper.make_node("Reshape", ["e", "shape"], ["y"], allowzero=1)],
+        SLICE_BOUNDS + [ints("shape", [0, 3, 5])]),
+    "an empty initializer in a Concat": (
+        [helper.make_node("Concat", ["x", "nothing"], ["y"], axis=1)],
+        [numpy_helper.from_array(np.zeros((3, 0), np.float32), "nothing")]),
+    "ReduceMax over nothing": (
+        empty_slice("e") + [helper.make_node("ReduceMax", ["e", "one"], ["y"], keepdims=0)],
+        SLICE_BOUNDS),
+    "ReduceMean over nothing": (
+        empty_slice("e") + [helper.make_node("ReduceMean", ["e", "one"], ["y"], keepdims=0)],
+        SLICE_BOUNDS),
+    "Resize to a size of 0": (
+        [helper.make_node("Reshape", ["x", "image"], ["x4"]),
+         helper.make_node("Resize", ["x4", "", "", "sizes"], ["y"], mode="nearest")],
+        [ints("image", [1, 1, 3, 4]), ints("sizes", [1, 1, 0, 4])]),
+}
+
+
+@pytest.mark.parametrize("case", IMPORTED)
+def test_imported_empty_tensors_agree_with_onnx_on_both_backends(case):
+    nodes, initializers = IMPORTED[case]
+    proto = onnx_model_of(nodes, [("x", TensorProto.FLOAT, [3, 4])], [("y", TensorProto.FLOAT, None)],
+                     initializers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of nothing
+        expected = ReferenceEvaluator(proto).run(None, {"x": X})[0]
+        got = run_both(chainrule.import_onnx(proto), x=X)["y"]
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_an_empty_onnx_input_imports_and_runs():
+    proto = onnx_model_of([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
+                     [("x", TensorProto.FLOAT, [0, 4])], [("y", TensorProto.FLOAT, None)])
+    got = run_both(chainrule.import_onnx(proto), x=np.zeros((0, 4), np.float32))["y"]
+    assert got == np.float32(0)
+
+
+def test_an_imported_argmax_over_an_empty_axis_is_refused_naming_its_node():
+    proto = onnx_model_of([helper.make_node("ArgMax", ["x"], ["y"], axis=0, name="pick")],
+                     [("x", TensorProto.FLOAT, [0, 4])], [("y", TensorProto.INT64, None)])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    problem, = caught.value.problems
+    assert problem.node == "pick"
+    assert "argmax over an empty axis is undefined" in problem.reason
