@@ -164,16 +164,29 @@ def test_gradients_through_empty_slices_match_finite_differences():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
-def test_a_batch_of_0_rows_runs_forward_and_its_mean_loss_is_nan(backend):
-    model = chainrule.compile(ROOT / "examples" / "digits_classifier.nn")
+@pytest.mark.parametrize("example", ["digits_classifier", "lenet_digits"])  # lenet: conv, flatten
+def test_a_batch_of_0_rows_runs_forward_and_its_mean_loss_is_nan(example, backend):
+    model = chainrule.compile(ROOT / "examples" / f"{example}.nn")
+    empty = {"x": np.zeros((0, 64), np.float32), "y": np.zeros(0, np.int64)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        outputs = model.run(backend=backend, x=np.zeros((0, 64), np.float32),
-                            y=np.zeros(0, np.int64))
-        grads = model.grad(backend=backend, x=np.zeros((0, 64), np.float32),
-                           y=np.zeros(0, np.int64))
+        outputs = model.run(backend=backend, **empty)
+        grads = model.grad(backend=backend, **empty)
     assert np.isnan(outputs["J"]) and outputs["logits"].shape == (0, 10)
-    assert all(not np.any(grads[name]) for name in model.params)  # no rows, no gradient
+    trained = [value.name for value in model.graph.trainable_values()]
+    assert all(not np.any(grads[name]) for name in trained)  # no rows, no gradient
+
+
+@pytest.mark.parametrize("shape, target, expected", [
+    ((0, 16, 2, 2), (0, -1), (0, 64)),  # a batch of 0 flattened: numpy alone finds -1 ambiguous
+    ((0, 64), (-1, 1, 8, 8), (0, 1, 8, 8)),
+    ((3, 0), (5, -1), (5, 0)),
+])
+def test_an_empty_reshape_sizes_its_minus_one_as_the_type_rule_does(shape, target, expected):
+    source = (f"model m(x: f32[{', '.join(map(str, shape))}]) {{\n"
+              f"    J = reshape(x, {target})\n    return J\n}}\n")
+    assert run_everywhere(chainrule.compile(source=source), x=np.zeros(shape, np.float32)).shape \
+        == expected
 
 
 def test_dim_0_on_the_command_line_runs_and_warns_of_the_nan_loss():
@@ -240,6 +253,14 @@ def test_an_empty_onnx_input_imports_and_runs():
                      [("x", TensorProto.FLOAT, [0, 4])], [("y", TensorProto.FLOAT, None)])
     got = run_both(chainrule.import_onnx(proto), x=np.zeros((0, 4), np.float32))["y"]
     assert got == np.float32(0)
+
+
+@pytest.mark.parametrize("op_type, expected", [("ReduceMax", False), ("ReduceMin", True)])
+def test_any_and_all_of_nothing_import_as_false_and_true(op_type, expected):
+    proto = onnx_model_of([helper.make_node(op_type, ["x"], ["y"], keepdims=0)],
+                          [("x", TensorProto.BOOL, [0, 3])], [("y", TensorProto.BOOL, None)])
+    got = run_both(chainrule.import_onnx(proto), x=np.zeros((0, 3), bool))["y"]
+    np.testing.assert_array_equal(got, np.bool_(expected))
 
 
 def test_an_imported_argmax_over_an_empty_axis_is_refused_naming_its_node():

@@ -252,7 +252,26 @@ def _broadcast_to(x, shape):
 
 @kernel("reshape")
 def _reshape(x, shape):
-    return np.reshape(x, [x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+    target = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    if -1 in target and 0 in target:
+        target[target.index(-1)] = _left_of_nothing(x.shape, target)
+    return np.reshape(x, target)
+
+
+def _left_of_nothing(shape, target) -> int:
+    """The size a -1 stands for beside a 0, which numpy finds ambiguous (0 / 0): x's
+    dims over the target's others once the dims both hold are cancelled, as the type rule
+    cancels B in (B*64) / B; a 0 in both is the same empty axis, a batch of 0 rows."""
+    left, others = list(shape), []
+    for dim in target:
+        if dim in left:
+            left.remove(dim)
+        elif dim != -1:
+            others.append(dim)
+    if 0 in left or 0 in others:
+        raise ValueError(f"reshape of an empty {list(shape)} to {list(target)}: the -1 could "
+                         f"be any size")
+    return math.prod(left) // math.prod(others)
 
 
 @kernel("reshape_like")
@@ -419,7 +438,9 @@ def _columns(padded, kernel, strides, dilations, groups):
     windows = _windows(padded, kernel, strides, dilations)
     rank = len(kernel)
     ordered = windows.transpose(0, *range(rank + 2, 2 * rank + 2), *range(1, rank + 2))
-    return ordered.reshape(groups, -1, math.prod(windows.shape[1:rank + 2]))
+    # Every size given: a -1 is ambiguous when a batch of 0 leaves no columns.
+    rows = windows.shape[0] // groups * math.prod(kernel)
+    return ordered.reshape(groups, rows, math.prod(windows.shape[1:rank + 2]))
 
 
 def _taps(kernel):

@@ -291,13 +291,22 @@ def _fill(em, node, out, value):
     em.add("Expand", [value, em.dims(node.attrs["shape"])], out)
 
 
+ALLOWZERO_SINCE = 14  # Reshape's allowzero
+
+
 @lowering("reshape")
 def _reshape(em, node, out, x):
-    # ONNX Reshape shares the IR's meaning of 0 (copy the input dim) and -1.
-    em.add("Reshape", [x, em.dims(node.attrs["shape"])], out)
-
-
-ALLOWZERO_SINCE = 14  # Reshape's allowzero
+    # ONNX Reshape shares the IR's meaning of 0 (copy the input dim) and -1. onnxruntime
+    # refuses a -1 when x holds nothing (a batch of 0 rows flattened), as the size it stands
+    # for is then ambiguous: a -1 the type rule sized is written as that size, and an empty
+    # result of fixed sizes as its shape, where allowzero keeps a 0 an empty axis.
+    result = node.output.type.shape
+    if 0 in result and em.opset >= ALLOWZERO_SINCE and all(isinstance(d, int) for d in result):
+        em.add("Reshape", [x, em.ints(list(result), "shape")], out, allowzero=1)
+        return
+    shape = [size if d == -1 and isinstance(size, int) and size > 0 else d
+             for d, size in zip(node.attrs["shape"], result, strict=True)]
+    em.add("Reshape", [x, em.dims(shape)], out)
 
 
 @lowering("reshape_like")
