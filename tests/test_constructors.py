@@ -232,7 +232,7 @@ ERRORS = [
      "f32[B, 3]"),
     ("eye(0)", 9, "eye(): n must be a positive integer, not 0"),
     ("eye(2.0)", 9, "eye(): n must be a positive integer, not 2.0"),
-    ("arange(-3)", 9, "arange(): n must be a positive integer or a dim, not -3"),
+    ("arange(-3)", 9, "arange(): n must be an integer of 0 or more or a dim, not -3"),
     ("eye(B)", 9, "eye(): B is a symbolic dim, known only when the model runs, but n "
                   "must be known when it compiles; bind it (--dim B=N) or give a number"),
     ("zeros((B / 2, 3))", 16, "B is a symbolic dim, known only when the model runs, but a dim "

@@ -95,6 +95,7 @@ def test_the_mean_of_nothing_is_nan_and_numpy_warns(body, shape):
     ("x[:, 2:2].T", (0, 3)),
     ("argmax(x[:, 2:2], axis=0)", (0,)),  # one index per empty column: none
     ("zeros((3, 0)) + x[:, 1:1]", (3, 0)),
+    ("f32(arange(0)) + x[0, 0:0]", (0,)),
 ])
 def test_ops_on_empty_tensors_give_empty_results(body, shape):
     assert run_everywhere(model_of(body), x=X).shape == shape
@@ -187,6 +188,22 @@ def test_an_empty_reshape_sizes_its_minus_one_as_the_type_rule_does(shape, targe
               f"    J = reshape(x, {target})\n    return J\n}}\n")
     assert run_everywhere(chainrule.compile(source=source), x=np.zeros(shape, np.float32)).shape \
         == expected
+
+
+@pytest.mark.parametrize("dims", [{"B": 2, "T": 0}, {"B": 0, "T": 3}])
+def test_an_attention_block_over_dims_fixed_at_0_gives_one_gradient_on_both_backends(dims):
+    """onnxruntime's graph optimisations fold shapes with a fixed 0 wrongly: the backend turns
+    them off for such a graph, which would otherwise fail to load."""
+    model = chainrule.compile(ROOT / "examples" / "attention.nn", dims=dims)
+    feeds = {"x": np.ones((dims["B"], dims["T"], 8), np.float32),
+             "t": np.ones((dims["B"], 1), np.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        numpy_grads = model.grad(**feeds)
+        onnx_grads = model.grad(backend="onnxruntime", **feeds)
+    for name, value in numpy_grads.items():
+        np.testing.assert_array_equal(onnx_grads[name], value, err_msg=name)
+    assert np.isnan(numpy_grads["J"])
 
 
 def test_dim_0_on_the_command_line_runs_and_warns_of_the_nan_loss():

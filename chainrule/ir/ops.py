@@ -492,8 +492,8 @@ def _infer_constant(value, dtype):
 
 
 def _infer_arange(n):
-    if isinstance(n, int) and n < 1:
-        raise OpTypeError(f"arange needs a positive count, got {n}")
+    if isinstance(n, int) and n < 0:
+        raise OpTypeError(f"arange needs a count of 0 or more, got {n}")
     return TensorType("i64", (n,))
 
 
