@@ -18,6 +18,7 @@ from chainrule.ir import ChainruleError
 from chainrule.onnx_import import UnsupportedModel
 from support.backend_checks import check_against_interpreter_twice
 from support.cli import chainrule as chainrule_cli
+from support.cli import fails
 from support.onnx_models import model_of as onnx_model_of
 from support.onnx_models import run_both
 from support.paths import ROOT
@@ -288,3 +289,15 @@ def test_an_imported_argmax_over_an_empty_axis_is_refused_naming_its_node():
     problem, = caught.value.problems
     assert problem.node == "pick"
     assert "argmax over an empty axis is undefined" in problem.reason
+
+
+@pytest.mark.parametrize("command, what", [("train", "training data"), ("evaluate", "the data")])
+def test_training_or_evaluating_on_0_rows_is_refused(tmp_path, command, what):
+    """A model runs on 0 rows, but a step or an average over rows needs at least one."""
+    data = tmp_path / "none.npz"
+    np.savez(data, x=np.zeros((0, 64), np.float32), y=np.zeros(0, np.int64))
+    out = tmp_path / "p.npz"
+    result = fails(chainrule_cli(command, ROOT / "examples" / "digits_classifier.nn", "--data",
+                                 data, *(["-o", out] if command == "train" else [])))
+    assert f"{what} has 0 rows" in result.stderr
+    assert not out.exists()
