@@ -16,7 +16,7 @@ import chainrule
 from chainrule.gradcheck import gradcheck
 from chainrule.ir import ChainruleError
 from chainrule.onnx_import import UnsupportedModel
-from support.backend_checks import check_against_interpreter_twice
+from support.backend_checks import check_against_interpreter_twice, check_standard
 from support.cli import chainrule as chainrule_cli
 from support.cli import fails
 from support.onnx_models import model_of as onnx_model_of
@@ -163,6 +163,24 @@ def test_gradients_through_empty_slices_match_finite_differences():
     for level in ("O0", "O2"):
         graph, _ = model.compile_graph(grad=True, opt_level=level)
         check_against_interpreter_twice(graph, {"x": x}, model.params)
+
+
+@pytest.mark.parametrize("opset", [13, 14, 18])  # Reshape's allowzero came in 14
+def test_the_exported_gradient_through_empties_runs_in_onnxruntime_at_every_opset(opset):
+    import onnxruntime
+    model = chainrule.compile(source=GRADIENT_THROUGH_EMPTIES)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    proto = model.to_onnx(grad=True, opset=opset)
+    check_standard(proto)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    fed = {i.name for i in session.get_inputs()}
+    got = session.run(None, {name: value for name, value in {"x": x, **model.params}.items()
+                             if name in fed})
+    expected = model.grad(x=x)
+    for output, value in zip(session.get_outputs(), got, strict=True):
+        np.testing.assert_allclose(value, expected[output.name.removeprefix("dJ/d")], rtol=1e-5,
+                                   atol=1e-6, err_msg=output.name)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])

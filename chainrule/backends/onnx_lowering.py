@@ -298,11 +298,10 @@ ALLOWZERO_SINCE = 14  # Reshape's allowzero
 def _reshape(em, node, out, x):
     # ONNX Reshape shares the IR's meaning of 0 (copy the input dim) and -1. onnxruntime
     # refuses a -1 when x holds nothing (a batch of 0 rows flattened), as the size it stands
-    # for is then ambiguous: a -1 the type rule sized is written as that size, and an empty
-    # result of fixed sizes as its shape, where allowzero keeps a 0 an empty axis.
+    # for is then ambiguous: a -1 the type rule sized is written as that size.
     result = node.output.type.shape
-    if 0 in result and em.opset >= ALLOWZERO_SINCE and all(isinstance(d, int) for d in result):
-        em.add("Reshape", [x, em.ints(list(result), "shape")], out, allowzero=1)
+    if 0 in result and all(isinstance(d, int) for d in result):
+        _nothing(em, node, out, em.ints(list(result), "shape"))
         return
     shape = [size if d == -1 and isinstance(size, int) and size > 0 else d
              for d, size in zip(node.attrs["shape"], result, strict=True)]
@@ -313,8 +312,19 @@ def _reshape(em, node, out, x):
 def _reshape_like(em, node, out, x, like):
     # like's shape holds sizes only: a 0 in it is an empty axis, which Reshape takes as such
     # with allowzero=1; without it, 0 would copy x's dim.
-    allowzero = {"allowzero": 1} if em.opset >= ALLOWZERO_SINCE else {}
-    em.add("Reshape", [x, em.add("Shape", [like])], out, **allowzero)
+    shape = em.add("Shape", [like])
+    if em.opset >= ALLOWZERO_SINCE:
+        em.add("Reshape", [x, shape], out, allowzero=1)
+    elif 0 in node.output.type.shape:
+        _nothing(em, node, out, shape)
+    else:
+        em.add("Reshape", [x, shape], out)
+
+
+def _nothing(em, node, out, shape):
+    """An empty result of `shape`, where a Reshape's 0 would copy a dim of x: x holds
+    nothing, and so do zeros of that shape."""
+    em.add("Expand", [em.scalar(0.0, _dtype(node)), shape], out)
 
 
 @lowering("unsqueeze")
