@@ -132,6 +132,14 @@ def test_what_has_no_value_over_nothing_is_a_located_error(body, signature, mess
     assert (caught.value.line, caught.value.col) == (2, column)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_an_argmax_over_a_dim_bound_to_0_at_run_time_fails_at_its_line(backend):
+    model = model_of("argmax(x, axis=1)", "x: f32[3, N]")
+    with pytest.raises(ChainruleError) as caught:
+        model.run(backend=backend, x=np.zeros((3, 0), np.float32))
+    assert caught.value.line == 2 and "argmax" in caught.value.message
+
+
 def test_a_param_with_a_dim_of_size_0_is_refused():
     with pytest.raises(ChainruleError) as caught:
         chainrule.compile(source="model m(x: f32[3]) {\n    param W: f32[3, 0] = zeros()\n"
