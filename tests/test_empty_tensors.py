@@ -9,17 +9,23 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import chainrule
+from chainrule.backends import get_backend
 from chainrule.gradcheck import gradcheck
 from chainrule.ir import ChainruleError
 from chainrule.onnx_import import UnsupportedModel
+from op_cases import Arg, Case, forward_graph
 from support.backend_checks import check_against_interpreter_twice, check_standard
 from support.cli import chainrule as chainrule_cli
 from support.cli import fails
 from support.onnx_models import model_of as onnx_model_of
+from support.op_checks import check_against_reference, check_on_onnxruntime
 from support.onnx_models import run_both
 from support.paths import ROOT
 
@@ -100,6 +106,74 @@ def test_the_mean_of_nothing_is_nan_and_numpy_warns(body, shape):
 ])
 def test_ops_on_empty_tensors_give_empty_results(body, shape):
     assert run_everywhere(model_of(body), x=X).shape == shape
+
+
+# ---- random shapes with a dim of 0 ------------------------------------------------------------
+
+RANDOM_SHAPES = settings(max_examples=20, derandomize=True, deadline=None)
+EMPTY_SHAPES = hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=3).filter(
+    lambda shape: 0 in shape)
+UNARY = ["neg", "exp", "tanh", "relu", "sigmoid", "abs", "gelu", "softplus", "sin"]
+BINARY = ["add", "sub", "mul", "maximum", "minimum"]
+
+
+@RANDOM_SHAPES
+@given(op=st.sampled_from(UNARY), shape=EMPTY_SHAPES)
+def test_elementwise_ops_and_their_gradients_on_random_empty_shapes(op, shape):
+    case = Case(op, (Arg(shape),))
+    check_against_reference(case, np.random.default_rng(0))
+    check_on_onnxruntime(case, "f64")
+
+
+@RANDOM_SHAPES
+@given(op=st.sampled_from(BINARY),
+       shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=3,
+                                                min_side=0, max_side=3).filter(
+           lambda drawn: 0 in drawn.result_shape))
+def test_broadcasting_with_a_dim_of_0_on_random_shapes(op, shapes):
+    case = Case(op, tuple(Arg(shape) for shape in shapes.input_shapes))
+    check_against_reference(case, np.random.default_rng(0))
+    check_on_onnxruntime(case, "f64")
+
+
+# op -> numpy's reduction, given the identity ONNX gives over nothing
+IDENTITIES = {"sum": (np.sum, None), "prod": (np.prod, None), "max": (np.max, -np.inf),
+              "min": (np.min, np.inf)}
+
+
+@st.composite
+def empty_reductions(draw_from):
+    shape = draw_from(EMPTY_SHAPES)
+    op = draw_from(st.sampled_from(sorted(IDENTITIES) + ["mean", "logsumexp"]))
+    axes = draw_from(st.none() | st.lists(st.integers(0, len(shape) - 1), min_size=1,
+                                          unique=True).map(tuple))
+    return Case(op, (Arg(shape),), {"axes": axes, "keepdims": draw_from(st.booleans())})
+
+
+def reduced_over_nothing_as_numpy_does(case: Case, x: np.ndarray) -> np.ndarray:
+    axes, keepdims = case.attrs["axes"], case.attrs["keepdims"]
+    if case.op == "mean":
+        return np.mean(x, axis=axes, keepdims=keepdims)
+    if case.op == "logsumexp":
+        return np.log(np.sum(np.exp(x), axis=axes, keepdims=keepdims))
+    reduce, initial = IDENTITIES[case.op]
+    return reduce(x, axis=axes, keepdims=keepdims, **({} if initial is None else
+                                                      {"initial": initial}))
+
+
+@RANDOM_SHAPES
+@given(case=empty_reductions())
+def test_reductions_of_random_empty_shapes_agree_with_numpy_on_every_backend(case):
+    graph = forward_graph(case)
+    x = np.random.default_rng(0).normal(size=case.args[0].shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.asarray(reduced_over_nothing_as_numpy_does(case, x))
+        check_against_interpreter_twice(graph, {"a0": x}, {})
+        for backend in ("numpy", "onnxruntime"):
+            got = get_backend(backend).run(graph, {"a0": x}, {})["out"]
+            assert got.shape == expected.shape == tuple(graph.outputs[0].type.shape), case.id
+            np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=f"{backend} {case.id}")
 
 
 def test_an_empty_slice_inside_a_concat_adds_nothing():
