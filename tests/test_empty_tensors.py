@@ -265,6 +265,20 @@ def test_the_exported_gradient_through_empties_runs_in_onnxruntime_at_every_opse
                                    atol=1e-6, err_msg=output.name)
 
 
+@pytest.mark.parametrize("opset", [13, 17, 18, 20])  # ReduceMax's versions: 13, 18, 20
+@pytest.mark.parametrize("signature, array", [("x: f32[3, 4]", X), ("x: i64[3, 4]", INTS)])
+def test_extremes_over_nothing_are_the_same_at_every_opset(opset, signature, array):
+    import onnxruntime
+    model = chainrule.compile(source=f"model m({signature}) {{\n    e = x[:, 2:2]\n"
+                                     f"    return max(e, axis=1), min(e, axis=1)\n}}\n")
+    expected = model.run(x=array)
+    proto = model.to_onnx(opset=opset)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    for output, value in zip(session.get_outputs(), session.run(None, {"x": array}), strict=True):
+        np.testing.assert_array_equal(value, expected[output.name], err_msg=output.name)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("example", ["digits_classifier", "lenet_digits"])  # lenet: conv, flatten
 def test_a_batch_of_0_rows_runs_forward_and_its_mean_loss_is_nan(example, backend):
