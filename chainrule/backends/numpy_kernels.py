@@ -254,11 +254,11 @@ def _broadcast_to(x, shape):
 def _reshape(x, shape):
     target = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     if -1 in target and 0 in target:
-        target[target.index(-1)] = _left_of_nothing(x.shape, target)
+        target[target.index(-1)] = _minus_one_beside_a_zero(x.shape, target)
     return np.reshape(x, target)
 
 
-def _left_of_nothing(shape, target) -> int:
+def _minus_one_beside_a_zero(shape, target) -> int:
     """The size a -1 stands for beside a 0, which numpy finds ambiguous (0 / 0): x's
     dims over the target's others once the dims both hold are cancelled, as the type rule
     cancels B in (B*64) / B; a 0 in both is the same empty axis, a batch of 0 rows."""

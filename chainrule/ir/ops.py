@@ -598,8 +598,9 @@ register("scan", ONE_OR_MORE, infer_scan,
 REDUCE = ("reduction", "fresh_result")
 register("sum", 1, _reduction("sum"), AXES, traits=REDUCE + ("linear",), numpy="sum")
 register("mean", 1, _reduction("mean"), AXES, traits=REDUCE + ("linear",), numpy="mean")
-register("max", 1, _reduction("max"), AXES, traits=REDUCE, numpy="max")
-register("min", 1, _reduction("min"), AXES, traits=REDUCE, numpy="min")
+# Not numpy's max and min, which refuse an empty axis: their kernels give ONNX's -inf and +inf.
+register("max", 1, _reduction("max"), AXES, traits=REDUCE)
+register("min", 1, _reduction("min"), AXES, traits=REDUCE)
 register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
 register("prod", 1, _reduction("prod"), AXES, traits=REDUCE, numpy="prod")
 register("cumsum", 1, _infer_cumsum, {"axis": AttrSpec("int")}, traits=("fresh_result",),
