@@ -94,7 +94,10 @@ def check_dataset(graph, arrays: dict, what: str) -> int:
     if len(set(rows.values())) != 1 or None in rows.values():
         listed = ", ".join(f"{n}: {r} rows" for n, r in rows.items())
         raise ChainruleError(f"{what}: the inputs must have the same number of rows ({listed})")
-    return next(iter(rows.values()))
+    count = next(iter(rows.values()))
+    if count == 0:  # a model runs on 0 rows, but no step or average can be made of none
+        raise ChainruleError(f"{what} has 0 rows")
+    return count
 
 
 def take_rows(arrays: dict, rows: np.ndarray) -> dict:

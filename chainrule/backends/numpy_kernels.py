@@ -149,10 +149,30 @@ def _transpose(x, perm):
     return np.transpose(x, perm)
 
 
+def _lowest(dtype):
+    """What max gives over nothing, as ONNX's ReduceMax: -inf, or an int dtype's least value."""
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _highest(dtype):
+    return np.inf if dtype.kind == "f" else np.iinfo(dtype).max
+
+
+@kernel("max")
+def _max(x, axes, keepdims):
+    return np.max(x, axis=_axes(axes), keepdims=keepdims, initial=_lowest(x.dtype))
+
+
+@kernel("min")
+def _min(x, axes, keepdims):
+    return np.min(x, axis=_axes(axes), keepdims=keepdims, initial=_highest(x.dtype))
+
+
 @kernel("logsumexp")
 def _logsumexp(x, axes, keepdims):
-    # Shift by the max so exp cannot overflow; an all -inf slice keeps -inf instead of nan.
-    peak = np.max(x, axis=_axes(axes), keepdims=True)
+    # Shift by the max so exp cannot overflow; an all -inf slice keeps -inf instead of nan,
+    # and so does an empty one (its max is -inf, its sum of exps 0).
+    peak = np.max(x, axis=_axes(axes), keepdims=True, initial=-np.inf)
     peak = np.where(np.isfinite(peak), peak, 0)
     total = np.log(np.sum(np.exp(x - peak), axis=_axes(axes), keepdims=True)) + peak
     return total if keepdims else np.squeeze(total, axis=_axes(axes))
@@ -162,12 +182,16 @@ def _logsumexp(x, axes, keepdims):
 # calls these every step, and the functions' dispatch layers cost more than the arithmetic.
 @kernel("log_softmax")
 def _log_softmax(x, axis):
+    if x.size == 0:  # x.max has no identity to give over an empty axis; nothing to compute
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 @kernel("softmax")
 def _softmax(x, axis):
+    if x.size == 0:
+        return x.copy()
     shifted = np.exp(x - x.max(axis=axis, keepdims=True))
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
@@ -228,7 +252,26 @@ def _broadcast_to(x, shape):
 
 @kernel("reshape")
 def _reshape(x, shape):
-    return np.reshape(x, [x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+    target = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    if -1 in target and 0 in target:
+        target[target.index(-1)] = _minus_one_beside_a_zero(x.shape, target)
+    return np.reshape(x, target)
+
+
+def _minus_one_beside_a_zero(shape, target) -> int:
+    """The size a -1 stands for beside a 0, which numpy finds ambiguous (0 / 0): x's
+    dims over the target's others once the dims both hold are cancelled, as the type rule
+    cancels B in (B*64) / B; a 0 in both is the same empty axis, a batch of 0 rows."""
+    left, others = list(shape), []
+    for dim in target:
+        if dim in left:
+            left.remove(dim)
+        elif dim != -1:
+            others.append(dim)
+    if 0 in left or 0 in others:
+        raise ValueError(f"reshape of an empty {list(shape)} to {list(target)}: the -1 could "
+                         f"be any size")
+    return math.prod(left) // math.prod(others)
 
 
 @kernel("reshape_like")
@@ -395,7 +438,9 @@ def _columns(padded, kernel, strides, dilations, groups):
     windows = _windows(padded, kernel, strides, dilations)
     rank = len(kernel)
     ordered = windows.transpose(0, *range(rank + 2, 2 * rank + 2), *range(1, rank + 2))
-    return ordered.reshape(groups, -1, math.prod(windows.shape[1:rank + 2]))
+    # Every size given: a -1 is ambiguous when a batch of 0 leaves no columns.
+    rows = windows.shape[0] // groups * math.prod(kernel)
+    return ordered.reshape(groups, rows, math.prod(windows.shape[1:rank + 2]))
 
 
 def _taps(kernel):

@@ -301,6 +301,11 @@ def session_options(graph: Graph):
         # implement for float32, so the session would fail to load. Basic optimisations
         # keep standard ops.
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    elif any(0 in value.type.shape for value in graph.values()):
+        # A dim fixed at 0 (--dim T=0): onnxruntime 1.32's optimisations, basic ones too,
+        # fold an Expand to the shape [0, 0, 8] as [0, 1, 8], and a MatMul after it fails.
+        # An empty graph has nothing worth optimising.
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     else:
         # Every optimisation for float32 graphs: measured no slower than basic or extended
         # on the train steps, and sessions are created once per graph.

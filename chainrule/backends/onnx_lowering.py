@@ -17,7 +17,8 @@ from onnx import helper
 
 from ..ir import ChainruleError, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
-from ..ir.shapes import TO_END, conv_output_dim, pool_end_pad, pool_window_sizes
+from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
+                         pool_window_sizes)
 from ..ir.types import NUMPY_DTYPES, ONNX_DTYPES
 from . import erf_approximation as cody
 
@@ -175,7 +176,22 @@ def _sum(em, node, out, x):
 
 @lowering("mean")
 def _mean(em, node, out, x):
-    em.reduce("ReduceMean", x, node.attrs["axes"], node.attrs["keepdims"], out)
+    x_type = node.inputs[0].type
+    _reduce_mean(em, x, x_type.shape, x_type.dtype, node.attrs["axes"], node.attrs["keepdims"],
+                 out)
+
+
+def _reduce_mean(em, x, shape, dtype, axes, keepdims, out=None):
+    """ReduceMean where the reduced set is never empty. ONNX leaves the mean of nothing
+    undefined and onnxruntime gives 0; numpy gives NaN. So where a reduced dim may be 0 (a 0,
+    or a symbol that may be bound to 0 at run time) the mean is the sum over the count, and
+    0 / 0 gives NaN as numpy does."""
+    reduced = [shape[a] for a in normalize_axes(axes, len(shape))]
+    if all(isinstance(d, int) and d > 0 for d in reduced):
+        return em.reduce("ReduceMean", x, axes, keepdims, out)
+    total = em.reduce("ReduceSum", x, axes, keepdims)
+    count = em.add("Cast", [_count(em, x, axes)], to=ONNX_DTYPES[dtype])
+    return em.add("Div", [total, count], out)
 
 
 @lowering("prod")
@@ -222,7 +238,9 @@ def _nll(em, node, out, log_probabilities, labels):
     last = node.inputs[0].type.rank - 1
     picked = em.add("GatherElements", [log_probabilities, em.unsqueeze(labels, [-1])], axis=last)
     picked = _nan_unless_labels_valid(em, node, picked, labels, node.inputs[0].type.shape[-1])
-    em.add("Neg", [em.reduce("ReduceMean", picked, None, False)], out)
+    mean = _reduce_mean(em, picked, node.inputs[1].type.shape, node.output.type.dtype, None,
+                        False)
+    em.add("Neg", [mean], out)
 
 
 def _nan_unless_labels_valid(em, node, x, labels, classes):
@@ -241,7 +259,9 @@ def _nan_unless_labels_valid(em, node, x, labels, classes):
 @lowering("mse")
 def _mse(em, node, out, pred, target):
     diff = em.add("Sub", [pred, target])
-    em.reduce("ReduceMean", em.add("Mul", [diff, diff]), None, False, out)
+    shape = broadcast_shapes(node.inputs[0].type.shape, node.inputs[1].type.shape)
+    _reduce_mean(em, em.add("Mul", [diff, diff]), shape, node.output.type.dtype, None, False,
+                 out)
 
 
 @lowering("one_hot")
@@ -271,15 +291,40 @@ def _fill(em, node, out, value):
     em.add("Expand", [value, em.dims(node.attrs["shape"])], out)
 
 
+ALLOWZERO_SINCE = 14  # Reshape's allowzero
+
+
 @lowering("reshape")
 def _reshape(em, node, out, x):
-    # ONNX Reshape shares the IR's meaning of 0 (copy the input dim) and -1.
-    em.add("Reshape", [x, em.dims(node.attrs["shape"])], out)
+    # ONNX Reshape shares the IR's meaning of 0 (copy the input dim) and -1. onnxruntime
+    # refuses a -1 when x holds nothing (a batch of 0 rows flattened), as the size it stands
+    # for is then ambiguous: a -1 the type rule sized is written as that size.
+    result = node.output.type.shape
+    if 0 in result and all(isinstance(d, int) for d in result):
+        _nothing(em, node, out, em.ints(list(result), "shape"))
+        return
+    shape = [size if d == -1 and isinstance(size, int) and size > 0 else d
+             for d, size in zip(node.attrs["shape"], result, strict=True)]
+    em.add("Reshape", [x, em.dims(shape)], out)
 
 
 @lowering("reshape_like")
 def _reshape_like(em, node, out, x, like):
-    em.add("Reshape", [x, em.add("Shape", [like])], out)
+    # like's shape holds sizes only: a 0 in it is an empty axis, which Reshape takes as such
+    # with allowzero=1; without it, 0 would copy x's dim.
+    shape = em.add("Shape", [like])
+    if em.opset >= ALLOWZERO_SINCE:
+        em.add("Reshape", [x, shape], out, allowzero=1)
+    elif 0 in node.output.type.shape:
+        _nothing(em, node, out, shape)
+    else:
+        em.add("Reshape", [x, shape], out)
+
+
+def _nothing(em, node, out, shape):
+    """An empty result of `shape`, where a Reshape's 0 would copy a dim of x: x holds
+    nothing, and so do zeros of that shape."""
+    em.add("Expand", [em.scalar(0.0, _dtype(node)), shape], out)
 
 
 @lowering("unsqueeze")
@@ -381,13 +426,15 @@ def _scatter_elements_add(em, node, out, updates, indices, like):
 
 @lowering("numel")
 def _numel(em, node, out, x):
-    axes = node.attrs["axes"]
+    em.add("Cast", [_count(em, x, node.attrs["axes"])], out, to=ONNX_DTYPES[node.attrs["dtype"]])
+
+
+def _count(em, x, axes):
+    """How many elements of x each reduction over `axes` (None: all) takes, an int64 scalar."""
     if axes is None:
-        count = em.add("Size", [x])
-    else:
-        picked = em.add("Gather", [em.add("Shape", [x]), em.ints(axes, "axes")])
-        count = em.reduce("ReduceProd", picked, None, False)
-    em.add("Cast", [count], out, to=ONNX_DTYPES[node.attrs["dtype"]])
+        return em.add("Size", [x])
+    picked = em.add("Gather", [em.add("Shape", [x]), em.ints(axes, "axes")])
+    return em.reduce("ReduceProd", picked, None, False)
 
 
 @lowering("dropout_mask")

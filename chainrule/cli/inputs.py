@@ -163,8 +163,8 @@ def bind(args, graph: Graph, data: Dataset, reader: str = "the model"):
 def parse_dims(args) -> dict[str, int]:
     dims = parse_assignments(args.dim, "--dim", int)
     for name, size in dims.items():
-        if size < 1:
-            raise UsageError(f"--dim {name}={size}: a dim is a positive size")
+        if size < 0:
+            raise UsageError(f"--dim {name}={size}: a dim is a size, 0 or more")
     return dims
 
 

@@ -73,12 +73,12 @@ def _size(name):
 
 
 def _dim(name):
-    """A size that may be symbolic: `S`, `S-1`, `4`."""
+    """A size that may be symbolic: `S`, `S-1`, `4`, `0` (nothing)."""
     def convert(value):
         if dims.is_symbolic(value):
             return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TypeError(f"{name} must be a positive integer or a dim, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TypeError(f"{name} must be an integer of 0 or more or a dim, not {value!r}")
         return value
     return convert
 
@@ -105,9 +105,8 @@ def _shape(value):
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"a shape holds sizes and dim names, not {_shown(dim)} as in "
                             f"{shown}")
-        if isinstance(dim, int) and dim < 1:
-            raise TypeError(f"shape {shown} has a size of {dim}; sizes are positive (chainrule "
-                            f"refuses empty tensors)")
+        if isinstance(dim, int) and dim < 0:
+            raise TypeError(f"shape {shown} has a size of {dim}; sizes are 0 or more")
     return shape
 
 

@@ -25,7 +25,10 @@ def check_init(spec: InitSpec, shape) -> str | None:
     if not all(math.isfinite(a) for a in spec.args):
         return f"{spec.kind}'s arguments must be finite numbers"
     if all(isinstance(d, int) for d in shape) and 0 in shape:
-        return "a param with a dim of size 0 holds nothing; chainrule refuses empty tensors"
+        # Values and inputs may be empty, but a param is something to learn: one that holds
+        # nothing has nothing to train, and is far likelier a typo than a wish.
+        return ("a param with a dim of size 0 holds nothing to learn (values and inputs may "
+                "be empty; params may not)")
     if all(isinstance(d, int) for d in shape) and math.prod(shape) > MAX_ELEMENTS:
         return (f"a param of {math.prod(shape):,} values is more than chainrule holds "
                 f"({MAX_ELEMENTS:,})")

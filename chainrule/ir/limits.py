@@ -27,11 +27,9 @@ def itemsize(dtype: str) -> int:
 
 
 def type_size_problem(value_type: TensorType) -> str | None:
-    """Why a tensor of this type cannot exist: a zero-size dim, or too many values."""
+    """Why a tensor of this type cannot exist: too many values. (A dim of size 0 is fine: an
+    empty tensor holds nothing, and every op gives it ONNX's meaning.)"""
     static = [d for d in value_type.shape if isinstance(d, int)]
-    if 0 in static:
-        return (f"{value_type}, which has a dim of size 0; chainrule refuses empty tensors "
-                f"(their reductions have no agreed value across backends)")
     count = math.prod(static)
     if count > MAX_ELEMENTS:
         return (f"{value_type}, which holds {count:,} values "

@@ -251,9 +251,18 @@ def _reduction(op, operands="numeric"):
     return infer
 
 
+def _require_elements_along(op, x, axis, what="an empty axis"):
+    """An op whose result picks one of x's elements along `axis` has none to pick from when
+    that axis is empty: refused here when its size says so (a symbol of size 0 is refused by
+    the backend at run time)."""
+    if x.shape[normalize_axis(axis, x.rank)] == 0:
+        raise OpTypeError(f"{op} over {what} is undefined (axis {axis} of {x} has size 0)")
+
+
 def _index_reduction(op):
     def infer(x, axis, keepdims):
         _require_numeric(op, x)
+        _require_elements_along(op, x, axis)
         return TensorType("i64", reduced_shape(x.shape, (axis,), keepdims))
     return infer
 
@@ -310,6 +319,7 @@ def _infer_cross_entropy(logits, labels):
     if not all(dims_may_equal(a, b) for a, b in zip(logits.shape, labels.shape)):
         raise OpTypeError(f"cross_entropy logits {format_shape(logits.shape)} and labels "
                           f"{format_shape(labels.shape)} disagree on the batch dims")
+    _require_elements_along("cross_entropy", logits, -1, "0 classes")
     return scalar(logits.dtype)
 
 
@@ -349,8 +359,8 @@ def _infer_fill(value, shape):
     inputs' shapes (`zeros((B, 4))`)."""
     if value.rank != 0:
         raise OpTypeError(f"fill needs a scalar value, got {value}")
-    if any(isinstance(d, int) and d < 1 for d in shape):
-        raise OpTypeError(f"fill's shape {format_shape(shape)} needs positive sizes")
+    if any(isinstance(d, int) and d < 0 for d in shape):
+        raise OpTypeError(f"fill's shape {format_shape(shape)} needs sizes of 0 or more")
     return value.with_shape(shape)
 
 
@@ -482,8 +492,8 @@ def _infer_constant(value, dtype):
 
 
 def _infer_arange(n):
-    if isinstance(n, int) and n < 1:
-        raise OpTypeError(f"arange needs a positive count, got {n}")
+    if isinstance(n, int) and n < 0:
+        raise OpTypeError(f"arange needs a count of 0 or more, got {n}")
     return TensorType("i64", (n,))
 
 
@@ -588,8 +598,9 @@ register("scan", ONE_OR_MORE, infer_scan,
 REDUCE = ("reduction", "fresh_result")
 register("sum", 1, _reduction("sum"), AXES, traits=REDUCE + ("linear",), numpy="sum")
 register("mean", 1, _reduction("mean"), AXES, traits=REDUCE + ("linear",), numpy="mean")
-register("max", 1, _reduction("max"), AXES, traits=REDUCE, numpy="max")
-register("min", 1, _reduction("min"), AXES, traits=REDUCE, numpy="min")
+# Not numpy's max and min, which refuse an empty axis: their kernels give ONNX's -inf and +inf.
+register("max", 1, _reduction("max"), AXES, traits=REDUCE)
+register("min", 1, _reduction("min"), AXES, traits=REDUCE)
 register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
 register("prod", 1, _reduction("prod"), AXES, traits=REDUCE, numpy="prod")
 register("cumsum", 1, _infer_cumsum, {"axis": AttrSpec("int")}, traits=("fresh_result",),

@@ -123,10 +123,13 @@ def reshaped_shape(shape, target) -> tuple[Dim, ...]:
     if any(isinstance(d, int) and d == 0 and i >= len(shape) for i, d in enumerate(target)):
         raise OpTypeError(f"{described}: a 0 copies the input dim at its position, and the "
                           f"input has only {len(shape)}")
-    result = [shape[i] if isinstance(d, int) and d == 0 else d for i, d in enumerate(target)]
+    copied = {i for i, d in enumerate(target) if isinstance(d, int) and d == 0}
+    result = [shape[i] if i in copied else d for i, d in enumerate(target)]
     if -1 in result:
-        known = [d for d in result if d != -1]
-        result[result.index(-1)] = _quotient(shape, known, described)
+        # A copied dim is on both sides of the quotient: it cancels, even when it is 0.
+        left = [d for i, d in enumerate(shape) if i not in copied]
+        known = [d for i, d in enumerate(result) if d != -1 and i not in copied]
+        result[result.index(-1)] = _quotient(left, known, described)
     else:
         require_same_size(shape, result, described)
     return tuple(result)

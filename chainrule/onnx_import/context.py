@@ -310,6 +310,11 @@ class NodeContext:
         dtype = like if isinstance(like, str) else like.type.dtype
         return self.builder.constant(value, dtype, loc=self.loc)
 
+    def empty(self, like: Value | str, shape) -> Value:
+        """A tensor of `shape`, which has a dim of 0, in `like`'s dtype: it holds nothing, so
+        nothing it was computed from needs computing."""
+        return self.emit("fill", self.constant(0.0, like), shape=tuple(shape))
+
     def known_tensor(self, array: np.ndarray, hint: str) -> Value:
         """A constant this converter computed, as a tensor (a param named after `hint`)."""
         return self.importer.materialise(Known(array), None, self, hint)

@@ -432,7 +432,9 @@ def _reduction(ctx):
         numbers = ctx.emit("cast", x, dtype="i64")
         result = ctx.emit(reduction, numbers, axes=axes, keepdims=keepdims) if axes != () \
             else numbers
-        return [ctx.emit("cast", result, dtype="bool")]
+        # Over nothing the max is i64's least value, which a cast would take as true: any of
+        # nothing is false (and all of nothing, i64's greatest, true).
+        return [ctx.emit("greater", result, ctx.constant(0.0, "i64"))]
     x = _elementwise(ctx, before, x)
     if axes == ():  # noop_with_empty_axes: the elementwise parts only
         result = x

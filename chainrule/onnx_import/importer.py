@@ -380,9 +380,6 @@ class Importer:
                     self.fresh_symbols.add(fresh)
                 shape.append(dims.substitute(declared, self.dims))
         value_type = TensorType(DTYPE_OF_ONNX[tensor.elem_type], tuple(shape))
-        if 0 in shape:  # only a constant may be empty (axes, pads: none of them)
-            raise Unsupported(f"the empty input {value_type} (chainrule refuses empty tensors "
-                              f"at run time)", needs_constant=info.name)
         problem = type_size_problem(value_type)
         if problem:
             raise Unsupported(problem)
@@ -598,6 +595,8 @@ class Importer:
         """A float initializer read as a tensor: a param, trainable if `--trainable` names it
         or, without that option, if it is a weight; `--freeze` keeps it fixed either way."""
         array = self.initializers[name]
+        if array.size == 0:  # nothing to learn: an empty constant, not a param
+            return self.bind_param(name, self.materialise(Known(array), name, None))
         chosen = self.is_weight(name) if self.trainable is None else name in self.trainable
         return self.bind_param(name, self.add_param(name, array,
                                                     chosen and name not in self.freeze))
@@ -629,8 +628,6 @@ class Importer:
 
     def add_param(self, hint: str, array: np.ndarray, trainable: bool,
                   prefix: str = "param") -> Value:
-        if array.size == 0:
-            raise Unsupported(f"the empty tensor '{hint}' (chainrule refuses empty tensors)")
         value_type = TensorType(dtype_of_array(array), array.shape)
         # A name that cannot start a value (PyTorch's `0.weight`) gets `prefix` in front.
         value = Value(self.builder.namer.fresh(identifier(hint, prefix)), value_type)
@@ -665,9 +662,7 @@ class Importer:
             return self.constants[name]
         array = run_time_array(known.array)
         dtype = dtype_of_array(array)
-        if array.size == 0:
-            raise Unsupported(f"the empty constant '{what}' (chainrule refuses empty tensors)")
-        first = array.flat[0]
+        first = array.flat[0] if array.size else 0  # an empty array: any value fills it
         exact = is_float(dtype) or abs(int(first)) <= 2 ** 53  # a constant holds a float
         if exact and (np.all(array == first) or (is_float(dtype) and np.all(np.isnan(array)))):
             scalar = self.builder.constant(float(first), dtype, loc=loc)

@@ -15,11 +15,9 @@ from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
 
-def _reshape_target(target, allowzero):
+def _reshape_target(target):
     """ONNX's target shape in the reshape op's terms, which are ONNX's own: 0 copies the input
     dim, one -1 takes whatever is left."""
-    if allowzero and 0 in target:
-        raise Unsupported("Reshape with allowzero=1 and a 0 dim (empty tensors)")
     if target.count(-1) > 1:
         raise Unsupported(f"Reshape to {list(map(str, target))}: more than one dim is -1")
     return target
@@ -28,8 +26,22 @@ def _reshape_target(target, allowzero):
 @converter("Reshape")
 def _reshape(ctx):
     x = ctx.input(0)
-    target = _reshape_target(ctx.static_dims(1, "Reshape's shape"), ctx.attr("allowzero", 0))
+    target = _reshape_target(ctx.static_dims(1, "Reshape's shape"))
+    if ctx.attr("allowzero", 0) and 0 in target:
+        return [_reshaped_to_empty(ctx, x, target)]
     return [ctx.emit("reshape", x, shape=target)]
+
+
+def _reshaped_to_empty(ctx, x, target):
+    """allowzero=1 makes a 0 an empty axis, which the reshape op's 0 (copy the input dim)
+    cannot say; x must hold nothing then, and the result is that nothing in its new shape."""
+    if -1 in target:
+        raise Unsupported(f"Reshape with allowzero=1 to {list(map(str, target))}: a -1 beside "
+                          f"a 0 is undefined")
+    if not any(d == 0 for d in x.type.shape):
+        raise Unsupported(f"Reshape of {x.type}, which is not empty, to the empty shape "
+                          f"{list(map(str, target))}")
+    return ctx.empty(x, target)
 
 
 @converter("Flatten")
@@ -224,8 +236,11 @@ def _tile(ctx):
     x = ctx.input(0)
     repeats = ctx.require_length(ctx.static_dims(1, "Tile's repeats"), x.type.rank,
                                  "Tile's repeats")
-    if any(isinstance(count, int) and count < 1 for count in repeats):
-        raise Unsupported(f"Tile's repeats {list(repeats)} (chainrule refuses empty tensors)")
+    if any(isinstance(count, int) and count < 0 for count in repeats):
+        raise Unsupported(f"Tile's repeats {list(repeats)}: a count is 0 or more")
+    if 0 in repeats:
+        return [ctx.empty(x, [dims.mul(d, r) for d, r in zip(x.type.shape, repeats,
+                                                             strict=True)])]
     # A symbolic dim is 1 or more: the repeats alone must fit.
     ctx.require_size(x.type.dtype, [d * r if isinstance(d, int) and isinstance(r, int) else r
                                     for d, r in zip(x.type.shape, repeats, strict=True)])
@@ -412,10 +427,8 @@ def _compress(ctx):
         x, axis = ctx.emit("reshape", x, shape=(-1,)), 0
     axis = ctx.axis(axis, x.type.rank)
     picked = np.flatnonzero(condition)
-    if picked.size == 0:
-        raise Unsupported("Compress that keeps nothing (chainrule refuses empty tensors)")
     size = x.type.shape[axis]
-    if isinstance(size, int) and picked[-1] >= size:
+    if isinstance(size, int) and picked.size and picked[-1] >= size:
         raise Unsupported(f"Compress of {x.type} along axis {axis} by a condition of "
                           f"{condition.size} values")
     return [ctx.emit("take", x, ctx.known_tensor(picked, ctx.node.input[1]), axis=axis)]

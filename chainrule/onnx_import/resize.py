@@ -369,6 +369,8 @@ def _resize(ctx):
     _require_known(ctx, shape, sizes, [axis for axis in resized
                                        if axis not in repeated | at_run_time], RUN_TIME_CASES)
     ctx.require_size(x.type.dtype, sizes)
+    if any(sizes[axis] == 0 for axis in resized):  # nothing to interpolate
+        return [ctx.empty(x, [sizes[a] if a in resized else d for a, d in enumerate(shape)])]
 
     outside = None
     for axis in resized:
@@ -380,8 +382,9 @@ def _resize(ctx):
                                      nearest_mode, cubic_coeff_a)
             continue
         size_in, size_out, scale = shape[axis], sizes[axis], scales[axis]
-        if size_out < 1:
-            raise Unsupported(f"Resize to size {size_out} (chainrule refuses empty tensors)")
+        if size_in == 0:
+            raise Unsupported(f"Resize of an empty axis {axis} to size {size_out} (there is "
+                              f"nothing to interpolate from)")
         if size_out > FOLD_LIMIT:  # each output position's weights are computed here
             raise Unsupported(f"Resize to size {size_out:,} along axis {axis} (at most "
                               f"{FOLD_LIMIT:,})")
