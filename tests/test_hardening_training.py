@@ -6,7 +6,6 @@ Ray is optional here as in tests/test_distributed.py: the tests that need it are
 it, unless CHAINRULE_REQUIRE_RAY is set. Every address these tests probe is on this machine.
 """
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -23,18 +22,9 @@ from chainrule.ir import ChainruleError
 from chainrule.train import CHECKPOINT_FILE, TrainConfig, Trainer
 from support.cli import chainrule as chainrule_cli
 from support.cli import chainrule_process, fails, ok
+from support.optional_ray import needs_ray, ray
 from support.paths import ROOT
 
-try:
-    import ray
-except ImportError:
-    if os.environ.get("CHAINRULE_REQUIRE_RAY"):
-        raise ImportError("CHAINRULE_REQUIRE_RAY is set, so these tests need Ray: "
-                          "pip install -e '.[distributed]'") from None
-    ray = None
-
-needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install -e "
-                               "'.[distributed]'; CHAINRULE_REQUIRE_RAY=1 makes this a failure)")
 
 DIGITS = str(ROOT / "examples" / "digits_classifier.nn")
 DIGITS_DATA = str(ROOT / "examples" / "data" / "digits_test.npz")
@@ -187,6 +177,7 @@ def test_more_workers_than_a_cluster_has_cpus_are_refused(tmp_path):
              logging_level=logging.ERROR)
     try:
         cluster = ray.get_runtime_context().gcs_address
+        probe(cluster)  # a Ray cluster answers the probe
         result = chainrule_process("train", DIGITS, "--data", DIGITS_DATA, "--workers", "2",
                                    "--address", cluster, timeout=300)
     finally:
