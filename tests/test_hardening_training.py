@@ -6,6 +6,7 @@ Ray is optional here as in tests/test_distributed.py: the tests that need it are
 it, unless CHAINRULE_REQUIRE_RAY is set. Every address these tests probe is on this machine.
 """
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -394,9 +395,14 @@ def test_options_given_on_resume_override_the_checkpoints_and_say_so(tmp_path):
     assert "given here instead of the checkpoint's: --epochs 4 (the checkpoint's: --epochs 3)" \
         in refused.stderr
     assert "epochs 3 -> 4" in refused.stderr  # a setting that changes the result: --override
-    result = ok(chainrule_cli("train", "--resume", checkpoint, "--epochs", "4", "--override"))
+    relative = os.path.relpath(DIGITS_DATA, ROOT)  # the same file by another path: no note
+    result = ok(chainrule_cli("train", "--resume", checkpoint, "--epochs", "4", "--override",
+                              "--data", relative))
     assert "epoch   4  train:" in result.stdout
-    assert "--epochs 3" not in result.stderr.splitlines()[0]  # not taken: given
+    notes = result.stderr.splitlines()
+    assert "--epochs 3" not in notes[0] and "--data" not in notes[0]  # given, so not taken
+    assert notes[1] == ("chainrule: note: given here instead of the checkpoint's: --epochs 4 "
+                        "(the checkpoint's: --epochs 3)")
 
 
 def test_a_checkpoint_without_recorded_options_resumes_as_before(one_epoch):

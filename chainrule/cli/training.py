@@ -149,10 +149,11 @@ def take_checkpoint_options(args) -> None:
     recorded = meta.get("options", {})
     actions = {action.dest: action for action in train_parser()._actions}
     given = given_options(args.argv)
+    current = recorded_options(args)  # as recorded: the same file by another path is the same
     taken, changed = [], []
     for name in RESUMED_OPTIONS:
         value = recorded.get(name)
-        if name not in recorded or value == getattr(args, name):
+        if name not in recorded or value == current[name]:
             continue
         if not fits_option(actions[name], value):
             raise ChainruleError(f"{path}: the checkpoint's option '{name}' is {value!r}; the "
