@@ -52,9 +52,12 @@ backend's masks are reproducible.)
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import numbers
+import os
+import re
 import socket
 import time
 import warnings
@@ -64,6 +67,7 @@ import numpy as np
 from .backends import get_backend
 from .backends.threads import configured_threads, set_threads
 from .ir import ChainruleError
+from .ir.limits import available_memory
 from .passes import select_outputs
 from .passes.optimizers import build_update_step, step_optimizer, trained_params, update_inputs
 from .runners import LocalRunner, check_dataset, held_updates, take_rows
@@ -71,7 +75,16 @@ from .runners import LocalRunner, check_dataset, held_updates, take_rows
 INSTALL_HINT = ("data-parallel training (--workers) needs Ray: pip install "
                 "'chainrule[distributed]' (or pip install -e '.[distributed]' in a checkout)")
 MAX_RESTARTS = 3        # replacements of one worker within one step before training stops
-PROBE_SECONDS = 5.0     # how long to wait for a cluster's port to answer
+PROBE_SECONDS = 5.0     # how long to wait for a cluster's port to connect, and then to answer
+MAX_WORKERS = 1024      # more shards than this leaves each a few rows of any sensible batch
+# A worker's resident memory before its share of the model: 118 MB measured (RSS of a
+# ShardWorker after a step of examples/mlp.nn on numpy, Ray 2.60), rounded up.
+WORKER_BYTES = 128 * 2 ** 20
+# The first bytes an HTTP/2 client sends: its preface, then an empty SETTINGS frame. Ray's
+# head (GCS) and its client server speak gRPC, whose servers answer with a SETTINGS frame.
+HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4      # the frame type in byte 3 of an HTTP/2 frame header
+HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def usable_ray(workers, check_numerics: bool = False):
@@ -80,6 +93,9 @@ def usable_ray(workers, check_numerics: bool = False):
     it)."""
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise ChainruleError(f"--workers must be a whole number of at least 1, not {workers!r}")
+    if workers > MAX_WORKERS:
+        raise ChainruleError(f"--workers {workers} is more than chainrule runs: at most "
+                             f"{MAX_WORKERS} workers")
     if check_numerics:
         raise ChainruleError("--check-numerics runs the numpy interpreter in one process, not "
                              "on workers: run it without --workers (single-process training "
@@ -146,7 +162,11 @@ class ShardedGradients:
                         "statistics, so with --workers the gradients depend on the number of "
                         "workers; its running statistics are averaged over the shards")
         self.input_names = [v.name for v in model.graph.inputs]
+        if address is None and not self.ray.is_initialized():
+            check_worker_memory(workers, model.params)
         self.started_ray = connect(self.ray, address)
+        if address is not None:
+            self.check_cluster_cpus(workers, address)
         # Actors take no CPU while alive (Ray's default), so N workers start on any cluster;
         # SPREAD puts them on different nodes where there are several.
         self.actor = self.ray.remote(ShardWorker).options(scheduling_strategy="SPREAD")
@@ -157,6 +177,17 @@ class ShardedGradients:
         self.wait_until_ready()
         self.restarts = 0
         self.step_records = []  # (compute, communication, bytes out, bytes back) per step
+
+    def check_cluster_cpus(self, workers: int, address: str) -> None:
+        """Refuse more workers than the joined cluster has CPUs: the actors reserve none, so
+        the extra ones would only share cores with the others, each holding its own memory."""
+        cpus = int(self.ray.cluster_resources().get("CPU", 0))
+        if workers > cpus:
+            if self.started_ray:
+                self.ray.shutdown()
+                self.started_ray = False
+            raise ChainruleError(f"--workers {workers} is more than the {cpus} CPUs of the Ray "
+                                 f"cluster at {address}: give --workers {max(cpus, 1)} or fewer")
 
     # ---- workers ----------------------------------------------------------------------------
 
@@ -375,21 +406,79 @@ def connect(ray, address: str | None) -> bool:
     return True
 
 
+def check_worker_memory(workers: int, params: dict) -> None:
+    """Refuse, before Ray starts here, local workers that memory cannot hold: each takes
+    WORKER_BYTES, and its params, their gradients and their sums besides."""
+    each = WORKER_BYTES + 3 * nbytes(params)
+    available = available_memory()
+    if workers * each > available:
+        raise ChainruleError(f"{workers} local Ray workers would take about "
+                             f"{workers * each:,} bytes ({each:,} each), more than the "
+                             f"{available:,} bytes of memory available: give --workers "
+                             f"{max(available // each, 1)} or fewer, or --address of a cluster")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """HOST and PORT of `ray://HOST:PORT` or `HOST:PORT` (HOST a name, an IPv4 address or an
+    [IPv6] one; PORT 1 to 65535), or an error that says what form an address takes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+            and (valid_ip(host[1:-1], 6) if bracketed else valid_host(host))):
+        raise ChainruleError(f"{address!r} is not a Ray cluster address: give auto, "
+                             f"ray://HOST:PORT or HOST:PORT (HOST a name or an IP address, "
+                             f"[ADDRESS] for IPv6; PORT 1 to 65535)")
+    return host.strip("[]"), int(port)
+
+
+def valid_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def valid_host(host: str) -> bool:
+    """An IPv4 address, or a host name: dot-separated labels of 1 to 63 letters, digits,
+    hyphens and underscores (not at either end), 253 characters in all, the last not all
+    digits (the resolver would read `1.2.3` as the address 1.2.0.3)."""
+    if valid_ip(host, 4):
+        return True
+    labels = host.split(".")
+    return (0 < len(host) <= 253 and host.isascii() and not labels[-1].isdigit()
+            and all(HOST_LABEL.fullmatch(label) for label in labels))
+
+
+def check_address(address: str) -> None:
+    """`address` has the form of a Ray cluster's address (see split_address), or is auto."""
+    if address != "auto":
+        split_address(address)
+
+
 def probe(address: str) -> None:
-    """Fail at once, with one line, on an address where nothing answers, rather than wait for
-    Ray's own retries (half a minute or more, logging as they go)."""
+    """Fail within about 2 * PROBE_SECONDS, with one line, on an address where no Ray cluster
+    answers, rather than wait for Ray's own retries (two minutes or more, logging as they go):
+    the port must accept a connection and answer an HTTP/2 greeting as gRPC servers do."""
     if address == "auto":
         return  # Ray looks for a cluster on this machine and says at once if there is none
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ChainruleError(f"'{address}' is not a Ray cluster address: give auto, "
-                             f"ray://HOST:PORT or HOST:PORT")
+    host, port = split_address(address)
+    hint = "start one with `ray start --head` on its head node, or check the address"
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
-    except OSError as error:
-        raise ChainruleError(f"cannot reach a Ray cluster at {address} "
-                             f"({error.strerror or error}); start one with `ray start --head` "
-                             f"on its head node, or check the address") from None
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS cluster answers only after a TLS handshake
+            connection.sendall(HTTP2_GREETING)
+            answer = connection.recv(9)
+    except TimeoutError:
+        raise ChainruleError(f"no Ray cluster answers at {address} (nothing came back within "
+                             f"{PROBE_SECONDS:g}s); {hint}") from None
+    except (OSError, UnicodeError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or first_line(error)
+        raise ChainruleError(f"cannot reach a Ray cluster at {address} ({reason}); "
+                             f"{hint}") from None
+    if len(answer) < 4 or answer[3] != HTTP2_SETTINGS:
+        raise ChainruleError(f"the service at {address} is not a Ray cluster (it does not "
+                             f"answer as Ray's gRPC server does); {hint}")
 
 
 def nbytes(arrays: dict) -> int:

@@ -44,6 +44,12 @@ class NonFiniteError(ChainruleError):
     """A training step produced a NaN or an Inf: the run stops before the params are saved."""
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Ctrl-C stopped `fit` between two steps: the params, the model's and a checkpoint's, are
+    those of the last step completed (a second Ctrl-C, mid-step, raises a plain
+    KeyboardInterrupt)."""
+
+
 @dataclass
 class TrainConfig:
     """Training settings; the defaults are the CLI's and train examples/mlp_digits.nn."""
@@ -202,6 +208,8 @@ class Trainer:
         self.stop_requested = False
         self.early_stopping = EarlyStopping(config.early_stop)
         self.restored_best = False  # whether fit ended by going back to the best epoch's params
+        # Saved in each checkpoint as it is, for whoever resumes it (the CLI keeps its options).
+        self.options: dict | None = None
 
     def initial_state(self) -> dict[str, np.ndarray]:
         by_name = {v.name: v for v in self.step_graph.inputs}
@@ -269,7 +277,8 @@ class Trainer:
 
     def fit(self, train: dict, val: dict | None = None, checkpoint_dir=None, progress=None):
         """Train to `config.epochs`, checkpointing to `checkpoint_dir` (held exclusively)
-        after each epoch; Ctrl-C stops after the current step with a checkpoint. The model
+        after each epoch; Ctrl-C stops after the current step with a checkpoint, raising
+        TrainingStopped (a KeyboardInterrupt). The model
         gets the trained params when fit returns and when Ctrl-C stops it (not after a step
         that made them NaN or Inf). Returns the History of the epochs this call ran.
 
@@ -283,6 +292,7 @@ class Trainer:
         train = conform_arguments(inputs, train)
         val = None if val is None else conform_arguments(inputs, val)
         rows = check_dataset(self.model.graph, train, "training data")
+        self.check_position(rows)
         self.runner.prepare(train, self.evaluate)
         lock = CheckpointLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         history = History()
@@ -305,6 +315,16 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
         self.update_model()
         return history
+
+    def check_position(self, rows: int) -> None:
+        """A resumed position lies within an epoch of this data (a checkpoint records the
+        batch, not the data's size)."""
+        per_epoch = math.ceil(rows / self.config.batch_size)
+        if self.batch > per_epoch:
+            raise ChainruleError(f"the resumed position, batch {self.batch} of epoch "
+                                 f"{self.epoch + 1}, is past the {per_epoch} batches of an "
+                                 f"epoch of this data: the checkpoint is damaged or was "
+                                 f"trained on other data")
 
     def watch_validation(self, scores: dict) -> None:
         if self.config.early_stop:
@@ -357,7 +377,7 @@ class Trainer:
                 if checkpoint_dir:
                     self.save_checkpoint(checkpoint_dir)
                 self.update_model()
-                raise KeyboardInterrupt
+                raise TrainingStopped
         record = {"epoch": self.epoch + 1, "steps": self.steps,
                   "seconds": time.perf_counter() - started,
                   "train": {k: v / max(seen, 1) for k, v in sums.items()}}
@@ -413,6 +433,8 @@ class Trainer:
                 "dropout_rng": self.dropout_rng.bit_generator.state}
         arrays = {f"param/{k}": v for k, v in self.params.items()}
         arrays.update({f"state/{k}": v for k, v in self.state.items()})
+        if self.options is not None:
+            meta["options"] = self.options
         if self.early_stopping.params is not None:
             meta["early_stop"] = self.early_stopping.progress()
             arrays.update({f"best/{k}": v for k, v in self.early_stopping.params.items()})
@@ -431,11 +453,7 @@ class Trainer:
         """Restore params, state, position and RNG; refuse a checkpoint of another model, or
         one trained with other settings unless `override`. Returns notes on what was
         overridden."""
-        path = Path(directory) / CHECKPOINT_FILE
-        if not path.is_file():
-            raise ChainruleError(f"{path}: no checkpoint there")
-        arrays = load_npz(path)
-        meta = read_meta(path, arrays.pop("meta", None))
+        path, arrays, meta = read_checkpoint(directory)
         if meta["model"] != self.fingerprint():
             raise ChainruleError(f"{path}: the checkpoint is of a different model "
                                  f"(fingerprint {meta['model']}, this model {self.fingerprint()})")
@@ -466,12 +484,8 @@ class Trainer:
             self.state = state
         self.params = params
         self.epoch, self.batch, self.steps = meta["epoch"], meta["batch"], meta["steps"]
-        try:
-            self.rng.bit_generator.state = meta["rng"]
-            self.dropout_rng.bit_generator.state = meta["dropout_rng"]
-        except (TypeError, ValueError, KeyError) as error:
-            raise ChainruleError(f"{path}: the checkpoint's random state is damaged "
-                                 f"({error})") from None
+        self.rng.bit_generator.state = meta["rng"]  # read_meta checked them
+        self.dropout_rng.bit_generator.state = meta["dropout_rng"]
         self.epoch_rng_state = meta["epoch_rng"]
         return notes
 
@@ -481,6 +495,15 @@ class Trainer:
         new = dict(self.settings(), optimizer=optimizer_record(self.config.optimizer))
         return [f"{name.replace('_', ' ')} {_shown(old[name])} -> {_shown(new[name])}"
                 for name in new if name in old and old[name] != new[name]]
+
+
+def read_checkpoint(directory) -> tuple[Path, dict, dict]:
+    """The checkpoint file in `directory`, its arrays and its meta (checked: read_meta)."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ChainruleError(f"{path}: no checkpoint there")
+    arrays = load_npz(path)
+    return path, arrays, read_meta(path, arrays.pop("meta", None))
 
 
 def warmup_factor(steps_done: int, warmup_steps: int) -> float:
@@ -521,7 +544,7 @@ class EarlyStopping:
         try:
             self.loss, self.epoch = float(progress["loss"]), int(progress["epoch"])
             self.waited = int(progress["waited"])
-        except (TypeError, ValueError, KeyError) as error:
+        except (TypeError, ValueError, KeyError, OverflowError) as error:
             raise ChainruleError(f"{path}: the checkpoint's early-stopping record is damaged "
                                  f"({error})") from None
         self.params = params
@@ -537,17 +560,49 @@ def recorded_optimizer(meta: dict) -> dict:
     return {**optimizer_record(OptimizerSpec()), **meta["optimizer"]}
 
 
+def is_word(value, bits: int) -> bool:
+    """`value` is an int that fits an unsigned integer of `bits` bits."""
+    return type(value) is int and 0 <= value < 2 ** bits
+
+
+def is_pcg64_state(value) -> bool:
+    """`value` is numpy's PCG64 state as `bit_generator.state` gives it: two 128-bit words and
+    a buffered 32-bit draw (an out-of-range word makes numpy raise OverflowError)."""
+    if not isinstance(value, dict) or set(value) != {"bit_generator", "state", "has_uint32",
+                                                     "uinteger"}:
+        return False
+    words = value["state"]
+    return (value["bit_generator"] == "PCG64" and isinstance(words, dict)
+            and set(words) == {"state", "inc"}
+            and is_word(words["state"], 128) and is_word(words["inc"], 128)
+            and value["has_uint32"] in (0, 1) and type(value["has_uint32"]) is int
+            and is_word(value["uinteger"], 32))
+
+
 # Each field of a checkpoint's meta: its type and what else it must satisfy.
 META_FIELDS = {
     "format": (int, lambda v: v in (1, CHECKPOINT_FORMAT)),
     "model": (str, None),
-    "optimizer": (dict, None),
+    "optimizer": (dict, lambda v: isinstance(v.get("kind"), str)),
     "epoch": (int, lambda v: v >= 0),
     "batch": (int, lambda v: v >= 0),
     "steps": (int, lambda v: v >= 0),
-    "rng": (dict, None),
-    "epoch_rng": (dict, None),
-    "dropout_rng": (dict, None),
+    "rng": (dict, is_pcg64_state),
+    "epoch_rng": (dict, is_pcg64_state),
+    "dropout_rng": (dict, is_pcg64_state),
+}
+# Each resume setting a checkpoint records: what its value must be (TrainConfig's types).
+SETTING_CHECKS = {
+    "epochs": lambda v: type(v) is int and v >= 1,
+    "batch_size": lambda v: type(v) is int and v >= 1,
+    "lr": lambda v: type(v) in (int, float),
+    "schedule": lambda v: v in SCHEDULES,
+    "step_every": lambda v: type(v) is int and v >= 0,
+    "step_gamma": lambda v: type(v) in (int, float),
+    "warmup_steps": lambda v: type(v) is int and v >= 0,
+    "clip_grad_norm": lambda v: type(v) in (int, float),
+    "early_stop": lambda v: type(v) is int and v >= 0,
+    "freeze": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
 }
 
 
@@ -564,11 +619,17 @@ def read_meta(path, meta) -> dict:
         value = meta.get(name)
         if type(value) is not kind or (valid and not valid(value)):
             shown = "missing" if name not in meta else f"{value!r}"
-            raise ChainruleError(f"{path}: the checkpoint's meta field '{name}' is {shown}; "
+            what = "random state" if valid is is_pcg64_state else "meta field"
+            raise ChainruleError(f"{path}: the checkpoint's {what} '{name}' is {shown}; "
                                  f"the file is damaged or from another version")
-    if "settings" in meta and not isinstance(meta["settings"], dict):
-        raise ChainruleError(f"{path}: the checkpoint's meta field 'settings' is not a "
-                             f"mapping; the file is damaged")
+    for name in ("settings", "options"):
+        if name in meta and not isinstance(meta[name], dict):
+            raise ChainruleError(f"{path}: the checkpoint's meta field '{name}' is not a "
+                                 f"mapping; the file is damaged")
+    for name, value in meta.get("settings", {}).items():
+        if name in SETTING_CHECKS and not SETTING_CHECKS[name](value):
+            raise ChainruleError(f"{path}: the checkpoint's setting '{name}' is {value!r}; "
+                                 f"the file is damaged or from another version")
     return meta
 
 

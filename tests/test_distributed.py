@@ -7,7 +7,6 @@ the no-Ray path of the CLI is tested either way, by hiding the module.
 """
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -23,20 +22,11 @@ from chainrule.cli import main
 from chainrule.distributed import INSTALL_HINT, probe, split_rows
 from chainrule.passes.optimizers import OptimizerSpec, ParamGroup
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
+from support.optional_ray import needs_ray, ray
 from support.paths import ROOT
 from support.cli import chainrule_process, start_chainrule_process
 from support.numeric import assert_close, digits
 
-try:
-    import ray
-except ImportError:
-    if os.environ.get("CHAINRULE_REQUIRE_RAY"):
-        raise ImportError("CHAINRULE_REQUIRE_RAY is set, so these tests need Ray: "
-                          "pip install -e '.[distributed]'") from None
-    ray = None
-
-needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install -e "
-                               "'.[distributed]'; CHAINRULE_REQUIRE_RAY=1 makes this a failure)")
 pytestmark = pytest.mark.ray
 
 MLP = str(ROOT / "examples" / "mlp.nn")

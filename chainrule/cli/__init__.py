@@ -71,6 +71,7 @@ def run_command(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # which options were given
     if args.debug:
         os.environ["CHAINRULE_VERIFY"] = "1"  # debug mode verifies the IR between passes
     if not isinstance(sys.stdout, _QuietWhenClosed):

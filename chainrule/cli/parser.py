@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chainrule {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, help_text):
+    def command(name, help_text, file_help="a .nn model file, or an .onnx model to import"):
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=DefaultsShown)
-        sub.add_argument("file", help="a .nn model file, or an .onnx model to import")
+        # With --resume DIR, train takes FILE from the checkpoint when it is not given.
+        sub.add_argument("file", nargs="?" if name == "train" else None, help=file_help)
         sub.add_argument("--seed", type=int, default=0,
                          help="seed for param initialisation and random inputs")
         sub.add_argument("--dim", action="append", metavar="NAME=N",
@@ -196,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_inputs(with_threads(with_optimization(grad, "O2")))
     grad.add_argument("--wrt", metavar="NAMES", help="comma-separated params/inputs "
                       "(default: every param)")
-    train = with_threads(with_optimization(command("train",
-                                                   "train the model's params"),
-                                           DEFAULTS.opt_level))
+    train = with_threads(with_optimization(command(
+        "train", "train the model's params", "a .nn model file, or an .onnx model to import "
+        "(with --resume, the checkpoint's by default)"), DEFAULTS.opt_level))
     with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
     train.add_argument("--val", metavar="FILE", help="validation data, read as --data is")
     train.add_argument("--val-split", type=float, metavar="F",
@@ -230,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--params", metavar="INIT.npz", help="initial param values")
     train.add_argument("-o", "--output", metavar="TRAINED.npz", help="save the trained params")
     train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after each epoch")
-    train.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue from the checkpoint in DIR, with the options it was "
+                            "trained with; options given here override them")
     train.add_argument("--override", action="store_true",
                        help="resume even though options differ from the checkpoint's (batch "
                             "size, learning rate, schedule, warmup, clipping, early stop, "

@@ -1,20 +1,36 @@
 """The train command: options to a training config, data sets, the epoch log and the fit."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 
 from .. import api
 from ..data import check_mapping
-from ..distributed import usable_ray
-from ..fileio import save_npz
+from ..distributed import check_address, usable_ray
+from ..fileio import check_writable, save_npz
 from ..ir import ChainruleError
-from ..train import (CheckpointLock, NonFiniteError, TrainConfig, Trainer, format_epoch,
-                     print_progress, split_validation)
+from ..passes.manager import PRESETS
+from ..train import (CheckpointLock, NonFiniteError, TrainConfig, Trainer, TrainingStopped,
+                     format_epoch, print_progress, read_checkpoint, split_validation)
 from .inputs import (UsageError, frozen_patterns, load_model, mapping, optimizer_spec,
                      training_data)
+from .parser import build_parser
+
+# The options (argparse dests) a checkpoint records and `--resume DIR` takes back: what is
+# trained, on what, how, and where the result goes. Not where or how verbosely it runs
+# (--threads, --workers, --address, -q), nor --params, which the checkpoint's params replace.
+RESUMED_OPTIONS = (
+    "file", "data", "input", "map", "label_column", "strict_inputs", "val", "val_split",
+    "seed", "dim", "loops", "opt_level", "loss", "target_input", "loss_output", "freeze",
+    "trainable", "epochs", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
+    "clip_grad_norm", "param_group", "lr", "lr_schedule", "step_every", "step_gamma",
+    "warmup_steps", "early_stop", "backend", "allow_nonfinite", "output", "log_jsonl")
+# Recorded as absolute paths, so that a resume from another directory reads the same files.
+PATH_OPTIONS = ("file", "data", "val", "output", "log_jsonl")
 
 
 def train_config(args) -> TrainConfig:
@@ -54,6 +70,8 @@ def check_workers(args) -> None:
                              "--workers too")
         return
     try:
+        if args.address is not None:
+            check_address(args.address)
         usable_ray(args.workers, args.check_numerics)
     except ChainruleError as error:
         raise UsageError(error.message) from None
@@ -64,6 +82,11 @@ def note(text: str) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.resume:
+        take_checkpoint_options(args)
+    if args.file is None:
+        raise UsageError("train needs a model FILE (or --resume DIR, whose checkpoint names "
+                         "it)")
     check_workers(args)
     model = load_model(args, own_options=("freeze",))
     config = train_config(args)
@@ -74,7 +97,109 @@ def cmd_train(args) -> int:
         log = EpochLog(args)
         with Trainer(model, config, log, workers=args.workers, address=args.address,
                      notify=note) as trainer:
+            trainer.options = recorded_options(args)
             return resume_and_fit(args, trainer, train_data, val_data, checkpoint)
+
+
+# ---- the options a checkpoint keeps -----------------------------------------------------------
+
+def recorded_options(args) -> dict:
+    """The RESUMED_OPTIONS of this run as a checkpoint's JSON holds them, paths absolute."""
+    options = {name: getattr(args, name) for name in RESUMED_OPTIONS}
+    for name in PATH_OPTIONS:
+        if options[name]:
+            options[name] = os.path.abspath(options[name])
+    if options["input"]:
+        options["input"] = [absolute_binding(binding) for binding in options["input"]]
+    return options
+
+
+def absolute_binding(binding: str) -> str:
+    """NAME=FILE with FILE absolute (a malformed binding as it is: reading it says why)."""
+    name, equals, file = binding.partition("=")
+    return f"{name}={os.path.abspath(file)}" if equals and file else binding
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """A new parser of the train command alone (the top-level parser's subcommand)."""
+    subcommands = next(action for action in build_parser()._actions
+                       if isinstance(action, argparse._SubParsersAction))
+    return subcommands.choices["train"]
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The RESUMED_OPTIONS that the command line `argv` gives, whatever their values: argparse
+    sets no default on an attribute the namespace has already, so those still unset after
+    parsing were not given (but the optional FILE is always set: None when not given)."""
+    unset = object()
+    parsed = train_parser().parse_args(argv[argv.index("train") + 1:],
+                                       argparse.Namespace(**dict.fromkeys(RESUMED_OPTIONS,
+                                                                          unset)))
+    given = {name for name in RESUMED_OPTIONS if getattr(parsed, name) is not unset}
+    if parsed.file is None:
+        given.discard("file")
+    return given
+
+
+def take_checkpoint_options(args) -> None:
+    """On --resume DIR, each option the checkpoint recorded that this command line does not
+    give; a note says which were taken and which given ones differ from the checkpoint's. A
+    checkpoint from before options were recorded takes none."""
+    path, _, meta = read_checkpoint(args.resume)
+    recorded = meta.get("options", {})
+    actions = {action.dest: action for action in train_parser()._actions}
+    given = given_options(args.argv)
+    current = recorded_options(args)  # as recorded: the same file by another path is the same
+    taken, changed = [], []
+    for name in RESUMED_OPTIONS:
+        value = recorded.get(name)
+        if name not in recorded or value == current[name]:
+            continue
+        if not fits_option(actions[name], value):
+            raise ChainruleError(f"{path}: the checkpoint's option '{name}' is {value!r}; the "
+                                 f"file is damaged or from another version")
+        if name in given:
+            changed.append(f"{as_typed(actions[name], getattr(args, name))} (the checkpoint's: "
+                           f"{as_typed(actions[name], value)})")
+        else:
+            taken.append(as_typed(actions[name], value))
+            setattr(args, name, value)
+            if name in ("output", "log_jsonl") and value:
+                check_writable(value)
+    if taken:
+        note(f"from the checkpoint in {args.resume}: {' '.join(taken)}")
+    if changed:
+        note(f"given here instead of the checkpoint's: {', '.join(changed)}")
+
+
+def fits_option(action: argparse.Action, value) -> bool:
+    """`value` is one the train parser could have given `action`'s dest."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return type(value) is bool
+    if isinstance(action, argparse._StoreConstAction):  # -O0 ... -O3: one dest, several flags
+        return value in PRESETS
+    if value is None:
+        return True
+    if isinstance(action, argparse._AppendAction):
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    kinds = {int: (int,), float: (int, float), None: (str,)}[action.type]
+    return type(value) in kinds and (action.choices is None or value in action.choices)
+
+
+def as_typed(action: argparse.Action, value) -> str:
+    """The option with `value` as a command line gives it."""
+    if not action.option_strings:
+        return str(value)  # the positional FILE
+    flag = action.option_strings[-1]
+    if isinstance(action, argparse._StoreTrueAction):
+        return flag if value else f"no {flag}"
+    if isinstance(action, argparse._StoreConstAction):
+        return f"-{value}"
+    if value is None:
+        return f"no {flag}"
+    if isinstance(action, argparse._AppendAction):
+        return " ".join(f"{flag} {item}" for item in value)
+    return f"{flag} {value}"
 
 
 def resume_and_fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
@@ -130,13 +255,20 @@ class EpochLog:
             self.file.flush()
 
 
+def position(trainer: Trainer) -> str:
+    """The last step completed, numbered as the epoch log numbers epochs (from 1)."""
+    if trainer.batch == 0:
+        return f"epoch {trainer.epoch}"
+    return f"epoch {trainer.epoch + 1}, batch {trainer.batch}"
+
+
 def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
     """Train, then write -o; Ctrl-C and a non-finite step say what was kept."""
     config = trainer.config
     trainer.log.objective = trainer.interface.objective
     if not args.quiet:
         if args.resume:
-            print(f"resumed from {args.resume}: epoch {trainer.epoch}, batch {trainer.batch}")
+            print(f"resumed from {args.resume} after {position(trainer)}")
         workers = f" with {args.workers} workers" if args.workers else ""
         print(f"training {trainer.model.graph.name} on {config.backend}{workers}: "
               f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer.kind} "
@@ -145,15 +277,19 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
     try:
         trainer.fit(train_data, val_data, checkpoint,
                     progress=None if args.quiet else print_progress)
-    except KeyboardInterrupt:
-        where = f"epoch {trainer.epoch + 1}, batch {trainer.batch}"
+    except TrainingStopped:
+        where = position(trainer)
         if checkpoint:
-            print(f"interrupted at {where}; checkpoint written to {checkpoint}. Resume with:\n"
-                  f"  chainrule train {args.file} --resume {checkpoint} [the same options]",
+            print(f"interrupted after {where}; checkpoint written to {checkpoint}. Resume "
+                  f"with:\n  chainrule train --resume {checkpoint}", file=sys.stderr)
+        elif args.output:
+            save_npz(args.output, trainer.params)
+            print(f"interrupted after {where}; wrote the params of that step to "
+                  f"{args.output} (give --checkpoint DIR to be able to resume)",
                   file=sys.stderr)
         else:
-            print(f"interrupted at {where}; no --checkpoint DIR was given, so nothing was "
-                  f"saved", file=sys.stderr)
+            print(f"interrupted after {where}; no -o FILE or --checkpoint DIR was given, so "
+                  f"nothing was saved", file=sys.stderr)
         return 130
     except NonFiniteError as error:
         kept = (f"the checkpoint in {checkpoint} (epoch {trainer.epoch}) is kept"
