@@ -10,8 +10,10 @@ from pathlib import Path
 from .. import __version__
 from ..fileio import atomic_write_bytes, save_npz
 from ..ir import dsl_names, print_dsl, print_graph
+from ..ir.dsl_printer import value_source
+from ..ir.errors import printable
 from ..passes import gradient_prefix
-from ..passes.manager import PASSES, PassContext
+from ..passes.manager import PASSES, PassContext, preset
 from ..viz import picture_target, render, to_dot
 from .inputs import UsageError, exported_step_spec, frozen_patterns, load_model
 
@@ -54,7 +56,9 @@ def print_params(title: str, params: list, graph) -> None:
         noun = "value" if count == 1 else "values"
         update = (f", next: {graph.updates[param.value.name]}"
                   if param.value.name in graph.updates else "")
-        print(f"  {param.value.name}: {param.value.type} = {param.init}  "
+        source = f"= {param.init}" if not param.loc or not param.loc.node else \
+            f"{value_source(param)} (fresh: {param.init})"
+        print(f"  {param.value.name}: {param.value.type} {source}  "
               f"({count:,} {noun}{update})")
     total = sum(int(np.prod(p.value.type.shape)) for p in params)
     print(f"  total: {total:,} values")
@@ -72,9 +76,15 @@ def pass_context(args) -> PassContext:
 
 def cmd_ir(args) -> int:
     model = load_model(args)
+    compiled = args.emit == "python" or args.print_memory_plan
+    passes = args.passes
+    if not (passes or args.grad or compiled):
+        # The text keeps both of batch norm's results and the state updates, so that `train`
+        # on a .cir trains the model the source does, and `run` on it infers as the source.
+        passes = ",".join(name for name in preset(args.opt_level) if name != "select_mode")
     graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level,
-                                   passes=args.passes, ctx=pass_context(args))
-    if args.emit == "python" or args.print_memory_plan:
+                                   passes=passes, ctx=pass_context(args))
+    if compiled:
         from ..backends.numpy_compiled import compile_graph, describe_plan
 
         compiled = compile_graph(graph)
@@ -139,9 +149,10 @@ def cmd_import(args) -> int:
         raise UsageError(f"-o names the .nn file to write, not {output}")
     values = output.with_suffix(".npz")
     model = load_model(args)
-    header = (f"Imported from {Path(args.file).name} by chainrule {__version__}; each "
-              f"comment names the ONNX node.\nThe params' values are in {values.name}: "
-              f"chainrule train {output.name} --params {values.name} ...")
+    header = (f"Imported from {printable(Path(args.file).name)} by chainrule {__version__}; "
+              f"each comment names the ONNX node.\nThe params' values are in {values.name}, "
+              f"each its ONNX initializer's (the init after `=` is only what a run without "
+              f"--params draws):\nchainrule train {output.name} --params {values.name} ...")
     text = print_dsl(model.graph, header=header)
     names = dsl_names(model.graph)
     atomic_write_bytes(output, text.encode())

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import PurePath
 
 import numpy as np
 
 from . import dims
-from .errors import INT64_MAX, ChainruleError
+from .errors import INT64_MAX, ChainruleError, printable
 from .graph import Graph, Node, Value
 from .ops import OPS, REQUIRED, OpDef
 from .scan import ScanParts
@@ -341,13 +342,20 @@ def _error(message: str, loc=None) -> ChainruleError:
 def _location(loc) -> str:
     if loc is None:
         return ""
-    return loc.node or loc.described()
+    return printable(loc.node) if loc.node else loc.described()
 
 
 def _line(text: str, loc, indent: str = INDENT) -> str:
     where = _location(loc)
     text = indent + text
     return f"{text.ljust(COMMENT_COLUMN)}  # {where}" if where else text
+
+
+def value_source(param) -> str:
+    """Where an imported param's value comes from (the initializer, or the constant or node
+    attribute, it holds): its init spec is only what a run without those values draws."""
+    loc = param.loc
+    return f"value from {printable(PurePath(loc.file).name)}: '{printable(loc.node)}'"
 
 
 def _type_text(value: Value) -> str:
@@ -477,8 +485,9 @@ def print_dsl(graph: Graph, *, header: str = "") -> str:
         if not is_float(value.type.dtype):
             raise _error(f"{param.kind} '{value.name}' is {value.type.dtype}; the DSL keeps "
                          f"f32 and f64 values only", param.loc)
-        lines.append(_line(f"{param.kind} {names[value]}: {_type_text(value)} = {param.init}",
-                           param.loc))
+        text = f"{param.kind} {names[value]}: {_type_text(value)} = {param.init}"
+        lines.append(_line(text, param.loc) if not param.loc or not param.loc.node else
+                     f"{INDENT}{text}".ljust(COMMENT_COLUMN) + f"  # {value_source(param)}")
     if graph.params:
         lines.append("")
     lines += _statements(graph.nodes, names, graph, updates, INDENT)

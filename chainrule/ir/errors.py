@@ -23,13 +23,33 @@ class SourceLoc:
     node: str = ""
 
     def __str__(self) -> str:
+        file = printable(self.file)
         if self.node:
-            return f"{self.file}:{self.node}"
-        return f"{self.file}:{self.line}:{self.col}" if self.line else self.file
+            # A node name ending in `]` would read as an iteration after it (text.py).
+            node = printable(self.node)
+            return f"{file}:{node[:-1]}\\x5d" if node.endswith("]") else f"{file}:{node}"
+        return f"{file}:{self.line}:{self.col}" if self.line else file
 
     def described(self) -> str:
         """FILE:LINE:COL with the iteration, as the IR text and ONNX docs show it."""
         return f"{self} [{self.iteration}]" if self.iteration else str(self)
+
+
+def printable(text: str) -> str:
+    """Foreign text (an ONNX name, a file name) as it may stand inside one printed line: a
+    backslash, and every character that ends a line or does not print (controls, U+2028,
+    U+2029, bidirectional overrides), as Python writes it in a string (`\\n`, `\\x1b`,
+    `\\u2028`). A name can then neither start a line of code in a printed model nor hide
+    text; `from_printable` reads it back."""
+    return "".join(char if char.isprintable() and char != "\\" else
+                   char.encode("unicode_escape").decode("ascii") for char in text)
+
+
+def from_printable(text: str) -> str:
+    """The text `printable` wrote."""
+    if "\\" not in text:
+        return text
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def onnx_node_loc(file: str, node_name: str) -> SourceLoc:

@@ -17,7 +17,7 @@ from lark.exceptions import UnexpectedInput, VisitError
 from lark.visitors import Transformer_NonRecursive
 
 from . import dims
-from .errors import ChainruleError, SourceLoc, integer_literal, syntax_error
+from .errors import ChainruleError, SourceLoc, from_printable, integer_literal, syntax_error
 from .graph import Graph, InitSpec, Node, Param, Value
 from .init import check_init
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_types
@@ -196,12 +196,13 @@ class _GraphReader:
             rest, iteration = rest[:-1].rsplit(" [", 1)
         if ONNX_SUFFIX + ":" in rest:  # an imported model's `FILE.onnx:NODE`
             file, node = rest.split(ONNX_SUFFIX + ":", 1)
-            return SourceLoc(file + ONNX_SUFFIX, 0, 0, iteration, node=node)
+            return SourceLoc(from_printable(file) + ONNX_SUFFIX, 0, 0, iteration,
+                             node=from_printable(node))
         # Split from the right since FILE may hold ':' itself (C:/models/m.nn).
         file, *position = rest.rsplit(":", 2)
         if len(position) != 2 or not all(number.isdecimal() for number in position):
             return None  # a plain comment, not a location
-        return SourceLoc(file, *map(int, position), iteration)
+        return SourceLoc(from_printable(file), *map(int, position), iteration)
 
     # ---- statements ---------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The second front end: ONNX models in, chainrule IR out.
 
-`import_graph(path_or_proto, ...)` reads an ONNX model (opset 13 and newer, default domain),
+`import_graph(path_or_proto, ...)` reads an ONNX model (opset 13 and newer, default domain,
+and the `ai.onnx.ml` ops of scikit-learn's linear models),
 folds its shape computations, maps each node through the op table, and optionally attaches a
 loss so that an inference model can be differentiated and trained.
 
@@ -19,7 +20,7 @@ __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSE
 
 # Each of these modules registers its converters in the op table when imported.
 CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "layout",
-                     "loss_ops", "normalization", "recurrent", "resize")
+                     "loss_ops", "ml", "normalization", "recurrent", "resize")
 # The names this package exports from its modules, loaded on first use.
 LAZY_NAMES = {"Imported": "importer", "Importer": "importer", "UnsupportedModel": "importer",
               "load_model": "importer", "Unsupported": "context", "CONVERTERS": "context",
@@ -50,12 +51,15 @@ def import_graph(path_or_proto, *, loss: str | None = None, target_input: str = 
     output) is that loss of `loss_output` (default: the first output) against a new input
     `target_input`."""
     _load_converters()
+    import onnx
+
     from .importer import Importer, load_model, upgraded
     from .loss import attach_loss
 
     model, file = load_model(path_or_proto)
     model, notes = upgraded(model, file)
-    imported = Importer(model, file, trainable=trainable, freeze=freeze, dims=dims).run()
+    imported = Importer(model, file, trainable=trainable, freeze=freeze, dims=dims,
+                        from_path=not isinstance(path_or_proto, onnx.ModelProto)).run()
     imported.notes += notes
     if loss is not None:
         attach_loss(imported, loss, target_input, loss_output, file)

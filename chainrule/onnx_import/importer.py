@@ -15,13 +15,15 @@ from onnx import TensorProto, numpy_helper, version_converter
 
 from ..fileio import MAX_ONNX_BYTES, read_bytes
 from ..ir import ChainruleError, Graph, GraphBuilder, InitSpec, Param, Value, dims, file_error
-from ..ir.errors import SourceLoc, onnx_node_loc
+from ..ir.errors import SourceLoc, onnx_node_loc, printable
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
 from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dim_hint, dtype_of_array
+from .external_data import external_array, is_external
 from .folding import FOLDERS, substituted_shape
+from .ml import ML_DOMAIN, ML_OPS
 
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
@@ -44,6 +46,9 @@ CONSTANT_POSITIONS = {"Pow": (1,)}
 WEIGHT_POSITIONS = {"Gemm": (1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "PRelu": (1,),
                     "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2),
                     "LayerNormalization": (1, 2), "GroupNormalization": (1, 2)}
+# Inputs whose fresh value is ones: a norm's scale, batch norm's running variance.
+ONES_POSITIONS = {"BatchNormalization": (1, 4), "InstanceNormalization": (1,),
+                  "LayerNormalization": (1,), "GroupNormalization": (1,)}
 OP_NOT_SUPPORTED = "op not supported"
 
 
@@ -61,12 +66,14 @@ class Problem:
     # What the user can do about it, where something is known (a --dim for a symbolic dim).
     hint: str | None = None
 
+    # The model's names are foreign text: printed escaped, so that each stays on its line.
     def __str__(self) -> str:
-        return f"{self.op_type} node '{self.node}': {self.reason}"
+        return printable(f"{self.op_type} node '{self.node}': {self.reason}")
 
     @property
     def note(self) -> str:
-        return f"{self.op_type}: {self.reason}" + (f" (hint: {self.hint})" if self.hint else "")
+        return printable(f"{self.op_type}: {self.reason}" +
+                         (f" (hint: {self.hint})" if self.hint else ""))
 
 
 def run_time_array(array: np.ndarray) -> np.ndarray:
@@ -258,10 +265,14 @@ def _right_aligned(shapes) -> list[tuple]:
 
 class Importer:
     def __init__(self, model: onnx.ModelProto, file: str, *, trainable=None, freeze=(),
-                 dims=None):
+                 dims=None, from_path: bool = False):
         self.model = model
         self.file = file
-        self.graph = Graph(identifier(model.graph.name or "imported", "model"),
+        # Whether `file` is the model's path, whose folder holds its external data.
+        self.from_path = from_path
+        # A graph's name is a plain name in the IR text: no `.` or `/` as a value's may hold.
+        self.graph = Graph(re.sub(r"[./]", "_", identifier(model.graph.name or "imported",
+                                                            "model")),
                            loc=SourceLoc(file, 0, 0))
         self.builder = GraphBuilder(self.graph)
         self.dims = dict(dims or {})
@@ -273,6 +284,10 @@ class Importer:
         self.trainable = None if trainable is None else set(trainable)
         self.freeze = set(freeze)
         self.problems: list[Problem] = []
+        # What the import did that its user should know (a ZipMap read as a tensor).
+        self.notes: list[str] = []
+        # The Identity nodes that gave a merged initializer its own name (untie_initializers).
+        self.untied: set[int] = set()
         # ONNX values nothing can stand in for (their type is unknown): a node reading one
         # inherits a failure, and is not reported.
         self.poisoned: set[str] = set()
@@ -295,8 +310,10 @@ class Importer:
         self.check_opsets()
         self.read_initializers()
         self.read_inputs()
+        needed = needed_nodes(self.model.graph) - self.untied
         for index, node in enumerate(self.model.graph.node):
-            self.convert(node, index)
+            if index in needed:
+                self.convert(node, index)
         self.check_choice("--trainable", self.trainable)
         self.check_choice("--freeze", self.freeze)
         outputs = self.read_outputs()
@@ -306,7 +323,7 @@ class Importer:
         self.graph.outputs = [self.builder.current(v) for v in outputs]
         self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         check_graph_sizes(self.graph)
-        return Imported(self.graph, self.params, self.names)
+        return Imported(self.graph, self.params, self.names, self.notes)
 
     def check_opsets(self) -> None:
         for entry in self.model.opset_import:
@@ -326,17 +343,43 @@ class Importer:
 
     def read_initializers(self) -> None:
         for tensor in self.model.graph.initializer:
-            try:
-                array = numpy_helper.to_array(tensor)
-            except Exception as error:
-                raise file_error(self.file, f"initializer '{tensor.name}' cannot be read: "
-                                 f"{error}") from None
+            array = self.initializer_array(tensor)
             self.initializers[tensor.name] = array
             if not is_float_array(array):
                 self.values[tensor.name] = Known(array)
+        self.untie_initializers()
         if self.model.graph.sparse_initializer:
             self.problems.append(Problem("graph", self.model.graph.name,
                                          "sparse initializers are not supported"))
+
+    def untie_initializers(self) -> None:
+        """PyTorch's exporter merges initializers of equal values into one and reads the others
+        through Identity nodes: a fresh batch norm's running variance is `Identity(weight)`,
+        a second layer's weight `Identity` of the first's. Each such output is a value of its
+        own, as it was in the model: a copy of the values, trained or updated on its own."""
+        merged = []
+        for index, node in enumerate(self.model.graph.node):
+            source = node.input[0] if node.op_type == "Identity" and node.input else None
+            if node.domain in DEFAULT_DOMAINS and source in self.initializers and \
+                    is_float_array(self.initializers[source]) and node.output[0]:
+                self.initializers[node.output[0]] = self.initializers[source].copy()
+                self.untied.add(index)
+                merged.append(f"{node.output[0]} (= {source})")
+        if merged:
+            self.notes.append(f"{len(merged)} initializer{'s' if len(merged) > 1 else ''} the "
+                              f"exporter merged with an equal one (read through Identity) "
+                              f"{'are values' if len(merged) > 1 else 'is a value'} of "
+                              f"{'their' if len(merged) > 1 else 'its'} own: "
+                              f"{', '.join(merged)}")
+
+    def initializer_array(self, tensor) -> np.ndarray:
+        if is_external(tensor):
+            return external_array(tensor, self.file if self.from_path else None)
+        try:
+            return numpy_helper.to_array(tensor)
+        except Exception as error:
+            raise file_error(self.file, printable(f"initializer '{tensor.name}' cannot be "
+                                                  f"read: {error}")) from None
 
     def read_inputs(self) -> None:
         for info in self.model.graph.input:
@@ -393,7 +436,7 @@ class Importer:
             # whatever its inputs is its own.
             problem = self.fixed_problem(node)
             if problem is None:
-                unknown = unknown_attributes(node, self.opset)
+                unknown = unknown_attributes(node, *self.opset_of(node))
                 problem = Unsupported(attributes_not_supported(unknown)) if unknown else None
             if problem:
                 self.problems.append(Problem(node.op_type, name, str(problem)))
@@ -461,7 +504,7 @@ class Importer:
         if fixed:
             raise NodeFailure([fixed])
         ctx = NodeContext(self, node, onnx_node_loc(self.file, name))
-        unknown = unknown_attributes(node, self.opset)
+        unknown = unknown_attributes(node, *self.opset_of(node))
         if unknown:  # onnx.checker refuses them too; the converter goes on without them
             for attr_name in unknown:
                 del ctx.attributes[attr_name]
@@ -481,13 +524,22 @@ class Importer:
 
     def fixed_problem(self, node) -> Unsupported | None:
         """What stops the node whatever its inputs: its domain, its op, its schema."""
-        if node.domain not in DEFAULT_DOMAINS:
+        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN):
             return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
-                               f"only)")
-        if node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
+                               f"and {ML_DOMAIN})")
+        if node.domain == ML_DOMAIN and node.op_type not in ML_OPS or \
+                node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
             return Unsupported(OP_NOT_SUPPORTED)
-        malformed = schema_violation(node, self.opset)
+        malformed = schema_violation(node, *self.opset_of(node))
         return Unsupported(malformed) if malformed else None
+
+    def opset_of(self, node) -> tuple[int, str]:
+        """The opset version the model imports for the node's domain, and the domain as
+        onnx.defs names it."""
+        if node.domain in DEFAULT_DOMAINS:
+            return self.opset, ""
+        return next((e.version for e in self.model.opset_import if e.domain == node.domain),
+                    1), node.domain
 
     def converted(self, ctx: NodeContext) -> list:
         results = self.folded(ctx)
@@ -632,7 +684,7 @@ class Importer:
         # A name that cannot start a value (PyTorch's `0.weight`) gets `prefix` in front.
         value = Value(self.builder.namer.fresh(identifier(hint, prefix)), value_type)
         # The file holds the values; the init spec says what re-initialising would draw.
-        init = InitSpec("glorot" if trainable and array.ndim >= 2 else "zeros")
+        init = InitSpec(self.fresh_init(hint, array, trainable))
         self.graph.params.append(Param(value, init, SourceLoc(self.file, 0, 0, node=hint),
                                        trainable=trainable))
         # C order without ascontiguousarray, which makes a 0-d array 1-d (a scalar param then
@@ -640,6 +692,14 @@ class Importer:
         self.params[value.name] = np.require(array, requirements="C")
         self.bound.add(value)
         return value
+
+    def fresh_init(self, name: str, array: np.ndarray, trainable: bool) -> str:
+        """What a param starts from without the file's values: a norm's scale and a running
+        variance from ones (zeros would silence the layer), a weight of rank 2 or more from
+        glorot, the rest from zeros."""
+        if any(index in ONES_POSITIONS.get(op, ()) for op, index in self.positions.get(name, ())):
+            return "ones"
+        return "glorot" if trainable and array.ndim >= 2 else "zeros"
 
     def bind_param(self, onnx_name: str, value: Value) -> Value:
         self.values[onnx_name] = value
@@ -792,14 +852,35 @@ class Importer:
                                  SourceLoc(self.file, 0, 0))
 
 
+def needed_nodes(graph) -> set[int]:
+    """The positions of the nodes the graph's outputs need, directly or through others: a node
+    nothing reads (a ZipMap's sibling output, a branch the exporter left) is not imported, so
+    an op chainrule lacks there does not stop the model."""
+    wanted = {info.name for info in graph.output}
+    needed = set()
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
+        if wanted.isdisjoint(node.output):
+            continue
+        needed.add(index)
+        # A body reads the enclosing graph's values by name, as an input would.
+        wanted.update(name for inner in nodes_within_node(node) for name in inner.input)
+    return needed
+
+
+def nodes_within_node(node):
+    """The node and the nodes of the subgraphs its attributes hold."""
+    yield node
+    for attribute in node.attribute:
+        subgraphs = [attribute.g] if attribute.HasField("g") else []
+        for subgraph in subgraphs + list(attribute.graphs):
+            yield from nodes_within(subgraph)
+
+
 def nodes_within(graph):
     """The graph's nodes and, depth first, those of the subgraphs their attributes hold."""
     for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            subgraphs = [attribute.g] if attribute.HasField("g") else []
-            for subgraph in subgraphs + list(attribute.graphs):
-                yield from nodes_within(subgraph)
+        yield from nodes_within_node(node)
 
 
 def sequence_read_as_tensor(name: str) -> Unsupported:
@@ -808,11 +889,12 @@ def sequence_read_as_tensor(name: str) -> Unsupported:
                        f"with SequenceAt", hint="return or use its tensors one by one")
 
 
-def schema_violation(node, opset: int) -> str | None:
-    """How `node` breaks its op's ONNX schema at `opset` (input and output counts, required
-    inputs and attributes, attribute kinds), so that converters meet well-formed nodes only."""
+def schema_violation(node, opset: int, domain: str = "") -> str | None:
+    """How `node` breaks its op's ONNX schema at `opset` of `domain` (input and output counts,
+    required inputs and attributes, attribute kinds), so that converters meet well-formed nodes
+    only."""
     try:
-        schema = onnx.defs.get_schema(node.op_type, opset, "")
+        schema = onnx.defs.get_schema(node.op_type, opset, domain)
     except onnx.defs.SchemaError:
         return f"no {node.op_type} in opset {opset}"
     if not schema.min_input <= len(node.input) <= schema.max_input:
@@ -836,9 +918,9 @@ def schema_violation(node, opset: int) -> str | None:
     return None
 
 
-def unknown_attributes(node, opset: int) -> list[str]:
+def unknown_attributes(node, opset: int, domain: str = "") -> list[str]:
     """The node's attributes its op's schema does not have (schema_violation found it)."""
-    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    schema = onnx.defs.get_schema(node.op_type, opset, domain)
     return sorted({a.name for a in node.attribute} - set(schema.attributes))
 
 
