@@ -29,11 +29,12 @@ def is_external(tensor: onnx.TensorProto) -> bool:
 def external_array(tensor: onnx.TensorProto, model_file: str | None) -> np.ndarray:
     """The initializer's values, read from its external file; `model_file` is the model's
     path (None for a model given as a proto, which has no folder to look in)."""
-    what = f"initializer '{tensor.name}'"
+    what = f"initializer '{printable(tensor.name)}'"
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
     if model_file is None:
-        raise ChainruleError(f"{what} keeps its values in the external file '{location}', and a "
+        raise ChainruleError(f"{what} keeps its values in the external file "
+                             f"'{printable(location)}', and a "
                              f"model given as a proto has no folder to find it in; load it "
                              f"with onnx.load(path), which reads external data, or pass the "
                              f"path")

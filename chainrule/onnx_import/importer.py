@@ -151,8 +151,8 @@ def upgraded(model: onnx.ModelProto, file: str) -> tuple[onnx.ModelProto, list[s
         reason = (f"opset {version} is older than chainrule reads ({MIN_OPSET} and newer), "
                   f"and onnx.version_converter could not convert it: {error}")
         raise UnsupportedModel(file, [Problem("opset", "", reason)], reason) from None
-    return converted, [f"{file}: converted from opset {version} to {MIN_OPSET} with "
-                       f"onnx.version_converter"]
+    return converted, [f"{printable(file)}: converted from opset {version} to {MIN_OPSET} "
+                       f"with onnx.version_converter"]
 
 
 def _every_node(graph: onnx.GraphProto):
@@ -359,18 +359,18 @@ class Importer:
         own, as it was in the model: a copy of the values, trained or updated on its own."""
         merged = []
         for index, node in enumerate(self.model.graph.node):
-            source = node.input[0] if node.op_type == "Identity" and node.input else None
-            if node.domain in DEFAULT_DOMAINS and source in self.initializers and \
-                    is_float_array(self.initializers[source]) and node.output[0]:
+            if node.op_type != "Identity" or node.domain not in DEFAULT_DOMAINS or \
+                    len(node.input) != 1 or len(node.output) != 1 or not node.output[0]:
+                continue
+            source = node.input[0]
+            if source in self.initializers and is_float_array(self.initializers[source]):
                 self.initializers[node.output[0]] = self.initializers[source].copy()
                 self.untied.add(index)
                 merged.append(f"{node.output[0]} (= {source})")
         if merged:
-            self.notes.append(f"{len(merged)} initializer{'s' if len(merged) > 1 else ''} the "
-                              f"exporter merged with an equal one (read through Identity) "
-                              f"{'are values' if len(merged) > 1 else 'is a value'} of "
-                              f"{'their' if len(merged) > 1 else 'its'} own: "
-                              f"{', '.join(merged)}")
+            self.notes.append(printable(
+                f"initializers the exporter merged with an equal one (read through Identity) "
+                f"are imported as values of their own: {', '.join(merged)}"))
 
     def initializer_array(self, tensor) -> np.ndarray:
         if is_external(tensor):
@@ -845,10 +845,10 @@ class Importer:
         floats = {n for n, a in self.initializers.items() if is_float_array(a)}
         unknown = sorted(set(names) - floats)
         if unknown:
-            raise ChainruleError(f"{flag}: {', '.join(unknown)} "
-                                 f"{'is' if len(unknown) == 1 else 'are'} not float "
-                                 f"initializers of this model; they are: "
-                                 f"{', '.join(sorted(floats)) or '(none)'}",
+            raise ChainruleError(printable(f"{flag}: {', '.join(unknown)} "
+                                           f"{'is' if len(unknown) == 1 else 'are'} not float "
+                                           f"initializers of this model; they are: "
+                                           f"{', '.join(sorted(floats)) or '(none)'}"),
                                  SourceLoc(self.file, 0, 0))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir.errors import printable
 from ..ir.types import is_float
 from .context import Unsupported, converter
 
@@ -143,8 +144,8 @@ def _zip_map(ctx):
         raise Unsupported("string class labels (chainrule holds numbers only)")
     labels = ctx.attr("classlabels_int64s", [])
     probabilities = ctx.require_rank(ctx.input(0), 2, 2)
-    ctx.importer.notes.append(
+    ctx.importer.notes.append(printable(
         f"{ctx.node.output[0]}: ZipMap's map from class label to probability is read as the "
         f"tensor of probabilities, {probabilities.type}, its columns in the order of the "
-        f"labels {list(labels)}")
+        f"labels {list(labels)}"))
     return [probabilities]
