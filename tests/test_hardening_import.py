@@ -284,3 +284,49 @@ def test_training_a_cir_file_trains_the_model_its_source_is(tmp_path):
     x = rng.normal(size=(4, 64)).astype(np.float32)
     np.testing.assert_allclose(from_ir.run(outputs=["logits"], x=x)["logits"],
                                from_source.run(outputs=["logits"], x=x)["logits"], rtol=1e-5)
+
+
+def ml_model(node, outputs) -> onnx.ModelProto:
+    """A model of one ai.onnx.ml node on X: f32[3, 4]."""
+    graph = helper.make_graph([node], "ml", [
+        helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info(name, dtype, None) for name, dtype in outputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                   helper.make_opsetid("ai.onnx.ml", 3)])
+
+
+COEFFICIENTS = [0.5, -1.0, 0.25, 2.0, -0.5, 1.5, 0.0, -2.0, 1.0, 1.0, -1.0, 0.5]
+ML_NODES = {
+    "normalizer_max": (helper.make_node("Normalizer", ["X"], ["Y"], domain="ai.onnx.ml",
+                                        norm="MAX"), [("Y", TensorProto.FLOAT)]),
+    "normalizer_l1": (helper.make_node("Normalizer", ["X"], ["Y"], domain="ai.onnx.ml",
+                                       norm="L1"), [("Y", TensorProto.FLOAT)]),
+    "normalizer_l2": (helper.make_node("Normalizer", ["X"], ["Y"], domain="ai.onnx.ml",
+                                       norm="L2"), [("Y", TensorProto.FLOAT)]),
+    "scaler_one_value": (helper.make_node("Scaler", ["X"], ["Y"], domain="ai.onnx.ml",
+                                          offset=[1.0], scale=[0.5]),
+                         [("Y", TensorProto.FLOAT)]),
+    "regressor_two_targets": (helper.make_node(
+        "LinearRegressor", ["X"], ["Y"], domain="ai.onnx.ml", coefficients=COEFFICIENTS[:8],
+        intercepts=[0.5, -0.5], targets=2), [("Y", TensorProto.FLOAT)]),
+    **{f"classifier_{transform.lower()}": (helper.make_node(
+        "LinearClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
+        coefficients=COEFFICIENTS, intercepts=[0.1, -0.2, 0.3], classlabels_ints=[7, 3, 5],
+        post_transform=transform), [("label", TensorProto.INT64), ("scores", TensorProto.FLOAT)])
+        for transform in ("NONE", "SOFTMAX", "LOGISTIC")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ML_NODES))
+def test_ai_onnx_ml_ops_compute_what_onnxruntime_does(name):
+    model = ml_model(*ML_NODES[name])
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    x[1] = 0  # a row of zeros: Normalizer leaves it zeros
+    x[2] = -np.abs(x[2]) - 0.1  # MAX divides by the greatest value, here a negative one
+    expected = onnxruntime_outputs(model, {"X": x})
+    imported = chainrule.import_onnx(model)
+    results = imported.run(X=x)
+    for info, want in zip(model.graph.output, expected, strict=True):
+        have = results[imported.onnx_names[info.name]]
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=info.name)
+        assert have.dtype == want.dtype

@@ -23,8 +23,6 @@ ML_OPS = frozenset({"LinearClassifier", "LinearRegressor", "Normalizer", "Scaler
 # What each post_transform does to a linear model's scores; SOFTMAX_ZERO and PROBIT are not
 # composed (skl2onnx writes neither for the models above).
 POST_TRANSFORMS = ("NONE", "SOFTMAX", "LOGISTIC")
-# Normalizer divides by at least this, so that a row of zeros stays zeros (as onnxruntime).
-SMALLEST_NORM = 1e-30
 
 
 def _float_input(ctx, index: int = 0):
@@ -98,16 +96,20 @@ def _linear_classifier(ctx):
 
 @converter("Normalizer")
 def _normalizer(ctx):
-    """Each row over its max, L1 or L2 norm."""
+    """Each row over its max (signed, as the spec and onnxruntime take it), L1 or L2 norm; a
+    row whose norm is 0 stays as it is."""
     norm = ctx.require_attr("norm", ("MAX", "L1", "L2"), "MAX")
     x = ctx.require_rank(_float_input(ctx), 2, 2)
-    if norm == "L2":
+    if norm == "MAX":
+        size = ctx.emit("max", x, axes=(1,), keepdims=True)
+    elif norm == "L1":
+        size = ctx.emit("sum", ctx.emit("abs", x), axes=(1,), keepdims=True)
+    else:
         size = ctx.emit("sqrt", ctx.emit("sum", ctx.emit("mul", x, x), axes=(1,),
                                          keepdims=True))
-    else:
-        reduction = "max" if norm == "MAX" else "sum"
-        size = ctx.emit(reduction, ctx.emit("abs", x), axes=(1,), keepdims=True)
-    return [ctx.emit("div", x, ctx.emit("maximum", size, ctx.constant(SMALLEST_NORM, x)))]
+    # Dividing a zero row by 1 leaves it, with a gradient that is not NaN.
+    zero = ctx.emit("equal", size, ctx.constant(0.0, x))
+    return [ctx.emit("div", x, ctx.emit("where", zero, ctx.constant(1.0, x), size))]
 
 
 @converter("Scaler")
