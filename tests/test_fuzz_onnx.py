@@ -116,8 +116,8 @@ NAME_CHARACTERS = st.characters(codec="utf-8", exclude_characters="\x00") | st.s
 @fuzz
 @given(st.data())
 def test_models_with_random_names_decompile_to_the_same_model(data):
-    """Every node, value, initializer and graph name of the MLP fixture replaced by random
-    text: the decompiled model compiles and computes what onnxruntime computes on the
+    """Every node, value, initializer and graph name of the MLP fixture, and its batch dim's
+    name, replaced by random text: the decompiled model compiles and computes what onnxruntime computes on the
     original, and the IR text reads back as the same graph."""
     import onnxruntime
 
@@ -131,15 +131,20 @@ def test_models_with_random_names_decompile_to_the_same_model(data):
     fresh = data.draw(st.lists(st.text(NAME_CHARACTERS, min_size=1, max_size=12),
                                min_size=len(values), max_size=len(values), unique=True))
     renamed = dict(zip(values, fresh, strict=True))
-    for node in graph.node:
+    node_names = data.draw(st.lists(st.text(NAME_CHARACTERS, max_size=12),
+                                    min_size=len(graph.node), max_size=len(graph.node),
+                                    unique=True))  # onnxruntime refuses two of one name
+    for node, name in zip(graph.node, node_names, strict=True):
         node.input[:] = [renamed[name] for name in node.input]
         node.output[:] = [renamed[name] for name in node.output]
-        node.name = data.draw(st.text(NAME_CHARACTERS, max_size=12))
+        node.name = name
     for info in [*graph.input, *graph.output, *graph.value_info]:
         info.name = renamed.get(info.name, info.name)
     for tensor in graph.initializer:
         tensor.name = renamed[tensor.name]
     graph.name = data.draw(st.text(NAME_CHARACTERS, max_size=12))
+    graph.input[0].type.tensor_type.shape.dim[0].dim_param = data.draw(
+        st.text(NAME_CHARACTERS, max_size=8))
     x = np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32)
     session = onnxruntime.InferenceSession(model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])

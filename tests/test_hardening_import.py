@@ -17,9 +17,9 @@ from support.cli import chainrule as chainrule_cli
 from support.paths import ROOT
 
 # Names that end a line, hide text, look like a comment, a location or an escape.
-HOSTILE_NAMES = ["n\nout = out * 1000", "cr\rreturn x", "ls\u2028x = 1", "ps\u2029", "nel\x85",
-                 "#\"'; x", "esc\x1b[31m", "back\\nslash", "ends]", "a [t=3]", "rtl\u202eevil",
-                 "tab\tv", "m.onnx:fake", "nul\x00x", ""]
+HOSTILE_NAMES = ["n\nout = out * 1000", "cr\rreturn x", "a [t=3]", "trailing ", "ls\u2028x = 1",
+                 "ends]", "esc\x1b[31m", "back\\nslash", "ps\u2029", "rtl\u202eevil", "nel\x85",
+                 "tab\tv", "m.onnx:fake", "#\"'; x", "nul\x00x", ""]
 
 
 def onnxruntime_outputs(model: onnx.ModelProto, feeds: dict) -> list:
@@ -51,7 +51,7 @@ def hostile_mlp(names) -> onnx.ModelProto:
 
 def unique_hostile_names(count: int) -> list[str]:
     """`count` distinct names (ONNX values need distinct ones), each hostile."""
-    return [f"{HOSTILE_NAMES[i % len(HOSTILE_NAMES)]}{i}" for i in range(count)]
+    return [f"{i}{HOSTILE_NAMES[i % len(HOSTILE_NAMES)]}" for i in range(count)]
 
 
 def decompiled(model: onnx.ModelProto) -> chainrule.Model:
@@ -85,7 +85,8 @@ def test_import_writes_hostile_names_escaped(tmp_path):
     result = chainrule_cli("import", path, "-o", tmp_path / "m.nn")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "m.nn").read_text()
-    assert "# n\\nout = out * 10000\n" in text and "# ls\\u2028x = 12\n" in text
+    assert "# 0n\\nout = out * 1000\n" in text and "# 2a [t=3]\n" in text
+    assert "# value from hostile.onnx: '5ends]'\n" in text
     ran = chainrule_cli("run", tmp_path / "m.nn", "--params", tmp_path / "m.npz",
                         "--random-inputs")
     assert ran.returncode == 0, ran.stderr

@@ -25,9 +25,12 @@ class SourceLoc:
     def __str__(self) -> str:
         file = printable(self.file)
         if self.node:
-            # A node name ending in `]` would read as an iteration after it (text.py).
             node = printable(self.node)
-            return f"{file}:{node[:-1]}\\x5d" if node.endswith("]") else f"{file}:{node}"
+            # The IR text's reader would take a last `]` as closing an iteration, and strip a
+            # last space: either is written escaped.
+            if node.endswith(("]", " ")):
+                node = f"{node[:-1]}\\x{ord(node[-1]):02x}"
+            return f"{file}:{node}"
         return f"{file}:{self.line}:{self.col}" if self.line else file
 
     def described(self) -> str:
