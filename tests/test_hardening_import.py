@@ -331,3 +331,22 @@ def test_ai_onnx_ml_ops_compute_what_onnxruntime_does(name):
         have = results[imported.onnx_names[info.name]]
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=info.name)
         assert have.dtype == want.dtype
+
+
+def test_a_constant_nodes_external_data_is_refused_not_read_from_the_working_directory(
+        tmp_path):
+    value = numpy_helper.from_array(np.ones((2, 3), np.float32), "c")
+    value.data_location = TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="c.bin")
+    value.ClearField("raw_data")
+    (tmp_path / "c.bin").write_bytes(np.full(6, 7, np.float32).tobytes())
+    nodes = [helper.make_node("Constant", [], ["c"], value=value),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "m.onnx")
+    result = chainrule_cli("check", "m.onnx", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Constant's value keeps its values in an external file" in result.stderr

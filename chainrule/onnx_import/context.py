@@ -4,7 +4,7 @@ rather than silently dropped), and a builder that locates every node it emits.""
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.checker import ValidationError
 
 from ..ir import ChainruleError, GraphBuilder, Value, dims
@@ -335,6 +335,10 @@ def tensor_array(tensor, what: str) -> np.ndarray:
     unknown data type, data of another size than its dims) is the node's problem."""
     if tensor.data_type not in helper.get_all_tensor_dtypes():
         raise Unsupported(f"{what} has the unknown ONNX data type {tensor.data_type}")
+    if tensor.data_location == TensorProto.EXTERNAL:
+        # onnx would look for the file in the working directory, not beside the model.
+        raise Unsupported(f"{what} keeps its values in an external file (chainrule reads "
+                          f"external data for initializers)")
     try:
         return numpy_helper.to_array(tensor)
     except (ValueError, ValidationError) as error:
