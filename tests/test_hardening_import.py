@@ -180,6 +180,9 @@ def test_scikit_learn_models_give_onnxruntimes_outputs(name):
                 np.testing.assert_array_equal(result, expected[key])
             else:
                 np.testing.assert_allclose(result, expected[key], rtol=1e-5, atol=1e-6)
+    printed = decompiled(onnx.load(SKLEARN / f"{name}.onnx"))  # and as a .nn model
+    for key, value in printed.run(X=x).items():
+        np.testing.assert_allclose(value, model.run(X=x)[key], rtol=1e-6)
 
 
 def test_a_zipmap_reads_as_the_tensor_of_probabilities_and_says_so():

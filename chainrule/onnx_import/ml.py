@@ -32,6 +32,11 @@ def _float_input(ctx, index: int = 0):
     return x
 
 
+def _hint(ctx, attribute: str) -> str:
+    """The name of a value made from one of the node's attributes: `Scaler.offset`."""
+    return f"{ctx.node.name or ctx.node.op_type}.{attribute}"
+
+
 def _linear(ctx, x):
     """x @ coefficientsᵀ + intercepts, with coefficients [targets, features] as params."""
     features = x.type.shape[-1]
@@ -40,9 +45,8 @@ def _linear(ctx, x):
             coefficients.size % features:
         raise Unsupported(f"{coefficients.size} coefficients for {features} features")
     targets = coefficients.size // features
-    name = ctx.node.name or ctx.node.op_type
     dtype = np.float64 if x.type.dtype == "f64" else np.float32
-    weight = ctx.importer.add_param(f"{name}.coefficients",
+    weight = ctx.importer.add_param(_hint(ctx, "coefficients"),
                                     coefficients.reshape(targets, features).T.astype(dtype),
                                     trainable=True)
     scores = ctx.emit("matmul", x, weight)
@@ -50,7 +54,7 @@ def _linear(ctx, x):
     if intercepts.size:
         if intercepts.size not in (1, targets):
             raise Unsupported(f"{intercepts.size} intercepts for {targets} targets")
-        bias = ctx.importer.add_param(f"{name}.intercepts",
+        bias = ctx.importer.add_param(_hint(ctx, "intercepts"),
                                       np.broadcast_to(intercepts, (targets,)).copy(),
                                       trainable=True)
         scores = ctx.emit("add", scores, bias)
@@ -90,7 +94,8 @@ def _linear_classifier(ctx):
         scores = ctx.emit("sigmoid", scores)
     best = ctx.emit("argmax", scores, axis=1, keepdims=False)
     if not np.array_equal(labels, np.arange(len(labels))):
-        best = ctx.emit("take", ctx.known_tensor(labels, "classlabels_ints"), best, axis=0)
+        best = ctx.emit("take", ctx.known_tensor(labels, _hint(ctx, "classlabels_ints")), best,
+                        axis=0)
     return [best, scores]
 
 
@@ -121,7 +126,7 @@ def _scaler(ctx):
     for name, op in (("offset", "sub"), ("scale", "mul")):
         values = np.asarray(ctx.attr(name, []), dtype)
         if values.size:
-            result = ctx.emit(op, result, ctx.known_tensor(values, name))
+            result = ctx.emit(op, result, ctx.known_tensor(values, _hint(ctx, name)))
     return [result]
 
 
