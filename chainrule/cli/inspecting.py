@@ -78,7 +78,7 @@ def cmd_ir(args) -> int:
     model = load_model(args)
     compiled = args.emit == "python" or args.print_memory_plan
     passes = args.passes
-    if not (passes or args.grad or compiled):
+    if not (passes or args.grad or compiled or args.print_after or args.print_after_all):
         # The text keeps both of batch norm's results and the state updates, so that `train`
         # on a .cir trains the model the source does, and `run` on it infers as the source.
         passes = ",".join(name for name in preset(args.opt_level) if name != "select_mode")
