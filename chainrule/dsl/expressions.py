@@ -18,6 +18,7 @@ from lark import Token, Tree
 
 from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, compositions, dims, get_op
 from ..ir.errors import INT64_MAX, integer_literal
+from ..ir.limits import dim_number_problem
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import UNKNOWN, is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
@@ -44,6 +45,8 @@ BINARY_OPS = tuple(FOLD) + ("matmul",)
 # Arithmetic where an operand is a symbolic dim: a dim expression (`S-1`, `B*H`, `W//2`).
 DIM_FOLD = {"add": dims.add, "sub": dims.sub, "mul": dims.mul, "floordiv": dims.floordiv,
             "mod": dims.mod}
+# A constant node holds its value as an f64, exact for integers up to this.
+MAX_EXACT_INTEGER = 2 ** 53
 # `//` and `%` on tensors: no op of their own, but floor of a quotient (Python's semantics).
 TENSOR_COMPOSITIONS = {"floordiv": compositions.floor_divide, "mod": compositions.remainder}
 # Unary operators on constants: the fold and the kind of constant it takes.
@@ -352,9 +355,13 @@ class ExpressionLowerer(LoopIndexing):
             if not is_dim(value) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ChainruleError(f"dims compute with integers, not {value!r}", loc)
         try:
-            return as_dim_value(DIM_FOLD[op](left, right))
+            dim = DIM_FOLD[op](left, right)
         except dims.NotADim as error:
             raise ChainruleError(f"the dim {error}", loc) from None
+        problem = dim_number_problem(dim)
+        if problem:
+            raise ChainruleError(problem, loc)
+        return as_dim_value(dim)
 
     def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
         """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
@@ -394,6 +401,13 @@ class ExpressionLowerer(LoopIndexing):
                                  f"tensor with f32(...) first", loc)
         elif dtype == "bool":
             raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
+        return self.typed_constant(value, dtype, loc)
+
+    def typed_constant(self, value, dtype: str, loc) -> Value:
+        """A constant node of `value`; as an i64, a number that its f64 attr holds exactly."""
+        if dtype == "i64" and not abs(value) <= MAX_EXACT_INTEGER:
+            raise ChainruleError(f"the constant {value} as an i64 tensor: a constant holds "
+                                 f"integers up to 2**53 = {MAX_EXACT_INTEGER:,} exactly", loc)
         return self.builder.constant(value, dtype, loc=loc)
 
     def alone(self, value):
@@ -573,7 +587,7 @@ class ExpressionLowerer(LoopIndexing):
             if not is_number(value):
                 raise ChainruleError(f"{dtype}() takes a tensor or a number, not "
                                      f"{describe_constant(value)}", loc)
-            return self.builder.constant(value, dtype, loc=loc)
+            return self.typed_constant(value, dtype, loc)
         return self.cast(value, dtype, loc)
 
     def cast(self, value: Value, dtype: str, loc) -> Value:

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from .dims import DimExpr, Quotient
 from .errors import ChainruleError, SourceLoc
 from .types import NUMPY_DTYPES, TensorType
 
@@ -20,6 +21,20 @@ MAX_ELEMENTS = 2 ** 31
 # takes minutes and the generated code does not fit in memory. The largest example, a 1,600-layer
 # MLP with its train step, has about 15,000 nodes.
 MAX_NODES = 250_000
+# Unrolling and inlining repeat work whether or not it adds nodes: each unrolled loop iteration,
+# inlined function call and layer made lowers a block of statements again, in 10 to 100
+# microseconds. A model may lower as many in all as one loop may unroll (40 nested range(2)
+# loops would ask for 2**40); the examples lower at most about 100.
+MAX_LOWERED_BLOCKS = 100_000
+# What MAX_LOWERED_BLOCKS counts, as the errors that refuse more say.
+BLOCKS_COUNTED = "each unrolled loop iteration, function call and layer made lowers one"
+
+# A number in a dim expression (`S + 1`, `2*T`) is at most a tensor's size: the sizes computed
+# from it when the model runs then stay far inside int64 on every backend (onnxruntime computes
+# them in int64, and `S + 2**63 - 1` would wrap round to a negative size).
+MAX_DIM_NUMBER = MAX_ELEMENTS
+# A tensor's rank: numpy 1 stops at 32 dims, numpy 2 at 64.
+MAX_RANK = 32
 
 
 def itemsize(dtype: str) -> int:
@@ -27,7 +42,11 @@ def itemsize(dtype: str) -> int:
 
 
 def type_size_problem(value_type: TensorType) -> str | None:
-    """Why a tensor of this type cannot exist: a zero-size dim, or too many values."""
+    """Why a tensor of this type cannot exist: too many dims, a zero-size dim, or too many
+    values."""
+    if value_type.rank > MAX_RANK:
+        return (f"{value_type.dtype}[...] of {value_type.rank} dims; a tensor has at most "
+                f"{MAX_RANK}")
     static = [d for d in value_type.shape if isinstance(d, int)]
     if 0 in static:
         return (f"{value_type}, which has a dim of size 0; chainrule refuses empty tensors "
@@ -37,6 +56,22 @@ def type_size_problem(value_type: TensorType) -> str | None:
         return (f"{value_type}, which holds {count:,} values "
                 f"({count * itemsize(value_type.dtype):,} bytes), more than the "
                 f"{MAX_ELEMENTS:,} a tensor may hold")
+    return None
+
+
+def dim_number_problem(dim) -> str | None:
+    """Why a dim expression cannot be computed when the model runs: a number in it past
+    MAX_DIM_NUMBER."""
+    if not isinstance(dim, DimExpr):
+        return None
+    polynomials = [dim.terms]
+    while polynomials:
+        for monomial, coefficient in polynomials.pop():
+            if abs(coefficient) > MAX_DIM_NUMBER:
+                return (f"the dim {dim} holds the number {coefficient}; a dim computes with "
+                        f"numbers up to {MAX_DIM_NUMBER:,}, a tensor's size at most")
+            polynomials += [part for atom, _ in monomial if isinstance(atom, Quotient)
+                            for part in (atom.numerator, atom.denominator)]
     return None
 
 
