@@ -18,7 +18,8 @@ hypothesis test from the environment, e.g. 2,500 for each of the eight, 20,000 i
 Inputs always end with a newline, as files do.
 
 Last, inputs of every size: expressions nested thousands deep and a model of 20,000 lines
-compile, and the work grows linearly with the length of the text.
+compile, and the work grows linearly with the length of the text; and random nestings of loops,
+ifs, calls, layers and parentheses, to well past the limits on nesting and on unrolling.
 """
 import os
 import re

@@ -16,6 +16,8 @@ from chainrule.dsl.loops import MAX_SCAN_NESTING
 from chainrule.dsl.lower import MAX_NESTING
 from chainrule.ir import limits, parse_graph
 from chainrule.ir.dsl_printer import print_dsl
+from support.cli import chainrule as chainrule_cli
+from support.cli import fails
 from support.fuzzing import within_calls
 from support.paths import EXAMPLES
 
@@ -60,6 +62,15 @@ def test_blocks_nested_past_the_limit_are_a_located_error(kind, opening):
     error = error_of(model(nested(opening, 500)))
     assert error.message == f"{kind} nested {MAX_NESTING + 1} deep here; at most {MAX_NESTING}"
     assert error.line == MAX_NESTING + 3  # the block that goes one past
+
+
+@pytest.mark.parametrize("command", ["check", "run", "ir"])
+def test_deep_nesting_through_the_cli_is_one_line(tmp_path, command):
+    path = tmp_path / "deep.nn"
+    path.write_text(loops(500))
+    result = fails(chainrule_cli(command, path))
+    assert f"deep.nn:{MAX_NESTING + 3}:1: error: loops nested {MAX_NESTING + 1} deep here; " \
+           f"at most {MAX_NESTING}" in result.stderr
 
 
 def test_loops_nested_to_the_limit_compile_and_run():
