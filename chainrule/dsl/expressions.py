@@ -45,8 +45,6 @@ BINARY_OPS = tuple(FOLD) + ("matmul",)
 # Arithmetic where an operand is a symbolic dim: a dim expression (`S-1`, `B*H`, `W//2`).
 DIM_FOLD = {"add": dims.add, "sub": dims.sub, "mul": dims.mul, "floordiv": dims.floordiv,
             "mod": dims.mod}
-# A constant node holds its value as an f64, exact for integers up to this.
-MAX_EXACT_INTEGER = 2 ** 53
 # `//` and `%` on tensors: no op of their own, but floor of a quotient (Python's semantics).
 TENSOR_COMPOSITIONS = {"floordiv": compositions.floor_divide, "mod": compositions.remainder}
 # Unary operators on constants: the fold and the kind of constant it takes.
@@ -404,10 +402,13 @@ class ExpressionLowerer(LoopIndexing):
         return self.typed_constant(value, dtype, loc)
 
     def typed_constant(self, value, dtype: str, loc) -> Value:
-        """A constant node of `value`; as an i64, a number that its f64 attr holds exactly."""
-        if dtype == "i64" and not abs(value) <= MAX_EXACT_INTEGER:
-            raise ChainruleError(f"the constant {value} as an i64 tensor: a constant holds "
-                                 f"integers up to 2**53 = {MAX_EXACT_INTEGER:,} exactly", loc)
+        """A constant node of `value`; as an i64, an integer that its f64 attr holds exactly
+        and within int64 (2**63 - 1 would round to 2**63, and 2**53 + 1 to 2**53)."""
+        held = float(value)
+        if dtype == "i64" and not (held == value and -INT64_MAX - 1 <= held <= INT64_MAX):
+            raise ChainruleError(f"the constant {value} is no i64 a constant holds exactly: "
+                                 f"its value is an f64, which holds every integer up to 2**53 "
+                                 f"and some past it, within int64's range", loc)
         return self.builder.constant(value, dtype, loc=loc)
 
     def alone(self, value):
