@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import chainrule
 from chainrule import ChainruleError
-from chainrule.dsl.loops import MAX_SCAN_NESTING
 from chainrule.dsl.lower import MAX_NESTING
 from chainrule.ir import limits, parse_graph
+from chainrule.ir.limits import MAX_SCAN_NESTING
 from chainrule.ir.dsl_printer import print_dsl
 from support.cli import chainrule as chainrule_cli
 from support.cli import fails
@@ -109,6 +109,29 @@ def test_scans_nested_past_the_limit_are_refused():
     assert error.message.startswith(f"the loop over 'k{MAX_SCAN_NESTING}' would be a scan "
                                     f"nested {MAX_SCAN_NESTING + 1} deep; scans nest at most "
                                     f"{MAX_SCAN_NESTING} deep")
+
+
+def ir_of_nested_scans(depth: int) -> str:
+    """IR text of `depth` scans, each the body of the one around it."""
+    lines = ["graph m(%x: f32[2]) {"]
+    for level in range(depth):
+        outer = f"%in{level - 1}" if level else "%x"
+        lines.append(f"  %out{level} = scan({outer}) {{length=1, carried=1, scanned=0, "
+                     f"reverse=false}} body(%in{level}: f32[2]) {{")
+    lines += ["  %y = neg(%in{}) : f32[2]".format(depth - 1), "  return %y"]
+    for level in reversed(range(depth)):
+        lines += ["  } : f32[2]", f"  return %out{level}"]
+    return "\n".join(lines + ["}", ""])
+
+
+def test_ir_text_of_scans_nested_past_the_limit_is_a_located_error():
+    """The DSL makes no deeper scans, but IR text may: 200 of them overflowed Python's stack in
+    the numpy backend."""
+    chainrule.compile(source=ir_of_nested_scans(MAX_SCAN_NESTING))
+    for depth in (MAX_SCAN_NESTING + 1, 200):
+        error = error_of(ir_of_nested_scans(depth))
+        assert error.message == (f"this scan is nested {MAX_SCAN_NESTING + 1} deep; scans nest "
+                                 f"at most {MAX_SCAN_NESTING} deep")
 
 
 def test_scans_nested_to_the_limit_go_through_every_walk(tmp_path):

@@ -14,9 +14,6 @@ from .weak import Weak
 
 # An unrolled loop: this many iterations of one loop is already a very large graph.
 MAX_LOOP_ITERATIONS = 100_000
-# A scan's body is a graph inside a node: scans inside scans nest graphs, which every reader of
-# the model recurses into, and ONNX's protobuf readers refuse past about 30 levels.
-MAX_SCAN_NESTING = 16
 
 
 def _type_change(before, after) -> str | None:
@@ -193,11 +190,11 @@ class LoopLowering:
             self.user_values.add(placed)
 
     def check_scan_bounds(self, name: str, bounds: tuple, loc) -> None:
-        if len(self.frames) >= MAX_SCAN_NESTING:
+        if len(self.frames) >= limits.MAX_SCAN_NESTING:
             raise ScanRefused(f"the loop over '{name}' would be a scan nested "
                               f"{len(self.frames) + 1} deep; scans nest at most "
-                              f"{MAX_SCAN_NESTING} deep (ONNX's readers stop at about 30); "
-                              f"unroll the inner loops (--loops unroll)", loc)
+                              f"{limits.MAX_SCAN_NESTING} deep (ONNX's readers stop at about "
+                              f"30); unroll the inner loops (--loops unroll)", loc)
         for frame in self.frames:
             if any(frame.symbol in dims.symbols(b) for b in bounds if is_dim(b)):
                 raise ScanRefused(f"the bound of the inner loop over '{name}' changes with "

@@ -35,6 +35,9 @@ BLOCKS_COUNTED = "each unrolled loop iteration, function call and layer made low
 MAX_DIM_NUMBER = MAX_ELEMENTS
 # A tensor's rank: numpy 1 stops at 32 dims, numpy 2 at 64.
 MAX_RANK = 32
+# A scan's body is a graph inside a node: scans inside scans nest graphs, which every reader of
+# the model recurses into, and ONNX's protobuf readers refuse past about 30 levels.
+MAX_SCAN_NESTING = 16
 
 
 def itemsize(dtype: str) -> int:
@@ -82,10 +85,26 @@ def check_node_count(count: int, loc: SourceLoc | None) -> None:
                              f"nodes); make it smaller", loc)
 
 
+def check_scan_nesting(graph) -> None:
+    """Scans nest at most MAX_SCAN_NESTING deep (IR text may nest them deeper than the DSL
+    makes them); the first one past that is a located error."""
+    waiting = [(graph, 0)]
+    while waiting:
+        outer, depth = waiting.pop()
+        for node in outer.nodes:
+            if "body" not in node.attrs:
+                continue
+            if depth == MAX_SCAN_NESTING:
+                raise ChainruleError(f"this {node.op} is nested {depth + 1} deep; scans nest "
+                                     f"at most {MAX_SCAN_NESTING} deep", node.loc)
+            waiting.append((node.attrs["body"], depth + 1))
+
+
 def check_graph_sizes(graph) -> None:
     """Every declared input, param and value of `graph` can exist, and the graph is not too
-    large; the first that cannot is a located error."""
+    large nor its scans too deep; the first that cannot is a located error."""
     check_node_count(len(graph.nodes), graph.nodes[-1].loc if graph.nodes else graph.loc)
+    check_scan_nesting(graph)
     for value in graph.inputs:
         problem = type_size_problem(value.type)
         if problem:
