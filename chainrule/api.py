@@ -2,6 +2,8 @@
 returns."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .backends import DEFAULT_OPSET, get_backend
@@ -34,10 +36,11 @@ FRONT_END_PASSES = ["infer", "expand_grad"]
 
 
 @gc_paused
-def compile(path=None, *, source: str | None = None, filename: str | None = None,
+def compile(path=None, *, source: str | bytes | None = None, filename: str | None = None,
             seed: int = 0, dims: dict | None = None, loops: str = "auto") -> Model:
-    """Compile a model: `compile(path)` reads a `.nn` file, `compile(source=text)` compiles DSL
-    text (`filename`, default "<string>", names it in error messages).
+    """Compile a model: `compile(path)` reads a `.nn` file (a str, bytes or Path),
+    `compile(source=text)` compiles DSL text, a str or UTF-8 bytes (`filename`, default
+    "<string>", names it in error messages).
 
     IR text (a `.cir` file, or text starting with `graph`) is parsed instead of lowered.
 
@@ -52,8 +55,11 @@ def compile(path=None, *, source: str | None = None, filename: str | None = None
         if filename is not None:
             raise TypeError("compile(path) names its model by the path; filename= goes with "
                             "source=")
-        filename, source = str(path), _read_model(path)
+        path = os.fsdecode(path)  # a path given as bytes is read as the OS reads it
+        filename, source = path, _read_model(path)
     filename = filename or "<string>"
+    if isinstance(source, bytes):
+        source = _decoded(source, filename)
     if filename.endswith(IR_SUFFIX) or source.lstrip().startswith("graph "):
         graph = parse_graph(source, filename)
     else:
@@ -61,6 +67,16 @@ def compile(path=None, *, source: str | None = None, filename: str | None = None
     check_graph_sizes(graph)
     graph = run_passes(graph, FRONT_END_PASSES)
     return Model(graph, source, filename, seed=seed)
+
+
+def _decoded(source: bytes, filename: str) -> str:
+    """Model text given as bytes: UTF-8, as model files are."""
+    try:
+        return source.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ChainruleError(f"{filename}: the model text is not UTF-8: byte "
+                             f"0x{source[error.start]:02x} at offset {error.start} "
+                             f"({error.reason})") from None
 
 
 def _read_model(path) -> str:

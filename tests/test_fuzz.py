@@ -18,7 +18,8 @@ hypothesis test from the environment, e.g. 2,500 for each of the eight, 20,000 i
 Inputs always end with a newline, as files do.
 
 Last, inputs of every size: expressions nested thousands deep and a model of 20,000 lines
-compile, and the work grows linearly with the length of the text.
+compile, and the work grows linearly with the length of the text; and random nestings of loops,
+ifs, calls, layers and parentheses, to well past the limits on nesting and on unrolling.
 """
 import os
 import re
@@ -271,6 +272,66 @@ def test_compiling_takes_work_linear_in_the_length():
         return count
     ratio = calls(chain(500)) / calls(chain(250))
     assert 1.9 < ratio < 2.1, ratio
+
+
+# ---- nesting depth ----------------------------------------------------------------------------
+
+NESTING_KINDS = ["for", "if", "else", "else if", "call", "layer", "parentheses", "negation"]
+
+
+@st.composite
+def nestings(draw) -> str:
+    """Constructs nested one inside the next, from a few levels to well past the limits on
+    blocks (100) and calls (64): loops, if and else branches, functions calling the next, layers
+    calling (and made in) the next, and parentheses and minus signs around the innermost
+    expression. Most loops run once; a few run 2 or 3 times, or 20 of them do (a nest whose
+    unrolling must be refused), or one runs a million times."""
+    depth = draw(st.integers(1, 20) | st.integers(90, 130) | st.integers(130, 300))
+    kinds = draw(st.lists(st.sampled_from(NESTING_KINDS), min_size=depth, max_size=depth))
+    loop_count = kinds.count("for")
+    repeated = draw(st.sampled_from([0, 1, 2, 3, 20]))
+    repeated = repeated if repeated <= loop_count and (repeated < 20 or loop_count >= 20) else 0
+    lengths = [1] * loop_count
+    for index in draw(st.permutations(range(loop_count)))[:repeated]:
+        lengths[index] = draw(st.sampled_from([2, 3])) if repeated <= 3 else 2
+    if loop_count and draw(st.integers(0, 9)) == 0:
+        lengths[draw(st.integers(0, loop_count - 1))] = 10 ** 6
+    expression = "y + 1.0"
+    statements, declarations, definitions = "", [], []
+    for level, kind in enumerate(reversed(kinds)):
+        if kind == "parentheses":
+            expression = f"({expression})"
+        elif kind == "negation":
+            expression = f"-{expression}"
+        if kind in ("parentheses", "negation"):
+            continue
+        statements = statements or f"y = {expression}\n"
+        if kind == "for":
+            statements = f"for k{level} in range({lengths.pop()}) {{\n{statements}}}\n"
+        elif kind == "call" and not declarations:  # (a function sees no layer made outside)
+            definitions.append(f"def g{level}(y) {{\n{statements}return y\n}}\n")
+            statements = f"y = g{level}(y)\n"
+        elif kind in ("if", "call"):
+            statements = f"if {level} >= 0 {{\n{statements}}}\n"
+        elif kind == "else":
+            statements = f"if false {{\ny = y\n}} else {{\n{statements}}}\n"
+        elif kind == "else if":
+            statements = f"if false {{\ny = y\n}} else if true {{\n{statements}}}\n"
+        elif kind == "layer":  # its forward runs the levels inside; made where the next is
+            body = "".join(f"{d}\n" for d in declarations)
+            definitions.append(f"layer L{level}() {{\n{body}forward(y) {{\n{statements}"
+                               f"return y\n}}\n}}\n")
+            declarations = [f"layer l{level} = L{level}()"]
+            statements = f"y = l{level}(y)\n"
+    statements = statements or f"y = {expression}\n"
+    return ("".join(definitions) + "model m(x: f32[2]) {\ny = x\n"
+            + "".join(f"{d}\n" for d in declarations) + statements + "return y\n}\n")
+
+
+@fuzz
+@given(nestings())
+def test_nestings_of_every_depth(text):
+    check_front_end(compile_text, text)
 
 
 def test_deeply_nested_function_calls_are_an_error():

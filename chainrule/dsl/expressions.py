@@ -18,6 +18,7 @@ from lark import Token, Tree
 
 from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, compositions, dims, get_op
 from ..ir.errors import INT64_MAX, integer_literal
+from ..ir.limits import dim_number_problem
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import UNKNOWN, is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
@@ -352,9 +353,13 @@ class ExpressionLowerer(LoopIndexing):
             if not is_dim(value) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ChainruleError(f"dims compute with integers, not {value!r}", loc)
         try:
-            return as_dim_value(DIM_FOLD[op](left, right))
+            dim = DIM_FOLD[op](left, right)
         except dims.NotADim as error:
             raise ChainruleError(f"the dim {error}", loc) from None
+        problem = dim_number_problem(dim)
+        if problem:
+            raise ChainruleError(problem, loc)
+        return as_dim_value(dim)
 
     def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
         """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
@@ -394,6 +399,16 @@ class ExpressionLowerer(LoopIndexing):
                                  f"tensor with f32(...) first", loc)
         elif dtype == "bool":
             raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
+        return self.typed_constant(value, dtype, loc)
+
+    def typed_constant(self, value, dtype: str, loc) -> Value:
+        """A constant node of `value`; as an i64, an integer that its f64 attr holds exactly
+        and within int64 (2**63 - 1 would round to 2**63, and 2**53 + 1 to 2**53)."""
+        held = float(value)
+        if dtype == "i64" and not (held == value and -INT64_MAX - 1 <= held <= INT64_MAX):
+            raise ChainruleError(f"the constant {value} is no i64 a constant holds exactly: "
+                                 f"its value is an f64, which holds every integer up to 2**53 "
+                                 f"and some past it, within int64's range", loc)
         return self.builder.constant(value, dtype, loc=loc)
 
     def alone(self, value):
@@ -573,7 +588,7 @@ class ExpressionLowerer(LoopIndexing):
             if not is_number(value):
                 raise ChainruleError(f"{dtype}() takes a tensor or a number, not "
                                      f"{describe_constant(value)}", loc)
-            return self.builder.constant(value, dtype, loc=loc)
+            return self.typed_constant(value, dtype, loc)
         return self.cast(value, dtype, loc)
 
     def cast(self, value: Value, dtype: str, loc) -> Value:

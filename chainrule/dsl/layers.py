@@ -128,7 +128,8 @@ class LayerLowering:
         inner.layer = instance
         self.layer_stack.append(name)
         try:
-            self.lower_block(definition.body, inner)
+            with self.nested("layer", loc):
+                self.lower_block(definition.body, inner)
         except ChainruleError as error:
             if error.loc == loc:
                 raise

@@ -2,9 +2,11 @@
 assignment `ys[:, t] = h` that collects a loop's per-step values."""
 from __future__ import annotations
 
+import math
+
 from lark import Tree
 
-from ..ir import ChainruleError, Value, dims
+from ..ir import ChainruleError, Value, dims, limits
 from .expressions import SymbolicDim, describe_constant, is_dim, symbolic_dim_error
 from .scan_loops import UNROLL_LIMIT, Collected, ScanFrame, ScanRefused, assigned_names
 from .scope import Scope
@@ -83,18 +85,38 @@ class LoopLowering:
         """The body lowered once per iteration, its nodes marked with the iteration, and
         carried names rebound after each."""
         variable, _, _, body = tree.children
+        loc = self.loc(tree)
         if len(steps) > MAX_LOOP_ITERATIONS:
             raise ChainruleError(f"this loop runs {len(steps):,} times; a loop unrolls into the "
-                                 f"graph, at most {MAX_LOOP_ITERATIONS:,} times", self.loc(tree))
-        for step in steps:
-            self.iterations.append(f"{variable}={step}")
-            try:
-                iteration = Scope("loop", scope)
-                iteration.bind(str(variable), step, self.loc(variable))
-                self.lower_block(body, iteration)
-                self.carry(iteration)
-            finally:
-                self.iterations.pop()
+                                 f"graph, at most {MAX_LOOP_ITERATIONS:,} times", loc)
+        self.check_unrolled_total(len(steps), loc)
+        self.unrolled_lengths.append(len(steps))
+        try:
+            for step in steps:
+                self.iterations.append(f"{variable}={step}")
+                try:
+                    iteration = Scope("loop", scope)
+                    iteration.bind(str(variable), step, self.loc(variable))
+                    with self.nested("loop", loc):
+                        self.lower_block(body, iteration)
+                    self.carry(iteration)
+                finally:
+                    self.iterations.pop()
+        finally:
+            self.unrolled_lengths.pop()
+
+    def check_unrolled_total(self, length: int, loc) -> None:
+        """A loop inside unrolled loops unrolls once per iteration of each: refuse, before
+        any of it is lowered, a nest whose product of lengths passes the model's limit."""
+        total = math.prod(self.unrolled_lengths) * length
+        if total > limits.MAX_LOWERED_BLOCKS:
+            lengths = self.unrolled_lengths + [length]
+            shown = lengths if len(lengths) <= 6 else lengths[:3] + ["..."] + lengths[-2:]
+            raise ChainruleError(f"{len(lengths)} nested loops unroll "
+                                 f"{' × '.join(map(str, shown))} = {total:,} iterations of "
+                                 f"this one; a model lowers at most "
+                                 f"{limits.MAX_LOWERED_BLOCKS:,} blocks of statements "
+                                 f"({limits.BLOCKS_COUNTED})", loc)
 
     def loop_range(self, function, args, scope: Scope) -> tuple:
         """The (start, stop, step) of the `range(...)` a loop runs over: integers, or dims for
@@ -168,6 +190,11 @@ class LoopLowering:
             self.user_values.add(placed)
 
     def check_scan_bounds(self, name: str, bounds: tuple, loc) -> None:
+        if len(self.frames) >= limits.MAX_SCAN_NESTING:
+            raise ScanRefused(f"the loop over '{name}' would be a scan nested "
+                              f"{len(self.frames) + 1} deep; scans nest at most "
+                              f"{limits.MAX_SCAN_NESTING} deep (ONNX's readers stop at about "
+                              f"30); unroll the inner loops (--loops unroll)", loc)
         for frame in self.frames:
             if any(frame.symbol in dims.symbols(b) for b in bounds if is_dim(b)):
                 raise ScanRefused(f"the bound of the inner loop over '{name}' changes with "
@@ -191,7 +218,8 @@ class LoopLowering:
         try:
             iteration = Scope("loop", surroundings)
             iteration.bind(frame.variable, SymbolicDim(frame.symbol), self.loc(variable))
-            self.lower_block(body, iteration)
+            with self.nested("loop", frame.loc):
+                self.lower_block(body, iteration)
             nexts = [self.carried_next(n, surroundings.parent.lookup(n, frame.loc), iteration)
                      for n in carried]
             for weak, forms in list(self.weak_forms.items()):

@@ -8,13 +8,16 @@ base) is f32.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lark import Tree
 
 from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
-                  Value, dims)
+                  Value, dims, limits)
 from ..ir.init import INITIALIZERS, check_init
+from ..ir.limits import dim_number_problem
 from ..ir.symbols import check_bound
 from ..ir.types import is_float
 from .builtins import BUILTINS, CASTS, NO_DEFAULT
@@ -32,6 +35,9 @@ MAX_CALL_DEPTH = 64
 # ...and since a function that calls another twice doubles the nodes, a few lines can ask for
 # more nodes than memory holds: one call may inline this many.
 MAX_INLINED_NODES = 100_000
+# Loop bodies, if branches, function calls and layers are lowered by recursive calls, a few
+# frames each: blocks nested deeper than this are an error well before Python's recursion limit.
+MAX_NESTING = 100
 
 
 class Results(tuple):
@@ -67,6 +73,9 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
         self.layers: dict = {}  # name -> LayerDef
         self.layer_stack: list[str] = []  # the layers being instantiated, outermost first
         self.call_stack: list[str] = []
+        self.open_blocks: list[str] = []  # what each block being lowered is, outermost first
+        self.blocks_lowered = 0
+        self.unrolled_lengths: list[int] = []  # the lengths of the unrolled loops around
 
     # ---- program structure --------------------------------------------------------------------
 
@@ -196,6 +205,9 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
             dim = DIM_FOLD[tree.data.removeprefix("dim_")](left, right)
         except dims.NotADim as error:
             raise ChainruleError(f"the dim {error}", self.loc(tree)) from None
+        problem = dim_number_problem(dim)
+        if problem:
+            raise ChainruleError(problem, self.loc(tree))
         if isinstance(dim, int) and dim < 1:
             raise ChainruleError(f"a dim comes to {dim}; sizes are positive", self.loc(tree))
         return dim
@@ -207,6 +219,25 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
             return str(value) if isinstance(value, str) else value
         raise ChainruleError(f"'{name}' in a type is a size, a positive integer or a dim, not "
                              f"{describe_constant(value)}", self.loc(tree))
+
+    @contextmanager
+    def nested(self, kind: str, loc: SourceLoc):
+        """Lowering a block that `kind` ("loop", "if", "function call", "layer") opens at
+        `loc`: one level deeper, and one more block lowered."""
+        if len(self.open_blocks) >= MAX_NESTING:
+            raise ChainruleError(f"{_nesting(self.open_blocks + [kind])} nested "
+                                 f"{len(self.open_blocks) + 1} deep here; at most "
+                                 f"{MAX_NESTING}", loc)
+        self.blocks_lowered += 1
+        if self.blocks_lowered > limits.MAX_LOWERED_BLOCKS:
+            raise ChainruleError(f"the model lowers more than {limits.MAX_LOWERED_BLOCKS:,} "
+                                 f"blocks of statements by here ({limits.BLOCKS_COUNTED}); "
+                                 f"make it smaller", loc)
+        self.open_blocks.append(kind)
+        try:
+            yield
+        finally:
+            self.open_blocks.pop()
 
     def lower_block(self, block: Tree, scope: Scope):
         """Lower statements; returns the return statement's values (None if there is none)."""
@@ -232,6 +263,16 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
         """`if COND { ... } else { ... }`, decided when the model compiles: the branch COND
         picks is lowered in the scope around it (an `if` has no scope of its own: what a
         branch assigns, the lines after it read); returns a return statement's values."""
+        branch = tree
+        while branch is not None and branch.data == "if_stmt":  # `else if` chains, any length
+            branch = self.chosen_branch(branch, scope)
+        if branch is None:
+            return None
+        with self.nested("if", self.loc(tree)):
+            return self.lower_block(branch, scope)
+
+    def chosen_branch(self, tree: Tree, scope: Scope):
+        """The block, `else if`, or None that an if's condition picks."""
         condition, chosen, otherwise = tree.children
         value = self.expr(condition, scope)
         if not isinstance(value, bool):
@@ -241,12 +282,7 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
             raise ChainruleError(f"an if's condition is true or false when the model "
                                  f"compiles (lets, numbers, bound dims, the loop variable "
                                  f"of an unrolled loop), not {shown}", self.loc(condition))
-        branch = chosen if value else otherwise
-        if branch is None:
-            return None
-        if branch.data == "if_stmt":
-            return self.if_stmt(branch, scope)
-        return self.lower_block(branch, scope)
+        return chosen if value else otherwise
 
     # ---- statements ---------------------------------------------------------------------------
 
@@ -425,8 +461,19 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
         bound = self.bind_arguments(function.name, params, defaults, positional, keywords, loc)
         for param in params:
             scope.bind(param, bound[param], function.loc)
-        result = self.lower_block(function.body, scope)
+        with self.nested("function call", loc):
+            result = self.lower_block(function.body, scope)
         if result is None:
             raise ChainruleError(f"function '{function.name}' has no return statement",
                                  function.loc)
         return result
+
+
+def _nesting(kinds: list[str]) -> str:
+    """What the open blocks are: "loops", or "blocks (97 loops, 3 ifs, 1 function call)"."""
+    counts = Counter(kinds)
+    if len(counts) == 1:
+        return f"{kinds[0]}s"
+    listed = ", ".join(f"{count} {kind}{'s' if count > 1 else ''}"
+                       for kind, count in counts.items())
+    return f"blocks ({listed})"

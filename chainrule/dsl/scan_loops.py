@@ -38,26 +38,28 @@ class Collected:
 
 
 def assigned_names(block: Tree) -> tuple[list[str], list[str]]:
-    """The names a loop body assigns (`h = ...`, `h, c = ...`, in inner loops too) and those it assigns by
-    index (`ys[:, t] = ...`, in the body itself), in order of first appearance."""
+    """The names a loop body assigns (`h = ...`, `h, c = ...`, in inner loops too) and those it
+    assigns by index (`ys[:, t] = ...`, in the body itself or its ifs), in order of first
+    appearance. The blocks being read wait on a list, not on Python's stack: any nesting reads."""
     plain, indexed = [], []
-    for stmt in block.children:
-        if stmt.data == "assign_stmt":
+    waiting = [(iter(block.children), True)]  # statements, and whether they are the body's own
+    while waiting:
+        statements, own = waiting[-1]
+        stmt = next(statements, None)
+        if stmt is None:
+            waiting.pop()
+        elif stmt.data == "assign_stmt":
             plain.append(str(stmt.children[0]))
         elif stmt.data == "unpack_stmt":
             plain += [str(token) for token in stmt.children[:-1]]
         elif stmt.data == "index_assign_stmt":
-            indexed.append(str(stmt.children[0]))
+            (indexed if own else plain).append(str(stmt.children[0]))
         elif stmt.data == "for_stmt":
-            inner_plain, inner_indexed = assigned_names(stmt.children[3])
-            plain += inner_plain + inner_indexed
+            waiting.append((iter(stmt.children[3].children), False))
         elif stmt.data == "if_stmt":  # both branches: either may run
-            for branch in stmt.children[1:]:
-                if branch is not None:
-                    inner_plain, inner_indexed = assigned_names(
-                        branch if branch.data == "block" else Tree("block", [branch]))
-                    plain += inner_plain
-                    indexed += inner_indexed
+            branches = [b for b in stmt.children[1:] if b is not None]
+            waiting.append((iter([s for b in branches
+                                  for s in (b.children if b.data == "block" else [b])]), own))
     return list(dict.fromkeys(plain)), list(dict.fromkeys(indexed))
 
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from .dims import DimExpr, Quotient
 from .errors import ChainruleError, SourceLoc
 from .types import NUMPY_DTYPES, TensorType
 
@@ -20,6 +21,23 @@ MAX_ELEMENTS = 2 ** 31
 # takes minutes and the generated code does not fit in memory. The largest example, a 1,600-layer
 # MLP with its train step, has about 15,000 nodes.
 MAX_NODES = 250_000
+# Unrolling and inlining repeat work whether or not it adds nodes: each unrolled loop iteration,
+# inlined function call and layer made lowers a block of statements again, in 10 to 100
+# microseconds. A model may lower as many in all as one loop may unroll (40 nested range(2)
+# loops would ask for 2**40); the examples lower at most about 100.
+MAX_LOWERED_BLOCKS = 100_000
+# What MAX_LOWERED_BLOCKS counts, as the errors that refuse more say.
+BLOCKS_COUNTED = "each unrolled loop iteration, function call and layer made lowers one"
+
+# A number in a dim expression (`S + 1`, `2*T`) is at most a tensor's size: the sizes computed
+# from it when the model runs then stay far inside int64 on every backend (onnxruntime computes
+# them in int64, and `S + 2**63 - 1` would wrap round to a negative size).
+MAX_DIM_NUMBER = MAX_ELEMENTS
+# A tensor's rank: numpy 1 stops at 32 dims, numpy 2 at 64.
+MAX_RANK = 32
+# A scan's body is a graph inside a node: scans inside scans nest graphs, which every reader of
+# the model recurses into, and ONNX's protobuf readers refuse past about 30 levels.
+MAX_SCAN_NESTING = 16
 
 
 def itemsize(dtype: str) -> int:
@@ -27,14 +45,33 @@ def itemsize(dtype: str) -> int:
 
 
 def type_size_problem(value_type: TensorType) -> str | None:
-    """Why a tensor of this type cannot exist: too many values. (A dim of size 0 is fine: an
-    empty tensor holds nothing, and every op gives it ONNX's meaning.)"""
+    """Why a tensor of this type cannot exist: too many dims, or too many values. (A dim of
+    size 0 is fine: an empty tensor holds nothing, and every op gives it ONNX's meaning.)"""
+    if value_type.rank > MAX_RANK:
+        return (f"{value_type.dtype}[...] of {value_type.rank} dims; a tensor has at most "
+                f"{MAX_RANK}")
     static = [d for d in value_type.shape if isinstance(d, int)]
     count = math.prod(static)
     if count > MAX_ELEMENTS:
         return (f"{value_type}, which holds {count:,} values "
                 f"({count * itemsize(value_type.dtype):,} bytes), more than the "
                 f"{MAX_ELEMENTS:,} a tensor may hold")
+    return None
+
+
+def dim_number_problem(dim) -> str | None:
+    """Why a dim expression cannot be computed when the model runs: a number in it past
+    MAX_DIM_NUMBER."""
+    if not isinstance(dim, DimExpr):
+        return None
+    polynomials = [dim.terms]
+    while polynomials:
+        for monomial, coefficient in polynomials.pop():
+            if abs(coefficient) > MAX_DIM_NUMBER:
+                return (f"the dim {dim} holds the number {coefficient}; a dim computes with "
+                        f"numbers up to {MAX_DIM_NUMBER:,}, a tensor's size at most")
+            polynomials += [part for atom, _ in monomial if isinstance(atom, Quotient)
+                            for part in (atom.numerator, atom.denominator)]
     return None
 
 
@@ -45,10 +82,26 @@ def check_node_count(count: int, loc: SourceLoc | None) -> None:
                              f"nodes); make it smaller", loc)
 
 
+def check_scan_nesting(graph) -> None:
+    """Scans nest at most MAX_SCAN_NESTING deep (IR text may nest them deeper than the DSL
+    makes them); the first one past that is a located error."""
+    waiting = [(graph, 0)]
+    while waiting:
+        outer, depth = waiting.pop()
+        for node in outer.nodes:
+            if "body" not in node.attrs:
+                continue
+            if depth == MAX_SCAN_NESTING:
+                raise ChainruleError(f"this {node.op} is nested {depth + 1} deep; scans nest "
+                                     f"at most {MAX_SCAN_NESTING} deep", node.loc)
+            waiting.append((node.attrs["body"], depth + 1))
+
+
 def check_graph_sizes(graph) -> None:
     """Every declared input, param and value of `graph` can exist, and the graph is not too
-    large; the first that cannot is a located error."""
+    large nor its scans too deep; the first that cannot is a located error."""
     check_node_count(len(graph.nodes), graph.nodes[-1].loc if graph.nodes else graph.loc)
+    check_scan_nesting(graph)
     for value in graph.inputs:
         problem = type_size_problem(value.type)
         if problem:

@@ -17,6 +17,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..ir import dims
+from ..ir.limits import MAX_RANK
 from ..ir.ops import rule_table
 from ..ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 from .context import Known, Unsupported, dim_hint, tensor_array
@@ -75,6 +76,26 @@ def _too_large(shape) -> bool:
     return math.prod(shape) > FOLD_LIMIT
 
 
+def _within_rank(ctx, results: list[Known]) -> list[Known]:
+    """Folded results of at most MAX_RANK dims, as every tensor has: numpy 1 stops at 32 dims
+    and numpy 2 at 64, so a larger constant would import or not by numpy's version."""
+    for known in results:
+        if known.array.ndim > MAX_RANK:
+            raise Unsupported(f"{ctx.node.op_type} folds to a constant of {known.array.ndim} "
+                              f"dims; a tensor has at most {MAX_RANK}")
+    return results
+
+
+def _broadcast_shape(ctx, *shapes) -> tuple:
+    """numpy's broadcast of `shapes`, refused past MAX_RANK dims (where numpy 2's broadcast
+    raises a RuntimeError rather than a ValueError)."""
+    rank = max(map(len, shapes))
+    if rank > MAX_RANK:
+        raise Unsupported(f"{ctx.node.op_type} broadcasts to {rank} dims; a tensor has at "
+                          f"most {MAX_RANK}")
+    return np.broadcast_shapes(*shapes)
+
+
 def _is_symbolic(array) -> bool:
     return isinstance(array, np.ndarray) and array.dtype == object
 
@@ -131,7 +152,7 @@ def _constant(ctx):
         if name in ctx.attributes:
             value = ctx.attr(name)
             if name == "value":
-                return [Known(tensor_array(value, "Constant's value"))]
+                return _within_rank(ctx, [Known(tensor_array(value, "Constant's value"))])
             dtype = np.float32 if "float" in name else np.int64
             return [Known(np.array(value, dtype=dtype))]
     for name in ctx.attributes:
@@ -147,7 +168,8 @@ def _foldable(function):
         arrays = known_inputs(ctx)
         if arrays is None:
             return None
-        return function(ctx, *arrays)
+        results = function(ctx, *arrays)
+        return None if results is None else _within_rank(ctx, results)
     return fold
 
 
@@ -306,7 +328,7 @@ def _elementwise(function):
     with the dims' arithmetic and what can be proven about them (`B*4`, `S+1 > S`)."""
     @_foldable
     def fold(ctx, *arrays):
-        shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        shape = _broadcast_shape(ctx, *(np.shape(a) for a in arrays))
         if _too_large(shape):
             return None
         if not _any_symbolic(*arrays):
@@ -450,7 +472,7 @@ def _mod(ctx):
 def _expand(ctx, x, shape):
     if _any_symbolic(shape):
         return None  # a result of symbolic size: broadcast_to
-    target = np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))
+    target = _broadcast_shape(ctx, x.shape, tuple(int(d) for d in shape))
     if _too_large(target):
         return None
     return [Known(np.broadcast_to(x, target).copy())]
