@@ -35,6 +35,8 @@ def open_for_reading(path):
     The path is checked before it is opened (opening a device can act on it), opened without
     blocking (a FIFO with no writer would wait forever), and checked again through the open
     descriptor, so what is checked is what is read."""
+    if not os.fspath(path):  # its errors would print as ": no such file", naming nothing
+        raise ChainruleError("an empty path names no file")
     try:
         refuse_special(path, os.stat(path).st_mode)
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -126,9 +126,9 @@ def ir_of_nested_scans(depth: int) -> str:
 
 def test_ir_text_of_scans_nested_past_the_limit_is_a_located_error():
     """The DSL makes no deeper scans, but IR text may: 200 of them overflowed Python's stack in
-    the numpy backend."""
+    the numpy backend, and 1,000 the IR reader."""
     chainrule.compile(source=ir_of_nested_scans(MAX_SCAN_NESTING))
-    for depth in (MAX_SCAN_NESTING + 1, 200):
+    for depth in (MAX_SCAN_NESTING + 1, 200, 1000):
         error = error_of(ir_of_nested_scans(depth))
         assert error.message == (f"this scan is nested {MAX_SCAN_NESTING + 1} deep; scans nest "
                                  f"at most {MAX_SCAN_NESTING} deep")
@@ -361,3 +361,24 @@ def test_a_nul_byte_in_source_is_a_located_error(source):
     error = error_of(source)
     assert error.message == "unexpected character '\\x00'"
     assert error.line >= 1 and error.col >= 1
+
+
+@pytest.mark.parametrize("value", ["9.223372036854776e+18", "-1e300", "1e300"])
+def test_ir_text_of_an_i64_constant_past_int64_is_a_located_error(value):
+    """IR text writes a constant's f64 as it likes; the DSL's exactness check does not see it."""
+    text = chainrule.compile(source=model("    y = i64(x) + 5\n")).ir()
+    error = error_of(text.replace("value=5.0", f"value={value}"), filename="m.cir")
+    assert error.message.startswith("an i64 constant lies in [-2**63, 2**63)")
+    assert error.line == 3
+
+
+def test_the_least_i64_reads_back_from_ir_text():
+    text = chainrule.compile(source=model("    y = i64(x) + 5\n")).ir()
+    result = chainrule.compile(source=text.replace("value=5.0", "value=-9.223372036854776e+18"),
+                               filename="m.cir").run(x=X)
+    assert result["y"].tolist() == [-2**63 + 1, -2**63 + 2]
+
+
+def test_an_empty_path_is_an_error_that_says_so():
+    with pytest.raises(ChainruleError, match="an empty path names no file"):
+        chainrule.compile("")

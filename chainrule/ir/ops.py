@@ -488,6 +488,8 @@ def _infer_numel(x, axes, dtype):
 def _infer_constant(value, dtype):
     if dtype in ("i64", "bool") and not (math.isfinite(value) and float(value).is_integer()):
         raise OpTypeError(f"a {dtype} constant cannot be {value}")
+    if dtype == "i64" and not -2.0 ** 63 <= value < 2.0 ** 63:
+        raise OpTypeError(f"an i64 constant lies in [-2**63, 2**63), not at {value}")
     return scalar(dtype)
 
 

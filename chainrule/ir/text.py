@@ -20,6 +20,7 @@ from . import dims
 from .errors import ChainruleError, SourceLoc, from_printable, integer_literal, syntax_error
 from .graph import Graph, InitSpec, Node, Param, Value
 from .init import check_init
+from .limits import MAX_SCAN_NESTING
 from .ops import ATTR_KINDS, OPS, OpDef, complete_attrs, infer_types
 from .shapes import OpTypeError
 from .types import UNKNOWN, TensorType
@@ -152,6 +153,7 @@ class _GraphReader:
         self.lines = text.splitlines()
         self.filename = filename
         self.defined: dict[str, tuple[Value, SourceLoc]] = {}
+        self.depth = 0  # how many bodies enclose what is read
 
     def loc(self, item) -> SourceLoc:
         if isinstance(item, Token):
@@ -251,6 +253,10 @@ class _GraphReader:
         """A scan's body, in a scope of its own: it reads only its inputs."""
         reader = _GraphReader.__new__(_GraphReader)
         reader.lines, reader.filename, reader.defined = self.lines, self.filename, {}
+        reader.depth = self.depth + 1
+        if reader.depth > MAX_SCAN_NESTING:  # refused before reading recurses past the stack
+            raise ChainruleError(f"this scan is nested {reader.depth} deep; scans nest at "
+                                 f"most {MAX_SCAN_NESTING} deep", self.loc(tree))
         inputs, *statements = tree.children
         body = Graph("body", loc=self.loc(tree))
         body.inputs = [reader.read_input(item) for item in _values(inputs)]

@@ -555,14 +555,15 @@ class Importer:
 
     def folded(self, ctx: NodeContext) -> list | None:
         """The node evaluated on its constant inputs, or None when it runs in the graph. numpy
-        refusing the constants (shapes that do not broadcast, an index past the end) means the
-        model is malformed: that is reported, as an unsupported node is."""
+        refusing the constants (shapes that do not broadcast, an index past the end, more dims
+        than an array may have) means the model is malformed: that is reported, as an
+        unsupported node is."""
         folder = FOLDERS.get(ctx.node.op_type)
         if folder is None:
             return None
         try:
             return folder(ctx)
-        except (ArithmeticError, IndexError, TypeError, ValueError) as error:
+        except (ArithmeticError, IndexError, TypeError, ValueError, RuntimeError) as error:
             raise Unsupported(f"its constant inputs cannot be evaluated ({error})") from None
 
     def bind(self, onnx_name: str, result) -> None:
