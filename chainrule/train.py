@@ -13,6 +13,7 @@ import json
 import os
 import math
 import signal
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -500,7 +501,7 @@ class Trainer:
 def read_checkpoint(directory) -> tuple[Path, dict, dict]:
     """The checkpoint file in `directory`, its arrays and its meta (checked: read_meta)."""
     path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # anything else there: load_npz says what
         raise ChainruleError(f"{path}: no checkpoint there")
     arrays = load_npz(path)
     return path, arrays, read_meta(path, arrays.pop("meta", None))
@@ -659,7 +660,7 @@ class CheckpointLock:
         key = self.directory.resolve()
         if key in CheckpointLock.held:
             return self
-        self.file = open(self.directory / LOCK_FILE, "a+")
+        self.file = _open_lock_file(self.directory / LOCK_FILE)
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -683,6 +684,17 @@ class CheckpointLock:
             CheckpointLock.held.discard(self.directory.resolve())
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
+
+
+def _open_lock_file(path: Path):
+    """The lock file, opened for update without blocking: a FIFO put in its place would wait
+    forever for a writer, so anything but a regular file there is refused."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ChainruleError(f"{path}: not a regular file; the checkpoint lock must be one")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "r+")
 
 
 def _check_same(path, what, loaded: dict, expected: dict) -> None:

@@ -416,6 +416,22 @@ def test_a_checkpoint_without_recorded_options_resumes_as_before(one_epoch):
     assert "epoch   2  train:" in result.stdout
 
 
+def test_a_fifo_in_place_of_the_checkpoint_is_named_as_one(one_epoch):
+    (one_epoch / CHECKPOINT_FILE).unlink()
+    os.mkfifo(one_epoch / CHECKPOINT_FILE)
+    result = fails(chainrule_cli("train", "--resume", one_epoch))
+    assert "not a regular file but a FIFO" in result.stderr
+
+
+def test_a_fifo_in_place_of_the_lock_file_is_refused_without_waiting(tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    os.mkfifo(checkpoint / ".lock")
+    result = fails(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1",
+                                 "--checkpoint", checkpoint, "-q"))
+    assert "the checkpoint lock must be one" in result.stderr
+
+
 # ---- a reader that goes away ------------------------------------------------------------------
 
 @pytest.mark.subprocess
