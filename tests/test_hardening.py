@@ -390,6 +390,22 @@ def test_onnxruntime_failures_point_at_the_dsl_line():
     assert caught.value.line == 3
 
 
+
+def test_a_graph_onnxruntime_cannot_load_is_one_error_not_a_traceback(tmp_path, monkeypatch):
+    """Should the exporter ever write a model onnxruntime refuses, the user reads one line
+    that says whose fault it is and how to go on."""
+    import onnxruntime
+
+    def refuse(*args, **kwargs):
+        raise onnxruntime.capi.onnxruntime_pybind11_state.Fail(
+            "[ONNXRuntimeError] : 1 : FAIL : Load model from memory failed: a made-up fault")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    result = fails(chainrule_cli("run", DIGITS, "--random-inputs", "--dim", "B=2", "--backend",
+                                 "onnxruntime"))
+    assert "onnxruntime could not load the exported graph" in result.stderr
+    assert "a made-up fault" in result.stderr and "Traceback" not in result.stderr
+
 # ---- booleans where ONNX has no kernel ---------------------------------------------------------
 
 @pytest.mark.parametrize("expression", ["y < z", "y >= z", "where(y, z, not z)",

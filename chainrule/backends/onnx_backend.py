@@ -319,9 +319,17 @@ class _SessionRunner:
     def __init__(self, graph: Graph, model: onnx.ModelProto):
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                                    session_options(graph),
-                                                    providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                                        session_options(graph),
+                                                        providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
+            # The exporter wrote a model onnxruntime cannot load: chainrule's fault, said so
+            # in one line rather than a traceback, with the -b numpy way around it.
+            raise ChainruleError(f"onnxruntime could not load the exported graph "
+                                 f"({_status_message(error)}); this is a chainrule bug, and "
+                                 f"the numpy backend may run the model meanwhile",
+                                 graph.loc) from None
         self.graph = graph
         self.feeds = CheckedFeeds(graph)
         used = {i.name for i in self.session.get_inputs()}
@@ -342,14 +350,20 @@ class _SessionRunner:
 
     def located(self, error: Exception) -> ChainruleError:
         """onnxruntime's failure as a ChainruleError at the DSL line of the node it names."""
-        message = str(error).split("Status Message:")[-1].strip()
-        if message.startswith("/onnxruntime_src"):  # a source path and C++ signature first
-            message = message.rsplit("] ", 1)[-1]
+        message = _status_message(error)
         named = re.search(r"node\. Name:'([^']*)'", str(error))
         node = self.nodes_by_output.get(named.group(1).split("#")[0]) if named else None
         where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
             "while running the graph"
         return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
+
+
+def _status_message(error: Exception) -> str:
+    """onnxruntime's own words, without the source path and C++ signature it may start with."""
+    message = str(error).split("Status Message:")[-1].strip()
+    if message.startswith("/onnxruntime_src"):
+        message = message.rsplit("] ", 1)[-1]
+    return message
 
 
 class ResidentStep:
