@@ -149,6 +149,13 @@ def test_a_path_that_is_not_utf8_is_a_file_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_import_to_a_path_that_is_not_utf8_writes_a_utf8_model(tmp_path):
+    output = tmp_path / "\udcff.nn"  # the byte 0xff, as Python decodes it from argv
+    ok(chainrule_cli("import", ONNX_MLP, "-o", output))
+    assert "\\udcff.npz" in output.read_bytes().decode("utf-8")
+    ok(chainrule_cli("check", output))
+
+
 # ---- predict ----------------------------------------------------------------------------------
 
 def test_predict_refuses_a_models_random_initial_params(tmp_path):
