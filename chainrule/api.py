@@ -16,6 +16,7 @@ from .ir.types import NUMPY_DTYPES, is_float
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
+from .onnx_import import LOSSES  # the names alone: the importer loads onnx on first use
 from .data import check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
@@ -212,8 +213,6 @@ class Model:
     def _check_imported_objective(self) -> None:
         """An imported inference model's objective is its first output, rarely a float scalar:
         the refusal says where a loss comes from."""
-        from .onnx_import import LOSSES
-
         objective = self.objective
         if objective.type.rank != 0 or not is_float(objective.type.dtype):
             raise ChainruleError(
