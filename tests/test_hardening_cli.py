@@ -176,15 +176,32 @@ def test_predict_takes_an_onnx_models_own_weights_and_a_model_without_params(tmp
     ok(chainrule_cli("predict", model, "--data", tmp_path / "x.npz"))
 
 
-def test_predict_to_csv_refuses_a_3d_output_before_computing(tmp_path):
+def three_axes(tmp_path, monkeypatch):
+    """A model whose output has three axes, and its data file; running it fails the test."""
+    def run(*args, **kwargs):
+        raise AssertionError("predict ran the model before refusing its options")
+
+    monkeypatch.setattr(chainrule.Model, "predict", run)
     model = tmp_path / "m.nn"
     model.write_text("model m(x: f32[B, 2, 3]) {\n    y = x * 2.0\n    return y\n}\n")
     np.savez(tmp_path / "x.npz", x=np.ones((4, 2, 3), np.float32))
+    return model, tmp_path / "x.npz"
+
+
+def test_predict_to_csv_refuses_a_3d_output_before_computing(tmp_path, monkeypatch):
+    model, data = three_axes(tmp_path, monkeypatch)
     out = tmp_path / "out.csv"
-    result = fails(chainrule_cli("predict", model, "--data", tmp_path / "x.npz", "-o", out), 2)
+    result = fails(chainrule_cli("predict", model, "--data", data, "-o", out), 2)
     assert "output y is f32[B, 2, 3], with 3 axes; a CSV file holds 1-D and 2-D outputs" \
         in result.stderr
     assert result.stdout == "" and not out.exists()
+
+
+def test_predict_argmax_without_class_scores_is_refused_before_computing(tmp_path, monkeypatch):
+    model, data = three_axes(tmp_path, monkeypatch)
+    result = fails(chainrule_cli("predict", model, "--data", data, "--argmax"), 2)
+    assert "--argmax needs an output that is a 2-D float array" in result.stderr
+    assert result.stdout == ""
 
 
 # ---- an ONNX model without --loss -------------------------------------------------------------

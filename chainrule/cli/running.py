@@ -14,6 +14,7 @@ from ..gradcheck import EPS as GRADCHECK_EPS
 from ..gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
 from ..gradcheck import format_rows, gradcheck
 from ..ir import ChainruleError
+from ..ir.types import is_float
 from ..train import draw_progress, format_metrics
 from .inputs import (UsageError, bind, gather_inputs, is_onnx_model, load_model, mapping,
                      read_data)
@@ -115,12 +116,21 @@ def check_trained(args, model) -> None:
                          f"--initial-params to predict with the initial ones")
 
 
+def check_argmax(args, graph) -> None:
+    """--argmax reads a matrix of class scores: known from the types, before anything runs."""
+    if args.argmax and not any(value.type.rank == 2 and is_float(value.type.dtype)
+                               for value in graph.outputs):
+        raise UsageError("--argmax needs an output that is a 2-D float array (one row of class "
+                         "scores per example)")
+
+
 def check_csv_outputs(args, graph) -> None:
-    """A CSV file holds 1-D and 2-D outputs: known from the types, before anything runs."""
+    """A CSV file holds 1-D and 2-D outputs: known from the types, before anything runs. (A
+    scalar has no row per example, which predict itself refuses.)"""
     if not (args.output or "").lower().endswith(".csv"):
         return
     for value in graph.outputs:
-        if value.type.rank not in (1, 2):
+        if value.type.rank > 2:
             raise UsageError(f"output {value.name} is {value.type}, with {value.type.rank} "
                              f"axes; a CSV file holds 1-D and 2-D outputs: write a .npz")
 
@@ -137,7 +147,9 @@ def cmd_predict(args) -> int:
         if not names:
             raise ChainruleError(f"no output of {model.graph.name} can be predicted row by row "
                                  f"from {data.files}; name one with --outputs")
-    check_csv_outputs(args, model.forward_graph(names, args.opt_level))
+    graph = model.forward_graph(names, args.opt_level)
+    check_argmax(args, graph)
+    check_csv_outputs(args, graph)
     bound, rows = bind_data_set(args, model, names, data)
     started = time.perf_counter()
     results = model.predict(bound.arrays, names, batch_size=args.batch_size,
@@ -184,13 +196,10 @@ def cmd_evaluate(args) -> int:
 
 
 def class_indices(results: dict) -> dict:
-    """`name.argmax` for each output that is a matrix of floats (logits or probabilities)."""
-    chosen = {f"{name}.argmax": np.argmax(array, axis=1)
-              for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
-    if not chosen:
-        raise UsageError("--argmax needs an output that is a 2-D float array (one row of class "
-                         "scores per example)")
-    return chosen
+    """`name.argmax` for each output that is a matrix of floats (logits or probabilities): one
+    at least, as check_argmax saw to it."""
+    return {f"{name}.argmax": np.argmax(array, axis=1)
+            for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
 
 
 def write_predictions(path: str, results: dict) -> None:
