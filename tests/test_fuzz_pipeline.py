@@ -216,7 +216,7 @@ NUMERIC_OPTIONS = {
     "export": ["--seed", "--momentum", "--weight-decay", "--clip-grad-norm", "--opset"],
 }
 HOSTILE_NUMBERS = ["-1", "0", "0.5", "1", "-0.0", "nan", "inf", "-inf", "1e400", "", "x"]
-HUGE_NUMBERS = [str(2 ** 64), "99999999999999999999", "5000000000"]
+HUGE_NUMBERS = [str(2 ** 64), "99999999999999999999", "5000000000", "1" + "0" * 400]
 
 
 @st.composite

@@ -43,10 +43,13 @@ class Number:
     def __call__(self, text: str):
         try:
             value = self.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}") from None
-        if not (math.isfinite(value) and self.within(value)):
-            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}")
+        except ValueError:  # not a number, or an int of more digits than Python parses
+            value = None
+        # An int is finite however large: math.isfinite would convert it to a float first.
+        if value is None or not ((self.kind is int or math.isfinite(value))
+                                 and self.within(value)):
+            shown = text if len(text) <= 40 else f"{text[:40]}..."
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {shown!r}")
         return value
 
     def within(self, value) -> bool:
