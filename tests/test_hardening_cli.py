@@ -3,6 +3,7 @@ its command's usage line (exit 2); a bad environment or file is a one-line error
 nothing ends in a traceback, and nothing is computed that the command cannot keep.
 """
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.backends.threads import ENV_VAR, MAX_THREADS
 from chainrule.cli.parser import COMMANDS, Number, build_parser
+from chainrule.fileio import load_npz
+from chainrule.train import CHECKPOINT_FILE
 from support.cli import chainrule as chainrule_cli
 from support.cli import chainrule_process, fails, ok
 from support.paths import ROOT
@@ -109,6 +112,24 @@ def test_numbers_describe_their_bounds():
     assert Number(int, 1, most=8).describe() == "a whole number from 1 to 8"
     assert Number(float, 0, below=1).describe() == "a finite number at least 0 and less than 1"
     assert Number(float, above=0)("1e-3") == 1e-3
+
+
+@pytest.mark.parametrize("option, value", [
+    ("lr", -1.0), ("momentum", 1.5), ("epochs", 0), ("seed", -1), ("dim", ["B=-2"]),
+    ("data", ""), ("val_split", 2.0)])
+def test_resume_holds_a_recorded_option_to_the_options_bounds(tmp_path, option, value):
+    """A checkpoint's options go back through the same types as typed ones: --resume never
+    trains with a value the command line would refuse."""
+    checkpoint = tmp_path / "ckpt"
+    ok(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1", "--checkpoint",
+                     checkpoint, "-q"))
+    arrays = load_npz(checkpoint / CHECKPOINT_FILE)
+    meta = json.loads(str(arrays["meta"]))
+    meta["options"][option] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(checkpoint / CHECKPOINT_FILE, **arrays)
+    result = fails(chainrule_cli("train", "--resume", checkpoint, "--epochs", "2", "-q"))
+    assert f"the checkpoint's option '{option}' is" in result.stderr
 
 
 # ---- threads from the environment -----------------------------------------------------------
