@@ -193,7 +193,8 @@ COMMAND_OPTIONS = {
     "gradcheck": INPUT_OPTIONS + [["--samples", "2"], ["--backend", "all"]],
     "predict": [["--outputs", "logits"], ["--outputs", "J"], ["--argmax"], ["--batch-size", "3"],
                 ["--map", "x=extra"], ["--strict-inputs"], ["--backend", "onnxruntime"],
-                ["--params", "digits.npz"], ["--label-column", "b"]],
+                ["--params", "digits.npz"], ["--label-column", "b"], ["--initial-params"],
+                ["--initial-params"]],  # twice: without it a .nn model with params is refused
     "train": [["--epochs", "1"], ["--epochs", "0"], ["--batch-size", "3"], ["--lr", "1e30"],
               ["--optimizer", "sgd"], ["--backend", "onnxruntime"], ["--check-numerics"],
               ["--allow-nonfinite"], ["--override"], ["--val-split", "0.3"], ["--map", "y=extra"],

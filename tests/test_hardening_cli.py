@@ -187,6 +187,19 @@ def test_import_to_a_path_that_is_not_utf8_writes_a_utf8_model(tmp_path):
     ok(chainrule_cli("check", output))
 
 
+@pytest.mark.parametrize("source, options", [
+    ("model m(x: f32[B, 3]) {\n    J = mean(x)\n    return J\n}\n", ["--dim", "B=0"]),
+    ("model m(x: f32[B, 3]) {\n    param W: f32[3] = ones()\n"
+     "    J = sum(exp(x * W * 1000.0))\n    return J\n}\n", []),
+])
+def test_gradcheck_refuses_an_objective_that_is_not_finite(tmp_path, source, options):
+    model = tmp_path / "m.nn"
+    model.write_text(source)
+    result = fails(chainrule_cli("gradcheck", model, "--random-inputs", *options))
+    assert "gradcheck needs a finite objective" in result.stderr
+    assert "FAIL" not in result.stdout
+
+
 # ---- predict ----------------------------------------------------------------------------------
 
 def test_predict_refuses_a_models_random_initial_params(tmp_path):

@@ -96,6 +96,7 @@ def cmd_gradcheck(args) -> int:
     model = load_model(args)
     inputs = gather_inputs(args, model)
     backends = sorted(BACKENDS) if args.backend == "all" else [args.backend]
+    check_finite_objective(model, inputs)
     rows = gradcheck(model, inputs, backends, samples=args.samples, seed=args.seed)
     print(f"gradients of {model.objective.name} against central differences in float64 "
           f"(eps {GRADCHECK_EPS:g}, tolerance {GRADCHECK_TOLERANCE:g} relative to the largest "
@@ -104,6 +105,17 @@ def cmd_gradcheck(args) -> int:
     failed = [row for row in rows if not row.passed]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def check_finite_objective(model, inputs: dict) -> None:
+    """Finite differences of a NaN or Inf objective compare NaN with NaN: every row would
+    fail without saying why, so the objective is checked first."""
+    name = model.objective.name
+    value = np.asarray(model.run(outputs=[name], **inputs)[name])
+    if not np.isfinite(value).all():
+        raise ChainruleError(f"the objective {name} is {value} at these inputs, so its finite "
+                             f"differences say nothing; gradcheck needs a finite objective (a "
+                             f"mean over an empty batch is NaN: --dim sizes the random inputs)")
 
 
 def check_trained(args, model) -> None:
