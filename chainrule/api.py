@@ -12,10 +12,11 @@ from .backends.numpy_kernels import KERNELS
 from .dsl import lower_source
 from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
-from .ir.types import NUMPY_DTYPES
+from .ir.types import NUMPY_DTYPES, is_float
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
+from .onnx_import import LOSSES  # the names alone: the importer loads onnx on first use
 from .data import check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
@@ -181,6 +182,7 @@ class Model:
         graph, _ = promote_to_f64(self.graph)
         model = Model(graph, self.source, self.filename)
         model.params = {k: np.asarray(v, np.float64) for k, v in self.params.items()}
+        model.onnx_names = dict(self.onnx_names)  # promotion keeps the values' names
         return model
 
     # ---- graphs -------------------------------------------------------------------------------
@@ -196,6 +198,8 @@ class Model:
         key = (grad, None if wrt is None else tuple(wrt), opt_level, passes, training)
         if ctx is None and key in self._compiled:
             return self._compiled[key]
+        if grad and self.onnx_names:
+            self._check_imported_objective()
         fresh = ctx is None
         ctx = ctx or PassContext()
         ctx.wrt = list(wrt) if wrt is not None else None
@@ -205,6 +209,16 @@ class Model:
         if fresh:
             self._compiled[key] = (graph, dict(ctx.grads))
         return graph, dict(ctx.grads)
+
+    def _check_imported_objective(self) -> None:
+        """An imported inference model's objective is its first output, rarely a float scalar:
+        the refusal says where a loss comes from."""
+        objective = self.objective
+        if objective.type.rank != 0 or not is_float(objective.type.dtype):
+            raise ChainruleError(
+                f"the objective '{objective.name}' must be a float scalar to differentiate, but "
+                f"it is {objective.type}: an imported model has no loss until --loss "
+                f"({', '.join(LOSSES)}), or loss= in import_onnx, attaches one", self.graph.loc)
 
     def optimize(self, graph: Graph, opt_level: str = "O1") -> Graph:
         """Run an optimisation preset over a graph built from this model's."""

@@ -232,7 +232,8 @@ def test_the_cli_says_each_cast_once(command, tmp_path):
     data = tmp_path / "loose.npz"
     np.savez(data, **{k: v.astype(np.float64) for k, v in digits("test").items()})
     option = "--inputs" if command == "run" else "--data"
-    result = run_cli(command, CLASSIFIER, option, data)
+    initial = ["--initial-params"] if command == "predict" else []
+    result = run_cli(command, CLASSIFIER, option, data, *initial)
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "f64 from" in line]
     assert notes and len(notes) == len(set(notes)), result.stderr
@@ -243,7 +244,7 @@ def test_the_cli_says_each_cast_once(command, tmp_path):
     ([], 2, "no data: give --data FILE or --input NAME=FILE"),
     (["--data", DIGITS_TEST, "--outputs", "logits"], 1, "are not scalars"),
     (["--data", DIGITS_TEST, "--outputs", "nope"], 1, "unknown output(s) nope"),
-    (["--data", DIGITS_TEST, "--batch-size", "0"], 1, "batch size must be at least 1"),
+    (["--data", DIGITS_TEST, "--batch-size", "0"], 2, "argument --batch-size: expected a whole"),
     (["--input", "x=missing.npy"], 1, "missing.npy: error: no such file"),
 ])
 def test_evaluate_errors_and_exit_codes(args, code, message):

@@ -207,8 +207,10 @@ def test_the_cli_takes_threads(capsys):
         assert parser.parse_args([command, MLP, "--threads", "2"]).threads == 2, command
     assert main(["run", MLP, "--random-inputs", "--threads", "2"]) == 0
     assert threads.configured_threads() == 2
-    assert main(["run", MLP, "--random-inputs", "--threads", "0"]) == 1
-    assert "--threads must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage_error:
+        main(["run", MLP, "--random-inputs", "--threads", "0"])
+    assert usage_error.value.code == 2
+    assert "argument --threads: expected a whole number from 1 to" in capsys.readouterr().err
 
 
 def test_sessions_do_not_spin():

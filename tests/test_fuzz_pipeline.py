@@ -193,7 +193,8 @@ COMMAND_OPTIONS = {
     "gradcheck": INPUT_OPTIONS + [["--samples", "2"], ["--backend", "all"]],
     "predict": [["--outputs", "logits"], ["--outputs", "J"], ["--argmax"], ["--batch-size", "3"],
                 ["--map", "x=extra"], ["--strict-inputs"], ["--backend", "onnxruntime"],
-                ["--params", "digits.npz"], ["--label-column", "b"]],
+                ["--params", "digits.npz"], ["--label-column", "b"], ["--initial-params"],
+                ["--initial-params"]],  # twice: without it a .nn model with params is refused
     "train": [["--epochs", "1"], ["--epochs", "0"], ["--batch-size", "3"], ["--lr", "1e30"],
               ["--optimizer", "sgd"], ["--backend", "onnxruntime"], ["--check-numerics"],
               ["--allow-nonfinite"], ["--override"], ["--val-split", "0.3"], ["--map", "y=extra"],
@@ -203,6 +204,27 @@ COMMAND_OPTIONS = {
 }
 ANY_OPTION = st.sampled_from([option for options in COMMAND_OPTIONS.values()
                               for option in options])
+# Each command's numeric options, given values at and past their bounds: each must be taken or
+# be a usage error. --epochs gets no huge value, which would be honest work past the bound.
+NUMERIC_OPTIONS = {
+    "check": ["--seed", "--dim"], "ir": ["--seed", "--dim"],
+    "run": ["--seed", "--dim", "--threads"], "grad": ["--seed", "--dim", "--threads"],
+    "gradcheck": ["--seed", "--threads", "--samples"],
+    "predict": ["--seed", "--threads", "--batch-size"],
+    "train": ["--seed", "--threads", "--epochs", "--batch-size", "--lr", "--momentum",
+              "--weight-decay", "--clip-grad-norm", "--step-every", "--step-gamma",
+              "--warmup-steps", "--early-stop", "--val-split"],
+    "export": ["--seed", "--momentum", "--weight-decay", "--clip-grad-norm", "--opset"],
+}
+HOSTILE_NUMBERS = ["-1", "0", "0.5", "1", "-0.0", "nan", "inf", "-inf", "1e400", "", "x"]
+HUGE_NUMBERS = [str(2 ** 64), "99999999999999999999", "5000000000", "1" + "0" * 400]
+
+
+@st.composite
+def hostile_number(draw, command: str) -> list[str]:
+    flag = draw(st.sampled_from(NUMERIC_OPTIONS[command]))
+    value = draw(st.sampled_from(HOSTILE_NUMBERS + (HUGE_NUMBERS if flag != "--epochs" else [])))
+    return [f"{flag}=B={value}" if flag == "--dim" else f"{flag}={value}"]
 
 
 @st.composite
@@ -220,6 +242,8 @@ def command_lines(draw) -> list[str]:
     for option in draw(st.lists(fitting | ANY_OPTION if draw(st.integers(0, 9)) == 0
                                 else fitting, max_size=3)):
         argv += option
+    if draw(st.integers(0, 3)) == 0:
+        argv += draw(hostile_number(argv[0]))
     if argv[0] == "train" and "--epochs" not in argv:
         argv += ["--epochs", "1"]
     return argv

@@ -138,7 +138,7 @@ def test_random_inputs_larger_than_memory_are_refused_before_allocation(tmp_path
 def test_negative_dims_are_usage_errors():
     result = fails(chainrule_cli("run", ROOT / "examples" / "mlp.nn", "--random-inputs",
                                  "--dim", "B=-3"), code=2)
-    assert "a dim is a size, 0 or more" in result.stderr
+    assert "argument --dim: B: expected a whole number from 0 to" in result.stderr
 
 
 def test_params_larger_than_memory_are_refused_before_drawing():

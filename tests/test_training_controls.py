@@ -299,8 +299,8 @@ def test_train_command_stops_early_and_writes_the_best_params(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (["--early-stop", "2"], "--early-stop 2 watches the validation loss: give --val FILE"),
     (["--optimizer", "rmsprop", "--momentum", "0.9"], "rmsprop has no momentum"),
-    (["--clip-grad-norm", "-1"], "the gradient norm to clip to must be positive"),
-    (["--warmup-steps", "-3"], "warmup steps and early-stop patience must be at least 0"),
+    (["--clip-grad-norm", "-1"], "argument --clip-grad-norm: expected a finite number at least 0"),
+    (["--warmup-steps", "-3"], "argument --warmup-steps: expected a whole number at least 0"),
 ])
 def test_train_command_names_a_bad_control(options, message):
     result = chainrule_cli("train", *DIGITS, "--epochs", "1", *options)

@@ -18,6 +18,9 @@ ENV_VAR = "CHAINRULE_NUM_THREADS"
 # machine is quiet, gain nothing on the small steps, and lose several times over when another
 # process keeps one core busy, because each step then waits for a thread that is descheduled.
 DEFAULT_THREADS = 1
+# More than any machine chainrule targets has cores: a larger count is a typo, and past 2**31
+# onnxruntime's session options refuse it with a TypeError.
+MAX_THREADS = 1024
 
 _chosen: int | None = None     # set_threads' value; None: the environment's or the default
 _blas_applied: int | None = None
@@ -47,8 +50,8 @@ def configured_threads() -> int:
 
 
 def _check(count: int, where: str) -> int:
-    if count < 1:
-        raise ChainruleError(f"{where} must be at least 1 thread, not {count}")
+    if not 1 <= count <= MAX_THREADS:
+        raise ChainruleError(f"{where} must be 1 to {MAX_THREADS} threads, not {count}")
     return count
 
 

@@ -78,7 +78,9 @@ def main(argv=None) -> int:
         sys.stdout = _QuietWhenClosed(sys.stdout)
     try:
         check_output_paths(args)
-        if getattr(args, "threads", None) is not None:
+        if hasattr(args, "threads"):
+            # Also refuses a bad $CHAINRULE_NUM_THREADS, before any work rather than at the
+            # first onnxruntime session.
             set_threads(args.threads)
         return run_command(args)
     except UsageError as error:

@@ -48,6 +48,11 @@ def param_group(text: str) -> ParamGroup:
     if unknown:
         raise UsageError(f"--param-group {pattern}: unknown setting {', '.join(unknown)}; "
                          f"choose from {', '.join(GROUP_SETTINGS)}")
+    bad = [f"{key}={value:g}" for key, value in values.items()
+           if not (math.isfinite(value) and value >= 0)]
+    if bad:
+        raise UsageError(f"--param-group {pattern}: {', '.join(bad)}: a setting is a finite "
+                         f"number of at least 0")
     return ParamGroup(pattern, **values)
 
 
@@ -161,11 +166,7 @@ def bind(args, graph: Graph, data: Dataset, reader: str = "the model"):
 
 
 def parse_dims(args) -> dict[str, int]:
-    dims = parse_assignments(args.dim, "--dim", int)
-    for name, size in dims.items():
-        if size < 0:
-            raise UsageError(f"--dim {name}={size}: a dim is a size, 0 or more")
-    return dims
+    return parse_assignments(args.dim, "--dim", int)  # NAME=N, checked by the parser
 
 
 def gather_inputs(args, model, graph: Graph | None = None) -> dict:

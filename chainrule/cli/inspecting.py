@@ -155,7 +155,9 @@ def cmd_import(args) -> int:
               f"--params draws):\nchainrule train {output.name} --params {values.name} ...")
     text = print_dsl(model.graph, header=header)
     names = dsl_names(model.graph)
-    atomic_write_bytes(output, text.encode())
+    # A file name that is not UTF-8 (a surrogate escape from the command line) is written as
+    # an escape in the header's comment, so that the model stays a UTF-8 file.
+    atomic_write_bytes(output, text.encode("utf-8", "backslashreplace"))
     save_npz(values, {names[name]: array for name, array in model.params.items()})
     print(f"wrote {output}: {len(model.graph.nodes)} statements, {len(model.params)} params")
     print(f"wrote {values}")

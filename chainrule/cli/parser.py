@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from .. import __version__
 from ..backends import BACKENDS, DEFAULT_OPSET
-from ..backends.threads import DEFAULT_THREADS, ENV_VAR
+from ..backends.threads import DEFAULT_THREADS, ENV_VAR, MAX_THREADS
 from ..onnx_import import LOSSES
 from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
@@ -31,6 +32,87 @@ COMMANDS = {
 DEFAULTS = TrainConfig()
 
 
+class Number:
+    """An argparse type: a whole number or a finite float within bounds. A value outside them
+    is a usage error naming the option (exit 2), not a failure deep inside numpy or
+    onnxruntime after the model compiled."""
+
+    def __init__(self, kind, least=None, *, above=None, most=None, below=None):
+        self.kind, self.least, self.above, self.most, self.below = kind, least, above, most, below
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:  # not a number, or an int of more digits than Python parses
+            value = None
+        # An int is finite however large: math.isfinite would convert it to a float first.
+        if value is None or not ((self.kind is int or math.isfinite(value))
+                                 and self.within(value)):
+            shown = text if len(text) <= 40 else f"{text[:40]}..."
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {shown!r}")
+        return value
+
+    def within(self, value) -> bool:
+        return ((self.least is None or value >= self.least)
+                and (self.above is None or value > self.above)
+                and (self.most is None or value <= self.most)
+                and (self.below is None or value < self.below))
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.kind is int else "a finite number"
+        if self.least is not None and self.most is not None:
+            return f"{kind} from {self.least:,} to {self.most:,}"
+        bounds = [f"{words} {bound:,}" for words, bound in (
+            ("at least", self.least), ("greater than", self.above), ("at most", self.most),
+            ("less than", self.below)) if bound is not None]
+        return f"{kind} {' and '.join(bounds)}"
+
+
+COUNT = Number(int, 1)               # epochs, batch sizes, samples
+STEPS = Number(int, 0)               # warmup steps, patience, epochs between decays (0: off)
+POSITIVE = Number(float, above=0)    # the learning rate
+NON_NEGATIVE = Number(float, 0)      # weight decay, a clipping bound (0: none), a decay factor
+# numpy's Generator takes any non-negative integer as a seed, and refuses a negative one.
+SEED = Number(int, 0)
+# A velocity kept with momentum 1 or more never forgets a gradient: sgd diverges.
+MOMENTUM = Number(float, 0, below=1)
+THREADS = Number(int, 1, most=MAX_THREADS)
+DIM_SIZE = Number(int, 0, most=2 ** 63 - 1)  # 0: empty; numpy's shapes are signed 64-bit
+
+
+def dim_size(text: str) -> str:
+    """--dim NAME=N: a symbolic dim's name and a size numpy can hold, as given (a checkpoint
+    records the text, and --resume takes it back)."""
+    name, equals, size = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=N (such as B=32), got {text!r}")
+    try:
+        DIM_SIZE(size)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{name}: {error}") from None
+    return text
+
+
+def path(text: str) -> str:
+    """A file's path: an empty one (`-o "$UNSET"`) would otherwise read as no option at all,
+    and the command would go on without reading or writing that file."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty one")
+    return text
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: an option it does not know is its error, printed with its own usage
+    line (`usage: chainrule train ...`); argparse would hand it back to the top-level parser,
+    whose usage line names no command's options."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 class DefaultsShown(argparse.HelpFormatter):
     """Help that shows each option's default, where it has a meaningful one."""
 
@@ -48,16 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chainrule", description="Compile, run, differentiate and export .nn models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     parser.add_argument("--version", action="version", version=f"chainrule {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=CommandParser)
 
     def command(name, help_text, file_help="a .nn model file, or an .onnx model to import"):
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=DefaultsShown)
         # With --resume DIR, train takes FILE from the checkpoint when it is not given.
-        sub.add_argument("file", nargs="?" if name == "train" else None, help=file_help)
-        sub.add_argument("--seed", type=int, default=0,
+        sub.add_argument("file", type=path, nargs="?" if name == "train" else None,
+                         help=file_help)
+        sub.add_argument("--seed", type=SEED, default=0,
                          help="seed for param initialisation and random inputs")
-        sub.add_argument("--dim", action="append", metavar="NAME=N",
+        sub.add_argument("--dim", action="append", type=dim_size, metavar="NAME=N",
                          help="fix a symbolic dim's size when compiling (a loop over range(T) "
                               f"needs T); random inputs take it too, else {DEFAULT_DIM}")
         sub.add_argument("--loops", choices=LOOP_MODES, default="auto",
@@ -97,22 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     def with_threads(sub):
-        sub.add_argument("--threads", type=int, metavar="N",
-                         help=f"threads for onnxruntime and numpy's BLAS (default: "
-                              f"${ENV_VAR}, else {DEFAULT_THREADS})")
+        sub.add_argument("--threads", type=THREADS, metavar="N",
+                         help=f"threads for onnxruntime and numpy's BLAS, 1 to {MAX_THREADS} "
+                              f"(default: ${ENV_VAR}, else {DEFAULT_THREADS})")
         return sub
 
     def with_optimizer(sub):
         sub.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer.kind,
                          help="the update rule")
-        sub.add_argument("--momentum", type=float, default=0.0, help="sgd momentum")
+        sub.add_argument("--momentum", type=MOMENTUM, default=0.0,
+                         help="sgd momentum, at least 0 and less than 1")
         sub.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
-        sub.add_argument("--weight-decay", type=float, default=0.0,
+        sub.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0,
                          help="decoupled for sgd and adamw, added to the gradient for adam and "
                               "rmsprop")
-        sub.add_argument("--clip-grad-norm", type=float, default=DEFAULTS.clip_grad_norm,
-                         metavar="MAX", help="scale the gradients, before the update, so that "
-                                             "their joint L2 norm is at most MAX")
+        sub.add_argument("--clip-grad-norm", type=NON_NEGATIVE,
+                         default=DEFAULTS.clip_grad_norm, metavar="MAX",
+                         help="scale the gradients, before the update, so that their joint L2 "
+                              "norm is at most MAX")
         sub.add_argument("--param-group", action="append", metavar="PATTERN:KEY=VALUE,...",
                          help="settings of the params matching a glob pattern: weight_decay "
                               "(theirs instead of --weight-decay) and lr_scale (a factor on "
@@ -120,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     def with_data(sub, flag="--inputs", help_text="the inputs' arrays: .npz, .npy, .csv or IDX"):
-        sub.add_argument(flag, metavar="FILE", help=help_text)
+        sub.add_argument(flag, type=path, metavar="FILE", help=help_text)
         sub.add_argument("--input", action="append", metavar="NAME=FILE",
                          help="one input's array from a .npy or IDX file (repeatable)")
         sub.add_argument("--map", action="append", metavar="INPUT=ARRAY,...",
@@ -135,17 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
         with_data(sub)
         sub.add_argument("--random-inputs", action="store_true",
                          help="draw missing inputs at random (labels within their class count)")
-        sub.add_argument("--params", metavar="P.npz", help="param values replacing the initial ones")
+        sub.add_argument("--params", type=path, metavar="P.npz",
+                         help="param values replacing the initial ones")
         sub.add_argument("--backend", choices=backends, default=default_backend)
         if numerics:
             sub.add_argument("--check-numerics", action="store_true",
                              help="run the numpy interpreter and stop at the first node that "
                                   "produces NaN or Inf")
         if output:
-            sub.add_argument("-o", "--output", metavar="OUT.npz", help="save the results")
+            sub.add_argument("-o", "--output", type=path, metavar="OUT.npz",
+                             help="save the results")
 
     command("check", "parse, lower and type-check a model; print a summary") \
-        .add_argument("--params", metavar="P.npz", help="param values to check against the model")
+        .add_argument("--params", type=path, metavar="P.npz",
+                      help="param values to check against the model")
     ir = with_optimization(command("ir", "print the graph IR (of a .nn or .cir file)"))
     ir.add_argument("--grad", action="store_true", help="include the backward graph")
     ir.add_argument("--passes", metavar="P1,P2", help="run exactly these passes "
@@ -172,25 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", "run the model over a whole data file in batches, without "
         "labels"), "O2"))
     with_data(predict, "--data", "the data: .npz, .npy, .csv or IDX")
-    predict.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
+    predict.add_argument("--params", type=path, metavar="TRAINED.npz", help="trained param values")
+    predict.add_argument("--initial-params", action="store_true",
+                         help="predict with a .nn model's initial params, drawn from --seed "
+                              "(without --params or this, a model with params is refused)")
     predict.add_argument("--outputs", metavar="NAMES", help="outputs to predict (default: "
                          "every output with a row per example that the data can feed)")
-    predict.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    predict.add_argument("--batch-size", type=COUNT, default=256, help="rows per batch")
     predict.add_argument("--argmax", action="store_true",
                          help="also write NAME.argmax, the class index per row, for each 2-D "
                               "float output")
     predict.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
                          help="where to run")
-    predict.add_argument("-o", "--output", metavar="OUT.npz|OUT.csv",
+    predict.add_argument("-o", "--output", type=path, metavar="OUT.npz|OUT.csv",
                          help="save the predictions")
     evaluate = with_threads(with_optimization(command(
         "evaluate", "report the objective and metrics over a whole data file, in batches"),
         "O2"))
     with_data(evaluate, "--data", "the data, labels included: .npz, .npy, .csv or IDX")
-    evaluate.add_argument("--params", metavar="TRAINED.npz", help="trained param values")
+    evaluate.add_argument("--params", type=path, metavar="TRAINED.npz", help="trained param values")
     evaluate.add_argument("--outputs", metavar="NAMES", help="scalar outputs to report "
                           "(default: the objective and the metrics training reports)")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    evaluate.add_argument("--batch-size", type=COUNT, default=256, help="rows per batch")
     evaluate.add_argument("--backend", choices=sorted(BACKENDS), default="numpy",
                           help="where to run")
     grad = command("grad", "compute the objective and its gradients")
@@ -201,25 +293,27 @@ def build_parser() -> argparse.ArgumentParser:
         "train", "train the model's params", "a .nn model file, or an .onnx model to import "
         "(with --resume, the checkpoint's by default)"), DEFAULTS.opt_level))
     with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
-    train.add_argument("--val", metavar="FILE", help="validation data, read as --data is")
-    train.add_argument("--val-split", type=float, metavar="F",
-                       help="hold out this fraction of the training data for validation")
-    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the data")
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+    train.add_argument("--val", type=path, metavar="FILE",
+                       help="validation data, read as --data is")
+    train.add_argument("--val-split", type=Number(float, above=0, below=1), metavar="F",
+                       help="hold out this fraction (between 0 and 1) of the training data "
+                            "for validation")
+    train.add_argument("--epochs", type=COUNT, default=DEFAULTS.epochs, help="passes over the data")
+    train.add_argument("--batch-size", type=COUNT, default=DEFAULTS.batch_size,
                        help="rows per step")
     with_optimizer(train)
-    train.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
+    train.add_argument("--lr", type=POSITIVE, default=DEFAULTS.lr, help="learning rate")
     train.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.schedule,
                        help="constant; cosine decay to 0 over all steps; or step: times "
                             "--step-gamma every --step-every epochs")
-    train.add_argument("--step-every", type=int, default=DEFAULTS.step_every, metavar="N",
+    train.add_argument("--step-every", type=STEPS, default=DEFAULTS.step_every, metavar="N",
                        help="step schedule: epochs between decays (0: a third of --epochs)")
-    train.add_argument("--step-gamma", type=float, default=DEFAULTS.step_gamma, metavar="F",
+    train.add_argument("--step-gamma", type=NON_NEGATIVE, default=DEFAULTS.step_gamma, metavar="F",
                        help="step schedule: factor applied at each decay")
-    train.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps, metavar="N",
+    train.add_argument("--warmup-steps", type=STEPS, default=DEFAULTS.warmup_steps, metavar="N",
                        help="raise the lr linearly from 0 over the first N steps, then follow "
                             "the schedule")
-    train.add_argument("--early-stop", type=int, default=DEFAULTS.early_stop,
+    train.add_argument("--early-stop", type=STEPS, default=DEFAULTS.early_stop,
                        metavar="PATIENCE",
                        help="stop when the validation loss has not improved for PATIENCE "
                             "epochs, and keep the best epoch's params (needs --val or "
@@ -228,9 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to run the train step")
     train.add_argument("--check-numerics", action="store_true",
                        help="run the numpy interpreter and stop at the first NaN or Inf")
-    train.add_argument("--params", metavar="INIT.npz", help="initial param values")
-    train.add_argument("-o", "--output", metavar="TRAINED.npz", help="save the trained params")
-    train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after each epoch")
+    train.add_argument("--params", type=path, metavar="INIT.npz", help="initial param values")
+    train.add_argument("-o", "--output", type=path, metavar="TRAINED.npz",
+                       help="save the trained params")
+    train.add_argument("--checkpoint", type=path, metavar="DIR",
+                       help="write a checkpoint after each epoch")
     train.add_argument("--resume", metavar="DIR",
                        help="continue from the checkpoint in DIR, with the options it was "
                             "trained with; options given here override them")
@@ -242,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on through steps whose objective or params are NaN or Inf "
                             "(by default training stops at the first)")
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
-    train.add_argument("--log-jsonl", metavar="FILE", help="append one JSON line per epoch")
+    train.add_argument("--log-jsonl", type=path, metavar="FILE",
+                       help="append one JSON line per epoch")
     train.add_argument("--workers", type=int, metavar="N",
                        help="data-parallel training: N Ray workers compute each batch's "
                             "gradients on shards of it (pip install 'chainrule[distributed]')")
@@ -254,26 +351,27 @@ def build_parser() -> argparse.ArgumentParser:
                                  "check gradients against finite differences in float64"))
     with_inputs(check, backends=sorted(BACKENDS) + ["all"], default_backend="all", output=False,
                 numerics=False)
-    check.add_argument("--samples", type=int, default=20,
+    check.add_argument("--samples", type=COUNT, default=20,
                        help="entries checked per param (all of a smaller param)")
     viz = with_optimization(command("viz", "draw the computational graph"))
     viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
-    viz.add_argument("-o", "--output", metavar="GRAPH.svg",
+    viz.add_argument("-o", "--output", type=path, metavar="GRAPH.svg",
                      help=".svg, .png (rendered with Graphviz) or .dot; default: DOT on stdout")
 
     export = with_optimization(command("export", "export to ONNX"))
-    export.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
+    export.add_argument("-o", "--output", required=True, type=path, metavar="MODEL.onnx")
     export.add_argument("--grad", action="store_true", help="add the gradients as outputs")
     export.add_argument("--train-step", action="store_true",
                         help="export forward, backward and optimizer update as one step")
     with_optimizer(export)
     export.add_argument("--wrt", metavar="NAMES", help="with --grad: what to differentiate")
     export.add_argument("--outputs", metavar="NAMES", help="keep only these outputs")
-    export.add_argument("--params", metavar="P.npz", help="param values for the initializers")
+    export.add_argument("--params", type=path, metavar="P.npz",
+                        help="param values for the initializers")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
     imported = command("import", "write an .onnx model as a readable .nn model "
                        "(and its param values beside it)")
-    imported.add_argument("-o", "--output", required=True, metavar="MODEL.nn",
+    imported.add_argument("-o", "--output", required=True, type=path, metavar="MODEL.nn",
                           help="the .nn file; the params go to MODEL.npz")
     return parser

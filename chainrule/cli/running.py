@@ -14,8 +14,10 @@ from ..gradcheck import EPS as GRADCHECK_EPS
 from ..gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
 from ..gradcheck import format_rows, gradcheck
 from ..ir import ChainruleError
+from ..ir.types import is_float
 from ..train import draw_progress, format_metrics
-from .inputs import UsageError, bind, gather_inputs, load_model, mapping, read_data
+from .inputs import (UsageError, bind, gather_inputs, is_onnx_model, load_model, mapping,
+                     read_data)
 
 
 def describe(array: np.ndarray) -> str:
@@ -94,8 +96,7 @@ def cmd_gradcheck(args) -> int:
     model = load_model(args)
     inputs = gather_inputs(args, model)
     backends = sorted(BACKENDS) if args.backend == "all" else [args.backend]
-    if args.samples < 1:
-        raise UsageError("--samples must be at least 1")
+    check_finite_objective(model, inputs)
     rows = gradcheck(model, inputs, backends, samples=args.samples, seed=args.seed)
     print(f"gradients of {model.objective.name} against central differences in float64 "
           f"(eps {GRADCHECK_EPS:g}, tolerance {GRADCHECK_TOLERANCE:g} relative to the largest "
@@ -106,8 +107,49 @@ def cmd_gradcheck(args) -> int:
     return 1 if failed else 0
 
 
+def check_finite_objective(model, inputs: dict) -> None:
+    """Finite differences of a NaN or Inf objective compare NaN with NaN: every row would
+    fail without saying why, so the objective is checked first."""
+    name = model.objective.name
+    value = np.asarray(model.run(outputs=[name], **inputs)[name])
+    if not np.isfinite(value).all():
+        raise ChainruleError(f"the objective {name} is {value} at these inputs, so its finite "
+                             f"differences say nothing; gradcheck needs a finite objective (a "
+                             f"mean over an empty batch is NaN: --dim sizes the random inputs)")
+
+
+def check_trained(args, model) -> None:
+    """A .nn model's params start at random: predicting with them is almost always a
+    forgotten --params, so it takes --initial-params to ask for it."""
+    if model.params and not (args.params or args.initial_params or is_onnx_model(args)):
+        raise UsageError(f"{args.file} has params, and no --params TRAINED.npz was given: its "
+                         f"predictions would come from the random initial params. Give the "
+                         f"trained ones (chainrule train ... -o TRAINED.npz writes them), or "
+                         f"--initial-params to predict with the initial ones")
+
+
+def check_argmax(args, graph) -> None:
+    """--argmax reads a matrix of class scores: known from the types, before anything runs."""
+    if args.argmax and not any(value.type.rank == 2 and is_float(value.type.dtype)
+                               for value in graph.outputs):
+        raise UsageError("--argmax needs an output that is a 2-D float array (one row of class "
+                         "scores per example)")
+
+
+def check_csv_outputs(args, graph) -> None:
+    """A CSV file holds 1-D and 2-D outputs: known from the types, before anything runs. (A
+    scalar has no row per example, which predict itself refuses.)"""
+    if not (args.output or "").lower().endswith(".csv"):
+        return
+    for value in graph.outputs:
+        if value.type.rank > 2:
+            raise UsageError(f"output {value.name} is {value.type}, with {value.type.rank} "
+                             f"axes; a CSV file holds 1-D and 2-D outputs: write a .npz")
+
+
 def cmd_predict(args) -> int:
     model = load_model(args)
+    check_trained(args, model)
     check_mapping(model.graph.inputs, mapping(args))
     data = read_data(args.data, args.input, args)
     names = split_names(args.outputs)
@@ -117,6 +159,9 @@ def cmd_predict(args) -> int:
         if not names:
             raise ChainruleError(f"no output of {model.graph.name} can be predicted row by row "
                                  f"from {data.files}; name one with --outputs")
+    graph = model.forward_graph(names, args.opt_level)
+    check_argmax(args, graph)
+    check_csv_outputs(args, graph)
     bound, rows = bind_data_set(args, model, names, data)
     started = time.perf_counter()
     results = model.predict(bound.arrays, names, batch_size=args.batch_size,
@@ -163,13 +208,10 @@ def cmd_evaluate(args) -> int:
 
 
 def class_indices(results: dict) -> dict:
-    """`name.argmax` for each output that is a matrix of floats (logits or probabilities)."""
-    chosen = {f"{name}.argmax": np.argmax(array, axis=1)
-              for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
-    if not chosen:
-        raise UsageError("--argmax needs an output that is a 2-D float array (one row of class "
-                         "scores per example)")
-    return chosen
+    """`name.argmax` for each output that is a matrix of floats (logits or probabilities): one
+    at least, as check_argmax saw to it."""
+    return {f"{name}.argmax": np.argmax(array, axis=1)
+            for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
 
 
 def write_predictions(path: str, results: dict) -> None:
@@ -178,10 +220,7 @@ def write_predictions(path: str, results: dict) -> None:
         save_npz(path, results)
         return
     columns, header = [], []
-    for name, array in results.items():
-        if array.ndim not in (1, 2):
-            raise UsageError(f"output {name} has {array.ndim} axes; a CSV file holds 1-D and "
-                             f"2-D outputs: write a .npz")
+    for name, array in results.items():  # 1-D and 2-D: check_csv_outputs saw to it
         block = array.reshape(len(array), -1)
         if block.dtype == np.bool_:
             block = block.astype(np.int64)

@@ -181,9 +181,20 @@ def fits_option(action: argparse.Action, value) -> bool:
     if value is None:
         return True
     if isinstance(action, argparse._AppendAction):
-        return isinstance(value, list) and all(isinstance(item, str) for item in value)
-    kinds = {int: (int,), float: (int, float), None: (str,)}[action.type]
-    return type(value) in kinds and (action.choices is None or value in action.choices)
+        return isinstance(value, list) and all(isinstance(item, str) and parses(action, item)
+                                               for item in value)
+    return parses(action, value) and (action.choices is None or value in action.choices)
+
+
+def parses(action: argparse.Action, value) -> bool:
+    """`value` is what the option's type makes of its own text: of the right kind, and within
+    the bounds the parser checks (parser.Number)."""
+    if action.type is None:
+        return isinstance(value, str)
+    try:
+        return type(value) is not bool and action.type(str(value)) == value
+    except (argparse.ArgumentTypeError, ValueError):
+        return False
 
 
 def as_typed(action: argparse.Action, value) -> str:
