@@ -232,7 +232,7 @@ def test_the_cli_says_each_cast_once(command, tmp_path):
     data = tmp_path / "loose.npz"
     np.savez(data, **{k: v.astype(np.float64) for k, v in digits("test").items()})
     option = "--inputs" if command == "run" else "--data"
-    initial = ["--initial-params"] if command == "predict" else []
+    initial = ["--initial-params"] if command in ("predict", "evaluate") else []
     result = run_cli(command, CLASSIFIER, option, data, *initial)
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "f64 from" in line]
@@ -248,7 +248,7 @@ def test_the_cli_says_each_cast_once(command, tmp_path):
     (["--input", "x=missing.npy"], 1, "missing.npy: error: no such file"),
 ])
 def test_evaluate_errors_and_exit_codes(args, code, message):
-    result = run_cli("evaluate", CLASSIFIER, *args)
+    result = run_cli("evaluate", CLASSIFIER, "--initial-params", *args)
     assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -332,7 +332,7 @@ def test_cli_reports_an_unreachable_cluster_in_one_line(train_small):
     result = chainrule_process(*train_small, "--workers", "2", "--address", "ray://127.0.0.1:1",
                                timeout=120)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: cannot reach a Ray cluster at ray://127.0.0.1:1 (")
+    assert result.stderr.startswith("chainrule: error: cannot reach a Ray cluster at ray://127.0.0.1:1 (")
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -223,7 +223,7 @@ def test_input_files_are_checked_on_the_command_line(tmp_path):
     np.savez(tmp_path / "data.npz", x=np.zeros((32, 3), np.float32), y=np.zeros(31, np.int64))
     result = chainrule_cli("run", path, "--inputs", tmp_path / "data.npz")
     assert result.returncode == 1
-    assert result.stderr.splitlines() == ["error: input 'y' is declared i64[B] but given i64[31]: "
+    assert result.stderr.splitlines() == ["chainrule: error: input 'y' is declared i64[B] but given i64[31]: "
                                           "B is 32 in input 'x' but 31 here"]
 
 
@@ -238,7 +238,7 @@ def test_pickled_objects_in_data_files_are_refused(tmp_path):
     model_path = tmp_path / "m.nn"
     model_path.write_text(DATA_MODEL)
     result = chainrule_cli("run", model_path, "--inputs", path)
-    assert (result.returncode, result.stderr.splitlines()) == (1, [f"error: {message}"])
+    assert (result.returncode, result.stderr.splitlines()) == (1, [f"chainrule: error: {message}"])
 
 
 def test_a_ragged_list_is_not_an_array():

@@ -143,7 +143,7 @@ def test_a_bad_thread_count_in_the_environment_is_one_line(monkeypatch, value, m
     monkeypatch.setenv(ENV_VAR, value)  # a process of its own: the setting lasts for one
     result = fails(chainrule_process("run", DIGITS, "--random-inputs", "--backend",
                                      "onnxruntime"))
-    assert result.stderr.strip() == f"error: {message}"
+    assert result.stderr.strip() == f"chainrule: error: {message}"
     assert result.stdout == ""  # refused before anything ran
 
 
@@ -201,6 +201,13 @@ def test_gradcheck_refuses_an_objective_that_is_not_finite(tmp_path, source, opt
 
 
 # ---- predict ----------------------------------------------------------------------------------
+
+def test_evaluate_refuses_a_models_random_initial_params():
+    result = fails(chainrule_cli("evaluate", DIGITS, "--data", DIGITS_DATA), 2)
+    assert "its metrics would come from the random initial params" in result.stderr
+    assert "--initial-params to evaluate" in result.stderr
+    ok(chainrule_cli("evaluate", DIGITS, "--data", DIGITS_DATA, "--initial-params"))
+
 
 def test_predict_refuses_a_models_random_initial_params(tmp_path):
     out = tmp_path / "p.npz"

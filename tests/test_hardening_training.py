@@ -308,7 +308,7 @@ def test_a_position_past_the_end_of_an_epoch_is_refused(one_epoch):
     edit_meta(one_epoch, lambda meta: meta.update(batch=10 ** 9))
     result = fails(chainrule_cli("train", "--resume", one_epoch, "--epochs", "2", "--override"))
     assert "the resumed position, batch 1000000000 of epoch 2, is past the" in result.stderr
-    assert result.stderr.splitlines()[-1].startswith("error: ")
+    assert result.stderr.splitlines()[-1].startswith("chainrule: error: ")
 
 
 # ---- Ctrl-C without a checkpoint, and where training stood ------------------------------------

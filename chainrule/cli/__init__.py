@@ -91,7 +91,9 @@ def main(argv=None) -> int:
     except ChainruleError as error:
         if args.debug:
             raise
-        print(error.render(_source_lines), file=sys.stderr)
+        # An error at no place in a file is the program's, and says so as usage errors do.
+        prefix = "" if error.loc else "chainrule: "
+        print(prefix + error.render(_source_lines), file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not an error of ours.

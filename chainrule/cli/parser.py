@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         "O2"))
     with_data(evaluate, "--data", "the data, labels included: .npz, .npy, .csv or IDX")
     evaluate.add_argument("--params", type=path, metavar="TRAINED.npz", help="trained param values")
+    evaluate.add_argument("--initial-params", action="store_true",
+                          help="evaluate a .nn model's initial params, drawn from --seed "
+                               "(without --params or this, a model with params is refused)")
     evaluate.add_argument("--outputs", metavar="NAMES", help="scalar outputs to report "
                           "(default: the objective and the metrics training reports)")
     evaluate.add_argument("--batch-size", type=COUNT, default=256, help="rows per batch")

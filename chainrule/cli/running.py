@@ -119,13 +119,14 @@ def check_finite_objective(model, inputs: dict) -> None:
 
 
 def check_trained(args, model) -> None:
-    """A .nn model's params start at random: predicting with them is almost always a
-    forgotten --params, so it takes --initial-params to ask for it."""
+    """A .nn model's params start at random: predicting or evaluating with them is almost
+    always a forgotten --params, so it takes --initial-params to ask for it."""
     if model.params and not (args.params or args.initial_params or is_onnx_model(args)):
+        results = {"predict": "predictions", "evaluate": "metrics"}[args.command]
         raise UsageError(f"{args.file} has params, and no --params TRAINED.npz was given: its "
-                         f"predictions would come from the random initial params. Give the "
+                         f"{results} would come from the random initial params. Give the "
                          f"trained ones (chainrule train ... -o TRAINED.npz writes them), or "
-                         f"--initial-params to predict with the initial ones")
+                         f"--initial-params to {args.command} with the initial ones")
 
 
 def check_argmax(args, graph) -> None:
@@ -192,6 +193,7 @@ def cmd_evaluate(args) -> int:
     if not args.data and not args.input:
         raise UsageError("no data: give --data FILE or --input NAME=FILE")
     model = load_model(args)
+    check_trained(args, model)
     check_mapping(model.graph.inputs, mapping(args))
     names = [v.name for v in model.evaluation_graph(split_names(args.outputs),
                                                     args.opt_level).outputs]
