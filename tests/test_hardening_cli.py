@@ -167,7 +167,8 @@ def test_help_and_a_missing_file_end_cleanly(command):
         "chainrule: error: train needs a model FILE")), result.stderr
 
 
-@pytest.mark.parametrize("flag", ["-o", "--params", "--data", "--checkpoint", "--log-jsonl"])
+@pytest.mark.parametrize("flag", ["-o", "--params", "--data", "--checkpoint", "--log-jsonl",
+                                  "--resume"])
 def test_an_empty_path_is_refused_rather_than_ignored(flag):
     """`-o "$UNSET"` would otherwise train and save nothing, or predict from initial params."""
     line = usage_error(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, flag, ""), "train",

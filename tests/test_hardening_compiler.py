@@ -34,6 +34,10 @@ def error_of(source: str, **options) -> ChainruleError:
     return caught.value
 
 
+def model_with_batch() -> str:
+    return "model m(x: f32[B, 2]) {\n    y = x * 2\n    return y\n}\n"
+
+
 def model(body: str, definitions: str = "") -> str:
     return f"{definitions}model m(x: f32[2]) {{\n    y = x\n{body}    return y\n}}\n"
 
@@ -382,3 +386,14 @@ def test_the_least_i64_reads_back_from_ir_text():
 def test_an_empty_path_is_an_error_that_says_so():
     with pytest.raises(ChainruleError, match="an empty path names no file"):
         chainrule.compile("")
+
+
+@pytest.mark.parametrize("size", [-1, 2**63, 10**20, 2.5, True, "8", None])
+def test_a_dim_bound_to_no_size_a_dim_can_be_is_refused(size):
+    with pytest.raises(ChainruleError, match="dims: B must be a whole number from 0 to"):
+        chainrule.compile(str(EXAMPLES[0]), dims={"B": size})
+
+
+def test_a_dim_bound_by_a_numpy_integer_compiles():
+    model = chainrule.compile(source=model_with_batch(), dims={"B": np.int64(3)})
+    assert model.graph.inputs[0].type.shape == (3, 2)

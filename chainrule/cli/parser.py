@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="save the trained params")
     train.add_argument("--checkpoint", type=path, metavar="DIR",
                        help="write a checkpoint after each epoch")
-    train.add_argument("--resume", metavar="DIR",
+    train.add_argument("--resume", type=path, metavar="DIR",
                        help="continue from the checkpoint in DIR, with the options it was "
                             "trained with; options given here override them")
     train.add_argument("--override", action="store_true",

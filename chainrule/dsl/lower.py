@@ -12,10 +12,12 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 from lark import Tree
 
 from ..ir import (ChainruleError, Graph, GraphBuilder, InitSpec, Param, SourceLoc, TensorType,
                   Value, dims, limits)
+from ..ir.errors import INT64_MAX
 from ..ir.init import INITIALIZERS, check_init
 from ..ir.limits import dim_number_problem
 from ..ir.symbols import check_bound
@@ -62,7 +64,19 @@ def lower_source(source: str, filename: str = "<string>", dims: dict | None = No
     a scan past that or over a symbolic bound), "unroll" or "scan"."""
     if loops not in LOOP_MODES:
         raise ChainruleError(f"loops is one of {', '.join(LOOP_MODES)}, not {loops!r}")
-    return Lowerer(filename, dims, loops).lower_program(parse(source, filename))
+    return Lowerer(filename, checked_dims(dims), loops).lower_program(parse(source, filename))
+
+
+def checked_dims(dims: dict | None) -> dict | None:
+    """Sizes bound to symbolic dims are whole numbers a dim can be (a bool is not one)."""
+    for name, size in (dims or {}).items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ChainruleError(f"dims: {name!r} is not a dim's name")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) \
+                or not 0 <= size <= INT64_MAX:
+            raise ChainruleError(f"dims: {name} must be a whole number from 0 to 2**63 - 1, "
+                                 f"not {size!r}")
+    return {name: int(size) for name, size in dims.items()} if dims else dims
 
 
 class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
