@@ -130,6 +130,8 @@ class LongRun:
 
     def __init__(self):
         self.tallies: dict[str, Tally] = {}
+
+    def pytest_configure(self, config):
         cap_memory()
 
     def pytest_collection_modifyitems(self, items):
