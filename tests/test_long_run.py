@@ -1,12 +1,15 @@
 """The long run's watch over each fuzz example (tests/support/long_run.py): an example that
-hangs or takes too much memory fails, and each example is counted, timed and measured."""
+hangs or takes too much memory fails, and each example is counted, timed and measured. And
+the long run's shards (tests/support/fuzzing.py) draw examples of their own."""
 import signal
 import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from support import long_run
+from support import fuzzing, long_run
 from support.long_run import Tally, peak_resident_bytes, summary, watched
 
 
@@ -59,3 +62,27 @@ def test_the_summary_has_a_line_per_test_and_per_kind():
     assert lines[3].startswith("whole models: 12 examples of ")
     assert lines[3].endswith("1 of 2 tests failed")
     assert "data files: 0 examples of" in lines[4]
+
+
+def examples_of_shard(monkeypatch, index: int) -> list[int]:
+    monkeypatch.setattr(fuzzing, "SHARD", index)
+    monkeypatch.setattr(fuzzing, "SHARDS", 2)
+    seen = []
+
+    @fuzzing.fuzz_kind(fuzzing.WHOLE_MODELS, examples=10)
+    @given(st.integers())
+    def collect(value):
+        seen.append(value)
+    collect()
+    return seen
+
+
+def test_each_shard_draws_examples_of_its_own_and_the_same_on_every_run(monkeypatch):
+    assert examples_of_shard(monkeypatch, 0) != examples_of_shard(monkeypatch, 1)
+    assert examples_of_shard(monkeypatch, 1) == examples_of_shard(monkeypatch, 1)
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/2", "-1/2", "1/0"])
+def test_a_shard_is_i_of_n(text):
+    with pytest.raises(ValueError, match="expected i/n with 0 <= i < n"):
+        fuzzing.shard(text)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 
 from chainrule.dsl.builtins import BUILTINS
@@ -29,6 +29,19 @@ CLI_EXAMPLES = int(os.environ.get("CHAINRULE_FUZZ_CLI_EXAMPLES", "25"))
 # The long run's share of the counts below: 1 for all of them, 0.1 for a tenth; 0 in the suite.
 LONG_RUN_SCALE = float(os.environ.get("CHAINRULE_LONG_RUN", "0"))
 LONG_RUN = LONG_RUN_SCALE > 0
+
+
+def shard(text: str) -> tuple[int, int]:
+    """`i/n`: this process runs shard i of n (from 0)."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ValueError(f"CHAINRULE_FUZZ_SHARD={text!r}: expected i/n with 0 <= i < n")
+    return int(index), int(count)
+
+
+# CHAINRULE_FUZZ_SHARD=i/n: the long run split among n processes. Each runs 1/n of every
+# test's examples from a seed of its own; unsharded, examples are the same on every run.
+SHARD, SHARDS = shard(os.environ.get("CHAINRULE_FUZZ_SHARD", "0/1"))
 
 fuzz = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -44,8 +57,8 @@ class Kind:
 
 
 def long_run_count(count: int) -> int:
-    """`count` scaled by CHAINRULE_LONG_RUN."""
-    return max(1, round(count * LONG_RUN_SCALE))
+    """`count` scaled by CHAINRULE_LONG_RUN, this shard's part of it."""
+    return max(1, round(count * LONG_RUN_SCALE / SHARDS))
 
 
 # Whole models: the eight front-end tests of tests/test_fuzz.py, and the whole models and the
@@ -63,6 +76,8 @@ def fuzz_kind(kind: Kind, examples: int = EXAMPLES_PER_TEST):
     chosen = settings(fuzz, max_examples=long_run_count(kind.per_test) if LONG_RUN else examples)
 
     def decorate(test):
+        if SHARDS > 1:
+            test = seed(SHARD)(test)
         return pytest.mark.fuzz(kind.name)(chosen(test))
     return decorate
 
