@@ -3,6 +3,9 @@ import os
 import numpy as np
 import pytest
 
+from support.fuzzing import LONG_RUN
+from support.long_run import LongRun
+
 
 @pytest.fixture
 def rng():
@@ -22,6 +25,8 @@ def update_golden(request):
 def pytest_configure(config):
     # Verify the IR after lowering and after every pass in every test.
     os.environ["CHAINRULE_VERIFY"] = "1"
+    if LONG_RUN:
+        config.pluginmanager.register(LongRun(), "chainrule-long-run")
 
 
 # A new process or a Ray cluster takes seconds: such tests are slow too, so that

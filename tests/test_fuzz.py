@@ -10,10 +10,12 @@ ChainruleError that carries a line and column, within a bound on its work (funct
 counted: tests/support/fuzzing.py); any other exception is a bug, and hypothesis shows the
 text.
 
-The suite runs a few derandomized examples per test. A long local run takes the count per
-hypothesis test from the environment, e.g. 2,500 for each of the eight, 20,000 in all:
+The suite runs a few derandomized examples per test; CHAINRULE_FUZZ_EXAMPLES sets another count
+per test, e.g. 2,500 for each of the eight, 20,000 in all:
 
     CHAINRULE_FUZZ_EXAMPLES=2500 python -m pytest tests/test_fuzz.py -q
+
+The long run (docs/internals.md) counts these tests' inputs among its whole models.
 
 Inputs always end with a newline, as files do.
 
@@ -26,7 +28,7 @@ import re
 import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import chainrule
@@ -35,7 +37,7 @@ from chainrule.dsl.builtins import BUILTINS
 from chainrule.ir import OPS, parse_graph
 from chainrule.ir.init import INITIALIZERS
 
-from support.fuzzing import EXPRESSIONS, within_calls
+from support.fuzzing import EXPRESSIONS, WHOLE_MODELS, fuzz_kind, within_calls
 from support.paths import EXAMPLES
 
 EXAMPLES_PER_TEST = int(os.environ.get("CHAINRULE_FUZZ_EXAMPLES", "40"))
@@ -44,8 +46,7 @@ EXAMPLES_PER_TEST = int(os.environ.get("CHAINRULE_FUZZ_EXAMPLES", "40"))
 CALLS_PER_INPUT = 100_000
 CALLS_PER_CHARACTER = 1_000
 
-fuzz = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+fuzz = fuzz_kind(WHOLE_MODELS, EXAMPLES_PER_TEST)
 
 SOURCES = [path.read_text() for path in EXAMPLES]
 IR_TEXTS = [chainrule.compile(source=source).ir(grad=grad) for source in SOURCES for grad in (False, True)]

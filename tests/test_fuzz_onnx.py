@@ -3,8 +3,8 @@
 
 Every input must end, within a bound on its work (function calls, counted), in an imported
 model that runs (or fails with a ChainruleError when run), or in a ChainruleError when
-imported. Any other exception is a bug, and hypothesis shows the input. The suite runs a few derandomized examples; a long run
-takes its count from CHAINRULE_FUZZ_EXAMPLES, as tests/test_fuzz_pipeline.py does.
+imported. Any other exception is a bug, and hypothesis shows the input. The suite runs a few derandomized examples; the long run
+(docs/internals.md) runs each test's share of its ONNX models.
 """
 import numpy as np
 import onnx
@@ -16,7 +16,7 @@ import chainrule
 from chainrule import ChainruleError
 from chainrule.cli import random_inputs
 from chainrule.onnx_import import SUPPORTED_OPS, UnsupportedModel
-from support.fuzzing import fuzz, within_calls
+from support.fuzzing import fuzz_onnx, within_calls
 from support.paths import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "onnx"
@@ -49,7 +49,7 @@ def import_and_run(model_or_bytes, seed: int) -> None:
             pass
 
 
-@fuzz
+@fuzz_onnx
 @given(st.sampled_from(sorted(MODELS)), st.data())
 def test_damaged_onnx_bytes_give_a_located_error(tmp_path_factory, name, data):
     original = bytearray(MODELS[name])
@@ -85,7 +85,7 @@ def edit_node(node, data) -> None:
         node.input[0] = data.draw(st.sampled_from(["", "missing", node.output[0]]))
 
 
-@fuzz
+@fuzz_onnx
 @given(st.sampled_from(sorted(MODELS)), st.data())
 def test_models_with_edited_nodes_import_or_give_a_located_error(name, data):
     model = onnx.load_from_string(MODELS[name])

@@ -5,11 +5,8 @@ Every input must finish, within a bound on its work (function calls, counted), e
 result or with a ChainruleError (the CLI: with exit code 0, 1 or 2 and no traceback). Any other
 exception is a bug, and hypothesis shows the input.
 
-The suite runs a few derandomized examples per test; a long run takes its counts from the
-environment (see the README's Tests section):
-
-    CHAINRULE_FUZZ_EXAMPLES=25000 CHAINRULE_FUZZ_CLI_EXAMPLES=5000 \\
-        python -m pytest tests/test_fuzz_pipeline.py -q
+The suite runs a few derandomized examples per test; the long run (docs/internals.md) runs
+each test's share of its counts of whole models, data files and command lines.
 """
 import io
 import zipfile
@@ -26,7 +23,8 @@ from chainrule.cli import random_inputs
 from chainrule.data import read_dataset
 from chainrule.fileio import load_npz
 from support.cli import chainrule as chainrule_cli
-from support.fuzzing import EXPRESSIONS, fuzz, fuzz_cli, within_calls
+from support.fuzzing import (EXPRESSIONS, fuzz_cli, fuzz_data_files, fuzz_models,
+                             within_calls)
 from support.paths import EXAMPLES, ROOT
 
 # Bounds on the work of one input, in function calls (tests/support/fuzzing.py): over twenty
@@ -72,7 +70,7 @@ def through_the_pipeline(text: str) -> None:
     onnx.checker.check_model(model.to_onnx(), full_check=True)
 
 
-@fuzz
+@fuzz_models
 @given(whole_models())
 def test_whole_models_compile_run_grad_and_export(text):
     with within_calls(CALLS_PER_MODEL):
@@ -82,7 +80,7 @@ def test_whole_models_compile_run_grad_and_export(text):
             error.render(lambda file: text.splitlines())
 
 
-@fuzz
+@fuzz_models
 @given(st.binary(max_size=200), st.sampled_from([b"", b"model m() {\n    J = f32(1.0)\n"]))
 def test_bytes_that_are_not_utf8_are_a_file_error(tmp_path_factory, data, prefix):
     path = tmp_path_factory.mktemp("bytes") / "m.nn"
@@ -125,7 +123,7 @@ def damaged(draw) -> tuple[str, bytes]:
     return name, bytes(data)
 
 
-@fuzz
+@fuzz_data_files
 @given(damaged())
 def test_damaged_data_files_are_read_or_refused_cleanly(tmp_path_factory, file):
     name, data = file
