@@ -8,10 +8,8 @@ file. Special files are read in a worker process whose address space is capped a
 each of whose cases has 10 s (an alarm: a case past it hangs); generated files are read here,
 with their allocations traced.
 
-The suite runs a few derandomized examples per test; a long run takes its count from the
-environment (see the README's Tests section):
-
-    CHAINRULE_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz_files.py -q
+The suite runs a few derandomized examples per test; the long run (CHAINRULE_LONG_RUN=1,
+docs/internals.md) its share of the data files and failed writes.
 """
 import contextlib
 import errno
@@ -35,7 +33,7 @@ from hypothesis import strategies as st
 from chainrule import ChainruleError, fileio
 from chainrule.data import read_dataset
 from chainrule.fileio import load_npz
-from support.fuzzing import fuzz, within_calls
+from support.fuzzing import fuzz_data_files, fuzz_failed_writes, within_calls
 from support.paths import ROOT
 
 WORKER_MEMORY = 2 * 2 ** 30  # bytes of address space: the issue's "no process over 2 GB"
@@ -218,7 +216,7 @@ def csv_files(draw) -> tuple[str, bytes]:
     return "d.csv", text.encode() + draw(st.sampled_from([b"", b"\n", b"\n\n# end\n"]))
 
 
-@fuzz
+@fuzz_data_files
 @given(st.one_of(idx_files(), npz_files(), csv_files()))
 def test_data_files_are_read_or_refused_within_bounds(tmp_path_factory, file):
     name, data = file
@@ -266,7 +264,7 @@ def failing(step: str, code: int, after: int):
         setattr(*target, real)
 
 
-@fuzz
+@fuzz_failed_writes
 @given(STEPS, FAILURES, st.integers(0, 3), st.integers(0, 300_000), st.booleans())
 def test_a_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(
         tmp_path_factory, step, code, after, size, existed):

@@ -113,7 +113,7 @@ NAME_CHARACTERS = st.characters(codec="utf-8", exclude_characters="\x00") | st.s
     ["\n", "\r", "\u2028", "\u2029", "\x85", "#", "]", "[", "\\", "'", '"', ":", "\u202e"])
 
 
-@fuzz
+@fuzz_onnx
 @given(st.data())
 def test_models_with_random_names_decompile_to_the_same_model(data):
     """Every node, value, initializer and graph name of the MLP fixture, and its batch dim's

@@ -61,13 +61,17 @@ def long_run_count(count: int) -> int:
     return max(1, round(count * LONG_RUN_SCALE / SHARDS))
 
 
-# Whole models: the eight front-end tests of tests/test_fuzz.py, and the whole models and the
+# Whole models: the nine front-end tests of tests/test_fuzz.py, and the whole models and the
 # model files that are not UTF-8 of tests/test_fuzz_pipeline.py.
-WHOLE_MODELS = Kind("whole models", total=100_000, per_test=10_000)
-DATA_FILES = Kind("data files", total=20_000, per_test=20_000)
-ONNX_MODELS = Kind("ONNX models", total=20_000, per_test=10_000)
+# Data files: the damaged files of tests/test_fuzz_pipeline.py and the truncated, padded and
+# inflating ones of tests/test_fuzz_files.py. ONNX models: the damaged bytes, the edited nodes
+# and the hostile names of tests/test_fuzz_onnx.py. Failed writes: tests/test_fuzz_files.py's.
+WHOLE_MODELS = Kind("whole models", total=110_000, per_test=10_000)
+DATA_FILES = Kind("data files", total=20_000, per_test=10_000)
+ONNX_MODELS = Kind("ONNX models", total=20_000, per_test=20_000 // 3 + 1)
 COMMAND_LINES = Kind("command lines", total=5_000, per_test=5_000)
-KINDS = (WHOLE_MODELS, DATA_FILES, ONNX_MODELS, COMMAND_LINES)
+FAILED_WRITES = Kind("failed writes", total=2_000, per_test=2_000)
+KINDS = (WHOLE_MODELS, DATA_FILES, ONNX_MODELS, COMMAND_LINES, FAILED_WRITES)
 
 
 def fuzz_kind(kind: Kind, examples: int = EXAMPLES_PER_TEST):
@@ -86,6 +90,7 @@ fuzz_models = fuzz_kind(WHOLE_MODELS)
 fuzz_data_files = fuzz_kind(DATA_FILES)
 fuzz_onnx = fuzz_kind(ONNX_MODELS)
 fuzz_cli = fuzz_kind(COMMAND_LINES, CLI_EXAMPLES)
+fuzz_failed_writes = fuzz_kind(FAILED_WRITES)
 
 
 class CallCount:
