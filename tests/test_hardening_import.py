@@ -353,3 +353,26 @@ def test_a_constant_nodes_external_data_is_refused_not_read_from_the_working_dir
     result = chainrule_cli("check", "m.onnx", cwd=tmp_path)
     assert result.returncode == 1
     assert "Constant's value keeps its values in an external file" in result.stderr
+
+
+def test_logical_ops_on_numbers_are_refused_rather_than_folded_into_a_shape():
+    """Found by the long fuzz run: an And of int64 dims folded to False, which a Reshape then
+    took for a dim."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape_x"]),
+             helper.make_node("Gather", ["shape_x", "zero"], ["batch"], axis=0),
+             helper.make_node("Gather", ["shape_x", "one"], ["six"], axis=0),
+             helper.make_node("Unsqueeze", ["batch", "axes"], ["batch_1d"]),
+             helper.make_node("And", ["six", "axes"], ["flag"]),
+             helper.make_node("Concat", ["batch_1d", "flag"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    constants = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                 numpy_helper.from_array(np.array(1, np.int64), "one"),
+                 numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(chainrule.ChainruleError) as caught:
+        chainrule.import_onnx(model)
+    assert "And of numbers: its inputs must be bool" in caught.value.render()
+    assert "please report it" not in caught.value.render()

@@ -328,6 +328,9 @@ def _elementwise(function):
     with the dims' arithmetic and what can be proven about them (`B*4`, `S+1 > S`)."""
     @_foldable
     def fold(ctx, *arrays):
+        if ctx.node.op_type in LOGICAL and any(np.asarray(a).dtype != bool for a in arrays):
+            # numpy would take numbers (and dims) as truth values; ONNX's T here is bool
+            raise Unsupported(f"{ctx.node.op_type} of numbers: its inputs must be bool")
         shape = _broadcast_shape(ctx, *(np.shape(a) for a in arrays))
         if _too_large(shape):
             return None
@@ -434,6 +437,7 @@ def _divide(a, b):
     return np.true_divide(a, b)
 
 
+LOGICAL = {"And", "Or", "Xor", "Not"}
 ELEMENTWISE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _divide,
                "Equal": np.equal, "Less": np.less, "Greater": np.greater,
                "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal,
