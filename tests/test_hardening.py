@@ -5,7 +5,6 @@ outputs that are inputs, sizes, damaged data files, output paths, non-finite tra
 resuming, and overflow.
 """
 import io
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from chainrule.fileio import load_npy, load_npz
 from chainrule.ir import ChainruleError, limits
 from chainrule.train import CHECKPOINT_FILE, CheckpointLock
 from support.paths import ROOT
+from support.training import edit_meta
 from support.cli import chainrule as chainrule_cli
 from support.cli import chainrule_process, fails
 
@@ -308,12 +308,7 @@ def test_resume_with_other_settings_lists_the_changes(one_epoch):
     (lambda meta: meta.update(rng={"bit_generator": "PCG64", "state": 5}), "random state"),
 ])
 def test_hand_edited_checkpoint_meta_gets_a_clean_message(one_epoch, edit, field):
-    path = one_epoch / CHECKPOINT_FILE
-    arrays = load_npz(path)
-    meta = json.loads(str(arrays["meta"]))
-    edit(meta)
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
+    edit_meta(one_epoch, edit)
     result = fails(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1",
                                  "--resume", one_epoch))
     assert field in result.stderr

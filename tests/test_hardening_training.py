@@ -5,7 +5,6 @@ and a reader of stdout that goes away.
 Ray is optional here as in tests/test_distributed.py: the tests that need it are skipped without
 it, unless CHAINRULE_REQUIRE_RAY is set. Every address these tests probe is on this machine.
 """
-import json
 import os
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from support.cli import chainrule as chainrule_cli
 from support.cli import chainrule_process, fails, ok
 from support.optional_ray import needs_ray, ray
 from support.paths import ROOT
+from support.training import edit_meta
 
 
 DIGITS = str(ROOT / "examples" / "digits_classifier.nn")
@@ -257,15 +257,6 @@ def one_epoch(tmp_path):
     ok(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1", "--checkpoint",
                      checkpoint, "-q"))
     return checkpoint
-
-
-def edit_meta(checkpoint, edit) -> None:
-    path = checkpoint / CHECKPOINT_FILE
-    arrays = load_npz(path)
-    meta = json.loads(str(arrays["meta"]))
-    edit(meta)
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
 
 
 def set_word(field, key, value):

@@ -1,7 +1,13 @@
-"""A small model to train and its data, for the training tests."""
+"""A small model to train and its data, and a hand editor of checkpoints, for the training
+tests."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+
+from chainrule.fileio import load_npz
+from chainrule.train import CHECKPOINT_FILE
 
 # Two params, an objective with an L2 term and a metric beside it.
 SMALL = """
@@ -19,3 +25,14 @@ model small(x: f64[B, 3], y: i64[B]) {
 def small_data(rows=10, seed=0):
     rng = np.random.default_rng(seed)
     return {"x": rng.normal(size=(rows, 3)), "y": rng.integers(0, 2, rows)}
+
+
+def edit_meta(checkpoint, edit) -> None:
+    """Rewrite the meta record of the checkpoint in directory `checkpoint` with `edit(meta)`,
+    as a user editing it by hand would."""
+    path = checkpoint / CHECKPOINT_FILE
+    arrays = load_npz(path)
+    meta = json.loads(str(arrays["meta"]))
+    edit(meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
