@@ -5,6 +5,8 @@ and a reader of stdout that goes away.
 Ray is optional here as in tests/test_distributed.py: the tests that need it are skipped without
 it, unless CHAINRULE_REQUIRE_RAY is set. Every address these tests probe is on this machine.
 """
+import errno
+import io
 import os
 import socket
 import subprocess
@@ -442,3 +444,40 @@ def test_a_closed_stdout_does_not_end_training_and_o_is_written(tmp_path):
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     with np.load(output) as trained:
         assert set(trained) == set(chainrule.compile(str(ROOT / "examples" / "mlp_digits.nn")).params)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_a_stdout_closed_or_full_does_not_end_training_and_o_is_written(tmp_path, stdout):
+    """`chainrule train ... >&-` and `> /dev/full`: nothing can be printed, and training goes
+    on to write -o; a full stdout is said once on stderr, a closed one needs no word."""
+    output = tmp_path / "trained.npz"
+    with open("/dev/full", "w") as full:
+        process = subprocess.run(
+            [sys.executable, "-m", "chainrule", "train", DIGITS, "--data", DIGITS_DATA,
+             "--epochs", "2", "-o", str(output)],
+            cwd=ROOT, stdout=full if stdout == "full" else None, stderr=subprocess.PIPE,
+            text=True, timeout=300,
+            preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None)
+    assert process.returncode == 0, process.stderr
+    assert "Traceback" not in process.stderr and "Exception ignored" not in process.stderr
+    warned = "cannot write to stdout (No space left on device)" in process.stderr
+    assert warned == (stdout == "full"), process.stderr
+    assert output.exists()
+
+
+def test_a_log_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    """A full disk under --log-jsonl: the log stops, -o is still written."""
+    from chainrule.cli import training
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(training, "open", lambda *args, **kwargs: FullDisk(), raising=False)
+    output = tmp_path / "trained.npz"
+    result = ok(chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "3", "-q",
+                              "--log-jsonl", tmp_path / "log.jsonl", "-o", output))
+    assert result.stderr.count("cannot write to") == 1
+    assert "(No space left on device); the log stops here, training goes on" in result.stderr
+    assert output.exists()

@@ -8,6 +8,7 @@ handling and exit codes.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -39,24 +40,38 @@ def check_output_paths(args) -> None:
 
 
 class _QuietWhenClosed:
-    """stdout that goes quiet when its reader goes away (`chainrule run ... -o out.npz |
-    head -1`): the command still finishes its work and writes its files."""
+    """stdout that goes quiet when it cannot be written: its reader went away (`chainrule
+    run ... -o out.npz | head -1`), it was closed (`>&-`) or its device is full. The command
+    still finishes its work and writes its files; only a failure the user did not cause by
+    closing the pipe is said, once, on stderr."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream = stream if stream is not None else open(os.devnull, "w")
 
     def write(self, text: str) -> int:
         try:
             return self.stream.write(text)
-        except BrokenPipeError:
-            self.stream = open(os.devnull, "w")
+        except OSError as error:
+            self._go_quiet(error)
             return len(text)
 
     def flush(self) -> None:
         try:
             self.stream.flush()
-        except BrokenPipeError:
-            self.stream = open(os.devnull, "w")
+        except OSError as error:
+            self._go_quiet(error)
+
+    def _go_quiet(self, error: OSError) -> None:
+        if not isinstance(error, BrokenPipeError):
+            print(f"chainrule: warning: cannot write to stdout ({error.strerror or error}); "
+                  f"the command goes on without printing", file=sys.stderr)
+        # The failed stream's descriptor now leads nowhere, so what its buffer still holds
+        # is dropped at exit instead of failing again there.
+        with contextlib.suppress(OSError, ValueError):
+            nowhere = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(nowhere, self.stream.fileno())
+            os.close(nowhere)
+        self.stream = open(os.devnull, "w")
 
     def __getattr__(self, name):
         return getattr(self.stream, name)

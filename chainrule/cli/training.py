@@ -256,14 +256,28 @@ class EpochLog:
 
     def __exit__(self, *exc_info):
         if self.file:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a failure to write was said when it happened
+                self.file.close()
 
     def __call__(self, record):
         if not self.args.quiet:
             print(format_epoch(record, self.objective), flush=True)
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as error:
+                self.stop_logging(error)
+
+    def stop_logging(self, error: OSError) -> None:
+        """A log that cannot be written (a full disk) must not cost the training: it is
+        said once, and training goes on to write -o and its checkpoints."""
+        print(f"chainrule: warning: cannot write to {self.args.log_jsonl} "
+              f"({error.strerror or error}); the log stops here, training goes on",
+              file=sys.stderr)
+        with contextlib.suppress(OSError):
+            self.file.close()
+        self.file = None
 
 
 def position(trainer: Trainer) -> str:
