@@ -171,7 +171,7 @@ def workspace(tmp_path_factory):
 MODELS = st.sampled_from([str(p) for p in EXAMPLES if p.stem in ("mlp_digits", "digits_classifier")]
                          + list(HOSTILE_MODELS) + ["latin1.nn", "missing.nn", "new"])
 COMMANDS = st.sampled_from(["check", "run", "grad", "export", "predict", "train", "gradcheck",
-                            "ir"])
+                            "ir", "evaluate"])
 OUTPUTS = st.sampled_from(["out.npz", "new", "a-file/out.npz", "/sys/out.npz", "new/deep/o.npz",
                            "out.csv", "out.onnx"])
 DATA = st.sampled_from(["digits.npz", "bad_labels.npz", "corrupt.npz", "digits.csv",
@@ -196,7 +196,16 @@ COMMAND_OPTIONS = {
     "train": [["--epochs", "1"], ["--epochs", "0"], ["--batch-size", "3"], ["--lr", "1e30"],
               ["--optimizer", "sgd"], ["--backend", "onnxruntime"], ["--check-numerics"],
               ["--allow-nonfinite"], ["--override"], ["--val-split", "0.3"], ["--map", "y=extra"],
-              ["--lr-schedule", "step"], ["--step-every", "1"], ["--resume", "new"]],
+              ["--lr-schedule", "step"], ["--step-every", "1"], ["--resume", "new"],
+              # worker counts and addresses that must be refused before Ray starts: a count
+              # it would take starts Ray, honest work past the bound per command
+              ["--workers", "0"], ["--workers", "1025"], ["--workers", str(10 ** 20)],
+              ["--workers", "2", "--address", ".:80"], ["--address", "127.0.0.1:1"],
+              ["--workers", "2", "--address", "a" * 64 + ":1"],
+              ["--workers", "2", "--address", "host:99999"], ["--address", "ray://\n:1"]],
+    "evaluate": [["--outputs", "acc"], ["--outputs", "logits"], ["--batch-size", "3"],
+                 ["--map", "x=extra"], ["--backend", "onnxruntime"], ["--params", "digits.npz"],
+                 ["--initial-params"], ["--initial-params"], ["--label-column", "b"]],
     "export": [["--grad"], ["--train-step"], ["--optimizer", "adam"], ["--outputs", "logits"],
                ["--opset", "13"], ["--opset", "99"], ["--wrt", "W1"], ["-O2"]],
 }
@@ -209,6 +218,7 @@ NUMERIC_OPTIONS = {
     "run": ["--seed", "--dim", "--threads"], "grad": ["--seed", "--dim", "--threads"],
     "gradcheck": ["--seed", "--threads", "--samples"],
     "predict": ["--seed", "--threads", "--batch-size"],
+    "evaluate": ["--seed", "--threads", "--batch-size"],
     "train": ["--seed", "--threads", "--epochs", "--batch-size", "--lr", "--momentum",
               "--weight-decay", "--clip-grad-norm", "--step-every", "--step-gamma",
               "--warmup-steps", "--early-stop", "--val-split"],
@@ -229,10 +239,11 @@ def hostile_number(draw, command: str) -> list[str]:
 def command_lines(draw) -> list[str]:
     """Mostly options the command takes (so the command does its work), sometimes any."""
     argv = [draw(COMMANDS), draw(MODELS)]
-    reads_data = argv[0] in ("run", "grad", "gradcheck", "train", "predict")
+    reads_data = argv[0] in ("run", "grad", "gradcheck", "train", "predict", "evaluate")
     if draw(st.booleans()) and (reads_data or draw(st.integers(0, 9)) == 0):
-        argv += ["--data" if argv[0] in ("train", "predict") else "--inputs", draw(DATA)]
-    writes = argv[0] not in ("check", "ir", "gradcheck")
+        argv += ["--data" if argv[0] in ("train", "predict", "evaluate") else "--inputs",
+                 draw(DATA)]
+    writes = argv[0] not in ("check", "ir", "gradcheck", "evaluate")
     if draw(st.booleans()) and (writes or draw(st.integers(0, 9)) == 0):
         flag = {"train": draw(st.sampled_from(["-o", "--checkpoint", "--log-jsonl"]))}
         argv += [flag.get(argv[0], "-o"), draw(OUTPUTS)]
