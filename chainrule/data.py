@@ -20,7 +20,7 @@ import numpy as np
 from .backends.feeds import check_arrays, dtype_name, quoted
 from .fileio import MAX_TEXT_BYTES, load_npy, load_npz, open_for_reading, read_bytes, reading
 from .ir import ChainruleError, Value, file_error
-from .ir.limits import MAX_ELEMENTS, check_allocation
+from .ir.limits import MAX_ELEMENTS, MAX_RANK, check_allocation
 from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
@@ -205,6 +205,9 @@ def read_idx(path) -> np.ndarray:
             raise file_error(path, "not an IDX file (it does not start with the IDX magic "
                                    "number)")
         dtype, rank = np.dtype(IDX_DTYPES[magic[2]]), magic[3]
+        if rank > MAX_RANK:
+            raise file_error(path, f"the header gives {rank} dims; a tensor has at most "
+                                   f"{MAX_RANK}")
         header = file.read(4 * rank)
         if len(header) < 4 * rank:
             raise file_error(path, "truncated IDX header")
@@ -218,14 +221,12 @@ def read_idx(path) -> np.ndarray:
                                  f"({size:,} bytes of data), the file holds {len(body):,}")
         if file.read(1):
             raise file_error(path, f"more data than the header's shape {list(shape)}")
-    return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _idx_size(path, shape: tuple, dtype: np.dtype) -> int:
-    """The bytes of data the header promises, once it is known they could be held."""
-    if 0 in shape:
-        raise file_error(path, f"the header's shape {list(shape)} has a dim of size 0; "
-                               f"chainrule refuses empty tensors")
+    """The bytes of data the header promises, once it is known they could be held. A dim
+    of size 0 promises none: the array is empty, as a .npy of that shape is."""
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise file_error(path, f"the header promises {list(shape)}, {count:,} values, more "

@@ -201,12 +201,29 @@ def test_a_plain_idx_shorter_than_its_header_is_refused_from_its_size(tmp_path):
 
 
 @pytest.mark.parametrize("shape", [(0, 28, 28), (5, 0, 28), (0,)])
-def test_an_idx_with_a_zero_dim_is_the_documented_refusal(tmp_path, shape):
+def test_an_idx_with_a_zero_dim_is_an_empty_array(tmp_path, shape):
     path = tmp_path / "empty-idx3-ubyte"
     path.write_bytes(idx_bytes(shape))
+    array = read_idx(path)
+    assert array.shape == shape and array.dtype == np.uint8
+
+
+def test_an_empty_idx_runs_and_training_on_it_is_refused_as_for_npy(tmp_path):
+    model = tmp_path / "m.nn"
+    model.write_text(SUM_MODEL.replace("f32[B, 4]", "f32[B, 3, 4]"))
+    images = tmp_path / "none-idx3-ubyte"
+    images.write_bytes(idx_bytes((0, 3, 4)))
+    assert "J  float32[] = 0" in ok(chainrule_cli("run", model, "--input", f"x={images}")).stdout
+    result = fails(chainrule_cli("train", model, "--data", images, "-o", tmp_path / "p.npz"))
+    assert result.stderr.splitlines()[-1] == "chainrule: error: training data has 0 rows"
+
+
+def test_an_idx_of_more_dims_than_a_tensor_has_is_refused(tmp_path):
+    path = tmp_path / "deep-idx3-ubyte"
+    path.write_bytes(idx_bytes((1,) * 255, b"\x07"))
     result = chainrule_cli("run", DIGITS, "--input", f"x={path}", "--random-inputs")
-    one_line_error(result, f"the header's shape {list(shape)} has a dim of size 0",
-                   "chainrule refuses empty tensors")
+    one_line_error(result, f"{path}: error: the header gives 255 dims; a tensor has at most "
+                           f"{limits.MAX_RANK}")
 
 
 # ---- disk full --------------------------------------------------------------------------------
