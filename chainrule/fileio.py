@@ -84,6 +84,9 @@ def read_bytes(path, limit: int, kind: str) -> bytes:
                                    f"may hold")
         check_allocation(f"reading {path}", size)
         data = file.read(size + 1)
+    if len(data) > size == 0:  # /proc and /sys files make their text as they are read
+        raise file_error(path, "reports a size of 0 but holds data: a /proc or /sys file? "
+                               "chainrule reads regular files of known size")
     if len(data) > size:
         raise file_error(path, f"more than the {size:,} bytes its size said (it grew while "
                                f"being read)")

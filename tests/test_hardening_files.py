@@ -159,6 +159,13 @@ def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
         fileio.read_text(path)
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="no /proc file system")
+def test_a_proc_file_that_reports_no_size_is_named_as_such():
+    one_line_error(chainrule_cli("check", "/proc/self/status"),
+                   "/proc/self/status: error: reports a size of 0 but holds data: a /proc or "
+                   "/sys file? chainrule reads regular files of known size")
+
+
 # ---- IDX: bombs and zero dims -----------------------------------------------------------------
 
 def idx_bytes(shape, payload: bytes = b"") -> bytes:
