@@ -1,6 +1,7 @@
 """Reading files with clear errors and pickle disabled, and writing every file atomically."""
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -224,13 +225,20 @@ def write_target(path) -> Path:
     stays), or `path` itself. A device, FIFO or socket is refused, as renaming a regular file
     over it would destroy it (`-o /dev/null`)."""
     path = Path(path)
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        mode = target.stat().st_mode
-    except OSError:  # nothing there yet (or nothing reachable): writing will tell
-        return target
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        # realpath follows a loop nowhere and renaming over the link would replace it, so a
+        # path the system itself cannot follow is refused, not written.
+        if error.errno == errno.ELOOP:
+            raise file_error(path, "cannot be written: too many levels of symbolic links (a "
+                                   "symlink loop, or a chain too long to follow)") from None
+        mode = None  # nothing there yet (or nothing reachable): writing will tell
     except ValueError:  # the one ValueError stat raises: a NUL byte in the path
         raise nul_in_path(path) from None
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if mode is None:
+        return target
     if stat.S_ISDIR(mode):
         raise file_error(path, "cannot be written: it is a directory; give a file name")
     if not stat.S_ISREG(mode):

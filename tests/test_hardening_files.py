@@ -345,6 +345,29 @@ def test_output_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_pat
     assert set(np.load(target)) == {"J", "acc", "logits"}
 
 
+def symlink_loop(folder):
+    (folder / "loop2").symlink_to("loop1")
+    (folder / "loop1").symlink_to("loop2")
+    return folder / "loop1"
+
+
+def symlink_chain_too_long_to_follow(folder):
+    for number in range(1, 51):
+        (folder / f"link{number}").symlink_to(f"link{number + 1}")
+    return folder / "link1"
+
+
+@pytest.mark.parametrize("make_links", [symlink_loop, symlink_chain_too_long_to_follow])
+def test_output_through_symlinks_that_cannot_be_followed_is_refused_before_any_work(
+        tmp_path, make_links):
+    out = make_links(tmp_path)
+    links = {path: os.readlink(path) for path in tmp_path.iterdir()}
+    result = chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1", "-o", out)
+    one_line_error(result, f"{out}: error: cannot be written: too many levels of symbolic links")
+    assert result.stdout == ""
+    assert {path: os.readlink(path) for path in tmp_path.iterdir()} == links
+
+
 def test_output_over_an_existing_file_keeps_its_mode(tmp_path):
     out = tmp_path / "out.npz"
     out.write_bytes(b"earlier")
