@@ -23,6 +23,7 @@ import pytest
 import chainrule
 from chainrule import data as data_module
 from chainrule import fileio
+from chainrule.cli import inspecting
 from chainrule.data import read_csv, read_idx
 from chainrule.ir import ChainruleError, limits
 from chainrule.onnx_import import importer
@@ -366,6 +367,27 @@ def test_output_through_symlinks_that_cannot_be_followed_is_refused_before_any_w
     one_line_error(result, f"{out}: error: cannot be written: too many levels of symbolic links")
     assert result.stdout == ""
     assert {path: os.readlink(path) for path in tmp_path.iterdir()} == links
+
+
+def test_import_checks_its_params_file_before_writing_the_model(tmp_path, fifo):
+    model = tmp_path / "m.onnx"
+    chainrule.compile(DIGITS).to_onnx(model)
+    (tmp_path / "m.npz").symlink_to(fifo)
+    result = chainrule_cli("import", model, "-o", tmp_path / "m.nn")
+    one_line_error(result, "m.npz: error: cannot be written: it is a FIFO")
+    assert not (tmp_path / "m.nn").exists()
+
+
+def test_import_writes_the_params_before_the_model_that_names_them(tmp_path, monkeypatch):
+    model = tmp_path / "m.onnx"
+    chainrule.compile(DIGITS).to_onnx(model)
+    written = []
+    real_write = fileio.atomic_write_bytes
+    monkeypatch.setattr(fileio, "atomic_write_bytes",
+                        lambda path, data: (written.append(path.name), real_write(path, data)))
+    monkeypatch.setattr(inspecting, "atomic_write_bytes", fileio.atomic_write_bytes)
+    ok(chainrule_cli("import", model, "-o", tmp_path / "m.nn"))
+    assert written == ["m.npz", "m.nn"]
 
 
 def test_output_over_an_existing_file_keeps_its_mode(tmp_path):
