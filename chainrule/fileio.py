@@ -75,22 +75,36 @@ def special_kind(mode: int) -> str:
     return next((kind for test, kind in FILE_KINDS if test(mode)), "a special file")
 
 
-def read_bytes(path, limit: int, kind: str) -> bytes:
-    """The whole of a regular file of at most `limit` bytes, which must fit in memory. A file
-    that grows while it is read is refused: its size is taken once, before reading."""
+@contextmanager
+def open_bounded(path, limit: int, kind: str):
+    """`path` opened for reading with its size, once that size is known to be at most `limit`
+    (a `kind` file's limit). The size is taken once, when the file is opened: a reader checks
+    what it read against it with check_read_within."""
     with open_for_reading(path) as file:
         size = os.fstat(file.fileno()).st_size
         if size > limit:
             raise file_error(path, f"{size:,} bytes, more than the {limit:,} a {kind} file "
                                    f"may hold")
-        check_allocation(f"reading {path}", size)
-        data = file.read(size + 1)
-    if len(data) > size == 0:  # /proc and /sys files make their text as they are read
+        yield file, size
+
+
+def check_read_within(path, read: int, size: int) -> None:
+    """Refuses a file that gave more than the `size` it had when opened."""
+    if read > size == 0:  # /proc and /sys files make their text as they are read
         raise file_error(path, "reports a size of 0 but holds data: a /proc or /sys file? "
                                "chainrule reads regular files of known size")
-    if len(data) > size:
+    if read > size:
         raise file_error(path, f"more than the {size:,} bytes its size said (it grew while "
                                f"being read)")
+
+
+def read_bytes(path, limit: int, kind: str) -> bytes:
+    """The whole of a regular file of at most `limit` bytes, which must fit in memory. A file
+    that grows while it is read is refused: its size is taken once, before reading."""
+    with open_bounded(path, limit, kind) as (file, size):
+        check_allocation(f"reading {path}", size)
+        data = file.read(size + 1)
+    check_read_within(path, len(data), size)
     return data
 
 

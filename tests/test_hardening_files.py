@@ -458,6 +458,34 @@ def test_a_csv_with_blank_and_comment_lines_reads_its_rows(tmp_path):
     assert read_csv(path).arrays["features"].tolist() == [[1, 2], [3, 4]]
 
 
+def test_reading_a_csv_takes_memory_in_proportion_to_its_matrix(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "CSV_BLOCK_BYTES", 1 << 16)
+    path = tmp_path / "tall.csv"
+    path.write_bytes(b"x0\n" + b"1\n" * 1_000_000)
+    tracemalloc.start()
+    try:
+        features = read_csv(path).arrays["features"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert features.shape == (1_000_000, 1) and features.sum() == 1_000_000
+    assert peak < 2 * features.nbytes  # the text as Python strings takes 100 MB and more
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 1 << 16])
+def test_csv_lines_are_counted_across_blocks(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(data_module, "CSV_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n1,2\n\n# skipped\n3,4\n5,6\n7,nan\n")
+    with pytest.raises(ChainruleError, match="line 7, column 'b': nan"):
+        read_csv(path)
+    path.write_text("a,b\n1,2\n\n# skipped\n3,4\n5,6\n7,8")
+    assert read_csv(path).arrays["features"].tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    path.write_text("a,b\n1,2\n3,4\n5,6\n7,x\n")
+    with pytest.raises(ChainruleError, match="line 5, column 'b' holds 'x'"):
+        read_csv(path)
+
+
 def test_one_hot_labels_for_class_indices_get_a_hint(tmp_path):
     arrays = dict(np.load(DIGITS_DATA))
     arrays["y"] = np.eye(10, dtype=np.float32)[arrays["y"]]
