@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .backends.feeds import check_arrays, dtype_name, quoted
-from .fileio import MAX_TEXT_BYTES, load_npy, load_npz, open_for_reading, read_bytes, reading
+from .fileio import (MAX_TEXT_BYTES, check_read_within, load_npy, load_npz, open_bounded,
+                     open_for_reading, reading)
 from .ir import ChainruleError, Value, file_error
-from .ir.limits import MAX_ELEMENTS, check_allocation
+from .ir.limits import MAX_ELEMENTS, MAX_RANK, check_allocation
 from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
@@ -124,44 +125,88 @@ def read_csv(path, label_column: str | None = None) -> Dataset:
     float64 matrix. Labels that are all whole numbers become int64. Errors name the file line
     (counting from 1, the header being line 1), as an editor shows it."""
     with reading(path, "CSV"):
-        header, values, lines = _csv_rows(path)
-    _refuse_non_finite_rows(path, values, header, lines)
+        header, values = _csv_rows(path)
     data = Dataset()
-    feature_columns = list(range(len(header)))
+    features = values
     if label_column is not None:
         if label_column not in header:
             raise file_error(path, f"no column named '{label_column}'; the columns are "
                                  f"{_listed(header)}")
         index = header.index(label_column)
-        feature_columns.remove(index)
         labels = values[:, index]
         if np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
         data.add(label_column, labels, path, LABELS)
-    data.add(FEATURES, values[:, feature_columns], path, FEATURES)
+        features = np.delete(values, index, axis=1)
+    data.add(FEATURES, features, path, FEATURES)
     return data
 
 
-def _csv_rows(path) -> tuple[list[str], np.ndarray, list[int]]:
-    """The header, the rows as a float64 matrix, and the file line of each row (blank and
+# Text parsed at a time: the memory a CSV file takes beyond its matrix.
+CSV_BLOCK_BYTES = 1 << 18
+
+
+def _csv_rows(path) -> tuple[list[str], np.ndarray]:
+    """The header and the rows as a float64 matrix.
+
+    The matrix is allocated once, for as many rows as the file has lines (checked against free
+    memory first), and filled a block of lines at a time, so reading takes the matrix's memory
+    and one block's, not the text's many times over as Python strings."""
+    with open_bounded(path, MAX_TEXT_BYTES, "CSV") as (file, size):
+        first = file.readline()
+        header = next(csv.reader([first.decode("utf-8-sig").rstrip("\n")]), None)
+        if not header:
+            raise file_error(path, "empty; a CSV file starts with a header row")
+        header = [name.strip() for name in header]
+        check_read_within(path, file.tell(), size)
+        capacity = _lines_left(file, size)
+        check_allocation(f"{path} ({capacity:,} lines of {len(header)} columns)",
+                         capacity * len(header) * 8)
+        values = np.empty((capacity, len(header)))
+        filled, number = 0, 2
+        while block := file.read(CSV_BLOCK_BYTES):
+            lines = (block + file.readline()).decode("utf-8").split("\n")
+            rows = _csv_block(path, lines, number, header)
+            number += len(lines) - 1  # the last piece ends at the next block's first line
+            check_read_within(path, file.tell(), size)
+            if filled + len(rows) > capacity:  # rewritten since its lines were counted
+                raise file_error(path, "changed while being read")
+            values[filled:filled + len(rows)] = rows
+            filled += len(rows)
+    values.resize((filled, len(header)), refcheck=False)  # shrinking keeps the memory in place
+    return header, values
+
+
+def _lines_left(file, size: int) -> int:
+    """How many lines the rest of `file` holds (at most), counted a piece at a time; the file
+    is left where it was."""
+    start, count = file.tell(), 1
+    while piece := file.read(CSV_BLOCK_BYTES):
+        count += piece.count(b"\n")
+        if file.tell() > size:
+            break
+    file.seek(start)
+    return count
+
+
+def _csv_block(path, lines: list[str], first_number: int, header: list[str]) -> np.ndarray:
+    """The rows of a block of lines, the first being file line `first_number` (blank and
     comment lines hold none)."""
-    lines = read_bytes(path, MAX_TEXT_BYTES, "CSV").decode("utf-8-sig").split("\n")
-    header = next(csv.reader(lines[:1]), None)
-    if not header:
-        raise file_error(path, "empty; a CSV file starts with a header row")
-    header = [name.strip() for name in header]
-    numbered = [(number, line) for number, line in enumerate(lines[1:], start=2)
+    numbered = [(number, line) for number, line in enumerate(lines, start=first_number)
                 if line.lstrip() and not line.lstrip().startswith("#")]
-    try:  # numpy warns of a file with no rows; that is a data set of none, said later
-        values = np.loadtxt([line for _, line in numbered], delimiter=",", dtype=np.float64,
-                            ndmin=2, quotechar='"') if numbered else np.empty((0, len(header)))
+    if not numbered:  # numpy warns of text with no rows
+        return np.empty((0, len(header)))
+    try:
+        rows = np.loadtxt([line for _, line in numbered], delimiter=",", dtype=np.float64,
+                          ndmin=2, quotechar='"')
     except ValueError as error:
         raise file_error(path, _first_bad_line(numbered, header) or
                          f"not numeric CSV after the header row ({error})") from None
-    if values.size and values.shape[1] != len(header):
+    if rows.shape[1] != len(header):
         raise file_error(path, _first_bad_line(numbered, header) or
-                         f"rows have {values.shape[1]} fields, the header names {len(header)}")
-    return header, values.reshape(-1, len(header)), [number for number, _ in numbered]
+                         f"rows have {rows.shape[1]} fields, the header names {len(header)}")
+    _refuse_non_finite_rows(path, rows, header, [number for number, _ in numbered])
+    return rows
 
 
 def _first_bad_line(numbered, header: list[str]) -> str | None:
@@ -205,6 +250,9 @@ def read_idx(path) -> np.ndarray:
             raise file_error(path, "not an IDX file (it does not start with the IDX magic "
                                    "number)")
         dtype, rank = np.dtype(IDX_DTYPES[magic[2]]), magic[3]
+        if rank > MAX_RANK:
+            raise file_error(path, f"the header gives {rank} dims; a tensor has at most "
+                                   f"{MAX_RANK}")
         header = file.read(4 * rank)
         if len(header) < 4 * rank:
             raise file_error(path, "truncated IDX header")
@@ -218,14 +266,12 @@ def read_idx(path) -> np.ndarray:
                                  f"({size:,} bytes of data), the file holds {len(body):,}")
         if file.read(1):
             raise file_error(path, f"more data than the header's shape {list(shape)}")
-    return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _idx_size(path, shape: tuple, dtype: np.dtype) -> int:
-    """The bytes of data the header promises, once it is known they could be held."""
-    if 0 in shape:
-        raise file_error(path, f"the header's shape {list(shape)} has a dim of size 0; "
-                               f"chainrule refuses empty tensors")
+    """The bytes of data the header promises, once it is known they could be held. A dim
+    of size 0 promises none: the array is empty, as a .npy of that shape is."""
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise file_error(path, f"the header promises {list(shape)}, {count:,} values, more "

@@ -1,6 +1,7 @@
 """Reading files with clear errors and pickle disabled, and writing every file atomically."""
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -74,19 +75,36 @@ def special_kind(mode: int) -> str:
     return next((kind for test, kind in FILE_KINDS if test(mode)), "a special file")
 
 
-def read_bytes(path, limit: int, kind: str) -> bytes:
-    """The whole of a regular file of at most `limit` bytes, which must fit in memory. A file
-    that grows while it is read is refused: its size is taken once, before reading."""
+@contextmanager
+def open_bounded(path, limit: int, kind: str):
+    """`path` opened for reading with its size, once that size is known to be at most `limit`
+    (a `kind` file's limit). The size is taken once, when the file is opened: a reader checks
+    what it read against it with check_read_within."""
     with open_for_reading(path) as file:
         size = os.fstat(file.fileno()).st_size
         if size > limit:
             raise file_error(path, f"{size:,} bytes, more than the {limit:,} a {kind} file "
                                    f"may hold")
-        check_allocation(f"reading {path}", size)
-        data = file.read(size + 1)
-    if len(data) > size:
+        yield file, size
+
+
+def check_read_within(path, read: int, size: int) -> None:
+    """Refuses a file that gave more than the `size` it had when opened."""
+    if read > size == 0:  # /proc and /sys files make their text as they are read
+        raise file_error(path, "reports a size of 0 but holds data: a /proc or /sys file? "
+                               "chainrule reads regular files of known size")
+    if read > size:
         raise file_error(path, f"more than the {size:,} bytes its size said (it grew while "
                                f"being read)")
+
+
+def read_bytes(path, limit: int, kind: str) -> bytes:
+    """The whole of a regular file of at most `limit` bytes, which must fit in memory. A file
+    that grows while it is read is refused: its size is taken once, before reading."""
+    with open_bounded(path, limit, kind) as (file, size):
+        check_allocation(f"reading {path}", size)
+        data = file.read(size + 1)
+    check_read_within(path, len(data), size)
     return data
 
 
@@ -221,13 +239,20 @@ def write_target(path) -> Path:
     stays), or `path` itself. A device, FIFO or socket is refused, as renaming a regular file
     over it would destroy it (`-o /dev/null`)."""
     path = Path(path)
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        mode = target.stat().st_mode
-    except OSError:  # nothing there yet (or nothing reachable): writing will tell
-        return target
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        # realpath follows a loop nowhere and renaming over the link would replace it, so a
+        # path the system itself cannot follow is refused, not written.
+        if error.errno == errno.ELOOP:
+            raise file_error(path, "cannot be written: too many levels of symbolic links (a "
+                                   "symlink loop, or a chain too long to follow)") from None
+        mode = None  # nothing there yet (or nothing reachable): writing will tell
     except ValueError:  # the one ValueError stat raises: a NUL byte in the path
         raise nul_in_path(path) from None
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if mode is None:
+        return target
     if stat.S_ISDIR(mode):
         raise file_error(path, "cannot be written: it is a directory; give a file name")
     if not stat.S_ISREG(mode):

@@ -23,6 +23,7 @@ import pytest
 import chainrule
 from chainrule import data as data_module
 from chainrule import fileio
+from chainrule.cli import inspecting
 from chainrule.data import read_csv, read_idx
 from chainrule.ir import ChainruleError, limits
 from chainrule.onnx_import import importer
@@ -159,6 +160,13 @@ def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
         fileio.read_text(path)
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="no /proc file system")
+def test_a_proc_file_that_reports_no_size_is_named_as_such():
+    one_line_error(chainrule_cli("check", "/proc/self/status"),
+                   "/proc/self/status: error: reports a size of 0 but holds data: a /proc or "
+                   "/sys file? chainrule reads regular files of known size")
+
+
 # ---- IDX: bombs and zero dims -----------------------------------------------------------------
 
 def idx_bytes(shape, payload: bytes = b"") -> bytes:
@@ -201,12 +209,29 @@ def test_a_plain_idx_shorter_than_its_header_is_refused_from_its_size(tmp_path):
 
 
 @pytest.mark.parametrize("shape", [(0, 28, 28), (5, 0, 28), (0,)])
-def test_an_idx_with_a_zero_dim_is_the_documented_refusal(tmp_path, shape):
+def test_an_idx_with_a_zero_dim_is_an_empty_array(tmp_path, shape):
     path = tmp_path / "empty-idx3-ubyte"
     path.write_bytes(idx_bytes(shape))
+    array = read_idx(path)
+    assert array.shape == shape and array.dtype == np.uint8
+
+
+def test_an_empty_idx_runs_and_training_on_it_is_refused_as_for_npy(tmp_path):
+    model = tmp_path / "m.nn"
+    model.write_text(SUM_MODEL.replace("f32[B, 4]", "f32[B, 3, 4]"))
+    images = tmp_path / "none-idx3-ubyte"
+    images.write_bytes(idx_bytes((0, 3, 4)))
+    assert "J  float32[] = 0" in ok(chainrule_cli("run", model, "--input", f"x={images}")).stdout
+    result = fails(chainrule_cli("train", model, "--data", images, "-o", tmp_path / "p.npz"))
+    assert result.stderr.splitlines()[-1] == "chainrule: error: training data has 0 rows"
+
+
+def test_an_idx_of_more_dims_than_a_tensor_has_is_refused(tmp_path):
+    path = tmp_path / "deep-idx3-ubyte"
+    path.write_bytes(idx_bytes((1,) * 255, b"\x07"))
     result = chainrule_cli("run", DIGITS, "--input", f"x={path}", "--random-inputs")
-    one_line_error(result, f"the header's shape {list(shape)} has a dim of size 0",
-                   "chainrule refuses empty tensors")
+    one_line_error(result, f"{path}: error: the header gives 255 dims; a tensor has at most "
+                           f"{limits.MAX_RANK}")
 
 
 # ---- disk full --------------------------------------------------------------------------------
@@ -321,6 +346,50 @@ def test_output_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_pat
     assert set(np.load(target)) == {"J", "acc", "logits"}
 
 
+def symlink_loop(folder):
+    (folder / "loop2").symlink_to("loop1")
+    (folder / "loop1").symlink_to("loop2")
+    return folder / "loop1"
+
+
+def symlink_chain_too_long_to_follow(folder):
+    for number in range(1, 51):
+        (folder / f"link{number}").symlink_to(f"link{number + 1}")
+    return folder / "link1"
+
+
+@pytest.mark.parametrize("make_links", [symlink_loop, symlink_chain_too_long_to_follow])
+def test_output_through_symlinks_that_cannot_be_followed_is_refused_before_any_work(
+        tmp_path, make_links):
+    out = make_links(tmp_path)
+    links = {path: os.readlink(path) for path in tmp_path.iterdir()}
+    result = chainrule_cli("train", DIGITS, "--data", DIGITS_DATA, "--epochs", "1", "-o", out)
+    one_line_error(result, f"{out}: error: cannot be written: too many levels of symbolic links")
+    assert result.stdout == ""
+    assert {path: os.readlink(path) for path in tmp_path.iterdir()} == links
+
+
+def test_import_checks_its_params_file_before_writing_the_model(tmp_path, fifo):
+    model = tmp_path / "m.onnx"
+    chainrule.compile(DIGITS).to_onnx(model)
+    (tmp_path / "m.npz").symlink_to(fifo)
+    result = chainrule_cli("import", model, "-o", tmp_path / "m.nn")
+    one_line_error(result, "m.npz: error: cannot be written: it is a FIFO")
+    assert not (tmp_path / "m.nn").exists()
+
+
+def test_import_writes_the_params_before_the_model_that_names_them(tmp_path, monkeypatch):
+    model = tmp_path / "m.onnx"
+    chainrule.compile(DIGITS).to_onnx(model)
+    written = []
+    real_write = fileio.atomic_write_bytes
+    monkeypatch.setattr(fileio, "atomic_write_bytes",
+                        lambda path, data: (written.append(path.name), real_write(path, data)))
+    monkeypatch.setattr(inspecting, "atomic_write_bytes", fileio.atomic_write_bytes)
+    ok(chainrule_cli("import", model, "-o", tmp_path / "m.nn"))
+    assert written == ["m.npz", "m.nn"]
+
+
 def test_output_over_an_existing_file_keeps_its_mode(tmp_path):
     out = tmp_path / "out.npz"
     out.write_bytes(b"earlier")
@@ -387,6 +456,34 @@ def test_a_csv_with_blank_and_comment_lines_reads_its_rows(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("a,b\n1,2\n\n# skipped\n3,4\n")
     assert read_csv(path).arrays["features"].tolist() == [[1, 2], [3, 4]]
+
+
+def test_reading_a_csv_takes_memory_in_proportion_to_its_matrix(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "CSV_BLOCK_BYTES", 1 << 16)
+    path = tmp_path / "tall.csv"
+    path.write_bytes(b"x0\n" + b"1\n" * 1_000_000)
+    tracemalloc.start()
+    try:
+        features = read_csv(path).arrays["features"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert features.shape == (1_000_000, 1) and features.sum() == 1_000_000
+    assert peak < 2 * features.nbytes  # the text as Python strings takes 100 MB and more
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 1 << 16])
+def test_csv_lines_are_counted_across_blocks(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(data_module, "CSV_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n1,2\n\n# skipped\n3,4\n5,6\n7,nan\n")
+    with pytest.raises(ChainruleError, match="line 7, column 'b': nan"):
+        read_csv(path)
+    path.write_text("a,b\n1,2\n\n# skipped\n3,4\n5,6\n7,8")
+    assert read_csv(path).arrays["features"].tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    path.write_text("a,b\n1,2\n3,4\n5,6\n7,x\n")
+    with pytest.raises(ChainruleError, match="line 5, column 'b' holds 'x'"):
+        read_csv(path)
 
 
 def test_one_hot_labels_for_class_indices_get_a_hint(tmp_path):

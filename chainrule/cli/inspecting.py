@@ -8,7 +8,7 @@ import numpy as np
 from pathlib import Path
 
 from .. import __version__
-from ..fileio import atomic_write_bytes, save_npz
+from ..fileio import atomic_write_bytes, check_writable, save_npz
 from ..ir import dsl_names, print_dsl, print_graph
 from ..ir.dsl_printer import value_source
 from ..ir.errors import printable
@@ -148,6 +148,7 @@ def cmd_import(args) -> int:
     if output.suffix != ".nn":
         raise UsageError(f"-o names the .nn file to write, not {output}")
     values = output.with_suffix(".npz")
+    check_writable(values)  # the .nn was checked with every command's -o
     model = load_model(args)
     header = (f"Imported from {printable(Path(args.file).name)} by chainrule {__version__}; "
               f"each comment names the ONNX node.\nThe params' values are in {values.name}, "
@@ -155,10 +156,11 @@ def cmd_import(args) -> int:
               f"--params draws):\nchainrule train {output.name} --params {values.name} ...")
     text = print_dsl(model.graph, header=header)
     names = dsl_names(model.graph)
+    # The params first: a .nn is never left naming a params file that was not written.
+    save_npz(values, {names[name]: array for name, array in model.params.items()})
     # A file name that is not UTF-8 (a surrogate escape from the command line) is written as
     # an escape in the header's comment, so that the model stays a UTF-8 file.
     atomic_write_bytes(output, text.encode("utf-8", "backslashreplace"))
-    save_npz(values, {names[name]: array for name, array in model.params.items()})
     print(f"wrote {output}: {len(model.graph.nodes)} statements, {len(model.params)} params")
     print(f"wrote {values}")
     return 0
