@@ -119,3 +119,37 @@ def test_dim_0_with_loops_scan_on_the_command_line(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "float64[2, 0, 3]" in result.stdout
         assert result.stderr == ""
+
+
+FROM_1 = SOURCE.replace("range(T)", "range(1, T)").replace("hs[:, t] = h", "")
+NEGATIVE_SIZE = pytest.mark.xfail(strict=True, reason=(
+    "the gradient's hoisted products reshape to ((T-1)*B, 3), a negative size that "
+    "onnxruntime refuses when T is 0"))
+
+
+def unrolled_from_1(length: int):
+    return chainrule.compile(source=FROM_1, loops="unroll", dims={"T": length})
+
+
+@pytest.mark.parametrize("length", (0, 1, 3))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_range_that_ends_before_it_starts_runs_no_step_as_unrolled(backend, length):
+    """range(1, T) with T = 0 is empty, as in Python: its scan's length, T-1, comes to -1."""
+    inputs = feeds(length)
+    expected = unrolled_from_1(length).run(**inputs)
+    actual = scan_model(FROM_1).run(backend=backend, **inputs)
+    for (name, value), wanted in zip(actual.items(), expected.values(), strict=True):
+        assert value.shape == wanted.shape, name
+        assert_close(value, wanted, 1e-12, what=f"{name} on {backend} at T={length}")
+
+
+@pytest.mark.parametrize("backend, length", [
+    *((backend, length) for backend in BACKENDS for length in (0, 1, 3)
+      if (backend, length) != ("onnxruntime", 0)),
+    pytest.param("onnxruntime", 0, marks=NEGATIVE_SIZE)])
+def test_the_gradient_of_a_range_that_ends_before_it_starts(backend, length):
+    inputs = feeds(length)
+    expected = unrolled_from_1(length).grad(wrt=["w", "z", "x"], **inputs)
+    grads = scan_model(FROM_1).grad(wrt=["w", "z", "x"], backend=backend, **inputs)
+    for name, value in expected.items():
+        assert_close(grads[name], value, 1e-12, 1e-12, what=f"d{name} on {backend} at T={length}")

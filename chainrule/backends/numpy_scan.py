@@ -22,8 +22,9 @@ def scan_loop(step, node, operands, length: int) -> tuple:
     body on the carried values, one slice of each sequence, and the outer values. A scan of no
     step is a loop of no iteration: the carried values come out as they went in."""
     carried, scanned = node.attrs["carried"], node.attrs["scanned"]
-    if length < 0:
-        raise ChainruleError(f"a scan's length came to {length}, below 0")
+    # As Python's range, a loop that would end before its start runs no step: the length of
+    # range(1, T) comes to T-1, which is -1 when T is 0.
+    length = max(length, 0)
     state = list(operands[:carried])
     sequences = operands[carried:carried + scanned]
     outer = list(operands[carried + scanned:])

@@ -9,6 +9,11 @@ each step's outputs, which puts step t's value at index t, as the scan op does. 
 its steps by the scan inputs, so a scan over no sequence (its length a dim) is a Loop with that
 trip count, whose outputs come stacked in the order of the iterations: reversed, they are turned
 around.
+
+A scan may run no step (its length 0, or below 0 as range(1, T) with T = 0): its carried values
+come out as they went in, its stacks empty. onnxruntime's Scan refuses sequences of no step, and
+its Loop of no iteration gives its stacks a shape of its own, so a scan whose length is known
+only at run time is an If: no step on one branch, the Scan or Loop on the other.
 """
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ def _emit_guarded(em, node, operands, results) -> None:
     _emit_no_step(none, node, operands, no_step)
     steps = [some.fresh("steps") for _ in results]
     _emit_steps(some, node, operands, steps, results[0])
-    empty = em.add("Equal", [em.size(node.attrs["length"]), em.ints([0], "none")])
+    # At or below 0: range(1, T) runs no step when T is 0, as in Python.
+    empty = em.add("LessOrEqual", [em.size(node.attrs["length"]), em.ints([0], "none")])
     em.nodes.append(helper.make_node(
         "If", [empty], results, name=results[0], doc_string=em.doc,
         then_branch=_branch_graph(none, node, no_step, f"{results[0]}#nostep"),
