@@ -153,3 +153,31 @@ def test_the_gradient_of_a_range_that_ends_before_it_starts(backend, length):
     grads = scan_model(FROM_1).grad(wrt=["w", "z", "x"], backend=backend, **inputs)
     for name, value in expected.items():
         assert_close(grads[name], value, 1e-12, 1e-12, what=f"d{name} on {backend} at T={length}")
+
+
+NESTED = """model m(x: f64[B, T, 3], W: f64[L, 3, 3]) {
+    h = sum(x, axis=1) * 0.0 + 1.0
+    for l in range(L) {
+        for t in range(T) {
+            h = tanh(h @ W[l] + x[:, t])
+        }
+        h = h * 0.5
+    }
+    J = sum(h ** 2)
+    return J
+}
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_inner_scan_of_no_step_in_a_scan_as_unrolled(backend):
+    """The inner scan, in the outer one's body, runs no step at each of the outer steps."""
+    rng = np.random.default_rng(4)
+    inputs = {"x": rng.normal(size=(2, 0, 3)), "W": rng.normal(size=(3, 3, 3))}
+    unrolled = chainrule.compile(source=NESTED, loops="unroll", dims={"T": 0, "L": 3})
+    model = chainrule.compile(source=NESTED, loops="scan")
+    assert_close(model.run(backend=backend, **inputs)["J"], unrolled.run(**inputs)["J"], 1e-12)
+    grads = model.grad(wrt=["x", "W"], backend=backend, **inputs)
+    for name, value in unrolled.grad(wrt=["x", "W"], **inputs).items():
+        assert grads[name].shape == value.shape, name
+        assert_close(grads[name], value, 1e-12, 1e-12, what=f"d{name} on {backend}")
