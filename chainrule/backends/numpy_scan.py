@@ -32,10 +32,9 @@ def scan_loop(step, node, operands, length: int) -> tuple:
         if len(sequence) != length:
             raise ChainruleError(f"a scan over {length} steps got a sequence of length "
                                  f"{len(sequence)}")
-    steps = []
     if length == 0:
         return (*state, *_empty_stacks(node, operands))
-    reverse = node.attrs["reverse"]
+    reverse, steps = node.attrs["reverse"], []
     for t in range(length - 1, -1, -1) if reverse else range(length):
         try:
             results = step(*state, *[sequence[t] for sequence in sequences], *outer)
