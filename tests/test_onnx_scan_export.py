@@ -208,13 +208,24 @@ def test_a_nested_scans_gradient_equals_central_differences():
 
 
 def loops(graph: onnx.GraphProto) -> list[str]:
-    """The op types of the loops in graph and in their bodies, outermost first."""
+    """The op types of the loops in graph and in their bodies (and in the branches of the If
+    that guards a scan of a symbolic length), outermost first."""
     found = []
     for node in graph.node:
         if node.op_type in ("Scan", "Loop"):
             found.append(node.op_type)
-            found += loops(node.attribute[0].g)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found += loops(attribute.g)
     return found
+
+
+def nodes_in_subgraphs(graph: onnx.GraphProto) -> int:
+    """How many nodes the subgraphs hold: loop bodies, and the If that guards a scan of a
+    symbolic length, with what they hold."""
+    return sum(len(attribute.g.node) + nodes_in_subgraphs(attribute.g)
+               for node in graph.node for attribute in node.attribute
+               if attribute.type == onnx.AttributeProto.GRAPH)
 
 
 @pytest.mark.parametrize("case, forward, gradient", [
@@ -271,7 +282,6 @@ def test_export_on_the_command_line_counts_the_bodies_nodes_apart(tmp_path):
         assert result.returncode == 0, result.stderr
         proto = onnx.load(str(tmp_path / "out.onnx"))
         check_standard(proto)
-        in_bodies = sum(len(node.attribute[0].g.node) for node in proto.graph.node
-                        if node.op_type == "Scan")
+        in_bodies = nodes_in_subgraphs(proto.graph)
         assert f"{len(proto.graph.node)} ONNX nodes (and {in_bodies} in loop bodies)" in \
             result.stdout

@@ -75,8 +75,7 @@ class NumpyBackend:
             results = self.run(body, dict(zip(names, inputs)), {}, training=training, rng=rng)
             return tuple(results[v.name] for v in body.outputs)
         try:
-            return scan_loop(step, operands, node.attrs["carried"], node.attrs["scanned"],
-                             length, node.attrs["reverse"])
+            return scan_loop(step, node, operands, length)
         except StepError as failed:
             error = failed.error
             if isinstance(error, ChainruleError):

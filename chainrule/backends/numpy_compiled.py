@@ -380,14 +380,12 @@ class ScanRunner:
         self.node = node
         # No feeds check runs on a body's inputs: its kernels check their labels themselves.
         self.body = compile_graph(node.attrs["body"], check_labels=True)
-        self.carried, self.scanned = node.attrs["carried"], node.attrs["scanned"]
-        self.reverse = node.attrs["reverse"]
 
     def __call__(self, operands: tuple, length: int, training: bool, rng) -> tuple:
         function = self.body.function
         try:
-            return scan_loop(lambda *inputs: function(*inputs, training, rng), operands,
-                             self.carried, self.scanned, length, self.reverse)
+            return scan_loop(lambda *inputs: function(*inputs, training, rng), self.node,
+                             operands, length)
         except StepError as failed:
             raise self._located(failed) from failed.error
 

@@ -79,6 +79,13 @@ class OnnxEmitter:
                            for symbol, (value, axis) in symbol_sources(body).items()}
         return emitter
 
+    def branch(self) -> OnnxEmitter:
+        """The emitter of a subgraph of no graph of its own (an If's branch): it reads this
+        graph's values by their names, and sizes are computed in this graph, outside it."""
+        emitter = OnnxEmitter(self.opset, self.training, parent=self)
+        emitter.names = self.names
+        return emitter
+
     def value_info(self, value: Value, name: str | None = None) -> onnx.ValueInfoProto:
         return _value_info(value, name or self.name(value))
 

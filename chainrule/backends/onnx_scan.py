@@ -9,6 +9,11 @@ each step's outputs, which puts step t's value at index t, as the scan op does. 
 its steps by the scan inputs, so a scan over no sequence (its length a dim) is a Loop with that
 trip count, whose outputs come stacked in the order of the iterations: reversed, they are turned
 around.
+
+A scan may run no step (its length 0, or below 0 as range(1, T) with T = 0): its carried values
+come out as they went in, its stacks empty. onnxruntime's Scan refuses sequences of no step, and
+its Loop of no iteration gives its stacks a shape of its own, so a scan whose length is known
+only at run time is an If: no step on one branch, the Scan or Loop on the other.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from onnx import TensorProto, helper
 
 from ..ir.scan import ScanParts
 from ..ir.shapes import TO_END
+from ..ir.types import ONNX_DTYPES
 from .onnx_lowering import lowering
 
 BACKWARDS = 1  # Scan's direction of a reversed input, or of an output prepended each step
@@ -23,17 +29,62 @@ BACKWARDS = 1  # Scan's direction of a reversed input, or of an output prepended
 
 @lowering("scan")
 def _scan(em, node, out, *operands):
+    length = node.attrs["length"]
+    results = [em.name(v) for v in node.outputs]
+    if length == 0:
+        _emit_no_step(em, node, operands, results)
+    elif isinstance(length, int):
+        _emit_steps(em, node, operands, results, results[0])
+    else:
+        _emit_guarded(em, node, operands, results)
+
+
+def _emit_guarded(em, node, operands, results) -> None:
+    """A scan whose length is known only at run time, behind an If on whether it runs any
+    step: onnxruntime's Scan refuses sequences of no step, and its Loop of no iteration
+    stacks its outputs in a shape of its own guess."""
+    none, some = em.branch(), em.branch()
+    no_step = [none.fresh("nostep") for _ in results]
+    _emit_no_step(none, node, operands, no_step)
+    steps = [some.fresh("steps") for _ in results]
+    _emit_steps(some, node, operands, steps, results[0])
+    # At or below 0: range(1, T) runs no step when T is 0, as in Python.
+    empty = em.add("LessOrEqual", [em.size(node.attrs["length"]), em.ints([0], "none")])
+    em.nodes.append(helper.make_node(
+        "If", [empty], results, name=results[0], doc_string=em.doc,
+        then_branch=_branch_graph(none, node, no_step, f"{results[0]}#nostep"),
+        else_branch=_branch_graph(some, node, steps, f"{results[0]}#steps")))
+
+
+def _branch_graph(branch, node, names, graph_name: str):
+    outputs = [branch.value_info(value, name)
+               for value, name in zip(node.outputs, names, strict=True)]
+    return helper.make_graph(branch.nodes, graph_name, [], outputs)
+
+
+def _emit_no_step(em, node, operands, results) -> None:
+    """A scan of no step: the carried values as they came in, and each stack empty, of shape
+    (0, *step shape)."""
+    carried = node.attrs["carried"]
+    for operand, result in zip(operands[:carried], results[:carried], strict=True):
+        em.add("Identity", [operand], result)
+    for value, result in zip(node.outputs[carried:], results[carried:], strict=True):
+        zero = helper.make_tensor("value", ONNX_DTYPES[value.type.dtype], [1], [0])
+        em.add("ConstantOfShape", [em.dims((0, *value.type.shape[1:]))], result, value=zero)
+
+
+def _emit_steps(em, node, operands, results, prefix: str) -> None:
+    """A scan of at least one step, its body's values named `prefix#body/...`."""
     parts = ScanParts.of(len(node.inputs), node.attrs["body"], node.attrs["carried"],
                          node.attrs["scanned"])
     first, sequences, outer = parts.operands(operands)
-    results = [em.name(v) for v in node.outputs]
     if sequences:
         # onnxruntime refuses sequences of different lengths: checking one checks them all
         rows = parts.operands(node.inputs)[1][0].type.shape[0]
         sequences[0] = _of_length(em, sequences[0], rows, node.attrs["length"])
-        _emit_scan(em, node, parts, first + sequences, outer, results)
+        _emit_scan(em, node, parts, first + sequences, outer, results, prefix)
     else:
-        _emit_loop(em, node, parts, first, outer, results)
+        _emit_loop(em, node, parts, first, outer, results, prefix)
 
 
 def _of_length(em, sequence: str, rows, length) -> str:
@@ -49,21 +100,21 @@ def _of_length(em, sequence: str, rows, length) -> str:
     return em.add("Reshape", [sequence, shape])
 
 
-def _emit_scan(em, node, parts: ScanParts, operands, outer, results) -> None:
+def _emit_scan(em, node, parts: ScanParts, operands, outer, results, prefix: str) -> None:
     directions = {}
     if node.attrs["reverse"]:
         directions["scan_input_directions"] = [BACKWARDS] * parts.scanned
         if parts.stacked:
             directions["scan_output_directions"] = [BACKWARDS] * parts.stacked
-    body = _body_graph(em, node, parts, outer, results[0])
+    body = _body_graph(em, node, parts, outer, prefix)
     em.nodes.append(helper.make_node("Scan", operands, results, name=results[0],
                                      doc_string=em.doc, body=body,
                                      num_scan_inputs=parts.scanned, **directions))
 
 
-def _emit_loop(em, node, parts: ScanParts, first, outer, results) -> None:
+def _emit_loop(em, node, parts: ScanParts, first, outer, results, prefix: str) -> None:
     """A Loop of `length` iterations, stopped by the trip count alone (no condition)."""
-    body = _body_graph(em, node, parts, outer, results[0], loop=True)
+    body = _body_graph(em, node, parts, outer, prefix, loop=True)
     length = node.attrs["length"]
     trip_count = em.ints(length, "length") if isinstance(length, int) else \
         em.add("Squeeze", [em.size(length), em.ints([0], "axes")])

@@ -200,9 +200,6 @@ class LoopLowering:
                 raise ScanRefused(f"the bound of the inner loop over '{name}' changes with "
                                   f"'{frame.variable}', but a scan's steps all run the same "
                                   f"body", loc)
-        if not is_dim(bounds[0]) and not is_dim(bounds[1]) and not len(range(*bounds)):
-            raise ScanRefused(f"the loop over '{name}' runs no step; a scan runs at least one",
-                              loc)
 
     def lower_scan_body(self, tree: Tree, frame: ScanFrame, surroundings: Scope,
                         carried: list[str]) -> list[Value]:

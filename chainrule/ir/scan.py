@@ -70,8 +70,8 @@ def infer_scan(*operands: TensorType, body: Graph, length, carried: int, scanned
     if parts.stacked < 0:
         raise OpTypeError(f"scan's body returns {len(body.outputs)} values, fewer than its "
                           f"{carried} carried ones")
-    if isinstance(length, int) and length < 1:
-        raise OpTypeError(f"scan needs at least one step, got length={length}")
+    if isinstance(length, int) and length < 0:
+        raise OpTypeError(f"scan's length is {length}, below 0")
     first, sequences, outer = parts.operands(operands)
     inputs = [value.type for value in body.inputs]
     expected = first + [step_type(s) for s in sequences if s.rank >= 1] + outer
