@@ -186,9 +186,17 @@ def test_a_loop_of_a_trip_count_computed_at_run_time_needs_it_constant():
     assert refusal(proto).needs_constant == "M"
 
 
-def test_a_loop_of_no_steps_is_refused():
-    assert refusal(loop_model(loop_body([], "cond_in"), trip_count=0)).reason == (
-        "a Loop of trip count 0 (it runs no step; a scan runs at least one)")
+@pytest.mark.parametrize("trip_count, condition", [(0, True), (-3, True), (4, False)])
+def test_a_loop_of_no_steps_passes_its_values_through_as_onnxruntime_does(trip_count, condition):
+    """A trip count of 0 or less, or a condition false at the start: no step, an empty
+    stack."""
+    proto = loop_model(loop_body([], "cond_in"), "keep_going", trip_count)
+    proto.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(condition),
+                                                                "keep_going"))
+    model = check_against_onnxruntime(proto, a0=np.array([1.0, 2.0], np.float32),
+                                      x=np.array([3.0, 4.0], np.float32))
+    assert model.run(a0=np.array([1.0, 2.0], np.float32),
+                     x=np.array([3.0, 4.0], np.float32))[model.onnx_names["as"]].shape == (0, 2)
 
 
 def test_a_body_that_passes_its_inputs_through_stacks_them():

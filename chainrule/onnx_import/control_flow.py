@@ -207,11 +207,8 @@ def _loop(ctx):
         raise Unsupported("a Loop without a trip count M (it runs until its condition turns "
                           "false; a scan needs a fixed length)")
     condition = ctx.static(1, "Loop's condition", default=np.array(True))
-    if not np.all(condition):
-        raise Unsupported("a Loop whose condition is false at the start (it runs no step)")
-    if trip_count < 1:
-        raise Unsupported(f"a Loop of trip count {trip_count} (it runs no step; a scan runs "
-                          f"at least one)")
+    if not np.all(condition) or trip_count < 0:
+        trip_count = 0  # it runs no step: a scan of none passes its carried values through
     initial = [ctx.input(i) for i in range(2, len(ctx.node.input))]
     carried = len(initial)
     infos = list(subgraph.input)
