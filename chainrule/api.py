@@ -9,6 +9,7 @@ import numpy as np
 from .backends import DEFAULT_OPSET, get_backend
 from .backends.feeds import check_arrays
 from .backends.numpy_kernels import KERNELS
+from .bounds import NON_NEGATIVE, SEED
 from .dsl import lower_source
 from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
@@ -22,6 +23,7 @@ from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
 from .passes.promote import promote_to_f64
+from .runners import check_some_rows
 
 
 def evaluate_scalars(node, scalars):
@@ -52,6 +54,7 @@ def compile(path=None, *, source: str | bytes | None = None, filename: str | Non
     """
     if (path is None) == (source is None):
         raise TypeError("compile takes a path or source=..., exactly one of them")
+    SEED.check(seed, "seed")
     if source is None:
         if filename is not None:
             raise TypeError("compile(path) names its model by the path; filename= goes with "
@@ -403,19 +406,24 @@ class Model:
         no copy per step: the numpy backend updates them in place, onnxruntime in buffers of
         its own. Reading `params` gives their current values back (copying them out of
         onnxruntime), and the step after that takes a copy of them again."""
+        # A step's own lr may be 0 (a warmup's first step is): it moves state, not params.
+        NON_NEGATIVE.check(lr, "the learning rate")
+        inputs = conform_arguments(self.graph.inputs, inputs)
+        check_some_rows(self.graph, inputs, "the batch")
         key = (OptimizerSpec.of(optimizer), backend, opt_level)
         trainer = self._trainers.get(key)
         if trainer is None:
             from .train import TrainConfig, Trainer
 
-            config = TrainConfig(optimizer=optimizer, backend=backend, lr=lr, opt_level=opt_level)
+            # Each call gives its step's lr: the config's (a schedule's base) goes unused.
+            config = TrainConfig(optimizer=optimizer, backend=backend, opt_level=opt_level)
             trainer = self._trainers[key] = Trainer(self, config)
         if self._holder is not trainer:
             params = self.params  # back from the previous holder, if any
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
             self._holder = trainer
-        outputs = trainer.train_step(conform_arguments(self.graph.inputs, inputs), lr)
+        outputs = trainer.train_step(inputs, lr)
         return {name: float(outputs[name]) for name in trainer.reported}
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,
