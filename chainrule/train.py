@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import CHECKING_BACKEND, get_backend
-from .bounds import COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, SEED, STEPS
+from .bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS
 from .data import conform_arguments
 from .distributed import ShardedRunner
 from .fileio import load_npz, save_npz
@@ -53,11 +53,11 @@ class TrainingStopped(KeyboardInterrupt):
     KeyboardInterrupt)."""
 
 
-# The bounds the command line's options have (cli/parser.py takes the same ones).
+# The bounds the command line's options have (cli/parser.py takes the same ones); the
+# optimizer's own settings are checked by OptimizerSpec.
 SETTING_BOUNDS = {"epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "step_every": STEPS,
                   "step_gamma": NON_NEGATIVE, "seed": SEED, "clip_grad_norm": NON_NEGATIVE,
                   "warmup_steps": STEPS, "early_stop": STEPS}
-OPTIMIZER_BOUNDS = {"momentum": MOMENTUM, "weight_decay": NON_NEGATIVE}
 
 
 @dataclass
@@ -88,8 +88,6 @@ class TrainConfig:
                                  f"{', '.join(SCHEDULES)}")
         for name, bound in SETTING_BOUNDS.items():
             bound.check(getattr(self, name), f"TrainConfig.{name}")
-        for name, bound in OPTIMIZER_BOUNDS.items():
-            bound.check(getattr(self.optimizer, name), f"the optimizer's {name}")
         check_opt_level(self.opt_level)
 
     @property

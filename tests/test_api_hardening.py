@@ -104,16 +104,23 @@ def test_a_later_train_step_checks_its_own_learning_rate():
     ({"step_every": -1}, "TrainConfig.step_every must be"),
     ({"step_gamma": -0.5}, "TrainConfig.step_gamma must be a finite number at least 0"),
     ({"clip_grad_norm": math.inf}, "TrainConfig.clip_grad_norm must be"),
-    ({"optimizer": chainrule.OptimizerSpec("sgd", momentum=1.0)},
-     "the optimizer's momentum must be a finite number at least 0 and less than 1"),
-    ({"optimizer": chainrule.OptimizerSpec("sgd", momentum=math.nan)},
-     "the optimizer's momentum must be"),
-    ({"optimizer": chainrule.OptimizerSpec("adamw", weight_decay=-0.1)},
-     "the optimizer's weight_decay must be a finite number at least 0"),
 ])
 def test_train_config_refuses_what_the_cli_refuses(settings, message):
     with pytest.raises(ChainruleError, match=message):
         TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"momentum": 1.0}, "OptimizerSpec.momentum must be a finite number at least 0 and less "
+                        "than 1"),
+    ({"momentum": math.nan}, "OptimizerSpec.momentum must be"),
+    ({"kind": "adamw", "weight_decay": -0.1}, "OptimizerSpec.weight_decay must be a finite "
+                                              "number at least 0"),
+    ({"clip_grad_norm": math.inf}, "OptimizerSpec.clip_grad_norm must be"),
+])
+def test_an_optimizer_spec_refuses_what_the_cli_refuses(settings, message):
+    with pytest.raises(ChainruleError, match=message):
+        chainrule.OptimizerSpec(**settings)
 
 
 @pytest.mark.parametrize("settings", [{"epochs": 2.5}, {"batch_size": True}, {"lr": "0.1"}])
