@@ -9,7 +9,7 @@ import numpy as np
 from .backends import DEFAULT_OPSET, get_backend
 from .backends.feeds import check_arrays
 from .backends.numpy_kernels import KERNELS
-from .bounds import NON_NEGATIVE, SEED
+from .bounds import SEED
 from .dsl import lower_source
 from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
@@ -23,7 +23,6 @@ from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
 from .passes.promote import promote_to_f64
-from .runners import check_some_rows
 
 
 def evaluate_scalars(node, scalars):
@@ -406,10 +405,6 @@ class Model:
         no copy per step: the numpy backend updates them in place, onnxruntime in buffers of
         its own. Reading `params` gives their current values back (copying them out of
         onnxruntime), and the step after that takes a copy of them again."""
-        # A step's own lr may be 0 (a warmup's first step is): it moves state, not params.
-        NON_NEGATIVE.check(lr, "the learning rate")
-        inputs = conform_arguments(self.graph.inputs, inputs)
-        check_some_rows(self.graph, inputs, "the batch")
         key = (OptimizerSpec.of(optimizer), backend, opt_level)
         trainer = self._trainers.get(key)
         if trainer is None:
@@ -423,7 +418,7 @@ class Model:
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
             self._holder = trainer
-        outputs = trainer.train_step(inputs, lr)
+        outputs = trainer.train_step(conform_arguments(self.graph.inputs, inputs), lr)
         return {name: float(outputs[name]) for name in trainer.reported}
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,

@@ -31,7 +31,8 @@ from .ir.types import NUMPY_DTYPES
 from .passes import select_outputs
 from .passes.manager import check_opt_level
 from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
-from .runners import LocalRunner, TrainRunner, check_dataset, held_updates, take_rows
+from .runners import (LocalRunner, TrainRunner, check_dataset, check_some_rows, held_updates,
+                      take_rows)
 
 CHECKPOINT_FILE = "checkpoint.npz"
 LOCK_FILE = ".lock"
@@ -264,6 +265,9 @@ class Trainer:
     def train_step(self, batch: dict, lr: float) -> dict:
         """One step on `batch`: the objective and metrics by name (`params` gives the updated
         params)."""
+        # A step's own lr may be 0 (a warmup's first step is): it moves state, not params.
+        NON_NEGATIVE.check(lr, "the learning rate")
+        check_some_rows(self.model.graph, batch, "the batch")
         return self.step_on(batch, None, lr)
 
     def step_on(self, data: dict, rows: np.ndarray | None, lr: float) -> dict:

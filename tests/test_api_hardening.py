@@ -231,3 +231,11 @@ def test_the_cli_refuses_a_dim_the_model_does_not_have():
     result = fails(chainrule_cli("run", ROOT / "examples" / "mlp.nn", "--random-inputs",
                                  "--dim", "Q=3"))
     assert "has no dim Q; its dims are B" in result.stderr
+
+
+def test_a_trainers_own_step_refuses_no_rows_and_a_negative_lr():
+    trainer = Trainer(chainrule.compile(source=LINEAR), TrainConfig(optimizer="sgd"))
+    with pytest.raises(ChainruleError, match="the batch has 0 rows"):
+        trainer.train_step(batch(rows=0), 0.1)
+    with pytest.raises(ChainruleError, match="learning rate must be"):
+        trainer.train_step(batch(), -0.1)
