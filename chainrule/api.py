@@ -9,6 +9,7 @@ import numpy as np
 from .backends import DEFAULT_OPSET, get_backend
 from .backends.feeds import check_arrays
 from .backends.numpy_kernels import KERNELS
+from .bounds import SEED
 from .dsl import lower_source
 from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
@@ -52,6 +53,7 @@ def compile(path=None, *, source: str | bytes | None = None, filename: str | Non
     """
     if (path is None) == (source is None):
         raise TypeError("compile takes a path or source=..., exactly one of them")
+    SEED.check(seed, "seed")
     if source is None:
         if filename is not None:
             raise TypeError("compile(path) names its model by the path; filename= goes with "
@@ -408,7 +410,8 @@ class Model:
         if trainer is None:
             from .train import TrainConfig, Trainer
 
-            config = TrainConfig(optimizer=optimizer, backend=backend, lr=lr, opt_level=opt_level)
+            # Each call gives its step's lr: the config's (a schedule's base) goes unused.
+            config = TrainConfig(optimizer=optimizer, backend=backend, opt_level=opt_level)
             trainer = self._trainers[key] = Trainer(self, config)
         if self._holder is not trainer:
             params = self.params  # back from the previous holder, if any

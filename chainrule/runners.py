@@ -95,9 +95,24 @@ def check_dataset(graph, arrays: dict, what: str) -> int:
         listed = ", ".join(f"{n}: {r} rows" for n, r in rows.items())
         raise ChainruleError(f"{what}: the inputs must have the same number of rows ({listed})")
     count = next(iter(rows.values()))
-    if count == 0:  # a model runs on 0 rows, but no step or average can be made of none
-        raise ChainruleError(f"{what} has 0 rows")
+    if count == 0:
+        refuse_no_rows(what)
     return count
+
+
+def check_some_rows(graph, arrays: dict, what: str) -> None:
+    """A batch whose inputs need not share their rows (a sequence model's `[T, B, ...]` beside
+    its `[B, ...]`) has some: no input with a symbolic first dim is given 0 of them."""
+    for value in graph.inputs:
+        if value.type.rank and not isinstance(value.type.shape[0], int) \
+                and np.shape(arrays.get(value.name, ()))[:1] == (0,):
+            refuse_no_rows(what)
+
+
+def refuse_no_rows(what: str):
+    # A model runs on 0 rows, but a step or an average over none is NaN (and a step's NaN
+    # batch statistics would poison batch norm's running ones).
+    raise ChainruleError(f"{what} has 0 rows")
 
 
 def take_rows(arrays: dict, rows: np.ndarray) -> dict:

@@ -22,14 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from .backends import CHECKING_BACKEND, get_backend
+from .bounds import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SEED, STEPS
 from .data import conform_arguments
 from .distributed import ShardedRunner
 from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
 from .ir.types import NUMPY_DTYPES
 from .passes import select_outputs
+from .passes.manager import check_opt_level
 from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
-from .runners import LocalRunner, TrainRunner, check_dataset, held_updates, take_rows
+from .runners import (LocalRunner, TrainRunner, check_dataset, check_some_rows, held_updates,
+                      take_rows)
 
 CHECKPOINT_FILE = "checkpoint.npz"
 LOCK_FILE = ".lock"
@@ -49,6 +52,13 @@ class TrainingStopped(KeyboardInterrupt):
     """Ctrl-C stopped `fit` between two steps: the params, the model's and a checkpoint's, are
     those of the last step completed (a second Ctrl-C, mid-step, raises a plain
     KeyboardInterrupt)."""
+
+
+# The bounds the command line's options have (cli/parser.py takes the same ones); the
+# optimizer's own settings are checked by OptimizerSpec.
+SETTING_BOUNDS = {"epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "step_every": STEPS,
+                  "step_gamma": NON_NEGATIVE, "seed": SEED, "clip_grad_norm": NON_NEGATIVE,
+                  "warmup_steps": STEPS, "early_stop": STEPS}
 
 
 @dataclass
@@ -77,18 +87,14 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ChainruleError(f"unknown lr schedule '{self.schedule}'; choose from "
                                  f"{', '.join(SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ChainruleError("epochs and batch size must be at least 1")
+        for name, bound in SETTING_BOUNDS.items():
+            bound.check(getattr(self, name), f"TrainConfig.{name}")
+        check_opt_level(self.opt_level)
 
     @property
     def backend_name(self):
         """The backend that runs: the checking interpreter with check_numerics."""
         return CHECKING_BACKEND if self.check_numerics else self.backend
-
-
-def check_controls(config: TrainConfig) -> None:
-    if config.warmup_steps < 0 or config.early_stop < 0:
-        raise ChainruleError("warmup steps and early-stop patience must be at least 0")
 
 
 @dataclass
@@ -112,6 +118,7 @@ class History:
 # ---- data -------------------------------------------------------------------------------------
 
 def split_validation(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
+    FRACTION.check(fraction, "the validation fraction")
     rows = len(next(iter(arrays.values())))
     order = np.random.default_rng(seed + 1).permutation(rows)
     held = max(1, int(round(rows * fraction)))
@@ -185,7 +192,6 @@ class Trainer:
                  address: str | None = None, notify=None):
         self.model = model
         self.config = config
-        check_controls(config)
         self.log = log or (lambda record: None)
         # Dropout masks, drawn afresh each step; a stream of its own so shuffling is unchanged.
         self.dropout_rng = np.random.default_rng([config.seed, DROPOUT_STREAM])
@@ -259,6 +265,9 @@ class Trainer:
     def train_step(self, batch: dict, lr: float) -> dict:
         """One step on `batch`: the objective and metrics by name (`params` gives the updated
         params)."""
+        # A step's own lr may be 0 (a warmup's first step is): it moves state, not params.
+        NON_NEGATIVE.check(lr, "the learning rate")
+        check_some_rows(self.model.graph, batch, "the batch")
         return self.step_on(batch, None, lr)
 
     def step_on(self, data: dict, rows: np.ndarray | None, lr: float) -> dict:

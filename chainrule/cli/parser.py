@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from .. import __version__
 from ..backends import BACKENDS, DEFAULT_OPSET
+from ..bounds import (COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, SEED, STEPS,
+                      Number)
 from ..backends.threads import DEFAULT_THREADS, ENV_VAR, MAX_THREADS
-from ..onnx_import import LOSSES
+from ..ir import ChainruleError
+from ..onnx_import import LOSSES, check_target_name
 from ..passes.manager import PASSES, PRESETS
 from ..passes.optimizers import OPTIMIZERS
 from ..train import SCHEDULES, TrainConfig
@@ -32,50 +34,6 @@ COMMANDS = {
 DEFAULTS = TrainConfig()
 
 
-class Number:
-    """An argparse type: a whole number or a finite float within bounds. A value outside them
-    is a usage error naming the option (exit 2), not a failure deep inside numpy or
-    onnxruntime after the model compiled."""
-
-    def __init__(self, kind, least=None, *, above=None, most=None, below=None):
-        self.kind, self.least, self.above, self.most, self.below = kind, least, above, most, below
-
-    def __call__(self, text: str):
-        try:
-            value = self.kind(text)
-        except ValueError:  # not a number, or an int of more digits than Python parses
-            value = None
-        # An int is finite however large: math.isfinite would convert it to a float first.
-        if value is None or not ((self.kind is int or math.isfinite(value))
-                                 and self.within(value)):
-            shown = text if len(text) <= 40 else f"{text[:40]}..."
-            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {shown!r}")
-        return value
-
-    def within(self, value) -> bool:
-        return ((self.least is None or value >= self.least)
-                and (self.above is None or value > self.above)
-                and (self.most is None or value <= self.most)
-                and (self.below is None or value < self.below))
-
-    def describe(self) -> str:
-        kind = "a whole number" if self.kind is int else "a finite number"
-        if self.least is not None and self.most is not None:
-            return f"{kind} from {self.least:,} to {self.most:,}"
-        bounds = [f"{words} {bound:,}" for words, bound in (
-            ("at least", self.least), ("greater than", self.above), ("at most", self.most),
-            ("less than", self.below)) if bound is not None]
-        return f"{kind} {' and '.join(bounds)}"
-
-
-COUNT = Number(int, 1)               # epochs, batch sizes, samples
-STEPS = Number(int, 0)               # warmup steps, patience, epochs between decays (0: off)
-POSITIVE = Number(float, above=0)    # the learning rate
-NON_NEGATIVE = Number(float, 0)      # weight decay, a clipping bound (0: none), a decay factor
-# numpy's Generator takes any non-negative integer as a seed, and refuses a negative one.
-SEED = Number(int, 0)
-# A velocity kept with momentum 1 or more never forgets a gradient: sgd diverges.
-MOMENTUM = Number(float, 0, below=1)
 THREADS = Number(int, 1, most=MAX_THREADS)
 DIM_SIZE = Number(int, 0, most=2 ** 63 - 1)  # 0: empty; numpy's shapes are signed 64-bit
 
@@ -99,6 +57,14 @@ def path(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("expected a path, got an empty one")
     return text
+
+
+def target_name(text: str) -> str:
+    """--target-input NAME: a name the IR, the .nn text and ONNX all carry as it is."""
+    try:
+        return check_target_name(text)
+    except ChainruleError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -159,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         onnx.add_argument("--loss", choices=LOSSES,
                           help="attach this loss to an inference model; it becomes the "
                                "objective")
-        onnx.add_argument("--target-input", default="y", metavar="NAME",
+        onnx.add_argument("--target-input", type=target_name, default="y", metavar="NAME",
                           help="with --loss: the new input holding the targets")
         onnx.add_argument("--loss-output", metavar="NAME",
                           help="with --loss: the output the loss reads (default: the first)")
@@ -298,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_data(train, "--data", "training data: .npz, .npy, .csv or IDX")
     train.add_argument("--val", type=path, metavar="FILE",
                        help="validation data, read as --data is")
-    train.add_argument("--val-split", type=Number(float, above=0, below=1), metavar="F",
+    train.add_argument("--val-split", type=FRACTION, metavar="F",
                        help="hold out this fraction (between 0 and 1) of the training data "
                             "for validation")
     train.add_argument("--epochs", type=COUNT, default=DEFAULTS.epochs, help="passes over the data")

@@ -82,6 +82,7 @@ class ExpressionLowerer(LoopIndexing):
         self.filename = filename
         self.dims = dict(dims or {})        # symbolic dims bound to sizes at compile time
         self.symbolic_dims: set[str] = set()  # the others that the model's types declare
+        self.dims_read: set[str] = set()  # the bound ones the model reads (the rest are unknown)
         self.iterations: list[str] = []     # the enclosing loops' current steps, `t=3`
         self.frames: list = []              # the enclosing loops lowered to scans (ScanFrame)
 
@@ -159,6 +160,7 @@ class ExpressionLowerer(LoopIndexing):
         name = str(tree.children[0])
         if scope.owner(name) is None:
             if name in self.dims:
+                self.dims_read.add(name)
                 return self.dims[name]
             if name in self.symbolic_dims:
                 return SymbolicDim(name)

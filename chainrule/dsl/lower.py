@@ -64,7 +64,10 @@ def lower_source(source: str, filename: str = "<string>", dims: dict | None = No
     a scan past that or over a symbolic bound), "unroll" or "scan"."""
     if loops not in LOOP_MODES:
         raise ChainruleError(f"loops is one of {', '.join(LOOP_MODES)}, not {loops!r}")
-    return Lowerer(filename, checked_dims(dims), loops).lower_program(parse(source, filename))
+    lowerer = Lowerer(filename, checked_dims(dims), loops)
+    graph = lowerer.lower_program(parse(source, filename))
+    check_dims_read(lowerer, filename)
+    return graph
 
 
 def checked_dims(dims: dict | None) -> dict | None:
@@ -77,6 +80,16 @@ def checked_dims(dims: dict | None) -> dict | None:
             raise ChainruleError(f"dims: {name} must be a whole number from 0 to 2**63 - 1, "
                                  f"not {size!r}")
     return {name: int(size) for name, size in dims.items()} if dims else dims
+
+
+def check_dims_read(lowerer, filename: str) -> None:
+    """A size bound to a dim the model never names would silently do nothing (a misspelt
+    `dims={"t": 28}` for T): refuse it, listing the dims the model has."""
+    unknown = sorted(set(lowerer.dims) - lowerer.dims_read)
+    if unknown:
+        known = sorted(lowerer.dims_read | lowerer.symbolic_dims)
+        raise ChainruleError(f"dims: {filename} has no dim {', '.join(unknown)}; its dims "
+                             f"are {', '.join(known) or '(none)'}")
 
 
 class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
@@ -211,6 +224,7 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
             if scope is not None and scope.owner(name) is not None:
                 return self.dim_of_name(name, scope.lookup(name, self.loc(tree)), tree)
             if name in self.dims:
+                self.dims_read.add(name)
                 return self.dims[name]
             self.symbolic_dims.add(name)
             return name

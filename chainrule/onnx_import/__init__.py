@@ -6,17 +6,17 @@ folds its shape computations, maps each node through the op table, and optionall
 loss so that an inference model can be differentiated and trained.
 
 The converters import onnx, which takes most of a second to load: this package loads them on
-first use (`import_graph`, or any name below but LOSSES), so a command that never reads or
-writes an ONNX file never pays for it.
+first use (`import_graph`, or any name below but LOSSES and check_target_name), so a command
+that never reads or writes an ONNX file never pays for it.
 """
 from __future__ import annotations
 
 import importlib
 
-from .loss import LOSSES
+from .loss import LOSSES, check_target_name
 
 __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSES",
-           "SUPPORTED_OPS"]
+           "SUPPORTED_OPS", "check_target_name"]
 
 # Each of these modules registers its converters in the op table when imported.
 CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "layout",

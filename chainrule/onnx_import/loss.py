@@ -3,10 +3,24 @@ loss becomes the objective, the first output. The model's own outputs stay outpu
 cross-entropy, `acc` (the fraction of rows classified right) follows the loss."""
 from __future__ import annotations
 
+import re
+
 from ..ir import ChainruleError, GraphBuilder, SourceLoc, Value, compositions
 from ..ir.types import TensorType, is_float
 
 LOSSES = ("cross_entropy", "mse", "bce")
+# A target input's name goes as it is into IR text, the decompiled .nn and the exported ONNX
+# model, so it must be a name all three read back: a plain identifier.
+TARGET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_target_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"the target input's name must be a str, not {type(name).__name__}")
+    if not TARGET_NAME.fullmatch(name):
+        raise ChainruleError(f"the target input's name must be an identifier (a letter or _, "
+                             f"then letters, digits or _), not {name!r}")
+    return name
 
 
 def _target_type(loss: str, output: Value) -> TensorType:
@@ -17,6 +31,7 @@ def _target_type(loss: str, output: Value) -> TensorType:
 
 def attach_loss(imported, loss: str, target_input: str, loss_output: str | None,
                 file: str) -> None:
+    check_target_name(target_input)
     graph = imported.graph
     loc = SourceLoc(file, 0, 0)
     if loss not in LOSSES:

@@ -139,10 +139,17 @@ PASSES = {p.name: p for p in [
 LEVELS = ("O0", "O1", "O2")
 
 
+def check_opt_level(opt_level: str) -> str:
+    if opt_level not in LEVELS:
+        raise ChainruleError(f"unknown optimisation level {opt_level!r}; choose from "
+                             f"{', '.join(LEVELS)}")
+    return opt_level
+
+
 def preset(opt_level: str, grad: bool = False) -> list[str]:
     """The passes of `opt_level` and the levels below it, in pipeline order; the passes that
     differentiate only when `grad` asks for gradients."""
-    level = LEVELS.index(opt_level)
+    level = LEVELS.index(check_opt_level(opt_level))
     return [p.name for p in PASSES.values() if p.level is not None and p.level <= level
             and (grad or "differentiated" not in p.ensures)]
 

@@ -12,6 +12,7 @@ import fnmatch
 import functools
 from dataclasses import dataclass, field, replace
 
+from ..bounds import MOMENTUM, NON_NEGATIVE
 from ..ir import ChainruleError, Graph, GraphBuilder, Value
 from ..ir.types import scalar
 
@@ -54,9 +55,10 @@ class OptimizerSpec:
             raise ChainruleError("rmsprop has no momentum here: give --momentum with sgd only")
         if not 0 <= self.alpha < 1:
             raise ChainruleError(f"rmsprop's alpha must lie in [0, 1), not {self.alpha}")
-        if not self.clip_grad_norm >= 0:
-            raise ChainruleError(f"the gradient norm to clip to must be positive (0: no "
-                                 f"clipping), not {self.clip_grad_norm}")
+        # The CLI's bounds for --momentum, --weight-decay and --clip-grad-norm (0: none).
+        MOMENTUM.check(self.momentum, "OptimizerSpec.momentum")
+        NON_NEGATIVE.check(self.weight_decay, "OptimizerSpec.weight_decay")
+        NON_NEGATIVE.check(self.clip_grad_norm, "OptimizerSpec.clip_grad_norm")
 
     def settings_for(self, param: str) -> tuple[float, float]:
         """The weight decay and lr factor of a param: its first matching group's, else the
