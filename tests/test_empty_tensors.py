@@ -367,6 +367,14 @@ IMPORTED = {
 }
 
 
+def reference_outputs(case: str, proto) -> np.ndarray:
+    """ONNX's reference evaluator's y. A Resize to a size of 0 fails in onnx 1.16's evaluator
+    and in onnxruntime (a scale of 0), so its y is written out: the empty [1, 1, 0, 4]."""
+    if case.startswith("Resize"):
+        return np.zeros((1, 1, 0, 4), np.float32)
+    return ReferenceEvaluator(proto).run(None, {"x": X})[0]
+
+
 @pytest.mark.parametrize("case", IMPORTED)
 def test_imported_empty_tensors_agree_with_onnx_on_both_backends(case):
     nodes, initializers = IMPORTED[case]
@@ -374,7 +382,7 @@ def test_imported_empty_tensors_agree_with_onnx_on_both_backends(case):
                      initializers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the mean of nothing
-        expected = ReferenceEvaluator(proto).run(None, {"x": X})[0]
+        expected = reference_outputs(case, proto)
         got = run_both(chainrule.import_onnx(proto), x=X)["y"]
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
