@@ -347,6 +347,9 @@ def tensor_array(tensor, what: str) -> np.ndarray:
 
 def dtype_of_array(array: np.ndarray) -> str:
     try:
-        return dtype_of_numpy(array.dtype)
+        dtype = dtype_of_numpy(array.dtype)
     except ValueError:
-        raise Unsupported(f"tensors of dtype {array.dtype}") from None
+        dtype = None
+    if dtype not in ("f32", "f64", "i64", "bool"):
+        raise Unsupported(f"tensors of dtype {array.dtype}")
+    return dtype

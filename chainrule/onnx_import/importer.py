@@ -25,7 +25,10 @@ from .external_data import external_array, is_external
 from .folding import FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
 
-DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
+# The dtypes the importer reads so far.
+IMPORTED_DTYPES = ("f32", "f64", "i64", "bool")
+DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()
+                 if dtype in IMPORTED_DTYPES}
 # numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
 CONSTANT_ONLY_DTYPES = {TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
                         TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16,
