@@ -347,9 +347,6 @@ def tensor_array(tensor, what: str) -> np.ndarray:
 
 def dtype_of_array(array: np.ndarray) -> str:
     try:
-        dtype = dtype_of_numpy(array.dtype)
+        return dtype_of_numpy(array.dtype)
     except ValueError:
-        dtype = None
-    if dtype not in ("f32", "f64", "i64", "bool"):
-        raise Unsupported(f"tensors of dtype {array.dtype}")
-    return dtype
+        raise Unsupported(f"tensors of dtype {array.dtype}") from None

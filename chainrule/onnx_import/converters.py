@@ -306,8 +306,8 @@ def _cast(ctx):
         # computed in int64, the same numbers wherever int32 holds them.
         to = TensorProto.INT64
     if to not in DTYPE_OF_ONNX:
-        raise Unsupported(f"Cast to {helper.tensor_dtype_to_np_dtype(to)} (chainrule has "
-                          f"float32, float64, int64 and bool)")
+        raise Unsupported(f"Cast to {TensorProto.DataType.Name(to)} (chainrule has every dtype "
+                          f"but strings and complex numbers)")
     dtype = DTYPE_OF_ONNX[to]
     return [x if dtype == x.type.dtype else ctx.emit("cast", x, dtype=dtype)]
 
