@@ -195,10 +195,10 @@ def read_npy(stream, size: int, what: str) -> np.ndarray:
                              f"unpickling; chainrule reads data with pickle disabled, so save "
                              f"numeric arrays")
     if dtype.kind == "V" and dtype.names is None:
-        raise ChainruleError(f"{what} holds untyped {dtype.itemsize}-byte values ({dtype.str}), as "
-                             f"numpy writes bf16 and the float8 dtypes, forgetting which; save "
+        raise ChainruleError(f"{what} holds untyped {dtype.itemsize}-byte values ({dtype.str}), "
+                             f"as numpy writes bf16 and the float8 dtypes, forgetting which; save "
                              f"them with chainrule, or in a .npz as bits with a "
-                             f"'{DTYPES_MEMBER}' member (docs/cli.md, 'Data files')")
+                             f"'{DTYPES_MEMBER}' member (docs/cli.md, 'Inputs and data files')")
     nbytes = math.prod(shape) * dtype.itemsize
     if stream.tell() + nbytes != size:
         raise ChainruleError(f"{what}: the header promises {list(shape)} {dtype} "
