@@ -237,6 +237,26 @@ def test_train_and_predict_keep_f16_and_bf16_params_bit_for_bit(tmp_path):
         assert f"the dtype is f32, not {dtype}" in error
 
 
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_predict_writes_low_precision_scores_and_their_argmax_to_csv(tmp_path, dtype):
+    model = tmp_path / "m.nn"
+    model.write_text(ELEMENTWISE_SCORES.replace("DT", dtype))
+    x = np.array([[1, 0, 3], [0, -1, 0.5]], numpy_dtype(dtype))
+    save_npz(tmp_path / "d.npz", {"x": x})
+    ok(run_cli("predict", model, "--data", tmp_path / "d.npz", "--argmax",
+               "-o", tmp_path / "p.csv"))
+    header, *rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert header == "o.0,o.1,o.2,o.argmax"
+    assert [[float(v) for v in row.split(",")] for row in rows] == [[2, 0, 12, 2], [0, 0, 0.75, 2]]
+
+
+ELEMENTWISE_SCORES = """model m(x: DT[B, 3]) {
+    o = x * x + x
+    return o
+}
+"""
+
+
 def test_resuming_a_bf16_checkpoint_goes_on_from_its_exact_params(tmp_path):
     model = mixed_model(tmp_path, "bf16")
     rng = np.random.default_rng(1)

@@ -215,7 +215,7 @@ def class_indices(results: dict) -> dict:
     """`name.argmax` for each output that is a matrix of floats (logits or probabilities): one
     at least, as check_argmax saw to it."""
     return {f"{name}.argmax": np.argmax(array, axis=1)
-            for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
+            for name, array in results.items() if array.ndim == 2 and is_float_array(array)}
 
 
 def write_predictions(path: str, results: dict) -> None:
