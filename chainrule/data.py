@@ -369,7 +369,7 @@ def _refuse_non_finite(name: str, array: np.ndarray, origin: str) -> None:
     diverging training step."""
     if not is_float_array(array):
         return
-    bad = np.argwhere(~np.isfinite(np.asarray(array).astype(np.float64)))
+    bad = np.argwhere(~np.isfinite(array))  # ml_dtypes' floats have numpy's ufuncs
     if bad.size:
         index = tuple(int(i) for i in bad[0])
         raise file_error(origin, f"array '{name}' holds {array[index]} at index "
@@ -593,7 +593,9 @@ def _cast_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
         return None
     if dtype_kind(dtype) == "int":
         return _integer_problem(array, given, dtype)
-    values = array.astype(np.float64)
+    if dtype == "f64" or (dtype == "f32" and given != "f64"):
+        return None  # every other dtype's values are finite in these, rounded or not
+    values = np.asarray(array, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # what the cast overflows is the problem
         cast = array.astype(numpy_dtype(dtype)).astype(np.float64)
     if (np.isinf(cast) & np.isfinite(values)).any():
@@ -606,7 +608,7 @@ def _cast_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
 
 def _integer_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
     if dtype_kind(given) == "float":
-        values = array.astype(np.float64)
+        values = np.asarray(array, np.float64)
         finite = np.isfinite(values)
         if not finite.all():
             return f"it holds {array[~finite].flat[0]}, which is no integer"

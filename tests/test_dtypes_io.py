@@ -187,6 +187,13 @@ def test_every_dtype_has_a_summary(dtype):
     assert describe(array[0]).startswith(f"{array.dtype}[] = ")
 
 
+def test_a_nan_in_a_bf16_result_is_warned_of(tmp_path):
+    model = tmp_path / "m.nn"
+    model.write_text("model m(x: bf16[3]) {\n    y = log(x - x - bf16(1.0))\n    return y\n}\n")
+    result = ok(run_cli("run", model, "--random-inputs"))
+    assert "y holds NaN or Inf" in result.stderr
+
+
 # ---- the command line -------------------------------------------------------------------------
 
 MIXED = """model m(x: DT[B, 3], y: i32[B], k: u8[B]) {

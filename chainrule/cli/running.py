@@ -46,7 +46,7 @@ def chosen_backend(args):
 def warn_nonfinite(arrays: dict) -> None:
     """A NaN or an Inf in a result is said, never left to be found later."""
     bad = [name for name, array in arrays.items()
-           if is_float_array(array) and not np.isfinite(np.asarray(array, np.float64)).all()]
+           if is_float_array(array) and not np.isfinite(array).all()]
     if bad:
         verb = "holds" if len(bad) == 1 else "hold"
         print(f"chainrule: warning: {', '.join(bad)} {verb} NaN or Inf (an overflow, or a "
