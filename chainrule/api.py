@@ -180,7 +180,7 @@ class Model:
         self.params.update({k: np.asarray(v) for k, v in arrays.items()})
 
     def to_f64(self) -> Model:
-        """This model in float64: every f32 value, constant and param promoted."""
+        """This model in float64: every f16, bf16 and f32 value, constant and param promoted."""
         graph, _ = promote_to_f64(self.graph)
         model = Model(graph, self.source, self.filename)
         model.params = {k: np.asarray(v, np.float64) for k, v in self.params.items()}

@@ -22,7 +22,8 @@ from .fileio import (MAX_TEXT_BYTES, check_read_within, load_npy, load_npz, open
                      open_for_reading, reading)
 from .ir import ChainruleError, Value, file_error
 from .ir.limits import MAX_ELEMENTS, MAX_RANK, check_allocation
-from .ir.types import UNKNOWN, TensorType, numpy_dtype
+from .ir.types import (DTYPE_OF_NUMPY_NAME, DTYPES, ML_DTYPES, NARROW_INT_DTYPES, UNKNOWN,
+                       TensorType, is_int, numpy_dtype)
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
 
@@ -366,9 +367,9 @@ def bind_inputs(inputs: list[Value], data: Dataset, mapping: dict[str, str] | No
 def _refuse_non_finite(name: str, array: np.ndarray, origin: str) -> None:
     """Data is checked as it is bound, so a NaN is named where it is, not found later as a
     diverging training step."""
-    if np.asarray(array).dtype.kind not in "fc":
+    if not is_float_array(array):
         return
-    bad = np.argwhere(~np.isfinite(array))
+    bad = np.argwhere(~np.isfinite(array))  # ml_dtypes' floats have numpy's ufuncs
     if bad.size:
         index = tuple(int(i) for i in bad[0])
         raise file_error(origin, f"array '{name}' holds {array[index]} at index "
@@ -435,7 +436,7 @@ def _bind_by_role(inputs, data: Dataset, chosen: dict, label_inputs: set) -> lis
                                                                             label_inputs)
         if role == FEATURES and len(candidates) > 1:
             candidates = [v for v in candidates if v.name not in label_inputs and
-                          v.type.dtype != "i64"]
+                          not is_int(v.type.dtype)]
         if not candidates:
             continue  # left over: ignored, or refused with --strict-inputs
         if len(candidates) > 1:
@@ -452,7 +453,7 @@ def _bind_by_role(inputs, data: Dataset, chosen: dict, label_inputs: set) -> lis
 
 
 def _label_candidates(open_inputs, label_inputs: set) -> list[Value]:
-    for keep in (lambda v: v.name in label_inputs, lambda v: v.type.dtype == "i64",
+    for keep in (lambda v: v.name in label_inputs, lambda v: is_int(v.type.dtype),
                  lambda v: v.type.rank <= 1):
         picked = [v for v in open_inputs if keep(v)]
         if picked:
@@ -501,7 +502,7 @@ def _lacks_only_a_channel_axis(declared: TensorType, array: np.ndarray) -> bool:
 def _refuse_one_hot(value: Value, array: np.ndarray, origin: str) -> None:
     """One-hot rows given where class indices are declared: converting would guess whether
     the rows are one-hot or soft labels, so the error says how to convert."""
-    if (value.type.dtype != "i64" or value.type.rank != 1 or array.ndim != 2
+    if (not is_int(value.type.dtype) or value.type.rank != 1 or array.ndim != 2
             or array.shape[1] < 2 or array.dtype.kind not in "biuf" or not array.size):
         return
     if np.isin(array, (0, 1)).all() and (array.sum(axis=1) == 1).all():
@@ -512,62 +513,120 @@ def _refuse_one_hot(value: Value, array: np.ndarray, origin: str) -> None:
 
 def safe_cast(name: str, array: np.ndarray, dtype: str, origin: str):
     """`array` as `dtype` and a note saying so, when the cast changes no value's meaning;
-    otherwise a ChainruleError naming the input and both dtypes."""
+    otherwise a ChainruleError naming the input and both dtypes.
+
+    Any dtype casts to any other under three rules. A value that becomes another number is
+    refused: a fraction, NaN or out-of-range number cast to an integer, anything but 0 and 1
+    cast to bool, a number past a float's largest cast to it. A float cast to a float that
+    holds fewer digits is rounded, as every framework does. An integer cast to a float is
+    exact up to 2**(mantissa bits), and past that rounded; the note says which."""
     target = np.dtype(numpy_dtype(dtype))
     if array.dtype == target:
         return array, None
     given = dtype_name(array.dtype)
     what = f"input '{name}' is {dtype} but {origin} holds {given}"
-    kind = array.dtype.kind
-    if kind not in "biuf":
+    if given not in DTYPES:
         raise ChainruleError(f"{what}, which is not numeric")
-    problem = _cast_problem(array, dtype)
+    problem = _cast_problem(array, given, dtype)
     if problem:
         raise ChainruleError(f"{what}: {problem}; convert the data, or declare the input "
                              f"{given}")
-    if dtype == "f32" and kind == "f" and array.dtype.itemsize > 4:
-        how = "rounded to f32 (precision only, as every framework does)"
-    elif dtype in ("f32", "f64") and kind in "iu" and not _exact_in_float(array, dtype):
-        how = f"cast to {dtype} (integers past {2 ** _MANTISSA[dtype]:,} are rounded)"
+    kinds = (dtype_kind(given), dtype_kind(dtype))
+    if kinds == ("float", "float") and not _holds_every(dtype, given):
+        how = f"rounded to {dtype} (precision only, as every framework does)"
+    elif kinds[0] != "float" and kinds[1] == "float" and not _exact_in_float(array, dtype):
+        how = f"cast to {dtype} (integers past {2 ** _mantissa_bits(dtype):,} are rounded)"
     else:
         how = f"cast to {dtype} (exact)"
     return array.astype(target), f"input '{name}': {given} from {origin} {how}"
 
 
-_MANTISSA = {"f32": 24, "f64": 53}
+def dtype_kind(dtype: str) -> str:
+    """'bool', 'int' or 'float': what a dtype's values are, whatever their width."""
+    if dtype == "bool":
+        return "bool"
+    return "int" if is_int(dtype) or dtype in NARROW_INT_DTYPES else "float"
 
 
-def _cast_problem(array: np.ndarray, dtype: str) -> str | None:
-    """Why casting `array` to `dtype` would change what a value means, if it would."""
-    kind = array.dtype.kind
+def is_float_array(array) -> bool:
+    """Whether `array` holds floats of any width, bf16 and the float8s included."""
+    dtype = np.asarray(array).dtype
+    return dtype.kind in "fc" or (dtype.name in DTYPE_OF_NUMPY_NAME and
+                                  dtype_kind(DTYPE_OF_NUMPY_NAME[dtype.name]) == "float")
+
+
+def _finfo(dtype: str):
+    if dtype not in ML_DTYPES:
+        return np.finfo(numpy_dtype(dtype))
+    import ml_dtypes  # only for its own dtypes: importing it costs as much as numpy
+    return ml_dtypes.finfo(numpy_dtype(dtype))
+
+
+def integer_info(dtype: str):
+    if dtype not in ML_DTYPES:
+        return np.iinfo(numpy_dtype(dtype))
+    import ml_dtypes
+    return ml_dtypes.iinfo(numpy_dtype(dtype))
+
+
+def _mantissa_bits(dtype: str) -> int:
+    """The bits of a float's significand, the implicit one included."""
+    return _finfo(dtype).nmant + 1
+
+
+def _holds_every(wide: str, narrow: str) -> bool:
+    """Whether float dtype `wide` holds every value of float dtype `narrow` exactly."""
+    wide_info, narrow_info = _finfo(wide), _finfo(narrow)
+    return (wide_info.nmant >= narrow_info.nmant and wide_info.max >= narrow_info.max
+            and wide_info.smallest_subnormal <= narrow_info.smallest_subnormal
+            and (float(wide_info.min) < 0 or float(narrow_info.min) >= 0))
+
+
+def _cast_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
+    """Why casting `array` (of chainrule dtype `given`) to `dtype` would change what a value
+    means, if it would."""
     if array.size == 0:
         return None
-    if dtype == "bool":
-        if kind == "f" or not np.isin(array, (0, 1)).all():
+    if dtype_kind(dtype) == "bool":
+        if not np.isin(array.astype(np.float64), (0, 1)).all():  # a CSV's 0.0 and 1.0 too
             return "only 0 and 1 (or booleans) convert to bool"
         return None
-    if dtype == "i64":
-        if kind == "f":
-            finite = np.isfinite(array)
-            if not finite.all():
-                return f"it holds {array[~finite].flat[0]}, which is no integer"
-            fractional = array != np.round(array)
-            if fractional.any():
-                return f"it holds numbers with a fractional part, such as {array[fractional].flat[0]}"
-            if np.abs(array).max() >= 2.0 ** 63:
-                return "it holds numbers past the range of i64"
-        if kind == "u" and array.dtype.itemsize == 8 and array.max() > np.iinfo(np.int64).max:
-            return "it holds numbers past the range of i64"
-        return None
-    if kind == "f" and dtype == "f32":
-        finite = array[np.isfinite(array)]
-        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
-            return "it holds numbers too large for f32 (they would become inf)"
+    if dtype_kind(dtype) == "int":
+        return _integer_problem(array, given, dtype)
+    if dtype == "f64" or (dtype == "f32" and given != "f64"):
+        return None  # every other dtype's values are finite in these, rounded or not
+    values = np.asarray(array, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # what the cast overflows is the problem
+        cast = array.astype(numpy_dtype(dtype)).astype(np.float64)
+    if (np.isinf(cast) & np.isfinite(values)).any():
+        return f"it holds numbers too large for {dtype} (they would become inf)"
+    lost = np.isnan(cast) & ~np.isnan(values)
+    if lost.any():  # past the largest of a float8 that has no inf; a negative in f8e8m0
+        return f"it holds {array[lost].flat[0]}, which {dtype} cannot hold (it would be NaN)"
+    return None
+
+
+def _integer_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
+    if dtype_kind(given) == "float":
+        values = np.asarray(array, np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            return f"it holds {array[~finite].flat[0]}, which is no integer"
+        fractional = values != np.round(values)
+        if fractional.any():
+            return f"it holds numbers with a fractional part, such as {array[fractional].flat[0]}"
+        low, high = float(values.min()), float(values.max())
+    else:
+        low, high = int(array.min()), int(array.max())
+    info = integer_info(dtype)
+    if low < info.min or high > info.max:
+        return f"it holds numbers past the range of {dtype}"
     return None
 
 
 def _exact_in_float(array: np.ndarray, dtype: str) -> bool:
-    return array.size == 0 or int(np.abs(array).max()) <= 2 ** _MANTISSA[dtype]
+    return array.size == 0 or int(np.abs(array.astype(np.int64) if array.dtype.kind == "V"
+                                         else array).max()) <= 2 ** _mantissa_bits(dtype)
 
 
 def check_rows(values: list[Value], arrays: dict, origin: dict) -> int:

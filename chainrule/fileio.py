@@ -15,6 +15,7 @@ import numpy as np
 
 from .ir import ChainruleError, file_error
 from .ir.limits import check_allocation
+from .ir.types import DTYPE_OF_NUMPY_NAME, ML_DTYPES, numpy_dtype
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -122,7 +123,8 @@ def read_text(path) -> str:
 
 def load_npz(path) -> dict[str, np.ndarray]:
     """The named arrays of a .npz archive. Each member's declared size must match its array
-    header and fit in memory before a byte of it is inflated, so a zip bomb is refused."""
+    header and fit in memory before a byte of it is inflated, so a zip bomb is refused. Arrays
+    that DTYPES_MEMBER says hold bit patterns come back in their dtype (bf16, f8e4m3fn, ...)."""
     with reading(path, ".npz"), open_for_reading(path) as file:
         if file.read(2) != b"PK":
             raise file_error(path, "not a .npz archive (a .npz is a zip file of .npy arrays)")
@@ -133,7 +135,41 @@ def load_npz(path) -> dict[str, np.ndarray]:
                 name = info.filename.removesuffix(".npy")
                 with reading(path, ".npz", f"array '{name}' in "), archive.open(info) as member:
                     arrays[name] = read_npy(member, info.file_size, f"array '{name}' in {path}")
+    return _typed_from_bits(path, arrays)
+
+
+# numpy stores an ml_dtypes array (bf16, the float8s, int4...) as untyped bytes ('<V2'), which
+# read back as no dtype at all. chainrule stores such an array as its bit pattern in the
+# unsigned integer of its width, and names its dtype in this member: a 1-D array of
+# "NAME:DTYPE" strings, which numpy reads without pickle as any other array.
+DTYPES_MEMBER = "__dtypes__"
+
+
+def _bits_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(f"u{dtype.itemsize}")
+
+
+def _typed_from_bits(path, arrays: dict) -> dict:
+    notes = arrays.pop(DTYPES_MEMBER, None)
+    if notes is None:
         return arrays
+    if notes.dtype.kind != "U" or notes.ndim != 1:
+        raise file_error(path, f"member '{DTYPES_MEMBER}' must be a 1-D array of "
+                               f"'NAME:DTYPE' strings, not {notes.dtype}{list(notes.shape)}")
+    for entry in notes.tolist():
+        name, _, dtype = entry.rpartition(":")
+        if dtype not in ML_DTYPES:
+            raise file_error(path, f"{DTYPES_MEMBER} entry '{entry}': '{dtype}' is not one of "
+                                   f"the dtypes stored as bits ({', '.join(ML_DTYPES)})")
+        target = numpy_dtype(dtype)
+        bits = arrays.get(name)
+        if bits is None:
+            raise file_error(path, f"{DTYPES_MEMBER} entry '{entry}' names no array in the file")
+        if bits.dtype != _bits_dtype(target):
+            raise file_error(path, f"array '{name}' holds {bits.dtype}, but {dtype} is stored "
+                                   f"as the bits of {_bits_dtype(target)}")
+        arrays[name] = bits.view(target)
+    return arrays
 
 
 def load_npy(path) -> np.ndarray:
@@ -158,6 +194,11 @@ def read_npy(stream, size: int, what: str) -> np.ndarray:
         raise ChainruleError(f"{what} holds Python objects (dtype object), which load only by "
                              f"unpickling; chainrule reads data with pickle disabled, so save "
                              f"numeric arrays")
+    if dtype.kind == "V" and dtype.names is None:
+        raise ChainruleError(f"{what} holds untyped {dtype.itemsize}-byte values ({dtype.str}), "
+                             f"as numpy writes bf16 and the float8 dtypes, forgetting which; save "
+                             f"them with chainrule, or in a .npz as bits with a "
+                             f"'{DTYPES_MEMBER}' member (docs/cli.md, 'Inputs and data files')")
     nbytes = math.prod(shape) * dtype.itemsize
     if stream.tell() + nbytes != size:
         raise ChainruleError(f"{what}: the header promises {list(shape)} {dtype} "
@@ -299,6 +340,18 @@ def current_umask() -> int:
 
 
 def save_npz(path, arrays: dict) -> None:
+    """Named arrays as a .npz archive that numpy reads without pickle, every dtype included:
+    an ml_dtypes array is stored as its bits, its dtype named in DTYPES_MEMBER."""
+    stored, typed = {}, []
+    for name, value in arrays.items():
+        array = np.asarray(value)
+        dtype = DTYPE_OF_NUMPY_NAME.get(array.dtype.name)
+        if dtype in ML_DTYPES:
+            typed.append(f"{name}:{dtype}")
+            array = array.view(_bits_dtype(array.dtype))
+        stored[name] = array
+    if typed:
+        stored[DTYPES_MEMBER] = np.array(typed)
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buffer, **stored)
     atomic_write_bytes(path, buffer.getvalue())

@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..backends.feeds import index_inputs, label_bounds
-from ..data import Dataset, bind_inputs, check_mapping, check_rows, read_array, read_dataset
+from ..data import (Dataset, bind_inputs, check_mapping, check_rows, dtype_kind, integer_info,
+                    read_array, read_dataset)
 from ..fileio import load_npz
 from ..ir import ChainruleError, Graph
 from ..ir import dims as dim_exprs
@@ -119,17 +120,27 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     shapes = {v.name: tuple(_size(d, dims) for d in v.type.shape) for v in wanted}
     total = sum(math.prod(shapes[v.name]) * itemsize(v.type.dtype) for v in wanted)
     check_allocation("the random inputs", total)
-    arrays = {}
-    for value in wanted:
-        shape = shapes[value.name]
-        dtype = numpy_dtype(value.type.dtype)
-        if value.type.dtype in ("f32", "f64"):
-            arrays[value.name] = rng.standard_normal(shape, dtype)  # no f64 copy of an f32
-        elif value.type.dtype == "i64":
-            arrays[value.name] = rng.integers(0, bounds.get(value.name, 10), shape)
-        else:
-            arrays[value.name] = rng.random(shape) < 0.5
-    return arrays
+    return {value.name: random_array(rng, value.type.dtype, shapes[value.name],
+                                     bounds.get(value.name))
+            for value in wanted}
+
+
+def random_array(rng, dtype: str, shape: tuple, bound: int | None) -> np.ndarray:
+    """Random values of `dtype`: floats from the standard normal (powers of two for f8e8m0,
+    which has no sign), integers in [0, bound) for labels and else in [0, 10) or as far as the
+    dtype reaches, bools at even odds."""
+    target = numpy_dtype(dtype)
+    kind = dtype_kind(dtype)
+    if kind == "bool":
+        return rng.random(shape) < 0.5
+    if kind == "int":
+        greatest = int(integer_info(dtype).max)
+        return rng.integers(0, min(bound or 10, greatest + 1), shape).astype(target)
+    if dtype in ("f32", "f64"):
+        return rng.standard_normal(shape, target)  # no f64 copy of an f32
+    if dtype == "f8e8m0":
+        return np.exp2(rng.integers(-4, 4, shape)).astype(target)
+    return rng.standard_normal(shape, np.float32).astype(target)
 
 
 def _size(dim, dims: dict) -> int:

@@ -8,11 +8,10 @@ import time
 import numpy as np
 
 from ..backends import BACKENDS, CHECKING_BACKEND
-from ..data import bind_inputs, check_mapping, check_rows
+from ..data import bind_inputs, check_mapping, check_rows, is_float_array
 from ..fileio import atomic_write_bytes, save_npz
 from ..gradcheck import EPS as GRADCHECK_EPS
-from ..gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
-from ..gradcheck import format_rows, gradcheck
+from ..gradcheck import format_rows, gradcheck, low_precision, tolerance
 from ..ir import ChainruleError
 from ..ir.types import is_float
 from ..train import draw_progress, format_metrics
@@ -23,11 +22,12 @@ from .inputs import (UsageError, bind, gather_inputs, is_onnx_model, load_model,
 def describe(array: np.ndarray) -> str:
     array = np.asarray(array)
     if array.ndim == 0:
-        return f"{array.dtype}[] = {array.item():.6g}"
+        value = array.item() if array.dtype.kind in "biu" else float(array.astype(np.float64))
+        return f"{array.dtype}[] = {value:.6g}"
     shape = f"{array.dtype}[{', '.join(map(str, array.shape))}]"
     if array.size == 0 or array.dtype == np.bool_:
         return shape
-    values = array.astype(np.float64)
+    values = array.astype(np.float64)  # bf16 and float8 arrays too, whose sums numpy rounds
     return (f"{shape}  mean {values.mean():.4g}  std {values.std():.4g}  "
             f"min {values.min():.4g}  max {values.max():.4g}")
 
@@ -46,7 +46,7 @@ def chosen_backend(args):
 def warn_nonfinite(arrays: dict) -> None:
     """A NaN or an Inf in a result is said, never left to be found later."""
     bad = [name for name, array in arrays.items()
-           if np.asarray(array).dtype.kind == "f" and not np.isfinite(array).all()]
+           if is_float_array(array) and not np.isfinite(array).all()]
     if bad:
         verb = "holds" if len(bad) == 1 else "hold"
         print(f"chainrule: warning: {', '.join(bad)} {verb} NaN or Inf (an overflow, or a "
@@ -98,9 +98,11 @@ def cmd_gradcheck(args) -> int:
     backends = sorted(BACKENDS) if args.backend == "all" else [args.backend]
     check_finite_objective(model, inputs)
     rows = gradcheck(model, inputs, backends, samples=args.samples, seed=args.seed)
-    print(f"gradients of {model.objective.name} against central differences in float64 "
-          f"(eps {GRADCHECK_EPS:g}, tolerance {GRADCHECK_TOLERANCE:g} relative to the largest "
-          f"entry):")
+    low = low_precision(model)
+    computed = f" computed in {low}" if low else ""
+    print(f"gradients of {model.objective.name}{computed} against central differences in "
+          f"float64 (eps {GRADCHECK_EPS:g}, tolerance {tolerance(model):g} relative to the "
+          f"largest entry):")
     print(format_rows(rows))
     failed = [row for row in rows if not row.passed]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
@@ -213,7 +215,7 @@ def class_indices(results: dict) -> dict:
     """`name.argmax` for each output that is a matrix of floats (logits or probabilities): one
     at least, as check_argmax saw to it."""
     return {f"{name}.argmax": np.argmax(array, axis=1)
-            for name, array in results.items() if array.ndim == 2 and array.dtype.kind == "f"}
+            for name, array in results.items() if array.ndim == 2 and is_float_array(array)}
 
 
 def write_predictions(path: str, results: dict) -> None:

@@ -27,7 +27,7 @@ from .graph import Graph, Node, Value
 from .ops import OPS, REQUIRED, OpDef
 from .scan import ScanParts
 from .shapes import TO_END, TO_START
-from .types import DTYPES, UNKNOWN, is_float
+from .types import DTYPES, NARROW_INT_DTYPES, UNKNOWN, is_float, is_int
 
 KEYWORDS = frozenset({"model", "def", "param", "state", "let", "return", "for", "in", "and",
                       "or", "not", "true", "false", "none", "if", "else", "layer", "forward"})
@@ -140,7 +140,7 @@ def _constant(node, args, graph):
     value, dtype = float(node.attrs["value"]), node.attrs["dtype"]
     if dtype == "bool" and value in (0.0, 1.0):
         text = "true" if value else "false"
-    elif dtype in ("i64", "bool"):
+    elif dtype == "bool" or is_int(dtype) or dtype in NARROW_INT_DTYPES:
         whole = abs(value) <= INT64_MAX or value == TO_START
         text = int_text(int(value)) if whole else float_text(value)
     else:
@@ -484,7 +484,7 @@ def print_dsl(graph: Graph, *, header: str = "") -> str:
         value = param.value
         if not is_float(value.type.dtype):
             raise _error(f"{param.kind} '{value.name}' is {value.type.dtype}; the DSL keeps "
-                         f"f32 and f64 values only", param.loc)
+                         f"float values only", param.loc)
         text = f"{param.kind} {names[value]}: {_type_text(value)} = {param.init}"
         lines.append(_line(text, param.loc) if not param.loc or not param.loc.node else
                      f"{INDENT}{text}".ljust(COMMENT_COLUMN) + f"  # {value_source(param)}")

@@ -16,6 +16,7 @@ INT_DTYPES = SIGNED_DTYPES + UNSIGNED_DTYPES
 NARROW_DTYPES = ("f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz", "f8e8m0", "f4e2m1",
                  "i4", "u4", "i2", "u2")
 DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",) + NARROW_DTYPES
+NARROW_INT_DTYPES = ("i4", "u4", "i2", "u2")  # whole numbers, as files and constants hold them
 
 # numpy's name for each. numpy has no bfloat16 or narrow dtypes: those come from ml_dtypes,
 # imported only when a model uses one (its import costs about as much as numpy's).

@@ -1,4 +1,4 @@
-"""Promoting a graph to float64: every f32 value, constant and cast becomes f64.
+"""Promoting a graph to float64: every f16, bf16 and f32 value, constant and cast becomes f64.
 
 Used by gradient checking, where finite differences need float64 to mean anything.
 """
@@ -8,7 +8,7 @@ from ..ir import Graph, GraphBuilder, Namer, Param, Value
 
 
 def _promoted(dtype: str) -> str:
-    return "f64" if dtype == "f32" else dtype
+    return "f64" if dtype in ("f16", "bf16", "f32") else dtype
 
 
 def promote_to_f64(graph: Graph) -> tuple[Graph, bool]:
