@@ -131,3 +131,10 @@ def test_a_float_cast_gives_a_weak_value_its_dtype(dtype):
     model = compiled("x: f32[2]", f"{dtype}(sqrt(2.0))")
     constant = next(node for node in model.graph.nodes if node.op == "constant")
     assert constant.attrs["dtype"] == dtype and result_dtype(model) == dtype
+
+
+@pytest.mark.parametrize("dtype, outside", [("u4", -1), ("u4", 16), ("i4", 8), ("i2", -3),
+                                            ("u2", 4)])
+def test_a_narrow_integer_constant_outside_its_range_is_a_located_error(dtype, outside):
+    error = error_of("x: f32[2]", f"{dtype}({outside})")
+    assert "lies in" in error.message and error.line == 2

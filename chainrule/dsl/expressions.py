@@ -22,7 +22,7 @@ from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.limits import dim_number_problem
 from ..ir.shapes import TO_END, TO_START
 from ..ir.types import (UNKNOWN, WEAK_FLOAT, int_range, int_range_text, is_float, is_int,
-                        promote_types)
+                        promote_types, with_article)
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
 from .scan_loops import Collected, LoopIndexing, ScanRefused
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
@@ -405,7 +405,7 @@ class ExpressionLowerer(LoopIndexing):
         if isinstance(value, bool):
             dtype = "bool"
         elif is_int(dtype) and not float(value).is_integer():  # 0.5, inf or nan
-            raise ChainruleError(f"the constant {value} meets an {dtype} tensor; convert the "
+            raise ChainruleError(f"the constant {value} meets {with_article(dtype)} tensor; convert the "
                                  f"tensor with f32(...) first", loc)
         elif dtype == "bool":
             raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
@@ -419,7 +419,7 @@ class ExpressionLowerer(LoopIndexing):
             least, greatest = int_range(dtype)
             if not (least <= value <= greatest and float(value) == value):
                 raise ChainruleError(f"the constant {value} is no {dtype} a constant holds "
-                                     f"exactly: an {dtype} lies in {int_range_text(dtype)}, and "
+                                     f"exactly: {with_article(dtype)} lies in {int_range_text(dtype)}, and "
                                      f"a constant's value is an f64, which holds every integer "
                                      f"up to 2**53 and some past it", loc)
         return self.builder.constant(value, dtype, loc=loc)

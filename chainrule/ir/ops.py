@@ -34,8 +34,8 @@ from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_wi
                      normalize_axes, normalize_axis, pool_output_dim, reduced_shape,
                      require_same_size, reshaped_shape, shapes_may_equal, sliced_shape,
                      taken_shape)
-from .types import (DTYPES, UNKNOWN, TensorType, int_range, int_range_text, is_float, is_int,
-                    is_numeric, scalar)
+from .types import (DTYPES, NARROW_INT_DTYPES, UNKNOWN, TensorType, int_range, int_range_text,
+                    is_float, is_int, is_numeric, scalar, with_article)
 
 REQUIRED = object()
 
@@ -487,14 +487,14 @@ def _infer_numel(x, axes, dtype):
 
 
 def _infer_constant(value, dtype):
-    if (is_int(dtype) or dtype == "bool") and not (math.isfinite(value)
-                                                   and float(value).is_integer()):
+    whole = is_int(dtype) or dtype in NARROW_INT_DTYPES
+    if (whole or dtype == "bool") and not (math.isfinite(value) and float(value).is_integer()):
         raise OpTypeError(f"a {dtype} constant cannot be {value}")
-    if is_int(dtype):
+    if whole:
         least, greatest = int_range(dtype)
         # Compared as floats: the value is an f64, and 2**63 - 1 as one is 2**63, past i64.
         if not float(least) <= value < float(greatest) + 1:
-            raise OpTypeError(f"an {dtype} constant lies in {int_range_text(dtype)}, not at "
+            raise OpTypeError(f"{with_article(dtype)} constant lies in {int_range_text(dtype)}, not at "
                               f"{value}")
     return scalar(dtype)
 

@@ -75,15 +75,20 @@ def is_numeric(dtype: str) -> bool:
 def int_range(dtype: str) -> tuple[int, int]:
     """The least and greatest value of an integer dtype."""
     bits = int(NUMPY_NAMES[dtype].lstrip("uint"))
-    if dtype in UNSIGNED_DTYPES:
+    if dtype.startswith("u"):  # u8 to u64, and the narrow u4 and u2
         return 0, 2 ** bits - 1
     return -2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+def with_article(dtype: str) -> str:
+    """'an i64', 'a u8': the dtype as a sentence names one."""
+    return f"{'an' if dtype[0] in 'fi' else 'a'} {dtype}"
 
 
 def int_range_text(dtype: str) -> str:
     """An integer dtype's range as errors write it: [-2**63, 2**63)."""
     bits = int(NUMPY_NAMES[dtype].lstrip("uint"))
-    if dtype in UNSIGNED_DTYPES:
+    if dtype.startswith("u"):  # u8 to u64, and the narrow u4 and u2
         return f"[0, 2**{bits})"
     return f"[-2**{bits - 1}, 2**{bits - 1})"
 
