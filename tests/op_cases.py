@@ -24,7 +24,9 @@ from support.conv_reference import REFERENCES as CONV_REFERENCES
 class Arg:
     shape: tuple
     dtype: str = "f64"
-    domain: str = "any"  # any | positive | away_from_zero | labels:N | indices:N | bool
+    # any | positive | away_from_zero | inside_unit (|x| < 0.9) | above_one (x > 1.2) |
+    # labels:N | indices:N | bool
+    domain: str = "any"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,16 @@ CASES = [
     Case("sin", (F(()),)),
     Case("cos", (F((4, 5)),)),
     Case("cos", (F(()),)),
+    Case("tan", (F((4, 5), domain="inside_unit"),)),
+    Case("asin", (F((4, 5), domain="inside_unit"),)),
+    Case("acos", (F((4, 5), domain="inside_unit"),)),
+    Case("acos", (F((), domain="inside_unit"),)),
+    Case("atan", (F((4, 5)),)),
+    Case("sinh", (F((4, 5)),)),
+    Case("cosh", (F((4, 5)),)),
+    Case("asinh", (F((4, 5)),)),
+    Case("acosh", (F((4, 5), domain="above_one"),)),
+    Case("atanh", (F((4, 5), domain="inside_unit"),)),
     Case("log1p", (F((4, 5), domain="positive"),)),
     Case("log1p", (F((), domain="positive"),)),
     Case("where", (Arg((3, 4), "bool", "bool"), F((3, 4)), F((4,)))),
@@ -313,7 +325,11 @@ REFERENCES = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
     "exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": _by_element(math.sin),
-    "cos": _by_element(math.cos), "sqrt": np.sqrt, "abs": np.abs,
+    "cos": _by_element(math.cos), "tan": _by_element(math.tan), "asin": _by_element(math.asin),
+    "acos": _by_element(math.acos), "atan": _by_element(math.atan),
+    "sinh": _by_element(math.sinh), "cosh": _by_element(math.cosh),
+    "asinh": _by_element(math.asinh), "acosh": _by_element(math.acosh),
+    "atanh": _by_element(math.atanh), "sqrt": np.sqrt, "abs": np.abs,
     "sign": np.sign, "floor": np.floor, "log1p": np.log1p, "stop_gradient": lambda x: x,
     "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
@@ -438,6 +454,10 @@ def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:
         values = np.abs(values) + 0.5
     elif arg.domain == "away_from_zero":
         values = np.sign(values) * (np.abs(values) + 0.2)
+    elif arg.domain == "inside_unit":
+        values = 0.9 * np.tanh(values)
+    elif arg.domain == "above_one":
+        values = np.abs(values) + 1.2
     # An array even for shape (): numpy's arithmetic on a 0-d array gives a scalar, which a
     # finite difference could not perturb in place.
     return np.array(values, dtype=np.float64 if arg.dtype == "f64" else np.float32)

@@ -122,7 +122,10 @@ def test_gather_elements_type_errors(positions, axis, message):
 UNARY = {"neg": "any", "exp": "any", "log": "positive", "log1p": "positive", "relu": "any",
          "sigmoid": "any", "tanh": "any", "sin": "any", "cos": "any", "sqrt": "positive",
          "abs": "any", "sign": "any", "floor": "any", "gelu": "any", "softplus": "any",
-         "erf": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool"}
+         "erf": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool",
+         "tan": "inside_unit", "asin": "inside_unit", "acos": "inside_unit", "atan": "any",
+         "sinh": "any", "cosh": "any", "asinh": "any", "acosh": "above_one",
+         "atanh": "inside_unit"}
 BINARY = {"add": "any", "sub": "any", "mul": "any", "div": "away_from_zero", "pow": "positive",
           "maximum": "any", "minimum": "any", "less": "any", "greater_equal": "any",
           "logical_and": "bool", "logical_or": "bool"}

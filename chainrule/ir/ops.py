@@ -532,6 +532,14 @@ register("sigmoid", 1, _unary("sigmoid"), traits=FRESH_ELEMENTWISE, onnx="Sigmoi
 # scalar C library that a fused kernel would call.
 register("sin", 1, _unary("sin"), traits=("elementwise",), numpy="sin", onnx="Sin")
 register("cos", 1, _unary("cos"), traits=("elementwise",), numpy="cos", onnx="Cos")
+# The rest of the trigonometric and hyperbolic family. onnxruntime runs their ONNX ops in float32
+# only, so the lowerings compose the others (backends/onnx_lowering.py).
+for _name, _numpy, _onnx in [("tan", "tan", "Tan"), ("asin", "arcsin", "Asin"),
+                             ("acos", "arccos", "Acos"), ("atan", "arctan", "Atan"),
+                             ("sinh", "sinh", "Sinh"), ("cosh", "cosh", "Cosh"),
+                             ("asinh", "arcsinh", "Asinh"), ("acosh", "arccosh", "Acosh"),
+                             ("atanh", "arctanh", "Atanh")]:
+    register(_name, 1, _unary(_name), traits=("elementwise",), numpy=_numpy, onnx=_onnx)
 register("gelu", 1, _unary("gelu"), traits=("elementwise",))
 register("softplus", 1, _unary("softplus"), traits=("elementwise",), onnx="Softplus")
 register("erf", 1, _unary("erf"), traits=FRESH_ELEMENTWISE, onnx="Erf")

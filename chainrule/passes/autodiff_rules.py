@@ -166,6 +166,59 @@ def _cos(bw, g, x, out):
     return (bw.emit("neg", bw.emit("mul", g, bw.emit("sin", x))),)
 
 
+@vjp("tan")
+def _tan(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("add", bw.constant(1.0, out), bw.emit("mul", out, out))),)
+
+
+def _one_minus_square(bw, x):
+    return bw.emit("sub", bw.constant(1.0, x), bw.emit("mul", x, x))
+
+
+@vjp("asin")
+def _asin(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("sqrt", _one_minus_square(bw, x))),)
+
+
+@vjp("acos")
+def _acos(bw, g, x, out):
+    return (bw.emit("neg", bw.emit("div", g, bw.emit("sqrt", _one_minus_square(bw, x)))),)
+
+
+@vjp("atan")
+def _atan(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("add", bw.constant(1.0, x), bw.emit("mul", x, x))),)
+
+
+@vjp("sinh")
+def _sinh(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("cosh", x)),)
+
+
+@vjp("cosh")
+def _cosh(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("sinh", x)),)
+
+
+@vjp("asinh")
+def _asinh(bw, g, x, out):
+    root = bw.emit("sqrt", bw.emit("add", bw.emit("mul", x, x), bw.constant(1.0, x)))
+    return (bw.emit("div", g, root),)
+
+
+@vjp("acosh")
+def _acosh(bw, g, x, out):
+    # √((x − 1)(x + 1)) rather than √(x² − 1): exact where x is near 1.
+    root = bw.emit("sqrt", bw.emit("mul", bw.emit("sub", x, bw.constant(1.0, x)),
+                                   bw.emit("add", x, bw.constant(1.0, x))))
+    return (bw.emit("div", g, root),)
+
+
+@vjp("atanh")
+def _atanh(bw, g, x, out):
+    return (bw.emit("div", g, _one_minus_square(bw, x)),)
+
+
 @vjp("log1p")
 def _log1p(bw, g, x, out):
     return (bw.emit("div", g, bw.emit("add", bw.constant(1.0, x), x)),)
