@@ -18,6 +18,7 @@ from chainrule.ir import Graph, GraphBuilder, Value
 from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.ir.types import TensorType, numpy_dtype
 from support.conv_reference import REFERENCES as CONV_REFERENCES
+from support.sampling_reference import grid_sample
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,20 @@ CASES = [
     Case("acosh", (F((4, 5), domain="above_one"),)),
     Case("atanh", (F((4, 5), domain="inside_unit"),)),
     Case("log1p", (F((4, 5), domain="positive"),)),
+    # sampling: points inside and outside the image, in every mode and padding
+    Case("grid_sample", (F((2, 3, 4, 5)), F((2, 3, 2, 2)))),
+    Case("grid_sample", (F((1, 2, 3, 4)), F((1, 2, 3, 2), domain="inside_unit")),
+         {"mode": "cubic", "align_corners": True}),
+    Case("grid_sample", (F((1, 2, 3, 4)), F((1, 3, 2, 2))),
+         {"mode": "cubic", "padding_mode": "border"}),
+    Case("grid_sample", (F((1, 2, 3, 4)), F((1, 3, 2, 2))),
+         {"mode": "linear", "padding_mode": "reflection", "align_corners": True}),
+    Case("grid_sample", (F((2, 1, 3, 3)), F((2, 2, 2, 2))),
+         {"mode": "nearest", "padding_mode": "reflection"}),
+    Case("grid_sample", (F((1, 2, 2, 3, 4)), F((1, 2, 1, 2, 3))), {"padding_mode": "border"}),
+    Case("grid_sample", (F((1, 1, 2, 3, 3)), F((1, 1, 2, 2, 3))),
+         {"mode": "cubic", "padding_mode": "reflection"}),
+    Case("grid_sample", (F((2, 2, 5)), F((2, 3, 1))), {"mode": "cubic"}),
     Case("log1p", (F((), domain="positive"),)),
     Case("where", (Arg((3, 4), "bool", "bool"), F((3, 4)), F((4,)))),
     Case("cast", (F((3,)),), {"dtype": "f64"}),
@@ -375,7 +390,7 @@ REFERENCES = {
     "gemm_acc": _gemm_acc,
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=numpy_dtype(dtype))[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
-    "fill": _fill, "arange": lambda n: np.arange(n),
+    "fill": _fill, "arange": lambda n: np.arange(n), "grid_sample": grid_sample,
     **CONV_REFERENCES,
 }
 

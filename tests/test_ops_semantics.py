@@ -116,6 +116,48 @@ def test_gather_elements_type_errors(positions, axis, message):
         infer_type("gather_elements", [TensorType("f64", (3, 4)), positions], {"axis": axis})
 
 
+# ---- grid_sample -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("x, grid, attrs, message", [
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 2)), {},
+     "grid_sample of x [1, 2, 4, 5] needs a grid [batch, out, out, 2], got [1, 3, 2]"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 3, 3)), {},
+     "needs a grid [batch, out, out, 2], got [1, 3, 3, 3]"),
+    (TensorType("f64", (2, 2, 4, 5)), TensorType("f64", (3, 3, 3, 2)), {},
+     "x [2, 2, 4, 5] and grid [3, 3, 3, 2] differ in batch size"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f32", (1, 3, 3, 2)), {},
+     "grid_sample needs operands of one dtype"),
+    (TensorType("f64", (1, 2)), TensorType("f64", (1, 2)), {},
+     "grid_sample takes x [batch, channels, *spatial] with fixed channels and spatial sizes"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 3, 2)), {"mode": "bilinear"},
+     "grid_sample's mode is one of 'nearest', 'linear', 'cubic', not 'bilinear'"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 3, 2)),
+     {"padding_mode": "edge"}, "padding_mode is one of 'zeros', 'border', 'reflection'"),
+])
+def test_grid_sample_type_errors(x, grid, attrs, message):
+    with pytest.raises(OpTypeError, match=re.escape(message)):
+        infer_type("grid_sample", [x, grid], attrs)
+
+
+def test_grid_sample_in_the_dsl_names_a_mode_it_does_not_know_at_its_line():
+    source = ("model m(x: f32[1, 2, 4, 5], g: f32[1, 3, 3, 2]) {\n"
+              "  return grid_sample(x, g, mode=\"bilinear\")\n}\n")
+    with pytest.raises(ChainruleError, match="mode is one of 'nearest', 'linear', 'cubic'") as info:
+        chainrule.compile(source=source)
+    assert info.value.loc.line == 2
+
+
+def test_grid_sample_reads_nan_points_as_nan_on_both_backends():
+    source = ("model m(x: f64[1, 1, 2, 2], g: f64[1, 1, 2, 2]) {\n"
+              "  return grid_sample(x, g, padding_mode=\"border\")\n}\n")
+    grid = np.array([[[[np.nan, 0.0], [0.0, 0.0]]]])
+    x = np.arange(4.0).reshape(1, 1, 2, 2)
+    model = chainrule.compile(source=source)
+    for backend in ("numpy", "onnxruntime"):
+        (result,) = model.run(backend=backend, x=x, g=grid).values()
+        np.testing.assert_array_equal(result, [[[[np.nan, 1.5]]]])
+
+
 # ---- random shapes ----------------------------------------------------------------------------
 
 # op -> the domain its operands are drawn from

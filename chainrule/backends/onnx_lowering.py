@@ -10,12 +10,13 @@ float64 graphs, which onnxruntime has no kernels of those for, get their composi
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from onnx import helper
 
-from ..ir import ChainruleError, dims
+from ..ir import ChainruleError, Graph, GraphBuilder, dims, grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
@@ -900,6 +901,59 @@ def _avg_unpool(em, node, out, g, like):
 def _pad(em, node, out, x):
     em.add("Pad", [x, em.ints(node.attrs["pads"], "pads"),
                    em.scalar(node.attrs["value"], _dtype(node))], out)
+
+
+# ---- grid_sample: ONNX GridSample where onnxruntime runs it, else its composition of
+# primitives (ir/grid_sampling.py). GridSample reads 4-D images (modes bilinear and bicubic)
+# from opset 16, and any rank (modes linear and cubic) from opset 20; onnxruntime runs the
+# first in float32 only, the second in both dtypes but not volumetric cubic.
+GRID_SAMPLE_SINCE = 16
+GRID_SAMPLE_ANY_RANK_SINCE = 20
+GRID_SAMPLE_MODES_BEFORE_20 = {"linear": "bilinear", "cubic": "bicubic", "nearest": "nearest"}
+
+
+class _Composing:
+    """The `ops` face of ir/compositions.py on a scratch graph, for a composition's nodes."""
+
+    def __init__(self, node):
+        self.builder = GraphBuilder(Graph(node.op))
+        self.loc = node.loc
+
+    def emit(self, op, *inputs, **attrs):
+        return self.builder.emit(op, inputs, attrs, loc=self.loc)
+
+    def constant(self, value, like):
+        return self.builder.constant(value, like.type.dtype, loc=self.loc)
+
+
+def _lower_composition(em, node, out, compose) -> None:
+    """The node written as `compose(ops, *node.inputs)`, its values named after `out`."""
+    ops = _Composing(node)
+    result = compose(ops, *node.inputs)
+    for inner in ops.builder.graph.nodes:
+        for value in inner.outputs:
+            em.names[value] = out if value is result else f"{out}#{value.name}"
+    em.lower(ops.builder.graph.nodes)
+
+
+def _grid_sample_mode_name(em, node) -> str | None:
+    """The mode as the opset's GridSample names it, where onnxruntime runs that; else None."""
+    rank, mode = node.inputs[0].type.rank - 2, node.attrs["mode"]
+    if em.opset >= GRID_SAMPLE_ANY_RANK_SINCE and (rank == 2 or rank == 3 and mode != "cubic"):
+        return mode
+    if em.opset >= GRID_SAMPLE_SINCE and rank == 2 and _dtype(node) == "f32":
+        return GRID_SAMPLE_MODES_BEFORE_20[mode]
+    return None
+
+
+@lowering("grid_sample")
+def _grid_sample(em, node, out, x, grid):
+    mode = _grid_sample_mode_name(em, node)
+    if mode is None:
+        _lower_composition(em, node, out, functools.partial(grid_sampling.sample, **node.attrs))
+        return
+    em.add("GridSample", [x, grid], out, mode=mode, padding_mode=node.attrs["padding_mode"],
+           align_corners=int(node.attrs["align_corners"]))
 
 
 # Every op an ONNX op computes exactly, with no lowering of its own above (those compose where

@@ -505,8 +505,16 @@ def _optional_int(name):
     return lambda value: None if value is None else convert(value)
 
 
+def _text(name):
+    def convert(value):
+        if not isinstance(value, StringLiteral):
+            raise TypeError(f"{name} must be a string, not {_shown(value)}")
+        return value.text
+    return convert
+
+
 OPTION_CONVERTERS = {"int": _int, "float": _float, "bool": _bool, "ints": _ints, "dim": _dim,
-                     "dims": _dims,
+                     "dims": _dims, "str": _text,
                      "axes": lambda name: _axes, "dtype": lambda name: _dtype}
 
 
@@ -519,6 +527,8 @@ def _op_option(op: OpDef, attr: str):
     default = NO_DEFAULT if spec.default is REQUIRED else spec.default
     if spec.kind == "dtype" and default is not NO_DEFAULT:
         default = DTypeName(default)
+    if spec.kind == "str" and default is not NO_DEFAULT:
+        default = StringLiteral(default)
     return name, _option(default, OPTION_CONVERTERS[spec.kind](name), attr)
 
 

@@ -70,6 +70,8 @@ ATTR_KINDS = {
     "dim": lambda v: ATTR_KINDS["int"](v) or dims.is_symbolic(v),
     "dims": lambda v: isinstance(v, tuple) and all(ATTR_KINDS["dim"](x) for x in v),
     "graph": lambda v: isinstance(v, Graph),  # a body (scan.py)
+    # One of a few named choices (grid_sample's mode), which the op's type rule lists.
+    "str": lambda v: isinstance(v, str),
 }
 
 
@@ -875,6 +877,40 @@ register("avg_unpool", 2, _unpool("avg_unpool"), AVG_POOL, traits=CONVOLVE, oper
 # The DSL's pad(x, pads) takes F.pad's pairs and modes; constant_pad takes the op's attrs.
 register("pad", 1, _infer_pad, {"pads": AttrSpec("ints"), "value": AttrSpec("float", 0.0)},
          traits=("linear",), builtin="constant_pad")
+
+
+# grid_sample reads x [batch, channels, *spatial] at the points of grid [batch, *out, rank],
+# each point's coordinates normalised to [-1, 1] and listed innermost axis first (x, y, z), as
+# ONNX's GridSample and PyTorch's F.grid_sample take them.
+GRID_SAMPLE_MODES = ("nearest", "linear", "cubic")
+GRID_SAMPLE_PADDINGS = ("zeros", "border", "reflection")
+
+
+def _infer_grid_sample(x, grid, mode, padding_mode, align_corners):
+    _require_float("grid_sample", x)
+    _same_dtype("grid_sample", x, grid)
+    for attr, value, choices in [("mode", mode, GRID_SAMPLE_MODES),
+                                 ("padding_mode", padding_mode, GRID_SAMPLE_PADDINGS)]:
+        if value not in choices:
+            listed = ", ".join(f"'{choice}'" for choice in choices)
+            raise OpTypeError(f"grid_sample's {attr} is one of {listed}, not '{value}'")
+    rank = x.rank - 2
+    if rank < 1 or not all(isinstance(d, int) for d in x.shape[1:]):
+        raise OpTypeError(f"grid_sample takes x [batch, channels, *spatial] with fixed "
+                          f"channels and spatial sizes, got {x}")
+    if grid.rank != rank + 2 or grid.shape[-1] != rank:
+        raise OpTypeError(f"grid_sample of x {format_shape(x.shape)} needs a grid [batch, "
+                          f"{', '.join(['out'] * rank)}, {rank}], got {format_shape(grid.shape)}")
+    if not dims_may_equal(x.shape[0], grid.shape[0]):
+        raise OpTypeError(f"grid_sample's x {format_shape(x.shape)} and grid "
+                          f"{format_shape(grid.shape)} differ in batch size")
+    return x.with_shape((grid.shape[0], x.shape[1]) + tuple(grid.shape[1:-1]))
+
+
+register("grid_sample", 2, _infer_grid_sample,
+         {"mode": AttrSpec("str", "linear"), "padding_mode": AttrSpec("str", "zeros"),
+          "align_corners": AttrSpec("bool", False)},
+         traits=("fresh_result",), operands=("x", "grid"))
 
 
 # dropout(x) is x * dropout_mask(x): the mask is a value, so the gradient reuses it exactly.

@@ -13,9 +13,10 @@ row-major order; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
 """
 from __future__ import annotations
 
+import functools
 import math
 
-from ..ir import GraphBuilder, Node, Value, dims
+from ..ir import Graph, GraphBuilder, Node, Value, dims, grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END, TO_START, compose_perms, is_identity_perm, normalize_axes
 
@@ -60,6 +61,22 @@ class Backward:
         if keepdims or not x.type.rank:
             return value
         return self.emit("unsqueeze", value, axes=normalize_axes(axes, x.type.rank))
+
+    def through_composition(self, compose, cotangent: Value, *inputs: Value) -> tuple:
+        """The cotangents of `inputs` (None for those not wanted) for an op whose value is
+        `compose(self, *inputs)`, a composition of ops that have rules: the composition is
+        emitted here and reversed through their rules, as autodiff reverses any graph."""
+        # autodiff imports this module for its rules, so its walk is imported when called.
+        from .activity import active_values
+        from .autodiff import reverse
+        start = len(self.builder.graph.nodes)
+        composed = compose(self, *inputs)
+        view = Graph(f"{self.node.op}.composed", list(inputs), [],
+                     self.builder.graph.nodes[start:])
+        wanted = [value for value in inputs if self.wants(value)]
+        grads = reverse(self.builder, view, [(composed, cotangent)], wanted,
+                        active_values(view, [composed], wanted), f"{self.name_hint}.")
+        return tuple(grads[value.name] if value in wanted else None for value in inputs)
 
     def zeros_like(self, value: Value) -> Value:
         return self.emit("broadcast_like", self.constant(0.0, value), value)
@@ -599,6 +616,12 @@ def _avg_pool(bw, g, x, out, **window):
 @vjp("avg_unpool")
 def _avg_unpool(bw, g, output_grad, like, out, **window):
     return bw.emit("avg_pool", g, **window), None
+
+
+@vjp("grid_sample")
+def _grid_sample(bw, g, x, grid, out, **options):
+    # Piecewise a polynomial in the grid, so its composition's rules give both cotangents.
+    return bw.through_composition(functools.partial(grid_sampling.sample, **options), g, x, grid)
 
 
 @vjp("pad")

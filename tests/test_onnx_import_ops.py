@@ -1,0 +1,68 @@
+"""Ops the importer reads beyond ONNX's own node tests: older opsets' spellings, what each
+refuses, and which ONNX op the export writes back for each opset and dtype."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import chainrule
+from chainrule.backends.onnx_backend import export_onnx
+from chainrule.onnx_import import UnsupportedModel
+from support.onnx_models import model_of
+
+
+def _grid_sample_model(opset, **attrs):
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="sample", **attrs)
+    return model_of([node], [("x", TensorProto.FLOAT, [2, 3, 4, 5]),
+                             ("grid", TensorProto.FLOAT, [2, 3, 2, 2])],
+                    [("y", TensorProto.FLOAT, [2, 3, 3, 2])], opset=opset)
+
+
+def _sampling_inputs():
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(2, 3, 4, 5)).astype(np.float32),
+            "grid": rng.uniform(-1.3, 1.3, size=(2, 3, 2, 2)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("mode, as_opset_20", [("bilinear", "linear"), ("bicubic", "cubic"),
+                                               ("nearest", "nearest")])
+def test_grid_sample_reads_opset_16s_mode_names(mode, as_opset_20):
+    older = chainrule.import_onnx(_grid_sample_model(16, mode=mode, padding_mode="border"))
+    newer = chainrule.import_onnx(_grid_sample_model(20, mode=as_opset_20,
+                                                     padding_mode="border"))
+    (node,) = [n for n in older.graph.nodes if n.op == "grid_sample"]
+    assert node.attrs == {"mode": as_opset_20, "padding_mode": "border", "align_corners": False}
+    inputs = _sampling_inputs()
+    np.testing.assert_array_equal(older.run(**inputs)["y"], newer.run(**inputs)["y"])
+
+
+def test_grid_sample_refuses_a_mode_it_does_not_know():
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(_grid_sample_model(20, mode="area"))
+    (problem,) = caught.value.problems
+    assert problem.reason == ("attribute mode='area' (supported: 'bilinear', 'bicubic', "
+                              "'nearest', 'linear', 'cubic')")
+
+
+def _exported_ops(source, opset):
+    graph = chainrule.compile(source=source).graph
+    return {node.op_type for node in export_onnx(graph, opset=opset).graph.node}
+
+
+SAMPLE = "model m(x: {dtype}[B, 2, {spatial}], g: {dtype}[B, 3, {points}]) {{\n" \
+         "  return grid_sample(x, g, mode=\"{mode}\")\n}}\n"
+
+
+@pytest.mark.parametrize("dtype, spatial, points, mode, opset, native", [
+    ("f32", "4, 5", "2, 2", "cubic", 16, True),
+    ("f64", "4, 5", "2, 2", "linear", 18, False),  # onnxruntime's GridSample-16 is float32 only
+    ("f64", "4, 5", "2, 2", "linear", 20, True),
+    ("f32", "3, 4, 5", "2, 2, 3", "linear", 18, False),  # opset 16's GridSample is 2-D
+    ("f32", "3, 4, 5", "2, 2, 3", "nearest", 20, True),
+    ("f32", "3, 4, 5", "2, 2, 3", "cubic", 20, False),  # onnxruntime has no volumetric cubic
+])
+def test_grid_sample_exports_as_gridsample_where_onnxruntime_runs_it(dtype, spatial, points,
+                                                                      mode, opset, native):
+    ops = _exported_ops(SAMPLE.format(dtype=dtype, spatial=spatial, points=points, mode=mode),
+                        opset)
+    assert ("GridSample" in ops) == native
+    assert native or "Gather" in ops  # the composition reads rows by a flat index
