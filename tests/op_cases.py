@@ -332,6 +332,16 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b):
     return alpha * _gemm(a, b, trans_a, trans_b) + beta * c
 
 
+def _top_k_indices(x, k, axis, largest):
+    rows = np.moveaxis(x, axis, -1)
+    result = np.empty(rows.shape[:-1] + (k,), np.int64)
+    for where in np.ndindex(*rows.shape[:-1]):
+        row = rows[where].tolist()
+        ranked = sorted(range(len(row)), key=lambda i: (-row[i] if largest else row[i], i))
+        result[where] = ranked[:k]
+    return np.moveaxis(result, -1, axis)
+
+
 def _fill(value, shape):
     return np.broadcast_to(value, shape)
 
@@ -391,6 +401,7 @@ REFERENCES = {
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=numpy_dtype(dtype))[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
     "fill": _fill, "arange": lambda n: np.arange(n), "grid_sample": grid_sample,
+    "top_k_indices": _top_k_indices,
     **CONV_REFERENCES,
 }
 
@@ -424,6 +435,10 @@ FORWARD_CASES = [
     Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
     Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
     Case("gather_elements", (labels((3, 4), 9), indices((3, 2), 4)), {"axis": 1}),
+    Case("top_k_indices", (Arg((3, 5)),), {"k": 2}),
+    Case("top_k_indices", (Arg((2, 3, 4)),), {"k": 3, "axis": 1, "largest": False}),
+    Case("top_k_indices", (labels((4, 6), 3),), {"k": 3, "axis": 0}),  # ties: lower first
+    Case("top_k_indices", (labels((6,), 2),), {"k": 6, "largest": False}),
     # constructors
     Case("fill", (labels((), 9),), {"shape": (4, 5, 2)}),
     Case("fill", (Arg((), "bool", "bool"),), {"shape": (2, 3)}),

@@ -2,7 +2,7 @@
 refuses, and which ONNX op the export writes back for each opset and dtype."""
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import chainrule
 from chainrule.backends.onnx_backend import export_onnx
@@ -66,3 +66,27 @@ def test_grid_sample_exports_as_gridsample_where_onnxruntime_runs_it(dtype, spat
                         opset)
     assert ("GridSample" in ops) == native
     assert native or "Gather" in ops  # the composition reads rows by a flat index
+
+
+def test_top_k_refuses_a_k_longer_than_its_axis():
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="top")
+    k = numpy_helper.from_array(np.array([5], np.int64), "k")
+    proto = model_of([node], [("x", TensorProto.FLOAT, [2, 4])],
+                     [("values", TensorProto.FLOAT, None), ("indices", TensorProto.INT64, None)],
+                     [k])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert [p.reason for p in caught.value.problems] == ["TopK of k=5 along an axis of 4"]
+
+
+def test_top_k_imports_its_values_and_indices_with_ties_lowest_first():
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="top", largest=0)
+    k = numpy_helper.from_array(np.array([2], np.int64), "k")
+    proto = model_of([node], [("x", TensorProto.FLOAT, [2, 4])],
+                     [("values", TensorProto.FLOAT, None), ("indices", TensorProto.INT64, None)],
+                     [k])
+    model = chainrule.import_onnx(proto)
+    x = np.array([[3.0, 1.0, 1.0, 2.0], [0.5, 4.0, -1.0, 0.0]], np.float32)
+    results = model.run(x=x)
+    np.testing.assert_array_equal(results[model.onnx_names["indices"]], [[1, 2], [2, 3]])
+    np.testing.assert_array_equal(results[model.onnx_names["values"]], [[1.0, 1.0], [-1.0, 0.0]])

@@ -116,6 +116,16 @@ def test_gather_elements_type_errors(positions, axis, message):
         infer_type("gather_elements", [TensorType("f64", (3, 4)), positions], {"axis": axis})
 
 
+@pytest.mark.parametrize("k, axis, message", [
+    (6, -1, "top_k_indices of 6 along axis 1 of f64[3, 5]: k lies in [0, 5]"),
+    (-1, 0, "top_k_indices of -1 along axis 0 of f64[3, 5]: k lies in [0, 3]"),
+    (1, 2, "axis 2 is out of range for rank 2"),
+])
+def test_top_k_indices_type_errors(k, axis, message):
+    with pytest.raises(OpTypeError, match=re.escape(message)):
+        infer_type("top_k_indices", [TensorType("f64", (3, 5))], {"k": k, "axis": axis})
+
+
 # ---- grid_sample -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("x, grid, attrs, message", [

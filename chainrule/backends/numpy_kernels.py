@@ -664,6 +664,17 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
     return c
 
 
+@kernel("top_k_indices")
+def _top_k_indices(x, k, axis, largest):
+    # A stable sort keeps ties in order. For the largest, the sort runs over x reversed and
+    # reads backwards, so that ties still come lowest position first.
+    if not largest:
+        return np.argsort(x, axis=axis, kind="stable").take(np.arange(k), axis=axis)
+    last = x.shape[axis] - 1
+    ascending = np.argsort(np.flip(x, axis=axis), axis=axis, kind="stable")
+    return last - ascending.take(np.arange(last, last - k, -1), axis=axis)
+
+
 # ---- grid_sample: the same steps as its composition (ir/grid_sampling.py), on arrays.
 
 @kernel("grid_sample")

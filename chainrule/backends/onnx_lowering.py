@@ -903,6 +903,15 @@ def _pad(em, node, out, x):
                    em.scalar(node.attrs["value"], _dtype(node))], out)
 
 
+@lowering("top_k_indices")
+def _top_k_indices(em, node, out, x):
+    # TopK's first output, the values, is left to a GatherElements of these as in the graph.
+    em.nodes.append(helper.make_node(
+        "TopK", [x, em.ints([node.attrs["k"]], "k")], [em.fresh("top_k_values"), out], name=out,
+        doc_string=em.doc, axis=node.attrs["axis"], largest=int(node.attrs["largest"]),
+        sorted=1))
+
+
 # ---- grid_sample: ONNX GridSample where onnxruntime runs it, else its composition of
 # primitives (ir/grid_sampling.py). GridSample reads 4-D images (modes bilinear and bicubic)
 # from opset 16, and any rank (modes linear and cubic) from opset 20; onnxruntime runs the

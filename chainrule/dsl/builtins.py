@@ -300,6 +300,16 @@ def _eye(ops, n, dtype):
     return ops.emit("cast", diagonal, dtype=dtype)
 
 
+@composite("top_k", ("x",), {"k": _option(NO_DEFAULT, _int("k"), "k"),
+                             "axis": _option(-1, _int("axis"), "axis"),
+                             "largest": _option(True, _bool("largest"), "largest")})
+def _top_k(ops, x, k, axis, largest):
+    """The k largest (or smallest) values along `axis`, best first: ONNX's TopK values, read
+    at top_k_indices so that their gradient flows back to those positions."""
+    indices = ops.emit("top_k_indices", x, k=k, axis=axis, largest=largest)
+    return ops.emit("gather_elements", x, indices, axis=axis)
+
+
 @composite("zeros_like", ("x",))
 def _zeros_like(ops, x):
     return ops.emit("broadcast_like", ops.constant(0.0, x), x)

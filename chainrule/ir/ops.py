@@ -476,6 +476,18 @@ def _infer_scatter_elements_add(updates, indices, like, axis):
     return updates.with_shape(like.shape)
 
 
+def _infer_top_k_indices(x, k, axis, largest):
+    """The positions of x's k largest (or smallest) elements along `axis`, best first, ties
+    to the lower position (ONNX's TopK, whose values are gather_elements of these)."""
+    _require_numeric("top_k_indices", x)
+    axis = normalize_axis(axis, x.rank)
+    size = x.shape[axis]
+    if k < 0 or isinstance(size, int) and k > size:
+        raise OpTypeError(f"top_k_indices of {k} along axis {axis} of {x}: k lies in "
+                          f"[0, {size}]")
+    return TensorType("i64", tuple(k if i == axis else d for i, d in enumerate(x.shape)))
+
+
 def _infer_dropout_mask(x, p, seed):
     _require_float("dropout", x)
     if not 0.0 <= p < 1.0:
@@ -627,6 +639,9 @@ for _name in ("argmax", "argmin"):
     register(_name, 1, _index_reduction(_name),
              {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},
              traits=("reduction", "nondifferentiable"), numpy=_name)
+register("top_k_indices", 1, _infer_top_k_indices,
+         {"k": AttrSpec("int"), "axis": AttrSpec("int", -1), "largest": AttrSpec("bool", True)},
+         traits=("nondifferentiable", "fresh_result"))
 register("numel", 1, _infer_numel,
          {"axes": AttrSpec("axes", None, dsl_name="axis"), "dtype": AttrSpec("dtype", "f32")},
          traits=("nondifferentiable", "fresh_result"))

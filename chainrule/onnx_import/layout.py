@@ -201,6 +201,19 @@ def _gather_elements(ctx):
     return [ctx.emit("gather_elements", x, _indices(ctx, 1, x.type.shape[axis]), axis=axis)]
 
 
+@converter("TopK")
+def _top_k(ctx):
+    x = ctx.input(0)
+    axis = ctx.axis(ctx.attr("axis", -1), x.type.rank)
+    k = ctx.static_int(1, "TopK's k")
+    if k < 0 or isinstance(x.type.shape[axis], int) and k > x.type.shape[axis]:
+        raise Unsupported(f"TopK of k={k} along an axis of {x.type.shape[axis]}")
+    # Sorted or not, the k come best first: ONNX leaves their order open when unsorted.
+    ctx.attr("sorted", 1)
+    indices = ctx.emit("top_k_indices", x, k=k, axis=axis, largest=bool(ctx.attr("largest", 1)))
+    return [ctx.emit("gather_elements", x, indices, axis=axis), indices]
+
+
 def _broadcast_target(x, target):
     """Expand's bidirectional broadcast as broadcast_to's target (-1 keeps x's dim)."""
     rank = max(len(target), x.type.rank)
