@@ -34,6 +34,15 @@ def _standardised(x, axes, eps):
     return (x - mean) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
 
 
+def _affine_grid(spatial, align_corners=False):
+    def compute(theta):
+        axes = [np.linspace(-1, 1, size) if align_corners else (2 * np.arange(size) + 1) / size - 1
+                for size in spatial]
+        pixels = np.stack([*np.meshgrid(*axes, indexing="ij")[::-1], np.ones(spatial)], axis=-1)
+        return np.einsum("...k,njk->n...j", pixels, theta)
+    return compute
+
+
 def _per_channel(value, rank):
     return value.reshape((-1,) + (1,) * (rank - 2))
 
@@ -87,6 +96,9 @@ CASES = [
     ("x: F[B, 4, 5]", "cumsum(x, axis=-1)", "[B, 4, 5]", lambda x: np.cumsum(x, axis=-1)),
     ("x: F[S, 4]", "cumsum(x, 0)", "[S, 4]", lambda x: np.cumsum(x, axis=0)),
     ("x: F[B, 5]", "top_k(x, 2)", "[B, 2]", lambda x: -np.sort(-x, axis=-1)[:, :2]),
+    ("t: F[B, 2, 3]", "affine_grid(t, (B, 3, 4, 5))", "[B, 4, 5, 2]", _affine_grid((4, 5))),
+    ("t: F[B, 3, 4]", "affine_grid(t, (B, 1, 2, 1, 3), align_corners=true)", "[B, 2, 1, 3, 3]",
+     _affine_grid((2, 1, 3), align_corners=True)),
     ("x: F[4, B]", "top_k(x, k=3, axis=0, largest=false)", "[3, B]",
      lambda x: np.sort(x, axis=0)[:3]),
     ("x: F[B, 4], d: F[4]", "x % (d + 3.0)", "[B, 4]", lambda x, d: np.mod(x, d + 3.0)),
@@ -145,6 +157,10 @@ GRADIENT_MODELS = {
     "log1p": "J = sum(log1p(P * P) * x)",
     "prod": "J = sum(prod(x * P, axis=1) * x[:, 0]) + prod(P, axis=(0, 1))",
     "cumsum": "J = sum(cumsum(x * P, axis=1) * x) + sum(cumsum(P, 0) ** 2)",
+    "affine_grid and grid_sample": "t = reshape(P[0:2, 0:3] * x[0:2, 0:3], (1, 2, 3))\n"
+        "        g = affine_grid(t, (1, 1, 3, 4))\n"
+        "        J = sum(affine_grid(t, (1, 2, 2, 2)) ** 2) + "
+        "sum(grid_sample(reshape(x, (1, 1, 3, 4)), g * 0.7, mode=\"cubic\") * x)",
     "top_k": "J = sum(top_k(x * P, 2) * x[:, 0:2]) + sum(top_k(P, 2, axis=0, largest=false))",
     "% and //": "J = sum((x * 3.0 % (P + 5.0)) ** 2) + sum((x // P) * P) + sum(2.5 % P)",
     "einsum": 'J = sum(einsum("ij,kj->ik", x * P, P) ** 2) + einsum("ij,ij,ij->", x, P, P)',

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import compositions, dims
+from ..ir import compositions, dims, grid_sampling
 from ..ir.einsum import einsum
 from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
@@ -298,6 +298,14 @@ def _eye(ops, n, dtype):
     indices = ops.emit("arange", n=n)
     diagonal = ops.emit("equal", ops.emit("unsqueeze", indices, axes=(1,)), indices)
     return ops.emit("cast", diagonal, dtype=dtype)
+
+
+@composite("affine_grid", ("theta",), {"size": _option(NO_DEFAULT, _shape, "size"),
+                                       "align_corners": _option(False, _bool("align_corners"),
+                                                                "align_corners")})
+def _affine_grid(ops, theta, size, align_corners):
+    """F.affine_grid: size is the image's [N, C, *spatial], whose batch may be symbolic."""
+    return grid_sampling.affine_grid(ops, theta, size, align_corners)
 
 
 @composite("top_k", ("x",), {"k": _option(NO_DEFAULT, _int("k"), "k"),

@@ -200,3 +200,39 @@ def _round_half_to_even(ops, coordinate):
     odd = ops.emit("not_equal", ops.emit("floor", half), half)
     return ops.emit("sub", rounded, ops.emit("cast", ops.emit("logical_and", tie, odd),
                                              dtype=coordinate.type.dtype))
+
+
+def affine_grid(ops, theta, size, align_corners):
+    """The sampling grid of the affine maps theta [N, rank, rank + 1] over an image of `size`
+    [N, C, *spatial] (ONNX's AffineGrid, PyTorch's F.affine_grid): each pixel's normalised
+    coordinates (x, y[, z], 1), innermost axis first, times theta's rows."""
+    spatial = tuple(size[2:])
+    rank = len(spatial)
+    if theta.type.rank != 3 or tuple(theta.type.shape[1:]) != (rank, rank + 1):
+        ops.error(f"affine_grid over {rank} spatial axes needs theta [N, {rank}, {rank + 1}], "
+                  f"got {theta.type}")
+    if not all(isinstance(d, int) and d > 0 for d in spatial):
+        ops.error(f"affine_grid needs spatial sizes of 1 or more, got {list(spatial)}")
+    columns = [_pixel_coordinates(ops, theta, spatial, axis, align_corners)
+               for axis in reversed(range(rank))]
+    ones = ops.emit("fill", ops.constant(1.0, theta), shape=spatial + (1,))
+    homogeneous = ops.emit("concat", *columns, ones, axis=-1)
+    pixels = ops.emit("reshape", homogeneous, shape=(-1, rank + 1))
+    mapped = ops.emit("matmul", pixels, ops.emit("transpose", theta, perm=(0, 2, 1)))
+    return ops.emit("reshape", mapped, shape=(theta.type.shape[0], *spatial, rank))
+
+
+def _pixel_coordinates(ops, like, spatial, axis, align_corners):
+    """Every pixel's normalised coordinate along `axis`, as [*spatial, 1]: pixel centres from
+    -1 to 1 with align_corners (-1 alone for one pixel), else from -1 + 1/size to 1 - 1/size."""
+    size = spatial[axis]
+    if align_corners:
+        step, start = (2.0 / (size - 1) if size > 1 else 0.0), -1.0
+    else:
+        step, start = 2.0 / size, -1.0 + 1.0 / size
+    positions = ops.emit("cast", ops.emit("arange", n=size), dtype=like.type.dtype)
+    line = ops.emit("add", ops.emit("mul", positions, ops.constant(step, like)),
+                    ops.constant(start, like))
+    others = tuple(a for a in range(len(spatial)) if a != axis)
+    placed = ops.emit("unsqueeze", line, axes=others) if others else line
+    return ops.emit("unsqueeze", ops.emit("broadcast_to", placed, shape=spatial), axes=(-1,))
