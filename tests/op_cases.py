@@ -9,6 +9,7 @@ subgradient the rules choose.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -123,6 +124,10 @@ CASES = [
     Case("matmul", (F((2, 3, 4)), F((4,)))),
     Case("matmul", (F((4,)), F((4,)))),
     Case("transpose", (F((2, 3, 4)),), {"perm": (2, 0, 1)}),
+    Case("det", (F((3, 3)),)),
+    Case("det", (F((2, 4, 4)),)),
+    Case("det", (F((2, 1, 1)),)),
+    Case("det", (F((1, 2, 2)),)),
     Case("sum", (F((3, 4)),)),
     Case("sum", (F((2, 3, 4)),), {"axes": (0, 2), "keepdims": True}),
     Case("sum", (F((2, 3, 4)),), {"axes": (-1,), "keepdims": False}),
@@ -342,6 +347,18 @@ def _top_k_indices(x, k, axis, largest):
     return np.moveaxis(result, -1, axis)
 
 
+def _determinant(x):
+    """By the Leibniz formula: a sum over the permutations of signed products."""
+    n = x.shape[-1]
+    total = np.zeros(x.shape[:-2], x.dtype)
+    for permutation in itertools.permutations(range(n)):
+        inversions = sum(a > b for a, b in itertools.combinations(permutation, 2))
+        product = np.prod([x[..., row, column] for row, column in enumerate(permutation)],
+                          axis=0)
+        total += (-1) ** inversions * product
+    return total
+
+
 def _fill(value, shape):
     return np.broadcast_to(value, shape)
 
@@ -401,7 +418,7 @@ REFERENCES = {
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=numpy_dtype(dtype))[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
     "fill": _fill, "arange": lambda n: np.arange(n), "grid_sample": grid_sample,
-    "top_k_indices": _top_k_indices,
+    "top_k_indices": _top_k_indices, "det": _determinant,
     **CONV_REFERENCES,
 }
 

@@ -126,6 +126,30 @@ def test_top_k_indices_type_errors(k, axis, message):
         infer_type("top_k_indices", [TensorType("f64", (3, 5))], {"k": k, "axis": axis})
 
 
+# ---- det -----------------------------------------------------------------------------------------
+
+def test_det_pivots_and_its_gradient_is_the_cofactor_matrix_even_where_singular():
+    """onnxruntime's float64 det is an elimination, which must swap rows at a zero pivot; the
+    gradient is the cofactor matrix, which a singular matrix has too."""
+    model = chainrule.compile(source="""
+    model m(x: f64[3, 3, 3]) {
+        param P: f64[3, 3, 3] = ones()
+        d = det(x)
+        J = sum(det(x * P))
+        return J, d
+    }""")
+    x = np.array([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 4.0]],  # pivots need swaps
+                  [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]],  # singular
+                  [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])  # a permutation
+    cofactors = np.array([[[0.0, -12.0, 0.0], [-8.0, 0.0, 0.0], [0.0, 3.0, -6.0]],
+                          [[4.0, 4.0, -4.0], [-2.0, -2.0, 2.0], [0.0, 0.0, 0.0]],
+                          [[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]]])
+    for backend in ("numpy", "onnxruntime"):
+        assert_close(model.run(backend=backend, x=x)["d"], [-24.0, 0.0, -1.0], 1e-14,
+                     what=backend)
+        assert_close(model.grad(backend=backend, x=x)["P"], cofactors * x, 1e-14, what=backend)
+
+
 # ---- grid_sample -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("x, grid, attrs, message", [

@@ -664,6 +664,11 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
     return c
 
 
+@kernel("det")
+def _det(x):
+    return np.linalg.det(x)
+
+
 @kernel("top_k_indices")
 def _top_k_indices(x, k, axis, largest):
     # A stable sort keeps ties in order. For the largest, the sort runs over x reversed and

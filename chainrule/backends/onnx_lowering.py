@@ -16,7 +16,7 @@ import math
 import numpy as np
 from onnx import helper
 
-from ..ir import ChainruleError, Graph, GraphBuilder, dims, grid_sampling
+from ..ir import ChainruleError, Graph, GraphBuilder, compositions, dims, grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
@@ -901,6 +901,14 @@ def _avg_unpool(em, node, out, g, like):
 def _pad(em, node, out, x):
     em.add("Pad", [x, em.ints(node.attrs["pads"], "pads"),
                    em.scalar(node.attrs["value"], _dtype(node))], out)
+
+
+@lowering("det")
+def _det(em, node, out, x):
+    if _dtype(node) == "f32":
+        em.add("Det", [x], out)
+    else:
+        _lower_composition(em, node, out, compositions.determinant)
 
 
 @lowering("top_k_indices")

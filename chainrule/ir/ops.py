@@ -296,6 +296,14 @@ def _infer_matmul(a, b):
     return TensorType(dtype, matmul_shape(a.shape, b.shape))
 
 
+def _infer_det(x):
+    _require_float("det", x)
+    if x.rank < 2 or not isinstance(x.shape[-1], int) or x.shape[-1] < 1 or \
+            x.shape[-2] != x.shape[-1]:
+        raise OpTypeError(f"det takes square matrices [..., n, n] of a fixed n >= 1, got {x}")
+    return x.with_shape(x.shape[:-2])
+
+
 def _infer_transpose(x, perm):
     if sorted(perm) != list(range(x.rank)):
         raise OpTypeError(f"transpose perm {perm} is not a permutation of the {x.rank} axes "
@@ -658,6 +666,8 @@ CLASS_LABELS = IndexOperand(1, lambda types, attrs: types[0].shape[-1],
 AXES_SPELLED_AXIS = {"axes": AttrSpec("ints", dsl_name="axis")}
 
 register("matmul", 2, _infer_matmul, traits=("linear",), numpy="matmul", onnx="MatMul")
+# onnxruntime's Det is float32 only: float64 exports eliminate (compositions.determinant).
+register("det", 1, _infer_det, traits=("fresh_result",), onnx="Det")
 register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
 register("reshape", 1, _infer_reshape, {"shape": AttrSpec("dims")}, traits=("linear",))
 register("reshape_like", 2, _infer_reshape_like, traits=("linear",), operands=("x", "like"))

@@ -357,6 +357,32 @@ def _matmul(bw, g, a, b, out):
     return grad_a, grad_b
 
 
+@vjp("det")
+def _det(bw, g, x, out):
+    # d det(x) / dx is x's cofactor matrix (det(x) inv(x)ᵀ where x is invertible, and still
+    # defined where it is not): each cofactor the signed det of the minor without its row and
+    # column.
+    n = x.type.shape[-1]
+    spread = bw.emit("unsqueeze", g, axes=(-2, -1))
+    if n == 1:
+        return (bw.emit("broadcast_like", spread, x),)
+    positions, skipped = bw.emit("arange", n=n - 1), bw.emit("arange", n=n)
+    past_skipped = bw.emit("greater_equal", bw.emit("unsqueeze", positions, axes=(0,)),
+                           bw.emit("unsqueeze", skipped, axes=(1,)))
+    without = bw.emit("add", positions, bw.emit("cast", past_skipped, dtype="i64"))  # [n, n-1]
+    minors = bw.emit("take", bw.emit("take", x, without, axis=-2), without, axis=-1)
+    leading = x.type.rank - 2  # minors is [..., row, r, column, c]
+    minors = bw.transpose(minors, (*range(leading), leading, leading + 2, leading + 1,
+                                   leading + 3))
+    parity = bw.emit("cast", bw.emit("add", bw.emit("unsqueeze", skipped, axes=(1,)),
+                                     bw.emit("unsqueeze", skipped, axes=(0,))),
+                     dtype=x.type.dtype)
+    half = bw.emit("mul", parity, bw.constant(0.5, x))
+    odd = bw.emit("sub", half, bw.emit("floor", half))  # 0, or 1/2 where row + column is odd
+    sign = bw.emit("sub", bw.constant(1.0, x), bw.emit("mul", bw.constant(4.0, x), odd))
+    return (bw.emit("mul", spread, bw.emit("mul", sign, bw.emit("det", minors))),)
+
+
 @vjp("transpose")
 def _transpose(bw, g, x, out, perm):
     inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
