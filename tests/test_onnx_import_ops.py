@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 import chainrule
 from chainrule.backends.onnx_backend import export_onnx
 from chainrule.onnx_import import UnsupportedModel
-from support.onnx_models import model_of
+from support.onnx_models import model_of, run_both
 
 
 def _grid_sample_model(opset, **attrs):
@@ -90,3 +90,21 @@ def test_top_k_imports_its_values_and_indices_with_ties_lowest_first():
     results = model.run(x=x)
     np.testing.assert_array_equal(results[model.onnx_names["indices"]], [[1, 2], [2, 3]])
     np.testing.assert_array_equal(results[model.onnx_names["values"]], [[1.0, 1.0], [-1.0, 0.0]])
+
+
+@pytest.mark.parametrize("time_axis", [0, 1])
+def test_reverse_sequence_reverses_each_entrys_steps_and_clamps_lengths(time_axis):
+    node = helper.make_node("ReverseSequence", ["x", "lengths"], ["y"], name="reverse",
+                            time_axis=time_axis, batch_axis=1 - time_axis)
+    shape = [5, 4, 2] if time_axis == 0 else [4, 5, 2]
+    proto = model_of([node], [("x", TensorProto.FLOAT, shape),
+                              ("lengths", TensorProto.INT64, [4])],
+                     [("y", TensorProto.FLOAT, shape)])
+    x = np.arange(40, dtype=np.float32).reshape(shape)
+    lengths = np.array([5, 0, 3, 9])  # 0 keeps all, past the 5 steps reverses all
+    by_batch = np.moveaxis(x, time_axis, 0)
+    expected = by_batch.copy()
+    for batch, length in enumerate(np.clip(lengths, 0, 5)):
+        expected[:length, batch] = by_batch[:length, batch][::-1]
+    result = run_both(chainrule.import_onnx(proto), x=x, lengths=lengths)["y"]
+    np.testing.assert_array_equal(result, np.moveaxis(expected, 0, time_axis))
