@@ -3,6 +3,7 @@ refuses, and which ONNX op the export writes back for each opset and dtype."""
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import chainrule
 from chainrule.backends.onnx_backend import export_onnx
@@ -108,3 +109,36 @@ def test_reverse_sequence_reverses_each_entrys_steps_and_clamps_lengths(time_axi
         expected[:length, batch] = by_batch[:length, batch][::-1]
     result = run_both(chainrule.import_onnx(proto), x=x, lengths=lengths)["y"]
     np.testing.assert_array_equal(result, np.moveaxis(expected, 0, time_axis))
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("transform", ["half_pixel", "output_half_pixel"])
+def test_roi_align_matches_onnxs_reference_for_regions_inside_across_and_outside(mode,
+                                                                                  transform):
+    node = helper.make_node("RoiAlign", ["x", "rois", "batch"], ["y"], name="align", mode=mode,
+                            coordinate_transformation_mode=transform, output_height=3,
+                            output_width=2, sampling_ratio=2, spatial_scale=0.5)
+    proto = model_of([node], [("x", TensorProto.FLOAT, [2, 3, 6, 7]),
+                              ("rois", TensorProto.FLOAT, [4, 4]),
+                              ("batch", TensorProto.INT64, [4])],
+                     [("y", TensorProto.FLOAT, [4, 3, 3, 2])], opset=16)
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.normal(size=(2, 3, 6, 7)).astype(np.float32),
+              "rois": np.array([[1, 2, 9, 11], [-4, -3, 3, 2], [10, 9, 20, 18],
+                                [30, 30, 40, 40]], np.float32),  # the last one outside
+              "batch": np.array([0, 1, 1, 0])}
+    expected = ReferenceEvaluator(proto).run(None, inputs)[0]
+    result = run_both(chainrule.import_onnx(proto), **inputs)["y"]
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_roi_align_reads_a_nan_region_as_zeros():
+    node = helper.make_node("RoiAlign", ["x", "rois", "batch"], ["y"], name="align",
+                            output_height=2, output_width=2, sampling_ratio=1)
+    proto = model_of([node], [("x", TensorProto.FLOAT, [1, 1, 4, 4]),
+                              ("rois", TensorProto.FLOAT, [1, 4]),
+                              ("batch", TensorProto.INT64, [1])],
+                     [("y", TensorProto.FLOAT, [1, 1, 2, 2])], opset=16)
+    result = run_both(chainrule.import_onnx(proto), x=np.ones((1, 1, 4, 4), np.float32),
+                      rois=np.array([[np.nan, 0, 2, 2]], np.float32), batch=np.array([0]))
+    np.testing.assert_array_equal(result["y"], 0.0)

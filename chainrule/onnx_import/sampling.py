@@ -1,5 +1,9 @@
-"""The ONNX op table, sampling an image at points: GridSample, and AffineGrid's points."""
+"""The ONNX op table, sampling an image at points: GridSample, AffineGrid's points, and
+RoiAlign's regions."""
 from __future__ import annotations
+
+import functools
+import itertools
 
 from ..ir import grid_sampling
 from ..ir.ops import GRID_SAMPLE_MODES, GRID_SAMPLE_PADDINGS
@@ -29,3 +33,98 @@ def _affine_grid(ctx):
         raise Unsupported(f"AffineGrid of size {list(size)} (it takes [N, C, H, W] or "
                           f"[N, C, D, H, W])")
     return [grid_sampling.affine_grid(ctx, theta, size, bool(ctx.attr("align_corners", 0)))]
+
+
+@converter("RoiAlign")
+def _roi_align(ctx):
+    """Each region's bins, each the mean (or max) of sampling_ratio² bilinear samples, as a
+    composition: the samples' taps are computed from the regions when the model runs and read
+    as rows of x by flat index. Its max mode takes, per sample, the largest of the four
+    weighted corners rather than the interpolated value, as ONNX defines it."""
+    x, regions, batch = ctx.input(0), ctx.input(1), ctx.input(2)
+    ctx.require_rank(x, 4, 4)
+    if not all(isinstance(d, int) for d in x.type.shape[1:]):
+        raise Unsupported(f"RoiAlign of {x.type} (its channels and spatial sizes must be known)")
+    ratio = ctx.attr("sampling_ratio", 0)
+    if ratio < 1:
+        raise Unsupported("RoiAlign with sampling_ratio=0 (the samples per bin would follow "
+                          "each region's size, known only when the model runs)")
+    mode = ctx.require_attr("mode", ("avg", "max"), "avg")
+    half_pixel = ctx.require_attr("coordinate_transformation_mode",
+                                  ("half_pixel", "output_half_pixel"), "half_pixel") == "half_pixel"
+    out_size = (ctx.positive_attr("output_height", 1), ctx.positive_attr("output_width", 1))
+    scale = ctx.float_attr("spatial_scale", 1.0)
+    channels, height, width = x.type.shape[1:]
+
+    rows = ctx.emit("reshape", ctx.emit("transpose", x, perm=(0, 2, 3, 1)), shape=(-1, channels))
+    last_image = ctx.emit("sub", ctx.emit("numel", x, axes=(0,), dtype="i64"),
+                          ctx.constant(1, "i64"))
+    batch = ctx.emit("minimum", ctx.emit("maximum", batch, ctx.constant(0, batch)), last_image)
+    first_row = ctx.emit("mul", batch, ctx.constant(height * width, batch))
+
+    taps, inside = [], None
+    for axis, (size, bins) in enumerate(zip((height, width), out_size, strict=True)):
+        # The y coordinates (axis 0) of regions' corners are their columns 1 and 3.
+        start, end = (_region_column(ctx, regions, column, scale, half_pixel)
+                      for column in (1 - axis, 3 - axis))
+        extent = ctx.emit("sub", end, start)
+        if not half_pixel:  # the legacy mode makes a region at least one pixel wide
+            extent = ctx.emit("maximum", extent, ctx.constant(1.0, extent))
+        # Sample j of bins · ratio lies (j + 1/2) / ratio bins past the start.
+        fractions = ctx.emit("mul", ctx.emit("add", ctx.emit("cast", ctx.emit(
+            "arange", n=bins * ratio), dtype=x.type.dtype), ctx.constant(0.5, x)),
+            ctx.constant(1.0 / (bins * ratio), x))
+        samples = ctx.emit("add", ctx.emit("unsqueeze", start, axes=(1,)), ctx.emit(
+            "mul", ctx.emit("unsqueeze", extent, axes=(1,)), fractions))  # [R, bins · ratio]
+        axis_taps, axis_inside = _roi_taps(ctx, samples, size)
+        stride = width if axis == 0 else 1
+        taps.append([(ctx.emit("unsqueeze", ctx.emit("mul", index, ctx.constant(stride, index)),
+                               axes=(2 - axis,)),
+                      ctx.emit("unsqueeze", weight, axes=(2 - axis,)))
+                     for index, weight in axis_taps])
+        axis_inside = ctx.emit("unsqueeze", axis_inside, axes=(2 - axis,))
+        inside = axis_inside if inside is None else ctx.emit("logical_and", inside, axis_inside)
+
+    first_row = ctx.emit("unsqueeze", first_row, axes=(1, 2))
+    mask = ctx.emit("cast", inside, dtype=x.type.dtype)
+    corners = []
+    for (row_index, row_weight), (column_index, column_weight) in itertools.product(*taps):
+        index = ctx.emit("add", first_row, ctx.emit("add", row_index, column_index))
+        weight = ctx.emit("mul", mask, ctx.emit("mul", row_weight, column_weight))
+        corners.append(ctx.emit("mul", ctx.emit("take", rows, index, axis=0),
+                                ctx.emit("unsqueeze", weight, axes=(3,))))  # [R, Y, X, C]
+    combine = "add" if mode == "avg" else "maximum"
+    samples = functools.reduce(lambda a, b: ctx.emit(combine, a, b), corners)
+    (out_height, out_width) = out_size
+    samples = ctx.emit("reshape", samples, shape=(-1, out_height, ratio, out_width, ratio,
+                                                  channels))
+    pooled = ctx.emit("mean" if mode == "avg" else "max", samples, axes=(2, 4), keepdims=False)
+    return [ctx.emit("transpose", pooled, perm=(0, 3, 1, 2))]
+
+
+def _region_column(ctx, regions, column, scale, half_pixel):
+    """One corner coordinate of every region [R], in the feature map's pixels."""
+    picked = ctx.emit("squeeze", ctx.emit("slice", regions, starts=(column,), ends=(column + 1,),
+                                          axes=(1,), steps=(1,)), axes=(1,))
+    scaled = ctx.emit("mul", picked, ctx.constant(scale, picked))
+    return ctx.emit("sub", scaled, ctx.constant(0.5, picked)) if half_pixel else scaled
+
+
+def _roi_taps(ctx, samples, size):
+    """The two taps [(row or column index i64, weight)] of RoiAlign's bilinear sampling along
+    one axis of `size`, and which samples lie within [-1, size]: a sample below 0 reads 0,
+    one at or past the last pixel reads the last."""
+    def number(value):
+        return ctx.constant(value, samples)
+    inside = ctx.emit("logical_and", ctx.emit("greater_equal", samples, number(-1.0)),
+                      ctx.emit("less_equal", samples, number(float(size))))
+    # Outside (or NaN) a sample reads pixel 0, with a weight the mask makes 0.
+    position = ctx.emit("where", inside, ctx.emit("maximum", samples, number(0.0)), number(0.0))
+    low = ctx.emit("floor", position)
+    at_end = ctx.emit("greater_equal", low, number(size - 1.0))
+    low = ctx.emit("where", at_end, number(size - 1.0), low)
+    high = ctx.emit("where", at_end, low, ctx.emit("add", low, number(1.0)))
+    position = ctx.emit("where", at_end, low, position)
+    fraction = ctx.emit("sub", position, low)
+    return ([(ctx.emit("cast", low, dtype="i64"), ctx.emit("sub", number(1.0), fraction)),
+             (ctx.emit("cast", high, dtype="i64"), fraction)], inside)
