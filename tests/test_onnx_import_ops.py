@@ -142,3 +142,44 @@ def test_roi_align_reads_a_nan_region_as_zeros():
     result = run_both(chainrule.import_onnx(proto), x=np.ones((1, 1, 4, 4), np.float32),
                       rois=np.array([[np.nan, 0, 2, 2]], np.float32), batch=np.array([0]))
     np.testing.assert_array_equal(result["y"], 0.0)
+
+
+def _deform_conv_model(**attrs):
+    node = helper.make_node("DeformConv", ["x", "w", "offset", "b", "mask"], ["y"],
+                            name="deform", kernel_shape=[2, 3], **attrs)
+    return model_of([node], [("x", TensorProto.FLOAT, [2, 4, 5, 6]),
+                             ("w", TensorProto.FLOAT, [6, 2, 2, 3]),
+                             ("offset", TensorProto.FLOAT, [2, 24, 3, 3]),
+                             ("b", TensorProto.FLOAT, [6]),
+                             ("mask", TensorProto.FLOAT, [2, 12, 3, 3])],
+                    [("y", TensorProto.FLOAT, [2, 6, 3, 3])], opset=19)
+
+
+DEFORM = {"group": 2, "offset_group": 2, "strides": [2, 1], "dilations": [1, 2],
+          "pads": [1, 0, 0, 1]}
+
+
+def test_deform_conv_matches_onnxs_reference_with_groups_strides_and_dilations():
+    proto = _deform_conv_model(**DEFORM)
+    rng = np.random.default_rng(1)
+    inputs = {"x": rng.normal(size=(2, 4, 5, 6)), "w": rng.normal(size=(6, 2, 2, 3)),
+              "offset": rng.normal(scale=1.5, size=(2, 24, 3, 3)),
+              "b": rng.normal(size=6), "mask": rng.uniform(size=(2, 12, 3, 3))}
+    inputs = {name: value.astype(np.float32) for name, value in inputs.items()}
+    expected = ReferenceEvaluator(proto).run(None, inputs)[0]
+    result = run_both(chainrule.import_onnx(proto), **inputs)["y"]
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_deform_conv_without_offsets_is_the_convolution():
+    deformed = chainrule.import_onnx(_deform_conv_model(**DEFORM))
+    plain = chainrule.import_onnx(model_of(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[2, 3],
+                          **{k: v for k, v in DEFORM.items() if k != "offset_group"})],
+        [("x", TensorProto.FLOAT, [2, 4, 5, 6]), ("w", TensorProto.FLOAT, [6, 2, 2, 3]),
+         ("b", TensorProto.FLOAT, [6])], [("y", TensorProto.FLOAT, [2, 6, 3, 3])]))
+    rng = np.random.default_rng(2)
+    x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((2, 4, 5, 6), (6, 2, 2, 3), (6,)))
+    result = deformed.run(x=x, w=w, b=b, offset=np.zeros((2, 24, 3, 3), np.float32),
+                          mask=np.ones((2, 12, 3, 3), np.float32))["y"]
+    np.testing.assert_allclose(result, plain.run(x=x, w=w, b=b)["y"], rtol=1e-5, atol=1e-5)

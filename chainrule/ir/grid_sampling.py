@@ -70,6 +70,16 @@ class _Arithmetic:
 def sample(ops, x, grid, mode, padding_mode, align_corners):
     """grid_sample(x, grid) built from primitive ops."""
     rank = x.type.rank - 2
+    coordinates = [_pixel_coordinate(ops, _grid_coordinate(ops, grid, rank, axis), size,
+                                     align_corners)
+                   for axis, size in enumerate(x.type.shape[2:])]
+    return sample_at(ops, x, coordinates, mode, padding_mode, align_corners)
+
+
+def sample_at(ops, x, coordinates, mode, padding_mode, align_corners):
+    """x [N, C, *spatial] read at points given in pixels, one [N, *out] per spatial axis (0
+    is the first pixel's centre): [N, C, *out]. align_corners places the reflection's bounds."""
+    rank = x.type.rank - 2
     channels, sizes = x.type.shape[1], x.type.shape[2:]
     # x as rows of channels, one row per (batch, pixel): a tap reads a row by its flat index.
     channels_last = ops.emit("transpose", x, perm=(0, *range(2, rank + 2), 1))
@@ -83,10 +93,9 @@ def sample(ops, x, grid, mode, padding_mode, align_corners):
 
     axes_taps = []
     stride = pixels
-    for axis, size in enumerate(sizes):
+    for coordinate, size in zip(coordinates, sizes, strict=True):
         stride //= size
-        normalised = _grid_coordinate(ops, grid, rank, axis)
-        axes_taps.append(_taps(ops, normalised, size, stride, mode, padding_mode, align_corners))
+        axes_taps.append(_taps(ops, coordinate, size, stride, mode, padding_mode, align_corners))
 
     result = None
     for combination in itertools.product(*axes_taps):
@@ -120,13 +129,17 @@ def _grid_coordinate(ops, grid, rank, axis):
     return ops.emit("squeeze", column, axes=(last,))
 
 
-def _taps(ops, normalised, size, stride, mode, padding_mode, align_corners):
+def _pixel_coordinate(ops, normalised, size, align_corners):
+    """A normalised coordinate of [-1, 1] in pixels along an axis of `size`."""
+    scale = (size - 1) / 2 if align_corners else size / 2
+    return ops.emit("add", ops.emit("mul", normalised, ops.constant(scale, normalised)),
+                    ops.constant((size - 1) / 2, normalised))
+
+
+def _taps(ops, coordinate, size, stride, mode, padding_mode, align_corners):
     """[(flat index offset i64, weight or None, inside-the-image bool or None)] per tap."""
     def number(value):
-        return ops.constant(value, normalised)
-    scale = (size - 1) / 2 if align_corners else size / 2
-    coordinate = ops.emit("add", ops.emit("mul", normalised, number(scale)),
-                          number((size - 1) / 2))
+        return ops.constant(value, coordinate)
     if mode == "nearest":
         coordinate = _round_half_to_even(ops, coordinate)
     if mode != "cubic":

@@ -1,12 +1,15 @@
-"""The ONNX op table, sampling an image at points: GridSample, AffineGrid's points, and
-RoiAlign's regions."""
+"""The ONNX op table, sampling an image at points: GridSample, AffineGrid's points,
+RoiAlign's regions and DeformConv's moved taps."""
 from __future__ import annotations
 
 import functools
 import itertools
 
+import numpy as np
+
 from ..ir import grid_sampling
 from ..ir.ops import GRID_SAMPLE_MODES, GRID_SAMPLE_PADDINGS
+from ..ir.types import NUMPY_DTYPES
 from .context import Unsupported, converter
 
 # Opsets 16 to 19 name the interpolating modes after the 2-D case.
@@ -128,3 +131,77 @@ def _roi_taps(ctx, samples, size):
     fraction = ctx.emit("sub", position, low)
     return ([(ctx.emit("cast", low, dtype="i64"), ctx.emit("sub", number(1.0), fraction)),
              (ctx.emit("cast", high, dtype="i64"), fraction)], inside)
+
+
+@converter("DeformConv")
+def _deform_conv(ctx):
+    """A 2-D convolution whose taps read x at their positions moved by `offset` (and weighed
+    by `mask`): each offset group's channels sampled as grid_sample samples (bilinear, zeros
+    outside) at every tap of every output position, then the convolution as one grouped
+    matmul."""
+    x, w, offset = ctx.input(0), ctx.input(1), ctx.input(2)
+    ctx.require_rank(x, 4, 4)
+    if not all(isinstance(d, int) for d in (*x.type.shape[1:], *w.type.shape)):
+        raise Unsupported(f"DeformConv of {x.type} with weights {w.type} (channels, spatial and "
+                          f"kernel sizes must be known)")
+    channels, height, width = x.type.shape[1:]
+    out_channels, group_channels, *kernel = w.type.shape
+    strides = ctx.require_length(ctx.attr("strides", (1, 1)), 2, "strides")
+    dilations = ctx.require_length(ctx.attr("dilations", (1, 1)), 2, "dilations")
+    pads = ctx.require_length(ctx.attr("pads", (0, 0, 0, 0)), 4, "pads")
+    if tuple(ctx.attr("kernel_shape", kernel)) != tuple(kernel):
+        raise Unsupported(f"DeformConv's kernel_shape differs from its weights' {kernel}")
+    groups, offset_groups = ctx.positive_attr("group", 1), ctx.positive_attr("offset_group", 1)
+    if channels % offset_groups or group_channels * groups != channels or \
+            out_channels % groups:
+        raise Unsupported(f"DeformConv of {channels} channels with group={groups}, "
+                          f"offset_group={offset_groups} and weights {w.type}")
+    taps = kernel[0] * kernel[1]
+    out_size = tuple((size + pads[axis] + pads[axis + 2] - dilations[axis] * (k - 1) - 1)
+                     // strides[axis] + 1
+                     for axis, (size, k) in enumerate(zip((height, width), kernel, strict=True)))
+    if tuple(offset.type.shape[1:]) != (offset_groups * taps * 2, *out_size):
+        raise Unsupported(f"DeformConv's offset {offset.type} (it takes [N, "
+                          f"{offset_groups * taps * 2}, {out_size[0]}, {out_size[1]}])")
+    moved = ctx.emit("reshape", offset, shape=(-1, offset_groups, taps, 2, *out_size))
+    positions = []  # per axis, [N, offset groups, taps, out height, out width]
+    for axis in range(2):
+        along = ctx.emit("squeeze", ctx.emit("slice", moved, starts=(axis,), ends=(axis + 1,),
+                                             axes=(3,), steps=(1,)), axes=(3,))
+        positions.append(ctx.emit("add", along, ctx.known_tensor(
+            _tap_positions(axis, kernel, out_size, strides, dilations, pads, x.type.dtype),
+            "tap_positions")))
+    per_group = channels // offset_groups
+    sampled = []
+    for group in range(offset_groups):
+        image = ctx.emit("slice", x, starts=(group * per_group,),
+                         ends=((group + 1) * per_group,), axes=(1,), steps=(1,))
+        points = [ctx.emit("reshape", ctx.emit("slice", position, starts=(group,),
+                                               ends=(group + 1,), axes=(1,), steps=(1,)),
+                           shape=(-1, taps * out_size[0], out_size[1]))
+                  for position in positions]
+        sampled.append(grid_sampling.sample_at(ctx, image, points, "linear", "zeros", False))
+    columns = ctx.emit("concat", *sampled, axis=1) if offset_groups > 1 else sampled[0]
+    if ctx.has_input(4):
+        columns = ctx.emit("mul", ctx.emit("reshape", columns, shape=(
+            -1, offset_groups, per_group, taps, *out_size)), ctx.emit(
+            "reshape", ctx.input(4), shape=(-1, offset_groups, 1, taps, *out_size)))
+    columns = ctx.emit("reshape", columns, shape=(
+        -1, groups, group_channels * taps, out_size[0] * out_size[1]))
+    weights = ctx.emit("reshape", w, shape=(groups, out_channels // groups,
+                                            group_channels * taps))
+    result = ctx.emit("reshape", ctx.emit("matmul", weights, columns),
+                      shape=(-1, out_channels, *out_size))
+    if ctx.has_input(3):
+        result = ctx.emit("add", result, ctx.emit("reshape", ctx.input(3),
+                                                  shape=(out_channels, 1, 1)))
+    return [result]
+
+
+def _tap_positions(axis, kernel, out_size, strides, dilations, pads, dtype):
+    """The pixel each tap of each output position reads along `axis` before its offset:
+    [taps, out height, out width], taps in the kernel's row-major order."""
+    tap = np.indices(kernel)[axis].reshape(-1, 1, 1)
+    output = np.indices(out_size)[axis][None]
+    return (output * strides[axis] - pads[axis] + tap * dilations[axis]).astype(
+        NUMPY_DTYPES[dtype])
