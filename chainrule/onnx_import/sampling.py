@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir import grid_sampling
 from ..ir.ops import GRID_SAMPLE_MODES, GRID_SAMPLE_PADDINGS
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import numpy_dtype
 from .context import Unsupported, converter
 
 # Opsets 16 to 19 name the interpolating modes after the 2-D case.
@@ -204,4 +204,4 @@ def _tap_positions(axis, kernel, out_size, strides, dilations, pads, dtype):
     tap = np.indices(kernel)[axis].reshape(-1, 1, 1)
     output = np.indices(out_size)[axis][None]
     return (output * strides[axis] - pads[axis] + tap * dilations[axis]).astype(
-        NUMPY_DTYPES[dtype])
+        numpy_dtype(dtype))
