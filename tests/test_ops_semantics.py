@@ -126,6 +126,32 @@ def test_top_k_indices_type_errors(k, axis, message):
         infer_type("top_k_indices", [TensorType("f64", (3, 5))], {"k": k, "axis": axis})
 
 
+@pytest.mark.parametrize("dtype", ["u64", "u32", "u16", "i8", "f16"])
+def test_top_k_indices_rank_every_dtype_alike_on_both_backends(dtype):
+    """onnxruntime's TopK lacks some dtypes; the export ranks those in one it has, in the
+    same order (u64 across 2**63 included)."""
+    values = {"u64": [2 ** 64 - 1, 0, 2 ** 63, 2 ** 63 - 1, 5, 2 ** 63],
+              "u32": [2 ** 32 - 1, 0, 2 ** 31, 7, 5, 2 ** 31]}.get(dtype, [3, 0, 100, -1, 5, 100])
+    if dtype.startswith("u"):
+        values = [v if v >= 0 else 1 for v in values]
+    graph = forward_graph(Case("top_k_indices", (Arg((6,), dtype),), {"k": 4}))
+    x = np.array(values, dtype=numpy_dtype(dtype))
+    for backend in ("numpy", "onnxruntime"):
+        result = get_backend(backend).run(graph, {"a0": x}, {})["out"]
+        np.testing.assert_array_equal(result, np.argsort(-np.array(values, dtype=object),
+                                                         kind="stable")[:4].astype(np.int64),
+                                      err_msg=backend)
+
+
+def test_top_k_indices_of_bf16_values_inside_a_graph_on_both_backends():
+    model = chainrule.compile(source="model m(x: f32[6]) {\n"
+                                     "  return top_k_indices(bf16(x), 3)\n}\n")
+    x = np.array([0.5, 3.0, -1.0, 3.0, 2.0, 1.0], np.float32)
+    for backend in ("numpy", "onnxruntime"):
+        (result,) = model.run(backend=backend, x=x).values()
+        np.testing.assert_array_equal(result, [1, 3, 4], err_msg=backend)
+
+
 # ---- det -----------------------------------------------------------------------------------------
 
 def test_det_pivots_and_its_gradient_is_the_cofactor_matrix_even_where_singular():
