@@ -466,6 +466,43 @@ for _rank in (1, 2):
     composite(f"avg_pool{_rank}d", ("x",), AVG_POOL_OPTIONS)(_pool("avg_pool", _rank))
 
 
+@composite("deform_conv2d", ("x", "offset", "w", "bias", "mask"), {
+    "stride": CONV_OPTIONS["stride"], "padding": _option(0, _ints("padding"), "padding"),
+    "dilation": CONV_OPTIONS["dilation"]}, optional=("bias", "mask"))
+def _deform_conv2d(ops, x, offset, w, bias=None, mask=None, *, stride, padding, dilation):
+    """torchvision's deform_conv2d: the groups and offset groups follow from the shapes of w
+    and offset."""
+    kernel = _conv_weight(ops, w, 2, "out_channels, in_channels / groups")
+    sizes = (x.type.shape[1], w.type.shape[1], offset.type.shape[1], *kernel)
+    if x.type.rank != 4 or not all(isinstance(d, int) and d > 0 for d in sizes):
+        ops.error(f"deform_conv2d takes x [N, C, H, W] and offset [N, 2·groups·kH·kW, ...] of "
+                  f"known channels, got {x.type} and {offset.type}")
+    return grid_sampling.deform_conv(
+        ops, x, w, offset, bias, mask, strides=_per_axis(ops, "stride", stride, 2),
+        pads=_per_axis(ops, "padding", padding, 2) * 2,
+        dilations=_per_axis(ops, "dilation", dilation, 2),
+        groups=x.type.shape[1] // w.type.shape[1],
+        offset_groups=offset.type.shape[1] // (2 * kernel[0] * kernel[1]))
+
+
+@composite("roi_align", ("x", "boxes", "batch_indices"), {
+    "output_size": _option(NO_DEFAULT, _ints("output_size"), "output_size"),
+    "spatial_scale": _option(1.0, _float("spatial_scale"), "spatial_scale"),
+    "sampling_ratio": _option(2, _int("sampling_ratio"), "sampling_ratio"),
+    "aligned": _option(False, _bool("aligned"), "aligned"),
+    "mode": _option(StringLiteral("avg"), _choice("mode", "avg", "max"), "mode")})
+def _roi_align(ops, x, boxes, batch_indices, output_size, spatial_scale, sampling_ratio,
+               aligned, mode):
+    """torchvision's roi_align with each box's image index given apart, as ONNX's RoiAlign
+    takes them: boxes [K, 4] of (x1, y1, x2, y2), batch_indices i64 [K]."""
+    if sampling_ratio < 1:
+        ops.error(f"sampling_ratio must be 1 or more (samples per bin along each axis), not "
+                  f"{sampling_ratio}")
+    return grid_sampling.roi_align(ops, x, boxes, batch_indices,
+                                   _per_axis(ops, "output_size", output_size, 2),
+                                   sampling_ratio, spatial_scale, aligned, mode)
+
+
 @composite("global_avg_pool", ("x",))
 def _global_avg_pool(ops, x):
     """The mean over the spatial axes, kept as size 1: [N, C, 1, 1], as PyTorch's

@@ -249,3 +249,161 @@ def _pixel_coordinates(ops, like, spatial, axis, align_corners):
     others = tuple(a for a in range(len(spatial)) if a != axis)
     placed = ops.emit("unsqueeze", line, axes=others) if others else line
     return ops.emit("unsqueeze", ops.emit("broadcast_to", placed, shape=spatial), axes=(-1,))
+
+
+def roi_align(ops, x, regions, batch, out_size, ratio, scale, half_pixel, mode):
+    """ONNX's RoiAlign (torchvision's roi_align): each region [x1, y1, x2, y2] of image
+    batch[r] cut into out_size bins, each the mean (or max) of ratio² bilinear samples. The
+    samples' taps are computed from the regions when the model runs and read as rows of x by
+    flat index; a sample below 0 reads 0, one at or past the last pixel reads the last, one
+    beyond [-1, size] (or NaN) reads nothing. Its max mode takes, per sample, the largest of
+    the four weighted corners rather than the interpolated value, as ONNX defines it."""
+    if not all(isinstance(d, int) for d in x.type.shape[1:]):
+        ops.error(f"roi_align of {x.type}: its channels and spatial sizes must be known")
+    if regions.type.rank != 2 or regions.type.shape[1] != 4 or batch.type.dtype != "i64" or \
+            batch.type.rank != 1:
+        ops.error(f"roi_align takes regions [R, 4] and i64 batch indices [R], got "
+                  f"{regions.type} and {batch.type}")
+    channels, height, width = x.type.shape[1:]
+    rows = ops.emit("reshape", ops.emit("transpose", x, perm=(0, 2, 3, 1)), shape=(-1, channels))
+    last_image = ops.emit("sub", ops.emit("numel", x, axes=(0,), dtype="i64"),
+                          ops.constant(1, batch))
+    batch = ops.emit("minimum", ops.emit("maximum", batch, ops.constant(0, batch)), last_image)
+    first_row = ops.emit("mul", batch, ops.constant(height * width, batch))
+
+    taps, inside = [], None
+    for axis, (size, bins) in enumerate(zip((height, width), out_size, strict=True)):
+        # The y coordinates (axis 0) of the regions' corners are their columns 1 and 3.
+        start, end = (_region_column(ops, regions, column, scale, half_pixel)
+                      for column in (1 - axis, 3 - axis))
+        extent = ops.emit("sub", end, start)
+        if not half_pixel:  # the legacy transform makes a region at least one pixel wide
+            extent = ops.emit("maximum", extent, ops.constant(1.0, extent))
+        # Sample j of bins · ratio lies (j + 1/2) / ratio bins past the start.
+        steps = ops.emit("cast", ops.emit("arange", n=bins * ratio), dtype=x.type.dtype)
+        fractions = ops.emit("mul", ops.emit("add", steps, ops.constant(0.5, x)),
+                             ops.constant(1.0 / (bins * ratio), x))
+        samples = ops.emit("add", ops.emit("unsqueeze", start, axes=(1,)), ops.emit(
+            "mul", ops.emit("unsqueeze", extent, axes=(1,)), fractions))  # [R, bins · ratio]
+        axis_taps, axis_inside = _region_taps(ops, samples, size)
+        stride = width if axis == 0 else 1
+        taps.append([(ops.emit("unsqueeze", ops.emit("mul", index, ops.constant(stride, index)),
+                               axes=(2 - axis,)),
+                      ops.emit("unsqueeze", weight, axes=(2 - axis,)))
+                     for index, weight in axis_taps])
+        inside = _combined(ops, "logical_and", inside,
+                           ops.emit("unsqueeze", axis_inside, axes=(2 - axis,)))
+
+    first_row = ops.emit("unsqueeze", first_row, axes=(1, 2))
+    mask = ops.emit("cast", inside, dtype=x.type.dtype)
+    samples = None
+    for (row_index, row_weight), (column_index, column_weight) in itertools.product(*taps):
+        index = ops.emit("add", first_row, ops.emit("add", row_index, column_index))
+        weight = ops.emit("mul", mask, ops.emit("mul", row_weight, column_weight))
+        corner = ops.emit("mul", ops.emit("take", rows, index, axis=0),
+                          ops.emit("unsqueeze", weight, axes=(3,)))  # [R, Y, X, C]
+        samples = _combined(ops, "add" if mode == "avg" else "maximum", samples, corner)
+    out_height, out_width = out_size
+    samples = ops.emit("reshape", samples, shape=(-1, out_height, ratio, out_width, ratio,
+                                                  channels))
+    pooled = ops.emit("mean" if mode == "avg" else "max", samples, axes=(2, 4), keepdims=False)
+    return ops.emit("transpose", pooled, perm=(0, 3, 1, 2))
+
+
+def _region_column(ops, regions, column, scale, half_pixel):
+    """One corner coordinate of every region [R], in the feature map's pixels."""
+    picked = ops.emit("squeeze", ops.emit("slice", regions, starts=(column,), ends=(column + 1,),
+                                          axes=(1,), steps=(1,)), axes=(1,))
+    scaled = ops.emit("mul", picked, ops.constant(scale, picked))
+    return ops.emit("sub", scaled, ops.constant(0.5, picked)) if half_pixel else scaled
+
+
+def _region_taps(ops, samples, size):
+    """The two taps [(row or column index i64, weight)] of RoiAlign's bilinear sampling along
+    one axis of `size`, and which samples lie within [-1, size]."""
+    def number(value):
+        return ops.constant(value, samples)
+    inside = ops.emit("logical_and", ops.emit("greater_equal", samples, number(-1.0)),
+                      ops.emit("less_equal", samples, number(float(size))))
+    # Outside (or NaN) a sample reads pixel 0, with a weight the mask makes 0.
+    position = ops.emit("where", inside, ops.emit("maximum", samples, number(0.0)), number(0.0))
+    low = ops.emit("floor", position)
+    at_end = ops.emit("greater_equal", low, number(size - 1.0))
+    low = ops.emit("where", at_end, number(size - 1.0), low)
+    high = ops.emit("where", at_end, low, ops.emit("add", low, number(1.0)))
+    position = ops.emit("where", at_end, low, position)
+    fraction = ops.emit("sub", position, low)
+    return ([(ops.emit("cast", low, dtype="i64"), ops.emit("sub", number(1.0), fraction)),
+             (ops.emit("cast", high, dtype="i64"), fraction)], inside)
+
+
+def deform_conv(ops, x, w, offset, bias, mask, strides, pads, dilations, groups,
+                offset_groups):
+    """ONNX's DeformConv (torchvision's deform_conv2d), 2-D: a convolution whose taps read x
+    at their positions moved by `offset` [N, offset_groups · taps · 2 (y, x), *out] and
+    weighed by `mask` [N, offset_groups · taps, *out] (None: 1): each offset group's channels
+    sampled as grid_sample samples (bilinear, zeros outside) at every tap of every output
+    position, then the convolution as one grouped matmul."""
+    if x.type.rank != 4 or not all(isinstance(d, int) for d in (*x.type.shape[1:],
+                                                                  *w.type.shape)):
+        ops.error(f"deform_conv of {x.type} with weights {w.type}: it takes [N, C, H, W] with "
+                  f"known channels, spatial and kernel sizes")
+    channels, height, width = x.type.shape[1:]
+    out_channels, group_channels, *kernel = w.type.shape
+    if channels % offset_groups or group_channels * groups != channels or \
+            out_channels % groups:
+        ops.error(f"deform_conv of {channels} channels with groups={groups}, "
+                  f"offset_groups={offset_groups} and weights {w.type}")
+    taps = kernel[0] * kernel[1]
+    out_size = tuple((size + pads[axis] + pads[axis + 2] - dilations[axis] * (k - 1) - 1)
+                     // strides[axis] + 1
+                     for axis, (size, k) in enumerate(zip((height, width), kernel, strict=True)))
+    if tuple(offset.type.shape[1:]) != (offset_groups * taps * 2, *out_size):
+        ops.error(f"deform_conv's offset {offset.type} must be [N, {offset_groups * taps * 2}, "
+                  f"{out_size[0]}, {out_size[1]}]")
+    moved = ops.emit("reshape", offset, shape=(-1, offset_groups, taps, 2, *out_size))
+    positions = []  # per axis, [N, offset groups, taps, out height, out width]
+    for axis in range(2):
+        along = ops.emit("squeeze", ops.emit("slice", moved, starts=(axis,), ends=(axis + 1,),
+                                             axes=(3,), steps=(1,)), axes=(3,))
+        positions.append(ops.emit("add", along, _tap_positions(
+            ops, x, axis, kernel, out_size, strides[axis], dilations[axis], pads[axis])))
+    per_group = channels // offset_groups
+    sampled = []
+    for group in range(offset_groups):
+        image = ops.emit("slice", x, starts=(group * per_group,),
+                         ends=((group + 1) * per_group,), axes=(1,), steps=(1,))
+        points = [ops.emit("reshape", ops.emit("slice", position, starts=(group,),
+                                               ends=(group + 1,), axes=(1,), steps=(1,)),
+                           shape=(-1, taps * out_size[0], out_size[1]))
+                  for position in positions]
+        sampled.append(sample_at(ops, image, points, "linear", "zeros", False))
+    columns = ops.emit("concat", *sampled, axis=1) if offset_groups > 1 else sampled[0]
+    if mask is not None:
+        columns = ops.emit("mul", ops.emit("reshape", columns, shape=(
+            -1, offset_groups, per_group, taps, *out_size)), ops.emit(
+            "reshape", mask, shape=(-1, offset_groups, 1, taps, *out_size)))
+    columns = ops.emit("reshape", columns, shape=(
+        -1, groups, group_channels * taps, out_size[0] * out_size[1]))
+    weights = ops.emit("reshape", w, shape=(groups, out_channels // groups,
+                                            group_channels * taps))
+    result = ops.emit("reshape", ops.emit("matmul", weights, columns),
+                      shape=(-1, out_channels, *out_size))
+    if bias is not None:
+        result = ops.emit("add", result, ops.emit("reshape", bias, shape=(out_channels, 1, 1)))
+    return result
+
+
+def _tap_positions(ops, like, axis, kernel, out_size, stride, dilation, pad):
+    """The pixel each tap of each output position reads along `axis` (0: y, 1: x) before its
+    offset: [taps, out height, out width], taps in the kernel's row-major order."""
+    tap = ops.emit("mul", ops.emit("cast", ops.emit("arange", n=kernel[axis]),
+                                   dtype=like.type.dtype), ops.constant(dilation, like))
+    # The tap's own row (axis 0) or column (axis 1) in the kernel, for every tap in order.
+    tap = ops.emit("reshape", ops.emit("broadcast_to", ops.emit(
+        "unsqueeze", tap, axes=(1 - axis,)), shape=tuple(kernel)), shape=(-1, 1, 1))
+    out = ops.emit("mul", ops.emit("cast", ops.emit("arange", n=out_size[axis]),
+                                   dtype=like.type.dtype), ops.constant(stride, like))
+    out = ops.emit("sub", out, ops.constant(pad, like))
+    out = ops.emit("unsqueeze", out, axes=(0, 2) if axis == 0 else (0, 1))
+    return ops.emit("add", tap, out)
