@@ -1,9 +1,11 @@
-"""grid_sample as a composition of primitive ops: what the op computes, written once against the
-`ops` face of compositions.py (`ops.emit(op, *inputs, **attrs)`, `ops.constant(value, like)`).
+"""Sampling images at points, as compositions of primitive ops written once against the `ops`
+face of compositions.py (`ops.emit(op, *inputs, **attrs)`, `ops.constant(value, like)`):
+grid_sample's (`sample`), and affine_grid, roi_align and deform_conv, which the DSL's built-ins
+and the ONNX importer both build.
 
-Its derivative rule differentiates this composition through the rules of its parts, and the
-ONNX export writes it where onnxruntime has no GridSample for the dtype, rank or opset. Along
-each spatial axis a point's coordinate is denormalised, padded (clamped or reflected into the
+grid_sample is an op of its own: its derivative rule differentiates `sample` through the
+rules of its parts, and the ONNX export writes `sample` where onnxruntime has no GridSample for
+the dtype, rank or opset. Along each spatial axis a point's coordinate is denormalised, padded (clamped or reflected into the
 image, for nearest and linear modes), and split into taps: the nearest index, the two of
 linear interpolation or the four of Keys' cubic convolution (a = -0.75), each with its weight.
 Every combination of one tap per axis reads a row of x's channels by one flat index (`take`),
@@ -109,7 +111,7 @@ def sample_at(ops, x, coordinates, mode, padding_mode, align_corners):
         read = ops.emit("take", rows, index, axis=0)  # [batch, *out, channels]
         if weight is not None:
             read = ops.emit("mul", read, ops.emit("unsqueeze", weight, axes=(-1,)))
-        result = read if result is None else ops.emit("add", result, read)
+        result = _combined(ops, "add", result, read)
     return ops.emit("transpose", result, perm=(0, rank + 1, *range(1, rank + 1)))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 from ..ir import Graph, GraphBuilder, Node, Value, dims, grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
@@ -24,13 +25,17 @@ VJP_RULES, vjp = rule_table()
 
 
 class Backward:
-    """Emits the backward nodes for one forward node, tagged with that node's location."""
+    """Emits the backward nodes for one forward node, tagged with that node's location.
+    `reverse_part(builder, graph, seeds, wrt, prefix)` is autodiff's own walk over a graph's
+    nodes, which a rule may run over a composition it emits (`through_composition`)."""
 
-    def __init__(self, builder: GraphBuilder, node: Node, name_hint: str, active: set):
+    def __init__(self, builder: GraphBuilder, node: Node, name_hint: str, active: set,
+                 reverse_part: Callable):
         self.builder = builder
         self.node = node
         self.name_hint = name_hint
         self.active = active
+        self.reverse_part = reverse_part
 
     def wants(self, value: Value) -> bool:
         """Whether `value` needs a cotangent; rules skip the work for inputs that do not."""
@@ -66,16 +71,13 @@ class Backward:
         """The cotangents of `inputs` (None for those not wanted) for an op whose value is
         `compose(self, *inputs)`, a composition of ops that have rules: the composition is
         emitted here and reversed through their rules, as autodiff reverses any graph."""
-        # autodiff imports this module for its rules, so its walk is imported when called.
-        from .activity import active_values
-        from .autodiff import reverse
         start = len(self.builder.graph.nodes)
         composed = compose(self, *inputs)
         view = Graph(f"{self.node.op}.composed", list(inputs), [],
                      self.builder.graph.nodes[start:])
         wanted = [value for value in inputs if self.wants(value)]
-        grads = reverse(self.builder, view, [(composed, cotangent)], wanted,
-                        active_values(view, [composed], wanted), f"{self.name_hint}.")
+        grads = self.reverse_part(self.builder, view, [(composed, cotangent)], wanted,
+                                  f"{self.name_hint}.")
         return tuple(grads[value.name] if value in wanted else None for value in inputs)
 
     def zeros_like(self, value: Value) -> Value:
