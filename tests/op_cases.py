@@ -9,6 +9,7 @@ subgradient the rules choose.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -18,13 +19,16 @@ from chainrule.ir import Graph, GraphBuilder, Value
 from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.ir.types import TensorType, numpy_dtype
 from support.conv_reference import REFERENCES as CONV_REFERENCES
+from support.sampling_reference import grid_sample
 
 
 @dataclass(frozen=True)
 class Arg:
     shape: tuple
     dtype: str = "f64"
-    domain: str = "any"  # any | positive | away_from_zero | labels:N | indices:N | bool
+    # any | positive | away_from_zero | inside_unit (|x| < 0.9) | above_one (x > 1.2) |
+    # labels:N | indices:N | bool
+    domain: str = "any"
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,31 @@ CASES = [
     Case("sin", (F(()),)),
     Case("cos", (F((4, 5)),)),
     Case("cos", (F(()),)),
+    Case("tan", (F((4, 5), domain="inside_unit"),)),
+    Case("asin", (F((4, 5), domain="inside_unit"),)),
+    Case("acos", (F((4, 5), domain="inside_unit"),)),
+    Case("acos", (F((), domain="inside_unit"),)),
+    Case("atan", (F((4, 5)),)),
+    Case("sinh", (F((4, 5)),)),
+    Case("cosh", (F((4, 5)),)),
+    Case("asinh", (F((4, 5)),)),
+    Case("acosh", (F((4, 5), domain="above_one"),)),
+    Case("atanh", (F((4, 5), domain="inside_unit"),)),
     Case("log1p", (F((4, 5), domain="positive"),)),
+    # sampling: points inside and outside the image, in every mode and padding
+    Case("grid_sample", (F((2, 3, 4, 5)), F((2, 3, 2, 2)))),
+    Case("grid_sample", (F((1, 2, 3, 4)), F((1, 2, 3, 2), domain="inside_unit")),
+         {"mode": "cubic", "align_corners": True}),
+    Case("grid_sample", (F((1, 2, 3, 4)), F((1, 3, 2, 2))),
+         {"mode": "cubic", "padding_mode": "border"}),
+    Case("grid_sample", (F((1, 2, 3, 4)), F((1, 3, 2, 2))),
+         {"mode": "linear", "padding_mode": "reflection", "align_corners": True}),
+    Case("grid_sample", (F((2, 1, 3, 3)), F((2, 2, 2, 2))),
+         {"mode": "nearest", "padding_mode": "reflection"}),
+    Case("grid_sample", (F((1, 2, 2, 3, 4)), F((1, 2, 1, 2, 3))), {"padding_mode": "border"}),
+    Case("grid_sample", (F((1, 1, 2, 3, 3)), F((1, 1, 2, 2, 3))),
+         {"mode": "cubic", "padding_mode": "reflection"}),
+    Case("grid_sample", (F((2, 2, 5)), F((2, 3, 1))), {"mode": "cubic"}),
     Case("log1p", (F((), domain="positive"),)),
     Case("where", (Arg((3, 4), "bool", "bool"), F((3, 4)), F((4,)))),
     Case("cast", (F((3,)),), {"dtype": "f64"}),
@@ -96,6 +124,10 @@ CASES = [
     Case("matmul", (F((2, 3, 4)), F((4,)))),
     Case("matmul", (F((4,)), F((4,)))),
     Case("transpose", (F((2, 3, 4)),), {"perm": (2, 0, 1)}),
+    Case("det", (F((3, 3)),)),
+    Case("det", (F((2, 4, 4)),)),
+    Case("det", (F((2, 1, 1)),)),
+    Case("det", (F((1, 2, 2)),)),
     Case("sum", (F((3, 4)),)),
     Case("sum", (F((2, 3, 4)),), {"axes": (0, 2), "keepdims": True}),
     Case("sum", (F((2, 3, 4)),), {"axes": (-1,), "keepdims": False}),
@@ -305,6 +337,28 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b):
     return alpha * _gemm(a, b, trans_a, trans_b) + beta * c
 
 
+def _top_k_indices(x, k, axis, largest):
+    rows = np.moveaxis(x, axis, -1)
+    result = np.empty(rows.shape[:-1] + (k,), np.int64)
+    for where in np.ndindex(*rows.shape[:-1]):
+        row = rows[where].tolist()
+        ranked = sorted(range(len(row)), key=lambda i: (-row[i] if largest else row[i], i))
+        result[where] = ranked[:k]
+    return np.moveaxis(result, -1, axis)
+
+
+def _determinant(x):
+    """By the Leibniz formula: a sum over the permutations of signed products."""
+    n = x.shape[-1]
+    total = np.zeros(x.shape[:-2], x.dtype)
+    for permutation in itertools.permutations(range(n)):
+        inversions = sum(a > b for a, b in itertools.combinations(permutation, 2))
+        product = np.prod([x[..., row, column] for row, column in enumerate(permutation)],
+                          axis=0)
+        total += (-1) ** inversions * product
+    return total
+
+
 def _fill(value, shape):
     return np.broadcast_to(value, shape)
 
@@ -313,7 +367,11 @@ REFERENCES = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
     "exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": _by_element(math.sin),
-    "cos": _by_element(math.cos), "sqrt": np.sqrt, "abs": np.abs,
+    "cos": _by_element(math.cos), "tan": _by_element(math.tan), "asin": _by_element(math.asin),
+    "acos": _by_element(math.acos), "atan": _by_element(math.atan),
+    "sinh": _by_element(math.sinh), "cosh": _by_element(math.cosh),
+    "asinh": _by_element(math.asinh), "acosh": _by_element(math.acosh),
+    "atanh": _by_element(math.atanh), "sqrt": np.sqrt, "abs": np.abs,
     "sign": np.sign, "floor": np.floor, "log1p": np.log1p, "stop_gradient": lambda x: x,
     "relu": lambda x: x * (x > 0), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x),
@@ -359,7 +417,8 @@ REFERENCES = {
     "gemm_acc": _gemm_acc,
     "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=numpy_dtype(dtype))[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
-    "fill": _fill, "arange": lambda n: np.arange(n),
+    "fill": _fill, "arange": lambda n: np.arange(n), "grid_sample": grid_sample,
+    "top_k_indices": _top_k_indices, "det": _determinant,
     **CONV_REFERENCES,
 }
 
@@ -393,6 +452,10 @@ FORWARD_CASES = [
     Case("dropout_mask", (Arg((3, 4)),), {"p": 0.5, "seed": 0}),
     Case("take", (labels((5, 2), 9), labels((3,), 5)), {"axis": 0}),
     Case("gather_elements", (labels((3, 4), 9), indices((3, 2), 4)), {"axis": 1}),
+    Case("top_k_indices", (Arg((3, 5)),), {"k": 2}),
+    Case("top_k_indices", (Arg((2, 3, 4)),), {"k": 3, "axis": 1, "largest": False}),
+    Case("top_k_indices", (labels((4, 6), 3),), {"k": 3, "axis": 0}),  # ties: lower first
+    Case("top_k_indices", (labels((6,), 2),), {"k": 6, "largest": False}),
     # constructors
     Case("fill", (labels((), 9),), {"shape": (4, 5, 2)}),
     Case("fill", (Arg((), "bool", "bool"),), {"shape": (2, 3)}),
@@ -438,6 +501,10 @@ def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:
         values = np.abs(values) + 0.5
     elif arg.domain == "away_from_zero":
         values = np.sign(values) * (np.abs(values) + 0.2)
+    elif arg.domain == "inside_unit":
+        values = 0.9 * np.tanh(values)
+    elif arg.domain == "above_one":
+        values = np.abs(values) + 1.2
     # An array even for shape (): numpy's arithmetic on a 0-d array gives a scalar, which a
     # finite difference could not perturb in place.
     return np.array(values, dtype=np.float64 if arg.dtype == "f64" else np.float32)

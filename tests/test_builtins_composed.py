@@ -5,6 +5,8 @@ zeros): values against numpy on both backends, gradients against central differe
 float64."""
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 import chainrule
 from chainrule import ChainruleError
@@ -32,6 +34,15 @@ def _std(axis=None, keepdims=False, correction=0):
 def _standardised(x, axes, eps):
     mean = x.mean(axis=axes, keepdims=True)
     return (x - mean) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+
+
+def _affine_grid(spatial, align_corners=False):
+    def compute(theta):
+        axes = [np.linspace(-1, 1, size) if align_corners else (2 * np.arange(size) + 1) / size - 1
+                for size in spatial]
+        pixels = np.stack([*np.meshgrid(*axes, indexing="ij")[::-1], np.ones(spatial)], axis=-1)
+        return np.einsum("...k,njk->n...j", pixels, theta)
+    return compute
 
 
 def _per_channel(value, rank):
@@ -86,6 +97,12 @@ CASES = [
     ("x: F[B, 4, 5]", "prod(x, axis=(0, 2))", "[4]", lambda x: np.prod(x, axis=(0, 2))),
     ("x: F[B, 4, 5]", "cumsum(x, axis=-1)", "[B, 4, 5]", lambda x: np.cumsum(x, axis=-1)),
     ("x: F[S, 4]", "cumsum(x, 0)", "[S, 4]", lambda x: np.cumsum(x, axis=0)),
+    ("x: F[B, 5]", "top_k(x, 2)", "[B, 2]", lambda x: -np.sort(-x, axis=-1)[:, :2]),
+    ("t: F[B, 2, 3]", "affine_grid(t, (B, 3, 4, 5))", "[B, 4, 5, 2]", _affine_grid((4, 5))),
+    ("t: F[B, 3, 4]", "affine_grid(t, (B, 1, 2, 1, 3), align_corners=true)", "[B, 2, 1, 3, 3]",
+     _affine_grid((2, 1, 3), align_corners=True)),
+    ("x: F[4, B]", "top_k(x, k=3, axis=0, largest=false)", "[3, B]",
+     lambda x: np.sort(x, axis=0)[:3]),
     ("x: F[B, 4], d: F[4]", "x % (d + 3.0)", "[B, 4]", lambda x, d: np.mod(x, d + 3.0)),
     ("x: F[B, 4], d: F[4]", "(5.0 * x) % -(abs(d) + 0.5)", "[B, 4]",
      lambda x, d: np.mod(5.0 * x, -(np.abs(d) + 0.5))),
@@ -142,6 +159,11 @@ GRADIENT_MODELS = {
     "log1p": "J = sum(log1p(P * P) * x)",
     "prod": "J = sum(prod(x * P, axis=1) * x[:, 0]) + prod(P, axis=(0, 1))",
     "cumsum": "J = sum(cumsum(x * P, axis=1) * x) + sum(cumsum(P, 0) ** 2)",
+    "affine_grid and grid_sample": "t = reshape(P[0:2, 0:3] * x[0:2, 0:3], (1, 2, 3))\n"
+        "        g = affine_grid(t, (1, 1, 3, 4))\n"
+        "        J = sum(affine_grid(t, (1, 2, 2, 2)) ** 2) + "
+        "sum(grid_sample(reshape(x, (1, 1, 3, 4)), g * 0.7, mode=\"cubic\") * x)",
+    "top_k": "J = sum(top_k(x * P, 2) * x[:, 0:2]) + sum(top_k(P, 2, axis=0, largest=false))",
     "% and //": "J = sum((x * 3.0 % (P + 5.0)) ** 2) + sum((x // P) * P) + sum(2.5 % P)",
     "einsum": 'J = sum(einsum("ij,kj->ik", x * P, P) ** 2) + einsum("ij,ij,ij->", x, P, P)',
     "einsum, one operand": 'J = sum(einsum("ij->ji", P) * x.T) + sum(einsum("ij->i", P * P))',
@@ -275,3 +297,69 @@ def test_misuse_is_a_located_error(expression, message):
     with pytest.raises(ChainruleError, match=message):
         chainrule.compile(source=model_source("x: F[4], i: i64[4], outer: F[4, 4]", expression,
                                               "f32"))
+
+
+SAMPLING_MODELS = {
+    "roi_align": ("""
+    model m(x: f64[2, 3, 6, 7], boxes: f64[3, 4], images: i64[3]) {
+        param P: f64[3, 1, 1] = normal(1.0, 0.2)
+        param Q: f64[4] = normal(1.0, 0.05)
+        y = roi_align(x * P, boxes * Q, images, (3, 2), spatial_scale=0.5, aligned=true)
+        z = roi_align(x, boxes, images, 2, sampling_ratio=1, mode="max")
+        J = sum(y * y) + sum(z)
+        return J, y
+    }""", helper.make_node("RoiAlign", ["x", "boxes", "images"], ["y"], output_height=3,
+                           output_width=2, sampling_ratio=2, spatial_scale=0.5,
+                           coordinate_transformation_mode="half_pixel")),
+    "deform_conv2d": ("""
+    model m(x: f64[2, 4, 5, 6], offset: f64[2, 24, 3, 2], w: f64[6, 2, 2, 3], b: f64[6],
+            mask: f64[2, 12, 3, 2]) {
+        param P: f64[24, 1, 1] = normal(1.0, 0.2)
+        param Q: f64[6, 1, 1, 3] = normal(1.0, 0.2)
+        y = deform_conv2d(x, offset * P, w * Q, b, stride=(2, 1), padding=(1, 0),
+                          dilation=(1, 2), mask=mask)
+        J = sum(y * y) + sum(deform_conv2d(x, offset, w, stride=(2, 1), padding=(1, 0),
+                                           dilation=(1, 2)))
+        return J, y
+    }""", helper.make_node("DeformConv", ["x", "w", "offset", "b", "mask"], ["y"], group=2,
+                           offset_group=2, strides=[2, 1], dilations=[1, 2], pads=[1, 0, 1, 0],
+                           kernel_shape=[2, 3])),
+}
+
+
+def _sampling_inputs(rng, model):
+    inputs = {}
+    for value in model.graph.inputs:
+        shape = tuple(value.type.shape)
+        if value.type.dtype == "i64":
+            inputs[value.name] = rng.integers(0, 2, shape)
+        elif value.name == "boxes":  # corners in the image and beyond it, x2 > x1, y2 > y1
+            corners = rng.uniform(-3, 12, (shape[0], 2))
+            inputs[value.name] = np.concatenate([corners, corners + rng.uniform(1, 8, (
+                shape[0], 2))], axis=1)
+        else:
+            inputs[value.name] = rng.normal(size=shape)
+    return inputs
+
+
+@pytest.mark.parametrize("name", SAMPLING_MODELS)
+def test_roi_align_and_deform_conv2d_match_onnx_and_finite_differences(name):
+    source, node = SAMPLING_MODELS[name]
+    model = chainrule.compile(source=source)
+    inputs = _sampling_inputs(np.random.default_rng(3), model)
+    onnx_inputs = dict(inputs, **{k: inputs[k] * model.params[p] for k, p in (
+        ("boxes", "Q"), ("offset", "P"), ("w", "Q")) if k in inputs})
+    if name == "roi_align":
+        onnx_inputs["x"] = inputs["x"] * model.params["P"]
+    graph = helper.make_graph([node], "m", [helper.make_tensor_value_info(
+        k, TensorProto.INT64 if v.dtype.kind == "i" else TensorProto.DOUBLE, v.shape)
+        for k, v in onnx_inputs.items() if k in node.input],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    reference = ReferenceEvaluator(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 19)]))
+    expected = reference.run(None, {k: v for k, v in onnx_inputs.items() if k in node.input})[0]
+    for backend in ("numpy", "onnxruntime"):
+        # ONNX's reference DeformConv samples through its GridSample, which places points in
+        # float32.
+        assert_close(model.run(backend=backend, **inputs)["y"], expected, 1e-6, what=backend)
+    check_gradients(model, **inputs)

@@ -119,6 +119,7 @@ EXTRA_CASES = [
     Case("sign", (F((2, 3)),)),
     Case("floor", (F((2, 3)),)),
     Case("stop_gradient", (F((2, 3)),)),
+    Case("top_k_indices", (F((3, 5)),), {"k": 2, "axis": 0, "largest": False}),
     *(Case(op, (F((3, 4)), F((4,)))) for op in ("less", "less_equal", "greater",
                                                  "greater_equal", "equal", "not_equal")),
     Case("logical_and", (B(3, dtype="bool"), B(3, dtype="bool"))),

@@ -16,7 +16,7 @@ from support.onnx_models import model_of, run_both
 # ---- what cannot be imported ------------------------------------------------------------------
 
 def test_every_node_that_cannot_be_imported_is_reported_at_once():
-    nodes = [helper.make_node("Sinh", ["x"], ["a"], name="no_such_op"),
+    nodes = [helper.make_node("TfIdfVectorizer", ["x"], ["a"], name="no_such_op"),
              helper.make_node("Relu", ["a"], ["b"], name="inherits"),
              helper.make_node("Elu", ["x"], ["c"], name="bad_attribute", alpha=1.0, gamma=2.0),
              helper.make_node("Mine", ["x"], ["d"], name="other_domain", domain="my.ops"),
@@ -40,7 +40,7 @@ def test_every_node_that_cannot_be_imported_is_reported_at_once():
 
 
 def test_a_node_downstream_of_a_failed_one_is_reported_for_its_own_problems():
-    nodes = [helper.make_node("Sinh", ["x"], ["a"], name="no_such_op"),
+    nodes = [helper.make_node("TfIdfVectorizer", ["x"], ["a"], name="no_such_op"),
              helper.make_node("Identity", ["a"], ["same_a"], name="passes_a_stand_in_on"),
              helper.make_node("Relu", ["same_a"], ["b"], name="inherits"),
              helper.make_node("Resize", ["b", "", "scales"], ["y"], name="own_attribute",
@@ -67,7 +67,7 @@ def test_a_node_downstream_of_a_failed_one_is_reported_for_its_own_problems():
 
 def test_a_node_reading_a_value_of_unknown_type_is_still_reported_for_its_op():
     nodes = [helper.make_node("Mine", ["x"], ["a"], name="other_domain", domain="my.ops"),
-             helper.make_node("Sinh", ["a"], ["b"], name="no_such_op"),
+             helper.make_node("TfIdfVectorizer", ["a"], ["b"], name="no_such_op"),
              helper.make_node("Relu", ["b"], ["c"], name="inherits"),
              helper.make_node("Elu", ["a"], ["y"], name="bad_attribute", gamma=2.0)]
     proto = model_of(nodes, [("x", TensorProto.FLOAT, [2])], [("y", TensorProto.FLOAT, None),

@@ -116,13 +116,118 @@ def test_gather_elements_type_errors(positions, axis, message):
         infer_type("gather_elements", [TensorType("f64", (3, 4)), positions], {"axis": axis})
 
 
+@pytest.mark.parametrize("k, axis, message", [
+    (6, -1, "top_k_indices of 6 along axis 1 of f64[3, 5]: k lies in [0, 5]"),
+    (-1, 0, "top_k_indices of -1 along axis 0 of f64[3, 5]: k lies in [0, 3]"),
+    (1, 2, "axis 2 is out of range for rank 2"),
+])
+def test_top_k_indices_type_errors(k, axis, message):
+    with pytest.raises(OpTypeError, match=re.escape(message)):
+        infer_type("top_k_indices", [TensorType("f64", (3, 5))], {"k": k, "axis": axis})
+
+
+@pytest.mark.parametrize("dtype", ["u64", "u32", "u16", "i8", "f16"])
+def test_top_k_indices_rank_every_dtype_alike_on_both_backends(dtype):
+    """onnxruntime's TopK lacks some dtypes; the export ranks those in one it has, in the
+    same order (u64 across 2**63 included)."""
+    values = {"u64": [2 ** 64 - 1, 0, 2 ** 63, 2 ** 63 - 1, 5, 2 ** 63],
+              "u32": [2 ** 32 - 1, 0, 2 ** 31, 7, 5, 2 ** 31]}.get(dtype, [3, 0, 100, -1, 5, 100])
+    if dtype.startswith("u"):
+        values = [v if v >= 0 else 1 for v in values]
+    graph = forward_graph(Case("top_k_indices", (Arg((6,), dtype),), {"k": 4}))
+    x = np.array(values, dtype=numpy_dtype(dtype))
+    for backend in ("numpy", "onnxruntime"):
+        result = get_backend(backend).run(graph, {"a0": x}, {})["out"]
+        np.testing.assert_array_equal(result, np.argsort(-np.array(values, dtype=object),
+                                                         kind="stable")[:4].astype(np.int64),
+                                      err_msg=backend)
+
+
+def test_top_k_indices_of_bf16_values_inside_a_graph_on_both_backends():
+    model = chainrule.compile(source="model m(x: f32[6]) {\n"
+                                     "  return top_k_indices(bf16(x), 3)\n}\n")
+    x = np.array([0.5, 3.0, -1.0, 3.0, 2.0, 1.0], np.float32)
+    for backend in ("numpy", "onnxruntime"):
+        (result,) = model.run(backend=backend, x=x).values()
+        np.testing.assert_array_equal(result, [1, 3, 4], err_msg=backend)
+
+
+# ---- det -----------------------------------------------------------------------------------------
+
+def test_det_pivots_and_its_gradient_is_the_cofactor_matrix_even_where_singular():
+    """onnxruntime's float64 det is an elimination, which must swap rows at a zero pivot; the
+    gradient is the cofactor matrix, which a singular matrix has too."""
+    model = chainrule.compile(source="""
+    model m(x: f64[3, 3, 3]) {
+        param P: f64[3, 3, 3] = ones()
+        d = det(x)
+        J = sum(det(x * P))
+        return J, d
+    }""")
+    x = np.array([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 4.0]],  # pivots need swaps
+                  [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]],  # singular
+                  [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])  # a permutation
+    cofactors = np.array([[[0.0, -12.0, 0.0], [-8.0, 0.0, 0.0], [0.0, 3.0, -6.0]],
+                          [[4.0, 4.0, -4.0], [-2.0, -2.0, 2.0], [0.0, 0.0, 0.0]],
+                          [[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]]])
+    for backend in ("numpy", "onnxruntime"):
+        assert_close(model.run(backend=backend, x=x)["d"], [-24.0, 0.0, -1.0], 1e-14,
+                     what=backend)
+        assert_close(model.grad(backend=backend, x=x)["P"], cofactors * x, 1e-14, what=backend)
+
+
+# ---- grid_sample -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("x, grid, attrs, message", [
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 2)), {},
+     "grid_sample of x [1, 2, 4, 5] needs a grid [batch, out, out, 2], got [1, 3, 2]"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 3, 3)), {},
+     "needs a grid [batch, out, out, 2], got [1, 3, 3, 3]"),
+    (TensorType("f64", (2, 2, 4, 5)), TensorType("f64", (3, 3, 3, 2)), {},
+     "x [2, 2, 4, 5] and grid [3, 3, 3, 2] differ in batch size"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f32", (1, 3, 3, 2)), {},
+     "grid_sample needs operands of one dtype"),
+    (TensorType("f64", (1, 2)), TensorType("f64", (1, 2)), {},
+     "grid_sample takes x [batch, channels, *spatial] with fixed channels and spatial sizes"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 3, 2)), {"mode": "bilinear"},
+     "grid_sample's mode is one of 'nearest', 'linear', 'cubic', not 'bilinear'"),
+    (TensorType("f64", (1, 2, 4, 5)), TensorType("f64", (1, 3, 3, 2)),
+     {"padding_mode": "edge"}, "padding_mode is one of 'zeros', 'border', 'reflection'"),
+])
+def test_grid_sample_type_errors(x, grid, attrs, message):
+    with pytest.raises(OpTypeError, match=re.escape(message)):
+        infer_type("grid_sample", [x, grid], attrs)
+
+
+def test_grid_sample_in_the_dsl_names_a_mode_it_does_not_know_at_its_line():
+    source = ("model m(x: f32[1, 2, 4, 5], g: f32[1, 3, 3, 2]) {\n"
+              "  return grid_sample(x, g, mode=\"bilinear\")\n}\n")
+    with pytest.raises(ChainruleError, match="mode is one of 'nearest', 'linear', 'cubic'") as info:
+        chainrule.compile(source=source)
+    assert info.value.loc.line == 2
+
+
+def test_grid_sample_reads_nan_points_as_nan_on_both_backends():
+    source = ("model m(x: f64[1, 1, 2, 2], g: f64[1, 1, 2, 2]) {\n"
+              "  return grid_sample(x, g, padding_mode=\"border\")\n}\n")
+    grid = np.array([[[[np.nan, 0.0], [0.0, 0.0]]]])
+    x = np.arange(4.0).reshape(1, 1, 2, 2)
+    model = chainrule.compile(source=source)
+    for backend in ("numpy", "onnxruntime"):
+        (result,) = model.run(backend=backend, x=x, g=grid).values()
+        np.testing.assert_array_equal(result, [[[[np.nan, 1.5]]]])
+
+
 # ---- random shapes ----------------------------------------------------------------------------
 
 # op -> the domain its operands are drawn from
 UNARY = {"neg": "any", "exp": "any", "log": "positive", "log1p": "positive", "relu": "any",
          "sigmoid": "any", "tanh": "any", "sin": "any", "cos": "any", "sqrt": "positive",
          "abs": "any", "sign": "any", "floor": "any", "gelu": "any", "softplus": "any",
-         "erf": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool"}
+         "erf": "any", "leaky_relu": "any", "clip": "any", "logical_not": "bool",
+         "tan": "inside_unit", "asin": "inside_unit", "acos": "inside_unit", "atan": "any",
+         "sinh": "any", "cosh": "any", "asinh": "any", "acosh": "above_one",
+         "atanh": "inside_unit"}
 BINARY = {"add": "any", "sub": "any", "mul": "any", "div": "away_from_zero", "pow": "positive",
           "maximum": "any", "minimum": "any", "less": "any", "greater_equal": "any",
           "logical_and": "bool", "logical_or": "bool"}

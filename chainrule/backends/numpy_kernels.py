@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..ir import grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
 from ..ir.types import numpy_dtype
@@ -661,6 +662,83 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
         c *= beta
     c += product
     return c
+
+
+@kernel("det")
+def _det(x):
+    return np.linalg.det(x)
+
+
+@kernel("top_k_indices")
+def _top_k_indices(x, k, axis, largest):
+    # A stable sort keeps ties in order. For the largest, the sort runs over x reversed and
+    # reads backwards, so that ties still come lowest position first.
+    if not largest:
+        return np.argsort(x, axis=axis, kind="stable").take(np.arange(k), axis=axis)
+    last = x.shape[axis] - 1
+    ascending = np.argsort(np.flip(x, axis=axis), axis=axis, kind="stable")
+    return last - ascending.take(np.arange(last, last - k, -1), axis=axis)
+
+
+# ---- grid_sample: the same steps as its composition (ir/grid_sampling.py), on arrays.
+
+@kernel("grid_sample")
+def _grid_sample(x, grid, mode, padding_mode, align_corners):
+    rank = x.ndim - 2
+    taps_per_axis = [
+        _grid_taps(grid[..., rank - 1 - axis], size, mode, padding_mode, align_corners)
+        for axis, size in enumerate(x.shape[2:])]
+    batch = np.arange(x.shape[0]).reshape((-1,) + (1,) * rank)
+    channels_last = np.moveaxis(x, 1, -1)
+    result = np.zeros(grid.shape[:-1] + x.shape[1:2], x.dtype)
+    for combination in itertools.product(*taps_per_axis):
+        weight = functools.reduce(np.multiply, [tap_weight for _, tap_weight in combination])
+        read = channels_last[(batch, *(tap_index for tap_index, _ in combination))]
+        result += read * weight[..., None]
+    return np.ascontiguousarray(np.moveaxis(result, -1, 1))
+
+
+def _grid_taps(normalised, size, mode, padding_mode, align_corners):
+    """[(index, weight)] of each tap along one axis; zeros padding weighs one outside by 0."""
+    scale = (size - 1) / 2 if align_corners else size / 2
+    coordinate = normalised * scale + (size - 1) / 2
+    if mode == "nearest":
+        coordinate = np.rint(coordinate)
+    if mode != "cubic":
+        coordinate = _padded_coordinate(coordinate, size, padding_mode, align_corners)
+    if mode == "nearest":
+        positions, weights = [coordinate], [np.ones_like(coordinate)]
+    else:
+        floor = np.floor(coordinate)
+        fraction = coordinate - floor
+        offsets, weights = ((0, 1), [1 - fraction, fraction]) if mode == "linear" else \
+            ((-1, 0, 1, 2), grid_sampling.cubic_weights(fraction))
+        positions = [floor + offset for offset in offsets]
+    taps = []
+    for position, weight in zip(positions, weights, strict=True):
+        if padding_mode == "zeros":
+            weight = np.where((position >= 0) & (position <= size - 1), weight, 0)
+        else:
+            position = _padded_coordinate(position, size, padding_mode, align_corners)
+        # A NaN coordinate reads pixel 0, and its NaN weight makes the result NaN.
+        index = np.clip(np.nan_to_num(position, nan=0.0), 0, size - 1).astype(np.int64)
+        taps.append((index, weight.astype(normalised.dtype)))
+    return taps
+
+
+def _padded_coordinate(coordinate, size, padding_mode, align_corners):
+    if padding_mode == "reflection":
+        low, high = grid_sampling.coordinate_bounds(size, align_corners)
+        if high == low:
+            return np.zeros_like(coordinate)
+        span = high - low
+        distance = np.abs(coordinate - low)
+        spans = np.floor(distance / span)
+        extra = distance - spans * span
+        coordinate = np.where(spans % 2 == 0, low + extra, high - extra)
+    if padding_mode == "zeros":
+        return coordinate
+    return np.clip(coordinate, 0, size - 1)
 
 
 # Every op numpy computes exactly, with no kernel of its own above.

@@ -10,12 +10,13 @@ float64 graphs, which onnxruntime has no kernels of those for, get their composi
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from onnx import helper
 
-from ..ir import ChainruleError, dims
+from ..ir import ChainruleError, Graph, GraphBuilder, compositions, dims, grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
@@ -129,6 +130,124 @@ def _polynomial(em, coefficients, z, dtype) -> str:
     for coefficient in coefficients[1:]:
         result = em.add("Add", [em.add("Mul", [result, z]), em.scalar(coefficient, dtype)])
     return result
+
+
+# ---- the trigonometric and hyperbolic ops. onnxruntime runs Tan, Asin ... Atanh in float32
+# only: other dtypes get compositions of Sin, Cos, Exp, Log and Sqrt, exact to a few roundings.
+
+class _Composer:
+    """Writes one composition: ONNX nodes over values of one dtype."""
+
+    def __init__(self, em, dtype):
+        self.em, self.dtype = em, dtype
+
+    def __call__(self, op_type, *inputs, **attrs) -> str:
+        return self.em.add(op_type, list(inputs), **attrs)
+
+    def number(self, value) -> str:
+        return self.em.scalar(value, self.dtype)
+
+    def one_minus(self, x) -> str:
+        return self("Sub", self.number(1.0), x)
+
+    def one_plus(self, x) -> str:
+        return self("Add", self.number(1.0), x)
+
+
+def _arctan(c, x):
+    """atan x: float32's Atan of x (or of 1/x past 1, where atan x = sign(x)·π/2 − atan 1/x),
+    refined by two Newton steps on tan y = t, y ← y − (sin y − t cos y) cos y, each of which
+    squares float32's relative error."""
+    beyond_one = c("Greater", c("Abs", x), c.number(1.0))
+    t = c("Where", beyond_one, c("Div", c.number(1.0), x), x)
+    y = c("Cast", c("Atan", c("Cast", t, to=ONNX_DTYPES["f32"])), to=ONNX_DTYPES[c.dtype])
+    for _ in range(2):
+        sine, cosine = c("Sin", y), c("Cos", y)
+        y = c("Sub", y, c("Mul", c("Sub", sine, c("Mul", t, cosine)), cosine))
+    folded = c("Sub", c("Mul", c("Sign", x), c.number(math.pi / 2)), y)
+    return c("Where", beyond_one, folded, y)
+
+
+def _arcsin(c, x):
+    # 2 atan(x / (1 + √(1 − x²))) holds up to |x| = 1, where asin x = ±π/2.
+    root = c("Sqrt", c.one_minus(c("Mul", x, x)))
+    return c("Mul", c.number(2.0), _arctan(c, c("Div", x, c.one_plus(root))))
+
+
+def _arccos(c, x):
+    # 2 atan √((1 − x) / (1 + x)): π at x = −1, where the quotient is infinite.
+    return c("Mul", c.number(2.0), _arctan(c, c("Sqrt", c("Div", c.one_minus(x), c.one_plus(x)))))
+
+
+def _sinh(c, x):
+    # (eˣ − e⁻ˣ)/2 cancels below |x| = 1; there 2t/(1 − t²), t = tanh(x/2), keeps the digits.
+    t = c("Tanh", c("Mul", c.number(0.5), x))
+    near_zero = c("Div", c("Mul", c.number(2.0), t), c.one_minus(c("Mul", t, t)))
+    wide = c("Mul", c.number(0.5), c("Sub", c("Exp", x), c("Exp", c("Neg", x))))
+    return c("Where", c("Less", c("Abs", x), c.number(1.0)), near_zero, wide)
+
+
+def _cosh(c, x):
+    return c("Mul", c.number(0.5), c("Add", c("Exp", x), c("Exp", c("Neg", x))))
+
+
+def _log_of_one_plus(c, u):
+    """ln(1 + u) to full precision for small u: ln w · u / (w − 1) with w = 1 + u rounded,
+    whose rounding error the quotient cancels (Goldberg's trick); u itself where w is 1, and
+    ln w where u is infinite."""
+    w = c.one_plus(u)
+    rounded = c("Sub", w, c.number(1.0))
+    unchanged = c("Equal", rounded, c.number(0.0))
+    correction = c("Div", u, c("Where", unchanged, c.number(1.0), rounded))
+    correction = c("Where", c("IsInf", u), c.number(1.0), correction)
+    return c("Where", unchanged, u, c("Mul", c("Log", w), correction))
+
+
+def _beyond_squares(c, magnitude, near):
+    """`near` where `magnitude` is at most 1e8, ln 2 + ln(magnitude) past it: there
+    √(x² ± 1) is |x| to the last bit, and x² may overflow."""
+    far = c("Add", c.number(math.log(2.0)), c("Log", magnitude))
+    return c("Where", c("Greater", magnitude, c.number(1e8)), far, near)
+
+
+def _arcsinh(c, x):
+    # sign(x) ln(1 + |x| + x²/(1 + √(x² + 1))), odd by construction.
+    magnitude, square = c("Abs", x), c("Mul", x, x)
+    step = c("Add", magnitude, c("Div", square, c.one_plus(c("Sqrt", c.one_plus(square)))))
+    return c("Mul", c("Sign", x), _beyond_squares(c, magnitude, _log_of_one_plus(c, step)))
+
+
+def _arccosh(c, x):
+    # ln(1 + (x − 1) + √((x − 1)(x + 1))): exact near x = 1, where x² − 1 is not.
+    below = c("Sub", x, c.number(1.0))
+    root = c("Sqrt", c("Mul", below, c.one_plus(x)))
+    return _beyond_squares(c, x, _log_of_one_plus(c, c("Add", below, root)))
+
+
+def _arctanh(c, x):
+    # ln((1 + x)/(1 − x))/2 = ln(1 + 2x/(1 − x))/2, the second exact near 0.
+    return c("Mul", c.number(0.5), _log_of_one_plus(c, c("Div", c("Add", x, x), c.one_minus(x))))
+
+
+TRIGONOMETRIC_COMPOSITIONS = {
+    "tan": lambda c, x: c("Div", c("Sin", x), c("Cos", x)),
+    "asin": _arcsin, "acos": _arccos, "atan": _arctan,
+    "sinh": _sinh, "cosh": _cosh,
+    "asinh": _arcsinh, "acosh": _arccosh, "atanh": _arctanh,
+}
+
+
+def _native_in_float32(compose):
+    def lower(em, node, out, x):
+        if _dtype(node) == "f32":
+            em.add(OPS[node.op].onnx, [x], out)
+        else:
+            em.add("Identity", [compose(_Composer(em, _dtype(node)), x)], out)
+    return lower
+
+
+for _name, _compose in TRIGONOMETRIC_COMPOSITIONS.items():
+    LOWERINGS[_name] = _native_in_float32(_compose)
 
 
 @lowering("clip")
@@ -782,6 +901,91 @@ def _avg_unpool(em, node, out, g, like):
 def _pad(em, node, out, x):
     em.add("Pad", [x, em.ints(node.attrs["pads"], "pads"),
                    em.scalar(node.attrs["value"], _dtype(node))], out)
+
+
+@lowering("det")
+def _det(em, node, out, x):
+    if _dtype(node) == "f32":
+        em.add("Det", [x], out)
+    else:
+        _lower_composition(em, node, out, compositions.determinant)
+
+
+def _ranked_as_onnxruntime_ranks(em, node, x) -> str:
+    """x in a dtype onnxruntime's TopK takes, in the same order: u16 and u32 as i64; u64
+    shifted down by 2**63 (wrapping around) and read as i64; bf16 as f32."""
+    dtype = node.inputs[0].type.dtype
+    if dtype in ("u16", "u32"):
+        return em.add("Cast", [x], to=ONNX_DTYPES["i64"])
+    if dtype == "u64":
+        shifted = em.add("Sub", [x, em.scalar(2 ** 63, "u64")])
+        return em.add("Cast", [shifted], to=ONNX_DTYPES["i64"])
+    if dtype == "bf16":
+        return em.add("Cast", [x], to=ONNX_DTYPES["f32"])
+    return x
+
+
+@lowering("top_k_indices")
+def _top_k_indices(em, node, out, x):
+    # TopK's first output, the values, is left to a GatherElements of these as in the graph.
+    x = _ranked_as_onnxruntime_ranks(em, node, x)
+    em.nodes.append(helper.make_node(
+        "TopK", [x, em.ints([node.attrs["k"]], "k")], [em.fresh("top_k_values"), out], name=out,
+        doc_string=em.doc, axis=node.attrs["axis"], largest=int(node.attrs["largest"]),
+        sorted=1))
+
+
+# ---- grid_sample: ONNX GridSample where onnxruntime runs it, else its composition of
+# primitives (ir/grid_sampling.py). GridSample reads 4-D images (modes bilinear and bicubic)
+# from opset 16, and any rank (modes linear and cubic) from opset 20; onnxruntime runs the
+# first in float32 only, the second in both dtypes but not volumetric cubic.
+GRID_SAMPLE_SINCE = 16
+GRID_SAMPLE_ANY_RANK_SINCE = 20
+GRID_SAMPLE_MODES_BEFORE_20 = {"linear": "bilinear", "cubic": "bicubic", "nearest": "nearest"}
+
+
+class _Composing:
+    """The `ops` face of ir/compositions.py on a scratch graph, for a composition's nodes."""
+
+    def __init__(self, node):
+        self.builder = GraphBuilder(Graph(node.op))
+        self.loc = node.loc
+
+    def emit(self, op, *inputs, **attrs):
+        return self.builder.emit(op, inputs, attrs, loc=self.loc)
+
+    def constant(self, value, like):
+        return self.builder.constant(value, like.type.dtype, loc=self.loc)
+
+
+def _lower_composition(em, node, out, compose) -> None:
+    """The node written as `compose(ops, *node.inputs)`, its values named after `out`."""
+    ops = _Composing(node)
+    result = compose(ops, *node.inputs)
+    for inner in ops.builder.graph.nodes:
+        for value in inner.outputs:
+            em.names[value] = out if value is result else f"{out}#{value.name}"
+    em.lower(ops.builder.graph.nodes)
+
+
+def _grid_sample_mode_name(em, node) -> str | None:
+    """The mode as the opset's GridSample names it, where onnxruntime runs that; else None."""
+    rank, mode = node.inputs[0].type.rank - 2, node.attrs["mode"]
+    if em.opset >= GRID_SAMPLE_ANY_RANK_SINCE and (rank == 2 or rank == 3 and mode != "cubic"):
+        return mode
+    if em.opset >= GRID_SAMPLE_SINCE and rank == 2 and _dtype(node) == "f32":
+        return GRID_SAMPLE_MODES_BEFORE_20[mode]
+    return None
+
+
+@lowering("grid_sample")
+def _grid_sample(em, node, out, x, grid):
+    mode = _grid_sample_mode_name(em, node)
+    if mode is None:
+        _lower_composition(em, node, out, functools.partial(grid_sampling.sample, **node.attrs))
+        return
+    em.add("GridSample", [x, grid], out, mode=mode, padding_mode=node.attrs["padding_mode"],
+           align_corners=int(node.attrs["align_corners"]))
 
 
 # Every op an ONNX op computes exactly, with no lowering of its own above (those compose where

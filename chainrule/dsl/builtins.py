@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import compositions, dims
+from ..ir import compositions, dims, grid_sampling
 from ..ir.einsum import einsum
 from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
@@ -300,6 +300,24 @@ def _eye(ops, n, dtype):
     return ops.emit("cast", diagonal, dtype=dtype)
 
 
+@composite("affine_grid", ("theta",), {"size": _option(NO_DEFAULT, _shape, "size"),
+                                       "align_corners": _option(False, _bool("align_corners"),
+                                                                "align_corners")})
+def _affine_grid(ops, theta, size, align_corners):
+    """F.affine_grid: size is the image's [N, C, *spatial], whose batch may be symbolic."""
+    return grid_sampling.affine_grid(ops, theta, size, align_corners)
+
+
+@composite("top_k", ("x",), {"k": _option(NO_DEFAULT, _int("k"), "k"),
+                             "axis": _option(-1, _int("axis"), "axis"),
+                             "largest": _option(True, _bool("largest"), "largest")})
+def _top_k(ops, x, k, axis, largest):
+    """The k largest (or smallest) values along `axis`, best first: ONNX's TopK values, read
+    at top_k_indices so that their gradient flows back to those positions."""
+    indices = ops.emit("top_k_indices", x, k=k, axis=axis, largest=largest)
+    return ops.emit("gather_elements", x, indices, axis=axis)
+
+
 @composite("zeros_like", ("x",))
 def _zeros_like(ops, x):
     return ops.emit("broadcast_like", ops.constant(0.0, x), x)
@@ -448,6 +466,43 @@ for _rank in (1, 2):
     composite(f"avg_pool{_rank}d", ("x",), AVG_POOL_OPTIONS)(_pool("avg_pool", _rank))
 
 
+@composite("deform_conv2d", ("x", "offset", "w", "bias", "mask"), {
+    "stride": CONV_OPTIONS["stride"], "padding": _option(0, _ints("padding"), "padding"),
+    "dilation": CONV_OPTIONS["dilation"]}, optional=("bias", "mask"))
+def _deform_conv2d(ops, x, offset, w, bias=None, mask=None, *, stride, padding, dilation):
+    """torchvision's deform_conv2d: the groups and offset groups follow from the shapes of w
+    and offset."""
+    kernel = _conv_weight(ops, w, 2, "out_channels, in_channels / groups")
+    sizes = (x.type.shape[1], w.type.shape[1], offset.type.shape[1], *kernel)
+    if x.type.rank != 4 or not all(isinstance(d, int) and d > 0 for d in sizes):
+        ops.error(f"deform_conv2d takes x [N, C, H, W] and offset [N, 2·groups·kH·kW, ...] of "
+                  f"known channels, got {x.type} and {offset.type}")
+    return grid_sampling.deform_conv(
+        ops, x, w, offset, bias, mask, strides=_per_axis(ops, "stride", stride, 2),
+        pads=_per_axis(ops, "padding", padding, 2) * 2,
+        dilations=_per_axis(ops, "dilation", dilation, 2),
+        groups=x.type.shape[1] // w.type.shape[1],
+        offset_groups=offset.type.shape[1] // (2 * kernel[0] * kernel[1]))
+
+
+@composite("roi_align", ("x", "boxes", "batch_indices"), {
+    "output_size": _option(NO_DEFAULT, _ints("output_size"), "output_size"),
+    "spatial_scale": _option(1.0, _float("spatial_scale"), "spatial_scale"),
+    "sampling_ratio": _option(2, _int("sampling_ratio"), "sampling_ratio"),
+    "aligned": _option(False, _bool("aligned"), "aligned"),
+    "mode": _option(StringLiteral("avg"), _choice("mode", "avg", "max"), "mode")})
+def _roi_align(ops, x, boxes, batch_indices, output_size, spatial_scale, sampling_ratio,
+               aligned, mode):
+    """torchvision's roi_align with each box's image index given apart, as ONNX's RoiAlign
+    takes them: boxes [K, 4] of (x1, y1, x2, y2), batch_indices i64 [K]."""
+    if sampling_ratio < 1:
+        ops.error(f"sampling_ratio must be 1 or more (samples per bin along each axis), not "
+                  f"{sampling_ratio}")
+    return grid_sampling.roi_align(ops, x, boxes, batch_indices,
+                                   _per_axis(ops, "output_size", output_size, 2),
+                                   sampling_ratio, spatial_scale, aligned, mode)
+
+
 @composite("global_avg_pool", ("x",))
 def _global_avg_pool(ops, x):
     """The mean over the spatial axes, kept as size 1: [N, C, 1, 1], as PyTorch's
@@ -505,8 +560,16 @@ def _optional_int(name):
     return lambda value: None if value is None else convert(value)
 
 
+def _text(name):
+    def convert(value):
+        if not isinstance(value, StringLiteral):
+            raise TypeError(f"{name} must be a string, not {_shown(value)}")
+        return value.text
+    return convert
+
+
 OPTION_CONVERTERS = {"int": _int, "float": _float, "bool": _bool, "ints": _ints, "dim": _dim,
-                     "dims": _dims,
+                     "dims": _dims, "str": _text,
                      "axes": lambda name: _axes, "dtype": lambda name: _dtype}
 
 
@@ -519,6 +582,8 @@ def _op_option(op: OpDef, attr: str):
     default = NO_DEFAULT if spec.default is REQUIRED else spec.default
     if spec.kind == "dtype" and default is not NO_DEFAULT:
         default = DTypeName(default)
+    if spec.kind == "str" and default is not NO_DEFAULT:
+        default = StringLiteral(default)
     return name, _option(default, OPTION_CONVERTERS[spec.kind](name), attr)
 
 

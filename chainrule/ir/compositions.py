@@ -269,3 +269,49 @@ def pad_axis(ops, x, axis, begin, end, mode):
         after = repeated(part(-1, TO_END, 1), end) if end else None
     pieces = [piece for piece in (before, x, after) if piece is not None]
     return ops.emit("concat", *pieces, axis=axis)
+
+
+def determinant(ops, x):
+    """det of x [..., n, n] by Gaussian elimination with partial pivoting: at each column the
+    row with the largest magnitude is swapped up (each swap flips the sign), and the product
+    of the pivots is the determinant. For exports whose runtime has no Det of x's dtype."""
+    n = x.type.shape[-1]
+    rows = ops.emit("unsqueeze", ops.emit("arange", n=n), axes=(1,))  # a column [n, 1]
+    result = None
+    for k in range(n):
+        below = ops.emit("slice", x, starts=(k, k), ends=(n, k + 1), axes=(-2, -1), steps=(1, 1))
+        offset = ops.emit("argmax", ops.emit("abs", below), axis=-2, keepdims=True)  # [..., 1, 1]
+        pivot_row = ops.emit("add", offset, ops.constant(k, offset))
+        x = _swap_rows(ops, x, rows, k, pivot_row)
+        pivot = ops.emit("slice", x, starts=(k, k), ends=(k + 1, k + 1), axes=(-2, -1),
+                         steps=(1, 1))
+        swapped = ops.emit("not_equal", offset, ops.constant(0, offset))
+        signed = ops.emit("where", swapped, ops.emit("neg", pivot), pivot)
+        result = signed if result is None else ops.emit("mul", result, signed)
+        if k + 1 < n:
+            x = _eliminated_below(ops, x, k, n, pivot)
+    return ops.emit("squeeze", result, axes=(-2, -1))
+
+
+def _swap_rows(ops, x, rows, k, pivot_row):
+    """x with row k and row pivot_row [..., 1, 1] swapped."""
+    at_k = ops.emit("equal", rows, ops.constant(k, rows))
+    at_pivot = ops.emit("equal", rows, pivot_row)
+    order = ops.emit("where", at_k, pivot_row, ops.emit("where", at_pivot,
+                                                         ops.constant(k, rows), rows))
+    return ops.emit("gather_elements", x, ops.emit("broadcast_like", order, x), axis=-2)
+
+
+def _eliminated_below(ops, x, k, n, pivot):
+    """x with column k zeroed below row k by subtracting multiples of row k."""
+    def rows_of(start, end):
+        return ops.emit("slice", x, starts=(start,), ends=(end,), axes=(-2,), steps=(1,))
+    lower = rows_of(k + 1, n)
+    # A zero pivot, the largest in its column, leaves nothing below to eliminate (and the
+    # determinant 0): divided by 1 instead, the column stays as it is rather than NaN.
+    pivot = ops.emit("where", ops.emit("equal", pivot, ops.constant(0.0, pivot)),
+                     ops.constant(1.0, pivot), pivot)
+    factors = ops.emit("div", ops.emit("slice", lower, starts=(k,), ends=(k + 1,), axes=(-1,),
+                                       steps=(1,)), pivot)
+    lower = ops.emit("sub", lower, ops.emit("mul", factors, rows_of(k, k + 1)))
+    return ops.emit("concat", rows_of(0, k + 1), lower, axis=-2)

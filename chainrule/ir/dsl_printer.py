@@ -70,8 +70,14 @@ def f32_text(value: float) -> str:
     return text
 
 
+class Text(str):
+    """An attr's string (grid_sample's mode), which the DSL writes in quotes."""
+
+
 def literal(value) -> str:
     """An attr's value as DSL text."""
+    if isinstance(value, Text):
+        return f'"{value}"'
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -110,6 +116,8 @@ def op_options(node: Node, renamed: dict | None = None) -> list[tuple[str, objec
         default = OPS[node.op].attrs[attr].default
         if default is not REQUIRED and type(default) is type(value) and default == value:
             continue
+        if OPS[node.op].attrs[attr].kind == "str":
+            value = Text(value)
         options.append((renamed.get(attr, attr), value))
     return options
 

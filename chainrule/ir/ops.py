@@ -70,6 +70,8 @@ ATTR_KINDS = {
     "dim": lambda v: ATTR_KINDS["int"](v) or dims.is_symbolic(v),
     "dims": lambda v: isinstance(v, tuple) and all(ATTR_KINDS["dim"](x) for x in v),
     "graph": lambda v: isinstance(v, Graph),  # a body (scan.py)
+    # One of a few named choices (grid_sample's mode), which the op's type rule lists.
+    "str": lambda v: isinstance(v, str),
 }
 
 
@@ -294,6 +296,14 @@ def _infer_matmul(a, b):
     return TensorType(dtype, matmul_shape(a.shape, b.shape))
 
 
+def _infer_det(x):
+    _require_float("det", x)
+    if x.rank < 2 or not isinstance(x.shape[-1], int) or x.shape[-1] < 1 or \
+            x.shape[-2] != x.shape[-1]:
+        raise OpTypeError(f"det takes square matrices [..., n, n] of a fixed n >= 1, got {x}")
+    return x.with_shape(x.shape[:-2])
+
+
 def _infer_transpose(x, perm):
     if sorted(perm) != list(range(x.rank)):
         raise OpTypeError(f"transpose perm {perm} is not a permutation of the {x.rank} axes "
@@ -474,6 +484,18 @@ def _infer_scatter_elements_add(updates, indices, like, axis):
     return updates.with_shape(like.shape)
 
 
+def _infer_top_k_indices(x, k, axis, largest):
+    """The positions of x's k largest (or smallest) elements along `axis`, best first, ties
+    to the lower position (ONNX's TopK, whose values are gather_elements of these)."""
+    _require_numeric("top_k_indices", x)
+    axis = normalize_axis(axis, x.rank)
+    size = x.shape[axis]
+    if k < 0 or isinstance(size, int) and k > size:
+        raise OpTypeError(f"top_k_indices of {k} along axis {axis} of {x}: k lies in "
+                          f"[0, {size}]")
+    return TensorType("i64", tuple(k if i == axis else d for i, d in enumerate(x.shape)))
+
+
 def _infer_dropout_mask(x, p, seed):
     _require_float("dropout", x)
     if not 0.0 <= p < 1.0:
@@ -532,6 +554,14 @@ register("sigmoid", 1, _unary("sigmoid"), traits=FRESH_ELEMENTWISE, onnx="Sigmoi
 # scalar C library that a fused kernel would call.
 register("sin", 1, _unary("sin"), traits=("elementwise",), numpy="sin", onnx="Sin")
 register("cos", 1, _unary("cos"), traits=("elementwise",), numpy="cos", onnx="Cos")
+# The rest of the trigonometric and hyperbolic family. onnxruntime runs their ONNX ops in float32
+# only, so the lowerings compose the others (backends/onnx_lowering.py).
+for _name, _numpy, _onnx in [("tan", "tan", "Tan"), ("asin", "arcsin", "Asin"),
+                             ("acos", "arccos", "Acos"), ("atan", "arctan", "Atan"),
+                             ("sinh", "sinh", "Sinh"), ("cosh", "cosh", "Cosh"),
+                             ("asinh", "arcsinh", "Asinh"), ("acosh", "arccosh", "Acosh"),
+                             ("atanh", "arctanh", "Atanh")]:
+    register(_name, 1, _unary(_name), traits=("elementwise",), numpy=_numpy, onnx=_onnx)
 register("gelu", 1, _unary("gelu"), traits=("elementwise",))
 register("softplus", 1, _unary("softplus"), traits=("elementwise",), onnx="Softplus")
 register("erf", 1, _unary("erf"), traits=FRESH_ELEMENTWISE, onnx="Erf")
@@ -617,6 +647,9 @@ for _name in ("argmax", "argmin"):
     register(_name, 1, _index_reduction(_name),
              {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},
              traits=("reduction", "nondifferentiable"), numpy=_name)
+register("top_k_indices", 1, _infer_top_k_indices,
+         {"k": AttrSpec("int"), "axis": AttrSpec("int", -1), "largest": AttrSpec("bool", True)},
+         traits=("nondifferentiable", "fresh_result"))
 register("numel", 1, _infer_numel,
          {"axes": AttrSpec("axes", None, dsl_name="axis"), "dtype": AttrSpec("dtype", "f32")},
          traits=("nondifferentiable", "fresh_result"))
@@ -633,6 +666,8 @@ CLASS_LABELS = IndexOperand(1, lambda types, attrs: types[0].shape[-1],
 AXES_SPELLED_AXIS = {"axes": AttrSpec("ints", dsl_name="axis")}
 
 register("matmul", 2, _infer_matmul, traits=("linear",), numpy="matmul", onnx="MatMul")
+# onnxruntime's Det is float32 only: float64 exports eliminate (compositions.determinant).
+register("det", 1, _infer_det, traits=("fresh_result",), onnx="Det")
 register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
 register("reshape", 1, _infer_reshape, {"shape": AttrSpec("dims")}, traits=("linear",))
 register("reshape_like", 2, _infer_reshape_like, traits=("linear",), operands=("x", "like"))
@@ -867,6 +902,40 @@ register("avg_unpool", 2, _unpool("avg_unpool"), AVG_POOL, traits=CONVOLVE, oper
 # The DSL's pad(x, pads) takes F.pad's pairs and modes; constant_pad takes the op's attrs.
 register("pad", 1, _infer_pad, {"pads": AttrSpec("ints"), "value": AttrSpec("float", 0.0)},
          traits=("linear",), builtin="constant_pad")
+
+
+# grid_sample reads x [batch, channels, *spatial] at the points of grid [batch, *out, rank],
+# each point's coordinates normalised to [-1, 1] and listed innermost axis first (x, y, z), as
+# ONNX's GridSample and PyTorch's F.grid_sample take them.
+GRID_SAMPLE_MODES = ("nearest", "linear", "cubic")
+GRID_SAMPLE_PADDINGS = ("zeros", "border", "reflection")
+
+
+def _infer_grid_sample(x, grid, mode, padding_mode, align_corners):
+    _require_float("grid_sample", x)
+    _same_dtype("grid_sample", x, grid)
+    for attr, value, choices in [("mode", mode, GRID_SAMPLE_MODES),
+                                 ("padding_mode", padding_mode, GRID_SAMPLE_PADDINGS)]:
+        if value not in choices:
+            listed = ", ".join(f"'{choice}'" for choice in choices)
+            raise OpTypeError(f"grid_sample's {attr} is one of {listed}, not '{value}'")
+    rank = x.rank - 2
+    if rank < 1 or not all(isinstance(d, int) for d in x.shape[1:]):
+        raise OpTypeError(f"grid_sample takes x [batch, channels, *spatial] with fixed "
+                          f"channels and spatial sizes, got {x}")
+    if grid.rank != rank + 2 or grid.shape[-1] != rank:
+        raise OpTypeError(f"grid_sample of x {format_shape(x.shape)} needs a grid [batch, "
+                          f"{', '.join(['out'] * rank)}, {rank}], got {format_shape(grid.shape)}")
+    if not dims_may_equal(x.shape[0], grid.shape[0]):
+        raise OpTypeError(f"grid_sample's x {format_shape(x.shape)} and grid "
+                          f"{format_shape(grid.shape)} differ in batch size")
+    return x.with_shape((grid.shape[0], x.shape[1]) + tuple(grid.shape[1:-1]))
+
+
+register("grid_sample", 2, _infer_grid_sample,
+         {"mode": AttrSpec("str", "linear"), "padding_mode": AttrSpec("str", "zeros"),
+          "align_corners": AttrSpec("bool", False)},
+         traits=("fresh_result",), operands=("x", "grid"))
 
 
 # dropout(x) is x * dropout_mask(x): the mask is a value, so the gradient reuses it exactly.

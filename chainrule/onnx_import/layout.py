@@ -201,6 +201,48 @@ def _gather_elements(ctx):
     return [ctx.emit("gather_elements", x, _indices(ctx, 1, x.type.shape[axis]), axis=axis)]
 
 
+@converter("TopK")
+def _top_k(ctx):
+    x = ctx.input(0)
+    axis = ctx.axis(ctx.attr("axis", -1), x.type.rank)
+    k = ctx.static_int(1, "TopK's k")
+    if k < 0 or isinstance(x.type.shape[axis], int) and k > x.type.shape[axis]:
+        raise Unsupported(f"TopK of k={k} along an axis of {x.type.shape[axis]}")
+    # Sorted or not, the k come best first: ONNX leaves their order open when unsorted.
+    ctx.attr("sorted", 1)
+    indices = ctx.emit("top_k_indices", x, k=k, axis=axis, largest=bool(ctx.attr("largest", 1)))
+    return [ctx.emit("gather_elements", x, indices, axis=axis), indices]
+
+
+@converter("ReverseSequence")
+def _reverse_sequence(ctx):
+    """Each batch entry's first sequence_lens[b] steps in reverse, the rest as they are: a
+    gather along the time axis at index len − 1 − t for t < len, else t (lengths clamped to
+    [0, T], which ONNX requires of them)."""
+    x, lengths = ctx.input(0), ctx.input(1)
+    time_axis, batch_axis = ctx.attr("time_axis", 0), ctx.attr("batch_axis", 1)
+    if {time_axis, batch_axis} != {0, 1} or x.type.rank < 2:
+        raise Unsupported(f"ReverseSequence with time_axis={time_axis} and "
+                          f"batch_axis={batch_axis} of a rank-{x.type.rank} input (they are "
+                          f"axes 0 and 1)")
+    if lengths.type.dtype != "i64":
+        raise Unsupported(f"ReverseSequence's sequence_lens of {lengths.type.dtype}")
+    steps = x.type.shape[time_axis]
+    lengths = ctx.emit("minimum", ctx.emit("maximum", lengths, ctx.constant(0, lengths)),
+                       ctx.constant(steps, lengths) if isinstance(steps, int) else
+                       ctx.emit("numel", x, axes=(time_axis,), dtype="i64"))
+    time = ctx.emit("unsqueeze", ctx.emit("arange", n=steps), axes=(1,))  # [T, 1]
+    lengths = ctx.emit("unsqueeze", lengths, axes=(0,))  # [1, B]
+    reversed_time = ctx.emit("sub", ctx.emit("sub", lengths, ctx.constant(1, lengths)), time)
+    index = ctx.emit("where", ctx.emit("less", time, lengths), reversed_time,
+                     ctx.emit("broadcast_like", time, reversed_time))  # [T, B]
+    if time_axis == 1:
+        index = ctx.emit("transpose", index, perm=(1, 0))
+    if x.type.rank > 2:
+        index = ctx.emit("unsqueeze", index, axes=tuple(range(2, x.type.rank)))
+    return [ctx.emit("gather_elements", x, ctx.emit("broadcast_like", index, x), axis=time_axis)]
+
+
 def _broadcast_target(x, target):
     """Expand's bidirectional broadcast as broadcast_to's target (-1 keeps x's dim)."""
     rank = max(len(target), x.type.rank)

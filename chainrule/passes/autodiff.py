@@ -99,7 +99,7 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
             via = node.outputs[0].name
         else:
             out = node.output
-            backward = Backward(builder, node, prefix + out.name, active)
+            backward = Backward(builder, node, prefix + out.name, active, _reverse_part)
             input_cotangents = VJP_RULES[node.op](backward, total(out, node.loc), *node.inputs,
                                                   out, **node.attrs)
             via = out.name
@@ -109,6 +109,14 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
 
     param_locs = {p.value: p.loc for p in graph.params}
     return {w.name: builder.current(total(w, param_locs.get(w, graph.loc))) for w in wrt}
+
+
+def _reverse_part(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]],
+                  wrt: list[Value], prefix: str) -> dict[str, Value]:
+    """`reverse` over a part of the graph being differentiated (a composition a derivative
+    rule emits), carrying cotangents through the values between its seeds and `wrt`."""
+    active = active_values(graph, [value for value, _ in seeds], wrt)
+    return reverse(builder, graph, seeds, wrt, active, prefix)
 
 
 def _assembled_slices(builder: GraphBuilder, parts: list[Value], loc, name: str) -> Value | None:

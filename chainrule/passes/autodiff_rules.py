@@ -13,9 +13,11 @@ row-major order; abs has slope 0 at 0, relu 0, clip 1 at its bounds.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
-from ..ir import GraphBuilder, Node, Value, dims
+from ..ir import Graph, GraphBuilder, Node, Value, dims, grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, rule_table
 from ..ir.shapes import TO_END, TO_START, compose_perms, is_identity_perm, normalize_axes
 
@@ -23,13 +25,17 @@ VJP_RULES, vjp = rule_table()
 
 
 class Backward:
-    """Emits the backward nodes for one forward node, tagged with that node's location."""
+    """Emits the backward nodes for one forward node, tagged with that node's location.
+    `reverse_part(builder, graph, seeds, wrt, prefix)` is autodiff's own walk over a graph's
+    nodes, which a rule may run over a composition it emits (`through_composition`)."""
 
-    def __init__(self, builder: GraphBuilder, node: Node, name_hint: str, active: set):
+    def __init__(self, builder: GraphBuilder, node: Node, name_hint: str, active: set,
+                 reverse_part: Callable):
         self.builder = builder
         self.node = node
         self.name_hint = name_hint
         self.active = active
+        self.reverse_part = reverse_part
 
     def wants(self, value: Value) -> bool:
         """Whether `value` needs a cotangent; rules skip the work for inputs that do not."""
@@ -60,6 +66,19 @@ class Backward:
         if keepdims or not x.type.rank:
             return value
         return self.emit("unsqueeze", value, axes=normalize_axes(axes, x.type.rank))
+
+    def through_composition(self, compose, cotangent: Value, *inputs: Value) -> tuple:
+        """The cotangents of `inputs` (None for those not wanted) for an op whose value is
+        `compose(self, *inputs)`, a composition of ops that have rules: the composition is
+        emitted here and reversed through their rules, as autodiff reverses any graph."""
+        start = len(self.builder.graph.nodes)
+        composed = compose(self, *inputs)
+        view = Graph(f"{self.node.op}.composed", list(inputs), [],
+                     self.builder.graph.nodes[start:])
+        wanted = [value for value in inputs if self.wants(value)]
+        grads = self.reverse_part(self.builder, view, [(composed, cotangent)], wanted,
+                                  f"{self.name_hint}.")
+        return tuple(grads[value.name] if value in wanted else None for value in inputs)
 
     def zeros_like(self, value: Value) -> Value:
         return self.emit("broadcast_like", self.constant(0.0, value), value)
@@ -164,6 +183,59 @@ def _sin(bw, g, x, out):
 @vjp("cos")
 def _cos(bw, g, x, out):
     return (bw.emit("neg", bw.emit("mul", g, bw.emit("sin", x))),)
+
+
+@vjp("tan")
+def _tan(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("add", bw.constant(1.0, out), bw.emit("mul", out, out))),)
+
+
+def _one_minus_square(bw, x):
+    return bw.emit("sub", bw.constant(1.0, x), bw.emit("mul", x, x))
+
+
+@vjp("asin")
+def _asin(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("sqrt", _one_minus_square(bw, x))),)
+
+
+@vjp("acos")
+def _acos(bw, g, x, out):
+    return (bw.emit("neg", bw.emit("div", g, bw.emit("sqrt", _one_minus_square(bw, x)))),)
+
+
+@vjp("atan")
+def _atan(bw, g, x, out):
+    return (bw.emit("div", g, bw.emit("add", bw.constant(1.0, x), bw.emit("mul", x, x))),)
+
+
+@vjp("sinh")
+def _sinh(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("cosh", x)),)
+
+
+@vjp("cosh")
+def _cosh(bw, g, x, out):
+    return (bw.emit("mul", g, bw.emit("sinh", x)),)
+
+
+@vjp("asinh")
+def _asinh(bw, g, x, out):
+    root = bw.emit("sqrt", bw.emit("add", bw.emit("mul", x, x), bw.constant(1.0, x)))
+    return (bw.emit("div", g, root),)
+
+
+@vjp("acosh")
+def _acosh(bw, g, x, out):
+    # √((x − 1)(x + 1)) rather than √(x² − 1): exact where x is near 1.
+    root = bw.emit("sqrt", bw.emit("mul", bw.emit("sub", x, bw.constant(1.0, x)),
+                                   bw.emit("add", x, bw.constant(1.0, x))))
+    return (bw.emit("div", g, root),)
+
+
+@vjp("atanh")
+def _atanh(bw, g, x, out):
+    return (bw.emit("div", g, _one_minus_square(bw, x)),)
 
 
 @vjp("log1p")
@@ -285,6 +357,32 @@ def _matmul(bw, g, a, b, out):
     if bw.wants(b):
         grad_b = bw.unbroadcast(bw.emit("matmul", bw.swap_last_two(a), g), b)
     return grad_a, grad_b
+
+
+@vjp("det")
+def _det(bw, g, x, out):
+    # d det(x) / dx is x's cofactor matrix (det(x) inv(x)ᵀ where x is invertible, and still
+    # defined where it is not): each cofactor the signed det of the minor without its row and
+    # column.
+    n = x.type.shape[-1]
+    spread = bw.emit("unsqueeze", g, axes=(-2, -1))
+    if n == 1:
+        return (bw.emit("broadcast_like", spread, x),)
+    positions, skipped = bw.emit("arange", n=n - 1), bw.emit("arange", n=n)
+    past_skipped = bw.emit("greater_equal", bw.emit("unsqueeze", positions, axes=(0,)),
+                           bw.emit("unsqueeze", skipped, axes=(1,)))
+    without = bw.emit("add", positions, bw.emit("cast", past_skipped, dtype="i64"))  # [n, n-1]
+    minors = bw.emit("take", bw.emit("take", x, without, axis=-2), without, axis=-1)
+    leading = x.type.rank - 2  # minors is [..., row, r, column, c]
+    minors = bw.transpose(minors, (*range(leading), leading, leading + 2, leading + 1,
+                                   leading + 3))
+    parity = bw.emit("cast", bw.emit("add", bw.emit("unsqueeze", skipped, axes=(1,)),
+                                     bw.emit("unsqueeze", skipped, axes=(0,))),
+                     dtype=x.type.dtype)
+    half = bw.emit("mul", parity, bw.constant(0.5, x))
+    odd = bw.emit("sub", half, bw.emit("floor", half))  # 0, or 1/2 where row + column is odd
+    sign = bw.emit("sub", bw.constant(1.0, x), bw.emit("mul", bw.constant(4.0, x), odd))
+    return (bw.emit("mul", spread, bw.emit("mul", sign, bw.emit("det", minors))),)
 
 
 @vjp("transpose")
@@ -546,6 +644,12 @@ def _avg_pool(bw, g, x, out, **window):
 @vjp("avg_unpool")
 def _avg_unpool(bw, g, output_grad, like, out, **window):
     return bw.emit("avg_pool", g, **window), None
+
+
+@vjp("grid_sample")
+def _grid_sample(bw, g, x, grid, out, **options):
+    # Piecewise a polynomial in the grid, so its composition's rules give both cotangents.
+    return bw.through_composition(functools.partial(grid_sampling.sample, **options), g, x, grid)
 
 
 @vjp("pad")
