@@ -107,55 +107,6 @@ def _split(ctx):
     return outputs
 
 
-class TensorSequence(tuple):
-    """An ONNX sequence whose tensors the import knows one by one (a SplitToSequence's parts):
-    it lives only while importing, as SequenceAt picks its tensors out."""
-
-
-@converter("SplitToSequence")
-def _split_to_sequence(ctx):
-    """torch.chunk and torch.split as the dynamo exporter writes them unoptimised (ShuffleNet's
-    channel split): the parts, as Split makes them, for SequenceAt to pick."""
-    x = ctx.input(0)
-    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
-    keepdims = ctx.attr("keepdims", 1)
-    size = x.type.shape[axis]
-    split = ctx.static(1, "SplitToSequence's split")
-    if not isinstance(size, int):
-        raise Unsupported(f"SplitToSequence of the symbolic axis {axis} ({size}) of {x.type}",
-                          hint=dim_hint([size]))
-    if split is None or split.ndim == 0:
-        part = 1 if split is None else int(split)
-        if part < 1:
-            raise Unsupported(f"SplitToSequence into parts of {part}")
-        lengths = [min(part, size - start) for start in range(0, size, part)]
-    else:
-        lengths = [int(v) for v in split.ravel()]
-    if sum(lengths) != size or min(lengths, default=0) < 0:
-        raise Unsupported(f"SplitToSequence of {size} into {lengths}")
-    parts, start = [], 0
-    for length in lengths:
-        parts.append(ctx.emit("slice", x, starts=(start,), ends=(start + length,),
-                              axes=(axis,), steps=(1,)))
-        start += length
-    if split is None and not keepdims:
-        parts = [ctx.emit("squeeze", part, axes=(axis,)) for part in parts]
-    return [TensorSequence(parts)]
-
-
-@converter("SequenceAt")
-def _sequence_at(ctx):
-    sequence = ctx.importer.values.get(ctx.node.input[0])
-    if not isinstance(sequence, TensorSequence):
-        raise Unsupported("SequenceAt of a sequence that no SplitToSequence made",
-                          hint="export with the dynamo exporter's optimizer on, which writes "
-                               "Split instead")
-    position = ctx.static_int(1, "SequenceAt's position")
-    if not -len(sequence) <= position < len(sequence):
-        raise Unsupported(f"SequenceAt({position}) of a sequence of {len(sequence)} tensors")
-    return [sequence[position]]
-
-
 @converter("Slice")
 def _slice(ctx):
     x = ctx.input(0)

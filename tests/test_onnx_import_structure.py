@@ -1,0 +1,173 @@
+"""ONNX's structure beyond single tensors, as the importer reads it: sequences and optionals
+(fixed at import time), If, a Loop that carries a sequence, and SequenceMap."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import chainrule
+from chainrule.onnx_import import UnsupportedModel
+from support.cli import chainrule as chainrule_cli
+
+
+def tensor_type(dtype=TensorProto.FLOAT, shape=None):
+    return helper.make_tensor_type_proto(dtype, shape)
+
+
+FLOAT_SEQUENCE = helper.make_sequence_type_proto(tensor_type())
+
+
+def structured_model(nodes, inputs, outputs, initializers=(), opset=18):
+    """A model whose inputs and outputs are (name, TypeProto) pairs."""
+    graph = helper.make_graph(nodes, "test", [helper.make_value_info(*i) for i in inputs],
+                              [helper.make_value_info(*o) for o in outputs], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def run_both(model, **feeds):
+    """The outputs by IR name on numpy, after checking onnxruntime agrees."""
+    results = model.run(**feeds)
+    exported = model.run(backend="onnxruntime", **feeds)
+    for name, array in results.items():
+        np.testing.assert_allclose(exported[name], array, rtol=1e-6)
+    return results
+
+
+def branch(name, nodes, outputs):
+    return helper.make_graph(nodes, name, [], [helper.make_value_info(*o) for o in outputs])
+
+
+def constant(name, array):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array))
+
+
+# ---- sequences ----------------------------------------------------------------------------------
+
+def test_a_sequence_is_one_graph_input_and_output_per_tensor():
+    nodes = [helper.make_node("SequenceInsert", ["seq", "x", "front"], ["longer"]),
+             helper.make_node("SequenceErase", ["longer"], ["out"])]  # drops the last
+    front = numpy_helper.from_array(np.array(0, np.int64), "front")
+    proto = structured_model(nodes, [("seq", FLOAT_SEQUENCE), ("x", tensor_type(shape=[2]))],
+                             [("out", FLOAT_SEQUENCE)], [front])
+    model = chainrule.import_onnx(proto, sequences={"seq": [(3,), ("n",)]})
+    assert model.onnx_sequences == {"seq": ["seq.0", "seq.1"], "out": ["out.0", "out.1"]}
+    a, b, x = (np.arange(size, dtype=np.float32) for size in (3, 4, 2))
+    results = run_both(model, **{"seq.0": a, "seq.1": b, "x": x})
+    np.testing.assert_array_equal(results["out.0"], x)
+    np.testing.assert_array_equal(results["out.1"], a)
+
+
+def test_a_sequence_input_without_its_shapes_says_how_to_give_them():
+    proto = structured_model([helper.make_node("SequenceLength", ["seq"], ["n"])],
+                             [("seq", FLOAT_SEQUENCE)], [("n", tensor_type(TensorProto.INT64))])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    [problem] = caught.value.problems
+    assert problem.needs_elements == "seq" and "sequences={'seq'" in problem.hint
+    assert run_both(chainrule.import_onnx(proto, sequences={"seq": [(1,)] * 3}),
+                    **{f"seq.{i}": np.ones(1, np.float32) for i in range(3)})["n"] == 3
+
+
+def test_the_command_line_refuses_a_sequence_input_in_one_line(tmp_path):
+    proto = structured_model([helper.make_node("SequenceLength", ["seq"], ["n"])],
+                             [("seq", FLOAT_SEQUENCE)], [("n", tensor_type(TensorProto.INT64))])
+    onnx.save(proto, tmp_path / "seq.onnx")
+    result = chainrule_cli("check", tmp_path / "seq.onnx")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the sequence input 'seq' has no element shapes given" in result.stderr
+
+
+def test_split_to_sequence_then_concat_from_sequence_with_a_new_axis_stacks_the_parts():
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["parts"], axis=1, keepdims=0),
+             helper.make_node("ConcatFromSequence", ["parts"], ["y"], axis=0, new_axis=1)]
+    proto = structured_model(nodes, [("x", tensor_type(shape=[2, 3]))],
+                             [("y", tensor_type(shape=[3, 2]))])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"], x.T)
+
+
+def test_sequence_map_applies_its_body_to_tensors_of_different_shapes():
+    body = helper.make_graph([constant("axes", np.array([0], np.int64)),
+                              helper.make_node("ReduceSum", ["t", "axes"], ["s"], keepdims=0)],
+                             "body",
+                             [helper.make_value_info("t", tensor_type())],
+                             [helper.make_value_info("s", tensor_type(shape=[]))])
+    nodes = [helper.make_node("SequenceMap", ["seq"], ["sums"], body=body),
+             helper.make_node("ConcatFromSequence", ["sums"], ["y"], axis=0, new_axis=1)]
+    proto = structured_model(nodes, [("seq", FLOAT_SEQUENCE)], [("y", tensor_type(shape=[3]))])
+    model = chainrule.import_onnx(proto, sequences={"seq": [(1,), (2,), (4,)]})
+    feeds = {f"seq.{i}": np.arange(n, dtype=np.float32) for i, n in enumerate((1, 2, 4))}
+    np.testing.assert_array_equal(run_both(model, **feeds)["y"], [0, 1, 6])
+
+
+def test_a_loop_that_carries_a_sequence_is_unrolled():
+    # Each step appends x[:i+1]: the sequence grows, which no scan can carry.
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         constant("one", np.array([1], np.int64)), constant("zero", np.array([0], np.int64)),
+         helper.make_node("Add", ["i", "one"], ["end"]),
+         helper.make_node("Slice", ["x", "zero", "end"], ["part"]),
+         helper.make_node("SequenceInsert", ["seq_in", "part"], ["seq_out"])], "body",
+        [helper.make_value_info("i", tensor_type(TensorProto.INT64, [])),
+         helper.make_value_info("cond_in", tensor_type(TensorProto.BOOL, [])),
+         helper.make_value_info("seq_in", FLOAT_SEQUENCE)],
+        [helper.make_value_info("cond_out", tensor_type(TensorProto.BOOL, [])),
+         helper.make_value_info("seq_out", FLOAT_SEQUENCE)])
+    nodes = [helper.make_node("SequenceEmpty", [], ["empty"], dtype=TensorProto.FLOAT),
+             helper.make_node("Loop", ["steps", "", "empty"], ["grown"], body=body),
+             helper.make_node("ConcatFromSequence", ["grown"], ["y"], axis=0)]
+    steps = numpy_helper.from_array(np.array(3, np.int64), "steps")
+    proto = structured_model(nodes, [("x", tensor_type(shape=[4]))],
+                             [("y", tensor_type(shape=[6]))], [steps])
+    x = np.array([1, 2, 3, 4], np.float32)
+    np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"],
+                                  [1, 1, 2, 1, 2, 3])
+
+
+# ---- optionals ----------------------------------------------------------------------------------
+
+def test_an_optional_input_is_absent_or_what_it_holds():
+    optional = helper.make_optional_type_proto(tensor_type(shape=[2]))
+    nodes = [helper.make_node("OptionalHasElement", ["maybe"], ["has"])]
+    proto = structured_model(nodes, [("maybe", optional)], [("has", tensor_type(
+        TensorProto.BOOL, []))])
+    absent = chainrule.import_onnx(proto, sequences={"maybe": None})
+    assert not run_both(absent)["has"]
+    present = chainrule.import_onnx(proto, sequences={"maybe": (2,)})
+    assert run_both(present, maybe=np.zeros(2, np.float32))["has"]
+    read = structured_model([helper.make_node("OptionalGetElement", ["maybe"], ["y"])],
+                            [("maybe", optional)], [("y", tensor_type(shape=[2]))])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(read, sequences={"maybe": None})
+    assert "'maybe', an optional that holds nothing" in caught.value.problems[0].reason
+
+
+# ---- If -----------------------------------------------------------------------------------------
+
+def if_model(then_value, else_value):
+    then_branch = branch("then", [constant("a", then_value)], [("a", tensor_type())])
+    else_branch = branch("else", [helper.make_node("Mul", ["x", "x"], ["b"])],
+                         [("b", tensor_type())])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then_branch,
+                            else_branch=else_branch)
+    return structured_model([node], [("cond", tensor_type(TensorProto.BOOL, [])),
+                                     ("x", tensor_type(shape=list(else_value.shape)))],
+                            [("y", tensor_type())])
+
+
+def test_an_if_on_a_condition_computed_at_run_time_selects_between_its_branches():
+    model = chainrule.import_onnx(if_model(np.full(3, 7, np.float32), np.zeros(3)))
+    x = np.array([1, 2, 3], np.float32)
+    np.testing.assert_array_equal(run_both(model, cond=np.array(True), x=x)["y"], [7, 7, 7])
+    np.testing.assert_array_equal(run_both(model, cond=np.array(False), x=x)["y"], x * x)
+
+
+def test_an_if_whose_branches_differ_in_shape_needs_its_condition_at_import_time():
+    proto = if_model(np.full(2, 7, np.float32), np.zeros(3))
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert caught.value.problems[0].needs_constant == "cond"
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(False), "cond"))
+    del proto.graph.input[0]
+    x = np.array([1, 2, 3], np.float32)
+    np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"], x * x)
