@@ -171,3 +171,47 @@ def test_an_if_whose_branches_differ_in_shape_needs_its_condition_at_import_time
     del proto.graph.input[0]
     x = np.array([1, 2, 3], np.float32)
     np.testing.assert_array_equal(run_both(chainrule.import_onnx(proto), x=x)["y"], x * x)
+
+
+# ---- DFT and STFT -------------------------------------------------------------------------------
+
+def dft_model(shape, length=None, **attrs):
+    inputs = ["x", "length" if length is not None else ""]
+    initializers = [] if length is None else [numpy_helper.from_array(np.array(length), "length")]
+    node = helper.make_node("DFT", inputs, ["y"], axis=1, **attrs)
+    return structured_model([node], [("x", tensor_type(shape=shape))], [("y", tensor_type())],
+                            initializers, opset=19)
+
+
+def as_complex(array):
+    return array[..., 0] + 1j * array[..., 1]
+
+
+@pytest.mark.parametrize("length", [None, 5, 11])  # as it is, truncated, padded with zeros
+def test_dft_matches_numpys_fft_of_a_complex_signal(length):
+    x = np.random.default_rng(0).standard_normal((2, 8, 2))
+    model = chainrule.import_onnx(dft_model(["batch", 8, 2], length))
+    y = run_both(model, x=x.astype(np.float32))["y"]
+    np.testing.assert_allclose(as_complex(y), np.fft.fft(as_complex(x), n=length, axis=1),
+                               atol=1e-4)
+
+
+def test_a_one_sided_dft_and_its_inverse_are_numpys_rfft_and_irfft():
+    x = np.random.default_rng(1).standard_normal((3, 10, 1)).astype(np.float32)
+    spectrum = run_both(chainrule.import_onnx(dft_model([3, 10, 1], onesided=1)), x=x)["y"]
+    np.testing.assert_allclose(as_complex(spectrum), np.fft.rfft(x[..., 0], axis=1), atol=1e-4)
+    back = chainrule.import_onnx(dft_model([3, 6, 2], onesided=1, inverse=1))
+    np.testing.assert_allclose(run_both(back, x=spectrum)["y"], x, atol=1e-5)
+
+
+def test_stft_is_the_dft_of_each_windowed_frame():
+    signal = np.random.default_rng(2).standard_normal((1, 20, 1)).astype(np.float32)
+    window = np.hanning(8).astype(np.float32)
+    constants = [numpy_helper.from_array(np.array(4), "step"),
+                 numpy_helper.from_array(window, "window")]
+    node = helper.make_node("STFT", ["signal", "step", "window"], ["y"])
+    proto = structured_model([node], [("signal", tensor_type(shape=[1, 20, 1]))],
+                             [("y", tensor_type())], constants, opset=17)
+    y = run_both(chainrule.import_onnx(proto), signal=signal)["y"]
+    frames = np.stack([signal[0, start:start + 8, 0] * window for start in (0, 4, 8, 12)])
+    np.testing.assert_allclose(as_complex(y[0]), np.fft.rfft(frames, axis=1), atol=1e-4)
