@@ -215,3 +215,26 @@ def test_stft_is_the_dft_of_each_windowed_frame():
     y = run_both(chainrule.import_onnx(proto), signal=signal)["y"]
     frames = np.stack([signal[0, start:start + 8, 0] * window for start in (0, 4, 8, 12)])
     np.testing.assert_allclose(as_complex(y[0]), np.fft.rfft(frames, axis=1), atol=1e-4)
+
+
+# ---- ops that ONNX defines as functions ---------------------------------------------------------
+
+def test_an_op_without_a_converter_imports_as_its_onnx_function(monkeypatch):
+    from chainrule.onnx_import import CONVERTERS
+    monkeypatch.delitem(CONVERTERS, "Mish")  # x * tanh(softplus(x)), a function since opset 18
+    proto = structured_model([helper.make_node("Mish", ["x"], ["y"])],
+                             [("x", tensor_type(shape=[5]))], [("y", tensor_type(shape=[5]))])
+    x = np.linspace(-3, 3, 5).astype(np.float32)
+    y = run_both(chainrule.import_onnx(proto), x=x)["y"]
+    np.testing.assert_allclose(y, x * np.tanh(np.log1p(np.exp(x))), rtol=1e-5)
+
+
+@pytest.mark.skipif("SwiGLU" not in {s.name for s in onnx.defs.get_all_schemas()},
+                    reason="this onnx has no SwiGLU")
+def test_swiglu_imports_as_its_function_with_its_attribute():
+    node = helper.make_node("SwiGLU", ["a", "b"], ["y"], alpha=2.0)
+    proto = structured_model([node], [("a", tensor_type(shape=[4])), ("b", tensor_type(
+        shape=[4]))], [("y", tensor_type(shape=[4]))], opset=28)
+    a, b = np.linspace(-2, 2, 4).astype(np.float32), np.arange(4, dtype=np.float32)
+    y = run_both(chainrule.import_onnx(proto), a=a, b=b)["y"]
+    np.testing.assert_allclose(y, a / (1 + np.exp(-2 * a)) * b, rtol=1e-5)
