@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import chainrule
 from chainrule.onnx_import import UnsupportedModel
@@ -219,9 +220,11 @@ def test_stft_is_the_dft_of_each_windowed_frame():
 
 # ---- ops that ONNX defines as functions ---------------------------------------------------------
 
-def test_an_op_without_a_converter_imports_as_its_onnx_function(monkeypatch):
+def test_an_op_imports_as_its_onnx_function(monkeypatch):
     from chainrule.onnx_import import CONVERTERS
-    monkeypatch.delitem(CONVERTERS, "Mish")  # x * tanh(softplus(x)), a function since opset 18
+    from chainrule.onnx_import.functions import import_function_body
+    # Mish, x * tanh(softplus(x)), has a converter, and is a function since opset 18.
+    monkeypatch.setitem(CONVERTERS, "Mish", import_function_body)
     proto = structured_model([helper.make_node("Mish", ["x"], ["y"])],
                              [("x", tensor_type(shape=[5]))], [("y", tensor_type(shape=[5]))])
     x = np.linspace(-3, 3, 5).astype(np.float32)
@@ -238,3 +241,43 @@ def test_swiglu_imports_as_its_function_with_its_attribute():
     a, b = np.linspace(-2, 2, 4).astype(np.float32), np.arange(4, dtype=np.float32)
     y = run_both(chainrule.import_onnx(proto), a=a, b=b)["y"]
     np.testing.assert_allclose(y, a / (1 + np.exp(-2 * a)) * b, rtol=1e-5)
+
+
+# ---- the preview training ops -------------------------------------------------------------------
+
+TRAINING = "ai.onnx.preview.training"
+
+
+@pytest.mark.parametrize("op, state, attrs", [
+    ("Adam", ["V", "H"], {"alpha": 0.9, "beta": 0.99, "epsilon": 1e-3,
+                          "norm_coefficient_post": 0.1}),
+    ("Momentum", ["V"], {"alpha": 0.9, "beta": 0.5, "mode": "nesterov",
+                         "norm_coefficient": 0.01}),
+    ("Adagrad", ["H"], {"decay_factor": 0.1, "epsilon": 1e-3})])
+@pytest.mark.parametrize("step", [0, 3])  # the first step updates otherwise
+def test_a_training_op_updates_as_onnxs_reference_does(op, state, attrs, step):
+    inputs = ["R", "T", "X", "G", *state]
+    node = helper.make_node(op, inputs, ["X_new", *(f"{s}_new" for s in state)],
+                            domain=TRAINING, **attrs)
+    shapes = {"R": [], "T": []}
+    types = [(name, tensor_type(TensorProto.INT64 if name == "T" else TensorProto.FLOAT,
+                                shapes.get(name, [3]))) for name in inputs]
+    proto = structured_model([node], types, [(name, tensor_type(shape=[3]))
+                                             for name in node.output])
+    proto.opset_import.append(helper.make_opsetid(TRAINING, 1))
+    rng = np.random.default_rng(step)
+    feeds = {name: rng.uniform(0.5, 2, 3).astype(np.float32) for name in ["X", "G", *state]}
+    feeds.update(R=np.array(0.1, np.float32), T=np.array(step))
+    expected = ReferenceEvaluator(proto).run(None, feeds)
+    results = run_both(chainrule.import_onnx(proto), **feeds)
+    for name, array in zip(node.output, expected, strict=True):
+        np.testing.assert_allclose(results[name], array, rtol=1e-5)
+
+
+def test_binarizer_keeps_the_threshold_itself_at_zero():
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    proto = structured_model([node], [("x", tensor_type(TensorProto.DOUBLE, [4]))],
+                             [("y", tensor_type(TensorProto.DOUBLE, [4]))])
+    proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    y = run_both(chainrule.import_onnx(proto), x=np.array([0.0, 0.5, 0.6, -1.0]))["y"]
+    assert y.dtype == np.float64 and y.tolist() == [0, 0, 1, 0]

@@ -18,10 +18,11 @@ from .loss import LOSSES, check_target_name
 __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSES",
            "SUPPORTED_OPS", "check_target_name"]
 
-# Each of these modules registers its converters in the op table when imported.
+# Each of these modules registers its converters in the op table when imported; functions
+# registers one for each op ONNX defines as a function that the others leave out: it comes last.
 CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "layout",
                      "loss_ops", "ml", "normalization", "recurrent", "resize", "sequences",
-                     "signal")
+                     "signal", "training_ops", "functions")
 # The names this package exports from its modules, loaded on first use.
 LAZY_NAMES = {"Imported": "importer", "Importer": "importer", "UnsupportedModel": "importer",
               "load_model": "importer", "Unsupported": "context", "CONVERTERS": "context",

@@ -4,7 +4,6 @@ rather than silently dropped), and a builder that locates every node it emits.""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.checker import ValidationError
 
@@ -362,17 +361,6 @@ class NodeContext:
 
     def output_used(self, index: int) -> bool:
         return index < len(self.node.output) and self.importer.is_used(self.node.output[index])
-
-
-def function_versions(node, opset: int, domain: str) -> list[int]:
-    """The opsets at which ONNX defines the node's op as a function of other ops, up to
-    `opset` (functions.py imports such an op as its body)."""
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, domain)
-    except onnx.defs.SchemaError:
-        return []
-    return sorted(v for v in (*schema.function_opset_versions,
-                              *schema.context_dependent_function_opset_versions) if v <= opset)
 
 
 def tensor_array(tensor, what: str) -> np.ndarray:

@@ -1,7 +1,9 @@
 """An op chainrule has no converter for, but which ONNX defines as a function of other ops
 (SwiGLU, LinearAttention, CausalConvWithState, ...), imports as that function: its body, for
 the node's attributes and input types at the model's opset, inlined by onnx's inliner, whose
-nodes are imported into the graph as any others are (control_flow.py, `InlineImporter`)."""
+nodes are imported into the graph as any others are (control_flow.py, `InlineImporter`).
+The converter is registered for each such op of the default domain that no other module
+converts or folds, so this module loads after them (CONVERTER_MODULES)."""
 from __future__ import annotations
 
 import onnx
@@ -9,12 +11,24 @@ import onnx.inliner
 from onnx import helper
 
 from ..ir.types import ONNX_DTYPES
-from .context import Unsupported, function_versions
+from .context import CONVERTERS, Unsupported, converter
 from .control_flow import InlineImporter
+from .folding import FOLDERS
+
+
+def function_versions(node, opset: int, domain: str) -> list[int]:
+    """The opsets at which ONNX defines the node's op as a function of other ops, up to
+    `opset`."""
+    schema = onnx.defs.get_schema(node.op_type, opset, domain)
+    return sorted(v for v in (*schema.function_opset_versions,
+                              *schema.context_dependent_function_opset_versions) if v <= opset)
 
 
 def import_function_body(ctx) -> list:
     opset, domain = ctx.importer.opset_of(ctx.node)
+    if not function_versions(ctx.node, opset, domain):
+        raise Unsupported(f"ONNX defines {ctx.node.op_type} as a function only at opsets "
+                          f"newer than the model's {opset}")
     for attribute in ctx.node.attribute:
         ctx.read.add(attribute.name)  # the body reads them
     node = _with_defaults(ctx.node, onnx.defs.get_schema(ctx.node.op_type, opset, domain))
@@ -69,3 +83,10 @@ def _type_proto(ctx, index: int) -> onnx.TypeProto:
     value_type = ctx.type_of(index)
     shape = [d if isinstance(d, int) else str(d) for d in value_type.shape]
     return helper.make_tensor_type_proto(ONNX_DTYPES[value_type.dtype], shape)
+
+
+for _schema in onnx.defs.get_all_schemas():
+    if _schema.domain == "" and _schema.name not in CONVERTERS and \
+            _schema.name not in FOLDERS and (_schema.has_function or
+                                             _schema.has_context_dependent_function):
+        converter(_schema.name)(import_function_body)

@@ -21,10 +21,11 @@ from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
 from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
 from .context import (ABSENT, CONVERTERS, Absent, Known, NodeContext, TensorSequence,
-                      Unsupported, dim_hint, dtype_of_array, function_versions)
+                      Unsupported, dim_hint, dtype_of_array)
 from .external_data import external_array, is_external
 from .folding import FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
+from .training_ops import TRAINING_DOMAIN, TRAINING_OPS
 
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
@@ -576,12 +577,12 @@ class Importer:
 
     def fixed_problem(self, node) -> Unsupported | None:
         """What stops the node whatever its inputs: its domain, its op, its schema."""
-        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN):
-            return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
-                               f"and {ML_DOMAIN})")
+        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN, TRAINING_DOMAIN):
+            return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain, "
+                               f"{ML_DOMAIN} and {TRAINING_DOMAIN})")
         if node.domain == ML_DOMAIN and node.op_type not in ML_OPS or \
-                node.op_type not in FOLDERS and node.op_type not in CONVERTERS and \
-                not function_versions(node, *self.opset_of(node)):
+                node.domain == TRAINING_DOMAIN and node.op_type not in TRAINING_OPS or \
+                node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
             return Unsupported(OP_NOT_SUPPORTED)
         malformed = schema_violation(node, *self.opset_of(node))
         return Unsupported(malformed) if malformed else None
@@ -598,9 +599,6 @@ class Importer:
         results = self.folded(ctx)
         if results is None:
             converter = CONVERTERS.get(ctx.node.op_type)
-            if converter is None and function_versions(ctx.node, *self.opset_of(ctx.node)):
-                from .functions import import_function_body  # it builds on this module
-                converter = import_function_body
             if converter is None:
                 raise Unsupported(OP_NOT_SUPPORTED)
             results = converter(ctx)
