@@ -281,3 +281,12 @@ def test_binarizer_keeps_the_threshold_itself_at_zero():
     proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
     y = run_both(chainrule.import_onnx(proto), x=np.array([0.0, 0.5, 0.6, -1.0]))["y"]
     assert y.dtype == np.float64 and y.tolist() == [0, 0, 1, 0]
+
+
+def test_an_op_whose_result_length_depends_on_values_is_refused_saying_so():
+    proto = structured_model([helper.make_node("Unique", ["x"], ["y"])],
+                             [("x", tensor_type(shape=[5]))], [("y", tensor_type())])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    assert "as long as how many distinct values its input holds" in \
+        caught.value.problems[0].reason

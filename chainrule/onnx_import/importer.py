@@ -22,6 +22,7 @@ from ..ir.symbols import dim_attrs, map_dims
 from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
 from .context import (ABSENT, CONVERTERS, Absent, Known, NodeContext, TensorSequence,
                       Unsupported, dim_hint, dtype_of_array)
+from .data_dependent import DATA_DEPENDENT_LENGTHS, data_dependent_shape
 from .external_data import external_array, is_external
 from .folding import FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
@@ -580,6 +581,8 @@ class Importer:
         if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN, TRAINING_DOMAIN):
             return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain, "
                                f"{ML_DOMAIN} and {TRAINING_DOMAIN})")
+        if node.domain in DEFAULT_DOMAINS and node.op_type in DATA_DEPENDENT_LENGTHS:
+            return Unsupported(data_dependent_shape(node.op_type))
         if node.domain == ML_DOMAIN and node.op_type not in ML_OPS or \
                 node.domain == TRAINING_DOMAIN and node.op_type not in TRAINING_OPS or \
                 node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
