@@ -290,3 +290,27 @@ def test_an_op_whose_result_length_depends_on_values_is_refused_saying_so():
         chainrule.import_onnx(proto)
     assert "as long as how many distinct values its input holds" in \
         caught.value.problems[0].reason
+
+
+@pytest.mark.parametrize("mode", ["linear", "circular"])
+def test_tensor_scatter_writes_each_rows_update_from_its_index(mode):
+    past = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    update = -np.arange(1, 2 * 2 * 3 + 1, dtype=np.float32).reshape(2, 2, 3)
+    starts = np.array([1, 4])  # the second row runs past the end: wrapped, or dropped
+    expected = past.copy()
+    for row, start in enumerate(starts):
+        for step in range(2):
+            position = start + step
+            if mode == "circular" or position < 5:
+                expected[row, position % 5] = update[row, step]
+    node = helper.make_node("TensorScatter", ["past", "update", "starts"], ["present"],
+                            mode=mode, axis=1)
+    proto = structured_model([node], [("past", tensor_type(shape=[2, 5, 3])),
+                                      ("update", tensor_type(shape=[2, 2, 3])),
+                                      ("starts", tensor_type(TensorProto.INT64, [2]))],
+                             [("present", tensor_type(shape=[2, 5, 3]))], opset=24)
+    if "TensorScatter" not in {s.name for s in onnx.defs.get_all_schemas()}:
+        pytest.skip("this onnx has no TensorScatter")
+    present = run_both(chainrule.import_onnx(proto), past=past, update=update,
+                       starts=starts)["present"]
+    np.testing.assert_array_equal(present, expected)
