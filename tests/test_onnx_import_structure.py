@@ -314,3 +314,39 @@ def test_tensor_scatter_writes_each_rows_update_from_its_index(mode):
     present = run_both(chainrule.import_onnx(proto), past=past, update=update,
                        starts=starts)["present"]
     np.testing.assert_array_equal(present, expected)
+
+
+# ---- scatters that reduce -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction, ufunc", [("mul", np.multiply), ("max", np.maximum),
+                                              ("min", np.minimum)])
+def test_scatter_elements_reduces_repeated_and_negative_indices_at_run_time(reduction, ufunc):
+    data = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    updates = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    indices = np.array([[0, 2, -4], [3, 3, -1]])  # -4 is 0 again; -1 is 3 again
+    expected = data.copy()
+    ufunc.at(expected, (np.array([[0], [1]]), indices % 4), updates)
+    node = helper.make_node("ScatterElements", ["data", "indices", "updates"], ["y"], axis=1,
+                            reduction=reduction)
+    proto = structured_model([node], [("data", tensor_type(shape=[2, 4])),
+                                      ("indices", tensor_type(TensorProto.INT64, [2, 3])),
+                                      ("updates", tensor_type(shape=[2, 3]))],
+                             [("y", tensor_type(shape=[2, 4]))])
+    y = run_both(chainrule.import_onnx(proto), data=data, indices=indices, updates=updates)["y"]
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_scatter_nd_multiplies_rows_into_a_tensor():
+    data = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    updates = np.array([[2, 2, 2, 2], [3, 3, 3, 3], [0.5, 1, 1, 1]], np.float32)
+    indices = np.array([[1], [1], [0]])
+    expected = data.copy()
+    np.multiply.at(expected, indices[:, 0], updates)
+    node = helper.make_node("ScatterND", ["data", "indices", "updates"], ["y"],
+                            reduction="mul")
+    proto = structured_model([node], [("data", tensor_type(shape=[3, 4])),
+                                      ("indices", tensor_type(TensorProto.INT64, [3, 1])),
+                                      ("updates", tensor_type(shape=[3, 4]))],
+                             [("y", tensor_type(shape=[3, 4]))])
+    y = run_both(chainrule.import_onnx(proto), data=data, indices=indices, updates=updates)["y"]
+    np.testing.assert_array_equal(y, expected)

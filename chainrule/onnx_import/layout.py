@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import NUMPY_DTYPES, UNKNOWN, is_float
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -411,15 +411,49 @@ def _one_hot(ctx):
     return [ctx.emit("where", hot, value(1), value(0))]
 
 
+# A scatter's reduction other than add -> the elementwise op combining data with the reduced
+# updates, the reduction over the updates landing on one position, and what it starts from.
+SCATTER_REDUCTIONS = {"mul": ("mul", "prod", 1.0), "max": ("maximum", "max", -np.inf),
+                      "min": ("minimum", "min", np.inf)}
+REDUCTIONS = ("none", "add", *SCATTER_REDUCTIONS)
+
+
+def _scatter_reduced(ctx, data, indices, updates, axis: int, reduction: str):
+    """data combined with the updates at indices along `axis` by mul, max or min (repeated
+    indices reduce together): each update is laid on a new axis after `axis` at its index,
+    the rest of that axis holding the reduction's identity, and reduced over `axis`. It costs
+    updates x positions; indices [.., K, ..] broadcast against updates [.., K, .., R...]."""
+    combine, reduce, identity = SCATTER_REDUCTIONS[reduction]
+    size = data.type.shape[axis]
+    if not is_float(data.type.dtype) or not isinstance(size, int):
+        raise Unsupported(f"{ctx.node.op_type} with reduction={reduction!r} of {data.type} "
+                          f"(it takes floats with a known indexed axis)")
+    ctx.require_size(data.type.dtype, (*updates.type.shape[:axis + 1], size,
+                                       *updates.type.shape[axis + 1:]))
+    indices = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
+                       ctx.emit("add", indices, ctx.constant(size, indices)), indices)
+    laid = [1] * (indices.type.rank + 1)
+    laid[axis + 1] = size
+    positions = ctx.known_tensor(np.arange(size).reshape(laid), "positions")
+    hit = ctx.emit("equal", ctx.emit("unsqueeze", indices, axes=(axis + 1,)), positions)
+    spread = ctx.emit("where", hit, ctx.emit("unsqueeze", updates, axes=(axis + 1,)),
+                      ctx.constant(identity, updates))
+    reduced = ctx.emit(reduce, spread, axes=(axis,), keepdims=False)
+    return ctx.emit(combine, data, reduced)
+
+
 @converter("ScatterElements")
 def _scatter_elements(ctx):
     """data with updates written (or, with reduction add, added) at indices along the axis:
-    scatter_elements_add of the updates, and of ones to find where they land."""
+    scatter_elements_add of the updates, and of ones to find where they land. A reduction of
+    mul, max or min combines them as _scatter_reduced does."""
     data = ctx.input(0)
     axis = ctx.axis(ctx.attr("axis", 0), data.type.rank)
     indices = _indices(ctx, 1, data.type.shape[axis])
     updates = ctx.input(2)
-    reduction = ctx.require_attr("reduction", ("none", "add"), "none")
+    reduction = ctx.require_attr("reduction", REDUCTIONS, "none")
+    if reduction in SCATTER_REDUCTIONS:
+        return [_scatter_reduced(ctx, data, indices, updates, axis, reduction)]
     added = ctx.emit("scatter_elements_add", updates, indices, data, axis=axis)
     if reduction == "add":
         return [ctx.emit("add", data, added)]
@@ -460,8 +494,13 @@ def _scatter_nd(ctx):
     """data with updates written (or added) at indices, through scatter_add on data with its
     indexed axes flattened, as ScatterElements is."""
     data, indices, updates = ctx.input(0), ctx.input(1), ctx.input(2)
-    reduction = ctx.require_attr("reduction", ("none", "add"), "none")
+    reduction = ctx.require_attr("reduction", REDUCTIONS, "none")
     positions, flat = _flat_positions(ctx, data, indices)
+    if reduction in SCATTER_REDUCTIONS:  # one row of the flattened data per update
+        rows = ctx.emit("reshape", positions, shape=(-1,) + (1,) * (flat.type.rank - 1))
+        values = ctx.emit("reshape", updates, shape=(-1,) + tuple(flat.type.shape[1:]))
+        return [ctx.emit("reshape", _scatter_reduced(ctx, flat, rows, values, 0, reduction),
+                         shape=data.type.shape)]
 
     def scattered(values):
         added = ctx.emit("scatter_add", values, positions, flat, axis=0)
