@@ -77,7 +77,8 @@ def test_a_node_reading_a_value_of_unknown_type_is_still_reported_for_its_op():
         chainrule.import_onnx(proto)
     problems = {p.node: p.reason for p in caught.value.problems}
     assert problems == {"other_domain": "domain 'my.ops' (chainrule reads the default domain, "
-                                        "ai.onnx.ml and ai.onnx.preview.training)",
+                                        "ai.onnx.ml, ai.onnx.preview.training and "
+                                        "ai.onnx.preview)",
                         "no_such_op": "op not supported",
                         "bad_attribute": "attribute gamma not supported"}
 

@@ -30,7 +30,7 @@ def run_both(model, **feeds):
     results = model.run(**feeds)
     exported = model.run(backend="onnxruntime", **feeds)
     for name, array in results.items():
-        np.testing.assert_allclose(exported[name], array, rtol=1e-6)
+        np.testing.assert_allclose(exported[name], array, rtol=1e-5, atol=1e-6)
     return results
 
 
@@ -350,3 +350,19 @@ def test_scatter_nd_multiplies_rows_into_a_tensor():
                              [("y", tensor_type(shape=[3, 4]))])
     y = run_both(chainrule.import_onnx(proto), data=data, indices=indices, updates=updates)["y"]
     np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.skipif("FlexAttention" not in {s.name for s in onnx.defs.get_all_schemas()},
+                    reason="this onnx has no FlexAttention")
+def test_a_preview_op_imports_as_its_function():
+    node = helper.make_node("FlexAttention", ["q", "k", "v"], ["y"], domain="ai.onnx.preview",
+                            scale=0.5)
+    shape = [1, 2, 3, 4]
+    proto = structured_model([node], [(name, tensor_type(shape=shape)) for name in "qkv"],
+                             [("y", tensor_type(shape=shape))], opset=26)
+    proto.opset_import.append(helper.make_opsetid("ai.onnx.preview", 1))
+    feeds = {name: np.random.default_rng(index).standard_normal(shape).astype(np.float32)
+             for index, name in enumerate("qkv")}
+    [expected] = ReferenceEvaluator(proto).run(None, feeds)
+    np.testing.assert_allclose(run_both(chainrule.import_onnx(proto), **feeds)["y"], expected,
+                               rtol=1e-5, atol=1e-6)

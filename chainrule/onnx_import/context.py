@@ -16,6 +16,9 @@ from ..ir.types import UNKNOWN, TensorType, dtype_of_numpy
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
 CONVERTERS, converter = rule_table()
+# The domain of ONNX's preview ops, which import where ONNX defines them as functions
+# (functions.py).
+PREVIEW_DOMAIN = "ai.onnx.preview"
 
 
 class Unsupported(Exception):

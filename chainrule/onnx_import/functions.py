@@ -2,8 +2,8 @@
 (SwiGLU, LinearAttention, CausalConvWithState, ...), imports as that function: its body, for
 the node's attributes and input types at the model's opset, inlined by onnx's inliner, whose
 nodes are imported into the graph as any others are (control_flow.py, `InlineImporter`).
-The converter is registered for each such op of the default domain that no other module
-converts or folds, so this module loads after them (CONVERTER_MODULES)."""
+The converter is registered for each such op of the default and preview domains that no
+other module converts or folds, so this module loads after them (CONVERTER_MODULES)."""
 from __future__ import annotations
 
 import onnx
@@ -11,7 +11,7 @@ import onnx.inliner
 from onnx import helper
 
 from ..ir.types import ONNX_DTYPES
-from .context import CONVERTERS, Unsupported, converter
+from .context import CONVERTERS, PREVIEW_DOMAIN, Unsupported, converter
 from .control_flow import InlineImporter
 from .folding import FOLDERS
 
@@ -86,7 +86,7 @@ def _type_proto(ctx, index: int) -> onnx.TypeProto:
 
 
 for _schema in onnx.defs.get_all_schemas():
-    if _schema.domain == "" and _schema.name not in CONVERTERS and \
+    if _schema.domain in ("", PREVIEW_DOMAIN) and _schema.name not in CONVERTERS and \
             _schema.name not in FOLDERS and (_schema.has_function or
                                              _schema.has_context_dependent_function):
         converter(_schema.name)(import_function_body)

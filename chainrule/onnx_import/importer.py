@@ -20,8 +20,8 @@ from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
 from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
-from .context import (ABSENT, CONVERTERS, Absent, Known, NodeContext, TensorSequence,
-                      Unsupported, dim_hint, dtype_of_array)
+from .context import (ABSENT, CONVERTERS, PREVIEW_DOMAIN, Absent, Known, NodeContext,
+                      TensorSequence, Unsupported, dim_hint, dtype_of_array)
 from .data_dependent import DATA_DEPENDENT_LENGTHS, data_dependent_shape
 from .external_data import external_array, is_external
 from .folding import FOLDERS, substituted_shape
@@ -578,9 +578,9 @@ class Importer:
 
     def fixed_problem(self, node) -> Unsupported | None:
         """What stops the node whatever its inputs: its domain, its op, its schema."""
-        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN, TRAINING_DOMAIN):
+        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN, TRAINING_DOMAIN, PREVIEW_DOMAIN):
             return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain, "
-                               f"{ML_DOMAIN} and {TRAINING_DOMAIN})")
+                               f"{ML_DOMAIN}, {TRAINING_DOMAIN} and {PREVIEW_DOMAIN})")
         if node.domain in DEFAULT_DOMAINS and node.op_type in DATA_DEPENDENT_LENGTHS:
             return Unsupported(data_dependent_shape(node.op_type))
         if node.domain == ML_DOMAIN and node.op_type not in ML_OPS or \
