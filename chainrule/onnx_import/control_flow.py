@@ -313,9 +313,11 @@ def _unrolled_loop(ctx, subgraph, trip_count: int, carried: list) -> list:
 @converter("If")
 def _if(ctx):
     branches = [subgraph_attr(ctx, name) for name in ("then_branch", "else_branch")]
-    if len(branches[0].output) != len(branches[1].output) or branches[0].input:
+    if len(branches[0].output) != len(branches[1].output):
         raise Unsupported(f"branches of {len(branches[0].output)} and "
                           f"{len(branches[1].output)} outputs")
+    if any(branch.input for branch in branches):
+        raise Unsupported("If branches that take inputs (ONNX's take none)")
     known = ctx.known(0)
     if known is not None and not known.symbolic:
         taken = branches[0] if np.all(known.array) else branches[1]
