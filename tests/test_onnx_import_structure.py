@@ -366,3 +366,18 @@ def test_a_preview_op_imports_as_its_function():
     [expected] = ReferenceEvaluator(proto).run(None, feeds)
     np.testing.assert_allclose(run_both(chainrule.import_onnx(proto), **feeds)["y"], expected,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_flow_through_a_dft():
+    from chainrule.gradcheck import gradcheck
+    weight = numpy_helper.from_array(np.linspace(0.5, 1.5, 8).reshape(8, 1).astype(np.float32),
+                                     "w")
+    nodes = [helper.make_node("Mul", ["x", "w"], ["scaled"]),
+             helper.make_node("DFT", ["scaled"], ["spectrum"], axis=1, onesided=1),
+             helper.make_node("ReduceSumSquare", ["spectrum"], ["power"], keepdims=0)]
+    proto = structured_model(nodes, [("x", tensor_type(shape=[2, 8, 1]))],
+                             [("power", tensor_type(shape=[]))], [weight], opset=19)
+    model = chainrule.import_onnx(proto)
+    x = np.random.default_rng(5).standard_normal((2, 8, 1))
+    rows = gradcheck(model, {"x": x}, backends=("numpy", "onnxruntime"))
+    assert rows and all(row.passed for row in rows), rows
