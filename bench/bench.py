@@ -27,7 +27,7 @@ import chainrule
 from chainrule.backends import get_backend
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend
 from chainrule.backends.onnx_backend import OnnxRuntimeBackend
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
@@ -282,8 +282,8 @@ def carried_feeds(model, graph, interface, batch: dict) -> dict:
     optimizer state and the model's params."""
     by_name = {v.name: v.type for v in graph.inputs}
     feeds = dict(batch)
-    feeds[LR] = np.asarray(LR_VALUE, NUMPY_DTYPES[by_name[LR].dtype])
-    feeds.update((name, np.zeros(by_name[name].shape, NUMPY_DTYPES[by_name[name].dtype]))
+    feeds[LR] = np.asarray(LR_VALUE, numpy_dtype(by_name[LR].dtype))
+    feeds.update((name, np.zeros(by_name[name].shape, numpy_dtype(by_name[name].dtype)))
                  for name in interface.state)
     feeds.update(model.params)
     return feeds

@@ -13,7 +13,7 @@ from .bounds import SEED
 from .dsl import lower_source
 from .fileio import atomic_write_bytes, read_text
 from .ir import ChainruleError, Graph, parse_graph, print_graph
-from .ir.types import NUMPY_DTYPES, is_float
+from .ir.types import is_float, numpy_dtype
 from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
@@ -27,7 +27,7 @@ from .passes.promote import promote_to_f64
 
 def evaluate_scalars(node, scalars):
     """Constant folding's evaluator: the numpy kernel of `node` applied to scalar constants."""
-    arrays = [np.asarray(value, NUMPY_DTYPES[v.type.dtype])
+    arrays = [np.asarray(value, numpy_dtype(v.type.dtype))
               for value, v in zip(scalars, node.inputs, strict=True)]
     return KERNELS[node.op](*arrays, **node.attrs)
 
@@ -263,7 +263,7 @@ class Model:
         model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
         defaults = dict(self.params)
         types = {v.name: v.type for v in graph.inputs}
-        defaults.update((name, np.zeros(types[name].shape, NUMPY_DTYPES[types[name].dtype]))
+        defaults.update((name, np.zeros(types[name].shape, numpy_dtype(types[name].dtype)))
                         for name in interface.state)
         model.graph.initializer.extend(numpy_helper.from_array(np.asarray(array), name)
                                        for name, array in defaults.items())

@@ -22,7 +22,7 @@ from .fileio import (MAX_TEXT_BYTES, check_read_within, load_npy, load_npz, open
                      open_for_reading, reading)
 from .ir import ChainruleError, Value, file_error
 from .ir.limits import MAX_ELEMENTS, MAX_RANK, check_allocation
-from .ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
+from .ir.types import UNKNOWN, TensorType, numpy_dtype
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
 
@@ -409,7 +409,7 @@ def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3)
 def _fits_as_given(value: Value, argument) -> bool:
     """Whether `conform` would leave `argument` as it is: an array of the input's dtype that
     needs no flattening and no channel axis."""
-    return (type(argument) is np.ndarray and argument.dtype == NUMPY_DTYPES[value.type.dtype]
+    return (type(argument) is np.ndarray and argument.dtype == numpy_dtype(value.type.dtype)
             and (value.type.rank != 2 or argument.ndim <= 2)
             and not _lacks_only_a_channel_axis(value.type, argument))
 
@@ -513,7 +513,7 @@ def _refuse_one_hot(value: Value, array: np.ndarray, origin: str) -> None:
 def safe_cast(name: str, array: np.ndarray, dtype: str, origin: str):
     """`array` as `dtype` and a note saying so, when the cast changes no value's meaning;
     otherwise a ChainruleError naming the input and both dtypes."""
-    target = np.dtype(NUMPY_DTYPES[dtype])
+    target = np.dtype(numpy_dtype(dtype))
     if array.dtype == target:
         return array, None
     given = dtype_name(array.dtype)

@@ -27,7 +27,7 @@ from .data import conform_arguments
 from .distributed import ShardedRunner
 from .fileio import load_npz, save_npz
 from .ir import ChainruleError, print_graph
-from .ir.types import NUMPY_DTYPES
+from .ir.types import numpy_dtype
 from .passes import select_outputs
 from .passes.manager import check_opt_level
 from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
@@ -202,7 +202,7 @@ class Trainer:
         self.eval_graph = model.optimize(select_outputs(model.graph, self.reported),
                                          config.opt_level)
         self.backend = get_backend(config.backend_name)
-        self.dtype = NUMPY_DTYPES[model.objective.type.dtype]
+        self.dtype = numpy_dtype(model.objective.type.dtype)
         self._param_names = [v.name for v in self.step_graph.param_values()]
         self.runner.load({**model.params, **self.initial_state()})
         # Whether the model holds the runner's params: fit hands them over when they moved.
@@ -221,7 +221,7 @@ class Trainer:
     def initial_state(self) -> dict[str, np.ndarray]:
         by_name = {v.name: v for v in self.step_graph.inputs}
         return {name: np.zeros([d for d in by_name[name].type.shape],
-                               NUMPY_DTYPES[by_name[name].type.dtype])
+                               numpy_dtype(by_name[name].type.dtype))
                 for name in self.interface.state}
 
     # ---- params and optimizer state --------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 
 from chainrule.ir import Graph, GraphBuilder, Value
 from chainrule.ir.shapes import TO_END, TO_START
-from chainrule.ir.types import NUMPY_DTYPES, TensorType
+from chainrule.ir.types import TensorType, numpy_dtype
 from support.conv_reference import REFERENCES as CONV_REFERENCES
 
 
@@ -326,7 +326,7 @@ REFERENCES = {
     "equal": lambda a, b: a == b, "not_equal": lambda a, b: a != b,
     "logical_and": lambda a, b: a & b, "logical_or": lambda a, b: a | b,
     "logical_not": lambda x: ~x, "where": np.where,
-    "cast": lambda x, dtype: x.astype(NUMPY_DTYPES[dtype]),
+    "cast": lambda x, dtype: x.astype(numpy_dtype(dtype)),
     "sum": lambda x, axes, keepdims: x.sum(axis=_axes(axes), keepdims=keepdims),
     "mean": lambda x, axes, keepdims: x.mean(axis=_axes(axes), keepdims=keepdims),
     "prod": lambda x, axes, keepdims: np.multiply.reduce(x, axis=_axes(axes), keepdims=keepdims),
@@ -339,7 +339,7 @@ REFERENCES = {
     "argmin": lambda x, axis, keepdims: np.argmin(x, axis=axis, keepdims=keepdims),
     "numel": lambda x, axes, dtype: np.asarray(
         np.prod([x.shape[a] for a in axes] if axes is not None else x.shape),
-        NUMPY_DTYPES[dtype]),
+        numpy_dtype(dtype)),
     "matmul": lambda a, b: a @ b, "transpose": lambda x, perm: x.transpose(perm),
     "reshape": _reshape, "reshape_like": lambda x, like: x.reshape(like.shape),
     "broadcast_to": _broadcast_to, "broadcast_like": lambda x, like: np.broadcast_to(x, like.shape),
@@ -357,7 +357,7 @@ REFERENCES = {
         (np.exp(log_probs) - np.eye(log_probs.shape[-1])[labels]) * scale),
     "sum_squares": lambda x: np.sum(x * x), "gemm": _gemm,
     "gemm_acc": _gemm_acc,
-    "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=NUMPY_DTYPES[dtype])[labels],
+    "one_hot": lambda labels, depth, dtype: np.eye(depth, dtype=numpy_dtype(dtype))[labels],
     "dropout_mask": lambda x, p, seed: np.ones_like(x),  # inference; training is tested below
     "fill": _fill, "arange": lambda n: np.arange(n),
     **CONV_REFERENCES,

@@ -63,7 +63,7 @@ def test_the_public_names_are_importable_after_import_chainrule_alone():
     assert set(names) <= set(chainrule.__all__)
 
 
-HEAVY = ("onnx", "onnxruntime", "ray", "numba")
+HEAVY = ("onnx", "onnxruntime", "ray", "numba", "ml_dtypes")
 
 
 @pytest.mark.subprocess
@@ -78,6 +78,18 @@ def test_importing_chainrule_and_checking_a_model_load_none_of_the_heavy_librari
         "after = sorted(m for m in " + repr(HEAVY) + " if m in sys.modules)\n"
         "print(before, after)")
     assert loaded == "[] []"
+
+
+@pytest.mark.subprocess
+def test_a_bf16_model_loads_ml_dtypes_and_an_f16_one_does_not():
+    loaded = fresh_python(
+        "import sys, chainrule\n"
+        "src = 'model m(x: {}[2]) {{\\n    return sum(f32(x))\\n}}\\n'\n"
+        "chainrule.compile(source=src.format('f16')).run(x=[1, 2])\n"
+        "before = 'ml_dtypes' in sys.modules\n"
+        "chainrule.compile(source=src.format('bf16')).run(x=[1, 2])\n"
+        "print(before, 'ml_dtypes' in sys.modules)")
+    assert loaded == "False True"
 
 
 @pytest.mark.subprocess

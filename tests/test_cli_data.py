@@ -81,7 +81,7 @@ def test_idx_images_and_labels_train_and_predict(tmp_path):
                           "--epochs", "1", "-o", tmp_path / "p.npz"))
     assert "input 'x' reads the features" in result.stderr
     assert "flattened to [40, 64]" in result.stderr
-    assert "uint8" in result.stderr and "cast to i64 (exact)" in result.stderr
+    assert "u8 from" in result.stderr and "cast to i64 (exact)" in result.stderr
     ok(chainrule("predict", DIGITS, "--params", tmp_path / "p.npz", "--input",
                  f"x={tmp_path / 't-images-idx3-ubyte.gz'}", "--argmax"))
 

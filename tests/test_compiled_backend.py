@@ -16,7 +16,7 @@ from chainrule.backends.numpy_compiled import (FRESH_RESULT_OPS, CompiledNumpyBa
                                                compile_graph, generate_source, plan_memory)
 from chainrule.backends.numpy_kernels import KERNELS
 from chainrule.cli import random_inputs
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 from chainrule.passes import autodiff
 from chainrule.passes.manager import PassContext, pipeline, run_passes
 from op_cases import CASES, draw, in_dtype, scalar_objective_graph
@@ -48,7 +48,7 @@ def test_op_case_gradient_graph(case, dtype, level):
     graph, inputs = case_grad_graph(case, level)
     feeds = {v.name: draw(arg, rng) for v, arg in zip(inputs, case.args, strict=True)}
     weight = graph.find("weight").type
-    feeds["weight"] = rng.normal(size=weight.shape).astype(NUMPY_DTYPES[weight.dtype])
+    feeds["weight"] = rng.normal(size=weight.shape).astype(numpy_dtype(weight.dtype))
     check_against_interpreter_twice(graph, feeds, {})
 
 

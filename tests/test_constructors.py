@@ -61,6 +61,8 @@ CONSTRUCTORS = {
     "arange(4, dtype=f32)": lambda d, b, n: np.arange(4, dtype=np.float32),
     "zeros_like(x)": lambda d, b, n: np.zeros_like(d["x"]),
     "ones_like(xd)": lambda d, b, n: np.ones_like(d["xd"]),
+    # zeros are f32 whatever they meet; with an f64 tensor the two promote to f64.
+    "zeros((B, 3)) + xd": lambda d, b, n: d["xd"],
     "zeros_like(y)": lambda d, b, n: np.zeros_like(d["y"]),
     "ones_like(y)": lambda d, b, n: np.ones_like(d["y"]),
 }
@@ -227,9 +229,11 @@ ERRORS = [
                                "(B, 2.5)"),
     ("zeros(x)", 9, "zeros(): 'shape' must be a constant"),
     ("full((B, 3), x)", 9, "full(): the value must be a scalar, not f32[B, 3]"),
-    ("zeros((B, 4), dtype=3)", 9, "zeros(): dtype must be one of f32, f64, i64, bool, not 3"),
-    ("zeros((B, 3), dtype=f64) + x", 9, "add needs operands of one dtype, got f64[B, 3] and "
-     "f32[B, 3]"),
+    ("zeros((B, 4), dtype=3)", 9, "zeros(): dtype must be one of f16, bf16, f32, f64, "
+     "i8, i16, i32, i64, u8, u16, u32, u64, bool, f8e4m3fn, f8e4m3fnuz, f8e5m2, f8e5m2fnuz, "
+     "f8e8m0, f4e2m1, i4, u4, i2, u2, not 3"),
+    ("zeros((B, 3), dtype=f8e5m2) + x", 9, "add needs operands of one dtype, got "
+     "f8e5m2[B, 3] and f32[B, 3]"),
     ("eye(0)", 9, "eye(): n must be a positive integer, not 0"),
     ("eye(2.0)", 9, "eye(): n must be a positive integer, not 2.0"),
     ("arange(-3)", 9, "arange(): n must be an integer of 0 or more or a dim, not -3"),
@@ -240,7 +244,6 @@ ERRORS = [
     ("zeros((B // 0, 3))", 16, "the dim B // 0 divides by zero"),
     ("zeros((60000, 60000))", 9, "zeros(): fill gives f32[60000, 60000], which holds "
                                  "3,600,000,000 values"),
-    ("zeros((B, 3)) + xd", 9, "add needs operands of one dtype, got f32[B, 3] and f64[B, 3]"),
     ("zeros_like((1, 2))", 9, "a tuple cannot be used as a tensor"),
 ]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import chainrule
 from chainrule import ChainruleError
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 from chainrule.passes.optimizers import OptimizerSpec
 from op_cases import Arg, Case, conv_window, pool_window
 from support import conv_reference as reference
@@ -482,7 +482,7 @@ model lenet(x: {dtype}[B, 1, 8, 8], y: i64[B]) {{
 
 def lenet_feeds(dtype: str, batch: int = 6) -> dict:
     rng = np.random.default_rng(6)
-    return {"x": rng.normal(size=(batch, 1, 8, 8)).astype(NUMPY_DTYPES[dtype]),
+    return {"x": rng.normal(size=(batch, 1, 8, 8)).astype(numpy_dtype(dtype)),
             "y": rng.integers(0, 10, batch)}
 
 
@@ -508,7 +508,7 @@ def test_a_small_cnn_exports_standard_onnx_and_matches_numpy(dtype):
 def test_the_compiled_train_step_matches_the_interpreter(dtype):
     model = chainrule.compile(source=LENET.format(dtype=dtype))
     graph, _ = model.train_step_graph(OptimizerSpec("sgd"), "O2")
-    feeds = {**lenet_feeds(dtype), "opt.lr": np.asarray(0.01, NUMPY_DTYPES[dtype])}
+    feeds = {**lenet_feeds(dtype), "opt.lr": np.asarray(0.01, numpy_dtype(dtype))}
     check_against_interpreter_twice(graph, feeds, model.params)
 
 

@@ -169,9 +169,9 @@ def test_images_are_flattened_for_a_matrix_input():
 
 
 @pytest.mark.parametrize("given, declared, note", [
-    (np.array([1, 2], np.int32), "i64", "int32 from data.npz cast to i64 (exact)"),
-    (np.array([1, 2], np.uint8), "i64", "uint8 from data.npz cast to i64 (exact)"),
-    (np.array([1, 255], np.uint8), "f32", "uint8 from data.npz cast to f32 (exact)"),
+    (np.array([1, 2], np.int32), "i64", "i32 from data.npz cast to i64 (exact)"),
+    (np.array([1, 2], np.uint8), "i64", "u8 from data.npz cast to i64 (exact)"),
+    (np.array([1, 255], np.uint8), "f32", "u8 from data.npz cast to f32 (exact)"),
     (np.array([0.1], np.float64), "f32", "rounded to f32 (precision only"),
     (np.array([0.5], np.float32), "f64", "f32 from data.npz cast to f64 (exact)"),
     (np.array([2.0, 3.0]), "i64", "f64 from data.npz cast to i64 (exact)"),
@@ -179,7 +179,7 @@ def test_images_are_flattened_for_a_matrix_input():
 ])
 def test_casts_that_lose_nothing_happen_with_a_note(given, declared, note):
     cast, said = safe_cast("v", given, declared, "data.npz")
-    assert cast.dtype == np.dtype(chainrule.ir.NUMPY_DTYPES[declared])
+    assert cast.dtype == np.dtype(chainrule.ir.numpy_dtype(declared))
     np.testing.assert_allclose(cast.astype(np.float64), given.astype(np.float64), rtol=1e-7)
     assert said.startswith("input 'v': ") and note in said
 

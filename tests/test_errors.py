@@ -79,7 +79,8 @@ def test_wrong_arguments(call, col, message):
 @pytest.mark.parametrize("inputs, expression, message", [
     ("x: f32[B, 3], w: f32[4]", "x * w", "shapes [B, 3] and [4] do not broadcast (axis -1: 3 vs 4)"),
     ("x: f32[B, 3], w: f32[4, 5]", "x @ w", "matmul of [B, 3] and [4, 5]: inner dims 3 and 4 differ"),
-    ("x: f32[3], w: f64[3]", "x + w", "add needs operands of one dtype, got f32[3] and f64[3]"),
+    ("x: f32[3], w: f8e5m2[3]", "x + w",
+     "add needs operands of one dtype, got f32[3] and f8e5m2[3]"),
 ])
 def test_shape_and_dtype_mismatches_name_both_types(inputs, expression, message):
     error = error_of(model(f"h = {expression}", "return h", inputs=inputs))

@@ -196,11 +196,14 @@ def test_inputs_chainrule_cannot_take_at_run_time_may_still_be_constants():
     np.testing.assert_array_equal(results["y"], np.cumsum(x, axis=1) - x)
 
 
-def test_an_int32_tensor_read_as_a_tensor_is_not_asked_for_as_a_constant():
+def test_an_int32_tensor_read_as_a_tensor_imports_as_i32():
     proto = model_of([helper.make_node("Equal", ["a", "b"], ["y"])],
                      [("a", TensorProto.INT32, [3]), ("b", TensorProto.INT32, [3])],
                      [("y", TensorProto.BOOL, [3])])
-    assert needed_constants(proto) == set()
+    model = chainrule.import_onnx(proto)
+    assert [str(v.type) for v in model.graph.inputs] == ["i32[3]", "i32[3]"]
+    a, b = np.array([1, 2, 3], np.int32), np.array([1, 0, 3], np.int32)
+    assert model.run(a=a, b=b)["y"].tolist() == [True, False, True]
 
 
 # ---- malformed nodes: reported by what is wrong, never a converter's crash --------------------

@@ -209,15 +209,20 @@ def test_a_hidden_size_that_disagrees_with_r_is_refused():
         "R is f32[1, 3, 3], where hidden_size=4 and direction=forward make it [1, 4, 4]")
 
 
-def test_sequence_lens_read_at_run_time_must_be_a_constant():
-    # ONNX types it int32, which chainrule holds only as a constant.
-    positional = node_inputs("GRU", 1, np.random.default_rng(0), np.float32, lengths=True)
+def test_sequence_lens_read_at_run_time_as_int32_gives_onnxruntimes_outputs():
+    positional = with_lengths(node_inputs("GRU", 1, np.random.default_rng(0), np.float32,
+                                          lengths=True), [5, 2, 3])
     proto = recurrent_model("GRU", positional, OUTPUTS["GRU"], constants=())
-    proto.graph.input[-1].type.tensor_type.elem_type = TensorProto.INT32
-    with pytest.raises(UnsupportedModel) as caught:
-        chainrule.import_onnx(proto)
-    needs = {p.node: p.needs_constant for p in caught.value.problems}
-    assert needs == {"sequence_lens": None, "cell": "sequence_lens"}
+    proto.graph.input[-1].type.tensor_type.elem_type = TensorProto.INT32  # as ONNX types it
+    feeds = {name: array for name, array in positional if name}
+    expected = onnxruntime_outputs(proto, feeds)
+    model = chainrule.import_onnx(proto)
+    assert str(model.graph.inputs[-1].type) == "i32[3]"
+    results = model.run(**{model.onnx_names[n]: a for n, a in feeds.items()})
+    for name in OUTPUTS["GRU"]:
+        if name:
+            assert_close(results[model.onnx_names[name]], expected[name], 1e-5, atol=1e-6,
+                         what=name)
 
 
 def with_lengths(positional, lengths):

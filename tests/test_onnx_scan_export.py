@@ -9,7 +9,7 @@ import pytest
 import chainrule
 from chainrule.backends.numpy_backend import NumpyBackend
 from chainrule.backends.onnx_backend import OnnxRuntimeBackend, export_onnx
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 from chainrule.passes.optimizers import OptimizerSpec
 from support.backend_checks import TOLERANCES, check_standard
 from support.cli import chainrule as chainrule_cli
@@ -129,7 +129,7 @@ def compiled(case: str, dtype: str = "f32"):
 def batch(graph, length: int, rng) -> dict:
     sizes = {"T": length, "B": BATCH, "S": INNER_STEPS}
     return {v.name: rng.normal(size=[sizes.get(d, d) for d in v.type.shape]).astype(
-        NUMPY_DTYPES[v.type.dtype]) for v in graph.inputs}
+        numpy_dtype(v.type.dtype)) for v in graph.inputs}
 
 
 def assert_backends_agree(actual: dict, expected: dict, what: str, dtype: str = "f32") -> None:

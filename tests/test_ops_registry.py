@@ -142,9 +142,20 @@ def test_a_scalar_result_is_left_to_numpy():
     assert fused_kernels.kernel_source(tuple(graph.nodes)) is None
 
 
+ONNX_NAMES = {"f16": "FLOAT16", "bf16": "BFLOAT16", "f32": "FLOAT", "f64": "DOUBLE",
+              "i8": "INT8", "i16": "INT16", "i32": "INT32", "i64": "INT64", "u8": "UINT8",
+              "u16": "UINT16", "u32": "UINT32", "u64": "UINT64", "bool": "BOOL",
+              "f8e4m3fn": "FLOAT8E4M3FN", "f8e4m3fnuz": "FLOAT8E4M3FNUZ", "f8e5m2": "FLOAT8E5M2",
+              "f8e5m2fnuz": "FLOAT8E5M2FNUZ", "f8e8m0": "FLOAT8E8M0", "f4e2m1": "FLOAT4E2M1",
+              "i4": "INT4", "u4": "UINT4", "i2": "INT2", "u2": "UINT2"}
+
+
 def test_onnx_dtypes_are_onnxs_numbers():
-    assert ONNX_DTYPES == {"f32": TensorProto.FLOAT, "f64": TensorProto.DOUBLE,
-                           "i64": TensorProto.INT64, "bool": TensorProto.BOOL}
+    assert set(ONNX_DTYPES) == set(ONNX_NAMES)
+    known = TensorProto.DataType.values()  # an older onnx lacks the newest ones
+    for dtype, number in ONNX_DTYPES.items():
+        if number in known:
+            assert TensorProto.DataType.Name(number) == ONNX_NAMES[dtype], dtype
 
 
 def test_a_facts_numpy_function_exists():

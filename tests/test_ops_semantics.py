@@ -15,7 +15,7 @@ from chainrule import ChainruleError
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
 from chainrule.ir import OpTypeError, infer_type
-from chainrule.ir.types import NUMPY_DTYPES, TensorType
+from chainrule.ir.types import TensorType, numpy_dtype
 from op_cases import CASES, FORWARD_CASES, REFERENCES, Arg, Case, draw, forward_graph, in_dtype
 from support.backend_checks import TOLERANCES, check_standard
 from support.numeric import assert_close
@@ -57,7 +57,7 @@ ERF_TOLERANCES = {("numpy", "f64"): 1e-15, ("onnxruntime", "f64"): 1e-15,
 
 @pytest.mark.parametrize("backend, dtype", ERF_TOLERANCES)
 def test_erf_matches_math_erf(backend, dtype):
-    x = ERF_POINTS.astype(NUMPY_DTYPES[dtype])
+    x = ERF_POINTS.astype(numpy_dtype(dtype))
     graph = forward_graph(Case("erf", (Arg(x.shape, dtype),)))
     result = get_backend(backend).run(graph, {"a0": x}, {})["out"]
     assert result.dtype == x.dtype

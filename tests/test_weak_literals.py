@@ -110,8 +110,11 @@ def test_number_folding_is_unchanged():
 
 @pytest.mark.parametrize("call", ["dropout(1.0, 0.0)", "grad(1.0, 2.0)", "jvp(1.0, 2.0, 3.0)"])
 def test_grad_jvp_and_dropout_are_lowered_at_the_call(call):
-    error = error_of([f"y = x * {call}"], "x: f64[3]")
-    assert error.message == "mul needs operands of one dtype, got f64[3] and f32[]"
+    # Lowered at the call they are f32 values, which the f64 tensor then promotes; a weak
+    # value would have been lowered as f64 itself, with nothing to cast.
+    model = compile_model([f"y = x * {call}"], "x: f64[3]")
+    casts = [node for node in model.graph.nodes if node.op == "cast"]
+    assert [(str(n.inputs[0].type), n.attrs["dtype"]) for n in casts] == [("f32[]", "f64")]
 
 
 # ---- integer tensors meeting literals: numpy 2's rules ------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import OPS, ChainruleError, Graph, Node, Value, dims as dim_exprs
-from ..ir.types import NUMPY_DTYPES, UNKNOWN, dtype_of_numpy
+from ..ir.types import UNKNOWN, dtype_of_numpy, numpy_dtype
 
 
 def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None = None) -> dict:
@@ -40,7 +40,7 @@ def check_arrays(values: list[Value], arrays: dict, kind: str, dims: dict | None
         given_dtype = dtype_name(array.dtype)
         described = (f"{kind} '{value.name}' is declared {declared} but given {given_dtype}"
                      f"[{', '.join(map(str, array.shape))}]")
-        if array.dtype != np.dtype(NUMPY_DTYPES[declared.dtype]):
+        if array.dtype != np.dtype(numpy_dtype(declared.dtype)):
             raise ChainruleError(f"{described}: the dtype is {given_dtype}, not {declared.dtype}")
         if array.ndim != declared.rank:
             raise ChainruleError(f"{described}: it has {array.ndim} axes, not {declared.rank}")

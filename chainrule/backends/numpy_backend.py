@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir import ChainruleError, Graph, get_op
 from ..ir.symbols import attr_symbols, resolved_attrs
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import numpy_dtype
 from .feeds import check_arrays, check_feeds
 from .numpy_kernels import KERNELS
 from .numpy_scan import StepError, scan_loop
@@ -62,7 +62,7 @@ class NumpyBackend:
             bad = "NaN" if np.isnan(result).any() else "Inf"
             raise ExecutionError(f"%{out.name} = {node.op}(...) produced {bad} "
                                  f"(--check-numerics)", node.loc)
-        expected = NUMPY_DTYPES[out.type.dtype]
+        expected = numpy_dtype(out.type.dtype)
         return result if result.dtype == expected else result.astype(expected)
 
     def run_scan(self, node, operands, length: int, training: bool, rng) -> tuple:
@@ -103,7 +103,7 @@ class PlainStep:
         self.state_names = [v.name for v in state]
         self.param_names = [v.name for v in graph.param_values()]
         self.returned = [v.name for v in graph.outputs if v.name not in set(carried.values())]
-        self.current = {v.name: np.zeros(v.type.shape, NUMPY_DTYPES[v.type.dtype])
+        self.current = {v.name: np.zeros(v.type.shape, numpy_dtype(v.type.dtype))
                         for v in self.held_values}
 
     def load(self, values: dict) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from ..ir import OPS, Graph, Node, Value, dims, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.symbols import attr_symbols, check_bound, dim_attrs, symbol_sources
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import UNKNOWN, numpy_dtype
 from . import fused_kernels
 from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
@@ -306,7 +306,7 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
         emit(f"    if {names[group.sized_by]}.size >= {fused_kernels.KERNEL_MIN_ELEMENTS}:",
              result)
         indent = "        "
-    dtype = NUMPY_DTYPES[result.output.type.dtype].__name__
+    dtype = numpy_dtype(result.output.type.dtype).name
     buffer = (names[group.out] if group.out is not None
               else f"np.empty({names[group.sized_by]}.shape, np.{dtype})")
     args = ", ".join([names[v] for v in group.operands] + [buffer])
@@ -530,7 +530,7 @@ class ResidentStep:
         # Each argument of the function: the position of a fed array, or None for a held one.
         self.arguments = [(fed_position.get(v.name), v.name)
                           for v in list(graph.inputs) + graph.param_values()]
-        self.current = {v.name: np.zeros(v.type.shape, NUMPY_DTYPES[v.type.dtype])
+        self.current = {v.name: np.zeros(v.type.shape, numpy_dtype(v.type.dtype))
                         for v in self.held_values}
         position = {v.name: index for index, v in enumerate(graph.outputs)}
         self.replaced = [(position[next_name], name) for name, next_name in carried.items()]
@@ -541,7 +541,7 @@ class ResidentStep:
     def load(self, values: dict) -> None:
         """Copy `values` (every held value by name) in."""
         check_arrays(self.held_values, values, "param or state")
-        self.current = {v.name: np.array(values[v.name], NUMPY_DTYPES[v.type.dtype])
+        self.current = {v.name: np.array(values[v.name], numpy_dtype(v.type.dtype))
                         for v in self.held_values}
 
     def values(self) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import numpy_dtype
 from . import erf_approximation as cody
 
 KERNELS, kernel = rule_table()
@@ -131,12 +131,12 @@ def _clip(x, lo, hi):
 
 @kernel("cast")
 def _cast(x, dtype):
-    return x.astype(NUMPY_DTYPES[dtype])
+    return x.astype(numpy_dtype(dtype))
 
 
 @kernel("constant")
 def _constant(value, dtype):
-    return np.asarray(value, dtype=NUMPY_DTYPES[dtype])
+    return np.asarray(value, dtype=numpy_dtype(dtype))
 
 
 @kernel("arange")
@@ -230,7 +230,7 @@ def _mse(pred, target):
 @kernel("one_hot")
 def _one_hot(labels, depth, dtype, checked=False):
     _check_labels(labels, depth, checked)
-    return (labels[..., None] == np.arange(depth)).astype(NUMPY_DTYPES[dtype])
+    return (labels[..., None] == np.arange(depth)).astype(numpy_dtype(dtype))
 
 
 @kernel("broadcast_like")
@@ -359,7 +359,7 @@ def _scatter_elements_add(updates, indices, like, axis):
 @kernel("numel")
 def _numel(x, axes, dtype):
     dims = x.shape if axes is None else [x.shape[a] for a in axes]
-    return np.asarray(math.prod(dims), dtype=NUMPY_DTYPES[dtype])
+    return np.asarray(math.prod(dims), dtype=numpy_dtype(dtype))
 
 
 @kernel("dropout_mask")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import ChainruleError, dims
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import UNKNOWN, numpy_dtype
 
 
 class StepError(Exception):
@@ -65,5 +65,5 @@ def _empty_stacks(node, operands) -> list[np.ndarray]:
             raise ChainruleError(f"a scan of no step returns an empty %{value.name}, but its "
                                  f"step's shape {value.type} is not known from the operands' "
                                  f"shapes") from None
-        stacks.append(np.zeros((0, *shape), NUMPY_DTYPES[value.type.dtype]))
+        stacks.append(np.zeros((0, *shape), numpy_dtype(value.type.dtype)))
     return stacks

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value, dims
 from ..ir.symbols import check_bound, symbol_sources
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import UNKNOWN, numpy_dtype
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
 from . import onnx_scan  # noqa: F401 - registers the scan's lowering
@@ -109,7 +109,7 @@ class OnnxEmitter:
         return self.const(np.asarray(values, dtype=np.int64), hint)
 
     def scalar(self, value: float, dtype: str) -> str:
-        return self.const(np.asarray(value, dtype=NUMPY_DTYPES[dtype]), "scalar")
+        return self.const(np.asarray(value, dtype=numpy_dtype(dtype)), "scalar")
 
     def dim(self, x: str, axis: int) -> str:
         """x's size along `axis` at run time, as a 1-D tensor of one int64."""
@@ -396,7 +396,7 @@ class ResidentStep:
         onnx_names = {v.name: output_name(v, graph) for v in graph.outputs}
         buffers = [{}, {}]  # the two sets of held arrays, by name
         for value in self.held_values:
-            array = np.zeros(value.type.shape, NUMPY_DTYPES[value.type.dtype])
+            array = np.zeros(value.type.shape, numpy_dtype(value.type.dtype))
             buffers[0][value.name] = array
             buffers[1][value.name] = np.zeros_like(array) if value.name in carried else array
         self.buffers = buffers

@@ -19,7 +19,7 @@ from ..ir import ChainruleError, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
-from ..ir.types import NUMPY_DTYPES, ONNX_DTYPES
+from ..ir.types import ONNX_DTYPES, numpy_dtype
 from . import erf_approximation as cody
 
 LOWERINGS, lowering = rule_table()
@@ -149,7 +149,7 @@ def _cast(em, node, out, x):
 
 @lowering("constant")
 def _constant(em, node, out):
-    array = np.asarray(node.attrs["value"], dtype=NUMPY_DTYPES[node.attrs["dtype"]])
+    array = np.asarray(node.attrs["value"], dtype=numpy_dtype(node.attrs["dtype"]))
     em.add("Constant", [], out, value=em.tensor(array, out))
 
 
@@ -727,14 +727,14 @@ def _divisor(node, x) -> np.ndarray:
     kernel's size alone where every window lies within the padded input and counts it."""
     attrs, rank = node.attrs, len(node.attrs["kernel"])
     if not attrs["ceil_mode"] and (attrs["count_include_pad"] or not any(attrs["pads"])):
-        return np.asarray(math.prod(attrs["kernel"]), NUMPY_DTYPES[_dtype(node)])
+        return np.asarray(math.prod(attrs["kernel"]), numpy_dtype(_dtype(node)))
     _fixed(node, _spatial(x), "the windows' divisors")
     divisor = np.ones(())
     for n, k, s, b, e in zip(_spatial(x), attrs["kernel"], attrs["strides"],
                              attrs["pads"][:rank], attrs["pads"][rank:], strict=True):
         sizes = pool_window_sizes(n, k, s, b, e, attrs["ceil_mode"], attrs["count_include_pad"])
         divisor = np.multiply.outer(divisor, np.asarray(sizes, float))
-    return divisor.astype(NUMPY_DTYPES[_dtype(node)])
+    return divisor.astype(numpy_dtype(_dtype(node)))
 
 
 @lowering("avg_pool")

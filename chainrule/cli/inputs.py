@@ -13,7 +13,7 @@ from ..fileio import load_npz
 from ..ir import ChainruleError, Graph
 from ..ir import dims as dim_exprs
 from ..ir.limits import check_allocation, itemsize
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import UNKNOWN, numpy_dtype
 from ..passes.optimizers import OptimizerSpec, ParamGroup
 
 DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
@@ -122,7 +122,7 @@ def random_inputs(graph: Graph, dims: dict, seed: int, given: dict) -> dict:
     arrays = {}
     for value in wanted:
         shape = shapes[value.name]
-        dtype = NUMPY_DTYPES[value.type.dtype]
+        dtype = numpy_dtype(value.type.dtype)
         if value.type.dtype in ("f32", "f64"):
             arrays[value.name] = rng.standard_normal(shape, dtype)  # no f64 copy of an f32
         elif value.type.dtype == "i64":

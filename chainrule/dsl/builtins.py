@@ -20,6 +20,7 @@ from ..ir import compositions, dims
 from ..ir.einsum import einsum
 from ..ir.ops import ONE_OR_MORE, OPS, REQUIRED, OpDef
 from ..ir.shapes import shapes_may_equal
+from ..ir.types import DTYPES
 
 NO_DEFAULT = object()
 
@@ -149,7 +150,7 @@ def _shown(value) -> str:
 def _dtype(value):
     if value is None or isinstance(value, DTypeName):
         return None if value is None else value.name
-    raise TypeError(f"dtype must be one of f32, f64, i64, bool, not {value!r}")
+    raise TypeError(f"dtype must be one of {', '.join(DTYPES)}, not {value!r}")
 
 
 def _bool(name):
@@ -538,5 +539,5 @@ def _update(ops, state, value):
     return value
 
 
-# Casts: `f32(x)` converts x to f32.
-CASTS = ("f32", "f64", "i64", "bool")
+# Casts: `f32(x)` converts x to f32, one for every dtype.
+CASTS = DTYPES

@@ -2,8 +2,9 @@
 
 Expressions evaluate to an IR `Value`, a compile-time constant (int, float, bool or a tuple of
 them) or a `Weak` value (see weak.py). Constants fold in Python (`2 * 3`); integer constants
-stay within 64 bits. In an elementwise op a float literal meeting an i64 tensor makes it f64, as
-numpy 2 does with Python scalars (NEP 50): `y * 0.5` is f64, `y + 1` stays i64.
+stay within 64 bits. In an elementwise op a float literal meeting an integer tensor makes it
+f64, as numpy 2 does with Python scalars (NEP 50): `y * 0.5` is f64, `y + 1` stays i64; tensors
+of two dtypes are cast to the one they promote to (ir/types.py, JAX's lattice).
 
 Expressions nest as deep as the text does (`-(-(-x))`, a sum of 20,000 terms), so they are not
 evaluated by recursion: see `ExpressionLowerer.expr` and `ExpressionLowerer.lower_weak`.
@@ -20,7 +21,8 @@ from ..ir import OPS, ChainruleError, SourceLoc, TensorType, Value, compositions
 from ..ir.errors import INT64_MAX, integer_literal
 from ..ir.limits import dim_number_problem
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import UNKNOWN, is_float
+from ..ir.types import (UNKNOWN, WEAK_FLOAT, int_range, int_range_text, is_float, is_int,
+                        promote_types)
 from .builtins import BUILTINS, CASTS, NO_DEFAULT, DTypeName, StringLiteral
 from .scan_loops import Collected, LoopIndexing, ScanRefused
 from .weak import STRONG_BUILTINS, WEAK_OPERATORS, Weak, is_float_literal
@@ -365,15 +367,21 @@ class ExpressionLowerer(LoopIndexing):
 
     def tensor_inputs(self, op, arguments, loc, default="f32") -> list[Value]:
         """An op's tensor arguments as IR values: numbers and weak values take the dtype of the
-        tensors they meet, or `default`. In an elementwise op, a float one meeting an i64 tensor
-        makes it f64, as numpy 2 does with a Python float (NEP 50): `y * 0.5` is f64."""
+        tensors they meet, or `default`. Where an op computes in one dtype, tensors of several
+        are cast to the one they promote to (types.promote_types: `i32 + f16` is f16), and a
+        float literal meeting integer tensors makes them f64, as numpy 2 does with a Python
+        float (NEP 50): `y * 0.5` is f64."""
         # where's condition gives its values no dtype: where(c, 1.0, 2.0) is f32.
-        dtype = _meeting_dtype(arguments[1:] if op == "where" else arguments)
-        if (dtype == "i64" and op is not None and "elementwise" in get_op(op).traits
-                and any(map(is_float_literal, arguments))):
-            dtype = "f64"
-            arguments = [self.cast(a, dtype, loc) if _is_tensor_of(a, "i64") else a
-                         for a in arguments]
+        operands = arguments[1:] if op == "where" else arguments
+        dtype = _meeting_dtype(operands)
+        promoted = _promoted_dtype(operands) if op and _computes_in_one_dtype(op) else None
+        if promoted is not None:
+            if (is_int(promoted) and "elementwise" in get_op(op).traits
+                    and any(map(is_float_literal, operands))):
+                promoted = promote_types(*_tensor_dtypes(operands), WEAK_FLOAT)
+            dtype, first = promoted, len(arguments) - len(operands)
+            arguments = list(arguments[:first]) + [self.cast(a, dtype, loc) if isinstance(a, Value)
+                                             else a for a in operands]
         return [self.as_tensor(a, dtype or default, loc) for a in arguments]
 
     def as_tensor(self, value, dtype: str, loc) -> Value:
@@ -396,21 +404,24 @@ class ExpressionLowerer(LoopIndexing):
             raise ChainruleError(f"{describe_constant(value)} cannot be used as a tensor", loc)
         if isinstance(value, bool):
             dtype = "bool"
-        elif dtype == "i64" and not float(value).is_integer():  # 0.5, inf or nan
-            raise ChainruleError(f"the constant {value} meets an i64 tensor; convert the "
+        elif is_int(dtype) and not float(value).is_integer():  # 0.5, inf or nan
+            raise ChainruleError(f"the constant {value} meets an {dtype} tensor; convert the "
                                  f"tensor with f32(...) first", loc)
         elif dtype == "bool":
             raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
         return self.typed_constant(value, dtype, loc)
 
     def typed_constant(self, value, dtype: str, loc) -> Value:
-        """A constant node of `value`; as an i64, an integer that its f64 attr holds exactly
-        and within int64 (2**63 - 1 would round to 2**63, and 2**53 + 1 to 2**53)."""
-        held = float(value)
-        if dtype == "i64" and not (held == value and -INT64_MAX - 1 <= held <= INT64_MAX):
-            raise ChainruleError(f"the constant {value} is no i64 a constant holds exactly: "
-                                 f"its value is an f64, which holds every integer up to 2**53 "
-                                 f"and some past it, within int64's range", loc)
+        """A constant node of `value`; as an integer dtype, an integer within its range that
+        the constant's f64 attr holds exactly (2**63 - 1 would round to 2**63, and 2**53 + 1
+        to 2**53)."""
+        if is_int(dtype):
+            least, greatest = int_range(dtype)
+            if not (least <= value <= greatest and float(value) == value):
+                raise ChainruleError(f"the constant {value} is no {dtype} a constant holds "
+                                     f"exactly: an {dtype} lies in {int_range_text(dtype)}, and "
+                                     f"a constant's value is an f64, which holds every integer "
+                                     f"up to 2**53 and some past it", loc)
         return self.builder.constant(value, dtype, loc=loc)
 
     def alone(self, value):
@@ -626,16 +637,28 @@ def _meeting_dtype(arguments) -> str | None:
     return next((d for d in dtypes if d != "bool"), dtypes[0] if dtypes else None)
 
 
+def _computes_in_one_dtype(op: str) -> bool:
+    """Whether an op's tensor operands share a dtype, so that the DSL promotes them."""
+    return "elementwise" in get_op(op).traits or op in ("matmul", "concat")
+
+
+def _promoted_dtype(arguments) -> str | None:
+    """The dtype the tensors among `arguments` promote to; None when there are none or when
+    they do not promote (narrow dtypes), which the op's type rule then reports."""
+    dtypes = _tensor_dtypes(arguments)
+    return promote_types(*dtypes) if dtypes else None
+
+
+def _tensor_dtypes(arguments) -> list[str]:
+    return [a.type.dtype for a in arguments if isinstance(a, Value)]
+
+
 def is_number(value) -> bool:
     return isinstance(value, (int, float, bool))
 
 
 def _power(base, exponent) -> str:
     return f"{f'({base})' if base < 0 else base} ** {exponent}"
-
-
-def _is_tensor_of(value, dtype: str) -> bool:
-    return isinstance(value, Value) and value.type.dtype == dtype
 
 
 def _is_int(value) -> bool:

@@ -28,7 +28,7 @@ OPERAND_START = frozenset({"LPAR", "MINUS", "TRUE", "FALSE", "DTYPE", "NAME", "I
 READABLE = {
     OPERAND_START | {"NOT"}: "an expression", OPERAND_START: "an expression",
     "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
-    "DTYPE": "a dtype (f32, f64, i64, bool)", "_NL": "end of line", "$END": "end of input",
+    "DTYPE": "a dtype (f32, f64, i64, bool, ...)", "_NL": "end of line", "$END": "end of input",
 }
 
 

@@ -10,10 +10,10 @@ from .ops import OPS, OpDef, get_op, infer_type
 from .printer import print_graph
 from .shapes import OpTypeError
 from .text import parse_graph
-from .types import DTYPES, FLOAT_DTYPES, NUMPY_DTYPES, UNKNOWN, TensorType, scalar
+from .types import DTYPES, FLOAT_DTYPES, UNKNOWN, TensorType, numpy_dtype, scalar
 from .verify import VerifyError, verify
 
 __all__ = ["GraphBuilder", "ChainruleError", "SourceLoc", "file_error", "Graph", "InitSpec", "Namer", "Node",
            "Param", "Value", "OPS", "OpDef", "get_op", "infer_type", "print_graph",
-           "OpTypeError", "DTYPES", "FLOAT_DTYPES", "NUMPY_DTYPES", "UNKNOWN", "TensorType",
+           "OpTypeError", "DTYPES", "FLOAT_DTYPES", "numpy_dtype", "UNKNOWN", "TensorType",
            "scalar", "VerifyError", "verify", "parse_graph", "print_dsl", "dsl_names"]

@@ -7,7 +7,7 @@ import numpy as np
 
 from .graph import Graph, InitSpec
 from .limits import MAX_ELEMENTS, check_allocation, itemsize
-from .types import NUMPY_DTYPES
+from .types import numpy_dtype
 
 # kind -> names of its arguments
 INITIALIZERS = {
@@ -59,36 +59,44 @@ def fans(shape) -> tuple[int, int]:
 
 def draw(spec: InitSpec, shape, dtype: str, rng: np.random.Generator) -> np.ndarray:
     """Values drawn directly in `dtype`: an f32 param never passes through an f64 array."""
-    shape, numpy_dtype = tuple(shape), NUMPY_DTYPES[dtype]
+    shape, values_dtype = tuple(shape), numpy_dtype(dtype)
     if spec.kind == "zeros":
-        return np.zeros(shape, numpy_dtype)
+        return np.zeros(shape, values_dtype)
     if spec.kind == "ones":
-        return np.ones(shape, numpy_dtype)
+        return np.ones(shape, values_dtype)
     if spec.kind == "normal":
-        return _normal(rng, shape, numpy_dtype, spec.args[0], spec.args[1])
+        return _normal(rng, shape, values_dtype, spec.args[0], spec.args[1])
     if spec.kind == "uniform":
-        return _uniform(rng, shape, numpy_dtype, spec.args[0], spec.args[1])
+        return _uniform(rng, shape, values_dtype, spec.args[0], spec.args[1])
     fan_in, fan_out = fans(shape)
     if spec.kind == "glorot":
         limit = math.sqrt(6.0 / (fan_in + fan_out))
-        return _uniform(rng, shape, numpy_dtype, -limit, limit)
+        return _uniform(rng, shape, values_dtype, -limit, limit)
     if spec.kind == "he":
-        return _normal(rng, shape, numpy_dtype, 0.0, math.sqrt(2.0 / fan_in))
+        return _normal(rng, shape, values_dtype, 0.0, math.sqrt(2.0 / fan_in))
     raise ValueError(f"unknown initialiser {spec.kind}")
 
 
+def _drawn_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype values are drawn in: numpy's Generator draws f32 and f64 only, so f16 and
+    bf16 values are drawn as f32 and rounded."""
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
+
+
 def _normal(rng, shape, dtype, mean: float, std: float) -> np.ndarray:
-    values = rng.standard_normal(shape, dtype)
-    values *= dtype(std)
-    values += dtype(mean)
-    return values
+    drawn = _drawn_dtype(dtype)
+    values = rng.standard_normal(shape, drawn)
+    values *= drawn.type(std)
+    values += drawn.type(mean)
+    return values.astype(dtype, copy=False)
 
 
 def _uniform(rng, shape, dtype, low: float, high: float) -> np.ndarray:
-    values = rng.random(shape, dtype)
-    values *= dtype(high - low)
-    values += dtype(low)
-    return values
+    drawn = _drawn_dtype(dtype)
+    values = rng.random(shape, drawn)
+    values *= drawn.type(high - low)
+    values += drawn.type(low)
+    return values.astype(dtype, copy=False)
 
 
 def initial_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .dims import DimExpr, Quotient
 from .errors import ChainruleError, SourceLoc
-from .types import NUMPY_DTYPES, TensorType
+from .types import TensorType, numpy_dtype
 
 # One tensor of a model: 2**31 values (8 GiB of f32). Larger is a typo, not a model.
 MAX_ELEMENTS = 2 ** 31
@@ -41,7 +41,7 @@ MAX_SCAN_NESTING = 16
 
 
 def itemsize(dtype: str) -> int:
-    return np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    return np.dtype(numpy_dtype(dtype)).itemsize
 
 
 def type_size_problem(value_type: TensorType) -> str | None:

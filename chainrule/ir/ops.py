@@ -34,7 +34,8 @@ from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_wi
                      normalize_axes, normalize_axis, pool_output_dim, reduced_shape,
                      require_same_size, reshaped_shape, shapes_may_equal, sliced_shape,
                      taken_shape)
-from .types import DTYPES, UNKNOWN, TensorType, is_float, scalar
+from .types import (DTYPES, UNKNOWN, TensorType, int_range, int_range_text, is_float, is_int,
+                    is_numeric, scalar)
 
 REQUIRED = object()
 
@@ -215,7 +216,7 @@ def _require_float(op, t):
 
 
 def _require_numeric(op, t):
-    if t.dtype == "bool":
+    if not is_numeric(t.dtype):
         raise OpTypeError(f"{op} needs a numeric operand, got {t}")
 
 
@@ -486,10 +487,15 @@ def _infer_numel(x, axes, dtype):
 
 
 def _infer_constant(value, dtype):
-    if dtype in ("i64", "bool") and not (math.isfinite(value) and float(value).is_integer()):
+    if (is_int(dtype) or dtype == "bool") and not (math.isfinite(value)
+                                                   and float(value).is_integer()):
         raise OpTypeError(f"a {dtype} constant cannot be {value}")
-    if dtype == "i64" and not -2.0 ** 63 <= value < 2.0 ** 63:
-        raise OpTypeError(f"an i64 constant lies in [-2**63, 2**63), not at {value}")
+    if is_int(dtype):
+        least, greatest = int_range(dtype)
+        # Compared as floats: the value is an f64, and 2**63 - 1 as one is 2**63, past i64.
+        if not float(least) <= value < float(greatest) + 1:
+            raise OpTypeError(f"an {dtype} constant lies in {int_range_text(dtype)}, not at "
+                              f"{value}")
     return scalar(dtype)
 
 

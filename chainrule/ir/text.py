@@ -32,7 +32,7 @@ GRAMMAR = Path(__file__).with_name("ir.lark")
 
 # How the named terminals read in "expected ..." messages; the others are their literal text.
 READABLE = {"VALUE": "a %value", "NAME": "a name", "NUMBER": "a number", "INT": "an integer",
-            "DTYPE": "a dtype (f32, f64, i64, bool)", "$END": "end of input"}
+            "DTYPE": "a dtype (f32, f64, i64, bool, ...)", "$END": "end of input"}
 
 
 def parse_graph(text: str, filename: str = "<ir>") -> Graph:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ..ir import Value
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import numpy_dtype
 from .context import Unsupported, converter
 from .folding import shape_of
 from .importer import DTYPE_OF_ONNX
@@ -65,7 +65,7 @@ class _Bias:
 
     def add_constant(self, allowed: np.ndarray):
         if not allowed.all():
-            bias = np.where(allowed, 0.0, -np.inf).astype(NUMPY_DTYPES[self.dtype])
+            bias = np.where(allowed, 0.0, -np.inf).astype(numpy_dtype(self.dtype))
             self.add(self.ctx.known_tensor(bias, "bias"))
 
 
@@ -123,7 +123,7 @@ def _attention(ctx):
     if not 0 < scale < math.inf:
         raise Unsupported(f"Attention's scale {scale} (it must be positive and finite)")
     # Q and K are each scaled by sqrt(scale), rounded to their dtype, as ONNX does.
-    root = ctx.constant(float(NUMPY_DTYPES[dtype](math.sqrt(scale))), dtype)
+    root = ctx.constant(float(numpy_dtype(dtype).type(math.sqrt(scale))), dtype)
     keys = ctx.emit("transpose", ctx.emit("mul", k, root), perm=(0, 1, 3, 2))
     scores = ctx.emit("matmul", ctx.emit("mul", q, root), keys)
     softcap = ctx.attr("softcap")

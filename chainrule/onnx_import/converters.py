@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from ..ir import compositions
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
-from ..ir.types import NUMPY_DTYPES, is_float
+from ..ir.types import is_float, numpy_dtype
 from .context import CONVERTERS, Unsupported, converter
 from .importer import DTYPE_OF_ONNX
 
@@ -306,8 +306,8 @@ def _cast(ctx):
         # computed in int64, the same numbers wherever int32 holds them.
         to = TensorProto.INT64
     if to not in DTYPE_OF_ONNX:
-        raise Unsupported(f"Cast to {helper.tensor_dtype_to_np_dtype(to)} (chainrule has "
-                          f"float32, float64, int64 and bool)")
+        raise Unsupported(f"Cast to {TensorProto.DataType.Name(to)} (chainrule has every dtype "
+                          f"but strings and complex numbers)")
     dtype = DTYPE_OF_ONNX[to]
     return [x if dtype == x.type.dtype else ctx.emit("cast", x, dtype=dtype)]
 
@@ -497,7 +497,7 @@ def _softmax_of_masked_rows(ctx, x, axis):
     """softmax(x) with 0, not NaN, in each row whose every score is -inf: a query that may
     attend to nothing (a left-padded row under a causal mask). The model replaces that NaN
     with 0 itself, but the gradient of the softmax it replaced would be NaN * 0."""
-    lowest = -float(np.finfo(NUMPY_DTYPES[x.type.dtype]).max)
+    lowest = -float(np.finfo(numpy_dtype(x.type.dtype)).max)
     top = ctx.emit("max", x, axes=(axis,), keepdims=True)
     masked = ctx.emit("less", top, ctx.constant(lowest, x))
     zero = ctx.constant(0.0, x)

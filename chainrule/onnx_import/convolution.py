@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..ir.shapes import OpTypeError, check_window_attrs
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import numpy_dtype
 from .context import Unsupported, converter
 
 # Pooling by slices emits a slice per position in the window: a window larger than this is
@@ -213,7 +213,7 @@ def _pool_by_slices(ctx, x, reduction, kernel, strides, dilations, pads, ceil_mo
     counts = sum(window_part(lambda starts, stops: counted[tuple(
         slice(a, b, s) for a, b, s in zip(starts, stops, strides, strict=True))], offsets)
         for offsets in itertools.product(*(range(k) for k in kernel)))
-    return ctx.emit("div", result, ctx.known_tensor(counts.astype(NUMPY_DTYPES[x.type.dtype]),
+    return ctx.emit("div", result, ctx.known_tensor(counts.astype(numpy_dtype(x.type.dtype)),
                                                     "window_counts"))
 
 

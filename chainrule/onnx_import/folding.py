@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from ..ir import dims
 from ..ir.limits import MAX_RANK
 from ..ir.ops import rule_table
-from ..ir.types import NUMPY_DTYPES, UNKNOWN, TensorType
+from ..ir.types import UNKNOWN, TensorType, numpy_dtype
 from .context import Known, Unsupported, dim_hint, tensor_array
 
 # ONNX op type -> the function computing such a node's value at import time.
@@ -207,7 +207,7 @@ def _cast_like(ctx):
     if known is None:
         return None
     ctx.attr("saturate")
-    target = NUMPY_DTYPES[ctx.type_of(1).dtype]
+    target = numpy_dtype(ctx.type_of(1).dtype)
     if known.symbolic:
         return [known] if np.dtype(target).kind in "iu" else None
     return [Known(known.array.astype(target))]

@@ -29,10 +29,6 @@ from .ml import ML_DOMAIN, ML_OPS
 from .training_ops import TRAINING_DOMAIN, TRAINING_OPS
 
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
-# numpy's other numbers: a tensor of these can still be a constant (an int32 axis, a shape).
-CONSTANT_ONLY_DTYPES = {TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
-                        TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16,
-                        TensorProto.UINT8, TensorProto.FLOAT16}
 # What a converter's own bug raises (numpy on a malformed constant, an index past the end).
 INTERNAL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, TypeError,
                    ValueError)
@@ -460,10 +456,8 @@ class Importer:
             raise Unsupported(f"values of ONNX type '{kind}' (chainrule reads tensors)")
         tensor = info.type.tensor_type
         if tensor.elem_type not in DTYPE_OF_ONNX:
-            constant = tensor.elem_type in CONSTANT_ONLY_DTYPES
             raise Unsupported(f"tensors of dtype {TensorProto.DataType.Name(tensor.elem_type)} "
-                              f"(chainrule reads float, double, int64 and bool)",
-                              needs_constant=info.name if constant else None)
+                              f"(chainrule reads every dtype but strings and complex numbers)")
         if not tensor.HasField("shape"):
             raise Unsupported("a tensor of unknown rank")
         shape = []

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import NUMPY_DTYPES, UNKNOWN, is_float
+from ..ir.types import UNKNOWN, is_float, numpy_dtype
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -400,7 +400,7 @@ def _one_hot(ctx):
     wrapped = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
                        ctx.emit("add", indices, ctx.constant(depth, indices)), indices)
     positions = np.arange(depth).reshape((depth,) + (1,) * (rank - 1 - axis))
-    positions = ctx.known_tensor(positions.astype(NUMPY_DTYPES[indices.type.dtype]),
+    positions = ctx.known_tensor(positions.astype(numpy_dtype(indices.type.dtype)),
                                  ctx.node.output[0])
     hot = ctx.emit("equal", ctx.emit("unsqueeze", wrapped, axes=(axis,)), positions)
 

@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..ir import dims
-from ..ir.types import NUMPY_DTYPES, UNKNOWN
+from ..ir.types import UNKNOWN, numpy_dtype
 from .context import Unsupported, converter, dim_hint
 from .folding import FOLD_LIMIT, shape_of
 from .layout import broadcast_repeat
@@ -408,5 +408,5 @@ def _interpolated(ctx, x, axis, positions, weights):
     taken = ctx.emit("take", x, ctx.known_tensor(positions, "positions"), axis=axis)
     spread = weights.reshape(weights.shape + (1,) * (x.type.rank - 1 - axis))
     weighted = ctx.emit("mul", taken, ctx.known_tensor(
-        spread.astype(NUMPY_DTYPES[x.type.dtype]), "weights"))
+        spread.astype(numpy_dtype(x.type.dtype)), "weights"))
     return ctx.emit("sum", weighted, axes=(axis + 1,), keepdims=False)

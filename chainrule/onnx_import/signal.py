@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.types import NUMPY_DTYPES
+from ..ir.types import numpy_dtype
 from .context import Unsupported, converter
 
 
@@ -69,7 +69,7 @@ def transformed(ctx, x, axis: int, length: int | None, inverse: bool, onesided: 
     flat = ctx.emit("reshape", moved, shape=(0,) * (rank - 2) + (size * parts,))
     matrix = dft_matrix(length, size, parts, inverse, onesided)
     ctx.require_size(x.type.dtype, matrix.shape)
-    weights = ctx.known_tensor(matrix.astype(NUMPY_DTYPES[x.type.dtype]), "dft_matrix")
+    weights = ctx.known_tensor(matrix.astype(numpy_dtype(x.type.dtype)), "dft_matrix")
     product = ctx.emit("matmul", flat, weights)
     out_parts = 1 if inverse and onesided else 2
     result = ctx.emit("reshape", product, shape=(0,) * (rank - 2) +

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import chainrule
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 from support.backend_checks import TOLERANCES
 from support.numeric import assert_close
 
@@ -20,7 +20,7 @@ def model_source(signature: str, expression: str, dtype: str) -> str:
 
 def random_feeds(graph, rng, dtype="f64") -> dict:
     return {v.name: rng.normal(size=[d if isinstance(d, int) else BATCH for d in v.type.shape])
-            .astype(NUMPY_DTYPES[dtype]) for v in graph.inputs}
+            .astype(numpy_dtype(dtype)) for v in graph.inputs}
 
 
 def check_builtin(signature: str, expression: str, shape: str, compute, dtype: str) -> None:
@@ -32,7 +32,7 @@ def check_builtin(signature: str, expression: str, shape: str, compute, dtype: s
     expected = compute(*(feeds[v.name].astype(np.float64) for v in model.graph.inputs))
     rtol, atol = TOLERANCES[dtype]
     result = model.run(**feeds)["y"]
-    assert result.dtype == NUMPY_DTYPES[dtype]
+    assert result.dtype == numpy_dtype(dtype)
     assert_close(result, expected, max(rtol, 1e-12), atol=atol, what="numpy")
     assert_close(model.run(backend="onnxruntime", **feeds)["y"], result, rtol, atol=atol,
                  what="onnxruntime")

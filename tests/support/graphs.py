@@ -2,7 +2,7 @@
 import numpy as np
 
 from chainrule.ir import Graph
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 
 
 def structure(graph: Graph) -> dict:
@@ -15,7 +15,7 @@ def structure(graph: Graph) -> dict:
         if node.op == "constant":
             dtype = node.attrs["dtype"]
             with np.errstate(over="ignore"):  # 1e39 is inf as an f32
-                return dtype, repr(NUMPY_DTYPES[dtype](node.attrs["value"]))
+                return dtype, repr(numpy_dtype(dtype).type(node.attrs["value"]))
         return [(key, structure(value) if isinstance(value, Graph) else repr(value))
                 for key, value in node.attrs.items()]
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from chainrule.backends import get_backend
 from chainrule.backends.onnx_backend import export_onnx
-from chainrule.ir.types import NUMPY_DTYPES
+from chainrule.ir.types import numpy_dtype
 from chainrule.passes import autodiff
 from op_cases import REFERENCES, Case, draw, forward_graph, in_dtype, scalar_objective_graph
 
@@ -25,7 +25,7 @@ def check_against_reference(case: Case, rng) -> None:
     (node,) = graph.nodes
     expected = np.asarray(REFERENCES[case.op](*arrays, **node.attrs))
     out = node.outputs[0]
-    assert result.dtype == np.dtype(NUMPY_DTYPES[out.type.dtype]) == expected.dtype, case.id
+    assert result.dtype == np.dtype(numpy_dtype(out.type.dtype)) == expected.dtype, case.id
     assert result.shape == expected.shape, f"{case.id}: {result.shape} != {expected.shape}"
     assert list(out.type.shape) == list(expected.shape), f"{case.id}: inferred {out.type}"
     assert_close(result, expected, 1e-12, atol=1e-12, what=case.id)
@@ -56,7 +56,7 @@ def check_on_onnxruntime(case: Case, dtype: str) -> None:
     graph, inputs, objective = scalar_objective_graph(case)
     feeds = {v.name: draw(arg, rng) for v, arg in zip(inputs, case.args, strict=True)}
     weight = graph.find("weight").type
-    feeds["weight"] = rng.normal(size=weight.shape).astype(NUMPY_DTYPES[weight.dtype])
+    feeds["weight"] = rng.normal(size=weight.shape).astype(numpy_dtype(weight.dtype))
     wrt = [v for v in inputs if v.type.dtype == dtype]
     grad_graph, _ = autodiff(graph, objective, wrt)
     check_standard(export_onnx(grad_graph, {}))
