@@ -381,3 +381,14 @@ def test_gradients_flow_through_a_dft():
     x = np.random.default_rng(5).standard_normal((2, 8, 1))
     rows = gradcheck(model, {"x": x}, backends=("numpy", "onnxruntime"))
     assert rows and all(row.passed for row in rows), rows
+
+
+def test_eye_like_of_symbolic_dims_is_numpys_eye():
+    node = helper.make_node("EyeLike", ["x"], ["y"], k=-1, dtype=TensorProto.DOUBLE)
+    proto = structured_model([node], [("x", tensor_type(shape=["rows", "columns"]))],
+                             [("y", tensor_type(TensorProto.DOUBLE))])
+    model = chainrule.import_onnx(proto)
+    for shape in [(3, 4), (5, 2)]:
+        y = run_both(model, x=np.zeros(shape, np.float32))["y"]
+        np.testing.assert_array_equal(y, np.eye(*shape, k=-1))
+        assert y.dtype == np.float64

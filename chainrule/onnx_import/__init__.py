@@ -20,7 +20,8 @@ __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSE
 
 # Each of these modules registers its converters in the op table when imported; functions
 # registers one for each op ONNX defines as a function that the others leave out: it comes last.
-CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "layout",
+CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "generators",
+                     "layout",
                      "loss_ops", "ml", "normalization", "recurrent", "resize", "sequences",
                      "signal", "training_ops", "functions")
 # The names this package exports from its modules, loaded on first use.
