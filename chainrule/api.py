@@ -95,7 +95,7 @@ def _read_model(path) -> str:
 @gc_paused
 def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
                 loss_output: str | None = None, trainable=None, freeze=(),
-                dims: dict | None = None) -> Model:
+                dims: dict | None = None, sequences: dict | None = None) -> Model:
     """Import an ONNX model (a path or a ModelProto) as a Model, like `compile`.
 
     Float initializers become params holding the file's values. Weights train; constants
@@ -103,18 +103,22 @@ def import_onnx(path_or_proto, *, loss: str | None = None, targets: str = "y",
     only ones that train) or `freeze` (names) choose otherwise. With `loss`
     ("cross_entropy", "mse", "bce"), the objective is that loss of `loss_output` (default:
     the first output) against a new input named `targets`, and the model's outputs stay
-    outputs.
+    outputs. A sequence-typed input needs its tensors' shapes at import time, in `sequences`
+    (name -> list of shapes; an optional-typed input: None when it holds nothing); its tensors
+    become the inputs `name.0`, `name.1`, ... and a sequence output's the outputs so named, as
+    `onnx_sequences` lists them.
     """
     from .onnx_import import import_graph  # loads onnx: only when a model is imported
 
     imported = import_graph(path_or_proto, loss=loss, target_input=targets,
                             loss_output=loss_output, trainable=trainable, freeze=freeze,
-                            dims=dims)
+                            dims=dims, sequences=sequences)
     graph = run_passes(imported.graph, FRONT_END_PASSES)
     filename = imported.graph.loc.file if imported.graph.loc else "<onnx>"
     model = Model(graph, "", filename)
     model.params.update(imported.params)
     model.onnx_names = dict(imported.names)
+    model.onnx_sequences = dict(imported.sequences)
     model.notes = list(imported.notes)
     return model
 
@@ -133,6 +137,7 @@ class Model:
         self._backends = {}  # backend name -> backend, which caches what it compiles per graph
         self._runs = {}  # (backend, opt_level, outputs) -> (graph, backend, param names)
         self.onnx_names = {}  # an imported model's ONNX value names -> IR names
+        self.onnx_sequences = {}  # its sequence inputs and outputs -> their tensors' IR names
         self.notes = []  # what importing it did that its user should know
 
     # ---- interface ----------------------------------------------------------------------------
@@ -185,6 +190,7 @@ class Model:
         model = Model(graph, self.source, self.filename)
         model.params = {k: np.asarray(v, np.float64) for k, v in self.params.items()}
         model.onnx_names = dict(self.onnx_names)  # promotion keeps the values' names
+        model.onnx_sequences = dict(self.onnx_sequences)
         return model
 
     # ---- graphs -------------------------------------------------------------------------------

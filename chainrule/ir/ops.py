@@ -227,9 +227,14 @@ def _require_bool(op, t):
         raise OpTypeError(f"{op} needs a bool operand, got {t}")
 
 
+def _require_int(op, t):
+    if not is_int(t.dtype):
+        raise OpTypeError(f"{op} needs an integer operand, got {t}")
+
+
 # What each elementwise op accepts: the check run on its (first) operand.
 OPERAND_CHECKS = {"float": _require_float, "numeric": _require_numeric, "bool": _require_bool,
-                  "any": lambda op, t: None}
+                  "integer": _require_int, "any": lambda op, t: None}
 
 
 def _unary(op, operands="float"):
@@ -613,6 +618,13 @@ for _name, _onnx, _word in [("logical_and", "And", "and"), ("logical_or", "Or", 
 register("logical_not", 1, _unary("logical_not", "bool"),
          traits=("elementwise", "nondifferentiable"), numpy="logical_not", onnx="Not",
          scalar="(not {0})")
+# The same logic on each bit of integers (ONNX's BitwiseAnd and friends, opset 18).
+for _name, _onnx in [("bitwise_and", "BitwiseAnd"), ("bitwise_or", "BitwiseOr"),
+                    ("bitwise_xor", "BitwiseXor")]:
+    register(_name, 2, _binary(_name, operands="integer"),
+             traits=("elementwise", "nondifferentiable"), numpy=_name, onnx=_onnx)
+register("bitwise_not", 1, _unary("bitwise_not", "integer"),
+         traits=("elementwise", "nondifferentiable"), numpy="invert", onnx="BitwiseNot")
 register("where", 3, _infer_where, traits=FRESH_ELEMENTWISE, operands=("cond", "a", "b"),
          numpy="where", onnx="Where", scalar="({1} if {0} else {2})")
 register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype")}, traits=FRESH_ELEMENTWISE)

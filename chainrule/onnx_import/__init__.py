@@ -18,9 +18,11 @@ from .loss import LOSSES, check_target_name
 __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSES",
            "SUPPORTED_OPS", "check_target_name"]
 
-# Each of these modules registers its converters in the op table when imported.
-CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "layout",
-                     "loss_ops", "ml", "normalization", "recurrent", "resize", "sampling")
+# Each of these modules registers its converters in the op table when imported; functions
+# registers one for each op ONNX defines as a function that the others leave out: it comes last.
+CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "generators",
+                     "layout", "loss_ops", "ml", "normalization", "recurrent", "resize",
+                     "sampling", "sequences", "signal", "training_ops", "functions")
 # The names this package exports from its modules, loaded on first use.
 LAZY_NAMES = {"Imported": "importer", "Importer": "importer", "UnsupportedModel": "importer",
               "load_model": "importer", "Unsupported": "context", "CONVERTERS": "context",
@@ -46,10 +48,11 @@ def __getattr__(name: str):
 
 def import_graph(path_or_proto, *, loss: str | None = None, target_input: str = "y",
                  loss_output: str | None = None, trainable=None, freeze=(),
-                 dims: dict | None = None):
+                 dims: dict | None = None, sequences: dict | None = None):
     """The model's graph and param values (an `Imported`). With `loss`, the objective (first
     output) is that loss of `loss_output` (default: the first output) against a new input
-    `target_input`."""
+    `target_input`. `sequences` gives each sequence- or optional-typed input's element
+    shapes."""
     _load_converters()
     import onnx
 
@@ -59,7 +62,7 @@ def import_graph(path_or_proto, *, loss: str | None = None, target_input: str = 
     model, file = load_model(path_or_proto)
     model, notes = upgraded(model, file)
     imported = Importer(model, file, trainable=trainable, freeze=freeze, dims=dims,
-                        from_path=not isinstance(path_or_proto, onnx.ModelProto)).run()
+                        sequences=sequences, from_path=not isinstance(path_or_proto, onnx.ModelProto)).run()
     imported.notes += notes
     if loss is not None:
         attach_loss(imported, loss, target_input, loss_output, file)

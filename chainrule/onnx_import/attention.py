@@ -269,3 +269,41 @@ def _rotary_embedding(ctx):
     if x.type.rank == 4:
         return [ctx.emit("transpose", rotated, perm=(0, 2, 1, 3))]
     return [ctx.emit("reshape", rotated, shape=(0, 0, -1))]
+
+
+@converter("TensorScatter")
+def _tensor_scatter(ctx):
+    """A KV cache [B, ..., M, ...] with the update [B, ..., S, ...] written along the sequence
+    axis from each row's write index (0 without write_indices), wrapping past M in circular
+    mode: each cache position reads the update at its offset from the row's index where that
+    offset falls within the update, and keeps the cache elsewhere."""
+    past, update = ctx.input(0), ctx.input(1)
+    rank = past.type.rank
+    axis = ctx.axis(ctx.attr("axis", -2), rank)
+    circular = ctx.require_attr("mode", ("linear", "circular"), "linear") == "circular"
+    length, written = past.type.shape[axis], update.type.shape[axis]
+    if axis == 0 or not isinstance(length, int) or not isinstance(written, int):
+        raise Unsupported(f"TensorScatter of {update.type} into {past.type} along axis {axis} "
+                          f"(a sequence axis of known sizes after the batch axis)")
+    offsets = ctx.known_tensor(np.arange(length)[None, :], "cache_positions")  # [1, M]
+    if ctx.has_input(2):  # [B, M]: each position's offset from its row's write index
+        starts = ctx.emit("unsqueeze", ctx.input(2), axes=(1,))
+        offsets = ctx.emit("sub", offsets, starts)
+    if circular:
+        wrapped = ctx.emit("add", offsets, ctx.constant(length, offsets))
+        offsets = ctx.emit("where", ctx.emit("less", offsets, ctx.constant(0, offsets)),
+                           wrapped, offsets)
+    inside = ctx.emit("logical_and",
+                      ctx.emit("greater_equal", offsets, ctx.constant(0, offsets)),
+                      ctx.emit("less", offsets, ctx.constant(written, offsets)))
+    clamped = ctx.emit("minimum", ctx.emit("maximum", offsets, ctx.constant(0, offsets)),
+                       ctx.constant(written - 1, offsets))
+    # [rows, M] laid along the cache's batch and sequence axes, then across its other axes.
+    laid_out = tuple(offsets.type.shape[0] if d == 0 else length if d == axis else 1
+                     for d in range(rank))
+
+    def spread(value):
+        return ctx.emit("broadcast_to", ctx.emit("reshape", value, shape=laid_out),
+                        shape=past.type.shape)
+    gathered = ctx.emit("gather_elements", update, spread(clamped), axis=axis)
+    return [ctx.emit("where", spread(inside), gathered, past)]

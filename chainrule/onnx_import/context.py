@@ -16,6 +16,9 @@ from ..ir.types import UNKNOWN, TensorType, dtype_of_numpy
 
 # ONNX op type -> the function converting such a node (converters.py, layout.py).
 CONVERTERS, converter = rule_table()
+# The domain of ONNX's preview ops, which import where ONNX defines them as functions
+# (functions.py).
+PREVIEW_DOMAIN = "ai.onnx.preview"
 
 
 class Unsupported(Exception):
@@ -25,10 +28,12 @@ class Unsupported(Exception):
     can do about it, where something is known."""
 
     def __init__(self, message: str, needs_constant: str | None = None,
-                 hint: str | None = None):
+                 hint: str | None = None, needs_elements: str | None = None):
         super().__init__(message)
         self.needs_constant = needs_constant
         self.hint = hint
+        # A sequence- or optional-typed graph input whose element shapes must be given.
+        self.needs_elements = needs_elements
 
 
 def dim_hint(items) -> str | None:
@@ -67,6 +72,23 @@ class Known:
         return f"Known({self.array!r})"
 
 
+class TensorSequence(tuple):
+    """An ONNX sequence whose tensors the import knows one by one: its length is fixed at
+    import time, so it lives only while importing, as a tuple of IR values that the sequence
+    ops (sequences.py) build and pick from."""
+
+
+class Absent:
+    """What an ONNX optional holds when it holds nothing (an optional that holds something is
+    that tensor or sequence itself): known at import time, as a sequence's length is."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = Absent()
+
+
 class NodeContext:
     """One ONNX node under conversion. `importer` owns the value table and the builder."""
 
@@ -97,6 +119,20 @@ class NodeContext:
 
     def inputs(self) -> list[Value]:
         return [self.input(i) for i in range(len(self.node.input)) if self.has_input(i)]
+
+    def element(self, index: int):
+        """Input `index` as whatever it holds: a tensor, a TensorSequence, or ABSENT (an
+        optional that holds nothing, or an input not given)."""
+        if not self.has_input(index):
+            return ABSENT
+        return self.importer.element(self.node.input[index], self)
+
+    def sequence(self, index: int) -> TensorSequence:
+        element = self.element(index)
+        if not isinstance(element, TensorSequence):
+            raise Unsupported(f"{self.node.op_type}'s input '{self.node.input[index]}' is not "
+                              f"a sequence of tensors")
+        return element
 
     def static(self, index: int, what: str, default=None) -> np.ndarray | None:
         """Input `index` as an array known at import time (a shape, axes, bounds); `default`

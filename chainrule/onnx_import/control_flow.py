@@ -8,7 +8,16 @@ Scan maps directly (its scan axes and directions by transposes and reversals aro
 scan).
 Loop becomes a scan when its trip count is known and its condition can never turn false:
 the iteration number is the sequence arange(M), and the scan outputs stack as Loop's do. A
-Loop that may stop early has no fixed length, which a scan needs, and is refused.
+Loop that may stop early has no fixed length, which a scan needs, and is refused. A Loop that
+carries a sequence (whose length grows step by step, which no scan can carry) is unrolled
+instead: its body is imported once per step into the graph itself, by an `InlineImporter`,
+with the step's number known, so that it may stop early where its condition is known.
+
+If takes its branch at import time where its condition is known there. Otherwise both
+branches are imported into the graph (a branch computes values and changes nothing else) and
+each output selects between them with `where`; that needs the branches' outputs to agree in
+type (tensors of one type, or sequences of one length of such), else the condition must be a
+constant.
 """
 from __future__ import annotations
 
@@ -20,8 +29,9 @@ from ..ir import Value
 from ..ir.scan import step_type
 from ..ir.types import TensorType
 from .body import Body, emit_scan, reversed_steps
-from .context import Known, Unsupported, converter
-from .importer import Importer, identifier
+from .context import Absent, Known, TensorSequence, Unsupported, converter
+from .importer import Importer, identifier, tensor_expected
+
 
 class BodyImporter(Importer):
     """Imports an ONNX subgraph into a scan's body: names it does not define are looked up
@@ -79,6 +89,14 @@ class BodyImporter(Importer):
             return super().type_of(name)
         return self.outer.type_of(name)
 
+    def element(self, name: str, ctx):
+        if self.defines(name):
+            return super().element(name, ctx)
+        held = self.outer.element(name, None)
+        if isinstance(held, TensorSequence):
+            return TensorSequence(map(self.capture, held))
+        return held if isinstance(held, Absent) else self.tensor(name, ctx)
+
     def constant_tensor(self, hint: str, array: np.ndarray, loc) -> Value:
         # A body holds no params: the constant is the outer graph's, read as an outer value.
         return self.capture(self.outer.constant_tensor(hint, array, loc))
@@ -101,11 +119,12 @@ class BodyImporter(Importer):
             first = self.problems[0]
             raise Unsupported("; ".join(f"its body's {p}" for p in self.problems),
                               needs_constant=first.needs_constant, hint=first.hint)
-        outputs = []
-        for info in self.model.graph.output:
-            value = self.values.get(info.name) if self.defines(info.name) else None
-            outputs.append(value if isinstance(value, Known) else self.tensor(info.name, None))
-        return outputs
+        return [self.result(info.name) for info in self.model.graph.output]
+
+    def result(self, name: str):
+        """A body output: a Value, or Known where it is a constant."""
+        value = self.values.get(name) if self.defines(name) else None
+        return value if isinstance(value, Known) else self.tensor(name, None)
 
     def finish(self, outputs: list[Value]) -> tuple[list[Value], list[Value]]:
         """The body's inputs completed with the captured outer values (the scan's last run of
@@ -136,7 +155,35 @@ def _moved(ctx, value: Value, source: int, destination: int) -> Value:
     return ctx.emit("transpose", value, perm=tuple(perm))
 
 
-def _subgraph(ctx, name: str):
+class InlineImporter(BodyImporter):
+    """Imports an ONNX subgraph into the enclosing graph itself (an If's branch, a step of an
+    unrolled Loop, a position of SequenceMap): an outer value is read as it is, and a body
+    output may be a sequence or an empty optional, as any value of the enclosing graph."""
+
+    def __init__(self, outer: Importer, subgraph):
+        super().__init__(outer, subgraph, outer)
+        # Values of the enclosing graph keep their names: a body's Identity must not rename
+        # them.
+        self.bound = outer.bound
+
+    def capture(self, value: Value) -> Value:
+        return value
+
+    def result(self, name: str):
+        value = self.values.get(name) if self.defines(name) else None
+        return value if isinstance(value, Known) else self.element(name, None)
+
+
+def tensor_result(ctx, result) -> Value:
+    """A body output as a tensor of the graph (a constant one made a value)."""
+    if isinstance(result, Known):
+        return ctx.importer.materialise(result, None, ctx, "output")
+    if isinstance(result, (TensorSequence, Absent)):
+        raise tensor_expected("a body output", result)
+    return result
+
+
+def subgraph_attr(ctx, name: str):
     graph = ctx.attr(name)
     if not isinstance(graph, onnx.GraphProto):
         raise Unsupported(f"attribute {name} must be a graph")
@@ -145,7 +192,7 @@ def _subgraph(ctx, name: str):
 
 @converter("Scan")
 def _scan(ctx):
-    subgraph = _subgraph(ctx, "body")
+    subgraph = subgraph_attr(ctx, "body")
     scanned = ctx.attr("num_scan_inputs")
     operands = ctx.inputs()
     carried = len(operands) - scanned
@@ -201,7 +248,7 @@ def _emit(ctx, inner: BodyImporter, body: Body, outputs: list, operands: list, c
 
 @converter("Loop")
 def _loop(ctx):
-    subgraph = _subgraph(ctx, "body")
+    subgraph = subgraph_attr(ctx, "body")
     trip_count = ctx.static_int(0, "Loop's trip count M")
     if trip_count is None:
         raise Unsupported("a Loop without a trip count M (it runs until its condition turns "
@@ -209,7 +256,9 @@ def _loop(ctx):
     condition = ctx.static(1, "Loop's condition", default=np.array(True))
     if not np.all(condition) or trip_count < 0:
         trip_count = 0  # it runs no step: a scan of none passes its carried values through
-    initial = [ctx.input(i) for i in range(2, len(ctx.node.input))]
+    initial = [ctx.element(i) for i in range(2, len(ctx.node.input))]
+    if any(isinstance(value, (TensorSequence, Absent)) for value in initial):
+        return _unrolled_loop(ctx, subgraph, trip_count, initial)
     carried = len(initial)
     infos = list(subgraph.input)
     if len(infos) != carried + 2 or len(subgraph.output) < carried + 1:
@@ -233,3 +282,69 @@ def _loop(ctx):
     return list(_emit(ctx, inner, body, outputs[1:], [*initial, iteration], carried, 1,
                       trip_count))
 
+
+
+def _unrolled_loop(ctx, subgraph, trip_count: int, carried: list) -> list:
+    """A Loop imported step by step into the graph: the carried values (sequences among them)
+    pass from one step's body to the next, and each scan output stacks its steps."""
+    infos = list(subgraph.input)
+    if len(infos) != len(carried) + 2 or len(subgraph.output) < len(carried) + 1:
+        raise Unsupported(f"a body of {len(infos)} inputs and {len(subgraph.output)} outputs "
+                          f"for {len(carried)} carried values")
+    steps = []
+    for iteration in range(trip_count):
+        inner = InlineImporter(ctx.importer, subgraph)
+        condition, *outputs = inner.import_body([Known(np.array(iteration, np.int64)),
+                                                 Known(np.array(True)), *carried])
+        if not isinstance(condition, Known):
+            raise Unsupported(f"an unrolled Loop whose condition "
+                              f"'{subgraph.output[0].name}' is computed at run time")
+        carried = outputs[:len(carried)]
+        steps.append([tensor_result(ctx, value) for value in outputs[len(carried):]])
+        if not np.all(condition.array):
+            break
+    if not steps and len(subgraph.output) > len(carried) + 1:
+        raise Unsupported("a Loop that runs no step has scan outputs of no known shape")
+    stacks = [ctx.emit("concat", *(ctx.emit("unsqueeze", value, axes=(0,)) for value in column),
+                       axis=0) for column in zip(*steps, strict=True)]
+    return [*carried, *stacks]
+
+
+@converter("If")
+def _if(ctx):
+    branches = [subgraph_attr(ctx, name) for name in ("then_branch", "else_branch")]
+    if len(branches[0].output) != len(branches[1].output):
+        raise Unsupported(f"branches of {len(branches[0].output)} and "
+                          f"{len(branches[1].output)} outputs")
+    if any(branch.input for branch in branches):
+        raise Unsupported("If branches that take inputs (ONNX's take none)")
+    known = ctx.known(0)
+    if known is not None and not known.symbolic:
+        taken = branches[0] if np.all(known.array) else branches[1]
+        return InlineImporter(ctx.importer, taken).import_body([])
+    condition = ctx.input(0)
+    then_results, else_results = (InlineImporter(ctx.importer, branch).import_body([])
+                                  for branch in branches)
+    return [_selected(ctx, condition, chosen, other)
+            for chosen, other in zip(then_results, else_results, strict=True)]
+
+
+def _selected(ctx, condition: Value, then_value, else_value):
+    """`where(condition, then_value, else_value)` for each tensor the two results hold."""
+    if isinstance(then_value, TensorSequence) and isinstance(else_value, TensorSequence) and \
+            len(then_value) == len(else_value):
+        return TensorSequence(_selected(ctx, condition, *pair)
+                              for pair in zip(then_value, else_value, strict=True))
+    if isinstance(then_value, (TensorSequence, Absent)) or \
+            isinstance(else_value, (TensorSequence, Absent)):
+        raise _branches_differ(ctx)
+    then_value, else_value = tensor_result(ctx, then_value), tensor_result(ctx, else_value)
+    if then_value.type != else_value.type:
+        raise _branches_differ(ctx)
+    return ctx.emit("where", condition, then_value, else_value)
+
+
+def _branches_differ(ctx) -> Unsupported:
+    return Unsupported("If whose branches give values of different types (or sequences of "
+                       "different lengths) at a condition computed at run time",
+                       needs_constant=ctx.node.input[0])

@@ -65,7 +65,7 @@ def _xor(ctx):
 
 @converter("Identity")
 def _identity(ctx):
-    return [ctx.input(0)]
+    return [ctx.element(0)]  # a sequence or an optional passes as a tensor does
 
 
 @converter("Reciprocal")

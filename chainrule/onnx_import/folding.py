@@ -240,6 +240,7 @@ def _concat(ctx, *parts):
 @folder("Unsqueeze")
 @_foldable
 def _unsqueeze(ctx, x, axes):
+    axes = np.ravel(axes)  # onnx's own Loop test gives one axis as a 0-d tensor
     rank = x.ndim + len(axes)
     for axis in sorted(int(a) % rank for a in axes):
         x = np.expand_dims(x, axis)

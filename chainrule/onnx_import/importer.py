@@ -20,10 +20,13 @@ from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
 from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
-from .context import CONVERTERS, Known, NodeContext, Unsupported, dim_hint, dtype_of_array
+from .context import (ABSENT, CONVERTERS, PREVIEW_DOMAIN, Absent, Known, NodeContext,
+                      TensorSequence, Unsupported, dim_hint, dtype_of_array)
+from .data_dependent import DATA_DEPENDENT_LENGTHS, data_dependent_shape
 from .external_data import external_array, is_external
 from .folding import FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
+from .training_ops import TRAINING_DOMAIN, TRAINING_OPS
 
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # What a converter's own bug raises (numpy on a malformed constant, an index past the end).
@@ -61,6 +64,8 @@ class Problem:
     internal: bool = False
     # What the user can do about it, where something is known (a --dim for a symbolic dim).
     hint: str | None = None
+    # The sequence- or optional-typed graph input whose element shapes must be given.
+    needs_elements: str | None = None
 
     # The model's names are foreign text: printed escaped, so that each stays on its line.
     def __str__(self) -> str:
@@ -125,6 +130,8 @@ class Imported:
     names: dict[str, str] = field(default_factory=dict)
     # What the import did that its user should know (an older opset converted).
     notes: list[str] = field(default_factory=list)
+    # ONNX sequence-typed input or output name -> the IR names of its tensors, in order.
+    sequences: dict[str, list[str]] = field(default_factory=dict)
 
 
 def upgraded(model: onnx.ModelProto, file: str) -> tuple[onnx.ModelProto, list[str]]:
@@ -261,7 +268,7 @@ def _right_aligned(shapes) -> list[tuple]:
 
 class Importer:
     def __init__(self, model: onnx.ModelProto, file: str, *, trainable=None, freeze=(),
-                 dims=None, from_path: bool = False):
+                 dims=None, sequences=None, from_path: bool = False):
         self.model = model
         self.file = file
         # Whether `file` is the model's path, whose folder holds its external data.
@@ -272,6 +279,9 @@ class Importer:
                            loc=SourceLoc(file, 0, 0))
         self.builder = GraphBuilder(self.graph)
         self.dims = dict(dims or {})
+        # Sequence- and optional-typed input name -> the shapes of the tensors it holds.
+        self.element_shapes = dict(sequences or {})
+        self.sequence_names: dict[str, list[str]] = {}
         self.values: dict[str, Value | Known] = {}
         self.initializers: dict[str, np.ndarray] = {}
         self.params: dict[str, np.ndarray] = {}
@@ -319,7 +329,7 @@ class Importer:
         self.graph.outputs = [self.builder.current(v) for v in outputs]
         self.graph.objective = self.graph.outputs[0] if self.graph.outputs else None
         check_graph_sizes(self.graph)
-        return Imported(self.graph, self.params, self.names, self.notes)
+        return Imported(self.graph, self.params, self.names, self.notes, self.sequence_names)
 
     def check_opsets(self) -> None:
         for entry in self.model.opset_import:
@@ -382,19 +392,63 @@ class Importer:
             if info.name in self.initializers:  # older exporters list initializers as inputs
                 continue
             try:
-                value_type = self.tensor_type(info)
+                if info.type.WhichOneof("value") in ("sequence_type", "optional_type"):
+                    value = self.structured_input(info)
+                else:
+                    value = self.graph_input(info.name, info)
             except Unsupported as error:
-                self.problems.append(Problem("input", info.name, str(error)))
+                self.problems.append(Problem("input", info.name, str(error), hint=error.hint,
+                                             needs_elements=error.needs_elements))
                 self.poisoned.add(info.name)
                 if error.needs_constant:  # a node reading it as a constant says so
                     self.constant_only.add(info.name)
                 continue
-            value = Value(self.builder.namer.fresh(identifier(info.name, "input")), value_type)
-            self.graph.inputs.append(value)
-            self.graph.input_locs[value.name] = SourceLoc(self.file, 0, 0, node=info.name)
             self.values[info.name] = value
-            self.names[info.name] = value.name
-            self.bound.add(value)
+            if isinstance(value, Value):
+                self.names[info.name] = value.name
+
+    def graph_input(self, name: str, info) -> Value:
+        """A tensor input of the graph, of the type `info` declares, named after `name`."""
+        value_type = self.tensor_type(info)
+        value = Value(self.builder.namer.fresh(identifier(name, "input")), value_type)
+        self.graph.inputs.append(value)
+        self.graph.input_locs[value.name] = SourceLoc(self.file, 0, 0, node=name)
+        self.bound.add(value)
+        return value
+
+    def structured_input(self, info):
+        """A sequence- or optional-typed input, as the shapes given for it lay it out: a
+        sequence of n tensors is n graph inputs `name.0` ... `name.{n-1}`; an optional is
+        ABSENT (given None) or what it holds."""
+        if info.name not in self.element_shapes:
+            kind = info.type.WhichOneof("value").removesuffix("_type")
+            raise Unsupported(f"the {kind} input '{info.name}' has no element shapes given "
+                              f"(chainrule fixes a sequence's length at import time)",
+                              hint=f"give them as sequences={{'{info.name}': [shape, ...]}}",
+                              needs_elements=info.name)
+        return self.structured_value(info.name, info.type, self.element_shapes[info.name])
+
+    def structured_value(self, name: str, declared, shapes):
+        kind = declared.WhichOneof("value")
+        if kind == "optional_type":
+            if shapes is None:
+                return ABSENT
+            return self.structured_value(name, declared.optional_type.elem_type, shapes)
+        if kind == "sequence_type" and shapes is not None:
+            element = declared.sequence_type.elem_type
+            values = TensorSequence(self.structured_value(f"{name}.{index}", element, shape)
+                                    for index, shape in enumerate(shapes))
+            self.sequence_names[name] = [value.name for value in values]
+            return values
+        if kind == "tensor_type" and shapes is not None:
+            tensor = declared.tensor_type
+            if tensor.HasField("shape") and len(tensor.shape.dim) != len(shapes):
+                raise Unsupported(f"'{name}' is given the shape {list(shapes)}, where the model "
+                                  f"declares a tensor of rank {len(tensor.shape.dim)}")
+            return self.graph_input(name, onnx.helper.make_tensor_value_info(
+                name, tensor.elem_type, list(shapes)))
+        raise Unsupported(f"values of ONNX type '{kind}' (chainrule reads tensors, and "
+                          f"sequences and optionals of them)")
 
     def tensor_type(self, info) -> TensorType:
         kind = info.type.WhichOneof("value")
@@ -518,10 +572,13 @@ class Importer:
 
     def fixed_problem(self, node) -> Unsupported | None:
         """What stops the node whatever its inputs: its domain, its op, its schema."""
-        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN):
-            return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain "
-                               f"and {ML_DOMAIN})")
+        if node.domain not in (*DEFAULT_DOMAINS, ML_DOMAIN, TRAINING_DOMAIN, PREVIEW_DOMAIN):
+            return Unsupported(f"domain '{node.domain}' (chainrule reads the default domain, "
+                               f"{ML_DOMAIN}, {TRAINING_DOMAIN} and {PREVIEW_DOMAIN})")
+        if node.domain in DEFAULT_DOMAINS and node.op_type in DATA_DEPENDENT_LENGTHS:
+            return Unsupported(data_dependent_shape(node.op_type))
         if node.domain == ML_DOMAIN and node.op_type not in ML_OPS or \
+                node.domain == TRAINING_DOMAIN and node.op_type not in TRAINING_OPS or \
                 node.op_type not in FOLDERS and node.op_type not in CONVERTERS:
             return Unsupported(OP_NOT_SUPPORTED)
         malformed = schema_violation(node, *self.opset_of(node))
@@ -574,6 +631,13 @@ class Importer:
             if info.name not in self.values and info.name not in self.initializers:
                 self.problems.append(Problem("output", info.name, "no node computes it"))
                 continue
+            held = self.values.get(info.name)
+            if isinstance(held, TensorSequence):  # one output per tensor, as inputs are
+                elements = [self.output_value(value, f"{info.name}.{index}", outputs)
+                            for index, value in enumerate(held)]
+                self.sequence_names[info.name] = [value.name for value in elements]
+                outputs += elements
+                continue
             try:
                 value = self.tensor(info.name, None)
             except Unsupported as error:
@@ -583,19 +647,25 @@ class Importer:
             if disagreement:
                 self.problems.append(Problem("output", info.name, disagreement))
                 continue
-            if value in outputs or value in self.graph.inputs or \
-                    value in self.graph.param_values():  # an output of its own: a copy
-                op = "logical_or" if value.type.dtype == "bool" else "add"
-                value = self.builder.emit(op, (value, self.builder.constant(
-                    0, value.type.dtype)), name=identifier(info.name))
-            elif value.name != identifier(info.name) and value.name not in self.names.values() \
-                    and value.name not in self.graph.updates.values():
-                # Read through an Identity (the dynamo exporter's, unoptimised): the value
-                # takes the output's name, which the run's results are keyed by.
-                value = self.builder.rename(value, identifier(info.name))
+            value = self.output_value(value, info.name, outputs)
             self.names[info.name] = value.name
             outputs.append(value)
         return outputs
+
+    def output_value(self, value: Value, onnx_name: str, outputs: list[Value]) -> Value:
+        """`value` as the graph output `onnx_name`: renamed after it, or a copy so named where
+        the value is already an input, a param or another output."""
+        if value in outputs or value in self.graph.inputs or \
+                value in self.graph.param_values():  # an output of its own: a copy
+            op = "logical_or" if value.type.dtype == "bool" else "add"
+            return self.builder.emit(op, (value, self.builder.constant(0, value.type.dtype)),
+                                     name=identifier(onnx_name))
+        if value.name != identifier(onnx_name) and value.name not in self.names.values() \
+                and value.name not in self.graph.updates.values():
+            # Read through an Identity (the dynamo exporter's, unoptimised): the value
+            # takes the output's name, which the run's results are keyed by.
+            return self.builder.rename(value, identifier(onnx_name))
+        return value
 
     # ---- values -------------------------------------------------------------------------------
 
@@ -616,8 +686,8 @@ class Importer:
         value = self.values.get(name)
         if isinstance(value, Value):
             return value.type
-        if isinstance(value, tuple):
-            raise sequence_read_as_tensor(name)
+        if isinstance(value, (TensorSequence, Absent)):
+            raise tensor_expected(name, value)
         known = self.static_value(name)
         if known is None:
             raise Unsupported(f"value '{name}' is not defined before its use")
@@ -634,9 +704,16 @@ class Importer:
             return self.initializer_param(name)
         if value is None:
             raise Unsupported(f"value '{name}' is not defined before its use")
-        if isinstance(value, tuple):
-            raise sequence_read_as_tensor(name)
+        if isinstance(value, (TensorSequence, Absent)):
+            raise tensor_expected(name, value)
         return self.materialise(value, name, ctx)
+
+    def element(self, name: str, ctx: NodeContext | None):
+        """The value `name` as whatever it holds: a tensor, a TensorSequence or ABSENT."""
+        value = self.values.get(name)
+        if isinstance(value, (TensorSequence, Absent)):
+            return value
+        return self.tensor(name, ctx)
 
     def initializer_param(self, name: str) -> Value:
         """A float initializer read as a tensor: a param, trainable if `--trainable` names it
@@ -878,10 +955,13 @@ def nodes_within(graph):
         yield from nodes_within_node(node)
 
 
-def sequence_read_as_tensor(name: str) -> Unsupported:
-    """A sequence (a SplitToSequence's, layout.py) reaches what only a tensor can be."""
-    return Unsupported(f"value '{name}' is a sequence of tensors, which chainrule reads only "
-                       f"with SequenceAt", hint="return or use its tensors one by one")
+def tensor_expected(name: str, value) -> Unsupported:
+    """A sequence or an empty optional (sequences.py) reaches what only a tensor can be."""
+    if isinstance(value, Absent):
+        return Unsupported(f"value '{name}' is an optional that holds nothing, where a tensor "
+                           f"is needed")
+    return Unsupported(f"value '{name}' is a sequence of tensors, where a tensor is needed",
+                       hint="use its tensors one by one (SequenceAt)")
 
 
 def schema_violation(node, opset: int, domain: str = "") -> str | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import UNKNOWN, numpy_dtype
+from ..ir.types import UNKNOWN, is_float, numpy_dtype
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -105,55 +105,6 @@ def _split(ctx):
                                 axes=(axis,), steps=(1,)))
         start += length
     return outputs
-
-
-class TensorSequence(tuple):
-    """An ONNX sequence whose tensors the import knows one by one (a SplitToSequence's parts):
-    it lives only while importing, as SequenceAt picks its tensors out."""
-
-
-@converter("SplitToSequence")
-def _split_to_sequence(ctx):
-    """torch.chunk and torch.split as the dynamo exporter writes them unoptimised (ShuffleNet's
-    channel split): the parts, as Split makes them, for SequenceAt to pick."""
-    x = ctx.input(0)
-    axis = ctx.axis(ctx.attr("axis", 0), x.type.rank)
-    keepdims = ctx.attr("keepdims", 1)
-    size = x.type.shape[axis]
-    split = ctx.static(1, "SplitToSequence's split")
-    if not isinstance(size, int):
-        raise Unsupported(f"SplitToSequence of the symbolic axis {axis} ({size}) of {x.type}",
-                          hint=dim_hint([size]))
-    if split is None or split.ndim == 0:
-        part = 1 if split is None else int(split)
-        if part < 1:
-            raise Unsupported(f"SplitToSequence into parts of {part}")
-        lengths = [min(part, size - start) for start in range(0, size, part)]
-    else:
-        lengths = [int(v) for v in split.ravel()]
-    if sum(lengths) != size or min(lengths, default=0) < 0:
-        raise Unsupported(f"SplitToSequence of {size} into {lengths}")
-    parts, start = [], 0
-    for length in lengths:
-        parts.append(ctx.emit("slice", x, starts=(start,), ends=(start + length,),
-                              axes=(axis,), steps=(1,)))
-        start += length
-    if split is None and not keepdims:
-        parts = [ctx.emit("squeeze", part, axes=(axis,)) for part in parts]
-    return [TensorSequence(parts)]
-
-
-@converter("SequenceAt")
-def _sequence_at(ctx):
-    sequence = ctx.importer.values.get(ctx.node.input[0])
-    if not isinstance(sequence, TensorSequence):
-        raise Unsupported("SequenceAt of a sequence that no SplitToSequence made",
-                          hint="export with the dynamo exporter's optimizer on, which writes "
-                               "Split instead")
-    position = ctx.static_int(1, "SequenceAt's position")
-    if not -len(sequence) <= position < len(sequence):
-        raise Unsupported(f"SequenceAt({position}) of a sequence of {len(sequence)} tensors")
-    return [sequence[position]]
 
 
 @converter("Slice")
@@ -502,15 +453,49 @@ def _one_hot(ctx):
     return [ctx.emit("where", hot, value(1), value(0))]
 
 
+# A scatter's reduction other than add -> the elementwise op combining data with the reduced
+# updates, the reduction over the updates landing on one position, and what it starts from.
+SCATTER_REDUCTIONS = {"mul": ("mul", "prod", 1.0), "max": ("maximum", "max", -np.inf),
+                      "min": ("minimum", "min", np.inf)}
+REDUCTIONS = ("none", "add", *SCATTER_REDUCTIONS)
+
+
+def _scatter_reduced(ctx, data, indices, updates, axis: int, reduction: str):
+    """data combined with the updates at indices along `axis` by mul, max or min (repeated
+    indices reduce together): each update is laid on a new axis after `axis` at its index,
+    the rest of that axis holding the reduction's identity, and reduced over `axis`. It costs
+    updates x positions; indices [.., K, ..] broadcast against updates [.., K, .., R...]."""
+    combine, reduce, identity = SCATTER_REDUCTIONS[reduction]
+    size = data.type.shape[axis]
+    if not is_float(data.type.dtype) or not isinstance(size, int):
+        raise Unsupported(f"{ctx.node.op_type} with reduction={reduction!r} of {data.type} "
+                          f"(it takes floats with a known indexed axis)")
+    ctx.require_size(data.type.dtype, (*updates.type.shape[:axis + 1], size,
+                                       *updates.type.shape[axis + 1:]))
+    indices = ctx.emit("where", ctx.emit("less", indices, ctx.constant(0, indices)),
+                       ctx.emit("add", indices, ctx.constant(size, indices)), indices)
+    laid = [1] * (indices.type.rank + 1)
+    laid[axis + 1] = size
+    positions = ctx.known_tensor(np.arange(size).reshape(laid), "positions")
+    hit = ctx.emit("equal", ctx.emit("unsqueeze", indices, axes=(axis + 1,)), positions)
+    spread = ctx.emit("where", hit, ctx.emit("unsqueeze", updates, axes=(axis + 1,)),
+                      ctx.constant(identity, updates))
+    reduced = ctx.emit(reduce, spread, axes=(axis,), keepdims=False)
+    return ctx.emit(combine, data, reduced)
+
+
 @converter("ScatterElements")
 def _scatter_elements(ctx):
     """data with updates written (or, with reduction add, added) at indices along the axis:
-    scatter_elements_add of the updates, and of ones to find where they land."""
+    scatter_elements_add of the updates, and of ones to find where they land. A reduction of
+    mul, max or min combines them as _scatter_reduced does."""
     data = ctx.input(0)
     axis = ctx.axis(ctx.attr("axis", 0), data.type.rank)
     indices = _indices(ctx, 1, data.type.shape[axis])
     updates = ctx.input(2)
-    reduction = ctx.require_attr("reduction", ("none", "add"), "none")
+    reduction = ctx.require_attr("reduction", REDUCTIONS, "none")
+    if reduction in SCATTER_REDUCTIONS:
+        return [_scatter_reduced(ctx, data, indices, updates, axis, reduction)]
     added = ctx.emit("scatter_elements_add", updates, indices, data, axis=axis)
     if reduction == "add":
         return [ctx.emit("add", data, added)]
@@ -551,8 +536,13 @@ def _scatter_nd(ctx):
     """data with updates written (or added) at indices, through scatter_add on data with its
     indexed axes flattened, as ScatterElements is."""
     data, indices, updates = ctx.input(0), ctx.input(1), ctx.input(2)
-    reduction = ctx.require_attr("reduction", ("none", "add"), "none")
+    reduction = ctx.require_attr("reduction", REDUCTIONS, "none")
     positions, flat = _flat_positions(ctx, data, indices)
+    if reduction in SCATTER_REDUCTIONS:  # one row of the flattened data per update
+        rows = ctx.emit("reshape", positions, shape=(-1,) + (1,) * (flat.type.rank - 1))
+        values = ctx.emit("reshape", updates, shape=(-1,) + tuple(flat.type.shape[1:]))
+        return [ctx.emit("reshape", _scatter_reduced(ctx, flat, rows, values, 0, reduction),
+                         shape=data.type.shape)]
 
     def scattered(values):
         added = ctx.emit("scatter_add", values, positions, flat, axis=0)

@@ -19,7 +19,7 @@ ML_DOMAIN = "ai.onnx.ml"
 # The ops of that domain this module converts; a node of the domain with another op type is
 # refused by its domain.
 ML_OPS = frozenset({"LinearClassifier", "LinearRegressor", "Normalizer", "Scaler",
-                    "ArrayFeatureExtractor", "ZipMap"})
+                    "ArrayFeatureExtractor", "ZipMap", "Binarizer"})
 # What each post_transform does to a linear model's scores; SOFTMAX_ZERO and PROBIT are not
 # composed (skl2onnx writes neither for the models above).
 POST_TRANSFORMS = ("NONE", "SOFTMAX", "LOGISTIC")
@@ -97,6 +97,14 @@ def _linear_classifier(ctx):
         best = ctx.emit("take", ctx.known_tensor(labels, _hint(ctx, "classlabels_ints")), best,
                         axis=0)
     return [best, scores]
+
+
+@converter("Binarizer")
+def _binarizer(ctx):
+    """1 where x is above the threshold, else 0, in x's dtype."""
+    x = ctx.input(0)
+    above = ctx.emit("greater", x, ctx.constant(ctx.float_attr("threshold", 0.0), x))
+    return [ctx.emit("cast", above, dtype=x.type.dtype)]
 
 
 @converter("Normalizer")

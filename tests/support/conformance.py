@@ -72,18 +72,64 @@ def with_constants(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onn
     return copy
 
 
-def import_case(model: onnx.ModelProto, inputs: dict[str, np.ndarray]):
+def import_case(model: onnx.ModelProto, inputs: dict):
     """The imported Model and the inputs it needed as constants; an UnsupportedModel once no
-    more inputs can be made constant."""
+    more inputs can be made constant, nor a sequence's or optional's shapes given."""
     constants: dict[str, np.ndarray] = {}
+    sequences: dict[str, object] = {}
     while True:
         try:
-            return chainrule.import_onnx(with_constants(model, constants)), constants
+            return chainrule.import_onnx(with_constants(model, constants),
+                                         sequences=sequences), constants
         except UnsupportedModel as error:
             wanted = {p.needs_constant for p in error.problems} & set(inputs) - set(constants)
-            if not wanted:
+            shaped = {p.needs_elements for p in error.problems} & set(inputs) - set(sequences)
+            if not wanted and not shaped:
                 raise
             constants.update((name, inputs[name]) for name in wanted)
+            sequences.update((name, element_shapes(inputs[name])) for name in shaped)
+
+
+# ---- sequences and optionals --------------------------------------------------------------------
+# A data set holds a sequence as a list of arrays, and an optional as what it holds or None.
+# The importer takes their shapes (import_onnx's `sequences`), and the model takes and gives a
+# sequence as one input or output per tensor (Model.onnx_sequences names them).
+
+def element_shapes(data):
+    """What `sequences=` says of a sequence or optional input holding `data`."""
+    if data is None:
+        return None
+    if isinstance(data, list):
+        return [np.shape(array) for array in data]
+    return np.shape(data)
+
+
+def case_feeds(model, inputs: dict, constants: dict) -> dict:
+    """The run's inputs by IR name: each tensor of a sequence fed as an input of its own."""
+    declared = {value.name for value in model.graph.inputs}
+    feeds = {}
+    for name, data in inputs.items():
+        if name in constants:
+            continue
+        if name in model.onnx_sequences:
+            feeds.update(zip(model.onnx_sequences[name], data, strict=True))
+        elif model.onnx_names.get(name) in declared and data is not None:
+            feeds[model.onnx_names[name]] = data
+    return feeds
+
+
+def output_mismatch(model, results: dict, name: str, expected, compare, rtol, atol):
+    """How the output `name` (a tensor, or a sequence as a list) differs from `expected`."""
+    if not isinstance(expected, list):
+        return compare(results[model.onnx_names.get(name)], expected, rtol, atol)
+    names = model.onnx_sequences.get(name, [])
+    if len(names) != len(expected):
+        return f"a sequence of {len(names)} tensors, expected {len(expected)}"
+    for index, (element, array) in enumerate(zip(names, expected, strict=True)):
+        problem = compare(results[element], as_array(array), rtol, atol)
+        if problem:
+            return f"tensor {index}: {problem}"
+    return None
 
 
 def skip_reason(error: UnsupportedModel) -> str:
@@ -166,7 +212,8 @@ def check_case(case) -> Outcome:
              if info.name not in {t.name for t in case.model.graph.initializer}]
     for inputs, expected in case.data_sets:
         inputs = dict(zip(names, map(as_array, inputs), strict=True))
-        expected = [as_array(array) for array in expected]
+        expected = [array if isinstance(array, list) else as_array(array)
+                    for array in expected]
         try:
             model, constants = import_case(case.model, inputs)
         except UnsupportedModel as error:
@@ -176,10 +223,8 @@ def check_case(case) -> Outcome:
             return Outcome(skipped=skip_reason(error))
         except chainrule.ChainruleError as error:
             return Outcome(failures={backend: f"import: {error}" for backend in BACKENDS})
-        declared = {value.name for value in model.graph.inputs}
-        feeds = {model.onnx_names[name]: array for name, array in inputs.items()
-                 if name not in constants and model.onnx_names.get(name) in declared}
-        outputs = [model.onnx_names.get(info.name) for info in case.model.graph.output]
+        feeds = case_feeds(model, inputs, constants)
+        outputs = [info.name for info in case.model.graph.output]
         seeds = stochastic_seeds(model)
         for backend in BACKENDS:
             if backend in outcome.failures:
@@ -191,7 +236,8 @@ def check_case(case) -> Outcome:
                 continue
             compare = mismatch_where_kept if seeds and backend != "numpy" else mismatch
             for index, (name, array) in enumerate(zip(outputs, expected, strict=True)):
-                problem = compare(results[name], array, case.rtol, case.atol)
+                problem = output_mismatch(model, results, name, array, compare, case.rtol,
+                                          case.atol)
                 if problem:
                     outcome.failures[backend] = f"output {index}: {problem}"
                     break
