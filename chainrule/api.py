@@ -21,6 +21,7 @@ from .onnx_import import LOSSES  # the names alone: the importer loads onnx on f
 from .data import check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
+from .passes.mixed_precision import DEFAULT_GROWTH_INTERVAL, check_precision, scales_loss
 from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
 from .passes.promote import promote_to_f64
 
@@ -192,12 +193,14 @@ class Model:
     @gc_paused
     def compile_graph(self, *, grad: bool = False, wrt=None, opt_level: str = "O0",
                       passes: str | None = None, ctx: PassContext | None = None,
-                      training: bool = False):
+                      training: bool = False, precision: str = "f32"):
         """The graph after a pipeline: autodiff (with grad) then an optimisation preset, or an
-        explicit comma-separated pass list. Returns the graph and the gradient names."""
+        explicit comma-separated pass list; in mixed `precision` (bf16, f16) the forward graph
+        computes in that dtype (passes/mixed_precision.py). Returns the graph and the gradient
+        names."""
         # A pipeline's result is kept, so run/grad in a loop compile once (the graph never
         # changes; params are fed separately). A caller's own context may print: run it afresh.
-        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes, training)
+        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes, training, precision)
         if ctx is None and key in self._compiled:
             return self._compiled[key]
         if grad and self.onnx_names:
@@ -207,7 +210,11 @@ class Model:
         ctx.wrt = list(wrt) if wrt is not None else None
         ctx.training = training
         ctx.evaluate = ctx.evaluate or evaluate_scalars
-        graph = run_passes(self.graph, pipeline(passes, opt_level, grad), ctx)
+        ctx.precision = check_precision(precision)
+        names = pipeline(passes, opt_level, grad)
+        if precision != "f32" and "autodiff" in names:
+            names.insert(names.index("autodiff"), "mixed_precision")
+        graph = run_passes(self.graph, names, ctx)
         if fresh:
             self._compiled[key] = (graph, dict(ctx.grads))
         return graph, dict(ctx.grads)
@@ -229,15 +236,20 @@ class Model:
 
     @gc_paused
     def train_step_graph(self, optimizer: OptimizerSpec | str | None = None,
-                         opt_level: str = "O1", freeze=()):
+                         opt_level: str = "O1", freeze=(), precision: str = "f32",
+                         loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL):
         """The whole training step as one graph: forward, backward and optimizer update
         (`optimizer` a spec or a name; default plain sgd). Params matching a glob pattern of
-        `freeze` get neither a gradient nor an update.
+        `freeze` get neither a gradient nor an update. With `precision` bf16 or f16 the
+        forward and backward compute in that dtype from f32 master params; f16 scales the
+        loss, doubling the scale after `loss_scale_interval` good steps in a row.
 
         Returns the graph and its TrainStepInterface (which outputs update which inputs)."""
         graph, grads = self.compile_graph(grad=True, wrt=trained_params(self.graph, freeze),
-                                          opt_level=opt_level, training=True)
-        step, interface = build_train_step(graph, grads, OptimizerSpec.of(optimizer))
+                                          opt_level=opt_level, training=True,
+                                          precision=precision)
+        scaling = loss_scale_interval if scales_loss(precision) else None
+        step, interface = build_train_step(graph, grads, OptimizerSpec.of(optimizer), scaling)
         return self.optimize(step, opt_level), interface
 
     def grad_graph(self, wrt=None, opt_level: str = "O0",
