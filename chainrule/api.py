@@ -260,16 +260,19 @@ class Model:
     def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
 
-    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze=()):
+    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze=(),
+                         precision: str = "f32",
+                         loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL):
         from onnx import numpy_helper
 
         from .backends.onnx_backend import export_onnx
         graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level,
-                                                 freeze)
+                                                 freeze, precision, loss_scale_interval)
         model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
         defaults = dict(self.params)
         types = {v.name: v.type for v in graph.inputs}
-        defaults.update((name, np.zeros(types[name].shape, numpy_dtype(types[name].dtype)))
+        defaults.update((name, np.full(types[name].shape, interface.initial.get(name, 0.0),
+                                       numpy_dtype(types[name].dtype)))
                         for name in interface.state)
         model.graph.initializer.extend(numpy_helper.from_array(np.asarray(array), name)
                                        for name, array in defaults.items())
@@ -442,15 +445,19 @@ class Model:
 
     def to_onnx(self, path=None, *, grad: bool = False, outputs=None, wrt=None,
                 opset: int = DEFAULT_OPSET, opt_level: str = "O0",
-                train_step: OptimizerSpec | str | None = None, freeze=()):
+                train_step: OptimizerSpec | str | None = None, freeze=(),
+                precision: str = "f32", loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL):
         """An ONNX ModelProto (written atomically to `path` when given).
 
         With `train_step` (an optimizer's spec or name), the whole training step: params and
         optimizer state are inputs with their initial values as defaults, each updated one as
         an output named `<input>.next`; params matching a glob of `freeze` are inputs the step
-        reads and never updates."""
+        reads and never updates. `precision` and `loss_scale_interval` are the train step's
+        mixed precision (`train_step_graph`): f16's loss scale and good-step count are state
+        inputs too, and the output `amp.skipped` is 1 on a step it skipped."""
         if train_step is not None:
-            model = self._train_step_onnx(OptimizerSpec.of(train_step), opset, opt_level, freeze)
+            model = self._train_step_onnx(OptimizerSpec.of(train_step), opset, opt_level, freeze,
+                                          precision, loss_scale_interval)
         else:
             from .backends.onnx_backend import export_onnx  # loads onnx: only on export
 
