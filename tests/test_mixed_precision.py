@@ -89,6 +89,31 @@ def test_a_low_precision_step_follows_the_f32_step_to_its_precision(precision):
     assert any(not np.array_equal(low.params[n], f32.params[n]) for n in f32.params)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+def test_an_imported_onnx_model_trains_in_mixed_precision(precision):
+    logits = chainrule.compile(source=TINY.replace("J = cross_entropy(h @ W2.T, y)\n    return J",
+                                                   "o = h @ W2.T\n    return o"))
+    proto = logits.to_onnx(outputs=["o"])
+    batch = tiny_batch()
+    trainers = [Trainer(chainrule.import_onnx(proto, loss="cross_entropy"),
+                        TrainConfig(precision=p, optimizer="sgd")) for p in ("f32", precision)]
+    for trainer in trainers:
+        trainer.train_step(batch, 0.5)
+    f32, low = (trainer.params for trainer in trainers)
+    assert set(f32) == set(low)
+    assert all(low[n].dtype == np.float32 for n in low)
+    assert any(not np.array_equal(low[n], f32[n]) for n in f32)
+    for name in f32:
+        np.testing.assert_allclose(low[name], f32[name], rtol=0.05, atol=1e-3)
+
+
+def test_a_model_in_f64_is_refused():
+    model = chainrule.compile(source=TINY).to_f64()
+    with pytest.raises(ChainruleError, match="mixed precision .bf16. trains f32 models, and "
+                                             "the objective 'J' is f64"):
+        Trainer(model, TrainConfig(precision="bf16"))
+
+
 def test_f16_skips_a_step_whose_gradients_overflow_and_halves_the_scale():
     trainer = tiny_trainer("f16")
     trainer.train_step(tiny_batch(seed=1), 0.01)

@@ -49,6 +49,11 @@ def lower_precision(graph: Graph, precision: str) -> tuple[Graph, bool]:
     for f16 with the LOSS_SCALE input added. The outputs keep their dtypes and names."""
     if check_precision(precision) == "f32":
         return graph, False
+    objective = graph.objective
+    if objective is not None and objective.type.dtype != "f32":
+        raise ChainruleError(f"mixed precision ({precision}) trains f32 models, and the "
+                             f"objective '{objective.name}' is {objective.type.dtype}",
+                             graph.loc)
     result = Graph(graph.name, inputs=list(graph.inputs), params=list(graph.params),
                    loc=graph.loc, input_locs=dict(graph.input_locs))
     # The graph's names are unique already, so each node keeps its output's name.
@@ -95,8 +100,8 @@ def _restored(builder: GraphBuilder, computed: Value, dtype: str) -> Value:
 
 
 def _compute_dtype(node, precision: str) -> str | None:
-    """The dtype a node's f32 and low-precision inputs are cast to: None for a cast (it says
-    its own dtype) and for ops that compute nothing in floats of their own."""
+    """The dtype a node's f32 and low-precision inputs are cast to: None for a cast, which
+    says its own dtype."""
     if node.op == "cast":
         return None
     if node.op in KEPT_IN_F32 or "body" in node.attrs:
