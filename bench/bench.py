@@ -226,7 +226,7 @@ def chainrule_trainer(source, backend, precision="f32"):
 
 
 def mixed_precision_rows(source, batch: dict, repeats):
-    """Workload 8: one model's SGD train step in f32, bf16 and f16 on both backends (None
+    """Workload 9: one model's SGD train step in f32, bf16 and f16 on both backends (None
     where the backend cannot run that precision's step)."""
     rows = []
     for backend in ("numpy", "onnxruntime"):
@@ -714,19 +714,19 @@ def workloads(quick: bool) -> dict:
 
     def mixed_precision():
         x, y = mlp_batch()
-        print_table("8a. Lecture MLP train step in mixed precision (batch 128, SGD)",
+        print_table("9a. Lecture MLP train step in mixed precision (batch 128, SGD)",
                     mixed_precision_rows(lecture_mlp_source(), {"x": x, "y": y},
                                          max(repeats // 10, 3)), missing="cannot run")
         with np.load(os.path.join(ROOT, "examples", "data", "digits_train.npz")) as data:
             digits = {"x": data["x"][:64], "y": data["y"][:64]}
         with open(os.path.join(ROOT, "examples", "lenet_digits.nn")) as file:
-            print_table("8b. LeNet-style train step in mixed precision (batch 64, SGD)",
+            print_table("9b. LeNet-style train step in mixed precision (batch 64, SGD)",
                         mixed_precision_rows(file.read(), digits, max(repeats // 10, 3)),
                         missing="cannot run")
 
     return {"1": mlp_step, "1b": mlp_step_small, "1c": mlp_step_large, "2": deep_step,
             "2b": tiny_step, "3": inference, "4": compile_time, "4b": loop_compile_time,
-            "5": memory_rows, "6": lenet_step, "7": api_overhead, "8": mixed_precision}
+            "5": memory_rows, "6": lenet_step, "7": api_overhead, "9": mixed_precision}
 
 
 @contextlib.contextmanager

@@ -139,6 +139,11 @@ def test_the_scale_doubles_after_the_interval_of_good_steps():
     assert trainer.state[LOSS_SCALE] == 2.0 ** 9 and trainer.state[GOOD_STEPS] == 2
 
 
+def test_a_step_with_every_param_frozen_is_never_skipped():
+    trainer = tiny_trainer("f16", freeze=("W*",))
+    assert trainer.train_step(tiny_batch(), 0.01)[SKIPPED] == 0
+
+
 def test_bf16_needs_no_loss_scale():
     trainer = tiny_trainer("bf16")
     assert not any(name.startswith("amp.") for name in trainer.state)

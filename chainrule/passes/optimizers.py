@@ -299,7 +299,7 @@ def _unscaled(builder, const, scale: Value,
     sum of squares is (an Inf or a NaN anywhere makes it Inf or NaN)."""
     emit = builder.emit
     squares = [emit("sum", (emit("mul", (g, g)),)) for g in gradients.values()]
-    total = functools.reduce(lambda a, b: emit("add", (a, b)), squares)
+    total = functools.reduce(lambda a, b: emit("add", (a, b)), squares, const(0.0))
     finite = emit("less_equal", (total, const(float(np.finfo(np.float32).max))),
                   name="amp.finite")
     return {name: emit("div", (g, scale)) for name, g in gradients.items()}, finite
