@@ -108,7 +108,8 @@ class History:
     """What one `fit` call trained, an epoch's record each (the records the log gets, and
     `--log-jsonl` writes): `epoch`, `steps` (in all so far), `seconds`, `train` (the objective
     and metrics averaged over the epoch's steps) and, with validation data, `val` (the same
-    over the validation data after the epoch)."""
+    over the validation data after the epoch), and with f16 loss scaling `skipped_steps` (the
+    epoch's steps skipped for non-finite gradients) and `loss_scale` (the scale after it)."""
 
     epochs: list[dict] = field(default_factory=list)
 
