@@ -10,7 +10,7 @@ import pytest
 
 import chainrule
 from chainrule import TrainConfig, Trainer
-from chainrule.ir import ChainruleError
+from chainrule.ir import ChainruleError, print_graph
 from chainrule.passes.mixed_precision import (GOOD_STEPS, KEPT_IN_F32, LOSS_SCALE, SKIPPED,
                                               lower_precision)
 from support.backend_checks import check_standard
@@ -62,6 +62,36 @@ def test_the_forward_and_backward_compute_in_the_low_dtype_from_f32_params(preci
     assert {by_name[g].type.dtype for g in grads.values()} == {"f32"}
     assert graph.objective.name == "J" and graph.objective.type.dtype == "f32"
     assert [v.name for v in graph.outputs[:2]] == ["J", "acc"]
+
+
+def test_the_pass_casts_params_and_data_down_and_losses_and_outputs_up():
+    graph = chainrule.compile(source="""
+model tiny(x: f32[B, 4], y: i64[B]) {
+    param W: f32[3, 4] = glorot()
+    o = x @ W.T
+    J = cross_entropy(o, y) + 0.01 * sum(W * W)
+    return J, o
+}
+""").graph
+    assert print_graph(lower_precision(graph, "f16")[0], locations=False) == """\
+graph tiny(%x: f32[B, 4], %y: i64[B], %amp.loss_scale: f32[]) {
+  param %W: f32[3, 4] = glorot()
+  %W.f16 = cast(%W) {dtype=f16} : f16[3, 4]
+  %W.T = transpose(%W.f16) {perm=[1, 0]} : f16[4, 3]
+  %x.f16 = cast(%x) {dtype=f16} : f16[B, 4]
+  %o.f16 = matmul(%x.f16, %W.T) : f16[B, 3]
+  %o.f32 = cast(%o.f16) {dtype=f32} : f32[B, 3]
+  %cross_entropy = cross_entropy(%o.f32, %y) : f32[]
+  %mul = mul(%W.f16, %W.f16) : f16[3, 4]
+  %mul.f32 = cast(%mul) {dtype=f32} : f32[3, 4]
+  %sum = sum(%mul.f32) {axes=none, keepdims=false} : f32[]
+  %const = constant() {value=0.01, dtype=f32} : f32[]
+  %mul.1 = mul(%const, %sum) : f32[]
+  %J = add(%cross_entropy, %mul.1) : f32[]
+  %o = cast(%o.f16) {dtype=f32} : f32[B, 3]
+  return %J, %o
+}
+"""
 
 
 def test_f32_is_the_graph_unchanged():
