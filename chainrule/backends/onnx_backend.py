@@ -11,9 +11,10 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value, dims
 from ..ir.symbols import check_bound, symbol_sources
-from ..ir.types import UNKNOWN, numpy_dtype
+from ..ir.types import NARROW_DTYPES, NUMPY_NAMES, UNKNOWN, dtype_of_numpy, numpy_dtype
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+from .onnx_widening import widened
 from .onnxruntime_edges import (carrier, fed_name, fetched_name, from_carrier, to_carrier,
                                 value_edge_name, with_carried_edges)
 from . import onnx_scan  # noqa: F401 - registers the scan's lowering
@@ -100,7 +101,7 @@ class OnnxEmitter:
         return out
 
     def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
-        return numpy_helper.from_array(np.asarray(array), name)
+        return tensor_proto(array, name)
 
     def const(self, array: np.ndarray, hint: str = "const") -> str:
         name = self.fresh(hint)
@@ -220,7 +221,7 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
         inputs += [_value_info(v) for v in graph.param_values()]
     else:
         params = params or {}
-        initializers = [numpy_helper.from_array(np.asarray(params[v.name]), v.name)
+        initializers = [tensor_proto(params[v.name], v.name)
                         for v in graph.param_values()]
     outputs = []
     for value in graph.outputs:
@@ -236,7 +237,18 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     opset_ids = [helper.make_opsetid("", opset)]
     model = helper.make_model(onnx_graph, opset_imports=opset_ids, producer_name="chainrule",
                               ir_version=helper.find_min_ir_version_for(opset_ids))
-    return model
+    return widened(model)
+
+
+def tensor_proto(array, name: str) -> onnx.TensorProto:
+    """An array as an ONNX tensor. bf16 and float8 arrays are written as their raw bytes, which
+    are ONNX's layout: onnx before 1.17 does not read ml_dtypes arrays."""
+    array = np.asarray(array)
+    if array.dtype.name in ("bfloat16", *(NUMPY_NAMES[d] for d in NARROW_DTYPES
+                                           if d.startswith("f8"))):
+        return helper.make_tensor(name, ONNX_DTYPES[dtype_of_numpy(array.dtype)], array.shape,
+                                  np.ascontiguousarray(array).tobytes(), raw=True)
+    return numpy_helper.from_array(array, name)
 
 
 def output_name(value: Value, graph: Graph) -> str:
