@@ -9,10 +9,12 @@ import pytest
 import chainrule
 from chainrule import ChainruleError
 from chainrule.backends import get_backend
+from chainrule.backends.onnx_widening import kernels
 from chainrule.ir import OPS, OpDef
 from chainrule.ir.types import INT_DTYPES, numpy_dtype
 from op_cases import CASES, FORWARD_CASES, Arg, draw, forward_graph, in_dtype
 from support import cli
+from support.onnxruntime_kernel_table import merged, registered_kernels, supported
 
 
 def compiled(signature: str, body: str, outputs: str = "y") -> chainrule.Model:
@@ -43,6 +45,20 @@ def test_a_step_runner_holds_bf16_state_between_steps():
     held = runner.values()["s"]
     assert held.dtype == numpy_dtype("bf16")
     np.testing.assert_array_equal(held, bf16([7.0, 8.0, 9.0]))
+
+
+def test_the_kernel_table_holds_only_kernels_this_onnxruntime_registered():
+    # The committed table is the intersection of what each supported release registers; one
+    # it lets through that this release lacks would fail to load. (Regenerate it with
+    # `python tests/support/onnxruntime_kernel_table.py OTHER_PYTHON`.)
+    registered = merged([registered_kernels()])
+    for op, segments in kernels().items():
+        for since, until, constraints, combos in segments:
+            for opset in {since, min(until, since + 10)}:
+                found = supported(registered.get(op, []), opset)
+                assert found is not None and found[0] == constraints, (op, opset)
+                missing = {tuple(c) for c in combos} - found[1]
+                assert not missing, (op, opset, sorted(missing))
 
 
 # ---- every elementwise, reduction and matmul op at every dtype it takes ------------------------

@@ -1,7 +1,7 @@
 """Writes chainrule/backends/onnxruntime_kernels.json: which standard ONNX ops onnxruntime's CPU
 provider has a kernel for, at which opsets and dtypes.
 
-    python bench/onnxruntime_kernel_table.py [OTHER_PYTHON ...]
+    python tests/support/onnxruntime_kernel_table.py [OTHER_PYTHON ...]
 
 Each interpreter (this one, then every OTHER_PYTHON, e.g. /tmp/venv-min/bin/python with the
 oldest onnxruntime chainrule allows) lists the kernels its onnxruntime registered
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TABLE = Path(__file__).parents[1] / "chainrule" / "backends" / "onnxruntime_kernels.json"
+TABLE = Path(__file__).parents[2] / "chainrule" / "backends" / "onnxruntime_kernels.json"
 MIN_OPSET = 13  # the oldest opset chainrule exports
 LATEST = 2 ** 31 - 1  # onnxruntime's "and every later opset"
 
@@ -67,7 +67,9 @@ def merged(releases: list[dict]) -> dict:
         segments = []
         for since, next_since in zip(bounds, bounds[1:] + [LATEST + 1]):
             each = [supported(r["kernels"].get(op, []), since) for r in releases]
-            if any(found is None for found in each):
+            # A release that lacks the kernel, or reads the op's dtypes under other type
+            # constraints (a newer schema's), has none in common with the others.
+            if any(found is None or found[0] != each[0][0] for found in each):
                 continue
             constraints = each[0][0]
             combos = sorted(set.intersection(*(combos for _, combos in each)))
@@ -93,7 +95,7 @@ def main(argv: list[str]) -> None:
     versions = sorted(r["onnxruntime"] for r in releases)
     document = {"about": "onnxruntime's CPU kernels of standard ONNX ops, by op: "
                          "[since opset, until opset, type constraints, combinations of dtypes]; "
-                         "written by bench/onnxruntime_kernel_table.py",
+                         "written by tests/support/onnxruntime_kernel_table.py",
                 "onnxruntime": versions, "kernels": merged(releases)}
     TABLE.write_text(json.dumps(document, separators=(",", ":")) + "\n")
     print(f"{TABLE}: {len(document['kernels'])} ops, onnxruntime {', '.join(versions)}")
