@@ -1,9 +1,10 @@
 """The export's last step: each ONNX node at a dtype onnxruntime's CPU provider has no kernel for
 computes in the nearest wider dtype it has, between casts.
 
-Which kernels exist is the committed table onnxruntime_kernels.json (bench/
+Which kernels exist is the committed table onnxruntime_kernels.json (tests/support/
 onnxruntime_kernel_table.py writes it from onnxruntime's own registry, keeping what the oldest
-and the newest supported release both have). A node's dtypes are read per type constraint of
+and the newest supported release both have, and adds the dtypes a ScatterElements or ScatterND
+runs each reduction in, found by running one). A node's dtypes are read per type constraint of
 its schema (Gather's data and indices apart), and the least widening that some kernel takes is
 chosen: inputs bound to a widened constraint are cast up, outputs computed wide and cast back.
 
@@ -35,12 +36,15 @@ from ..ir.types import ONNX_DTYPES
 KERNEL_TABLE = Path(__file__).with_name("onnxruntime_kernels.json")
 DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # Dtypes onnxruntime runs every lowering in: a graph of these alone is left as it is, without
-# type inference. f16 is one: onnxruntime itself computes an f16 node it has no kernel of in
-# f32 (its InsertCastTransformer), and drops the casts between two such nodes, so that a chain
-# of them rounds once, as ONNX's reference does; casts written here would round after each.
-NATIVE = {"f16", "f32", "f64", "i64", "bool"}
+# type inference.
+NATIVE = {"f32", "f64", "i64", "bool"}
+# onnxruntime itself computes an f16 node it has no kernel of in f32 (its InsertCastTransformer)
+# and drops the casts between two such nodes, so that a chain of them rounds once, as ONNX's
+# reference does; casts written here would round after each. Only a kernel that takes f16 but
+# refuses it when run (a reduction below) is widened here.
+LEFT_TO_ONNXRUNTIME = {"f16"}
 # Wider dtypes that hold every value of a dtype, nearest first.
-WIDER = {"bf16": ("f32", "f64"), "f32": ("f64",),
+WIDER = {"f16": ("f32", "f64"), "bf16": ("f32", "f64"), "f32": ("f64",),
          "i8": ("i16", "i32", "i64"), "i16": ("i32", "i64"), "i32": ("i64",),
          "u8": ("u16", "i16", "u32", "i32", "u64", "i64"), "u16": ("u32", "i32", "u64", "i64"),
          "u32": ("u64", "i64"), "bool": ("u8", "i32", "i64")}
@@ -62,8 +66,20 @@ SHIFTED = "i64+2**63"
 
 
 @functools.cache
+def kernel_table() -> dict:
+    return json.loads(KERNEL_TABLE.read_text())
+
+
 def kernels() -> dict:
-    return json.loads(KERNEL_TABLE.read_text())["kernels"]
+    """{op: [[since opset, until opset, type constraints, [dtype combinations]], ...]}"""
+    return kernel_table()["kernels"]
+
+
+def reduction_dtypes(node: onnx.NodeProto) -> list[str] | None:
+    """The dtypes a reducing op (ScatterElements, ScatterND) runs its data in with the node's
+    reduction, where the table says onnxruntime refuses some its kernel takes."""
+    reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
+    return kernel_table()["reductions"].get(node.op_type, {}).get(reduction)
 
 
 def widened(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -120,7 +136,8 @@ def _in_kernel_dtypes(node, dtypes, opset, casts) -> list[onnx.NodeProto]:
     for name, constraint in slots:
         if constraint in constraints and dtypes.get(name):
             bound.setdefault(constraint, dtypes[name])
-    wanted = _least_widening(constraints, bound, {tuple(c) for c in combos}, node.op_type)
+    wanted = _least_widening(constraints, bound, {tuple(c) for c in combos}, node.op_type,
+                             reduction_dtypes(node))
     if wanted is None or wanted == bound:
         return [node]
     changed = {c for c in bound if wanted[c] != bound[c]}
@@ -178,10 +195,19 @@ def _constraint_slots(node, opset) -> list[tuple[str, str]]:
     return slots
 
 
-def _least_widening(constraints, bound, combos, op_type: str) -> dict | None:
+def _least_widening(constraints, bound, combos, op_type: str,
+                    reduction_dtypes: list[str] | None) -> dict | None:
     """The dtypes, one per bound constraint, that a kernel takes with the least widening: each
     bound dtype or one in WIDER of it (or, for a modular op, its SAME_WIDTH; for an ordering
-    op, a u64 SHIFTED), fewest steps first."""
+    op, a u64 SHIFTED), fewest steps first. A dtype LEFT_TO_ONNXRUNTIME passes as taken unless
+    the reduction's dtypes (the data's, T) leave it out."""
+    def taken(picked, combo):
+        if reduction_dtypes is not None and picked[constraints.index("T")] not in \
+                reduction_dtypes:
+            return False
+        return all(p is None or p == k or p in LEFT_TO_ONNXRUNTIME
+                   for p, k in zip(picked, combo, strict=True))
+
     def choices_for(dtype):
         same_width = (SAME_WIDTH[dtype],) if op_type in MODULAR_OPS and dtype in SAME_WIDTH \
             else (SHIFTED,) if op_type in ORDERING_OPS and dtype == "u64" else ()
@@ -191,7 +217,6 @@ def _least_widening(constraints, bound, combos, op_type: str) -> dict | None:
     for steps in candidates:
         picked = [choice[step] for choice, step in zip(choices, steps, strict=True)]
         kernel_dtypes = ["i64" if p == SHIFTED else p for p in picked]
-        if any(all(p is None or p == k for p, k in zip(kernel_dtypes, combo, strict=True))
-               for combo in combos):
+        if any(taken(kernel_dtypes, combo) for combo in combos):
             return {c: p for c, p in zip(constraints, picked, strict=True) if p is not None}
     return None

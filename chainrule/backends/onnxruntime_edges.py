@@ -14,8 +14,7 @@ import onnx
 from onnx import helper
 
 from ..ir.types import ONNX_DTYPES, numpy_dtype
-
-DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
+from .onnx_widening import DTYPE_OF_ONNX
 
 # Every float8, f4e2m1 and bf16 value is an f32 (NaN and the infinities included); every
 # 4- and 2-bit integer is an i8 or u8.

@@ -1,7 +1,7 @@
 """Writes chainrule/backends/onnxruntime_kernels.json: which standard ONNX ops onnxruntime's CPU
 provider has a kernel for, at which opsets and dtypes.
 
-    python bench/onnxruntime_kernel_table.py [OTHER_PYTHON ...]
+    python tests/support/onnxruntime_kernel_table.py [OTHER_PYTHON ...]
 
 Each interpreter (this one, then every OTHER_PYTHON, e.g. /tmp/venv-min/bin/python with the
 oldest onnxruntime chainrule allows) lists the kernels its onnxruntime registered
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TABLE = Path(__file__).parents[1] / "chainrule" / "backends" / "onnxruntime_kernels.json"
+TABLE = Path(__file__).parents[2] / "chainrule" / "backends" / "onnxruntime_kernels.json"
 MIN_OPSET = 13  # the oldest opset chainrule exports
 LATEST = 2 ** 31 - 1  # onnxruntime's "and every later opset"
 
@@ -46,7 +46,55 @@ def registered_kernels() -> dict:
                    for c in constraints]
         combinations = [list(c) for c in itertools.product(*choices)]
         kernels.setdefault(kernel.op_name, []).append([since, until, constraints, combinations])
-    return {"onnxruntime": onnxruntime.__version__, "kernels": kernels}
+    return {"onnxruntime": onnxruntime.__version__, "kernels": kernels,
+            "reductions": reductions_run(kernels)}
+
+
+# Ops whose kernel takes a dtype but refuses it, when run, with some reductions (no f16 add in
+# ScatterElements): those are found by running one node of each.
+REDUCING_OPS = ("ScatterElements", "ScatterND")
+REDUCTIONS = ("add", "mul", "max", "min")
+REDUCTION_OPSET = 18  # the first with every reduction
+
+
+def reductions_run(kernels: dict) -> dict:
+    """{op: {reduction: [dtypes]}}: the dtypes of its kernel that a one-node model of each
+    reducing op runs in with each reduction."""
+    found: dict = {}
+    for op in REDUCING_OPS:
+        constraints, combos = supported(kernels[op], REDUCTION_OPSET)
+        dtypes = sorted({combo[constraints.index("T")] for combo in combos})
+        found[op] = {reduction: [dtype for dtype in dtypes if _runs(op, reduction, dtype)]
+                     for reduction in REDUCTIONS}
+    return found
+
+
+def _runs(op: str, reduction: str, dtype: str) -> bool:
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from chainrule.backends.onnxruntime_edges import carrier
+    from chainrule.ir.types import ONNX_DTYPES, numpy_dtype
+
+    number = ONNX_DTYPES[dtype]
+    update_shape = [1, 1] if op == "ScatterElements" else [1, 2]
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "i", "u"], ["y"], reduction=reduction)], "one",
+        [helper.make_tensor_value_info("x", number, [2, 2])],
+        [helper.make_tensor_value_info("y", number, [2, 2])],
+        [helper.make_tensor("i", TensorProto.INT64, [1, 1], [0]),
+         helper.make_tensor("u", number, update_shape, [1] * update_shape[1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", REDUCTION_OPSET)])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        session.run(None, {"x": np.ones((2, 2), numpy_dtype(carrier(dtype)))})
+    except Exception:  # noqa: BLE001 - any failure means it does not run
+        return False
+    return True
 
 
 def supported(segments, opset: int) -> tuple[list, set] | None:
@@ -67,7 +115,9 @@ def merged(releases: list[dict]) -> dict:
         segments = []
         for since, next_since in zip(bounds, bounds[1:] + [LATEST + 1]):
             each = [supported(r["kernels"].get(op, []), since) for r in releases]
-            if any(found is None for found in each):
+            # A release that lacks the kernel, or reads the op's dtypes under other type
+            # constraints (a newer schema's), has none in common with the others.
+            if any(found is None or found[0] != each[0][0] for found in each):
                 continue
             constraints = each[0][0]
             combos = sorted(set.intersection(*(combos for _, combos in each)))
@@ -91,10 +141,14 @@ def main(argv: list[str]) -> None:
                                 capture_output=True, text=True).stdout
         releases.append(json.loads(output))
     versions = sorted(r["onnxruntime"] for r in releases)
+    reductions = {op: {reduction: sorted(set.intersection(
+        *(set(r["reductions"][op][reduction]) for r in releases))) for reduction in REDUCTIONS}
+        for op in REDUCING_OPS}
     document = {"about": "onnxruntime's CPU kernels of standard ONNX ops, by op: "
                          "[since opset, until opset, type constraints, combinations of dtypes]; "
-                         "written by bench/onnxruntime_kernel_table.py",
-                "onnxruntime": versions, "kernels": merged(releases)}
+                         "and the dtypes (T) each reduction of a reducing op runs in; "
+                         "written by tests/support/onnxruntime_kernel_table.py",
+                "onnxruntime": versions, "kernels": merged(releases), "reductions": reductions}
     TABLE.write_text(json.dumps(document, separators=(",", ":")) + "\n")
     print(f"{TABLE}: {len(document['kernels'])} ops, onnxruntime {', '.join(versions)}")
 
