@@ -27,6 +27,7 @@ import chainrule
 from chainrule.backends import get_backend
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend
 from chainrule.backends.onnx_backend import OnnxRuntimeBackend
+from chainrule.ir import ChainruleError
 from chainrule.ir.types import numpy_dtype
 from chainrule.passes.optimizers import LR, OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
@@ -217,11 +218,28 @@ def jax_systems(jax, params, kind):
 
 # ---- workloads --------------------------------------------------------------------------------
 
-def chainrule_trainer(source, backend):
+def chainrule_trainer(source, backend, precision="f32"):
     model = chainrule.compile(source=source)
     config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE, backend=backend,
-                         opt_level="O2")
+                         opt_level="O2", precision=precision)
     return model, Trainer(model, config)
+
+
+def mixed_precision_rows(source, batch: dict, repeats):
+    """Workload 9: one model's SGD train step in f32, bf16 and f16 on both backends (None
+    where the backend cannot run that precision's step)."""
+    rows = []
+    for backend in ("numpy", "onnxruntime"):
+        for precision in ("f32", "bf16", "f16"):
+            try:
+                _, trainer = chainrule_trainer(source, backend, precision)
+                seconds = median_seconds(lambda: trainer.train_step(batch, LR_VALUE), repeats,
+                                         warmup=1)
+            except ChainruleError as error:  # onnxruntime lacks a kernel in that dtype
+                print(f"{backend} {precision}: {error}", file=sys.stderr)
+                seconds = None
+            rows.append((f"chainrule-{backend} {precision}", seconds))
+    return rows
 
 
 def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
@@ -435,14 +453,14 @@ def inference_rows(batch, repeats):
     return rows
 
 
-def print_table(title, rows, unit="µs"):
+def print_table(title, rows, unit="µs", missing="not installed"):
     hand = dict(rows).get("hand-written numpy")
     print(f"\n### {title}\n")
     print(f"| system | median ({unit}) | vs hand-written numpy |")
     print("|---|---:|---:|")
     for name, seconds in rows:
         if seconds is None:
-            print(f"| {name} | not installed | |")
+            print(f"| {name} | {missing} | |")
             continue
         ratio = f"{seconds / hand:.2f}×" if hand else ""
         print(f"| {name} | {seconds * 1e6:,.0f} | {ratio} |")
@@ -694,9 +712,21 @@ def workloads(quick: bool) -> dict:
     def api_overhead():
         print_api_overhead(api_overhead_rows(repeats))
 
+    def mixed_precision():
+        x, y = mlp_batch()
+        print_table("9a. Lecture MLP train step in mixed precision (batch 128, SGD)",
+                    mixed_precision_rows(lecture_mlp_source(), {"x": x, "y": y},
+                                         max(repeats // 10, 3)), missing="cannot run")
+        with np.load(os.path.join(ROOT, "examples", "data", "digits_train.npz")) as data:
+            digits = {"x": data["x"][:64], "y": data["y"][:64]}
+        with open(os.path.join(ROOT, "examples", "lenet_digits.nn")) as file:
+            print_table("9b. LeNet-style train step in mixed precision (batch 64, SGD)",
+                        mixed_precision_rows(file.read(), digits, max(repeats // 10, 3)),
+                        missing="cannot run")
+
     return {"1": mlp_step, "1b": mlp_step_small, "1c": mlp_step_large, "2": deep_step,
             "2b": tiny_step, "3": inference, "4": compile_time, "4b": loop_compile_time,
-            "5": memory_rows, "6": lenet_step, "7": api_overhead}
+            "5": memory_rows, "6": lenet_step, "7": api_overhead, "9": mixed_precision}
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from .onnx_import import LOSSES  # the names alone: the importer loads onnx on f
 from .data import check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
+from .passes.mixed_precision import DEFAULT_GROWTH_INTERVAL, check_precision, scales_loss
 from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
 from .passes.promote import promote_to_f64
 
@@ -198,12 +199,14 @@ class Model:
     @gc_paused
     def compile_graph(self, *, grad: bool = False, wrt=None, opt_level: str = "O0",
                       passes: str | None = None, ctx: PassContext | None = None,
-                      training: bool = False):
+                      training: bool = False, precision: str = "f32"):
         """The graph after a pipeline: autodiff (with grad) then an optimisation preset, or an
-        explicit comma-separated pass list. Returns the graph and the gradient names."""
+        explicit comma-separated pass list; in mixed `precision` (bf16, f16) the forward graph
+        computes in that dtype (passes/mixed_precision.py). Returns the graph and the gradient
+        names."""
         # A pipeline's result is kept, so run/grad in a loop compile once (the graph never
         # changes; params are fed separately). A caller's own context may print: run it afresh.
-        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes, training)
+        key = (grad, None if wrt is None else tuple(wrt), opt_level, passes, training, precision)
         if ctx is None and key in self._compiled:
             return self._compiled[key]
         if grad and self.onnx_names:
@@ -213,7 +216,11 @@ class Model:
         ctx.wrt = list(wrt) if wrt is not None else None
         ctx.training = training
         ctx.evaluate = ctx.evaluate or evaluate_scalars
-        graph = run_passes(self.graph, pipeline(passes, opt_level, grad), ctx)
+        ctx.precision = check_precision(precision)
+        names = pipeline(passes, opt_level, grad)
+        if precision != "f32" and "autodiff" in names:
+            names.insert(names.index("autodiff"), "mixed_precision")
+        graph = run_passes(self.graph, names, ctx)
         if fresh:
             self._compiled[key] = (graph, dict(ctx.grads))
         return graph, dict(ctx.grads)
@@ -235,15 +242,20 @@ class Model:
 
     @gc_paused
     def train_step_graph(self, optimizer: OptimizerSpec | str | None = None,
-                         opt_level: str = "O1", freeze=()):
+                         opt_level: str = "O1", freeze=(), precision: str = "f32",
+                         loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL):
         """The whole training step as one graph: forward, backward and optimizer update
         (`optimizer` a spec or a name; default plain sgd). Params matching a glob pattern of
-        `freeze` get neither a gradient nor an update.
+        `freeze` get neither a gradient nor an update. With `precision` bf16 or f16 the
+        forward and backward compute in that dtype from f32 master params; f16 scales the
+        loss, doubling the scale after `loss_scale_interval` good steps in a row.
 
         Returns the graph and its TrainStepInterface (which outputs update which inputs)."""
         graph, grads = self.compile_graph(grad=True, wrt=trained_params(self.graph, freeze),
-                                          opt_level=opt_level, training=True)
-        step, interface = build_train_step(graph, grads, OptimizerSpec.of(optimizer))
+                                          opt_level=opt_level, training=True,
+                                          precision=precision)
+        scaling = loss_scale_interval if scales_loss(precision) else None
+        step, interface = build_train_step(graph, grads, OptimizerSpec.of(optimizer), scaling)
         return self.optimize(step, opt_level), interface
 
     def grad_graph(self, wrt=None, opt_level: str = "O0",
@@ -254,16 +266,19 @@ class Model:
     def ir(self, grad: bool = False, opt_level: str = "O0") -> str:
         return print_graph(self.compile_graph(grad=grad, opt_level=opt_level)[0])
 
-    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze=()):
+    def _train_step_onnx(self, spec: OptimizerSpec, opset: int, opt_level: str, freeze=(),
+                         precision: str = "f32",
+                         loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL):
         from onnx import numpy_helper
 
         from .backends.onnx_backend import export_onnx
         graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level,
-                                                 freeze)
+                                                 freeze, precision, loss_scale_interval)
         model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
         defaults = dict(self.params)
         types = {v.name: v.type for v in graph.inputs}
-        defaults.update((name, np.zeros(types[name].shape, numpy_dtype(types[name].dtype)))
+        defaults.update((name, np.full(types[name].shape, interface.initial.get(name, 0.0),
+                                       numpy_dtype(types[name].dtype)))
                         for name in interface.state)
         model.graph.initializer.extend(numpy_helper.from_array(np.asarray(array), name)
                                        for name, array in defaults.items())
@@ -436,15 +451,19 @@ class Model:
 
     def to_onnx(self, path=None, *, grad: bool = False, outputs=None, wrt=None,
                 opset: int = DEFAULT_OPSET, opt_level: str = "O0",
-                train_step: OptimizerSpec | str | None = None, freeze=()):
+                train_step: OptimizerSpec | str | None = None, freeze=(),
+                precision: str = "f32", loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL):
         """An ONNX ModelProto (written atomically to `path` when given).
 
         With `train_step` (an optimizer's spec or name), the whole training step: params and
         optimizer state are inputs with their initial values as defaults, each updated one as
         an output named `<input>.next`; params matching a glob of `freeze` are inputs the step
-        reads and never updates."""
+        reads and never updates. `precision` and `loss_scale_interval` are the train step's
+        mixed precision (`train_step_graph`): f16's loss scale and good-step count are state
+        inputs too, and the output `amp.skipped` is 1 on a step it skipped."""
         if train_step is not None:
-            model = self._train_step_onnx(OptimizerSpec.of(train_step), opset, opt_level, freeze)
+            model = self._train_step_onnx(OptimizerSpec.of(train_step), opset, opt_level, freeze,
+                                          precision, loss_scale_interval)
         else:
             from .backends.onnx_backend import export_onnx  # loads onnx: only on export
 

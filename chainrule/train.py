@@ -30,6 +30,8 @@ from .ir import ChainruleError, print_graph
 from .ir.types import numpy_dtype
 from .passes import select_outputs
 from .passes.manager import check_opt_level
+from .passes.mixed_precision import (DEFAULT_GROWTH_INTERVAL, LOSS_SCALE, PRECISIONS,
+                                     check_precision)
 from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
 from .runners import (LocalRunner, TrainRunner, check_dataset, check_some_rows, held_updates,
                       take_rows)
@@ -40,7 +42,8 @@ CHECKPOINT_FORMAT = 2  # 2 records the settings a resume must keep; 1 did not
 SCHEDULES = ("constant", "cosine", "step")
 # What a resume must keep (TrainConfig fields): changing them mid-run changes the result.
 RESUME_SETTINGS = ("epochs", "batch_size", "lr", "schedule", "step_every", "step_gamma",
-                   "warmup_steps", "clip_grad_norm", "early_stop", "freeze")
+                   "warmup_steps", "clip_grad_norm", "early_stop", "freeze", "precision",
+                   "loss_scale_interval")
 DROPOUT_STREAM = 1  # dropout draws from Generator([seed, DROPOUT_STREAM]), apart from shuffling
 
 
@@ -58,7 +61,7 @@ class TrainingStopped(KeyboardInterrupt):
 # optimizer's own settings are checked by OptimizerSpec.
 SETTING_BOUNDS = {"epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "step_every": STEPS,
                   "step_gamma": NON_NEGATIVE, "seed": SEED, "clip_grad_norm": NON_NEGATIVE,
-                  "warmup_steps": STEPS, "early_stop": STEPS}
+                  "warmup_steps": STEPS, "early_stop": STEPS, "loss_scale_interval": COUNT}
 
 
 @dataclass
@@ -81,9 +84,12 @@ class TrainConfig:
     warmup_steps: int = 0         # the lr rises linearly from 0 over the first N steps
     early_stop: int = 0           # stop after N epochs without a better validation loss (0: never)
     freeze: tuple[str, ...] = ()  # glob patterns of params that stay as they are
+    precision: str = "f32"        # bf16, f16: compute in it, params and optimizer state f32
+    loss_scale_interval: int = DEFAULT_GROWTH_INTERVAL  # f16: good steps before the scale doubles
 
     def __post_init__(self):
         self.optimizer = OptimizerSpec.of(self.optimizer)
+        check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise ChainruleError(f"unknown lr schedule '{self.schedule}'; choose from "
                                  f"{', '.join(SCHEDULES)}")
@@ -102,7 +108,8 @@ class History:
     """What one `fit` call trained, an epoch's record each (the records the log gets, and
     `--log-jsonl` writes): `epoch`, `steps` (in all so far), `seconds`, `train` (the objective
     and metrics averaged over the epoch's steps) and, with validation data, `val` (the same
-    over the validation data after the epoch)."""
+    over the validation data after the epoch), and with f16 loss scaling `skipped_steps` (the
+    epoch's steps skipped for non-finite gradients) and `loss_scale` (the scale after it)."""
 
     epochs: list[dict] = field(default_factory=list)
 
@@ -166,10 +173,14 @@ def make_runner(model, config: TrainConfig, dropout_rng, workers: int | None,
     """The whole step in this process on the configured backend, or with `workers` its
     gradients from Ray workers (distributed.py)."""
     if workers is not None:
+        if config.precision != "f32":
+            raise ChainruleError(f"precision {config.precision} is not available with workers "
+                                 f"yet: data-parallel steps compute in f32")
         return ShardedRunner(model, config, workers, address, notify,
                              dropout_seed=[config.seed, DROPOUT_STREAM])
     graph, interface = model.train_step_graph(step_optimizer(config), config.opt_level,
-                                              config.freeze)
+                                              config.freeze, config.precision,
+                                              config.loss_scale_interval)
     # The step replaces every param array it is given: it may update them in place.
     backend = get_backend(config.backend_name, donate_params=True)
     return LocalRunner(backend.step_runner(graph, held_updates(interface), rng=dropout_rng),
@@ -220,8 +231,9 @@ class Trainer:
 
     def initial_state(self) -> dict[str, np.ndarray]:
         by_name = {v.name: v for v in self.step_graph.inputs}
-        return {name: np.zeros([d for d in by_name[name].type.shape],
-                               numpy_dtype(by_name[name].type.dtype))
+        return {name: np.full([d for d in by_name[name].type.shape],
+                              self.interface.initial.get(name, 0.0),
+                              numpy_dtype(by_name[name].type.dtype))
                 for name in self.interface.state}
 
     # ---- params and optimizer state --------------------------------------------------------
@@ -372,13 +384,19 @@ class Trainer:
             self.rng.bit_generator.state = self.epoch_rng_state
         order = self.rng.permutation(rows)
         sums, seen, started = {}, 0, time.perf_counter()
+        skipped, averaged = 0, 0
         for index, indices in batch_rows(order, self.config.batch_size, self.batch):
             outputs = self.step_on(train, indices, self.learning_rate(total_steps))
-            if not self.config.allow_nonfinite:
+            # A step that loss scaling skipped changed nothing: its NaN is the scale's cue.
+            was_skipped = bool(self.interface.skipped and outputs[self.interface.skipped])
+            skipped += was_skipped
+            if not self.config.allow_nonfinite and not was_skipped:
                 self.check_finite(outputs, index)
             size = len(indices)
-            for name in self.reported:
-                sums[name] = sums.get(name, 0.0) + float(outputs[name]) * size
+            if not was_skipped:  # its objective may be the Inf that caused the skip
+                for name in self.reported:
+                    sums[name] = sums.get(name, 0.0) + float(outputs[name]) * size
+                averaged += size
             seen += size
             self.batch, self.steps = index + 1, self.steps + 1
             if progress:
@@ -390,7 +408,9 @@ class Trainer:
                 raise TrainingStopped
         record = {"epoch": self.epoch + 1, "steps": self.steps,
                   "seconds": time.perf_counter() - started,
-                  "train": {k: v / max(seen, 1) for k, v in sums.items()}}
+                  "train": {k: v / max(averaged, 1) for k, v in sums.items()}}
+        if self.interface.skipped:
+            record.update(skipped_steps=skipped, loss_scale=float(self.state[LOSS_SCALE]))
         record.update(self.runner.epoch_record())
         return record
 
@@ -480,6 +500,9 @@ class Trainer:
             best = {k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")}
             _check_same(path, "best params", best, self.params)
             self.early_stopping.resume(meta["early_stop"], best, path)
+        if meta.get("settings", {}).get("precision", "f32") != self.config.precision:
+            # Another precision has other state (the loss scale): what both have carries over.
+            state = {**self.state, **{k: v for k, v in state.items() if k in self.state}}
         if recorded_optimizer(meta) != optimizer_record(self.config.optimizer):
             notes.append("the optimizer changed, so its state starts afresh")
         elif meta.get("settings", {}).get("freeze", []) != list(self.config.freeze):
@@ -613,6 +636,8 @@ SETTING_CHECKS = {
     "clip_grad_norm": lambda v: type(v) in (int, float),
     "early_stop": lambda v: type(v) is int and v >= 0,
     "freeze": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    "precision": lambda v: v in PRECISIONS,
+    "loss_scale_interval": lambda v: type(v) is int and v >= 1,
 }
 
 
@@ -720,7 +745,7 @@ def _check_same(path, what, loaded: dict, expected: dict) -> None:
 def print_progress(trainer, done, total, seen, sums, started, stream=sys.stderr):
     """The epoch's progress bar, with throughput, running objective and time left."""
     elapsed = max(time.perf_counter() - started, 1e-9)
-    objective = sums[trainer.interface.objective] / max(seen, 1)
+    objective = sums.get(trainer.interface.objective, math.nan) / max(seen, 1)
     eta = elapsed / done * (total - done)
     draw_progress(f"epoch {trainer.epoch + 1}/{trainer.config.epochs}", done, total,
                   f"{seen / elapsed:,.0f} samples/s  {trainer.interface.objective} "
@@ -751,4 +776,6 @@ def format_epoch(record: dict, objective: str) -> str:
     line = f"epoch {record['epoch']:>3}  train: {format_metrics(record['train'])}"
     if "val" in record:
         line += f"  |  val: {format_metrics(record['val'])}"
+    if "skipped_steps" in record:
+        line += f"  [{record['skipped_steps']} skipped, loss scale {record['loss_scale']:g}]"
     return line + f"  ({record['seconds']:.2f}s)"

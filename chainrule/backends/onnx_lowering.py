@@ -6,7 +6,9 @@ this file, unless a lowering here composes it instead. Only ops that onnxruntime
 runs in both float32 and float64 are used; where it lacks one (float64 Gelu or Erf, a stable
 float64 Softplus, a float64 alpha for LeakyRelu) the lowering composes it. Convolutions and
 average pooling are the exception: float32 graphs get Conv, ConvTranspose and AveragePool, and
-float64 graphs, which onnxruntime has no kernels of those for, get their compositions.
+float64 graphs, which onnxruntime has no kernels of those for, get their compositions. The
+other dtypes (bf16, the small integers) use the same ops: where onnxruntime has no kernel of
+one at a dtype, the export's last step (onnx_widening.py) computes it in a wider dtype.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ..ir import ChainruleError, Graph, GraphBuilder, compositions, dims, grid_s
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
-from ..ir.types import ONNX_DTYPES, numpy_dtype
+from ..ir.types import ONNX_DTYPES, is_float, numpy_dtype
 from . import erf_approximation as cody
 
 LOWERINGS, lowering = rule_table()
@@ -100,7 +102,7 @@ def _stop_gradient(em, node, out, x):
 @lowering("erf")
 def _erf(em, node, out, x):
     dtype = _dtype(node)
-    if dtype == "f32":
+    if dtype != "f64":  # f16 and bf16 computed in f32 (onnx_widening.py), rounded once
         # onnxruntime 1.20 gives erf(NaN) = 1 (1.32 gives NaN): a NaN passes through as itself.
         em.add("Where", [em.add("IsNaN", [x]), x, em.add("Erf", [x])], out)
         return
@@ -606,8 +608,14 @@ def _sum_squares(em, node, out, x):
 
 @lowering("gemm")
 def _gemm(em, node, out, a, b):
-    em.add("Gemm", [a, b], out, transA=int(node.attrs["trans_a"]),
-           transB=int(node.attrs["trans_b"]))
+    if is_float(_dtype(node)):
+        em.add("Gemm", [a, b], out, transA=int(node.attrs["trans_a"]),
+               transB=int(node.attrs["trans_b"]))
+        return
+    # ONNX's Gemm takes no 8- or 16-bit integers: a MatMul of the operands as Gemm reads them.
+    a, b = (em.add("Transpose", [x], perm=[1, 0]) if node.attrs[flag] else x
+            for x, flag in ((a, "trans_a"), (b, "trans_b")))
+    em.add("MatMul", [a, b], out)
 
 
 @lowering("gemm_acc")

@@ -119,10 +119,14 @@ def cmd_export(args) -> int:
     if args.train_step and (args.grad or outputs or wrt):
         raise UsageError("--train-step exports the whole step; it takes no --grad, --outputs "
                          "or --wrt")
+    if args.precision != "f32" and not args.train_step:
+        raise UsageError(f"--precision {args.precision} applies to a train step: give "
+                         f"--train-step")
     proto = model.to_onnx(args.output, grad=args.grad, outputs=outputs, wrt=wrt,
                           opset=args.opset, opt_level=args.opt_level,
                           train_step=exported_step_spec(args) if args.train_step else None,
-                          freeze=frozen_patterns(args) if args.train_step else ())
+                          freeze=frozen_patterns(args) if args.train_step else (),
+                          precision=args.precision, loss_scale_interval=args.loss_scale_interval)
     graph = proto.graph
     in_bodies = _nodes_in_bodies(graph)
     print(f"wrote {args.output}: opset {args.opset}, {len(graph.node)} ONNX nodes"

@@ -11,6 +11,7 @@ from ..backends.threads import DEFAULT_THREADS, ENV_VAR, MAX_THREADS
 from ..ir import ChainruleError
 from ..onnx_import import LOSSES, check_target_name
 from ..passes.manager import PASSES, PRESETS
+from ..passes.mixed_precision import PRECISIONS
 from ..passes.optimizers import OPTIMIZERS
 from ..train import SCHEDULES, TrainConfig
 from ..dsl.scan_loops import LOOP_MODES, UNROLL_LIMIT
@@ -169,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="settings of the params matching a glob pattern: weight_decay "
                               "(theirs instead of --weight-decay) and lr_scale (a factor on "
                               "the lr); the first matching group applies (repeatable)")
+        sub.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+                         help="the step's compute dtype: bf16 or f16 compute forward and "
+                              "backward in it, with f32 params and optimizer state (f16 "
+                              "scales the loss)")
+        sub.add_argument("--loss-scale-interval", type=COUNT,
+                         default=DEFAULTS.loss_scale_interval, metavar="N",
+                         help="--precision f16: double the loss scale after N steps in a row "
+                              "with finite gradients")
         return sub
 
     def with_data(sub, flag="--inputs", help_text="the inputs' arrays: .npz, .npy, .csv or IDX"):
@@ -302,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--override", action="store_true",
                        help="resume even though options differ from the checkpoint's (batch "
                             "size, learning rate, schedule, warmup, clipping, early stop, "
-                            "frozen params, optimizer, epochs)")
+                            "frozen params, optimizer, precision, epochs)")
     train.add_argument("--allow-nonfinite", action="store_true",
                        help="train on through steps whose objective or params are NaN or Inf "
                             "(by default training stops at the first)")

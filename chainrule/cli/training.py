@@ -28,7 +28,8 @@ RESUMED_OPTIONS = (
     "seed", "dim", "loops", "opt_level", "loss", "target_input", "loss_output", "freeze",
     "trainable", "epochs", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
     "clip_grad_norm", "param_group", "lr", "lr_schedule", "step_every", "step_gamma",
-    "warmup_steps", "early_stop", "backend", "allow_nonfinite", "output", "log_jsonl")
+    "warmup_steps", "early_stop", "backend", "allow_nonfinite", "output", "log_jsonl",
+    "precision", "loss_scale_interval")
 # Recorded as absolute paths, so that a resume from another directory reads the same files.
 PATH_OPTIONS = ("file", "data", "val", "output", "log_jsonl")
 
@@ -41,7 +42,8 @@ def train_config(args) -> TrainConfig:
                        check_numerics=args.check_numerics,
                        allow_nonfinite=args.allow_nonfinite, clip_grad_norm=args.clip_grad_norm,
                        warmup_steps=args.warmup_steps, early_stop=args.early_stop,
-                       freeze=frozen_patterns(args))
+                       freeze=frozen_patterns(args), precision=args.precision,
+                       loss_scale_interval=args.loss_scale_interval)
 
 
 def training_sets(args, model: api.Model) -> tuple[dict, dict | None]:
@@ -297,7 +299,8 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
         workers = f" with {args.workers} workers" if args.workers else ""
         print(f"training {trainer.model.graph.name} on {config.backend}{workers}: "
               f"{config.epochs} epochs, batch {config.batch_size}, {config.optimizer.kind} "
-              f"lr {config.lr} ({config.schedule})")
+              f"lr {config.lr} ({config.schedule})"
+              + (f", {config.precision} compute" if config.precision != "f32" else ""))
     started = time.perf_counter()
     try:
         trainer.fit(train_data, val_data, checkpoint,

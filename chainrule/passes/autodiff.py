@@ -24,8 +24,10 @@ def gradient_name(objective: Value, value: Value) -> str:
     return gradient_prefix(objective) + value.name
 
 
-def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, dict[str, Value]]:
-    """A new graph whose outputs are graph's outputs followed by d objective / d each of `wrt`.
+def autodiff(graph: Graph, objective: Value, wrt: list[Value],
+             seed: Value | None = None) -> tuple[Graph, dict[str, Value]]:
+    """A new graph whose outputs are graph's outputs followed by d objective / d each of `wrt`;
+    with `seed` (a scalar value of the graph), those times `seed`: loss scaling's gradients.
 
     Returns the graph and the gradient values by the name of the value they differentiate.
     """
@@ -36,8 +38,9 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value]) -> tuple[Graph, d
     result = graph.copy()
     builder = GraphBuilder(result)
     producer = builder.graph_producer(objective)
-    seed = builder.constant(1.0, objective.type.dtype, loc=producer.loc if producer else graph.loc,
-                            name=gradient_name(objective, objective))
+    seed = seed or builder.constant(1.0, objective.type.dtype,
+                                    loc=producer.loc if producer else graph.loc,
+                                    name=gradient_name(objective, objective))
     grads = reverse(builder, graph, [(objective, seed)], wrt, active, gradient_prefix(objective))
     forward_outputs = set(graph.outputs)
     result.outputs = list(graph.outputs) + [g for g in grads.values()

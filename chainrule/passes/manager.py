@@ -27,6 +27,7 @@ from .fuse import fuse
 from .gemm_epilogue import gemm_epilogue
 from .group_elementwise import group_elementwise
 from .infer import infer_shapes
+from .mixed_precision import LOSS_SCALE, lower_precision, scales_loss
 from .nested import in_bodies
 from .scan_hoist import hoist_scans
 from .select_mode import select_mode
@@ -41,6 +42,7 @@ class PassContext:
     training: bool = False                # select_mode: the training results, else inference
     evaluate: Callable | None = None      # evaluate(node, scalars) for constant folding
     grads: dict[str, str] = field(default_factory=dict)  # differentiated name -> gradient name
+    precision: str = "f32"                # mixed_precision: the dtype the forward computes in
     # The test suite sets CHAINRULE_VERIFY=1 so every pipeline it runs is verified.
     verify_each: bool = field(default_factory=lambda: os.environ.get("CHAINRULE_VERIFY") == "1")
     print_after: set[str] | bool = False  # True: after every pass
@@ -96,7 +98,9 @@ def _autodiff(graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
             raise ChainruleError(f"cannot differentiate with respect to {', '.join(unknown)}: "
                                  f"not an input or param (those are {', '.join(by_name)})")
         wrt = [by_name[name] for name in ctx.wrt]
-    result, grads = autodiff(graph, graph.objective, wrt)
+    # Under f16 the backward graph starts from the loss scale (mixed_precision.py), not 1.
+    seed = graph.find(LOSS_SCALE) if scales_loss(ctx.precision) else None
+    result, grads = autodiff(graph, graph.objective, wrt, seed)
     ctx.grads = {name: value.name for name, value in grads.items()}
     return result, True
 
@@ -112,6 +116,9 @@ PASSES = {p.name: p for p in [
     Pass("select_mode", lambda g, ctx: in_bodies(lambda b: select_mode(b, ctx.training))(g),
          "choose training or inference results (batch_norm), dropping state updates for "
          "inference", level=0),
+    Pass("mixed_precision", lambda g, ctx: lower_precision(g, ctx.precision),
+         "compute the forward graph in PassContext.precision (bf16, f16) from f32 params, "
+         "ahead of autodiff"),
     Pass("autodiff", _autodiff, "append the backward graph of the objective", level=0,
          requires=frozenset({"differentiable"}), ensures=frozenset({"differentiated"})),
     Pass("simplify", lambda g, ctx: in_bodies(lambda b: simplify(b, ctx.evaluate))(g),

@@ -12,9 +12,12 @@ import fnmatch
 import functools
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from ..bounds import MOMENTUM, NON_NEGATIVE
 from ..ir import ChainruleError, Graph, GraphBuilder, Value
 from ..ir.types import scalar
+from .mixed_precision import GOOD_STEPS, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LR = "opt.lr"
@@ -131,6 +134,8 @@ class TrainStepInterface:
     metrics: list[str]
     params: dict[str, str] = field(default_factory=dict)   # param or model state -> next value
     state: dict[str, str] = field(default_factory=dict)    # state input -> its next value
+    initial: dict[str, float] = field(default_factory=dict)  # state that does not start at 0
+    skipped: str | None = None  # with loss scaling: the output that is 1 on a skipped step
 
 
 def state_name(slot: str, param: str) -> str:
@@ -147,8 +152,14 @@ def metric_outputs(graph: Graph, grads: dict[str, str]) -> list[Value]:
             and v.name not in grads.values() and v.name not in updates]
 
 
-def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
-    """From a gradient graph (outputs: objective, other outputs, gradients) build the step."""
+def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec,
+                     loss_scale_interval: int | None = None):
+    """From a gradient graph (outputs: objective, other outputs, gradients) build the step.
+
+    With `loss_scale_interval` the gradients are those of the objective times the graph's
+    LOSS_SCALE input (mixed_precision.py): the step divides the scale out, and a step whose
+    gradients are not all finite changes no param nor optimizer state and halves the scale;
+    after that many good steps in a row the scale doubles."""
     result = graph.copy()
     builder = GraphBuilder(result)
     objective = graph.objective
@@ -168,17 +179,33 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
     step_scale = None
     outputs = [objective] + metrics
     state_outputs = []
+    by_name = {v.name: v for v in graph.values()}
+    gradients = {p.value.name: by_name[grads[p.value.name]] for p in graph.params
+                 if p.trainable and p.value.name in grads}
+    finite = None  # with loss scaling: whether this step's gradients are all finite
+    if loss_scale_interval is not None:
+        gradients, finite = _unscaled(builder, const, by_name[LOSS_SCALE], gradients)
+        good_steps = new_input(GOOD_STEPS, scalar(dtype))
+        state_outputs += _next_loss_scale(builder, const, by_name[LOSS_SCALE], good_steps,
+                                          finite, loss_scale_interval, interface)
+        outputs.append(builder.emit("cast", (builder.emit("logical_not", (finite,)),),
+                                    {"dtype": dtype}, name=SKIPPED))
+        interface.skipped = outputs[-1].name
+
+    def next_value(op: str, inputs, old: Value, name: str) -> Value:
+        """`op(inputs)`, named `name`: the next value of `old`, which a skipped step keeps."""
+        if finite is None:
+            return builder.emit(op, inputs, name=name)
+        return builder.emit("where", (finite, builder.emit(op, inputs), old), name=name)
+
     if spec.counts_steps:
         step = new_input(STEP, scalar(dtype))
-        next_step = builder.emit("add", (step, const(1.0)), name=f"{STEP}.next")
+        next_step = next_value("add", (step, const(1.0)), step, f"{STEP}.next")
         state_outputs.append(next_step)
         interface.state[step.name] = next_step.name
         step_scale = _adam_step_scale(builder, const, lr, next_step, spec)
 
     emit = builder.emit
-    by_name = {v.name: v for v in graph.values()}
-    gradients = {p.value.name: by_name[grads[p.value.name]] for p in graph.params
-                 if p.trainable and p.value.name in grads}
     if spec.clip_grad_norm and gradients:
         gradients = _clipped_by_global_norm(emit, const, gradients, spec.clip_grad_norm)
     spec.check_groups(list(gradients))
@@ -200,8 +227,9 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
         if spec.kind == "sgd":
             update = grad
             if spec.momentum:
-                velocity = emit("add", (emit("mul", (const(spec.momentum), slots["velocity"])),
-                                        grad), name=f"{slots['velocity'].name}.next")
+                velocity = next_value("add", (emit("mul", (const(spec.momentum),
+                                                           slots["velocity"])), grad),
+                                      slots["velocity"], f"{slots['velocity'].name}.next")
                 new_state["velocity"] = velocity
                 update = (emit("add", (grad, emit("mul", (const(spec.momentum), velocity))))
                           if spec.nesterov else velocity)
@@ -209,18 +237,19 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
         elif spec.kind == "rmsprop":
             square_avg = slots["square_avg"]
             squared = emit("mul", (const(1.0 - spec.alpha), emit("mul", (grad, grad))))
-            average = emit("add", (emit("mul", (const(spec.alpha), square_avg)), squared),
-                           name=f"{square_avg.name}.next")
+            average = next_value("add", (emit("mul", (const(spec.alpha), square_avg)), squared),
+                                 square_avg, f"{square_avg.name}.next")
             new_state["square_avg"] = average
             denominator = emit("add", (emit("sqrt", (average,)), const(spec.eps)))
             delta = emit("mul", (lr, emit("div", (grad, denominator))))
         else:
-            m = emit("add", (emit("mul", (const(spec.beta1), slots["m"])),
-                             emit("mul", (const(1.0 - spec.beta1), grad))),
-                     name=f"{slots['m'].name}.next")
-            v = emit("add", (emit("mul", (const(spec.beta2), slots["v"])),
-                             emit("mul", (const(1.0 - spec.beta2), emit("mul", (grad, grad))))),
-                     name=f"{slots['v'].name}.next")
+            m = next_value("add", (emit("mul", (const(spec.beta1), slots["m"])),
+                                   emit("mul", (const(1.0 - spec.beta1), grad))),
+                           slots["m"], f"{slots['m'].name}.next")
+            v = next_value("add", (emit("mul", (const(spec.beta2), slots["v"])),
+                                   emit("mul", (const(1.0 - spec.beta2),
+                                                emit("mul", (grad, grad))))),
+                           slots["v"], f"{slots['v'].name}.next")
             new_state.update(m=m, v=v)
             denominator = emit("add", (emit("div", (emit("sqrt", (v,)), step_scale["root_bc2"])),
                                        const(spec.eps)))
@@ -230,7 +259,7 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                                                      weight))))
         if lr_scale != 1.0:  # the whole step scales with the lr, decoupled decay included
             delta = emit("mul", (const(lr_scale), delta))
-        updated = emit("sub", (weight, delta), name=f"{name}.next")
+        updated = next_value("sub", (weight, delta), weight, f"{name}.next")
         outputs.append(updated)
         interface.params[name] = updated.name
         for slot, value in new_state.items():
@@ -262,6 +291,36 @@ def build_update_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec):
                         outputs=list(inputs), loc=graph.loc, objective=inputs[0],
                         updates=dict(graph.updates))
     return build_train_step(passthrough, grads, spec)
+
+
+def _unscaled(builder, const, scale: Value,
+              gradients: dict[str, Value]) -> tuple[dict[str, Value], Value]:
+    """The gradients with the loss scale divided out, and whether they are all finite: their
+    sum of squares is (an Inf or a NaN anywhere makes it Inf or NaN)."""
+    emit = builder.emit
+    squares = [emit("sum", (emit("mul", (g, g)),)) for g in gradients.values()]
+    total = functools.reduce(lambda a, b: emit("add", (a, b)), squares, const(0.0))
+    finite = emit("less_equal", (total, const(float(np.finfo(np.float32).max))),
+                  name="amp.finite")
+    return {name: emit("div", (g, scale)) for name, g in gradients.items()}, finite
+
+
+def _next_loss_scale(builder, const, scale: Value, good_steps: Value, finite: Value,
+                     interval: int, interface: TrainStepInterface) -> list[Value]:
+    """The loss scale and good-step count after this step: the scale halves on a step with
+    non-finite gradients and doubles after `interval` good steps in a row (PyTorch's
+    GradScaler's rule); the count restarts whenever the scale changes."""
+    emit = builder.emit
+    counted = emit("add", (good_steps, const(1.0)))
+    grow = emit("greater_equal", (counted, const(float(interval))))
+    kept_scale = emit("where", (grow, emit("mul", (scale, const(2.0))), scale))
+    next_scale = emit("where", (finite, kept_scale, emit("mul", (scale, const(0.5)))),
+                      name=f"{LOSS_SCALE}.next")
+    kept_count = emit("where", (grow, const(0.0), counted))
+    next_count = emit("where", (finite, kept_count, const(0.0)), name=f"{GOOD_STEPS}.next")
+    interface.state.update({scale.name: next_scale.name, good_steps.name: next_count.name})
+    interface.initial[scale.name] = INITIAL_LOSS_SCALE
+    return [next_scale, next_count]
 
 
 def _clipped_by_global_norm(emit, const, gradients: dict[str, Value],
