@@ -197,6 +197,23 @@ def test_inputs_chainrule_cannot_take_at_run_time_may_still_be_constants():
     np.testing.assert_array_equal(results["y"], np.cumsum(x, axis=1) - x)
 
 
+def test_a_constant_computed_from_an_input_asks_for_that_input():
+    # An expanded function computes a Range's limit from the graph's input: the refusal asks
+    # for the input, which a user (or the conformance harness) can make a constant.
+    nodes = [helper.make_node("Cast", ["n"], ["limit"], to=TensorProto.INT64),
+             helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(
+                 np.array(0, np.int64))),
+             helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(
+                 np.array(1, np.int64))),
+             helper.make_node("Range", ["zero", "limit", "one"], ["y"])]
+    proto = model_of(nodes, [("n", TensorProto.INT32, [])], [("y", TensorProto.INT64, [None])])
+    with pytest.raises(UnsupportedModel) as caught:
+        chainrule.import_onnx(proto)
+    (problem,) = caught.value.problems
+    assert problem.needs_constant == "n"
+    assert problem.reason.endswith("computed from input 'n'")
+
+
 def test_an_int32_tensor_read_as_a_tensor_imports_as_i32():
     proto = model_of([helper.make_node("Equal", ["a", "b"], ["y"])],
                      [("a", TensorProto.INT32, [3]), ("b", TensorProto.INT32, [3])],

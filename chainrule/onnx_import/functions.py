@@ -43,8 +43,39 @@ def import_function_body(ctx) -> list:
                           f"{opset} ({error})") from None
     outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in node.output if name]
     graph = helper.make_graph(inlined.graph.node, f"{node.op_type}_function", [], outputs)
-    results = iter(InlineImporter(ctx.importer, graph).import_body([]))
+    try:
+        results = iter(InlineImporter(ctx.importer, graph).import_body([]))
+    except Unsupported as error:
+        raise _asking_for_inputs(ctx, error, graph.node) from None
     return [next(results) if name else None for name in node.output]
+
+
+def _asking_for_inputs(ctx, error: Unsupported, nodes) -> Unsupported:
+    """A body that needs one of its values at import time (HannWindow's Range needs the
+    window's size) needs the node's inputs that value is computed from: the refusal asks for
+    the first that is not a constant, so that the question reaches the model's own inputs."""
+    if error.needs_constant is None:
+        return error
+    feeding = _inputs_feeding(nodes, error.needs_constant, set(ctx.node.input))
+    for index, name in enumerate(ctx.node.input):
+        if name in feeding and ctx.known(index) is None:
+            return Unsupported(f"{error}, computed from input '{name}'", needs_constant=name,
+                               hint=error.hint)
+    return error
+
+
+def _inputs_feeding(nodes, name: str, inputs: set[str]) -> set[str]:
+    """The names among `inputs` that the value `name` is computed from in `nodes`."""
+    producers = {output: node for node in nodes for output in node.output}
+    seen, frontier = set(), [name]
+    while frontier:
+        current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in producers:
+            frontier.extend(i for i in producers[current].input if i)
+    return seen & inputs
 
 
 def _with_defaults(node, schema):

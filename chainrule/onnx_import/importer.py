@@ -509,8 +509,11 @@ class Importer:
             # a constant; otherwise that input's own problem says it all.
             for error in errors:
                 if not blocked or error.needs_constant:
-                    self.problems.append(Problem(node.op_type, name, str(error),
-                                                 error.needs_constant, hint=error.hint))
+                    needed = self.input_behind(error.needs_constant)
+                    reason = str(error) + (f", computed from input '{needed}'"
+                                           if needed != error.needs_constant else "")
+                    self.problems.append(Problem(node.op_type, name, reason, needed,
+                                                 hint=error.hint))
             self.stand_in(node.output)
             return
         if inherited:
@@ -518,6 +521,22 @@ class Importer:
         for output, result in zip(node.output, results):
             if output:
                 self.bind(output, result)
+
+    def input_behind(self, name: str | None) -> str | None:
+        """Where a value must be a constant: the graph input it is computed from, which a user
+        can make one (an expanded function computes a Range's limit from its size input), or
+        the value itself when no graph input feeds it."""
+        graph_inputs = [i.name for i in self.model.graph.input if i.name not in self.initializers]
+        if name is None or name in graph_inputs:
+            return name
+        producers = {output: node for node in self.model.graph.node for output in node.output}
+        seen, frontier = set(), [name]
+        while frontier:
+            current = frontier.pop()
+            if current not in seen:
+                seen.add(current)
+                frontier.extend(i for i in getattr(producers.get(current), "input", ()) if i)
+        return next((i for i in graph_inputs if i in seen), name)
 
     def stand_in(self, outputs) -> None:
         """A failed node's outputs, as values of their declared type, so that the nodes
