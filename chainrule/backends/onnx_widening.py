@@ -125,9 +125,7 @@ def _widen_graph(graph: onnx.GraphProto, dtypes: dict[str, str], opset: int) -> 
 
 def _in_kernel_dtypes(node, dtypes, opset, casts) -> list[onnx.NodeProto]:
     """The node, or the casts around it that put it at dtypes onnxruntime has a kernel for."""
-    segments = kernels().get(node.op_type) if node.domain in ("", "ai.onnx") else None
-    found = next(([constraints, combos] for since, until, constraints, combos in segments or []
-                  if since <= opset <= until), None)
+    found = _kernel_at(node.op_type, opset) if node.domain in ("", "ai.onnx") else None
     if found is None:
         return [node]
     constraints, combos = found
@@ -136,8 +134,7 @@ def _in_kernel_dtypes(node, dtypes, opset, casts) -> list[onnx.NodeProto]:
     for name, constraint in slots:
         if constraint in constraints and dtypes.get(name):
             bound.setdefault(constraint, dtypes[name])
-    wanted = _least_widening(constraints, bound, {tuple(c) for c in combos}, node.op_type,
-                             reduction_dtypes(node))
+    wanted = _least_widening(constraints, bound, combos, node.op_type, reduction_dtypes(node))
     if wanted is None or wanted == bound:
         return [node]
     changed = {c for c in bound if wanted[c] != bound[c]}
@@ -167,31 +164,48 @@ def _in_kernel_dtypes(node, dtypes, opset, casts) -> list[onnx.NodeProto]:
 def _converted(source: str, target: str, dtype: str) -> list[onnx.NodeProto]:
     """Nodes that define `target` as `source` in `dtype` (SHIFTED: as an i64 shifted by 2**63;
     from SHIFTED: shifted back, then cast)."""
-    shift = helper.make_tensor(f"{target}#shift", onnx.TensorProto.INT64, [], [-2 ** 63])
     if dtype == SHIFTED:
         cast = f"{target}#cast"
         return [helper.make_node("Cast", [source], [cast], name=cast, to=ONNX_DTYPES["i64"]),
-                helper.make_node("Constant", [], [shift.name], name=shift.name, value=shift),
-                helper.make_node("Add", [cast, shift.name], [target], name=target)]
+                *_shift(cast, target)]
     if source.endswith(f"#in_{SHIFTED}"):
         shifted = f"{target}#unshifted"
-        return [helper.make_node("Constant", [], [shift.name], name=shift.name, value=shift),
-                helper.make_node("Add", [source, shift.name], [shifted], name=shifted),
+        return [*_shift(source, shifted),
                 helper.make_node("Cast", [shifted], [target], name=f"{target}#to_{dtype}",
                                  to=ONNX_DTYPES[dtype])]
     return [helper.make_node("Cast", [source], [target], name=f"{target}#to_{dtype}",
                              to=ONNX_DTYPES[dtype])]
 
 
+def _shift(source: str, target: str) -> list[onnx.NodeProto]:
+    """target = source + 2**63, an i64 wrapping around."""
+    shift = helper.make_tensor(f"{target}#shift", onnx.TensorProto.INT64, [], [-2 ** 63])
+    return [helper.make_node("Constant", [], [shift.name], name=shift.name, value=shift),
+            helper.make_node("Add", [source, shift.name], [target], name=target)]
+
+
+@functools.cache
+def _kernel_at(op_type: str, opset: int) -> tuple[list[str], frozenset] | None:
+    """The op's type constraints and the dtype combinations its kernels take at `opset`."""
+    return next(((constraints, frozenset(map(tuple, combos)))
+                 for since, until, constraints, combos in kernels().get(op_type, [])
+                 if since <= opset <= until), None)
+
+
+@functools.cache
+def _formal_constraints(op_type: str, opset: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    schema = onnx.defs.get_schema(op_type, opset, "")
+    return (tuple(f.type_str for f in schema.inputs), tuple(f.type_str for f in schema.outputs))
+
+
 def _constraint_slots(node, opset) -> list[tuple[str, str]]:
     """(value name, type constraint) of each input, then each output; a variadic last formal
     parameter stands for every value past it."""
-    schema = onnx.defs.get_schema(node.op_type, opset, "")
     slots = []
-    for values, formals in ((node.input, schema.inputs), (node.output, schema.outputs)):
+    for values, formals in zip((node.input, node.output),
+                               _formal_constraints(node.op_type, opset), strict=True):
         for position, name in enumerate(values):
-            formal = formals[min(position, len(formals) - 1)]
-            slots.append((name, formal.type_str))
+            slots.append((name, formals[min(position, len(formals) - 1)]))
     return slots
 
 
@@ -201,12 +215,14 @@ def _least_widening(constraints, bound, combos, op_type: str,
     bound dtype or one in WIDER of it (or, for a modular op, its SAME_WIDTH; for an ordering
     op, a u64 SHIFTED), fewest steps first. A dtype LEFT_TO_ONNXRUNTIME passes as taken unless
     the reduction's dtypes (the data's, T) leave it out."""
-    def taken(picked, combo):
+    def taken(picked) -> bool:
         if reduction_dtypes is not None and picked[constraints.index("T")] not in \
                 reduction_dtypes:
             return False
-        return all(p is None or p == k or p in LEFT_TO_ONNXRUNTIME
-                   for p, k in zip(picked, combo, strict=True))
+        if all(p is not None and p not in LEFT_TO_ONNXRUNTIME for p in picked):
+            return tuple(picked) in combos
+        return any(all(p is None or p == k or p in LEFT_TO_ONNXRUNTIME
+                       for p, k in zip(picked, combo, strict=True)) for combo in combos)
 
     def choices_for(dtype):
         same_width = (SAME_WIDTH[dtype],) if op_type in MODULAR_OPS and dtype in SAME_WIDTH \
@@ -217,6 +233,6 @@ def _least_widening(constraints, bound, combos, op_type: str,
     for steps in candidates:
         picked = [choice[step] for choice, step in zip(choices, steps, strict=True)]
         kernel_dtypes = ["i64" if p == SHIFTED else p for p in picked]
-        if any(taken(kernel_dtypes, combo) for combo in combos):
+        if taken(kernel_dtypes):
             return {c: p for c, p in zip(constraints, picked, strict=True) if p is not None}
     return None
