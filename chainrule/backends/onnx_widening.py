@@ -134,7 +134,8 @@ def _in_kernel_dtypes(node, dtypes, opset, casts) -> list[onnx.NodeProto]:
     for name, constraint in slots:
         if constraint in constraints and dtypes.get(name):
             bound.setdefault(constraint, dtypes[name])
-    wanted = _least_widening(constraints, bound, combos, node.op_type, reduction_dtypes(node))
+    wanted = _least_widening(constraints, bound, combos, node.op_type, reduction_dtypes(node),
+                             _schema_dtypes(node.op_type, opset))
     if wanted is None or wanted == bound:
         return [node]
     changed = {c for c in bound if wanted[c] != bound[c]}
@@ -198,6 +199,16 @@ def _formal_constraints(op_type: str, opset: int) -> tuple[tuple[str, ...], tupl
     return (tuple(f.type_str for f in schema.inputs), tuple(f.type_str for f in schema.outputs))
 
 
+@functools.cache
+def _schema_dtypes(op_type: str, opset: int) -> dict[str, set[str]]:
+    """The dtypes the op's schema at `opset` allows for each type constraint."""
+    names = {f"tensor({onnx.TensorProto.DataType.Name(n).lower()})": d
+             for n, d in DTYPE_OF_ONNX.items()}
+    schema = onnx.defs.get_schema(op_type, opset, "")
+    return {tc.type_param_str: {names[t] for t in tc.allowed_type_strs if t in names}
+            for tc in schema.type_constraints}
+
+
 def _constraint_slots(node, opset) -> list[tuple[str, str]]:
     """(value name, type constraint) of each input, then each output; a variadic last formal
     parameter stands for every value past it."""
@@ -210,14 +221,18 @@ def _constraint_slots(node, opset) -> list[tuple[str, str]]:
 
 
 def _least_widening(constraints, bound, combos, op_type: str,
-                    reduction_dtypes: list[str] | None) -> dict | None:
+                    reduction_dtypes: list[str] | None, schema_dtypes: dict) -> dict | None:
     """The dtypes, one per bound constraint, that a kernel takes with the least widening: each
     bound dtype or one in WIDER of it (or, for a modular op, its SAME_WIDTH; for an ordering
     op, a u64 SHIFTED), fewest steps first. A dtype LEFT_TO_ONNXRUNTIME passes as taken unless
-    the reduction's dtypes (the data's, T) leave it out."""
+    the reduction's dtypes (the data's, T) leave it out, or the op's schema at this opset
+    does (IsInf takes f16 from opset 20 on: before, onnxruntime refuses the graph)."""
     def taken(picked) -> bool:
         if reduction_dtypes is not None and picked[constraints.index("T")] not in \
                 reduction_dtypes:
+            return False
+        if any(p in LEFT_TO_ONNXRUNTIME and p not in schema_dtypes.get(c, (p,))
+               for p, c in zip(picked, constraints, strict=True)):
             return False
         if all(p is not None and p not in LEFT_TO_ONNXRUNTIME for p in picked):
             return tuple(picked) in combos
