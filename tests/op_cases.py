@@ -120,6 +120,8 @@ CASES = [
     Case("erf", (F(()),)),
     Case("softplus", (F((4, 5)),)),
     Case("clip", (F((4, 5)),), {"lo": -0.5, "hi": 0.7}),
+    Case("fake_quantize", (F((4, 5)), F((5,), domain="positive"), F(())),
+         {"lo": -3.0, "hi": 4.0}),
     Case("maximum", (F((3, 4)), F((4,)))),
     Case("maximum", (F((2, 1, 3)), F((4, 1)))),
     Case("minimum", (F((3, 1)), F((1, 4)))),
@@ -320,6 +322,8 @@ REFERENCES = {
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
     "softplus": lambda x: np.log1p(np.exp(x)), "erf": _by_element(math.erf),
     "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    "fake_quantize": lambda x, scale, zero_point, lo, hi: (
+        np.minimum(np.maximum(np.round(x / scale) + zero_point, lo), hi) - zero_point) * scale,
     "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
     "less": lambda a, b: a < b, "less_equal": lambda a, b: a <= b,
     "greater": lambda a, b: a > b, "greater_equal": lambda a, b: a >= b,

@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
-from ..ir.types import numpy_dtype
+from ..ir.types import SATURATING_DTYPES, numpy_dtype
 from . import erf_approximation as cody
 
 KERNELS, kernel = rule_table()
@@ -130,8 +130,19 @@ def _clip(x, lo, hi):
 
 
 @kernel("cast")
-def _cast(x, dtype):
-    return x.astype(numpy_dtype(dtype))
+def _cast(x, dtype, saturate):
+    target = numpy_dtype(dtype)
+    if saturate and dtype in SATURATING_DTYPES and x.dtype.kind == "f":
+        import ml_dtypes
+        largest = float(ml_dtypes.finfo(target).max)
+        x = np.clip(x, -largest, largest)  # NaN stays NaN
+    return x.astype(target)
+
+
+@kernel("fake_quantize")
+def _fake_quantize(x, scale, zero_point, lo, hi):
+    quantized = np.clip(np.rint(x / scale) + zero_point, lo, hi)
+    return ((quantized - zero_point) * scale).astype(x.dtype, copy=False)
 
 
 @kernel("constant")

@@ -16,6 +16,8 @@ INT_DTYPES = SIGNED_DTYPES + UNSIGNED_DTYPES
 NARROW_DTYPES = ("f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz", "f8e8m0", "f4e2m1",
                  "i4", "u4", "i2", "u2")
 DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",) + NARROW_DTYPES
+# The float8 dtypes a cast saturates into (ONNX's Cast, QuantizeLinear with saturate=1).
+SATURATING_DTYPES = ("f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz")
 
 # numpy's name for each. numpy has no bfloat16 or narrow dtypes: those come from ml_dtypes,
 # imported only when a model uses one (its import costs about as much as numpy's).
@@ -74,7 +76,7 @@ def is_numeric(dtype: str) -> bool:
 def int_range(dtype: str) -> tuple[int, int]:
     """The least and greatest value of an integer dtype."""
     bits = int(NUMPY_NAMES[dtype].lstrip("uint"))
-    if dtype in UNSIGNED_DTYPES:
+    if NUMPY_NAMES[dtype].startswith("u"):  # u4 and u2 too
         return 0, 2 ** bits - 1
     return -2 ** (bits - 1), 2 ** (bits - 1) - 1
 

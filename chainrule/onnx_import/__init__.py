@@ -20,7 +20,8 @@ __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSE
 
 # Each of these modules registers its converters in the op table when imported.
 CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "layout",
-                     "loss_ops", "ml", "normalization", "recurrent", "resize")
+                     "loss_ops", "ml", "normalization", "quantization", "recurrent",
+                     "resize")
 # The names this package exports from its modules, loaded on first use.
 LAZY_NAMES = {"Imported": "importer", "Importer": "importer", "UnsupportedModel": "importer",
               "load_model": "importer", "Unsupported": "context", "CONVERTERS": "context",

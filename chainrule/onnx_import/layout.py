@@ -177,7 +177,7 @@ def _indices(ctx, index, size):
     """Gather's indices: constant ones with negatives counted from the end (as ONNX does)."""
     known = ctx.importer.static_value(ctx.node.input[index])
     if known is None or known.symbolic:
-        return ctx.input(index)
+        return as_index(ctx, ctx.input(index))
     indices = known.array.astype(np.int64)
     if isinstance(size, int):
         if indices.size and (indices.min() < -size or indices.max() >= size):
@@ -185,6 +185,14 @@ def _indices(ctx, index, size):
                               f"axis of size {size}")
         indices = np.where(indices < 0, indices + size, indices)
     return ctx.known_tensor(indices, ctx.node.input[index])
+
+
+def as_index(ctx, indices):
+    """Indices computed at run time as the IR's index operands take them: ONNX's may be int32
+    (torch's `.int()`), the IR's are int64."""
+    if indices.type.dtype == "i64":
+        return indices
+    return ctx.emit("cast", indices, dtype="i64")
 
 
 @converter("Gather")
@@ -480,6 +488,7 @@ def _scatter_elements(ctx):
 def _flat_positions(ctx, data, indices):
     """GatherND's and ScatterND's indices [..., k] as positions into data's first k axes
     flattened (negative indices counted from the end), and data so flattened."""
+    indices = as_index(ctx, indices)
     depth = ctx.require_rank(indices, 1, what="indices").type.shape[-1]
     leading = data.type.shape[:depth] if isinstance(depth, int) else ()
     if not leading or UNKNOWN in leading:
