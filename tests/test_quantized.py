@@ -144,3 +144,22 @@ def test_the_fake_quantize_gradient_is_the_straight_through_estimator():
     for backend in BACKENDS:
         grads = model.grad(backend=backend, w=weights)
         np.testing.assert_array_equal(grads["x"], np.where(inside, weights, 0.0))
+
+
+def test_conv_integer_is_exact_past_float32s_integers():
+    """2000 products of up to 255 by 127 sum past 2**25, where float32 holds only multiples
+    of 4: the convolution still equals the int64 one on both backends."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(200, 256, size=(1, 2000, 1, 1), dtype=np.uint8)
+    w = rng.integers(-128, 128, size=(2, 2000, 1, 1), dtype=np.int8)
+    w[0] = 127  # one output channel of large sums, made odd
+    x[0, 0] += 1 - int(x.astype(np.int64).sum()) % 2
+    node = helper.make_node("ConvInteger", ["x", "w"], ["y"])
+    model = chainrule.import_onnx(one_node_model(
+        node, [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 2, 1, 1])],
+        [onnx.numpy_helper.from_array(w, "w")], opset=17))
+    expected = np.einsum("nchw,mchw->nmhw", x.astype(np.int64), w.astype(np.int64))
+    assert expected[0, 0, 0, 0] > 2 ** 25 and expected[0, 0, 0, 0] % 2 == 1
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(model.run(backend=backend, x=x)["y"], expected)

@@ -20,6 +20,7 @@ from ..ir import Value, compositions
 from ..ir.types import (SATURATING_DTYPES, dtype_of_numpy, int_range, numpy_dtype,
                         promote_types)
 from .context import Unsupported, converter
+from .convolution import conv_by_attrs
 from .importer import DTYPE_OF_ONNX
 
 INTEGER_QUANTIZED_DTYPES = ("u8", "i8", "u16", "i16", "u4", "i4", "u2", "i2")
@@ -178,3 +179,96 @@ def _dynamic_quantize_linear(ctx):
     zero_point = ctx.emit("clip", shifted, lo=0.0, hi=255.0)
     y = quantize(ctx, x, scale, zero_point, "u8")
     return [y, scale, ctx.emit("cast", zero_point, dtype="u8")]
+
+
+def _centered(ctx, index: int, zero_point_index: int, dtype: str, row_axis: bool) -> Value:
+    """Input `index` minus its zero point (absent: 0), cast to `dtype` (exact: an integer
+    dtype, or a float that holds the 8-bit differences). A zero point of one value per row
+    (per output channel of a convolution's weight) broadcasts along axis 0."""
+    value = ctx.emit("cast", ctx.input(index), dtype=dtype)
+    zero_point = ctx.static(zero_point_index, "the zero point")
+    if zero_point is None or not zero_point.any():
+        return value
+    if row_axis and zero_point.size > 1:
+        zero_point = zero_point.reshape((-1,) + (1,) * (value.type.rank - 1))
+    zero_point = ctx.known_tensor(zero_point.astype(numpy_dtype(dtype)),
+                                  ctx.node.input[zero_point_index])
+    if zero_point.type.dtype != dtype:  # the importer holds integer constants in i64
+        zero_point = ctx.emit("cast", zero_point, dtype=dtype)
+    return ctx.emit("sub", value, zero_point)
+
+
+@converter("MatMulInteger")
+def _matmul_integer(ctx):
+    """(a - a_zero_point) @ (b - b_zero_point) in int32."""
+    a = _centered(ctx, 0, 2, "i32", row_axis=True)
+    b = _centered(ctx, 1, 3, "i32", row_axis=False)
+    return [ctx.emit("matmul", a, b)]
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(ctx):
+    """The integer product (a - a_zero_point) @ (b - b_zero_point), computed exactly in f64,
+    times a_scale * b_scale / y_scale (in the scales' dtype, as ONNX's reference), quantized to
+    y's zero point's dtype."""
+    a = _centered(ctx, 0, 2, "f64", row_axis=True)
+    b = _centered(ctx, 3, 5, "f64", row_axis=False)
+    a_scale = ctx.static(1, "a_scale")
+    if a_scale.size > 1:
+        a_scale = a_scale.reshape(-1, 1)
+    return [_requantized(ctx, ctx.emit("matmul", a, b), a_scale, ctx.static(4, "b_scale"),
+                         y_scale_index=6)]
+
+
+def _requantized(ctx, accumulated: Value, x_scale, w_scale, y_scale_index: int) -> Value:
+    """An f64 integer accumulator times x_scale * w_scale / y_scale (computed in the scales'
+    dtype, as ONNX's reference does), rounded, plus y's zero point, saturated to its dtype
+    (absent: input 0's)."""
+    factor = (x_scale * w_scale / ctx.static(y_scale_index, "y_scale")).astype(np.float64)
+    scaled = ctx.emit("mul", accumulated, ctx.known_tensor(factor, "factor"))
+    zero_point = ctx.static(y_scale_index + 1, "y_zero_point")
+    dtype = dtype_of_numpy(zero_point.dtype) if zero_point is not None else ctx.type_of(0).dtype
+    zero_point = np.zeros(()) if zero_point is None else zero_point.astype(np.float64)
+    shifted = ctx.emit("add", compositions.round_half_even(ctx, scaled),
+                       ctx.known_tensor(zero_point, "y_zero_point"))
+    lo, hi = int_range(dtype)
+    return ctx.emit("cast", ctx.emit("clip", shifted, lo=float(lo), hi=float(hi)), dtype=dtype)
+
+
+def _exact_integer_conv(ctx, x: Value, w: Value) -> Value:
+    """The convolution of integer-valued f32 tensors (8-bit values less their zero points,
+    |v| <= 255) as f64, exactly where onnxruntime convolves only floats: w splits into 16 w_hi
+    + w_lo with |w_hi| <= 16 and 0 <= w_lo < 16, so each product is below 2**12 and each f32
+    sum exact while a window holds at most 4096 products (channels per group times kernel
+    size); the two parts join in f64."""
+    sixteen = ctx.constant(16.0, w)
+    high = ctx.emit("floor", ctx.emit("div", w, sixteen))
+    low = ctx.emit("sub", w, ctx.emit("mul", high, sixteen))
+    high_part, low_part = (ctx.emit("cast", conv_by_attrs(ctx, x, part), dtype="f64")
+                           for part in (high, low))
+    return ctx.emit("add", ctx.emit("mul", high_part, ctx.constant(16.0, "f64")), low_part)
+
+
+@converter("ConvInteger")
+def _conv_integer(ctx):
+    """The convolution of x - x_zero_point with w - w_zero_point, in int32."""
+    x = _centered(ctx, 0, 2, "f32", row_axis=False)
+    w = _centered(ctx, 1, 3, "f32", row_axis=True)
+    return [ctx.emit("cast", _exact_integer_conv(ctx, x, w), dtype="i32")]
+
+
+@converter("QLinearConv")
+def _qlinear_conv(ctx):
+    """ConvInteger's accumulator plus the int32 bias, requantized as QLinearMatMul's is."""
+    x = _centered(ctx, 0, 2, "f32", row_axis=False)
+    w = _centered(ctx, 3, 5, "f32", row_axis=True)
+    accumulated = _exact_integer_conv(ctx, x, w)
+    spread = (-1,) + (1,) * (accumulated.type.rank - 2)
+    if ctx.has_input(8):
+        bias = ctx.static(8, "the bias").astype(np.float64).reshape(spread)
+        accumulated = ctx.emit("add", accumulated, ctx.known_tensor(bias, "bias"))
+    w_scale = ctx.static(4, "w_scale")
+    if w_scale.size > 1:
+        w_scale = w_scale.reshape(spread)
+    return [_requantized(ctx, accumulated, ctx.static(1, "x_scale"), w_scale,
+                         y_scale_index=6)]
