@@ -70,11 +70,6 @@ class Quantization:
         self.zero_point = _expanded(zero_point.astype(np.float32), shape, self.axis,
                                     self.block_size)
 
-    def same_as(self, other: Quantization) -> bool:
-        return (self.dtype == other.dtype and self.scale_dtype == other.scale_dtype and
-                np.array_equal(self.scale, other.scale) and
-                np.array_equal(self.zero_point, other.zero_point))
-
 
 def _output_dtype(ctx, default: str | None) -> str | None:
     chosen = ctx.attr("output_dtype", 0)
