@@ -38,6 +38,15 @@ def test_a_cast_to_float8_saturates_unless_told_not_to(to, dtype, largest):
     assert not np.isfinite(overflowed[:3]).any() and overflowed[3] == 1
 
 
+def test_a_float_beyond_int4s_range_casts_to_zero_on_both_backends():
+    """ONNX leaves it undefined; numpy's casts (ml_dtypes') give 0, and so does the export."""
+    model = chainrule.import_onnx(cast_model(TensorProto.INT4, 1))
+    x = np.array([-9.0, -8.9, 7.9, 8.0], np.float32)
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(model.run(backend=backend, x=x)["y"].astype(int),
+                                      [0, -8, 7, 0])
+
+
 def test_a_cast_to_int32_stays_int32_and_indexes_a_gather():
     nodes = [helper.make_node("Cast", ["i"], ["j"], to=TensorProto.INT32),
              helper.make_node("Gather", ["x", "j"], ["y"], axis=0)]

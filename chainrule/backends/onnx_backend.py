@@ -11,9 +11,12 @@ from onnx import helper, numpy_helper
 
 from ..ir import ChainruleError, Graph, Value, dims
 from ..ir.symbols import check_bound, symbol_sources
-from ..ir.types import UNKNOWN, numpy_dtype
+from ..ir.types import NARROW_DTYPES, NUMPY_NAMES, UNKNOWN, dtype_of_numpy, numpy_dtype
 from .feeds import CheckedFeeds, check_arrays
 from .onnx_lowering import LOWERINGS, ONNX_DTYPES
+from .onnx_widening import widened
+from .onnxruntime_edges import (carrier, fed_name, fetched_name, from_carrier, to_carrier,
+                                value_edge_name, with_carried_edges)
 from . import onnx_scan  # noqa: F401 - registers the scan's lowering
 from .opset import DEFAULT_OPSET
 from .threads import configured_threads
@@ -102,7 +105,7 @@ class OnnxEmitter:
         return out
 
     def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
-        return numpy_helper.from_array(np.asarray(array), name)
+        return tensor_proto(array, name)
 
     def const(self, array: np.ndarray, hint: str = "const") -> str:
         name = self.fresh(hint)
@@ -223,7 +226,7 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
         inputs += [_value_info(v) for v in graph.param_values()]
     else:
         params = params or {}
-        initializers = [numpy_helper.from_array(np.asarray(params[v.name]), v.name)
+        initializers = [tensor_proto(params[v.name], v.name)
                         for v in graph.param_values()]
     outputs = []
     for value in graph.outputs:
@@ -239,7 +242,18 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     opset_ids = [helper.make_opsetid("", opset)]
     model = helper.make_model(onnx_graph, opset_imports=opset_ids, producer_name="chainrule",
                               ir_version=helper.find_min_ir_version_for(opset_ids))
-    return model
+    return widened(model)
+
+
+def tensor_proto(array, name: str) -> onnx.TensorProto:
+    """An array as an ONNX tensor. bf16 and float8 arrays are written as their raw bytes, which
+    are ONNX's layout: onnx before 1.17 does not read ml_dtypes arrays."""
+    array = np.asarray(array)
+    if array.dtype.name in ("bfloat16", *(NUMPY_NAMES[d] for d in NARROW_DTYPES
+                                           if d.startswith("f8"))):
+        return helper.make_tensor(name, ONNX_DTYPES[dtype_of_numpy(array.dtype)], array.shape,
+                                  np.ascontiguousarray(array).tobytes(), raw=True)
+    return numpy_helper.from_array(array, name)
 
 
 def _dtype_opset(graph: Graph) -> int:
@@ -344,7 +358,8 @@ class _SessionRunner:
         import onnxruntime
 
         try:
-            self.session = onnxruntime.InferenceSession(model.SerializeToString(),
+            self.session = onnxruntime.InferenceSession(with_carried_edges(model)
+                                                        .SerializeToString(),
                                                         session_options(graph),
                                                         providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
@@ -357,20 +372,26 @@ class _SessionRunner:
         self.graph = graph
         self.feeds = CheckedFeeds(graph)
         used = {i.name for i in self.session.get_inputs()}
-        names = [v.name for v in list(graph.inputs) + graph.param_values()]
-        # Positions of the arrays onnxruntime takes (an unused input is pruned from the model).
-        self.fed = [(index, name) for index, name in enumerate(names) if name in used]
-        self.output_names = [output_name(v, graph) for v in graph.outputs]
+        values = list(graph.inputs) + graph.param_values()
+        # Positions of the arrays onnxruntime takes (an unused input is pruned from the model),
+        # each with its name and dtype at the session's edge.
+        self.fed = [(index, edge, value.type.dtype) for index, value in enumerate(values)
+                    if (edge := value_edge_name(value.name, value.type.dtype, fed_name))
+                    in used]
+        self.output_names = [value_edge_name(output_name(v, graph), v.type.dtype, fetched_name)
+                             for v in graph.outputs]
         self.nodes_by_output = {out.name: node for node in graph.nodes for out in node.outputs}
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
         try:
             results = self.session.run(self.output_names,
-                                       {name: arrays[index] for index, name in self.fed})
+                                       {name: to_carrier(arrays[index], dtype)
+                                        for index, name, dtype in self.fed})
         except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
             raise self.located(error) from None
-        return {v.name: r for v, r in zip(self.graph.outputs, results, strict=True)}
+        return {v.name: from_carrier(r, v.type.dtype)
+                for v, r in zip(self.graph.outputs, results, strict=True)}
 
     def located(self, error: Exception) -> ChainruleError:
         """onnxruntime's failure as a ChainruleError at the DSL line of the node it names."""
@@ -409,11 +430,16 @@ class ResidentStep:
         self.held_values = [v for v in graph.inputs if v.name in carried] + graph.param_values()
         self.feeds = CheckedFeeds(graph, held={v.name for v in self.held_values})
         used = {i.name for i in runner.session.get_inputs()}
-        self.fed = [(index, v.name) for index, v in enumerate(self.feeds.fed) if v.name in used]
-        onnx_names = {v.name: output_name(v, graph) for v in graph.outputs}
+        # Names and arrays at the session's edge: a dtype numpy holds through ml_dtypes is
+        # fed, fetched and held as its carrier (onnxruntime_edges.py).
+        self.fed = [(index, edge, v.type.dtype) for index, v in enumerate(self.feeds.fed)
+                    if (edge := value_edge_name(v.name, v.type.dtype, fed_name)) in used]
+        onnx_names = {v.name: value_edge_name(output_name(v, graph), v.type.dtype, fetched_name)
+                      for v in graph.outputs}
+        self.dtypes = {v.name: v.type.dtype for v in [*self.held_values, *graph.outputs]}
         buffers = [{}, {}]  # the two sets of held arrays, by name
         for value in self.held_values:
-            array = np.zeros(value.type.shape, numpy_dtype(value.type.dtype))
+            array = np.zeros(value.type.shape, numpy_dtype(carrier(value.type.dtype)))
             buffers[0][value.name] = array
             buffers[1][value.name] = np.zeros_like(array) if value.name in carried else array
         self.buffers = buffers
@@ -427,10 +453,11 @@ class ResidentStep:
         for parity in (0, 1):
             binding = runner.session.io_binding()
             for name, array in buffers[parity].items():
-                if name in used:
+                edge = value_edge_name(name, self.dtypes[name], fed_name)
+                if edge in used:
                     value = onnxruntime.OrtValue.ortvalue_from_numpy(array)
                     self.ort_values.append(value)
-                    binding.bind_ortvalue_input(name, value)
+                    binding.bind_ortvalue_input(edge, value)
             for value in graph.outputs:  # returned outputs first, so get_outputs() lists them
                 if onnx_names[value.name] not in replaced:
                     binding.bind_output(onnx_names[value.name], "cpu")
@@ -444,23 +471,26 @@ class ResidentStep:
         """Copy `values` (every held value by name) into the current buffers."""
         check_arrays(self.held_values, values, "param or state")
         for name, array in self.buffers[self.parity].items():
-            np.copyto(array, values[name])
+            np.copyto(array, to_carrier(np.asarray(values[name]), self.dtypes[name]))
 
     def values(self) -> dict[str, np.ndarray]:
-        """The current held values: the live buffers, which the step after next overwrites."""
-        return dict(self.buffers[self.parity])
+        """The current held values: the live buffers (which the step after next overwrites),
+        or copies of those a carrier holds."""
+        return {name: from_carrier(array, self.dtypes[name])
+                for name, array in self.buffers[self.parity].items()}
 
     def step(self, inputs: dict) -> dict[str, np.ndarray]:
         """One step on `inputs` (the batch and the learning rate): the outputs that replace
         no held value, by name."""
-        arrays = self.feeds.fed_arrays(inputs, self.buffers[self.parity])
+        arrays = self.feeds.fed_arrays(inputs, self.values())
         binding = self.bindings[self.parity]
-        for index, name in self.fed:
-            binding.bind_cpu_input(name, arrays[index])
+        for index, name, dtype in self.fed:
+            binding.bind_cpu_input(name, to_carrier(arrays[index], dtype))
         try:
             self.runner.session.run_with_iobinding(binding)
         except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
             raise self.runner.located(error) from None
         self.parity = 1 - self.parity
         outputs = binding.get_outputs()
-        return {name: outputs[index].numpy() for index, name in self.returned}
+        return {name: from_carrier(outputs[index].numpy(), self.dtypes[name])
+                for index, name in self.returned}

@@ -6,7 +6,9 @@ this file, unless a lowering here composes it instead. Only ops that onnxruntime
 runs in both float32 and float64 are used; where it lacks one (float64 Gelu or Erf, a stable
 float64 Softplus, a float64 alpha for LeakyRelu) the lowering composes it. Convolutions and
 average pooling are the exception: float32 graphs get Conv, ConvTranspose and AveragePool, and
-float64 graphs, which onnxruntime has no kernels of those for, get their compositions.
+float64 graphs, which onnxruntime has no kernels of those for, get their compositions. The
+other dtypes (bf16, the small integers) use the same ops: where onnxruntime has no kernel of
+one at a dtype, the export's last step (onnx_widening.py) computes it in a wider dtype.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..ir import ChainruleError, dims
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
-from ..ir.types import ONNX_DTYPES, SATURATING_DTYPES, numpy_dtype
+from ..ir.types import ONNX_DTYPES, SATURATING_DTYPES, int_range, is_float, numpy_dtype
 from . import erf_approximation as cody
 
 LOWERINGS, lowering = rule_table()
@@ -99,7 +101,7 @@ def _stop_gradient(em, node, out, x):
 @lowering("erf")
 def _erf(em, node, out, x):
     dtype = _dtype(node)
-    if dtype == "f32":
+    if dtype != "f64":  # f16 and bf16 computed in f32 (onnx_widening.py), rounded once
         # onnxruntime 1.20 gives erf(NaN) = 1 (1.32 gives NaN): a NaN passes through as itself.
         em.add("Where", [em.add("IsNaN", [x]), x, em.add("Erf", [x])], out)
         return
@@ -156,7 +158,22 @@ def _cast(em, node, out, x):
     dtype = node.attrs["dtype"]
     # Cast's saturate attribute (opset 19 on) is read only by casts to float8.
     saturate = {} if node.attrs["saturate"] or dtype not in SATURATING_DTYPES else {"saturate": 0}
+    source = node.inputs[0].type.dtype
+    if dtype in ("i4", "u4", "i2", "u2") and is_float(source):
+        x = _zero_beyond(em, x, source, *int_range(dtype))
     em.add("Cast", [x], out, to=ONNX_DTYPES[dtype], **saturate)
+
+
+def _zero_beyond(em, x, dtype, lo, hi):
+    """x truncated toward zero where that lies in [lo, hi], else 0 (NaN too): what the numpy
+    backend's casts (ml_dtypes') give, where onnxruntime's round and wrap around. ONNX leaves
+    a cast beyond the range undefined; the backends agree."""
+    zero = em.scalar(0, dtype)
+    truncated = em.add("Where", [em.add("Less", [x, zero]), em.add("Ceil", [x]),
+                                 em.add("Floor", [x])])
+    inside = em.add("And", [em.add("GreaterOrEqual", [truncated, em.scalar(lo, dtype)]),
+                            em.add("LessOrEqual", [truncated, em.scalar(hi, dtype)])])
+    return em.add("Where", [inside, truncated, zero])
 
 
 @lowering("constant")
@@ -499,8 +516,14 @@ def _sum_squares(em, node, out, x):
 
 @lowering("gemm")
 def _gemm(em, node, out, a, b):
-    em.add("Gemm", [a, b], out, transA=int(node.attrs["trans_a"]),
-           transB=int(node.attrs["trans_b"]))
+    if is_float(_dtype(node)):
+        em.add("Gemm", [a, b], out, transA=int(node.attrs["trans_a"]),
+               transB=int(node.attrs["trans_b"]))
+        return
+    # ONNX's Gemm takes no 8- or 16-bit integers: a MatMul of the operands as Gemm reads them.
+    a, b = (em.add("Transpose", [x], perm=[1, 0]) if node.attrs[flag] else x
+            for x, flag in ((a, "trans_a"), (b, "trans_b")))
+    em.add("MatMul", [a, b], out)
 
 
 @lowering("gemm_acc")
