@@ -165,9 +165,9 @@ def _cast(em, node, out, x):
 
 
 def _zero_beyond(em, x, dtype, lo, hi):
-    """x truncated toward zero where that lies in [lo, hi], else 0 (NaN too): what the numpy
-    backend's casts (ml_dtypes') give, where onnxruntime's round and wrap around. ONNX leaves
-    a cast beyond the range undefined; the backends agree."""
+    """x truncated toward zero where that lies in [lo, hi], else 0 (NaN too), as the numpy
+    kernel casts, where onnxruntime's Cast rounds and wraps around. ONNX leaves a cast beyond
+    the range undefined; the backends agree."""
     zero = em.scalar(0, dtype)
     truncated = em.add("Where", [em.add("Less", [x, zero]), em.add("Ceil", [x]),
                                  em.add("Floor", [x])])

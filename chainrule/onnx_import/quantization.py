@@ -100,14 +100,42 @@ def _compute_dtype(ctx, x: Value, scale_dtype: str) -> str:
 @converter("QuantizeLinear")
 def _quantize_linear(ctx):
     x = ctx.input(0)
+    saturate = bool(ctx.attr("saturate", 1))
+    if _computed_per_tensor(ctx):
+        return [_quantize_by_values(ctx, x, saturate)]
     params = Quantization(ctx, x, _output_dtype(ctx, "u8"))
     dtype = _compute_dtype(ctx, x, params.scale_dtype)
     if x.type.dtype != dtype:
         x = ctx.emit("cast", x, dtype=dtype)
     scale = ctx.known_tensor(params.scale.astype(numpy_dtype(dtype)), ctx.node.input[1])
     zero_point = ctx.known_tensor(params.zero_point.astype(numpy_dtype(dtype)), "zero_point")
-    return [quantize(ctx, x, scale, zero_point, params.dtype,
-                     saturate=bool(ctx.attr("saturate", 1)))]
+    return [quantize(ctx, x, scale, zero_point, params.dtype, saturate=saturate)]
+
+
+def _computed_per_tensor(ctx) -> bool:
+    """Whether the scale is one value computed at run time (DynamicQuantizeLinear's function
+    body computes it from x)."""
+    scale = ctx.type_of(1)
+    return ctx.importer.static_value(ctx.node.input[1]) is None and \
+        all(d == 1 for d in scale.shape)
+
+
+def _quantize_by_values(ctx, x: Value, saturate: bool) -> Value:
+    """QuantizeLinear by a scale and zero point of one value each, computed at run time."""
+    ctx.attr("axis", 1)  # one scale for the whole tensor: no axis to read it along
+    scale = ctx.input(1)
+    zero_point = ctx.input(2) if ctx.has_input(2) else None
+    dtype = zero_point.type.dtype if zero_point is not None else _output_dtype(ctx, "u8")
+    if dtype not in QUANTIZED_DTYPES:
+        raise Unsupported(f"quantized dtype {dtype}")
+    compute = _compute_dtype(ctx, x, scale.type.dtype)
+
+    def scalar(value):
+        value = value if value.type.rank == 0 else ctx.emit("reshape", value, shape=())
+        return value if value.type.dtype == compute else ctx.emit("cast", value, dtype=compute)
+    x = x if x.type.dtype == compute else ctx.emit("cast", x, dtype=compute)
+    shift = ctx.constant(0.0, compute) if zero_point is None else scalar(zero_point)
+    return quantize(ctx, x, scalar(scale), shift, dtype, saturate=saturate)
 
 
 def _quantize_pair(ctx, params: Quantization) -> Value | None:
