@@ -330,7 +330,7 @@ REFERENCES = {
     "equal": lambda a, b: a == b, "not_equal": lambda a, b: a != b,
     "logical_and": lambda a, b: a & b, "logical_or": lambda a, b: a | b,
     "logical_not": lambda x: ~x, "where": np.where,
-    "cast": lambda x, dtype: x.astype(numpy_dtype(dtype)),
+    "cast": lambda x, dtype, saturate: x.astype(numpy_dtype(dtype)),
     "sum": lambda x, axes, keepdims: x.sum(axis=_axes(axes), keepdims=keepdims),
     "mean": lambda x, axes, keepdims: x.mean(axis=_axes(axes), keepdims=keepdims),
     "prod": lambda x, axes, keepdims: np.multiply.reduce(x, axis=_axes(axes), keepdims=keepdims),

@@ -38,6 +38,16 @@ def test_a_cast_to_float8_saturates_unless_told_not_to(to, dtype, largest):
     assert not np.isfinite(overflowed[:3]).any() and overflowed[3] == 1
 
 
+def test_a_constant_cast_to_float8_saturates_when_folded():
+    big = onnx.numpy_helper.from_array(np.array([1e6, 2.0], np.float32), "c")
+    nodes = [helper.make_node("Cast", ["c"], ["q"], to=TensorProto.FLOAT8E4M3FN),
+             helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("y", 1, [2])], [big])
+    model = chainrule.import_onnx(helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 21)]))
+    np.testing.assert_array_equal(model.run()["y"], [448, 2])
+
+
 def test_a_float_beyond_int4s_range_casts_to_zero_on_both_backends():
     """ONNX leaves it undefined; numpy's casts (ml_dtypes') give 0, and so does the export."""
     model = chainrule.import_onnx(cast_model(TensorProto.INT4, 1))

@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
-from ..ir.types import SATURATING_DTYPES, int_range, numpy_dtype
+from ..ir.types import cast_array, numpy_dtype
 from . import erf_approximation as cody
 
 KERNELS, kernel = rule_table()
@@ -131,20 +131,7 @@ def _clip(x, lo, hi):
 
 @kernel("cast")
 def _cast(x, dtype, saturate):
-    target = numpy_dtype(dtype)
-    if x.dtype.kind != "f":
-        return x.astype(target)
-    if saturate and dtype in SATURATING_DTYPES:
-        import ml_dtypes
-        largest = float(ml_dtypes.finfo(target).max)
-        x = np.clip(x, -largest, largest)  # NaN stays NaN
-    elif dtype in ("i4", "u4", "i2", "u2"):
-        # Beyond the range (undefined in ONNX) is 0, as ml_dtypes 0.7 gives it and the ONNX
-        # lowering computes it; older ml_dtypes wrap around.
-        lo, hi = int_range(dtype)
-        truncated = np.trunc(x)
-        x = np.where((truncated >= lo) & (truncated <= hi), truncated, 0)
-    return x.astype(target)
+    return cast_array(x, dtype, saturate)
 
 
 @kernel("fake_quantize")

@@ -52,6 +52,25 @@ def numpy_dtype(dtype: str) -> np.dtype:
     return np.dtype(NUMPY_NAMES[dtype])
 
 
+def cast_array(x: np.ndarray, dtype: str, saturate: bool = True) -> np.ndarray:
+    """x cast to `dtype` as ONNX's Cast does where numpy's astype differs: a float cast to a
+    float8 dtype saturates (NaN stays NaN) unless `saturate` is false, and one to a 4- or
+    2-bit integer truncates, giving 0 beyond the range (undefined in ONNX; ml_dtypes 0.7's
+    result, where older ones wrap around)."""
+    target = numpy_dtype(dtype)
+    if not DTYPE_OF_NUMPY_NAME.get(x.dtype.name, "").startswith(("f", "bf")):  # not a float
+        return x.astype(target)
+    if saturate and dtype in SATURATING_DTYPES:
+        import ml_dtypes
+        largest = float(ml_dtypes.finfo(target).max)
+        x = np.clip(x, -largest, largest)
+    elif dtype in ("i4", "u4", "i2", "u2"):
+        lo, hi = int_range(dtype)
+        truncated = np.trunc(x)
+        x = np.where((truncated >= lo) & (truncated <= hi), truncated, 0)
+    return x.astype(target)
+
+
 def dtype_of_numpy(dtype: np.dtype) -> str:
     name = DTYPE_OF_NUMPY_NAME.get(np.dtype(dtype).name)
     if name is None:

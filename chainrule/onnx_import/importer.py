@@ -19,13 +19,12 @@ from ..ir.errors import SourceLoc, onnx_node_loc, printable
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
-from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
+from ..ir.types import UNKNOWN, TensorType, is_float
 from .context import CONVERTERS, Known, NodeContext, Unsupported, dim_hint, dtype_of_array
 from .external_data import external_array, is_external
-from .folding import FOLDERS, substituted_shape
+from .folding import DTYPE_OF_ONNX, FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
 
-DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # What a converter's own bug raises (numpy on a malformed constant, an index past the end).
 INTERNAL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, TypeError,
                    ValueError)
