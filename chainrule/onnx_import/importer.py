@@ -71,15 +71,6 @@ class Problem:
                          (f" (hint: {self.hint})" if self.hint else ""))
 
 
-def run_time_array(array: np.ndarray) -> np.ndarray:
-    """A constant as the run holds it: integers of a dtype chainrule has none of (int32, as
-    torch's `arange(n, dtype=torch.int32)` writes, int16, uint8) in int64, the same numbers,
-    as a Cast to int32 computes in int64."""
-    if array.dtype.kind in "iu" and array.dtype.itemsize < 8:
-        return array.astype(np.int64)
-    return array
-
-
 class NodeFailure(Exception):
     """Every reason one node cannot be imported. `own` hold whatever its inputs are (its op,
     its attributes); `from_inputs` is the converter's refusal of the inputs it met, which says
@@ -622,8 +613,7 @@ class Importer:
             raise Unsupported(f"value '{name}' is not defined before its use")
         if known.symbolic:
             return TensorType("i64", known.array.shape)
-        array = run_time_array(known.array)
-        return TensorType(dtype_of_array(array), array.shape)
+        return TensorType(dtype_of_array(known.array), known.array.shape)
 
     def tensor(self, name: str, ctx: NodeContext | None) -> Value:
         value = self.values.get(name)
@@ -714,7 +704,7 @@ class Importer:
             if name not in self.constants:  # computed once, however many nodes read it
                 self.constants[name] = self.dims_tensor(known.array, name, loc)
             return self.constants[name]
-        array = run_time_array(known.array)
+        array = known.array
         dtype = dtype_of_array(array)
         first = array.flat[0] if array.size else 0  # an empty array: any value fills it
         exact = is_float(dtype) or abs(int(first)) <= 2 ** 53  # a constant holds a float

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import UNKNOWN, numpy_dtype
+from ..ir.types import UNKNOWN, is_int, numpy_dtype
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -350,8 +350,10 @@ RANGE_BOUNDS = ("Range's start", "Range's limit", "Range's delta")
 @converter("Range")
 def _range(ctx):
     """A Range of known bounds folds (folding.py); an integer one over dims (`0` to `S`, `P`
-    to `P+S`) counts `(limit - start) / delta` values, rounded up, with the arange op."""
-    if ctx.type_of(0).dtype != "i64":
+    to `P+S`) counts `(limit - start) / delta` values, rounded up, with the arange op, in
+    int64 and then cast to the Range's dtype (int32: `torch.arange(S, dtype=torch.int32)`)."""
+    dtype = ctx.type_of(0).dtype
+    if not is_int(dtype):
         return [range_values(*(ctx.static_scalar(index, what)
                                for index, what in enumerate(RANGE_BOUNDS)))]
     start, limit, delta = (ctx.require_length(ctx.static_dims(index, what), 1, what)[0]
@@ -364,7 +366,7 @@ def _range(ctx):
         values = ctx.emit("mul", values, ctx.constant(delta, values))
     if start != 0:
         values = ctx.emit("add", values, ctx.known_tensor(shape_of([start]), "start"))
-    return [values]
+    return [values if dtype == "i64" else ctx.emit("cast", values, dtype=dtype)]
 
 
 @converter("Trilu")
