@@ -761,7 +761,7 @@ def test_a_resize_by_a_fractional_scale_of_a_symbolic_axis_has_a_dim_for_its_siz
 
 def test_an_int32_range_over_the_sequence_finds_the_last_token_as_transformers_does():
     # GPT2ForSequenceClassification's last non-pad token: argmax of
-    # arange(S, dtype=int32) * (input_ids != pad).int(); int32 computes in int64.
+    # arange(S, dtype=int32) * (input_ids != pad).int(), all in int32.
     int32 = [numpy_helper.from_array(np.array(v, np.int32), name)
              for name, v in (("zero", 0), ("step", 1))]
     nodes = [helper.make_node("Shape", ["ids"], ["shape"]),

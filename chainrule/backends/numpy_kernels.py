@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..ir import grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
-from ..ir.types import numpy_dtype
+from ..ir.types import cast_array, numpy_dtype
 from . import erf_approximation as cody
 
 KERNELS, kernel = rule_table()
@@ -131,8 +131,14 @@ def _clip(x, lo, hi):
 
 
 @kernel("cast")
-def _cast(x, dtype):
-    return x.astype(numpy_dtype(dtype))
+def _cast(x, dtype, saturate):
+    return cast_array(x, dtype, saturate)
+
+
+@kernel("fake_quantize")
+def _fake_quantize(x, scale, zero_point, lo, hi):
+    quantized = np.clip(np.rint(x / scale) + zero_point, lo, hi)
+    return ((quantized - zero_point) * scale).astype(x.dtype, copy=False)
 
 
 @kernel("constant")

@@ -22,6 +22,10 @@ from .opset import DEFAULT_OPSET
 from .threads import configured_threads
 
 MIN_OPSET = 13
+# The first opset whose Cast (and so whose tensors) has each of these dtypes: an export with
+# values of one writes at least that opset, whatever was asked for.
+DTYPE_OPSETS = {"f8e4m3fn": 19, "f8e4m3fnuz": 19, "f8e5m2": 19, "f8e5m2fnuz": 19, "u4": 21,
+                "i4": 21, "f4e2m1": 23, "f8e8m0": 24, "u2": 25, "i2": 25}
 # Reductions other than ReduceSum take their axes as an input from opset 18 on.
 AXES_INPUT_SINCE = {"ReduceSum": 13}
 
@@ -207,6 +211,7 @@ def export_onnx(graph: Graph, params: dict | None = None, *, opset: int = DEFAUL
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         raise ChainruleError(f"no ONNX lowering for op(s): {', '.join(missing)}")
+    opset = max(opset, _dtype_opset(graph))
     check_bound(graph)
     # Where each symbol's size is read, should a lowering need it (a size attr, a reshape to
     # a type's symbolic dims): only what is asked for is computed.
@@ -249,6 +254,18 @@ def tensor_proto(array, name: str) -> onnx.TensorProto:
         return helper.make_tensor(name, ONNX_DTYPES[dtype_of_numpy(array.dtype)], array.shape,
                                   np.ascontiguousarray(array).tobytes(), raw=True)
     return numpy_helper.from_array(array, name)
+
+
+def _dtype_opset(graph: Graph) -> int:
+    """The least opset that has every dtype of the graph's values."""
+    values = itertools.chain(graph.inputs, graph.param_values(),
+                             (out for node in graph.nodes for out in node.outputs))
+    needed = max((DTYPE_OPSETS.get(v.type.dtype, MIN_OPSET) for v in values), default=MIN_OPSET)
+    if needed > onnx.defs.onnx_opset_version():
+        raise ChainruleError(f"the graph's dtypes need ONNX opset {needed}, and onnx "
+                             f"{onnx.__version__} writes at most opset "
+                             f"{onnx.defs.onnx_opset_version()}")
+    return needed
 
 
 def output_name(value: Value, graph: Graph) -> str:

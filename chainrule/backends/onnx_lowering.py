@@ -22,7 +22,7 @@ from ..ir import ChainruleError, Graph, GraphBuilder, compositions, dims, grid_s
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
-from ..ir.types import ONNX_DTYPES, is_float, numpy_dtype
+from ..ir.types import ONNX_DTYPES, SATURATING_DTYPES, int_range, is_float, numpy_dtype
 from . import erf_approximation as cody
 
 LOWERINGS, lowering = rule_table()
@@ -258,6 +258,15 @@ def _clip(em, node, out, x):
     em.add("Clip", [x, *bounds], out)
 
 
+@lowering("fake_quantize")
+def _fake_quantize(em, node, out, x, scale, zero_point):
+    # Round is ONNX's half-to-even rounding; the clip bounds are integers, exact in any float.
+    bounds = [em.scalar(node.attrs[bound], _dtype(node)) for bound in ("lo", "hi")]
+    shifted = em.add("Add", [em.add("Round", [em.add("Div", [x, scale])]), zero_point])
+    clipped = em.add("Clip", [shifted, *bounds])
+    em.add("Mul", [em.add("Sub", [clipped, zero_point]), scale], out)
+
+
 @lowering("not_equal")
 def _not_equal(em, node, out, a, b):
     em.add("Not", [em.add("Equal", [a, b])], out)
@@ -265,7 +274,25 @@ def _not_equal(em, node, out, a, b):
 
 @lowering("cast")
 def _cast(em, node, out, x):
-    em.add("Cast", [x], out, to=ONNX_DTYPES[node.attrs["dtype"]])
+    dtype = node.attrs["dtype"]
+    # Cast's saturate attribute (opset 19 on) is read only by casts to float8.
+    saturate = {} if node.attrs["saturate"] or dtype not in SATURATING_DTYPES else {"saturate": 0}
+    source = node.inputs[0].type.dtype
+    if dtype in ("i4", "u4", "i2", "u2") and is_float(source):
+        x = _zero_beyond(em, x, source, *int_range(dtype))
+    em.add("Cast", [x], out, to=ONNX_DTYPES[dtype], **saturate)
+
+
+def _zero_beyond(em, x, dtype, lo, hi):
+    """x truncated toward zero where that lies in [lo, hi], else 0 (NaN too), as the numpy
+    kernel casts, where onnxruntime's Cast rounds and wraps around. ONNX leaves a cast beyond
+    the range undefined; the backends agree."""
+    zero = em.scalar(0, dtype)
+    truncated = em.add("Where", [em.add("Less", [x, zero]), em.add("Ceil", [x]),
+                                 em.add("Floor", [x])])
+    inside = em.add("And", [em.add("GreaterOrEqual", [truncated, em.scalar(lo, dtype)]),
+                            em.add("LessOrEqual", [truncated, em.scalar(hi, dtype)])])
+    return em.add("Where", [inside, truncated, zero])
 
 
 @lowering("constant")

@@ -92,6 +92,19 @@ def ceil(ops, x):
     return ops.emit("neg", ops.emit("floor", ops.emit("neg", x)))
 
 
+def round_half_even(ops, x):
+    """To the nearest integer, halves to the even one (as numpy and ONNX do)."""
+    floor = ops.emit("floor", x)
+    fraction = ops.emit("sub", x, floor)  # exact
+    half = ops.constant(0.5, x)
+    up = ops.emit("add", floor, ops.constant(1.0, x))
+    odd = ops.emit("not_equal", ops.emit("floor", ops.emit("mul", floor, half)),
+                   ops.emit("mul", floor, half))
+    at_half = ops.emit("where", odd, up, floor)
+    nearest = ops.emit("where", ops.emit("less", fraction, half), floor, up)
+    return ops.emit("where", ops.emit("equal", fraction, half), at_half, nearest)
+
+
 def floor_divide(ops, x, y):
     """Python's x // y on floats: floor(x / y)."""
     _require_float(ops, x, "//")

@@ -139,7 +139,8 @@ def _prefix(symbol: str):
 
 def _cast(node, args, graph):
     dtype = node.attrs["dtype"]
-    if node.inputs[0].type.dtype == dtype:  # f32(x) of an f32 x is x itself
+    # f32(x) of an f32 x is x itself; f8e4m3fn(x) saturates
+    if node.inputs[0].type.dtype == dtype or not node.attrs["saturate"]:
         return call("cast", args, op_options(node))
     return f"{dtype}({args[0]})"
 

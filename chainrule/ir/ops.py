@@ -532,8 +532,20 @@ def _infer_arange(n):
     return TensorType("i64", (n,))
 
 
-def _infer_cast(x, dtype):
+def _infer_cast(x, dtype, saturate):
     return x.with_dtype(dtype)
+
+
+def _infer_fake_quantize(x, scale, zero_point, lo, hi):
+    _require_float("fake_quantize", x)
+    _same_dtype("fake_quantize", x, scale, zero_point)
+    if broadcast_shapes(x.shape, scale.shape, zero_point.shape) != tuple(x.shape):
+        raise OpTypeError(f"fake_quantize's scale {format_shape(scale.shape)} and zero point "
+                          f"{format_shape(zero_point.shape)} must broadcast to x "
+                          f"{format_shape(x.shape)}")
+    if lo > hi:
+        raise OpTypeError(f"fake_quantize needs lo <= hi, got [{lo}, {hi}]")
+    return x
 
 
 AXES = {"axes": AttrSpec("axes", None, dsl_name="axis"), "keepdims": AttrSpec("bool", False)}
@@ -627,7 +639,16 @@ register("bitwise_not", 1, _unary("bitwise_not", "integer"),
          traits=("elementwise", "nondifferentiable"), numpy="invert", onnx="BitwiseNot")
 register("where", 3, _infer_where, traits=FRESH_ELEMENTWISE, operands=("cond", "a", "b"),
          numpy="where", onnx="Where", scalar="({1} if {0} else {2})")
-register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype")}, traits=FRESH_ELEMENTWISE)
+# A quantization and its dequantization in one: (clip(round(x / scale) + zero_point, lo, hi)
+# - zero_point) * scale, rounding half to even; ONNX's QuantizeLinear -> DequantizeLinear pair.
+# Its gradient is the straight-through estimator's: g where lo <= x / scale + zero_point <= hi.
+register("fake_quantize", 3, _infer_fake_quantize, {"lo": AttrSpec("float"),
+                                                    "hi": AttrSpec("float")},
+         operands=("x", "scale", "zero_point"))
+# A float cast to a float8 dtype saturates (ONNX's default): values beyond the dtype's largest
+# finite one become it, where saturate=false makes them inf or NaN.
+register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype"), "saturate": AttrSpec("bool", True)},
+         traits=FRESH_ELEMENTWISE)
 register("constant", 0, _infer_constant,
          {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")},
          traits=("constant", "nondifferentiable"),  # no inputs, so nothing to differentiate

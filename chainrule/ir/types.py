@@ -17,6 +17,8 @@ NARROW_DTYPES = ("f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz", "f8e8m0", "f4
                  "i4", "u4", "i2", "u2")
 DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",) + NARROW_DTYPES
 NARROW_INT_DTYPES = ("i4", "u4", "i2", "u2")  # whole numbers, as files and constants hold them
+# The float8 dtypes a cast saturates into (ONNX's Cast, QuantizeLinear with saturate=1).
+SATURATING_DTYPES = ("f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz")
 
 # numpy's name for each. numpy has no bfloat16 or narrow dtypes: those come from ml_dtypes,
 # imported only when a model uses one (its import costs about as much as numpy's).
@@ -49,6 +51,25 @@ def numpy_dtype(dtype: str) -> np.dtype:
         import ml_dtypes
         return np.dtype(getattr(ml_dtypes, NUMPY_NAMES[dtype]))
     return np.dtype(NUMPY_NAMES[dtype])
+
+
+def cast_array(x: np.ndarray, dtype: str, saturate: bool = True) -> np.ndarray:
+    """x cast to `dtype` as ONNX's Cast does where numpy's astype differs: a float cast to a
+    float8 dtype saturates (NaN stays NaN) unless `saturate` is false, and one to a 4- or
+    2-bit integer truncates, giving 0 beyond the range (undefined in ONNX; ml_dtypes 0.7's
+    result, where older ones wrap around)."""
+    target = numpy_dtype(dtype)
+    if not DTYPE_OF_NUMPY_NAME.get(x.dtype.name, "").startswith(("f", "bf")):  # not a float
+        return x.astype(target)
+    if saturate and dtype in SATURATING_DTYPES:
+        import ml_dtypes
+        largest = float(ml_dtypes.finfo(target).max)
+        x = np.clip(x, -largest, largest)
+    elif dtype in ("i4", "u4", "i2", "u2"):
+        lo, hi = int_range(dtype)
+        truncated = np.trunc(x)
+        x = np.where((truncated >= lo) & (truncated <= hi), truncated, 0)
+    return x.astype(target)
 
 
 def dtype_of_numpy(dtype: np.dtype) -> str:

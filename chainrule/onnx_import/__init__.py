@@ -21,8 +21,8 @@ __all__ = ["import_graph", "Imported", "UnsupportedModel", "Unsupported", "LOSSE
 # Each of these modules registers its converters in the op table when imported; functions
 # registers one for each op ONNX defines as a function that the others leave out: it comes last.
 CONVERTER_MODULES = ("attention", "control_flow", "convolution", "converters", "generators",
-                     "layout", "loss_ops", "ml", "normalization", "recurrent", "resize",
-                     "sampling", "sequences", "signal", "training_ops", "functions")
+                     "layout", "loss_ops", "ml", "normalization", "quantization", "recurrent",
+                     "resize", "sampling", "sequences", "signal", "training_ops", "functions")
 # The names this package exports from its modules, loaded on first use.
 LAZY_NAMES = {"Imported": "importer", "Importer": "importer", "UnsupportedModel": "importer",
               "load_model": "importer", "Unsupported": "context", "CONVERTERS": "context",

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from onnx import TensorProto, helper
 
-from ..ir import compositions
+from ..ir import Value, compositions
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
 from ..ir.types import is_float, numpy_dtype
@@ -210,11 +210,6 @@ def _is_inf(ctx):
 
 # ---- rounding ---------------------------------------------------------------------------------
 
-def _floor(ctx, x):
-    _require_float(ctx, x, ctx.node.op_type)
-    return ctx.emit("floor", x)
-
-
 @converter("Ceil")
 def _ceil(ctx):
     x = ctx.input(0)
@@ -224,17 +219,9 @@ def _ceil(ctx):
 
 @converter("Round")
 def _round(ctx):
-    """To the nearest integer, halves to the even one (as numpy and ONNX do)."""
     x = ctx.input(0)
-    floor = _floor(ctx, x)
-    fraction = ctx.emit("sub", x, floor)  # exact
-    half = ctx.constant(0.5, x)
-    up = ctx.emit("add", floor, ctx.constant(1.0, x))
-    odd = ctx.emit("not_equal", _floor(ctx, ctx.emit("mul", floor, half)),
-                   ctx.emit("mul", floor, half))
-    at_half = ctx.emit("where", odd, up, floor)
-    nearest = ctx.emit("where", ctx.emit("less", fraction, half), floor, up)
-    return [ctx.emit("where", ctx.emit("equal", fraction, half), at_half, nearest)]
+    _require_float(ctx, x, "Round")
+    return [compositions.round_half_even(ctx, x)]
 
 
 @converter("Mod")
@@ -296,27 +283,26 @@ def _where(ctx):
 
 @converter("Cast")
 def _cast(ctx):
-    x = ctx.input(0)
-    ctx.attr("saturate")
     to = ctx.attr("to")
     if to not in helper.get_all_tensor_dtypes():
         raise Unsupported(f"Cast to {to}, which is no ONNX dtype")
-    if to == TensorProto.INT32:
-        # torch's `.int()` (RoBERTa's position ids count the tokens in int32, then `.long()`):
-        # computed in int64, the same numbers wherever int32 holds them.
-        to = TensorProto.INT64
     if to not in DTYPE_OF_ONNX:
         raise Unsupported(f"Cast to {TensorProto.DataType.Name(to)} (chainrule has every dtype "
                           f"but strings and complex numbers)")
-    dtype = DTYPE_OF_ONNX[to]
-    return [x if dtype == x.type.dtype else ctx.emit("cast", x, dtype=dtype)]
+    return [_cast_to(ctx, DTYPE_OF_ONNX[to])]
 
 
 @converter("CastLike")
 def _cast_like(ctx):
-    x, like = ctx.input(0), ctx.type_of(1)
-    ctx.attr("saturate")
-    return [x if like.dtype == x.type.dtype else ctx.emit("cast", x, dtype=like.dtype)]
+    return [_cast_to(ctx, ctx.type_of(1).dtype)]
+
+
+def _cast_to(ctx, dtype: str) -> Value:
+    x = ctx.input(0)
+    saturate = bool(ctx.attr("saturate", 1))
+    if dtype == x.type.dtype:
+        return x
+    return ctx.emit("cast", x, dtype=dtype, saturate=saturate)
 
 
 @converter("Dropout")

@@ -87,13 +87,17 @@ def _with_bias(ctx, y, index):
     return ctx.emit("add", y, bias)
 
 
+def conv_by_attrs(ctx, x, w):
+    """x convolved with w by the node's kernel_shape, strides, pads, auto_pad, dilations and
+    group (Conv's attributes, which ConvInteger and QLinearConv share)."""
+    strides, dilations, pads = _window(ctx, x, _kernel(ctx, w))
+    return ctx.emit("conv", x, w, strides=strides, pads=pads, dilations=dilations,
+                    groups=ctx.attr("group", 1))
+
+
 @converter("Conv")
 def _conv(ctx):
-    x, w = ctx.input(0), ctx.input(1)
-    strides, dilations, pads = _window(ctx, x, _kernel(ctx, w))
-    y = ctx.emit("conv", x, w, strides=strides, pads=pads, dilations=dilations,
-                 groups=ctx.attr("group", 1))
-    return [_with_bias(ctx, y, 2)]
+    return [_with_bias(ctx, conv_by_attrs(ctx, ctx.input(0), ctx.input(1)), 2)]
 
 
 @converter("ConvTranspose")

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from ..ir import dims
 from ..ir.limits import MAX_RANK
 from ..ir.ops import rule_table
-from ..ir.types import UNKNOWN, TensorType, numpy_dtype
+from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, cast_array, is_int
 from .context import Known, Unsupported, dim_hint, tensor_array
 
 # ONNX op type -> the function computing such a node's value at import time.
@@ -183,21 +183,24 @@ def _identity(ctx, x):
     return [Known(x)]
 
 
+# chainrule's dtype of each ONNX dtype number (strings and complex numbers have none).
+DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
+
+
 @folder("Cast")
 @_foldable
 def _cast(ctx, x):
     to = ctx.attr("to")
     if to not in helper.get_all_tensor_dtypes():
         raise Unsupported(f"Cast to {to}, which is no ONNX dtype")
-    target = helper.tensor_dtype_to_np_dtype(to)
-    if np.dtype(target).kind not in "biuf":  # a string or complex constant: nothing reads it
+    if to not in DTYPE_OF_ONNX:  # a string or complex constant: nothing reads it
         raise Unsupported(f"Cast to {TensorProto.DataType.Name(to)}")
-    ctx.attr("saturate")
+    saturate = bool(ctx.attr("saturate", 1))
     if _is_symbolic(x):
         # Dims stay dims as integers; as floats (an attention scale) they are computed at run
         # time, by the Cast converter.
-        return [Known(x)] if np.dtype(target).kind in "iu" else None
-    return [Known(x.astype(target))]
+        return [Known(x)] if is_int(DTYPE_OF_ONNX[to]) else None
+    return [Known(cast_array(x, DTYPE_OF_ONNX[to], saturate))]
 
 
 @folder("CastLike")
@@ -206,11 +209,11 @@ def _cast_like(ctx):
     known = ctx.known(0)
     if known is None:
         return None
-    ctx.attr("saturate")
-    target = numpy_dtype(ctx.type_of(1).dtype)
+    saturate = bool(ctx.attr("saturate", 1))
+    dtype = ctx.type_of(1).dtype
     if known.symbolic:
-        return [known] if np.dtype(target).kind in "iu" else None
-    return [Known(known.array.astype(target))]
+        return [known] if is_int(dtype) else None
+    return [Known(cast_array(known.array, dtype, saturate))]
 
 
 @folder("Gather")

@@ -19,16 +19,15 @@ from ..ir.errors import SourceLoc, onnx_node_loc, printable
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
-from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, is_float
+from ..ir.types import UNKNOWN, TensorType, is_float
 from .context import (ABSENT, CONVERTERS, PREVIEW_DOMAIN, Absent, Known, NodeContext,
                       TensorSequence, Unsupported, dim_hint, dtype_of_array)
 from .data_dependent import DATA_DEPENDENT_LENGTHS, data_dependent_shape
 from .external_data import external_array, is_external
-from .folding import FOLDERS, substituted_shape
+from .folding import DTYPE_OF_ONNX, FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
 from .training_ops import TRAINING_DOMAIN, TRAINING_OPS
 
-DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # What a converter's own bug raises (numpy on a malformed constant, an index past the end).
 INTERNAL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, TypeError,
                    ValueError)
@@ -75,15 +74,6 @@ class Problem:
     def note(self) -> str:
         return printable(f"{self.op_type}: {self.reason}" +
                          (f" (hint: {self.hint})" if self.hint else ""))
-
-
-def run_time_array(array: np.ndarray) -> np.ndarray:
-    """A constant as the run holds it: integers of a dtype chainrule has none of (int32, as
-    torch's `arange(n, dtype=torch.int32)` writes, int16, uint8) in int64, the same numbers,
-    as a Cast to int32 computes in int64."""
-    if array.dtype.kind in "iu" and array.dtype.itemsize < 8:
-        return array.astype(np.int64)
-    return array
 
 
 class NodeFailure(Exception):
@@ -712,8 +702,7 @@ class Importer:
             raise Unsupported(f"value '{name}' is not defined before its use")
         if known.symbolic:
             return TensorType("i64", known.array.shape)
-        array = run_time_array(known.array)
-        return TensorType(dtype_of_array(array), array.shape)
+        return TensorType(dtype_of_array(known.array), known.array.shape)
 
     def tensor(self, name: str, ctx: NodeContext | None) -> Value:
         value = self.values.get(name)
@@ -811,7 +800,7 @@ class Importer:
             if name not in self.constants:  # computed once, however many nodes read it
                 self.constants[name] = self.dims_tensor(known.array, name, loc)
             return self.constants[name]
-        array = run_time_array(known.array)
+        array = known.array
         dtype = dtype_of_array(array)
         first = array.flat[0] if array.size else 0  # an empty array: any value fills it
         exact = is_float(dtype) or abs(int(first)) <= 2 ** 53  # a constant holds a float

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ir import compositions, dims
 from ..ir.shapes import TO_END, TO_START
-from ..ir.types import UNKNOWN, is_float, numpy_dtype
+from ..ir.types import UNKNOWN, is_float, is_int, numpy_dtype
 from .context import Unsupported, converter, dim_hint
 from .folding import fill_value, range_values, shape_of
 
@@ -128,7 +128,7 @@ def _indices(ctx, index, size):
     """Gather's indices: constant ones with negatives counted from the end (as ONNX does)."""
     known = ctx.importer.static_value(ctx.node.input[index])
     if known is None or known.symbolic:
-        return ctx.input(index)
+        return as_index(ctx, ctx.input(index))
     indices = known.array.astype(np.int64)
     if isinstance(size, int):
         if indices.size and (indices.min() < -size or indices.max() >= size):
@@ -136,6 +136,14 @@ def _indices(ctx, index, size):
                               f"axis of size {size}")
         indices = np.where(indices < 0, indices + size, indices)
     return ctx.known_tensor(indices, ctx.node.input[index])
+
+
+def as_index(ctx, indices):
+    """Indices computed at run time as the IR's index operands take them: ONNX's may be int32
+    (torch's `.int()`), the IR's are int64."""
+    if indices.type.dtype == "i64":
+        return indices
+    return ctx.emit("cast", indices, dtype="i64")
 
 
 @converter("Gather")
@@ -335,8 +343,10 @@ RANGE_BOUNDS = ("Range's start", "Range's limit", "Range's delta")
 @converter("Range")
 def _range(ctx):
     """A Range of known bounds folds (folding.py); an integer one over dims (`0` to `S`, `P`
-    to `P+S`) counts `(limit - start) / delta` values, rounded up, with the arange op."""
-    if ctx.type_of(0).dtype != "i64":
+    to `P+S`) counts `(limit - start) / delta` values, rounded up, with the arange op, in
+    int64 and then cast to the Range's dtype (int32: `torch.arange(S, dtype=torch.int32)`)."""
+    dtype = ctx.type_of(0).dtype
+    if not is_int(dtype):
         return [range_values(*(ctx.static_scalar(index, what)
                                for index, what in enumerate(RANGE_BOUNDS)))]
     start, limit, delta = (ctx.require_length(ctx.static_dims(index, what), 1, what)[0]
@@ -349,7 +359,7 @@ def _range(ctx):
         values = ctx.emit("mul", values, ctx.constant(delta, values))
     if start != 0:
         values = ctx.emit("add", values, ctx.known_tensor(shape_of([start]), "start"))
-    return [values]
+    return [values if dtype == "i64" else ctx.emit("cast", values, dtype=dtype)]
 
 
 @converter("Trilu")
@@ -507,6 +517,7 @@ def _scatter_elements(ctx):
 def _flat_positions(ctx, data, indices):
     """GatherND's and ScatterND's indices [..., k] as positions into data's first k axes
     flattened (negative indices counted from the end), and data so flattened."""
+    indices = as_index(ctx, indices)
     depth = ctx.require_rank(indices, 1, what="indices").type.shape[-1]
     leading = data.type.shape[:depth] if isinstance(depth, int) else ()
     if not leading or UNKNOWN in leading:

@@ -299,6 +299,17 @@ def _clip(bw, g, x, out, lo, hi):
     return (bw.emit("mul", g, bw.emit("cast", inside, dtype=x.type.dtype)),)
 
 
+@vjp("fake_quantize")
+def _fake_quantize(bw, g, x, scale, zero_point, out, lo, hi):
+    """The straight-through estimator: round's derivative taken as 1 where the quantized value
+    is within [lo, hi] before clipping (so the clip's is 0 outside it). The scale and zero
+    point are constants of the model: no gradient."""
+    shifted = bw.emit("add", bw.emit("div", x, scale), zero_point)
+    inside = bw.emit("logical_and", bw.emit("greater_equal", shifted, bw.constant(lo, x)),
+                     bw.emit("less_equal", shifted, bw.constant(hi, x)))
+    return (bw.emit("mul", g, bw.emit("cast", inside, dtype=x.type.dtype)), None, None)
+
+
 @vjp("maximum", "minimum")
 def _extremum(bw, g, a, b, out):
     # The share of `a` is 1 where it wins, 0 where it loses, 1/2 on a tie: (1 +- sign(a - b))/2.
@@ -325,7 +336,7 @@ def _where(bw, g, cond, a, b, out):
 
 
 @vjp("cast")
-def _cast(bw, g, x, out, dtype):
+def _cast(bw, g, x, out, dtype, saturate):
     return (bw.emit("cast", g, dtype=x.type.dtype),)
 
 

@@ -49,7 +49,7 @@ def hoist_scans(graph: Graph) -> tuple[Graph, bool]:
                 # the value already took another result's place (a body returning one value
                 # twice): this result is a copy of it
                 new = fission.emit_op(rewriter, "cast", [rewriter.current(new)],
-                                       {"dtype": new.type.dtype}, old.name)
+                                       {"dtype": new.type.dtype, "saturate": True}, old.name)
             rewriter.replace(old, new)
         changed = True
     result, _ = rewriter.finish()

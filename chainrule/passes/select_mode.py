@@ -31,7 +31,7 @@ def select_mode(graph: Graph, training: bool) -> tuple[Graph, bool]:
         if rewriter.can_replace(node.output, chosen):
             rewriter.replace(node.output, chosen)
         else:  # an output that cannot take the chosen value's place keeps a copy of it
-            rewriter.keep(Node("cast", (chosen,), {"dtype": chosen.type.dtype}, node.outputs,
-                               node.loc))
+            rewriter.keep(Node("cast", (chosen,), {"dtype": chosen.type.dtype, "saturate": True},
+                               node.outputs, node.loc))
     result, _ = rewriter.finish()
     return eliminate_dead_code(result)[0], True
