@@ -76,19 +76,19 @@ model tiny(x: f32[B, 4], y: i64[B]) {
     assert print_graph(lower_precision(graph, "f16")[0], locations=False) == """\
 graph tiny(%x: f32[B, 4], %y: i64[B], %amp.loss_scale: f32[]) {
   param %W: f32[3, 4] = glorot()
-  %W.f16 = cast(%W) {dtype=f16} : f16[3, 4]
+  %W.f16 = cast(%W) {dtype=f16, saturate=true} : f16[3, 4]
   %W.T = transpose(%W.f16) {perm=[1, 0]} : f16[4, 3]
-  %x.f16 = cast(%x) {dtype=f16} : f16[B, 4]
+  %x.f16 = cast(%x) {dtype=f16, saturate=true} : f16[B, 4]
   %o.f16 = matmul(%x.f16, %W.T) : f16[B, 3]
-  %o.f32 = cast(%o.f16) {dtype=f32} : f32[B, 3]
+  %o.f32 = cast(%o.f16) {dtype=f32, saturate=true} : f32[B, 3]
   %cross_entropy = cross_entropy(%o.f32, %y) : f32[]
   %mul = mul(%W.f16, %W.f16) : f16[3, 4]
-  %mul.f32 = cast(%mul) {dtype=f32} : f32[3, 4]
+  %mul.f32 = cast(%mul) {dtype=f32, saturate=true} : f32[3, 4]
   %sum = sum(%mul.f32) {axes=none, keepdims=false} : f32[]
   %const = constant() {value=0.01, dtype=f32} : f32[]
   %mul.1 = mul(%const, %sum) : f32[]
   %J = add(%cross_entropy, %mul.1) : f32[]
-  %o = cast(%o.f16) {dtype=f32} : f32[B, 3]
+  %o = cast(%o.f16) {dtype=f32, saturate=true} : f32[B, 3]
   return %J, %o
 }
 """

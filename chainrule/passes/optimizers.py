@@ -16,7 +16,7 @@ import numpy as np
 
 from ..bounds import MOMENTUM, NON_NEGATIVE
 from ..ir import ChainruleError, Graph, GraphBuilder, Value
-from ..ir.types import scalar
+from ..ir.types import promote_types, scalar
 from .mixed_precision import GOOD_STEPS, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -164,6 +164,11 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec,
     builder = GraphBuilder(result)
     objective = graph.objective
     dtype = objective.type.dtype
+    # The update computes in f32 at least: in f16 or bf16, Adam's beta2 (0.999) rounds to 1 and
+    # its eps (1e-8) to 0, and a step count stops at 2048 (f16) or 256 (bf16). A param of a low
+    # dtype has its gradient, its optimizer state and its update in f32, and only the updated
+    # value is rounded to its own dtype.
+    opt_dtype = promote_types(dtype, "f32")
     metrics = metric_outputs(graph, grads)
     interface = TrainStepInterface(objective.name, [m.name for m in metrics])
 
@@ -172,16 +177,22 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec,
         result.inputs.append(value)
         return value
 
-    def const(number: float) -> Value:
-        return builder.constant(number, dtype, name="opt.const")
+    def const(number: float, of: str = opt_dtype) -> Value:
+        return builder.constant(number, of, name="opt.const")
+
+    def as_dtype(value: Value, of: str) -> Value:
+        return value if value.type.dtype == of else builder.emit("cast", (value,), {"dtype": of})
 
     lr = new_input(LR, scalar(dtype))
+    opt_lr = as_dtype(lr, opt_dtype)
     step_scale = None
     outputs = [objective] + metrics
     state_outputs = []
     by_name = {v.name: v for v in graph.values()}
     gradients = {p.value.name: by_name[grads[p.value.name]] for p in graph.params
                  if p.trainable and p.value.name in grads}
+    gradients = {name: as_dtype(g, promote_types(g.type.dtype, opt_dtype))
+                 for name, g in gradients.items()}
     finite = None  # with loss scaling: whether this step's gradients are all finite
     if loss_scale_interval is not None:
         gradients, finite = _unscaled(builder, const, by_name[LOSS_SCALE], gradients)
@@ -192,18 +203,18 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec,
                                     {"dtype": dtype}, name=SKIPPED))
         interface.skipped = outputs[-1].name
 
-    def next_value(op: str, inputs, old: Value, name: str) -> Value:
+    def next_value(op: str, inputs, old: Value, name: str, attrs=None) -> Value:
         """`op(inputs)`, named `name`: the next value of `old`, which a skipped step keeps."""
         if finite is None:
-            return builder.emit(op, inputs, name=name)
-        return builder.emit("where", (finite, builder.emit(op, inputs), old), name=name)
+            return builder.emit(op, inputs, attrs, name=name)
+        return builder.emit("where", (finite, builder.emit(op, inputs, attrs), old), name=name)
 
     if spec.counts_steps:
-        step = new_input(STEP, scalar(dtype))
+        step = new_input(STEP, scalar(opt_dtype))
         next_step = next_value("add", (step, const(1.0)), step, f"{STEP}.next")
         state_outputs.append(next_step)
         interface.state[step.name] = next_step.name
-        step_scale = _adam_step_scale(builder, const, lr, next_step, spec)
+        step_scale = _adam_step_scale(builder, const, opt_lr, next_step, spec)
 
     emit = builder.emit
     if spec.clip_grad_norm and gradients:
@@ -214,52 +225,65 @@ def build_train_step(graph: Graph, grads: dict[str, str], spec: OptimizerSpec,
         name = weight.name
         if name not in gradients:  # state, or a frozen param: no gradient, no optimizer step
             if name in graph.updates:  # state: its next value is the model's own update
-                outputs.append(by_name[graph.updates[name]])
-                interface.params[name] = graph.updates[name]
+                update = by_name[graph.updates[name]]
+                if finite is not None:  # which a skipped step does not make either
+                    update = emit("where", (finite, update, weight), name=f"{name}.kept")
+                outputs.append(update)
+                interface.params[name] = update.name
             continue
         grad = gradients[name]
+        work = grad.type.dtype
+        work_const = functools.partial(const, of=work)
+        work_lr, work_weight = as_dtype(opt_lr, work), as_dtype(weight, work)
         weight_decay, lr_scale = spec.settings_for(name)
         if spec.kind in ("adam", "rmsprop") and weight_decay:
-            grad = emit("add", (grad, emit("mul", (const(weight_decay), weight))))
-        slots = {slot: new_input(state_name(slot, name), weight.type)
+            grad = emit("add", (grad, emit("mul", (work_const(weight_decay), work_weight))))
+        slots = {slot: new_input(state_name(slot, name), weight.type.with_dtype(work))
                  for slot in spec.state_slots()}
         new_state = {}
         if spec.kind == "sgd":
             update = grad
             if spec.momentum:
-                velocity = next_value("add", (emit("mul", (const(spec.momentum),
+                velocity = next_value("add", (emit("mul", (work_const(spec.momentum),
                                                            slots["velocity"])), grad),
                                       slots["velocity"], f"{slots['velocity'].name}.next")
                 new_state["velocity"] = velocity
-                update = (emit("add", (grad, emit("mul", (const(spec.momentum), velocity))))
+                update = (emit("add", (grad, emit("mul", (work_const(spec.momentum), velocity))))
                           if spec.nesterov else velocity)
-            delta = emit("mul", (lr, update))
+            delta = emit("mul", (work_lr, update))
         elif spec.kind == "rmsprop":
             square_avg = slots["square_avg"]
-            squared = emit("mul", (const(1.0 - spec.alpha), emit("mul", (grad, grad))))
-            average = next_value("add", (emit("mul", (const(spec.alpha), square_avg)), squared),
-                                 square_avg, f"{square_avg.name}.next")
+            squared = emit("mul", (work_const(1.0 - spec.alpha), emit("mul", (grad, grad))))
+            decayed = emit("mul", (work_const(spec.alpha), square_avg))
+            average = next_value("add", (decayed, squared), square_avg,
+                                 f"{square_avg.name}.next")
             new_state["square_avg"] = average
-            denominator = emit("add", (emit("sqrt", (average,)), const(spec.eps)))
-            delta = emit("mul", (lr, emit("div", (grad, denominator))))
+            denominator = emit("add", (emit("sqrt", (average,)), work_const(spec.eps)))
+            delta = emit("mul", (work_lr, emit("div", (grad, denominator))))
         else:
-            m = next_value("add", (emit("mul", (const(spec.beta1), slots["m"])),
-                                   emit("mul", (const(1.0 - spec.beta1), grad))),
+            m = next_value("add", (emit("mul", (work_const(spec.beta1), slots["m"])),
+                                   emit("mul", (work_const(1.0 - spec.beta1), grad))),
                            slots["m"], f"{slots['m'].name}.next")
-            v = next_value("add", (emit("mul", (const(spec.beta2), slots["v"])),
-                                   emit("mul", (const(1.0 - spec.beta2),
+            v = next_value("add", (emit("mul", (work_const(spec.beta2), slots["v"])),
+                                   emit("mul", (work_const(1.0 - spec.beta2),
                                                 emit("mul", (grad, grad))))),
                            slots["v"], f"{slots['v'].name}.next")
             new_state.update(m=m, v=v)
-            denominator = emit("add", (emit("div", (emit("sqrt", (v,)), step_scale["root_bc2"])),
-                                       const(spec.eps)))
-            delta = emit("mul", (step_scale["lr_over_bc1"], emit("div", (m, denominator))))
+            root_bc2 = as_dtype(step_scale["root_bc2"], work)
+            lr_over_bc1 = as_dtype(step_scale["lr_over_bc1"], work)
+            denominator = emit("add", (emit("div", (emit("sqrt", (v,)), root_bc2)),
+                                       work_const(spec.eps)))
+            delta = emit("mul", (lr_over_bc1, emit("div", (m, denominator))))
         if weight_decay and spec.kind in ("sgd", "adamw"):
-            delta = emit("add", (delta, emit("mul", (emit("mul", (lr, const(weight_decay))),
-                                                     weight))))
+            decay = emit("mul", (work_lr, work_const(weight_decay)))
+            delta = emit("add", (delta, emit("mul", (decay, work_weight))))
         if lr_scale != 1.0:  # the whole step scales with the lr, decoupled decay included
-            delta = emit("mul", (const(lr_scale), delta))
-        updated = next_value("sub", (weight, delta), weight, f"{name}.next")
+            delta = emit("mul", (work_const(lr_scale), delta))
+        if work == weight.type.dtype:
+            updated = next_value("sub", (weight, delta), weight, f"{name}.next")
+        else:  # rounded to the param's own dtype once, from its update computed in `work`
+            updated = next_value("cast", (emit("sub", (work_weight, delta)),), weight,
+                                 f"{name}.next", {"dtype": weight.type.dtype})
         outputs.append(updated)
         interface.params[name] = updated.name
         for slot, value in new_state.items():
