@@ -250,29 +250,29 @@ def _shift(em, node, out, x, shift):
     """BitShift where the amount lies in [0, bits), which is all that ONNX defines before
     opset 28; elsewhere the whole width shifted out: 0, or -1 for a negative x shifted right.
     BitShift takes unsigned integers only before opset 28: a signed x is shifted as its
-    two's-complement bits, and a negative one shifted right as ~((~x) >> shift), which fills
-    with its sign bit."""
+    two's-complement bits, and a negative one shifted right as ~(~x >> shift), which fills
+    with its sign bit (~ as a xor with the all-ones mask of the negatives)."""
     dtype = _dtype(node)
     zero = em.scalar(0, dtype)
     outside = em.add("Or", [em.add("Less", [shift, zero]), em.add(
         "GreaterOrEqual", [shift, em.scalar(numpy_dtype(dtype).itemsize * 8, dtype)])])
     within = em.add("Where", [outside, zero, shift])
-    signed, original = dtype.startswith("i"), x
-    if signed:
-        x, within = (em.add("Cast", [v], to=ONNX_DTYPES["u" + dtype[1:]]) for v in (x, within))
-    negative = None
-    if signed and node.op == "right_shift":
-        negative = em.add("Less", [original, zero])
-        x = em.add("Where", [negative, em.add("BitwiseNot", [x]), x])
     direction = "LEFT" if node.op == "left_shift" else "RIGHT"
-    shifted = em.add("BitShift", [x, within], direction=direction)
-    filled = zero
-    if negative is not None:
-        shifted = em.add("Where", [negative, em.add("BitwiseNot", [shifted]), shifted])
-        filled = em.add("Where", [negative, em.scalar(-1, dtype), zero])
-    if signed:
-        shifted = em.add("Cast", [shifted], to=ONNX_DTYPES[dtype])
-    em.add("Where", [outside, filled, shifted], out)
+    if not dtype.startswith("i"):
+        em.add("Where", [outside, zero, em.add("BitShift", [x, within], direction=direction)],
+               out)
+        return
+
+    def unsigned(value):
+        return em.add("Cast", [value], to=ONNX_DTYPES["u" + dtype[1:]])
+    filled, bits = zero, unsigned(x)
+    if node.op == "right_shift":
+        filled = em.add("Where", [em.add("Less", [x, zero]), em.scalar(-1, dtype), zero])
+        bits = em.add("BitwiseXor", [bits, unsigned(filled)])
+    shifted = em.add("BitShift", [bits, unsigned(within)], direction=direction)
+    if node.op == "right_shift":
+        shifted = em.add("BitwiseXor", [shifted, unsigned(filled)])
+    em.add("Where", [outside, filled, em.add("Cast", [shifted], to=ONNX_DTYPES[dtype])], out)
 
 
 @lowering("max", "min", "logsumexp")
