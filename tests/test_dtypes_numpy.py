@@ -118,6 +118,25 @@ def test_the_dtype_cases_cover_every_dtype_and_the_integer_ops():
     assert ("exp", "bf16") in covered and ("exp", "i32") not in covered
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ("onnxruntime",))
+@pytest.mark.parametrize("dtype", ["i8", "i32", "i64", "u16"])
+def test_floor_division_and_remainder_of_integers_are_pythons(dtype, backend):
+    model = chainrule.compile(source=f"""
+model divide(a: {dtype}[6], b: {dtype}[6]) {{
+    return a // b, a % b, int_div(a, b), int_mod(a, b, fmod=true)
+}}
+""")
+    signed = not dtype.startswith("u")
+    a = np.array([7, -7, 7, -7, 0, 9] if signed else [7, 8, 9, 0, 1, 250], numpy_dtype(dtype))
+    b = np.array([2, 2, -2, -2, 3, 3] if signed else [2, 3, 4, 5, 6, 7], numpy_dtype(dtype))
+    floor, remainder, truncated, fmod = model.run(a=a, b=b, backend=backend).values()
+    python = [(int(x) // int(y), int(x) % int(y)) for x, y in zip(a, b, strict=True)]
+    assert floor.tolist() == [q for q, _ in python] and floor.dtype == a.dtype
+    assert remainder.tolist() == [r for _, r in python]
+    assert truncated.tolist() == [int(int(x) / int(y)) for x, y in zip(a, b, strict=True)]
+    assert (truncated * b + fmod).tolist() == a.tolist()
+
+
 # ---- gradients in f16 and bf16 ------------------------------------------------------------------
 
 CONV_MODEL = """
