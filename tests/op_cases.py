@@ -56,6 +56,11 @@ def indices(shape, size):
     return Arg(shape, "i64", f"indices:{size}")
 
 
+def ints(shape, dtype, low, high):
+    """Integers of `dtype` drawn from [low, high)."""
+    return Arg(shape, dtype, f"ints:{low}:{high}")
+
+
 def window(starts, ends, axes, steps):
     return {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
 
@@ -174,6 +179,8 @@ CASES = [
     Case("cumsum", (F((3, 4)),), {"axis": 1}),
     Case("cumsum", (F((2, 3, 4)),), {"axis": -3}),
     Case("cumsum", (F((5,)),), {"axis": 0}),
+    Case("cumprod", (F((3, 4), domain="away_from_zero"),), {"axis": 1}),
+    Case("cumprod", (F((2, 3, 4), domain="away_from_zero"),), {"axis": -3}),
     # shape
     Case("reshape", (F((2, 3, 4)),), {"shape": (4, -1)}),
     Case("reshape", (F((2, 3, 4)),), {"shape": (0, -1)}),
@@ -365,6 +372,35 @@ def _fill(value, shape):
     return np.broadcast_to(value, shape)
 
 
+def _by_integer(function):
+    """function(a, b) on each pair of elements as Python ints, wrapped to a's dtype."""
+    def reference(a, b, **attrs):
+        bits = a.dtype.itemsize * 8
+        def wrapped(x, y):
+            value = function(int(x), int(y), bits, **attrs) % 2 ** bits
+            return value - 2 ** bits if a.dtype.kind == "i" and value >= 2 ** (bits - 1) \
+                else value
+        return np.vectorize(wrapped, otypes=[a.dtype])(a, b)
+    return reference
+
+
+def _truncated_quotient(x, y, bits):
+    quotient = abs(x) // abs(y)
+    return quotient if (x < 0) == (y < 0) else -quotient
+
+
+def _remainder(x, y, bits, fmod):
+    return x - y * _truncated_quotient(x, y, bits) if fmod else x % y
+
+
+def _shifted_left(x, shift, bits):
+    return x << shift if 0 <= shift < bits else 0
+
+
+def _shifted_right(x, shift, bits):  # Python's >> fills with the sign
+    return x >> shift if 0 <= shift < bits else (-1 if x < 0 else 0)
+
+
 REFERENCES = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda x: -x,
@@ -388,13 +424,17 @@ REFERENCES = {
     "equal": lambda a, b: a == b, "not_equal": lambda a, b: a != b,
     "logical_and": lambda a, b: a & b, "logical_or": lambda a, b: a | b,
     "logical_not": lambda x: ~x, "where": np.where,
-    "bitwise_and": lambda a, b: a & b, "bitwise_or": lambda a, b: a | b,
-    "bitwise_xor": lambda a, b: a ^ b, "bitwise_not": lambda x: ~x,
     "cast": lambda x, dtype, saturate: x.astype(numpy_dtype(dtype)),
     "sum": lambda x, axes, keepdims: x.sum(axis=_axes(axes), keepdims=keepdims),
     "mean": lambda x, axes, keepdims: x.mean(axis=_axes(axes), keepdims=keepdims),
     "prod": lambda x, axes, keepdims: np.multiply.reduce(x, axis=_axes(axes), keepdims=keepdims),
     "cumsum": lambda x, axis: np.add.accumulate(x, axis=axis),
+    "cumprod": lambda x, axis: np.multiply.accumulate(x, axis=axis, dtype=x.dtype),
+    "int_div": _by_integer(_truncated_quotient), "int_mod": _by_integer(_remainder),
+    "left_shift": _by_integer(_shifted_left), "right_shift": _by_integer(_shifted_right),
+    "bitwise_and": lambda a, b: a & b, "bitwise_or": lambda a, b: a | b,
+    "bitwise_xor": lambda a, b: a ^ b, "bitwise_not": lambda x: ~x,
+    "bitcast": lambda x, dtype: np.frombuffer(x.tobytes(), numpy_dtype(dtype)).reshape(x.shape),
     "max": lambda x, axes, keepdims: x.max(axis=_axes(axes), keepdims=keepdims),
     "min": lambda x, axes, keepdims: x.min(axis=_axes(axes), keepdims=keepdims),
     "logsumexp": lambda x, axes, keepdims: np.log(np.exp(x).sum(axis=_axes(axes),
@@ -436,6 +476,27 @@ FORWARD_CASES = [
     Case("floor", (Arg(()),)),
     Case("prod", (labels((3, 4), 5),), {"axes": (1,), "keepdims": False}),
     Case("cumsum", (labels((3, 4), 5),), {"axis": 0}),
+    Case("cumprod", (ints((3, 4), "i32", -3, 4),), {"axis": 0}),
+    # integer ops: divisors of both signs, shifts past the width and below 0
+    Case("int_div", (ints((3, 4), "i32", -20, 20), ints((4,), "i32", 1, 6))),
+    Case("int_div", (ints((3, 4), "i8", -20, 20), ints((3, 1), "i8", -6, -1))),
+    Case("int_div", (ints((3, 4), "u8", 0, 250), ints((4,), "u8", 1, 9))),
+    Case("int_mod", (ints((3, 4), "i32", -20, 20), ints((4,), "i32", -6, -1))),
+    Case("int_mod", (ints((3, 4), "i64", -20, 20), ints((3, 1), "i64", 1, 6)), {"fmod": True}),
+    Case("int_mod", (ints((3, 4), "i16", -20, 20), ints((4,), "i16", -6, -1)), {"fmod": True}),
+    Case("bitwise_and", (ints((3, 4), "u8", 0, 256), ints((4,), "u8", 0, 256))),
+    Case("bitwise_or", (ints((3, 4), "i32", -99, 99), ints((3, 1), "i32", -99, 99))),
+    Case("bitwise_xor", (ints((2, 3), "i64", -99, 99), ints((2, 3), "i64", -99, 99))),
+    Case("bitwise_not", (ints((2, 3), "i32", -99, 99),)),
+    Case("left_shift", (ints((3, 4), "u8", 0, 256), ints((4,), "u8", 0, 10))),
+    Case("left_shift", (ints((3, 4), "i32", -99, 99), ints((3, 4), "i32", -2, 34))),
+    Case("right_shift", (ints((3, 4), "u8", 0, 256), ints((4,), "u8", 0, 10))),
+    Case("right_shift", (ints((3, 4), "i32", -99, 99), ints((3, 4), "i32", -2, 34))),
+    Case("bitcast", (ints((2, 3), "i32", -99, 99),), {"dtype": "u32"}),
+    Case("bitcast", (Arg((2, 3), "bool", "bool"),), {"dtype": "u8"}),
+    # max pooling of integers pads with the dtype's least value
+    Case("max_pool", (ints((1, 2, 5, 5), "u8", 0, 256),), pool_window((3, 3), (2, 2), (1, 1, 1, 1))),
+    Case("max_pool", (ints((1, 1, 4, 4), "i8", -99, 0),), pool_window((2, 2), (2, 2), (1, 1, 1, 1))),
     Case("stop_gradient", (Arg((3, 4)),)),
     Case("stop_gradient", (labels((2, 3), 5),)),
     Case("logical_and", (Arg((3, 4), "bool", "bool"), Arg((4,), "bool", "bool"))),
@@ -503,6 +564,9 @@ def draw(arg: Arg, rng: np.random.Generator) -> np.ndarray:
         return rng.random(arg.shape) < 0.5
     if arg.domain.startswith("labels:"):
         return rng.integers(0, int(arg.domain.split(":")[1]), arg.shape)
+    if arg.domain.startswith("ints:"):
+        low, high = (int(bound) for bound in arg.domain.split(":")[1:])
+        return rng.integers(low, high, arg.shape).astype(numpy_dtype(arg.dtype))
     if arg.domain.startswith("indices:"):
         size = int(arg.domain.split(":")[1])
         return rng.integers(-size, size, arg.shape)

@@ -19,7 +19,7 @@ from chainrule.ir import dims
 from chainrule.ir.dsl_printer import dsl_names, print_dsl
 from chainrule.ir.shapes import TO_END, TO_START
 from chainrule.passes.manager import run_passes
-from op_cases import CASES, Arg, Case, F, draw, labels, pool_window
+from op_cases import CASES, Arg, Case, F, draw, ints, labels, pool_window
 from support.graphs import structure
 from support.paths import EXAMPLES, ROOT
 
@@ -168,6 +168,16 @@ EXTRA_CASES = [
     Case("avg_pool", (F((2, 3, 8)),), pool_window((2,), (2,))),
     Case("pad", (F((2, 3, 4, 4)),), {"pads": (0, 0, 1, 2, 0, 0, 3, 0), "value": -math.inf}),
     Case("pad", (F((2, 3)),), {"pads": (0, 0, 0, 0), "value": 1.5}),
+    # integer ops
+    Case("int_div", (ints((2, 3), "i32", -9, 9), ints((3,), "i32", 1, 4))),
+    Case("int_mod", (ints((2, 3), "i32", -9, 9), ints((3,), "i32", 1, 4)), {"fmod": True}),
+    Case("bitwise_and", (ints((2, 3), "u8", 0, 256), ints((2, 3), "u8", 0, 256))),
+    Case("bitwise_or", (ints((2, 3), "i64", -9, 9), ints((3,), "i64", -9, 9))),
+    Case("bitwise_xor", (ints((2, 3), "i16", -9, 9), ints((2, 3), "i16", -9, 9))),
+    Case("bitwise_not", (ints((2, 3), "u16", 0, 99),)),
+    Case("left_shift", (ints((2, 3), "u8", 0, 256), ints((2, 3), "u8", 0, 9))),
+    Case("right_shift", (ints((2, 3), "i32", -99, 99), ints((3,), "i32", 0, 33))),
+    Case("bitcast", (F((2, 3)),), {"dtype": "i64"}),
 ]
 ALL_CASES = [case for case in CASES + EXTRA_CASES if case.op in OPS and case.op not in FUSED]
 

@@ -18,7 +18,7 @@ import math
 import os
 
 from ..ir import OPS, Node, Value
-from ..ir.types import UNKNOWN
+from ..ir.types import INT_DTYPES, NUMPY_NAMES, UNKNOWN
 
 # Measured on the 2-core machine (README, Performance): a kernel beats numpy's calls from about
 # a thousand elements on, one thread beats two below about 65,000. Below the first, a kernel's
@@ -26,7 +26,10 @@ from ..ir.types import UNKNOWN
 KERNEL_MIN_ELEMENTS = 1024
 PARALLEL_MIN_ELEMENTS = 65536
 
-_TYPES = {"f32": "np.float32", "f64": "np.float64", "i64": "np.int64", "bool": "np.bool_"}
+# The dtypes a kernel takes: numba has no bfloat16, and computes float16 through float32 where
+# numpy rounds each op's result to float16, so groups of those stay with numpy.
+_TYPES = {"f32": "np.float32", "f64": "np.float64", "bool": "np.bool_",
+          **{dtype: f"np.{NUMPY_NAMES[dtype]}" for dtype in INT_DTYPES}}
 
 
 def numba_installed() -> bool:
@@ -86,6 +89,8 @@ def kernel_source(group: tuple[Node, ...]) -> tuple[str, list[Value]] | None:
     out_shape = group[-1].output.type.shape
     if any(op.op not in SCALAR_CODE for op in group) or out_shape.count(UNKNOWN):
         return None
+    if any(v.type.dtype not in _TYPES for v in operands + [node.output for node in group]):
+        return None  # the scalar code is written for these dtypes alone
     if not out_shape:
         return None  # one element: no loop to fuse
     if not any(v.type.shape == out_shape for v in operands):

@@ -18,11 +18,11 @@ import numpy as np
 from ..ir import OPS, Graph, Node, Value, dims, get_op
 from ..ir.gcpause import gc_paused
 from ..ir.symbols import attr_symbols, check_bound, dim_attrs, symbol_sources
-from ..ir.types import UNKNOWN, numpy_dtype
+from ..ir.types import ML_DTYPES, UNKNOWN, numpy_dtype
 from . import fused_kernels
 from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
-from .numpy_kernels import KERNELS
+from .numpy_kernels import KERNELS, in_dtype
 from .numpy_scan import StepError, scan_loop
 
 # Ops numpy computes with a ufunc, called as np.<ufunc>(inputs..., out=buffer) when in place.
@@ -306,9 +306,9 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
         emit(f"    if {names[group.sized_by]}.size >= {fused_kernels.KERNEL_MIN_ELEMENTS}:",
              result)
         indent = "        "
-    dtype = numpy_dtype(result.output.type.dtype).name
     buffer = (names[group.out] if group.out is not None
-              else f"np.empty({names[group.sized_by]}.shape, np.{dtype})")
+              else f"np.empty({names[group.sized_by]}.shape, "
+                   f"DTYPES[{result.output.type.dtype!r}])")
     args = ", ".join([names[v] for v in group.operands] + [buffer])
     members = ", ".join(f"%{node.output.name}" for node in group.nodes[:-1])
     comment = f"  # %{result.output.name}" + (f" (fused: {members})" if members else " (fused)")
@@ -346,6 +346,11 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
         if index in plan.checked:
             keywords.append("checked=True")
         call = f"K_{node.op}({', '.join(args + keywords)})"
+    dtype = node.output.type.dtype
+    if dtype in ML_DTYPES and node.op not in UFUNCS:
+        # A kernel's Python scalars meeting bfloat16 give float32 (numpy 2.0, ml_dtypes 0.5):
+        # cast back, as the interpreter does.
+        call = f"IN_DTYPE({call}, DTYPES[{dtype!r}])"
     comment = f"  # %{node.output.name}" + (" (in place)" if reused is not None else "")
     emit(f"{indent}{out} = {call}{comment}", node)
     dead = [names[v] for v in plan.frees.get(index, []) if v is not plan.in_place.get(index)
@@ -475,6 +480,9 @@ def compile_graph(graph: Graph, donate_params: bool = False,
                            if node.op == "scan"}}
     namespace.update((f"K_{op}", kernel) for op, kernel in KERNELS.items())
     namespace.update((group.kernel.name, group.kernel) for group in plan.fused.values())
+    # By chainrule's names: bfloat16 and the narrow dtypes are ml_dtypes', not attributes of np.
+    namespace["DTYPES"] = {v.type.dtype: numpy_dtype(v.type.dtype) for v in graph.values()}
+    namespace["IN_DTYPE"] = in_dtype
     for index, node in enumerate(graph.nodes):
         if node.op == "constant":
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)

@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..ir import grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
-from ..ir.types import cast_array, numpy_dtype
+from ..ir.types import cast_array, dtype_of_numpy, is_float, numpy_dtype
 from . import erf_approximation as cody
 
 KERNELS, kernel = rule_table()
@@ -27,8 +27,11 @@ def _axes(axes):
 
 
 def _reduction(reduce):
+    # dtype=: numpy sums and multiplies integers narrower than 64 bits in (u)int64 and means
+    # them in float64; the op's result, as ONNX's, keeps the operand's dtype (a mean of
+    # integers truncates).
     def kernel(x, axes, keepdims):
-        return reduce(x, axis=_axes(axes), keepdims=keepdims)
+        return reduce(x, axis=_axes(axes), keepdims=keepdims, dtype=x.dtype)
     return kernel
 
 
@@ -38,6 +41,12 @@ def _from_numpy(op: OpDef):
     are)."""
     function = getattr(np, op.numpy)
     return _reduction(function) if "axes" in op.attrs else function
+
+
+def in_dtype(result, dtype):
+    """result in `dtype`: numpy multiplies bfloat16 matrices in float32 and returns that, and
+    with numpy 2.0 a Python scalar meeting a bfloat16 array makes float32 too."""
+    return result if result.dtype == dtype else result.astype(dtype)
 
 
 @kernel("relu")
@@ -151,6 +160,57 @@ def _arange(n):
     return np.arange(n, dtype=np.int64)
 
 
+@kernel("cumsum")
+def _cumsum(x, axis):
+    return np.cumsum(x, axis=axis, dtype=x.dtype)  # numpy's own widens narrow integers
+
+
+@kernel("cumprod")
+def _cumprod(x, axis):
+    return np.cumprod(x, axis=axis, dtype=x.dtype)
+
+
+@kernel("int_div")
+def _int_div(a, b):
+    """a / b truncated toward zero: numpy's floor division, one up where the signs differ and
+    a remainder is left. A division by 0 gives 0."""
+    quotient = np.floor_divide(a, b)
+    if a.dtype.kind == "i":
+        quotient += (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+    return quotient
+
+
+@kernel("int_mod")
+def _int_mod(a, b, fmod):
+    return np.fmod(a, b) if fmod else np.remainder(a, b)
+
+
+def _shift(shift_within_width, filled):
+    """A shift whose amounts outside [0, bits) give `filled(x)`, the whole width shifted out."""
+    def kernel(x, shift):
+        outside = (shift < 0) | (shift >= x.dtype.itemsize * 8)
+        within = shift_within_width(x, np.where(outside, 0, shift).astype(x.dtype))
+        return np.where(outside, filled(x), within)
+    return kernel
+
+
+KERNELS["left_shift"] = _shift(np.left_shift, lambda x: x.dtype.type(0))
+# Arithmetic: a negative number shifted out is -1 (by the width less one, its sign bit).
+KERNELS["right_shift"] = _shift(
+    np.right_shift, lambda x: np.right_shift(x, x.dtype.itemsize * 8 - 1) if x.dtype.kind == "i"
+    else x.dtype.type(0))
+
+
+@kernel("bitcast")
+def _bitcast(x, dtype):
+    return x.view(numpy_dtype(dtype))
+
+
+@kernel("matmul")
+def _matmul(a, b):
+    return in_dtype(np.matmul(a, b), a.dtype)
+
+
 @kernel("transpose")
 def _transpose(x, perm):
     return np.transpose(x, perm)
@@ -158,11 +218,16 @@ def _transpose(x, perm):
 
 def _lowest(dtype):
     """What max gives over nothing, as ONNX's ReduceMax: -inf, or an int dtype's least value."""
-    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+    return -np.inf if _is_float(dtype) else np.iinfo(dtype).min
 
 
 def _highest(dtype):
-    return np.inf if dtype.kind == "f" else np.iinfo(dtype).max
+    return np.inf if _is_float(dtype) else np.iinfo(dtype).max
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    # ml_dtypes' bfloat16 is of numpy's kind "V", not "f".
+    return is_float(dtype_of_numpy(dtype))
 
 
 @kernel("max")
@@ -475,7 +540,7 @@ def _fold(taps, padded_shape, strides, dilations):
 @kernel("conv")
 def _conv(x, w, strides, pads, dilations, groups):
     columns = _columns(_batch_last(x, pads), w.shape[2:], strides, dilations, groups)
-    y = np.matmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
+    y = _matmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
     out = conv_output_shape(x.shape, w.shape, strides, pads, dilations)
     return _batch_first(y.reshape((w.shape[0],) + out + x.shape[:1]))
 
@@ -484,7 +549,7 @@ def _conv(x, w, strides, pads, dilations, groups):
 def _conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
     rank, kernel, channels = w.ndim - 2, w.shape[2:], w.shape[1] * groups
     weights = w.reshape(groups, w.shape[0] // groups, -1).transpose(0, 2, 1)
-    columns = np.matmul(weights, _batch_last(x).reshape(groups, w.shape[0] // groups, -1))
+    columns = _matmul(weights, _batch_last(x).reshape(groups, w.shape[0] // groups, -1))
     taps = np.moveaxis(columns.reshape((channels,) + kernel + x.shape[2:] + x.shape[:1]),
                        range(1, 1 + rank), range(rank))  # [*kernel, channels, *x's, N]
     full = tuple((n - 1) * s + d * (k - 1) + 1 + e for n, s, d, k, e in zip(
@@ -498,7 +563,7 @@ def _conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
 def _conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
     columns = _columns(_batch_last(x, pads), kernel, strides, dilations, groups)
     grads = _batch_last(g).reshape(groups, g.shape[1] // groups, -1)
-    grad = np.matmul(grads, columns.transpose(0, 2, 1))
+    grad = _matmul(grads, columns.transpose(0, 2, 1))
     return grad.reshape((g.shape[1], x.shape[1] // groups) + tuple(kernel))
 
 
@@ -523,7 +588,7 @@ def _pool_taps(x, kernel, strides, pads, ceil_mode, value):
 
 @kernel("max_pool")
 def _max_pool(x, kernel, strides, pads, ceil_mode):
-    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, -np.inf)
+    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, _lowest(x.dtype))
     return _batch_first(_reduce_taps(np.maximum, taps))
 
 
@@ -642,7 +707,7 @@ def _sum_squares(x):
 
 @kernel("gemm")
 def _gemm(a, b, trans_a, trans_b):
-    return np.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    return _matmul(a.T if trans_a else a, b.T if trans_b else b)
 
 
 @kernel("gemm_acc")
@@ -654,13 +719,13 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
     faster on this project's machine: it reads c inside the product's kernel instead.)"""
     a, b = (a.T if trans_a else a), (b.T if trans_b else b)
     if alpha == 1:
-        product = np.matmul(a, b)
+        product = _matmul(a, b)
     elif a.size < c.size and a.size <= b.size:  # c has the product's shape
-        product = np.matmul(a * alpha, b)
+        product = _matmul(a * alpha, b)
     elif b.size < c.size:
-        product = np.matmul(a, b * alpha)
+        product = _matmul(a, b * alpha)
     else:
-        product = np.matmul(a, b)
+        product = _matmul(a, b)
         product *= alpha
     if not overwrite:
         return np.add(c if beta == 1 else c * beta, product, out=product)

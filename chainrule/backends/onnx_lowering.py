@@ -22,7 +22,8 @@ from ..ir import ChainruleError, Graph, GraphBuilder, compositions, dims, grid_s
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, rule_table
 from ..ir.shapes import (TO_END, broadcast_shapes, conv_output_dim, normalize_axes, pool_end_pad,
                          pool_window_sizes)
-from ..ir.types import ONNX_DTYPES, SATURATING_DTYPES, int_range, is_float, numpy_dtype
+from ..ir.types import (ONNX_DTYPES, SATURATING_DTYPES, int_range, is_float, is_int,
+                        numpy_dtype)
 from . import erf_approximation as cody
 
 LOWERINGS, lowering = rule_table()
@@ -350,6 +351,77 @@ def _prod(em, node, out, x):
 @lowering("cumsum")
 def _cumsum(em, node, out, x):
     em.add("CumSum", [x, em.ints(node.attrs["axis"], "axis")], out)
+
+
+# ONNX's CumProd and BitCast came with opset 26.
+CUMPROD_SINCE = BITCAST_SINCE = 26
+
+
+@lowering("cumprod")
+def _cumprod(em, node, out, x):
+    """CumProd, or before opset 26 the running products written out, one Mul per element
+    along an axis of known length."""
+    axis = node.attrs["axis"]
+    if em.opset >= CUMPROD_SINCE:
+        em.add("CumProd", [x, em.ints(axis, "axis")], out)
+        return
+    length = node.inputs[0].type.shape[axis]
+    if not isinstance(length, int) or length == 0:
+        raise ChainruleError(f"cumprod along an axis of size {length} needs ONNX's CumProd, "
+                             f"opset {CUMPROD_SINCE} or newer, not {em.opset}", node.loc)
+    running = [em.add("Slice", [x, em.ints([0]), em.ints([1]), em.ints([axis])])]
+    for index in range(1, length):
+        element = em.add("Slice", [x, em.ints([index]), em.ints([index + 1]), em.ints([axis])])
+        running.append(em.add("Mul", [running[-1], element]))
+    em.add("Concat", running, out, axis=axis)
+
+
+@lowering("bitcast")
+def _bitcast(em, node, out, x):
+    dtype = node.attrs["dtype"]
+    if em.opset < BITCAST_SINCE and is_int(dtype) and not is_float(node.inputs[0].type.dtype):
+        # Between integers (and bools) of one width, Cast wraps around: the bits stay.
+        em.add("Cast", [x], out, to=ONNX_DTYPES[dtype])
+        return
+    if em.opset < BITCAST_SINCE:  # no composition of older ops reads a float's bits
+        raise ChainruleError(f"the ONNX form of bitcast (BitCast) needs opset {BITCAST_SINCE} "
+                             f"or newer, not {em.opset}", node.loc)
+    em.add("BitCast", [x], out, to=ONNX_DTYPES[node.attrs["dtype"]])
+
+
+@lowering("int_mod")
+def _int_mod(em, node, out, a, b):
+    em.add("Mod", [a, b], out, fmod=int(node.attrs["fmod"]))
+
+
+@lowering("left_shift", "right_shift")
+def _shift(em, node, out, x, shift):
+    """BitShift where the amount lies in [0, bits), which is all that ONNX defines before
+    opset 28; elsewhere the whole width shifted out: 0, or -1 for a negative x shifted right.
+    BitShift takes unsigned integers only before opset 28: a signed x is shifted as its
+    two's-complement bits, and a negative one shifted right as ~(~x >> shift), which fills
+    with its sign bit (~ as a xor with the all-ones mask of the negatives)."""
+    dtype = _dtype(node)
+    zero = em.scalar(0, dtype)
+    outside = em.add("Or", [em.add("Less", [shift, zero]), em.add(
+        "GreaterOrEqual", [shift, em.scalar(numpy_dtype(dtype).itemsize * 8, dtype)])])
+    within = em.add("Where", [outside, zero, shift])
+    direction = "LEFT" if node.op == "left_shift" else "RIGHT"
+    if not dtype.startswith("i"):
+        em.add("Where", [outside, zero, em.add("BitShift", [x, within], direction=direction)],
+               out)
+        return
+
+    def unsigned(value):
+        return em.add("Cast", [value], to=ONNX_DTYPES["u" + dtype[1:]])
+    filled, bits = zero, unsigned(x)
+    if node.op == "right_shift":
+        filled = em.add("Where", [em.add("Less", [x, zero]), em.scalar(-1, dtype), zero])
+        bits = em.add("BitwiseXor", [bits, unsigned(filled)])
+    shifted = em.add("BitShift", [bits, unsigned(within)], direction=direction)
+    if node.op == "right_shift":
+        shifted = em.add("BitwiseXor", [shifted, unsigned(filled)])
+    em.add("Where", [outside, filled, em.add("Cast", [shifted], to=ONNX_DTYPES[dtype])], out)
 
 
 @lowering("max", "min", "logsumexp")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .shapes import TO_END, TO_START, shapes_may_equal
-from .types import is_float
+from .types import is_float, is_int
 
 
 def cross_entropy(ops, logits, labels):
@@ -82,10 +82,10 @@ def triangle(ops, x, k, upper):
     return ops.emit("where", keep, x, ops.constant(0, x))
 
 
-def _require_float(ops, x, what):
+def _require_numeric(ops, x, what):
     if not is_float(x.type.dtype):
-        ops.error(f"{what} of {x.type.dtype} tensors: chainrule divides floats only (cast them "
-                  f"with f32(...) or f64(...))")
+        ops.error(f"{what} of {x.type.dtype} tensors: chainrule divides numbers only (cast them "
+                  f"with f32(...) or i64(...))")
 
 
 def ceil(ops, x):
@@ -106,15 +106,21 @@ def round_half_even(ops, x):
 
 
 def floor_divide(ops, x, y):
-    """Python's x // y on floats: floor(x / y)."""
-    _require_float(ops, x, "//")
+    """Python's x // y: floor(x / y) on floats; on integers (x − x % y) / y, which divides
+    exactly, so int_div's truncation cannot round it."""
+    if is_int(x.type.dtype):
+        return ops.emit("int_div", ops.emit("sub", x, ops.emit("int_mod", x, y)), y)
+    _require_numeric(ops, x, "//")
     return ops.emit("floor", ops.emit("div", x, y))
 
 
 def remainder(ops, x, y, truncated=False):
-    """Python's x % y on floats, x − floor(x / y)·y, which has y's sign; truncated, C's fmod,
-    x − trunc(x / y)·y, which has x's. Exact but for the rounding of the product."""
-    _require_float(ops, x, "fmod" if truncated else "%")
+    """Python's x % y, x − floor(x / y)·y, which has y's sign; truncated, C's fmod,
+    x − trunc(x / y)·y, which has x's. The int_mod op on integers; on floats composed, exact
+    but for the rounding of the product."""
+    if is_int(x.type.dtype):
+        return ops.emit("int_mod", x, y, fmod=truncated)
+    _require_numeric(ops, x, "fmod" if truncated else "%")
     quotient = ops.emit("div", x, y)
     if truncated:
         below_zero = ops.emit("less", quotient, ops.constant(0.0, x))

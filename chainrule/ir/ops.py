@@ -35,7 +35,7 @@ from .shapes import (OpTypeError, broadcast_shapes, broadcast_to_shape, check_wi
                      require_same_size, reshaped_shape, shapes_may_equal, sliced_shape,
                      taken_shape)
 from .types import (DTYPES, NARROW_INT_DTYPES, UNKNOWN, TensorType, int_range, int_range_text,
-                    is_float, is_int, is_numeric, scalar, with_article)
+                    is_float, is_int, is_numeric, numpy_dtype, scalar, with_article)
 
 REQUIRED = object()
 
@@ -222,19 +222,25 @@ def _require_numeric(op, t):
         raise OpTypeError(f"{op} needs a numeric operand, got {t}")
 
 
-def _require_bool(op, t):
-    if t.dtype != "bool":
-        raise OpTypeError(f"{op} needs a bool operand, got {t}")
-
-
 def _require_int(op, t):
     if not is_int(t.dtype):
         raise OpTypeError(f"{op} needs an integer operand, got {t}")
 
 
+def _require_float_or_byte(op, t):
+    if not (is_float(t.dtype) or t.dtype in ("i8", "u8")):
+        raise OpTypeError(f"{op} needs a float or an 8-bit integer operand, got {t}")
+
+
+def _require_bool(op, t):
+    if t.dtype != "bool":
+        raise OpTypeError(f"{op} needs a bool operand, got {t}")
+
+
 # What each elementwise op accepts: the check run on its (first) operand.
-OPERAND_CHECKS = {"float": _require_float, "numeric": _require_numeric, "bool": _require_bool,
-                  "integer": _require_int, "any": lambda op, t: None}
+OPERAND_CHECKS = {"float": _require_float, "numeric": _require_numeric, "int": _require_int,
+                  "float_or_byte": _require_float_or_byte, "bool": _require_bool,
+                  "any": lambda op, t: None}
 
 
 def _unary(op, operands="float"):
@@ -245,7 +251,7 @@ def _unary(op, operands="float"):
 
 
 def _binary(op, result_dtype=None, operands="numeric"):
-    def infer(a, b):
+    def infer(a, b, **attrs):  # attrs such as int_mod's fmod do not change the type
         dtype = _same_dtype(op, a, b)
         OPERAND_CHECKS[operands](op, a)
         return TensorType(result_dtype or dtype, broadcast_shapes(a.shape, b.shape))
@@ -279,6 +285,29 @@ def _infer_cumsum(x, axis):
     _require_numeric("cumsum", x)
     normalize_axis(axis, x.rank)
     return x
+
+
+def _infer_cumprod(x, axis):
+    _require_numeric("cumprod", x)
+    normalize_axis(axis, x.rank)
+    return x
+
+
+# The bits of the dtypes numpy holds in fewer bits than a byte's (ml_dtypes keeps one per byte).
+SUB_BYTE_BITS = {"i4": 4, "u4": 4, "f4e2m1": 4, "i2": 2, "u2": 2}
+
+
+def _infer_bitcast(x, dtype):
+    """x's bits read as `dtype`, which must be as wide (ONNX's BitCast)."""
+    for side in (x.dtype, dtype):
+        if side in SUB_BYTE_BITS:
+            raise OpTypeError(f"bitcast of {x} to {dtype}: {side} packs {SUB_BYTE_BITS[side]}-bit"
+                              f" elements, which chainrule holds one per byte")
+    if numpy_dtype(x.dtype).itemsize != numpy_dtype(dtype).itemsize:
+        raise OpTypeError(f"bitcast of {x} to {dtype}: the dtypes differ in width "
+                          f"({numpy_dtype(x.dtype).itemsize * 8} and "
+                          f"{numpy_dtype(dtype).itemsize * 8} bits)")
+    return x.with_dtype(dtype)
 
 
 def _infer_clip(x, lo, hi):
@@ -615,6 +644,27 @@ register("minimum", 2, _binary("minimum"), traits=("elementwise",), numpy="minim
 # Division is of floats: numpy's and ONNX's integer divisions disagree (true vs truncating).
 register("div", 2, _binary("div", operands="float"), traits=("elementwise",), numpy="divide",
          onnx="Div", scalar="({0} / {1})")
+# Integer division truncates toward zero, as C's and ONNX's Div do (numpy's // floors); int_mod
+# is its remainder with fmod (the dividend's sign), else Python's % (the divisor's: ONNX's Mod
+# with fmod=0). Integers carry no gradient.
+INTEGER_ELEMENTWISE = ("elementwise", "nondifferentiable")
+register("int_div", 2, _binary("int_div", operands="int"), traits=INTEGER_ELEMENTWISE,
+         onnx="Div")
+register("int_mod", 2, _binary("int_mod", operands="int"), {"fmod": AttrSpec("bool", False)},
+         traits=INTEGER_ELEMENTWISE)
+for _name, _numpy, _onnx, _symbol in [("bitwise_and", "bitwise_and", "BitwiseAnd", "&"),
+                                      ("bitwise_or", "bitwise_or", "BitwiseOr", "|"),
+                                      ("bitwise_xor", "bitwise_xor", "BitwiseXor", "^")]:
+    register(_name, 2, _binary(_name, operands="int"), traits=INTEGER_ELEMENTWISE,
+             numpy=_numpy, onnx=_onnx, scalar=f"({{0}} {_symbol} {{1}})")
+register("bitwise_not", 1, _unary("bitwise_not", "int"), traits=INTEGER_ELEMENTWISE,
+         numpy="invert", onnx="BitwiseNot", scalar="(~{0})")
+# A shift by a negative amount or by the width or more gives the full shift: 0, or for a right
+# shift of a negative number -1 (ONNX's BitShift from opset 28; a right shift is arithmetic).
+register("left_shift", 2, _binary("left_shift", operands="int"), traits=INTEGER_ELEMENTWISE,
+         operands=("x", "shift"))
+register("right_shift", 2, _binary("right_shift", operands="int"), traits=INTEGER_ELEMENTWISE,
+         operands=("x", "shift"))
 # The comparisons are operators in the DSL (a < b); ONNX has no NotEqual.
 for _name, _onnx, _symbol in [("less", "Less", "<"), ("less_equal", "LessOrEqual", "<="),
                               ("greater", "Greater", ">"),
@@ -630,13 +680,6 @@ for _name, _onnx, _word in [("logical_and", "And", "and"), ("logical_or", "Or", 
 register("logical_not", 1, _unary("logical_not", "bool"),
          traits=("elementwise", "nondifferentiable"), numpy="logical_not", onnx="Not",
          scalar="(not {0})")
-# The same logic on each bit of integers (ONNX's BitwiseAnd and friends, opset 18).
-for _name, _onnx in [("bitwise_and", "BitwiseAnd"), ("bitwise_or", "BitwiseOr"),
-                    ("bitwise_xor", "BitwiseXor")]:
-    register(_name, 2, _binary(_name, operands="integer"),
-             traits=("elementwise", "nondifferentiable"), numpy=_name, onnx=_onnx)
-register("bitwise_not", 1, _unary("bitwise_not", "integer"),
-         traits=("elementwise", "nondifferentiable"), numpy="invert", onnx="BitwiseNot")
 register("where", 3, _infer_where, traits=FRESH_ELEMENTWISE, operands=("cond", "a", "b"),
          numpy="where", onnx="Where", scalar="({1} if {0} else {2})")
 # A quantization and its dequantization in one: (clip(round(x / scale) + zero_point, lo, hi)
@@ -649,6 +692,9 @@ register("fake_quantize", 3, _infer_fake_quantize, {"lo": AttrSpec("float"),
 # finite one become it, where saturate=false makes them inf or NaN.
 register("cast", 1, _infer_cast, {"dtype": AttrSpec("dtype"), "saturate": AttrSpec("bool", True)},
          traits=FRESH_ELEMENTWISE)
+# Not "fresh_result": numpy's result is a view of x's buffer.
+register("bitcast", 1, _infer_bitcast, {"dtype": AttrSpec("dtype")},
+         traits=("elementwise", "nondifferentiable"))
 register("constant", 0, _infer_constant,
          {"value": AttrSpec("float"), "dtype": AttrSpec("dtype")},
          traits=("constant", "nondifferentiable"),  # no inputs, so nothing to differentiate
@@ -674,8 +720,8 @@ register("max", 1, _reduction("max"), AXES, traits=REDUCE)
 register("min", 1, _reduction("min"), AXES, traits=REDUCE)
 register("logsumexp", 1, _reduction("logsumexp", "float"), AXES, traits=("reduction",))
 register("prod", 1, _reduction("prod"), AXES, traits=REDUCE, numpy="prod")
-register("cumsum", 1, _infer_cumsum, {"axis": AttrSpec("int")}, traits=("fresh_result",),
-         numpy="cumsum")
+register("cumsum", 1, _infer_cumsum, {"axis": AttrSpec("int")}, traits=("fresh_result",))
+register("cumprod", 1, _infer_cumprod, {"axis": AttrSpec("int")}, traits=("fresh_result",))
 for _name in ("argmax", "argmin"):
     register(_name, 1, _index_reduction(_name),
              {"axis": AttrSpec("int"), "keepdims": AttrSpec("bool", False)},
@@ -698,7 +744,7 @@ CLASS_LABELS = IndexOperand(1, lambda types, attrs: types[0].shape[-1],
                             described="cross_entropy over {size} classes")
 AXES_SPELLED_AXIS = {"axes": AttrSpec("ints", dsl_name="axis")}
 
-register("matmul", 2, _infer_matmul, traits=("linear",), numpy="matmul", onnx="MatMul")
+register("matmul", 2, _infer_matmul, traits=("linear",), onnx="MatMul")
 # onnxruntime's Det is float32 only: float64 exports eliminate (compositions.determinant).
 register("det", 1, _infer_det, traits=("fresh_result",), onnx="Det")
 register("transpose", 1, _infer_transpose, {"perm": AttrSpec("ints")}, traits=("linear",))
@@ -750,10 +796,10 @@ register("one_hot", 1, _infer_one_hot,
 SPATIAL_NAMES = {1: "length", 2: "height, width", 3: "depth, height, width"}
 
 
-def _spatial_operand(op, x, rank):
-    """x as a convolution or pooling takes it: float [batch, channels, *spatial], with numbers
-    for every dim but the batch."""
-    _require_float(op, x)
+def _spatial_operand(op, x, rank, operands="float"):
+    """x as a convolution or pooling takes it: float (max pooling: or 8-bit integers) [batch,
+    channels, *spatial], with numbers for every dim but the batch."""
+    OPERAND_CHECKS[operands](op, x)
     if x.rank != rank + 2:
         layout = SPATIAL_NAMES.get(rank, f"{rank} spatial dims")
         raise OpTypeError(f"{op} over {rank} spatial axes takes [batch, channels, {layout}], "
@@ -856,11 +902,11 @@ def _infer_conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
     return x.with_shape((g.shape[1], x.shape[1] // groups) + tuple(kernel))
 
 
-def _pool_shape(op, x, kernel, strides, pads, ceil_mode):
+def _pool_shape(op, x, kernel, strides, pads, ceil_mode, operands="float"):
     rank = len(kernel)
     if rank < 1:
         raise OpTypeError(f"{op} needs a kernel size per spatial axis, got none")
-    _spatial_operand(op, x, rank)
+    _spatial_operand(op, x, rank, operands)
     check_window_attrs(op, rank, strides, pads, kernel=kernel)
     if any(2 * p > k for p, k in zip(pads, kernel + kernel, strict=True)):
         raise OpTypeError(f"{op}'s pads must be at most half the kernel size, so that every "
@@ -878,9 +924,9 @@ def _pool_shape(op, x, kernel, strides, pads, ceil_mode):
     return x.shape[:2] + tuple(spatial)
 
 
-def _pool(op):
+def _pool(op, operands="float"):
     def infer(x, kernel, strides, pads, ceil_mode, **divisor):  # avg_pool's count_include_pad
-        return x.with_shape(_pool_shape(op, x, kernel, strides, pads, ceil_mode))
+        return x.with_shape(_pool_shape(op, x, kernel, strides, pads, ceil_mode, operands))
     return infer
 
 
@@ -926,7 +972,8 @@ register("conv_transpose", 2, _infer_conv_transpose,
          {**CONV, "output_padding": AttrSpec("ints")}, traits=CONVOLVE, operands=("x", "w"))
 register("conv_weight_grad", 2, _infer_conv_weight_grad, {"kernel": AttrSpec("ints"), **CONV},
          traits=CONVOLVE, operands=("x", "g"))
-register("max_pool", 1, _pool("max_pool"), POOL, traits=("fresh_result",))
+# Max pooling takes 8-bit integers too (ONNX's MaxPool of u8 images); averaging takes floats.
+register("max_pool", 1, _pool("max_pool", "float_or_byte"), POOL, traits=("fresh_result",))
 register("max_unpool", 2, _unpool("max_unpool"), POOL, traits=CONVOLVE, operands=("g", "x"))
 register("max_pool_take", 2, _infer_max_pool_take, POOL, traits=CONVOLVE,
          operands=("values", "x"))

@@ -53,9 +53,7 @@ for _op in OPS.values():
 @converter("Div")
 def _div(ctx):
     a, b = ctx.input(0), ctx.input(1)
-    if not is_float(a.type.dtype):
-        raise Unsupported("integer Div (it truncates; chainrule divides floats only)")
-    return [ctx.emit("div", a, b)]
+    return [ctx.emit("div" if is_float(a.type.dtype) else "int_div", a, b)]
 
 
 @converter("Xor")
@@ -77,7 +75,6 @@ def _reciprocal(ctx):
 @converter("Pow")
 def _pow(ctx):
     base, exponent = ctx.input(0), ctx.input(1)
-    _require_float(ctx, base, "Pow")
     if exponent.type.dtype != base.type.dtype:
         exponent = ctx.emit("cast", exponent, dtype=base.type.dtype)
     return [ctx.emit("pow", base, exponent)]
@@ -95,7 +92,8 @@ def _where_positive(ctx, x, negative):
 
 @converter("Elu")
 def _elu(ctx):
-    return [compositions.elu(ctx, ctx.input(0), ctx.float_attr("alpha", 1.0))]
+    alpha = ctx.float_attr("alpha", 1.0)
+    return [_in_f32_for_half_floats(ctx, ctx.input(0), lambda x: compositions.elu(ctx, x, alpha))]
 
 
 @converter("Selu")
@@ -158,12 +156,23 @@ def _thresholded_relu(ctx):
 @converter("Celu")
 def _celu(ctx):
     """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
-    x = ctx.input(0)
-    alpha = ctx.constant(ctx.float_attr("alpha", 1.0), x)
-    zero = ctx.constant(0.0, x)
-    below = ctx.emit("mul", alpha, ctx.emit("sub", ctx.emit("exp", ctx.emit("div", x, alpha)),
-                                            ctx.constant(1.0, x)))
-    return [ctx.emit("add", ctx.emit("maximum", zero, x), ctx.emit("minimum", zero, below))]
+    def celu(x):
+        alpha = ctx.constant(ctx.float_attr("alpha", 1.0), x)
+        zero = ctx.constant(0.0, x)
+        below = ctx.emit("mul", alpha, ctx.emit("sub", ctx.emit("exp", ctx.emit("div", x, alpha)),
+                                                ctx.constant(1.0, x)))
+        return ctx.emit("add", ctx.emit("maximum", zero, x), ctx.emit("minimum", zero, below))
+    return [_in_f32_for_half_floats(ctx, ctx.input(0), celu)]
+
+
+def _in_f32_for_half_floats(ctx, x, compose):
+    """compose(x), computed in f32 when x is f16 or bf16 and cast back: exp(x) - 1 rounded to
+    a half float's 8 or 11 bits before the subtraction loses the one rounding ONNX's single op
+    makes."""
+    dtype = x.type.dtype
+    if dtype not in ("f16", "bf16"):
+        return compose(x)
+    return ctx.emit("cast", compose(ctx.emit("cast", x, dtype="f32")), dtype=dtype)
 
 
 @converter("Swish")
@@ -226,13 +235,49 @@ def _round(ctx):
 
 @converter("Mod")
 def _mod(ctx):
-    """Of floats: C's fmod with fmod=1, else Python's % (the sign of y). Integer Mod folds
-    when its operands are known; at run time chainrule has no integer division."""
+    """C's fmod with fmod=1, else Python's % (the sign of y): the int_mod op on integers,
+    composed of float ops on floats."""
     x, y = ctx.input(0), ctx.input(1)
+    fmod = bool(ctx.attr("fmod", 0))
     if not is_float(x.type.dtype):
-        raise Unsupported(f"Mod of {x.type.dtype} tensors computed at run time (chainrule "
-                          f"has no integer division)")
-    return [compositions.remainder(ctx, x, y, truncated=bool(ctx.attr("fmod", 0)))]
+        return [ctx.emit("int_mod", x, y, fmod=fmod)]
+    return [compositions.remainder(ctx, x, y, truncated=fmod)]
+
+
+@converter("BitShift")
+def _bit_shift(ctx):
+    direction = ctx.attr("direction")
+    ops = {"LEFT": "left_shift", "RIGHT": "right_shift"}
+    if direction not in ops:
+        raise Unsupported(f"BitShift's direction {direction!r} (LEFT or RIGHT)")
+    return [ctx.emit(ops[direction], ctx.input(0), ctx.input(1))]
+
+
+@converter("BitCast")
+def _bit_cast(ctx):
+    to = ctx.attr("to")
+    if to not in DTYPE_OF_ONNX:
+        raise Unsupported(f"BitCast to dtype {to} (chainrule has every dtype but strings and "
+                          f"complex numbers)")
+    return [ctx.emit("bitcast", ctx.input(0), dtype=DTYPE_OF_ONNX[to])]
+
+
+@converter("EyeLike")
+def _eye_like(ctx):
+    """Ones where the column is the row plus k, in x's dtype or the one `dtype` names."""
+    x = ctx.input(0)
+    if x.type.rank != 2:
+        raise Unsupported(f"EyeLike of a rank-{x.type.rank} tensor (it takes matrices)")
+    dtype = ctx.attr("dtype")
+    if dtype is not None and dtype not in DTYPE_OF_ONNX:
+        raise Unsupported(f"EyeLike's dtype {dtype} (chainrule has every dtype but strings "
+                          f"and complex numbers)")
+    rows, columns = (ctx.emit("arange", n=n) for n in x.type.shape)
+    shifted = ctx.emit("add", rows, ctx.constant(ctx.attr("k", 0), "i64"))
+    diagonal = ctx.emit("equal", ctx.emit("unsqueeze", shifted, axes=(1,)),
+                        ctx.emit("unsqueeze", columns, axes=(0,)))
+    return [ctx.emit("cast", diagonal, dtype=x.type.dtype if dtype is None
+                     else DTYPE_OF_ONNX[dtype])]
 
 
 @converter("Clip")

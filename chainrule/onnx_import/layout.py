@@ -597,8 +597,18 @@ def _cumulative_sum(ctx):
     """The cumsum op; reverse runs it over the axis flipped, and exclusive over x shifted one
     place along it, a zero coming in (so each sum holds only the elements it should, and an
     inf or a nan stays where it belongs)."""
+    return _cumulative(ctx, "cumsum", 0)
+
+
+@converter("CumProd")
+def _cumulative_product(ctx):
+    """As CumSum, a one coming in where exclusive shifts x."""
+    return _cumulative(ctx, "cumprod", 1)
+
+
+def _cumulative(ctx, op, identity):
     x = ctx.input(0)
-    axis = ctx.axis(ctx.static_int(1, "CumSum's axis"), x.type.rank)
+    axis = ctx.axis(ctx.static_int(1, f"{ctx.node.op_type}'s axis"), x.type.rank)
 
     def flipped(value):
         return ctx.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,),
@@ -606,8 +616,8 @@ def _cumulative_sum(ctx):
     total = flipped(x) if ctx.attr("reverse", 0) else x
     if ctx.attr("exclusive", 0):  # the zero joins before the last is cut: never empty
         first = ctx.emit("slice", total, starts=(0,), ends=(1,), axes=(axis,), steps=(1,))
-        joined = ctx.emit("concat", ctx.emit("broadcast_like", ctx.constant(0, first), first),
-                          total, axis=axis)
+        joined = ctx.emit("concat", ctx.emit("broadcast_like", ctx.constant(identity, first),
+                                             first), total, axis=axis)
         total = ctx.emit("slice", joined, starts=(0,), ends=(-1,), axes=(axis,), steps=(1,))
-    total = ctx.emit("cumsum", total, axis=axis)
+    total = ctx.emit(op, total, axis=axis)
     return [flipped(total) if ctx.attr("reverse", 0) else total]

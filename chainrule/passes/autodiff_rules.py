@@ -444,13 +444,28 @@ def _prod(bw, g, x, out, axes, keepdims):
     return (bw.emit("mul", bw.keep_reduced_axes(g, x, axes, keepdims), others),)
 
 
+def _reversed_along(bw, value, axis):
+    return bw.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,), steps=(-1,))
+
+
+def _sums_from_the_end(bw, value, axis):
+    """Each element's sum with every one after it along `axis`."""
+    return _reversed_along(bw, bw.emit("cumsum", _reversed_along(bw, value, axis), axis=axis),
+                           axis)
+
+
 @vjp("cumsum")
 def _cumsum(bw, g, x, out, axis):
     # Element i reaches every running sum from i on: the running sums of g taken backwards.
-    def reversed_along_axis(value):
-        return bw.emit("slice", value, starts=(-1,), ends=(TO_START,), axes=(axis,),
-                       steps=(-1,))
-    return (reversed_along_axis(bw.emit("cumsum", reversed_along_axis(g), axis=axis)),)
+    return (_sums_from_the_end(bw, g, axis),)
+
+
+@vjp("cumprod")
+def _cumprod(bw, g, x, out, axis):
+    # Element i scales every running product from i on, each of which it divides exactly
+    # where it is not 0 (a 0 in x gives a nan there, as prod's rule avoids at the cost of a
+    # count of zeros; running products would need one per position).
+    return (bw.emit("div", _sums_from_the_end(bw, bw.emit("mul", g, out), axis), x),)
 
 
 @vjp("logsumexp")
