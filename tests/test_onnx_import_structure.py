@@ -392,3 +392,19 @@ def test_eye_like_of_symbolic_dims_is_numpys_eye():
         y = run_both(model, x=np.zeros(shape, np.float32))["y"]
         np.testing.assert_array_equal(y, np.eye(*shape, k=-1))
         assert y.dtype == np.float64
+
+
+def test_a_tensor_read_out_of_a_sequence_stays_in_it():
+    # SequenceAt names its result; the sequence, concatenated afterwards, still holds the part.
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["parts"], axis=1),
+             helper.make_node("SequenceAt", ["parts", "last"], ["a"]),
+             helper.make_node("ConcatFromSequence", ["parts"], ["joined"], axis=0, new_axis=1)]
+    last = numpy_helper.from_array(np.array(-1, np.int64), "last")
+    proto = structured_model(nodes, [("x", tensor_type(shape=[2, 3]))],
+                             [("a", tensor_type()), ("joined", tensor_type())], [last])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    model = chainrule.import_onnx(proto)
+    results = run_both(model, x=x)
+    np.testing.assert_array_equal(results[model.onnx_names["a"]], x[:, 2:])
+    np.testing.assert_array_equal(results[model.onnx_names["joined"]],
+                                  np.stack([x[:, i:i + 1] for i in range(3)]))

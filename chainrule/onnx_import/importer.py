@@ -630,6 +630,10 @@ class Importer:
         if isinstance(result, Value) and result not in self.bound:
             result = self.builder.rename(result, identifier(onnx_name))
             self.bound.add(result)
+        if isinstance(result, TensorSequence):
+            # Its tensors keep their names: a SequenceAt that reads one out must not rename
+            # the value the sequence still holds.
+            self.bound.update(v for v in result if isinstance(v, Value))
         self.values[onnx_name] = result
 
     def read_outputs(self) -> list[Value]:
