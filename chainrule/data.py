@@ -600,6 +600,13 @@ def _cast_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
         cast = array.astype(numpy_dtype(dtype)).astype(np.float64)
     if (np.isinf(cast) & np.isfinite(values)).any():
         return f"it holds numbers too large for {dtype} (they would become inf)"
+    # f4e2m1 has neither inf nor NaN: a cast clamps to its largest number. Past the largest
+    # by half its last place and more, a value is not rounded but changed.
+    info = _finfo(dtype)
+    last_place = 2.0 ** np.floor(np.log2(float(info.max))) * float(info.eps)
+    bound = float(info.max) + last_place / 2
+    if (np.isfinite(values) & (np.abs(values) >= bound) & np.isfinite(cast)).any():
+        return f"it holds numbers too large for {dtype}, whose largest is {float(info.max):g}"
     lost = np.isnan(cast) & ~np.isnan(values)
     if lost.any():  # past the largest of a float8 that has no inf; a negative in f8e8m0
         return f"it holds {array[lost].flat[0]}, which {dtype} cannot hold (it would be NaN)"

@@ -117,6 +117,8 @@ def test_exact_and_rounding_casts_happen_with_a_note(given, declared, note):
     (np.array([1e39]), "bf16", "too large for bf16"),
     (np.array([500.0]), "f8e4m3fn", "500.0, which f8e4m3fn cannot hold (it would be NaN)"),
     (np.array([-1.0]), "f8e8m0", "-1.0, which f8e8m0 cannot hold"),
+    # f4e2m1 has no inf or NaN: a cast would clamp 7 (past 6 by half its last place) to 6.
+    (np.array([1.0, 7.0]), "f4e2m1", "too large for f4e2m1, whose largest is 6"),
     (np.array([256]), "u8", "past the range of u8"),
     (np.array([-1], np.int8), "u16", "past the range of u16"),
     (np.array([8]), "i4", "past the range of i4"),
