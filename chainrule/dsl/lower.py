@@ -330,8 +330,8 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
                                  f"{scope.kind}", loc)
         value_type = self.lower_type(type_tree, scope if scope.kind == "layer" else None)
         if not is_float(value_type.dtype):
-            raise ChainruleError(f"{kind} '{name_token}' must be f32 or f64, not "
-                                 f"{value_type.dtype}", loc)
+            raise ChainruleError(f"{kind} '{name_token}' must be of a float dtype (f16, bf16, "
+                                 f"f32, f64), not {value_type.dtype}", loc)
         init_args = []
         for arg in (args.children if args else []):
             if isinstance(arg, Tree) and arg.data == "kwarg":
