@@ -13,7 +13,7 @@ from chainrule.backends import get_backend
 from chainrule import ChainruleError
 from chainrule.ir import OPS
 from chainrule.ir.types import numpy_dtype
-from op_cases import CASES, FORWARD_CASES, REFERENCES, forward_graph
+from op_cases import CASES, FORWARD_CASES, REFERENCES, draw, forward_graph
 from support.paths import ROOT
 
 DTYPES = ("f16", "bf16", "i8", "i32", "u8", "u64")
@@ -69,12 +69,8 @@ def _draw(arg, position: int, op: str, rng) -> np.ndarray:
         return rng.random(arg.shape) < 0.5
     if position == 1 and op in SMALL_POSITIVE_SECOND:
         return rng.integers(1, 4, arg.shape).astype(dtype)
-    if arg.dtype in EPSILON:
-        values = rng.uniform(0.5, 2.0, arg.shape) if arg.domain == "positive" else \
-            rng.normal(size=arg.shape)
-        if arg.domain == "away_from_zero":
-            values = np.sign(values) * (np.abs(values) + 0.2)
-        return np.asarray(values).astype(dtype)
+    if arg.dtype in EPSILON:  # the op's own domain (asin's inside the unit interval)
+        return draw(arg, rng).astype(dtype)
     low = 1 if arg.domain == "positive" or dtype.kind == "u" else -5
     return rng.integers(low, 6, arg.shape).astype(dtype)
 
