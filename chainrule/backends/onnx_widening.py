@@ -202,8 +202,9 @@ def _formal_constraints(op_type: str, opset: int) -> tuple[tuple[str, ...], tupl
 @functools.cache
 def _schema_dtypes(op_type: str, opset: int) -> dict[str, set[str]]:
     """The dtypes the op's schema at `opset` allows for each type constraint."""
+    known = onnx.TensorProto.DataType.values()  # an older onnx lacks the newest dtypes
     names = {f"tensor({onnx.TensorProto.DataType.Name(n).lower()})": d
-             for n, d in DTYPE_OF_ONNX.items()}
+             for n, d in DTYPE_OF_ONNX.items() if n in known}
     schema = onnx.defs.get_schema(op_type, opset, "")
     return {tc.type_param_str: {names[t] for t in tc.allowed_type_strs if t in names}
             for tc in schema.type_constraints}
