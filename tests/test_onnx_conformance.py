@@ -35,8 +35,8 @@ import sys
 
 import pytest
 
-from support.conformance import (KNOWN_FAILURES_FILE, cases, check_case, known_failures, summary,
-                                 verdict)
+from support.conformance import (KNOWN_FAILURES_FILE, ONNX_VERSION, cases, check_case,
+                                 known_failures, summary, verdict)
 
 pytestmark = pytest.mark.conformance
 
@@ -57,7 +57,14 @@ def test_node_case(case_name):
         pytest.skip(outcome.skipped)
 
 
+# The onnx release the known failures are written for: an older one ships fewer cases.
+LIST_ONNX_VERSION = (1, 23)
+
+
 def test_known_failures_name_collected_cases():
+    if ONNX_VERSION < LIST_ONNX_VERSION:
+        pytest.skip(f"the list names the cases of onnx {LIST_ONNX_VERSION}, which this older "
+                    f"onnx does not all ship")
     unknown = sorted({case for case, _ in known_failures()} - set(cases()))
     assert not unknown, f"{KNOWN_FAILURES_FILE.name} lists cases onnx does not have: {unknown}"
 
