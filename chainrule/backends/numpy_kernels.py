@@ -618,11 +618,14 @@ def _first_maxima(x, kernel, strides, pads, ceil_mode):
 @kernel("max_unpool")
 def _max_unpool(g, x, kernel, strides, pads, ceil_mode):
     hits, full = _first_maxima(x, kernel, strides, pads, ceil_mode)
-    grads = _batch_last(g)
-    result = np.zeros(_padded_shape(x.shape[1:], full) + x.shape[:1], g.dtype)
+    # A bf16 (an ml_dtypes array) is summed in f32 and rounded once: numpy 2.0 crashes adding
+    # into a strided bf16 view (seen training LeNet in bf16).
+    summed = np.float32 if g.dtype.kind == "V" else g.dtype
+    grads = _batch_last(g).astype(summed, copy=False)
+    result = np.zeros(_padded_shape(x.shape[1:], full) + x.shape[:1], summed)
     for tap, hit in zip(_taps(kernel), hits, strict=True):
         result[_covered(tap, strides, (1,) * len(kernel), g.shape[2:])] += np.where(hit, grads, 0)
-    return _batch_first(result[_interior(x.shape[1:], full)])
+    return _batch_first(result[_interior(x.shape[1:], full)]).astype(g.dtype, copy=False)
 
 
 @kernel("max_pool_take")
