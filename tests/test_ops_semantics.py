@@ -218,6 +218,16 @@ def test_grid_sample_reads_nan_points_as_nan_on_both_backends():
         np.testing.assert_array_equal(result, [[[[np.nan, 1.5]]]])
 
 
+@pytest.mark.parametrize("op", ["sinh", "cosh"])
+def test_hyperbolic_functions_overflow_only_where_numpy_does(op):
+    # e^710 is past f64, but sinh(710) and cosh(710) are not.
+    x = np.array([710.0, -710.0, 709.0, 711.0])
+    model = chainrule.compile(source=f"model m(x: f64[4]) {{\n    return {op}(x)\n}}\n")
+    for backend in ("numpy", "onnxruntime"):
+        (result,) = model.run(backend=backend, x=x).values()
+        np.testing.assert_allclose(result, getattr(np, op)(x), rtol=1e-13)
+
+
 # ---- random shapes ----------------------------------------------------------------------------
 
 # op -> the domain its operands are drawn from

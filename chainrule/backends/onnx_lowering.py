@@ -186,12 +186,19 @@ def _sinh(c, x):
     # (eˣ − e⁻ˣ)/2 cancels below |x| = 1; there 2t/(1 − t²), t = tanh(x/2), keeps the digits.
     t = c("Tanh", c("Mul", c.number(0.5), x))
     near_zero = c("Div", c("Mul", c.number(2.0), t), c.one_minus(c("Mul", t, t)))
-    wide = c("Mul", c.number(0.5), c("Sub", c("Exp", x), c("Exp", c("Neg", x))))
+    wide = c("Sub", *_half_exponentials(c, x))
     return c("Where", c("Less", c("Abs", x), c.number(1.0)), near_zero, wide)
 
 
+def _half_exponentials(c, x):
+    """eˣ/2 and e⁻ˣ/2 as e^(±x − ln 2), which overflow only where sinh and cosh do (not at
+    x = 710, where eˣ does)."""
+    return (c("Exp", c("Sub", x, c.number(math.log(2.0)))),
+            c("Exp", c("Sub", c("Neg", x), c.number(math.log(2.0)))))
+
+
 def _cosh(c, x):
-    return c("Mul", c.number(0.5), c("Add", c("Exp", x), c("Exp", c("Neg", x))))
+    return c("Add", *_half_exponentials(c, x))
 
 
 def _log_of_one_plus(c, u):

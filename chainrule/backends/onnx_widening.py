@@ -31,10 +31,9 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from ..ir.types import ONNX_DTYPES
+from ..ir.types import DTYPE_OF_ONNX, ONNX_DTYPES
 
 KERNEL_TABLE = Path(__file__).with_name("onnxruntime_kernels.json")
-DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 # Dtypes onnxruntime runs every lowering in: a graph of these alone is left as it is, without
 # type inference.
 NATIVE = {"f32", "f64", "i64", "bool"}

@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..ir.types import ONNX_DTYPES, numpy_dtype
-from .onnx_widening import DTYPE_OF_ONNX
+from ..ir.types import DTYPE_OF_ONNX, ONNX_DTYPES, numpy_dtype
 
 # Every float8, f4e2m1 and bf16 value is an f32 (NaN and the infinities included); every
 # 4- and 2-bit integer is an i8 or u8.

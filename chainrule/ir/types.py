@@ -37,6 +37,7 @@ ONNX_DTYPES = {"f32": 1, "u8": 2, "i8": 3, "u16": 4, "i16": 5, "i32": 6, "i64": 
                "f16": 10, "f64": 11, "u32": 12, "u64": 13, "bf16": 16, "f8e4m3fn": 17,
                "f8e4m3fnuz": 18, "f8e5m2": 19, "f8e5m2fnuz": 20, "u4": 21, "i4": 22,
                "f4e2m1": 23, "f8e8m0": 24, "u2": 25, "i2": 26}
+DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 
 # A dim is an int, a symbolic name such as "B", an expression over names (dims.DimExpr:
 # `B*H`, `S-1`), or UNKNOWN when no expression can say it. dims.py, which computes with them,

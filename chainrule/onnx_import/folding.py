@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from ..ir import dims
 from ..ir.limits import MAX_RANK
 from ..ir.ops import rule_table
-from ..ir.types import ONNX_DTYPES, UNKNOWN, TensorType, cast_array, is_int
+from ..ir.types import DTYPE_OF_ONNX, UNKNOWN, TensorType, cast_array, is_int
 from .context import Known, Unsupported, dim_hint, tensor_array
 
 # ONNX op type -> the function computing such a node's value at import time.
@@ -184,7 +184,6 @@ def _identity(ctx, x):
 
 
 # chainrule's dtype of each ONNX dtype number (strings and complex numbers have none).
-DTYPE_OF_ONNX = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 
 
 @folder("Cast")
