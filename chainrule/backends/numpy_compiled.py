@@ -22,7 +22,7 @@ from ..ir.types import ML_DTYPES, UNKNOWN, numpy_dtype
 from . import fused_kernels
 from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
-from .numpy_kernels import KERNELS, in_dtype
+from .numpy_kernels import HALF_FLOATS, KERNELS, in_dtype
 from .numpy_scan import StepError, scan_loop
 
 # Ops numpy computes with a ufunc, called as np.<ufunc>(inputs..., out=buffer) when in place.
@@ -320,6 +320,11 @@ def _emit_kernel_call(plan: Plan, group: FusedGroup, start: int, emit) -> None:
         emit(f"{indent}del {', '.join(dead)}", result)
 
 
+def _half_float(node: Node) -> bool:
+    """Whether the node computes in f16 or bf16, whose products the gemm kernel runs in f32."""
+    return numpy_dtype(node.output.type.dtype).name in HALF_FLOATS
+
+
 def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=None) -> None:
     if node.op == "scan":
         _emit_scan(plan, index, node, indent, emit)
@@ -330,7 +335,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
     reused = plan.in_place.get(index)
     if node.op == "constant":
         call = f"CONSTANTS[{index}]"
-    elif node.op in INLINE:
+    elif node.op in INLINE and not (node.op == "gemm" and _half_float(node)):
         call = INLINE[node.op](args, node.attrs)
     elif node.op in UFUNCS:
         out_arg = f", out={names[reused]}" if reused is not None else ""
