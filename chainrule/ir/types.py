@@ -66,7 +66,7 @@ def cast_array(x: np.ndarray, dtype: str, saturate: bool = True) -> np.ndarray:
         import ml_dtypes
         largest = float(ml_dtypes.finfo(target).max)
         x = np.clip(x, -largest, largest)
-    elif dtype in ("i4", "u4", "i2", "u2"):
+    elif dtype in NARROW_INT_DTYPES:
         lo, hi = int_range(dtype)
         truncated = np.trunc(x)
         x = np.where((truncated >= lo) & (truncated <= hi), truncated, 0)
@@ -94,9 +94,14 @@ def is_numeric(dtype: str) -> bool:
     return dtype in FLOAT_DTYPES or dtype in INT_DTYPES
 
 
+def _bits(dtype: str) -> int:
+    """An integer dtype's width: int8 and uint8 are 8."""
+    return int(NUMPY_NAMES[dtype].lstrip("uint"))
+
+
 def int_range(dtype: str) -> tuple[int, int]:
     """The least and greatest value of an integer dtype."""
-    bits = int(NUMPY_NAMES[dtype].lstrip("uint"))
+    bits = _bits(dtype)
     if dtype.startswith("u"):  # u8 to u64, and the narrow u4 and u2
         return 0, 2 ** bits - 1
     return -2 ** (bits - 1), 2 ** (bits - 1) - 1
@@ -109,7 +114,7 @@ def with_article(dtype: str) -> str:
 
 def int_range_text(dtype: str) -> str:
     """An integer dtype's range as errors write it: [-2**63, 2**63)."""
-    bits = int(NUMPY_NAMES[dtype].lstrip("uint"))
+    bits = _bits(dtype)
     if dtype.startswith("u"):  # u8 to u64, and the narrow u4 and u2
         return f"[0, 2**{bits})"
     return f"[-2**{bits - 1}, 2**{bits - 1})"
