@@ -174,6 +174,31 @@ def test_a_step_with_every_param_frozen_is_never_skipped():
     assert trainer.train_step(tiny_batch(), 0.01)[SKIPPED] == 0
 
 
+BATCH_NORM_MODEL = """model bn(x: f32[B, 4], y: i64[B]) {
+    param W: f32[6, 4] = glorot()
+    param g: f32[6] = ones()
+    param b: f32[6] = zeros()
+    state m: f32[6] = zeros()
+    state v: f32[6] = ones()
+    return cross_entropy(batch_norm(x @ W.T, g, b, m, v)[:, 0:3], y)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_running_statistics_are_computed_in_f32_and_stay_finite(backend):
+    # A batch variance of 1e10 is past f16: the numpy step overflows and is skipped, keeping
+    # the statistics; onnxruntime computes f16 ops in f32 itself and takes the step, and the
+    # statistics, computed in f32, hold the variance.
+    model = chainrule.compile(source=BATCH_NORM_MODEL)
+    trainer = Trainer(model, TrainConfig(precision="f16", backend=backend))
+    x, y = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), np.arange(8) % 3
+    trainer.train_step({"x": x, "y": y}, 0.01)
+    trainer.train_step({"x": x * 1e5, "y": y}, 0.01)
+    for name in ("m", "v"):
+        assert np.isfinite(trainer.params[name]).all(), (name, trainer.params[name])
+
+
 def test_bf16_needs_no_loss_scale():
     trainer = tiny_trainer("bf16")
     assert not any(name.startswith("amp.") for name in trainer.state)

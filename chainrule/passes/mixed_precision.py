@@ -73,8 +73,9 @@ def lower_precision(graph: Graph, precision: str) -> tuple[Graph, bool]:
                                                loc=loc, name=f"{value.name}.{dtype}")
         return casts[value, dtype]
 
+    statistics = _feeding_only_state(graph)
     for node in graph.nodes:
-        dtype = _compute_dtype(node, precision)
+        dtype = "f32" if id(node) in statistics else _compute_dtype(node, precision)
         results = builder.emit_results(node.op, [read(v, dtype, node.loc) for v in node.inputs],
                                        node.attrs, loc=node.loc,
                                        names=[v.name for v in node.outputs])
@@ -97,6 +98,27 @@ def _restored(builder: GraphBuilder, computed: Value, dtype: str) -> Value:
     name = computed.name
     computed = builder.rename(computed, f"{name}.{computed.type.dtype}")
     return builder.emit("cast", (computed,), {"dtype": dtype}, name=name)
+
+
+def _feeding_only_state(graph: Graph) -> set[int]:
+    """The ids of the nodes whose results reach the model's state updates (batch norm's
+    running statistics) and no other output. They compute in f32, as the state is kept: a
+    batch variance of f16 activations overflows f16 where the step's own gradients may not
+    (onnxruntime computes f16 ops in f32), and the state would stay inf for good."""
+    producers = {v: node for node in graph.nodes for v in node.outputs}
+
+    def reaching(values) -> set[int]:
+        seen, frontier = {}, list(values)
+        while frontier:
+            node = producers.get(frontier.pop())
+            if node is not None and id(node) not in seen:
+                seen[id(node)] = node
+                frontier.extend(node.inputs)
+        return set(seen)
+
+    by_name = {v.name: v for v in graph.outputs}
+    updates = {by_name[name] for name in graph.updates.values()}
+    return reaching(updates) - reaching(v for v in graph.outputs if v not in updates)
 
 
 def _compute_dtype(node, precision: str) -> str | None:
