@@ -380,8 +380,8 @@ class ExpressionLowerer(LoopIndexing):
                     and any(map(is_float_literal, operands))):
                 promoted = promote_types(*_tensor_dtypes(operands), WEAK_FLOAT)
             dtype, first = promoted, len(arguments) - len(operands)
-            arguments = list(arguments[:first]) + [self.cast(a, dtype, loc) if isinstance(a, Value)
-                                             else a for a in operands]
+            cast = [self.cast(a, dtype, loc) if isinstance(a, Value) else a for a in operands]
+            arguments = list(arguments[:first]) + cast
         return [self.as_tensor(a, dtype or default, loc) for a in arguments]
 
     def as_tensor(self, value, dtype: str, loc) -> Value:
@@ -405,8 +405,8 @@ class ExpressionLowerer(LoopIndexing):
         if isinstance(value, bool):
             dtype = "bool"
         elif is_int(dtype) and not float(value).is_integer():  # 0.5, inf or nan
-            raise ChainruleError(f"the constant {value} meets {with_article(dtype)} tensor; convert the "
-                                 f"tensor with f32(...) first", loc)
+            raise ChainruleError(f"the constant {value} meets {with_article(dtype)} tensor; "
+                                 f"convert the tensor with f32(...) first", loc)
         elif dtype == "bool":
             raise ChainruleError(f"the constant {value} meets a bool tensor", loc)
         return self.typed_constant(value, dtype, loc)
@@ -419,9 +419,10 @@ class ExpressionLowerer(LoopIndexing):
             least, greatest = int_range(dtype)
             if not (least <= value <= greatest and float(value) == value):
                 raise ChainruleError(f"the constant {value} is no {dtype} a constant holds "
-                                     f"exactly: {with_article(dtype)} lies in {int_range_text(dtype)}, and "
-                                     f"a constant's value is an f64, which holds every integer "
-                                     f"up to 2**53 and some past it", loc)
+                                     f"exactly: {with_article(dtype)} lies in "
+                                     f"{int_range_text(dtype)}, and a constant's value is an "
+                                     f"f64, which holds every integer up to 2**53 and some "
+                                     f"past it", loc)
         return self.builder.constant(value, dtype, loc=loc)
 
     def alone(self, value):
