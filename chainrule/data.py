@@ -23,7 +23,7 @@ from .fileio import (MAX_TEXT_BYTES, check_read_within, load_npy, load_npz, open
 from .ir import ChainruleError, Value, file_error
 from .ir.limits import MAX_ELEMENTS, MAX_RANK, check_allocation
 from .ir.types import (DTYPE_OF_NUMPY_NAME, DTYPES, ML_DTYPES, NARROW_INT_DTYPES, UNKNOWN,
-                       TensorType, is_int, numpy_dtype)
+                       TensorType, int_range, is_int, numpy_dtype)
 
 FEATURES, LABELS = "features", "labels"  # roles of arrays that carry no model names
 
@@ -562,13 +562,6 @@ def _finfo(dtype: str):
     return ml_dtypes.finfo(numpy_dtype(dtype))
 
 
-def integer_info(dtype: str):
-    if dtype not in ML_DTYPES:
-        return np.iinfo(numpy_dtype(dtype))
-    import ml_dtypes
-    return ml_dtypes.iinfo(numpy_dtype(dtype))
-
-
 def _mantissa_bits(dtype: str) -> int:
     """The bits of a float's significand, the implicit one included."""
     return _finfo(dtype).nmant + 1
@@ -625,8 +618,8 @@ def _integer_problem(array: np.ndarray, given: str, dtype: str) -> str | None:
         low, high = float(values.min()), float(values.max())
     else:
         low, high = int(array.min()), int(array.max())
-    info = integer_info(dtype)
-    if low < info.min or high > info.max:
+    least, greatest = int_range(dtype)
+    if low < least or high > greatest:
         return f"it holds numbers past the range of {dtype}"
     return None
 

@@ -8,13 +8,13 @@ from dataclasses import replace
 import numpy as np
 
 from ..backends.feeds import index_inputs, label_bounds
-from ..data import (Dataset, bind_inputs, check_mapping, check_rows, dtype_kind, integer_info,
-                    read_array, read_dataset)
+from ..data import (Dataset, bind_inputs, check_mapping, check_rows, dtype_kind, read_array,
+                    read_dataset)
 from ..fileio import load_npz
 from ..ir import ChainruleError, Graph
 from ..ir import dims as dim_exprs
 from ..ir.limits import check_allocation, itemsize
-from ..ir.types import UNKNOWN, numpy_dtype
+from ..ir.types import UNKNOWN, int_range, numpy_dtype
 from ..passes.optimizers import OptimizerSpec, ParamGroup
 
 DEFAULT_DIM = 4  # size given to symbolic dims by --random-inputs unless --dim binds them
@@ -134,7 +134,7 @@ def random_array(rng, dtype: str, shape: tuple, bound: int | None) -> np.ndarray
     if kind == "bool":
         return rng.random(shape) < 0.5
     if kind == "int":
-        greatest = int(integer_info(dtype).max)
+        _, greatest = int_range(dtype)
         return rng.integers(0, min(bound or 10, greatest + 1), shape).astype(target)
     if dtype in ("f32", "f64"):
         return rng.standard_normal(shape, target)  # no f64 copy of an f32

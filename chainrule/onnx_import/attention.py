@@ -10,10 +10,9 @@ import math
 import numpy as np
 
 from ..ir import Value
-from ..ir.types import numpy_dtype
+from ..ir.types import DTYPE_OF_ONNX, numpy_dtype
 from .context import Unsupported, converter
 from .folding import shape_of
-from .importer import DTYPE_OF_ONNX
 
 # qk_matmul_output_mode: which scores the fourth output shows. Modes 0 and 1 both show them
 # after the softcap, as ONNX's reference implementation does.

@@ -18,9 +18,8 @@ from onnx import TensorProto, helper
 from ..ir import Value, compositions
 from ..ir.ops import OPS, OpDef
 from ..ir.shapes import TO_START
-from ..ir.types import is_float, numpy_dtype
+from ..ir.types import DTYPE_OF_ONNX, is_float, numpy_dtype
 from .context import CONVERTERS, Unsupported, converter
-from .importer import DTYPE_OF_ONNX
 
 
 def _chain(ctx, op, values):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from onnx import TensorProto
 
+from ..ir.types import DTYPE_OF_ONNX
 from .context import Unsupported, converter
-from .importer import DTYPE_OF_ONNX
 
 
 @converter("EyeLike")

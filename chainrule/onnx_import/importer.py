@@ -19,12 +19,12 @@ from ..ir.errors import SourceLoc, onnx_node_loc, printable
 from ..ir.limits import check_graph_sizes, type_size_problem
 from ..ir.ops import OPS
 from ..ir.symbols import dim_attrs, map_dims
-from ..ir.types import UNKNOWN, TensorType, is_float
+from ..ir.types import DTYPE_OF_ONNX, UNKNOWN, TensorType, is_float
 from .context import (ABSENT, CONVERTERS, PREVIEW_DOMAIN, Absent, Known, NodeContext,
                       TensorSequence, Unsupported, dim_hint, dtype_of_array)
 from .data_dependent import DATA_DEPENDENT_LENGTHS, data_dependent_shape
 from .external_data import external_array, is_external
-from .folding import DTYPE_OF_ONNX, FOLDERS, substituted_shape
+from .folding import FOLDERS, substituted_shape
 from .ml import ML_DOMAIN, ML_OPS
 from .training_ops import TRAINING_DOMAIN, TRAINING_OPS
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Value, compositions
-from ..ir.types import (SATURATING_DTYPES, dtype_of_numpy, int_range, numpy_dtype,
+from ..ir.types import (DTYPE_OF_ONNX, SATURATING_DTYPES, dtype_of_numpy, int_range, numpy_dtype,
                         promote_types)
 from .context import Unsupported, converter
 from .convolution import conv_by_attrs
-from .importer import DTYPE_OF_ONNX
 
 INTEGER_QUANTIZED_DTYPES = ("u8", "i8", "u16", "i16", "u4", "i4", "u2", "i2")
 QUANTIZED_DTYPES = INTEGER_QUANTIZED_DTYPES + ("f4e2m1",) + SATURATING_DTYPES
