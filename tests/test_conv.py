@@ -285,6 +285,62 @@ def test_max_pool_gives_a_tie_to_the_first_maximum_in_row_major_order():
     check_against_interpreter_twice(graph, {"x": x}, model.params)
 
 
+# ---- each path of the numpy kernels -----------------------------------------------------------
+
+# The numpy backend picks a path per shape (backends/numpy_convolution.py): a 1x1 kernel reads
+# its columns off the input; conv_transpose, the input's gradient, folds tap by tap when
+# depthwise, and at stride 1 is the convolution by the flipped weight when it has as many
+# channels out as in (the forward conv as many in as out). The three ops on each, padded and
+# dilated, strided, and padded past the kernel, against the reference and through the
+# gradient checks.
+PATH_CASES = {
+    "pointwise": ((2, 4, 5, 6), (6, 4, 1, 1), 1),
+    "pointwise grouped": ((2, 4, 5, 6), (6, 2, 1, 1), 2),
+    "depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), 3),
+    "columns": ((3, 2, 6, 5), (4, 2, 3, 2), 1),
+    "columns grouped": ((2, 4, 6, 5), (6, 2, 3, 3), 2),
+    "columns, more channels in than out": ((2, 5, 6, 5), (3, 5, 3, 3), 1),
+}
+
+
+@pytest.mark.parametrize("strides, pads, dilations", [
+    ((1, 1), (1, 2, 1, 0), (2, 1)), ((2, 1), (1, 0, 1, 2), (1, 2)),
+    ((1, 1), (3, 0, 0, 3), (1, 1))], ids=["padded", "strided", "padded past the kernel"])
+@pytest.mark.parametrize("path", PATH_CASES)
+def test_each_convolution_path_matches_the_reference(path, strides, pads, dilations):
+    x_shape, w_shape, groups = PATH_CASES[path]
+    attrs = conv_window(strides, pads, dilations, groups)
+    out = tuple((n + pads[i] + pads[2 + i] - d * (k - 1) - 1) // s + 1 for i, (n, k, s, d)
+                in enumerate(zip(x_shape[2:], w_shape[2:], strides, dilations)))
+    cases = [Case("conv", (Arg(x_shape), Arg(w_shape)), attrs),
+             Case("conv_weight_grad", (Arg(x_shape), Arg((x_shape[0], w_shape[0]) + out)),
+                  {"kernel": w_shape[2:], **attrs}),
+             Case("conv_transpose", (Arg((x_shape[0], w_shape[0]) + out), Arg(w_shape)),
+                  {**attrs, "output_padding": (0, 0)})]
+    for case in cases:
+        check_case(case)
+
+
+@pytest.mark.parametrize("kernel, strides, pads, ceil_mode, shape", [
+    ((2, 2), (2, 2), (0, 0, 0, 0), False, (2, 3, 6, 4)),   # windows tile the input
+    ((2, 2), (2, 2), (0, 0, 0, 0), False, (2, 3, 7, 5)),   # a last row and column unread
+    ((2, 2), (3, 2), (1, 0, 1, 1), True, (1, 2, 7, 6)),    # apart, padded, ceil mode
+    ((3, 3), (2, 1), (1, 1, 1, 1), False, (2, 2, 6, 5)),   # overlapping
+], ids=["tiled", "untiled", "apart", "overlapping"])
+def test_the_max_pool_gradient_goes_to_each_windows_first_maximum(kernel, strides, pads,
+                                                                  ceil_mode, shape):
+    from chainrule.backends.numpy_kernels import KERNELS
+    x = np.random.default_rng(3).integers(0, 3, shape).astype(np.float32)  # many ties
+    window = pool_window(kernel, strides, pads, ceil_mode)
+    g = np.random.default_rng(4).normal(
+        size=reference.REFERENCES["max_pool"](x, **window).shape).astype(np.float32)
+    expected = reference.REFERENCES["max_unpool"](g, x, **window)
+    # Exact where windows do not overlap: each position then takes one window's gradient.
+    disjoint = all(s >= k for s, k in zip(strides, kernel))
+    assert_close(KERNELS["max_unpool"](g, x, **window), expected, rtol=0 if disjoint else 1e-6,
+                 atol=0)
+
+
 # ---- random configurations of each op ---------------------------------------------------------
 
 @st.composite

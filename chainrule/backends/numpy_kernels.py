@@ -11,11 +11,9 @@ import itertools
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ir import grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
-from ..ir.shapes import conv_output_shape, pool_end_pad, pool_output_dim, pool_window_sizes
 from ..ir.types import cast_array, dtype_of_numpy, is_float, numpy_dtype
 from . import erf_approximation as cody
 
@@ -454,234 +452,6 @@ def _dropout_mask(x, p, seed, training=False, rng=None):
     return kept.astype(x.dtype) / np.asarray(1.0 - p, x.dtype)
 
 
-# ---- convolution and pooling ------------------------------------------------------------------
-# The kernels work in a batch-innermost layout, [C, *spatial, N] in memory, and hand results out
-# as [N, C, *spatial] views of it (elementwise ops between layers keep that layout): a window
-# tap is then a strided slice whose innermost axis, the batch, is contiguous, so the loops
-# numpy runs inside are long however small the images. Windows are a sliding_window_view of the
-# padded input. A convolution copies them once into im2col columns [C * kernel, windows * N]
-# and multiplies them by the weight in one matmul (batched over the groups); its transpose
-# multiplies first and then sums each window's columns back onto the positions the window
-# covers, and pooling reduces over the taps: loops over the kernel's taps, never over pixels or
-# the batch.
-
-def _batch_last(x, pads=None, value=0.0):
-    """x [N, C, *spatial] as a contiguous [C, *spatial, N], its spatial axes padded (each axis'
-    begin, then each one's end); free when x is a view of such an array."""
-    moved = x.transpose(*range(1, x.ndim), 0)
-    if pads is None or not any(pads):
-        return np.ascontiguousarray(moved)
-    result = np.full(_padded_shape(moved.shape[:-1], pads) + moved.shape[-1:], value, x.dtype)
-    result[_interior(moved.shape[:-1], pads)] = moved
-    return result
-
-
-def _batch_first(y):
-    """A [C, *spatial, N] array as the [N, C, *spatial] value it holds."""
-    return y.transpose(y.ndim - 1, *range(y.ndim - 1))
-
-
-def _padded(x, pads, value=0.0):
-    """x with pads (begins, then ends) on its trailing len(pads) // 2 axes."""
-    if not any(pads):
-        return x
-    result = np.full(_padded_shape(x.shape, pads), value, x.dtype)
-    result[_interior(x.shape, pads)] = x
-    return result
-
-
-def _padded_shape(shape, pads) -> tuple:
-    rank = len(pads) // 2
-    lead = len(shape) - rank
-    return tuple(shape[:lead]) + tuple(d + b + e for d, b, e in zip(shape[lead:], pads[:rank],
-                                                                   pads[rank:], strict=True))
-
-
-def _interior(shape, pads) -> tuple:
-    """The index of an array of `shape` inside its copy padded on the trailing axes."""
-    rank = len(pads) // 2
-    lead = len(shape) - rank
-    return (slice(None),) * lead + tuple(slice(b, b + d) for b, d in zip(
-        pads[:rank], shape[lead:], strict=True))
-
-
-def _windows(padded, kernel, strides, dilations):
-    """The windows of a padded [C, *spatial, N] as a view [C, *out, N, *kernel]."""
-    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations, strict=True))
-    view = sliding_window_view(padded, spans, axis=tuple(range(1, 1 + len(kernel))))
-    index = [slice(None)] + [slice(None, None, s) for s in strides] + [slice(None)]
-    return view[(*index, *[slice(None, None, d) for d in dilations])]
-
-
-def _columns(padded, kernel, strides, dilations, groups):
-    """im2col: the windows copied once into [groups, C / groups * kernel, out * N]."""
-    windows = _windows(padded, kernel, strides, dilations)
-    rank = len(kernel)
-    ordered = windows.transpose(0, *range(rank + 2, 2 * rank + 2), *range(1, rank + 2))
-    # Every size given: a -1 is ambiguous when a batch of 0 leaves no columns.
-    rows = windows.shape[0] // groups * math.prod(kernel)
-    return ordered.reshape(groups, rows, math.prod(windows.shape[1:rank + 2]))
-
-
-def _taps(kernel):
-    """A window's positions in row-major order."""
-    return itertools.product(*map(range, kernel))
-
-
-def _covered(tap, strides, dilations, out) -> tuple:
-    """The positions of a padded [C, *spatial, N] that one tap of every window reads."""
-    return (slice(None), *[slice(t * d, t * d + s * (n - 1) + 1, s)
-                           for t, d, s, n in zip(tap, dilations, strides, out, strict=True)])
-
-
-def _fold(taps, padded_shape, strides, dilations):
-    """The transpose of `_windows`: each tap's values taps[tap] [C, *out, N] summed onto the
-    positions it covers in zeros of padded_shape [C, *spatial, N]."""
-    rank = len(strides)
-    out = taps.shape[rank + 1:2 * rank + 1]
-    result = np.zeros(padded_shape, taps.dtype)
-    for tap in _taps(taps.shape[:rank]):
-        result[_covered(tap, strides, dilations, out)] += taps[tap]
-    return result
-
-
-@kernel("conv")
-def _conv(x, w, strides, pads, dilations, groups):
-    columns = _columns(_batch_last(x, pads), w.shape[2:], strides, dilations, groups)
-    y = _matmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
-    out = conv_output_shape(x.shape, w.shape, strides, pads, dilations)
-    return _batch_first(y.reshape((w.shape[0],) + out + x.shape[:1]))
-
-
-@kernel("conv_transpose")
-def _conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
-    rank, kernel, channels = w.ndim - 2, w.shape[2:], w.shape[1] * groups
-    weights = w.reshape(groups, w.shape[0] // groups, -1).transpose(0, 2, 1)
-    columns = _matmul(weights, _batch_last(x).reshape(groups, w.shape[0] // groups, -1))
-    taps = np.moveaxis(columns.reshape((channels,) + kernel + x.shape[2:] + x.shape[:1]),
-                       range(1, 1 + rank), range(rank))  # [*kernel, channels, *x's, N]
-    full = tuple((n - 1) * s + d * (k - 1) + 1 + e for n, s, d, k, e in zip(
-        x.shape[2:], strides, dilations, kernel, output_padding, strict=True))
-    summed = _fold(taps, (channels,) + full + x.shape[:1], strides, dilations)
-    spatial = tuple(f - b - e for f, b, e in zip(full, pads[:rank], pads[rank:], strict=True))
-    return _batch_first(summed[_interior((channels,) + spatial, pads)])
-
-
-@kernel("conv_weight_grad")
-def _conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
-    columns = _columns(_batch_last(x, pads), kernel, strides, dilations, groups)
-    grads = _batch_last(g).reshape(groups, g.shape[1] // groups, -1)
-    grad = _matmul(grads, columns.transpose(0, 2, 1))
-    return grad.reshape((g.shape[1], x.shape[1] // groups) + tuple(kernel))
-
-
-def _pool_pads(shape, kernel, strides, pads, ceil_mode) -> tuple:
-    """Pads with which floor-mode windows are the pooling's (ceil mode pads the end more)."""
-    rank = len(kernel)
-    return tuple(pads[:rank]) + tuple(pool_end_pad(n, k, s, b, e, ceil_mode) for n, k, s, b, e
-                                      in zip(shape[2:], kernel, strides, pads[:rank],
-                                             pads[rank:], strict=True))
-
-
-def _pool_taps(x, kernel, strides, pads, ceil_mode, value):
-    """Each tap's values [C, *out, N] across all windows of x padded with `value`, in the
-    windows' row-major order; and the pads."""
-    full = _pool_pads(x.shape, kernel, strides, pads, ceil_mode)
-    padded = _batch_last(x, full, value)
-    out = [pool_output_dim(n, k, s, b, e, ceil_mode) for n, k, s, b, e in zip(
-        x.shape[2:], kernel, strides, pads[:len(kernel)], pads[len(kernel):], strict=True)]
-    ones = (1,) * len(kernel)
-    return [padded[_covered(tap, strides, ones, out)] for tap in _taps(kernel)], full
-
-
-@kernel("max_pool")
-def _max_pool(x, kernel, strides, pads, ceil_mode):
-    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, _lowest(x.dtype))
-    return _batch_first(_reduce_taps(np.maximum, taps))
-
-
-def _reduce_taps(ufunc, taps):
-    """ufunc folded over the taps into a new array (the taps are views of the input)."""
-    result = np.array(taps[0])
-    for tap in taps[1:]:
-        ufunc(result, tap, out=result)
-    return result
-
-
-def _first_maxima(x, kernel, strides, pads, ceil_mode):
-    """Per tap, where it holds its window's maximum: of tied maxima, the first in the window's
-    row-major order. And the pads."""
-    taps, full = _pool_taps(x, kernel, strides, pads, ceil_mode, -np.inf)
-    peak = _reduce_taps(np.maximum, taps)
-    hits = [taps[0] == peak]
-    unclaimed = ~hits[0]
-    for values in taps[1:]:
-        hit = values == peak
-        hit &= unclaimed
-        unclaimed ^= hit
-        hits.append(hit)
-    return hits, full
-
-
-@kernel("max_unpool")
-def _max_unpool(g, x, kernel, strides, pads, ceil_mode):
-    hits, full = _first_maxima(x, kernel, strides, pads, ceil_mode)
-    # A bf16 (an ml_dtypes array) is summed in f32 and rounded once: numpy 2.0 crashes adding
-    # into a strided bf16 view (seen training LeNet in bf16).
-    summed = np.float32 if g.dtype.kind == "V" else g.dtype
-    grads = _batch_last(g).astype(summed, copy=False)
-    result = np.zeros(_padded_shape(x.shape[1:], full) + x.shape[:1], summed)
-    for tap, hit in zip(_taps(kernel), hits, strict=True):
-        result[_covered(tap, strides, (1,) * len(kernel), g.shape[2:])] += np.where(hit, grads, 0)
-    return _batch_first(result[_interior(x.shape[1:], full)]).astype(g.dtype, copy=False)
-
-
-@kernel("max_pool_take")
-def _max_pool_take(values, x, kernel, strides, pads, ceil_mode):
-    hits, _ = _first_maxima(x, kernel, strides, pads, ceil_mode)
-    taps, _ = _pool_taps(values, kernel, strides, pads, ceil_mode, 0.0)
-    result = np.zeros(hits[0].shape, values.dtype)
-    for hit, tap in zip(hits, taps, strict=True):
-        np.copyto(result, tap, where=hit)
-    return _batch_first(result)
-
-
-@functools.lru_cache(maxsize=256)
-def _divisor(spatial, kernel, strides, pads, ceil_mode, count_include_pad):
-    """What each window of avg_pool divides by: a number when all agree, else an array over the
-    output's spatial axes (the product of each axis' window sizes)."""
-    rank = len(kernel)
-    sizes = [pool_window_sizes(n, k, s, b, e, ceil_mode, count_include_pad) for n, k, s, b, e
-             in zip(spatial, kernel, strides, pads[:rank], pads[rank:], strict=True)]
-    if all(set(axis) == {k} for axis, k in zip(sizes, kernel, strict=True)):
-        return float(math.prod(kernel))
-    return functools.reduce(np.multiply.outer, [np.asarray(axis, float) for axis in sizes])
-
-
-@kernel("avg_pool")
-def _avg_pool(x, kernel, strides, pads, ceil_mode, count_include_pad):
-    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, 0.0)
-    total = _reduce_taps(np.add, taps)
-    divisor = _divisor(x.shape[2:], kernel, strides, pads, ceil_mode, count_include_pad)
-    return _batch_first(np.divide(total, np.asarray(divisor, x.dtype)[..., None], out=total))
-
-
-@kernel("avg_unpool")
-def _avg_unpool(g, like, kernel, strides, pads, ceil_mode, count_include_pad):
-    divisor = _divisor(like.shape[2:], kernel, strides, pads, ceil_mode, count_include_pad)
-    share = _batch_last(g) / np.asarray(divisor, g.dtype)[..., None]
-    full = _pool_pads(like.shape, kernel, strides, pads, ceil_mode)
-    summed = _fold(np.broadcast_to(share, tuple(kernel) + share.shape),
-                   _padded_shape(like.shape[1:], full) + like.shape[:1], strides,
-                   (1,) * len(kernel))
-    return _batch_first(summed[_interior(like.shape[1:], full)])
-
-
-@kernel("pad")
-def _pad(x, pads, value):
-    return _padded(x, pads, value)
-
-
 # ---- fused ops (written by the fuse pass at -O2) ---------------------------------------------
 
 @kernel("relu_grad")
@@ -822,6 +592,8 @@ def _padded_coordinate(coordinate, size, padding_mode, align_corners):
         return coordinate
     return np.clip(coordinate, 0, size - 1)
 
+
+from . import numpy_convolution  # noqa: E402,F401 - registers the convolution and pooling kernels
 
 # Every op numpy computes exactly, with no kernel of its own above.
 for _op in OPS.values():
