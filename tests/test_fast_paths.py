@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime
@@ -166,7 +167,9 @@ def intra_op_threads() -> int:
 
 
 def test_the_environment_variable_sets_the_threads(monkeypatch):
-    assert threads.configured_threads() == threads.DEFAULT_THREADS
+    assert threads.chosen_threads() == threads.DEFAULT_THREADS == threads.AUTO
+    monkeypatch.setenv(threads.ENV_VAR, "auto")
+    assert threads.chosen_threads() == threads.AUTO
     monkeypatch.setenv(threads.ENV_VAR, "2")
     assert threads.configured_threads() == 2
     assert intra_op_threads() == 2
@@ -195,10 +198,68 @@ def test_the_blas_limit_follows_the_setting_when_threadpoolctl_is_there():
 
 def test_without_threadpoolctl_blas_is_left_alone(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "threadpoolctl", None)  # import fails
-    monkeypatch.setattr(threads, "_blas_applied", None)
+    monkeypatch.setattr(threads, "_blas_controllers", None)
     threads.set_threads(2)  # no error: onnxruntime still takes the setting
     assert threads.apply_blas_threads() is False
     assert intra_op_threads() == 2
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A 2-core machine whose other processes' CPU time the test sets: `machine.busy` seconds
+    of every core, at `machine.now` on the monotonic clock; this process uses none."""
+    state = SimpleNamespace(busy=0.0, now=100.0, running=1)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "_machine_busy_seconds", lambda: state.busy)
+    monkeypatch.setattr(threads, "_others_running_now", lambda cores: state.running - 1)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: state.now)
+    monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)
+    monkeypatch.setattr(threads, "_sample", None)
+    return state
+
+
+def test_auto_gives_large_products_the_free_cores_and_small_ones_one(machine):
+    assert threads.threads_for(threads.PARALLEL_MIN_FLOPS) == 2
+    assert threads.threads_for(threads.PARALLEL_MIN_FLOPS - 1) == 1
+    threads.set_threads(1)  # a count set is used for everything
+    assert threads.threads_for(1e12) == 1
+    threads.set_threads(threads.AUTO)
+    assert threads.threads_for(1e12) == 2
+
+
+def test_auto_leaves_out_the_cores_other_processes_keep_busy(machine):
+    machine.running = 2  # at the first sample, another thread is running
+    assert threads.free_cores() == 1
+    machine.now += threads.SAMPLE_SECONDS / 2  # within the interval: the sample holds
+    machine.running = 1
+    assert threads.free_cores() == 1
+    machine.now += threads.SAMPLE_SECONDS
+    machine.busy += 0.1 * threads.SAMPLE_SECONDS  # a daemon's few percent: the core is free
+    assert threads.free_cores() == 2
+    machine.now += threads.SAMPLE_SECONDS
+    machine.busy += 0.95 * threads.SAMPLE_SECONDS  # another process spinning on one core
+    assert threads.free_cores() == 1
+    assert threads.threads_for(1e12) == 1
+    machine.now += threads.SAMPLE_SECONDS
+    machine.busy += 5 * threads.SAMPLE_SECONDS  # more than the machine: still one core left
+    assert threads.free_cores() == 1
+
+
+def test_numpy_products_set_blas_threads_by_their_size(machine, monkeypatch):
+    from chainrule.backends.numpy_kernels import KERNELS
+    counts = []  # each limit set on the BLAS library, in order
+    monkeypatch.setattr(threads, "_controllers", lambda: [SimpleNamespace(
+        set_num_threads=counts.append)])
+    monkeypatch.setattr(threads, "_blas_threads", None)
+    small, large = np.ones((8, 8), np.float32), np.ones((200, 200), np.float32)
+    KERNELS["matmul"](large, large)  # 16 MFLOP
+    KERNELS["matmul"](small, small)
+    KERNELS["matmul"](small, small)  # set only when it changes
+    assert counts == [2, 1]
+    counts.clear()
+    model = chainrule.compile(MLP)  # the generated code's inline products too
+    model.run(x=np.ones((64, 784), np.float32), y=np.zeros(64, np.int64))
+    assert counts == [2, 1]  # x @ W1 (64 x 784 x 256: 26 MFLOP), then h @ W2 (0.3 MFLOP)
 
 
 def test_the_cli_takes_threads(capsys):
@@ -207,6 +268,8 @@ def test_the_cli_takes_threads(capsys):
         assert parser.parse_args([command, MLP, "--threads", "2"]).threads == 2, command
     assert main(["run", MLP, "--random-inputs", "--threads", "2"]) == 0
     assert threads.configured_threads() == 2
+    assert main(["run", MLP, "--random-inputs", "--threads", "auto"]) == 0
+    assert threads.chosen_threads() == threads.AUTO
     with pytest.raises(SystemExit) as usage_error:
         main(["run", MLP, "--random-inputs", "--threads", "0"])
     assert usage_error.value.code == 2

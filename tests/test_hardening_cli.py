@@ -135,7 +135,7 @@ def test_resume_holds_a_recorded_option_to_the_options_bounds(tmp_path, option, 
 # ---- threads from the environment -----------------------------------------------------------
 
 @pytest.mark.parametrize("value, message", [
-    ("many", f"{ENV_VAR}='many' is not a whole number of threads"),
+    ("many", f"{ENV_VAR}='many' is not a whole number of threads or 'auto'"),
     ("5000000000", f"{ENV_VAR} must be 1 to {MAX_THREADS} threads, not 5000000000"),
     ("0", f"{ENV_VAR} must be 1 to {MAX_THREADS} threads, not 0"),
 ])

@@ -24,6 +24,7 @@ from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
 from .numpy_kernels import HALF_FLOATS, KERNELS, in_dtype
 from .numpy_scan import StepError, scan_loop
+from .threads import use_blas_threads
 
 # Ops numpy computes with a ufunc, called as np.<ufunc>(inputs..., out=buffer) when in place.
 UFUNCS = {op.name: op.numpy for op in OPS.values()
@@ -337,6 +338,10 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
         call = f"CONSTANTS[{index}]"
     elif node.op in INLINE and not (node.op == "gemm" and _half_float(node)):
         call = INLINE[node.op](args, node.attrs)
+        if node.op == "gemm":  # the kernel's _matmul sets these threads itself
+            columns = 0 if node.attrs["trans_b"] else 1
+            emit(f"{indent}USE_BLAS_THREADS(2 * {args[0]}.size * {args[1]}.shape[{columns}])",
+                 node)
     elif node.op in UFUNCS:
         out_arg = f", out={names[reused]}" if reused is not None else ""
         call = f"np.{UFUNCS[node.op]}({', '.join(args)}{out_arg})"
@@ -488,6 +493,7 @@ def compile_graph(graph: Graph, donate_params: bool = False,
     # By chainrule's names: bfloat16 and the narrow dtypes are ml_dtypes', not attributes of np.
     namespace["DTYPES"] = {v.type.dtype: numpy_dtype(v.type.dtype) for v in graph.values()}
     namespace["IN_DTYPE"] = in_dtype
+    namespace["USE_BLAS_THREADS"] = use_blas_threads
     for index, node in enumerate(graph.nodes):
         if node.op == "constant":
             namespace["CONSTANTS"][index] = KERNELS["constant"](**node.attrs)

@@ -16,6 +16,7 @@ from ..ir import grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.types import cast_array, dtype_of_numpy, is_float, numpy_dtype
 from . import erf_approximation as cody
+from .threads import use_blas_threads
 
 KERNELS, kernel = rule_table()
 
@@ -212,6 +213,8 @@ HALF_FLOATS = ("float16", "bfloat16")
 
 @kernel("matmul")
 def _matmul(a, b):
+    if a.ndim > 1 and b.ndim > 1:  # a product of matrices (of stacks of them): its threads
+        use_blas_threads(2 * max(a.size * b.shape[-1], b.size * a.shape[-2]))
     if a.dtype.name in HALF_FLOATS:
         return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
     return in_dtype(np.matmul(a, b), a.dtype)

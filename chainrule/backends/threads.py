@@ -1,52 +1,96 @@
-"""How many threads the backends compute with: onnxruntime's intra-op pool and numpy's BLAS.
+"""How many threads the backends compute with: numpy's BLAS per matrix product, and
+onnxruntime's intra-op pool per session.
 
-One setting covers both: `set_threads(N)` (the CLI's `--threads N`), else the environment
-variable CHAINRULE_NUM_THREADS, else DEFAULT_THREADS. onnxruntime sessions created afterwards
-take it. numpy's BLAS takes it at run time through threadpoolctl, installed with the `speed`
-extra (`pip install chainrule[speed]`); without threadpoolctl numpy's BLAS keeps the threads it
-started with (OPENBLAS_NUM_THREADS, else every core), and only onnxruntime follows the setting.
+The setting: `set_threads(N)` (the CLI's `--threads N`), else the environment variable
+CHAINRULE_NUM_THREADS, else "auto". A number is used for everything. Under "auto" (the default)
+the choice is made per op, from its size and from how many cores other processes leave free:
+
+- numpy: a matrix product (a matmul, a gemm, a convolution's columns times its weight) of at
+  least PARALLEL_MIN_FLOPS runs on every free core; a smaller one on one thread, since
+  waking a second thread costs more than it saves there. The limit is set on numpy's BLAS
+  through threadpoolctl (the `speed` extra) only when it changes, a call of about 3 µs;
+  without threadpoolctl numpy's BLAS keeps the threads it started with (OPENBLAS_NUM_THREADS,
+  else every core) and only onnxruntime follows the setting.
+- onnxruntime: a session gets a pool of every free core when it is created, and onnxruntime's
+  own cost model runs each op on one thread or several by the op's size; the pool's threads
+  sleep between ops rather than spin (onnx_backend.session_options).
+
+Free cores. A thread that another process keeps busy is descheduled for whole time slices, and
+a parallel product waits for its slowest thread, so a second thread on a busy machine costs
+several times what it saves (docs/performance.md, `bench.py --busy`). `free_cores` counts the
+cores the rest of the machine used over the last SAMPLE_SECONDS (from /proc/stat, less this
+process' own CPU time), rounded, and leaves those out; where /proc/stat is missing it counts
+every core free.
 """
 from __future__ import annotations
 
 import os
+import time
 
 from ..ir import ChainruleError
 
 ENV_VAR = "CHAINRULE_NUM_THREADS"
-# One thread, measured on the 2-core machine (README, Performance): with a second thread
-# onnxruntime and OpenBLAS gain at most 1.3x on the largest workload (a batch of 1024) when the
-# machine is quiet, gain nothing on the small steps, and lose several times over when another
-# process keeps one core busy, because each step then waits for a thread that is descheduled.
-DEFAULT_THREADS = 1
+AUTO = "auto"
+DEFAULT_THREADS = AUTO
 # More than any machine chainrule targets has cores: a larger count is a typo, and past 2**31
 # onnxruntime's session options refuse it with a TypeError.
 MAX_THREADS = 1024
+# Measured on the 2-core machine, quiet (docs/performance.md, threads): a float32 product of
+# 9 MFLOP (a LeNet convolution's) takes 155 µs on one thread and 85 on two, one of 1 MFLOP
+# gains nothing, and OpenBLAS itself runs products below about 0.5 MFLOP on one thread.
+PARALLEL_MIN_FLOPS = 4_000_000
+# How often the other processes' load is sampled: often enough to follow a job that starts or
+# ends, rarely enough that reading /proc/stat (about 60 µs) costs nothing measurable.
+SAMPLE_SECONDS = 0.5
+# The CPU time the rest of the machine used, in cores, from which a core counts as taken:
+# a background daemon's few percent leaves it free, a process spinning on it does not.
+BUSY_CORE = 0.5
 
-_chosen: int | None = None     # set_threads' value; None: the environment's or the default
-_blas_applied: int | None = None
+_chosen: int | str | None = None  # set_threads' value; None: the environment's or the default
+_blas_threads: int | None = None  # the limit last set on numpy's BLAS
+_blas_controllers: list | None = None
+_sample: tuple | None = None      # (wall, machine busy seconds, own CPU seconds, free cores)
 
 
-def set_threads(count: int | None) -> None:
-    """Use `count` threads from now on (None: back to the environment's or the default)."""
+def set_threads(count: int | str | None) -> None:
+    """Use `count` threads from now on ("auto": chosen per op; None: back to the environment's
+    or the default)."""
     global _chosen
-    if count is not None:
+    if count is not None and count != AUTO:
         _check(count, "--threads")
     _chosen = count
     apply_blas_threads()
 
 
-def configured_threads() -> int:
-    """The threads to use: set_threads' value, else CHAINRULE_NUM_THREADS, else the default."""
+def chosen_threads() -> int | str:
+    """The setting: a count, or AUTO."""
     if _chosen is not None:
         return _chosen
     text = os.environ.get(ENV_VAR, "").strip()
     if not text:
         return DEFAULT_THREADS
+    if text == AUTO:
+        return AUTO
     try:
         count = int(text)
     except ValueError:
-        raise ChainruleError(f"{ENV_VAR}={text!r} is not a whole number of threads") from None
+        raise ChainruleError(f"{ENV_VAR}={text!r} is not a whole number of threads "
+                             f"or {AUTO!r}") from None
     return _check(count, ENV_VAR)
+
+
+def configured_threads() -> int:
+    """The threads for a whole session or worker: the count set, or under auto the free cores."""
+    chosen = chosen_threads()
+    return free_cores() if chosen == AUTO else chosen
+
+
+def threads_for(flops: float) -> int:
+    """The threads for one op of `flops` floating-point operations."""
+    chosen = chosen_threads()
+    if chosen != AUTO:
+        return chosen
+    return 1 if flops < PARALLEL_MIN_FLOPS else free_cores()
 
 
 def _check(count: int, where: str) -> int:
@@ -55,20 +99,82 @@ def _check(count: int, where: str) -> int:
     return count
 
 
-def apply_blas_threads() -> bool:
-    """Limit numpy's BLAS to the configured threads; False when threadpoolctl is absent.
+# ---- free cores -------------------------------------------------------------------------------
 
-    Cheap after the first call: the limit is set again only when the setting changed."""
-    global _blas_applied
-    count = configured_threads()
-    if count == _blas_applied:
-        return True
+def free_cores() -> int:
+    """The cores other processes left free over the last SAMPLE_SECONDS (at least 1)."""
+    global _sample
+    now = time.monotonic()
+    if _sample is not None and now - _sample[0] < SAMPLE_SECONDS:
+        return _sample[3]
+    busy, own = _machine_busy_seconds(), time.process_time()
+    cores = os.cpu_count() or 1
+    if busy is None:
+        free = cores
+    elif _sample is None:
+        free = cores - _others_running_now(cores)
+    else:
+        others = (busy - _sample[1] - (own - _sample[2])) / (now - _sample[0])
+        free = cores - min(cores - 1, int(max(0.0, others) + 1 - BUSY_CORE))
+    _sample = (now, busy, own, max(1, free))
+    return _sample[3]
+
+
+def _machine_busy_seconds() -> float | None:
+    """Every core's non-idle time since boot, in seconds; None where /proc/stat is missing."""
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy.
+    ticks = [int(field) for field in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _others_running_now(cores: int) -> int:
+    """At the first sample, which has no interval yet: the runnable threads right now, less this
+    one (/proc/loadavg's fourth field), as whole cores taken."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            running = int(loadavg.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return min(cores - 1, max(0, running - 1))
+
+
+# ---- numpy's BLAS -----------------------------------------------------------------------------
+
+def _controllers() -> list:
+    """threadpoolctl's handles on numpy's BLAS libraries; empty without threadpoolctl."""
+    global _blas_controllers
+    if _blas_controllers is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_controllers = []
+        else:
+            _blas_controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas_controllers
+
+
+def use_blas_threads(flops: float) -> None:
+    """Set numpy's BLAS to the threads an op of `flops` gets (only when that changes)."""
+    global _blas_threads
+    count = threads_for(flops)
+    if count != _blas_threads:
+        for controller in _controllers():
+            controller.set_num_threads(count)
+        _blas_threads = count
+
+
+def apply_blas_threads() -> bool:
+    """Limit numpy's BLAS to the setting (under auto, one thread until a large product asks for
+    more); False when threadpoolctl is absent."""
+    if not _controllers():
         return False
-    threadpool_limits(limits=count, user_api="blas")
-    _blas_applied = count
+    use_blas_threads(0)
     return True
 
 
@@ -77,4 +183,8 @@ def describe_threads() -> str:
     source = ("set_threads" if _chosen is not None
               else ENV_VAR if os.environ.get(ENV_VAR, "").strip() else "default")
     blas = "BLAS too" if apply_blas_threads() else "BLAS unchanged (no threadpoolctl)"
-    return f"{configured_threads()} thread(s) ({source}; onnxruntime, {blas})"
+    chosen = chosen_threads()
+    if chosen == AUTO:
+        return (f"auto threads ({source}: per op, products of {PARALLEL_MIN_FLOPS / 1e6:g} "
+                f"MFLOP or more on the {free_cores()} free core(s); onnxruntime, {blas})")
+    return f"{chosen} thread(s) ({source}; onnxruntime, {blas})"

@@ -7,7 +7,7 @@ from .. import __version__
 from ..backends import BACKENDS, DEFAULT_OPSET
 from ..bounds import (COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, SEED, STEPS,
                       Number)
-from ..backends.threads import DEFAULT_THREADS, ENV_VAR, MAX_THREADS
+from ..backends.threads import AUTO, DEFAULT_THREADS, ENV_VAR, MAX_THREADS
 from ..ir import ChainruleError
 from ..onnx_import import LOSSES, check_target_name
 from ..passes.manager import PASSES, PRESETS
@@ -35,7 +35,14 @@ COMMANDS = {
 DEFAULTS = TrainConfig()
 
 
-THREADS = Number(int, 1, most=MAX_THREADS)
+THREAD_COUNT = Number(int, 1, most=MAX_THREADS)
+
+
+def thread_setting(text: str):
+    """--threads: a count, or auto (chosen per op: backends/threads.py)."""
+    return AUTO if text.strip() == AUTO else THREAD_COUNT(text)
+
+
 DIM_SIZE = Number(int, 0, most=2 ** 63 - 1)  # 0: empty; numpy's shapes are signed 64-bit
 
 
@@ -148,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     def with_threads(sub):
-        sub.add_argument("--threads", type=THREADS, metavar="N",
-                         help=f"threads for onnxruntime and numpy's BLAS, 1 to {MAX_THREADS} "
-                              f"(default: ${ENV_VAR}, else {DEFAULT_THREADS})")
+        sub.add_argument("--threads", type=thread_setting, metavar="N",
+                         help=f"threads for onnxruntime and numpy's BLAS, 1 to {MAX_THREADS}, "
+                              f"or {AUTO}: per op, large products on the cores other processes "
+                              f"leave free (default: ${ENV_VAR}, else {DEFAULT_THREADS})")
         return sub
 
     def with_optimizer(sub):

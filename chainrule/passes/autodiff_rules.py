@@ -415,7 +415,9 @@ def _sum(bw, g, x, out, axes, keepdims):
 @vjp("mean")
 def _mean(bw, g, x, out, axes, keepdims):
     count = bw.emit("numel", x, axes=axes, dtype=x.type.dtype)
-    return (bw.emit("div", _spread(bw, g, x, axes, keepdims), count),)
+    # Divided before it is spread: the division reads the reduced cotangent, not x's size, and
+    # the spread stays a broadcast that whatever consumes it reads in its own memory order.
+    return (_spread(bw, bw.emit("div", g, count), x, axes, keepdims),)
 
 
 @vjp("max", "min")
