@@ -22,7 +22,8 @@ from ..ir.types import ML_DTYPES, UNKNOWN, numpy_dtype
 from . import fused_kernels
 from .feeds import CheckedFeeds, check_arrays
 from .numpy_backend import ExecutionError
-from .numpy_kernels import HALF_FLOATS, KERNELS, in_dtype
+from .numpy_kernels import KERNELS
+from .numpy_products import HALF_FLOATS, in_dtype
 from .numpy_scan import StepError, scan_loop
 from .threads import use_blas_threads
 
@@ -338,7 +339,7 @@ def _emit_node(plan: Plan, index: int, node: Node, indent: str, emit, deletable=
         call = f"CONSTANTS[{index}]"
     elif node.op in INLINE and not (node.op == "gemm" and _half_float(node)):
         call = INLINE[node.op](args, node.attrs)
-        if node.op == "gemm":  # the kernel's _matmul sets these threads itself
+        if node.op == "gemm":  # the kernels set these threads in numpy_products.matmul
             columns = 0 if node.attrs["trans_b"] else 1
             emit(f"{indent}USE_BLAS_THREADS(2 * {args[0]}.size * {args[1]}.shape[{columns}])",
                  node)

@@ -1,5 +1,5 @@
-"""The numpy backend's convolution, pooling and padding kernels (registered in numpy_kernels'
-table, which imports this module).
+"""The numpy backend's convolution, pooling and padding kernels (numpy_kernels' table takes
+them in).
 
 Layout. The kernels work in a batch-innermost layout, [C, *spatial, N] in memory, and hand
 results out as [N, C, *spatial] views of it (elementwise ops between layers keep that layout,
@@ -34,8 +34,11 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..ir.ops import rule_table
 from ..ir.shapes import conv_output_dim, pool_end_pad, pool_output_dim, pool_window_sizes
-from .numpy_kernels import _lowest, _matmul, kernel
+from .numpy_products import lowest, matmul
+
+CONVOLUTION_KERNELS, kernel = rule_table()
 
 
 # ---- layout -----------------------------------------------------------------------------------
@@ -141,12 +144,12 @@ def _fold(taps, padded_shape, strides, dilations):
 
 # ---- convolution ------------------------------------------------------------------------------
 
-def _grouped_matmul(a, b):
+def _groupedmatmul(a, b):
     """a [groups, M, K] times b [groups, K, P]; one plain matrix product for one group (numpy
     runs a stack of one more slowly)."""
     if a.shape[0] == 1:
-        return _matmul(a[0], b[0])[None]
-    return _matmul(a, b)
+        return matmul(a[0], b[0])[None]
+    return matmul(a, b)
 
 
 def _channel_weight(w, tap, rank):
@@ -158,7 +161,7 @@ def _channel_weight(w, tap, rank):
 def _conv(x, w, strides, pads, dilations, groups):
     out = _output_spatial(x.shape[2:], w.shape[2:], strides, pads, dilations)
     columns = _columns(x, w.shape[2:], strides, pads, dilations, groups)
-    y = _grouped_matmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
+    y = _groupedmatmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
     return _batch_first(y.reshape((w.shape[0],) + out + x.shape[:1]))
 
 
@@ -180,7 +183,7 @@ def _conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
         # down its slower path, and the weight is small beside the columns.
         weights = np.ascontiguousarray(
             w.reshape(groups, w.shape[0] // groups, -1).transpose(0, 2, 1))
-        columns = _grouped_matmul(weights, _batch_last(x).reshape(
+        columns = _groupedmatmul(weights, _batch_last(x).reshape(
             groups, w.shape[0] // groups, -1))
         taps = np.moveaxis(columns.reshape((channels,) + kernel_shape + x.shape[2:]
                                            + x.shape[:1]),
@@ -231,7 +234,7 @@ def _depthwise_fold(x, w, padded_shape, strides, dilations):
 def _conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
     columns = _columns(x, kernel, strides, pads, dilations, groups)
     grads = _batch_last(g).reshape(groups, g.shape[1] // groups, -1)
-    return _grouped_matmul(grads, columns.transpose(0, 2, 1)).reshape(
+    return _groupedmatmul(grads, columns.transpose(0, 2, 1)).reshape(
         (g.shape[1], x.shape[1] // groups) + tuple(kernel))
 
 
@@ -259,7 +262,7 @@ def _pool_taps(x, kernel_shape, strides, pads, ceil_mode, value):
 
 @kernel("max_pool")
 def _max_pool(x, kernel, strides, pads, ceil_mode):
-    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, _lowest(x.dtype))
+    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, lowest(x.dtype))
     return _batch_first(_reduce_taps(np.maximum, taps))
 
 
@@ -289,7 +292,7 @@ def _first_maxima(taps):
 
 @kernel("max_unpool")
 def _max_unpool(g, x, kernel, strides, pads, ceil_mode):
-    taps, full = _pool_taps(x, kernel, strides, pads, ceil_mode, _lowest(x.dtype))
+    taps, full = _pool_taps(x, kernel, strides, pads, ceil_mode, lowest(x.dtype))
     # A bf16 (an ml_dtypes array) is summed in f32 and rounded once: numpy 2.0 crashes adding
     # into a strided bf16 view (seen training LeNet in bf16).
     summed = np.float32 if g.dtype.kind == "V" else g.dtype
@@ -313,7 +316,7 @@ def _max_unpool(g, x, kernel, strides, pads, ceil_mode):
 
 @kernel("max_pool_take")
 def _max_pool_take(values, x, kernel, strides, pads, ceil_mode):
-    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, _lowest(x.dtype))
+    taps, _ = _pool_taps(x, kernel, strides, pads, ceil_mode, lowest(x.dtype))
     values_taps, _ = _pool_taps(values, kernel, strides, pads, ceil_mode, 0.0)
     result = np.zeros(values_taps[0].shape, values.dtype)
     for hit, tap in zip(_first_maxima(taps), values_taps, strict=True):

@@ -14,9 +14,10 @@ import numpy as np
 
 from ..ir import grid_sampling
 from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
-from ..ir.types import cast_array, dtype_of_numpy, is_float, numpy_dtype
+from ..ir.types import cast_array, numpy_dtype
 from . import erf_approximation as cody
-from .threads import use_blas_threads
+from .numpy_convolution import CONVOLUTION_KERNELS
+from .numpy_products import is_float_array_dtype, lowest, matmul
 
 KERNELS, kernel = rule_table()
 
@@ -40,12 +41,6 @@ def _from_numpy(op: OpDef):
     are)."""
     function = getattr(np, op.numpy)
     return _reduction(function) if "axes" in op.attrs else function
-
-
-def in_dtype(result, dtype):
-    """result in `dtype`: numpy multiplies bfloat16 matrices in float32 and returns that, and
-    with numpy 2.0 a Python scalar meeting a bfloat16 array makes float32 too."""
-    return result if result.dtype == dtype else result.astype(dtype)
 
 
 @kernel("relu")
@@ -205,19 +200,7 @@ def _bitcast(x, dtype):
     return x.view(numpy_dtype(dtype))
 
 
-# numpy multiplies f16 matrices without BLAS (about 50 times f32's time) and ml_dtypes' bf16
-# ones about 8 times: a product of half floats is computed in f32 and rounded once, summing in
-# f32 as the half-precision units of accelerators (and onnxruntime's CPU provider) do.
-HALF_FLOATS = ("float16", "bfloat16")
-
-
-@kernel("matmul")
-def _matmul(a, b):
-    if a.ndim > 1 and b.ndim > 1:  # a product of matrices (of stacks of them): its threads
-        use_blas_threads(2 * max(a.size * b.shape[-1], b.size * a.shape[-2]))
-    if a.dtype.name in HALF_FLOATS:
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
-    return in_dtype(np.matmul(a, b), a.dtype)
+KERNELS["matmul"] = matmul
 
 
 @kernel("transpose")
@@ -225,23 +208,13 @@ def _transpose(x, perm):
     return np.transpose(x, perm)
 
 
-def _lowest(dtype):
-    """What max gives over nothing, as ONNX's ReduceMax: -inf, or an int dtype's least value."""
-    return -np.inf if _is_float(dtype) else np.iinfo(dtype).min
-
-
 def _highest(dtype):
-    return np.inf if _is_float(dtype) else np.iinfo(dtype).max
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    # ml_dtypes' bfloat16 is of numpy's kind "V", not "f".
-    return is_float(dtype_of_numpy(dtype))
+    return np.inf if is_float_array_dtype(dtype) else np.iinfo(dtype).max
 
 
 @kernel("max")
 def _max(x, axes, keepdims):
-    return np.max(x, axis=_axes(axes), keepdims=keepdims, initial=_lowest(x.dtype))
+    return np.max(x, axis=_axes(axes), keepdims=keepdims, initial=lowest(x.dtype))
 
 
 @kernel("min")
@@ -491,7 +464,7 @@ def _sum_squares(x):
 
 @kernel("gemm")
 def _gemm(a, b, trans_a, trans_b):
-    return _matmul(a.T if trans_a else a, b.T if trans_b else b)
+    return matmul(a.T if trans_a else a, b.T if trans_b else b)
 
 
 @kernel("gemm_acc")
@@ -503,13 +476,13 @@ def _gemm_acc(a, b, c, alpha, beta, trans_a, trans_b, overwrite=False):
     faster on this project's machine: it reads c inside the product's kernel instead.)"""
     a, b = (a.T if trans_a else a), (b.T if trans_b else b)
     if alpha == 1:
-        product = _matmul(a, b)
+        product = matmul(a, b)
     elif a.size < c.size and a.size <= b.size:  # c has the product's shape
-        product = _matmul(a * alpha, b)
+        product = matmul(a * alpha, b)
     elif b.size < c.size:
-        product = _matmul(a, b * alpha)
+        product = matmul(a, b * alpha)
     else:
-        product = _matmul(a, b)
+        product = matmul(a, b)
         product *= alpha
     if not overwrite:
         return np.add(c if beta == 1 else c * beta, product, out=product)
@@ -596,7 +569,7 @@ def _padded_coordinate(coordinate, size, padding_mode, align_corners):
     return np.clip(coordinate, 0, size - 1)
 
 
-from . import numpy_convolution  # noqa: E402,F401 - registers the convolution and pooling kernels
+KERNELS.update(CONVOLUTION_KERNELS)
 
 # Every op numpy computes exactly, with no kernel of its own above.
 for _op in OPS.values():

@@ -216,16 +216,19 @@ def batch_norm(ops, x, gamma, beta, running_mean, running_var, momentum, eps):
     def per_channel(value):
         return ops.emit("unsqueeze", value, axes=spread)
 
-    def normalised(mean, variance):
+    def normalised(centered, variance):
+        # gamma / deviation is one number per channel: x's size meets one product, where
+        # dividing by the deviation and then multiplying by gamma would be two, and two more
+        # in the gradient.
         deviation = ops.emit("sqrt", ops.emit("add", variance, ops.constant(eps, x)))
-        return ops.emit("div", ops.emit("sub", x, mean), deviation)
+        scale = ops.emit("div", per_channel(gamma), deviation)
+        return ops.emit("add", ops.emit("mul", centered, scale), per_channel(beta))
 
     mean = ops.emit("mean", x, axes=axes, keepdims=True)
     centered = ops.emit("sub", x, mean)
     variance = ops.emit("mean", ops.emit("mul", centered, centered), axes=axes, keepdims=True)
-    chosen = ops.emit("train_or_eval", normalised(mean, variance),
-                      normalised(per_channel(running_mean), per_channel(running_var)))
-    result = ops.emit("add", ops.emit("mul", chosen, per_channel(gamma)), per_channel(beta))
+    result = ops.emit("train_or_eval", normalised(centered, variance), normalised(
+        ops.emit("sub", x, per_channel(running_mean)), per_channel(running_var)))
     count = ops.emit("numel", x, axes=axes, dtype=x.type.dtype)
     unbiased = ops.emit("mul", ops.emit("squeeze", variance, axes=spread),
                         ops.emit("div", count, ops.emit("sub", count, ops.constant(1.0, x))))

@@ -152,6 +152,17 @@ def sum_of_unsqueeze(ctx, node):
     return None
 
 
+@rule("sum")
+def sum_of_negation(ctx, node):
+    """sum(-x) is -sum(x): the negation then meets the sum's result, not x's size (the
+    gradient of x - mean, batch norm's, negates a cotangent of x's size to sum it)."""
+    inner = ctx.defined_by(node.inputs[0], "neg")
+    if inner is None:
+        return None
+    total = ctx.emit("sum", inner.inputs, node.attrs, node, f"{node.output.name}.sum")
+    return ctx.emit("neg", (total,), {}, node, node.output.name)
+
+
 @rule("numel")
 def static_numel(ctx, node):
     """numel of dims known at compile time is a constant."""
