@@ -4,9 +4,9 @@
 
 10a. A ResNet-18-style and a MobileNet-v2-style network written in the DSL
 (bench/models/*.nn, 3x32x32 images, batch 8), one SGD step each on chainrule's numpy and
-onnxruntime backends, beside the same network in PyTorch eager and in JAX jit. All start from
-the chainrule model's params (PyTorch loads them by their state_dict names; JAX reads them by
-name), so the losses of their first steps agree, which the table's last column shows.
+onnxruntime backends, beside the same network in PyTorch eager and in JAX jit, written once
+over a table of ops. All start from the chainrule model's params, read by their names, so the
+losses of their first steps agree, which the table's last column shows.
 
 10b. torchvision's ResNet-18 and MobileNet-v2 (random weights, 10 classes), exported to ONNX
 once into bench/.cache, imported with `chainrule.import_onnx(..., loss="cross_entropy")`, and
@@ -15,7 +15,8 @@ the module itself, in training mode as the imported step is (batch norm on the b
 statistics).
 
 The systems of a table are timed in turn, call by call (bench.interleaved_medians), so a burst
-of load from other processes falls on each alike. PyTorch and JAX run their default threads.
+of load from other processes falls on each alike; JAX on its own afterwards. PyTorch and JAX
+run their default threads, and PyTorch one thread in a row of its own.
 """
 from __future__ import annotations
 
@@ -168,11 +169,15 @@ def torch_step(torch, logits_of, params: dict):
     """An SGD step of `logits_of` in PyTorch eager on copies of `params`; returns the loss."""
     tensors = {name: torch.tensor(value, requires_grad=not is_statistic(name))
                for name, value in params.items()}
-    trained = [tensor for name, tensor in tensors.items() if not is_statistic(name)]
     ops = TorchOps(torch, tensors)
+    return torch_sgd_step(torch, lambda x: logits_of(ops, x),
+                          [tensor for name, tensor in tensors.items() if not is_statistic(name)])
 
+
+def torch_sgd_step(torch, logits_of, trained: list):
+    """PyTorch eager's forward, backward and SGD update of the `trained` tensors."""
     def step(x, y):
-        loss = torch.nn.functional.cross_entropy(logits_of(ops, x), y)
+        loss = torch.nn.functional.cross_entropy(logits_of(x), y)
         loss.backward()
         with torch.no_grad():
             for tensor in trained:
@@ -342,17 +347,7 @@ def exported(torch, models, name: str, batch: int, size: int) -> str:
 def torch_module_step(torch, module):
     """PyTorch eager's SGD step on a module in training mode; returns the loss."""
     module.train()
-    trained = [p for p in module.parameters() if p.requires_grad]
-
-    def step(x, y):
-        loss = torch.nn.functional.cross_entropy(module(x), y)
-        loss.backward()
-        with torch.no_grad():
-            for tensor in trained:
-                tensor -= LR_VALUE * tensor.grad
-                tensor.grad = None
-        return float(loss.detach())
-    return step
+    return torch_sgd_step(torch, module, [p for p in module.parameters() if p.requires_grad])
 
 
 def imported_rows(name: str, batch: int, size: int, repeats: int) -> tuple[list, str]:
