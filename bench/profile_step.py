@@ -249,7 +249,7 @@ def main():
         profiler = numpy_profile if args.backend == "numpy" else onnxruntime_profile
         profile = profiler(model, inputs, args.repeats)
     except (ChainruleError, OSError) as error:
-        sys.exit(f"profile_step: error: {args.model}: {error}")
+        sys.exit(f"profile_step: error: {error}")
     print(f"{os.cpu_count()} cores; {settings}; learning rate {LR_VALUE}")
     shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in inputs.items())
     print_profile(f"{os.path.basename(args.model)} on {args.backend}: one SGD step at -O2 "
