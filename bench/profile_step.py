@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import chainrule
-from bench import LR_VALUE, ROOT, carried_feeds, thread_settings
+from bench import LR_VALUE, ROOT, carried_feeds, median_seconds, thread_settings
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend
 from chainrule.cli import random_inputs
 from chainrule.ir import ChainruleError
@@ -38,6 +38,7 @@ from chainrule.passes.optimizers import OptimizerSpec
 
 DIGITS = os.path.join(ROOT, "examples", "data", "digits_train.npz")
 FREEING = "(del: arrays freed)"
+FUSED = "(fused elementwise kernel)"
 
 
 @dataclass
@@ -107,32 +108,39 @@ def numpy_profile(model, inputs: dict, repeats: int) -> Profile:
     step_seconds = float(np.median(step_times))
     profile = Profile(step_seconds)
     for times, (kind, text) in zip(seconds, statements, strict=True):
-        add_part(profile, float(np.median(times)), kind, text)
+        if times:
+            add_part(profile, float(np.median(times)), kind, text)
     return profile
 
 
 def instrumented(compiled):
-    """The generated step compiled again with a clock around each statement of its body:
-    the function, each statement's (kind, text), and per statement the list each call
-    appends its seconds to. The statements computed once per input shape (under
-    `if known is None`) are left untimed."""
+    """The generated step compiled again with a clock around each statement that computes a
+    node: the function, each statement's (kind, text), and per statement the list each call
+    appends its seconds to. A statement that did not run (those computed once per input
+    shape, under `if known is None`, or a fused kernel's fallback) has no times."""
     lines = compiled.source.splitlines()
     body = [lines[0], "    _clock = CLOCK"]
     statements = []
     for line, node in zip(lines[1:], compiled.line_nodes[1:], strict=True):
         text = line.strip()
-        top_level = line.startswith("    ") and not line.startswith("     ")
-        if node is None or not top_level or text.startswith(("if ", "else:", "return ")):
+        if node is None or text.endswith(":") or text.startswith("return "):
             body.append(line)
             continue
-        kind = FREEING if text.startswith("del ") else node.op
-        body += ["    _started = _clock()", line,
-                 f"    SECONDS[{len(statements)}].append(_clock() - _started)"]
-        statements.append((kind, text))
+        indent = line[:len(line) - len(text)]
+        body += [f"{indent}_started = _clock()", line,
+                 f"{indent}SECONDS[{len(statements)}].append(_clock() - _started)"]
+        statements.append((statement_kind(text, node), text))
     namespace = dict(compiled.function.__globals__)
     namespace.update(CLOCK=time.perf_counter, SECONDS=[[] for _ in statements])
     exec(compile("\n".join(body) + "\n", "<profiled step>", "exec"), namespace)
     return namespace["run"], statements, namespace["SECONDS"]
+
+
+def statement_kind(text: str, node) -> str:
+    """The IR op a generated statement computes, or what else it does."""
+    if text.startswith("del "):
+        return FREEING
+    return FUSED if "  # %" in text and "(fused" in text.split("  # %", 1)[1] else node.op
 
 
 # ---- onnxruntime ------------------------------------------------------------------------------
@@ -197,17 +205,6 @@ def add_part(profile: Profile, seconds: float, kind: str, description: str) -> N
     total, count = profile.by_kind.get(kind, (0.0, 0))
     profile.by_kind[kind] = (total + seconds, count + 1)
     profile.parts.append((seconds, kind, description))
-
-
-def median_seconds(step, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def print_profile(title: str, profile: Profile, kinds: int, top: int) -> None:
