@@ -157,25 +157,26 @@ def onnxruntime_profile(model, inputs: dict, repeats: int, warmup: int = 3) -> P
     exported = export_onnx(graph, opset=DEFAULT_OPSET, params_as_inputs=True, training=True)
     options = session_options(graph)
     options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="chainrule-profile-"),
-                                               "step")
-    session = onnxruntime.InferenceSession(with_carried_edges(exported).SerializeToString(),
-                                           options, providers=["CPUExecutionProvider"])
-    every = carried_feeds(model, graph, interface, inputs)
-    feeds = {i.name: np.array(every[i.name]) for i in session.get_inputs()}
-    output = {o.name: index for index, o in enumerate(session.get_outputs())}
-    carried = [(name, output[next_name])
-               for name, next_name in {**interface.params, **interface.state}.items()
-               if name in feeds]
+    with tempfile.TemporaryDirectory(prefix="chainrule-profile-") as folder:
+        options.profile_file_prefix = os.path.join(folder, "step")
+        session = onnxruntime.InferenceSession(
+            with_carried_edges(exported).SerializeToString(), options,
+            providers=["CPUExecutionProvider"])
+        every = carried_feeds(model, graph, interface, inputs)
+        feeds = {i.name: np.array(every[i.name]) for i in session.get_inputs()}
+        output = {o.name: index for index, o in enumerate(session.get_outputs())}
+        carried = [(name, output[next_name])
+                   for name, next_name in {**interface.params, **interface.state}.items()
+                   if name in feeds]
 
-    def step():
-        results = session.run(None, feeds)
-        for name, index in carried:
-            feeds[name] = results[index]
+        def step():
+            results = session.run(None, feeds)
+            for name, index in carried:
+                feeds[name] = results[index]
 
-    step_seconds = median_seconds(step, repeats, warmup)
-    with open(session.end_profiling()) as file:
-        events = json.load(file)
+        step_seconds = median_seconds(step, repeats, warmup)
+        with open(session.end_profiling()) as file:
+            events = json.load(file)
     return summarised_events(events, step_seconds, warmup)
 
 
