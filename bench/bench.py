@@ -724,9 +724,14 @@ def workloads(quick: bool) -> dict:
                         mixed_precision_rows(file.read(), digits, max(repeats // 10, 3)),
                         missing="cannot run")
 
+    def cnn_steps():
+        from cnn import print_cnn_tables
+        print_cnn_tables(quick)
+
     return {"1": mlp_step, "1b": mlp_step_small, "1c": mlp_step_large, "2": deep_step,
             "2b": tiny_step, "3": inference, "4": compile_time, "4b": loop_compile_time,
-            "5": memory_rows, "6": lenet_step, "7": api_overhead, "9": mixed_precision}
+            "5": memory_rows, "6": lenet_step, "7": api_overhead, "9": mixed_precision,
+            "10": cnn_steps}
 
 
 @contextlib.contextmanager
