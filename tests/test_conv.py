@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 import chainrule
 from chainrule import ChainruleError
+from chainrule.backends import get_backend
+from chainrule.backends.onnx_backend import export_onnx
 from chainrule.ir.types import numpy_dtype
 from chainrule.passes.optimizers import OptimizerSpec
-from op_cases import Arg, Case, conv_window, pool_window
+from op_cases import Arg, Case, conv_window, forward_graph, pool_window
 from support import conv_reference as reference
 from support.backend_checks import TOLERANCES, check_against_interpreter_twice, check_standard
 from support.builtin_checks import BATCH, check_builtin, model_source, random_feeds
@@ -329,16 +331,22 @@ def test_each_convolution_path_matches_the_reference(path, strides, pads, dilati
 ], ids=["tiled", "untiled", "apart", "overlapping"])
 def test_the_max_pool_gradient_goes_to_each_windows_first_maximum(kernel, strides, pads,
                                                                   ceil_mode, shape):
-    from chainrule.backends.numpy_kernels import KERNELS
-    x = np.random.default_rng(3).integers(0, 3, shape).astype(np.float32)  # many ties
+    x = np.random.default_rng(3).integers(0, 3, shape).astype(np.float64)  # many ties
     window = pool_window(kernel, strides, pads, ceil_mode)
     g = np.random.default_rng(4).normal(
-        size=reference.REFERENCES["max_pool"](x, **window).shape).astype(np.float32)
+        size=reference.REFERENCES["max_pool"](x, **window).shape)
     expected = reference.REFERENCES["max_unpool"](g, x, **window)
+    graph = forward_graph(Case("max_unpool", (Arg(g.shape), Arg(x.shape)), window))
+    values = {"a0": g, "a1": x}
+    model = export_onnx(graph, {})
+    # The exported form where windows tile x: SpaceToDepth's blocks, no scatter.
+    tiled = {node.op_type for node in model.graph.node} >= {"SpaceToDepth", "DepthToSpace"}
+    assert tiled == (shape == (2, 3, 6, 4))
     # Exact where windows do not overlap: each position then takes one window's gradient.
     disjoint = all(s >= k for s, k in zip(strides, kernel))
-    assert_close(KERNELS["max_unpool"](g, x, **window), expected, rtol=0 if disjoint else 1e-6,
-                 atol=0)
+    for backend in ("numpy", "onnxruntime"):
+        result = get_backend(backend).run(graph, values, {})["out"]
+        assert_close(result, expected, rtol=0 if disjoint else 1e-6, atol=0, what=backend)
 
 
 # ---- random configurations of each op ---------------------------------------------------------

@@ -939,6 +939,9 @@ def _max_positions(em, node, x) -> str:
 
 @lowering("max_unpool")
 def _max_unpool(em, node, out, g, x):
+    if _tiles_2d(node, node.inputs[1]):
+        _max_unpool_by_blocks(em, node, out, g, x)
+        return
     if em.opset < FOLD_SINCE:
         raise ChainruleError(f"the ONNX form of max_unpool needs opset {FOLD_SINCE} or newer, "
                              f"not {em.opset}", node.loc)
@@ -948,6 +951,37 @@ def _max_unpool(em, node, out, g, x):
     summed = em.add("ScatterElements", [zeros, positions, em.add("Reshape", [g, flat])],
                     axis=0, reduction="add")
     em.add("Reshape", [summed, shape], out)
+
+
+def _tiles_2d(node, x) -> bool:
+    """Whether a 2-D pooling's square windows tile x exactly (LeNet's 2x2 of stride 2): each
+    window is then one of SpaceToDepth's blocks."""
+    attrs, spatial = node.attrs, _spatial(x)
+    block = attrs["kernel"][0]
+    return (len(spatial) == 2 and tuple(attrs["kernel"]) == tuple(attrs["strides"]) == (block,) * 2
+            and not any(attrs["pads"]) and isinstance(x.type.shape[1], int)
+            and all(isinstance(n, int) and n % block == 0 for n in spatial))
+
+
+def _max_unpool_by_blocks(em, node, out, g, x) -> None:
+    """The gradient of a pooling whose windows tile x, as a gather: each window's taps side by
+    side (SpaceToDepth), the first maximum of each marked, g written there, the taps put back
+    (DepthToSpace). onnxruntime's MaxPool with Indices, which the scatter form needs, took
+    ten times its MaxPool without them (LeNet's 64x16x8x8: 257 against 22 µs), and the whole
+    gradient a third less this way."""
+    block, channels = node.attrs["kernel"][0], node.inputs[1].type.shape[1]
+    taps, pooled = block * block, [n // block for n in _spatial(node.inputs[1])]
+    stacked = em.add("Reshape", [em.add("SpaceToDepth", [x], blocksize=block),
+                                 em.ints([0, taps, channels, *pooled], "taps")])
+    tied = em.add("Equal", [stacked, em.reduce("ReduceMax", stacked, (1,), True)])
+    # Of tied maxima the first in the window's row-major order, which is SpaceToDepth's.
+    seen = em.add("CumSum", [em.add("Cast", [tied], to=ONNX_DTYPES["i32"]), em.ints(1, "axis")])
+    first = em.add("And", [tied, em.add("Equal", [seen, em.scalar(1, "i32")])])
+    share = em.add("Mul", [em.add("Cast", [first], to=ONNX_DTYPES[_dtype(node)]),
+                           em.unsqueeze(g, [1])])
+    em.add("DepthToSpace", [em.add("Reshape", [share, em.ints([0, taps * channels, *pooled],
+                                                              "blocks")])],
+           out, blocksize=block, mode="DCR")
 
 
 @lowering("max_pool_take")
