@@ -48,6 +48,9 @@ BUSY_CORE = 0.5
 
 _chosen: int | str | None = None  # set_threads' value; None: the environment's or the default
 _blas_threads: int | None = None  # the limit last set on numpy's BLAS
+# The threads of a product below PARALLEL_MIN_FLOPS, kept so that the products of a small step
+# (a few µs each) pay no lookup; set again by set_threads and at each sample of the load.
+_small_op_threads = 1
 _blas_controllers: list | None = None
 _sample: tuple | None = None      # (wall, machine busy seconds, own CPU seconds, free cores)
 
@@ -59,7 +62,14 @@ def set_threads(count: int | str | None) -> None:
     if count is not None and count != AUTO:
         _check(count, "--threads")
     _chosen = count
+    _note_small_op_threads()
     apply_blas_threads()
+
+
+def _note_small_op_threads() -> None:
+    global _small_op_threads
+    chosen = chosen_threads()
+    _small_op_threads = 1 if chosen == AUTO else chosen
 
 
 def chosen_threads() -> int | str:
@@ -107,6 +117,7 @@ def free_cores() -> int:
     now = time.monotonic()
     if _sample is not None and now - _sample[0] < SAMPLE_SECONDS:
         return _sample[3]
+    _note_small_op_threads()
     busy, own = _machine_busy_seconds(), time.process_time()
     cores = os.cpu_count() or 1
     if busy is None:
@@ -162,7 +173,7 @@ def _controllers() -> list:
 def use_blas_threads(flops: float) -> None:
     """Set numpy's BLAS to the threads an op of `flops` gets (only when that changes)."""
     global _blas_threads
-    count = threads_for(flops)
+    count = _small_op_threads if flops < PARALLEL_MIN_FLOPS else threads_for(flops)
     if count != _blas_threads:
         for controller in _controllers():
             controller.set_num_threads(count)
@@ -174,6 +185,7 @@ def apply_blas_threads() -> bool:
     more); False when threadpoolctl is absent."""
     if not _controllers():
         return False
+    _note_small_op_threads()
     use_blas_threads(0)
     return True
 
