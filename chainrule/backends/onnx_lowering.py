@@ -13,6 +13,7 @@ one at a dtype, the export's last step (onnx_widening.py) computes it in a wider
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -788,15 +789,25 @@ def _along(axis: int, rank: int) -> tuple:
 
 
 def _unfold(em, node, x, spatial, kernel, strides, pads, dilations) -> str:
-    """x's windows as [N, C, kernel, windows], gathered from its zero-padded planes."""
+    """x's windows as [N, C, kernel, windows]: each tap of every window one strided Slice of the
+    zero-padded planes (a Gather of the windows' positions measured several times slower)."""
     spatial = _fixed(node, spatial, "the windows' positions")
     rank = len(kernel)
     if any(pads):
         x = em.add("Pad", [x, em.ints([0, 0, *pads[:rank], 0, 0, *pads[rank:]], "pads"),
                            em.scalar(0.0, _dtype(node))])
-    planes = em.add("Reshape", [x, em.ints([0, 0, -1], "planes")])
-    positions = _window_positions(_padded(spatial, pads), kernel, strides, dilations)
-    return em.add("Gather", [planes, em.ints(positions, "windows")], axis=2)
+    windows = [conv_output_dim(n, k, s, 0, 0, d) for n, k, s, d in zip(
+        _padded(spatial, pads), kernel, strides, dilations, strict=True)]
+    axes, steps = em.ints(list(range(2, 2 + rank)), "axes"), em.ints(list(strides), "steps")
+    taps = []
+    for tap in itertools.product(*map(range, kernel)):
+        starts = [t * d for t, d in zip(tap, dilations, strict=True)]
+        ends = [b + s * (n - 1) + 1 for b, s, n in zip(starts, strides, windows, strict=True)]
+        taps.append(em.unsqueeze(em.add("Slice", [x, em.ints(starts, "starts"),
+                                                  em.ints(ends, "ends"), axes, steps]), [2]))
+    stacked = em.add("Concat", taps, axis=2) if len(taps) > 1 else taps[0]
+    return em.add("Reshape", [stacked, em.ints([0, 0, len(taps), math.prod(windows)],
+                                               "windows")])
 
 
 def _fold(em, node, taps, spatial, kernel, strides, pads, dilations, out) -> None:
@@ -858,29 +869,30 @@ def _conv_transpose(em, node, out, x, w):
 
 @lowering("conv_weight_grad")
 def _conv_weight_grad(em, node, out, x, g):
-    if _dtype(node) == "f32":
+    sizes = [*node.inputs[0].type.shape[1:], *node.inputs[1].type.shape[1:]]
+    if _dtype(node) == "f32" and not all(isinstance(n, int) for n in sizes):
         _conv_weight_grad_as_conv(em, node, out, x, g)
         return
+    # dW = the sum over the batch of each row's g [O, windows] times its columns [windows,
+    # C * kernel]: one batched MatMul and a ReduceSum, which onnxruntime ran faster than the
+    # Conv over swapped axes, by half from ResNet's sizes on (bench/onnx_forms.py).
     attrs, groups = node.attrs, node.attrs["groups"]
-    channels, grad_channels = node.inputs[0].type.shape[1], node.inputs[1].type.shape[1]
-    windows = math.prod(_spatial(node.inputs[1]))
+    channels, outputs = node.inputs[0].type.shape[1], node.inputs[1].type.shape[1]
+    rows, windows = channels // groups * math.prod(attrs["kernel"]), math.prod(
+        _spatial(node.inputs[1]))
     taps = _unfold(em, node, x, _spatial(node.inputs[0]), attrs["kernel"], attrs["strides"],
                    attrs["pads"], attrs["dilations"])
-    # g [groups, out / groups, N * windows] @ [groups, N * windows, in / groups * kernel]
-    columns = em.add("Transpose", [em.add("Reshape", [taps, em.ints([0, groups, -1, windows],
-                                                                    "columns")])],
-                     perm=[1, 0, 3, 2])
-    columns = em.add("Reshape", [columns, em.ints(
-        [groups, -1, channels // groups * math.prod(attrs["kernel"])], "rows")])
-    grads = em.add("Transpose", [em.add("Reshape", [g, em.ints(
-        [0, groups, grad_channels // groups, windows], "grads")])], perm=[1, 2, 0, 3])
-    grads = em.add("Reshape", [grads, em.ints([groups, grad_channels // groups, -1], "rows")])
-    em.add("Reshape", [em.add("MatMul", [grads, columns]),
-                       em.ints(node.output.type.shape, "shape")], out)
+    # Every size given: a -1 is ambiguous when a batch of 0 leaves no columns.
+    columns = em.add("Transpose", [em.add("Reshape", [taps, em.ints(
+        [0, groups, rows, windows], "columns")])], perm=[0, 1, 3, 2])
+    grads = em.add("Reshape", [g, em.ints([0, groups, outputs // groups, windows], "grads")])
+    summed = em.reduce("ReduceSum", em.add("MatMul", [grads, columns]), (0,), False)
+    em.add("Reshape", [summed, em.ints(node.output.type.shape, "shape")], out)
 
 
 def _conv_weight_grad_as_conv(em, node, out, x, g):
-    """dW[o, c, k] = sum over n, p of g[n, o, p] x[n, c, p * stride + k * dilation]: a Conv of x
+    """Over symbolic sizes, where Slice cannot place the windows:
+    dW[o, c, k] = sum over n, p of g[n, o, p] x[n, c, p * stride + k * dilation]: a Conv of x
     with g as its kernel, the batch as the channels summed over, each input channel as a batch
     entry, and stride and dilation swapped. Its windows may run past the kernel's size (input
     past the last window of the forward conv), so they are cropped."""
@@ -953,14 +965,20 @@ def _max_unpool(em, node, out, g, x):
     em.add("Reshape", [summed, shape], out)
 
 
+# The gather's dozen ops cost more than the scatter they replace on small images: measured
+# (bench/onnx_forms.py) 0.8x the scatter's time at 16x8x8 per row, 1.8x at 32x4x4.
+GATHER_MIN_ROW = 1024
+
+
 def _tiles_2d(node, x) -> bool:
-    """Whether a 2-D pooling's square windows tile x exactly (LeNet's 2x2 of stride 2): each
-    window is then one of SpaceToDepth's blocks."""
+    """Whether a 2-D pooling's square windows tile x exactly (LeNet's 2x2 of stride 2), so
+    that each window is one of SpaceToDepth's blocks, and x's rows are large enough to pay."""
     attrs, spatial = node.attrs, _spatial(x)
     block = attrs["kernel"][0]
     return (len(spatial) == 2 and tuple(attrs["kernel"]) == tuple(attrs["strides"]) == (block,) * 2
             and not any(attrs["pads"]) and isinstance(x.type.shape[1], int)
-            and all(isinstance(n, int) and n % block == 0 for n in spatial))
+            and all(isinstance(n, int) and n % block == 0 for n in spatial)
+            and x.type.shape[1] * math.prod(spatial) >= GATHER_MIN_ROW)
 
 
 def _max_unpool_by_blocks(em, node, out, g, x) -> None:
