@@ -23,6 +23,9 @@ FLOAT = TensorProto.FLOAT
 # (batch, channels in, size, channels out): LeNet's two convolutions, two of ResNet-18's.
 CONV_SHAPES = ((64, 1, 8, 16), (64, 16, 4, 32), (8, 64, 16, 64), (8, 128, 8, 128))
 POOL_SHAPES = ((64, 16, 8, 8), (64, 32, 4, 4), (8, 64, 32, 32))
+# (batch, channels in, input size, channels out) of stride-2 convolutions: LeNet-sized and
+# two of ResNet-18's downsampling ones.
+STRIDED_SHAPES = ((64, 16, 8, 32), (8, 64, 32, 128), (8, 256, 8, 512))
 
 
 def session(nodes, inputs: dict, constants: dict | None = None):
@@ -77,6 +80,30 @@ def input_gradient_forms(batch, channels, size, outputs):
             helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0, 2, 3]),
             helper.make_node("Slice", ["wt", "starts", "ends", "axes", "steps"], ["wf"]),
             helper.make_node("Conv", ["g", "wf"], ["y"], **conv)], inputs, flip),
+    }, inputs
+
+
+def strided_input_gradient_forms(batch, channels, size, outputs):
+    """The input's gradient of a 3x3 convolution of stride 2 and padding 1 (ResNet's
+    downsampling): ConvTranspose, or the stride-1 convolution of g with zeros inserted."""
+    half = size // 2
+    inputs = {"g": [batch, outputs, half, half], "w": [outputs, channels, 3, 3]}
+    return {
+        "ConvTranspose (exported)": session([helper.make_node(
+            "ConvTranspose", ["g", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+            pads=[1, 1, 1, 1], output_padding=[1, 1])], inputs),
+        "zeros inserted, Conv of the flipped weight": session([
+            helper.make_node("Unsqueeze", ["g", "gaps"], ["g6"]),
+            helper.make_node("Pad", ["g6", "zeros"], ["spread"]),
+            helper.make_node("Reshape", ["spread", "image"], ["dilated"]),
+            helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0, 2, 3]),
+            helper.make_node("Slice", ["wt", "starts", "ends", "axes", "steps"], ["wf"]),
+            helper.make_node("Conv", ["dilated", "wf"], ["y"], kernel_shape=[3, 3],
+                             pads=[1, 1, 1, 1])],
+            inputs, {"gaps": ints(3, 5), "zeros": ints(*[0] * 9, 1, 0, 1),
+                     "image": ints(batch, outputs, size, size), "starts": ints(-1, -1),
+                     "ends": ints(-2 ** 62, -2 ** 62), "axes": ints(2, 3),
+                     "steps": ints(-1, -1)}),
     }, inputs
 
 
@@ -198,6 +225,8 @@ def main():
           "size (x channels out); ratio: the exported form's time over the other's.")
     measure("The input's gradient of a 3x3 convolution (stride 1)", input_gradient_forms,
             CONV_SHAPES, repeats)
+    measure("The input's gradient of a 3x3 convolution of stride 2",
+            strided_input_gradient_forms, STRIDED_SHAPES, repeats)
     measure("The weight's gradient of a 3x3 convolution (stride 1)", weight_gradient_forms,
             CONV_SHAPES, repeats)
     measure("The gradient of a 2x2 max pooling of stride 2", pool_gradient_forms, POOL_SHAPES,
