@@ -410,7 +410,7 @@ def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3)
 class ArgumentConformer:
     """conform_arguments for one list of inputs, for calls again and again: when every
     argument is an array of its input's dtype and rank (which conform leaves as it is), as in
-    the usual call, it costs two comparisons an argument and returns `arguments` itself."""
+    the usual call, it costs a few comparisons an argument and returns `arguments` itself."""
 
     def __init__(self, inputs: list[Value]):
         self.inputs = inputs

@@ -1,5 +1,6 @@
 """The Python API keeps its word: one spelling for a file and one for text, public names
-importable from `chainrule` alone, and a start that loads only what a call needs."""
+importable from `chainrule` alone, a start that loads only what a call needs, and repeated
+calls that check their arguments once per signature yet refuse what a first call refuses."""
 import math
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_exporting_loads_onnx_when_it_is_needed():
     assert loaded == "True"
 
 
-# ---- repeated calls: checked once per signature, and never less ---------------------------------
+# ---- repeated calls: checked once per signature, and never less -----------------------------
 
 CLASSIFIER = ("model m(x: f32[B, 3], y: i64[B]) {\n    param W: f32[4, 3] = normal(0.0, 0.1)\n"
               "    o = x @ W.T\n    J = cross_entropy(o, y)\n    return J, o\n}\n")
