@@ -111,12 +111,12 @@ def check_some_rows(names: list[str], arrays: dict, what: str) -> None:
     its `[B, ...]`) has some: none of the inputs `names` (batch_axis_inputs) is given 0 of
     them."""
     for name in names:
-        array = arrays.get(name, ())
+        array = arrays.get(name)
         try:
             shape = array.shape if type(array) is np.ndarray else np.shape(array)
         except ValueError:
             continue  # a ragged list, no array: the feeds' check says so
-        if shape[:1] == (0,):
+        if shape[:1] == (0,) and array is not None:  # a missing one: the feeds' check names it
             refuse_no_rows(what)
 
 

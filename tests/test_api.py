@@ -157,6 +157,12 @@ def test_a_bad_call_after_good_ones_gets_the_first_calls_error(call, inputs, bac
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_missing_an_input_names_it_rather_than_counting_no_rows(backend):
+    assert refusal(train_step, backend, BAD_INPUTS["missing"]).startswith(
+        "missing input 'y' (declared i64[B]); given 'x'")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("call", [run, train_step])
 def test_a_repeated_call_still_casts_and_notes_what_it_casts(call, backend):
     model = chainrule.compile(source=CLASSIFIER)
