@@ -2,6 +2,7 @@
 returns."""
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -18,7 +19,7 @@ from .ir.gcpause import gc_paused
 from .ir.init import initial_params
 from .ir.limits import check_graph_sizes
 from .onnx_import import LOSSES  # the names alone: the importer loads onnx on first use
-from .data import check_rows, conform_arguments
+from .data import ArgumentConformer, check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.mixed_precision import DEFAULT_GROWTH_INTERVAL, check_precision, scales_loss
@@ -134,9 +135,12 @@ class Model:
         # _params does. Reading `params` takes them back; the next step hands them over again.
         self._holder = None
         self._trainers = {}  # (optimizer, backend, opt_level) -> Trainer, for train_step
+        # train_step's last (optimizer, backend, opt_level) as given, and its trainer
+        self._last_step_call, self._last_step_trainer = None, None
         self._compiled = {}  # pipeline -> (graph, gradient names)
         self._backends = {}  # backend name -> backend, which caches what it compiles per graph
-        self._runs = {}  # (backend, opt_level, outputs) -> (graph, backend, param names)
+        # (backend, opt_level, outputs) -> (graph, backend, param names, its inputs' conformer)
+        self._runs = {}
         self.onnx_names = {}  # an imported model's ONNX value names -> IR names
         self.onnx_sequences = {}  # its sequence inputs and outputs -> their tensors' IR names
         self.notes = []  # what importing it did that its user should know
@@ -303,11 +307,11 @@ class Model:
         if prepared is None:
             graph = self.forward_graph(outputs, opt_level)
             names = [v.name for v in graph.param_values()]
-            prepared = self._runs[key] = (graph, self.backend(backend), names)
-        graph, runner, names = prepared
+            prepared = self._runs[key] = (graph, self.backend(backend), names,
+                                          ArgumentConformer(graph.inputs))
+        graph, runner, names, conform = prepared
         current = self._current_params()
-        return runner.run(graph, conform_arguments(graph.inputs, inputs),
-                          {name: current[name] for name in names})
+        return runner.run(graph, conform(inputs), {name: current[name] for name in names})
 
     def params_of(self, graph: Graph) -> dict[str, np.ndarray]:
         """The params `graph` reads: one reduced to some outputs may not need them all."""
@@ -426,21 +430,35 @@ class Model:
         no copy per step: the numpy backend updates them in place, onnxruntime in buffers of
         its own. Reading `params` gives their current values back (copying them out of
         onnxruntime), and the step after that takes a copy of them again."""
-        key = (OptimizerSpec.of(optimizer), backend, opt_level)
-        trainer = self._trainers.get(key)
-        if trainer is None:
-            from .train import TrainConfig, Trainer
-
-            # Each call gives its step's lr: the config's (a schedule's base) goes unused.
-            config = TrainConfig(optimizer=optimizer, backend=backend, opt_level=opt_level)
-            trainer = self._trainers[key] = Trainer(self, config)
+        call = (optimizer, backend, opt_level)
+        # Usually the last call's arguments again, the same objects, compared by identity
+        # (rather than a spec's hash of all its fields).
+        if call != self._last_step_call:
+            self._last_step_trainer = self._trainer(optimizer, backend, opt_level)
+            self._last_step_call = call
+        trainer = self._last_step_trainer
         if self._holder is not trainer:
             params = self.params  # back from the previous holder, if any
             # The step may write into the arrays it holds: the caller's stay untouched.
             trainer.params = {name: np.array(array) for name, array in params.items()}
             self._holder = trainer
-        outputs = trainer.train_step(conform_arguments(self.graph.inputs, inputs), lr)
+        outputs = trainer.train_step(self._conform_inputs(inputs), lr)
         return {name: float(outputs[name]) for name in trainer.reported}
+
+    def _trainer(self, optimizer, backend, opt_level: str):
+        """train_step's trainer for these settings: one per optimizer spec however named."""
+        key = (OptimizerSpec.of(optimizer), backend, opt_level)
+        if key not in self._trainers:
+            from .train import TrainConfig, Trainer
+
+            # Each call gives its step's lr: the config's (a schedule's base) goes unused.
+            config = TrainConfig(optimizer=optimizer, backend=backend, opt_level=opt_level)
+            self._trainers[key] = Trainer(self, config)
+        return self._trainers[key]
+
+    @functools.cached_property
+    def _conform_inputs(self) -> ArgumentConformer:
+        return ArgumentConformer(self.graph.inputs)
 
     def export_graph(self, grad: bool = False, outputs=None, wrt=None,
                      opt_level: str = "O0") -> Graph:

@@ -31,6 +31,8 @@ class Number:
     def check(self, value, what: str):
         """`value` as given to the API for `what`: of the wrong Python type a TypeError, out
         of bounds (or NaN, or infinite) a ChainruleError."""
+        if type(value) is self.kind is float and math.isfinite(value) and self.within(value):
+            return value  # the usual call, such as each step's lr, without the ABCs' checks
         wanted = numbers.Integral if self.kind is int else numbers.Real
         if isinstance(value, bool) or not isinstance(value, wanted):
             raise TypeError(f"{what} must be {self.describe()}, not {type(value).__name__} "

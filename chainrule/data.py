@@ -407,6 +407,25 @@ def conform_arguments(inputs: list[Value], arguments: dict, stacklevel: int = 3)
     return arrays
 
 
+class ArgumentConformer:
+    """conform_arguments for one list of inputs, for calls again and again: when every
+    argument is an array of its input's dtype and rank (which conform leaves as it is), as in
+    the usual call, it costs a few comparisons an argument and returns `arguments` itself."""
+
+    def __init__(self, inputs: list[Value]):
+        self.inputs = inputs
+        self.fitting = {v.name: (numpy_dtype(v.type.dtype), v.type.rank) for v in inputs}
+
+    def __call__(self, arguments: dict, stacklevel: int = 4) -> dict:
+        fitting = self.fitting
+        for name, argument in arguments.items():
+            fit = fitting.get(name)
+            if (fit is None or type(argument) is not np.ndarray or argument.dtype != fit[0]
+                    or argument.ndim != fit[1]):
+                return conform_arguments(self.inputs, arguments, stacklevel)
+        return arguments
+
+
 def _fits_as_given(value: Value, argument) -> bool:
     """Whether `conform` would leave `argument` as it is: an array of the input's dtype that
     needs no flattening and no channel axis."""

@@ -100,12 +100,23 @@ def check_dataset(graph, arrays: dict, what: str) -> int:
     return count
 
 
-def check_some_rows(graph, arrays: dict, what: str) -> None:
+def batch_axis_inputs(graph) -> list[str]:
+    """The inputs whose first dim is symbolic: the axis of a batch's rows."""
+    return [v.name for v in graph.inputs
+            if v.type.rank and not isinstance(v.type.shape[0], int)]
+
+
+def check_some_rows(names: list[str], arrays: dict, what: str) -> None:
     """A batch whose inputs need not share their rows (a sequence model's `[T, B, ...]` beside
-    its `[B, ...]`) has some: no input with a symbolic first dim is given 0 of them."""
-    for value in graph.inputs:
-        if value.type.rank and not isinstance(value.type.shape[0], int) \
-                and np.shape(arrays.get(value.name, ()))[:1] == (0,):
+    its `[B, ...]`) has some: none of the inputs `names` (batch_axis_inputs) is given 0 of
+    them."""
+    for name in names:
+        array = arrays.get(name)
+        try:
+            shape = array.shape if type(array) is np.ndarray else np.shape(array)
+        except ValueError:
+            continue  # a ragged list, no array: the feeds' check says so
+        if shape[:1] == (0,) and array is not None:  # a missing one: the feeds' check names it
             refuse_no_rows(what)
 
 

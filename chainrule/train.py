@@ -33,8 +33,8 @@ from .passes.manager import check_opt_level
 from .passes.mixed_precision import (DEFAULT_GROWTH_INTERVAL, LOSS_SCALE, PRECISIONS,
                                      check_precision)
 from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
-from .runners import (LocalRunner, TrainRunner, check_dataset, check_some_rows, held_updates,
-                      take_rows)
+from .runners import (LocalRunner, TrainRunner, batch_axis_inputs, check_dataset,
+                      check_some_rows, held_updates, take_rows)
 
 CHECKPOINT_FILE = "checkpoint.npz"
 LOCK_FILE = ".lock"
@@ -215,6 +215,7 @@ class Trainer:
         self.backend = get_backend(config.backend_name)
         self.dtype = numpy_dtype(model.objective.type.dtype)
         self._param_names = [v.name for v in self.step_graph.param_values()]
+        self._batch_axis_inputs = batch_axis_inputs(model.graph)
         self.runner.load({**model.params, **self.initial_state()})
         # Whether the model holds the runner's params: fit hands them over when they moved.
         self.model_has_params = True
@@ -279,7 +280,7 @@ class Trainer:
         params)."""
         # A step's own lr may be 0 (a warmup's first step is): it moves state, not params.
         NON_NEGATIVE.check(lr, "the learning rate")
-        check_some_rows(self.model.graph, batch, "the batch")
+        check_some_rows(self._batch_axis_inputs, batch, "the batch")
         return self.step_on(batch, None, lr)
 
     def step_on(self, data: dict, rows: np.ndarray | None, lr: float) -> dict:

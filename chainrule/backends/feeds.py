@@ -1,6 +1,7 @@
 """Checking the arrays given for a graph's inputs and params against their declared types."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,23 +160,43 @@ def label_bounds(graph: Graph) -> dict[str, int]:
     return bounds
 
 
+INT64 = np.dtype(np.int64)
+# Up to this many indices Python's min and max over a list are quicker than numpy's reductions,
+# which take microseconds to start (more when a session's run has just left the caches cold).
+FEW_INDICES = 64
+
+
 def check_index_ranges(indexed: list[IndexInput], inputs: dict, dims: dict) -> None:
     """Refuse labels or indices outside what their op accepts, the same way before every
     backend: numpy would index from the end or fail, onnxruntime return garbage or fail."""
     for index in indexed:
         size = dims.get(index.bound) if isinstance(index.bound, str) else index.bound
-        array = np.asarray(inputs[index.name])
+        array = _as_array(inputs[index.name])
         if size is None or array.size == 0:
             continue
-        if not index.negatives and array.dtype == np.int64 and (
+        if array.size <= FEW_INDICES:
+            values = (array if array.ndim == 1 else array.ravel()).tolist()
+            smallest, largest = min(values), max(values)
+        elif not index.negatives and array.dtype == INT64 and (
                 array.view(np.uint64).max() < size):
             continue  # one pass: a negative label reads as a huge unsigned one
+        else:
+            smallest, largest = array.min(), array.max()
         low = -size if index.negatives else 0
-        smallest, largest = array.min(), array.max()
         if smallest < low or largest >= size:
             bad = smallest if smallest < low else largest
             raise ChainruleError(f"input '{index.name}' holds {bad}, out of range: "
                                  f"{index.describe(size)}", index.node.loc)
+
+
+DTYPE_AND_SHAPE = operator.attrgetter("dtype", "shape")
+
+
+def _signature(counts: tuple, arrays: list) -> tuple:
+    """What checking `arrays` depends on: how many were given (a name no input has adds one)
+    and each one's type, dtype and shape. Types included, a signature seen after a check holds
+    numpy arrays only; what has no dtype raises AttributeError."""
+    return (*counts, *map(type, arrays), *map(DTYPE_AND_SHAPE, arrays))
 
 
 class CheckedFeeds:
@@ -191,21 +212,23 @@ class CheckedFeeds:
         self.indexed = index_inputs(graph)
         self.held = frozenset(held)
         self.fed = [v for v in graph.inputs if v.name not in self.held]
+        self.fed_names = [v.name for v in self.fed]
         self.input_names = [v.name for v in graph.inputs]
         self.param_names = [v.name for v in graph.param_values()]
 
-    def fed_arrays(self, inputs: dict, held: dict) -> list[np.ndarray]:
+    def fed_arrays(self, inputs: dict, held) -> list[np.ndarray]:
         """The arrays of the inputs not held, in graph order. The first call with each
-        signature of theirs checks everything, `held` (every held input and param by name)
-        included; a held value keeps its shape and dtype, so later calls compare signatures."""
+        signature of theirs checks everything, the held inputs and params included: `held()`
+        gives them by name, and is called only then. A held value keeps its shape and dtype,
+        so later calls compare signatures."""
         try:
-            arrays = [_as_array(inputs[v.name]) for v in self.fed]
-        except (KeyError, ValueError, TypeError):
-            arrays = None
-        signature = None if arrays is None else (
-            len(inputs), tuple((a.dtype, a.shape) for a in arrays))
+            arrays = [inputs[name] for name in self.fed_names]
+            signature = _signature((len(inputs),), arrays)
+        except (KeyError, AttributeError):
+            signature = None  # missing, or not an array: check_feeds says which
         dims = self.seen.get(signature)
         if dims is None:
+            held = held()
             params = {v.name: held[v.name] for v in self.graph.param_values()}
             every = dict(inputs)
             every.update((name, held[name]) for name in self.held if name not in params)
@@ -213,7 +236,9 @@ class CheckedFeeds:
             if unknown:
                 raise ChainruleError(f"input(s) {quoted(unknown)} are held by the backend "
                                      f"between calls, not fed")
-            dims = self.seen[signature] = check_feeds(self.graph, every, params)
+            dims = check_feeds(self.graph, every, params)
+            arrays = [_as_array(array) for array in arrays]
+            self.seen[_signature((len(inputs),), arrays)] = dims
         elif self.indexed:
             check_index_ranges(self.indexed, inputs, dims)
         return arrays
@@ -223,14 +248,14 @@ class CheckedFeeds:
         try:
             arrays = [inputs[name] for name in self.input_names]
             arrays += [params[name] for name in self.param_names]
-            arrays = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
-        except (KeyError, ValueError, TypeError):
-            arrays = None  # missing, or not an array: check_feeds says which
-        signature = None if arrays is None else (
-            len(inputs), len(params), *[(a.dtype, a.shape) for a in arrays])
+            signature = _signature((len(inputs), len(params)), arrays)
+        except (KeyError, AttributeError):
+            signature = None  # missing, or not an array: check_feeds says which
         dims = self.seen.get(signature)
         if dims is None:
-            dims = self.seen[signature] = check_feeds(self.graph, inputs, params)
+            dims = check_feeds(self.graph, inputs, params)
+            arrays = [_as_array(array) for array in arrays]
+            self.seen[_signature((len(inputs), len(params)), arrays)] = dims
         elif self.indexed:  # values change from call to call: check them every time
             check_index_ranges(self.indexed, inputs, dims)
         return arrays

@@ -516,10 +516,12 @@ class CompiledNumpyBackend:
             weakref.WeakKeyDictionary())
 
     def compiled(self, graph: Graph) -> CompiledGraph:
-        if graph not in self.compiled_graphs:
+        compiled = self.compiled_graphs.get(graph)  # one lookup: each makes a weak reference
+        if compiled is None:
             # Through a proxy: an entry holding its own key would never leave the cache.
-            self.compiled_graphs[graph] = compile_graph(weakref.proxy(graph), self.donate_params)
-        return self.compiled_graphs[graph]
+            compiled = self.compiled_graphs[graph] = compile_graph(weakref.proxy(graph),
+                                                                   self.donate_params)
+        return compiled
 
     def run(self, graph: Graph, inputs: dict, params: dict, *, training: bool = False,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -572,7 +574,7 @@ class ResidentStep:
         """One step on `inputs` (the batch and the learning rate): the outputs that replace
         no held value, by name."""
         current = self.current
-        fed = self.feeds.fed_arrays(inputs, current)
+        fed = self.feeds.fed_arrays(inputs, self.values)
         results = self.compiled.results([current[name] if index is None else fed[index]
                                          for index, name in self.arguments], True, self.rng)
         for index, name in self.replaced:

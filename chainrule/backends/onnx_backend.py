@@ -295,7 +295,9 @@ class OnnxRuntimeBackend:
         return self._runner(graph, training).session
 
     def _runner(self, graph: Graph, training: bool) -> _SessionRunner:
-        runners = self.runners.setdefault(graph, {})
+        runners = self.runners.get(graph)  # a lookup makes a weak reference: one per call
+        if runners is None:
+            runners = self.runners[graph] = {}
         if training not in runners:
             model = export_onnx(graph, opset=self.opset, params_as_inputs=True,
                                 training=training)
@@ -374,24 +376,27 @@ class _SessionRunner:
         used = {i.name for i in self.session.get_inputs()}
         values = list(graph.inputs) + graph.param_values()
         # Positions of the arrays onnxruntime takes (an unused input is pruned from the model),
-        # each with its name and dtype at the session's edge.
-        self.fed = [(index, edge, value.type.dtype) for index, value in enumerate(values)
+        # each with its name and the cast to its carrier at the session's edge.
+        self.fed = [(index, edge, to_carrier_cast(value.type.dtype))
+                    for index, value in enumerate(values)
                     if (edge := value_edge_name(value.name, value.type.dtype, fed_name))
                     in used]
         self.output_names = [value_edge_name(output_name(v, graph), v.type.dtype, fetched_name)
                              for v in graph.outputs]
+        self.fetched = [(v.name, from_carrier_cast(v.type.dtype)) for v in graph.outputs]
         self.nodes_by_output = {out.name: node for node in graph.nodes for out in node.outputs}
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
+        feeds = {}
+        for index, name, cast in self.fed:
+            feeds[name] = arrays[index] if cast is None else arrays[index].astype(cast)
         try:
-            results = self.session.run(self.output_names,
-                                       {name: to_carrier(arrays[index], dtype)
-                                        for index, name, dtype in self.fed})
+            results = self.session.run(self.output_names, feeds)
         except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
             raise self.located(error) from None
-        return {v.name: from_carrier(r, v.type.dtype)
-                for v, r in zip(self.graph.outputs, results, strict=True)}
+        return {name: result if cast is None else result.astype(cast)
+                for (name, cast), result in zip(self.fetched, results, strict=True)}
 
     def located(self, error: Exception) -> ChainruleError:
         """onnxruntime's failure as a ChainruleError at the DSL line of the node it names."""
@@ -401,6 +406,24 @@ class _SessionRunner:
         where = f"while computing %{node.outputs[0].name} = {node.op}(...)" if node else \
             "while running the graph"
         return ChainruleError(f"onnxruntime failed {where}: {message}", node.loc if node else None)
+
+
+def _fixed_buffer(value: Value) -> np.ndarray | None:
+    """An array for an output of a fixed shape to be written into (as its carrier), or None."""
+    if not all(isinstance(dim, int) for dim in value.type.shape):
+        return None
+    return np.zeros(value.type.shape, numpy_dtype(carrier(value.type.dtype)))
+
+
+def to_carrier_cast(dtype: str) -> np.dtype | None:
+    """The cast a checked array of `dtype` takes to cross into a session: to its carrier, or
+    None when it crosses as it is (onnxruntime_edges.to_carrier, worked out once)."""
+    return numpy_dtype(carrier(dtype)) if carrier(dtype) != dtype else None
+
+
+def from_carrier_cast(dtype: str) -> np.dtype | None:
+    """The cast a fetched array of `dtype` takes back from its carrier, or None."""
+    return numpy_dtype(dtype) if carrier(dtype) != dtype else None
 
 
 def _status_message(error: Exception) -> str:
@@ -432,7 +455,8 @@ class ResidentStep:
         used = {i.name for i in runner.session.get_inputs()}
         # Names and arrays at the session's edge: a dtype numpy holds through ml_dtypes is
         # fed, fetched and held as its carrier (onnxruntime_edges.py).
-        self.fed = [(index, edge, v.type.dtype) for index, v in enumerate(self.feeds.fed)
+        self.fed = [(index, edge, to_carrier_cast(v.type.dtype))
+                    for index, v in enumerate(self.feeds.fed)
                     if (edge := value_edge_name(v.name, v.type.dtype, fed_name)) in used]
         onnx_names = {v.name: value_edge_name(output_name(v, graph), v.type.dtype, fetched_name)
                       for v in graph.outputs}
@@ -444,10 +468,14 @@ class ResidentStep:
             buffers[1][value.name] = np.zeros_like(array) if value.name in carried else array
         self.buffers = buffers
         self.parity = 0  # buffers[parity] holds the current values
-        # Outputs other than the carried ones (objective, metrics) come back as numpy.
+        # Outputs other than the carried ones (objective, metrics) come back as numpy. One of
+        # a fixed shape is written into a buffer of its own and copied out: fetching it with
+        # get_outputs() costs about 3 µs a step, as much as the rest of the step's Python.
         replaced = {onnx_names[name] for name in carried.values()}
-        self.returned = [(index, v.name) for index, v in enumerate(
-            v for v in graph.outputs if onnx_names[v.name] not in replaced)]
+        returned = [v for v in graph.outputs if onnx_names[v.name] not in replaced]
+        self.returned = [(index, v.name, _fixed_buffer(v), from_carrier_cast(v.type.dtype))
+                         for index, v in enumerate(returned)]
+        self.fetches = any(buffer is None for _, _, buffer, _ in self.returned)
         self.bindings = []
         self.ort_values = []  # kept alive as long as the bindings that use them
         for parity in (0, 1):
@@ -458,9 +486,13 @@ class ResidentStep:
                     value = onnxruntime.OrtValue.ortvalue_from_numpy(array)
                     self.ort_values.append(value)
                     binding.bind_ortvalue_input(edge, value)
-            for value in graph.outputs:  # returned outputs first, so get_outputs() lists them
-                if onnx_names[value.name] not in replaced:
-                    binding.bind_output(onnx_names[value.name], "cpu")
+            for _, name, buffer, _ in self.returned:  # first, so get_outputs() lists them
+                if buffer is None:
+                    binding.bind_output(onnx_names[name], "cpu")
+                else:
+                    out = onnxruntime.OrtValue.ortvalue_from_numpy(buffer)
+                    self.ort_values.append(out)
+                    binding.bind_ortvalue_output(onnx_names[name], out)
             for name, next_name in carried.items():
                 out = onnxruntime.OrtValue.ortvalue_from_numpy(buffers[1 - parity][name])
                 self.ort_values.append(out)
@@ -482,15 +514,20 @@ class ResidentStep:
     def step(self, inputs: dict) -> dict[str, np.ndarray]:
         """One step on `inputs` (the batch and the learning rate): the outputs that replace
         no held value, by name."""
-        arrays = self.feeds.fed_arrays(inputs, self.values())
+        arrays = self.feeds.fed_arrays(inputs, self.values)
         binding = self.bindings[self.parity]
-        for index, name, dtype in self.fed:
-            binding.bind_cpu_input(name, to_carrier(arrays[index], dtype))
+        for index, name, cast in self.fed:
+            binding.bind_cpu_input(name, arrays[index] if cast is None
+                                   else arrays[index].astype(cast))
         try:
             self.runner.session.run_with_iobinding(binding)
         except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
             raise self.runner.located(error) from None
         self.parity = 1 - self.parity
-        outputs = binding.get_outputs()
-        return {name: from_carrier(outputs[index].numpy(), self.dtypes[name])
-                for index, name in self.returned}
+        outputs = binding.get_outputs() if self.fetches else None
+        results = {}
+        for index, name, buffer, cast in self.returned:
+            # A buffer is the next step's too: what is returned is a copy.
+            array = outputs[index].numpy() if buffer is None else buffer.copy()
+            results[name] = array if cast is None else array.astype(cast)
+        return results
