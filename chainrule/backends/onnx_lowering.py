@@ -216,9 +216,12 @@ def _log_of_one_plus(c, u):
 
 def _beyond_squares(c, magnitude, near):
     """`near` where `magnitude` is at most 1e8, ln 2 + ln(magnitude) past it: there
-    √(x² ± 1) is |x| to the last bit, and x² may overflow."""
+    √(x² ± 1) is |x| to the last bit, and x² may overflow. In f16, whose x² overflows from
+    256 on (and 1e8 is not a number), the switch is at 128, past which 1/x² is below f16's
+    last bit too."""
     far = c("Add", c.number(math.log(2.0)), c("Log", magnitude))
-    return c("Where", c("Greater", magnitude, c.number(1e8)), far, near)
+    switch = 128.0 if c.dtype == "f16" else 1e8
+    return c("Where", c("Greater", magnitude, c.number(switch)), far, near)
 
 
 def _arcsinh(c, x):
