@@ -291,17 +291,18 @@ def test_max_pool_gives_a_tie_to_the_first_maximum_in_row_major_order():
 
 # The numpy backend picks a path per shape (backends/numpy_convolution.py): a 1x1 kernel reads
 # its columns off the input; conv_transpose, the input's gradient, folds tap by tap when
-# depthwise, and at stride 1 is the convolution by the flipped weight when it has as many
-# channels out as in (the forward conv as many in as out). The three ops on each, padded and
+# depthwise, and at stride 1 is the convolution by the flipped weight when it has 8 channels
+# out or more (the forward conv 8 in), else folds. The three ops on each, padded and
 # dilated, strided, and padded past the kernel, against the reference and through the
 # gradient checks.
 PATH_CASES = {
     "pointwise": ((2, 4, 5, 6), (6, 4, 1, 1), 1),
     "pointwise grouped": ((2, 4, 5, 6), (6, 2, 1, 1), 2),
     "depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), 3),
+    "depthwise, many channels": ((2, 8, 6, 5), (8, 1, 3, 3), 8),
     "columns": ((3, 2, 6, 5), (4, 2, 3, 2), 1),
-    "columns grouped": ((2, 4, 6, 5), (6, 2, 3, 3), 2),
-    "columns, more channels in than out": ((2, 5, 6, 5), (3, 5, 3, 3), 1),
+    "columns grouped": ((2, 8, 6, 5), (6, 4, 3, 3), 2),
+    "columns, many channels": ((2, 9, 6, 5), (3, 9, 3, 3), 1),
 }
 
 
