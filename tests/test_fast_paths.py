@@ -262,6 +262,26 @@ def test_numpy_products_set_blas_threads_by_their_size(machine, monkeypatch):
     assert counts == [2, 1]  # x @ W1 (64 x 784 x 256: 26 MFLOP), then h @ W2 (0.3 MFLOP)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_the_thread_count_does_not_change_a_single_bit(backend):
+    """Under auto the threads follow the machine's load, so a run resumed on a busier machine
+    must still give the uninterrupted run's params: BLAS and onnxruntime split a product's
+    rows and columns among threads, never the sum along its inner axis."""
+    lenet = Path(__file__).parent.parent / "examples" / "lenet_digits.nn"
+    with np.load(Path(__file__).parent.parent / "examples" / "data" / "digits_train.npz") as data:
+        digits = {"x": data["x"][:128], "y": data["y"][:128]}
+    params = []
+    for count in (1, 2):
+        threads.set_threads(count)
+        trainer = Trainer(chainrule.compile(str(lenet)), TrainConfig(
+            optimizer=OptimizerSpec("sgd", momentum=0.9), lr=0.05, backend=backend))
+        for _ in range(2):
+            trainer.train_step(digits, 0.05)
+        params.append({name: np.array(value) for name, value in trainer.params.items()})
+    for name, value in params[0].items():
+        np.testing.assert_array_equal(value, params[1][name], err_msg=name)
+
+
 def test_the_cli_takes_threads(capsys):
     parser = build_parser()
     for command in ("run", "grad", "predict", "train", "gradcheck"):
