@@ -325,8 +325,10 @@ def session_options(graph: Graph):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # fatal only: run() reports failures itself
-    # chainrule's threads setting (1 unless asked: see threads.py). One intra-op thread means
-    # no pool at all: the calling thread computes, and nothing waits for a descheduled worker.
+    # chainrule's threads setting: under auto the cores other processes leave free when the
+    # session is made (threads.py), and onnxruntime runs each op on one thread or several by
+    # its size. One intra-op thread means no pool at all: the calling thread computes, and
+    # nothing waits for a descheduled worker.
     options.intra_op_num_threads = configured_threads()
     # The graphs are chains: nodes run one after another, so no inter-op pool either.
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
