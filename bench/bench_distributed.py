@@ -4,12 +4,13 @@
     python bench/bench_distributed.py --quick    # fewer repeats
 
 For each workload (a global batch of 1024 rows, SGD) the train step runs single-process (no
-Ray) and on 1 and 2 local Ray workers, the three timed in turn, step by step, so that load from
-other processes falls on each alike. A row gives the median step, its throughput, and for the
-workers the split the driver records each step: the slowest worker's compute, the
-communication (the rest of the time until the last shard's sums are in: putting the params,
-sending the row indices, returning the sums), and the driver's own rest (averaging and the
-optimizer update), with the bytes moved each way.
+Ray), on 1 and 2 local Ray workers, and on 2 workers exchanging through plain actor calls
+rather than a compiled graph, all timed in turn, step by step, so that load from other
+processes falls on each alike. A row gives the median step, its throughput, its ratio to the
+single process (above 1: faster), and for the workers the split the driver records each step:
+the slowest worker's compute (its shard's gradients and the update), the communication (the
+rest of the time until the step's results are in: sending the rows, exchanging the shards'
+sums, returning the objective), and the driver's own rest, with the bytes of the sums.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 
 import chainrule
 from bench import interleaved_medians
-from chainrule.distributed import ShardedRunner
+from chainrule.distributed import CallExchange, ShardedRunner
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
@@ -51,6 +52,10 @@ def trainers(path: str) -> dict:
     for workers in WORKER_COUNTS:
         systems[f"{workers} Ray worker{'s' if workers > 1 else ''}"] = Trainer(
             model, config, workers=workers, notify=lambda text: None)
+    calls = Trainer(model, config, workers=2, notify=lambda text: None)
+    replicas = calls.runner.replicas
+    replicas.exchange = CallExchange(replicas.ray, replicas.workers)
+    systems["2 Ray workers, actor calls"] = calls
     return systems
 
 
@@ -74,29 +79,30 @@ def measure(path: str, data: dict, repeats: int) -> list[tuple]:
         seconds = np.array(step_seconds[name][-repeats:])
         split = None
         if workers_of(trainer) is not None:
-            compute, communication, out, back = np.array(
+            compute, communication, sums = np.array(
                 workers_of(trainer).step_records[-repeats:]).T
             split = (np.median(compute), np.median(communication),
-                     np.median(seconds - compute - communication), out[-1], back[-1])
+                     np.median(seconds - compute - communication), sums[-1])
         results.append((name, float(np.median(seconds)), split))
         trainer.close()
     return results
 
 
 def workers_of(trainer):
-    """The sharded gradients of a trainer on Ray workers; None for one process."""
-    return trainer.runner.gradients if isinstance(trainer.runner, ShardedRunner) else None
+    """The replicas of a trainer on Ray workers; None for one process."""
+    return trainer.runner.replicas if isinstance(trainer.runner, ShardedRunner) else None
 
 
 def print_rows(workload: str, results: list[tuple]) -> None:
+    single = results[0][1]
     for name, seconds, split in results:
-        cells = [f"{seconds * 1e3:.2f}", f"{BATCH / seconds:,.0f}"]
+        cells = [f"{seconds * 1e3:.2f}", f"{BATCH / seconds:,.0f}", f"{single / seconds:.2f}x"]
         if split is None:
-            cells += [""] * 5
+            cells += [""] * 4
         else:
-            compute, communication, rest, out, back = split
+            compute, communication, rest, sums = split
             cells += [f"{compute * 1e3:.2f}", f"{communication * 1e3:.2f}",
-                      f"{rest * 1e3:.2f}", f"{out / 1024:,.0f}", f"{back / 1024:,.0f}"]
+                      f"{rest * 1e3:.2f}", f"{sums / 1024:,.0f}"]
         print(f"| {workload} | {name} | " + " | ".join(cells) + " |")
 
 
@@ -112,8 +118,8 @@ def main():
     print(f"chainrule distributed benchmark: {os.cpu_count()} cores, ray {ray.__version__}, "
           f"global batch {BATCH}, SGD, {repeats} steps per system; load average before: "
           f"{os.getloadavg()[0]:.2f}")
-    print("\n| workload | system | step (ms) | examples/s | worker compute (ms) "
-          "| communication (ms) | driver's rest (ms) | params out (KB) | sums back (KB) |")
+    print("\n| workload | system | step (ms) | examples/s | speed-up | worker compute (ms) "
+          "| communication (ms) | driver's rest (ms) | sums (KB) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for name, workload in (("lecture MLP", mlp_data), ("LeNet", lenet_data)):

@@ -36,6 +36,9 @@ class TrainRunner(StepRunner, Protocol):
         """Before the first step on the training set `data`; `evaluate` gives the objective
         and metrics over a data set with the current params."""
 
+    def nonfinite_params(self) -> list[str]:
+        """The params that the last step made NaN or Inf."""
+
     def epoch_record(self) -> dict:
         """Entries for the record of the epoch that just ended."""
 
@@ -72,6 +75,10 @@ class LocalRunner:
 
     def prepare(self, data: dict, evaluate) -> None:
         """Nothing to do: each step is fed its rows."""
+
+    def nonfinite_params(self) -> list[str]:
+        current = self.steps.values()
+        return [name for name in self.interface.params if not np.isfinite(current[name]).all()]
 
     def epoch_record(self) -> dict:
         return {}

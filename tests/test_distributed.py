@@ -109,9 +109,48 @@ def test_params_equal_single_process_training_for_any_worker_count(ray_session, 
                                                           rel=1e-9)
         step = records[-1]["distributed"]
         assert step["workers"] == workers and step["steps"] == 5 and step["restarts"] == 0
-        assert step["params_bytes_per_step"] == sum(p.nbytes for p in expected.values())
+        assert step["gradients_bytes_per_step"] >= sum(p.nbytes for p in expected.values())
         assert step["compute_seconds_per_step"] > 0
         assert step["communication_seconds_per_step"] >= 0
+
+
+@needs_ray
+def test_every_replica_holds_the_same_params_and_optimizer_state(ray_session):
+    """Each worker updates its own replica from the same sums added in the same order: after
+    training, every replica equals the others bit for bit, and the driver's copy (read from
+    worker 0) equals single-process training's."""
+    config = TrainConfig(epochs=2, batch_size=7, lr=0.05, optimizer=OptimizerSpec("adam"))
+    train = data(30, 6, 3)
+    with Trainer(chainrule.compile(source=SMALL), config) as single:
+        single.fit(train)
+        expected = {**single.params, **single.state}
+    with Trainer(chainrule.compile(source=SMALL), config, workers=3) as trainer:
+        trainer.fit(train)
+        replicas = [values for values, _ in
+                    ray.get([w.values.remote() for w in trainer.runner.replicas.workers])]
+        held = {**trainer.params, **trainer.state}
+    assert held.keys() == expected.keys() and "opt.m.W" in held
+    assert_same_params(held, expected)
+    for values in replicas:
+        for name in held:
+            assert np.array_equal(values[name], held[name]), name
+
+
+@needs_ray
+def test_a_lone_worker_that_dies_stops_training_with_the_checkpoint_as_remedy(ray_session):
+    """With one worker its replica is the only one: its death loses the steps since the
+    driver last read the params, which an unfaulted run would have; training stops."""
+    def kill_after_step_2(trainer, *progress):
+        if trainer.steps == 2:
+            killed = trainer.runner.replicas.workers[0]
+            ray.kill(killed)
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(killed.ready.remote(), timeout=30)
+
+    with pytest.raises(ChainruleError, match=r"every worker died in step 3 .* resume from the "
+                                             r"checkpoint"):
+        trained(chainrule.compile(source=SMALL), DROPOUT_CONFIG, DROPOUT_DATA, 1,
+                progress=kill_after_step_2)
 
 
 @needs_ray
@@ -211,7 +250,7 @@ def test_a_killed_worker_is_replaced_and_its_shard_run_again(with_dropout_on_2_w
     shard with the same dropout masks, and the params are exactly an unfaulted run's."""
     def kill_after_step_3(trainer, *progress):
         if trainer.steps == 3:
-            killed = trainer.runner.gradients.workers[1]
+            killed = trainer.runner.replicas.workers[1]
             ray.kill(killed)
             while True:  # until the kill has landed, so that step 4 finds the worker dead
                 try:
@@ -352,7 +391,7 @@ def test_cli_trains_with_workers_validates_and_logs_the_step_split(ray_session, 
     assert [r["distributed"]["steps"] for r in records] == [8, 8]
     assert set(records[0]["distributed"]) == {
         "workers", "steps", "compute_seconds_per_step", "communication_seconds_per_step",
-        "params_bytes_per_step", "gradients_bytes_per_step", "restarts"}
+        "gradients_bytes_per_step", "restarts"}
     assert "val" in records[0]
     with np.load(tmp_path / "single.npz") as single, np.load(tmp_path / "ray.npz") as sharded:
         assert_same_params(dict(sharded), dict(single))
