@@ -7,11 +7,13 @@ the no-Ray path of the CLI is tested either way, by hiding the module.
 """
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +153,32 @@ def test_a_lone_worker_that_dies_stops_training_with_the_checkpoint_as_remedy(ra
                                              r"checkpoint"):
         trained(chainrule.compile(source=SMALL), DROPOUT_CONFIG, DROPOUT_DATA, 1,
                 progress=kill_after_step_2)
+
+
+def minor_page_faults(pid: int) -> int:
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()
+    return int(fields[7])  # minflt, the 10th field of proc(5), the 8th after the name
+
+
+@needs_ray
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_worker_reuses_its_memory_from_step_to_step(ray_session):
+    """A worker's steps allocate arrays as large as the last step freed. Without malloc
+    keeping freed memory, the lecture MLP's batch of 1024 faulted in 1,775 fresh pages a step
+    in a Ray worker (and none in the driver), which made the worker's gradient about 40%
+    slower than one process's."""
+    model = chainrule.compile(MLP)
+    batch = data(1024, 784, 10)
+    batch["x"] = batch["x"].astype(np.float32)
+    with Trainer(model, TrainConfig(optimizer=OptimizerSpec("sgd")), workers=1) as trainer:
+        worker = trainer.runner.replicas.workers[0]
+        pid = ray.get(worker.__ray_call__.remote(lambda actor: os.getpid()))
+        for _ in range(3):  # the first steps grow the heap to what a step needs
+            trainer.train_step(batch, 0.01)
+        before = minor_page_faults(pid)
+        for _ in range(5):
+            trainer.train_step(batch, 0.01)
+        assert (minor_page_faults(pid) - before) / 5 < 200
 
 
 @needs_ray
