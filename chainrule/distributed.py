@@ -130,9 +130,14 @@ class ReplicaWorker:
     updates every other replica. It runs shard `shard` of each batch's `count` shards."""
 
     def __init__(self, graph, update_graph, carried: dict, checked: list[str], backend: str,
-                 threads: int, dropout_seed: list[int], shard: int, count: int):
+                 threads: int, niceness: int, dropout_seed: list[int], shard: int, count: int):
         set_threads(threads)
         keep_freed_memory()
+        # Ray starts its workers at niceness 15, so on a machine that other processes keep busy
+        # they got a fraction of a core each against the driver's own process; they compute at
+        # the driver's priority where the system lets a process raise its own.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
         self.graph = graph
         self.backend = get_backend(backend)
         # The update is a few elementwise ops per param: numpy runs it with no session, writing
@@ -202,6 +207,13 @@ class ReplicaWorker:
         self.last_applied = (outputs, nonfinite, compute,
                              sum(nbytes(sums) for sums, _ in results))
         return self.last_applied
+
+
+def driver_niceness() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (OSError, AttributeError):  # no niceness (Windows)
+        return 0
 
 
 def keep_freed_memory() -> None:
@@ -300,7 +312,8 @@ class Replicas:
         self.actor = self.ray.remote(ReplicaWorker).options(scheduling_strategy="SPREAD")
         self.worker_args = (self.ray.put(worker_graph), self.ray.put(self.update_graph),
                             held_updates(self.interface), list(self.interface.params),
-                            config.backend, configured_threads(), list(dropout_seed))
+                            config.backend, configured_threads(), driver_niceness(),
+                            list(dropout_seed))
         self.sums_bytes = nbytes(model.params) + (1 << 16)  # the gradients and a few scalars
         self.data_ref, self.rows = None, 0
         self.workers = [self.start_worker(shard) for shard in range(workers)]
