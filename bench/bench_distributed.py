@@ -1,9 +1,10 @@
 """Data-parallel training on Ray beside single-process training, in one run, as medians.
 
-    python bench/bench_distributed.py            # both workloads (about a minute)
+    python bench/bench_distributed.py            # every workload (a few minutes)
     python bench/bench_distributed.py --quick    # fewer repeats
 
-For each workload (a global batch of 1024 rows, SGD) the train step runs single-process (no
+Three workloads: the lecture MLP, LeNet, and a tiny MLP whose step on workers is all fixed
+cost. For each (a global batch of 1024 rows, SGD) the train step runs single-process (no
 Ray), on 1 and 2 local Ray workers, and on 2 workers exchanging through plain actor calls
 rather than a compiled graph, all timed in turn, step by step, so that load from other
 processes falls on each alike. A row gives the median step, its throughput, its ratio to the
@@ -23,7 +24,7 @@ import time
 import numpy as np
 
 import chainrule
-from bench import interleaved_medians
+from bench import TINY_MLP_SOURCE, interleaved_medians
 from chainrule.distributed import CallExchange, ShardedRunner
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
@@ -34,20 +35,32 @@ LR_VALUE = 0.01
 WORKER_COUNTS = (1, 2)
 
 
-def mlp_data() -> tuple[str, dict]:
+def mlp_workload() -> tuple:
     rng = np.random.default_rng(0)
-    return "examples/mlp.nn", {"x": rng.normal(size=(BATCH, 784)).astype(np.float32),
-                               "y": rng.integers(0, 10, BATCH)}
+    return (chainrule.compile(os.path.join(ROOT, "examples", "mlp.nn")),
+            {"x": rng.normal(size=(BATCH, 784)).astype(np.float32),
+             "y": rng.integers(0, 10, BATCH)})
 
 
-def lenet_data() -> tuple[str, dict]:
+def lenet_workload() -> tuple:
     with np.load(os.path.join(ROOT, "examples", "data", "digits_train.npz")) as data:
-        return "examples/lenet_digits.nn", {"x": data["x"][:BATCH], "y": data["y"][:BATCH]}
+        return (chainrule.compile(os.path.join(ROOT, "examples", "lenet_digits.nn")),
+                {"x": data["x"][:BATCH], "y": data["y"][:BATCH]})
 
 
-def trainers(path: str) -> dict:
+def tiny_workload() -> tuple:
+    """Next to no compute and 0.6 KB of params: its step on workers is the fixed cost."""
+    rng = np.random.default_rng(0)
+    return (chainrule.compile(source=TINY_MLP_SOURCE),
+            {"x": rng.normal(size=(BATCH, 8)).astype(np.float32),
+             "y": rng.integers(0, 4, BATCH)})
+
+
+WORKLOADS = {"lecture MLP": mlp_workload, "LeNet": lenet_workload, "tiny MLP": tiny_workload}
+
+
+def trainers(model) -> dict:
     config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE)
-    model = chainrule.compile(os.path.join(ROOT, path))
     systems = {"single process": Trainer(model, config)}
     for workers in WORKER_COUNTS:
         systems[f"{workers} Ray worker{'s' if workers > 1 else ''}"] = Trainer(
@@ -59,9 +72,9 @@ def trainers(path: str) -> dict:
     return systems
 
 
-def measure(path: str, data: dict, repeats: int) -> list[tuple]:
+def measure(model, data: dict, repeats: int) -> list[tuple]:
     """Per system: the median step, and for workers the medians of the split of each step."""
-    systems = trainers(path)
+    systems = trainers(model)
     rows = np.arange(BATCH)
     step_seconds = {name: [] for name in systems}
 
@@ -122,7 +135,7 @@ def main():
           "| communication (ms) | driver's rest (ms) | sums (KB) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     try:
-        for name, workload in (("lecture MLP", mlp_data), ("LeNet", lenet_data)):
+        for name, workload in WORKLOADS.items():
             print_rows(name, measure(*workload(), repeats))
     finally:
         ray.shutdown()

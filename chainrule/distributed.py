@@ -133,6 +133,7 @@ class ReplicaWorker:
                  threads: int, niceness: int, dropout_seed: list[int], shard: int, count: int):
         set_threads(threads)
         keep_freed_memory()
+        send_no_torch_tensors()
         # Ray starts its workers at niceness 15, so on a machine that other processes keep busy
         # they got a fraction of a core each against the driver's own process; they compute at
         # the driver's priority where the system lets a process raise its own.
@@ -163,8 +164,11 @@ class ReplicaWorker:
         self.update.load(values)
         self.version = version
 
-    def values(self) -> tuple[dict, int]:
-        return self.update.values(), self.version
+    def values(self) -> dict:
+        return self.update.values()
+
+    def held_version(self) -> int:
+        return self.version
 
     def last_result(self) -> tuple:
         """What the last `apply` returned."""
@@ -214,6 +218,16 @@ def driver_niceness() -> int:
         return os.getpriority(os.PRIO_PROCESS, 0)
     except (OSError, AttributeError):  # no niceness (Windows)
         return 0
+
+
+def send_no_torch_tensors() -> None:
+    """Tell Ray's channels that this worker sends no torch tensors. Where torch is installed,
+    a compiled graph's first step imports it in every worker, to place tensors on devices:
+    2.3 s before the first step here, and torch's memory in each worker, for numpy arrays."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray.experimental.channel.common import ChannelContext
+
+        ChannelContext.get_current()._torch_available = False
 
 
 def keep_freed_memory() -> None:
@@ -356,7 +370,7 @@ class Replicas:
         """The compiled graph of a step, or plain actor calls where it does not compile."""
         try:
             self.exchange = CompiledExchange(self.workers, self.sums_bytes)
-        except Exception:  # Ray Client, or a Ray without compiled graphs  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - Ray Client, or a Ray without compiled graphs
             self.exchange = CallExchange(self.ray, self.workers)
 
     def stop_exchange(self) -> None:
@@ -398,13 +412,22 @@ class Replicas:
         self.ray.get([worker.load_values.remote(values_ref, version) for worker in workers])
 
     def values(self) -> dict:
-        """The current params and state: the driver's copy, fetched from worker 0 when a step
+        """The current params and state: the driver's copy, fetched from a worker when a step
         has run since."""
         if self.copy_version != self.version:
-            values, _ = self.ray.get(self.workers[0].values.remote())
+            values = self.live_values()
             self.copy = {name: np.array(array) for name, array in values.items()}
             self.copy_version = self.version
         return self.copy
+
+    def live_values(self) -> dict:
+        """The held values of the first worker alive (all replicas hold the same)."""
+        for worker in self.workers:
+            with contextlib.suppress(self.ray.exceptions.RayActorError):
+                return self.ray.get(worker.values.remote())
+        raise ChainruleError("every worker died, and with them the params trained since the "
+                             "driver last read them; training stopped: resume from the "
+                             "checkpoint")
 
     # ---- a step -----------------------------------------------------------------------------
 
@@ -451,10 +474,8 @@ class Replicas:
         self.stop_exchange()
         versions = {}
         for shard, worker in enumerate(self.workers):
-            try:
-                versions[shard] = self.ray.get(worker.values.remote())[1]
-            except self.ray.exceptions.RayActorError:
-                continue
+            with contextlib.suppress(self.ray.exceptions.RayActorError):
+                versions[shard] = self.ray.get(worker.held_version.remote())
         dead = [shard for shard in range(self.count) if shard not in versions]
         if not dead:
             raise ChainruleError(f"the workers lost touch in step {step + 1}: "
@@ -462,10 +483,11 @@ class Replicas:
         for shard in dead:
             self.restart(shard, error, step)
         if versions:
-            source = max(versions, key=lambda shard: versions[shard])
-            values, current = self.ray.get(self.workers[source].values.remote())
+            newest = max(versions, key=versions.get)
+            source, current = self.workers[newest], versions[newest]
+            values = self.ray.get(source.values.remote())
         elif self.copy_version == self.version:
-            values, current = self.copy, self.version
+            source, values, current = None, self.copy, self.version
         else:
             raise ChainruleError(f"every worker died in step {step + 1} ({first_line(error)}), "
                                  f"and with them the params trained since the last checkpoint; "
@@ -473,13 +495,13 @@ class Replicas:
         behind = [self.workers[shard] for shard in range(self.count)
                   if versions.get(shard) != current]
         self.send_values(behind, values, current)
-        return self.workers[source] if current == version else None
+        return source if current == version else None
 
     def restart(self, shard: int, error, step: int) -> None:
         """Replace the dead worker of `shard` by a new actor."""
         self.restarts += 1
         self.notify(f"worker {shard} died in step {step + 1} ({first_line(error)}); "
-                    f"restarting it and running its shard again")
+                    f"a new worker takes its shard")
         with contextlib.suppress(self.ray.exceptions.RayError):  # gone already
             self.ray.kill(self.workers[shard])
         self.workers[shard] = self.start_worker(shard)
