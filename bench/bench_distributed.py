@@ -4,14 +4,17 @@
     python bench/bench_distributed.py --quick    # fewer repeats
 
 Three workloads: the lecture MLP, LeNet, and a tiny MLP whose step on workers is all fixed
-cost. For each (a global batch of 1024 rows, SGD) the train step runs single-process (no
-Ray), on 1 and 2 local Ray workers, and on 2 workers exchanging through plain actor calls
-rather than a compiled graph, all timed in turn, step by step, so that load from other
-processes falls on each alike. A row gives the median step, its throughput, its ratio to the
-single process (above 1: faster), and for the workers the split the driver records each step:
-the slowest worker's compute (its shard's gradients and the update), the communication (the
-rest of the time until the step's results are in: sending the rows, exchanging the shards'
-sums, returning the objective), and the driver's own rest, with the bytes of the sums.
+cost. For each (a global batch of 1024 rows, SGD) the train step runs on 1 and 2 local Ray
+workers, and on 2 workers exchanging through plain actor calls rather than a compiled graph.
+Each of these alternates with the single process (no Ray) in blocks of steps, five blocks
+each, so that load from other processes falls on both alike; only one system runs on Ray at a
+time, and its compiled graph is torn down while the single process runs (the graph's idle
+workers poll their channels, which would slow it). A row gives the
+median step, the single process's beside it and their ratio (above 1: the workers are
+faster), the throughput, and the split the driver records each step: the slowest worker's
+compute (its shard's gradients and the update), the communication (the rest of the time until
+the step's results are in: sending the rows, exchanging the shards' sums, returning the
+objective), and the driver's own rest, with the bytes of all the shards' sums.
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ import time
 import numpy as np
 
 import chainrule
-from bench import TINY_MLP_SOURCE, interleaved_medians
-from chainrule.distributed import CallExchange, ShardedRunner
+from bench import TINY_MLP_SOURCE
+from chainrule.distributed import CallExchange, CompiledExchange
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
@@ -33,6 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 1024
 LR_VALUE = 0.01
 WORKER_COUNTS = (1, 2)
+ROUNDS = 5   # blocks of steps of each system, alternating
+WARMUP = 2   # untimed steps at the start of a block (the first compiles the graph again)
 
 
 def mlp_workload() -> tuple:
@@ -59,63 +64,67 @@ def tiny_workload() -> tuple:
 WORKLOADS = {"lecture MLP": mlp_workload, "LeNet": lenet_workload, "tiny MLP": tiny_workload}
 
 
-def trainers(model) -> dict:
-    config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE)
-    systems = {"single process": Trainer(model, config)}
-    for workers in WORKER_COUNTS:
-        systems[f"{workers} Ray worker{'s' if workers > 1 else ''}"] = Trainer(
-            model, config, workers=workers, notify=lambda text: None)
-    calls = Trainer(model, config, workers=2, notify=lambda text: None)
-    replicas = calls.runner.replicas
-    replicas.exchange = CallExchange(replicas.ray, replicas.workers)
-    systems["2 Ray workers, actor calls"] = calls
+def ray_systems(model, config) -> dict:
+    """Each way of running the step on Ray workers, by name: a function that starts it."""
+    def on_workers(workers: int, calls: bool = False):
+        trainer = Trainer(model, config, workers=workers, notify=lambda text: None)
+        if calls:
+            replicas = trainer.runner.replicas
+            replicas.exchange = CallExchange(replicas.ray, replicas.workers)
+        return trainer
+
+    systems = {f"{workers} Ray worker{'s' if workers > 1 else ''}":
+               functools.partial(on_workers, workers) for workers in WORKER_COUNTS}
+    systems["2 Ray workers, actor calls"] = functools.partial(on_workers, 2, calls=True)
     return systems
 
 
 def measure(model, data: dict, repeats: int) -> list[tuple]:
-    """Per system: the median step, and for workers the medians of the split of each step."""
-    systems = trainers(model)
+    """Per system on Ray workers: the medians of its step, of the single process's step timed
+    in alternating blocks with it, and of the split of its steps. Before each block of the
+    single process the workers' compiled graph is torn down (and compiled again after it):
+    its idle workers poll their channels, which would slow the single process's steps."""
+    config = TrainConfig(optimizer=OptimizerSpec("sgd"), lr=LR_VALUE)
+    single = Trainer(model, config)
     rows = np.arange(BATCH)
-    step_seconds = {name: [] for name in systems}
-
-    def timed_step(name, trainer):
-        started = time.perf_counter()
-        trainer.step_on(data, rows, LR_VALUE)
-        step_seconds[name].append(time.perf_counter() - started)
-
-    for trainer in systems.values():
-        trainer.runner.prepare(data, trainer.evaluate)  # as fit does: the data sent once
-    interleaved_medians({name: functools.partial(timed_step, name, trainer)
-                         for name, trainer in systems.items()}, repeats)
     results = []
-    for name, trainer in systems.items():
-        seconds = np.array(step_seconds[name][-repeats:])
-        split = None
-        if workers_of(trainer) is not None:
-            compute, communication, sums = np.array(
-                workers_of(trainer).step_records[-repeats:]).T
-            split = (np.median(compute), np.median(communication),
-                     np.median(seconds - compute - communication), sums[-1])
-        results.append((name, float(np.median(seconds)), split))
+    for name, start in ray_systems(model, config).items():
+        trainer = start()
+        trainer.runner.prepare(data, trainer.evaluate)  # as fit does: the data sent once
+        replicas = trainer.runner.replicas
+        single_seconds, worker_seconds, records = [], [], []
+        for _ in range(ROUNDS):
+            if isinstance(replicas.exchange, CompiledExchange):
+                replicas.stop_exchange()
+            single_seconds += timed_steps(single, data, rows, repeats // ROUNDS)
+            first = len(replicas.step_records) + WARMUP
+            worker_seconds += timed_steps(trainer, data, rows, repeats // ROUNDS)
+            records += replicas.step_records[first:]
+        compute, communication, sums = np.array(records).T
+        seconds = np.array(worker_seconds)
+        results.append((name, float(np.median(seconds)), float(np.median(single_seconds)),
+                        (np.median(compute), np.median(communication),
+                         np.median(seconds - compute - communication), sums[-1])))
         trainer.close()
     return results
 
 
-def workers_of(trainer):
-    """The replicas of a trainer on Ray workers; None for one process."""
-    return trainer.runner.replicas if isinstance(trainer.runner, ShardedRunner) else None
+def timed_steps(trainer, data: dict, rows: np.ndarray, count: int) -> list[float]:
+    """The seconds of each of `count` steps, after WARMUP untimed ones."""
+    seconds = []
+    for index in range(WARMUP + count):
+        started = time.perf_counter()
+        trainer.step_on(data, rows, LR_VALUE)
+        if index >= WARMUP:
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def print_rows(workload: str, results: list[tuple]) -> None:
-    single = results[0][1]
-    for name, seconds, split in results:
-        cells = [f"{seconds * 1e3:.2f}", f"{BATCH / seconds:,.0f}", f"{single / seconds:.2f}x"]
-        if split is None:
-            cells += [""] * 4
-        else:
-            compute, communication, rest, sums = split
-            cells += [f"{compute * 1e3:.2f}", f"{communication * 1e3:.2f}",
-                      f"{rest * 1e3:.2f}", f"{sums / 1024:,.0f}"]
+    for name, seconds, single, (compute, communication, rest, sums) in results:
+        cells = [f"{seconds * 1e3:.2f}", f"{single * 1e3:.2f}", f"{single / seconds:.2f}x",
+                 f"{BATCH / seconds:,.0f}", f"{compute * 1e3:.2f}",
+                 f"{communication * 1e3:.2f}", f"{rest * 1e3:.2f}", f"{sums / 1024:,.1f}"]
         print(f"| {workload} | {name} | " + " | ".join(cells) + " |")
 
 
@@ -131,9 +140,9 @@ def main():
     print(f"chainrule distributed benchmark: {os.cpu_count()} cores, ray {ray.__version__}, "
           f"global batch {BATCH}, SGD, {repeats} steps per system; load average before: "
           f"{os.getloadavg()[0]:.2f}")
-    print("\n| workload | system | step (ms) | examples/s | speed-up | worker compute (ms) "
-          "| communication (ms) | driver's rest (ms) | sums (KB) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| workload | system | step (ms) | single process (ms) | speed-up | examples/s "
+          "| worker compute (ms) | communication (ms) | driver's rest (ms) | sums (KB) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for name, workload in WORKLOADS.items():
             print_rows(name, measure(*workload(), repeats))
