@@ -6,8 +6,9 @@ the first step, notes for the epoch's record, and closing. Two kinds:
 - LocalRunner: the whole train step in this process, run by the backend's step runner, which
   keeps the params resident (compiled numpy, onnxruntime) or in a dict (the numpy interpreter
   of --check-numerics). A batch's feeds are its rows.
-- ShardedRunner (distributed.py): the gradients from Ray workers, each on a shard of the batch,
-  and the optimizer's update here. A batch's feeds are the averaged gradients.
+- ShardedRunner (distributed.py): Ray workers, each holding a replica of the params and
+  state, compute the gradients of a shard of the batch each and all apply the same update. A
+  batch's feeds are its row indices.
 """
 from __future__ import annotations
 
