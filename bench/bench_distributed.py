@@ -19,7 +19,6 @@ objective), and the driver's own rest, with the bytes of all the shards' sums.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 import chainrule
 from bench import TINY_MLP_SOURCE
-from chainrule.distributed import CallExchange, CompiledExchange
+from chainrule.distributed import EXCHANGES, CompiledExchange, keep_freed_memory
 from chainrule.passes.optimizers import OptimizerSpec
 from chainrule.train import TrainConfig, Trainer
 
@@ -64,18 +63,12 @@ def tiny_workload() -> tuple:
 WORKLOADS = {"lecture MLP": mlp_workload, "LeNet": lenet_workload, "tiny MLP": tiny_workload}
 
 
-def ray_systems(model, config) -> dict:
-    """Each way of running the step on Ray workers, by name: a function that starts it."""
-    def on_workers(workers: int, calls: bool = False):
-        trainer = Trainer(model, config, workers=workers, notify=lambda text: None)
-        if calls:
-            replicas = trainer.runner.replicas
-            replicas.exchange = CallExchange(replicas.ray, replicas.workers)
-        return trainer
-
-    systems = {f"{workers} Ray worker{'s' if workers > 1 else ''}":
-               functools.partial(on_workers, workers) for workers in WORKER_COUNTS}
-    systems["2 Ray workers, actor calls"] = functools.partial(on_workers, 2, calls=True)
+def ray_systems() -> dict:
+    """Each way of running the step on Ray workers, by name: the workers, and the exchange
+    (None: the one its trial keeps, as in training)."""
+    systems = {f"{workers} Ray worker{'s' if workers > 1 else ''}": (workers, None)
+               for workers in WORKER_COUNTS}
+    systems.update({f"2 Ray workers, {exchange}": (2, exchange) for exchange in EXCHANGES})
     return systems
 
 
@@ -88,10 +81,15 @@ def measure(model, data: dict, repeats: int) -> list[tuple]:
     single = Trainer(model, config)
     rows = np.arange(BATCH)
     results = []
-    for name, start in ray_systems(model, config).items():
-        trainer = start()
+    for name, (workers, exchange) in ray_systems().items():
+        trainer = Trainer(model, config, workers=workers, notify=lambda text: None)
         trainer.runner.prepare(data, trainer.evaluate)  # as fit does: the data sent once
         replicas = trainer.runner.replicas
+        replicas.kept = exchange
+        while replicas.kept is None:  # the trial of the exchanges, untimed
+            trainer.step_on(data, rows, LR_VALUE)
+        if exchange is None:
+            name += f" (kept {replicas.kept})"
         single_seconds, worker_seconds, records = [], [], []
         for _ in range(ROUNDS):
             if isinstance(replicas.exchange, CompiledExchange):
@@ -133,6 +131,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
     repeats = 15 if args.quick else 60
+    # The single process keeps freed memory as the workers do: else, in some processes (this
+    # one, once Ray has started), glibc hands each step's freed arrays back to the system and
+    # the next step faults them in again (1,856 page faults a lecture MLP step), which would
+    # flatter the workers' ratios.
+    keep_freed_memory()
     import ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,

@@ -96,6 +96,9 @@ HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # the system, and the size from which an allocation gets pages of its own.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEPT_FREE_BYTES, OWN_PAGES_BYTES = 1 << 30, 32 << 20  # 32 MiB: the most glibc accepts
+# The share of a step's expected compute that the driver sleeps before it polls for the result:
+# enough to free its core for most of the step, and short of the step by more than steps vary.
+SLEEP_SHARE = 0.8
 
 
 def usable_ray(workers, check_numerics: bool = False):
@@ -260,7 +263,9 @@ class CompiledExchange:
     to the workers (the batch), from each worker to every other (its shard's sums) and back
     (the objective). A step then costs no task submission and no object-store round trip."""
 
-    def __init__(self, workers: list, buffer_bytes: int):
+    kind = "compiled graph"
+
+    def __init__(self, ray, workers: list, buffer_bytes: int):
         from ray.dag import InputNode, MultiOutputNode
 
         with InputNode() as batch:
@@ -268,9 +273,15 @@ class CompiledExchange:
             graph = MultiOutputNode([worker.apply.bind(batch, *sums) for worker in workers])
         self.graph = graph.experimental_compile(_buffer_size_bytes=buffer_bytes)
 
-    def run(self, batch: tuple) -> list:
+    def run(self, batch: tuple, expected_seconds: float) -> list:
+        """The workers' results of the step `batch`, which should take about
+        `expected_seconds`. Waiting for a compiled graph's result polls, keeping a core busy,
+        which on a machine with a core per worker takes one from the workers: so the driver
+        sleeps through most of the step first."""
+        results = self.graph.execute(batch)
+        time.sleep(expected_seconds * SLEEP_SHARE)
         # No timeout (-1): a large batch's step may take longer than Ray's default 10 s.
-        return [result.get(timeout=-1) for result in self.graph.execute(batch)]
+        return [result.get(timeout=-1) for result in results]
 
     def close(self) -> None:
         # A dead worker's channels make Ray log errors while it tears the graph down.
@@ -284,18 +295,25 @@ class CompiledExchange:
 
 
 class CallExchange:
-    """A step as plain actor calls, where Compiled Graphs do not run (Ray Client): each
-    worker's sums go through the object store, and each apply call names all of them."""
+    """A step as plain actor calls: each worker's sums go through the object store, and each
+    apply call names all of them. The caller sleeps while it waits."""
 
-    def __init__(self, ray, workers: list):
+    kind = "actor calls"
+
+    def __init__(self, ray, workers: list, buffer_bytes: int):
         self.ray, self.workers = ray, workers
 
-    def run(self, batch: tuple) -> list:
+    def run(self, batch: tuple, expected_seconds: float) -> list:
         sums = [worker.shard_sums.remote(batch) for worker in self.workers]
         return self.ray.get([worker.apply.remote(batch, *sums) for worker in self.workers])
 
     def close(self) -> None:
         """Nothing set up beyond the workers."""
+
+
+CALLS = CallExchange.kind
+EXCHANGES = {CALLS: CallExchange, CompiledExchange.kind: CompiledExchange}
+TRIAL_STEPS = 8  # steps timed on each kind of exchange before the faster is kept
 
 
 class Replicas:
@@ -333,6 +351,11 @@ class Replicas:
         self.workers = [self.start_worker(shard) for shard in range(workers)]
         self.wait_until_ready()
         self.exchange = None  # set up at the first step, once the workers hold their values
+        self.expected_seconds = 0.0  # the last step's compute: the next should take as long
+        # Each kind of exchange runs TRIAL_STEPS steps (after one to warm up), and the faster
+        # by median step is kept: which wins depends on the machine (see start_exchange).
+        self.trial_seconds = {kind: [] for kind in EXCHANGES}
+        self.kept = None
         # The driver's copy of the held values, and the version it is of: loads and steps
         # each make a new version, and the copy is current while no step has run since.
         self.copy, self.copy_version, self.version = {}, 0, 0
@@ -367,11 +390,33 @@ class Replicas:
                                  f"node of the cluster needs chainrule installed)") from None
 
     def start_exchange(self) -> None:
-        """The compiled graph of a step, or plain actor calls where it does not compile."""
+        """The next step's exchange: each kind in turn for its trial, then the faster. A
+        compiled graph has the lower fixed cost, but its waiting workers (and driver) poll,
+        keeping a core busy: where the workers have the machine's cores to themselves, it
+        wins; where other work needs those cores, the workers computing lose them to the
+        polling ones, and actor calls, which sleep while they wait, win."""
+        kind = self.kept or next((kind for kind, seconds in self.trial_seconds.items()
+                                  if len(seconds) < TRIAL_STEPS + 1), None)
+        if kind is None:
+            medians = {kind: float(np.median(seconds[1:]))
+                       for kind, seconds in self.trial_seconds.items()}
+            kind = self.kept = min(medians, key=medians.get)
         try:
-            self.exchange = CompiledExchange(self.workers, self.sums_bytes)
+            self.exchange = EXCHANGES[kind](self.ray, self.workers, self.sums_bytes)
         except Exception:  # noqa: BLE001 - Ray Client, or a Ray without compiled graphs
-            self.exchange = CallExchange(self.ray, self.workers)
+            self.trial_seconds.pop(kind)
+            self.kept = CALLS
+            self.exchange = CallExchange(self.ray, self.workers, self.sums_bytes)
+
+    def time_exchange(self, seconds: float) -> None:
+        """Count a step's seconds towards its exchange's trial; a trial done, the next step
+        starts the next exchange."""
+        if self.kept is not None or self.exchange is None:  # kept, or stopped by a fault
+            return
+        trial = self.trial_seconds[self.exchange.kind]
+        trial.append(seconds)
+        if len(trial) > TRIAL_STEPS:
+            self.stop_exchange()
 
     def stop_exchange(self) -> None:
         if self.exchange is not None:
@@ -438,9 +483,10 @@ class Replicas:
         batch = (rows, step, lr, self.version + 1)
         started = time.perf_counter()
         outputs, nonfinite, compute, sums_bytes = self.run_step(batch, step)
-        self.version = batch[3]
-        self.step_records.append((compute, time.perf_counter() - started - compute,
-                                  sums_bytes))
+        self.version, self.expected_seconds = batch[3], compute
+        wall = time.perf_counter() - started
+        self.step_records.append((compute, wall - compute, sums_bytes))
+        self.time_exchange(wall)
         return outputs, nonfinite
 
     def run_step(self, batch: tuple, step: int) -> tuple:
@@ -450,7 +496,7 @@ class Replicas:
             if self.exchange is None:
                 self.start_exchange()
             try:
-                return self.exchange.run(batch)[0]
+                return self.exchange.run(batch, self.expected_seconds)[0]
             except (self.ray.exceptions.RayActorError,
                     self.ray.exceptions.RayChannelError) as error:
                 if attempt == MAX_RESTARTS:
