@@ -10,10 +10,12 @@ objective and metrics, the gradients, and the next values of the model's state. 
 adds the shards' sums in shard order, divides by the batch's rows, and runs the optimizer's
 update graph on the result (passes/optimizers.py build_update_step: the same update the
 single-process train step runs). Every replica adds the same numbers in the same order, so all
-hold the same params, whatever order the shards finish in, and a run is deterministic. The
-exchange is a Ray Compiled Graph (shared-memory channels set up once; plain actor calls where
-it does not compile, as through Ray Client), and only worker 0's objective and metrics, and
-the names of any params the step made non-finite, come back to the driver.
+hold the same params, whatever order the shards finish in, and a run is deterministic. Only
+worker 0's objective and metrics, and the names of any params the step made non-finite, come
+back to the driver. The exchange is plain actor calls (the sums through the object store) or a
+Ray Compiled Graph (shared-memory channels set up once, whose waiting ends poll): a run tries
+each for a few steps and keeps the faster, as which wins depends on whether the workers have
+the machine's cores to themselves (Replicas.start_exchange).
 
 The assumption. Averaging shard gradients weighted by rows gives the batch's gradient exactly
 when the objective is a mean over the batch's rows plus terms that do not depend on the batch
