@@ -6,8 +6,9 @@ the first step, notes for the epoch's record, and closing. Two kinds:
 - LocalRunner: the whole train step in this process, run by the backend's step runner, which
   keeps the params resident (compiled numpy, onnxruntime) or in a dict (the numpy interpreter
   of --check-numerics). A batch's feeds are its rows.
-- ShardedRunner (distributed.py): the gradients from Ray workers, each on a shard of the batch,
-  and the optimizer's update here. A batch's feeds are the averaged gradients.
+- ShardedRunner (distributed.py): Ray workers, each holding a replica of the params and
+  state, compute the gradients of a shard of the batch each and all apply the same update. A
+  batch's feeds are its row indices.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ class TrainRunner(StepRunner, Protocol):
     def prepare(self, data: dict, evaluate: Callable[[dict], dict]) -> None:
         """Before the first step on the training set `data`; `evaluate` gives the objective
         and metrics over a data set with the current params."""
+
+    def nonfinite_params(self) -> list[str]:
+        """The params that the last step made NaN or Inf."""
 
     def epoch_record(self) -> dict:
         """Entries for the record of the epoch that just ended."""
@@ -72,6 +76,10 @@ class LocalRunner:
 
     def prepare(self, data: dict, evaluate) -> None:
         """Nothing to do: each step is fed its rows."""
+
+    def nonfinite_params(self) -> list[str]:
+        current = self.steps.values()
+        return [name for name in self.interface.params if not np.isfinite(current[name]).all()]
 
     def epoch_record(self) -> dict:
         return {}

@@ -420,9 +420,7 @@ class Trainer:
         infinite gradient shows up in the params it updates)."""
         objective = self.interface.objective
         bad = [] if np.isfinite(outputs[objective]) else [f"the objective {objective}"]
-        params = self.params
-        bad += [f"param {name}" for name in self.interface.params
-                if not np.isfinite(params[name]).all()]
+        bad += [f"param {name}" for name in self.runner.nonfinite_params()]
         if bad:
             raise NonFiniteError(
                 f"step {self.steps + 1} (epoch {self.epoch + 1}, batch {index + 1}) made "

@@ -146,7 +146,7 @@ def test_more_workers_than_the_cap_is_a_usage_error(workers):
 def test_local_workers_that_memory_cannot_hold_are_refused_with_the_numbers(monkeypatch):
     monkeypatch.setattr(distributed, "available_memory", lambda: 10 * WORKER_BYTES)
     params = {"W": np.zeros(1000, np.float32)}
-    each = WORKER_BYTES + 3 * 4000
+    each = WORKER_BYTES + 5 * 4000
     with pytest.raises(ChainruleError) as error:
         check_worker_memory(16, params)
     assert error.value.message == (
