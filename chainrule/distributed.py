@@ -73,7 +73,7 @@ import warnings
 import numpy as np
 
 from .backends import get_backend
-from .backends.threads import configured_threads, set_threads
+from .backends.threads import chosen_threads, set_threads
 from .ir import ChainruleError
 from .ir.limits import available_memory
 from .passes import select_outputs
@@ -135,7 +135,8 @@ class ReplicaWorker:
     updates every other replica. It runs shard `shard` of each batch's `count` shards."""
 
     def __init__(self, graph, update_graph, carried: dict, checked: list[str], backend: str,
-                 threads: int, niceness: int, dropout_seed: list[int], shard: int, count: int):
+                 threads: int | str, niceness: int, dropout_seed: list[int], shard: int,
+                 count: int):
         set_threads(threads)
         keep_freed_memory()
         send_no_torch_tensors()
@@ -346,7 +347,10 @@ class Replicas:
         self.actor = self.ray.remote(ReplicaWorker).options(scheduling_strategy="SPREAD")
         self.worker_args = (self.ray.put(worker_graph), self.ray.put(self.update_graph),
                             held_updates(self.interface), list(self.interface.params),
-                            config.backend, configured_threads(), driver_niceness(),
+                            # The setting, not a count: under auto each worker gives its
+                            # products the cores the others leave free, one each when N
+                            # workers share N cores.
+                            config.backend, chosen_threads(), driver_niceness(),
                             list(dropout_seed))
         self.sums_bytes = nbytes(model.params) + (1 << 16)  # the gradients and a few scalars
         self.data_ref, self.rows = None, 0

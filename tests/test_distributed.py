@@ -20,6 +20,7 @@ import pytest
 
 import chainrule
 from chainrule import ChainruleError
+from chainrule.backends import threads
 from chainrule.cli import main
 from chainrule.distributed import (INSTALL_HINT, TRIAL_STEPS, CallExchange, CompiledExchange,
                                    probe, split_rows)
@@ -219,6 +220,10 @@ def test_a_worker_computes_as_the_drivers_process_does(ray_session):
             assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
         # Ray's channels import torch where it is installed, unless told there is none to send.
         assert not ray.get(worker.__ray_call__.remote(lambda actor: "torch" in sys.modules))
+        # The threads setting, not the driver's count of free cores: under auto each worker
+        # leaves out the cores the others keep busy.
+        assert ray.get(worker.__ray_call__.remote(
+            lambda actor: threads.chosen_threads())) == threads.AUTO
 
 
 @needs_ray
