@@ -245,6 +245,20 @@ def test_auto_leaves_out_the_cores_other_processes_keep_busy(machine):
     assert threads.free_cores() == 1
 
 
+def test_auto_gives_a_session_a_pool_only_for_products_large_at_its_fixed_sizes(machine):
+    """A session is made before any batch: a symbolic batch counts as one row."""
+    def session_threads(source):
+        graph = chainrule.compile(source=source).forward_graph()
+        return OnnxRuntimeBackend().session(graph).get_session_options().intra_op_num_threads
+    product = "model m(x: f32[{rows}, 512]) {{\n param W: f32[512, 512] = he()\n" \
+              "    return x @ W\n}}\n"
+    assert session_threads(product.format(rows=16)) == 2  # 8 MFLOP
+    assert session_threads(product.format(rows=4)) == 1  # 2 MFLOP
+    assert session_threads(product.format(rows="B")) == 1  # 0.5 MFLOP a row
+    threads.set_threads(2)
+    assert session_threads(product.format(rows="B")) == 2
+
+
 def test_numpy_products_set_blas_threads_by_their_size(machine, monkeypatch):
     from chainrule.backends.numpy_kernels import KERNELS
     counts = []  # each limit set on the BLAS library, in order

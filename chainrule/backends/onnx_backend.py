@@ -19,7 +19,7 @@ from .onnxruntime_edges import (carrier, fed_name, fetched_name, from_carrier, t
                                 value_edge_name, with_carried_edges)
 from . import onnx_scan  # noqa: F401 - registers the scan's lowering
 from .opset import DEFAULT_OPSET
-from .threads import configured_threads
+from .threads import threads_for
 
 MIN_OPSET = 13
 # The first opset whose Cast (and so whose tensors) has each of these dtypes: an export with
@@ -325,11 +325,12 @@ def session_options(graph: Graph):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # fatal only: run() reports failures itself
-    # chainrule's threads setting: under auto the cores other processes leave free when the
-    # session is made (threads.py), and onnxruntime runs each op on one thread or several by
-    # its size. One intra-op thread means no pool at all: the calling thread computes, and
-    # nothing waits for a descheduled worker.
-    options.intra_op_num_threads = configured_threads()
+    # chainrule's threads setting; under auto, a pool of the free cores only for a graph with
+    # a product large enough at its fixed sizes (threads.py). A pool's sleeping threads cost
+    # a wake-up in every op onnxruntime splits, which took small steps up to 3x their time on
+    # one thread (docs/performance.md, threads). One intra-op thread means no pool at all:
+    # the calling thread computes, and nothing waits for a descheduled worker.
+    options.intra_op_num_threads = threads_for(largest_product_flops(graph))
     # The graphs are chains: nodes run one after another, so no inter-op pool either.
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
@@ -353,6 +354,41 @@ def session_options(graph: Graph):
         # on the train steps, and sessions are created once per graph.
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
+
+
+# What one output element of each product costs, in multiply-adds: its inner size.
+_INNER_SIZE = {
+    "matmul": lambda node: node.inputs[0].type.shape[-1],
+    "gemm": lambda node: node.inputs[0].type.shape[-2 if node.attrs["trans_a"] else -1],
+    "gemm_acc": lambda node: node.inputs[0].type.shape[-2 if node.attrs["trans_a"] else -1],
+    "conv": lambda node: dims.product(node.inputs[1].type.shape[1:]),
+    "conv_transpose": lambda node: dims.product(node.inputs[1].type.shape[1:]),
+    "conv_weight_grad": lambda node: dims.product(node.output.type.shape[1:]),
+}
+
+
+def largest_product_flops(graph: Graph) -> int:
+    """The floating-point operations of the graph's largest matrix product or convolution at
+    its fixed sizes, each symbolic dim counted as 1 (a session is made before any batch
+    arrives); 0 without one. conv_transpose is counted per input element, as it computes."""
+    largest = 0
+    for node in graph.nodes:
+        inner = _INNER_SIZE.get(node.op)
+        if inner is None:
+            continue
+        outer = node.inputs[0].type.shape if node.op == "conv_transpose" else (
+            node.inputs[1].type.shape if node.op == "conv_weight_grad" else node.output.type.shape)
+        sizes = [_at_one(d) for d in (*outer, inner(node))]
+        if all(size is not None for size in sizes):
+            largest = max(largest, 2 * int(np.prod(sizes, dtype=np.float64)))
+    return largest
+
+
+def _at_one(dim) -> int | None:
+    """A dim's size with every symbol at 1; None where it is unknown."""
+    if dim == UNKNOWN:
+        return None
+    return dims.evaluate(dim, dict.fromkeys(dims.symbols(dim), 1))
 
 
 class _SessionRunner:
