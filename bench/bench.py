@@ -250,9 +250,22 @@ def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
                      median_seconds(lambda: trainer.train_step(batch_inputs, LR_VALUE), repeats)))
     params = {k: v.copy() for k, v in model.params.items()}
     a, b = batch_inputs.values()
-    rows.append(("hand-written numpy", median_seconds(lambda: hand_step(params, a, b), repeats)))
+    rows.append(("hand-written numpy", median_seconds(
+        one_blas_thread(lambda: hand_step(params, a, b)), repeats)))
     return rows + framework_rows(lambda torch: torch_systems(torch, model.params, kind),
                                  lambda jax: jax_systems(jax, model.params, kind), a, b, repeats)
+
+
+def one_blas_thread(step):
+    """A hand-written step on one BLAS thread, as before chainrule's auto threads: a chainrule
+    call may leave numpy's BLAS on two threads, which the hand-written step's small products
+    would then pay for (its row is the one-thread reference)."""
+    from chainrule.backends.threads import use_blas_threads
+
+    def step_on_one_thread():
+        use_blas_threads(0)
+        return step()
+    return step_on_one_thread
 
 
 def generated_step(model, batch: dict, spec: OptimizerSpec):
@@ -401,8 +414,8 @@ def lenet_rows(repeats):
         rows.append((f"chainrule-{backend}", median_seconds(
             lambda: trainer.train_step({"x": x, "y": y}, LR_VALUE), repeats)))
     params = {k: v.copy() for k, v in model.params.items()}
-    rows.append(("hand-written numpy",
-                 median_seconds(lambda: hand_lenet_step(params, x, y, LR_VALUE), repeats)))
+    rows.append(("hand-written numpy", median_seconds(
+        one_blas_thread(lambda: hand_lenet_step(params, x, y, LR_VALUE)), repeats)))
     return rows + framework_rows(lambda torch: torch_lenet_step(torch, model.params, LR_VALUE),
                                  lambda jax: jax_lenet_step(jax, model.params, LR_VALUE),
                                  x, y, repeats)
@@ -436,8 +449,8 @@ def inference_rows(batch, repeats):
         runner = get_backend(backend)
         rows.append((f"chainrule-{backend}",
                      median_seconds(lambda: runner.run(graph, {"x": x}, model.params), repeats)))
-    rows.append(("hand-written numpy",
-                 median_seconds(lambda: hand_mlp_forward(model.params, x), repeats)))
+    rows.append(("hand-written numpy", median_seconds(
+        one_blas_thread(lambda: hand_mlp_forward(model.params, x)), repeats)))
     torch, jax = optional("torch"), optional("jax")
     if torch is not None:
         forward = torch_systems(torch, model.params, "forward")
