@@ -788,11 +788,12 @@ def main():
     unknown = [name for name in chosen if name not in table]
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(table)}")
-    print(f"chainrule benchmark: {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"{'quick' if args.quick else 'full'} repeats"
-          f"{', one core kept busy by another process' if args.busy else ''}; "
-          f"{thread_settings()}; load average before: {os.getloadavg()[0]:.2f}")
-    with busy_core(args.busy):
+    load = os.getloadavg()[0]
+    with busy_core(args.busy):  # the threads described as the workloads will find them
+        print(f"chainrule benchmark: {os.cpu_count()} cores, numpy {np.__version__}, "
+              f"{'quick' if args.quick else 'full'} repeats"
+              f"{', one core kept busy by another process' if args.busy else ''}; "
+              f"{thread_settings()}; load average before: {load:.2f}")
         for name in chosen:
             table[name]()
 

@@ -259,6 +259,36 @@ def test_auto_gives_a_session_a_pool_only_for_products_large_at_its_fixed_sizes(
     assert session_threads(product.format(rows="B")) == 2
 
 
+def test_a_session_takes_a_pool_at_its_first_calls_sizes(machine):
+    model = chainrule.compile(source="model m(x: f32[B, 512]) {\n"
+                                     "    param W: f32[512, 512] = he()\n    y = x @ W\n"
+                                     "    return y\n}\n")
+    graph, backend = model.forward_graph(), OnnxRuntimeBackend()
+    assert backend.session(graph).get_session_options().intra_op_num_threads == 1
+    x = np.ones((16, 512), np.float32)  # 8 MFLOP
+    expected = backend.run(graph, {"x": x}, model.params)
+    assert backend.session(graph).get_session_options().intra_op_num_threads == 2
+    np.testing.assert_array_equal(backend.run(graph, {"x": x}, model.params)["y"],
+                                  expected["y"])
+
+
+def test_a_train_step_whose_session_is_made_anew_keeps_its_params(machine):
+    """The first step's batch gives the session a pool: the held params and optimizer state
+    are bound to the new session, and the steps go on from them."""
+    data = batch(0, rows=128)  # the lecture MLP's first product: 51 MFLOP
+    params = []
+    for backend in ("numpy", "onnxruntime"):
+        trainer = Trainer(chainrule.compile(MLP, seed=3), TrainConfig(
+            optimizer=OptimizerSpec("sgd", momentum=0.9), lr=0.05, backend=backend))
+        for _ in range(3):
+            trainer.train_step(data, 0.05)
+        params.append({name: np.array(value) for name, value in trainer.params.items()})
+    session = trainer.runner.steps.runner.session
+    assert session.get_session_options().intra_op_num_threads == 2
+    for name, value in params[0].items():
+        assert_close(params[1][name], value, 1e-4, what=name)
+
+
 def test_numpy_products_set_blas_threads_by_their_size(machine, monkeypatch):
     from chainrule.backends.numpy_kernels import KERNELS
     counts = []  # each limit set on the BLAS library, in order

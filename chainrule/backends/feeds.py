@@ -209,6 +209,7 @@ class CheckedFeeds:
     def __init__(self, graph: Graph, held=frozenset()):
         self.graph = graph
         self.seen: dict = {}  # signature -> the symbolic dims it binds
+        self.first_dims: dict | None = None  # the dims of the first call's signature
         self.indexed = index_inputs(graph)
         self.held = frozenset(held)
         self.fed = [v for v in graph.inputs if v.name not in self.held]
@@ -239,6 +240,8 @@ class CheckedFeeds:
             dims = check_feeds(self.graph, every, params)
             arrays = [_as_array(array) for array in arrays]
             self.seen[_signature((len(inputs),), arrays)] = dims
+            if self.first_dims is None:
+                self.first_dims = dims
         elif self.indexed:
             check_index_ranges(self.indexed, inputs, dims)
         return arrays
@@ -256,6 +259,8 @@ class CheckedFeeds:
             dims = check_feeds(self.graph, inputs, params)
             arrays = [_as_array(array) for array in arrays]
             self.seen[_signature((len(inputs), len(params)), arrays)] = dims
+            if self.first_dims is None:
+                self.first_dims = dims
         elif self.indexed:  # values change from call to call: check them every time
             check_index_ranges(self.indexed, inputs, dims)
         return arrays

@@ -317,10 +317,11 @@ class OnnxRuntimeBackend:
         return ResidentStep(self._runner(graph, True), graph, carried)
 
 
-def session_options(graph: Graph):
+def session_options(graph: Graph, threads: int | None = None):
     """The options every session is created with, chosen by measurement (README, Performance:
     the 2-core machine, alone and beside numpy's BLAS in one process, quiet and with one core
-    kept busy by another process)."""
+    kept busy by another process); `threads` in place of the setting's choice at the graph's
+    fixed sizes."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -330,7 +331,7 @@ def session_options(graph: Graph):
     # a wake-up in every op onnxruntime splits, which took small steps up to 3x their time on
     # one thread (docs/performance.md, threads). One intra-op thread means no pool at all:
     # the calling thread computes, and nothing waits for a descheduled worker.
-    options.intra_op_num_threads = threads_for(largest_product_flops(graph))
+    options.intra_op_num_threads = threads or threads_for(largest_product_flops(graph))
     # The graphs are chains: nodes run one after another, so no inter-op pool either.
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
@@ -367,10 +368,11 @@ _INNER_SIZE = {
 }
 
 
-def largest_product_flops(graph: Graph) -> int:
-    """The floating-point operations of the graph's largest matrix product or convolution at
-    its fixed sizes, each symbolic dim counted as 1 (a session is made before any batch
-    arrives); 0 without one. conv_transpose is counted per input element, as it computes."""
+def largest_product_flops(graph: Graph, sizes: dict | None = None) -> int:
+    """The floating-point operations of the graph's largest matrix product or convolution, its
+    symbolic dims at `sizes` and any other at 1; 0 without one. conv_transpose is counted per
+    input element, as it computes."""
+    sizes = sizes or {}
     largest = 0
     for node in graph.nodes:
         inner = _INNER_SIZE.get(node.op)
@@ -378,38 +380,26 @@ def largest_product_flops(graph: Graph) -> int:
             continue
         outer = node.inputs[0].type.shape if node.op == "conv_transpose" else (
             node.inputs[1].type.shape if node.op == "conv_weight_grad" else node.output.type.shape)
-        sizes = [_at_one(d) for d in (*outer, inner(node))]
-        if all(size is not None for size in sizes):
-            largest = max(largest, 2 * int(np.prod(sizes, dtype=np.float64)))
+        factors = [_size(d, sizes) for d in (*outer, inner(node))]
+        if all(factor is not None for factor in factors):
+            largest = max(largest, 2 * int(np.prod(factors, dtype=np.float64)))
     return largest
 
 
-def _at_one(dim) -> int | None:
-    """A dim's size with every symbol at 1; None where it is unknown."""
+def _size(dim, sizes: dict) -> int | None:
+    """A dim's size with its symbols at `sizes`, or at 1 where not given; None if unknown."""
     if dim == UNKNOWN:
         return None
-    return dims.evaluate(dim, dict.fromkeys(dims.symbols(dim), 1))
+    return dims.evaluate(dim, {symbol: sizes.get(symbol, 1) for symbol in dims.symbols(dim)})
 
 
 class _SessionRunner:
     """One onnxruntime session and what each call needs: input and output names."""
 
     def __init__(self, graph: Graph, model: onnx.ModelProto):
-        import onnxruntime
-
-        try:
-            self.session = onnxruntime.InferenceSession(with_carried_edges(model)
-                                                        .SerializeToString(),
-                                                        session_options(graph),
-                                                        providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
-            # The exporter wrote a model onnxruntime cannot load: chainrule's fault, said so
-            # in one line rather than a traceback, with the -b numpy way around it.
-            raise ChainruleError(f"onnxruntime could not load the exported graph "
-                                 f"({_status_message(error)}); this is a chainrule bug, and "
-                                 f"the numpy backend may run the model meanwhile",
-                                 graph.loc) from None
-        self.graph = graph
+        self.graph, self.model = graph, with_carried_edges(model).SerializeToString()
+        self.session = self.new_session(session_options(graph))
+        self.sized = False  # whether the first call's sizes have chosen the session's threads
         self.feeds = CheckedFeeds(graph)
         used = {i.name for i in self.session.get_inputs()}
         values = list(graph.inputs) + graph.param_values()
@@ -424,8 +414,33 @@ class _SessionRunner:
         self.fetched = [(v.name, from_carrier_cast(v.type.dtype)) for v in graph.outputs]
         self.nodes_by_output = {out.name: node for node in graph.nodes for out in node.outputs}
 
+    def new_session(self, options):
+        import onnxruntime
+
+        try:
+            return onnxruntime.InferenceSession(self.model, options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime's errors share no base class
+            # The exporter wrote a model onnxruntime cannot load: chainrule's fault, said so
+            # in one line rather than a traceback, with the -b numpy way around it.
+            raise ChainruleError(f"onnxruntime could not load the exported graph "
+                                 f"({_status_message(error)}); this is a chainrule bug, and "
+                                 f"the numpy backend may run the model meanwhile",
+                                 self.graph.loc) from None
+
+    def size_for(self, dims: dict) -> None:
+        """At the first call: the session is made anew with a pool of more threads if the
+        setting gives them to a product at this call's sizes (a session is first made before
+        any batch, its symbolic dims at 1), once; later calls keep it."""
+        self.sized = True
+        threads = threads_for(largest_product_flops(self.graph, dims))
+        if threads > self.session.get_session_options().intra_op_num_threads:
+            self.session = self.new_session(session_options(self.graph, threads))
+
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
+        if not self.sized:
+            self.size_for(self.feeds.first_dims)
         feeds = {}
         for index, name, cast in self.fed:
             feeds[name] = arrays[index] if cast is None else arrays[index].astype(cast)
@@ -483,8 +498,6 @@ class ResidentStep:
     """
 
     def __init__(self, runner: _SessionRunner, graph: Graph, carried: dict[str, str]):
-        import onnxruntime
-
         # The graph itself, not the cache's proxy: a runner works on after its caller lets
         # the graph go.
         self.runner, self.graph = runner, graph
@@ -514,27 +527,35 @@ class ResidentStep:
         self.returned = [(index, v.name, _fixed_buffer(v), from_carrier_cast(v.type.dtype))
                          for index, v in enumerate(returned)]
         self.fetches = any(buffer is None for _, _, buffer, _ in self.returned)
-        self.bindings = []
+        self.used, self.onnx_names, self.carried = used, onnx_names, carried
+        self.bind(runner.session)
+
+    def bind(self, session) -> None:
+        """The two bindings of `session`, one per parity: the held buffers (wrapped, not
+        copied) as inputs, and the other parity's as the carried outputs."""
+        import onnxruntime
+
+        self.bound_session, self.bindings = session, []
         self.ort_values = []  # kept alive as long as the bindings that use them
         for parity in (0, 1):
-            binding = runner.session.io_binding()
-            for name, array in buffers[parity].items():
+            binding = session.io_binding()
+            for name, array in self.buffers[parity].items():
                 edge = value_edge_name(name, self.dtypes[name], fed_name)
-                if edge in used:
+                if edge in self.used:
                     value = onnxruntime.OrtValue.ortvalue_from_numpy(array)
                     self.ort_values.append(value)
                     binding.bind_ortvalue_input(edge, value)
             for _, name, buffer, _ in self.returned:  # first, so get_outputs() lists them
                 if buffer is None:
-                    binding.bind_output(onnx_names[name], "cpu")
+                    binding.bind_output(self.onnx_names[name], "cpu")
                 else:
                     out = onnxruntime.OrtValue.ortvalue_from_numpy(buffer)
                     self.ort_values.append(out)
-                    binding.bind_ortvalue_output(onnx_names[name], out)
-            for name, next_name in carried.items():
-                out = onnxruntime.OrtValue.ortvalue_from_numpy(buffers[1 - parity][name])
+                    binding.bind_ortvalue_output(self.onnx_names[name], out)
+            for name, next_name in self.carried.items():
+                out = onnxruntime.OrtValue.ortvalue_from_numpy(self.buffers[1 - parity][name])
                 self.ort_values.append(out)
-                binding.bind_ortvalue_output(onnx_names[next_name], out)
+                binding.bind_ortvalue_output(self.onnx_names[next_name], out)
             self.bindings.append(binding)
 
     def load(self, values: dict) -> None:
@@ -553,6 +574,11 @@ class ResidentStep:
         """One step on `inputs` (the batch and the learning rate): the outputs that replace
         no held value, by name."""
         arrays = self.feeds.fed_arrays(inputs, self.values)
+        runner = self.runner
+        if not runner.sized:
+            runner.size_for(self.feeds.first_dims)
+        if runner.session is not self.bound_session:  # made anew for this batch's size
+            self.bind(runner.session)
         binding = self.bindings[self.parity]
         for index, name, cast in self.fed:
             binding.bind_cpu_input(name, arrays[index] if cast is None
