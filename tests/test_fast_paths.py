@@ -252,8 +252,8 @@ def test_auto_gives_a_session_a_pool_only_for_products_large_at_its_fixed_sizes(
         return OnnxRuntimeBackend().session(graph).get_session_options().intra_op_num_threads
     product = "model m(x: f32[{rows}, 512]) {{\n param W: f32[512, 512] = he()\n" \
               "    return x @ W\n}}\n"
-    assert session_threads(product.format(rows=16)) == 2  # 8 MFLOP
-    assert session_threads(product.format(rows=4)) == 1  # 2 MFLOP
+    assert session_threads(product.format(rows=48)) == 2  # 25 MFLOP
+    assert session_threads(product.format(rows=16)) == 1  # 8 MFLOP: a numpy product's pair
     assert session_threads(product.format(rows="B")) == 1  # 0.5 MFLOP a row
     threads.set_threads(2)
     assert session_threads(product.format(rows="B")) == 2
@@ -265,7 +265,7 @@ def test_a_session_takes_a_pool_at_its_first_calls_sizes(machine):
                                      "    return y\n}\n")
     graph, backend = model.forward_graph(), OnnxRuntimeBackend()
     assert backend.session(graph).get_session_options().intra_op_num_threads == 1
-    x = np.ones((16, 512), np.float32)  # 8 MFLOP
+    x = np.ones((48, 512), np.float32)  # 25 MFLOP
     expected = backend.run(graph, {"x": x}, model.params)
     assert backend.session(graph).get_session_options().intra_op_num_threads == 2
     np.testing.assert_array_equal(backend.run(graph, {"x": x}, model.params)["y"],

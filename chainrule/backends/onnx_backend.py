@@ -19,7 +19,7 @@ from .onnxruntime_edges import (carrier, fed_name, fetched_name, from_carrier, t
                                 value_edge_name, with_carried_edges)
 from . import onnx_scan  # noqa: F401 - registers the scan's lowering
 from .opset import DEFAULT_OPSET
-from .threads import threads_for
+from .threads import SESSION_POOL_MIN_FLOPS, threads_for
 
 MIN_OPSET = 13
 # The first opset whose Cast (and so whose tensors) has each of these dtypes: an export with
@@ -327,11 +327,12 @@ def session_options(graph: Graph, threads: int | None = None):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # fatal only: run() reports failures itself
     # chainrule's threads setting; under auto, a pool of the free cores only for a graph with
-    # a product large enough at its fixed sizes (threads.py). A pool's sleeping threads cost
-    # a wake-up in every op onnxruntime splits, which took small steps up to 3x their time on
-    # one thread (docs/performance.md, threads). One intra-op thread means no pool at all:
-    # the calling thread computes, and nothing waits for a descheduled worker.
-    options.intra_op_num_threads = threads or threads_for(largest_product_flops(graph))
+    # a product large enough at its fixed sizes, or at the first call's (_SessionRunner.
+    # size_for). A pool's sleeping threads cost a wake-up in every op onnxruntime splits,
+    # which took small steps up to 3x their time on one thread (docs/performance.md,
+    # threads). One intra-op thread means no pool at all: the calling thread computes, and
+    # nothing waits for a descheduled worker.
+    options.intra_op_num_threads = threads or session_threads(graph)
     # The graphs are chains: nodes run one after another, so no inter-op pool either.
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
@@ -355,6 +356,12 @@ def session_options(graph: Graph, threads: int | None = None):
         # on the train steps, and sessions are created once per graph.
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
+
+
+def session_threads(graph: Graph, sizes: dict | None = None) -> int:
+    """A session's intra-op threads: the setting's, or under auto a pool of the free cores for
+    a graph whose largest product at `sizes` pays for one (threads.SESSION_POOL_MIN_FLOPS)."""
+    return threads_for(largest_product_flops(graph, sizes), SESSION_POOL_MIN_FLOPS)
 
 
 # What one output element of each product costs, in multiply-adds: its inner size.
@@ -433,7 +440,7 @@ class _SessionRunner:
         setting gives them to a product at this call's sizes (a session is first made before
         any batch, its symbolic dims at 1), once; later calls keep it."""
         self.sized = True
-        threads = threads_for(largest_product_flops(self.graph, dims))
+        threads = session_threads(self.graph, dims)
         if threads > self.session.get_session_options().intra_op_num_threads:
             self.session = self.new_session(session_options(self.graph, threads))
 

@@ -11,9 +11,10 @@ the choice is made per op, from its size and from how many cores other processes
   through threadpoolctl (the `speed` extra) only when it changes, a call of about 3 µs;
   without threadpoolctl numpy's BLAS keeps the threads it started with (OPENBLAS_NUM_THREADS,
   else every core) and only onnxruntime follows the setting.
-- onnxruntime: a session gets a pool of every free core when it is created, and onnxruntime's
-  own cost model runs each op on one thread or several by the op's size; the pool's threads
-  sleep between ops rather than spin (onnx_backend.session_options).
+- onnxruntime: a session gets a pool of the free cores when its largest product, at the first
+  call's sizes, is of SESSION_POOL_MIN_FLOPS or more, and onnxruntime's own cost model then
+  runs each op on one thread or several by the op's size; the pool's threads sleep between
+  ops rather than spin (onnx_backend.session_options).
 
 Free cores. A thread that another process keeps busy is descheduled for whole time slices, and
 a parallel product waits for its slowest thread, so a second thread on a busy machine costs
@@ -39,6 +40,11 @@ MAX_THREADS = 1024
 # 9 MFLOP (a LeNet convolution's) takes 155 µs on one thread and 85 on two, one of 1 MFLOP
 # gains nothing, and OpenBLAS itself runs products below about 0.5 MFLOP on one thread.
 PARALLEL_MIN_FLOPS = 4_000_000
+# An onnxruntime session's pool serves every op of the graph, and each op it splits pays a
+# wake-up: measured (docs/performance.md, threads), a pool made LeNet's step (largest product
+# 9 MFLOP, a hundred ops) 1.1x slower and the lecture MLP's at batch 128 (51 MFLOP, twenty
+# ops) 0.74x, so a session takes one only for a product of this size.
+SESSION_POOL_MIN_FLOPS = 20_000_000
 # How often the other processes' load is sampled: often enough to follow a job that starts or
 # ends, rarely enough that reading /proc/stat (about 60 µs) costs nothing measurable.
 SAMPLE_SECONDS = 0.5
@@ -95,12 +101,13 @@ def configured_threads() -> int:
     return free_cores() if chosen == AUTO else chosen
 
 
-def threads_for(flops: float) -> int:
-    """The threads for one op of `flops` floating-point operations."""
+def threads_for(flops: float, least: float = PARALLEL_MIN_FLOPS) -> int:
+    """The threads for one op of `flops` floating-point operations, parallel under auto from
+    `least` on."""
     chosen = chosen_threads()
     if chosen != AUTO:
         return chosen
-    return 1 if flops < PARALLEL_MIN_FLOPS else free_cores()
+    return 1 if flops < least else free_cores()
 
 
 def _check(count: int, where: str) -> int:
