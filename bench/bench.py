@@ -257,9 +257,10 @@ def train_step_rows(source, batch_inputs, hand_step, kind, repeats):
 
 
 def one_blas_thread(step):
-    """A hand-written step on one BLAS thread, as before chainrule's auto threads: a chainrule
-    call may leave numpy's BLAS on two threads, which the hand-written step's small products
-    would then pay for (its row is the one-thread reference)."""
+    """A hand-written step on the BLAS threads chainrule gives a small product: one under auto
+    (the reference the hand-written rows always were), the count set otherwise. Under auto a
+    chainrule call may leave numpy's BLAS on two threads, which the hand-written step's small
+    products would then pay for."""
     from chainrule.backends.threads import use_blas_threads
 
     def step_on_one_thread():

@@ -5,9 +5,9 @@ the alternatives it was measured against, as one-node-kind graphs timed in one p
     python bench/onnx_forms.py --quick    # fewer repeats
 
 Rows are medians of interleaved calls of `session.run` (one intra-op thread, no spinning, as
-chainrule's sessions run under one thread). The form chainrule exports is marked (the max-pool
-gather only where a row of the input has 1,024 numbers or more, the weight's gradient by
-columns only over fixed sizes); every pair is checked to give the same result first.
+chainrule's sessions run under one thread). The form chainrule exports is marked (the weight's
+gradient by columns only over fixed sizes, and where the columns outnumber the weight's rows);
+every pair is checked to give the same result first.
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def pool_gradient_forms(batch, channels, size, _=None):
     half = size // 2
     inputs = {"x": [batch, channels, size, size], "g": [batch, channels, half, half]}
     return {
-        "Indices and ScatterElements": session([
+        "Indices and ScatterElements (exported)": session([
             helper.make_node("MaxPool", ["x"], ["p", "i"], **pool),
             helper.make_node("Shape", ["x"], ["s"]),
             helper.make_node("Reshape", ["i", "flat"], ["fi"]),
@@ -161,7 +161,7 @@ def pool_gradient_forms(batch, channels, size, _=None):
                              reduction="add"),
             helper.make_node("Reshape", ["sf", "s"], ["y"])],
             inputs, {"flat": ints(-1), "zero": np.zeros((), np.float32)}),
-        "SpaceToDepth gather (exported)": session([
+        "SpaceToDepth gather": session([
             helper.make_node("SpaceToDepth", ["x"], ["sd"], blocksize=2),
             helper.make_node("Reshape", ["sd", "taps"], ["t"]),
             helper.make_node("ReduceMax", ["t", "one"], ["peak"], keepdims=1),

@@ -452,11 +452,18 @@ class Replicas:
         self.ray.get([worker.load.remote(self.data_ref) for worker in self.workers])
 
     def load_values(self, values: dict) -> None:
-        """Every replica holds `values` (params and state), a new version of them."""
+        """Every replica holds `values` (params and state), a new version of them. Values the
+        workers refuse (each checks them as a single-process step does) leave the replicas
+        and the driver's copy as they were, and the refusal is the workers' ChainruleError."""
+        copy = {name: np.array(array) for name, array in values.items()}
+        try:
+            self.send_values(self.workers, copy, self.version + 1)
+        except self.ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, ChainruleError):
+                raise error.cause from None
+            raise
         self.version += 1
-        self.copy = {name: np.array(array) for name, array in values.items()}
-        self.copy_version = self.version
-        self.send_values(self.workers, self.copy, self.version)
+        self.copy, self.copy_version = copy, self.version
 
     def send_values(self, workers: list, values: dict, version: int) -> None:
         values_ref = self.ray.put(values)
@@ -652,7 +659,8 @@ class ShardedRunner:
 
 def split_step(model, config):
     """The train step in two: the gradient graph the workers run (every output the update
-    reads, and only those) and the update graph with its interface, which the driver runs."""
+    reads, and only those) and the update graph with its interface, which every worker runs
+    on its replica from the summed gradients."""
     graph, grads = model.compile_graph(grad=True, wrt=trained_params(model.graph, config.freeze),
                                        opt_level=config.opt_level, training=True)
     update, interface = build_update_step(graph, grads, step_optimizer(config))

@@ -55,7 +55,8 @@ def held_updates(interface: TrainStepInterface) -> dict[str, str]:
 
 class LocalRunner:
     """A train step run in this process by a backend's step runner, fed the batch's rows (the
-    whole step; ShardedRunner feeds its update the workers' gradients instead)."""
+    whole step; a ShardedRunner sends the rows to workers, which each run a shard's gradients
+    and the update on their replicas)."""
 
     rerun_note = ""
 

@@ -140,6 +140,19 @@ def test_every_replica_holds_the_same_params_and_optimizer_state(ray_session):
 
 
 @needs_ray
+def test_params_the_workers_refuse_leave_every_copy_as_it_was(ray_session):
+    """A wrong shape set through `trainer.params` is refused in one line, as in one process,
+    and the driver goes on serving (and checkpointing) the params the replicas hold."""
+    with Trainer(chainrule.compile(source=SMALL), TrainConfig(), workers=1) as trainer:
+        before = {name: np.array(value) for name, value in trainer.params.items()}
+        wrong = {**before, "W": np.zeros(before["W"].shape[:1] + (1,), np.float32)}
+        with pytest.raises(ChainruleError, match="'W'"):
+            trainer.params = wrong
+        for name, value in trainer.params.items():
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+@needs_ray
 def test_a_run_keeps_the_exchange_that_its_trial_found_faster(ray_session):
     """Actor calls, then a compiled graph, each for TRIAL_STEPS steps after one to warm up;
     then the faster by median step, and the params are those of one process throughout."""
@@ -228,8 +241,8 @@ def test_a_worker_computes_as_the_drivers_process_does(ray_session):
 
 @needs_ray
 def test_clipping_warmup_groups_and_frozen_params_train_alike_on_workers(ray_session):
-    """The driver clips the whole batch's gradients, and the workers compute none for a
-    frozen param: the params equal single-process training's."""
+    """Every worker clips the whole batch's summed gradients in its update, and computes none
+    for a frozen param: the params equal single-process training's."""
     model = chainrule.compile(MLP).to_f64()
     spec = OptimizerSpec("rmsprop", groups=(ParamGroup("W2", lr_scale=0.5),))
     config = TrainConfig(epochs=2, batch_size=10, lr=0.01, optimizer=spec,

@@ -171,12 +171,12 @@ def test_the_environment_variable_sets_the_threads(monkeypatch):
     monkeypatch.setenv(threads.ENV_VAR, "auto")
     assert threads.chosen_threads() == threads.AUTO
     monkeypatch.setenv(threads.ENV_VAR, "2")
-    assert threads.configured_threads() == 2
+    assert threads.chosen_threads() == 2
     assert intra_op_threads() == 2
     for bad in ("two", "0"):
         monkeypatch.setenv(threads.ENV_VAR, bad)
         with pytest.raises(ChainruleError, match=threads.ENV_VAR):
-            threads.configured_threads()
+            threads.chosen_threads()
 
 
 def test_set_threads_overrides_the_environment(monkeypatch):
@@ -184,7 +184,7 @@ def test_set_threads_overrides_the_environment(monkeypatch):
     threads.set_threads(1)
     assert intra_op_threads() == 1
     threads.set_threads(None)
-    assert threads.configured_threads() == 2
+    assert threads.chosen_threads() == 2
 
 
 def test_the_blas_limit_follows_the_setting_when_threadpoolctl_is_there():
@@ -209,8 +209,9 @@ def machine(monkeypatch):
     """A 2-core machine whose other processes' CPU time the test sets: `machine.busy` seconds
     of every core, at `machine.now` on the monotonic clock; this process uses none."""
     state = SimpleNamespace(busy=0.0, now=100.0, running=1)
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(threads, "_machine_busy_seconds", lambda: state.busy)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: frozenset({0, 1}))
+    monkeypatch.setattr(threads, "_quota_cores", lambda: None)
+    monkeypatch.setattr(threads, "_busy_seconds", lambda cpus: state.busy)
     monkeypatch.setattr(threads, "_others_running_now", lambda cores: state.running - 1)
     monkeypatch.setattr(threads.time, "monotonic", lambda: state.now)
     monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)
@@ -242,6 +243,18 @@ def test_auto_leaves_out_the_cores_other_processes_keep_busy(machine):
     assert threads.threads_for(1e12) == 1
     machine.now += threads.SAMPLE_SECONDS
     machine.busy += 5 * threads.SAMPLE_SECONDS  # more than the machine: still one core left
+    assert threads.free_cores() == 1
+
+
+def test_auto_counts_only_the_cpus_the_process_may_use(monkeypatch):
+    monkeypatch.setattr(threads, "_sample", None)
+    monkeypatch.setattr(threads, "_busy_seconds", lambda cpus: None)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: frozenset(range(64)))
+    monkeypatch.setattr(threads, "_quota_cores", lambda: 2)  # a container's quota
+    assert threads.free_cores() == 2
+    monkeypatch.setattr(threads, "_sample", None)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: frozenset({3}))  # taskset -c 3
+    monkeypatch.setattr(threads, "_quota_cores", lambda: None)
     assert threads.free_cores() == 1
 
 
@@ -331,7 +344,7 @@ def test_the_cli_takes_threads(capsys):
     for command in ("run", "grad", "predict", "train", "gradcheck"):
         assert parser.parse_args([command, MLP, "--threads", "2"]).threads == 2, command
     assert main(["run", MLP, "--random-inputs", "--threads", "2"]) == 0
-    assert threads.configured_threads() == 2
+    assert threads.chosen_threads() == 2
     assert main(["run", MLP, "--random-inputs", "--threads", "auto"]) == 0
     assert threads.chosen_threads() == threads.AUTO
     with pytest.raises(SystemExit) as usage_error:

@@ -112,8 +112,10 @@ def _tap_major_windows(padded, kernel_shape, strides, dilations, out):
     im2col's rows (channel, then tap) and columns (window, then batch)."""
     spatial_strides = padded.strides[1:-1]
     shape = (padded.shape[0], *kernel_shape, *out, padded.shape[-1])
-    steps = (padded.strides[0], *[d * step for d, step in zip(dilations, spatial_strides)],
-             *[s * step for s, step in zip(strides, spatial_strides)], padded.strides[-1])
+    steps = (padded.strides[0],
+             *[d * step for d, step in zip(dilations, spatial_strides, strict=True)],
+             *[s * step for s, step in zip(strides, spatial_strides, strict=True)],
+             padded.strides[-1])
     return as_strided(padded, shape, steps, writeable=False)
 
 
@@ -207,8 +209,9 @@ def _flipped_pads(kernel_shape, strides, pads, dilations, output_padding):
     if any(s != 1 for s in strides):
         return None
     spans = [d * (k - 1) for k, d in zip(kernel_shape, dilations, strict=True)]
-    flipped = tuple(span - b for span, b in zip(spans, pads[:rank])) + tuple(
-        span - e + extra for span, e, extra in zip(spans, pads[rank:], output_padding))
+    flipped = tuple(span - b for span, b in zip(spans, pads[:rank], strict=True)) + tuple(
+        span - e + extra
+        for span, e, extra in zip(spans, pads[rank:], output_padding, strict=True))
     return flipped if min(flipped) >= 0 else None
 
 
@@ -311,12 +314,17 @@ def _max_unpool(g, x, kernel, strides, pads, ceil_mode):
     # Windows that tile the padded input write every position once: no zeros first.
     result = (np.empty if tiled else np.zeros)(padded_shape, summed)
     scratch = None if disjoint else np.empty(grads.shape, summed)
+    # Multiplying by the mask is 3x faster than choosing by it, and the same where the
+    # cotangent is finite; an inf would make NaN of the zeros (inf * 0), so it is chosen.
+    finite = math.isfinite(grads.sum())
     for tap, hit in zip(_taps(kernel), _first_maxima(taps), strict=True):
         target = result[_covered(tap, strides, ones, g.shape[2:])]
-        if disjoint:
-            np.multiply(grads, hit, out=target)
-        else:
-            target += np.multiply(grads, hit, out=scratch)
+        share = (np.multiply(grads, hit, out=target if disjoint else scratch) if finite
+                 else np.where(hit, grads, np.zeros((), summed)))
+        if disjoint and not finite:
+            target[...] = share
+        elif not disjoint:
+            target += share
     return _batch_first(result[_interior(x.shape[1:], full)]).astype(g.dtype, copy=False)
 
 

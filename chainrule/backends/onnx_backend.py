@@ -365,10 +365,14 @@ def session_threads(graph: Graph, sizes: dict | None = None) -> int:
 
 
 # What one output element of each product costs, in multiply-adds: its inner size.
+def _gemm_inner(node):
+    return node.inputs[0].type.shape[-2 if node.attrs["trans_a"] else -1]
+
+
 _INNER_SIZE = {
     "matmul": lambda node: node.inputs[0].type.shape[-1],
-    "gemm": lambda node: node.inputs[0].type.shape[-2 if node.attrs["trans_a"] else -1],
-    "gemm_acc": lambda node: node.inputs[0].type.shape[-2 if node.attrs["trans_a"] else -1],
+    "gemm": _gemm_inner,
+    "gemm_acc": _gemm_inner,
     "conv": lambda node: dims.product(node.inputs[1].type.shape[1:]),
     "conv_transpose": lambda node: dims.product(node.inputs[1].type.shape[1:]),
     "conv_weight_grad": lambda node: dims.product(node.output.type.shape[1:]),

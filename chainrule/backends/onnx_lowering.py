@@ -872,13 +872,12 @@ def _conv_transpose(em, node, out, x, w):
 
 @lowering("conv_weight_grad")
 def _conv_weight_grad(em, node, out, x, g):
-    sizes = [*node.inputs[0].type.shape[1:], *node.inputs[1].type.shape[1:]]
-    if _dtype(node) == "f32" and not all(isinstance(n, int) for n in sizes):
+    if _dtype(node) == "f32" and not _by_columns(node):
         _conv_weight_grad_as_conv(em, node, out, x, g)
         return
     # dW = the sum over the batch of each row's g [O, windows] times its columns [windows,
     # C * kernel]: one batched MatMul and a ReduceSum, which onnxruntime ran faster than the
-    # Conv over swapped axes, by half from ResNet's sizes on (bench/onnx_forms.py).
+    # Conv over swapped axes, by a third at 64 channels of 16x16 (bench/onnx_forms.py).
     attrs, groups = node.attrs, node.attrs["groups"]
     channels, outputs = node.inputs[0].type.shape[1], node.inputs[1].type.shape[1]
     rows, windows = channels // groups * math.prod(attrs["kernel"]), math.prod(
@@ -893,8 +892,21 @@ def _conv_weight_grad(em, node, out, x, g):
     em.add("Reshape", [summed, em.ints(node.output.type.shape, "shape")], out)
 
 
+def _by_columns(node) -> bool:
+    """Whether a float32 weight gradient exports by columns: over fixed sizes (Slice places the
+    windows), and where a row has more windows than the convolution has output channels per
+    group, so that the batched MatMul's result, a weight's worth of numbers per row, is no
+    larger than the columns themselves (a ResNet's last layers, 512 channels over 7x7
+    windows, would hold a copy of the weight per row of the batch)."""
+    sizes = [*node.inputs[0].type.shape[1:], *node.inputs[1].type.shape[1:]]
+    if not all(isinstance(n, int) for n in sizes):
+        return False
+    outputs = node.inputs[1].type.shape[1] // node.attrs["groups"]
+    return outputs <= math.prod(_spatial(node.inputs[1]))
+
+
 def _conv_weight_grad_as_conv(em, node, out, x, g):
-    """Over symbolic sizes, where Slice cannot place the windows:
+    """Where columns do not pay (`_by_columns`):
     dW[o, c, k] = sum over n, p of g[n, o, p] x[n, c, p * stride + k * dilation]: a Conv of x
     with g as its kernel, the batch as the channels summed over, each input channel as a batch
     entry, and stride and dilation swapped. Its windows may run past the kernel's size (input
@@ -954,9 +966,6 @@ def _max_positions(em, node, x) -> str:
 
 @lowering("max_unpool")
 def _max_unpool(em, node, out, g, x):
-    if _tiles_2d(node, node.inputs[1]):
-        _max_unpool_by_blocks(em, node, out, g, x)
-        return
     if em.opset < FOLD_SINCE:
         raise ChainruleError(f"the ONNX form of max_unpool needs opset {FOLD_SINCE} or newer, "
                              f"not {em.opset}", node.loc)
@@ -966,43 +975,6 @@ def _max_unpool(em, node, out, g, x):
     summed = em.add("ScatterElements", [zeros, positions, em.add("Reshape", [g, flat])],
                     axis=0, reduction="add")
     em.add("Reshape", [summed, shape], out)
-
-
-# The gather's dozen ops cost more than the scatter they replace on small images: measured
-# (bench/onnx_forms.py) 0.8x the scatter's time at 16x8x8 per row, 1.8x at 32x4x4.
-GATHER_MIN_ROW = 1024
-
-
-def _tiles_2d(node, x) -> bool:
-    """Whether a 2-D pooling's square windows tile x exactly (LeNet's 2x2 of stride 2), so
-    that each window is one of SpaceToDepth's blocks, and x's rows are large enough to pay."""
-    attrs, spatial = node.attrs, _spatial(x)
-    block = attrs["kernel"][0]
-    return (len(spatial) == 2 and tuple(attrs["kernel"]) == tuple(attrs["strides"]) == (block,) * 2
-            and not any(attrs["pads"]) and isinstance(x.type.shape[1], int)
-            and all(isinstance(n, int) and n % block == 0 for n in spatial)
-            and x.type.shape[1] * math.prod(spatial) >= GATHER_MIN_ROW)
-
-
-def _max_unpool_by_blocks(em, node, out, g, x) -> None:
-    """The gradient of a pooling whose windows tile x, as a gather: each window's taps side by
-    side (SpaceToDepth), the first maximum of each marked, g written there, the taps put back
-    (DepthToSpace). onnxruntime's MaxPool with Indices, which the scatter form needs, took
-    ten times its MaxPool without them (LeNet's 64x16x8x8: 257 against 22 µs), and the whole
-    gradient a third less this way."""
-    block, channels = node.attrs["kernel"][0], node.inputs[1].type.shape[1]
-    taps, pooled = block * block, [n // block for n in _spatial(node.inputs[1])]
-    stacked = em.add("Reshape", [em.add("SpaceToDepth", [x], blocksize=block),
-                                 em.ints([0, taps, channels, *pooled], "taps")])
-    tied = em.add("Equal", [stacked, em.reduce("ReduceMax", stacked, (1,), True)])
-    # Of tied maxima the first in the window's row-major order, which is SpaceToDepth's.
-    seen = em.add("CumSum", [em.add("Cast", [tied], to=ONNX_DTYPES["i32"]), em.ints(1, "axis")])
-    first = em.add("And", [tied, em.add("Equal", [seen, em.scalar(1, "i32")])])
-    share = em.add("Mul", [em.add("Cast", [first], to=ONNX_DTYPES[_dtype(node)]),
-                           em.unsqueeze(g, [1])])
-    em.add("DepthToSpace", [em.add("Reshape", [share, em.ints([0, taps * channels, *pooled],
-                                                              "blocks")])],
-           out, blocksize=block, mode="DCR")
 
 
 @lowering("max_pool_take")

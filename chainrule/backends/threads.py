@@ -19,12 +19,15 @@ the choice is made per op, from its size and from how many cores other processes
 Free cores. A thread that another process keeps busy is descheduled for whole time slices, and
 a parallel product waits for its slowest thread, so a second thread on a busy machine costs
 several times what it saves (docs/performance.md, `bench.py --busy`). `free_cores` counts the
-cores the rest of the machine used over the last SAMPLE_SECONDS (from /proc/stat, less this
-process' own CPU time), rounded, and leaves those out; where /proc/stat is missing it counts
-every core free.
+cores this process may use (its CPU affinity, within a cgroup's CPU quota) and leaves out those
+the rest of the machine kept busy since the last sample, taken at most every SAMPLE_SECONDS
+(from /proc/stat's lines of those CPUs, less this process' own CPU time), rounded; where
+/proc/stat is missing it counts every core free.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import time
 
@@ -95,12 +98,6 @@ def chosen_threads() -> int | str:
     return _check(count, ENV_VAR)
 
 
-def configured_threads() -> int:
-    """The threads for a whole session or worker: the count set, or under auto the free cores."""
-    chosen = chosen_threads()
-    return free_cores() if chosen == AUTO else chosen
-
-
 def threads_for(flops: float, least: float = PARALLEL_MIN_FLOPS) -> int:
     """The threads for one op of `flops` floating-point operations, parallel under auto from
     `least` on."""
@@ -119,14 +116,16 @@ def _check(count: int, where: str) -> int:
 # ---- free cores -------------------------------------------------------------------------------
 
 def free_cores() -> int:
-    """The cores other processes left free over the last SAMPLE_SECONDS (at least 1)."""
+    """The cores this process may use that other processes left free since the last sample
+    (taken at most every SAMPLE_SECONDS; at least 1)."""
     global _sample
     now = time.monotonic()
     if _sample is not None and now - _sample[0] < SAMPLE_SECONDS:
         return _sample[3]
     _note_small_op_threads()
-    busy, own = _machine_busy_seconds(), time.process_time()
-    cores = os.cpu_count() or 1
+    cpus = usable_cpus()
+    busy, own = _busy_seconds(cpus), time.process_time()
+    cores = min(len(cpus), _quota_cores() or len(cpus))
     if busy is None:
         free = cores
     elif _sample is None:
@@ -138,28 +137,69 @@ def free_cores() -> int:
     return _sample[3]
 
 
-def _machine_busy_seconds() -> float | None:
-    """Every core's non-idle time since boot, in seconds; None where /proc/stat is missing."""
+def usable_cpus() -> frozenset:
+    """The CPUs this process may run on (its affinity; every CPU where that is unknown)."""
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return frozenset(range(os.cpu_count() or 1))
+
+
+def _quota_cores() -> int | None:
+    """The cores a cgroup's CPU quota allows (cgroup v2's cpu.max), or None without one: in a
+    container limited to 2 CPUs of a 64-core host, threads past 2 only wait their turn."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limit:
+            quota, period = limit.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def _busy_seconds(cpus: frozenset) -> float | None:
+    """The non-idle time since boot of the CPUs `cpus`, in seconds, from /proc/stat's lines of
+    single CPUs; None where it is missing."""
     try:
         with open("/proc/stat", "rb") as stat:
-            fields = stat.readline().split()[1:]
+            lines = [line.split() for line in stat if line[:3] == b"cpu" and line[3:4].isdigit()]
     except OSError:
         return None
-    # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy.
-    ticks = [int(field) for field in fields]
-    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
-    return busy / os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    for fields in lines:
+        if int(fields[0][3:]) in cpus:
+            # user nice system idle iowait irq softirq steal (guest and guest_nice, which
+            # user and nice already count, left out): all but idle and iowait are busy.
+            counts = [int(field) for field in fields[1:9]]
+            ticks += sum(counts) - counts[3] - (counts[4] if len(counts) > 4 else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _others_running_now(cores: int) -> int:
-    """At the first sample, which has no interval yet: the runnable threads right now, less this
-    one (/proc/loadavg's fourth field), as whole cores taken."""
+    """At the first sample, which has no interval yet: the threads of other processes running
+    right now (/proc/loadavg's count of runnable threads, less this process' own), where the
+    last minute's load average agrees, as whole cores taken (a transient process counts in
+    the one and not the other)."""
     try:
         with open("/proc/loadavg") as loadavg:
-            running = int(loadavg.read().split()[3].split("/")[0])
+            fields = loadavg.read().split()
+        running, recent = int(fields[3].split("/")[0]), float(fields[0])
     except (OSError, IndexError, ValueError):
         return 0
-    return min(cores - 1, max(0, running - 1))
+    others = min(running - _own_running_threads(), round(recent))
+    return min(cores - 1, max(0, others))
+
+
+def _own_running_threads() -> int:
+    """This process' threads that are running or runnable (state R in /proc/self/task)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/stat", "rb") as stat:
+                # The state follows the command in parentheses, which may hold spaces.
+                count += stat.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    return max(count, 1)
 
 
 # ---- numpy's BLAS -----------------------------------------------------------------------------
