@@ -294,7 +294,13 @@ def raw_session_step(model, batch: dict, spec: OptimizerSpec):
     """`session.run` of the onnxruntime backend's own session for the train step, numpy in
     and out, the updated params fed back: what a user of onnxruntime alone would write."""
     graph, interface = model.train_step_graph(spec, "O2")
-    session = OnnxRuntimeBackend().session(graph, training=True)
+    return session_step(OnnxRuntimeBackend().session(graph, training=True), model, graph,
+                        interface, batch)
+
+
+def session_step(session, model, graph, interface, batch: dict):
+    """A step of `session` (the train-step graph's), its params and optimizer state fed back
+    from one call to the next."""
     every = carried_feeds(model, graph, interface, batch)
     feeds = {i.name: np.array(every[i.name]) for i in session.get_inputs()}
     output = {o.name: index for index, o in enumerate(session.get_outputs())}

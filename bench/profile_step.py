@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import chainrule
-from bench import LR_VALUE, ROOT, carried_feeds, median_seconds, thread_settings
+from bench import LR_VALUE, ROOT, carried_feeds, median_seconds, session_step, thread_settings
 from chainrule.backends.numpy_compiled import CompiledNumpyBackend
 from chainrule.cli import random_inputs
 from chainrule.ir import ChainruleError
@@ -162,18 +162,7 @@ def onnxruntime_profile(model, inputs: dict, repeats: int, warmup: int = 3) -> P
         session = onnxruntime.InferenceSession(
             with_carried_edges(exported).SerializeToString(), options,
             providers=["CPUExecutionProvider"])
-        every = carried_feeds(model, graph, interface, inputs)
-        feeds = {i.name: np.array(every[i.name]) for i in session.get_inputs()}
-        output = {o.name: index for index, o in enumerate(session.get_outputs())}
-        carried = [(name, output[next_name])
-                   for name, next_name in {**interface.params, **interface.state}.items()
-                   if name in feeds]
-
-        def step():
-            results = session.run(None, feeds)
-            for name, index in carried:
-                feeds[name] = results[index]
-
+        step = session_step(session, model, graph, interface, inputs)
         step_seconds = median_seconds(step, repeats, warmup)
         with open(session.end_profiling()) as file:
             events = json.load(file)
