@@ -146,7 +146,7 @@ def _fold(taps, padded_shape, strides, dilations):
 
 # ---- convolution ------------------------------------------------------------------------------
 
-def _groupedmatmul(a, b):
+def _grouped_matmul(a, b):
     """a [groups, M, K] times b [groups, K, P]; one plain matrix product for one group (numpy
     runs a stack of one more slowly)."""
     if a.shape[0] == 1:
@@ -163,7 +163,7 @@ def _channel_weight(w, tap, rank):
 def _conv(x, w, strides, pads, dilations, groups):
     out = _output_spatial(x.shape[2:], w.shape[2:], strides, pads, dilations)
     columns = _columns(x, w.shape[2:], strides, pads, dilations, groups)
-    y = _groupedmatmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
+    y = _grouped_matmul(w.reshape(groups, w.shape[0] // groups, -1), columns)
     return _batch_first(y.reshape((w.shape[0],) + out + x.shape[:1]))
 
 
@@ -186,7 +186,7 @@ def _conv_transpose(x, w, strides, pads, dilations, groups, output_padding):
         # down its slower path, and the weight is small beside the columns.
         weights = np.ascontiguousarray(
             w.reshape(groups, w.shape[0] // groups, -1).transpose(0, 2, 1))
-        columns = _groupedmatmul(weights, _batch_last(x).reshape(
+        columns = _grouped_matmul(weights, _batch_last(x).reshape(
             groups, w.shape[0] // groups, -1))
         taps = np.moveaxis(columns.reshape((channels,) + kernel_shape + x.shape[2:]
                                            + x.shape[:1]),
@@ -243,7 +243,7 @@ def _depthwise_fold(x, w, padded_shape, strides, dilations):
 def _conv_weight_grad(x, g, kernel, strides, pads, dilations, groups):
     columns = _columns(x, kernel, strides, pads, dilations, groups)
     grads = _batch_last(g).reshape(groups, g.shape[1] // groups, -1)
-    return _groupedmatmul(grads, columns.transpose(0, 2, 1)).reshape(
+    return _grouped_matmul(grads, columns.transpose(0, 2, 1)).reshape(
         (g.shape[1], x.shape[1] // groups) + tuple(kernel))
 
 
