@@ -364,11 +364,11 @@ def session_threads(graph: Graph, sizes: dict | None = None) -> int:
     return threads_for(largest_product_flops(graph, sizes), SESSION_POOL_MIN_FLOPS)
 
 
-# What one output element of each product costs, in multiply-adds: its inner size.
 def _gemm_inner(node):
     return node.inputs[0].type.shape[-2 if node.attrs["trans_a"] else -1]
 
 
+# What one output element of each product costs, in multiply-adds: its inner size.
 _INNER_SIZE = {
     "matmul": lambda node: node.inputs[0].type.shape[-1],
     "gemm": _gemm_inner,
