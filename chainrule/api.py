@@ -23,7 +23,7 @@ from .data import ArgumentConformer, check_rows, conform_arguments
 from .passes import select_outputs
 from .passes.manager import PassContext, pipeline, run_passes
 from .passes.mixed_precision import DEFAULT_GROWTH_INTERVAL, check_precision, scales_loss
-from .passes.optimizers import OptimizerSpec, build_train_step, trained_params
+from .passes.optimizers import OptimizerSpec, build_train_step, initial_state, trained_params
 from .passes.promote import promote_to_f64
 
 
@@ -279,11 +279,7 @@ class Model:
         graph, interface = self.train_step_graph(spec, "O1" if opt_level == "O0" else opt_level,
                                                  freeze, precision, loss_scale_interval)
         model = export_onnx(graph, opset=opset, params_as_inputs=True, training=True)
-        defaults = dict(self.params)
-        types = {v.name: v.type for v in graph.inputs}
-        defaults.update((name, np.full(types[name].shape, interface.initial.get(name, 0.0),
-                                       numpy_dtype(types[name].dtype)))
-                        for name in interface.state)
+        defaults = {**self.params, **initial_state(graph, interface)}
         model.graph.initializer.extend(numpy_helper.from_array(np.asarray(array), name)
                                        for name, array in defaults.items())
         return model

@@ -125,7 +125,7 @@ def check_some_rows(names: list[str], arrays: dict, what: str) -> None:
             shape = array.shape if type(array) is np.ndarray else np.shape(array)
         except ValueError:
             continue  # a ragged list, no array: the feeds' check says so
-        if shape[:1] == (0,) and array is not None:  # a missing one: the feeds' check names it
+        if shape[:1] == (0,):  # a missing one has shape (): the feeds' check names it
             refuse_no_rows(what)
 
 

@@ -32,7 +32,7 @@ from .passes import select_outputs
 from .passes.manager import check_opt_level
 from .passes.mixed_precision import (DEFAULT_GROWTH_INTERVAL, LOSS_SCALE, PRECISIONS,
                                      check_precision)
-from .passes.optimizers import LR, OptimizerSpec, metric_outputs, step_optimizer
+from .passes.optimizers import LR, OptimizerSpec, initial_state, metric_outputs, step_optimizer
 from .runners import (LocalRunner, TrainRunner, batch_axis_inputs, check_dataset,
                       check_some_rows, held_updates, take_rows)
 
@@ -231,11 +231,7 @@ class Trainer:
         self.options: dict | None = None
 
     def initial_state(self) -> dict[str, np.ndarray]:
-        by_name = {v.name: v for v in self.step_graph.inputs}
-        return {name: np.full([d for d in by_name[name].type.shape],
-                              self.interface.initial.get(name, 0.0),
-                              numpy_dtype(by_name[name].type.dtype))
-                for name in self.interface.state}
+        return initial_state(self.step_graph, self.interface)
 
     # ---- params and optimizer state --------------------------------------------------------
 

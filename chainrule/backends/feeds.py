@@ -208,14 +208,18 @@ class CheckedFeeds:
 
     def __init__(self, graph: Graph, held=frozenset()):
         self.graph = graph
-        self.seen: dict = {}  # signature -> the symbolic dims it binds
-        self.first_dims: dict | None = None  # the dims of the first call's signature
+        self.seen: dict = {}  # signature -> the symbolic dims it binds, first call's first
         self.indexed = index_inputs(graph)
         self.held = frozenset(held)
         self.fed = [v for v in graph.inputs if v.name not in self.held]
         self.fed_names = [v.name for v in self.fed]
         self.input_names = [v.name for v in graph.inputs]
         self.param_names = [v.name for v in graph.param_values()]
+
+    @property
+    def first_dims(self) -> dict:
+        """The symbolic dims of the first call's signature."""
+        return next(iter(self.seen.values()))
 
     def fed_arrays(self, inputs: dict, held) -> list[np.ndarray]:
         """The arrays of the inputs not held, in graph order. The first call with each
@@ -240,8 +244,6 @@ class CheckedFeeds:
             dims = check_feeds(self.graph, every, params)
             arrays = [_as_array(array) for array in arrays]
             self.seen[_signature((len(inputs),), arrays)] = dims
-            if self.first_dims is None:
-                self.first_dims = dims
         elif self.indexed:
             check_index_ranges(self.indexed, inputs, dims)
         return arrays
@@ -259,8 +261,6 @@ class CheckedFeeds:
             dims = check_feeds(self.graph, inputs, params)
             arrays = [_as_array(array) for array in arrays]
             self.seen[_signature((len(inputs), len(params)), arrays)] = dims
-            if self.first_dims is None:
-                self.first_dims = dims
         elif self.indexed:  # values change from call to call: check them every time
             check_index_ranges(self.indexed, inputs, dims)
         return arrays

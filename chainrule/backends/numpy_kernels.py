@@ -17,7 +17,7 @@ from ..ir.ops import GELU_CUBIC, GELU_SCALE, OPS, OpDef, rule_table
 from ..ir.types import cast_array, numpy_dtype
 from . import erf_approximation as cody
 from .numpy_convolution import CONVOLUTION_KERNELS
-from .numpy_products import is_float_array_dtype, lowest, matmul
+from .numpy_products import highest, lowest, matmul
 
 KERNELS, kernel = rule_table()
 
@@ -208,10 +208,6 @@ def _transpose(x, perm):
     return np.transpose(x, perm)
 
 
-def _highest(dtype):
-    return np.inf if is_float_array_dtype(dtype) else np.iinfo(dtype).max
-
-
 @kernel("max")
 def _max(x, axes, keepdims):
     return np.max(x, axis=_axes(axes), keepdims=keepdims, initial=lowest(x.dtype))
@@ -219,7 +215,7 @@ def _max(x, axes, keepdims):
 
 @kernel("min")
 def _min(x, axes, keepdims):
-    return np.min(x, axis=_axes(axes), keepdims=keepdims, initial=_highest(x.dtype))
+    return np.min(x, axis=_axes(axes), keepdims=keepdims, initial=highest(x.dtype))
 
 
 @kernel("logsumexp")

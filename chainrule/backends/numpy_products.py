@@ -1,5 +1,5 @@
 """What the numpy backend's kernel modules share: matrix products, with their threads and
-half-float handling, and a dtype's least value (max's identity)."""
+half-float handling, and a dtype's least and greatest values (max's and min's identities)."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,3 +36,8 @@ def is_float_array_dtype(dtype: np.dtype) -> bool:
 def lowest(dtype):
     """What max gives over nothing, as ONNX's ReduceMax: -inf, or an int dtype's least value."""
     return -np.inf if is_float_array_dtype(dtype) else np.iinfo(dtype).min
+
+
+def highest(dtype):
+    """What min gives over nothing: inf, or an int dtype's greatest value."""
+    return np.inf if is_float_array_dtype(dtype) else np.iinfo(dtype).max

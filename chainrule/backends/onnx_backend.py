@@ -439,19 +439,20 @@ class _SessionRunner:
                                  f"the numpy backend may run the model meanwhile",
                                  self.graph.loc) from None
 
-    def size_for(self, dims: dict) -> None:
-        """At the first call: the session is made anew with a pool of more threads if the
-        setting gives them to a product at this call's sizes (a session is first made before
-        any batch, its symbolic dims at 1), once; later calls keep it."""
+    def size_for(self, feeds: CheckedFeeds) -> None:
+        """At the first call, whose arrays `feeds` has checked: the session is made anew with a
+        pool of more threads if the setting gives them to a product at that call's sizes (a
+        session is first made before any batch, its symbolic dims at 1); later calls keep it."""
+        if self.sized:
+            return
         self.sized = True
-        threads = session_threads(self.graph, dims)
+        threads = session_threads(self.graph, feeds.first_dims)
         if threads > self.session.get_session_options().intra_op_num_threads:
             self.session = self.new_session(session_options(self.graph, threads))
 
     def run(self, inputs: dict, params: dict) -> dict[str, np.ndarray]:
         arrays = self.feeds.arrays(inputs, params)
-        if not self.sized:
-            self.size_for(self.feeds.first_dims)
+        self.size_for(self.feeds)
         feeds = {}
         for index, name, cast in self.fed:
             feeds[name] = arrays[index] if cast is None else arrays[index].astype(cast)
@@ -586,8 +587,7 @@ class ResidentStep:
         no held value, by name."""
         arrays = self.feeds.fed_arrays(inputs, self.values)
         runner = self.runner
-        if not runner.sized:
-            runner.size_for(self.feeds.first_dims)
+        runner.size_for(self.feeds)
         if runner.session is not self.bound_session:  # made anew for this batch's size
             self.bind(runner.session)
         binding = self.bindings[self.parity]

@@ -1053,24 +1053,10 @@ def _det(em, node, out, x):
         _lower_composition(em, node, out, compositions.determinant)
 
 
-def _ranked_as_onnxruntime_ranks(em, node, x) -> str:
-    """x in a dtype onnxruntime's TopK takes, in the same order: u16 and u32 as i64; u64
-    shifted down by 2**63 (wrapping around) and read as i64; bf16 as f32."""
-    dtype = node.inputs[0].type.dtype
-    if dtype in ("u16", "u32"):
-        return em.add("Cast", [x], to=ONNX_DTYPES["i64"])
-    if dtype == "u64":
-        shifted = em.add("Sub", [x, em.scalar(2 ** 63, "u64")])
-        return em.add("Cast", [shifted], to=ONNX_DTYPES["i64"])
-    if dtype == "bf16":
-        return em.add("Cast", [x], to=ONNX_DTYPES["f32"])
-    return x
-
-
 @lowering("top_k_indices")
 def _top_k_indices(em, node, out, x):
     # TopK's first output, the values, is left to a GatherElements of these as in the graph.
-    x = _ranked_as_onnxruntime_ranks(em, node, x)
+    # (onnx_widening ranks the dtypes onnxruntime's TopK lacks in ones it takes.)
     em.nodes.append(helper.make_node(
         "TopK", [x, em.ints([node.attrs["k"]], "k")], [em.fresh("top_k_values"), out], name=out,
         doc_string=em.doc, axis=node.attrs["axis"], largest=int(node.attrs["largest"]),

@@ -60,7 +60,7 @@ MODULAR_OPS = {"Add", "Sub", "Mul", "Neg", "Sum", "ReduceSum", "ReduceProd", "Cu
 # so adding the same constant again gives the bits back): that maps 0 to the least i64 and
 # 2**64 - 1 to the greatest, keeping the order.
 ORDERING_OPS = {"ReduceMax", "ReduceMin", "ArgMax", "ArgMin", "Max", "Min", "Less", "Greater",
-                "LessOrEqual", "GreaterOrEqual"}
+                "LessOrEqual", "GreaterOrEqual", "TopK"}
 SHIFTED = "i64+2**63"
 
 

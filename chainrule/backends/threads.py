@@ -58,7 +58,8 @@ BUSY_CORE = 0.5
 _chosen: int | str | None = None  # set_threads' value; None: the environment's or the default
 _blas_threads: int | None = None  # the limit last set on numpy's BLAS
 # The threads of a product below PARALLEL_MIN_FLOPS, kept so that the products of a small step
-# (a few µs each) pay no lookup; set again by set_threads and at each sample of the load.
+# (a few µs each) pay no lookup of the setting; noted by apply_blas_threads, which set_threads
+# and every backend's creation (get_backend) call.
 _small_op_threads = 1
 _blas_controllers: list | None = None
 _sample: tuple | None = None      # (wall, machine busy seconds, own CPU seconds, free cores)
@@ -71,7 +72,6 @@ def set_threads(count: int | str | None) -> None:
     if count is not None and count != AUTO:
         _check(count, "--threads")
     _chosen = count
-    _note_small_op_threads()
     apply_blas_threads()
 
 
@@ -122,7 +122,6 @@ def free_cores() -> int:
     now = time.monotonic()
     if _sample is not None and now - _sample[0] < SAMPLE_SECONDS:
         return _sample[3]
-    _note_small_op_threads()
     cpus = usable_cpus()
     busy, own = _busy_seconds(cpus), time.process_time()
     cores = min(len(cpus), _quota_cores() or len(cpus))
@@ -230,9 +229,9 @@ def use_blas_threads(flops: float) -> None:
 def apply_blas_threads() -> bool:
     """Limit numpy's BLAS to the setting (under auto, one thread until a large product asks for
     more); False when threadpoolctl is absent."""
+    _note_small_op_threads()
     if not _controllers():
         return False
-    _note_small_op_threads()
     use_blas_threads(0)
     return True
 

@@ -82,7 +82,7 @@ def triangle(ops, x, k, upper):
     return ops.emit("where", keep, x, ops.constant(0, x))
 
 
-def _require_numeric(ops, x, what):
+def _require_float(ops, x, what):
     if not is_float(x.type.dtype):
         ops.error(f"{what} of {x.type.dtype} tensors: chainrule divides numbers only (cast them "
                   f"with f32(...) or i64(...))")
@@ -110,7 +110,7 @@ def floor_divide(ops, x, y):
     exactly, so int_div's truncation cannot round it."""
     if is_int(x.type.dtype):
         return ops.emit("int_div", ops.emit("sub", x, ops.emit("int_mod", x, y)), y)
-    _require_numeric(ops, x, "//")
+    _require_float(ops, x, "//")
     return ops.emit("floor", ops.emit("div", x, y))
 
 
@@ -120,7 +120,7 @@ def remainder(ops, x, y, truncated=False):
     but for the rounding of the product."""
     if is_int(x.type.dtype):
         return ops.emit("int_mod", x, y, fmod=truncated)
-    _require_numeric(ops, x, "fmod" if truncated else "%")
+    _require_float(ops, x, "fmod" if truncated else "%")
     quotient = ops.emit("div", x, y)
     if truncated:
         below_zero = ops.emit("less", quotient, ops.constant(0.0, x))

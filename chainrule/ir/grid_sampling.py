@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import itertools
 
+from .compositions import round_half_even
+from .shapes import conv_output_dim
+
 CUBIC_A = -0.75  # Keys' cubic convolution kernel, as PyTorch and ONNX use it
 
 
@@ -143,7 +146,7 @@ def _taps(ops, coordinate, size, stride, mode, padding_mode, align_corners):
     def number(value):
         return ops.constant(value, coordinate)
     if mode == "nearest":
-        coordinate = _round_half_to_even(ops, coordinate)
+        coordinate = round_half_even(ops, coordinate)
     if mode != "cubic":
         coordinate = _padded(ops, coordinate, size, padding_mode, align_corners)
     if mode == "nearest":
@@ -203,18 +206,6 @@ def _reflected(ops, coordinate, low, high):
     even = ops.emit("equal", ops.emit("floor", half), half)
     return ops.emit("where", even, ops.emit("add", number(low), extra),
                     ops.emit("sub", number(high), extra))
-
-
-def _round_half_to_even(ops, coordinate):
-    """numpy's rint from floor: floor(c + 1/2), one less at a tie that rounded to odd."""
-    def number(value):
-        return ops.constant(value, coordinate)
-    rounded = ops.emit("floor", ops.emit("add", coordinate, number(0.5)))
-    tie = ops.emit("equal", ops.emit("sub", rounded, coordinate), number(0.5))
-    half = ops.emit("mul", rounded, number(0.5))
-    odd = ops.emit("not_equal", ops.emit("floor", half), half)
-    return ops.emit("sub", rounded, ops.emit("cast", ops.emit("logical_and", tie, odd),
-                                             dtype=coordinate.type.dtype))
 
 
 def affine_grid(ops, theta, size, align_corners):
@@ -357,8 +348,8 @@ def deform_conv(ops, x, w, offset, bias, mask, strides, pads, dilations, groups,
         ops.error(f"deform_conv of {channels} channels with groups={groups}, "
                   f"offset_groups={offset_groups} and weights {w.type}")
     taps = kernel[0] * kernel[1]
-    out_size = tuple((size + pads[axis] + pads[axis + 2] - dilations[axis] * (k - 1) - 1)
-                     // strides[axis] + 1
+    out_size = tuple(conv_output_dim(size, k, strides[axis], pads[axis], pads[axis + 2],
+                                     dilations[axis])
                      for axis, (size, k) in enumerate(zip((height, width), kernel, strict=True)))
     if tuple(offset.type.shape[1:]) != (offset_groups * taps * 2, *out_size):
         ops.error(f"deform_conv's offset {offset.type} must be [N, {offset_groups * taps * 2}, "

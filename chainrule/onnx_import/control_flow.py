@@ -257,13 +257,13 @@ def _loop(ctx):
     if not np.all(condition) or trip_count < 0:
         trip_count = 0  # it runs no step: a scan of none passes its carried values through
     initial = [ctx.element(i) for i in range(2, len(ctx.node.input))]
-    if any(isinstance(value, (TensorSequence, Absent)) for value in initial):
-        return _unrolled_loop(ctx, subgraph, trip_count, initial)
     carried = len(initial)
     infos = list(subgraph.input)
     if len(infos) != carried + 2 or len(subgraph.output) < carried + 1:
         raise Unsupported(f"a body of {len(infos)} inputs and {len(subgraph.output)} outputs "
                           f"for {carried} carried values")
+    if any(isinstance(value, (TensorSequence, Absent)) for value in initial):
+        return _unrolled_loop(ctx, subgraph, trip_count, initial)
     body = Body(ctx, subgraph.name or "body")
     inner = BodyImporter(ctx.importer, subgraph, body)
     iteration = ctx.emit("arange", n=trip_count)
@@ -286,11 +286,8 @@ def _loop(ctx):
 
 def _unrolled_loop(ctx, subgraph, trip_count: int, carried: list) -> list:
     """A Loop imported step by step into the graph: the carried values (sequences among them)
-    pass from one step's body to the next, and each scan output stacks its steps."""
-    infos = list(subgraph.input)
-    if len(infos) != len(carried) + 2 or len(subgraph.output) < len(carried) + 1:
-        raise Unsupported(f"a body of {len(infos)} inputs and {len(subgraph.output)} outputs "
-                          f"for {len(carried)} carried values")
+    pass from one step's body to the next, and each scan output stacks its steps (the body's
+    inputs and outputs checked against them by _loop)."""
     steps = []
     for iteration in range(trip_count):
         inner = InlineImporter(ctx.importer, subgraph)

@@ -261,24 +261,6 @@ def _bit_cast(ctx):
     return [ctx.emit("bitcast", ctx.input(0), dtype=DTYPE_OF_ONNX[to])]
 
 
-@converter("EyeLike")
-def _eye_like(ctx):
-    """Ones where the column is the row plus k, in x's dtype or the one `dtype` names."""
-    x = ctx.input(0)
-    if x.type.rank != 2:
-        raise Unsupported(f"EyeLike of a rank-{x.type.rank} tensor (it takes matrices)")
-    dtype = ctx.attr("dtype")
-    if dtype is not None and dtype not in DTYPE_OF_ONNX:
-        raise Unsupported(f"EyeLike's dtype {dtype} (chainrule has every dtype but strings "
-                          f"and complex numbers)")
-    rows, columns = (ctx.emit("arange", n=n) for n in x.type.shape)
-    shifted = ctx.emit("add", rows, ctx.constant(ctx.attr("k", 0), "i64"))
-    diagonal = ctx.emit("equal", ctx.emit("unsqueeze", shifted, axes=(1,)),
-                        ctx.emit("unsqueeze", columns, axes=(0,)))
-    return [ctx.emit("cast", diagonal, dtype=x.type.dtype if dtype is None
-                     else DTYPE_OF_ONNX[dtype])]
-
-
 @converter("Clip")
 def _clip(ctx):
     x = ctx.input(0)

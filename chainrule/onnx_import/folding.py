@@ -183,9 +183,6 @@ def _identity(ctx, x):
     return [Known(x)]
 
 
-# chainrule's dtype of each ONNX dtype number (strings and complex numbers have none).
-
-
 @folder("Cast")
 @_foldable
 def _cast(ctx, x):

@@ -215,8 +215,6 @@ def _centered(ctx, index: int, zero_point_index: int, dtype: str, row_axis: bool
         zero_point = zero_point.reshape((-1,) + (1,) * (value.type.rank - 1))
     zero_point = ctx.known_tensor(zero_point.astype(numpy_dtype(dtype)),
                                   ctx.node.input[zero_point_index])
-    if zero_point.type.dtype != dtype:  # the importer holds integer constants in i64
-        zero_point = ctx.emit("cast", zero_point, dtype=dtype)
     return ctx.emit("sub", value, zero_point)
 
 

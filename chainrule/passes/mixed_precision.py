@@ -10,7 +10,8 @@ as it is, in f32. f64 values are not touched.
 For f16, whose range ends at 65504, the pass also adds the loss scale as an input,
 LOSS_SCALE: autodiff seeds the backward graph with it instead of 1, so that small gradients
 do not underflow in f16; the train step divides it out again, skips a step whose gradients
-are not all finite, and adjusts the scale (passes/optimizers.py, `loss_scaling`).
+are not all finite, and adjusts the scale (passes/optimizers.py: build_train_step, _unscaled
+and _next_loss_scale).
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def _feeding_only_state(graph: Graph) -> set[int]:
     running statistics) and no other output. They compute in f32, as the state is kept: a
     batch variance of f16 activations overflows f16 where the step's own gradients may not
     (onnxruntime computes f16 ops in f32), and the state would stay inf for good."""
-    producers = {v: node for node in graph.nodes for v in node.outputs}
+    producers = graph.producers()
 
     def reaching(values) -> set[int]:
         seen, frontier = {}, list(values)

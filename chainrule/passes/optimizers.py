@@ -16,7 +16,7 @@ import numpy as np
 
 from ..bounds import MOMENTUM, NON_NEGATIVE
 from ..ir import ChainruleError, Graph, GraphBuilder, Value
-from ..ir.types import promote_types, scalar
+from ..ir.types import numpy_dtype, promote_types, scalar
 from .mixed_precision import GOOD_STEPS, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -136,6 +136,15 @@ class TrainStepInterface:
     state: dict[str, str] = field(default_factory=dict)    # state input -> its next value
     initial: dict[str, float] = field(default_factory=dict)  # state that does not start at 0
     skipped: str | None = None  # with loss scaling: the output that is 1 on a skipped step
+
+
+def initial_state(graph: Graph, interface: TrainStepInterface) -> dict[str, np.ndarray]:
+    """The optimizer's state inputs of a train-step graph at their starting values: zeros, or
+    the value `interface.initial` names (the loss scale)."""
+    types = {v.name: v.type for v in graph.inputs}
+    return {name: np.full(types[name].shape, interface.initial.get(name, 0.0),
+                          numpy_dtype(types[name].dtype))
+            for name in interface.state}
 
 
 def state_name(slot: str, param: str) -> str:
@@ -322,8 +331,7 @@ def _unscaled(builder, const, scale: Value,
     """The gradients with the loss scale divided out, and whether they are all finite: their
     sum of squares is (an Inf or a NaN anywhere makes it Inf or NaN)."""
     emit = builder.emit
-    squares = [emit("sum", (emit("mul", (g, g)),)) for g in gradients.values()]
-    total = functools.reduce(lambda a, b: emit("add", (a, b)), squares, const(0.0))
+    total = _sum_of_squares(emit, gradients) if gradients else const(0.0)
     finite = emit("less_equal", (total, const(float(np.finfo(np.float32).max))),
                   name="amp.finite")
     return {name: emit("div", (g, scale)) for name, g in gradients.items()}, finite
@@ -347,13 +355,17 @@ def _next_loss_scale(builder, const, scale: Value, good_steps: Value, finite: Va
     return [next_scale, next_count]
 
 
+def _sum_of_squares(emit, gradients: dict[str, Value]) -> Value:
+    """The sum of every gradient's squares: their L2 norm squared, as one vector."""
+    squares = [emit("sum", (emit("mul", (g, g)),)) for g in gradients.values()]
+    return functools.reduce(lambda a, b: emit("add", (a, b)), squares)
+
+
 def _clipped_by_global_norm(emit, const, gradients: dict[str, Value],
                             max_norm: float) -> dict[str, Value]:
     """Every gradient times min(1, max_norm / (norm + eps)), norm being the L2 norm of all of
     them as one vector: the direction of the step is kept, only its length is bounded."""
-    squares = [emit("sum", (emit("mul", (g, g)),)) for g in gradients.values()]
-    total = functools.reduce(lambda a, b: emit("add", (a, b)), squares)
-    norm = emit("sqrt", (total,), name="opt.grad_norm")
+    norm = emit("sqrt", (_sum_of_squares(emit, gradients),), name="opt.grad_norm")
     ratio = emit("div", (const(max_norm), emit("add", (norm, const(CLIP_EPS)))))
     scale = emit("minimum", (const(1.0), ratio), name="opt.clip_scale")
     return {name: emit("mul", (scale, g)) for name, g in gradients.items()}
