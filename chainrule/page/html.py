@@ -1,0 +1,45 @@
+"""One self-contained HTML file: the page's data as JSON, and the static styles and scripts
+inlined beside it, so it opens from disk with no server and no network."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+from ..fileio import atomic_write_bytes
+
+# Each script defines one global renderer; the page's own script calls those its data needs.
+SCRIPTS = ("common.js", "graph.js", "report.js", "boot.js")
+STYLES = ("page.css",)
+
+
+def _static(name: str) -> str:
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+
+
+def embedded_json(data) -> str:
+    """JSON that may stand inside a <script> element: `</` and `<!--` would end or confuse
+    it, and U+2028/9 are line ends to older JavaScript parsers."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _escaped(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+def page_html(document: dict) -> str:
+    """The page for `document`: {"title", "graph" (graph_document), "training" (report)},
+    either of the last two absent when there is none."""
+    template = _static("page.html")
+    style = "\n".join(_static(name) for name in STYLES)
+    script = "\n".join(_static(name) for name in SCRIPTS)
+    # Replaced in this order, and the data last, so nothing inserted is read as a placeholder.
+    return (template.replace("{{title}}", _escaped(document.get("title", "chainrule")))
+            .replace("{{style}}", style).replace("{{script}}", script)
+            .replace("{{data}}", embedded_json(document)))
+
+
+def write_page(path, document: dict) -> None:
+    atomic_write_bytes(path, page_html(document).encode("utf-8"))

@@ -1,0 +1,1 @@
+const ChainruleGraph = {render(root, graph, source) { root.textContent = "graph: " + graph.nodes.length + " nodes"; }};
