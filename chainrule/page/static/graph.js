@@ -4,8 +4,9 @@
 // and the chain rule's steps of whichever node is selected.
 const ChainruleGraph = (() => {
   const {svg, html, number} = Chainrule;
-  const COLUMN_GAP = 36, ROW_GAP = 10, BAND_GAP = 50;
+  const COLUMN_GAP = 36, ROW_GAP = 10, BAND_GAP = 50, BAND_LABEL_ROOM = 70;
   const AUTO_COLLAPSE = 400;  // more nodes than this start with their groups collapsed
+  const LEGIBLE_SCALE = 0.45; // below this zoom a fitted graph's text cannot be read
   const CHAR_WIDTH = 0.6;     // a character's width per unit of font size: no text measuring
   const SIZE = {name: 12, type: 10.5, label: 12};
 
@@ -58,9 +59,10 @@ const ChainruleGraph = (() => {
     }
     const textW = Math.max(textWidth(name, SIZE.name), textWidth(type, SIZE.type));
     if (node.kind !== "op") return {w: textW + 18, h: 36};
-    return {w: Math.max(textW, pillWidth(node.label)), h: 50};
+    return {w: Math.max(textW, pillWidth(opLabel(node))), h: 50};
   }
 
+  function opLabel(node) { return clipped(node.label, 14); }
   function pillWidth(label) { return label.length <= 2 ? 24 : textWidth(label, SIZE.label) + 14; }
 
   function buildScene(index, state) {
@@ -194,8 +196,12 @@ const ChainruleGraph = (() => {
     placeBand(backwardColumns, forwardHeight + (forwardHeight ? BAND_GAP : 0));
     alignBands(forwardColumns, backwardColumns);
     const bounds = boundsOf([...scene.units.values()]);
+    if (forwardHeight && backwardColumns.length) {  // room for the bands' names at the left
+      bounds.x -= BAND_LABEL_ROOM;
+      bounds.w += BAND_LABEL_ROOM;
+    }
     return {columns: [...forwardColumns, ...backwardColumns].filter(c => c.length), bounds,
-            bandTop: forwardHeight ? forwardHeight + BAND_GAP / 2 : null};
+            bandTop: forwardHeight && backwardColumns.length ? forwardHeight + BAND_GAP / 2 : null};
   }
 
   function placeBand(columns, top) {
@@ -252,7 +258,9 @@ const ChainruleGraph = (() => {
 
   // ---- Drawing --------------------------------------------------------------------------
 
+  // What a node computes, as a reader says it: "z = matmul(x, W1.T)", or "W1 (param)".
   function nodeText(node) {
+    if (node.kind !== "op" && node.kind !== "constant") return `${node.name} (${node.kind})`;
     const [lhs] = node.ir.split(" : ");
     return lhs.replace(/%/g, "").replace(/ \{.*\}$/, "");
   }
@@ -287,9 +295,9 @@ const ChainruleGraph = (() => {
       svg("rect", {class: "shape", x: -w / 2, y: -h / 2, width: w, height: h, rx: h / 2}, g);
       label(g, node.label, 0, 4, "op-label");
     } else if (node.kind === "op") {
-      const pill = pillWidth(node.label);
+      const pill = pillWidth(opLabel(node));
       svg("rect", {class: "shape", x: -pill / 2, y: -h / 2, width: pill, height: 24, rx: 12}, g);
-      label(g, node.label, 0, -h / 2 + 16.5, "op-label");
+      label(g, opLabel(node), 0, -h / 2 + 16.5, "op-label");
       label(g, clipped(node.name, 15), 0, h / 2 - 13, "name");
       label(g, clipped(node.type, 17), 0, h / 2 - 1, "type");
     } else {
@@ -440,8 +448,10 @@ const ChainruleGraph = (() => {
     controls.collapse = html("button", {id: "collapse-all", type: "button"}, bar, "Collapse groups");
     controls.expand = html("button", {id: "expand-all", type: "button"}, bar, "Expand groups");
     controls.stats = html("span", {class: "graph-stats"}, bar);
-    controls.changes = html("ul", {id: "view-changes", class: "changes", "aria-label": "What the passes did"}, main);
     const wrap = html("div", {class: "canvas-wrap"}, main);
+    controls.changesBox = html("details", {class: "changes"}, wrap);
+    controls.changesTitle = html("summary", {}, controls.changesBox, "What the passes changed");
+    controls.changes = html("ul", {id: "view-changes", "aria-label": "What the passes changed"}, controls.changesBox);
     controls.canvas = svg("svg", {id: "graph-canvas", role: "group", "aria-label": "Computational graph; arrow keys move between nodes"}, wrap);
     drawDefs(controls.canvas);
     controls.viewport = svg("g", {id: "viewport"}, controls.canvas);
@@ -509,13 +519,15 @@ const ChainruleGraph = (() => {
       ui.stats.textContent = `${view.stats.forward} forward, ${view.stats.backward} backward nodes`;
       ui.changes.textContent = "";
       for (const change of view.changes || []) html("li", {}, ui.changes, change);
-      ui.changes.hidden = !(view.changes || []).length;
+      ui.changesBox.hidden = !(view.changes || []).length;
+      const changes = view.changes || [];
+      ui.changesTitle.textContent = `What ${view.label.split(":")[0]} changed` + (changes.length ? ": " + changes[0] : "");
       state.selected = null;
       relayout();
-      fit();
+      startingView();
       setupStepper(view);
       const again = keepName && view.nodes.find(n => n.name === keepName.name && n.side === keepName.side);
-      if (again) select(again.id, {center: true});
+      if (again) select(again.id, {show: true});
       else showDetails(null);
     }
 
@@ -538,9 +550,9 @@ const ChainruleGraph = (() => {
       const frames = svg("g", {class: "frames"}, vp);
       if (state.laid.bandTop !== null && state.sides.forward && state.sides.backward) {
         const b = state.laid.bounds;
-        svg("line", {class: "band-rule", x1: b.x - 40, x2: b.x + b.w + 40, y1: state.laid.bandTop, y2: state.laid.bandTop}, frames);
-        svg("text", {class: "band-label", x: b.x - 40, y: state.laid.bandTop - 8}, frames).textContent = "forward ↑";
-        svg("text", {class: "band-label", x: b.x - 40, y: state.laid.bandTop + 18}, frames).textContent = "backward ↓";
+        svg("line", {class: "band-rule", x1: b.x, x2: b.x + b.w, y1: state.laid.bandTop, y2: state.laid.bandTop}, frames);
+        svg("text", {class: "band-label", x: b.x, y: state.laid.bandTop - 8}, frames).textContent = "forward ↑";
+        svg("text", {class: "band-label", x: b.x, y: state.laid.bandTop + 18}, frames).textContent = "backward ↓";
       }
       drawFrames(frames, state.scene, state.index, state.collapsed);
       const edgeLayer = svg("g", {class: "edges"}, vp);
@@ -580,6 +592,18 @@ const ChainruleGraph = (() => {
       applyTransform();
     }
 
+    // The whole graph when it is legible fitted to the window; a long one starts legible at its
+    // inputs and params instead, for the reader to pan along (Fit still shows all of it).
+    function startingView() {
+      fit();
+      const box = ui.canvas.getBoundingClientRect(), b = state.laid.bounds, t = state.transform;
+      if (t.k >= LEGIBLE_SCALE) return;
+      t.k = Math.max(t.k, Math.min(0.8, (box.height - 28) / b.h));
+      t.x = 14 - b.x * t.k;
+      t.y = b.h * t.k < box.height ? box.height / 2 - (b.y + b.h / 2) * t.k : 14 - b.y * t.k;
+      applyTransform();
+    }
+
     function centreOn(unit) {
       const box = ui.canvas.getBoundingClientRect();
       if (state.transform.k < 0.5) state.transform.k = 1;  // a node centred far away is no help
@@ -591,7 +615,8 @@ const ChainruleGraph = (() => {
     function onScreen(unit) {
       const box = ui.canvas.getBoundingClientRect(), {x, y, k} = state.transform;
       const sx = unit.x * k + x, sy = unit.y * k + y;
-      return sx > 20 && sx < box.width - 20 && sy > 20 && sy < box.height - 20;
+      const margin = Math.min(80, box.width / 6, box.height / 6);
+      return sx > margin && sx < box.width - margin && sy > margin && sy < box.height - margin;
     }
 
     ui.canvas.addEventListener("wheel", event => {
@@ -654,13 +679,13 @@ const ChainruleGraph = (() => {
       return true;
     }
 
-    function select(key, {center = false, focus = false} = {}) {
+    function select(key, {show = false, focus = false} = {}) {
       if (state.index.byId.has(key)) reveal(key);
       if (!state.scene.units.has(key)) return;
       state.selected = key;
       markSelected(key);
       const unit = state.scene.units.get(key);
-      if (center || (focus && !onScreen(unit))) centreOn(unit);
+      if ((show || focus) && !onScreen(unit)) centreOn(unit);  // moved only when off screen
       if (focus) state.elements.get(key).focus({preventScroll: true});
       showDetails(unit);
     }
@@ -735,7 +760,7 @@ const ChainruleGraph = (() => {
       if (node.rule) {
         field(list, "rule", "rule", dd => {
           html("div", {}, dd, node.rule.name);
-          html("code", {class: "rule-text"}, dd, node.rule.text);
+          html("pre", {class: "rule-text"}, dd, node.rule.text);
           if (node.rule.where) html("div", {class: "muted small"}, dd, node.rule.where);
         });
       }
@@ -766,7 +791,7 @@ const ChainruleGraph = (() => {
       state.collapsed.delete(id);
       const first = state.index.members.get(id).find(n => state.sides[n.side]);
       relayout();
-      if (first) select(unitKeyForNode(first.id), {center: true, focus: true});
+      if (first) select(unitKeyForNode(first.id), {show: true, focus: true});
     }
 
     function collapse(id) {
@@ -842,7 +867,7 @@ const ChainruleGraph = (() => {
       const link = event.target.closest("a[data-goto]");
       if (!link) return;
       event.preventDefault();
-      select(link.dataset.goto, {center: true, focus: true});
+      select(link.dataset.goto, {show: true, focus: true});
     });
 
     ui.source.addEventListener("click", event => {
@@ -851,7 +876,7 @@ const ChainruleGraph = (() => {
       const line = Number(row.dataset.line);
       const nodes = state.index.view.nodes.filter(n => n.loc && n.loc.line === line);
       const first = nodes.find(n => state.sides[n.side]) || nodes[0];
-      if (first) select(first.id, {center: true});
+      if (first) select(first.id, {show: true});
       else highlightLine(row);
     });
 
@@ -926,7 +951,7 @@ const ChainruleGraph = (() => {
     function stepItem(step) {
       const li = html("li", {});
       html("span", {class: "formula"}, li, step.formula);
-      if (step.why) html("span", {class: "why"}, li, step.why);
+      if (step.why) li.append(" ", html("span", {class: "why"}, null, "(" + step.why + ")"));
       return li;
     }
 
@@ -935,14 +960,15 @@ const ChainruleGraph = (() => {
       while (stepper.list.children.length > state.stepAt + 1) stepper.list.lastChild.remove();
       if (step) {
         if (stepper.list.children.length <= state.stepAt) stepper.list.append(stepItem(step));
-        stepper.formula.textContent = step.formula;
+        stepper.formula.textContent = step.formula || step.why;
         reveal(step.node);
         reveal(step.value);
         markStepping(step);
         const unit = state.scene.units.get(unitKeyForNode(step.node));
-        if (unit) centreOn(unit);
+        if (unit && !onScreen(unit)) centreOn(unit);
         for (const li of stepper.list.children) li.classList.remove("current");
         stepper.list.lastChild.classList.add("current");
+        stepper.list.scrollTop = stepper.list.scrollHeight;
       } else {
         resetSteps();
       }
