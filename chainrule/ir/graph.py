@@ -109,6 +109,10 @@ class Graph:
     # too, keyed by value: a copy keeps it, since a pass that keeps a value keeps its meaning;
     # a value a pass makes anew (a fused kernel's) has none.
     derivations: dict[Value, Derivation] = field(default_factory=dict, repr=False)
+    # Each forward value autodiff carried a cotangent to -> that cotangent, summed over its uses
+    # (d objective / d value). Values that pass a cotangent on unchanged share one (`J = L + s`
+    # gives L the cotangent of J).
+    cotangents: dict[Value, Value] = field(default_factory=dict, repr=False)
 
     def param_values(self) -> list[Value]:
         """Params and state alike: the values a model keeps and feeds to every run."""
@@ -141,7 +145,8 @@ class Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
                      list(self.outputs), self.loc, self.objective, dict(self.input_locs),
-                     dict(self.updates), derivations=self.derivations)
+                     dict(self.updates), derivations=self.derivations,
+                     cotangents=self.cotangents)
 
 
 class NodeIndex:

@@ -41,10 +41,10 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value],
     seed = seed or builder.constant(1.0, objective.type.dtype,
                                     loc=producer.loc if producer else graph.loc,
                                     name=gradient_name(objective, objective))
-    derivations = {seed: Derivation("seed", objective)}
+    result.derivations = {**graph.derivations, seed: Derivation("seed", objective)}
+    result.cotangents = dict(graph.cotangents)
     grads = reverse(builder, graph, [(objective, seed)], wrt, active, gradient_prefix(objective),
-                    derivations)
-    result.derivations = {**graph.derivations, **derivations}
+                    annotate=True)
     forward_outputs = set(graph.outputs)
     result.outputs = list(graph.outputs) + [g for g in grads.values()
                                             if g not in forward_outputs]
@@ -53,13 +53,13 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value],
 
 def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]],
             wrt: list[Value], active: set[Value], prefix: str,
-            derivations: dict | None = None) -> dict[str, Value]:
+            annotate: bool = False) -> dict[str, Value]:
     """Append to builder's graph (a copy of `graph`) the nodes that carry the cotangents
     `seeds` gives some values back to each of `wrt`; the summed cotangent of a value is named
     `prefix` + its name. Returns the gradients by the name of the value they differentiate.
 
-    With `derivations`, each value written gets its Derivation there: which forward node's
-    rule wrote it, or which value's uses it sums."""
+    With `annotate`, the builder's graph records why it wrote each value (Graph.derivations)
+    and each value's summed cotangent (Graph.cotangents)."""
     spans = _Spans(builder.graph.nodes)
     forward_values = set(graph.values())
     contributions: dict[Value, list[tuple[Value, str]]] = {}
@@ -127,8 +127,10 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
 
     param_locs = {p.value: p.loc for p in graph.params}
     grads = {w.name: builder.current(total(w, param_locs.get(w, graph.loc))) for w in wrt}
-    if derivations is not None:
-        derivations.update(spans.derivations())
+    if annotate:
+        builder.graph.derivations.update(spans.derivations())
+        builder.graph.cotangents.update((value, builder.current(total))
+                                        for value, total in summed_for.items())
     return grads
 
 
