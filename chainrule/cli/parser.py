@@ -340,9 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--samples", type=COUNT, default=20,
                        help="entries checked per param (all of a smaller param)")
     viz = with_optimization(command("viz", "draw the computational graph"))
-    viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
+    viz.add_argument("--grad", action="store_true", help="draw the backward graph too "
+                     "(the --html page always has it when the model has an objective)")
     viz.add_argument("-o", "--output", type=path, metavar="GRAPH.svg",
                      help=".svg, .png (rendered with Graphviz) or .dot; default: DOT on stdout")
+    viz.add_argument("--html", type=path, metavar="PAGE.html",
+                     help="write the interactive page: forward and backward graph, source, "
+                          "chain rule; with -O1/-O2 also the graph as written, to compare")
+    with_data(viz)
+    viz.add_argument("--random-inputs", action="store_true",
+                     help="--html: draw missing inputs at random, and show each node's value")
+    viz.add_argument("--params", type=path, metavar="P.npz",
+                     help="param values replacing the initial ones")
 
     export = with_optimization(command("export", "export to ONNX"))
     export.add_argument("-o", "--output", required=True, type=path, metavar="MODEL.onnx")
