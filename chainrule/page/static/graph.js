@@ -437,16 +437,16 @@ const ChainruleGraph = (() => {
     const controls = {
       forward: checkbox(bar, "show-forward", "forward", true),
       backward: checkbox(bar, "show-backward", "backward", true),
-      reuse: checkbox(bar, "show-reuse", "reused values", false),
+      reuse: checkbox(bar, "show-reuse", "reuse edges", false),
     };
     if (graph.views.length > 1) {
       const labelEl = html("label", {class: "view-choice"}, bar, "graph ");
       controls.view = html("select", {id: "view-select"}, labelEl);
       for (const v of graph.views) html("option", {value: v.key}, controls.view, v.label);
     }
-    controls.fit = html("button", {id: "zoom-fit", type: "button"}, bar, "Fit");
-    controls.collapse = html("button", {id: "collapse-all", type: "button"}, bar, "Collapse groups");
-    controls.expand = html("button", {id: "expand-all", type: "button"}, bar, "Expand groups");
+    controls.fit = html("button", {id: "zoom-fit", type: "button"}, bar, "fit");
+    controls.collapse = html("button", {id: "collapse-all", type: "button"}, bar, "collapse all");
+    controls.expand = html("button", {id: "expand-all", type: "button"}, bar, "expand all");
     controls.stats = html("span", {class: "graph-stats"}, bar);
     const wrap = html("div", {class: "canvas-wrap"}, main);
     controls.changesBox = html("details", {class: "changes"}, wrap);
@@ -614,9 +614,9 @@ const ChainruleGraph = (() => {
 
     function onScreen(unit) {
       const box = ui.canvas.getBoundingClientRect(), {x, y, k} = state.transform;
-      const sx = unit.x * k + x, sy = unit.y * k + y;
-      const margin = Math.min(80, box.width / 6, box.height / 6);
-      return sx > margin && sx < box.width - margin && sy > margin && sy < box.height - margin;
+      const left = (unit.x - unit.w / 2) * k + x, right = (unit.x + unit.w / 2) * k + x;
+      const top = (unit.y - unit.h / 2) * k + y, bottom = (unit.y + unit.h / 2) * k + y;
+      return left > 4 && right < box.width - 4 && top > 4 && bottom < box.height - 4;
     }
 
     ui.canvas.addEventListener("wheel", event => {
@@ -961,11 +961,10 @@ const ChainruleGraph = (() => {
       if (step) {
         if (stepper.list.children.length <= state.stepAt) stepper.list.append(stepItem(step));
         stepper.formula.textContent = step.formula || step.why;
-        reveal(step.node);
         reveal(step.value);
+        // The step's backward node is selected, so the panel shows the rule that wrote it.
+        select(step.node, {show: true});
         markStepping(step);
-        const unit = state.scene.units.get(unitKeyForNode(step.node));
-        if (unit && !onScreen(unit)) centreOn(unit);
         for (const li of stepper.list.children) li.classList.remove("current");
         stepper.list.lastChild.classList.add("current");
         stepper.list.scrollTop = stepper.list.scrollHeight;
