@@ -507,7 +507,7 @@ const ChainruleGraph = (() => {
     const state = {
       index: null, scene: null, laid: null, collapsed: new Set(), sides: {forward: true, backward: true},
       selected: null, transform: {x: 0, y: 0, k: 1}, steps: [], stepAt: -1, elements: new Map(),
-      incident: new Map(), highlighted: null,
+      incident: new Map(), highlighted: null, moved: false,
     };
 
     function sourceLineOf(node) { return node && node.loc ? sourceLines.get(node.loc.line) : null; }
@@ -573,12 +573,14 @@ const ChainruleGraph = (() => {
       ui.canvas.classList.toggle("show-reuse", ui.reuse.checked);
       const first = state.elements.get(state.selected) || state.elements.values().next().value;
       if (first) first.setAttribute("tabindex", "0");
-      applyTransform();
+      applyTransform(state.moved);
     }
 
     // -- zoom and pan
 
-    function applyTransform() {
+    // `moved` says the reader placed the view; until then a resized window refits it.
+    function applyTransform(moved = true) {
+      state.moved = moved;
       const {x, y, k} = state.transform;
       ui.viewport.setAttribute("transform", `translate(${x.toFixed(2)},${y.toFixed(2)}) scale(${k.toFixed(4)})`);
     }
@@ -589,7 +591,7 @@ const ChainruleGraph = (() => {
       state.transform = {k: Math.max(k, 0.02), x: 0, y: 0};
       state.transform.x = box.width / 2 - (b.x + b.w / 2) * state.transform.k;
       state.transform.y = box.height / 2 - (b.y + b.h / 2) * state.transform.k;
-      applyTransform();
+      applyTransform(false);
     }
 
     // The whole graph when it is legible fitted to the window; a long one starts legible at its
@@ -601,8 +603,9 @@ const ChainruleGraph = (() => {
       t.k = Math.max(t.k, Math.min(0.8, (box.height - 28) / b.h));
       t.x = 14 - b.x * t.k;
       t.y = b.h * t.k < box.height ? box.height / 2 - (b.y + b.h / 2) * t.k : 14 - b.y * t.k;
-      applyTransform();
+      applyTransform(false);
     }
+    window.addEventListener("resize", () => { if (!state.moved && !root.hidden) startingView(); });
 
     function centreOn(unit) {
       const box = ui.canvas.getBoundingClientRect();
@@ -775,6 +778,14 @@ const ChainruleGraph = (() => {
         field(list, "gradient", "gradient", dd => dd.append(goto(node.gradient, byId.get(node.gradient).name)));
       }
       if (node.value) field(list, "value", "value", dd => valueView(node.value, dd));
+      const group = node.group && state.index.groups.get(node.group);
+      if (group) {
+        field(list, "group", "group", dd => {
+          dd.append(group.label + " ");
+          const button = html("button", {type: "button", class: "collapse-group"}, dd, "collapse");
+          button.addEventListener("click", () => collapse(group.id));
+        });
+      }
       highlightLine(line);
     }
 
