@@ -168,6 +168,30 @@ const ChainruleGraph = (() => {
     return place;
   }
 
+  // Moves each backward unit, within the room its chain leaves it, to the column that mirrors
+  // its origin's: the derivative of z is drawn under z where the graph allows.
+  function alignToOrigins(backward, level, seed, originColumn) {
+    const last = Math.max(0, ...level.values());
+    const height = new Map();  // the longest chain of backward units after each one
+    for (const u of [...backward.units].reverse()) {
+      const later = backward.succs.get(u).filter(s => height.has(s));
+      height.set(u, later.length ? Math.max(...later.map(s => height.get(s))) + 1 : 0);
+    }
+    const floating = [];
+    for (const u of backward.units) {
+      const placed = backward.preds.get(u).filter(p => level.has(p) && p !== u);
+      if (!placed.length && u !== seed) { floating.push(u); level.delete(u); continue; }
+      const lowest = placed.length ? Math.max(...placed.map(p => level.get(p))) + 1 : level.get(u);
+      const highest = Math.max(lowest, last - height.get(u));
+      const target = originColumn(u);
+      level.set(u, target === null ? lowest : Math.min(highest, Math.max(lowest, target)));
+    }
+    for (const u of floating.reverse()) {
+      const uses = backward.succs.get(u).filter(s => level.has(s)).map(s => level.get(s));
+      level.set(u, uses.length ? Math.max(0, Math.min(...uses) - 1) : 0);
+    }
+  }
+
   function layout(scene, index) {
     const view = index.view;
     const forward = bandGraph(scene, "forward"), backward = bandGraph(scene, "backward");
@@ -183,6 +207,14 @@ const ChainruleGraph = (() => {
     const seed = backward.units.find(u => !backward.preds.get(u).length);
     const backwardLevel = layers(backward, u => u === seed);
     const gradients = new Set(view.params.map(p => p.gradient));
+    pushToEnd(backwardLevel, backward.units.filter(u => u.node && gradients.has(u.node.id)));
+    const forwardLast = Math.max(1, ...forwardLevel.values());
+    const backwardLast = Math.max(0, ...backwardLevel.values());
+    alignToOrigins(backward, backwardLevel, seed, u => {
+      const origin = u.node && u.node.origin && scene.units.get(u.node.origin);
+      if (!origin || !forwardLevel.has(origin)) return null;
+      return Math.round((1 - forwardLevel.get(origin) / forwardLast) * backwardLast);
+    });
     pushToEnd(backwardLevel, backward.units.filter(u => u.node && gradients.has(u.node.id)));
     const originPlace = u => {
       const origin = u.node && u.node.origin && scene.units.get(u.node.origin);
