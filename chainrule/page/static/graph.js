@@ -619,10 +619,12 @@ const ChainruleGraph = (() => {
 
     function fit() {
       const box = ui.canvas.getBoundingClientRect(), b = state.laid.bounds, margin = 14;
-      const k = Math.min((box.width - 2 * margin) / b.w, (box.height - 2 * margin) / b.h, 1.5);
+      // The passes' summary lies over the canvas's top; the graph starts below it.
+      const top = ui.changesBox.hidden ? 0 : ui.changesBox.offsetHeight + 8;
+      const k = Math.min((box.width - 2 * margin) / b.w, (box.height - top - 2 * margin) / b.h, 1.5);
       state.transform = {k: Math.max(k, 0.02), x: 0, y: 0};
       state.transform.x = box.width / 2 - (b.x + b.w / 2) * state.transform.k;
-      state.transform.y = box.height / 2 - (b.y + b.h / 2) * state.transform.k;
+      state.transform.y = top + (box.height - top) / 2 - (b.y + b.h / 2) * state.transform.k;
       applyTransform(false);
     }
 
