@@ -206,8 +206,6 @@ const ChainruleGraph = (() => {
     // gradients (pushed to the far end, under the params), then mirrored.
     const seed = backward.units.find(u => !backward.preds.get(u).length);
     const backwardLevel = layers(backward, u => u === seed);
-    const gradients = new Set(view.params.map(p => p.gradient));
-    pushToEnd(backwardLevel, backward.units.filter(u => u.node && gradients.has(u.node.id)));
     const forwardLast = Math.max(1, ...forwardLevel.values());
     const backwardLast = Math.max(0, ...backwardLevel.values());
     alignToOrigins(backward, backwardLevel, seed, u => {
@@ -215,6 +213,7 @@ const ChainruleGraph = (() => {
       if (!origin || !forwardLevel.has(origin)) return null;
       return Math.round((1 - forwardLevel.get(origin) / forwardLast) * backwardLast);
     });
+    const gradients = new Set(view.params.map(p => p.gradient));
     pushToEnd(backwardLevel, backward.units.filter(u => u.node && gradients.has(u.node.id)));
     const originPlace = u => {
       const origin = u.node && u.node.origin && scene.units.get(u.node.origin);
@@ -232,8 +231,7 @@ const ChainruleGraph = (() => {
       bounds.x -= BAND_LABEL_ROOM;
       bounds.w += BAND_LABEL_ROOM;
     }
-    return {columns: [...forwardColumns, ...backwardColumns].filter(c => c.length), bounds,
-            bandTop: forwardHeight && backwardColumns.length ? forwardHeight + BAND_GAP / 2 : null};
+    return {bounds, bandTop: forwardHeight && backwardColumns.length ? forwardHeight + BAND_GAP / 2 : null};
   }
 
   function placeBand(columns, top) {
@@ -385,11 +383,10 @@ const ChainruleGraph = (() => {
   }
 
   function drawEdge(layer, edge, cls) {
-    const path = svg("path", {class: cls, d: edgePath(edge.from, edge.to),
+    return svg("path", {class: cls, d: edgePath(edge.from, edge.to),
                               "data-from": drawnId(edge.from.key), "data-to": drawnId(edge.to.key),
                               "data-side": edge.type === "reuse" ? "reuse" : edge.to.band,
                               "marker-end": `url(#arrow-${edge.type === "reuse" ? "reuse" : edge.to.band})`}, layer);
-    return path;
   }
 
   function drawDefs(canvas) {
@@ -488,7 +485,7 @@ const ChainruleGraph = (() => {
     drawDefs(controls.canvas);
     controls.viewport = svg("g", {id: "viewport"}, controls.canvas);
     html("p", {class: "hint"}, main, "Wheel zooms, drag pans; Tab reaches the nodes, arrows move, Enter selects, Escape clears.");
-    const side = html("aside", {class: "side", "aria-label": "Selected node"}, root);
+    const side = html("aside", {class: "side", "aria-label": "The selected node, the chain rule and the source"}, root);
     controls.details = html("section", {id: "node-details", "aria-live": "polite", "aria-label": "Node details"}, side);
     controls.stepper = stepperPanel(side);
     controls.source = html("section", {id: "source-pane", "aria-label": "Source"}, side);
@@ -506,7 +503,7 @@ const ChainruleGraph = (() => {
     const reset = html("button", {id: "step-reset", type: "button"}, row, "Reset");
     const formula = html("p", {id: "step-formula", class: "formula", "aria-live": "polite"}, panel);
     const list = html("ol", {id: "step-list", "aria-live": "polite"}, panel);
-    return {panel, param, prev, next, reset, formula, list};
+    return {param, prev, next, reset, formula, list};
   }
 
   function sourcePane(pane, source) {
@@ -538,7 +535,7 @@ const ChainruleGraph = (() => {
     const sourceLines = sourcePane(ui.source, source);
     const state = {
       index: null, scene: null, laid: null, collapsed: new Set(), sides: {forward: true, backward: true},
-      selected: null, transform: {x: 0, y: 0, k: 1}, steps: [], stepAt: -1, elements: new Map(),
+      selected: null, transform: {x: 0, y: 0, k: 1}, stepAt: -1, elements: new Map(),
       incident: new Map(), highlighted: null, moved: false,
     };
 
@@ -549,10 +546,10 @@ const ChainruleGraph = (() => {
       state.index = indexView(view);
       state.collapsed = new Set(view.nodes.length > AUTO_COLLAPSE ? view.groups.map(g => g.id) : []);
       ui.stats.textContent = `${view.stats.forward} forward, ${view.stats.backward} backward nodes`;
-      ui.changes.textContent = "";
-      for (const change of view.changes || []) html("li", {}, ui.changes, change);
-      ui.changesBox.hidden = !(view.changes || []).length;
       const changes = view.changes || [];
+      ui.changes.textContent = "";
+      for (const change of changes) html("li", {}, ui.changes, change);
+      ui.changesBox.hidden = !changes.length;
       ui.changesTitle.textContent = `What ${view.label.split(":")[0]} changed` + (changes.length ? ": " + changes[0] : "");
       state.selected = null;
       relayout();
@@ -569,7 +566,6 @@ const ChainruleGraph = (() => {
       draw();
       ui.collapse.disabled = !state.index.view.groups.length;
       ui.expand.disabled = !state.collapsed.size;
-      if (state.selected && state.scene.units.has(state.selected)) markSelected(state.selected);
       const param = currentParam();
       if (param && state.stepAt >= 0) markStepping(param.steps[state.stepAt]);
     }
@@ -603,8 +599,7 @@ const ChainruleGraph = (() => {
           : drawGroup(nodeLayer, unit));
       }
       ui.canvas.classList.toggle("show-reuse", ui.reuse.checked);
-      const first = state.elements.get(state.selected) || state.elements.values().next().value;
-      if (first) first.setAttribute("tabindex", "0");
+      markSelected(state.selected);
       applyTransform(state.moved);
     }
 
@@ -668,9 +663,10 @@ const ChainruleGraph = (() => {
     }, {passive: false});
 
     // A drag pans; the pointer is captured only once it has moved, so that a plain click
-    // still reaches the node under it.
-    let drag = null;
+    // still reaches the node under it, and the click that ends a drag chooses nothing.
+    let drag = null, panned = false;
     ui.canvas.addEventListener("pointerdown", event => {
+      panned = false;
       if (event.button !== 0) return;
       drag = {x: event.clientX, y: event.clientY, tx: state.transform.x, ty: state.transform.y, moved: false, id: event.pointerId};
     });
@@ -678,21 +674,21 @@ const ChainruleGraph = (() => {
       if (!drag) return;
       const dx = event.clientX - drag.x, dy = event.clientY - drag.y;
       if (!drag.moved && Math.hypot(dx, dy) < 4) return;
-      if (!drag.moved) { drag.moved = true; ui.canvas.setPointerCapture(drag.id); ui.canvas.classList.add("panning"); }
+      if (!drag.moved) {
+        drag.moved = panned = true;
+        ui.canvas.setPointerCapture(drag.id);
+        ui.canvas.classList.add("panning");
+      }
       state.transform.x = drag.tx + dx;
       state.transform.y = drag.ty + dy;
       applyTransform();
     });
     const endDrag = () => {
-      if (drag && drag.moved) {
-        ui.canvas.classList.remove("panning");
-        // The click that ends a drag is not a choice of node.
-        ui.canvas.addEventListener("click", e => e.stopPropagation(), {capture: true, once: true});
-      }
       drag = null;
+      ui.canvas.classList.remove("panning");
     };
     ui.canvas.addEventListener("pointerup", endDrag);
-    ui.canvas.addEventListener("pointercancel", () => { drag = null; ui.canvas.classList.remove("panning"); });
+    ui.canvas.addEventListener("pointercancel", endDrag);
 
     // -- selection
 
@@ -704,7 +700,7 @@ const ChainruleGraph = (() => {
     // Makes a node drawable: its side shown and the groups around it open.
     function reveal(id) {
       const node = state.index.byId.get(id);
-      if (!node) return false;
+      if (!node) return;
       let changed = false;
       if (!state.sides[node.side]) {
         state.sides[node.side] = true;
@@ -713,7 +709,6 @@ const ChainruleGraph = (() => {
       }
       for (const g of state.index.chain(node.group)) if (state.collapsed.delete(g)) changed = true;
       if (changed) relayout();
-      return true;
     }
 
     function select(key, {show = false, focus = false} = {}) {
@@ -729,17 +724,23 @@ const ChainruleGraph = (() => {
 
     function markSelected(key) {
       for (const el of ui.viewport.querySelectorAll(".selected, .incident")) el.classList.remove("selected", "incident");
-      for (const el of ui.viewport.querySelectorAll("[tabindex='0']")) el.setAttribute("tabindex", "-1");
       const el = state.elements.get(key);
-      if (!el) return;
-      el.classList.add("selected");
-      el.setAttribute("tabindex", "0");
-      for (const path of state.incident.get(key) || []) path.classList.add("incident");
+      if (el) {
+        el.classList.add("selected");
+        for (const path of state.incident.get(key) || []) path.classList.add("incident");
+      }
+      makeTabStop(el || state.elements.values().next().value);
+    }
+
+    // One drawn unit is in the page's Tab order (the selected one, or the first); arrows move on.
+    function makeTabStop(el) {
+      for (const other of ui.viewport.querySelectorAll("[tabindex='0']")) if (other !== el) other.setAttribute("tabindex", "-1");
+      if (el) el.setAttribute("tabindex", "0");
     }
 
     function clearSelection() {
       state.selected = null;
-      for (const el of ui.viewport.querySelectorAll(".selected, .incident")) el.classList.remove("selected", "incident");
+      markSelected(null);
       showDetails(null);
     }
 
@@ -859,6 +860,7 @@ const ChainruleGraph = (() => {
     }
 
     ui.canvas.addEventListener("click", event => {
+      if (panned) return;
       const el = targetOf(event);
       if (el) activate(el, false);
     });
@@ -883,9 +885,7 @@ const ChainruleGraph = (() => {
 
     ui.canvas.addEventListener("focusin", event => {
       const el = targetOf(event);
-      if (!el || el.classList.contains("frame-label")) return;
-      for (const other of ui.viewport.querySelectorAll("[tabindex='0']")) if (other !== el) other.setAttribute("tabindex", "-1");
-      el.setAttribute("tabindex", "0");
+      if (el && !el.classList.contains("frame-label")) makeTabStop(el);
     });
 
     // The unit an arrow key moves to; undefined for a key that is not an arrow, null at an end.
