@@ -7,6 +7,7 @@ const ChainruleGraph = (() => {
   const COLUMN_GAP = 36, ROW_GAP = 10, BAND_GAP = 50, BAND_LABEL_ROOM = 70;
   const AUTO_COLLAPSE = 400;  // more nodes than this start with their groups collapsed
   const LEGIBLE_SCALE = 0.45; // below this zoom a fitted graph's text cannot be read
+  const PINNED_PARAMS = 24;   // up to this many params stand at the left, as the lecture draws them
   const CHAR_WIDTH = 0.6;     // a character's width per unit of font size: no text measuring
   const SIZE = {name: 12, type: 10.5, label: 12};
 
@@ -195,7 +196,10 @@ const ChainruleGraph = (() => {
   function layout(scene, index) {
     const view = index.view;
     const forward = bandGraph(scene, "forward"), backward = bandGraph(scene, "backward");
-    const isSource = u => u.node && ["input", "param", "state"].includes(u.node.kind);
+    // The lecture's params stand at the left with the inputs; a deep network's hundred params
+    // would make that one column taller than the rest of the picture, so each stands by its use.
+    const pinParams = view.params.length <= PINNED_PARAMS;
+    const isSource = u => u.node && (u.node.kind === "input" || pinParams && ["param", "state"].includes(u.node.kind));
     const forwardLevel = layers(forward, isSource);
     pushToEnd(forwardLevel, forward.units.filter(u => u.node && u.node.id === view.objective));
     const firstAppearance = new Map([...scene.units.values()].map((u, i) => [u, i]));
@@ -213,7 +217,7 @@ const ChainruleGraph = (() => {
       if (!origin || !forwardLevel.has(origin)) return null;
       return Math.round((1 - forwardLevel.get(origin) / forwardLast) * backwardLast);
     });
-    const gradients = new Set(view.params.map(p => p.gradient));
+    const gradients = new Set(pinParams ? view.params.map(p => p.gradient) : []);
     pushToEnd(backwardLevel, backward.units.filter(u => u.node && gradients.has(u.node.id)));
     const originPlace = u => {
       const origin = u.node && u.node.origin && scene.units.get(u.node.origin);
