@@ -34,23 +34,19 @@ const ChainruleGraph = (() => {
     for (const n of view.nodes) {
       if (n.group && groups.has(n.group)) for (const g of chain(n.group)) members.get(g).push(n);
     }
-    const hasForward = new Set([...members].filter(([, ns]) => ns.some(n => n.side === "forward")).map(([id]) => id));
-    return {view, byId, groups, members, hasForward, chain: id => (id && groups.has(id) ? chain(id) : [])};
+    return {view, byId, groups, members, chain: id => (id && groups.has(id) ? chain(id) : [])};
   }
 
   // ---- The scene: what is drawn for the current sides and collapsed groups -----------------
 
   function groupKey(id) { return "group:" + id; }
-  function mirrorKey(id) { return "mirror:" + id; }
-  function drawnId(key) { return key.replace(/^(group|mirror):/, ""); }
+  function drawnId(key) { return key.replace(/^group:/, ""); }
 
-  // A collapsed group is one box in the band of its forward nodes; its backward nodes fold
-  // into a mirror box in the backward band, so that the backward graph keeps its shape.
-  function unitKeyOf(index, node, state) {
-    const closed = index.chain(node.group).find(g => state.collapsed.has(g));
-    if (!closed) return node.id;
-    const split = node.side === "backward" && state.sides.forward && index.hasForward.has(closed);
-    return split ? mirrorKey(closed) : groupKey(closed);
+  // A node is drawn as itself, or inside the outermost collapsed group around it. (The forward
+  // and backward parts of a call or a loop step are groups apart, so a box is in one band.)
+  function unitKeyOf(index, node, collapsed) {
+    const closed = index.chain(node.group).find(g => collapsed.has(g));
+    return closed ? groupKey(closed) : node.id;
   }
 
   function nodeUnit(node) {
@@ -71,12 +67,11 @@ const ChainruleGraph = (() => {
     const units = new Map();
     for (const node of index.view.nodes) {
       if (!visible(node)) continue;
-      const key = unitKeyOf(index, node, state);
+      const key = unitKeyOf(index, node, state.collapsed);
       if (!units.has(key)) {
         units.set(key, key === node.id
           ? {key, node, band: node.side, ...nodeUnit(node)}
-          : {key, group: index.groups.get(drawnId(key)), mirror: key.startsWith("mirror:"),
-             w: 0, h: 44, members: []});
+          : {key, group: index.groups.get(drawnId(key)), w: 0, h: 44, members: []});
       }
       const unit = units.get(key);
       if (unit.group) unit.members.push(node);
@@ -86,7 +81,7 @@ const ChainruleGraph = (() => {
     for (const [from, to, type] of index.view.edges) {
       const a = index.byId.get(from), b = index.byId.get(to);
       if (!a || !b || !visible(a) || !visible(b)) continue;
-      const ka = unitKeyOf(index, a, state), kb = unitKeyOf(index, b, state);
+      const ka = unitKeyOf(index, a, state.collapsed), kb = unitKeyOf(index, b, state.collapsed);
       if (ka === kb || seen.has(ka + ">" + kb + type)) continue;
       seen.add(ka + ">" + kb + type);
       // A backward value reading a forward one is drawn apart: it would cross the whole picture.
@@ -98,7 +93,7 @@ const ChainruleGraph = (() => {
 
   function sizeGroupUnit(unit) {
     unit.band = unit.members.some(n => n.side === "forward") ? "forward" : "backward";
-    unit.title = (unit.mirror ? "∂ " : "") + (unit.group.kind === "iteration" ? "loop " : "") + unit.group.label;
+    unit.title = unit.group.label;
     unit.caption = unit.members.length + " nodes";
     unit.w = Math.max(textWidth(clipped(unit.title, 22), SIZE.name) + 30,
                       textWidth(unit.caption, SIZE.type) + 20);
@@ -355,10 +350,9 @@ const ChainruleGraph = (() => {
 
   function drawGroup(layer, unit) {
     const {w, h} = unit;
-    const g = svg("g", {class: unit.mirror ? "group-mirror" : "group-box", "data-group": unit.group.id,
-                        "data-unit": unit.key, "data-side": unit.band,
+    const g = svg("g", {class: "group-box", "data-group": unit.group.id, "data-side": unit.band,
                         role: "button", tabindex: "-1", "aria-expanded": "false",
-                        "aria-label": `${unit.title}, ${unit.caption}, collapsed; Enter expands it`,
+                        "aria-label": `group ${unit.title}, ${unit.caption}, collapsed; Enter expands it`,
                         transform: `translate(${unit.x},${unit.y})`}, layer);
     svg("title", {}, g).textContent = `${unit.title}: ${unit.caption} (click to expand)`;
     svg("rect", {class: "shape", x: -w / 2, y: -h / 2, width: w, height: h, rx: 6}, g);
@@ -698,7 +692,7 @@ const ChainruleGraph = (() => {
 
     function unitKeyForNode(id) {
       const node = state.index.byId.get(id);
-      return node ? unitKeyOf(state.index, node, state) : id;
+      return node ? unitKeyOf(state.index, node, state.collapsed) : id;
     }
 
     // Makes a node drawable: its side shown and the groups around it open.
@@ -853,7 +847,7 @@ const ChainruleGraph = (() => {
     // -- events on the canvas and the panels
 
     function targetOf(event) {
-      const el = event.target.closest(".node, .group-box, .group-mirror, .frame-label");
+      const el = event.target.closest(".node, .group-box, .frame-label");
       return el && ui.canvas.contains(el) ? el : null;
     }
 
@@ -879,7 +873,7 @@ const ChainruleGraph = (() => {
         return;
       }
       if (el.classList.contains("frame-label")) return;
-      const key = el.dataset.unit || el.dataset.id;
+      const key = el.dataset.group ? groupKey(el.dataset.group) : el.dataset.id;
       const next = neighbour(key, event.key);
       if (next !== undefined) {
         event.preventDefault();
