@@ -971,7 +971,7 @@ const ChainruleGraph = (() => {
       const param = currentParam();
       stepper.formula.textContent = !param ? "This view has no params."
         : param.steps.length ? `Next ▶ walks from ${graph.objective_name || "the objective"} back to ${param.name}.`
-        : `No backward graph reaches ${param.name} (draw it with --grad).`;
+        : `This view has no chain of steps back to ${param.name}.`;
       updateStepButtons();
     }
 
