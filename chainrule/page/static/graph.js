@@ -320,6 +320,8 @@ const ChainruleGraph = (() => {
                         "aria-label": ariaLabel(node), transform: `translate(${unit.x},${unit.y})`}, layer);
     svg("title", {}, g).textContent = node.ir;
     const {w, h} = unit;
+    // The whole box takes clicks, not only the shape and the letters drawn in it.
+    svg("rect", {class: "hit", x: -w / 2, y: -h / 2, width: w, height: h}, g);
     if (node.kind === "constant") {
       svg("rect", {class: "shape", x: -w / 2, y: -h / 2, width: w, height: h, rx: h / 2}, g);
       label(g, node.label, 0, 4, "op-label");
