@@ -476,6 +476,9 @@ const ChainruleGraph = (() => {
     controls.fit = html("button", {id: "zoom-fit", type: "button"}, bar, "fit");
     controls.collapse = html("button", {id: "collapse-all", type: "button"}, bar, "collapse all");
     controls.expand = html("button", {id: "expand-all", type: "button"}, bar, "expand all");
+    controls.find = html("input", {type: "search", id: "find-node", placeholder: "find a node",
+                                   "aria-label": "Find a node by name; Enter goes to the next match"}, bar);
+    controls.found = html("span", {class: "found", "aria-live": "polite"}, bar);
     controls.stats = html("span", {class: "graph-stats"}, bar);
     const wrap = html("div", {class: "canvas-wrap"}, main);
     controls.changesBox = html("details", {class: "changes"}, wrap);
@@ -947,9 +950,21 @@ const ChainruleGraph = (() => {
     if (ui.view) {
       ui.view.addEventListener("change", () => {
         const selected = state.selected && state.index.byId.get(state.selected);
+        found = {query: null, at: -1};
         showView(ui.view.selectedIndex, selected ? {name: selected.name, side: selected.side} : null);
       });
     }
+
+    // Enter in the search box goes to the next node whose name holds the text typed.
+    let found = {query: null, at: -1};
+    ui.find.addEventListener("keydown", event => {
+      if (event.key !== "Enter") return;
+      const query = ui.find.value.trim().toLowerCase();
+      const matches = query ? state.index.view.nodes.filter(n => n.name.toLowerCase().includes(query)) : [];
+      found = {query, at: found.query === query ? found.at + 1 : 0};
+      ui.found.textContent = matches.length ? `${found.at % matches.length + 1} of ${matches.length}` : query ? "none" : "";
+      if (matches.length) select(matches[found.at % matches.length].id, {show: true});
+    });
 
     // -- the chain rule, step by step
 
