@@ -10,6 +10,7 @@ const ChainruleGraph = (() => {
   const PINNED_PARAMS = 24;   // up to this many params stand at the left, as the lecture draws them
   const CHAR_WIDTH = 0.6;     // a character's width per unit of font size: no text measuring
   const SIZE = {name: 12, type: 10.5, label: 12};
+  const PILL_HEIGHT = 24;     // an op's shape, above its output's name and type
 
   function textWidth(text, size) { return text.length * size * CHAR_WIDTH; }
   function clipped(text, limit) { return text.length > limit ? text.slice(0, limit - 1) + "…" : text; }
@@ -60,7 +61,7 @@ const ChainruleGraph = (() => {
   }
 
   function opLabel(node) { return clipped(node.label, 14); }
-  function pillWidth(label) { return label.length <= 2 ? 24 : textWidth(label, SIZE.label) + 14; }
+  function pillWidth(label) { return label.length <= 2 ? PILL_HEIGHT : textWidth(label, SIZE.label) + 14; }
 
   function buildScene(index, state) {
     const visible = n => state.sides[n.side];
@@ -276,13 +277,22 @@ const ChainruleGraph = (() => {
       const y1 = a.y + down * a.h / 2, y2 = b.y - down * b.h / 2, bend = down * Math.max(30, Math.abs(y2 - y1) / 2);
       return `M${a.x},${y1} C${a.x},${y1 + bend} ${b.x},${y2 - bend} ${b.x},${y2}`;
     }
+    const from = anchor(a), to = anchor(b);
     if (Math.abs(a.x - b.x) < 1) {  // same column: a loop out to the right
-      const x1 = a.x + a.w / 2, x2 = b.x + b.w / 2, out = Math.max(x1, x2) + 30;
-      return `M${x1},${a.y} C${out},${a.y} ${out},${b.y} ${x2},${b.y}`;
+      const x1 = a.x + from.half, x2 = b.x + to.half, out = Math.max(x1, x2) + 30;
+      return `M${x1},${from.y} C${out},${from.y} ${out},${to.y} ${x2},${to.y}`;
     }
     const dir = b.x > a.x ? 1 : -1;
-    const x1 = a.x + dir * a.w / 2, x2 = b.x - dir * b.w / 2, bend = (x2 - x1) / 2;
-    return `M${x1},${a.y} C${x1 + bend},${a.y} ${x2 - bend},${b.y} ${x2},${b.y}`;
+    const x1 = a.x + dir * from.half, x2 = b.x - dir * to.half, bend = (x2 - x1) / 2;
+    return `M${x1},${from.y} C${x1 + bend},${from.y} ${x2 - bend},${to.y} ${x2},${to.y}`;
+  }
+
+  // Where a sideways edge meets a unit: an op's edges meet its pill, not the name below it.
+  function anchor(unit) {
+    if (unit.node && unit.node.kind === "op") {
+      return {half: pillWidth(opLabel(unit.node)) / 2, y: unit.y - unit.h / 2 + PILL_HEIGHT / 2};
+    }
+    return {half: unit.w / 2, y: unit.y};
   }
 
   // ---- Drawing --------------------------------------------------------------------------
@@ -327,7 +337,7 @@ const ChainruleGraph = (() => {
       label(g, node.label, 0, 4, "op-label");
     } else if (node.kind === "op") {
       const pill = pillWidth(opLabel(node));
-      svg("rect", {class: "shape", x: -pill / 2, y: -h / 2, width: pill, height: 24, rx: 12}, g);
+      svg("rect", {class: "shape", x: -pill / 2, y: -h / 2, width: pill, height: PILL_HEIGHT, rx: PILL_HEIGHT / 2}, g);
       label(g, opLabel(node), 0, -h / 2 + 16.5, "op-label");
       label(g, clipped(node.name, 15), 0, h / 2 - 13, "name");
       label(g, clipped(node.type, 17), 0, h / 2 - 1, "type");
@@ -986,7 +996,7 @@ const ChainruleGraph = (() => {
       stepper.list.textContent = "";
       markStepping(null);
       const param = currentParam();
-      stepper.formula.textContent = !param ? "This view has no params."
+      stepper.formula.textContent = !param ? "No param has a gradient in this view."
         : param.steps.length ? `Next ▶ walks from ${graph.objective_name || "the objective"} back to ${param.name}.`
         : `This view has no chain of steps back to ${param.name}.`;
       updateStepButtons();
