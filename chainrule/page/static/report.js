@@ -3,7 +3,7 @@
 // series is one "x,y" pair of its polyline, however many steps there are.
 const ChainruleReport = (function () {
   const WIDTH = 480, HEIGHT = 270;
-  const MARGIN = {left: 62, right: 14, top: 12, bottom: 40};
+  const MARGIN = {left: 72, right: 14, top: 12, bottom: 40};
   const LABELS = {train: "train", val: "validation", lr: "learning rate",
                   compute: "compute", communication: "communication"};
 
@@ -20,19 +20,26 @@ const ChainruleReport = (function () {
     return ticks;
   }
 
-  // A tick's text with as many decimals as the ticks' spacing needs, and no more.
-  function tickText(t, spacing) {
+  // A tick's text with as many digits as the ticks' spacing needs, and no more; an axis of
+  // very large or very small numbers writes all its ticks with exponents.
+  function tickText(t, spacing, exponents) {
     if (t === 0) return "0";
-    const a = Math.abs(t);
-    if (a >= 1e5 || a < 1e-3) return t.toExponential(Math.max(0, Math.round(Math.log10(a / spacing)))).replace("e+", "e");
+    if (exponents) {
+      const digits = Math.max(0, Math.floor(Math.log10(Math.abs(t))) - Math.floor(Math.log10(spacing)));
+      return t.toExponential(Math.min(digits, 6)).replace("e+", "e");
+    }
     return t.toFixed(Math.max(0, Math.ceil(-Math.log10(spacing) - 1e-9)));
   }
 
+  // Powers of ten, and their doubles and fives when the axis spans few decades.
   function logTicks(low, high) {
+    const few = Math.log10(high / low) < 3;
     const ticks = [];
     for (let e = Math.floor(Math.log10(low)); e <= Math.ceil(Math.log10(high)); e++) {
-      const t = Math.pow(10, e);
-      if (t >= low * (1 - 1e-9) && t <= high * (1 + 1e-9)) ticks.push(t);
+      for (const m of few ? [1, 2, 5] : [1]) {
+        const t = m * Math.pow(10, e);
+        if (t >= low * (1 - 1e-9) && t <= high * (1 + 1e-9)) ticks.push(t);
+      }
     }
     return ticks.length >= 2 ? ticks : linearTicks(low, high, 4);
   }
@@ -81,13 +88,15 @@ const ChainruleReport = (function () {
   function drawAxes(svg, chart, scale, log) {
     const axes = Chainrule.svg("g", {class: "axes"}, svg);
     const ticks = scale.yTicks;
+    const largest = Math.max(...ticks.map(Math.abs));
+    const exponents = largest >= 1e5 || largest < 1e-2;
     for (const t of ticks) {
       const y = scale.y(t).toFixed(2);
       // On a log scale each tick is its own spacing: 0.01 needs two decimals, 10 none.
       const spacing = log ? t : (ticks.length > 1 ? ticks[1] - ticks[0] : Math.abs(t) || 1);
       Chainrule.svg("line", {class: "grid", x1: scale.left, x2: scale.right, y1: y, y2: y}, axes);
       Chainrule.svg("text", {class: "tick y-tick", x: scale.left - 6, y, dy: "0.32em",
-                             "text-anchor": "end"}, axes).textContent = tickText(t, spacing);
+                             "text-anchor": "end"}, axes).textContent = tickText(t, spacing, exponents);
     }
     for (const t of scale.xTicks) {
       const x = scale.x(t).toFixed(2);
