@@ -310,6 +310,18 @@ def test_a_model_that_fails_to_load_is_an_error(small_files):
     assert not (small_files / "run.html").exists()
 
 
+def test_a_resumed_run_writes_the_report_its_checkpoint_names(small_files, graph_pages):
+    page = small_files / "run.html"
+    ok(run_cli("train", "small.nn", "--data", "data.npz", "--epochs", "1", "--batch-size", "10",
+               "--checkpoint", "ckpt", "--report", page, "-q", cwd=small_files))
+    page.unlink()
+    ok(run_cli("train", "--resume", "ckpt", "--epochs", "3", "--override", "-q",
+               cwd=small_files))
+    training = page_data(page)["training"]
+    assert training["epochs"] == 2  # the epochs this run trained; the log has them all
+    assert charts_by_key(training)["J", "step"]["series"][0]["x"] == [3, 4, 5, 6]
+
+
 # ---- Ray ----------------------------------------------------------------------------------------
 
 @needs_ray
