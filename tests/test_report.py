@@ -45,18 +45,6 @@ def points(chart: dict) -> dict:
     return {series["name"]: len(series["x"]) for series in chart["series"]}
 
 
-@pytest.fixture
-def graph_pages(monkeypatch):
-    """The model's graph on the page: graph_document's when it is there; until then a stand-in
-    that names the model, so that these tests see where the graph goes."""
-    try:
-        import chainrule.page.graph_document  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr("chainrule.cli.reporting.model_graph",
-                            lambda model: {"graph": {"name": model.graph.name, "views": []},
-                                           "source": None})
-
-
 # ---- per-step records -------------------------------------------------------------------------
 
 def test_each_epoch_record_holds_every_step_of_it():
@@ -221,7 +209,7 @@ def small_files(tmp_path):
     return tmp_path
 
 
-def test_train_writes_a_report_with_every_step(small_files, graph_pages):
+def test_train_writes_a_report_with_every_step(small_files):
     page = small_files / "run.html"
     result = ok(run_cli("train", "small.nn", "--data", "data.npz", "--epochs", "3",
                         "--batch-size", "8", "--val-split", "0.25", "--report", page,
@@ -243,8 +231,7 @@ def test_train_checks_the_report_path_before_training(small_files):
     assert "folder" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-def test_train_stopped_by_ctrl_c_reports_the_epochs_done(small_files, graph_pages,
-                                                          monkeypatch):
+def test_train_stopped_by_ctrl_c_reports_the_epochs_done(small_files, monkeypatch):
     def stop_in_epoch_3(trainer, *args):
         trainer.stop_requested = trainer.steps == 5  # 2 steps an epoch
 
@@ -268,7 +255,7 @@ def test_ctrl_c_before_an_epoch_ends_writes_no_report(small_files, monkeypatch):
     assert not (small_files / "run.html").exists()
 
 
-def test_train_stopped_early_reports_the_epochs_it_ran(small_files, graph_pages):
+def test_train_stopped_early_reports_the_epochs_it_ran(small_files):
     page = small_files / "run.html"
     ok(run_cli("train", "small.nn", "--data", "data.npz", "--epochs", "50", "--lr", "0.5",
                "--optimizer", "sgd", "--val-split", "0.25", "--early-stop", "1", "-q",
@@ -279,7 +266,7 @@ def test_train_stopped_early_reports_the_epochs_it_ran(small_files, graph_pages)
                                                            "val": training["epochs"]}
 
 
-def test_the_report_command_writes_a_log_and_a_model_as_one_page(small_files, graph_pages):
+def test_the_report_command_writes_a_log_and_a_model_as_one_page(small_files):
     log = small_files / "log.jsonl"
     ok(run_cli("train", "small.nn", "--data", "data.npz", "--epochs", "2", "-q",
                "--log-jsonl", log, cwd=small_files))
@@ -310,7 +297,7 @@ def test_a_model_that_fails_to_load_is_an_error(small_files):
     assert not (small_files / "run.html").exists()
 
 
-def test_a_resumed_run_writes_the_report_its_checkpoint_names(small_files, graph_pages):
+def test_a_resumed_run_writes_the_report_its_checkpoint_names(small_files):
     page = small_files / "run.html"
     ok(run_cli("train", "small.nn", "--data", "data.npz", "--epochs", "1", "--batch-size", "10",
                "--checkpoint", "ckpt", "--report", page, "-q", cwd=small_files))
