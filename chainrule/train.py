@@ -242,6 +242,9 @@ class Trainer:
         self.stop_requested = False
         self.early_stopping = EarlyStopping(config.early_stop)
         self.restored_best = False  # whether fit ended by going back to the best epoch's params
+        # The per-step series of the epoch in progress (History's `per_step`): what a run
+        # stopped mid-epoch, by Ctrl-C or a NaN, did since its last whole epoch.
+        self.epoch_steps: dict | None = None
         # Saved in each checkpoint as it is, for whoever resumes it (the CLI keeps its options).
         self.options: dict | None = None
 
@@ -397,7 +400,8 @@ class Trainer:
         order = self.rng.permutation(rows)
         sums, seen, started = {}, 0, time.perf_counter()
         skipped, averaged = 0, 0
-        per_step = {"step": [], "lr": [], "train": {name: [] for name in self.reported}}
+        per_step = self.epoch_steps = {"step": [], "lr": [],
+                                       "train": {name: [] for name in self.reported}}
         for index, indices in batch_rows(order, self.config.batch_size, self.batch):
             lr = self.learning_rate(total_steps)
             outputs = self.step_on(train, indices, lr)

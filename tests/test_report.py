@@ -110,6 +110,7 @@ def test_a_step_that_loss_scaling_skipped_has_no_objective(tmp_path):
     ('{"epoch": 1, "train": {}, "per_step": {"step": [1, 2], "train": {"J": [0.5]}}}\n',
      "'per_step.train.J' is not a list of 2 numbers, one per step"),
     ('{"epoch": 1, "train": {}, "per_step": {"lr": [1]}}\n', "'per_step' has no 'step' list"),
+    ('{"epoch": 1, "train": {}, "partial": true}\n', "a partial epoch's record without"),
 ])
 def test_a_log_that_is_not_one_is_refused_naming_the_line(tmp_path, text, message):
     log = tmp_path / "log.jsonl"
@@ -231,7 +232,7 @@ def test_train_checks_the_report_path_before_training(small_files):
     assert "folder" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-def test_train_stopped_by_ctrl_c_reports_the_epochs_done(small_files, monkeypatch):
+def test_train_stopped_by_ctrl_c_reports_every_step_done(small_files, monkeypatch):
     def stop_in_epoch_3(trainer, *args):
         trainer.stop_requested = trainer.steps == 5  # 2 steps an epoch
 
@@ -240,19 +241,34 @@ def test_train_stopped_by_ctrl_c_reports_the_epochs_done(small_files, monkeypatc
     result = run_cli("train", "small.nn", "--data", "data.npz", "--epochs", "5",
                      "--batch-size", "10", "--report", page, cwd=small_files)
     assert result.returncode == 130 and "Traceback" not in result.stderr
-    assert points(charts_by_key(page_data(page)["training"])["J", "step"]) == {"train": 4}
+    training = page_data(page)["training"]
+    charts = charts_by_key(training)
+    assert points(charts["J", "epoch"]) == {"train": 2}
+    assert charts["J", "step"]["series"][0]["x"] == [1, 2, 3, 4, 5]
+    assert training["epochs"] == 2 and training["steps"] == 5
+    assert "epoch 3 was stopped after 1 of its steps" in training["notes"][0]
 
 
-def test_ctrl_c_before_an_epoch_ends_writes_no_report(small_files, monkeypatch):
-    def stop_at_once(trainer, *args):
-        trainer.stop_requested = True
-
-    monkeypatch.setattr("chainrule.cli.training.print_progress", stop_at_once)
-    result = run_cli("train", "small.nn", "--data", "data.npz", "--report", "run.html",
-                     cwd=small_files)
-    assert result.returncode == 130
-    assert "no epoch was completed" in result.stderr
+def test_a_first_step_that_is_not_finite_writes_no_report(small_files):
+    np.savez(small_files / "nan.npz", W=np.full((4, 3), np.nan), V=np.zeros((2, 4)))
+    result = fails(run_cli("train", "small.nn", "--data", "data.npz", "--params", "nan.npz",
+                           "--report", "run.html", cwd=small_files))
+    assert "step 1 (epoch 1, batch 1)" in result.stderr
+    assert "no step was completed" in result.stderr
     assert not (small_files / "run.html").exists()
+
+
+def test_a_run_that_turns_non_finite_reports_the_steps_before(small_files, monkeypatch):
+    def poison_step_3(trainer, *args):  # the params the third step starts from are NaN
+        if trainer.steps == 2:
+            trainer.params = {name: np.full_like(value, np.nan)
+                              for name, value in trainer.params.items()}
+
+    monkeypatch.setattr("chainrule.cli.training.print_progress", poison_step_3)
+    fails(run_cli("train", "small.nn", "--data", "data.npz", "--batch-size", "4",
+                  "--report", "run.html", cwd=small_files))
+    steps = charts_by_key(page_data(small_files / "run.html")["training"])["J", "step"]
+    assert steps["series"][0]["x"] == [1, 2]
 
 
 def test_train_stopped_early_reports_the_epochs_it_ran(small_files):

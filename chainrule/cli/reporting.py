@@ -34,10 +34,11 @@ def model_graph(model) -> dict:
 
 
 def write_report_after_training(path, records: list[dict], model) -> bool:
-    """`train --report`: the page of the epochs trained (True), or a note when none was; a
-    graph that cannot be drawn costs the page its graph, not its curves."""
+    """`train --report`: the page of the steps trained (True), or a note when none was (the
+    first step was not finite); a graph that cannot be drawn costs the page its graph, not its
+    curves."""
     if not records:
-        print(f"chainrule: note: no epoch was completed, so there is no curve to show; "
+        print(f"chainrule: note: no step was completed, so there is no curve to show; "
               f"{path} was not written", file=sys.stderr)
         return False
     title = f"Training: {model.graph.name}"

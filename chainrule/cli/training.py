@@ -344,6 +344,17 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
 
 
 def write_report(args, trainer: Trainer) -> None:
-    if args.report and write_report_after_training(args.report, trainer.log.records,
+    if args.report and write_report_after_training(args.report, reported_records(trainer),
                                                    trainer.model) and not args.quiet:
         print(f"wrote {args.report}")
+
+
+def reported_records(trainer: Trainer) -> list[dict]:
+    """The epochs' records, and for a run stopped mid-epoch the steps of that epoch, marked
+    `partial` (it has no averages)."""
+    records = list(trainer.log.records)
+    steps = trainer.epoch_steps
+    if trainer.batch and steps and steps["step"]:
+        records.append({"epoch": trainer.epoch + 1, "steps": trainer.steps, "partial": True,
+                        "train": {}, "per_step": steps})
+    return records

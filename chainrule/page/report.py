@@ -81,6 +81,8 @@ def record_problem(record) -> str | None:
             return f"'{name}' is {record[name]!r}, not a number"
     if "per_step" in record:
         return per_step_problem(record["per_step"])
+    if record.get("partial"):
+        return "a partial epoch's record without 'per_step'"
     return None
 
 
@@ -121,18 +123,23 @@ def training_document(records: list[dict], *, title: str | None = None) -> dict:
     if not records:
         raise ChainruleError("no epoch's record to chart: training ran no whole epoch")
     kept, notes = last_of_each_epoch(records)
+    # A run stopped mid-epoch: that epoch's steps, but no averages.
+    whole = [record for record in kept if not record.get("partial")]
+    notes += [f"epoch {record['epoch']} was stopped after {len(record['per_step']['step'])} "
+              f"of its steps: they are shown per step, and the epoch has no averages"
+              for record in kept if record.get("partial")]
     names = reported_names(kept)
-    charts = [chart for name in names for chart in (epoch_chart(kept, name),
+    charts = [chart for name in names for chart in (epoch_chart(whole, name),
                                                     step_chart(kept, name))]
-    charts += [single_series_chart(kept, "lr", "learning rate per epoch (its last step's)",
+    charts += [single_series_chart(whole, "lr", "learning rate per epoch (its last step's)",
                                    "epoch", LR),
                step_lr_chart(kept),
-               single_series_chart(kept, "seconds", "seconds per epoch", "epoch", TRAIN),
+               single_series_chart(whole, "seconds", "seconds per epoch", "epoch", TRAIN),
                timings_chart(kept)]
     charts = [chart for chart in charts if chart and any(s["x"] for s in chart["series"])]
     notes += dropped_notes(charts)
     return {"title": title or "Training", "objective": names[0] if names else None,
-            "epochs": len(kept), "steps": kept[-1].get("steps"), "notes": notes,
+            "epochs": len(whole), "steps": kept[-1].get("steps"), "notes": notes,
             "charts": [without_counts(chart) for chart in charts]}
 
 
