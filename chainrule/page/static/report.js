@@ -14,8 +14,9 @@ const ChainruleReport = (function () {
     const power = Math.pow(10, Math.floor(Math.log10(rough)));
     const step = power * ([1, 2, 5, 10].find((m) => m * power >= rough) || 10);
     const ticks = [];
-    for (let t = Math.ceil(low / step) * step; t <= high + step * 1e-9; t += step) {
-      ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
+    // Multiples of the step, not a running sum: whole-number ticks stay whole.
+    for (let i = Math.ceil(low / step - 1e-9); i * step <= high + step * 1e-9; i++) {
+      ticks.push(i * step);
     }
     return ticks;
   }
@@ -25,8 +26,8 @@ const ChainruleReport = (function () {
   function tickText(t, spacing, exponents) {
     if (t === 0) return "0";
     if (exponents) {
-      const digits = Math.max(0, Math.floor(Math.log10(Math.abs(t))) - Math.floor(Math.log10(spacing)));
-      return t.toExponential(Math.min(digits, 6)).replace("e+", "e");
+      const digits = Math.floor(Math.log10(Math.abs(t))) - Math.floor(Math.log10(spacing));
+      return t.toExponential(Math.min(Math.max(digits, 0), 6)).replace("e+", "e");
     }
     return t.toFixed(Math.max(0, Math.ceil(-Math.log10(spacing) - 1e-9)));
   }
@@ -44,9 +45,8 @@ const ChainruleReport = (function () {
     return ticks.length >= 2 ? ticks : linearTicks(low, high, 4);
   }
 
-  // [low, high] of the values, widened a little so a flat series sits mid-chart.
-  function extent(values, log) {
-    let low = Math.min(...values), high = Math.max(...values);
+  // [low, high] widened a little, so that a flat series sits mid-chart.
+  function padded([low, high], log) {
     if (log) return low === high ? [low / 2, high * 2] : [low, high];
     if (low === high) { const pad = Math.abs(low) * 0.1 || 1; return [low - pad, high + pad]; }
     const pad = (high - low) * 0.05;
@@ -61,20 +61,23 @@ const ChainruleReport = (function () {
 
   function scales(chart, log) {
     const xs = [], ys = [];
-    for (const s of chart.series) { for (const x of s.x) xs.push(x); for (const y of s.y) ys.push(y); }
+    for (const s of chart.series) {
+      for (const x of s.x) xs.push(x);
+      for (const y of s.y) ys.push(y);
+    }
     const [xLow, xHigh] = minMax(xs);
     const x0 = xLow === xHigh ? xLow - 1 : xLow, x1 = xLow === xHigh ? xHigh + 1 : xHigh;
-    const [yLow, yHigh] = extent(minMax(ys), log);
+    const [yLow, yHigh] = padded(minMax(ys), log);
     const left = MARGIN.left, right = WIDTH - MARGIN.right;
     const top = MARGIN.top, bottom = HEIGHT - MARGIN.bottom;
-    const toY = log
-      ? (y) => bottom - (Math.log10(y) - Math.log10(yLow)) / (Math.log10(yHigh) - Math.log10(yLow)) * (bottom - top)
-      : (y) => bottom - (y - yLow) / (yHigh - yLow) * (bottom - top);
+    const along = log ? Math.log10 : (y) => y;
+    const [from, to] = [along(yLow), along(yHigh)];
+    const toY = (y) => bottom - (along(y) - from) / (to - from) * (bottom - top);
     return {
       x: (x) => left + (x - x0) / (x1 - x0) * (right - left), y: toY,
-      xTicks: chart.scale === "epoch" && x1 - x0 <= 10
-        ? linearTicks(x0, x1, x1 - x0).filter((t) => Number.isInteger(t))
-        : linearTicks(x0, x1, 5).filter((t) => Number.isInteger(t)),
+      // Every epoch of a short run; about five ticks otherwise. Steps and epochs are whole.
+      xTicks: linearTicks(x0, x1, chart.scale === "epoch" && x1 - x0 <= 10 ? x1 - x0 : 5)
+        .filter(Number.isInteger),
       yTicks: log ? logTicks(yLow, yHigh) : linearTicks(yLow, yHigh, 5),
       left, right, top, bottom,
     };
@@ -96,7 +99,8 @@ const ChainruleReport = (function () {
       const spacing = log ? t : (ticks.length > 1 ? ticks[1] - ticks[0] : Math.abs(t) || 1);
       Chainrule.svg("line", {class: "grid", x1: scale.left, x2: scale.right, y1: y, y2: y}, axes);
       Chainrule.svg("text", {class: "tick y-tick", x: scale.left - 6, y, dy: "0.32em",
-                             "text-anchor": "end"}, axes).textContent = tickText(t, spacing, exponents);
+                             "text-anchor": "end"}, axes)
+        .textContent = tickText(t, spacing, exponents);
     }
     for (const t of scale.xTicks) {
       const x = scale.x(t).toFixed(2);
@@ -110,17 +114,20 @@ const ChainruleReport = (function () {
     Chainrule.svg("line", {class: "axis", x1: scale.left, x2: scale.left, y1: scale.top,
                            y2: scale.bottom}, axes);
     Chainrule.svg("text", {class: "axis-label", x: (scale.left + scale.right) / 2,
-                           y: HEIGHT - 6, "text-anchor": "middle"}, axes).textContent = chart.x_label;
+                           y: HEIGHT - 6, "text-anchor": "middle"}, axes)
+      .textContent = chart.x_label;
     Chainrule.svg("text", {class: "axis-label", x: 10, y: (scale.top + scale.bottom) / 2,
                            "text-anchor": "middle",
                            transform: `rotate(-90 10 ${(scale.top + scale.bottom) / 2})`},
                   axes).textContent = chart.y_label;
   }
 
-  // The index of the x nearest `x` in the sorted-or-not array `xs`.
+  // The index of the entry of `xs` nearest `x` (a resumed run's steps need not be sorted).
   function nearest(xs, x) {
     let best = 0;
-    for (let i = 1; i < xs.length; i++) if (Math.abs(xs[i] - x) < Math.abs(xs[best] - x)) best = i;
+    for (let i = 1; i < xs.length; i++) {
+      if (Math.abs(xs[i] - x) < Math.abs(xs[best] - x)) best = i;
+    }
     return best;
   }
 
@@ -133,8 +140,10 @@ const ChainruleReport = (function () {
                                  points: points(s, scale), fill: "none"}, svg);
     }
     const cursor = Chainrule.svg("g", {class: "cursor", visibility: "hidden"}, svg);
-    const rule = Chainrule.svg("line", {class: "cursor-line", y1: scale.top, y2: scale.bottom}, cursor);
-    const dots = chart.series.map((s) => Chainrule.svg("circle", {class: "cursor-dot series-" + s.name, r: 3.5}, cursor));
+    const rule = Chainrule.svg("line", {class: "cursor-line", y1: scale.top, y2: scale.bottom},
+                               cursor);
+    const dots = chart.series.map((s) => Chainrule.svg(
+      "circle", {class: "cursor-dot series-" + s.name, r: 3.5}, cursor));
     const hover = Chainrule.svg("rect", {class: "hover-area", x: scale.left, y: scale.top,
                                          width: scale.right - scale.left,
                                          height: scale.bottom - scale.top}, svg);
@@ -167,7 +176,8 @@ const ChainruleReport = (function () {
     for (const s of chart.series) {
       const item = Chainrule.html("li", {}, list);
       Chainrule.html("span", {class: "swatch series-" + s.name, "aria-hidden": "true"}, item);
-      item.append(`${LABELS[s.name] || s.name} (${s.x.length} point${s.x.length === 1 ? "" : "s"})`);
+      const count = `${s.x.length} point${s.x.length === 1 ? "" : "s"}`;
+      item.append(`${LABELS[s.name] || s.name} (${count})`);
     }
   }
 
@@ -179,25 +189,23 @@ const ChainruleReport = (function () {
     Chainrule.html("caption", {}, tbl, chart.title);
     const head = Chainrule.html("tr", {}, Chainrule.html("thead", {}, tbl));
     Chainrule.html("th", {scope: "col"}, head, chart.x_label);
-    for (const s of chart.series) Chainrule.html("th", {scope: "col"}, head, LABELS[s.name] || s.name);
+    for (const s of chart.series) {
+      Chainrule.html("th", {scope: "col"}, head, LABELS[s.name] || s.name);
+    }
     const rows = new Map();
     chart.series.forEach((s, k) => s.x.forEach((x, i) => {
       if (!rows.has(x)) rows.set(x, new Array(chart.series.length).fill(null));
       rows.get(x)[k] = s.y[i];
     }));
     const body = Chainrule.html("tbody", {}, tbl);
-    // Rows are many for thousands of steps: built only when the table is opened.
-    details.addEventListener("toggle", () => {
-      if (!details.open || body.childElementCount) return;
-      for (const x of [...rows.keys()].sort((a, b) => a - b)) {
-        const row = Chainrule.html("tr", {}, body);
-        Chainrule.html("th", {scope: "row"}, row, String(x));
-        for (const y of rows.get(x)) Chainrule.html("td", {}, row, Chainrule.number(y));
-      }
-    });
+    for (const x of [...rows.keys()].sort((a, b) => a - b)) {
+      const row = Chainrule.html("tr", {}, body);
+      Chainrule.html("th", {scope: "row"}, row, String(x));
+      for (const y of rows.get(x)) Chainrule.html("td", {}, row, Chainrule.number(y));
+    }
   }
 
-  function drawChart(grid, chart, objective, index) {
+  function drawChart(grid, chart, objective) {
     const figure = Chainrule.html("figure", {class: "chart", "data-metric": chart.metric,
                                              "data-scale": chart.scale}, grid);
     const caption = Chainrule.html("figcaption", {}, figure, chart.title);
@@ -207,7 +215,7 @@ const ChainruleReport = (function () {
     const positive = chart.series.every((s) => s.y.every((y) => y > 0));
     if (positive && chart.metric === objective) {
       const label = Chainrule.html("label", {class: "log-toggle"}, caption);
-      const box = Chainrule.html("input", {type: "checkbox", id: `log-scale-${index}`}, label);
+      const box = Chainrule.html("input", {type: "checkbox"}, label);
       label.append(" log scale");
       box.addEventListener("change", () => drawPlot(svg, chart, box.checked, readout));
     }
@@ -220,14 +228,15 @@ const ChainruleReport = (function () {
   function describe(chart) {
     const parts = chart.series.map((s) => {
       const last = s.y[s.y.length - 1];
-      return `${LABELS[s.name] || s.name}: ${s.x.length} points, last ${Chainrule.number(last)} at ${chart.x_label} ${s.x[s.x.length - 1]}`;
+      const where = `${chart.x_label} ${s.x[s.x.length - 1]}`;
+      const name = LABELS[s.name] || s.name;
+      return `${name}: ${s.x.length} points, last ${Chainrule.number(last)} at ${where}`;
     });
     return `${chart.title}. ${parts.join("; ")}.`;
   }
 
   function render(root, training) {
     root.replaceChildren();
-    root.classList.add("report");
     const summary = Chainrule.html("p", {class: "report-summary"}, root);
     summary.textContent = `${training.epochs} epoch${training.epochs === 1 ? "" : "s"}` +
       (training.steps ? `, ${training.steps} steps` : "") +
@@ -237,7 +246,7 @@ const ChainruleReport = (function () {
       for (const note of training.notes) Chainrule.html("li", {}, notes, note);
     }
     const grid = Chainrule.html("div", {class: "chart-grid"}, root);
-    training.charts.forEach((chart, i) => drawChart(grid, chart, training.objective, i));
+    for (const chart of training.charts) drawChart(grid, chart, training.objective);
   }
 
   return {render};
