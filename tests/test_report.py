@@ -301,6 +301,8 @@ def test_the_report_command_without_a_model_shows_the_curves_alone(small_files):
     ok(run_cli("report", log, "-o", small_files / "run.html"))
     document = page_data(small_files / "run.html")
     assert "graph" not in document and document["training"]["epochs"] == 2
+    text = (small_files / "run.html").read_text()
+    assert "ChainruleReport" in text and "figure.chart" in text  # its script and styles
 
 
 def test_a_model_that_fails_to_load_is_an_error(small_files):
