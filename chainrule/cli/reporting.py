@@ -30,7 +30,7 @@ def cmd_report(args) -> int:
 def model_graph(model) -> dict:
     # Imported here: the graph's document is the compiler's work, done only for a model.
     from ..page.graph_document import graph_page_data
-    return graph_page_data(model, grad=True)
+    return graph_page_data(model)
 
 
 def write_report_after_training(path, records: list[dict], model) -> bool:
