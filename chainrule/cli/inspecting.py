@@ -15,7 +15,6 @@ from ..ir.errors import printable
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext, preset
 from ..viz import picture_target, render, to_dot
-from ..ir.types import is_float
 from .inputs import (UsageError, exported_step_spec, frozen_patterns, gather_inputs, is_onnx_model,
                      load_model)
 
@@ -121,7 +120,7 @@ def cmd_viz(args) -> int:
 
 def write_graph_page(args) -> int:
     """`viz --html`: the interactive page, with each node's value when inputs are given."""
-    from ..page.graph_document import graph_page_data
+    from ..page.graph_document import differentiable, graph_page_data
     from ..page.html import write_page
 
     if args.output:
@@ -130,13 +129,11 @@ def write_graph_page(args) -> int:
     model = load_model(args)
     wants_values = args.random_inputs or args.inputs or args.input or args.map
     feeds = gather_inputs(args, model) if wants_values else None
-    objective = model.objective
-    grad = objective is not None and objective.type.rank == 0 and is_float(objective.type.dtype)
-    if not grad:
-        print(f"chainrule: note: the model has no scalar objective, so the page shows the "
-              f"forward graph only" + (" (--loss attaches one to an imported model)"
-                                       if is_onnx_model(args) else ""), file=sys.stderr)
-    data = graph_page_data(model, grad=grad, opt_level=args.opt_level, feeds=feeds)
+    if not differentiable(model):
+        print("chainrule: note: the model has no scalar objective, so the page shows the "
+              "forward graph only" + (" (--loss attaches one to an imported model)"
+                                      if is_onnx_model(args) else ""), file=sys.stderr)
+    data = graph_page_data(model, opt_level=args.opt_level, feeds=feeds)
     write_page(args.html, {"title": f"{model.graph.name}: chainrule", **data})
     views = data["graph"]["views"]
     counts = ", ".join(f"{v['key']}: {v['stats']['forward']} forward and "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..ir import Graph, Node, Value
 from ..ir.printer import format_node
+from ..ir.types import is_float
 from ..passes.autodiff import gradient_prefix
 from ..passes.autodiff_rules import VJP_RULES
 from ..viz import SYMBOLS
@@ -28,12 +29,22 @@ ITERATION = re.compile(r"^[A-Za-z_]\w*=-?\d+$")
 RULE_LINES = 40  # a derivative rule's source is shown up to this many lines
 
 
-def graph_page_data(model, *, grad: bool = True, opt_level: str = "O0",
+def differentiable(model) -> bool:
+    """Whether the model has an objective to draw the backward graph of: a float scalar (an
+    imported model's first output is none until a loss is attached)."""
+    objective = model.objective
+    return objective is not None and objective.type.rank == 0 and \
+        is_float(objective.type.dtype)
+
+
+def graph_page_data(model, *, grad: bool | None = None, opt_level: str = "O0",
                     feeds: dict | None = None, params: dict | None = None) -> dict:
     """The page's {"graph", "source"} for `model` (an api.Model): the graph at `opt_level`,
-    and past -O0 the graph as written too, to compare (the optimised view marks its new nodes
-    and lists what changed). With `feeds` (input arrays by name), every node carries a
-    summary of its value on them, computed with `params` (default: the model's)."""
+    forward and (by default, when the model is `differentiable`) backward, and past -O0 the
+    graph as written too, to compare (the optimised view marks its new nodes and lists what
+    changed). With `feeds` (input arrays by name), every node carries a summary of its value
+    on them, computed with `params` (default: the model's)."""
+    grad = differentiable(model) if grad is None else grad
     params = model.params if params is None else params
     written = ViewData(model, grad, "O0", feeds, params)
     views = [written]
