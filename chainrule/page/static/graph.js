@@ -7,6 +7,7 @@ const ChainruleGraph = (() => {
   const COLUMN_GAP = 36, ROW_GAP = 10, BAND_GAP = 50, BAND_LABEL_ROOM = 70;
   const AUTO_COLLAPSE = 400;  // more nodes than this start with their groups collapsed
   const LEGIBLE_SCALE = 0.45; // below this zoom a fitted graph's text cannot be read
+  const TEXT_SCALE = 0.3;     // below this zoom no text is drawn at all
   const PINNED_PARAMS = 24;   // up to this many params stand at the left, as the lecture draws them
   const CHAR_WIDTH = 0.6;     // a character's width per unit of font size: no text measuring
   const SIZE = {name: 12, type: 10.5, label: 12};
@@ -623,6 +624,8 @@ const ChainruleGraph = (() => {
       state.moved = moved;
       const {x, y, k} = state.transform;
       ui.viewport.setAttribute("transform", `translate(${x.toFixed(2)},${y.toFixed(2)}) scale(${k.toFixed(4)})`);
+      // Text too small to read is not drawn: it is most of the cost of a frame of a big graph.
+      ui.canvas.classList.toggle("far", k < TEXT_SCALE);
     }
 
     function fit() {
@@ -651,14 +654,16 @@ const ChainruleGraph = (() => {
 
     function centreOn(unit) {
       const box = ui.canvas.getBoundingClientRect();
-      if (state.transform.k < 0.5) state.transform.k = 1;  // a node centred far away is no help
+      if (state.transform.k < LEGIBLE_SCALE) state.transform.k = 1;  // a node centred far away is no help
       state.transform.x = box.width / 2 - unit.x * state.transform.k;
       state.transform.y = box.height / 2 - unit.y * state.transform.k;
       applyTransform();
     }
 
+    // Whether the reader can see the unit now: inside the canvas, and drawn large enough to read.
     function onScreen(unit) {
       const box = ui.canvas.getBoundingClientRect(), {x, y, k} = state.transform;
+      if (k < LEGIBLE_SCALE) return false;
       const left = (unit.x - unit.w / 2) * k + x, right = (unit.x + unit.w / 2) * k + x;
       const top = (unit.y - unit.h / 2) * k + y, bottom = (unit.y + unit.h / 2) * k + y;
       return left > 4 && right < box.width - 4 && top > 4 && bottom < box.height - 4;
