@@ -512,11 +512,12 @@ const ChainruleGraph = (() => {
     const row = html("div", {class: "stepper-controls"}, panel);
     const labelEl = html("label", {}, row, "to ");
     const param = html("select", {id: "stepper-param"}, labelEl);
-    const prev = html("button", {id: "step-prev", type: "button", "aria-label": "previous step"}, row, "◀ Back");
-    const next = html("button", {id: "step-next", type: "button", "aria-label": "next step"}, row, "Next ▶");
+    const prev = html("button", {id: "step-prev", type: "button", "aria-label": "Back a step"}, row, "◀ Back");
+    const next = html("button", {id: "step-next", type: "button", "aria-label": "Next step"}, row, "Next ▶");
     const reset = html("button", {id: "step-reset", type: "button"}, row, "Reset");
     const formula = html("p", {id: "step-formula", class: "formula", "aria-live": "polite"}, panel);
-    const list = html("ol", {id: "step-list", "aria-live": "polite"}, panel);
+    // The current step's formula is announced; the list of steps so far is there to read.
+    const list = html("ol", {id: "step-list", "aria-label": "The steps so far"}, panel);
     return {param, prev, next, reset, formula, list};
   }
 
@@ -566,6 +567,7 @@ const ChainruleGraph = (() => {
       ui.changesBox.hidden = !changes.length;
       ui.changesTitle.textContent = `What ${view.label.split(":")[0]} changed` + (changes.length ? ": " + changes[0] : "");
       state.selected = null;
+      state.stepAt = -1;
       relayout();
       startingView();
       setupStepper(view);
