@@ -188,6 +188,14 @@ def test_an_optimised_page_holds_the_graph_as_written_to_compare():
     assert any("gemm" in line for line in optimised["changes"])
     new = {node["op"] for node in optimised["nodes"] if node["new"]}
     assert "gemm" in new and not any(node["new"] for node in written["nodes"])
+    # the chain still walks the optimised graph, through values passes rebuilt (found by name)
+    nodes = {node["id"]: node for node in optimised["nodes"]}
+    steps = next(p for p in optimised["params"] if p["name"] == "W1")["steps"]
+    assert [nodes[s["value"]]["name"] for s in steps] == \
+        ["J", "L", "L.log_probs", "o", "h", "z", "W1"]
+    assert steps[3]["formula"].startswith("∂J/∂o = cross_entropy_grad_from_log_probs(")
+    assert steps[2]["node"] is None and "fused" in steps[2]["formula"]
+    assert steps[-1]["formula"].startswith("∂J/∂W1 = gemm_acc(∂J/∂z, x, W1")
 
 
 # ---- the file --------------------------------------------------------------------------------

@@ -32,16 +32,20 @@ class FormulaWriter:
     """Writes the formulas of one differentiated graph (its derivations and cotangents, the
     annotations autodiff leaves)."""
 
-    def __init__(self, graph: Graph, objective: str):
+    def __init__(self, graph: Graph, objective: str, derivations: dict, cotangents: dict):
+        """`derivations` and `cotangents` are the graph's annotations keyed by its own values
+        (graph_document.current_annotations)."""
         self.objective = objective
         self.producers = graph.producers()
-        self.derivations = graph.derivations
-        self.cotangents = graph.cotangents
+        self.derivations = derivations
+        # The cotangent each forward value was given, by the value's name: a rule's
+        # Derivation names the forward value as autodiff saw it, before later passes.
+        self.given = {value.name: cotangent for value, cotangent in cotangents.items()}
         # A summed cotangent -> the forward value it is the cotangent of; a cotangent several
         # values share (passed on unchanged) is named for the first, the one nearest the
         # objective, as the lecture names ∂J/∂J.
         self.named: dict[Value, str] = {}
-        for value, cotangent in graph.cotangents.items():
+        for value, cotangent in cotangents.items():
             self.named.setdefault(cotangent, value.name)
 
     def formula(self, value: Value) -> str | None:
@@ -65,7 +69,7 @@ class FormulaWriter:
         if value in self.named:
             derivation = self.derivations.get(inside.outputs[0])
             if derivation is not None and derivation.kind == "rule" and \
-                    self.cotangents.get(derivation.value) is value:
+                    self.given.get(derivation.value.name) is value:
                 return partial(self.objective, derivation.value.name), PARTIAL
             return partial(self.objective, self.named[value]), PARTIAL
         if value in self.derivations:

@@ -73,6 +73,21 @@ def _source(model) -> dict | None:
     return {"path": model.filename, "lines": model.source.split("\n")}
 
 
+def current_annotations(graph: Graph) -> tuple[dict, dict]:
+    """The graph's Derivations and cotangents keyed by its own values. Autodiff keyed them by
+    the values it made; a later pass that rebuilt a node (simplify, fusion) kept the value's
+    name but not the Value, so those are found by name."""
+    present = {value.name: value for value in graph.values()}
+
+    def current(value: Value) -> Value | None:
+        return present.get(value.name)
+
+    derivations = {current(v): d for v, d in graph.derivations.items() if current(v)}
+    cotangents = {current(v): current(c) for v, c in graph.cotangents.items()
+                  if current(v) and current(c)}
+    return derivations, cotangents
+
+
 class ViewWriter:
     """One view of one graph. Values are looked up by identity first and by name second: a
     pass that rebuilt a node keeps its value's name, not the Value itself."""
@@ -87,9 +102,9 @@ class ViewWriter:
         self.producers = graph.producers()
         objective = graph.objective
         self.prefix = gradient_prefix(objective) if objective is not None else None
-        self.derivations = graph.derivations
-        self.derivations_by_name = {v.name: d for v, d in graph.derivations.items()}
-        self.formulas = FormulaWriter(graph, objective.name) if objective is not None else None
+        self.derivations, self.cotangents = current_annotations(graph)
+        self.formulas = (FormulaWriter(graph, objective.name, self.derivations, self.cotangents)
+                         if objective is not None else None)
         self.groups: dict[tuple, dict] = {}
 
     # ---- lookups ------------------------------------------------------------------------------
@@ -99,11 +114,8 @@ class ViewWriter:
             return None
         return self.ids.get(value) or self.ids_by_name.get(value.name)
 
-    def derivation(self, value: Value):
-        return self.derivations.get(value) or self.derivations_by_name.get(value.name)
-
     def is_backward(self, value: Value) -> bool:
-        return self.derivation(value) is not None or (
+        return value in self.derivations or (
             self.prefix is not None and value.name.startswith(self.prefix))
 
     # ---- the view -----------------------------------------------------------------------------
@@ -123,7 +135,7 @@ class ViewWriter:
         return {"key": key, "label": label, "nodes": nodes, "edges": edges,
                 "groups": list(self.groups.values()),
                 "params": [self.chain(p.value) for p in self.graph.params if p.trainable]
-                if self.graph.cotangents else [],
+                if self.cotangents else [],
                 "objective": self.id_of(objective),
                 "stats": {"forward": by_side["forward"], "backward": by_side["backward"]},
                 "changes": self.changes() if self.baseline is not None else []}
@@ -205,7 +217,7 @@ class ViewWriter:
         by_id = {entry["id"]: entry for entry in nodes}
         for value in self.graph.values():
             entry = by_id[self.id_of(value)]
-            derivation = self.derivation(value)
+            derivation = self.derivations.get(value)
             if derivation is not None and entry["origin"] is None:
                 origin = self.id_of(derivation.node.outputs[0] if derivation.node is not None
                                     else derivation.value)
@@ -215,7 +227,7 @@ class ViewWriter:
                     by_id[origin]["terms"].append(entry["id"])
             if self.formulas is not None:
                 entry["formula"] = entry["formula"] or self.formulas.formula(value)
-            cotangent = self.graph.cotangents.get(value)
+            cotangent = self.cotangents.get(value)
             if cotangent is not None:
                 entry["gradient"] = self.id_of(cotangent)
 
@@ -223,35 +235,34 @@ class ViewWriter:
         """The chain rule from the objective back to `param`, one forward value at a time,
         along the longest path between them (the lecture's J, L, o, h, z, W1)."""
         path = self.longest_path(param)
-        cotangent = self.graph.cotangents.get(param)
+        cotangent = self.cotangents.get(param)
         steps = []
         for index in range(len(path) - 1, -1, -1):
             value = path[index]
             after = path[index + 1] if index + 1 < len(path) else None
             steps.append({"value": self.id_of(value),
-                          "node": self.id_of(self.graph.cotangents.get(value)),
+                          "node": self.id_of(self.cotangents.get(value)),
                           "formula": self.step_formula(value),
                           "why": self.step_reason(value, after)})
         return {"name": param.name, "node": self.id_of(param),
                 "gradient": self.id_of(cotangent), "steps": steps}
 
     def longest_path(self, start: Value) -> list[Value]:
-        """The forward values from `start` to the objective along the most nodes, through
-        values autodiff carried a cotangent to."""
-        cotangents = self.graph.cotangents
+        """The forward values from `start` to the objective along the most nodes. A value
+        with no cotangent of its own (one a pass fused away: -O2's log-probabilities) is on
+        the path still; its step says so."""
         objective = self.graph.objective
         users: dict[Value, list[Value]] = {}
         for node in self.graph.nodes:
-            if node.outputs[0] in cotangents and not self.is_backward(node.outputs[0]):
+            if not self.is_backward(node.outputs[0]):
                 for value in node.inputs:
                     users.setdefault(value, []).append(node.outputs[0])
         reach: dict[Value, int] = {objective: 0}
         for node in reversed(self.graph.nodes):
             out = node.outputs[0]
-            if out in cotangents and out is not objective:
-                lengths = [reach[u] for u in users.get(out, []) if u in reach]
-                if lengths:
-                    reach[out] = 1 + max(lengths)
+            lengths = [reach[u] for u in users.get(out, []) if u in reach]
+            if lengths and out is not objective:
+                reach[out] = 1 + max(lengths)
         path = [start]
         while path[-1] is not objective:
             nexts = [u for u in users.get(path[-1], []) if u in reach]
@@ -261,11 +272,12 @@ class ViewWriter:
         return path
 
     def step_formula(self, value: Value) -> str:
-        cotangent = self.graph.cotangents.get(value)
-        if cotangent is None or self.formulas is None:
-            return ""
-        named = self.formulas.named.get(cotangent)
+        cotangent = self.cotangents.get(value)
         objective = self.graph.objective.name
+        if cotangent is None or self.formulas is None:
+            return (f"{partial(objective, value.name)} is not computed on its own here: a "
+                    f"pass fused it into the next step")
+        named = self.formulas.named.get(cotangent)
         if named != value.name:  # a cotangent passed on unchanged: ∂J/∂L = ∂J/∂J
             shown = f"{partial(objective, value.name)} = {partial(objective, named)}"
             return shown + (" = 1" if named == objective else "")
