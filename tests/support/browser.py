@@ -27,11 +27,12 @@ INSTALL_HINT = "apt-get install chromium; pip install -e '.[browser]'"
 REQUIRE_VARIABLE = "CHAINRULE_REQUIRE_BROWSER"
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 # Playwright runs Chromium headless by default. A container has no user namespaces for the
-# sandbox and no GPU; the rest keep Chromium itself off the network (updates, sync, field
-# trials), where the page's own requests are refused by the route below.
-CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync",
-                  "--disable-quic")
+# sandbox, no GPU, and often a /dev/shm too small for a large page; the rest keep Chromium
+# itself off the network (updates, sync, field trials), where the page's own requests are
+# refused by the route below.
+CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync", "--disable-quic")
 SCREEN = {"width": 1366, "height": 768}
 # Not a network: the page itself, and what a script or style makes in memory.
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
