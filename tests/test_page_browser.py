@@ -1,4 +1,4 @@
-"""The interactive page (`chainrule viz --html`, `chainrule train --report`) in a real browser.
+"""The interactive page (`chainrule viz --html`, `train --report`, `report`) in a real browser.
 
 Each page is written by the CLI and opened from disk in headless Chromium (tests/support/
 browser.py), which fails a test on any console error or warning, uncaught exception or network
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.browser import browser, expect, open_file, page, watched_tab  # noqa: F401 - fixtures
+from support.browser import browser, page  # noqa: F401 - fixtures, which pytest finds by name
+from support.browser import expect, open_file, watched_tab
 from support.cli import chainrule, ok
 from support.paths import ROOT
 
