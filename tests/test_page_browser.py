@@ -215,7 +215,8 @@ def test_the_stepper_walks_the_chain_rule_from_J_to_W1(page, mlp_page):
     lecture = ("J", "L", "o", "h", "z", "W1")
     assert [name for name in values if name in lecture] == list(lecture), values
     assert steps[-1]["node"] == w1["gradient"]
-    expect(page.locator("#stepper [aria-live=polite], #stepper[aria-live=polite]")).not_to_have_count(0)
+    announced = page.locator("#stepper [aria-live=polite], #stepper[aria-live=polite]")
+    expect(announced).not_to_have_count(0)
 
     page.select_option("#stepper-param", "W1")
     listed = page.locator("#step-list li")
