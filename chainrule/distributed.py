@@ -595,15 +595,19 @@ class Replicas:
         """The epoch's steps in this process, per step: the slowest worker's compute (its
         shard's gradients and the update), the rest of the time until the step's results were
         in (sending the rows, exchanging the sums, waiting on restarts), and the bytes of the
-        sums; then the counts start again."""
+        sums, their means under `distributed` and the first two step by step under
+        `per_step`; then the counts start again."""
         records, self.step_records = self.step_records, []
         restarts, self.restarts = self.restarts, 0
         means = [sum(column) / len(records) for column in zip(*records)] if records else [0] * 3
         compute, communication, sums_bytes = means
-        return {"workers": self.count, "steps": len(records),
-                "compute_seconds_per_step": compute,
-                "communication_seconds_per_step": communication,
-                "gradients_bytes_per_step": int(sums_bytes), "restarts": restarts}
+        return {"distributed": {"workers": self.count, "steps": len(records),
+                                "compute_seconds_per_step": compute,
+                                "communication_seconds_per_step": communication,
+                                "gradients_bytes_per_step": int(sums_bytes),
+                                "restarts": restarts},
+                "per_step": {"compute_seconds": [record[0] for record in records],
+                             "communication_seconds": [record[1] for record in records]}}
 
 
 ROWS, STEP = "batch rows", "batch step"  # a sharded step's feeds beside the learning rate
@@ -651,7 +655,7 @@ class ShardedRunner:
         self.replicas.check_mean_over_rows(data, evaluate, self.batch_size)
 
     def epoch_record(self) -> dict:
-        return {"distributed": self.replicas.epoch_summary()}
+        return self.replicas.epoch_summary()
 
     def close(self) -> None:
         self.replicas.close()

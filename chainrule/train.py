@@ -109,7 +109,13 @@ class History:
     `--log-jsonl` writes): `epoch`, `steps` (in all so far), `seconds`, `train` (the objective
     and metrics averaged over the epoch's steps) and, with validation data, `val` (the same
     over the validation data after the epoch), and with f16 loss scaling `skipped_steps` (the
-    epoch's steps skipped for non-finite gradients) and `loss_scale` (the scale after it)."""
+    epoch's steps skipped for non-finite gradients) and `loss_scale` (the scale after it).
+
+    Each record also has `lr` (the epoch's last step's) and `per_step`, one series per key, an
+    entry per step the epoch ran: `step` (its number in the whole run, from 1, continued by a
+    resumed run), `lr`, `train` (the objective and each metric by name; None for a step that
+    loss scaling skipped) and, on Ray workers, `compute_seconds` and `communication_seconds`
+    (the `distributed` entry has their means)."""
 
     epochs: list[dict] = field(default_factory=list)
 
@@ -120,6 +126,15 @@ class History:
     def val(self, name: str) -> list[float]:
         """One metric (or the objective) on the validation data, per epoch."""
         return [record["val"][name] for record in self.epochs if "val" in record]
+
+
+def record_step(per_step: dict, step: int, lr: float, outputs: dict, skipped: bool) -> None:
+    """One step's entry in each of its epoch's per-step series: its number in the whole run,
+    its lr, and what it reported (None for a step that loss scaling skipped)."""
+    per_step["step"].append(step)
+    per_step["lr"].append(float(lr))
+    for name, series in per_step["train"].items():
+        series.append(None if skipped else float(outputs[name]))
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -227,6 +242,9 @@ class Trainer:
         self.stop_requested = False
         self.early_stopping = EarlyStopping(config.early_stop)
         self.restored_best = False  # whether fit ended by going back to the best epoch's params
+        # The per-step series of the epoch in progress (History's `per_step`): what a run
+        # stopped mid-epoch, by Ctrl-C or a NaN, did since its last whole epoch.
+        self.epoch_steps: dict | None = None
         # Saved in each checkpoint as it is, for whoever resumes it (the CLI keeps its options).
         self.options: dict | None = None
 
@@ -382,8 +400,11 @@ class Trainer:
         order = self.rng.permutation(rows)
         sums, seen, started = {}, 0, time.perf_counter()
         skipped, averaged = 0, 0
+        per_step = self.epoch_steps = {"step": [], "lr": [],
+                                       "train": {name: [] for name in self.reported}}
         for index, indices in batch_rows(order, self.config.batch_size, self.batch):
-            outputs = self.step_on(train, indices, self.learning_rate(total_steps))
+            lr = self.learning_rate(total_steps)
+            outputs = self.step_on(train, indices, lr)
             # A step that loss scaling skipped changed nothing: its NaN is the scale's cue.
             was_skipped = bool(self.interface.skipped and outputs[self.interface.skipped])
             skipped += was_skipped
@@ -396,6 +417,7 @@ class Trainer:
                 averaged += size
             seen += size
             self.batch, self.steps = index + 1, self.steps + 1
+            record_step(per_step, self.steps, lr, outputs, was_skipped)
             if progress:
                 progress(self, index + 1, per_epoch, seen, sums, started)
             if self.stop_requested:
@@ -408,7 +430,11 @@ class Trainer:
                   "train": {k: v / max(averaged, 1) for k, v in sums.items()}}
         if self.interface.skipped:
             record.update(skipped_steps=skipped, loss_scale=float(self.state[LOSS_SCALE]))
-        record.update(self.runner.epoch_record())
+        runner_record = self.runner.epoch_record()
+        # A runner's per-step series (a sharded step's compute and communication) join ours.
+        per_step.update(runner_record.pop("per_step", {}))
+        record.update(runner_record, lr=per_step["lr"][-1] if per_step["lr"] else None,
+                      per_step=per_step)
         return record
 
     def check_finite(self, outputs: dict, index: int) -> None:

@@ -151,7 +151,7 @@ def test_a_bad_thread_count_in_the_environment_is_one_line(monkeypatch, value, m
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_an_unknown_flag_prints_the_commands_usage(command, tmp_path):
-    required = ["-o", tmp_path / "out"] if command in ("export", "import") else []
+    required = ["-o", tmp_path / "out"] if command in ("export", "import", "report") else []
     result = fails(chainrule_cli(command, DIGITS, *required, "--bogus"), 2)
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith(f"usage: chainrule {command} "), result.stderr

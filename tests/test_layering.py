@@ -12,8 +12,8 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "chainrule"
 
 # A layer -> the layers it must not import (ir at the bottom; front ends beside passes and
-# backends; train, viz and gradcheck above them; then api; then cli).
-ABOVE_FRONT_ENDS = ["train", "runners", "distributed", "viz", "gradcheck", "api", "cli"]
+# backends; train, viz, the page and gradcheck above them; then api; then cli).
+ABOVE_FRONT_ENDS = ["train", "runners", "distributed", "viz", "page", "gradcheck", "api", "cli"]
 FORBIDDEN = {
     "ir": ["dsl", "onnx_import", "passes", "backends", *ABOVE_FRONT_ENDS],
     "backends": ["dsl", "onnx_import", *ABOVE_FRONT_ENDS],
@@ -23,6 +23,7 @@ FORBIDDEN = {
     "runners": ["train", "distributed", "api", "cli"],
     "distributed": ["train", "api", "cli"],
     "train": ["api", "cli"],
+    "page": ["api", "cli"],
     "api": ["cli"],
 }
 

@@ -1,10 +1,10 @@
 """The `chainrule` command line: check, ir, run, grad, predict, evaluate, train, export,
-import, viz, gradcheck.
+import, viz, gradcheck, report.
 
 `parser` declares the commands and their options; `inputs` reads models and data and binds
 arrays to inputs; `inspecting` (check, ir, viz, export, import), `running` (run, grad,
-gradcheck, predict, evaluate) and `training` (train) hold the commands. Here: `main`, its error
-handling and exit codes.
+gradcheck, predict, evaluate), `training` (train) and `reporting` (report) hold the commands.
+Here: `main`, its error handling and exit codes.
 """
 from __future__ import annotations
 

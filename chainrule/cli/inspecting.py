@@ -15,7 +15,8 @@ from ..ir.errors import printable
 from ..passes import gradient_prefix
 from ..passes.manager import PASSES, PassContext, preset
 from ..viz import picture_target, render, to_dot
-from .inputs import UsageError, exported_step_spec, frozen_patterns, load_model
+from .inputs import (UsageError, exported_step_spec, frozen_patterns, gather_inputs, is_onnx_model,
+                     load_model)
 
 
 def cmd_check(args) -> int:
@@ -98,6 +99,11 @@ def cmd_ir(args) -> int:
 
 
 def cmd_viz(args) -> int:
+    if args.html:
+        return write_graph_page(args)
+    if args.random_inputs or args.inputs or args.input or args.map:
+        raise UsageError("inputs give the --html page its values; a picture has none: "
+                         "give --html PAGE.html")
     model = load_model(args)
     graph, _ = model.compile_graph(grad=args.grad, opt_level=args.opt_level)
     dot_text = to_dot(graph, gradient_prefix(model.objective) if args.grad else None)
@@ -109,6 +115,30 @@ def cmd_viz(args) -> int:
         print(f"chainrule: note: {note}", file=sys.stderr)
     render(dot_text, args.output)
     print(f"wrote {target}")
+    return 0
+
+
+def write_graph_page(args) -> int:
+    """`viz --html`: the interactive page, with each node's value when inputs are given."""
+    from ..page.graph_document import differentiable, graph_page_data
+    from ..page.html import write_page
+
+    if args.output:
+        raise UsageError("give either -o (a picture) or --html (the page), not both")
+    check_writable(args.html)
+    model = load_model(args)
+    wants_values = args.random_inputs or args.inputs or args.input or args.map
+    feeds = gather_inputs(args, model) if wants_values else None
+    if not differentiable(model):
+        print("chainrule: note: the model has no scalar objective, so the page shows the "
+              "forward graph only" + (" (--loss attaches one to an imported model)"
+                                      if is_onnx_model(args) else ""), file=sys.stderr)
+    data = graph_page_data(model, opt_level=args.opt_level, feeds=feeds)
+    write_page(args.html, {"title": f"{model.graph.name}: chainrule", **data})
+    views = data["graph"]["views"]
+    counts = ", ".join(f"{v['key']}: {v['stats']['forward']} forward and "
+                       f"{v['stats']['backward']} backward nodes" for v in views)
+    print(f"wrote {args.html} ({counts}{', with values' if feeds else ''})")
     return 0
 
 

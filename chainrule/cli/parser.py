@@ -31,6 +31,7 @@ COMMANDS = {
     "viz": "inspecting.cmd_viz",
     "export": "inspecting.cmd_export",
     "import": "inspecting.cmd_import",
+    "report": "reporting.cmd_report",
 }
 DEFAULTS = TrainConfig()
 
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="print nothing while training")
     train.add_argument("--log-jsonl", type=path, metavar="FILE",
                        help="append one JSON line per epoch")
+    train.add_argument("--report", type=path, metavar="RUN.html",
+                       help="when training ends (or stops), write a page of its curves per "
+                            "epoch and per step beside the model's graph")
     train.add_argument("--workers", type=int, metavar="N",
                        help="data-parallel training: N Ray workers compute each batch's "
                             "gradients on shards of it (pip install 'chainrule[distributed]')")
@@ -340,9 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--samples", type=COUNT, default=20,
                        help="entries checked per param (all of a smaller param)")
     viz = with_optimization(command("viz", "draw the computational graph"))
-    viz.add_argument("--grad", action="store_true", help="draw the backward graph too")
+    viz.add_argument("--grad", action="store_true", help="draw the backward graph too "
+                     "(the --html page always has it when the model has an objective)")
     viz.add_argument("-o", "--output", type=path, metavar="GRAPH.svg",
                      help=".svg, .png (rendered with Graphviz) or .dot; default: DOT on stdout")
+    viz.add_argument("--html", type=path, metavar="PAGE.html",
+                     help="write the interactive page: forward and backward graph, source, "
+                          "chain rule; with -O1/-O2 also the graph as written, to compare")
+    with_data(viz)
+    viz.add_argument("--random-inputs", action="store_true",
+                     help="--html: draw missing inputs at random, and show each node's value")
+    viz.add_argument("--params", type=path, metavar="P.npz",
+                     help="param values replacing the initial ones")
 
     export = with_optimization(command("export", "export to ONNX"))
     export.add_argument("-o", "--output", required=True, type=path, metavar="MODEL.onnx")
@@ -360,4 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(and its param values beside it)")
     imported.add_argument("-o", "--output", required=True, type=path, metavar="MODEL.nn",
                           help="the .nn file; the params go to MODEL.npz")
+    report = command("report", "write a page of a training log's curves (train --log-jsonl)",
+                     "the training log, JSON lines")
+    report.add_argument("-o", "--output", required=True, type=path, metavar="RUN.html",
+                        help="the page: one HTML file that opens offline")
+    report.add_argument("--model", type=path, metavar="FILE",
+                        help="also show this model's graph (a .nn file or an .onnx model, "
+                             "with --seed, --dim, --loops and the ONNX options)")
+    report.add_argument("--params", type=path, metavar="TRAINED.npz",
+                        help="with --model: param values")
     return parser

@@ -19,6 +19,7 @@ from ..train import (CheckpointLock, NonFiniteError, TrainConfig, Trainer, Train
 from .inputs import (UsageError, frozen_patterns, load_model, mapping, optimizer_spec,
                      training_data)
 from .parser import build_parser
+from .reporting import write_report_after_training
 
 # The options (argparse dests) a checkpoint records and `--resume DIR` takes back: what is
 # trained, on what, how, and where the result goes. Not where or how verbosely it runs
@@ -29,9 +30,9 @@ RESUMED_OPTIONS = (
     "trainable", "epochs", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay",
     "clip_grad_norm", "param_group", "lr", "lr_schedule", "step_every", "step_gamma",
     "warmup_steps", "early_stop", "backend", "allow_nonfinite", "output", "log_jsonl",
-    "precision", "loss_scale_interval")
+    "precision", "loss_scale_interval", "report")
 # Recorded as absolute paths, so that a resume from another directory reads the same files.
-PATH_OPTIONS = ("file", "data", "val", "output", "log_jsonl")
+PATH_OPTIONS = ("file", "data", "val", "output", "log_jsonl", "report")
 
 
 def train_config(args) -> TrainConfig:
@@ -90,6 +91,8 @@ def cmd_train(args) -> int:
         raise UsageError("train needs a model FILE (or --resume DIR, whose checkpoint names "
                          "it)")
     check_workers(args)
+    if args.report:  # as -o is: before any work
+        check_writable(args.report)
     model = load_model(args, own_options=("freeze",))
     config = train_config(args)
     train_data, val_data = training_sets(args, model)
@@ -244,12 +247,14 @@ def print_early_stop(trainer: Trainer) -> None:
 
 
 class EpochLog:
-    """Prints each epoch's line and appends it to --log-jsonl (open while training)."""
+    """Prints each epoch's line and appends it to --log-jsonl (open while training); keeps
+    the records for --report."""
 
     def __init__(self, args):
         self.args = args
         self.file = None
         self.objective = None
+        self.records = []
 
     def __enter__(self):
         if self.args.log_jsonl:
@@ -262,6 +267,7 @@ class EpochLog:
                 self.file.close()
 
     def __call__(self, record):
+        self.records.append(record)
         if not self.args.quiet:
             print(format_epoch(record, self.objective), flush=True)
         if self.file:
@@ -318,8 +324,10 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
         else:
             print(f"interrupted after {where}; no -o FILE or --checkpoint DIR was given, so "
                   f"nothing was saved", file=sys.stderr)
+        write_report(args, trainer)
         return 130
     except NonFiniteError as error:
+        write_report(args, trainer)  # the curves up to the last whole epoch show the way there
         kept = (f"the checkpoint in {checkpoint} (epoch {trainer.epoch}) is kept"
                 if checkpoint and trainer.epoch else "no checkpoint was written")
         unwritten = f"; nothing was written to {args.output}" if args.output else ""
@@ -331,4 +339,22 @@ def fit(args, trainer: Trainer, train_data, val_data, checkpoint) -> int:
         save_npz(args.output, trainer.params)
         if not args.quiet:
             print(f"wrote {args.output}")
+    write_report(args, trainer)
     return 0
+
+
+def write_report(args, trainer: Trainer) -> None:
+    if args.report and write_report_after_training(args.report, reported_records(trainer),
+                                                   trainer.model) and not args.quiet:
+        print(f"wrote {args.report}")
+
+
+def reported_records(trainer: Trainer) -> list[dict]:
+    """The epochs' records, and for a run stopped mid-epoch the steps of that epoch, marked
+    `partial` (it has no averages)."""
+    records = list(trainer.log.records)
+    steps = trainer.epoch_steps
+    if trainer.batch and steps and steps["step"]:
+        records.append({"epoch": trainer.epoch + 1, "steps": trainer.steps, "partial": True,
+                        "train": {}, "per_step": steps})
+    return records

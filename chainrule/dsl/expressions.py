@@ -86,13 +86,15 @@ class ExpressionLowerer(LoopIndexing):
         self.symbolic_dims: set[str] = set()  # the others that the model's types declare
         self.dims_read: set[str] = set()  # the bound ones the model reads (the rest are unknown)
         self.iterations: list[str] = []     # the enclosing loops' current steps, `t=3`
+        self.call_path: list[str] = []      # the enclosing calls and loop steps (a loc's scope)
         self.frames: list = []              # the enclosing loops lowered to scans (ScanFrame)
 
     def loc(self, item) -> SourceLoc:
         """Where `item` is, and in which iteration of the loops around it."""
         line, column = ((item.line, item.column) if isinstance(item, Token)
                         else (item.meta.line, item.meta.column))
-        return SourceLoc(self.filename, line, column, ", ".join(self.iterations))
+        return SourceLoc(self.filename, line, column, ", ".join(self.iterations),
+                         scope=tuple(self.call_path))
 
     def integer(self, token: Token) -> int:
         return integer_literal(str(token), self.loc(token))

@@ -185,7 +185,7 @@ class LayerLowering:
         if isinstance(layer, LayerList):
             raise ChainruleError(f"'{name}' is a list of layers; call one of them: "
                                  f"{name}[i](x)", loc)
-        return self.call_function(layer.forward, positional, keywords, loc)
+        return self.call_function(layer.forward, positional, keywords, loc, layer.path)
 
     def x_item_call(self, tree: Tree, scope: Scope):
         """`blocks[i](h)`: the i-th layer of a list, called; i is known when compiling."""
@@ -214,4 +214,5 @@ class LayerLowering:
             raise ChainruleError(f"index {index} is out of range for the {len(layers.items)} "
                                  f"layers of '{name}'", self.loc(items[0]))
         positional, keywords = yield from self.gather_arguments(args)
-        return self.call_function(layers.items[index].forward, positional, keywords, loc)
+        item = layers.items[index]
+        return self.call_function(item.forward, positional, keywords, loc, item.path)

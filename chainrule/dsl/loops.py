@@ -94,6 +94,7 @@ class LoopLowering:
         try:
             for step in steps:
                 self.iterations.append(f"{variable}={step}")
+                self.call_path.append(f"{variable}={step}")
                 try:
                     iteration = Scope("loop", scope)
                     iteration.bind(str(variable), step, self.loc(variable))
@@ -102,6 +103,7 @@ class LoopLowering:
                     self.carry(iteration)
                 finally:
                     self.iterations.pop()
+                    self.call_path.pop()
         finally:
             self.unrolled_lengths.pop()
 

@@ -452,7 +452,9 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
             self.builder.rename(holder, held)
         return self.builder.rename(value, name)
 
-    def call_function(self, function: Function, positional, keywords, loc):
+    def call_function(self, function: Function, positional, keywords, loc, label=None):
+        """The value a call of `function` returns; its nodes' locations are in the call's
+        scope, `label` (a layer's path) or the function's name, with where it is called."""
         chain = self.call_stack + [function.name]
         if function.name in self.call_stack:
             raise ChainruleError(f"function '{function.name}' calls itself "
@@ -464,6 +466,7 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
         nodes_before = len(self.graph.nodes)
         # On the call stack from here: a default argument may call functions too.
         self.call_stack.append(function.name)
+        self.call_path.append(f"{label or function.name} {loc.line}:{loc.col}")
         try:
             result = self.inline(function, positional, keywords, loc)
         except ChainruleError as error:
@@ -473,6 +476,7 @@ class Lowerer(LayerLowering, LoopLowering, ExpressionLowerer):
             raise ChainruleError(error.message, error.loc, error.notes + (note,)) from None
         finally:
             self.call_stack.pop()
+            self.call_path.pop()
         if len(self.graph.nodes) - nodes_before > MAX_INLINED_NODES:
             raise ChainruleError(f"this call of '{function.name}' inlines more than "
                                  f"{MAX_INLINED_NODES:,} nodes (each call of a function adds "

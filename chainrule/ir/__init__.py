@@ -5,7 +5,7 @@
 from .builder import GraphBuilder
 from .dsl_printer import dsl_names, print_dsl
 from .errors import ChainruleError, SourceLoc, file_error
-from .graph import Graph, InitSpec, Namer, Node, Param, Value
+from .graph import Derivation, Graph, InitSpec, Namer, Node, Param, Value
 from .ops import OPS, OpDef, get_op, infer_type
 from .printer import print_graph
 from .shapes import OpTypeError

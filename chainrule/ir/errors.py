@@ -1,7 +1,7 @@
 """Errors that point at source text: every user-facing failure carries a location."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
@@ -14,6 +14,10 @@ class SourceLoc:
     `iteration` says which pass of the enclosing loops a node was lowered in (`t=3`, or
     `i=1, t=3` nested): an unrolled loop body is one place in the text but many in the graph.
     `node` names the node of an imported ONNX file a value comes from; ONNX has no lines.
+    `scope` is the calls and unrolled loop steps a node was lowered in, outermost first
+    (`("layer1.0 58:13", "conv1 44:16")`, `("t=2", "gru_cell 35:15")`): what the interactive
+    page groups nodes by. The IR text does not print it, nor does it compare: two locations
+    are the same place whatever calls led there.
     """
 
     file: str
@@ -21,6 +25,7 @@ class SourceLoc:
     col: int
     iteration: str = ""
     node: str = ""
+    scope: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
         file = printable(self.file)

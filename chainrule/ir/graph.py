@@ -72,6 +72,18 @@ class Param:
         return "param" if self.trainable else "state"
 
 
+@dataclass(frozen=True, eq=False)
+class Derivation:
+    """Why autodiff wrote a backward node: `rule`, the derivative rule of the forward `node`
+    (whose output is `value`) wrote it; `sum`, it adds up the cotangents of `value`'s uses (or
+    makes a zero one); `seed`, it is d objective / d objective. `node` is None for a sum over a
+    param's or an input's uses and for the seed."""
+
+    kind: str
+    value: Value
+    node: Node | None = None
+
+
 @dataclass(eq=False)
 class Graph:
     name: str
@@ -92,6 +104,15 @@ class Graph:
     # result. An annotation, not IR: printing and export ignore it, and a copy drops it, since
     # a pass that edits the copy may break a group (the pass manager refuses a pass after it).
     groups: list[tuple[Node, ...]] = field(default_factory=list, repr=False)
+    # Each value the backward graph computes -> why autodiff wrote it (Derivation): what ties a
+    # gradient term to the forward node it came from, for the interactive page. An annotation
+    # too, keyed by value: a copy keeps it, since a pass that keeps a value keeps its meaning;
+    # a value a pass makes anew (a fused kernel's) has none.
+    derivations: dict[Value, Derivation] = field(default_factory=dict, repr=False)
+    # Each forward value autodiff carried a cotangent to -> that cotangent, summed over its uses
+    # (d objective / d value). Values that pass a cotangent on unchanged share one (`J = L + s`
+    # gives L the cotangent of J).
+    cotangents: dict[Value, Value] = field(default_factory=dict, repr=False)
 
     def param_values(self) -> list[Value]:
         """Params and state alike: the values a model keeps and feeds to every run."""
@@ -124,7 +145,8 @@ class Graph:
         """A shallow copy whose lists may be edited; values and nodes are shared."""
         return Graph(self.name, list(self.inputs), list(self.params), list(self.nodes),
                      list(self.outputs), self.loc, self.objective, dict(self.input_locs),
-                     dict(self.updates))
+                     dict(self.updates), derivations=self.derivations,
+                     cotangents=self.cotangents)
 
 
 class NodeIndex:

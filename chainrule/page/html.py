@@ -9,7 +9,7 @@ from ..fileio import atomic_write_bytes
 
 # Each script defines one global renderer; the page's own script calls those its data needs.
 SCRIPTS = ("common.js", "graph.js", "report.js", "boot.js")
-STYLES = ("page.css",)
+STYLES = ("page.css", "report.css")
 
 
 def _static(name: str) -> str:

@@ -8,7 +8,7 @@ by a reverse scan (autodiff_scan.py), whose body this same walk writes.
 """
 from __future__ import annotations
 
-from ..ir import ChainruleError, Graph, GraphBuilder, Value
+from ..ir import ChainruleError, Derivation, Graph, GraphBuilder, Value
 from ..ir.types import is_float
 from .activity import active_values, check_rules
 from .autodiff_rules import VJP_RULES, Backward
@@ -41,7 +41,10 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value],
     seed = seed or builder.constant(1.0, objective.type.dtype,
                                     loc=producer.loc if producer else graph.loc,
                                     name=gradient_name(objective, objective))
-    grads = reverse(builder, graph, [(objective, seed)], wrt, active, gradient_prefix(objective))
+    result.derivations = {**graph.derivations, seed: Derivation("seed", objective)}
+    result.cotangents = dict(graph.cotangents)
+    grads = reverse(builder, graph, [(objective, seed)], wrt, active, gradient_prefix(objective),
+                    annotate=True)
     forward_outputs = set(graph.outputs)
     result.outputs = list(graph.outputs) + [g for g in grads.values()
                                             if g not in forward_outputs]
@@ -49,10 +52,15 @@ def autodiff(graph: Graph, objective: Value, wrt: list[Value],
 
 
 def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]],
-            wrt: list[Value], active: set[Value], prefix: str) -> dict[str, Value]:
+            wrt: list[Value], active: set[Value], prefix: str,
+            annotate: bool = False) -> dict[str, Value]:
     """Append to builder's graph (a copy of `graph`) the nodes that carry the cotangents
     `seeds` gives some values back to each of `wrt`; the summed cotangent of a value is named
-    `prefix` + its name. Returns the gradients by the name of the value they differentiate."""
+    `prefix` + its name. Returns the gradients by the name of the value they differentiate.
+
+    With `annotate`, the builder's graph records why it wrote each value (Graph.derivations)
+    and each value's summed cotangent (Graph.cotangents)."""
+    spans = _Spans(builder.graph.nodes)
     forward_values = set(graph.values())
     contributions: dict[Value, list[tuple[Value, str]]] = {}
     for value, seed in seeds:
@@ -69,6 +77,7 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
         parts = [(builder.current(p), via) for p, via in contributions.pop(value, [])]
         name = prefix + value.name
         renamable = {p for p, _ in parts if p not in forward_values and p not in totals}
+        spans.open(Derivation("sum", value, producers.get(value)))
         if not parts:
             zero = builder.constant(0.0, value.type.dtype, loc=loc, name=f"{name}.zero")
             summed = builder.emit("broadcast_like", (zero, value), loc=loc, name=name)
@@ -87,10 +96,12 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
                 summed = builder.emit("add", (summed, builder.current(part)), loc=loc,
                                       name=f"{name}.sum")
             summed = builder.rename(summed, name)
+        spans.close()
         totals.add(summed)
         summed_for[value] = summed
         return summed
 
+    producers = graph.producers()
     for node in reversed(graph.nodes):
         reached = [out in active and out in contributions for out in node.outputs]
         if not any(reached):
@@ -98,20 +109,50 @@ def reverse(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]
         if node.op == "scan":
             cotangents = [total(out, node.loc) if wanted else None
                           for out, wanted in zip(node.outputs, reached)]
+            spans.open(Derivation("rule", node.outputs[0], node))
             input_cotangents = scan_vjp(builder, node, cotangents, active, reverse, prefix)
             via = node.outputs[0].name
         else:
             out = node.output
             backward = Backward(builder, node, prefix + out.name, active, _reverse_part)
-            input_cotangents = VJP_RULES[node.op](backward, total(out, node.loc), *node.inputs,
-                                                  out, **node.attrs)
+            cotangent = total(out, node.loc)
+            spans.open(Derivation("rule", out, node))
+            input_cotangents = VJP_RULES[node.op](backward, cotangent, *node.inputs, out,
+                                                  **node.attrs)
             via = out.name
+        spans.close()
         for value, input_cotangent in zip(node.inputs, input_cotangents, strict=True):
             if value in active and input_cotangent is not None:
                 contributions.setdefault(value, []).append((input_cotangent, via))
 
     param_locs = {p.value: p.loc for p in graph.params}
-    return {w.name: builder.current(total(w, param_locs.get(w, graph.loc))) for w in wrt}
+    grads = {w.name: builder.current(total(w, param_locs.get(w, graph.loc))) for w in wrt}
+    if annotate:
+        builder.graph.derivations.update(spans.derivations())
+        builder.graph.cotangents.update((value, builder.current(total))
+                                        for value, total in summed_for.items())
+    return grads
+
+
+class _Spans:
+    """Which run of appended nodes each Derivation wrote. Kept as positions and read at the
+    end, since renaming a value replaces the node that makes it in place."""
+
+    def __init__(self, nodes: list):
+        self.nodes = nodes
+        self.spans: list[tuple[int, int, Derivation]] = []
+        self.opened: tuple[int, Derivation] | None = None
+
+    def open(self, derivation: Derivation) -> None:
+        self.opened = (len(self.nodes), derivation)
+
+    def close(self) -> None:
+        start, derivation = self.opened
+        self.spans.append((start, len(self.nodes), derivation))
+
+    def derivations(self) -> dict:
+        return {out: derivation for start, end, derivation in self.spans
+                for node in self.nodes[start:end] for out in node.outputs}
 
 
 def _reverse_part(builder: GraphBuilder, graph: Graph, seeds: list[tuple[Value, Value]],

@@ -23,6 +23,15 @@
                                           "aria-controls": id}, tabs, label);
     tab.addEventListener("click", () => show(id));
   }
+  // Left and right arrows move between the tabs, as a tab list's keys do.
+  tabs.addEventListener("keydown", event => {
+    const step = {ArrowLeft: -1, ArrowRight: 1}[event.key];
+    const at = views.findIndex(([id]) => document.getElementById(id).hidden === false);
+    if (!step || at < 0) return;
+    const [id] = views[(at + step + views.length) % views.length];
+    show(id);
+    document.getElementById("tab-" + id).focus();
+  });
   tabs.hidden = views.length < 2;
   const root = document.documentElement;
   const stored = window.localStorage && localStorage.getItem("chainrule-theme");
