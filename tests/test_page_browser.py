@@ -27,6 +27,8 @@ MLP = EXAMPLES / "mlp.nn"
 MLP_DIGITS = EXAMPLES / "mlp_digits.nn"
 LENET = EXAMPLES / "lenet_digits.nn"
 RESNET = EXAMPLES / "resnet_digits.nn"
+GRU = EXAMPLES / "gru_digits.nn"
+ONNX_MLP = Path("tests") / "fixtures" / "onnx" / "mlp.onnx"
 DIGITS_TRAIN = EXAMPLES / "data" / "digits_train.npz"
 DIGITS_TEST = EXAMPLES / "data" / "digits_test.npz"
 SCREENSHOTS = ROOT / "docs" / "images"
@@ -452,6 +454,40 @@ def test_a_large_graph_renders_and_fits(page, tmp_path):
     box.focus()
     page.keyboard.press("Enter")
     expect(box).to_have_count(0)
+
+
+@pytest.mark.slow
+def test_a_loops_iterations_collapse_into_groups(page, tmp_path):
+    open_file(page, graph_page(tmp_path, GRU))
+    view = shown_view(page)
+    # The forward pass's iterations (the backward pass's are labelled "∂ t=7" and so on).
+    iterations = [group for group in view["groups"] if group["kind"] == "iteration"
+                  and group["parent"] is None and group["label"].startswith("t=")]
+    assert [group["label"] for group in iterations] == [f"t={step}" for step in range(8)]
+    page.click("#collapse-all")
+    boxes = page.locator("#graph-canvas g.group-box")
+    for group in iterations:
+        box = boxes.and_(page.locator(f'[data-group="{group["id"]}"]'))
+        expect(box).to_have_count(1)
+        expect(box).to_contain_text(group["label"])
+    drawn_before = drawn_nodes(page).count() + boxes.count()
+    third = boxes.and_(page.locator(f'[data-group="{iterations[3]["id"]}"]'))
+    third.click()
+    expect(third).to_have_count(0)
+    assert drawn_nodes(page).count() + boxes.count() > drawn_before
+
+
+def test_an_onnx_model_has_its_graph_and_no_source(page, tmp_path):
+    open_file(page, graph_page(tmp_path, ONNX_MLP, "--loss", "cross_entropy"))
+    data = page_data(page)
+    assert data.get("source") is None
+    view = shown_view(page)
+    expect(drawn_nodes(page)).to_have_count(len(view["nodes"]))
+    expect(page.locator("#source-pane .source-line")).to_have_count(0)
+    backward = next(node for node in view["nodes"] if node["side"] == "backward")
+    drawn(page, backward["id"]).click()
+    expect(details(page, "ir")).to_contain_text(backward["ir"])
+    expect(details(page, "source")).to_have_count(0)
 
 
 def screenshot_is_a_picture(tab, png: bytes) -> None:
