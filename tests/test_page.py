@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -136,6 +137,12 @@ def test_layers_calls_and_loop_steps_become_nested_groups():
     for node in view["nodes"]:
         if node["group"]:
             assert groups[node["group"]]["label"].startswith("∂ ") == (node["side"] == "backward")
+
+    lenet = view_of(page_data(EXAMPLE_DIR / "lenet_digits.nn"))
+    norms = {group["label"]: group["id"] for group in lenet["groups"]}
+    members = Counter(node["group"] for node in lenet["nodes"])
+    assert members[norms["batch_norm (line 25)"]] >= 5  # a built-in's nodes, one group
+    assert members[norms["∂ batch_norm (line 25)"]] >= 5
 
     resnet = view_of(page_data(EXAMPLE_DIR / "resnet_digits.nn"))
     labels = {group["label"] for group in resnet["groups"]}

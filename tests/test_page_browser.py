@@ -538,4 +538,8 @@ def test_screenshot_of_the_lecture_mlp(page, mlp_values_page, tmp_path, update_s
 def test_screenshot_of_lenet(page, tmp_path, update_screenshots):
     open_file(page, graph_page(tmp_path, LENET, "--grad"))
     expect(drawn_nodes(page).first).to_be_visible()
+    # Each batch norm and flatten drawn as one box, the whole network on one screen.
+    page.click("#collapse-all")
+    expect(page.locator("g.group-box")).to_have_count(6)
+    page.click("#zoom-fit")
     save_screenshot(page, screenshot_path("page-lenet.png", tmp_path, update_screenshots))

@@ -26,7 +26,9 @@ from .values import summaries
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 LEVEL_LABELS = {"O0": "as written", "O1": "simplified", "O2": "optimised"}
 ITERATION = re.compile(r"^[A-Za-z_]\w*=-?\d+$")
-RULE_LINES = 40  # a derivative rule's source is shown up to this many lines
+RULE_LINES = 40
+CALL = re.compile(r"([A-Za-z_]\w*)\s*\(")
+BUILT_IN_GROUP = 3  # a built-in's call that wrote this many nodes is a group (layer_norm's)  # a derivative rule's source is shown up to this many lines
 
 
 def differentiable(model) -> bool:
@@ -63,7 +65,8 @@ class ViewData:
     def __init__(self, model, grad: bool, level: str, feeds, params, baseline=None):
         self.graph, _ = model.compile_graph(grad=grad, opt_level=level)
         values = summaries(self.graph, feeds, params) if feeds is not None else None
-        writer = ViewWriter(self.graph, model.filename, values, baseline)
+        writer = ViewWriter(self.graph, model.filename, values, baseline,
+                            model.source.split("\n") if _source(model) else None)
         self.data = writer.view(level, f"-{level}: {LEVEL_LABELS.get(level, level)}")
 
 
@@ -92,7 +95,8 @@ class ViewWriter:
     """One view of one graph. Values are looked up by identity first and by name second: a
     pass that rebuilt a node keeps its value's name, not the Value itself."""
 
-    def __init__(self, graph: Graph, filename: str, values: dict | None, baseline: Graph | None):
+    def __init__(self, graph: Graph, filename: str, values: dict | None, baseline: Graph | None,
+                 lines: list[str] | None = None):
         self.graph = graph
         self.filename = filename
         self.values = values
@@ -106,6 +110,7 @@ class ViewWriter:
         self.formulas = (FormulaWriter(graph, objective.name, self.derivations, self.cotangents)
                          if objective is not None else None)
         self.groups: dict[tuple, dict] = {}
+        self.built_ins = self.built_in_calls(lines) if lines else {}
 
     # ---- lookups ------------------------------------------------------------------------------
 
@@ -191,7 +196,7 @@ class ViewWriter:
     # ---- groups: calls and unrolled loop steps --------------------------------------------------
 
     def group_of(self, node: Node, side: str) -> str | None:
-        scope = node.loc.scope if node.loc else ()
+        scope = self.grouping(node)
         parent = None
         for depth in range(1, len(scope) + 1):
             key = (side, scope[:depth])
@@ -199,6 +204,28 @@ class ViewWriter:
                 self.groups[key] = self.new_group(scope[depth - 1], side, parent)
             parent = self.groups[key]["id"]
         return parent
+
+    def grouping(self, node: Node) -> tuple[str, ...]:
+        """The calls and loop steps `node` was lowered in, and the call of a built-in that
+        wrote several nodes (`batch_norm 25:14`), innermost."""
+        if node.loc is None:
+            return ()
+        call = self.built_ins.get((node.loc.scope, node.loc.line, node.loc.col))
+        return node.loc.scope + ((call,) if call else ())
+
+    def built_in_calls(self, lines: list[str]) -> dict:
+        """(scope, line, col) -> `name line:col` for each place in the source that wrote
+        BUILT_IN_GROUP or more forward nodes and is a call there (`batch_norm(...)`)."""
+        counts = Counter((n.loc.scope, n.loc.line, n.loc.col) for n in self.graph.nodes
+                         if n.loc and n.loc.line and n.op != "constant"
+                         and not self.is_backward(n.outputs[0]))
+        calls = {}
+        for (scope, line, col), count in counts.items():
+            text = lines[line - 1][col - 1:] if 0 < line <= len(lines) else ""
+            found = CALL.match(text)
+            if count >= BUILT_IN_GROUP and found:
+                calls[(scope, line, col)] = f"{found.group(1)} {line}:{col}"
+        return calls
 
     def new_group(self, element: str, side: str, parent: str | None) -> dict:
         """A group for one call (`layer1.0 66:19`) or one loop step (`t=2`)."""
