@@ -409,10 +409,12 @@ def logged_steps(log) -> int:
     return max(record["steps"] for record in records if "steps" in record)
 
 
-def test_the_report_charts_every_epoch_and_step(page, training_run):
+def test_the_report_charts_every_epoch_and_step(page, training_run, tmp_path,
+                                                update_screenshots):
     report, log = training_run
     open_file(page, report)
     expect_charts(page, logged_steps(log))
+    save_screenshot(page, screenshot_path("report-digits.png", tmp_path, update_screenshots))
 
 
 def test_the_report_command_draws_the_same_charts_from_a_log(page, training_run, tmp_path):
