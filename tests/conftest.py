@@ -15,11 +15,18 @@ def rng():
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite the expected IR of the golden tests in tests/ir/")
+    parser.addoption("--update-screenshots", action="store_true",
+                     help="write the page's screenshots to docs/images/ (tests/test_page_browser.py)")
 
 
 @pytest.fixture
 def update_golden(request):
     return request.config.getoption("--update-golden")
+
+
+@pytest.fixture
+def update_screenshots(request):
+    return request.config.getoption("--update-screenshots")
 
 
 def pytest_configure(config):

@@ -5,6 +5,7 @@ function), so an import deferred for start-up time still counts."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
     return {target for target in found if target in known}
 
 
+@functools.lru_cache(maxsize=1)  # read once: parsing every module (the parse tables) takes seconds
 def import_graph() -> dict[str, set[str]]:
     found = modules()
     return {name: imported(name, path, set(found)) for name, path in found.items()}
