@@ -12,7 +12,7 @@ import pytest
 
 import chainrule.api as api
 from chainrule.page.graph_document import graph_page_data
-from chainrule.page.html import embedded_json, page_html
+from chainrule.page.html import SCRIPTS, embedded_json, page_html
 from chainrule.page.values import summary
 from chainrule.passes import gradient_prefix
 from support.cli import chainrule
@@ -220,6 +220,17 @@ def test_the_page_needs_no_network():
     html = page_html(page_data(MLP))
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "fetch(" not in html and "XMLHttpRequest" not in html and "@import" not in html
+
+
+def test_every_static_script_is_inlined_after_the_scripts_it_uses():
+    static = ROOT / "chainrule" / "page" / "static"
+    assert sorted(SCRIPTS) == sorted(path.name for path in static.glob("*.js"))
+    defined = set()
+    for name in SCRIPTS:
+        text = (static / name).read_text(encoding="utf-8")
+        defined |= set(re.findall(r"^const (Chainrule\w*) =", text, re.M))
+        used = set(re.findall(r"\b(Chainrule\w*)\b", text))
+        assert used <= defined, f"{name} uses {sorted(used - defined)} before it is defined"
 
 
 def test_viz_html_writes_the_page_from_the_command_line(tmp_path):

@@ -7,8 +7,9 @@ from importlib import resources
 
 from ..fileio import atomic_write_bytes
 
-# Each script defines one global renderer; the page's own script calls those its data needs.
-SCRIPTS = ("common.js", "graph.js", "report.js", "boot.js")
+# Each script defines one global object, after the objects it uses; boot.js, last, calls the
+# renderers the page's data needs.
+SCRIPTS = ("common.js", "graph_layout.js", "graph_panels.js", "graph.js", "report.js", "boot.js")
 STYLES = ("page.css", "report.css")
 
 
