@@ -3,8 +3,8 @@ edges, the groups (calls and unrolled loop steps), and for the backward graph wh
 came from: the forward node whose derivative rule wrote it, that rule, and the formula of each
 cotangent; for each param, the chain rule's steps from the objective back to it.
 
-The names and fields are the page's contract with its scripts (static/graph.js); docs/cli.md
-describes the page.
+The names and fields are the page's contract with its scripts (static/graph*.js);
+docs/page.md describes the page.
 """
 from __future__ import annotations
 
