@@ -368,7 +368,16 @@ def test_without_a_choice_the_page_follows_the_system_theme(page, mlp_page):
     open_file(page, mlp_page)
     light = colours(page)
     page.emulate_media(color_scheme="dark")
-    assert colours(page) != light
+    # the system's change reaches the page as an event: wait for it
+    page.wait_for_function("document.documentElement.dataset.theme === 'dark'")
+    dark = colours(page)
+    assert dark != light
+    page.click("#theme-toggle")  # chosen: the system's theme no longer moves it
+    page.emulate_media(color_scheme="light")
+    assert colours(page) == light
+    page.click("#theme-toggle")
+    page.emulate_media(color_scheme="light")
+    assert colours(page) == dark
 
 
 @pytest.fixture(scope="module")

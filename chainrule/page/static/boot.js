@@ -33,14 +33,19 @@
     document.getElementById("tab-" + id).focus();
   });
   tabs.hidden = views.length < 2;
+  // The theme: the one chosen on this page before, else the system's, followed as it changes
+  // until one is chosen. (The dark palette is written once, in page.css, for data-theme=dark.)
   const root = document.documentElement;
-  const stored = window.localStorage && localStorage.getItem("chainrule-theme");
-  if (stored) root.dataset.theme = stored;
+  const system = window.matchMedia("(prefers-color-scheme: dark)");
+  let chosen = null;
+  try { chosen = localStorage.getItem("chainrule-theme"); } catch (e) { /* storage refused */ }
+  const applyTheme = () => { root.dataset.theme = chosen || (system.matches ? "dark" : "light"); };
+  applyTheme();
+  system.addEventListener("change", applyTheme);
   document.getElementById("theme-toggle").addEventListener("click", () => {
-    const dark = root.dataset.theme ? root.dataset.theme === "dark"
-      : window.matchMedia("(prefers-color-scheme: dark)").matches;
-    root.dataset.theme = dark ? "light" : "dark";
-    try { localStorage.setItem("chainrule-theme", root.dataset.theme); } catch (e) { /* file: */ }
+    chosen = root.dataset.theme === "dark" ? "light" : "dark";
+    applyTheme();
+    try { localStorage.setItem("chainrule-theme", chosen); } catch (e) { /* storage refused */ }
   });
   if (views.length) show(views[0][0]);
 })();
