@@ -110,6 +110,27 @@ def test_a_backward_node_shows_its_origin_rule_and_formula_and_a_forward_node_it
     assert nodes["z"]["side"] == "forward" and nodes["z"]["ir"].startswith("%z = matmul(%x, %W1.T)")
 
 
+def test_w2s_chain_is_the_lectures_data_term_not_the_weight_decay():
+    view = view_of(page_data(MLP))
+    nodes = {node["id"]: node for node in view["nodes"]}
+    chain = next(p for p in view["params"] if p["name"] == "W2")
+    assert [nodes[step["value"]]["name"] for step in chain["steps"]] == \
+        ["J", "L", "o", "W2.T", "W2"]
+
+
+def test_a_chain_runs_through_any_output_of_a_node_and_starts_at_the_seed():
+    """A bidirectional GRU imported as scans: its params reach the loss through a scan's
+    second output; at -O1 the seed constant is folded away, and the first step is still 1."""
+    model = api.import_onnx(ROOT / "tests/fixtures/onnx/recurrent/gru2bi-ts.onnx", loss="mse",
+                            targets="tgt")
+    for level in ("O0", "O1"):
+        view = graph_page_data(model, opt_level=level)["graph"]["views"][0]
+        for chain in view["params"]:
+            assert chain["steps"][0]["formula"] == "∂loss/∂loss = 1", (level, chain["name"])
+            assert chain["steps"][-1]["value"] == chain["node"]
+            assert len(chain["steps"]) > 2
+
+
 def test_every_example_ties_every_backward_node_to_an_origin():
     for path in EXAMPLES:
         view = view_of(page_data(path))
@@ -164,6 +185,15 @@ def test_a_summary_counts_nan_and_inf_and_describes_the_rest():
     json.dumps(found, allow_nan=False)
 
 
+def test_a_summary_reads_bfloat16_and_survives_a_range_past_float64():
+    import ml_dtypes
+    found = summary(np.array([1.5, -2.0, np.nan], dtype=ml_dtypes.bfloat16))
+    assert (found["min"], found["max"], found["nan"]) == (-2.0, 1.5, 1)
+    assert sum(found["histogram"]["counts"]) == 2
+    extreme = summary(np.array([1e308, -1e308]))
+    assert extreme["max"] == 1e308 and extreme["histogram"] is None
+
+
 def test_a_summary_of_a_big_matrix_is_small():
     found = summary(np.arange(300 * 200, dtype=np.float64).reshape(300, 200))
     assert len(found["sample"]) == 8 and len(found["histogram"]["counts"]) == 24
@@ -214,6 +244,12 @@ def test_data_in_the_page_cannot_close_its_script_element():
     html = page_html({"title": "a <b> & \"c\"", "source": {"path": "x", "lines": ["</script>"]}})
     assert "<title>a &lt;b&gt; &amp; &quot;c&quot;</title>" in html
     assert embedded(html)["source"]["lines"] == ["</script>"]
+
+
+def test_a_placeholder_in_a_title_stays_text():
+    html = page_html({"title": "{{script}}{{data}}"})
+    assert "<title>{{script}}{{data}}</title>" in html
+    assert html.count("const ChainruleGraph = ") == 1
 
 
 def test_the_page_needs_no_network():

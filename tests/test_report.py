@@ -196,6 +196,22 @@ def test_values_the_page_cannot_draw_are_left_out_and_said():
     assert len(document["notes"]) == 2
 
 
+def test_a_curve_with_no_finite_point_is_said_not_silently_lost():
+    document = training_document([{"epoch": 1, "train": {"J": math.inf}},
+                                  {"epoch": 2, "train": {"J": math.nan}}])
+    assert ("J", "epoch") not in charts_by_key(document)
+    assert any(note.startswith("J per epoch: 2 train points are not drawn")
+               for note in document["notes"])
+
+
+def test_a_metric_only_validated_is_charted_and_nothing_is_said_dropped():
+    document = training_document([{"epoch": 1, "train": {"J": 1.0}, "val": {"acc": 0.3}},
+                                  {"epoch": 2, "train": {"J": 0.5}, "val": {"acc": 0.6}}])
+    charts = charts_by_key(document)
+    assert points(charts["acc", "epoch"]) == {"val": 2}
+    assert document["notes"] == []
+
+
 def test_no_records_is_an_error():
     with pytest.raises(ChainruleError, match="no epoch's record to chart"):
         training_document([])

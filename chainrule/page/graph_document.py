@@ -26,9 +26,9 @@ from .values import summaries
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 LEVEL_LABELS = {"O0": "as written", "O1": "simplified", "O2": "optimised"}
 ITERATION = re.compile(r"^[A-Za-z_]\w*=-?\d+$")
-RULE_LINES = 40
+RULE_LINES = 40  # a derivative rule's source is shown up to this many lines
 CALL = re.compile(r"([A-Za-z_]\w*)\s*\(")
-BUILT_IN_GROUP = 3  # a built-in's call that wrote this many nodes is a group (layer_norm's)  # a derivative rule's source is shown up to this many lines
+BUILT_IN_GROUP = 3  # a built-in's call that wrote this many nodes is a group (layer_norm's)
 
 
 def differentiable(model) -> bool:
@@ -64,7 +64,9 @@ class ViewData:
 
     def __init__(self, model, grad: bool, level: str, feeds, params, baseline=None):
         self.graph, _ = model.compile_graph(grad=grad, opt_level=level)
-        values = summaries(self.graph, feeds, params) if feeds is not None else None
+        values = (summaries(self.graph, feeds, {v.name: params[v.name]
+                                                for v in self.graph.param_values()})
+                  if feeds is not None else None)
         writer = ViewWriter(self.graph, model.filename, values, baseline,
                             model.source.split("\n") if _source(model) else None)
         self.data = writer.view(level, f"-{level}: {LEVEL_LABELS.get(level, level)}")
@@ -260,8 +262,9 @@ class ViewWriter:
 
     def chain(self, param: Value) -> dict:
         """The chain rule from the objective back to `param`, one forward value at a time,
-        along the longest path between them (the lecture's J, L, o, h, z, W1)."""
-        path = self.longest_path(param)
+        along the path between them that crosses the most lines of the model (the lecture's
+        J, L, o, h, z, W1, not the weight decay's J, s, W1); no steps if there is none."""
+        path = self.chain_path(param)
         cotangent = self.cotangents.get(param)
         steps = []
         for index in range(len(path) - 1, -1, -1):
@@ -274,33 +277,45 @@ class ViewWriter:
         return {"name": param.name, "node": self.id_of(param),
                 "gradient": self.id_of(cotangent), "steps": steps}
 
-    def longest_path(self, start: Value) -> list[Value]:
-        """The forward values from `start` to the objective along the most nodes. A value
-        with no cotangent of its own (one a pass fused away: -O2's log-probabilities) is on
-        the path still; its step says so."""
+    def chain_path(self, start: Value) -> list[Value]:
+        """The forward values from `start` to the objective that cross the most lines of the
+        model, then the most nodes; [] when none reaches it. Every output of a node continues
+        a path (a scan's second one may be the one read). A value with no cotangent of its own
+        (one a pass fused away: -O2's log-probabilities) is on the path still; its step says
+        so."""
         objective = self.graph.objective
         users: dict[Value, list[Value]] = {}
         for node in self.graph.nodes:
             if not self.is_backward(node.outputs[0]):
                 for value in node.inputs:
-                    users.setdefault(value, []).append(node.outputs[0])
-        reach: dict[Value, int] = {objective: 0}
-        for node in reversed(self.graph.nodes):
-            out = node.outputs[0]
-            lengths = [reach[u] for u in users.get(out, []) if u in reach]
-            if lengths and out is not objective:
-                reach[out] = 1 + max(lengths)
+                    users.setdefault(value, []).extend(node.outputs)
+        lines = {v: n.loc.line if n.loc else 0 for v, n in self.producers.items()}
+        lines.update((p.value, p.loc.line if p.loc else 0) for p in self.graph.params)
+
+        def step(value: Value, user: Value) -> tuple[int, int]:
+            crossed = reach[user][0] + (lines.get(value, 0) != lines.get(user, 0))
+            return crossed, reach[user][1] + 1
+
+        reach: dict[Value, tuple[int, int]] = {objective: (0, 0)}
+        for value in [*reversed([out for n in self.graph.nodes for out in n.outputs]),
+                      *self.graph.param_values(), *self.graph.inputs]:
+            reached = [step(value, u) for u in users.get(value, []) if u in reach]
+            if reached and value is not objective:
+                reach[value] = max(reached)
+        if start not in reach:
+            return []
         path = [start]
         while path[-1] is not objective:
-            nexts = [u for u in users.get(path[-1], []) if u in reach]
-            if not nexts:
-                return [start]
-            path.append(max(nexts, key=lambda u: reach[u]))
+            here = path[-1]
+            path.append(max((u for u in users[here] if u in reach),
+                            key=lambda u: step(here, u)))
         return path
 
     def step_formula(self, value: Value) -> str:
         cotangent = self.cotangents.get(value)
         objective = self.graph.objective.name
+        if value is self.graph.objective:  # its seed a pass may have folded away
+            return f"{partial(objective, objective)} = 1"
         if cotangent is None or self.formulas is None:
             return (f"{partial(objective, value.name)} is not computed on its own here: a "
                     f"pass fused it into the next step")
@@ -316,7 +331,7 @@ class ViewWriter:
         node = self.producers[after]
         where = f", line {node.loc.line}" if node.loc and node.loc.line else ""
         args = ", ".join(v.name for v in node.inputs)
-        return (f"{after.name} = {node.op}({args}){where}: {node.op}'s derivative rule carries "
+        return (f"{after.name} = {node.op}({args}){where}: {rule_name(node.op)} carries "
                 f"{partial(self.graph.objective.name, after.name)} back to {value.name}")
 
     # ---- what the passes changed --------------------------------------------------------------
@@ -356,7 +371,11 @@ def describe_rule(derivation) -> dict:
                 "where": "chainrule/passes/autodiff.py (reverse)"}
     op = derivation.node.op
     if op not in VJP_RULES:  # a scan: a reverse scan, written by autodiff_scan.py
-        return {"op": op, "name": f"{op}'s derivative", "where": "chainrule/passes/autodiff_scan.py",
+        return {"op": op, "name": rule_name(op), "where": "chainrule/passes/autodiff_scan.py",
                 "text": "a scan is differentiated by a reverse scan over its body"}
     where, source = _rule_source(op)
-    return {"op": op, "name": f"{op}'s derivative rule", "text": source, "where": where}
+    return {"op": op, "name": rule_name(op), "text": source, "where": where}
+
+
+def rule_name(op: str) -> str:
+    return f"{op}'s derivative rule" if op in VJP_RULES else f"{op}'s derivative (a reverse scan)"

@@ -3,6 +3,7 @@ inlined beside it, so it opens from disk with no server and no network."""
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 
 from ..fileio import atomic_write_bytes
@@ -10,6 +11,7 @@ from ..fileio import atomic_write_bytes
 # Each script defines one global object, after the objects it uses; boot.js, last, calls the
 # renderers the page's data needs.
 SCRIPTS = ("common.js", "graph_layout.js", "graph_panels.js", "graph.js", "report.js", "boot.js")
+PLACEHOLDER = re.compile(r"\{\{(title|style|script|data)\}\}")
 STYLES = ("page.css", "report.css")
 
 
@@ -33,13 +35,12 @@ def _escaped(text: str) -> str:
 def page_html(document: dict) -> str:
     """The page for `document`: {"title", "graph" (graph_document), "training" (report)},
     either of the last two absent when there is none."""
-    template = _static("page.html")
-    style = "\n".join(_static(name) for name in STYLES)
-    script = "\n".join(_static(name) for name in SCRIPTS)
-    # Replaced in this order, and the data last, so nothing inserted is read as a placeholder.
-    return (template.replace("{{title}}", _escaped(document.get("title", "chainrule")))
-            .replace("{{style}}", style).replace("{{script}}", script)
-            .replace("{{data}}", embedded_json(document)))
+    parts = {"title": _escaped(document.get("title", "chainrule")),
+             "style": "\n".join(_static(name) for name in STYLES),
+             "script": "\n".join(_static(name) for name in SCRIPTS),
+             "data": embedded_json(document)}
+    # One pass, so a placeholder inside what is inserted (a title "{{script}}") stays text.
+    return PLACEHOLDER.sub(lambda found: parts[found.group(1)], _static("page.html"))
 
 
 def write_page(path, document: dict) -> None:

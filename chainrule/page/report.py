@@ -136,8 +136,10 @@ def training_document(records: list[dict], *, title: str | None = None) -> dict:
                step_lr_chart(kept),
                single_series_chart(whole, "seconds", "seconds per epoch", "epoch", TRAIN),
                timings_chart(kept)]
-    charts = [chart for chart in charts if chart and any(s["x"] for s in chart["series"])]
+    charts = [chart for chart in charts if chart]
+    # Said before charts without a point are left out: a diverged run's all-Inf curve.
     notes += dropped_notes(charts)
+    charts = [chart for chart in charts if any(s["x"] for s in chart["series"])]
     return {"title": title or "Training", "objective": names[0] if names else None,
             "epochs": len(whole), "steps": kept[-1].get("steps"), "notes": notes,
             "charts": [without_counts(chart) for chart in charts]}
@@ -164,6 +166,7 @@ def reported_names(records: list[dict]) -> list[str]:
     for record in records:
         names.update(dict.fromkeys(record["train"]))
         names.update(dict.fromkeys(record.get("per_step", {}).get("train", {})))
+        names.update(dict.fromkeys(record.get("val", {})))
     return list(names)
 
 
@@ -182,10 +185,12 @@ def series(name: str, pairs) -> dict:
 
 
 def epoch_chart(records: list[dict], name: str) -> dict:
-    lines = [series(TRAIN, ((r["epoch"], r["train"].get(name)) for r in records))]
+    # A record without the name is no point, not a dropped one (a metric only validated).
+    lines = [series(TRAIN, ((r["epoch"], r["train"][name]) for r in records
+                            if name in r["train"]))]
     if any("val" in r for r in records):
-        lines.append(series(VAL, ((r["epoch"], r["val"].get(name))
-                                  for r in records if "val" in r)))
+        lines.append(series(VAL, ((r["epoch"], r["val"][name])
+                                  for r in records if name in r.get("val", {}))))
     return chart(name, f"{name} per epoch", "epoch", lines)
 
 

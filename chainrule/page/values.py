@@ -41,7 +41,7 @@ def summary(array: np.ndarray, heatmap: bool = True) -> dict:
     """Shape, dtype, statistics over the finite numbers, NaN/Inf counts, the first few
     numbers, a histogram, and for a matrix a heatmap of block means (None where NaN/Inf)."""
     array = np.asarray(array)
-    numbers = array.astype(np.float64) if array.dtype.kind in "biuf" else None
+    numbers = _as_float64(array)
     result = {"shape": list(array.shape), "dtype": str(array.dtype), "count": int(array.size),
               "min": None, "max": None, "mean": None, "std": None, "nan": 0, "inf": 0,
               "sample": [], "histogram": None, "heatmap": None}
@@ -55,7 +55,8 @@ def summary(array: np.ndarray, heatmap: bool = True) -> dict:
         low, high = float(finite.min()), float(finite.max())
         result.update(min=_number(low), max=_number(high), mean=_number(float(finite.mean())),
                       std=_number(float(finite.std())))
-        if finite.size > 1:
+        # (A range past float64's, -1e308 to 1e308, has no bins: no histogram.)
+        if finite.size > 1 and np.isfinite(high - low):
             counts, _ = np.histogram(finite, bins=BINS, range=(low, high) if high > low
                                      else (low - 0.5, high + 0.5))
             result["histogram"] = {"low": _number(low), "high": _number(high),
@@ -63,6 +64,15 @@ def summary(array: np.ndarray, heatmap: bool = True) -> dict:
     if heatmap and numbers.ndim == 2 and min(numbers.shape) > 1:
         result["heatmap"] = _heatmap(numbers)
     return result
+
+
+def _as_float64(array: np.ndarray) -> np.ndarray | None:
+    """The numbers as float64, or None for what holds none (strings). ml_dtypes' bfloat16 and
+    float8 types are numbers whose dtype kind numpy does not know ('V')."""
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
 
 
 def _heatmap(matrix: np.ndarray) -> dict:

@@ -148,7 +148,9 @@ const ChainruleGraph = (() => {
     controls.changesBox = html("details", {class: "changes"}, wrap);
     controls.changesTitle = html("summary", {}, controls.changesBox, "What the passes changed");
     controls.changes = html("ul", {id: "view-changes", "aria-label": "What the passes changed"}, controls.changesBox);
-    controls.canvas = svg("svg", {id: "graph-canvas", role: "group", "aria-label": "Computational graph; arrow keys move between nodes"}, wrap);
+    // Out of the Tab order itself: Tab goes straight to the node that holds the roving focus.
+    controls.canvas = svg("svg", {id: "graph-canvas", role: "group", tabindex: "-1",
+                                  "aria-label": "Computational graph; arrow keys move between nodes"}, wrap);
     drawDefs(controls.canvas);
     controls.viewport = svg("g", {id: "viewport"}, controls.canvas);
     html("p", {class: "hint"}, main, "Wheel zooms, drag pans; Tab reaches the nodes, arrows move, Enter selects, Escape clears.");
