@@ -24,6 +24,7 @@ from chainrule.backends import threads
 from chainrule.cli import main
 from chainrule.distributed import (INSTALL_HINT, TRIAL_STEPS, CallExchange, CompiledExchange,
                                    probe, split_rows)
+from chainrule.page.report import training_document
 from chainrule.passes.optimizers import OptimizerSpec, ParamGroup
 from chainrule.train import CHECKPOINT_FILE, NonFiniteError, TrainConfig, Trainer
 from support.optional_ray import needs_ray, ray
@@ -463,7 +464,7 @@ def test_cli_trains_with_workers_validates_and_logs_the_step_split(ray_session, 
     assert main(common + ["-o", str(tmp_path / "single.npz")]) == 0
     log = tmp_path / "log.jsonl"
     assert main(common + ["--workers", "2", "-o", str(tmp_path / "ray.npz"),
-                          "--log-jsonl", str(log)]) == 0
+                          "--log-jsonl", str(log), "--report", str(tmp_path / "run.html")]) == 0
     out = capsys.readouterr().out
     assert "training small on numpy with 2 workers: 2 epochs" in out
     assert "|  val: J" in out
@@ -473,6 +474,18 @@ def test_cli_trains_with_workers_validates_and_logs_the_step_split(ray_session, 
         "workers", "steps", "compute_seconds_per_step", "communication_seconds_per_step",
         "gradients_bytes_per_step", "restarts"}
     assert "val" in records[0]
+    # each step's split, in the log and charted by the report (tests/test_report.py's page)
+    for record in records:
+        per_step = record["per_step"]
+        assert len(per_step["compute_seconds"]) == len(per_step["communication_seconds"]) == 8
+        assert min(per_step["compute_seconds"]) > 0
+        assert record["distributed"]["compute_seconds_per_step"] == \
+            pytest.approx(sum(per_step["compute_seconds"]) / 8)
+    seconds = next(chart for chart in training_document(records)["charts"]
+                   if chart["scale"] == "step" and chart["metric"] == "seconds")
+    assert {line["name"]: len(line["x"]) for line in seconds["series"]} == \
+        {"compute": 16, "communication": 16}
+    assert (tmp_path / "run.html").stat().st_size > 0
     with np.load(tmp_path / "single.npz") as single, np.load(tmp_path / "ray.npz") as sharded:
         assert_same_params(dict(sharded), dict(single))
 

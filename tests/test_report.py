@@ -13,7 +13,6 @@ from chainrule import ChainruleError, TrainConfig, Trainer
 from chainrule.page.html import embedded_json
 from chainrule.page.report import read_log, training_document
 from support.cli import chainrule as run_cli, fails, ok
-from support.optional_ray import needs_ray
 from support.paths import ROOT
 from support.training import SMALL, small_data
 
@@ -341,24 +340,3 @@ def test_a_resumed_run_writes_the_report_its_checkpoint_names(small_files):
     training = page_data(page)["training"]
     assert training["epochs"] == 2  # the epochs this run trained; the log has them all
     assert charts_by_key(training)["J", "step"]["series"][0]["x"] == [3, 4, 5, 6]
-
-
-# ---- Ray ----------------------------------------------------------------------------------------
-
-@needs_ray
-@pytest.mark.ray
-def test_a_ray_run_records_compute_and_communication_per_step():
-    records = []
-    model = chainrule.compile(source=SMALL)
-    with Trainer(model, TrainConfig(epochs=2, batch_size=4), records.append,
-                 workers=2) as trainer:
-        trainer.fit(small_data(12))
-    for record in records:
-        per_step = record["per_step"]
-        assert len(per_step["compute_seconds"]) == len(per_step["step"]) == 3
-        assert len(per_step["communication_seconds"]) == 3
-        assert all(seconds >= 0 for seconds in per_step["compute_seconds"])
-        assert math.isclose(record["distributed"]["compute_seconds_per_step"],
-                            sum(per_step["compute_seconds"]) / 3)
-    chart = charts_by_key(training_document(records))["seconds", "step"]
-    assert points(chart) == {"compute": 6, "communication": 6}

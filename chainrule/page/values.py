@@ -53,8 +53,10 @@ def summary(array: np.ndarray, heatmap: bool = True) -> dict:
                   sample=[_number(x) for x in flat[:SAMPLE]])
     if finite.size:
         low, high = float(finite.min()), float(finite.max())
+        with np.errstate(over="ignore"):  # the std of numbers near float64's end is inf
+            deviation = float(finite.std())
         result.update(min=_number(low), max=_number(high), mean=_number(float(finite.mean())),
-                      std=_number(float(finite.std())))
+                      std=_number(deviation))
         # (A range past float64's, -1e308 to 1e308, has no bins: no histogram.)
         if finite.size > 1 and np.isfinite(high - low):
             counts, _ = np.histogram(finite, bins=BINS, range=(low, high) if high > low
