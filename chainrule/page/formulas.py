@@ -47,6 +47,7 @@ class FormulaWriter:
         self.named: dict[Value, str] = {}
         for value, cotangent in cotangents.items():
             self.named.setdefault(cotangent, value.name)
+        self.budget = MAX_OPS  # the ops the formula being written may still inline
 
     def formula(self, value: Value) -> str | None:
         """`∂J/∂x = ...` for a summed cotangent, else None."""

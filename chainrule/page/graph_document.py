@@ -103,6 +103,12 @@ class ViewWriter:
         self.filename = filename
         self.values = values
         self.baseline = baseline
+        # What the graph as written makes, as (op, value name): an optimised view's nodes
+        # that are not among them are the passes' own.
+        self.written = None if baseline is None else (
+            {(n.op, out.name) for n in baseline.nodes for out in n.outputs}
+            | {("input", v.name) for v in baseline.inputs}
+            | {(p.kind, p.value.name) for p in baseline.params})
         self.ids: dict[Value, str] = {}
         self.ids_by_name: dict[str, str] = {}
         self.producers = graph.producers()
@@ -154,8 +160,7 @@ class ViewWriter:
         return ident
 
     def value_node(self, value: Value, kind: str, ir: str, loc=None) -> dict:
-        entry = self.blank(self.register(value), value, kind, kind, value.name, ir, loc)
-        return entry
+        return self.blank(self.register(value), value, kind, kind, value.name, ir, loc)
 
     def op_node(self, node: Node) -> dict:
         ident = self.register(node.outputs[0])
@@ -186,14 +191,8 @@ class ViewWriter:
         return {"line": loc.line, "col": loc.col, "iteration": loc.iteration}
 
     def is_new(self, op: str, value: Value) -> bool:
-        if self.baseline is None:
-            return False
-        if not hasattr(self, "_old"):
-            self._old = {(n.op, out.name) for n in self.baseline.nodes for out in n.outputs}
-            self._old.update((kind, v.name) for kind, v in
-                             [("input", v) for v in self.baseline.inputs]
-                             + [(p.kind, p.value) for p in self.baseline.params])
-        return (op, value.name) not in self._old
+        """Whether the graph as written has no such op making a value of this name."""
+        return self.written is not None and (op, value.name) not in self.written
 
     # ---- groups: calls and unrolled loop steps --------------------------------------------------
 
@@ -235,7 +234,8 @@ class ViewWriter:
         name, _, where = element.rpartition(" ")
         line = None if iteration or not where else int(where.partition(":")[0])
         label = element if iteration else f"{name} (line {line})"
-        return {"id": f"g{len(self.groups)}", "label": ("∂ " if side == "backward" else "") + label,
+        return {"id": f"g{len(self.groups)}",
+                "label": ("∂ " if side == "backward" else "") + label,
                 "kind": "iteration" if iteration else "call", "parent": parent, "line": line}
 
     # ---- the backward graph's ties to the forward one -----------------------------------------
