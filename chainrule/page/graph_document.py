@@ -48,27 +48,29 @@ def graph_page_data(model, *, grad: bool | None = None, opt_level: str = "O0",
     on them, computed with `params` (default: the model's)."""
     grad = differentiable(model) if grad is None else grad
     params = model.params if params is None else params
-    written = ViewData(model, grad, "O0", feeds, params)
+    source = _source(model)
+    lines = source["lines"] if source else None
+    written = ViewData(model, grad, "O0", feeds, params, lines)
     views = [written]
     if opt_level != "O0":
-        views.insert(0, ViewData(model, grad, opt_level, feeds, params, baseline=written.graph))
+        views.insert(0, ViewData(model, grad, opt_level, feeds, params, lines,
+                                 baseline=written.graph))
     objective = model.objective
     return {"graph": {"name": model.graph.name,
                       "objective_name": objective.name if objective is not None else None,
                       "views": [view.data for view in views]},
-            "source": _source(model)}
+            "source": source}
 
 
 class ViewData:
     """One view's data: the model's graph compiled at one level, written out."""
 
-    def __init__(self, model, grad: bool, level: str, feeds, params, baseline=None):
+    def __init__(self, model, grad: bool, level: str, feeds, params, lines, baseline=None):
         self.graph, _ = model.compile_graph(grad=grad, opt_level=level)
         values = (summaries(self.graph, feeds, {v.name: params[v.name]
                                                 for v in self.graph.param_values()})
                   if feeds is not None else None)
-        writer = ViewWriter(self.graph, model.filename, values, baseline,
-                            model.source.split("\n") if _source(model) else None)
+        writer = ViewWriter(self.graph, model.filename, values, baseline, lines)
         self.data = writer.view(level, f"-{level}: {LEVEL_LABELS.get(level, level)}")
 
 

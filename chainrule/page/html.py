@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape  # the standard library's, not this module
 from importlib import resources
 
 from ..fileio import atomic_write_bytes
@@ -27,15 +28,10 @@ def embedded_json(data) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _escaped(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;"))
-
-
 def page_html(document: dict) -> str:
     """The page for `document`: {"title", "graph" (graph_document), "training" (report)},
     either of the last two absent when there is none."""
-    parts = {"title": _escaped(document.get("title", "chainrule")),
+    parts = {"title": escape(document.get("title", "chainrule")),
              "style": "\n".join(_static(name) for name in STYLES),
              "script": "\n".join(_static(name) for name in SCRIPTS),
              "data": embedded_json(document)}

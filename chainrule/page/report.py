@@ -106,8 +106,8 @@ def per_step_problem(per_step) -> str | None:
     if not isinstance(train, dict):
         return "'per_step.train' is not a mapping"
     named = {f"per_step.train.{name}": series for name, series in train.items()}
-    named.update({f"per_step.{key}": per_step[key] for key, _ in (("lr", LR), *TIMINGS)
-                  if key in per_step})
+    named.update({f"per_step.{key}": per_step[key]
+                  for key in ("lr", *(key for key, _ in TIMINGS)) if key in per_step})
     for name, series in named.items():
         if not is_series(series, steps):
             return f"'{name}' is not a list of {steps} numbers, one per step"
@@ -136,7 +136,6 @@ def training_document(records: list[dict], *, title: str | None = None) -> dict:
                step_lr_chart(kept),
                single_series_chart(whole, "seconds", "seconds per epoch", "epoch", TRAIN),
                timings_chart(kept)]
-    charts = [chart for chart in charts if chart]
     # Said before charts without a point are left out: a diverged run's all-Inf curve.
     notes += dropped_notes(charts)
     charts = [chart for chart in charts if any(s["x"] for s in chart["series"])]
